@@ -1,0 +1,62 @@
+// The plain C++ form of a model bundle's manifest.json (proto
+// dgrid.v1.ModelManifest), so that torch code can use it without protobuf
+// headers. Read one with ReadManifest() in manifest_reader.h.
+//
+// Protobuf-free: the engine includes it.
+#ifndef DGRID_COMMON_BUNDLE_MANIFEST_H_
+#define DGRID_COMMON_BUNDLE_MANIFEST_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace dgrid {
+
+enum class PredictionType { kEpsilon, kSample, kVPrediction };
+enum class Spacing { kLeading, kTrailing };
+
+struct NoiseScheduleSpec {
+  std::string beta_schedule = "linear";
+  double beta_start = 1e-4;
+  double beta_end = 0.02;
+  int train_timesteps = 1000;
+  PredictionType prediction = PredictionType::kEpsilon;
+  int steps_offset = 0;
+  bool set_alpha_to_one = true;
+};
+
+struct SamplerDefaults {
+  int steps = 50;
+  float eta = 1.0f;
+  float guidance = 1.0f;
+  Spacing spacing = Spacing::kLeading;
+};
+
+struct BundleManifest {
+  std::string name;
+  std::string version;
+  std::string description;
+  std::vector<int64_t> latent_shape;  // [C, H, W]
+  std::vector<int64_t> image_shape;   // [H, W, C]
+  std::string weights;                // relative to the bundle folder
+  bool timestep_is_float = false;
+  NoiseScheduleSpec schedule;
+  std::vector<std::string> class_labels;
+  int64_t null_label = 0;
+  std::string decoder_kind = "identity";  // or "torchscript"
+  std::string decoder_weights;
+  double value_lo = -1.0;
+  double value_hi = 1.0;
+  SamplerDefaults defaults;
+  std::string license;
+  std::string classifier;
+
+  int64_t LatentNumel() const;
+  int64_t ImageNumel() const;
+  // Index of `prompt` in class_labels, or -1.
+  int ClassIndex(const std::string& prompt) const;
+};
+
+}  // namespace dgrid
+
+#endif  // DGRID_COMMON_BUNDLE_MANIFEST_H_

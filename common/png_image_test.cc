@@ -1,0 +1,33 @@
+#include "common/png_image.h"
+
+#include "gtest/gtest.h"
+
+namespace dgrid {
+namespace {
+
+TEST(PngImageTest, ValueRangeMapsToFullByteRangeWithClamping) {
+  const std::vector<float> x = {-1.0f, 0.0f, 1.0f, 5.0f, -3.0f};
+  EXPECT_EQ(ToPixels(x, 1, -1.0, 1.0), (std::vector<uint8_t>{0, 128, 255, 255, 0}));
+}
+
+TEST(PngImageTest, ChwBecomesHwc) {
+  const std::vector<float> chw = {0, 1, 0, 1, 0, 1};  // 3 channels, 2 pixels
+  EXPECT_EQ(ToPixels(chw, 3, 0.0, 1.0), (std::vector<uint8_t>{0, 0, 0, 255, 255, 255}));
+}
+
+TEST(PngImageTest, EncodeDecodeRoundTrip) {
+  std::vector<uint8_t> px(5 * 3 * 3);
+  for (size_t i = 0; i < px.size(); ++i) px[i] = static_cast<uint8_t>(i * 7);
+  auto png = EncodePng(px, 5, 3, 3);
+  ASSERT_TRUE(png.ok()) << png.status();
+  EXPECT_EQ(png->substr(1, 3), "PNG");
+  auto back = DecodePng({reinterpret_cast<const uint8_t*>(png->data()), png->size()});
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->width, 5);
+  EXPECT_EQ(back->height, 3);
+  EXPECT_EQ(back->pixels, px);
+  EXPECT_FALSE(EncodePng(px, 4, 3, 3).ok());
+}
+
+}  // namespace
+}  // namespace dgrid

@@ -1,0 +1,79 @@
+#include "common/tensor_codec.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "absl/base/config.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace dgrid {
+namespace {
+
+#if defined(ABSL_IS_BIG_ENDIAN)
+#error "tensor bytes are little-endian on the wire; add a byte swap for big-endian hosts"
+#endif
+
+std::string ShapeString(absl::Span<const int64_t> shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ","), "]");
+}
+
+}  // namespace
+
+absl::Status DecodeFloatTensorInto(const v1::Tensor& tensor,
+                                   absl::Span<const int64_t> expected_shape,
+                                   absl::string_view field, std::vector<float>* out) {
+  if (tensor.dtype() != v1::DATA_TYPE_FP32) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ".dtype must be DATA_TYPE_FP32, got ", v1::DataType_Name(tensor.dtype())));
+  }
+  const absl::Span<const int64_t> shape(tensor.shape().data(), tensor.shape().size());
+  if (shape != expected_shape) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ".shape must be ",
+                                                   ShapeString(expected_shape), ", got ",
+                                                   ShapeString(shape)));
+  }
+  size_t numel = 1;
+  for (int64_t d : expected_shape) numel *= static_cast<size_t>(d);
+  const std::string& bytes = tensor.raw_contents();
+  if (bytes.size() != numel * sizeof(float)) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ".raw_contents must hold ",
+                                                   numel * sizeof(float), " bytes for shape ",
+                                                   ShapeString(shape), ", got ", bytes.size()));
+  }
+  out->resize(numel);
+  std::memcpy(out->data(), bytes.data(), bytes.size());
+  for (size_t i = 0; i < numel; ++i) {
+    if (!std::isfinite((*out)[i])) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".raw_contents holds a non-finite value (NaN or Inf) at element ",
+                       i));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<float>> DecodeFloatTensor(const v1::Tensor& tensor,
+                                                     absl::Span<const int64_t> expected_shape,
+                                                     absl::string_view field) {
+  std::vector<float> out;
+  absl::Status status = DecodeFloatTensorInto(tensor, expected_shape, field, &out);
+  if (!status.ok()) return status;
+  return out;
+}
+
+void EncodeFloatTensor(absl::Span<const float> values, absl::Span<const int64_t> shape,
+                       v1::Tensor* out) {
+  out->mutable_shape()->Assign(shape.begin(), shape.end());
+  out->set_dtype(v1::DATA_TYPE_FP32);
+  out->set_raw_contents(values.data(), values.size() * sizeof(float));
+}
+
+void EncodeUint8Tensor(absl::Span<const uint8_t> values, absl::Span<const int64_t> shape,
+                       v1::Tensor* out) {
+  out->mutable_shape()->Assign(shape.begin(), shape.end());
+  out->set_dtype(v1::DATA_TYPE_UINT8);
+  out->set_raw_contents(values.data(), values.size());
+}
+
+}  // namespace dgrid
