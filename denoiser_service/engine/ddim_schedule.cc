@@ -1,0 +1,124 @@
+#include "denoiser_service/engine/ddim_schedule.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+
+namespace dgrid {
+
+std::vector<double> AlphasCumprod(const NoiseScheduleSpec& spec) {
+  const int n = spec.train_timesteps;
+  std::vector<double> betas(n);
+  if (spec.beta_schedule == "squaredcos_cap_v2") {
+    // Nichol & Dhariwal's cosine schedule, with beta capped at 0.999.
+    auto alpha_bar = [](double t) {
+      const double c = std::cos((t + 0.008) / 1.008 * M_PI / 2);
+      return c * c;
+    };
+    for (int i = 0; i < n; ++i) {
+      betas[i] = std::min(1.0 - alpha_bar((i + 1.0) / n) / alpha_bar(double(i) / n), 0.999);
+    }
+  } else if (spec.beta_schedule == "scaled_linear") {
+    const double a = std::sqrt(spec.beta_start), b = std::sqrt(spec.beta_end);
+    for (int i = 0; i < n; ++i) {
+      const double r = a + (b - a) * i / (n - 1);
+      betas[i] = r * r;
+    }
+  } else {
+    for (int i = 0; i < n; ++i) {
+      betas[i] = spec.beta_start + (spec.beta_end - spec.beta_start) * i / (n - 1);
+    }
+  }
+  std::vector<double> out(n);
+  double prod = 1.0;
+  for (int i = 0; i < n; ++i) {
+    prod *= 1.0 - betas[i];
+    out[i] = prod;
+  }
+  return out;
+}
+
+absl::StatusOr<DdimSchedule> DdimSchedule::Create(const NoiseScheduleSpec& spec, int steps,
+                                                  Spacing spacing) {
+  const int train = spec.train_timesteps;
+  if (steps < 1 || steps > train) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sampler.steps must be in [1, ", train, "], got ", steps));
+  }
+  DdimSchedule s;
+  s.prediction_ = spec.prediction;
+  s.timesteps_.resize(steps);
+  if (spacing == Spacing::kLeading) {
+    // diffusers "leading": multiples of train // steps, plus steps_offset.
+    const int ratio = train / steps;
+    for (int i = 0; i < steps; ++i) {
+      s.timesteps_[i] = (steps - 1 - i) * ratio + spec.steps_offset;
+    }
+  } else {
+    // diffusers "trailing": round(arange(train, 0, -train / steps)) - 1.
+    const double ratio = static_cast<double>(train) / steps;
+    for (int i = 0; i < steps; ++i) {
+      s.timesteps_[i] = static_cast<int>(std::round(train - i * ratio)) - 1;
+    }
+  }
+  const std::vector<double> alphas = AlphasCumprod(spec);
+  const double final_alpha = spec.set_alpha_to_one ? 1.0 : alphas[0];
+  s.alpha_bar_.resize(steps);
+  s.alpha_bar_prev_.resize(steps);
+  for (int i = 0; i < steps; ++i) {
+    const int t = std::min(s.timesteps_[i], train - 1);
+    s.timesteps_[i] = t;
+    s.alpha_bar_[i] = alphas[t];
+  }
+  // The previous timestep is the next one in the list. For evenly divisible
+  // step counts this is diffusers' t - train // steps exactly; for the rest it
+  // keeps the chain consistent where diffusers' formula would skip or repeat.
+  for (int i = 0; i < steps; ++i) {
+    s.alpha_bar_prev_[i] = i + 1 < steps ? s.alpha_bar_[i + 1] : final_alpha;
+  }
+  return s;
+}
+
+double DdimSchedule::sigma(int i, float eta) const {
+  const double a_t = alpha_bar_[i], a_prev = alpha_bar_prev_[i];
+  const double variance = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev);
+  return eta * std::sqrt(std::max(variance, 0.0));
+}
+
+void DdimSchedule::Apply(int i, float eta, absl::Span<const float> model_out,
+                         absl::Span<const float> z, absl::Span<float> x,
+                         absl::Span<float> x0_out) const {
+  const double a_t = alpha_bar_[i], a_prev = alpha_bar_prev_[i];
+  const double sqrt_a = std::sqrt(a_t), sqrt_1ma = std::sqrt(1 - a_t);
+  const double sig = sigma(i, eta);
+  const float c_x0 = static_cast<float>(std::sqrt(a_prev));
+  const float c_eps = static_cast<float>(std::sqrt(std::max(1 - a_prev - sig * sig, 0.0)));
+  const float c_z = static_cast<float>(sig);
+  const bool noisy = c_z != 0.0f && !z.empty();
+  const size_t n = x.size();
+  for (size_t j = 0; j < n; ++j) {
+    const float xt = x[j], out = model_out[j];
+    float x0, eps;
+    switch (prediction_) {
+      case PredictionType::kEpsilon:
+        eps = out;
+        x0 = static_cast<float>((xt - sqrt_1ma * out) / sqrt_a);
+        break;
+      case PredictionType::kSample:
+        x0 = out;
+        eps = static_cast<float>((xt - sqrt_a * out) / sqrt_1ma);
+        break;
+      case PredictionType::kVPrediction:
+      default:
+        x0 = static_cast<float>(sqrt_a * xt - sqrt_1ma * out);
+        eps = static_cast<float>(sqrt_a * out + sqrt_1ma * xt);
+        break;
+    }
+    if (!x0_out.empty()) x0_out[j] = x0;
+    float next = c_x0 * x0 + c_eps * eps;
+    if (noisy) next += c_z * z[j];
+    x[j] = next;
+  }
+}
+
+}  // namespace dgrid

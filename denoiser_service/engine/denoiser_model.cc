@@ -1,0 +1,169 @@
+#include "denoiser_service/engine/denoiser_model.h"
+
+#include <ATen/Parallel.h>
+#include <torch/cuda.h>
+#include <torch/script.h>
+
+#include <filesystem>
+#include <optional>
+
+#include "absl/strings/str_cat.h"
+#include "common/manifest_reader.h"
+#include "common/png_image.h"
+
+namespace dgrid {
+
+struct DenoiserModel::Impl {
+  torch::jit::script::Module denoiser;
+  std::optional<torch::jit::script::Module> decoder;
+  torch::Device device = torch::kCPU;
+};
+
+namespace {
+
+absl::StatusOr<torch::jit::script::Module> LoadScript(const std::string& path,
+                                                      torch::Device device) {
+  if (!std::filesystem::exists(path)) {
+    return absl::NotFoundError(absl::StrCat("model file not found: ", path));
+  }
+  try {
+    torch::jit::script::Module m = torch::jit::load(path, device);
+    m.eval();
+    return m;
+  } catch (const c10::Error& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot load TorchScript ", path, ": ", e.what_without_backtrace()));
+  }
+}
+
+}  // namespace
+
+DenoiserModel::DenoiserModel(BundleManifest manifest, std::unique_ptr<Impl> impl,
+                             std::string device)
+    : manifest_(std::move(manifest)), impl_(std::move(impl)), device_(std::move(device)) {}
+
+DenoiserModel::~DenoiserModel() = default;
+
+absl::StatusOr<std::unique_ptr<DenoiserModel>> DenoiserModel::Load(
+    const std::string& bundle_dir, const ModelLoadOptions& options) {
+  absl::StatusOr<BundleManifest> manifest = ReadManifest(bundle_dir);
+  if (!manifest.ok()) return manifest.status();
+  auto impl = std::make_unique<Impl>();
+  const bool cuda = torch::cuda::is_available();
+  if (options.device == "cuda" && !cuda) {
+    return absl::FailedPreconditionError("--device=cuda, but this LibTorch has no usable GPU");
+  }
+  if (options.device != "auto" && options.device != "cpu" && options.device != "cuda") {
+    return absl::InvalidArgumentError("--device must be auto, cpu or cuda");
+  }
+  const bool use_cuda = options.device == "cuda" || (options.device == "auto" && cuda);
+  impl->device = use_cuda ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
+
+  absl::StatusOr<torch::jit::script::Module> denoiser =
+      LoadScript(bundle_dir + "/" + manifest->weights, impl->device);
+  if (!denoiser.ok()) return denoiser.status();
+  impl->denoiser = std::move(*denoiser);
+  if (manifest->decoder_kind == "torchscript") {
+    absl::StatusOr<torch::jit::script::Module> decoder =
+        LoadScript(bundle_dir + "/" + manifest->decoder_weights, impl->device);
+    if (!decoder.ok()) return decoder.status();
+    impl->decoder = std::move(*decoder);
+  }
+  auto model = std::unique_ptr<DenoiserModel>(
+      new DenoiserModel(std::move(*manifest), std::move(impl), use_cuda ? "cuda" : "cpu"));
+
+  // One probe forward: a bundle whose signature or shapes are wrong fails at
+  // load, with the file named, not on the first request.
+  const int64_t numel = model->latent_numel();
+  std::vector<float> x(numel, 0.0f), out(numel);
+  const int64_t t = model->manifest().schedule.train_timesteps / 2;
+  const int64_t cond = model->manifest().null_label;
+  absl::Status probe = model->Forward(x, {&t, 1}, {&cond, 1}, 1, absl::MakeSpan(out));
+  if (!probe.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(bundle_dir, ": probe forward failed: ", probe.message()));
+  }
+  return model;
+}
+
+absl::Status DenoiserModel::Forward(absl::Span<const float> x, absl::Span<const int64_t> t,
+                                    absl::Span<const int64_t> cond, int batch,
+                                    absl::Span<float> out) {
+  const std::vector<int64_t>& ls = manifest_.latent_shape;
+  try {
+    c10::InferenceMode guard;
+    // from_blob views: no copy on the CPU path.
+    torch::Tensor xt = torch::from_blob(const_cast<float*>(x.data()),
+                                        {batch, ls[0], ls[1], ls[2]}, torch::kFloat32);
+    torch::Tensor tt = torch::from_blob(const_cast<int64_t*>(t.data()), {batch}, torch::kInt64);
+    torch::Tensor ct =
+        torch::from_blob(const_cast<int64_t*>(cond.data()), {batch}, torch::kInt64);
+    if (manifest_.timestep_is_float) tt = tt.to(torch::kFloat32);
+    if (!impl_->device.is_cpu()) {
+      xt = xt.to(impl_->device, /*non_blocking=*/true);
+      tt = tt.to(impl_->device, true);
+      ct = ct.to(impl_->device, true);
+    }
+    torch::jit::IValue result = impl_->denoiser.forward({xt, tt, ct});
+    if (!result.isTensor()) {
+      return absl::InternalError("model forward did not return a tensor");
+    }
+    torch::Tensor eps = result.toTensor();
+    if (eps.numel() != static_cast<int64_t>(batch) * latent_numel()) {
+      return absl::InternalError(absl::StrCat("model returned ", eps.numel(),
+                                              " elements, expected ",
+                                              batch * latent_numel()));
+    }
+    eps = eps.to(torch::kCPU, torch::kFloat32).contiguous();
+    std::memcpy(out.data(), eps.data_ptr<float>(), sizeof(float) * eps.numel());
+    return absl::OkStatus();
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("model forward: ", e.what_without_backtrace()));
+  }
+}
+
+absl::StatusOr<std::vector<uint8_t>> DenoiserModel::Decode(absl::Span<const float> latents,
+                                                           int batch) {
+  const int channels = static_cast<int>(manifest_.image_shape[2]);
+  const int64_t image_numel = manifest_.ImageNumel();
+  std::vector<uint8_t> pixels;
+  pixels.reserve(batch * image_numel);
+  if (!impl_->decoder) {
+    const int64_t n = latent_numel();
+    for (int b = 0; b < batch; ++b) {
+      std::vector<uint8_t> px = ToPixels(latents.subspan(b * n, n), channels,
+                                         manifest_.value_lo, manifest_.value_hi);
+      pixels.insert(pixels.end(), px.begin(), px.end());
+    }
+    return pixels;
+  }
+  try {
+    c10::InferenceMode guard;
+    const std::vector<int64_t>& ls = manifest_.latent_shape;
+    torch::Tensor x = torch::from_blob(const_cast<float*>(latents.data()),
+                                       {batch, ls[0], ls[1], ls[2]}, torch::kFloat32)
+                          .to(impl_->device);
+    torch::Tensor img = impl_->decoder->forward({x}).toTensor().to(torch::kCPU, torch::kFloat32);
+    if (img.numel() != batch * image_numel) {
+      return absl::InternalError("decoder output does not match manifest image_shape");
+    }
+    img = img.contiguous();
+    const int64_t n = image_numel;
+    for (int b = 0; b < batch; ++b) {
+      std::vector<uint8_t> px =
+          ToPixels({img.data_ptr<float>() + b * n, static_cast<size_t>(n)}, channels,
+                   manifest_.value_lo, manifest_.value_hi);
+      pixels.insert(pixels.end(), px.begin(), px.end());
+    }
+    return pixels;
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("decoder: ", e.what_without_backtrace()));
+  }
+}
+
+int SetTorchThreads(int threads) {
+  if (threads > 0) at::set_num_threads(threads);
+  return at::get_num_threads();
+}
+
+}  // namespace dgrid

@@ -1,0 +1,379 @@
+#include "denoiser_service/engine/trajectory_batcher.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <sstream>
+
+#include "common/philox.h"
+#include "denoiser_service/engine/denoiser_model.h"
+#include "gtest/gtest.h"
+
+namespace dgrid {
+namespace {
+
+std::string Fixtures() {
+  const char* dir = std::getenv("DGRID_FIXTURES");
+  return dir ? dir : "";
+}
+
+// The Gaussian fixture (tests/fixtures/make_fixtures.py): data N(mu_c, var_c)
+// per element for class c, row 2 = unconditional; its model is the exact
+// optimal eps-predictor.
+struct GaussianParams {
+  std::vector<std::vector<double>> mu, var;  // [row][element]
+};
+
+GaussianParams ReadParams() {
+  GaussianParams p;
+  std::ifstream in(Fixtures() + "/gaussian/params.txt");
+  std::string text;
+  while (std::getline(in, text)) {
+    std::istringstream line(text);
+    std::string tag;
+    line >> tag;
+    std::vector<double> v;
+    double d;
+    while (line >> d) v.push_back(d);
+    (tag == "mu" ? p.mu : p.var).push_back(v);
+  }
+  return p;
+}
+
+struct Collected {
+  absl::Status status;
+  std::vector<RunEvent> events;
+  std::map<int, std::vector<float>> finals;
+};
+
+Collected Drain(Run& run) {
+  Collected c;
+  RunEvent e;
+  while (run.Next(absl::Seconds(30), &e) != Run::Wait::kDone) {
+    if (e.kind == RunEvent::Kind::kFinal) c.finals[e.trajectory] = e.latent;
+    c.events.push_back(std::move(e));
+  }
+  c.status = run.status();
+  return c;
+}
+
+class BatcherTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_FALSE(Fixtures().empty()) << "DGRID_FIXTURES is not set";
+    SetTorchThreads(1);
+    auto model = DenoiserModel::Load(Fixtures() + "/gaussian", {"cpu"});
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = std::move(*model);
+    params_ = ReadParams();
+    ASSERT_EQ(params_.mu.size(), 3u);
+  }
+
+  Collected RunAll(TrajectoryBatcher& batcher, RunRequest request) {
+    auto run = batcher.Start(std::move(request));
+    if (!run.ok()) return {run.status(), {}, {}};
+    return Drain(**run);
+  }
+
+  RunRequest Request(int n, float eta, uint64_t seed_base = 1) {
+    RunRequest r;
+    r.sampler = {50, eta, Spacing::kLeading, 1.0f};
+    for (int i = 0; i < n; ++i) {
+      r.trajectories.push_back({Path{seed_base + i, {{0, 1000 + seed_base + i}}}, {}});
+    }
+    return r;
+  }
+
+  // One deterministic-or-not DDIM step in double with the closed-form eps of
+  // row `row` (the analytic reference for the engine).
+  double Eps(const DdimSchedule& s, int i, int row, size_t j, double x) const {
+    const double a = s.alpha_bar(i);
+    return std::sqrt(1 - a) * (x - std::sqrt(a) * params_.mu[row][j]) /
+           (a * params_.var[row][j] + 1 - a);
+  }
+  double StepDet(const DdimSchedule& s, int i, double eta, double eps, double x) const {
+    const double a = s.alpha_bar(i), ap = s.alpha_bar_prev(i), sig = s.sigma(i, eta);
+    const double x0 = (x - std::sqrt(1 - a) * eps) / std::sqrt(a);
+    return std::sqrt(ap) * x0 + std::sqrt(1 - ap - sig * sig) * eps;
+  }
+
+  std::unique_ptr<DenoiserModel> model_;
+  GaussianParams params_;
+};
+
+// With eta = 1 the sampler plugs E[x0 | x_t] into the DDPM posterior, which
+// drops Var[x0 | x_t] at every step: at 50 steps the output variance is ~0.78
+// of the data's, at the full 1000 steps it is the data's. So this test uses
+// 1000 steps, and checks the engine against the exact law of the sampler at
+// any step count (the recurrence below).
+TEST_F(BatcherTest, ClosedFormSamplerReproducesTheDataDistribution) {
+  TrajectoryBatcher batcher(model_.get(), {.max_batch = 1024});
+  constexpr int kSamples = 4096;
+  constexpr int kSteps = 1000;
+  RunRequest request = Request(kSamples, 1.0f);
+  request.sampler.steps = kSteps;
+  Collected c = RunAll(batcher, request);
+  ASSERT_TRUE(c.status.ok()) << c.status;
+  ASSERT_EQ(c.finals.size(), size_t{kSamples});
+
+  // Every step is linear-Gaussian: x' = A x + B + sigma z. Propagating mean
+  // and variance from N(0, 1) gives the exact law of the sampler's output.
+  auto schedule = DdimSchedule::Create(model_->manifest().schedule, kSteps, Spacing::kLeading);
+  const size_t numel = 16;
+  for (size_t j = 0; j < numel; ++j) {
+    double mean = 0, var = 1;
+    for (int i = 0; i < kSteps; ++i) {
+      const double b = StepDet(*schedule, i, 1.0, Eps(*schedule, i, 2, j, 0.0), 0.0);
+      const double a = StepDet(*schedule, i, 1.0, Eps(*schedule, i, 2, j, 1.0), 1.0) - b;
+      const double sig = schedule->sigma(i, 1.0f);
+      mean = a * mean + b;
+      var = a * a * var + sig * sig;
+    }
+    double sum = 0, sq = 0;
+    for (const auto& [_, x] : c.finals) {
+      sum += x[j];
+      sq += double(x[j]) * x[j];
+    }
+    const double sample_mean = sum / kSamples;
+    const double sample_var = sq / kSamples - sample_mean * sample_mean;
+    // 5 standard errors of the sample mean and variance.
+    EXPECT_NEAR(sample_mean, mean, 5 * std::sqrt(var / kSamples)) << "element " << j;
+    EXPECT_NEAR(sample_var, var, 5 * var * std::sqrt(2.0 / kSamples)) << "element " << j;
+    // And at 1000 steps the sampler's law is the data's: mean within 0.005,
+    // variance within 5% (measured: at most 4% low, on the narrowest element).
+    EXPECT_NEAR(mean, params_.mu[2][j], 0.005) << "element " << j;
+    EXPECT_NEAR(var / params_.var[2][j], 1.0, 0.05) << "element " << j;
+    if (j < 3) {
+      std::cout << "element " << j << ": mu " << params_.mu[2][j] << " sample " << sample_mean
+                << " | s^2 " << params_.var[2][j] << " sample " << sample_var << "\n";
+    }
+  }
+}
+
+TEST_F(BatcherTest, EtaZeroIsDeterministicAndMatchesTheFormulasStepByStep) {
+  TrajectoryBatcher batcher(model_.get(), {});
+  RunRequest request = Request(3, 0.0f);
+  for (int s = 1; s < 50; ++s) request.capture_steps.push_back(s);
+  request.previews = true;
+  Collected first = RunAll(batcher, request);
+  Collected second = RunAll(batcher, request);
+  ASSERT_TRUE(first.status.ok()) << first.status;
+  EXPECT_EQ(first.finals, second.finals);
+
+  auto schedule = DdimSchedule::Create(model_->manifest().schedule, 50, Spacing::kLeading);
+  // Reference: x_T from the same Philox stream, then double-precision DDIM.
+  std::map<int, std::vector<double>> x;
+  for (int t = 0; t < 3; ++t) {
+    std::vector<float> init(16);
+    FillGaussian({request.trajectories[t].path.init_seed, NoiseStream::kInitialLatent, 0},
+                 absl::MakeSpan(init));
+    x[t].assign(init.begin(), init.end());
+  }
+  std::map<std::pair<int, int>, std::vector<float>> captured;
+  for (const RunEvent& e : first.events) captured[{e.trajectory, e.step}] = e.latent;
+  double worst = 0;
+  for (int i = 0; i < 50; ++i) {
+    for (int t = 0; t < 3; ++t) {
+      for (size_t j = 0; j < 16; ++j) {
+        x[t][j] = StepDet(*schedule, i, 0.0, Eps(*schedule, i, 2, j, x[t][j]), x[t][j]);
+      }
+      const std::vector<float>& got = captured[{t, i + 1}];
+      ASSERT_EQ(got.size(), 16u) << "no capture at step " << i + 1;
+      for (size_t j = 0; j < 16; ++j) {
+        EXPECT_NEAR(got[j], x[t][j], 1e-4 * (1 + std::abs(x[t][j]))) << "step " << i + 1;
+        worst = std::max(worst, std::abs(got[j] - x[t][j]));
+      }
+    }
+  }
+  std::cout << "eta=0: worst |engine - double reference| over 50 steps = " << worst << "\n";
+}
+
+TEST_F(BatcherTest, NoiseIsBitIdenticalAloneAndAtAnyPositionInABatchOf17) {
+  TrajectoryBatcher batcher(model_.get(), {.max_batch = 64});
+  const TrajectoryStart probe{Path{77, {{0, 5}, {10, 6}}}, {}};
+  RunRequest alone = Request(0, 1.0f);
+  alone.trajectories = {probe};
+  Collected reference = RunAll(batcher, alone);
+  ASSERT_TRUE(reference.status.ok());
+  for (int position : {0, 8, 16}) {
+    RunRequest batch = Request(17, 1.0f, 100 + position);
+    batch.trajectories[position] = probe;
+    Collected c = RunAll(batcher, batch);
+    ASSERT_TRUE(c.status.ok());
+    EXPECT_EQ(c.finals[position], reference.finals[0]) << "position " << position;
+    EXPECT_NE(c.finals[(position + 1) % 17], reference.finals[0]);
+  }
+}
+
+TEST_F(BatcherTest, TrunkAndBranchShareTheirPrefixExactly) {
+  TrajectoryBatcher batcher(model_.get(), {});
+  constexpr int k = 20;
+  const Path trunk{9, {{0, 100}}};
+  RunRequest trunk_run = Request(0, 1.0f);
+  trunk_run.trajectories = {{trunk, {}}};
+  trunk_run.capture_steps = {k};
+  Collected t = RunAll(batcher, trunk_run);
+  ASSERT_TRUE(t.status.ok());
+  ASSERT_EQ(t.events.front().kind, RunEvent::Kind::kCapture);  // capture before final
+  const std::vector<float> at_k = t.events.front().latent;
+
+  // The branch path run from step 0 reaches the trunk's latent at step k.
+  RunRequest prefix = Request(0, 1.0f);
+  prefix.trajectories = {{trunk.BranchAt(k, 555), {}}};
+  prefix.end_step = k;
+  Collected p = RunAll(batcher, prefix);
+  ASSERT_TRUE(p.status.ok());
+  EXPECT_EQ(p.finals[0], at_k);
+
+  // Resuming from the capture equals running the branch path from scratch.
+  RunRequest from_capture = Request(0, 1.0f);
+  from_capture.start_step = k;
+  from_capture.trajectories = {{trunk.BranchAt(k, 555), at_k}, {trunk.BranchAt(k, 556), at_k}};
+  RunRequest from_scratch = Request(0, 1.0f);
+  from_scratch.trajectories = {{trunk.BranchAt(k, 555), {}}};
+  Collected resumed = RunAll(batcher, from_capture);
+  Collected scratch = RunAll(batcher, from_scratch);
+  ASSERT_TRUE(resumed.status.ok() && scratch.status.ok());
+  EXPECT_EQ(resumed.finals[0], scratch.finals[0]);
+  EXPECT_EQ(resumed.events.size(), 2u);
+  // Different paths, different results.
+  EXPECT_NE(resumed.finals[0], resumed.finals[1]);
+  EXPECT_NE(resumed.finals[0], t.finals[0]);
+}
+
+TEST_F(BatcherTest, GuidanceMixesConditionalAndUnconditionalPasses) {
+  TrajectoryBatcher batcher(model_.get(), {});
+  auto run_with = [&](float g) {
+    RunRequest r = Request(1, 0.0f);
+    r.class_index = 0;
+    r.sampler.guidance = g;
+    return RunAll(batcher, r).finals[0];
+  };
+  auto schedule = DdimSchedule::Create(model_->manifest().schedule, 50, Spacing::kLeading);
+  std::vector<float> init(16);
+  FillGaussian({1, NoiseStream::kInitialLatent, 0}, absl::MakeSpan(init));
+  auto reference = [&](double g) {
+    std::vector<double> x(init.begin(), init.end());
+    for (int i = 0; i < 50; ++i) {
+      for (size_t j = 0; j < 16; ++j) {
+        const double eu = Eps(*schedule, i, 2, j, x[j]), ec = Eps(*schedule, i, 0, j, x[j]);
+        x[j] = StepDet(*schedule, i, 0.0, eu + g * (ec - eu), x[j]);
+      }
+    }
+    return x;
+  };
+  for (float g : {0.0f, 1.0f, 3.0f}) {
+    const std::vector<float> got = run_with(g);
+    const std::vector<double> want = reference(g);
+    for (size_t j = 0; j < 16; ++j) {
+      EXPECT_NEAR(got[j], want[j], 1e-3 * (1 + std::abs(want[j]))) << "g=" << g;
+    }
+  }
+}
+
+TEST_F(BatcherTest, FullQueueAnswersResourceExhausted) {
+  TrajectoryBatcher batcher(model_.get(),
+                            {.max_batch = 4, .max_queue = 4,
+                             .debug_step_delay = absl::Milliseconds(2)});
+  auto first = batcher.Start(Request(3, 1.0f));
+  ASSERT_TRUE(first.ok());
+  auto second = batcher.Start(Request(2, 1.0f));
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(second.status().message().find("queue is full"), absl::string_view::npos);
+  EXPECT_TRUE(Drain(**first).status.ok());
+  // Slots come back once the first run ends.
+  EXPECT_TRUE(RunAll(batcher, Request(4, 1.0f)).status.ok());
+  EXPECT_EQ(batcher.outstanding(), 0);
+}
+
+TEST_F(BatcherTest, DeadlinesAndCancellationStopWork) {
+  TrajectoryBatcher batcher(model_.get(), {.debug_step_delay = absl::Milliseconds(5)});
+  RunRequest late = Request(2, 1.0f);
+  late.deadline = absl::Now() + absl::Milliseconds(30);
+  EXPECT_EQ(RunAll(batcher, late).status.code(), absl::StatusCode::kDeadlineExceeded);
+
+  auto run = batcher.Start(Request(2, 1.0f));
+  ASSERT_TRUE(run.ok());
+  absl::SleepFor(absl::Milliseconds(20));
+  (*run)->Cancel();
+  Collected cancelled = Drain(**run);
+  EXPECT_EQ(cancelled.status.code(), absl::StatusCode::kCancelled);
+  EXPECT_TRUE(cancelled.finals.empty());
+
+  RunRequest expired = Request(1, 1.0f);
+  expired.deadline = absl::Now() - absl::Seconds(1);
+  EXPECT_EQ(RunAll(batcher, expired).status.code(), absl::StatusCode::kDeadlineExceeded);
+  // The engine keeps serving.
+  EXPECT_TRUE(RunAll(batcher, Request(1, 1.0f)).status.ok());
+  EXPECT_EQ(batcher.outstanding(), 0);
+}
+
+TEST_F(BatcherTest, InvalidRequestsNameTheField) {
+  TrajectoryBatcher batcher(model_.get(), {});
+  struct Case {
+    std::function<void(RunRequest&)> mutate;
+    const char* field;
+  };
+  const Case cases[] = {
+      {[](RunRequest& r) { r.sampler.steps = 0; }, "sampler.steps"},
+      {[](RunRequest& r) { r.sampler.steps = 5000; }, "sampler.steps"},
+      {[](RunRequest& r) { r.sampler.eta = 1.5f; }, "sampler.eta"},
+      {[](RunRequest& r) { r.sampler.eta = -0.1f; }, "sampler.eta"},
+      {[](RunRequest& r) { r.sampler.eta = NAN; }, "sampler.eta"},
+      {[](RunRequest& r) { r.sampler.guidance = -1; }, "sampler.guidance"},
+      {[](RunRequest& r) { r.class_index = 7; }, "conditioning.class_index"},
+      {[](RunRequest& r) { r.start_step = 50; }, "start_step"},
+      {[](RunRequest& r) { r.end_step = 51; }, "end_step"},
+      {[](RunRequest& r) { r.capture_steps = {10, 5}; }, "capture_steps[1]"},
+      {[](RunRequest& r) { r.trajectories.clear(); }, "trajectories"},
+      {[](RunRequest& r) { r.trajectories[0].path.segments = {{0, 1}, {9, 2}, {4, 3}}; },
+       "trajectories[0].path.segments[2].from_step"},
+      {[](RunRequest& r) { r.trajectories[1].path.segments = {{0, 1}, {7, 2}, {7, 3}}; },
+       "trajectories[1].path.segments[2].from_step"},
+      {[](RunRequest& r) { r.trajectories[0].latent = {1, 2, 3}; },
+       "trajectories[0].start_latent"},
+      {[](RunRequest& r) { r.start_step = 3; }, "trajectories[0].start_latent"},
+  };
+  for (const Case& c : cases) {
+    RunRequest r = Request(2, 1.0f);
+    c.mutate(r);
+    auto run = batcher.Start(r);
+    ASSERT_FALSE(run.ok()) << c.field;
+    EXPECT_EQ(run.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(run.status().message().find(c.field), absl::string_view::npos)
+        << run.status().message();
+  }
+  EXPECT_EQ(batcher.outstanding(), 0);
+  EXPECT_TRUE(RunAll(batcher, Request(1, 1.0f)).status.ok());
+}
+
+TEST(ExternalModelTest, PythonExportedModelAndDecoderLoadAndRun) {
+  ASSERT_FALSE(Fixtures().empty());
+  auto model = DenoiserModel::Load(Fixtures() + "/tinyconv", {"cpu"});
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ((*model)->latent_numel(), 64);
+  TrajectoryBatcher batcher(model->get(), {});
+  RunRequest r;
+  r.sampler = {10, 1.0f, Spacing::kTrailing, 2.0f};
+  r.class_index = 1;
+  r.trajectories = {{Path{3, {{0, 4}}}, {}}};
+  auto run = batcher.Start(r);
+  ASSERT_TRUE(run.ok());
+  Collected c = Drain(**run);
+  ASSERT_TRUE(c.status.ok()) << c.status;
+  ASSERT_EQ(c.finals[0].size(), 64u);
+  auto pixels = (*model)->Decode(c.finals[0], 1);
+  ASSERT_TRUE(pixels.ok()) << pixels.status();
+  EXPECT_EQ(pixels->size(), 16u * 16u);  // the decoder upsamples 8x8 to 16x16
+}
+
+TEST(ExternalModelTest, MissingOrBrokenBundlesFailWithTheFileNamed) {
+  auto missing = DenoiserModel::Load("/nonexistent", {"cpu"});
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace dgrid

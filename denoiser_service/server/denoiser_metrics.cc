@@ -1,0 +1,66 @@
+#include "denoiser_service/server/denoiser_metrics.h"
+
+namespace dgrid {
+namespace {
+
+prometheus::Histogram::BucketBoundaries SecondsBuckets() {
+  return {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+}
+
+}  // namespace
+
+DenoiserMetrics::DenoiserMetrics(prometheus::Registry& registry)
+    : requests_(prometheus::BuildCounter()
+                    .Name("dgrid_denoiser_requests_total")
+                    .Help("Denoiser RPCs by method and gRPC status code.")
+                    .Register(registry)),
+      batch_size_(prometheus::BuildHistogram()
+                      .Name("dgrid_denoiser_batch_size")
+                      .Help("Forward rows per engine iteration (guided trajectories count 2).")
+                      .Register(registry)
+                      .Add({}, prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64,
+                                                                       128, 256})),
+      queue_seconds_(prometheus::BuildHistogram()
+                         .Name("dgrid_denoiser_queue_seconds")
+                         .Help("Time from admission to a trajectory's first forward pass.")
+                         .Register(registry)
+                         .Add({}, SecondsBuckets())),
+      forward_seconds_(prometheus::BuildHistogram()
+                           .Name("dgrid_denoiser_forward_seconds")
+                           .Help("Duration of one batched forward pass.")
+                           .Register(registry)
+                           .Add({}, SecondsBuckets())),
+      active_(prometheus::BuildGauge()
+                  .Name("dgrid_denoiser_active_trajectories")
+                  .Help("Trajectories in the engine's active set.")
+                  .Register(registry)
+                  .Add({})),
+      model_evals_(prometheus::BuildCounter()
+                       .Name("dgrid_denoiser_model_evals_total")
+                       .Help("Trajectory steps evaluated (one per trajectory per iteration).")
+                       .Register(registry)
+                       .Add({})),
+      forward_rows_(prometheus::BuildCounter()
+                        .Name("dgrid_denoiser_forward_rows_total")
+                        .Help("Images passed through the model (guided steps count 2).")
+                        .Register(registry)
+                        .Add({})) {}
+
+void DenoiserMetrics::CountRequest(const std::string& method, const std::string& code) {
+  requests_.Add({{"method", method}, {"code", code}}).Increment();
+}
+
+void DenoiserMetrics::OnForward(int trajectories, int rows, absl::Duration forward) {
+  batch_size_.Observe(rows);
+  forward_seconds_.Observe(absl::ToDoubleSeconds(forward));
+  model_evals_.Increment(trajectories);
+  forward_rows_.Increment(rows);
+}
+
+void DenoiserMetrics::OnQueueWait(absl::Duration wait) {
+  queue_seconds_.Observe(absl::ToDoubleSeconds(wait));
+}
+
+void DenoiserMetrics::OnActive(int trajectories) { active_.Set(trajectories); }
+
+}  // namespace dgrid

@@ -1,0 +1,40 @@
+// The denoiser's Prometheus metrics (DESIGN.md names): request counts by
+// method and code, and the engine's batch size, queue wait, forward time,
+// active trajectories and model evaluations.
+#ifndef DGRID_DENOISER_SERVER_DENOISER_METRICS_H_
+#define DGRID_DENOISER_SERVER_DENOISER_METRICS_H_
+
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include <string>
+
+#include "denoiser_service/engine/trajectory_batcher.h"
+
+namespace dgrid {
+
+class DenoiserMetrics final : public BatcherObserver {
+ public:
+  explicit DenoiserMetrics(prometheus::Registry& registry);
+
+  void CountRequest(const std::string& method, const std::string& code);
+
+  void OnForward(int trajectories, int rows, absl::Duration forward) override;
+  void OnQueueWait(absl::Duration wait) override;
+  void OnActive(int trajectories) override;
+
+ private:
+  prometheus::Family<prometheus::Counter>& requests_;
+  prometheus::Histogram& batch_size_;
+  prometheus::Histogram& queue_seconds_;
+  prometheus::Histogram& forward_seconds_;
+  prometheus::Gauge& active_;
+  prometheus::Counter& model_evals_;
+  prometheus::Counter& forward_rows_;
+};
+
+}  // namespace dgrid
+
+#endif  // DGRID_DENOISER_SERVER_DENOISER_METRICS_H_

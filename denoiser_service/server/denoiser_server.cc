@@ -1,0 +1,153 @@
+#include "denoiser_service/server/denoiser_server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <prometheus/exposer.h>
+#include <prometheus/registry.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "denoiser_service/server/denoiser_metrics.h"
+#include "denoiser_service/server/denoiser_service_impl.h"
+
+namespace dgrid {
+namespace {
+
+absl::StatusOr<std::string> ReadFile(const std::string& path, const char* flag) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::InvalidArgumentError(absl::StrCat(flag, ": cannot read ", path));
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(
+    const DenoiserServerOptions& o) {
+  if (o.tls_cert.empty() && o.tls_key.empty()) {
+    if (!o.tls_client_ca.empty()) {
+      return absl::InvalidArgumentError("--tls_client_ca needs --tls_cert and --tls_key");
+    }
+    return grpc::InsecureServerCredentials();
+  }
+  if (o.tls_cert.empty() || o.tls_key.empty()) {
+    return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
+  }
+  grpc::SslServerCredentialsOptions ssl;
+  auto cert = ReadFile(o.tls_cert, "--tls_cert");
+  if (!cert.ok()) return cert.status();
+  auto key = ReadFile(o.tls_key, "--tls_key");
+  if (!key.ok()) return key.status();
+  ssl.pem_key_cert_pairs.push_back({*key, *cert});
+  if (!o.tls_client_ca.empty()) {
+    auto ca = ReadFile(o.tls_client_ca, "--tls_client_ca");
+    if (!ca.ok()) return ca.status();
+    ssl.pem_root_certs = *ca;
+    ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  return grpc::SslServerCredentials(ssl);
+}
+
+}  // namespace
+
+DenoiserServer::DenoiserServer() = default;
+
+DenoiserServer::~DenoiserServer() { Shutdown(absl::ZeroDuration()); }
+
+absl::StatusOr<std::unique_ptr<DenoiserServer>> DenoiserServer::Start(
+    const DenoiserServerOptions& o) {
+  if (o.model_dirs.empty()) return absl::InvalidArgumentError("--model_dir is required");
+  if (o.max_batch < 1) return absl::InvalidArgumentError("--max_batch must be >= 1");
+  if (o.max_queue < 1) return absl::InvalidArgumentError("--max_queue must be >= 1");
+  auto credentials = Credentials(o);
+  if (!credentials.ok()) return credentials.status();
+
+  std::unique_ptr<DenoiserServer> s(new DenoiserServer());
+  SetTorchThreads(o.threads > 0 ? o.threads
+                                : static_cast<int>(std::thread::hardware_concurrency()));
+  s->registry_ = std::make_shared<prometheus::Registry>();
+  s->metrics_ = std::make_unique<DenoiserMetrics>(*s->registry_);
+  s->models_ = std::make_unique<std::map<std::string, ServedModel>>();
+  for (const std::string& dir : o.model_dirs) {
+    auto model = DenoiserModel::Load(dir, {o.device});
+    if (!model.ok()) return model.status();
+    const std::string name = (*model)->manifest().name;
+    if (s->models_->count(name)) {
+      return absl::InvalidArgumentError(absl::StrCat("two bundles are named ", name));
+    }
+    ServedModel& served = (*s->models_)[name];
+    served.model = std::move(*model);
+    TrajectoryBatcher::Options batcher;
+    batcher.max_batch = o.max_batch;
+    batcher.max_queue = o.max_queue;
+    batcher.debug_step_delay = o.debug_step_delay;
+    served.batcher =
+        std::make_unique<TrajectoryBatcher>(served.model.get(), batcher, s->metrics_.get());
+  }
+  s->service_ = std::make_unique<DenoiserServiceImpl>(
+      s->models_.get(), o.max_trajectories_per_request, s->metrics_.get());
+
+  if (!o.metrics_addr.empty()) {
+    try {
+      s->exposer_ = std::make_unique<prometheus::Exposer>(o.metrics_addr);
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(
+          absl::StrCat("--metrics_addr ", o.metrics_addr, ": ", e.what()));
+    }
+    s->exposer_->RegisterCollectable(s->registry_);
+    const std::vector<int> ports = s->exposer_->GetListeningPorts();
+    s->metrics_port_ = ports.empty() ? 0 : ports.front();
+  }
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(o.listen, *credentials, &s->port_);
+  builder.RegisterService(s->service_.get());
+  builder.SetMaxReceiveMessageSize(o.max_message_bytes);
+  builder.SetMaxSendMessageSize(o.max_message_bytes);
+  // Keepalive: notice dead peers within ~30 s on idle connections.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  if (o.max_connection_age > absl::ZeroDuration()) {
+    // Clients reconnect, and re-resolve a headless Service, after a scale-up.
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS,
+                               static_cast<int>(absl::ToInt64Milliseconds(o.max_connection_age)));
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS, 30000);
+  }
+  // Each in-flight RPC holds a sync-server thread while it waits on the engine.
+  grpc::ResourceQuota quota("dgrid-denoiser");
+  quota.SetMaxThreads(1024);
+  builder.SetResourceQuota(quota);
+  s->server_ = builder.BuildAndStart();
+  if (!s->server_ || s->port_ == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", o.listen));
+  }
+  grpc::HealthCheckServiceInterface* health = s->server_->GetHealthCheckService();
+  for (const auto& [name, _] : *s->models_) health->SetServingStatus(name, true);
+  health->SetServingStatus("", true);
+  return s;
+}
+
+std::vector<std::string> DenoiserServer::model_names() const {
+  std::vector<std::string> names;
+  for (const auto& [name, _] : *models_) names.push_back(name);
+  return names;
+}
+
+void DenoiserServer::Wait() { server_->Wait(); }
+
+void DenoiserServer::Shutdown(absl::Duration grace) {
+  if (!server_) return;
+  server_->GetHealthCheckService()->Shutdown();
+  server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+  server_.reset();
+  // Batchers stop after the RPCs that wait on them have ended.
+  models_.reset();
+}
+
+}  // namespace dgrid

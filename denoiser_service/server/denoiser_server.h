@@ -1,0 +1,89 @@
+// A running denoiser: loads the bundles, starts one TrajectoryBatcher per
+// model, and serves Denoiser, health (per-model status) and reflection over
+// gRPC, plus Prometheus metrics. main.cc and the tests both start it this way.
+//
+//   DenoiserServerOptions options;
+//   options.model_dirs = {"models/fashion-mnist"};
+//   options.listen = "127.0.0.1:0";
+//   ASSIGN_OR_RETURN(auto server, DenoiserServer::Start(options));
+//   server->port();   // the bound port
+//   server->Wait();
+#ifndef DGRID_DENOISER_SERVER_DENOISER_SERVER_H_
+#define DGRID_DENOISER_SERVER_DENOISER_SERVER_H_
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace grpc {
+class Server;
+}
+namespace prometheus {
+class Exposer;
+class Registry;
+}
+
+namespace dgrid {
+
+class DenoiserServiceImpl;
+class DenoiserMetrics;
+struct ServedModel;
+
+struct DenoiserServerOptions {
+  std::vector<std::string> model_dirs;
+  // host:port; port 0 picks a free one (see port()).
+  std::string listen = "127.0.0.1:0";
+  // Prometheus exposer address; empty disables metrics serving.
+  std::string metrics_addr;
+  int max_batch = 64;
+  int max_queue = 4096;
+  int max_trajectories_per_request = 256;
+  int max_message_bytes = 16 << 20;
+  // Torch intra-op threads; 0 = one per core.
+  int threads = 0;
+  std::string device = "auto";
+  // Clients reconnect (and re-resolve DNS) after this; 0 = never.
+  absl::Duration max_connection_age = absl::ZeroDuration();
+  // Test-only slow replica.
+  absl::Duration debug_step_delay = absl::ZeroDuration();
+  // TLS: PEM file paths. With cert and key the server speaks TLS; with a CA
+  // as well it requires and verifies client certificates (mutual TLS).
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;
+};
+
+class DenoiserServer {
+ public:
+  static absl::StatusOr<std::unique_ptr<DenoiserServer>> Start(
+      const DenoiserServerOptions& options);
+  ~DenoiserServer();
+
+  int port() const { return port_; }
+  // 0 when metrics are off.
+  int metrics_port() const { return metrics_port_; }
+  std::vector<std::string> model_names() const;
+  void Wait();
+  // Marks every model NOT_SERVING, then stops accepting and drains.
+  void Shutdown(absl::Duration grace = absl::Seconds(5));
+
+ private:
+  DenoiserServer();
+
+  std::unique_ptr<std::map<std::string, ServedModel>> models_;
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::unique_ptr<DenoiserMetrics> metrics_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<DenoiserServiceImpl> service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  int metrics_port_ = 0;
+};
+
+}  // namespace dgrid
+
+#endif  // DGRID_DENOISER_SERVER_DENOISER_SERVER_H_

@@ -1,0 +1,308 @@
+// In-process gRPC round trip: a real DenoiserServer on a free loopback port,
+// called through the generated stub.
+#include "denoiser_service/server/denoiser_server.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <functional>
+#include <limits>
+#include <thread>
+#include <algorithm>
+
+#include "common/tensor_codec.h"
+#include "dgrid/v1/denoiser.grpc.pb.h"
+#include "gtest/gtest.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+
+namespace dgrid {
+namespace {
+
+class DenoiserServerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    const char* dir = std::getenv("DGRID_FIXTURES");
+    ASSERT_NE(dir, nullptr);
+    DenoiserServerOptions o;
+    o.model_dirs = {std::string(dir) + "/gaussian", std::string(dir) + "/tinyconv"};
+    o.listen = "127.0.0.1:0";
+    o.threads = 1;
+    o.max_queue = 64;
+    o.max_trajectories_per_request = 32;
+    o.max_message_bytes = 1 << 20;
+    auto server = DenoiserServer::Start(o);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = server->release();
+  }
+  static void TearDownTestSuite() {
+    delete server_;
+    server_ = nullptr;
+  }
+  void SetUp() override {
+    grpc::ChannelArguments args;
+    args.SetMaxSendMessageSize(8 << 20);
+    channel_ = grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", server_->port()),
+                                         grpc::InsecureChannelCredentials(), args);
+    stub_ = v1::Denoiser::NewStub(channel_);
+  }
+
+  static v1::BranchRequest GaussianBranch(int n) {
+    v1::BranchRequest r;
+    r.set_model("gaussian");
+    r.mutable_sampler()->set_steps(20);
+    r.mutable_sampler()->set_eta(1.0f);
+    r.mutable_sampler()->set_guidance(1.0f);
+    for (int i = 0; i < n; ++i) {
+      v1::Path* p = r.add_trajectories()->mutable_path();
+      p->set_init_seed(10 + i);
+      v1::Segment* s = p->add_segments();
+      s->set_from_step(0);
+      s->set_noise_seed(20 + i);
+    }
+    return r;
+  }
+
+  struct BranchResult {
+    grpc::Status status;
+    std::vector<v1::BranchEvent> events;
+  };
+  BranchResult CallBranch(const v1::BranchRequest& request,
+                          absl::Duration timeout = absl::Seconds(30)) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+    auto reader = stub_->Branch(&context, request);
+    BranchResult result;
+    v1::BranchEvent event;
+    while (reader->Read(&event)) result.events.push_back(event);
+    result.status = reader->Finish();
+    return result;
+  }
+
+  static DenoiserServer* server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Denoiser::Stub> stub_;
+};
+
+DenoiserServer* DenoiserServerTest::server_ = nullptr;
+
+TEST_F(DenoiserServerTest, GetModelInfoListsBothBundles) {
+  grpc::ClientContext context;
+  v1::GetModelInfoResponse response;
+  ASSERT_TRUE(stub_->GetModelInfo(&context, {}, &response).ok());
+  ASSERT_EQ(response.models_size(), 2);
+  EXPECT_EQ(response.models(0).name(), "gaussian");
+  EXPECT_EQ(response.models(0).prompts_size(), 2);
+  EXPECT_EQ(response.models(1).name(), "tinyconv");
+  EXPECT_EQ(response.models(1).image_shape(0), 16);
+}
+
+TEST_F(DenoiserServerTest, BranchStreamsCapturesBeforeFinalsAndDecodes) {
+  v1::BranchRequest request = GaussianBranch(2);
+  request.add_capture_steps(5);
+  request.add_capture_steps(10);
+  request.set_previews(true);
+  request.set_decode(true);
+  BranchResult r = CallBranch(request);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  ASSERT_EQ(r.events.size(), 6u);
+  for (int i = 0; i < 4; ++i) EXPECT_TRUE(r.events[i].has_capture()) << i;
+  for (int i = 4; i < 6; ++i) {
+    ASSERT_TRUE(r.events[i].has_final());
+    const v1::Final& f = r.events[i].final();
+    EXPECT_EQ(f.model_evals(), 20);
+    EXPECT_EQ(f.image().png().substr(1, 3), "PNG");
+    EXPECT_EQ(f.image().pixels().raw_contents().size(), 16u);
+    EXPECT_EQ(f.x0_preview().raw_contents().size(), 64u);
+  }
+  EXPECT_EQ(r.events[0].capture().step(), 5);
+}
+
+TEST_F(DenoiserServerTest, StepsComposeIntoABranch) {
+  // Running Step 0..19 one call at a time equals one Branch call: the service
+  // is stateless and the path carries the noise.
+  v1::BranchRequest branch = GaussianBranch(1);
+  BranchResult whole = CallBranch(branch);
+  ASSERT_TRUE(whole.status.ok());
+
+  v1::StepRequest step;
+  step.set_model("gaussian");
+  *step.mutable_sampler() = branch.sampler();
+  *step.add_trajectories() = branch.trajectories(0);
+  for (int i = 0; i < 20; ++i) {
+    step.set_step(i);
+    grpc::ClientContext context;
+    v1::StepResponse response;
+    ASSERT_TRUE(stub_->Step(&context, step, &response).ok()) << i;
+    *step.mutable_trajectories(0)->mutable_start_latent() = response.latents(0);
+  }
+  EXPECT_EQ(step.trajectories(0).start_latent().raw_contents(),
+            whole.events.back().final().latent().raw_contents());
+}
+
+TEST_F(DenoiserServerTest, DecodeReturnsPngs) {
+  v1::DecodeRequest request;
+  request.set_model("tinyconv");
+  EncodeFloatTensor(std::vector<float>(64, 0.5f), std::vector<int64_t>{1, 8, 8},
+                    request.add_latents());
+  grpc::ClientContext context;
+  v1::DecodeResponse response;
+  ASSERT_TRUE(stub_->Decode(&context, request, &response).ok());
+  ASSERT_EQ(response.images_size(), 1);
+  EXPECT_EQ(response.images(0).pixels().shape(0), 16);
+  EXPECT_EQ(static_cast<uint8_t>(response.images(0).pixels().raw_contents()[0]), 191);
+}
+
+TEST_F(DenoiserServerTest, BadInputGetsACodeAndNamesTheFieldAndTheServerKeepsServing) {
+  using Code = grpc::StatusCode;
+  struct Case {
+    const char* name;
+    std::function<void(v1::BranchRequest&)> mutate;
+    Code code;
+    const char* field;
+  };
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  auto latent = [](v1::BranchRequest& r, std::vector<float> v, std::vector<int64_t> shape) {
+    r.set_start_step(5);
+    EncodeFloatTensor(v, shape, r.mutable_trajectories(0)->mutable_start_latent());
+  };
+  const Case cases[] = {
+      {"unknown model", [](auto& r) { r.set_model("nope"); }, Code::INVALID_ARGUMENT, "model"},
+      {"unknown prompt", [](auto& r) { r.mutable_conditioning()->set_prompt("zebra"); },
+       Code::INVALID_ARGUMENT, "conditioning.prompt"},
+      {"class out of range", [](auto& r) { r.mutable_conditioning()->set_class_index(9); },
+       Code::INVALID_ARGUMENT, "conditioning.class_index"},
+      {"steps zero", [](auto& r) { r.mutable_sampler()->set_steps(0); }, Code::INVALID_ARGUMENT,
+       "sampler.steps"},
+      {"steps negative", [](auto& r) { r.mutable_sampler()->set_steps(-5); },
+       Code::INVALID_ARGUMENT, "sampler.steps"},
+      {"steps absurd", [](auto& r) { r.mutable_sampler()->set_steps(1 << 30); },
+       Code::INVALID_ARGUMENT, "sampler.steps"},
+      {"eta above 1", [](auto& r) { r.mutable_sampler()->set_eta(1.01f); },
+       Code::INVALID_ARGUMENT, "sampler.eta"},
+      {"eta below 0", [](auto& r) { r.mutable_sampler()->set_eta(-1.0f); },
+       Code::INVALID_ARGUMENT, "sampler.eta"},
+      {"eta NaN", [&](auto& r) { r.mutable_sampler()->set_eta(nan); }, Code::INVALID_ARGUMENT,
+       "sampler.eta"},
+      {"wrong shape",
+       [&](auto& r) { latent(r, std::vector<float>(16, 0.f), {1, 16, 1}); },
+       Code::INVALID_ARGUMENT, "trajectories[0].start_latent.shape"},
+      {"huge dims",
+       [&](auto& r) { latent(r, std::vector<float>(16, 0.f), {1, 1 << 30, 1 << 30}); },
+       Code::INVALID_ARGUMENT, "trajectories[0].start_latent.shape"},
+      {"byte length",
+       [&](auto& r) {
+         latent(r, std::vector<float>(16, 0.f), {1, 4, 4});
+         r.mutable_trajectories(0)->mutable_start_latent()->mutable_raw_contents()->resize(60);
+       },
+       Code::INVALID_ARGUMENT, "trajectories[0].start_latent.raw_contents"},
+      {"wrong dtype",
+       [&](auto& r) {
+         latent(r, std::vector<float>(16, 0.f), {1, 4, 4});
+         r.mutable_trajectories(0)->mutable_start_latent()->set_dtype(v1::DATA_TYPE_UINT8);
+       },
+       Code::INVALID_ARGUMENT, "trajectories[0].start_latent.dtype"},
+      {"NaN latent",
+       [&](auto& r) {
+         std::vector<float> v(16, 0.f);
+         v[3] = nan;
+         latent(r, v, {1, 4, 4});
+       },
+       Code::INVALID_ARGUMENT, "non-finite"},
+      {"Inf latent",
+       [&](auto& r) {
+         std::vector<float> v(16, 0.f);
+         v[0] = std::numeric_limits<float>::infinity();
+         latent(r, v, {1, 4, 4});
+       },
+       Code::INVALID_ARGUMENT, "non-finite"},
+      {"missing start latent", [](auto& r) { r.set_start_step(3); }, Code::INVALID_ARGUMENT,
+       "trajectories[0].start_latent"},
+      {"unsorted segments",
+       [](auto& r) {
+         v1::Path* p = r.mutable_trajectories(0)->mutable_path();
+         p->add_segments()->set_from_step(9);
+         p->add_segments()->set_from_step(4);
+       },
+       Code::INVALID_ARGUMENT, "trajectories[0].path.segments[2].from_step"},
+      {"duplicate segments",
+       [](auto& r) {
+         v1::Path* p = r.mutable_trajectories(0)->mutable_path();
+         p->add_segments()->set_from_step(0);
+       },
+       Code::INVALID_ARGUMENT, "trajectories[0].path.segments[1].from_step"},
+      {"segment beyond steps",
+       [](auto& r) { r.mutable_trajectories(0)->mutable_path()->add_segments()->set_from_step(99); },
+       Code::INVALID_ARGUMENT, "trajectories[0].path.segments[1].from_step"},
+      {"no segments",
+       [](auto& r) { r.mutable_trajectories(0)->mutable_path()->clear_segments(); },
+       Code::INVALID_ARGUMENT, "trajectories[0].path.segments"},
+      {"end before start", [](auto& r) { r.set_end_step(-2); }, Code::INVALID_ARGUMENT,
+       "end_step"},
+      {"capture out of range", [](auto& r) { r.add_capture_steps(40); }, Code::INVALID_ARGUMENT,
+       "capture_steps[0]"},
+      {"no trajectories", [](auto& r) { r.clear_trajectories(); }, Code::INVALID_ARGUMENT,
+       "trajectories"},
+      {"too many trajectories",
+       [](auto& r) {
+         for (int i = 0; i < 40; ++i) *r.add_trajectories() = r.trajectories(0);
+       },
+       Code::RESOURCE_EXHAUSTED, "trajectories"},
+      {"oversized message",
+       [](auto& r) { r.set_model(std::string(2 << 20, 'x')); }, Code::RESOURCE_EXHAUSTED,
+       "larger than max"},
+  };
+  for (const Case& c : cases) {
+    v1::BranchRequest request = GaussianBranch(1);
+    c.mutate(request);
+    BranchResult r = CallBranch(request);
+    EXPECT_EQ(r.status.error_code(), c.code) << c.name << ": " << r.status.error_message();
+    EXPECT_NE(r.status.error_message().find(c.field), std::string::npos)
+        << c.name << ": " << r.status.error_message();
+    EXPECT_TRUE(r.events.empty()) << c.name;
+  }
+  // Deadline already expired.
+  BranchResult expired = CallBranch(GaussianBranch(1), absl::Milliseconds(-1));
+  EXPECT_EQ(expired.status.error_code(), Code::DEADLINE_EXCEEDED);
+  // Still serving.
+  BranchResult ok = CallBranch(GaussianBranch(3));
+  EXPECT_TRUE(ok.status.ok()) << ok.status.error_message();
+  EXPECT_EQ(ok.events.size(), 3u);
+}
+
+TEST_F(DenoiserServerTest, QueueLimitAnswersResourceExhausted) {
+  // max_queue is 64 trajectories; three concurrent 30-trajectory requests
+  // cannot all be admitted.
+  std::vector<std::thread> threads;
+  std::vector<grpc::StatusCode> codes(3);
+  for (int i = 0; i < 3; ++i) {
+    threads.emplace_back([&, i] {
+      v1::BranchRequest request = GaussianBranch(30);
+      request.mutable_sampler()->set_steps(1000);
+      codes[i] = CallBranch(request).status.error_code();
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(std::count(codes.begin(), codes.end(), grpc::StatusCode::RESOURCE_EXHAUSTED), 1);
+  EXPECT_EQ(std::count(codes.begin(), codes.end(), grpc::StatusCode::OK), 2);
+}
+
+TEST_F(DenoiserServerTest, HealthIsPerModel) {
+  auto health = grpc::health::v1::Health::NewStub(channel_);
+  for (const char* service : {"", "gaussian", "tinyconv", "missing"}) {
+    grpc::ClientContext context;
+    grpc::health::v1::HealthCheckRequest request;
+    request.set_service(service);
+    grpc::health::v1::HealthCheckResponse response;
+    const grpc::Status s = health->Check(&context, request, &response);
+    if (std::string(service) == "missing") {
+      EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
+    } else {
+      ASSERT_TRUE(s.ok()) << service;
+      EXPECT_EQ(response.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace dgrid

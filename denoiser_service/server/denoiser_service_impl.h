@@ -1,0 +1,49 @@
+// The gRPC adapter of the denoiser: each handler parses and validates the
+// request, calls the engine and encodes the answer (as TF Serving's
+// prediction_service_impl). The sampling logic lives in engine/.
+#ifndef DGRID_DENOISER_SERVER_DENOISER_SERVICE_IMPL_H_
+#define DGRID_DENOISER_SERVER_DENOISER_SERVICE_IMPL_H_
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "denoiser_service/engine/denoiser_model.h"
+#include "denoiser_service/engine/trajectory_batcher.h"
+#include "denoiser_service/server/denoiser_metrics.h"
+#include "dgrid/v1/denoiser.grpc.pb.h"
+
+namespace dgrid {
+
+struct ServedModel {
+  std::unique_ptr<DenoiserModel> model;
+  std::unique_ptr<TrajectoryBatcher> batcher;
+};
+
+class DenoiserServiceImpl final : public v1::Denoiser::Service {
+ public:
+  // `models` is keyed by model name. `metrics` may be null.
+  DenoiserServiceImpl(std::map<std::string, ServedModel>* models,
+                      int max_trajectories_per_request, DenoiserMetrics* metrics);
+
+  grpc::Status GetModelInfo(grpc::ServerContext* context, const v1::GetModelInfoRequest* request,
+                            v1::GetModelInfoResponse* response) override;
+  grpc::Status Step(grpc::ServerContext* context, const v1::StepRequest* request,
+                    v1::StepResponse* response) override;
+  grpc::Status Branch(grpc::ServerContext* context, const v1::BranchRequest* request,
+                      grpc::ServerWriter<v1::BranchEvent>* writer) override;
+  grpc::Status Decode(grpc::ServerContext* context, const v1::DecodeRequest* request,
+                      v1::DecodeResponse* response) override;
+
+ private:
+  absl::StatusOr<ServedModel*> FindModel(const std::string& name);
+  grpc::Status Count(const char* method, grpc::Status status);
+
+  std::map<std::string, ServedModel>* const models_;
+  const int max_trajectories_per_request_;
+  DenoiserMetrics* const metrics_;
+};
+
+}  // namespace dgrid
+
+#endif  // DGRID_DENOISER_SERVER_DENOISER_SERVICE_IMPL_H_

@@ -1,0 +1,87 @@
+// dgrid-denoiser: serves model bundles over gRPC. Parses flags, starts the
+// server, waits for SIGINT/SIGTERM, shuts down gracefully.
+#include <pthread.h>
+
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_split.h"
+#include "denoiser_service/server/denoiser_server.h"
+
+ABSL_FLAG(std::vector<std::string>, model_dir, {"models/fashion-mnist"},
+          "Model bundle folders, comma-separated.");
+ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC listen address; port 0 picks one.");
+ABSL_FLAG(std::string, metrics_addr, "0.0.0.0:9091",
+          "Prometheus metrics address; empty disables metrics.");
+ABSL_FLAG(std::string, port_file, "",
+          "If set, write 'grpc=PORT' and 'metrics=PORT' lines here once serving.");
+ABSL_FLAG(int, max_batch, 64, "Forward rows per engine iteration.");
+ABSL_FLAG(int, max_queue, 4096,
+          "Trajectories admitted at once; past it requests get RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int, max_trajectories_per_request, 256, "Trajectories in one request.");
+ABSL_FLAG(int, max_message_bytes, 16 << 20, "gRPC message size limit, both directions.");
+ABSL_FLAG(int, threads, 0, "Torch intra-op threads; 0 = one per core.");
+ABSL_FLAG(std::string, device, "auto", "auto, cpu or cuda.");
+ABSL_FLAG(int, max_connection_age_s, 0,
+          "Close client connections after this many seconds so they re-resolve; 0 = never.");
+ABSL_FLAG(int, debug_step_delay_ms, 0, "Test only: sleep before every forward pass.");
+ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate (enables TLS).");
+ABSL_FLAG(std::string, tls_key, "", "PEM server private key.");
+ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA: require and verify client certificates.");
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("dgrid-denoiser --model_dir=models/fashion-mnist");
+  absl::ParseCommandLine(argc, argv);
+  // Block SIGINT/SIGTERM before any thread starts; main waits for them below.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  dgrid::DenoiserServerOptions options;
+  options.model_dirs = absl::GetFlag(FLAGS_model_dir);
+  options.listen = absl::GetFlag(FLAGS_listen);
+  options.metrics_addr = absl::GetFlag(FLAGS_metrics_addr);
+  options.max_batch = absl::GetFlag(FLAGS_max_batch);
+  options.max_queue = absl::GetFlag(FLAGS_max_queue);
+  options.max_trajectories_per_request = absl::GetFlag(FLAGS_max_trajectories_per_request);
+  options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  options.threads = absl::GetFlag(FLAGS_threads);
+  options.device = absl::GetFlag(FLAGS_device);
+  options.max_connection_age = absl::Seconds(absl::GetFlag(FLAGS_max_connection_age_s));
+  options.debug_step_delay = absl::Milliseconds(absl::GetFlag(FLAGS_debug_step_delay_ms));
+  options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  options.tls_key = absl::GetFlag(FLAGS_tls_key);
+  options.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+
+  auto server = dgrid::DenoiserServer::Start(options);
+  if (!server.ok()) {
+    std::cerr << "dgrid-denoiser: " << server.status().message() << "\n";
+    return 1;
+  }
+  std::cerr << "dgrid-denoiser: serving";
+  for (const std::string& name : (*server)->model_names()) std::cerr << " " << name;
+  std::cerr << " on port " << (*server)->port();
+  if ((*server)->metrics_port()) std::cerr << ", metrics on port " << (*server)->metrics_port();
+  std::cerr << std::endl;
+  if (!absl::GetFlag(FLAGS_port_file).empty()) {
+    const std::string path = absl::GetFlag(FLAGS_port_file);
+    {
+      std::ofstream out(path + ".tmp");
+      out << "grpc=" << (*server)->port() << "\nmetrics=" << (*server)->metrics_port() << "\n";
+    }
+    std::rename((path + ".tmp").c_str(), path.c_str());  // readers never see half a file
+  }
+
+  int signal = 0;
+  sigwait(&stop_signals, &signal);
+  std::cerr << "dgrid-denoiser: shutting down" << std::endl;
+  (*server)->Shutdown(absl::Seconds(5));
+  return 0;
+}

@@ -1,0 +1,15 @@
+# Unit tests of the engine and the gRPC adapter. They use fixtures that
+# tests/fixtures/make_fixtures.py writes with Debian's python3-torch (the
+# ctest fixture "python_fixtures", defined in tests/CMakeLists.txt).
+add_executable(engine_test
+  engine/ddim_schedule_test.cc engine/trajectory_batcher_test.cc)
+target_link_libraries(engine_test PRIVATE dgrid_engine GTest::gtest_main)
+gtest_discover_tests(engine_test
+  PROPERTIES LABELS unit FIXTURES_REQUIRED python_fixtures
+             ENVIRONMENT DGRID_FIXTURES=${DGRID_FIXTURE_DIR})
+
+add_executable(denoiser_server_test server/denoiser_server_test.cc)
+target_link_libraries(denoiser_server_test PRIVATE dgrid_denoiser_server grpc_std_proto GTest::gtest_main)
+gtest_discover_tests(denoiser_server_test
+  PROPERTIES LABELS unit FIXTURES_REQUIRED python_fixtures
+             ENVIRONMENT DGRID_FIXTURES=${DGRID_FIXTURE_DIR})
