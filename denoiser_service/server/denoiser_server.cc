@@ -3,13 +3,13 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
-#include <prometheus/exposer.h>
 #include <prometheus/registry.h>
 
 #include <fstream>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "common/metrics_exposer.h"
 #include "denoiser_service/server/denoiser_metrics.h"
 #include "denoiser_service/server/denoiser_service_impl.h"
 
@@ -68,7 +68,7 @@ absl::StatusOr<std::unique_ptr<DenoiserServer>> DenoiserServer::Start(
   SetTorchThreads(o.threads > 0 ? o.threads
                                 : static_cast<int>(std::thread::hardware_concurrency()));
   s->registry_ = std::make_shared<prometheus::Registry>();
-  s->metrics_ = std::make_unique<DenoiserMetrics>(*s->registry_);
+  s->denoiser_metrics_ = std::make_unique<DenoiserMetrics>(*s->registry_);
   s->models_ = std::make_unique<std::map<std::string, ServedModel>>();
   for (const std::string& dir : o.model_dirs) {
     auto model = DenoiserModel::Load(dir, {o.device});
@@ -84,21 +84,15 @@ absl::StatusOr<std::unique_ptr<DenoiserServer>> DenoiserServer::Start(
     batcher.max_queue = o.max_queue;
     batcher.debug_step_delay = o.debug_step_delay;
     served.batcher =
-        std::make_unique<TrajectoryBatcher>(served.model.get(), batcher, s->metrics_.get());
+        std::make_unique<TrajectoryBatcher>(served.model.get(), batcher, s->denoiser_metrics_.get());
   }
   s->service_ = std::make_unique<DenoiserServiceImpl>(
-      s->models_.get(), o.max_trajectories_per_request, s->metrics_.get());
+      s->models_.get(), o.max_trajectories_per_request, s->denoiser_metrics_.get());
 
   if (!o.metrics_addr.empty()) {
-    try {
-      s->exposer_ = std::make_unique<prometheus::Exposer>(o.metrics_addr);
-    } catch (const std::exception& e) {
-      return absl::UnavailableError(
-          absl::StrCat("--metrics_addr ", o.metrics_addr, ": ", e.what()));
-    }
-    s->exposer_->RegisterCollectable(s->registry_);
-    const std::vector<int> ports = s->exposer_->GetListeningPorts();
-    s->metrics_port_ = ports.empty() ? 0 : ports.front();
+    auto endpoint = MetricsEndpoint::Start(o.metrics_addr, s->registry_);
+    if (!endpoint.ok()) return endpoint.status();
+    s->metrics_ = std::move(*endpoint);
   }
 
   grpc::EnableDefaultHealthCheckService(true);
@@ -138,6 +132,8 @@ std::vector<std::string> DenoiserServer::model_names() const {
   for (const auto& [name, _] : *models_) names.push_back(name);
   return names;
 }
+
+int DenoiserServer::metrics_port() const { return metrics_ ? metrics_->port() : 0; }
 
 void DenoiserServer::Wait() { server_->Wait(); }
 

@@ -23,7 +23,6 @@ namespace grpc {
 class Server;
 }
 namespace prometheus {
-class Exposer;
 class Registry;
 }
 
@@ -31,6 +30,7 @@ namespace dgrid {
 
 class DenoiserServiceImpl;
 class DenoiserMetrics;
+class MetricsEndpoint;
 struct ServedModel;
 
 struct DenoiserServerOptions {
@@ -65,7 +65,7 @@ class DenoiserServer {
 
   int port() const { return port_; }
   // 0 when metrics are off.
-  int metrics_port() const { return metrics_port_; }
+  int metrics_port() const;
   std::vector<std::string> model_names() const;
   void Wait();
   // Marks every model NOT_SERVING, then stops accepting and drains.
@@ -76,12 +76,11 @@ class DenoiserServer {
 
   std::unique_ptr<std::map<std::string, ServedModel>> models_;
   std::shared_ptr<prometheus::Registry> registry_;
-  std::unique_ptr<DenoiserMetrics> metrics_;
-  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<DenoiserMetrics> denoiser_metrics_;
+  std::unique_ptr<MetricsEndpoint> metrics_;
   std::unique_ptr<DenoiserServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
-  int metrics_port_ = 0;
 };
 
 }  // namespace dgrid

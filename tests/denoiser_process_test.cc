@@ -1,0 +1,104 @@
+// Starts the real dgrid-denoiser binary on a free loopback port and talks to
+// it as a client would: gRPC, reflection, health, Prometheus metrics, and a
+// clean shutdown on SIGTERM.
+#include <grpcpp/grpcpp.h>
+#include <signal.h>
+
+#include "dgrid/v1/denoiser.grpc.pb.h"
+#include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
+#include "gtest/gtest.h"
+#include <set>
+
+#include "tests/support/child_process.h"
+
+namespace dgrid {
+namespace {
+
+using testing::BinPath;
+using testing::ChildProcess;
+
+TEST(DenoiserProcessTest, ServesBranchMetricsReflectionAndStopsOnSigterm) {
+  const std::string dir = testing::TempDir("denoiser-process");
+  const std::string fixtures = std::getenv("DGRID_FIXTURES");
+  auto child = ChildProcess::Start(
+      {BinPath("dgrid-denoiser"), "--model_dir=" + fixtures + "/gaussian",
+       "--listen=127.0.0.1:0", "--metrics_addr=127.0.0.1:0", "--threads=1",
+       "--port_file=" + dir + "/ports"},
+      dir + "/denoiser.log");
+  ASSERT_TRUE(child.ok()) << child.status();
+  auto ports = (*child)->WaitForPorts(dir + "/ports", absl::Seconds(60));
+  ASSERT_TRUE(ports.ok()) << ports.status();
+  const int port = (*ports)["grpc"], metrics = (*ports)["metrics"];
+  ASSERT_GT(port, 0);
+  ASSERT_GT(metrics, 0);
+
+  auto channel =
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials());
+  auto stub = v1::Denoiser::NewStub(channel);
+  v1::BranchRequest request;
+  request.set_model("gaussian");
+  request.mutable_sampler()->set_steps(25);
+  request.mutable_sampler()->set_eta(1.0f);
+  request.mutable_sampler()->set_guidance(1.0f);
+  for (int i = 0; i < 4; ++i) {
+    v1::Path* p = request.add_trajectories()->mutable_path();
+    p->set_init_seed(i);
+    p->add_segments()->set_noise_seed(i + 100);
+  }
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  auto reader = stub->Branch(&context, request);
+  v1::BranchEvent event;
+  int finals = 0;
+  while (reader->Read(&event)) finals += event.has_final();
+  ASSERT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(finals, 4);
+
+  // Reflection: what grpcurl's "list" uses.
+  auto reflection = grpc::reflection::v1alpha::ServerReflection::NewStub(channel);
+  grpc::ClientContext reflection_context;
+  auto stream = reflection->ServerReflectionInfo(&reflection_context);
+  grpc::reflection::v1alpha::ServerReflectionRequest list;
+  list.set_list_services("");
+  ASSERT_TRUE(stream->Write(list));
+  stream->WritesDone();
+  grpc::reflection::v1alpha::ServerReflectionResponse listed;
+  ASSERT_TRUE(stream->Read(&listed));
+  std::set<std::string> services;
+  for (const auto& s : listed.list_services_response().service()) services.insert(s.name());
+  EXPECT_TRUE(services.count("dgrid.v1.Denoiser"));
+  EXPECT_TRUE(services.count("grpc.health.v1.Health"));
+  stream->Finish();
+
+  auto text = testing::HttpGet(metrics, "/metrics");
+  ASSERT_TRUE(text.ok()) << text.status();
+  EXPECT_EQ(testing::MetricValue(*text, "dgrid_denoiser_model_evals_total"), 100);
+  EXPECT_EQ(testing::MetricValue(
+                *text, R"(dgrid_denoiser_requests_total{code="OK",method="Branch"})"),
+            1);
+  EXPECT_GT(testing::MetricValue(*text, "dgrid_denoiser_batch_size_count"), 0);
+  EXPECT_NE(text->find("dgrid_denoiser_queue_seconds_bucket"), std::string::npos);
+  EXPECT_NE(text->find("dgrid_denoiser_forward_seconds_bucket"), std::string::npos);
+  EXPECT_NE(text->find("dgrid_denoiser_active_trajectories"), std::string::npos);
+
+  (*child)->Signal(SIGTERM);
+  auto code = (*child)->Wait(absl::Seconds(20));
+  ASSERT_TRUE(code.ok()) << code.status();
+  EXPECT_EQ(*code, 0) << (*child)->Log();
+}
+
+TEST(DenoiserProcessTest, BadFlagsExitWithOneReadableLine) {
+  const std::string dir = testing::TempDir("denoiser-bad");
+  auto child = ChildProcess::Start({BinPath("dgrid-denoiser"), "--model_dir=/nonexistent",
+                                    "--listen=127.0.0.1:0", "--metrics_addr="},
+                                   dir + "/log");
+  ASSERT_TRUE(child.ok());
+  auto code = (*child)->Wait(absl::Seconds(30));
+  ASSERT_TRUE(code.ok());
+  EXPECT_EQ(*code, 1);
+  EXPECT_NE((*child)->Log().find("/nonexistent/manifest.json"), std::string::npos)
+      << (*child)->Log();
+}
+
+}  // namespace
+}  // namespace dgrid
