@@ -2,6 +2,7 @@
 
 #include <ATen/Parallel.h>
 #include <torch/cuda.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/script.h>
 
 #include <filesystem>
@@ -48,6 +49,12 @@ absl::StatusOr<std::unique_ptr<DenoiserModel>> DenoiserModel::Load(
     const std::string& bundle_dir, const ModelLoadOptions& options) {
   absl::StatusOr<BundleManifest> manifest = ReadManifest(bundle_dir);
   if (!manifest.ok()) return manifest.status();
+  // The profiling executor re-specialises (and on CPU may re-fuse) a graph
+  // for every new input shape. Continuous batching changes the batch size
+  // from one iteration to the next, so that would stall the engine again and
+  // again; the plain executor runs the same ops with no warm-up.
+  torch::jit::getProfilingMode() = false;
+  torch::jit::setGraphExecutorOptimize(false);
   auto impl = std::make_unique<Impl>();
   const bool cuda = torch::cuda::is_available();
   if (options.device == "cuda" && !cuda) {

@@ -1,0 +1,26 @@
+// dgrid-bench: benchmarks of the pair, one JSON line per configuration.
+//
+//   dgrid-bench denoiser [--model_dir=models/fashion-mnist] [--seconds=3]
+#include <iostream>
+#include <map>
+#include <string>
+
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+
+namespace dgrid {
+int RunDenoiserBench();
+}
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "dgrid-bench COMMAND [flags]\n"
+      "  denoiser   raw engine forward throughput vs the gRPC service on loopback\n");
+  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  const std::map<std::string, int (*)()> commands = {{"denoiser", dgrid::RunDenoiserBench}};
+  if (args.size() < 2 || !commands.count(args[1])) {
+    std::cerr << "dgrid-bench: expected a command: denoiser (see --help)\n";
+    return 2;
+  }
+  return commands.at(args[1])();
+}
