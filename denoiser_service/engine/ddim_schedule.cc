@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "common/timesteps.h"
 
 namespace dgrid {
 
@@ -47,29 +48,12 @@ absl::StatusOr<DdimSchedule> DdimSchedule::Create(const NoiseScheduleSpec& spec,
   }
   DdimSchedule s;
   s.prediction_ = spec.prediction;
-  s.timesteps_.resize(steps);
-  if (spacing == Spacing::kLeading) {
-    // diffusers "leading": multiples of train // steps, plus steps_offset.
-    const int ratio = train / steps;
-    for (int i = 0; i < steps; ++i) {
-      s.timesteps_[i] = (steps - 1 - i) * ratio + spec.steps_offset;
-    }
-  } else {
-    // diffusers "trailing": round(arange(train, 0, -train / steps)) - 1.
-    const double ratio = static_cast<double>(train) / steps;
-    for (int i = 0; i < steps; ++i) {
-      s.timesteps_[i] = static_cast<int>(std::round(train - i * ratio)) - 1;
-    }
-  }
+  s.timesteps_ = DdimTimesteps(train, steps, spacing, spec.steps_offset);
   const std::vector<double> alphas = AlphasCumprod(spec);
   const double final_alpha = spec.set_alpha_to_one ? 1.0 : alphas[0];
   s.alpha_bar_.resize(steps);
   s.alpha_bar_prev_.resize(steps);
-  for (int i = 0; i < steps; ++i) {
-    const int t = std::min(s.timesteps_[i], train - 1);
-    s.timesteps_[i] = t;
-    s.alpha_bar_[i] = alphas[t];
-  }
+  for (int i = 0; i < steps; ++i) s.alpha_bar_[i] = alphas[s.timesteps_[i]];
   // The previous timestep is the next one in the list. For evenly divisible
   // step counts this is diffusers' t - train // steps exactly; for the rest it
   // keeps the chain consistent where diffusers' formula would skip or repeat.

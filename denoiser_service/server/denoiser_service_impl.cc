@@ -80,6 +80,18 @@ Path ParsePath(const v1::Path& p) {
   return path;
 }
 
+// Decodes one latent with the model's decoder into pixels and PNG.
+absl::Status DecodeImage(DenoiserModel& model, absl::Span<const float> latent, v1::Image* image) {
+  absl::StatusOr<std::vector<uint8_t>> pixels = model.Decode(latent, 1);
+  if (!pixels.ok()) return pixels.status();
+  const std::vector<int64_t>& is = model.manifest().image_shape;
+  EncodeUint8Tensor(*pixels, is, image->mutable_pixels());
+  absl::StatusOr<std::string> png = EncodePng(*pixels, is[1], is[0], is[2]);
+  if (!png.ok()) return png.status();
+  image->set_png(std::move(*png));
+  return absl::OkStatus();
+}
+
 absl::Time DeadlineOf(const grpc::ServerContext& context) {
   const auto deadline = context.deadline();
   if (deadline == std::chrono::system_clock::time_point::max()) return absl::InfiniteFuture();
@@ -158,6 +170,7 @@ grpc::Status DenoiserServiceImpl::GetModelInfo(grpc::ServerContext*,
     info->mutable_image_shape()->Assign(m.image_shape.begin(), m.image_shape.end());
     for (const std::string& label : m.class_labels) info->add_prompts(label);
     info->set_train_timesteps(m.schedule.train_timesteps);
+    info->set_steps_offset(m.schedule.steps_offset);
     static const char* const kPrediction[] = {"epsilon", "sample", "v_prediction"};
     info->set_prediction_type(kPrediction[static_cast<int>(m.schedule.prediction)]);
     v1::SamplerConfig* d = info->mutable_defaults();
@@ -248,30 +261,40 @@ grpc::Status DenoiserServiceImpl::Branch(grpc::ServerContext* context,
       continue;
     }
     out.Clear();
+    v1::Tensor* latent;
+    v1::Tensor* x0;
+    v1::Image* image = nullptr;
+    v1::Image* x0_image;
     if (event.kind == RunEvent::Kind::kCapture) {
       v1::Capture* c = out.mutable_capture();
       c->set_trajectory(event.trajectory);
       c->set_step(event.step);
       c->set_timestep(event.timestep);
-      EncodeFloatTensor(event.latent, m.latent_shape, c->mutable_latent());
-      if (request->previews()) EncodeFloatTensor(event.x0, m.latent_shape, c->mutable_x0_preview());
+      latent = c->mutable_latent();
+      x0 = c->mutable_x0_preview();
+      image = c->mutable_image();
+      x0_image = c->mutable_x0_image();
     } else {
       v1::Final* f = out.mutable_final();
       f->set_trajectory(event.trajectory);
       f->set_model_evals(event.model_evals);
-      EncodeFloatTensor(event.latent, m.latent_shape, f->mutable_latent());
-      if (request->previews()) EncodeFloatTensor(event.x0, m.latent_shape, f->mutable_x0_preview());
-      if (request->decode()) {
-        auto pixels = model.model->Decode(event.latent, 1);
-        if (!pixels.ok()) {
-          (*run)->Cancel();
-          return Count("Branch", ToGrpcStatus(pixels.status()));
-        }
-        const std::vector<int64_t>& is = m.image_shape;
-        EncodeUint8Tensor(*pixels, is, f->mutable_image()->mutable_pixels());
-        auto png = EncodePng(*pixels, is[1], is[0], is[2]);
-        if (png.ok()) f->mutable_image()->set_png(std::move(*png));
+      latent = f->mutable_latent();
+      x0 = f->mutable_x0_preview();
+      image = f->mutable_image();
+      x0_image = f->mutable_x0_image();
+    }
+    EncodeFloatTensor(event.latent, m.latent_shape, latent);
+    if (request->previews()) EncodeFloatTensor(event.x0, m.latent_shape, x0);
+    absl::Status decoded = absl::OkStatus();
+    if (request->decode()) {
+      decoded = DecodeImage(*model.model, event.latent, image);
+      if (decoded.ok() && request->previews()) {
+        decoded = DecodeImage(*model.model, event.x0, x0_image);
       }
+    }
+    if (!decoded.ok()) {
+      (*run)->Cancel();
+      return Count("Branch", ToGrpcStatus(decoded));
     }
     if (!writer->Write(out)) {
       // The client went away: stop its trajectories on the engine.

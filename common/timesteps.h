@@ -1,0 +1,23 @@
+// The timestep that each DDIM step runs, for diffusers' "leading" and
+// "trailing" spacings. The engine samples with it and the orchestrator labels
+// grid rows with it, so both agree by construction.
+//
+//   DdimTimesteps(1000, 50, Spacing::kLeading, 1);  // 981, 961, ..., 1
+//
+// Protobuf-free.
+#ifndef DGRID_COMMON_TIMESTEPS_H_
+#define DGRID_COMMON_TIMESTEPS_H_
+
+#include <vector>
+
+#include "common/bundle_manifest.h"
+
+namespace dgrid {
+
+// Requires 1 <= steps <= train_timesteps. Values are clamped to
+// [0, train_timesteps - 1].
+std::vector<int> DdimTimesteps(int train_timesteps, int steps, Spacing spacing, int steps_offset);
+
+}  // namespace dgrid
+
+#endif  // DGRID_COMMON_TIMESTEPS_H_
