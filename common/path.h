@@ -45,6 +45,7 @@ struct Path {
   bool operator==(const Path& o) const {
     return init_seed == o.init_seed && segments == o.segments;
   }
+  bool operator!=(const Path& o) const { return !(*this == o); }
 };
 
 // OK when the path has at least one segment, the first starts at 0, from_step

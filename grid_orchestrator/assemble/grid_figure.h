@@ -1,0 +1,67 @@
+// The grid figure: everything the orchestrator has gathered for one grid
+// (trunk, rows of branch finals, trajectory previews, divergence), drawn with
+// Cairo into the PNG that a user looks at first.
+//
+//   GridFigure figure;
+//   figure.title = "fashion-mnist · prompt: sneaker";
+//   figure.subtitle = "seed 7 · eta 1 · 50 steps · guidance 2";
+//   figure.trunk_final = trunk;
+//   GridFigure::Row& row = figure.rows.emplace_back();
+//   row.branch_step = 10;
+//   row.timestep = 801;
+//   row.cells = branch_finals;  // empty Pictures for cells still running
+//   row.divergence = MeanPairwiseDistance(row.cells);
+//   ASSIGN_OR_RETURN(std::string png, DrawGridPng(figure));
+//
+// Protobuf-free and torch-free; the only drawing dependency is Cairo, with
+// its toy text API and the DejaVu Sans font.
+#ifndef DGRID_GRID_ORCHESTRATOR_ASSEMBLE_GRID_FIGURE_H_
+#define DGRID_GRID_ORCHESTRATOR_ASSEMBLE_GRID_FIGURE_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "grid_orchestrator/assemble/divergence.h"
+#include "grid_orchestrator/assemble/picture.h"
+
+namespace dgrid {
+
+struct GridFigure {
+  std::string title;     // e.g. "fashion-mnist · prompt: sneaker"
+  std::string subtitle;  // e.g. "seed 7 · eta 1 · 50 steps · guidance 2"
+  Picture trunk_final;   // the trunk's final image
+  struct Row {
+    int branch_step = 0;  // branches leave the trunk after this many steps
+    int timestep = 0;     // the diffusion timestep t at that point
+    Picture trunk_xt;     // trunk's noisy latent decoded at branch_step (trajectory strip)
+    Picture trunk_x0;     // trunk's x0 prediction at branch_step (trajectory strip)
+    std::vector<Picture> cells;  // branch finals; empty Pictures are drawn as placeholders
+    double divergence = 0;           // mean pairwise distance among the row's branches
+    double divergence_to_trunk = 0;  // mean distance of the branches to the trunk final
+  };
+  std::vector<Row> rows;
+  int scale = 4;  // nearest-neighbour upscale factor of every picture, 1..32
+};
+
+// Renders the whole grid to PNG bytes (RGB, white background).
+//
+// Layout, left to right: row labels ("after step k", "t = T"); the
+// trajectory strip (the trunk's x_t and x0 at that step); a rule; the branch
+// cells; the row's divergence numbers; then a right-hand column with the
+// trunk's final image on top and the "divergence by branch step" plot (both
+// series, with a legend) below it. A header holds the title and subtitle.
+// Rows run top to bottom in increasing branch_step, whatever their order in
+// `figure.rows`. Pictures are scaled up by `scale` with nearest neighbour, so
+// every source pixel is an exact scale x scale block. Pictures of different
+// sizes are centred in a slot as large as the largest.
+//
+// Returns INVALID_ARGUMENT for inconsistent inputs (a pixel buffer that does
+// not match width x height x channels, channels other than 1 or 3, a scale out
+// of range, a figure too large to draw), naming the row and cell at fault by
+// their index in `figure.rows` and `row.cells`.
+absl::StatusOr<std::string> DrawGridPng(const GridFigure& figure);
+
+}  // namespace dgrid
+
+#endif  // DGRID_GRID_ORCHESTRATOR_ASSEMBLE_GRID_FIGURE_H_

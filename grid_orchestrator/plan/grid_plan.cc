@@ -1,0 +1,227 @@
+#include "grid_orchestrator/plan/grid_plan.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/timesteps.h"
+
+namespace dgrid {
+namespace {
+
+// SplitMix64's finaliser: a bijective mix, so distinct inputs stay distinct.
+uint64_t Mix(uint64_t z) {
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+absl::Status Invalid(const std::string& message) { return absl::InvalidArgumentError(message); }
+
+struct Preset {
+  int steps = 50;
+  float eta = 1.0f;
+  int branches = 4;
+  std::vector<int> branch_steps;       // used when set
+  std::vector<int> branch_timesteps;   // else rows where the trunk has run these
+};
+
+absl::StatusOr<Preset> FindPreset(const std::string& name) {
+  if (name.empty() || name == "default") {
+    // Spans the whole trajectory: early rows differ in kind, late in detail.
+    return Preset{50, 1.0f, 4, {0, 5, 10, 20, 30, 40}, {}};
+  }
+  if (name == "classic") {
+    // The original web app: SD v1.4, DDIM eta 1, 50 steps, rows at t = 921,
+    // 821, 701 with 4 branches each.
+    return Preset{50, 1.0f, 4, {}, {921, 821, 701}};
+  }
+  return Invalid(absl::StrCat("preset: unknown preset \"", name,
+                              "\"; known: default, classic"));
+}
+
+}  // namespace
+
+uint64_t TrunkNoiseSeed(uint64_t seed) { return Mix(seed ^ 0x7472756E6B000000ull); }
+
+uint64_t BranchNoiseSeed(const Path& trunk, int branch_step, int column) {
+  uint64_t h = Mix(trunk.init_seed);
+  for (const Segment& s : trunk.segments) {
+    if (s.from_step >= branch_step) break;
+    h = Mix(h ^ Mix(static_cast<uint64_t>(s.from_step) << 32 ^ s.noise_seed));
+  }
+  h = Mix(h ^ (static_cast<uint64_t>(branch_step) << 20) ^ static_cast<uint64_t>(column));
+  return h;
+}
+
+absl::StatusOr<GridPlanSpec> PlanGrid(const v1::GridRequest& request, const v1::ModelInfo& model,
+                                      const PlanLimits& limits) {
+  absl::StatusOr<Preset> preset = FindPreset(request.preset());
+  if (!preset.ok()) return preset.status();
+
+  GridPlanSpec plan;
+  plan.model = model.name();
+  plan.prompt = request.prompt();
+  if (!request.prompt().empty()) {
+    const auto& prompts = model.prompts();
+    auto it = std::find(prompts.begin(), prompts.end(), request.prompt());
+    if (it == prompts.end()) {
+      return Invalid(absl::StrCat("prompt: unknown prompt \"", request.prompt(), "\" for model ",
+                                  model.name(), "; known: ", absl::StrJoin(prompts, ", ")));
+    }
+    plan.class_index = it - prompts.begin();
+  }
+
+  plan.steps = request.has_steps() ? request.steps() : preset->steps;
+  const int max_steps = std::min(limits.max_steps, model.train_timesteps());
+  if (plan.steps < 1 || plan.steps > max_steps) {
+    return Invalid(absl::StrCat("steps must be in [1, ", max_steps, "], got ", plan.steps));
+  }
+  plan.eta = request.has_eta() ? request.eta() : preset->eta;
+  if (!(plan.eta >= 0.0f && plan.eta <= 1.0f)) {
+    return Invalid(absl::StrCat("eta must be in [0, 1], got ", plan.eta));
+  }
+  plan.guidance = request.has_guidance() ? request.guidance() : model.defaults().guidance();
+  if (!(plan.guidance >= 0.0f && plan.guidance <= 100.0f)) {
+    return Invalid(absl::StrCat("guidance must be in [0, 100], got ", plan.guidance));
+  }
+  switch (request.spacing()) {
+    case v1::SPACING_LEADING:
+      plan.spacing = Spacing::kLeading;
+      break;
+    case v1::SPACING_TRAILING:
+      plan.spacing = Spacing::kTrailing;
+      break;
+    case v1::SPACING_UNSPECIFIED:
+      plan.spacing = model.defaults().spacing() == v1::SPACING_TRAILING ? Spacing::kTrailing
+                                                                       : Spacing::kLeading;
+      break;
+    default:
+      return Invalid(absl::StrCat("spacing: unknown value ", request.spacing()));
+  }
+  plan.timesteps = DdimTimesteps(model.train_timesteps(), plan.steps, plan.spacing,
+                                 model.steps_offset());
+
+  plan.branches = request.has_branches() ? request.branches() : preset->branches;
+  if (plan.branches < 1 || plan.branches > limits.max_branches) {
+    return Invalid(absl::StrCat("branches must be in [1, ", limits.max_branches, "], got ",
+                                plan.branches));
+  }
+
+  std::vector<int> branch_steps;
+  if (request.branch_steps_size() > 0) {
+    branch_steps.assign(request.branch_steps().begin(), request.branch_steps().end());
+    for (size_t i = 0; i < branch_steps.size(); ++i) {
+      const int k = branch_steps[i];
+      if (k < 0 || k >= plan.steps) {
+        return Invalid(absl::StrCat("branch_steps[", i, "] must be in [0, steps=", plan.steps,
+                                    "), got ", k));
+      }
+      if (i > 0 && k <= branch_steps[i - 1]) {
+        return Invalid(absl::StrCat("branch_steps[", i,
+                                    "] must be greater than the one before: sorted and "
+                                    "distinct, got ",
+                                    k, " after ", branch_steps[i - 1]));
+      }
+    }
+  } else if (!preset->branch_steps.empty()) {
+    // A preset's rows are fractions of its own step count.
+    for (int k : preset->branch_steps) {
+      const int scaled = static_cast<int>(std::lround(double(k) * plan.steps / preset->steps));
+      if (scaled < plan.steps && (branch_steps.empty() || scaled > branch_steps.back())) {
+        branch_steps.push_back(scaled);
+      }
+    }
+  } else {
+    // Rows where the trunk has just run timestep t (or the first below it).
+    for (int t : preset->branch_timesteps) {
+      for (int i = 0; i < plan.steps; ++i) {
+        if (plan.timesteps[i] <= t) {
+          const int k = std::min(i + 1, plan.steps - 1);
+          if (branch_steps.empty() || k > branch_steps.back()) branch_steps.push_back(k);
+          break;
+        }
+      }
+    }
+  }
+  if (branch_steps.empty()) return Invalid("branch_steps: a grid needs at least one row");
+  if (static_cast<int>(branch_steps.size()) > limits.max_rows) {
+    return Invalid(absl::StrCat("branch_steps: at most ", limits.max_rows, " rows, got ",
+                                branch_steps.size()));
+  }
+  const int64_t cell_steps =
+      static_cast<int64_t>(branch_steps.size()) * plan.branches * plan.steps;
+  if (cell_steps > limits.max_cell_steps) {
+    return Invalid(absl::StrCat("branch_steps x branches x steps = ", cell_steps,
+                                " exceeds the limit of ", limits.max_cell_steps));
+  }
+
+  if (request.has_trunk()) {
+    plan.trunk = PathFromProto(request.trunk());
+    absl::Status valid = ValidatePath(plan.trunk, plan.steps, "trunk");
+    if (!valid.ok()) return valid;
+  } else {
+    plan.trunk = Path{request.seed(), {{0, TrunkNoiseSeed(request.seed())}}};
+  }
+
+  plan.model_evals = plan.steps;
+  for (int k : branch_steps) {
+    PlannedRow row;
+    row.branch_step = k;
+    // As the original app labels rows: the last timestep the trunk ran before
+    // the branches leave it (t = train_timesteps, pure noise, for k = 0).
+    row.timestep = k > 0 ? plan.timesteps[k - 1] : model.train_timesteps();
+    for (int c = 0; c < plan.branches; ++c) {
+      row.cells.push_back(plan.trunk.BranchAt(k, BranchNoiseSeed(plan.trunk, k, c)));
+    }
+    plan.model_evals += static_cast<int64_t>(plan.branches) * (plan.steps - k);
+    plan.rows.push_back(std::move(row));
+  }
+  plan.from_scratch_evals =
+      (1 + static_cast<int64_t>(plan.rows.size()) * plan.branches) * plan.steps;
+
+  for (int s = 1; s < plan.steps; ++s) {
+    const bool is_branch = std::binary_search(branch_steps.begin(), branch_steps.end(), s);
+    const bool is_checkpoint = limits.checkpoint_every > 0 && s % limits.checkpoint_every == 0;
+    if (is_branch || is_checkpoint) plan.trunk_captures.push_back(s);
+  }
+  return plan;
+}
+
+void PathToProto(const Path& path, v1::Path* out) {
+  out->set_init_seed(path.init_seed);
+  out->clear_segments();
+  for (const Segment& s : path.segments) {
+    v1::Segment* seg = out->add_segments();
+    seg->set_from_step(s.from_step);
+    seg->set_noise_seed(s.noise_seed);
+  }
+}
+
+Path PathFromProto(const v1::Path& p) {
+  Path path{p.init_seed(), {}};
+  for (const v1::Segment& s : p.segments()) path.segments.push_back({s.from_step(), s.noise_seed()});
+  return path;
+}
+
+void PlanToProto(const GridPlanSpec& plan, v1::GridPlan* out) {
+  out->set_model(plan.model);
+  out->set_prompt(plan.prompt);
+  v1::SamplerConfig* s = out->mutable_sampler();
+  s->set_steps(plan.steps);
+  s->set_eta(plan.eta);
+  s->set_guidance(plan.guidance);
+  s->set_spacing(plan.spacing == Spacing::kLeading ? v1::SPACING_LEADING : v1::SPACING_TRAILING);
+  PathToProto(plan.trunk, out->mutable_trunk());
+  for (const PlannedRow& row : plan.rows) {
+    out->add_branch_steps(row.branch_step);
+    out->add_timesteps(row.timestep);
+  }
+  out->set_branches(plan.branches);
+  out->set_model_evals(plan.model_evals);
+  out->set_from_scratch_evals(plan.from_scratch_evals);
+}
+
+}  // namespace dgrid

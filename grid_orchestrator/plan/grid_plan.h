@@ -1,0 +1,79 @@
+// Plans a grid: from a GridRequest and the model's description to the trunk
+// path, the rows (branch step, timestep, one path per cell) and the cost in
+// model evaluations. Pure functions: no I/O, same input, same plan.
+//
+//   ASSIGN_OR_RETURN(GridPlanSpec plan, PlanGrid(request, model_info, limits));
+//   plan.rows[2].cells[3];   // the path of row 2, column 3
+//   plan.model_evals;        // steps + sum over rows of branches * (steps - k)
+//
+// Seeds: the trunk's noise seed derives from the request seed; the seed of
+// cell (row r, column c) derives from the trunk path's prefix below the row's
+// branch step and from c. So a promoted cell, used as trunk, gets the same
+// cells as before in the rows above its own branch step.
+#ifndef DGRID_GRID_ORCHESTRATOR_PLAN_GRID_PLAN_H_
+#define DGRID_GRID_ORCHESTRATOR_PLAN_GRID_PLAN_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/bundle_manifest.h"
+#include "common/path.h"
+#include "dgrid/v1/orchestrator.pb.h"
+
+namespace dgrid {
+
+struct PlanLimits {
+  int max_rows = 16;
+  int max_branches = 16;
+  int max_steps = 1000;
+  // rows x branches x steps, the work one grid may ask for.
+  int64_t max_cell_steps = 40000;
+  // The trunk also streams its latent every this many steps, so that a trunk
+  // whose replica dies resumes close to where it was.
+  int checkpoint_every = 10;
+};
+
+struct PlannedRow {
+  int branch_step = 0;
+  // The last timestep the trunk ran before the branches leave it.
+  int timestep = 0;
+  std::vector<Path> cells;
+};
+
+struct GridPlanSpec {
+  std::string model;
+  std::string prompt;
+  int64_t class_index = -1;
+  int steps = 50;
+  float eta = 1.0f;
+  float guidance = 1.0f;
+  Spacing spacing = Spacing::kLeading;
+  Path trunk;
+  int branches = 4;
+  std::vector<PlannedRow> rows;
+  std::vector<int> timesteps;
+  // Steps at which the trunk streams its latent: every branch step > 0, and
+  // checkpoints.
+  std::vector<int> trunk_captures;
+  int64_t model_evals = 0;
+  int64_t from_scratch_evals = 0;
+};
+
+absl::StatusOr<GridPlanSpec> PlanGrid(const v1::GridRequest& request, const v1::ModelInfo& model,
+                                      const PlanLimits& limits);
+
+// The trunk's first noise seed for a request seed.
+uint64_t TrunkNoiseSeed(uint64_t seed);
+// The noise seed of column `column` of the row branching at `branch_step`.
+uint64_t BranchNoiseSeed(const Path& trunk, int branch_step, int column);
+
+// The plan as it goes on the wire.
+void PlanToProto(const GridPlanSpec& plan, v1::GridPlan* out);
+void PathToProto(const Path& path, v1::Path* out);
+Path PathFromProto(const v1::Path& path);
+
+}  // namespace dgrid
+
+#endif  // DGRID_GRID_ORCHESTRATOR_PLAN_GRID_PLAN_H_

@@ -1,0 +1,177 @@
+#include "grid_orchestrator/plan/grid_plan.h"
+
+#include <functional>
+#include <set>
+
+#include "gtest/gtest.h"
+
+namespace dgrid {
+namespace {
+
+v1::ModelInfo Model() {
+  v1::ModelInfo m;
+  m.set_name("fashion-mnist");
+  m.set_train_timesteps(1000);
+  m.set_steps_offset(1);
+  for (const char* p : {"t-shirt", "trouser", "sneaker"}) m.add_prompts(p);
+  m.mutable_defaults()->set_steps(50);
+  m.mutable_defaults()->set_eta(1);
+  m.mutable_defaults()->set_guidance(2);
+  m.mutable_defaults()->set_spacing(v1::SPACING_LEADING);
+  return m;
+}
+
+TEST(GridPlanTest, ClassicPresetCopiesTheOriginalApp) {
+  v1::GridRequest r;
+  r.set_preset("classic");
+  auto plan = PlanGrid(r, Model(), {});
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  ASSERT_EQ(plan->rows.size(), 3u);
+  EXPECT_EQ(plan->rows[0].timestep, 921);
+  EXPECT_EQ(plan->rows[1].timestep, 821);
+  EXPECT_EQ(plan->rows[2].timestep, 701);
+  // Branches run only the steps below their row: 46, 41 and 35 steps.
+  EXPECT_EQ(plan->steps - plan->rows[0].branch_step, 46);
+  EXPECT_EQ(plan->steps - plan->rows[1].branch_step, 41);
+  EXPECT_EQ(plan->steps - plan->rows[2].branch_step, 35);
+  EXPECT_EQ(plan->model_evals, 50 + 4 * (46 + 41 + 35));
+  EXPECT_EQ(plan->model_evals, 538);
+  EXPECT_EQ(plan->from_scratch_evals, 650);
+}
+
+TEST(GridPlanTest, DefaultPresetSpansTheTrajectory) {
+  auto plan = PlanGrid(v1::GridRequest(), Model(), {});
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  std::vector<int> ks;
+  for (const auto& row : plan->rows) ks.push_back(row.branch_step);
+  EXPECT_EQ(ks, (std::vector<int>{0, 5, 10, 20, 30, 40}));
+  EXPECT_EQ(plan->branches, 4);
+  EXPECT_EQ(plan->rows[0].timestep, 1000);  // branches share only x_T
+  EXPECT_EQ(plan->model_evals, 50 + 4 * (50 + 45 + 40 + 30 + 20 + 10));
+  EXPECT_EQ(plan->from_scratch_evals, 25 * 50);
+  EXPECT_FLOAT_EQ(plan->guidance, 2.0f);  // the model's default
+  // The trunk streams every branch step > 0 plus checkpoints.
+  EXPECT_EQ(plan->trunk_captures, (std::vector<int>{5, 10, 20, 30, 40}));
+}
+
+TEST(GridPlanTest, CellsBranchFromTheTrunkAtTheirRow) {
+  v1::GridRequest r;
+  r.set_seed(7);
+  r.set_prompt("sneaker");
+  auto plan = PlanGrid(r, Model(), {});
+  ASSERT_TRUE(plan.ok());
+  EXPECT_EQ(plan->class_index, 2);
+  EXPECT_EQ(plan->trunk.init_seed, 7u);
+  std::set<uint64_t> seeds;
+  for (const auto& row : plan->rows) {
+    for (const Path& cell : row.cells) {
+      ASSERT_TRUE(ValidatePath(cell, plan->steps, "cell").ok());
+      EXPECT_TRUE(cell.SharesPrefixWith(plan->trunk, row.branch_step));
+      EXPECT_NE(cell.NoiseSeedAt(row.branch_step), plan->trunk.NoiseSeedAt(row.branch_step));
+      seeds.insert(cell.NoiseSeedAt(row.branch_step));
+    }
+  }
+  EXPECT_EQ(seeds.size(), 24u);  // every cell has its own noise
+  // Same request, same plan; another seed, another trunk.
+  auto again = PlanGrid(r, Model(), {});
+  EXPECT_EQ(again->rows[3].cells[2], plan->rows[3].cells[2]);
+  r.set_seed(8);
+  EXPECT_NE(PlanGrid(r, Model(), {})->trunk, plan->trunk);
+}
+
+TEST(GridPlanTest, PromotedCellKeepsTheRowsAboveIt) {
+  v1::GridRequest r;
+  r.set_seed(7);
+  auto grid = PlanGrid(r, Model(), {});
+  ASSERT_TRUE(grid.ok());
+  // Promote row 3 (branch step 20), column 1.
+  const Path promoted = grid->rows[3].cells[1];
+  v1::GridRequest next = r;
+  PathToProto(promoted, next.mutable_trunk());
+  auto regrown = PlanGrid(next, Model(), {});
+  ASSERT_TRUE(regrown.ok()) << regrown.status();
+  EXPECT_EQ(regrown->trunk, promoted);
+  for (int row = 0; row <= 3; ++row) {
+    // Rows at or above the promoted cell's branch step are the same cells...
+    EXPECT_EQ(regrown->rows[row].cells, grid->rows[row].cells) << row;
+  }
+  for (int row = 4; row < 6; ++row) {
+    // ...rows below branch off the new trunk.
+    for (const Path& cell : regrown->rows[row].cells) {
+      EXPECT_TRUE(cell.SharesPrefixWith(promoted, regrown->rows[row].branch_step));
+      EXPECT_FALSE(cell.SharesPrefixWith(grid->trunk, regrown->rows[row].branch_step));
+    }
+  }
+  // Deeper exploration appends segments.
+  EXPECT_EQ(regrown->rows[5].cells[0].segments.size(), 3u);
+}
+
+TEST(GridPlanTest, CostArithmeticForCustomRows) {
+  v1::GridRequest r;
+  r.set_steps(20);
+  r.set_branches(3);
+  r.add_branch_steps(0);
+  r.add_branch_steps(19);
+  auto plan = PlanGrid(r, Model(), {});
+  ASSERT_TRUE(plan.ok());
+  EXPECT_EQ(plan->model_evals, 20 + 3 * 20 + 3 * 1);
+  EXPECT_EQ(plan->from_scratch_evals, 7 * 20);
+  // Preset rows scale with the step count.
+  v1::GridRequest scaled;
+  scaled.set_steps(10);
+  std::vector<int> ks;
+  auto scaled_plan = PlanGrid(scaled, Model(), {});
+  ASSERT_TRUE(scaled_plan.ok());
+  for (const auto& row : scaled_plan->rows) ks.push_back(row.branch_step);
+  EXPECT_EQ(ks, (std::vector<int>{0, 1, 2, 4, 6, 8}));
+}
+
+TEST(GridPlanTest, ValidationNamesTheField) {
+  const struct {
+    std::function<void(v1::GridRequest&)> mutate;
+    const char* field;
+  } cases[] = {
+      {[](auto& r) { r.set_preset("fancy"); }, "preset"},
+      {[](auto& r) { r.set_prompt("zebra"); }, "prompt"},
+      {[](auto& r) { r.set_steps(0); }, "steps"},
+      {[](auto& r) { r.set_steps(-4); }, "steps"},
+      {[](auto& r) { r.set_steps(100000); }, "steps"},
+      {[](auto& r) { r.set_eta(2); }, "eta"},
+      {[](auto& r) { r.set_guidance(-1); }, "guidance"},
+      {[](auto& r) { r.set_branches(0); }, "branches"},
+      {[](auto& r) { r.set_branches(1000); }, "branches"},
+      {[](auto& r) { r.add_branch_steps(10); r.add_branch_steps(5); }, "branch_steps[1]"},
+      {[](auto& r) { r.add_branch_steps(3); r.add_branch_steps(3); }, "branch_steps[1]"},
+      {[](auto& r) { r.add_branch_steps(-1); }, "branch_steps[0]"},
+      {[](auto& r) { r.add_branch_steps(50); }, "branch_steps[0]"},
+      {[](auto& r) {
+         for (int k = 0; k < 17; ++k) r.add_branch_steps(k);
+       },
+       "branch_steps"},
+      {[](auto& r) {
+         r.set_steps(1000);
+         r.set_branches(16);
+         for (int k = 0; k < 16; ++k) r.add_branch_steps(k);
+       },
+       "exceeds the limit"},
+      {[](auto& r) { r.mutable_trunk()->set_init_seed(3); }, "trunk.segments"},
+      {[](auto& r) {
+         auto* t = r.mutable_trunk();
+         t->add_segments()->set_from_step(0);
+         t->add_segments()->set_from_step(0);
+       },
+       "trunk.segments[1].from_step"},
+  };
+  for (const auto& c : cases) {
+    v1::GridRequest r;
+    c.mutate(r);
+    auto plan = PlanGrid(r, Model(), {});
+    ASSERT_FALSE(plan.ok()) << c.field;
+    EXPECT_EQ(plan.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(plan.status().message().find(c.field), absl::string_view::npos)
+        << plan.status().message();
+  }
+}
+
+}  // namespace
+}  // namespace dgrid
