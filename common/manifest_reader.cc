@@ -95,7 +95,7 @@ absl::StatusOr<BundleManifest> FromProto(const v1::ModelManifest& p) {
     return Invalid("schedule.steps_offset", "must be in [0, train_timesteps)");
   }
   m.schedule.steps_offset = s.steps_offset();
-  m.schedule.set_alpha_to_one = s.has_set_alpha_to_one() ? s.set_alpha_to_one() : true;
+  m.schedule.set_alpha_to_one = s.has_set_alpha_to_one() ? s.set_alpha_to_one().value() : true;
 
   m.class_labels.assign(p.conditioning().class_labels().begin(),
                         p.conditioning().class_labels().end());

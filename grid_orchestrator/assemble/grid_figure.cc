@@ -6,7 +6,6 @@
 #include <cmath>
 #include <cstdint>
 #include <memory>
-#include <numeric>
 #include <string>
 #include <utility>
 #include <vector>
@@ -22,16 +21,17 @@ namespace {
 
 // Spacing in output pixels. Integers, so that every picture lands on whole
 // pixels and nearest-neighbour blocks stay exact.
-constexpr int kPad = 24;        // around the whole figure
-constexpr int kGap = 8;         // between pictures of one group
-constexpr int kGroupGap = 22;   // between groups (labels, strip, cells, ...)
-constexpr int kRowGap = 16;     // between rows
+constexpr int kPad = 24;       // around the whole figure
+constexpr int kGap = 8;        // between pictures of one group
+constexpr int kGroupGap = 22;  // between groups (labels, strip, cells, ...)
+constexpr int kRowGap = 16;    // between rows
 constexpr int kPlotWidth = 320;
 constexpr int kPlotHeight = 230;
 constexpr int kMaxScale = 32;
 constexpr int kMaxPictureSide = 4096;
 constexpr int kMaxSurfaceSide = 32767;  // Cairo's limit for image surfaces
 constexpr int kDefaultSide = 28;        // slot size when no picture is there yet
+constexpr double kTwoPi = 6.283185307179586;
 
 struct Rgb {
   double r, g, b;
@@ -127,8 +127,7 @@ class Painter {
   // scale x scale block, with a hairline frame so light pictures keep an edge
   // on the white page.
   absl::Status DrawPicture(const Picture& picture, int x, int y, int scale) {
-    SurfacePtr image(
-        cairo_image_surface_create(CAIRO_FORMAT_RGB24, picture.width, picture.height));
+    SurfacePtr image(cairo_image_surface_create(CAIRO_FORMAT_RGB24, picture.width, picture.height));
     if (cairo_surface_status(image.get()) != CAIRO_STATUS_SUCCESS) {
       return CairoError("picture surface", cairo_surface_status(image.get()));
     }
@@ -191,13 +190,12 @@ class Painter {
 absl::Status CheckPicture(const Picture& p, absl::string_view what) {
   if (p.empty()) return absl::OkStatus();
   if (p.channels != 1 && p.channels != 3) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "grid figure: ", what, ": channels is ", p.channels, ", expected 1 (grey) or 3 (RGB)"));
+    return absl::InvalidArgumentError(absl::StrCat("grid figure: ", what, ": channels is ",
+                                                   p.channels, ", expected 1 (grey) or 3 (RGB)"));
   }
-  if (p.width <= 0 || p.height <= 0 || p.width > kMaxPictureSide ||
-      p.height > kMaxPictureSide) {
-    return absl::InvalidArgumentError(absl::StrCat("grid figure: ", what, ": size ", p.width,
-                                                   "x", p.height, " is out of range 1..",
+  if (p.width <= 0 || p.height <= 0 || p.width > kMaxPictureSide || p.height > kMaxPictureSide) {
+    return absl::InvalidArgumentError(absl::StrCat("grid figure: ", what, ": size ", p.width, "x",
+                                                   p.height, " is out of range 1..",
                                                    kMaxPictureSide));
   }
   const size_t expected = static_cast<size_t>(p.width) * p.height * p.channels;
@@ -252,8 +250,7 @@ std::pair<double, int> NiceStep(double span, int ticks) {
 
 // The "divergence by branch step" plot in the box (x, y, kPlotWidth,
 // kPlotHeight). `rows` are in increasing branch_step.
-void DrawDivergencePlot(Painter& p, const std::vector<const GridFigure::Row*>& rows, int x,
-                        int y) {
+void DrawDivergencePlot(Painter& p, const std::vector<const GridFigure::Row*>& rows, int x, int y) {
   cairo_t* cr = p.cr();
   p.Text(kGroupFont, x, y + 12, "divergence by branch step");
 
@@ -353,7 +350,7 @@ void DrawDivergencePlot(Painter& p, const std::vector<const GridFigure::Row*>& r
     for (const GridFigure::Row* row : rows) {
       if (!std::isfinite(value(row))) continue;
       cairo_new_sub_path(cr);
-      cairo_arc(cr, px(row->branch_step), py(value(row)), 3, 0, 2 * M_PI);
+      cairo_arc(cr, px(row->branch_step), py(value(row)), 3, 0, kTwoPi);
     }
     cairo_fill(cr);
   }
@@ -374,9 +371,9 @@ struct Layout {
   int header_rule_y = 0;
   int group_y = 0, caption_y = 0;  // baselines of group headings and column captions
   int rows_y = 0;                  // top of the first row
-  int label_x = 0, strip_x = 0, strip_rule_x = 0, cells_x = 0, numbers_x = 0,
-      right_rule_x = 0, right_x = 0;
-  int plot_y = 0;
+  int label_x = 0, strip_x = 0, strip_rule_x = 0, cells_x = 0, numbers_x = 0, right_rule_x = 0,
+      right_x = 0;
+  int plot_x = 0, plot_y = 0;
 
   int ColumnX(int first_x, int column) const { return first_x + column * (col_w + kGap); }
   int RowY(int row) const { return rows_y + row * (slot_h + kRowGap); }
@@ -412,13 +409,13 @@ Layout ComputeLayout(Painter& p, const GridFigure& figure,
 
   int label_w = 0, numbers_w = p.Width(kGroupFont, "divergence");
   for (const GridFigure::Row* row : rows) {
-    label_w = std::max(label_w,
-                       p.Width(kRowLabelFont, absl::StrCat("after step ", row->branch_step)));
+    label_w =
+        std::max(label_w, p.Width(kRowLabelFont, absl::StrCat("after step ", row->branch_step)));
     label_w = std::max(label_w, p.Width(kTimestepFont, absl::StrCat("t = ", row->timestep)));
-    numbers_w = std::max(numbers_w, p.Width(kNumberFont, "pairwise " +
-                                                             FormatDistance(row->divergence)));
-    numbers_w = std::max(numbers_w, p.Width(kNumberFont, "to trunk " + FormatDistance(
-                                                             row->divergence_to_trunk)));
+    numbers_w =
+        std::max(numbers_w, p.Width(kNumberFont, "pairwise " + FormatDistance(row->divergence)));
+    numbers_w = std::max(
+        numbers_w, p.Width(kNumberFont, "to trunk " + FormatDistance(row->divergence_to_trunk)));
   }
 
   l.label_x = kPad;
@@ -428,10 +425,6 @@ Layout ComputeLayout(Painter& p, const GridFigure& figure,
   l.numbers_x = l.ColumnX(l.cells_x, std::max(l.columns, 1)) - kGap + kGroupGap;
   l.right_rule_x = l.numbers_x + numbers_w + kGroupGap / 2;
   l.right_x = l.numbers_x + numbers_w + kGroupGap;
-  const int right_w = std::max(l.col_w, kPlotWidth);
-  l.width = l.right_x + right_w + kPad;
-  l.width = std::max(l.width, kPad + p.Width(kTitleFont, figure.title) + kPad);
-  l.width = std::max(l.width, kPad + p.Width(kSubtitleFont, figure.subtitle) + kPad);
 
   int y = kPad + 19;  // title baseline: the font's ascent below the padding
   y += figure.subtitle.empty() ? 0 : 21;
@@ -439,11 +432,31 @@ Layout ComputeLayout(Painter& p, const GridFigure& figure,
   l.group_y = l.header_rule_y + 26;
   l.caption_y = l.group_y + 17;
   l.rows_y = l.caption_y + 10;
-  const int rows_bottom = rows.empty() ? l.rows_y : l.RowY(static_cast<int>(rows.size())) -
-                                                         kRowGap;
-  l.plot_y = l.rows_y + l.slot_h + 2 * kRowGap;
-  l.height = std::max(rows_bottom, rows.empty() ? l.plot_y - kRowGap : l.plot_y + kPlotHeight) +
-             kPad;
+  const int rows_bottom = rows.empty() ? l.rows_y : l.RowY(static_cast<int>(rows.size())) - kRowGap;
+  const int trunk_bottom = l.rows_y + l.slot_h;
+
+  // The plot goes under the trunk, unless the rows are too few or too small
+  // to reach down that far: then beside it, rather than leaving a tall empty
+  // band under the rows.
+  int right_w = l.col_w;
+  int bottom = std::max(rows_bottom, trunk_bottom);
+  if (!rows.empty()) {
+    const int under_y = trunk_bottom + 2 * kRowGap;
+    if (under_y + kPlotHeight <= rows_bottom + kPlotHeight / 2) {
+      l.plot_x = l.right_x;
+      l.plot_y = under_y;
+      right_w = std::max(l.col_w, kPlotWidth);
+    } else {
+      l.plot_x = l.right_x + l.col_w + kGroupGap;
+      l.plot_y = l.group_y - 12;  // its title lines up with the group headings
+      right_w = l.col_w + kGroupGap + kPlotWidth;
+    }
+    bottom = std::max(bottom, l.plot_y + kPlotHeight);
+  }
+  l.height = bottom + kPad;
+  l.width = l.right_x + right_w + kPad;
+  l.width = std::max(l.width, kPad + p.Width(kTitleFont, figure.title) + kPad);
+  l.width = std::max(l.width, kPad + p.Width(kSubtitleFont, figure.subtitle) + kPad);
   return l;
 }
 
@@ -465,9 +478,8 @@ absl::StatusOr<std::string> DrawGridPng(const GridFigure& figure) {
 
   std::vector<const GridFigure::Row*> rows;
   for (const GridFigure::Row& row : figure.rows) rows.push_back(&row);
-  std::stable_sort(rows.begin(), rows.end(), [](const auto* a, const auto* b) {
-    return a->branch_step < b->branch_step;
-  });
+  std::stable_sort(rows.begin(), rows.end(),
+                   [](const auto* a, const auto* b) { return a->branch_step < b->branch_step; });
 
   // Text widths need a context; measure on a scratch surface first.
   SurfacePtr scratch(cairo_image_surface_create(CAIRO_FORMAT_RGB24, 1, 1));
@@ -501,8 +513,7 @@ absl::StatusOr<std::string> DrawGridPng(const GridFigure& figure) {
   const int strip_w = 2 * l.col_w + kGap;
   p.Text(kGroupFont, l.strip_x + strip_w / 2.0, l.group_y, "trajectory", Align::kCenter);
   p.Text(kCaptionFont, l.strip_x + l.col_w / 2.0, l.caption_y, "x_t", Align::kCenter);
-  p.Text(kCaptionFont, l.ColumnX(l.strip_x, 1) + l.col_w / 2.0, l.caption_y, "x0",
-         Align::kCenter);
+  p.Text(kCaptionFont, l.ColumnX(l.strip_x, 1) + l.col_w / 2.0, l.caption_y, "x0", Align::kCenter);
   if (l.columns > 0) {
     const int cells_w = l.columns * (l.col_w + kGap) - kGap;
     p.Text(kGroupFont, l.cells_x + cells_w / 2.0, l.group_y, "branches", Align::kCenter);
@@ -516,12 +527,11 @@ absl::StatusOr<std::string> DrawGridPng(const GridFigure& figure) {
   p.Text(kCaptionFont, l.right_x + l.col_w / 2.0, l.caption_y, "final", Align::kCenter);
 
   // Rules between the strip and the branches, and before the trunk column.
-  const int rows_bottom =
-      rows.empty() ? l.rows_y : l.RowY(static_cast<int>(rows.size())) - kRowGap;
+  const int rows_bottom = rows.empty() ? l.rows_y : l.RowY(static_cast<int>(rows.size())) - kRowGap;
   const int rule_top = l.group_y - 14;
   p.Line(l.strip_rule_x + 0.5, rule_top, l.strip_rule_x + 0.5, rows_bottom, kRule);
-  p.Line(l.right_rule_x + 0.5, rule_top, l.right_rule_x + 0.5, std::max(rows_bottom, l.height - kPad),
-         kRule);
+  p.Line(l.right_rule_x + 0.5, rule_top, l.right_rule_x + 0.5,
+         std::max(rows_bottom, l.height - kPad), kRule);
 
   // Rows.
   for (size_t r = 0; r < rows.size(); ++r) {
@@ -532,8 +542,8 @@ absl::StatusOr<std::string> DrawGridPng(const GridFigure& figure) {
     p.Text(kTimestepFont, l.label_x, mid + 14, absl::StrCat("t = ", row.timestep));
 
     RETURN_IF_ERROR(DrawPictureOrPlaceholder(p, l, row.trunk_xt, l.strip_x, y, figure.scale));
-    RETURN_IF_ERROR(DrawPictureOrPlaceholder(p, l, row.trunk_x0, l.ColumnX(l.strip_x, 1), y,
-                                             figure.scale));
+    RETURN_IF_ERROR(
+        DrawPictureOrPlaceholder(p, l, row.trunk_x0, l.ColumnX(l.strip_x, 1), y, figure.scale));
     for (size_t c = 0; c < row.cells.size(); ++c) {
       RETURN_IF_ERROR(DrawPictureOrPlaceholder(
           p, l, row.cells[c], l.ColumnX(l.cells_x, static_cast<int>(c)), y, figure.scale));
@@ -549,7 +559,7 @@ absl::StatusOr<std::string> DrawGridPng(const GridFigure& figure) {
   // Trunk column: the final image once, then the plot beneath it.
   RETURN_IF_ERROR(
       DrawPictureOrPlaceholder(p, l, figure.trunk_final, l.right_x, l.rows_y, figure.scale));
-  if (!rows.empty()) DrawDivergencePlot(p, rows, l.right_x, l.plot_y);
+  if (!rows.empty()) DrawDivergencePlot(p, rows, l.plot_x, l.plot_y);
 
   if (cairo_status(cr.get()) != CAIRO_STATUS_SUCCESS) {
     return CairoError("drawing", cairo_status(cr.get()));

@@ -32,12 +32,12 @@ struct GridFigure {
   std::string subtitle;  // e.g. "seed 7 · eta 1 · 50 steps · guidance 2"
   Picture trunk_final;   // the trunk's final image
   struct Row {
-    int branch_step = 0;  // branches leave the trunk after this many steps
-    int timestep = 0;     // the diffusion timestep t at that point
-    Picture trunk_xt;     // trunk's noisy latent decoded at branch_step (trajectory strip)
-    Picture trunk_x0;     // trunk's x0 prediction at branch_step (trajectory strip)
+    int branch_step = 0;         // branches leave the trunk after this many steps
+    int timestep = 0;            // the diffusion timestep t at that point
+    Picture trunk_xt;            // trunk's noisy latent decoded at branch_step (trajectory strip)
+    Picture trunk_x0;            // trunk's x0 prediction at branch_step (trajectory strip)
     std::vector<Picture> cells;  // branch finals; empty Pictures are drawn as placeholders
-    double divergence = 0;           // mean pairwise distance among the row's branches
+    double divergence = 0;       // mean pairwise distance among the row's branches
     double divergence_to_trunk = 0;  // mean distance of the branches to the trunk final
   };
   std::vector<Row> rows;

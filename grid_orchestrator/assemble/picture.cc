@@ -9,9 +9,8 @@
 namespace dgrid {
 
 absl::StatusOr<Picture> PictureFromPng(const std::string& png) {
-  ASSIGN_OR_RETURN(
-      DecodedPng decoded,
-      DecodePng({reinterpret_cast<const uint8_t*>(png.data()), png.size()}));
+  ASSIGN_OR_RETURN(DecodedPng decoded,
+                   DecodePng({reinterpret_cast<const uint8_t*>(png.data()), png.size()}));
   Picture out;
   out.width = decoded.width;
   out.height = decoded.height;

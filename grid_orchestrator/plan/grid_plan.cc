@@ -74,16 +74,16 @@ absl::StatusOr<GridPlanSpec> PlanGrid(const v1::GridRequest& request, const v1::
     plan.class_index = it - prompts.begin();
   }
 
-  plan.steps = request.has_steps() ? request.steps() : preset->steps;
+  plan.steps = request.has_steps() ? request.steps().value() : preset->steps;
   const int max_steps = std::min(limits.max_steps, model.train_timesteps());
   if (plan.steps < 1 || plan.steps > max_steps) {
     return Invalid(absl::StrCat("steps must be in [1, ", max_steps, "], got ", plan.steps));
   }
-  plan.eta = request.has_eta() ? request.eta() : preset->eta;
+  plan.eta = request.has_eta() ? request.eta().value() : preset->eta;
   if (!(plan.eta >= 0.0f && plan.eta <= 1.0f)) {
     return Invalid(absl::StrCat("eta must be in [0, 1], got ", plan.eta));
   }
-  plan.guidance = request.has_guidance() ? request.guidance() : model.defaults().guidance();
+  plan.guidance = request.has_guidance() ? request.guidance().value() : model.defaults().guidance();
   if (!(plan.guidance >= 0.0f && plan.guidance <= 100.0f)) {
     return Invalid(absl::StrCat("guidance must be in [0, 100], got ", plan.guidance));
   }
@@ -104,7 +104,7 @@ absl::StatusOr<GridPlanSpec> PlanGrid(const v1::GridRequest& request, const v1::
   plan.timesteps = DdimTimesteps(model.train_timesteps(), plan.steps, plan.spacing,
                                  model.steps_offset());
 
-  plan.branches = request.has_branches() ? request.branches() : preset->branches;
+  plan.branches = request.has_branches() ? request.branches().value() : preset->branches;
   if (plan.branches < 1 || plan.branches > limits.max_branches) {
     return Invalid(absl::StrCat("branches must be in [1, ", limits.max_branches, "], got ",
                                 plan.branches));

@@ -108,8 +108,8 @@ TEST(GridPlanTest, PromotedCellKeepsTheRowsAboveIt) {
 
 TEST(GridPlanTest, CostArithmeticForCustomRows) {
   v1::GridRequest r;
-  r.set_steps(20);
-  r.set_branches(3);
+  r.mutable_steps()->set_value(20);
+  r.mutable_branches()->set_value(3);
   r.add_branch_steps(0);
   r.add_branch_steps(19);
   auto plan = PlanGrid(r, Model(), {});
@@ -118,7 +118,7 @@ TEST(GridPlanTest, CostArithmeticForCustomRows) {
   EXPECT_EQ(plan->from_scratch_evals, 7 * 20);
   // Preset rows scale with the step count.
   v1::GridRequest scaled;
-  scaled.set_steps(10);
+  scaled.mutable_steps()->set_value(10);
   std::vector<int> ks;
   auto scaled_plan = PlanGrid(scaled, Model(), {});
   ASSERT_TRUE(scaled_plan.ok());
@@ -133,13 +133,13 @@ TEST(GridPlanTest, ValidationNamesTheField) {
   } cases[] = {
       {[](auto& r) { r.set_preset("fancy"); }, "preset"},
       {[](auto& r) { r.set_prompt("zebra"); }, "prompt"},
-      {[](auto& r) { r.set_steps(0); }, "steps"},
-      {[](auto& r) { r.set_steps(-4); }, "steps"},
-      {[](auto& r) { r.set_steps(100000); }, "steps"},
-      {[](auto& r) { r.set_eta(2); }, "eta"},
-      {[](auto& r) { r.set_guidance(-1); }, "guidance"},
-      {[](auto& r) { r.set_branches(0); }, "branches"},
-      {[](auto& r) { r.set_branches(1000); }, "branches"},
+      {[](auto& r) { r.mutable_steps()->set_value(0); }, "steps"},
+      {[](auto& r) { r.mutable_steps()->set_value(-4); }, "steps"},
+      {[](auto& r) { r.mutable_steps()->set_value(100000); }, "steps"},
+      {[](auto& r) { r.mutable_eta()->set_value(2); }, "eta"},
+      {[](auto& r) { r.mutable_guidance()->set_value(-1); }, "guidance"},
+      {[](auto& r) { r.mutable_branches()->set_value(0); }, "branches"},
+      {[](auto& r) { r.mutable_branches()->set_value(1000); }, "branches"},
       {[](auto& r) { r.add_branch_steps(10); r.add_branch_steps(5); }, "branch_steps[1]"},
       {[](auto& r) { r.add_branch_steps(3); r.add_branch_steps(3); }, "branch_steps[1]"},
       {[](auto& r) { r.add_branch_steps(-1); }, "branch_steps[0]"},
@@ -149,8 +149,8 @@ TEST(GridPlanTest, ValidationNamesTheField) {
        },
        "branch_steps"},
       {[](auto& r) {
-         r.set_steps(1000);
-         r.set_branches(16);
+         r.mutable_steps()->set_value(1000);
+         r.mutable_branches()->set_value(16);
          for (int k = 0; k < 16; ++k) r.add_branch_steps(k);
        },
        "exceeds the limit"},

@@ -1,0 +1,80 @@
+// Runs a grid plan on the replica pool as a wavefront: the trunk streams its
+// latent at each branch step, and that row's branch jobs leave the moment the
+// capture arrives, so a grid takes about as long as its trunk. Cells stream
+// out as they finish. Failed jobs move to another replica: a row re-runs only
+// its unfinished cells, and a trunk resumes from its last captured latent.
+// Results go through the prefix cache, so repeats and promotions reuse work.
+//
+//   GridExecutor executor(&pool, &cache, &metrics, {});
+//   GridCancel cancel;
+//   ASSIGN_OR_RETURN(v1::Grid grid, executor.Run(plan, deadline, sink, &cancel));
+#ifndef DGRID_GRID_ORCHESTRATOR_EXECUTE_GRID_EXECUTOR_H_
+#define DGRID_GRID_ORCHESTRATOR_EXECUTE_GRID_EXECUTOR_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <functional>
+#include <set>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "dgrid/v1/orchestrator.pb.h"
+#include "grid_orchestrator/execute/prefix_cache.h"
+#include "grid_orchestrator/plan/grid_plan.h"
+#include "grid_orchestrator/pool/replica_pool.h"
+
+namespace dgrid {
+
+class OrchestratorMetrics;
+
+// Cancels a running grid: stops new jobs and cancels the in-flight calls, so
+// the replicas stop their trajectories too.
+class GridCancel {
+ public:
+  void Cancel();
+  bool cancelled() const { return cancelled_.load(); }
+  const std::atomic<bool>* flag() const { return &cancelled_; }
+  // False when already cancelled (the caller must not start the call).
+  bool Register(grpc::ClientContext* context);
+  void Unregister(grpc::ClientContext* context);
+
+ private:
+  std::atomic<bool> cancelled_{false};
+  absl::Mutex mu_;
+  std::set<grpc::ClientContext*> contexts_ ABSL_GUARDED_BY(mu_);
+};
+
+struct ExecutorOptions {
+  // Deadline of one attempt of one job; past it the job moves elsewhere.
+  absl::Duration job_timeout = absl::Seconds(60);
+  int max_attempts = 4;
+  // Branch cells per denoiser call: smaller spreads a row over replicas.
+  int cells_per_job = 2;
+};
+
+class GridExecutor {
+ public:
+  using EventSink = std::function<void(const v1::GridEvent&)>;
+
+  GridExecutor(ReplicaPool* pool, PrefixCache* cache, OrchestratorMetrics* metrics,
+               ExecutorOptions options);
+
+  // Emits the plan, trunk progress and cells through `sink` (never two calls
+  // at once), and returns the assembled grid. The caller sends the grid.
+  absl::StatusOr<v1::Grid> Run(const GridPlanSpec& plan, absl::Time deadline,
+                               const EventSink& sink, GridCancel* cancel);
+
+ private:
+  class GridRun;
+
+  ReplicaPool* const pool_;
+  PrefixCache* const cache_;
+  OrchestratorMetrics* const metrics_;
+  const ExecutorOptions options_;
+};
+
+}  // namespace dgrid
+
+#endif  // DGRID_GRID_ORCHESTRATOR_EXECUTE_GRID_EXECUTOR_H_

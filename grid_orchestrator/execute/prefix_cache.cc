@@ -1,0 +1,74 @@
+#include "grid_orchestrator/execute/prefix_cache.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace dgrid {
+
+PrefixCache::PrefixCache(size_t max_bytes) : max_bytes_(max_bytes) {}
+
+size_t PrefixCache::SizeOf(const std::string& key, const CacheEntry& entry) {
+  // Payload plus a fixed allowance for the list and map nodes.
+  return key.size() + entry.latent.raw_contents().size() + entry.png.size() +
+         entry.x0_png.size() + 256;
+}
+
+std::optional<CacheEntry> PrefixCache::Find(const std::string& key) {
+  absl::MutexLock lock(&mu_);
+  auto it = index_.find(key);
+  if (it == index_.end()) return std::nullopt;
+  lru_.splice(lru_.begin(), lru_, it->second);
+  return it->second->second;
+}
+
+void PrefixCache::Put(const std::string& key, CacheEntry entry) {
+  const size_t size = SizeOf(key, entry);
+  if (size > max_bytes_) return;
+  absl::MutexLock lock(&mu_);
+  auto it = index_.find(key);
+  if (it != index_.end()) {
+    bytes_ -= SizeOf(it->first, it->second->second);
+    lru_.erase(it->second);
+    index_.erase(it);
+  }
+  lru_.emplace_front(key, std::move(entry));
+  index_[key] = lru_.begin();
+  bytes_ += size;
+  while (bytes_ > max_bytes_ && !lru_.empty()) {
+    auto& [old_key, old_entry] = lru_.back();
+    bytes_ -= SizeOf(old_key, old_entry);
+    index_.erase(old_key);
+    lru_.pop_back();
+  }
+}
+
+size_t PrefixCache::bytes() const {
+  absl::MutexLock lock(&mu_);
+  return bytes_;
+}
+
+size_t PrefixCache::entries() const {
+  absl::MutexLock lock(&mu_);
+  return lru_.size();
+}
+
+std::string PrefixCache::SamplerKey(const GridPlanSpec& plan) {
+  return absl::StrCat(plan.model, "|steps=", plan.steps, "|eta=", plan.eta,
+                      "|spacing=", static_cast<int>(plan.spacing), "|g=", plan.guidance,
+                      "|class=", plan.class_index);
+}
+
+std::string PrefixCache::CaptureKey(const std::string& sampler_key, const Path& path, int step) {
+  std::string key = absl::StrCat(sampler_key, "|x", path.init_seed);
+  for (const Segment& s : path.segments) {
+    if (s.from_step >= step) break;
+    absl::StrAppend(&key, "|", s.from_step, ":", s.noise_seed);
+  }
+  absl::StrAppend(&key, "@", step);
+  return key;
+}
+
+std::string PrefixCache::FinalKey(const std::string& sampler_key, const Path& path) {
+  return absl::StrCat(CaptureKey(sampler_key, path, 1 << 30), "final");
+}
+
+}  // namespace dgrid

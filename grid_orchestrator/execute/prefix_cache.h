@@ -1,0 +1,63 @@
+// A bounded LRU cache of trajectory results, keyed by everything that
+// determines them: model, sampler config, conditioning, and the path prefix
+// up to the step. Because a path determines its trajectory (DESIGN.md),
+// entries never go stale: repeated and promoted requests reuse them.
+//
+//   PrefixCache cache(256 << 20);
+//   const std::string key = PrefixCache::CaptureKey(sampler_key, trunk, 20);
+//   if (auto hit = cache.Find(key)) { ... hit->latent ... }
+//   cache.Put(key, entry);
+#ifndef DGRID_GRID_ORCHESTRATOR_EXECUTE_PREFIX_CACHE_H_
+#define DGRID_GRID_ORCHESTRATOR_EXECUTE_PREFIX_CACHE_H_
+
+#include <list>
+#include <optional>
+#include <string>
+#include <unordered_map>
+
+#include "absl/synchronization/mutex.h"
+#include "common/path.h"
+#include "dgrid/v1/tensor.pb.h"
+#include "grid_orchestrator/plan/grid_plan.h"
+
+namespace dgrid {
+
+struct CacheEntry {
+  // The latent (a capture) or the final latent (a cell).
+  v1::Tensor latent;
+  // Decoded image of the latent, and of the x0 prediction when there is one.
+  std::string png;
+  std::string x0_png;
+};
+
+class PrefixCache {
+ public:
+  explicit PrefixCache(size_t max_bytes);
+
+  std::optional<CacheEntry> Find(const std::string& key);
+  void Put(const std::string& key, CacheEntry entry);
+
+  size_t bytes() const;
+  size_t entries() const;
+
+  // What determines a trajectory besides its path.
+  static std::string SamplerKey(const GridPlanSpec& plan);
+  // The latent at `step` of `path` depends on the path's segments below step.
+  static std::string CaptureKey(const std::string& sampler_key, const Path& path, int step);
+  // A finished trajectory.
+  static std::string FinalKey(const std::string& sampler_key, const Path& path);
+
+ private:
+  using Lru = std::list<std::pair<std::string, CacheEntry>>;
+  static size_t SizeOf(const std::string& key, const CacheEntry& entry);
+
+  const size_t max_bytes_;
+  mutable absl::Mutex mu_;
+  Lru lru_ ABSL_GUARDED_BY(mu_);  // front = most recent
+  std::unordered_map<std::string, Lru::iterator> index_ ABSL_GUARDED_BY(mu_);
+  size_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace dgrid
+
+#endif  // DGRID_GRID_ORCHESTRATOR_EXECUTE_PREFIX_CACHE_H_

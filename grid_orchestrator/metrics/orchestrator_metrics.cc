@@ -1,0 +1,63 @@
+#include "grid_orchestrator/metrics/orchestrator_metrics.h"
+
+namespace dgrid {
+
+OrchestratorMetrics::OrchestratorMetrics()
+    : registry_(std::make_shared<prometheus::Registry>()),
+      grids_(prometheus::BuildCounter()
+                 .Name("dgrid_orchestrator_grids_total")
+                 .Help("Grid requests by outcome.")
+                 .Register(*registry_)),
+      grid_seconds_(prometheus::BuildHistogram()
+                        .Name("dgrid_orchestrator_grid_seconds")
+                        .Help("Wall time of completed grids.")
+                        .Register(*registry_)
+                        .Add({}, prometheus::Histogram::BucketBoundaries{
+                                     0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120})),
+      jobs_(prometheus::BuildCounter()
+                .Name("dgrid_orchestrator_jobs_total")
+                .Help("Denoiser jobs (trunk or branch calls) by outcome.")
+                .Register(*registry_)),
+      retries_(prometheus::BuildCounter()
+                   .Name("dgrid_orchestrator_retries_total")
+                   .Help("Jobs re-sent to another replica after a retryable failure.")
+                   .Register(*registry_)
+                   .Add({})),
+      cache_hits_(prometheus::BuildCounter()
+                      .Name("dgrid_orchestrator_cache_hits_total")
+                      .Help("Captured latents and finished cells served from the prefix cache.")
+                      .Register(*registry_)
+                      .Add({})),
+      inflight_(prometheus::BuildGauge()
+                    .Name("dgrid_orchestrator_replica_inflight")
+                    .Help("Jobs in flight per denoiser replica.")
+                    .Register(*registry_)) {
+  // Series that dashboards and alerts divide by exist from the start.
+  for (const char* s : {"ok", "cancelled", "failed", "rejected"}) grids_.Add({{"status", s}});
+  for (const char* s : {"ok", "retried", "failed"}) jobs_.Add({{"status", s}});
+}
+
+void OrchestratorMetrics::CountGrid(const std::string& status, double seconds) {
+  grids_.Add({{"status", status}}).Increment();
+  if (status == "ok") grid_seconds_.Observe(seconds);
+}
+
+void OrchestratorMetrics::CountJob(const std::string& status) {
+  jobs_.Add({{"status", status}}).Increment();
+}
+
+void OrchestratorMetrics::CountRetry() { retries_.Increment(); }
+
+void OrchestratorMetrics::CountCacheHits(int hits) {
+  if (hits > 0) cache_hits_.Increment(hits);
+}
+
+void OrchestratorMetrics::SetReplicaInflight(const std::string& replica, int inflight) {
+  inflight_.Add({{"replica", replica}}).Set(inflight);
+}
+
+void OrchestratorMetrics::RemoveReplica(const std::string& replica) {
+  inflight_.Remove(&inflight_.Add({{"replica", replica}}));
+}
+
+}  // namespace dgrid

@@ -1,0 +1,80 @@
+// dgrid-orchestrator: plans grids and runs them on a pool of dgrid-denoiser
+// replicas. Parses flags, starts the server, waits for SIGINT/SIGTERM.
+#include <pthread.h>
+
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "grid_orchestrator/server/orchestrator_server.h"
+
+ABSL_FLAG(std::string, listen, "0.0.0.0:50050", "gRPC listen address; port 0 picks one.");
+ABSL_FLAG(std::string, denoisers, "127.0.0.1:50051",
+          "Denoiser replicas: host:port,... or dns:///name:port (re-resolved).");
+ABSL_FLAG(std::string, metrics_addr, "0.0.0.0:9090",
+          "Prometheus metrics address; empty disables metrics.");
+ABSL_FLAG(std::string, port_file, "", "If set, write 'grpc=PORT' and 'metrics=PORT' here.");
+ABSL_FLAG(int, max_concurrent_grids, 64, "Grids in flight; past it RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int, max_rows, 16, "Rows per grid.");
+ABSL_FLAG(int, max_branches, 16, "Branches (columns) per row.");
+ABSL_FLAG(int64_t, max_cell_steps, 40000, "rows x branches x steps per grid.");
+ABSL_FLAG(int, grid_timeout_s, 300, "Deadline of a grid whose caller set none.");
+ABSL_FLAG(int, job_timeout_s, 60, "Deadline of one denoiser call before it moves elsewhere.");
+ABSL_FLAG(int, max_attempts, 4, "Attempts per job across replicas.");
+ABSL_FLAG(int, cells_per_job, 2, "Branch cells per denoiser call.");
+ABSL_FLAG(int, replica_max_inflight, 64, "Jobs in flight per replica.");
+ABSL_FLAG(int64_t, cache_mb, 256, "Prefix cache size in MiB.");
+ABSL_FLAG(int, max_message_bytes, 64 << 20, "gRPC message size limit.");
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("dgrid-orchestrator --denoisers=host:port,...");
+  absl::ParseCommandLine(argc, argv);
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  dgrid::OrchestratorServerOptions o;
+  o.listen = absl::GetFlag(FLAGS_listen);
+  o.denoisers = absl::GetFlag(FLAGS_denoisers);
+  o.metrics_addr = absl::GetFlag(FLAGS_metrics_addr);
+  o.limits.max_concurrent_grids = absl::GetFlag(FLAGS_max_concurrent_grids);
+  o.limits.plan.max_rows = absl::GetFlag(FLAGS_max_rows);
+  o.limits.plan.max_branches = absl::GetFlag(FLAGS_max_branches);
+  o.limits.plan.max_cell_steps = absl::GetFlag(FLAGS_max_cell_steps);
+  o.limits.default_grid_timeout = absl::Seconds(absl::GetFlag(FLAGS_grid_timeout_s));
+  o.executor.job_timeout = absl::Seconds(absl::GetFlag(FLAGS_job_timeout_s));
+  o.executor.max_attempts = absl::GetFlag(FLAGS_max_attempts);
+  o.executor.cells_per_job = absl::GetFlag(FLAGS_cells_per_job);
+  o.replica_max_inflight = absl::GetFlag(FLAGS_replica_max_inflight);
+  o.cache_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_cache_mb)) << 20;
+  o.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+
+  auto server = dgrid::OrchestratorServer::Start(o);
+  if (!server.ok()) {
+    std::cerr << "dgrid-orchestrator: " << server.status().message() << "\n";
+    return 1;
+  }
+  std::cerr << "dgrid-orchestrator: serving on port " << (*server)->port() << " over "
+            << o.denoisers;
+  if ((*server)->metrics_port()) std::cerr << ", metrics on port " << (*server)->metrics_port();
+  std::cerr << std::endl;
+  if (!absl::GetFlag(FLAGS_port_file).empty()) {
+    const std::string path = absl::GetFlag(FLAGS_port_file);
+    {
+      std::ofstream out(path + ".tmp");
+      out << "grpc=" << (*server)->port() << "\nmetrics=" << (*server)->metrics_port() << "\n";
+    }
+    std::rename((path + ".tmp").c_str(), path.c_str());
+  }
+  int signal = 0;
+  sigwait(&stop_signals, &signal);
+  std::cerr << "dgrid-orchestrator: shutting down" << std::endl;
+  (*server)->Shutdown(absl::Seconds(5));
+  return 0;
+}

@@ -1,0 +1,77 @@
+#include "grid_orchestrator/server/orchestrator_server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/metrics_exposer.h"
+#include "grid_orchestrator/execute/prefix_cache.h"
+#include "grid_orchestrator/metrics/orchestrator_metrics.h"
+#include "grid_orchestrator/pool/replica_pool.h"
+
+namespace dgrid {
+
+OrchestratorServer::OrchestratorServer() = default;
+
+OrchestratorServer::~OrchestratorServer() { Shutdown(absl::ZeroDuration()); }
+
+absl::StatusOr<std::unique_ptr<OrchestratorServer>> OrchestratorServer::Start(
+    const OrchestratorServerOptions& o) {
+  std::unique_ptr<OrchestratorServer> s(new OrchestratorServer());
+  s->metrics_ = std::make_unique<OrchestratorMetrics>();
+  if (!o.metrics_addr.empty()) {
+    auto endpoint = MetricsEndpoint::Start(o.metrics_addr, s->metrics_->registry());
+    if (!endpoint.ok()) return endpoint.status();
+    s->metrics_endpoint_ = std::move(*endpoint);
+  }
+  ReplicaPool::Options pool;
+  pool.targets = o.denoisers;
+  pool.max_inflight_per_replica = o.replica_max_inflight;
+  pool.max_message_bytes = o.max_message_bytes;
+  auto created = ReplicaPool::Create(pool, s->metrics_.get());
+  if (!created.ok()) return created.status();
+  s->pool_ = std::move(*created);
+  s->cache_ = std::make_unique<PrefixCache>(o.cache_bytes);
+  s->executor_ = std::make_unique<GridExecutor>(s->pool_.get(), s->cache_.get(),
+                                                s->metrics_.get(), o.executor);
+  s->service_ = std::make_unique<OrchestratorServiceImpl>(s->pool_.get(), s->executor_.get(),
+                                                          s->metrics_.get(), o.limits);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(o.listen, grpc::InsecureServerCredentials(), &s->port_);
+  builder.RegisterService(s->service_.get());
+  builder.SetMaxReceiveMessageSize(o.max_message_bytes);
+  builder.SetMaxSendMessageSize(o.max_message_bytes);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  grpc::ResourceQuota quota("dgrid-orchestrator");
+  quota.SetMaxThreads(1024);
+  builder.SetResourceQuota(quota);
+  s->server_ = builder.BuildAndStart();
+  if (!s->server_ || s->port_ == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", o.listen));
+  }
+  s->server_->GetHealthCheckService()->SetServingStatus("", true);
+  s->server_->GetHealthCheckService()->SetServingStatus("dgrid.v1.Orchestrator", true);
+  return s;
+}
+
+int OrchestratorServer::metrics_port() const {
+  return metrics_endpoint_ ? metrics_endpoint_->port() : 0;
+}
+
+void OrchestratorServer::Wait() { server_->Wait(); }
+
+void OrchestratorServer::Shutdown(absl::Duration grace) {
+  if (!server_) return;
+  server_->GetHealthCheckService()->Shutdown();
+  server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+  server_.reset();
+}
+
+}  // namespace dgrid

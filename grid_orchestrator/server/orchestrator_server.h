@@ -1,0 +1,70 @@
+// A running orchestrator: the replica pool, the prefix cache, the executor
+// and the gRPC server (Orchestrator, health, reflection), plus metrics.
+// main.cc and the tests start it the same way.
+//
+//   OrchestratorServerOptions options;
+//   options.denoisers = "127.0.0.1:50051,127.0.0.1:50052";
+//   ASSIGN_OR_RETURN(auto server, OrchestratorServer::Start(options));
+//   server->Wait();
+#ifndef DGRID_GRID_ORCHESTRATOR_SERVER_ORCHESTRATOR_SERVER_H_
+#define DGRID_GRID_ORCHESTRATOR_SERVER_ORCHESTRATOR_SERVER_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "grid_orchestrator/execute/grid_executor.h"
+#include "grid_orchestrator/server/orchestrator_service_impl.h"
+
+namespace grpc {
+class Server;
+}
+
+namespace dgrid {
+
+class MetricsEndpoint;
+class OrchestratorMetrics;
+class PrefixCache;
+class ReplicaPool;
+
+struct OrchestratorServerOptions {
+  std::string listen = "127.0.0.1:0";
+  // "host:port,..." or "dns:///name:port".
+  std::string denoisers;
+  std::string metrics_addr;
+  OrchestratorLimits limits;
+  ExecutorOptions executor;
+  int replica_max_inflight = 64;
+  size_t cache_bytes = size_t{256} << 20;
+  int max_message_bytes = 64 << 20;
+};
+
+class OrchestratorServer {
+ public:
+  static absl::StatusOr<std::unique_ptr<OrchestratorServer>> Start(
+      const OrchestratorServerOptions& options);
+  ~OrchestratorServer();
+
+  int port() const { return port_; }
+  int metrics_port() const;
+  PrefixCache& cache() { return *cache_; }
+  void Wait();
+  void Shutdown(absl::Duration grace = absl::Seconds(5));
+
+ private:
+  OrchestratorServer();
+
+  std::unique_ptr<OrchestratorMetrics> metrics_;
+  std::unique_ptr<MetricsEndpoint> metrics_endpoint_;
+  std::unique_ptr<ReplicaPool> pool_;
+  std::unique_ptr<PrefixCache> cache_;
+  std::unique_ptr<GridExecutor> executor_;
+  std::unique_ptr<OrchestratorServiceImpl> service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+};
+
+}  // namespace dgrid
+
+#endif  // DGRID_GRID_ORCHESTRATOR_SERVER_ORCHESTRATOR_SERVER_H_
