@@ -1,0 +1,260 @@
+// The pair as users run it: 2 real dgrid-denoiser processes and 1
+// dgrid-orchestrator on free loopback ports.
+#include <grpcpp/grpcpp.h>
+
+#include <cmath>
+#include <thread>
+
+#include "common/png_image.h"
+#include "grid_orchestrator/assemble/grid_figure.h"
+#include "gtest/gtest.h"
+#include "tests/support/stack.h"
+
+namespace dgrid {
+namespace {
+
+using testing::Stack;
+using testing::StackOptions;
+
+struct Streamed {
+  grpc::Status status;
+  std::vector<v1::GridEvent> events;
+  v1::Grid grid;
+};
+
+Streamed StreamGrid(v1::Orchestrator::Stub& stub, const v1::GridRequest& request) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  auto reader = stub.StreamGrid(&context, request);
+  Streamed out;
+  v1::GridEvent event;
+  while (reader->Read(&event)) {
+    if (event.has_grid()) out.grid = event.grid();
+    out.events.push_back(event);
+  }
+  out.status = reader->Finish();
+  return out;
+}
+
+v1::Grid CreateGrid(v1::Orchestrator::Stub& stub, const v1::GridRequest& request) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  v1::Grid grid;
+  const grpc::Status status = stub.CreateGrid(&context, request, &grid);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  return grid;
+}
+
+// Runs one path from step 0 to the end on one denoiser, alone.
+std::string RunDirect(v1::Denoiser::Stub& stub, const v1::GridPlan& plan, const v1::Path& path,
+                      int64_t class_index) {
+  v1::BranchRequest request;
+  request.set_model(plan.model());
+  *request.mutable_sampler() = plan.sampler();
+  if (class_index >= 0) request.mutable_conditioning()->set_class_index(class_index);
+  *request.add_trajectories()->mutable_path() = path;
+  request.set_decode(true);
+  grpc::ClientContext context;
+  auto reader = stub.Branch(&context, request);
+  v1::BranchEvent event;
+  std::string png;
+  while (reader->Read(&event)) {
+    if (event.has_final()) png = event.final().image().png();
+  }
+  EXPECT_TRUE(reader->Finish().ok());
+  return png;
+}
+
+// Largest per-pixel difference, in 0..255 levels.
+int MaxPixelDrift(const std::string& a, const std::string& b) {
+  auto pa = PictureFromPng(a), pb = PictureFromPng(b);
+  if (!pa.ok() || !pb.ok() || pa->pixels.size() != pb->pixels.size()) return 256;
+  int worst = 0;
+  for (size_t i = 0; i < pa->pixels.size(); ++i) {
+    worst = std::max(worst, std::abs(int(pa->pixels[i]) - int(pb->pixels[i])));
+  }
+  return worst;
+}
+
+class OrchestratorProcessTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    StackOptions options;
+    auto stack = Stack::Start(options, "orchestrator");
+    ASSERT_TRUE(stack.ok()) << stack.status();
+    stack_ = stack->release();
+  }
+  static void TearDownTestSuite() {
+    delete stack_;
+    stack_ = nullptr;
+  }
+  static v1::ModelInfo Model() {
+    grpc::ClientContext context;
+    v1::ListModelsResponse models;
+    EXPECT_TRUE(stack_->Orchestrator()->ListModels(&context, {}, &models).ok());
+    return models.models(0);
+  }
+  static Stack* stack_;
+};
+
+Stack* OrchestratorProcessTest::stack_ = nullptr;
+
+// The drift allowed between a cell computed in the grid's batches and the
+// same path run alone: float reduction order in the model's forward pass
+// differs with batch composition, then 50 steps amplify it. In 8-bit pixels.
+constexpr int kDriftTolerance = 8;
+
+TEST_F(OrchestratorProcessTest, DefaultGridStreamsAndMatchesDirectRuns) {
+  const v1::ModelInfo model = Model();
+  v1::GridRequest request;
+  request.set_seed(7);
+  request.set_prompt(model.prompts(model.prompts_size() > 7 ? 7 : 0));
+  Streamed s = StreamGrid(*stack_->Orchestrator(), request);
+  ASSERT_TRUE(s.status.ok()) << s.status.error_message();
+
+  // Events: the plan first, cells before the grid, the grid last.
+  ASSERT_GE(s.events.size(), 3u);
+  EXPECT_TRUE(s.events.front().has_plan());
+  EXPECT_TRUE(s.events.back().has_grid());
+  int cells = 0, trunk_progress = 0;
+  for (const auto& e : s.events) {
+    cells += e.has_cell();
+    trunk_progress += e.has_trunk();
+  }
+  EXPECT_EQ(cells, 25);  // 24 branches and the trunk
+  EXPECT_GE(trunk_progress, 5);
+
+  const v1::Grid& grid = s.grid;
+  ASSERT_EQ(grid.rows_size(), 6);
+  EXPECT_EQ(grid.plan().model_evals(), 50 + 4 * (50 + 45 + 40 + 30 + 20 + 10));
+  EXPECT_EQ(grid.model_evals(), grid.plan().model_evals());  // the minimum, nothing twice
+  EXPECT_LT(grid.plan().model_evals(), grid.plan().from_scratch_evals());
+  EXPECT_EQ(grid.png().substr(1, 3), "PNG");
+
+  // Every cell equals its path run alone on one denoiser, within drift.
+  auto direct = stack_->Denoiser(0);
+  int64_t class_index = -1;
+  for (int i = 0; i < model.prompts_size(); ++i) {
+    if (model.prompts(i) == request.prompt()) class_index = i;
+  }
+  int worst = MaxPixelDrift(grid.trunk().png(),
+                            RunDirect(*direct, grid.plan(), grid.trunk().path(), class_index));
+  for (const v1::GridRow& row : grid.rows()) {
+    for (const v1::GridCell& cell : row.cells()) {
+      worst = std::max(worst, MaxPixelDrift(cell.png(), RunDirect(*direct, grid.plan(),
+                                                                  cell.path(), class_index)));
+    }
+  }
+  std::cout << "grid vs direct runs: max drift " << worst << "/255 over 25 images\n";
+  EXPECT_LE(worst, kDriftTolerance);
+}
+
+TEST_F(OrchestratorProcessTest, EarlierRowsDivergeMoreThanLaterRows) {
+  double first = 0, last = 0;
+  constexpr int kSeeds = 4;
+  for (int seed = 100; seed < 100 + kSeeds; ++seed) {
+    v1::GridRequest request;
+    request.set_seed(seed);
+    const v1::Grid grid = CreateGrid(*stack_->Orchestrator(), request);
+    ASSERT_EQ(grid.rows_size(), 6);
+    first += grid.rows(0).divergence() / kSeeds;
+    last += grid.rows(5).divergence() / kSeeds;
+  }
+  std::cout << "mean divergence: row 0 (step 0) " << first << ", row 5 (step 40) " << last
+            << "\n";
+  EXPECT_GT(first, last);
+}
+
+TEST_F(OrchestratorProcessTest, PromotedCellBecomesTheTrunkAndReusesTheCache) {
+  v1::GridRequest request;
+  request.set_seed(21);
+  const v1::Grid grid = CreateGrid(*stack_->Orchestrator(), request);
+  const v1::GridCell& cell = grid.rows(2).cells(1);
+  v1::GridRequest promoted = request;
+  *promoted.mutable_trunk() = cell.path();
+  const v1::Grid next = CreateGrid(*stack_->Orchestrator(), promoted);
+  EXPECT_EQ(next.trunk().png(), cell.png());
+  // Rows 0-2 are the same cells, served from the cache; rows below are new.
+  for (int r = 0; r <= 2; ++r) {
+    for (int c = 0; c < 4; ++c) {
+      EXPECT_EQ(next.rows(r).cells(c).png(), grid.rows(r).cells(c).png());
+      EXPECT_EQ(next.rows(r).cells(c).source(), "cache");
+    }
+  }
+  EXPECT_GT(next.cache_hits(), 12);
+  EXPECT_LT(next.model_evals(), next.plan().model_evals());
+}
+
+TEST(OrchestratorNoCacheTest, PromotedCellRerunAsTrunkReproducesTheCell) {
+  // No cache: the promoted trunk is recomputed from step 0 on the replicas.
+  StackOptions options;
+  options.orchestrator_flags = {"--cache_mb=0"};
+  auto stack = Stack::Start(options, "promote-nocache");
+  ASSERT_TRUE(stack.ok()) << stack.status();
+  v1::GridRequest request;
+  request.set_seed(5);
+  const v1::Grid grid = CreateGrid(*(*stack)->Orchestrator(), request);
+  const v1::GridCell& cell = grid.rows(3).cells(2);
+  v1::GridRequest promoted = request;
+  *promoted.mutable_trunk() = cell.path();
+  const v1::Grid next = CreateGrid(*(*stack)->Orchestrator(), promoted);
+  EXPECT_EQ(next.cache_hits(), 0);
+  EXPECT_EQ(next.model_evals(), next.plan().model_evals());
+  const int drift = MaxPixelDrift(next.trunk().png(), cell.png());
+  std::cout << "promoted trunk vs its cell: max drift " << drift << "/255\n";
+  EXPECT_LE(drift, kDriftTolerance);
+}
+
+TEST(OrchestratorFaultTest, OneDenoiserStoppedBeforeTheGridStillGivesACompleteGrid) {
+  auto stack = Stack::Start({}, "one-down");
+  ASSERT_TRUE(stack.ok()) << stack.status();
+  (*stack)->KillDenoiser(1);
+  v1::GridRequest request;
+  request.set_seed(3);
+  const v1::Grid grid = CreateGrid(*(*stack)->Orchestrator(), request);
+  ASSERT_EQ(grid.rows_size(), 6);
+  for (const auto& row : grid.rows()) {
+    for (const auto& cell : row.cells()) {
+      EXPECT_FALSE(cell.png().empty());
+      EXPECT_EQ(cell.source(), (*stack)->denoiser_address(0));
+    }
+  }
+}
+
+TEST(OrchestratorCancelTest, CancellingAStreamStopsTheWorkOnTheReplicas) {
+  StackOptions options;
+  options.denoiser_flags = {"--debug_step_delay_ms=20"};
+  auto stack = Stack::Start(options, "cancel");
+  ASSERT_TRUE(stack.ok()) << stack.status();
+  grpc::ClientContext context;
+  v1::GridRequest request;
+  request.set_seed(11);
+  auto reader = (*stack)->Orchestrator()->StreamGrid(&context, request);
+  v1::GridEvent event;
+  ASSERT_TRUE(reader->Read(&event));
+  ASSERT_TRUE(event.has_plan());
+  const int64_t planned = event.plan().model_evals();
+  absl::SleepFor(absl::Milliseconds(300));
+  context.TryCancel();
+  while (reader->Read(&event)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+
+  auto evals = [&] {
+    return (*stack)->Metric(0, "dgrid_denoiser_model_evals_total") +
+           (*stack)->Metric(1, "dgrid_denoiser_model_evals_total");
+  };
+  // Within a second the replicas have dropped the grid's trajectories...
+  absl::SleepFor(absl::Seconds(1));
+  const double settled = evals();
+  EXPECT_EQ((*stack)->Metric(0, "dgrid_denoiser_active_trajectories"), 0);
+  EXPECT_EQ((*stack)->Metric(1, "dgrid_denoiser_active_trajectories"), 0);
+  // ...and do no more work for it.
+  absl::SleepFor(absl::Milliseconds(500));
+  EXPECT_EQ(evals(), settled);
+  EXPECT_LT(settled, planned);
+  std::cout << "cancelled grid: " << settled << " of " << planned << " model evaluations ran\n";
+}
+
+}  // namespace
+}  // namespace dgrid
