@@ -1,6 +1,8 @@
 // dgrid: the command-line client. Each subcommand is one function; errors are
 // one readable line on stderr and a non-zero exit code.
 //
+//   dgrid grid --target=127.0.0.1:50050 --prompt=sneaker --seed=7 -o grid.png
+//   dgrid promote grid.json --row 2 --col 3
 //   dgrid branch --target=127.0.0.1:50051 --prompt=sneaker --seed=7 -o sneaker.png
 //   dgrid step --target=127.0.0.1:50051 --step=0 --seed=7
 //   dgrid models --target=127.0.0.1:50051
@@ -12,7 +14,9 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <functional>
 #include <map>
+#include <sstream>
 #include <string>
 
 #include "absl/flags/flag.h"
@@ -20,15 +24,20 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/grpc_status.h"
 #include "common/png_image.h"
 #include "common/tensor_codec.h"
 #include "dgrid/v1/denoiser.grpc.pb.h"
+#include "dgrid/v1/orchestrator.grpc.pb.h"
+#include "google/protobuf/util/json_util.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
-ABSL_FLAG(std::string, target, "127.0.0.1:50051", "Server address host:port.");
+ABSL_FLAG(std::string, target, "127.0.0.1:50050",
+          "Server host:port: the orchestrator (grid, promote, models, health) or a denoiser "
+          "(branch, step, models, health).");
 ABSL_FLAG(std::string, model, "", "Model name; empty = the server's first model.");
 ABSL_FLAG(std::string, prompt, "", "Class name, e.g. sneaker; empty = unconditional.");
 ABSL_FLAG(uint64_t, seed, 0, "Initial-latent seed (path.init_seed).");
@@ -42,7 +51,13 @@ ABSL_FLAG(int, step, 0, "dgrid step: which step to run (from x_T when 0).");
 ABSL_FLAG(int, scale, 8, "Nearest-neighbour upscaling of written PNGs.");
 ABSL_FLAG(std::string, o, "", "Output PNG path.");
 ABSL_FLAG(std::string, service, "", "dgrid health: service name (a model); empty = server.");
-ABSL_FLAG(int, timeout_s, 120, "Deadline for each call, in seconds.");
+ABSL_FLAG(int, timeout_s, 300, "Deadline for each call, in seconds.");
+ABSL_FLAG(std::string, preset, "", "dgrid grid: default or classic.");
+ABSL_FLAG(int, branches, 0, "dgrid grid: branches per row; 0 = the preset's.");
+ABSL_FLAG(std::vector<std::string>, branch_steps, {},
+          "dgrid grid: rows, as the steps after which branches leave the trunk, e.g. 0,5,10.");
+ABSL_FLAG(int, row, 0, "dgrid promote: the row, counted from 1 at the top.");
+ABSL_FLAG(int, col, 0, "dgrid promote: the branch, counted from 1 at the left.");
 
 namespace dgrid {
 namespace {
@@ -125,7 +140,166 @@ void WriteScaledPng(const v1::Tensor& pixels, const std::string& path) {
   if (!out.write(png->data(), png->size())) Fail(absl::StrCat("cannot write ", path));
 }
 
+// ---- grid and promote (talk to the orchestrator) ----
+
+std::string SidecarPath(const std::string& png) {
+  const size_t dot = png.rfind('.');
+  return (dot == std::string::npos ? png : png.substr(0, dot)) + ".json";
+}
+
+void WriteFile(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary);
+  if (!out.write(bytes.data(), bytes.size())) Fail(absl::StrCat("cannot write ", path));
+}
+
+// Streams a grid with a live progress bar (plain lines when stderr is not a
+// terminal), then writes the PNG and the JSON sidecar.
+int StreamAndSave(const v1::GridRequest& request, const std::string& out) {
+  auto stub = v1::Orchestrator::NewStub(Connect());
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  auto reader = stub->StreamGrid(&context, request);
+  v1::GridEvent event;
+  v1::Grid grid;
+  const bool tty = ::isatty(2);
+  int cells = 0, total = 0, trunk_step = 0, steps = 0;
+  auto draw = [&] {
+    const int width = 30, filled = total ? width * cells / total : 0;
+    std::fprintf(stderr, "\r[%s%s] %d/%d cells, trunk step %d/%d ",
+                 std::string(filled, '#').c_str(), std::string(width - filled, '.').c_str(),
+                 cells, total, trunk_step, steps);
+  };
+  while (reader->Read(&event)) {
+    if (event.has_plan()) {
+      total = event.plan().branch_steps_size() * event.plan().branches() + 1;
+      steps = event.plan().sampler().steps();
+      if (!tty) {
+        std::fprintf(stderr, "plan: %d cells, %lld model evaluations (from scratch: %lld)\n",
+                     total, static_cast<long long>(event.plan().model_evals()),
+                     static_cast<long long>(event.plan().from_scratch_evals()));
+      }
+    } else if (event.has_trunk()) {
+      trunk_step = event.trunk().step();
+      if (!tty) std::fprintf(stderr, "trunk at step %d (t=%d)\n", trunk_step, event.trunk().timestep());
+    } else if (event.has_cell()) {
+      ++cells;
+      const v1::GridCell& c = event.cell();
+      if (c.row() < 0) trunk_step = steps;
+      if (!tty) {
+        if (c.row() < 0) {
+          std::fprintf(stderr, "trunk done (%d/%d) from %s\n", cells, total, c.source().c_str());
+        } else {
+          std::fprintf(stderr, "cell row %d branch %d done (%d/%d) from %s\n", c.row() + 1,
+                       c.column() + 1, cells, total, c.source().c_str());
+        }
+      }
+    } else if (event.has_grid()) {
+      grid = event.grid();
+    }
+    if (tty) draw();
+  }
+  if (tty) std::fprintf(stderr, "\n");
+  Check(reader->Finish(), "StreamGrid");
+  WriteFile(out, grid.png());
+
+  v1::GridRecord record;
+  *record.mutable_request() = request;
+  *record.mutable_grid() = grid;
+  record.mutable_grid()->clear_png();
+  record.mutable_grid()->mutable_trunk()->clear_png();
+  for (v1::GridRow& row : *record.mutable_grid()->mutable_rows()) {
+    row.clear_trunk_xt_png();
+    row.clear_trunk_x0_png();
+    for (v1::GridCell& cell : *row.mutable_cells()) cell.clear_png();
+  }
+  std::string json;
+  google::protobuf::util::JsonPrintOptions options;
+  options.add_whitespace = true;
+  options.preserve_proto_field_names = true;
+  google::protobuf::util::MessageToJsonString(record, &json, options);
+  WriteFile(SidecarPath(out), json);
+
+  std::cout << "wrote " << out << " and " << SidecarPath(out) << ": " << grid.rows_size()
+            << " rows x " << grid.plan().branches() << " branches, " << grid.model_evals()
+            << " model evaluations (plan " << grid.plan().model_evals() << ", from scratch "
+            << grid.plan().from_scratch_evals() << "), " << grid.cache_hits()
+            << " cache hits, " << absl::StrFormat("%.2f", grid.seconds()) << " s\n  divergence by row:";
+  for (const v1::GridRow& row : grid.rows()) {
+    std::cout << absl::StrFormat(" step %d: %.3f", row.branch_step(), row.divergence());
+  }
+  std::cout << "\n";
+  return 0;
+}
+
+int Grid() {
+  v1::GridRequest request;
+  request.set_model(absl::GetFlag(FLAGS_model));
+  request.set_prompt(absl::GetFlag(FLAGS_prompt));
+  request.set_seed(absl::GetFlag(FLAGS_seed));
+  request.set_preset(absl::GetFlag(FLAGS_preset));
+  if (absl::GetFlag(FLAGS_steps) != 0) request.mutable_steps()->set_value(absl::GetFlag(FLAGS_steps));
+  if (absl::GetFlag(FLAGS_eta) >= 0) request.mutable_eta()->set_value(absl::GetFlag(FLAGS_eta));
+  if (absl::GetFlag(FLAGS_guidance) >= 0) {
+    request.mutable_guidance()->set_value(absl::GetFlag(FLAGS_guidance));
+  }
+  if (absl::GetFlag(FLAGS_branches) != 0) {
+    request.mutable_branches()->set_value(absl::GetFlag(FLAGS_branches));
+  }
+  for (const std::string& k : absl::GetFlag(FLAGS_branch_steps)) {
+    int step = 0;
+    if (!absl::SimpleAtoi(k, &step)) Fail(absl::StrCat("--branch_steps: not a number: ", k));
+    request.add_branch_steps(step);
+  }
+  const std::string out = absl::GetFlag(FLAGS_o).empty() ? "grid.png" : absl::GetFlag(FLAGS_o);
+  return StreamAndSave(request, out);
+}
+
+int Promote(const std::vector<char*>& args) {
+  if (args.size() < 3) Fail("usage: dgrid promote GRID.json --row R --col C");
+  const std::string path = args[2];
+  std::ifstream in(path);
+  if (!in) Fail(absl::StrCat("cannot read ", path));
+  std::stringstream text;
+  text << in.rdbuf();
+  v1::GridRecord record;
+  if (!google::protobuf::util::JsonStringToMessage(text.str(), &record).ok()) {
+    Fail(absl::StrCat(path, " is not a grid sidecar written by dgrid grid"));
+  }
+  const int row = absl::GetFlag(FLAGS_row), col = absl::GetFlag(FLAGS_col);
+  const v1::Grid& grid = record.grid();
+  if (row < 1 || row > grid.rows_size()) {
+    Fail(absl::StrCat("--row must be in [1, ", grid.rows_size(), "], got ", row));
+  }
+  if (col < 1 || col > grid.rows(row - 1).cells_size()) {
+    Fail(absl::StrCat("--col must be in [1, ", grid.rows(row - 1).cells_size(), "], got ", col));
+  }
+  v1::GridRequest request = record.request();
+  *request.mutable_trunk() = grid.rows(row - 1).cells(col - 1).path();
+  std::string out = absl::GetFlag(FLAGS_o);
+  if (out.empty()) {
+    const std::string base = path.substr(0, path.rfind('.'));
+    out = absl::StrCat(base, "-r", row, "c", col, ".png");
+  }
+  return StreamAndSave(request, out);
+}
+
 int Models() {
+  {
+    // An orchestrator lists its pool's models; a denoiser answers UNIMPLEMENTED.
+    auto orchestrator = v1::Orchestrator::NewStub(Connect());
+    grpc::ClientContext context;
+    SetDeadline(&context);
+    v1::ListModelsResponse listed;
+    const grpc::Status status = orchestrator->ListModels(&context, {}, &listed);
+    if (status.ok()) {
+      for (const v1::ModelInfo& m : listed.models()) {
+        std::cout << m.name() << " (version " << m.version() << ")\n  prompts: "
+                  << absl::StrJoin(m.prompts(), ", ") << "\n";
+      }
+      return 0;
+    }
+    if (status.error_code() != grpc::StatusCode::UNIMPLEMENTED) Check(status, "ListModels");
+  }
   auto stub = v1::Denoiser::NewStub(Connect());
   grpc::ClientContext context;
   SetDeadline(&context);
@@ -218,9 +392,15 @@ int Step() {
   return 0;
 }
 
-const std::map<std::string, int (*)()>& Commands() {
-  static const auto* commands = new std::map<std::string, int (*)()>{
-      {"branch", Branch}, {"step", Step}, {"models", Models}, {"health", Health}};
+const std::map<std::string, std::function<int(const std::vector<char*>&)>>& Commands() {
+  static const auto* commands =
+      new std::map<std::string, std::function<int(const std::vector<char*>&)>>{
+          {"grid", [](const auto&) { return Grid(); }},
+          {"promote", Promote},
+          {"branch", [](const auto&) { return Branch(); }},
+          {"step", [](const auto&) { return Step(); }},
+          {"models", [](const auto&) { return Models(); }},
+          {"health", [](const auto&) { return Health(); }}};
   return *commands;
 }
 
@@ -230,17 +410,20 @@ const std::map<std::string, int (*)()>& Commands() {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "dgrid COMMAND [flags]\n"
+      "  grid     stream a grid from an orchestrator; write the PNG (-o) and a JSON sidecar\n"
+      "  promote  GRID.json --row R --col C: re-run with that cell as the trunk\n"
       "  branch   run one trajectory on a denoiser and write its image (-o)\n"
       "  step     run one sampler step on a denoiser and print statistics\n"
       "  models   list a server's models and prompts\n"
       "  health   check a server's gRPC health (--service=MODEL)\n");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() < 2 || !dgrid::Commands().count(args[1])) {
-    std::cerr << "dgrid: expected a command: branch, step, models or health (see --help)\n";
+    std::cerr << "dgrid: expected a command: grid, promote, branch, step, models or health "
+                 "(see --help)\n";
     return 2;
   }
   try {
-    return dgrid::Commands().at(args[1])();
+    return dgrid::Commands().at(args[1])(args);
   } catch (const dgrid::CliError& e) {
     std::cerr << "dgrid " << args[1] << ": " << e.message << "\n";
     return 1;

@@ -203,8 +203,11 @@ void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> s
                             {f.latent(), f.image().png(), ""});
             {
               absl::MutexLock lock(&mu_);
-              trunk_ = {true, f.image().png(), replica};
               model_evals_ += f.model_evals();
+              // Already sent from the cache (a promoted cell's trunk runs
+              // again only for its captures).
+              if (trunk_.done) return;
+              trunk_ = {true, f.image().png(), replica};
             }
             v1::GridEvent cell;
             v1::GridCell* g = cell.mutable_cell();
