@@ -30,6 +30,7 @@
 #include "common/grpc_status.h"
 #include "common/png_image.h"
 #include "common/tensor_codec.h"
+#include "common/tls.h"
 #include "dgrid/v1/denoiser.grpc.pb.h"
 #include "dgrid/v1/orchestrator.grpc.pb.h"
 #include "google/protobuf/util/json_util.h"
@@ -56,6 +57,12 @@ ABSL_FLAG(std::string, preset, "", "dgrid grid: default or classic.");
 ABSL_FLAG(int, branches, 0, "dgrid grid: branches per row; 0 = the preset's.");
 ABSL_FLAG(std::vector<std::string>, branch_steps, {},
           "dgrid grid: rows, as the steps after which branches leave the trunk, e.g. 0,5,10.");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "File with the orchestrator's bearer token (sent as authorization metadata).");
+ABSL_FLAG(std::string, tls_ca, "", "PEM CA of the server: connect with TLS.");
+ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate, for mutual TLS.");
+ABSL_FLAG(std::string, tls_key, "", "PEM client key, for mutual TLS.");
+ABSL_FLAG(std::string, tls_name, "", "Name to verify in the server's certificate.");
 ABSL_FLAG(int, row, 0, "dgrid promote: the row, counted from 1 at the top.");
 ABSL_FLAG(int, col, 0, "dgrid promote: the branch, counted from 1 at the left.");
 
@@ -78,10 +85,29 @@ void Check(const grpc::Status& status, const std::string& what) {
 void SetDeadline(grpc::ClientContext* context) {
   context->set_deadline(std::chrono::system_clock::now() +
                         std::chrono::seconds(absl::GetFlag(FLAGS_timeout_s)));
+  static const std::string* token = [] {
+    auto* t = new std::string;
+    if (!absl::GetFlag(FLAGS_auth_token_file).empty()) {
+      auto read = ReadSecretFile(absl::GetFlag(FLAGS_auth_token_file), "--auth_token_file");
+      if (!read.ok()) Fail(std::string(read.status().message()));
+      *t = *read;
+      while (!t->empty() && (t->back() == '\n' || t->back() == '\r')) t->pop_back();
+    }
+    return t;
+  }();
+  if (!token->empty()) context->AddMetadata("authorization", "Bearer " + *token);
 }
 
 std::shared_ptr<grpc::Channel> Connect() {
-  return grpc::CreateChannel(absl::GetFlag(FLAGS_target), grpc::InsecureChannelCredentials());
+  auto credentials = ChannelCredentialsFromFiles(
+      {absl::GetFlag(FLAGS_tls_ca), absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key)});
+  if (!credentials.ok()) Fail(std::string(credentials.status().message()));
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  if (!absl::GetFlag(FLAGS_tls_name).empty()) {
+    args.SetSslTargetNameOverride(absl::GetFlag(FLAGS_tls_name));
+  }
+  return grpc::CreateCustomChannel(absl::GetFlag(FLAGS_target), *credentials, args);
 }
 
 v1::ModelInfo FetchModel(v1::Denoiser::Stub& stub) {

@@ -5,52 +5,13 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <prometheus/registry.h>
 
-#include <fstream>
-#include <sstream>
-
 #include "absl/strings/str_cat.h"
 #include "common/metrics_exposer.h"
+#include "common/tls.h"
 #include "denoiser_service/server/denoiser_metrics.h"
 #include "denoiser_service/server/denoiser_service_impl.h"
 
 namespace dgrid {
-namespace {
-
-absl::StatusOr<std::string> ReadFile(const std::string& path, const char* flag) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::InvalidArgumentError(absl::StrCat(flag, ": cannot read ", path));
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(
-    const DenoiserServerOptions& o) {
-  if (o.tls_cert.empty() && o.tls_key.empty()) {
-    if (!o.tls_client_ca.empty()) {
-      return absl::InvalidArgumentError("--tls_client_ca needs --tls_cert and --tls_key");
-    }
-    return grpc::InsecureServerCredentials();
-  }
-  if (o.tls_cert.empty() || o.tls_key.empty()) {
-    return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
-  }
-  grpc::SslServerCredentialsOptions ssl;
-  auto cert = ReadFile(o.tls_cert, "--tls_cert");
-  if (!cert.ok()) return cert.status();
-  auto key = ReadFile(o.tls_key, "--tls_key");
-  if (!key.ok()) return key.status();
-  ssl.pem_key_cert_pairs.push_back({*key, *cert});
-  if (!o.tls_client_ca.empty()) {
-    auto ca = ReadFile(o.tls_client_ca, "--tls_client_ca");
-    if (!ca.ok()) return ca.status();
-    ssl.pem_root_certs = *ca;
-    ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
-  }
-  return grpc::SslServerCredentials(ssl);
-}
-
-}  // namespace
 
 DenoiserServer::DenoiserServer() = default;
 
@@ -61,7 +22,7 @@ absl::StatusOr<std::unique_ptr<DenoiserServer>> DenoiserServer::Start(
   if (o.model_dirs.empty()) return absl::InvalidArgumentError("--model_dir is required");
   if (o.max_batch < 1) return absl::InvalidArgumentError("--max_batch must be >= 1");
   if (o.max_queue < 1) return absl::InvalidArgumentError("--max_queue must be >= 1");
-  auto credentials = Credentials(o);
+  auto credentials = ServerCredentialsFromFiles({o.tls_cert, o.tls_key, o.tls_client_ca});
   if (!credentials.ok()) return credentials.status();
 
   std::unique_ptr<DenoiserServer> s(new DenoiserServer());

@@ -10,6 +10,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "common/tls.h"
 #include "grid_orchestrator/server/orchestrator_server.h"
 
 ABSL_FLAG(std::string, listen, "0.0.0.0:50050", "gRPC listen address; port 0 picks one.");
@@ -29,6 +30,18 @@ ABSL_FLAG(int, cells_per_job, 2, "Branch cells per denoiser call.");
 ABSL_FLAG(int, replica_max_inflight, 64, "Jobs in flight per replica.");
 ABSL_FLAG(int64_t, cache_mb, 256, "Prefix cache size in MiB.");
 ABSL_FLAG(int, max_message_bytes, 64 << 20, "gRPC message size limit.");
+ABSL_FLAG(int, max_grids_per_client, 16, "Grids in flight from one client address.");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate for the API (enables TLS).");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key for the API.");
+ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA: require and verify client certificates.");
+ABSL_FLAG(std::string, denoiser_ca, "",
+          "PEM CA of the denoisers: talk TLS to them and refuse peers it did not sign.");
+ABSL_FLAG(std::string, denoiser_cert, "", "PEM client certificate for mutual TLS to denoisers.");
+ABSL_FLAG(std::string, denoiser_key, "", "PEM client key for mutual TLS to denoisers.");
+ABSL_FLAG(std::string, denoiser_tls_name, "",
+          "Name to verify in the denoisers' certificates when dialling them by IP.");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "File holding the bearer token clients must send; empty = no auth.");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("dgrid-orchestrator --denoisers=host:port,...");
@@ -54,6 +67,22 @@ int main(int argc, char** argv) {
   o.replica_max_inflight = absl::GetFlag(FLAGS_replica_max_inflight);
   o.cache_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_cache_mb)) << 20;
   o.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  o.limits.max_grids_per_client = absl::GetFlag(FLAGS_max_grids_per_client);
+  o.tls = {absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),
+           absl::GetFlag(FLAGS_tls_client_ca)};
+  o.denoiser_tls = {absl::GetFlag(FLAGS_denoiser_ca), absl::GetFlag(FLAGS_denoiser_cert),
+                    absl::GetFlag(FLAGS_denoiser_key)};
+  o.denoiser_tls_name = absl::GetFlag(FLAGS_denoiser_tls_name);
+  if (!absl::GetFlag(FLAGS_auth_token_file).empty()) {
+    auto token = dgrid::ReadSecretFile(absl::GetFlag(FLAGS_auth_token_file), "--auth_token_file");
+    if (!token.ok()) {
+      std::cerr << "dgrid-orchestrator: " << token.status().message() << "\n";
+      return 1;
+    }
+    // A trailing newline from `echo token > file` is not part of the token.
+    while (!token->empty() && (token->back() == '\n' || token->back() == '\r')) token->pop_back();
+    o.auth_token = *token;
+  }
 
   auto server = dgrid::OrchestratorServer::Start(o);
   if (!server.ok()) {

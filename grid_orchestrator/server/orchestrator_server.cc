@@ -25,8 +25,14 @@ absl::StatusOr<std::unique_ptr<OrchestratorServer>> OrchestratorServer::Start(
     if (!endpoint.ok()) return endpoint.status();
     s->metrics_endpoint_ = std::move(*endpoint);
   }
+  auto server_credentials = ServerCredentialsFromFiles(o.tls);
+  if (!server_credentials.ok()) return server_credentials.status();
+  auto denoiser_credentials = ChannelCredentialsFromFiles(o.denoiser_tls);
+  if (!denoiser_credentials.ok()) return denoiser_credentials.status();
   ReplicaPool::Options pool;
   pool.targets = o.denoisers;
+  pool.credentials = *denoiser_credentials;
+  pool.tls_server_name = o.denoiser_tls_name;
   pool.max_inflight_per_replica = o.replica_max_inflight;
   pool.max_message_bytes = o.max_message_bytes;
   auto created = ReplicaPool::Create(pool, s->metrics_.get());
@@ -35,13 +41,13 @@ absl::StatusOr<std::unique_ptr<OrchestratorServer>> OrchestratorServer::Start(
   s->cache_ = std::make_unique<PrefixCache>(o.cache_bytes);
   s->executor_ = std::make_unique<GridExecutor>(s->pool_.get(), s->cache_.get(),
                                                 s->metrics_.get(), o.executor);
-  s->service_ = std::make_unique<OrchestratorServiceImpl>(s->pool_.get(), s->executor_.get(),
-                                                          s->metrics_.get(), o.limits);
+  s->service_ = std::make_unique<OrchestratorServiceImpl>(
+      s->pool_.get(), s->executor_.get(), s->metrics_.get(), o.limits, o.auth_token);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(o.listen, grpc::InsecureServerCredentials(), &s->port_);
+  builder.AddListeningPort(o.listen, *server_credentials, &s->port_);
   builder.RegisterService(s->service_.get());
   builder.SetMaxReceiveMessageSize(o.max_message_bytes);
   builder.SetMaxSendMessageSize(o.max_message_bytes);

@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/tls.h"
 #include "grid_orchestrator/execute/grid_executor.h"
 #include "grid_orchestrator/server/orchestrator_service_impl.h"
 
@@ -38,6 +39,14 @@ struct OrchestratorServerOptions {
   int replica_max_inflight = 64;
   size_t cache_bytes = size_t{256} << 20;
   int max_message_bytes = 64 << 20;
+  // TLS for the orchestrator's own API (PEM paths; see common/tls.h).
+  ServerTlsFiles tls;
+  // TLS to the denoisers: their CA, and a client certificate for mutual TLS.
+  ChannelTlsFiles denoiser_tls;
+  // Name the denoisers' certificates carry, when they are dialled by IP.
+  std::string denoiser_tls_name;
+  // Bearer token the API requires (health stays open); empty = no auth.
+  std::string auth_token;
 };
 
 class OrchestratorServer {

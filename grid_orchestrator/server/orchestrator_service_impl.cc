@@ -48,12 +48,46 @@ class CancelWatcher {
   std::thread thread_;
 };
 
+// The client's address without its port: the unit of the per-client limit.
+std::string ClientOf(const grpc::ServerContext& context) {
+  const std::string peer = context.peer();
+  const size_t colon = peer.rfind(':');
+  return colon == std::string::npos ? peer : peer.substr(0, colon);
+}
+
+// Compares in time independent of where the strings differ.
+bool ConstantTimeEquals(const std::string& a, const std::string& b) {
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  for (size_t i = 0; i < a.size(); ++i) diff |= a[i] ^ b[i % std::max<size_t>(b.size(), 1)];
+  return diff == 0;
+}
+
 }  // namespace
 
 OrchestratorServiceImpl::OrchestratorServiceImpl(ReplicaPool* pool, GridExecutor* executor,
                                                  OrchestratorMetrics* metrics,
-                                                 OrchestratorLimits limits)
-    : pool_(pool), executor_(executor), metrics_(metrics), limits_(limits) {}
+                                                 OrchestratorLimits limits,
+                                                 std::string auth_token)
+    : pool_(pool),
+      executor_(executor),
+      metrics_(metrics),
+      limits_(limits),
+      auth_token_(std::move(auth_token)) {}
+
+absl::Status OrchestratorServiceImpl::Authenticate(const grpc::ServerContext& context) const {
+  if (auth_token_.empty()) return absl::OkStatus();
+  const auto& metadata = context.client_metadata();
+  auto it = metadata.find("authorization");
+  if (it == metadata.end()) {
+    return absl::UnauthenticatedError("missing \"authorization: Bearer <token>\" metadata");
+  }
+  const std::string given(it->second.data(), it->second.size());
+  // The token itself is never logged or echoed.
+  if (!ConstantTimeEquals(given, "Bearer " + auth_token_)) {
+    return absl::UnauthenticatedError("invalid bearer token");
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<GridPlanSpec> OrchestratorServiceImpl::Plan(const v1::GridRequest& request) {
   absl::StatusOr<v1::GetModelInfoResponse> models = pool_->Models();
@@ -80,9 +114,27 @@ absl::StatusOr<v1::Grid> OrchestratorServiceImpl::RunGrid(grpc::ServerContext* c
                                                           const GridExecutor::EventSink& sink,
                                                           GridCancel* cancel) {
   const absl::Time start = absl::Now();
-  // Admission: past the bound, refuse rather than queue without limit.
+  if (absl::Status auth = Authenticate(*context); !auth.ok()) return auth;
+  // Admission: past the bounds, refuse rather than queue without limit.
+  const std::string client = ClientOf(*context);
+  {
+    absl::MutexLock lock(&clients_mu_);
+    int& mine = grids_per_client_[client];
+    if (mine >= limits_.max_grids_per_client) {
+      if (metrics_) metrics_->CountGrid("rejected", 0);
+      return absl::ResourceExhaustedError(
+          absl::StrCat("too many grids in flight from this client (limit ",
+                       limits_.max_grids_per_client, "); retry later"));
+    }
+    ++mine;
+  }
+  auto release_client = [&] {
+    absl::MutexLock lock(&clients_mu_);
+    if (--grids_per_client_[client] == 0) grids_per_client_.erase(client);
+  };
   if (grids_in_flight_.fetch_add(1) >= limits_.max_concurrent_grids) {
     grids_in_flight_.fetch_sub(1);
+    release_client();
     absl::Status busy = absl::ResourceExhaustedError(
         absl::StrCat("too many grids in flight (limit ", limits_.max_concurrent_grids,
                      "); retry later"));
@@ -100,6 +152,7 @@ absl::StatusOr<v1::Grid> OrchestratorServiceImpl::RunGrid(grpc::ServerContext* c
     return executor_->Run(*plan, deadline, sink, cancel);
   }();
   grids_in_flight_.fetch_sub(1);
+  release_client();
   if (metrics_) {
     metrics_->CountGrid(Outcome(grid.status()), absl::ToDoubleSeconds(absl::Now() - start));
   }
@@ -133,9 +186,10 @@ grpc::Status OrchestratorServiceImpl::StreamGrid(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
-grpc::Status OrchestratorServiceImpl::ListModels(grpc::ServerContext*,
+grpc::Status OrchestratorServiceImpl::ListModels(grpc::ServerContext* context,
                                                  const v1::ListModelsRequest*,
                                                  v1::ListModelsResponse* response) {
+  if (absl::Status auth = Authenticate(*context); !auth.ok()) return ToGrpcStatus(auth);
   absl::StatusOr<v1::GetModelInfoResponse> models = pool_->Models();
   if (!models.ok()) return ToGrpcStatus(models.status());
   *response->mutable_models() = models->models();

@@ -5,6 +5,10 @@
 #define DGRID_GRID_ORCHESTRATOR_SERVER_ORCHESTRATOR_SERVICE_IMPL_H_
 
 #include <atomic>
+#include <map>
+#include <string>
+
+#include "absl/synchronization/mutex.h"
 
 #include "dgrid/v1/orchestrator.grpc.pb.h"
 #include "grid_orchestrator/execute/grid_executor.h"
@@ -18,13 +22,17 @@ class OrchestratorMetrics;
 struct OrchestratorLimits {
   PlanLimits plan;
   int max_concurrent_grids = 64;
+  // Grids in flight from one client address.
+  int max_grids_per_client = 16;
   absl::Duration default_grid_timeout = absl::Seconds(300);
 };
 
 class OrchestratorServiceImpl final : public v1::Orchestrator::Service {
  public:
+  // `auth_token`, when not empty, must come as "authorization: Bearer <token>".
   OrchestratorServiceImpl(ReplicaPool* pool, GridExecutor* executor,
-                          OrchestratorMetrics* metrics, OrchestratorLimits limits);
+                          OrchestratorMetrics* metrics, OrchestratorLimits limits,
+                          std::string auth_token);
 
   grpc::Status CreateGrid(grpc::ServerContext* context, const v1::GridRequest* request,
                           v1::Grid* response) override;
@@ -34,6 +42,7 @@ class OrchestratorServiceImpl final : public v1::Orchestrator::Service {
                           v1::ListModelsResponse* response) override;
 
  private:
+  absl::Status Authenticate(const grpc::ServerContext& context) const;
   absl::StatusOr<GridPlanSpec> Plan(const v1::GridRequest& request);
   // Admits, plans and runs one grid; `sink` gets every event but the grid.
   absl::StatusOr<v1::Grid> RunGrid(grpc::ServerContext* context, const v1::GridRequest& request,
@@ -43,7 +52,10 @@ class OrchestratorServiceImpl final : public v1::Orchestrator::Service {
   GridExecutor* const executor_;
   OrchestratorMetrics* const metrics_;
   const OrchestratorLimits limits_;
+  const std::string auth_token_;
   std::atomic<int> grids_in_flight_{0};
+  absl::Mutex clients_mu_;
+  std::map<std::string, int> grids_per_client_ ABSL_GUARDED_BY(clients_mu_);
 };
 
 }  // namespace dgrid

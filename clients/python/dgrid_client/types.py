@@ -1,0 +1,294 @@
+"""Typed, immutable views of the orchestrator's messages.
+
+Each type has ``from_proto`` (and, where a value goes back to the server,
+``to_proto``). Rows and columns are counted from 0, as in the protos
+(``GridCell.row`` / ``GridCell.column``); the trunk cell has row -1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Tuple, Union
+
+from ._stubs import denoiser_pb2, orchestrator_pb2
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+_SPACING_NAMES = {0: "", 1: "leading", 2: "trailing"}
+
+
+def spacing_name(value: int) -> str:
+    """"" (the model's default), "leading" or "trailing"."""
+    return _SPACING_NAMES.get(value, str(value))
+
+
+def spacing_value(name: Optional[str]) -> int:
+    """The Spacing enum value for "", "leading" or "trailing"."""
+    key = (name or "").lower()
+    for value, n in _SPACING_NAMES.items():
+        if n == key:
+            return value
+    raise ValueError(f"spacing must be '', 'leading' or 'trailing', got {name!r}")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Noise at steps >= from_step (up to the next segment) comes from noise_seed."""
+
+    from_step: int
+    noise_seed: int
+
+
+@dataclass(frozen=True)
+class Path:
+    """A trajectory's full name: x_T from init_seed, then its noise segments."""
+
+    init_seed: int
+    segments: Tuple[Segment, ...] = ()
+
+    @classmethod
+    def from_proto(cls, p: Any) -> "Path":
+        return cls(p.init_seed, tuple(Segment(s.from_step, s.noise_seed) for s in p.segments))
+
+    def to_proto(self) -> Any:
+        p = denoiser_pb2.Path(init_seed=self.init_seed)
+        for s in self.segments:
+            p.segments.add(from_step=s.from_step, noise_seed=s.noise_seed)
+        return p
+
+    def __str__(self) -> str:
+        segs = ", ".join(f"({s.from_step}, {s.noise_seed})" for s in self.segments)
+        return f"({self.init_seed}, [{segs}])"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One finished trajectory: a branch (row >= 0) or the trunk (row == -1)."""
+
+    row: int
+    column: int
+    path: Path
+    png: bytes = field(repr=False)
+    # A replica address, or "cache".
+    source: str = ""
+
+    @property
+    def is_trunk(self) -> bool:
+        return self.row < 0
+
+    @classmethod
+    def from_proto(cls, c: Any) -> "Cell":
+        return cls(c.row, c.column, Path.from_proto(c.path), bytes(c.png), c.source)
+
+
+@dataclass(frozen=True)
+class Row:
+    """The branches that leave the trunk after ``branch_step`` steps."""
+
+    branch_step: int
+    timestep: int
+    cells: Tuple[Cell, ...]
+    # Mean pairwise RMS pixel distance among the branches (pixels in [0, 1]).
+    divergence: float
+    # Mean distance of the branches to the trunk's image.
+    divergence_to_trunk: float
+    trunk_xt_png: bytes = field(repr=False, default=b"")
+    trunk_x0_png: bytes = field(repr=False, default=b"")
+
+    @classmethod
+    def from_proto(cls, r: Any) -> "Row":
+        return cls(
+            branch_step=r.branch_step,
+            timestep=r.timestep,
+            cells=tuple(Cell.from_proto(c) for c in r.cells),
+            divergence=r.divergence,
+            divergence_to_trunk=r.divergence_to_trunk,
+            trunk_xt_png=bytes(r.trunk_xt_png),
+            trunk_x0_png=bytes(r.trunk_x0_png),
+        )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the orchestrator will run (the first streamed event)."""
+
+    model: str
+    prompt: str
+    steps: int
+    eta: float
+    guidance: float
+    spacing: str
+    trunk: Path
+    branch_steps: Tuple[int, ...]
+    timesteps: Tuple[int, ...]
+    branches: int
+    # Model evaluations this plan costs, and what computing every cell from
+    # step 0 would cost.
+    model_evals: int
+    from_scratch_evals: int
+
+    @property
+    def cells(self) -> int:
+        """Cells the grid will stream: every branch plus the trunk."""
+        return len(self.branch_steps) * self.branches + 1
+
+    @classmethod
+    def from_proto(cls, p: Any) -> "Plan":
+        return cls(
+            model=p.model,
+            prompt=p.prompt,
+            steps=p.sampler.steps,
+            eta=p.sampler.eta,
+            guidance=p.sampler.guidance,
+            spacing=spacing_name(p.sampler.spacing),
+            trunk=Path.from_proto(p.trunk),
+            branch_steps=tuple(p.branch_steps),
+            timesteps=tuple(p.timesteps),
+            branches=p.branches,
+            model_evals=p.model_evals,
+            from_scratch_evals=p.from_scratch_evals,
+        )
+
+
+@dataclass(frozen=True)
+class TrunkProgress:
+    """The trunk reached ``step``: its x_t and x0 prediction there."""
+
+    step: int
+    timestep: int
+    xt_png: bytes = field(repr=False, default=b"")
+    x0_png: bytes = field(repr=False, default=b"")
+
+    @classmethod
+    def from_proto(cls, t: Any) -> "TrunkProgress":
+        return cls(t.step, t.timestep, bytes(t.xt_png), bytes(t.x0_png))
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A finished grid: the composed PNG, the trunk and one row per branch step."""
+
+    plan: Plan
+    png: bytes = field(repr=False)
+    trunk: Cell
+    rows: Tuple[Row, ...]
+    model_evals: int
+    cache_hits: int
+    seconds: float
+    # The request that produced the grid (promote re-sends it with a new
+    # trunk) and the raw message; None / omitted when not known.
+    request: Optional[Any] = field(default=None, repr=False, compare=False)
+    proto: Optional[Any] = field(default=None, repr=False, compare=False)
+
+    def cell(self, row: int, col: int) -> Cell:
+        """The cell at (row, col), both counted from 0."""
+        if not 0 <= row < len(self.rows):
+            raise IndexError(f"row must be in [0, {len(self.rows)}), got {row}")
+        cells = self.rows[row].cells
+        if not 0 <= col < len(cells):
+            raise IndexError(f"col must be in [0, {len(cells)}), got {col}")
+        return cells[col]
+
+    @property
+    def cells(self) -> Tuple[Cell, ...]:
+        """Every branch cell, row by row."""
+        return tuple(c for r in self.rows for c in r.cells)
+
+    @property
+    def divergence(self) -> Tuple[float, ...]:
+        """Per-row divergence (mean pairwise distance among branches)."""
+        return tuple(r.divergence for r in self.rows)
+
+    def save_png(self, path: str) -> None:
+        with open(path, "wb") as f:
+            f.write(self.png)
+
+    def record(self) -> Any:
+        """A dgrid.v1.GridRecord (request + grid without image bytes), as the
+        ``dgrid`` CLI writes beside its PNG."""
+        record = orchestrator_pb2.GridRecord()
+        if self.request is not None:
+            record.request.CopyFrom(self.request)
+        if self.proto is not None:
+            record.grid.CopyFrom(self.proto)
+        g = record.grid
+        g.ClearField("png")
+        g.trunk.ClearField("png")
+        for r in g.rows:
+            r.ClearField("trunk_xt_png")
+            r.ClearField("trunk_x0_png")
+            for c in r.cells:
+                c.ClearField("png")
+        return record
+
+    def save_record(self, path: str) -> None:
+        """Writes the GridRecord as JSON (``dgrid promote`` reads it too)."""
+        from google.protobuf import json_format
+
+        text = json_format.MessageToJson(self.record(), preserving_proto_field_name=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    @classmethod
+    def from_proto(cls, g: Any, request: Optional[Any] = None) -> "Grid":
+        return cls(
+            plan=Plan.from_proto(g.plan),
+            png=bytes(g.png),
+            trunk=Cell.from_proto(g.trunk),
+            rows=tuple(Row.from_proto(r) for r in g.rows),
+            model_evals=g.model_evals,
+            cache_hits=g.cache_hits,
+            seconds=g.seconds,
+            request=request,
+            proto=g,
+        )
+
+
+@dataclass(frozen=True)
+class GridDone:
+    """The last streamed event: the finished grid."""
+
+    grid: Grid
+
+
+GridEvent = Union[Plan, TrunkProgress, Cell, GridDone]
+
+
+@dataclass(frozen=True)
+class SamplerDefaults:
+    steps: int
+    eta: float
+    guidance: float
+    spacing: str
+
+
+@dataclass(frozen=True)
+class Model:
+    """A model the orchestrator's pool serves; ``prompts`` are its class names."""
+
+    name: str
+    version: str
+    prompts: Tuple[str, ...]
+    latent_shape: Tuple[int, ...]
+    image_shape: Tuple[int, ...]
+    defaults: SamplerDefaults
+    train_timesteps: int = 0
+    prediction_type: str = ""
+    license: str = ""
+    description: str = ""
+
+    @classmethod
+    def from_proto(cls, m: Any) -> "Model":
+        d = m.defaults
+        return cls(
+            name=m.name,
+            version=m.version,
+            prompts=tuple(m.prompts),
+            latent_shape=tuple(m.latent_shape),
+            image_shape=tuple(m.image_shape),
+            defaults=SamplerDefaults(d.steps, d.eta, d.guidance, spacing_name(d.spacing)),
+            train_timesteps=m.train_timesteps,
+            prediction_type=m.prediction_type,
+            license=m.license,
+            description=m.description,
+        )
