@@ -55,11 +55,12 @@ class GridExecutor::GridRun {
 
   v1::BranchRequest BaseRequest(int start_step) const;
   // One attempt of one Branch call on one replica.
+  // *no_replica tells that the pool had no replica to give.
   absl::Status Call(const v1::BranchRequest& request, int64_t work,
-                    const std::set<std::string>& avoid, std::string* replica,
+                    const std::set<std::string>& avoid, std::string* replica, bool* no_replica,
                     const std::function<void(const v1::BranchEvent&)>& on_event);
   // Whether to try a failed job again, on another replica.
-  bool ShouldRetry(const absl::Status& status, int attempt);
+  bool ShouldRetry(const absl::Status& status, bool no_replica, int attempt);
   void RunTrunk(int start_step, std::optional<v1::Tensor> start_latent);
   void StartRow(size_t row);
   void RunCells(size_t row, std::vector<int> columns);
@@ -126,11 +127,18 @@ void GridExecutor::GridRun::Spawn(std::function<void()> job) {
 
 absl::Status GridExecutor::GridRun::Call(
     const v1::BranchRequest& request, int64_t work, const std::set<std::string>& avoid,
-    std::string* replica, const std::function<void(const v1::BranchEvent&)>& on_event) {
+    std::string* replica, bool* no_replica,
+    const std::function<void(const v1::BranchEvent&)>& on_event) {
+  *no_replica = false;
   const absl::Time attempt_deadline = std::min(deadline_, absl::Now() + ex_.options_.job_timeout);
   absl::StatusOr<ReplicaPool::Lease> lease =
       ex_.pool_->Acquire(work, attempt_deadline, avoid, cancel_->flag());
-  if (!lease.ok()) return lease.status();
+  if (!lease.ok()) {
+    // The pool already waited for a usable replica: retrying would only
+    // make the client wait again for the same answer.
+    *no_replica = true;
+    return lease.status();
+  }
   *replica = lease->address();
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(attempt_deadline));
@@ -144,8 +152,9 @@ absl::Status GridExecutor::GridRun::Call(
   return FromGrpcStatus(status);
 }
 
-bool GridExecutor::GridRun::ShouldRetry(const absl::Status& status, int attempt) {
-  if (cancel_->cancelled() || absl::Now() >= deadline_) return false;
+bool GridExecutor::GridRun::ShouldRetry(const absl::Status& status, bool no_replica,
+                                        int attempt) {
+  if (no_replica || cancel_->cancelled() || absl::Now() >= deadline_) return false;
   if (attempt >= ex_.options_.max_attempts) return false;
   switch (status.code()) {
     case absl::StatusCode::kUnavailable:
@@ -173,8 +182,10 @@ void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> s
     }
     request.set_previews(true);
     std::string replica;
+    bool no_replica = false;
     const absl::Status status = Call(
-        request, plan_.steps - start_step, avoid, &replica, [&](const v1::BranchEvent& event) {
+        request, plan_.steps - start_step, avoid, &replica, &no_replica,
+        [&](const v1::BranchEvent& event) {
           if (event.has_capture()) {
             const v1::Capture& c = event.capture();
             CacheEntry entry{c.latent(), c.image().png(), c.x0_image().png()};
@@ -192,6 +203,7 @@ void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> s
             p->set_timestep(plan_.timesteps[c.step() - 1]);
             p->set_xt_png(c.image().png());
             p->set_x0_png(c.x0_image().png());
+            p->set_source(replica);
             Emit(progress);
             // Wavefront: the rows branching here leave now.
             for (size_t r = 0; r < plan_.rows.size(); ++r) {
@@ -223,7 +235,7 @@ void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> s
       if (ex_.metrics_) ex_.metrics_->CountJob("ok");
       return;
     }
-    if (!ShouldRetry(status, attempt)) {
+    if (!ShouldRetry(status, no_replica, attempt)) {
       if (ex_.metrics_) ex_.metrics_->CountJob("failed");
       Fail(absl::Status(status.code(), absl::StrCat("trunk: ", status.message())));
       return;
@@ -271,10 +283,11 @@ void GridExecutor::GridRun::RunCells(size_t row, std::vector<int> columns) {
       if (latent) *t->mutable_start_latent() = *latent;
     }
     std::string replica;
+    bool no_replica = false;
     std::set<int> finished;
     const absl::Status status = Call(
         request, static_cast<int64_t>(columns.size()) * (plan_.steps - k), avoid, &replica,
-        [&](const v1::BranchEvent& event) {
+        &no_replica, [&](const v1::BranchEvent& event) {
           if (!event.has_final()) return;
           const v1::Final& f = event.final();
           const int c = columns.at(f.trajectory());
@@ -299,7 +312,7 @@ void GridExecutor::GridRun::RunCells(size_t row, std::vector<int> columns) {
       if (ex_.metrics_) ex_.metrics_->CountJob("ok");
       return;
     }
-    if (!ShouldRetry(status, attempt)) {
+    if (!ShouldRetry(status, no_replica, attempt)) {
       if (ex_.metrics_) ex_.metrics_->CountJob("failed");
       Fail(absl::Status(status.code(),
                         absl::StrCat("row ", row, " (branch step ", k, "): ", status.message())));

@@ -279,16 +279,27 @@ absl::StatusOr<v1::GetModelInfoResponse> ReplicaPool::Models() {
     absl::MutexLock lock(&mu_);
     if (models_) return *models_;
   }
-  absl::StatusOr<Lease> lease = Acquire(0, absl::Now() + absl::Seconds(5), {});
-  if (!lease.ok()) return lease.status();
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
-  v1::GetModelInfoResponse response;
-  const grpc::Status status = lease->stub()->GetModelInfo(&context, {}, &response);
-  if (!status.ok()) return FromGrpcStatus(status);
-  absl::MutexLock lock(&mu_);
-  models_ = response;
-  return response;
+  // Ask healthy replicas in turn; one that fails is marked down and skipped.
+  std::set<std::string> tried;
+  absl::Status last = absl::UnavailableError("no healthy denoiser replica");
+  for (int attempt = 0; attempt < 4; ++attempt) {
+    absl::StatusOr<Lease> lease = Acquire(0, absl::Now() + absl::Seconds(5), tried);
+    if (!lease.ok()) return lease.status();
+    if (tried.count(lease->address())) break;  // only replicas we already tried are left
+    tried.insert(lease->address());
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    v1::GetModelInfoResponse response;
+    const grpc::Status status = lease->stub()->GetModelInfo(&context, {}, &response);
+    if (status.ok()) {
+      absl::MutexLock lock(&mu_);
+      models_ = response;
+      return response;
+    }
+    last = FromGrpcStatus(status);
+    lease->MarkUnhealthy();
+  }
+  return last;
 }
 
 }  // namespace dgrid

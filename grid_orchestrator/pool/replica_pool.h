@@ -45,7 +45,7 @@ class ReplicaPool {
     absl::Duration resolve_interval = absl::Seconds(5);
     // How long Acquire waits for a replica to turn healthy before it answers
     // UNAVAILABLE: short, so that clients of a dead pool learn it quickly.
-    absl::Duration unavailable_grace = absl::Seconds(2);
+    absl::Duration unavailable_grace = absl::Seconds(1);
     std::shared_ptr<grpc::ChannelCredentials> credentials;
     // Name to check the replicas' TLS certificates against (SNI), when their
     // addresses are IPs.

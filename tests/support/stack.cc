@@ -40,6 +40,9 @@ absl::Status Stack::StartDenoiser(int i, int port, int metrics) {
                                    "--threads=1",
                                    "--port_file=" + ports};
   argv.insert(argv.end(), options_.denoiser_flags.begin(), options_.denoiser_flags.end());
+  if (auto it = options_.per_denoiser_flags.find(i); it != options_.per_denoiser_flags.end()) {
+    argv.insert(argv.end(), it->second.begin(), it->second.end());
+  }
   auto process = ChildProcess::Start(argv, absl::StrCat(dir_, "/denoiser", i, ".log"));
   if (!process.ok()) return process.status();
   auto bound = (*process)->WaitForPorts(ports, absl::Seconds(60));

@@ -12,6 +12,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -27,6 +28,8 @@ struct StackOptions {
   std::string model_dir;
   int denoisers = 2;
   std::vector<std::string> denoiser_flags;
+  // Extra flags for one denoiser only, by index.
+  std::map<int, std::vector<std::string>> per_denoiser_flags;
   std::vector<std::string> orchestrator_flags;
 };
 

@@ -1,0 +1,224 @@
+// Faults with real processes: replicas killed mid-grid (including the one
+// running the trunk), restarted, all down, stalled; the orchestrator
+// restarted. Every loop is bounded; everything stays on loopback.
+#include <grpcpp/grpcpp.h>
+#include <signal.h>
+
+#include <thread>
+
+#include "gtest/gtest.h"
+#include "tests/support/stack.h"
+
+namespace dgrid {
+namespace {
+
+using testing::Stack;
+using testing::StackOptions;
+
+v1::Grid MustCreate(Stack& stack, const v1::GridRequest& request, int timeout_s = 120) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(timeout_s));
+  v1::Grid grid;
+  const grpc::Status status = stack.Orchestrator()->CreateGrid(&context, request, &grid);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  return grid;
+}
+
+std::map<std::pair<int, int>, std::string> CellPngs(const v1::Grid& grid) {
+  std::map<std::pair<int, int>, std::string> out;
+  out[{-1, -1}] = grid.trunk().png();
+  for (const auto& row : grid.rows()) {
+    for (const auto& cell : row.cells()) out[{cell.row(), cell.column()}] = cell.png();
+  }
+  return out;
+}
+
+// Both replicas are slowed down so that a grid is still in flight when the
+// test strikes; cells_per_job=1 spreads every row over both.
+StackOptions SlowStack() {
+  StackOptions options;
+  options.denoiser_flags = {"--debug_step_delay_ms=15"};
+  options.orchestrator_flags = {"--cells_per_job=1", "--cache_mb=0"};
+  return options;
+}
+
+TEST(FaultTest, KillingAReplicaMidGridLosesNoCell) {
+  auto stack = Stack::Start(SlowStack(), "kill-mid");
+  ASSERT_TRUE(stack.ok()) << stack.status();
+  v1::GridRequest request;
+  request.set_seed(42);
+  const v1::Grid reference = MustCreate(**stack, request);
+
+  grpc::ClientContext context;
+  auto reader = (*stack)->Orchestrator()->StreamGrid(&context, request);
+  v1::GridEvent event;
+  v1::Grid grid;
+  int cells = 0;
+  bool killed = false;
+  while (reader->Read(&event)) {
+    if (event.has_cell() && ++cells == 3 && !killed) {
+      // Kill whichever replica did not produce this cell; it has work in flight.
+      const int victim = event.cell().source() == (*stack)->denoiser_address(0) ? 1 : 0;
+      (*stack)->KillDenoiser(victim);
+      killed = true;
+    }
+    if (event.has_grid()) grid = event.grid();
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  ASSERT_TRUE(killed);
+  // Same request, same grid: every cell matches the no-fault run (the model
+  // is the same and the paths fix the noise; drift tolerance 0 here since
+  // batch composition only regroups identical per-trajectory work).
+  const auto want = CellPngs(reference), got = CellPngs(grid);
+  ASSERT_EQ(got.size(), want.size());
+  int differing = 0;
+  for (const auto& [key, png] : want) differing += got.at(key) != png;
+  std::cout << "cells differing from the no-fault run: " << differing << " of " << want.size()
+            << "\n";
+  EXPECT_EQ(differing, 0);
+  EXPECT_GE((*stack)->Metric(-1, "dgrid_orchestrator_retries_total"), 1);
+}
+
+TEST(FaultTest, KillingTheTrunkReplicaResumesFromTheLastCapture) {
+  auto stack = Stack::Start(SlowStack(), "kill-trunk");
+  ASSERT_TRUE(stack.ok()) << stack.status();
+  v1::GridRequest request;
+  request.set_seed(43);
+  grpc::ClientContext context;
+  auto reader = (*stack)->Orchestrator()->StreamGrid(&context, request);
+  v1::GridEvent event;
+  v1::Grid grid;
+  int resumed_from = -1;
+  while (reader->Read(&event)) {
+    if (event.has_trunk() && event.trunk().step() == 20 && resumed_from < 0) {
+      resumed_from = 20;
+      (*stack)->KillDenoiser(event.trunk().source() == (*stack)->denoiser_address(0) ? 0 : 1);
+    }
+    if (event.has_grid()) grid = event.grid();
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  ASSERT_EQ(resumed_from, 20);
+  // The trunk's final call ran only the steps after its last capture (step
+  // 20 or, if the capture at 30 arrived before the kill landed, 30): the
+  // grid's evaluation count is the plan's minus those skipped steps. Had the
+  // trunk restarted from step 0 it would equal the plan's.
+  const int64_t skipped = grid.plan().model_evals() - grid.model_evals();
+  std::cout << "trunk resumed: " << skipped << " trunk steps not recomputed\n";
+  EXPECT_GE(skipped, 20);
+  EXPECT_LT(skipped, 50);
+  EXPECT_GE((*stack)->Metric(-1, "dgrid_orchestrator_retries_total"), 1);
+}
+
+TEST(FaultTest, ARestartedReplicaRejoinsAndGetsWork) {
+  StackOptions options;
+  options.orchestrator_flags = {"--cells_per_job=1", "--cache_mb=0"};
+  auto stack = Stack::Start(options, "rejoin");
+  ASSERT_TRUE(stack.ok()) << stack.status();
+  (*stack)->KillDenoiser(1);
+  v1::GridRequest request;
+  request.set_seed(44);
+  const v1::Grid alone = MustCreate(**stack, request);
+  for (const auto& row : alone.rows()) {
+    for (const auto& cell : row.cells()) EXPECT_EQ(cell.source(), (*stack)->denoiser_address(0));
+  }
+  ASSERT_TRUE((*stack)->RestartDenoiser(1).ok());
+  // Health checks run every 500 ms; reconnect backoff is capped at 1 s.
+  bool rejoined = false;
+  for (int attempt = 0; attempt < 10 && !rejoined; ++attempt) {
+    absl::SleepFor(absl::Milliseconds(500));
+    request.set_seed(45 + attempt);
+    const v1::Grid grid = MustCreate(**stack, request);
+    for (const auto& row : grid.rows()) {
+      for (const auto& cell : row.cells()) {
+        rejoined |= cell.source() == (*stack)->denoiser_address(1);
+      }
+    }
+  }
+  EXPECT_TRUE(rejoined);
+}
+
+TEST(FaultTest, AllReplicasDownAnswersUnavailableQuicklyThenRecovers) {
+  auto stack = Stack::Start({}, "all-down");
+  ASSERT_TRUE(stack.ok()) << stack.status();
+  v1::GridRequest request;
+  request.set_seed(46);
+  MustCreate(**stack, request);  // warm: the model list is known
+  (*stack)->KillDenoiser(0);
+  (*stack)->KillDenoiser(1);
+  request.set_seed(47);
+  const absl::Time start = absl::Now();
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  v1::Grid grid;
+  const grpc::Status status = (*stack)->Orchestrator()->CreateGrid(&context, request, &grid);
+  const absl::Duration took = absl::Now() - start;
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_NE(status.error_message().find("no healthy denoiser replica"), std::string::npos)
+      << status.error_message();
+  std::cout << "all replicas down: UNAVAILABLE after " << absl::FormatDuration(took) << "\n";
+  EXPECT_LT(took, absl::Seconds(10));
+
+  ASSERT_TRUE((*stack)->RestartDenoiser(0).ok());
+  bool recovered = false;
+  for (int attempt = 0; attempt < 20 && !recovered; ++attempt) {
+    grpc::ClientContext retry;
+    retry.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    recovered = (*stack)->Orchestrator()->CreateGrid(&retry, request, &grid).ok();
+    if (!recovered) absl::SleepFor(absl::Milliseconds(250));
+  }
+  EXPECT_TRUE(recovered);
+}
+
+TEST(FaultTest, AStalledReplicaDoesNotStallGrids) {
+  StackOptions options;
+  // Replica 1 takes a second per step: a 50-step job there would take 50 s.
+  options.per_denoiser_flags[1] = {"--debug_step_delay_ms=1000"};
+  options.orchestrator_flags = {"--job_timeout_s=2", "--cells_per_job=1", "--cache_mb=0"};
+  auto stack = Stack::Start(options, "stalled");
+  ASSERT_TRUE(stack.ok()) << stack.status();
+  v1::GridRequest request;
+  request.set_seed(48);
+  const absl::Time start = absl::Now();
+  const v1::Grid grid = MustCreate(**stack, request, 60);
+  const absl::Duration took = absl::Now() - start;
+  ASSERT_EQ(grid.rows_size(), 6);
+  for (const auto& row : grid.rows()) {
+    for (const auto& cell : row.cells()) EXPECT_EQ(cell.source(), (*stack)->denoiser_address(0));
+  }
+  std::cout << "grid with a stalled replica: " << absl::FormatDuration(took) << ", "
+            << (*stack)->Metric(-1, "dgrid_orchestrator_retries_total") << " retries\n";
+  EXPECT_GE((*stack)->Metric(-1, "dgrid_orchestrator_retries_total"), 1);
+  EXPECT_LT(took, absl::Seconds(45));
+}
+
+TEST(FaultTest, ARestartedOrchestratorServesTheSameGrid) {
+  auto stack = Stack::Start({}, "restart-orchestrator");
+  ASSERT_TRUE(stack.ok()) << stack.status();
+  v1::GridRequest request;
+  request.set_seed(49);
+  const v1::Grid before = MustCreate(**stack, request);
+  (*stack)->KillOrchestrator();
+  {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    v1::Grid grid;
+    EXPECT_EQ((*stack)->Orchestrator()->CreateGrid(&context, request, &grid).error_code(),
+              grpc::StatusCode::UNAVAILABLE);
+  }
+  ASSERT_TRUE((*stack)->RestartOrchestrator().ok());
+  // The client retries, as a client would after UNAVAILABLE.
+  v1::Grid after;
+  bool ok = false;
+  for (int attempt = 0; attempt < 20 && !ok; ++attempt) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    ok = (*stack)->Orchestrator()->CreateGrid(&context, request, &after).ok();
+    if (!ok) absl::SleepFor(absl::Milliseconds(250));
+  }
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(CellPngs(after), CellPngs(before));
+  EXPECT_EQ(after.cache_hits(), 0);  // a new process: recomputed, not remembered
+}
+
+}  // namespace
+}  // namespace dgrid
