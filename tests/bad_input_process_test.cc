@@ -1,0 +1,274 @@
+// Malformed and hostile requests against both real services: each gets the
+// expected code and a message naming the field, and afterwards both still
+// serve a normal grid.
+#include <grpcpp/grpcpp.h>
+
+#include <cmath>
+#include <functional>
+#include <limits>
+
+#include "common/tensor_codec.h"
+#include "gtest/gtest.h"
+#include "tests/support/stack.h"
+
+namespace dgrid {
+namespace {
+
+using Code = grpc::StatusCode;
+using testing::Stack;
+
+class BadInputTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    testing::StackOptions options;
+    options.denoisers = 1;
+    options.denoiser_flags = {"--max_message_bytes=1048576", "--max_trajectories_per_request=64"};
+    options.orchestrator_flags = {"--max_message_bytes=1048576"};
+    auto stack = Stack::Start(options, "bad-input");
+    ASSERT_TRUE(stack.ok()) << stack.status();
+    stack_ = stack->release();
+    grpc::ClientContext context;
+    v1::ListModelsResponse models;
+    ASSERT_TRUE(stack_->Orchestrator()->ListModels(&context, {}, &models).ok());
+    model_ = new v1::ModelInfo(models.models(0));
+  }
+  static void TearDownTestSuite() {
+    delete stack_;
+    delete model_;
+  }
+
+  static grpc::Status Branch(const v1::BranchRequest& request,
+                             absl::Duration timeout = absl::Seconds(30)) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+    auto reader = stack_->Denoiser(0)->Branch(&context, request);
+    v1::BranchEvent event;
+    while (reader->Read(&event)) {
+    }
+    return reader->Finish();
+  }
+  static grpc::Status Grid(const v1::GridRequest& request,
+                           absl::Duration timeout = absl::Seconds(60)) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+    v1::Grid grid;
+    return stack_->Orchestrator()->CreateGrid(&context, request, &grid);
+  }
+  static v1::BranchRequest GoodBranch() {
+    v1::BranchRequest r;
+    r.set_model(model_->name());
+    r.mutable_sampler()->set_steps(10);
+    r.mutable_sampler()->set_eta(1);
+    r.mutable_sampler()->set_guidance(1);
+    v1::Path* p = r.add_trajectories()->mutable_path();
+    p->set_init_seed(1);
+    p->add_segments()->set_noise_seed(2);
+    return r;
+  }
+  static v1::GridRequest SmallGrid() {
+    v1::GridRequest r;
+    r.set_seed(1);
+    r.mutable_steps()->set_value(10);
+    r.mutable_branches()->set_value(2);
+    r.add_branch_steps(0);
+    r.add_branch_steps(5);
+    return r;
+  }
+  static void Latent(v1::BranchRequest& r, std::vector<float> values, std::vector<int64_t> shape) {
+    r.set_start_step(5);
+    EncodeFloatTensor(values, shape, r.mutable_trajectories(0)->mutable_start_latent());
+  }
+  static std::vector<int64_t> Shape() {
+    return {model_->latent_shape().begin(), model_->latent_shape().end()};
+  }
+  static size_t Numel() {
+    size_t n = 1;
+    for (int64_t d : model_->latent_shape()) n *= d;
+    return n;
+  }
+
+  static Stack* stack_;
+  static v1::ModelInfo* model_;
+};
+
+Stack* BadInputTest::stack_ = nullptr;
+v1::ModelInfo* BadInputTest::model_ = nullptr;
+
+TEST_F(BadInputTest, EveryBadRequestGetsACodeAndTheFieldAndServiceGoesOn) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  using BranchEdit = std::function<void(v1::BranchRequest&)>;
+  using GridEdit = std::function<void(v1::GridRequest&)>;
+  struct Case {
+    const char* name;
+    BranchEdit branch;  // a denoiser case when set
+    GridEdit grid;      // else an orchestrator case
+    Code code;
+    const char* field;
+  };
+  auto denoiser = [](const char* n, BranchEdit e, Code c, const char* f) {
+    return Case{n, std::move(e), nullptr, c, f};
+  };
+  auto orchestrator = [](const char* n, GridEdit e, Code c, const char* f) {
+    return Case{n, nullptr, std::move(e), c, f};
+  };
+  const std::vector<Case> cases = {
+      // ---- denoiser ----
+      denoiser("unknown model", [](auto& r) { r.set_model("nope"); }, Code::INVALID_ARGUMENT,
+               "model"),
+      denoiser("unknown prompt", [](auto& r) { r.mutable_conditioning()->set_prompt("zebra"); },
+               Code::INVALID_ARGUMENT, "conditioning.prompt"),
+      denoiser("class out of range",
+               [](auto& r) { r.mutable_conditioning()->set_class_index(1000); },
+               Code::INVALID_ARGUMENT, "conditioning.class_index"),
+      denoiser("negative steps", [](auto& r) { r.mutable_sampler()->set_steps(-3); },
+               Code::INVALID_ARGUMENT, "sampler.steps"),
+      denoiser("absurd steps", [](auto& r) { r.mutable_sampler()->set_steps(2000000000); },
+               Code::INVALID_ARGUMENT, "sampler.steps"),
+      denoiser("eta NaN", [&](auto& r) { r.mutable_sampler()->set_eta(nan); },
+               Code::INVALID_ARGUMENT, "sampler.eta"),
+      denoiser("eta above 1", [](auto& r) { r.mutable_sampler()->set_eta(3); },
+               Code::INVALID_ARGUMENT, "sampler.eta"),
+      denoiser("guidance NaN", [&](auto& r) { r.mutable_sampler()->set_guidance(nan); },
+               Code::INVALID_ARGUMENT, "sampler.guidance"),
+      denoiser("wrong shape",
+               [&](auto& r) { Latent(r, std::vector<float>(Numel(), 0.f), {1, 1, (int64_t)Numel()}); },
+               Code::INVALID_ARGUMENT, "trajectories[0].start_latent.shape"),
+      denoiser("huge dimensions",
+               [&](auto& r) { Latent(r, {0.f}, {int64_t{1} << 40, int64_t{1} << 40, 1}); },
+               Code::INVALID_ARGUMENT, "trajectories[0].start_latent.shape"),
+      denoiser("byte length",
+               [&](auto& r) {
+                 Latent(r, std::vector<float>(Numel(), 0.f), Shape());
+                 r.mutable_trajectories(0)->mutable_start_latent()->mutable_raw_contents()->pop_back();
+               },
+               Code::INVALID_ARGUMENT, "trajectories[0].start_latent.raw_contents"),
+      denoiser("wrong dtype",
+               [&](auto& r) {
+                 Latent(r, std::vector<float>(Numel(), 0.f), Shape());
+                 r.mutable_trajectories(0)->mutable_start_latent()->set_dtype(v1::DATA_TYPE_INT64);
+               },
+               Code::INVALID_ARGUMENT, "trajectories[0].start_latent.dtype"),
+      denoiser("NaN latent",
+               [&](auto& r) {
+                 std::vector<float> v(Numel(), 0.f);
+                 v[1] = nan;
+                 Latent(r, v, Shape());
+               },
+               Code::INVALID_ARGUMENT, "non-finite"),
+      denoiser("unsorted segments",
+               [](auto& r) {
+                 auto* p = r.mutable_trajectories(0)->mutable_path();
+                 p->add_segments()->set_from_step(7);
+                 p->add_segments()->set_from_step(3);
+               },
+               Code::INVALID_ARGUMENT, "trajectories[0].path.segments[2].from_step"),
+      denoiser("duplicate segments",
+               [](auto& r) {
+                 auto* p = r.mutable_trajectories(0)->mutable_path();
+                 p->add_segments()->set_from_step(4);
+                 p->add_segments()->set_from_step(4);
+               },
+               Code::INVALID_ARGUMENT, "trajectories[0].path.segments[2].from_step"),
+      denoiser("start beyond steps", [](auto& r) { r.set_start_step(99); },
+               Code::INVALID_ARGUMENT, "start_latent"),
+      denoiser("too many trajectories",
+               [](auto& r) {
+                 for (int i = 0; i < 70; ++i) *r.add_trajectories() = r.trajectories(0);
+               },
+               Code::RESOURCE_EXHAUSTED, "trajectories"),
+      denoiser("oversized message", [](auto& r) { r.set_model(std::string(2 << 20, 'm')); },
+               Code::RESOURCE_EXHAUSTED, "larger than max"),
+      // ---- orchestrator ----
+      orchestrator("unknown model", [](auto& r) { r.set_model("nope"); },
+                   Code::INVALID_ARGUMENT, "model"),
+      orchestrator("unknown prompt", [](auto& r) { r.set_prompt("zebra"); },
+                   Code::INVALID_ARGUMENT, "prompt"),
+      orchestrator("unknown preset", [](auto& r) { r.set_preset("turbo"); },
+                   Code::INVALID_ARGUMENT, "preset"),
+      orchestrator("negative steps", [](auto& r) { r.mutable_steps()->set_value(-1); },
+                   Code::INVALID_ARGUMENT, "steps"),
+      orchestrator("absurd steps", [](auto& r) { r.mutable_steps()->set_value(1 << 30); },
+                   Code::INVALID_ARGUMENT, "steps"),
+      orchestrator("eta NaN", [&](auto& r) { r.mutable_eta()->set_value(nan); },
+                   Code::INVALID_ARGUMENT, "eta"),
+      orchestrator("negative guidance", [](auto& r) { r.mutable_guidance()->set_value(-2); },
+                   Code::INVALID_ARGUMENT, "guidance"),
+      orchestrator("zero columns", [](auto& r) { r.mutable_branches()->set_value(0); },
+                   Code::INVALID_ARGUMENT, "branches"),
+      orchestrator("absurd columns", [](auto& r) { r.mutable_branches()->set_value(1 << 20); },
+                   Code::INVALID_ARGUMENT, "branches"),
+      orchestrator("negative row", [](auto& r) { r.set_branch_steps(0, -5); },
+                   Code::INVALID_ARGUMENT, "branch_steps[0]"),
+      orchestrator("row beyond steps", [](auto& r) { r.set_branch_steps(1, 10); },
+                   Code::INVALID_ARGUMENT, "branch_steps[1]"),
+      orchestrator("unsorted rows", [](auto& r) { r.set_branch_steps(0, 7); },
+                   Code::INVALID_ARGUMENT, "branch_steps[1]"),
+      orchestrator("absurd rows",
+                   [](auto& r) {
+                     r.mutable_steps()->set_value(200);
+                     r.clear_branch_steps();
+                     for (int k = 0; k < 100; ++k) r.add_branch_steps(k);
+                   },
+                   Code::INVALID_ARGUMENT, "branch_steps"),
+      orchestrator("too much work",
+                   [](auto& r) {
+                     r.mutable_steps()->set_value(1000);
+                     r.mutable_branches()->set_value(16);
+                     r.clear_branch_steps();
+                     for (int k = 0; k < 16; ++k) r.add_branch_steps(k * 10);
+                   },
+                   Code::INVALID_ARGUMENT, "exceeds the limit"),
+      orchestrator("trunk with unsorted segments",
+                   [](auto& r) {
+                     auto* t = r.mutable_trunk();
+                     t->add_segments()->set_from_step(0);
+                     t->add_segments()->set_from_step(6);
+                     t->add_segments()->set_from_step(2);
+                   },
+                   Code::INVALID_ARGUMENT, "trunk.segments[2].from_step"),
+      orchestrator("trunk with duplicate segments",
+                   [](auto& r) {
+                     auto* t = r.mutable_trunk();
+                     t->add_segments()->set_from_step(0);
+                     t->add_segments()->set_from_step(0);
+                   },
+                   Code::INVALID_ARGUMENT, "trunk.segments[1].from_step"),
+      orchestrator("trunk not starting at 0",
+                   [](auto& r) { r.mutable_trunk()->add_segments()->set_from_step(3); },
+                   Code::INVALID_ARGUMENT, "trunk.segments[0].from_step"),
+      orchestrator("oversized message", [](auto& r) { r.set_prompt(std::string(2 << 20, 'p')); },
+                   Code::RESOURCE_EXHAUSTED, "larger than max"),
+  };
+  ASSERT_GE(cases.size(), 30u);
+  for (const Case& c : cases) {
+    grpc::Status status;
+    if (c.branch) {
+      v1::BranchRequest request = GoodBranch();
+      c.branch(request);
+      status = Branch(request);
+    } else {
+      v1::GridRequest request = SmallGrid();
+      c.grid(request);
+      status = Grid(request);
+    }
+    EXPECT_EQ(status.error_code(), c.code) << c.name << ": " << status.error_message();
+    EXPECT_NE(status.error_message().find(c.field), std::string::npos)
+        << c.name << ": " << status.error_message();
+  }
+  // Deadlines that already passed, on both.
+  EXPECT_EQ(Branch(GoodBranch(), absl::Milliseconds(-1)).error_code(), Code::DEADLINE_EXCEEDED);
+  EXPECT_EQ(Grid(SmallGrid(), absl::Milliseconds(-1)).error_code(), Code::DEADLINE_EXCEEDED);
+
+  // Both still serve.
+  EXPECT_TRUE(Branch(GoodBranch()).ok());
+  v1::GridRequest normal;
+  normal.set_seed(3);
+  const grpc::Status ok = Grid(normal);
+  EXPECT_TRUE(ok.ok()) << ok.error_message();
+  EXPECT_TRUE(stack_->denoiser(0).Running());
+  EXPECT_TRUE(stack_->orchestrator().Running());
+  std::cout << cases.size() + 2 << " malformed or hostile requests answered\n";
+}
+
+}  // namespace
+}  // namespace dgrid
