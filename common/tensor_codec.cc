@@ -42,7 +42,8 @@ absl::Status DecodeFloatTensorInto(const v1::Tensor& tensor,
                                                    ShapeString(shape), ", got ", bytes.size()));
   }
   out->resize(numel);
-  std::memcpy(out->data(), bytes.data(), bytes.size());
+  // An empty tensor has no buffer to copy into (found by fuzz_tensor_decode).
+  if (numel > 0) std::memcpy(out->data(), bytes.data(), bytes.size());
   for (size_t i = 0; i < numel; ++i) {
     if (!std::isfinite((*out)[i])) {
       return absl::InvalidArgumentError(

@@ -24,3 +24,25 @@ cmake --build --preset "$preset" -j "$jobs"
 build_dir=build
 [ "$preset" = default ] || build_dir="build-$preset"
 ctest --test-dir "$build_dir" --output-on-failure --timeout 600 -j "$jobs" "${ctest_args[@]}"
+
+# Fuzzing (default mode only): each libFuzzer target runs for a bounded time
+# over its committed corpus; new inputs go to a scratch folder, and a crash
+# fails the run.
+if [ "$preset" = default ]; then
+  fuzz_seconds=${DGRID_FUZZ_SECONDS:-12}
+  cmake --preset fuzz >/dev/null
+  cmake --build --preset fuzz -j "$jobs"
+  scratch=$(mktemp -d)
+  trap 'rm -rf "$scratch"' EXIT
+  for target in tensor_decode grid_plan manifest_parse; do
+    mkdir -p "$scratch/$target"
+    echo "fuzz_$target: ${fuzz_seconds}s over fuzz/corpus/$target"
+    build-fuzz/bin/fuzz_$target -max_total_time="$fuzz_seconds" -print_final_stats=1 \
+      -artifact_prefix="$scratch/" "$scratch/$target" "fuzz/corpus/$target" 2>&1 |
+      grep -E '^(Done|stat::number_of_executed_units)|ERROR|SUMMARY' || true
+    if ls "$scratch"/crash-* "$scratch"/leak-* "$scratch"/timeout-* >/dev/null 2>&1; then
+      echo "fuzz_$target found a failing input:" "$scratch"/crash-* "$scratch"/leak-* "$scratch"/timeout-* >&2
+      exit 1
+    fi
+  done
+fi

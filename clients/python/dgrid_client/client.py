@@ -1,0 +1,335 @@
+"""A small typed client for the Diffusion Grid orchestrator (dgrid.v1.Orchestrator).
+
+    from dgrid_client import Client
+
+    with Client("127.0.0.1:50050") as client:
+        grid = client.create_grid(prompt="sneaker", seed=7)
+        grid.save_png("grid.png")
+        for event in client.stream_grid(prompt="sneaker", seed=7):
+            ...  # Plan, TrunkProgress, Cell (as they finish), then GridDone
+        promoted = client.promote(grid, row=2, col=3)  # 0-based
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
+
+import grpc
+from google.protobuf import json_format
+
+from ._stubs import orchestrator_pb2, orchestrator_pb2_grpc
+from .types import (
+    Cell,
+    Grid,
+    GridDone,
+    GridEvent,
+    Model,
+    Path,
+    Plan,
+    TrunkProgress,
+    spacing_value,
+)
+
+# Grids carry several PNGs; allow answers well beyond gRPC's 4 MiB default.
+MAX_MESSAGE_BYTES = 64 << 20
+
+
+class DgridError(Exception):
+    """A failed call: ``code`` is the grpc.StatusCode, ``details`` the server's message."""
+
+    def __init__(self, method: str, code: grpc.StatusCode, details: str) -> None:
+        self.method = method
+        self.code = code
+        self.details = details
+        super().__init__(f"{method} failed: {code.name}: {details}")
+
+
+def _error(method: str, e: grpc.RpcError) -> DgridError:
+    code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
+    details = e.details() if hasattr(e, "details") else str(e)
+    return DgridError(method, code or grpc.StatusCode.UNKNOWN, details or "")
+
+
+GridLike = Union[Grid, Any, str, "os.PathLike[str]"]
+
+
+class Client:
+    """A connection to an orchestrator at ``target`` ("host:port", plaintext).
+
+    Every call takes an optional ``timeout`` in seconds (None: ``default_timeout``).
+    Failed calls raise DgridError.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        default_timeout: Optional[float] = 600.0,
+        token: Optional[str] = None,
+        root_certificates: Optional[bytes] = None,
+        private_key: Optional[bytes] = None,
+        certificate_chain: Optional[bytes] = None,
+        tls_name: Optional[str] = None,
+        channel: Optional[grpc.Channel] = None,
+    ) -> None:
+        """``token``: the orchestrator's bearer token (its --auth_token_file),
+        sent as "authorization: Bearer <token>". ``root_certificates`` (PEM)
+        turns TLS on; add ``private_key`` and ``certificate_chain`` for mutual
+        TLS, ``tls_name`` to verify another name than the target's host."""
+        self.target = target
+        self.default_timeout = default_timeout
+        self._metadata: Tuple[Tuple[str, str], ...] = (
+            (("authorization", f"Bearer {token}"),) if token else ())
+        options: List[Tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+        if channel is not None:
+            self._channel = channel
+        elif root_certificates is not None:
+            if tls_name:
+                options.append(("grpc.ssl_target_name_override", tls_name))
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=root_certificates, private_key=private_key,
+                certificate_chain=certificate_chain)
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
+        self._stub = orchestrator_pb2_grpc.OrchestratorStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _timeout(self, timeout: Optional[float]) -> Optional[float]:
+        return self.default_timeout if timeout is None else timeout
+
+    # ---- requests ----
+
+    @staticmethod
+    def build_request(
+        prompt: str = "",
+        seed: int = 0,
+        preset: str = "",
+        steps: Optional[int] = None,
+        eta: Optional[float] = None,
+        guidance: Optional[float] = None,
+        branches: Optional[int] = None,
+        branch_steps: Optional[Sequence[int]] = None,
+        model: str = "",
+        spacing: Optional[str] = None,
+        trunk: Optional[Path] = None,
+    ) -> Any:
+        """A dgrid.v1.GridRequest. None leaves a field to the preset / model."""
+        r = orchestrator_pb2.GridRequest(model=model, prompt=prompt, seed=seed, preset=preset)
+        if steps is not None:
+            r.steps.value = steps
+        if eta is not None:
+            r.eta.value = eta
+        if guidance is not None:
+            r.guidance.value = guidance
+        if branches is not None:
+            r.branches.value = branches
+        if branch_steps is not None:
+            r.branch_steps.extend(branch_steps)
+        if spacing is not None:
+            r.spacing = spacing_value(spacing)
+        if trunk is not None:
+            r.trunk.CopyFrom(trunk.to_proto())
+        return r
+
+    # ---- calls ----
+
+    def create_grid(
+        self,
+        prompt: str = "",
+        seed: int = 0,
+        preset: str = "",
+        steps: Optional[int] = None,
+        eta: Optional[float] = None,
+        guidance: Optional[float] = None,
+        branches: Optional[int] = None,
+        branch_steps: Optional[Sequence[int]] = None,
+        model: str = "",
+        *,
+        spacing: Optional[str] = None,
+        trunk: Optional[Path] = None,
+        timeout: Optional[float] = None,
+    ) -> Grid:
+        """Runs a whole grid and returns it (one unary call)."""
+        request = self.build_request(
+            prompt, seed, preset, steps, eta, guidance, branches, branch_steps, model,
+            spacing, trunk)
+        return self.create_grid_from_request(request, timeout=timeout)
+
+    def create_grid_from_request(self, request: Any, *, timeout: Optional[float] = None) -> Grid:
+        try:
+            grid = self._stub.CreateGrid(
+                request, timeout=self._timeout(timeout), metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise _error("CreateGrid", e) from None
+        return Grid.from_proto(grid, request)
+
+    def stream_grid(
+        self,
+        prompt: str = "",
+        seed: int = 0,
+        preset: str = "",
+        steps: Optional[int] = None,
+        eta: Optional[float] = None,
+        guidance: Optional[float] = None,
+        branches: Optional[int] = None,
+        branch_steps: Optional[Sequence[int]] = None,
+        model: str = "",
+        *,
+        spacing: Optional[str] = None,
+        trunk: Optional[Path] = None,
+        timeout: Optional[float] = None,
+    ) -> Iterator[GridEvent]:
+        """Streams a grid: a Plan, then TrunkProgress and Cell events as they
+        happen, then GridDone with the finished Grid. Closing the iterator early
+        cancels the call."""
+        request = self.build_request(
+            prompt, seed, preset, steps, eta, guidance, branches, branch_steps, model,
+            spacing, trunk)
+        return self.stream_grid_from_request(request, timeout=timeout)
+
+    def stream_grid_from_request(
+        self, request: Any, *, timeout: Optional[float] = None
+    ) -> Iterator[GridEvent]:
+        call = self._stub.StreamGrid(
+            request, timeout=self._timeout(timeout), metadata=self._metadata)
+        try:
+            for event in call:
+                kind = event.WhichOneof("event")
+                if kind == "plan":
+                    yield Plan.from_proto(event.plan)
+                elif kind == "trunk":
+                    yield TrunkProgress.from_proto(event.trunk)
+                elif kind == "cell":
+                    yield Cell.from_proto(event.cell)
+                elif kind == "grid":
+                    yield GridDone(Grid.from_proto(event.grid, request))
+        except grpc.RpcError as e:
+            raise _error("StreamGrid", e) from None
+        finally:
+            call.cancel()  # no-op when the stream already ended
+
+    def promote(
+        self,
+        grid: GridLike,
+        row: int,
+        col: int,
+        *,
+        timeout: Optional[float] = None,
+        **overrides: Any,
+    ) -> Grid:
+        """Re-runs the grid's request with cell (row, col) (0-based) as the trunk.
+
+        ``grid`` is a Grid from this client, a dgrid.v1.GridRecord or Grid
+        message, or the path of a JSON sidecar written by ``dgrid grid`` or
+        Grid.save_record. ``overrides`` (steps=, branches=, branch_steps=, ...)
+        change the request, as in create_grid.
+        """
+        request = self.promote_request(grid, row, col, **overrides)
+        return self.create_grid_from_request(request, timeout=timeout)
+
+    @staticmethod
+    def promote_request(grid: GridLike, row: int, col: int, **overrides: Any) -> Any:
+        """The GridRequest that promote sends."""
+        request, typed = _request_and_grid(grid)
+        cell = typed.cell(row, col)
+        request.trunk.CopyFrom(cell.path.to_proto())
+        if overrides:
+            fields = _request_fields(request)
+            unknown = set(overrides) - set(fields)
+            if unknown:
+                raise TypeError(f"unknown request fields: {sorted(unknown)}")
+            fields.update(overrides)
+            fields["trunk"] = cell.path
+            request = Client.build_request(**fields)
+        return request
+
+    def list_models(self, *, timeout: Optional[float] = None) -> List[Model]:
+        try:
+            response = self._stub.ListModels(
+                orchestrator_pb2.ListModelsRequest(), timeout=self._timeout(timeout),
+                metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise _error("ListModels", e) from None
+        return [Model.from_proto(m) for m in response.models]
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Waits until the channel connects (raises DgridError on timeout)."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise DgridError("connect", grpc.StatusCode.UNAVAILABLE,
+                             f"no server at {self.target} after {timeout} s") from None
+
+
+def _request_fields(r: Any) -> dict:
+    """The keyword arguments of build_request that reproduce request r."""
+    return {
+        "prompt": r.prompt,
+        "seed": r.seed,
+        "preset": r.preset,
+        "steps": r.steps.value if r.HasField("steps") else None,
+        "eta": r.eta.value if r.HasField("eta") else None,
+        "guidance": r.guidance.value if r.HasField("guidance") else None,
+        "branches": r.branches.value if r.HasField("branches") else None,
+        "branch_steps": list(r.branch_steps) or None,
+        "model": r.model,
+        "spacing": None if r.spacing == 0 else
+                   orchestrator_pb2.Spacing.Name(r.spacing).replace("SPACING_", "").lower(),
+        "trunk": Path.from_proto(r.trunk) if r.HasField("trunk") else None,
+    }
+
+
+def _request_and_grid(grid: GridLike) -> "tuple[Any, Grid]":
+    """(a copy of the original GridRequest, a typed Grid) from what promote accepts."""
+    if isinstance(grid, (str, os.PathLike)):
+        with open(grid, encoding="utf-8") as f:
+            text = f.read()
+        record = orchestrator_pb2.GridRecord()
+        try:
+            json_format.Parse(text, record)
+        except (json_format.ParseError, json.JSONDecodeError) as e:
+            raise ValueError(f"{os.fspath(grid)} is not a grid record: {e}") from None
+        grid = record
+    if isinstance(grid, Grid):
+        typed = grid
+        request = orchestrator_pb2.GridRequest()
+        if grid.request is not None:
+            request.CopyFrom(grid.request)
+        else:
+            request = _request_from_plan(grid.plan)
+        return request, typed
+    descriptor = getattr(grid, "DESCRIPTOR", None)
+    name = descriptor.full_name if descriptor is not None else type(grid).__name__
+    if name == "dgrid.v1.GridRecord":
+        request = orchestrator_pb2.GridRequest()
+        request.CopyFrom(grid.request)
+        typed = Grid.from_proto(grid.grid, request)
+        if not grid.HasField("request"):
+            request = _request_from_plan(typed.plan)
+        return request, typed
+    if name == "dgrid.v1.Grid":
+        typed = Grid.from_proto(grid)
+        return _request_from_plan(typed.plan), typed
+    raise TypeError(f"promote takes a Grid, a GridRecord or a record file, not {name}")
+
+
+def _request_from_plan(plan: Plan) -> Any:
+    """A request that reproduces a grid from its plan (when the request is unknown)."""
+    return Client.build_request(
+        prompt=plan.prompt, steps=plan.steps, eta=plan.eta, guidance=plan.guidance,
+        branches=plan.branches, branch_steps=list(plan.branch_steps), model=plan.model,
+        spacing=plan.spacing or None, trunk=plan.trunk)

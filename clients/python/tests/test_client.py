@@ -1,0 +1,304 @@
+#!/usr/bin/python3
+"""dgrid_client against a live stack (ctest python_client, LABELS python).
+
+Starts one dgrid-denoiser on DGRID_TEST_MODEL (default: the shipped
+models/fashion-mnist) and one dgrid-orchestrator on free loopback ports, runs
+the example script, create_grid, stream_grid and promote, and stops both.
+
+    PYTHONPATH=build/python:clients/python DGRID_TEST_MODEL=build/fixtures/gaussian \\
+        /usr/bin/python3 clients/python/tests/test_client.py
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+from typing import List, Optional
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import grpc  # noqa: E402
+
+from dgrid_client import (  # noqa: E402
+    Cell,
+    Client,
+    DgridError,
+    Grid,
+    GridDone,
+    Plan,
+    TrunkProgress,
+)
+from live_stack import LiveStack, stop_on_sigterm  # noqa: E402
+from pngcheck import png_info  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+EXAMPLE = os.path.join(HERE, "..", "examples", "make_grid.py")
+PYTHON = os.environ.get("DGRID_PYTHON", "/usr/bin/python3")
+
+# Small grids keep the test fast on a CPU with the shipped model:
+# 10 steps, rows after steps 0 and 5, 2 branches = 40 model evaluations.
+STEPS, BRANCH_STEPS, BRANCHES = 10, [0, 5], 2
+CALL_TIMEOUT = 300.0
+
+stack: Optional[LiveStack] = None
+client: Optional[Client] = None
+prompt = ""
+workdir = ""
+
+
+def setUpModule() -> None:
+    global stack, client, prompt, workdir
+    workdir = tempfile.mkdtemp(prefix="dgrid-pyclient-")
+    stack = LiveStack()
+    try:
+        stack.start()
+        client = Client(stack.orchestrator, default_timeout=CALL_TIMEOUT)
+        client.wait_ready(30)
+        # The pool may need a health round before it knows the model.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                models = client.list_models(timeout=5)
+                if models:
+                    break
+            except DgridError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the orchestrator lists no models after 60 s")
+            time.sleep(0.2)
+        prompt = models[0].prompts[0] if models[0].prompts else ""
+        print(f"stack: orchestrator {stack.orchestrator}, model {models[0].name} "
+              f"({stack.model}), prompt '{prompt}'", file=sys.stderr)
+    except BaseException:
+        tearDownModule()
+        raise
+
+
+def tearDownModule() -> None:
+    if client is not None:
+        client.close()
+    if stack is not None:
+        stack.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def small(seed: int, **kw: object) -> dict:
+    args = dict(prompt=prompt, seed=seed, steps=STEPS, branch_steps=BRANCH_STEPS,
+                branches=BRANCHES)
+    args.update(kw)
+    return args
+
+
+class ClientTest(unittest.TestCase):
+    def assertPng(self, data: bytes, what: str) -> None:
+        try:
+            png_info(data)
+        except ValueError as e:
+            self.fail(f"{what} is not a valid PNG: {e}")
+
+    def assertGridShape(self, grid: Grid) -> None:
+        self.assertEqual(len(grid.rows), len(BRANCH_STEPS))
+        self.assertEqual([r.branch_step for r in grid.rows], BRANCH_STEPS)
+        for r, row in enumerate(grid.rows):
+            self.assertEqual(len(row.cells), BRANCHES)
+            for c, cell in enumerate(row.cells):
+                self.assertEqual((cell.row, cell.column), (r, c))
+                self.assertPng(cell.png, f"cell ({r}, {c})")
+                self.assertEqual(cell.path.init_seed, grid.trunk.path.init_seed)
+            self.assertTrue(math.isfinite(row.divergence) and row.divergence >= 0)
+        self.assertTrue(grid.trunk.is_trunk)
+        self.assertPng(grid.png, "grid")
+        self.assertPng(grid.trunk.png, "trunk")
+        self.assertEqual(len(grid.divergence), len(BRANCH_STEPS))
+
+    def test_list_models(self) -> None:
+        models = client.list_models()
+        self.assertGreaterEqual(len(models), 1)
+        m = models[0]
+        self.assertTrue(m.name)
+        self.assertGreater(m.defaults.steps, 0)
+        self.assertEqual(len(m.latent_shape), 3)
+
+    def test_example_writes_png(self) -> None:
+        out = os.path.join(workdir, "grid.png")
+        record = os.path.join(workdir, "grid.json")
+        argv = [PYTHON, EXAMPLE, "--target", stack.orchestrator, "--prompt", prompt,
+                "--seed", "7", "--out", out, "--steps", str(STEPS), "--branches",
+                str(BRANCHES), "--branch-steps", ",".join(map(str, BRANCH_STEPS)),
+                "--record", record]
+        run = subprocess.run(argv, capture_output=True, text=True, timeout=CALL_TIMEOUT + 30,
+                             env=dict(os.environ))
+        self.assertEqual(run.returncode, 0, f"{run.stdout}\n{run.stderr}")
+        self.assertIn("wrote", run.stdout)
+        with open(out, "rb") as f:
+            width, height, _ = png_info(f.read())
+        self.assertGreater(width, 0)
+        self.assertGreater(height, 0)
+
+        # The record promotes like `dgrid promote grid.json --row 2 --col 2`.
+        promoted = client.promote(record, 1, 1)
+        wanted = client.promote_request(record, 1, 1).trunk
+        self.assertEqual(promoted.plan.trunk.to_proto(), wanted)
+        self.assertEqual(promoted.trunk.path.to_proto(), wanted)
+        self.assertEqual(promoted.plan.steps, STEPS)
+
+    def test_example_reports_errors(self) -> None:
+        run = subprocess.run(
+            [PYTHON, EXAMPLE, "--target", stack.orchestrator, "--prompt", "no-such-prompt",
+             "--out", os.path.join(workdir, "bad.png")],
+            capture_output=True, text=True, timeout=60, env=dict(os.environ))
+        self.assertEqual(run.returncode, 1)
+        self.assertIn("INVALID_ARGUMENT", run.stderr)
+
+    def test_create_grid(self) -> None:
+        grid = client.create_grid(**small(11))
+        self.assertGridShape(grid)
+        self.assertEqual(grid.plan.steps, STEPS)
+        self.assertEqual(grid.plan.prompt, prompt)
+        self.assertEqual(grid.plan.branches, BRANCHES)
+        self.assertEqual(grid.cell(1, 0), grid.rows[1].cells[0])
+        with self.assertRaises(IndexError):
+            grid.cell(len(BRANCH_STEPS), 0)
+
+    def test_stream_grid_cells_before_grid(self) -> None:
+        events: List[object] = list(client.stream_grid(**small(23)))
+        kinds = [type(e).__name__ for e in events]
+        self.assertIsInstance(events[0], Plan, kinds)
+        self.assertIsInstance(events[-1], GridDone, kinds)
+        self.assertEqual(sum(isinstance(e, GridDone) for e in events), 1, kinds)
+        plan: Plan = events[0]
+        cells = [e for e in events if isinstance(e, Cell)]
+        # Every cell (the branches and the trunk) streams before the grid.
+        self.assertEqual(len(cells), plan.cells, kinds)
+        self.assertEqual(len(cells), len(BRANCH_STEPS) * BRANCHES + 1)
+        self.assertLess(kinds.index("Cell"), kinds.index("GridDone"))
+        for e in events:
+            if isinstance(e, TrunkProgress):
+                self.assertGreater(e.step, 0)
+                self.assertLess(e.step, STEPS)
+        grid = events[-1].grid
+        self.assertGridShape(grid)
+        streamed = {(c.row, c.column): c for c in cells}
+        for c in grid.cells + (grid.trunk,):
+            self.assertEqual(streamed[(c.row, c.column)].path, c.path)
+            self.assertEqual(streamed[(c.row, c.column)].png, c.png)
+
+    def test_stream_closed_early_cancels(self) -> None:
+        stream = client.stream_grid(**small(31))
+        first = next(stream)
+        self.assertIsInstance(first, Plan)
+        stream.close()  # cancels the call; the server must stay usable
+        self.assertGridShape(client.create_grid(**small(32)))
+
+    def test_promote(self) -> None:
+        grid = client.create_grid(**small(41))
+        row, col = len(BRANCH_STEPS) - 1, BRANCHES - 1
+        cell = grid.cell(row, col)
+        promoted = client.promote(grid, row, col)
+        self.assertGridShape(promoted)
+        # The promoted cell is the new trunk: same path, same image.
+        self.assertEqual(promoted.plan.trunk, cell.path)
+        self.assertEqual(promoted.trunk.path, cell.path)
+        self.assertEqual(promoted.trunk.png, cell.png)
+        # Its branches share the promoted path's initial latent.
+        self.assertEqual(promoted.cell(0, 0).path.init_seed, cell.path.init_seed)
+
+        # From a plain GridRecord / Grid message too, with an override.
+        record = grid.record()
+        self.assertEqual(len(record.grid.png), 0)
+        again = client.promote(record, row, col, branches=1)
+        self.assertEqual(again.trunk.png, cell.png)
+        self.assertEqual([len(r.cells) for r in again.rows], [1] * len(BRANCH_STEPS))
+        with self.assertRaises(IndexError):
+            client.promote(grid, row, BRANCHES)
+
+    def test_bearer_token(self) -> None:
+        token_file = os.path.join(workdir, "token")
+        with open(token_file, "w") as f:
+            f.write("s3cret-token\n")
+        target = stack.add_orchestrator([f"--auth_token_file={token_file}"], "orchestrator-auth")
+        with Client(target, token="s3cret-token") as authed:
+            authed.wait_ready(30)
+            self.assertGridShape(authed.create_grid(**small(51)))
+        with Client(target) as anonymous:
+            with self.assertRaises(DgridError) as caught:
+                anonymous.list_models(timeout=30)
+            self.assertEqual(caught.exception.code, grpc.StatusCode.UNAUTHENTICATED)
+        with Client(target, token="wrong") as wrong:
+            with self.assertRaises(DgridError) as caught:
+                list(wrong.stream_grid(**small(52), timeout=30))
+            self.assertEqual(caught.exception.code, grpc.StatusCode.UNAUTHENTICATED)
+
+    def test_records_interoperate_with_cli(self) -> None:
+        """A sidecar from `dgrid grid` promotes here, and one from
+        Grid.save_record promotes with `dgrid promote` (rows/cols 1-based there)."""
+        dgrid = os.path.join(os.path.dirname(stack.processes[0].args[0]), "dgrid")
+        if not os.access(dgrid, os.X_OK):
+            self.skipTest(f"no {dgrid}")
+        out = os.path.join(workdir, "cli.png")
+        run = subprocess.run(
+            [dgrid, "grid", f"--target={stack.orchestrator}", f"--prompt={prompt}", "--seed=61",
+             f"--steps={STEPS}", f"--branches={BRANCHES}",
+             "--branch_steps=" + ",".join(map(str, BRANCH_STEPS)), f"-o={out}"],
+            capture_output=True, text=True, timeout=CALL_TIMEOUT + 30)
+        self.assertEqual(run.returncode, 0, run.stderr)
+        cli_record = os.path.join(workdir, "cli.json")
+        promoted = client.promote(cli_record, 1, 0)
+        self.assertEqual(promoted.plan.steps, STEPS)
+        self.assertEqual(promoted.trunk.path.to_proto(),
+                         client.promote_request(cli_record, 1, 0).trunk)
+
+        grid = client.create_grid(**small(62))
+        py_record = os.path.join(workdir, "py.json")
+        grid.save_record(py_record)
+        run = subprocess.run(
+            [dgrid, "promote", py_record, "--row=2", "--col=1", f"--target={stack.orchestrator}",
+             f"-o={os.path.join(workdir, 'py-promoted.png')}"],
+            capture_output=True, text=True, timeout=CALL_TIMEOUT + 30)
+        self.assertEqual(run.returncode, 0, run.stderr)
+        with open(os.path.join(workdir, "py-promoted.json"), encoding="utf-8") as f:
+            from google.protobuf import json_format
+            from dgrid.v1 import orchestrator_pb2
+            back = json_format.Parse(f.read(), orchestrator_pb2.GridRecord())
+        self.assertEqual(back.grid.trunk.path, grid.cell(1, 0).path.to_proto())
+
+    def test_errors_carry_code_and_message(self) -> None:
+        with self.assertRaises(DgridError) as caught:
+            client.create_grid(prompt="no-such-prompt", seed=1, steps=STEPS)
+        e = caught.exception
+        self.assertEqual(e.code, grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("INVALID_ARGUMENT", str(e))
+        self.assertTrue(e.details)
+        with self.assertRaises(DgridError) as caught:
+            list(client.stream_grid(prompt=prompt, seed=1, steps=STEPS, branch_steps=[STEPS]))
+        self.assertEqual(caught.exception.code, grpc.StatusCode.INVALID_ARGUMENT)
+
+        # Nothing listens on a port we just bound and closed.
+        import socket
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with Client(f"127.0.0.1:{port}") as dead:
+            with self.assertRaises(DgridError) as caught:
+                dead.list_models(timeout=5)
+            self.assertIn(caught.exception.code,
+                          (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED))
+
+
+def main() -> int:
+    stop_on_sigterm()
+    result = unittest.main(module=__name__, exit=False, verbosity=2).result
+    ok = result.wasSuccessful() and result.testsRun > 0
+    print(f"python_client: {'PASSED' if ok else 'FAILED'}: {result.testsRun} tests, "
+          f"{len(result.failures)} failures, {len(result.errors)} errors", flush=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+// Fuzzes grid-request validation and planning: any GridRequest must plan or
+// be refused with INVALID_ARGUMENT, and a plan must respect its limits.
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+
+#include "grid_orchestrator/plan/grid_plan.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  dgrid::v1::GridRequest request;
+  if (!request.ParseFromArray(data, static_cast<int>(size))) return 0;
+  dgrid::v1::ModelInfo model;
+  model.set_name("fashion-mnist");
+  model.set_train_timesteps(1000);
+  model.set_steps_offset(1);
+  for (const char* p : {"t-shirt", "sneaker", "bag"}) model.add_prompts(p);
+  model.mutable_defaults()->set_guidance(2);
+  const dgrid::PlanLimits limits;
+  auto plan = dgrid::PlanGrid(request, model, limits);
+  if (!plan.ok()) {
+    if (plan.status().code() != absl::StatusCode::kInvalidArgument) std::abort();
+    return 0;
+  }
+  if (plan->rows.empty() || static_cast<int>(plan->rows.size()) > limits.max_rows ||
+      plan->branches > limits.max_branches ||
+      plan->model_evals > plan->from_scratch_evals) {
+    std::abort();
+  }
+  for (const auto& row : plan->rows) {
+    for (const auto& cell : row.cells) {
+      if (!dgrid::ValidatePath(cell, plan->steps, "cell").ok()) std::abort();
+    }
+  }
+  return 0;
+}
