@@ -1,6 +1,7 @@
 // dgrid-bench: benchmarks of the pair, one JSON line per configuration.
 //
 //   dgrid-bench denoiser [--model_dir=models/fashion-mnist] [--seconds=3]
+//   dgrid-bench load [--clients=1,4,16,64] [--load_seconds=20]
 #include <iostream>
 #include <map>
 #include <string>
@@ -10,16 +11,18 @@
 
 namespace dgrid {
 int RunDenoiserBench();
+int RunLoadBench();
 }
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "dgrid-bench COMMAND [flags]\n"
-      "  denoiser   raw engine forward throughput vs the gRPC service on loopback\n");
+      "  denoiser   raw engine forward throughput vs the gRPC service on loopback\n"
+      "  load       N concurrent StreamGrid clients for T seconds against a fresh stack\n");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
-  const std::map<std::string, int (*)()> commands = {{"denoiser", dgrid::RunDenoiserBench}};
+  const std::map<std::string, int (*)()> commands = {{"denoiser", dgrid::RunDenoiserBench}, {"load", dgrid::RunLoadBench}};
   if (args.size() < 2 || !commands.count(args[1])) {
-    std::cerr << "dgrid-bench: expected a command: denoiser (see --help)\n";
+    std::cerr << "dgrid-bench: expected a command: denoiser or load (see --help)\n";
     return 2;
   }
   return commands.at(args[1])();

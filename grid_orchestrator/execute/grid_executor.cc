@@ -519,7 +519,9 @@ GridExecutor::GridExecutor(ReplicaPool* pool, PrefixCache* cache, OrchestratorMe
 absl::StatusOr<v1::Grid> GridExecutor::Run(const GridPlanSpec& plan, absl::Time deadline,
                                            const EventSink& sink, GridCancel* cancel) {
   GridRun run(this, plan, deadline, sink, cancel);
-  return run.Execute();
+  absl::StatusOr<v1::Grid> grid = run.Execute();
+  if (metrics_) metrics_->SetCache(cache_->bytes(), cache_->entries());
+  return grid;
 }
 
 }  // namespace dgrid

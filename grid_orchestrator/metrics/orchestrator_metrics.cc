@@ -31,7 +31,17 @@ OrchestratorMetrics::OrchestratorMetrics()
       inflight_(prometheus::BuildGauge()
                     .Name("dgrid_orchestrator_replica_inflight")
                     .Help("Jobs in flight per denoiser replica.")
-                    .Register(*registry_)) {
+                    .Register(*registry_)),
+      cache_bytes_(prometheus::BuildGauge()
+                       .Name("dgrid_orchestrator_cache_bytes")
+                       .Help("Bytes held by the prefix cache (bounded by --cache_mb).")
+                       .Register(*registry_)
+                       .Add({})),
+      cache_entries_(prometheus::BuildGauge()
+                         .Name("dgrid_orchestrator_cache_entries")
+                         .Help("Latents and cells held by the prefix cache.")
+                         .Register(*registry_)
+                         .Add({})) {
   // Series that dashboards and alerts divide by exist from the start.
   for (const char* s : {"ok", "cancelled", "failed", "rejected"}) grids_.Add({{"status", s}});
   for (const char* s : {"ok", "retried", "failed"}) jobs_.Add({{"status", s}});
@@ -54,6 +64,11 @@ void OrchestratorMetrics::CountCacheHits(int hits) {
 
 void OrchestratorMetrics::SetReplicaInflight(const std::string& replica, int inflight) {
   inflight_.Add({{"replica", replica}}).Set(inflight);
+}
+
+void OrchestratorMetrics::SetCache(size_t bytes, size_t entries) {
+  cache_bytes_.Set(static_cast<double>(bytes));
+  cache_entries_.Set(static_cast<double>(entries));
 }
 
 void OrchestratorMetrics::RemoveReplica(const std::string& replica) {

@@ -26,6 +26,7 @@ class OrchestratorMetrics {
   void CountRetry();
   void CountCacheHits(int hits);
   void SetReplicaInflight(const std::string& replica, int inflight);
+  void SetCache(size_t bytes, size_t entries);
   void RemoveReplica(const std::string& replica);
 
  private:
@@ -36,6 +37,8 @@ class OrchestratorMetrics {
   prometheus::Counter& retries_;
   prometheus::Counter& cache_hits_;
   prometheus::Family<prometheus::Gauge>& inflight_;
+  prometheus::Gauge& cache_bytes_;
+  prometheus::Gauge& cache_entries_;
 };
 
 }  // namespace dgrid

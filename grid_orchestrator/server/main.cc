@@ -40,6 +40,9 @@ ABSL_FLAG(std::string, denoiser_cert, "", "PEM client certificate for mutual TLS
 ABSL_FLAG(std::string, denoiser_key, "", "PEM client key for mutual TLS to denoisers.");
 ABSL_FLAG(std::string, denoiser_tls_name, "",
           "Name to verify in the denoisers' certificates when dialling them by IP.");
+ABSL_FLAG(std::string, http_addr, "",
+          "HTTP address for the browser explorer, JSON API and SSE; empty = off.");
+ABSL_FLAG(std::string, web_dir, "clients/web", "Folder of the explorer page's static files.");
 ABSL_FLAG(std::string, auth_token_file, "",
           "File holding the bearer token clients must send; empty = no auth.");
 
@@ -73,6 +76,8 @@ int main(int argc, char** argv) {
   o.denoiser_tls = {absl::GetFlag(FLAGS_denoiser_ca), absl::GetFlag(FLAGS_denoiser_cert),
                     absl::GetFlag(FLAGS_denoiser_key)};
   o.denoiser_tls_name = absl::GetFlag(FLAGS_denoiser_tls_name);
+  o.http_addr = absl::GetFlag(FLAGS_http_addr);
+  o.web_dir = absl::GetFlag(FLAGS_web_dir);
   if (!absl::GetFlag(FLAGS_auth_token_file).empty()) {
     auto token = dgrid::ReadSecretFile(absl::GetFlag(FLAGS_auth_token_file), "--auth_token_file");
     if (!token.ok()) {
@@ -92,12 +97,14 @@ int main(int argc, char** argv) {
   std::cerr << "dgrid-orchestrator: serving on port " << (*server)->port() << " over "
             << o.denoisers;
   if ((*server)->metrics_port()) std::cerr << ", metrics on port " << (*server)->metrics_port();
+  if ((*server)->http_port()) std::cerr << ", HTTP on port " << (*server)->http_port();
   std::cerr << std::endl;
   if (!absl::GetFlag(FLAGS_port_file).empty()) {
     const std::string path = absl::GetFlag(FLAGS_port_file);
     {
       std::ofstream out(path + ".tmp");
-      out << "grpc=" << (*server)->port() << "\nmetrics=" << (*server)->metrics_port() << "\n";
+      out << "grpc=" << (*server)->port() << "\nmetrics=" << (*server)->metrics_port()
+          << "\nhttp=" << (*server)->http_port() << "\n";
     }
     std::rename((path + ".tmp").c_str(), path.c_str());
   }

@@ -9,6 +9,7 @@
 #include "grid_orchestrator/execute/prefix_cache.h"
 #include "grid_orchestrator/metrics/orchestrator_metrics.h"
 #include "grid_orchestrator/pool/replica_pool.h"
+#include "grid_orchestrator/server/http_gateway.h"
 
 namespace dgrid {
 
@@ -41,8 +42,9 @@ absl::StatusOr<std::unique_ptr<OrchestratorServer>> OrchestratorServer::Start(
   s->cache_ = std::make_unique<PrefixCache>(o.cache_bytes);
   s->executor_ = std::make_unique<GridExecutor>(s->pool_.get(), s->cache_.get(),
                                                 s->metrics_.get(), o.executor);
-  s->service_ = std::make_unique<OrchestratorServiceImpl>(
-      s->pool_.get(), s->executor_.get(), s->metrics_.get(), o.limits, o.auth_token);
+  s->grid_service_ = std::make_unique<GridService>(s->pool_.get(), s->executor_.get(),
+                                                   s->metrics_.get(), o.limits, o.auth_token);
+  s->service_ = std::make_unique<OrchestratorServiceImpl>(s->grid_service_.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -62,10 +64,21 @@ absl::StatusOr<std::unique_ptr<OrchestratorServer>> OrchestratorServer::Start(
   if (!s->server_ || s->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", o.listen));
   }
+  if (!o.http_addr.empty()) {
+    HttpGatewayOptions http;
+    http.address = o.http_addr;
+    http.web_dir = o.web_dir;
+    http.tls = o.tls;
+    auto gateway = HttpGateway::Start(http, s->grid_service_.get());
+    if (!gateway.ok()) return gateway.status();
+    s->http_ = std::move(*gateway);
+  }
   s->server_->GetHealthCheckService()->SetServingStatus("", true);
   s->server_->GetHealthCheckService()->SetServingStatus("dgrid.v1.Orchestrator", true);
   return s;
 }
+
+int OrchestratorServer::http_port() const { return http_ ? http_->port() : 0; }
 
 int OrchestratorServer::metrics_port() const {
   return metrics_endpoint_ ? metrics_endpoint_->port() : 0;
@@ -74,6 +87,7 @@ int OrchestratorServer::metrics_port() const {
 void OrchestratorServer::Wait() { server_->Wait(); }
 
 void OrchestratorServer::Shutdown(absl::Duration grace) {
+  http_.reset();
   if (!server_) return;
   server_->GetHealthCheckService()->Shutdown();
   server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));

@@ -16,6 +16,7 @@
 #include "absl/time/time.h"
 #include "common/tls.h"
 #include "grid_orchestrator/execute/grid_executor.h"
+#include "grid_orchestrator/server/grid_service.h"
 #include "grid_orchestrator/server/orchestrator_service_impl.h"
 
 namespace grpc {
@@ -24,6 +25,7 @@ class Server;
 
 namespace dgrid {
 
+class HttpGateway;
 class MetricsEndpoint;
 class OrchestratorMetrics;
 class PrefixCache;
@@ -47,6 +49,10 @@ struct OrchestratorServerOptions {
   std::string denoiser_tls_name;
   // Bearer token the API requires (health stays open); empty = no auth.
   std::string auth_token;
+  // HTTP gateway (page, JSON API, SSE); empty address = off. It reuses the
+  // API's TLS files.
+  std::string http_addr;
+  std::string web_dir;
 };
 
 class OrchestratorServer {
@@ -57,6 +63,8 @@ class OrchestratorServer {
 
   int port() const { return port_; }
   int metrics_port() const;
+  // 0 when the HTTP gateway is off.
+  int http_port() const;
   PrefixCache& cache() { return *cache_; }
   void Wait();
   void Shutdown(absl::Duration grace = absl::Seconds(5));
@@ -69,8 +77,10 @@ class OrchestratorServer {
   std::unique_ptr<ReplicaPool> pool_;
   std::unique_ptr<PrefixCache> cache_;
   std::unique_ptr<GridExecutor> executor_;
+  std::unique_ptr<GridService> grid_service_;
   std::unique_ptr<OrchestratorServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<HttpGateway> http_;
   int port_ = 0;
 };
 
