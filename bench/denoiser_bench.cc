@@ -92,6 +92,9 @@ double ServiceThroughput(int port, const std::string& model, int clients, double
 
 }  // namespace
 
+std::string GridBenchModelDir() { return absl::GetFlag(FLAGS_model_dir); }
+int GridBenchThreads() { return Threads(); }
+
 int RunDenoiserBench() {
   const std::string dir = absl::GetFlag(FLAGS_model_dir);
   const double seconds = absl::GetFlag(FLAGS_seconds);

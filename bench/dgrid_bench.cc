@@ -1,6 +1,7 @@
 // dgrid-bench: benchmarks of the pair, one JSON line per configuration.
 //
 //   dgrid-bench denoiser [--model_dir=models/fashion-mnist] [--seconds=3]
+//   dgrid-bench grid [--runs=5] [--grids=default,classic]
 //   dgrid-bench load [--clients=1,4,16,64] [--load_seconds=20]
 #include <iostream>
 #include <map>
@@ -12,17 +13,22 @@
 namespace dgrid {
 int RunDenoiserBench();
 int RunLoadBench();
+int RunGridBench();
+int RunChart(const std::vector<char*>& args);
 }
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "dgrid-bench COMMAND [flags]\n"
       "  denoiser   raw engine forward throughput vs the gRPC service on loopback\n"
+      "  grid       one grid through every variant: limit, in-process, the pair, baselines\n"
+      "  chart      IN.jsonl OUT.png: bar chart of a grid run\n"
       "  load       N concurrent StreamGrid clients for T seconds against a fresh stack\n");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
-  const std::map<std::string, int (*)()> commands = {{"denoiser", dgrid::RunDenoiserBench}, {"load", dgrid::RunLoadBench}};
+  const std::map<std::string, int (*)()> commands = {{"denoiser", dgrid::RunDenoiserBench}, {"load", dgrid::RunLoadBench},
+                                                          {"grid", dgrid::RunGridBench}};
   if (args.size() < 2 || !commands.count(args[1])) {
-    std::cerr << "dgrid-bench: expected a command: denoiser or load (see --help)\n";
+    std::cerr << "dgrid-bench: expected a command: denoiser, grid or load (see --help)\n";
     return 2;
   }
   return commands.at(args[1])();

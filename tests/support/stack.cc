@@ -37,7 +37,7 @@ absl::Status Stack::StartDenoiser(int i, int port, int metrics) {
                                    "--model_dir=" + options_.model_dir,
                                    absl::StrCat("--listen=127.0.0.1:", port),
                                    absl::StrCat("--metrics_addr=127.0.0.1:", metrics),
-                                   "--threads=1",
+                                   absl::StrCat("--threads=", options_.denoiser_threads),
                                    "--port_file=" + ports};
   argv.insert(argv.end(), options_.denoiser_flags.begin(), options_.denoiser_flags.end());
   if (auto it = options_.per_denoiser_flags.find(i); it != options_.per_denoiser_flags.end()) {

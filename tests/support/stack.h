@@ -27,6 +27,8 @@ namespace dgrid::testing {
 struct StackOptions {
   std::string model_dir;
   int denoisers = 2;
+  // Torch intra-op threads per denoiser.
+  int denoiser_threads = 1;
   std::vector<std::string> denoiser_flags;
   // Extra flags for one denoiser only, by index.
   std::map<int, std::vector<std::string>> per_denoiser_flags;
