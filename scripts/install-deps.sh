@@ -19,7 +19,7 @@ packages=(
   # training data
   dataset-fashion-mnist
   # tools the tests use
-  openssl curl procps
+  openssl curl procps prometheus python3-yaml
 )
 
 missing=()

@@ -379,6 +379,9 @@ void TrajectoryBatcher::Iterate(std::vector<Active>& active) {
     ++kept;
   }
   active.resize(kept);
+  // Also after the last trajectories finish, so an idle replica reads 0
+  // (the HPA scales on this gauge).
+  if (observer_) observer_->OnActive(static_cast<int>(active.size()));
 }
 
 }  // namespace dgrid

@@ -345,10 +345,11 @@ absl::StatusOr<v1::Grid> GridExecutor::GridRun::Execute() {
     row_started_.assign(plan_.rows.size(), false);
   }
   std::vector<v1::GridEvent> cached_events;
-  int hits = 0;
+  int hits = 0, lookups = 0;
   for (size_t r = 0; r < plan_.rows.size(); ++r) {
     for (int c = 0; c < plan_.branches; ++c) {
       const Path& path = plan_.rows[r].cells[c];
+      ++lookups;
       if (auto hit = ex_.cache_->Find(PrefixCache::FinalKey(sampler_key_, path))) {
         ++hits;
         absl::MutexLock lock(&mu_);
@@ -368,11 +369,13 @@ absl::StatusOr<v1::Grid> GridExecutor::GridRun::Execute() {
   }
   std::optional<CacheEntry> trunk_final =
       ex_.cache_->Find(PrefixCache::FinalKey(sampler_key_, plan_.trunk));
+  ++lookups;
   // The trunk resumes from its deepest cached capture below which every
   // needed capture is cached too.
   int start = 0;
   bool missing_capture = false;
   for (int s : plan_.trunk_captures) {
+    ++lookups;
     auto hit = ex_.cache_->Find(PrefixCache::CaptureKey(sampler_key_, plan_.trunk, s));
     if (!hit) {
       missing_capture = true;
@@ -407,7 +410,7 @@ absl::StatusOr<v1::Grid> GridExecutor::GridRun::Execute() {
     absl::MutexLock lock(&mu_);
     cache_hits_ = hits;
   }
-  if (ex_.metrics_) ex_.metrics_->CountCacheHits(hits);
+  if (ex_.metrics_) ex_.metrics_->CountCache(lookups, hits);
   for (const v1::GridEvent& e : cached_events) Emit(e);
 
   // Rows whose start is known leave now; the rest when the trunk gets there.

@@ -28,6 +28,11 @@ OrchestratorMetrics::OrchestratorMetrics()
                       .Help("Captured latents and finished cells served from the prefix cache.")
                       .Register(*registry_)
                       .Add({})),
+      cache_lookups_(prometheus::BuildCounter()
+                         .Name("dgrid_orchestrator_cache_lookups_total")
+                         .Help("Prefix-cache lookups (hits / lookups = hit ratio).")
+                         .Register(*registry_)
+                         .Add({})),
       inflight_(prometheus::BuildGauge()
                     .Name("dgrid_orchestrator_replica_inflight")
                     .Help("Jobs in flight per denoiser replica.")
@@ -58,7 +63,8 @@ void OrchestratorMetrics::CountJob(const std::string& status) {
 
 void OrchestratorMetrics::CountRetry() { retries_.Increment(); }
 
-void OrchestratorMetrics::CountCacheHits(int hits) {
+void OrchestratorMetrics::CountCache(int lookups, int hits) {
+  if (lookups > 0) cache_lookups_.Increment(lookups);
   if (hits > 0) cache_hits_.Increment(hits);
 }
 

@@ -24,7 +24,8 @@ class OrchestratorMetrics {
   // status: ok, retried, failed.
   void CountJob(const std::string& status);
   void CountRetry();
-  void CountCacheHits(int hits);
+  // Per grid: lookups made in the prefix cache and how many hit.
+  void CountCache(int lookups, int hits);
   void SetReplicaInflight(const std::string& replica, int inflight);
   void SetCache(size_t bytes, size_t entries);
   void RemoveReplica(const std::string& replica);
@@ -36,6 +37,7 @@ class OrchestratorMetrics {
   prometheus::Family<prometheus::Counter>& jobs_;
   prometheus::Counter& retries_;
   prometheus::Counter& cache_hits_;
+  prometheus::Counter& cache_lookups_;
   prometheus::Family<prometheus::Gauge>& inflight_;
   prometheus::Gauge& cache_bytes_;
   prometheus::Gauge& cache_entries_;
