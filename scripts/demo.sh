@@ -1,25 +1,30 @@
 #!/usr/bin/env bash
 # The main command: starts two denoisers and the orchestrator on loopback
 # with the shipped model, streams the default grid into grid.png (and its
-# sidecar grid.json), and says where. Builds first if needed.
+# sidecar grid.json), and says where, with the explorer page's URL. Builds
+# first if needed.
 #
-#   scripts/demo.sh [--prompt sneaker] [--seed 7] [--preset classic] [--keep]
+#   scripts/demo.sh [--prompt sneaker] [--seed 7] [--preset classic] [--keep] [--monitor]
 #
-# --keep leaves the stack running (Ctrl-C stops it), e.g. to try
+# --keep leaves the stack running (Ctrl-C stops it), to use the page or e.g.
 #   build/bin/dgrid promote grid.json --row 2 --col 3 --target=<orchestrator>
+# --monitor also starts Prometheus (Debian's package) on 127.0.0.1:9099 with
+# deploy/prometheus's scrape config and rules, scraping the stack; implies --keep.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 prompt=sneaker
 seed=7
 preset=default
 keep=0
+monitor=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --prompt) prompt=$2; shift 2 ;;
     --seed) seed=$2; shift 2 ;;
     --preset) preset=$2; shift 2 ;;
     --keep) keep=1; shift ;;
-    *) echo "usage: scripts/demo.sh [--prompt NAME] [--seed N] [--preset default|classic] [--keep]" >&2
+    --monitor) monitor=1; keep=1; shift ;;
+    *) echo "usage: scripts/demo.sh [--prompt NAME] [--seed N] [--preset default|classic] [--keep] [--monitor]" >&2
        exit 2 ;;
   esac
 done
@@ -54,17 +59,36 @@ wait_ports() {
 # One core's worth of torch threads per replica on this 2-core machine.
 denoisers=()
 for i in 0 1; do
-  build/bin/dgrid-denoiser --model_dir=models/fashion-mnist --listen=127.0.0.1:0 \
+  build/bin/dgrid-denoiser --model_dir="${DGRID_MODEL_DIR:-models/fashion-mnist}" --listen=127.0.0.1:0 \
     --metrics_addr=127.0.0.1:0 --threads=1 --port_file="$run/d$i" 2>"$run/d$i.log" &
   pids+=($!)
   denoisers+=("127.0.0.1:$(wait_ports "$run/d$i" $! "$run/d$i.log")")
 done
 build/bin/dgrid-orchestrator --denoisers="$(IFS=,; echo "${denoisers[*]}")" \
-  --listen=127.0.0.1:0 --metrics_addr=127.0.0.1:0 --port_file="$run/o" 2>"$run/o.log" &
+  --listen=127.0.0.1:0 --metrics_addr=127.0.0.1:0 --http_addr=127.0.0.1:0 \
+  --web_dir=clients/web --port_file="$run/o" 2>"$run/o.log" &
 pids+=($!)
 orchestrator="127.0.0.1:$(wait_ports "$run/o" $! "$run/o.log")"
 echo "denoisers:    ${denoisers[*]}"
 echo "orchestrator: $orchestrator (metrics: http://127.0.0.1:$(sed -n 's/^metrics=//p' "$run/o")/metrics)"
+echo "explorer:     http://127.0.0.1:$(sed -n 's/^http=//p' "$run/o")/"
+
+if [ "$monitor" = 1 ]; then
+  command -v prometheus >/dev/null || scripts/install-deps.sh
+  mkdir -p "$run/prometheus/targets"
+  cp -r deploy/prometheus/prometheus.yml deploy/prometheus/rules "$run/prometheus/"
+  targets() { for f in "$@"; do printf '"127.0.0.1:%s",' "$(sed -n 's/^metrics=//p' "$f")"; done; }
+  d=$(targets "$run/d0" "$run/d1")
+  echo "[{\"targets\": [${d%,}]}]" > "$run/prometheus/targets/dgrid-denoiser.json"
+  o=$(targets "$run/o")
+  echo "[{\"targets\": [${o%,}]}]" > "$run/prometheus/targets/dgrid-orchestrator.json"
+  prometheus --config.file="$run/prometheus/prometheus.yml" \
+    --storage.tsdb.path="$run/prometheus/data" --web.listen-address=127.0.0.1:9099 \
+    2>"$run/prometheus.log" &
+  pids+=($!)
+  echo "prometheus:   http://127.0.0.1:9099/ (targets: /targets, alerts: /alerts)"
+  echo "grafana:      import deploy/grafana/dgrid-dashboard.json into any Grafana, data source http://127.0.0.1:9099"
+fi
 
 build/bin/dgrid grid --target="$orchestrator" --prompt="$prompt" --seed="$seed" \
   --preset="$preset" -o grid.png
