@@ -137,9 +137,9 @@ absl::Status TrajectoryBatcher::Validate(const RunRequest& r) const {
   }
   for (size_t i = 0; i < r.capture_steps.size(); ++i) {
     const int c = r.capture_steps[i];
-    if (c <= r.start_step || c >= end || (i > 0 && c <= r.capture_steps[i - 1])) {
+    if (c < r.start_step || c >= end || (i > 0 && c <= r.capture_steps[i - 1])) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "capture_steps[", i, "] must be increasing and in (start_step, end_step), got ", c));
+          "capture_steps[", i, "] must be increasing and in [start_step, end_step), got ", c));
     }
   }
   if (r.trajectories.empty()) {
@@ -208,6 +208,21 @@ absl::StatusOr<std::shared_ptr<Run>> TrajectoryBatcher::Start(RunRequest request
     if (request.previews) a.x0.resize(a.x.size());
   }
   run->request_ = std::move(request);
+  // A capture at the start step is the start latent itself (x_T when 0):
+  // it goes out now, before any forward pass, with no x0 prediction yet.
+  const RunRequest& req = run->request_;
+  if (!req.capture_steps.empty() && req.capture_steps.front() == req.start_step) {
+    for (Active& a : admitted) {
+      a.next_capture = 1;
+      RunEvent event;
+      event.kind = RunEvent::Kind::kCapture;
+      event.trajectory = a.index;
+      event.step = req.start_step;
+      event.timestep = run->schedule_->timestep(req.start_step);
+      event.latent = a.x;
+      run->Push(std::move(event));
+    }
+  }
   {
     absl::MutexLock lock(&mu_);
     for (Active& a : admitted) pending_.push_back(std::move(a));

@@ -57,7 +57,8 @@ struct RunRequest {
   // Exclusive: the final latent is the one at end_step; 0 means sampler.steps.
   int end_step = 0;
   std::vector<TrajectoryStart> trajectories;
-  // Steps in (start_step, end_step) whose latents are streamed as captures.
+  // Steps in [start_step, end_step) whose latents are streamed as captures
+  // (one at start_step is the start latent, sent at once).
   std::vector<int> capture_steps;
   bool previews = false;
   absl::Time deadline = absl::InfiniteFuture();
@@ -72,7 +73,8 @@ struct RunEvent {
   int step = 0;
   int timestep = 0;
   std::vector<float> latent;
-  // The x0 predicted by the step that produced `latent` (when previews).
+  // The x0 predicted by the step that produced `latent` (when previews;
+  // empty for a capture at the start step, which no step produced).
   std::vector<float> x0;
   int model_evals = 0;
 };

@@ -284,11 +284,12 @@ grpc::Status DenoiserServiceImpl::Branch(grpc::ServerContext* context,
       x0_image = f->mutable_x0_image();
     }
     EncodeFloatTensor(event.latent, m.latent_shape, latent);
-    if (request->previews()) EncodeFloatTensor(event.x0, m.latent_shape, x0);
+    const bool preview = request->previews() && !event.x0.empty();
+    if (preview) EncodeFloatTensor(event.x0, m.latent_shape, x0);
     absl::Status decoded = absl::OkStatus();
     if (request->decode()) {
       decoded = DecodeImage(*model.model, event.latent, image);
-      if (decoded.ok() && request->previews()) {
+      if (decoded.ok() && preview) {
         decoded = DecodeImage(*model.model, event.x0, x0_image);
       }
     }

@@ -178,7 +178,8 @@ void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> s
     PathToProto(plan_.trunk, t->mutable_path());
     if (start_latent) *t->mutable_start_latent() = *start_latent;
     for (int s : plan_.trunk_captures) {
-      if (s > start_step) request.add_capture_steps(s);
+      // A resumed trunk already has its capture at start_step.
+      if (s > start_step || (s == 0 && start_step == 0)) request.add_capture_steps(s);
     }
     request.set_previews(true);
     std::string replica;
@@ -200,7 +201,7 @@ void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> s
             v1::GridEvent progress;
             v1::TrunkProgress* p = progress.mutable_trunk();
             p->set_step(c.step());
-            p->set_timestep(plan_.timesteps[c.step() - 1]);
+            p->set_timestep(TimestepAfter(plan_, c.step()));
             p->set_xt_png(c.image().png());
             p->set_x0_png(c.x0_image().png());
             p->set_source(replica);

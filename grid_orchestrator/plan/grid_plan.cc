@@ -44,6 +44,12 @@ absl::StatusOr<Preset> FindPreset(const std::string& name) {
 
 }  // namespace
 
+int TimestepAfter(const GridPlanSpec& plan, int step) {
+  // As the original app labels rows: the last timestep the trunk ran before
+  // the branches leave it.
+  return step > 0 ? plan.timesteps[step - 1] : plan.train_timesteps;
+}
+
 uint64_t TrunkNoiseSeed(uint64_t seed) { return Mix(seed ^ 0x7472756E6B000000ull); }
 
 uint64_t BranchNoiseSeed(const Path& trunk, int branch_step, int column) {
@@ -103,6 +109,7 @@ absl::StatusOr<GridPlanSpec> PlanGrid(const v1::GridRequest& request, const v1::
   }
   plan.timesteps = DdimTimesteps(model.train_timesteps(), plan.steps, plan.spacing,
                                  model.steps_offset());
+  plan.train_timesteps = model.train_timesteps();
 
   plan.branches = request.has_branches() ? request.branches().value() : preset->branches;
   if (plan.branches < 1 || plan.branches > limits.max_branches) {
@@ -170,9 +177,7 @@ absl::StatusOr<GridPlanSpec> PlanGrid(const v1::GridRequest& request, const v1::
   for (int k : branch_steps) {
     PlannedRow row;
     row.branch_step = k;
-    // As the original app labels rows: the last timestep the trunk ran before
-    // the branches leave it (t = train_timesteps, pure noise, for k = 0).
-    row.timestep = k > 0 ? plan.timesteps[k - 1] : model.train_timesteps();
+    row.timestep = TimestepAfter(plan, k);
     for (int c = 0; c < plan.branches; ++c) {
       row.cells.push_back(plan.trunk.BranchAt(k, BranchNoiseSeed(plan.trunk, k, c)));
     }
@@ -182,7 +187,7 @@ absl::StatusOr<GridPlanSpec> PlanGrid(const v1::GridRequest& request, const v1::
   plan.from_scratch_evals =
       (1 + static_cast<int64_t>(plan.rows.size()) * plan.branches) * plan.steps;
 
-  for (int s = 1; s < plan.steps; ++s) {
+  for (int s = 0; s < plan.steps; ++s) {
     const bool is_branch = std::binary_search(branch_steps.begin(), branch_steps.end(), s);
     const bool is_checkpoint = limits.checkpoint_every > 0 && s % limits.checkpoint_every == 0;
     if (is_branch || is_checkpoint) plan.trunk_captures.push_back(s);

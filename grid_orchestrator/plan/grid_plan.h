@@ -54,8 +54,9 @@ struct GridPlanSpec {
   int branches = 4;
   std::vector<PlannedRow> rows;
   std::vector<int> timesteps;
-  // Steps at which the trunk streams its latent: every branch step > 0, and
-  // checkpoints.
+  int train_timesteps = 1000;
+  // Steps at which the trunk streams its latent: every branch step (0 gives
+  // x_T, for the trajectory strip), and checkpoints.
   std::vector<int> trunk_captures;
   int64_t model_evals = 0;
   int64_t from_scratch_evals = 0;
@@ -63,6 +64,10 @@ struct GridPlanSpec {
 
 absl::StatusOr<GridPlanSpec> PlanGrid(const v1::GridRequest& request, const v1::ModelInfo& model,
                                       const PlanLimits& limits);
+
+// The timestep label of "after step k": the last timestep the trunk ran, or
+// train_timesteps (pure noise) for k = 0.
+int TimestepAfter(const GridPlanSpec& plan, int step);
 
 // The trunk's first noise seed for a request seed.
 uint64_t TrunkNoiseSeed(uint64_t seed);

@@ -50,8 +50,8 @@ TEST(GridPlanTest, DefaultPresetSpansTheTrajectory) {
   EXPECT_EQ(plan->model_evals, 50 + 4 * (50 + 45 + 40 + 30 + 20 + 10));
   EXPECT_EQ(plan->from_scratch_evals, 25 * 50);
   EXPECT_FLOAT_EQ(plan->guidance, 2.0f);  // the model's default
-  // The trunk streams every branch step > 0 plus checkpoints.
-  EXPECT_EQ(plan->trunk_captures, (std::vector<int>{5, 10, 20, 30, 40}));
+  // The trunk streams every branch step (0: x_T) plus checkpoints.
+  EXPECT_EQ(plan->trunk_captures, (std::vector<int>{0, 5, 10, 20, 30, 40}));
 }
 
 TEST(GridPlanTest, CellsBranchFromTheTrunkAtTheirRow) {
