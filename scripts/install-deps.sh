@@ -20,21 +20,32 @@ packages=(
   dataset-fashion-mnist
   # tools the tests use
   openssl curl procps prometheus python3-yaml
+  # browser tests: Debian's Chromium, driven by npm's playwright-core
+  chromium
 )
 
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
+# Node.js and npm drive the browser tests. This machine kind ships Node 20;
+# elsewhere take Debian's (playwright-core wants Node 18 or newer).
+command -v node >/dev/null && command -v npm >/dev/null || missing+=(nodejs npm)
 
-if [ ${#missing[@]} -eq 0 ]; then
-  echo "install-deps: all ${#packages[@]} packages present"
-  exit 0
-fi
-
-echo "install-deps: installing ${missing[*]}"
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO=sudo
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#packages[@]} packages present"
+else
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# playwright-core, pinned by tests/web/package-lock.json (it drives Debian's
+# Chromium; it never downloads a browser).
+here=$(cd "$(dirname "$0")/.." && pwd)
+if [ ! -f "$here/tests/web/node_modules/playwright-core/package.json" ]; then
+  (cd "$here/tests/web" && npm ci --no-audit --no-fund)
+fi

@@ -1,0 +1,110 @@
+// The orchestrator's HTTP API (grid_orchestrator/server/http_gateway.h):
+//
+//   const models = await fetchModels({token});
+//   const grid = await streamGrid(request, {token, signal, onEvent});
+//
+// The grid stream is Server-Sent Events read with fetch() rather than
+// EventSource, so that a bearer token can go in the Authorization header.
+// Errors, whether an HTTP status or an `error` event, become ApiError with
+// the server's code and message.
+
+export class ApiError extends Error {
+  constructor(code, message, status = 0) {
+    super(message);
+    this.code = code;
+    this.status = status;
+  }
+}
+
+function headers(token, json) {
+  const result = {Accept: json ? 'application/json' : 'text/event-stream'};
+  if (json) result['Content-Type'] = 'application/json';
+  if (token) result.Authorization = `Bearer ${token}`;
+  return result;
+}
+
+// A non-2xx response as ApiError: the gateway answers {"code","message"}.
+async function errorOf(response) {
+  let body = '';
+  try {
+    body = await response.text();
+    const error = JSON.parse(body);
+    if (error && error.message) return new ApiError(error.code || 'UNKNOWN', error.message, response.status);
+  } catch {
+    // Not JSON: fall through to the status line.
+  }
+  return new ApiError(`HTTP ${response.status}`, body.trim() || response.statusText, response.status);
+}
+
+async function send(url, init) {
+  try {
+    return await fetch(url, init);
+  } catch (error) {
+    if (error.name === 'AbortError') throw error;
+    throw new ApiError('UNAVAILABLE', `cannot reach the orchestrator (${error.message})`);
+  }
+}
+
+export async function fetchModels({token, signal} = {}) {
+  const response = await send('api/v1/models', {headers: headers(token, false), signal});
+  if (!response.ok) throw await errorOf(response);
+  const body = await response.json();
+  return body.models ?? [];
+}
+
+// One SSE block ("event: x\ndata: ...") as {event, data}, or null for a
+// comment or keep-alive.
+export function parseSseBlock(block) {
+  let event = 'message';
+  const data = [];
+  for (const line of block.split(/\r?\n/)) {
+    if (line === '' || line.startsWith(':')) continue;
+    const colon = line.indexOf(':');
+    const field = colon < 0 ? line : line.slice(0, colon);
+    let value = colon < 0 ? '' : line.slice(colon + 1);
+    if (value.startsWith(' ')) value = value.slice(1);
+    if (field === 'event') event = value;
+    else if (field === 'data') data.push(value);
+  }
+  if (data.length === 0) return null;
+  return {event, data: data.join('\n')};
+}
+
+// Streams one grid. onEvent(name, payload) gets each plan, trunk and cell
+// (payload = the GridEvent's inner message) and finally the grid, which is
+// also the resolved value.
+export async function streamGrid(request, {token, signal, onEvent}) {
+  const response = await send('api/v1/grid/stream', {
+    method: 'POST',
+    headers: headers(token, true),
+    body: JSON.stringify(request),
+    signal,
+  });
+  if (!response.ok) throw await errorOf(response);
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = '';
+  for (;;) {
+    const {value, done} = await reader.read();
+    if (done) break;
+    buffer += value;
+    let end;
+    while ((end = buffer.search(/\r?\n\r?\n/)) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end).replace(/^\r?\n\r?\n/, '');
+      const message = parseSseBlock(block);
+      if (!message) continue;
+      const payload = JSON.parse(message.data);
+      if (message.event === 'error') {
+        throw new ApiError(payload.code || 'UNKNOWN', payload.message || 'the grid failed');
+      }
+      const inner = payload[message.event];
+      if (inner === undefined) continue;  // an event this page does not know
+      onEvent(message.event, inner);
+      if (message.event === 'grid') {
+        reader.cancel().catch(() => {});
+        return inner;
+      }
+    }
+  }
+  throw new ApiError('UNAVAILABLE', 'the stream ended before the grid was complete');
+}

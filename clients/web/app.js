@@ -1,0 +1,647 @@
+// The Diffusion Grid explorer: the controls, the live grid, the trajectory
+// of the hovered or focused cell, promotion (click or Enter) with history,
+// the divergence plot and the exports. State lives in the URL (state.js);
+// the server is reached through api.js.
+
+import {ApiError, fetchModels, streamGrid} from './api.js';
+import {divergencePlot, plotLegend} from './plot.js';
+import {
+  FIELDS, emptyState, encodePath, hasView, randomSeed, requestFromState, searchFromState,
+  stateFromSearch,
+} from './state.js';
+
+const byTestId = (id) => document.querySelector(`[data-testid="${id}"]`);
+
+const form = byTestId('controls');
+const controls = Object.fromEntries([...FIELDS, 'token'].map((name) => [name, byTestId(name)]));
+const gridBox = byTestId('grid');
+const trunkFigure = byTestId('trunk');
+const trunkFrame = byTestId('trunk-frame');
+const trunkCaption = byTestId('trunk-caption');
+const trajectory = byTestId('trajectory');
+const trajectorySteps = byTestId('trajectory-steps');
+const trajectoryFinal = byTestId('trajectory-final');
+const trajectoryCaption = byTestId('trajectory-caption');
+const statusText = byTestId('status-text');
+const progress = byTestId('progress');
+const banner = byTestId('error-banner');
+const plotBox = byTestId('divergence-plot');
+const summary = byTestId('summary');
+const downloadPng = byTestId('download-png');
+const downloadJson = byTestId('download-json');
+const trunkChip = byTestId('trunk-chip');
+
+const TOKEN_KEY = 'dgrid-token';
+const DEFAULT_TRAJECTORY_CAPTION = trajectoryCaption.innerHTML;
+
+let models = [];
+let modelsLoaded = false;
+// The URL's model and prompt, applied once the models are known.
+let wantedModel = null;
+let wantedPrompt = null;
+// The promoted path of the form's state (null: the seed's own trunk).
+let formTrunk = null;
+// A view named by the URL that waits for the models (e.g. for a token).
+let pendingView = null;
+// The grid on screen: its state, request, plan, cells and trunk previews.
+let view = null;
+let runCounter = 0;
+let abortRun = null;
+let jsonUrl = null;
+// Promotion by keyboard: the cell position that gets focus back when the
+// new grid is in (null: leave focus alone).
+let refocusCell = null;
+
+// ---------- small helpers ----------
+
+const pngSrc = (base64) => `data:image/png;base64,${base64}`;
+const cellKey = (row, col) => `${row},${col}`;
+
+function image(base64, alt, testId) {
+  const img = document.createElement('img');
+  img.src = pngSrc(base64);
+  img.alt = alt;
+  img.draggable = false;
+  if (testId) img.dataset.testid = testId;
+  return img;
+}
+
+function placeholder(text) {
+  const span = document.createElement('span');
+  span.className = 'placeholder';
+  span.textContent = text;
+  return span;
+}
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function formatNumber(value, digits = 2) {
+  return Number(value ?? 0).toFixed(digits).replace(/\.?0+$/, '');
+}
+
+// ---------- errors ----------
+
+// source 'models': the list of models could not be loaded (a token is
+// missing, say); loading them later clears only that error.
+function showError(error, source = 'grid') {
+  banner.dataset.source = source;
+  const code = error.code || (error instanceof ApiError ? 'ERROR' : 'PAGE ERROR');
+  let message = error.message || String(error);
+  if (code === 'UNAUTHENTICATED') message += ' (this orchestrator wants a token: see the Token field)';
+  byTestId('error-code').textContent = code;
+  byTestId('error-message').textContent = message;
+  banner.hidden = false;
+}
+
+function clearError(source) {
+  if (!source || banner.dataset.source === source) banner.hidden = true;
+}
+
+// ---------- models and controls ----------
+
+function currentModel() {
+  return models.find((model) => model.name === controls.model.value) ?? models[0];
+}
+
+function fillModels() {
+  const wanted = wantedModel ?? controls.model.value;
+  wantedModel = null;
+  controls.model.replaceChildren(...models.map((model) => {
+    const option = new Option(model.name, model.name);
+    option.title = model.description ?? '';
+    return option;
+  }));
+  if (wanted && !models.some((model) => model.name === wanted)) {
+    controls.model.append(new Option(`${wanted} (not served)`, wanted));
+  }
+  controls.model.value = wanted || (models[0]?.name ?? '');
+  controls.model.disabled = controls.model.options.length <= 1;
+  fillPrompts();
+}
+
+function fillPrompts() {
+  const model = currentModel();
+  const wanted = wantedPrompt ?? controls.prompt.value;
+  const prompts = model?.prompts ?? [];
+  const options = [new Option('unconditional', ''), ...prompts.map((p) => new Option(p, p))];
+  controls.prompt.replaceChildren(...options);
+  if (wantedPrompt !== null && wanted !== '' && !prompts.includes(wanted)) {
+    controls.prompt.append(new Option(`${wanted} (unknown)`, wanted));
+  }
+  // A fresh page starts on the first class; the URL's choice wins.
+  controls.prompt.value = wantedPrompt !== null || prompts.includes(wanted) ? wanted : (prompts[0] ?? '');
+  wantedPrompt = null;
+  fillPlaceholders();
+}
+
+function fillPlaceholders() {
+  const defaults = currentModel()?.defaults ?? {};
+  const classic = controls.preset.value === 'classic';
+  controls.steps.placeholder = classic ? '50' : String(defaults.steps ?? 50);
+  controls.eta.placeholder = classic ? '1' : formatNumber(defaults.eta ?? 0);
+  controls.guidance.placeholder = formatNumber(defaults.guidance ?? 1);
+  controls.rows.placeholder = classic ? 'preset: t = 921, 821, 701' : 'preset: 0,5,10,20,30,40 of 50';
+  controls.cols.placeholder = '4';
+}
+
+async function loadModels() {
+  try {
+    models = await fetchModels({token: controls.token.value.trim()});
+    modelsLoaded = true;
+    fillModels();
+    clearError('models');
+    return true;
+  } catch (error) {
+    showError(error, 'models');
+    return false;
+  }
+}
+
+// fresh: a page with no view in its URL, where model and prompt keep their
+// defaults (the first model, its first class).
+function fillControls(state, {fresh = false} = {}) {
+  for (const field of FIELDS) {
+    if (field === 'prompt' || field === 'model') continue;
+    controls[field].value = state[field];
+  }
+  wantedModel = fresh ? null : state.model;
+  wantedPrompt = fresh ? null : state.prompt;
+  if (modelsLoaded) fillModels();
+  fillPlaceholders();
+  setFormTrunk(state.trunk);
+}
+
+function stateFromControls() {
+  const state = emptyState();
+  for (const field of FIELDS) state[field] = controls[field].value.trim();
+  state.trunk = formTrunk;
+  return state;
+}
+
+function setFormTrunk(path) {
+  formTrunk = path ?? null;
+  trunkChip.hidden = !formTrunk;
+  byTestId('trunk-chip-path').textContent = formTrunk ? encodePath(formTrunk) : '';
+}
+
+// ---------- running a grid ----------
+
+function setGridState(state) {
+  gridBox.dataset.state = state;
+  document.body.dataset.gridState = state;
+}
+
+function setStatus(text, fraction) {
+  statusText.textContent = text;
+  progress.hidden = fraction === undefined;
+  if (fraction !== undefined) progress.value = fraction;
+}
+
+// Runs the grid of `state`. mode: 'push' adds a history entry (a new view),
+// 'replace' rewrites the current one, 'none' leaves the URL (it already
+// names this view: start-up and Back/Forward).
+async function run(state, mode) {
+  clearError();
+  let request;
+  try {
+    request = requestFromState(state);
+  } catch (error) {
+    showError(error);
+    setGridState('error');
+    return;
+  }
+  const search = searchFromState(state);
+  if (mode === 'push' && search !== location.search) history.pushState(null, '', search);
+  else if (mode !== 'none' && search !== location.search) history.replaceState(null, '', search);
+
+  abortRun?.abort();
+  const controller = new AbortController();
+  abortRun = controller;
+  const id = ++runCounter;
+  const previous = view;
+  view = {id, state, request, plan: null, cells: new Map(), trunk: null, previews: new Map(),
+    grid: null, trunkStep: 0};
+  setGridState('streaming');
+  gridBox.classList.add('stale');
+  resetExports();
+  setStatus('Planning…', 0);
+  form.querySelector('[data-testid="run"]').textContent = 'Running…';
+
+  try {
+    const grid = await streamGrid(request, {
+      token: controls.token.value.trim(),
+      signal: controller.signal,
+      onEvent: (name, payload) => {
+        if (id === runCounter) onGridEvent(name, payload);
+      },
+    });
+    if (id !== runCounter) return;
+    finish(grid);
+  } catch (error) {
+    if (id !== runCounter || error.name === 'AbortError') return;
+    showError(error);
+    setGridState('error');
+    gridBox.classList.remove('stale');
+    // Refused before its plan: the previous grid is still on screen, so it
+    // stays the one that hover and promotion act on.
+    if (!view.plan && previous) view = previous;
+    setStatus(`No grid: ${error.message}`);
+  } finally {
+    if (id === runCounter) form.querySelector('[data-testid="run"]').textContent = 'Run grid';
+  }
+}
+
+function onGridEvent(name, payload) {
+  if (name === 'plan') {
+    view.plan = payload;
+    buildGrid(payload);
+  } else if (name === 'trunk') {
+    const step = payload.step ?? 0;
+    view.previews.set(step, {xt: payload.xt_png, x0: payload.x0_png});
+    view.trunkStep = Math.max(view.trunkStep, step);
+    renderTrajectory(currentFocus());
+  } else if (name === 'cell') {
+    addCell(payload);
+  }
+  if (name !== 'grid') updateProgress();
+}
+
+function updateProgress() {
+  if (!view.plan) return;
+  const total = (view.plan.branch_steps?.length ?? 0) * (view.plan.branches ?? 0) + 1;
+  const done = view.cells.size + (view.trunk ? 1 : 0);
+  const steps = view.plan.sampler?.steps ?? 0;
+  const trunkAt = view.trunk ? 'trunk done' : `trunk at step ${view.trunkStep} of ${steps}`;
+  setStatus(`Streaming: ${done} of ${total} images · ${trunkAt}`, done / total);
+}
+
+function finish(grid) {
+  view.grid = grid;
+  if (!view.plan) buildGrid(grid.plan);
+  if (grid.trunk) addCell(grid.trunk);
+  (grid.rows ?? []).forEach((row, index) => {
+    if (row.trunk_xt_png || row.trunk_x0_png) {
+      view.previews.set(row.branch_step ?? 0, {xt: row.trunk_xt_png, x0: row.trunk_x0_png});
+    }
+    for (const cell of row.cells ?? []) addCell({...cell, row: cell.row ?? index});
+  });
+  renderTrajectory(currentFocus());
+  renderDivergence(grid);
+  renderExports(grid);
+  setGridState('done');
+  const total = view.cells.size + 1;
+  setStatus(`Done: ${total} images in ${formatNumber(grid.seconds, 2)} s · ` +
+      `${grid.model_evals ?? 0} model evaluations, ${grid.cache_hits ?? 0} cache hits`, 1);
+  if (refocusCell) {
+    const {row, col} = refocusCell;
+    refocusCell = null;
+    (gridBox.querySelector(`[data-testid="cell"][data-row="${row}"][data-col="${col}"]:not([disabled])`) ??
+        gridBox).focus();
+  }
+}
+
+// ---------- the grid ----------
+
+function rowLabel(plan, row) {
+  const step = plan.branch_steps?.[row] ?? 0;
+  const timestep = plan.timesteps?.[row] ?? 0;
+  return {step, timestep};
+}
+
+function buildGrid(plan) {
+  const rows = plan.branch_steps?.length ?? 0;
+  const cols = plan.branches ?? 0;
+  gridBox.classList.remove('stale');
+  gridBox.style.setProperty('--cols', String(cols));
+  const nodes = [element('div', 'corner', 'after step')];
+  for (let col = 0; col < cols; col++) {
+    const head = element('div', 'col-head', `branch ${col + 1}`);
+    head.setAttribute('aria-hidden', 'true');
+    nodes.push(head);
+  }
+  for (let row = 0; row < rows; row++) {
+    const {step, timestep} = rowLabel(plan, row);
+    const label = element('div', 'row-label');
+    label.dataset.testid = 'row-label';
+    label.dataset.row = String(row);
+    label.append(element('span', 'row-step', `step ${step}`), element('span', 'row-t', `t = ${timestep}`));
+    nodes.push(label);
+    for (let col = 0; col < cols; col++) {
+      const button = element('button', 'cell');
+      button.type = 'button';
+      button.disabled = true;
+      button.dataset.testid = 'cell';
+      button.dataset.row = String(row);
+      button.dataset.col = String(col);
+      button.setAttribute('aria-label',
+          `Row ${row + 1}, after step ${step} (t = ${timestep}), branch ${col + 1}: waiting`);
+      button.append(placeholder(''));
+      nodes.push(button);
+    }
+  }
+  gridBox.replaceChildren(...nodes);
+  trunkFrame.replaceChildren(placeholder('trunk'));
+  trunkFigure.dataset.path = encodePath(plan.trunk ?? {});
+  delete trunkFigure.dataset.loaded;
+  const promoted = (plan.trunk?.segments?.length ?? 0) > 1;
+  trunkCaption.textContent = promoted ? 'a promoted branch' : `seed ${plan.trunk?.init_seed ?? 0}`;
+  renderTrajectory(null);
+  plotBox.replaceChildren(element('p', 'empty', 'The plot appears when the grid is complete.'));
+}
+
+function addCell(cell) {
+  const row = cell.row ?? 0;
+  const col = cell.column ?? 0;
+  if (row < 0) {
+    view.trunk = cell;
+    trunkFrame.replaceChildren(image(cell.png, 'The trunk’s final image', 'trunk-image'));
+    trunkFigure.dataset.loaded = 'true';
+    trunkFigure.dataset.path = encodePath(cell.path ?? {});
+    renderTrajectory(currentFocus());
+    return;
+  }
+  const button = gridBox.querySelector(`[data-testid="cell"][data-row="${row}"][data-col="${col}"]`);
+  if (!button) return;
+  view.cells.set(cellKey(row, col), cell);
+  if (button.dataset.loaded === 'true') return;
+  const {step, timestep} = rowLabel(view.plan, row);
+  button.replaceChildren(image(cell.png, '', 'cell-image'));
+  button.disabled = false;
+  button.dataset.loaded = 'true';
+  button.dataset.path = encodePath(cell.path ?? {});
+  button.title = `Promote to trunk (from ${cell.source || 'unknown'})`;
+  button.setAttribute('aria-label',
+      `Row ${row + 1}, after step ${step} (t = ${timestep}), branch ${col + 1}: promote to trunk`);
+}
+
+// The cell under the pointer, else the focused one, else none (the trunk).
+let hovered = null;
+
+function cellOf(node) {
+  const button = node?.closest?.('[data-testid="cell"]');
+  if (!button || button.dataset.loaded !== 'true') return null;
+  return {row: Number(button.dataset.row), col: Number(button.dataset.col)};
+}
+
+function currentFocus() {
+  return hovered ?? cellOf(document.activeElement);
+}
+
+gridBox.addEventListener('pointerover', (event) => {
+  const cell = cellOf(event.target);
+  if (!cell) return;
+  hovered = cell;
+  renderTrajectory(cell);
+});
+gridBox.addEventListener('pointerleave', () => {
+  hovered = null;
+  renderTrajectory(currentFocus());
+});
+gridBox.addEventListener('focusin', (event) => {
+  const cell = cellOf(event.target);
+  if (cell && !hovered) renderTrajectory(cell);
+});
+gridBox.addEventListener('focusout', () => {
+  // activeElement is not yet the next element here; look after the move.
+  setTimeout(() => renderTrajectory(currentFocus()), 0);
+});
+gridBox.addEventListener('click', (event) => {
+  const cell = cellOf(event.target);
+  if (!cell) return;
+  // detail is 0 for a click made with the keyboard (Enter or Space).
+  promote(cell, event.detail === 0);
+});
+gridBox.addEventListener('keydown', (event) => {
+  const cell = cellOf(event.target);
+  const moves = {ArrowLeft: [0, -1], ArrowRight: [0, 1], ArrowUp: [-1, 0], ArrowDown: [1, 0]};
+  if (!cell || !moves[event.key]) return;
+  const [dr, dc] = moves[event.key];
+  const next = gridBox.querySelector(
+      `[data-testid="cell"][data-row="${cell.row + dr}"][data-col="${cell.col + dc}"]:not([disabled])`);
+  if (next) {
+    event.preventDefault();
+    next.focus();
+  }
+});
+
+function promote({row, col}, byKeyboard) {
+  const cell = view?.cells.get(cellKey(row, col));
+  if (!cell?.path) return;
+  const state = {...view.state, trunk: cell.path};
+  fillControls(state);
+  hovered = null;
+  refocusCell = byKeyboard ? {row, col} : null;
+  run(state, 'push');
+}
+
+// ---------- the trajectory panel ----------
+
+function frame(base64, alt, fallback) {
+  const box = element('div', 'frame');
+  box.append(base64 ? image(base64, alt) : placeholder(fallback));
+  return box;
+}
+
+function renderTrajectory(focus) {
+  const plan = view?.plan;
+  trajectory.dataset.focus = focus ? cellKey(focus.row, focus.col) : 'trunk';
+  if (!plan) {
+    trajectorySteps.replaceChildren();
+    trajectoryFinal.replaceChildren();
+    return;
+  }
+  const items = (plan.branch_steps ?? []).map((step, row) => {
+    const timestep = plan.timesteps?.[row] ?? 0;
+    const preview = view.previews.get(step);
+    const item = element('li', 'traj-step');
+    item.dataset.testid = 'traj-step';
+    item.dataset.row = String(row);
+    const applies = !focus || row <= focus.row;
+    item.classList.toggle('dimmed', !applies);
+    item.classList.toggle('branch-point', Boolean(focus) && row === focus.row);
+    if (!applies) item.setAttribute('aria-hidden', 'true');
+    const label = element('div', 'traj-label');
+    label.append(element('span', 'row-step', `step ${step}`), element('span', 'row-t', `t = ${timestep}`));
+    const pending = view.grid ? '–' : '…';
+    const xt = frame(preview?.xt, `x_t at step ${step}`, step === 0 && !preview ? 'noise' : pending);
+    const x0 = frame(preview?.x0, `predicted x0 at step ${step}`, step === 0 && !preview ? '–' : pending);
+    xt.dataset.kind = 'xt';
+    x0.dataset.kind = 'x0';
+    item.append(label, xt, x0);
+    return item;
+  });
+  const head = element('li', 'traj-head');
+  head.setAttribute('aria-hidden', 'true');
+  head.append(element('span', '', ''), element('span', '', 'xₜ'), element('span', '', 'x̂₀'));
+  trajectorySteps.replaceChildren(head, ...items);
+
+  const cell = focus ? view.cells.get(cellKey(focus.row, focus.col)) : view.trunk;
+  const final = element('figure', 'final');
+  final.append(frame(cell?.png, focus ? 'the branch’s final image' : 'the trunk’s final image', '…'));
+  const caption = element('figcaption');
+  if (focus) {
+    const {step, timestep} = rowLabel(plan, focus.row);
+    caption.textContent = `row ${focus.row + 1}, branch ${focus.col + 1}`;
+    const shared = step === 0 ? `shares only the trunk’s initial noise (t = ${timestep})` :
+        `follows the trunk up to step ${step} (t = ${timestep})`;
+    trajectoryCaption.textContent = `This branch ${shared}, then takes its own noise. ` +
+        'The dimmed steps below are the trunk’s, not this branch’s.';
+  } else {
+    caption.textContent = 'trunk';
+    trajectoryCaption.innerHTML = DEFAULT_TRAJECTORY_CAPTION;
+  }
+  final.append(caption);
+  final.querySelector('img')?.setAttribute('data-testid', 'trajectory-final-image');
+  trajectoryFinal.replaceChildren(final);
+}
+
+// ---------- divergence and exports ----------
+
+function renderDivergence(grid) {
+  const rows = grid.rows ?? [];
+  if (rows.length === 0) {
+    plotBox.replaceChildren(element('p', 'empty', 'No rows.'));
+    return;
+  }
+  plotBox.replaceChildren(divergencePlot(rows, grid.plan?.sampler?.steps ?? 0), plotLegend());
+}
+
+function resetExports() {
+  for (const link of [downloadPng, downloadJson]) {
+    link.removeAttribute('href');
+    link.removeAttribute('download');
+    link.setAttribute('aria-disabled', 'true');
+  }
+  summary.textContent = '';
+}
+
+// The grid without image bytes, as `dgrid grid` writes its sidecar
+// (GridRecord): every path is there, so any cell can be re-run or promoted.
+function withoutImages(grid) {
+  const copy = structuredClone(grid);
+  delete copy.png;
+  if (copy.trunk) delete copy.trunk.png;
+  for (const row of copy.rows ?? []) {
+    delete row.trunk_xt_png;
+    delete row.trunk_x0_png;
+    for (const cell of row.cells ?? []) delete cell.png;
+  }
+  return copy;
+}
+
+function renderExports(grid) {
+  const plan = grid.plan ?? {};
+  const promoted = (plan.trunk?.segments?.length ?? 0) > 1 ? '-promoted' : '';
+  const base = `dgrid-${plan.model ?? 'model'}-${plan.prompt || 'unconditional'}-${plan.trunk?.init_seed ?? 0}${promoted}`
+      .replace(/[^\w.-]+/g, '_');
+  if (grid.png) {
+    downloadPng.href = pngSrc(grid.png);
+    downloadPng.download = `${base}.png`;
+    downloadPng.removeAttribute('aria-disabled');
+  }
+  if (jsonUrl) URL.revokeObjectURL(jsonUrl);
+  const record = {request: view.request, grid: withoutImages(grid)};
+  jsonUrl = URL.createObjectURL(new Blob([JSON.stringify(record, null, 2)], {type: 'application/json'}));
+  downloadJson.href = jsonUrl;
+  downloadJson.download = `${base}.json`;
+  downloadJson.removeAttribute('aria-disabled');
+
+  const sampler = plan.sampler ?? {};
+  const spacing = (sampler.spacing ?? 'SPACING_LEADING').replace('SPACING_', '').toLowerCase();
+  summary.textContent = `${plan.branch_steps?.length ?? 0} rows × ${plan.branches ?? 0} branches, ` +
+      `${sampler.steps ?? 0} steps, eta ${formatNumber(sampler.eta)}, guidance ${formatNumber(sampler.guidance)}, ` +
+      `${spacing} spacing. ${grid.model_evals ?? 0} model evaluations run ` +
+      `(plan ${plan.model_evals ?? 0}, every cell from scratch ${plan.from_scratch_evals ?? 0}).`;
+}
+
+// ---------- wiring ----------
+
+form.addEventListener('submit', (event) => {
+  event.preventDefault();
+  run(stateFromControls(), 'push');
+});
+byTestId('dice').addEventListener('click', () => {
+  controls.seed.value = randomSeed();
+  setFormTrunk(null);
+  run(stateFromControls(), 'push');
+});
+byTestId('clear-trunk').addEventListener('click', () => {
+  setFormTrunk(null);
+  run(stateFromControls(), 'push');
+});
+controls.seed.addEventListener('input', () => setFormTrunk(null));
+controls.model.addEventListener('change', fillPrompts);
+controls.preset.addEventListener('change', fillPlaceholders);
+controls.token.addEventListener('change', async () => {
+  const token = controls.token.value.trim();
+  if (token) sessionStorage.setItem(TOKEN_KEY, token);
+  else sessionStorage.removeItem(TOKEN_KEY);
+  if (await loadModels()) {
+    if (pendingView) {
+      const state = pendingView;
+      pendingView = null;
+      run(state, 'none');
+    }
+  }
+});
+byTestId('error-dismiss').addEventListener('click', () => clearError());
+
+function showView(search) {
+  let state;
+  try {
+    state = stateFromSearch(search);
+  } catch (error) {
+    showError(error);
+    return;
+  }
+  fillControls(state, {fresh: !hasView(search)});
+  if (hasView(search)) run(state, 'none');
+  else resetView();
+}
+
+// Back to the page as it opens: no grid.
+function resetView() {
+  abortRun?.abort();
+  runCounter++;
+  view = null;
+  hovered = null;
+  setGridState('idle');
+  gridBox.classList.remove('stale');
+  gridBox.replaceChildren(element('p', 'empty', 'Press Run grid to grow one.'));
+  trunkFrame.replaceChildren(placeholder('trunk'));
+  delete trunkFigure.dataset.path;
+  delete trunkFigure.dataset.loaded;
+  trunkCaption.textContent = '';
+  renderTrajectory(null);
+  plotBox.replaceChildren(element('p', 'empty', 'The plot appears when the grid is complete.'));
+  resetExports();
+  setStatus('Pick a prompt and a seed, then run a grid.');
+  form.querySelector('[data-testid="run"]').textContent = 'Run grid';
+}
+
+window.addEventListener('popstate', () => showView(location.search));
+
+async function start() {
+  controls.token.value = sessionStorage.getItem(TOKEN_KEY) ?? '';
+  let state = emptyState();
+  try {
+    state = stateFromSearch(location.search);
+  } catch (error) {
+    showError(error);
+  }
+  fillControls(state, {fresh: !hasView(location.search)});
+  if (!controls.seed.value && !state.trunk) controls.seed.value = randomSeed();
+  const ready = await loadModels();
+  document.body.dataset.ready = 'true';
+  if (hasView(location.search)) {
+    if (ready) run(state, 'none');
+    else pendingView = state;
+  }
+}
+
+start();

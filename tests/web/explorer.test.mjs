@@ -1,0 +1,356 @@
+// The browser explorer (clients/web) in a real browser: Debian's chromium,
+// headless, driven by playwright-core, against live stacks on loopback.
+//
+//   cd tests/web && npm ci && node --test --test-concurrency=1 explorer.test.mjs
+//
+// Two stacks: "main" (two denoiser replicas, no auth) and "slow" (one
+// denoiser with a 20 ms delay before each forward pass, so that cells are
+// seen arriving before the grid completes, and an orchestrator that requires
+// a bearer token). Each test saves screenshots in DGRID_SCREENSHOT_DIR
+// (default <repo>/build/web-screenshots).
+
+import assert from 'node:assert/strict';
+import {mkdirSync, mkdtempSync, rmSync} from 'node:fs';
+import {tmpdir} from 'node:os';
+import {join} from 'node:path';
+import {after, before, describe, test} from 'node:test';
+import {chromium} from 'playwright-core';
+import {LiveStack, REPO} from './stack.mjs';
+
+const CHROMIUM = process.env.DGRID_CHROMIUM || '/usr/bin/chromium';
+const SCREENSHOTS = process.env.DGRID_SCREENSHOT_DIR || join(REPO, 'build', 'web-screenshots');
+const TOKEN = 'web-test-token-3f9c';
+const DESKTOP = {width: 1440, height: 1000};
+const PHONE = {width: 390, height: 844};
+// A small grid: 4 rows x 3 branches of a 20-step trajectory.
+const GRID = {seed: '7', steps: '20', rows: '0,5,10,15', cols: '3'};
+const ROWS = 4;
+const COLS = 3;
+
+let main;
+let slow;
+let context;
+let userDataDir;
+let failed = false;
+
+const cell = (row, col) => `[data-testid="cell"][data-row="${row}"][data-col="${col}"]`;
+const testId = (id) => `[data-testid="${id}"]`;
+
+async function newPage(viewport = DESKTOP) {
+  const page = await context.newPage();
+  page.setDefaultTimeout(20_000);
+  page.setDefaultNavigationTimeout(20_000);
+  await page.setViewportSize(viewport);
+  page.errors = [];
+  page.on('pageerror', (error) => page.errors.push(String(error)));
+  return page;
+}
+
+async function screenshot(page, name, options = {}) {
+  await page.screenshot({path: join(SCREENSHOTS, `${name}.png`), fullPage: true, animations: 'disabled', timeout: 15_000,
+    ...options});
+}
+
+// Runs `body` with a fresh page, saves the screenshot, and checks that the
+// page threw no uncaught error.
+async function withPage(name, body, viewport = DESKTOP) {
+  const page = await newPage(viewport);
+  try {
+    await body(page);
+    assert.deepEqual(page.errors, [], 'uncaught errors in the page');
+  } catch (error) {
+    failed = true;
+    await screenshot(page, `${name}-failed`).catch(() => {});
+    throw error;
+  } finally {
+    await screenshot(page, name).catch(() => {});
+    await page.close().catch(() => {});
+  }
+}
+
+async function openPage(page, url) {
+  await page.goto(url, {waitUntil: 'load'});
+  await page.waitForSelector('body[data-ready="true"]');
+}
+
+async function fillGrid(page, values) {
+  for (const [field, value] of Object.entries(values)) {
+    if (field === 'prompt' || field === 'preset') {
+      await page.selectOption(testId(field), value);
+    } else {
+      await page.fill(testId(field), value);
+    }
+  }
+}
+
+async function waitForGrid(page, timeout = 60_000) {
+  await page.waitForFunction(() => {
+    const grid = document.querySelector('[data-testid="grid"]');
+    return grid.dataset.state === 'done' || grid.dataset.state === 'error';
+  }, null, {timeout});
+  const state = await page.getAttribute(testId('grid'), 'data-state');
+  if (state !== 'done') {
+    const message = await page.textContent(testId('error-message'));
+    assert.fail(`the grid failed: ${message}`);
+  }
+}
+
+async function runGrid(page, values = GRID) {
+  await fillGrid(page, values);
+  await page.click(testId('run'));
+  await waitForGrid(page);
+}
+
+const src = (page, selector) => page.getAttribute(selector, 'src');
+
+before(async () => {
+  mkdirSync(SCREENSHOTS, {recursive: true});
+  main = new LiveStack({name: 'main', denoisers: 2});
+  slow = new LiveStack({name: 'slow', denoisers: 1, stepDelayMs: 20, authToken: TOKEN});
+  try {
+    await Promise.all([main.start(), slow.start()]);
+    userDataDir = mkdtempSync(join(tmpdir(), 'dgrid-chromium-'));
+    context = await chromium.launchPersistentContext(userDataDir, {
+      executablePath: CHROMIUM,
+      headless: true,
+      timeout: 60_000,
+      viewport: DESKTOP,
+      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+        '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    });
+  } catch (error) {
+    failed = true;
+    throw error;
+  }
+}, {timeout: 180_000});
+
+after(async () => {
+  if (failed) {
+    for (const stack of [main, slow]) if (stack) console.error(stack.logs());
+  }
+  await context?.close().catch(() => {});
+  await Promise.all([main?.stop(), slow?.stop()]);
+  if (userDataDir) rmSync(userDataDir, {recursive: true, force: true});
+}, {timeout: 60_000});
+
+describe('diffusion grid explorer', {concurrency: false}, () => {
+  test('1. the page loads with the model\'s prompts', {timeout: 60_000}, () => withPage('01-load', async (page) => {
+    const models = await (await fetch(`${main.url}api/v1/models`)).json();
+    const prompts = models.models[0].prompts ?? [];
+    await openPage(page, main.url);
+    assert.equal(await page.title(), 'Diffusion Grid');
+    const options = await page.$$eval(`${testId('prompt')} option`, (nodes) => nodes.map((n) => n.value));
+    assert.deepEqual(options, ['', ...prompts], 'prompts: unconditional then the model\'s classes');
+    assert.equal(await page.inputValue(testId('prompt')), prompts[0] ?? '');
+    assert.match(await page.inputValue(testId('seed')), /^\d+$/, 'a random seed to start from');
+    assert.equal(await page.isVisible(testId('error-banner')), false);
+    assert.equal(await page.getAttribute(testId('grid'), 'data-state'), 'idle');
+    await screenshot(page, '01-load-empty');
+    // The dice gives a new seed and grows its grid.
+    const before = await page.inputValue(testId('seed'));
+    await fillGrid(page, {steps: GRID.steps, rows: GRID.rows, cols: GRID.cols});
+    await page.click(testId('dice'));
+    await waitForGrid(page);
+    const seed = await page.inputValue(testId('seed'));
+    assert.notEqual(seed, before);
+    assert.equal(new URL(page.url()).searchParams.get('seed'), seed);
+  }));
+
+  test('2. a grid streams: cells appear before it completes', {timeout: 90_000}, () => withPage('02-stream', async (page) => {
+    await openPage(page, slow.url);
+    // This orchestrator wants a token: the page says so until it has one.
+    await page.waitForSelector(`${testId('error-banner')}:not([hidden])`);
+    assert.match(await page.textContent(testId('error-code')), /UNAUTHENTICATED/);
+    await page.fill(testId('token'), TOKEN);
+    await page.press(testId('token'), 'Tab');
+    await page.waitForFunction(() => document.querySelectorAll('[data-testid="prompt"] option').length > 1 ||
+        document.querySelector('[data-testid="error-banner"]').hidden);
+    await page.waitForSelector(testId('error-banner'), {state: 'hidden'});
+
+    await fillGrid(page, {...GRID, seed: '11'});
+    await page.click(testId('run'));
+    // One check of both facts at one instant: some cells are in, the grid is
+    // not complete.
+    const seen = await page.waitForFunction(() => {
+      const grid = document.querySelector('[data-testid="grid"]');
+      const loaded = grid.querySelectorAll('[data-testid="cell"][data-loaded="true"]').length;
+      const all = grid.querySelectorAll('[data-testid="cell"]').length;
+      return grid.dataset.state === 'streaming' && loaded > 0 && loaded < all ? {loaded, all} : null;
+    }, null, {timeout: 30_000});
+    const {loaded, all} = await seen.jsonValue();
+    assert.equal(all, ROWS * COLS);
+    assert.ok(loaded < all, `${loaded} of ${all} cells before completion`);
+    await screenshot(page, '02-stream-midway');
+
+    await waitForGrid(page);
+    assert.equal(await page.locator(`${testId('cell')}[data-loaded="true"]`).count(), ROWS * COLS);
+    assert.ok(await src(page, testId('trunk-image')), 'the trunk image is shown');
+    const labels = await page.$$eval(testId('row-label'), (nodes) => nodes.map((n) => n.textContent));
+    assert.equal(labels.length, ROWS);
+    assert.match(labels[1], /step 5.*t = \d+/);
+    // The finished grid has its divergence plot (both series) and exports.
+    assert.equal(await page.locator(`${testId('divergence-plot')} svg [data-series] circle`).count(), 2 * ROWS);
+    assert.match(await page.getAttribute(testId('download-png'), 'href'), /^data:image\/png;base64,/);
+    const record = await page.evaluate(async () => {
+      const href = document.querySelector('[data-testid="download-json"]').href;
+      return (await fetch(href)).json();
+    });
+    assert.equal(record.request.seed, '11');
+    assert.equal(record.grid.rows.length, ROWS);
+    assert.ok(record.grid.rows[2].cells[1].path.segments.length >= 2, 'cells carry their paths');
+    assert.equal(record.grid.rows[2].cells[1].png, undefined, 'no image bytes in the JSON');
+  }));
+
+  test('3. hovering a cell shows its trajectory', {timeout: 60_000}, () => withPage('03-hover', async (page) => {
+    await openPage(page, main.url);
+    await runGrid(page);
+    const target = cell(2, 1);
+    await page.hover(target);
+    await page.waitForSelector(`${testId('trajectory')}[data-focus="2,1"]`);
+    const steps = await page.$$eval(`${testId('traj-step')}`, (items) => items.map((item) => ({
+      row: Number(item.dataset.row),
+      dimmed: item.classList.contains('dimmed'),
+      images: item.querySelectorAll('img').length,
+    })));
+    assert.equal(steps.length, ROWS);
+    for (const step of steps) {
+      assert.equal(step.dimmed, step.row > 2, `row ${step.row}: dimmed only after the hovered row`);
+      // x_t and x0 previews at each branch step after step 0.
+      if (step.row > 0) assert.equal(step.images, 2, `row ${step.row}: x_t and x0 previews`);
+    }
+    assert.equal(await src(page, testId('trajectory-final-image')), await src(page, `${target} img`));
+    assert.match(await page.textContent(testId('trajectory-caption')), /up to step 10/);
+    await screenshot(page, '03-hover');
+
+    // Off the grid, the trajectory is the trunk's again.
+    await page.mouse.move(5, 5);
+    await page.waitForSelector(`${testId('trajectory')}[data-focus="trunk"]`);
+    assert.equal(await page.locator(`${testId('traj-step')}.dimmed`).count(), 0);
+    assert.equal(await src(page, testId('trajectory-final-image')), await src(page, testId('trunk-image')));
+
+    // Keyboard focus shows it too, and the arrows move between cells.
+    await page.focus(cell(1, 0));
+    await page.waitForSelector(`${testId('trajectory')}[data-focus="1,0"]`);
+    assert.equal(await page.locator(`${testId('traj-step')}.dimmed`).count(), ROWS - 2);
+    await page.keyboard.press('ArrowDown');
+    await page.waitForSelector(`${testId('trajectory')}[data-focus="2,0"]`);
+    assert.equal(await page.evaluate(() => document.activeElement.dataset.row), '2');
+  }));
+
+  test('4. promoting a cell makes it the trunk and changes the URL', {timeout: 90_000}, () => withPage('04-promote', async (page) => {
+    await openPage(page, main.url);
+    await runGrid(page);
+    const before = page.url();
+    const target = cell(1, 2);
+    const image = await src(page, `${target} img`);
+    const path = await page.getAttribute(target, 'data-path');
+    assert.ok(path && path.includes('_5-'), `a path branching at step 5: ${path}`);
+    await page.click(target);
+    await page.waitForURL((url) => url.searchParams.get('trunk') === path);
+    assert.notEqual(page.url(), before);
+    await page.waitForSelector(`${testId('trunk')}[data-loaded="true"][data-path="${path}"]`);
+    await waitForGrid(page);
+    assert.equal(await src(page, testId('trunk-image')), image, 'the new trunk is the promoted cell');
+    assert.equal(await page.isVisible(testId('trunk-chip')), true);
+
+    // Enter on a focused cell promotes it too.
+    const next = cell(3, 0);
+    const nextImage = await src(page, `${next} img`);
+    const nextPath = await page.getAttribute(next, 'data-path');
+    assert.ok(nextPath.startsWith(`${path}_15-`), `branches below the new trunk extend its path: ${nextPath}`);
+    await page.focus(next);
+    await page.keyboard.press('Enter');
+    await page.waitForURL((url) => url.searchParams.get('trunk') === nextPath);
+    await page.waitForSelector(`${testId('trunk')}[data-loaded="true"][data-path="${nextPath}"]`);
+    await waitForGrid(page);
+    assert.equal(await src(page, testId('trunk-image')), nextImage);
+    assert.equal(await page.evaluate(() => document.activeElement?.dataset.testid), 'cell',
+        'focus stays in the grid');
+  }));
+
+  test('5. back and forward restore the URL and the view', {timeout: 90_000}, () => withPage('05-back', async (page) => {
+    await openPage(page, main.url);
+    await runGrid(page, {...GRID, seed: '23'});
+    const start = page.url();
+    const trunkImage = await src(page, testId('trunk-image'));
+    const trunkPath = await page.getAttribute(testId('trunk'), 'data-path');
+    const target = cell(0, 1);
+    const promotedImage = await src(page, `${target} img`);
+    const promotedPath = await page.getAttribute(target, 'data-path');
+    await page.click(target);
+    await page.waitForSelector(`${testId('trunk')}[data-loaded="true"][data-path="${promotedPath}"]`);
+    await waitForGrid(page);
+    const promoted = page.url();
+
+    await page.goBack();
+    assert.equal(page.url(), start);
+    await page.waitForSelector(`${testId('trunk')}[data-loaded="true"][data-path="${trunkPath}"]`);
+    await waitForGrid(page);
+    assert.equal(await src(page, testId('trunk-image')), trunkImage);
+    assert.equal(await page.inputValue(testId('seed')), '23');
+    assert.equal(await page.isVisible(testId('trunk-chip')), false);
+    await screenshot(page, '05-back');
+
+    await page.goForward();
+    assert.equal(page.url(), promoted);
+    await page.waitForSelector(`${testId('trunk')}[data-loaded="true"][data-path="${promotedPath}"]`);
+    await waitForGrid(page);
+    assert.equal(await src(page, testId('trunk-image')), promotedImage);
+
+    // The URL alone reproduces the view: a shared link in a new tab.
+    const shared = await newPage();
+    try {
+      await openPage(shared, promoted);
+      await shared.waitForSelector(`${testId('trunk')}[data-loaded="true"][data-path="${promotedPath}"]`);
+      await waitForGrid(shared);
+      assert.equal(await src(shared, testId('trunk-image')), promotedImage);
+      assert.equal(await src(shared, `${cell(2, 2)} img`), await src(page, `${cell(2, 2)} img`));
+    } finally {
+      await shared.close();
+    }
+  }));
+
+  test('6. errors are shown in the page', {timeout: 60_000}, () => withPage('06-error', async (page) => {
+    // An invalid value: the server's message, in the banner.
+    await openPage(page, main.url);
+    await fillGrid(page, {...GRID, steps: '0'});
+    await page.click(testId('run'));
+    await page.waitForSelector(`${testId('error-banner')}:not([hidden])`);
+    assert.equal(await page.textContent(testId('error-code')), 'INVALID_ARGUMENT');
+    assert.match(await page.textContent(testId('error-message')), /steps must be in \[1, \d+\], got 0/);
+    assert.equal(await page.getAttribute(testId('grid'), 'data-state'), 'error');
+    await screenshot(page, '06-error-steps');
+    await page.click(testId('error-dismiss'));
+    await page.waitForSelector(testId('error-banner'), {state: 'hidden'});
+
+    // A wrong bearer token.
+    const denied = await newPage();
+    try {
+      await openPage(denied, slow.url);
+      await denied.fill(testId('token'), 'not-the-token');
+      await fillGrid(denied, GRID);
+      await denied.click(testId('run'));
+      await denied.waitForFunction(() => /invalid bearer token/.test(
+          document.querySelector('[data-testid="error-message"]').textContent));
+      assert.equal(await denied.isVisible(testId('error-banner')), true);
+      assert.equal(await denied.textContent(testId('error-code')), 'UNAUTHENTICATED');
+      await screenshot(denied, '06-error-token');
+      assert.deepEqual(denied.errors, []);
+    } finally {
+      await denied.close();
+    }
+  }));
+
+  test('7. readable at phone width', {timeout: 60_000}, () => withPage('07-phone', async (page) => {
+    await openPage(page, main.url);
+    await runGrid(page);
+    await page.hover(cell(1, 1));
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(overflow <= 0, `no sideways scrolling (${overflow}px too wide)`);
+    const box = await page.locator(cell(ROWS - 1, COLS - 1)).boundingBox();
+    assert.ok(box.x + box.width <= PHONE.width, 'the last column fits');
+    assert.ok(box.width >= 40, `cells stay tappable (${box.width}px)`);
+    await page.evaluate(() => document.querySelector('.trunk-panel').scrollIntoView({block: 'start'}));
+    await screenshot(page, '07-phone-grid', {fullPage: false});
+  }, PHONE));
+});
