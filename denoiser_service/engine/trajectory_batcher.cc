@@ -11,11 +11,9 @@ namespace dgrid {
 // ---- Run ----
 
 Run::Wait Run::Next(absl::Duration timeout, RunEvent* event) {
-  absl::MutexLock lock(&mu_);
-  auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return !events_.empty() || done_;
-  };
-  mu_.AwaitWithTimeout(absl::Condition(&ready), timeout);
+  std::unique_lock<std::mutex> lock(mu_);
+  changed_.wait_for(lock, absl::ToChronoNanoseconds(timeout),
+                    [this] { return !events_.empty() || done_; });
   if (!events_.empty()) {
     *event = std::move(events_.front());
     events_.pop_front();
@@ -27,30 +25,39 @@ Run::Wait Run::Next(absl::Duration timeout, RunEvent* event) {
 void Run::Cancel() { cancelled_.store(true, std::memory_order_relaxed); }
 
 absl::Status Run::status() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return status_;
 }
 
 void Run::Push(RunEvent event) {
-  absl::MutexLock lock(&mu_);
-  if (!done_) events_.push_back(std::move(event));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (done_) return;
+    events_.push_back(std::move(event));
+  }
+  changed_.notify_all();
 }
 
 void Run::Finish(absl::Status status) {
-  absl::MutexLock lock(&mu_);
-  if (done_) return;
-  done_ = true;
-  status_ = std::move(status);
-  // A failed run delivers no partial results after its error.
-  if (!status_.ok()) events_.clear();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (done_) return;
+    done_ = true;
+    status_ = std::move(status);
+    // A failed run delivers no partial results after its error.
+    if (!status_.ok()) events_.clear();
+  }
+  changed_.notify_all();
 }
 
 void Run::TrajectoryDone() {
-  absl::MutexLock lock(&mu_);
-  if (--remaining_ == 0 && !done_) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (--remaining_ != 0 || done_) return;
     done_ = true;
     status_ = absl::OkStatus();
   }
+  changed_.notify_all();
 }
 
 // ---- TrajectoryBatcher ----
@@ -77,13 +84,14 @@ TrajectoryBatcher::TrajectoryBatcher(DenoiserModel* model, Options options,
 
 TrajectoryBatcher::~TrajectoryBatcher() {
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
   }
+  work_.notify_all();
   thread_.join();
   std::vector<Active> left;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     left.swap(pending_);
   }
   FailAll(left, absl::UnavailableError("denoiser is shutting down"));
@@ -91,7 +99,7 @@ TrajectoryBatcher::~TrajectoryBatcher() {
 
 absl::StatusOr<std::shared_ptr<const DdimSchedule>> TrajectoryBatcher::ScheduleFor(
     int steps, Spacing spacing) {
-  absl::MutexLock lock(&schedule_mu_);
+  std::lock_guard<std::mutex> lock(schedule_mu_);
   for (const auto& [key, schedule] : schedules_) {
     if (key.first == steps && key.second == spacing) return schedule;
   }
@@ -224,9 +232,10 @@ absl::StatusOr<std::shared_ptr<Run>> TrajectoryBatcher::Start(RunRequest request
     }
   }
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     for (Active& a : admitted) pending_.push_back(std::move(a));
   }
+  work_.notify_one();
   return run;
 }
 
@@ -240,11 +249,8 @@ void TrajectoryBatcher::Loop() {
   std::vector<Active> active;
   while (true) {
     {
-      absl::MutexLock lock(&mu_);
-      auto has_work = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return stop_ || !pending_.empty() || !active.empty();
-      };
-      mu_.Await(absl::Condition(&has_work));
+      std::unique_lock<std::mutex> lock(mu_);
+      work_.wait(lock, [&] { return stop_ || !pending_.empty() || !active.empty(); });
       if (stop_) break;
       // New runs join here, between iterations.
       for (Active& a : pending_) active.push_back(std::move(a));
@@ -268,7 +274,7 @@ void TrajectoryBatcher::Iterate(std::vector<Active>& active) {
     } else if (now > run.request_.deadline) {
       stop = absl::DeadlineExceededError("deadline passed before the trajectory finished");
     } else {
-      absl::MutexLock lock(&run.mu_);
+      std::lock_guard<std::mutex> lock(run.mu_);
       if (run.done_) stop = run.status_.ok() ? absl::InternalError("run ended") : run.status_;
     }
     if (!stop.ok()) {

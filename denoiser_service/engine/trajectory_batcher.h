@@ -19,13 +19,14 @@
 #define DGRID_DENOISER_ENGINE_TRAJECTORY_BATCHER_H_
 
 #include <atomic>
+#include <condition_variable>
 #include <deque>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/path.h"
 #include "denoiser_service/engine/ddim_schedule.h"
@@ -98,11 +99,16 @@ class Run {
   void Finish(absl::Status status);
   void TrajectoryDone();
 
-  mutable absl::Mutex mu_;
-  std::deque<RunEvent> events_ ABSL_GUARDED_BY(mu_);
-  bool done_ ABSL_GUARDED_BY(mu_) = false;
-  absl::Status status_ ABSL_GUARDED_BY(mu_);
-  int remaining_ ABSL_GUARDED_BY(mu_) = 0;
+  // std::mutex rather than absl::Mutex: Debian's abseil is not built with
+  // ThreadSanitizer, which then cannot see absl::Mutex's ordering, while
+  // libstdc++'s mutex goes through pthread calls it intercepts. So the TSan
+  // build checks this code for real.
+  mutable std::mutex mu_;
+  std::condition_variable changed_;
+  std::deque<RunEvent> events_;  // guarded by mu_
+  bool done_ = false;            // guarded by mu_
+  absl::Status status_;          // guarded by mu_
+  int remaining_ = 0;            // guarded by mu_
   std::atomic<bool> cancelled_{false};
 
   // Fixed at Start.
@@ -159,13 +165,15 @@ class TrajectoryBatcher {
   BatcherObserver* const observer_;
   std::atomic<int> outstanding_{0};
 
-  absl::Mutex mu_;
-  std::vector<Active> pending_ ABSL_GUARDED_BY(mu_);
-  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  // std primitives, as in Run, so that TSan sees them.
+  std::mutex mu_;
+  std::condition_variable work_;
+  std::vector<Active> pending_;  // guarded by mu_
+  bool stop_ = false;            // guarded by mu_
 
-  absl::Mutex schedule_mu_;
-  std::vector<std::pair<std::pair<int, Spacing>, std::shared_ptr<const DdimSchedule>>> schedules_
-      ABSL_GUARDED_BY(schedule_mu_);
+  std::mutex schedule_mu_;
+  std::vector<std::pair<std::pair<int, Spacing>, std::shared_ptr<const DdimSchedule>>>
+      schedules_;  // guarded by schedule_mu_
 
   // Reused across iterations: no allocation on the hot path.
   std::vector<float> batch_x_, batch_out_, noise_;

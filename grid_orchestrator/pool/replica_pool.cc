@@ -51,7 +51,7 @@ const std::string& ReplicaPool::Lease::address() const { return replica_->addres
 
 void ReplicaPool::Lease::MarkUnhealthy() {
   if (!pool_) return;
-  absl::MutexLock lock(&pool_->mu_);
+  std::lock_guard<std::mutex> lock(pool_->mu_);
   replica_->healthy = false;
   replica_->last_error = "a job failed on it";
 }
@@ -59,11 +59,11 @@ void ReplicaPool::Lease::MarkUnhealthy() {
 void ReplicaPool::Lease::Release() {
   if (!pool_) return;
   {
-    absl::MutexLock lock(&pool_->mu_);
+    std::lock_guard<std::mutex> lock(pool_->mu_);
     --replica_->inflight;
     replica_->outstanding_work -= work_;
     pool_->PublishInflight(*replica_);
-    pool_->changed_.SignalAll();
+    pool_->changed_.notify_all();
   }
   pool_ = nullptr;
   replica_.reset();
@@ -97,9 +97,10 @@ absl::StatusOr<std::unique_ptr<ReplicaPool>> ReplicaPool::Create(Options options
 
 ReplicaPool::~ReplicaPool() {
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
   }
+  changed_.notify_all();
   if (health_thread_.joinable()) health_thread_.join();
 }
 
@@ -131,7 +132,7 @@ std::vector<std::string> ReplicaPool::Resolve() {
 }
 
 void ReplicaPool::UpdateReplicas(const std::vector<std::string>& addresses) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   std::set<std::string> wanted(addresses.begin(), addresses.end());
   bool changed = false;
   for (auto it = replicas_.begin(); it != replicas_.end();) {
@@ -176,7 +177,7 @@ void ReplicaPool::PublishInflight(const Replica& replica) {
 void ReplicaPool::CheckHealthNow() {
   std::vector<std::shared_ptr<Replica>> replicas;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     for (const auto& [_, r] : replicas_) replicas.push_back(r);
   }
   for (const auto& r : replicas) {
@@ -187,9 +188,9 @@ void ReplicaPool::CheckHealthNow() {
     const grpc::Status status = r->health->Check(&context, request, &response);
     const bool serving =
         status.ok() && response.status() == grpc::health::v1::HealthCheckResponse::SERVING;
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     if (serving && !r->healthy) models_.reset();  // a (re)joined replica may serve other models
-    if (serving != r->healthy) changed_.SignalAll();
+    if (serving != r->healthy) changed_.notify_all();
     r->healthy = serving;
     r->last_error = serving ? "" : status.ok() ? "NOT_SERVING" : status.error_message();
   }
@@ -199,9 +200,11 @@ void ReplicaPool::HealthLoop() {
   absl::Time next_resolve = absl::Now() + options_.resolve_interval;
   while (true) {
     {
-      absl::MutexLock lock(&mu_);
-      auto stopped = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_; };
-      if (mu_.AwaitWithTimeout(absl::Condition(&stopped), options_.health_interval)) return;
+      std::unique_lock<std::mutex> lock(mu_);
+      if (changed_.wait_for(lock, absl::ToChronoNanoseconds(options_.health_interval),
+                            [this] { return stop_; })) {
+        return;
+      }
     }
     if (absl::StartsWith(options_.targets, "dns:///") && absl::Now() >= next_resolve) {
       const std::vector<std::string> addresses = Resolve();
@@ -217,7 +220,7 @@ absl::StatusOr<ReplicaPool::Lease> ReplicaPool::Acquire(int64_t work, absl::Time
                                                         const std::set<std::string>& avoid,
                                                         const std::atomic<bool>* cancelled) {
   const absl::Time unhealthy_until = absl::Now() + options_.unavailable_grace;
-  absl::MutexLock lock(&mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   while (true) {
     if (cancelled && cancelled->load()) return absl::CancelledError("grid cancelled");
     std::shared_ptr<Replica> best;
@@ -261,12 +264,12 @@ absl::StatusOr<ReplicaPool::Lease> ReplicaPool::Acquire(int64_t work, absl::Time
           "deadline passed while every healthy denoiser replica was at its in-flight cap");
     }
     // Woken by releases and health changes, and every 20 ms for cancellation.
-    changed_.WaitWithTimeout(&mu_, absl::Milliseconds(20));
+    changed_.wait_for(lock, std::chrono::milliseconds(20));
   }
 }
 
 std::vector<ReplicaPool::ReplicaStatus> ReplicaPool::Snapshot() {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   std::vector<ReplicaStatus> out;
   for (const auto& [address, r] : replicas_) {
     out.push_back({address, r->healthy, r->inflight, r->outstanding_work, r->last_error});
@@ -276,7 +279,7 @@ std::vector<ReplicaPool::ReplicaStatus> ReplicaPool::Snapshot() {
 
 absl::StatusOr<v1::GetModelInfoResponse> ReplicaPool::Models() {
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     if (models_) return *models_;
   }
   // Ask healthy replicas in turn; one that fails is marked down and skipped.
@@ -292,7 +295,7 @@ absl::StatusOr<v1::GetModelInfoResponse> ReplicaPool::Models() {
     v1::GetModelInfoResponse response;
     const grpc::Status status = lease->stub()->GetModelInfo(&context, {}, &response);
     if (status.ok()) {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       models_ = response;
       return response;
     }

@@ -16,16 +16,17 @@
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <map>
 #include <optional>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "dgrid/v1/denoiser.grpc.pb.h"
 
@@ -112,12 +113,14 @@ class ReplicaPool {
   const Options options_;
   OrchestratorMetrics* const metrics_;
 
-  absl::Mutex mu_;
-  // Signalled when a lease ends or a replica's health changes.
-  absl::CondVar changed_;
-  std::map<std::string, std::shared_ptr<Replica>> replicas_ ABSL_GUARDED_BY(mu_);
-  bool stop_ ABSL_GUARDED_BY(mu_) = false;
-  std::optional<v1::GetModelInfoResponse> models_ ABSL_GUARDED_BY(mu_);
+  // std primitives rather than absl's: Debian's abseil is not built with
+  // ThreadSanitizer, which would not see absl::Mutex's ordering.
+  std::mutex mu_;
+  // Notified when a lease ends, a replica's health changes, or on stop.
+  std::condition_variable changed_;
+  std::map<std::string, std::shared_ptr<Replica>> replicas_;  // guarded by mu_
+  bool stop_ = false;                                          // guarded by mu_
+  std::optional<v1::GetModelInfoResponse> models_;             // guarded by mu_
 
   std::thread health_thread_;
 };
