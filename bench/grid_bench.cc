@@ -129,8 +129,9 @@ int64_t RunInProcess(TrajectoryBatcher& batcher, const GridPlanSpec& plan) {
   auto trunk_run = *batcher.Start(std::move(trunk));
   int64_t evals = Drain(*trunk_run, [&](const RunEvent& e) {
                     if (e.kind != RunEvent::Kind::kCapture) return;
+                    // Rows at step 0 left already: they need no capture.
                     for (const PlannedRow& row : plan.rows) {
-                      if (row.branch_step == e.step) start_row(row, e.latent);
+                      if (row.branch_step == e.step && e.step > 0) start_row(row, e.latent);
                     }
                   }).evals;
   for (auto& r : rows) evals += Drain(*r).evals;
