@@ -15,6 +15,7 @@
 #include "denoiser_service/engine/denoiser_model.h"
 #include "denoiser_service/server/denoiser_server.h"
 #include "dgrid/v1/denoiser.grpc.pb.h"
+#include "tests/support/child_process.h"
 
 ABSL_FLAG(std::string, model_dir, "models/fashion-mnist", "Model bundle to benchmark.");
 ABSL_FLAG(double, seconds, 3.0, "Measured time per configuration.");
@@ -44,15 +45,15 @@ double RawForward(DenoiserModel& model, int batch, double seconds) {
   return images / absl::ToDoubleSeconds(absl::Now() - start);
 }
 
-// Trajectory steps (= images through the model: unconditional) per second
-// that `clients` concurrent Branch callers get from the service.
-double ServiceThroughput(int port, const std::string& model, int clients, double seconds,
-                         int steps, int* errors) {
+// Images per second through the model (forward rows, read from the
+// server's own counter, so long requests that straddle the window count
+// exactly) while `clients` concurrent Branch callers keep it busy.
+double ServiceThroughput(int port, int metrics_port, const std::string& model, int clients,
+                         double seconds, int steps, int* errors) {
   auto channel =
       grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials());
-  std::atomic<int64_t> evals{0};
   std::atomic<int> failed{0};
-  std::atomic<bool> measuring{false}, stop{false};
+  std::atomic<bool> stop{false};
   std::vector<std::thread> threads;
   for (int c = 0; c < clients; ++c) {
     threads.emplace_back([&, c] {
@@ -71,23 +72,27 @@ double ServiceThroughput(int port, const std::string& model, int clients, double
         grpc::ClientContext context;
         auto reader = stub->Branch(&context, request);
         v1::BranchEvent event;
-        int64_t got = 0;
-        while (reader->Read(&event)) got += event.final().model_evals();
-        if (!reader->Finish().ok()) ++failed;
-        if (measuring) evals += got;
+        while (reader->Read(&event)) {
+        }
+        const grpc::Status status = reader->Finish();
+        if (!status.ok() && !stop) ++failed;
       }
     });
   }
+  auto rows = [&] {
+    auto text = testing::HttpGet(metrics_port, "/metrics");
+    return text.ok() ? testing::MetricValue(*text, "dgrid_denoiser_forward_rows_total") : -1;
+  };
   absl::SleepFor(absl::Seconds(1));  // warm-up: every client has a request in flight
-  measuring = true;
+  const double before = rows();
   const absl::Time start = absl::Now();
   absl::SleepFor(absl::Seconds(seconds));
-  const int64_t done = evals.load();
+  const double after = rows();
   const double elapsed = absl::ToDoubleSeconds(absl::Now() - start);
   stop = true;
   for (auto& t : threads) t.join();
   *errors = failed;
-  return done / elapsed;
+  return (after - before) / elapsed;
 }
 
 }  // namespace
@@ -134,6 +139,7 @@ int RunDenoiserBench() {
   options.listen = "127.0.0.1:0";
   options.threads = threads;
   options.max_batch = 128;
+  options.metrics_addr = "127.0.0.1:0";
   auto server = DenoiserServer::Start(options);
   if (!server.ok()) {
     std::cerr << "dgrid-bench: " << server.status().message() << "\n";
@@ -143,7 +149,8 @@ int RunDenoiserBench() {
   for (int clients : {1, 4, 16}) {
     int errors = 0;
     const double ips =
-        ServiceThroughput((*server)->port(), name, clients, seconds, steps, &errors);
+        ServiceThroughput((*server)->port(), (*server)->metrics_port(), name, clients, seconds,
+                          steps, &errors);
     BenchLine()
         .Set("bench", "denoiser")
         .Set("config", absl::StrCat("service_c", clients))

@@ -25,10 +25,12 @@ int main(int argc, char** argv) {
       "  chart      IN.jsonl OUT.png: bar chart of a grid run\n"
       "  load       N concurrent StreamGrid clients for T seconds against a fresh stack\n");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
-  const std::map<std::string, int (*)()> commands = {{"denoiser", dgrid::RunDenoiserBench}, {"load", dgrid::RunLoadBench},
-                                                          {"grid", dgrid::RunGridBench}};
+  if (args.size() >= 2 && std::string(args[1]) == "chart") return dgrid::RunChart(args);
+  const std::map<std::string, int (*)()> commands = {{"denoiser", dgrid::RunDenoiserBench},
+                                                     {"load", dgrid::RunLoadBench},
+                                                     {"grid", dgrid::RunGridBench}};
   if (args.size() < 2 || !commands.count(args[1])) {
-    std::cerr << "dgrid-bench: expected a command: denoiser, grid or load (see --help)\n";
+    std::cerr << "dgrid-bench: expected a command: denoiser, grid, load or chart (see --help)\n";
     return 2;
   }
   return commands.at(args[1])();

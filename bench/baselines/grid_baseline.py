@@ -119,8 +119,9 @@ def main():
             grid(sampler, shape, args.steps, branch_steps, args.branches, args.mode, 100 + run)
             if run >= 0:
                 walls.append(time.perf_counter() - start)
-            # Trajectory steps, as dgrid counts model evaluations.
-            evals = sampler.evals // (2 if sampler.guided else 1)
+            # Trajectory steps, as dgrid counts model evaluations (a guided
+            # step is one evaluation of two rows).
+            evals = sampler.evals
     print(json.dumps({"walls": walls, "model_evals": evals}))
 
 
