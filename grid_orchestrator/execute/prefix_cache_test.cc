@@ -1,0 +1,61 @@
+#include "grid_orchestrator/execute/prefix_cache.h"
+
+#include "gtest/gtest.h"
+
+namespace dgrid {
+namespace {
+
+CacheEntry Entry(size_t bytes) {
+  CacheEntry e;
+  e.png.assign(bytes, 'x');
+  return e;
+}
+
+TEST(PrefixCacheTest, StaysWithinItsBoundUnderDistinctKeys) {
+  PrefixCache cache(100 << 10);
+  for (int i = 0; i < 10000; ++i) {
+    cache.Put("key" + std::to_string(i), Entry(1000));
+    ASSERT_LE(cache.bytes(), size_t{100} << 10) << i;
+  }
+  EXPECT_GT(cache.entries(), 50u);
+  EXPECT_LT(cache.entries(), 110u);
+  // The newest survive, the oldest were evicted.
+  EXPECT_TRUE(cache.Find("key9999").has_value());
+  EXPECT_FALSE(cache.Find("key0").has_value());
+}
+
+TEST(PrefixCacheTest, EvictsLeastRecentlyUsed) {
+  PrefixCache cache(3 * (1000 + 256 + 4));
+  cache.Put("a", Entry(1000));
+  cache.Put("b", Entry(1000));
+  cache.Put("c", Entry(1000));
+  ASSERT_TRUE(cache.Find("a").has_value());  // a is now the most recent
+  cache.Put("d", Entry(1000));
+  EXPECT_TRUE(cache.Find("a").has_value());
+  EXPECT_FALSE(cache.Find("b").has_value());
+  EXPECT_TRUE(cache.Find("c").has_value());
+  EXPECT_TRUE(cache.Find("d").has_value());
+}
+
+TEST(PrefixCacheTest, KeysSeparateWhatDeterminesATrajectory) {
+  const Path trunk{7, {{0, 100}}};
+  const Path branch = trunk.BranchAt(20, 5);
+  // The latent at step 20 depends only on the segments below 20: trunk and
+  // branch share it; at step 21 they differ.
+  EXPECT_EQ(PrefixCache::CaptureKey("s", trunk, 20), PrefixCache::CaptureKey("s", branch, 20));
+  EXPECT_NE(PrefixCache::CaptureKey("s", trunk, 21), PrefixCache::CaptureKey("s", branch, 21));
+  EXPECT_NE(PrefixCache::FinalKey("s", trunk), PrefixCache::FinalKey("s", branch));
+  EXPECT_NE(PrefixCache::FinalKey("s", trunk), PrefixCache::FinalKey("t", trunk));
+  EXPECT_NE(PrefixCache::CaptureKey("s", Path{8, {{0, 100}}}, 20),
+            PrefixCache::CaptureKey("s", trunk, 20));
+}
+
+TEST(PrefixCacheTest, AZeroSizedCacheHoldsNothing) {
+  PrefixCache cache(0);
+  cache.Put("a", Entry(10));
+  EXPECT_EQ(cache.entries(), 0u);
+  EXPECT_FALSE(cache.Find("a").has_value());
+}
+
+}  // namespace
+}  // namespace dgrid
