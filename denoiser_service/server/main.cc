@@ -1,16 +1,12 @@
 // dgrid-denoiser: serves model bundles over gRPC. Parses flags, starts the
 // server, waits for SIGINT/SIGTERM, shuts down gracefully.
-#include <pthread.h>
-
-#include <csignal>
-#include <cstdio>
-#include <fstream>
 #include <iostream>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_split.h"
+#include "common/server_main.h"
 #include "denoiser_service/server/denoiser_server.h"
 
 ABSL_FLAG(std::vector<std::string>, model_dir, {"models/fashion-mnist"},
@@ -37,12 +33,7 @@ ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA: require and verify client cer
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("dgrid-denoiser --model_dir=models/fashion-mnist");
   absl::ParseCommandLine(argc, argv);
-  // Block SIGINT/SIGTERM before any thread starts; main waits for them below.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGINT);
-  sigaddset(&stop_signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  const sigset_t stop_signals = dgrid::BlockStopSignals();
 
   dgrid::DenoiserServerOptions options;
   options.model_dirs = absl::GetFlag(FLAGS_model_dir);
@@ -70,17 +61,9 @@ int main(int argc, char** argv) {
   std::cerr << " on port " << (*server)->port();
   if ((*server)->metrics_port()) std::cerr << ", metrics on port " << (*server)->metrics_port();
   std::cerr << std::endl;
-  if (!absl::GetFlag(FLAGS_port_file).empty()) {
-    const std::string path = absl::GetFlag(FLAGS_port_file);
-    {
-      std::ofstream out(path + ".tmp");
-      out << "grpc=" << (*server)->port() << "\nmetrics=" << (*server)->metrics_port() << "\n";
-    }
-    std::rename((path + ".tmp").c_str(), path.c_str());  // readers never see half a file
-  }
-
-  int signal = 0;
-  sigwait(&stop_signals, &signal);
+  dgrid::WritePortFile(absl::GetFlag(FLAGS_port_file),
+                       {{"grpc", (*server)->port()}, {"metrics", (*server)->metrics_port()}});
+  dgrid::WaitForStopSignal(stop_signals);
   std::cerr << "dgrid-denoiser: shutting down" << std::endl;
   (*server)->Shutdown(absl::Seconds(5));
   return 0;

@@ -1,15 +1,11 @@
 // dgrid-orchestrator: plans grids and runs them on a pool of dgrid-denoiser
 // replicas. Parses flags, starts the server, waits for SIGINT/SIGTERM.
-#include <pthread.h>
-
-#include <csignal>
-#include <cstdio>
-#include <fstream>
 #include <iostream>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "common/server_main.h"
 #include "common/tls.h"
 #include "grid_orchestrator/server/orchestrator_server.h"
 
@@ -49,11 +45,7 @@ ABSL_FLAG(std::string, auth_token_file, "",
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("dgrid-orchestrator --denoisers=host:port,...");
   absl::ParseCommandLine(argc, argv);
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGINT);
-  sigaddset(&stop_signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  const sigset_t stop_signals = dgrid::BlockStopSignals();
 
   dgrid::OrchestratorServerOptions o;
   o.listen = absl::GetFlag(FLAGS_listen);
@@ -99,17 +91,10 @@ int main(int argc, char** argv) {
   if ((*server)->metrics_port()) std::cerr << ", metrics on port " << (*server)->metrics_port();
   if ((*server)->http_port()) std::cerr << ", HTTP on port " << (*server)->http_port();
   std::cerr << std::endl;
-  if (!absl::GetFlag(FLAGS_port_file).empty()) {
-    const std::string path = absl::GetFlag(FLAGS_port_file);
-    {
-      std::ofstream out(path + ".tmp");
-      out << "grpc=" << (*server)->port() << "\nmetrics=" << (*server)->metrics_port()
-          << "\nhttp=" << (*server)->http_port() << "\n";
-    }
-    std::rename((path + ".tmp").c_str(), path.c_str());
-  }
-  int signal = 0;
-  sigwait(&stop_signals, &signal);
+  dgrid::WritePortFile(absl::GetFlag(FLAGS_port_file), {{"grpc", (*server)->port()},
+                                                        {"metrics", (*server)->metrics_port()},
+                                                        {"http", (*server)->http_port()}});
+  dgrid::WaitForStopSignal(stop_signals);
   std::cerr << "dgrid-orchestrator: shutting down" << std::endl;
   (*server)->Shutdown(absl::Seconds(5));
   return 0;

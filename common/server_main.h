@@ -1,0 +1,31 @@
+// What both servers' main() do around the server itself: block SIGINT and
+// SIGTERM before any thread starts (main then waits for them synchronously,
+// with no async-signal-safety concerns), and publish the bound ports to a
+// file that tests and scripts wait for.
+//
+//   sigset_t stop = BlockStopSignals();
+//   ... start the server ...
+//   WritePortFile(path, {{"grpc", port}, {"metrics", metrics_port}});
+//   WaitForStopSignal(stop);
+#ifndef DGRID_COMMON_SERVER_MAIN_H_
+#define DGRID_COMMON_SERVER_MAIN_H_
+
+#include <signal.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace dgrid {
+
+sigset_t BlockStopSignals();
+// Returns the signal received.
+int WaitForStopSignal(const sigset_t& signals);
+// "name=port" lines, written to a temporary file and renamed into place so a
+// reader never sees half a file. No-op for an empty path.
+void WritePortFile(const std::string& path,
+                   const std::vector<std::pair<std::string, int>>& ports);
+
+}  // namespace dgrid
+
+#endif  // DGRID_COMMON_SERVER_MAIN_H_
