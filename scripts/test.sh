@@ -47,7 +47,7 @@ if [ "$preset" = default ]; then
     echo "fuzz_$target: ${fuzz_seconds}s over fuzz/corpus/$target"
     build-fuzz/bin/fuzz_$target -max_total_time="$fuzz_seconds" -print_final_stats=1 \
       -artifact_prefix="$scratch/" "$scratch/$target" "fuzz/corpus/$target" 2>&1 |
-      grep -E '^(Done|stat::number_of_executed_units)|ERROR|SUMMARY' || true
+      grep -E '^(Done|stat::number_of_executed_units)|^==[0-9]+==|SUMMARY' || true
     if ls "$scratch"/crash-* "$scratch"/leak-* "$scratch"/timeout-* >/dev/null 2>&1; then
       echo "fuzz_$target found a failing input:" "$scratch"/crash-* "$scratch"/leak-* "$scratch"/timeout-* >&2
       exit 1
