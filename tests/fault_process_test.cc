@@ -7,13 +7,15 @@
 #include <cstdlib>
 #include <thread>
 
-#include "grid_orchestrator/assemble/grid_figure.h"
 #include "gtest/gtest.h"
+#include "tests/support/pixel_drift.h"
 #include "tests/support/stack.h"
 
 namespace dgrid {
 namespace {
 
+using testing::kDriftTolerance;
+using testing::MaxPixelDrift;
 using testing::Stack;
 using testing::StackOptions;
 
@@ -35,21 +37,6 @@ std::map<std::pair<int, int>, std::string> CellPngs(const v1::Grid& grid) {
   return out;
 }
 
-// Largest per-pixel difference between two PNGs, in 0..255 levels.
-int MaxPixelDrift(const std::string& a, const std::string& b) {
-  auto pa = PictureFromPng(a), pb = PictureFromPng(b);
-  if (!pa.ok() || !pb.ok() || pa->pixels.size() != pb->pixels.size()) return 256;
-  int worst = 0;
-  for (size_t i = 0; i < pa->pixels.size(); ++i) {
-    worst = std::max(worst, std::abs(int(pa->pixels[i]) - int(pb->pixels[i])));
-  }
-  return worst;
-}
-
-// The drift allowed between a cell and its no-fault twin: a retried cell is
-// recomputed in other batches, and the model's float reductions differ with
-// batch composition (as in orchestrator_process_test). In 8-bit pixels.
-constexpr int kDriftTolerance = 8;
 
 // Both replicas are slowed down so that a grid is still in flight when the
 // test strikes; cells_per_job=1 spreads every row over both.

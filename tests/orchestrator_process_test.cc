@@ -6,13 +6,15 @@
 #include <thread>
 
 #include "common/png_image.h"
-#include "grid_orchestrator/assemble/grid_figure.h"
 #include "gtest/gtest.h"
+#include "tests/support/pixel_drift.h"
 #include "tests/support/stack.h"
 
 namespace dgrid {
 namespace {
 
+using testing::kDriftTolerance;
+using testing::MaxPixelDrift;
 using testing::Stack;
 using testing::StackOptions;
 
@@ -65,16 +67,6 @@ std::string RunDirect(v1::Denoiser::Stub& stub, const v1::GridPlan& plan, const 
   return png;
 }
 
-// Largest per-pixel difference, in 0..255 levels.
-int MaxPixelDrift(const std::string& a, const std::string& b) {
-  auto pa = PictureFromPng(a), pb = PictureFromPng(b);
-  if (!pa.ok() || !pb.ok() || pa->pixels.size() != pb->pixels.size()) return 256;
-  int worst = 0;
-  for (size_t i = 0; i < pa->pixels.size(); ++i) {
-    worst = std::max(worst, std::abs(int(pa->pixels[i]) - int(pb->pixels[i])));
-  }
-  return worst;
-}
 
 class OrchestratorProcessTest : public ::testing::Test {
  protected:
@@ -98,11 +90,6 @@ class OrchestratorProcessTest : public ::testing::Test {
 };
 
 Stack* OrchestratorProcessTest::stack_ = nullptr;
-
-// The drift allowed between a cell computed in the grid's batches and the
-// same path run alone: float reduction order in the model's forward pass
-// differs with batch composition, then 50 steps amplify it. In 8-bit pixels.
-constexpr int kDriftTolerance = 8;
 
 TEST_F(OrchestratorProcessTest, DefaultGridStreamsAndMatchesDirectRuns) {
   const v1::ModelInfo model = Model();
