@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 #include <torch/cuda.h>
 
+#include <filesystem>
 #include <fstream>
 #include <thread>
 
@@ -34,6 +35,22 @@ bool CpuHasNativeBf16() {
   return absl::StrContains(flags, " amx_bf16") || absl::StrContains(flags, " avx512_bf16");
 }
 
+// The NVIDIA driver's name for the first GPU ("NVIDIA H100 80GB HBM3"), or
+// "CUDA GPU" where /proc/driver/nvidia is not visible.
+std::string CudaGpuName() {
+  std::error_code ec;
+  for (const auto& gpu : std::filesystem::directory_iterator("/proc/driver/nvidia/gpus", ec)) {
+    std::ifstream in(gpu.path() / "information");
+    std::string line;
+    while (std::getline(in, line)) {
+      if (absl::StartsWith(line, "Model:")) {
+        return std::string(absl::StripAsciiWhitespace(line.substr(6)));
+      }
+    }
+  }
+  return "CUDA GPU";
+}
+
 }  // namespace
 
 torch::Device ChooseDevice(int threads) {
@@ -60,7 +77,7 @@ absl::StatusOr<ComputeType> ParsePrecision(const std::string& precision,
 
 std::string HardwareDescription(const torch::Device& device, int threads, ComputeType compute) {
   const char* mode = compute == ComputeType::kBFloat16 ? "bf16 mixed precision" : "fp32";
-  if (device.is_cuda()) return absl::StrCat("CUDA GPU, ", mode);
+  if (device.is_cuda()) return absl::StrCat(CudaGpuName(), ", ", mode);
   std::string cpu = CpuInfo("model name");
   if (cpu.empty()) cpu = "CPU";
   return absl::StrCat(cpu, ", ", std::thread::hardware_concurrency(), " cores, ", threads,

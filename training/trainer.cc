@@ -11,6 +11,7 @@
 #include <filesystem>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "bundle_writer.h"
@@ -71,7 +72,17 @@ void ClipGradNorm(const std::vector<torch::Tensor>& params, double max_norm) {
 struct TrainState {
   int64_t step = 0;
   double train_seconds = 0;
+  std::string hardware;  // where the steps so far ran; empty before the first
 };
+
+torch::Tensor StringTensor(const std::string& s) {
+  return torch::tensor(std::vector<int64_t>(s.begin(), s.end()), torch::kLong);
+}
+
+std::string TensorString(const torch::Tensor& t) {
+  torch::Tensor c = t.to(torch::kLong).contiguous();
+  return std::string(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
+}
 
 absl::Status SaveCheckpoint(const std::string& path, const std::vector<NamedTensor>& spec,
                             const std::vector<torch::Tensor>& params,
@@ -83,6 +94,7 @@ absl::Status SaveCheckpoint(const std::string& path, const std::vector<NamedTens
     archive.write("channels", torch::tensor(channels));
     archive.write("step", torch::tensor(state.step));
     archive.write("train_seconds", torch::tensor(state.train_seconds, torch::kFloat64));
+    archive.write("hardware", StringTensor(state.hardware));
     for (size_t i = 0; i < spec.size(); ++i) {
       archive.write("param/" + spec[i].name, params[i].detach().cpu());
       archive.write("ema/" + spec[i].name, ema[i].cpu());
@@ -102,10 +114,12 @@ absl::Status SaveCheckpoint(const std::string& path, const std::vector<NamedTens
 absl::Status LoadCheckpoint(const std::string& path, const std::vector<NamedTensor>& spec,
                             std::vector<torch::Tensor>& params, std::vector<torch::Tensor>& ema,
                             torch::optim::AdamW& optimizer, const std::vector<int64_t>& channels,
-                            TrainState& state) {
+                            const torch::Device& device, TrainState& state) {
   try {
     torch::serialize::InputArchive archive;
-    archive.load_from(path);
+    // Tensors land on this run's device, so a run checkpointed on CUDA
+    // resumes (or re-exports) on a CPU-only build and the other way round.
+    archive.load_from(path, device);
     // read() into a defined tensor resizes it in place, which fails for
     // tensors that came from the archive: read each key into a fresh one.
     auto read = [&archive](const std::string& key) {
@@ -127,6 +141,8 @@ absl::Status LoadCheckpoint(const std::string& path, const std::vector<NamedTens
     }
     state.step = read("step").item<int64_t>();
     state.train_seconds = read("train_seconds").item<double>();
+    // Checkpoints written before the hardware was recorded lack the key.
+    if (torch::Tensor hw; archive.try_read("hardware", hw)) state.hardware = TensorString(hw);
     torch::NoGradGuard no_grad;
     for (size_t i = 0; i < spec.size(); ++i) {
       params[i].copy_(read("param/" + spec[i].name));
@@ -305,7 +321,7 @@ absl::StatusOr<DiffusionTrainResult> TrainDiffusion(const DiffusionTrainOptions&
       return absl::NotFoundError(absl::StrCat("--resume: no checkpoint at ", checkpoint));
     }
     absl::Status s = LoadCheckpoint(checkpoint, train_net.params(), params, ema, optimizer,
-                                    o.channels, state);
+                                    o.channels, device, state);
     if (!s.ok()) return s;
     if (absl::StatusOr<std::vector<LossPoint>> old = ReadLossCsv(csv_path); old.ok()) {
       for (const LossPoint& p : *old) {
@@ -351,7 +367,8 @@ absl::StatusOr<DiffusionTrainResult> TrainDiffusion(const DiffusionTrainOptions&
     }
     ExportInputs in{&o,       &export_net, {data->images.size(2), data->images.size(3)},
                     epochs_done, o.seed,   MeanLossSince(curve, state.step - FinalLossWindow(total_steps)),
-                    hardware, trained_seconds(), parameter_count};
+                    state.hardware.empty() ? hardware : state.hardware, trained_seconds(),
+                    parameter_count};
     absl::StatusOr<double> ms = ExportBundle(in, ema);
     if (!ms.ok()) return ms.status();
     last_ms = *ms;
@@ -360,6 +377,11 @@ absl::StatusOr<DiffusionTrainResult> TrainDiffusion(const DiffusionTrainOptions&
     return absl::OkStatus();
   };
 
+  // The manifest names every machine that took steps of this run.
+  if (state.step < total_steps && !absl::StrContains(state.hardware, hardware)) {
+    state.hardware = state.hardware.empty() ? hardware : absl::StrCat(state.hardware, "; then ", hardware);
+  }
+  bool exported = false;
   try {
     while (state.step < total_steps) {
       const int64_t epoch = state.step / steps_per_epoch;
@@ -444,6 +466,7 @@ absl::StatusOr<DiffusionTrainResult> TrainDiffusion(const DiffusionTrainOptions&
         const int epochs_done = static_cast<int>((state.step + steps_per_epoch - 1) / steps_per_epoch);
         const auto export_start = Clock::now();
         if (absl::Status s = export_bundle(epochs_done); !s.ok()) return s;
+        exported = true;
         // Exports are not training time for the images/s figure.
         interval_start += Clock::now() - export_start;
       }
@@ -452,6 +475,14 @@ absl::StatusOr<DiffusionTrainResult> TrainDiffusion(const DiffusionTrainOptions&
     return absl::InternalError(absl::StrCat("training step ", state.step, ": ", e.what()));
   }
   bar.Finish();
+  if (!exported) {
+    // Resuming a finished run re-exports its bundle: this is how weights
+    // trained elsewhere (a CUDA machine) get their archive written, and their
+    // speed measured, by this machine's LibTorch.
+    std::fprintf(stderr, "run already finished at step %ld: re-exporting\n", state.step);
+    const int epochs_done = static_cast<int>((state.step + steps_per_epoch - 1) / steps_per_epoch);
+    if (absl::Status s = export_bundle(epochs_done); !s.ok()) return s;
+  }
 
   DiffusionTrainResult r;
   r.steps = state.step;
