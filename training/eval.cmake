@@ -37,3 +37,11 @@ target_compile_definitions(dgrid_eval_smoke_test PRIVATE
 target_link_libraries(dgrid_eval_smoke_test PRIVATE protobuf::libprotobuf GTest::gtest_main)
 add_dependencies(dgrid_eval_smoke_test dgrid-eval)
 gtest_discover_tests(dgrid_eval_smoke_test PROPERTIES LABELS training TIMEOUT 60)
+
+# The committed bundle: valid manifest, files present, and a short sampling
+# run at the shipped defaults draws the requested class.
+add_executable(dgrid_shipped_bundle_test shipped_bundle_test.cc)
+target_compile_definitions(dgrid_shipped_bundle_test PRIVATE
+  DGRID_BUNDLE="${PROJECT_SOURCE_DIR}/models/fashion-mnist")
+target_link_libraries(dgrid_shipped_bundle_test PRIVATE dgrid_eval dgrid_common GTest::gtest_main)
+gtest_discover_tests(dgrid_shipped_bundle_test PROPERTIES LABELS training TIMEOUT 120)
