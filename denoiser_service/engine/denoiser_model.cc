@@ -5,6 +5,9 @@
 #include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/script.h>
 
+#include <dlfcn.h>
+#include <malloc.h>
+
 #include <filesystem>
 #include <optional>
 
@@ -97,6 +100,11 @@ absl::Status DenoiserModel::Forward(absl::Span<const float> x, absl::Span<const 
                                     absl::Span<const int64_t> cond, int batch,
                                     absl::Span<float> out) {
   const std::vector<int64_t>& ls = manifest_.latent_shape;
+  // OpenMP's thread count is per calling thread: a thread that did not call
+  // at::set_num_threads (the batcher's) would otherwise use one OpenMP
+  // thread per core, however many replicas share the cores.
+  thread_local const bool omp_threads_set = (at::init_num_threads(), true);
+  (void)omp_threads_set;
   try {
     c10::InferenceMode guard;
     // from_blob views: no copy on the CPU path.
@@ -170,6 +178,22 @@ absl::StatusOr<std::vector<uint8_t>> DenoiserModel::Decode(absl::Span<const floa
 
 int SetTorchThreads(int threads) {
   if (threads > 0) at::set_num_threads(threads);
+  // Debian's LibTorch calls OpenBLAS (pthread build) for its small matrix
+  // products. OpenBLAS's idle workers spin in sched_yield between calls, and
+  // with a forward every few milliseconds they never sleep: profiled here, one
+  // such worker took a third of the denoiser's CPU time on a 2-core machine.
+  // Torch's own threads do the parallel work, so OpenBLAS runs on the caller.
+  // Looked up at run time: the symbol is absent with other BLAS builds.
+  using SetBlasThreads = void (*)(int);
+  if (auto set = reinterpret_cast<SetBlasThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) {
+    set(1);
+  }
+  // Each forward allocates and frees activations of a few MB. Above glibc's
+  // mmap threshold every one of them is a fresh mapping, and its page faults
+  // (with cgroup accounting) cost about a tenth of a forward here; keep
+  // freed memory in the heap instead. Bounded by the largest batch's needs.
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
   return at::get_num_threads();
 }
 

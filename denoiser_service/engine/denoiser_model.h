@@ -53,7 +53,9 @@ class DenoiserModel {
 };
 
 // Sets torch's intra-op thread count (its default here is 1) and returns what
-// torch reports afterwards.
+// torch reports afterwards. Also tunes the CPU runtime under it for a
+// process that runs forwards back to back: OpenBLAS single-threaded (torch's
+// threads do the parallel work) and freed activations kept in the heap.
 int SetTorchThreads(int threads);
 
 }  // namespace dgrid
