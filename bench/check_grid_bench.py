@@ -10,7 +10,8 @@ import sys
 bench, model = sys.argv[1], sys.argv[2]
 out = subprocess.run(
     [bench, "grid", f"--model_dir={model}", "--runs=1", "--grid_steps=10",
-     "--grids=default,classic", "--grid_prompt=low", "--threads=1"],
+     "--grids=default,classic", "--grid_prompt=low", "--threads=1",
+     "--limit_seconds=0.05"],
     check=True, capture_output=True, text=True, timeout=240).stdout
 lines = [json.loads(line) for line in out.splitlines() if line.strip()]
 variants = {(l["grid"], l["variant"]) for l in lines}

@@ -1,5 +1,5 @@
 // dgrid-bench denoiser: the engine's raw forward throughput (images/s at
-// batch 1, 8, 32, 128, no sampler, no RPC) against the same model behind the
+// batch 1, 2, 4, 8, 32, 128, no sampler, no RPC) against the same model behind the
 // gRPC service on loopback with 1, 4 and 16 concurrent clients. The ratio of
 // the service's best to the engine's best is what RPC, encoding, noise and
 // batching cost.
@@ -113,7 +113,7 @@ int RunDenoiserBench() {
   const std::string name = (*model)->manifest().name;
   double best_raw = 0;
   int best_batch = 0;
-  for (int batch : {1, 8, 32, 128}) {
+  for (int batch : {1, 2, 4, 8, 32, 128}) {
     double ips = 0;
     // On a thread of its own, as the engine runs forward passes.
     std::thread([&] { ips = RawForward(**model, batch, seconds); }).join();

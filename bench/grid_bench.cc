@@ -9,12 +9,22 @@
 //   from_scratch       every cell its own trajectory from step 0
 //   python_seed_style  bench/baselines/grid_baseline.py, the seed's algorithm
 //   python_batched     the same script, each row's branches batched
+//   pair_1_1t          pair_1 with one replica's share of the threads: the
+//                      unit that pair_2 runs twice
+//
+// Rounds interleave the variants and ratios are medians of per-round ratios,
+// so the shared machine's noise falls on every variant alike.
 #include <grpcpp/grpcpp.h>
+
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <functional>
 #include <map>
 #include <thread>
+#include <tuple>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/numbers.h"
@@ -34,11 +44,14 @@ ABSL_FLAG(std::vector<std::string>, grids, std::vector<std::string>({"default", 
           "dgrid-bench grid: presets to run.");
 ABSL_FLAG(std::vector<std::string>, variants,
           std::vector<std::string>({"limit", "inprocess", "pair_1", "pair_2", "seed_style",
-                                    "from_scratch", "python_seed_style", "python_batched"}),
+                                    "from_scratch", "python_seed_style", "python_batched",
+                                    "pair_1_1t"}),
           "dgrid-bench grid: variants to run.");
 ABSL_FLAG(std::string, grid_prompt, "sneaker", "dgrid-bench grid: prompt ('' = unconditional).");
 ABSL_FLAG(int, grid_steps, 0, "dgrid-bench grid: override the preset's steps (0 = keep).");
 ABSL_FLAG(std::string, python, "/usr/bin/python3", "Python with Debian's python3-torch.");
+ABSL_FLAG(double, limit_seconds, 0.5,
+          "dgrid-bench grid: seconds of raw forwards per batch size when measuring the limit.");
 
 namespace dgrid {
 
@@ -46,18 +59,6 @@ std::string GridBenchModelDir();
 int GridBenchThreads();
 
 namespace {
-
-struct Timing {
-  std::vector<double> walls;
-  int64_t model_evals = 0;
-  double Median() const {
-    std::vector<double> v = walls;
-    std::sort(v.begin(), v.end());
-    return v.empty() ? 0 : v[v.size() / 2];
-  }
-  double Min() const { return walls.empty() ? 0 : *std::min_element(walls.begin(), walls.end()); }
-  double Max() const { return walls.empty() ? 0 : *std::max_element(walls.begin(), walls.end()); }
-};
 
 v1::ModelInfo InfoFor(const BundleManifest& m) {
   v1::ModelInfo info;
@@ -169,95 +170,137 @@ int64_t RunFromScratch(TrajectoryBatcher& batcher, const GridPlanSpec& plan) {
   return Drain(**batcher.Start(std::move(r))).evals;
 }
 
-// The best of three rounds at each batch size: the machine is shared and
-// noisy, and the limit should be the hardware's, not a bad moment's. Small
-// batches are in the sweep: here the best rate can come at a batch whose
-// activations stay in the per-core cache.
-double BestRawImagesPerSecond(DenoiserModel& model) {
+// The engine's best raw forward rate over batch sizes, `seconds` at each.
+// Small batches are in the sweep: here the best rate can come at a batch
+// whose activations stay in the per-core cache.
+double RawImagesPerSecond(DenoiserModel& model, absl::Duration seconds) {
   double best = 0;
   const int64_t numel = model.latent_numel();
-  for (int round = 0; round < 3; ++round)
   for (int batch : {1, 2, 4, 8, 16, 32, 64, 128, 256}) {
     std::vector<float> x(batch * numel, 0.1f), out(batch * numel);
     std::vector<int64_t> t(batch, 500), cond(batch, model.manifest().null_label);
-    double ips = 0;
-    std::thread([&] {
-      for (int i = 0; i < 2; ++i) (void)model.Forward(x, t, cond, batch, absl::MakeSpan(out));
-      int64_t images = 0;
-      const absl::Time start = absl::Now();
-      while (absl::Now() - start < absl::Seconds(1) || images < 4 * batch) {
-        (void)model.Forward(x, t, cond, batch, absl::MakeSpan(out));
-        images += batch;
-      }
-      ips = images / absl::ToDoubleSeconds(absl::Now() - start);
-    }).join();
-    std::cerr << "limit: round " << round << " batch " << batch << ": " << ips << " images/s\n";
-    best = std::max(best, ips);
+    (void)model.Forward(x, t, cond, batch, absl::MakeSpan(out));
+    int64_t images = 0;
+    const absl::Time start = absl::Now();
+    while (absl::Now() - start < seconds || images < 2 * batch) {
+      (void)model.Forward(x, t, cond, batch, absl::MakeSpan(out));
+      images += batch;
+    }
+    best = std::max(best, images / absl::ToDoubleSeconds(absl::Now() - start));
   }
   return best;
 }
 
-Timing TimePair(int replicas, const std::string& preset, int runs) {
-  testing::StackOptions options;
-  options.model_dir = GridBenchModelDir();
-  options.denoisers = replicas;
-  // The whole machine's threads, split evenly between the replicas.
-  options.denoiser_threads = std::max(1, GridBenchThreads() / replicas);
-  options.orchestrator_flags = {"--cache_mb=0", "--cells_per_job=2"};
-  Timing timing;
-  auto stack = testing::Stack::Start(options, absl::StrCat("bench-pair-", replicas));
-  if (!stack.ok()) {
-    std::cerr << "dgrid-bench grid: " << stack.status() << "\n";
-    return timing;
+// The full pair, started once and reused by every round and grid.
+class PairRunner {
+ public:
+  static absl::StatusOr<std::unique_ptr<PairRunner>> Start(int replicas, int threads) {
+    testing::StackOptions options;
+    options.model_dir = GridBenchModelDir();
+    options.denoisers = replicas;
+    options.denoiser_threads = threads;
+    options.orchestrator_flags = {"--cache_mb=0", "--cells_per_job=2"};
+    auto stack = testing::Stack::Start(options, absl::StrCat("bench-pair-", replicas, "x", threads));
+    if (!stack.ok()) return stack.status();
+    auto runner = std::unique_ptr<PairRunner>(new PairRunner());
+    runner->stub_ = (*stack)->Orchestrator();
+    runner->stack_ = std::move(*stack);
+    return runner;
   }
-  auto stub = (*stack)->Orchestrator();
-  for (int i = -1; i < runs; ++i) {  // run -1 warms up
+
+  absl::StatusOr<double> Run(const std::string& preset, uint64_t seed, int64_t* evals) {
     grpc::ClientContext context;
     v1::Grid grid;
     const absl::Time start = absl::Now();
-    const grpc::Status status = stub->CreateGrid(&context, RequestFor(preset, 100 + i), &grid);
-    if (!status.ok()) {
-      std::cerr << "dgrid-bench grid: pair_" << replicas << ": " << status.error_message() << "\n";
-      return timing;
-    }
-    if (i >= 0) timing.walls.push_back(absl::ToDoubleSeconds(absl::Now() - start));
-    timing.model_evals = grid.model_evals();
+    const grpc::Status status = stub_->CreateGrid(&context, RequestFor(preset, seed), &grid);
+    if (!status.ok()) return absl::UnavailableError(status.error_message());
+    *evals = grid.model_evals();
+    return absl::ToDoubleSeconds(absl::Now() - start);
   }
-  return timing;
-}
 
-Timing TimePython(const std::string& mode, const GridPlanSpec& plan, int runs) {
-  Timing timing;
-  std::vector<std::string> rows;
-  for (const PlannedRow& row : plan.rows) rows.push_back(std::to_string(row.branch_step));
-  const std::string command = absl::StrCat(
-      absl::GetFlag(FLAGS_python), " ", DGRID_SOURCE_DIR, "/bench/baselines/grid_baseline.py",
-      " --bundle ", GridBenchModelDir(), " --mode ", mode, " --steps ", plan.steps, " --eta ",
-      plan.eta, " --guidance ", plan.guidance, " --class_index ", plan.class_index,
-      " --branch_steps ", absl::StrJoin(rows, ","), " --branches ", plan.branches, " --runs ",
-      runs, " --threads ", GridBenchThreads());
-  FILE* pipe = popen(command.c_str(), "r");
-  if (!pipe) return timing;
-  char buffer[4096];
-  std::string out;
-  while (fgets(buffer, sizeof(buffer), pipe)) out += buffer;
-  if (pclose(pipe) != 0) {
-    std::cerr << "dgrid-bench grid: " << mode << " baseline failed:\n" << out;
-    return timing;
+ private:
+  PairRunner() = default;
+  std::unique_ptr<testing::Stack> stack_;
+  std::unique_ptr<v1::Orchestrator::Stub> stub_;
+};
+
+// bench/baselines/grid_baseline.py --serve as a coprocess: it loads the model
+// and warms up once, then runs one grid per request line, so its rounds
+// interleave with the others' like any variant.
+class PythonBaseline {
+ public:
+  static absl::StatusOr<std::unique_ptr<PythonBaseline>> Start(const GridPlanSpec& plan) {
+    std::vector<std::string> rows;
+    for (const PlannedRow& row : plan.rows) rows.push_back(std::to_string(row.branch_step));
+    const std::vector<std::string> argv = {
+        absl::GetFlag(FLAGS_python), absl::StrCat(DGRID_SOURCE_DIR, "/bench/baselines/grid_baseline.py"),
+        "--serve", "--bundle", GridBenchModelDir(), "--steps", std::to_string(plan.steps),
+        "--eta", absl::StrCat(plan.eta), "--guidance", absl::StrCat(plan.guidance),
+        "--class_index", std::to_string(plan.class_index), "--branch_steps",
+        absl::StrJoin(rows, ","), "--branches", std::to_string(plan.branches), "--threads",
+        std::to_string(GridBenchThreads())};
+    int to_child[2], from_child[2];
+    if (pipe(to_child) != 0 || pipe(from_child) != 0) {
+      return absl::InternalError("python baseline: pipe failed");
+    }
+    const pid_t pid = fork();
+    if (pid < 0) return absl::InternalError("python baseline: fork failed");
+    if (pid == 0) {
+      dup2(to_child[0], STDIN_FILENO);
+      dup2(from_child[1], STDOUT_FILENO);
+      close(to_child[0]);
+      close(to_child[1]);
+      close(from_child[0]);
+      close(from_child[1]);
+      std::vector<char*> args;
+      for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+      args.push_back(nullptr);
+      execv(args[0], args.data());
+      _exit(127);
+    }
+    close(to_child[0]);
+    close(from_child[1]);
+    auto b = std::unique_ptr<PythonBaseline>(new PythonBaseline());
+    b->pid_ = pid;
+    b->in_ = fdopen(to_child[1], "w");
+    b->out_ = fdopen(from_child[0], "r");
+    return b;
   }
-  // Last line: {"walls": [...], "model_evals": N}
-  google::protobuf::Struct result;
-  std::vector<std::string> lines = absl::StrSplit(out, '\n', absl::SkipEmpty());
-  if (lines.empty() ||
-      !google::protobuf::util::JsonStringToMessage(lines.back(), &result).ok()) {
-    std::cerr << "dgrid-bench grid: unreadable baseline output:\n" << out;
-    return timing;
+
+  ~PythonBaseline() {
+    if (in_) fclose(in_);  // EOF ends the serve loop
+    if (out_) fclose(out_);
+    if (pid_ > 0) waitpid(pid_, nullptr, 0);
   }
-  for (const auto& v : result.fields().at("walls").list_value().values()) {
-    timing.walls.push_back(v.number_value());
+
+  absl::StatusOr<double> Run(const std::string& mode, uint64_t seed, int64_t* evals) {
+    std::fprintf(in_, "%s %lu\n", mode.c_str(), static_cast<unsigned long>(seed));
+    std::fflush(in_);
+    char buffer[4096];
+    if (!std::fgets(buffer, sizeof(buffer), out_)) {
+      return absl::UnavailableError("python baseline ended (see its stderr above)");
+    }
+    // {"wall": seconds, "model_evals": N}
+    google::protobuf::Struct result;
+    if (!google::protobuf::util::JsonStringToMessage(buffer, &result).ok() ||
+        !result.fields().count("wall")) {
+      return absl::InternalError(absl::StrCat("python baseline: unreadable line: ", buffer));
+    }
+    *evals = static_cast<int64_t>(result.fields().at("model_evals").number_value());
+    return result.fields().at("wall").number_value();
   }
-  timing.model_evals = static_cast<int64_t>(result.fields().at("model_evals").number_value());
-  return timing;
+
+ private:
+  PythonBaseline() = default;
+  pid_t pid_ = -1;
+  FILE* in_ = nullptr;
+  FILE* out_ = nullptr;
+};
+
+double MedianOf(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
 }
 
 }  // namespace
@@ -270,13 +313,32 @@ int RunGridBench() {
     return 1;
   }
   const v1::ModelInfo info = InfoFor((*model)->manifest());
-  const int runs = absl::GetFlag(FLAGS_runs);
+  const int runs = std::max(1, absl::GetFlag(FLAGS_runs));
   const std::vector<std::string> variants = absl::GetFlag(FLAGS_variants);
-  auto wanted = [&](const char* v) {
+  auto wanted = [&](const std::string& v) {
     return std::find(variants.begin(), variants.end(), v) != variants.end();
   };
-  const double best_ips = wanted("limit") ? BestRawImagesPerSecond(**model) : 0;
+  const absl::Duration limit_seconds = absl::Seconds(absl::GetFlag(FLAGS_limit_seconds));
+  const int threads = GridBenchThreads();
 
+  // Pairs start once: pair_1 with the machine's threads, pair_2 with them
+  // split between its replicas, pair_1_1t with one replica's share.
+  std::map<std::string, std::unique_ptr<PairRunner>> pairs;
+  for (const auto& [name, replicas, per_replica] :
+       std::vector<std::tuple<std::string, int, int>>{
+           {"pair_1", 1, threads},
+           {"pair_2", 2, std::max(1, threads / 2)},
+           {"pair_1_1t", 1, std::max(1, threads / 2)}}) {
+    if (!wanted(name)) continue;
+    auto runner = PairRunner::Start(replicas, per_replica);
+    if (!runner.ok()) {
+      std::cerr << "dgrid-bench grid: " << name << ": " << runner.status() << "\n";
+      return 1;
+    }
+    pairs[name] = std::move(*runner);
+  }
+
+  TrajectoryBatcher batcher(model->get(), {.max_batch = 256});
   for (const std::string& preset : absl::GetFlag(FLAGS_grids)) {
     auto plan = PlanGrid(RequestFor(preset, 1), info, {});
     if (!plan.ok()) {
@@ -284,57 +346,98 @@ int RunGridBench() {
       return 1;
     }
     const int rows_per_eval = RowsPerEval(*plan);
-    std::map<std::string, Timing> timings;
-    if (wanted("limit")) {
-      Timing t;
-      t.walls = {plan->model_evals * rows_per_eval / best_ips};
-      t.model_evals = plan->model_evals;
-      timings["limit"] = t;
-    }
-    TrajectoryBatcher batcher(model->get(), {.max_batch = 256});
-    auto time_engine = [&](const char* name, auto fn, int n) {
-      Timing t;
-      for (int i = -1; i < n; ++i) {
-        auto p = PlanGrid(RequestFor(preset, 100 + i), info, {});
-        const absl::Time start = absl::Now();
-        t.model_evals = fn(batcher, *p);
-        if (i >= 0) t.walls.push_back(absl::ToDoubleSeconds(absl::Now() - start));
+    std::unique_ptr<PythonBaseline> python;
+    if (wanted("python_seed_style") || wanted("python_batched")) {
+      auto started = PythonBaseline::Start(*plan);
+      if (!started.ok()) {
+        std::cerr << "dgrid-bench grid: " << started.status() << "\n";
+        return 1;
       }
-      timings[name] = t;
-    };
-    if (wanted("inprocess")) time_engine("inprocess", RunInProcess, runs);
-    if (wanted("seed_style")) time_engine("seed_style", RunSeedStyle, runs);
-    if (wanted("from_scratch")) time_engine("from_scratch", RunFromScratch, runs);
-    if (wanted("pair_1")) timings["pair_1"] = TimePair(1, preset, runs);
-    if (wanted("pair_2")) timings["pair_2"] = TimePair(2, preset, runs);
-    if (wanted("python_seed_style")) {
-      timings["python_seed_style"] = TimePython("seed_style", *plan, runs);
+      python = std::move(*started);
     }
-    if (wanted("python_batched")) timings["python_batched"] = TimePython("batched", *plan, runs);
 
-    const double limit = timings.count("limit") ? timings["limit"].Median() : 0;
-    for (const std::string& variant : variants) {
-      if (!timings.count(variant) || timings[variant].walls.empty()) continue;
-      const Timing& t = timings[variant];
+    // One way to run each variant once; returns its wall time.
+    std::map<std::string, std::function<absl::StatusOr<double>(uint64_t, int64_t*)>> run_once;
+    auto engine = [&](auto fn) {
+      return [&, fn](uint64_t seed, int64_t* evals) -> absl::StatusOr<double> {
+        auto p = PlanGrid(RequestFor(preset, seed), info, {});
+        if (!p.ok()) return p.status();
+        const absl::Time start = absl::Now();
+        *evals = fn(batcher, *p);
+        return absl::ToDoubleSeconds(absl::Now() - start);
+      };
+    };
+    // The limit: this grid's image-forwards at the best raw rate measured now.
+    run_once["limit"] = [&](uint64_t, int64_t* evals) -> absl::StatusOr<double> {
+      *evals = plan->model_evals;
+      return plan->model_evals * rows_per_eval / RawImagesPerSecond(**model, limit_seconds);
+    };
+    run_once["inprocess"] = engine(RunInProcess);
+    run_once["seed_style"] = engine(RunSeedStyle);
+    run_once["from_scratch"] = engine(RunFromScratch);
+    for (auto& [name, runner] : pairs) {
+      PairRunner* r = runner.get();
+      run_once[name] = [r, preset](uint64_t seed, int64_t* evals) {
+        return r->Run(preset, seed, evals);
+      };
+    }
+    for (const char* mode : {"seed_style", "batched"}) {
+      run_once[absl::StrCat("python_", mode)] = [&python, mode](uint64_t seed, int64_t* evals) {
+        return python->Run(mode, seed, evals);
+      };
+    }
+
+    std::vector<std::string> order;
+    for (const std::string& v : variants) {
+      if (run_once.count(v)) order.push_back(v);
+      else std::cerr << "dgrid-bench grid: unknown variant " << v << "\n";
+    }
+    // Rounds interleave the variants (each round starts one later), so a
+    // noisy moment on this shared machine lands on all of them alike, and
+    // ratios are taken within a round. Round -1 warms every variant up.
+    std::map<std::string, std::vector<double>> walls;
+    std::map<std::string, int64_t> evals;
+    for (int round = -1; round < runs; ++round) {
+      for (size_t k = 0; k < order.size(); ++k) {
+        const std::string& v = order[(k + std::max(round, 0)) % order.size()];
+        int64_t n = 0;
+        absl::StatusOr<double> wall = run_once[v](100 + std::max(round, 0), &n);
+        if (!wall.ok()) {
+          std::cerr << "dgrid-bench grid: " << preset << "/" << v << ": " << wall.status() << "\n";
+          return 1;
+        }
+        if (round >= 0) walls[v].push_back(*wall);
+        evals[v] = n;
+      }
+      if (round >= 0) std::cerr << "dgrid-bench grid: " << preset << " round " << round + 1 << "/" << runs << "\n";
+    }
+
+    // Median over rounds of a per-round ratio.
+    auto ratio = [&](const std::string& num, const std::string& den) {
+      std::vector<double> r;
+      for (int i = 0; i < runs; ++i) r.push_back(walls[num][i] / walls[den][i]);
+      return MedianOf(r);
+    };
+    for (const std::string& variant : order) {
+      const std::vector<double>& w = walls[variant];
+      const double median = MedianOf(w);
       BenchLine line;
       line.Set("variant", variant)
           .Set("grid", preset)
           .Set("model", info.name())
-          .Set("wall_s", t.Median())
-          .Set("wall_min_s", t.Min())
-          .Set("wall_max_s", t.Max())
-          .Set("runs", static_cast<double>(t.walls.size()))
-          .Set("model_evals", static_cast<double>(t.model_evals))
+          .Set("wall_s", median)
+          .Set("wall_min_s", *std::min_element(w.begin(), w.end()))
+          .Set("wall_max_s", *std::max_element(w.begin(), w.end()))
+          .Set("runs", static_cast<double>(w.size()))
+          .Set("model_evals", static_cast<double>(evals[variant]))
           .Set("plan_model_evals", static_cast<double>(plan->model_evals))
           .Set("from_scratch_evals", static_cast<double>(plan->from_scratch_evals))
-          .Set("images_per_s", t.model_evals * rows_per_eval / t.Median())
-          .Set("ratio_to_limit", limit > 0 ? limit / t.Median() : 0)
-          .Set("threads", GridBenchThreads());
-      for (const char* baseline : {"inprocess", "pair_1", "seed_style", "from_scratch",
-                                   "python_seed_style", "python_batched"}) {
-        if (baseline != variant && timings.count(baseline) && !timings[baseline].walls.empty()) {
-          line.Set(absl::StrCat("speedup_vs_", baseline), timings[baseline].Median() / t.Median());
-        }
+          .Set("images_per_s", evals[variant] * rows_per_eval / median)
+          .Set("ratio_to_limit", walls.count("limit") ? ratio("limit", variant) : 0)
+          .Set("threads", threads);
+      for (const std::string& baseline : order) {
+        if (baseline == variant || baseline == "limit") continue;
+        line.Set(absl::StrCat("speedup_vs_", baseline), ratio(baseline, variant));
       }
       line.Print();
     }

@@ -10,10 +10,15 @@ plain PyTorch (Debian's python3-torch), on the same TorchScript model.
 Classifier-free guidance runs the conditional and unconditional passes in one
 batch, as diffusers' pipelines do. Prints one JSON line:
 {"walls": [seconds per run], "model_evals": N}.
+
+With --serve it warms up once, then reads "MODE SEED" lines on stdin and
+answers each with {"wall": seconds, "model_evals": N}, so that dgrid-bench can
+interleave its rounds with the other variants'.
 """
 import argparse
 import json
 import os
+import sys
 import time
 
 import torch
@@ -94,7 +99,8 @@ def grid(sampler, shape, steps, branch_steps, branches, mode, seed):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--bundle", required=True)
-    p.add_argument("--mode", choices=["seed_style", "batched"], required=True)
+    p.add_argument("--mode", choices=["seed_style", "batched"], default="seed_style")
+    p.add_argument("--serve", action="store_true")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--eta", type=float, default=1.0)
     p.add_argument("--guidance", type=float, default=1.0)
@@ -110,6 +116,27 @@ def main():
     model = torch.jit.load(os.path.join(args.bundle, manifest["weights"])).eval()
     shape = tuple(int(d) for d in manifest["latent_shape"])
     branch_steps = [int(k) for k in args.branch_steps.split(",") if k]
+    def one(mode, seed):
+        sampler = Sampler(model, manifest, args.steps, args.eta, args.guidance, args.class_index)
+        start = time.perf_counter()
+        grid(sampler, shape, args.steps, branch_steps, args.branches, mode, seed)
+        # Trajectory steps, as dgrid counts model evaluations (a guided step is
+        # one evaluation of two rows).
+        return time.perf_counter() - start, sampler.evals
+
+    if args.serve:
+        with torch.inference_mode():
+            one("batched", 99)  # warm-up
+            for line in sys.stdin:
+                if not line.strip():
+                    continue
+                mode, seed = line.split()
+                if mode not in ("seed_style", "batched"):
+                    print(json.dumps({"error": f"unknown mode {mode}"}), flush=True)
+                    continue
+                wall, evals = one(mode, int(seed))
+                print(json.dumps({"wall": wall, "model_evals": evals}), flush=True)
+        return
     walls, evals = [], 0
     with torch.inference_mode():
         for run in range(-1, args.runs):  # run -1 warms up
