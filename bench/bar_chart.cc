@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
@@ -65,7 +66,7 @@ int RunChart(const std::vector<char*>& args) {
     cairo_set_font_size(cr, 12);
     for (const auto& [variant, wall] : rows) {
       const double w = top > 0 ? plot_w * wall / top : 0;
-      const bool ours = variant == "pair_1" || variant == "pair_2" || variant == "inprocess";
+      const bool ours = absl::StartsWith(variant, "pair_") || variant == "inprocess";
       if (variant == "limit") {
         cairo_set_source_rgb(cr, 0.55, 0.55, 0.55);
       } else if (ours) {
