@@ -16,6 +16,7 @@
 // so the shared machine's noise falls on every variant alike.
 #include <grpcpp/grpcpp.h>
 
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -239,6 +240,10 @@ class PythonBaseline {
         "--class_index", std::to_string(plan.class_index), "--branch_steps",
         absl::StrJoin(rows, ","), "--branches", std::to_string(plan.branches), "--threads",
         std::to_string(GridBenchThreads())};
+    // Built before fork: the child may only exec (this process has threads).
+    std::vector<char*> args;
+    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
     int to_child[2], from_child[2];
     if (pipe(to_child) != 0 || pipe(from_child) != 0) {
       return absl::InternalError("python baseline: pipe failed");
@@ -252,9 +257,6 @@ class PythonBaseline {
       close(to_child[1]);
       close(from_child[0]);
       close(from_child[1]);
-      std::vector<char*> args;
-      for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-      args.push_back(nullptr);
       execv(args[0], args.data());
       _exit(127);
     }
@@ -306,6 +308,8 @@ double MedianOf(std::vector<double> v) {
 }  // namespace
 
 int RunGridBench() {
+  // A baseline that dies must fail its round, not end this process on write.
+  signal(SIGPIPE, SIG_IGN);
   SetTorchThreads(GridBenchThreads());
   auto model = DenoiserModel::Load(GridBenchModelDir(), {"auto"});
   if (!model.ok()) {

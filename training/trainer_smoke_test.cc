@@ -5,6 +5,9 @@
 #include <torch/script.h>
 
 #include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
 
 #include "dataset.h"
 #include "gtest/gtest.h"
@@ -67,6 +70,18 @@ TEST(TrainerSmokeTest, FewStepsLowerLossAndWriteLoadableBundle) {
   r = TrainDiffusion(o);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->steps, 34);
+
+  // Resuming a finished run trains nothing and writes the bundle again,
+  // naming the one machine that trained it.
+  fs::remove(dir / "model.pt");
+  r = TrainDiffusion(o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->steps, 34);
+  EXPECT_TRUE(fs::exists(dir / "model.pt"));
+  std::ifstream in(dir / "manifest.json");
+  const std::string manifest((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(manifest.find("\"hardware\""), std::string::npos) << manifest;
+  EXPECT_EQ(manifest.find("; then"), std::string::npos) << manifest;
   fs::remove_all(dir);
 }
 
