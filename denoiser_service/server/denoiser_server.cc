@@ -1,11 +1,11 @@
 #include "denoiser_service/server/denoiser_server.h"
 
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <prometheus/registry.h>
 
 #include "absl/strings/str_cat.h"
+#include "common/grpc_server.h"
 #include "common/metrics_exposer.h"
 #include "common/tls.h"
 #include "denoiser_service/server/denoiser_metrics.h"
@@ -56,29 +56,16 @@ absl::StatusOr<std::unique_ptr<DenoiserServer>> DenoiserServer::Start(
     s->metrics_ = std::move(*endpoint);
   }
 
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort(o.listen, *credentials, &s->port_);
-  builder.RegisterService(s->service_.get());
-  builder.SetMaxReceiveMessageSize(o.max_message_bytes);
-  builder.SetMaxSendMessageSize(o.max_message_bytes);
-  // Keepalive: notice dead peers within ~30 s on idle connections.
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  std::unique_ptr<grpc::ServerBuilder> builder = NewServerBuilder(
+      o.listen, *credentials, &s->port_, o.max_message_bytes, "dgrid-denoiser");
+  builder->RegisterService(s->service_.get());
   if (o.max_connection_age > absl::ZeroDuration()) {
     // Clients reconnect, and re-resolve a headless Service, after a scale-up.
-    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS,
-                               static_cast<int>(absl::ToInt64Milliseconds(o.max_connection_age)));
-    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS, 30000);
+    builder->AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS,
+                                static_cast<int>(absl::ToInt64Milliseconds(o.max_connection_age)));
+    builder->AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS, 30000);
   }
-  // Each in-flight RPC holds a sync-server thread while it waits on the engine.
-  grpc::ResourceQuota quota("dgrid-denoiser");
-  quota.SetMaxThreads(1024);
-  builder.SetResourceQuota(quota);
-  s->server_ = builder.BuildAndStart();
+  s->server_ = builder->BuildAndStart();
   if (!s->server_ || s->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", o.listen));
   }

@@ -1,10 +1,10 @@
 #include "grid_orchestrator/server/orchestrator_server.h"
 
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
 #include "absl/strings/str_cat.h"
+#include "common/grpc_server.h"
 #include "common/metrics_exposer.h"
 #include "grid_orchestrator/execute/prefix_cache.h"
 #include "grid_orchestrator/metrics/orchestrator_metrics.h"
@@ -46,21 +46,10 @@ absl::StatusOr<std::unique_ptr<OrchestratorServer>> OrchestratorServer::Start(
                                                    s->metrics_.get(), o.limits, o.auth_token);
   s->service_ = std::make_unique<OrchestratorServiceImpl>(s->grid_service_.get());
 
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort(o.listen, *server_credentials, &s->port_);
-  builder.RegisterService(s->service_.get());
-  builder.SetMaxReceiveMessageSize(o.max_message_bytes);
-  builder.SetMaxSendMessageSize(o.max_message_bytes);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  grpc::ResourceQuota quota("dgrid-orchestrator");
-  quota.SetMaxThreads(1024);
-  builder.SetResourceQuota(quota);
-  s->server_ = builder.BuildAndStart();
+  std::unique_ptr<grpc::ServerBuilder> builder = NewServerBuilder(
+      o.listen, *server_credentials, &s->port_, o.max_message_bytes, "dgrid-orchestrator");
+  builder->RegisterService(s->service_.get());
+  s->server_ = builder->BuildAndStart();
   if (!s->server_ || s->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", o.listen));
   }
