@@ -5,7 +5,7 @@
 #   training/cuda_train.sh run       # there, from the repo root, with both folders carried
 #
 # `run` builds dgrid-train and dgrid-eval against the machine's CUDA LibTorch
-# (recipe: ../shared/gpu/README.md), picks the epoch count that fits
+# (packages and setup: scripts/gpu/), picks the epoch count that fits
 # TRAIN_BUDGET_S from a short timed probe, trains from scratch with the same
 # flags as the CPU command in training/README.md, evaluates the new bundle and
 # packs bundle, checkpoint, loss curve and logs into $OUT/cuda_train.tgz.
@@ -15,16 +15,13 @@ cd "$(dirname "$0")/.."
 
 if [ "${1:-}" = prepare ]; then
   set -e
-  ../shared/gpu/fetch-debs.sh .gpu-deps
-  # Beyond the shared recipe: Cairo (loss and speciation plots), cpp-httplib,
-  # pkg-config, and the runtime libraries Cairo needs.
-  (cd .gpu-deps/debs && apt-get download libcairo2 libcairo2-dev libpixman-1-0 libfontconfig1 \
-    libfreetype6 libx11-6 libxcb1 libxcb-render0 libxcb-shm0 libxext6 libxrender1 libxau6 \
-    libxdmcp6 libbsd0 libmd0 libbrotli1 libbrotli-dev libexpat1 libcpp-httplib-dev \
-    libcpp-httplib0.11 pkgconf pkgconf-bin libpkgconf3 fontconfig-config 2>&1 |
-    grep -v unsandboxed || true)
+  scripts/gpu/fetch-debs.sh .gpu-deps
   mkdir -p .gpu-data
-  grep -qx '/.gpu-data/' .git/info/exclude || echo '/.gpu-data/' >> .git/info/exclude
+  # Keep the dataset copy out of git (.gpu-deps/ is in .gitignore already).
+  if [ -d .git ]; then
+    mkdir -p .git/info
+    grep -qsx '/.gpu-data/' .git/info/exclude || echo '/.gpu-data/' >> .git/info/exclude
+  fi
   cp /usr/share/datasets/fashion-mnist/*.gz .gpu-data/
   du -sh .gpu-deps .gpu-data
   exit 0
@@ -50,25 +47,9 @@ pack() {
 trap pack EXIT
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-source .gpu-deps/device-setup.sh
-# Cairo's and cpp-httplib's own .pc files say prefix=/usr and require a dozen
-# other -dev packages; these point into /opt/deb and name only the library.
-mkdir -p /tmp/pc
-cat > /tmp/pc/cairo.pc <<'EOF'
-Name: cairo
-Description: cairo from the carried Debian packages
-Version: 1.16.0
-Libs: -L/opt/deb/usr/lib/x86_64-linux-gnu -lcairo
-Cflags: -I/opt/deb/usr/include/cairo
-EOF
-cat > /tmp/pc/cpp-httplib.pc <<'EOF'
-Name: cpp-httplib
-Description: cpp-httplib from the carried Debian packages
-Version: 0.11.4
-Libs: -L/opt/deb/usr/lib/x86_64-linux-gnu -lcpp-httplib
-Cflags: -I/opt/deb/usr/include -DCPPHTTPLIB_OPENSSL_SUPPORT -DCPPHTTPLIB_ZLIB_SUPPORT -DCPPHTTPLIB_BROTLI_SUPPORT
-EOF
-export PKG_CONFIG_PATH=/tmp/pc PKG_CONFIG_LIBDIR=/tmp/pc
+# Unpacks the carried packages into /opt/deb, points pkg-config there and sets
+# DGRID_CUDA_CMAKE_ARGS (CUDA LibTorch prefix, protoc, pkgconf, ...).
+source scripts/gpu/device-setup.sh .gpu-deps || exit 1
 # dgrid-train's default data folder is Debian's; put the carried copy there so
 # the recorded command is the same as on a Debian machine.
 mkdir -p /usr/share/datasets/fashion-mnist
@@ -76,8 +57,7 @@ cp .gpu-data/*.gz /usr/share/datasets/fashion-mnist/
 
 B=/tmp/build-cuda
 stamp "configure"
-cmake -S . -B $B $DGRID_CUDA_CMAKE_ARGS -DCMAKE_POLICY_VERSION_MINIMUM=3.5 \
-  -DPKG_CONFIG_EXECUTABLE=/opt/deb/usr/bin/pkgconf > "$OUT/configure.log" 2>&1 ||
+cmake -S . -B $B $DGRID_CUDA_CMAKE_ARGS > "$OUT/configure.log" 2>&1 ||
   { tail -40 "$OUT/configure.log"; exit 1; }
 stamp "build dgrid-train"
 cmake --build $B -j16 --target dgrid-train > "$OUT/build.log" 2>&1 ||
