@@ -32,6 +32,29 @@ struct SamplerDefaults {
   Spacing spacing = Spacing::kLeading;
 };
 
+enum class ConditioningKind { kClass, kText };
+
+// A text model's tokenizer files (relative to the bundle folder) and ids.
+struct TokenizerFiles {
+  std::string kind;  // "clip_bpe" or "words"
+  std::string vocab;
+  std::string merges;
+  int64_t bos_id = -1;
+  int64_t eos_id = -1;
+  int64_t pad_id = 0;
+  int64_t unk_id = 0;
+  int max_length = 77;
+};
+
+// What a text model adds: the encoder from token ids to the context the
+// denoiser attends to, and the tokenizer.
+struct TextConditioning {
+  std::string encoder_weights;
+  int context_dim = 0;
+  TokenizerFiles tokenizer;
+  std::vector<std::string> example_prompts;
+};
+
 struct BundleManifest {
   std::string name;
   std::string version;
@@ -41,16 +64,23 @@ struct BundleManifest {
   std::string weights;                // relative to the bundle folder
   bool timestep_is_float = false;
   NoiseScheduleSpec schedule;
+  ConditioningKind conditioning = ConditioningKind::kClass;
+  // Class models.
   std::vector<std::string> class_labels;
   int64_t null_label = 0;
+  // Text models.
+  TextConditioning text;
   std::string decoder_kind = "identity";  // or "torchscript"
   std::string decoder_weights;
   double value_lo = -1.0;
   double value_hi = 1.0;
+  // Latents are divided by this before decoding (SD 1.x: 0.18215).
+  double latent_scale = 1.0;
   SamplerDefaults defaults;
   std::string license;
   std::string classifier;
 
+  bool is_text() const { return conditioning == ConditioningKind::kText; }
   int64_t LatentNumel() const;
   int64_t ImageNumel() const;
   // Index of `prompt` in class_labels, or -1.

@@ -35,6 +35,15 @@ absl::Status CheckShape(const google::protobuf::RepeatedField<int64_t>& shape,
   return absl::OkStatus();
 }
 
+// A file named by the manifest must lie inside the bundle folder.
+absl::Status CheckBundleFile(const std::string& path, const char* field) {
+  if (path.empty()) return Invalid(field, "is required");
+  if (path.find("..") != std::string::npos || path.front() == '/') {
+    return Invalid(field, "must be a file inside the bundle folder");
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<BundleManifest> FromProto(const v1::ModelManifest& p) {
   BundleManifest m;
   if (p.name().empty()) return Invalid("name", "is required");
@@ -97,9 +106,57 @@ absl::StatusOr<BundleManifest> FromProto(const v1::ModelManifest& p) {
   m.schedule.steps_offset = s.steps_offset();
   m.schedule.set_alpha_to_one = s.has_set_alpha_to_one() ? s.set_alpha_to_one().value() : true;
 
-  m.class_labels.assign(p.conditioning().class_labels().begin(),
-                        p.conditioning().class_labels().end());
-  m.null_label = p.conditioning().null_label();
+  const v1::ModelManifest::Conditioning& c = p.conditioning();
+  if (c.kind().empty() || c.kind() == "class") {
+    m.conditioning = ConditioningKind::kClass;
+  } else if (c.kind() == "text") {
+    m.conditioning = ConditioningKind::kText;
+  } else {
+    return Invalid("conditioning.kind", "must be \"class\" or \"text\"");
+  }
+  if (c.has_extra()) {
+    return Invalid("conditioning.extra",
+                   "SDXL-style extra conditioning (pooled text, size ids) is not supported yet");
+  }
+  m.class_labels.assign(c.class_labels().begin(), c.class_labels().end());
+  m.null_label = c.null_label();
+  if (m.is_text()) {
+    if (!m.class_labels.empty()) {
+      return Invalid("conditioning.class_labels", "a text model takes no class labels");
+    }
+    TextConditioning& t = m.text;
+    t.encoder_weights = c.text_encoder().weights();
+    if (auto s = CheckBundleFile(t.encoder_weights, "conditioning.text_encoder.weights");
+        !s.ok()) {
+      return s;
+    }
+    t.context_dim = c.text_encoder().context_dim();
+    if (t.context_dim < 1 || t.context_dim > 65536) {
+      return Invalid("conditioning.text_encoder.context_dim", "must be in [1, 65536]");
+    }
+    const v1::ModelManifest::Tokenizer& k = c.tokenizer();
+    t.tokenizer.kind = k.kind();
+    if (k.kind() != "clip_bpe" && k.kind() != "words") {
+      return Invalid("conditioning.tokenizer.kind", "must be \"clip_bpe\" or \"words\"");
+    }
+    t.tokenizer.vocab = k.vocab();
+    if (auto s = CheckBundleFile(k.vocab(), "conditioning.tokenizer.vocab"); !s.ok()) return s;
+    t.tokenizer.merges = k.merges();
+    if (k.kind() == "clip_bpe") {
+      if (auto s = CheckBundleFile(k.merges(), "conditioning.tokenizer.merges"); !s.ok()) {
+        return s;
+      }
+    }
+    t.tokenizer.bos_id = k.bos_id();
+    t.tokenizer.eos_id = k.eos_id();
+    t.tokenizer.pad_id = k.pad_id();
+    t.tokenizer.unk_id = k.unk_id();
+    t.tokenizer.max_length = k.max_length() == 0 ? 77 : k.max_length();
+    if (t.tokenizer.max_length < 2 || t.tokenizer.max_length > 4096) {
+      return Invalid("conditioning.tokenizer.max_length", "must be in [2, 4096]");
+    }
+    t.example_prompts.assign(c.example_prompts().begin(), c.example_prompts().end());
+  }
 
   m.decoder_kind = p.decoder().kind().empty() ? "identity" : p.decoder().kind();
   if (m.decoder_kind != "identity" && m.decoder_kind != "torchscript") {
@@ -112,6 +169,10 @@ absl::StatusOr<BundleManifest> FromProto(const v1::ModelManifest& p) {
     return Invalid("image_shape", "must match latent_shape for an identity decoder");
   }
   m.decoder_weights = p.decoder().weights();
+  m.latent_scale = p.decoder().latent_scale() == 0 ? 1.0 : p.decoder().latent_scale();
+  if (!(m.latent_scale > 0) || !std::isfinite(m.latent_scale)) {
+    return Invalid("decoder.latent_scale", "must be positive and finite");
+  }
   if (p.decoder().value_range_size() == 2) {
     m.value_lo = p.decoder().value_range(0);
     m.value_hi = p.decoder().value_range(1);

@@ -14,12 +14,15 @@ uint64_t Path::NoiseSeedAt(int step) const {
   return seed;
 }
 
+absl::Span<const Segment> Path::SegmentsBelow(int step) const {
+  size_t n = 0;
+  while (n < segments.size() && segments[n].from_step < step) ++n;
+  return absl::MakeConstSpan(segments.data(), n);
+}
+
 Path Path::BranchAt(int step, uint64_t noise_seed) const {
-  Path branch{init_seed, {}};
-  for (const Segment& segment : segments) {
-    if (segment.from_step >= step) break;
-    branch.segments.push_back(segment);
-  }
+  const absl::Span<const Segment> prefix = SegmentsBelow(step);
+  Path branch{init_seed, {prefix.begin(), prefix.end()}};
   branch.segments.push_back({step, noise_seed});
   return branch;
 }

@@ -1,6 +1,6 @@
-// A trajectory's name (DESIGN.md, "a trajectory is a path"): the initial
-// latent comes from init_seed, and the noise injected at step i from the
-// segment whose range holds i, keyed by (noise_seed, i). The trunk is
+// A trajectory's name (docs/ARCHITECTURE.md, "A trajectory is a path"): the
+// initial latent comes from init_seed, and the noise injected at step i from
+// the segment whose range holds i, keyed by (noise_seed, i). The trunk is
 // {s, [(0, a)]}; a branch at step k is {s, [(0, a), (k, b)]}.
 //
 //   Path trunk{7, {{0, 100}}};
@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/types/span.h"
 
 namespace dgrid {
 
@@ -34,6 +35,10 @@ struct Path {
 
   // The seed of the segment whose range holds `step`. Requires a valid path.
   uint64_t NoiseSeedAt(int step) const;
+  // The segments that start below `step`: with init_seed, all that the
+  // latent at `step` depends on. The planner's branch seeds, BranchAt and the
+  // prefix cache's keys all use this one rule, so they cannot disagree.
+  absl::Span<const Segment> SegmentsBelow(int step) const;
   // This path up to `step`, then `noise_seed` from `step` on. Segments that
   // start at or after `step` are dropped.
   Path BranchAt(int step, uint64_t noise_seed) const;

@@ -2,7 +2,7 @@
 // cuRAND) plus Box–Muller. Noise is a pure function of (seed, stream, step,
 // element index), so a trajectory's noise never depends on which batch it ran
 // in, on which replica, or on the device. Never replace this with a shared
-// torch generator (DESIGN.md).
+// torch generator (docs/ARCHITECTURE.md, "A trajectory is a path").
 //
 //   std::vector<float> z(n);
 //   FillGaussian({.seed = 42, .stream = NoiseStream::kStep, .step = 7}, z);

@@ -6,6 +6,7 @@
 #include "absl/base/config.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/short_text.h"
 
 namespace dgrid {
 namespace {
@@ -16,6 +17,13 @@ namespace {
 
 std::string ShapeString(absl::Span<const int64_t> shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ","), "]");
+}
+
+// A client's shape, cut like any echoed value: a tensor may claim thousands
+// of dimensions.
+std::string EchoedShapeString(absl::Span<const int64_t> shape) {
+  std::string s = ShapeString(shape);
+  return s.size() <= kMaxEchoBytes ? s : ShortQuote(s);
 }
 
 }  // namespace
@@ -31,7 +39,7 @@ absl::Status DecodeFloatTensorInto(const v1::Tensor& tensor,
   if (shape != expected_shape) {
     return absl::InvalidArgumentError(absl::StrCat(field, ".shape must be ",
                                                    ShapeString(expected_shape), ", got ",
-                                                   ShapeString(shape)));
+                                                   EchoedShapeString(shape)));
   }
   size_t numel = 1;
   for (int64_t d : expected_shape) numel *= static_cast<size_t>(d);

@@ -3,8 +3,11 @@
 // serve a normal grid.
 #include <grpcpp/grpcpp.h>
 
+#include <grpcpp/generic/generic_stub.h>
+
 #include <cmath>
 #include <functional>
+#include <future>
 #include <limits>
 
 #include "common/tensor_codec.h"
@@ -87,9 +90,50 @@ class BadInputTest : public ::testing::Test {
     return n;
   }
 
+  static void ExpectBothStillServe() {
+    EXPECT_TRUE(Branch(GoodBranch()).ok());
+    v1::GridRequest normal;
+    normal.set_seed(3);
+    const grpc::Status ok = Grid(normal);
+    EXPECT_TRUE(ok.ok()) << ok.error_message();
+    EXPECT_TRUE(stack_->denoiser(0).Running());
+    EXPECT_TRUE(stack_->orchestrator().Running());
+  }
+
+  // A call with `wire` as the request's bytes, as any client could send
+  // them. Unary on the wire, which a server-streaming method that fails
+  // before its first message answers the same way.
+  static grpc::Status RawCall(const std::string& address, const std::string& method,
+                              const std::string& wire) {
+    grpc::GenericStub stub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+    grpc::Slice slice(wire);
+    const grpc::ByteBuffer request(&slice, 1);
+    grpc::ByteBuffer response;
+    std::promise<grpc::Status> done;
+    stub.UnaryCall(&context, method, grpc::StubOptions(), &request, &response,
+                   [&done](grpc::Status status) { done.set_value(std::move(status)); });
+    return done.get_future().get();
+  }
+
   static Stack* stack_;
   static v1::ModelInfo* model_;
 };
+
+// A string field's placeholder, made invalid UTF-8 in the wire bytes.
+constexpr char kPlaceholder[] = "UTF8-PLACEHOLDER";
+
+// `message`'s wire form with the placeholder's first byte made 0xFF: the
+// same length, no longer UTF-8. (A client's own protobuf will not build such
+// a message; a hostile client writes the bytes.)
+std::string WithInvalidUtf8(const google::protobuf::Message& message) {
+  std::string wire = message.SerializeAsString();
+  const size_t at = wire.find(kPlaceholder);
+  EXPECT_NE(at, std::string::npos) << message.ShortDebugString();
+  if (at != std::string::npos) wire[at] = '\xFF';
+  return wire;
+}
 
 Stack* BadInputTest::stack_ = nullptr;
 v1::ModelInfo* BadInputTest::model_ = nullptr;
@@ -175,7 +219,7 @@ TEST_F(BadInputTest, EveryBadRequestGetsACodeAndTheFieldAndServiceGoesOn) {
                [](auto& r) {
                  for (int i = 0; i < 70; ++i) *r.add_trajectories() = r.trajectories(0);
                },
-               Code::RESOURCE_EXHAUSTED, "trajectories"),
+               Code::INVALID_ARGUMENT, "trajectories"),
       denoiser("oversized message", [](auto& r) { r.set_model(std::string(2 << 20, 'm')); },
                Code::RESOURCE_EXHAUSTED, "larger than max"),
       // ---- orchestrator ----
@@ -259,15 +303,124 @@ TEST_F(BadInputTest, EveryBadRequestGetsACodeAndTheFieldAndServiceGoesOn) {
   EXPECT_EQ(Branch(GoodBranch(), absl::Milliseconds(-1)).error_code(), Code::DEADLINE_EXCEEDED);
   EXPECT_EQ(Grid(SmallGrid(), absl::Milliseconds(-1)).error_code(), Code::DEADLINE_EXCEEDED);
 
-  // Both still serve.
-  EXPECT_TRUE(Branch(GoodBranch()).ok());
-  v1::GridRequest normal;
-  normal.set_seed(3);
-  const grpc::Status ok = Grid(normal);
-  EXPECT_TRUE(ok.ok()) << ok.error_message();
-  EXPECT_TRUE(stack_->denoiser(0).Running());
-  EXPECT_TRUE(stack_->orchestrator().Running());
+  ExpectBothStillServe();
   std::cout << cases.size() + 2 << " malformed or hostile requests answered\n";
+}
+
+// Bytes that are not UTF-8 in a string field, on every RPC of both
+// services. Before request parsing named the field, each came back INTERNAL
+// with an empty message.
+TEST_F(BadInputTest, InvalidUtf8IsInvalidArgumentNamingTheField) {
+  v1::GridRequest grid_prompt = SmallGrid();
+  grid_prompt.set_prompt(kPlaceholder);
+  v1::GridRequest grid_model = SmallGrid();
+  grid_model.set_model(kPlaceholder);
+  v1::BranchRequest branch_model = GoodBranch();
+  branch_model.set_model(kPlaceholder);
+  v1::BranchRequest branch_prompt = GoodBranch();
+  branch_prompt.mutable_conditioning()->set_prompt(kPlaceholder);
+  v1::StepRequest step;
+  step.set_model(model_->name());
+  step.mutable_conditioning()->set_prompt(kPlaceholder);
+  v1::GetModelInfoRequest info;
+  info.set_model(kPlaceholder);
+  v1::DecodeRequest decode;
+  decode.set_model(kPlaceholder);
+  const std::string orchestrator = stack_->orchestrator_address();
+  const std::string denoiser = stack_->denoiser_address(0);
+  const struct {
+    std::string address;
+    const char* method;
+    std::string wire;
+    const char* message;
+  } cases[] = {
+      {orchestrator, "/dgrid.v1.Orchestrator/CreateGrid", WithInvalidUtf8(grid_prompt),
+       "prompt: is not valid UTF-8"},
+      {orchestrator, "/dgrid.v1.Orchestrator/CreateGrid", WithInvalidUtf8(grid_model),
+       "model: is not valid UTF-8"},
+      {orchestrator, "/dgrid.v1.Orchestrator/StreamGrid", WithInvalidUtf8(grid_prompt),
+       "prompt: is not valid UTF-8"},
+      // ListModelsRequest has no field: any bytes that are not a message.
+      {orchestrator, "/dgrid.v1.Orchestrator/ListModels", "\xFF\xFF\xFF",
+       "request: cannot be parsed as dgrid.v1.ListModelsRequest"},
+      {denoiser, "/dgrid.v1.Denoiser/Branch", WithInvalidUtf8(branch_model),
+       "model: is not valid UTF-8"},
+      {denoiser, "/dgrid.v1.Denoiser/Branch", WithInvalidUtf8(branch_prompt),
+       "conditioning.prompt: is not valid UTF-8"},
+      {denoiser, "/dgrid.v1.Denoiser/Step", WithInvalidUtf8(step),
+       "conditioning.prompt: is not valid UTF-8"},
+      {denoiser, "/dgrid.v1.Denoiser/GetModelInfo", WithInvalidUtf8(info),
+       "model: is not valid UTF-8"},
+      {denoiser, "/dgrid.v1.Denoiser/Decode", WithInvalidUtf8(decode),
+       "model: is not valid UTF-8"},
+  };
+  for (const auto& c : cases) {
+    const grpc::Status status = RawCall(c.address, c.method, c.wire);
+    EXPECT_EQ(status.error_code(), Code::INVALID_ARGUMENT) << c.method << ": " << c.message
+                                                          << ": " << status.error_message();
+    EXPECT_EQ(status.error_message(), c.message) << c.method;
+  }
+  ExpectBothStillServe();
+}
+
+// An echoed value is cut to ~100 characters. Before, a prompt or model of
+// 8 KB was echoed whole, and the status no longer fit the client's metadata
+// limit: the client saw a metadata error, not INVALID_ARGUMENT.
+TEST_F(BadInputTest, LongValuesAreEchoedShort) {
+  const std::string long_value(8 << 10, 'x');
+  const auto expect_short = [](const char* name, const grpc::Status& status,
+                               const char* field) {
+    EXPECT_EQ(status.error_code(), Code::INVALID_ARGUMENT) << name << ": "
+                                                           << status.error_message();
+    EXPECT_LT(status.error_message().size(), 300u) << name << ": " << status.error_message();
+    EXPECT_EQ(status.error_message().rfind(field, 0), 0u) << name << ": "
+                                                          << status.error_message();
+    EXPECT_NE(status.error_message().find("(8192 bytes)"), std::string::npos)
+        << name << ": " << status.error_message();
+  };
+  v1::GridRequest grid = SmallGrid();
+  grid.set_prompt(long_value);
+  expect_short("grid prompt", Grid(grid), "prompt:");
+  grid = SmallGrid();
+  grid.set_model(long_value);
+  expect_short("grid model", Grid(grid), "model:");
+  grid = SmallGrid();
+  grid.set_preset(long_value);
+  expect_short("grid preset", Grid(grid), "preset:");
+  v1::BranchRequest branch = GoodBranch();
+  branch.set_model(long_value);
+  expect_short("branch model", Branch(branch), "model:");
+  branch = GoodBranch();
+  branch.mutable_conditioning()->set_prompt(long_value);
+  expect_short("branch prompt", Branch(branch), "conditioning.prompt:");
+  // A tensor that claims 8,192 dimensions: its shape is a client value too.
+  branch = GoodBranch();
+  Latent(branch, {0.f}, std::vector<int64_t>(8192, 1));
+  const grpc::Status shape = Branch(branch);
+  EXPECT_EQ(shape.error_code(), Code::INVALID_ARGUMENT) << shape.error_message();
+  EXPECT_LT(shape.error_message().size(), 300u) << shape.error_message();
+  EXPECT_EQ(shape.error_message().rfind("trajectories[0].start_latent.shape", 0), 0u)
+      << shape.error_message();
+  ExpectBothStillServe();
+}
+
+// A request over a fixed limit can never succeed: INVALID_ARGUMENT, which
+// the orchestrator does not retry, not RESOURCE_EXHAUSTED (retry later).
+TEST_F(BadInputTest, PermanentLimitsAreInvalidArgument) {
+  v1::BranchRequest branch = GoodBranch();
+  for (int i = 0; i < 64; ++i) *branch.add_trajectories() = branch.trajectories(0);
+  const grpc::Status branched = Branch(branch);
+  EXPECT_EQ(branched.error_code(), Code::INVALID_ARGUMENT) << branched.error_message();
+  EXPECT_EQ(branched.error_message().rfind("trajectories:", 0), 0u) << branched.error_message();
+
+  v1::DecodeRequest decode;
+  decode.set_model(model_->name());
+  for (int i = 0; i < 65; ++i) decode.add_latents();
+  grpc::ClientContext context;
+  v1::DecodeResponse decoded;
+  const grpc::Status status = stack_->Denoiser(0)->Decode(&context, decode, &decoded);
+  EXPECT_EQ(status.error_code(), Code::INVALID_ARGUMENT) << status.error_message();
+  EXPECT_EQ(status.error_message().rfind("latents:", 0), 0u) << status.error_message();
 }
 
 }  // namespace

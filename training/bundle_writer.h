@@ -1,8 +1,8 @@
 // Writes a model bundle's manifest.json (the schema is
 // proto/dgrid/v1/manifest.proto) from plain C++ values. This header is free of
 // torch and protobuf so that the torch side of training can call it; the
-// protobuf JSON mapping lives only in bundle_writer.cc (see DESIGN.md's
-// layering rule).
+// protobuf JSON mapping lives only in bundle_writer.cc (see
+// docs/ARCHITECTURE.md, "Layering").
 //
 //   BundleManifest m = FashionMnistManifest();
 //   m.training.final_loss = 0.031;

@@ -1,32 +1,67 @@
 #include "grid_orchestrator/execute/grid_executor.h"
 
+#include <condition_variable>
+#include <list>
 #include <map>
+#include <optional>
 #include <thread>
 
+#include "absl/random/random.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/grpc_status.h"
+#include "common/wire.h"
 #include "grid_orchestrator/assemble/grid_figure.h"
 #include "grid_orchestrator/metrics/orchestrator_metrics.h"
 
 namespace dgrid {
+namespace {
+
+// A cell as it goes to the client; the trunk's is row = column = -1.
+void FillCell(int row, int column, const Path& path, const std::string& png,
+              const std::string& source, v1::GridCell* cell) {
+  cell->set_row(row);
+  cell->set_column(column);
+  PathToProto(path, cell->mutable_path());
+  cell->set_png(png);
+  cell->set_source(source);
+}
+
+// A prompt as the figure's title shows it: at most 60 characters.
+std::string FigureText(const std::string& text) {
+  if (text.size() <= 60) return text;
+  size_t cut = 57;
+  while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
+  return text.substr(0, cut) + "...";
+}
+
+v1::GridEvent CellEvent(int row, int column, const Path& path, const std::string& png,
+                        const std::string& source) {
+  v1::GridEvent event;
+  FillCell(row, column, path, png, source, event.mutable_cell());
+  return event;
+}
+
+}  // namespace
 
 // ---- GridCancel ----
 
 void GridCancel::Cancel() {
   cancelled_.store(true);
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   for (grpc::ClientContext* context : contexts_) context->TryCancel();
 }
 
 bool GridCancel::Register(grpc::ClientContext* context) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (cancelled_.load()) return false;
   contexts_.insert(context);
   return true;
 }
 
 void GridCancel::Unregister(grpc::ClientContext* context) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   contexts_.erase(context);
 }
 
@@ -42,8 +77,13 @@ class GridExecutor::GridRun {
         sink_(sink),
         cancel_(cancel),
         sampler_key_(PrefixCache::SamplerKey(plan)),
-        cells_(plan.rows.size(), std::vector<CellResult>(plan.branches)) {}
+        tenant_(absl::Uniform<uint64_t>(absl::BitGen())),
+        cells_(plan.rows.size(), std::vector<CellResult>(plan.branches)),
+        row_started_(plan.rows.size(), false) {}
 
+  // The algorithm: announce the plan, take what the cache holds, start the
+  // rows whose start latent is known and the trunk if anything needs it,
+  // wait for every job, and draw the grid.
   absl::StatusOr<v1::Grid> Execute();
 
  private:
@@ -52,22 +92,57 @@ class GridExecutor::GridRun {
     std::string png;
     std::string source;
   };
+  // What one Branch call to one replica did.
+  struct Attempt {
+    absl::Status status;
+    std::string replica;
+    bool no_replica = false;  // the pool had none to give
+    bool stalled = false;     // cancelled here for lack of progress
+    bool bad_output = false;  // the replica sent something unusable
+    int64_t progress_evals = 0;
+    int64_t final_evals = 0;
+  };
+  // One call in flight, as the stall watchdog sees it.
+  struct WatchedCall {
+    grpc::ClientContext* context;
+    absl::Time last_progress;
+    bool stalled = false;
+  };
+  using EventHandler = std::function<absl::Status(const v1::BranchEvent&, const std::string&)>;
+  // The request for what a job still has to do, and its size; nullopt when
+  // nothing is left.
+  using NextRequest = std::function<std::optional<std::pair<v1::BranchRequest, int64_t>>()>;
 
+  // Execute's steps.
+  void EmitPlan();
+  int LoadCached();
+  bool TrunkNeeded();
+  void StartReadyRows();
+  void JoinJobs();
+  absl::StatusOr<v1::Grid> Assemble();
+
+  // Jobs.
   v1::BranchRequest BaseRequest(int start_step) const;
-  // One attempt of one Branch call on one replica.
-  // *no_replica tells that the pool had no replica to give.
-  absl::Status Call(const v1::BranchRequest& request, int64_t work,
-                    const std::set<std::string>& avoid, std::string* replica, bool* no_replica,
-                    const std::function<void(const v1::BranchEvent&)>& on_event);
-  // Whether to try a failed job again, on another replica.
-  bool ShouldRetry(const absl::Status& status, bool no_replica, int attempt);
   void RunTrunk(int start_step, std::optional<v1::Tensor> start_latent);
   void StartRow(size_t row);
   void RunCells(size_t row, std::vector<int> columns);
+  // Retries a job on other replicas until it is done or fails for good.
+  void RunJob(const std::string& label, const NextRequest& next, const EventHandler& on_event);
+  Attempt Call(const v1::BranchRequest& request, int64_t work,
+               const std::set<std::string>& avoid, const EventHandler& on_event);
+  bool ShouldRetry(const Attempt& attempt, int number) const;
+  void Backoff(int number) const;
+  absl::Status CheckLatent(const v1::Tensor& latent, const std::string& what) const;
+
+  // Stall watchdog over the calls in flight.
+  std::list<WatchedCall>::iterator Watch(grpc::ClientContext* context);
+  void Unwatch(std::list<WatchedCall>::iterator call, bool* stalled);
+  void Touch(std::list<WatchedCall>::iterator call);
+  void WatchdogLoop();
+
   void Emit(const v1::GridEvent& event);
   void Fail(const absl::Status& status);
   void Spawn(std::function<void()> job);
-  absl::StatusOr<v1::Grid> Assemble();
 
   const GridExecutor& ex_;
   const GridPlanSpec& plan_;
@@ -75,19 +150,28 @@ class GridExecutor::GridRun {
   const EventSink& sink_;
   GridCancel* const cancel_;
   const std::string sampler_key_;
+  // The grid's tenant at the pool and its fairness key at the replicas.
+  const uint64_t tenant_;
   const absl::Time started_ = absl::Now();
 
-  absl::Mutex mu_;
-  std::map<int, CacheEntry> captures_ ABSL_GUARDED_BY(mu_);
-  std::vector<std::vector<CellResult>> cells_ ABSL_GUARDED_BY(mu_);
-  std::vector<bool> row_started_ ABSL_GUARDED_BY(mu_);
-  CellResult trunk_ ABSL_GUARDED_BY(mu_);
-  absl::Status status_ ABSL_GUARDED_BY(mu_);
-  int64_t model_evals_ ABSL_GUARDED_BY(mu_) = 0;
-  int cache_hits_ ABSL_GUARDED_BY(mu_) = 0;
-  std::vector<std::thread> threads_ ABSL_GUARDED_BY(mu_);
+  // std primitives throughout: TSan sees them (Debian's abseil is not
+  // instrumented).
+  std::mutex mu_;
+  std::map<int, CacheEntry> captures_;          // guarded by mu_
+  std::vector<std::vector<CellResult>> cells_;  // guarded by mu_
+  std::vector<bool> row_started_;               // guarded by mu_
+  CellResult trunk_;                            // guarded by mu_
+  absl::Status status_;                         // guarded by mu_
+  int64_t model_evals_ = 0;                     // guarded by mu_
+  int cache_hits_ = 0;                          // guarded by mu_
+  std::vector<std::thread> threads_;            // guarded by mu_
 
-  absl::Mutex sink_mu_;
+  std::mutex sink_mu_;
+
+  std::mutex watch_mu_;
+  std::condition_variable watch_cv_;
+  std::list<WatchedCall> calls_;  // guarded by watch_mu_
+  bool watch_stop_ = false;       // guarded by watch_mu_
 };
 
 v1::BranchRequest GridExecutor::GridRun::BaseRequest(int start_step) const {
@@ -97,22 +181,29 @@ v1::BranchRequest GridExecutor::GridRun::BaseRequest(int start_step) const {
   s->set_steps(plan_.steps);
   s->set_eta(plan_.eta);
   s->set_guidance(plan_.guidance);
-  s->set_spacing(plan_.spacing == Spacing::kLeading ? v1::SPACING_LEADING
-                                                    : v1::SPACING_TRAILING);
-  if (plan_.class_index >= 0) r.mutable_conditioning()->set_class_index(plan_.class_index);
+  s->set_spacing(SpacingToProto(plan_.spacing));
+  if (plan_.text) {
+    r.mutable_conditioning()->set_prompt(plan_.prompt);
+    r.mutable_conditioning()->set_negative_prompt(plan_.negative_prompt);
+  } else if (plan_.class_index >= 0) {
+    r.mutable_conditioning()->set_class_index(plan_.class_index);
+  }
   r.set_start_step(start_step);
   r.set_decode(true);
+  r.set_fairness_key(tenant_);
+  r.set_progress_interval_ms(
+      static_cast<int32_t>(absl::ToInt64Milliseconds(ex_.options_.progress_interval)));
   return r;
 }
 
 void GridExecutor::GridRun::Emit(const v1::GridEvent& event) {
-  absl::MutexLock lock(&sink_mu_);
+  std::lock_guard<std::mutex> lock(sink_mu_);
   sink_(event);
 }
 
 void GridExecutor::GridRun::Fail(const absl::Status& status) {
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     if (!status_.ok()) return;
     status_ = status;
   }
@@ -121,58 +212,199 @@ void GridExecutor::GridRun::Fail(const absl::Status& status) {
 }
 
 void GridExecutor::GridRun::Spawn(std::function<void()> job) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   threads_.emplace_back(std::move(job));
 }
 
-absl::Status GridExecutor::GridRun::Call(
-    const v1::BranchRequest& request, int64_t work, const std::set<std::string>& avoid,
-    std::string* replica, bool* no_replica,
-    const std::function<void(const v1::BranchEvent&)>& on_event) {
-  *no_replica = false;
-  const absl::Time attempt_deadline = std::min(deadline_, absl::Now() + ex_.options_.job_timeout);
-  absl::StatusOr<ReplicaPool::Lease> lease =
-      ex_.pool_->Acquire(work, attempt_deadline, avoid, cancel_->flag());
+// ---- Stall watchdog ----
+
+std::list<GridExecutor::GridRun::WatchedCall>::iterator GridExecutor::GridRun::Watch(
+    grpc::ClientContext* context) {
+  std::lock_guard<std::mutex> lock(watch_mu_);
+  return calls_.insert(calls_.end(), WatchedCall{context, absl::Now()});
+}
+
+void GridExecutor::GridRun::Touch(std::list<WatchedCall>::iterator call) {
+  std::lock_guard<std::mutex> lock(watch_mu_);
+  call->last_progress = absl::Now();
+}
+
+void GridExecutor::GridRun::Unwatch(std::list<WatchedCall>::iterator call, bool* stalled) {
+  std::lock_guard<std::mutex> lock(watch_mu_);
+  *stalled = call->stalled;
+  calls_.erase(call);
+}
+
+void GridExecutor::GridRun::WatchdogLoop() {
+  const absl::Duration tick =
+      std::min(absl::Milliseconds(100), ex_.options_.stall_timeout / 4);
+  std::unique_lock<std::mutex> lock(watch_mu_);
+  while (!watch_cv_.wait_for(lock, absl::ToChronoNanoseconds(tick), [this] { return watch_stop_; })) {
+    const absl::Time now = absl::Now();
+    for (WatchedCall& call : calls_) {
+      if (!call.stalled && now - call.last_progress > ex_.options_.stall_timeout) {
+        call.stalled = true;
+        call.context->TryCancel();
+      }
+    }
+  }
+}
+
+// ---- One job ----
+
+absl::Status GridExecutor::GridRun::CheckLatent(const v1::Tensor& latent,
+                                                const std::string& what) const {
+  int64_t numel = 1;
+  for (int64_t d : plan_.latent_shape) numel *= d;
+  if (plan_.latent_shape.empty() ||
+      latent.raw_contents().size() == static_cast<size_t>(numel) * sizeof(float)) {
+    return absl::OkStatus();
+  }
+  return absl::InternalError(absl::StrCat(what, " has ", latent.raw_contents().size(),
+                                          " bytes of latent, expected ", numel * sizeof(float)));
+}
+
+GridExecutor::GridRun::Attempt GridExecutor::GridRun::Call(const v1::BranchRequest& request,
+                                                           int64_t work,
+                                                           const std::set<std::string>& avoid,
+                                                           const EventHandler& on_event) {
+  Attempt a;
+  ReplicaPool::Want want;
+  want.work = work;
+  want.deadline = deadline_;
+  want.avoid = avoid;
+  want.cancelled = cancel_->flag();
+  want.model = plan_.model;
+  want.version = plan_.model_version;
+  want.tenant = tenant_;
+  absl::StatusOr<ReplicaPool::Lease> lease = ex_.pool_->Acquire(want);
   if (!lease.ok()) {
     // The pool already waited for a usable replica: retrying would only
     // make the client wait again for the same answer.
-    *no_replica = true;
-    return lease.status();
+    a.no_replica = true;
+    a.status = lease.status();
+    return a;
   }
-  *replica = lease->address();
+  a.replica = lease->address();
   grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(attempt_deadline));
-  if (!cancel_->Register(&context)) return absl::CancelledError("grid cancelled");
+  // No per-attempt wall-clock deadline: the watchdog ends calls that stop
+  // making progress, and a slow but steady one may take as long as the grid.
+  context.set_deadline(absl::ToChronoTime(deadline_));
+  if (!cancel_->Register(&context)) {
+    a.status = absl::CancelledError("grid cancelled");
+    return a;
+  }
+  auto watched = Watch(&context);
   auto reader = lease->stub()->Branch(&context, request);
   v1::BranchEvent event;
-  while (reader->Read(&event)) on_event(event);
+  absl::Status bad;
+  int64_t replica_forwards = 0;
+  while (reader->Read(&event)) {
+    if (event.has_progress()) {
+      // Progress: this call's trajectories moved, or the replica's model
+      // thread did (the call is queued behind other work, not stuck).
+      const v1::Progress& p = event.progress();
+      if (p.model_evals() > a.progress_evals || p.replica_forwards() > replica_forwards) {
+        Touch(watched);
+      }
+      a.progress_evals = std::max(a.progress_evals, p.model_evals());
+      replica_forwards = std::max(replica_forwards, p.replica_forwards());
+      continue;
+    }
+    Touch(watched);
+    if (event.has_final()) a.final_evals += event.final().model_evals();
+    bad = on_event(event, a.replica);
+    if (!bad.ok()) {
+      context.TryCancel();
+      while (reader->Read(&event)) {
+      }
+      break;
+    }
+  }
   const grpc::Status status = reader->Finish();
+  Unwatch(watched, &a.stalled);
   cancel_->Unregister(&context);
+  if (!bad.ok()) {
+    a.bad_output = true;
+    a.status = absl::InternalError(absl::StrCat("replica ", a.replica, ": ", bad.message()));
+  } else if (a.stalled && !status.ok()) {
+    a.status = absl::DeadlineExceededError(
+        absl::StrCat("replica ", a.replica, " made no progress for ",
+                     absl::FormatDuration(ex_.options_.stall_timeout)));
+  } else {
+    a.status = FromGrpcStatus(status);
+  }
   if (status.error_code() == grpc::StatusCode::UNAVAILABLE) lease->MarkUnhealthy();
-  return FromGrpcStatus(status);
+  return a;
 }
 
-bool GridExecutor::GridRun::ShouldRetry(const absl::Status& status, bool no_replica,
-                                        int attempt) {
-  if (no_replica || cancel_->cancelled() || absl::Now() >= deadline_) return false;
-  if (attempt >= ex_.options_.max_attempts) return false;
-  switch (status.code()) {
-    case absl::StatusCode::kUnavailable:
+bool GridExecutor::GridRun::ShouldRetry(const Attempt& a, int number) const {
+  if (a.no_replica || cancel_->cancelled() || absl::Now() >= deadline_) return false;
+  if (number >= ex_.options_.max_attempts) return false;
+  // Another replica can fix these; a permanent error (a bad request, a model
+  // that overflows) would fail the same way everywhere.
+  if (a.stalled || a.bad_output) return true;
+  switch (a.status.code()) {
     case absl::StatusCode::kResourceExhausted:
-    case absl::StatusCode::kDeadlineExceeded:  // this attempt's, not the grid's
+      // Its queue is full: another replica may have room. gRPC's own message
+      // size limit says RESOURCE_EXHAUSTED too, and is the same everywhere.
+      return !absl::StrContains(a.status.message(), "larger than max");
+    case absl::StatusCode::kUnavailable:  // replica gone or shutting down
     case absl::StatusCode::kAborted:
-    case absl::StatusCode::kCancelled:  // a replica shutting down
+    case absl::StatusCode::kCancelled:  // by the replica, not by this grid
+    // A fault of that replica (its model failed, or produced NaN from a
+    // seed): another replica may be sound. NaN from a caller's start latent
+    // is INVALID_ARGUMENT instead, the same everywhere.
     case absl::StatusCode::kInternal:
-    case absl::StatusCode::kUnknown:
       return true;
     default:
       return false;
   }
 }
 
-void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> start_latent) {
+void GridExecutor::GridRun::Backoff(int number) const {
+  absl::Duration wait = ex_.options_.retry_backoff;
+  for (int i = 1; i < number && wait < absl::Seconds(1); ++i) wait *= 2;
+  const absl::Time until = std::min(deadline_, absl::Now() + std::min(wait, absl::Seconds(1)));
+  while (absl::Now() < until && !cancel_->cancelled()) absl::SleepFor(absl::Milliseconds(5));
+}
+
+void GridExecutor::GridRun::RunJob(const std::string& label, const NextRequest& next,
+                                   const EventHandler& on_event) {
   std::set<std::string> avoid;
-  for (int attempt = 1;; ++attempt) {
+  for (int number = 1;; ++number) {
+    std::optional<std::pair<v1::BranchRequest, int64_t>> request = next();
+    if (!request) return;
+    const Attempt a = Call(request->first, request->second, avoid, on_event);
+    // Every evaluation that ran counts, those of a failed attempt too (as
+    // far as its last progress report tells).
+    const int64_t wasted = std::max<int64_t>(0, a.progress_evals - a.final_evals);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      model_evals_ += wasted;
+    }
+    if (ex_.metrics_) ex_.metrics_->CountEvals(a.final_evals, wasted);
+    if (a.status.ok()) {
+      if (ex_.metrics_) ex_.metrics_->CountJob("ok");
+      return;
+    }
+    if (!ShouldRetry(a, number)) {
+      if (ex_.metrics_) ex_.metrics_->CountJob("failed");
+      Fail(absl::Status(a.status.code(), absl::StrCat(label, ": ", a.status.message())));
+      return;
+    }
+    if (ex_.metrics_) {
+      ex_.metrics_->CountJob("retried");
+      ex_.metrics_->CountRetry();
+    }
+    if (!a.replica.empty()) avoid.insert(a.replica);
+    Backoff(number);
+  }
+}
+
+void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> start_latent) {
+  std::set<int> wanted(plan_.trunk_captures.begin(), plan_.trunk_captures.end());
+  auto next = [&]() -> std::optional<std::pair<v1::BranchRequest, int64_t>> {
     v1::BranchRequest request = BaseRequest(start_step);
     v1::TrajectoryInput* t = request.add_trajectories();
     PathToProto(plan_.trunk, t->mutable_path());
@@ -182,77 +414,67 @@ void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> s
       if (s > start_step || (s == 0 && start_step == 0)) request.add_capture_steps(s);
     }
     request.set_previews(true);
-    std::string replica;
-    bool no_replica = false;
-    const absl::Status status = Call(
-        request, plan_.steps - start_step, avoid, &replica, &no_replica,
-        [&](const v1::BranchEvent& event) {
-          if (event.has_capture()) {
-            const v1::Capture& c = event.capture();
-            CacheEntry entry{c.latent(), c.image().png(), c.x0_image().png()};
-            ex_.cache_->Put(PrefixCache::CaptureKey(sampler_key_, plan_.trunk, c.step()), entry);
-            {
-              absl::MutexLock lock(&mu_);
-              captures_[c.step()] = entry;
-            }
-            // A resumed trunk starts from its newest capture.
-            start_step = c.step();
-            start_latent = c.latent();
-            v1::GridEvent progress;
-            v1::TrunkProgress* p = progress.mutable_trunk();
-            p->set_step(c.step());
-            p->set_timestep(TimestepAfter(plan_, c.step()));
-            p->set_xt_png(c.image().png());
-            p->set_x0_png(c.x0_image().png());
-            p->set_source(replica);
-            Emit(progress);
-            // Wavefront: the rows branching here leave now.
-            for (size_t r = 0; r < plan_.rows.size(); ++r) {
-              if (plan_.rows[r].branch_step == c.step()) StartRow(r);
-            }
-          } else if (event.has_final()) {
-            const v1::Final& f = event.final();
-            ex_.cache_->Put(PrefixCache::FinalKey(sampler_key_, plan_.trunk),
-                            {f.latent(), f.image().png(), ""});
-            {
-              absl::MutexLock lock(&mu_);
-              model_evals_ += f.model_evals();
-              // Already sent from the cache (a promoted cell's trunk runs
-              // again only for its captures).
-              if (trunk_.done) return;
-              trunk_ = {true, f.image().png(), replica};
-            }
-            v1::GridEvent cell;
-            v1::GridCell* g = cell.mutable_cell();
-            g->set_row(-1);
-            g->set_column(-1);
-            PathToProto(plan_.trunk, g->mutable_path());
-            g->set_png(f.image().png());
-            g->set_source(replica);
-            Emit(cell);
-          }
-        });
-    if (status.ok()) {
-      if (ex_.metrics_) ex_.metrics_->CountJob("ok");
-      return;
+    return std::make_pair(std::move(request), int64_t{plan_.steps - start_step});
+  };
+  auto on_event = [&](const v1::BranchEvent& event, const std::string& replica) -> absl::Status {
+    if (event.has_capture()) {
+      const v1::Capture& c = event.capture();
+      if (c.trajectory() != 0 || !wanted.count(c.step()) || c.step() < start_step) {
+        return absl::InternalError(absl::StrCat("sent a capture the trunk did not ask for (trajectory ",
+                                                c.trajectory(), ", step ", c.step(), ")"));
+      }
+      if (absl::Status s = CheckLatent(c.latent(), "a capture"); !s.ok()) return s;
+      if (c.image().png().empty()) return absl::InternalError("sent a capture without its image");
+      CacheEntry entry{c.latent(), c.image().png(), c.x0_image().png()};
+      ex_.cache_->Put(PrefixCache::CaptureKey(sampler_key_, plan_.trunk, c.step()), entry);
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        captures_[c.step()] = entry;
+      }
+      // A resumed trunk starts from its newest capture.
+      start_step = c.step();
+      start_latent = c.latent();
+      v1::GridEvent progress;
+      v1::TrunkProgress* p = progress.mutable_trunk();
+      p->set_step(c.step());
+      p->set_timestep(TimestepAfter(plan_, c.step()));
+      p->set_xt_png(c.image().png());
+      p->set_x0_png(c.x0_image().png());
+      p->set_source(replica);
+      Emit(progress);
+      // Wavefront: the rows branching here leave now.
+      for (size_t r = 0; r < plan_.rows.size(); ++r) {
+        if (plan_.rows[r].branch_step == c.step()) StartRow(r);
+      }
+    } else if (event.has_final()) {
+      const v1::Final& f = event.final();
+      if (f.trajectory() != 0) {
+        return absl::InternalError(
+            absl::StrCat("sent a final for trajectory ", f.trajectory(), " of a 1-trajectory job"));
+      }
+      if (absl::Status s = CheckLatent(f.latent(), "the final"); !s.ok()) return s;
+      if (f.image().png().empty()) return absl::InternalError("sent a final without its image");
+      ex_.cache_->Put(PrefixCache::FinalKey(sampler_key_, plan_.trunk),
+                      {f.latent(), f.image().png(), ""});
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        model_evals_ += f.model_evals();
+        // Already sent from the cache (a promoted cell's trunk runs again
+        // only for its captures).
+        if (trunk_.done) return absl::OkStatus();
+        trunk_ = {true, f.image().png(), replica};
+      }
+      Emit(CellEvent(-1, -1, plan_.trunk, f.image().png(), replica));
     }
-    if (!ShouldRetry(status, no_replica, attempt)) {
-      if (ex_.metrics_) ex_.metrics_->CountJob("failed");
-      Fail(absl::Status(status.code(), absl::StrCat("trunk: ", status.message())));
-      return;
-    }
-    if (ex_.metrics_) {
-      ex_.metrics_->CountJob("retried");
-      ex_.metrics_->CountRetry();
-    }
-    if (!replica.empty()) avoid.insert(replica);
-  }
+    return absl::OkStatus();
+  };
+  RunJob("trunk", next, on_event);
 }
 
 void GridExecutor::GridRun::StartRow(size_t row) {
   std::vector<int> todo;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     if (row_started_[row]) return;
     row_started_[row] = true;
     for (int c = 0; c < plan_.branches; ++c) {
@@ -272,80 +494,69 @@ void GridExecutor::GridRun::RunCells(size_t row, std::vector<int> columns) {
   const int k = planned.branch_step;
   std::optional<v1::Tensor> latent;
   if (k > 0) {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     latent = captures_.at(k).latent;
   }
-  std::set<std::string> avoid;
-  for (int attempt = 1;; ++attempt) {
-    v1::BranchRequest request = BaseRequest(k);
+  // The columns the current attempt runs, by trajectory index.
+  std::vector<int> sent;
+  std::set<int> finished;
+  auto next = [&]() -> std::optional<std::pair<v1::BranchRequest, int64_t>> {
+    // Only the cells that did not finish move to another replica.
+    sent.clear();
     for (int c : columns) {
+      if (!finished.count(c)) sent.push_back(c);
+    }
+    if (sent.empty()) return std::nullopt;
+    v1::BranchRequest request = BaseRequest(k);
+    for (int c : sent) {
       v1::TrajectoryInput* t = request.add_trajectories();
       PathToProto(planned.cells[c], t->mutable_path());
       if (latent) *t->mutable_start_latent() = *latent;
     }
-    std::string replica;
-    bool no_replica = false;
-    std::set<int> finished;
-    const absl::Status status = Call(
-        request, static_cast<int64_t>(columns.size()) * (plan_.steps - k), avoid, &replica,
-        &no_replica, [&](const v1::BranchEvent& event) {
-          if (!event.has_final()) return;
-          const v1::Final& f = event.final();
-          const int c = columns.at(f.trajectory());
-          finished.insert(c);
-          ex_.cache_->Put(PrefixCache::FinalKey(sampler_key_, planned.cells[c]),
-                          {f.latent(), f.image().png(), ""});
-          {
-            absl::MutexLock lock(&mu_);
-            cells_[row][c] = {true, f.image().png(), replica};
-            model_evals_ += f.model_evals();
-          }
-          v1::GridEvent cell;
-          v1::GridCell* g = cell.mutable_cell();
-          g->set_row(static_cast<int>(row));
-          g->set_column(c);
-          PathToProto(planned.cells[c], g->mutable_path());
-          g->set_png(f.image().png());
-          g->set_source(replica);
-          Emit(cell);
-        });
-    if (status.ok()) {
-      if (ex_.metrics_) ex_.metrics_->CountJob("ok");
-      return;
+    return std::make_pair(std::move(request),
+                          static_cast<int64_t>(sent.size()) * (plan_.steps - k));
+  };
+  auto on_event = [&](const v1::BranchEvent& event, const std::string& replica) -> absl::Status {
+    if (event.has_capture()) return absl::InternalError("sent a capture no cell asked for");
+    if (!event.has_final()) return absl::OkStatus();
+    const v1::Final& f = event.final();
+    if (f.trajectory() < 0 || f.trajectory() >= static_cast<int>(sent.size())) {
+      return absl::InternalError(absl::StrCat("sent a final for trajectory ", f.trajectory(),
+                                              " of a ", sent.size(), "-trajectory job"));
     }
-    if (!ShouldRetry(status, no_replica, attempt)) {
-      if (ex_.metrics_) ex_.metrics_->CountJob("failed");
-      Fail(absl::Status(status.code(),
-                        absl::StrCat("row ", row, " (branch step ", k, "): ", status.message())));
-      return;
+    const int c = sent[f.trajectory()];
+    if (finished.count(c)) {
+      return absl::InternalError(absl::StrCat("sent trajectory ", f.trajectory(), " twice"));
     }
-    if (ex_.metrics_) {
-      ex_.metrics_->CountJob("retried");
-      ex_.metrics_->CountRetry();
+    if (absl::Status s = CheckLatent(f.latent(), "a final"); !s.ok()) return s;
+    if (f.image().png().empty()) return absl::InternalError("sent a final without its image");
+    finished.insert(c);
+    ex_.cache_->Put(PrefixCache::FinalKey(sampler_key_, planned.cells[c]),
+                    {f.latent(), f.image().png(), ""});
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      cells_[row][c] = {true, f.image().png(), replica};
+      model_evals_ += f.model_evals();
     }
-    // Only the cells that did not finish move to another replica.
-    std::vector<int> left;
-    for (int c : columns) {
-      if (!finished.count(c)) left.push_back(c);
-    }
-    columns = std::move(left);
-    if (columns.empty()) return;
-    if (!replica.empty()) avoid.insert(replica);
-  }
+    Emit(CellEvent(static_cast<int>(row), c, planned.cells[c], f.image().png(), replica));
+    return absl::OkStatus();
+  };
+  RunJob(absl::StrCat("row ", row, " (branch step ", k, ")"), next, on_event);
 }
 
-absl::StatusOr<v1::Grid> GridExecutor::GridRun::Execute() {
+// ---- Execute's steps ----
+
+void GridExecutor::GridRun::EmitPlan() {
   v1::GridEvent plan_event;
   PlanToProto(plan_, plan_event.mutable_plan());
   Emit(plan_event);
+}
 
-  // What the cache already holds: finished cells, the trunk, its captures.
-  std::vector<bool> row_needs_capture(plan_.rows.size(), false);
-  {
-    absl::MutexLock lock(&mu_);
-    row_started_.assign(plan_.rows.size(), false);
-  }
-  std::vector<v1::GridEvent> cached_events;
+// Takes finished cells, the trunk and its captures from the cache, emits
+// what it found, and returns the step the trunk resumes from: its deepest
+// cached capture below which every capture is cached too.
+int GridExecutor::GridRun::LoadCached() {
+  std::vector<v1::GridEvent> found;
   int hits = 0, lookups = 0;
   for (size_t r = 0; r < plan_.rows.size(); ++r) {
     for (int c = 0; c < plan_.branches; ++c) {
@@ -353,26 +564,19 @@ absl::StatusOr<v1::Grid> GridExecutor::GridRun::Execute() {
       ++lookups;
       if (auto hit = ex_.cache_->Find(PrefixCache::FinalKey(sampler_key_, path))) {
         ++hits;
-        absl::MutexLock lock(&mu_);
+        std::lock_guard<std::mutex> lock(mu_);
         cells_[r][c] = {true, hit->png, "cache"};
-        v1::GridEvent e;
-        v1::GridCell* g = e.mutable_cell();
-        g->set_row(static_cast<int>(r));
-        g->set_column(c);
-        PathToProto(path, g->mutable_path());
-        g->set_png(hit->png);
-        g->set_source("cache");
-        cached_events.push_back(std::move(e));
-      } else if (plan_.rows[r].branch_step > 0) {
-        row_needs_capture[r] = true;
+        found.push_back(CellEvent(static_cast<int>(r), c, path, hit->png, "cache"));
       }
     }
   }
-  std::optional<CacheEntry> trunk_final =
-      ex_.cache_->Find(PrefixCache::FinalKey(sampler_key_, plan_.trunk));
   ++lookups;
-  // The trunk resumes from its deepest cached capture below which every
-  // needed capture is cached too.
+  if (auto trunk = ex_.cache_->Find(PrefixCache::FinalKey(sampler_key_, plan_.trunk))) {
+    ++hits;
+    std::lock_guard<std::mutex> lock(mu_);
+    trunk_ = {true, trunk->png, "cache"};
+    found.push_back(CellEvent(-1, -1, plan_.trunk, trunk->png, "cache"));
+  }
   int start = 0;
   bool missing_capture = false;
   for (int s : plan_.trunk_captures) {
@@ -384,68 +588,84 @@ absl::StatusOr<v1::Grid> GridExecutor::GridRun::Execute() {
     }
     ++hits;
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       captures_[s] = *hit;
     }
     if (!missing_capture) start = s;
   }
-  bool need_trunk = !trunk_final;
-  for (size_t r = 0; r < plan_.rows.size(); ++r) {
-    absl::MutexLock lock(&mu_);
-    if (row_needs_capture[r] && !captures_.count(plan_.rows[r].branch_step)) need_trunk = true;
-  }
-  if (trunk_final) {
-    ++hits;
-    absl::MutexLock lock(&mu_);
-    trunk_ = {true, trunk_final->png, "cache"};
-    v1::GridEvent e;
-    v1::GridCell* g = e.mutable_cell();
-    g->set_row(-1);
-    g->set_column(-1);
-    PathToProto(plan_.trunk, g->mutable_path());
-    g->set_png(trunk_final->png);
-    g->set_source("cache");
-    cached_events.push_back(std::move(e));
-  }
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     cache_hits_ = hits;
   }
   if (ex_.metrics_) ex_.metrics_->CountCache(lookups, hits);
-  for (const v1::GridEvent& e : cached_events) Emit(e);
+  for (const v1::GridEvent& e : found) Emit(e);
+  return start;
+}
 
-  // Rows whose start is known leave now; the rest when the trunk gets there.
+// The trunk runs when its own cell is missing, or a row with unfinished
+// cells branches at a step whose capture is missing.
+bool GridExecutor::GridRun::TrunkNeeded() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!trunk_.done) return true;
+  for (size_t r = 0; r < plan_.rows.size(); ++r) {
+    const int k = plan_.rows[r].branch_step;
+    if (k == 0 || captures_.count(k)) continue;
+    for (const CellResult& cell : cells_[r]) {
+      if (!cell.done) return true;
+    }
+  }
+  return false;
+}
+
+// Rows whose start is known leave now; the rest when the trunk gets there.
+void GridExecutor::GridRun::StartReadyRows() {
   for (size_t r = 0; r < plan_.rows.size(); ++r) {
     const int k = plan_.rows[r].branch_step;
     bool ready;
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       ready = k == 0 || captures_.count(k);
     }
     if (ready) StartRow(r);
   }
-  if (need_trunk) {
-    std::optional<v1::Tensor> latent;
-    if (start > 0) {
-      absl::MutexLock lock(&mu_);
-      latent = captures_[start].latent;
-    }
-    Spawn([this, start, latent] { RunTrunk(start, latent); });
-  }
+}
 
-  // Join every job; the trunk may spawn rows until it ends.
+// Joins every job; the trunk may spawn rows until it ends.
+void GridExecutor::GridRun::JoinJobs() {
   while (true) {
     std::thread next;
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       if (threads_.empty()) break;
       next = std::move(threads_.back());
       threads_.pop_back();
     }
     next.join();
   }
+}
+
+absl::StatusOr<v1::Grid> GridExecutor::GridRun::Execute() {
+  std::thread watchdog([this] { WatchdogLoop(); });
+  EmitPlan();
+  const int trunk_start = LoadCached();
+  StartReadyRows();
+  if (TrunkNeeded()) {
+    std::optional<v1::Tensor> latent;
+    if (trunk_start > 0) {
+      std::lock_guard<std::mutex> lock(mu_);
+      latent = captures_[trunk_start].latent;
+    }
+    Spawn([this, trunk_start, latent] { RunTrunk(trunk_start, latent); });
+  }
+  JoinJobs();
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(watch_mu_);
+    watch_stop_ = true;
+  }
+  watch_cv_.notify_all();
+  watchdog.join();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
     if (!status_.ok()) return status_;
   }
   if (cancel_->cancelled()) return absl::CancelledError("grid cancelled");
@@ -453,19 +673,17 @@ absl::StatusOr<v1::Grid> GridExecutor::GridRun::Execute() {
 }
 
 absl::StatusOr<v1::Grid> GridExecutor::GridRun::Assemble() {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   v1::Grid grid;
   PlanToProto(plan_, grid.mutable_plan());
-  v1::GridCell* trunk = grid.mutable_trunk();
-  trunk->set_row(-1);
-  trunk->set_column(-1);
-  PathToProto(plan_.trunk, trunk->mutable_path());
-  trunk->set_png(trunk_.png);
-  trunk->set_source(trunk_.source);
+  FillCell(-1, -1, plan_.trunk, trunk_.png, trunk_.source, grid.mutable_trunk());
 
   GridFigure figure;
   figure.title = absl::StrCat(plan_.model, " \xC2\xB7 prompt: ",
-                              plan_.prompt.empty() ? "(unconditional)" : plan_.prompt);
+                              plan_.prompt.empty() ? "(unconditional)" : FigureText(plan_.prompt));
+  if (!plan_.negative_prompt.empty()) {
+    absl::StrAppend(&figure.title, " \xC2\xB7 negative: ", FigureText(plan_.negative_prompt));
+  }
   figure.subtitle = absl::StrCat("seed ", plan_.trunk.init_seed, " \xC2\xB7 eta ", plan_.eta,
                                  " \xC2\xB7 ", plan_.steps, " steps \xC2\xB7 guidance ",
                                  plan_.guidance);
@@ -489,13 +707,10 @@ absl::StatusOr<v1::Grid> GridExecutor::GridRun::Assemble() {
       if (auto p = PictureFromPng(capture->second.x0_png); p.ok()) figure_row.trunk_x0 = *p;
     }
     for (int c = 0; c < plan_.branches; ++c) {
-      v1::GridCell* cell = row->add_cells();
-      cell->set_row(static_cast<int>(r));
-      cell->set_column(c);
-      PathToProto(planned.cells[c], cell->mutable_path());
-      cell->set_png(cells_[r][c].png);
-      cell->set_source(cells_[r][c].source);
-      absl::StatusOr<Picture> picture = PictureFromPng(cells_[r][c].png);
+      const CellResult& result = cells_[r][c];
+      FillCell(static_cast<int>(r), c, planned.cells[c], result.png, result.source,
+               row->add_cells());
+      absl::StatusOr<Picture> picture = PictureFromPng(result.png);
       if (!picture.ok()) return picture.status();
       figure_row.cells.push_back(std::move(*picture));
     }

@@ -5,9 +5,18 @@
 // its unfinished cells, and a trunk resumes from its last captured latent.
 // Results go through the prefix cache, so repeats and promotions reuse work.
 //
+// Jobs time out by progress, not by wall time: replicas report how many
+// model evaluations a call has run every `progress_interval`, and a call
+// that reports nothing new for `stall_timeout` is cancelled and moved. Only
+// failures another replica or a later try can fix are retried (with
+// backoff); evaluations of failed attempts still count in Grid.model_evals.
+// Replica output is checked before it is used: a bad one fails the attempt,
+// never the process. See docs/ARCHITECTURE.md ("Retries").
+//
 //   GridExecutor executor(&pool, &cache, &metrics, {});
 //   GridCancel cancel;
-//   ASSIGN_OR_RETURN(v1::Grid grid, executor.Run(plan, deadline, sink, &cancel));
+//   absl::StatusOr<v1::Grid> grid =
+//       executor.Run(plan, deadline, [](const v1::GridEvent& e) { /* stream */ }, &cancel);
 #ifndef DGRID_GRID_ORCHESTRATOR_EXECUTE_GRID_EXECUTOR_H_
 #define DGRID_GRID_ORCHESTRATOR_EXECUTE_GRID_EXECUTOR_H_
 
@@ -15,10 +24,10 @@
 
 #include <atomic>
 #include <functional>
+#include <mutex>
 #include <set>
 
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "dgrid/v1/orchestrator.pb.h"
 #include "grid_orchestrator/execute/prefix_cache.h"
@@ -42,14 +51,20 @@ class GridCancel {
 
  private:
   std::atomic<bool> cancelled_{false};
-  absl::Mutex mu_;
-  std::set<grpc::ClientContext*> contexts_ ABSL_GUARDED_BY(mu_);
+  // std::mutex, not absl::Mutex: Debian's abseil is not built for TSan.
+  std::mutex mu_;
+  std::set<grpc::ClientContext*> contexts_;  // guarded by mu_
 };
 
 struct ExecutorOptions {
-  // Deadline of one attempt of one job; past it the job moves elsewhere.
-  absl::Duration job_timeout = absl::Seconds(60);
+  // A call whose replica reports no new progress for this long is cancelled
+  // and its unfinished work moves to another replica.
+  absl::Duration stall_timeout = absl::Seconds(15);
+  // How often replicas are asked to report progress.
+  absl::Duration progress_interval = absl::Milliseconds(500);
   int max_attempts = 4;
+  // Wait before attempt n+1: retry_backoff * 2^(n-1), at most 1 s.
+  absl::Duration retry_backoff = absl::Milliseconds(50);
   // Branch cells per denoiser call: smaller spreads a row over replicas.
   int cells_per_job = 2;
 };
@@ -62,7 +77,8 @@ class GridExecutor {
                ExecutorOptions options);
 
   // Emits the plan, trunk progress and cells through `sink` (never two calls
-  // at once), and returns the assembled grid. The caller sends the grid.
+  // at once; it must not block), and returns the assembled grid. The caller
+  // sends the grid.
   absl::StatusOr<v1::Grid> Run(const GridPlanSpec& plan, absl::Time deadline,
                                const EventSink& sink, GridCancel* cancel);
 

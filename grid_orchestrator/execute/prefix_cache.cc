@@ -1,5 +1,8 @@
 #include "grid_orchestrator/execute/prefix_cache.h"
 
+#include <cstring>
+#include <limits>
+
 #include "absl/strings/str_cat.h"
 
 namespace dgrid {
@@ -13,7 +16,7 @@ size_t PrefixCache::SizeOf(const std::string& key, const CacheEntry& entry) {
 }
 
 std::optional<CacheEntry> PrefixCache::Find(const std::string& key) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   auto it = index_.find(key);
   if (it == index_.end()) return std::nullopt;
   lru_.splice(lru_.begin(), lru_, it->second);
@@ -23,7 +26,7 @@ std::optional<CacheEntry> PrefixCache::Find(const std::string& key) {
 void PrefixCache::Put(const std::string& key, CacheEntry entry) {
   const size_t size = SizeOf(key, entry);
   if (size > max_bytes_) return;
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   auto it = index_.find(key);
   if (it != index_.end()) {
     bytes_ -= SizeOf(it->first, it->second->second);
@@ -42,25 +45,49 @@ void PrefixCache::Put(const std::string& key, CacheEntry entry) {
 }
 
 size_t PrefixCache::bytes() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return bytes_;
 }
 
 size_t PrefixCache::entries() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return lru_.size();
 }
 
+namespace {
+
+// Strings go in with their length, so no value can run into the next field.
+void AppendField(std::string* key, absl::string_view name, absl::string_view value) {
+  absl::StrAppend(key, name, "=", value.size(), ":", value, "|");
+}
+
+// Floats go in as their bit pattern: exact, where "%g" would merge values
+// that differ past the sixth digit.
+std::string FloatBits(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  return absl::StrCat(absl::Hex(bits, absl::kZeroPad8));
+}
+
+}  // namespace
+
 std::string PrefixCache::SamplerKey(const GridPlanSpec& plan) {
-  return absl::StrCat(plan.model, "|steps=", plan.steps, "|eta=", plan.eta,
-                      "|spacing=", static_cast<int>(plan.spacing), "|g=", plan.guidance,
-                      "|class=", plan.class_index);
+  std::string key;
+  AppendField(&key, "model", plan.model);
+  AppendField(&key, "version", plan.model_version);
+  AppendField(&key, "steps", absl::StrCat(plan.steps));
+  AppendField(&key, "eta", FloatBits(plan.eta));
+  AppendField(&key, "spacing", absl::StrCat(static_cast<int>(plan.spacing)));
+  AppendField(&key, "g", FloatBits(plan.guidance));
+  AppendField(&key, "class", absl::StrCat(plan.class_index));
+  AppendField(&key, "prompt", plan.prompt);
+  AppendField(&key, "negative", plan.negative_prompt);
+  return key;
 }
 
 std::string PrefixCache::CaptureKey(const std::string& sampler_key, const Path& path, int step) {
-  std::string key = absl::StrCat(sampler_key, "|x", path.init_seed);
-  for (const Segment& s : path.segments) {
-    if (s.from_step >= step) break;
+  std::string key = absl::StrCat(sampler_key, "x", path.init_seed);
+  for (const Segment& s : path.SegmentsBelow(step)) {
     absl::StrAppend(&key, "|", s.from_step, ":", s.noise_seed);
   }
   absl::StrAppend(&key, "@", step);
@@ -68,7 +95,7 @@ std::string PrefixCache::CaptureKey(const std::string& sampler_key, const Path& 
 }
 
 std::string PrefixCache::FinalKey(const std::string& sampler_key, const Path& path) {
-  return absl::StrCat(CaptureKey(sampler_key, path, 1 << 30), "final");
+  return absl::StrCat(CaptureKey(sampler_key, path, std::numeric_limits<int>::max()), "final");
 }
 
 }  // namespace dgrid

@@ -1,7 +1,8 @@
 // A bounded LRU cache of trajectory results, keyed by everything that
 // determines them: model, sampler config, conditioning, and the path prefix
-// up to the step. Because a path determines its trajectory (DESIGN.md),
-// entries never go stale: repeated and promoted requests reuse them.
+// up to the step. Because a path determines its trajectory, entries never go
+// stale: repeated and promoted requests reuse them (docs/ARCHITECTURE.md,
+// "The prefix cache").
 //
 //   PrefixCache cache(256 << 20);
 //   const std::string key = PrefixCache::CaptureKey(sampler_key, trunk, 20);
@@ -15,7 +16,7 @@
 #include <string>
 #include <unordered_map>
 
-#include "absl/synchronization/mutex.h"
+#include <mutex>
 #include "common/path.h"
 #include "dgrid/v1/tensor.pb.h"
 #include "grid_orchestrator/plan/grid_plan.h"
@@ -42,7 +43,8 @@ class PrefixCache {
 
   // What determines a trajectory besides its path.
   static std::string SamplerKey(const GridPlanSpec& plan);
-  // The latent at `step` of `path` depends on the path's segments below step.
+  // The latent at `step` of `path` depends on the path's segments below step
+  // (Path::SegmentsBelow) and on its init seed.
   static std::string CaptureKey(const std::string& sampler_key, const Path& path, int step);
   // A finished trajectory.
   static std::string FinalKey(const std::string& sampler_key, const Path& path);
@@ -52,10 +54,12 @@ class PrefixCache {
   static size_t SizeOf(const std::string& key, const CacheEntry& entry);
 
   const size_t max_bytes_;
-  mutable absl::Mutex mu_;
-  Lru lru_ ABSL_GUARDED_BY(mu_);  // front = most recent
-  std::unordered_map<std::string, Lru::iterator> index_ ABSL_GUARDED_BY(mu_);
-  size_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  // std::mutex, not absl::Mutex: Debian's abseil is not built for TSan,
+  // which then could not check this cache.
+  mutable std::mutex mu_;
+  Lru lru_;  // guarded by mu_; front = most recent
+  std::unordered_map<std::string, Lru::iterator> index_;  // guarded by mu_
+  size_t bytes_ = 0;                                      // guarded by mu_
 };
 
 }  // namespace dgrid

@@ -1,5 +1,7 @@
 #include "grid_orchestrator/execute/prefix_cache.h"
 
+#include <cmath>
+
 #include "gtest/gtest.h"
 
 namespace dgrid {
@@ -48,6 +50,55 @@ TEST(PrefixCacheTest, KeysSeparateWhatDeterminesATrajectory) {
   EXPECT_NE(PrefixCache::FinalKey("s", trunk), PrefixCache::FinalKey("t", trunk));
   EXPECT_NE(PrefixCache::CaptureKey("s", Path{8, {{0, 100}}}, 20),
             PrefixCache::CaptureKey("s", trunk, 20));
+}
+
+GridPlanSpec Plan() {
+  GridPlanSpec plan;
+  plan.model = "fashion-mnist";
+  plan.model_version = "1";
+  plan.prompt = "dress";
+  plan.class_index = 3;
+  plan.eta = 1.0f;
+  plan.guidance = 1.5f;
+  return plan;
+}
+
+TEST(PrefixCacheTest, SamplerKeyCarriesTheModelVersion) {
+  GridPlanSpec rolled = Plan();
+  rolled.model_version = "2";
+  // After a rolling update, old cells must not be served beside new ones.
+  EXPECT_NE(PrefixCache::SamplerKey(Plan()), PrefixCache::SamplerKey(rolled));
+}
+
+TEST(PrefixCacheTest, SamplerKeyHoldsFloatsExactly) {
+  GridPlanSpec a = Plan(), b = Plan();
+  // Equal to six significant digits, yet different samplers.
+  a.guidance = 1.5000001f;
+  b.guidance = 1.5000002f;
+  ASSERT_NE(a.guidance, b.guidance);
+  EXPECT_NE(PrefixCache::SamplerKey(a), PrefixCache::SamplerKey(b));
+  a.eta = 0.1234567f;
+  b = a;
+  b.eta = std::nextafter(a.eta, 1.0f);
+  EXPECT_NE(PrefixCache::SamplerKey(a), PrefixCache::SamplerKey(b));
+  EXPECT_EQ(PrefixCache::SamplerKey(a), PrefixCache::SamplerKey(a));
+}
+
+TEST(PrefixCacheTest, SamplerKeyHoldsThePromptAndModelUnambiguously) {
+  GridPlanSpec a = Plan(), b = Plan();
+  b.prompt = "a dress";
+  EXPECT_NE(PrefixCache::SamplerKey(a), PrefixCache::SamplerKey(b));
+  b = Plan();
+  b.negative_prompt = "blurry";
+  EXPECT_NE(PrefixCache::SamplerKey(a), PrefixCache::SamplerKey(b));
+  // A separator inside a value cannot make two plans collide.
+  a.model = "m|version=1";
+  a.model_version = "";
+  b = Plan();
+  b.model = "m";
+  b.model_version = "1";
+  b.prompt = a.prompt;
+  EXPECT_NE(PrefixCache::SamplerKey(a), PrefixCache::SamplerKey(b));
 }
 
 TEST(PrefixCacheTest, AZeroSizedCacheHoldsNothing) {

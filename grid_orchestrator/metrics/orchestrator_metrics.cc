@@ -23,6 +23,10 @@ OrchestratorMetrics::OrchestratorMetrics()
                    .Help("Jobs re-sent to another replica after a retryable failure.")
                    .Register(*registry_)
                    .Add({})),
+      evals_(prometheus::BuildCounter()
+                 .Name("dgrid_orchestrator_model_evals_total")
+                 .Help("Model evaluations run for grids, by use (used, wasted).")
+                 .Register(*registry_)),
       cache_hits_(prometheus::BuildCounter()
                       .Name("dgrid_orchestrator_cache_hits_total")
                       .Help("Captured latents and finished cells served from the prefix cache.")
@@ -48,7 +52,10 @@ OrchestratorMetrics::OrchestratorMetrics()
                          .Register(*registry_)
                          .Add({})) {
   // Series that dashboards and alerts divide by exist from the start.
-  for (const char* s : {"ok", "cancelled", "failed", "rejected"}) grids_.Add({{"status", s}});
+  for (const char* s : {"ok", "cancelled", "failed", "rejected", "abandoned"}) {
+    grids_.Add({{"status", s}});
+  }
+  for (const char* s : {"used", "wasted"}) evals_.Add({{"use", s}});
   for (const char* s : {"ok", "retried", "failed"}) jobs_.Add({{"status", s}});
 }
 
@@ -62,6 +69,11 @@ void OrchestratorMetrics::CountJob(const std::string& status) {
 }
 
 void OrchestratorMetrics::CountRetry() { retries_.Increment(); }
+
+void OrchestratorMetrics::CountEvals(int64_t used, int64_t wasted) {
+  if (used > 0) evals_.Add({{"use", "used"}}).Increment(static_cast<double>(used));
+  if (wasted > 0) evals_.Add({{"use", "wasted"}}).Increment(static_cast<double>(wasted));
+}
 
 void OrchestratorMetrics::CountCache(int lookups, int hits) {
   if (lookups > 0) cache_lookups_.Increment(lookups);

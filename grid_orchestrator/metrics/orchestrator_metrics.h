@@ -1,5 +1,6 @@
-// The orchestrator's Prometheus metrics (DESIGN.md names). One instance per
-// process, shared by the pool, the executor and the server.
+// The orchestrator's Prometheus metrics (names in docs/ARCHITECTURE.md,
+// "Metrics"). One instance per process, shared by the pool, the executor and
+// the server.
 #ifndef DGRID_GRID_ORCHESTRATOR_METRICS_ORCHESTRATOR_METRICS_H_
 #define DGRID_GRID_ORCHESTRATOR_METRICS_ORCHESTRATOR_METRICS_H_
 
@@ -19,10 +20,14 @@ class OrchestratorMetrics {
 
   std::shared_ptr<prometheus::Registry> registry() { return registry_; }
 
-  // status: ok, cancelled, failed, rejected.
+  // status: ok, cancelled, failed, rejected, abandoned (the client stopped
+  // reading its stream).
   void CountGrid(const std::string& status, double seconds);
   // status: ok, retried, failed.
   void CountJob(const std::string& status);
+  // Model evaluations the replicas ran for grids: those whose results were
+  // used, and those of attempts that failed or stalled (wasted).
+  void CountEvals(int64_t used, int64_t wasted);
   void CountRetry();
   // Per grid: lookups made in the prefix cache and how many hit.
   void CountCache(int lookups, int hits);
@@ -36,6 +41,7 @@ class OrchestratorMetrics {
   prometheus::Histogram& grid_seconds_;
   prometheus::Family<prometheus::Counter>& jobs_;
   prometheus::Counter& retries_;
+  prometheus::Family<prometheus::Counter>& evals_;
   prometheus::Counter& cache_hits_;
   prometheus::Counter& cache_lookups_;
   prometheus::Family<prometheus::Gauge>& inflight_;

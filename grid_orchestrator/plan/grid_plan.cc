@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/short_text.h"
 #include "common/timesteps.h"
 
 namespace dgrid {
@@ -38,8 +39,8 @@ absl::StatusOr<Preset> FindPreset(const std::string& name) {
     // 821, 701 with 4 branches each.
     return Preset{50, 1.0f, 4, {}, {921, 821, 701}};
   }
-  return Invalid(absl::StrCat("preset: unknown preset \"", name,
-                              "\"; known: default, classic"));
+  return Invalid(
+      absl::StrCat("preset: unknown preset ", ShortQuote(name), "; known: default, classic"));
 }
 
 }  // namespace
@@ -54,8 +55,7 @@ uint64_t TrunkNoiseSeed(uint64_t seed) { return Mix(seed ^ 0x7472756E6B000000ull
 
 uint64_t BranchNoiseSeed(const Path& trunk, int branch_step, int column) {
   uint64_t h = Mix(trunk.init_seed);
-  for (const Segment& s : trunk.segments) {
-    if (s.from_step >= branch_step) break;
+  for (const Segment& s : trunk.SegmentsBelow(branch_step)) {
     h = Mix(h ^ Mix(static_cast<uint64_t>(s.from_step) << 32 ^ s.noise_seed));
   }
   h = Mix(h ^ (static_cast<uint64_t>(branch_step) << 20) ^ static_cast<uint64_t>(column));
@@ -69,15 +69,29 @@ absl::StatusOr<GridPlanSpec> PlanGrid(const v1::GridRequest& request, const v1::
 
   GridPlanSpec plan;
   plan.model = model.name();
+  plan.model_version = model.version();
+  plan.latent_shape.assign(model.latent_shape().begin(), model.latent_shape().end());
   plan.prompt = request.prompt();
-  if (!request.prompt().empty()) {
-    const auto& prompts = model.prompts();
-    auto it = std::find(prompts.begin(), prompts.end(), request.prompt());
-    if (it == prompts.end()) {
-      return Invalid(absl::StrCat("prompt: unknown prompt \"", request.prompt(), "\" for model ",
-                                  model.name(), "; known: ", absl::StrJoin(prompts, ", ")));
+  plan.negative_prompt = request.negative_prompt();
+  plan.text = model.conditioning() == "text";
+  if (plan.text) {
+    // Free text; the denoiser's tokenizer decides what it becomes.
+  } else {
+    if (!request.negative_prompt().empty()) {
+      return Invalid(absl::StrCat("negative_prompt: ", model.name(),
+                                  " is a class model and takes no negative prompt"));
     }
-    plan.class_index = it - prompts.begin();
+    if (!request.prompt().empty()) {
+      const auto& prompts = model.prompts();
+      auto it = std::find(prompts.begin(), prompts.end(), request.prompt());
+      if (it == prompts.end()) {
+        return Invalid(absl::StrCat("prompt: unknown prompt ", ShortQuote(request.prompt()),
+                                    " for model ", model.name(),
+                                    ", a class model; its prompts are: ",
+                                    absl::StrJoin(prompts, ", ")));
+      }
+      plan.class_index = it - prompts.begin();
+    }
   }
 
   plan.steps = request.has_steps() ? request.steps().value() : preset->steps;
@@ -93,19 +107,14 @@ absl::StatusOr<GridPlanSpec> PlanGrid(const v1::GridRequest& request, const v1::
   if (!(plan.guidance >= 0.0f && plan.guidance <= 100.0f)) {
     return Invalid(absl::StrCat("guidance must be in [0, 100], got ", plan.guidance));
   }
-  switch (request.spacing()) {
-    case v1::SPACING_LEADING:
-      plan.spacing = Spacing::kLeading;
-      break;
-    case v1::SPACING_TRAILING:
-      plan.spacing = Spacing::kTrailing;
-      break;
-    case v1::SPACING_UNSPECIFIED:
-      plan.spacing = model.defaults().spacing() == v1::SPACING_TRAILING ? Spacing::kTrailing
-                                                                       : Spacing::kLeading;
-      break;
-    default:
-      return Invalid(absl::StrCat("spacing: unknown value ", request.spacing()));
+  {
+    const Spacing model_default = model.defaults().spacing() == v1::SPACING_TRAILING
+                                      ? Spacing::kTrailing
+                                      : Spacing::kLeading;
+    absl::StatusOr<Spacing> spacing =
+        SpacingFromProto(request.spacing(), model_default, "spacing");
+    if (!spacing.ok()) return spacing.status();
+    plan.spacing = *spacing;
   }
   plan.timesteps = DdimTimesteps(model.train_timesteps(), plan.steps, plan.spacing,
                                  model.steps_offset());
@@ -195,30 +204,17 @@ absl::StatusOr<GridPlanSpec> PlanGrid(const v1::GridRequest& request, const v1::
   return plan;
 }
 
-void PathToProto(const Path& path, v1::Path* out) {
-  out->set_init_seed(path.init_seed);
-  out->clear_segments();
-  for (const Segment& s : path.segments) {
-    v1::Segment* seg = out->add_segments();
-    seg->set_from_step(s.from_step);
-    seg->set_noise_seed(s.noise_seed);
-  }
-}
-
-Path PathFromProto(const v1::Path& p) {
-  Path path{p.init_seed(), {}};
-  for (const v1::Segment& s : p.segments()) path.segments.push_back({s.from_step(), s.noise_seed()});
-  return path;
-}
-
 void PlanToProto(const GridPlanSpec& plan, v1::GridPlan* out) {
   out->set_model(plan.model);
   out->set_prompt(plan.prompt);
+  out->set_negative_prompt(plan.negative_prompt);
+  out->set_prompt_tokens_dropped(plan.prompt_tokens_dropped);
+  out->set_negative_prompt_tokens_dropped(plan.negative_prompt_tokens_dropped);
   v1::SamplerConfig* s = out->mutable_sampler();
   s->set_steps(plan.steps);
   s->set_eta(plan.eta);
   s->set_guidance(plan.guidance);
-  s->set_spacing(plan.spacing == Spacing::kLeading ? v1::SPACING_LEADING : v1::SPACING_TRAILING);
+  s->set_spacing(SpacingToProto(plan.spacing));
   PathToProto(plan.trunk, out->mutable_trunk());
   for (const PlannedRow& row : plan.rows) {
     out->add_branch_steps(row.branch_step);

@@ -20,6 +20,7 @@
 #include "absl/status/statusor.h"
 #include "common/bundle_manifest.h"
 #include "common/path.h"
+#include "common/wire.h"
 #include "dgrid/v1/orchestrator.pb.h"
 
 namespace dgrid {
@@ -44,8 +45,20 @@ struct PlannedRow {
 
 struct GridPlanSpec {
   std::string model;
+  // The version the grid is pinned to: every job runs on replicas that serve
+  // exactly this one, and cache keys carry it.
+  std::string model_version;
+  // The model's latent shape (replica output is checked against it).
+  std::vector<int64_t> latent_shape;
+  // A class model: prompt is a class name and class_index its index. A text
+  // model (text): prompt and negative_prompt are free text.
+  bool text = false;
   std::string prompt;
+  std::string negative_prompt;
   int64_t class_index = -1;
+  // Text models: tokens the denoiser's tokenizer cut off to fit its context.
+  int prompt_tokens_dropped = 0;
+  int negative_prompt_tokens_dropped = 0;
   int steps = 50;
   float eta = 1.0f;
   float guidance = 1.0f;
@@ -74,10 +87,8 @@ uint64_t TrunkNoiseSeed(uint64_t seed);
 // The noise seed of column `column` of the row branching at `branch_step`.
 uint64_t BranchNoiseSeed(const Path& trunk, int branch_step, int column);
 
-// The plan as it goes on the wire.
+// The plan as it goes on the wire (paths: common/wire.h).
 void PlanToProto(const GridPlanSpec& plan, v1::GridPlan* out);
-void PathToProto(const Path& path, v1::Path* out);
-Path PathFromProto(const v1::Path& path);
 
 }  // namespace dgrid
 

@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <limits>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -18,10 +19,12 @@ namespace dgrid {
 struct ReplicaPool::Replica {
   std::string address;
   std::shared_ptr<grpc::Channel> channel;
-  std::unique_ptr<v1::Denoiser::Stub> stub;
+  std::unique_ptr<v1::Denoiser::StubInterface> stub;
   std::unique_ptr<grpc::health::v1::Health::Stub> health;
   // Guarded by the pool's mutex.
   bool healthy = false;
+  // What it answered to GetModelInfo since it last turned healthy.
+  std::optional<v1::GetModelInfoResponse> models;
   bool removed = false;
   int inflight = 0;
   int64_t outstanding_work = 0;
@@ -38,6 +41,7 @@ ReplicaPool::Lease& ReplicaPool::Lease::operator=(Lease&& other) noexcept {
     pool_ = other.pool_;
     replica_ = std::move(other.replica_);
     work_ = other.work_;
+    tenant_ = other.tenant_;
     other.pool_ = nullptr;
   }
   return *this;
@@ -45,7 +49,7 @@ ReplicaPool::Lease& ReplicaPool::Lease::operator=(Lease&& other) noexcept {
 
 ReplicaPool::Lease::~Lease() { Release(); }
 
-v1::Denoiser::Stub* ReplicaPool::Lease::stub() const { return replica_->stub.get(); }
+v1::Denoiser::StubInterface* ReplicaPool::Lease::stub() const { return replica_->stub.get(); }
 
 const std::string& ReplicaPool::Lease::address() const { return replica_->address; }
 
@@ -62,6 +66,7 @@ void ReplicaPool::Lease::Release() {
     std::lock_guard<std::mutex> lock(pool_->mu_);
     --replica_->inflight;
     replica_->outstanding_work -= work_;
+    if (--pool_->leases_by_tenant_[tenant_] == 0) pool_->leases_by_tenant_.erase(tenant_);
     pool_->PublishInflight(*replica_);
     pool_->changed_.notify_all();
   }
@@ -161,13 +166,13 @@ void ReplicaPool::UpdateReplicas(const std::vector<std::string>& addresses) {
     auto replica = std::make_shared<Replica>();
     replica->address = address;
     replica->channel = grpc::CreateCustomChannel(address, options_.credentials, args);
-    replica->stub = v1::Denoiser::NewStub(replica->channel);
+    replica->stub = options_.stub_factory ? options_.stub_factory(address, replica->channel)
+                                          : v1::Denoiser::NewStub(replica->channel);
     replica->health = grpc::health::v1::Health::NewStub(replica->channel);
     replicas_[address] = replica;
     PublishInflight(*replica);
     changed = true;
   }
-  if (changed) models_.reset();
 }
 
 void ReplicaPool::PublishInflight(const Replica& replica) {
@@ -188,12 +193,30 @@ void ReplicaPool::CheckHealthNow() {
     const grpc::Status status = r->health->Check(&context, request, &response);
     const bool serving =
         status.ok() && response.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+    bool fetch = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      // A (re)joined replica may serve other models or versions.
+      if (!serving) r->models.reset();
+      fetch = serving && !r->models;
+    }
+    if (fetch) FetchModels(*r);
     std::lock_guard<std::mutex> lock(mu_);
-    if (serving && !r->healthy) models_.reset();  // a (re)joined replica may serve other models
     if (serving != r->healthy) changed_.notify_all();
     r->healthy = serving;
     r->last_error = serving ? "" : status.ok() ? "NOT_SERVING" : status.error_message();
   }
+}
+
+void ReplicaPool::FetchModels(Replica& replica) {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + options_.health_timeout));
+  v1::GetModelInfoResponse response;
+  const grpc::Status status = replica.stub->GetModelInfo(&context, {}, &response);
+  if (!status.ok()) return;  // asked again at the next health round
+  std::lock_guard<std::mutex> lock(mu_);
+  replica.models = std::move(response);
+  changed_.notify_all();
 }
 
 void ReplicaPool::HealthLoop() {
@@ -216,21 +239,73 @@ void ReplicaPool::HealthLoop() {
   }
 }
 
+struct ReplicaPool::Waiter {
+  const Want* want;
+  uint64_t seq;
+};
+
+bool ReplicaPool::Serves(const Replica& r, const Want& want, bool allow_avoided, int cap) {
+  if (!r.healthy || r.inflight >= cap) return false;
+  if (!allow_avoided && want.avoid.count(r.address)) return false;
+  if (want.model.empty()) return true;
+  if (!r.models) return false;
+  for (const v1::ModelInfo& m : r.models->models()) {
+    if (m.name() == want.model && m.version() == want.version) return true;
+  }
+  return false;
+}
+
+bool ReplicaPool::SomeoneAhead(const Waiter& me, const Replica& replica) const {
+  auto rank = [this](const Waiter& w) {
+    auto it = leases_by_tenant_.find(w.want->tenant);
+    return std::make_pair(it == leases_by_tenant_.end() ? 0 : it->second, w.seq);
+  };
+  const auto mine = rank(me);
+  for (const Waiter* other : waiters_) {
+    if (other == &me || other->want->tenant == me.want->tenant) continue;
+    if (rank(*other) < mine &&
+        Serves(replica, *other->want, /*allow_avoided=*/true, options_.max_inflight_per_replica)) {
+      return true;
+    }
+  }
+  return false;
+}
+
 absl::StatusOr<ReplicaPool::Lease> ReplicaPool::Acquire(int64_t work, absl::Time deadline,
                                                         const std::set<std::string>& avoid,
                                                         const std::atomic<bool>* cancelled) {
+  Want want;
+  want.work = work;
+  want.deadline = deadline;
+  want.avoid = avoid;
+  want.cancelled = cancelled;
+  return Acquire(want);
+}
+
+absl::StatusOr<ReplicaPool::Lease> ReplicaPool::Acquire(const Want& want) {
   const absl::Time unhealthy_until = absl::Now() + options_.unavailable_grace;
   std::unique_lock<std::mutex> lock(mu_);
+  Waiter me{&want, next_waiter_seq_++};
+  waiters_.insert(&me);
+  struct Leave {
+    ReplicaPool* pool;
+    Waiter* me;
+    ~Leave() {
+      pool->waiters_.erase(me);
+      // Others may have been waiting behind this one.
+      pool->changed_.notify_all();
+    }
+  } leave{this, &me};
   while (true) {
-    if (cancelled && cancelled->load()) return absl::CancelledError("grid cancelled");
+    if (want.cancelled && want.cancelled->load()) return absl::CancelledError("grid cancelled");
     std::shared_ptr<Replica> best;
-    bool any_healthy = false;
+    bool any_healthy = false, any_serving = false;
     for (bool allow_avoided : {false, true}) {
       for (const auto& [address, r] : replicas_) {
         if (!r->healthy) continue;
         any_healthy = true;
-        if (r->inflight >= options_.max_inflight_per_replica) continue;
-        if (!allow_avoided && avoid.count(address)) continue;
+        if (Serves(*r, want, true, std::numeric_limits<int>::max())) any_serving = true;
+        if (!Serves(*r, want, allow_avoided, options_.max_inflight_per_replica)) continue;
         // Least outstanding work; ties go to fewer jobs in flight.
         if (!best || r->outstanding_work < best->outstanding_work ||
             (r->outstanding_work == best->outstanding_work && r->inflight < best->inflight)) {
@@ -239,27 +314,36 @@ absl::StatusOr<ReplicaPool::Lease> ReplicaPool::Acquire(int64_t work, absl::Time
       }
       if (best) break;
     }
-    if (best) {
+    // A free slot goes to the waiter whose grid holds the fewest leases.
+    if (best && !SomeoneAhead(me, *best)) {
       ++best->inflight;
-      best->outstanding_work += work;
+      best->outstanding_work += want.work;
+      ++leases_by_tenant_[want.tenant];
       PublishInflight(*best);
       Lease lease;
       lease.pool_ = this;
       lease.replica_ = best;
-      lease.work_ = work;
+      lease.work_ = want.work;
+      lease.tenant_ = want.tenant;
       return lease;
     }
     const absl::Time now = absl::Now();
-    if (!any_healthy && now >= unhealthy_until) {
+    if ((!any_healthy || !any_serving) && now >= unhealthy_until) {
       std::vector<std::string> states;
       for (const auto& [address, r] : replicas_) {
         states.push_back(absl::StrCat(address, " (", r->last_error, ")"));
+      }
+      if (any_healthy) {
+        return absl::UnavailableError(
+            absl::StrCat("no healthy denoiser replica serves model ", want.model, " version ",
+                         want.version, " (it may have been replaced by a rollout): ",
+                         absl::StrJoin(states, ", ")));
       }
       return absl::UnavailableError(absl::StrCat(
           "no healthy denoiser replica: ",
           states.empty() ? std::string("none discovered") : absl::StrJoin(states, ", ")));
     }
-    if (now >= deadline) {
+    if (now >= want.deadline) {
       return absl::DeadlineExceededError(
           "deadline passed while every healthy denoiser replica was at its in-flight cap");
     }
@@ -278,31 +362,30 @@ std::vector<ReplicaPool::ReplicaStatus> ReplicaPool::Snapshot() {
 }
 
 absl::StatusOr<v1::GetModelInfoResponse> ReplicaPool::Models() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (models_) return *models_;
-  }
-  // Ask healthy replicas in turn; one that fails is marked down and skipped.
-  std::set<std::string> tried;
-  absl::Status last = absl::UnavailableError("no healthy denoiser replica");
-  for (int attempt = 0; attempt < 4; ++attempt) {
-    absl::StatusOr<Lease> lease = Acquire(0, absl::Now() + absl::Seconds(5), tried);
-    if (!lease.ok()) return lease.status();
-    if (tried.count(lease->address())) break;  // only replicas we already tried are left
-    tried.insert(lease->address());
-    grpc::ClientContext context;
-    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
-    v1::GetModelInfoResponse response;
-    const grpc::Status status = lease->stub()->GetModelInfo(&context, {}, &response);
-    if (status.ok()) {
+  for (int round = 0; round < 2; ++round) {
+    std::vector<std::shared_ptr<Replica>> unknown;
+    {
       std::lock_guard<std::mutex> lock(mu_);
-      models_ = response;
-      return response;
+      for (const auto& [_, r] : replicas_) {
+        if (!r->healthy) continue;
+        if (r->models) return *r->models;
+        unknown.push_back(r);
+      }
     }
-    last = FromGrpcStatus(status);
-    lease->MarkUnhealthy();
+    if (!unknown.empty()) {
+      // No healthy replica has answered yet: ask them now.
+      for (const auto& r : unknown) {
+        FetchModels(*r);
+        std::lock_guard<std::mutex> lock(mu_);
+        if (r->models) return *r->models;
+      }
+      return absl::UnavailableError("no healthy denoiser replica answered GetModelInfo");
+    }
+    // None healthy: wait out the grace period for one, as jobs do.
+    absl::StatusOr<Lease> lease = Acquire(0, absl::Now() + options_.unavailable_grace, {});
+    if (!lease.ok()) return lease.status();
   }
-  return last;
+  return absl::UnavailableError("no healthy denoiser replica");
 }
 
 }  // namespace dgrid

@@ -2,12 +2,18 @@
 // a static list ("host:port,host:port") or from "dns:///name:port", resolved
 // again every resolve_interval (a Kubernetes headless Service: one address
 // per pod). A background thread health-checks each replica with
-// grpc.health.v1. Acquire() picks the healthy replica with the least
-// outstanding work that is below its in-flight cap, and returns a Lease that
-// gives the work back when it ends.
+// grpc.health.v1, and asks each replica that turns healthy which models (and
+// versions) it serves. Acquire() picks the healthy replica with the least
+// outstanding work that is below its in-flight cap (and serves the wanted
+// model version), and returns a Lease that gives the work back when it ends.
+// When replicas are full, freed slots go to the waiting job whose tenant (a
+// grid) holds the fewest leases, so a small grid is not starved by large ones.
 //
 //   ASSIGN_OR_RETURN(auto pool, ReplicaPool::Create(options, &metrics));
-//   ASSIGN_OR_RETURN(ReplicaPool::Lease lease, pool->Acquire(work, deadline, avoid));
+//   ReplicaPool::Want want;
+//   want.work = 50;
+//   want.tenant = grid_id;
+//   ASSIGN_OR_RETURN(ReplicaPool::Lease lease, pool->Acquire(want));
 //   lease.stub()->Branch(...);
 //   if (failed) lease.MarkUnhealthy();
 #ifndef DGRID_GRID_ORCHESTRATOR_POOL_REPLICA_POOL_H_
@@ -17,6 +23,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <map>
 #include <optional>
 #include <memory>
@@ -52,6 +59,26 @@ class ReplicaPool {
     // addresses are IPs.
     std::string tls_server_name;
     int max_message_bytes = 16 << 20;
+    // Makes the Denoiser stub of a replica; tests put a fake one behind the
+    // generated StubInterface. Default: the real stub on the channel.
+    std::function<std::unique_ptr<v1::Denoiser::StubInterface>(
+        const std::string& address, std::shared_ptr<grpc::Channel> channel)>
+        stub_factory;
+  };
+
+  // What a job asks of the pool.
+  struct Want {
+    // The job's size (trajectory steps).
+    int64_t work = 0;
+    absl::Time deadline = absl::InfiniteFuture();
+    // Replicas (by address) skipped while others are healthy.
+    std::set<std::string> avoid;
+    const std::atomic<bool>* cancelled = nullptr;
+    // When set, only replicas known to serve this model at this version.
+    std::string model;
+    std::string version;
+    // Waiting jobs are served fewest-leases-per-tenant first.
+    uint64_t tenant = 0;
   };
 
   struct Replica;
@@ -63,7 +90,7 @@ class ReplicaPool {
     Lease(Lease&& other) noexcept;
     Lease& operator=(Lease&& other) noexcept;
     ~Lease();
-    v1::Denoiser::Stub* stub() const;
+    v1::Denoiser::StubInterface* stub() const;
     const std::string& address() const;
     // After a transport failure: stop sending work there until a health
     // check passes again.
@@ -75,6 +102,7 @@ class ReplicaPool {
     ReplicaPool* pool_ = nullptr;
     std::shared_ptr<Replica> replica_;
     int64_t work_ = 0;
+    uint64_t tenant_ = 0;
   };
 
   struct ReplicaStatus {
@@ -93,12 +121,14 @@ class ReplicaPool {
   // address) are skipped while others are healthy. UNAVAILABLE when no
   // replica is healthy, DEADLINE_EXCEEDED when every healthy one stays at its
   // cap past `deadline`, CANCELLED when *cancelled becomes true.
+  absl::StatusOr<Lease> Acquire(const Want& want);
   absl::StatusOr<Lease> Acquire(int64_t work, absl::Time deadline,
                                 const std::set<std::string>& avoid,
                                 const std::atomic<bool>* cancelled = nullptr);
 
   std::vector<ReplicaStatus> Snapshot();
-  // Models as served by a healthy replica (cached until a replica changes).
+  // Models as served by a healthy replica (each replica's answer is kept
+  // until it turns unhealthy: a restarted replica may serve a new version).
   absl::StatusOr<v1::GetModelInfoResponse> Models();
   // Runs one health round now (tests use it to skip the interval).
   void CheckHealthNow();
@@ -109,6 +139,12 @@ class ReplicaPool {
   void UpdateReplicas(const std::vector<std::string>& addresses);
   void HealthLoop();
   void PublishInflight(const Replica& replica);
+  struct Waiter;
+  // Whether `replica` may serve `want` (health, cap, version, avoidance).
+  static bool Serves(const Replica& replica, const Want& want, bool allow_avoided, int cap);
+  // True when a waiter ahead of `me` in fair order could take `replica`.
+  bool SomeoneAhead(const Waiter& me, const Replica& replica) const;
+  void FetchModels(Replica& replica);
 
   const Options options_;
   OrchestratorMetrics* const metrics_;
@@ -120,7 +156,10 @@ class ReplicaPool {
   std::condition_variable changed_;
   std::map<std::string, std::shared_ptr<Replica>> replicas_;  // guarded by mu_
   bool stop_ = false;                                          // guarded by mu_
-  std::optional<v1::GetModelInfoResponse> models_;             // guarded by mu_
+  // Leases held per tenant, and the jobs waiting for a slot.
+  std::map<uint64_t, int> leases_by_tenant_;  // guarded by mu_
+  std::set<Waiter*> waiters_;                 // guarded by mu_
+  uint64_t next_waiter_seq_ = 0;              // guarded by mu_
 
   std::thread health_thread_;
 };

@@ -6,6 +6,7 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include <thread>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
@@ -147,6 +148,56 @@ TEST(ReplicaPoolTest, CancelStopsAWaitingAcquire) {
   auto lease = (*pool)->Acquire(1, kSoon, {}, &cancelled);
   cancel.join();
   EXPECT_EQ(lease.status().code(), absl::StatusCode::kCancelled);
+}
+
+TEST(ReplicaPoolTest, AFreedSlotGoesToTheTenantHoldingTheFewestLeases) {
+  // Before: every waiter woke on a release and the first to run won, so a
+  // grid with many waiting jobs starved a grid with one.
+  HealthServer a;
+  auto pool = ReplicaPool::Create(Options(a.address()), nullptr);
+  ASSERT_TRUE(pool.ok());
+  ReplicaPool::Want big;
+  big.work = 1;
+  big.tenant = 1;
+  // The big tenant holds both slots and has many more jobs waiting.
+  auto held1 = (*pool)->Acquire(big);
+  auto held2 = (*pool)->Acquire(big);
+  ASSERT_TRUE(held1.ok() && held2.ok());
+  std::atomic<int> big_granted{0};
+  std::vector<std::thread> big_waiters;
+  std::vector<ReplicaPool::Lease> big_leases(8);
+  for (int i = 0; i < 8; ++i) {
+    big_waiters.emplace_back([&, i] {
+      ReplicaPool::Want w = big;
+      w.deadline = absl::Now() + absl::Seconds(3);
+      auto lease = (*pool)->Acquire(w);
+      if (lease.ok()) {
+        ++big_granted;
+        big_leases[i] = std::move(*lease);
+      }
+    });
+  }
+  absl::SleepFor(absl::Milliseconds(100));  // the big waiters queue first
+  ReplicaPool::Want small;
+  small.work = 1;
+  small.tenant = 2;
+  small.deadline = absl::Now() + absl::Seconds(3);
+  std::atomic<bool> small_granted{false};
+  ReplicaPool::Lease small_lease;
+  std::thread small_waiter([&] {
+    auto lease = (*pool)->Acquire(small);
+    small_granted = lease.ok();
+    if (lease.ok()) small_lease = std::move(*lease);
+  });
+  absl::SleepFor(absl::Milliseconds(100));
+  *held1 = ReplicaPool::Lease();  // one slot frees
+  absl::SleepFor(absl::Milliseconds(100));
+  EXPECT_TRUE(small_granted.load());
+  EXPECT_EQ(big_granted.load(), 0);
+  small_waiter.join();
+  small_lease = ReplicaPool::Lease();
+  *held2 = ReplicaPool::Lease();
+  for (auto& t : big_waiters) t.join();
 }
 
 TEST(ReplicaPoolTest, ResolvesDnsTargets) {

@@ -1,10 +1,14 @@
 #include "grid_orchestrator/server/grid_service.h"
 
+#include <condition_variable>
+#include <deque>
+#include <mutex>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/synchronization/notification.h"
+#include "common/grpc_status.h"
+#include "common/short_text.h"
 #include "grid_orchestrator/metrics/orchestrator_metrics.h"
 
 namespace dgrid {
@@ -19,32 +23,113 @@ const char* Outcome(const absl::Status& status) {
     case absl::StatusCode::kInvalidArgument:
     case absl::StatusCode::kResourceExhausted:
     case absl::StatusCode::kUnauthenticated:
+    case absl::StatusCode::kFailedPrecondition:
       return "rejected";
     default:
       return "failed";
   }
 }
 
-// Cancels the grid when the client goes away. Polls, because neither sync
-// gRPC handlers nor HTTP handlers get a callback for it.
-class CancelWatcher {
+// Events on their way to one client. Executor threads push and never block;
+// the client's own thread pops and writes. Bounded in bytes: a client that
+// does not read cannot make the orchestrator hold its grid's images for ever.
+class Outbox {
  public:
-  CancelWatcher(const std::function<bool()>& gone, GridCancel* cancel)
-      : thread_([this, &gone, cancel] {
-          while (!done_.WaitForNotificationWithTimeout(absl::Milliseconds(25))) {
-            if (gone()) {
+  explicit Outbox(size_t max_bytes) : max_bytes_(max_bytes) {}
+
+  // False once the bound is passed; the event is dropped then.
+  bool Push(const v1::GridEvent& event) {
+    const size_t size = event.ByteSizeLong();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (overflowed_ || bytes_ + size > max_bytes_) {
+        overflowed_ = true;
+        return false;
+      }
+      bytes_ += size;
+      events_.push_back(event);
+    }
+    changed_.notify_one();
+    return true;
+  }
+  void Close() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      closed_ = true;
+    }
+    changed_.notify_one();
+  }
+  // Waits for the next event; false once closed and empty.
+  bool Pop(v1::GridEvent* event) {
+    std::unique_lock<std::mutex> lock(mu_);
+    changed_.wait(lock, [this] { return closed_ || !events_.empty(); });
+    if (events_.empty()) return false;
+    *event = std::move(events_.front());
+    events_.pop_front();
+    bytes_ -= event->ByteSizeLong();
+    return true;
+  }
+  bool overflowed() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return overflowed_;
+  }
+
+ private:
+  const size_t max_bytes_;
+  std::mutex mu_;
+  std::condition_variable changed_;
+  std::deque<v1::GridEvent> events_;  // guarded by mu_
+  size_t bytes_ = 0;                  // guarded by mu_
+  bool overflowed_ = false;           // guarded by mu_
+  bool closed_ = false;               // guarded by mu_
+};
+
+// Watches the client while its grid runs: cancels the grid when the client
+// goes away, or when one write to it blocks past `max_stall` (then it also
+// aborts the transport, so that the blocked write returns). Polls, because
+// neither sync gRPC handlers nor HTTP handlers get a callback for either.
+class ClientWatch {
+ public:
+  ClientWatch(const Caller& caller, absl::Duration max_stall, GridCancel* cancel)
+      : thread_([this, &caller, max_stall, cancel] {
+          while (!WaitDone(absl::Milliseconds(25))) {
+            if (caller.gone()) {
               cancel->Cancel();
+              return;
+            }
+            const int64_t since = write_started_ns_.load();
+            if (since != 0 && absl::Now() - absl::FromUnixNanos(since) > max_stall) {
+              stalled_.store(true);
+              cancel->Cancel();
+              if (caller.abort) caller.abort();
               return;
             }
           }
         }) {}
-  ~CancelWatcher() {
-    done_.Notify();
+  ~ClientWatch() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_ = true;
+    }
+    done_cv_.notify_all();
     thread_.join();
   }
+  void WriteStarts() { write_started_ns_.store(absl::ToUnixNanos(absl::Now())); }
+  void WriteEnds() { write_started_ns_.store(0); }
+  bool stalled() const { return stalled_.load(); }
 
  private:
-  absl::Notification done_;
+  bool WaitDone(absl::Duration timeout) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return done_cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout), [this] { return done_; });
+  }
+
+  std::atomic<int64_t> write_started_ns_{0};
+  std::atomic<bool> stalled_{false};
+  // std primitives, not absl's: TSan sees them.
+  std::mutex mu_;
+  std::condition_variable done_cv_;
+  bool done_ = false;  // guarded by mu_
   std::thread thread_;
 };
 
@@ -57,6 +142,8 @@ bool ConstantTimeEquals(const std::string& a, const std::string& b) {
 }
 
 }  // namespace
+
+AdmittedGrid::~AdmittedGrid() { service_->Release(client_); }
 
 GridService::GridService(ReplicaPool* pool, GridExecutor* executor, OrchestratorMetrics* metrics,
                          OrchestratorLimits limits, std::string auth_token)
@@ -91,61 +178,145 @@ absl::StatusOr<GridPlanSpec> GridService::Plan(const v1::GridRequest& request) {
       if (m.name() == request.model()) model = &m;
     }
     if (!model) {
-      return absl::InvalidArgumentError(absl::StrCat("model: unknown model \"", request.model(),
-                                                     "\"; served: ", absl::StrJoin(names, ", ")));
+      return absl::InvalidArgumentError(absl::StrCat("model: unknown model ",
+                                                     ShortQuote(request.model()),
+                                                     "; served: ", absl::StrJoin(names, ", ")));
     }
   }
-  return PlanGrid(request, *model, limits_.plan);
+  absl::StatusOr<GridPlanSpec> plan = PlanGrid(request, *model, limits_.plan);
+  if (!plan.ok() || !plan->text) return plan;
+  // What the tokenizer keeps of the prompts: the response says how many
+  // tokens a long prompt lost.
+  ReplicaPool::Want want;
+  want.model = plan->model;
+  want.version = plan->model_version;
+  want.deadline = absl::Now() + absl::Seconds(5);
+  absl::StatusOr<ReplicaPool::Lease> lease = pool_->Acquire(want);
+  if (!lease.ok()) return lease.status();
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(want.deadline));
+  v1::TokenizeRequest tokenize;
+  tokenize.set_model(plan->model);
+  tokenize.add_texts(plan->prompt);
+  tokenize.add_texts(plan->negative_prompt);
+  v1::TokenizeResponse tokens;
+  const grpc::Status status = lease->stub()->Tokenize(&context, tokenize, &tokens);
+  if (!status.ok()) return FromGrpcStatus(status);
+  if (tokens.texts_size() != 2) return absl::InternalError("Tokenize answered the wrong count");
+  plan->prompt_tokens_dropped = tokens.texts(0).dropped();
+  plan->negative_prompt_tokens_dropped = tokens.texts(1).dropped();
+  return plan;
+}
+
+void GridService::Release(const std::string& client) {
+  grids_in_flight_.fetch_sub(1);
+  std::lock_guard<std::mutex> lock(clients_mu_);
+  if (--grids_per_client_[client] == 0) grids_per_client_.erase(client);
+}
+
+absl::StatusOr<std::unique_ptr<AdmittedGrid>> GridService::Admit(
+    const Caller& caller, const v1::GridRequest& request) {
+  auto refuse = [this](absl::Status status) {
+    if (metrics_) metrics_->CountGrid(Outcome(status), 0);
+    return status;
+  };
+  if (absl::Status auth = Authenticate(caller); !auth.ok()) return refuse(auth);
+  // Admission: past the bounds, refuse rather than queue without limit.
+  {
+    std::lock_guard<std::mutex> lock(clients_mu_);
+    int& mine = grids_per_client_[caller.client];
+    if (mine >= limits_.max_grids_per_client) {
+      if (mine == 0) grids_per_client_.erase(caller.client);
+      return refuse(absl::ResourceExhaustedError(
+          absl::StrCat("too many grids in flight from this client (limit ",
+                       limits_.max_grids_per_client, "); retry later")));
+    }
+    ++mine;
+  }
+  if (grids_in_flight_.fetch_add(1) >= limits_.max_concurrent_grids) {
+    Release(caller.client);
+    return refuse(absl::ResourceExhaustedError(absl::StrCat(
+        "too many grids in flight (limit ", limits_.max_concurrent_grids, "); retry later")));
+  }
+  absl::StatusOr<GridPlanSpec> plan = Plan(request);
+  if (!plan.ok()) {
+    Release(caller.client);
+    return refuse(plan.status());
+  }
+  return std::unique_ptr<AdmittedGrid>(new AdmittedGrid(this, caller.client, std::move(*plan)));
+}
+
+absl::StatusOr<v1::Grid> GridService::Run(const AdmittedGrid& admitted, const Caller& caller,
+                                          const ClientSink& sink, GridCancel* cancel,
+                                          bool stream_grid) {
+  const absl::Time deadline =
+      std::min(caller.deadline, admitted.admitted_ + limits_.default_grid_timeout);
+  Outbox outbox(limits_.max_outbox_bytes);
+  absl::StatusOr<v1::Grid> grid;
+  std::thread worker([&] {
+    grid = executor_->Run(
+        admitted.plan(), deadline,
+        [&](const v1::GridEvent& event) {
+          if (!outbox.Push(event)) cancel->Cancel();
+        },
+        cancel);
+    outbox.Close();
+  });
+  bool client_ok = true;
+  bool stalled = false;
+  {
+    ClientWatch watch(caller, limits_.max_write_stall, cancel);
+    auto deliver = [&](const v1::GridEvent& event) {
+      if (!client_ok) return;
+      watch.WriteStarts();
+      client_ok = sink(event);
+      watch.WriteEnds();
+      if (!client_ok) cancel->Cancel();
+    };
+    v1::GridEvent event;
+    while (outbox.Pop(&event)) deliver(event);
+    worker.join();
+    // The finished grid is the one event a reading client must get, so it
+    // skips the outbox's bound; its write is watched like the others.
+    if (grid.ok() && stream_grid) {
+      v1::GridEvent last;
+      *last.mutable_grid() = *grid;
+      deliver(last);
+    }
+    stalled = watch.stalled();
+  }
+  absl::Status abandoned;
+  if (outbox.overflowed()) {
+    abandoned = absl::CancelledError(absl::StrCat(
+        "grid cancelled: the client stopped reading its stream (over ",
+        limits_.max_outbox_bytes, " bytes of events waited for it)"));
+  } else if (stalled) {
+    abandoned = absl::CancelledError(absl::StrCat(
+        "grid cancelled: a write to the client blocked for more than ",
+        absl::FormatDuration(limits_.max_write_stall)));
+  } else if (!client_ok) {
+    abandoned = absl::CancelledError("grid cancelled: the client went away");
+  }
+  if (!abandoned.ok()) {
+    if (metrics_) {
+      metrics_->CountGrid("abandoned", absl::ToDoubleSeconds(absl::Now() - admitted.admitted_));
+    }
+    return abandoned;
+  }
+  if (metrics_) {
+    metrics_->CountGrid(Outcome(grid.status()),
+                        absl::ToDoubleSeconds(absl::Now() - admitted.admitted_));
+  }
+  return grid;
 }
 
 absl::StatusOr<v1::Grid> GridService::RunGrid(const Caller& caller,
                                               const v1::GridRequest& request,
-                                              const GridExecutor::EventSink& sink,
-                                              GridCancel* cancel) {
-  const absl::Time start = absl::Now();
-  if (absl::Status auth = Authenticate(caller); !auth.ok()) {
-    if (metrics_) metrics_->CountGrid(Outcome(auth), 0);
-    return auth;
-  }
-  // Admission: past the bounds, refuse rather than queue without limit.
-  {
-    absl::MutexLock lock(&clients_mu_);
-    int& mine = grids_per_client_[caller.client];
-    if (mine >= limits_.max_grids_per_client) {
-      if (metrics_) metrics_->CountGrid("rejected", 0);
-      return absl::ResourceExhaustedError(
-          absl::StrCat("too many grids in flight from this client (limit ",
-                       limits_.max_grids_per_client, "); retry later"));
-    }
-    ++mine;
-  }
-  auto release_client = [&] {
-    absl::MutexLock lock(&clients_mu_);
-    if (--grids_per_client_[caller.client] == 0) grids_per_client_.erase(caller.client);
-  };
-  if (grids_in_flight_.fetch_add(1) >= limits_.max_concurrent_grids) {
-    grids_in_flight_.fetch_sub(1);
-    release_client();
-    absl::Status busy = absl::ResourceExhaustedError(
-        absl::StrCat("too many grids in flight (limit ", limits_.max_concurrent_grids,
-                     "); retry later"));
-    if (metrics_) metrics_->CountGrid(Outcome(busy), 0);
-    return busy;
-  }
-  absl::StatusOr<v1::Grid> grid = [&]() -> absl::StatusOr<v1::Grid> {
-    absl::StatusOr<GridPlanSpec> plan = Plan(request);
-    if (!plan.ok()) return plan.status();
-    const absl::Time deadline =
-        std::min(caller.deadline, absl::Now() + limits_.default_grid_timeout);
-    CancelWatcher watcher(caller.gone, cancel);
-    return executor_->Run(*plan, deadline, sink, cancel);
-  }();
-  grids_in_flight_.fetch_sub(1);
-  release_client();
-  if (metrics_) {
-    metrics_->CountGrid(Outcome(grid.status()), absl::ToDoubleSeconds(absl::Now() - start));
-  }
-  return grid;
+                                              const ClientSink& sink, GridCancel* cancel,
+                                              bool stream_grid) {
+  absl::StatusOr<std::unique_ptr<AdmittedGrid>> admitted = Admit(caller, request);
+  if (!admitted.ok()) return admitted.status();
+  return Run(**admitted, caller, sink, cancel, stream_grid);
 }
 
 absl::StatusOr<v1::ListModelsResponse> GridService::ListModels(const Caller& caller) {

@@ -3,18 +3,29 @@
 // and the HTTP gateway both adapt to it, so both get the same limits, token
 // and behaviour.
 //
+// A grid is admitted first (token, limits, plan: every error a client can
+// fix comes back here, before any event), then run. While it runs, its events
+// wait in a bounded outbox that only the caller's thread drains: the
+// executor's jobs, which hold replica leases, never wait on a client. A client
+// that stops reading overflows the outbox or stalls one write past a bound,
+// and its grid is cancelled, freeing its replicas (docs/ARCHITECTURE.md,
+// "Slow clients and fairness").
+//
 //   GridService service(&pool, &executor, &metrics, limits, token);
-//   Caller caller{.client = "ipv4:127.0.0.1", .authorization = "Bearer ..."};
-//   ASSIGN_OR_RETURN(v1::Grid grid, service.RunGrid(caller, request, sink, &cancel));
+//   Caller caller;
+//   caller.client = "ipv4:127.0.0.1";
+//   ASSIGN_OR_RETURN(std::unique_ptr<AdmittedGrid> admitted, service.Admit(caller, request));
+//   ASSIGN_OR_RETURN(v1::Grid grid, service.Run(*admitted, caller, sink, &cancel));
 #ifndef DGRID_GRID_ORCHESTRATOR_SERVER_GRID_SERVICE_H_
 #define DGRID_GRID_ORCHESTRATOR_SERVER_GRID_SERVICE_H_
 
 #include <atomic>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 
-#include "absl/synchronization/mutex.h"
+#include <mutex>
 #include "dgrid/v1/orchestrator.pb.h"
 #include "grid_orchestrator/execute/grid_executor.h"
 #include "grid_orchestrator/plan/grid_plan.h"
@@ -30,6 +41,11 @@ struct OrchestratorLimits {
   // Grids in flight from one client address.
   int max_grids_per_client = 16;
   absl::Duration default_grid_timeout = absl::Seconds(300);
+  // Event bytes a grid may have waiting for its client; past it the client
+  // is not reading and the grid is cancelled.
+  size_t max_outbox_bytes = size_t{16} << 20;
+  // How long one write to the client may block before the grid is cancelled.
+  absl::Duration max_write_stall = absl::Seconds(20);
 };
 
 // Who is calling, whatever the transport.
@@ -41,6 +57,28 @@ struct Caller {
   absl::Time deadline = absl::InfiniteFuture();
   // True once the client went away; polled while the grid runs.
   std::function<bool()> gone = [] { return false; };
+  // Breaks the transport, so that a write blocked on a client that stopped
+  // reading returns (gRPC: TryCancel). Empty where writes time out alone.
+  std::function<void()> abort;
+};
+
+class GridService;
+
+// A grid past admission: it holds its place in the global and per-client
+// limits until destroyed.
+class AdmittedGrid {
+ public:
+  ~AdmittedGrid();
+  const GridPlanSpec& plan() const { return plan_; }
+
+ private:
+  friend class GridService;
+  AdmittedGrid(GridService* service, std::string client, GridPlanSpec plan)
+      : service_(service), client_(std::move(client)), plan_(std::move(plan)) {}
+  GridService* const service_;
+  const std::string client_;
+  const GridPlanSpec plan_;
+  const absl::Time admitted_ = absl::Now();
 };
 
 class GridService {
@@ -49,14 +87,29 @@ class GridService {
   GridService(ReplicaPool* pool, GridExecutor* executor, OrchestratorMetrics* metrics,
               OrchestratorLimits limits, std::string auth_token);
 
+  // Delivers one event to the client, on the caller's thread; may block.
+  // False: the client is gone.
+  using ClientSink = std::function<bool(const v1::GridEvent&)>;
+
   absl::Status Authenticate(const Caller& caller) const;
-  // Admits, plans and runs one grid; `sink` gets every event but the grid.
+  // Authenticates, admits and plans: UNAUTHENTICATED, RESOURCE_EXHAUSTED or
+  // INVALID_ARGUMENT before any event is sent.
+  absl::StatusOr<std::unique_ptr<AdmittedGrid>> Admit(const Caller& caller,
+                                                      const v1::GridRequest& request);
+  // Runs an admitted grid. `sink` gets its events on this thread, and the
+  // finished grid too when `stream_grid` (so that the last write is watched
+  // for stalls like the others); the grid is also returned.
+  absl::StatusOr<v1::Grid> Run(const AdmittedGrid& grid, const Caller& caller,
+                               const ClientSink& sink, GridCancel* cancel, bool stream_grid);
+  // Admit, then Run.
   absl::StatusOr<v1::Grid> RunGrid(const Caller& caller, const v1::GridRequest& request,
-                                   const GridExecutor::EventSink& sink, GridCancel* cancel);
+                                   const ClientSink& sink, GridCancel* cancel, bool stream_grid);
   absl::StatusOr<v1::ListModelsResponse> ListModels(const Caller& caller);
 
  private:
+  friend class AdmittedGrid;
   absl::StatusOr<GridPlanSpec> Plan(const v1::GridRequest& request);
+  void Release(const std::string& client);
 
   ReplicaPool* const pool_;
   GridExecutor* const executor_;
@@ -64,8 +117,8 @@ class GridService {
   const OrchestratorLimits limits_;
   const std::string auth_token_;
   std::atomic<int> grids_in_flight_{0};
-  absl::Mutex clients_mu_;
-  std::map<std::string, int> grids_per_client_ ABSL_GUARDED_BY(clients_mu_);
+  std::mutex clients_mu_;  // std, not absl: TSan sees it
+  std::map<std::string, int> grids_per_client_;  // guarded by clients_mu_
 };
 
 }  // namespace dgrid

@@ -10,12 +10,31 @@
 //   GET  /api/v1/grid/stream?request=<GridRequest JSON>   the same, for EventSource
 //   GET  /healthz                     200 while serving (no token needed)
 //   GET  /...                         files under web_dir
+//
+// What a client is held to, since anyone may connect:
+//   - POST bodies are `application/json` (else 415) of at most
+//     max_body_bytes, chunked or not (else 413), and match GridRequest's
+//     shape: no list where a value goes, no lone value for a list, no
+//     nesting past 32 levels (else 400).
+//   - A grid request that fails admission (token, limits, plan) gets its 4xx
+//     before a stream starts; only errors after that are `event: error`.
+//   - Every connection up to max_connections has a thread of its own, so
+//     idle or slow ones delay no one; past the cap a connection gets 503.
+//     Reads time out after a few seconds, idle connections soon after.
+//   - Browsers: same-origin only, unless cors_origins names other origins.
+//   - Error messages echo at most a short piece of any value.
+//
+//   HttpGatewayOptions options;
+//   options.address = "0.0.0.0:8080";
+//   options.web_dir = "clients/web";
+//   ASSIGN_OR_RETURN(std::unique_ptr<HttpGateway> gateway, HttpGateway::Start(options, &service));
 #ifndef DGRID_GRID_ORCHESTRATOR_SERVER_HTTP_GATEWAY_H_
 #define DGRID_GRID_ORCHESTRATOR_SERVER_HTTP_GATEWAY_H_
 
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "common/tls.h"
@@ -35,6 +54,13 @@ struct HttpGatewayOptions {
   // cert + key enable HTTPS.
   ServerTlsFiles tls;
   size_t max_body_bytes = 1 << 20;
+  // Origins besides the page's own whose scripts may call the API, as
+  // "https://host[:port]", or "*" for any. Empty: same-origin only.
+  std::vector<std::string> cors_origins;
+  // Connections open at once. Each holds a thread while open (httplib's
+  // model), so this bounds threads too; it must leave room for
+  // max_concurrent_grids streams.
+  int max_connections = 256;
 };
 
 class HttpGateway {

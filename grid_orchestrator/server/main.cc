@@ -1,6 +1,8 @@
 // dgrid-orchestrator: plans grids and runs them on a pool of dgrid-denoiser
 // replicas. Parses flags, starts the server, waits for SIGINT/SIGTERM.
 #include <iostream>
+#include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -20,13 +22,19 @@ ABSL_FLAG(int, max_rows, 16, "Rows per grid.");
 ABSL_FLAG(int, max_branches, 16, "Branches (columns) per row.");
 ABSL_FLAG(int64_t, max_cell_steps, 40000, "rows x branches x steps per grid.");
 ABSL_FLAG(int, grid_timeout_s, 300, "Deadline of a grid whose caller set none.");
-ABSL_FLAG(int, job_timeout_s, 60, "Deadline of one denoiser call before it moves elsewhere.");
+ABSL_FLAG(int, job_stall_timeout_s, 15,
+          "A denoiser call that reports no progress for this long moves elsewhere.");
+ABSL_FLAG(int, retry_backoff_ms, 50, "Wait before a job's second attempt; doubles per attempt.");
 ABSL_FLAG(int, max_attempts, 4, "Attempts per job across replicas.");
 ABSL_FLAG(int, cells_per_job, 2, "Branch cells per denoiser call.");
 ABSL_FLAG(int, replica_max_inflight, 64, "Jobs in flight per replica.");
 ABSL_FLAG(int64_t, cache_mb, 256, "Prefix cache size in MiB.");
 ABSL_FLAG(int, max_message_bytes, 64 << 20, "gRPC message size limit.");
 ABSL_FLAG(int, max_grids_per_client, 16, "Grids in flight from one client address.");
+ABSL_FLAG(int, max_outbox_mb, 16,
+          "Event MiB a grid may have waiting for its client; past it the grid is cancelled.");
+ABSL_FLAG(int, max_write_stall_s, 20,
+          "Seconds one write to a client may block before its grid is cancelled.");
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate for the API (enables TLS).");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key for the API.");
 ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA: require and verify client certificates.");
@@ -39,6 +47,11 @@ ABSL_FLAG(std::string, denoiser_tls_name, "",
 ABSL_FLAG(std::string, http_addr, "",
           "HTTP address for the browser explorer, JSON API and SSE; empty = off.");
 ABSL_FLAG(std::string, web_dir, "clients/web", "Folder of the explorer page's static files.");
+ABSL_FLAG(std::vector<std::string>, http_cors_origins, {},
+          "Other origins whose pages may call the HTTP API (https://host[:port],...), or *; "
+          "empty = same-origin only.");
+ABSL_FLAG(int, http_max_connections, 256,
+          "HTTP connections open at once (each holds a thread); past it 503.");
 ABSL_FLAG(std::string, auth_token_file, "",
           "File holding the bearer token clients must send; empty = no auth.");
 
@@ -56,13 +69,16 @@ int main(int argc, char** argv) {
   o.limits.plan.max_branches = absl::GetFlag(FLAGS_max_branches);
   o.limits.plan.max_cell_steps = absl::GetFlag(FLAGS_max_cell_steps);
   o.limits.default_grid_timeout = absl::Seconds(absl::GetFlag(FLAGS_grid_timeout_s));
-  o.executor.job_timeout = absl::Seconds(absl::GetFlag(FLAGS_job_timeout_s));
+  o.executor.stall_timeout = absl::Seconds(absl::GetFlag(FLAGS_job_stall_timeout_s));
+  o.executor.retry_backoff = absl::Milliseconds(absl::GetFlag(FLAGS_retry_backoff_ms));
   o.executor.max_attempts = absl::GetFlag(FLAGS_max_attempts);
   o.executor.cells_per_job = absl::GetFlag(FLAGS_cells_per_job);
   o.replica_max_inflight = absl::GetFlag(FLAGS_replica_max_inflight);
   o.cache_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_cache_mb)) << 20;
   o.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   o.limits.max_grids_per_client = absl::GetFlag(FLAGS_max_grids_per_client);
+  o.limits.max_outbox_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_outbox_mb)) << 20;
+  o.limits.max_write_stall = absl::Seconds(absl::GetFlag(FLAGS_max_write_stall_s));
   o.tls = {absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),
            absl::GetFlag(FLAGS_tls_client_ca)};
   o.denoiser_tls = {absl::GetFlag(FLAGS_denoiser_ca), absl::GetFlag(FLAGS_denoiser_cert),
@@ -70,6 +86,8 @@ int main(int argc, char** argv) {
   o.denoiser_tls_name = absl::GetFlag(FLAGS_denoiser_tls_name);
   o.http_addr = absl::GetFlag(FLAGS_http_addr);
   o.web_dir = absl::GetFlag(FLAGS_web_dir);
+  o.http_cors_origins = absl::GetFlag(FLAGS_http_cors_origins);
+  o.http_max_connections = absl::GetFlag(FLAGS_http_max_connections);
   if (!absl::GetFlag(FLAGS_auth_token_file).empty()) {
     auto token = dgrid::ReadSecretFile(absl::GetFlag(FLAGS_auth_token_file), "--auth_token_file");
     if (!token.ok()) {

@@ -58,6 +58,8 @@ absl::StatusOr<std::unique_ptr<OrchestratorServer>> OrchestratorServer::Start(
     http.address = o.http_addr;
     http.web_dir = o.web_dir;
     http.tls = o.tls;
+    http.cors_origins = o.http_cors_origins;
+    http.max_connections = o.http_max_connections;
     auto gateway = HttpGateway::Start(http, s->grid_service_.get());
     if (!gateway.ok()) return gateway.status();
     s->http_ = std::move(*gateway);

@@ -11,6 +11,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -53,6 +54,11 @@ struct OrchestratorServerOptions {
   // API's TLS files.
   std::string http_addr;
   std::string web_dir;
+  // Other origins whose pages may call the HTTP API, or "*"; empty:
+  // same-origin only.
+  std::vector<std::string> http_cors_origins;
+  // HTTP connections open at once; past it a connection gets 503.
+  int http_max_connections = 256;
 };
 
 class OrchestratorServer {

@@ -18,19 +18,26 @@ Caller CallerOf(grpc::ServerContext* context) {
     caller.deadline = absl::FromChrono(context->deadline());
   }
   caller.gone = [context] { return context->IsCancelled(); };
+  caller.abort = [context] { context->TryCancel(); };
   return caller;
 }
 
 }  // namespace
 
-OrchestratorServiceImpl::OrchestratorServiceImpl(GridService* service) : service_(service) {}
+OrchestratorServiceImpl::OrchestratorServiceImpl(GridService* service)
+    : RequestParsingService(v1::Orchestrator::service_full_name()), service_(service) {
+  AddUnary("CreateGrid", &OrchestratorServiceImpl::CreateGrid);
+  AddServerStreaming("StreamGrid", &OrchestratorServiceImpl::StreamGrid);
+  AddUnary("ListModels", &OrchestratorServiceImpl::ListModels);
+}
 
 grpc::Status OrchestratorServiceImpl::CreateGrid(grpc::ServerContext* context,
                                                  const v1::GridRequest* request,
                                                  v1::Grid* response) {
   GridCancel cancel;
   absl::StatusOr<v1::Grid> grid =
-      service_->RunGrid(CallerOf(context), *request, [](const v1::GridEvent&) {}, &cancel);
+      service_->RunGrid(CallerOf(context), *request, [](const v1::GridEvent&) { return true; },
+                        &cancel, /*stream_grid=*/false);
   if (!grid.ok()) return ToGrpcStatus(grid.status());
   *response = std::move(*grid);
   return grpc::Status::OK;
@@ -40,15 +47,11 @@ grpc::Status OrchestratorServiceImpl::StreamGrid(grpc::ServerContext* context,
                                                  const v1::GridRequest* request,
                                                  grpc::ServerWriter<v1::GridEvent>* writer) {
   GridCancel cancel;
-  auto sink = [&](const v1::GridEvent& event) {
-    // A failed write means the client is gone: stop the grid's work.
-    if (!writer->Write(event)) cancel.Cancel();
-  };
-  absl::StatusOr<v1::Grid> grid = service_->RunGrid(CallerOf(context), *request, sink, &cancel);
+  // A failed write means the client is gone.
+  auto sink = [writer](const v1::GridEvent& event) { return writer->Write(event); };
+  absl::StatusOr<v1::Grid> grid = service_->RunGrid(CallerOf(context), *request, sink, &cancel,
+                                                    /*stream_grid=*/true);
   if (!grid.ok()) return ToGrpcStatus(grid.status());
-  v1::GridEvent last;
-  *last.mutable_grid() = std::move(*grid);
-  writer->Write(last);
   return grpc::Status::OK;
 }
 

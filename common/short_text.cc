@@ -1,0 +1,83 @@
+#include "common/short_text.h"
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+
+namespace dgrid {
+namespace {
+
+// Length of the well-formed UTF-8 sequence starting at s[i], or 0.
+size_t Utf8SequenceLength(absl::string_view s, size_t i) {
+  const unsigned char c = s[i];
+  size_t n;
+  uint32_t min;
+  if (c < 0x80) return 1;
+  if ((c & 0xE0) == 0xC0) {
+    n = 2;
+    min = 0x80;
+  } else if ((c & 0xF0) == 0xE0) {
+    n = 3;
+    min = 0x800;
+  } else if ((c & 0xF8) == 0xF0) {
+    n = 4;
+    min = 0x10000;
+  } else {
+    return 0;
+  }
+  if (i + n > s.size()) return 0;
+  uint32_t code = c & (0x7F >> n);
+  for (size_t k = 1; k < n; ++k) {
+    const unsigned char cc = s[i + k];
+    if ((cc & 0xC0) != 0x80) return 0;
+    code = (code << 6) | (cc & 0x3F);
+  }
+  // Overlong forms, surrogates and code points past U+10FFFF are invalid.
+  if (code < min || code > 0x10FFFF || (code >= 0xD800 && code <= 0xDFFF)) return 0;
+  return n;
+}
+
+// C escapes for ASCII controls, quotes and backslashes, and \xNN for each
+// byte of an ill-formed sequence; well-formed non-ASCII characters stay.
+std::string EscapeForQuote(absl::string_view s) {
+  std::string out;
+  for (size_t i = 0; i < s.size();) {
+    const size_t n = Utf8SequenceLength(s, i);
+    if (n == 0) {
+      absl::StrAppend(&out, "\\x", absl::Hex(static_cast<unsigned char>(s[i]), absl::kZeroPad2));
+      ++i;
+    } else if (n == 1) {
+      absl::StrAppend(&out, absl::CEscape(s.substr(i, 1)));
+      ++i;
+    } else {
+      out.append(s.data() + i, n);
+      i += n;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+bool IsValidUtf8(absl::string_view value) {
+  for (size_t i = 0; i < value.size();) {
+    const size_t n = Utf8SequenceLength(value, i);
+    if (n == 0) return false;
+    i += n;
+  }
+  return true;
+}
+
+std::string ShortQuote(absl::string_view value, size_t max_bytes) {
+  size_t cut = value.size();
+  if (cut > max_bytes) {
+    // Back up to the start of a character.
+    cut = max_bytes;
+    while (cut > 0 && (static_cast<unsigned char>(value[cut]) & 0xC0) == 0x80) --cut;
+  }
+  std::string quoted =
+      absl::StrCat("\"", EscapeForQuote(value.substr(0, cut)), "\"");
+  if (cut < value.size()) absl::StrAppend(&quoted, "\xE2\x80\xA6 (", value.size(), " bytes)");
+  return quoted;
+}
+
+}  // namespace dgrid

@@ -1,0 +1,87 @@
+#include "common/short_text.h"
+
+#include <string>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "gtest/gtest.h"
+
+namespace dgrid {
+namespace {
+
+TEST(ShortQuoteTest, QuotesAShortValueWhole) {
+  EXPECT_EQ(ShortQuote("sneaker"), "\"sneaker\"");
+  EXPECT_EQ(ShortQuote(""), "\"\"");
+}
+
+TEST(ShortQuoteTest, CutsALongValueAndGivesItsSize) {
+  const std::string quoted = ShortQuote(std::string(8000, 'a'));
+  EXPECT_TRUE(absl::StartsWith(quoted, "\"" + std::string(kMaxEchoBytes, 'a') + "\"")) << quoted;
+  EXPECT_TRUE(absl::EndsWith(quoted, "(8000 bytes)")) << quoted;
+  EXPECT_LT(quoted.size(), kMaxEchoBytes + 30);
+  // A value of exactly the limit is not cut.
+  EXPECT_EQ(ShortQuote(std::string(kMaxEchoBytes, 'a')),
+            "\"" + std::string(kMaxEchoBytes, 'a') + "\"");
+}
+
+TEST(ShortQuoteTest, CutsOnACharacterBoundary) {
+  std::string value;
+  for (int i = 0; i < 100; ++i) value += "\xC3\xA9";  // é, two bytes each
+  // 101 falls inside the 51st é: the cut backs up to 50 whole characters.
+  const std::string quoted = ShortQuote(value, 101);
+  std::string fifty;
+  for (int i = 0; i < 50; ++i) fifty += "\xC3\xA9";
+  EXPECT_TRUE(absl::StartsWith(quoted, "\"" + fifty + "\"")) << quoted;
+  EXPECT_TRUE(absl::EndsWith(quoted, "(200 bytes)")) << quoted;
+  EXPECT_TRUE(IsValidUtf8(quoted));
+}
+
+TEST(ShortQuoteTest, EscapesControlBytes) {
+  const std::string quoted = ShortQuote("a\nb\"c");
+  EXPECT_EQ(quoted.find('\n'), std::string::npos) << quoted;
+  EXPECT_EQ(quoted, "\"a\\nb\\\"c\"");
+}
+
+TEST(ShortQuoteTest, EscapesInvalidUtf8) {
+  // What comes back goes into a status message and onto terminals: it must
+  // be valid UTF-8 whatever the client sent.
+  for (const char* value : {"a\xFF!", "\xC3", "\xED\xA0\x80", "\x80\x80"}) {
+    const std::string quoted = ShortQuote(value);
+    EXPECT_TRUE(IsValidUtf8(quoted)) << absl::CHexEscape(quoted);
+  }
+  const std::string cut = ShortQuote(std::string(8000, '\xFF'));
+  EXPECT_TRUE(IsValidUtf8(cut)) << absl::CHexEscape(cut);
+}
+
+TEST(IsValidUtf8Test, AcceptsWellFormedText) {
+  EXPECT_TRUE(IsValidUtf8(""));
+  EXPECT_TRUE(IsValidUtf8("Ankle boot"));
+  EXPECT_TRUE(IsValidUtf8("\xC3\xA9"));          // é
+  EXPECT_TRUE(IsValidUtf8("\xE2\x80\xA6"));      // …
+  EXPECT_TRUE(IsValidUtf8("\xF0\x9F\x91\x9F"));  // 👟
+  EXPECT_TRUE(IsValidUtf8("\xF4\x8F\xBF\xBF"));  // U+10FFFF
+  EXPECT_TRUE(IsValidUtf8(std::string("a\0b", 3)));
+}
+
+TEST(IsValidUtf8Test, RejectsMalformedSequences) {
+  const struct {
+    const char* name;
+    std::string bytes;
+  } bad[] = {
+      {"0xFF", "\xFF"},
+      {"lone continuation", "a\x80"},
+      {"truncated 2-byte", "\xC3"},
+      {"truncated 3-byte", "x\xE2\x80"},
+      {"truncated 4-byte", "\xF0\x9F\x91"},
+      {"bad continuation", "\xC3\x28"},
+      {"overlong /", "\xC0\xAF"},
+      {"overlong 3-byte", "\xE0\x80\xAF"},
+      {"surrogate", "\xED\xA0\x80"},
+      {"past U+10FFFF", "\xF4\x90\x80\x80"},
+      {"5-byte lead", "\xF8\x88\x80\x80\x80"},
+  };
+  for (const auto& c : bad) EXPECT_FALSE(IsValidUtf8(c.bytes)) << c.name;
+}
+
+}  // namespace
+}  // namespace dgrid

@@ -1,0 +1,69 @@
+#include "common/wire.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace dgrid {
+
+void PathToProto(const Path& path, v1::Path* out) {
+  out->set_init_seed(path.init_seed);
+  out->clear_segments();
+  for (const Segment& s : path.segments) {
+    v1::Segment* seg = out->add_segments();
+    seg->set_from_step(s.from_step);
+    seg->set_noise_seed(s.noise_seed);
+  }
+}
+
+Path PathFromProto(const v1::Path& p) {
+  Path path{p.init_seed(), {}};
+  path.segments.reserve(p.segments_size());
+  for (const v1::Segment& s : p.segments()) path.segments.push_back({s.from_step(), s.noise_seed()});
+  return path;
+}
+
+v1::Spacing SpacingToProto(Spacing spacing) {
+  return spacing == Spacing::kLeading ? v1::SPACING_LEADING : v1::SPACING_TRAILING;
+}
+
+absl::StatusOr<Spacing> SpacingFromProto(v1::Spacing spacing, Spacing unspecified,
+                                         const std::string& field) {
+  switch (spacing) {
+    case v1::SPACING_UNSPECIFIED:
+      return unspecified;
+    case v1::SPACING_LEADING:
+      return Spacing::kLeading;
+    case v1::SPACING_TRAILING:
+      return Spacing::kTrailing;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": unknown value ", static_cast<int>(spacing)));
+  }
+}
+
+v1::ModelInfo ModelInfoFromManifest(const BundleManifest& m) {
+  v1::ModelInfo info;
+  info.set_name(m.name);
+  info.set_version(m.version);
+  info.mutable_latent_shape()->Assign(m.latent_shape.begin(), m.latent_shape.end());
+  info.mutable_image_shape()->Assign(m.image_shape.begin(), m.image_shape.end());
+  for (const std::string& label : m.class_labels) info.add_prompts(label);
+  info.set_train_timesteps(m.schedule.train_timesteps);
+  info.set_steps_offset(m.schedule.steps_offset);
+  static const char* const kPrediction[] = {"epsilon", "sample", "v_prediction"};
+  info.set_prediction_type(kPrediction[static_cast<int>(m.schedule.prediction)]);
+  v1::SamplerConfig* d = info.mutable_defaults();
+  d->set_steps(m.defaults.steps);
+  d->set_eta(m.defaults.eta);
+  d->set_guidance(m.defaults.guidance);
+  d->set_spacing(SpacingToProto(m.defaults.spacing));
+  info.set_license(m.license);
+  info.set_description(m.description);
+  info.set_conditioning(m.is_text() ? "text" : "class");
+  if (m.is_text()) {
+    for (const std::string& p : m.text.example_prompts) info.add_example_prompts(p);
+    info.set_max_prompt_tokens(m.text.tokenizer.max_length);
+  }
+  return info;
+}
+
+}  // namespace dgrid

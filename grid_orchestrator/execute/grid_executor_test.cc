@@ -1,0 +1,175 @@
+// The executor against fake replicas behind the generated StubInterface:
+// retry policy, validation of replica output, counting of evaluations,
+// version pinning and fairness keys. No model, no sockets but the replicas'
+// health servers.
+#include "grid_orchestrator/execute/grid_executor.h"
+
+#include <mutex>
+
+#include "grid_orchestrator/testing/fake_denoiser.h"
+#include "gtest/gtest.h"
+
+namespace dgrid {
+namespace {
+
+using testing::FakeReplicas;
+
+class GridExecutorTest : public ::testing::Test {
+ protected:
+  // A 2-row x 2-column grid of 10 steps, one cell per job.
+  static GridPlanSpec Plan(const std::string& version = "1") {
+    v1::GridRequest request;
+    request.set_seed(3);
+    request.mutable_steps()->set_value(10);
+    request.mutable_branches()->set_value(2);
+    request.add_branch_steps(0);
+    request.add_branch_steps(5);
+    absl::StatusOr<GridPlanSpec> plan =
+        PlanGrid(request, FakeReplicas::Model("fake", version), PlanLimits{});
+    EXPECT_TRUE(plan.ok()) << plan.status();
+    return *plan;
+  }
+
+  absl::StatusOr<v1::Grid> Run(FakeReplicas& replicas, const GridPlanSpec& plan,
+                               std::vector<v1::GridEvent>* events = nullptr) {
+    auto pool = ReplicaPool::Create(replicas.PoolOptions(), nullptr);
+    if (!pool.ok()) return pool.status();
+    PrefixCache cache(0);
+    ExecutorOptions options;
+    options.cells_per_job = 1;
+    options.retry_backoff = absl::Milliseconds(1);
+    GridExecutor executor(pool->get(), &cache, nullptr, options);
+    GridCancel cancel;
+    std::mutex mu;
+    return executor.Run(
+        plan, absl::Now() + absl::Seconds(30),
+        [&](const v1::GridEvent& e) {
+          std::lock_guard<std::mutex> lock(mu);
+          if (events) events->push_back(e);
+        },
+        &cancel);
+  }
+
+  static int Calls(FakeReplicas& replicas, int i) {
+    return static_cast<int>(replicas.log(i).branches.size());
+  }
+};
+
+TEST_F(GridExecutorTest, RunsEveryCellOnceAndCountsThePlansEvaluations) {
+  FakeReplicas replicas(1);
+  const GridPlanSpec plan = Plan();
+  std::vector<v1::GridEvent> events;
+  absl::StatusOr<v1::Grid> grid = Run(replicas, plan, &events);
+  ASSERT_TRUE(grid.ok()) << grid.status();
+  EXPECT_EQ(grid->model_evals(), plan.model_evals);
+  // Trunk + 4 cells.
+  EXPECT_EQ(Calls(replicas, 0), 5);
+  int cells = 0;
+  for (const auto& e : events) cells += e.has_cell();
+  EXPECT_EQ(cells, 5);
+}
+
+TEST_F(GridExecutorTest, ABadTrajectoryIndexFailsTheAttemptNotTheProcess) {
+  // Before: columns.at() threw inside a job thread, and std::terminate
+  // ended the orchestrator.
+  FakeReplicas replicas(2);
+  replicas.script(0).bad_trajectory_index = 7;
+  absl::StatusOr<v1::Grid> grid = Run(replicas, Plan());
+  ASSERT_TRUE(grid.ok()) << grid.status();
+  // The healthy replica finished every cell.
+  for (const auto& row : grid->rows()) {
+    for (const auto& cell : row.cells()) EXPECT_EQ(cell.source(), replicas.address(1));
+  }
+}
+
+TEST_F(GridExecutorTest, OnlyBadReplicasFailTheGridWithAMessage) {
+  FakeReplicas replicas(1);
+  replicas.script(0).bad_trajectory_index = 7;
+  absl::StatusOr<v1::Grid> grid = Run(replicas, Plan());
+  ASSERT_FALSE(grid.ok());
+  EXPECT_EQ(grid.status().code(), absl::StatusCode::kInternal);
+  EXPECT_NE(grid.status().message().find("trajectory 7"), std::string::npos)
+      << grid.status();
+}
+
+TEST_F(GridExecutorTest, APermanentErrorIsNotRetried) {
+  // Before: permanent limits came back as RESOURCE_EXHAUSTED and every
+  // replica was tried, and UNKNOWN was retried too.
+  for (grpc::StatusCode code : {grpc::StatusCode::INVALID_ARGUMENT,
+                                grpc::StatusCode::FAILED_PRECONDITION,
+                                grpc::StatusCode::UNKNOWN}) {
+    FakeReplicas replicas(2);
+    for (int i = 0; i < 2; ++i) {
+      replicas.script(i).fail_first = 100;
+      replicas.script(i).fail_code = code;
+    }
+    absl::StatusOr<v1::Grid> grid = Run(replicas, Plan());
+    ASSERT_FALSE(grid.ok());
+    EXPECT_EQ(static_cast<int>(grid.status().code()), static_cast<int>(code));
+    // The trunk and the step-0 row start at once: at most one call each,
+    // none retried.
+    EXPECT_LE(Calls(replicas, 0) + Calls(replicas, 1), 3) << code;
+  }
+}
+
+TEST_F(GridExecutorTest, ATransientErrorMovesToAnotherReplica) {
+  for (grpc::StatusCode code : {grpc::StatusCode::UNAVAILABLE,
+                                grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                grpc::StatusCode::INTERNAL}) {
+    FakeReplicas replicas(2);
+    replicas.script(0).fail_first = 100;
+    replicas.script(0).fail_code = code;
+    absl::StatusOr<v1::Grid> grid = Run(replicas, Plan());
+    ASSERT_TRUE(grid.ok()) << grid.status();
+    for (const auto& row : grid->rows()) {
+      for (const auto& cell : row.cells()) EXPECT_EQ(cell.source(), replicas.address(1));
+    }
+  }
+}
+
+TEST_F(GridExecutorTest, EvaluationsOfFailedAttemptsCount) {
+  // Before: Grid.model_evals counted finals only, so retried work vanished.
+  FakeReplicas replicas(1);
+  replicas.script(0).fail_first = 1;  // the first call (the trunk) fails
+  replicas.script(0).evals_before_failing = 7;
+  const GridPlanSpec plan = Plan();
+  absl::StatusOr<v1::Grid> grid = Run(replicas, plan);
+  ASSERT_TRUE(grid.ok()) << grid.status();
+  EXPECT_EQ(grid->model_evals(), plan.model_evals + 7);
+}
+
+TEST_F(GridExecutorTest, AGridIsPinnedToItsModelVersion) {
+  // Mid-rollout: replica 1 already serves version 2 of the model.
+  FakeReplicas replicas(2);
+  replicas.script(1).version = "2";
+  absl::StatusOr<v1::Grid> grid = Run(replicas, Plan("1"));
+  ASSERT_TRUE(grid.ok()) << grid.status();
+  EXPECT_EQ(Calls(replicas, 1), 0);
+  EXPECT_EQ(Calls(replicas, 0), 5);
+}
+
+TEST_F(GridExecutorTest, NoReplicaOfTheVersionIsUnavailable) {
+  FakeReplicas replicas(1);
+  replicas.script(0).version = "2";
+  absl::StatusOr<v1::Grid> grid = Run(replicas, Plan("1"));
+  ASSERT_FALSE(grid.ok());
+  EXPECT_EQ(grid.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(grid.status().message().find("version 1"), std::string::npos) << grid.status();
+}
+
+TEST_F(GridExecutorTest, EveryCallOfAGridCarriesOneFairnessKeyAndAProgressInterval) {
+  FakeReplicas replicas(1);
+  ASSERT_TRUE(Run(replicas, Plan()).ok());
+  ASSERT_TRUE(Run(replicas, Plan()).ok());
+  const auto calls = replicas.log(0).branches;
+  ASSERT_EQ(calls.size(), 10u);
+  for (size_t i = 0; i < 5; ++i) {
+    EXPECT_EQ(calls[i].fairness_key(), calls[0].fairness_key());
+    EXPECT_GT(calls[i].progress_interval_ms(), 0);
+  }
+  // Another grid, another tenant.
+  EXPECT_NE(calls[5].fairness_key(), calls[0].fairness_key());
+}
+
+}  // namespace
+}  // namespace dgrid

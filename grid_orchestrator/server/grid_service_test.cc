@@ -1,0 +1,149 @@
+// GridService over fake replicas: admission before any event, and the
+// per-grid outbox that keeps a client which stops reading from holding
+// replicas (issue: two unread streams held every in-flight slot).
+#include "grid_orchestrator/server/grid_service.h"
+
+#include <condition_variable>
+#include <mutex>
+
+#include "grid_orchestrator/testing/fake_denoiser.h"
+#include "gtest/gtest.h"
+
+namespace dgrid {
+namespace {
+
+using testing::FakeReplicas;
+
+class GridServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto pool = ReplicaPool::Create(replicas_.PoolOptions(), nullptr);
+    ASSERT_TRUE(pool.ok()) << pool.status();
+    pool_ = std::move(*pool);
+    ExecutorOptions options;
+    options.cells_per_job = 1;
+    executor_ = std::make_unique<GridExecutor>(pool_.get(), &cache_, nullptr, options);
+  }
+  std::unique_ptr<GridService> Service(OrchestratorLimits limits) {
+    return std::make_unique<GridService>(pool_.get(), executor_.get(), nullptr, limits, "");
+  }
+  static v1::GridRequest Request() {
+    v1::GridRequest r;
+    r.set_seed(5);
+    r.mutable_steps()->set_value(10);
+    r.mutable_branches()->set_value(4);
+    r.add_branch_steps(0);
+    r.add_branch_steps(5);
+    return r;
+  }
+  int Inflight() {
+    int n = 0;
+    for (const auto& r : pool_->Snapshot()) n += r.inflight;
+    return n;
+  }
+
+  FakeReplicas replicas_{1};
+  PrefixCache cache_{0};
+  std::unique_ptr<ReplicaPool> pool_;
+  std::unique_ptr<GridExecutor> executor_;
+};
+
+TEST_F(GridServiceTest, AdmissionRefusesBeforeAnyEvent) {
+  auto service = Service({});
+  v1::GridRequest bad = Request();
+  bad.mutable_branches()->set_value(0);
+  absl::StatusOr<std::unique_ptr<AdmittedGrid>> admitted = service->Admit(Caller{}, bad);
+  ASSERT_FALSE(admitted.ok());
+  EXPECT_EQ(admitted.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(admitted.status().message().find("branches"), std::string::npos);
+}
+
+TEST_F(GridServiceTest, AdmittedGridsHoldTheirPlaceUntilReleased) {
+  OrchestratorLimits limits;
+  limits.max_grids_per_client = 1;
+  auto service = Service(limits);
+  auto first = service->Admit(Caller{}, Request());
+  ASSERT_TRUE(first.ok());
+  auto second = service->Admit(Caller{}, Request());
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kResourceExhausted);
+  first->reset();
+  EXPECT_TRUE(service->Admit(Caller{}, Request()).ok());
+}
+
+TEST_F(GridServiceTest, AClientWhoseWriteBlocksIsCancelledAndItsReplicasFreed) {
+  OrchestratorLimits limits;
+  limits.max_write_stall = absl::Milliseconds(300);
+  auto service = Service(limits);
+  // A client that never reads: its first write blocks until the transport
+  // is aborted.
+  std::mutex mu;
+  std::condition_variable aborted_cv;
+  bool aborted = false;
+  Caller caller;
+  caller.abort = [&] {
+    std::lock_guard<std::mutex> lock(mu);
+    aborted = true;
+    aborted_cv.notify_all();
+  };
+  auto blocked_sink = [&](const v1::GridEvent&) {
+    std::unique_lock<std::mutex> lock(mu);
+    aborted_cv.wait(lock, [&] { return aborted; });
+    return false;
+  };
+  GridCancel cancel;
+  const absl::Time start = absl::Now();
+  absl::StatusOr<v1::Grid> grid =
+      service->RunGrid(caller, Request(), blocked_sink, &cancel, /*stream_grid=*/true);
+  EXPECT_EQ(grid.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_TRUE(aborted);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+  EXPECT_EQ(Inflight(), 0);
+  // The service still serves everyone else.
+  GridCancel other;
+  EXPECT_TRUE(service
+                  ->RunGrid(Caller{}, Request(), [](const v1::GridEvent&) { return true; },
+                            &other, true)
+                  .ok());
+}
+
+TEST_F(GridServiceTest, JobsNeverWaitOnASlowClient) {
+  // The client takes 200 ms per event; the grid's jobs finish long before
+  // the client has read their cells, so they never held a lease meanwhile.
+  auto service = Service({});
+  absl::Time jobs_done = absl::InfiniteFuture();
+  int events = 0;
+  auto slow_sink = [&](const v1::GridEvent& e) {
+    if (events++ == 0) {
+      // While the client sleeps on the first event, the jobs run.
+      absl::SleepFor(absl::Milliseconds(1500));
+      if (Inflight() == 0) jobs_done = absl::Now();
+    }
+    return true;
+  };
+  GridCancel cancel;
+  absl::StatusOr<v1::Grid> grid =
+      service->RunGrid(Caller{}, Request(), slow_sink, &cancel, /*stream_grid=*/true);
+  ASSERT_TRUE(grid.ok()) << grid.status();
+  EXPECT_NE(jobs_done, absl::InfiniteFuture()) << "jobs still held leases while the client slept";
+  // plan, trunk progress x2, 9 cells, grid.
+  EXPECT_GE(events, 12);
+}
+
+TEST_F(GridServiceTest, AnOutboxPastItsBoundCancelsTheGrid) {
+  OrchestratorLimits limits;
+  limits.max_outbox_bytes = 256;  // less than a few cells
+  auto service = Service(limits);
+  auto slow_sink = [&](const v1::GridEvent&) {
+    absl::SleepFor(absl::Milliseconds(300));
+    return true;
+  };
+  GridCancel cancel;
+  absl::StatusOr<v1::Grid> grid =
+      service->RunGrid(Caller{}, Request(), slow_sink, &cancel, /*stream_grid=*/true);
+  EXPECT_EQ(grid.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_NE(grid.status().message().find("stopped reading"), std::string::npos) << grid.status();
+  EXPECT_EQ(Inflight(), 0);
+}
+
+}  // namespace
+}  // namespace dgrid

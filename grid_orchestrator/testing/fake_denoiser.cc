@@ -1,0 +1,239 @@
+#include "grid_orchestrator/testing/fake_denoiser.h"
+
+#include <grpcpp/health_check_service_interface.h>
+
+#include <deque>
+
+#include "absl/strings/str_cat.h"
+#include "common/png_image.h"
+
+namespace dgrid::testing {
+namespace {
+
+class FakeReader : public grpc::ClientReaderInterface<v1::BranchEvent> {
+ public:
+  FakeReader(std::deque<v1::BranchEvent> events, grpc::Status status)
+      : events_(std::move(events)), status_(std::move(status)) {}
+  bool Read(v1::BranchEvent* event) override {
+    if (events_.empty()) return false;
+    *event = std::move(events_.front());
+    events_.pop_front();
+    return true;
+  }
+  bool NextMessageSize(uint32_t* size) override {
+    if (events_.empty()) return false;
+    *size = static_cast<uint32_t>(events_.front().ByteSizeLong());
+    return true;
+  }
+  grpc::Status Finish() override { return status_; }
+  void WaitForInitialMetadata() override {}
+
+ private:
+  std::deque<v1::BranchEvent> events_;
+  grpc::Status status_;
+};
+
+// A 2x2 grey PNG whose level derives from the path: distinct paths give
+// (mostly) distinct cells, like a real model.
+std::string PathPng(const v1::Path& path) {
+  uint64_t h = path.init_seed() * 0x9E3779B97F4A7C15ull;
+  for (const v1::Segment& s : path.segments()) h = (h ^ s.noise_seed()) * 0xBF58476D1CE4E5B9ull;
+  const uint8_t level = static_cast<uint8_t>(h >> 56);
+  return *EncodePng(std::vector<uint8_t>(4, level), 2, 2, 1);
+}
+
+v1::Tensor Latent() {
+  v1::Tensor t;
+  t.set_dtype(v1::DATA_TYPE_FP32);
+  for (int64_t d : {1, 2, 2}) t.add_shape(d);
+  t.set_raw_contents(std::string(4 * sizeof(float), '\0'));
+  return t;
+}
+
+}  // namespace
+
+struct FakeReplicas::Replica {
+  class Stub;
+  std::mutex mu;
+  FakeScript script;
+  FakeLog log;
+  int calls = 0;
+  int port = 0;
+  std::string address;
+  v1::Denoiser::Service unused;  // a sync server needs one service
+  std::unique_ptr<grpc::Server> health;
+};
+
+class FakeReplicas::Replica::Stub : public v1::Denoiser::StubInterface {
+ public:
+  explicit Stub(Replica* r) : r_(r) {}
+
+  grpc::Status GetModelInfo(grpc::ClientContext*, const v1::GetModelInfoRequest&,
+                            v1::GetModelInfoResponse* response) override {
+    std::lock_guard<std::mutex> lock(r_->mu);
+    *response->add_models() = Model(r_->script.model, r_->script.version);
+    return grpc::Status::OK;
+  }
+  grpc::Status Step(grpc::ClientContext*, const v1::StepRequest&, v1::StepResponse*) override {
+    return {grpc::StatusCode::UNIMPLEMENTED, "fake"};
+  }
+  grpc::Status Decode(grpc::ClientContext*, const v1::DecodeRequest&,
+                      v1::DecodeResponse*) override {
+    return {grpc::StatusCode::UNIMPLEMENTED, "fake"};
+  }
+  grpc::Status Tokenize(grpc::ClientContext*, const v1::TokenizeRequest&,
+                        v1::TokenizeResponse*) override {
+    return {grpc::StatusCode::UNIMPLEMENTED, "fake"};
+  }
+
+ private:
+  grpc::ClientReaderInterface<v1::BranchEvent>* BranchRaw(
+      grpc::ClientContext*, const v1::BranchRequest& request) override {
+    std::lock_guard<std::mutex> lock(r_->mu);
+    r_->log.branches.push_back(request);
+    const int call = r_->calls++;
+    std::deque<v1::BranchEvent> events;
+    const FakeScript& s = r_->script;
+    if (call < s.fail_first) {
+      v1::BranchEvent progress;
+      progress.mutable_progress()->set_model_evals(s.evals_before_failing);
+      events.push_back(progress);
+      return new FakeReader(std::move(events), {s.fail_code, "scripted failure"});
+    }
+    if (s.bad_trajectory_index >= 0) {
+      v1::BranchEvent bad;
+      bad.mutable_final()->set_trajectory(s.bad_trajectory_index);
+      *bad.mutable_final()->mutable_latent() = Latent();
+      bad.mutable_final()->mutable_image()->set_png(PathPng(request.trajectories(0).path()));
+      events.push_back(bad);
+    }
+    const int end = request.end_step() ? request.end_step() : request.sampler().steps();
+    for (int i = 0; i < request.trajectories_size(); ++i) {
+      const v1::Path& path = request.trajectories(i).path();
+      for (int step : request.capture_steps()) {
+        v1::BranchEvent capture;
+        v1::Capture* c = capture.mutable_capture();
+        c->set_trajectory(i);
+        c->set_step(step);
+        *c->mutable_latent() = Latent();
+        c->mutable_image()->set_png(PathPng(path));
+        c->mutable_x0_image()->set_png(PathPng(path));
+        events.push_back(capture);
+      }
+      v1::BranchEvent final;
+      v1::Final* f = final.mutable_final();
+      f->set_trajectory(i);
+      *f->mutable_latent() = Latent();
+      f->mutable_image()->set_png(PathPng(path));
+      f->set_model_evals(end - request.start_step());
+      events.push_back(final);
+    }
+    return new FakeReader(std::move(events), grpc::Status::OK);
+  }
+  grpc::ClientAsyncResponseReaderInterface<v1::GetModelInfoResponse>* AsyncGetModelInfoRaw(
+      grpc::ClientContext*, const v1::GetModelInfoRequest&, grpc::CompletionQueue*) override {
+    return nullptr;
+  }
+  grpc::ClientAsyncResponseReaderInterface<v1::GetModelInfoResponse>* PrepareAsyncGetModelInfoRaw(
+      grpc::ClientContext*, const v1::GetModelInfoRequest&, grpc::CompletionQueue*) override {
+    return nullptr;
+  }
+  grpc::ClientAsyncResponseReaderInterface<v1::StepResponse>* AsyncStepRaw(
+      grpc::ClientContext*, const v1::StepRequest&, grpc::CompletionQueue*) override {
+    return nullptr;
+  }
+  grpc::ClientAsyncResponseReaderInterface<v1::StepResponse>* PrepareAsyncStepRaw(
+      grpc::ClientContext*, const v1::StepRequest&, grpc::CompletionQueue*) override {
+    return nullptr;
+  }
+  grpc::ClientAsyncReaderInterface<v1::BranchEvent>* AsyncBranchRaw(
+      grpc::ClientContext*, const v1::BranchRequest&, grpc::CompletionQueue*, void*) override {
+    return nullptr;
+  }
+  grpc::ClientAsyncReaderInterface<v1::BranchEvent>* PrepareAsyncBranchRaw(
+      grpc::ClientContext*, const v1::BranchRequest&, grpc::CompletionQueue*) override {
+    return nullptr;
+  }
+  grpc::ClientAsyncResponseReaderInterface<v1::DecodeResponse>* AsyncDecodeRaw(
+      grpc::ClientContext*, const v1::DecodeRequest&, grpc::CompletionQueue*) override {
+    return nullptr;
+  }
+  grpc::ClientAsyncResponseReaderInterface<v1::DecodeResponse>* PrepareAsyncDecodeRaw(
+      grpc::ClientContext*, const v1::DecodeRequest&, grpc::CompletionQueue*) override {
+    return nullptr;
+  }
+  grpc::ClientAsyncResponseReaderInterface<v1::TokenizeResponse>* AsyncTokenizeRaw(
+      grpc::ClientContext*, const v1::TokenizeRequest&, grpc::CompletionQueue*) override {
+    return nullptr;
+  }
+  grpc::ClientAsyncResponseReaderInterface<v1::TokenizeResponse>* PrepareAsyncTokenizeRaw(
+      grpc::ClientContext*, const v1::TokenizeRequest&, grpc::CompletionQueue*) override {
+    return nullptr;
+  }
+
+  Replica* const r_;
+};
+
+FakeReplicas::FakeReplicas(int n) {
+  grpc::EnableDefaultHealthCheckService(true);
+  for (int i = 0; i < n; ++i) {
+    auto r = std::make_unique<Replica>();
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &r->port);
+    builder.RegisterService(&r->unused);
+    r->health = builder.BuildAndStart();
+    r->health->GetHealthCheckService()->SetServingStatus("", true);
+    r->address = absl::StrCat("127.0.0.1:", r->port);
+    replicas_.push_back(std::move(r));
+  }
+}
+
+FakeReplicas::~FakeReplicas() {
+  for (auto& r : replicas_) r->health->Shutdown(std::chrono::system_clock::now());
+}
+
+FakeScript& FakeReplicas::script(int i) { return replicas_[i]->script; }
+
+FakeLog FakeReplicas::log(int i) {
+  std::lock_guard<std::mutex> lock(replicas_[i]->mu);
+  return replicas_[i]->log;
+}
+
+const std::string& FakeReplicas::address(int i) const { return replicas_[i]->address; }
+
+ReplicaPool::Options FakeReplicas::PoolOptions() {
+  ReplicaPool::Options o;
+  for (const auto& r : replicas_) {
+    if (!o.targets.empty()) o.targets += ",";
+    o.targets += r->address;
+  }
+  o.health_interval = absl::Milliseconds(50);
+  o.unavailable_grace = absl::Milliseconds(200);
+  o.stub_factory = [this](const std::string& address, std::shared_ptr<grpc::Channel>)
+      -> std::unique_ptr<v1::Denoiser::StubInterface> {
+    for (const auto& r : replicas_) {
+      if (r->address == address) return std::make_unique<Replica::Stub>(r.get());
+    }
+    return nullptr;
+  };
+  return o;
+}
+
+v1::ModelInfo FakeReplicas::Model(const std::string& name, const std::string& version) {
+  v1::ModelInfo m;
+  m.set_name(name);
+  m.set_version(version);
+  for (int64_t d : {1, 2, 2}) m.add_latent_shape(d);
+  for (int64_t d : {2, 2, 1}) m.add_image_shape(d);
+  for (int c = 0; c < 10; ++c) m.add_prompts(absl::StrCat("class", c));
+  m.set_train_timesteps(1000);
+  m.set_prediction_type("epsilon");
+  m.mutable_defaults()->set_steps(10);
+  m.mutable_defaults()->set_eta(1);
+  m.mutable_defaults()->set_guidance(1);
+  m.mutable_defaults()->set_spacing(v1::SPACING_LEADING);
+  m.set_steps_offset(1);
+  return m;
+}
+
+}  // namespace dgrid::testing

@@ -1,0 +1,67 @@
+// A scripted Denoiser behind the generated StubInterface, for unit tests of
+// the executor and GridService without a model: Branch answers each
+// trajectory with a final (a tiny PNG whose grey level derives from the
+// path), captures where asked, and follows a per-replica script for faults.
+// Replicas still need a real health server on loopback, which the pool
+// checks; FakeReplicas starts those.
+//
+//   FakeReplicas replicas(2);
+//   replicas.script(0).fail_first = 1;  // replica 0: first call UNAVAILABLE
+//   ASSIGN_OR_RETURN(auto pool, ReplicaPool::Create(replicas.PoolOptions(), nullptr));
+#ifndef DGRID_GRID_ORCHESTRATOR_TESTING_FAKE_DENOISER_H_
+#define DGRID_GRID_ORCHESTRATOR_TESTING_FAKE_DENOISER_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "dgrid/v1/denoiser.grpc.pb.h"
+#include "grid_orchestrator/pool/replica_pool.h"
+
+namespace dgrid::testing {
+
+// What one fake replica does. Read under the replica's mutex.
+struct FakeScript {
+  std::string model = "fake";
+  std::string version = "1";
+  // The first `fail_first` Branch calls end with `fail_code` after sending
+  // Progress(model_evals = evals_before_failing) and no result.
+  int fail_first = 0;
+  grpc::StatusCode fail_code = grpc::StatusCode::UNAVAILABLE;
+  int64_t evals_before_failing = 0;
+  // Every Branch call sends a final for this trajectory index (out of range
+  // for the job) before anything else.
+  int bad_trajectory_index = -1;
+};
+
+// Calls a fake replica received.
+struct FakeLog {
+  std::vector<v1::BranchRequest> branches;
+};
+
+class FakeReplicas {
+ public:
+  explicit FakeReplicas(int n);
+  ~FakeReplicas();
+
+  FakeScript& script(int i);
+  FakeLog log(int i);
+  const std::string& address(int i) const;
+  // Pool options over the replicas, with fast health checks and the fake
+  // stubs.
+  ReplicaPool::Options PoolOptions();
+  // The model as the replicas describe it (latent 1x2x2, 10 classes).
+  static v1::ModelInfo Model(const std::string& name, const std::string& version);
+
+ private:
+  struct Replica;
+  std::vector<std::unique_ptr<Replica>> replicas_;
+};
+
+}  // namespace dgrid::testing
+
+#endif  // DGRID_GRID_ORCHESTRATOR_TESTING_FAKE_DENOISER_H_

@@ -1,0 +1,478 @@
+// The orchestrator's HTTP gateway against hostile clients, with real
+// processes on loopback and plain sockets, so that each request goes on the
+// wire exactly as written: bodies past the limit, idle and slow sockets,
+// stream refusals, lenient JSON, cross-origin calls and control bytes in
+// paths.
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "tests/support/stack.h"
+
+namespace dgrid {
+namespace {
+
+using testing::ChildProcess;
+using testing::Stack;
+
+constexpr char kToken[] = "http-gateway-test-token";
+constexpr char kAllowedOrigin[] = "http://allowed.example";
+
+// A TCP connection to 127.0.0.1:port; -1 when it cannot connect.
+int Connect(int port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(port);
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+bool SendAll(int fd, const std::string& data) {
+  for (size_t sent = 0; sent < data.size();) {
+    const ssize_t n = ::send(fd, data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
+    if (n <= 0) return false;
+    sent += n;
+  }
+  return true;
+}
+
+struct HttpAnswer {
+  int status = 0;  // 0: no answer
+  std::map<std::string, std::string> headers;  // names lowercased
+  std::string body;
+  absl::Duration took;
+  std::string header(const std::string& name) const {
+    auto it = headers.find(name);
+    return it == headers.end() ? "" : it->second;
+  }
+};
+
+// Reads an answer until the server closes the connection or `timeout`.
+HttpAnswer ReadAnswer(int fd, absl::Duration timeout, absl::Time start) {
+  const absl::Time deadline = start + timeout;
+  std::string raw;
+  char buffer[16384];
+  while (absl::Now() < deadline) {
+    timeval tv = absl::ToTimeval(std::max(deadline - absl::Now(), absl::Milliseconds(1)));
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    const ssize_t n = ::recv(fd, buffer, sizeof(buffer), 0);
+    if (n <= 0) break;
+    raw.append(buffer, n);
+  }
+  HttpAnswer answer;
+  answer.took = absl::Now() - start;
+  const size_t end = raw.find("\r\n\r\n");
+  if (end == std::string::npos) return answer;
+  std::vector<std::string> lines = absl::StrSplit(raw.substr(0, end), "\r\n");
+  std::vector<std::string> status_line = absl::StrSplit(lines[0], ' ');
+  if (status_line.size() < 2 || !absl::SimpleAtoi(status_line[1], &answer.status)) return answer;
+  for (size_t i = 1; i < lines.size(); ++i) {
+    const size_t colon = lines[i].find(':');
+    if (colon == std::string::npos) continue;
+    answer.headers[absl::AsciiStrToLower(lines[i].substr(0, colon))] =
+        std::string(absl::StripAsciiWhitespace(lines[i].substr(colon + 1)));
+  }
+  answer.body = raw.substr(end + 4);
+  return answer;
+}
+
+// Sends `request` as written and reads the answer.
+HttpAnswer Exchange(int port, const std::string& request,
+                    absl::Duration timeout = absl::Seconds(30)) {
+  const absl::Time start = absl::Now();
+  const int fd = Connect(port);
+  if (fd < 0) return {};
+  HttpAnswer answer;
+  if (SendAll(fd, request)) answer = ReadAnswer(fd, timeout, start);
+  ::close(fd);
+  return answer;
+}
+
+struct Header {
+  std::string name, value;
+};
+
+// One request with Connection: close, so that the answer ends with EOF.
+std::string Request(const std::string& method, const std::string& target,
+                    const std::vector<Header>& headers = {}, const std::string& body = "",
+                    bool with_length = true) {
+  std::string request = absl::StrCat(method, " ", target,
+                                     " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+  for (const Header& h : headers) absl::StrAppend(&request, h.name, ": ", h.value, "\r\n");
+  if (with_length && (method == "POST" || !body.empty())) {
+    absl::StrAppend(&request, "Content-Length: ", body.size(), "\r\n");
+  }
+  absl::StrAppend(&request, "\r\n", body);
+  return request;
+}
+
+const Header kAuth{"Authorization", absl::StrCat("Bearer ", kToken)};
+const Header kJson{"Content-Type", "application/json"};
+
+// A 10-step grid of 2 rows x 2 branches.
+constexpr char kSmallGrid[] = R"({"seed":"1","steps":10,"branches":2,"branch_steps":[0,5]})";
+
+// Peak resident memory of a process, in KiB.
+int64_t PeakRssKib(pid_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) {
+      int64_t kib = 0;
+      std::vector<std::string> parts = absl::StrSplit(line, ' ', absl::SkipEmpty());
+      if (parts.size() >= 2 && absl::SimpleAtoi(parts[1], &kib)) return kib;
+    }
+  }
+  return -1;
+}
+
+// The longest run of one byte in `text`.
+size_t LongestRun(const std::string& text, char c) {
+  size_t best = 0, run = 0;
+  for (const char x : text) {
+    run = x == c ? run + 1 : 0;
+    best = std::max(best, run);
+  }
+  return best;
+}
+
+// `n` connections that send nothing, once the server has had time to accept
+// them all: a few at a time, since httplib listens with a backlog of 5 (a
+// connection past it waits for a SYN-ACK retry, about 1 s). The server
+// closes idle ones after a few seconds, so use them at once.
+std::vector<int> OpenIdle(int port, int n) {
+  std::vector<int> sockets;
+  for (int i = 0; i < n; ++i) {
+    const int fd = Connect(port);
+    if (fd < 0) break;
+    sockets.push_back(fd);
+    if (i % 4 == 3) absl::SleepFor(absl::Milliseconds(10));
+  }
+  absl::SleepFor(absl::Milliseconds(1200));
+  return sockets;
+}
+
+// Waits until the gateway on `port` serves the models (its pool has seen
+// the denoiser).
+bool WaitUntilServing(int port, const std::vector<Header>& headers) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (absl::Now() < deadline) {
+    if (Exchange(port, Request("GET", "/api/v1/models", headers), absl::Seconds(5)).status == 200) {
+      return true;
+    }
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  return false;
+}
+
+class HttpGatewayTest : public ::testing::Test {
+ protected:
+  // One stack whose orchestrator requires a token and allows one other
+  // origin; and a second orchestrator on the same denoiser with the
+  // defaults (no token, same-origin only) and a cap of 8 connections.
+  static void SetUpTestSuite() {
+    const std::string dir = testing::TempDir("http-gateway-files");
+    web_dir_ = new std::string(dir + "/web");
+    std::filesystem::create_directories(*web_dir_);
+    std::ofstream(*web_dir_ + "/index.html") << "<!doctype html><title>grid</title>\n";
+    std::ofstream(dir + "/token") << kToken << "\n";
+    testing::StackOptions options;
+    options.denoisers = 1;
+    options.orchestrator_flags = {"--http_addr=127.0.0.1:0", "--web_dir=" + *web_dir_,
+                                  "--auth_token_file=" + dir + "/token",
+                                  absl::StrCat("--http_cors_origins=", kAllowedOrigin)};
+    auto stack = Stack::Start(options, "http-gateway");
+    ASSERT_TRUE(stack.ok()) << stack.status();
+    stack_ = stack->release();
+    auto ports = testing::WaitForPortFile(stack_->dir() + "/orchestrator.ports", absl::Seconds(5));
+    ASSERT_TRUE(ports.ok()) << ports.status();
+    port_ = (*ports)["http"];
+    ASSERT_GT(port_, 0);
+    ASSERT_TRUE(WaitUntilServing(port_, {kAuth}));
+
+    const std::string plain_ports = dir + "/plain.ports";
+    auto plain = ChildProcess::Start(
+        {testing::BinPath("dgrid-orchestrator"), "--denoisers=" + stack_->denoiser_address(0),
+         "--listen=127.0.0.1:0", "--metrics_addr=", "--http_addr=127.0.0.1:0",
+         "--web_dir=" + *web_dir_, "--http_max_connections=8", "--port_file=" + plain_ports},
+        dir + "/plain-orchestrator.log");
+    ASSERT_TRUE(plain.ok()) << plain.status();
+    plain_ = plain->release();
+    auto bound = plain_->WaitForPorts(plain_ports, absl::Seconds(30));
+    ASSERT_TRUE(bound.ok()) << bound.status();
+    plain_port_ = (*bound)["http"];
+    ASSERT_TRUE(WaitUntilServing(plain_port_, {}));
+  }
+  static void TearDownTestSuite() {
+    delete plain_;
+    delete stack_;
+    delete web_dir_;
+  }
+
+  static Stack* stack_;
+  static ChildProcess* plain_;
+  static std::string* web_dir_;
+  static int port_;
+  static int plain_port_;
+};
+
+Stack* HttpGatewayTest::stack_ = nullptr;
+ChildProcess* HttpGatewayTest::plain_ = nullptr;
+std::string* HttpGatewayTest::web_dir_ = nullptr;
+int HttpGatewayTest::port_ = 0;
+int HttpGatewayTest::plain_port_ = 0;
+
+TEST_F(HttpGatewayTest, ChunkedBodyPastTheLimitGets413AndIsNotBuffered) {
+  const pid_t pid = stack_->orchestrator().pid();
+  const int64_t before = PeakRssKib(pid);
+  ASSERT_GT(before, 0);
+  const int fd = Connect(port_);
+  ASSERT_GE(fd, 0);
+  const std::string head = absl::StrCat(
+      "POST /api/v1/grid HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n",
+      kAuth.name, ": ", kAuth.value, "\r\nTransfer-Encoding: chunked\r\n\r\n");
+  // 32 MiB of prompt in 1 MiB chunks; the sender stops when the server
+  // closes the connection.
+  std::thread sender([fd, head] {
+    if (!SendAll(fd, head)) return;
+    const std::string chunk(1 << 20, 'p');
+    const std::string framed = absl::StrCat(absl::Hex(chunk.size()), "\r\n", chunk, "\r\n");
+    if (!SendAll(fd, "a\r\n{\"prompt\":\r\n1\r\n\"\r\n")) return;
+    for (int i = 0; i < 32; ++i) {
+      if (!SendAll(fd, framed)) return;
+    }
+    SendAll(fd, "2\r\n\"}\r\n0\r\n\r\n");
+  });
+  const HttpAnswer answer = ReadAnswer(fd, absl::Seconds(30), absl::Now());
+  ::shutdown(fd, SHUT_RDWR);
+  sender.join();
+  ::close(fd);
+  EXPECT_EQ(answer.status, 413) << answer.body.substr(0, 300);
+  EXPECT_NE(answer.body.find("larger than the limit"), std::string::npos) << answer.body;
+  EXPECT_LE(answer.body.size(), 300u);
+  EXPECT_LE(LongestRun(answer.body, 'p'), 150u);
+  const int64_t grown_kib = PeakRssKib(pid) - before;
+  EXPECT_LT(grown_kib, 8 << 10) << "peak RSS grew by " << grown_kib << " KiB";
+
+  // A declared length past the limit is refused without reading it.
+  const HttpAnswer declared =
+      Exchange(port_, absl::StrCat("POST /api/v1/grid HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+                                   "Content-Type: application/json\r\nContent-Length: ",
+                                   int64_t{1} << 40, "\r\n\r\n{"),
+               absl::Seconds(5));
+  EXPECT_EQ(declared.status, 413);
+  EXPECT_LT(declared.took, absl::Seconds(2));
+  EXPECT_TRUE(stack_->orchestrator().Running());
+}
+
+TEST_F(HttpGatewayTest, IdleAndSlowSocketsDoNotDelayHealth) {
+  std::vector<int> sockets = OpenIdle(port_, 80);
+  // Slow ones: a request line and half a header, then nothing.
+  for (const int fd : OpenIdle(port_, 16)) {
+    EXPECT_TRUE(SendAll(fd, "GET /api/v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "));
+    sockets.push_back(fd);
+  }
+  ASSERT_EQ(sockets.size(), 96u);
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    const HttpAnswer health = Exchange(port_, Request("GET", "/healthz"), absl::Seconds(30));
+    EXPECT_EQ(health.status, 200);
+    EXPECT_LT(health.took, absl::Seconds(1)) << "took " << health.took;
+  }
+  const HttpAnswer models = Exchange(port_, Request("GET", "/api/v1/models", {kAuth}));
+  EXPECT_EQ(models.status, 200) << models.body;
+  EXPECT_LT(models.took, absl::Seconds(1)) << "took " << models.took;
+  for (const int fd : sockets) ::close(fd);
+}
+
+TEST_F(HttpGatewayTest, ConnectionsPastTheCapGet503AndHealthStillAnswers) {
+  const std::vector<int> sockets = OpenIdle(plain_port_, 8);  // the 8 places
+  ASSERT_EQ(sockets.size(), 8u);
+  const HttpAnswer refused = Exchange(plain_port_, Request("GET", "/api/v1/models"));
+  EXPECT_EQ(refused.status, 503) << refused.body;
+  EXPECT_NE(refused.body.find("too many open connections"), std::string::npos) << refused.body;
+  EXPECT_LT(refused.took, absl::Seconds(1)) << "took " << refused.took;
+  const HttpAnswer health = Exchange(plain_port_, Request("GET", "/healthz"));
+  EXPECT_EQ(health.status, 200);
+  EXPECT_LT(health.took, absl::Seconds(1)) << "took " << health.took;
+  for (const int fd : sockets) ::close(fd);
+  // Once they are gone, requests are served again.
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_EQ(Exchange(plain_port_, Request("GET", "/api/v1/models")).status, 200);
+}
+
+TEST_F(HttpGatewayTest, StreamRefusalsGetTheirStatusBeforeTheStream) {
+  const std::string bad = R"({"steps":0})";
+  const HttpAnswer invalid =
+      Exchange(port_, Request("POST", "/api/v1/grid/stream", {kAuth, kJson}, bad));
+  EXPECT_EQ(invalid.status, 400) << invalid.body;
+  EXPECT_EQ(invalid.header("content-type"), "application/json");
+  EXPECT_NE(invalid.body.find("\"code\":\"INVALID_ARGUMENT\""), std::string::npos)
+      << invalid.body;
+  EXPECT_NE(invalid.body.find("steps"), std::string::npos) << invalid.body;
+  EXPECT_EQ(invalid.body.find("event:"), std::string::npos) << invalid.body;
+
+  const HttpAnswer by_get = Exchange(
+      port_, Request("GET", "/api/v1/grid/stream?request=%7B%22steps%22%3A0%7D", {kAuth}));
+  EXPECT_EQ(by_get.status, 400) << by_get.body;
+
+  const HttpAnswer no_token =
+      Exchange(port_, Request("POST", "/api/v1/grid/stream", {kJson}, kSmallGrid));
+  EXPECT_EQ(no_token.status, 401) << no_token.body;
+  EXPECT_NE(no_token.body.find("UNAUTHENTICATED"), std::string::npos) << no_token.body;
+
+  // A good request still streams, through to the grid.
+  const HttpAnswer good =
+      Exchange(port_, Request("POST", "/api/v1/grid/stream", {kAuth, kJson}, kSmallGrid),
+               absl::Seconds(60));
+  EXPECT_EQ(good.status, 200);
+  EXPECT_EQ(good.header("content-type"), "text/event-stream");
+  EXPECT_NE(good.body.find("event: plan"), std::string::npos);
+  EXPECT_NE(good.body.find("event: grid"), std::string::npos);
+  EXPECT_EQ(good.body.find("event: error"), std::string::npos) << good.body.substr(0, 500);
+}
+
+TEST_F(HttpGatewayTest, LenientJsonAndOtherContentTypesAreRefused) {
+  struct Case {
+    const char* name;
+    std::string body;
+    std::vector<Header> headers;
+    int status;
+    const char* message;
+  };
+  // protobuf alone flattens this to an empty list, after a minute of CPU.
+  const std::string deep = absl::StrCat("{\"branch_steps\":", std::string(100000, '['),
+                                        std::string(100000, ']'), "}");
+  const std::vector<Case> cases = {
+      {"list in a list", R"({"branch_steps":[[5]]})", {kAuth, kJson}, 400,
+       "branch_steps[0]: expected a number, got a list"},
+      {"value for a list", R"({"branch_steps":5})", {kAuth, kJson}, 400,
+       "branch_steps: expected a list, got a number"},
+      {"null in a list", R"({"branch_steps":[0,null]})", {kAuth, kJson}, 400,
+       "branch_steps[1]: expected a number, got null"},
+      {"list in a message list", R"({"trunk":{"segments":[[{"from_step":0}]]}})",
+       {kAuth, kJson}, 400, "trunk.segments[0]: expected an object, got a list"},
+      {"object for a wrapper", R"({"steps":{"value":5}})", {kAuth, kJson}, 400,
+       "steps: expected a number, got an object"},
+      {"deep nesting", deep, {kAuth, kJson}, 400, "nested deeper than 32 levels"},
+      {"long unknown field", absl::StrCat("{\"", std::string(5000, 'u'), "\":1}"),
+       {kAuth, kJson}, 400, "unknown field"},
+      {"no Content-Type", kSmallGrid, {kAuth}, 415, "must be application/json"},
+      {"text/plain", kSmallGrid, {kAuth, {"Content-Type", "text/plain"}}, 415,
+       "must be application/json"},
+      {"form", kSmallGrid, {kAuth, {"Content-Type", "application/x-www-form-urlencoded"}}, 415,
+       "must be application/json"},
+      {"another charset", kSmallGrid,
+       {kAuth, {"Content-Type", "application/json; charset=latin1"}}, 415,
+       "must be application/json"},
+      // The charset is allowed: this one fails later, on its steps.
+      {"utf-8 charset", R"({"steps":0})",
+       {kAuth, {"Content-Type", "application/json; charset=utf-8"}}, 400, "steps"},
+  };
+  for (const Case& c : cases) {
+    for (const char* path : {"/api/v1/grid", "/api/v1/grid/stream"}) {
+      const HttpAnswer answer =
+          Exchange(port_, Request("POST", path, c.headers, c.body), absl::Seconds(20));
+      EXPECT_EQ(answer.status, c.status) << c.name << " " << path << ": " << answer.body;
+      EXPECT_NE(answer.body.find(c.message), std::string::npos)
+          << c.name << " " << path << ": " << answer.body;
+      EXPECT_LE(answer.body.size(), 400u) << c.name << " " << path;
+      EXPECT_LT(answer.took, absl::Seconds(2)) << c.name << " " << path;
+    }
+  }
+  // The same rules hold for the EventSource form.
+  const HttpAnswer by_get = Exchange(
+      port_, Request("GET", "/api/v1/grid/stream?request=%7B%22branch_steps%22%3A%5B%5B5%5D%5D%7D",
+                     {kAuth}));
+  EXPECT_EQ(by_get.status, 400) << by_get.body;
+  EXPECT_NE(by_get.body.find("branch_steps[0]"), std::string::npos) << by_get.body;
+}
+
+TEST_F(HttpGatewayTest, CrossOriginCallsFollowThePolicy) {
+  const Header allowed{"Origin", kAllowedOrigin};
+  const Header other{"Origin", "http://evil.example"};
+  const std::vector<Header> preflight = {{"Access-Control-Request-Method", "POST"},
+                                         {"Access-Control-Request-Headers",
+                                          "authorization, content-type"}};
+  auto with = [](std::vector<Header> headers, const Header& h) {
+    headers.push_back(h);
+    return headers;
+  };
+
+  // Configured: the allowed origin gets the header, on calls and preflights.
+  const HttpAnswer models = Exchange(port_, Request("GET", "/api/v1/models", {kAuth, allowed}));
+  EXPECT_EQ(models.status, 200) << models.body;
+  EXPECT_EQ(models.header("access-control-allow-origin"), kAllowedOrigin);
+  const HttpAnswer allowed_preflight =
+      Exchange(port_, Request("OPTIONS", "/api/v1/grid/stream", with(preflight, allowed)));
+  EXPECT_EQ(allowed_preflight.status, 204);
+  EXPECT_EQ(allowed_preflight.header("access-control-allow-origin"), kAllowedOrigin);
+  EXPECT_NE(allowed_preflight.header("access-control-allow-headers").find("Authorization"),
+            std::string::npos);
+  // Another origin gets neither the header nor an answer.
+  const HttpAnswer foreign = Exchange(port_, Request("GET", "/api/v1/models", {kAuth, other}));
+  EXPECT_EQ(foreign.status, 403) << foreign.body;
+  EXPECT_EQ(foreign.header("access-control-allow-origin"), "");
+  const HttpAnswer foreign_preflight =
+      Exchange(port_, Request("OPTIONS", "/api/v1/grid/stream", with(preflight, other)));
+  EXPECT_EQ(foreign_preflight.status, 403);
+  EXPECT_EQ(foreign_preflight.header("access-control-allow-origin"), "");
+  // The page's own origin needs no header.
+  const HttpAnswer own = Exchange(
+      port_, Request("POST", "/api/v1/grid/stream", {kAuth, kJson, {"Origin", "http://127.0.0.1"}},
+                     R"({"steps":0})"));
+  EXPECT_EQ(own.status, 400) << own.body;
+  EXPECT_EQ(own.header("access-control-allow-origin"), "");
+
+  // By default: same-origin only.
+  const HttpAnswer plain = Exchange(plain_port_, Request("GET", "/api/v1/models"));
+  EXPECT_EQ(plain.status, 200) << plain.body;
+  EXPECT_EQ(plain.header("access-control-allow-origin"), "");
+  const HttpAnswer plain_cross =
+      Exchange(plain_port_, Request("GET", "/api/v1/models", {{"Origin", kAllowedOrigin}}));
+  EXPECT_EQ(plain_cross.status, 403) << plain_cross.body;
+  EXPECT_EQ(plain_cross.header("access-control-allow-origin"), "");
+  const HttpAnswer plain_preflight = Exchange(
+      plain_port_, Request("OPTIONS", "/api/v1/grid", with(preflight, {"Origin", kAllowedOrigin})));
+  EXPECT_EQ(plain_preflight.status, 403);
+  EXPECT_EQ(plain_preflight.header("access-control-allow-origin"), "");
+}
+
+TEST_F(HttpGatewayTest, ControlBytesInPathsAreRefused) {
+  const HttpAnswer page = Exchange(port_, Request("GET", "/index.html"));
+  EXPECT_EQ(page.status, 200);
+  EXPECT_EQ(page.header("content-type"), "text/html");
+  EXPECT_NE(page.body.find("<title>grid</title>"), std::string::npos);
+  for (const char* path : {"/index.html%00.png", "/index.html%00", "/index.html%0a.js",
+                           "/api/v1/models%00"}) {
+    const HttpAnswer answer = Exchange(port_, Request("GET", path, {kAuth}));
+    EXPECT_EQ(answer.status, 400) << path << ": " << answer.body;
+    EXPECT_NE(answer.header("content-type"), "image/png") << path;
+    EXPECT_EQ(answer.body.find("<title>"), std::string::npos) << path;
+    EXPECT_NE(answer.body.find("control bytes"), std::string::npos) << path << ": " << answer.body;
+  }
+}
+
+}  // namespace
+}  // namespace dgrid
