@@ -33,6 +33,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "bench/bench_json.h"
+#include "common/wire.h"
 #include "denoiser_service/engine/denoiser_model.h"
 #include "denoiser_service/engine/trajectory_batcher.h"
 #include "dgrid/v1/orchestrator.grpc.pb.h"
@@ -61,20 +62,7 @@ int GridBenchThreads();
 
 namespace {
 
-v1::ModelInfo InfoFor(const BundleManifest& m) {
-  v1::ModelInfo info;
-  info.set_name(m.name);
-  for (const std::string& p : m.class_labels) info.add_prompts(p);
-  info.set_train_timesteps(m.schedule.train_timesteps);
-  info.set_steps_offset(m.schedule.steps_offset);
-  info.mutable_defaults()->set_steps(m.defaults.steps);
-  info.mutable_defaults()->set_eta(m.defaults.eta);
-  info.mutable_defaults()->set_guidance(m.defaults.guidance);
-  info.mutable_defaults()->set_spacing(m.defaults.spacing == Spacing::kLeading
-                                           ? v1::SPACING_LEADING
-                                           : v1::SPACING_TRAILING);
-  return info;
-}
+v1::ModelInfo InfoFor(const BundleManifest& m) { return ModelInfoFromManifest(m); }
 
 v1::GridRequest RequestFor(const std::string& preset, uint64_t seed) {
   v1::GridRequest r;
@@ -93,6 +81,13 @@ RunRequest EngineRequest(const GridPlanSpec& plan) {
   RunRequest r;
   r.sampler = {plan.steps, plan.eta, plan.spacing, plan.guidance};
   r.class_index = plan.class_index;
+  if (plan.text) {
+    r.prompt = plan.prompt;
+    r.negative_prompt = plan.negative_prompt;
+  }
+  // As the pair does: every capture and final decoded to an image, so that
+  // a VAE's cost is on both sides of the ratio.
+  r.decode = true;
   return r;
 }
 
@@ -104,7 +99,8 @@ struct Drained {
 Drained Drain(Run& run, const std::function<void(const RunEvent&)>& on_event = nullptr) {
   Drained d;
   RunEvent e;
-  while (run.Next(absl::Seconds(600), &e) != Run::Wait::kDone) {
+  for (Run::Wait w; (w = run.Next(absl::Seconds(600), &e)) != Run::Wait::kDone;) {
+    if (w != Run::Wait::kEvent) continue;  // a timeout delivers no event
     if (on_event) on_event(e);
     if (e.kind == RunEvent::Kind::kCapture) d.captures[e.step] = e.latent;
     if (e.kind == RunEvent::Kind::kFinal) d.evals += e.model_evals;
@@ -177,14 +173,20 @@ int64_t RunFromScratch(TrajectoryBatcher& batcher, const GridPlanSpec& plan) {
 double RawImagesPerSecond(DenoiserModel& model, absl::Duration seconds) {
   double best = 0;
   const int64_t numel = model.latent_numel();
+  const bool text = model.manifest().is_text();
+  const size_t context = static_cast<size_t>(model.context_length()) * model.context_dim();
   for (int batch : {1, 2, 4, 8, 16, 32, 64, 128, 256}) {
-    std::vector<float> x(batch * numel, 0.1f), out(batch * numel);
+    std::vector<float> x(batch * numel, 0.1f), out(batch * numel), ctx(batch * context, 0.1f);
     std::vector<int64_t> t(batch, 500), cond(batch, model.manifest().null_label);
-    (void)model.Forward(x, t, cond, batch, absl::MakeSpan(out));
+    auto forward = [&] {
+      return text ? model.ForwardText(x, t, ctx, batch, absl::MakeSpan(out))
+                  : model.Forward(x, t, cond, batch, absl::MakeSpan(out));
+    };
+    (void)forward();
     int64_t images = 0;
     const absl::Time start = absl::Now();
     while (absl::Now() - start < seconds || images < 2 * batch) {
-      (void)model.Forward(x, t, cond, batch, absl::MakeSpan(out));
+      (void)forward();
       images += batch;
     }
     best = std::max(best, images / absl::ToDoubleSeconds(absl::Now() - start));

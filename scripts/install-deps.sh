@@ -9,6 +9,8 @@ packages=(
   # RPC and common libraries
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev grpc-proto
+  # prompt tokenizers: ICU (case mapping, NFC) and RE2 (\p{L} classes)
+  libicu-dev libre2-dev
   prometheus-cpp-dev
   libgtest-dev libgmock-dev
   zlib1g-dev libpng-dev libcairo2-dev fonts-dejavu-core libcpp-httplib-dev libssl-dev
@@ -16,6 +18,8 @@ packages=(
   libtorch-dev libopenblas0-pthread
   # Python side: reference vectors, external-model fixture, Python client
   python3-torch python3-grpcio python3-grpc-tools python3-numpy
+  # tests/fixtures/clip/reference_tokenizer.py (\p{L} in Python)
+  python3-regex
   # training data
   dataset-fashion-mnist
   # tools the tests use

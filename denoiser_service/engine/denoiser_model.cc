@@ -12,14 +12,18 @@
 #include <optional>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/manifest_reader.h"
 #include "common/png_image.h"
+#include "denoiser_service/text/tokenizer.h"
 
 namespace dgrid {
 
 struct DenoiserModel::Impl {
   torch::jit::script::Module denoiser;
   std::optional<torch::jit::script::Module> decoder;
+  std::optional<torch::jit::script::Module> text_encoder;
+  std::unique_ptr<Tokenizer> tokenizer;
   torch::Device device = torch::kCPU;
 };
 
@@ -38,6 +42,34 @@ absl::StatusOr<torch::jit::script::Module> LoadScript(const std::string& path,
     return absl::InvalidArgumentError(
         absl::StrCat("cannot load TorchScript ", path, ": ", e.what_without_backtrace()));
   }
+}
+
+std::string ShapeOf(const torch::Tensor& t) {
+  return absl::StrCat("[", absl::StrJoin(t.sizes().vec(), ", "), "]");
+}
+
+// Runs a denoiser with the given inputs and copies its output out, checking
+// its size. c10::Error becomes a Status.
+absl::Status RunDenoiser(torch::jit::script::Module& denoiser, std::vector<c10::IValue> inputs,
+                         int64_t expected_numel, absl::Span<float> out) {
+  torch::jit::IValue result = denoiser.forward(std::move(inputs));
+  if (!result.isTensor()) return absl::InternalError("model forward did not return a tensor");
+  torch::Tensor eps = result.toTensor();
+  if (eps.numel() != expected_numel) {
+    return absl::InternalError(absl::StrCat("model returned ", ShapeOf(eps), " (", eps.numel(),
+                                            " elements), expected ", expected_numel));
+  }
+  eps = eps.to(torch::kCPU, torch::kFloat32).contiguous();
+  std::memcpy(out.data(), eps.data_ptr<float>(), sizeof(float) * eps.numel());
+  return absl::OkStatus();
+}
+
+// OpenMP's thread count is per calling thread: a thread that did not call
+// at::set_num_threads (the batcher's) would otherwise use one OpenMP
+// thread per core, however many replicas share the cores.
+void InitThreads() {
+  thread_local const bool omp_threads_set = (at::init_num_threads(), true);
+  (void)omp_threads_set;
 }
 
 }  // namespace
@@ -79,32 +111,156 @@ absl::StatusOr<std::unique_ptr<DenoiserModel>> DenoiserModel::Load(
     if (!decoder.ok()) return decoder.status();
     impl->decoder = std::move(*decoder);
   }
+  if (manifest->is_text()) {
+    const TextConditioning& text = manifest->text;
+    absl::StatusOr<torch::jit::script::Module> encoder =
+        LoadScript(bundle_dir + "/" + text.encoder_weights, impl->device);
+    if (!encoder.ok()) return encoder.status();
+    impl->text_encoder = std::move(*encoder);
+    TokenizerSpec spec;
+    spec.kind = text.tokenizer.kind;
+    spec.vocab_path = bundle_dir + "/" + text.tokenizer.vocab;
+    if (!text.tokenizer.merges.empty()) spec.merges_path = bundle_dir + "/" + text.tokenizer.merges;
+    spec.bos_id = text.tokenizer.bos_id;
+    spec.eos_id = text.tokenizer.eos_id;
+    spec.pad_id = text.tokenizer.pad_id;
+    spec.unk_id = text.tokenizer.unk_id;
+    spec.max_length = text.tokenizer.max_length;
+    absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadTokenizer(spec);
+    if (!tokenizer.ok()) return tokenizer.status();
+    impl->tokenizer = std::move(*tokenizer);
+  }
   auto model = std::unique_ptr<DenoiserModel>(
       new DenoiserModel(std::move(*manifest), std::move(impl), use_cuda ? "cuda" : "cpu"));
-
-  // One probe forward: a bundle whose signature or shapes are wrong fails at
-  // load, with the file named, not on the first request.
-  const int64_t numel = model->latent_numel();
-  std::vector<float> x(numel, 0.0f), out(numel);
-  const int64_t t = model->manifest().schedule.train_timesteps / 2;
-  const int64_t cond = model->manifest().null_label;
-  absl::Status probe = model->Forward(x, {&t, 1}, {&cond, 1}, 1, absl::MakeSpan(out));
-  if (!probe.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(bundle_dir, ": probe forward failed: ", probe.message()));
-  }
+  if (absl::Status probe = model->Probe(bundle_dir); !probe.ok()) return probe;
   return model;
+}
+
+// A bundle whose signatures or shapes are wrong fails at load, with the file
+// and the shapes named, not on the first request.
+absl::Status DenoiserModel::Probe(const std::string& dir) {
+  const BundleManifest& m = manifest_;
+  const int64_t numel = latent_numel();
+  std::vector<float> x(numel, 0.0f), out(numel);
+  const int64_t t = m.schedule.train_timesteps / 2;
+  absl::Status probe;
+  if (m.is_text()) {
+    const int length = context_length();
+    std::vector<int64_t> ids = impl_->tokenizer->Padded(impl_->tokenizer->Encode(""));
+    // The encoder's own output shape, before ForwardText relies on it.
+    try {
+      c10::InferenceMode guard;
+      torch::Tensor tokens =
+          torch::from_blob(ids.data(), {1, length}, torch::kInt64).to(impl_->device);
+      torch::jit::IValue result = impl_->text_encoder->forward({tokens});
+      torch::Tensor context = result.isTuple() ? result.toTuple()->elements()[0].toTensor()
+                                               : result.toTensor();
+      if (context.dim() != 3 || context.size(0) != 1 || context.size(1) != length ||
+          context.size(2) != m.text.context_dim) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            dir, "/", m.text.encoder_weights, ": the text encoder gives context ",
+            ShapeOf(context), " for ids [1, ", length, "]; the manifest's tokenizer.max_length ",
+            "and text_encoder.context_dim say [1, ", length, ", ", m.text.context_dim, "]"));
+      }
+    } catch (const c10::Error& e) {
+      return absl::InvalidArgumentError(absl::StrCat(dir, "/", m.text.encoder_weights,
+                                                     ": probe failed: ",
+                                                     e.what_without_backtrace()));
+    }
+    std::vector<float> context(static_cast<size_t>(length) * context_dim());
+    if (absl::Status s = EncodeText(ids, 1, absl::MakeSpan(context)); !s.ok()) return s;
+    probe = ForwardText(x, {&t, 1}, context, 1, absl::MakeSpan(out));
+    if (!probe.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          dir, "/", m.weights, ": probe forward with latent [1, ", m.latent_shape[0], ", ",
+          m.latent_shape[1], ", ", m.latent_shape[2], "] and context [1, ", length, ", ",
+          context_dim(), "] failed: ", probe.message()));
+    }
+  } else {
+    const int64_t cond = m.null_label;
+    probe = Forward(x, {&t, 1}, {&cond, 1}, 1, absl::MakeSpan(out));
+    if (!probe.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(dir, ": probe forward failed: ", probe.message()));
+    }
+  }
+  if (impl_->decoder) {
+    absl::StatusOr<std::vector<uint8_t>> image = Decode(x, 1);
+    if (!image.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(dir, "/", m.decoder_weights, ": probe decode of latent [1, ",
+                       m.latent_shape[0], ", ", m.latent_shape[1], ", ", m.latent_shape[2],
+                       "] failed: ", image.status().message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+const Tokenizer* DenoiserModel::tokenizer() const { return impl_->tokenizer.get(); }
+
+int DenoiserModel::context_length() const {
+  return manifest_.is_text() ? manifest_.text.tokenizer.max_length : 0;
+}
+
+absl::Status DenoiserModel::EncodeText(absl::Span<const int64_t> ids, int batch,
+                                       absl::Span<float> context) {
+  if (!impl_->text_encoder) return absl::FailedPreconditionError("not a text model");
+  InitThreads();
+  const int length = context_length();
+  try {
+    c10::InferenceMode guard;
+    torch::Tensor tokens =
+        torch::from_blob(const_cast<int64_t*>(ids.data()), {batch, length}, torch::kInt64)
+            .to(impl_->device);
+    torch::jit::IValue result = impl_->text_encoder->forward({tokens});
+    // A (context, pooled) tuple: the pooled part is for SDXL-style models.
+    torch::Tensor out = result.isTuple() ? result.toTuple()->elements()[0].toTensor()
+                                         : result.toTensor();
+    const int64_t expected = static_cast<int64_t>(batch) * length * context_dim();
+    if (out.numel() != expected) {
+      return absl::InternalError(absl::StrCat("text encoder returned ", ShapeOf(out),
+                                              ", expected [", batch, ", ", length, ", ",
+                                              context_dim(), "]"));
+    }
+    out = out.to(torch::kCPU, torch::kFloat32).contiguous();
+    std::memcpy(context.data(), out.data_ptr<float>(), sizeof(float) * expected);
+    return absl::OkStatus();
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("text encoder: ", e.what_without_backtrace()));
+  }
+}
+
+absl::Status DenoiserModel::ForwardText(absl::Span<const float> x, absl::Span<const int64_t> t,
+                                        absl::Span<const float> context, int batch,
+                                        absl::Span<float> out) {
+  const std::vector<int64_t>& ls = manifest_.latent_shape;
+  InitThreads();
+  try {
+    c10::InferenceMode guard;
+    torch::Tensor xt = torch::from_blob(const_cast<float*>(x.data()),
+                                        {batch, ls[0], ls[1], ls[2]}, torch::kFloat32);
+    torch::Tensor tt = torch::from_blob(const_cast<int64_t*>(t.data()), {batch}, torch::kInt64);
+    torch::Tensor ct = torch::from_blob(const_cast<float*>(context.data()),
+                                        {batch, context_length(), context_dim()},
+                                        torch::kFloat32);
+    if (manifest_.timestep_is_float) tt = tt.to(torch::kFloat32);
+    if (!impl_->device.is_cpu()) {
+      xt = xt.to(impl_->device, /*non_blocking=*/true);
+      tt = tt.to(impl_->device, true);
+      ct = ct.to(impl_->device, true);
+    }
+    return RunDenoiser(impl_->denoiser, {xt, tt, ct}, static_cast<int64_t>(batch) * latent_numel(),
+                       out);
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("model forward: ", e.what_without_backtrace()));
+  }
 }
 
 absl::Status DenoiserModel::Forward(absl::Span<const float> x, absl::Span<const int64_t> t,
                                     absl::Span<const int64_t> cond, int batch,
                                     absl::Span<float> out) {
   const std::vector<int64_t>& ls = manifest_.latent_shape;
-  // OpenMP's thread count is per calling thread: a thread that did not call
-  // at::set_num_threads (the batcher's) would otherwise use one OpenMP
-  // thread per core, however many replicas share the cores.
-  thread_local const bool omp_threads_set = (at::init_num_threads(), true);
-  (void)omp_threads_set;
+  InitThreads();
   try {
     c10::InferenceMode guard;
     // from_blob views: no copy on the CPU path.
@@ -119,19 +275,8 @@ absl::Status DenoiserModel::Forward(absl::Span<const float> x, absl::Span<const 
       tt = tt.to(impl_->device, true);
       ct = ct.to(impl_->device, true);
     }
-    torch::jit::IValue result = impl_->denoiser.forward({xt, tt, ct});
-    if (!result.isTensor()) {
-      return absl::InternalError("model forward did not return a tensor");
-    }
-    torch::Tensor eps = result.toTensor();
-    if (eps.numel() != static_cast<int64_t>(batch) * latent_numel()) {
-      return absl::InternalError(absl::StrCat("model returned ", eps.numel(),
-                                              " elements, expected ",
-                                              batch * latent_numel()));
-    }
-    eps = eps.to(torch::kCPU, torch::kFloat32).contiguous();
-    std::memcpy(out.data(), eps.data_ptr<float>(), sizeof(float) * eps.numel());
-    return absl::OkStatus();
+    return RunDenoiser(impl_->denoiser, {xt, tt, ct}, static_cast<int64_t>(batch) * latent_numel(),
+                       out);
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("model forward: ", e.what_without_backtrace()));
   }
@@ -145,6 +290,12 @@ absl::StatusOr<std::vector<uint8_t>> DenoiserModel::Decode(absl::Span<const floa
   pixels.reserve(batch * image_numel);
   if (!impl_->decoder) {
     const int64_t n = latent_numel();
+    std::vector<float> scaled;
+    if (manifest_.latent_scale != 1.0) {
+      scaled.assign(latents.begin(), latents.end());
+      for (float& v : scaled) v = static_cast<float>(v / manifest_.latent_scale);
+      latents = scaled;
+    }
     for (int b = 0; b < batch; ++b) {
       std::vector<uint8_t> px = ToPixels(latents.subspan(b * n, n), channels,
                                          manifest_.value_lo, manifest_.value_hi);
@@ -152,15 +303,20 @@ absl::StatusOr<std::vector<uint8_t>> DenoiserModel::Decode(absl::Span<const floa
     }
     return pixels;
   }
+  InitThreads();
   try {
     c10::InferenceMode guard;
     const std::vector<int64_t>& ls = manifest_.latent_shape;
     torch::Tensor x = torch::from_blob(const_cast<float*>(latents.data()),
                                        {batch, ls[0], ls[1], ls[2]}, torch::kFloat32)
                           .to(impl_->device);
+    if (manifest_.latent_scale != 1.0) x = x / manifest_.latent_scale;
     torch::Tensor img = impl_->decoder->forward({x}).toTensor().to(torch::kCPU, torch::kFloat32);
     if (img.numel() != batch * image_numel) {
-      return absl::InternalError("decoder output does not match manifest image_shape");
+      return absl::InternalError(absl::StrCat(
+          "decoder gives ", ShapeOf(img), " but the manifest's image_shape [",
+          absl::StrJoin(manifest_.image_shape, ", "), "] needs ", batch * image_numel,
+          " elements"));
     }
     img = img.contiguous();
     const int64_t n = image_numel;

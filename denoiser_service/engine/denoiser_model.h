@@ -1,11 +1,17 @@
 // One loaded model bundle: its manifest, the TorchScript denoiser and the
-// decoder, on CPU or CUDA. The header is free of torch and protobuf types so
-// that the RPC layer can hold a model (DESIGN.md, layering rule).
+// decoder, and for a text model its tokenizer and text encoder, on CPU or
+// CUDA. The header is free of torch and protobuf types so that the RPC layer
+// can hold a model (docs/ARCHITECTURE.md, "Layering"). Load checks that the
+// parts agree (latent channels, context width, image shape) with one probe
+// through each, and names the file and the shapes when they do not.
 //
 //   ASSIGN_OR_RETURN(auto model, DenoiserModel::Load("models/fashion-mnist", {}));
-//   RETURN_IF_ERROR(model->Forward(x, t, cond, batch, eps));
+//   RETURN_IF_ERROR(model->Forward(x, t, cond, batch, eps));           // class model
+//   RETURN_IF_ERROR(model->EncodeText(ids, 1, context));               // text model
+//   RETURN_IF_ERROR(model->ForwardText(x, t, context, batch, eps));
 //
-// Forward is not thread-safe: one TrajectoryBatcher thread owns each model.
+// Forward, ForwardText, EncodeText and Decode are not thread-safe: one
+// TrajectoryBatcher thread owns each model and runs all of them.
 #ifndef DGRID_DENOISER_ENGINE_DENOISER_MODEL_H_
 #define DGRID_DENOISER_ENGINE_DENOISER_MODEL_H_
 
@@ -25,6 +31,8 @@ struct ModelLoadOptions {
   std::string device = "auto";
 };
 
+class Tokenizer;
+
 class DenoiserModel {
  public:
   static absl::StatusOr<std::unique_ptr<DenoiserModel>> Load(const std::string& bundle_dir,
@@ -40,12 +48,26 @@ class DenoiserModel {
   absl::Status Forward(absl::Span<const float> x, absl::Span<const int64_t> t,
                        absl::Span<const int64_t> cond, int batch, absl::Span<float> out);
 
-  // Latents [batch, C, H, W] to 8-bit images [batch, H, W, C].
+  // Text models: x, t as above; context [batch, L, D] flattened.
+  absl::Status ForwardText(absl::Span<const float> x, absl::Span<const int64_t> t,
+                           absl::Span<const float> context, int batch, absl::Span<float> out);
+  // Text models: padded token ids [batch, L] to context [batch, L, D].
+  absl::Status EncodeText(absl::Span<const int64_t> ids, int batch, absl::Span<float> context);
+  // The tokenizer of a text model, else null. Thread-safe (it holds no state).
+  const Tokenizer* tokenizer() const;
+  // L and D of a text model's context; 0 for a class model.
+  int context_length() const;
+  int context_dim() const { return manifest_.text.context_dim; }
+
+  // Latents [batch, C, H, W] to 8-bit images [batch, H, W, C]; the latents
+  // are divided by the manifest's latent_scale first.
   absl::StatusOr<std::vector<uint8_t>> Decode(absl::Span<const float> latents, int batch);
 
  private:
   struct Impl;
   DenoiserModel(BundleManifest manifest, std::unique_ptr<Impl> impl, std::string device);
+  // One probe through each part; errors name the file and the shapes.
+  absl::Status Probe(const std::string& bundle_dir);
 
   BundleManifest manifest_;
   std::unique_ptr<Impl> impl_;

@@ -1,10 +1,18 @@
 #include "denoiser_service/engine/trajectory_batcher.h"
 
 #include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <future>
+#include <list>
+#include <numeric>
+#include <tuple>
+#include <unordered_map>
 
 #include "absl/strings/str_cat.h"
 #include "common/philox.h"
 #include "denoiser_service/engine/denoiser_model.h"
+#include "denoiser_service/text/tokenizer.h"
 
 namespace dgrid {
 
@@ -64,6 +72,7 @@ void Run::TrajectoryDone() {
 
 struct TrajectoryBatcher::Active {
   std::shared_ptr<Run> run;
+  uint64_t fairness_key = 0;
   int index = 0;
   int step = 0;
   int end_step = 0;
@@ -72,13 +81,90 @@ struct TrajectoryBatcher::Active {
   int64_t cond = 0;
   size_t next_capture = 0;
   int evals = 0;
+  // Whether the caller gave the start latent (else x_T came from the seed),
+  // and its largest magnitude: to blame the input when the output overflows.
+  bool latent_given = false;
+  float latent_max_abs = 0.0f;
   std::vector<float> x;
   std::vector<float> x0;
+  // Text models: the contexts of the conditional and the unconditional row
+  // (the prompt's and the negative prompt's), shared with the cache.
+  std::shared_ptr<const std::vector<float>> context;
+  std::shared_ptr<const std::vector<float>> uncontext;
+  bool lone_row_unconditional = false;
 };
+
+struct TrajectoryBatcher::DecodeJob {
+  std::vector<float> latents;
+  int batch = 0;
+  std::promise<absl::StatusOr<std::vector<uint8_t>>> done;
+};
+
+// An event produced in this iteration, delivered after the batched decode.
+struct TrajectoryBatcher::Emitted {
+  std::shared_ptr<Run> run;
+  RunEvent event;
+};
+
+// Encoded prompts by their padded ids, least recently used out first. Only
+// the batcher thread uses it: no lock.
+class TrajectoryBatcher::ContextCache {
+ public:
+  explicit ContextCache(size_t capacity) : capacity_(capacity) {}
+  using Context = std::shared_ptr<const std::vector<float>>;
+
+  Context Find(const std::vector<int64_t>& ids) {
+    auto it = index_.find(Key(ids));
+    if (it == index_.end()) return nullptr;
+    lru_.splice(lru_.begin(), lru_, it->second);
+    return it->second->second;
+  }
+  void Put(const std::vector<int64_t>& ids, Context context) {
+    if (capacity_ == 0) return;
+    const std::string key = Key(ids);
+    if (index_.count(key)) return;
+    lru_.emplace_front(key, std::move(context));
+    index_[key] = lru_.begin();
+    while (lru_.size() > capacity_) {
+      index_.erase(lru_.back().first);
+      lru_.pop_back();
+    }
+  }
+
+ private:
+  static std::string Key(const std::vector<int64_t>& ids) {
+    return std::string(reinterpret_cast<const char*>(ids.data()), ids.size() * sizeof(int64_t));
+  }
+  const size_t capacity_;
+  std::list<std::pair<std::string, Context>> lru_;
+  std::unordered_map<std::string, std::list<std::pair<std::string, Context>>::iterator> index_;
+};
+
+// One fairness key's trajectories while a batch is chosen: by_key_[next, end)
+// are the ones not yet taken, oldest first.
+struct TrajectoryBatcher::KeyTurns {
+  uint64_t key = 0;
+  size_t next = 0;
+  size_t end = 0;
+};
+
+namespace {
+
+bool AllFinite(absl::Span<const float> values) {
+  for (float v : values) {
+    if (!std::isfinite(v)) return false;
+  }
+  return true;
+}
+
+}  // namespace
 
 TrajectoryBatcher::TrajectoryBatcher(DenoiserModel* model, Options options,
                                      BatcherObserver* observer)
-    : model_(model), options_(options), observer_(observer) {
+    : model_(model),
+      options_(options),
+      observer_(observer),
+      contexts_(std::make_unique<ContextCache>(std::max(0, options.text_cache_entries))) {
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -90,11 +176,38 @@ TrajectoryBatcher::~TrajectoryBatcher() {
   work_.notify_all();
   thread_.join();
   std::vector<Active> left;
+  std::vector<std::shared_ptr<DecodeJob>> jobs;
   {
     std::lock_guard<std::mutex> lock(mu_);
     left.swap(pending_);
+    jobs.swap(decodes_);
   }
   FailAll(left, absl::UnavailableError("denoiser is shutting down"));
+  for (auto& job : jobs) job->done.set_value(absl::UnavailableError("denoiser is shutting down"));
+}
+
+absl::StatusOr<std::vector<uint8_t>> TrajectoryBatcher::Decode(std::vector<float> latents,
+                                                               int batch) {
+  auto job = std::make_shared<DecodeJob>();
+  job->latents = std::move(latents);
+  job->batch = batch;
+  auto result = job->done.get_future();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stop_) return absl::UnavailableError("denoiser is shutting down");
+    decodes_.push_back(job);
+  }
+  work_.notify_one();
+  return result.get();
+}
+
+void TrajectoryBatcher::RunDecodeJobs(std::vector<std::shared_ptr<DecodeJob>>& jobs) {
+  for (auto& job : jobs) {
+    const absl::Time start = absl::Now();
+    job->done.set_value(model_->Decode(job->latents, job->batch));
+    if (observer_) observer_->OnDecode(job->batch, absl::Now() - start);
+  }
+  jobs.clear();
 }
 
 absl::StatusOr<std::shared_ptr<const DdimSchedule>> TrajectoryBatcher::ScheduleFor(
@@ -127,6 +240,14 @@ absl::Status TrajectoryBatcher::Validate(const RunRequest& r) const {
   if (!(r.sampler.guidance >= 0.0f && r.sampler.guidance <= 100.0f)) {
     return absl::InvalidArgumentError(
         absl::StrCat("sampler.guidance must be in [0, 100], got ", r.sampler.guidance));
+  }
+  if (m.is_text() && r.class_index != -1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "conditioning.class_index: ", m.name, " is a text model; give conditioning.prompt"));
+  }
+  if (!m.is_text() && !r.negative_prompt.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "conditioning.negative_prompt: ", m.name, " is a class model; it takes none"));
   }
   if (r.class_index != -1 &&
       (r.class_index < 0 || r.class_index >= static_cast<int64_t>(m.class_labels.size()))) {
@@ -167,6 +288,12 @@ absl::Status TrajectoryBatcher::Validate(const RunRequest& r) const {
       return absl::InvalidArgumentError(absl::StrCat(field, ".start_latent must have ", numel,
                                                      " elements, got ", t.latent.size()));
     }
+    for (size_t j = 0; j < t.latent.size(); ++j) {
+      if (!std::isfinite(t.latent[j])) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            field, ".start_latent holds a non-finite value (NaN or Inf) at element ", j));
+      }
+    }
   }
   return absl::OkStatus();
 }
@@ -196,18 +323,32 @@ absl::StatusOr<std::shared_ptr<Run>> TrajectoryBatcher::Start(RunRequest request
   run->remaining_ = n;
 
   const BundleManifest& m = model_->manifest();
-  const bool conditional = request.class_index >= 0;
   const float g = request.sampler.guidance;
+  bool conditional = request.class_index >= 0;
+  if (m.is_text()) {
+    // Tokenizing is cheap and stateless, so it runs here; encoding, which
+    // runs the model, happens on the batcher's thread at admission.
+    const Tokenizer& tokenizer = *model_->tokenizer();
+    run->prompt_ids_ = tokenizer.Padded(tokenizer.Encode(request.prompt));
+    run->negative_ids_ = tokenizer.Padded(tokenizer.Encode(request.negative_prompt));
+    // The same text on both rows makes guidance the identity: one row does.
+    conditional = run->prompt_ids_ != run->negative_ids_;
+  }
   std::vector<Active> admitted(n);
   for (int i = 0; i < n; ++i) {
     Active& a = admitted[i];
     a.run = run;
+    a.fairness_key = request.fairness_key;
     a.index = i;
     a.step = request.start_step;
     a.end_step = request.end_step;
     a.rows = conditional && g != 0.0f && g != 1.0f ? 2 : 1;
     a.cond = conditional && g != 0.0f ? request.class_index : m.null_label;
+    // Text: a lone row is the unconditional one only for guidance 0.
+    a.lone_row_unconditional = m.is_text() && g == 0.0f;
     a.x = std::move(request.trajectories[i].latent);
+    a.latent_given = !a.x.empty();
+    for (float v : a.x) a.latent_max_abs = std::max(a.latent_max_abs, std::abs(v));
     if (a.x.empty()) {
       a.x.resize(m.LatentNumel());
       FillGaussian({request.trajectories[i].path.init_seed, NoiseStream::kInitialLatent, 0},
@@ -216,21 +357,6 @@ absl::StatusOr<std::shared_ptr<Run>> TrajectoryBatcher::Start(RunRequest request
     if (request.previews) a.x0.resize(a.x.size());
   }
   run->request_ = std::move(request);
-  // A capture at the start step is the start latent itself (x_T when 0):
-  // it goes out now, before any forward pass, with no x0 prediction yet.
-  const RunRequest& req = run->request_;
-  if (!req.capture_steps.empty() && req.capture_steps.front() == req.start_step) {
-    for (Active& a : admitted) {
-      a.next_capture = 1;
-      RunEvent event;
-      event.kind = RunEvent::Kind::kCapture;
-      event.trajectory = a.index;
-      event.step = req.start_step;
-      event.timestep = run->schedule_->timestep(req.start_step);
-      event.latent = a.x;
-      run->Push(std::move(event));
-    }
-  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (Active& a : admitted) pending_.push_back(std::move(a));
@@ -246,23 +372,132 @@ void TrajectoryBatcher::FailAll(std::vector<Active>& active, const absl::Status&
 }
 
 void TrajectoryBatcher::Loop() {
-  std::vector<Active> active;
+  std::vector<Active> active, arrivals;
+  std::vector<std::shared_ptr<DecodeJob>> jobs;
   while (true) {
     {
       std::unique_lock<std::mutex> lock(mu_);
-      work_.wait(lock, [&] { return stop_ || !pending_.empty() || !active.empty(); });
+      work_.wait(lock, [&] {
+        return stop_ || !pending_.empty() || !decodes_.empty() || !active.empty();
+      });
       if (stop_) break;
-      // New runs join here, between iterations.
-      for (Active& a : pending_) active.push_back(std::move(a));
-      pending_.clear();
+      // New runs and decode requests join here, between iterations.
+      arrivals.swap(pending_);
+      jobs.swap(decodes_);
     }
-    Iterate(active);
+    RunDecodeJobs(jobs);
+    if (!arrivals.empty()) {
+      Admit(arrivals);
+      for (Active& a : arrivals) active.push_back(std::move(a));
+      arrivals.clear();
+    }
+    if (!active.empty()) Iterate(active);
   }
   FailAll(active, absl::UnavailableError("denoiser is shutting down"));
 }
 
+void TrajectoryBatcher::Admit(std::vector<Active>& arrivals) {
+  if (model_->manifest().is_text()) {
+    absl::Status resolved = ResolveContexts(arrivals);
+    if (!resolved.ok()) {
+      FailAll(arrivals, resolved);
+      return;
+    }
+  }
+  // A capture at the start step is the start latent itself (x_T when 0): it
+  // goes out now, before any forward pass, with no x0 prediction yet.
+  for (Active& a : arrivals) {
+    const RunRequest& req = a.run->request_;
+    if (req.capture_steps.empty() || req.capture_steps.front() != req.start_step) continue;
+    a.next_capture = 1;
+    RunEvent event;
+    event.kind = RunEvent::Kind::kCapture;
+    event.trajectory = a.index;
+    event.step = req.start_step;
+    event.timestep = a.run->schedule_->timestep(req.start_step);
+    event.latent = a.x;
+    emitted_.push_back({a.run, std::move(event)});
+  }
+  DecodeAndDeliver();
+}
+
+// Looks every arrival's prompt and negative prompt up in the cache, and
+// encodes the distinct ones missing in one text-encoder pass.
+absl::Status TrajectoryBatcher::ResolveContexts(std::vector<Active>& arrivals) {
+  std::vector<const std::vector<int64_t>*> missing;
+  int hits = 0;
+  auto lookup = [&](const std::vector<int64_t>& ids) {
+    if (contexts_->Find(ids)) {
+      ++hits;
+      return;
+    }
+    for (const auto* m : missing) {
+      if (*m == ids) return;
+    }
+    missing.push_back(&ids);
+  };
+  const Run* last = nullptr;
+  for (const Active& a : arrivals) {
+    if (a.run.get() == last) continue;  // a run's trajectories share its prompts
+    last = a.run.get();
+    lookup(a.run->prompt_ids_);
+    lookup(a.run->negative_ids_);
+  }
+  const absl::Time start = absl::Now();
+  if (!missing.empty()) {
+    const int length = model_->context_length();
+    const size_t per = static_cast<size_t>(length) * model_->context_dim();
+    std::vector<int64_t> ids;
+    ids.reserve(missing.size() * length);
+    for (const auto* m : missing) ids.insert(ids.end(), m->begin(), m->end());
+    std::vector<float> out(missing.size() * per);
+    const int n = static_cast<int>(missing.size());
+    if (absl::Status s = model_->EncodeText(ids, n, absl::MakeSpan(out)); !s.ok()) return s;
+    for (int k = 0; k < n; ++k) {
+      contexts_->Put(*missing[k], std::make_shared<const std::vector<float>>(
+                                      out.begin() + k * per, out.begin() + (k + 1) * per));
+    }
+  }
+  if (observer_) {
+    observer_->OnTextContexts(hits, static_cast<int>(missing.size()),
+                              missing.empty() ? absl::ZeroDuration() : absl::Now() - start);
+  }
+  for (Active& a : arrivals) {
+    a.context = contexts_->Find(a.run->prompt_ids_);
+    a.uncontext = contexts_->Find(a.run->negative_ids_);
+    // A cache smaller than one admission's prompts: encode this one alone.
+    for (auto* slot : {&a.context, &a.uncontext}) {
+      if (*slot) continue;
+      const std::vector<int64_t>& ids =
+          slot == &a.context ? a.run->prompt_ids_ : a.run->negative_ids_;
+      auto context = std::make_shared<std::vector<float>>(
+          static_cast<size_t>(model_->context_length()) * model_->context_dim());
+      if (absl::Status s = model_->EncodeText(ids, 1, absl::MakeSpan(*context)); !s.ok()) {
+        return s;
+      }
+      *slot = std::move(context);
+    }
+  }
+  return absl::OkStatus();
+}
+
 void TrajectoryBatcher::Iterate(std::vector<Active>& active) {
-  // Drop trajectories whose run was cancelled, timed out or already failed.
+  DropStopped(active);
+  if (observer_) observer_->OnActive(static_cast<int>(active.size()));
+  if (active.empty()) return;
+  ChooseBatch(active);
+  const int rows = FillBatch(active);
+  absl::Time forward_start;
+  const absl::Status forward = Forward(rows, &forward_start);
+  ApplyAndEmit(active, forward, forward_start);
+  DecodeAndDeliver();
+  // Also after the last trajectories finish, so an idle replica reads 0
+  // (the HPA scales on this gauge).
+  if (observer_) observer_->OnActive(static_cast<int>(active.size()));
+}
+
+// Drops trajectories whose run was cancelled, timed out or already failed.
+void TrajectoryBatcher::DropStopped(std::vector<Active>& active) {
   const absl::Time now = absl::Now();
   size_t kept = 0;
   for (size_t i = 0; i < active.size(); ++i) {
@@ -287,122 +522,258 @@ void TrajectoryBatcher::Iterate(std::vector<Active>& active) {
     ++kept;
   }
   active.resize(kept);
-  if (observer_) observer_->OnActive(static_cast<int>(active.size()));
-  if (active.empty()) return;
+}
 
-  // Oldest first: trunks, submitted before their branches, stay on the
-  // critical path. A guided trajectory needs both of its rows in one batch.
-  std::vector<size_t> chosen;
-  int rows = 0;
-  for (size_t i = 0; i < active.size() && rows < options_.max_batch; ++i) {
-    if (rows + active[i].rows > options_.max_batch && !chosen.empty()) continue;
-    chosen.push_back(i);
-    rows += active[i].rows;
+// Shares the batch's rows across fairness keys, round-robin: each turn gives
+// every key with work its oldest trajectory not yet taken, so one tenant's
+// thousands of trajectories cannot starve another's few. Within a key,
+// oldest first keeps trunks (submitted before their branches) on the
+// critical path. A guided trajectory needs both of its rows in one batch; one
+// that does not fit is passed over for a later one of its key, as the first
+// key's leftover rows would otherwise go unused. The first key rotates
+// between iterations, so the rows left after whole turns are shared too.
+// With one key this is plain oldest-first.
+void TrajectoryBatcher::ChooseBatch(const std::vector<Active>& active) {
+  by_key_.resize(active.size());
+  std::iota(by_key_.begin(), by_key_.end(), size_t{0});
+  // `active` is in arrival order, so ties on the key keep it. One tenant (the
+  // common case) needs no sort.
+  auto by_key = [&](size_t l, size_t r) {
+    return std::tie(active[l].fairness_key, l) < std::tie(active[r].fairness_key, r);
+  };
+  if (!std::is_sorted(by_key_.begin(), by_key_.end(), by_key)) {
+    std::sort(by_key_.begin(), by_key_.end(), by_key);
   }
+  turns_.clear();
+  for (size_t p = 0; p < by_key_.size(); ++p) {
+    const uint64_t key = active[by_key_[p]].fairness_key;
+    if (turns_.empty() || turns_.back().key != key) turns_.push_back({key, p, p});
+    ++turns_.back().end;
+  }
+  size_t first = 0;
+  while (first < turns_.size() && turns_[first].key <= last_first_key_) ++first;
+  if (first == turns_.size()) first = 0;
+  last_first_key_ = turns_[first].key;
 
+  chosen_.clear();
+  int rows = 0;
+  for (bool took = true; took && rows < options_.max_batch;) {
+    took = false;
+    for (size_t k = 0; k < turns_.size() && rows < options_.max_batch; ++k) {
+      KeyTurns& turn = turns_[(first + k) % turns_.size()];
+      while (turn.next < turn.end) {
+        const size_t i = by_key_[turn.next++];
+        // The first pick always goes in, even a guided one with max_batch 1.
+        if (rows + active[i].rows > options_.max_batch && !chosen_.empty()) continue;
+        chosen_.push_back(i);
+        rows += active[i].rows;
+        took = true;
+        break;
+      }
+    }
+  }
+}
+
+// Lays out the chosen trajectories' rows; a guided one's conditional row
+// comes first.
+int TrajectoryBatcher::FillBatch(const std::vector<Active>& active) {
   const BundleManifest& m = model_->manifest();
   const size_t numel = static_cast<size_t>(m.LatentNumel());
+  int rows = 0;
+  for (size_t i : chosen_) rows += active[i].rows;
   batch_x_.resize(rows * numel);
   batch_out_.resize(rows * numel);
   batch_t_.resize(rows);
   batch_cond_.resize(rows);
+  const size_t per_context =
+      m.is_text() ? static_cast<size_t>(model_->context_length()) * model_->context_dim() : 0;
+  batch_context_.resize(rows * per_context);
   int row = 0;
-  for (size_t i : chosen) {
+  for (size_t i : chosen_) {
     const Active& a = active[i];
     const int t = a.run->schedule_->timestep(a.step);
     for (int r = 0; r < a.rows; ++r) {
       std::copy(a.x.begin(), a.x.end(), batch_x_.begin() + (row + r) * numel);
       batch_t_[row + r] = t;
       batch_cond_[row + r] = r == 0 ? a.cond : m.null_label;
+      if (m.is_text()) {
+        const bool unconditional = r == 1 || a.lone_row_unconditional;
+        const std::vector<float>& context = unconditional ? *a.uncontext : *a.context;
+        std::copy(context.begin(), context.end(), batch_context_.begin() + (row + r) * per_context);
+      }
     }
     row += a.rows;
   }
+  return rows;
+}
 
+absl::Status TrajectoryBatcher::Forward(int rows, absl::Time* started) {
   if (options_.debug_step_delay > absl::ZeroDuration()) {
     absl::SleepFor(options_.debug_step_delay);
   }
-  const absl::Time forward_start = absl::Now();
+  *started = absl::Now();
   absl::Status forward =
-      model_->Forward(batch_x_, batch_t_, batch_cond_, rows, absl::MakeSpan(batch_out_));
-  const absl::Duration forward_time = absl::Now() - forward_start;
+      model_->manifest().is_text()
+          ? model_->ForwardText(batch_x_, batch_t_, batch_context_, rows,
+                                absl::MakeSpan(batch_out_))
+          : model_->Forward(batch_x_, batch_t_, batch_cond_, rows, absl::MakeSpan(batch_out_));
+  forwards_.fetch_add(1, std::memory_order_relaxed);
   if (observer_) {
-    observer_->OnForward(static_cast<int>(chosen.size()), rows, forward_time);
+    observer_->OnForward(static_cast<int>(chosen_.size()), rows, absl::Now() - *started);
   }
+  return forward;
+}
 
-  std::vector<bool> finished(active.size(), false);
-  row = 0;
-  for (size_t i : chosen) {
+// Steps each chosen trajectory and sends what it owes. A failure ends only
+// the run it belongs to (a failed forward: every chosen run); the others in
+// the batch go on.
+void TrajectoryBatcher::ApplyAndEmit(std::vector<Active>& active, const absl::Status& forward,
+                                     absl::Time forward_start) {
+  const size_t numel = static_cast<size_t>(model_->manifest().LatentNumel());
+  finished_.assign(active.size(), false);
+  int row = 0;
+  for (size_t i : chosen_) {
     Active& a = active[i];
-    Run& run = *a.run;
-    const RunRequest& req = run.request_;
-    if (!forward.ok()) {
-      --outstanding_;
-      finished[i] = true;
-      run.Finish(forward);
-      continue;
-    }
-    if (a.evals == 0 && observer_) observer_->OnQueueWait(forward_start - run.enqueued_);
-    float* out = batch_out_.data() + row * numel;
-    if (a.rows == 2) {
-      // eps = eps_u + g (eps_c - eps_u); the conditional row comes first.
-      const float* uncond = out + numel;
-      const float g = req.sampler.guidance;
-      for (size_t j = 0; j < numel; ++j) out[j] = uncond[j] + g * (out[j] - uncond[j]);
-    }
+    absl::Span<float> out(batch_out_.data() + row * numel, a.rows * numel);
     row += a.rows;
-
-    const DdimSchedule& schedule = *run.schedule_;
-    const bool noisy = req.sampler.eta > 0.0f;
-    if (noisy) {
-      noise_.resize(numel);
-      const Path& path = req.trajectories[a.index].path;
-      FillGaussian({path.NoiseSeedAt(a.step), NoiseStream::kStep, static_cast<uint32_t>(a.step)},
-                   absl::MakeSpan(noise_));
+    absl::Status stepped = forward;
+    if (stepped.ok()) {
+      if (a.evals == 0 && observer_) observer_->OnQueueWait(forward_start - a.run->enqueued_);
+      stepped = Step(a, out);
     }
-    const int timestep = schedule.timestep(a.step);
-    schedule.Apply(a.step, req.sampler.eta, {out, numel},
-                   noisy ? absl::Span<const float>(noise_) : absl::Span<const float>(),
-                   absl::MakeSpan(a.x), absl::MakeSpan(a.x0));
-    ++a.step;
-    ++a.evals;
-
-    if (a.step == a.end_step) {
-      RunEvent event;
-      event.kind = RunEvent::Kind::kFinal;
-      event.trajectory = a.index;
-      event.step = a.step;
-      event.timestep = timestep;
-      event.latent = std::move(a.x);
-      event.x0 = std::move(a.x0);
-      event.model_evals = a.evals;
-      run.Push(std::move(event));
+    if (!stepped.ok()) {
       --outstanding_;
-      finished[i] = true;
-      run.TrajectoryDone();
-    } else if (a.next_capture < req.capture_steps.size() &&
-               req.capture_steps[a.next_capture] == a.step) {
-      ++a.next_capture;
-      RunEvent event;
-      event.kind = RunEvent::Kind::kCapture;
-      event.trajectory = a.index;
-      event.step = a.step;
-      event.timestep = schedule.timestep(a.step);
-      event.latent = a.x;
-      event.x0 = a.x0;
-      run.Push(std::move(event));
+      finished_[i] = true;
+      a.run->Finish(stepped);
+    } else if (Emit(a)) {
+      --outstanding_;
+      finished_[i] = true;
+      // Ends after its final is delivered (DecodeAndDeliver).
+      done_runs_.push_back(a.run);
     }
   }
-
-  kept = 0;
+  size_t kept = 0;
   for (size_t i = 0; i < active.size(); ++i) {
-    if (finished[i]) continue;
+    if (finished_[i]) continue;
     if (kept != i) active[kept] = std::move(active[i]);
     ++kept;
   }
   active.resize(kept);
-  // Also after the last trajectories finish, so an idle replica reads 0
-  // (the HPA scales on this gauge).
-  if (observer_) observer_->OnActive(static_cast<int>(active.size()));
+}
+
+absl::Status TrajectoryBatcher::Step(Active& a, absl::Span<float> out) {
+  Run& run = *a.run;
+  const RunRequest& req = run.request_;
+  // The model ran for this trajectory, whatever comes of its output.
+  ++a.evals;
+  run.model_evals_.fetch_add(1, std::memory_order_relaxed);
+
+  const size_t numel = a.x.size();
+  float* eps = out.data();
+  if (a.rows == 2) {
+    // eps = eps_u + g (eps_c - eps_u); the conditional row comes first.
+    const float* uncond = eps + numel;
+    const float g = req.sampler.guidance;
+    for (size_t j = 0; j < numel; ++j) eps[j] = uncond[j] + g * (eps[j] - uncond[j]);
+  }
+  // A finite input can still overflow the model (|x| near FLT_MAX): a NaN
+  // sample must fail, not come back OK as a black image. The same input
+  // fails on every replica, so when the caller gave it, the error blames it
+  // and is not one a retry could fix. From a seed's x_T the model itself
+  // misbehaved: INTERNAL.
+  auto non_finite = [&](const char* what) {
+    if (a.latent_given) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "trajectories[", a.index, "].start_latent: the ", what,
+          " became non-finite (NaN or Inf) at step ", a.step, "; the start latent's largest ",
+          "magnitude, ", a.latent_max_abs, ", is outside what this model can denoise"));
+    }
+    return absl::InternalError(absl::StrCat("model produced non-finite ", what, " at step ", a.step,
+                                            " for trajectories[", a.index, "]"));
+  };
+  if (!AllFinite({eps, numel})) return non_finite("model output");
+
+  const DdimSchedule& schedule = *run.schedule_;
+  const bool noisy = req.sampler.eta > 0.0f;
+  if (noisy) {
+    noise_.resize(numel);
+    const Path& path = req.trajectories[a.index].path;
+    FillGaussian({path.NoiseSeedAt(a.step), NoiseStream::kStep, static_cast<uint32_t>(a.step)},
+                 absl::MakeSpan(noise_));
+  }
+  schedule.Apply(a.step, req.sampler.eta, {eps, numel},
+                 noisy ? absl::Span<const float>(noise_) : absl::Span<const float>(),
+                 absl::MakeSpan(a.x), absl::MakeSpan(a.x0));
+  if (!AllFinite(a.x) || !AllFinite(a.x0)) return non_finite("latent after the DDIM update");
+  ++a.step;
+  return absl::OkStatus();
+}
+
+bool TrajectoryBatcher::Emit(Active& a) {
+  Run& run = *a.run;
+  const RunRequest& req = run.request_;
+  const DdimSchedule& schedule = *run.schedule_;
+  if (a.step == a.end_step) {
+    RunEvent event;
+    event.kind = RunEvent::Kind::kFinal;
+    event.trajectory = a.index;
+    event.step = a.step;
+    event.timestep = schedule.timestep(a.step - 1);  // the last one run
+    event.latent = std::move(a.x);
+    event.x0 = std::move(a.x0);
+    event.model_evals = a.evals;
+    emitted_.push_back({a.run, std::move(event)});
+    return true;
+  }
+  if (a.next_capture < req.capture_steps.size() && req.capture_steps[a.next_capture] == a.step) {
+    ++a.next_capture;
+    RunEvent event;
+    event.kind = RunEvent::Kind::kCapture;
+    event.trajectory = a.index;
+    event.step = a.step;
+    event.timestep = schedule.timestep(a.step);
+    event.latent = a.x;
+    event.x0 = a.x0;
+    emitted_.push_back({a.run, std::move(event)});
+  }
+  return false;
+}
+
+void TrajectoryBatcher::DecodeAndDeliver() {
+  // Every image this iteration owes goes through the decoder in one batch:
+  // a VAE is far cheaper per image at batch 16 than 16 times at batch 1.
+  std::vector<float> latents;
+  std::vector<std::pair<size_t, bool>> slots;  // (event, is x0)
+  for (size_t e = 0; e < emitted_.size(); ++e) {
+    const RunEvent& event = emitted_[e].event;
+    if (!emitted_[e].run->request_.decode) continue;
+    latents.insert(latents.end(), event.latent.begin(), event.latent.end());
+    slots.push_back({e, false});
+    if (!event.x0.empty()) {
+      latents.insert(latents.end(), event.x0.begin(), event.x0.end());
+      slots.push_back({e, true});
+    }
+  }
+  if (!slots.empty()) {
+    const absl::Time start = absl::Now();
+    const int n = static_cast<int>(slots.size());
+    absl::StatusOr<std::vector<uint8_t>> pixels = model_->Decode(latents, n);
+    if (observer_) observer_->OnDecode(n, absl::Now() - start);
+    if (!pixels.ok()) {
+      for (auto& [e, _] : slots) emitted_[e].run->Finish(pixels.status());
+    } else {
+      const size_t per = pixels->size() / n;
+      for (int k = 0; k < n; ++k) {
+        RunEvent& event = emitted_[slots[k].first].event;
+        std::vector<uint8_t>& out = slots[k].second ? event.x0_pixels : event.pixels;
+        out.assign(pixels->begin() + k * per, pixels->begin() + (k + 1) * per);
+      }
+    }
+  }
+  for (Emitted& e : emitted_) e.run->Push(std::move(e.event));
+  emitted_.clear();
+  for (const auto& run : done_runs_) run->TrajectoryDone();
+  done_runs_.clear();
 }
 
 }  // namespace dgrid

@@ -7,27 +7,41 @@
 // the next iteration, so a grid's trunk and branches at different steps
 // share forward passes instead of waiting for each other.
 //
-//   TrajectoryBatcher batcher(model.get(), {.max_batch = 64, .max_queue = 1024});
-//   ASSIGN_OR_RETURN(std::shared_ptr<Run> run, batcher.Start(std::move(request)));
-//   RunEvent event;
-//   while (run->Next(absl::Milliseconds(50), &event) != Run::Wait::kDone) { ... }
-//   RETURN_IF_ERROR(run->status());
+// Each iteration shares its rows fairly between the fairness keys (tenants)
+// that have work, so that one tenant's large grid cannot starve another's
+// small one; within a key, the oldest trajectory goes first.
 //
-// Forward passes run only on the batcher's own thread, never on the caller's
-// (an RPC thread). Torch- and protobuf-free header.
+//   TrajectoryBatcher batcher(model.get(), {.max_batch = 64, .max_queue = 1024});
+//
+//   absl::Status Sample(TrajectoryBatcher& batcher, RunRequest request) {
+//     ASSIGN_OR_RETURN(std::shared_ptr<Run> run, batcher.Start(std::move(request)));
+//     RunEvent event;
+//     for (Run::Wait w; (w = run->Next(absl::Milliseconds(50), &event)) != Run::Wait::kDone;) {
+//       // kTimeout delivers no event: it is the caller's chance to poll.
+//       if (w == Run::Wait::kEvent) Consume(event);
+//     }
+//     return run->status();
+//   }
+//
+// (trajectory_batcher_test.cc runs this example.) Forward passes run only on
+// the batcher's own thread, never on the caller's (an RPC thread). Torch- and
+// protobuf-free header.
 #ifndef DGRID_DENOISER_ENGINE_TRAJECTORY_BATCHER_H_
 #define DGRID_DENOISER_ENGINE_TRAJECTORY_BATCHER_H_
 
 #include <atomic>
 #include <condition_variable>
+#include <cstdint>
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "common/path.h"
 #include "denoiser_service/engine/ddim_schedule.h"
 
@@ -52,8 +66,15 @@ struct TrajectoryStart {
 
 struct RunRequest {
   SamplerSettings sampler;
-  // Class index, or -1 for unconditional.
+  // What the run is conditioned on. A class model: the class index, or -1
+  // for unconditional. A text model: the prompt, and the negative prompt that
+  // guidance steers away from (empty: the empty prompt). The batcher resolves
+  // a trajectory's conditioning when it admits it; a later change can let a
+  // path segment switch the prompt from its from_step on by resolving it per
+  // segment there (docs/ARCHITECTURE.md, "Conditioning").
   int64_t class_index = -1;
+  std::string prompt;
+  std::string negative_prompt;
   int start_step = 0;
   // Exclusive: the final latent is the one at end_step; 0 means sampler.steps.
   int end_step = 0;
@@ -62,7 +83,13 @@ struct RunRequest {
   // (one at start_step is the start latent, sent at once).
   std::vector<int> capture_steps;
   bool previews = false;
+  // Decode every capture and final (and x0 preview) to pixels, batched, on
+  // the batcher's thread.
+  bool decode = false;
   absl::Time deadline = absl::InfiniteFuture();
+  // The tenant: iterations split their rows fairly across the keys that have
+  // work. Runs of one key share its turns, oldest trajectory first.
+  uint64_t fairness_key = 0;
 };
 
 struct RunEvent {
@@ -78,6 +105,10 @@ struct RunEvent {
   // empty for a capture at the start step, which no step produced).
   std::vector<float> x0;
   int model_evals = 0;
+  // When the run asked for decode: the latent's and the x0's image, 8-bit
+  // [H, W, C] (x0_pixels empty when x0 is).
+  std::vector<uint8_t> pixels;
+  std::vector<uint8_t> x0_pixels;
 };
 
 // A handle on one submitted RunRequest. Thread-safe.
@@ -91,6 +122,11 @@ class Run {
   void Cancel();
   absl::Status status() const;
   bool cancelled() const { return cancelled_.load(std::memory_order_relaxed); }
+  // Model evaluations (trajectory-steps) run so far, by all of the run's
+  // trajectories, finished ones included; it also counts the steps of a run
+  // that then failed. Grows while the run goes, so a caller can tell a slow
+  // run from a stuck one.
+  int64_t model_evals() const { return model_evals_.load(std::memory_order_relaxed); }
 
  private:
   friend class TrajectoryBatcher;
@@ -110,9 +146,13 @@ class Run {
   absl::Status status_;          // guarded by mu_
   int remaining_ = 0;            // guarded by mu_
   std::atomic<bool> cancelled_{false};
+  std::atomic<int64_t> model_evals_{0};
 
   // Fixed at Start.
   RunRequest request_;
+  // Text models: the prompt's and the negative prompt's ids, padded.
+  std::vector<int64_t> prompt_ids_;
+  std::vector<int64_t> negative_ids_;
   std::shared_ptr<const DdimSchedule> schedule_;
   absl::Time enqueued_;
 };
@@ -125,6 +165,11 @@ class BatcherObserver {
   // Time from Start to a trajectory's first forward pass.
   virtual void OnQueueWait(absl::Duration wait) {}
   virtual void OnActive(int trajectories) {}
+  // Text models: prompts looked up in the context cache, and the encoder
+  // pass that computed the misses (zero when all hit).
+  virtual void OnTextContexts(int hits, int misses, absl::Duration encode) {}
+  // Images decoded in one batched decoder pass.
+  virtual void OnDecode(int images, absl::Duration decode) {}
 };
 
 class TrajectoryBatcher {
@@ -137,6 +182,8 @@ class TrajectoryBatcher {
     int max_queue = 4096;
     // Test-only: sleep this long before each forward pass (a slow replica).
     absl::Duration debug_step_delay = absl::ZeroDuration();
+    // Text models: encoded prompts kept, least recently used out first.
+    int text_cache_entries = 256;
   };
 
   TrajectoryBatcher(DenoiserModel* model, Options options, BatcherObserver* observer = nullptr);
@@ -145,39 +192,84 @@ class TrajectoryBatcher {
   TrajectoryBatcher& operator=(const TrajectoryBatcher&) = delete;
 
   // Validates the request against the model (errors name the request field)
-  // and queues its trajectories.
+  // and queues its trajectories. A run whose model output or latent turns
+  // non-finite fails alone: INVALID_ARGUMENT naming trajectories[i].start_latent
+  // when the caller gave that latent (it would fail on any replica), else
+  // INTERNAL.
   absl::StatusOr<std::shared_ptr<Run>> Start(RunRequest request);
+
+  // Latents [batch, C, H, W] to 8-bit images, on the batcher's thread between
+  // iterations (the model is not thread-safe, and RPC threads never run it).
+  absl::StatusOr<std::vector<uint8_t>> Decode(std::vector<float> latents, int batch);
 
   const DenoiserModel& model() const { return *model_; }
   int outstanding() const { return outstanding_.load(); }
+  // Forward passes run since the batcher started, for every caller: how a
+  // queued call tells its caller that the replica is busy, not stuck.
+  int64_t forwards() const { return forwards_.load(std::memory_order_relaxed); }
 
  private:
   struct Active;
+  struct KeyTurns;
+  struct DecodeJob;
+  struct Emitted;
+  class ContextCache;
 
   absl::Status Validate(const RunRequest& request) const;
   absl::StatusOr<std::shared_ptr<const DdimSchedule>> ScheduleFor(int steps, Spacing spacing);
   void Loop();
+  // Joins new trajectories: their text contexts, and the capture at their
+  // start step.
+  void Admit(std::vector<Active>& arrivals);
+  absl::Status ResolveContexts(std::vector<Active>& arrivals);
+  void RunDecodeJobs(std::vector<std::shared_ptr<DecodeJob>>& jobs);
+  // Decodes the iteration's emitted events that want images, in one pass,
+  // then delivers them in order and ends the runs that finished.
+  void DecodeAndDeliver();
+  // One iteration: the steps below, in order.
   void Iterate(std::vector<Active>& active);
+  void DropStopped(std::vector<Active>& active);
+  void ChooseBatch(const std::vector<Active>& active);  // into chosen_
+  int FillBatch(const std::vector<Active>& active);     // returns the rows
+  absl::Status Forward(int rows, absl::Time* started);
+  void ApplyAndEmit(std::vector<Active>& active, const absl::Status& forward,
+                    absl::Time forward_start);
+  // One trajectory's DDIM step from its rows of the forward output.
+  absl::Status Step(Active& a, absl::Span<float> out);
+  // Sends the capture or final due after a step; true when it was the final.
+  bool Emit(Active& a);
   void FailAll(std::vector<Active>& active, const absl::Status& status);
 
   DenoiserModel* const model_;
   const Options options_;
   BatcherObserver* const observer_;
   std::atomic<int> outstanding_{0};
+  std::atomic<int64_t> forwards_{0};
 
   // std primitives, as in Run, so that TSan sees them.
   std::mutex mu_;
   std::condition_variable work_;
-  std::vector<Active> pending_;  // guarded by mu_
-  bool stop_ = false;            // guarded by mu_
+  std::vector<Active> pending_;                       // guarded by mu_
+  std::vector<std::shared_ptr<DecodeJob>> decodes_;  // guarded by mu_
+  bool stop_ = false;                                 // guarded by mu_
 
   std::mutex schedule_mu_;
   std::vector<std::pair<std::pair<int, Spacing>, std::shared_ptr<const DdimSchedule>>>
       schedules_;  // guarded by schedule_mu_
 
-  // Reused across iterations: no allocation on the hot path.
-  std::vector<float> batch_x_, batch_out_, noise_;
+  // Batcher thread only. Reused across iterations: no allocation on the hot
+  // path.
+  std::vector<float> batch_x_, batch_out_, noise_, batch_context_;
   std::vector<int64_t> batch_t_, batch_cond_;
+  std::unique_ptr<ContextCache> contexts_;
+  std::vector<Emitted> emitted_;
+  std::vector<std::shared_ptr<Run>> done_runs_;
+  std::vector<size_t> by_key_, chosen_;  // indices into the active list
+  std::vector<KeyTurns> turns_;
+  std::vector<bool> finished_;
+  // The key that went first in the last iteration; the next one starts after
+  // it. The maximum makes the first iteration start at the smallest key.
+  uint64_t last_first_key_ = UINT64_MAX;
 
   std::thread thread_;
 };

@@ -1,13 +1,17 @@
 #include "denoiser_service/engine/trajectory_batcher.h"
 
+#include <algorithm>
 #include <cmath>
+#include <condition_variable>
 #include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <sstream>
 
 #include "common/philox.h"
+#include "common/status_macros.h"
 #include "denoiser_service/engine/denoiser_model.h"
 #include "gtest/gtest.h"
 
@@ -51,13 +55,60 @@ struct Collected {
 Collected Drain(Run& run) {
   Collected c;
   RunEvent e;
-  while (run.Next(absl::Seconds(30), &e) != Run::Wait::kDone) {
+  for (Run::Wait w; (w = run.Next(absl::Seconds(30), &e)) != Run::Wait::kDone;) {
+    if (w != Run::Wait::kEvent) continue;
     if (e.kind == RunEvent::Kind::kFinal) c.finals[e.trajectory] = e.latent;
     c.events.push_back(std::move(e));
   }
   c.status = run.status();
   return c;
 }
+
+// The example at the top of trajectory_batcher.h, line for line: readers
+// copy it. `Consume` stands for the caller's use of an event.
+absl::Status Sample(TrajectoryBatcher& batcher, RunRequest request,
+                    const std::function<void(const RunEvent&)>& Consume) {
+  ASSIGN_OR_RETURN(std::shared_ptr<Run> run, batcher.Start(std::move(request)));
+  RunEvent event;
+  for (Run::Wait w; (w = run->Next(absl::Milliseconds(50), &event)) != Run::Wait::kDone;) {
+    // kTimeout delivers no event: it is the caller's chance to poll.
+    if (w == Run::Wait::kEvent) Consume(event);
+  }
+  return run->status();
+}
+
+// Holds the batcher thread in its first forward pass until Open(), so that
+// runs started meanwhile all join the next iteration together: what each
+// iteration chooses is then deterministic. After Open it calls `each` at
+// every forward pass, on the batcher thread, before that pass's updates.
+class Gate : public BatcherObserver {
+ public:
+  void OnForward(int, int, absl::Duration) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    entered_ = true;
+    changed_.notify_all();
+    changed_.wait(lock, [this] { return open_; });
+    if (each_) each_();
+  }
+  void AwaitEntered() {
+    std::unique_lock<std::mutex> lock(mu_);
+    changed_.wait(lock, [this] { return entered_; });
+  }
+  void Open(std::function<void()> each = nullptr) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      each_ = std::move(each);
+      open_ = true;
+    }
+    changed_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable changed_;
+  bool entered_ = false, open_ = false;
+  std::function<void()> each_;
+};
 
 class BatcherTest : public ::testing::Test {
  protected:
@@ -97,6 +148,17 @@ class BatcherTest : public ::testing::Test {
     const double a = s.alpha_bar(i), ap = s.alpha_bar_prev(i), sig = s.sigma(i, eta);
     const double x0 = (x - std::sqrt(1 - a) * eps) / std::sqrt(a);
     return std::sqrt(ap) * x0 + std::sqrt(1 - ap - sig * sig) * eps;
+  }
+
+  // Starts a one-step run and waits until the batcher is held in its
+  // forward pass (see Gate). Drain the returned run after Open.
+  std::shared_ptr<dgrid::Run> HoldAtGate(TrajectoryBatcher& batcher, Gate& gate) {
+    RunRequest hold = Request(1, 1.0f, 999);
+    hold.sampler.steps = 1;
+    auto run = batcher.Start(std::move(hold));
+    EXPECT_TRUE(run.ok()) << run.status();
+    gate.AwaitEntered();
+    return *run;
   }
 
   std::unique_ptr<DenoiserModel> model_;
@@ -336,6 +398,16 @@ TEST_F(BatcherTest, InvalidRequestsNameTheField) {
       {[](RunRequest& r) { r.trajectories[0].latent = {1, 2, 3}; },
        "trajectories[0].start_latent"},
       {[](RunRequest& r) { r.start_step = 3; }, "trajectories[0].start_latent"},
+      {[](RunRequest& r) {
+         r.trajectories[1].latent.assign(16, 0.0f);
+         r.trajectories[1].latent[3] = NAN;
+       },
+       "trajectories[1].start_latent"},
+      {[](RunRequest& r) {
+         r.trajectories[0].latent.assign(16, 0.0f);
+         r.trajectories[0].latent[15] = -INFINITY;
+       },
+       "trajectories[0].start_latent"},
   };
   for (const Case& c : cases) {
     RunRequest r = Request(2, 1.0f);
@@ -348,6 +420,165 @@ TEST_F(BatcherTest, InvalidRequestsNameTheField) {
   }
   EXPECT_EQ(batcher.outstanding(), 0);
   EXPECT_TRUE(RunAll(batcher, Request(1, 1.0f)).status.ok());
+}
+
+TEST_F(BatcherTest, ASmallRunOfAnotherKeyIsNotStarvedByALargeOne) {
+  Gate gate;
+  TrajectoryBatcher batcher(model_.get(), {.max_batch = 4}, &gate);
+  std::shared_ptr<dgrid::Run> hold = HoldAtGate(batcher, gate);
+  // Key 1: four runs of 8 trajectories x 50 steps, 400 forward passes of 4
+  // rows. Then key 2: one 10-step trajectory, submitted last.
+  std::vector<RunRequest> large;
+  std::vector<std::shared_ptr<dgrid::Run>> large_runs;
+  for (int r = 0; r < 4; ++r) {
+    large.push_back(Request(8, 1.0f, 100 + 8 * r));
+    large.back().fairness_key = 1;
+    large_runs.push_back(*batcher.Start(large.back()));
+  }
+  RunRequest small = Request(1, 1.0f, 7);
+  small.sampler.steps = 10;
+  small.fairness_key = 2;
+  std::shared_ptr<dgrid::Run> small_run = *batcher.Start(small);
+
+  // Forward passes, from the gate on, that ran before the small run's end.
+  int passes_before_small_ended = 0;
+  gate.Open([&] {
+    if (small_run->model_evals() < 10) ++passes_before_small_ended;
+  });
+  Collected small_result = Drain(*small_run);
+  ASSERT_TRUE(small_result.status.ok()) << small_result.status;
+  std::vector<Collected> large_results;
+  for (auto& run : large_runs) large_results.push_back(Drain(*run));
+  EXPECT_TRUE(Drain(*hold).status.ok());
+  // The held pass, then one row in each of the next 10: oldest-first would
+  // make it wait for all 400 of key 1's passes.
+  EXPECT_EQ(passes_before_small_ended, 11);
+
+  // Sharing changes no result: each run gives what it gives alone.
+  TrajectoryBatcher alone(model_.get(), {.max_batch = 4});
+  EXPECT_EQ(small_result.finals, RunAll(alone, small).finals);
+  for (size_t r = 0; r < large.size(); ++r) {
+    ASSERT_TRUE(large_results[r].status.ok()) << large_results[r].status;
+    EXPECT_EQ(large_results[r].finals, RunAll(alone, large[r]).finals) << "run " << r;
+  }
+}
+
+TEST_F(BatcherTest, KeysTakeTurnsAtTheRowsLeftOver) {
+  // Three keys and 4 rows: one key gets a second row each iteration. The
+  // first key must rotate, or that key would run twice as fast.
+  Gate gate;
+  TrajectoryBatcher batcher(model_.get(), {.max_batch = 4}, &gate);
+  std::shared_ptr<dgrid::Run> hold = HoldAtGate(batcher, gate);
+  std::vector<std::shared_ptr<dgrid::Run>> runs;
+  for (uint64_t key : {30, 10, 20}) {
+    RunRequest r = Request(6, 1.0f, key);
+    r.fairness_key = key;
+    runs.push_back(*batcher.Start(std::move(r)));
+  }
+  // How far the slowest key trailed the fastest, at any forward pass.
+  int64_t worst_lag = 0;
+  gate.Open([&] {
+    int64_t fastest = 0, slowest = 6 * 50;
+    for (auto& run : runs) {
+      fastest = std::max(fastest, run->model_evals());
+      slowest = std::min(slowest, run->model_evals());
+    }
+    worst_lag = std::max(worst_lag, fastest - slowest);
+  });
+  for (auto& run : runs) EXPECT_TRUE(Drain(*run).status.ok());
+  EXPECT_TRUE(Drain(*hold).status.ok());
+  // Rotating, each key gets the extra row once in 3 iterations, so no key
+  // leads by more than one evaluation. A fixed first key would lead by 150
+  // when it ends; oldest-first runs one key's 300 evaluations before the rest.
+  EXPECT_LE(worst_lag, 1);
+}
+
+TEST_F(BatcherTest, ModelEvalsGrowsWithEveryStepAndEndsAtTheFinalsSum) {
+  Gate gate;
+  TrajectoryBatcher batcher(model_.get(), {.max_batch = 2}, &gate);
+  std::shared_ptr<dgrid::Run> hold = HoldAtGate(batcher, gate);
+  RunRequest request = Request(3, 1.0f);
+  request.sampler.steps = 30;
+  request.end_step = 20;
+  std::shared_ptr<dgrid::Run> run = *batcher.Start(request);
+  EXPECT_EQ(run->model_evals(), 0);
+  // As seen by each forward pass: two trajectories at a time, then the
+  // third alone once the first two have finished (which still count).
+  std::vector<int64_t> seen;
+  gate.Open([&] { seen.push_back(run->model_evals()); });
+  Collected c = Drain(*run);
+  ASSERT_TRUE(c.status.ok()) << c.status;
+  EXPECT_TRUE(Drain(*hold).status.ok());
+  std::vector<int64_t> want = {0};  // the held pass, before the run joined
+  for (int64_t e = 0; e < 40; e += 2) want.push_back(e);
+  for (int64_t e = 40; e < 60; ++e) want.push_back(e);
+  EXPECT_EQ(seen, want);
+  int64_t finals_sum = 0;
+  for (const RunEvent& e : c.events) {
+    if (e.kind == RunEvent::Kind::kFinal) finals_sum += e.model_evals;
+  }
+  EXPECT_EQ(finals_sum, 60);
+  EXPECT_EQ(run->model_evals(), finals_sum);
+}
+
+TEST_F(BatcherTest, AHugeStartLatentFailsItsOwnRunOnly) {
+  // Finite, but a conv net's sums overflow on it and the output goes NaN: the
+  // run must fail, not end OK with a NaN sample (a black image). A run that
+  // shares its forward passes is unaffected.
+  auto conv = DenoiserModel::Load(Fixtures() + "/tinyconv", {"cpu"});
+  ASSERT_TRUE(conv.ok()) << conv.status();
+  Gate gate;
+  TrajectoryBatcher batcher(conv->get(), {}, &gate);
+  std::shared_ptr<dgrid::Run> hold = HoldAtGate(batcher, gate);
+  RunRequest huge = Request(2, 1.0f, 40);
+  huge.start_step = 10;
+  huge.trajectories[0].latent.assign(64, 0.5f);
+  for (int j = 0; j < 64; ++j) huge.trajectories[1].latent.push_back(j % 2 ? 3e38f : -3e38f);
+  RunRequest normal = Request(2, 1.0f, 50);
+  std::shared_ptr<dgrid::Run> huge_run = *batcher.Start(huge);
+  std::shared_ptr<dgrid::Run> normal_run = *batcher.Start(normal);
+  gate.Open();
+  Collected failed = Drain(*huge_run);
+  Collected fine = Drain(*normal_run);
+  EXPECT_TRUE(Drain(*hold).status.ok());
+  EXPECT_EQ(failed.status.code(), absl::StatusCode::kInvalidArgument) << failed.status;
+  EXPECT_NE(failed.status.message().find("trajectories[1].start_latent"), std::string::npos)
+      << failed.status;
+  EXPECT_NE(failed.status.message().find("non-finite"), std::string::npos) << failed.status;
+  EXPECT_TRUE(failed.finals.empty());
+  ASSERT_TRUE(fine.status.ok()) << fine.status;
+  ASSERT_EQ(fine.finals.size(), 2u);
+  for (const auto& [_, x] : fine.finals) {
+    for (float v : x) ASSERT_TRUE(std::isfinite(v));
+  }
+  TrajectoryBatcher alone(conv->get(), {});
+  EXPECT_EQ(fine.finals, RunAll(alone, normal).finals);
+  EXPECT_EQ(batcher.outstanding(), 0);
+}
+
+TEST_F(BatcherTest, TheHeaderExampleDeliversEachEventOnce) {
+  // Steps slower than the example's 50 ms poll, so Next also times out.
+  TrajectoryBatcher slow(model_.get(), {.debug_step_delay = absl::Milliseconds(70)});
+  RunRequest request = Request(2, 1.0f);
+  request.sampler.steps = 3;
+  request.capture_steps = {1};
+  std::vector<RunEvent> consumed;
+  auto consume = [&](const RunEvent& e) { consumed.push_back(e); };
+  ASSERT_TRUE(Sample(slow, request, consume).ok());
+  ASSERT_EQ(consumed.size(), 4u);  // two captures at step 1, two finals
+  int64_t evals = 0;
+  for (const RunEvent& e : consumed) {
+    EXPECT_EQ(e.latent.size(), 16u);
+    if (e.kind == RunEvent::Kind::kFinal) evals += e.model_evals;
+  }
+  EXPECT_EQ(evals, 6);
+
+  // And on the header's own batcher.
+  std::unique_ptr<DenoiserModel>& model = model_;
+  TrajectoryBatcher batcher(model.get(), {.max_batch = 64, .max_queue = 1024});
+  consumed.clear();
+  ASSERT_TRUE(Sample(batcher, request, consume).ok());
+  EXPECT_EQ(consumed.size(), 4u);
 }
 
 TEST(ExternalModelTest, PythonExportedModelAndDecoderLoadAndRun) {

@@ -44,7 +44,29 @@ DenoiserMetrics::DenoiserMetrics(prometheus::Registry& registry)
                         .Name("dgrid_denoiser_forward_rows_total")
                         .Help("Images passed through the model (guided steps count 2).")
                         .Register(registry)
-                        .Add({})) {}
+                        .Add({})),
+      text_contexts_(prometheus::BuildCounter()
+                         .Name("dgrid_denoiser_text_contexts_total")
+                         .Help("Text models: prompt contexts looked up in the engine's cache, "
+                               "by result (hit, miss = encoded).")
+                         .Register(registry)),
+      text_encode_seconds_(prometheus::BuildHistogram()
+                               .Name("dgrid_denoiser_text_encode_seconds")
+                               .Help("Duration of one batched text-encoder pass.")
+                               .Register(registry)
+                               .Add({}, SecondsBuckets())),
+      decode_seconds_(prometheus::BuildHistogram()
+                          .Name("dgrid_denoiser_decode_seconds")
+                          .Help("Duration of one batched decoder (VAE) pass.")
+                          .Register(registry)
+                          .Add({}, SecondsBuckets())),
+      decoded_images_(prometheus::BuildCounter()
+                          .Name("dgrid_denoiser_decoded_images_total")
+                          .Help("Latents decoded to images.")
+                          .Register(registry)
+                          .Add({})) {
+  for (const char* r : {"hit", "miss"}) text_contexts_.Add({{"result", r}});
+}
 
 void DenoiserMetrics::CountRequest(const std::string& method, const std::string& code) {
   requests_.Add({{"method", method}, {"code", code}}).Increment();
@@ -62,5 +84,18 @@ void DenoiserMetrics::OnQueueWait(absl::Duration wait) {
 }
 
 void DenoiserMetrics::OnActive(int trajectories) { active_.Set(trajectories); }
+
+void DenoiserMetrics::OnTextContexts(int hits, int misses, absl::Duration encode) {
+  if (hits > 0) text_contexts_.Add({{"result", "hit"}}).Increment(hits);
+  if (misses > 0) {
+    text_contexts_.Add({{"result", "miss"}}).Increment(misses);
+    text_encode_seconds_.Observe(absl::ToDoubleSeconds(encode));
+  }
+}
+
+void DenoiserMetrics::OnDecode(int images, absl::Duration decode) {
+  decoded_images_.Increment(images);
+  decode_seconds_.Observe(absl::ToDoubleSeconds(decode));
+}
 
 }  // namespace dgrid

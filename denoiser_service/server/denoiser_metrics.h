@@ -1,6 +1,6 @@
-// The denoiser's Prometheus metrics (DESIGN.md names): request counts by
-// method and code, and the engine's batch size, queue wait, forward time,
-// active trajectories and model evaluations.
+// The denoiser's Prometheus metrics (names in docs/ARCHITECTURE.md,
+// "Metrics"): request counts by method and code, and the engine's batch
+// size, queue wait, forward time, active trajectories and model evaluations.
 #ifndef DGRID_DENOISER_SERVER_DENOISER_METRICS_H_
 #define DGRID_DENOISER_SERVER_DENOISER_METRICS_H_
 
@@ -24,6 +24,8 @@ class DenoiserMetrics final : public BatcherObserver {
   void OnForward(int trajectories, int rows, absl::Duration forward) override;
   void OnQueueWait(absl::Duration wait) override;
   void OnActive(int trajectories) override;
+  void OnTextContexts(int hits, int misses, absl::Duration encode) override;
+  void OnDecode(int images, absl::Duration decode) override;
 
  private:
   prometheus::Family<prometheus::Counter>& requests_;
@@ -33,6 +35,10 @@ class DenoiserMetrics final : public BatcherObserver {
   prometheus::Gauge& active_;
   prometheus::Counter& model_evals_;
   prometheus::Counter& forward_rows_;
+  prometheus::Family<prometheus::Counter>& text_contexts_;
+  prometheus::Histogram& text_encode_seconds_;
+  prometheus::Histogram& decode_seconds_;
+  prometheus::Counter& decoded_images_;
 };
 
 }  // namespace dgrid

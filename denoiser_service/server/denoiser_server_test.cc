@@ -247,7 +247,7 @@ TEST_F(DenoiserServerTest, BadInputGetsACodeAndNamesTheFieldAndTheServerKeepsSer
        [](auto& r) {
          for (int i = 0; i < 40; ++i) *r.add_trajectories() = r.trajectories(0);
        },
-       Code::RESOURCE_EXHAUSTED, "trajectories"},
+       Code::INVALID_ARGUMENT, "trajectories"},
       {"oversized message",
        [](auto& r) { r.set_model(std::string(2 << 20, 'x')); }, Code::RESOURCE_EXHAUSTED,
        "larger than max"},
@@ -302,6 +302,78 @@ TEST_F(DenoiserServerTest, HealthIsPerModel) {
       EXPECT_EQ(response.status(), grpc::health::v1::HealthCheckResponse::SERVING);
     }
   }
+}
+
+TEST_F(DenoiserServerTest, BranchSendsProgressWhileItRunsWhenAsked) {
+  // A slow replica of its own: 20 steps of 10 ms.
+  DenoiserServerOptions o;
+  o.model_dirs = {std::string(std::getenv("DGRID_FIXTURES")) + "/gaussian"};
+  o.listen = "127.0.0.1:0";
+  o.threads = 1;
+  o.debug_step_delay = absl::Milliseconds(10);
+  auto slow = DenoiserServer::Start(o);
+  ASSERT_TRUE(slow.ok()) << slow.status();
+  auto stub = v1::Denoiser::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", (*slow)->port()), grpc::InsecureChannelCredentials()));
+  auto call = [&](int interval_ms) {
+    v1::BranchRequest request = GaussianBranch(2);
+    request.set_progress_interval_ms(interval_ms);
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+    auto reader = stub->Branch(&context, request);
+    BranchResult result;
+    v1::BranchEvent event;
+    while (reader->Read(&event)) result.events.push_back(event);
+    result.status = reader->Finish();
+    return result;
+  };
+
+  BranchResult r = call(30);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  std::vector<int64_t> counts;
+  int64_t finals_evals = 0;
+  for (const v1::BranchEvent& e : r.events) {
+    if (e.has_progress()) counts.push_back(e.progress().model_evals());
+    if (e.has_final()) finals_evals += e.final().model_evals();
+  }
+  EXPECT_EQ(finals_evals, 40);
+  // About 200 ms of work at a 30 ms interval: several counts, growing, never
+  // past what the finals report.
+  ASSERT_GE(counts.size(), 3u);
+  EXPECT_TRUE(std::is_sorted(counts.begin(), counts.end()));
+  EXPECT_LT(counts.front(), counts.back());
+  EXPECT_LE(counts.back(), finals_evals);
+
+  // Not asked, none: callers that predate Progress see the old stream.
+  BranchResult quiet = call(0);
+  ASSERT_TRUE(quiet.status.ok());
+  EXPECT_EQ(quiet.events.size(), 2u);
+  for (const v1::BranchEvent& e : quiet.events) EXPECT_TRUE(e.has_final());
+  EXPECT_EQ(call(-1).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(DenoiserServerTest, AHugeStartLatentIsRejectedAndItsEvaluationsReported) {
+  // Finite, but tinyconv's sums overflow on it: not an OK NaN result, and a
+  // code the orchestrator does not retry on another replica. The last
+  // Progress tells the caller what the failed call spent.
+  v1::BranchRequest request;
+  request.set_model("tinyconv");
+  request.mutable_sampler()->set_steps(10);
+  request.set_start_step(5);
+  request.set_progress_interval_ms(60000);
+  v1::TrajectoryInput* t = request.add_trajectories();
+  t->mutable_path()->add_segments()->set_noise_seed(3);
+  std::vector<float> huge(64);
+  for (size_t j = 0; j < huge.size(); ++j) huge[j] = j % 2 ? 3e38f : -3e38f;
+  EncodeFloatTensor(huge, {1, 8, 8}, t->mutable_start_latent());
+  BranchResult r = CallBranch(request);
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+      << r.status.error_message();
+  EXPECT_NE(r.status.error_message().find("trajectories[0].start_latent"), std::string::npos)
+      << r.status.error_message();
+  ASSERT_EQ(r.events.size(), 1u);
+  ASSERT_TRUE(r.events[0].has_progress());
+  EXPECT_EQ(r.events[0].progress().model_evals(), 1);
 }
 
 }  // namespace

@@ -2,13 +2,18 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/grpc_status.h"
 #include "common/png_image.h"
+#include "common/short_text.h"
 #include "common/status_macros.h"
 #include "common/tensor_codec.h"
+#include "common/wire.h"
+#include "denoiser_service/text/tokenizer.h"
 
 namespace dgrid {
 namespace {
@@ -32,24 +37,29 @@ absl::StatusOr<SamplerSettings> ParseSampler(const v1::SamplerConfig& s,
   out.steps = s.steps();
   out.eta = s.eta();
   out.guidance = s.guidance();
-  switch (s.spacing()) {
-    case v1::SPACING_UNSPECIFIED:
-      out.spacing = m.defaults.spacing;
-      break;
-    case v1::SPACING_LEADING:
-      out.spacing = Spacing::kLeading;
-      break;
-    case v1::SPACING_TRAILING:
-      out.spacing = Spacing::kTrailing;
-      break;
-    default:
-      return absl::InvalidArgumentError(
-          absl::StrCat("sampler.spacing: unknown value ", static_cast<int>(s.spacing())));
-  }
+  ASSIGN_OR_RETURN(out.spacing,
+                   SpacingFromProto(s.spacing(), m.defaults.spacing, "sampler.spacing"));
   return out;
 }
 
-absl::StatusOr<int64_t> ParseConditioning(const v1::Conditioning& c, const BundleManifest& m) {
+// Fills the run's conditioning from the request: a class index for a class
+// model, the prompt and negative prompt for a text model.
+absl::Status ParseConditioning(const v1::Conditioning& c, const BundleManifest& m,
+                               RunRequest* run) {
+  if (m.is_text()) {
+    if (c.label_case() == v1::Conditioning::kClassIndex) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "conditioning.class_index: ", m.name, " is a text model; give conditioning.prompt"));
+    }
+    // The request parser already refused invalid UTF-8.
+    run->prompt = c.prompt();
+    run->negative_prompt = c.negative_prompt();
+    return absl::OkStatus();
+  }
+  if (!c.negative_prompt().empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "conditioning.negative_prompt: ", m.name, " is a class model and takes none"));
+  }
   switch (c.label_case()) {
     case v1::Conditioning::kClassIndex:
       if (c.class_index() < 0 || c.class_index() >= static_cast<int>(m.class_labels.size())) {
@@ -57,36 +67,31 @@ absl::StatusOr<int64_t> ParseConditioning(const v1::Conditioning& c, const Bundl
             "conditioning.class_index must be in [0, ", m.class_labels.size(), ") for model ",
             m.name, ", got ", c.class_index()));
       }
-      return c.class_index();
+      run->class_index = c.class_index();
+      return absl::OkStatus();
     case v1::Conditioning::kPrompt: {
       const int index = m.ClassIndex(c.prompt());
       if (index < 0) {
         return absl::InvalidArgumentError(
-            absl::StrCat("conditioning.prompt: unknown prompt \"", c.prompt(), "\" for model ",
-                         m.name, "; known: ", absl::StrJoin(m.class_labels, ", ")));
+            absl::StrCat("conditioning.prompt: unknown prompt ", ShortQuote(c.prompt()),
+                         " for model ", m.name, ", a class model; its prompts are: ",
+                         absl::StrJoin(m.class_labels, ", ")));
       }
-      return index;
+      run->class_index = index;
+      return absl::OkStatus();
     }
     default:
-      return -1;
+      run->class_index = -1;
+      return absl::OkStatus();
   }
 }
 
-Path ParsePath(const v1::Path& p) {
-  Path path;
-  path.init_seed = p.init_seed();
-  path.segments.reserve(p.segments_size());
-  for (const v1::Segment& s : p.segments()) path.segments.push_back({s.from_step(), s.noise_seed()});
-  return path;
-}
-
-// Decodes one latent with the model's decoder into pixels and PNG.
-absl::Status DecodeImage(DenoiserModel& model, absl::Span<const float> latent, v1::Image* image) {
-  absl::StatusOr<std::vector<uint8_t>> pixels = model.Decode(latent, 1);
-  if (!pixels.ok()) return pixels.status();
-  const std::vector<int64_t>& is = model.manifest().image_shape;
-  EncodeUint8Tensor(*pixels, is, image->mutable_pixels());
-  absl::StatusOr<std::string> png = EncodePng(*pixels, is[1], is[0], is[2]);
+// Pixels the engine decoded into an Image (tensor and PNG).
+absl::Status FillImage(const std::vector<uint8_t>& pixels, const BundleManifest& m,
+                       v1::Image* image) {
+  const std::vector<int64_t>& is = m.image_shape;
+  EncodeUint8Tensor(pixels, is, image->mutable_pixels());
+  absl::StatusOr<std::string> png = EncodePng(pixels, is[1], is[0], is[2]);
   if (!png.ok()) return png.status();
   image->set_png(std::move(*png));
   return absl::OkStatus();
@@ -98,27 +103,63 @@ absl::Time DeadlineOf(const grpc::ServerContext& context) {
   return absl::FromChrono(deadline);
 }
 
+// Sends a Branch caller a Progress event at least every `interval` (never
+// when zero), so that it can time out a stuck replica by progress rather
+// than by wall time, and count what a failed attempt spent.
+class ProgressTicker {
+ public:
+  // Intervals below 20 ms are raised to it: a caller cannot make the replica
+  // spend itself on progress messages.
+  ProgressTicker(absl::Duration interval, const TrajectoryBatcher& batcher)
+      : interval_(interval > absl::ZeroDuration() ? std::max(interval, absl::Milliseconds(20))
+                                                  : interval),
+        batcher_(batcher) {}
+  // How long to wait on the engine: the cancellation poll, or less.
+  absl::Duration poll() const {
+    return interval_ > absl::ZeroDuration() ? std::min(kCancelPoll, interval_) : kCancelPoll;
+  }
+  // False when the write failed: the client went away.
+  bool SendIfDue(const Run& run, grpc::ServerWriter<v1::BranchEvent>* writer) {
+    if (interval_ <= absl::ZeroDuration() || absl::Now() - last_ < interval_) return true;
+    return Send(run, writer);
+  }
+  bool Send(const Run& run, grpc::ServerWriter<v1::BranchEvent>* writer) {
+    if (interval_ <= absl::ZeroDuration()) return true;
+    last_ = absl::Now();
+    v1::BranchEvent event;
+    event.mutable_progress()->set_model_evals(run.model_evals());
+    event.mutable_progress()->set_replica_forwards(batcher_.forwards());
+    return writer->Write(event);
+  }
+
+ private:
+  const absl::Duration interval_;
+  const TrajectoryBatcher& batcher_;
+  absl::Time last_ = absl::Now();
+};
+
 // Shared by Step and Branch: everything but the step range.
 template <typename Request>
 absl::StatusOr<RunRequest> ParseRun(const Request& request, const BundleManifest& m,
                                     int max_trajectories, int start_step) {
   RunRequest run;
   ASSIGN_OR_RETURN(run.sampler, ParseSampler(request.sampler(), m));
-  ASSIGN_OR_RETURN(run.class_index, ParseConditioning(request.conditioning(), m));
+  RETURN_IF_ERROR(ParseConditioning(request.conditioning(), m, &run));
   if (request.trajectories_size() == 0) {
     return absl::InvalidArgumentError("trajectories must not be empty");
   }
   if (request.trajectories_size() > max_trajectories) {
-    return absl::ResourceExhaustedError(absl::StrCat("trajectories: ", request.trajectories_size(),
-                                                     " in one request exceeds the limit of ",
-                                                     max_trajectories));
+    // A fixed limit: no retry can succeed, so not RESOURCE_EXHAUSTED.
+    return absl::InvalidArgumentError(absl::StrCat("trajectories: ", request.trajectories_size(),
+                                                   " in one request exceeds the limit of ",
+                                                   max_trajectories));
   }
   const std::vector<int64_t>& shape = m.latent_shape;
   run.trajectories.resize(request.trajectories_size());
   for (int i = 0; i < request.trajectories_size(); ++i) {
     const v1::TrajectoryInput& in = request.trajectories(i);
     TrajectoryStart& t = run.trajectories[i];
-    t.path = ParsePath(in.path());
+    t.path = PathFromProto(in.path());
     if (in.has_start_latent()) {
       RETURN_IF_ERROR(DecodeFloatTensorInto(
           in.start_latent(), shape, absl::StrCat("trajectories[", i, "].start_latent"),
@@ -136,17 +177,24 @@ absl::StatusOr<RunRequest> ParseRun(const Request& request, const BundleManifest
 DenoiserServiceImpl::DenoiserServiceImpl(std::map<std::string, ServedModel>* models,
                                          int max_trajectories_per_request,
                                          DenoiserMetrics* metrics)
-    : models_(models),
+    : RequestParsingService(v1::Denoiser::service_full_name()),
+      models_(models),
       max_trajectories_per_request_(max_trajectories_per_request),
-      metrics_(metrics) {}
+      metrics_(metrics) {
+  AddUnary("GetModelInfo", &DenoiserServiceImpl::GetModelInfo);
+  AddUnary("Step", &DenoiserServiceImpl::Step);
+  AddServerStreaming("Branch", &DenoiserServiceImpl::Branch);
+  AddUnary("Decode", &DenoiserServiceImpl::Decode);
+  AddUnary("Tokenize", &DenoiserServiceImpl::Tokenize);
+}
 
 absl::StatusOr<ServedModel*> DenoiserServiceImpl::FindModel(const std::string& name) {
   auto it = models_->find(name);
   if (it == models_->end()) {
     std::vector<std::string> names;
     for (const auto& [n, _] : *models_) names.push_back(n);
-    return absl::InvalidArgumentError(absl::StrCat("model: unknown model \"", name,
-                                                   "\"; this replica serves: ",
+    return absl::InvalidArgumentError(absl::StrCat("model: unknown model ", ShortQuote(name),
+                                                   "; this replica serves: ",
                                                    absl::StrJoin(names, ", ")));
   }
   return &it->second;
@@ -162,25 +210,7 @@ grpc::Status DenoiserServiceImpl::GetModelInfo(grpc::ServerContext*,
                                                v1::GetModelInfoResponse* response) {
   for (const auto& [name, served] : *models_) {
     if (!request->model().empty() && request->model() != name) continue;
-    const BundleManifest& m = served.model->manifest();
-    v1::ModelInfo* info = response->add_models();
-    info->set_name(m.name);
-    info->set_version(m.version);
-    info->mutable_latent_shape()->Assign(m.latent_shape.begin(), m.latent_shape.end());
-    info->mutable_image_shape()->Assign(m.image_shape.begin(), m.image_shape.end());
-    for (const std::string& label : m.class_labels) info->add_prompts(label);
-    info->set_train_timesteps(m.schedule.train_timesteps);
-    info->set_steps_offset(m.schedule.steps_offset);
-    static const char* const kPrediction[] = {"epsilon", "sample", "v_prediction"};
-    info->set_prediction_type(kPrediction[static_cast<int>(m.schedule.prediction)]);
-    v1::SamplerConfig* d = info->mutable_defaults();
-    d->set_steps(m.defaults.steps);
-    d->set_eta(m.defaults.eta);
-    d->set_guidance(m.defaults.guidance);
-    d->set_spacing(m.defaults.spacing == Spacing::kLeading ? v1::SPACING_LEADING
-                                                          : v1::SPACING_TRAILING);
-    info->set_license(m.license);
-    info->set_description(m.description);
+    *response->add_models() = ModelInfoFromManifest(served.model->manifest());
   }
   if (response->models_size() == 0) {
     return Count("GetModelInfo", ToGrpcStatus(FindModel(request->model()).status()));
@@ -246,18 +276,26 @@ grpc::Status DenoiserServiceImpl::Branch(grpc::ServerContext* context,
   run_request->capture_steps.assign(request->capture_steps().begin(),
                                     request->capture_steps().end());
   run_request->previews = request->previews();
+  run_request->decode = request->decode();
   run_request->deadline = DeadlineOf(*context);
+  run_request->fairness_key = request->fairness_key();
+  if (request->progress_interval_ms() < 0) {
+    return Count("Branch", ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
+                               "progress_interval_ms must be >= 0 (0: no progress events), got ",
+                               request->progress_interval_ms()))));
+  }
 
   auto run = model.batcher->Start(std::move(*run_request));
   if (!run.ok()) return Count("Branch", ToGrpcStatus(run.status()));
 
   RunEvent event;
   v1::BranchEvent out;
+  ProgressTicker progress(absl::Milliseconds(request->progress_interval_ms()), *model.batcher);
   while (true) {
-    const Run::Wait w = (*run)->Next(kCancelPoll, &event);
+    const Run::Wait w = (*run)->Next(progress.poll(), &event);
     if (w == Run::Wait::kDone) break;
     if (w == Run::Wait::kTimeout) {
-      if (context->IsCancelled()) (*run)->Cancel();
+      if (context->IsCancelled() || !progress.SendIfDue(**run, writer)) (*run)->Cancel();
       continue;
     }
     out.Clear();
@@ -286,33 +324,35 @@ grpc::Status DenoiserServiceImpl::Branch(grpc::ServerContext* context,
     EncodeFloatTensor(event.latent, m.latent_shape, latent);
     const bool preview = request->previews() && !event.x0.empty();
     if (preview) EncodeFloatTensor(event.x0, m.latent_shape, x0);
+    // The engine decoded the images on its own thread, batched; only the
+    // PNG encoding happens here.
     absl::Status decoded = absl::OkStatus();
     if (request->decode()) {
-      decoded = DecodeImage(*model.model, event.latent, image);
-      if (decoded.ok() && preview) {
-        decoded = DecodeImage(*model.model, event.x0, x0_image);
-      }
+      decoded = FillImage(event.pixels, m, image);
+      if (decoded.ok() && preview) decoded = FillImage(event.x0_pixels, m, x0_image);
     }
     if (!decoded.ok()) {
       (*run)->Cancel();
       return Count("Branch", ToGrpcStatus(decoded));
     }
-    if (!writer->Write(out)) {
+    if (!writer->Write(out) || !progress.SendIfDue(**run, writer)) {
       // The client went away: stop its trajectories on the engine.
       (*run)->Cancel();
     }
   }
-  return Count("Branch", ToGrpcStatus((*run)->status()));
+  const absl::Status status = (*run)->status();
+  // A failed attempt's last count: the caller counts what it spent.
+  if (!status.ok()) progress.Send(**run, writer);
+  return Count("Branch", ToGrpcStatus(status));
 }
 
 grpc::Status DenoiserServiceImpl::Decode(grpc::ServerContext*, const v1::DecodeRequest* request,
                                          v1::DecodeResponse* response) {
   auto served = FindModel(request->model());
   if (!served.ok()) return Count("Decode", ToGrpcStatus(served.status()));
-  DenoiserModel& model = *(*served)->model;
-  const BundleManifest& m = model.manifest();
+  const BundleManifest& m = (*served)->model->manifest();
   if (request->latents_size() > max_trajectories_per_request_) {
-    return Count("Decode", grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+    return Count("Decode", grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                                         absl::StrCat("latents: at most ",
                                                      max_trajectories_per_request_,
                                                      " per request")));
@@ -325,7 +365,8 @@ grpc::Status DenoiserServiceImpl::Decode(grpc::ServerContext*, const v1::DecodeR
     if (!s.ok()) return Count("Decode", ToGrpcStatus(s));
     latents.insert(latents.end(), one.begin(), one.end());
   }
-  auto pixels = model.Decode(latents, request->latents_size());
+  // On the engine's thread: RPC threads never run the model.
+  auto pixels = (*served)->batcher->Decode(std::move(latents), request->latents_size());
   if (!pixels.ok()) return Count("Decode", ToGrpcStatus(pixels.status()));
   const std::vector<int64_t>& is = m.image_shape;
   const size_t per_image = static_cast<size_t>(m.ImageNumel());
@@ -338,6 +379,28 @@ grpc::Status DenoiserServiceImpl::Decode(grpc::ServerContext*, const v1::DecodeR
     image->set_png(std::move(*png));
   }
   return Count("Decode", grpc::Status::OK);
+}
+
+grpc::Status DenoiserServiceImpl::Tokenize(grpc::ServerContext*, const v1::TokenizeRequest* request,
+                                           v1::TokenizeResponse* response) {
+  auto served = FindModel(request->model());
+  if (!served.ok()) return Count("Tokenize", ToGrpcStatus(served.status()));
+  const Tokenizer* tokenizer = (*served)->model->tokenizer();
+  if (!tokenizer) {
+    return Count("Tokenize", ToGrpcStatus(absl::FailedPreconditionError(absl::StrCat(
+                                 "model: ", request->model(), " is a class model; it has no tokenizer"))));
+  }
+  if (request->texts_size() > max_trajectories_per_request_) {
+    return Count("Tokenize", ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
+                                 "texts: at most ", max_trajectories_per_request_, " per request"))));
+  }
+  for (const std::string& text : request->texts()) {
+    const Tokens tokens = tokenizer->Encode(text);
+    v1::TokenizedText* out = response->add_texts();
+    out->mutable_ids()->Assign(tokens.ids.begin(), tokens.ids.end());
+    out->set_dropped(tokens.dropped);
+  }
+  return Count("Tokenize", grpc::Status::OK);
 }
 
 }  // namespace dgrid

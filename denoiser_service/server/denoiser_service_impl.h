@@ -1,6 +1,8 @@
 // The gRPC adapter of the denoiser: each handler parses and validates the
 // request, calls the engine and encodes the answer (as TF Serving's
-// prediction_service_impl). The sampling logic lives in engine/.
+// prediction_service_impl). The sampling logic lives in engine/. Requests
+// that do not parse get INVALID_ARGUMENT naming the field (see
+// common/request_parsing.h), before any handler runs.
 #ifndef DGRID_DENOISER_SERVER_DENOISER_SERVICE_IMPL_H_
 #define DGRID_DENOISER_SERVER_DENOISER_SERVICE_IMPL_H_
 
@@ -8,6 +10,7 @@
 #include <memory>
 #include <string>
 
+#include "common/request_parsing.h"
 #include "denoiser_service/engine/denoiser_model.h"
 #include "denoiser_service/engine/trajectory_batcher.h"
 #include "denoiser_service/server/denoiser_metrics.h"
@@ -20,20 +23,23 @@ struct ServedModel {
   std::unique_ptr<TrajectoryBatcher> batcher;
 };
 
-class DenoiserServiceImpl final : public v1::Denoiser::Service {
+// Serves dgrid.v1.Denoiser: the constructor adds each method.
+class DenoiserServiceImpl final : public RequestParsingService {
  public:
   // `models` is keyed by model name. `metrics` may be null.
   DenoiserServiceImpl(std::map<std::string, ServedModel>* models,
                       int max_trajectories_per_request, DenoiserMetrics* metrics);
 
   grpc::Status GetModelInfo(grpc::ServerContext* context, const v1::GetModelInfoRequest* request,
-                            v1::GetModelInfoResponse* response) override;
+                            v1::GetModelInfoResponse* response);
   grpc::Status Step(grpc::ServerContext* context, const v1::StepRequest* request,
-                    v1::StepResponse* response) override;
+                    v1::StepResponse* response);
   grpc::Status Branch(grpc::ServerContext* context, const v1::BranchRequest* request,
-                      grpc::ServerWriter<v1::BranchEvent>* writer) override;
+                      grpc::ServerWriter<v1::BranchEvent>* writer);
   grpc::Status Decode(grpc::ServerContext* context, const v1::DecodeRequest* request,
-                      v1::DecodeResponse* response) override;
+                      v1::DecodeResponse* response);
+  grpc::Status Tokenize(grpc::ServerContext* context, const v1::TokenizeRequest* request,
+                        v1::TokenizeResponse* response);
 
  private:
   absl::StatusOr<ServedModel*> FindModel(const std::string& name);

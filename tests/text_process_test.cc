@@ -1,0 +1,240 @@
+// A text-to-image latent bundle through the real pair: the fixture's tiny
+// CLIP-tokenized model (tests/fixtures/make_text_fixture.py) with a text
+// encoder, a cross-attention UNet over 4x8x8 latents and a x4 VAE decoder.
+// Grids follow their prompts and negative prompts, reproduce across
+// replicas and promotions, and a new model version misses the cache.
+#include <grpcpp/grpcpp.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "gtest/gtest.h"
+#include "tests/support/pixel_drift.h"
+#include "tests/support/stack.h"
+
+namespace dgrid {
+namespace {
+
+using testing::kDriftTolerance;
+using testing::MaxPixelDrift;
+using testing::Stack;
+using testing::StackOptions;
+
+std::string FixtureDir(const std::string& name) {
+  const char* dir = std::getenv("DGRID_FIXTURES");
+  return absl::StrCat(dir ? dir : "build/fixtures", "/", name);
+}
+
+StackOptions TextStack(int denoisers) {
+  StackOptions options;
+  options.model_dir = FixtureDir("textlatent");
+  options.denoisers = denoisers;
+  options.orchestrator_flags = {"--cache_mb=0"};
+  return options;
+}
+
+v1::GridRequest Request(const std::string& prompt) {
+  v1::GridRequest r;
+  r.set_prompt(prompt);
+  r.set_seed(11);
+  r.mutable_steps()->set_value(10);
+  r.mutable_branches()->set_value(2);
+  r.add_branch_steps(0);
+  r.add_branch_steps(5);
+  return r;
+}
+
+grpc::Status Create(const Stack& stack, const v1::GridRequest& request, v1::Grid* grid) {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(120)));
+  return stack.Orchestrator()->CreateGrid(&context, request, grid);
+}
+
+v1::Grid MustCreate(const Stack& stack, const v1::GridRequest& request) {
+  v1::Grid grid;
+  const grpc::Status status = Create(stack, request, &grid);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  return grid;
+}
+
+// The largest drift between the two grids' cells, cell by cell.
+int GridDrift(const v1::Grid& a, const v1::Grid& b) {
+  int worst = MaxPixelDrift(a.trunk().png(), b.trunk().png());
+  for (int r = 0; r < a.rows_size() && r < b.rows_size(); ++r) {
+    for (int c = 0; c < a.rows(r).cells_size() && c < b.rows(r).cells_size(); ++c) {
+      worst = std::max(worst, MaxPixelDrift(a.rows(r).cells(c).png(), b.rows(r).cells(c).png()));
+    }
+  }
+  return worst;
+}
+
+class TextGridTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto stack = Stack::Start(TextStack(2), "text");
+    ASSERT_TRUE(stack.ok()) << stack.status();
+    stack_ = stack->release();
+  }
+  static void TearDownTestSuite() {
+    delete stack_;
+    stack_ = nullptr;
+  }
+  static Stack* stack_;
+};
+
+Stack* TextGridTest::stack_ = nullptr;
+
+TEST_F(TextGridTest, ListModelsDescribesATextModel) {
+  grpc::ClientContext context;
+  v1::ListModelsResponse models;
+  ASSERT_TRUE(stack_->Orchestrator()->ListModels(&context, {}, &models).ok());
+  ASSERT_EQ(models.models_size(), 1);
+  const v1::ModelInfo& m = models.models(0);
+  EXPECT_EQ(m.conditioning(), "text");
+  EXPECT_GE(m.example_prompts_size(), 1);
+  EXPECT_EQ(m.max_prompt_tokens(), 77);
+  EXPECT_EQ(m.image_shape(2), 3);
+}
+
+TEST_F(TextGridTest, DifferentPromptsGiveDifferentCells) {
+  const v1::Grid cat = MustCreate(*stack_, Request("a photo of a cat"));
+  const v1::Grid car = MustCreate(*stack_, Request("a red sports car on a road"));
+  ASSERT_EQ(cat.rows_size(), 2);
+  const int drift = GridDrift(cat, car);
+  std::cout << "cat vs car: max drift " << drift << "/255\n";
+  EXPECT_GT(drift, 3 * kDriftTolerance);
+  EXPECT_EQ(cat.plan().prompt(), "a photo of a cat");
+  EXPECT_EQ(cat.model_evals(), cat.plan().model_evals());
+}
+
+TEST_F(TextGridTest, ANegativePromptChangesTheResult) {
+  v1::GridRequest with = Request("a photo of a cat");
+  with.set_negative_prompt("blurry, dark");
+  const v1::Grid plain = MustCreate(*stack_, Request("a photo of a cat"));
+  const v1::Grid negative = MustCreate(*stack_, with);
+  EXPECT_EQ(negative.plan().negative_prompt(), "blurry, dark");
+  const int drift = GridDrift(plain, negative);
+  std::cout << "negative prompt: max drift " << drift << "/255\n";
+  EXPECT_GT(drift, kDriftTolerance);
+}
+
+TEST_F(TextGridTest, APromotedCellReproduces) {
+  const v1::Grid grid = MustCreate(*stack_, Request("a photo of a cat"));
+  const v1::GridCell& cell = grid.rows(1).cells(1);
+  v1::GridRequest promote = Request("a photo of a cat");
+  *promote.mutable_trunk() = cell.path();
+  const v1::Grid promoted = MustCreate(*stack_, promote);
+  const int drift = MaxPixelDrift(cell.png(), promoted.trunk().png());
+  std::cout << "promoted cell vs its trunk rerun: max drift " << drift << "/255\n";
+  EXPECT_LE(drift, kDriftTolerance);
+}
+
+TEST_F(TextGridTest, AnOverLongPromptIsTruncatedAndSaysSo) {
+  std::string words;
+  for (int i = 0; i < 200; ++i) absl::StrAppend(&words, "cat ");
+  const v1::Grid grid = MustCreate(*stack_, Request(words));
+  // 77 ids: BOS, 75 words, EOS.
+  EXPECT_EQ(grid.plan().prompt_tokens_dropped(), 200 - 75);
+  EXPECT_EQ(grid.plan().negative_prompt_tokens_dropped(), 0);
+}
+
+TEST_F(TextGridTest, AClassIndexForATextModelIsRefused) {
+  v1::BranchRequest r;
+  r.set_model("textlatent");
+  r.mutable_sampler()->set_steps(4);
+  r.mutable_sampler()->set_eta(1);
+  r.mutable_sampler()->set_guidance(2);
+  r.mutable_conditioning()->set_class_index(1);
+  v1::Path* p = r.add_trajectories()->mutable_path();
+  p->set_init_seed(1);
+  p->add_segments()->set_noise_seed(2);
+  grpc::ClientContext context;
+  auto reader = stack_->Denoiser(0)->Branch(&context, r);
+  v1::BranchEvent event;
+  while (reader->Read(&event)) {
+  }
+  const grpc::Status status = reader->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(status.error_message().find("conditioning.class_index"), std::string::npos)
+      << status.error_message();
+}
+
+TEST(TextReplicaTest, OneAndTwoReplicasGiveTheSameCells) {
+  auto one = Stack::Start(TextStack(1), "text-one");
+  ASSERT_TRUE(one.ok()) << one.status();
+  const v1::Grid a = MustCreate(**one, Request("a watercolor of a lighthouse"));
+  one->reset();
+  auto two = Stack::Start(TextStack(2), "text-two");
+  ASSERT_TRUE(two.ok()) << two.status();
+  const v1::Grid b = MustCreate(**two, Request("a watercolor of a lighthouse"));
+  const int drift = GridDrift(a, b);
+  std::cout << "1 vs 2 replicas: max drift " << drift << "/255\n";
+  EXPECT_LE(drift, kDriftTolerance);
+}
+
+// Copies the fixture bundle with another version in its manifest.
+std::string VersionedCopy(const std::string& dir, const std::string& version) {
+  namespace fs = std::filesystem;
+  const std::string to = absl::StrCat(dir, "-v", version);
+  fs::remove_all(to);
+  fs::copy(FixtureDir("textlatent"), to, fs::copy_options::recursive);
+  std::ifstream in(to + "/manifest.json");
+  std::stringstream text;
+  text << in.rdbuf();
+  std::string json = text.str();
+  const std::string from = "\"version\": \"1\"";
+  EXPECT_NE(json.find(from), std::string::npos) << "fixture manifest layout changed";
+  json = absl::StrReplaceAll(json, {{from, absl::StrCat("\"version\": \"", version, "\"")}});
+  std::ofstream(to + "/manifest.json") << json;
+  return to;
+}
+
+TEST(TextVersionTest, ANewModelVersionMissesTheCacheAndGridsStayOnOneVersion) {
+  StackOptions options = TextStack(2);
+  options.orchestrator_flags = {"--cache_mb=64"};
+  const std::string scratch =
+      absl::StrCat(std::filesystem::temp_directory_path().string(), "/dgrid-version-", getpid());
+  options.per_denoiser_flags[1] = {"--model_dir=" + VersionedCopy(scratch, "2")};
+  auto stack = Stack::Start(options, "text-version");
+  ASSERT_TRUE(stack.ok()) << stack.status();
+  // Mid-rollout: replica 0 serves version 1, replica 1 version 2. A grid is
+  // pinned to the version it was planned with.
+  const v1::Grid first = MustCreate(**stack, Request("a photo of a cat"));
+  std::string used;
+  for (const auto& row : first.rows()) {
+    for (const auto& cell : row.cells()) {
+      if (used.empty()) used = cell.source();
+      EXPECT_EQ(cell.source(), used) << "a grid mixed replicas of two versions";
+    }
+  }
+  // The same request again is all cache hits.
+  const v1::Grid again = MustCreate(**stack, Request("a photo of a cat"));
+  EXPECT_GT(again.cache_hits(), 0);
+  // Roll the version the grid used out: the other version misses the cache.
+  (*stack)->KillDenoiser(used == (*stack)->denoiser_address(0) ? 0 : 1);
+  absl::SleepFor(absl::Seconds(2));
+  const v1::Grid rolled = MustCreate(**stack, Request("a photo of a cat"));
+  EXPECT_EQ(rolled.cache_hits(), 0);
+  for (const auto& row : rolled.rows()) {
+    for (const auto& cell : row.cells()) EXPECT_NE(cell.source(), used);
+  }
+  std::filesystem::remove_all(scratch + "-v2");
+}
+
+TEST(TextBundleTest, PartsThatDisagreeFailAtLoadNamingTheFileAndShapes) {
+  StackOptions options;
+  options.model_dir = FixtureDir("textlatent_bad");
+  options.denoisers = 1;
+  auto stack = Stack::Start(options, "text-bad");
+  ASSERT_FALSE(stack.ok());
+  const std::string message(stack.status().message());
+  EXPECT_NE(message.find("text_encoder.pt"), std::string::npos) << message;
+  EXPECT_NE(message.find("context_dim"), std::string::npos) << message;
+}
+
+}  // namespace
+}  // namespace dgrid

@@ -1,0 +1,662 @@
+#!/usr/bin/env python3
+"""Exports a Stable-Diffusion-class model as a Diffusion Grid text bundle.
+
+  import_diffusers.py --model PATH --out_dir DIR [--dtype fp32|fp16] [--device cpu|cuda]
+                      [--name NAME] [--version V] [--steps 50] [--guidance 7.5] [--eta 0]
+                      [--spacing leading|trailing] [--license L]
+
+PATH is a diffusers pipeline folder (StableDiffusionPipeline.from_pretrained) or
+one .safetensors file (StableDiffusionPipeline.from_single_file). The script
+traces the UNet, the VAE decoder and the text encoder with torch.jit.trace,
+copies the tokenizer's vocab.json and merges.txt, writes manifest.json from the
+pipeline's scheduler config and the VAE's scaling_factor, then loads the
+bundle back and runs one guided DDIM step on "a photo" as a self-check. The
+format is described in docs/bundle-format.md.
+
+It needs diffusers and transformers (pip install diffusers transformers
+safetensors), which only `main` imports. fp16 needs --device cuda: diffusers'
+graphs cast to the dtype they were traced in, and CPU torch lacks fp16 kernels.
+A bundle traced on CUDA is served on CUDA.
+
+What is tested, and what is not: `export_bundle`, `load_bundle`, `sample`,
+`read_tokenizer_config` and `schedule_from_diffusers` take plain torch modules
+and dicts; tests/fixtures/export_bundle_test.py tests them, and
+tests/fixtures/make_text_fixture.py builds the test bundle with them. `main`,
+the diffusers glue, is NOT tested against diffusers in this repository:
+neither diffusers nor transformers is installed where its tests run. The test
+runs it only on a stand-in pipeline built from this file's assumptions about
+their API (UNet2DConditionModel's call, vae.decode, CLIPTextModel's
+return_dict=False tuple, the tokenizer's save_pretrained and __call__).
+"""
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+
+import torch
+
+UNET_FILE = "unet.pt"
+TEXT_ENCODER_FILE = "text_encoder.pt"
+DECODER_FILE = "vae_decoder.pt"
+VOCAB_FILE = "vocab.json"
+MERGES_FILE = "merges.txt"
+
+# What the engine's DDIM reproduces. A scheduler config asking for more is
+# refused rather than exported into a bundle that samples differently.
+_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+_PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+_SPACINGS = ("leading", "trailing")
+# diffusers' DDIMScheduler defaults, for keys a config leaves out.
+_DIFFUSERS_DEFAULTS = {
+    "num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02,
+    "beta_schedule": "linear", "prediction_type": "epsilon", "steps_offset": 0,
+    "set_alpha_to_one": True, "timestep_spacing": "leading",
+}
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+class BundleShapeError(ValueError):
+    """The parts of a bundle disagree about a shape."""
+
+
+def _shape(t):
+    return list(t.shape)
+
+
+def _first(output):
+    # A text encoder may return (context, pooled); the bundle keeps context.
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+# The bundle's interface is float32 whatever the weights are: each wrapper
+# casts its float inputs to the weights' dtype through `_ref` (type_as stays
+# a graph input, so it follows a later .half()) and returns float32.
+class DenoiserPart(torch.nn.Module):
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+        self.register_buffer("_ref", torch.zeros(()))
+
+    def forward(self, x, t, context):
+        return self.unet(x.type_as(self._ref), t, context.type_as(self._ref)).float()
+
+
+class TextEncoderPart(torch.nn.Module):
+    def __init__(self, text_encoder):
+        super().__init__()
+        self.text_encoder = text_encoder
+
+    def forward(self, ids):
+        return _first(self.text_encoder(ids)).float()
+
+
+class DecoderPart(torch.nn.Module):
+    def __init__(self, decoder):
+        super().__init__()
+        self.decoder = decoder
+        self.register_buffer("_ref", torch.zeros(()))
+
+    def forward(self, z):
+        return self.decoder(z.type_as(self._ref)).float()
+
+
+# ---------------------------------------------------------------- inputs
+
+def read_vocab_size(tokenizer_dir):
+    """1 + the largest id in tokenizer_dir/vocab.json."""
+    with open(os.path.join(tokenizer_dir, VOCAB_FILE), encoding="utf-8") as f:
+        vocab = json.load(f)
+    return 1 + max(vocab.values())
+
+
+def read_tokenizer_config(tokenizer_dir):
+    """The manifest's tokenizer settings from a Hugging Face CLIP tokenizer folder.
+
+    Token strings come from tokenizer_config.json (or special_tokens_map.json)
+    and are mapped to ids through vocab.json: SD 1.x pads with <|endoftext|>
+    (49407), SD 2.x with "!" (0).
+    """
+    def load(name):
+        path = os.path.join(tokenizer_dir, name)
+        if not os.path.exists(path):
+            return {}
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+
+    config = load("tokenizer_config.json")
+    special = load("special_tokens_map.json")
+    vocab = load(VOCAB_FILE)
+    if not vocab:
+        raise FileNotFoundError(f"{os.path.join(tokenizer_dir, VOCAB_FILE)} is missing or empty")
+
+    def token_id(key, fallback):
+        token = config.get(key) or special.get(key) or fallback
+        if isinstance(token, dict):  # {"__type": "AddedToken", "content": ...}
+            token = token["content"]
+        if token not in vocab:
+            raise ValueError(f"{tokenizer_dir}: {key} {token!r} is not in {VOCAB_FILE}")
+        return vocab[token]
+
+    max_length = config.get("model_max_length", 77)
+    if not isinstance(max_length, int) or not 2 <= max_length <= 1024:
+        # transformers writes a huge sentinel when no length is set.
+        max_length = 77
+    bos = token_id("bos_token", "<|startoftext|>")
+    eos = token_id("eos_token", "<|endoftext|>")
+    return {"kind": "clip_bpe", "bos_id": bos, "eos_id": eos,
+            "pad_id": token_id("pad_token", "<|endoftext|>"), "max_length": max_length}
+
+
+def schedule_from_diffusers(config):
+    """(manifest schedule, spacing) from a scheduler config in diffusers' key names."""
+    c = dict(_DIFFUSERS_DEFAULTS)
+    c.update({k: v for k, v in config.items() if v is not None})
+    refused = []
+    if config.get("trained_betas") is not None:
+        refused.append("trained_betas")
+    for key in ("clip_sample", "thresholding", "rescale_betas_zero_snr"):
+        if config.get(key):
+            refused.append(f"{key}=true")
+    if c["beta_schedule"] not in _BETA_SCHEDULES:
+        refused.append(f"beta_schedule={c['beta_schedule']!r}")
+    if c["prediction_type"] not in _PREDICTION_TYPES:
+        refused.append(f"prediction_type={c['prediction_type']!r}")
+    if c["timestep_spacing"] not in _SPACINGS:
+        refused.append(f"timestep_spacing={c['timestep_spacing']!r}")
+    if refused:
+        raise ValueError("scheduler config: the engine's DDIM does not support " +
+                         ", ".join(refused) + f" (it supports beta_schedule {_BETA_SCHEDULES}, "
+                         f"prediction_type {_PREDICTION_TYPES}, timestep_spacing {_SPACINGS}); "
+                         "edit the config if the model allows it")
+    schedule = {
+        "beta_schedule": c["beta_schedule"],
+        "beta_start": float(c["beta_start"]),
+        "beta_end": float(c["beta_end"]),
+        "train_timesteps": int(c["num_train_timesteps"]),
+        "prediction_type": c["prediction_type"],
+        "steps_offset": int(c["steps_offset"]),
+        "set_alpha_to_one": bool(c["set_alpha_to_one"]),
+    }
+    return schedule, c["timestep_spacing"]
+
+
+def _token_rows(tokenizer, vocab_size, batch, generator):
+    """[batch, L] ids framed as a tokenizer frames them: BOS, words, EOS, padding.
+
+    Row 0 is the empty prompt; row 1 holds the largest id, so a vocabulary
+    larger than the text encoder's embedding fails here, not at serving time.
+    """
+    length = tokenizer["max_length"]
+    ids = torch.full((batch, length), tokenizer["pad_id"], dtype=torch.long)
+    ids[:, 0] = tokenizer["bos_id"]
+    for row in range(batch):
+        words = 0 if row == 0 else min(length - 2, 3 + 5 * row)
+        if words:
+            ids[row, 1:1 + words] = torch.randint(0, vocab_size, (words,), generator=generator)
+        if row == 1:
+            ids[row, 1] = vocab_size - 1
+        ids[row, 1 + words] = tokenizer["eos_id"]
+    return ids
+
+
+def _timesteps(batch, schedule, timestep_dtype):
+    t = torch.linspace(schedule["train_timesteps"] - 1, 0, batch).round().long()
+    return t.float() if timestep_dtype == "float" else t
+
+
+# ---------------------------------------------------------------- checks
+
+def check_parts(unet, decoder, text_encoder, ids, *, latent_shape, image_shape, schedule,
+                timestep_dtype="long", context_dim=None, generator=None):
+    """Runs the eager wrappers once; raises BundleShapeError naming the shapes.
+
+    Returns the context width D.
+    """
+    batch, length = ids.shape
+    try:
+        context = text_encoder(ids)
+    except Exception as e:
+        raise BundleShapeError(f"text encoder: forward(ids {_shape(ids)}) failed: {e}") from e
+    if context.dim() != 3 or _shape(context)[:2] != [batch, length]:
+        raise BundleShapeError(f"text encoder: gives context {_shape(context)} for ids "
+                               f"{_shape(ids)}; it must give [B, L, D] = [{batch}, {length}, D]")
+    width = context.shape[2]
+    if context_dim is not None and width != context_dim:
+        raise BundleShapeError(f"text encoder gives context {_shape(context)}, but the UNet "
+                               f"takes context [{batch}, {length}, {context_dim}]")
+
+    x = torch.randn([batch] + list(latent_shape), generator=generator).to(context.device)
+    t = _timesteps(batch, schedule, timestep_dtype).to(context.device)
+    try:
+        out = unet(x, t, context)
+    except Exception as e:
+        raise BundleShapeError(
+            f"unet: forward(x {_shape(x)}, t {_shape(t)}, context {_shape(context)}) failed "
+            f"(latent_shape {list(latent_shape)}, context from the text encoder "
+            f"{_shape(context)}): {e}") from e
+    if not isinstance(out, torch.Tensor) or _shape(out) != _shape(x):
+        got = _shape(out) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise BundleShapeError(f"unet: gives {got} for x {_shape(x)}; the model output "
+                               f"must have x's shape (latent_shape {list(latent_shape)})")
+
+    h, w, c = image_shape
+    want = [batch, c, h, w]
+    try:
+        image = decoder(x)
+    except Exception as e:
+        raise BundleShapeError(f"vae decoder: forward(z {_shape(x)}) failed "
+                               f"(latent_shape {list(latent_shape)}): {e}") from e
+    if _shape(image) != want:
+        raise BundleShapeError(f"vae decoder: gives {_shape(image)} for z {_shape(x)}; "
+                               f"image_shape {list(image_shape)} needs {want}")
+    return width
+
+
+def _verify_traced(path, eager, inputs_by_batch, tolerance, device):
+    """The saved graph at other batch sizes must match the module it was traced from."""
+    loaded = torch.jit.load(path, map_location=device)
+    for inputs in inputs_by_batch:
+        with torch.no_grad():
+            want = eager(*inputs)
+            try:
+                got = loaded(*inputs)
+            except Exception as e:
+                raise BundleShapeError(f"{os.path.basename(path)}: the traced graph fails at "
+                                       f"batch {inputs[0].shape[0]}: {e}") from e
+        if _shape(got) != _shape(want):
+            raise BundleShapeError(f"{os.path.basename(path)}: gives {_shape(got)} at batch "
+                                   f"{inputs[0].shape[0]}, the module {_shape(want)}")
+        diff = (got - want).abs().max().item()
+        if not diff <= tolerance * (1.0 + want.abs().max().item()):
+            raise BundleShapeError(f"{os.path.basename(path)}: at batch {inputs[0].shape[0]} "
+                                   f"the traced graph differs from the module by {diff:.3g}; "
+                                   "tracing baked in a shape-dependent branch")
+
+
+# ---------------------------------------------------------------- export
+
+def trace_part(module, example_inputs, path, *, dtype="fp32", device="cpu", verify_inputs=()):
+    """Traces one wrapped part, saves it to `path` and checks the saved graph.
+
+    fp16 where the device has no fp16 kernels (CPU) traces in fp32 and
+    converts the saved module: right only for modules that make no float
+    tensors of their own (diffusers' do: export those on CUDA). The fp32
+    graph is the one checked then.
+    """
+    device = torch.device(device)
+    cast_after = dtype == "fp16" and device.type == "cpu"
+    module = module.eval().to(device=device, dtype=torch.float32 if cast_after else _DTYPES[dtype])
+    example_inputs = tuple(i.to(device) for i in example_inputs)
+    verify_inputs = [tuple(i.to(device) for i in inputs) for inputs in verify_inputs]
+    with torch.no_grad():
+        traced = torch.jit.trace(module, example_inputs, check_trace=False)
+    torch.jit.save(traced, path)
+    tolerance = 1e-4 if dtype == "fp32" or cast_after else 2e-2
+    _verify_traced(path, module, verify_inputs, tolerance, device)
+    if cast_after:  # a loaded copy: the traced module shares the eager one's tensors
+        torch.jit.save(torch.jit.load(path).half(), path)
+    return traced
+
+
+def manifest_dict(*, name, version, description, latent_shape, image_shape, schedule, spacing,
+                  tokenizer, context_dim, example_prompts, latent_scale, value_range,
+                  timestep_dtype, defaults, license, source):
+    """manifest.json's content, with proto/dgrid/v1/manifest.proto's field names."""
+    d = {"steps": 50, "eta": 0.0, "guidance": 7.5}
+    d.update(defaults or {})
+    d["spacing"] = spacing
+    tok = {"kind": tokenizer.get("kind", "clip_bpe"), "vocab": VOCAB_FILE, "merges": MERGES_FILE,
+           "bos_id": tokenizer["bos_id"], "eos_id": tokenizer["eos_id"],
+           "pad_id": tokenizer["pad_id"], "max_length": tokenizer["max_length"]}
+    manifest = {
+        "name": name,
+        "version": version,
+        "description": description,
+        "latent_shape": list(latent_shape),
+        "image_shape": list(image_shape),
+        "weights": UNET_FILE,
+        "timestep_dtype": timestep_dtype,
+        "schedule": schedule,
+        "conditioning": {
+            "kind": "text",
+            "example_prompts": list(example_prompts),
+            "text_encoder": {"weights": TEXT_ENCODER_FILE, "context_dim": context_dim},
+            "tokenizer": tok,
+        },
+        "decoder": {"kind": "torchscript", "weights": DECODER_FILE,
+                    "value_range": list(value_range), "latent_scale": latent_scale},
+        "defaults": d,
+        "data": {"license": license},
+    }
+    if source:
+        manifest["data"]["source"] = source
+    return manifest
+
+
+def _trace_parts(parts, out_dir, ids, other_ids, *, latent_shape, schedule, timestep_dtype,
+                 latent_scale, dtype, device, generator):
+    """Traces each part at batch 2 and checks the saved graph at batches 1 and 3
+    (the engine batches 1..max_batch)."""
+    def path(f):
+        return os.path.join(out_dir, f)
+
+    text = parts[TEXT_ENCODER_FILE]
+    trace_part(text, (ids,), path(TEXT_ENCODER_FILE), dtype=dtype, device=device,
+               verify_inputs=[(i,) for i in other_ids])
+    contexts = [text(i.to(device)).cpu() for i in [ids] + other_ids]
+
+    def unet_inputs(context):
+        b = context.shape[0]
+        return (torch.randn([b] + list(latent_shape), generator=generator),
+                _timesteps(b, schedule, timestep_dtype), context)
+
+    def latents(b):
+        return (torch.randn([b] + list(latent_shape), generator=generator) / latent_scale,)
+
+    trace_part(parts[UNET_FILE], unet_inputs(contexts[0]), path(UNET_FILE), dtype=dtype,
+               device=device, verify_inputs=[unet_inputs(c) for c in contexts[1:]])
+    trace_part(parts[DECODER_FILE], latents(2), path(DECODER_FILE), dtype=dtype, device=device,
+               verify_inputs=[latents(1), latents(3)])
+
+
+def export_bundle(unet, decoder, text_encoder, tokenizer_dir, scheduler_config, out_dir, *,
+                  name, version, latent_shape, image_shape, tokenizer=None,
+                  example_prompts=(), dtype="fp32", description="", license="", source=None,
+                  latent_scale=1.0, value_range=(-1.0, 1.0), defaults=None, context_dim=None,
+                  timestep_dtype="long", device="cpu", seed=0):
+    """Writes a text bundle to out_dir and returns its manifest (a dict).
+
+    unet(x [B,C,h,w], t [B], context [B,L,D]) -> model output [B,C,h,w]
+    decoder(z [B,C,h,w]) -> image [B,c,H,W] in value_range (z already divided
+        by latent_scale: the engine does that)
+    text_encoder(ids [B,L] long) -> context [B,L,D], or a tuple whose first
+        element is the context
+    tokenizer_dir holds vocab.json and merges.txt; `tokenizer` is
+        {"kind": "clip_bpe", "bos_id", "eos_id", "pad_id", "max_length"}, read
+        from tokenizer_dir's tokenizer_config.json when None.
+    scheduler_config uses diffusers' key names (num_train_timesteps,
+        timestep_spacing, ...); `defaults` may set steps, eta, guidance.
+    context_dim, when given, is the width the UNet takes (diffusers:
+        unet.config.cross_attention_dim); a text encoder giving another
+        width is refused before the UNet runs.
+
+    The modules are moved to `device` (and, on CUDA, to `dtype`) in place, as
+    nn.Module.to does. Raises BundleShapeError, naming the shapes, when the
+    parts disagree, or when a saved graph does not match its module at
+    another batch size than the one it was traced at.
+    """
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    if len(latent_shape) != 3 or len(image_shape) != 3 or image_shape[2] not in (1, 3):
+        raise ValueError(f"latent_shape {list(latent_shape)} must be [C, h, w] and image_shape "
+                         f"{list(image_shape)} [H, W, C] with C 1 or 3")
+    if tokenizer is None:
+        tokenizer = read_tokenizer_config(tokenizer_dir)
+    if tokenizer.get("kind", "clip_bpe") != "clip_bpe":
+        raise ValueError("export_bundle writes clip_bpe tokenizers only")
+    for f in (VOCAB_FILE, MERGES_FILE):
+        if not os.path.exists(os.path.join(tokenizer_dir, f)):
+            raise FileNotFoundError(f"tokenizer: {os.path.join(tokenizer_dir, f)} not found")
+    schedule, spacing = schedule_from_diffusers(scheduler_config)
+
+    g = torch.Generator().manual_seed(seed)
+    vocab_size = read_vocab_size(tokenizer_dir)
+    ids = _token_rows(tokenizer, vocab_size, 2, g)
+    parts = {UNET_FILE: DenoiserPart(unet), DECODER_FILE: DecoderPart(decoder),
+             TEXT_ENCODER_FILE: TextEncoderPart(text_encoder)}
+    # fp16 cannot run on the CPU: the shapes are checked in fp32 there.
+    cuda_fp16 = dtype == "fp16" and torch.device(device).type == "cuda"
+    for m in parts.values():
+        m.eval().to(device=device, dtype=_DTYPES[dtype] if cuda_fp16 else torch.float32)
+    with torch.no_grad():
+        width = check_parts(parts[UNET_FILE], parts[DECODER_FILE], parts[TEXT_ENCODER_FILE],
+                            ids.to(device), latent_shape=latent_shape, image_shape=image_shape,
+                            schedule=schedule, timestep_dtype=timestep_dtype,
+                            context_dim=context_dim, generator=g)
+
+    os.makedirs(out_dir, exist_ok=True)
+    manifest_path = os.path.join(out_dir, "manifest.json")
+    if os.path.exists(manifest_path):  # a failed export must not leave an old manifest
+        os.remove(manifest_path)
+    for f in (VOCAB_FILE, MERGES_FILE):
+        shutil.copyfile(os.path.join(tokenizer_dir, f), os.path.join(out_dir, f))
+    other_ids = [_token_rows(tokenizer, vocab_size, b, g) for b in (1, 3)]
+    with torch.no_grad():
+        _trace_parts(parts, out_dir, ids, other_ids,
+                     latent_shape=latent_shape, schedule=schedule, timestep_dtype=timestep_dtype,
+                     latent_scale=latent_scale, dtype=dtype, device=device, generator=g)
+
+    manifest = manifest_dict(
+        name=name, version=version, description=description, latent_shape=latent_shape,
+        image_shape=image_shape, schedule=schedule, spacing=spacing, tokenizer=tokenizer,
+        context_dim=width, example_prompts=example_prompts, latent_scale=latent_scale,
+        value_range=value_range, timestep_dtype=timestep_dtype, defaults=defaults,
+        license=license, source=source)
+    with open(manifest_path, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2)
+        f.write("\n")
+    return manifest
+
+
+# ---------------------------------------------------------------- sampling
+
+class Bundle:
+    """A text bundle loaded back: manifest dict plus its three TorchScript parts."""
+
+    def __init__(self, bundle_dir, device="cpu"):
+        with open(os.path.join(bundle_dir, "manifest.json"), encoding="utf-8") as f:
+            self.manifest = json.load(f)
+        m = self.manifest
+        self.unet = torch.jit.load(os.path.join(bundle_dir, m["weights"]), map_location=device)
+        self.text_encoder = torch.jit.load(
+            os.path.join(bundle_dir, m["conditioning"]["text_encoder"]["weights"]),
+            map_location=device)
+        self.decoder = torch.jit.load(os.path.join(bundle_dir, m["decoder"]["weights"]),
+                                      map_location=device)
+        self.device = torch.device(device)
+
+
+def load_bundle(bundle_dir, device="cpu"):
+    return Bundle(bundle_dir, device)
+
+
+def alphas_cumprod(schedule):
+    """float64 cumulative alphas, as diffusers builds them."""
+    n = schedule["train_timesteps"]
+    kind = schedule["beta_schedule"]
+    if kind == "linear":
+        betas = torch.linspace(schedule["beta_start"], schedule["beta_end"], n,
+                               dtype=torch.float64)
+    elif kind == "scaled_linear":
+        betas = torch.linspace(schedule["beta_start"] ** 0.5, schedule["beta_end"] ** 0.5, n,
+                               dtype=torch.float64) ** 2
+    else:  # squaredcos_cap_v2
+
+        def alpha_bar(s):
+            return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
+
+        betas = torch.tensor([min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999)
+                              for i in range(n)], dtype=torch.float64)
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def ddim_timesteps(train_timesteps, steps, spacing, offset):
+    """diffusers' DDIM timesteps, clamped to [0, T-1] as common/timesteps.h does."""
+    if spacing == "leading":
+        ratio = train_timesteps // steps
+        ts = [i * ratio + offset for i in reversed(range(steps))]
+    else:
+        ts = [round(train_timesteps - i * train_timesteps / steps) - 1 for i in range(steps)]
+    return [min(max(t, 0), train_timesteps - 1) for t in ts]
+
+
+def ddim_step(schedule, ac, t, steps, x, out, z, eta):
+    """diffusers' DDIMScheduler.step; returns (x_prev, x0)."""
+    prev_t = t - schedule["train_timesteps"] // steps
+    final = 1.0 if schedule.get("set_alpha_to_one", True) else float(ac[0])
+    a_t = float(ac[t])
+    a_prev = float(ac[prev_t]) if prev_t >= 0 else final
+    kind = schedule.get("prediction_type", "epsilon")
+    if kind == "epsilon":
+        eps = out
+        x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+    elif kind == "sample":
+        x0 = out
+        eps = (x - math.sqrt(a_t) * x0) / math.sqrt(1 - a_t)
+    else:
+        x0 = math.sqrt(a_t) * x - math.sqrt(1 - a_t) * out
+        eps = math.sqrt(a_t) * out + math.sqrt(1 - a_t) * x
+    variance = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
+    std = eta * math.sqrt(max(variance, 0.0))
+    direction = math.sqrt(max(1 - a_prev - std * std, 0.0)) * eps
+    return math.sqrt(a_prev) * x0 + direction + std * z, x0
+
+
+def sample(bundle, cond_ids, uncond_ids, *, steps=None, guidance=None, eta=None, seed=0,
+           run_steps=None):
+    """Guided DDIM in Python on a loaded bundle: (latent, image), both float32.
+
+    cond_ids and uncond_ids are [B, L] token ids (the negative prompt's, or
+    the empty prompt's for plain classifier-free guidance). run_steps stops
+    after that many of the `steps` steps. The engine's noise comes from
+    Philox, so this matches it in law, not sample by sample.
+    """
+    m = bundle.manifest
+    d = m.get("defaults", {})
+    steps = steps or d.get("steps", 50)
+    guidance = d.get("guidance", 1.0) if guidance is None else guidance
+    eta = d.get("eta", 0.0) if eta is None else eta
+    schedule = m["schedule"]
+    ac = alphas_cumprod(schedule)
+    ts = ddim_timesteps(schedule["train_timesteps"], steps, d.get("spacing", "leading"),
+                        schedule.get("steps_offset", 0))[:run_steps]
+    g = torch.Generator().manual_seed(seed)
+    dev = bundle.device
+    batch = cond_ids.shape[0]
+    with torch.no_grad():
+        context = bundle.text_encoder(torch.cat([cond_ids, uncond_ids]).to(dev))
+        x = torch.randn([batch] + m["latent_shape"], generator=g)
+        for t in ts:
+            tt = torch.full((2 * batch,), t, dtype=torch.long)
+            if m.get("timestep_dtype") == "float":
+                tt = tt.float()
+            out = bundle.unet(torch.cat([x, x]).to(dev), tt.to(dev), context).cpu()
+            cond, uncond = out[:batch], out[batch:]
+            out = uncond + guidance * (cond - uncond)
+            x, _ = ddim_step(schedule, ac, t, steps, x, out,
+                             torch.randn(x.shape, generator=g), eta)
+        scale = m["decoder"].get("latent_scale") or 1.0
+        image = bundle.decoder((x / scale).to(dev)).cpu()
+    return x, image
+
+
+# ---------------------------------------------------------------- diffusers glue (untested)
+
+def _load_pipeline(model, torch_dtype):
+    try:
+        from diffusers import StableDiffusionPipeline  # pylint: disable=import-outside-toplevel
+    except ImportError as e:
+        sys.exit(f"import_diffusers: {e}; it needs pip install diffusers transformers safetensors")
+
+    if os.path.isfile(model):
+        return StableDiffusionPipeline.from_single_file(model, torch_dtype=torch_dtype)
+    return StableDiffusionPipeline.from_pretrained(model, torch_dtype=torch_dtype)
+
+
+class _DiffusersUNet(torch.nn.Module):
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x, t, context):
+        return self.unet(x, t, encoder_hidden_states=context, return_dict=False)[0]
+
+
+class _DiffusersDecoder(torch.nn.Module):
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, z):
+        try:
+            return self.vae.decode(z, return_dict=False)[0]
+        except TypeError:  # diffusers without return_dict on decode
+            return self.vae.decode(z).sample
+
+
+class _CLIPText(torch.nn.Module):
+    def __init__(self, text_encoder):
+        super().__init__()
+        self.text_encoder = text_encoder
+
+    def forward(self, ids):
+        return self.text_encoder(ids, return_dict=False)[0]  # last_hidden_state
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="pipeline folder or .safetensors file")
+    p.add_argument("--out_dir", required=True)
+    p.add_argument("--dtype", choices=sorted(_DTYPES), default="fp32")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--name", default=None)
+    p.add_argument("--version", default="1")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--eta", type=float, default=0.0)
+    p.add_argument("--spacing", choices=_SPACINGS, default=None,
+                   help="overrides the scheduler config's timestep_spacing")
+    p.add_argument("--license", default="", help="the model's licence, e.g. creativeml-openrail-m")
+    args = p.parse_args(argv)
+    if args.dtype == "fp16" and not args.device.startswith("cuda"):
+        p.error("--dtype fp16 needs --device cuda")
+
+    pipe = _load_pipeline(args.model, _DTYPES[args.dtype])
+    vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    size = pipe.unet.config.sample_size
+    h, w = (size, size) if isinstance(size, int) else size
+    latent_shape = [pipe.unet.config.in_channels, h, w]
+    image_shape = [h * vae_scale, w * vae_scale, 3]
+    # A per-block list of widths is left to the UNet's own check.
+    cross = pipe.unet.config.cross_attention_dim
+    context_dim = cross if isinstance(cross, int) else None
+    name = args.name or os.path.basename(os.path.normpath(args.model)).split(".")[0]
+    prompts = ["a photo of an astronaut riding a horse on mars",
+               "a watercolor painting of a lighthouse at dusk",
+               "a bowl of fruit on a wooden table, studio lighting"]
+    scheduler_config = dict(pipe.scheduler.config)
+    if args.spacing:
+        scheduler_config["timestep_spacing"] = args.spacing
+    with tempfile.TemporaryDirectory() as tok_dir:
+        pipe.tokenizer.save_pretrained(tok_dir)
+        manifest = export_bundle(
+            _DiffusersUNet(pipe.unet), _DiffusersDecoder(pipe.vae), _CLIPText(pipe.text_encoder),
+            tok_dir, scheduler_config, args.out_dir, name=name, version=args.version,
+            latent_shape=latent_shape, image_shape=image_shape, example_prompts=prompts,
+            dtype=args.dtype, description=f"{name}, exported by tools/import_diffusers.py",
+            license=args.license, latent_scale=float(pipe.vae.config.scaling_factor),
+            defaults={"steps": args.steps, "eta": args.eta, "guidance": args.guidance},
+            context_dim=context_dim, device=args.device)
+    print(json.dumps(manifest["conditioning"]["tokenizer"]), manifest["schedule"])
+
+    # Self-check: the saved files, one guided DDIM step on "a photo".
+    bundle = load_bundle(args.out_dir, args.device)
+    tok = pipe.tokenizer
+    max_length = manifest["conditioning"]["tokenizer"]["max_length"]
+
+    def ids(text):
+        return tok([text], padding="max_length", max_length=max_length, truncation=True,
+                   return_tensors="pt").input_ids
+
+    latent, image = sample(bundle, ids("a photo"), ids(""), run_steps=1)
+    if not (torch.isfinite(latent).all() and torch.isfinite(image).all()):
+        sys.exit("self-check: one step gave non-finite values")
+    print(f"self-check: one step ok, latent {_shape(latent)}, image {_shape(image)} in "
+          f"[{image.min().item():.3f}, {image.max().item():.3f}]; bundle in {args.out_dir}")
+
+
+if __name__ == "__main__":
+    main()
