@@ -4,30 +4,52 @@
 # sidecar grid.json), and says where, with the explorer page's URL. Builds
 # first if needed.
 #
-#   scripts/demo.sh [--prompt sneaker] [--seed 7] [--preset classic] [--keep] [--monitor]
+#   scripts/demo.sh [--model DIR] [--prompt TEXT] [--negative TEXT] [--seed 7]
+#                   [--preset classic] [--keep] [--monitor]
 #
+# --model serves another bundle folder (a class or a text model); a text
+#   model's prompt defaults to the first of its manifest's example prompts.
 # --keep leaves the stack running (Ctrl-C stops it), to use the page or e.g.
 #   build/bin/dgrid promote grid.json --row 2 --col 3 --target=<orchestrator>
 # --monitor also starts Prometheus (Debian's package) on 127.0.0.1:9099 with
 # deploy/prometheus's scrape config and rules, scraping the stack; implies --keep.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-prompt=sneaker
+model="${DGRID_MODEL_DIR:-models/fashion-mnist}"
+prompt=
+prompt_set=0
+negative=
 seed=7
 preset=default
 keep=0
 monitor=0
 while [ $# -gt 0 ]; do
   case "$1" in
-    --prompt) prompt=$2; shift 2 ;;
+    --model) model=$2; shift 2 ;;
+    --prompt) prompt=$2; prompt_set=1; shift 2 ;;
+    --negative) negative=$2; shift 2 ;;
     --seed) seed=$2; shift 2 ;;
     --preset) preset=$2; shift 2 ;;
     --keep) keep=1; shift ;;
     --monitor) monitor=1; keep=1; shift ;;
-    *) echo "usage: scripts/demo.sh [--prompt NAME] [--seed N] [--preset default|classic] [--keep] [--monitor]" >&2
+    *) echo "usage: scripts/demo.sh [--model DIR] [--prompt TEXT] [--negative TEXT] [--seed N] [--preset default|classic] [--keep] [--monitor]" >&2
        exit 2 ;;
   esac
 done
+[ -f "$model/manifest.json" ] || { echo "demo: no bundle at $model (manifest.json missing)" >&2; exit 2; }
+if [ "$prompt_set" = 0 ]; then
+  # A class model's demo prompt, or a text model's first example.
+  prompt=$(/usr/bin/python3 -c '
+import json, sys
+m = json.load(open(sys.argv[1] + "/manifest.json"))
+c = m.get("conditioning", {})
+if c.get("kind") == "text":
+    print((c.get("example_prompts") or [""])[0])
+else:
+    labels = c.get("class_labels") or c.get("classLabels") or []
+    print("sneaker" if "sneaker" in labels else (labels[0] if labels else ""))
+' "$model")
+fi
 
 if [ ! -x build/bin/dgrid-orchestrator ] || [ ! -x build/bin/dgrid-denoiser ] || [ ! -x build/bin/dgrid ]; then
   scripts/install-deps.sh
@@ -59,7 +81,7 @@ wait_ports() {
 # One core's worth of torch threads per replica on this 2-core machine.
 denoisers=()
 for i in 0 1; do
-  build/bin/dgrid-denoiser --model_dir="${DGRID_MODEL_DIR:-models/fashion-mnist}" --listen=127.0.0.1:0 \
+  build/bin/dgrid-denoiser --model_dir="$model" --listen=127.0.0.1:0 \
     --metrics_addr=127.0.0.1:0 --threads=1 --port_file="$run/d$i" 2>"$run/d$i.log" &
   pids+=($!)
   denoisers+=("127.0.0.1:$(wait_ports "$run/d$i" $! "$run/d$i.log")")
@@ -90,7 +112,9 @@ if [ "$monitor" = 1 ]; then
   echo "grafana:      import deploy/grafana/dgrid-dashboard.json into any Grafana, data source http://127.0.0.1:9099"
 fi
 
-build/bin/dgrid grid --target="$orchestrator" --prompt="$prompt" --seed="$seed" \
+negative_flag=()
+[ -n "$negative" ] && negative_flag=(--negative="$negative")
+build/bin/dgrid grid --target="$orchestrator" --prompt="$prompt" "${negative_flag[@]}" --seed="$seed" \
   --preset="$preset" -o grid.png
 echo "grid: $(pwd)/grid.png (cell paths and divergence: $(pwd)/grid.json)"
 

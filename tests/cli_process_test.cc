@@ -1,9 +1,15 @@
 // The dgrid CLI against a live stack: grid writes a PNG and a JSON sidecar,
 // promote re-runs from the sidecar, models and health answer, and errors are
-// one readable line with a non-zero exit code.
+// one readable line with a non-zero exit code. On the text fixture
+// (tests/fixtures/make_text_fixture.py): free-text and negative prompts reach
+// the sidecar, and `dgrid tokenize` prints a bundle's token ids with no server.
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/png_image.h"
 #include "dgrid/v1/orchestrator.pb.h"
@@ -17,6 +23,7 @@ namespace {
 using testing::BinPath;
 using testing::ChildProcess;
 using testing::Stack;
+using testing::StackOptions;
 
 struct Ran {
   int code = -1;
@@ -37,6 +44,31 @@ std::string ReadFile(const std::string& path) {
   std::stringstream s;
   s << in.rdbuf();
   return s.str();
+}
+
+// stdout and stderr apart: tokenize prints ids on one and warnings on the other.
+struct RanSplit {
+  int code = -1;
+  std::string out, err;
+};
+
+RanSplit RunCliSplit(const std::vector<std::string>& args, const std::string& dir) {
+  const std::string err = dir + "/cli.err";
+  std::vector<std::string> argv = {"/bin/sh", "-c", "exec \"$@\" 2>\"$0\"", err, BinPath("dgrid")};
+  argv.insert(argv.end(), args.begin(), args.end());
+  auto child = ChildProcess::Start(argv, dir + "/cli.out");
+  if (!child.ok()) return {};
+  auto code = (*child)->Wait(absl::Seconds(120));
+  return {code.ok() ? *code : -1, (*child)->Log(), ReadFile(err)};
+}
+
+std::string FixtureDir(const std::string& name) {
+  const char* dir = std::getenv("DGRID_FIXTURES");
+  return absl::StrCat(dir ? dir : "build/fixtures", "/", name);
+}
+
+size_t LineCount(const std::string& text) {
+  return std::vector<std::string>(absl::StrSplit(text, '\n', absl::SkipEmpty())).size();
 }
 
 class CliTest : public ::testing::Test {
@@ -125,6 +157,131 @@ TEST_F(CliTest, ErrorsAreOneReadableLine) {
   const Ran down = RunCli({"models", "--target=127.0.0.1:1"}, stack_->dir());
   EXPECT_NE(down.code, 0);
   EXPECT_NE(down.output.find("UNAVAILABLE"), std::string::npos);
+}
+
+// ---- text models ----
+
+// `dgrid tokenize` reads the bundle itself: no server runs here.
+TEST(CliTokenizeTest, PrintsEachPromptsIdsOnALine) {
+  const std::string dir = testing::TempDir("cli-tokenize");
+  const RanSplit ran = RunCliSplit({"tokenize", "--model_dir=" + FixtureDir("textlatent"),
+                                    "a photo of a cat",
+                                    "the quick brown fox jumped over the lazy dog"},
+                                   dir);
+  ASSERT_EQ(ran.code, 0) << ran.err;
+  // CLIP's published ids: BOS ... EOS, no padding.
+  EXPECT_EQ(ran.out,
+            "49406 320 1125 539 320 2368 49407\n"
+            "49406 518 3712 2866 3240 16901 962 518 10753 1929 49407\n");
+  EXPECT_EQ(ran.err, "");
+}
+
+TEST(CliTokenizeTest, ALongPromptKeepsTheContextAndSaysHowManyTokensWereDropped) {
+  const std::string dir = testing::TempDir("cli-tokenize-long");
+  std::vector<std::string> words;
+  for (int i = 0; i < 200; ++i) words.push_back(i % 2 ? "cat" : "photo");
+  const RanSplit ran = RunCliSplit(
+      {"tokenize", "--model_dir=" + FixtureDir("textlatent"), absl::StrJoin(words, " ")}, dir);
+  ASSERT_EQ(ran.code, 0) << ran.err;
+  EXPECT_EQ(LineCount(ran.out), 1u);
+  std::vector<std::string> ids = absl::StrSplit(absl::StripAsciiWhitespace(ran.out), ' ');
+  ASSERT_EQ(ids.size(), 77u) << ran.out;
+  EXPECT_EQ(ids.front(), "49406");
+  EXPECT_EQ(ids.back(), "49407");
+  // 200 one-token words, 75 kept between BOS and EOS.
+  EXPECT_NE(ran.err.find("125 tokens dropped"), std::string::npos) << ran.err;
+  EXPECT_EQ(LineCount(ran.err), 1u) << ran.err;
+}
+
+TEST(CliTokenizeTest, AClassBundleOrNoBundleIsAOneLineError) {
+  const std::string dir = testing::TempDir("cli-tokenize-errors");
+  const struct {
+    std::vector<std::string> args;
+    const char* says;
+  } cases[] = {
+      {{"tokenize", "--model_dir=" + testing::ModelDir(), "sneaker"},
+       "has no tokenizer: a class model"},
+      {{"tokenize", "--model_dir=/nonexistent-bundle", "a cat"}, "/nonexistent-bundle"},
+      {{"tokenize", "--model_dir=" + FixtureDir("textlatent")}, "usage: dgrid tokenize"},
+  };
+  for (const auto& c : cases) {
+    const RanSplit ran = RunCliSplit(c.args, dir);
+    EXPECT_NE(ran.code, 0) << c.says;
+    EXPECT_EQ(ran.out, "") << c.says;
+    EXPECT_EQ(LineCount(ran.err), 1u) << ran.err;
+    EXPECT_NE(ran.err.find(c.says), std::string::npos) << ran.err;
+  }
+}
+
+// grid, promote and models on a stack that serves the text fixture.
+class CliTextTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    StackOptions options;
+    options.model_dir = FixtureDir("textlatent");
+    options.denoisers = 1;
+    auto stack = Stack::Start(options, "cli-text");
+    ASSERT_TRUE(stack.ok()) << stack.status();
+    stack_ = stack->release();
+  }
+  static void TearDownTestSuite() {
+    delete stack_;
+    stack_ = nullptr;
+  }
+  std::string Target() const { return "--target=" + stack_->orchestrator_address(); }
+  static std::vector<std::string> SmallGrid(const std::string& out) {
+    return {"--steps=10", "--branch_steps=0,5", "--branches=2", "-o", out};
+  }
+  static Stack* stack_;
+};
+
+Stack* CliTextTest::stack_ = nullptr;
+
+TEST_F(CliTextTest, ModelsSayTextWithExamplesAndTheTokenLimit) {
+  const Ran models = RunCli({"models", Target()}, stack_->dir());
+  ASSERT_EQ(models.code, 0) << models.output;
+  EXPECT_NE(models.output.find("conditioning: text"), std::string::npos) << models.output;
+  EXPECT_NE(models.output.find("max prompt tokens: 77"), std::string::npos) << models.output;
+  EXPECT_NE(models.output.find("example prompts:\n    "), std::string::npos) << models.output;
+}
+
+TEST_F(CliTextTest, TheSidecarRecordsTheTextAndPromoteKeepsIt) {
+  const std::string dir = stack_->dir();
+  std::vector<std::string> args = {"grid", Target(), "--seed=5", "--prompt=a photo of a cat",
+                                   "--negative=blurry, low quality"};
+  for (const std::string& a : SmallGrid(dir + "/text.png")) args.push_back(a);
+  const Ran grid = RunCli(args, dir);
+  ASSERT_EQ(grid.code, 0) << grid.output;
+  EXPECT_EQ(grid.output.find("tokens dropped"), std::string::npos) << grid.output;
+  v1::GridRecord record;
+  ASSERT_TRUE(
+      google::protobuf::util::JsonStringToMessage(ReadFile(dir + "/text.json"), &record).ok());
+  EXPECT_EQ(record.request().prompt(), "a photo of a cat");
+  EXPECT_EQ(record.request().negative_prompt(), "blurry, low quality");
+  EXPECT_EQ(record.grid().plan().negative_prompt(), "blurry, low quality");
+
+  const Ran promoted = RunCli({"promote", dir + "/text.json", "--row=2", "--col=1", Target()}, dir);
+  ASSERT_EQ(promoted.code, 0) << promoted.output;
+  v1::GridRecord next;
+  ASSERT_TRUE(
+      google::protobuf::util::JsonStringToMessage(ReadFile(dir + "/text-r2c1.json"), &next).ok());
+  EXPECT_EQ(next.request().negative_prompt(), "blurry, low quality");
+  EXPECT_EQ(next.grid().plan().negative_prompt(), "blurry, low quality");
+  EXPECT_EQ(next.grid().plan().trunk().SerializeAsString(),
+            record.grid().rows(1).cells(0).path().SerializeAsString());
+}
+
+TEST_F(CliTextTest, ALongPromptWarnsThatTokensWereDropped) {
+  const std::string dir = stack_->dir();
+  std::vector<std::string> words(200, "cat");
+  std::vector<std::string> args = {"grid", Target(), "--seed=6",
+                                   "--prompt=" + absl::StrJoin(words, " ")};
+  for (const std::string& a : SmallGrid(dir + "/long.png")) args.push_back(a);
+  const Ran grid = RunCli(args, dir);
+  ASSERT_EQ(grid.code, 0) << grid.output;
+  EXPECT_NE(grid.output.find("warning: the prompt is too long for textlatent: 125 tokens dropped"),
+            std::string::npos)
+      << grid.output;
 }
 
 }  // namespace

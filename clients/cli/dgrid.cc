@@ -7,6 +7,7 @@
 //   dgrid step --target=127.0.0.1:50051 --step=0 --seed=7
 //   dgrid models --target=127.0.0.1:50051
 //   dgrid health --target=127.0.0.1:50051
+//   dgrid tokenize --model_dir=models/my-sd "a photo of a cat"
 #include <grpcpp/grpcpp.h>
 #include <unistd.h>
 
@@ -28,9 +29,12 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/grpc_status.h"
+#include "common/manifest_reader.h"
 #include "common/png_image.h"
+#include "common/short_text.h"
 #include "common/tensor_codec.h"
 #include "common/tls.h"
+#include "denoiser_service/text/tokenizer.h"
 #include "dgrid/v1/denoiser.grpc.pb.h"
 #include "dgrid/v1/orchestrator.grpc.pb.h"
 #include "google/protobuf/util/json_util.h"
@@ -40,7 +44,12 @@ ABSL_FLAG(std::string, target, "127.0.0.1:50050",
           "Server host:port: the orchestrator (grid, promote, models, health) or a denoiser "
           "(branch, step, models, health).");
 ABSL_FLAG(std::string, model, "", "Model name; empty = the server's first model.");
-ABSL_FLAG(std::string, prompt, "", "Class name, e.g. sneaker; empty = unconditional.");
+ABSL_FLAG(std::string, prompt, "",
+          "A class model: a class name, e.g. sneaker. A text model: free text, e.g. "
+          "\"a photo of a cat\". Empty = unconditional.");
+ABSL_FLAG(std::string, negative, "",
+          "Text models: the negative prompt, what guidance steers away from.");
+ABSL_FLAG(std::string, model_dir, "", "dgrid tokenize: the model bundle whose tokenizer to use.");
 ABSL_FLAG(uint64_t, seed, 0, "Initial-latent seed (path.init_seed).");
 ABSL_FLAG(uint64_t, noise_seed, 1, "Noise seed of the first segment.");
 ABSL_FLAG(std::string, segments, "",
@@ -129,6 +138,7 @@ void FillRequest(const v1::ModelInfo& model, v1::SamplerConfig* sampler,
   if (absl::GetFlag(FLAGS_eta) >= 0) sampler->set_eta(absl::GetFlag(FLAGS_eta));
   if (absl::GetFlag(FLAGS_guidance) >= 0) sampler->set_guidance(absl::GetFlag(FLAGS_guidance));
   if (!absl::GetFlag(FLAGS_prompt).empty()) conditioning->set_prompt(absl::GetFlag(FLAGS_prompt));
+  conditioning->set_negative_prompt(absl::GetFlag(FLAGS_negative));
   path->set_init_seed(absl::GetFlag(FLAGS_seed));
   v1::Segment* first = path->add_segments();
   first->set_from_step(0);
@@ -178,6 +188,19 @@ void WriteFile(const std::string& path, const std::string& bytes) {
   if (!out.write(bytes.data(), bytes.size())) Fail(absl::StrCat("cannot write ", path));
 }
 
+// A text model keeps at most its context's tokens of a prompt; say so when
+// the plan dropped some, since the grid then shows a shorter prompt.
+void WarnDroppedTokens(const v1::GridPlan& plan) {
+  if (plan.prompt_tokens_dropped() > 0) {
+    std::fprintf(stderr, "warning: the prompt is too long for %s: %d tokens dropped\n",
+                 plan.model().c_str(), plan.prompt_tokens_dropped());
+  }
+  if (plan.negative_prompt_tokens_dropped() > 0) {
+    std::fprintf(stderr, "warning: the negative prompt is too long for %s: %d tokens dropped\n",
+                 plan.model().c_str(), plan.negative_prompt_tokens_dropped());
+  }
+}
+
 // Streams a grid with a live progress bar (plain lines when stderr is not a
 // terminal), then writes the PNG and the JSON sidecar.
 int StreamAndSave(const v1::GridRequest& request, const std::string& out) {
@@ -199,6 +222,7 @@ int StreamAndSave(const v1::GridRequest& request, const std::string& out) {
     if (event.has_plan()) {
       total = event.plan().branch_steps_size() * event.plan().branches() + 1;
       steps = event.plan().sampler().steps();
+      WarnDroppedTokens(event.plan());
       if (!tty) {
         std::fprintf(stderr, "plan: %d cells, %lld model evaluations (from scratch: %lld)\n",
                      total, static_cast<long long>(event.plan().model_evals()),
@@ -261,6 +285,7 @@ int Grid() {
   v1::GridRequest request;
   request.set_model(absl::GetFlag(FLAGS_model));
   request.set_prompt(absl::GetFlag(FLAGS_prompt));
+  request.set_negative_prompt(absl::GetFlag(FLAGS_negative));
   request.set_seed(absl::GetFlag(FLAGS_seed));
   request.set_preset(absl::GetFlag(FLAGS_preset));
   if (absl::GetFlag(FLAGS_steps) != 0) request.mutable_steps()->set_value(absl::GetFlag(FLAGS_steps));
@@ -309,6 +334,20 @@ int Promote(const std::vector<char*>& args) {
   return StreamAndSave(request, out);
 }
 
+// What a model's prompts are: class names, or free text with examples.
+void PrintPrompts(const v1::ModelInfo& m) {
+  if (m.conditioning() != "text") {
+    std::cout << "  prompts: " << absl::StrJoin(m.prompts(), ", ") << "\n";
+    return;
+  }
+  std::cout << "  conditioning: text\n  max prompt tokens: " << m.max_prompt_tokens() << "\n";
+  if (m.example_prompts_size() > 0) {
+    // One a line: prompts hold commas.
+    std::cout << "  example prompts:\n";
+    for (const std::string& p : m.example_prompts()) std::cout << "    " << p << "\n";
+  }
+}
+
 int Models() {
   {
     // An orchestrator lists its pool's models; a denoiser answers UNIMPLEMENTED.
@@ -319,8 +358,8 @@ int Models() {
     const grpc::Status status = orchestrator->ListModels(&context, {}, &listed);
     if (status.ok()) {
       for (const v1::ModelInfo& m : listed.models()) {
-        std::cout << m.name() << " (version " << m.version() << ")\n  prompts: "
-                  << absl::StrJoin(m.prompts(), ", ") << "\n";
+        std::cout << m.name() << " (version " << m.version() << ")\n";
+        PrintPrompts(m);
       }
       return 0;
     }
@@ -335,7 +374,59 @@ int Models() {
     std::cout << m.name() << " (version " << m.version() << ", latent "
               << absl::StrJoin(m.latent_shape(), "x") << ", default " << m.defaults().steps()
               << " steps, eta " << m.defaults().eta() << ", guidance " << m.defaults().guidance()
-              << ")\n  prompts: " << absl::StrJoin(m.prompts(), ", ") << "\n";
+              << ")\n";
+    PrintPrompts(m);
+  }
+  return 0;
+}
+
+// ---- tokenize (local: reads the bundle, needs no server) ----
+
+std::unique_ptr<Tokenizer> LoadBundleTokenizer(const std::string& dir) {
+  absl::StatusOr<BundleManifest> manifest = ReadManifest(dir);
+  if (absl::IsNotFound(manifest.status())) {
+    Fail(absl::StrCat("no model bundle at ", dir, " (", manifest.status().message(), ")"));
+  }
+  if (!manifest.ok()) Fail(absl::StrCat(dir, ": ", manifest.status().message()));
+  if (!manifest->is_text()) {
+    Fail(absl::StrCat(dir, " has no tokenizer: a class model (", manifest->name,
+                      "), whose prompts are its class names"));
+  }
+  const TokenizerFiles& files = manifest->text.tokenizer;
+  TokenizerSpec spec;
+  spec.kind = files.kind;
+  spec.vocab_path = dir + "/" + files.vocab;
+  if (!files.merges.empty()) spec.merges_path = dir + "/" + files.merges;
+  spec.bos_id = files.bos_id;
+  spec.eos_id = files.eos_id;
+  spec.pad_id = files.pad_id;
+  spec.unk_id = files.unk_id;
+  spec.max_length = files.max_length;
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadTokenizer(spec);
+  if (!tokenizer.ok()) Fail(absl::StrCat(dir, ": ", tokenizer.status().message()));
+  return std::move(*tokenizer);
+}
+
+// The ids the model sees for each prompt (BOS ... EOS, no padding), one line
+// per prompt, so that a user can check what a long prompt keeps.
+int Tokenize(const std::vector<char*>& args) {
+  const std::string dir = absl::GetFlag(FLAGS_model_dir);
+  if (dir.empty() || args.size() < 3) {
+    Fail("usage: dgrid tokenize --model_dir DIR \"text\" [\"text\" ...]");
+  }
+  const std::unique_ptr<Tokenizer> tokenizer = LoadBundleTokenizer(dir);
+  for (size_t i = 2; i < args.size(); ++i) {
+    if (!IsValidUtf8(args[i])) Fail(absl::StrCat("prompt ", i - 1, " is not valid UTF-8"));
+  }
+  for (size_t i = 2; i < args.size(); ++i) {
+    const Tokens tokens = tokenizer->Encode(args[i]);
+    std::cout << absl::StrJoin(tokens.ids, " ") << "\n";
+    if (tokens.dropped > 0) {
+      std::cout.flush();
+      std::cerr << (args.size() > 3 ? absl::StrCat("prompt ", i - 1, ": ") : "")
+                << tokens.dropped << " tokens dropped (the model keeps "
+                << tokenizer->max_length() << ")\n";
+    }
   }
   return 0;
 }
@@ -380,8 +471,11 @@ int Branch() {
   Check(reader->Finish(), "Branch");
   const std::string out = absl::GetFlag(FLAGS_o).empty() ? "branch.png" : absl::GetFlag(FLAGS_o);
   WriteScaledPng(final.image().pixels(), out);
+  const std::string negative = absl::GetFlag(FLAGS_negative);
   std::cout << "wrote " << out << " (" << model.name() << ", prompt \""
-            << absl::GetFlag(FLAGS_prompt) << "\", seed " << absl::GetFlag(FLAGS_seed) << ", "
+            << absl::GetFlag(FLAGS_prompt) << "\""
+            << (negative.empty() ? "" : absl::StrCat(", negative \"", negative, "\""))
+            << ", seed " << absl::GetFlag(FLAGS_seed) << ", "
             << final.model_evals() << " model evaluations)\n";
   return 0;
 }
@@ -426,7 +520,8 @@ const std::map<std::string, std::function<int(const std::vector<char*>&)>>& Comm
           {"branch", [](const auto&) { return Branch(); }},
           {"step", [](const auto&) { return Step(); }},
           {"models", [](const auto&) { return Models(); }},
-          {"health", [](const auto&) { return Health(); }}};
+          {"health", [](const auto&) { return Health(); }},
+          {"tokenize", Tokenize}};
   return *commands;
 }
 
@@ -441,11 +536,13 @@ int main(int argc, char** argv) {
       "  branch   run one trajectory on a denoiser and write its image (-o)\n"
       "  step     run one sampler step on a denoiser and print statistics\n"
       "  models   list a server's models and prompts\n"
-      "  health   check a server's gRPC health (--service=MODEL)\n");
+      "  health   check a server's gRPC health (--service=MODEL)\n"
+      "  tokenize --model_dir DIR \"text\" ...: a text model's token ids for each prompt,\n"
+      "           one line each (BOS ... EOS), read from the bundle (no server)\n");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() < 2 || !dgrid::Commands().count(args[1])) {
-    std::cerr << "dgrid: expected a command: grid, promote, branch, step, models or health "
-                 "(see --help)\n";
+    std::cerr << "dgrid: expected a command: grid, promote, branch, step, models, health or "
+                 "tokenize (see --help)\n";
     return 2;
   }
   try {

@@ -13,7 +13,16 @@ import {
 const byTestId = (id) => document.querySelector(`[data-testid="${id}"]`);
 
 const form = byTestId('controls');
-const controls = Object.fromEntries([...FIELDS, 'token'].map((name) => [name, byTestId(name)]));
+// The state's fields by their control; `prompt` is the class list, and a text
+// model's prompt is typed in `promptText` instead.
+const CONTROL_TEST_IDS = {negative: 'negative-prompt'};
+const controls = Object.fromEntries([...FIELDS, 'token'].map(
+    (name) => [name, byTestId(CONTROL_TEST_IDS[name] ?? name)]));
+controls.promptText = byTestId('prompt-text');
+const promptLabel = byTestId('prompt-label');
+const promptExamples = byTestId('prompt-examples');
+const negativeField = byTestId('negative-field');
+const tokensNote = byTestId('tokens-note');
 const gridBox = byTestId('grid');
 const trunkFigure = byTestId('trunk');
 const trunkFrame = byTestId('trunk-frame');
@@ -39,6 +48,8 @@ let modelsLoaded = false;
 // The URL's model and prompt, applied once the models are known.
 let wantedModel = null;
 let wantedPrompt = null;
+// Which prompt control is shown: 'class' (the list) or 'text' (the box).
+let promptKind = 'class';
 // The promoted path of the form's state (null: the seed's own trunk).
 let formTrunk = null;
 // A view named by the URL that waits for the models (e.g. for a token).
@@ -108,6 +119,8 @@ function currentModel() {
   return models.find((model) => model.name === controls.model.value) ?? models[0];
 }
 
+const isText = (model) => model?.conditioning === 'text';
+
 function fillModels() {
   const wanted = wantedModel ?? controls.model.value;
   wantedModel = null;
@@ -124,8 +137,16 @@ function fillModels() {
   fillPrompts();
 }
 
+// The prompt control for the chosen model: its class names, or a text box.
 function fillPrompts() {
   const model = currentModel();
+  if (isText(model)) fillTextPrompt(model);
+  else fillClassPrompts(model);
+  wantedPrompt = null;
+  fillPlaceholders();
+}
+
+function fillClassPrompts(model) {
   const wanted = wantedPrompt ?? controls.prompt.value;
   const prompts = model?.prompts ?? [];
   const options = [new Option('unconditional', ''), ...prompts.map((p) => new Option(p, p))];
@@ -135,8 +156,30 @@ function fillPrompts() {
   }
   // A fresh page starts on the first class; the URL's choice wins.
   controls.prompt.value = wantedPrompt !== null || prompts.includes(wanted) ? wanted : (prompts[0] ?? '');
-  wantedPrompt = null;
-  fillPlaceholders();
+  showPromptKind('class');
+}
+
+// Free text, with the model's example prompts offered as suggestions. The
+// URL's text wins; text typed for another text model stays; an empty box
+// coming from a class model starts on the first example.
+function fillTextPrompt(model) {
+  const examples = model.example_prompts ?? [];
+  promptExamples.replaceChildren(...examples.map((p) => new Option(p, p)));
+  if (wantedPrompt !== null) controls.promptText.value = wantedPrompt;
+  else if (promptKind !== 'text' && controls.promptText.value === '') controls.promptText.value = examples[0] ?? '';
+  const tokens = model.max_prompt_tokens ?? 0;
+  controls.promptText.placeholder = tokens ? `free text, up to ${tokens} tokens (empty: unconditional)` :
+      'free text (empty: unconditional)';
+  showPromptKind('text');
+}
+
+function showPromptKind(kind) {
+  promptKind = kind;
+  const text = kind === 'text';
+  controls.prompt.hidden = text;
+  controls.promptText.hidden = !text;
+  negativeField.hidden = !text;
+  promptLabel.htmlFor = text ? 'prompt-text' : 'prompt';
 }
 
 function fillPlaceholders() {
@@ -179,6 +222,9 @@ function fillControls(state, {fresh = false} = {}) {
 function stateFromControls() {
   const state = emptyState();
   for (const field of FIELDS) state[field] = controls[field].value.trim();
+  // Only a text model takes free text and a negative prompt.
+  if (promptKind === 'text') state.prompt = controls.promptText.value.trim();
+  else state.negative = '';
   state.trunk = formTrunk;
   return state;
 }
@@ -229,6 +275,7 @@ async function run(state, mode) {
   setGridState('streaming');
   gridBox.classList.add('stale');
   resetExports();
+  showTokensNote(null);
   setStatus('Planning…', 0);
   form.querySelector('[data-testid="run"]').textContent = 'Running…';
 
@@ -260,6 +307,7 @@ function onGridEvent(name, payload) {
   if (name === 'plan') {
     view.plan = payload;
     buildGrid(payload);
+    showTokensNote(payload);
   } else if (name === 'trunk') {
     const step = payload.step ?? 0;
     view.previews.set(step, {xt: payload.xt_png, x0: payload.x0_png});
@@ -269,6 +317,25 @@ function onGridEvent(name, payload) {
     addCell(payload);
   }
   if (name !== 'grid') updateProgress();
+}
+
+// A text model reads a bounded number of tokens: say when the plan cut the
+// prompt, since the grid then shows the shorter text.
+function showTokensNote(plan) {
+  const cut = [];
+  const prompt = plan?.prompt_tokens_dropped ?? 0;
+  const negative = plan?.negative_prompt_tokens_dropped ?? 0;
+  const tokens = (n) => `${n} token${n === 1 ? '' : 's'}`;
+  if (prompt > 0) cut.push(`its last ${tokens(prompt)} of the prompt`);
+  if (negative > 0) cut.push(`its last ${tokens(negative)} of the negative prompt`);
+  tokensNote.hidden = cut.length === 0;
+  if (cut.length === 0) {
+    tokensNote.textContent = '';
+    return;
+  }
+  const max = models.find((model) => model.name === plan.model)?.max_prompt_tokens;
+  tokensNote.textContent = `The prompt is too long for ${plan.model}` +
+      (max ? ` (it reads ${max} tokens)` : '') + `: it dropped ${cut.join(' and ')}.`;
 }
 
 function updateProgress() {
@@ -282,7 +349,10 @@ function updateProgress() {
 
 function finish(grid) {
   view.grid = grid;
-  if (!view.plan) buildGrid(grid.plan);
+  if (!view.plan) {
+    buildGrid(grid.plan);
+    showTokensNote(grid.plan);
+  }
   if (grid.trunk) addCell(grid.trunk);
   (grid.rows ?? []).forEach((row, index) => {
     if (row.trunk_xt_png || row.trunk_x0_png) {
@@ -537,7 +607,9 @@ function withoutImages(grid) {
 function renderExports(grid) {
   const plan = grid.plan ?? {};
   const promoted = (plan.trunk?.segments?.length ?? 0) > 1 ? '-promoted' : '';
-  const base = `dgrid-${plan.model ?? 'model'}-${plan.prompt || 'unconditional'}-${plan.trunk?.init_seed ?? 0}${promoted}`
+  // Free text can be long: the start of it names the file.
+  const prompt = (plan.prompt || 'unconditional').slice(0, 40);
+  const base = `dgrid-${plan.model ?? 'model'}-${prompt}-${plan.trunk?.init_seed ?? 0}${promoted}`
       .replace(/[^\w.-]+/g, '_');
   if (grid.png) {
     downloadPng.href = pngSrc(grid.png);
@@ -553,10 +625,11 @@ function renderExports(grid) {
 
   const sampler = plan.sampler ?? {};
   const spacing = (sampler.spacing ?? 'SPACING_LEADING').replace('SPACING_', '').toLowerCase();
+  const negative = plan.negative_prompt ? ` Negative prompt: “${plan.negative_prompt}”.` : '';
   summary.textContent = `${plan.branch_steps?.length ?? 0} rows × ${plan.branches ?? 0} branches, ` +
       `${sampler.steps ?? 0} steps, eta ${formatNumber(sampler.eta)}, guidance ${formatNumber(sampler.guidance)}, ` +
       `${spacing} spacing. ${grid.model_evals ?? 0} model evaluations run ` +
-      `(plan ${plan.model_evals ?? 0}, every cell from scratch ${plan.from_scratch_evals ?? 0}).`;
+      `(plan ${plan.model_evals ?? 0}, every cell from scratch ${plan.from_scratch_evals ?? 0}).${negative}`;
 }
 
 // ---------- wiring ----------
@@ -620,6 +693,7 @@ function resetView() {
   renderTrajectory(null);
   plotBox.replaceChildren(element('p', 'empty', 'The plot appears when the grid is complete.'));
   resetExports();
+  showTokensNote(null);
   setStatus('Pick a prompt and a seed, then run a grid.');
   form.querySelector('[data-testid="run"]').textContent = 'Run grid';
 }

@@ -2,14 +2,16 @@
 // query string, so a link (or Back and Forward) reproduces it:
 //
 //   ?prompt=high&seed=7&steps=20&rows=0,5,10&cols=3&trunk=7_0-1424..._5-7194...
+//   ?model=sd&prompt=a+photo+of+a+cat&negative=blurry&seed=7
 //
-// An empty or missing field means "the preset's or the model's default", as
+// `prompt` is a class name for a class model and free text for a text model;
+// `negative` is a text model's negative prompt. An empty or missing field means "the preset's or the model's default", as
 // in GridRequest. `trunk` is a promoted path (init_seed, then
 // from_step-noise_seed per segment); when set the server ignores `seed`.
 // The bearer token is a secret and never goes into the URL.
 
-export const FIELDS = ['model', 'prompt', 'seed', 'preset', 'steps', 'eta', 'guidance', 'rows',
-  'cols', 'spacing'];
+export const FIELDS = ['model', 'prompt', 'negative', 'seed', 'preset', 'steps', 'eta', 'guidance',
+  'rows', 'cols', 'spacing'];
 
 // A mistake in the form, found before anything is sent.
 export class FormError extends Error {
@@ -99,6 +101,7 @@ export function requestFromState(state) {
   const request = {};
   if (state.model) request.model = state.model;
   request.prompt = state.prompt;
+  if (state.negative) request.negative_prompt = state.negative;
   if (state.seed !== '') {
     if (!/^\d+$/.test(state.seed)) throw new FormError(`seed: not a whole number: "${state.seed}"`);
     request.seed = state.seed;

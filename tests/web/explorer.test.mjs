@@ -6,7 +6,10 @@
 // Two stacks: "main" (two denoiser replicas, no auth) and "slow" (one
 // denoiser with a 20 ms delay before each forward pass, so that cells are
 // seen arriving before the grid completes, and an orchestrator that requires
-// a bearer token). Each test saves screenshots in DGRID_SCREENSHOT_DIR
+// a bearer token). The text test starts a third, "text": one denoiser that
+// serves the class model and a text-to-image bundle (DGRID_TEXT_MODEL, by
+// default the fixture <build>/fixtures/textlatent; the test is skipped
+// without one). Each test saves screenshots in DGRID_SCREENSHOT_DIR
 // (default <repo>/build/web-screenshots).
 
 import assert from 'node:assert/strict';
@@ -15,7 +18,7 @@ import {tmpdir} from 'node:os';
 import {join} from 'node:path';
 import {after, before, describe, test} from 'node:test';
 import {chromium} from 'playwright-core';
-import {LiveStack, REPO} from './stack.mjs';
+import {LiveStack, REPO, modelDir, textModelDir} from './stack.mjs';
 
 const CHROMIUM = process.env.DGRID_CHROMIUM || '/usr/bin/chromium';
 const SCREENSHOTS = process.env.DGRID_SCREENSHOT_DIR || join(REPO, 'build', 'web-screenshots');
@@ -26,6 +29,7 @@ const PHONE = {width: 390, height: 844};
 const GRID = {seed: '7', steps: '20', rows: '0,5,10,15', cols: '3'};
 const ROWS = 4;
 const COLS = 3;
+const TEXT_MODEL = textModelDir();
 
 let main;
 let slow;
@@ -75,7 +79,7 @@ async function openPage(page, url) {
 
 async function fillGrid(page, values) {
   for (const [field, value] of Object.entries(values)) {
-    if (field === 'prompt' || field === 'preset') {
+    if (field === 'prompt' || field === 'preset' || field === 'model') {
       await page.selectOption(testId(field), value);
     } else {
       await page.fill(testId(field), value);
@@ -363,4 +367,92 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     await page.evaluate(() => document.querySelector('.trunk-panel').scrollIntoView({block: 'start'}));
     await screenshot(page, '07-phone-grid', {fullPage: false});
   }, PHONE));
+
+  test('8. a text model: a text box with its examples and a negative prompt; a class model: the list',
+      {timeout: 180_000, skip: TEXT_MODEL ? false : 'no text-to-image bundle (DGRID_TEXT_MODEL)'}, async () => {
+    // Its own stack, so that a text bundle the denoiser cannot load fails
+    // this test alone.
+    const text = new LiveStack({name: 'text', denoisers: 1, models: [modelDir(), TEXT_MODEL]});
+    try {
+      await text.start();
+      const listed = (await (await fetch(`${text.url}api/v1/models`)).json()).models;
+      const textModel = listed.find((m) => m.conditioning === 'text');
+      const classModel = listed.find((m) => m.conditioning !== 'text');
+      assert.ok(textModel && classModel, `a text and a class model: ${JSON.stringify(listed.map((m) => m.name))}`);
+      const examples = textModel.example_prompts ?? [];
+      assert.ok(examples.length > 0, 'the text model has example prompts');
+
+      await withPage('08-text', async (page) => {
+        await openPage(page, text.url);
+        await fillGrid(page, {model: textModel.name});
+        await page.waitForSelector(testId('prompt-text'), {state: 'visible'});
+        assert.equal(await page.isVisible(testId('prompt')), false, 'no class list for a text model');
+        assert.equal(await page.isVisible(testId('negative-prompt')), true);
+        const suggested = await page.$$eval(`${testId('prompt-examples')} option`, (nodes) => nodes.map((n) => n.value));
+        assert.deepEqual(suggested, examples, 'the box suggests the model\'s examples');
+        assert.equal(await page.getAttribute(testId('prompt-text'), 'list'), 'prompt-examples');
+        assert.equal(await page.inputValue(testId('prompt-text')), examples[0], 'it starts on the first example');
+        await screenshot(page, '08-text-controls');
+
+        // A typed prompt and a negative prompt run a grid and land in the URL.
+        await page.fill(testId('prompt-text'), '');
+        await page.locator(testId('prompt-text')).pressSequentially('a photo of a cat');
+        await page.fill(testId('negative-prompt'), 'blurry');
+        await runGrid(page, {...GRID, seed: '31'});
+        const url = new URL(page.url());
+        assert.equal(url.searchParams.get('model'), textModel.name);
+        assert.equal(url.searchParams.get('prompt'), 'a photo of a cat');
+        assert.equal(url.searchParams.get('negative'), 'blurry');
+        assert.equal(await page.locator(`${testId('cell')}[data-loaded="true"]`).count(), ROWS * COLS);
+        assert.equal(await page.isVisible(testId('tokens-note')), false, 'a short prompt keeps every token');
+        const record = await page.evaluate(async () => {
+          const href = document.querySelector('[data-testid="download-json"]').href;
+          return (await fetch(href)).json();
+        });
+        assert.equal(record.request.prompt, 'a photo of a cat');
+        assert.equal(record.request.negative_prompt, 'blurry');
+        assert.equal(record.grid.plan.negative_prompt, 'blurry');
+        const trunkImage = await src(page, testId('trunk-image'));
+
+        // The link alone restores the text, the negative prompt and the grid.
+        const shared = await newPage();
+        try {
+          await openPage(shared, page.url());
+          await waitForGrid(shared);
+          assert.equal(await shared.inputValue(testId('prompt-text')), 'a photo of a cat');
+          assert.equal(await shared.inputValue(testId('negative-prompt')), 'blurry');
+          assert.equal(await src(shared, testId('trunk-image')), trunkImage);
+          assert.deepEqual(shared.errors, []);
+        } finally {
+          await shared.close();
+        }
+
+        // A prompt longer than the model's context: the page says what was cut.
+        await page.fill(testId('prompt-text'), Array(200).fill('cat').join(' '));
+        await runGrid(page, {...GRID, seed: '32', rows: '0,10', cols: '2'});
+        await page.waitForSelector(testId('tokens-note'), {state: 'visible'});
+        assert.match(await page.textContent(testId('tokens-note')), /dropped its last \d+ tokens of the prompt/);
+        await screenshot(page, '08-text-dropped');
+
+        // Back to the class model: the list again, and no negative prompt.
+        await fillGrid(page, {model: classModel.name});
+        await page.waitForSelector(testId('prompt'), {state: 'visible'});
+        assert.equal(await page.isVisible(testId('prompt-text')), false);
+        assert.equal(await page.isVisible(testId('negative-prompt')), false);
+        const options = await page.$$eval(`${testId('prompt')} option`, (nodes) => nodes.map((n) => n.value));
+        assert.deepEqual(options, ['', ...(classModel.prompts ?? [])]);
+        await runGrid(page, {...GRID, seed: '33'});
+        const classUrl = new URL(page.url());
+        assert.equal(classUrl.searchParams.get('model'), classModel.name);
+        assert.equal(classUrl.searchParams.has('negative'), false, 'a class model sends no negative prompt');
+        assert.equal(await page.isVisible(testId('tokens-note')), false);
+      });
+    } catch (error) {
+      failed = true;
+      console.error(text.logs());
+      throw error;
+    } finally {
+      await text.stop();
+    }
+  });
 });

@@ -10,7 +10,8 @@
 // Environment: DGRID_BIN_DIR (default <repo>/build/bin), DGRID_TEST_MODEL
 // (default <repo>/models/fashion-mnist; while that bundle does not exist,
 // the Gaussian test fixture in $DGRID_FIXTURES/gaussian, by default
-// <build>/fixtures/gaussian).
+// <build>/fixtures/gaussian), DGRID_TEXT_MODEL (a text-conditioned bundle;
+// default $DGRID_FIXTURES/textlatent when it exists).
 
 import {spawn, spawnSync} from 'node:child_process';
 import {existsSync, mkdtempSync, openSync, closeSync, readFileSync, rmSync, writeFileSync} from 'node:fs';
@@ -30,6 +31,13 @@ export function modelDir() {
   if (existsSync(join(fixture, 'manifest.json'))) return fixture;
   throw new Error(`no model: ${shipped} has no manifest.json and no fixture at ${fixture} ` +
       '(set DGRID_TEST_MODEL)');
+}
+
+// The text-to-image bundle for the text tests, or null when there is none.
+export function textModelDir() {
+  const dir = process.env.DGRID_TEXT_MODEL ||
+      join(process.env.DGRID_FIXTURES || join(BIN_DIR, '..', 'fixtures'), 'textlatent');
+  return existsSync(join(dir, 'manifest.json')) ? dir : null;
 }
 
 // Children get SIGKILL if this process dies before it can stop them
@@ -58,10 +66,12 @@ function readPorts(file) {
 }
 
 export class LiveStack {
-  // denoisers: how many replicas; stepDelayMs: the denoisers' test-only
-  // slowdown before each forward pass; authToken: the orchestrator requires
-  // this bearer token.
-  constructor({name, denoisers = 1, stepDelayMs = 0, authToken = null, startTimeoutMs = 90_000}) {
+  // denoisers: how many replicas; models: the bundles each one serves
+  // (default: modelDir()); stepDelayMs: the denoisers' test-only slowdown
+  // before each forward pass; authToken: the orchestrator requires this
+  // bearer token.
+  constructor({name, denoisers = 1, models = null, stepDelayMs = 0, authToken = null,
+    startTimeoutMs = 90_000}) {
     this.name = name;
     this.denoiserCount = denoisers;
     this.stepDelayMs = stepDelayMs;
@@ -70,7 +80,7 @@ export class LiveStack {
     this.dir = mkdtempSync(join(tmpdir(), `dgrid-web-${name}-`));
     this.children = [];
     this.url = '';
-    this.model = modelDir();
+    this.models = models ?? [modelDir()];
   }
 
   spawnLogged(name, binary, args) {
@@ -117,7 +127,7 @@ export class LiveStack {
     const denoisers = [];
     for (let i = 0; i < this.denoiserCount; i++) {
       const portFile = join(this.dir, `denoiser${i}.port`);
-      const args = [`--model_dir=${this.model}`, '--listen=127.0.0.1:0', '--metrics_addr=',
+      const args = [`--model_dir=${this.models.join(',')}`, '--listen=127.0.0.1:0', '--metrics_addr=',
         '--threads=1', `--port_file=${portFile}`];
       if (this.stepDelayMs > 0) args.push(`--debug_step_delay_ms=${this.stepDelayMs}`);
       denoisers.push([this.spawnLogged(`denoiser${i}`, join(BIN_DIR, 'dgrid-denoiser'), args), portFile]);

@@ -4,6 +4,8 @@
 
     with Client("127.0.0.1:50050") as client:
         grid = client.create_grid(prompt="sneaker", seed=7)
+        # A text model: free text, and optionally a negative prompt.
+        grid = client.create_grid(prompt="a photo of a cat", negative_prompt="blurry", seed=7)
         grid.save_png("grid.png")
         for event in client.stream_grid(prompt="sneaker", seed=7):
             ...  # Plan, TrunkProgress, Cell (as they finish), then GridDone
@@ -126,9 +128,14 @@ class Client:
         model: str = "",
         spacing: Optional[str] = None,
         trunk: Optional[Path] = None,
+        negative_prompt: str = "",
     ) -> Any:
-        """A dgrid.v1.GridRequest. None leaves a field to the preset / model."""
-        r = orchestrator_pb2.GridRequest(model=model, prompt=prompt, seed=seed, preset=preset)
+        """A dgrid.v1.GridRequest. None leaves a field to the preset / model.
+
+        ``prompt`` is a class name for a class model and free text for a text
+        model (Model.conditioning); ``negative_prompt`` is for text models only."""
+        r = orchestrator_pb2.GridRequest(model=model, prompt=prompt, seed=seed, preset=preset,
+                                         negative_prompt=negative_prompt)
         if steps is not None:
             r.steps.value = steps
         if eta is not None:
@@ -161,12 +168,13 @@ class Client:
         *,
         spacing: Optional[str] = None,
         trunk: Optional[Path] = None,
+        negative_prompt: str = "",
         timeout: Optional[float] = None,
     ) -> Grid:
         """Runs a whole grid and returns it (one unary call)."""
         request = self.build_request(
             prompt, seed, preset, steps, eta, guidance, branches, branch_steps, model,
-            spacing, trunk)
+            spacing, trunk, negative_prompt)
         return self.create_grid_from_request(request, timeout=timeout)
 
     def create_grid_from_request(self, request: Any, *, timeout: Optional[float] = None) -> Grid:
@@ -191,6 +199,7 @@ class Client:
         *,
         spacing: Optional[str] = None,
         trunk: Optional[Path] = None,
+        negative_prompt: str = "",
         timeout: Optional[float] = None,
     ) -> Iterator[GridEvent]:
         """Streams a grid: a Plan, then TrunkProgress and Cell events as they
@@ -198,7 +207,7 @@ class Client:
         cancels the call."""
         request = self.build_request(
             prompt, seed, preset, steps, eta, guidance, branches, branch_steps, model,
-            spacing, trunk)
+            spacing, trunk, negative_prompt)
         return self.stream_grid_from_request(request, timeout=timeout)
 
     def stream_grid_from_request(
@@ -290,6 +299,7 @@ def _request_fields(r: Any) -> dict:
         "spacing": None if r.spacing == 0 else
                    orchestrator_pb2.Spacing.Name(r.spacing).replace("SPACING_", "").lower(),
         "trunk": Path.from_proto(r.trunk) if r.HasField("trunk") else None,
+        "negative_prompt": r.negative_prompt,
     }
 
 
@@ -332,4 +342,4 @@ def _request_from_plan(plan: Plan) -> Any:
     return Client.build_request(
         prompt=plan.prompt, steps=plan.steps, eta=plan.eta, guidance=plan.guidance,
         branches=plan.branches, branch_steps=list(plan.branch_steps), model=plan.model,
-        spacing=plan.spacing or None, trunk=plan.trunk)
+        spacing=plan.spacing or None, trunk=plan.trunk, negative_prompt=plan.negative_prompt)

@@ -126,6 +126,17 @@ class Plan:
     # step 0 would cost.
     model_evals: int
     from_scratch_evals: int
+    # Text models: what guidance steers away from, and the tokens cut off the
+    # prompt and the negative prompt to fit the model's context (the grid is
+    # of the shortened text).
+    negative_prompt: str = ""
+    prompt_tokens_dropped: int = 0
+    negative_prompt_tokens_dropped: int = 0
+
+    @property
+    def tokens_dropped(self) -> bool:
+        """True when the model saw less than the whole prompt or negative prompt."""
+        return self.prompt_tokens_dropped > 0 or self.negative_prompt_tokens_dropped > 0
 
     @property
     def cells(self) -> int:
@@ -147,6 +158,9 @@ class Plan:
             branches=p.branches,
             model_evals=p.model_evals,
             from_scratch_evals=p.from_scratch_evals,
+            negative_prompt=p.negative_prompt,
+            prompt_tokens_dropped=p.prompt_tokens_dropped,
+            negative_prompt_tokens_dropped=p.negative_prompt_tokens_dropped,
         )
 
 
@@ -264,7 +278,11 @@ class SamplerDefaults:
 
 @dataclass(frozen=True)
 class Model:
-    """A model the orchestrator's pool serves; ``prompts`` are its class names."""
+    """A model the orchestrator's pool serves.
+
+    ``conditioning`` is "class" (``prompts`` are its class names) or "text"
+    (free-text prompts of at most ``max_prompt_tokens`` tokens, BOS and EOS
+    included; ``example_prompts`` to start from)."""
 
     name: str
     version: str
@@ -276,6 +294,13 @@ class Model:
     prediction_type: str = ""
     license: str = ""
     description: str = ""
+    conditioning: str = "class"
+    example_prompts: Tuple[str, ...] = ()
+    max_prompt_tokens: int = 0
+
+    @property
+    def is_text(self) -> bool:
+        return self.conditioning == "text"
 
     @classmethod
     def from_proto(cls, m: Any) -> "Model":
@@ -291,4 +316,8 @@ class Model:
             prediction_type=m.prediction_type,
             license=m.license,
             description=m.description,
+            # Servers from before text models leave it empty: class models.
+            conditioning=m.conditioning or "class",
+            example_prompts=tuple(m.example_prompts),
+            max_prompt_tokens=m.max_prompt_tokens,
         )

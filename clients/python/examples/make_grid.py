@@ -18,7 +18,9 @@ from dgrid_client import Cell, Client, DgridError, GridDone, Plan, TrunkProgress
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", default="127.0.0.1:50050", help="orchestrator host:port")
-    parser.add_argument("--prompt", default="", help="a class name of the model ('' = none)")
+    parser.add_argument("--prompt", default="",
+                        help="a class name (class models) or free text (text models); '' = none")
+    parser.add_argument("--negative", default="", help="text models: the negative prompt")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="grid.png")
     parser.add_argument("--preset", default="", help="'' / 'default' or 'classic'")
@@ -40,12 +42,17 @@ def main(argv: Optional[List[str]] = None) -> int:
             for event in client.stream_grid(
                     prompt=args.prompt, seed=args.seed, preset=args.preset, steps=args.steps,
                     eta=args.eta, guidance=args.guidance, branches=args.branches,
-                    branch_steps=args.branch_steps, model=args.model, timeout=args.timeout):
+                    branch_steps=args.branch_steps, model=args.model,
+                    negative_prompt=args.negative, timeout=args.timeout):
                 if isinstance(event, Plan):
                     total = event.cells
                     print(f"plan: {event.model} '{event.prompt}', {event.steps} steps, "
                           f"rows after steps {list(event.branch_steps)}, {event.branches} "
                           f"branches, {event.model_evals} model evaluations", file=sys.stderr)
+                    if event.tokens_dropped:
+                        print(f"warning: the model dropped {event.prompt_tokens_dropped} tokens "
+                              f"of the prompt and {event.negative_prompt_tokens_dropped} of the "
+                              "negative prompt", file=sys.stderr)
                 elif isinstance(event, TrunkProgress):
                     print(f"trunk at step {event.step} (t={event.timestep})", file=sys.stderr)
                 elif isinstance(event, Cell):

@@ -4,6 +4,9 @@
 Starts one dgrid-denoiser on DGRID_TEST_MODEL (default: the shipped
 models/fashion-mnist) and one dgrid-orchestrator on free loopback ports, runs
 the example script, create_grid, stream_grid and promote, and stops both.
+With DGRID_TEXT_MODEL (a text-conditioned bundle, e.g. the fixture
+build/fixtures/textlatent) a second stack serves it for the text tests;
+without it they are skipped.
 
     PYTHONPATH=build/python:clients/python DGRID_TEST_MODEL=build/fixtures/gaussian \\
         /usr/bin/python3 clients/python/tests/test_client.py
@@ -31,9 +34,11 @@ from dgrid_client import (  # noqa: E402
     DgridError,
     Grid,
     GridDone,
+    Model,
     Plan,
     TrunkProgress,
 )
+from dgrid.v1 import denoiser_pb2, orchestrator_pb2  # noqa: E402
 from live_stack import LiveStack, stop_on_sigterm  # noqa: E402
 from pngcheck import png_info  # noqa: E402
 
@@ -45,6 +50,8 @@ PYTHON = os.environ.get("DGRID_PYTHON", "/usr/bin/python3")
 # 10 steps, rows after steps 0 and 5, 2 branches = 40 model evaluations.
 STEPS, BRANCH_STEPS, BRANCHES = 10, [0, 5], 2
 CALL_TIMEOUT = 300.0
+TEXT_MODEL = os.environ.get("DGRID_TEXT_MODEL", "")
+LONG_PROMPT = " ".join(["a photo of a cat on a red sofa"] * 30)  # 240 words
 
 stack: Optional[LiveStack] = None
 client: Optional[Client] = None
@@ -268,6 +275,20 @@ class ClientTest(unittest.TestCase):
             back = json_format.Parse(f.read(), orchestrator_pb2.GridRecord())
         self.assertEqual(back.grid.trunk.path, grid.cell(1, 0).path.to_proto())
 
+    def test_class_model_takes_no_negative_prompt(self) -> None:
+        m = client.list_models()[0]
+        self.assertEqual(m.conditioning, "class")
+        self.assertFalse(m.is_text)
+        self.assertEqual(m.example_prompts, ())
+        with self.assertRaises(DgridError) as caught:
+            client.create_grid(**small(71, negative_prompt="blurry"))
+        self.assertEqual(caught.exception.code, grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("negative_prompt", caught.exception.details)
+        stream = client.stream_grid(**small(72))
+        plan = next(stream)
+        stream.close()
+        self.assertEqual((plan.negative_prompt, plan.tokens_dropped), ("", False))
+
     def test_errors_carry_code_and_message(self) -> None:
         with self.assertRaises(DgridError) as caught:
             client.create_grid(prompt="no-such-prompt", seed=1, steps=STEPS)
@@ -289,6 +310,107 @@ class ClientTest(unittest.TestCase):
                 dead.list_models(timeout=5)
             self.assertIn(caught.exception.code,
                           (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED))
+
+
+class RequestTest(unittest.TestCase):
+    """The client's own conversions; no server."""
+
+    def test_negative_prompt_is_sent_and_promote_keeps_it(self) -> None:
+        r = Client.build_request(prompt="a photo of a cat", negative_prompt="blurry", seed=3,
+                                 steps=10)
+        self.assertEqual((r.prompt, r.negative_prompt), ("a photo of a cat", "blurry"))
+        grid = orchestrator_pb2.Grid()
+        grid.plan.prompt = "a photo of a cat"
+        grid.plan.negative_prompt = "blurry"
+        row = grid.rows.add(branch_step=5)
+        row.cells.add(row=0, column=0, path=denoiser_pb2.Path(init_seed=3))
+        record = orchestrator_pb2.GridRecord(request=r, grid=grid)
+        promoted = Client.promote_request(record, 0, 0)
+        self.assertEqual(promoted.negative_prompt, "blurry")
+        self.assertEqual(Client.promote_request(record, 0, 0, steps=20).negative_prompt, "blurry")
+        # Without the request, the plan's text is the request's.
+        self.assertEqual(Client.promote_request(grid, 0, 0).negative_prompt, "blurry")
+
+    def test_plan_and_model_carry_the_text_fields(self) -> None:
+        plan = Plan.from_proto(orchestrator_pb2.GridPlan(
+            prompt="x", negative_prompt="y", prompt_tokens_dropped=5,
+            negative_prompt_tokens_dropped=0))
+        self.assertEqual((plan.negative_prompt, plan.prompt_tokens_dropped,
+                          plan.negative_prompt_tokens_dropped, plan.tokens_dropped),
+                         ("y", 5, 0, True))
+        text = Model.from_proto(denoiser_pb2.ModelInfo(
+            name="sd", conditioning="text", example_prompts=["a", "b"], max_prompt_tokens=77))
+        self.assertEqual((text.is_text, text.example_prompts, text.max_prompt_tokens),
+                         (True, ("a", "b"), 77))
+        # A server from before text models sends no conditioning: a class model.
+        self.assertEqual(Model.from_proto(denoiser_pb2.ModelInfo(name="old")).conditioning,
+                         "class")
+
+
+@unittest.skipUnless(TEXT_MODEL and os.path.isfile(os.path.join(TEXT_MODEL, "manifest.json")),
+                     "no DGRID_TEXT_MODEL bundle")
+class TextModelTest(unittest.TestCase):
+    """A text-conditioned bundle: free-text prompts, negative prompts."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.stack = LiveStack(model=TEXT_MODEL)
+        try:
+            cls.stack.start()
+            cls.client = Client(cls.stack.orchestrator, default_timeout=CALL_TIMEOUT)
+            cls.client.wait_ready(30)
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    cls.models = cls.client.list_models(timeout=5)
+                    if cls.models:
+                        break
+                except DgridError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the text orchestrator lists no models after 60 s")
+                time.sleep(0.2)
+        except BaseException:
+            cls.stack.stop()
+            raise
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.client.close()
+        cls.stack.stop()
+
+    def test_model_is_text_with_examples(self) -> None:
+        m = self.models[0]
+        self.assertEqual(m.conditioning, "text")
+        self.assertTrue(m.is_text)
+        self.assertGreater(len(m.example_prompts), 0)
+        self.assertEqual(m.max_prompt_tokens, 77)
+
+    def test_negative_prompt_changes_the_grid_and_promote_keeps_it(self) -> None:
+        prompt = self.models[0].example_prompts[0]
+        plain = self.client.create_grid(**small(81, prompt=prompt))
+        negative = self.client.create_grid(**small(81, prompt=prompt, negative_prompt="blurry"))
+        self.assertEqual((plain.plan.prompt, plain.plan.negative_prompt), (prompt, ""))
+        self.assertEqual(negative.plan.negative_prompt, "blurry")
+        self.assertFalse(negative.plan.tokens_dropped)
+        self.assertNotEqual(plain.trunk.png, negative.trunk.png)
+        other = self.client.create_grid(**small(81, prompt="a red car on a snowy road"))
+        self.assertNotEqual(plain.trunk.png, other.trunk.png)
+
+        promoted = self.client.promote(negative, 1, 0)
+        self.assertEqual(promoted.request.negative_prompt, "blurry")
+        self.assertEqual(promoted.plan.negative_prompt, "blurry")
+        self.assertEqual(promoted.trunk.png, negative.cell(1, 0).png)
+
+    def test_long_prompt_reports_dropped_tokens(self) -> None:
+        stream = self.client.stream_grid(**small(91, prompt=LONG_PROMPT))
+        plan = next(stream)
+        stream.close()
+        self.assertIsInstance(plan, Plan)
+        self.assertEqual(plan.prompt, LONG_PROMPT)
+        self.assertGreater(plan.prompt_tokens_dropped, 0)
+        self.assertEqual(plan.negative_prompt_tokens_dropped, 0)
+        self.assertTrue(plan.tokens_dropped)
 
 
 def main() -> int:
