@@ -11,4 +11,13 @@ mkdir -p bench/results
   build/bin/dgrid-bench grid --model_dir=models/fashion-mnist --runs="${RUNS:-5}"
 } > bench/results/latest.jsonl
 build/bin/dgrid-bench chart bench/results/latest.jsonl bench/results/latest.png
-echo "results: bench/results/latest.jsonl, chart: bench/results/latest.png"
+# The text-to-image fixture (tests/fixtures/make_text_fixture.py; ctest writes
+# it): the same grid with a text encoder and a VAE decoder in the path.
+text_model=build/fixtures/textlatent
+[ -f "$text_model/manifest.json" ] || /usr/bin/python3 tests/fixtures/make_text_fixture.py build/fixtures >/dev/null
+{
+  echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores" >&2
+  build/bin/dgrid-bench grid --model_dir="$text_model" --grids=default \
+    --variants=limit,inprocess,pair_1,pair_2 --grid_prompt="a photo of a cat" --runs="${RUNS:-5}"
+} > bench/results/text.jsonl
+echo "results: bench/results/latest.jsonl (text fixture: bench/results/text.jsonl), chart: bench/results/latest.png"

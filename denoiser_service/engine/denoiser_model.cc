@@ -233,32 +233,19 @@ absl::Status DenoiserModel::EncodeText(absl::Span<const int64_t> ids, int batch,
 absl::Status DenoiserModel::ForwardText(absl::Span<const float> x, absl::Span<const int64_t> t,
                                         absl::Span<const float> context, int batch,
                                         absl::Span<float> out) {
-  const std::vector<int64_t>& ls = manifest_.latent_shape;
-  InitThreads();
-  try {
-    c10::InferenceMode guard;
-    torch::Tensor xt = torch::from_blob(const_cast<float*>(x.data()),
-                                        {batch, ls[0], ls[1], ls[2]}, torch::kFloat32);
-    torch::Tensor tt = torch::from_blob(const_cast<int64_t*>(t.data()), {batch}, torch::kInt64);
-    torch::Tensor ct = torch::from_blob(const_cast<float*>(context.data()),
-                                        {batch, context_length(), context_dim()},
-                                        torch::kFloat32);
-    if (manifest_.timestep_is_float) tt = tt.to(torch::kFloat32);
-    if (!impl_->device.is_cpu()) {
-      xt = xt.to(impl_->device, /*non_blocking=*/true);
-      tt = tt.to(impl_->device, true);
-      ct = ct.to(impl_->device, true);
-    }
-    return RunDenoiser(impl_->denoiser, {xt, tt, ct}, static_cast<int64_t>(batch) * latent_numel(),
-                       out);
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("model forward: ", e.what_without_backtrace()));
-  }
+  return RunForward(x, t, {}, context, batch, out);
 }
 
 absl::Status DenoiserModel::Forward(absl::Span<const float> x, absl::Span<const int64_t> t,
                                     absl::Span<const int64_t> cond, int batch,
                                     absl::Span<float> out) {
+  return RunForward(x, t, cond, {}, batch, out);
+}
+
+absl::Status DenoiserModel::RunForward(absl::Span<const float> x, absl::Span<const int64_t> t,
+                                       absl::Span<const int64_t> cond,
+                                       absl::Span<const float> context, int batch,
+                                       absl::Span<float> out) {
   const std::vector<int64_t>& ls = manifest_.latent_shape;
   InitThreads();
   try {
@@ -267,8 +254,13 @@ absl::Status DenoiserModel::Forward(absl::Span<const float> x, absl::Span<const 
     torch::Tensor xt = torch::from_blob(const_cast<float*>(x.data()),
                                         {batch, ls[0], ls[1], ls[2]}, torch::kFloat32);
     torch::Tensor tt = torch::from_blob(const_cast<int64_t*>(t.data()), {batch}, torch::kInt64);
-    torch::Tensor ct =
-        torch::from_blob(const_cast<int64_t*>(cond.data()), {batch}, torch::kInt64);
+    // The third input: class indices, or a text model's context.
+    torch::Tensor ct = manifest_.is_text()
+                           ? torch::from_blob(const_cast<float*>(context.data()),
+                                              {batch, context_length(), context_dim()},
+                                              torch::kFloat32)
+                           : torch::from_blob(const_cast<int64_t*>(cond.data()), {batch},
+                                              torch::kInt64);
     if (manifest_.timestep_is_float) tt = tt.to(torch::kFloat32);
     if (!impl_->device.is_cpu()) {
       xt = xt.to(impl_->device, /*non_blocking=*/true);

@@ -68,6 +68,11 @@ class DenoiserModel {
   DenoiserModel(BundleManifest manifest, std::unique_ptr<Impl> impl, std::string device);
   // One probe through each part; errors name the file and the shapes.
   absl::Status Probe(const std::string& bundle_dir);
+  // Forward and ForwardText: `cond` for a class model, `context` for a text
+  // model.
+  absl::Status RunForward(absl::Span<const float> x, absl::Span<const int64_t> t,
+                          absl::Span<const int64_t> cond, absl::Span<const float> context,
+                          int batch, absl::Span<float> out);
 
   BundleManifest manifest_;
   std::unique_ptr<Impl> impl_;

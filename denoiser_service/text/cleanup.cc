@@ -36,16 +36,17 @@ char32_t NextCodePoint(absl::string_view text, int64_t* pos) {
 // Python's str.isspace(): bidirectional class WS, B or S, or category Zs.
 // (RE2's \s is ASCII-only, so the clean-up cannot leave this to a regex.)
 bool IsPythonSpace(char32_t c) {
-  return (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20) || c == 0x85 ||
-         c == 0xA0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200A) || c == 0x2028 ||
-         c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
+  return (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20) || c == 0x85 || c == 0xA0 ||
+         c == 0x1680 || (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F ||
+         c == 0x205F || c == 0x3000;
 }
 
 const char* FindNamedReference(absl::string_view name) {
   const auto* end = std::end(kNamedReferences);
-  const auto* it = std::lower_bound(
-      std::begin(kNamedReferences), end, name,
-      [](const NamedReference& row, absl::string_view key) { return absl::string_view(row.name) < key; });
+  const auto* it = std::lower_bound(std::begin(kNamedReferences), end, name,
+                                    [](const NamedReference& row, absl::string_view key) {
+                                      return absl::string_view(row.name) < key;
+                                    });
   return it != end && absl::string_view(it->name) == name ? it->value : nullptr;
 }
 
@@ -55,10 +56,9 @@ const char* FindNamedReference(absl::string_view name) {
 int32_t NumericReferenceValue(uint32_t num) {
   // 0x80..0x9F name Windows-1252 characters, as browsers read them.
   static constexpr int32_t kC1[32] = {
-      0x20AC, 0x81,   0x201A, 0x0192, 0x201E, 0x2026, 0x2020, 0x2021,
-      0x02C6, 0x2030, 0x0160, 0x2039, 0x0152, 0x8D,   0x017D, 0x8F,
-      0x90,   0x2018, 0x2019, 0x201C, 0x201D, 0x2022, 0x2013, 0x2014,
-      0x02DC, 0x2122, 0x0161, 0x203A, 0x0153, 0x9D,   0x017E, 0x0178};
+      0x20AC, 0x81,   0x201A, 0x0192, 0x201E, 0x2026, 0x2020, 0x2021, 0x02C6, 0x2030, 0x0160,
+      0x2039, 0x0152, 0x8D,   0x017D, 0x8F,   0x90,   0x2018, 0x2019, 0x201C, 0x201D, 0x2022,
+      0x2013, 0x2014, 0x02DC, 0x2122, 0x0161, 0x203A, 0x0153, 0x9D,   0x017E, 0x0178};
   if (num == 0) return 0xFFFD;
   if (num >= 0x80 && num <= 0x9F) return kC1[num - 0x80];
   if ((num >= 0xD800 && num <= 0xDFFF) || num > 0x10FFFF) return 0xFFFD;

@@ -5,7 +5,8 @@
 //   text = UnescapeHtml(UnescapeHtml(text));  // "&amp;amp;" -> "&"
 //   text = ToLowerCase(CollapseWhitespace(text));
 //
-// Inputs are UTF-8; an ill-formed byte reads as U+FFFD.
+// Inputs are UTF-8. Should they not be, CollapseWhitespace reads each
+// ill-formed sequence as U+FFFD, so its output always is.
 #ifndef DGRID_DENOISER_SERVICE_TEXT_CLEANUP_H_
 #define DGRID_DENOISER_SERVICE_TEXT_CLEANUP_H_
 

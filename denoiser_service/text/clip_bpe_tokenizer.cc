@@ -101,11 +101,13 @@ class ClipBpeTokenizer final : public Tokenizer {
       : Tokenizer(spec, vocab_size), pattern_(kPiecePattern) {}
 
   static uint64_t PairKey(Symbol left, Symbol right) {
-    return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) | static_cast<uint32_t>(right);
+    return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) |
+           static_cast<uint32_t>(right);
   }
 
   absl::Status Build(const VocabJson& vocab, const std::vector<MergeRule>& merges) {
-    if (!pattern_.ok()) return absl::InternalError(absl::StrCat("clip_bpe pattern: ", pattern_.error()));
+    if (!pattern_.ok())
+      return absl::InternalError(absl::StrCat("clip_bpe pattern: ", pattern_.error()));
     absl::flat_hash_map<std::string, Symbol> symbols;
     // A symbol outside the vocabulary (only a malformed merges.txt names one)
     // encodes as unk_id.
@@ -115,7 +117,8 @@ class ClipBpeTokenizer final : public Tokenizer {
       return it->second;
     };
     for (const auto& [token, id] : vocab) intern(token, id);
-    if (symbols.size() > static_cast<size_t>(std::numeric_limits<Symbol>::max()) - 2 * merges.size()) {
+    if (symbols.size() >
+        static_cast<size_t>(std::numeric_limits<Symbol>::max()) - 2 * merges.size()) {
       return absl::InvalidArgumentError(absl::StrCat(spec().vocab_path, ": too many tokens"));
     }
     const std::array<std::string, 256> bytes = ByteSymbols();
@@ -144,8 +147,8 @@ class ClipBpeTokenizer final : public Tokenizer {
   void AppendPieceIds(absl::string_view piece, std::vector<Symbol>* word,
                       std::vector<int64_t>* ids) const {
     const int64_t special = piece == kStartOfText ? start_of_text_id_
-                            : piece == kEndOfText  ? end_of_text_id_
-                                                   : -1;
+                            : piece == kEndOfText ? end_of_text_id_
+                                                  : -1;
     if (special >= 0) {
       ids->push_back(special);
       return;

@@ -17,8 +17,8 @@ int SpecialCount(const TokenizerSpec& spec) { return (spec.bos_id >= 0) + (spec.
 
 absl::Status CheckLength(const TokenizerSpec& spec) {
   if (spec.max_length < SpecialCount(spec) + 1) {
-    return absl::InvalidArgumentError(absl::StrCat("tokenizer max_length: ", spec.max_length,
-                                                   " leaves no room for a token"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("tokenizer max_length: ", spec.max_length, " leaves no room for a token"));
   }
   return absl::OkStatus();
 }
@@ -27,8 +27,10 @@ absl::Status CheckLength(const TokenizerSpec& spec) {
 // without BOS, EOS or padding (-1).
 absl::Status CheckSpecialIds(const TokenizerSpec& spec, int64_t vocab_size) {
   const bool optional = spec.kind == "words";
-  const std::pair<const char*, int64_t> ids[] = {
-      {"bos_id", spec.bos_id}, {"eos_id", spec.eos_id}, {"pad_id", spec.pad_id}, {"unk_id", spec.unk_id}};
+  const std::pair<const char*, int64_t> ids[] = {{"bos_id", spec.bos_id},
+                                                 {"eos_id", spec.eos_id},
+                                                 {"pad_id", spec.pad_id},
+                                                 {"unk_id", spec.unk_id}};
   for (const auto& [field, id] : ids) {
     const bool may_be_none = optional && absl::string_view(field) != "unk_id";
     if ((id == -1 && may_be_none) || (id >= 0 && id < vocab_size)) continue;

@@ -22,7 +22,8 @@ namespace {
 
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
+  if (!in)
+    return absl::NotFoundError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   if (in.bad()) return absl::DataLossError(absl::StrCat("cannot read ", path));
   return text;
@@ -31,7 +32,8 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
 // A quoted piece of a bad line, short enough for a status message.
 std::string Quote(absl::string_view text) {
   constexpr size_t kMax = 60;
-  return absl::StrCat("\"", absl::CHexEscape(text.substr(0, kMax)), text.size() > kMax ? "\"…" : "\"");
+  return absl::StrCat("\"", absl::CHexEscape(text.substr(0, kMax)),
+                      text.size() > kMax ? "\"…" : "\"");
 }
 
 // The lines of `text`, without their "\n" or "\r\n".
@@ -133,12 +135,26 @@ class VocabJsonParser {
       if (pos_ >= text_.size()) return Error("unterminated string");
       const char e = text_[pos_++];
       switch (e) {
-        case '"': case '\\': case '/': out.push_back(e); break;
-        case 'b': out.push_back('\b'); break;
-        case 'f': out.push_back('\f'); break;
-        case 'n': out.push_back('\n'); break;
-        case 'r': out.push_back('\r'); break;
-        case 't': out.push_back('\t'); break;
+        case '"':
+        case '\\':
+        case '/':
+          out.push_back(e);
+          break;
+        case 'b':
+          out.push_back('\b');
+          break;
+        case 'f':
+          out.push_back('\f');
+          break;
+        case 'n':
+          out.push_back('\n');
+          break;
+        case 'r':
+          out.push_back('\r');
+          break;
+        case 't':
+          out.push_back('\t');
+          break;
         case 'u': {
           ASSIGN_OR_RETURN(uint32_t c1, ParseHex4());
           if (c1 >= 0xDC00 && c1 <= 0xDFFF) return Error("lone low surrogate in a \\u escape");
@@ -152,7 +168,8 @@ class VocabJsonParser {
           AppendUtf8(c1, &out);
           break;
         }
-        default: return Error(absl::StrCat("bad escape \\", absl::string_view(&e, 1)));
+        default:
+          return Error(absl::StrCat("bad escape \\", absl::string_view(&e, 1)));
       }
     }
   }

@@ -37,8 +37,8 @@ class WordTokenizer final : public Tokenizer {
       const auto [it, inserted] = tokenizer->ids_.try_emplace(std::move(word), id);
       if (!inserted) {
         return absl::InvalidArgumentError(absl::StrCat(spec.vocab_path, ":", id + 1, ": word \"",
-                                                       absl::CHexEscape(it->first), "\" is also on line ",
-                                                       it->second + 1));
+                                                       absl::CHexEscape(it->first),
+                                                       "\" is also on line ", it->second + 1));
       }
     }
     return std::unique_ptr<Tokenizer>(std::move(tokenizer));

