@@ -48,8 +48,20 @@ else
 fi
 
 # playwright-core, pinned by tests/web/package-lock.json (it drives Debian's
-# Chromium; it never downloads a browser).
+# Chromium; it never downloads a browser). The image build runs this script
+# before the rest of the tree is copied in: then there is nothing to install.
 here=$(cd "$(dirname "$0")/.." && pwd)
-if [ ! -f "$here/tests/web/node_modules/playwright-core/package.json" ]; then
+if [ -f "$here/tests/web/package.json" ] &&
+   [ ! -f "$here/tests/web/node_modules/playwright-core/package.json" ]; then
   (cd "$here/tests/web" && npm ci --no-audit --no-fund)
 fi
+
+# kubernetes-models, pinned by deploy/tests/schema/package-lock.json: the
+# Kubernetes OpenAPI and Prometheus Operator schemas for deploy_k8s_schema.
+if [ -f "$here/deploy/tests/schema/package.json" ] &&
+   [ ! -f "$here/deploy/tests/schema/node_modules/kubernetes-models/package.json" ]; then
+  (cd "$here/deploy/tests/schema" && npm ci --no-audit --no-fund)
+fi
+# kubectl (its built-in kustomize renders deploy/k8s) is not packaged for
+# Debian 12; this machine kind ships it. Without it the deploy_k8s_* tests skip.
+command -v kubectl >/dev/null || echo "install-deps: kubectl not found: the deploy_k8s_* tests will be skipped" >&2

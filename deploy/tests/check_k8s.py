@@ -3,12 +3,15 @@
 
     check_k8s.py --kubectl=kubectl --overlay=deploy/k8s/overlays/cpu --device=cpu
 
-Checks (see CHECKS below): probes and resources on every container, Service
+Checks (see check() below): probes and resources on every container, Service
 selectors and target ports against pod templates, container ports against
-the --listen/--metrics_addr flags, flags against the binaries' ABSL_FLAGs,
-the HPA's target and metric, the PDB, the NetworkPolicy (only orchestrator
-pods reach the denoisers' gRPC port), ServiceMonitors, non-root pods, the
-denoiser device, and that commands and model paths exist in the Dockerfiles.
+the --listen/--metrics_addr/--http_addr flags, flags against the binaries'
+ABSL_FLAGs, the explorer (HTTP port, Service port, readiness on /healthz,
+--web_dir in the image), the HPA's target and metric, the PDB, the
+NetworkPolicies (only orchestrator pods reach the denoisers' gRPC port; the
+orchestrator's API ports stay open), an Ingress if any (backend, SSE
+settings, TLS, bearer token), ServiceMonitors, non-root pods, the denoiser
+device, and that commands and model paths exist in the Dockerfiles.
 
 Then it checks itself: it breaks the rendered objects in one way at a time
 (MUTATIONS) and fails unless the checks catch every one.
@@ -247,17 +250,31 @@ def check(docs, device):
             err(f"{cname}: containerPort grpc={ports.get('grpc')} but --listen port is {listen}")
         if ports.get("metrics") != metrics:
             err(f"{cname}: containerPort metrics={ports.get('metrics')} but --metrics_addr port is {metrics}")
-        # Probes: native gRPC on the --listen port.
+        http = addr_port(flag_value(c, "http_addr"))
+        if http is not None and ports.get("http") != http:
+            err(f"{cname}: containerPort http={ports.get('http')} but --http_addr port is {http}")
+        # Probes: native gRPC on the --listen port, or HTTP on the
+        # --http_addr port (named "http" or by number).
+        grpc_probes = []
         for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
             p = c.get(probe)
             if p is None:
                 if probe != "startupProbe":
                     err(f"{cname}: no {probe}")
                 continue
-            if "grpc" not in p:
-                err(f"{cname}: {probe} is not a gRPC probe")
-            elif p["grpc"].get("port") != listen:
-                err(f"{cname}: {probe} probes port {p['grpc'].get('port')}, --listen is {listen}")
+            if "grpc" in p:
+                if p["grpc"].get("port") != listen:
+                    err(f"{cname}: {probe} probes port {p['grpc'].get('port')}, --listen is {listen}")
+                else:
+                    grpc_probes.append(probe)
+            elif "httpGet" in p:
+                port = p["httpGet"].get("port")
+                if http is None or port not in ("http", http):
+                    err(f"{cname}: {probe} probes HTTP port {port!r}, --http_addr port is {http}")
+            else:
+                err(f"{cname}: {probe} is neither a gRPC nor an HTTP probe")
+        if not grpc_probes:
+            err(f"{cname}: no probe checks gRPC on the --listen port")
         # Scrape annotations.
         ann = w["spec"]["template"]["metadata"].get("annotations", {})
         if ann.get("prometheus.io/scrape") != "true":
@@ -304,6 +321,22 @@ def check(docs, device):
             elif gpus:
                 err(f"{cname}: asks for nvidia.com/gpu without --device=cuda")
 
+    # The explorer: the orchestrator serves HTTP, is ready only when /healthz
+    # answers, and its image has the page's files.
+    for w in orchestrators:
+        c = main_container(w)
+        cname = f"{w['kind']}/{w['metadata']['name']} container {c.get('name')}"
+        if addr_port(flag_value(c, "http_addr")) is None:
+            err(f"{cname}: --http_addr=HOST:PORT missing (the explorer and /api/v1)")
+        rp = (c.get("readinessProbe") or {}).get("httpGet") or {}
+        if rp.get("path") != "/healthz":
+            err(f"{cname}: readinessProbe does not check HTTP /healthz")
+        web_dir = flag_value(c, "web_dir")
+        if not web_dir:
+            err(f"{cname}: no --web_dir (the explorer page)")
+        elif web_dir not in dockerfiles:
+            err(f"{cname}: --web_dir {web_dir} appears in no deploy/docker/Dockerfile*")
+
     # Services.
     services = objs.of("Service")
     for s in services:
@@ -326,6 +359,13 @@ def check(docs, device):
     def services_of(role):
         return [s for s in services for w in objs.by_role(role)
                 if selects(s["spec"].get("selector"), pod_labels(w))]
+
+    for w in orchestrators:
+        http = addr_port(flag_value(main_container(w), "http_addr"))
+        if http is not None and not any(
+                p.get("name") == "http" and p.get("targetPort") in ("http", http)
+                for s in services_of("dgrid-orchestrator") for p in s["spec"].get("ports", [])):
+            err("no orchestrator Service exposes a port named http for the explorer")
 
     for role in BINARY_SOURCES:
         if not services_of(role):
@@ -431,6 +471,64 @@ def check(docs, device):
                         orchestrator_allowed = True
         if policies and not orchestrator_allowed:
             err("no NetworkPolicy rule lets the orchestrator reach the denoisers' gRPC port")
+
+    # The orchestrator's API ports (gRPC and HTTP) stay open to clients under
+    # any NetworkPolicy that selects its pods.
+    for w in orchestrators:
+        c = main_container(w)
+        policies = [p for p in objs.of("NetworkPolicy")
+                    if selects(p["spec"].get("podSelector"), pod_labels(w))
+                    and "Ingress" in (p["spec"].get("policyTypes") or ["Ingress"])]
+        named = {cp.get("containerPort"): cp.get("name") for cp in c.get("ports", [])}
+        for what, port in (("gRPC", addr_port(flag_value(c, "listen"))),
+                           ("http", addr_port(flag_value(c, "http_addr")))):
+            if port is None or not policies:
+                continue
+            open_to_all = any(
+                not rule.get("from") and (not rule.get("ports") or any(
+                    pp.get("port") in (port, named.get(port)) for pp in rule["ports"]))
+                for p in policies for rule in p["spec"].get("ingress") or [])
+            if not open_to_all:
+                err(f"NetworkPolicy: no rule admits clients to the orchestrator's {what} port {port}")
+
+    # An Ingress reaches the explorer: the orchestrator's http Service port,
+    # SSE unbuffered with a read timeout past the grid timeout, TLS, and a
+    # bearer token on the orchestrator.
+    for ing in objs.of("Ingress"):
+        name = f"Ingress/{ing['metadata']['name']}"
+        ann = ing["metadata"].get("annotations") or {}
+        backends = [path["backend"] for rule in ing["spec"].get("rules") or []
+                    for path in (rule.get("http") or {}).get("paths") or []]
+        if ing["spec"].get("defaultBackend"):
+            backends.append(ing["spec"]["defaultBackend"])
+        if not backends:
+            err(f"{name}: no backend")
+        for b in backends:
+            svc_ref = b.get("service") or {}
+            svc = next((x for x in services if x["metadata"]["name"] == svc_ref.get("name")), None)
+            want = svc_ref.get("port") or {}
+            port = None if svc is None else next(
+                (p for p in svc["spec"].get("ports", [])
+                 if p.get("name") == want.get("name") or p.get("port") == want.get("number")), None)
+            if svc is None:
+                err(f"{name}: backend Service {svc_ref.get('name')} does not exist")
+            elif port is None:
+                err(f"{name}: Service/{svc_ref.get('name')} has no port {want}")
+            elif svc not in services_of("dgrid-orchestrator") or port.get("name") != "http":
+                err(f"{name}: backend {svc_ref.get('name')}:{port.get('name')} is not the "
+                    "orchestrator's http port")
+        if ann.get("nginx.ingress.kubernetes.io/proxy-buffering") != "off":
+            err(f"{name}: proxy-buffering is not \"off\" (SSE events would wait in the proxy)")
+        for w in orchestrators:
+            grid_timeout = int(flag_value(main_container(w), "grid_timeout_s") or 300)
+            for key in ("proxy-read-timeout", "proxy-send-timeout"):
+                value = ann.get(f"nginx.ingress.kubernetes.io/{key}", "60")
+                if not str(value).isdigit() or int(value) <= grid_timeout:
+                    err(f"{name}: {key} {value} s is not above --grid_timeout_s={grid_timeout}")
+            if not flag_value(main_container(w), "auth_token_file"):
+                err(f"{name}: publishes the orchestrator, which has no --auth_token_file")
+        if not ing["spec"].get("tls"):
+            err(f"{name}: no tls (the bearer token would cross the network in clear)")
 
     # ServiceMonitors cover both Services' metrics ports.
     monitors = objs.of("ServiceMonitor")
@@ -567,6 +665,73 @@ MUTATIONS = [
         lambda d: _container(d, "dgrid-denoiser").update({"command": ["/usr/bin/dgrid-denoiser"]})),
 ]
 
+def _orchestrator_policy_rule(docs, port):
+    np = _find(docs, "NetworkPolicy", name="dgrid-orchestrator")
+    return next(r for r in np["spec"]["ingress"]
+                if any(p.get("port") == port for p in r.get("ports", [])))
+
+
+EXPLORER_MUTATIONS = [
+    ("orchestrator without --http_addr", '--http_addr=HOST:PORT missing',
+        lambda d: _set_flag(d, "dgrid-orchestrator", "http_addr", None)),
+    ("http containerPort differs from --http_addr", 'containerPort http=8081',
+        lambda d: next(p for p in _container(d, "dgrid-orchestrator")["ports"]
+                       if p["name"] == "http").update({"containerPort": 8081})),
+    ("readiness on gRPC only", 'readinessProbe does not check HTTP /healthz',
+        lambda d: _container(d, "dgrid-orchestrator").update(
+            {"readinessProbe": {"grpc": {"port": 50050}}})),
+    ("readiness on a path the gateway does not serve", 'readinessProbe does not check HTTP /healthz',
+        lambda d: _container(d, "dgrid-orchestrator")["readinessProbe"]["httpGet"].update(
+            {"path": "/health"})),
+    ("readiness on the metrics port", "readinessProbe probes HTTP port 'metrics'",
+        lambda d: _container(d, "dgrid-orchestrator")["readinessProbe"]["httpGet"].update(
+            {"port": "metrics"})),
+    ("no probe left on gRPC", 'no probe checks gRPC',
+        lambda d: [_container(d, "dgrid-orchestrator").update(
+            {"livenessProbe": {"httpGet": {"port": "http", "path": "/healthz"}}}),
+            _container(d, "dgrid-orchestrator").pop("startupProbe")]),
+    ("--web_dir the image does not have", '--web_dir /srv/web appears in no',
+        lambda d: _set_flag(d, "dgrid-orchestrator", "web_dir", "/srv/web")),
+    ("Service without the http port", 'exposes a port named http',
+        lambda d: _find(d, "Service", name="dgrid-orchestrator")["spec"].update(
+            {"ports": [p for p in _find(d, "Service", name="dgrid-orchestrator")["spec"]["ports"]
+                       if p["name"] != "http"]})),
+    ("orchestrator NetworkPolicy closes the http port", "admits clients to the orchestrator's http port",
+        lambda d: _orchestrator_policy_rule(d, 8080).update(
+            {"ports": [{"protocol": "TCP", "port": 50050}]})),
+    ("orchestrator NetworkPolicy opens gRPC to monitoring only", "orchestrator's gRPC port",
+        lambda d: _orchestrator_policy_rule(d, 50050).update(
+            {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]})),
+]
+
+
+def _ingress(docs):
+    return _find(docs, "Ingress")
+
+
+def _ingress_backend(docs):
+    return _ingress(docs)["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+
+
+INGRESS_MUTATIONS = [
+    ("Ingress to a Service port that does not exist", "has no port {'name': 'web'}",
+        lambda d: _ingress_backend(d).update({"port": {"name": "web"}})),
+    ("Ingress to the gRPC port", "is not the orchestrator's http port",
+        lambda d: _ingress_backend(d).update({"port": {"name": "grpc"}})),
+    ("Ingress to a Service that does not exist", 'backend Service dgrid-explorer does not exist',
+        lambda d: _ingress_backend(d).update({"name": "dgrid-explorer"})),
+    ("Ingress buffering SSE", 'proxy-buffering is not "off"',
+        lambda d: _ingress(d)["metadata"]["annotations"].pop(
+            "nginx.ingress.kubernetes.io/proxy-buffering")),
+    ("Ingress read timeout below the grid timeout", 'proxy-read-timeout 60 s is not above',
+        lambda d: _ingress(d)["metadata"]["annotations"].pop(
+            "nginx.ingress.kubernetes.io/proxy-read-timeout")),
+    ("Ingress without TLS", 'no tls',
+        lambda d: _ingress(d)["spec"].pop("tls")),
+    ("Ingress to an orchestrator without a token", 'has no --auth_token_file',
+        lambda d: _set_flag(d, "dgrid-orchestrator", "auth_token_file", None)),
+]
+
 GPU_MUTATIONS = [
     ("GPU denoiser without nvidia.com/gpu", 'no nvidia.com/gpu limit',
         lambda d: _container(d, "dgrid-denoiser")["resources"]["limits"].pop("nvidia.com/gpu")),
@@ -583,11 +748,19 @@ CPU_MUTATIONS = [
 ]
 
 
+def mutations_for(docs, device):
+    mutations = MUTATIONS + EXPLORER_MUTATIONS
+    mutations += GPU_MUTATIONS if device == "cuda" else CPU_MUTATIONS
+    if Objects(docs).of("Ingress"):
+        mutations += INGRESS_MUTATIONS
+    return mutations
+
+
 def self_test(docs, device):
     """Every mutation must be caught, by the check meant to catch it.
     Returns the ones that were not."""
     missed = []
-    mutations = MUTATIONS + (GPU_MUTATIONS if device == "cuda" else CPU_MUTATIONS)
+    mutations = mutations_for(docs, device)
     for what, expect, mutate in mutations:
         broken = copy.deepcopy(docs)
         mutate(broken)
@@ -628,7 +801,7 @@ def main():
         print(f"FAIL: self-test: the checks missed a broken copy: {m}")
     if missed:
         return 1
-    count = len(MUTATIONS) + len(GPU_MUTATIONS if a.device == "cuda" else CPU_MUTATIONS)
+    count = len(mutations_for(docs, a.device))
     print(f"self-test: all {count} broken copies caught")
     return 0
 

@@ -65,7 +65,8 @@ def load_inputs():
     for path in glob.glob(os.path.join(DEPLOY, "k8s/**/*.yaml"), recursive=True):
         with open(path) as f:
             for doc in yaml.safe_load_all(f):
-                if doc and doc.get("kind") == "HorizontalPodAutoscaler":
+                # (JSON 6902 patches are lists, not objects.)
+                if isinstance(doc, dict) and doc.get("kind") == "HorizontalPodAutoscaler":
                     for m in doc.get("spec", {}).get("metrics", []):
                         if m.get("type") == "Pods":
                             hpa_metrics.append(m["pods"]["metric"]["name"])
