@@ -393,16 +393,7 @@ std::unique_ptr<Tokenizer> LoadBundleTokenizer(const std::string& dir) {
                       "), whose prompts are its class names"));
   }
   const TokenizerFiles& files = manifest->text.tokenizer;
-  TokenizerSpec spec;
-  spec.kind = files.kind;
-  spec.vocab_path = dir + "/" + files.vocab;
-  if (!files.merges.empty()) spec.merges_path = dir + "/" + files.merges;
-  spec.bos_id = files.bos_id;
-  spec.eos_id = files.eos_id;
-  spec.pad_id = files.pad_id;
-  spec.unk_id = files.unk_id;
-  spec.max_length = files.max_length;
-  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadTokenizer(spec);
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadTokenizer(SpecForBundle(files, dir));
   if (!tokenizer.ok()) Fail(absl::StrCat(dir, ": ", tokenizer.status().message()));
   return std::move(*tokenizer);
 }

@@ -117,16 +117,8 @@ absl::StatusOr<std::unique_ptr<DenoiserModel>> DenoiserModel::Load(
         LoadScript(bundle_dir + "/" + text.encoder_weights, impl->device);
     if (!encoder.ok()) return encoder.status();
     impl->text_encoder = std::move(*encoder);
-    TokenizerSpec spec;
-    spec.kind = text.tokenizer.kind;
-    spec.vocab_path = bundle_dir + "/" + text.tokenizer.vocab;
-    if (!text.tokenizer.merges.empty()) spec.merges_path = bundle_dir + "/" + text.tokenizer.merges;
-    spec.bos_id = text.tokenizer.bos_id;
-    spec.eos_id = text.tokenizer.eos_id;
-    spec.pad_id = text.tokenizer.pad_id;
-    spec.unk_id = text.tokenizer.unk_id;
-    spec.max_length = text.tokenizer.max_length;
-    absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadTokenizer(spec);
+    absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer =
+        LoadTokenizer(SpecForBundle(text.tokenizer, bundle_dir));
     if (!tokenizer.ok()) return tokenizer.status();
     impl->tokenizer = std::move(*tokenizer);
   }

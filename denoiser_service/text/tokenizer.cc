@@ -78,4 +78,17 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const TokenizerSpec& sp
   return tokenizer;
 }
 
+TokenizerSpec SpecForBundle(const TokenizerFiles& files, const std::string& bundle_dir) {
+  TokenizerSpec spec;
+  spec.kind = files.kind;
+  spec.vocab_path = bundle_dir + "/" + files.vocab;
+  if (!files.merges.empty()) spec.merges_path = bundle_dir + "/" + files.merges;
+  spec.bos_id = files.bos_id;
+  spec.eos_id = files.eos_id;
+  spec.pad_id = files.pad_id;
+  spec.unk_id = files.unk_id;
+  spec.max_length = files.max_length;
+  return spec;
+}
+
 }  // namespace dgrid

@@ -29,6 +29,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/bundle_manifest.h"
 
 namespace dgrid {
 
@@ -79,6 +80,10 @@ class Tokenizer {
 // Reads the spec's files. Errors name the file (and line) that is wrong, or
 // the spec field.
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const TokenizerSpec& spec);
+
+// A bundle manifest's tokenizer entry (files relative to `bundle_dir`) as a
+// spec: the one conversion the engine and the CLI share.
+TokenizerSpec SpecForBundle(const TokenizerFiles& files, const std::string& bundle_dir);
 
 }  // namespace dgrid
 
