@@ -8,6 +8,7 @@
 #include <numeric>
 #include <tuple>
 #include <unordered_map>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/philox.h"
@@ -73,6 +74,9 @@ void Run::TrajectoryDone() {
 struct TrajectoryBatcher::Active {
   std::shared_ptr<Run> run;
   uint64_t fairness_key = 0;
+  uint64_t fairness_rank = 0;
+  // When its run was admitted: orders keys of equal rank.
+  uint64_t arrival = 0;
   int index = 0;
   int step = 0;
   int end_step = 0;
@@ -140,13 +144,6 @@ class TrajectoryBatcher::ContextCache {
   std::unordered_map<std::string, std::list<std::pair<std::string, Context>>::iterator> index_;
 };
 
-// One fairness key's trajectories while a batch is chosen: by_key_[next, end)
-// are the ones not yet taken, oldest first.
-struct TrajectoryBatcher::KeyTurns {
-  uint64_t key = 0;
-  size_t next = 0;
-  size_t end = 0;
-};
 
 namespace {
 
@@ -334,11 +331,14 @@ absl::StatusOr<std::shared_ptr<Run>> TrajectoryBatcher::Start(RunRequest request
     // The same text on both rows makes guidance the identity: one row does.
     conditional = run->prompt_ids_ != run->negative_ids_;
   }
+  const uint64_t arrival = next_arrival_.fetch_add(1);
   std::vector<Active> admitted(n);
   for (int i = 0; i < n; ++i) {
     Active& a = admitted[i];
     a.run = run;
     a.fairness_key = request.fairness_key;
+    a.fairness_rank = request.fairness_rank;
+    a.arrival = arrival;
     a.index = i;
     a.step = request.start_step;
     a.end_step = request.end_step;
@@ -524,54 +524,38 @@ void TrajectoryBatcher::DropStopped(std::vector<Active>& active) {
   active.resize(kept);
 }
 
-// Shares the batch's rows across fairness keys, round-robin: each turn gives
-// every key with work its oldest trajectory not yet taken, so one tenant's
-// thousands of trajectories cannot starve another's few. Within a key,
-// oldest first keeps trunks (submitted before their branches) on the
-// critical path. A guided trajectory needs both of its rows in one batch; one
-// that does not fit is passed over for a later one of its key, as the first
-// key's leftover rows would otherwise go unused. The first key rotates
-// between iterations, so the rows left after whole turns are shared too.
-// With one key this is plain oldest-first.
+// Orders the batch's rows across fairness keys: lower rank first (the
+// orchestrator ranks a grid by its planned evaluations, so a small grid goes
+// before large ones: shortest job first), equal ranks in the order their keys
+// arrived (so equal grids finish one after another, not all slowly
+// together), and oldest first within a key (which keeps trunks, submitted
+// before their branches, on the critical path). A guided trajectory needs
+// both of its rows in one batch; one that does not fit is passed over for a
+// later, smaller one. With one key this is plain oldest-first.
 void TrajectoryBatcher::ChooseBatch(const std::vector<Active>& active) {
-  by_key_.resize(active.size());
-  std::iota(by_key_.begin(), by_key_.end(), size_t{0});
-  // `active` is in arrival order, so ties on the key keep it. One tenant (the
-  // common case) needs no sort.
-  auto by_key = [&](size_t l, size_t r) {
-    return std::tie(active[l].fairness_key, l) < std::tie(active[r].fairness_key, r);
-  };
-  if (!std::is_sorted(by_key_.begin(), by_key_.end(), by_key)) {
-    std::sort(by_key_.begin(), by_key_.end(), by_key);
+  // Each key's rank and arrival: those of its oldest trajectory. `active` is
+  // in arrival order, so the first seen is the oldest.
+  key_order_.clear();
+  for (const Active& a : active) key_order_.try_emplace(a.fairness_key, a.fairness_rank, a.arrival);
+  order_.resize(active.size());
+  std::iota(order_.begin(), order_.end(), size_t{0});
+  if (key_order_.size() > 1) {
+    std::stable_sort(order_.begin(), order_.end(), [&](size_t l, size_t r) {
+      return key_order_.at(active[l].fairness_key) < key_order_.at(active[r].fairness_key);
+    });
   }
-  turns_.clear();
-  for (size_t p = 0; p < by_key_.size(); ++p) {
-    const uint64_t key = active[by_key_[p]].fairness_key;
-    if (turns_.empty() || turns_.back().key != key) turns_.push_back({key, p, p});
-    ++turns_.back().end;
-  }
-  size_t first = 0;
-  while (first < turns_.size() && turns_[first].key <= last_first_key_) ++first;
-  if (first == turns_.size()) first = 0;
-  last_first_key_ = turns_[first].key;
-
   chosen_.clear();
   int rows = 0;
-  for (bool took = true; took && rows < options_.max_batch;) {
-    took = false;
-    for (size_t k = 0; k < turns_.size() && rows < options_.max_batch; ++k) {
-      KeyTurns& turn = turns_[(first + k) % turns_.size()];
-      while (turn.next < turn.end) {
-        const size_t i = by_key_[turn.next++];
-        // The first pick always goes in, even a guided one with max_batch 1.
-        if (rows + active[i].rows > options_.max_batch && !chosen_.empty()) continue;
-        chosen_.push_back(i);
-        rows += active[i].rows;
-        took = true;
-        break;
-      }
-    }
+  for (size_t i : order_) {
+    if (rows >= options_.max_batch) break;
+    // The first pick always goes in, even a guided one with max_batch 1.
+    if (rows + active[i].rows > options_.max_batch && !chosen_.empty()) continue;
+    chosen_.push_back(i);
+    rows += active[i].rows;
   }
+  // The forward batch keeps arrival order (the results do not depend on it,
+  // but one key's batches stay as they were before ranks existed).
+  std::sort(chosen_.begin(), chosen_.end());
 }
 
 // Lays out the chosen trajectories' rows; a guided one's conditional row

@@ -7,9 +7,12 @@
 // the next iteration, so a grid's trunk and branches at different steps
 // share forward passes instead of waiting for each other.
 //
-// Each iteration shares its rows fairly between the fairness keys (tenants)
-// that have work, so that one tenant's large grid cannot starve another's
-// small one; within a key, the oldest trajectory goes first.
+// Each iteration orders its rows across the fairness keys (tenants) that have
+// work: lower fairness_rank first (the orchestrator ranks a grid by its
+// planned evaluations: shortest job first, so one tenant's large grid cannot
+// starve another's small one), equal ranks in the order the keys arrived (so
+// equal grids finish one after another instead of all slowly together);
+// within a key, the oldest trajectory goes first.
 //
 //   TrajectoryBatcher batcher(model.get(), {.max_batch = 64, .max_queue = 1024});
 //
@@ -36,6 +39,8 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_map>
+#include <utility>
 #include <thread>
 #include <vector>
 
@@ -87,9 +92,12 @@ struct RunRequest {
   // the batcher's thread.
   bool decode = false;
   absl::Time deadline = absl::InfiniteFuture();
-  // The tenant: iterations split their rows fairly across the keys that have
-  // work. Runs of one key share its turns, oldest trajectory first.
+  // The tenant (a grid). Runs of one key share its place in the order,
+  // oldest trajectory first.
   uint64_t fairness_key = 0;
+  // Keys of lower rank get rows first; equal ranks go in the order their
+  // keys arrived (see ChooseBatch).
+  uint64_t fairness_rank = 0;
 };
 
 struct RunEvent {
@@ -210,7 +218,6 @@ class TrajectoryBatcher {
 
  private:
   struct Active;
-  struct KeyTurns;
   struct DecodeJob;
   struct Emitted;
   class ContextCache;
@@ -245,6 +252,7 @@ class TrajectoryBatcher {
   BatcherObserver* const observer_;
   std::atomic<int> outstanding_{0};
   std::atomic<int64_t> forwards_{0};
+  std::atomic<uint64_t> next_arrival_{0};
 
   // std primitives, as in Run, so that TSan sees them.
   std::mutex mu_;
@@ -264,12 +272,10 @@ class TrajectoryBatcher {
   std::unique_ptr<ContextCache> contexts_;
   std::vector<Emitted> emitted_;
   std::vector<std::shared_ptr<Run>> done_runs_;
-  std::vector<size_t> by_key_, chosen_;  // indices into the active list
-  std::vector<KeyTurns> turns_;
+  std::vector<size_t> order_, chosen_;  // indices into the active list
+  // Per key with work: (rank, arrival) of its oldest trajectory.
+  std::unordered_map<uint64_t, std::pair<uint64_t, uint64_t>> key_order_;
   std::vector<bool> finished_;
-  // The key that went first in the last iteration; the next one starts after
-  // it. The maximum makes the first iteration start at the smallest key.
-  uint64_t last_first_key_ = UINT64_MAX;
 
   std::thread thread_;
 };

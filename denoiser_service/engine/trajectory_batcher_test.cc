@@ -430,14 +430,17 @@ TEST_F(BatcherTest, ASmallRunOfAnotherKeyIsNotStarvedByALargeOne) {
   // rows. Then key 2: one 10-step trajectory, submitted last.
   std::vector<RunRequest> large;
   std::vector<std::shared_ptr<dgrid::Run>> large_runs;
+  // Ranked as the orchestrator ranks grids: by their planned evaluations.
   for (int r = 0; r < 4; ++r) {
     large.push_back(Request(8, 1.0f, 100 + 8 * r));
     large.back().fairness_key = 1;
+    large.back().fairness_rank = 4 * 8 * 50;
     large_runs.push_back(*batcher.Start(large.back()));
   }
   RunRequest small = Request(1, 1.0f, 7);
   small.sampler.steps = 10;
   small.fairness_key = 2;
+  small.fairness_rank = 10;
   std::shared_ptr<dgrid::Run> small_run = *batcher.Start(small);
 
   // Forward passes, from the gate on, that ran before the small run's end.
@@ -463,34 +466,46 @@ TEST_F(BatcherTest, ASmallRunOfAnotherKeyIsNotStarvedByALargeOne) {
   }
 }
 
-TEST_F(BatcherTest, KeysTakeTurnsAtTheRowsLeftOver) {
-  // Three keys and 4 rows: one key gets a second row each iteration. The
-  // first key must rotate, or that key would run twice as fast.
+TEST_F(BatcherTest, LowerRanksGoFirstAndEqualRanksInArrivalOrder) {
+  // Three tenants, 4 rows per pass, 6 trajectories each: the rank-1 key runs
+  // first although it arrived last; the two rank-5 keys follow in the order
+  // they arrived, not interleaved (which would finish both late).
   Gate gate;
   TrajectoryBatcher batcher(model_.get(), {.max_batch = 4}, &gate);
   std::shared_ptr<dgrid::Run> hold = HoldAtGate(batcher, gate);
+  struct Tenant {
+    uint64_t key, rank;
+  };
+  const std::vector<Tenant> tenants = {{30, 5}, {10, 5}, {20, 1}};
   std::vector<std::shared_ptr<dgrid::Run>> runs;
-  for (uint64_t key : {30, 10, 20}) {
-    RunRequest r = Request(6, 1.0f, key);
-    r.fairness_key = key;
+  for (const Tenant& t : tenants) {
+    RunRequest r = Request(6, 1.0f, t.key);
+    r.fairness_key = t.key;
+    r.fairness_rank = t.rank;
     runs.push_back(*batcher.Start(std::move(r)));
   }
-  // How far the slowest key trailed the fastest, at any forward pass.
-  int64_t worst_lag = 0;
+  // The forward pass at which each run ended.
+  std::vector<int> ended(runs.size(), -1);
+  int pass = 0;
   gate.Open([&] {
-    int64_t fastest = 0, slowest = 6 * 50;
-    for (auto& run : runs) {
-      fastest = std::max(fastest, run->model_evals());
-      slowest = std::min(slowest, run->model_evals());
+    for (size_t k = 0; k < runs.size(); ++k) {
+      if (ended[k] < 0 && runs[k]->model_evals() == 6 * 50) ended[k] = pass;
     }
-    worst_lag = std::max(worst_lag, fastest - slowest);
+    ++pass;
   });
   for (auto& run : runs) EXPECT_TRUE(Drain(*run).status.ok());
   EXPECT_TRUE(Drain(*hold).status.ok());
-  // Rotating, each key gets the extra row once in 3 iterations, so no key
-  // leads by more than one evaluation. A fixed first key would lead by 150
-  // when it ends; oldest-first runs one key's 300 evaluations before the rest.
-  EXPECT_LE(worst_lag, 1);
+  // A run that ended after the last gated pass ended last.
+  for (int& e : ended) {
+    if (e < 0) e = pass;
+  }
+  // 6 trajectories x 50 steps at 4 rows a pass: a tenant first in line ends
+  // after 100 passes (4, then 2 trajectories at a time), the next after 150,
+  // the last after 225. Interleaved evenly, all three would end near 225.
+  EXPECT_LT(ended[2], ended[0]);  // rank 1 before rank 5
+  EXPECT_LT(ended[0], ended[1]);  // of equal ranks, the one that came first
+  EXPECT_LE(ended[2], 105);
+  EXPECT_LE(ended[0], 160);
 }
 
 TEST_F(BatcherTest, ModelEvalsGrowsWithEveryStepAndEndsAtTheFinalsSum) {

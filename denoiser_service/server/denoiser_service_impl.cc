@@ -279,6 +279,7 @@ grpc::Status DenoiserServiceImpl::Branch(grpc::ServerContext* context,
   run_request->decode = request->decode();
   run_request->deadline = DeadlineOf(*context);
   run_request->fairness_key = request->fairness_key();
+  run_request->fairness_rank = request->fairness_rank();
   if (request->progress_interval_ms() < 0) {
     return Count("Branch", ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
                                "progress_interval_ms must be >= 0 (0: no progress events), got ",

@@ -191,6 +191,9 @@ v1::BranchRequest GridExecutor::GridRun::BaseRequest(int start_step) const {
   r.set_start_step(start_step);
   r.set_decode(true);
   r.set_fairness_key(tenant_);
+  // Shortest job first across grids: a small grid is not starved by large
+  // ones, and equal grids finish in arrival order.
+  r.set_fairness_rank(static_cast<uint64_t>(std::max<int64_t>(0, plan_.model_evals)));
   r.set_progress_interval_ms(
       static_cast<int32_t>(absl::ToInt64Milliseconds(ex_.options_.progress_interval)));
   return r;
