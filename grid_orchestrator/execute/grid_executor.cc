@@ -280,6 +280,8 @@ GridExecutor::GridRun::Attempt GridExecutor::GridRun::Call(const v1::BranchReque
   want.model = plan_.model;
   want.version = plan_.model_version;
   want.tenant = tenant_;
+  want.rank = static_cast<uint64_t>(std::max<int64_t>(0, plan_.model_evals));
+  want.since = started_;
   absl::StatusOr<ReplicaPool::Lease> lease = ex_.pool_->Acquire(want);
   if (!lease.ok()) {
     // The pool already waited for a usable replica: retrying would only

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <tuple>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -41,7 +42,6 @@ ReplicaPool::Lease& ReplicaPool::Lease::operator=(Lease&& other) noexcept {
     pool_ = other.pool_;
     replica_ = std::move(other.replica_);
     work_ = other.work_;
-    tenant_ = other.tenant_;
     other.pool_ = nullptr;
   }
   return *this;
@@ -66,7 +66,6 @@ void ReplicaPool::Lease::Release() {
     std::lock_guard<std::mutex> lock(pool_->mu_);
     --replica_->inflight;
     replica_->outstanding_work -= work_;
-    if (--pool_->leases_by_tenant_[tenant_] == 0) pool_->leases_by_tenant_.erase(tenant_);
     pool_->PublishInflight(*replica_);
     pool_->changed_.notify_all();
   }
@@ -256,9 +255,10 @@ bool ReplicaPool::Serves(const Replica& r, const Want& want, bool allow_avoided,
 }
 
 bool ReplicaPool::SomeoneAhead(const Waiter& me, const Replica& replica) const {
-  auto rank = [this](const Waiter& w) {
-    auto it = leases_by_tenant_.find(w.want->tenant);
-    return std::make_pair(it == leases_by_tenant_.end() ? 0 : it->second, w.seq);
+  // Shortest job first, as the replicas' batchers order work: lower rank,
+  // then the older tenant, then the older request.
+  auto rank = [](const Waiter& w) {
+    return std::make_tuple(w.want->rank, w.want->since, w.seq);
   };
   const auto mine = rank(me);
   for (const Waiter* other : waiters_) {
@@ -318,13 +318,11 @@ absl::StatusOr<ReplicaPool::Lease> ReplicaPool::Acquire(const Want& want) {
     if (best && !SomeoneAhead(me, *best)) {
       ++best->inflight;
       best->outstanding_work += want.work;
-      ++leases_by_tenant_[want.tenant];
       PublishInflight(*best);
       Lease lease;
       lease.pool_ = this;
       lease.replica_ = best;
       lease.work_ = want.work;
-      lease.tenant_ = want.tenant;
       return lease;
     }
     const absl::Time now = absl::Now();

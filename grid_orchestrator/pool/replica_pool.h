@@ -6,13 +6,15 @@
 // versions) it serves. Acquire() picks the healthy replica with the least
 // outstanding work that is below its in-flight cap (and serves the wanted
 // model version), and returns a Lease that gives the work back when it ends.
-// When replicas are full, freed slots go to the waiting job whose tenant (a
-// grid) holds the fewest leases, so a small grid is not starved by large ones.
+// When replicas are full, freed slots go to the waiting job of the tenant (a
+// grid) with the lowest rank (its planned work), then the oldest, so a small
+// grid is not starved by large ones and equal grids finish in arrival order.
 //
 //   ASSIGN_OR_RETURN(auto pool, ReplicaPool::Create(options, &metrics));
 //   ReplicaPool::Want want;
 //   want.work = 50;
 //   want.tenant = grid_id;
+//   want.rank = plan.model_evals;
 //   ASSIGN_OR_RETURN(ReplicaPool::Lease lease, pool->Acquire(want));
 //   lease.stub()->Branch(...);
 //   if (failed) lease.MarkUnhealthy();
@@ -77,8 +79,12 @@ class ReplicaPool {
     // When set, only replicas known to serve this model at this version.
     std::string model;
     std::string version;
-    // Waiting jobs are served fewest-leases-per-tenant first.
+    // The job's tenant (its grid), and the tenant's rank and start: a freed
+    // slot goes to the waiting job of lowest rank, then of the oldest tenant
+    // (shortest job first; equal grids in arrival order).
     uint64_t tenant = 0;
+    uint64_t rank = 0;
+    absl::Time since = absl::InfinitePast();
   };
 
   struct Replica;
@@ -102,7 +108,6 @@ class ReplicaPool {
     ReplicaPool* pool_ = nullptr;
     std::shared_ptr<Replica> replica_;
     int64_t work_ = 0;
-    uint64_t tenant_ = 0;
   };
 
   struct ReplicaStatus {
@@ -156,8 +161,7 @@ class ReplicaPool {
   std::condition_variable changed_;
   std::map<std::string, std::shared_ptr<Replica>> replicas_;  // guarded by mu_
   bool stop_ = false;                                          // guarded by mu_
-  // Leases held per tenant, and the jobs waiting for a slot.
-  std::map<uint64_t, int> leases_by_tenant_;  // guarded by mu_
+  // The jobs waiting for a slot.
   std::set<Waiter*> waiters_;                 // guarded by mu_
   uint64_t next_waiter_seq_ = 0;              // guarded by mu_
 

@@ -150,15 +150,16 @@ TEST(ReplicaPoolTest, CancelStopsAWaitingAcquire) {
   EXPECT_EQ(lease.status().code(), absl::StatusCode::kCancelled);
 }
 
-TEST(ReplicaPoolTest, AFreedSlotGoesToTheTenantHoldingTheFewestLeases) {
+TEST(ReplicaPoolTest, AFreedSlotGoesToTheSmallerTenantFirst) {
   // Before: every waiter woke on a release and the first to run won, so a
-  // grid with many waiting jobs starved a grid with one.
+  // grid with many waiting jobs starved a small grid with one.
   HealthServer a;
   auto pool = ReplicaPool::Create(Options(a.address()), nullptr);
   ASSERT_TRUE(pool.ok());
   ReplicaPool::Want big;
   big.work = 1;
   big.tenant = 1;
+  big.rank = 10000;
   // The big tenant holds both slots and has many more jobs waiting.
   auto held1 = (*pool)->Acquire(big);
   auto held2 = (*pool)->Acquire(big);
@@ -181,6 +182,7 @@ TEST(ReplicaPoolTest, AFreedSlotGoesToTheTenantHoldingTheFewestLeases) {
   ReplicaPool::Want small;
   small.work = 1;
   small.tenant = 2;
+  small.rank = 100;
   small.deadline = absl::Now() + absl::Seconds(3);
   std::atomic<bool> small_granted{false};
   ReplicaPool::Lease small_lease;
