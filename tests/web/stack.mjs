@@ -129,7 +129,10 @@ export class LiveStack {
       const portFile = join(this.dir, `denoiser${i}.port`);
       const args = [`--model_dir=${this.models.join(',')}`, '--listen=127.0.0.1:0', '--metrics_addr=',
         '--threads=1', `--port_file=${portFile}`];
-      if (this.stepDelayMs > 0) args.push(`--debug_step_delay_ms=${this.stepDelayMs}`);
+      // A slow stack also runs few rows per pass, so that a grid's cells
+      // finish over many passes rather than in the last one or two: the
+      // streaming test must see a grid part-way, even on a busy machine.
+      if (this.stepDelayMs > 0) args.push(`--debug_step_delay_ms=${this.stepDelayMs}`, '--max_batch=4');
       denoisers.push([this.spawnLogged(`denoiser${i}`, join(BIN_DIR, 'dgrid-denoiser'), args), portFile]);
     }
     const addresses = [];
