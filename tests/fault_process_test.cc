@@ -232,7 +232,15 @@ TEST(FaultTest, ARestartedOrchestratorServesTheSameGrid) {
     if (!ok) absl::SleepFor(absl::Milliseconds(250));
   }
   ASSERT_TRUE(ok);
-  EXPECT_EQ(CellPngs(after), CellPngs(before));
+  // The same paths, recomputed in batches that may be composed differently:
+  // equal within the stated drift (the PNG bytes were compared exactly
+  // before, and differed by a level once under load).
+  const auto want = CellPngs(before), got = CellPngs(after);
+  ASSERT_EQ(got.size(), want.size());
+  int worst = 0;
+  for (const auto& [key, png] : want) worst = std::max(worst, MaxPixelDrift(got.at(key), png));
+  std::cout << "restarted orchestrator: max drift " << worst << "/255\n";
+  EXPECT_LE(worst, kDriftTolerance);
   EXPECT_EQ(after.cache_hits(), 0);  // a new process: recomputed, not remembered
 }
 
