@@ -424,24 +424,23 @@ void TrajectoryBatcher::Admit(std::vector<Active>& arrivals) {
 // Looks every arrival's prompt and negative prompt up in the cache, and
 // encodes the distinct ones missing in one text-encoder pass.
 absl::Status TrajectoryBatcher::ResolveContexts(std::vector<Active>& arrivals) {
-  std::vector<const std::vector<int64_t>*> missing;
-  int hits = 0;
-  auto lookup = [&](const std::vector<int64_t>& ids) {
-    if (contexts_->Find(ids)) {
-      ++hits;
-      return;
+  // This admission's distinct prompts and their contexts: found in the
+  // cache, or encoded below (and kept here too, whatever the cache's size).
+  std::vector<std::pair<const std::vector<int64_t>*, ContextCache::Context>> resolved;
+  std::vector<size_t> missing;  // indices into `resolved`
+  auto resolve = [&](const std::vector<int64_t>& ids) {
+    for (const auto& [known, _] : resolved) {
+      if (*known == ids) return;
     }
-    for (const auto* m : missing) {
-      if (*m == ids) return;
-    }
-    missing.push_back(&ids);
+    resolved.push_back({&ids, contexts_->Find(ids)});
+    if (!resolved.back().second) missing.push_back(resolved.size() - 1);
   };
   const Run* last = nullptr;
   for (const Active& a : arrivals) {
     if (a.run.get() == last) continue;  // a run's trajectories share its prompts
     last = a.run.get();
-    lookup(a.run->prompt_ids_);
-    lookup(a.run->negative_ids_);
+    resolve(a.run->prompt_ids_);
+    resolve(a.run->negative_ids_);
   }
   const absl::Time start = absl::Now();
   if (!missing.empty()) {
@@ -449,34 +448,31 @@ absl::Status TrajectoryBatcher::ResolveContexts(std::vector<Active>& arrivals) {
     const size_t per = static_cast<size_t>(length) * model_->context_dim();
     std::vector<int64_t> ids;
     ids.reserve(missing.size() * length);
-    for (const auto* m : missing) ids.insert(ids.end(), m->begin(), m->end());
+    for (size_t k : missing) ids.insert(ids.end(), resolved[k].first->begin(), resolved[k].first->end());
     std::vector<float> out(missing.size() * per);
     const int n = static_cast<int>(missing.size());
     if (absl::Status s = model_->EncodeText(ids, n, absl::MakeSpan(out)); !s.ok()) return s;
     for (int k = 0; k < n; ++k) {
-      contexts_->Put(*missing[k], std::make_shared<const std::vector<float>>(
-                                      out.begin() + k * per, out.begin() + (k + 1) * per));
+      auto& [key, context] = resolved[missing[k]];
+      context = std::make_shared<const std::vector<float>>(out.begin() + k * per,
+                                                           out.begin() + (k + 1) * per);
+      contexts_->Put(*key, context);
     }
   }
   if (observer_) {
-    observer_->OnTextContexts(hits, static_cast<int>(missing.size()),
+    observer_->OnTextContexts(static_cast<int>(resolved.size() - missing.size()),
+                              static_cast<int>(missing.size()),
                               missing.empty() ? absl::ZeroDuration() : absl::Now() - start);
   }
-  for (Active& a : arrivals) {
-    a.context = contexts_->Find(a.run->prompt_ids_);
-    a.uncontext = contexts_->Find(a.run->negative_ids_);
-    // A cache smaller than one admission's prompts: encode this one alone.
-    for (auto* slot : {&a.context, &a.uncontext}) {
-      if (*slot) continue;
-      const std::vector<int64_t>& ids =
-          slot == &a.context ? a.run->prompt_ids_ : a.run->negative_ids_;
-      auto context = std::make_shared<std::vector<float>>(
-          static_cast<size_t>(model_->context_length()) * model_->context_dim());
-      if (absl::Status s = model_->EncodeText(ids, 1, absl::MakeSpan(*context)); !s.ok()) {
-        return s;
-      }
-      *slot = std::move(context);
+  auto context_of = [&](const std::vector<int64_t>& ids) {
+    for (const auto& [key, context] : resolved) {
+      if (*key == ids) return context;
     }
+    return ContextCache::Context();  // not reached: every run's prompts resolved above
+  };
+  for (Active& a : arrivals) {
+    a.context = context_of(a.run->prompt_ids_);
+    a.uncontext = context_of(a.run->negative_ids_);
   }
   return absl::OkStatus();
 }

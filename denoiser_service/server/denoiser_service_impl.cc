@@ -87,7 +87,7 @@ absl::Status ParseConditioning(const v1::Conditioning& c, const BundleManifest& 
 }
 
 // Pixels the engine decoded into an Image (tensor and PNG).
-absl::Status FillImage(const std::vector<uint8_t>& pixels, const BundleManifest& m,
+absl::Status FillImage(absl::Span<const uint8_t> pixels, const BundleManifest& m,
                        v1::Image* image) {
   const std::vector<int64_t>& is = m.image_shape;
   EncodeUint8Tensor(pixels, is, image->mutable_pixels());
@@ -369,15 +369,11 @@ grpc::Status DenoiserServiceImpl::Decode(grpc::ServerContext*, const v1::DecodeR
   // On the engine's thread: RPC threads never run the model.
   auto pixels = (*served)->batcher->Decode(std::move(latents), request->latents_size());
   if (!pixels.ok()) return Count("Decode", ToGrpcStatus(pixels.status()));
-  const std::vector<int64_t>& is = m.image_shape;
   const size_t per_image = static_cast<size_t>(m.ImageNumel());
   for (int i = 0; i < request->latents_size(); ++i) {
-    absl::Span<const uint8_t> px(pixels->data() + i * per_image, per_image);
-    v1::Image* image = response->add_images();
-    EncodeUint8Tensor(px, is, image->mutable_pixels());
-    auto png = EncodePng(px, is[1], is[0], is[2]);
-    if (!png.ok()) return Count("Decode", ToGrpcStatus(png.status()));
-    image->set_png(std::move(*png));
+    absl::Status filled = FillImage(absl::MakeConstSpan(pixels->data() + i * per_image, per_image),
+                                    m, response->add_images());
+    if (!filled.ok()) return Count("Decode", ToGrpcStatus(filled));
   }
   return Count("Decode", grpc::Status::OK);
 }

@@ -14,9 +14,9 @@
 #include <list>
 #include <optional>
 #include <string>
+#include <mutex>
 #include <unordered_map>
 
-#include <mutex>
 #include "common/path.h"
 #include "dgrid/v1/tensor.pb.h"
 #include "grid_orchestrator/plan/grid_plan.h"

@@ -23,9 +23,9 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 
-#include <mutex>
 #include "dgrid/v1/orchestrator.pb.h"
 #include "grid_orchestrator/execute/grid_executor.h"
 #include "grid_orchestrator/plan/grid_plan.h"
