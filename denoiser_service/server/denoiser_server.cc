@@ -1,5 +1,9 @@
 #include "denoiser_service/server/denoiser_server.h"
 
+#include <algorithm>
+#include <filesystem>
+#include <system_error>
+
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <prometheus/registry.h>
@@ -12,6 +16,31 @@
 #include "denoiser_service/server/denoiser_service_impl.h"
 
 namespace dgrid {
+
+absl::StatusOr<std::vector<std::string>> ExpandModelDirs(const std::vector<std::string>& dirs) {
+  std::vector<std::string> out;
+  for (const std::string& dir : dirs) {
+    std::error_code error;
+    if (std::filesystem::exists(std::filesystem::path(dir) / "manifest.json", error) ||
+        !std::filesystem::is_directory(dir, error)) {
+      out.push_back(dir);  // a bundle, or a path whose error the loader names
+      continue;
+    }
+    std::vector<std::string> bundles;
+    for (const auto& entry : std::filesystem::directory_iterator(dir, error)) {
+      if (std::filesystem::exists(entry.path() / "manifest.json", error)) {
+        bundles.push_back(entry.path().string());
+      }
+    }
+    if (bundles.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--model_dir ", dir, ": neither a bundle (no manifest.json) nor a folder of bundles"));
+    }
+    std::sort(bundles.begin(), bundles.end());
+    out.insert(out.end(), bundles.begin(), bundles.end());
+  }
+  return out;
+}
 
 DenoiserServer::DenoiserServer() = default;
 
@@ -31,7 +60,9 @@ absl::StatusOr<std::unique_ptr<DenoiserServer>> DenoiserServer::Start(
   s->registry_ = std::make_shared<prometheus::Registry>();
   s->denoiser_metrics_ = std::make_unique<DenoiserMetrics>(*s->registry_);
   s->models_ = std::make_unique<std::map<std::string, ServedModel>>();
-  for (const std::string& dir : o.model_dirs) {
+  absl::StatusOr<std::vector<std::string>> dirs = ExpandModelDirs(o.model_dirs);
+  if (!dirs.ok()) return dirs.status();
+  for (const std::string& dir : *dirs) {
     auto model = DenoiserModel::Load(dir, {o.device});
     if (!model.ok()) return model.status();
     const std::string name = (*model)->manifest().name;
@@ -39,6 +70,7 @@ absl::StatusOr<std::unique_ptr<DenoiserServer>> DenoiserServer::Start(
       return absl::InvalidArgumentError(absl::StrCat("two bundles are named ", name));
     }
     ServedModel& served = (*s->models_)[name];
+    served.order = static_cast<int>(s->models_->size()) - 1;
     served.model = std::move(*model);
     TrajectoryBatcher::Options batcher;
     batcher.max_batch = o.max_batch;

@@ -33,7 +33,14 @@ class DenoiserMetrics;
 class MetricsEndpoint;
 struct ServedModel;
 
+// --model_dir's folders as bundle folders: a folder with a manifest.json is
+// one bundle; a folder without one holds bundles (its subfolders with a
+// manifest.json, by name). The order is kept: the first bundle is the
+// default model.
+absl::StatusOr<std::vector<std::string>> ExpandModelDirs(const std::vector<std::string>& dirs);
+
 struct DenoiserServerOptions {
+  // Bundle folders, or folders of bundles (ExpandModelDirs).
   std::vector<std::string> model_dirs;
   // host:port; port 0 picks a free one (see port()).
   std::string listen = "127.0.0.1:0";

@@ -6,9 +6,12 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
 #include <functional>
 #include <limits>
 #include <thread>
+
+#include <unistd.h>
 #include <algorithm>
 
 #include "common/tensor_codec.h"
@@ -374,6 +377,50 @@ TEST_F(DenoiserServerTest, AHugeStartLatentIsRejectedAndItsEvaluationsReported) 
   ASSERT_EQ(r.events.size(), 1u);
   ASSERT_TRUE(r.events[0].has_progress());
   EXPECT_EQ(r.events[0].progress().model_evals(), 1);
+}
+
+TEST(ModelDirsTest, AFolderOfBundlesExpandsByNameAndFlagOrderIsKept) {
+  const std::string fixtures = std::filesystem::absolute(std::getenv("DGRID_FIXTURES")).string();
+  const std::filesystem::path folder =
+      std::filesystem::temp_directory_path() / absl::StrCat("dgrid-bundles-", getpid());
+  std::filesystem::remove_all(folder);
+  std::filesystem::create_directories(folder / "not-a-bundle");
+  std::filesystem::create_directory_symlink(fixtures + "/tinyconv", folder / "b-tiny");
+  std::filesystem::create_directory_symlink(fixtures + "/gaussian", folder / "a-gauss");
+
+  absl::StatusOr<std::vector<std::string>> dirs = ExpandModelDirs({folder.string()});
+  ASSERT_TRUE(dirs.ok()) << dirs.status();
+  EXPECT_EQ(*dirs, (std::vector<std::string>{(folder / "a-gauss").string(),
+                                             (folder / "b-tiny").string()}));
+  dirs = ExpandModelDirs({fixtures + "/tinyconv", fixtures + "/gaussian"});
+  ASSERT_TRUE(dirs.ok()) << dirs.status();
+  EXPECT_EQ(*dirs, (std::vector<std::string>{fixtures + "/tinyconv", fixtures + "/gaussian"}));
+  dirs = ExpandModelDirs({(folder / "not-a-bundle").string()});
+  ASSERT_FALSE(dirs.ok());
+  EXPECT_NE(dirs.status().message().find("not-a-bundle"), std::string::npos)
+      << dirs.status().message();
+
+  // GetModelInfo lists the models in --model_dir order, not by name: the
+  // first is what a request naming no model gets.
+  DenoiserServerOptions o;
+  o.model_dirs = {fixtures + "/tinyconv", folder.string()};
+  o.listen = "127.0.0.1:0";
+  o.threads = 1;
+  absl::StatusOr<std::unique_ptr<DenoiserServer>> server = DenoiserServer::Start(o);
+  std::filesystem::remove_all(folder);
+  EXPECT_FALSE(server.ok());  // tinyconv twice: two bundles of one name
+  o.model_dirs = {fixtures + "/tinyconv", fixtures + "/gaussian"};
+  server = DenoiserServer::Start(o);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = v1::Denoiser::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", (*server)->port()), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+  v1::GetModelInfoResponse info;
+  ASSERT_TRUE(stub->GetModelInfo(&context, v1::GetModelInfoRequest(), &info).ok());
+  ASSERT_EQ(info.models_size(), 2);
+  EXPECT_EQ(info.models(0).name(), "tinyconv");
+  EXPECT_EQ(info.models(1).name(), "gaussian");
 }
 
 }  // namespace

@@ -208,9 +208,14 @@ grpc::Status DenoiserServiceImpl::Count(const char* method, grpc::Status status)
 grpc::Status DenoiserServiceImpl::GetModelInfo(grpc::ServerContext*,
                                                const v1::GetModelInfoRequest* request,
                                                v1::GetModelInfoResponse* response) {
+  std::vector<const ServedModel*> in_order;
   for (const auto& [name, served] : *models_) {
-    if (!request->model().empty() && request->model() != name) continue;
-    *response->add_models() = ModelInfoFromManifest(served.model->manifest());
+    if (request->model().empty() || request->model() == name) in_order.push_back(&served);
+  }
+  std::sort(in_order.begin(), in_order.end(),
+            [](const ServedModel* a, const ServedModel* b) { return a->order < b->order; });
+  for (const ServedModel* served : in_order) {
+    *response->add_models() = ModelInfoFromManifest(served->model->manifest());
   }
   if (response->models_size() == 0) {
     return Count("GetModelInfo", ToGrpcStatus(FindModel(request->model()).status()));

@@ -21,6 +21,9 @@ namespace dgrid {
 struct ServedModel {
   std::unique_ptr<DenoiserModel> model;
   std::unique_ptr<TrajectoryBatcher> batcher;
+  // Position in --model_dir: GetModelInfo lists models in this order, and a
+  // request that names no model gets the first.
+  int order = 0;
 };
 
 // Serves dgrid.v1.Denoiser: the constructor adds each method.

@@ -9,8 +9,10 @@
 #include "common/server_main.h"
 #include "denoiser_service/server/denoiser_server.h"
 
-ABSL_FLAG(std::vector<std::string>, model_dir, {"models/fashion-mnist"},
-          "Model bundle folders, comma-separated.");
+ABSL_FLAG(std::vector<std::string>, model_dir,
+          (std::vector<std::string>{"models/emoji", "models/fashion-mnist"}),
+          "Model bundle folders, comma-separated (or the flag repeated); the first is the "
+          "default model of requests that name none.");
 ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC listen address; port 0 picks one.");
 ABSL_FLAG(std::string, metrics_addr, "0.0.0.0:9091",
           "Prometheus metrics address; empty disables metrics.");
@@ -31,7 +33,8 @@ ABSL_FLAG(std::string, tls_key, "", "PEM server private key.");
 ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA: require and verify client certificates.");
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("dgrid-denoiser --model_dir=models/fashion-mnist");
+  absl::SetProgramUsageMessage(
+      "dgrid-denoiser --model_dir=models/emoji --model_dir=models/fashion-mnist");
   absl::ParseCommandLine(argc, argv);
   const sigset_t stop_signals = dgrid::BlockStopSignals();
 
