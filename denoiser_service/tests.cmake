@@ -5,7 +5,7 @@ add_executable(engine_test
   engine/ddim_schedule_test.cc engine/trajectory_batcher_test.cc)
 target_link_libraries(engine_test PRIVATE dgrid_engine GTest::gtest_main)
 gtest_discover_tests(engine_test
-  PROPERTIES LABELS unit FIXTURES_REQUIRED python_fixtures
+  PROPERTIES LABELS unit FIXTURES_REQUIRED engine_fixtures
              ENVIRONMENT DGRID_FIXTURES=${DGRID_FIXTURE_DIR})
 
 add_executable(denoiser_server_test server/denoiser_server_test.cc)

@@ -29,6 +29,17 @@ struct DenoiserModel::Impl {
 
 namespace {
 
+// The TorchScript interpreter's errors (std::runtime_error, not c10::Error)
+// carry the serialized code's traceback first: keep the last non-empty line,
+// which says what failed, and at most 300 bytes of it.
+std::string ShortText(const char* what) {
+  absl::string_view text(what);
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.remove_suffix(1);
+  const size_t line = text.rfind('\n');
+  if (line != absl::string_view::npos) text.remove_prefix(line + 1);
+  return std::string(text.substr(0, 300));
+}
+
 absl::StatusOr<torch::jit::script::Module> LoadScript(const std::string& path,
                                                       torch::Device device) {
   if (!std::filesystem::exists(path)) {
@@ -41,6 +52,9 @@ absl::StatusOr<torch::jit::script::Module> LoadScript(const std::string& path,
   } catch (const c10::Error& e) {
     return absl::InvalidArgumentError(
         absl::StrCat("cannot load TorchScript ", path, ": ", e.what_without_backtrace()));
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot load TorchScript ", path, ": ", ShortText(e.what())));
   }
 }
 
@@ -158,6 +172,9 @@ absl::Status DenoiserModel::Probe(const std::string& dir) {
       return absl::InvalidArgumentError(absl::StrCat(dir, "/", m.text.encoder_weights,
                                                      ": probe failed: ",
                                                      e.what_without_backtrace()));
+    } catch (const std::exception& e) {
+      return absl::InvalidArgumentError(absl::StrCat(dir, "/", m.text.encoder_weights,
+                                                     ": probe failed: ", ShortText(e.what())));
     }
     std::vector<float> context(static_cast<size_t>(length) * context_dim());
     if (absl::Status s = EncodeText(ids, 1, absl::MakeSpan(context)); !s.ok()) return s;
@@ -199,6 +216,12 @@ absl::Status DenoiserModel::EncodeText(absl::Span<const int64_t> ids, int batch,
   if (!impl_->text_encoder) return absl::FailedPreconditionError("not a text model");
   InitThreads();
   const int length = context_length();
+  const size_t want = static_cast<size_t>(batch) * length;
+  if (ids.size() != want || context.size() != want * context_dim()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "EncodeText: ", ids.size(), " ids and room for ", context.size(), " floats; batch ",
+        batch, " needs ", want, " padded ids and ", want * context_dim(), " floats"));
+  }
   try {
     c10::InferenceMode guard;
     torch::Tensor tokens =
@@ -219,6 +242,9 @@ absl::Status DenoiserModel::EncodeText(absl::Span<const int64_t> ids, int batch,
     return absl::OkStatus();
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("text encoder: ", e.what_without_backtrace()));
+  }
+  catch (const std::exception& e) {  // the TorchScript interpreter's own errors
+    return absl::InternalError(absl::StrCat("text encoder: ", ShortText(e.what())));
   }
 }
 
@@ -263,6 +289,9 @@ absl::Status DenoiserModel::RunForward(absl::Span<const float> x, absl::Span<con
                        out);
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("model forward: ", e.what_without_backtrace()));
+  }
+  catch (const std::exception& e) {  // the TorchScript interpreter's own errors
+    return absl::InternalError(absl::StrCat("model forward: ", ShortText(e.what())));
   }
 }
 
@@ -313,6 +342,9 @@ absl::StatusOr<std::vector<uint8_t>> DenoiserModel::Decode(absl::Span<const floa
     return pixels;
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("decoder: ", e.what_without_backtrace()));
+  }
+  catch (const std::exception& e) {  // the TorchScript interpreter's own errors
+    return absl::InternalError(absl::StrCat("decoder: ", ShortText(e.what())));
   }
 }
 

@@ -621,5 +621,23 @@ TEST(ExternalModelTest, MissingOrBrokenBundlesFailWithTheFileNamed) {
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
 }
 
+TEST(ExternalModelTest, AnErrorInsideTheScriptIsAStatusNotACrash) {
+  // An id past the encoder's embedding table makes the TorchScript
+  // interpreter throw std::runtime_error (not c10::Error); and ids that do
+  // not fill batch x max_length are refused before torch reads them.
+  auto model = DenoiserModel::Load(Fixtures() + "/textlatent", {"cpu"});
+  ASSERT_TRUE(model.ok()) << model.status();
+  const int length = (*model)->context_length();
+  std::vector<float> context(static_cast<size_t>(length) * (*model)->context_dim());
+  std::vector<int64_t> ids(length, int64_t{1} << 40);
+  absl::Status status = (*model)->EncodeText(ids, 1, absl::MakeSpan(context));
+  EXPECT_EQ(status.code(), absl::StatusCode::kInternal) << status;
+  EXPECT_NE(status.message().find("text encoder: "), std::string::npos) << status;
+  EXPECT_LE(status.message().size(), 320u) << status;
+  ids.resize(2, 0);
+  status = (*model)->EncodeText(ids, 1, absl::MakeSpan(context));
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+}
+
 }  // namespace
 }  // namespace dgrid
