@@ -96,13 +96,15 @@ function main() {
       });
     });
   }
-  fs.writeFileSync(path.join(outDir, 'images.u8'), Buffer.concat(chunks));
+  const images = Buffer.concat(chunks);
+  fs.writeFileSync(path.join(outDir, 'images.u8'), images);
   const meta = {
     image_size: kSize,
     channels: 3,
     background: 'white',
     packages,
     packages_sha256: checksum,
+    images_sha256: crypto.createHash('sha256').update(images).digest('hex'),
     styles: kStyles.map(({ word, art, license, source, pkg }) =>
       ({ word, art, license, source, package: pkg })),
     records,
@@ -111,7 +113,8 @@ function main() {
   const held = records.filter((r) => r.split === 'heldout').length;
   console.log(`${records.length} images (${held} held out), ` +
               `${new Set(records.map((r) => r.subcategory)).size} subcategories, ` +
-              `packages sha256 ${checksum.slice(0, 16)} -> ${outDir}`);
+              `packages sha256 ${checksum.slice(0, 16)}, images sha256 ` +
+              `${meta.images_sha256.slice(0, 16)} -> ${outDir}`);
 }
 
 main();
