@@ -100,5 +100,28 @@ TEST(DenoiserProcessTest, BadFlagsExitWithOneReadableLine) {
       << (*child)->Log();
 }
 
+TEST(DenoiserProcessTest, ARepeatedModelDirServesEveryBundleInOrder) {
+  // absl alone would keep only the last --model_dir.
+  const std::string dir = testing::TempDir("denoiser-two-models");
+  const std::string fixtures = std::getenv("DGRID_FIXTURES");
+  auto child = ChildProcess::Start(
+      {BinPath("dgrid-denoiser"), "--model_dir=" + fixtures + "/tinyconv", "--model_dir",
+       fixtures + "/gaussian", "--listen=127.0.0.1:0", "--metrics_addr=", "--threads=1",
+       "--port_file=" + dir + "/ports"},
+      dir + "/denoiser.log");
+  ASSERT_TRUE(child.ok()) << child.status();
+  auto ports = (*child)->WaitForPorts(dir + "/ports", absl::Seconds(60));
+  ASSERT_TRUE(ports.ok()) << ports.status() << (*child)->Log();
+  auto stub = v1::Denoiser::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", (*ports)["grpc"]), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  v1::GetModelInfoResponse info;
+  ASSERT_TRUE(stub->GetModelInfo(&context, v1::GetModelInfoRequest(), &info).ok());
+  ASSERT_EQ(info.models_size(), 2) << info.DebugString();
+  EXPECT_EQ(info.models(0).name(), "tinyconv");
+  EXPECT_EQ(info.models(1).name(), "gaussian");
+}
+
 }  // namespace
 }  // namespace dgrid

@@ -1,18 +1,23 @@
 // dgrid-denoiser: serves model bundles over gRPC. Parses flags, starts the
 // server, waits for SIGINT/SIGTERM, shuts down gracefully.
 #include <iostream>
+#include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
+#include "absl/strings/strip.h"
 #include "common/server_main.h"
 #include "denoiser_service/server/denoiser_server.h"
 
 ABSL_FLAG(std::vector<std::string>, model_dir,
           (std::vector<std::string>{"models/emoji", "models/fashion-mnist"}),
-          "Model bundle folders, comma-separated (or the flag repeated); the first is the "
-          "default model of requests that name none.");
+          "Model bundle folders, comma-separated or the flag repeated; a folder without a "
+          "manifest.json holds bundles. The first is the default model of requests that "
+          "name none.");
 ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC listen address; port 0 picks one.");
 ABSL_FLAG(std::string, metrics_addr, "0.0.0.0:9091",
           "Prometheus metrics address; empty disables metrics.");
@@ -32,6 +37,33 @@ ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate (enables TLS).");
 ABSL_FLAG(std::string, tls_key, "", "PEM server private key.");
 ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA: require and verify client certificates.");
 
+namespace {
+
+// absl keeps the last of a repeated flag; --model_dir may be given once per
+// bundle as well as comma-separated, so every occurrence is collected here.
+std::vector<std::string> AllModelDirs(int argc, char** argv) {
+  std::vector<std::string> dirs;
+  for (int i = 1; i < argc; ++i) {
+    absl::string_view arg = argv[i];
+    if (arg == "--") break;
+    if (!absl::ConsumePrefix(&arg, "--") && !absl::ConsumePrefix(&arg, "-")) continue;
+    absl::string_view value;
+    if (absl::ConsumePrefix(&arg, "model_dir=")) {
+      value = arg;
+    } else if (arg == "model_dir" && i + 1 < argc) {
+      value = argv[++i];
+    } else {
+      continue;
+    }
+    for (absl::string_view dir : absl::StrSplit(value, ',', absl::SkipEmpty())) {
+      dirs.emplace_back(dir);
+    }
+  }
+  return dirs;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "dgrid-denoiser --model_dir=models/emoji --model_dir=models/fashion-mnist");
@@ -39,7 +71,8 @@ int main(int argc, char** argv) {
   const sigset_t stop_signals = dgrid::BlockStopSignals();
 
   dgrid::DenoiserServerOptions options;
-  options.model_dirs = absl::GetFlag(FLAGS_model_dir);
+  options.model_dirs = AllModelDirs(argc, argv);
+  if (options.model_dirs.empty()) options.model_dirs = absl::GetFlag(FLAGS_model_dir);
   options.listen = absl::GetFlag(FLAGS_listen);
   options.metrics_addr = absl::GetFlag(FLAGS_metrics_addr);
   options.max_batch = absl::GetFlag(FLAGS_max_batch);
