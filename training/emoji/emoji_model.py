@@ -211,6 +211,10 @@ class UNet(nn.Module):
         a, b = widths
         self.tdim = widths[0]
         self.time = nn.Sequential(nn.Linear(a, temb), nn.SiLU(), nn.Linear(temb, temb))
+        # The mean of the context over its positions joins the time embedding:
+        # a global "what is drawn" signal in every residual block, beside the
+        # cross-attention's per-position one.
+        self.pooled = nn.Sequential(nn.Linear(context_dim, temb), nn.SiLU(), nn.Linear(temb, temb))
         self.inp = nn.Conv2d(LATENT_CHANNELS, a, 3, padding=1)
         self.down16 = Res(a, a, temb)
         self.x16 = Attention(a, context_dim)
@@ -231,7 +235,7 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, x, t, context):
-        e = self.time(timestep_embedding(t, self.tdim))
+        e = self.time(timestep_embedding(t, self.tdim)) + self.pooled(context.mean(dim=1))
         h16 = self.x16(self.down16(self.inp(x), e), context)
         h8 = self.x8(self.down8(self.down(h16), e), context)
         m = self.midx8(self.self8(self.mid(h8, e)), context)

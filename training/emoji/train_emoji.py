@@ -353,7 +353,7 @@ def main():
     p.add_argument("--ae_batch", type=int, default=32)
     p.add_argument("--ae_lr", type=float, default=2e-3)
     p.add_argument("--ae_kl", type=float, default=1e-5)
-    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--steps", type=int, default=10000)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--ema", type=float, default=0.999)
