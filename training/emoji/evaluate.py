@@ -193,6 +193,42 @@ def check_bundle(args, manifest, prompts):
           f"{len(texts)} prompts", flush=True)
 
 
+# ------------------------------------------------------------ guidance sweep
+
+def guidance_sweep(args, manifest, net, prompts, sub_of, style_of):
+    """Prompted accuracy by guidance scale with the Python reference sampler
+    (tools/import_diffusers.py: the same DDIM in law, not the engine's Philox
+    noise), to choose the bundle's default guidance cheaply."""
+    sys.path[:0] = [os.path.join(ROOT, "tools"), HERE]
+    import import_diffusers
+    import emoji_model as em
+    bundle = import_diffusers.load_bundle(args.model)
+    tok = manifest["conditioning"]["tokenizer"]
+    words = open(os.path.join(args.model, tok["vocab"]), encoding="utf-8").read().split("\n")[:-1]
+    vocab = em.Vocab([], tok["max_length"])
+    vocab.words, vocab.ids = words, {w: i for i, w in enumerate(words)}
+    cond = torch.tensor([vocab.encode(p) for p, _, _ in prompts])
+    uncond = torch.tensor([vocab.encode("")] * len(prompts))
+    want_sub = torch.tensor([sub_of[s] for _, s, _ in prompts])
+    want_style = torch.tensor([style_of[s] if s else -1 for _, _, s in prompts])
+    styled = want_style >= 0
+    out = []
+    for g in [float(v) for v in args.sweep.split(",")]:
+        images = []
+        for i in range(0, len(prompts), 64):
+            _, img = import_diffusers.sample(bundle, cond[i:i + 64], uncond[i:i + 64],
+                                             guidance=g, seed=args.seed + i)
+            images.append(img.clamp(-1, 1))
+        got_sub, got_style, _ = classify(net, torch.cat(images))
+        row = {"guidance": g, "samples": len(prompts),
+               "subcategory_accuracy": round((got_sub == want_sub).float().mean().item(), 4),
+               "style_accuracy": round(
+                   (got_style[styled] == want_style[styled]).float().mean().item(), 4)}
+        print(json.dumps(row), flush=True)
+        out.append(row)
+    return out
+
+
 # ---------------------------------------------------------------------- main
 
 def classify(net, images):
@@ -231,6 +267,9 @@ def main():
     p.add_argument("--min_subcategory", type=float, default=0.3)
     p.add_argument("--min_style", type=float, default=0.6)
     p.add_argument("--out", default="", help="eval.json path (default: the bundle's)")
+    p.add_argument("--sweep", default="",
+                   help="guidance scales, e.g. 1,2,3,5: accuracy by scale (Python sampler) "
+                        "and exit")
     args = p.parse_args()
     torch.set_num_threads(2)
     sys.path[:0] = [os.path.join(args.build, "python"), os.path.join(ROOT, "clients", "python")]
@@ -251,6 +290,13 @@ def main():
     branch_steps = [0, 30] if args.quick else None   # None: the default preset's rows
 
     report = {"model": manifest["name"], "version": manifest["version"]}
+    if args.sweep:
+        sweep = guidance_sweep(args, manifest, net, prompts, sub_of, style_of)
+        os.makedirs(os.path.join(args.model, "eval"), exist_ok=True)
+        with open(args.out or os.path.join(args.model, "eval", "guidance_sweep.json"), "w") as f:
+            json.dump(sweep, f, indent=1)
+            f.write("\n")
+        return
     if args.quick:
         check_bundle(args, manifest, [p for p, _, _ in prompts])
     stack = Stack(args.build, args.model)
