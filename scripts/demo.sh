@@ -4,18 +4,26 @@
 # sidecar grid.json), and says where, with the explorer page's URL. Builds
 # first if needed.
 #
-#   scripts/demo.sh [--model DIR] [--prompt TEXT] [--negative TEXT] [--seed 7]
+#   scripts/demo.sh [--model DIR]... [--prompt TEXT] [--negative TEXT] [--seed 7]
 #                   [--preset classic] [--keep] [--monitor]
 #
-# --model serves another bundle folder (a class or a text model); a text
-#   model's prompt defaults to the first of its manifest's example prompts.
+# By default the denoisers serve both shipped bundles, models/emoji (text to
+# image, the grid's model) and models/fashion-mnist (the explorer switches
+# between them). --model serves other bundle folders instead (a class or a
+# text model; repeat it for several); the grid uses the first. A text
+# model's prompt defaults to the first of its manifest's example prompts.
 # --keep leaves the stack running (Ctrl-C stops it), to use the page or e.g.
 #   build/bin/dgrid promote grid.json --row 2 --col 3 --target=<orchestrator>
 # --monitor also starts Prometheus (Debian's package) on 127.0.0.1:9099 with
 # deploy/prometheus's scrape config and rules, scraping the stack; implies --keep.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-model="${DGRID_MODEL_DIR:-models/fashion-mnist}"
+if [ -n "${DGRID_MODEL_DIR:-}" ]; then
+  models=("$DGRID_MODEL_DIR")
+else
+  models=(models/emoji models/fashion-mnist)
+fi
+models_set=0
 prompt=
 prompt_set=0
 negative=
@@ -25,7 +33,9 @@ keep=0
 monitor=0
 while [ $# -gt 0 ]; do
   case "$1" in
-    --model) model=$2; shift 2 ;;
+    --model)
+      [ "$models_set" = 1 ] || models=()
+      models+=("$2"); models_set=1; shift 2 ;;
     --prompt) prompt=$2; prompt_set=1; shift 2 ;;
     --negative) negative=$2; shift 2 ;;
     --seed) seed=$2; shift 2 ;;
@@ -36,7 +46,11 @@ while [ $# -gt 0 ]; do
        exit 2 ;;
   esac
 done
-[ -f "$model/manifest.json" ] || { echo "demo: no bundle at $model (manifest.json missing)" >&2; exit 2; }
+for dir in "${models[@]}"; do
+  [ -f "$dir/manifest.json" ] || { echo "demo: no bundle at $dir (manifest.json missing)" >&2; exit 2; }
+done
+model=${models[0]}
+model_name=$(/usr/bin/python3 -c 'import json, sys; print(json.load(open(sys.argv[1] + "/manifest.json"))["name"])' "$model")
 if [ "$prompt_set" = 0 ]; then
   # A class model's demo prompt, or a text model's first example.
   prompt=$(/usr/bin/python3 -c '
@@ -81,7 +95,7 @@ wait_ports() {
 # One core's worth of torch threads per replica on this 2-core machine.
 denoisers=()
 for i in 0 1; do
-  build/bin/dgrid-denoiser --model_dir="$model" --listen=127.0.0.1:0 \
+  build/bin/dgrid-denoiser "${models[@]/#/--model_dir=}" --listen=127.0.0.1:0 \
     --metrics_addr=127.0.0.1:0 --threads=1 --port_file="$run/d$i" 2>"$run/d$i.log" &
   pids+=($!)
   denoisers+=("127.0.0.1:$(wait_ports "$run/d$i" $! "$run/d$i.log")")
@@ -114,7 +128,7 @@ fi
 
 negative_flag=()
 [ -n "$negative" ] && negative_flag=(--negative="$negative")
-build/bin/dgrid grid --target="$orchestrator" --prompt="$prompt" "${negative_flag[@]}" --seed="$seed" \
+build/bin/dgrid grid --target="$orchestrator" --model="$model_name" --prompt="$prompt" "${negative_flag[@]}" --seed="$seed" \
   --preset="$preset" -o grid.png
 echo "grid: $(pwd)/grid.png (cell paths and divergence: $(pwd)/grid.json)"
 

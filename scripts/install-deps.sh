@@ -18,6 +18,8 @@ packages=(
   libtorch-dev libopenblas0-pthread
   # Python side: reference vectors, external-model fixture, Python client
   python3-torch python3-grpcio python3-grpc-tools python3-numpy
+  # the emoji evaluation reads grid PNGs
+  python3-pil
   # tests/fixtures/clip/reference_tokenizer.py (\p{L} in Python)
   python3-regex
   # training data

@@ -45,3 +45,20 @@ target_compile_definitions(dgrid_shipped_bundle_test PRIVATE
   DGRID_BUNDLE="${PROJECT_SOURCE_DIR}/models/fashion-mnist")
 target_link_libraries(dgrid_shipped_bundle_test PRIVATE dgrid_eval dgrid_common GTest::gtest_main)
 gtest_discover_tests(dgrid_shipped_bundle_test PROPERTIES LABELS training TIMEOUT 120)
+
+# The committed emoji bundle through the real stack (two denoisers and an
+# orchestrator on loopback): size and licences in the manifest, the C++
+# tokenizer against the word list training used, then 24 two-row grids of
+# prompts naming emoji, scored by the bundle's classifier: the subcategory
+# must match in at least 0.5 of the samples (chance 0.01) and the style in
+# 0.8 (chance 0.5). training/emoji/evaluate.py without --quick is the full
+# evaluation (it needs training/emoji/fetch.sh's data).
+add_test(NAME emoji_bundle_quick
+  COMMAND ${DGRID_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/emoji/evaluate.py
+    --model ${PROJECT_SOURCE_DIR}/models/emoji --build ${CMAKE_BINARY_DIR}
+    --quick 24 --min_subcategory 0.5 --min_style 0.8)
+set_tests_properties(emoji_bundle_quick PROPERTIES
+  LABELS training
+  TIMEOUT 300
+  RUN_SERIAL TRUE
+  ENVIRONMENT "PYTHONDONTWRITEBYTECODE=1")
