@@ -2,8 +2,10 @@
 
 #include <signal.h>
 
+#include <algorithm>
 #include <cstdlib>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
@@ -33,16 +35,22 @@ absl::StatusOr<std::unique_ptr<Stack>> Stack::Start(const StackOptions& options,
 absl::Status Stack::StartDenoiser(int i, int port, int metrics) {
   const std::string ports = absl::StrCat(dir_, "/denoiser", i, ".ports");
   std::remove(ports.c_str());
+  std::vector<std::string> extra = options_.denoiser_flags;
+  if (auto it = options_.per_denoiser_flags.find(i); it != options_.per_denoiser_flags.end()) {
+    extra.insert(extra.end(), it->second.begin(), it->second.end());
+  }
+  // A --model_dir among the extra flags replaces the stack's (the denoiser
+  // serves every --model_dir it is given).
+  const bool own_model = std::any_of(extra.begin(), extra.end(), [](const std::string& f) {
+    return absl::StartsWith(f, "--model_dir");
+  });
   std::vector<std::string> argv = {BinPath("dgrid-denoiser"),
-                                   "--model_dir=" + options_.model_dir,
                                    absl::StrCat("--listen=127.0.0.1:", port),
                                    absl::StrCat("--metrics_addr=127.0.0.1:", metrics),
                                    absl::StrCat("--threads=", options_.denoiser_threads),
                                    "--port_file=" + ports};
-  argv.insert(argv.end(), options_.denoiser_flags.begin(), options_.denoiser_flags.end());
-  if (auto it = options_.per_denoiser_flags.find(i); it != options_.per_denoiser_flags.end()) {
-    argv.insert(argv.end(), it->second.begin(), it->second.end());
-  }
+  if (!own_model) argv.push_back("--model_dir=" + options_.model_dir);
+  argv.insert(argv.end(), extra.begin(), extra.end());
   auto process = ChildProcess::Start(argv, absl::StrCat(dir_, "/denoiser", i, ".log"));
   if (!process.ok()) return process.status();
   auto bound = (*process)->WaitForPorts(ports, absl::Seconds(60));

@@ -30,7 +30,8 @@ struct StackOptions {
   // Torch intra-op threads per denoiser.
   int denoiser_threads = 1;
   std::vector<std::string> denoiser_flags;
-  // Extra flags for one denoiser only, by index.
+  // Extra flags for one denoiser only, by index. A --model_dir here (or in
+  // denoiser_flags) replaces model_dir.
   std::map<int, std::vector<std::string>> per_denoiser_flags;
   std::vector<std::string> orchestrator_flags;
 };
