@@ -19,12 +19,12 @@ import emoji_model as em  # noqa: E402
 
 # Prompts the explorer and ListModels offer; each names an emoji of the data.
 EXAMPLE_PROMPTS = [
-    "cat face with tears of joy, twemoji",
+    "grinning face, noto",
+    "face with tears of joy, twemoji",
     "red apple, noto",
     "rocket",
-    "sunflower, twemoji",
+    "ghost, twemoji",
     "slice of pizza, noto",
-    "ghost",
 ]
 
 

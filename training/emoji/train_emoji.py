@@ -362,7 +362,7 @@ def main():
     p.add_argument("--context_dim", type=int, default=64)
     p.add_argument("--unet_widths", type=int, nargs=2, default=[32, 64])
     p.add_argument("--classifier_steps", type=int, default=1500)
-    p.add_argument("--guidance", type=float, default=3.0, help="the bundle's default guidance")
+    p.add_argument("--guidance", type=float, default=4.0, help="the bundle's default guidance")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     os.makedirs(args.run, exist_ok=True)
