@@ -3,8 +3,9 @@
 
     /usr/bin/python3 training/emoji/evaluate.py [--model models/emoji] [--grids 100]
 
-Starts two dgrid-denoiser replicas and a dgrid-orchestrator on loopback (the
-built binaries in build/bin), asks for default grids of prompts that name
+Starts two dgrid-denoiser replicas (one torch thread each) and a
+dgrid-orchestrator on loopback (the built binaries in build/bin, through
+clients/python/tests/live_stack.py), asks for default grids of prompts that name
 emoji, reads the cells' PNGs back, and scores them with the bundle's own
 classifier (classifier.pt: subcategory and style). Real images come from
 training/emoji/data (training/emoji/fetch.sh builds it). Writes eval.json
@@ -34,7 +35,6 @@ import os
 import random
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -45,59 +45,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 
 
-# --------------------------------------------------------------------- stack
-
-class Stack:
-    """Two denoisers (one torch thread each) and an orchestrator on loopback."""
-
-    def __init__(self, build, model_dir, replicas=2, threads=1):
-        self.dir = tempfile.mkdtemp(prefix="dgrid-eval-")
-        self.procs = []
-        try:
-            addrs = []
-            for i in range(replicas):
-                port_file = os.path.join(self.dir, f"d{i}")
-                self._start([os.path.join(build, "bin", "dgrid-denoiser"),
-                             f"--model_dir={model_dir}", "--listen=127.0.0.1:0",
-                             "--metrics_addr=127.0.0.1:0", f"--threads={threads}",
-                             f"--port_file={port_file}"], f"d{i}")
-                addrs.append(f"127.0.0.1:{self._port(port_file)}")
-            port_file = os.path.join(self.dir, "o")
-            self._start([os.path.join(build, "bin", "dgrid-orchestrator"),
-                         "--denoisers=" + ",".join(addrs), "--listen=127.0.0.1:0",
-                         "--metrics_addr=127.0.0.1:0", f"--port_file={port_file}"], "o")
-            self.target = f"127.0.0.1:{self._port(port_file)}"
-        except BaseException:
-            self.close()
-            raise
-
-    def _start(self, argv, name):
-        log = open(os.path.join(self.dir, name + ".log"), "wb")
-        self.procs.append((subprocess.Popen(argv, stdout=log, stderr=log), name))
-
-    def _port(self, port_file, timeout=120):
-        proc, name = self.procs[-1]
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if os.path.exists(port_file) and os.path.getsize(port_file) > 0:
-                for line in open(port_file):
-                    if line.startswith("grpc="):
-                        return int(line.strip().split("=", 1)[1])
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited: " +
-                                   open(os.path.join(self.dir, name + ".log")).read()[-2000:])
-            time.sleep(0.1)
-        raise TimeoutError(f"{name} wrote no port in {timeout} s")
-
-    def close(self):
-        for proc, _ in self.procs:
-            proc.terminate()
-        for proc, _ in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
+# --------------------------------------------------------------------- cells
 
 def png_to_tensor(data):
     """A cell PNG to [3, 64, 64] in [-1, 1]."""
@@ -163,20 +111,25 @@ def speciation_svg(points, path):
 
 # ------------------------------------------------------------- bundle check
 
+def bundle_vocab(args, manifest):
+    """The bundle's word list as the training code's Vocab."""
+    import emoji_model as em
+    tok = manifest["conditioning"]["tokenizer"]
+    words = open(os.path.join(args.model, tok["vocab"]), encoding="utf-8").read().split("\n")[:-1]
+    vocab = em.Vocab([], tok["max_length"])
+    vocab.words, vocab.ids = words, {w: i for i, w in enumerate(words)}
+    return vocab
+
+
 def check_bundle(args, manifest, prompts):
     """What CI asserts of the shipped bundle before sampling: its size and
     licences, and that the C++ tokenizer gives the ids training used."""
-    sys.path.insert(0, HERE)
-    import emoji_model as em
     size = sum(os.path.getsize(os.path.join(args.model, f)) for f in os.listdir(args.model)
                if os.path.isfile(os.path.join(args.model, f)))
     assert size <= 40e6, f"bundle is {size / 1e6:.1f} MB, over 40 MB"
     licence = manifest["data"]["license"]
     assert "Apache-2.0" in licence and "CC-BY-4.0" in licence, licence
-    tok = manifest["conditioning"]["tokenizer"]
-    words = open(os.path.join(args.model, tok["vocab"]), encoding="utf-8").read().split("\n")[:-1]
-    vocab = em.Vocab([], tok["max_length"])
-    vocab.words, vocab.ids = words, {w: i for i, w in enumerate(words)}
+    vocab = bundle_vocab(args, manifest)
     texts = manifest["conditioning"]["example_prompts"] + prompts + ["", "flag: côte d’ivoire"]
     out = subprocess.run([os.path.join(args.build, "bin", "dgrid"), "tokenize",
                           f"--model_dir={args.model}"] + texts,
@@ -189,7 +142,7 @@ def check_bundle(args, manifest, prompts):
         assert got == want, f"tokenize {text!r}: C++ {got}, training {want}"
     for text in manifest["conditioning"]["example_prompts"]:
         assert vocab.UNK not in vocab.encode(text), f"example prompt {text!r} has unknown words"
-    print(f"bundle: {size / 1e6:.1f} MB, {len(words)} words, tokenizer agrees on "
+    print(f"bundle: {size / 1e6:.1f} MB, {len(vocab.words)} words, tokenizer agrees on "
           f"{len(texts)} prompts", flush=True)
 
 
@@ -199,14 +152,10 @@ def guidance_sweep(args, manifest, net, prompts, sub_of, style_of):
     """Prompted accuracy by guidance scale with the Python reference sampler
     (tools/import_diffusers.py: the same DDIM in law, not the engine's Philox
     noise), to choose the bundle's default guidance cheaply."""
-    sys.path[:0] = [os.path.join(ROOT, "tools"), HERE]
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
     import import_diffusers
-    import emoji_model as em
     bundle = import_diffusers.load_bundle(args.model)
-    tok = manifest["conditioning"]["tokenizer"]
-    words = open(os.path.join(args.model, tok["vocab"]), encoding="utf-8").read().split("\n")[:-1]
-    vocab = em.Vocab([], tok["max_length"])
-    vocab.words, vocab.ids = words, {w: i for i, w in enumerate(words)}
+    vocab = bundle_vocab(args, manifest)
     cond = torch.tensor([vocab.encode(p) for p, _, _ in prompts])
     uncond = torch.tensor([vocab.encode("")] * len(prompts))
     want_sub = torch.tensor([sub_of[s] for _, s, _ in prompts])
@@ -272,8 +221,10 @@ def main():
                         "and exit")
     args = p.parse_args()
     torch.set_num_threads(2)
-    sys.path[:0] = [os.path.join(args.build, "python"), os.path.join(ROOT, "clients", "python")]
+    sys.path[:0] = [os.path.join(args.build, "python"), os.path.join(ROOT, "clients", "python"),
+                    os.path.join(ROOT, "clients", "python", "tests"), HERE]
     import dgrid_client
+    from live_stack import LiveStack
 
     manifest = json.load(open(os.path.join(args.model, "manifest.json")))
     cinfo = json.load(open(os.path.join(args.model, "classifier.json")))
@@ -299,11 +250,11 @@ def main():
         return
     if args.quick:
         check_bundle(args, manifest, [p for p, _, _ in prompts])
-    stack = Stack(args.build, args.model)
     grids = []
     t0 = time.time()
-    try:
-        with dgrid_client.Client(stack.target) as client:
+    bins = os.path.join(args.build, "bin")
+    with LiveStack(args.model, replicas=2, threads=1, bins=bins) as stack:
+        with dgrid_client.Client(stack.orchestrator) as client:
             client.wait_ready(120)
             for k, (prompt, _, _) in enumerate(prompts):
                 g = client.create_grid(prompt=prompt, seed=args.seed * 100000 + k,
@@ -311,8 +262,6 @@ def main():
                 grids.append(g)
                 if (k + 1) % 10 == 0:
                     print(f"{k + 1}/{len(prompts)} grids ({time.time() - t0:.0f} s)", flush=True)
-    finally:
-        stack.close()
     seconds = time.time() - t0
     plan = grids[0].plan
     report["sampler"] = {"steps": plan.steps, "eta": plan.eta, "guidance": plan.guidance,
@@ -349,7 +298,6 @@ def main():
         sys.exit(0 if ok else 1)
 
     # Real images.
-    sys.path.insert(0, HERE)
     import train_emoji
     data = train_emoji.Data(args.data)
     train_idx, held_idx = torch.tensor(data.train), torch.tensor(data.heldout)
@@ -378,7 +326,7 @@ def main():
     mse = ((rec.clamp(-1, 1) - held) ** 2).flatten(1).mean(1)
     report["autoencoder"] = {
         "heldout_images": len(held),
-        "psnr_db": round((10 * torch.log10(4.0 / mse)).mean().item(), 2),
+        "psnr_db": round(train_emoji.psnr(rec, held), 2),
         "psnr_of_mean_mse_db": round(10 * math.log10(4.0 / mse.mean().item()), 2),
     }
 
@@ -440,13 +388,14 @@ def main():
                        "p_style": round(ch_style.mean().item(), 4),
                        "p_style_se": round(ch_style.std().item() / math.sqrt(len(grids)), 4)})
     report["speciation"] = {"trunks": len(grids), "branches": plan.branches, "points": points}
-    os.makedirs(os.path.join(args.model, "eval"), exist_ok=True)
-    speciation_svg(points, os.path.join(args.model, "eval", "speciation.svg"))
-    report["eval_seconds"] = round(time.time() - t0, 1)
-    report["hardware"] = subprocess.run(
-        ["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"],
-        capture_output=True, text=True).stdout.strip()
     out = args.out or os.path.join(args.model, "eval.json")
+    # The plot goes beside the report: <bundle>/eval/ by default.
+    plot_dir = os.path.join(os.path.dirname(os.path.abspath(out)), "eval")
+    os.makedirs(plot_dir, exist_ok=True)
+    speciation_svg(points, os.path.join(plot_dir, "speciation.svg"))
+    report["eval_seconds"] = round(time.time() - t0, 1)
+    import export_emoji
+    report["hardware"] = export_emoji.cpu_model()
     with open(out, "w") as f:
         json.dump(report, f, indent=1)
         f.write("\n")

@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import sys
+import time
 
 import torch
 
@@ -43,7 +44,6 @@ def forward_ms_per_image(unet, context_dim, max_length, batch=32, repeats=20):
     x = torch.randn(batch, em.LATENT_CHANNELS, em.LATENT, em.LATENT)
     t = torch.randint(0, 1000, (batch,))
     c = torch.randn(batch, max_length, context_dim)
-    import time
     with torch.no_grad():
         for _ in range(3):
             unet(x, t, c)

@@ -1,5 +1,6 @@
-"""A live Diffusion Grid stack on loopback for Python tests: one dgrid-denoiser
-and one dgrid-orchestrator on free ports, stopped on exit.
+"""A live Diffusion Grid stack on loopback for Python tests and tools: one
+dgrid-denoiser (or `replicas` of them) and one dgrid-orchestrator on free
+ports, stopped on exit.
 
     with LiveStack() as stack:
         target = stack.orchestrator  # "127.0.0.1:PORT"
@@ -56,13 +57,17 @@ def stop_on_sigterm() -> None:
 class LiveStack:
     """Starts the denoiser, waits for its port file, then the orchestrator."""
 
-    def __init__(self, model: Optional[str] = None, start_timeout: float = 120.0) -> None:
+    def __init__(self, model: Optional[str] = None, start_timeout: float = 120.0, *,
+                 replicas: int = 1, threads: int = 1, bins: Optional[str] = None) -> None:
         self.model = model or model_dir()
         self.start_timeout = start_timeout
+        self.replicas = replicas
+        self.threads = threads  # torch threads per denoiser
+        self.bins = bins or bin_dir()
         self.dir = tempfile.mkdtemp(prefix="dgrid-pytest-")
         self.processes: List[subprocess.Popen] = []
         self.names: Dict[int, str] = {}  # pid -> name (its log is NAME.log)
-        self.denoiser = ""
+        self.denoisers: List[str] = []
         self.orchestrator = ""
 
     def __enter__(self) -> "LiveStack":
@@ -108,19 +113,21 @@ class LiveStack:
     def start(self) -> None:
         if not os.path.isfile(os.path.join(self.model, "manifest.json")):
             raise StackError(f"no model bundle at {self.model} (set DGRID_TEST_MODEL)")
-        bins = bin_dir()
-        f1 = os.path.join(self.dir, "denoiser.ports")
-        p = self._spawn("denoiser", [
-            os.path.join(bins, "dgrid-denoiser"), f"--model_dir={self.model}",
-            "--listen=127.0.0.1:0", "--metrics_addr=", "--threads=1", f"--port_file={f1}"])
-        self.denoiser = f"127.0.0.1:{self._wait_ports('denoiser', p, f1)['grpc']}"
+        for i in range(self.replicas):
+            name = "denoiser" if i == 0 else f"denoiser{i}"
+            port_file = os.path.join(self.dir, name + ".ports")
+            p = self._spawn(name, [
+                os.path.join(self.bins, "dgrid-denoiser"), f"--model_dir={self.model}",
+                "--listen=127.0.0.1:0", "--metrics_addr=", f"--threads={self.threads}",
+                f"--port_file={port_file}"])
+            self.denoisers.append(f"127.0.0.1:{self._wait_ports(name, p, port_file)['grpc']}")
         self.orchestrator = self.add_orchestrator()
 
     def add_orchestrator(self, flags: Optional[List[str]] = None, name: str = "orchestrator") -> str:
-        """Starts an orchestrator over the denoiser; returns its address."""
+        """Starts an orchestrator over the denoisers; returns its address."""
         port_file = os.path.join(self.dir, name + ".ports")
         p = self._spawn(name, [
-            os.path.join(bin_dir(), "dgrid-orchestrator"), f"--denoisers={self.denoiser}",
+            os.path.join(self.bins, "dgrid-orchestrator"), f"--denoisers={','.join(self.denoisers)}",
             "--listen=127.0.0.1:0", "--metrics_addr=", f"--port_file={port_file}"] + (flags or []))
         return f"127.0.0.1:{self._wait_ports(name, p, port_file)['grpc']}"
 
@@ -132,7 +139,7 @@ class LiveStack:
             return ""
 
     def stop(self) -> None:
-        """Orchestrator first, then the denoiser: SIGTERM, then SIGKILL after 10 s.
+        """Orchestrator first, then the denoisers: SIGTERM, then SIGKILL after 10 s.
         Removes the logs too, unless DGRID_KEEP_TEST_DIRS is set."""
         for p in reversed(self.processes):
             if p.poll() is None:
