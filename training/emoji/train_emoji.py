@@ -185,12 +185,57 @@ def make_diffusion(vocab_size, args):
     return text, unet
 
 
+def parse_schedule(text):
+    """--schedule "END:LR:GAMMA,END:LR:GAMMA,...": consecutive segments of the
+    diffusion training, each a warm-up and a cosine decay of the learning rate
+    to zero from the previous END to its own (a warm restart between them),
+    with min-SNR weighting GAMMA (0: none)."""
+    segments, start = [], 0
+    for part in text.split(","):
+        end, lr, gamma = part.split(":")
+        if int(end) <= start:
+            raise SystemExit(f"--schedule: segment ends must increase, got {end} after {start}")
+        segments.append({"start": start, "end": int(end), "lr": float(lr),
+                         "snr_gamma": float(gamma)})
+        start = int(end)
+    return segments
+
+
+def plan_segments(state, args):
+    """The schedule asked for, checked against the one a checkpoint was
+    trained with: a run resumes, or is extended by later segments, only if
+    what it already did is a prefix of what is asked."""
+    segments = parse_schedule(args.schedule)
+    if not state:
+        return segments
+    # Checkpoints from before segments were trained as one, without weighting.
+    done = state.get("segments") or [{"start": 0, "end": state["step"] if state.get("done")
+                                      else segments[0]["end"], "lr": segments[0]["lr"],
+                                      "snr_gamma": 0.0}]
+    for old, new in zip(done, segments):
+        if old["end"] <= state["step"] and old != new:
+            raise SystemExit(f"--schedule: the checkpoint in {args.run} was trained with "
+                             f"{old}, not {new}; use a new --run")
+    return segments
+
+
+def snr_weight(abar_t, gamma):
+    """Min-SNR-gamma loss weights for epsilon prediction, min(SNR, gamma) / SNR
+    (Hang et al. 2023): the low-noise steps, which fix detail, count less, so
+    the high-noise ones, where what is drawn is decided, get more of the
+    gradient. gamma 0 means no weighting."""
+    if gamma <= 0:
+        return torch.ones_like(abar_t)
+    snr = abar_t / (1 - abar_t)
+    return snr.clamp(max=gamma) / snr
+
+
 def train_diffusion(args, data, latents, vocab):
     path = os.path.join(args.run, "diffusion.ckpt")
     torch.manual_seed(args.seed)
     text, unet = make_diffusion(len(vocab.words), args)
     params = list(text.parameters()) + list(unet.parameters())
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)  # lr set per step
     ema_text, ema_unet = make_diffusion(len(vocab.words), args)
     ema_text.load_state_dict(text.state_dict())
     ema_unet.load_state_dict(unet.state_dict())
@@ -203,8 +248,9 @@ def train_diffusion(args, data, latents, vocab):
         ema_unet.load_state_dict(state["ema_unet"])
         opt.load_state_dict(state["opt"])
         step = state["step"]
-        if state.get("done"):
-            return ema_text, ema_unet
+    segments = plan_segments(state, args)
+    if step >= segments[-1]["end"]:
+        return ema_text, ema_unet
     abar = alphas_cumprod()
     rng = random.Random(args.seed * 1000003 + step)
     gen = torch.Generator().manual_seed(args.seed + step)
@@ -215,9 +261,12 @@ def train_diffusion(args, data, latents, vocab):
     t0 = time.time()
     seen_seconds = state.get("seconds", 0.0) if state else 0.0
     running = None
-    while step < args.steps:
-        warm = min(1.0, (step + 1) / 500)
-        lr = args.lr * warm * 0.5 * (1 + math.cos(math.pi * step / args.steps))
+    end = segments[-1]["end"]
+    while step < end:
+        seg = next(s for s in segments if s["start"] <= step < s["end"])
+        into, length = step - seg["start"], seg["end"] - seg["start"]
+        warm = min(1.0, (into + 1) / 500)
+        lr = seg["lr"] * warm * 0.5 * (1 + math.cos(math.pi * into / length))
         for g in opt.param_groups:
             g["lr"] = lr
         idx = [train[rng.randrange(len(train))] for _ in range(args.batch)]
@@ -229,7 +278,8 @@ def train_diffusion(args, data, latents, vocab):
         noise = torch.randn(z0.shape, generator=gen)
         a = abar[t][:, None, None, None]
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
-        loss = F.mse_loss(unet(zt, t, text(ids)), noise)
+        per_sample = ((unet(zt, t, text(ids)) - noise) ** 2).flatten(1).mean(1)
+        loss = (per_sample * snr_weight(abar[t], seg["snr_gamma"])).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -240,19 +290,19 @@ def train_diffusion(args, data, latents, vocab):
             for e, p in zip(ema_params, params):
                 e.mul_(decay).add_(p.detach(), alpha=1 - decay)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if step % 100 == 0 or step == args.steps:
+        if step % 100 == 0 or step == end:
             elapsed = seen_seconds + time.time() - t0
             log(args.run, "diffusion", f"step {step} loss {running:.4f} lr {lr:.2e} "
                                        f"({elapsed:.0f} s)")
             with open(os.path.join(args.run, "loss.csv"), "a") as f:
                 f.write(f"{step},{running:.5f}\n")
-        if step % 500 == 0 or step == args.steps:
+        if step % 500 == 0 or step == end:
             save(path, {"text": text.state_dict(), "unet": unet.state_dict(),
                         "ema_text": ema_text.state_dict(), "ema_unet": ema_unet.state_dict(),
                         "opt": opt.state_dict(), "step": step,
                         "seconds": seen_seconds + time.time() - t0,
-                        "done": step >= args.steps, "final_loss": running,
-                        "vocab": vocab.words})
+                        "done": step >= end, "final_loss": running,
+                        "vocab": vocab.words, "segments": segments})
     return ema_text, ema_unet
 
 
@@ -353,9 +403,9 @@ def main():
     p.add_argument("--ae_batch", type=int, default=32)
     p.add_argument("--ae_lr", type=float, default=2e-3)
     p.add_argument("--ae_kl", type=float, default=1e-5)
-    p.add_argument("--steps", type=int, default=10000)
+    p.add_argument("--schedule", default="10000:1e-3:0,20000:1e-3:5,25000:5e-4:5",
+                   help="diffusion segments END:LR:MIN_SNR_GAMMA, comma-separated")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--drop", type=float, default=0.1, help="caption drop probability (CFG)")
     p.add_argument("--max_length", type=int, default=20)
