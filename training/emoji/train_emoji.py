@@ -212,6 +212,9 @@ def plan_segments(state, args):
     done = state.get("segments") or [{"start": 0, "end": state["step"] if state.get("done")
                                       else segments[0]["end"], "lr": segments[0]["lr"],
                                       "snr_gamma": 0.0}]
+    if state["step"] > segments[-1]["end"]:
+        raise SystemExit(f"--schedule ends at step {segments[-1]['end']}, but the checkpoint in "
+                         f"{args.run} is at step {state['step']}; use a new --run")
     for old, new in zip(done, segments):
         if old["end"] <= state["step"] and old != new:
             raise SystemExit(f"--schedule: the checkpoint in {args.run} was trained with "
