@@ -208,10 +208,9 @@ def plan_segments(state, args):
     segments = parse_schedule(args.schedule)
     if not state:
         return segments
-    # Checkpoints from before segments were trained as one, without weighting.
-    done = state.get("segments") or [{"start": 0, "end": state["step"] if state.get("done")
-                                      else segments[0]["end"], "lr": segments[0]["lr"],
-                                      "snr_gamma": 0.0}]
+    done = state.get("segments")
+    if done is None:
+        raise SystemExit(f"the checkpoint in {args.run} predates --schedule; use a new --run")
     if state["step"] > segments[-1]["end"]:
         raise SystemExit(f"--schedule ends at step {segments[-1]['end']}, but the checkpoint in "
                          f"{args.run} is at step {state['step']}; use a new --run")
