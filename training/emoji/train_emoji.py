@@ -405,7 +405,7 @@ def main():
     p.add_argument("--ae_batch", type=int, default=32)
     p.add_argument("--ae_lr", type=float, default=2e-3)
     p.add_argument("--ae_kl", type=float, default=1e-5)
-    p.add_argument("--schedule", default="10000:1e-3:0,20000:1e-3:5,25000:5e-4:5",
+    p.add_argument("--schedule", default="10000:1e-3:0,20000:1e-3:5,25000:5e-4:5,38000:1e-3:5",
                    help="diffusion segments END:LR:MIN_SNR_GAMMA, comma-separated")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--ema", type=float, default=0.999)
