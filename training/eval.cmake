@@ -50,15 +50,15 @@ gtest_discover_tests(dgrid_shipped_bundle_test PROPERTIES LABELS training TIMEOU
 # orchestrator on loopback): size and licences in the manifest, the C++
 # tokenizer against the word list training used, then 24 two-row grids of
 # prompts naming emoji, scored by the bundle's classifier: the subcategory
-# must match in at least 0.15 of the 120 samples (chance 0.01; the shipped
-# bundle measures 0.25 here, 0.42 in the full evaluation) and the style in
+# must match in at least 0.2 of the 120 samples (chance 0.01; the shipped
+# bundle measures 0.325 here, 0.56 in the full evaluation) and the style in
 # 0.75 (chance 0.5; measured 0.92). An untrained bundle scores 0.0 and 0.5.
 # training/emoji/evaluate.py without --quick is the full
 # evaluation (it needs training/emoji/fetch.sh's data).
 add_test(NAME emoji_bundle_quick
   COMMAND ${DGRID_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/emoji/evaluate.py
     --model ${PROJECT_SOURCE_DIR}/models/emoji --build ${CMAKE_BINARY_DIR}
-    --quick 24 --min_subcategory 0.15 --min_style 0.75)
+    --quick 24 --min_subcategory 0.2 --min_style 0.75)
 set_tests_properties(emoji_bundle_quick PROPERTIES
   LABELS training
   TIMEOUT 300
