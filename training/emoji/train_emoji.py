@@ -204,7 +204,8 @@ def parse_schedule(text):
 def plan_segments(state, args):
     """The schedule asked for, checked against the one a checkpoint was
     trained with: a run resumes, or is extended by later segments, only if
-    what it already did is a prefix of what is asked."""
+    the segments it finished are a prefix of what is asked. The segment in
+    progress may change (that is how a running segment is lengthened)."""
     segments = parse_schedule(args.schedule)
     if not state:
         return segments
@@ -303,7 +304,7 @@ def train_diffusion(args, data, latents, vocab):
                         "ema_text": ema_text.state_dict(), "ema_unet": ema_unet.state_dict(),
                         "opt": opt.state_dict(), "step": step,
                         "seconds": seen_seconds + time.time() - t0,
-                        "done": step >= end, "final_loss": running,
+                        "final_loss": running,
                         "vocab": vocab.words, "segments": segments})
     return ema_text, ema_unet
 
