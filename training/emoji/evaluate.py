@@ -169,8 +169,9 @@ def guidance_sweep(args, manifest, net, prompts, sub_of, style_of):
                                              guidance=g, seed=args.seed + i)
             images.append(img.clamp(-1, 1))
         got_sub, got_style, _ = classify(net, torch.cat(images))
+        acc, se = accuracy_by_prompt(got_sub == want_sub, len(prompts))
         row = {"guidance": g, "samples": len(prompts),
-               "subcategory_accuracy": round((got_sub == want_sub).float().mean().item(), 4),
+               "subcategory_accuracy": acc, "subcategory_accuracy_se": se,
                "style_accuracy": round(
                    (got_style[styled] == want_style[styled]).float().mean().item(), 4)}
         print(json.dumps(row), flush=True)
@@ -179,6 +180,17 @@ def guidance_sweep(args, manifest, net, prompts, sub_of, style_of):
 
 
 # ---------------------------------------------------------------------- main
+
+def accuracy_by_prompt(hit, groups):
+    """(accuracy, its standard error) for hits [N] in `groups` equal
+    consecutive groups, one per prompt. Samples of one prompt are not
+    independent (a prompt the model cannot draw misses in every cell), so
+    the error is over prompts: the spread of the per-prompt means."""
+    per = hit.float().reshape(groups, -1)
+    means = per.mean(1)
+    se = means.std().item() / math.sqrt(groups) if groups > 1 else float("nan")
+    return round(per.mean().item(), 4), round(se, 4)
+
 
 def classify(net, images):
     subs, styles, feats = [], [], []
@@ -209,7 +221,7 @@ def main():
     p.add_argument("--model", default=os.path.join(ROOT, "models", "emoji"))
     p.add_argument("--build", default=os.path.join(ROOT, "build"))
     p.add_argument("--data", default=os.path.join(HERE, "data"))
-    p.add_argument("--grids", type=int, default=100)
+    p.add_argument("--grids", type=int, default=300)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--quick", type=int, default=0,
                    help="CI: this many two-row grids, accuracy only; exits 1 below --min_*")
@@ -281,9 +293,13 @@ def main():
     want_sub, want_style = torch.tensor(want_sub), torch.tensor(want_style)
     got_sub, got_style, feats = classify(net, samples)
     styled = want_style >= 0
+    sub_acc, sub_se = accuracy_by_prompt(got_sub == want_sub, len(grids))
     prompted = {
         "samples": len(samples),
-        "subcategory_accuracy": round((got_sub == want_sub).float().mean().item(), 4),
+        "prompts": len(grids),
+        "subcategory_accuracy": sub_acc,
+        "subcategory_accuracy_se": sub_se,
+        "se_is": "standard error over prompts (the spread of per-prompt accuracies)",
         "style_accuracy": round((got_style[styled] == want_style[styled]).float().mean().item(), 4),
         "styled_samples": int(styled.sum()),
         "chance_subcategory": round(1 / len(sub_of), 4),
@@ -304,9 +320,11 @@ def main():
     real_sub = torch.tensor([sub_of[r["subcategory"]] for r in data.records])
     real_style = torch.tensor([style_of[r["style"]] for r in data.records])
     h_sub, h_style, h_feat = classify(net, data.images[held_idx])
+    h_acc, h_se = accuracy_by_prompt(h_sub == real_sub[held_idx], len(held_idx))
     report["classifier"] = {
         "heldout_images": len(held_idx),
-        "subcategory_accuracy": round((h_sub == real_sub[held_idx]).float().mean().item(), 4),
+        "subcategory_accuracy": h_acc,
+        "subcategory_accuracy_se": h_se,
         "style_accuracy": round((h_style == real_style[held_idx]).float().mean().item(), 4),
     }
     prompted["subcategory_vs_reference"] = round(
