@@ -15,7 +15,8 @@ Figures:
   autoencoder   reconstruction PSNR on the held-out images
   classifier    its accuracy on the held-out real images: the reference
   prompted      the fraction of samples whose predicted subcategory (and
-                style, when the prompt names one) is the prompted emoji's
+                style, when the prompt names one) is the prompted emoji's,
+                with a standard error over prompts
   frechet       Frechet distance on the classifier's features, samples vs
                 real training images, next to a held-out-real vs training
                 floor with as many images
@@ -169,7 +170,7 @@ def guidance_sweep(args, manifest, net, prompts, sub_of, style_of):
                                              guidance=g, seed=args.seed + i)
             images.append(img.clamp(-1, 1))
         got_sub, got_style, _ = classify(net, torch.cat(images))
-        acc, se = accuracy_by_prompt(got_sub == want_sub, len(prompts))
+        acc, se = grouped_accuracy(got_sub == want_sub, len(prompts))
         row = {"guidance": g, "samples": len(prompts),
                "subcategory_accuracy": acc, "subcategory_accuracy_se": se,
                "style_accuracy": round(
@@ -181,11 +182,12 @@ def guidance_sweep(args, manifest, net, prompts, sub_of, style_of):
 
 # ---------------------------------------------------------------------- main
 
-def accuracy_by_prompt(hit, groups):
+def grouped_accuracy(hit, groups):
     """(accuracy, its standard error) for hits [N] in `groups` equal
-    consecutive groups, one per prompt. Samples of one prompt are not
-    independent (a prompt the model cannot draw misses in every cell), so
-    the error is over prompts: the spread of the per-prompt means."""
+    consecutive groups: one per prompt for a grid's cells, one per image
+    for real images. Samples of one prompt are not independent (a prompt
+    the model cannot draw misses in every cell), so the error is over the
+    groups: the spread of the per-group means."""
     per = hit.float().reshape(groups, -1)
     means = per.mean(1)
     se = means.std().item() / math.sqrt(groups) if groups > 1 else float("nan")
@@ -293,7 +295,7 @@ def main():
     want_sub, want_style = torch.tensor(want_sub), torch.tensor(want_style)
     got_sub, got_style, feats = classify(net, samples)
     styled = want_style >= 0
-    sub_acc, sub_se = accuracy_by_prompt(got_sub == want_sub, len(grids))
+    sub_acc, sub_se = grouped_accuracy(got_sub == want_sub, len(grids))
     prompted = {
         "samples": len(samples),
         "prompts": len(grids),
@@ -320,7 +322,7 @@ def main():
     real_sub = torch.tensor([sub_of[r["subcategory"]] for r in data.records])
     real_style = torch.tensor([style_of[r["style"]] for r in data.records])
     h_sub, h_style, h_feat = classify(net, data.images[held_idx])
-    h_acc, h_se = accuracy_by_prompt(h_sub == real_sub[held_idx], len(held_idx))
+    h_acc, h_se = grouped_accuracy(h_sub == real_sub[held_idx], len(held_idx))
     report["classifier"] = {
         "heldout_images": len(held_idx),
         "subcategory_accuracy": h_acc,
