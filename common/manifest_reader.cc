@@ -1,11 +1,14 @@
 #include "common/manifest_reader.h"
 
 #include <cmath>
-#include <fstream>
-#include <sstream>
+#include <limits>
+#include <utility>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/bundle_files.h"
+#include "common/status_macros.h"
 #include "dgrid/v1/manifest.pb.h"
 #include "google/protobuf/util/json_util.h"
 
@@ -14,6 +17,18 @@ namespace {
 
 constexpr int64_t kMaxDim = 4096;
 constexpr int64_t kMaxLatentElements = 1 << 22;
+// A manifest is a few KB; this bounds the read of a hostile one.
+constexpr uint64_t kMaxManifestBytes = 1 << 20;
+// Ids and labels are int32 in every tokenizer and embedding we load.
+constexpr int64_t kMaxId = std::numeric_limits<int32_t>::max();
+// The sampler's own bound on a request's guidance (TrajectoryBatcher).
+constexpr double kMaxGuidance = 100;
+// Far outside these, decoding is all black or all white (1e-300 was tried).
+// Real bundles: SD 1.x 0.18215, SDXL 0.13025, SD3 1.5305.
+constexpr double kMinLatentScale = 1e-4, kMaxLatentScale = 1e4;
+constexpr double kMaxValueMagnitude = 1e6, kMinValueSpan = 1e-6;
+// Smaller betas make 1 - alpha_bar round to 0, which the sampler divides by.
+constexpr double kMinBeta = 1e-8, kMaxBeta = 0.999;
 
 absl::Status Invalid(absl::string_view field, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat("manifest ", field, ": ", what));
@@ -83,9 +98,16 @@ absl::StatusOr<BundleManifest> FromProto(const v1::ModelManifest& p) {
   }
   m.schedule.beta_start = s.beta_start();
   m.schedule.beta_end = s.beta_end();
-  if (m.schedule.beta_schedule != "squaredcos_cap_v2" &&
-      !(s.beta_start() > 0 && s.beta_start() <= s.beta_end() && s.beta_end() < 1)) {
-    return Invalid("schedule.beta_start", "needs 0 < beta_start <= beta_end < 1");
+  // The cosine schedule ignores the betas, but no NaN passes anyway.
+  const double min_beta = m.schedule.beta_schedule == "squaredcos_cap_v2" ? 0 : kMinBeta;
+  if (!(s.beta_end() >= min_beta && s.beta_end() <= kMaxBeta)) {
+    return Invalid("schedule.beta_end", absl::StrCat("must be in [", min_beta, ", ", kMaxBeta,
+                                                     "], got ", s.beta_end()));
+  }
+  if (!(s.beta_start() >= min_beta && s.beta_start() <= s.beta_end())) {
+    return Invalid("schedule.beta_start", absl::StrCat("needs ", min_beta,
+                                                       " <= beta_start <= beta_end, got ",
+                                                       s.beta_start()));
   }
   if (s.train_timesteps() < 2 || s.train_timesteps() > 100000) {
     return Invalid("schedule.train_timesteps", "must be in [2, 100000]");
@@ -120,6 +142,9 @@ absl::StatusOr<BundleManifest> FromProto(const v1::ModelManifest& p) {
   }
   m.class_labels.assign(c.class_labels().begin(), c.class_labels().end());
   m.null_label = c.null_label();
+  if (m.null_label < 0 || m.null_label > kMaxId) {
+    return Invalid("conditioning.null_label", absl::StrCat("must be in [0, ", kMaxId, "]"));
+  }
   if (m.is_text()) {
     if (!m.class_labels.empty()) {
       return Invalid("conditioning.class_labels", "a text model takes no class labels");
@@ -151,6 +176,13 @@ absl::StatusOr<BundleManifest> FromProto(const v1::ModelManifest& p) {
     t.tokenizer.eos_id = k.eos_id();
     t.tokenizer.pad_id = k.pad_id();
     t.tokenizer.unk_id = k.unk_id();
+    // -1: none (the words kind); the tokenizer checks each against its vocabulary.
+    const std::pair<const char*, int64_t> ids[] = {
+        {"conditioning.tokenizer.bos_id", k.bos_id()}, {"conditioning.tokenizer.eos_id", k.eos_id()},
+        {"conditioning.tokenizer.pad_id", k.pad_id()}, {"conditioning.tokenizer.unk_id", k.unk_id()}};
+    for (const auto& [field, id] : ids) {
+      if (id < -1 || id > kMaxId) return Invalid(field, absl::StrCat("must be in [-1, ", kMaxId, "]"));
+    }
     t.tokenizer.max_length = k.max_length() == 0 ? 77 : k.max_length();
     if (t.tokenizer.max_length < 2 || t.tokenizer.max_length > 4096) {
       return Invalid("conditioning.tokenizer.max_length", "must be in [2, 4096]");
@@ -170,15 +202,21 @@ absl::StatusOr<BundleManifest> FromProto(const v1::ModelManifest& p) {
   }
   m.decoder_weights = p.decoder().weights();
   m.latent_scale = p.decoder().latent_scale() == 0 ? 1.0 : p.decoder().latent_scale();
-  if (!(m.latent_scale > 0) || !std::isfinite(m.latent_scale)) {
-    return Invalid("decoder.latent_scale", "must be positive and finite");
+  if (!(m.latent_scale >= kMinLatentScale && m.latent_scale <= kMaxLatentScale)) {
+    return Invalid("decoder.latent_scale", absl::StrCat("must be in [", kMinLatentScale, ", ",
+                                                        kMaxLatentScale, "], got ",
+                                                        m.latent_scale));
   }
   if (p.decoder().value_range_size() == 2) {
     m.value_lo = p.decoder().value_range(0);
     m.value_hi = p.decoder().value_range(1);
-    if (!(m.value_lo < m.value_hi) || !std::isfinite(m.value_lo) ||
-        !std::isfinite(m.value_hi)) {
-      return Invalid("decoder.value_range", "needs lo < hi, both finite");
+    if (!(std::abs(m.value_lo) <= kMaxValueMagnitude &&
+          std::abs(m.value_hi) <= kMaxValueMagnitude &&
+          m.value_hi - m.value_lo >= kMinValueSpan)) {
+      return Invalid("decoder.value_range",
+                     absl::StrCat("needs lo < hi, at least ", kMinValueSpan, " apart and within ",
+                                  kMaxValueMagnitude, " of 0, got [", m.value_lo, ", ",
+                                  m.value_hi, "]"));
     }
   } else if (p.decoder().value_range_size() != 0) {
     return Invalid("decoder.value_range", "needs exactly [lo, hi]");
@@ -186,18 +224,46 @@ absl::StatusOr<BundleManifest> FromProto(const v1::ModelManifest& p) {
 
   const v1::ModelManifest::SamplerDefaults& d = p.defaults();
   if (d.steps() != 0) m.defaults.steps = d.steps();
-  m.defaults.eta = static_cast<float>(d.eta());
-  m.defaults.guidance = d.guidance() != 0 ? static_cast<float>(d.guidance()) : 1.0f;
-  if (d.spacing() == "trailing") m.defaults.spacing = Spacing::kTrailing;
   if (m.defaults.steps < 1 || m.defaults.steps > m.schedule.train_timesteps) {
     return Invalid("defaults.steps", "must be in [1, train_timesteps]");
   }
-  if (!(m.defaults.eta >= 0 && m.defaults.eta <= 1)) {
-    return Invalid("defaults.eta", "must be in [0, 1]");
+  // What a request that leaves a setting unset gets: a default the sampler
+  // would refuse in a request fails every such request.
+  if (!(d.eta() >= 0 && d.eta() <= 1)) {
+    return Invalid("defaults.eta", absl::StrCat("must be in [0, 1], got ", d.eta()));
+  }
+  m.defaults.eta = static_cast<float>(d.eta());
+  if (!(d.guidance() >= 0 && d.guidance() <= kMaxGuidance)) {
+    return Invalid("defaults.guidance",
+                   absl::StrCat("must be in [0, ", kMaxGuidance, "], got ", d.guidance()));
+  }
+  m.defaults.guidance = d.guidance() != 0 ? static_cast<float>(d.guidance()) : 1.0f;
+  if (d.spacing() == "trailing") {
+    m.defaults.spacing = Spacing::kTrailing;
+  } else if (!d.spacing().empty() && d.spacing() != "leading") {
+    return Invalid("defaults.spacing", "must be \"leading\" or \"trailing\"");
   }
   m.license = p.data().license();
   m.classifier = p.classifier();
   return m;
+}
+
+// Every file the manifest names is a regular file inside the bundle folder,
+// once links are followed: the loaders then read only what the bundle holds.
+absl::Status CheckParts(const BundleManifest& m, const std::string& bundle_dir) {
+  std::vector<std::pair<const char*, std::string>> parts = {{"weights", m.weights}};
+  if (m.decoder_kind == "torchscript") parts.push_back({"decoder.weights", m.decoder_weights});
+  if (m.is_text()) {
+    parts.push_back({"conditioning.text_encoder.weights", m.text.encoder_weights});
+    parts.push_back({"conditioning.tokenizer.vocab", m.text.tokenizer.vocab});
+    if (!m.text.tokenizer.merges.empty()) {
+      parts.push_back({"conditioning.tokenizer.merges", m.text.tokenizer.merges});
+    }
+  }
+  for (const auto& [field, relative] : parts) {
+    RETURN_IF_ERROR(ResolveBundleFile(bundle_dir, relative, field).status());
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -228,19 +294,27 @@ absl::StatusOr<BundleManifest> ParseManifestJson(absl::string_view json) {
   const auto status = google::protobuf::util::JsonStringToMessage(
       google::protobuf::StringPiece(json.data(), json.size()), &proto, options);
   if (!status.ok()) {
+    // Protobuf quotes the text around the error: keep that to a short,
+    // escaped piece, whatever file was read.
+    constexpr size_t kMaxMessage = 200;
+    const absl::string_view message(status.message().data(), status.message().size());
     return absl::InvalidArgumentError(
-        absl::StrCat("manifest.json: ", std::string(status.message())));
+        absl::StrCat("manifest.json: ", absl::CHexEscape(message.substr(0, kMaxMessage)),
+                     message.size() > kMaxMessage ? "…" : ""));
   }
   return FromProto(proto);
 }
 
 absl::StatusOr<BundleManifest> ReadManifest(const std::string& bundle_dir) {
   const std::string path = bundle_dir + "/manifest.json";
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::stringstream text;
-  text << in.rdbuf();
-  auto manifest = ParseManifestJson(text.str());
+  absl::StatusOr<BundleManifest> manifest = [&]() -> absl::StatusOr<BundleManifest> {
+    ASSIGN_OR_RETURN(const std::string resolved,
+                     ResolveBundleFile(bundle_dir, "manifest.json", "manifest.json"));
+    ASSIGN_OR_RETURN(const std::string text, ReadRegularFile(resolved, kMaxManifestBytes));
+    ASSIGN_OR_RETURN(BundleManifest parsed, ParseManifestJson(text));
+    RETURN_IF_ERROR(CheckParts(parsed, bundle_dir));
+    return parsed;
+  }();
   if (!manifest.ok()) {
     return absl::Status(manifest.status().code(),
                         absl::StrCat(path, ": ", manifest.status().message()));

@@ -1,5 +1,14 @@
 #include "common/manifest_reader.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <future>
+
 #include "gtest/gtest.h"
 
 namespace dgrid {
@@ -57,6 +66,189 @@ TEST(ManifestReaderTest, RejectsBadFieldsByName) {
 
 TEST(ManifestReaderTest, MissingFolderIsNotFound) {
   EXPECT_EQ(ReadManifest("/nonexistent/bundle").status().code(), absl::StatusCode::kNotFound);
+}
+
+// Numbers a request that leaves a setting unset would inherit, or that
+// decoding uses, are refused at load with the field named: before, guidance
+// -5 or NaN loaded and failed every such request, and latent_scale 1e-300
+// gave black images.
+TEST(ManifestReaderTest, RefusesNumbersOutsideSensibleRangesByName) {
+  const std::string base = R"("name": "x", "latent_shape": [1,4,4], "weights": "m.pt")";
+  // `fields` with a good schedule unless they bring their own.
+  auto manifest = [&](const std::string& fields) {
+    const bool scheduled = fields.find("schedule") != std::string::npos;
+    return "{" + base + ", " + fields +
+           (scheduled ? "" : R"(, "schedule": {"beta_start": 0.0001, "beta_end": 0.02,
+                                                 "train_timesteps": 1000})") +
+           "}";
+  };
+  const struct {
+    const char* json;
+    const char* field;
+  } cases[] = {
+      {R"("defaults": {"guidance": -5})", "defaults.guidance"},
+      {R"("defaults": {"guidance": "NaN"})", "defaults.guidance"},
+      {R"("defaults": {"guidance": "Infinity"})", "defaults.guidance"},
+      {R"("defaults": {"guidance": 101})", "defaults.guidance"},
+      {R"("defaults": {"eta": "NaN"})", "defaults.eta"},
+      {R"("defaults": {"spacing": "sideways"})", "defaults.spacing"},
+      {R"("decoder": {"latent_scale": 1e-300})", "decoder.latent_scale"},
+      {R"("decoder": {"latent_scale": "Infinity"})", "decoder.latent_scale"},
+      {R"("decoder": {"latent_scale": -0.18})", "decoder.latent_scale"},
+      {R"("decoder": {"value_range": [0, 1e-300]})", "decoder.value_range"},
+      {R"("decoder": {"value_range": [-1e300, 1]})", "decoder.value_range"},
+      {R"("decoder": {"value_range": ["NaN", 1]})", "decoder.value_range"},
+      {R"("schedule": {"beta_start": 1e-300, "beta_end": 0.02, "train_timesteps": 1000})",
+       "schedule.beta_start"},
+      {R"("schedule": {"beta_start": "NaN", "beta_end": 0.02, "train_timesteps": 1000})",
+       "schedule.beta_start"},
+      {R"("schedule": {"beta_start": 0.0001, "beta_end": "Infinity", "train_timesteps": 1000})",
+       "schedule.beta_end"},
+      {R"("schedule": {"beta_start": 0.0001, "beta_end": 0.9999, "train_timesteps": 1000})",
+       "schedule.beta_end"},
+      {R"("schedule": {"beta_schedule": "squaredcos_cap_v2", "beta_start": "NaN",
+                       "train_timesteps": 1000})",
+       "schedule.beta_"},
+      {R"("conditioning": {"null_label": -1})", "conditioning.null_label"},
+      {R"("conditioning": {"null_label": 4294967296})", "conditioning.null_label"},
+  };
+  for (const auto& c : cases) {
+    const std::string json = manifest(c.json);
+    auto m = ParseManifestJson(json);
+    ASSERT_FALSE(m.ok()) << json;
+    EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(m.status().message().find(c.field), absl::string_view::npos)
+        << json << ": " << m.status().message();
+  }
+  // The edges of the ranges load, and so do the shipped bundles' values.
+  for (const char* good : {R"("defaults": {"guidance": 100, "eta": 0})",
+                           R"("decoder": {"latent_scale": 0.18215, "value_range": [0, 1]})",
+                           R"("schedule": {"beta_schedule": "squaredcos_cap_v2",
+                                           "train_timesteps": 1000})"}) {
+    const std::string json = manifest(good);
+    EXPECT_TRUE(ParseManifestJson(json).ok()) << json << ": " << ParseManifestJson(json).status();
+  }
+}
+
+TEST(ManifestReaderTest, ATokenizerIdBelowMinusOneIsRefusedByName) {
+  const std::string json = R"({"name": "x", "latent_shape": [1,4,4], "weights": "m.pt",
+    "schedule": {"beta_start": 0.0001, "beta_end": 0.02, "train_timesteps": 1000},
+    "conditioning": {"kind": "text", "text_encoder": {"weights": "t.pt", "context_dim": 4},
+      "tokenizer": {"kind": "words", "vocab": "v.txt", "pad_id": -2}}})";
+  auto m = ParseManifestJson(json);
+  ASSERT_FALSE(m.ok());
+  EXPECT_NE(m.status().message().find("conditioning.tokenizer.pad_id"), absl::string_view::npos)
+      << m.status();
+}
+
+TEST(ManifestReaderTest, ParseErrorsQuoteOnlyAShortEscapedPieceOfTheText) {
+  const std::string secret = "root:x:0:0:root:/root:/bin/bash\n\x1b[2J" + std::string(500, 's');
+  auto m = ParseManifestJson(secret);
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(m.status().message().find('\x1b'), absl::string_view::npos) << m.status();
+  EXPECT_EQ(m.status().message().find(std::string(250, 's')), absl::string_view::npos);
+  EXPECT_LT(m.status().message().size(), 300u);
+}
+
+// ---- Hostile bundle folders (ReadManifest) ----
+
+namespace fs = std::filesystem;
+
+constexpr char kTextManifest[] = R"({
+  "name": "t", "latent_shape": [1, 4, 4], "weights": "unet.pt",
+  "schedule": {"beta_start": 0.0001, "beta_end": 0.02, "train_timesteps": 1000},
+  "conditioning": {"kind": "text", "text_encoder": {"weights": "enc.pt", "context_dim": 4},
+                   "tokenizer": {"kind": "clip_bpe", "vocab": "vocab.json",
+                                 "merges": "merges.txt"}}
+})";
+
+// A text bundle's folder with every part a small regular file.
+std::string TextBundle(const std::string& name) {
+  const fs::path dir = fs::path(::testing::TempDir()) / ("manifest_reader_test_" + name);
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::ofstream(dir / "manifest.json") << kTextManifest;
+  for (const char* part : {"unet.pt", "enc.pt", "vocab.json", "merges.txt"}) {
+    std::ofstream(dir / part) << "x";
+  }
+  return dir.string();
+}
+
+TEST(ManifestReaderTest, ReadsABundleWhosePartsAreRegularFilesInside) {
+  const std::string dir = TextBundle("good");
+  // A link to another file inside the folder is fine.
+  fs::create_directories(dir + "/shared");
+  fs::rename(dir + "/vocab.json", dir + "/shared/vocab.json");
+  fs::create_symlink("shared/vocab.json", dir + "/vocab.json");
+  auto m = ReadManifest(dir);
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->text.tokenizer.vocab, "vocab.json");
+}
+
+TEST(ManifestReaderTest, AFifoManifestIsRefusedWithoutBlocking) {
+  const std::string dir = TextBundle("fifo");
+  fs::remove(dir + "/manifest.json");
+  ASSERT_EQ(mkfifo((dir + "/manifest.json").c_str(), 0600), 0);
+  auto read = std::async(std::launch::async, [&] { return ReadManifest(dir); });
+  // The bound only turns a hang into a failure; a passing run never waits.
+  if (read.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
+    ADD_FAILURE() << "ReadManifest blocked on a FIFO";
+    close(open((dir + "/manifest.json").c_str(), O_WRONLY | O_NONBLOCK));
+  }
+  absl::Status status = read.get().status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("a FIFO"), absl::string_view::npos) << status;
+}
+
+TEST(ManifestReaderTest, AManifestLinkedToADeviceOrTooLargeIsRefusedUnread) {
+  const std::string dir = TextBundle("zero");
+  fs::remove(dir + "/manifest.json");
+  fs::create_symlink("/dev/zero", dir + "/manifest.json");
+  EXPECT_EQ(ReadManifest(dir).status().code(), absl::StatusCode::kInvalidArgument);
+
+  // 2 MiB of valid JSON: a manifest is a few KB, and the read is bounded.
+  const std::string big = TextBundle("big");
+  std::ofstream(big + "/manifest.json") << kTextManifest << std::string(2 << 20, ' ');
+  absl::Status status = ReadManifest(big).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("limit"), absl::string_view::npos) << status;
+}
+
+TEST(ManifestReaderTest, PartsThatResolveOutsideTheFolderAreRefusedByField) {
+  const struct {
+    const char* part;
+    const char* target;
+    const char* field;
+  } cases[] = {
+      {"vocab.json", "/etc/passwd", "conditioning.tokenizer.vocab"},
+      {"merges.txt", "/etc/passwd", "conditioning.tokenizer.merges"},
+      {"unet.pt", "../outside.pt", "weights"},
+      {"enc.pt", "/dev/zero", "conditioning.text_encoder.weights"},
+      {"manifest.json", "../outside.json", "manifest.json"},
+  };
+  const fs::path outside = fs::path(::testing::TempDir());
+  std::ofstream(outside / "outside.pt") << "x";
+  std::ofstream(outside / "outside.json") << kTextManifest;
+  for (const auto& c : cases) {
+    const std::string dir = TextBundle(std::string("escape_") + c.part);
+    fs::remove(dir + "/" + c.part);
+    fs::create_symlink(c.target, dir + "/" + c.part);
+    absl::Status status = ReadManifest(dir).status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << c.part;
+    EXPECT_NE(status.message().find(c.field), absl::string_view::npos) << status;
+    EXPECT_NE(status.message().find("outside the bundle folder"), absl::string_view::npos)
+        << status;
+    EXPECT_EQ(status.message().find("root:"), absl::string_view::npos) << status;
+  }
+}
+
+TEST(ManifestReaderTest, AMissingPartIsNotFoundAndNamed) {
+  const std::string dir = TextBundle("missing");
+  fs::remove(dir + "/merges.txt");
+  absl::Status status = ReadManifest(dir).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(status.message().find("conditioning.tokenizer.merges"), absl::string_view::npos)
+      << status;
 }
 
 }  // namespace

@@ -1,9 +1,5 @@
 #include "denoiser_service/text/vocab_files.h"
 
-#include <cerrno>
-#include <cstring>
-#include <fstream>
-#include <iterator>
 #include <limits>
 
 #include "absl/container/flat_hash_set.h"
@@ -14,19 +10,20 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
+#include "common/bundle_files.h"
 #include "common/status_macros.h"
 #include "denoiser_service/text/cleanup.h"
 
 namespace dgrid {
 namespace {
 
+// CLIP's vocab.json is 1.6 MB and its merges.txt 0.5 MB; a vocabulary of a
+// million tokens still fits. A bundle can come from anywhere: no FIFO or
+// device (a link to /dev/zero) is read, and nothing without bound.
+constexpr uint64_t kMaxFileBytes = 64 << 20;
+
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    return absl::NotFoundError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) return absl::DataLossError(absl::StrCat("cannot read ", path));
-  return text;
+  return ReadRegularFile(path, kMaxFileBytes);
 }
 
 // A quoted piece of a bad line, short enough for a status message.
