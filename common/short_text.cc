@@ -1,17 +1,23 @@
 #include "common/short_text.h"
 
+#include "absl/status/status.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 
 namespace dgrid {
 namespace {
 
-// Length of the well-formed UTF-8 sequence starting at s[i], or 0.
-size_t Utf8SequenceLength(absl::string_view s, size_t i) {
+// Length of the well-formed UTF-8 sequence starting at s[i], or 0; its code
+// point in *out when out is given.
+size_t Utf8SequenceLength(absl::string_view s, size_t i, uint32_t* out = nullptr) {
   const unsigned char c = s[i];
   size_t n;
   uint32_t min;
-  if (c < 0x80) return 1;
+  if (c < 0x80) {
+    if (out) *out = c;
+    return 1;
+  }
   if ((c & 0xE0) == 0xC0) {
     n = 2;
     min = 0x80;
@@ -33,6 +39,7 @@ size_t Utf8SequenceLength(absl::string_view s, size_t i) {
   }
   // Overlong forms, surrogates and code points past U+10FFFF are invalid.
   if (code < min || code > 0x10FFFF || (code >= 0xD800 && code <= 0xDFFF)) return 0;
+  if (out) *out = code;
   return n;
 }
 
@@ -56,7 +63,50 @@ std::string EscapeForQuote(absl::string_view s) {
   return out;
 }
 
+// U+FDD0..U+FDEF and the last two code points of every plane: Unicode keeps
+// them out of interchange, and Cairo refuses text that holds one.
+bool IsNoncharacter(uint32_t c) { return (c >= 0xFDD0 && c <= 0xFDEF) || (c & 0xFFFE) == 0xFFFE; }
+
 }  // namespace
+
+absl::Status CheckClientText(absl::string_view field, absl::string_view value, size_t max_bytes) {
+  // The size first: nothing below reads more than max_bytes of a long value.
+  if (value.size() > max_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": ", value.size(),
+                                                   " bytes exceeds the limit of ", max_bytes));
+  }
+  for (size_t i = 0; i < value.size();) {
+    uint32_t c = 0;
+    const size_t n = Utf8SequenceLength(value, i, &c);
+    if (n == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": is not valid UTF-8 (at byte ", i, ")"));
+    }
+    if (IsNoncharacter(c)) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("%s: holds the noncharacter U+%04X at byte %d", field, c, i));
+    }
+    i += n;
+  }
+  return absl::OkStatus();
+}
+
+std::string DrawableText(absl::string_view value) {
+  std::string out;
+  out.reserve(value.size());
+  for (size_t i = 0; i < value.size();) {
+    uint32_t c = 0;
+    const size_t n = Utf8SequenceLength(value, i, &c);
+    if (n == 0 || IsNoncharacter(c)) {
+      out.append("\xEF\xBF\xBD");  // U+FFFD
+      i += n == 0 ? 1 : n;
+    } else {
+      out.append(value.data() + i, n);
+      i += n;
+    }
+  }
+  return out;
+}
 
 bool IsValidUtf8(absl::string_view value) {
   for (size_t i = 0; i < value.size();) {

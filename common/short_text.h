@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 
 namespace dgrid {
@@ -21,6 +22,25 @@ inline constexpr size_t kMaxEchoBytes = 100;
 // `value` in double quotes, invalid UTF-8 and control bytes escaped, cut to
 // `max_bytes` (on a character boundary) with its full size appended.
 std::string ShortQuote(absl::string_view value, size_t max_bytes = kMaxEchoBytes);
+
+// The most bytes a prompt or negative prompt may have. A model reads at most
+// a few dozen tokens (CLIP: 77), which no prompt of this size falls short of;
+// the bound keeps normalizing and tokenizing cheap and caches small.
+inline constexpr size_t kMaxPromptBytes = 4096;
+// The most bytes of a short name a client sends (a model, a preset).
+inline constexpr size_t kMaxNameBytes = 256;
+
+// Free text from a client, checked before anything else reads it: at most
+// `max_bytes`, well-formed UTF-8, and no noncharacter (U+FFFE, U+FDD0, ...).
+// INVALID_ARGUMENT names `field`:
+//
+//   RETURN_IF_ERROR(CheckClientText("prompt", request.prompt(), kMaxPromptBytes));
+//   // prompt: 1048576 bytes exceeds the limit of 4096
+absl::Status CheckClientText(absl::string_view field, absl::string_view value, size_t max_bytes);
+
+// `value` with each ill-formed byte and each noncharacter replaced by U+FFFD:
+// text that a renderer (Cairo) accepts.
+std::string DrawableText(absl::string_view value);
 
 // True when `value` is well-formed UTF-8.
 bool IsValidUtf8(absl::string_view value);

@@ -2,6 +2,7 @@
 
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "gtest/gtest.h"
@@ -81,6 +82,32 @@ TEST(IsValidUtf8Test, RejectsMalformedSequences) {
       {"5-byte lead", "\xF8\x88\x80\x80\x80"},
   };
   for (const auto& c : bad) EXPECT_FALSE(IsValidUtf8(c.bytes)) << c.name;
+}
+
+TEST(CheckClientTextTest, RefusesALongValueBeforeReadingIt) {
+  const absl::Status s = CheckClientText("prompt", std::string(1 << 20, 'a'), kMaxPromptBytes);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.message(), "prompt: 1048576 bytes exceeds the limit of 4096");
+  EXPECT_TRUE(CheckClientText("prompt", std::string(kMaxPromptBytes, 'a'), kMaxPromptBytes).ok());
+}
+
+TEST(CheckClientTextTest, RefusesNoncharactersNamingTheField) {
+  for (const char* bad : {"a\xEF\xBF\xBE", "\xEF\xBF\xBF", "x\xEF\xB7\x90y", "\xF4\x8F\xBF\xBF",
+                          "\xF0\x9F\xBF\xBE"}) {
+    const absl::Status s = CheckClientText("negative_prompt", bad, kMaxPromptBytes);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << absl::CEscape(bad);
+    EXPECT_TRUE(absl::StartsWith(s.message(), "negative_prompt: holds the noncharacter U+"))
+        << s.message();
+  }
+  // U+FFFD and U+FDCF/U+FDF0 beside the range are characters.
+  EXPECT_TRUE(CheckClientText("prompt", "\xEF\xBF\xBD \xEF\xB7\x8F \xEF\xB7\xB0", 100).ok());
+  EXPECT_EQ(CheckClientText("model", "a\xC3", 100).message(),
+            "model: is not valid UTF-8 (at byte 1)");
+}
+
+TEST(DrawableTextTest, ReplacesWhatARendererRefuses) {
+  EXPECT_EQ(DrawableText("ok \xEF\xBF\xBE \xC3\xA9 \xFF"), "ok \xEF\xBF\xBD \xC3\xA9 \xEF\xBF\xBD");
+  EXPECT_EQ(DrawableText("plain"), "plain");
 }
 
 }  // namespace

@@ -4,11 +4,14 @@
 #include <unicode/casemap.h>
 #include <unicode/normalizer2.h>
 #include <unicode/stringpiece.h>
+#include <unicode/uchar.h>
 #include <unicode/utf8.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <iterator>
+
+#include "absl/strings/str_cat.h"
 
 namespace dgrid {
 namespace {
@@ -160,6 +163,20 @@ void AppendUtf8(char32_t c, std::string* out) {
     out->push_back(static_cast<char>(0x80 | ((c >> 6) & 0x3F)));
     out->push_back(static_cast<char>(0x80 | (c & 0x3F)));
   }
+}
+
+absl::Status CheckStreamSafe(absl::string_view field, absl::string_view text) {
+  int run = 0;
+  for (int64_t pos = 0; pos < static_cast<int64_t>(text.size());) {
+    const int64_t at = pos;
+    const char32_t c = NextCodePoint(text, &pos);
+    run = u_getCombiningClass(static_cast<UChar32>(c)) != 0 ? run + 1 : 0;
+    if (run > kMaxNonStarters) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ": more than ", kMaxNonStarters, " combining marks in a row (at byte ", at, ")"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 std::string NormalizeNfc(absl::string_view text) {

@@ -12,6 +12,7 @@
 
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 
 namespace dgrid {
@@ -29,6 +30,15 @@ std::string CollapseWhitespace(absl::string_view text);
 
 // Python's str.lower(): full Unicode lower-casing, locale-independent (ICU).
 std::string ToLowerCase(absl::string_view text);
+
+// UAX #15's stream-safe limit: normalizing reorders each run of combining
+// marks, at a cost that grows with the square of its length.
+inline constexpr int kMaxNonStarters = 30;
+
+// INVALID_ARGUMENT naming `field` when `text` (UTF-8) has a run of more than
+// kMaxNonStarters non-starters (combining class not 0), which no language
+// writes: refused before NormalizeNfc sees it.
+absl::Status CheckStreamSafe(absl::string_view field, absl::string_view text);
 
 // Appends code point `c` (at most U+10FFFF) to `out` as UTF-8.
 void AppendUtf8(char32_t c, std::string* out);

@@ -32,6 +32,12 @@ namespace {
 constexpr char kPiecePattern[] =
     R"((?i:<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d)|\p{L}+|\p{N}|[^\s\p{L}\p{N}\x{345}]+)";
 
+// BPE merges a piece in time quadratic in its length, and the pattern's
+// letter runs have none: longer pieces are cut (on character boundaries)
+// into pieces of at most this many bytes, each merged on its own. Only a
+// "word" longer than any real one tokenizes differently from Python's.
+constexpr size_t kMaxPieceBytes = 128;
+
 constexpr absl::string_view kStartOfText = "<|startoftext|>";
 constexpr absl::string_view kEndOfText = "<|endoftext|>";
 constexpr absl::string_view kEndOfWord = "</w>";
@@ -83,7 +89,14 @@ class ClipBpeTokenizer final : public Tokenizer {
     for (size_t pos = 0;
          pos < input.size() && pattern_.Match(input, pos, input.size(), RE2::UNANCHORED, &piece, 1);
          pos = piece.end() - input.begin()) {
-      AppendPieceIds(absl::string_view(piece.data(), piece.size()), &word, &content);
+      absl::string_view rest(piece.data(), piece.size());
+      while (rest.size() > kMaxPieceBytes) {
+        size_t cut = kMaxPieceBytes;
+        while (cut > 0 && (static_cast<uint8_t>(rest[cut]) & 0xC0) == 0x80) --cut;
+        AppendPieceIds(rest.substr(0, cut), &word, &content);
+        rest.remove_prefix(cut);
+      }
+      AppendPieceIds(rest, &word, &content);
     }
     return Frame(std::move(content));
   }

@@ -6,7 +6,9 @@
 #include "absl/status/status.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "common/short_text.h"
 #include "common/status_macros.h"
+#include "denoiser_service/text/cleanup.h"
 #include "denoiser_service/text/clip_bpe_tokenizer.h"
 #include "denoiser_service/text/word_tokenizer.h"
 
@@ -61,6 +63,11 @@ Tokens Tokenizer::Frame(std::vector<int64_t> content) const {
   tokens.ids.insert(tokens.ids.end(), content.begin(), content.end());
   if (spec_.eos_id >= 0) tokens.ids.push_back(spec_.eos_id);
   return tokens;
+}
+
+absl::Status CheckPromptText(absl::string_view field, absl::string_view text) {
+  RETURN_IF_ERROR(CheckClientText(field, text, kMaxPromptBytes));
+  return CheckStreamSafe(field, text);
 }
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const TokenizerSpec& spec) {

@@ -259,6 +259,45 @@ TEST_F(ClipBpeTest, EncodingAFullPromptIsFast) {
   std::cout << "clip_bpe: " << micros << " us per 77-token prompt\n";
 }
 
+// A letter run has no length of its own in CLIP's pattern, and merging one
+// costs the square of its length: runs longer than 128 bytes are merged as
+// pieces of at most 128 bytes, as if spaces stood between them.
+TEST_F(ClipBpeTest, LongLetterRunsAreMergedInBoundedPieces) {
+  const std::string run(300, 'q');
+  EXPECT_EQ(Ids(run), Ids(std::string(128, 'q') + " " + std::string(128, 'q') + " " +
+                          std::string(44, 'q')));
+  // The cut never splits a character: 100 two-byte letters cut after 64.
+  std::string accents;
+  for (int i = 0; i < 100; ++i) accents += "\xC3\xA9";
+  std::string cut_by_hand;
+  for (int i = 0; i < 64; ++i) cut_by_hand += "\xC3\xA9";
+  cut_by_hand += " ";
+  for (int i = 0; i < 36; ++i) cut_by_hand += "\xC3\xA9";
+  EXPECT_EQ(Ids(accents), Ids(cut_by_hand));
+  // Words of ordinary length are untouched.
+  EXPECT_EQ(Ids("antidisestablishmentarianism"), Ids(" antidisestablishmentarianism "));
+}
+
+TEST(CheckPromptTextTest, RefusesHugeAndPathologicalTextNamingTheField) {
+  std::string marks;
+  while (marks.size() < (1 << 20)) marks += "\xCC\xA7\xCC\x81";  // U+0327 U+0301
+  absl::Status s = CheckPromptText("conditioning.prompt", marks);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("conditioning.prompt: 1048576 bytes"));
+  s = CheckPromptText("texts[1]", std::string(1 << 20, 'x'));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("texts[1]: 1048576 bytes exceeds the limit"));
+
+  // Within the size limit, a run of combining marks longer than the
+  // stream-safe 30 is refused; 30 pass.
+  s = CheckPromptText("prompt", "e" + marks.substr(0, 31 * 2));
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("prompt: more than 30 combining marks"));
+  EXPECT_TRUE(CheckPromptText("prompt", "e" + marks.substr(0, 30 * 2) + "e" +
+                                            marks.substr(0, 30 * 2)).ok());
+  EXPECT_TRUE(CheckPromptText("prompt", "cr\xC3\xA8me br\xC3\xBBl\xC3\xA9e, a photo").ok());
+  EXPECT_EQ(CheckPromptText("prompt", "a \xEF\xBF\xBF").code(), absl::StatusCode::kInvalidArgument);
+}
+
 // ---- Clean-up steps against Python --------------------------------------------
 // Expected strings are Python 3.11's html.unescape and str.lower outputs.
 

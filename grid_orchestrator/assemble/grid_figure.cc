@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
+#include "common/short_text.h"
 #include "common/status_macros.h"
 
 namespace dgrid {
@@ -101,7 +102,8 @@ class Painter {
   int Width(const Font& font, const std::string& text) {
     SetFont(font);
     cairo_text_extents_t extents;
-    cairo_text_extents(cr_, text.c_str(), &extents);
+    // Cairo refuses text with noncharacters and fails the whole figure.
+    cairo_text_extents(cr_, DrawableText(text).c_str(), &extents);
     return static_cast<int>(std::ceil(extents.x_advance));
   }
 
@@ -112,7 +114,7 @@ class Painter {
     if (align == Align::kCenter) x -= width / 2.0;
     if (align == Align::kRight) x -= width;
     cairo_move_to(cr_, std::round(x), std::round(y));
-    cairo_show_text(cr_, text.c_str());
+    cairo_show_text(cr_, DrawableText(text).c_str());
   }
 
   void Line(double x0, double y0, double x1, double y1, Rgb color, double width = 1) {

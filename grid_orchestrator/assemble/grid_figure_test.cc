@@ -92,6 +92,15 @@ Found FindColour(const DecodedPng& image, uint8_t r, uint8_t g, uint8_t b) {
   return f;
 }
 
+// Cairo refuses noncharacters (U+FFFE, U+FDD0, U+10FFFF): a prompt holding
+// one used to fail the finished grid with INTERNAL.
+TEST(GridFigureTest, DrawsTitlesWithNoncharacters) {
+  GridFigure figure = MakeFigure(2, 2, 1);
+  figure.title = "emoji \xC2\xB7 prompt: a\xEF\xBF\xBE\xEF\xB7\x90\xF4\x8F\xBF\xBF b";
+  absl::StatusOr<std::string> png = DrawGridPng(figure);
+  EXPECT_TRUE(png.ok()) << png.status();
+}
+
 TEST(DivergenceTest, IdenticalPicturesAreZeroApart) {
   EXPECT_EQ(PictureDistance(Pattern(3), Pattern(3)), 0.0);
 }

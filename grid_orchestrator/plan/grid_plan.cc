@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -64,6 +65,15 @@ uint64_t BranchNoiseSeed(const Path& trunk, int branch_step, int column) {
 
 absl::StatusOr<GridPlanSpec> PlanGrid(const v1::GridRequest& request, const v1::ModelInfo& model,
                                       const PlanLimits& limits) {
+  // Free text is bounded and well-formed before anything else reads it.
+  for (const auto& [field, value, max_bytes] :
+       {std::tuple<const char*, const std::string&, size_t>{"prompt", request.prompt(),
+                                                             kMaxPromptBytes},
+        {"negative_prompt", request.negative_prompt(), kMaxPromptBytes},
+        {"model", request.model(), kMaxNameBytes},
+        {"preset", request.preset(), kMaxNameBytes}}) {
+    if (absl::Status s = CheckClientText(field, value, max_bytes); !s.ok()) return s;
+  }
   absl::StatusOr<Preset> preset = FindPreset(request.preset());
   if (!preset.ok()) return preset.status();
 
