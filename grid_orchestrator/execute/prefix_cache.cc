@@ -1,8 +1,11 @@
 #include "grid_orchestrator/execute/prefix_cache.h"
 
+#include <openssl/sha.h>
+
 #include <cstring>
 #include <limits>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 
 namespace dgrid {
@@ -29,17 +32,18 @@ void PrefixCache::Put(const std::string& key, CacheEntry entry) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = index_.find(key);
   if (it != index_.end()) {
-    bytes_ -= SizeOf(it->first, it->second->second);
-    lru_.erase(it->second);
+    const Lru::iterator node = it->second;
+    bytes_ -= SizeOf(node->first, node->second);
     index_.erase(it);
+    lru_.erase(node);
   }
   lru_.emplace_front(key, std::move(entry));
-  index_[key] = lru_.begin();
+  index_[lru_.front().first] = lru_.begin();
   bytes_ += size;
   while (bytes_ > max_bytes_ && !lru_.empty()) {
     auto& [old_key, old_entry] = lru_.back();
     bytes_ -= SizeOf(old_key, old_entry);
-    index_.erase(old_key);
+    index_.erase(absl::string_view(old_key));
     lru_.pop_back();
   }
 }
@@ -56,9 +60,21 @@ size_t PrefixCache::entries() const {
 
 namespace {
 
-// Strings go in with their length, so no value can run into the next field.
+// Strings go in with their length, so no value can run into the next field;
+// one longer than its digest goes in as the digest ("#" and 64 hex digits,
+// which no length-prefixed value starts with).
 void AppendField(std::string* key, absl::string_view name, absl::string_view value) {
-  absl::StrAppend(key, name, "=", value.size(), ":", value, "|");
+  constexpr size_t kDigestBytes = 64;
+  if (value.size() <= kDigestBytes) {
+    absl::StrAppend(key, name, "=", value.size(), ":", value, "|");
+    return;
+  }
+  unsigned char digest[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(value.data()), value.size(), digest);
+  absl::StrAppend(key, name, "=#",
+                  absl::BytesToHexString(absl::string_view(reinterpret_cast<const char*>(digest),
+                                                           sizeof(digest))),
+                  "|");
 }
 
 // Floats go in as their bit pattern: exact, where "%g" would merge values

@@ -15,8 +15,9 @@
 #include <optional>
 #include <string>
 #include <mutex>
-#include <unordered_map>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/string_view.h"
 #include "common/path.h"
 #include "dgrid/v1/tensor.pb.h"
 #include "grid_orchestrator/plan/grid_plan.h"
@@ -41,7 +42,9 @@ class PrefixCache {
   size_t bytes() const;
   size_t entries() const;
 
-  // What determines a trajectory besides its path.
+  // What determines a trajectory besides its path. Values longer than a
+  // digest (prompts) go in as their SHA-256, so a key stays short whatever
+  // the prompt.
   static std::string SamplerKey(const GridPlanSpec& plan);
   // The latent at `step` of `path` depends on the path's segments below step
   // (Path::SegmentsBelow) and on its init seed.
@@ -51,6 +54,8 @@ class PrefixCache {
 
  private:
   using Lru = std::list<std::pair<std::string, CacheEntry>>;
+  // What an entry holds: its key once (the index points into the list's
+  // copy), the payload, and an allowance for the nodes.
   static size_t SizeOf(const std::string& key, const CacheEntry& entry);
 
   const size_t max_bytes_;
@@ -58,8 +63,9 @@ class PrefixCache {
   // which then could not check this cache.
   mutable std::mutex mu_;
   Lru lru_;  // guarded by mu_; front = most recent
-  std::unordered_map<std::string, Lru::iterator> index_;  // guarded by mu_
-  size_t bytes_ = 0;                                      // guarded by mu_
+  // Views of the keys in lru_, whose nodes never move.
+  absl::flat_hash_map<absl::string_view, Lru::iterator> index_;  // guarded by mu_
+  size_t bytes_ = 0;                                            // guarded by mu_
 };
 
 }  // namespace dgrid

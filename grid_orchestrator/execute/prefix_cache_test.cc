@@ -101,6 +101,41 @@ TEST(PrefixCacheTest, SamplerKeyHoldsThePromptAndModelUnambiguously) {
   EXPECT_NE(PrefixCache::SamplerKey(a), PrefixCache::SamplerKey(b));
 }
 
+// Issue 24: a key held a whole prompt (8 MiB prompts took the orchestrator
+// past its memory limit). Long values go in as a digest, and still apart.
+TEST(PrefixCacheTest, SamplerKeyHoldsADigestOfALongPrompt) {
+  GridPlanSpec a = Plan(), b = Plan();
+  a.prompt = std::string(4096, 'p');
+  b.prompt = a.prompt;
+  b.prompt.back() = 'q';  // differs only in its last byte
+  EXPECT_NE(PrefixCache::SamplerKey(a), PrefixCache::SamplerKey(b));
+  EXPECT_EQ(PrefixCache::SamplerKey(a), PrefixCache::SamplerKey(a));
+  EXPECT_LT(PrefixCache::SamplerKey(a).size(), 400u);
+  b.prompt = Plan().prompt;
+  b.negative_prompt = a.prompt;
+  EXPECT_NE(PrefixCache::SamplerKey(a), PrefixCache::SamplerKey(b));
+}
+
+// The bytes a cache counts are the bytes it holds: each key once, and
+// entries leave when the bound is reached.
+TEST(PrefixCacheTest, CountsEachKeyOnceAndStaysWithinItsBound) {
+  const std::string long_key(10000, 'k');
+  PrefixCache cache(100000);
+  cache.Put(long_key + "1", Entry(10));
+  const size_t one = cache.bytes();
+  EXPECT_GE(one, long_key.size());
+  EXPECT_LT(one, 2 * long_key.size());
+  for (int i = 0; i < 40; ++i) cache.Put(long_key + std::to_string(i), Entry(10));
+  EXPECT_LE(cache.bytes(), 100000u);
+  EXPECT_LT(cache.entries(), 10u);
+  EXPECT_TRUE(cache.Find(long_key + "39").has_value());
+  EXPECT_FALSE(cache.Find(long_key + "1").has_value());
+  // Replacing an entry keeps the count right.
+  const size_t before = cache.bytes();
+  cache.Put(long_key + "39", Entry(10));
+  EXPECT_EQ(cache.bytes(), before);
+}
+
 TEST(PrefixCacheTest, AZeroSizedCacheHoldsNothing) {
   PrefixCache cache(0);
   cache.Put("a", Entry(10));
