@@ -16,6 +16,14 @@ absl::StatusOr<std::string> ReadSecretFile(const std::string& path, const std::s
   return s.str();
 }
 
+absl::StatusOr<std::string> ReadTokenFile(const std::string& path, const std::string& flag) {
+  if (path.empty()) return std::string();
+  absl::StatusOr<std::string> token = ReadSecretFile(path, flag);
+  if (!token.ok()) return token.status();
+  while (!token->empty() && (token->back() == '\n' || token->back() == '\r')) token->pop_back();
+  return token;
+}
+
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentialsFromFiles(
     const ServerTlsFiles& f) {
   if (f.cert.empty() && f.key.empty()) {

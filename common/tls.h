@@ -40,6 +40,10 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentialsFrom
 // The whole file, or INVALID_ARGUMENT naming `flag`.
 absl::StatusOr<std::string> ReadSecretFile(const std::string& path, const std::string& flag);
 
+// A bearer token from a file: "" for no path, else the file less the
+// trailing newline of `echo token > file`.
+absl::StatusOr<std::string> ReadTokenFile(const std::string& path, const std::string& flag);
+
 }  // namespace dgrid
 
 #endif  // DGRID_COMMON_TLS_H_

@@ -9,6 +9,8 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
@@ -161,6 +163,100 @@ TEST_F(TextGridTest, AClassIndexForATextModelIsRefused) {
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(status.error_message().find("conditioning.class_index"), std::string::npos)
       << status.error_message();
+}
+
+// Issue 24, sections 1, 2, 4 and 7: prompts are bounded and checked before
+// any normalization; what is refused names its field; model "" is the first
+// model on every denoiser RPC.
+std::string CombiningMarks(size_t bytes) {
+  std::string marks;
+  while (marks.size() < bytes) marks += "\xCC\xA7\xCC\x81";  // U+0327 U+0301
+  return marks;
+}
+
+grpc::Status Tokenize(const Stack& stack, const std::string& model,
+                      const std::vector<std::string>& texts, v1::TokenizeResponse* out) {
+  v1::TokenizeRequest request;
+  request.set_model(model);
+  for (const std::string& t : texts) request.add_texts(t);
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+  return stack.Denoiser(0)->Tokenize(&context, request, out);
+}
+
+TEST_F(TextGridTest, HugeAndPathologicalPromptsAreRefusedNamingTheField) {
+  struct Case {
+    std::string prompt, negative, expected;
+  };
+  const std::vector<Case> cases = {
+      {CombiningMarks(1 << 20), "", "prompt: 1048576 bytes exceeds the limit of 4096"},
+      {std::string(1 << 20, 'x'), "", "prompt: 1048576 bytes exceeds the limit of 4096"},
+      {"cat", std::string(5000, 'x'), "negative_prompt: 5000 bytes exceeds the limit"},
+      // Under the size limit: a run of combining marks past the stream-safe 30.
+      {"e" + CombiningMarks(200), "", "prompt: more than 30 combining marks in a row"},
+      {"cat", "e" + CombiningMarks(200), "negative_prompt: more than 30 combining marks"},
+      // Noncharacters, which Cairo refuses: once the whole grid ran, then
+      // failed INTERNAL at the figure.
+      {"a cat \xEF\xBF\xBE", "", "prompt: holds the noncharacter U+FFFE"},
+      {"a cat", "\xF4\x8F\xBF\xBF", "negative_prompt: holds the noncharacter U+10FFFF"},
+  };
+  for (const Case& c : cases) {
+    v1::GridRequest r = Request(c.prompt);
+    r.set_negative_prompt(c.negative);
+    v1::Grid grid;
+    const grpc::Status status = Create(*stack_, r, &grid);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << c.expected;
+    EXPECT_NE(status.error_message().find(c.expected), std::string::npos)
+        << status.error_message();
+    EXPECT_LT(status.error_message().size(), 300u);
+  }
+  // The denoiser refuses the same, by position.
+  v1::TokenizeResponse tokens;
+  grpc::Status status = Tokenize(*stack_, "textlatent", {"cat", CombiningMarks(1 << 20)}, &tokens);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(status.error_message().find("texts[1]: 1048576 bytes"), std::string::npos)
+      << status.error_message();
+  // And a prompt at the limit is served.
+  v1::Grid at_limit;
+  EXPECT_TRUE(Create(*stack_, Request(std::string(4096, 'a')), &at_limit).ok());
+}
+
+TEST_F(TextGridTest, AnEmptyModelNameIsTheFirstModelOnEveryRpc) {
+  v1::TokenizeResponse tokens;
+  const grpc::Status tokenized = Tokenize(*stack_, "", {"a photo of a cat"}, &tokens);
+  ASSERT_TRUE(tokenized.ok()) << tokenized.error_message();
+  v1::TokenizeResponse named;
+  ASSERT_TRUE(Tokenize(*stack_, "textlatent", {"a photo of a cat"}, &named).ok());
+  EXPECT_EQ(tokens.texts(0).ids_size(), 7);  // BOS, 5 words, EOS
+  EXPECT_EQ(tokens.SerializeAsString(), named.SerializeAsString());
+
+  v1::BranchRequest branch;
+  branch.mutable_sampler()->set_steps(2);
+  branch.mutable_sampler()->set_eta(1);
+  branch.mutable_sampler()->set_guidance(2);
+  branch.mutable_conditioning()->set_prompt("a cat");
+  v1::Path* p = branch.add_trajectories()->mutable_path();
+  p->set_init_seed(1);
+  p->add_segments()->set_noise_seed(2);
+  grpc::ClientContext branch_context;
+  auto reader = stack_->Denoiser(0)->Branch(&branch_context, branch);
+  v1::BranchEvent event;
+  const v1::Tensor* final_latent = nullptr;
+  v1::Tensor latent;
+  while (reader->Read(&event)) {
+    if (event.has_final()) latent = event.final().latent();
+  }
+  const grpc::Status branched = reader->Finish();
+  ASSERT_TRUE(branched.ok()) << branched.error_message();
+  final_latent = &latent;
+
+  v1::DecodeRequest decode;
+  *decode.add_latents() = *final_latent;
+  v1::DecodeResponse images;
+  grpc::ClientContext decode_context;
+  const grpc::Status decoded = stack_->Denoiser(0)->Decode(&decode_context, decode, &images);
+  ASSERT_TRUE(decoded.ok()) << decoded.error_message();
+  EXPECT_EQ(images.images_size(), 1);
 }
 
 TEST(TextReplicaTest, OneAndTwoReplicasGiveTheSameCells) {

@@ -95,14 +95,9 @@ void SetDeadline(grpc::ClientContext* context) {
   context->set_deadline(std::chrono::system_clock::now() +
                         std::chrono::seconds(absl::GetFlag(FLAGS_timeout_s)));
   static const std::string* token = [] {
-    auto* t = new std::string;
-    if (!absl::GetFlag(FLAGS_auth_token_file).empty()) {
-      auto read = ReadSecretFile(absl::GetFlag(FLAGS_auth_token_file), "--auth_token_file");
-      if (!read.ok()) Fail(std::string(read.status().message()));
-      *t = *read;
-      while (!t->empty() && (t->back() == '\n' || t->back() == '\r')) t->pop_back();
-    }
-    return t;
+    auto read = ReadTokenFile(absl::GetFlag(FLAGS_auth_token_file), "--auth_token_file");
+    if (!read.ok()) Fail(std::string(read.status().message()));
+    return new std::string(*read);
   }();
   if (!token->empty()) context->AddMetadata("authorization", "Bearer " + *token);
 }

@@ -62,6 +62,10 @@ struct DenoiserServerOptions {
   std::string tls_cert;
   std::string tls_key;
   std::string tls_client_ca;
+  // When not empty, every Denoiser call must carry "authorization: Bearer
+  // <token>": the replica then answers only the orchestrator, whose
+  // fairness ranks it trusts (health checks stay open).
+  std::string auth_token;
 };
 
 class DenoiserServer {

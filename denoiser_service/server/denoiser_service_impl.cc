@@ -7,6 +7,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/bearer_token.h"
 #include "common/grpc_status.h"
 #include "common/png_image.h"
 #include "common/short_text.h"
@@ -51,7 +52,9 @@ absl::Status ParseConditioning(const v1::Conditioning& c, const BundleManifest& 
       return absl::InvalidArgumentError(absl::StrCat(
           "conditioning.class_index: ", m.name, " is a text model; give conditioning.prompt"));
     }
-    // The request parser already refused invalid UTF-8.
+    // Checked before the engine's tokenizer reads them.
+    RETURN_IF_ERROR(CheckPromptText("conditioning.prompt", c.prompt()));
+    RETURN_IF_ERROR(CheckPromptText("conditioning.negative_prompt", c.negative_prompt()));
     run->prompt = c.prompt();
     run->negative_prompt = c.negative_prompt();
     return absl::OkStatus();
@@ -176,11 +179,12 @@ absl::StatusOr<RunRequest> ParseRun(const Request& request, const BundleManifest
 
 DenoiserServiceImpl::DenoiserServiceImpl(std::map<std::string, ServedModel>* models,
                                          int max_trajectories_per_request,
-                                         DenoiserMetrics* metrics)
+                                         DenoiserMetrics* metrics, std::string auth_token)
     : RequestParsingService(v1::Denoiser::service_full_name()),
       models_(models),
       max_trajectories_per_request_(max_trajectories_per_request),
-      metrics_(metrics) {
+      metrics_(metrics),
+      auth_token_(std::move(auth_token)) {
   AddUnary("GetModelInfo", &DenoiserServiceImpl::GetModelInfo);
   AddUnary("Step", &DenoiserServiceImpl::Step);
   AddServerStreaming("Branch", &DenoiserServiceImpl::Branch);
@@ -189,6 +193,14 @@ DenoiserServiceImpl::DenoiserServiceImpl(std::map<std::string, ServedModel>* mod
 }
 
 absl::StatusOr<ServedModel*> DenoiserServiceImpl::FindModel(const std::string& name) {
+  if (name.empty()) {
+    // "" is the first model, as the README and GetModelInfo have it.
+    ServedModel* first = nullptr;
+    for (auto& [_, served] : *models_) {
+      if (!first || served.order < first->order) first = &served;
+    }
+    if (first) return first;
+  }
   auto it = models_->find(name);
   if (it == models_->end()) {
     std::vector<std::string> names;
@@ -200,14 +212,30 @@ absl::StatusOr<ServedModel*> DenoiserServiceImpl::FindModel(const std::string& n
   return &it->second;
 }
 
+absl::Status DenoiserServiceImpl::Authorize(const grpc::ServerContext& context) const {
+  if (auth_token_.empty()) return absl::OkStatus();
+  const auto& metadata = context.client_metadata();
+  const auto it = metadata.find("authorization");
+  // The token itself is never logged or echoed.
+  if (it == metadata.end() ||
+      !BearerTokenMatches(absl::string_view(it->second.data(), it->second.size()), auth_token_)) {
+    return absl::UnauthenticatedError(
+        "this denoiser answers only its orchestrator: missing or invalid bearer token");
+  }
+  return absl::OkStatus();
+}
+
 grpc::Status DenoiserServiceImpl::Count(const char* method, grpc::Status status) {
   if (metrics_) metrics_->CountRequest(method, CodeName(status.error_code()));
   return status;
 }
 
-grpc::Status DenoiserServiceImpl::GetModelInfo(grpc::ServerContext*,
+grpc::Status DenoiserServiceImpl::GetModelInfo(grpc::ServerContext* context,
                                                const v1::GetModelInfoRequest* request,
                                                v1::GetModelInfoResponse* response) {
+  if (absl::Status auth = Authorize(*context); !auth.ok()) {
+    return Count("GetModelInfo", ToGrpcStatus(auth));
+  }
   std::vector<const ServedModel*> in_order;
   for (const auto& [name, served] : *models_) {
     if (request->model().empty() || request->model() == name) in_order.push_back(&served);
@@ -226,6 +254,9 @@ grpc::Status DenoiserServiceImpl::GetModelInfo(grpc::ServerContext*,
 grpc::Status DenoiserServiceImpl::Step(grpc::ServerContext* context,
                                        const v1::StepRequest* request,
                                        v1::StepResponse* response) {
+  if (absl::Status auth = Authorize(*context); !auth.ok()) {
+    return Count("Step", ToGrpcStatus(auth));
+  }
   auto served = FindModel(request->model());
   if (!served.ok()) return Count("Step", ToGrpcStatus(served.status()));
   const BundleManifest& m = (*served)->model->manifest();
@@ -269,6 +300,9 @@ grpc::Status DenoiserServiceImpl::Step(grpc::ServerContext* context,
 grpc::Status DenoiserServiceImpl::Branch(grpc::ServerContext* context,
                                          const v1::BranchRequest* request,
                                          grpc::ServerWriter<v1::BranchEvent>* writer) {
+  if (absl::Status auth = Authorize(*context); !auth.ok()) {
+    return Count("Branch", ToGrpcStatus(auth));
+  }
   auto served = FindModel(request->model());
   if (!served.ok()) return Count("Branch", ToGrpcStatus(served.status()));
   ServedModel& model = **served;
@@ -352,8 +386,12 @@ grpc::Status DenoiserServiceImpl::Branch(grpc::ServerContext* context,
   return Count("Branch", ToGrpcStatus(status));
 }
 
-grpc::Status DenoiserServiceImpl::Decode(grpc::ServerContext*, const v1::DecodeRequest* request,
+grpc::Status DenoiserServiceImpl::Decode(grpc::ServerContext* context,
+                                         const v1::DecodeRequest* request,
                                          v1::DecodeResponse* response) {
+  if (absl::Status auth = Authorize(*context); !auth.ok()) {
+    return Count("Decode", ToGrpcStatus(auth));
+  }
   auto served = FindModel(request->model());
   if (!served.ok()) return Count("Decode", ToGrpcStatus(served.status()));
   const BundleManifest& m = (*served)->model->manifest();
@@ -383,20 +421,35 @@ grpc::Status DenoiserServiceImpl::Decode(grpc::ServerContext*, const v1::DecodeR
   return Count("Decode", grpc::Status::OK);
 }
 
-grpc::Status DenoiserServiceImpl::Tokenize(grpc::ServerContext*, const v1::TokenizeRequest* request,
+grpc::Status DenoiserServiceImpl::Tokenize(grpc::ServerContext* context,
+                                           const v1::TokenizeRequest* request,
                                            v1::TokenizeResponse* response) {
+  if (absl::Status auth = Authorize(*context); !auth.ok()) {
+    return Count("Tokenize", ToGrpcStatus(auth));
+  }
   auto served = FindModel(request->model());
   if (!served.ok()) return Count("Tokenize", ToGrpcStatus(served.status()));
   const Tokenizer* tokenizer = (*served)->model->tokenizer();
   if (!tokenizer) {
     return Count("Tokenize", ToGrpcStatus(absl::FailedPreconditionError(absl::StrCat(
-                                 "model: ", request->model(), " is a class model; it has no tokenizer"))));
+                                 "model: ", (*served)->model->manifest().name,
+                                 " is a class model; it has no tokenizer"))));
   }
   if (request->texts_size() > max_trajectories_per_request_) {
     return Count("Tokenize", ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
                                  "texts: at most ", max_trajectories_per_request_, " per request"))));
   }
+  // Every text is checked before any is tokenized: each then costs at most
+  // about a millisecond, and a caller that gave up stops the rest.
+  for (int i = 0; i < request->texts_size(); ++i) {
+    absl::Status checked = CheckPromptText(absl::StrCat("texts[", i, "]"), request->texts(i));
+    if (!checked.ok()) return Count("Tokenize", ToGrpcStatus(checked));
+  }
   for (const std::string& text : request->texts()) {
+    if (context->IsCancelled() || absl::Now() > DeadlineOf(*context)) {
+      return Count("Tokenize", grpc::Status(grpc::StatusCode::CANCELLED,
+                                            "the caller cancelled or its deadline passed"));
+    }
     const Tokens tokens = tokenizer->Encode(text);
     v1::TokenizedText* out = response->add_texts();
     out->mutable_ids()->Assign(tokens.ids.begin(), tokens.ids.end());

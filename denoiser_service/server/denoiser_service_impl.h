@@ -29,9 +29,11 @@ struct ServedModel {
 // Serves dgrid.v1.Denoiser: the constructor adds each method.
 class DenoiserServiceImpl final : public RequestParsingService {
  public:
-  // `models` is keyed by model name. `metrics` may be null.
+  // `models` is keyed by model name. `metrics` may be null. A non-empty
+  // `auth_token` must come with every call as "Bearer <token>".
   DenoiserServiceImpl(std::map<std::string, ServedModel>* models,
-                      int max_trajectories_per_request, DenoiserMetrics* metrics);
+                      int max_trajectories_per_request, DenoiserMetrics* metrics,
+                      std::string auth_token = "");
 
   grpc::Status GetModelInfo(grpc::ServerContext* context, const v1::GetModelInfoRequest* request,
                             v1::GetModelInfoResponse* response);
@@ -47,10 +49,13 @@ class DenoiserServiceImpl final : public RequestParsingService {
  private:
   absl::StatusOr<ServedModel*> FindModel(const std::string& name);
   grpc::Status Count(const char* method, grpc::Status status);
+  // UNAUTHENTICATED unless the call carries the token (when one is set).
+  absl::Status Authorize(const grpc::ServerContext& context) const;
 
   std::map<std::string, ServedModel>* const models_;
   const int max_trajectories_per_request_;
   DenoiserMetrics* const metrics_;
+  const std::string auth_token_;
 };
 
 }  // namespace dgrid

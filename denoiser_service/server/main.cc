@@ -11,6 +11,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
 #include "common/server_main.h"
+#include "common/tls.h"
 #include "denoiser_service/server/denoiser_server.h"
 
 ABSL_FLAG(std::vector<std::string>, model_dir,
@@ -18,7 +19,10 @@ ABSL_FLAG(std::vector<std::string>, model_dir,
           "Model bundle folders, comma-separated or the flag repeated; a folder without a "
           "manifest.json holds bundles. The first is the default model of requests that "
           "name none.");
-ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC listen address; port 0 picks one.");
+ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
+          "gRPC listen address; port 0 picks one. Loopback unless told otherwise: a replica "
+          "trusts the fairness ranks its callers claim, so only the orchestrator should reach "
+          "it (see --auth_token_file).");
 ABSL_FLAG(std::string, metrics_addr, "0.0.0.0:9091",
           "Prometheus metrics address; empty disables metrics.");
 ABSL_FLAG(std::string, port_file, "",
@@ -36,6 +40,9 @@ ABSL_FLAG(int, debug_step_delay_ms, 0, "Test only: sleep before every forward pa
 ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate (enables TLS).");
 ABSL_FLAG(std::string, tls_key, "", "PEM server private key.");
 ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA: require and verify client certificates.");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "File holding the bearer token every Denoiser call must carry (the orchestrator's "
+          "--denoiser_token_file); empty = no token.");
 
 namespace {
 
@@ -86,6 +93,15 @@ int main(int argc, char** argv) {
   options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key = absl::GetFlag(FLAGS_tls_key);
   options.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  {
+    auto token = dgrid::ReadTokenFile(absl::GetFlag(FLAGS_auth_token_file), "--auth_token_file");
+    if (!token.ok()) {
+      std::cerr << "dgrid-denoiser: " << token.status().message() << "\n";
+      return 1;
+    }
+    options.auth_token = *token;
+  }
+
 
   auto server = dgrid::DenoiserServer::Start(options);
   if (!server.ok()) {

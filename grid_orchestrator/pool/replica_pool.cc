@@ -1,5 +1,7 @@
 #include "grid_orchestrator/pool/replica_pool.h"
 
+#include <grpcpp/support/client_interceptor.h>
+
 #include <netdb.h>
 #include <sys/socket.h>
 
@@ -9,6 +11,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/bearer_token.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/grpc_status.h"
@@ -16,6 +19,39 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 
 namespace dgrid {
+namespace {
+
+// Puts the denoisers' bearer token on every call of a channel, so that no
+// caller of a stub can forget it (the credentials of an insecure channel
+// carry no call metadata).
+class AuthorizationAdder final : public grpc::experimental::ClientInterceptorFactoryInterface {
+ public:
+  explicit AuthorizationAdder(const std::string& token) : value_(BearerAuthorization(token)) {}
+  grpc::experimental::Interceptor* CreateClientInterceptor(
+      grpc::experimental::ClientRpcInfo*) override {
+    return new Adder(&value_);
+  }
+
+ private:
+  class Adder final : public grpc::experimental::Interceptor {
+   public:
+    explicit Adder(const std::string* value) : value_(value) {}
+    void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+      if (methods->QueryInterceptionHookPoint(
+              grpc::experimental::InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
+        methods->GetSendInitialMetadata()->insert({"authorization", *value_});
+      }
+      methods->Proceed();
+    }
+
+   private:
+    const std::string* value_;
+  };
+  const std::string value_;
+};
+
+}  // namespace
+
 
 struct ReplicaPool::Replica {
   std::string address;
@@ -164,7 +200,14 @@ void ReplicaPool::UpdateReplicas(const std::vector<std::string>& addresses) {
     }
     auto replica = std::make_shared<Replica>();
     replica->address = address;
-    replica->channel = grpc::CreateCustomChannel(address, options_.credentials, args);
+    if (options_.call_token.empty()) {
+      replica->channel = grpc::CreateCustomChannel(address, options_.credentials, args);
+    } else {
+      std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> adders;
+      adders.push_back(std::make_unique<AuthorizationAdder>(options_.call_token));
+      replica->channel = grpc::experimental::CreateCustomChannelWithInterceptors(
+          address, options_.credentials, args, std::move(adders));
+    }
     replica->stub = options_.stub_factory ? options_.stub_factory(address, replica->channel)
                                           : v1::Denoiser::NewStub(replica->channel);
     replica->health = grpc::health::v1::Health::NewStub(replica->channel);
@@ -305,7 +348,9 @@ absl::StatusOr<ReplicaPool::Lease> ReplicaPool::Acquire(const Want& want) {
         if (!r->healthy) continue;
         any_healthy = true;
         if (Serves(*r, want, true, std::numeric_limits<int>::max())) any_serving = true;
-        if (!Serves(*r, want, allow_avoided, options_.max_inflight_per_replica)) continue;
+        const int cap =
+            want.control ? std::numeric_limits<int>::max() : options_.max_inflight_per_replica;
+        if (!Serves(*r, want, allow_avoided, cap)) continue;
         // Least outstanding work; ties go to fewer jobs in flight.
         if (!best || r->outstanding_work < best->outstanding_work ||
             (r->outstanding_work == best->outstanding_work && r->inflight < best->inflight)) {
@@ -315,7 +360,7 @@ absl::StatusOr<ReplicaPool::Lease> ReplicaPool::Acquire(const Want& want) {
       if (best) break;
     }
     // A free slot goes to the waiter whose grid holds the fewest leases.
-    if (best && !SomeoneAhead(me, *best)) {
+    if (best && (want.control || !SomeoneAhead(me, *best))) {
       ++best->inflight;
       best->outstanding_work += want.work;
       PublishInflight(*best);

@@ -61,6 +61,9 @@ class ReplicaPool {
     // addresses are IPs.
     std::string tls_server_name;
     int max_message_bytes = 16 << 20;
+    // When not empty, every call to a replica carries "authorization: Bearer
+    // <call_token>" (the denoisers' --auth_token_file).
+    std::string call_token;
     // Makes the Denoiser stub of a replica; tests put a fake one behind the
     // generated StubInterface. Default: the real stub on the channel.
     std::function<std::unique_ptr<v1::Denoiser::StubInterface>(
@@ -85,6 +88,10 @@ class ReplicaPool {
     uint64_t tenant = 0;
     uint64_t rank = 0;
     absl::Time since = absl::InfinitePast();
+    // A short call outside the grid's work (Tokenize while planning): it
+    // takes any healthy replica that serves the model whatever its in-flight
+    // count, and never queues behind the work it is about to plan.
+    bool control = false;
   };
 
   struct Replica;

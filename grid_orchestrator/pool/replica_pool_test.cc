@@ -5,6 +5,7 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <atomic>
 #include <thread>
 #include <vector>
 
@@ -84,6 +85,39 @@ TEST(ReplicaPoolTest, CapsInflightAndWaitsForARelease) {
   release.join();
   EXPECT_TRUE(waited.ok()) << waited.status();
   EXPECT_EQ((*pool)->Snapshot()[0].inflight, 2);
+}
+
+// Planning a grid asks a replica to tokenize its prompt: that call must not
+// wait behind the very work it plans (issue 24: beside full replicas, small
+// grids failed DEADLINE_EXCEEDED while planning).
+TEST(ReplicaPoolTest, AControlCallTakesAFullReplicaWithoutWaiting) {
+  HealthServer a;
+  auto pool = ReplicaPool::Create(Options(a.address()), nullptr);
+  ASSERT_TRUE(pool.ok());
+  auto one = (*pool)->Acquire(1, kSoon, {});
+  auto two = (*pool)->Acquire(1, kSoon, {});
+  ASSERT_TRUE(one.ok() && two.ok());
+  // A job waits at the cap, ahead in line ...
+  std::atomic<bool> give_up{false};
+  std::thread waiting([&] {
+    ReplicaPool::Want job;
+    job.work = 1;
+    job.cancelled = &give_up;
+    EXPECT_EQ((*pool)->Acquire(job).status().code(), absl::StatusCode::kCancelled);
+  });
+  // ... and a control call still gets the replica at once (the deadline is
+  // already past: it must not wait at all).
+  ReplicaPool::Want control;
+  control.control = true;
+  control.deadline = absl::Now();
+  auto lease = (*pool)->Acquire(control);
+  EXPECT_TRUE(lease.ok()) << lease.status();
+  if (lease.ok()) EXPECT_EQ(lease->address(), a.address());
+  // An ordinary job at the cap does not.
+  EXPECT_EQ((*pool)->Acquire(1, absl::Now(), {}).status().code(),
+            absl::StatusCode::kDeadlineExceeded);
+  give_up = true;
+  waiting.join();
 }
 
 TEST(ReplicaPoolTest, AvoidsAReplicaWhileAnotherIsHealthy) {

@@ -2,6 +2,7 @@
 // replicas. Parses flags, starts the server, waits for SIGINT/SIGTERM.
 #include <iostream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -42,6 +43,9 @@ ABSL_FLAG(std::string, denoiser_ca, "",
           "PEM CA of the denoisers: talk TLS to them and refuse peers it did not sign.");
 ABSL_FLAG(std::string, denoiser_cert, "", "PEM client certificate for mutual TLS to denoisers.");
 ABSL_FLAG(std::string, denoiser_key, "", "PEM client key for mutual TLS to denoisers.");
+ABSL_FLAG(std::string, denoiser_token_file, "",
+          "File holding the bearer token the denoisers require (their --auth_token_file); "
+          "empty = none.");
 ABSL_FLAG(std::string, denoiser_tls_name, "",
           "Name to verify in the denoisers' certificates when dialling them by IP.");
 ABSL_FLAG(std::string, http_addr, "",
@@ -88,16 +92,18 @@ int main(int argc, char** argv) {
   o.web_dir = absl::GetFlag(FLAGS_web_dir);
   o.http_cors_origins = absl::GetFlag(FLAGS_http_cors_origins);
   o.http_max_connections = absl::GetFlag(FLAGS_http_max_connections);
-  if (!absl::GetFlag(FLAGS_auth_token_file).empty()) {
-    auto token = dgrid::ReadSecretFile(absl::GetFlag(FLAGS_auth_token_file), "--auth_token_file");
-    if (!token.ok()) {
-      std::cerr << "dgrid-orchestrator: " << token.status().message() << "\n";
+  const std::tuple<std::string, const char*, std::string*> token_files[] = {
+      {absl::GetFlag(FLAGS_auth_token_file), "--auth_token_file", &o.auth_token},
+      {absl::GetFlag(FLAGS_denoiser_token_file), "--denoiser_token_file", &o.denoiser_token}};
+  for (const auto& [path, flag, token] : token_files) {
+    auto read = dgrid::ReadTokenFile(path, flag);
+    if (!read.ok()) {
+      std::cerr << "dgrid-orchestrator: " << read.status().message() << "\n";
       return 1;
     }
-    // A trailing newline from `echo token > file` is not part of the token.
-    while (!token->empty() && (token->back() == '\n' || token->back() == '\r')) token->pop_back();
-    o.auth_token = *token;
+    *token = *read;
   }
+
 
   auto server = dgrid::OrchestratorServer::Start(o);
   if (!server.ok()) {

@@ -34,6 +34,7 @@ absl::StatusOr<std::unique_ptr<OrchestratorServer>> OrchestratorServer::Start(
   pool.targets = o.denoisers;
   pool.credentials = *denoiser_credentials;
   pool.tls_server_name = o.denoiser_tls_name;
+  pool.call_token = o.denoiser_token;
   pool.max_inflight_per_replica = o.replica_max_inflight;
   pool.max_message_bytes = o.max_message_bytes;
   auto created = ReplicaPool::Create(pool, s->metrics_.get());

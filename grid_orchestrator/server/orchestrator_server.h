@@ -48,6 +48,8 @@ struct OrchestratorServerOptions {
   ChannelTlsFiles denoiser_tls;
   // Name the denoisers' certificates carry, when they are dialled by IP.
   std::string denoiser_tls_name;
+  // The bearer token the denoisers require (their --auth_token_file).
+  std::string denoiser_token;
   // Bearer token the API requires (health stays open); empty = no auth.
   std::string auth_token;
   // HTTP gateway (page, JSON API, SSE); empty address = off. It reuses the

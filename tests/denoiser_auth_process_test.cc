@@ -1,0 +1,89 @@
+// Issue 24, section 3: a denoiser trusts the fairness ranks its callers
+// claim, so it answers only the orchestrator. With --auth_token_file every
+// Denoiser call must carry the token (the orchestrator's
+// --denoiser_token_file); health checks stay open.
+#include <grpcpp/grpcpp.h>
+
+#include <fstream>
+
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "gtest/gtest.h"
+#include "tests/support/stack.h"
+
+namespace dgrid {
+namespace {
+
+using testing::Stack;
+using testing::StackOptions;
+
+grpc::Status Branch(v1::Denoiser::Stub& stub, const std::string& authorization) {
+  v1::BranchRequest r;
+  r.mutable_sampler()->set_steps(2);
+  r.mutable_sampler()->set_eta(1);
+  r.mutable_sampler()->set_guidance(1);
+  // Rank 0: what a caller claiming to be first would send.
+  r.set_fairness_rank(0);
+  v1::Path* p = r.add_trajectories()->mutable_path();
+  p->set_init_seed(1);
+  p->add_segments()->set_noise_seed(2);
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+  if (!authorization.empty()) context.AddMetadata("authorization", authorization);
+  auto reader = stub.Branch(&context, r);
+  v1::BranchEvent event;
+  while (reader->Read(&event)) {
+  }
+  return reader->Finish();
+}
+
+TEST(DenoiserAuthTest, OnlyCallersWithTheTokenAreServed) {
+  const std::string dir = testing::TempDir("denoiser-token");
+  const std::string token = "replica-s3cret";
+  std::ofstream(dir + "/token") << token << "\n";
+  StackOptions options;
+  options.denoisers = 1;
+  options.denoiser_flags = {"--auth_token_file=" + dir + "/token"};
+  options.orchestrator_flags = {"--denoiser_token_file=" + dir + "/token"};
+  auto stack = Stack::Start(options, "denoiser-auth");
+  ASSERT_TRUE(stack.ok()) << stack.status();
+
+  // The orchestrator's pool sends the token on every call: a grid works.
+  v1::GridRequest grid_request;
+  grid_request.set_seed(1);
+  grid_request.mutable_steps()->set_value(6);
+  grid_request.mutable_branches()->set_value(2);
+  grid_request.add_branch_steps(0);
+  grid_request.add_branch_steps(3);
+  grpc::ClientContext grid_context;
+  grid_context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+  v1::Grid grid;
+  const grpc::Status made = (*stack)->Orchestrator()->CreateGrid(&grid_context, grid_request, &grid);
+  ASSERT_TRUE(made.ok()) << made.error_message();
+  EXPECT_EQ(grid.rows_size(), 2);
+
+  // A caller that reaches the replica directly is refused, whatever it claims.
+  auto denoiser = (*stack)->Denoiser(0);
+  for (const std::string& wrong : {std::string(), std::string("Bearer nope"),
+                                   std::string("Bearer ") + token + "x"}) {
+    const grpc::Status refused = Branch(*denoiser, wrong);
+    EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAUTHENTICATED) << wrong;
+    EXPECT_EQ(refused.error_message().find(token), std::string::npos);
+  }
+  v1::GetModelInfoResponse info;
+  grpc::ClientContext info_context;
+  EXPECT_EQ(denoiser->GetModelInfo(&info_context, {}, &info).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  // The scheme is case-insensitive.
+  const grpc::Status served = Branch(*denoiser, "bearer " + token);
+  EXPECT_TRUE(served.ok()) << served.error_message();
+
+  // Health stays open: Kubernetes probes carry no token.
+  auto health = grpc::health::v1::Health::NewStub(
+      grpc::CreateChannel((*stack)->denoiser_address(0), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext health_context;
+  grpc::health::v1::HealthCheckResponse health_response;
+  EXPECT_TRUE(health->Check(&health_context, {}, &health_response).ok());
+}
+
+}  // namespace
+}  // namespace dgrid
