@@ -3,10 +3,16 @@
 // client (issue: two unread streams held all 64 + 64 in-flight slots, and two
 // maximal grids pushed a 10-step grid into a 30 s timeout).
 #include <grpcpp/grpcpp.h>
+#include <sys/stat.h>
 
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <sstream>
 #include <thread>
 
 #include "gtest/gtest.h"
+#include "tests/support/child_process.h"
 #include "tests/support/stack.h"
 
 namespace dgrid {
@@ -122,6 +128,59 @@ TEST(HostileClientTest, TwoLargeGridsDoNotStarveASmallOneFromAnotherClient) {
   EXPECT_LT(took, absl::Seconds(5));
   for (auto& c : contexts) c->TryCancel();
   for (auto& t : large) t.join();
+}
+
+// A bundle can come from anywhere. Each of these once loaded (or hung
+// start-up): now the denoiser exits at once, naming what is wrong, and quotes
+// none of a file outside the bundle.
+TEST(HostileBundleTest, TheDenoiserRefusesHostileBundlesAtStartUp) {
+  namespace fs = std::filesystem;
+  auto replace = [](const fs::path& file, const std::string& from, const std::string& to) {
+    std::stringstream text;
+    text << std::ifstream(file).rdbuf();
+    std::string s = text.str();
+    ASSERT_NE(s.find(from), std::string::npos) << from;
+    s.replace(s.find(from), from.size(), to);
+    std::ofstream(file, std::ios::trunc) << s;
+  };
+  const struct {
+    const char* name;
+    std::function<void(const fs::path&)> spoil;
+    const char* named;
+  } cases[] = {
+      {"fifo", [](const fs::path& dir) {
+         fs::remove(dir / "manifest.json");
+         mkfifo((dir / "manifest.json").c_str(), 0600);
+       }, "a FIFO"},
+      {"passwd", [](const fs::path& dir) {
+         fs::remove(dir / "vocab.txt");
+         fs::create_symlink("/etc/passwd", dir / "vocab.txt");
+       }, "conditioning.tokenizer.vocab"},
+      {"guidance", [&](const fs::path& dir) {
+         replace(dir / "manifest.json", "\"guidance\": 4.0", "\"guidance\": \"NaN\"");
+       }, "defaults.guidance"},
+      {"scale", [&](const fs::path& dir) {
+         replace(dir / "manifest.json", "\"latent_scale\": 0.489254", "\"latent_scale\": 1e-300");
+       }, "decoder.latent_scale"},
+  };
+  for (const auto& c : cases) {
+    const fs::path dir = fs::path(testing::TempDir(std::string("hostile-bundle-") + c.name)) / "emoji";
+    fs::copy(std::string(DGRID_SOURCE_DIR) + "/models/emoji", dir, fs::copy_options::recursive);
+    c.spoil(dir);
+    const std::string log = dir.parent_path().string() + "/denoiser.log";
+    auto denoiser = testing::ChildProcess::Start(
+        {testing::BinPath("dgrid-denoiser"), "--model_dir=" + dir.string(),
+         "--listen=127.0.0.1:0", "--port_file=" + dir.parent_path().string() + "/ports"},
+        log);
+    ASSERT_TRUE(denoiser.ok()) << denoiser.status();
+    // Generous: a refusal takes milliseconds, a hang or a served bundle never ends.
+    absl::StatusOr<int> exit_code = (*denoiser)->Wait(absl::Seconds(60));
+    ASSERT_TRUE(exit_code.ok()) << c.name << ": still running: " << (*denoiser)->Log();
+    EXPECT_NE(*exit_code, 0) << c.name;
+    const std::string text = (*denoiser)->Log();
+    EXPECT_NE(text.find(c.named), std::string::npos) << c.name << ": " << text;
+    EXPECT_EQ(text.find("root:"), std::string::npos) << c.name << ": " << text;
+  }
 }
 
 }  // namespace

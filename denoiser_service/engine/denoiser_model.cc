@@ -8,11 +8,11 @@
 #include <dlfcn.h>
 #include <malloc.h>
 
-#include <filesystem>
 #include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/bundle_files.h"
 #include "common/manifest_reader.h"
 #include "common/png_image.h"
 #include "denoiser_service/text/tokenizer.h"
@@ -40,11 +40,14 @@ std::string ShortText(const char* what) {
   return std::string(text.substr(0, 300));
 }
 
+// SDXL's UNet is 10 GB in fp32; the bound is for a sparse file posing as one.
+constexpr uint64_t kMaxScriptBytes = uint64_t{64} << 30;
+
 absl::StatusOr<torch::jit::script::Module> LoadScript(const std::string& path,
                                                       torch::Device device) {
-  if (!std::filesystem::exists(path)) {
-    return absl::NotFoundError(absl::StrCat("model file not found: ", path));
-  }
+  // The manifest reader checked the bundle's parts; this is the last look
+  // before torch reads, which would block on a FIFO and read a device forever.
+  if (absl::Status s = CheckRegularFile(path, kMaxScriptBytes); !s.ok()) return s;
   try {
     torch::jit::script::Module m = torch::jit::load(path, device);
     m.eval();
@@ -139,6 +142,7 @@ absl::StatusOr<std::unique_ptr<DenoiserModel>> DenoiserModel::Load(
   auto model = std::unique_ptr<DenoiserModel>(
       new DenoiserModel(std::move(*manifest), std::move(impl), use_cuda ? "cuda" : "cpu"));
   if (absl::Status probe = model->Probe(bundle_dir); !probe.ok()) return probe;
+  if (absl::Status probe = model->ProbeRanges(bundle_dir); !probe.ok()) return probe;
   return model;
 }
 
@@ -201,6 +205,47 @@ absl::Status DenoiserModel::Probe(const std::string& dir) {
                        m.latent_shape[0], ", ", m.latent_shape[1], ", ", m.latent_shape[2],
                        "] failed: ", image.status().message()));
     }
+  }
+  return absl::OkStatus();
+}
+
+// What a request can give goes through the model once, at its extremes: the
+// highest token id the tokenizer can produce, the last class index, the first
+// and last training timestep. A bundle whose vocabulary outgrows its encoder's
+// embedding would otherwise load and then fail at request time.
+absl::Status DenoiserModel::ProbeRanges(const std::string& dir) {
+  const BundleManifest& m = manifest_;
+  const int64_t numel = latent_numel();
+  std::vector<float> x(2 * numel, 0.0f), out(2 * numel);
+  const std::vector<int64_t> t = {0, m.schedule.train_timesteps - 1};
+  const std::string where = absl::StrCat("timesteps 0 and ", t[1]);
+  absl::Status probe;
+  if (m.is_text()) {
+    const int length = context_length();
+    const int64_t top = impl_->tokenizer->vocab_size() - 1;
+    const std::vector<int64_t> ids(2 * length, top);
+    std::vector<float> context(2 * static_cast<size_t>(length) * context_dim());
+    if (absl::Status s = EncodeText(ids, 2, absl::MakeSpan(context)); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          dir, "/", m.text.encoder_weights, ": the text encoder fails on token id ", top,
+          ", the highest of the vocabulary ", dir, "/", m.text.tokenizer.vocab, " (",
+          top + 1, " ids): ", s.message()));
+    }
+    probe = ForwardText(x, t, context, 2, absl::MakeSpan(out));
+  } else {
+    const int64_t last = static_cast<int64_t>(m.class_labels.size()) - 1;
+    const std::vector<int64_t> cond = {m.null_label, last >= 0 ? last : m.null_label};
+    probe = Forward(x, t, cond, 2, absl::MakeSpan(out));
+    if (!probe.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          dir, "/", m.weights, ": probe forward at ", where, " with class indices ",
+          absl::StrJoin(cond, " and "), " (", m.class_labels.size(),
+          " class_labels, null_label ", m.null_label, ") failed: ", probe.message()));
+    }
+  }
+  if (!probe.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(dir, "/", m.weights, ": probe forward at ",
+                                                   where, " failed: ", probe.message()));
   }
   return absl::OkStatus();
 }

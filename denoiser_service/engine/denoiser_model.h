@@ -3,7 +3,9 @@
 // CUDA. The header is free of torch and protobuf types so that the RPC layer
 // can hold a model (docs/ARCHITECTURE.md, "Layering"). Load checks that the
 // parts agree (latent channels, context width, image shape) with one probe
-// through each, and names the file and the shapes when they do not.
+// through each, and that the model takes the whole range of what a request
+// can give (every token id of the vocabulary, every class index, the first
+// and last timestep), and names the file and the shapes or range when not.
 //
 //   ASSIGN_OR_RETURN(auto model, DenoiserModel::Load("models/fashion-mnist", {}));
 //   RETURN_IF_ERROR(model->Forward(x, t, cond, batch, eps));           // class model
@@ -68,6 +70,9 @@ class DenoiserModel {
   DenoiserModel(BundleManifest manifest, std::unique_ptr<Impl> impl, std::string device);
   // One probe through each part; errors name the file and the shapes.
   absl::Status Probe(const std::string& bundle_dir);
+  // One probe at the extremes of what a request can give (token ids, class
+  // indices, timesteps); errors name the file and the range.
+  absl::Status ProbeRanges(const std::string& bundle_dir);
   // Forward and ForwardText: `cond` for a class model, `context` for a text
   // model.
   absl::Status RunForward(absl::Span<const float> x, absl::Span<const int64_t> t,

@@ -154,6 +154,22 @@ bool AllFinite(absl::Span<const float> values) {
   return true;
 }
 
+// Rows [row, row + rows) of a laid-out forward batch through the model on
+// their own, into `out`.
+absl::Status ForwardRows(DenoiserModel& model, absl::Span<const float> x,
+                         absl::Span<const int64_t> t, absl::Span<const int64_t> cond,
+                         absl::Span<const float> context, int row, int rows,
+                         absl::Span<float> out) {
+  const size_t numel = static_cast<size_t>(model.latent_numel());
+  if (!model.manifest().is_text()) {
+    return model.Forward(x.subspan(row * numel, rows * numel), t.subspan(row, rows),
+                         cond.subspan(row, rows), rows, out);
+  }
+  const size_t per_context = static_cast<size_t>(model.context_length()) * model.context_dim();
+  return model.ForwardText(x.subspan(row * numel, rows * numel), t.subspan(row, rows),
+                           context.subspan(row * per_context, rows * per_context), rows, out);
+}
+
 }  // namespace
 
 TrajectoryBatcher::TrajectoryBatcher(DenoiserModel* model, Options options,
@@ -397,13 +413,7 @@ void TrajectoryBatcher::Loop() {
 }
 
 void TrajectoryBatcher::Admit(std::vector<Active>& arrivals) {
-  if (model_->manifest().is_text()) {
-    absl::Status resolved = ResolveContexts(arrivals);
-    if (!resolved.ok()) {
-      FailAll(arrivals, resolved);
-      return;
-    }
-  }
+  if (model_->manifest().is_text()) ResolveContexts(arrivals);
   // A capture at the start step is the start latent itself (x_T when 0): it
   // goes out now, before any forward pass, with no x0 prediction yet.
   for (Active& a : arrivals) {
@@ -422,12 +432,16 @@ void TrajectoryBatcher::Admit(std::vector<Active>& arrivals) {
 }
 
 // Looks every arrival's prompt and negative prompt up in the cache, and
-// encodes the distinct ones missing in one text-encoder pass.
-absl::Status TrajectoryBatcher::ResolveContexts(std::vector<Active>& arrivals) {
+// encodes the distinct ones missing in one text-encoder pass. When that pass
+// fails, each prompt is encoded alone: a prompt the encoder fails on ends
+// the runs that use it (they leave `arrivals`), not the others admitted
+// beside them.
+void TrajectoryBatcher::ResolveContexts(std::vector<Active>& arrivals) {
   // This admission's distinct prompts and their contexts: found in the
   // cache, or encoded below (and kept here too, whatever the cache's size).
   std::vector<std::pair<const std::vector<int64_t>*, ContextCache::Context>> resolved;
   std::vector<size_t> missing;  // indices into `resolved`
+  std::vector<std::pair<const std::vector<int64_t>*, absl::Status>> failed;
   auto resolve = [&](const std::vector<int64_t>& ids) {
     for (const auto& [known, _] : resolved) {
       if (*known == ids) return;
@@ -451,9 +465,18 @@ absl::Status TrajectoryBatcher::ResolveContexts(std::vector<Active>& arrivals) {
     for (size_t k : missing) ids.insert(ids.end(), resolved[k].first->begin(), resolved[k].first->end());
     std::vector<float> out(missing.size() * per);
     const int n = static_cast<int>(missing.size());
-    if (absl::Status s = model_->EncodeText(ids, n, absl::MakeSpan(out)); !s.ok()) return s;
+    const absl::Status batched = model_->EncodeText(ids, n, absl::MakeSpan(out));
     for (int k = 0; k < n; ++k) {
       auto& [key, context] = resolved[missing[k]];
+      absl::Status alone = batched;
+      if (!batched.ok() && n > 1) {
+        alone = model_->EncodeText(absl::MakeConstSpan(ids).subspan(k * length, length), 1,
+                                   absl::MakeSpan(out).subspan(k * per, per));
+      }
+      if (!alone.ok()) {
+        failed.push_back({key, std::move(alone)});
+        continue;  // its context stays null
+      }
       context = std::make_shared<const std::vector<float>>(out.begin() + k * per,
                                                            out.begin() + (k + 1) * per);
       contexts_->Put(*key, context);
@@ -468,13 +491,34 @@ absl::Status TrajectoryBatcher::ResolveContexts(std::vector<Active>& arrivals) {
     for (const auto& [key, context] : resolved) {
       if (*key == ids) return context;
     }
-    return ContextCache::Context();  // not reached: every run's prompts resolved above
+    return ContextCache::Context();  // a prompt the encoder failed on
   };
-  for (Active& a : arrivals) {
+  auto failure_of = [&](const std::vector<int64_t>& ids, const char* field) {
+    for (const auto& [key, status] : failed) {
+      if (*key == ids) {
+        return absl::Status(status.code(), absl::StrCat("conditioning.", field,
+                                                        ": the text encoder failed on it: ",
+                                                        status.message()));
+      }
+    }
+    return absl::OkStatus();
+  };
+  size_t kept = 0;
+  for (size_t i = 0; i < arrivals.size(); ++i) {
+    Active& a = arrivals[i];
     a.context = context_of(a.run->prompt_ids_);
     a.uncontext = context_of(a.run->negative_ids_);
+    if (!a.context || !a.uncontext) {
+      absl::Status status = failure_of(a.run->prompt_ids_, "prompt");
+      if (status.ok()) status = failure_of(a.run->negative_ids_, "negative_prompt");
+      --outstanding_;
+      a.run->Finish(status);
+      continue;
+    }
+    if (kept != i) arrivals[kept] = std::move(a);
+    ++kept;
   }
-  return absl::OkStatus();
+  arrivals.resize(kept);
 }
 
 void TrajectoryBatcher::Iterate(std::vector<Active>& active) {
@@ -605,8 +649,9 @@ absl::Status TrajectoryBatcher::Forward(int rows, absl::Time* started) {
 }
 
 // Steps each chosen trajectory and sends what it owes. A failure ends only
-// the run it belongs to (a failed forward: every chosen run); the others in
-// the batch go on.
+// the run it belongs to; the others in the batch go on. A failed forward may
+// be one member's input (a context the model chokes on): each member then
+// runs alone, and only those that fail alone end.
 void TrajectoryBatcher::ApplyAndEmit(std::vector<Active>& active, const absl::Status& forward,
                                      absl::Time forward_start) {
   const size_t numel = static_cast<size_t>(model_->manifest().LatentNumel());
@@ -615,8 +660,12 @@ void TrajectoryBatcher::ApplyAndEmit(std::vector<Active>& active, const absl::St
   for (size_t i : chosen_) {
     Active& a = active[i];
     absl::Span<float> out(batch_out_.data() + row * numel, a.rows * numel);
-    row += a.rows;
     absl::Status stepped = forward;
+    if (!forward.ok() && chosen_.size() > 1) {
+      stepped = ForwardRows(*model_, batch_x_, batch_t_, batch_cond_, batch_context_, row, a.rows,
+                            out);
+    }
+    row += a.rows;
     if (stepped.ok()) {
       if (a.evals == 0 && observer_) observer_->OnQueueWait(forward_start - a.run->enqueued_);
       stepped = Step(a, out);

@@ -228,7 +228,8 @@ class TrajectoryBatcher {
   // Joins new trajectories: their text contexts, and the capture at their
   // start step.
   void Admit(std::vector<Active>& arrivals);
-  absl::Status ResolveContexts(std::vector<Active>& arrivals);
+  // Text contexts; runs whose prompt the encoder fails on end and leave.
+  void ResolveContexts(std::vector<Active>& arrivals);
   void RunDecodeJobs(std::vector<std::shared_ptr<DecodeJob>>& jobs);
   // Decodes the iteration's emitted events that want images, in one pass,
   // then delivers them in order and ends the runs that finished.

@@ -1,0 +1,188 @@
+// Bundles that load but would fail later: a vocabulary or class list beyond
+// what the model embeds is refused at load, and a request whose input makes
+// the text encoder or the denoiser fail ends its own run, not those batched
+// beside it (before: one such prompt failed 42 of 48 other clients' runs).
+#include <condition_variable>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <sstream>
+
+#include "denoiser_service/engine/denoiser_model.h"
+#include "denoiser_service/engine/trajectory_batcher.h"
+#include "gtest/gtest.h"
+
+namespace dgrid {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string Fixtures() {
+  const char* dir = std::getenv("DGRID_FIXTURES");
+  return dir ? dir : "";
+}
+
+std::string ReadText(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// A copy of the fixture bundle `name` whose file `part` has `from` replaced
+// by `to` (once).
+std::string EditedCopy(const std::string& name, const std::string& part, const std::string& from,
+                       const std::string& to) {
+  const fs::path dir = fs::path(::testing::TempDir()) / ("hostile_bundle_test_" + name);
+  fs::remove_all(dir);
+  fs::copy(Fixtures() + "/" + name, dir, fs::copy_options::recursive);
+  std::string text = ReadText(dir / part);
+  const size_t at = text.rfind(from);
+  EXPECT_NE(at, std::string::npos) << from << " not in " << part;
+  if (at != std::string::npos) text.replace(at, from.size(), to);
+  std::ofstream(dir / part, std::ios::binary | std::ios::trunc) << text;
+  return dir.string();
+}
+
+bool Mentions(const absl::Status& status, absl::string_view text) {
+  return status.message().find(text) != absl::string_view::npos;
+}
+
+TEST(HostileBundleTest, AVocabularyBeyondTheTextEncoderIsRefusedAtLoad) {
+  ASSERT_FALSE(Fixtures().empty()) << "DGRID_FIXTURES is not set";
+  // The encoder embeds CLIP's 49408 ids; one more token, far past them.
+  const std::string dir =
+      EditedCopy("textlatent", "vocab.json", "}", ", \"zzzzzzzz</w>\": 60000}");
+  auto model = DenoiserModel::Load(dir, {"cpu"});
+  ASSERT_FALSE(model.ok()) << "a vocabulary the encoder cannot embed loaded";
+  EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(Mentions(model.status(), "token id 60000")) << model.status();
+  EXPECT_TRUE(Mentions(model.status(), "vocab.json")) << model.status();
+  EXPECT_TRUE(Mentions(model.status(), "text_encoder")) << model.status();
+}
+
+TEST(HostileBundleTest, AClassListBeyondTheEmbeddingIsRefusedAtLoad) {
+  ASSERT_FALSE(Fixtures().empty()) << "DGRID_FIXTURES is not set";
+  // tinyconv embeds 3 rows: classes a, b and the null label 2.
+  const std::string dir =
+      EditedCopy("tinyconv", "manifest.json", "\"b\"", "\"b\", \"c\", \"d\"");
+  auto model = DenoiserModel::Load(dir, {"cpu"});
+  ASSERT_FALSE(model.ok()) << "class index 3 would fail at request time";
+  EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(Mentions(model.status(), "class indices 2 and 3")) << model.status();
+}
+
+TEST(HostileBundleTest, TheFixtureBundlesPassTheRangeProbes) {
+  ASSERT_FALSE(Fixtures().empty()) << "DGRID_FIXTURES is not set";
+  for (const char* name : {"gaussian", "tinyconv", "textlatent", "poisoned"}) {
+    auto model = DenoiserModel::Load(Fixtures() + "/" + name, {"cpu"});
+    EXPECT_TRUE(model.ok()) << name << ": " << model.status();
+  }
+}
+
+// Holds the batcher in its first forward pass until Open(), so that runs
+// started meanwhile are admitted and batched together.
+class Gate : public BatcherObserver {
+ public:
+  void OnForward(int, int, absl::Duration) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    entered_ = true;
+    changed_.notify_all();
+    changed_.wait(lock, [this] { return open_; });
+  }
+  void AwaitEntered() {
+    std::unique_lock<std::mutex> lock(mu_);
+    changed_.wait(lock, [this] { return entered_; });
+  }
+  void Open() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      open_ = true;
+    }
+    changed_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable changed_;
+  bool entered_ = false, open_ = false;
+};
+
+RunRequest TextRun(const std::string& prompt) {
+  RunRequest r;
+  r.sampler = {5, 0.0f, Spacing::kLeading, 1.0f};
+  r.prompt = prompt;
+  r.trajectories = {{Path{7, {{0, 8}}}, {}}};
+  return r;
+}
+
+struct Outcome {
+  absl::Status status;
+  std::vector<float> final_latent;
+};
+
+Outcome Drain(Run& run) {
+  Outcome outcome;
+  RunEvent e;
+  for (Run::Wait w; (w = run.Next(absl::Seconds(30), &e)) != Run::Wait::kDone;) {
+    if (w == Run::Wait::kEvent && e.kind == RunEvent::Kind::kFinal) outcome.final_latent = e.latent;
+  }
+  outcome.status = run.status();
+  return outcome;
+}
+
+// The poisoned fixture: its encoder raises on "poison", and "venom" encodes
+// to a context its denoiser raises on.
+TEST(HostileBundleTest, APromptTheModelFailsOnEndsOnlyItsOwnRun) {
+  ASSERT_FALSE(Fixtures().empty()) << "DGRID_FIXTURES is not set";
+  SetTorchThreads(1);
+  auto model = DenoiserModel::Load(Fixtures() + "/poisoned", {"cpu"});
+  ASSERT_TRUE(model.ok()) << model.status();
+
+  // What "dog" gives alone: its neighbours' failures must not change it.
+  std::vector<float> alone;
+  {
+    TrajectoryBatcher batcher(model->get(), {});
+    auto run = batcher.Start(TextRun("dog"));
+    ASSERT_TRUE(run.ok()) << run.status();
+    Outcome outcome = Drain(**run);
+    ASSERT_TRUE(outcome.status.ok()) << outcome.status;
+    alone = outcome.final_latent;
+  }
+
+  Gate gate;
+  TrajectoryBatcher::Options options;
+  options.text_cache_entries = 0;  // every admission encodes
+  TrajectoryBatcher batcher(model->get(), options, &gate);
+  auto first = batcher.Start(TextRun("cat"));
+  ASSERT_TRUE(first.ok()) << first.status();
+  gate.AwaitEntered();
+  // Admitted together: one encoder pass for the three prompts, then one
+  // forward batch with "cat".
+  std::map<std::string, std::shared_ptr<dgrid::Run>> runs = {{"cat", *first}};
+  for (const char* prompt : {"poison", "dog", "venom"}) {
+    auto run = batcher.Start(TextRun(prompt));
+    ASSERT_TRUE(run.ok()) << run.status();
+    runs[prompt] = *run;
+  }
+  gate.Open();
+  std::map<std::string, Outcome> outcomes;
+  for (auto& [prompt, run] : runs) outcomes[prompt] = Drain(*run);
+
+  EXPECT_TRUE(outcomes["cat"].status.ok()) << outcomes["cat"].status;
+  EXPECT_TRUE(outcomes["dog"].status.ok()) << outcomes["dog"].status;
+  EXPECT_EQ(outcomes["dog"].final_latent, alone);
+  const absl::Status poison = outcomes["poison"].status;
+  EXPECT_FALSE(poison.ok());
+  EXPECT_TRUE(Mentions(poison, "conditioning.prompt")) << poison;
+  EXPECT_TRUE(Mentions(poison, "poisoned token")) << poison;
+  const absl::Status venom = outcomes["venom"].status;
+  EXPECT_FALSE(venom.ok());
+  EXPECT_TRUE(Mentions(venom, "poisoned context")) << venom;
+  EXPECT_EQ(batcher.outstanding(), 0);
+}
+
+}  // namespace
+}  // namespace dgrid
