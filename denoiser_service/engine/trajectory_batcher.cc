@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <future>
+#include <limits>
 #include <list>
 #include <numeric>
 #include <tuple>
@@ -102,6 +103,9 @@ struct TrajectoryBatcher::DecodeJob {
   std::vector<float> latents;
   int batch = 0;
   std::promise<absl::StatusOr<std::vector<uint8_t>>> done;
+  // Decoded so far: the first `decoded` images' pixels.
+  int decoded = 0;
+  std::vector<uint8_t> pixels;
 };
 
 // An event produced in this iteration, delivered after the batched decode.
@@ -196,11 +200,14 @@ TrajectoryBatcher::~TrajectoryBatcher() {
     jobs.swap(decodes_);
   }
   FailAll(left, absl::UnavailableError("denoiser is shutting down"));
+  jobs.insert(jobs.end(), decode_queue_.begin(), decode_queue_.end());
+  decode_queue_.clear();
   for (auto& job : jobs) job->done.set_value(absl::UnavailableError("denoiser is shutting down"));
 }
 
 absl::StatusOr<std::vector<uint8_t>> TrajectoryBatcher::Decode(std::vector<float> latents,
                                                                int batch) {
+  if (batch == 0) return std::vector<uint8_t>();
   auto job = std::make_shared<DecodeJob>();
   job->latents = std::move(latents);
   job->batch = batch;
@@ -214,13 +221,38 @@ absl::StatusOr<std::vector<uint8_t>> TrajectoryBatcher::Decode(std::vector<float
   return result.get();
 }
 
-void TrajectoryBatcher::RunDecodeJobs(std::vector<std::shared_ptr<DecodeJob>>& jobs) {
-  for (auto& job : jobs) {
-    const absl::Time start = absl::Now();
-    job->done.set_value(model_->Decode(job->latents, job->batch));
-    if (observer_) observer_->OnDecode(job->batch, absl::Now() - start);
+// Decode requests are work like the trajectories' and get the share of one
+// fairness key: a chunk of at most kDecodeChunk images of the oldest job
+// runs, then waits until the forward passes beside it have had as much time
+// per key (decode_debt_). Jobs take turns chunk by chunk, so one 256-image
+// request holds back neither a small grid nor a small Decode. With no
+// trajectory active, decoding runs at full speed.
+void TrajectoryBatcher::RunDecodeChunk() {
+  std::shared_ptr<DecodeJob> job = std::move(decode_queue_.front());
+  decode_queue_.pop_front();
+  const size_t latent = static_cast<size_t>(model_->manifest().LatentNumel());
+  const int n = std::min(kDecodeChunk, job->batch - job->decoded);
+  const absl::Time start = absl::Now();
+  absl::StatusOr<std::vector<uint8_t>> pixels = model_->Decode(
+      absl::MakeConstSpan(job->latents.data() + job->decoded * latent, n * latent), n);
+  const absl::Duration took = absl::Now() - start;
+  decode_debt_ += took;
+  if (observer_) observer_->OnDecode(n, took);
+  if (!pixels.ok()) {
+    job->done.set_value(pixels.status());
+    return;
   }
-  jobs.clear();
+  job->pixels.insert(job->pixels.end(), pixels->begin(), pixels->end());
+  job->decoded += n;
+  if (job->decoded == job->batch) {
+    job->done.set_value(std::move(job->pixels));
+  } else {
+    decode_queue_.push_back(std::move(job));  // its turn ends
+  }
+}
+
+void TrajectoryBatcher::CreditDecodes(absl::Duration forward, int keys) {
+  decode_debt_ = std::max(absl::ZeroDuration(), decode_debt_ - forward / std::max(1, keys));
 }
 
 absl::StatusOr<std::shared_ptr<const DdimSchedule>> TrajectoryBatcher::ScheduleFor(
@@ -348,12 +380,18 @@ absl::StatusOr<std::shared_ptr<Run>> TrajectoryBatcher::Start(RunRequest request
     conditional = run->prompt_ids_ != run->negative_ids_;
   }
   const uint64_t arrival = next_arrival_.fetch_add(1);
+  // A caller states its rank (the orchestrator: its grid's planned steps);
+  // no claim ranks a run below its own work, so a rank buys no more than an
+  // honest grid of that size gets.
+  const uint64_t rank = std::max<uint64_t>(
+      request.fairness_rank, static_cast<uint64_t>(n) * (request.end_step - request.start_step));
+  run->rank_ = rank;
   std::vector<Active> admitted(n);
   for (int i = 0; i < n; ++i) {
     Active& a = admitted[i];
     a.run = run;
     a.fairness_key = request.fairness_key;
-    a.fairness_rank = request.fairness_rank;
+    a.fairness_rank = rank;
     a.arrival = arrival;
     a.index = i;
     a.step = request.start_step;
@@ -394,20 +432,29 @@ void TrajectoryBatcher::Loop() {
     {
       std::unique_lock<std::mutex> lock(mu_);
       work_.wait(lock, [&] {
-        return stop_ || !pending_.empty() || !decodes_.empty() || !active.empty();
+        return stop_ || !pending_.empty() || !decodes_.empty() || !active.empty() ||
+               !decode_queue_.empty() || !emitted_.empty();
       });
       if (stop_) break;
       // New runs and decode requests join here, between iterations.
       arrivals.swap(pending_);
       jobs.swap(decodes_);
     }
-    RunDecodeJobs(jobs);
+    for (auto& job : jobs) decode_queue_.push_back(std::move(job));
+    jobs.clear();
+    if (!decode_queue_.empty() && (active.empty() || decode_debt_ <= absl::ZeroDuration())) {
+      RunDecodeChunk();
+    }
     if (!arrivals.empty()) {
       Admit(arrivals);
       for (Active& a : arrivals) active.push_back(std::move(a));
       arrivals.clear();
     }
-    if (!active.empty()) Iterate(active);
+    if (!active.empty()) {
+      Iterate(active);
+    } else if (!emitted_.empty()) {
+      DecodeAndDeliver(/*drain=*/true);  // images deferred while others ran
+    }
   }
   FailAll(active, absl::UnavailableError("denoiser is shutting down"));
 }
@@ -428,7 +475,7 @@ void TrajectoryBatcher::Admit(std::vector<Active>& arrivals) {
     event.latent = a.x;
     emitted_.push_back({a.run, std::move(event)});
   }
-  DecodeAndDeliver();
+  DecodeAndDeliver(/*drain=*/false);
 }
 
 // Looks every arrival's prompt and negative prompt up in the cache, and
@@ -529,8 +576,9 @@ void TrajectoryBatcher::Iterate(std::vector<Active>& active) {
   const int rows = FillBatch(active);
   absl::Time forward_start;
   const absl::Status forward = Forward(rows, &forward_start);
+  CreditDecodes(absl::Now() - forward_start, static_cast<int>(key_order_.size()));
   ApplyAndEmit(active, forward, forward_start);
-  DecodeAndDeliver();
+  DecodeAndDeliver(/*drain=*/active.empty());
   // Also after the last trajectories finish, so an idle replica reads 0
   // (the HPA scales on this gauge).
   if (observer_) observer_->OnActive(static_cast<int>(active.size()));
@@ -768,12 +816,52 @@ bool TrajectoryBatcher::Emit(Active& a) {
   return false;
 }
 
-void TrajectoryBatcher::DecodeAndDeliver() {
-  // Every image this iteration owes goes through the decoder in one batch:
-  // a VAE is far cheaper per image at batch 16 than 16 times at batch 1.
+void TrajectoryBatcher::DecodeAndDeliver(bool drain) {
+  // Which events owe images now. The lowest-ranked runs' images go at once;
+  // other runs' take turns with the forward passes as Decode requests do
+  // (kDecodeChunk images while decode_debt_ allows), so one tenant's many
+  // finals cannot hold back another's small grid. A run's events keep their
+  // order: once one is deferred, so are its later ones. `drain` (nothing
+  // else to run) takes everything.
+  uint64_t head = std::numeric_limits<uint64_t>::max();
+  for (const Emitted& e : emitted_) {
+    if (e.run->request_.decode) head = std::min(head, e.run->rank_);
+  }
+  const bool others_may_decode = drain || decode_debt_ <= absl::ZeroDuration();
+  std::vector<const Run*> deferred;
+  auto is_deferred = [&](const Run* run) {
+    return std::find(deferred.begin(), deferred.end(), run) != deferred.end();
+  };
+  std::vector<size_t> now;  // indices into emitted_, in order
+  int images = 0, other_images = 0;
+  for (size_t e = 0; e < emitted_.size(); ++e) {
+    const Emitted& em = emitted_[e];
+    const Run* run = em.run.get();
+    bool defer = is_deferred(run);
+    if (!defer && run->request_.decode) {
+      const int owed = em.event.x0.empty() ? 1 : 2;
+      const bool other = run->rank_ != head && !drain;
+      // One decoder batch stays bounded (memory, and the wait of a run
+      // that arrives meanwhile); the first event always goes.
+      defer = (images > 0 && images + owed > kMaxDecodeBatch) ||
+              (other && (!others_may_decode || other_images + owed > kDecodeChunk));
+      if (!defer) {
+        images += owed;
+        if (other) other_images += owed;
+      }
+    }
+    if (defer) {
+      if (!is_deferred(run)) deferred.push_back(run);
+      continue;
+    }
+    now.push_back(e);
+  }
+
+  // Every image owed now goes through the decoder in one batch: a VAE is far
+  // cheaper per image at batch 16 than 16 times at batch 1.
   std::vector<float> latents;
   std::vector<std::pair<size_t, bool>> slots;  // (event, is x0)
-  for (size_t e = 0; e < emitted_.size(); ++e) {
+  for (size_t e : now) {
     const RunEvent& event = emitted_[e].event;
     if (!emitted_[e].run->request_.decode) continue;
     latents.insert(latents.end(), event.latent.begin(), event.latent.end());
@@ -787,7 +875,9 @@ void TrajectoryBatcher::DecodeAndDeliver() {
     const absl::Time start = absl::Now();
     const int n = static_cast<int>(slots.size());
     absl::StatusOr<std::vector<uint8_t>> pixels = model_->Decode(latents, n);
-    if (observer_) observer_->OnDecode(n, absl::Now() - start);
+    const absl::Duration took = absl::Now() - start;
+    if (observer_) observer_->OnDecode(n, took);
+    decode_debt_ += took * other_images / n;
     if (!pixels.ok()) {
       for (auto& [e, _] : slots) emitted_[e].run->Finish(pixels.status());
     } else {
@@ -799,10 +889,26 @@ void TrajectoryBatcher::DecodeAndDeliver() {
       }
     }
   }
-  for (Emitted& e : emitted_) e.run->Push(std::move(e.event));
-  emitted_.clear();
-  for (const auto& run : done_runs_) run->TrajectoryDone();
-  done_runs_.clear();
+  std::vector<Emitted> later;
+  for (size_t e = 0, k = 0; e < emitted_.size(); ++e) {
+    if (k < now.size() && now[k] == e) {
+      emitted_[e].run->Push(std::move(emitted_[e].event));
+      ++k;
+    } else {
+      later.push_back(std::move(emitted_[e]));
+    }
+  }
+  emitted_.swap(later);
+  // A trajectory ends after its final is delivered.
+  size_t kept = 0;
+  for (size_t i = 0; i < done_runs_.size(); ++i) {
+    if (is_deferred(done_runs_[i].get())) {
+      done_runs_[kept++] = std::move(done_runs_[i]);
+    } else {
+      done_runs_[i]->TrajectoryDone();
+    }
+  }
+  done_runs_.resize(kept);
 }
 
 }  // namespace dgrid

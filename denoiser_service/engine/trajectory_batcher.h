@@ -96,7 +96,8 @@ struct RunRequest {
   // oldest trajectory first.
   uint64_t fairness_key = 0;
   // Keys of lower rank get rows first; equal ranks go in the order their
-  // keys arrived (see ChooseBatch).
+  // keys arrived (see ChooseBatch). A run ranks no lower than its own work
+  // (trajectories x steps), whatever it claims.
   uint64_t fairness_rank = 0;
 };
 
@@ -162,6 +163,7 @@ class Run {
   std::vector<int64_t> prompt_ids_;
   std::vector<int64_t> negative_ids_;
   std::shared_ptr<const DdimSchedule> schedule_;
+  uint64_t rank_ = 0;  // the fairness rank it runs at
   absl::Time enqueued_;
 };
 
@@ -230,10 +232,17 @@ class TrajectoryBatcher {
   void Admit(std::vector<Active>& arrivals);
   // Text contexts; runs whose prompt the encoder fails on end and leave.
   void ResolveContexts(std::vector<Active>& arrivals);
-  void RunDecodeJobs(std::vector<std::shared_ptr<DecodeJob>>& jobs);
-  // Decodes the iteration's emitted events that want images, in one pass,
-  // then delivers them in order and ends the runs that finished.
-  void DecodeAndDeliver();
+  // Decodes the next chunk of the decode job whose turn it is.
+  void RunDecodeChunk();
+  // A forward pass of `forward` beside `keys` fairness keys earns decoding
+  // its one key's share.
+  void CreditDecodes(absl::Duration forward, int keys);
+  static constexpr int kDecodeChunk = 8;
+  static constexpr int kMaxDecodeBatch = 32;
+  // Decodes the emitted events that want images, in one pass, then delivers
+  // them in order and ends the runs that finished. Images of runs ranked
+  // behind the lowest wait their turn (see the definition) unless `drain`.
+  void DecodeAndDeliver(bool drain);
   // One iteration: the steps below, in order.
   void Iterate(std::vector<Active>& active);
   void DropStopped(std::vector<Active>& active);
@@ -260,6 +269,10 @@ class TrajectoryBatcher {
   std::condition_variable work_;
   std::vector<Active> pending_;                       // guarded by mu_
   std::vector<std::shared_ptr<DecodeJob>> decodes_;  // guarded by mu_
+  // Batcher thread only: decode jobs taking turns, and the decoding time
+  // not yet matched by forward passes.
+  std::deque<std::shared_ptr<DecodeJob>> decode_queue_;
+  absl::Duration decode_debt_;
   bool stop_ = false;                                 // guarded by mu_
 
   std::mutex schedule_mu_;

@@ -1,6 +1,7 @@
 #include "denoiser_service/engine/trajectory_batcher.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <condition_variable>
 #include <cstdlib>
@@ -9,6 +10,7 @@
 #include <map>
 #include <mutex>
 #include <sstream>
+#include <thread>
 
 #include "common/philox.h"
 #include "common/status_macros.h"
@@ -467,16 +469,17 @@ TEST_F(BatcherTest, ASmallRunOfAnotherKeyIsNotStarvedByALargeOne) {
 }
 
 TEST_F(BatcherTest, LowerRanksGoFirstAndEqualRanksInArrivalOrder) {
-  // Three tenants, 4 rows per pass, 6 trajectories each: the rank-1 key runs
-  // first although it arrived last; the two rank-5 keys follow in the order
-  // they arrived, not interleaved (which would finish both late).
+  // Three tenants, 4 rows per pass, 6 trajectories each (300 steps of work,
+  // below every rank here): the rank-1000 key runs first although it arrived
+  // last; the two rank-5000 keys follow in the order they arrived, not
+  // interleaved (which would finish both late).
   Gate gate;
   TrajectoryBatcher batcher(model_.get(), {.max_batch = 4}, &gate);
   std::shared_ptr<dgrid::Run> hold = HoldAtGate(batcher, gate);
   struct Tenant {
     uint64_t key, rank;
   };
-  const std::vector<Tenant> tenants = {{30, 5}, {10, 5}, {20, 1}};
+  const std::vector<Tenant> tenants = {{30, 5000}, {10, 5000}, {20, 1000}};
   std::vector<std::shared_ptr<dgrid::Run>> runs;
   for (const Tenant& t : tenants) {
     RunRequest r = Request(6, 1.0f, t.key);
@@ -502,10 +505,38 @@ TEST_F(BatcherTest, LowerRanksGoFirstAndEqualRanksInArrivalOrder) {
   // 6 trajectories x 50 steps at 4 rows a pass: a tenant first in line ends
   // after 100 passes (4, then 2 trajectories at a time), the next after 150,
   // the last after 225. Interleaved evenly, all three would end near 225.
-  EXPECT_LT(ended[2], ended[0]);  // rank 1 before rank 5
+  EXPECT_LT(ended[2], ended[0]);  // rank 1000 before rank 5000
   EXPECT_LT(ended[0], ended[1]);  // of equal ranks, the one that came first
   EXPECT_LE(ended[2], 105);
   EXPECT_LE(ended[0], 160);
+}
+
+// A caller chooses its rank (issue 24: Branch calls claiming rank 0 sent
+// straight to a replica completed no normal grid in 30 s). A run's rank is at
+// least its own work, so a claim buys no more than an honest small grid has.
+TEST_F(BatcherTest, AClaimedRankBuysNoMoreThanTheRunsOwnWork) {
+  Gate gate;
+  TrajectoryBatcher batcher(model_.get(), {.max_batch = 4}, &gate);
+  std::shared_ptr<dgrid::Run> hold = HoldAtGate(batcher, gate);
+  RunRequest greedy = Request(8, 1.0f, 100);  // 400 steps of work
+  greedy.fairness_key = 1;
+  greedy.fairness_rank = 0;
+  std::shared_ptr<dgrid::Run> greedy_run = *batcher.Start(greedy);
+  RunRequest small = Request(1, 1.0f, 7);
+  small.sampler.steps = 10;
+  small.fairness_key = 2;
+  small.fairness_rank = 10;
+  std::shared_ptr<dgrid::Run> small_run = *batcher.Start(small);
+  int passes_before_small_ended = 0;
+  gate.Open([&] {
+    if (small_run->model_evals() < 10) ++passes_before_small_ended;
+  });
+  EXPECT_TRUE(Drain(*small_run).status.ok());
+  EXPECT_TRUE(Drain(*greedy_run).status.ok());
+  EXPECT_TRUE(Drain(*hold).status.ok());
+  // The held pass, then the small run's 10: it went first although the
+  // greedy run claimed rank 0 (taken at face value, it would wait 100).
+  EXPECT_EQ(passes_before_small_ended, 11);
 }
 
 TEST_F(BatcherTest, ModelEvalsGrowsWithEveryStepAndEndsAtTheFinalsSum) {
@@ -614,6 +645,98 @@ TEST(ExternalModelTest, PythonExportedModelAndDecoderLoadAndRun) {
   auto pixels = (*model)->Decode(c.finals[0], 1);
   ASSERT_TRUE(pixels.ok()) << pixels.status();
   EXPECT_EQ(pixels->size(), 16u * 16u);  // the decoder upsamples 8x8 to 16x16
+}
+
+// Decode requests used to run whole before every forward pass: 256 emoji
+// latents held every grid on the replica for 11 s (issue 24). Now they run in
+// chunks of at most 8 images, taking turns with the forward passes, and give
+// the same pixels.
+TEST(ExternalModelTest, ALargeDecodeRunsInChunksBesideTrajectories) {
+  ASSERT_FALSE(Fixtures().empty());
+  auto model = DenoiserModel::Load(Fixtures() + "/tinyconv", {"cpu"});
+  ASSERT_TRUE(model.ok()) << model.status();
+  class Chunks : public BatcherObserver {
+   public:
+    void OnDecode(int images, absl::Duration) override {
+      int seen = largest.load();
+      while (images > seen && !largest.compare_exchange_weak(seen, images)) {
+      }
+      calls.fetch_add(1);
+    }
+    std::atomic<int> largest{0}, calls{0};
+  } chunks;
+  TrajectoryBatcher batcher(model->get(), {}, &chunks);
+  constexpr int kImages = 300;
+  std::vector<float> latents(kImages * 64);
+  FillGaussian({5, NoiseStream::kInitialLatent, 0}, absl::MakeSpan(latents));
+  absl::StatusOr<std::vector<uint8_t>> decoded;
+  std::thread decode([&] { decoded = batcher.Decode(latents, kImages); });
+  RunRequest r;
+  r.sampler = {20, 1.0f, Spacing::kTrailing, 2.0f};
+  r.class_index = 1;
+  r.trajectories = {{Path{3, {{0, 4}}}, {}}};
+  auto run = batcher.Start(r);
+  ASSERT_TRUE(run.ok());
+  EXPECT_TRUE(Drain(**run).status.ok());
+  decode.join();
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_LE(chunks.largest.load(), 8);
+  EXPECT_GE(chunks.calls.load(), kImages / 8);
+  auto whole = (*model)->Decode(latents, kImages);
+  ASSERT_TRUE(whole.ok());
+  ASSERT_EQ(decoded->size(), whole->size());
+  int off_by_more_than_one = 0;  // a batch's size may change a conv's rounding
+  for (size_t i = 0; i < whole->size(); ++i) {
+    off_by_more_than_one += std::abs(int{(*decoded)[i]} - int{(*whole)[i]}) > 1;
+  }
+  EXPECT_EQ(off_by_more_than_one, 0);
+  // A request of no images answers at once.
+  auto none = batcher.Decode({}, 0);
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE(none->empty());
+}
+
+// A run's images used to be decoded in one unranked batch with every other
+// run's (issue 24: 4 large grids' finals held a small grid for seconds).
+// Now the lowest-ranked run's images go first, others' take turns, and no
+// decoder batch exceeds 32 images; every run still gets each image.
+TEST(ExternalModelTest, ImagesOfLowerRanksGoFirstInBoundedBatches) {
+  ASSERT_FALSE(Fixtures().empty());
+  auto model = DenoiserModel::Load(Fixtures() + "/tinyconv", {"cpu"});
+  ASSERT_TRUE(model.ok()) << model.status();
+  class Batches : public BatcherObserver {
+   public:
+    void OnDecode(int images, absl::Duration) override {
+      int seen = largest.load();
+      while (images > seen && !largest.compare_exchange_weak(seen, images)) {
+      }
+    }
+    std::atomic<int> largest{0};
+  } batches;
+  TrajectoryBatcher batcher(model->get(), {.max_batch = 256}, &batches);
+  auto request = [](int n, uint64_t key, uint64_t rank) {
+    RunRequest r;
+    r.sampler = {3, 1.0f, Spacing::kTrailing, 2.0f};
+    r.class_index = 1;
+    r.decode = true;
+    r.fairness_key = key;
+    r.fairness_rank = rank;
+    for (int i = 0; i < n; ++i) r.trajectories.push_back({Path{10u + i, {{0, 20u + i}}}, {}});
+    return r;
+  };
+  auto big = batcher.Start(request(100, 1, 100000));
+  auto small = batcher.Start(request(1, 2, 3));
+  ASSERT_TRUE(big.ok() && small.ok());
+  Collected small_result = Drain(**small);
+  Collected big_result = Drain(**big);
+  ASSERT_TRUE(small_result.status.ok()) << small_result.status;
+  ASSERT_TRUE(big_result.status.ok()) << big_result.status;
+  EXPECT_LE(batches.largest.load(), 32);
+  int big_images = 0;
+  for (const RunEvent& e : big_result.events) big_images += !e.pixels.empty();
+  EXPECT_EQ(big_images, 100);
+  ASSERT_EQ(small_result.events.size(), 1u);
+  EXPECT_EQ(small_result.events[0].pixels.size(), 16u * 16u);
 }
 
 TEST(ExternalModelTest, MissingOrBrokenBundlesFailWithTheFileNamed) {
