@@ -1,12 +1,19 @@
 #include "grid_orchestrator/server/grid_service.h"
 
+#include <arpa/inet.h>
+
+#include <algorithm>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <mutex>
 #include <thread>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
+#include "absl/strings/strip.h"
 #include "common/grpc_status.h"
 #include "common/short_text.h"
 #include "grid_orchestrator/metrics/orchestrator_metrics.h"
@@ -143,6 +150,34 @@ bool ConstantTimeEquals(const std::string& a, const std::string& b) {
 
 }  // namespace
 
+std::string ClientKey(absl::string_view peer) {
+  std::string address(peer);
+  if (absl::ConsumePrefix(&peer, "ipv4:")) {
+    address = std::string(peer.substr(0, peer.rfind(':')));
+  } else if (absl::ConsumePrefix(&peer, "ipv6:")) {
+    // "[::1]:5000"; newer gRPC escapes the brackets (and a zone's "%").
+    const std::string host =
+        absl::StrReplaceAll(peer, {{"%5B", "["}, {"%5D", "]"}, {"%25", "%"}});
+    const size_t close = host.rfind(']');
+    address = !host.empty() && host[0] == '[' && close != std::string::npos
+                  ? host.substr(1, close - 1)
+                  : host;
+  }
+  // One spelling per address: "::ffff:10.0.0.1" is 10.0.0.1, "::0:1" is ::1.
+  char text[INET6_ADDRSTRLEN];
+  in6_addr v6;
+  in_addr v4;
+  if (inet_pton(AF_INET6, address.c_str(), &v6) == 1) {
+    if (!IN6_IS_ADDR_V4MAPPED(&v6)) return inet_ntop(AF_INET6, &v6, text, sizeof(text));
+    std::memcpy(&v4, &v6.s6_addr[12], sizeof(v4));
+    return inet_ntop(AF_INET, &v4, text, sizeof(text));
+  }
+  if (inet_pton(AF_INET, address.c_str(), &v4) == 1) {
+    return inet_ntop(AF_INET, &v4, text, sizeof(text));
+  }
+  return address;
+}
+
 AdmittedGrid::~AdmittedGrid() { service_->Release(client_); }
 
 GridService::GridService(ReplicaPool* pool, GridExecutor* executor, OrchestratorMetrics* metrics,
@@ -158,8 +193,13 @@ absl::Status GridService::Authenticate(const Caller& caller) const {
   if (caller.authorization.empty()) {
     return absl::UnauthenticatedError("missing \"authorization: Bearer <token>\"");
   }
-  // The token itself is never logged or echoed.
-  if (!ConstantTimeEquals(caller.authorization, "Bearer " + auth_token_)) {
+  // The scheme is case-insensitive (RFC 9110). The token itself is never
+  // logged or echoed.
+  const absl::string_view authorization = caller.authorization;
+  const size_t space = std::min(authorization.find(' '), authorization.size());
+  const bool bearer = absl::AsciiStrToLower(authorization.substr(0, space)) == "bearer";
+  const absl::string_view token = absl::StripLeadingAsciiWhitespace(authorization.substr(space));
+  if (!bearer || !ConstantTimeEquals(std::string(token), auth_token_)) {
     return absl::UnauthenticatedError("invalid bearer token");
   }
   return absl::OkStatus();

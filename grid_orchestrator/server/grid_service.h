@@ -13,7 +13,7 @@
 //
 //   GridService service(&pool, &executor, &metrics, limits, token);
 //   Caller caller;
-//   caller.client = "ipv4:127.0.0.1";
+//   caller.client = ClientKey(context->peer());
 //   ASSIGN_OR_RETURN(std::unique_ptr<AdmittedGrid> admitted, service.Admit(caller, request));
 //   ASSIGN_OR_RETURN(v1::Grid grid, service.Run(*admitted, caller, sink, &cancel));
 #ifndef DGRID_GRID_ORCHESTRATOR_SERVER_GRID_SERVICE_H_
@@ -26,6 +26,7 @@
 #include <mutex>
 #include <string>
 
+#include "absl/strings/string_view.h"
 #include "dgrid/v1/orchestrator.pb.h"
 #include "grid_orchestrator/execute/grid_executor.h"
 #include "grid_orchestrator/plan/grid_plan.h"
@@ -48,9 +49,16 @@ struct OrchestratorLimits {
   absl::Duration max_write_stall = absl::Seconds(20);
 };
 
+// The unit of the per-client limit for a peer address, whichever transport
+// reports it: gRPC's "ipv4:10.0.0.1:5000" or "ipv6:[::1]:5000", or HTTP's
+// bare "10.0.0.1". Its IP without the port, in one canonical spelling (an
+// IPv4-mapped IPv6 address is its IPv4 one), so that a client has one budget
+// across gRPC and HTTP.
+std::string ClientKey(absl::string_view peer);
+
 // Who is calling, whatever the transport.
 struct Caller {
-  // The client's address without its port: the unit of the per-client limit.
+  // ClientKey of the client's address: the unit of the per-client limit.
   std::string client;
   // The "authorization" header or metadata, if any.
   std::string authorization;
@@ -83,7 +91,8 @@ class AdmittedGrid {
 
 class GridService {
  public:
-  // `auth_token`, when not empty, must come as "Bearer <token>".
+  // `auth_token`, when not empty, must come as "Bearer <token>" (the scheme
+  // in any case, RFC 9110).
   GridService(ReplicaPool* pool, GridExecutor* executor, OrchestratorMetrics* metrics,
               OrchestratorLimits limits, std::string auth_token);
 

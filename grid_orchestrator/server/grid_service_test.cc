@@ -145,5 +145,36 @@ TEST_F(GridServiceTest, AnOutboxPastItsBoundCancelsTheGrid) {
   EXPECT_EQ(Inflight(), 0);
 }
 
+
+TEST(ClientKeyTest, GrpcAndHttpSpellingsOfOneAddressAreOneClient) {
+  EXPECT_EQ(ClientKey("ipv4:127.0.0.1:50312"), "127.0.0.1");
+  EXPECT_EQ(ClientKey("127.0.0.1"), "127.0.0.1");
+  EXPECT_EQ(ClientKey("::ffff:127.0.0.1"), "127.0.0.1");
+  EXPECT_EQ(ClientKey("ipv6:[::ffff:10.0.0.7]:443"), "10.0.0.7");
+  EXPECT_EQ(ClientKey("ipv6:[::1]:50312"), "::1");
+  EXPECT_EQ(ClientKey("ipv6:%5B::1%5D:50312"), "::1");
+  EXPECT_EQ(ClientKey("0:0::1"), "::1");
+  EXPECT_EQ(ClientKey("ipv6:[2001:DB8::5]:1"), ClientKey("2001:db8::5"));
+  EXPECT_NE(ClientKey("ipv4:127.0.0.1:1"), ClientKey("ipv4:127.0.0.2:1"));
+  EXPECT_EQ(ClientKey("unix:/tmp/socket"), "unix:/tmp/socket");
+}
+
+TEST_F(GridServiceTest, TheBearerSchemeIsCaseInsensitive) {
+  GridService service(pool_.get(), executor_.get(), nullptr, {}, "s3cret");
+  auto with = [](std::string authorization) {
+    Caller caller;
+    caller.authorization = std::move(authorization);
+    return caller;
+  };
+  for (const char* accepted : {"Bearer s3cret", "bearer s3cret", "BEARER s3cret"}) {
+    EXPECT_TRUE(service.Authenticate(with(accepted)).ok()) << accepted;
+  }
+  for (const char* refused : {"", "s3cret", "Bearer", "Bearer S3CRET", "Basic s3cret",
+                              "Bearers3cret", "Bearer s3cret2"}) {
+    EXPECT_EQ(service.Authenticate(with(refused)).code(), absl::StatusCode::kUnauthenticated)
+        << refused;
+  }
+}
+
 }  // namespace
 }  // namespace dgrid

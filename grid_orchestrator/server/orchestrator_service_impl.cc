@@ -7,9 +7,7 @@ namespace {
 
 Caller CallerOf(grpc::ServerContext* context) {
   Caller caller;
-  const std::string peer = context->peer();
-  const size_t colon = peer.rfind(':');
-  caller.client = colon == std::string::npos ? peer : peer.substr(0, colon);
+  caller.client = ClientKey(context->peer());
   const auto& metadata = context->client_metadata();
   if (auto it = metadata.find("authorization"); it != metadata.end()) {
     caller.authorization.assign(it->second.data(), it->second.size());
