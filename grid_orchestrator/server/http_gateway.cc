@@ -1,19 +1,36 @@
 #include "grid_orchestrator/server/http_gateway.h"
 
+#include <arpa/inet.h>
+#include <fcntl.h>
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/struct.pb.h>
 #include <google/protobuf/util/json_util.h>
+#include <netdb.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <functional>
+#include <limits>
+#include <map>
+#include <mutex>
 #include <set>
+#include <type_traits>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "common/short_text.h"
 #include "common/status_macros.h"
 #include "httplib.h"
@@ -33,14 +50,19 @@ constexpr char kGridPath[] = "/api/v1/grid";
 constexpr char kStreamPath[] = "/api/v1/grid/stream";
 
 // A read from a client waits at most this long for bytes, and a connection
-// stays open at most this long with no request (its first included), so that
-// an idle or stalled client gives its thread back soon.
-constexpr time_t kReadTimeoutSeconds = 5;
-constexpr time_t kIdleTimeoutSeconds = 5;
+// stays open at most this long with no request, so that an idle or stalled
+// client gives its thread back soon. (A request has its own deadlines: see
+// ServeConnection.)
+constexpr absl::Duration kReadTimeout = absl::Seconds(5);
+constexpr absl::Duration kIdleTimeout = absl::Seconds(5);
 constexpr size_t kRequestsPerConnection = 100;
 // Below GridService's default write-stall bound (20 s): a write to a stream
 // whose client stopped reading fails on its own, and the grid is cancelled.
-constexpr time_t kWriteTimeoutSeconds = 15;
+constexpr absl::Duration kWriteTimeout = absl::Seconds(15);
+// Headers a request may carry, past the 4 that httplib adds itself
+// (REMOTE_ADDR...).
+constexpr size_t kMaxHeaders = 100;
+constexpr size_t kHeadersAddedByHttplib = 4;
 // Deeper JSON is refused before protobuf sees it: protobuf takes lists
 // nested 100,000 deep for an empty repeated field, and its parse as a
 // google.protobuf.Value (CheckShape) slows with the square of the depth and
@@ -127,15 +149,373 @@ void RefuseAndClose(httplib::Response& response, int http_status, const absl::St
 
 // ---- Connections ----
 
-// Set on the threads that take connections past the cap.
+// httplib 0.11 bounds each read from a client but not a request: a client
+// that sends a header line every few seconds holds its connection, and the
+// thread that serves it, for ever (slowloris). So the gateway serves each
+// connection itself (ServeConnection) and calls httplib once per request.
+// A request's head must arrive whole within kHeadTimeout of the connection's
+// opening or of the previous answer, and its body within kBodyTimeout of its
+// head; the head holds at most kMaxHeadBytes.
+constexpr absl::Duration kHeadTimeout = absl::Seconds(10);
+constexpr absl::Duration kBodyTimeout = absl::Seconds(30);
+constexpr size_t kMaxHeadBytes = 64 << 10;
+// Past a cap, how long a connection has to show that it is a health check.
+// A probe sends its request at once.
+constexpr absl::Duration kRefusalWait = absl::Milliseconds(250);
+
+// Set on the threads that take connections past max_connections.
 thread_local bool t_over_capacity = false;
+
+class ClientConnection;
+// The connection whose requests this thread serves: httplib runs a
+// request's handlers on the thread that read it.
+thread_local ClientConnection* t_connection = nullptr;
+
+// One client's connection as httplib reads and writes it, with the bounds
+// httplib lacks: a deadline on each request besides each read's timeout, a
+// cap on the head's size, and a check from any thread that the client has
+// hung up. The socket is non-blocking and every wait is a poll() with a
+// deadline, over TLS too (then `ssl` is set), so that no read outlives it.
+class ClientConnection final : public httplib::Stream {
+ public:
+  // Owns `fd` and `ssl` (either may be unusable: see usable()).
+  ClientConnection(int fd, SSL* ssl, bool tls) : fd_(fd), ssl_(ssl), tls_(tls) {
+    ::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) | O_NONBLOCK);
+    if (ssl_) SSL_set_fd(ssl_, fd_);
+    Address(::getpeername, &remote_ip_, &remote_port_);
+    Address(::getsockname, &local_ip_, &local_port_);
+  }
+  ~ClientConnection() override {
+    if (ssl_) {
+      ERR_clear_error();
+      if (handshaken_) SSL_shutdown(ssl_);  // one non-blocking try
+      SSL_free(ssl_);
+    }
+    // What the client already sent is dropped first: a close with unread
+    // bytes resets the connection, and the client may lose the answer.
+    ::shutdown(fd_, SHUT_WR);
+    char discard[4096];
+    for (int i = 0; i < 16 && ::recv(fd_, discard, sizeof(discard), MSG_DONTWAIT) > 0; ++i) {
+    }
+    ::close(fd_);
+  }
+  ClientConnection(const ClientConnection&) = delete;
+  ClientConnection& operator=(const ClientConnection&) = delete;
+
+  bool usable() const { return !tls_ || ssl_ != nullptr; }
+  const std::string& remote_ip() const { return remote_ip_; }
+
+  // The TLS handshake, if any, by `deadline`.
+  bool Handshake(absl::Time deadline) {
+    if (!ssl_) return usable();
+    while (true) {
+      ERR_clear_error();
+      const int done = SSL_accept(ssl_);
+      if (done == 1) return handshaken_ = true;
+      const int error = SSL_get_error(ssl_, done);
+      if (error != SSL_ERROR_WANT_READ && error != SSL_ERROR_WANT_WRITE) return false;
+      if (!Await(error == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, deadline)) return false;
+    }
+  }
+
+  // Waits for the next request's first byte until `deadline`; false if none
+  // comes, or once the server stops listening.
+  bool WaitForRequest(absl::Time deadline, const std::atomic<socket_t>& listening) {
+    if (buffered() > 0 || (ssl_ && SSL_pending(ssl_) > 0)) return true;
+    while (listening != INVALID_SOCKET) {
+      const absl::Time slice = std::min(deadline, absl::Now() + absl::Milliseconds(100));
+      if (Await(POLLIN, slice)) return true;
+      if (slice == deadline) return false;
+    }
+    return false;
+  }
+
+  // Reads from here on are the head of a request, due by `deadline`.
+  void ExpectHead(absl::Time deadline) {
+    deadline_ = deadline;
+    head_pending_ = true;
+    head_bytes_ = 0;
+  }
+  // The head is in (httplib parsed it): what follows is the body.
+  void HeadRead() {
+    head_pending_ = false;
+    deadline_ = absl::Now() + kBodyTimeout;
+  }
+  // True until HeadRead: httplib refused the head, or it was late or large.
+  bool head_pending() const { return head_pending_; }
+
+  // Whether the client has hung up. Safe from any thread: it only polls.
+  bool ClientClosed() const {
+    pollfd p{fd_, POLLRDHUP, 0};
+    return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
+  }
+
+  // The first `n` bytes of the request, or fewer if `deadline` comes first.
+  std::string ReadStart(size_t n, absl::Time deadline) {
+    std::string start(n, '\0');
+    size_t got = 0;
+    while (got < n) {
+      const ssize_t more = Receive(start.data() + got, n - got, deadline);
+      if (more <= 0) break;
+      got += static_cast<size_t>(more);
+    }
+    start.resize(got);
+    return start;
+  }
+
+  bool WriteAll(absl::string_view data) { return write(data.data(), data.size()) >= 0; }
+
+  // httplib::Stream
+  bool is_readable() const override {
+    return buffered() > 0 || (ssl_ && SSL_pending(ssl_) > 0) ||
+           Await(POLLIN, std::min(deadline_, absl::Now() + kReadTimeout));
+  }
+  bool is_writable() const override {
+    return Await(POLLOUT, absl::Now() + kWriteTimeout) && !ClientClosed();
+  }
+  ssize_t read(char* data, size_t size) override {
+    if (head_pending_) {
+      if (head_bytes_ >= kMaxHeadBytes) return -1;
+      size = std::min(size, kMaxHeadBytes - head_bytes_);
+    }
+    if (buffered() == 0) {
+      const ssize_t n =
+          Receive(buffer_, sizeof(buffer_), std::min(deadline_, absl::Now() + kReadTimeout));
+      if (n <= 0) return n;
+      buffer_begin_ = 0;
+      buffer_end_ = static_cast<size_t>(n);
+    }
+    const size_t n = std::min(size, buffered());
+    std::memcpy(data, buffer_ + buffer_begin_, n);
+    buffer_begin_ += n;
+    if (head_pending_) head_bytes_ += n;
+    return static_cast<ssize_t>(n);
+  }
+  // All of `data`, or -1; each wait for the client to take more is bounded.
+  ssize_t write(const char* data, size_t size) override {
+    for (size_t sent = 0; sent < size;) {
+      short wait = POLLOUT;
+      if (ssl_) {
+        ERR_clear_error();
+        const int n = SSL_write(ssl_, data + sent, ClampToInt(size - sent));
+        if (n > 0) {
+          sent += static_cast<size_t>(n);
+          continue;
+        }
+        const int error = SSL_get_error(ssl_, n);
+        if (error == SSL_ERROR_WANT_READ) {
+          wait = POLLIN;
+        } else if (error != SSL_ERROR_WANT_WRITE) {
+          return -1;
+        }
+      } else {
+        const ssize_t n = ::send(fd_, data + sent, size - sent, MSG_NOSIGNAL);
+        if (n > 0) {
+          sent += static_cast<size_t>(n);
+          continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) return -1;
+      }
+      if (!Await(wait, absl::Now() + kWriteTimeout)) return -1;
+    }
+    return static_cast<ssize_t>(size);
+  }
+  void get_remote_ip_and_port(std::string& ip, int& port) const override {
+    ip = remote_ip_;
+    port = remote_port_;
+  }
+  void get_local_ip_and_port(std::string& ip, int& port) const override {
+    ip = local_ip_;
+    port = local_port_;
+  }
+  socket_t socket() const override { return fd_; }
+
+ private:
+  static int ClampToInt(size_t n) {
+    return static_cast<int>(std::min<size_t>(n, std::numeric_limits<int>::max()));
+  }
+  size_t buffered() const { return buffer_end_ - buffer_begin_; }
+
+  void Address(int (*get)(int, sockaddr*, socklen_t*), std::string* ip, int* port) const {
+    sockaddr_storage address{};
+    socklen_t length = sizeof(address);
+    char host[NI_MAXHOST];
+    char service[NI_MAXSERV];
+    if (get(fd_, reinterpret_cast<sockaddr*>(&address), &length) == 0 &&
+        ::getnameinfo(reinterpret_cast<sockaddr*>(&address), length, host, sizeof(host),
+                      service, sizeof(service), NI_NUMERICHOST | NI_NUMERICSERV) == 0) {
+      *ip = host;
+      *port = std::atoi(service);
+    }
+  }
+
+  // Waits until the socket is ready for `events` (or failed), by `deadline`.
+  bool Await(short events, absl::Time deadline) const {
+    while (true) {
+      const absl::Duration left = deadline - absl::Now();
+      if (left <= absl::ZeroDuration()) return false;
+      pollfd p{fd_, events, 0};
+      const int n = ::poll(&p, 1, ClampToInt(absl::ToInt64Milliseconds(left) + 1));
+      if (n > 0) return true;
+      if (n < 0 && errno != EINTR) return false;
+    }
+  }
+
+  // Up to `size` bytes: 0 once the client has closed, -1 on an error or at
+  // `deadline`.
+  ssize_t Receive(char* data, size_t size, absl::Time deadline) {
+    while (true) {
+      short wait = POLLIN;
+      if (ssl_) {
+        ERR_clear_error();
+        const int n = SSL_read(ssl_, data, ClampToInt(size));
+        if (n > 0) return n;
+        const int error = SSL_get_error(ssl_, n);
+        if (error == SSL_ERROR_ZERO_RETURN) return 0;
+        if (error == SSL_ERROR_WANT_WRITE) {
+          wait = POLLOUT;
+        } else if (error != SSL_ERROR_WANT_READ) {
+          return -1;
+        }
+      } else {
+        const ssize_t n = ::recv(fd_, data, size, 0);
+        if (n >= 0) return n;
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) return -1;
+      }
+      if (!Await(wait, deadline)) return -1;
+    }
+  }
+
+  const int fd_;
+  SSL* const ssl_;
+  const bool tls_;
+  bool handshaken_ = false;
+  std::string remote_ip_;
+  std::string local_ip_;
+  int remote_port_ = -1;
+  int local_port_ = -1;
+  // Of the request being read: its head's, then its body's.
+  absl::Time deadline_ = absl::InfiniteFuture();
+  bool head_pending_ = false;
+  size_t head_bytes_ = 0;
+  char buffer_[4096];
+  size_t buffer_begin_ = 0;
+  size_t buffer_end_ = 0;
+};
+
+// How many connections each client address has open, against a cap.
+class ConnectionsPerClient {
+ public:
+  explicit ConnectionsPerClient(size_t max) : max_(max) {}
+  // False when `client` is at the cap; else it holds one more until Release.
+  bool Take(const std::string& client) {
+    std::lock_guard<std::mutex> lock(mu_);
+    size_t& open = open_[client];
+    if (open >= max_) return false;
+    ++open;
+    return true;
+  }
+  void Release(const std::string& client) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (--open_[client] == 0) open_.erase(client);
+  }
+
+ private:
+  const size_t max_;
+  std::mutex mu_;  // std, not absl: TSan sees it
+  std::map<std::string, size_t> open_;  // guarded by mu_
+};
+
+std::string RawAnswer(int status, const char* reason, const char* content_type,
+                      const std::string& body, const char* extra_headers) {
+  return absl::StrCat("HTTP/1.1 ", status, " ", reason, "\r\nContent-Type: ", content_type,
+                      "\r\nContent-Length: ", body.size(), "\r\n", extra_headers,
+                      "X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n", body);
+}
+
+// A connection past a cap is answered without reading its request: it has
+// kRefusalWait to show that it is a health check (which answers even at the
+// cap, for the readiness probe); all else gets 503.
+void Refuse(ClientConnection& connection, const std::string& why) {
+  const absl::Time deadline = absl::Now() + kRefusalWait;
+  if (!connection.Handshake(deadline)) return;
+  const std::string start = connection.ReadStart(sizeof("HEAD /healthz ") - 1, deadline);
+  const bool health = absl::StartsWith(start, "GET /healthz ") ||
+                      absl::StartsWith(start, "GET /healthz?") ||
+                      absl::StartsWith(start, "HEAD /healthz ");
+  connection.WriteAll(
+      health ? RawAnswer(200, "OK", "text/plain", "ok\n", "")
+             : RawAnswer(503, "Service Unavailable", "application/json",
+                         ErrorJson(absl::UnavailableError(absl::StrCat(why, "; retry later"))),
+                         "Retry-After: 1\r\n"));
+}
+
+// httplib's step for one request: Server::process_request.
+using RequestStep = std::function<bool(httplib::Stream&, bool last, bool& closed)>;
+
+// Serves one accepted connection in place of httplib's own loop: a cap per
+// client address, a deadline on each request's head, and up to
+// kRequestsPerConnection requests, each given to `step`.
+void ServeConnection(int fd, SSL_CTX* tls, const std::atomic<socket_t>& listening,
+                     ConnectionsPerClient& per_client, const RequestStep& step) {
+  const absl::Time opened = absl::Now();
+  ClientConnection connection(fd, tls ? SSL_new(tls) : nullptr, tls != nullptr);
+  if (!connection.usable()) return;
+  if (t_over_capacity) return Refuse(connection, "too many open connections");
+  const std::string client = ClientKey(connection.remote_ip());
+  if (!per_client.Take(client)) {
+    return Refuse(connection, "too many open connections from this address");
+  }
+  absl::Cleanup release = [&] { per_client.Release(client); };
+  if (!connection.Handshake(opened + kHeadTimeout)) return;
+  t_connection = &connection;
+  absl::Cleanup forget = [] { t_connection = nullptr; };
+  absl::Time head_due = opened + kHeadTimeout;
+  for (size_t served = 0; served < kRequestsPerConnection; ++served) {
+    if (!connection.WaitForRequest(std::min(head_due, absl::Now() + kIdleTimeout), listening)) {
+      return;
+    }
+    connection.ExpectHead(head_due);
+    bool closed = false;
+    const bool answered = step(connection, served + 1 == kRequestsPerConnection, closed);
+    // A head that httplib refused, or that came late or too large, ends the
+    // connection: where the next request would start is unknown.
+    if (!answered || closed || connection.head_pending()) return;
+    head_due = absl::Now() + kHeadTimeout;
+  }
+}
+
+// httplib's server (Base: Server or SSLServer) with ServeConnection in place
+// of its connection loop.
+template <typename Base>
+class BoundedServer final : public Base {
+ public:
+  template <typename... Args>
+  explicit BoundedServer(size_t max_connections_per_client, Args&&... args)
+      : Base(std::forward<Args>(args)...), per_client_(max_connections_per_client) {}
+
+ private:
+  bool process_and_close_socket(socket_t sock) override {
+    SSL_CTX* tls = nullptr;
+    if constexpr (std::is_base_of_v<httplib::SSLServer, Base>) tls = this->ssl_context();
+    ServeConnection(sock, tls, this->svr_sock_, per_client_,
+                    [this](httplib::Stream& stream, bool last, bool& closed) {
+                      return this->process_request(stream, last, closed, nullptr);
+                    });
+    return true;
+  }
+
+  ConnectionsPerClient per_client_;
+};
 
 // httplib gives each accepted connection to a TaskQueue, and the connection
 // holds its worker for as long as it stays open, idle, slow or streaming. So
 // each of up to `max_connections` gets a thread of its own at once, and an
 // idle socket cannot make another connection wait. Past the cap a few other
-// threads take the connection, to answer 503 (see Screen): the queue gets a
-// closure, not the socket, so it cannot refuse one unread.
+// threads take the connection, to refuse it (see Refuse): the queue gets a
+// closure, not the socket, so it cannot refuse one itself.
 class ConnectionPool : public httplib::TaskQueue {
  public:
   explicit ConnectionPool(size_t max_connections)
@@ -166,7 +546,7 @@ class ConnectionPool : public httplib::TaskQueue {
   }
 
  private:
-  static constexpr size_t kRefusingThreads = 4;
+  static constexpr size_t kRefusingThreads = 8;
   const size_t max_connections_;
   std::atomic<size_t> open_{0};
   httplib::ThreadPool serving_;
@@ -226,29 +606,82 @@ class CorsPolicy {
   std::set<std::string> origins_;
 };
 
+// ---- Host names ----
+
+// The host of a Host header or a configured name: lowercased, without its
+// port, brackets or trailing dot.
+std::string HostName(absl::string_view value) {
+  std::string host = absl::AsciiStrToLower(absl::StripAsciiWhitespace(value));
+  if (!host.empty() && host[0] == '[') {
+    host = host.substr(1, host.find(']') - 1);
+  } else if (std::count(host.begin(), host.end(), ':') == 1) {
+    host.resize(host.find(':'));
+  }
+  if (!host.empty() && host.back() == '.') host.pop_back();
+  return host;
+}
+
+bool IsIpAddress(const std::string& host) {
+  in6_addr address;
+  return inet_pton(AF_INET, host.c_str(), &address) == 1 ||
+         inet_pton(AF_INET6, host.c_str(), &address) == 1;
+}
+
+// Which names the gateway answers to. A page of attacker.example whose name
+// is then pointed at this server (DNS rebinding) is same-origin to the
+// browser, with Host and Origin both attacker.example, so CorsPolicy lets it
+// through; its Host header gives it away. IP addresses and localhost cannot
+// be pointed elsewhere, so only other names need listing.
+class HostPolicy {
+ public:
+  static absl::StatusOr<HostPolicy> Create(const std::vector<std::string>& names,
+                                           const std::string& listen_host) {
+    HostPolicy policy;
+    policy.names_.insert("localhost");
+    policy.names_.insert(HostName(listen_host));
+    for (const std::string& name : names) {
+      if (name == "*") {
+        policy.any_ = true;
+        continue;
+      }
+      const std::string host = HostName(name);
+      if (host.empty() || host.find_first_of("/@ *") != std::string::npos) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "--http_allowed_hosts: ", ShortQuote(name), " is not host[:port] or *"));
+      }
+      policy.names_.insert(host);
+    }
+    return policy;
+  }
+
+  // A request without Host is no browser's.
+  bool Allows(const std::string& host_header) const {
+    if (any_ || host_header.empty()) return true;
+    const std::string host = HostName(host_header);
+    return names_.count(host) > 0 || IsIpAddress(host);
+  }
+
+ private:
+  HostPolicy() = default;
+  bool any_ = false;
+  std::set<std::string> names_;
+};
+
+struct RequestPolicy {
+  CorsPolicy cors;
+  HostPolicy hosts;
+};
+
 // ---- Screening, before any route ----
 
 // The methods a path takes, for 405's Allow header.
 const char* AllowedMethods(const std::string& path) {
-  if (path == kGridPath) return "POST, OPTIONS";
-  if (path == kStreamPath) return "GET, HEAD, POST, OPTIONS";
+  if (path == kGridPath || path == kStreamPath) return "POST, OPTIONS";
   return "GET, HEAD, OPTIONS";
 }
 
 // The steps of Screen. Each answers (true) or lets the request go on. Their
 // refusals close the connection: the request's body, if any, is unread.
-
-bool AnswerOverCapacity(const httplib::Request& request, httplib::Response& response) {
-  if (!t_over_capacity) return false;
-  if (request.path == kHealthPath) {
-    // Health answers even at the cap.
-    SendAndClose(response, 200, "ok\n", "text/plain");
-    return true;
-  }
-  response.set_header("Retry-After", "1");
-  RefuseAndClose(response, 503, absl::UnavailableError("too many open connections; retry later"));
-  return true;
-}
 
 // The static file handler stats the path as a C string: "/index.html\0.png"
 // would serve index.html, typed by the ".png" it never opened.
@@ -264,13 +697,61 @@ bool RefuseControlBytes(const httplib::Request& request, httplib::Response& resp
   return false;
 }
 
+// Health answers whatever the name, for probes that dial the pod's address.
+bool RefuseHost(const HostPolicy& hosts, const httplib::Request& request,
+                httplib::Response& response) {
+  const std::string host = request.get_header_value("Host");
+  if (request.path == kHealthPath || hosts.Allows(host)) return false;
+  RefuseAndClose(response, 421,
+                 absl::PermissionDeniedError(absl::StrCat(
+                     "Host ", ShortQuote(host),
+                     " is not a name of this server (see the orchestrator's "
+                     "--http_allowed_hosts)")));
+  return true;
+}
+
+// What a proxy in front might frame differently from httplib (request
+// smuggling): a length beside chunked, a coding but chunked, lengths that
+// differ or are no number; and more headers than any client needs.
+bool RefuseFraming(const httplib::Request& request, httplib::Response& response) {
+  const size_t lengths = request.get_header_value_count("Content-Length");
+  const size_t codings = request.get_header_value_count("Transfer-Encoding");
+  std::string problem;
+  if (request.headers.size() > kMaxHeaders + kHeadersAddedByHttplib) {
+    problem = absl::StrCat("more than ", kMaxHeaders, " headers");
+  } else if (lengths > 0 && codings > 0) {
+    problem = "Content-Length and Transfer-Encoding together";
+  } else if (codings > 1 ||
+             (codings == 1 &&
+              !absl::EqualsIgnoreCase(request.get_header_value("Transfer-Encoding"), "chunked"))) {
+    problem = absl::StrCat("Transfer-Encoding: only chunked is supported, got ",
+                           ShortQuote(request.get_header_value("Transfer-Encoding")));
+  } else {
+    for (size_t i = 0; i < lengths && problem.empty(); ++i) {
+      const std::string length = request.get_header_value("Content-Length", i);
+      if (length.empty() || length.find_first_not_of("0123456789") != std::string::npos) {
+        problem = absl::StrCat("Content-Length: not a number: ", ShortQuote(length));
+      } else if (length != request.get_header_value("Content-Length")) {
+        problem = "Content-Length: two different lengths";
+      }
+    }
+  }
+  if (problem.empty()) return false;
+  RefuseAndClose(response, 400, absl::InvalidArgumentError(problem));
+  return true;
+}
+
 // Only the grid POSTs have a body, which their route reads within its limit.
-// httplib would read any other POST's body whole, chunked or not.
+// httplib would read any other POST's body whole, chunked or not. A grid is
+// started only by a POST: with its JSON type, a page of another origin can
+// send it only after a preflight, and an <img> or a link cannot.
 bool RefuseMethodOrBody(const httplib::Request& request, httplib::Response& response) {
-  const bool posts_grid =
-      request.method == "POST" && (request.path == kGridPath || request.path == kStreamPath);
-  if (posts_grid) return false;
-  if (request.method != "GET" && request.method != "HEAD" && request.method != "OPTIONS") {
+  const bool grid_path = request.path == kGridPath || request.path == kStreamPath;
+  if (grid_path && request.method == "POST") return false;
+  const bool allowed =
+      request.method == "OPTIONS" ||
+      (!grid_path && (request.method == "GET" || request.method == "HEAD"));
+  if (!allowed) {
     response.set_header("Allow", AllowedMethods(request.path));
     RefuseAndClose(response, 405,
                    absl::InvalidArgumentError(absl::StrCat("method ", request.method,
@@ -313,12 +794,13 @@ bool AnswerPreflight(const httplib::Request& request, httplib::Response& respons
 }
 
 // What every request goes through before its route. Handled: answered here.
-HandlerResponse Screen(const CorsPolicy& cors, const httplib::Request& request,
+HandlerResponse Screen(const RequestPolicy& policy, const httplib::Request& request,
                        httplib::Response& response) {
-  const bool answered = AnswerOverCapacity(request, response) ||
-                        RefuseControlBytes(request, response) ||
+  const bool answered = RefuseControlBytes(request, response) ||
+                        RefuseHost(policy.hosts, request, response) ||
+                        RefuseFraming(request, response) ||
                         RefuseMethodOrBody(request, response) ||
-                        RefuseOrigin(cors, request, response) ||
+                        RefuseOrigin(policy.cors, request, response) ||
                         AnswerPreflight(request, response);
   return answered ? HandlerResponse::Handled : HandlerResponse::Unhandled;
 }
@@ -367,15 +849,8 @@ bool ReadBody(const httplib::Request& request, const httplib::ContentReader& rea
   }
   const absl::Status too_large = absl::ResourceExhaustedError(
       absl::StrCat("request body: larger than the limit of ", max_bytes, " bytes"));
-  const std::string transfer = request.get_header_value("Transfer-Encoding");
-  const bool chunked = absl::EqualsIgnoreCase(transfer, "chunked");
-  if (!chunked && !transfer.empty()) {
-    RefuseAndClose(response, 400,
-                   absl::InvalidArgumentError(
-                       absl::StrCat("Transfer-Encoding: only chunked is supported, got ",
-                                    ShortQuote(transfer))));
-    return false;
-  }
+  // Screen let through only "chunked" as a coding, and no length beside it.
+  const bool chunked = request.has_header("Transfer-Encoding");
   if (!chunked) {
     const std::string length = request.get_header_value("Content-Length");
     if (length.empty()) return true;  // no body: all defaults
@@ -574,8 +1049,13 @@ absl::Status ParseGridRequest(const std::string& json, absl::string_view source,
 
 Caller CallerOf(const httplib::Request& request) {
   Caller caller;
-  caller.client = request.remote_addr;
+  caller.client = ClientKey(request.remote_addr);
   caller.authorization = request.get_header_value("Authorization");
+  // Polled from GridService's watch thread while a grid runs: a client that
+  // hangs up stops its grid, streamed or not.
+  if (const ClientConnection* connection = t_connection) {
+    caller.gone = [connection] { return connection->ClientClosed(); };
+  }
   return caller;
 }
 
@@ -614,10 +1094,9 @@ void ServeStream(GridService& service, const v1::GridRequest& grid_request,
   response.set_header("Cache-Control", "no-cache");
   response.set_chunked_content_provider(
       "text/event-stream", [runner, caller, grid](size_t, httplib::DataSink& sink) {
-        // A client that went away is noticed when a write to it fails: the
-        // handler has no socket to watch, and the sink's is_writable() may
-        // not be called from GridService's watch thread (it reads the
-        // writer's state, and blocks for the write timeout).
+        // A client that went away is noticed by caller.gone, or when a
+        // write to it fails. (The sink's is_writable() may not be called
+        // from GridService's watch thread: it blocks for the write timeout.)
         GridCancel cancel;
         auto send = [&](const std::string& name, const std::string& data) {
           const std::string event = SseEvent(name, data);
@@ -668,27 +1147,19 @@ void AddRoutes(GridService* service, size_t max_body_bytes, httplib::Server& ser
   });
   server.Post(kGridPath, PostRoute(service, max_body_bytes, &ServeGrid));
   server.Post(kStreamPath, PostRoute(service, max_body_bytes, &ServeStream));
-  // EventSource can only GET: the request comes as a query parameter, whose
-  // length httplib bounds (8 KiB of URI).
-  server.Get(kStreamPath, [service](const httplib::Request& request,
-                                    httplib::Response& response) {
-    v1::GridRequest grid_request;
-    if (absl::Status parsed =
-            ParseGridRequest(request.get_param_value("request"), "request", &grid_request);
-        !parsed.ok()) {
-      return SendError(response, parsed);
-    }
-    ServeStream(*service, grid_request, request, response);
-  });
 }
 
-absl::StatusOr<std::unique_ptr<httplib::Server>> NewServer(const ServerTlsFiles& tls) {
-  if (tls.cert.empty() && tls.key.empty()) return std::make_unique<httplib::Server>();
+absl::StatusOr<std::unique_ptr<httplib::Server>> NewServer(const ServerTlsFiles& tls,
+                                                           size_t max_connections_per_client) {
+  if (tls.cert.empty() && tls.key.empty()) {
+    return std::make_unique<BoundedServer<httplib::Server>>(max_connections_per_client);
+  }
   if (tls.cert.empty() || tls.key.empty()) {
     return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
   }
-  auto server = std::make_unique<httplib::SSLServer>(
-      tls.cert.c_str(), tls.key.c_str(), tls.client_ca.empty() ? nullptr : tls.client_ca.c_str());
+  auto server = std::make_unique<BoundedServer<httplib::SSLServer>>(
+      max_connections_per_client, tls.cert.c_str(), tls.key.c_str(),
+      tls.client_ca.empty() ? nullptr : tls.client_ca.c_str());
   if (!server->is_valid()) {
     return absl::InvalidArgumentError("--tls_cert/--tls_key: cannot set up HTTPS");
   }
@@ -696,14 +1167,13 @@ absl::StatusOr<std::unique_ptr<httplib::Server>> NewServer(const ServerTlsFiles&
 }
 
 // The limits that keep one client from holding the server: see
-// ConnectionPool and the timeouts above.
+// ConnectionPool and ServeConnection.
 void BoundConnections(const HttpGatewayOptions& o, httplib::Server& server) {
   const size_t max_connections = static_cast<size_t>(std::max(o.max_connections, 1));
   server.new_task_queue = [max_connections] { return new ConnectionPool(max_connections); };
   server.set_payload_max_length(o.max_body_bytes);
-  server.set_read_timeout(kReadTimeoutSeconds, 0);
-  server.set_write_timeout(kWriteTimeoutSeconds, 0);
-  server.set_keep_alive_timeout(kIdleTimeoutSeconds);
+  // Only for the Keep-Alive header httplib writes: ServeConnection keeps them.
+  server.set_keep_alive_timeout(absl::ToInt64Seconds(kIdleTimeout));
   server.set_keep_alive_max_count(kRequestsPerConnection);
 }
 
@@ -712,23 +1182,6 @@ void BoundConnections(const HttpGatewayOptions& o, httplib::Server& server) {
 absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(const HttpGatewayOptions& o,
                                                                  GridService* service) {
   auto gateway = std::unique_ptr<HttpGateway>(new HttpGateway());
-  ASSIGN_OR_RETURN(gateway->server_, NewServer(o.tls));
-  ASSIGN_OR_RETURN(const CorsPolicy cors, CorsPolicy::Create(o.cors_origins));
-  httplib::Server& server = *gateway->server_;
-  BoundConnections(o, server);
-  server.set_pre_routing_handler(
-      [cors](const httplib::Request& request, httplib::Response& response) {
-        return Screen(cors, request, response);
-      });
-  server.set_post_routing_handler(
-      [cors](const httplib::Request& request, httplib::Response& response) {
-        Decorate(cors, request, response);
-      });
-  if (!o.web_dir.empty() && !server.set_mount_point("/", o.web_dir)) {
-    return absl::InvalidArgumentError(absl::StrCat("--web_dir: no folder at ", o.web_dir));
-  }
-  AddRoutes(service, o.max_body_bytes, server);
-
   const size_t colon = o.address.rfind(':');
   int port = -1;
   if (colon == std::string::npos || !absl::SimpleAtoi(o.address.substr(colon + 1), &port)) {
@@ -736,6 +1189,28 @@ absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(const HttpGatewa
         absl::StrCat("--http_addr must be host:port, got \"", o.address, "\""));
   }
   const std::string host = colon == 0 ? "0.0.0.0" : o.address.substr(0, colon);
+  const size_t per_client = static_cast<size_t>(std::max(o.max_connections_per_client, 1));
+  ASSIGN_OR_RETURN(gateway->server_, NewServer(o.tls, per_client));
+  ASSIGN_OR_RETURN(CorsPolicy cors, CorsPolicy::Create(o.cors_origins));
+  ASSIGN_OR_RETURN(HostPolicy hosts, HostPolicy::Create(o.allowed_hosts, host));
+  const RequestPolicy policy{std::move(cors), std::move(hosts)};
+  httplib::Server& server = *gateway->server_;
+  BoundConnections(o, server);
+  server.set_pre_routing_handler(
+      [policy](const httplib::Request& request, httplib::Response& response) {
+        // What is left of the request is its body.
+        if (t_connection) t_connection->HeadRead();
+        return Screen(policy, request, response);
+      });
+  server.set_post_routing_handler(
+      [policy](const httplib::Request& request, httplib::Response& response) {
+        Decorate(policy.cors, request, response);
+      });
+  if (!o.web_dir.empty() && !server.set_mount_point("/", o.web_dir)) {
+    return absl::InvalidArgumentError(absl::StrCat("--web_dir: no folder at ", o.web_dir));
+  }
+  AddRoutes(service, o.max_body_bytes, server);
+
   gateway->port_ = port == 0 ? server.bind_to_any_port(host.c_str())
                              : (server.bind_to_port(host.c_str(), port) ? port : -1);
   if (gateway->port_ <= 0) {

@@ -1,32 +1,44 @@
 // The orchestrator's HTTP face (cpp-httplib): the browser explorer's static
 // files, a JSON API that mirrors the gRPC one through protobuf's JSON
 // mapping, and the grid stream as Server-Sent Events. It calls the same
-// GridService as gRPC, so it has the same limits and bearer token, and it
-// speaks TLS with the same certificate flags.
+// GridService as gRPC, so it has the same limits and bearer token (one
+// budget per client address across both), and it speaks TLS with the same
+// certificate flags.
 //
 //   GET  /api/v1/models               ListModels
 //   POST /api/v1/grid                 CreateGrid (GridRequest JSON -> Grid JSON)
 //   POST /api/v1/grid/stream          StreamGrid as SSE: events plan, trunk, cell, grid, error
-//   GET  /api/v1/grid/stream?request=<GridRequest JSON>   the same, for EventSource
-//   GET  /healthz                     200 while serving (no token needed)
+//   GET  /healthz                     200 while serving (no token or host name needed)
 //   GET  /...                         files under web_dir
 //
 // What a client is held to, since anyone may connect:
-//   - POST bodies are `application/json` (else 415) of at most
-//     max_body_bytes, chunked or not (else 413), and match GridRequest's
-//     shape: no list where a value goes, no lone value for a list, no
-//     nesting past 32 levels (else 400).
+//   - A grid starts only by a POST whose body is `application/json` (else
+//     405 or 415), which a page of another origin cannot send without a
+//     preflight. The body is at most max_body_bytes, chunked or not (else
+//     413), and matches GridRequest's shape: no list where a value goes, no
+//     lone value for a list, no nesting past 32 levels (else 400).
+//   - Framing is unambiguous (else 400): no two Content-Lengths that differ,
+//     no Content-Length beside Transfer-Encoding, no coding but chunked, at
+//     most 100 headers.
+//   - The Host header names this server: an IP address, localhost, the
+//     listen host or one of allowed_hosts (else 421), so that a page whose
+//     name is re-pointed here (DNS rebinding) is refused.
 //   - A grid request that fails admission (token, limits, plan) gets its 4xx
 //     before a stream starts; only errors after that are `event: error`.
+//   - A grid whose client hangs up stops, streamed or not.
 //   - Every connection up to max_connections has a thread of its own, so
-//     idle or slow ones delay no one; past the cap a connection gets 503.
-//     Reads time out after a few seconds, idle connections soon after.
+//     idle or slow ones delay no one. Past the cap, or past
+//     max_connections_per_client from one address, a connection gets 503
+//     (health 200) without its request being read. A request's head must
+//     arrive within 10 s however it is paced, its body within 30 s more;
+//     idle connections close after 5 s.
 //   - Browsers: same-origin only, unless cors_origins names other origins.
 //   - Error messages echo at most a short piece of any value.
 //
 //   HttpGatewayOptions options;
 //   options.address = "0.0.0.0:8080";
 //   options.web_dir = "clients/web";
+//   options.allowed_hosts = {"grid.example.com"};
 //   ASSIGN_OR_RETURN(std::unique_ptr<HttpGateway> gateway, HttpGateway::Start(options, &service));
 #ifndef DGRID_GRID_ORCHESTRATOR_SERVER_HTTP_GATEWAY_H_
 #define DGRID_GRID_ORCHESTRATOR_SERVER_HTTP_GATEWAY_H_
@@ -61,6 +73,12 @@ struct HttpGatewayOptions {
   // model), so this bounds threads too; it must leave room for
   // max_concurrent_grids streams.
   int max_connections = 256;
+  // Connections open at once from one client address (IP): slow clients
+  // from one address cannot take every place.
+  int max_connections_per_client = 16;
+  // Names besides IP addresses, localhost and the listen host under which
+  // the API may be reached, as "host[:port]", or "*" for any.
+  std::vector<std::string> allowed_hosts;
 };
 
 class HttpGateway {

@@ -59,8 +59,12 @@ struct OrchestratorServerOptions {
   // Other origins whose pages may call the HTTP API, or "*"; empty:
   // same-origin only.
   std::vector<std::string> http_cors_origins;
-  // HTTP connections open at once; past it a connection gets 503.
+  // HTTP connections open at once, in all and from one client address;
+  // past either a connection gets 503.
   int http_max_connections = 256;
+  int http_max_connections_per_client = 16;
+  // Host names besides IP addresses and localhost the HTTP API answers to.
+  std::vector<std::string> http_allowed_hosts;
 };
 
 class OrchestratorServer {
