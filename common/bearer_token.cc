@@ -6,14 +6,18 @@
 namespace dgrid {
 
 bool BearerTokenMatches(absl::string_view authorization, absl::string_view token) {
-  constexpr absl::string_view kScheme = "bearer ";
-  if (authorization.size() != kScheme.size() + token.size()) return false;
-  unsigned char diff = 0;
-  for (size_t i = 0; i < kScheme.size(); ++i) {
-    diff |= static_cast<unsigned char>(absl::ascii_tolower(authorization[i]) ^ kScheme[i]);
+  constexpr absl::string_view kScheme = "bearer";
+  if (authorization.size() <= kScheme.size() ||
+      absl::AsciiStrToLower(authorization.substr(0, kScheme.size())) != kScheme ||
+      authorization[kScheme.size()] != ' ') {
+    return false;
   }
+  absl::string_view given = authorization.substr(kScheme.size());
+  while (!given.empty() && given.front() == ' ') given.remove_prefix(1);  // 1*SP
+  if (given.size() != token.size()) return false;
+  unsigned char diff = 0;
   for (size_t i = 0; i < token.size(); ++i) {
-    diff |= static_cast<unsigned char>(authorization[kScheme.size() + i] ^ token[i]);
+    diff |= static_cast<unsigned char>(given[i] ^ token[i]);
   }
   return diff == 0;
 }

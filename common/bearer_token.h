@@ -15,8 +15,8 @@
 namespace dgrid {
 
 // True when `authorization` is "Bearer <token>": the scheme in any case
-// (RFC 7235), then one space, then exactly `token`, compared in time that
-// does not depend on where they differ.
+// (RFC 7235), then one or more spaces, then exactly `token`, compared in
+// time that does not depend on where they differ.
 bool BearerTokenMatches(absl::string_view authorization, absl::string_view token);
 
 // `token` as the value of an authorization header.

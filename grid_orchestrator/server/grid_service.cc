@@ -9,11 +9,12 @@
 #include <mutex>
 #include <thread>
 
-#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/strip.h"
+#include "common/bearer_token.h"
 #include "common/grpc_status.h"
 #include "common/short_text.h"
 #include "grid_orchestrator/metrics/orchestrator_metrics.h"
@@ -140,14 +141,6 @@ class ClientWatch {
   std::thread thread_;
 };
 
-// Compares in time independent of where the strings differ.
-bool ConstantTimeEquals(const std::string& a, const std::string& b) {
-  if (a.size() != b.size()) return false;
-  unsigned char diff = 0;
-  for (size_t i = 0; i < a.size(); ++i) diff |= a[i] ^ b[i];
-  return diff == 0;
-}
-
 }  // namespace
 
 std::string ClientKey(absl::string_view peer) {
@@ -193,13 +186,8 @@ absl::Status GridService::Authenticate(const Caller& caller) const {
   if (caller.authorization.empty()) {
     return absl::UnauthenticatedError("missing \"authorization: Bearer <token>\"");
   }
-  // The scheme is case-insensitive (RFC 9110). The token itself is never
-  // logged or echoed.
-  const absl::string_view authorization = caller.authorization;
-  const size_t space = std::min(authorization.find(' '), authorization.size());
-  const bool bearer = absl::AsciiStrToLower(authorization.substr(0, space)) == "bearer";
-  const absl::string_view token = absl::StripLeadingAsciiWhitespace(authorization.substr(space));
-  if (!bearer || !ConstantTimeEquals(std::string(token), auth_token_)) {
+  // The token itself is never logged or echoed.
+  if (!BearerTokenMatches(caller.authorization, auth_token_)) {
     return absl::UnauthenticatedError("invalid bearer token");
   }
   return absl::OkStatus();
@@ -231,6 +219,7 @@ absl::StatusOr<GridPlanSpec> GridService::Plan(const v1::GridRequest& request) {
   want.model = plan->model;
   want.version = plan->model_version;
   want.deadline = absl::Now() + absl::Seconds(5);
+  want.control = true;
   absl::StatusOr<ReplicaPool::Lease> lease = pool_->Acquire(want);
   if (!lease.ok()) return lease.status();
   grpc::ClientContext context;
@@ -241,7 +230,16 @@ absl::StatusOr<GridPlanSpec> GridService::Plan(const v1::GridRequest& request) {
   tokenize.add_texts(plan->negative_prompt);
   v1::TokenizeResponse tokens;
   const grpc::Status status = lease->stub()->Tokenize(&context, tokenize, &tokens);
-  if (!status.ok()) return FromGrpcStatus(status);
+  if (!status.ok()) {
+    // The denoiser names the texts by position; the client sent fields.
+    std::string message = status.error_message();
+    for (const auto& [position, field] : {std::pair<absl::string_view, absl::string_view>{
+                                              "texts[0]", "prompt"},
+                                          {"texts[1]", "negative_prompt"}}) {
+      if (absl::StartsWith(message, position)) message.replace(0, position.size(), std::string(field));
+    }
+    return FromGrpcStatus(grpc::Status(status.error_code(), message));
+  }
   if (tokens.texts_size() != 2) return absl::InternalError("Tokenize answered the wrong count");
   plan->prompt_tokens_dropped = tokens.texts(0).dropped();
   plan->negative_prompt_tokens_dropped = tokens.texts(1).dropped();
