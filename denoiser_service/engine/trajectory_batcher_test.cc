@@ -647,6 +647,18 @@ TEST(ExternalModelTest, PythonExportedModelAndDecoderLoadAndRun) {
   EXPECT_EQ(pixels->size(), 16u * 16u);  // the decoder upsamples 8x8 to 16x16
 }
 
+// The decoder's batches: how many, and the largest.
+class DecoderBatches : public BatcherObserver {
+ public:
+  void OnDecode(int images, absl::Duration) override {
+    int seen = largest.load();
+    while (images > seen && !largest.compare_exchange_weak(seen, images)) {
+    }
+    calls.fetch_add(1);
+  }
+  std::atomic<int> largest{0}, calls{0};
+};
+
 // Decode requests used to run whole before every forward pass: 256 emoji
 // latents held every grid on the replica for 11 s (issue 24). Now they run in
 // chunks of at most 8 images, taking turns with the forward passes, and give
@@ -655,16 +667,7 @@ TEST(ExternalModelTest, ALargeDecodeRunsInChunksBesideTrajectories) {
   ASSERT_FALSE(Fixtures().empty());
   auto model = DenoiserModel::Load(Fixtures() + "/tinyconv", {"cpu"});
   ASSERT_TRUE(model.ok()) << model.status();
-  class Chunks : public BatcherObserver {
-   public:
-    void OnDecode(int images, absl::Duration) override {
-      int seen = largest.load();
-      while (images > seen && !largest.compare_exchange_weak(seen, images)) {
-      }
-      calls.fetch_add(1);
-    }
-    std::atomic<int> largest{0}, calls{0};
-  } chunks;
+  DecoderBatches chunks;
   TrajectoryBatcher batcher(model->get(), {}, &chunks);
   constexpr int kImages = 300;
   std::vector<float> latents(kImages * 64);
@@ -704,15 +707,7 @@ TEST(ExternalModelTest, ImagesOfLowerRanksGoFirstInBoundedBatches) {
   ASSERT_FALSE(Fixtures().empty());
   auto model = DenoiserModel::Load(Fixtures() + "/tinyconv", {"cpu"});
   ASSERT_TRUE(model.ok()) << model.status();
-  class Batches : public BatcherObserver {
-   public:
-    void OnDecode(int images, absl::Duration) override {
-      int seen = largest.load();
-      while (images > seen && !largest.compare_exchange_weak(seen, images)) {
-      }
-    }
-    std::atomic<int> largest{0};
-  } batches;
+  DecoderBatches batches;
   TrajectoryBatcher batcher(model->get(), {.max_batch = 256}, &batches);
   auto request = [](int n, uint64_t key, uint64_t rank) {
     RunRequest r;
