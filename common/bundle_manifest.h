@@ -55,6 +55,22 @@ struct TextConditioning {
   std::vector<std::string> example_prompts;
 };
 
+// One head of a judge: which output of the module holds its logits, and
+// what each logit means.
+struct JudgeHead {
+  std::string name;
+  int output = 0;
+  std::vector<std::string> labels;
+};
+
+// An optional image classifier that says what a sample shows: decision
+// curves count how often a branch's label differs from its trunk's.
+struct JudgeSpec {
+  std::string weights;  // empty: no judge
+  std::vector<JudgeHead> heads;
+  bool present() const { return !weights.empty(); }
+};
+
 struct BundleManifest {
   std::string name;
   std::string version;
@@ -79,6 +95,7 @@ struct BundleManifest {
   SamplerDefaults defaults;
   std::string license;
   std::string classifier;
+  JudgeSpec judge;
 
   bool is_text() const { return conditioning == ConditioningKind::kText; }
   int64_t LatentNumel() const;

@@ -29,6 +29,9 @@ constexpr double kMinLatentScale = 1e-4, kMaxLatentScale = 1e4;
 constexpr double kMaxValueMagnitude = 1e6, kMinValueSpan = 1e-6;
 // Smaller betas make 1 - alpha_bar round to 0, which the sampler divides by.
 constexpr double kMinBeta = 1e-8, kMaxBeta = 0.999;
+// A judge's heads and labels travel in every ModelInfo: keep them small.
+constexpr int kMaxJudgeHeads = 16, kMaxJudgeLabels = 4096;
+constexpr size_t kMaxJudgeText = 128;
 
 absl::Status Invalid(absl::string_view field, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat("manifest ", field, ": ", what));
@@ -57,6 +60,43 @@ absl::Status CheckBundleFile(const std::string& path, const char* field) {
     return Invalid(field, "must be a file inside the bundle folder");
   }
   return absl::OkStatus();
+}
+
+// A judge's heads are what curves report by name: each needs a name of its
+// own and labels for its logits.
+absl::StatusOr<JudgeSpec> JudgeFromProto(const v1::ModelManifest::Judge& p) {
+  JudgeSpec judge;
+  RETURN_IF_ERROR(CheckBundleFile(p.weights(), "judge.weights"));
+  judge.weights = p.weights();
+  if (p.heads_size() < 1 || p.heads_size() > kMaxJudgeHeads) {
+    return Invalid("judge.heads", absl::StrCat("needs 1 to ", kMaxJudgeHeads, " heads, got ",
+                                               p.heads_size()));
+  }
+  for (int i = 0; i < p.heads_size(); ++i) {
+    const v1::ModelManifest::JudgeHead& h = p.heads(i);
+    const std::string field = absl::StrCat("judge.heads[", i, "]");
+    if (h.name().empty() || h.name().size() > kMaxJudgeText) {
+      return Invalid(field + ".name", absl::StrCat("must have 1 to ", kMaxJudgeText, " bytes"));
+    }
+    for (const JudgeHead& before : judge.heads) {
+      if (before.name == h.name()) return Invalid(field + ".name", "repeats an earlier head's");
+    }
+    if (h.output() < 0 || h.output() >= kMaxJudgeHeads) {
+      return Invalid(field + ".output", absl::StrCat("must be in [0, ", kMaxJudgeHeads, ")"));
+    }
+    if (h.labels_size() < 2 || h.labels_size() > kMaxJudgeLabels) {
+      return Invalid(field + ".labels", absl::StrCat("needs 2 to ", kMaxJudgeLabels,
+                                                     " labels, got ", h.labels_size()));
+    }
+    for (const std::string& label : h.labels()) {
+      if (label.empty() || label.size() > kMaxJudgeText) {
+        return Invalid(field + ".labels",
+                       absl::StrCat("each needs 1 to ", kMaxJudgeText, " bytes"));
+      }
+    }
+    judge.heads.push_back({h.name(), h.output(), {h.labels().begin(), h.labels().end()}});
+  }
+  return judge;
 }
 
 absl::StatusOr<BundleManifest> FromProto(const v1::ModelManifest& p) {
@@ -245,6 +285,9 @@ absl::StatusOr<BundleManifest> FromProto(const v1::ModelManifest& p) {
   }
   m.license = p.data().license();
   m.classifier = p.classifier();
+  if (p.has_judge()) {
+    ASSIGN_OR_RETURN(m.judge, JudgeFromProto(p.judge()));
+  }
   return m;
 }
 
@@ -253,6 +296,7 @@ absl::StatusOr<BundleManifest> FromProto(const v1::ModelManifest& p) {
 absl::Status CheckParts(const BundleManifest& m, const std::string& bundle_dir) {
   std::vector<std::pair<const char*, std::string>> parts = {{"weights", m.weights}};
   if (m.decoder_kind == "torchscript") parts.push_back({"decoder.weights", m.decoder_weights});
+  if (m.judge.present()) parts.push_back({"judge.weights", m.judge.weights});
   if (m.is_text()) {
     parts.push_back({"conditioning.text_encoder.weights", m.text.encoder_weights});
     parts.push_back({"conditioning.tokenizer.vocab", m.text.tokenizer.vocab});

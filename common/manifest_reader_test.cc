@@ -9,6 +9,7 @@
 #include <fstream>
 #include <future>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 
 namespace dgrid {
@@ -249,6 +250,92 @@ TEST(ManifestReaderTest, AMissingPartIsNotFoundAndNamed) {
   EXPECT_EQ(status.code(), absl::StatusCode::kNotFound);
   EXPECT_NE(status.message().find("conditioning.tokenizer.merges"), absl::string_view::npos)
       << status;
+}
+
+}  // namespace
+}  // namespace dgrid
+
+namespace dgrid {
+namespace {
+
+std::string WithJudge(const std::string& judge) {
+  std::string json = kGood;
+  json.insert(json.rfind('}'), absl::StrCat(", \"judge\": ", judge));
+  return json;
+}
+
+TEST(ManifestReaderTest, ReadsAJudgeWithNamedHeads) {
+  auto m = ParseManifestJson(WithJudge(R"({"weights": "judge.pt", "heads": [
+      {"name": "subcategory", "output": 0, "labels": ["cat-face", "food-fruit"]},
+      {"name": "style", "output": 1, "labels": ["noto", "twemoji", "other"]}]})"));
+  ASSERT_TRUE(m.ok()) << m.status();
+  ASSERT_TRUE(m->judge.present());
+  EXPECT_EQ(m->judge.weights, "judge.pt");
+  ASSERT_EQ(m->judge.heads.size(), 2u);
+  EXPECT_EQ(m->judge.heads[1].name, "style");
+  EXPECT_EQ(m->judge.heads[1].output, 1);
+  EXPECT_EQ(m->judge.heads[1].labels,
+            (std::vector<std::string>{"noto", "twemoji", "other"}));
+  EXPECT_FALSE(ParseManifestJson(kGood)->judge.present());
+}
+
+TEST(ManifestReaderTest, RefusesABadJudgeByField) {
+  const struct {
+    const char* judge;
+    const char* field;
+  } cases[] = {
+      {R"({"heads": [{"name": "a", "labels": ["x", "y"]}]})", "judge.weights"},
+      {R"({"weights": "../j.pt", "heads": [{"name": "a", "labels": ["x", "y"]}]})",
+       "judge.weights"},
+      {R"({"weights": "j.pt"})", "judge.heads"},
+      {R"({"weights": "j.pt", "heads": [{"labels": ["x", "y"]}]})", "judge.heads[0].name"},
+      {R"({"weights": "j.pt", "heads": [{"name": "a", "labels": ["x", "y"]},
+                                        {"name": "a", "output": 1, "labels": ["x", "y"]}]})",
+       "judge.heads[1].name"},
+      {R"({"weights": "j.pt", "heads": [{"name": "a", "output": -1, "labels": ["x", "y"]}]})",
+       "judge.heads[0].output"},
+      {R"({"weights": "j.pt", "heads": [{"name": "a", "labels": ["x"]}]})",
+       "judge.heads[0].labels"},
+      {R"({"weights": "j.pt", "heads": [{"name": "a", "labels": ["x", ""]}]})",
+       "judge.heads[0].labels"},
+  };
+  for (const auto& c : cases) {
+    auto m = ParseManifestJson(WithJudge(c.judge));
+    ASSERT_FALSE(m.ok()) << c.judge;
+    EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(m.status().message().find(c.field), absl::string_view::npos)
+        << m.status().message();
+  }
+}
+
+TEST(ManifestReaderTest, AJudgeOutsideTheFolderOrMissingIsRefusedByField) {
+  const std::string dir = TextBundle("judge");
+  std::string json = kTextManifest;
+  json.insert(json.rfind('}'),
+              R"(, "judge": {"weights": "judge.pt", "heads": [{"name": "a", "labels": ["x", "y"]}]})");
+  std::ofstream(dir + "/manifest.json", std::ios::trunc) << json;
+  absl::Status missing = ReadManifest(dir).status();
+  EXPECT_EQ(missing.code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(missing.message().find("judge.weights"), absl::string_view::npos) << missing;
+  fs::create_symlink("/etc/passwd", dir + "/judge.pt");
+  absl::Status outside = ReadManifest(dir).status();
+  EXPECT_EQ(outside.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(outside.message().find("judge.weights"), absl::string_view::npos) << outside;
+}
+
+TEST(ManifestReaderTest, TheShippedBundlesDeclareTheirClassifiersAsJudges) {
+  auto fashion = ReadManifest(std::string(DGRID_SOURCE_DIR) + "/models/fashion-mnist");
+  ASSERT_TRUE(fashion.ok()) << fashion.status();
+  ASSERT_EQ(fashion->judge.heads.size(), 1u);
+  EXPECT_EQ(fashion->judge.heads[0].name, "class");
+  EXPECT_EQ(fashion->judge.heads[0].labels, fashion->class_labels);
+  auto emoji = ReadManifest(std::string(DGRID_SOURCE_DIR) + "/models/emoji");
+  ASSERT_TRUE(emoji.ok()) << emoji.status();
+  ASSERT_EQ(emoji->judge.heads.size(), 2u);
+  EXPECT_EQ(emoji->judge.heads[0].name, "subcategory");
+  EXPECT_EQ(emoji->judge.heads[0].labels.size(), 99u);
+  EXPECT_EQ(emoji->judge.heads[1].name, "style");
+  EXPECT_EQ(emoji->judge.heads[1].labels, (std::vector<std::string>{"noto", "twemoji"}));
 }
 
 }  // namespace

@@ -69,6 +69,13 @@ absl::Status SetManifestClassifier(const std::string& manifest_path,
         absl::StrCat(manifest_path, ": ", std::string(status.message())));
   }
   proto.set_classifier(classifier_file);
+  dgrid::v1::ModelManifest::Judge* judge = proto.mutable_judge();
+  judge->Clear();
+  judge->set_weights(classifier_file);
+  dgrid::v1::ModelManifest::JudgeHead* head = judge->add_heads();
+  head->set_name("class");
+  head->set_output(0);
+  *head->mutable_labels() = proto.conditioning().class_labels();
   return WriteJson(proto, manifest_path);
 }
 

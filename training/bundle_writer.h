@@ -70,8 +70,11 @@ BundleManifest FashionMnistManifest();
 // writes it to `path` atomically (temp file, then rename).
 absl::Status WriteManifest(const BundleManifest& manifest, const std::string& path);
 
-// Sets the `classifier` field of an existing manifest.json, leaving the
-// rest as it is (the classifier may be trained after the denoiser).
+// Sets the `classifier` field of an existing manifest.json, and declares the
+// same file as the bundle's judge with one head, "class", whose labels are
+// the manifest's class labels (dgrid-train's classifier returns
+// (logits, features)); the rest stays as it is (the classifier may be
+// trained after the denoiser).
 absl::Status SetManifestClassifier(const std::string& manifest_path,
                                    const std::string& classifier_file);
 

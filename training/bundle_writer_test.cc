@@ -57,6 +57,13 @@ TEST(BundleWriterTest, WritesManifestThatParsesBackWithEngineFields) {
   ASSERT_TRUE(SetManifestClassifier(path, "classifier.pt").ok());
   p = ReadBack(path);
   EXPECT_EQ(p.classifier(), "classifier.pt");
+  // The classifier is the bundle's judge, its logits the "class" head.
+  EXPECT_EQ(p.judge().weights(), "classifier.pt");
+  ASSERT_EQ(p.judge().heads_size(), 1);
+  EXPECT_EQ(p.judge().heads(0).name(), "class");
+  EXPECT_EQ(p.judge().heads(0).output(), 0);
+  ASSERT_EQ(p.judge().heads(0).labels_size(), 10);
+  EXPECT_EQ(p.judge().heads(0).labels(9), "ankle boot");
   EXPECT_EQ(p.training().command(), "dgrid-train diffusion --out_dir x");
   fs::remove_all(dir);
 }

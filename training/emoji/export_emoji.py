@@ -166,6 +166,10 @@ def write_bundle(args, data, ae, latents, vocab, text, unet, classifier, cstate)
                 forward_ms_per_image(traced_unet, D, L), 3),
         },
         "classifier": "classifier.pt",
+        # The classifier returns (subcategory logits, style logits, features).
+        "judge": {"weights": "classifier.pt", "heads": [
+            {"name": "subcategory", "output": 0, "labels": data.subcategories},
+            {"name": "style", "output": 1, "labels": data.styles}]},
     }
     with open(manifest_path, "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=1)
