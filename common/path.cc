@@ -20,19 +20,57 @@ absl::Span<const Segment> Path::SegmentsBelow(int step) const {
   return absl::MakeConstSpan(segments.data(), n);
 }
 
-Path Path::BranchAt(int step, uint64_t noise_seed) const {
+const SegmentConditioning* Path::ConditioningAt(int step) const {
+  const SegmentConditioning* conditioning = nullptr;
+  for (const Segment& segment : segments) {
+    if (segment.from_step > step) break;
+    if (segment.conditioning) conditioning = &*segment.conditioning;
+  }
+  return conditioning;
+}
+
+Path Path::BranchAt(int step, uint64_t noise_seed,
+                    std::optional<SegmentConditioning> conditioning) const {
   const absl::Span<const Segment> prefix = SegmentsBelow(step);
   Path branch{init_seed, {prefix.begin(), prefix.end()}};
-  branch.segments.push_back({step, noise_seed});
+  branch.segments.push_back({step, noise_seed, std::move(conditioning)});
   return branch;
+}
+
+Path Path::SwitchedAt(int step, SegmentConditioning conditioning) const {
+  Path out = *this;
+  auto it = out.segments.begin();
+  while (it != out.segments.end() && it->from_step < step) ++it;
+  if (it == out.segments.end() || it->from_step != step) {
+    it = out.segments.insert(it, Segment{step, NoiseSeedAt(step), std::nullopt});
+  }
+  it->conditioning = std::move(conditioning);
+  return out;
 }
 
 bool Path::SharesPrefixWith(const Path& other, int step) const {
   if (init_seed != other.init_seed) return false;
   for (int i = 0; i < step; ++i) {
     if (NoiseSeedAt(i) != other.NoiseSeedAt(i)) return false;
+    const SegmentConditioning* mine = ConditioningAt(i);
+    const SegmentConditioning* theirs = other.ConditioningAt(i);
+    if ((mine == nullptr) != (theirs == nullptr) || (mine && *mine != *theirs)) return false;
   }
   return true;
+}
+
+Path Path::Canonical(const SegmentConditioning& request) const {
+  Path out = *this;
+  const SegmentConditioning* inherited = &request;
+  for (Segment& segment : out.segments) {
+    if (!segment.conditioning) continue;
+    if (*segment.conditioning == *inherited) {
+      segment.conditioning.reset();
+    } else {
+      inherited = &*segment.conditioning;
+    }
+  }
+  return out;
 }
 
 std::string Path::DebugString() const {
@@ -40,7 +78,14 @@ std::string Path::DebugString() const {
       "{init_seed=", init_seed, " segments=[",
       absl::StrJoin(segments, ", ",
                     [](std::string* out, const Segment& s) {
-                      absl::StrAppend(out, "(", s.from_step, ",", s.noise_seed, ")");
+                      absl::StrAppend(out, "(", s.from_step, ",", s.noise_seed);
+                      if (s.conditioning) {
+                        absl::StrAppend(out, ",prompt=", s.conditioning->prompt.size(), "B");
+                        if (s.conditioning->class_index >= 0) {
+                          absl::StrAppend(out, ",class=", s.conditioning->class_index);
+                        }
+                      }
+                      absl::StrAppend(out, ")");
                     }),
       "]}");
 }

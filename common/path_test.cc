@@ -42,5 +42,59 @@ TEST(PathTest, ValidationNamesTheField) {
   }
 }
 
+SegmentConditioning Prompt(const std::string& prompt) { return {prompt, "", -1}; }
+
+TEST(PathTest, ASegmentsConditioningHoldsUntilTheNextOneSetsAnother) {
+  const Path trunk{7, {{0, 100}}};
+  const Path switched = trunk.BranchAt(10, 100, Prompt("red apple"));
+  EXPECT_EQ(switched.ConditioningAt(9), nullptr);  // the request's
+  ASSERT_NE(switched.ConditioningAt(10), nullptr);
+  EXPECT_EQ(switched.ConditioningAt(40)->prompt, "red apple");
+  // Branching later keeps the switch below; a segment without conditioning
+  // inherits it.
+  const Path later = switched.BranchAt(20, 555);
+  EXPECT_EQ(later.ConditioningAt(30)->prompt, "red apple");
+  EXPECT_EQ(later.NoiseSeedAt(25), 555u);
+}
+
+TEST(PathTest, APromptSwitchIsPartOfThePrefixFromItsStep) {
+  const Path trunk{7, {{0, 100}}};
+  const Path switched = trunk.BranchAt(10, 100, Prompt("red apple"));
+  // Same noise everywhere, and the same conditioning below step 10 only.
+  EXPECT_TRUE(switched.SharesPrefixWith(trunk, 10));
+  EXPECT_FALSE(switched.SharesPrefixWith(trunk, 11));
+  EXPECT_NE(switched, trunk.BranchAt(10, 100));
+  EXPECT_NE(switched, trunk.BranchAt(10, 100, Prompt("green apple")));
+  EXPECT_EQ(switched.SegmentsBelow(11).size(), 2u);
+}
+
+TEST(PathTest, CanonicalDropsConditioningThatChangesNothing) {
+  const SegmentConditioning request = Prompt("grinning face");
+  const Path same = Path{7, {{0, 100}}}.BranchAt(10, 555, request);
+  EXPECT_EQ(same.Canonical(request), (Path{7, {{0, 100}}}.BranchAt(10, 555)));
+  // A switch back to the request's prompt after a real switch stays.
+  Path there_and_back = Path{7, {{0, 100}}}.BranchAt(10, 555, Prompt("apple"));
+  there_and_back = there_and_back.BranchAt(20, 556, request);
+  const Path canonical = there_and_back.Canonical(request);
+  ASSERT_TRUE(canonical.segments[1].conditioning.has_value());
+  ASSERT_TRUE(canonical.segments[2].conditioning.has_value());
+  EXPECT_EQ(canonical.ConditioningAt(25)->prompt, "grinning face");
+  // Twice the same switch: the second is redundant.
+  Path twice = Path{7, {{0, 100}}}.BranchAt(10, 555, Prompt("apple"));
+  twice = twice.BranchAt(20, 556, Prompt("apple"));
+  EXPECT_FALSE(twice.Canonical(request).segments[2].conditioning.has_value());
+}
+
+TEST(PathTest, SwitchedAtKeepsEveryNoiseSeed) {
+  const Path promoted = Path{7, {{0, 100}}}.BranchAt(30, 555);
+  const Path switched = promoted.SwitchedAt(10, Prompt("apple"));
+  for (int step : {0, 9, 10, 29, 30, 49}) {
+    EXPECT_EQ(switched.NoiseSeedAt(step), promoted.NoiseSeedAt(step)) << step;
+  }
+  EXPECT_EQ(switched.ConditioningAt(9), nullptr);
+  EXPECT_EQ(switched.ConditioningAt(45)->prompt, "apple");
+  EXPECT_EQ(promoted.SwitchedAt(30, Prompt("pear")).segments.size(), 2u);  // set on (30, 555)
+}
+
 }  // namespace
 }  // namespace dgrid

@@ -11,13 +11,31 @@ void PathToProto(const Path& path, v1::Path* out) {
     v1::Segment* seg = out->add_segments();
     seg->set_from_step(s.from_step);
     seg->set_noise_seed(s.noise_seed);
+    if (!s.conditioning) continue;
+    v1::Conditioning* c = seg->mutable_conditioning();
+    if (s.conditioning->class_index >= 0) {
+      c->set_class_index(s.conditioning->class_index);
+    } else if (!s.conditioning->prompt.empty()) {
+      c->set_prompt(s.conditioning->prompt);
+    }
+    c->set_negative_prompt(s.conditioning->negative_prompt);
   }
 }
 
 Path PathFromProto(const v1::Path& p) {
   Path path{p.init_seed(), {}};
   path.segments.reserve(p.segments_size());
-  for (const v1::Segment& s : p.segments()) path.segments.push_back({s.from_step(), s.noise_seed()});
+  for (const v1::Segment& s : p.segments()) {
+    Segment& segment = path.segments.emplace_back();
+    segment.from_step = s.from_step();
+    segment.noise_seed = s.noise_seed();
+    if (!s.has_conditioning()) continue;
+    const v1::Conditioning& c = s.conditioning();
+    SegmentConditioning& out = segment.conditioning.emplace();
+    if (c.label_case() == v1::Conditioning::kClassIndex) out.class_index = c.class_index();
+    if (c.label_case() == v1::Conditioning::kPrompt) out.prompt = c.prompt();
+    out.negative_prompt = c.negative_prompt();
+  }
   return path;
 }
 

@@ -97,6 +97,23 @@ struct TrajectoryBatcher::Active {
   std::shared_ptr<const std::vector<float>> context;
   std::shared_ptr<const std::vector<float>> uncontext;
   bool lone_row_unconditional = false;
+  // Conditioning changes ahead of `step` (prompt switches on its path), in
+  // order; the next one to apply.
+  std::vector<std::pair<int, Phase>> switches;
+  size_t next_switch = 0;
+};
+
+// What a trajectory is conditioned on over one stretch of its path.
+struct TrajectoryBatcher::Phase {
+  int rows = 1;
+  int64_t cond = 0;
+  bool lone_row_unconditional = false;
+  // Text models: the prompt's and the negative prompt's ids (owned by the
+  // run), and their contexts once admitted.
+  const std::vector<int64_t>* prompt_ids = nullptr;
+  const std::vector<int64_t>* negative_ids = nullptr;
+  std::shared_ptr<const std::vector<float>> context;
+  std::shared_ptr<const std::vector<float>> uncontext;
 };
 
 struct TrajectoryBatcher::DecodeJob {
@@ -325,6 +342,31 @@ absl::Status TrajectoryBatcher::Validate(const RunRequest& r) const {
     const std::string field = absl::StrCat("trajectories[", i, "]");
     absl::Status path = ValidatePath(t.path, steps, field + ".path");
     if (!path.ok()) return path;
+    for (size_t j = 0; j < t.path.segments.size(); ++j) {
+      const std::optional<SegmentConditioning>& c = t.path.segments[j].conditioning;
+      if (!c) continue;
+      const std::string at = absl::StrCat(field, ".path.segments[", j, "].conditioning");
+      if (m.is_text() && c->class_index != -1) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            at, ".class_index: ", m.name, " is a text model; give a prompt"));
+      }
+      if (!m.is_text()) {
+        if (!c->negative_prompt.empty()) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              at, ".negative_prompt: ", m.name, " is a class model; it takes none"));
+        }
+        if (!c->prompt.empty() && m.ClassIndex(c->prompt) < 0) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              at, ".prompt: ", m.name, " is a class model and has no class of that name"));
+        }
+        if (c->class_index < -1 ||
+            c->class_index >= static_cast<int64_t>(m.class_labels.size())) {
+          return absl::InvalidArgumentError(absl::StrCat(at, ".class_index must be in [0, ",
+                                                         m.class_labels.size(), "), got ",
+                                                         c->class_index));
+        }
+      }
+    }
     if (t.latent.empty() && r.start_step != 0) {
       return absl::InvalidArgumentError(
           absl::StrCat(field, ".start_latent is required when start_step > 0"));
@@ -368,17 +410,16 @@ absl::StatusOr<std::shared_ptr<Run>> TrajectoryBatcher::Start(RunRequest request
   run->remaining_ = n;
 
   const BundleManifest& m = model_->manifest();
-  const float g = request.sampler.guidance;
-  bool conditional = request.class_index >= 0;
   if (m.is_text()) {
     // Tokenizing is cheap and stateless, so it runs here; encoding, which
     // runs the model, happens on the batcher's thread at admission.
     const Tokenizer& tokenizer = *model_->tokenizer();
     run->prompt_ids_ = tokenizer.Padded(tokenizer.Encode(request.prompt));
     run->negative_ids_ = tokenizer.Padded(tokenizer.Encode(request.negative_prompt));
-    // The same text on both rows makes guidance the identity: one row does.
-    conditional = run->prompt_ids_ != run->negative_ids_;
   }
+  const Phase first = PhaseFor({request.prompt, request.negative_prompt,
+                                static_cast<int>(request.class_index)},
+                               request.sampler, *run);
   const uint64_t arrival = next_arrival_.fetch_add(1);
   // A caller states its rank (the orchestrator: its grid's planned steps);
   // no claim ranks a run below its own work, so a rank buys no more than an
@@ -396,10 +437,15 @@ absl::StatusOr<std::shared_ptr<Run>> TrajectoryBatcher::Start(RunRequest request
     a.index = i;
     a.step = request.start_step;
     a.end_step = request.end_step;
-    a.rows = conditional && g != 0.0f && g != 1.0f ? 2 : 1;
-    a.cond = conditional && g != 0.0f ? request.class_index : m.null_label;
-    // Text: a lone row is the unconditional one only for guidance 0.
-    a.lone_row_unconditional = m.is_text() && g == 0.0f;
+    a.rows = first.rows;
+    a.cond = first.cond;
+    a.lone_row_unconditional = first.lone_row_unconditional;
+    for (const Segment& segment : request.trajectories[i].path.segments) {
+      if (segment.conditioning) {
+        a.switches.push_back(
+            {segment.from_step, PhaseFor(*segment.conditioning, request.sampler, *run)});
+      }
+    }
     a.x = std::move(request.trajectories[i].latent);
     a.latent_given = !a.x.empty();
     for (float v : a.x) a.latent_max_abs = std::max(a.latent_max_abs, std::abs(v));
@@ -417,6 +463,60 @@ absl::StatusOr<std::shared_ptr<Run>> TrajectoryBatcher::Start(RunRequest request
   }
   work_.notify_one();
   return run;
+}
+
+TrajectoryBatcher::Phase TrajectoryBatcher::PhaseFor(const SegmentConditioning& c,
+                                                     const SamplerSettings& sampler,
+                                                     Run& run) const {
+  const BundleManifest& m = model_->manifest();
+  const float g = sampler.guidance;
+  Phase phase;
+  bool conditional;
+  int64_t class_index = c.class_index;
+  if (m.is_text()) {
+    const Tokenizer& tokenizer = *model_->tokenizer();
+    std::vector<int64_t> prompt = tokenizer.Padded(tokenizer.Encode(c.prompt));
+    std::vector<int64_t> negative = tokenizer.Padded(tokenizer.Encode(c.negative_prompt));
+    // The run keeps each distinct pair once, the request's first.
+    if (prompt == run.prompt_ids_ && negative == run.negative_ids_) {
+      phase.prompt_ids = &run.prompt_ids_;
+      phase.negative_ids = &run.negative_ids_;
+    } else {
+      auto known = std::find_if(run.switch_ids_.begin(), run.switch_ids_.end(),
+                                [&](const auto& ids) {
+                                  return ids.first == prompt && ids.second == negative;
+                                });
+      if (known == run.switch_ids_.end()) {
+        known = run.switch_ids_.emplace(run.switch_ids_.end(), std::move(prompt),
+                                        std::move(negative));
+      }
+      phase.prompt_ids = &known->first;
+      phase.negative_ids = &known->second;
+    }
+    // The same text on both rows makes guidance the identity: one row does.
+    conditional = *phase.prompt_ids != *phase.negative_ids;
+  } else {
+    if (!c.prompt.empty()) class_index = m.ClassIndex(c.prompt);
+    conditional = class_index >= 0;
+  }
+  phase.rows = conditional && g != 0.0f && g != 1.0f ? 2 : 1;
+  phase.cond = conditional && g != 0.0f ? class_index : m.null_label;
+  // Text: a lone row is the unconditional one only for guidance 0.
+  phase.lone_row_unconditional = m.is_text() && g == 0.0f;
+  return phase;
+}
+
+void TrajectoryBatcher::ApplySwitches(Active& a) {
+  while (a.next_switch < a.switches.size() && a.switches[a.next_switch].first <= a.step) {
+    const Phase& phase = a.switches[a.next_switch++].second;
+    a.rows = phase.rows;
+    a.cond = phase.cond;
+    a.lone_row_unconditional = phase.lone_row_unconditional;
+    if (phase.context) {
+      a.context = phase.context;
+      a.uncontext = phase.uncontext;
+    }
+  }
 }
 
 void TrajectoryBatcher::FailAll(std::vector<Active>& active, const absl::Status& status) {
@@ -502,6 +602,10 @@ void TrajectoryBatcher::ResolveContexts(std::vector<Active>& arrivals) {
     last = a.run.get();
     resolve(a.run->prompt_ids_);
     resolve(a.run->negative_ids_);
+    for (const auto& [prompt, negative] : a.run->switch_ids_) {
+      resolve(prompt);
+      resolve(negative);
+    }
   }
   const absl::Time start = absl::Now();
   if (!missing.empty()) {
@@ -555,9 +659,21 @@ void TrajectoryBatcher::ResolveContexts(std::vector<Active>& arrivals) {
     Active& a = arrivals[i];
     a.context = context_of(a.run->prompt_ids_);
     a.uncontext = context_of(a.run->negative_ids_);
+    absl::Status status = absl::OkStatus();
     if (!a.context || !a.uncontext) {
-      absl::Status status = failure_of(a.run->prompt_ids_, "prompt");
+      status = failure_of(a.run->prompt_ids_, "prompt");
       if (status.ok()) status = failure_of(a.run->negative_ids_, "negative_prompt");
+    }
+    for (auto& [from_step, phase] : a.switches) {
+      phase.context = context_of(*phase.prompt_ids);
+      phase.uncontext = context_of(*phase.negative_ids);
+      if (status.ok() && (!phase.context || !phase.uncontext)) {
+        status = failure_of(*phase.prompt_ids, "prompt");
+        if (status.ok()) status = failure_of(*phase.negative_ids, "negative_prompt");
+        if (status.ok()) status = absl::InternalError("a switched prompt has no context");
+      }
+    }
+    if (!status.ok()) {
       --outstanding_;
       a.run->Finish(status);
       continue;
@@ -572,6 +688,7 @@ void TrajectoryBatcher::Iterate(std::vector<Active>& active) {
   DropStopped(active);
   if (observer_) observer_->OnActive(static_cast<int>(active.size()));
   if (active.empty()) return;
+  for (Active& a : active) ApplySwitches(a);
   ChooseBatch(active);
   const int rows = FillBatch(active);
   absl::Time forward_start;

@@ -73,10 +73,11 @@ struct RunRequest {
   SamplerSettings sampler;
   // What the run is conditioned on. A class model: the class index, or -1
   // for unconditional. A text model: the prompt, and the negative prompt that
-  // guidance steers away from (empty: the empty prompt). The batcher resolves
-  // a trajectory's conditioning when it admits it; a later change can let a
-  // path segment switch the prompt from its from_step on by resolving it per
-  // segment there (docs/ARCHITECTURE.md, "Conditioning").
+  // guidance steers away from (empty: the empty prompt). A trajectory's path
+  // segments may switch it from their from_step on (Segment::conditioning; a
+  // class model's by class_index, or by name in prompt). The batcher
+  // tokenizes every distinct prompt at Start and encodes each once at
+  // admission (docs/ARCHITECTURE.md, "Conditioning").
   int64_t class_index = -1;
   std::string prompt;
   std::string negative_prompt;
@@ -164,6 +165,9 @@ class Run {
   std::vector<int64_t> negative_ids_;
   std::shared_ptr<const DdimSchedule> schedule_;
   uint64_t rank_ = 0;  // the fairness rank it runs at
+  // Text models: the ids of the prompts its segments switch to, with their
+  // negative prompts (a deque: trajectories point into it).
+  std::deque<std::pair<std::vector<int64_t>, std::vector<int64_t>>> switch_ids_;
   absl::Time enqueued_;
 };
 
@@ -232,6 +236,12 @@ class TrajectoryBatcher {
   void Admit(std::vector<Active>& arrivals);
   // Text contexts; runs whose prompt the encoder fails on end and leave.
   void ResolveContexts(std::vector<Active>& arrivals);
+  struct Phase;
+  // The conditioning `c` gives a trajectory under `sampler`: its rows, class
+  // and, for a text model, its prompts' ids (kept in `run`).
+  Phase PhaseFor(const SegmentConditioning& c, const SamplerSettings& sampler, Run& run) const;
+  // Moves a trajectory to the conditioning of the segment its step is in.
+  static void ApplySwitches(Active& a);
   // Decodes the next chunk of the decode job whose turn it is.
   void RunDecodeChunk();
   // A forward pass of `forward` beside `keys` fairness keys earns decoding

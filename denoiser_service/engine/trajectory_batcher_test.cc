@@ -539,6 +539,70 @@ TEST_F(BatcherTest, AClaimedRankBuysNoMoreThanTheRunsOwnWork) {
   EXPECT_EQ(passes_before_small_ended, 11);
 }
 
+// Issue 25: a path segment may switch the conditioning from its step on.
+// With the same noise (the trunk's seed), a switch at step 0 is the plain run
+// of the new class; a switch to the request's own class changes nothing; a
+// later switch keeps the trunk's latents up to its step; and mixed
+// conditionings in one batch give what each gives alone.
+TEST_F(BatcherTest, ASegmentSwitchesTheConditioningFromItsStep) {
+  TrajectoryBatcher batcher(model_.get(), {.max_batch = 64});
+  auto run_of = [&](int64_t request_class, const Path& path, int capture = -1) {
+    RunRequest r = Request(1, 1.0f, 1);
+    r.class_index = request_class;
+    r.trajectories[0].path = path;
+    if (capture >= 0) r.capture_steps = {capture};
+    return RunAll(batcher, r);
+  };
+  auto to_class = [](int c) { return SegmentConditioning{"", "", c}; };
+  const Path trunk{5, {{0, 77}}};
+  const Collected plain0 = run_of(0, trunk, 30);
+  const Collected plain1 = run_of(1, trunk);
+  ASSERT_TRUE(plain0.status.ok() && plain1.status.ok()) << plain0.status << plain1.status;
+  ASSERT_NE(plain0.finals.at(0), plain1.finals.at(0));
+
+  const Collected at0 = run_of(0, trunk.BranchAt(0, 77, to_class(1)));
+  EXPECT_EQ(at0.finals.at(0), plain1.finals.at(0));
+  const Collected same = run_of(0, trunk.BranchAt(20, 77, to_class(0)));
+  EXPECT_EQ(same.finals.at(0), plain0.finals.at(0));
+  const Collected at30 = run_of(0, trunk.BranchAt(30, 77, to_class(1)), 30);
+  ASSERT_TRUE(at30.status.ok()) << at30.status;
+  EXPECT_EQ(at30.events.front().latent, plain0.events.front().latent);  // the capture at 30
+  EXPECT_NE(at30.finals.at(0), plain0.finals.at(0));
+  EXPECT_NE(at30.finals.at(0), plain1.finals.at(0));
+  // By name, as a class model's prompts name classes.
+  const std::string name = model_->manifest().class_labels[1];
+  EXPECT_EQ(run_of(0, trunk.BranchAt(0, 77, SegmentConditioning{name, "", -1})).finals.at(0),
+            plain1.finals.at(0));
+
+  // Eight trajectories switching at different steps to either class or to
+  // none (unconditional),
+  // in one batch: each as alone.
+  RunRequest mixed = Request(8, 1.0f, 1);
+  mixed.class_index = 1;
+  for (int i = 0; i < 8; ++i) {
+    mixed.trajectories[i].path = Path{5, {{0, 77}}}.BranchAt(i * 6, 77 + i, to_class(i % 3 - 1));
+  }
+  const Collected together = RunAll(batcher, mixed);
+  ASSERT_TRUE(together.status.ok()) << together.status;
+  for (int i = 0; i < 8; ++i) {
+    EXPECT_EQ(together.finals.at(i), run_of(1, mixed.trajectories[i].path).finals.at(0)) << i;
+  }
+}
+
+TEST_F(BatcherTest, ASegmentConditioningTheModelCannotTakeIsRefusedByField) {
+  TrajectoryBatcher batcher(model_.get(), {});
+  RunRequest r = Request(2, 1.0f, 1);
+  r.trajectories[1].path = Path{5, {{0, 77}}}.BranchAt(3, 9, SegmentConditioning{"", "", 99});
+  EXPECT_EQ(batcher.Start(r).status().message().substr(0, 52),
+            "trajectories[1].path.segments[1].conditioning.class_");
+  r.trajectories[1].path =
+      Path{5, {{0, 77}}}.BranchAt(3, 9, SegmentConditioning{"no such class", "", -1});
+  EXPECT_EQ(batcher.Start(r).status().code(), absl::StatusCode::kInvalidArgument);
+  r.trajectories[1].path = Path{5, {{0, 77}}}.BranchAt(3, 9, SegmentConditioning{"", "blurry", -1});
+  EXPECT_NE(batcher.Start(r).status().message().find("conditioning.negative_prompt"),
+            std::string::npos);
+}
+
 TEST_F(BatcherTest, ModelEvalsGrowsWithEveryStepAndEndsAtTheFinalsSum) {
   Gate gate;
   TrajectoryBatcher batcher(model_.get(), {.max_batch = 2}, &gate);

@@ -163,6 +163,20 @@ absl::StatusOr<RunRequest> ParseRun(const Request& request, const BundleManifest
     const v1::TrajectoryInput& in = request.trajectories(i);
     TrajectoryStart& t = run.trajectories[i];
     t.path = PathFromProto(in.path());
+    for (int j = 0; j < in.path().segments_size(); ++j) {
+      if (!in.path().segments(j).has_conditioning()) continue;
+      const v1::Conditioning& c = in.path().segments(j).conditioning();
+      const std::string field =
+          absl::StrCat("trajectories[", i, "].path.segments[", j, "].conditioning");
+      if (c.label_case() == v1::Conditioning::kClassIndex && c.class_index() < 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(field, ".class_index must be >= 0, got ", c.class_index()));
+      }
+      if (m.is_text()) {
+        // Checked before the engine's tokenizer reads them.
+        RETURN_IF_ERROR(CheckPromptText(field + ".prompt", c.prompt()));
+        RETURN_IF_ERROR(CheckPromptText(field + ".negative_prompt", c.negative_prompt()));
+      }
     if (in.has_start_latent()) {
       RETURN_IF_ERROR(DecodeFloatTensorInto(
           in.start_latent(), shape, absl::StrCat("trajectories[", i, "].start_latent"),

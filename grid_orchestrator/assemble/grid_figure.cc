@@ -381,6 +381,18 @@ struct Layout {
   int RowY(int row) const { return rows_y + row * (slot_h + kRowGap); }
 };
 
+// "after step k", or "→ B after step k" when the branches switch prompt.
+std::string RowLabel(const GridFigure& figure, const GridFigure::Row& row) {
+  if (figure.switch_to.empty()) return absl::StrCat("after step ", row.branch_step);
+  std::string to = figure.switch_to;
+  if (to.size() > 24) {
+    size_t cut = 21;
+    while (cut > 0 && (static_cast<unsigned char>(to[cut]) & 0xC0) == 0x80) --cut;
+    to = to.substr(0, cut) + "...";
+  }
+  return absl::StrCat("\xE2\x86\x92 ", to, " after step ", row.branch_step);
+}
+
 Layout ComputeLayout(Painter& p, const GridFigure& figure,
                      const std::vector<const GridFigure::Row*>& rows) {
   Layout l;
@@ -411,8 +423,7 @@ Layout ComputeLayout(Painter& p, const GridFigure& figure,
 
   int label_w = 0, numbers_w = p.Width(kGroupFont, "divergence");
   for (const GridFigure::Row* row : rows) {
-    label_w =
-        std::max(label_w, p.Width(kRowLabelFont, absl::StrCat("after step ", row->branch_step)));
+    label_w = std::max(label_w, p.Width(kRowLabelFont, RowLabel(figure, *row)));
     label_w = std::max(label_w, p.Width(kTimestepFont, absl::StrCat("t = ", row->timestep)));
     numbers_w =
         std::max(numbers_w, p.Width(kNumberFont, "pairwise " + FormatDistance(row->divergence)));
@@ -540,7 +551,7 @@ absl::StatusOr<std::string> DrawGridPng(const GridFigure& figure) {
     const GridFigure::Row& row = *rows[r];
     const int y = l.RowY(static_cast<int>(r));
     const double mid = y + l.slot_h / 2.0;
-    p.Text(kRowLabelFont, l.label_x, mid - 2, absl::StrCat("after step ", row.branch_step));
+    p.Text(kRowLabelFont, l.label_x, mid - 2, RowLabel(figure, row));
     p.Text(kTimestepFont, l.label_x, mid + 14, absl::StrCat("t = ", row.timestep));
 
     RETURN_IF_ERROR(DrawPictureOrPlaceholder(p, l, row.trunk_xt, l.strip_x, y, figure.scale));

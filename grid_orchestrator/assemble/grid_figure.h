@@ -42,6 +42,9 @@ struct GridFigure {
   };
   std::vector<Row> rows;
   int scale = 4;  // nearest-neighbour upscale factor of every picture, 1..32
+  // A prompt switch at each row's branch step: rows are labelled
+  // "→ <switch_to> after step k" (the text is cut to 24 characters).
+  std::string switch_to;
 };
 
 // Renders the whole grid to PNG bytes (RGB, white background).

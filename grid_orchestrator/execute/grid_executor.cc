@@ -692,6 +692,12 @@ absl::StatusOr<v1::Grid> GridExecutor::GridRun::Assemble() {
   figure.subtitle = absl::StrCat("seed ", plan_.trunk.init_seed, " \xC2\xB7 eta ", plan_.eta,
                                  " \xC2\xB7 ", plan_.steps, " steps \xC2\xB7 guidance ",
                                  plan_.guidance);
+  if (!plan_.switch_prompt.empty()) {
+    figure.switch_to = plan_.switch_prompt;
+    absl::StrAppend(&figure.subtitle, " \xC2\xB7 branches switch to: ",
+                    FigureText(plan_.switch_prompt),
+                    plan_.trunk_noise ? " (trunk noise)" : " (new noise)");
+  }
   absl::StatusOr<Picture> trunk_picture = PictureFromPng(trunk_.png);
   if (!trunk_picture.ok()) return trunk_picture.status();
   figure.trunk_final = *trunk_picture;

@@ -105,6 +105,12 @@ std::string PrefixCache::CaptureKey(const std::string& sampler_key, const Path& 
   std::string key = absl::StrCat(sampler_key, "x", path.init_seed);
   for (const Segment& s : path.SegmentsBelow(step)) {
     absl::StrAppend(&key, "|", s.from_step, ":", s.noise_seed);
+    if (s.conditioning) {
+      // A prompt switch: what the latent is conditioned on from here.
+      AppendField(&key, "~prompt", s.conditioning->prompt);
+      AppendField(&key, "negative", s.conditioning->negative_prompt);
+      AppendField(&key, "class", absl::StrCat(s.conditioning->class_index));
+    }
   }
   absl::StrAppend(&key, "@", step);
   return key;

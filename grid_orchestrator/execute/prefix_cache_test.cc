@@ -136,6 +136,24 @@ TEST(PrefixCacheTest, CountsEachKeyOnceAndStaysWithinItsBound) {
   EXPECT_EQ(cache.bytes(), before);
 }
 
+// Issue 25: two paths that differ only in a segment's prompt are different
+// trajectories from that segment's step on.
+TEST(PrefixCacheTest, KeysTellApartPathsThatDifferOnlyInASegmentsPrompt) {
+  const Path trunk{8, {{0, 100}}};
+  const Path apple = trunk.BranchAt(10, 100, SegmentConditioning{"red apple", "", -1});
+  const Path pear = trunk.BranchAt(10, 100, SegmentConditioning{"pear", "", -1});
+  const Path blurry = trunk.BranchAt(10, 100, SegmentConditioning{"red apple", "blurry", -1});
+  const Path cls = trunk.BranchAt(10, 100, SegmentConditioning{"", "", 2});
+  EXPECT_NE(PrefixCache::FinalKey("s", apple), PrefixCache::FinalKey("s", pear));
+  EXPECT_NE(PrefixCache::FinalKey("s", apple), PrefixCache::FinalKey("s", blurry));
+  EXPECT_NE(PrefixCache::FinalKey("s", apple), PrefixCache::FinalKey("s", trunk.BranchAt(10, 100)));
+  EXPECT_NE(PrefixCache::FinalKey("s", cls), PrefixCache::FinalKey("s", trunk.BranchAt(10, 100)));
+  EXPECT_NE(PrefixCache::CaptureKey("s", apple, 11), PrefixCache::CaptureKey("s", pear, 11));
+  // Up to the switch they share the trunk's latents.
+  EXPECT_EQ(PrefixCache::CaptureKey("s", apple, 10), PrefixCache::CaptureKey("s", pear, 10));
+  EXPECT_EQ(PrefixCache::CaptureKey("s", apple, 10), PrefixCache::CaptureKey("s", trunk, 10));
+}
+
 TEST(PrefixCacheTest, AZeroSizedCacheHoldsNothing) {
   PrefixCache cache(0);
   cache.Put("a", Entry(10));

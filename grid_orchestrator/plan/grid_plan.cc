@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <tuple>
 
 #include "absl/strings/str_cat.h"
@@ -63,6 +64,65 @@ uint64_t BranchNoiseSeed(const Path& trunk, int branch_step, int column) {
   return h;
 }
 
+SegmentConditioning RequestConditioning(const GridPlanSpec& plan) {
+  if (plan.text) return {plan.prompt, plan.negative_prompt, -1};
+  return {"", "", static_cast<int>(plan.class_index)};
+}
+
+namespace {
+
+// The request's prompt switch into the plan: the switch prompts (a class
+// model's must name a class) and the branch noise.
+absl::Status PlanSwitch(const v1::GridRequest& request, const v1::ModelInfo& model,
+                        GridPlanSpec* plan) {
+  if (request.branch_noise() != v1::BRANCH_NOISE_NEW &&
+      request.branch_noise() != v1::BRANCH_NOISE_TRUNK) {
+    return Invalid(absl::StrCat("branch_noise: unknown value ", request.branch_noise(),
+                                "; known: NEW, TRUNK"));
+  }
+  plan->trunk_noise = request.branch_noise() == v1::BRANCH_NOISE_TRUNK;
+  plan->switch_prompt = request.switch_prompt();
+  plan->switch_negative_prompt = request.switch_negative_prompt();
+  if (!plan->switch_negative_prompt.empty() && plan->switch_prompt.empty()) {
+    return Invalid("switch_negative_prompt: give switch_prompt too (the prompt to switch to)");
+  }
+  if (plan->trunk_noise && plan->switch_prompt.empty()) {
+    return Invalid(
+        "branch_noise: TRUNK keeps the trunk's noise, so without a switch_prompt every branch "
+        "would be the trunk");
+  }
+  if (plan->text || plan->switch_prompt.empty()) return absl::OkStatus();
+  if (!plan->switch_negative_prompt.empty()) {
+    return Invalid(absl::StrCat("switch_negative_prompt: ", model.name(),
+                                " is a class model and takes no negative prompt"));
+  }
+  const auto& prompts = model.prompts();
+  if (std::find(prompts.begin(), prompts.end(), plan->switch_prompt) == prompts.end()) {
+    return Invalid(absl::StrCat("switch_prompt: unknown prompt ", ShortQuote(plan->switch_prompt),
+                                " for model ", model.name(), ", a class model; its prompts are: ",
+                                absl::StrJoin(prompts, ", ")));
+  }
+  return absl::OkStatus();
+}
+
+// What a row's branches switch to at their branch step, if anything.
+std::optional<SegmentConditioning> SwitchConditioning(const GridPlanSpec& plan,
+                                                      const v1::ModelInfo& model) {
+  if (plan.switch_prompt.empty()) return std::nullopt;
+  if (!plan.text) {
+    const auto& prompts = model.prompts();
+    const int index =
+        std::find(prompts.begin(), prompts.end(), plan.switch_prompt) - prompts.begin();
+    return SegmentConditioning{"", "", index};
+  }
+  return SegmentConditioning{plan.switch_prompt,
+                             plan.switch_negative_prompt.empty() ? plan.negative_prompt
+                                                                 : plan.switch_negative_prompt,
+                             -1};
+}
+
+}  // namespace
+
 absl::StatusOr<GridPlanSpec> PlanGrid(const v1::GridRequest& request, const v1::ModelInfo& model,
                                       const PlanLimits& limits) {
   // Free text is bounded and well-formed before anything else reads it.
@@ -70,6 +130,8 @@ absl::StatusOr<GridPlanSpec> PlanGrid(const v1::GridRequest& request, const v1::
        {std::tuple<const char*, const std::string&, size_t>{"prompt", request.prompt(),
                                                              kMaxPromptBytes},
         {"negative_prompt", request.negative_prompt(), kMaxPromptBytes},
+        {"switch_prompt", request.switch_prompt(), kMaxPromptBytes},
+        {"switch_negative_prompt", request.switch_negative_prompt(), kMaxPromptBytes},
         {"model", request.model(), kMaxNameBytes},
         {"preset", request.preset(), kMaxNameBytes}}) {
     if (absl::Status s = CheckClientText(field, value, max_bytes); !s.ok()) return s;
@@ -104,6 +166,8 @@ absl::StatusOr<GridPlanSpec> PlanGrid(const v1::GridRequest& request, const v1::
     }
   }
 
+  if (absl::Status s = PlanSwitch(request, model, &plan); !s.ok()) return s;
+
   plan.steps = request.has_steps() ? request.steps().value() : preset->steps;
   const int max_steps = std::min(limits.max_steps, model.train_timesteps());
   if (plan.steps < 1 || plan.steps > max_steps) {
@@ -130,9 +194,17 @@ absl::StatusOr<GridPlanSpec> PlanGrid(const v1::GridRequest& request, const v1::
                                  model.steps_offset());
   plan.train_timesteps = model.train_timesteps();
 
-  plan.branches = request.has_branches() ? request.branches().value() : preset->branches;
+  // With the trunk's noise every branch of a row is one trajectory: one column.
+  plan.branches = request.has_branches() ? request.branches().value()
+                  : plan.trunk_noise    ? 1
+                                        : preset->branches;
   if (plan.branches < 1 || plan.branches > limits.max_branches) {
     return Invalid(absl::StrCat("branches must be in [1, ", limits.max_branches, "], got ",
+                                plan.branches));
+  }
+  if (plan.trunk_noise && plan.branches != 1) {
+    return Invalid(absl::StrCat("branches: with branch_noise TRUNK every branch of a row is the "
+                                "same trajectory; ask for 1, got ",
                                 plan.branches));
   }
 
@@ -191,6 +263,11 @@ absl::StatusOr<GridPlanSpec> PlanGrid(const v1::GridRequest& request, const v1::
   } else {
     plan.trunk = Path{request.seed(), {{0, TrunkNoiseSeed(request.seed())}}};
   }
+  // One name per trajectory: a promoted trunk's switches that change nothing
+  // go, so that it meets the cache entries of the trunk it equals.
+  const SegmentConditioning base = RequestConditioning(plan);
+  plan.trunk = plan.trunk.Canonical(base);
+  const std::optional<SegmentConditioning> switched = SwitchConditioning(plan, model);
 
   plan.model_evals = plan.steps;
   for (int k : branch_steps) {
@@ -198,7 +275,10 @@ absl::StatusOr<GridPlanSpec> PlanGrid(const v1::GridRequest& request, const v1::
     row.branch_step = k;
     row.timestep = TimestepAfter(plan, k);
     for (int c = 0; c < plan.branches; ++c) {
-      row.cells.push_back(plan.trunk.BranchAt(k, BranchNoiseSeed(plan.trunk, k, c)));
+      const Path cell =
+          plan.trunk_noise ? plan.trunk.SwitchedAt(k, *switched)
+                           : plan.trunk.BranchAt(k, BranchNoiseSeed(plan.trunk, k, c), switched);
+      row.cells.push_back(cell.Canonical(base));
     }
     plan.model_evals += static_cast<int64_t>(plan.branches) * (plan.steps - k);
     plan.rows.push_back(std::move(row));
@@ -220,6 +300,9 @@ void PlanToProto(const GridPlanSpec& plan, v1::GridPlan* out) {
   out->set_negative_prompt(plan.negative_prompt);
   out->set_prompt_tokens_dropped(plan.prompt_tokens_dropped);
   out->set_negative_prompt_tokens_dropped(plan.negative_prompt_tokens_dropped);
+  out->set_switch_prompt(plan.switch_prompt);
+  out->set_switch_negative_prompt(plan.switch_negative_prompt);
+  out->set_branch_noise(plan.trunk_noise ? v1::BRANCH_NOISE_TRUNK : v1::BRANCH_NOISE_NEW);
   v1::SamplerConfig* s = out->mutable_sampler();
   s->set_steps(plan.steps);
   s->set_eta(plan.eta);

@@ -59,6 +59,11 @@ struct GridPlanSpec {
   // Text models: tokens the denoiser's tokenizer cut off to fit its context.
   int prompt_tokens_dropped = 0;
   int negative_prompt_tokens_dropped = 0;
+  // A prompt switch at each row's branch step (empty switch_prompt: none),
+  // and whether the branches keep the trunk's noise.
+  std::string switch_prompt;
+  std::string switch_negative_prompt;
+  bool trunk_noise = false;
   int steps = 50;
   float eta = 1.0f;
   float guidance = 1.0f;
@@ -86,6 +91,10 @@ int TimestepAfter(const GridPlanSpec& plan, int step);
 uint64_t TrunkNoiseSeed(uint64_t seed);
 // The noise seed of column `column` of the row branching at `branch_step`.
 uint64_t BranchNoiseSeed(const Path& trunk, int branch_step, int column);
+
+// What the request conditions on, in the form a path segment carries it (a
+// class model's by index): the base against which paths are canonical.
+SegmentConditioning RequestConditioning(const GridPlanSpec& plan);
 
 // The plan as it goes on the wire (paths: common/wire.h).
 void PlanToProto(const GridPlanSpec& plan, v1::GridPlan* out);

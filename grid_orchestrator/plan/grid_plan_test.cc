@@ -173,5 +173,80 @@ TEST(GridPlanTest, ValidationNamesTheField) {
   }
 }
 
+// Issue 25: prompt-switch grids.
+TEST(GridPlanTest, ASwitchPromptConditionsEachRowsBranchesFromItsStep) {
+  v1::GridRequest r;
+  r.set_seed(7);
+  r.set_prompt("sneaker");
+  r.set_switch_prompt("trouser");
+  auto plan = PlanGrid(r, Model(), {});
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  for (const PlannedRow& row : plan->rows) {
+    for (const Path& cell : row.cells) {
+      EXPECT_EQ(cell.ConditioningAt(row.branch_step - 1), nullptr);
+      ASSERT_NE(cell.ConditioningAt(row.branch_step), nullptr);
+      EXPECT_EQ(cell.ConditioningAt(row.branch_step)->class_index, 1);  // "trouser"
+      // New noise: its own seed from the branch step on, as without a switch.
+      EXPECT_NE(cell.NoiseSeedAt(row.branch_step), plan->trunk.NoiseSeedAt(row.branch_step));
+    }
+  }
+  v1::GridPlan wire;
+  PlanToProto(*plan, &wire);
+  EXPECT_EQ(wire.switch_prompt(), "trouser");
+  EXPECT_EQ(wire.branch_noise(), v1::BRANCH_NOISE_NEW);
+}
+
+TEST(GridPlanTest, ASwitchToTheSamePromptIsThePlainPlan) {
+  v1::GridRequest r;
+  r.set_seed(7);
+  r.set_prompt("sneaker");
+  auto plain = PlanGrid(r, Model(), {});
+  r.set_switch_prompt("sneaker");
+  auto same = PlanGrid(r, Model(), {});
+  ASSERT_TRUE(plain.ok() && same.ok());
+  for (size_t i = 0; i < plain->rows.size(); ++i) {
+    EXPECT_EQ(plain->rows[i].cells, same->rows[i].cells) << "row " << i;
+  }
+}
+
+TEST(GridPlanTest, TrunkNoiseGivesOneColumnThatDiffersOnlyByThePrompt) {
+  v1::GridRequest r;
+  r.set_seed(7);
+  r.set_prompt("sneaker");
+  r.set_switch_prompt("trouser");
+  r.set_branch_noise(v1::BRANCH_NOISE_TRUNK);
+  auto plan = PlanGrid(r, Model(), {});
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->branches, 1);
+  for (const PlannedRow& row : plan->rows) {
+    ASSERT_EQ(row.cells.size(), 1u);
+    for (int step : {0, row.branch_step, 49}) {
+      EXPECT_EQ(row.cells[0].NoiseSeedAt(step), plan->trunk.NoiseSeedAt(step));
+    }
+    EXPECT_EQ(row.cells[0].ConditioningAt(row.branch_step)->class_index, 1);
+  }
+  // Refused, naming the field.
+  r.mutable_branches()->set_value(3);
+  EXPECT_NE(PlanGrid(r, Model(), {}).status().message().find("branches:"), std::string::npos);
+  r.clear_branches();
+  r.clear_switch_prompt();
+  EXPECT_NE(PlanGrid(r, Model(), {}).status().message().find("branch_noise:"), std::string::npos);
+}
+
+TEST(GridPlanTest, BadSwitchesAreRefusedNamingTheField) {
+  v1::GridRequest r;
+  r.set_switch_prompt("a photo of a cat");  // free text to a class model
+  EXPECT_EQ(PlanGrid(r, Model(), {}).status().message().substr(0, 14), "switch_prompt:");
+  r.set_switch_prompt("trouser");
+  r.set_switch_negative_prompt("blurry");
+  EXPECT_EQ(PlanGrid(r, Model(), {}).status().message().substr(0, 23), "switch_negative_prompt:");
+  r.clear_switch_negative_prompt();
+  r.set_branch_noise(static_cast<v1::BranchNoise>(7));
+  EXPECT_EQ(PlanGrid(r, Model(), {}).status().message().substr(0, 13), "branch_noise:");
+  r.set_branch_noise(v1::BRANCH_NOISE_NEW);
+  r.set_switch_prompt(std::string(5000, 'x'));
+  EXPECT_EQ(PlanGrid(r, Model(), {}).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace dgrid

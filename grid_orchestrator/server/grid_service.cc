@@ -228,19 +228,25 @@ absl::StatusOr<GridPlanSpec> GridService::Plan(const v1::GridRequest& request) {
   tokenize.set_model(plan->model);
   tokenize.add_texts(plan->prompt);
   tokenize.add_texts(plan->negative_prompt);
+  tokenize.add_texts(plan->switch_prompt);
+  tokenize.add_texts(plan->switch_negative_prompt);
   v1::TokenizeResponse tokens;
   const grpc::Status status = lease->stub()->Tokenize(&context, tokenize, &tokens);
   if (!status.ok()) {
     // The denoiser names the texts by position; the client sent fields.
     std::string message = status.error_message();
-    for (const auto& [position, field] : {std::pair<absl::string_view, absl::string_view>{
-                                              "texts[0]", "prompt"},
-                                          {"texts[1]", "negative_prompt"}}) {
-      if (absl::StartsWith(message, position)) message.replace(0, position.size(), std::string(field));
+    for (const auto& [position, field] :
+         {std::pair<absl::string_view, absl::string_view>{"texts[0]", "prompt"},
+          {"texts[1]", "negative_prompt"},
+          {"texts[2]", "switch_prompt"},
+          {"texts[3]", "switch_negative_prompt"}}) {
+      if (absl::StartsWith(message, position)) {
+        message.replace(0, position.size(), std::string(field));
+      }
     }
     return FromGrpcStatus(grpc::Status(status.error_code(), message));
   }
-  if (tokens.texts_size() != 2) return absl::InternalError("Tokenize answered the wrong count");
+  if (tokens.texts_size() != 4) return absl::InternalError("Tokenize answered the wrong count");
   plan->prompt_tokens_dropped = tokens.texts(0).dropped();
   plan->negative_prompt_tokens_dropped = tokens.texts(1).dropped();
   return plan;
