@@ -65,12 +65,23 @@ absl::StatusOr<std::string> EncodePng(absl::Span<const uint8_t> pixels, int widt
   return out;
 }
 
-absl::StatusOr<DecodedPng> DecodePng(absl::Span<const uint8_t> png) {
+namespace {
+
+// width and height 0: any size.
+absl::StatusOr<DecodedPng> DecodePngChecked(absl::Span<const uint8_t> png, int width,
+                                            int height) {
   png_image image;
   std::memset(&image, 0, sizeof(image));
   image.version = PNG_IMAGE_VERSION;
   if (!png_image_begin_read_from_memory(&image, png.data(), png.size())) {
     return absl::InvalidArgumentError(absl::StrCat("png: ", image.message));
+  }
+  if (width > 0 && (static_cast<int64_t>(image.width) != width ||
+                    static_cast<int64_t>(image.height) != height)) {
+    png_image_free(&image);
+    return absl::InvalidArgumentError(absl::StrCat("png: the image is ", image.width, "x",
+                                                   image.height, ", expected ", width, "x",
+                                                   height));
   }
   DecodedPng out;
   out.channels = PNG_IMAGE_SAMPLE_CHANNELS(image.format) >= 3 ? 3 : 1;
@@ -83,6 +94,17 @@ absl::StatusOr<DecodedPng> DecodePng(absl::Span<const uint8_t> png) {
     return absl::InvalidArgumentError(absl::StrCat("png: ", image.message));
   }
   return out;
+}
+
+}  // namespace
+
+absl::StatusOr<DecodedPng> DecodePng(absl::Span<const uint8_t> png) {
+  return DecodePngChecked(png, 0, 0);
+}
+
+absl::StatusOr<DecodedPng> DecodePngOfSize(absl::Span<const uint8_t> png, int width,
+                                           int height) {
+  return DecodePngChecked(png, width, height);
 }
 
 }  // namespace dgrid

@@ -34,6 +34,11 @@ struct DecodedPng {
 };
 absl::StatusOr<DecodedPng> DecodePng(absl::Span<const uint8_t> png);
 
+// The same for an image from a client: INVALID_ARGUMENT unless it is
+// `width` x `height`, checked on the header before any pixel is decoded.
+absl::StatusOr<DecodedPng> DecodePngOfSize(absl::Span<const uint8_t> png, int width,
+                                           int height);
+
 }  // namespace dgrid
 
 #endif  // DGRID_COMMON_PNG_IMAGE_H_

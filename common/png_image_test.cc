@@ -31,3 +31,22 @@ TEST(PngImageTest, EncodeDecodeRoundTrip) {
 
 }  // namespace
 }  // namespace dgrid
+
+namespace dgrid {
+namespace {
+
+TEST(PngImageTest, DecodePngOfSizeRefusesAnotherSizeFromTheHeader) {
+  absl::StatusOr<std::string> png = EncodePng(std::vector<uint8_t>(6 * 4, 7), 6, 4, 1);
+  ASSERT_TRUE(png.ok());
+  const absl::Span<const uint8_t> bytes(reinterpret_cast<const uint8_t*>(png->data()),
+                                        png->size());
+  absl::StatusOr<DecodedPng> same = DecodePngOfSize(bytes, 6, 4);
+  ASSERT_TRUE(same.ok()) << same.status();
+  EXPECT_EQ(same->pixels, std::vector<uint8_t>(24, 7));
+  absl::Status other = DecodePngOfSize(bytes, 4, 6).status();
+  EXPECT_EQ(other.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(other.message().find("6x4, expected 4x6"), absl::string_view::npos) << other;
+}
+
+}  // namespace
+}  // namespace dgrid

@@ -81,6 +81,11 @@ v1::ModelInfo ModelInfoFromManifest(const BundleManifest& m) {
     for (const std::string& p : m.text.example_prompts) info.add_example_prompts(p);
     info.set_max_prompt_tokens(m.text.tokenizer.max_length);
   }
+  for (const JudgeHead& head : m.judge.heads) {
+    v1::JudgeHeadInfo* out = info.mutable_judge()->add_heads();
+    out->set_name(head.name);
+    for (const std::string& label : head.labels) out->add_labels(label);
+  }
   return info;
 }
 

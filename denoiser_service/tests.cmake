@@ -13,3 +13,9 @@ target_link_libraries(denoiser_server_test PRIVATE dgrid_denoiser_server grpc_st
 gtest_discover_tests(denoiser_server_test
   PROPERTIES LABELS unit FIXTURES_REQUIRED python_fixtures
              ENVIRONMENT DGRID_FIXTURES=${DGRID_FIXTURE_DIR})
+
+# The Judge RPC on the shipped bundles (models/), no fixtures.
+add_executable(judge_rpc_test server/judge_rpc_test.cc)
+target_link_libraries(judge_rpc_test PRIVATE dgrid_denoiser_server GTest::gtest_main)
+target_compile_definitions(judge_rpc_test PRIVATE DGRID_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
+gtest_discover_tests(judge_rpc_test PROPERTIES LABELS unit DISCOVERY_TIMEOUT 30)

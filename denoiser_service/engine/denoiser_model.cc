@@ -15,6 +15,7 @@
 #include "common/bundle_files.h"
 #include "common/manifest_reader.h"
 #include "common/png_image.h"
+#include "denoiser_service/engine/script_loading.h"
 #include "denoiser_service/text/tokenizer.h"
 
 namespace dgrid {
@@ -28,42 +29,6 @@ struct DenoiserModel::Impl {
 };
 
 namespace {
-
-// The TorchScript interpreter's errors (std::runtime_error, not c10::Error)
-// carry the serialized code's traceback first: keep the last non-empty line,
-// which says what failed, and at most 300 bytes of it.
-std::string ShortText(const char* what) {
-  absl::string_view text(what);
-  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.remove_suffix(1);
-  const size_t line = text.rfind('\n');
-  if (line != absl::string_view::npos) text.remove_prefix(line + 1);
-  return std::string(text.substr(0, 300));
-}
-
-// SDXL's UNet is 10 GB in fp32; the bound is for a sparse file posing as one.
-constexpr uint64_t kMaxScriptBytes = uint64_t{64} << 30;
-
-absl::StatusOr<torch::jit::script::Module> LoadScript(const std::string& path,
-                                                      torch::Device device) {
-  // The manifest reader checked the bundle's parts; this is the last look
-  // before torch reads, which would block on a FIFO and read a device forever.
-  if (absl::Status s = CheckRegularFile(path, kMaxScriptBytes); !s.ok()) return s;
-  try {
-    torch::jit::script::Module m = torch::jit::load(path, device);
-    m.eval();
-    return m;
-  } catch (const c10::Error& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot load TorchScript ", path, ": ", e.what_without_backtrace()));
-  } catch (const std::exception& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot load TorchScript ", path, ": ", ShortText(e.what())));
-  }
-}
-
-std::string ShapeOf(const torch::Tensor& t) {
-  return absl::StrCat("[", absl::StrJoin(t.sizes().vec(), ", "), "]");
-}
 
 // Runs a denoiser with the given inputs and copies its output out, checking
 // its size. c10::Error becomes a Status.
@@ -79,14 +44,6 @@ absl::Status RunDenoiser(torch::jit::script::Module& denoiser, std::vector<c10::
   eps = eps.to(torch::kCPU, torch::kFloat32).contiguous();
   std::memcpy(out.data(), eps.data_ptr<float>(), sizeof(float) * eps.numel());
   return absl::OkStatus();
-}
-
-// OpenMP's thread count is per calling thread: a thread that did not call
-// at::set_num_threads (the batcher's) would otherwise use one OpenMP
-// thread per core, however many replicas share the cores.
-void InitThreads() {
-  thread_local const bool omp_threads_set = (at::init_num_threads(), true);
-  (void)omp_threads_set;
 }
 
 }  // namespace

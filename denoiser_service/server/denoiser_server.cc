@@ -72,6 +72,11 @@ absl::StatusOr<std::unique_ptr<DenoiserServer>> DenoiserServer::Start(
     ServedModel& served = (*s->models_)[name];
     served.order = static_cast<int>(s->models_->size()) - 1;
     served.model = std::move(*model);
+    if (served.model->manifest().judge.present()) {
+      auto judge = ImageJudge::Load(dir, served.model->manifest(), served.model->device());
+      if (!judge.ok()) return judge.status();
+      served.judge = std::move(*judge);
+    }
     TrajectoryBatcher::Options batcher;
     batcher.max_batch = o.max_batch;
     batcher.max_queue = o.max_queue;

@@ -177,6 +177,7 @@ absl::StatusOr<RunRequest> ParseRun(const Request& request, const BundleManifest
         RETURN_IF_ERROR(CheckPromptText(field + ".prompt", c.prompt()));
         RETURN_IF_ERROR(CheckPromptText(field + ".negative_prompt", c.negative_prompt()));
       }
+    }
     if (in.has_start_latent()) {
       RETURN_IF_ERROR(DecodeFloatTensorInto(
           in.start_latent(), shape, absl::StrCat("trajectories[", i, "].start_latent"),
@@ -187,6 +188,51 @@ absl::StatusOr<RunRequest> ParseRun(const Request& request, const BundleManifest
     }
   }
   return run;
+}
+
+// A Judge request's image as the judge takes it: 8-bit [H, W, C] of the
+// model's image_shape, from its pixels tensor or its PNG. Errors name
+// `field` (images[i]).
+absl::Status ParseJudgeImage(const v1::Image& image, const BundleManifest& m,
+                             const std::string& field, std::vector<uint8_t>* out) {
+  const std::vector<int64_t>& is = m.image_shape;
+  const size_t numel = static_cast<size_t>(m.ImageNumel());
+  if (image.has_pixels()) {
+    const v1::Tensor& t = image.pixels();
+    if (t.dtype() != v1::DATA_TYPE_UINT8) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".pixels.dtype must be DATA_TYPE_UINT8"));
+    }
+    if (!std::equal(t.shape().begin(), t.shape().end(), is.begin(), is.end())) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ".pixels.shape must be [",
+                                                     absl::StrJoin(is, ","), "] (H, W, C)"));
+    }
+    if (t.raw_contents().size() != numel) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".pixels.raw_contents must hold ", numel, " bytes"));
+    }
+    out->insert(out->end(), t.raw_contents().begin(), t.raw_contents().end());
+    return absl::OkStatus();
+  }
+  if (image.png().empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": give pixels or png"));
+  }
+  const auto* bytes = reinterpret_cast<const uint8_t*>(image.png().data());
+  absl::StatusOr<DecodedPng> png = DecodePngOfSize({bytes, image.png().size()},
+                                                   static_cast<int>(is[1]),
+                                                   static_cast<int>(is[0]));
+  if (!png.ok()) return absl::InvalidArgumentError(absl::StrCat(field, ".", png.status().message()));
+  const int want = static_cast<int>(is[2]);
+  // RGBA for an RGB model: the alpha is dropped.
+  if (png->channels != want && !(want == 3 && png->channels == 4)) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ".png has ", png->channels,
+                                                   " channels; ", m.name, " draws ", want));
+  }
+  for (size_t i = 0; i < static_cast<size_t>(is[0] * is[1]); ++i) {
+    out->insert(out->end(), png->pixels.begin() + i * png->channels,
+                png->pixels.begin() + i * png->channels + want);
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -204,6 +250,7 @@ DenoiserServiceImpl::DenoiserServiceImpl(std::map<std::string, ServedModel>* mod
   AddServerStreaming("Branch", &DenoiserServiceImpl::Branch);
   AddUnary("Decode", &DenoiserServiceImpl::Decode);
   AddUnary("Tokenize", &DenoiserServiceImpl::Tokenize);
+  AddUnary("Judge", &DenoiserServiceImpl::Judge);
 }
 
 absl::StatusOr<ServedModel*> DenoiserServiceImpl::FindModel(const std::string& name) {
@@ -470,6 +517,53 @@ grpc::Status DenoiserServiceImpl::Tokenize(grpc::ServerContext* context,
     out->set_dropped(tokens.dropped);
   }
   return Count("Tokenize", grpc::Status::OK);
+}
+
+grpc::Status DenoiserServiceImpl::Judge(grpc::ServerContext* context,
+                                        const v1::JudgeRequest* request,
+                                        v1::JudgeResponse* response) {
+  if (absl::Status auth = Authorize(*context); !auth.ok()) {
+    return Count("Judge", ToGrpcStatus(auth));
+  }
+  auto served = FindModel(request->model());
+  if (!served.ok()) return Count("Judge", ToGrpcStatus(served.status()));
+  const BundleManifest& m = (*served)->model->manifest();
+  ImageJudge* judge = (*served)->judge.get();
+  if (!judge) {
+    return Count("Judge", ToGrpcStatus(absl::FailedPreconditionError(absl::StrCat(
+                              "model: ", m.name, " has no judge (its manifest names none)"))));
+  }
+  const int n = request->images_size();
+  if (n == 0 || n > max_trajectories_per_request_) {
+    // A fixed limit: no retry can succeed, so not RESOURCE_EXHAUSTED.
+    return Count("Judge", ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
+                              "images: ", n, " in one request; give 1 to ",
+                              max_trajectories_per_request_))));
+  }
+  std::vector<uint8_t> pixels;
+  pixels.reserve(static_cast<size_t>(n) * m.ImageNumel());
+  for (int i = 0; i < n; ++i) {
+    absl::Status parsed =
+        ParseJudgeImage(request->images(i), m, absl::StrCat("images[", i, "]"), &pixels);
+    if (!parsed.ok()) return Count("Judge", ToGrpcStatus(parsed));
+  }
+  // On this thread, under the judge's own lock, in chunks: the batcher's
+  // forward passes go on beside it.
+  absl::StatusOr<std::vector<ImageVerdict>> verdicts = judge->Judge(
+      pixels, n, DeadlineOf(*context), [context] { return context->IsCancelled(); });
+  if (!verdicts.ok()) return Count("Judge", ToGrpcStatus(verdicts.status()));
+  const std::vector<JudgeHead>& heads = judge->spec().heads;
+  for (const ImageVerdict& verdict : *verdicts) {
+    v1::ImageVerdict* out = response->add_images();
+    for (size_t h = 0; h < heads.size(); ++h) {
+      v1::HeadVerdict* head = out->add_heads();
+      head->set_head(heads[h].name);
+      head->set_label_index(verdict[h].label);
+      head->set_label(heads[h].labels[verdict[h].label]);
+      head->set_probability(verdict[h].probability);
+    }
+  }
+  return Count("Judge", grpc::Status::OK);
 }
 
 }  // namespace dgrid

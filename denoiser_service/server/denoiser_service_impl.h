@@ -12,6 +12,7 @@
 
 #include "common/request_parsing.h"
 #include "denoiser_service/engine/denoiser_model.h"
+#include "denoiser_service/engine/image_judge.h"
 #include "denoiser_service/engine/trajectory_batcher.h"
 #include "denoiser_service/server/denoiser_metrics.h"
 #include "dgrid/v1/denoiser.grpc.pb.h"
@@ -21,6 +22,8 @@ namespace dgrid {
 struct ServedModel {
   std::unique_ptr<DenoiserModel> model;
   std::unique_ptr<TrajectoryBatcher> batcher;
+  // The bundle's judge, when its manifest names one; else null.
+  std::unique_ptr<ImageJudge> judge;
   // Position in --model_dir: GetModelInfo lists models in this order, and a
   // request that names no model gets the first.
   int order = 0;
@@ -45,6 +48,8 @@ class DenoiserServiceImpl final : public RequestParsingService {
                       v1::DecodeResponse* response);
   grpc::Status Tokenize(grpc::ServerContext* context, const v1::TokenizeRequest* request,
                         v1::TokenizeResponse* response);
+  grpc::Status Judge(grpc::ServerContext* context, const v1::JudgeRequest* request,
+                     v1::JudgeResponse* response);
 
  private:
   absl::StatusOr<ServedModel*> FindModel(const std::string& name);
