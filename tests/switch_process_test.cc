@@ -1,0 +1,197 @@
+// Prompt-switch grids through the real pair (issue 25, part 1): the fixture's
+// tiny CLIP-tokenized text model, and the shipped class model. Cells compare
+// byte for byte where the same trajectory must give the same image.
+#include <grpcpp/grpcpp.h>
+
+#include <cstdlib>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "tests/support/stack.h"
+
+namespace dgrid {
+namespace {
+
+using testing::Stack;
+using testing::StackOptions;
+
+std::string TextModelDir() {
+  const char* dir = std::getenv("DGRID_FIXTURES");
+  return absl::StrCat(dir ? dir : "build/fixtures", "/textlatent");
+}
+
+constexpr char kCat[] = "a photo of a cat";
+constexpr char kCar[] = "a red sports car on a road";
+
+v1::GridRequest Request(const std::string& prompt, uint64_t seed = 11) {
+  v1::GridRequest r;
+  r.set_prompt(prompt);
+  r.set_seed(seed);
+  r.mutable_steps()->set_value(10);
+  r.mutable_branches()->set_value(2);
+  r.add_branch_steps(0);
+  r.add_branch_steps(3);
+  r.add_branch_steps(7);
+  return r;
+}
+
+v1::Grid MustCreate(const Stack& stack, const v1::GridRequest& request) {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(120)));
+  v1::Grid grid;
+  const grpc::Status status = stack.Orchestrator()->CreateGrid(&context, request, &grid);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  return grid;
+}
+
+// Every cell's image, row by row.
+std::vector<std::string> Cells(const v1::Grid& grid) {
+  std::vector<std::string> cells;
+  for (const v1::GridRow& row : grid.rows()) {
+    for (const v1::GridCell& cell : row.cells()) cells.push_back(cell.png());
+  }
+  return cells;
+}
+
+class SwitchGridTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    StackOptions options;
+    options.model_dir = TextModelDir();
+    options.denoisers = 2;
+    options.orchestrator_flags = {"--cache_mb=0"};
+    auto stack = Stack::Start(options, "switch");
+    ASSERT_TRUE(stack.ok()) << stack.status();
+    stack_ = stack->release();
+  }
+  static void TearDownTestSuite() {
+    delete stack_;
+    stack_ = nullptr;
+  }
+  static Stack* stack_;
+};
+
+Stack* SwitchGridTest::stack_ = nullptr;
+
+TEST_F(SwitchGridTest, ASwitchToThePromptItselfIsThePlainGridByteForByte) {
+  const v1::Grid plain = MustCreate(*stack_, Request(kCat));
+  v1::GridRequest same = Request(kCat);
+  same.set_switch_prompt(kCat);
+  const v1::Grid switched = MustCreate(*stack_, same);
+  ASSERT_EQ(Cells(plain).size(), 6u);
+  EXPECT_EQ(Cells(switched), Cells(plain));
+  EXPECT_EQ(switched.trunk().png(), plain.trunk().png());
+  for (int r = 0; r < plain.rows_size(); ++r) {
+    for (int c = 0; c < plain.rows(r).cells_size(); ++c) {
+      EXPECT_EQ(switched.rows(r).cells(c).path().SerializeAsString(),
+                plain.rows(r).cells(c).path().SerializeAsString());
+    }
+  }
+}
+
+TEST_F(SwitchGridTest, ASwitchAtStepZeroWithTrunkNoiseIsThePlainGridOfTheNewPrompt) {
+  v1::GridRequest request = Request(kCat);
+  request.set_switch_prompt(kCar);
+  request.set_branch_noise(v1::BRANCH_NOISE_TRUNK);
+  request.clear_branches();
+  const v1::Grid switched = MustCreate(*stack_, request);
+  ASSERT_EQ(switched.rows(0).cells_size(), 1);
+  EXPECT_EQ(switched.plan().branch_noise(), v1::BRANCH_NOISE_TRUNK);
+  EXPECT_EQ(switched.plan().switch_prompt(), kCar);
+  const v1::Grid car = MustCreate(*stack_, Request(kCar));
+  // Row 0 switches before the first step: the car's own trunk, same seed.
+  EXPECT_EQ(switched.rows(0).cells(0).png(), car.trunk().png());
+  // Later switches give something else than either prompt alone.
+  EXPECT_NE(switched.rows(2).cells(0).png(), car.trunk().png());
+  EXPECT_NE(switched.rows(2).cells(0).png(), switched.trunk().png());
+}
+
+TEST_F(SwitchGridTest, APromotedSwitchedCellReproducesIt) {
+  v1::GridRequest request = Request(kCat);
+  request.set_switch_prompt(kCar);
+  const v1::Grid grid = MustCreate(*stack_, request);
+  const v1::GridCell& cell = grid.rows(1).cells(1);
+  ASSERT_TRUE(cell.path().segments(1).has_conditioning());
+  v1::GridRequest promote = Request(kCat);
+  *promote.mutable_trunk() = cell.path();
+  const v1::Grid promoted = MustCreate(*stack_, promote);
+  EXPECT_EQ(promoted.trunk().png(), cell.png());
+}
+
+TEST(SwitchReplicaTest, ASwitchGridGivesTheSameCellsOnOneAndTwoReplicas) {
+  v1::GridRequest request = Request(kCat, 5);
+  request.set_switch_prompt(kCar);
+  request.set_switch_negative_prompt("blurry");
+  std::vector<std::vector<std::string>> results;
+  for (int denoisers : {1, 2}) {
+    StackOptions options;
+    options.model_dir = TextModelDir();
+    options.denoisers = denoisers;
+    options.orchestrator_flags = {"--cache_mb=0"};
+    auto stack = Stack::Start(options, absl::StrCat("switch-", denoisers));
+    ASSERT_TRUE(stack.ok()) << stack.status();
+    results.push_back(Cells(MustCreate(**stack, request)));
+  }
+  ASSERT_EQ(results[0].size(), 6u);
+  EXPECT_EQ(results[0], results[1]);
+}
+
+// With the cache on: grids that differ only in the switch prompt share the
+// trunk (cache hits) but never a switched cell.
+TEST(SwitchCacheTest, TheCacheTellsApartPathsThatDifferOnlyInASegmentsPrompt) {
+  StackOptions options;
+  options.model_dir = TextModelDir();
+  options.denoisers = 1;
+  auto stack = Stack::Start(options, "switch-cache");
+  ASSERT_TRUE(stack.ok()) << stack.status();
+  v1::GridRequest to_car = Request(kCat);
+  to_car.set_switch_prompt(kCar);
+  v1::GridRequest to_dog = Request(kCat);
+  to_dog.set_switch_prompt("a dog");
+  const v1::Grid car = MustCreate(**stack, to_car);
+  const v1::Grid dog = MustCreate(**stack, to_dog);
+  EXPECT_GT(dog.cache_hits(), 0);  // the trunk, shared
+  EXPECT_EQ(dog.trunk().png(), car.trunk().png());
+  const std::vector<std::string> a = Cells(car), b = Cells(dog);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NE(a[i], b[i]) << "cell " << i;
+  // The same request again: all from the cache, the same images.
+  const v1::Grid again = MustCreate(**stack, to_dog);
+  EXPECT_EQ(Cells(again), b);
+}
+
+TEST(SwitchClassTest, AClassModelSwitchesToAClassAndRefusesFreeText) {
+  StackOptions options;
+  options.model_dir = testing::ModelDir();
+  options.denoisers = 1;
+  auto stack = Stack::Start(options, "switch-class");
+  ASSERT_TRUE(stack.ok()) << stack.status();
+  grpc::ClientContext list_context;
+  v1::ListModelsResponse models;
+  ASSERT_TRUE((*stack)->Orchestrator()->ListModels(&list_context, {}, &models).ok());
+  const v1::ModelInfo* model = nullptr;
+  for (const v1::ModelInfo& m : models.models()) {
+    if (m.conditioning() == "class") model = &m;
+  }
+  ASSERT_NE(model, nullptr);
+  v1::GridRequest request = Request(model->prompts(0));
+  request.set_model(model->name());
+  request.set_switch_prompt(model->prompts(1));
+  request.set_branch_noise(v1::BRANCH_NOISE_TRUNK);
+  request.clear_branches();
+  const v1::Grid switched = MustCreate(**stack, request);
+  v1::GridRequest plain = Request(model->prompts(1));
+  plain.set_model(model->name());
+  EXPECT_EQ(switched.rows(0).cells(0).png(), MustCreate(**stack, plain).trunk().png());
+
+  request.set_switch_prompt("a photo of a cat");
+  grpc::ClientContext context;
+  v1::Grid refused;
+  const grpc::Status status = (*stack)->Orchestrator()->CreateGrid(&context, request, &refused);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(status.error_message().rfind("switch_prompt:", 0), 0u) << status.error_message();
+}
+
+}  // namespace
+}  // namespace dgrid
