@@ -120,6 +120,36 @@ TEST_F(CliTest, GridWritesPngAndSidecarAndPromoteReRuns) {
             record.grid().rows(1).cells(2).path().SerializeAsString());
 }
 
+// Issue 25: the switch flags, hyphens or underscores, reach the grid and its
+// sidecar, and promoting a switched cell keeps its segment's prompt.
+TEST_F(CliTest, GridTakesASwitchPromptAndBranchNoise) {
+  const std::string dir = stack_->dir();
+  const Ran grid = RunCli({"grid", Target(), "--seed=7", "--prompt=sneaker", "--switch-prompt",
+                           "bag", "--branch-noise=trunk", "--steps=10", "-o",
+                           dir + "/switch.png"},
+                          dir);
+  ASSERT_EQ(grid.code, 0) << grid.output;
+  v1::GridRecord record;
+  ASSERT_TRUE(
+      google::protobuf::util::JsonStringToMessage(ReadFile(dir + "/switch.json"), &record).ok());
+  EXPECT_EQ(record.grid().plan().switch_prompt(), "bag");
+  EXPECT_EQ(record.grid().plan().branch_noise(), v1::BRANCH_NOISE_TRUNK);
+  ASSERT_GE(record.grid().rows_size(), 2);
+  const v1::GridCell& cell = record.grid().rows(1).cells(0);
+  ASSERT_TRUE(cell.path().segments(1).has_conditioning());
+  const Ran promoted =
+      RunCli({"promote", dir + "/switch.json", "--row=2", "--col=1", Target()}, dir);
+  ASSERT_EQ(promoted.code, 0) << promoted.output;
+  v1::GridRecord next;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(ReadFile(dir + "/switch-r2c1.json"),
+                                                          &next)
+                  .ok());
+  EXPECT_EQ(next.grid().plan().trunk().SerializeAsString(), cell.path().SerializeAsString());
+  const Ran bad = RunCli({"grid", Target(), "--branch_noise=sideways"}, dir);
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.output.find("--branch_noise"), std::string::npos) << bad.output;
+}
+
 TEST_F(CliTest, ModelsAndHealth) {
   const Ran models = RunCli({"models", Target()}, stack_->dir());
   EXPECT_EQ(models.code, 0) << models.output;

@@ -11,6 +11,7 @@
 #include <grpcpp/grpcpp.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -49,6 +50,14 @@ ABSL_FLAG(std::string, prompt, "",
           "\"a photo of a cat\". Empty = unconditional.");
 ABSL_FLAG(std::string, negative, "",
           "Text models: the negative prompt, what guidance steers away from.");
+ABSL_FLAG(std::string, switch_prompt, "",
+          "dgrid grid: each row's branches switch to this prompt at the row's branch step "
+          "(a class model: a class name).");
+ABSL_FLAG(std::string, switch_negative, "",
+          "dgrid grid: the negative prompt the branches switch to; empty = --negative.");
+ABSL_FLAG(std::string, branch_noise, "new",
+          "dgrid grid: new (each branch its own future noise) or trunk (branches keep the "
+          "trunk's noise: one column, differing from the trunk only by the switch).");
 ABSL_FLAG(std::string, model_dir, "", "dgrid tokenize: the model bundle whose tokenizer to use.");
 ABSL_FLAG(uint64_t, seed, 0, "Initial-latent seed (path.init_seed).");
 ABSL_FLAG(uint64_t, noise_seed, 1, "Noise seed of the first segment.");
@@ -296,6 +305,13 @@ int Grid() {
     if (!absl::SimpleAtoi(k, &step)) Fail(absl::StrCat("--branch_steps: not a number: ", k));
     request.add_branch_steps(step);
   }
+  request.set_switch_prompt(absl::GetFlag(FLAGS_switch_prompt));
+  request.set_switch_negative_prompt(absl::GetFlag(FLAGS_switch_negative));
+  const std::string noise = absl::GetFlag(FLAGS_branch_noise);
+  if (noise != "new" && noise != "trunk") {
+    Fail(absl::StrCat("--branch_noise: new or trunk, got ", ShortQuote(noise)));
+  }
+  request.set_branch_noise(noise == "trunk" ? v1::BRANCH_NOISE_TRUNK : v1::BRANCH_NOISE_NEW);
   const std::string out = absl::GetFlag(FLAGS_o).empty() ? "grid.png" : absl::GetFlag(FLAGS_o);
   return StreamAndSave(request, out);
 }
@@ -525,7 +541,18 @@ int main(int argc, char** argv) {
       "  health   check a server's gRPC health (--service=MODEL)\n"
       "  tokenize --model_dir DIR \"text\" ...: a text model's token ids for each prompt,\n"
       "           one line each (BOS ... EOS), read from the bundle (no server)\n");
-  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  // --switch-prompt and --switch_prompt alike: flag names may use hyphens.
+  std::vector<std::string> spelled(argv, argv + argc);
+  for (std::string& arg : spelled) {
+    if (arg == "--") break;
+    if (arg.size() < 3 || arg.compare(0, 2, "--") != 0) continue;
+    const size_t end = std::min(arg.find('='), arg.size());
+    std::replace(arg.begin() + 2, arg.begin() + end, '-', '_');
+  }
+  std::vector<char*> spelled_argv;
+  for (std::string& arg : spelled) spelled_argv.push_back(arg.data());
+  std::vector<char*> args =
+      absl::ParseCommandLine(static_cast<int>(spelled_argv.size()), spelled_argv.data());
   if (args.size() < 2 || !dgrid::Commands().count(args[1])) {
     std::cerr << "dgrid: expected a command: grid, promote, branch, step, models, health or "
                  "tokenize (see --help)\n";
