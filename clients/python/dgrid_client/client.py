@@ -31,6 +31,8 @@ from .types import (
     Path,
     Plan,
     TrunkProgress,
+    branch_noise_name,
+    branch_noise_value,
     spacing_value,
 )
 
@@ -129,13 +131,21 @@ class Client:
         spacing: Optional[str] = None,
         trunk: Optional[Path] = None,
         negative_prompt: str = "",
+        switch_prompt: str = "",
+        switch_negative_prompt: str = "",
+        branch_noise: str = "new",
     ) -> Any:
         """A dgrid.v1.GridRequest. None leaves a field to the preset / model.
 
         ``prompt`` is a class name for a class model and free text for a text
-        model (Model.conditioning); ``negative_prompt`` is for text models only."""
+        model (Model.conditioning); ``negative_prompt`` is for text models only.
+        ``switch_prompt``: each row's branches switch to it at the row's branch
+        step; ``branch_noise`` "trunk" keeps the trunk's noise (one column)."""
         r = orchestrator_pb2.GridRequest(model=model, prompt=prompt, seed=seed, preset=preset,
-                                         negative_prompt=negative_prompt)
+                                         negative_prompt=negative_prompt,
+                                         switch_prompt=switch_prompt,
+                                         switch_negative_prompt=switch_negative_prompt,
+                                         branch_noise=branch_noise_value(branch_noise))
         if steps is not None:
             r.steps.value = steps
         if eta is not None:
@@ -169,12 +179,15 @@ class Client:
         spacing: Optional[str] = None,
         trunk: Optional[Path] = None,
         negative_prompt: str = "",
+        switch_prompt: str = "",
+        switch_negative_prompt: str = "",
+        branch_noise: str = "new",
         timeout: Optional[float] = None,
     ) -> Grid:
         """Runs a whole grid and returns it (one unary call)."""
         request = self.build_request(
             prompt, seed, preset, steps, eta, guidance, branches, branch_steps, model,
-            spacing, trunk, negative_prompt)
+            spacing, trunk, negative_prompt, switch_prompt, switch_negative_prompt, branch_noise)
         return self.create_grid_from_request(request, timeout=timeout)
 
     def create_grid_from_request(self, request: Any, *, timeout: Optional[float] = None) -> Grid:
@@ -200,6 +213,9 @@ class Client:
         spacing: Optional[str] = None,
         trunk: Optional[Path] = None,
         negative_prompt: str = "",
+        switch_prompt: str = "",
+        switch_negative_prompt: str = "",
+        branch_noise: str = "new",
         timeout: Optional[float] = None,
     ) -> Iterator[GridEvent]:
         """Streams a grid: a Plan, then TrunkProgress and Cell events as they
@@ -207,7 +223,7 @@ class Client:
         cancels the call."""
         request = self.build_request(
             prompt, seed, preset, steps, eta, guidance, branches, branch_steps, model,
-            spacing, trunk, negative_prompt)
+            spacing, trunk, negative_prompt, switch_prompt, switch_negative_prompt, branch_noise)
         return self.stream_grid_from_request(request, timeout=timeout)
 
     def stream_grid_from_request(
@@ -300,6 +316,9 @@ def _request_fields(r: Any) -> dict:
                    orchestrator_pb2.Spacing.Name(r.spacing).replace("SPACING_", "").lower(),
         "trunk": Path.from_proto(r.trunk) if r.HasField("trunk") else None,
         "negative_prompt": r.negative_prompt,
+        "switch_prompt": r.switch_prompt,
+        "switch_negative_prompt": r.switch_negative_prompt,
+        "branch_noise": branch_noise_name(r.branch_noise),
     }
 
 
@@ -342,4 +361,6 @@ def _request_from_plan(plan: Plan) -> Any:
     return Client.build_request(
         prompt=plan.prompt, steps=plan.steps, eta=plan.eta, guidance=plan.guidance,
         branches=plan.branches, branch_steps=list(plan.branch_steps), model=plan.model,
-        spacing=plan.spacing or None, trunk=plan.trunk, negative_prompt=plan.negative_prompt)
+        spacing=plan.spacing or None, trunk=plan.trunk, negative_prompt=plan.negative_prompt,
+        switch_prompt=plan.switch_prompt, switch_negative_prompt=plan.switch_negative_prompt,
+        branch_noise=plan.branch_noise)

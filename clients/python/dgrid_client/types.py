@@ -31,12 +31,56 @@ def spacing_value(name: Optional[str]) -> int:
     raise ValueError(f"spacing must be '', 'leading' or 'trailing', got {name!r}")
 
 
+def branch_noise_name(value: int) -> str:
+    """"new" or "trunk"."""
+    return "trunk" if value == orchestrator_pb2.BRANCH_NOISE_TRUNK else "new"
+
+
+def branch_noise_value(name: str) -> int:
+    """The BranchNoise enum value for "new" or "trunk"."""
+    key = (name or "new").lower()
+    if key not in ("new", "trunk"):
+        raise ValueError(f"branch_noise must be 'new' or 'trunk', got {name!r}")
+    return orchestrator_pb2.BRANCH_NOISE_TRUNK if key == "trunk" else orchestrator_pb2.BRANCH_NOISE_NEW
+
+
 @dataclass(frozen=True)
 class Segment:
-    """Noise at steps >= from_step (up to the next segment) comes from noise_seed."""
+    """Noise at steps >= from_step (up to the next segment) comes from noise_seed.
+
+    A prompt switch also sets what the trajectory is conditioned on from
+    from_step: ``prompt`` and ``negative_prompt`` (a class model: ``prompt``
+    names the class, or ``class_index`` gives it); ``switched`` is False when
+    the segment keeps the conditioning before it."""
 
     from_step: int
     noise_seed: int
+    switched: bool = False
+    prompt: str = ""
+    negative_prompt: str = ""
+    class_index: Optional[int] = None
+
+    @classmethod
+    def from_proto(cls, s: Any) -> "Segment":
+        if not s.HasField("conditioning"):
+            return cls(s.from_step, s.noise_seed)
+        c = s.conditioning
+        label = c.WhichOneof("label")
+        return cls(s.from_step, s.noise_seed, True,
+                   prompt=c.prompt if label == "prompt" else "",
+                   negative_prompt=c.negative_prompt,
+                   class_index=c.class_index if label == "class_index" else None)
+
+    def fill_proto(self, out: Any) -> None:
+        out.from_step = self.from_step
+        out.noise_seed = self.noise_seed
+        if not self.switched:
+            return
+        if self.class_index is not None:
+            out.conditioning.class_index = self.class_index
+        elif self.prompt:
+            out.conditioning.prompt = self.prompt
+        out.conditioning.negative_prompt = self.negative_prompt
 
 
 @dataclass(frozen=True)
@@ -48,17 +92,21 @@ class Path:
 
     @classmethod
     def from_proto(cls, p: Any) -> "Path":
-        return cls(p.init_seed, tuple(Segment(s.from_step, s.noise_seed) for s in p.segments))
+        return cls(p.init_seed, tuple(Segment.from_proto(s) for s in p.segments))
 
     def to_proto(self) -> Any:
         p = denoiser_pb2.Path(init_seed=self.init_seed)
         for s in self.segments:
-            p.segments.add(from_step=s.from_step, noise_seed=s.noise_seed)
+            s.fill_proto(p.segments.add())
         return p
 
     def __str__(self) -> str:
-        segs = ", ".join(f"({s.from_step}, {s.noise_seed})" for s in self.segments)
-        return f"({self.init_seed}, [{segs}])"
+        def one(s: Segment) -> str:
+            if not s.switched:
+                return f"({s.from_step}, {s.noise_seed})"
+            to = s.prompt if s.class_index is None else f"class {s.class_index}"
+            return f"({s.from_step}, {s.noise_seed}, -> {to!r})"
+        return f"({self.init_seed}, [{', '.join(one(s) for s in self.segments)}])"
 
 
 @dataclass(frozen=True)
@@ -132,6 +180,11 @@ class Plan:
     negative_prompt: str = ""
     prompt_tokens_dropped: int = 0
     negative_prompt_tokens_dropped: int = 0
+    # A prompt switch at each row's branch step ("" for none), and the
+    # branches' noise: "new" or "trunk".
+    switch_prompt: str = ""
+    switch_negative_prompt: str = ""
+    branch_noise: str = "new"
 
     @property
     def tokens_dropped(self) -> bool:
@@ -161,6 +214,9 @@ class Plan:
             negative_prompt=p.negative_prompt,
             prompt_tokens_dropped=p.prompt_tokens_dropped,
             negative_prompt_tokens_dropped=p.negative_prompt_tokens_dropped,
+            switch_prompt=p.switch_prompt,
+            switch_negative_prompt=p.switch_negative_prompt,
+            branch_noise=branch_noise_name(p.branch_noise),
         )
 
 

@@ -402,6 +402,28 @@ class TextModelTest(unittest.TestCase):
         self.assertEqual(promoted.plan.negative_prompt, "blurry")
         self.assertEqual(promoted.trunk.png, negative.cell(1, 0).png)
 
+    def test_switch_prompt_grid_and_promote_keeps_the_segment_prompt(self) -> None:
+        prompt = self.models[0].example_prompts[0]
+        switched = self.client.create_grid(**small(83, prompt=prompt,
+                                                   switch_prompt="a red car on a snowy road"))
+        self.assertEqual(switched.plan.switch_prompt, "a red car on a snowy road")
+        self.assertEqual(switched.plan.branch_noise, "new")
+        cell = switched.cell(1, 0)
+        segment = cell.path.segments[-1]
+        self.assertTrue(segment.switched)
+        self.assertEqual(segment.prompt, "a red car on a snowy road")
+        self.assertIn("->", str(cell.path))
+        # The path goes back on the wire with its prompt: promote reproduces.
+        promoted = self.client.promote(switched, 1, 0)
+        self.assertEqual(promoted.trunk.path, cell.path)
+        self.assertEqual(promoted.trunk.png, cell.png)
+        trunk_noise = self.client.create_grid(**small(83, prompt=prompt, branches=1,
+                                                      switch_prompt="a red car on a snowy road",
+                                                      branch_noise="trunk"))
+        self.assertEqual(trunk_noise.plan.branch_noise, "trunk")
+        with self.assertRaises(ValueError):
+            self.client.build_request(branch_noise="sideways")
+
     def test_long_prompt_reports_dropped_tokens(self) -> None:
         stream = self.client.stream_grid(**small(91, prompt=LONG_PROMPT))
         plan = next(stream)
