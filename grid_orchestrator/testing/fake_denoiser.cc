@@ -85,6 +85,27 @@ class FakeReplicas::Replica::Stub : public v1::Denoiser::StubInterface {
                         v1::TokenizeResponse*) override {
     return {grpc::StatusCode::UNIMPLEMENTED, "fake"};
   }
+  // The judge's one head, "level": "high" when the PNG's grey level is at
+  // least 128.
+  grpc::Status Judge(grpc::ClientContext*, const v1::JudgeRequest& request,
+                     v1::JudgeResponse* response) override {
+    {
+      std::lock_guard<std::mutex> lock(r_->mu);
+      r_->log.judged_images += request.images_size();
+    }
+    for (const v1::Image& image : request.images()) {
+      absl::StatusOr<DecodedPng> png = DecodePng(
+          {reinterpret_cast<const uint8_t*>(image.png().data()), image.png().size()});
+      if (!png.ok()) return {grpc::StatusCode::INVALID_ARGUMENT, "fake judge: not a PNG"};
+      const bool high = png->pixels[0] >= 128;
+      v1::HeadVerdict* head = response->add_images()->add_heads();
+      head->set_head("level");
+      head->set_label_index(high ? 1 : 0);
+      head->set_label(high ? "high" : "low");
+      head->set_probability(1);
+    }
+    return grpc::Status::OK;
+  }
 
  private:
   grpc::ClientReaderInterface<v1::BranchEvent>* BranchRaw(
@@ -170,6 +191,14 @@ class FakeReplicas::Replica::Stub : public v1::Denoiser::StubInterface {
       grpc::ClientContext*, const v1::TokenizeRequest&, grpc::CompletionQueue*) override {
     return nullptr;
   }
+  grpc::ClientAsyncResponseReaderInterface<v1::JudgeResponse>* AsyncJudgeRaw(
+      grpc::ClientContext*, const v1::JudgeRequest&, grpc::CompletionQueue*) override {
+    return nullptr;
+  }
+  grpc::ClientAsyncResponseReaderInterface<v1::JudgeResponse>* PrepareAsyncJudgeRaw(
+      grpc::ClientContext*, const v1::JudgeRequest&, grpc::CompletionQueue*) override {
+    return nullptr;
+  }
 
   Replica* const r_;
 };
@@ -236,6 +265,10 @@ v1::ModelInfo FakeReplicas::Model(const std::string& name, const std::string& ve
   m.mutable_defaults()->set_guidance(1);
   m.mutable_defaults()->set_spacing(v1::SPACING_LEADING);
   m.set_steps_offset(1);
+  v1::JudgeHeadInfo* level = m.mutable_judge()->add_heads();
+  level->set_name("level");
+  level->add_labels("low");
+  level->add_labels("high");
   return m;
 }
 

@@ -2,6 +2,7 @@
 // the executor and GridService without a model: Branch answers each
 // trajectory with a final (a tiny PNG whose grey level derives from the
 // path), captures where asked, and follows a per-replica script for faults.
+// Its judge has one head, "level": "high" for a grey level of 128 or more.
 // Replicas still need a real health server on loopback, which the pool
 // checks; FakeReplicas starts those.
 //
@@ -41,6 +42,7 @@ struct FakeScript {
 // Calls a fake replica received.
 struct FakeLog {
   std::vector<v1::BranchRequest> branches;
+  int judged_images = 0;
 };
 
 class FakeReplicas {

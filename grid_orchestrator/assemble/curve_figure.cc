@@ -1,0 +1,194 @@
+#include "grid_orchestrator/assemble/curve_figure.h"
+
+#include <cairo.h>
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/short_text.h"
+
+namespace dgrid {
+namespace {
+
+constexpr int kWidth = 820;
+constexpr int kPanelHeight = 300;
+constexpr int kHeader = 64;
+constexpr int kLeft = 64, kRight = 220, kTop = 30, kBottom = 44;
+
+struct Rgb {
+  double r, g, b;
+};
+// Series colours (colour-blind safe, Okabe-Ito), then the page's inks.
+constexpr Rgb kSeries[] = {{0.00, 0.45, 0.70}, {0.84, 0.37, 0.00}, {0.00, 0.62, 0.45},
+                           {0.80, 0.47, 0.65}, {0.90, 0.62, 0.00}, {0.34, 0.71, 0.91}};
+constexpr Rgb kInk{0.10, 0.10, 0.12}, kMuted{0.42, 0.42, 0.46}, kGrid{0.90, 0.90, 0.92};
+
+struct CairoDeleter {
+  void operator()(cairo_surface_t* s) const { cairo_surface_destroy(s); }
+  void operator()(cairo_t* cr) const { cairo_destroy(cr); }
+};
+
+void Color(cairo_t* cr, Rgb c) { cairo_set_source_rgb(cr, c.r, c.g, c.b); }
+
+void Text(cairo_t* cr, double x, double y, const std::string& text, double size, Rgb color,
+          double align = 0, bool bold = false) {
+  cairo_select_font_face(cr, "DejaVu Sans", CAIRO_FONT_SLANT_NORMAL,
+                         bold ? CAIRO_FONT_WEIGHT_BOLD : CAIRO_FONT_WEIGHT_NORMAL);
+  cairo_set_font_size(cr, size);
+  const std::string drawable = DrawableText(text);
+  cairo_text_extents_t e;
+  cairo_text_extents(cr, drawable.c_str(), &e);
+  Color(cr, color);
+  cairo_move_to(cr, std::round(x - align * e.x_advance), std::round(y));
+  cairo_show_text(cr, drawable.c_str());
+}
+
+void Line(cairo_t* cr, double x0, double y0, double x1, double y1, Rgb color, double width) {
+  Color(cr, color);
+  cairo_set_line_width(cr, width);
+  cairo_move_to(cr, x0, y0);
+  cairo_line_to(cr, x1, y1);
+  cairo_stroke(cr);
+}
+
+// One series of a panel: a value and its error per branch step.
+struct Series {
+  std::string label;
+  std::vector<Estimate> points;
+  const HalfStep* half = nullptr;  // marked on the x axis when found
+};
+
+// A panel with the branch step on x and [0, y_max] on y, at `top`.
+void DrawPanel(cairo_t* cr, int top, const std::string& y_label, double y_max,
+               const std::vector<int>& steps, const std::vector<Series>& series) {
+  const double x0 = kLeft, x1 = kWidth - kRight, y0 = top + kTop, y1 = top + kPanelHeight - kBottom;
+  const double min_step = steps.front(), max_step = std::max<double>(steps.back(), min_step + 1);
+  auto px = [&](double step) { return x0 + 10 + (step - min_step) / (max_step - min_step) * (x1 - x0 - 20); };
+  auto py = [&](double v) { return y1 - std::clamp(v / y_max, 0.0, 1.05) * (y1 - y0); };
+  for (int i = 0; i <= 4; ++i) {
+    const double v = y_max * i / 4, gy = std::round(py(v)) + 0.5;
+    Line(cr, x0, gy, x1, gy, i == 0 ? kMuted : kGrid, 1);
+    Text(cr, x0 - 6, gy + 3.5, absl::StrFormat(y_max >= 1 ? "%.2f" : "%.3f", v), 10, kMuted, 1);
+  }
+  for (int step : steps) {
+    const double tx = std::round(px(step)) + 0.5;
+    Line(cr, tx, y1, tx, y1 + 4, kMuted, 1);
+    Text(cr, tx, y1 + 15, absl::StrCat(step), 10, kMuted, 0.5);
+  }
+  Text(cr, (x0 + x1) / 2, y1 + 32, "branch step (the branches share the trunk's first k steps)", 11,
+       kInk, 0.5);
+  Text(cr, x0 - 50, top + 16, y_label, 12, kInk, 0, true);
+  for (size_t s = 0; s < series.size(); ++s) {
+    const Rgb color = kSeries[s % (sizeof(kSeries) / sizeof(kSeries[0]))];
+    const auto& pts = series[s].points;
+    Color(cr, color);
+    cairo_set_line_width(cr, 2);
+    for (size_t i = 0; i < pts.size(); ++i) {
+      if (i == 0) cairo_move_to(cr, px(steps[i]), py(pts[i].mean));
+      else cairo_line_to(cr, px(steps[i]), py(pts[i].mean));
+    }
+    cairo_stroke(cr);
+    for (size_t i = 0; i < pts.size(); ++i) {
+      const double x = px(steps[i]);
+      const double lo = py(pts[i].mean - pts[i].standard_error);
+      const double hi = py(pts[i].mean + pts[i].standard_error);
+      Line(cr, x, lo, x, hi, color, 1.5);
+      Line(cr, x - 4, lo, x + 4, lo, color, 1.5);
+      Line(cr, x - 4, hi, x + 4, hi, color, 1.5);
+      cairo_arc(cr, x, py(pts[i].mean), 3.5, 0, 2 * M_PI);
+      cairo_fill(cr);
+    }
+    std::string legend = series[s].label;
+    const HalfStep* half = series[s].half;
+    if (half && half->found) {
+      // The half step: a dashed drop line at its value, its 68% interval as a band.
+      const double hx = px(half->value);
+      cairo_set_source_rgba(cr, color.r, color.g, color.b, 0.15);
+      cairo_rectangle(cr, px(half->lo), y1 - 8, std::max(1.0, px(half->hi) - px(half->lo)), 8);
+      cairo_fill(cr);
+      const double dashes[] = {4, 3};
+      cairo_set_dash(cr, dashes, 2, 0);
+      Line(cr, hx, py(pts[0].mean / 2), hx, y1, color, 1);
+      Line(cr, x0, py(pts[0].mean / 2), hx, py(pts[0].mean / 2), color, 1);
+      cairo_set_dash(cr, nullptr, 0, 0);
+      legend = absl::StrFormat("%s: half at %.1f ± %.1f", legend, half->value,
+                               half->standard_error);
+    } else if (half) {
+      legend += ": half not reached";
+    }
+    const double ly = top + kTop + 14 + 18 * s;
+    Line(cr, x1 + 12, ly - 4, x1 + 30, ly - 4, color, 2);
+    Text(cr, x1 + 34, ly, legend, 10, kInk);
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> DrawCurvePng(const CurveFigure& f) {
+  const CurveStatistics& s = f.statistics;
+  const size_t rows = f.branch_steps.size();
+  if (rows == 0) return absl::InvalidArgumentError("curve figure: no rows");
+  if (f.head_names.size() != s.heads.size()) {
+    return absl::InvalidArgumentError("curve figure: one name per head");
+  }
+  if (s.divergence.size() != rows || s.divergence_to_trunk.size() != rows) {
+    return absl::InvalidArgumentError("curve figure: divergence per row");
+  }
+  for (const HeadCurveStatistics& h : s.heads) {
+    if (h.p_differs.size() != rows) {
+      return absl::InvalidArgumentError("curve figure: p_differs per row");
+    }
+  }
+  const int panels = s.heads.empty() ? 1 : 2;
+  const int height = kHeader + panels * kPanelHeight;
+  std::unique_ptr<cairo_surface_t, CairoDeleter> surface(
+      cairo_image_surface_create(CAIRO_FORMAT_RGB24, kWidth, height));
+  std::unique_ptr<cairo_t, CairoDeleter> context(cairo_create(surface.get()));
+  cairo_t* cr = context.get();
+  cairo_set_source_rgb(cr, 1, 1, 1);
+  cairo_paint(cr);
+  Text(cr, 16, 26, f.title, 16, kInk, 0, true);
+  Text(cr, 16, 48, f.subtitle, 11, kMuted);
+  int top = kHeader;
+  if (!s.heads.empty()) {
+    std::vector<Series> heads;
+    for (size_t h = 0; h < s.heads.size(); ++h) {
+      heads.push_back({f.head_names[h], s.heads[h].p_differs, &s.heads[h].half_step});
+    }
+    DrawPanel(cr, top, "P(branch label ≠ trunk's) ± SE", 1.0, f.branch_steps, heads);
+    top += kPanelHeight;
+  }
+  double max_divergence = 0;
+  for (size_t r = 0; r < rows; ++r) {
+    for (const Estimate& e : {s.divergence[r], s.divergence_to_trunk[r]}) {
+      if (std::isfinite(e.mean)) max_divergence = std::max(max_divergence, e.mean + e.standard_error);
+    }
+  }
+  // A multiple of 0.04, so that the four gridlines fall on round values.
+  max_divergence = max_divergence > 0 ? std::ceil(max_divergence / 0.04) * 0.04 : 1;
+  DrawPanel(cr, top, "mean RMS divergence ± SE", max_divergence, f.branch_steps,
+            {{"pairwise", s.divergence}, {"to trunk", s.divergence_to_trunk}});
+  cairo_surface_flush(surface.get());
+  if (cairo_status(cr) != CAIRO_STATUS_SUCCESS) {
+    return absl::InternalError(
+        absl::StrCat("curve figure: cairo: ", cairo_status_to_string(cairo_status(cr))));
+  }
+  std::string png;
+  const cairo_status_t written = cairo_surface_write_to_png_stream(
+      surface.get(),
+      [](void* closure, const unsigned char* data, unsigned int length) {
+        static_cast<std::string*>(closure)->append(reinterpret_cast<const char*>(data), length);
+        return CAIRO_STATUS_SUCCESS;
+      },
+      &png);
+  if (written != CAIRO_STATUS_SUCCESS) {
+    return absl::InternalError(
+        absl::StrCat("curve figure: PNG: ", cairo_status_to_string(written)));
+  }
+  return png;
+}
+
+}  // namespace dgrid

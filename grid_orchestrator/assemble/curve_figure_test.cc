@@ -1,0 +1,60 @@
+#include "grid_orchestrator/assemble/curve_figure.h"
+
+#include <cstdlib>
+#include <fstream>
+
+#include "common/png_image.h"
+#include "gtest/gtest.h"
+
+namespace dgrid {
+namespace {
+
+CurveFigure Figure(int heads) {
+  CurveFigure f;
+  f.title = "fashion-mnist · unprompted · 8 trunks";
+  f.subtitle = "50 steps · eta 1 · guidance 1.5 · 4 branches per row";
+  f.branch_steps = {0, 5, 10, 20, 30, 40};
+  const double p[] = {0.8, 0.7, 0.45, 0.2, 0.05, 0.0};
+  for (int h = 0; h < heads; ++h) {
+    f.head_names.push_back(h == 0 ? "subcategory" : "style");
+    HeadCurveStatistics& head = f.statistics.heads.emplace_back();
+    for (double v : p) head.p_differs.push_back({v / (h + 1), 0.05});
+    head.half_step = {true, 9.0 + h, 1.5, 8.0, 11.0, 0.98};
+  }
+  for (int r = 0; r < 6; ++r) {
+    f.statistics.divergence.push_back({0.3 - 0.05 * r, 0.01});
+    f.statistics.divergence_to_trunk.push_back({0.32 - 0.05 * r, 0.01});
+  }
+  return f;
+}
+
+TEST(CurveFigureTest, DrawsOnePanelPerKindOfCurve) {
+  absl::StatusOr<std::string> two = DrawCurvePng(Figure(2));
+  ASSERT_TRUE(two.ok()) << two.status();
+  absl::StatusOr<DecodedPng> decoded =
+      DecodePng({reinterpret_cast<const uint8_t*>(two->data()), two->size()});
+  ASSERT_TRUE(decoded.ok());
+  absl::StatusOr<std::string> none = DrawCurvePng(Figure(0));
+  ASSERT_TRUE(none.ok()) << none.status();
+  absl::StatusOr<DecodedPng> divergence_only =
+      DecodePng({reinterpret_cast<const uint8_t*>(none->data()), none->size()});
+  ASSERT_TRUE(divergence_only.ok());
+  EXPECT_EQ(decoded->width, divergence_only->width);
+  // Without a judge only the divergence panel is drawn.
+  EXPECT_EQ(decoded->height - divergence_only->height, 300);
+  if (const char* dir = std::getenv("DGRID_TEST_OUTPUT_DIR")) {
+    std::ofstream(std::string(dir) + "/curve_figure_sample.png", std::ios::binary) << *two;
+  }
+}
+
+TEST(CurveFigureTest, StatisticsThatDoNotMatchTheRowsAreRefused) {
+  CurveFigure f = Figure(1);
+  f.branch_steps.pop_back();
+  EXPECT_EQ(DrawCurvePng(f).status().code(), absl::StatusCode::kInvalidArgument);
+  f = Figure(1);
+  f.head_names.clear();
+  EXPECT_EQ(DrawCurvePng(f).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace dgrid

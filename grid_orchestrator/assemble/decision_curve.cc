@@ -1,0 +1,172 @@
+#include "grid_orchestrator/assemble/decision_curve.h"
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+
+namespace dgrid {
+namespace {
+
+Estimate MeanAndStandardError(const std::vector<double>& values) {
+  Estimate e;
+  const double n = static_cast<double>(values.size());
+  if (values.empty()) return e;
+  for (double v : values) e.mean += v;
+  e.mean /= n;
+  if (values.size() < 2) return e;
+  double squares = 0;
+  for (double v : values) squares += (v - e.mean) * (v - e.mean);
+  e.standard_error = std::sqrt(squares / (n - 1) / n);
+  return e;
+}
+
+absl::Status CheckShapes(const CurveObservations& o) {
+  const size_t rows = o.branch_steps.size();
+  if (rows == 0) return absl::InvalidArgumentError("curve: no rows");
+  for (size_t r = 1; r < rows; ++r) {
+    if (o.branch_steps[r] <= o.branch_steps[r - 1]) {
+      return absl::InvalidArgumentError("curve: branch steps must ascend");
+    }
+  }
+  if (o.trunks.size() < 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("curve: needs at least 2 trunks for a standard error, got ",
+                     o.trunks.size()));
+  }
+  for (size_t t = 0; t < o.trunks.size(); ++t) {
+    const TrunkObservation& trunk = o.trunks[t];
+    const std::string where = absl::StrCat("curve: trunk ", t);
+    if (trunk.divergence.size() != rows || trunk.divergence_to_trunk.size() != rows) {
+      return absl::InvalidArgumentError(absl::StrCat(where, " has divergence for ",
+                                                     trunk.divergence.size(), " rows, not ",
+                                                     rows));
+    }
+    if (o.heads == 0) continue;
+    if (trunk.trunk_labels.size() != static_cast<size_t>(o.heads) ||
+        trunk.branch_labels.size() != rows) {
+      return absl::InvalidArgumentError(absl::StrCat(where, " has labels of another shape"));
+    }
+    for (size_t r = 0; r < rows; ++r) {
+      if (trunk.branch_labels[r].empty()) {
+        return absl::InvalidArgumentError(absl::StrCat(where, " row ", r, " has no branches"));
+      }
+      for (const std::vector<int>& cell : trunk.branch_labels[r]) {
+        if (cell.size() != static_cast<size_t>(o.heads)) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(where, " row ", r, " has a cell without one label per head"));
+        }
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+// [head][row][trunk]: the fraction of the trunk's branches in that row whose
+// label differs from the trunk's.
+std::vector<std::vector<std::vector<double>>> DifferingFractions(const CurveObservations& o) {
+  const size_t rows = o.branch_steps.size();
+  std::vector<std::vector<std::vector<double>>> f(
+      o.heads, std::vector<std::vector<double>>(rows, std::vector<double>(o.trunks.size())));
+  for (size_t t = 0; t < o.trunks.size(); ++t) {
+    const TrunkObservation& trunk = o.trunks[t];
+    for (int h = 0; h < o.heads; ++h) {
+      for (size_t r = 0; r < rows; ++r) {
+        const auto& cells = trunk.branch_labels[r];
+        int differ = 0;
+        for (const std::vector<int>& cell : cells) differ += cell[h] != trunk.trunk_labels[h];
+        f[h][r][t] = static_cast<double>(differ) / cells.size();
+      }
+    }
+  }
+  return f;
+}
+
+double Percentile(std::vector<double> values, double q) {
+  if (values.empty()) return 0;
+  std::sort(values.begin(), values.end());
+  const double at = q * (values.size() - 1);
+  const size_t below = static_cast<size_t>(std::floor(at));
+  const size_t above = std::min(below + 1, values.size() - 1);
+  return values[below] + (at - below) * (values[above] - values[below]);
+}
+
+// The half step's spread over resamples of the trunks (with replacement).
+void BootstrapHalfStep(const std::vector<int>& branch_steps,
+                       const std::vector<std::vector<double>>& fractions,
+                       const CurveOptions& options, HalfStep* half) {
+  const size_t trunks = fractions[0].size();
+  const size_t rows = fractions.size();
+  std::mt19937_64 rng(options.bootstrap_seed);
+  std::uniform_int_distribution<size_t> pick(0, trunks - 1);
+  std::vector<double> found;
+  std::vector<double> curve(rows);
+  std::vector<size_t> sample(trunks);
+  for (int b = 0; b < options.bootstrap_resamples; ++b) {
+    for (size_t& s : sample) s = pick(rng);
+    for (size_t r = 0; r < rows; ++r) {
+      double sum = 0;
+      for (size_t s : sample) sum += fractions[r][s];
+      curve[r] = sum / trunks;
+    }
+    const HalfStep h = HalfStepOf(branch_steps, curve);
+    if (h.found) found.push_back(h.value);
+  }
+  if (options.bootstrap_resamples > 0) {
+    half->found_fraction = static_cast<double>(found.size()) / options.bootstrap_resamples;
+  }
+  if (found.empty()) return;
+  Estimate spread = MeanAndStandardError(found);
+  half->standard_error = spread.standard_error * std::sqrt(static_cast<double>(found.size()));
+  half->lo = Percentile(found, 0.16);
+  half->hi = Percentile(found, 0.84);
+}
+
+}  // namespace
+
+HalfStep HalfStepOf(const std::vector<int>& branch_steps, const std::vector<double>& curve) {
+  HalfStep h;
+  if (curve.empty() || !(curve[0] > 0)) return h;
+  const double target = curve[0] / 2;
+  for (size_t r = 1; r < curve.size(); ++r) {
+    if (curve[r] > target) continue;
+    const double drop = curve[r - 1] - curve[r];
+    const double along = drop > 0 ? (curve[r - 1] - target) / drop : 1.0;
+    h.found = true;
+    h.value = branch_steps[r - 1] + along * (branch_steps[r] - branch_steps[r - 1]);
+    return h;
+  }
+  return h;
+}
+
+absl::StatusOr<CurveStatistics> ComputeDecisionCurve(const CurveObservations& o,
+                                                     const CurveOptions& options) {
+  if (absl::Status s = CheckShapes(o); !s.ok()) return s;
+  const size_t rows = o.branch_steps.size();
+  CurveStatistics out;
+  out.trunks = static_cast<int>(o.trunks.size());
+  for (size_t r = 0; r < rows; ++r) {
+    std::vector<double> pairwise, to_trunk;
+    for (const TrunkObservation& t : o.trunks) {
+      pairwise.push_back(t.divergence[r]);
+      to_trunk.push_back(t.divergence_to_trunk[r]);
+    }
+    out.divergence.push_back(MeanAndStandardError(pairwise));
+    out.divergence_to_trunk.push_back(MeanAndStandardError(to_trunk));
+  }
+  const auto fractions = DifferingFractions(o);
+  for (int h = 0; h < o.heads; ++h) {
+    HeadCurveStatistics& head = out.heads.emplace_back();
+    std::vector<double> means;
+    for (size_t r = 0; r < rows; ++r) {
+      head.p_differs.push_back(MeanAndStandardError(fractions[h][r]));
+      means.push_back(head.p_differs.back().mean);
+    }
+    head.half_step = HalfStepOf(o.branch_steps, means);
+    BootstrapHalfStep(o.branch_steps, fractions[h], options, &head.half_step);
+  }
+  return out;
+}
+
+}  // namespace dgrid

@@ -1,0 +1,139 @@
+#include "grid_orchestrator/assemble/decision_curve.h"
+
+#include <cmath>
+
+#include "gtest/gtest.h"
+
+namespace dgrid {
+namespace {
+
+// One head; `rows[r]` are the branch labels of row r; divergence r / 10.
+TrunkObservation Trunk(int label, std::vector<std::vector<int>> rows) {
+  TrunkObservation t;
+  t.trunk_labels = {label};
+  for (size_t r = 0; r < rows.size(); ++r) {
+    auto& row = t.branch_labels.emplace_back();
+    for (int l : rows[r]) row.push_back({l});
+    t.divergence.push_back(0.1 * r);
+    t.divergence_to_trunk.push_back(0.2 * r);
+  }
+  return t;
+}
+
+TEST(HalfStepTest, InterpolatesBetweenTheRowsAroundTheCrossing) {
+  HalfStep h = HalfStepOf({0, 10, 20}, {0.8, 0.6, 0.2});
+  ASSERT_TRUE(h.found);
+  EXPECT_DOUBLE_EQ(h.value, 15.0);  // 0.4 lies halfway from 0.6 down to 0.2
+  h = HalfStepOf({0, 10, 20}, {0.8, 0.4, 0.1});
+  ASSERT_TRUE(h.found);
+  EXPECT_DOUBLE_EQ(h.value, 10.0);
+}
+
+TEST(HalfStepTest, IsNotFoundWhenTheCurveStaysAboveHalfOrStartsAtZero) {
+  EXPECT_FALSE(HalfStepOf({0, 10, 20}, {0.8, 0.7, 0.5}).found);
+  EXPECT_FALSE(HalfStepOf({0, 10, 20}, {0.0, 0.0, 0.0}).found);
+  EXPECT_FALSE(HalfStepOf({0}, {0.5}).found);
+}
+
+TEST(DecisionCurveTest, CountsPerTrunkFractionsAndTheirSpreadAcrossTrunks) {
+  CurveObservations o;
+  o.branch_steps = {0, 10};
+  o.heads = 1;
+  o.trunks.push_back(Trunk(1, {{0, 1, 0, 0}, {1, 1, 1, 0}}));  // 3/4, 1/4 differ
+  o.trunks.push_back(Trunk(2, {{2, 0, 0, 0}, {2, 2, 2, 2}}));  // 3/4, 0 differ
+  absl::StatusOr<CurveStatistics> s = ComputeDecisionCurve(o);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->trunks, 2);
+  ASSERT_EQ(s->heads.size(), 1u);
+  const auto& p = s->heads[0].p_differs;
+  EXPECT_DOUBLE_EQ(p[0].mean, 0.75);
+  EXPECT_DOUBLE_EQ(p[0].standard_error, 0.0);
+  EXPECT_DOUBLE_EQ(p[1].mean, 0.125);
+  EXPECT_NEAR(p[1].standard_error, 0.125, 1e-12);  // sd 0.1768 over sqrt(2)
+  // 0.375 is reached between step 0 (0.75) and step 10 (0.125): 0.6 of the way.
+  ASSERT_TRUE(s->heads[0].half_step.found);
+  EXPECT_DOUBLE_EQ(s->heads[0].half_step.value, 6.0);
+  EXPECT_DOUBLE_EQ(s->divergence[1].mean, 0.1);
+  EXPECT_DOUBLE_EQ(s->divergence_to_trunk[1].mean, 0.2);
+  EXPECT_DOUBLE_EQ(s->divergence[1].standard_error, 0.0);
+}
+
+// A trunk's branches are not independent: when they all agree, the curve's
+// error is that of N trunks, not of N x branches cells.
+TEST(DecisionCurveTest, TheStandardErrorIsOverTrunksNotCells) {
+  CurveObservations o;
+  o.branch_steps = {0};
+  o.heads = 1;
+  for (int t = 0; t < 10; ++t) {
+    const int l = t % 2 ? 5 : 0;  // half the trunks: every branch differs
+    o.trunks.push_back(Trunk(0, {{l, l, l, l, l, l, l, l}}));
+  }
+  absl::StatusOr<CurveStatistics> s = ComputeDecisionCurve(o);
+  ASSERT_TRUE(s.ok());
+  const Estimate& p = s->heads[0].p_differs[0];
+  EXPECT_DOUBLE_EQ(p.mean, 0.5);
+  // sd of five 0s and five 1s is sqrt(10/36); over sqrt(10): 0.1667. The
+  // binomial error of 80 cells would be 0.056.
+  EXPECT_NEAR(p.standard_error, std::sqrt(10.0 / 36 / 10), 1e-12);
+}
+
+TEST(DecisionCurveTest, TheHalfStepsSpreadComesFromResamplingTrunks) {
+  CurveObservations same;
+  same.branch_steps = {0, 10, 20};
+  same.heads = 1;
+  for (int t = 0; t < 8; ++t) same.trunks.push_back(Trunk(0, {{1, 1}, {1, 0}, {0, 0}}));
+  absl::StatusOr<CurveStatistics> s = ComputeDecisionCurve(same);
+  ASSERT_TRUE(s.ok());
+  HalfStep h = s->heads[0].half_step;
+  ASSERT_TRUE(h.found);
+  EXPECT_DOUBLE_EQ(h.value, 10.0);
+  EXPECT_DOUBLE_EQ(h.standard_error, 0.0);  // identical trunks: every resample agrees
+  EXPECT_DOUBLE_EQ(h.found_fraction, 1.0);
+
+  CurveObservations varied = same;
+  for (int t = 0; t < 8; t += 2) varied.trunks[t] = Trunk(0, {{1, 1}, {1, 1}, {0, 0}});
+  s = ComputeDecisionCurve(varied);
+  ASSERT_TRUE(s.ok());
+  h = s->heads[0].half_step;
+  ASSERT_TRUE(h.found);
+  EXPECT_GT(h.standard_error, 0.5);
+  EXPECT_LE(h.lo, h.value);
+  EXPECT_GE(h.hi, h.value);
+  EXPECT_GT(h.hi, h.lo);
+}
+
+TEST(DecisionCurveTest, WithoutAJudgeOnlyDivergenceIsReported) {
+  CurveObservations o;
+  o.branch_steps = {0, 5};
+  for (int t = 0; t < 3; ++t) {
+    TrunkObservation& trunk = o.trunks.emplace_back();
+    trunk.divergence = {0.3 + 0.1 * t, 0.1};
+    trunk.divergence_to_trunk = {0.4, 0.2};
+  }
+  absl::StatusOr<CurveStatistics> s = ComputeDecisionCurve(o);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_TRUE(s->heads.empty());
+  EXPECT_NEAR(s->divergence[0].mean, 0.4, 1e-12);
+  EXPECT_NEAR(s->divergence[0].standard_error, 0.1 / std::sqrt(3.0), 1e-12);
+}
+
+TEST(DecisionCurveTest, ObservationsOfTheWrongShapeAreRefusedNamingTheTrunk) {
+  CurveObservations o;
+  o.branch_steps = {0, 10};
+  o.heads = 1;
+  o.trunks.push_back(Trunk(1, {{0, 1}, {1, 1}}));
+  EXPECT_NE(ComputeDecisionCurve(o).status().message().find("at least 2 trunks"),
+            std::string::npos);
+  o.trunks.push_back(Trunk(1, {{0, 1}}));
+  absl::Status s = ComputeDecisionCurve(o).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("trunk 1"), std::string::npos) << s;
+  o.trunks[1] = Trunk(1, {{0, 1}, {}});
+  o.trunks[1].divergence = {0, 0};
+  o.trunks[1].divergence_to_trunk = {0, 0};
+  EXPECT_NE(ComputeDecisionCurve(o).status().message().find("row 1 has no branches"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace dgrid
