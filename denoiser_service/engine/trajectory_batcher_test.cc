@@ -798,6 +798,55 @@ TEST(ExternalModelTest, ImagesOfLowerRanksGoFirstInBoundedBatches) {
   EXPECT_EQ(small_result.events[0].pixels.size(), 16u * 16u);
 }
 
+// Issue 25: trajectories of a text model switching to different prompts at
+// different steps share every forward pass, and each distinct prompt is
+// encoded once.
+TEST(ExternalModelTest, SwitchingPromptsShareForwardPassesAndEncodeOnce) {
+  ASSERT_FALSE(Fixtures().empty());
+  auto model = DenoiserModel::Load(Fixtures() + "/textlatent", {"cpu"});
+  ASSERT_TRUE(model.ok()) << model.status();
+  class Counts : public BatcherObserver {
+   public:
+    void OnForward(int trajectories, int, absl::Duration) override {
+      ++passes;
+      largest = std::max(largest, trajectories);
+    }
+    void OnTextContexts(int, int misses, absl::Duration) override { encoded += misses; }
+    int passes = 0, largest = 0, encoded = 0;  // the batcher thread's only
+  } counts;
+  TrajectoryBatcher batcher(model->get(), {.max_batch = 64}, &counts);
+  RunRequest r;
+  r.sampler = {8, 1.0f, Spacing::kLeading, 3.0f};
+  r.prompt = "a photo of a cat";
+  for (int i = 0; i < 6; ++i) {
+    const char* to = i % 2 ? "a red car" : "a dog";
+    r.trajectories.push_back(
+        {Path{1, {{0, 2}}}.BranchAt(1 + i, 3, SegmentConditioning{to, "", -1}), {}});
+  }
+  auto run = batcher.Start(r);
+  ASSERT_TRUE(run.ok()) << run.status();
+  const Collected together = Drain(**run);
+  ASSERT_TRUE(together.status.ok()) << together.status;
+  EXPECT_EQ(counts.passes, 8);  // one per step, all six in each
+  EXPECT_EQ(counts.largest, 6);
+  EXPECT_EQ(counts.encoded, 4);  // the cat, "", the car and the dog
+  // Each as alone, and different from the unswitched trajectory.
+  for (int i = 0; i < 6; ++i) {
+    RunRequest alone = r;
+    alone.trajectories = {r.trajectories[i]};
+    auto one = batcher.Start(alone);
+    ASSERT_TRUE(one.ok());
+    const Collected c = Drain(**one);
+    ASSERT_TRUE(c.status.ok()) << c.status;
+    EXPECT_EQ(c.finals.at(0), together.finals.at(i)) << i;
+  }
+  RunRequest plain = r;
+  plain.trajectories = {{Path{1, {{0, 2}}}.BranchAt(1, 3), {}}};
+  auto unswitched = batcher.Start(plain);
+  ASSERT_TRUE(unswitched.ok());
+  EXPECT_NE(Drain(**unswitched).finals.at(0), together.finals.at(0));
+}
+
 TEST(ExternalModelTest, MissingOrBrokenBundlesFailWithTheFileNamed) {
   auto missing = DenoiserModel::Load("/nonexistent", {"cpu"});
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
