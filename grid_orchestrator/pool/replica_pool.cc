@@ -395,6 +395,11 @@ absl::StatusOr<ReplicaPool::Lease> ReplicaPool::Acquire(const Want& want) {
   }
 }
 
+size_t ReplicaPool::waiting() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return waiters_.size();
+}
+
 std::vector<ReplicaPool::ReplicaStatus> ReplicaPool::Snapshot() {
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<ReplicaStatus> out;

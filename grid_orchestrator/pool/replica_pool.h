@@ -144,6 +144,8 @@ class ReplicaPool {
   absl::StatusOr<v1::GetModelInfoResponse> Models();
   // Runs one health round now (tests use it to skip the interval).
   void CheckHealthNow();
+  // Acquire calls waiting for a slot now.
+  size_t waiting();
 
  private:
   explicit ReplicaPool(Options options, OrchestratorMetrics* metrics);

@@ -6,6 +6,7 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include <atomic>
+#include <functional>
 #include <thread>
 #include <vector>
 
@@ -51,6 +52,17 @@ ReplicaPool::Options Options(const std::string& targets) {
 
 const absl::Time kSoon = absl::InfiniteFuture();
 
+// Waits (bounded) until `ready` holds: tests order events by what the pool
+// reports, not by sleeping.
+bool WaitUntil(const std::function<bool()>& ready, absl::Duration limit = absl::Seconds(10)) {
+  const absl::Time end = absl::Now() + limit;
+  while (!ready()) {
+    if (absl::Now() > end) return false;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  return true;
+}
+
 TEST(ReplicaPoolTest, PicksTheReplicaWithTheLeastOutstandingWork) {
   HealthServer a, b;
   auto pool = ReplicaPool::Create(Options(a.address() + "," + b.address()), nullptr);
@@ -78,7 +90,7 @@ TEST(ReplicaPoolTest, CapsInflightAndWaitsForARelease) {
   EXPECT_EQ(blocked.status().code(), absl::StatusCode::kDeadlineExceeded);
   // A release lets the next one in.
   std::thread release([&] {
-    absl::SleepFor(absl::Milliseconds(50));
+    ASSERT_TRUE(WaitUntil([&] { return (*pool)->waiting() == 1; }));
     *one = ReplicaPool::Lease();
   });
   auto waited = (*pool)->Acquire(1, absl::Now() + absl::Seconds(5), {});
@@ -136,14 +148,14 @@ TEST(ReplicaPoolTest, HealthChangesTakeReplicasOutAndBackIn) {
   auto pool = ReplicaPool::Create(Options(a.address() + "," + b.address()), nullptr);
   ASSERT_TRUE(pool.ok());
   a.SetServing(false);
-  absl::SleepFor(absl::Milliseconds(300));
+  (*pool)->CheckHealthNow();
   for (int i = 0; i < 3; ++i) {
     auto lease = (*pool)->Acquire(1, kSoon, {});
     ASSERT_TRUE(lease.ok());
     EXPECT_EQ(lease->address(), b.address());
   }
   a.SetServing(true);
-  absl::SleepFor(absl::Milliseconds(300));
+  (*pool)->CheckHealthNow();
   bool used_a = false;
   std::vector<ReplicaPool::Lease> held;
   for (int i = 0; i < 4; ++i) {
@@ -160,7 +172,7 @@ TEST(ReplicaPoolTest, NoHealthyReplicaIsUnavailableQuicklyWithTheReason) {
   auto pool = ReplicaPool::Create(Options(a.address()), nullptr);
   ASSERT_TRUE(pool.ok());
   a.Stop();
-  absl::SleepFor(absl::Milliseconds(300));
+  (*pool)->CheckHealthNow();
   const absl::Time start = absl::Now();
   auto lease = (*pool)->Acquire(1, absl::Now() + absl::Seconds(30), {});
   EXPECT_EQ(lease.status().code(), absl::StatusCode::kUnavailable);
@@ -176,7 +188,7 @@ TEST(ReplicaPoolTest, CancelStopsAWaitingAcquire) {
   auto two = (*pool)->Acquire(1, kSoon, {});
   std::atomic<bool> cancelled{false};
   std::thread cancel([&] {
-    absl::SleepFor(absl::Milliseconds(50));
+    ASSERT_TRUE(WaitUntil([&] { return (*pool)->waiting() == 1; }));
     cancelled = true;
   });
   auto lease = (*pool)->Acquire(1, kSoon, {}, &cancelled);
@@ -212,7 +224,7 @@ TEST(ReplicaPoolTest, AFreedSlotGoesToTheSmallerTenantFirst) {
       }
     });
   }
-  absl::SleepFor(absl::Milliseconds(100));  // the big waiters queue first
+  ASSERT_TRUE(WaitUntil([&] { return (*pool)->waiting() == 8; }));  // the big waiters first
   ReplicaPool::Want small;
   small.work = 1;
   small.tenant = 2;
@@ -225,10 +237,9 @@ TEST(ReplicaPoolTest, AFreedSlotGoesToTheSmallerTenantFirst) {
     small_granted = lease.ok();
     if (lease.ok()) small_lease = std::move(*lease);
   });
-  absl::SleepFor(absl::Milliseconds(100));
+  ASSERT_TRUE(WaitUntil([&] { return (*pool)->waiting() == 9; }));
   *held1 = ReplicaPool::Lease();  // one slot frees
-  absl::SleepFor(absl::Milliseconds(100));
-  EXPECT_TRUE(small_granted.load());
+  EXPECT_TRUE(WaitUntil([&] { return small_granted.load(); }));
   EXPECT_EQ(big_granted.load(), 0);
   small_waiter.join();
   small_lease = ReplicaPool::Lease();
