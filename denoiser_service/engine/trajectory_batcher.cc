@@ -693,7 +693,7 @@ void TrajectoryBatcher::Iterate(std::vector<Active>& active) {
   const int rows = FillBatch(active);
   absl::Time forward_start;
   const absl::Status forward = Forward(rows, &forward_start);
-  CreditDecodes(absl::Now() - forward_start, static_cast<int>(key_order_.size()));
+  CreditDecodes(absl::Now() - forward_start, static_cast<int>(batch_choice_.keys()));
   ApplyAndEmit(active, forward, forward_start);
   DecodeAndDeliver(/*drain=*/active.empty());
   // Also after the last trajectories finish, so an idle replica reads 0
@@ -729,38 +729,15 @@ void TrajectoryBatcher::DropStopped(std::vector<Active>& active) {
   active.resize(kept);
 }
 
-// Orders the batch's rows across fairness keys: lower rank first (the
-// orchestrator ranks a grid by its planned evaluations, so a small grid goes
-// before large ones: shortest job first), equal ranks in the order their keys
-// arrived (so equal grids finish one after another, not all slowly
-// together), and oldest first within a key (which keeps trunks, submitted
-// before their branches, on the critical path). A guided trajectory needs
-// both of its rows in one batch; one that does not fit is passed over for a
-// later, smaller one. With one key this is plain oldest-first.
+// The fairness policy is BatchChoice (batch_choice.h); this only lists the
+// candidates for it.
 void TrajectoryBatcher::ChooseBatch(const std::vector<Active>& active) {
-  // Each key's rank and arrival: those of its oldest trajectory. `active` is
-  // in arrival order, so the first seen is the oldest.
-  key_order_.clear();
-  for (const Active& a : active) key_order_.try_emplace(a.fairness_key, a.fairness_rank, a.arrival);
-  order_.resize(active.size());
-  std::iota(order_.begin(), order_.end(), size_t{0});
-  if (key_order_.size() > 1) {
-    std::stable_sort(order_.begin(), order_.end(), [&](size_t l, size_t r) {
-      return key_order_.at(active[l].fairness_key) < key_order_.at(active[r].fairness_key);
-    });
+  candidates_.resize(active.size());
+  for (size_t i = 0; i < active.size(); ++i) {
+    const Active& a = active[i];
+    candidates_[i] = {a.fairness_key, a.fairness_rank, a.arrival, a.rows};
   }
-  chosen_.clear();
-  int rows = 0;
-  for (size_t i : order_) {
-    if (rows >= options_.max_batch) break;
-    // The first pick always goes in, even a guided one with max_batch 1.
-    if (rows + active[i].rows > options_.max_batch && !chosen_.empty()) continue;
-    chosen_.push_back(i);
-    rows += active[i].rows;
-  }
-  // The forward batch keeps arrival order (the results do not depend on it,
-  // but one key's batches stay as they were before ranks existed).
-  std::sort(chosen_.begin(), chosen_.end());
+  chosen_ = batch_choice_.Choose(candidates_, options_.max_batch);
 }
 
 // Lays out the chosen trajectories' rows; a guided one's conditional row

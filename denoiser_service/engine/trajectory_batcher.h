@@ -48,6 +48,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "common/path.h"
+#include "denoiser_service/engine/batch_choice.h"
 #include "denoiser_service/engine/ddim_schedule.h"
 
 namespace dgrid {
@@ -97,7 +98,7 @@ struct RunRequest {
   // oldest trajectory first.
   uint64_t fairness_key = 0;
   // Keys of lower rank get rows first; equal ranks go in the order their
-  // keys arrived (see ChooseBatch). A run ranks no lower than its own work
+  // keys arrived (see BatchChoice). A run ranks no lower than its own work
   // (trajectories x steps), whatever it claims.
   uint64_t fairness_rank = 0;
 };
@@ -296,9 +297,9 @@ class TrajectoryBatcher {
   std::unique_ptr<ContextCache> contexts_;
   std::vector<Emitted> emitted_;
   std::vector<std::shared_ptr<Run>> done_runs_;
-  std::vector<size_t> order_, chosen_;  // indices into the active list
-  // Per key with work: (rank, arrival) of its oldest trajectory.
-  std::unordered_map<uint64_t, std::pair<uint64_t, uint64_t>> key_order_;
+  BatchChoice batch_choice_;
+  std::vector<BatchCandidate> candidates_;
+  std::vector<size_t> chosen_;  // indices into the active list
   std::vector<bool> finished_;
 
   std::thread thread_;
