@@ -48,6 +48,7 @@ constexpr char kHealthPath[] = "/healthz";
 constexpr char kApiPrefix[] = "/api/";
 constexpr char kGridPath[] = "/api/v1/grid";
 constexpr char kStreamPath[] = "/api/v1/grid/stream";
+constexpr char kCurveStreamPath[] = "/api/v1/curve/stream";
 
 // A read from a client waits at most this long for bytes, and a connection
 // stays open at most this long with no request, so that an idle or stalled
@@ -1015,7 +1016,8 @@ absl::Status CheckDepth(absl::string_view json) {
   return absl::OkStatus();
 }
 
-absl::Status CheckShape(const std::string& json) {
+absl::Status CheckShape(const std::string& json,
+                        const Descriptor& type = *v1::GridRequest::descriptor()) {
   RETURN_IF_ERROR(CheckDepth(json));
   Value value;
   if (const auto parsed = google::protobuf::util::JsonStringToMessage(json, &value);
@@ -1024,9 +1026,9 @@ absl::Status CheckShape(const std::string& json) {
         absl::StrCat("not valid JSON: ", ShortQuote(FirstLine(std::string(parsed.message())))));
   }
   if (value.kind_case() != Value::kStructValue) {
-    return Mismatch("GridRequest", "an object", value);
+    return Mismatch(type.name(), "an object", value);
   }
-  return CheckObject(value.struct_value(), *v1::GridRequest::descriptor(), "");
+  return CheckObject(value.struct_value(), type, "");
 }
 
 // `source` names the text in errors: "request body", or the query parameter.
@@ -1121,6 +1123,58 @@ void ServeStream(GridService& service, const v1::GridRequest& grid_request,
 using GridRoute = void (*)(GridService&, const v1::GridRequest&, const httplib::Request&,
                            httplib::Response&);
 
+// Admits the curve while the answer can still carry a status (as
+// ServeStream does a grid), then streams its plan, progress and curve.
+void ServeCurveStream(CurveService& curves, const v1::CurveRequest& curve_request,
+                      const httplib::Request& request, httplib::Response& response) {
+  const Caller caller = CallerOf(request);
+  absl::StatusOr<std::unique_ptr<AdmittedCurve>> admitted = curves.Admit(caller, curve_request);
+  if (!admitted.ok()) return SendError(response, admitted.status());
+  std::shared_ptr<AdmittedCurve> curve = std::move(*admitted);
+  CurveService* const runner = &curves;
+  response.set_header("Cache-Control", "no-cache");
+  response.set_chunked_content_provider(
+      "text/event-stream", [runner, caller, curve](size_t, httplib::DataSink& sink) {
+        auto send = [&](const std::string& name, const std::string& data) {
+          const std::string event = SseEvent(name, data);
+          return sink.write(event.data(), event.size());
+        };
+        auto send_event = [&](const v1::CurveEvent& event) {
+          const char* name = event.has_plan()       ? "plan"
+                             : event.has_progress() ? "progress"
+                                                    : "curve";
+          return send(name, ToJson(event));
+        };
+        absl::StatusOr<v1::CurveResult> result = runner->Run(*curve, caller, send_event);
+        if (!result.ok()) send("error", ErrorJson(result.status()));
+        sink.done();
+        return true;
+      });
+}
+
+httplib::Server::HandlerWithContentReader CurveRoute(CurveService* curves,
+                                                     size_t max_body_bytes) {
+  return [curves, max_body_bytes](const httplib::Request& request, httplib::Response& response,
+                                  const httplib::ContentReader& reader) {
+    std::string body;
+    if (!ReadBody(request, reader, max_body_bytes, response, &body)) return;
+    v1::CurveRequest curve_request;
+    if (!body.empty()) {
+      if (absl::Status shape = CheckShape(body, *v1::CurveRequest::descriptor()); !shape.ok()) {
+        return SendError(response, absl::InvalidArgumentError(
+                                       absl::StrCat("request body: ", shape.message())));
+      }
+      if (const auto parsed = google::protobuf::util::JsonStringToMessage(body, &curve_request);
+          !parsed.ok()) {
+        return SendError(response, absl::InvalidArgumentError(absl::StrCat(
+                                       "request body: ",
+                                       ShortQuote(FirstLine(std::string(parsed.message()))))));
+      }
+    }
+    ServeCurveStream(*curves, curve_request, request, response);
+  };
+}
+
 httplib::Server::HandlerWithContentReader PostRoute(GridService* service, size_t max_body_bytes,
                                                     GridRoute route) {
   return [service, max_body_bytes, route](const httplib::Request& request,
@@ -1137,7 +1191,8 @@ httplib::Server::HandlerWithContentReader PostRoute(GridService* service, size_t
   };
 }
 
-void AddRoutes(GridService* service, size_t max_body_bytes, httplib::Server& server) {
+void AddRoutes(GridService* service, CurveService* curves, size_t max_body_bytes,
+               httplib::Server& server) {
   server.Get(kHealthPath, [](const httplib::Request&, httplib::Response& response) {
     response.set_content("ok\n", "text/plain");
   });
@@ -1147,6 +1202,7 @@ void AddRoutes(GridService* service, size_t max_body_bytes, httplib::Server& ser
   });
   server.Post(kGridPath, PostRoute(service, max_body_bytes, &ServeGrid));
   server.Post(kStreamPath, PostRoute(service, max_body_bytes, &ServeStream));
+  server.Post(kCurveStreamPath, CurveRoute(curves, max_body_bytes));
 }
 
 absl::StatusOr<std::unique_ptr<httplib::Server>> NewServer(const ServerTlsFiles& tls,
@@ -1180,7 +1236,8 @@ void BoundConnections(const HttpGatewayOptions& o, httplib::Server& server) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(const HttpGatewayOptions& o,
-                                                                 GridService* service) {
+                                                                 GridService* service,
+                                                                 CurveService* curves) {
   auto gateway = std::unique_ptr<HttpGateway>(new HttpGateway());
   const size_t colon = o.address.rfind(':');
   int port = -1;
@@ -1209,7 +1266,7 @@ absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(const HttpGatewa
   if (!o.web_dir.empty() && !server.set_mount_point("/", o.web_dir)) {
     return absl::InvalidArgumentError(absl::StrCat("--web_dir: no folder at ", o.web_dir));
   }
-  AddRoutes(service, o.max_body_bytes, server);
+  AddRoutes(service, curves, o.max_body_bytes, server);
 
   gateway->port_ = port == 0 ? server.bind_to_any_port(host.c_str())
                              : (server.bind_to_port(host.c_str(), port) ? port : -1);

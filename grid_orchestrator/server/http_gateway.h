@@ -8,6 +8,8 @@
 //   GET  /api/v1/models               ListModels
 //   POST /api/v1/grid                 CreateGrid (GridRequest JSON -> Grid JSON)
 //   POST /api/v1/grid/stream          StreamGrid as SSE: events plan, trunk, cell, grid, error
+//   POST /api/v1/curve/stream         DecisionCurve as SSE (CurveRequest JSON): events plan,
+//                                     progress, curve, error
 //   GET  /healthz                     200 while serving (no token or host name needed)
 //   GET  /...                         files under web_dir
 //
@@ -50,6 +52,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/tls.h"
+#include "grid_orchestrator/server/curve_service.h"
 #include "grid_orchestrator/server/grid_service.h"
 
 namespace httplib {
@@ -84,7 +87,8 @@ struct HttpGatewayOptions {
 class HttpGateway {
  public:
   static absl::StatusOr<std::unique_ptr<HttpGateway>> Start(const HttpGatewayOptions& options,
-                                                           GridService* service);
+                                                           GridService* service,
+                                                           CurveService* curves);
   ~HttpGateway();
   int port() const { return port_; }
 

@@ -32,6 +32,9 @@ ABSL_FLAG(int, replica_max_inflight, 64, "Jobs in flight per replica.");
 ABSL_FLAG(int64_t, cache_mb, 256, "Prefix cache size in MiB.");
 ABSL_FLAG(int, max_message_bytes, 64 << 20, "gRPC message size limit.");
 ABSL_FLAG(int, max_grids_per_client, 16, "Grids in flight from one client address.");
+ABSL_FLAG(int, max_curve_trunks, 1000, "Trunks (grids) one decision curve may ask for.");
+ABSL_FLAG(int, curve_concurrent_grids, 8,
+          "Grids of one decision curve in flight at once (each counts as a grid).");
 ABSL_FLAG(int, max_outbox_mb, 16,
           "Event MiB a grid may have waiting for its client; past it the grid is cancelled.");
 ABSL_FLAG(int, max_write_stall_s, 20,
@@ -86,6 +89,8 @@ int main(int argc, char** argv) {
   o.cache_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_cache_mb)) << 20;
   o.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   o.limits.max_grids_per_client = absl::GetFlag(FLAGS_max_grids_per_client);
+  o.curves.max_trunks = absl::GetFlag(FLAGS_max_curve_trunks);
+  o.curves.max_concurrent_grids = absl::GetFlag(FLAGS_curve_concurrent_grids);
   o.limits.max_outbox_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_outbox_mb)) << 20;
   o.limits.max_write_stall = absl::Seconds(absl::GetFlag(FLAGS_max_write_stall_s));
   o.tls = {absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),

@@ -45,7 +45,10 @@ absl::StatusOr<std::unique_ptr<OrchestratorServer>> OrchestratorServer::Start(
                                                 s->metrics_.get(), o.executor);
   s->grid_service_ = std::make_unique<GridService>(s->pool_.get(), s->executor_.get(),
                                                    s->metrics_.get(), o.limits, o.auth_token);
-  s->service_ = std::make_unique<OrchestratorServiceImpl>(s->grid_service_.get());
+  s->curve_service_ =
+      std::make_unique<CurveService>(s->grid_service_.get(), s->pool_.get(), o.curves);
+  s->service_ = std::make_unique<OrchestratorServiceImpl>(s->grid_service_.get(),
+                                                          s->curve_service_.get());
 
   std::unique_ptr<grpc::ServerBuilder> builder = NewServerBuilder(
       o.listen, *server_credentials, &s->port_, o.max_message_bytes, "dgrid-orchestrator");
@@ -63,7 +66,7 @@ absl::StatusOr<std::unique_ptr<OrchestratorServer>> OrchestratorServer::Start(
     http.max_connections = o.http_max_connections;
     http.max_connections_per_client = o.http_max_connections_per_client;
     http.allowed_hosts = o.http_allowed_hosts;
-    auto gateway = HttpGateway::Start(http, s->grid_service_.get());
+    auto gateway = HttpGateway::Start(http, s->grid_service_.get(), s->curve_service_.get());
     if (!gateway.ok()) return gateway.status();
     s->http_ = std::move(*gateway);
   }

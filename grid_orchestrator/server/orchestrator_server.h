@@ -17,6 +17,7 @@
 #include "absl/time/time.h"
 #include "common/tls.h"
 #include "grid_orchestrator/execute/grid_executor.h"
+#include "grid_orchestrator/server/curve_service.h"
 #include "grid_orchestrator/server/grid_service.h"
 #include "grid_orchestrator/server/orchestrator_service_impl.h"
 
@@ -38,6 +39,7 @@ struct OrchestratorServerOptions {
   std::string denoisers;
   std::string metrics_addr;
   OrchestratorLimits limits;
+  CurveLimits curves;
   ExecutorOptions executor;
   int replica_max_inflight = 64;
   size_t cache_bytes = size_t{256} << 20;
@@ -90,6 +92,7 @@ class OrchestratorServer {
   std::unique_ptr<PrefixCache> cache_;
   std::unique_ptr<GridExecutor> executor_;
   std::unique_ptr<GridService> grid_service_;
+  std::unique_ptr<CurveService> curve_service_;
   std::unique_ptr<OrchestratorServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<HttpGateway> http_;

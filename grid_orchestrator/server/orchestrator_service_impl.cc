@@ -22,11 +22,14 @@ Caller CallerOf(grpc::ServerContext* context) {
 
 }  // namespace
 
-OrchestratorServiceImpl::OrchestratorServiceImpl(GridService* service)
-    : RequestParsingService(v1::Orchestrator::service_full_name()), service_(service) {
+OrchestratorServiceImpl::OrchestratorServiceImpl(GridService* service, CurveService* curves)
+    : RequestParsingService(v1::Orchestrator::service_full_name()),
+      service_(service),
+      curves_(curves) {
   AddUnary("CreateGrid", &OrchestratorServiceImpl::CreateGrid);
   AddServerStreaming("StreamGrid", &OrchestratorServiceImpl::StreamGrid);
   AddUnary("ListModels", &OrchestratorServiceImpl::ListModels);
+  AddServerStreaming("DecisionCurve", &OrchestratorServiceImpl::DecisionCurve);
 }
 
 grpc::Status OrchestratorServiceImpl::CreateGrid(grpc::ServerContext* context,
@@ -59,6 +62,16 @@ grpc::Status OrchestratorServiceImpl::ListModels(grpc::ServerContext* context,
   absl::StatusOr<v1::ListModelsResponse> models = service_->ListModels(CallerOf(context));
   if (!models.ok()) return ToGrpcStatus(models.status());
   *response = std::move(*models);
+  return grpc::Status::OK;
+}
+
+grpc::Status OrchestratorServiceImpl::DecisionCurve(grpc::ServerContext* context,
+                                                    const v1::CurveRequest* request,
+                                                    grpc::ServerWriter<v1::CurveEvent>* writer) {
+  // A failed write means the client is gone.
+  auto sink = [writer](const v1::CurveEvent& event) { return writer->Write(event); };
+  absl::StatusOr<v1::CurveResult> curve = curves_->RunCurve(CallerOf(context), *request, sink);
+  if (!curve.ok()) return ToGrpcStatus(curve.status());
   return grpc::Status::OK;
 }
 

@@ -1,0 +1,99 @@
+#include "grid_orchestrator/execute/grid_judge.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "common/grpc_status.h"
+
+namespace dgrid {
+namespace {
+
+// One Judge call for `images`, tried on up to kJudgeAttempts replicas.
+absl::StatusOr<v1::JudgeResponse> CallJudge(ReplicaPool* pool, const GridPlanSpec& plan,
+                                            const std::vector<const std::string*>& images,
+                                            int heads, absl::Time deadline, GridCancel* cancel) {
+  v1::JudgeRequest request;
+  request.set_model(plan.model);
+  for (const std::string* png : images) request.add_images()->set_png(*png);
+  ReplicaPool::Want want;
+  want.model = plan.model;
+  want.version = plan.model_version;
+  want.deadline = deadline;
+  want.cancelled = cancel->flag();
+  want.control = true;
+  absl::Status last;
+  for (int attempt = 0; attempt < kJudgeAttempts; ++attempt) {
+    absl::StatusOr<ReplicaPool::Lease> lease = pool->Acquire(want);
+    if (!lease.ok()) return lease.status();
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(deadline));
+    if (!cancel->Register(&context)) return absl::CancelledError("curve cancelled");
+    v1::JudgeResponse response;
+    const grpc::Status status = lease->stub()->Judge(&context, request, &response);
+    cancel->Unregister(&context);
+    if (status.ok()) {
+      if (response.images_size() != request.images_size()) {
+        return absl::InternalError(absl::StrCat("replica ", lease->address(), " judged ",
+                                                response.images_size(), " of ",
+                                                request.images_size(), " images"));
+      }
+      for (const v1::ImageVerdict& verdict : response.images()) {
+        if (verdict.heads_size() != heads) {
+          return absl::InternalError(absl::StrCat("replica ", lease->address(), " answered ",
+                                                  verdict.heads_size(), " judge heads, not ",
+                                                  heads));
+        }
+      }
+      return response;
+    }
+    last = FromGrpcStatus(status);
+    if (!JudgeCallRetryable(status.error_code()) || cancel->cancelled()) break;
+    if (status.error_code() == grpc::StatusCode::UNAVAILABLE) lease->MarkUnhealthy();
+    want.avoid.insert(lease->address());
+  }
+  return absl::Status(last.code(), absl::StrCat("Judge: ", last.message()));
+}
+
+}  // namespace
+
+bool JudgeCallRetryable(grpc::StatusCode code) {
+  return code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::RESOURCE_EXHAUSTED ||
+         code == grpc::StatusCode::ABORTED || code == grpc::StatusCode::INTERNAL;
+}
+
+absl::StatusOr<TrunkObservation> JudgeGrid(ReplicaPool* pool, const GridPlanSpec& plan,
+                                           const v1::Grid& grid, int heads, absl::Time deadline,
+                                           GridCancel* cancel) {
+  TrunkObservation observed;
+  for (const v1::GridRow& row : grid.rows()) {
+    observed.divergence.push_back(row.divergence());
+    observed.divergence_to_trunk.push_back(row.divergence_to_trunk());
+  }
+  if (heads == 0) return observed;
+  // The trunk's final first, then the cells row by row.
+  std::vector<const std::string*> images = {&grid.trunk().png()};
+  for (const v1::GridRow& row : grid.rows()) {
+    for (const v1::GridCell& cell : row.cells()) images.push_back(&cell.png());
+  }
+  std::vector<std::vector<int>> labels;  // [image][head]
+  for (size_t first = 0; first < images.size(); first += kImagesPerJudgeCall) {
+    const size_t end = std::min(images.size(), first + kImagesPerJudgeCall);
+    absl::StatusOr<v1::JudgeResponse> judged =
+        CallJudge(pool, plan, {images.begin() + first, images.begin() + end}, heads, deadline,
+                  cancel);
+    if (!judged.ok()) return judged.status();
+    for (const v1::ImageVerdict& verdict : judged->images()) {
+      std::vector<int>& image = labels.emplace_back();
+      for (const v1::HeadVerdict& head : verdict.heads()) image.push_back(head.label_index());
+    }
+  }
+  observed.trunk_labels = labels[0];
+  size_t next = 1;
+  for (const v1::GridRow& row : grid.rows()) {
+    auto& cells = observed.branch_labels.emplace_back();
+    for (int c = 0; c < row.cells_size(); ++c) cells.push_back(labels[next++]);
+  }
+  return observed;
+}
+
+}  // namespace dgrid

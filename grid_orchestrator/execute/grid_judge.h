@@ -1,0 +1,44 @@
+// Judges a finished grid: the model's judge labels the trunk's final and
+// every cell through the replica pool (Denoiser.Judge), and the grid's rows
+// give their divergence. The result is one trunk's observation for a
+// decision curve (assemble/decision_curve.h).
+//
+//   ASSIGN_OR_RETURN(TrunkObservation observed,
+//                    JudgeGrid(&pool, plan, grid, /*heads=*/1, deadline, &cancel));
+//
+// Judge calls are short and outside the grid's work, so they take any
+// healthy replica of the plan's model version (ReplicaPool::Want.control),
+// at most kImagesPerJudgeCall images a call. A call that failed in a way
+// another replica can fix is tried elsewhere, up to kJudgeAttempts times.
+#ifndef DGRID_GRID_ORCHESTRATOR_EXECUTE_GRID_JUDGE_H_
+#define DGRID_GRID_ORCHESTRATOR_EXECUTE_GRID_JUDGE_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "dgrid/v1/orchestrator.pb.h"
+#include "grid_orchestrator/assemble/decision_curve.h"
+#include "grid_orchestrator/execute/grid_executor.h"
+#include "grid_orchestrator/plan/grid_plan.h"
+#include "grid_orchestrator/pool/replica_pool.h"
+
+namespace dgrid {
+
+inline constexpr int kImagesPerJudgeCall = 32;
+inline constexpr int kJudgeAttempts = 3;
+
+// Whether a failed Judge call may succeed on another replica.
+bool JudgeCallRetryable(grpc::StatusCode code);
+
+// The grid's labels ([row][column][head], and the trunk's per head) and its
+// rows' divergence. With `heads` 0 (a model without a judge) nothing is
+// judged. INTERNAL when a replica answers with the wrong count of images or
+// heads.
+absl::StatusOr<TrunkObservation> JudgeGrid(ReplicaPool* pool, const GridPlanSpec& plan,
+                                           const v1::Grid& grid, int heads, absl::Time deadline,
+                                           GridCancel* cancel);
+
+}  // namespace dgrid
+
+#endif  // DGRID_GRID_ORCHESTRATOR_EXECUTE_GRID_JUDGE_H_

@@ -1,0 +1,338 @@
+#include "grid_orchestrator/server/curve_service.h"
+
+#include <algorithm>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/status_macros.h"
+#include "grid_orchestrator/assemble/curve_figure.h"
+#include "grid_orchestrator/assemble/decision_curve.h"
+#include "grid_orchestrator/execute/grid_judge.h"
+
+namespace dgrid {
+namespace {
+
+// How often the client's thread looks for a client that went away while it
+// waits for trunks.
+constexpr absl::Duration kClientPoll = absl::Milliseconds(25);
+// A judge call is short; this bounds one that hangs.
+constexpr absl::Duration kJudgeTimeout = absl::Seconds(60);
+
+absl::Status CheckCurveRequest(const v1::CurveRequest& request, const CurveLimits& limits) {
+  if (request.trunks() < 2 || request.trunks() > limits.max_trunks) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "trunks must be in [2, ", limits.max_trunks, "] (a standard error needs 2), got ",
+        request.trunks()));
+  }
+  if (request.grid().has_trunk()) {
+    return absl::InvalidArgumentError(
+        "grid.trunk: a curve draws its trunks from grid.seed (trunk t has seed + t); leave it "
+        "unset");
+  }
+  return absl::OkStatus();
+}
+
+v1::GridRequest TrunkRequest(const v1::CurveRequest& request, int trunk) {
+  v1::GridRequest grid = request.grid();
+  grid.set_seed(grid.seed() + static_cast<uint64_t>(trunk));
+  return grid;
+}
+
+// A grid request's errors name its fields; in a curve they sit under "grid.".
+absl::Status UnderGrid(const absl::Status& status) {
+  if (status.code() != absl::StatusCode::kInvalidArgument) return status;
+  return absl::InvalidArgumentError(absl::StrCat("grid.", status.message()));
+}
+
+// The judge heads of the plan's model, as the pool describes it.
+absl::StatusOr<std::vector<std::string>> JudgeHeads(ReplicaPool* pool,
+                                                    const GridPlanSpec& plan) {
+  absl::StatusOr<v1::GetModelInfoResponse> models = pool->Models();
+  if (!models.ok()) return models.status();
+  for (const v1::ModelInfo& m : models->models()) {
+    if (m.name() != plan.model || m.version() != plan.model_version) continue;
+    std::vector<std::string> heads;
+    for (const v1::JudgeHeadInfo& head : m.judge().heads()) heads.push_back(head.name());
+    return heads;
+  }
+  return absl::UnavailableError(absl::StrCat("no replica serves ", plan.model, " version ",
+                                             plan.model_version, " any more"));
+}
+
+v1::Estimate ToProto(const Estimate& e) {
+  v1::Estimate out;
+  out.set_mean(e.mean);
+  out.set_standard_error(e.standard_error);
+  return out;
+}
+
+std::string Describe(const v1::GridPlan& plan, int trunks) {
+  std::string prompt = plan.prompt().empty() ? "unprompted" : absl::StrCat("\"", plan.prompt(), "\"");
+  if (!plan.switch_prompt().empty()) absl::StrAppend(&prompt, " → \"", plan.switch_prompt(), "\"");
+  return absl::StrCat(plan.model(), " · ", prompt, " · ", trunks, " trunks");
+}
+
+}  // namespace
+
+// One curve: the trunks' grids on worker threads, their progress queued for
+// the client's thread, which alone writes to the client.
+class CurveService::CurveRun {
+ public:
+  CurveRun(CurveService* service, const Caller& caller, const v1::CurveRequest& request,
+           int heads)
+      : service_(service), caller_(caller), request_(request), heads_(heads),
+        observations_(request.trunks()) {}
+
+  // Runs every trunk (trunk 0 already admitted), delivering progress through
+  // `deliver`; the observations in trunk order.
+  absl::StatusOr<std::vector<TrunkObservation>> Execute(
+      std::unique_ptr<AdmittedGrid> first, const std::function<bool(const v1::CurveEvent&)>& deliver) {
+    first_ = std::move(first);
+    const int workers = std::min(service_->limits_.max_concurrent_grids, request_.trunks());
+    std::vector<std::thread> threads;
+    for (int w = 0; w < workers; ++w) threads.emplace_back([this] { Work(); });
+    DeliverProgress(deliver);
+    for (std::thread& t : threads) t.join();
+    if (!status_.ok()) return status_;
+    return std::move(observations_);
+  }
+
+  int64_t model_evals() const { return model_evals_; }
+  int cache_hits() const { return cache_hits_; }
+  int judged_images() const { return judged_images_; }
+
+ private:
+  // Worker: takes the next trunk until none is left or the curve failed.
+  void Work() {
+    while (true) {
+      int trunk;
+      std::unique_ptr<AdmittedGrid> admitted;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (next_ >= request_.trunks() || !status_.ok()) return;
+        trunk = next_++;
+        if (trunk == 0) admitted = std::move(first_);
+      }
+      absl::Status s = RunTrunk(trunk, std::move(admitted));
+      if (!s.ok()) {
+        Fail(s);
+        return;
+      }
+    }
+  }
+
+  absl::Status RunTrunk(int trunk, std::unique_ptr<AdmittedGrid> admitted) {
+    if (!admitted) {
+      absl::StatusOr<std::unique_ptr<AdmittedGrid>> a = AdmitWhenFree(trunk);
+      if (!a.ok()) return a.status();
+      admitted = std::move(*a);
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++running_;
+    }
+    absl::StatusOr<v1::Grid> grid = service_->grids_->Run(
+        *admitted, caller_, [](const v1::GridEvent&) { return true; }, &cancel_,
+        /*stream_grid=*/false);
+    absl::StatusOr<TrunkObservation> observed =
+        grid.ok() ? JudgeGrid(service_->pool_, admitted->plan(), *grid, heads_,
+                              std::min(caller_.deadline, absl::Now() + kJudgeTimeout), &cancel_)
+                  : grid.status();
+    admitted.reset();  // its place in the grid limits is free again
+    std::lock_guard<std::mutex> lock(mu_);
+    --running_;
+    changed_.notify_all();
+    if (!observed.ok()) {
+      return absl::Status(observed.status().code(),
+                          absl::StrCat("trunk ", trunk, " (seed ", TrunkRequest(request_, trunk).seed(),
+                                       "): ", observed.status().message()));
+    }
+    observations_[trunk] = std::move(*observed);
+    model_evals_ += grid->model_evals();
+    cache_hits_ += grid->cache_hits();
+    if (heads_ > 0) judged_images_ += 1 + grid->plan().branches() * grid->rows_size();
+    v1::CurveEvent event;
+    v1::CurveProgress* p = event.mutable_progress();
+    p->set_trunks_done(++done_);
+    p->set_trunks(request_.trunks());
+    p->set_seconds(absl::ToDoubleSeconds(absl::Now() - started_));
+    p->set_model_evals(model_evals_);
+    p->set_cache_hits(cache_hits_);
+    progress_.push_back(std::move(event));
+    return absl::OkStatus();
+  }
+
+  // Trunks after the first are admitted as their turn comes. When the
+  // client's grid limit is full (its other grids, or this curve's own), the
+  // trunk waits for one of this curve's grids to end rather than fail.
+  absl::StatusOr<std::unique_ptr<AdmittedGrid>> AdmitWhenFree(int trunk) {
+    while (true) {
+      absl::StatusOr<std::unique_ptr<AdmittedGrid>> admitted =
+          service_->grids_->Admit(caller_, TrunkRequest(request_, trunk));
+      if (admitted.ok() || admitted.status().code() != absl::StatusCode::kResourceExhausted) {
+        return admitted;
+      }
+      std::unique_lock<std::mutex> lock(mu_);
+      if (running_ == 0) return admitted.status();
+      const int before = done_;
+      changed_.wait(lock, [&] { return done_ != before || running_ == 0 || !status_.ok(); });
+      if (!status_.ok()) return status_;
+    }
+  }
+
+  void Fail(const absl::Status& status) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (status_.ok()) status_ = status;
+      changed_.notify_all();
+    }
+    cancel_.Cancel();
+  }
+
+  // The client's thread: writes progress as trunks finish, and cancels the
+  // curve when the client goes away.
+  void DeliverProgress(const std::function<bool(const v1::CurveEvent&)>& deliver) {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (true) {
+      changed_.wait_for(lock, absl::ToChronoNanoseconds(kClientPoll),
+                        [&] { return !progress_.empty() || Finished(); });
+      while (!progress_.empty()) {
+        v1::CurveEvent event = std::move(progress_.front());
+        progress_.pop_front();
+        lock.unlock();
+        const bool written = deliver(event);
+        lock.lock();
+        if (!written && status_.ok()) status_ = absl::CancelledError("curve cancelled: the client went away");
+      }
+      if (caller_.gone() && status_.ok()) {
+        status_ = absl::CancelledError("curve cancelled: the client went away");
+      }
+      if (!status_.ok()) cancel_.Cancel();
+      if (Finished()) return;
+    }
+  }
+
+  // Under mu_.
+  bool Finished() const {
+    return running_ == 0 && (next_ >= request_.trunks() || !status_.ok()) && progress_.empty() &&
+           (done_ == request_.trunks() || !status_.ok());
+  }
+
+  CurveService* const service_;
+  const Caller& caller_;
+  const v1::CurveRequest& request_;
+  const int heads_;
+  const absl::Time started_ = absl::Now();
+  GridCancel cancel_;  // shared by the curve's grids: one failure stops them all
+  // std primitives, not absl's: TSan sees them.
+  std::mutex mu_;
+  std::condition_variable changed_;
+  std::unique_ptr<AdmittedGrid> first_;          // guarded by mu_
+  int next_ = 0;                                 // guarded by mu_
+  int running_ = 0;                              // guarded by mu_
+  int done_ = 0;                                 // guarded by mu_
+  absl::Status status_;                          // guarded by mu_
+  std::vector<TrunkObservation> observations_;   // guarded by mu_
+  std::deque<v1::CurveEvent> progress_;          // guarded by mu_
+  int64_t model_evals_ = 0;                      // guarded by mu_
+  int cache_hits_ = 0;                           // guarded by mu_
+  int judged_images_ = 0;                        // guarded by mu_
+};
+
+CurveService::CurveService(GridService* grids, ReplicaPool* pool, CurveLimits limits)
+    : grids_(grids), pool_(pool), limits_(limits) {}
+
+absl::StatusOr<std::unique_ptr<AdmittedCurve>> CurveService::Admit(
+    const Caller& caller, const v1::CurveRequest& request) {
+  RETURN_IF_ERROR(grids_->Authenticate(caller));
+  RETURN_IF_ERROR(CheckCurveRequest(request, limits_));
+  auto curve = std::make_unique<AdmittedCurve>();
+  curve->request_ = request;
+  absl::StatusOr<std::unique_ptr<AdmittedGrid>> first =
+      grids_->Admit(caller, TrunkRequest(request, 0));
+  if (!first.ok()) return UnderGrid(first.status());
+  curve->first_ = std::move(*first);
+  curve->plan_ = curve->first_->plan();
+  ASSIGN_OR_RETURN(curve->heads_, JudgeHeads(pool_, curve->plan_));
+  return curve;
+}
+
+absl::StatusOr<v1::CurveResult> CurveService::RunCurve(const Caller& caller,
+                                                       const v1::CurveRequest& request,
+                                                       const CurveSink& sink) {
+  ASSIGN_OR_RETURN(std::unique_ptr<AdmittedCurve> curve, Admit(caller, request));
+  return Run(*curve, caller, sink);
+}
+
+absl::StatusOr<v1::CurveResult> CurveService::Run(AdmittedCurve& curve, const Caller& caller,
+                                                  const CurveSink& sink) {
+  const absl::Time started = absl::Now();
+  if (!curve.first_) return absl::FailedPreconditionError("this curve has run already");
+  const v1::CurveRequest& request = curve.request_;
+  const GridPlanSpec& plan = curve.plan_;
+  const std::vector<std::string>* heads = &curve.heads_;
+  v1::CurveResult result;
+  PlanToProto(plan, result.mutable_plan());
+  v1::CurveEvent plan_event;
+  *plan_event.mutable_plan() = result.plan();
+  if (!sink(plan_event)) return absl::CancelledError("curve cancelled: the client went away");
+
+  CurveRun run(this, caller, request, static_cast<int>(heads->size()));
+  CurveObservations observations;
+  observations.heads = static_cast<int>(heads->size());
+  for (const PlannedRow& row : plan.rows) observations.branch_steps.push_back(row.branch_step);
+  absl::StatusOr<std::vector<TrunkObservation>> trunks = run.Execute(std::move(curve.first_), sink);
+  if (!trunks.ok()) return trunks.status();
+  observations.trunks = std::move(*trunks);
+  absl::StatusOr<CurveStatistics> statistics = ComputeDecisionCurve(observations);
+  if (!statistics.ok()) return absl::InternalError(statistics.status().message());
+
+  result.set_trunks(request.trunks());
+  for (size_t r = 0; r < plan.rows.size(); ++r) {
+    v1::CurveRow* row = result.add_rows();
+    row->set_branch_step(plan.rows[r].branch_step);
+    row->set_timestep(plan.rows[r].timestep);
+    *row->mutable_divergence() = ToProto(statistics->divergence[r]);
+    *row->mutable_divergence_to_trunk() = ToProto(statistics->divergence_to_trunk[r]);
+  }
+  for (size_t h = 0; h < heads->size(); ++h) {
+    const HeadCurveStatistics& s = statistics->heads[h];
+    v1::HeadCurve* head = result.add_heads();
+    head->set_head((*heads)[h]);
+    for (const Estimate& e : s.p_differs) *head->add_p_differs() = ToProto(e);
+    head->set_half_found(s.half_step.found);
+    head->set_half_step(s.half_step.value);
+    head->set_half_step_standard_error(s.half_step.standard_error);
+    head->set_half_step_lo(s.half_step.lo);
+    head->set_half_step_hi(s.half_step.hi);
+    head->set_half_found_fraction(s.half_step.found_fraction);
+  }
+  CurveFigure figure;
+  figure.title = Describe(result.plan(), request.trunks());
+  figure.subtitle = absl::StrFormat("%d steps · eta %g · guidance %g · %d branches per row · seeds %d…%d",
+                                    plan.steps, plan.eta, plan.guidance, plan.branches,
+                                    request.grid().seed(),
+                                    request.grid().seed() + request.trunks() - 1);
+  figure.branch_steps = observations.branch_steps;
+  figure.head_names = *heads;
+  figure.statistics = *statistics;
+  absl::StatusOr<std::string> png = DrawCurvePng(figure);
+  if (!png.ok()) return png.status();
+  result.set_png(std::move(*png));
+  result.set_seconds(absl::ToDoubleSeconds(absl::Now() - started));
+  result.set_model_evals(run.model_evals());
+  result.set_cache_hits(run.cache_hits());
+  result.set_judged_images(run.judged_images());
+  v1::CurveEvent last;
+  *last.mutable_curve() = result;
+  if (!sink(last)) return absl::CancelledError("curve cancelled: the client went away");
+  return result;
+}
+
+}  // namespace dgrid

@@ -1,0 +1,84 @@
+// Decision curves behind any transport: the gRPC service and the HTTP
+// gateway both adapt to it. A curve runs N grids of one request (trunk t
+// with seed grid.seed + t) through GridService, so each is admitted, fair to
+// other clients, cached and cancelled like any grid; several run at once so
+// that the replicas' batchers get parallel work. Each finished grid is
+// judged (execute/grid_judge.h), and the statistics and the figure come from
+// assemble/ (decision_curve.h, curve_figure.h).
+//
+//   CurveService curves(&grid_service, &pool, CurveLimits{});
+//   ASSIGN_OR_RETURN(std::unique_ptr<AdmittedCurve> admitted, curves.Admit(caller, request));
+//   ASSIGN_OR_RETURN(v1::CurveResult curve, curves.Run(*admitted, caller, sink));
+//
+// Every error a client can fix comes back before the first event:
+// UNAUTHENTICATED, INVALID_ARGUMENT naming the field ("trunks",
+// "grid.branch_steps"), RESOURCE_EXHAUSTED. The client going away cancels
+// the grids still running.
+#ifndef DGRID_GRID_ORCHESTRATOR_SERVER_CURVE_SERVICE_H_
+#define DGRID_GRID_ORCHESTRATOR_SERVER_CURVE_SERVICE_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "dgrid/v1/orchestrator.pb.h"
+#include "grid_orchestrator/pool/replica_pool.h"
+#include "grid_orchestrator/server/grid_service.h"
+
+namespace dgrid {
+
+struct CurveLimits {
+  // Trunks (grids) one curve may ask for.
+  int max_trunks = 1000;
+  // Grids of one curve in flight at once; each counts against the grid
+  // limits like any other.
+  int max_concurrent_grids = 8;
+};
+
+// A curve past admission: its request is valid and its first trunk's grid is
+// admitted (planned, and holding its place in the grid limits).
+class AdmittedCurve {
+ public:
+  const GridPlanSpec& plan() const { return plan_; }
+
+ private:
+  friend class CurveService;
+  v1::CurveRequest request_;
+  std::unique_ptr<AdmittedGrid> first_;
+  GridPlanSpec plan_;
+  std::vector<std::string> heads_;  // the model's judge heads
+};
+
+class CurveService {
+ public:
+  CurveService(GridService* grids, ReplicaPool* pool, CurveLimits limits);
+
+  // Delivers one event to the client, on the caller's thread; may block.
+  // False: the client is gone.
+  using CurveSink = std::function<bool(const v1::CurveEvent&)>;
+
+  // Authenticates, checks the request and admits its first grid:
+  // UNAUTHENTICATED, INVALID_ARGUMENT or RESOURCE_EXHAUSTED before any event.
+  absl::StatusOr<std::unique_ptr<AdmittedCurve>> Admit(const Caller& caller,
+                                                       const v1::CurveRequest& request);
+  // Runs an admitted curve (once): the plan, a progress event per finished
+  // trunk and the curve go to `sink`; the curve is also returned.
+  absl::StatusOr<v1::CurveResult> Run(AdmittedCurve& curve, const Caller& caller,
+                                      const CurveSink& sink);
+  // Admit, then Run.
+  absl::StatusOr<v1::CurveResult> RunCurve(const Caller& caller, const v1::CurveRequest& request,
+                                           const CurveSink& sink);
+
+ private:
+  class CurveRun;
+
+  GridService* const grids_;
+  ReplicaPool* const pool_;
+  const CurveLimits limits_;
+};
+
+}  // namespace dgrid
+
+#endif  // DGRID_GRID_ORCHESTRATOR_SERVER_CURVE_SERVICE_H_

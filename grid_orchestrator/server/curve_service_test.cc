@@ -1,0 +1,153 @@
+// CurveService over fake replicas, whose judge labels a cell "high" when its
+// grey level is 128 or more: the curve must equal a count made
+// independently over the same grids.
+#include "grid_orchestrator/server/curve_service.h"
+
+#include "common/png_image.h"
+#include "grid_orchestrator/testing/fake_denoiser.h"
+#include "gtest/gtest.h"
+
+namespace dgrid {
+namespace {
+
+using testing::FakeReplicas;
+
+class CurveServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto pool = ReplicaPool::Create(replicas_.PoolOptions(), nullptr);
+    ASSERT_TRUE(pool.ok()) << pool.status();
+    pool_ = std::move(*pool);
+    executor_ = std::make_unique<GridExecutor>(pool_.get(), &cache_, nullptr, ExecutorOptions{});
+  }
+  void Start(OrchestratorLimits limits = {}, CurveLimits curve_limits = {}) {
+    grids_ = std::make_unique<GridService>(pool_.get(), executor_.get(), nullptr, limits, "");
+    curves_ = std::make_unique<CurveService>(grids_.get(), pool_.get(), curve_limits);
+  }
+  static v1::CurveRequest Request(int trunks) {
+    v1::CurveRequest r;
+    r.set_trunks(trunks);
+    v1::GridRequest* g = r.mutable_grid();
+    g->set_seed(40);
+    g->mutable_steps()->set_value(10);
+    g->mutable_branches()->set_value(4);
+    for (int k : {0, 3, 6}) g->add_branch_steps(k);
+    return r;
+  }
+  static bool High(const std::string& png) {
+    return DecodePng({reinterpret_cast<const uint8_t*>(png.data()), png.size()})->pixels[0] >= 128;
+  }
+
+  FakeReplicas replicas_{2};
+  PrefixCache cache_{size_t{16} << 20};
+  std::unique_ptr<ReplicaPool> pool_;
+  std::unique_ptr<GridExecutor> executor_;
+  std::unique_ptr<GridService> grids_;
+  std::unique_ptr<CurveService> curves_;
+};
+
+TEST_F(CurveServiceTest, TheCurveIsTheCountOverTheTrunksGrids) {
+  Start();
+  const v1::CurveRequest request = Request(6);
+  std::vector<v1::CurveEvent> events;
+  absl::StatusOr<v1::CurveResult> curve = curves_->RunCurve(
+      Caller{}, request, [&](const v1::CurveEvent& e) { events.push_back(e); return true; });
+  ASSERT_TRUE(curve.ok()) << curve.status();
+
+  // Independently: each trunk's grid (seed 40 + t), labelled cell by cell.
+  std::vector<std::vector<double>> fractions(3);  // [row][trunk]
+  for (int t = 0; t < 6; ++t) {
+    v1::GridRequest grid_request = request.grid();
+    grid_request.set_seed(40 + t);
+    GridCancel cancel;
+    absl::StatusOr<v1::Grid> grid = grids_->RunGrid(
+        Caller{}, grid_request, [](const v1::GridEvent&) { return true; }, &cancel, false);
+    ASSERT_TRUE(grid.ok()) << grid.status();
+    const bool trunk = High(grid->trunk().png());
+    for (int r = 0; r < 3; ++r) {
+      int differ = 0;
+      for (const v1::GridCell& cell : grid->rows(r).cells()) differ += High(cell.png()) != trunk;
+      fractions[r].push_back(differ / 4.0);
+    }
+  }
+  ASSERT_EQ(curve->heads_size(), 1);
+  EXPECT_EQ(curve->heads(0).head(), "level");
+  for (int r = 0; r < 3; ++r) {
+    double mean = 0;
+    for (double f : fractions[r]) mean += f / 6;
+    EXPECT_DOUBLE_EQ(curve->heads(0).p_differs(r).mean(), mean) << "row " << r;
+  }
+  EXPECT_EQ(curve->trunks(), 6);
+  EXPECT_EQ(curve->rows_size(), 3);
+  EXPECT_EQ(curve->rows(1).branch_step(), 3);
+  EXPECT_EQ(curve->judged_images(), 6 * (1 + 3 * 4));
+  EXPECT_EQ(curve->png().substr(1, 3), "PNG");
+
+  // The plan, one progress event per trunk, then the curve.
+  ASSERT_EQ(events.size(), 8u);
+  EXPECT_TRUE(events.front().has_plan());
+  for (int i = 1; i <= 6; ++i) {
+    ASSERT_TRUE(events[i].has_progress());
+    EXPECT_EQ(events[i].progress().trunks_done(), i);
+    EXPECT_EQ(events[i].progress().trunks(), 6);
+  }
+  EXPECT_TRUE(events.back().has_curve());
+}
+
+TEST_F(CurveServiceTest, BadInputIsRefusedNamingTheFieldBeforeAnyEvent) {
+  Start();
+  const struct {
+    v1::CurveRequest request;
+    const char* field;
+  } cases[] = {
+      {Request(1), "trunks"},
+      {Request(1001), "trunks"},
+      {[] {
+         v1::CurveRequest r = Request(4);
+         r.mutable_grid()->mutable_branches()->set_value(0);
+         return r;
+       }(),
+       "grid.branches"},
+      {[] {
+         v1::CurveRequest r = Request(4);
+         r.mutable_grid()->mutable_trunk()->set_init_seed(3);
+         return r;
+       }(),
+       "grid.trunk"},
+  };
+  for (const auto& c : cases) {
+    int events = 0;
+    absl::Status status =
+        curves_->RunCurve(Caller{}, c.request, [&](const v1::CurveEvent&) { return ++events; })
+            .status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << c.field;
+    EXPECT_NE(status.message().find(c.field), std::string::npos) << status;
+    EXPECT_EQ(events, 0);
+  }
+}
+
+TEST_F(CurveServiceTest, AClientThatGoesAwayCancelsTheCurve) {
+  Start();
+  int events = 0;
+  absl::Status status = curves_->RunCurve(Caller{}, Request(20), [&](const v1::CurveEvent& e) {
+    ++events;
+    return !e.has_progress();  // the first progress event finds the client gone
+  }).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kCancelled) << status;
+  EXPECT_LT(events, 21);
+}
+
+// More concurrent grids than the client may have: trunks wait their turn
+// instead of failing.
+TEST_F(CurveServiceTest, TrunksWaitForTheClientsGridLimit) {
+  OrchestratorLimits limits;
+  limits.max_grids_per_client = 2;
+  Start(limits, CurveLimits{1000, 8});
+  absl::StatusOr<v1::CurveResult> curve =
+      curves_->RunCurve(Caller{}, Request(10), [](const v1::CurveEvent&) { return true; });
+  ASSERT_TRUE(curve.ok()) << curve.status();
+  EXPECT_EQ(curve->trunks(), 10);
+}
+
+}  // namespace
+}  // namespace dgrid
