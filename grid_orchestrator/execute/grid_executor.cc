@@ -13,6 +13,7 @@
 #include "common/grpc_status.h"
 #include "common/wire.h"
 #include "grid_orchestrator/assemble/grid_figure.h"
+#include "grid_orchestrator/execute/retry_policy.h"
 #include "grid_orchestrator/metrics/orchestrator_metrics.h"
 
 namespace dgrid {
@@ -130,7 +131,9 @@ class GridExecutor::GridRun {
   void RunJob(const std::string& label, const NextRequest& next, const EventHandler& on_event);
   Attempt Call(const v1::BranchRequest& request, int64_t work,
                const std::set<std::string>& avoid, const EventHandler& on_event);
+  // The retry policy (retry_policy.h) applied to this grid's attempts.
   bool ShouldRetry(const Attempt& attempt, int number) const;
+  RetryLimits retry_limits() const;
   void Backoff(int number) const;
   absl::Status CheckLatent(const v1::Tensor& latent, const std::string& what) const;
 
@@ -344,33 +347,21 @@ GridExecutor::GridRun::Attempt GridExecutor::GridRun::Call(const v1::BranchReque
 }
 
 bool GridExecutor::GridRun::ShouldRetry(const Attempt& a, int number) const {
-  if (a.no_replica || cancel_->cancelled() || absl::Now() >= deadline_) return false;
-  if (number >= ex_.options_.max_attempts) return false;
-  // Another replica can fix these; a permanent error (a bad request, a model
-  // that overflows) would fail the same way everywhere.
-  if (a.stalled || a.bad_output) return true;
-  switch (a.status.code()) {
-    case absl::StatusCode::kResourceExhausted:
-      // Its queue is full: another replica may have room. gRPC's own message
-      // size limit says RESOURCE_EXHAUSTED too, and is the same everywhere.
-      return !absl::StrContains(a.status.message(), "larger than max");
-    case absl::StatusCode::kUnavailable:  // replica gone or shutting down
-    case absl::StatusCode::kAborted:
-    case absl::StatusCode::kCancelled:  // by the replica, not by this grid
-    // A fault of that replica (its model failed, or produced NaN from a
-    // seed): another replica may be sound. NaN from a caller's start latent
-    // is INVALID_ARGUMENT instead, the same everywhere.
-    case absl::StatusCode::kInternal:
-      return true;
-    default:
-      return false;
-  }
+  CallOutcome outcome;
+  outcome.status = a.status;
+  outcome.no_replica = a.no_replica;
+  outcome.stalled = a.stalled;
+  outcome.bad_output = a.bad_output;
+  outcome.grid_over = cancel_->cancelled() || absl::Now() >= deadline_;
+  return dgrid::ShouldRetry(outcome, number, retry_limits());
+}
+
+RetryLimits GridExecutor::GridRun::retry_limits() const {
+  return {ex_.options_.max_attempts, ex_.options_.retry_backoff};
 }
 
 void GridExecutor::GridRun::Backoff(int number) const {
-  absl::Duration wait = ex_.options_.retry_backoff;
-  for (int i = 1; i < number && wait < absl::Seconds(1); ++i) wait *= 2;
-  const absl::Time until = std::min(deadline_, absl::Now() + std::min(wait, absl::Seconds(1)));
+  const absl::Time until = std::min(deadline_, absl::Now() + RetryBackoff(number, retry_limits()));
   while (absl::Now() < until && !cancel_->cancelled()) absl::SleepFor(absl::Milliseconds(5));
 }
 
