@@ -133,37 +133,6 @@ struct TrajectoryBatcher::Emitted {
 
 // Encoded prompts by their padded ids, least recently used out first. Only
 // the batcher thread uses it: no lock.
-class TrajectoryBatcher::ContextCache {
- public:
-  explicit ContextCache(size_t capacity) : capacity_(capacity) {}
-  using Context = std::shared_ptr<const std::vector<float>>;
-
-  Context Find(const std::vector<int64_t>& ids) {
-    auto it = index_.find(Key(ids));
-    if (it == index_.end()) return nullptr;
-    lru_.splice(lru_.begin(), lru_, it->second);
-    return it->second->second;
-  }
-  void Put(const std::vector<int64_t>& ids, Context context) {
-    if (capacity_ == 0) return;
-    const std::string key = Key(ids);
-    if (index_.count(key)) return;
-    lru_.emplace_front(key, std::move(context));
-    index_[key] = lru_.begin();
-    while (lru_.size() > capacity_) {
-      index_.erase(lru_.back().first);
-      lru_.pop_back();
-    }
-  }
-
- private:
-  static std::string Key(const std::vector<int64_t>& ids) {
-    return std::string(reinterpret_cast<const char*>(ids.data()), ids.size() * sizeof(int64_t));
-  }
-  const size_t capacity_;
-  std::list<std::pair<std::string, Context>> lru_;
-  std::unordered_map<std::string, std::list<std::pair<std::string, Context>>::iterator> index_;
-};
 
 
 namespace {

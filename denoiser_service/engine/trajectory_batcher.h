@@ -49,6 +49,7 @@
 #include "absl/types/span.h"
 #include "common/path.h"
 #include "denoiser_service/engine/batch_choice.h"
+#include "denoiser_service/engine/context_cache.h"
 #include "denoiser_service/engine/ddim_schedule.h"
 
 namespace dgrid {
@@ -227,7 +228,6 @@ class TrajectoryBatcher {
   struct Active;
   struct DecodeJob;
   struct Emitted;
-  class ContextCache;
 
   absl::Status Validate(const RunRequest& request) const;
   absl::StatusOr<std::shared_ptr<const DdimSchedule>> ScheduleFor(int steps, Spacing spacing);
