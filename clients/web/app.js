@@ -13,15 +13,19 @@ import {
 const byTestId = (id) => document.querySelector(`[data-testid="${id}"]`);
 
 const form = byTestId('controls');
-// The state's fields by their control; `prompt` is the class list, and a text
-// model's prompt is typed in `promptText` instead.
-const CONTROL_TEST_IDS = {negative: 'negative-prompt'};
+// The state's fields by their control; `prompt` and `switch` are class
+// lists, and a text model's prompts are typed in `promptText` and
+// `switchText` instead.
+const CONTROL_TEST_IDS = {negative: 'negative-prompt', switchNegative: 'switch-negative'};
 const controls = Object.fromEntries([...FIELDS, 'token'].map(
     (name) => [name, byTestId(CONTROL_TEST_IDS[name] ?? name)]));
 controls.promptText = byTestId('prompt-text');
+controls.switchText = byTestId('switch-text');
 const promptLabel = byTestId('prompt-label');
+const switchLabel = byTestId('switch-label');
 const promptExamples = byTestId('prompt-examples');
 const negativeField = byTestId('negative-field');
+const switchNegativeField = byTestId('switch-negative-field');
 const tokensNote = byTestId('tokens-note');
 const gridBox = byTestId('grid');
 const trunkFigure = byTestId('trunk');
@@ -45,9 +49,10 @@ const DEFAULT_TRAJECTORY_CAPTION = trajectoryCaption.innerHTML;
 
 let models = [];
 let modelsLoaded = false;
-// The URL's model and prompt, applied once the models are known.
+// The URL's model, prompt and switch prompt, applied once the models are known.
 let wantedModel = null;
 let wantedPrompt = null;
+let wantedSwitch = null;
 // Which prompt control is shown: 'class' (the list) or 'text' (the box).
 let promptKind = 'class';
 // The promoted path of the form's state (null: the seed's own trunk).
@@ -120,6 +125,33 @@ function currentModel() {
 }
 
 const isText = (model) => model?.conditioning === 'text';
+const modelOf = (plan) => models.find((model) => model.name === plan?.model);
+
+// A prompt as labels show it: free text quoted, a class name as it is.
+function promptName(prompt, model) {
+  if (!prompt) return 'unconditional';
+  return isText(model) ? `“${prompt}”` : prompt;
+}
+
+// What a path segment switches to: a class (by index), or a prompt with
+// its negative prompt when that differs from the grid's.
+function conditioningName(conditioning, plan) {
+  const model = modelOf(plan);
+  if (conditioning.class_index !== undefined) {
+    return model?.prompts?.[conditioning.class_index] ?? `class ${conditioning.class_index}`;
+  }
+  const name = promptName(conditioning.prompt, model);
+  const negative = conditioning.negative_prompt ?? '';
+  if (negative === (plan?.negative_prompt ?? '')) return name;
+  return negative ? `${name}, negative “${negative}”` : `${name}, no negative prompt`;
+}
+
+// Where a path's prompt changes, from its segments' conditioning:
+// e.g. ["prompt → sneaker from step 5"].
+function promptChanges(path, plan) {
+  return (path?.segments ?? []).filter((segment) => segment.conditioning).map((segment) =>
+    `prompt → ${conditioningName(segment.conditioning, plan)} from step ${segment.from_step ?? 0}`);
+}
 
 function fillModels() {
   const wanted = wantedModel ?? controls.model.value;
@@ -143,6 +175,7 @@ function fillPrompts() {
   if (isText(model)) fillTextPrompt(model);
   else fillClassPrompts(model);
   wantedPrompt = null;
+  wantedSwitch = null;
   fillPlaceholders();
 }
 
@@ -156,6 +189,14 @@ function fillClassPrompts(model) {
   }
   // A fresh page starts on the first class; the URL's choice wins.
   controls.prompt.value = wantedPrompt !== null || prompts.includes(wanted) ? wanted : (prompts[0] ?? '');
+  // The switch starts off. The URL's choice wins, even a class the model
+  // lacks (the server's message names it).
+  const switchTo = wantedSwitch ?? controls.switch.value;
+  controls.switch.replaceChildren(new Option('no switch', ''), ...prompts.map((p) => new Option(p, p)));
+  if (wantedSwitch && !prompts.includes(wantedSwitch)) {
+    controls.switch.append(new Option(`${wantedSwitch} (unknown)`, wantedSwitch));
+  }
+  controls.switch.value = wantedSwitch !== null || prompts.includes(switchTo) ? switchTo : '';
   showPromptKind('class');
 }
 
@@ -167,6 +208,7 @@ function fillTextPrompt(model) {
   promptExamples.replaceChildren(...examples.map((p) => new Option(p, p)));
   if (wantedPrompt !== null) controls.promptText.value = wantedPrompt;
   else if (promptKind !== 'text' && controls.promptText.value === '') controls.promptText.value = examples[0] ?? '';
+  if (wantedSwitch !== null) controls.switchText.value = wantedSwitch;
   const tokens = model.max_prompt_tokens ?? 0;
   controls.promptText.placeholder = tokens ? `free text, up to ${tokens} tokens (empty: unconditional)` :
       'free text (empty: unconditional)';
@@ -178,8 +220,12 @@ function showPromptKind(kind) {
   const text = kind === 'text';
   controls.prompt.hidden = text;
   controls.promptText.hidden = !text;
+  controls.switch.hidden = text;
+  controls.switchText.hidden = !text;
   negativeField.hidden = !text;
+  switchNegativeField.hidden = !text;
   promptLabel.htmlFor = text ? 'prompt-text' : 'prompt';
+  switchLabel.htmlFor = text ? 'switch-text' : 'switch';
 }
 
 function fillPlaceholders() {
@@ -189,7 +235,8 @@ function fillPlaceholders() {
   controls.eta.placeholder = classic ? '1' : formatNumber(defaults.eta ?? 0);
   controls.guidance.placeholder = formatNumber(defaults.guidance ?? 1);
   controls.rows.placeholder = classic ? 'preset: t = 921, 821, 701' : 'preset: 0,5,10,20,30,40 of 50';
-  controls.cols.placeholder = '4';
+  // With the trunk's noise every branch of a row is the same: one column.
+  controls.cols.placeholder = controls.noise.value === 'trunk' ? '1' : '4';
 }
 
 async function loadModels() {
@@ -209,11 +256,12 @@ async function loadModels() {
 // defaults (the first model, its first class).
 function fillControls(state, {fresh = false} = {}) {
   for (const field of FIELDS) {
-    if (field === 'prompt' || field === 'model') continue;
+    if (field === 'prompt' || field === 'model' || field === 'switch') continue;
     controls[field].value = state[field];
   }
   wantedModel = fresh ? null : state.model;
   wantedPrompt = fresh ? null : state.prompt;
+  wantedSwitch = fresh ? null : state.switch;
   if (modelsLoaded) fillModels();
   fillPlaceholders();
   setFormTrunk(state.trunk);
@@ -222,9 +270,14 @@ function fillControls(state, {fresh = false} = {}) {
 function stateFromControls() {
   const state = emptyState();
   for (const field of FIELDS) state[field] = controls[field].value.trim();
-  // Only a text model takes free text and a negative prompt.
-  if (promptKind === 'text') state.prompt = controls.promptText.value.trim();
-  else state.negative = '';
+  // Only a text model takes free text and negative prompts.
+  if (promptKind === 'text') {
+    state.prompt = controls.promptText.value.trim();
+    state.switch = controls.switchText.value.trim();
+  } else {
+    state.negative = '';
+    state.switchNegative = '';
+  }
   state.trunk = formTrunk;
   return state;
 }
@@ -383,6 +436,20 @@ function rowLabel(plan, row) {
   return {step, timestep};
 }
 
+// A row's step as its label says it: "step 5", or in a grid that switches
+// prompts "→ sneaker after step 5", the prompt on a line of its own that a
+// long text may cut (the label's title has all of it).
+function rowStep(plan, step) {
+  const node = element('span', 'row-step');
+  if (!plan.switch_prompt) {
+    node.textContent = `step ${step}`;
+    return node;
+  }
+  node.append(element('span', 'row-switch', `→ ${promptName(plan.switch_prompt, modelOf(plan))}`),
+      ` after step ${step}`);
+  return node;
+}
+
 function buildGrid(plan) {
   const rows = plan.branch_steps?.length ?? 0;
   const cols = plan.branches ?? 0;
@@ -399,7 +466,9 @@ function buildGrid(plan) {
     const label = element('div', 'row-label');
     label.dataset.testid = 'row-label';
     label.dataset.row = String(row);
-    label.append(element('span', 'row-step', `step ${step}`), element('span', 'row-t', `t = ${timestep}`));
+    const stepNode = rowStep(plan, step);
+    if (plan.switch_prompt) label.title = stepNode.textContent;
+    label.append(stepNode, element('span', 'row-t', `t = ${timestep}`));
     nodes.push(label);
     for (let col = 0; col < cols; col++) {
       const button = element('button', 'cell');
@@ -418,8 +487,10 @@ function buildGrid(plan) {
   trunkFrame.replaceChildren(placeholder('trunk'));
   trunkFigure.dataset.path = encodePath(plan.trunk ?? {});
   delete trunkFigure.dataset.loaded;
-  const promoted = (plan.trunk?.segments?.length ?? 0) > 1;
-  trunkCaption.textContent = promoted ? 'a promoted branch' : `seed ${plan.trunk?.init_seed ?? 0}`;
+  const changes = promptChanges(plan.trunk, plan);
+  const promoted = (plan.trunk?.segments?.length ?? 0) > 1 || changes.length > 0;
+  trunkCaption.textContent = promoted ? ['a promoted branch', ...changes].join(' · ') :
+      `seed ${plan.trunk?.init_seed ?? 0}`;
   renderTrajectory(null);
   plotBox.replaceChildren(element('p', 'empty', 'The plot appears when the grid is complete.'));
 }
@@ -444,9 +515,11 @@ function addCell(cell) {
   button.disabled = false;
   button.dataset.loaded = 'true';
   button.dataset.path = encodePath(cell.path ?? {});
-  button.title = `Promote to trunk (from ${cell.source || 'unknown'})`;
+  const changes = promptChanges(cell.path, view.plan);
+  button.title = [`Promote to trunk (from ${cell.source || 'unknown'})`, ...changes].join('\n');
+  const switched = changes.length ? ` (${changes.join(', ')})` : '';
   button.setAttribute('aria-label',
-      `Row ${row + 1}, after step ${step} (t = ${timestep}), branch ${col + 1}: promote to trunk`);
+      `Row ${row + 1}, after step ${step} (t = ${timestep}), branch ${col + 1}${switched}: promote to trunk`);
 }
 
 // The cell under the pointer, else the focused one, else none (the trunk).
@@ -559,8 +632,11 @@ function renderTrajectory(focus) {
     caption.textContent = `row ${focus.row + 1}, branch ${focus.col + 1}`;
     const shared = step === 0 ? `shares only the trunk’s initial noise (t = ${timestep})` :
         `follows the trunk up to step ${step} (t = ${timestep})`;
-    trajectoryCaption.textContent = `This branch ${shared}, then takes its own noise. ` +
-        'The dimmed steps below are the trunk’s, not this branch’s.';
+    const own = plan.branch_noise === 'BRANCH_NOISE_TRUNK' ? 'This branch keeps the trunk’s noise throughout.' :
+        `This branch ${shared}, then takes its own noise.`;
+    const changes = promptChanges(cell?.path, plan);
+    const prompt = changes.length ? ` Its ${changes.join(', ')}.` : '';
+    trajectoryCaption.textContent = `${own}${prompt} The dimmed steps below are the trunk’s, not this branch’s.`;
   } else {
     caption.textContent = 'trunk';
     trajectoryCaption.innerHTML = DEFAULT_TRAJECTORY_CAPTION;
@@ -626,10 +702,13 @@ function renderExports(grid) {
   const sampler = plan.sampler ?? {};
   const spacing = (sampler.spacing ?? 'SPACING_LEADING').replace('SPACING_', '').toLowerCase();
   const negative = plan.negative_prompt ? ` Negative prompt: “${plan.negative_prompt}”.` : '';
+  const keep = plan.branch_noise === 'BRANCH_NOISE_TRUNK' ? ', keeping the trunk’s noise' : '';
+  const switched = plan.switch_prompt ?
+      ` Branches switch to ${promptName(plan.switch_prompt, modelOf(plan))} at their row’s step${keep}.` : '';
   summary.textContent = `${plan.branch_steps?.length ?? 0} rows × ${plan.branches ?? 0} branches, ` +
       `${sampler.steps ?? 0} steps, eta ${formatNumber(sampler.eta)}, guidance ${formatNumber(sampler.guidance)}, ` +
       `${spacing} spacing. ${grid.model_evals ?? 0} model evaluations run ` +
-      `(plan ${plan.model_evals ?? 0}, every cell from scratch ${plan.from_scratch_evals ?? 0}).${negative}`;
+      `(plan ${plan.model_evals ?? 0}, every cell from scratch ${plan.from_scratch_evals ?? 0}).${negative}${switched}`;
 }
 
 // ---------- wiring ----------
@@ -650,6 +729,7 @@ byTestId('clear-trunk').addEventListener('click', () => {
 controls.seed.addEventListener('input', () => setFormTrunk(null));
 controls.model.addEventListener('change', fillPrompts);
 controls.preset.addEventListener('change', fillPlaceholders);
+controls.noise.addEventListener('change', fillPlaceholders);
 controls.token.addEventListener('change', async () => {
   const token = controls.token.value.trim();
   if (token) sessionStorage.setItem(TOKEN_KEY, token);

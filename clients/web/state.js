@@ -3,15 +3,20 @@
 //
 //   ?prompt=high&seed=7&steps=20&rows=0,5,10&cols=3&trunk=7_0-1424..._5-7194...
 //   ?model=sd&prompt=a+photo+of+a+cat&negative=blurry&seed=7
+//   ?prompt=coat&switch=sneaker&noise=trunk&seed=7&rows=0,5,10&trunk=7_0-1424..._5-1424...%237
 //
 // `prompt` is a class name for a class model and free text for a text model;
-// `negative` is a text model's negative prompt. An empty or missing field means "the preset's or the model's default", as
-// in GridRequest. `trunk` is a promoted path (init_seed, then
-// from_step-noise_seed per segment); when set the server ignores `seed`.
+// `negative` is a text model's negative prompt. `switch` (and a text model's
+// `switchNegative`) is the prompt each row's branches switch to at the row's
+// step; `noise=trunk` keeps the trunk's noise in the branches. An empty or
+// missing field means "the preset's or the model's default", as in
+// GridRequest. `trunk` is a promoted path (init_seed, then
+// from_step-noise_seed per segment, with the segment's prompt when it
+// switches); when set the server ignores `seed`.
 // The bearer token is a secret and never goes into the URL.
 
-export const FIELDS = ['model', 'prompt', 'negative', 'seed', 'preset', 'steps', 'eta', 'guidance',
-  'rows', 'cols', 'spacing'];
+export const FIELDS = ['model', 'prompt', 'negative', 'switch', 'switchNegative', 'noise', 'seed', 'preset',
+  'steps', 'eta', 'guidance', 'rows', 'cols', 'spacing'];
 
 // A mistake in the form, found before anything is sent.
 export class FormError extends Error {
@@ -50,7 +55,7 @@ export function searchFromState(state) {
   }
   if (state.trunk) params.set('trunk', encodePath(state.trunk));
   // Keep the separators of lists and paths readable.
-  return '?' + params.toString().replace(/%2C/gi, ',');
+  return '?' + params.toString().replace(/%2C/gi, ',').replace(/%7E/gi, '~');
 }
 
 export function sameState(a, b) {
@@ -58,13 +63,28 @@ export function sameState(a, b) {
 }
 
 // Path <-> "7_0-14245985387659098532_5-7194228016281548846". uint64 values
-// stay strings: they do not fit in a JavaScript number.
+// stay strings: they do not fit in a JavaScript number. A segment that
+// switches the prompt carries its conditioning, so that a promoted switched
+// cell is the same trajectory: "5-7194...#3" (class index 3), "5-7194...~a
+// dog" (a prompt), "5-7194...~a dog~blurry" (and a negative prompt), "~"
+// alone (unconditional). In the texts %, _ and ~ are escaped as %25, %5F
+// and %7E.
 export function encodePath(path) {
   const parts = [String(path.init_seed ?? '0')];
   for (const segment of path.segments ?? []) {
-    parts.push(`${segment.from_step ?? 0}-${segment.noise_seed ?? '0'}`);
+    parts.push(`${segment.from_step ?? 0}-${segment.noise_seed ?? '0'}${encodeConditioning(segment.conditioning)}`);
   }
   return parts.join('_');
+}
+
+const escapeText = (text) => text.replace(/[%_~]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
+const unescapeText = (text) => text.replace(/%(25|5F|7E)/gi, (_, hex) => String.fromCharCode(parseInt(hex, 16)));
+
+function encodeConditioning(conditioning) {
+  if (!conditioning) return '';
+  if (conditioning.class_index !== undefined) return `#${conditioning.class_index}`;
+  const negative = conditioning.negative_prompt ? `~${escapeText(conditioning.negative_prompt)}` : '';
+  return `~${escapeText(conditioning.prompt ?? '')}${negative}`;
 }
 
 export function decodePath(text) {
@@ -72,9 +92,18 @@ export function decodePath(text) {
   if (!/^\d+$/.test(parts[0])) throw new FormError(`trunk: bad path "${text}"`);
   const path = {init_seed: parts[0], segments: []};
   for (const part of parts.slice(1)) {
-    const match = /^(\d+)-(\d+)$/.exec(part);
+    const match = /^(\d+)-(\d+)(?:#(\d+)|~([^~]*)(?:~([^~]*))?)?$/.exec(part);
     if (!match) throw new FormError(`trunk: bad segment "${part}" in "${text}"`);
-    path.segments.push({from_step: Number(match[1]), noise_seed: match[2]});
+    const [, fromStep, noiseSeed, classIndex, prompt, negative] = match;
+    const segment = {from_step: Number(fromStep), noise_seed: noiseSeed};
+    if (classIndex !== undefined) {
+      segment.conditioning = {class_index: Number(classIndex)};
+    } else if (prompt !== undefined) {
+      segment.conditioning = {};
+      if (prompt) segment.conditioning.prompt = unescapeText(prompt);
+      if (negative) segment.conditioning.negative_prompt = unescapeText(negative);
+    }
+    path.segments.push(segment);
   }
   return path;
 }
@@ -102,6 +131,9 @@ export function requestFromState(state) {
   if (state.model) request.model = state.model;
   request.prompt = state.prompt;
   if (state.negative) request.negative_prompt = state.negative;
+  if (state.switch) request.switch_prompt = state.switch;
+  if (state.switchNegative) request.switch_negative_prompt = state.switchNegative;
+  if (state.noise) request.branch_noise = `BRANCH_NOISE_${state.noise.toUpperCase()}`;
   if (state.seed !== '') {
     if (!/^\d+$/.test(state.seed)) throw new FormError(`seed: not a whole number: "${state.seed}"`);
     request.seed = state.seed;

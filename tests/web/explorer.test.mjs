@@ -78,8 +78,9 @@ async function openPage(page, url) {
 }
 
 async function fillGrid(page, values) {
+  const SELECTS = ['model', 'prompt', 'switch', 'preset', 'noise'];
   for (const [field, value] of Object.entries(values)) {
-    if (field === 'prompt' || field === 'preset' || field === 'model') {
+    if (SELECTS.includes(field)) {
       await page.selectOption(testId(field), value);
     } else {
       await page.fill(testId(field), value);
@@ -427,6 +428,31 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
           await shared.close();
         }
 
+        // A switch to free text with its own negative prompt: in the URL,
+        // the row labels and a cell's hover text.
+        await page.fill(testId('switch-text'), 'a photo of a dog');
+        await page.fill(testId('switch-negative'), 'grainy');
+        await runGrid(page, {...GRID, seed: '34', rows: '0,10', cols: '2'});
+        const switchUrl = new URL(page.url());
+        assert.equal(switchUrl.searchParams.get('switch'), 'a photo of a dog');
+        assert.equal(switchUrl.searchParams.get('switchNegative'), 'grainy');
+        assert.deepEqual(await page.$$eval(`${testId('row-label')} .row-step`, (nodes) => nodes.map((n) => n.textContent)),
+            ['→ “a photo of a dog” after step 0', '→ “a photo of a dog” after step 10']);
+        const switchTitle = await page.getAttribute(cell(1, 1), 'title');
+        assert.ok(switchTitle.includes('prompt → “a photo of a dog”, negative “grainy” from step 10'), switchTitle);
+        await screenshot(page, '08-text-switch');
+        // Promoted, the cell keeps its segment's prompts (through the URL).
+        const switchedPath = await page.getAttribute(cell(1, 1), 'data-path');
+        assert.match(switchedPath, /_10-\d+~a photo of a dog~grainy$/);
+        const switchedImage = await src(page, `${cell(1, 1)} img`);
+        await page.click(cell(1, 1));
+        await page.waitForURL((next) => next.searchParams.get('trunk') === switchedPath);
+        await page.waitForSelector(`${testId('trunk')}[data-loaded="true"][data-path="${switchedPath}"]`);
+        await waitForGrid(page);
+        assert.equal(await src(page, testId('trunk-image')), switchedImage);
+        await page.fill(testId('switch-text'), '');
+        await page.fill(testId('switch-negative'), '');
+
         // A prompt longer than the model's context: the page says what was cut.
         await page.fill(testId('prompt-text'), Array(200).fill('cat').join(' '));
         await runGrid(page, {...GRID, seed: '32', rows: '0,10', cols: '2'});
@@ -439,6 +465,8 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
         await page.waitForSelector(testId('prompt'), {state: 'visible'});
         assert.equal(await page.isVisible(testId('prompt-text')), false);
         assert.equal(await page.isVisible(testId('negative-prompt')), false);
+        assert.equal(await page.isVisible(testId('switch-negative')), false);
+        assert.equal(await page.isVisible(testId('switch')), true, 'the switch lists the classes');
         const options = await page.$$eval(`${testId('prompt')} option`, (nodes) => nodes.map((n) => n.value));
         assert.deepEqual(options, ['', ...(classModel.prompts ?? [])]);
         await runGrid(page, {...GRID, seed: '33'});
@@ -455,4 +483,67 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
       await text.stop();
     }
   });
+  test('9. a prompt switch: the rows say it, a cell\'s hover says where, promotion keeps it', {timeout: 120_000},
+      () => withPage('09-switch', async (page) => {
+    const prompts = (await (await fetch(`${main.url}api/v1/models`)).json()).models[0].prompts ?? [];
+    assert.ok(prompts.length >= 2, `a class model with two classes: ${prompts}`);
+    const [from, to] = prompts;
+    await openPage(page, main.url);
+    // With the trunk's noise a row is one column: the trunk, switched to
+    // `to` after the row's step.
+    await runGrid(page, {...GRID, seed: '41', cols: '', prompt: from, switch: to, noise: 'trunk'});
+    const url = new URL(page.url());
+    assert.equal(url.searchParams.get('switch'), to);
+    assert.equal(url.searchParams.get('noise'), 'trunk');
+    const labels = await page.$$eval(`${testId('row-label')} .row-step`, (nodes) => nodes.map((n) => n.textContent));
+    assert.deepEqual(labels, GRID.rows.split(',').map((step) => `→ ${to} after step ${step}`));
+    assert.equal(await page.locator(`${testId('cell')}[data-loaded="true"]`).count(), ROWS, 'one column');
+    assert.notEqual(await src(page, `${cell(0, 0)} img`), await src(page, testId('trunk-image')),
+        'switched from step 0, the picture changes');
+
+    // Hovering a cell says where its prompt changed.
+    const target = cell(2, 0);
+    const changed = `prompt → ${to} from step 10`;
+    await page.hover(target);
+    await page.waitForSelector(`${testId('trajectory')}[data-focus="2,0"]`);
+    const title = await page.getAttribute(target, 'title');
+    assert.ok(title.includes(changed), `the cell's title: ${title}`);
+    const caption = await page.textContent(testId('trajectory-caption'));
+    assert.ok(caption.includes(`Its ${changed}.`), `the trajectory caption: ${caption}`);
+    const path = await page.getAttribute(target, 'data-path');
+    assert.match(path, new RegExp(`_10-\\d+#${prompts.indexOf(to)}$`), `the switch is in the cell's path: ${path}`);
+    await screenshot(page, '09-switch-hover');
+
+    // Promoting it sends the path with its segment's prompt: the trunk is
+    // the switched cell, and the switch fields stay.
+    const image = await src(page, `${target} img`);
+    await page.click(target);
+    await page.waitForURL((next) => next.searchParams.get('trunk') === path);
+    await page.waitForSelector(`${testId('trunk')}[data-loaded="true"][data-path="${path}"]`);
+    await waitForGrid(page);
+    assert.equal(await src(page, testId('trunk-image')), image, 'the promoted switched cell reproduces');
+    assert.ok((await page.textContent(testId('trunk-caption'))).includes(changed));
+    assert.equal(await page.inputValue(testId('switch')), to);
+    assert.equal(await page.inputValue(testId('noise')), 'trunk');
+    assert.equal(new URL(page.url()).searchParams.get('switch'), to);
+    const record = await page.evaluate(async () => {
+      const href = document.querySelector('[data-testid="download-json"]').href;
+      return (await fetch(href)).json();
+    });
+    assert.equal(record.request.switch_prompt, to);
+    assert.deepEqual(record.request.trunk.segments.at(-1).conditioning, {class_index: prompts.indexOf(to)});
+
+    // The link alone brings back the switched trunk and the switch.
+    const shared = await newPage();
+    try {
+      await openPage(shared, page.url());
+      await shared.waitForSelector(`${testId('trunk')}[data-loaded="true"][data-path="${path}"]`);
+      await waitForGrid(shared);
+      assert.equal(await src(shared, testId('trunk-image')), image);
+      assert.equal(await shared.inputValue(testId('switch')), to);
+      assert.deepEqual(shared.errors, []);
+    } finally {
+      await shared.close();
+    }
+  }));
 });
