@@ -14,6 +14,7 @@ packages=(
   prometheus-cpp-dev
   libgtest-dev libgmock-dev
   zlib1g-dev libpng-dev libcairo2-dev fonts-dejavu-core libcpp-httplib-dev libssl-dev
+  nlohmann-json3-dev
   # model runtime: Debian's LibTorch (CPU) and a fast BLAS for it
   libtorch-dev libopenblas0-pthread
   # Python side: reference vectors, external-model fixture, Python client

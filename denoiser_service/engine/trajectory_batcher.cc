@@ -5,7 +5,6 @@
 #include <cstring>
 #include <future>
 #include <limits>
-#include <list>
 #include <numeric>
 #include <tuple>
 #include <unordered_map>

@@ -402,7 +402,13 @@ TEST(LoadTokenizerTest, ErrorsNameTheFileAndLine) {
   EXPECT_EQ(LoadError(spec).code(), absl::StatusCode::kNotFound);
 
   spec.vocab_path = WriteFile("bad.json", "{\"a\": 0,\n \"b\" 1}\n");
-  EXPECT_THAT(LoadError(spec).message(), HasSubstr("bad.json:2: expected ':'"));
+  EXPECT_THAT(LoadError(spec).message(), HasSubstr("bad.json:2: "));
+  EXPECT_THAT(LoadError(spec).message(), HasSubstr("expected ':'"));
+  spec.vocab_path = WriteFile("negative.json", "{\"a\": 0,\n\"b\": -1}");
+  EXPECT_THAT(LoadError(spec).message(),
+              HasSubstr("negative.json:1: token \"b\": expected a non-negative integer id"));
+  spec.vocab_path = WriteFile("list.json", "[1, 2]");
+  EXPECT_THAT(LoadError(spec).message(), HasSubstr("list.json:1: expected '{'"));
   spec.vocab_path = WriteFile("twice.json", "{\"a\": 0,\n\"b\": 1,\n\"a\": 2}");
   EXPECT_THAT(LoadError(spec).message(), HasSubstr("twice.json:3: token \"a\" appears twice"));
 

@@ -1,6 +1,9 @@
 #include "denoiser_service/text/vocab_files.h"
 
+#include <algorithm>
 #include <limits>
+
+#include <nlohmann/json.hpp>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
@@ -12,7 +15,6 @@
 #include "absl/strings/strip.h"
 #include "common/bundle_files.h"
 #include "common/status_macros.h"
-#include "denoiser_service/text/cleanup.h"
 
 namespace dgrid {
 namespace {
@@ -41,159 +43,105 @@ std::vector<absl::string_view> Lines(absl::string_view text) {
   return lines;
 }
 
-// The one JSON shape vocab.json has: {"token": id, ...}. A general JSON
-// library would be a dependency for this alone.
-class VocabJsonParser {
- public:
-  VocabJsonParser(const std::string& path, absl::string_view text) : path_(path), text_(text) {}
+// The 1-based line of byte `offset` of `text`.
+int LineOf(absl::string_view text, size_t offset) {
+  offset = std::min(offset, text.size());
+  return 1 + static_cast<int>(std::count(text.begin(), text.begin() + offset, '\n'));
+}
 
-  absl::StatusOr<VocabJson> Parse() {
-    VocabJson vocab;
-    absl::flat_hash_set<std::string> seen;
-    SkipSpace();
-    if (!Consume('{')) return Error("expected '{' (a JSON object of token -> id)");
-    SkipSpace();
-    if (!Consume('}')) {
-      while (true) {
-        SkipSpace();
-        const int token_line = line_;
-        ASSIGN_OR_RETURN(std::string token, ParseString());
-        SkipSpace();
-        if (!Consume(':')) return Error("expected ':' after a token");
-        SkipSpace();
-        ASSIGN_OR_RETURN(int64_t id, ParseId());
-        vocab.emplace_back(std::move(token), id);
-        if (!seen.insert(vocab.back().first).second) {
-          line_ = token_line;
-          return Error(absl::StrCat("token ", Quote(vocab.back().first), " appears twice"));
-        }
-        SkipSpace();
-        if (Consume('}')) break;
-        if (!Consume(',')) return Error("expected ',' or '}' after an id");
-      }
+// Reads the one shape vocab.json has, {"token": id, ...}, through
+// nlohmann::json's SAX interface: tokens in file order, each once, ids
+// non-negative 32-bit integers. Errors name the file and line.
+class VocabJsonReader final : public nlohmann::json_sax<nlohmann::json> {
+ public:
+  VocabJsonReader(const std::string& path, absl::string_view text) : path_(path), text_(text) {}
+
+  absl::StatusOr<VocabJson> Read() {
+    const bool parsed = nlohmann::json::sax_parse(text_.begin(), text_.end(), this);
+    if (!error_.ok()) return error_;
+    if (!parsed) return Error(1, "cannot be read as JSON");
+    if (vocab_.empty()) return Error(1, "the vocabulary is empty");
+    return std::move(vocab_);
+  }
+
+  bool start_object(std::size_t) override {
+    if (++depth_ == 1) return true;
+    return Fail("a token's id must be an integer, not an object");
+  }
+  bool end_object() override {
+    --depth_;
+    return true;
+  }
+  bool key(string_t& token) override {
+    key_ = token;
+    if (!seen_.insert(token).second) {
+      return Fail(absl::StrCat("token ", Quote(token), " appears twice"),
+                  LineOfRepeat(nlohmann::json(token).dump()));
     }
-    SkipSpace();
-    if (pos_ != text_.size()) return Error("unexpected text after the object");
-    if (vocab.empty()) return Error("the vocabulary is empty");
-    return vocab;
+    return true;
+  }
+  bool number_unsigned(number_unsigned_t id) override {
+    if (id > static_cast<number_unsigned_t>(std::numeric_limits<int32_t>::max())) {
+      return Fail(absl::StrCat("token ", Quote(key_), ": id too large"));
+    }
+    vocab_.emplace_back(key_, static_cast<int64_t>(id));
+    return true;
+  }
+  bool number_integer(number_integer_t) override { return NotAnId(); }
+  bool number_float(number_float_t, const string_t&) override { return NotAnId(); }
+  bool null() override { return NotAnId(); }
+  bool boolean(bool) override { return NotAnId(); }
+  bool string(string_t&) override { return NotAnId(); }
+  bool binary(binary_t&) override { return NotAnId(); }
+  bool start_array(std::size_t) override { return depth_ == 0 ? Outer() : NotAnId(); }
+  bool end_array() override { return true; }
+  bool parse_error(std::size_t position, const std::string&,
+                   const nlohmann::detail::exception& e) override {
+    // "[json.exception.parse_error.101] parse error at line 2, column 6:
+    // syntax error while parsing object separator - ...; expected ':'"
+    absl::string_view what = e.what();
+    const size_t colon = what.find(": ");
+    if (colon != absl::string_view::npos) what.remove_prefix(colon + 2);
+    return Fail(std::string(what), LineOf(text_, position == 0 ? 0 : position - 1));
   }
 
  private:
-  absl::Status Error(absl::string_view what) const {
-    return absl::InvalidArgumentError(absl::StrCat(path_, ":", line_, ": ", what));
+  bool NotAnId() {
+    return depth_ == 0 ? Outer()
+                       : Fail(absl::StrCat("token ", Quote(key_),
+                                           ": expected a non-negative integer id"));
   }
-
-  bool Consume(char c) {
-    if (pos_ < text_.size() && text_[pos_] == c) {
-      ++pos_;
-      return true;
-    }
+  bool Outer() { return Fail("expected '{' (a JSON object of token -> id)", 1); }
+  // Where a key written as `quoted` appears for the second time: its line,
+  // or the first line when the file spells it another way.
+  int LineOfRepeat(const std::string& quoted) const {
+    const size_t first = text_.find(quoted);
+    const size_t second =
+        first == absl::string_view::npos ? first : text_.find(quoted, first + quoted.size());
+    return second == absl::string_view::npos ? 1 : LineOf(text_, second);
+  }
+  absl::Status Error(int line, absl::string_view what) const {
+    return absl::InvalidArgumentError(absl::StrCat(path_, ":", line, ": ", what));
+  }
+  bool Fail(absl::string_view what, int line = 0) {
+    error_ = Error(line > 0 ? line : 1, what);
     return false;
-  }
-
-  void SkipSpace() {
-    for (; pos_ < text_.size(); ++pos_) {
-      const char c = text_[pos_];
-      if (c == '\n') ++line_;
-      if (c != ' ' && c != '\t' && c != '\n' && c != '\r') break;
-    }
-  }
-
-  absl::StatusOr<uint32_t> ParseHex4() {
-    if (text_.size() - pos_ < 4) return Error("truncated \\u escape");
-    uint32_t value = 0;
-    for (int i = 0; i < 4; ++i) {
-      const char c = text_[pos_++];
-      int digit;
-      if (c >= '0' && c <= '9') {
-        digit = c - '0';
-      } else if ((c | 0x20) >= 'a' && (c | 0x20) <= 'f') {
-        digit = (c | 0x20) - 'a' + 10;
-      } else {
-        return Error("bad \\u escape");
-      }
-      value = value * 16 + digit;
-    }
-    return value;
-  }
-
-  absl::StatusOr<std::string> ParseString() {
-    if (!Consume('"')) return Error("expected a token in double quotes");
-    std::string out;
-    while (true) {
-      if (pos_ >= text_.size()) return Error("unterminated string");
-      const char c = text_[pos_++];
-      if (c == '"') return out;
-      if (static_cast<unsigned char>(c) < 0x20) return Error("control character in a string");
-      if (c != '\\') {
-        out.push_back(c);
-        continue;
-      }
-      if (pos_ >= text_.size()) return Error("unterminated string");
-      const char e = text_[pos_++];
-      switch (e) {
-        case '"':
-        case '\\':
-        case '/':
-          out.push_back(e);
-          break;
-        case 'b':
-          out.push_back('\b');
-          break;
-        case 'f':
-          out.push_back('\f');
-          break;
-        case 'n':
-          out.push_back('\n');
-          break;
-        case 'r':
-          out.push_back('\r');
-          break;
-        case 't':
-          out.push_back('\t');
-          break;
-        case 'u': {
-          ASSIGN_OR_RETURN(uint32_t c1, ParseHex4());
-          if (c1 >= 0xDC00 && c1 <= 0xDFFF) return Error("lone low surrogate in a \\u escape");
-          if (c1 >= 0xD800 && c1 <= 0xDBFF) {
-            if (text_.substr(pos_, 2) != "\\u") return Error("lone high surrogate in a \\u escape");
-            pos_ += 2;
-            ASSIGN_OR_RETURN(uint32_t c2, ParseHex4());
-            if (c2 < 0xDC00 || c2 > 0xDFFF) return Error("lone high surrogate in a \\u escape");
-            c1 = 0x10000 + ((c1 - 0xD800) << 10) + (c2 - 0xDC00);
-          }
-          AppendUtf8(c1, &out);
-          break;
-        }
-        default:
-          return Error(absl::StrCat("bad escape \\", absl::string_view(&e, 1)));
-      }
-    }
-  }
-
-  absl::StatusOr<int64_t> ParseId() {
-    constexpr int64_t kMaxId = std::numeric_limits<int32_t>::max();
-    const size_t begin = pos_;
-    int64_t id = 0;
-    for (; pos_ < text_.size() && text_[pos_] >= '0' && text_[pos_] <= '9'; ++pos_) {
-      id = id * 10 + (text_[pos_] - '0');
-      if (id > kMaxId) return Error("id too large");
-    }
-    if (pos_ == begin) return Error("expected a non-negative integer id");
-    return id;
   }
 
   const std::string& path_;
   absl::string_view text_;
-  size_t pos_ = 0;
-  int line_ = 1;
+  VocabJson vocab_;
+  absl::flat_hash_set<std::string> seen_;
+  std::string key_;
+  int depth_ = 0;
+  absl::Status error_;
 };
 
 }  // namespace
 
 absl::StatusOr<VocabJson> ReadVocabJson(const std::string& path) {
   ASSIGN_OR_RETURN(std::string text, ReadFile(path));
-  return VocabJsonParser(path, text).Parse();
+  return VocabJsonReader(path, text).Read();
 }
 
 absl::StatusOr<std::vector<MergeRule>> ReadMerges(const std::string& path) {
