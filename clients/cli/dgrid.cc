@@ -83,6 +83,7 @@ ABSL_FLAG(std::string, tls_key, "", "PEM client key, for mutual TLS.");
 ABSL_FLAG(std::string, tls_name, "", "Name to verify in the server's certificate.");
 ABSL_FLAG(int, row, 0, "dgrid promote: the row, counted from 1 at the top.");
 ABSL_FLAG(int, col, 0, "dgrid promote: the branch, counted from 1 at the left.");
+ABSL_FLAG(int, trunks, 20, "dgrid curve: trunks (grids), seeds --seed to --seed + N - 1.");
 
 namespace dgrid {
 namespace {
@@ -285,7 +286,8 @@ int StreamAndSave(const v1::GridRequest& request, const std::string& out) {
   return 0;
 }
 
-int Grid() {
+// The grid the flags describe (dgrid grid, and each trunk of dgrid curve).
+v1::GridRequest GridRequestFromFlags() {
   v1::GridRequest request;
   request.set_model(absl::GetFlag(FLAGS_model));
   request.set_prompt(absl::GetFlag(FLAGS_prompt));
@@ -312,8 +314,90 @@ int Grid() {
     Fail(absl::StrCat("--branch_noise: new or trunk, got ", ShortQuote(noise)));
   }
   request.set_branch_noise(noise == "trunk" ? v1::BRANCH_NOISE_TRUNK : v1::BRANCH_NOISE_NEW);
+  return request;
+}
+
+int Grid() {
   const std::string out = absl::GetFlag(FLAGS_o).empty() ? "grid.png" : absl::GetFlag(FLAGS_o);
-  return StreamAndSave(request, out);
+  return StreamAndSave(GridRequestFromFlags(), out);
+}
+
+// Streams a decision curve with a progress bar (plain lines when stderr is
+// not a terminal), then writes its plot (-o) and the curve as JSON beside it.
+int Curve() {
+  v1::CurveRequest request;
+  *request.mutable_grid() = GridRequestFromFlags();
+  request.set_trunks(absl::GetFlag(FLAGS_trunks));
+  const std::string out = absl::GetFlag(FLAGS_o).empty() ? "curve.png" : absl::GetFlag(FLAGS_o);
+  auto stub = v1::Orchestrator::NewStub(Connect());
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  auto reader = stub->DecisionCurve(&context, request);
+  const bool tty = ::isatty(2);
+  v1::CurveEvent event;
+  v1::CurveResult curve;
+  while (reader->Read(&event)) {
+    if (event.has_plan()) {
+      WarnDroppedTokens(event.plan());
+      if (!tty) {
+        std::fprintf(stderr, "plan: %d trunks of %d rows x %d branches, %lld model evaluations each\n",
+                     request.trunks(), event.plan().branch_steps_size(), event.plan().branches(),
+                     static_cast<long long>(event.plan().model_evals()));
+      }
+    } else if (event.has_progress()) {
+      const v1::CurveProgress& p = event.progress();
+      if (tty) {
+        const int width = 30, filled = p.trunks() ? width * p.trunks_done() / p.trunks() : 0;
+        std::fprintf(stderr, "\r[%s%s] %d/%d trunks, %.1f s ", std::string(filled, '#').c_str(),
+                     std::string(width - filled, '.').c_str(), p.trunks_done(), p.trunks(),
+                     p.seconds());
+      } else {
+        std::fprintf(stderr, "trunk %d/%d done, %.1f s\n", p.trunks_done(), p.trunks(), p.seconds());
+      }
+    } else if (event.has_curve()) {
+      curve = event.curve();
+    }
+  }
+  if (tty) std::fprintf(stderr, "\n");
+  Check(reader->Finish(), "DecisionCurve");
+  WriteFile(out, curve.png());
+  v1::CurveResult record = curve;
+  record.clear_png();
+  std::string json;
+  google::protobuf::util::JsonPrintOptions options;
+  options.add_whitespace = true;
+  options.preserve_proto_field_names = true;
+  options.always_print_primitive_fields = true;
+  google::protobuf::util::MessageToJsonString(record, &json, options);
+  WriteFile(SidecarPath(out), json);
+
+  std::cout << "wrote " << out << " and " << SidecarPath(out) << ": " << curve.trunks()
+            << " trunks, " << curve.model_evals() << " model evaluations, "
+            << curve.judged_images() << " images judged, "
+            << absl::StrFormat("%.1f", curve.seconds()) << " s\n";
+  std::cout << absl::StrFormat("%6s %9s", "step", "RMS div");
+  for (const v1::HeadCurve& head : curve.heads()) {
+    std::cout << absl::StrFormat(" %18s", absl::StrCat("P(", head.head(), " differs)"));
+  }
+  std::cout << "\n";
+  for (int r = 0; r < curve.rows_size(); ++r) {
+    std::cout << absl::StrFormat("%6d %9.3f", curve.rows(r).branch_step(),
+                                 curve.rows(r).divergence().mean());
+    for (const v1::HeadCurve& head : curve.heads()) {
+      std::cout << absl::StrFormat(" %11.3f ± %.3f", head.p_differs(r).mean(),
+                                   head.p_differs(r).standard_error());
+    }
+    std::cout << "\n";
+  }
+  for (const v1::HeadCurve& head : curve.heads()) {
+    if (head.half_found()) {
+      std::cout << absl::StrFormat("%s: half of its row-0 value at step %.1f ± %.1f\n",
+                                   head.head(), head.half_step(), head.half_step_standard_error());
+    } else {
+      std::cout << head.head() << ": never falls to half of its row-0 value\n";
+    }
+  }
+  return 0;
 }
 
 int Promote(const std::vector<char*>& args) {
@@ -518,6 +602,7 @@ const std::map<std::string, std::function<int(const std::vector<char*>&)>>& Comm
   static const auto* commands =
       new std::map<std::string, std::function<int(const std::vector<char*>&)>>{
           {"grid", [](const auto&) { return Grid(); }},
+          {"curve", [](const auto&) { return Curve(); }},
           {"promote", Promote},
           {"branch", [](const auto&) { return Branch(); }},
           {"step", [](const auto&) { return Step(); }},
@@ -534,6 +619,8 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "dgrid COMMAND [flags]\n"
       "  grid     stream a grid from an orchestrator; write the PNG (-o) and a JSON sidecar\n"
+      "  curve    a decision curve: --trunks N grids of the grid flags (seeds --seed + t),\n"
+      "           judged; write the plot (-o) and the curve as JSON\n"
       "  promote  GRID.json --row R --col C: re-run with that cell as the trunk\n"
       "  branch   run one trajectory on a denoiser and write its image (-o)\n"
       "  step     run one sampler step on a denoiser and print statistics\n"
@@ -554,8 +641,8 @@ int main(int argc, char** argv) {
   std::vector<char*> args =
       absl::ParseCommandLine(static_cast<int>(spelled_argv.size()), spelled_argv.data());
   if (args.size() < 2 || !dgrid::Commands().count(args[1])) {
-    std::cerr << "dgrid: expected a command: grid, promote, branch, step, models, health or "
-                 "tokenize (see --help)\n";
+    std::cerr << "dgrid: expected a command: grid, curve, promote, branch, step, models, "
+                 "health or tokenize (see --help)\n";
     return 2;
   }
   try {

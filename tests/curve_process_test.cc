@@ -1,0 +1,153 @@
+// Decision curves through the real pair (2 dgrid-denoisers serving the
+// shipped fashion-mnist bundle and its judge, 1 dgrid-orchestrator), as a
+// user runs them with `dgrid curve`: the curve must agree with a count made
+// here, independently, over the same grids' images judged one by one.
+#include <grpcpp/grpcpp.h>
+
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "common/png_image.h"
+#include "dgrid/v1/orchestrator.pb.h"
+#include "google/protobuf/util/json_util.h"
+#include "gtest/gtest.h"
+#include "tests/support/stack.h"
+
+namespace dgrid {
+namespace {
+
+using testing::BinPath;
+using testing::ChildProcess;
+using testing::Stack;
+using testing::StackOptions;
+
+constexpr int kTrunks = 8;
+constexpr uint64_t kSeed = 300;
+
+class CurveProcessTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    StackOptions options;
+    auto stack = Stack::Start(options, "curve");
+    ASSERT_TRUE(stack.ok()) << stack.status();
+    stack_ = stack->release();
+  }
+  static void TearDownTestSuite() {
+    delete stack_;
+    stack_ = nullptr;
+  }
+
+  // The grid of every trunk: short, so that the test stays quick.
+  static v1::GridRequest Grid(uint64_t seed) {
+    v1::GridRequest r;
+    r.set_seed(seed);
+    r.mutable_steps()->set_value(20);
+    r.mutable_branches()->set_value(4);
+    for (int k : {0, 4, 8, 14}) r.add_branch_steps(k);
+    return r;
+  }
+
+  // The class the judge sees in each image, asked of denoiser 0 one image
+  // per call.
+  static int Label(const std::string& png) {
+    v1::JudgeRequest request;
+    request.add_images()->set_png(png);
+    v1::JudgeResponse response;
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    const grpc::Status status = stack_->Denoiser(0)->Judge(&context, request, &response);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return status.ok() ? response.images(0).heads(0).label_index() : -1;
+  }
+
+  static Stack* stack_;
+};
+
+Stack* CurveProcessTest::stack_ = nullptr;
+
+TEST_F(CurveProcessTest, DgridCurveAgreesWithAnIndependentCountOverTheSameGrids) {
+  const std::string dir = stack_->dir();
+  auto cli = ChildProcess::Start(
+      {BinPath("dgrid"), "curve", "--target=" + stack_->orchestrator_address(),
+       absl::StrCat("--seed=", kSeed), absl::StrCat("--trunks=", kTrunks), "--steps=20",
+       "--branches=4", "--branch_steps=0,4,8,14", "-o", dir + "/curve.png"},
+      dir + "/curve_cli.log");
+  ASSERT_TRUE(cli.ok()) << cli.status();
+  absl::StatusOr<int> code = (*cli)->Wait(absl::Seconds(300));
+  ASSERT_TRUE(code.ok()) << code.status();
+  ASSERT_EQ(*code, 0) << (*cli)->Log();
+  EXPECT_NE((*cli)->Log().find("trunk 8/8 done"), std::string::npos) << (*cli)->Log();
+
+  std::ifstream json_file(dir + "/curve.json");
+  std::stringstream json;
+  json << json_file.rdbuf();
+  v1::CurveResult curve;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(json.str(), &curve).ok()) << json.str();
+  ASSERT_EQ(curve.trunks(), kTrunks);
+  ASSERT_EQ(curve.rows_size(), 4);
+  ASSERT_EQ(curve.heads_size(), 1);
+  EXPECT_EQ(curve.heads(0).head(), "class");
+  EXPECT_EQ(curve.judged_images(), kTrunks * (1 + 4 * 4));
+  std::ifstream png_file(dir + "/curve.png", std::ios::binary);
+  std::stringstream png;
+  png << png_file.rdbuf();
+  EXPECT_TRUE(DecodePng({reinterpret_cast<const uint8_t*>(png.str().data()), png.str().size()})
+                  .ok());
+
+  // Independently: the same grids (from the cache now), each image judged
+  // on its own, the differing labels counted here.
+  std::vector<std::vector<double>> fractions(4);  // [row][trunk]
+  std::vector<double> divergence(4, 0.0);
+  for (int t = 0; t < kTrunks; ++t) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+    v1::Grid grid;
+    const grpc::Status status = stack_->Orchestrator()->CreateGrid(&context, Grid(kSeed + t), &grid);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    const int trunk = Label(grid.trunk().png());
+    for (int r = 0; r < 4; ++r) {
+      int differ = 0;
+      for (const v1::GridCell& cell : grid.rows(r).cells()) differ += Label(cell.png()) != trunk;
+      fractions[r].push_back(differ / 4.0);
+      divergence[r] += grid.rows(r).divergence() / kTrunks;
+    }
+  }
+  for (int r = 0; r < 4; ++r) {
+    double mean = 0;
+    for (double f : fractions[r]) mean += f / kTrunks;
+    const v1::Estimate& p = curve.heads(0).p_differs(r);
+    // The same images and the same judge: equal, but for a label on a knife
+    // edge between batch sizes; the standard error bounds that.
+    EXPECT_LE(std::abs(p.mean() - mean), 2 * p.standard_error() + 1e-9)
+        << "row " << r << ": curve " << p.mean() << " ± " << p.standard_error()
+        << ", counted " << mean;
+    EXPECT_NEAR(curve.rows(r).divergence().mean(), divergence[r], 1e-9) << "row " << r;
+  }
+  // Early branches change the class more often than late ones.
+  EXPECT_GT(curve.heads(0).p_differs(0).mean(), curve.heads(0).p_differs(3).mean());
+}
+
+TEST_F(CurveProcessTest, BadInputIsInvalidArgumentNamingTheField) {
+  auto stub = stack_->Orchestrator();
+  auto refused = [&](const v1::CurveRequest& request, const std::string& field) {
+    grpc::ClientContext context;
+    auto reader = stub->DecisionCurve(&context, request);
+    v1::CurveEvent event;
+    EXPECT_FALSE(reader->Read(&event)) << field;
+    const grpc::Status status = reader->Finish();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << field;
+    EXPECT_NE(status.error_message().find(field), std::string::npos) << status.error_message();
+  };
+  v1::CurveRequest request;
+  *request.mutable_grid() = Grid(1);
+  request.set_trunks(0);
+  refused(request, "trunks");
+  request.set_trunks(4);
+  request.mutable_grid()->set_prompt("zebra");
+  refused(request, "grid.prompt");
+}
+
+}  // namespace
+}  // namespace dgrid
