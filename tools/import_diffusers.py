@@ -20,7 +20,7 @@ A bundle traced on CUDA is served on CUDA.
 
 What is tested, and what is not: `export_bundle`, `load_bundle`, `sample`,
 `read_tokenizer_config` and `schedule_from_diffusers` take plain torch modules
-and dicts; tests/fixtures/export_bundle_test.py tests them, and
+and dicts; tools/import_diffusers_test.py tests them, and
 tests/fixtures/make_text_fixture.py builds the test bundle with them. `main`,
 the diffusers glue, is NOT tested against diffusers in this repository:
 neither diffusers nor transformers is installed where its tests run. The test
