@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import grpc
 from google.protobuf import json_format
@@ -24,6 +24,10 @@ from google.protobuf import json_format
 from ._stubs import orchestrator_pb2, orchestrator_pb2_grpc
 from .types import (
     Cell,
+    Curve,
+    CurveDone,
+    CurveEvent,
+    CurveProgress,
     Grid,
     GridDone,
     GridEvent,
@@ -246,6 +250,55 @@ class Client:
             raise _error("StreamGrid", e) from None
         finally:
             call.cancel()  # no-op when the stream already ended
+
+    def decision_curve(
+        self,
+        trunks: int,
+        *,
+        on_progress: Optional[Callable[[CurveProgress], None]] = None,
+        timeout: Optional[float] = None,
+        **grid: Any,
+    ) -> Curve:
+        """When is what decided: runs ``trunks`` grids of one request (the
+        keyword arguments of build_request; trunk t has seed ``seed`` + t),
+        judges every image with the model's judge and returns the Curve: per
+        row and judge head, P(a branch's label differs from its trunk's) with
+        its standard error over trunks, and the step where it halves.
+        ``on_progress`` is called as trunks finish."""
+        curve = None
+        for event in self.stream_decision_curve(trunks, timeout=timeout, **grid):
+            if isinstance(event, CurveProgress) and on_progress:
+                on_progress(event)
+            elif isinstance(event, CurveDone):
+                curve = event.curve
+        if curve is None:
+            raise DgridError("DecisionCurve", grpc.StatusCode.INTERNAL, "the stream ended early")
+        return curve
+
+    def stream_decision_curve(
+        self, trunks: int, *, timeout: Optional[float] = None, **grid: Any
+    ) -> Iterator[CurveEvent]:
+        """The curve as it runs: a Plan, a CurveProgress per finished trunk,
+        then CurveDone. Closing the iterator early cancels the curve."""
+        request = orchestrator_pb2.CurveRequest(trunks=trunks)
+        request.grid.CopyFrom(self.build_request(**grid))
+        call = self._stub.DecisionCurve(
+            request, timeout=self._timeout(timeout), metadata=self._metadata)
+        try:
+            for event in call:
+                kind = event.WhichOneof("event")
+                if kind == "plan":
+                    yield Plan.from_proto(event.plan)
+                elif kind == "progress":
+                    p = event.progress
+                    yield CurveProgress(p.trunks_done, p.trunks, p.seconds, p.model_evals,
+                                        p.cache_hits)
+                elif kind == "curve":
+                    yield CurveDone(Curve.from_proto(event.curve))
+        except grpc.RpcError as e:
+            raise _error("DecisionCurve", e) from None
+        finally:
+            call.cancel()
 
     def promote(
         self,

@@ -353,6 +353,8 @@ class Model:
     conditioning: str = "class"
     example_prompts: Tuple[str, ...] = ()
     max_prompt_tokens: int = 0
+    # The heads of the model's judge (decision curves); empty without one.
+    judge_heads: Tuple[str, ...] = ()
 
     @property
     def is_text(self) -> bool:
@@ -376,4 +378,103 @@ class Model:
             conditioning=m.conditioning or "class",
             example_prompts=tuple(m.example_prompts),
             max_prompt_tokens=m.max_prompt_tokens,
+            judge_heads=tuple(h.name for h in m.judge.heads),
         )
+
+
+# ---- decision curves ----
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean over trunks and its standard error."""
+
+    mean: float
+    standard_error: float
+
+    @classmethod
+    def from_proto(cls, e: Any) -> "Estimate":
+        return cls(e.mean, e.standard_error)
+
+
+@dataclass(frozen=True)
+class CurveRow:
+    branch_step: int
+    timestep: int
+    divergence: Estimate
+    divergence_to_trunk: Estimate
+
+
+@dataclass(frozen=True)
+class HeadCurve:
+    """One judge head's curve: per row, P(a branch's label differs from its
+    trunk's); ``half_step`` is where it falls to half its row-0 value (None
+    when it never does), with a bootstrap standard error."""
+
+    head: str
+    p_differs: Tuple[Estimate, ...]
+    half_step: Optional[float]
+    half_step_standard_error: float
+    half_step_interval: Tuple[float, float]
+
+
+@dataclass(frozen=True)
+class CurveProgress:
+    trunks_done: int
+    trunks: int
+    seconds: float
+    model_evals: int
+    cache_hits: int
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A finished decision curve (dgrid.v1.CurveResult)."""
+
+    plan: Plan
+    trunks: int
+    rows: Tuple[CurveRow, ...]
+    heads: Tuple[HeadCurve, ...]
+    png: bytes
+    seconds: float
+    model_evals: int
+    judged_images: int
+    proto: Any = field(default=None, repr=False, compare=False)
+
+    def head(self, name: str) -> HeadCurve:
+        for h in self.heads:
+            if h.head == name:
+                return h
+        raise KeyError(name)
+
+    def save_png(self, path: str) -> None:
+        with open(path, "wb") as f:
+            f.write(self.png)
+
+    @classmethod
+    def from_proto(cls, c: Any) -> "Curve":
+        return cls(
+            plan=Plan.from_proto(c.plan),
+            trunks=c.trunks,
+            rows=tuple(CurveRow(r.branch_step, r.timestep, Estimate.from_proto(r.divergence),
+                                Estimate.from_proto(r.divergence_to_trunk)) for r in c.rows),
+            heads=tuple(HeadCurve(h.head, tuple(Estimate.from_proto(p) for p in h.p_differs),
+                                  h.half_step if h.half_found else None,
+                                  h.half_step_standard_error,
+                                  (h.half_step_lo, h.half_step_hi)) for h in c.heads),
+            png=bytes(c.png),
+            seconds=c.seconds,
+            model_evals=c.model_evals,
+            judged_images=c.judged_images,
+            proto=c,
+        )
+
+
+@dataclass(frozen=True)
+class CurveDone:
+    """The last streamed curve event: the finished curve."""
+
+    curve: Curve
+
+
+CurveEvent = Union[Plan, CurveProgress, CurveDone]

@@ -31,6 +31,7 @@ import grpc  # noqa: E402
 from dgrid_client import (  # noqa: E402
     Cell,
     Client,
+    CurveProgress,
     DgridError,
     Grid,
     GridDone,
@@ -195,6 +196,26 @@ class ClientTest(unittest.TestCase):
         for c in grid.cells + (grid.trunk,):
             self.assertEqual(streamed[(c.row, c.column)].path, c.path)
             self.assertEqual(streamed[(c.row, c.column)].png, c.png)
+
+    def test_decision_curve(self) -> None:
+        progress: List[CurveProgress] = []
+        args = small(500)
+        curve = client.decision_curve(3, on_progress=progress.append, **args)
+        self.assertEqual(curve.trunks, 3)
+        self.assertEqual([p.trunks_done for p in progress], [1, 2, 3])
+        self.assertEqual([r.branch_step for r in curve.rows], BRANCH_STEPS)
+        judge = client.list_models()[0].judge_heads
+        self.assertEqual(tuple(h.head for h in curve.heads), judge)
+        for head in curve.heads:
+            for p in head.p_differs:
+                self.assertTrue(0 <= p.mean <= 1 and p.standard_error >= 0)
+        self.assertEqual(curve.judged_images,
+                         (3 * (1 + len(BRANCH_STEPS) * BRANCHES)) if judge else 0)
+        self.assertPng(curve.png, "curve")
+        with self.assertRaises(DgridError) as bad:
+            client.decision_curve(1, **args)
+        self.assertEqual(bad.exception.code, grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("trunks", bad.exception.details)
 
     def test_stream_closed_early_cancels(self) -> None:
         stream = client.stream_grid(**small(31))
