@@ -274,20 +274,30 @@ TEST_F(DenoiserServerTest, BadInputGetsACodeAndNamesTheFieldAndTheServerKeepsSer
 }
 
 TEST_F(DenoiserServerTest, QueueLimitAnswersResourceExhausted) {
-  // max_queue is 64 trajectories; three concurrent 30-trajectory requests
-  // cannot all be admitted.
-  std::vector<std::thread> threads;
-  std::vector<grpc::StatusCode> codes(3);
-  for (int i = 0; i < 3; ++i) {
-    threads.emplace_back([&, i] {
-      v1::BranchRequest request = GaussianBranch(30);
-      request.mutable_sampler()->set_steps(1000);
-      codes[i] = CallBranch(request).status.error_code();
-    });
+  // max_queue is 64 trajectories: with two 30-trajectory runs admitted (each
+  // has sent its first capture, the start latent), a third cannot be.
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<std::unique_ptr<grpc::ClientReader<v1::BranchEvent>>> running;
+  for (int i = 0; i < 2; ++i) {
+    v1::BranchRequest request = GaussianBranch(30);
+    request.mutable_sampler()->set_steps(1000);
+    request.clear_capture_steps();
+    request.add_capture_steps(0);
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    running.push_back(stub_->Branch(contexts.back().get(), request));
+    v1::BranchEvent first;
+    ASSERT_TRUE(running.back()->Read(&first));  // admitted
   }
-  for (auto& t : threads) t.join();
-  EXPECT_EQ(std::count(codes.begin(), codes.end(), grpc::StatusCode::RESOURCE_EXHAUSTED), 1);
-  EXPECT_EQ(std::count(codes.begin(), codes.end(), grpc::StatusCode::OK), 2);
+  v1::BranchRequest third = GaussianBranch(30);
+  third.mutable_sampler()->set_steps(1000);
+  EXPECT_EQ(CallBranch(third).status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  for (size_t i = 0; i < running.size(); ++i) {
+    contexts[i]->TryCancel();
+    v1::BranchEvent event;
+    while (running[i]->Read(&event)) {
+    }
+    running[i]->Finish();
+  }
 }
 
 TEST_F(DenoiserServerTest, HealthIsPerModel) {
