@@ -370,6 +370,41 @@ TEST_F(HttpGatewayTest, StreamRefusalsGetTheirStatusBeforeTheStream) {
   EXPECT_EQ(good.body.find("event: error"), std::string::npos) << good.body.substr(0, 500);
 }
 
+// The curve stream keeps the grid stream's rules: refusals before the
+// stream, naming the field, then plan, progress per trunk and the curve.
+TEST_F(HttpGatewayTest, CurveStreamRefusesBeforeTheStreamThenStreamsTheCurve) {
+  const HttpAnswer invalid = Exchange(
+      port_, Request("POST", "/api/v1/curve/stream", {kAuth, kJson},
+                     absl::StrCat(R"({"trunks":1,"grid":)", kSmallGrid, "}")));
+  EXPECT_EQ(invalid.status, 400) << invalid.body;
+  EXPECT_NE(invalid.body.find("trunks"), std::string::npos) << invalid.body;
+  EXPECT_EQ(invalid.body.find("event:"), std::string::npos) << invalid.body;
+  const HttpAnswer bad_grid = Exchange(
+      port_, Request("POST", "/api/v1/curve/stream", {kAuth, kJson},
+                     R"({"trunks":2,"grid":{"steps":10,"branches":0}})"));
+  EXPECT_EQ(bad_grid.status, 400) << bad_grid.body;
+  EXPECT_NE(bad_grid.body.find("grid.branches"), std::string::npos) << bad_grid.body;
+  const HttpAnswer list_for_value = Exchange(
+      port_, Request("POST", "/api/v1/curve/stream", {kAuth, kJson}, R"({"trunks":[2]})"));
+  EXPECT_EQ(list_for_value.status, 400) << list_for_value.body;
+
+  const HttpAnswer good = Exchange(
+      port_, Request("POST", "/api/v1/curve/stream", {kAuth, kJson},
+                     absl::StrCat(R"({"trunks":2,"grid":)", kSmallGrid, "}")),
+      absl::Seconds(60));
+  EXPECT_EQ(good.status, 200);
+  EXPECT_EQ(good.header("content-type"), "text/event-stream");
+  const size_t plan = good.body.find("event: plan");
+  const size_t progress = good.body.find("event: progress");
+  const size_t curve = good.body.find("event: curve");
+  ASSERT_NE(plan, std::string::npos) << good.body.substr(0, 500);
+  ASSERT_NE(curve, std::string::npos) << good.body.substr(0, 500);
+  EXPECT_LT(plan, progress);
+  EXPECT_LT(progress, curve);
+  EXPECT_NE(good.body.find("\"trunks_done\":2"), std::string::npos) << good.body.substr(0, 800);
+  EXPECT_EQ(good.body.find("event: error"), std::string::npos) << good.body.substr(0, 500);
+}
+
 TEST_F(HttpGatewayTest, LenientJsonAndOtherContentTypesAreRefused) {
   struct Case {
     const char* name;

@@ -675,9 +675,14 @@ struct RequestPolicy {
 
 // ---- Screening, before any route ----
 
+// The paths that start work: a grid, its stream, a curve's stream.
+bool IsPostPath(const std::string& path) {
+  return path == kGridPath || path == kStreamPath || path == kCurveStreamPath;
+}
+
 // The methods a path takes, for 405's Allow header.
 const char* AllowedMethods(const std::string& path) {
-  if (path == kGridPath || path == kStreamPath) return "POST, OPTIONS";
+  if (IsPostPath(path)) return "POST, OPTIONS";
   return "GET, HEAD, OPTIONS";
 }
 
@@ -747,7 +752,7 @@ bool RefuseFraming(const httplib::Request& request, httplib::Response& response)
 // started only by a POST: with its JSON type, a page of another origin can
 // send it only after a preflight, and an <img> or a link cannot.
 bool RefuseMethodOrBody(const httplib::Request& request, httplib::Response& response) {
-  const bool grid_path = request.path == kGridPath || request.path == kStreamPath;
+  const bool grid_path = IsPostPath(request.path);
   if (grid_path && request.method == "POST") return false;
   const bool allowed =
       request.method == "OPTIONS" ||
