@@ -1,6 +1,8 @@
 #include "common/wire.h"
 
 #include "absl/strings/str_cat.h"
+#include "common/png_image.h"
+#include "common/tensor_codec.h"
 
 namespace dgrid {
 
@@ -87,6 +89,52 @@ v1::ModelInfo ModelInfoFromManifest(const BundleManifest& m) {
     for (const std::string& label : head.labels) out->add_labels(label);
   }
   return info;
+}
+
+absl::Status ImageToProto(absl::Span<const uint8_t> pixels, const BundleManifest& manifest,
+                          v1::Image* image) {
+  const std::vector<int64_t>& shape = manifest.image_shape;
+  EncodeUint8Tensor(pixels, shape, image->mutable_pixels());
+  absl::StatusOr<std::string> png = EncodePng(pixels, shape[1], shape[0], shape[2]);
+  if (!png.ok()) return png.status();
+  image->set_png(std::move(*png));
+  return absl::OkStatus();
+}
+
+absl::Status RunEventToProto(const RunEvent& event, const BundleManifest& manifest,
+                             bool previews, bool decode, v1::BranchEvent* out) {
+  out->Clear();
+  v1::Tensor* latent;
+  v1::Tensor* x0;
+  v1::Image* image;
+  v1::Image* x0_image;
+  if (event.kind == RunEvent::Kind::kCapture) {
+    v1::Capture* c = out->mutable_capture();
+    c->set_trajectory(event.trajectory);
+    c->set_step(event.step);
+    c->set_timestep(event.timestep);
+    latent = c->mutable_latent();
+    x0 = c->mutable_x0_preview();
+    image = c->mutable_image();
+    x0_image = c->mutable_x0_image();
+  } else {
+    v1::Final* f = out->mutable_final();
+    f->set_trajectory(event.trajectory);
+    f->set_model_evals(event.model_evals);
+    latent = f->mutable_latent();
+    x0 = f->mutable_x0_preview();
+    image = f->mutable_image();
+    x0_image = f->mutable_x0_image();
+  }
+  EncodeFloatTensor(event.latent, manifest.latent_shape, latent);
+  const bool preview = previews && !event.x0.empty();
+  if (preview) EncodeFloatTensor(event.x0, manifest.latent_shape, x0);
+  if (!decode) return absl::OkStatus();
+  // The engine decoded the images on its own thread, batched; only the PNG
+  // encoding happens here.
+  absl::Status decoded = ImageToProto(event.pixels, manifest, image);
+  if (decoded.ok() && preview) decoded = ImageToProto(event.x0_pixels, manifest, x0_image);
+  return decoded;
 }
 
 }  // namespace dgrid

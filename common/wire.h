@@ -1,5 +1,6 @@
 // Domain types <-> their protobuf messages, in one place for every service
-// and client: paths, spacing, and a bundle's description as ModelInfo. Conversions that can fail name the request
+// and client: paths, spacing, a bundle's description as ModelInfo, images and
+// a run's events. Conversions that can fail name the request
 // field they read.
 //
 //   PathToProto(plan.trunk, request.add_trajectories()->mutable_path());
@@ -11,8 +12,10 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "common/bundle_manifest.h"
 #include "common/path.h"
+#include "common/run_event.h"
 #include "dgrid/v1/denoiser.pb.h"
 
 namespace dgrid {
@@ -28,6 +31,16 @@ absl::StatusOr<Spacing> SpacingFromProto(v1::Spacing spacing, Spacing unspecifie
 
 // What GetModelInfo says of a bundle.
 v1::ModelInfo ModelInfoFromManifest(const BundleManifest& manifest);
+
+// Decoded pixels (8-bit [H, W, C] of the manifest's image shape) as an Image:
+// the tensor and its PNG.
+absl::Status ImageToProto(absl::Span<const uint8_t> pixels, const BundleManifest& manifest,
+                          v1::Image* image);
+
+// A run's event as Branch streams it: the latent, the x0 preview when
+// `previews` (and the event has one), and their images when `decode`.
+absl::Status RunEventToProto(const RunEvent& event, const BundleManifest& manifest,
+                             bool previews, bool decode, v1::BranchEvent* out);
 
 }  // namespace dgrid
 

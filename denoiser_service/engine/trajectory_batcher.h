@@ -48,6 +48,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "common/path.h"
+#include "common/run_event.h"
 #include "denoiser_service/engine/batch_choice.h"
 #include "denoiser_service/engine/context_cache.h"
 #include "denoiser_service/engine/ddim_schedule.h"
@@ -102,25 +103,6 @@ struct RunRequest {
   // keys arrived (see BatchChoice). A run ranks no lower than its own work
   // (trajectories x steps), whatever it claims.
   uint64_t fairness_rank = 0;
-};
-
-struct RunEvent {
-  enum class Kind { kCapture, kFinal };
-  Kind kind = Kind::kFinal;
-  int trajectory = 0;
-  // The latent is the one at `step`; timestep is the one that step runs
-  // (for a final at the end of sampling, the last timestep run).
-  int step = 0;
-  int timestep = 0;
-  std::vector<float> latent;
-  // The x0 predicted by the step that produced `latent` (when previews;
-  // empty for a capture at the start step, which no step produced).
-  std::vector<float> x0;
-  int model_evals = 0;
-  // When the run asked for decode: the latent's and the x0's image, 8-bit
-  // [H, W, C] (x0_pixels empty when x0 is).
-  std::vector<uint8_t> pixels;
-  std::vector<uint8_t> x0_pixels;
 };
 
 // A handle on one submitted RunRequest. Thread-safe.

@@ -89,17 +89,6 @@ absl::Status ParseConditioning(const v1::Conditioning& c, const BundleManifest& 
   }
 }
 
-// Pixels the engine decoded into an Image (tensor and PNG).
-absl::Status FillImage(absl::Span<const uint8_t> pixels, const BundleManifest& m,
-                       v1::Image* image) {
-  const std::vector<int64_t>& is = m.image_shape;
-  EncodeUint8Tensor(pixels, is, image->mutable_pixels());
-  absl::StatusOr<std::string> png = EncodePng(pixels, is[1], is[0], is[2]);
-  if (!png.ok()) return png.status();
-  image->set_png(std::move(*png));
-  return absl::OkStatus();
-}
-
 absl::Time DeadlineOf(const grpc::ServerContext& context) {
   const auto deadline = context.deadline();
   if (deadline == std::chrono::system_clock::time_point::max()) return absl::InfiniteFuture();
@@ -399,39 +388,8 @@ grpc::Status DenoiserServiceImpl::Branch(grpc::ServerContext* context,
       if (context->IsCancelled() || !progress.SendIfDue(**run, writer)) (*run)->Cancel();
       continue;
     }
-    out.Clear();
-    v1::Tensor* latent;
-    v1::Tensor* x0;
-    v1::Image* image = nullptr;
-    v1::Image* x0_image;
-    if (event.kind == RunEvent::Kind::kCapture) {
-      v1::Capture* c = out.mutable_capture();
-      c->set_trajectory(event.trajectory);
-      c->set_step(event.step);
-      c->set_timestep(event.timestep);
-      latent = c->mutable_latent();
-      x0 = c->mutable_x0_preview();
-      image = c->mutable_image();
-      x0_image = c->mutable_x0_image();
-    } else {
-      v1::Final* f = out.mutable_final();
-      f->set_trajectory(event.trajectory);
-      f->set_model_evals(event.model_evals);
-      latent = f->mutable_latent();
-      x0 = f->mutable_x0_preview();
-      image = f->mutable_image();
-      x0_image = f->mutable_x0_image();
-    }
-    EncodeFloatTensor(event.latent, m.latent_shape, latent);
-    const bool preview = request->previews() && !event.x0.empty();
-    if (preview) EncodeFloatTensor(event.x0, m.latent_shape, x0);
-    // The engine decoded the images on its own thread, batched; only the
-    // PNG encoding happens here.
-    absl::Status decoded = absl::OkStatus();
-    if (request->decode()) {
-      decoded = FillImage(event.pixels, m, image);
-      if (decoded.ok() && preview) decoded = FillImage(event.x0_pixels, m, x0_image);
-    }
+    const absl::Status decoded =
+        RunEventToProto(event, m, request->previews(), request->decode(), &out);
     if (!decoded.ok()) {
       (*run)->Cancel();
       return Count("Branch", ToGrpcStatus(decoded));
@@ -475,8 +433,8 @@ grpc::Status DenoiserServiceImpl::Decode(grpc::ServerContext* context,
   if (!pixels.ok()) return Count("Decode", ToGrpcStatus(pixels.status()));
   const size_t per_image = static_cast<size_t>(m.ImageNumel());
   for (int i = 0; i < request->latents_size(); ++i) {
-    absl::Status filled = FillImage(absl::MakeConstSpan(pixels->data() + i * per_image, per_image),
-                                    m, response->add_images());
+    absl::Status filled = ImageToProto(
+        absl::MakeConstSpan(pixels->data() + i * per_image, per_image), m, response->add_images());
     if (!filled.ok()) return Count("Decode", ToGrpcStatus(filled));
   }
   return Count("Decode", grpc::Status::OK);
