@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/short_text.h"
+#include "common/status_macros.h"
 #include "common/timesteps.h"
 
 namespace dgrid {
@@ -123,9 +124,10 @@ std::optional<SegmentConditioning> SwitchConditioning(const GridPlanSpec& plan,
 
 }  // namespace
 
-absl::StatusOr<GridPlanSpec> PlanGrid(const v1::GridRequest& request, const v1::ModelInfo& model,
-                                      const PlanLimits& limits) {
-  // Free text is bounded and well-formed before anything else reads it.
+namespace {
+
+// Free text is bounded and well-formed before anything else reads it.
+absl::Status CheckFreeText(const v1::GridRequest& request) {
   for (const auto& [field, value, max_bytes] :
        {std::tuple<const char*, const std::string&, size_t>{"prompt", request.prompt(),
                                                              kMaxPromptBytes},
@@ -134,80 +136,94 @@ absl::StatusOr<GridPlanSpec> PlanGrid(const v1::GridRequest& request, const v1::
         {"switch_negative_prompt", request.switch_negative_prompt(), kMaxPromptBytes},
         {"model", request.model(), kMaxNameBytes},
         {"preset", request.preset(), kMaxNameBytes}}) {
-    if (absl::Status s = CheckClientText(field, value, max_bytes); !s.ok()) return s;
+    RETURN_IF_ERROR(CheckClientText(field, value, max_bytes));
   }
-  absl::StatusOr<Preset> preset = FindPreset(request.preset());
-  if (!preset.ok()) return preset.status();
+  return absl::OkStatus();
+}
 
-  GridPlanSpec plan;
-  plan.model = model.name();
-  plan.model_version = model.version();
-  plan.latent_shape.assign(model.latent_shape().begin(), model.latent_shape().end());
-  plan.prompt = request.prompt();
-  plan.negative_prompt = request.negative_prompt();
-  plan.text = model.conditioning() == "text";
-  if (plan.text) {
-    // Free text; the denoiser's tokenizer decides what it becomes.
-  } else {
-    if (!request.negative_prompt().empty()) {
-      return Invalid(absl::StrCat("negative_prompt: ", model.name(),
-                                  " is a class model and takes no negative prompt"));
-    }
-    if (!request.prompt().empty()) {
-      const auto& prompts = model.prompts();
-      auto it = std::find(prompts.begin(), prompts.end(), request.prompt());
-      if (it == prompts.end()) {
-        return Invalid(absl::StrCat("prompt: unknown prompt ", ShortQuote(request.prompt()),
-                                    " for model ", model.name(),
-                                    ", a class model; its prompts are: ",
-                                    absl::StrJoin(prompts, ", ")));
-      }
-      plan.class_index = it - prompts.begin();
-    }
+// The index of class `name` of a class model, or -1.
+int ClassIndexOf(const v1::ModelInfo& model, const std::string& name) {
+  const auto& prompts = model.prompts();
+  const auto it = std::find(prompts.begin(), prompts.end(), name);
+  return it == prompts.end() ? -1 : static_cast<int>(it - prompts.begin());
+}
+
+// The model, and what the request conditions on: free text for a text model
+// (its tokenizer decides what it becomes), a class name for a class model.
+absl::Status PlanConditioning(const v1::GridRequest& request, const v1::ModelInfo& model,
+                              GridPlanSpec* plan) {
+  plan->model = model.name();
+  plan->model_version = model.version();
+  plan->latent_shape.assign(model.latent_shape().begin(), model.latent_shape().end());
+  plan->prompt = request.prompt();
+  plan->negative_prompt = request.negative_prompt();
+  plan->text = model.conditioning() == "text";
+  if (plan->text) return absl::OkStatus();
+  if (!request.negative_prompt().empty()) {
+    return Invalid(absl::StrCat("negative_prompt: ", model.name(),
+                                " is a class model and takes no negative prompt"));
   }
+  if (request.prompt().empty()) return absl::OkStatus();
+  plan->class_index = ClassIndexOf(model, request.prompt());
+  if (plan->class_index < 0) {
+    return Invalid(absl::StrCat("prompt: unknown prompt ", ShortQuote(request.prompt()),
+                                " for model ", model.name(), ", a class model; its prompts are: ",
+                                absl::StrJoin(model.prompts(), ", ")));
+  }
+  return absl::OkStatus();
+}
 
-  if (absl::Status s = PlanSwitch(request, model, &plan); !s.ok()) return s;
-
-  plan.steps = request.has_steps() ? request.steps().value() : preset->steps;
+// Steps, eta, guidance and spacing: the request's, else the preset's or the
+// model's; and the timesteps they give.
+absl::Status PlanSampler(const v1::GridRequest& request, const v1::ModelInfo& model,
+                         const Preset& preset, const PlanLimits& limits, GridPlanSpec* plan) {
+  plan->steps = request.has_steps() ? request.steps().value() : preset.steps;
   const int max_steps = std::min(limits.max_steps, model.train_timesteps());
-  if (plan.steps < 1 || plan.steps > max_steps) {
-    return Invalid(absl::StrCat("steps must be in [1, ", max_steps, "], got ", plan.steps));
+  if (plan->steps < 1 || plan->steps > max_steps) {
+    return Invalid(absl::StrCat("steps must be in [1, ", max_steps, "], got ", plan->steps));
   }
-  plan.eta = request.has_eta() ? request.eta().value() : preset->eta;
-  if (!(plan.eta >= 0.0f && plan.eta <= 1.0f)) {
-    return Invalid(absl::StrCat("eta must be in [0, 1], got ", plan.eta));
+  plan->eta = request.has_eta() ? request.eta().value() : preset.eta;
+  if (!(plan->eta >= 0.0f && plan->eta <= 1.0f)) {
+    return Invalid(absl::StrCat("eta must be in [0, 1], got ", plan->eta));
   }
-  plan.guidance = request.has_guidance() ? request.guidance().value() : model.defaults().guidance();
-  if (!(plan.guidance >= 0.0f && plan.guidance <= 100.0f)) {
-    return Invalid(absl::StrCat("guidance must be in [0, 100], got ", plan.guidance));
+  plan->guidance =
+      request.has_guidance() ? request.guidance().value() : model.defaults().guidance();
+  if (!(plan->guidance >= 0.0f && plan->guidance <= 100.0f)) {
+    return Invalid(absl::StrCat("guidance must be in [0, 100], got ", plan->guidance));
   }
-  {
-    const Spacing model_default = model.defaults().spacing() == v1::SPACING_TRAILING
-                                      ? Spacing::kTrailing
-                                      : Spacing::kLeading;
-    absl::StatusOr<Spacing> spacing =
-        SpacingFromProto(request.spacing(), model_default, "spacing");
-    if (!spacing.ok()) return spacing.status();
-    plan.spacing = *spacing;
-  }
-  plan.timesteps = DdimTimesteps(model.train_timesteps(), plan.steps, plan.spacing,
-                                 model.steps_offset());
-  plan.train_timesteps = model.train_timesteps();
+  const Spacing model_default =
+      model.defaults().spacing() == v1::SPACING_TRAILING ? Spacing::kTrailing : Spacing::kLeading;
+  ASSIGN_OR_RETURN(plan->spacing, SpacingFromProto(request.spacing(), model_default, "spacing"));
+  plan->timesteps =
+      DdimTimesteps(model.train_timesteps(), plan->steps, plan->spacing, model.steps_offset());
+  plan->train_timesteps = model.train_timesteps();
+  return absl::OkStatus();
+}
 
-  // With the trunk's noise every branch of a row is one trajectory: one column.
-  plan.branches = request.has_branches() ? request.branches().value()
-                  : plan.trunk_noise    ? 1
-                                        : preset->branches;
-  if (plan.branches < 1 || plan.branches > limits.max_branches) {
+// Columns: the request's, else the preset's; with the trunk's noise every
+// branch of a row is one trajectory, so one.
+absl::Status PlanColumns(const v1::GridRequest& request, const Preset& preset,
+                         const PlanLimits& limits, GridPlanSpec* plan) {
+  plan->branches = request.has_branches() ? request.branches().value()
+                   : plan->trunk_noise    ? 1
+                                          : preset.branches;
+  if (plan->branches < 1 || plan->branches > limits.max_branches) {
     return Invalid(absl::StrCat("branches must be in [1, ", limits.max_branches, "], got ",
-                                plan.branches));
+                                plan->branches));
   }
-  if (plan.trunk_noise && plan.branches != 1) {
+  if (plan->trunk_noise && plan->branches != 1) {
     return Invalid(absl::StrCat("branches: with branch_noise TRUNK every branch of a row is the "
                                 "same trajectory; ask for 1, got ",
-                                plan.branches));
+                                plan->branches));
   }
+  return absl::OkStatus();
+}
 
+// Rows: the request's branch steps, else the preset's (scaled to the step
+// count, or where the trunk has run the preset's timesteps); within limits.
+absl::StatusOr<std::vector<int>> ChooseBranchSteps(const v1::GridRequest& request,
+                                                   const Preset& preset, const GridPlanSpec& plan,
+                                                   const PlanLimits& limits) {
   std::vector<int> branch_steps;
   if (request.branch_steps_size() > 0) {
     branch_steps.assign(request.branch_steps().begin(), request.branch_steps().end());
@@ -224,17 +240,17 @@ absl::StatusOr<GridPlanSpec> PlanGrid(const v1::GridRequest& request, const v1::
                                     k, " after ", branch_steps[i - 1]));
       }
     }
-  } else if (!preset->branch_steps.empty()) {
+  } else if (!preset.branch_steps.empty()) {
     // A preset's rows are fractions of its own step count.
-    for (int k : preset->branch_steps) {
-      const int scaled = static_cast<int>(std::lround(double(k) * plan.steps / preset->steps));
+    for (int k : preset.branch_steps) {
+      const int scaled = static_cast<int>(std::lround(double(k) * plan.steps / preset.steps));
       if (scaled < plan.steps && (branch_steps.empty() || scaled > branch_steps.back())) {
         branch_steps.push_back(scaled);
       }
     }
   } else {
     // Rows where the trunk has just run timestep t (or the first below it).
-    for (int t : preset->branch_timesteps) {
+    for (int t : preset.branch_timesteps) {
       for (int i = 0; i < plan.steps; ++i) {
         if (plan.timesteps[i] <= t) {
           const int k = std::min(i + 1, plan.steps - 1);
@@ -255,42 +271,109 @@ absl::StatusOr<GridPlanSpec> PlanGrid(const v1::GridRequest& request, const v1::
     return Invalid(absl::StrCat("branch_steps x branches x steps = ", cell_steps,
                                 " exceeds the limit of ", limits.max_cell_steps));
   }
+  return branch_steps;
+}
 
-  if (request.has_trunk()) {
-    plan.trunk = PathFromProto(request.trunk());
-    absl::Status valid = ValidatePath(plan.trunk, plan.steps, "trunk");
-    if (!valid.ok()) return valid;
-  } else {
-    plan.trunk = Path{request.seed(), {{0, TrunkNoiseSeed(request.seed())}}};
+// Whether a promoted trunk's segment conditioning is something the model
+// takes (a request's own conditioning is checked by PlanConditioning).
+absl::Status CheckTrunkConditioning(const Path& trunk, const v1::ModelInfo& model, bool text) {
+  for (size_t i = 0; i < trunk.segments.size(); ++i) {
+    const std::optional<SegmentConditioning>& c = trunk.segments[i].conditioning;
+    if (!c) continue;
+    const std::string field = absl::StrCat("trunk.segments[", i, "].conditioning");
+    if (text) {
+      if (c->class_index != -1) {
+        return Invalid(absl::StrCat(field, ".class_index: ", model.name(),
+                                    " is a text model; give a prompt"));
+      }
+      RETURN_IF_ERROR(CheckClientText(field + ".prompt", c->prompt, kMaxPromptBytes));
+      RETURN_IF_ERROR(
+          CheckClientText(field + ".negative_prompt", c->negative_prompt, kMaxPromptBytes));
+      continue;
+    }
+    if (!c->negative_prompt.empty()) {
+      return Invalid(absl::StrCat(field, ".negative_prompt: ", model.name(),
+                                  " is a class model and takes none"));
+    }
+    if (!c->prompt.empty() && ClassIndexOf(model, c->prompt) < 0) {
+      return Invalid(absl::StrCat(field, ".prompt: unknown prompt ", ShortQuote(c->prompt),
+                                  " for model ", model.name(), ", a class model"));
+    }
+    if (c->class_index < -1 || c->class_index >= model.prompts_size()) {
+      return Invalid(absl::StrCat(field, ".class_index must be in [0, ", model.prompts_size(),
+                                  "), got ", c->class_index));
+    }
   }
-  // One name per trajectory: a promoted trunk's switches that change nothing
-  // go, so that it meets the cache entries of the trunk it equals.
-  const SegmentConditioning base = RequestConditioning(plan);
-  plan.trunk = plan.trunk.Canonical(base);
-  const std::optional<SegmentConditioning> switched = SwitchConditioning(plan, model);
+  return absl::OkStatus();
+}
 
-  plan.model_evals = plan.steps;
+// The trunk: the promoted path, or the seed's. Canonical: a switch that
+// changes nothing goes, so that it meets the cache entries of the trunk it
+// equals.
+absl::Status PlanTrunk(const v1::GridRequest& request, const v1::ModelInfo& model,
+                       GridPlanSpec* plan) {
+  if (request.has_trunk()) {
+    plan->trunk = PathFromProto(request.trunk());
+    RETURN_IF_ERROR(ValidatePath(plan->trunk, plan->steps, "trunk"));
+    RETURN_IF_ERROR(CheckTrunkConditioning(plan->trunk, model, plan->text));
+  } else {
+    plan->trunk = Path{request.seed(), {{0, TrunkNoiseSeed(request.seed())}}};
+  }
+  plan->trunk = plan->trunk.Canonical(RequestConditioning(*plan));
+  return absl::OkStatus();
+}
+
+// Each row's cells and what the grid costs.
+void PlanRows(const std::vector<int>& branch_steps, const v1::ModelInfo& model,
+              GridPlanSpec* plan) {
+  const SegmentConditioning base = RequestConditioning(*plan);
+  const std::optional<SegmentConditioning> switched = SwitchConditioning(*plan, model);
+  plan->model_evals = plan->steps;
   for (int k : branch_steps) {
     PlannedRow row;
     row.branch_step = k;
-    row.timestep = TimestepAfter(plan, k);
-    for (int c = 0; c < plan.branches; ++c) {
+    row.timestep = TimestepAfter(*plan, k);
+    for (int c = 0; c < plan->branches; ++c) {
       const Path cell =
-          plan.trunk_noise ? plan.trunk.SwitchedAt(k, *switched)
-                           : plan.trunk.BranchAt(k, BranchNoiseSeed(plan.trunk, k, c), switched);
+          plan->trunk_noise
+              ? plan->trunk.SwitchedAt(k, *switched)
+              : plan->trunk.BranchAt(k, BranchNoiseSeed(plan->trunk, k, c), switched);
       row.cells.push_back(cell.Canonical(base));
     }
-    plan.model_evals += static_cast<int64_t>(plan.branches) * (plan.steps - k);
-    plan.rows.push_back(std::move(row));
+    plan->model_evals += static_cast<int64_t>(plan->branches) * (plan->steps - k);
+    plan->rows.push_back(std::move(row));
   }
-  plan.from_scratch_evals =
-      (1 + static_cast<int64_t>(plan.rows.size()) * plan.branches) * plan.steps;
+  plan->from_scratch_evals =
+      (1 + static_cast<int64_t>(plan->rows.size()) * plan->branches) * plan->steps;
+}
 
-  for (int s = 0; s < plan.steps; ++s) {
+// The trunk streams every branch step (0 gives x_T, for the trajectory
+// strip) and checkpoints.
+void PlanCaptures(const std::vector<int>& branch_steps, const PlanLimits& limits,
+                  GridPlanSpec* plan) {
+  for (int s = 0; s < plan->steps; ++s) {
     const bool is_branch = std::binary_search(branch_steps.begin(), branch_steps.end(), s);
     const bool is_checkpoint = limits.checkpoint_every > 0 && s % limits.checkpoint_every == 0;
-    if (is_branch || is_checkpoint) plan.trunk_captures.push_back(s);
+    if (is_branch || is_checkpoint) plan->trunk_captures.push_back(s);
   }
+}
+
+}  // namespace
+
+absl::StatusOr<GridPlanSpec> PlanGrid(const v1::GridRequest& request, const v1::ModelInfo& model,
+                                      const PlanLimits& limits) {
+  RETURN_IF_ERROR(CheckFreeText(request));
+  ASSIGN_OR_RETURN(const Preset preset, FindPreset(request.preset()));
+  GridPlanSpec plan;
+  RETURN_IF_ERROR(PlanConditioning(request, model, &plan));
+  RETURN_IF_ERROR(PlanSwitch(request, model, &plan));
+  RETURN_IF_ERROR(PlanSampler(request, model, preset, limits, &plan));
+  RETURN_IF_ERROR(PlanColumns(request, preset, limits, &plan));
+  ASSIGN_OR_RETURN(const std::vector<int> branch_steps,
+                   ChooseBranchSteps(request, preset, plan, limits));
+  RETURN_IF_ERROR(PlanTrunk(request, model, &plan));
+  PlanRows(branch_steps, model, &plan);
+  PlanCaptures(branch_steps, limits, &plan);
   return plan;
 }
 

@@ -3,6 +3,7 @@
 #include <functional>
 #include <set>
 
+#include "common/wire.h"
 #include "gtest/gtest.h"
 
 namespace dgrid {
@@ -246,6 +247,24 @@ TEST(GridPlanTest, BadSwitchesAreRefusedNamingTheField) {
   r.set_branch_noise(v1::BRANCH_NOISE_NEW);
   r.set_switch_prompt(std::string(5000, 'x'));
   EXPECT_EQ(PlanGrid(r, Model(), {}).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(GridPlanTest, APromotedTrunksSwitchMustFitTheModel) {
+  v1::GridRequest r;
+  r.set_prompt("sneaker");
+  Path trunk{3, {{0, 9}}};
+  PathToProto(trunk.BranchAt(10, 9, SegmentConditioning{"a photo of a cat", "", -1}),
+              r.mutable_trunk());
+  EXPECT_EQ(PlanGrid(r, Model(), {}).status().message().substr(0, 38),
+            "trunk.segments[1].conditioning.prompt:");
+  PathToProto(trunk.BranchAt(10, 9, SegmentConditioning{"", "", 7}), r.mutable_trunk());
+  EXPECT_EQ(PlanGrid(r, Model(), {}).status().message().substr(0, 42),
+            "trunk.segments[1].conditioning.class_index");
+  // One that fits plans, canonical: a switch to the request's own class goes.
+  PathToProto(trunk.BranchAt(10, 9, SegmentConditioning{"", "", 2}), r.mutable_trunk());
+  auto plan = PlanGrid(r, Model(), {});
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_FALSE(plan->trunk.segments[1].conditioning.has_value());
 }
 
 }  // namespace
