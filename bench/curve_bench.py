@@ -1,0 +1,165 @@
+#!/usr/bin/python3
+"""Decision curves on the shipped models, and their throughput.
+
+Starts the real pair on loopback (one denoiser serving both shipped bundles,
+the orchestrator), measures each bundle's best-batch forward throughput with
+`dgrid-bench denoiser`, then runs each curve below with a cold cache and
+reports its time, its curves with standard errors, and the forward rows per
+second the denoiser ran while it did (from dgrid_denoiser_forward_rows_total)
+against the best-batch figure. One JSON line per curve (with the CPU model)
+goes to stdout; each curve's plot and JSON go to --out.
+
+  fashion        fashion-mnist, unprompted: the class curve
+  emoji          emoji, unprompted: subcategory and style curves
+  emoji_switch   emoji, "grinning face, noto" switched to "red apple, noto"
+                 at each row's step, with the trunk's noise
+  emoji_switch_late  the same switch, rows at late steps (up to 49 of 50)
+
+  PYTHONPATH=build/python:clients/python /usr/bin/python3 bench/curve_bench.py \\
+      --trunks 100 --curves fashion,emoji,emoji_switch --out docs/curves
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "build", "bin")
+sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
+
+from dgrid_client import Client  # noqa: E402
+
+CURVES = {
+    "fashion": dict(model="fashion-mnist"),
+    "emoji": dict(model="emoji"),
+    "emoji_switch": dict(model="emoji", prompt="grinning face, noto",
+                         switch_prompt="red apple, noto", branch_noise="trunk"),
+    # The same switch at late steps, where the trunk's subcategory survives.
+    "emoji_switch_late": dict(model="emoji", prompt="grinning face, noto",
+                              switch_prompt="red apple, noto", branch_noise="trunk",
+                              branch_steps=[0, 20, 30, 36, 40, 43, 45, 47, 49]),
+}
+
+
+def cpu_model() -> str:
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def start(argv: list, port_file: str, log: str) -> tuple:
+    proc = subprocess.Popen(argv + [f"--port_file={port_file}"], stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if os.path.exists(port_file):
+            ports = dict(line.strip().split("=", 1) for line in open(port_file) if "=" in line)
+            if "grpc" in ports and "metrics" in ports:
+                return proc, {k: int(v) for k, v in ports.items()}
+        if proc.poll() is not None:
+            raise RuntimeError(f"{argv[0]} exited: see {log}")
+        time.sleep(0.1)
+    raise RuntimeError(f"{argv[0]} did not start: see {log}")
+
+
+def forward_rows(metrics_port: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode()
+    for line in text.splitlines():
+        if line.startswith("dgrid_denoiser_forward_rows_total"):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def best_forward(model_dir: str, threads: int) -> tuple:
+    """The engine's best images/s over batch sizes (dgrid-bench denoiser)."""
+    out = subprocess.run([f"{BIN}/dgrid-bench", "denoiser", f"--model_dir={model_dir}",
+                          "--seconds=2", f"--threads={threads}"],
+                         capture_output=True, text=True, check=True).stdout
+    best = max((json.loads(line) for line in out.splitlines() if line.startswith("{")
+                and "engine_forward" in line), key=lambda r: r["images_per_s"])
+    return best["images_per_s"], best["batch"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--trunks", type=int, default=100)
+    p.add_argument("--curves", default="fashion,emoji,emoji_switch")
+    p.add_argument("--seed", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--max_batch", type=int, default=128)
+    p.add_argument("--concurrent_grids", type=int, default=8,
+                   help="the orchestrator's --curve_concurrent_grids")
+    p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "curves"))
+    args = p.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    best = {m: best_forward(f"{ROOT}/models/{m}", args.threads)
+            for m in {CURVES[c]["model"] for c in args.curves.split(",")}}
+    for name in args.curves.split(","):
+        with tempfile.TemporaryDirectory() as tmp:
+            denoiser, dports = start(
+                [f"{BIN}/dgrid-denoiser", f"--model_dir={ROOT}/models/fashion-mnist,"
+                 f"{ROOT}/models/emoji", "--listen=127.0.0.1:0", "--metrics_addr=127.0.0.1:0",
+                 f"--threads={args.threads}", f"--max_batch={args.max_batch}"],
+                f"{tmp}/denoiser.ports", f"{tmp}/denoiser.log")
+            orchestrator, oports = start(
+                [f"{BIN}/dgrid-orchestrator", f"--denoisers=127.0.0.1:{dports['grpc']}",
+                 "--listen=127.0.0.1:0", "--metrics_addr=127.0.0.1:0",
+                 "--grid_timeout_s=3600", f"--curve_concurrent_grids={args.concurrent_grids}",
+                 f"--max_grids_per_client={max(16, args.concurrent_grids)}"],
+                f"{tmp}/orchestrator.ports", f"{tmp}/orchestrator.log")
+            try:
+                with Client(f"127.0.0.1:{oports['grpc']}", default_timeout=7200) as client:
+                    client.wait_ready()
+                    rows_before = forward_rows(dports["metrics"])
+                    started = time.time()
+                    curve = client.decision_curve(args.trunks, seed=args.seed, **CURVES[name])
+                    seconds = time.time() - started
+                    rows = forward_rows(dports["metrics"]) - rows_before
+            finally:
+                orchestrator.terminate()
+                denoiser.terminate()
+                orchestrator.wait()
+                denoiser.wait()
+        suffix = "" if args.concurrent_grids == 8 else f"_c{args.concurrent_grids}"
+        curve.save_png(os.path.join(args.out, f"{name}{suffix}.png"))
+        from google.protobuf import json_format
+        record = json_format.MessageToDict(curve.proto, preserving_proto_field_name=True)
+        record.pop("png", None)
+        with open(os.path.join(args.out, f"{name}{suffix}.json"), "w") as f:
+            json.dump(record, f, indent=1)
+            f.write("\n")
+        best_ips, best_batch = best[CURVES[name]["model"]]
+        line = {
+            "bench": "curve", "curve": name, "trunks": curve.trunks, "seconds": round(seconds, 1),
+            "model_evals": curve.model_evals, "forward_rows": rows,
+            "forward_rows_per_s": round(rows / seconds, 1),
+            "best_engine_images_per_s": round(best_ips, 1), "best_engine_batch": best_batch,
+            "ratio_to_best_engine": round(rows / seconds / best_ips, 3),
+            "threads": args.threads, "max_batch": args.max_batch,
+            "concurrent_grids": args.concurrent_grids, "cpu": cpu_model(),
+            "rows": [r.branch_step for r in curve.rows],
+            "divergence": [[round(r.divergence.mean, 4), round(r.divergence.standard_error, 4)]
+                           for r in curve.rows],
+            "heads": {h.head: {
+                "p_differs": [[round(e.mean, 4), round(e.standard_error, 4)]
+                              for e in h.p_differs],
+                "half_step": None if h.half_step is None else round(h.half_step, 2),
+                "half_step_se": round(h.half_step_standard_error, 2),
+                "half_step_68": [round(v, 2) for v in h.half_step_interval]}
+                for h in curve.heads},
+        }
+        print(json.dumps(line), flush=True)
+
+
+if __name__ == "__main__":
+    main()
