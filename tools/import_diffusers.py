@@ -38,6 +38,9 @@ import tempfile
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bundle_manifest  # noqa: E402  (beside this file)
+
 UNET_FILE = "unet.pt"
 TEXT_ENCODER_FILE = "text_encoder.pt"
 DECODER_FILE = "vae_decoder.pt"
@@ -435,10 +438,7 @@ def export_bundle(unet, decoder, text_encoder, tokenizer_dir, scheduler_config, 
         context_dim=width, example_prompts=example_prompts, latent_scale=latent_scale,
         value_range=value_range, timestep_dtype=timestep_dtype, defaults=defaults,
         license=license, source=source)
-    with open(manifest_path, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2)
-        f.write("\n")
-    return manifest
+    return bundle_manifest.write_manifest(manifest_path, manifest)
 
 
 # ---------------------------------------------------------------- sampling
@@ -447,8 +447,7 @@ class Bundle:
     """A text bundle loaded back: manifest dict plus its three TorchScript parts."""
 
     def __init__(self, bundle_dir, device="cpu"):
-        with open(os.path.join(bundle_dir, "manifest.json"), encoding="utf-8") as f:
-            self.manifest = json.load(f)
+        self.manifest = bundle_manifest.read_manifest(os.path.join(bundle_dir, "manifest.json"))
         m = self.manifest
         self.unet = torch.jit.load(os.path.join(bundle_dir, m["weights"]), map_location=device)
         self.text_encoder = torch.jit.load(
@@ -463,24 +462,8 @@ def load_bundle(bundle_dir, device="cpu"):
     return Bundle(bundle_dir, device)
 
 
-def alphas_cumprod(schedule):
-    """float64 cumulative alphas, as diffusers builds them."""
-    n = schedule["train_timesteps"]
-    kind = schedule["beta_schedule"]
-    if kind == "linear":
-        betas = torch.linspace(schedule["beta_start"], schedule["beta_end"], n,
-                               dtype=torch.float64)
-    elif kind == "scaled_linear":
-        betas = torch.linspace(schedule["beta_start"] ** 0.5, schedule["beta_end"] ** 0.5, n,
-                               dtype=torch.float64) ** 2
-    else:  # squaredcos_cap_v2
-
-        def alpha_bar(s):
-            return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
-
-        betas = torch.tensor([min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999)
-                              for i in range(n)], dtype=torch.float64)
-    return torch.cumprod(1.0 - betas, dim=0)
+# The schedule's one formula in Python (tools/bundle_manifest.py).
+alphas_cumprod = bundle_manifest.alphas_cumprod
 
 
 def ddim_timesteps(train_timesteps, steps, spacing, offset):

@@ -171,9 +171,7 @@ def write_bundle(args, data, ae, latents, vocab, text, unet, classifier, cstate)
             {"name": "subcategory", "output": 0, "labels": data.subcategories},
             {"name": "style", "output": 1, "labels": data.styles}]},
     }
-    with open(manifest_path, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=1)
-        f.write("\n")
+    bundles.bundle_manifest.write_manifest(manifest_path, manifest)
     # CI's quick check prompts these (training emoji, one per subcategory
     # where there are enough), so it needs no dataset.
     rng = __import__("random").Random(args.seed)

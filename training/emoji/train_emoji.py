@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
+import bundle_manifest  # noqa: E402
 import emoji_model as em  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -172,10 +174,13 @@ def encode_latents(args, data, ae):
 
 # ------------------------------------------------------------------ diffusion
 
-def alphas_cumprod(train_timesteps=1000, beta_start=0.00085, beta_end=0.012):
-    betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, train_timesteps,
-                           dtype=torch.float64) ** 2
-    return torch.cumprod(1 - betas, 0).float()
+# The schedule export_emoji.py writes into the manifest.
+SCHEDULE = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+            "train_timesteps": 1000}
+
+
+def alphas_cumprod():
+    return bundle_manifest.alphas_cumprod(SCHEDULE).float()
 
 
 def make_diffusion(vocab_size, args):

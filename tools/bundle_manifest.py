@@ -1,0 +1,113 @@
+"""A bundle's manifest.json in Python: the one reader and the one writer.
+
+The contract is proto/dgrid/v1/manifest.proto (docs/bundle-format.md); the
+denoiser reads manifests with the same message in C++ (common/manifest_reader).
+Every Python producer of bundles (tools/import_diffusers.py, the emoji
+exporter, the test fixtures) writes through write_manifest, which refuses a
+field the contract does not have, and takes the noise schedule's cumulative
+alphas from alphas_cumprod, the schedule's one formula in Python.
+
+    import bundle_manifest as bm
+    manifest = {"name": "tiny", "latent_shape": [4, 8, 8], ...}
+    bm.write_manifest(os.path.join(out_dir, "manifest.json"), manifest)
+    again = bm.read_manifest(os.path.join(out_dir, "manifest.json"))   # == manifest
+    abar = bm.alphas_cumprod(manifest["schedule"])                      # float64 [T]
+
+The generated module is dgrid.v1.manifest_pb2 from the build (build/python on
+PYTHONPATH); without it, this module generates it once with grpc_tools.protoc
+(Debian's python3-grpc-tools) into a temporary folder.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+from typing import Any, Dict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PROTO_DIR = os.path.join(ROOT, "proto")
+_cached = None
+
+
+def manifest_pb2() -> Any:
+    """dgrid.v1.manifest_pb2, imported or generated."""
+    global _cached
+    if _cached is not None:
+        return _cached
+    try:
+        _cached = importlib.import_module("dgrid.v1.manifest_pb2")
+        return _cached
+    except ImportError:
+        pass
+    out = tempfile.mkdtemp(prefix="dgrid-manifest-pb2-")
+    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", _PROTO_DIR,
+                    f"--python_out={out}",
+                    os.path.join(_PROTO_DIR, "dgrid", "v1", "manifest.proto")], check=True)
+    for package in ("dgrid", os.path.join("dgrid", "v1")):
+        open(os.path.join(out, package, "__init__.py"), "a").close()
+    sys.path.insert(0, out)
+    _cached = importlib.import_module("dgrid.v1.manifest_pb2")
+    return _cached
+
+
+def check_manifest(manifest: Dict[str, Any]) -> Any:
+    """The manifest as a ModelManifest message; ValueError naming what the
+    contract does not have (an unknown field, a value of the wrong type)."""
+    from google.protobuf import json_format
+    message = manifest_pb2().ModelManifest()
+    try:
+        json_format.ParseDict(manifest, message)
+    except json_format.ParseError as e:
+        raise ValueError(f"manifest: {e}") from None
+    return message
+
+
+def write_manifest(path: str, manifest: Dict[str, Any]) -> Dict[str, Any]:
+    """Checks `manifest` against the contract and writes it as JSON (keys in
+    the given order, proto field names). Returns it."""
+    check_manifest(manifest)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    os.replace(tmp, path)  # a reader never sees half a manifest
+    return manifest
+
+
+def read_manifest(path: str) -> Dict[str, Any]:
+    """A manifest.json as a dict, checked against the contract."""
+    with open(path, encoding="utf-8") as f:
+        manifest = json.load(f)
+    check_manifest(manifest)
+    return manifest
+
+
+def alphas_cumprod(schedule: Dict[str, Any]) -> Any:
+    """float64 cumulative alphas (a torch tensor [train_timesteps]) of a
+    manifest's schedule, as diffusers builds them: "linear" and
+    "scaled_linear" betas from beta_start to beta_end, or
+    "squaredcos_cap_v2"."""
+    import torch
+    n = schedule.get("train_timesteps", 1000)
+    kind = schedule.get("beta_schedule", "linear")
+    if kind == "linear":
+        betas = torch.linspace(schedule["beta_start"], schedule["beta_end"], n,
+                               dtype=torch.float64)
+    elif kind == "scaled_linear":
+        betas = torch.linspace(schedule["beta_start"] ** 0.5, schedule["beta_end"] ** 0.5, n,
+                               dtype=torch.float64) ** 2
+    elif kind == "squaredcos_cap_v2":
+
+        def alpha_bar(s):
+            return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
+
+        betas = torch.tensor([min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999)
+                              for i in range(n)], dtype=torch.float64)
+    else:
+        raise ValueError(f"schedule.beta_schedule: unknown schedule {kind!r}")
+    return torch.cumprod(1.0 - betas, dim=0)
