@@ -2,11 +2,13 @@
 //
 //   const models = await fetchModels({token});
 //   const grid = await streamGrid(request, {token, signal, onEvent});
+//   const curve = await streamCurve({grid: request, trunks: 20}, {token, signal, onEvent});
 //
-// The grid stream is Server-Sent Events read with fetch() rather than
-// EventSource, so that a bearer token can go in the Authorization header.
-// Errors, whether an HTTP status or an `error` event, become ApiError with
-// the server's code and message.
+// The streams are Server-Sent Events read with fetch() rather than
+// EventSource, so that a bearer token can go in the Authorization header;
+// aborting `signal` closes the connection, which cancels the run on the
+// server. Errors, whether an HTTP status or an `error` event, become
+// ApiError with the server's code and message.
 
 export class ApiError extends Error {
   constructor(code, message, status = 0) {
@@ -73,8 +75,21 @@ export function parseSseBlock(block) {
 // Streams one grid. onEvent(name, payload) gets each plan, trunk and cell
 // (payload = the GridEvent's inner message) and finally the grid, which is
 // also the resolved value.
-export async function streamGrid(request, {token, signal, onEvent}) {
-  const response = await send('api/v1/grid/stream', {
+export function streamGrid(request, {token, signal, onEvent}) {
+  return streamEvents('api/v1/grid/stream', request, {token, signal, onEvent, last: 'grid'});
+}
+
+// Streams one decision curve (a CurveRequest: {grid: GridRequest, trunks}).
+// onEvent(name, payload) gets the plan, a progress per finished trunk
+// (CurveProgress) and finally the curve (CurveResult), which is also the
+// resolved value.
+export function streamCurve(request, {token, signal, onEvent}) {
+  return streamEvents('api/v1/curve/stream', request, {token, signal, onEvent, last: 'curve'});
+}
+
+// POSTs `request` and reads its SSE answer up to the event named `last`.
+async function streamEvents(url, request, {token, signal, onEvent, last}) {
+  const response = await send(url, {
     method: 'POST',
     headers: headers(token, true),
     body: JSON.stringify(request),
@@ -95,16 +110,16 @@ export async function streamGrid(request, {token, signal, onEvent}) {
       if (!message) continue;
       const payload = JSON.parse(message.data);
       if (message.event === 'error') {
-        throw new ApiError(payload.code || 'UNKNOWN', payload.message || 'the grid failed');
+        throw new ApiError(payload.code || 'UNKNOWN', payload.message || `the ${last} failed`);
       }
       const inner = payload[message.event];
       if (inner === undefined) continue;  // an event this page does not know
       onEvent(message.event, inner);
-      if (message.event === 'grid') {
+      if (message.event === last) {
         reader.cancel().catch(() => {});
         return inner;
       }
     }
   }
-  throw new ApiError('UNAVAILABLE', 'the stream ended before the grid was complete');
+  throw new ApiError('UNAVAILABLE', `the stream ended before the ${last} was complete`);
 }

@@ -1,13 +1,14 @@
 // The Diffusion Grid explorer: the controls, the live grid, the trajectory
 // of the hovered or focused cell, promotion (click or Enter) with history,
-// the divergence plot and the exports. State lives in the URL (state.js);
-// the server is reached through api.js.
+// the divergence plot, the exports, and the decision curve of the form's
+// grid ("When is what decided?"). State lives in the URL (state.js); the
+// server is reached through api.js.
 
-import {ApiError, fetchModels, streamGrid} from './api.js';
-import {divergencePlot, plotLegend} from './plot.js';
+import {ApiError, fetchModels, streamCurve, streamGrid} from './api.js';
+import {curveDivergencePlot, curveLegend, divergencePlot, headsPlot, plotLegend} from './plot.js';
 import {
-  FIELDS, emptyState, encodePath, hasView, randomSeed, requestFromState, searchFromState,
-  stateFromSearch,
+  FIELDS, curveRequestFromState, emptyState, encodePath, hasView, randomSeed, requestFromState,
+  searchFromState, stateFromSearch,
 } from './state.js';
 
 const byTestId = (id) => document.querySelector(`[data-testid="${id}"]`);
@@ -43,6 +44,17 @@ const summary = byTestId('summary');
 const downloadPng = byTestId('download-png');
 const downloadJson = byTestId('download-json');
 const trunkChip = byTestId('trunk-chip');
+const curvePanel = byTestId('curve');
+const curveTrunks = byTestId('curve-trunks');
+const curveRun = byTestId('curve-run');
+const curveCancel = byTestId('curve-cancel');
+const curveProgress = byTestId('curve-progress');
+const curveStatus = byTestId('curve-status');
+const curvePlotBox = byTestId('curve-plot');
+const curveCaption = byTestId('curve-caption');
+const curveJudge = byTestId('curve-judge');
+const curveDownloadPng = byTestId('curve-download-png');
+const curveDownloadJson = byTestId('curve-download-json');
 
 const TOKEN_KEY = 'dgrid-token';
 const DEFAULT_TRAJECTORY_CAPTION = trajectoryCaption.innerHTML;
@@ -64,6 +76,11 @@ let view = null;
 let runCounter = 0;
 let abortRun = null;
 let jsonUrl = null;
+// The decision curve running (its AbortController), and which run is the
+// latest: events of an older one are dropped.
+let abortCurve = null;
+let curveCounter = 0;
+let curveJsonUrl = null;
 // Promotion by keyboard: the cell position that gets focus back when the
 // new grid is in (null: leave focus alone).
 let refocusCell = null;
@@ -177,6 +194,7 @@ function fillPrompts() {
   wantedPrompt = null;
   wantedSwitch = null;
   fillPlaceholders();
+  describeJudge(model);
 }
 
 function fillClassPrompts(model) {
@@ -711,6 +729,151 @@ function renderExports(grid) {
       `(plan ${plan.model_evals ?? 0}, every cell from scratch ${plan.from_scratch_evals ?? 0}).${negative}${switched}`;
 }
 
+// ---------- the decision curve ----------
+
+// What the chosen model's judge reads, so that the panel says which curves
+// to expect before one runs.
+function describeJudge(model) {
+  const heads = model?.judge?.heads ?? [];
+  if (!model) curveJudge.textContent = '';
+  else if (heads.length === 0) {
+    curveJudge.textContent = `${model.name} has no judge: its curve is the mean RMS divergence alone.`;
+  } else {
+    const names = heads.map((head) => `${head.name} (${head.labels?.length ?? 0} labels)`);
+    curveJudge.textContent = `${model.name}’s judge reads ${names.join(', ')}.`;
+  }
+}
+
+function setCurveState(state, text, fraction) {
+  curvePanel.dataset.state = state;
+  curveStatus.textContent = text;
+  curveProgress.hidden = fraction === undefined;
+  if (fraction !== undefined) curveProgress.value = fraction;
+  const running = state === 'running';
+  curveRun.textContent = running ? 'Running…' : 'Run curve';
+  curveCancel.hidden = !running;
+}
+
+function resetCurveExports() {
+  for (const link of [curveDownloadPng, curveDownloadJson]) {
+    link.removeAttribute('href');
+    link.removeAttribute('download');
+    link.setAttribute('aria-disabled', 'true');
+  }
+}
+
+// Runs a curve of the form's grid (not the URL's: the form is what the
+// user sees), from its seed; a promoted trunk is not used, since a curve's
+// trunks are seeds.
+async function runCurve() {
+  clearError();
+  const state = stateFromControls();
+  let request;
+  try {
+    request = curveRequestFromState(state, curveTrunks.value);
+  } catch (error) {
+    showError(error, 'curve');
+    setCurveState('error', `No curve: ${error.message}`);
+    return;
+  }
+  abortCurve?.abort();
+  const controller = new AbortController();
+  abortCurve = controller;
+  const id = ++curveCounter;
+  const run = {request, promoted: Boolean(state.trunk), done: 0, plan: null};
+  curvePlotBox.classList.add('stale');
+  resetCurveExports();
+  setCurveState('running', 'Planning…', 0);
+  try {
+    const curve = await streamCurve(request, {
+      token: controls.token.value.trim(),
+      signal: controller.signal,
+      onEvent: (name, payload) => {
+        if (id === curveCounter) onCurveEvent(run, name, payload);
+      },
+    });
+    if (id !== curveCounter) return;
+    showCurve(run, curve);
+  } catch (error) {
+    if (id !== curveCounter) return;
+    curvePlotBox.classList.remove('stale');
+    if (error.name === 'AbortError') {
+      setCurveState('cancelled', `Cancelled after ${run.done} of ${request.trunks} trunks.`);
+      return;
+    }
+    showError(error, 'curve');
+    setCurveState('error', `No curve: ${error.message}`);
+  } finally {
+    if (id === curveCounter) abortCurve = null;
+  }
+}
+
+function onCurveEvent(run, name, payload) {
+  if (name === 'plan') {
+    run.plan = payload;
+    setCurveState('running', `Running ${run.request.trunks} trunks of ${payload.model}…`, 0);
+  } else if (name === 'progress') {
+    const trunks = payload.trunks ?? run.request.trunks;
+    run.done = payload.trunks_done ?? 0;
+    setCurveState('running', `${run.done} of ${trunks} trunks done · ${formatNumber(payload.seconds, 1)} s · ` +
+        `${Number(payload.model_evals ?? 0)} model evaluations`, run.done / trunks);
+  }
+}
+
+function showCurve(run, curve) {
+  curvePlotBox.classList.remove('stale');
+  if ((curve.rows ?? []).length === 0) {
+    curvePlotBox.replaceChildren(element('p', 'empty', 'No rows.'));
+  } else {
+    // A model without a judge has no heads: the divergence is its curve.
+    const heads = (curve.heads ?? []).length ? [headsPlot(curve)] : [];
+    curvePlotBox.replaceChildren(...heads, curveDivergencePlot(curve), curveLegend(curve));
+  }
+  curveCaption.textContent = curveCaptionText(run, curve);
+  const trunks = curve.trunks ?? run.request.trunks;
+  setCurveState('done', `Done: ${trunks} trunks in ${formatNumber(curve.seconds, 1)} s`, 1);
+  renderCurveExports(run, curve);
+}
+
+// N trunks and their seeds, what each ran, the time taken, what the error
+// bars are.
+function curveCaptionText(run, curve) {
+  const plan = curve.plan ?? run.plan ?? {};
+  const trunks = curve.trunks ?? run.request.trunks;
+  const seed = run.request.grid.seed;
+  const seeds = seed !== undefined ? ` (seeds ${seed} to ${BigInt(seed) + BigInt(trunks - 1)})` : '';
+  const switched = plan.switch_prompt ? `, switching to ${promptName(plan.switch_prompt, modelOf(plan))}` +
+      (plan.branch_noise === 'BRANCH_NOISE_TRUNK' ? ' with the trunk’s noise' : '') : '';
+  const judged = (curve.heads ?? []).length ?
+      `${curve.judged_images ?? 0} images judged. Half steps: where a head’s curve falls to half its ` +
+          'row-0 value, with its 68% interval over resamples of the trunks (the band on the axis).' :
+      `${plan.model} has no judge: its curve is the divergence alone.`;
+  const promoted = run.promoted ? ' The promoted trunk is not used: a curve’s trunks are seeds.' : '';
+  return `${trunks} trunks${seeds} of ${plan.model}, ${promptName(plan.prompt, modelOf(plan))}${switched}: ` +
+      `${plan.branch_steps?.length ?? 0} rows × ${plan.branches ?? 0} branches, ` +
+      `${plan.sampler?.steps ?? 0} steps. ${formatNumber(curve.seconds, 1)} s, ` +
+      `${Number(curve.model_evals ?? 0)} model evaluations, ${curve.cache_hits ?? 0} cache hits. ${judged} ` +
+      `Error bars: ± one standard error over trunks.${promoted}`;
+}
+
+function renderCurveExports(run, curve) {
+  const plan = curve.plan ?? {};
+  const prompt = (plan.prompt || 'unconditional').slice(0, 40);
+  const base = `dgrid-curve-${plan.model ?? 'model'}-${prompt}-${run.request.grid.seed ?? 0}x${curve.trunks ?? 0}`
+      .replace(/[^\w.-]+/g, '_');
+  if (curve.png) {
+    curveDownloadPng.href = pngSrc(curve.png);
+    curveDownloadPng.download = `${base}.png`;
+    curveDownloadPng.removeAttribute('aria-disabled');
+  }
+  if (curveJsonUrl) URL.revokeObjectURL(curveJsonUrl);
+  const record = {request: run.request, curve: {...curve, png: undefined}};
+  curveJsonUrl = URL.createObjectURL(new Blob([JSON.stringify(record, null, 2)], {type: 'application/json'}));
+  curveDownloadJson.href = curveJsonUrl;
+  curveDownloadJson.download = `${base}.json`;
+  curveDownloadJson.removeAttribute('aria-disabled');
+}
+
 // ---------- wiring ----------
 
 form.addEventListener('submit', (event) => {
@@ -743,6 +906,8 @@ controls.token.addEventListener('change', async () => {
   }
 });
 byTestId('error-dismiss').addEventListener('click', () => clearError());
+curveRun.addEventListener('click', runCurve);
+curveCancel.addEventListener('click', () => abortCurve?.abort());
 
 function showView(search) {
   let state;

@@ -1,8 +1,18 @@
-// Divergence by row as an inline SVG line chart: "when did the model
-// decide?" Branches that leave the trunk early differ a lot (high
-// divergence); once the picture is settled, late branches barely differ.
+// Inline SVG charts against the branch step.
+//
+// divergencePlot: a grid's divergence by row, "when did the model decide?"
+// Branches that leave the trunk early differ a lot (high divergence); once
+// the picture is settled, late branches barely differ.
 //
 //   container.replaceChildren(divergencePlot(grid.rows, grid.plan.sampler.steps));
+//
+// headsPlot and curveDivergencePlot: a decision curve (CurveResult), means
+// over trunks with error bars of one standard error. Per judge head,
+// P(a branch's label differs from its trunk's), each head's half step (where
+// it falls to half its row-0 value) marked with its 68% interval; and the
+// mean RMS divergence per row, the only curve of a model without a judge.
+//
+//   box.replaceChildren(headsPlot(curve), curveDivergencePlot(curve), curveLegend(curve));
 
 const SVG = 'http://www.w3.org/2000/svg';
 const SERIES = [
@@ -28,42 +38,52 @@ function niceAxis(value) {
   return {max: 10 * magnitude, ticks: 5};
 }
 
-export function divergencePlot(rows, steps) {
-  const width = 360, height = 190;
-  const left = 44, right = 12, top = 12, bottom = 40;
-  const plotW = width - left - right, plotH = height - top - bottom;
-  const lastStep = Math.max(steps || 0, ...rows.map((row) => row.branch_step ?? 0), 1);
-  const {max: yMax, ticks} = niceAxis(Math.max(...rows.flatMap((row) => SERIES.map((s) => row[s.key] ?? 0))));
-  const x = (step) => left + (step / lastStep) * plotW;
-  const y = (value) => top + plotH - (value / yMax) * plotH;
+const WIDTH = 360, HEIGHT = 190;
+const LEFT = 44, RIGHT = 12, TOP = 12, BOTTOM = 40;
+const PLOT_W = WIDTH - LEFT - RIGHT, PLOT_H = HEIGHT - TOP - BOTTOM;
 
-  const svg = el('svg', {
-    viewBox: `0 0 ${width} ${height}`,
-    role: 'img',
-    'aria-label': 'Divergence of the branches by the step at which they leave the trunk',
-    class: 'plot',
-  });
-  svg.append(el('title', {}, 'Divergence by branch step'));
+// An SVG with its axes: x the branch steps from 0 to lastStep (a tick at
+// each row's step), y from 0 to yMax in `ticks` round intervals. Returns the
+// svg and its scales.
+function chart({rowSteps, lastStep, yMax, ticks, label, title, yTitle = ''}) {
+  const x = (step) => LEFT + (step / lastStep) * PLOT_W;
+  const y = (value) => TOP + PLOT_H - (Math.min(Math.max(value, 0), yMax) / yMax) * PLOT_H;
+  const svg = el('svg', {viewBox: `0 0 ${WIDTH} ${HEIGHT}`, role: 'img', 'aria-label': label, class: 'plot'});
+  svg.append(el('title', {}, title));
 
   // Axes, grid lines and ticks.
   const axes = el('g', {class: 'axes'});
   for (let i = 0; i <= ticks; i++) {
     const value = (yMax * i) / ticks;
-    axes.append(el('line', {x1: left, x2: width - right, y1: y(value), y2: y(value), class: i ? 'gridline' : 'axis'}));
-    axes.append(el('text', {x: left - 6, y: y(value) + 3.5, 'text-anchor': 'end'}, String(Number(value.toFixed(4)))));
+    axes.append(el('line', {x1: LEFT, x2: WIDTH - RIGHT, y1: y(value), y2: y(value), class: i ? 'gridline' : 'axis'}));
+    axes.append(el('text', {x: LEFT - 6, y: y(value) + 3.5, 'text-anchor': 'end'}, String(Number(value.toFixed(4)))));
   }
   let lastLabelX = -Infinity;
-  for (const row of rows) {
-    const step = row.branch_step ?? 0;
-    axes.append(el('line', {x1: x(step), x2: x(step), y1: top + plotH, y2: top + plotH + 4, class: 'axis'}));
+  for (const step of rowSteps) {
+    axes.append(el('line', {x1: x(step), x2: x(step), y1: TOP + PLOT_H, y2: TOP + PLOT_H + 4, class: 'axis'}));
     if (x(step) - lastLabelX >= 16) {
-      axes.append(el('text', {x: x(step), y: top + plotH + 15, 'text-anchor': 'middle'}, String(step)));
+      axes.append(el('text', {x: x(step), y: TOP + PLOT_H + 15, 'text-anchor': 'middle'}, String(step)));
       lastLabelX = x(step);
     }
   }
-  axes.append(el('text', {x: left + plotW / 2, y: height - 6, 'text-anchor': 'middle', class: 'axis-title'},
+  axes.append(el('text', {x: LEFT + PLOT_W / 2, y: HEIGHT - 6, 'text-anchor': 'middle', class: 'axis-title'},
       'branch step (branches leave the trunk after it)'));
+  if (yTitle) {
+    axes.append(el('text', {x: 11, y: TOP + PLOT_H / 2, 'text-anchor': 'middle', class: 'axis-title',
+      transform: `rotate(-90 11 ${TOP + PLOT_H / 2})`}, yTitle));
+  }
   svg.append(axes);
+  return {svg, x, y};
+}
+
+export function divergencePlot(rows, steps) {
+  const lastStep = Math.max(steps || 0, ...rows.map((row) => row.branch_step ?? 0), 1);
+  const {max: yMax, ticks} = niceAxis(Math.max(...rows.flatMap((row) => SERIES.map((s) => row[s.key] ?? 0))));
+  const {svg, x, y} = chart({
+    rowSteps: rows.map((row) => row.branch_step ?? 0), lastStep, yMax, ticks,
+    label: 'Divergence of the branches by the step at which they leave the trunk',
+    title: 'Divergence by branch step',
+  });
 
   for (const series of SERIES) {
     const group = el('g', {class: series.className, 'data-series': series.key});
@@ -90,5 +110,121 @@ export function plotLegend() {
     item.append(`mean RMS distance ${series.label}`);
     legend.append(item);
   }
+  return legend;
+}
+
+// ---------- decision curves ----------
+
+// Judge heads take these colours in turn (style.css).
+const HEAD_CLASSES = ['head-0', 'head-1', 'head-2', 'head-3'];
+const headClass = (index) => HEAD_CLASSES[index % HEAD_CLASSES.length];
+
+// An Estimate's fields (protobuf's JSON leaves zeros out).
+const mean = (estimate) => estimate?.mean ?? 0;
+const stderr = (estimate) => estimate?.standard_error ?? 0;
+const fixed = (value, digits) => Number(value ?? 0).toFixed(digits);
+
+function curveSteps(curve) {
+  const rowSteps = (curve.rows ?? []).map((row) => row.branch_step ?? 0);
+  return {rowSteps, lastStep: Math.max(curve.plan?.sampler?.steps ?? 0, ...rowSteps, 1)};
+}
+
+// One series of estimates: its line, and per row an error bar (± one
+// standard error) and a dot whose title is describe(row).
+function estimateSeries(points, rowSteps, {x, y}, attributes, describe) {
+  const group = el('g', attributes);
+  const at = (i) => [x(rowSteps[i]), y(mean(points[i]))];
+  group.append(el('polyline', {points: points.map((_, i) => at(i).join(',')).join(' '), fill: 'none'}));
+  points.forEach((point, i) => {
+    const [cx, cy] = at(i);
+    const lo = y(mean(point) - stderr(point));
+    const hi = y(mean(point) + stderr(point));
+    group.append(el('path', {class: 'error-bar', 'data-testid': 'error-bar', fill: 'none',
+      d: `M${cx},${lo}V${hi}M${cx - 4},${lo}h8M${cx - 4},${hi}h8`}));
+    const dot = el('circle', {cx, cy, r: 3.5});
+    dot.append(el('title', {}, describe(i)));
+    group.append(dot);
+  });
+  return group;
+}
+
+// Where a head's curve falls to half its row-0 value: a dashed line across
+// at that half and down to the step, and the step's 68% interval over
+// bootstrap resamples of the trunks as a band on the x axis.
+function halfStepMarker(head, name, {x, y}) {
+  const step = head.half_step ?? 0;
+  const level = y(mean(head.p_differs?.[0]) / 2);
+  const bottom = TOP + PLOT_H;
+  const lo = head.half_step_lo ?? 0;
+  const hi = head.half_step_hi ?? 0;
+  const group = el('g', {class: 'half-step', 'data-testid': 'half-step', 'data-head': name, 'data-step': fixed(step, 2)});
+  group.append(
+      el('rect', {class: 'half-band', x: x(lo), y: bottom - 8, width: Math.max(1, x(hi) - x(lo)), height: 8}),
+      el('path', {class: 'half-line', fill: 'none', d: `M${LEFT},${level}H${x(step)}V${bottom}`}),
+      el('path', {class: 'half-mark', d: `M${x(step)},${level - 5}l5,5l-5,5l-5,-5z`}));
+  group.append(el('title', {}, `${name}: half of its row-0 value at step ${fixed(step, 1)} ` +
+      `± ${fixed(head.half_step_standard_error, 1)} (68% interval ${fixed(lo, 1)} to ${fixed(hi, 1)})`));
+  return group;
+}
+
+export function headsPlot(curve) {
+  const rows = curve.rows ?? [];
+  const {rowSteps, lastStep} = curveSteps(curve);
+  const scales = chart({
+    rowSteps, lastStep, yMax: 1, ticks: 4,
+    label: 'Per judge head, the probability that a branch\u2019s label differs from its trunk\u2019s, by branch step',
+    title: 'P(label differs from the trunk\u2019s) by branch step', yTitle: 'P(label \u2260 trunk\u2019s)',
+  });
+  (curve.heads ?? []).forEach((head, h) => {
+    const name = head.head || `head ${h + 1}`;
+    const points = head.p_differs ?? [];
+    const group = estimateSeries(points, rowSteps, scales,
+        {class: `series-head ${headClass(h)}`, 'data-series': 'head', 'data-head': name},
+        (i) => `step ${rowSteps[i]} (t=${rows[i]?.timestep ?? 0}): P(${name} differs) ` +
+            `${fixed(mean(points[i]), 3)} ± ${fixed(stderr(points[i]), 3)}`);
+    if (head.half_found) group.append(halfStepMarker(head, name, scales));
+    scales.svg.append(group);
+  });
+  return scales.svg;
+}
+
+export function curveDivergencePlot(curve) {
+  const rows = curve.rows ?? [];
+  const {rowSteps, lastStep} = curveSteps(curve);
+  const top = Math.max(...rows.flatMap((row) => SERIES.map((s) => mean(row[s.key]) + stderr(row[s.key]))));
+  const {max: yMax, ticks} = niceAxis(top);
+  const scales = chart({
+    rowSteps, lastStep, yMax, ticks,
+    label: 'Mean RMS divergence of the branches over trunks, by branch step',
+    title: 'Mean RMS divergence by branch step', yTitle: 'RMS divergence',
+  });
+  for (const series of SERIES) {
+    const points = rows.map((row) => row[series.key]);
+    scales.svg.append(estimateSeries(points, rowSteps, scales,
+        {class: series.className, 'data-series': series.key},
+        (i) => `step ${rowSteps[i]} (t=${rows[i].timestep ?? 0}): ${fixed(mean(points[i]), 3)} ` +
+            `± ${fixed(stderr(points[i]), 3)} ${series.label}`));
+  }
+  return scales.svg;
+}
+
+// Each head, with where it falls to half its row-0 value, then the
+// divergence series.
+export function curveLegend(curve) {
+  const legend = plotLegend();
+  const heads = (curve.heads ?? []).map((head, h) => {
+    const name = head.head || `head ${h + 1}`;
+    const item = document.createElement('li');
+    item.className = `series-head ${headClass(h)}`;
+    item.dataset.testid = 'curve-legend-head';
+    item.innerHTML = '<span class="swatch" aria-hidden="true"></span>';
+    const found = Math.round(100 * (head.half_found_fraction ?? 0));
+    item.append(`P(${name} differs from the trunk\u2019s): ` + (head.half_found ?
+      `half its row-0 value at step ${fixed(head.half_step, 1)} \u00b1 ${fixed(head.half_step_standard_error, 1)}` +
+          (found < 100 ? ` (found in ${found}% of resamples)` : '') :
+      'never falls to half its row-0 value'));
+    return item;
+  });
+  legend.prepend(...heads);
   return legend;
 }

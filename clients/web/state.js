@@ -149,6 +149,16 @@ export function requestFromState(state) {
   return request;
 }
 
+// The CurveRequest for a state: its grid, with `trunks` trunks drawn from
+// seed, seed + 1, ... A promoted trunk is left out (the server refuses
+// one: a curve's trunks are its seeds').
+export function curveRequestFromState(state, trunks) {
+  return {
+    grid: requestFromState({...state, trunk: null}),
+    trunks: number('trunks', String(trunks).trim(), {integer: true}),
+  };
+}
+
 // A random seed, as a decimal string. Seeds are uint64; 32 random bits keep
 // links short and are plenty for exploring.
 export function randomSeed() {

@@ -30,6 +30,9 @@ const GRID = {seed: '7', steps: '20', rows: '0,5,10,15', cols: '3'};
 const ROWS = 4;
 const COLS = 3;
 const TEXT_MODEL = textModelDir();
+// A small decision curve: 4 trunks of a 3-row, 2-branch, 10-step grid.
+const CURVE_GRID = {seed: '7', steps: '10', rows: '0,3,6', cols: '2'};
+const CURVE_TRUNKS = 4;
 
 let main;
 let slow;
@@ -107,6 +110,22 @@ async function runGrid(page, values = GRID) {
 }
 
 const src = (page, selector) => page.getAttribute(selector, 'src');
+
+// Waits until the curve panel is no longer running; its state.
+async function waitForCurve(page, timeout = 90_000) {
+  await page.waitForFunction(() => document.querySelector('[data-testid="curve"]').dataset.state !== 'running',
+      null, {timeout});
+  return page.getAttribute(testId('curve'), 'data-state');
+}
+
+// Polls `check` (async, true when done) until it holds or `ms` pass.
+async function eventually(check, ms, what) {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) assert.fail(`never: ${what}`);
+    await new Promise((done) => setTimeout(done, 200));
+  }
+}
 
 before(async () => {
   mkdirSync(SCREENSHOTS, {recursive: true});
@@ -415,6 +434,18 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
         assert.equal(record.grid.plan.negative_prompt, 'blurry');
         const trunkImage = await src(page, testId('trunk-image'));
 
+        // This model has no judge: its decision curve is the divergence alone.
+        assert.match(await page.textContent(testId('curve-judge')), /has no judge/);
+        await page.fill(testId('curve-trunks'), '2');
+        await page.click(testId('curve-run'));
+        assert.equal(await waitForCurve(page), 'done', await page.textContent(testId('error-message')));
+        assert.equal(await page.locator(`${testId('curve-plot')} [data-series="head"]`).count(), 0, 'no head series');
+        assert.equal(await page.locator(`${testId('curve-plot')} [data-testid="half-step"]`).count(), 0);
+        assert.equal(await page.locator(`${testId('curve-plot')} [data-series="divergence"] [data-testid="error-bar"]`)
+            .count(), ROWS);
+        assert.match(await page.textContent(testId('curve-caption')), /^2 trunks \(seeds 31 to 32\) of .*has no judge/);
+        await screenshot(page, '08-text-curve');
+
         // The link alone restores the text, the negative prompt and the grid.
         const shared = await newPage();
         try {
@@ -545,5 +576,113 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     } finally {
       await shared.close();
     }
+  }));
+
+  test('10. a decision curve: one series per judge head with error bars, its half step, the divergence',
+      {timeout: 120_000}, () => withPage('10-curve', async (page) => {
+    const model = (await (await fetch(`${main.url}api/v1/models`)).json()).models[0];
+    const heads = (model.judge?.heads ?? []).map((head) => head.name);
+    await openPage(page, main.url);
+    assert.equal(await page.inputValue(testId('curve-trunks')), '20', 'twenty trunks to start with');
+    assert.match(await page.textContent(testId('curve-judge')),
+        heads.length ? new RegExp(`judge reads ${heads[0]} \\(\\d+ labels\\)`) : /has no judge/);
+    await fillGrid(page, {...CURVE_GRID, prompt: ''});
+    await page.fill(testId('curve-trunks'), String(CURVE_TRUNKS));
+    await page.click(testId('curve-run'));
+    assert.equal(await page.isVisible(testId('curve-cancel')), true, 'a running curve can be cancelled');
+    assert.equal(await waitForCurve(page), 'done', await page.textContent(testId('error-message')));
+    assert.equal(await page.isVisible(testId('curve-cancel')), false);
+    assert.match(await page.textContent(testId('curve-status')), new RegExp(`Done: ${CURVE_TRUNKS} trunks in [\\d.]+ s`));
+    await screenshot(page, '10-curve');
+
+    // What the page drew, against the curve it received (the JSON export).
+    const record = await page.evaluate(async () => {
+      const href = document.querySelector('[data-testid="curve-download-json"]').href;
+      return (await fetch(href)).json();
+    });
+    assert.equal(record.request.trunks, CURVE_TRUNKS);
+    assert.equal(record.request.grid.seed, '7');
+    assert.deepEqual(record.request.grid.branch_steps, [0, 3, 6]);
+    const curve = record.curve;
+    const rows = CURVE_GRID.rows.split(',').length;
+    assert.equal(curve.rows.length, rows);
+    assert.deepEqual(curve.heads.map((head) => head.head), heads, 'one curve per judge head');
+    const plot = testId('curve-plot');
+    const series = await page.$$eval(`${plot} [data-series="head"]`, (groups) => groups.map((group) => ({
+      head: group.dataset.head,
+      dots: group.querySelectorAll('circle').length,
+      bars: group.querySelectorAll('[data-testid="error-bar"]').length,
+      half: group.querySelector('[data-testid="half-step"]')?.dataset.step ?? null,
+    })));
+    assert.deepEqual(series.map((s) => s.head), heads, 'one series per head');
+    for (const [h, drawn] of series.entries()) {
+      assert.equal(drawn.dots, rows, `${drawn.head}: a point per row`);
+      assert.equal(drawn.bars, rows, `${drawn.head}: an error bar per row`);
+      const head = curve.heads[h];
+      if (head.half_found) {
+        assert.equal(drawn.half, (head.half_step ?? 0).toFixed(2), `${drawn.head}: the half step is marked`);
+      } else {
+        assert.equal(drawn.half, null, `${drawn.head}: no half step, no marker`);
+      }
+    }
+    const legend = await page.$$eval(`${plot} [data-testid="curve-legend-head"]`, (items) => items.map((i) => i.textContent));
+    assert.equal(legend.length, heads.length);
+    for (const [h, text] of legend.entries()) {
+      assert.match(text, curve.heads[h].half_found ? /half its row-0 value at step [\d.]+ ± [\d.]+/ :
+          /never falls to half its row-0 value/);
+    }
+    // The mean RMS divergence per row, both series, with error bars.
+    for (const key of ['divergence', 'divergence_to_trunk']) {
+      assert.equal(await page.locator(`${plot} [data-series="${key}"] circle`).count(), rows);
+      assert.equal(await page.locator(`${plot} [data-series="${key}"] [data-testid="error-bar"]`).count(), rows);
+    }
+    const caption = await page.textContent(testId('curve-caption'));
+    assert.match(caption, new RegExp(`^${CURVE_TRUNKS} trunks \\(seeds 7 to ${7 + CURVE_TRUNKS - 1}\\)`));
+    assert.match(caption, /\d+(\.\d)? s, \d+ model evaluations/);
+    assert.match(caption, /± one standard error over trunks/);
+    assert.match(await page.getAttribute(testId('curve-download-png'), 'href'), /^data:image\/png;base64,/);
+  }));
+
+  test('11. a curve shows its progress and cancelling it stops it on the server; bad input is refused',
+      {timeout: 150_000}, () => withPage('11-curve-cancel', async (page) => {
+    await openPage(page, slow.url);
+    await page.fill(testId('token'), TOKEN);
+    await page.press(testId('token'), 'Tab');
+    await page.waitForFunction(() => document.querySelectorAll('[data-testid="prompt"] option').length > 1);
+
+    // Refused before it starts: the server's message, in the banner.
+    await fillGrid(page, {...CURVE_GRID, rows: '0,5', seed: '51'});
+    await page.fill(testId('curve-trunks'), '1');
+    await page.click(testId('curve-run'));
+    assert.equal(await waitForCurve(page), 'error');
+    assert.equal(await page.textContent(testId('error-code')), 'INVALID_ARGUMENT');
+    assert.match(await page.textContent(testId('error-message')), /trunks must be in \[2, \d+\]/);
+    await page.fill(testId('curve-trunks'), '2.5');
+    await page.click(testId('curve-run'));
+    await page.waitForFunction(() => /trunks: not a whole number/.test(
+        document.querySelector('[data-testid="error-message"]').textContent));
+    assert.equal(await page.getAttribute(testId('curve'), 'data-state'), 'error');
+
+    // A long curve: progress as trunks finish, then cancel.
+    const cancelledBefore = await slow.metric('dgrid_orchestrator_grids_total{status="cancelled"}');
+    await page.fill(testId('curve-trunks'), '200');
+    await page.click(testId('curve-run'));
+    await page.waitForSelector(testId('error-banner'), {state: 'hidden'});
+    await page.waitForFunction(() => /[1-9]\d* of 200 trunks done/.test(
+        document.querySelector('[data-testid="curve-status"]').textContent), null, {timeout: 90_000});
+    assert.equal(await page.isVisible(testId('curve-progress')), true);
+    const fraction = await page.$eval(testId('curve-progress'), (bar) => bar.value);
+    assert.ok(fraction > 0 && fraction < 1, `progress ${fraction}`);
+    await screenshot(page, '11-curve-progress');
+    await page.click(testId('curve-cancel'));
+    assert.equal(await waitForCurve(page), 'cancelled');
+    assert.match(await page.textContent(testId('curve-status')), /Cancelled after \d+ of 200 trunks/);
+    assert.equal(await page.isVisible(testId('error-banner')), false, 'a cancel is not an error');
+    // The server stops the curve's grids: they end cancelled and no job
+    // stays in flight (200 trunks would keep the replica busy for minutes).
+    await eventually(async () =>
+      await slow.metric('dgrid_orchestrator_grids_total{status="cancelled"}') > cancelledBefore &&
+          await slow.metric('dgrid_orchestrator_replica_inflight', {prefix: true}) === 0,
+    30_000, 'the curve\'s grids cancelled on the server');
   }));
 });

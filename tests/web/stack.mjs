@@ -4,6 +4,7 @@
 //
 //   const stack = new LiveStack({name: 'main', denoisers: 2});
 //   await stack.start();   // stack.url = "http://127.0.0.1:PORT/"
+//   await stack.metric('dgrid_orchestrator_grids_total{status="cancelled"}');
 //   ...
 //   await stack.stop();
 //
@@ -141,7 +142,7 @@ export class LiveStack {
       addresses.push(`127.0.0.1:${ports.grpc}`);
     }
     const portFile = join(this.dir, 'orchestrator.port');
-    const args = [`--denoisers=${addresses.join(',')}`, '--listen=127.0.0.1:0', '--metrics_addr=',
+    const args = [`--denoisers=${addresses.join(',')}`, '--listen=127.0.0.1:0', '--metrics_addr=127.0.0.1:0',
       '--http_addr=127.0.0.1:0', `--web_dir=${join(REPO, 'clients', 'web')}`, `--port_file=${portFile}`];
     if (this.authToken) {
       const tokenFile = join(this.dir, 'token');
@@ -151,8 +152,22 @@ export class LiveStack {
     const orchestrator = this.spawnLogged('orchestrator', join(BIN_DIR, 'dgrid-orchestrator'), args);
     const ports = await this.waitForPorts(orchestrator, portFile, 'http');
     this.url = `http://127.0.0.1:${ports.http}/`;
+    this.metricsUrl = `http://127.0.0.1:${ports.metrics}/metrics`;
     await this.waitHealthy();
     return this;
+  }
+
+  // The orchestrator's metric `series` (name and labels, as exposed), summed
+  // over the series that start with it when `prefix`; 0 when absent.
+  async metric(series, {prefix = false} = {}) {
+    const text = await (await fetch(this.metricsUrl, {signal: AbortSignal.timeout(5000)})).text();
+    let sum = 0;
+    for (const line of text.split('\n')) {
+      const space = line.lastIndexOf(' ');
+      const name = line.slice(0, space);
+      if (name === series || (prefix && name.startsWith(series))) sum += Number(line.slice(space + 1));
+    }
+    return sum;
   }
 
   async waitHealthy() {
