@@ -163,6 +163,24 @@ class BatcherTest : public ::testing::Test {
     return *run;
   }
 
+  // A one-trajectory, 10-step run of key 2 and rank 10: a small grid.
+  RunRequest SmallRun() {
+    RunRequest small = Request(1, 1.0f, 7);
+    small.sampler.steps = 10;
+    small.fairness_key = 2;
+    small.fairness_rank = 10;
+    return small;
+  }
+  // Opens the gate and counts the forward passes, from the gate on, that ran
+  // before `small`'s 10 steps were done.
+  static std::shared_ptr<int> CountPassesUntilDone(Gate& gate, std::shared_ptr<dgrid::Run> small) {
+    auto passes = std::make_shared<int>(0);
+    gate.Open([passes, small] {
+      if (small->model_evals() < 10) ++*passes;
+    });
+    return passes;
+  }
+
   std::unique_ptr<DenoiserModel> model_;
   GaussianParams params_;
 };
@@ -439,17 +457,9 @@ TEST_F(BatcherTest, ASmallRunOfAnotherKeyIsNotStarvedByALargeOne) {
     large.back().fairness_rank = 4 * 8 * 50;
     large_runs.push_back(*batcher.Start(large.back()));
   }
-  RunRequest small = Request(1, 1.0f, 7);
-  small.sampler.steps = 10;
-  small.fairness_key = 2;
-  small.fairness_rank = 10;
+  const RunRequest small = SmallRun();
   std::shared_ptr<dgrid::Run> small_run = *batcher.Start(small);
-
-  // Forward passes, from the gate on, that ran before the small run's end.
-  int passes_before_small_ended = 0;
-  gate.Open([&] {
-    if (small_run->model_evals() < 10) ++passes_before_small_ended;
-  });
+  const std::shared_ptr<int> passes = CountPassesUntilDone(gate, small_run);
   Collected small_result = Drain(*small_run);
   ASSERT_TRUE(small_result.status.ok()) << small_result.status;
   std::vector<Collected> large_results;
@@ -457,7 +467,7 @@ TEST_F(BatcherTest, ASmallRunOfAnotherKeyIsNotStarvedByALargeOne) {
   EXPECT_TRUE(Drain(*hold).status.ok());
   // The held pass, then one row in each of the next 10: oldest-first would
   // make it wait for all 400 of key 1's passes.
-  EXPECT_EQ(passes_before_small_ended, 11);
+  EXPECT_EQ(*passes, 11);
 
   // Sharing changes no result: each run gives what it gives alone.
   TrajectoryBatcher alone(model_.get(), {.max_batch = 4});
@@ -522,21 +532,14 @@ TEST_F(BatcherTest, AClaimedRankBuysNoMoreThanTheRunsOwnWork) {
   greedy.fairness_key = 1;
   greedy.fairness_rank = 0;
   std::shared_ptr<dgrid::Run> greedy_run = *batcher.Start(greedy);
-  RunRequest small = Request(1, 1.0f, 7);
-  small.sampler.steps = 10;
-  small.fairness_key = 2;
-  small.fairness_rank = 10;
-  std::shared_ptr<dgrid::Run> small_run = *batcher.Start(small);
-  int passes_before_small_ended = 0;
-  gate.Open([&] {
-    if (small_run->model_evals() < 10) ++passes_before_small_ended;
-  });
+  std::shared_ptr<dgrid::Run> small_run = *batcher.Start(SmallRun());
+  const std::shared_ptr<int> passes = CountPassesUntilDone(gate, small_run);
   EXPECT_TRUE(Drain(*small_run).status.ok());
   EXPECT_TRUE(Drain(*greedy_run).status.ok());
   EXPECT_TRUE(Drain(*hold).status.ok());
   // The held pass, then the small run's 10: it went first although the
   // greedy run claimed rank 0 (taken at face value, it would wait 100).
-  EXPECT_EQ(passes_before_small_ended, 11);
+  EXPECT_EQ(*passes, 11);
 }
 
 // Issue 25: a path segment may switch the conditioning from its step on.
