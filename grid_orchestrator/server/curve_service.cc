@@ -95,8 +95,16 @@ class CurveService::CurveRun {
       std::unique_ptr<AdmittedGrid> first, const std::function<bool(const v1::CurveEvent&)>& deliver) {
     first_ = std::move(first);
     const int workers = std::min(service_->limits_.max_concurrent_grids, request_.trunks());
+    workers_left_ = workers;
     std::vector<std::thread> threads;
-    for (int w = 0; w < workers; ++w) threads.emplace_back([this] { Work(); });
+    for (int w = 0; w < workers; ++w) {
+      threads.emplace_back([this] {
+        Work();
+        std::lock_guard<std::mutex> lock(mu_);
+        --workers_left_;
+        changed_.notify_all();
+      });
+    }
     DeliverProgress(deliver);
     for (std::thread& t : threads) t.join();
     if (!status_.ok()) return status_;
@@ -132,10 +140,9 @@ class CurveService::CurveRun {
       absl::StatusOr<std::unique_ptr<AdmittedGrid>> a = AdmitWhenFree(trunk);
       if (!a.ok()) return a.status();
       admitted = std::move(*a);
-    }
-    {
+    } else {
       std::lock_guard<std::mutex> lock(mu_);
-      ++running_;
+      ++holding_;
     }
     absl::StatusOr<v1::Grid> grid = service_->grids_->Run(
         *admitted, caller_, [](const v1::GridEvent&) { return true; }, &cancel_,
@@ -146,7 +153,7 @@ class CurveService::CurveRun {
                   : grid.status();
     admitted.reset();  // its place in the grid limits is free again
     std::lock_guard<std::mutex> lock(mu_);
-    --running_;
+    --holding_;
     changed_.notify_all();
     if (!observed.ok()) {
       return absl::Status(observed.status().code(),
@@ -170,18 +177,30 @@ class CurveService::CurveRun {
 
   // Trunks after the first are admitted as their turn comes. When the
   // client's grid limit is full (its other grids, or this curve's own), the
-  // trunk waits for one of this curve's grids to end rather than fail.
+  // trunk waits for one of this curve's grids to end rather than fail; it
+  // fails only when the curve holds no grid and admits none that could free
+  // a place. On success the caller holds the grid (counted in holding_).
   absl::StatusOr<std::unique_ptr<AdmittedGrid>> AdmitWhenFree(int trunk) {
     while (true) {
+      int before;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        ++admitting_;
+        before = done_;
+      }
       absl::StatusOr<std::unique_ptr<AdmittedGrid>> admitted =
           service_->grids_->Admit(caller_, TrunkRequest(request_, trunk));
+      std::unique_lock<std::mutex> lock(mu_);
+      --admitting_;
+      changed_.notify_all();
+      if (admitted.ok()) ++holding_;
       if (admitted.ok() || admitted.status().code() != absl::StatusCode::kResourceExhausted) {
         return admitted;
       }
-      std::unique_lock<std::mutex> lock(mu_);
-      if (running_ == 0) return admitted.status();
-      const int before = done_;
-      changed_.wait(lock, [&] { return done_ != before || running_ == 0 || !status_.ok(); });
+      if (holding_ == 0 && admitting_ == 0) return admitted.status();
+      changed_.wait(lock, [&] {
+        return done_ != before || (holding_ == 0 && admitting_ == 0) || !status_.ok();
+      });
       if (!status_.ok()) return status_;
     }
   }
@@ -218,11 +237,8 @@ class CurveService::CurveRun {
     }
   }
 
-  // Under mu_.
-  bool Finished() const {
-    return running_ == 0 && (next_ >= request_.trunks() || !status_.ok()) && progress_.empty() &&
-           (done_ == request_.trunks() || !status_.ok());
-  }
+  // Under mu_: every worker has stopped and its progress is out.
+  bool Finished() const { return workers_left_ == 0 && progress_.empty(); }
 
   CurveService* const service_;
   const Caller& caller_;
@@ -235,7 +251,11 @@ class CurveService::CurveRun {
   std::condition_variable changed_;
   std::unique_ptr<AdmittedGrid> first_;          // guarded by mu_
   int next_ = 0;                                 // guarded by mu_
-  int running_ = 0;                              // guarded by mu_
+  int workers_left_ = 0;                         // guarded by mu_
+  // Grids of this curve admitted and not yet released, and admissions under
+  // way: while either is above 0, a refused admission may succeed later.
+  int holding_ = 0;                              // guarded by mu_
+  int admitting_ = 0;                            // guarded by mu_
   int done_ = 0;                                 // guarded by mu_
   absl::Status status_;                          // guarded by mu_
   std::vector<TrunkObservation> observations_;   // guarded by mu_
