@@ -2,7 +2,10 @@
 // free loopback port, called through the generated stub.
 #include <grpcpp/grpcpp.h>
 
+#include <filesystem>
+#include <fstream>
 #include <memory>
+#include <sstream>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -167,6 +170,39 @@ TEST_F(JudgeRpcTest, APassedDeadlineIsDeadlineExceeded) {
   v1::JudgeResponse response;
   EXPECT_EQ(Judge(request, &response, absl::ZeroDuration()).error_code(),
             grpc::StatusCode::DEADLINE_EXCEEDED);
+}
+
+}  // namespace
+}  // namespace dgrid
+
+namespace dgrid {
+namespace {
+
+// A judge whose head reads the wrong output (fashion-mnist's features, 128
+// wide, for 10 labels) fails at start-up, naming the head and the shapes.
+TEST(JudgeLoadTest, AHeadOfTheWrongShapeFailsAtStartUpNamingIt) {
+  namespace fs = std::filesystem;
+  const fs::path source = fs::path(DGRID_SOURCE_DIR) / "models" / "fashion-mnist";
+  const fs::path dir = fs::path(::testing::TempDir()) / "judge_wrong_head";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  for (const char* part : {"model.pt", "classifier.pt"}) fs::copy_file(source / part, dir / part);
+  std::ifstream in(source / "manifest.json");
+  std::stringstream manifest;
+  manifest << in.rdbuf();
+  std::string text = manifest.str();
+  const size_t output = text.find("\"output\": 0");
+  ASSERT_NE(output, std::string::npos);
+  text.replace(output, 11, "\"output\": 1");
+  std::ofstream(dir / "manifest.json") << text;
+
+  DenoiserServerOptions o;
+  o.model_dirs = {dir.string()};
+  o.threads = 1;
+  absl::Status status = DenoiserServer::Start(o).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_NE(status.message().find("judge.heads[0] (class)"), absl::string_view::npos) << status;
+  EXPECT_NE(status.message().find("[1, 128]"), absl::string_view::npos) << status;
 }
 
 }  // namespace
