@@ -25,10 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import signal
 import socket
+import sys
 import statistics
 import subprocess
 import tempfile
@@ -41,32 +41,12 @@ import grpc
 from dgrid.v1 import denoiser_pb2, denoiser_pb2_grpc, orchestrator_pb2, orchestrator_pb2_grpc
 from dgrid.v1 import tensor_pb2
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from processes import cpu_model, start  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "build", "bin")
 MODELS = f"{ROOT}/models/emoji,{ROOT}/models/fashion-mnist"
-
-
-def cpu_model() -> str:
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
-def start(argv: list[str], port_file: str, log: str) -> tuple[subprocess.Popen, dict]:
-    proc = subprocess.Popen(argv + [f"--port_file={port_file}"], stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if os.path.exists(port_file):
-            ports = dict(line.strip().split("=", 1) for line in open(port_file) if "=" in line)
-            if "grpc" in ports:
-                return proc, {k: int(v) for k, v in ports.items()}
-        if proc.poll() is not None:
-            raise RuntimeError(f"{argv[0]} exited: see {log}")
-        time.sleep(0.1)
-    raise RuntimeError(f"{argv[0]} did not start: see {log}")
 
 
 def rss_mib(pid: int) -> float:

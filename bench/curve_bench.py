@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -34,8 +33,10 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "build", "bin")
 sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from dgrid_client import Client  # noqa: E402
+from processes import cpu_model, start  # noqa: E402
 
 CURVES = {
     "fashion": dict(model="fashion-mnist"),
@@ -47,29 +48,6 @@ CURVES = {
                               switch_prompt="red apple, noto", branch_noise="trunk",
                               branch_steps=[0, 20, 30, 36, 40, 43, 45, 47, 49]),
 }
-
-
-def cpu_model() -> str:
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
-def start(argv: list, port_file: str, log: str) -> tuple:
-    proc = subprocess.Popen(argv + [f"--port_file={port_file}"], stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if os.path.exists(port_file):
-            ports = dict(line.strip().split("=", 1) for line in open(port_file) if "=" in line)
-            if "grpc" in ports and "metrics" in ports:
-                return proc, {k: int(v) for k, v in ports.items()}
-        if proc.poll() is not None:
-            raise RuntimeError(f"{argv[0]} exited: see {log}")
-        time.sleep(0.1)
-    raise RuntimeError(f"{argv[0]} did not start: see {log}")
 
 
 def forward_rows(metrics_port: int) -> float:
@@ -110,13 +88,14 @@ def main() -> None:
                 [f"{BIN}/dgrid-denoiser", f"--model_dir={ROOT}/models/fashion-mnist,"
                  f"{ROOT}/models/emoji", "--listen=127.0.0.1:0", "--metrics_addr=127.0.0.1:0",
                  f"--threads={args.threads}", f"--max_batch={args.max_batch}"],
-                f"{tmp}/denoiser.ports", f"{tmp}/denoiser.log")
+                f"{tmp}/denoiser.ports", f"{tmp}/denoiser.log", needed=("grpc", "metrics"))
             orchestrator, oports = start(
                 [f"{BIN}/dgrid-orchestrator", f"--denoisers=127.0.0.1:{dports['grpc']}",
                  "--listen=127.0.0.1:0", "--metrics_addr=127.0.0.1:0",
                  "--grid_timeout_s=3600", f"--curve_concurrent_grids={args.concurrent_grids}",
                  f"--max_grids_per_client={max(16, args.concurrent_grids)}"],
-                f"{tmp}/orchestrator.ports", f"{tmp}/orchestrator.log")
+                f"{tmp}/orchestrator.ports", f"{tmp}/orchestrator.log",
+                needed=("grpc", "metrics"))
             try:
                 with Client(f"127.0.0.1:{oports['grpc']}", default_timeout=7200) as client:
                     client.wait_ready()
