@@ -19,6 +19,8 @@ packages=(
   libtorch-dev libopenblas0-pthread
   # Python side: reference vectors, external-model fixture, Python client
   python3-torch python3-grpcio python3-grpc-tools python3-numpy
+  # the Python client installs with pip into a virtual environment (a test)
+  python3-venv python3-pip python3-setuptools
   # the emoji evaluation reads grid PNGs
   python3-pil
   # tests/fixtures/clip/reference_tokenizer.py (\p{L} in Python)
