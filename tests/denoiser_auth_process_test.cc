@@ -5,9 +5,11 @@
 #include <grpcpp/grpcpp.h>
 
 #include <fstream>
+#include <iterator>
 
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
+#include "tests/support/child_process.h"
 #include "tests/support/stack.h"
 
 namespace dgrid {
@@ -83,6 +85,23 @@ TEST(DenoiserAuthTest, OnlyCallersWithTheTokenAreServed) {
   grpc::ClientContext health_context;
   grpc::health::v1::HealthCheckResponse health_response;
   EXPECT_TRUE(health->Check(&health_context, {}, &health_response).ok());
+}
+
+// Only the orchestrator should reach a denoiser: unless told otherwise it
+// listens on loopback (it listened on every interface).
+TEST(DenoiserAuthTest, TheDenoiserListensOnLoopbackByDefault) {
+  const std::string dir = testing::TempDir("denoiser-listen");
+  auto help = testing::ChildProcess::Start({testing::BinPath("dgrid-denoiser"), "--helpfull"},
+                                           dir + "/help.log");
+  ASSERT_TRUE(help.ok()) << help.status();
+  ASSERT_TRUE((*help)->Wait(absl::Seconds(30)).ok());
+  std::ifstream log(dir + "/help.log");
+  const std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+  const size_t flag = text.find("-listen (");
+  ASSERT_NE(flag, std::string::npos) << text.substr(0, 500);
+  const size_t default_at = text.find("default: \"", flag);
+  ASSERT_NE(default_at, std::string::npos);
+  EXPECT_EQ(text.substr(default_at, 26), "default: \"127.0.0.1:50051\"");
 }
 
 }  // namespace
