@@ -33,15 +33,14 @@
 #include "absl/time/time.h"
 #include "common/short_text.h"
 #include "common/status_macros.h"
+#include "grid_orchestrator/server/json_shape.h"
 #include "httplib.h"
 
 namespace dgrid {
 namespace {
 
 using google::protobuf::Descriptor;
-using google::protobuf::FieldDescriptor;
 using google::protobuf::Struct;
-using google::protobuf::Value;
 using HandlerResponse = httplib::Server::HandlerResponse;
 
 constexpr char kHealthPath[] = "/healthz";
@@ -64,11 +63,6 @@ constexpr absl::Duration kWriteTimeout = absl::Seconds(15);
 // (REMOTE_ADDR...).
 constexpr size_t kMaxHeaders = 100;
 constexpr size_t kHeadersAddedByHttplib = 4;
-// Deeper JSON is refused before protobuf sees it: protobuf takes lists
-// nested 100,000 deep for an empty repeated field, and its parse as a
-// google.protobuf.Value (CheckShape) slows with the square of the depth and
-// fails past about 33 levels. A GridRequest is 4 deep.
-constexpr int kMaxJsonDepth = 32;
 
 // ---- Errors ----
 
@@ -892,155 +886,15 @@ bool ReadBody(const httplib::Request& request, const httplib::ContentReader& rea
 
 // ---- GridRequest from JSON ----
 //
-// protobuf 3.21's JSON parser is lenient where a client's mistake should be
-// an error: it flattens [[5]] into a repeated field, takes a lone value for a
-// list and drops null in a list. So the text is parsed as a
-// google.protobuf.Value first and held to GridRequest's descriptor; only
-// then is it parsed as the message, which checks each value.
+// Held to the message's shape first (json_shape.h), then parsed.
 
 std::string FirstLine(const std::string& text) { return text.substr(0, text.find('\n')); }
-
-std::string JoinPath(const std::string& path, const std::string& name) {
-  return path.empty() ? name : absl::StrCat(path, ".", name);
-}
-
-const char* KindOf(const Value& value) {
-  switch (value.kind_case()) {
-    case Value::kNumberValue:
-      return "a number";
-    case Value::kStringValue:
-      return "a string";
-    case Value::kBoolValue:
-      return "true or false";
-    case Value::kStructValue:
-      return "an object";
-    case Value::kListValue:
-      return "a list";
-    default:
-      return "null";
-  }
-}
-
-// What one value of `field` (not its list) looks like in JSON.
-const char* ExpectedKind(const FieldDescriptor& field) {
-  switch (field.cpp_type()) {
-    case FieldDescriptor::CPPTYPE_STRING:
-      return "a string";
-    case FieldDescriptor::CPPTYPE_BOOL:
-      return "true or false";
-    case FieldDescriptor::CPPTYPE_ENUM:
-      return "an enum name";
-    case FieldDescriptor::CPPTYPE_MESSAGE:
-      return "an object";
-    default:
-      return "a number";
-  }
-}
-
-absl::Status Mismatch(const std::string& path, const char* expected, const Value& value) {
-  return absl::InvalidArgumentError(
-      absl::StrCat(path, ": expected ", expected, ", got ", KindOf(value)));
-}
-
-absl::Status CheckObject(const Struct& object, const Descriptor& type, const std::string& path);
-
-// One value of `field`: a list element, or the field's value when singular.
-absl::Status CheckOne(const Value& value, const FieldDescriptor& field, const std::string& path) {
-  if (field.cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) {
-    const Descriptor& type = *field.message_type();
-    // Wrappers (Int32Value...) are plain values in JSON, like their `value`.
-    if (type.file()->name() == "google/protobuf/wrappers.proto") {
-      return CheckOne(value, *type.FindFieldByNumber(1), path);
-    }
-    // Struct, Timestamp...: protobuf's own mapping, checked by its parser.
-    if (type.file()->package() == "google.protobuf") return absl::OkStatus();
-    if (value.kind_case() != Value::kStructValue) return Mismatch(path, "an object", value);
-    return CheckObject(value.struct_value(), type, path);
-  }
-  if (value.kind_case() == Value::kListValue || value.kind_case() == Value::kStructValue) {
-    return Mismatch(path, ExpectedKind(field), value);
-  }
-  return absl::OkStatus();
-}
-
-absl::Status CheckField(const Value& value, const FieldDescriptor& field,
-                        const std::string& path) {
-  if (value.kind_case() == Value::kNullValue) return absl::OkStatus();  // unset
-  // A map is an object in JSON; protobuf's parser checks it.
-  if (field.is_map()) return absl::OkStatus();
-  if (!field.is_repeated()) return CheckOne(value, field, path);
-  if (value.kind_case() != Value::kListValue) return Mismatch(path, "a list", value);
-  for (int i = 0; i < value.list_value().values_size(); ++i) {
-    const Value& element = value.list_value().values(i);
-    const std::string at = absl::StrCat(path, "[", i, "]");
-    if (element.kind_case() == Value::kNullValue) {
-      return Mismatch(at, ExpectedKind(field), element);
-    }
-    RETURN_IF_ERROR(CheckOne(element, field, at));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status CheckObject(const Struct& object, const Descriptor& type, const std::string& path) {
-  for (const auto& [key, value] : object.fields()) {
-    // JSON may name a field as in the .proto or in lowerCamelCase.
-    const FieldDescriptor* field = type.FindFieldByName(key);
-    if (!field) field = type.FindFieldByCamelcaseName(key);
-    if (!field) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("unknown field ", ShortQuote(JoinPath(path, key))));
-    }
-    RETURN_IF_ERROR(CheckField(value, *field, JoinPath(path, field->name())));
-  }
-  return absl::OkStatus();
-}
-
-// Counts nesting outside strings, so that deep text never reaches protobuf.
-absl::Status CheckDepth(absl::string_view json) {
-  int depth = 0;
-  bool in_string = false;
-  for (size_t i = 0; i < json.size(); ++i) {
-    const char c = json[i];
-    if (in_string) {
-      if (c == '\\') {
-        ++i;
-      } else if (c == '"') {
-        in_string = false;
-      }
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '[' || c == '{') {
-      if (++depth > kMaxJsonDepth) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("JSON nested deeper than ", kMaxJsonDepth, " levels"));
-      }
-    } else if (c == ']' || c == '}') {
-      --depth;
-    }
-  }
-  return absl::OkStatus();
-}
-
-absl::Status CheckShape(const std::string& json,
-                        const Descriptor& type = *v1::GridRequest::descriptor()) {
-  RETURN_IF_ERROR(CheckDepth(json));
-  Value value;
-  if (const auto parsed = google::protobuf::util::JsonStringToMessage(json, &value);
-      !parsed.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("not valid JSON: ", ShortQuote(FirstLine(std::string(parsed.message())))));
-  }
-  if (value.kind_case() != Value::kStructValue) {
-    return Mismatch(type.name(), "an object", value);
-  }
-  return CheckObject(value.struct_value(), type, "");
-}
 
 // `source` names the text in errors: "request body", or the query parameter.
 absl::Status ParseGridRequest(const std::string& json, absl::string_view source,
                               v1::GridRequest* request) {
   if (json.empty()) return absl::OkStatus();  // all defaults
-  if (absl::Status shape = CheckShape(json); !shape.ok()) {
+  if (absl::Status shape = CheckJsonShape(json, *v1::GridRequest::descriptor()); !shape.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": ", shape.message()));
   }
   if (const auto parsed = google::protobuf::util::JsonStringToMessage(json, request);
@@ -1165,7 +1019,7 @@ httplib::Server::HandlerWithContentReader CurveRoute(CurveService* curves,
     if (!ReadBody(request, reader, max_body_bytes, response, &body)) return;
     v1::CurveRequest curve_request;
     if (!body.empty()) {
-      if (absl::Status shape = CheckShape(body, *v1::CurveRequest::descriptor()); !shape.ok()) {
+      if (absl::Status shape = CheckJsonShape(body, *v1::CurveRequest::descriptor()); !shape.ok()) {
         return SendError(response, absl::InvalidArgumentError(
                                        absl::StrCat("request body: ", shape.message())));
       }

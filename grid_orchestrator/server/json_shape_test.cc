@@ -1,0 +1,52 @@
+#include "grid_orchestrator/server/json_shape.h"
+
+#include <string>
+
+#include "dgrid/v1/orchestrator.pb.h"
+#include "gtest/gtest.h"
+
+namespace dgrid {
+namespace {
+
+absl::Status Check(const std::string& json) {
+  return CheckJsonShape(json, *v1::GridRequest::descriptor());
+}
+
+TEST(JsonShapeTest, AGridRequestOfEitherNamingPasses) {
+  EXPECT_TRUE(Check(R"({"prompt": "bag", "seed": 3, "branch_steps": [0, 5],
+                        "branches": 2, "switchPrompt": "dress",
+                        "trunk": {"initSeed": "3", "segments": [{"fromStep": 0}]}})")
+                  .ok());
+  EXPECT_TRUE(Check("{}").ok());
+  EXPECT_TRUE(Check(R"({"steps": null})").ok());  // null is unset
+}
+
+TEST(JsonShapeTest, WhatProtobufWouldAcceptLeniently) {
+  const std::pair<const char*, const char*> cases[] = {
+      {R"({"branch_steps": [[5]]})", "branch_steps[0]: expected a number, got a list"},
+      {R"({"branch_steps": 5})", "branch_steps: expected a list, got a number"},
+      {R"({"branch_steps": [0, null]})", "branch_steps[1]: expected a number, got null"},
+      {R"({"trunk": {"segments": [3]}})", "trunk.segments[0]: expected an object, got a number"},
+      {R"({"steps": {"value": 5}})", "steps: expected a number, got an object"},
+      {R"({"promt": "bag"})", "unknown field \"promt\""},
+      {R"([1, 2])", "GridRequest: expected an object, got a list"},
+  };
+  for (const auto& [json, expected] : cases) {
+    const absl::Status s = Check(json);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << json;
+    EXPECT_EQ(s.message(), expected) << json;
+  }
+}
+
+TEST(JsonShapeTest, NestingPastTheLimitIsRefusedBeforeParsing) {
+  std::string deep = "{\"branch_steps\": ";
+  for (int i = 0; i < kMaxJsonDepth; ++i) deep += "[";
+  const absl::Status s = Check(deep);
+  EXPECT_EQ(s.message(), "JSON nested deeper than 32 levels");
+  // Brackets inside strings do not count.
+  EXPECT_TRUE(Check("{\"prompt\": \"" + std::string(100, '[') + "\"}").ok());
+  EXPECT_EQ(Check("{\"prompt\": ").message().substr(0, 15), "not valid JSON:");
+}
+
+}  // namespace
+}  // namespace dgrid
