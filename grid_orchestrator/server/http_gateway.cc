@@ -33,6 +33,7 @@
 #include "absl/time/time.h"
 #include "common/short_text.h"
 #include "common/status_macros.h"
+#include "grid_orchestrator/server/cors_policy.h"
 #include "grid_orchestrator/server/json_shape.h"
 #include "httplib.h"
 
@@ -550,57 +551,6 @@ class ConnectionPool : public httplib::TaskQueue {
 
 // ---- Cross-origin requests ----
 
-// Which other origins' scripts may call the API. A browser lets a script
-// read a cross-origin answer only when it carries
-// Access-Control-Allow-Origin, and sends a non-simple request (a JSON POST,
-// a token) only after a preflight OPTIONS that allows it. The API also
-// refuses outright a request from an origin it does not allow: a simple
-// cross-origin GET of the stream would otherwise start a grid.
-class CorsPolicy {
- public:
-  static absl::StatusOr<CorsPolicy> Create(const std::vector<std::string>& origins) {
-    CorsPolicy policy;
-    for (const std::string& origin : origins) {
-      if (origin == "*") {
-        policy.any_ = true;
-        continue;
-      }
-      const std::string lower = absl::AsciiStrToLower(origin);
-      const size_t host = lower.find("://");
-      const absl::string_view scheme = absl::string_view(lower).substr(0, host);
-      if (host == std::string::npos || (scheme != "http" && scheme != "https") ||
-          host + 3 == lower.size() || lower.find_first_of("/ ", host + 3) != std::string::npos) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "--http_cors_origins: ", ShortQuote(origin), " is not scheme://host[:port] or *"));
-      }
-      policy.origins_.insert(lower);
-    }
-    return policy;
-  }
-
-  // True when `request` comes from a page of another origin. Browsers send
-  // Origin on cross-origin requests and on same-origin POSTs. The host alone
-  // decides, not the scheme: behind a proxy that ends TLS the page is https
-  // while this server speaks http.
-  static bool CrossOrigin(const httplib::Request& request) {
-    const std::string origin = request.get_header_value("Origin");
-    if (origin.empty()) return false;
-    const size_t host = origin.find("://");
-    return host == std::string::npos ||
-           !absl::EqualsIgnoreCase(absl::string_view(origin).substr(host + 3),
-                                   request.get_header_value("Host"));
-  }
-  bool Allows(const std::string& origin) const {
-    return any_ || origins_.count(absl::AsciiStrToLower(origin)) > 0;
-  }
-  std::string AllowOriginHeader(const std::string& origin) const { return any_ ? "*" : origin; }
-
- private:
-  CorsPolicy() = default;
-  bool any_ = false;
-  std::set<std::string> origins_;
-};
-
 // ---- Host names ----
 
 // The host of a Host header or a configured name: lowercased, without its
@@ -772,7 +722,9 @@ bool RefuseMethodOrBody(const httplib::Request& request, httplib::Response& resp
 bool RefuseOrigin(const CorsPolicy& cors, const httplib::Request& request,
                   httplib::Response& response) {
   const std::string origin = request.get_header_value("Origin");
-  if (!cors.CrossOrigin(request) || cors.Allows(origin)) return false;
+  if (!CorsPolicy::CrossOrigin(origin, request.get_header_value("Host")) || cors.Allows(origin)) {
+    return false;
+  }
   if (request.method != "OPTIONS" && !absl::StartsWith(request.path, kApiPrefix)) {
     return false;  // the page's files: the browser keeps them from the script
   }
@@ -810,7 +762,7 @@ void Decorate(const CorsPolicy& cors, const httplib::Request& request,
               httplib::Response& response) {
   response.set_header("X-Content-Type-Options", "nosniff");
   const std::string origin = request.get_header_value("Origin");
-  if (cors.CrossOrigin(request) && cors.Allows(origin)) {
+  if (CorsPolicy::CrossOrigin(origin, request.get_header_value("Host")) && cors.Allows(origin)) {
     response.set_header("Access-Control-Allow-Origin", cors.AllowOriginHeader(origin));
     response.set_header("Vary", "Origin");
   }
