@@ -486,6 +486,34 @@ absl::Status DrawPictureOrPlaceholder(Painter& p, const Layout& l, const Picture
 
 }  // namespace
 
+namespace {
+
+// A prompt as the figure shows it: at most 60 bytes.
+std::string FigureText(const std::string& text) {
+  if (text.size() <= 60) return text;
+  size_t cut = 57;
+  while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
+  return text.substr(0, cut) + "...";
+}
+
+}  // namespace
+
+void SetCaption(const FigureCaption& c, GridFigure* figure) {
+  figure->title = absl::StrCat(c.model, " \xC2\xB7 prompt: ",
+                               c.prompt.empty() ? "(unconditional)" : FigureText(c.prompt));
+  if (!c.negative_prompt.empty()) {
+    absl::StrAppend(&figure->title, " \xC2\xB7 negative: ", FigureText(c.negative_prompt));
+  }
+  figure->subtitle = absl::StrCat("seed ", c.seed, " \xC2\xB7 eta ", c.eta, " \xC2\xB7 ",
+                                  c.steps, " steps \xC2\xB7 guidance ", c.guidance);
+  figure->switch_to = c.switch_prompt;
+  if (!c.switch_prompt.empty()) {
+    absl::StrAppend(&figure->subtitle, " \xC2\xB7 branches switch to: ",
+                    FigureText(c.switch_prompt),
+                    c.trunk_noise ? " (trunk noise)" : " (new noise)");
+  }
+}
+
 absl::StatusOr<std::string> DrawGridPng(const GridFigure& figure) {
   RETURN_IF_ERROR(CheckFigure(figure));
 

@@ -18,6 +18,7 @@
 #ifndef DGRID_GRID_ORCHESTRATOR_ASSEMBLE_GRID_FIGURE_H_
 #define DGRID_GRID_ORCHESTRATOR_ASSEMBLE_GRID_FIGURE_H_
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -46,6 +47,25 @@ struct GridFigure {
   // "→ <switch_to> after step k" (the text is cut to 24 characters).
   std::string switch_to;
 };
+
+// What the figure's title and subtitle say of a grid's request.
+struct FigureCaption {
+  std::string model;
+  std::string prompt;           // "" : unconditional
+  std::string negative_prompt;  // "" : none
+  uint64_t seed = 0;
+  float eta = 0;
+  int steps = 0;
+  float guidance = 0;
+  std::string switch_prompt;  // "" : no prompt switch
+  bool trunk_noise = false;
+};
+
+// Sets figure->title, subtitle and switch_to from `caption`, prompts cut to
+// 60 bytes (on a character boundary) with "...":
+//   "emoji · prompt: grinning face, noto · negative: blurry"
+//   "seed 7 · eta 1 · 50 steps · guidance 4 · branches switch to: red apple (trunk noise)"
+void SetCaption(const FigureCaption& caption, GridFigure* figure);
 
 // Renders the whole grid to PNG bytes (RGB, white background).
 //

@@ -101,6 +101,24 @@ TEST(GridFigureTest, DrawsTitlesWithNoncharacters) {
   EXPECT_TRUE(png.ok()) << png.status();
 }
 
+TEST(GridFigureTest, TheCaptionSaysTheRequestWithPromptsCut) {
+  GridFigure figure;
+  SetCaption({"emoji", "grinning face, noto", "", 7, 1.0f, 50, 4.0f, "", false}, &figure);
+  EXPECT_EQ(figure.title, "emoji \xC2\xB7 prompt: grinning face, noto");
+  EXPECT_EQ(figure.subtitle, "seed 7 \xC2\xB7 eta 1 \xC2\xB7 50 steps \xC2\xB7 guidance 4");
+  EXPECT_TRUE(figure.switch_to.empty());
+
+  std::string accents;
+  for (int i = 0; i < 40; ++i) accents += "\xC3\xA9";  // 80 bytes
+  SetCaption({"emoji", "", accents, 7, 1.0f, 50, 4.0f, "red apple, noto", true}, &figure);
+  EXPECT_EQ(figure.title.rfind("emoji \xC2\xB7 prompt: (unconditional) \xC2\xB7 negative: ", 0), 0u);
+  // Cut to 56 bytes (28 whole characters) and "...".
+  EXPECT_NE(figure.title.find(accents.substr(0, 56) + "..."), std::string::npos);
+  EXPECT_NE(figure.subtitle.find("branches switch to: red apple, noto (trunk noise)"),
+            std::string::npos);
+  EXPECT_EQ(figure.switch_to, "red apple, noto");
+}
+
 TEST(DivergenceTest, IdenticalPicturesAreZeroApart) {
   EXPECT_EQ(PictureDistance(Pattern(3), Pattern(3)), 0.0);
 }

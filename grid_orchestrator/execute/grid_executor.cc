@@ -29,14 +29,6 @@ void FillCell(int row, int column, const Path& path, const std::string& png,
   cell->set_source(source);
 }
 
-// A prompt as the figure's title shows it: at most 60 characters.
-std::string FigureText(const std::string& text) {
-  if (text.size() <= 60) return text;
-  size_t cut = 57;
-  while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
-  return text.substr(0, cut) + "...";
-}
-
 v1::GridEvent CellEvent(int row, int column, const Path& path, const std::string& png,
                         const std::string& source) {
   v1::GridEvent event;
@@ -675,20 +667,9 @@ absl::StatusOr<v1::Grid> GridExecutor::GridRun::Assemble() {
   FillCell(-1, -1, plan_.trunk, trunk_.png, trunk_.source, grid.mutable_trunk());
 
   GridFigure figure;
-  figure.title = absl::StrCat(plan_.model, " \xC2\xB7 prompt: ",
-                              plan_.prompt.empty() ? "(unconditional)" : FigureText(plan_.prompt));
-  if (!plan_.negative_prompt.empty()) {
-    absl::StrAppend(&figure.title, " \xC2\xB7 negative: ", FigureText(plan_.negative_prompt));
-  }
-  figure.subtitle = absl::StrCat("seed ", plan_.trunk.init_seed, " \xC2\xB7 eta ", plan_.eta,
-                                 " \xC2\xB7 ", plan_.steps, " steps \xC2\xB7 guidance ",
-                                 plan_.guidance);
-  if (!plan_.switch_prompt.empty()) {
-    figure.switch_to = plan_.switch_prompt;
-    absl::StrAppend(&figure.subtitle, " \xC2\xB7 branches switch to: ",
-                    FigureText(plan_.switch_prompt),
-                    plan_.trunk_noise ? " (trunk noise)" : " (new noise)");
-  }
+  SetCaption({plan_.model, plan_.prompt, plan_.negative_prompt, plan_.trunk.init_seed, plan_.eta,
+              plan_.steps, plan_.guidance, plan_.switch_prompt, plan_.trunk_noise},
+             &figure);
   absl::StatusOr<Picture> trunk_picture = PictureFromPng(trunk_.png);
   if (!trunk_picture.ok()) return trunk_picture.status();
   figure.trunk_final = *trunk_picture;
