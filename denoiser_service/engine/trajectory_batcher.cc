@@ -130,10 +130,6 @@ struct TrajectoryBatcher::Emitted {
   RunEvent event;
 };
 
-// Encoded prompts by their padded ids, least recently used out first. Only
-// the batcher thread uses it: no lock.
-
-
 namespace {
 
 bool AllFinite(absl::Span<const float> values) {
@@ -385,9 +381,18 @@ absl::StatusOr<std::shared_ptr<Run>> TrajectoryBatcher::Start(RunRequest request
     run->prompt_ids_ = tokenizer.Padded(tokenizer.Encode(request.prompt));
     run->negative_ids_ = tokenizer.Padded(tokenizer.Encode(request.negative_prompt));
   }
-  const Phase first = PhaseFor({request.prompt, request.negative_prompt,
-                                static_cast<int>(request.class_index)},
-                               request.sampler, *run);
+  // Each distinct conditioning of the run (the request's, its paths'
+  // switches) is tokenized once, however many trajectories share it.
+  std::vector<std::pair<SegmentConditioning, Phase>> phases;
+  auto phase_of = [&](const SegmentConditioning& c) {
+    for (const auto& [known, phase] : phases) {
+      if (known == c) return phase;
+    }
+    phases.emplace_back(c, PhaseFor(c, request, *run));
+    return phases.back().second;
+  };
+  const Phase first = phase_of(
+      {request.prompt, request.negative_prompt, static_cast<int>(request.class_index)});
   const uint64_t arrival = next_arrival_.fetch_add(1);
   // A caller states its rank (the orchestrator: its grid's planned steps);
   // no claim ranks a run below its own work, so a rank buys no more than an
@@ -411,7 +416,7 @@ absl::StatusOr<std::shared_ptr<Run>> TrajectoryBatcher::Start(RunRequest request
     for (const Segment& segment : request.trajectories[i].path.segments) {
       if (segment.conditioning) {
         a.switches.push_back(
-            {segment.from_step, PhaseFor(*segment.conditioning, request.sampler, *run)});
+            {segment.from_step, phase_of(*segment.conditioning)});
       }
     }
     a.x = std::move(request.trajectories[i].latent);
@@ -434,18 +439,21 @@ absl::StatusOr<std::shared_ptr<Run>> TrajectoryBatcher::Start(RunRequest request
 }
 
 TrajectoryBatcher::Phase TrajectoryBatcher::PhaseFor(const SegmentConditioning& c,
-                                                     const SamplerSettings& sampler,
+                                                     const RunRequest& request,
                                                      Run& run) const {
   const BundleManifest& m = model_->manifest();
-  const float g = sampler.guidance;
+  const float g = request.sampler.guidance;
   Phase phase;
-  bool conditional;
   int64_t class_index = c.class_index;
-  if (m.is_text()) {
+  if (m.is_text() && c.prompt == request.prompt && c.negative_prompt == request.negative_prompt) {
+    // The request's own text: tokenized already.
+    phase.prompt_ids = &run.prompt_ids_;
+    phase.negative_ids = &run.negative_ids_;
+  } else if (m.is_text()) {
     const Tokenizer& tokenizer = *model_->tokenizer();
     std::vector<int64_t> prompt = tokenizer.Padded(tokenizer.Encode(c.prompt));
     std::vector<int64_t> negative = tokenizer.Padded(tokenizer.Encode(c.negative_prompt));
-    // The run keeps each distinct pair once, the request's first.
+    // The run keeps each distinct pair of ids once, the request's first.
     if (prompt == run.prompt_ids_ && negative == run.negative_ids_) {
       phase.prompt_ids = &run.prompt_ids_;
       phase.negative_ids = &run.negative_ids_;
@@ -461,12 +469,13 @@ TrajectoryBatcher::Phase TrajectoryBatcher::PhaseFor(const SegmentConditioning& 
       phase.prompt_ids = &known->first;
       phase.negative_ids = &known->second;
     }
-    // The same text on both rows makes guidance the identity: one row does.
-    conditional = *phase.prompt_ids != *phase.negative_ids;
-  } else {
-    if (!c.prompt.empty()) class_index = m.ClassIndex(c.prompt);
-    conditional = class_index >= 0;
+  } else if (!c.prompt.empty()) {
+    class_index = m.ClassIndex(c.prompt);
   }
+  // A class model: a class. A text model: the same text on both rows makes
+  // guidance the identity, so one row does.
+  const bool conditional =
+      m.is_text() ? *phase.prompt_ids != *phase.negative_ids : class_index >= 0;
   phase.rows = conditional && g != 0.0f && g != 1.0f ? 2 : 1;
   phase.cond = conditional && g != 0.0f ? class_index : m.null_label;
   // Text: a lone row is the unconditional one only for guidance 0.
@@ -950,6 +959,13 @@ void TrajectoryBatcher::DecodeAndDeliver(bool drain) {
         out.assign(pixels->begin() + k * per, pixels->begin() + (k + 1) * per);
       }
     }
+  }
+  if (deferred.empty()) {  // the usual case: everything goes out
+    for (Emitted& e : emitted_) e.run->Push(std::move(e.event));
+    emitted_.clear();
+    for (const auto& run : done_runs_) run->TrajectoryDone();
+    done_runs_.clear();
+    return;
   }
   std::vector<Emitted> later;
   for (size_t e = 0, k = 0; e < emitted_.size(); ++e) {

@@ -220,9 +220,10 @@ class TrajectoryBatcher {
   // Text contexts; runs whose prompt the encoder fails on end and leave.
   void ResolveContexts(std::vector<Active>& arrivals);
   struct Phase;
-  // The conditioning `c` gives a trajectory under `sampler`: its rows, class
-  // and, for a text model, its prompts' ids (kept in `run`).
-  Phase PhaseFor(const SegmentConditioning& c, const SamplerSettings& sampler, Run& run) const;
+  // The conditioning `c` gives a trajectory of `request`: its rows, class
+  // and, for a text model, its prompts' ids (kept in `run`; the request's
+  // own text is not tokenized again).
+  Phase PhaseFor(const SegmentConditioning& c, const RunRequest& request, Run& run) const;
   // Moves a trajectory to the conditioning of the segment its step is in.
   static void ApplySwitches(Active& a);
   // Decodes the next chunk of the decode job whose turn it is.

@@ -768,9 +768,10 @@ TEST(ExternalModelTest, ALargeDecodeRunsInChunksBesideTrajectories) {
 
 // A run's images used to be decoded in one unranked batch with every other
 // run's (issue 24: 4 large grids' finals held a small grid for seconds).
-// Now the lowest-ranked run's images go first, others' take turns, and no
-// decoder batch exceeds 32 images; every run still gets each image.
-TEST(ExternalModelTest, ImagesOfLowerRanksGoFirstInBoundedBatches) {
+// Now no decoder batch exceeds 32 images, and every run of two ranks still
+// gets each image. (That the lowest rank's go first depends on which
+// iteration each run ends in; bench/abuse_bench.py measures its effect.)
+TEST(ExternalModelTest, ImagesOfTwoRanksComeInBoundedBatches) {
   ASSERT_FALSE(Fixtures().empty());
   auto model = DenoiserModel::Load(Fixtures() + "/tinyconv", {"cpu"});
   ASSERT_TRUE(model.ok()) << model.status();

@@ -72,6 +72,21 @@ SegmentConditioning RequestConditioning(const GridPlanSpec& plan) {
 
 namespace {
 
+// The index of class `name` of a class model, or -1.
+int ClassIndexOf(const v1::ModelInfo& model, const std::string& name) {
+  const auto& prompts = model.prompts();
+  const auto it = std::find(prompts.begin(), prompts.end(), name);
+  return it == prompts.end() ? -1 : static_cast<int>(it - prompts.begin());
+}
+
+// `field` names no class of a class model.
+absl::Status UnknownClass(absl::string_view field, const std::string& name,
+                          const v1::ModelInfo& model) {
+  return Invalid(absl::StrCat(field, ": unknown prompt ", ShortQuote(name), " for model ",
+                              model.name(), ", a class model; its prompts are: ",
+                              absl::StrJoin(model.prompts(), ", ")));
+}
+
 // The request's prompt switch into the plan: the switch prompts (a class
 // model's must name a class) and the branch noise.
 absl::Status PlanSwitch(const v1::GridRequest& request, const v1::ModelInfo& model,
@@ -97,11 +112,8 @@ absl::Status PlanSwitch(const v1::GridRequest& request, const v1::ModelInfo& mod
     return Invalid(absl::StrCat("switch_negative_prompt: ", model.name(),
                                 " is a class model and takes no negative prompt"));
   }
-  const auto& prompts = model.prompts();
-  if (std::find(prompts.begin(), prompts.end(), plan->switch_prompt) == prompts.end()) {
-    return Invalid(absl::StrCat("switch_prompt: unknown prompt ", ShortQuote(plan->switch_prompt),
-                                " for model ", model.name(), ", a class model; its prompts are: ",
-                                absl::StrJoin(prompts, ", ")));
+  if (ClassIndexOf(model, plan->switch_prompt) < 0) {
+    return UnknownClass("switch_prompt", plan->switch_prompt, model);
   }
   return absl::OkStatus();
 }
@@ -110,21 +122,12 @@ absl::Status PlanSwitch(const v1::GridRequest& request, const v1::ModelInfo& mod
 std::optional<SegmentConditioning> SwitchConditioning(const GridPlanSpec& plan,
                                                       const v1::ModelInfo& model) {
   if (plan.switch_prompt.empty()) return std::nullopt;
-  if (!plan.text) {
-    const auto& prompts = model.prompts();
-    const int index =
-        std::find(prompts.begin(), prompts.end(), plan.switch_prompt) - prompts.begin();
-    return SegmentConditioning{"", "", index};
-  }
+  if (!plan.text) return SegmentConditioning{"", "", ClassIndexOf(model, plan.switch_prompt)};
   return SegmentConditioning{plan.switch_prompt,
                              plan.switch_negative_prompt.empty() ? plan.negative_prompt
                                                                  : plan.switch_negative_prompt,
                              -1};
 }
-
-}  // namespace
-
-namespace {
 
 // Free text is bounded and well-formed before anything else reads it.
 absl::Status CheckFreeText(const v1::GridRequest& request) {
@@ -139,13 +142,6 @@ absl::Status CheckFreeText(const v1::GridRequest& request) {
     RETURN_IF_ERROR(CheckClientText(field, value, max_bytes));
   }
   return absl::OkStatus();
-}
-
-// The index of class `name` of a class model, or -1.
-int ClassIndexOf(const v1::ModelInfo& model, const std::string& name) {
-  const auto& prompts = model.prompts();
-  const auto it = std::find(prompts.begin(), prompts.end(), name);
-  return it == prompts.end() ? -1 : static_cast<int>(it - prompts.begin());
 }
 
 // The model, and what the request conditions on: free text for a text model
@@ -165,11 +161,7 @@ absl::Status PlanConditioning(const v1::GridRequest& request, const v1::ModelInf
   }
   if (request.prompt().empty()) return absl::OkStatus();
   plan->class_index = ClassIndexOf(model, request.prompt());
-  if (plan->class_index < 0) {
-    return Invalid(absl::StrCat("prompt: unknown prompt ", ShortQuote(request.prompt()),
-                                " for model ", model.name(), ", a class model; its prompts are: ",
-                                absl::StrJoin(model.prompts(), ", ")));
-  }
+  if (plan->class_index < 0) return UnknownClass("prompt", request.prompt(), model);
   return absl::OkStatus();
 }
 
@@ -296,8 +288,7 @@ absl::Status CheckTrunkConditioning(const Path& trunk, const v1::ModelInfo& mode
                                   " is a class model and takes none"));
     }
     if (!c->prompt.empty() && ClassIndexOf(model, c->prompt) < 0) {
-      return Invalid(absl::StrCat(field, ".prompt: unknown prompt ", ShortQuote(c->prompt),
-                                  " for model ", model.name(), ", a class model"));
+      return UnknownClass(field + ".prompt", c->prompt, model);
     }
     if (c->class_index < -1 || c->class_index >= model.prompts_size()) {
       return Invalid(absl::StrCat(field, ".class_index must be in [0, ", model.prompts_size(),
