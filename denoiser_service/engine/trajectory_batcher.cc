@@ -894,9 +894,13 @@ void TrajectoryBatcher::DecodeAndDeliver(bool drain) {
   // finals cannot hold back another's small grid. A run's events keep their
   // order: once one is deferred, so are its later ones. `drain` (nothing
   // else to run) takes everything.
+  auto owes_images = [](const Emitted& e) {
+    const RunRequest& r = e.run->request_;
+    return r.decode && (e.event.kind == RunEvent::Kind::kFinal || !r.decode_finals_only);
+  };
   uint64_t head = std::numeric_limits<uint64_t>::max();
   for (const Emitted& e : emitted_) {
-    if (e.run->request_.decode) head = std::min(head, e.run->rank_);
+    if (owes_images(e)) head = std::min(head, e.run->rank_);
   }
   const bool others_may_decode = drain || decode_debt_ <= absl::ZeroDuration();
   std::vector<const Run*> deferred;
@@ -909,7 +913,7 @@ void TrajectoryBatcher::DecodeAndDeliver(bool drain) {
     const Emitted& em = emitted_[e];
     const Run* run = em.run.get();
     bool defer = is_deferred(run);
-    if (!defer && run->request_.decode) {
+    if (!defer && owes_images(em)) {
       const int owed = em.event.x0.empty() ? 1 : 2;
       const bool other = run->rank_ != head && !drain;
       // One decoder batch stays bounded (memory, and the wait of a run
@@ -934,7 +938,7 @@ void TrajectoryBatcher::DecodeAndDeliver(bool drain) {
   std::vector<std::pair<size_t, bool>> slots;  // (event, is x0)
   for (size_t e : now) {
     const RunEvent& event = emitted_[e].event;
-    if (!emitted_[e].run->request_.decode) continue;
+    if (!owes_images(emitted_[e])) continue;
     latents.insert(latents.end(), event.latent.begin(), event.latent.end());
     slots.push_back({e, false});
     if (!event.x0.empty()) {

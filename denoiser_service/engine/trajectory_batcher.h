@@ -95,6 +95,8 @@ struct RunRequest {
   // Decode every capture and final (and x0 preview) to pixels, batched, on
   // the batcher's thread.
   bool decode = false;
+  // With decode: captures stay undecoded (pixels empty); finals only.
+  bool decode_finals_only = false;
   absl::Time deadline = absl::InfiniteFuture();
   // The tenant (a grid). Runs of one key share its place in the order,
   // oldest trajectory first.

@@ -722,8 +722,9 @@ class DecoderBatches : public BatcherObserver {
     while (images > seen && !largest.compare_exchange_weak(seen, images)) {
     }
     calls.fetch_add(1);
+    this->images.fetch_add(images);
   }
-  std::atomic<int> largest{0}, calls{0};
+  std::atomic<int> largest{0}, calls{0}, images{0};
 };
 
 // Decode requests used to run whole before every forward pass: 256 emoji
@@ -800,6 +801,41 @@ TEST(ExternalModelTest, ImagesOfTwoRanksComeInBoundedBatches) {
   EXPECT_EQ(big_images, 100);
   ASSERT_EQ(small_result.events.size(), 1u);
   EXPECT_EQ(small_result.events[0].pixels.size(), 16u * 16u);
+}
+
+// A caller that branches from captures but shows only finals (decision
+// curves) asks for decode_finals_only: its captures come undecoded, its
+// finals decoded, and the decoder runs for the finals alone.
+TEST(ExternalModelTest, DecodeFinalsOnlyLeavesCapturesUndecoded) {
+  ASSERT_FALSE(Fixtures().empty());
+  auto model = DenoiserModel::Load(Fixtures() + "/tinyconv", {"cpu"});
+  ASSERT_TRUE(model.ok()) << model.status();
+  for (const bool finals_only : {false, true}) {
+    SCOPED_TRACE(finals_only ? "finals only" : "every event");
+    DecoderBatches batches;
+    TrajectoryBatcher batcher(model->get(), {}, &batches);
+    RunRequest r;
+    r.sampler = {4, 1.0f, Spacing::kTrailing, 1.0f};
+    r.class_index = 1;
+    r.decode = true;
+    r.decode_finals_only = finals_only;
+    r.capture_steps = {0, 2};
+    for (int i = 0; i < 3; ++i) r.trajectories.push_back({Path{10u + i, {{0, 20u + i}}}, {}});
+    auto run = batcher.Start(r);
+    ASSERT_TRUE(run.ok()) << run.status();
+    Collected c = Drain(**run);
+    ASSERT_TRUE(c.status.ok()) << c.status;
+    int captures = 0, finals = 0;
+    for (const RunEvent& e : c.events) {
+      const bool final = e.kind == RunEvent::Kind::kFinal;
+      (final ? finals : captures) += 1;
+      EXPECT_EQ(e.pixels.empty(), !final && finals_only);
+      EXPECT_FALSE(e.latent.empty());
+    }
+    EXPECT_EQ(captures, 6);
+    EXPECT_EQ(finals, 3);
+    EXPECT_EQ(batches.images.load(), finals_only ? 3 : 9);
+  }
 }
 
 // Issue 25: trajectories of a text model switching to different prompts at

@@ -366,6 +366,7 @@ grpc::Status DenoiserServiceImpl::Branch(grpc::ServerContext* context,
                                     request->capture_steps().end());
   run_request->previews = request->previews();
   run_request->decode = request->decode();
+  run_request->decode_finals_only = request->decode_finals_only();
   run_request->deadline = DeadlineOf(*context);
   run_request->fairness_key = request->fairness_key();
   run_request->fairness_rank = request->fairness_rank();
@@ -388,8 +389,9 @@ grpc::Status DenoiserServiceImpl::Branch(grpc::ServerContext* context,
       if (context->IsCancelled() || !progress.SendIfDue(**run, writer)) (*run)->Cancel();
       continue;
     }
-    const absl::Status decoded =
-        RunEventToProto(event, m, request->previews(), request->decode(), &out);
+    const bool images = request->decode() && (event.kind == RunEvent::Kind::kFinal ||
+                                              !request->decode_finals_only());
+    const absl::Status decoded = RunEventToProto(event, m, request->previews(), images, &out);
     if (!decoded.ok()) {
       (*run)->Cancel();
       return Count("Branch", ToGrpcStatus(decoded));

@@ -136,6 +136,8 @@ class GridExecutor::GridRun {
   void WatchdogLoop();
 
   void Emit(const v1::GridEvent& event);
+  // The trajectory strip's images and the grid PNG (see GridImages).
+  bool wants_figure() const { return plan_.images == GridImages::kFigure; }
   void Fail(const absl::Status& status);
   void Spawn(std::function<void()> job);
 
@@ -401,7 +403,11 @@ void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> s
       // A resumed trunk already has its capture at start_step.
       if (s > start_step || (s == 0 && start_step == 0)) request.add_capture_steps(s);
     }
-    request.set_previews(true);
+    if (wants_figure()) {
+      request.set_previews(true);
+    } else {
+      request.set_decode_finals_only(true);
+    }
     return std::make_pair(std::move(request), int64_t{plan_.steps - start_step});
   };
   auto on_event = [&](const v1::BranchEvent& event, const std::string& replica) -> absl::Status {
@@ -412,9 +418,14 @@ void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> s
                                                 c.trajectory(), ", step ", c.step(), ")"));
       }
       if (absl::Status s = CheckLatent(c.latent(), "a capture"); !s.ok()) return s;
-      if (c.image().png().empty()) return absl::InternalError("sent a capture without its image");
+      if (wants_figure() && c.image().png().empty()) {
+        return absl::InternalError("sent a capture without its image");
+      }
       CacheEntry entry{c.latent(), c.image().png(), c.x0_image().png()};
-      ex_.cache_->Put(PrefixCache::CaptureKey(sampler_key_, plan_.trunk, c.step()), entry);
+      // The cache holds only captures a figure can show.
+      if (wants_figure()) {
+        ex_.cache_->Put(PrefixCache::CaptureKey(sampler_key_, plan_.trunk, c.step()), entry);
+      }
       {
         std::lock_guard<std::mutex> lock(mu_);
         captures_[c.step()] = entry;
@@ -683,7 +694,7 @@ absl::StatusOr<v1::Grid> GridExecutor::GridRun::Assemble() {
     figure_row.branch_step = planned.branch_step;
     figure_row.timestep = planned.timestep;
     auto capture = captures_.find(planned.branch_step);
-    if (capture != captures_.end()) {
+    if (wants_figure() && capture != captures_.end()) {
       row->set_trunk_xt_png(capture->second.png);
       row->set_trunk_x0_png(capture->second.x0_png);
       if (auto p = PictureFromPng(capture->second.png); p.ok()) figure_row.trunk_xt = *p;
@@ -703,9 +714,11 @@ absl::StatusOr<v1::Grid> GridExecutor::GridRun::Assemble() {
     row->set_divergence_to_trunk(figure_row.divergence_to_trunk);
     figure.rows.push_back(std::move(figure_row));
   }
-  absl::StatusOr<std::string> png = DrawGridPng(figure);
-  if (!png.ok()) return png.status();
-  grid.set_png(std::move(*png));
+  if (wants_figure()) {
+    absl::StatusOr<std::string> png = DrawGridPng(figure);
+    if (!png.ok()) return png.status();
+    grid.set_png(std::move(*png));
+  }
   grid.set_model_evals(model_evals_);
   grid.set_cache_hits(cache_hits_);
   grid.set_seconds(absl::ToDoubleSeconds(absl::Now() - started_));

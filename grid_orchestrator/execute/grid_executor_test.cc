@@ -175,5 +175,33 @@ TEST_F(GridExecutorTest, EveryCallOfAGridCarriesOneFairnessKeyAndAProgressInterv
   EXPECT_NE(calls.front().fairness_key(), calls.back().fairness_key());
 }
 
+TEST_F(GridExecutorTest, ACellsOnlyGridAsksForNoStripImagesAndDrawsNoFigure) {
+  for (GridImages images : {GridImages::kFigure, GridImages::kCellsOnly}) {
+    SCOPED_TRACE(images == GridImages::kFigure ? "figure" : "cells only");
+    const bool figure = images == GridImages::kFigure;
+    FakeReplicas replicas(1);
+    GridPlanSpec plan = Plan();
+    plan.images = images;
+    absl::StatusOr<v1::Grid> grid = Run(replicas, plan);
+    ASSERT_TRUE(grid.ok()) << grid.status();
+    int trunk_calls = 0;
+    for (const v1::BranchRequest& call : replicas.log(0).branches) {
+      EXPECT_TRUE(call.decode());
+      if (call.capture_steps_size() == 0) continue;
+      ++trunk_calls;
+      EXPECT_EQ(call.decode_finals_only(), !figure);
+      EXPECT_EQ(call.previews(), figure);
+    }
+    EXPECT_EQ(trunk_calls, 1);
+    EXPECT_EQ(grid->png().empty(), !figure);
+    EXPECT_FALSE(grid->trunk().png().empty());
+    ASSERT_EQ(grid->rows_size(), 2);
+    for (const v1::GridRow& row : grid->rows()) {
+      EXPECT_EQ(row.trunk_xt_png().empty(), !figure);
+      for (const v1::GridCell& cell : row.cells()) EXPECT_FALSE(cell.png().empty());
+    }
+  }
+}
+
 }  // namespace
 }  // namespace dgrid

@@ -43,6 +43,13 @@ struct PlannedRow {
   std::vector<Path> cells;
 };
 
+// What a grid's images are for. kFigure: everything the grid figure shows
+// (the trajectory strip's x_t and x0 at each row, the cells, the grid PNG).
+// kCellsOnly (decision curves, which judge cells against the trunk): the
+// trunk's final and the cells alone; the trunk's captures come without
+// images and no grid PNG is drawn.
+enum class GridImages { kFigure, kCellsOnly };
+
 struct GridPlanSpec {
   std::string model;
   // The version the grid is pinned to: every job runs on replicas that serve
@@ -78,6 +85,7 @@ struct GridPlanSpec {
   std::vector<int> trunk_captures;
   int64_t model_evals = 0;
   int64_t from_scratch_evals = 0;
+  GridImages images = GridImages::kFigure;
 };
 
 absl::StatusOr<GridPlanSpec> PlanGrid(const v1::GridRequest& request, const v1::ModelInfo& model,

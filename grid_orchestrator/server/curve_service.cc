@@ -189,7 +189,7 @@ class CurveService::CurveRun {
         before = done_;
       }
       absl::StatusOr<std::unique_ptr<AdmittedGrid>> admitted =
-          service_->grids_->Admit(caller_, TrunkRequest(request_, trunk));
+          service_->grids_->Admit(caller_, TrunkRequest(request_, trunk), GridImages::kCellsOnly);
       std::unique_lock<std::mutex> lock(mu_);
       --admitting_;
       changed_.notify_all();
@@ -275,7 +275,7 @@ absl::StatusOr<std::unique_ptr<AdmittedCurve>> CurveService::Admit(
   auto curve = std::make_unique<AdmittedCurve>();
   curve->request_ = request;
   absl::StatusOr<std::unique_ptr<AdmittedGrid>> first =
-      grids_->Admit(caller, TrunkRequest(request, 0));
+      grids_->Admit(caller, TrunkRequest(request, 0), GridImages::kCellsOnly);
   if (!first.ok()) return UnderGrid(first.status());
   curve->first_ = std::move(*first);
   curve->plan_ = curve->first_->plan();

@@ -259,7 +259,7 @@ void GridService::Release(const std::string& client) {
 }
 
 absl::StatusOr<std::unique_ptr<AdmittedGrid>> GridService::Admit(
-    const Caller& caller, const v1::GridRequest& request) {
+    const Caller& caller, const v1::GridRequest& request, GridImages images) {
   auto refuse = [this](absl::Status status) {
     if (metrics_) metrics_->CountGrid(Outcome(status), 0);
     return status;
@@ -287,6 +287,7 @@ absl::StatusOr<std::unique_ptr<AdmittedGrid>> GridService::Admit(
     Release(caller.client);
     return refuse(plan.status());
   }
+  plan->images = images;
   return std::unique_ptr<AdmittedGrid>(new AdmittedGrid(this, caller.client, std::move(*plan)));
 }
 

@@ -102,9 +102,10 @@ class GridService {
 
   absl::Status Authenticate(const Caller& caller) const;
   // Authenticates, admits and plans: UNAUTHENTICATED, RESOURCE_EXHAUSTED or
-  // INVALID_ARGUMENT before any event is sent.
-  absl::StatusOr<std::unique_ptr<AdmittedGrid>> Admit(const Caller& caller,
-                                                      const v1::GridRequest& request);
+  // INVALID_ARGUMENT before any event is sent. `images`: see GridImages.
+  absl::StatusOr<std::unique_ptr<AdmittedGrid>> Admit(
+      const Caller& caller, const v1::GridRequest& request,
+      GridImages images = GridImages::kFigure);
   // Runs an admitted grid. `sink` gets its events on this thread, and the
   // finished grid too when `stream_grid` (so that the last write is watched
   // for stalls like the others); the grid is also returned.

@@ -137,8 +137,10 @@ class FakeReplicas::Replica::Stub : public v1::Denoiser::StubInterface {
         c->set_trajectory(i);
         c->set_step(step);
         *c->mutable_latent() = Latent();
-        c->mutable_image()->set_png(PathPng(path));
-        c->mutable_x0_image()->set_png(PathPng(path));
+        if (!request.decode_finals_only()) {
+          c->mutable_image()->set_png(PathPng(path));
+          c->mutable_x0_image()->set_png(PathPng(path));
+        }
         events.push_back(capture);
       }
       v1::BranchEvent final;
