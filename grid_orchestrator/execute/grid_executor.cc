@@ -1,7 +1,5 @@
 #include "grid_orchestrator/execute/grid_executor.h"
 
-#include <condition_variable>
-#include <list>
 #include <map>
 #include <optional>
 #include <thread>
@@ -14,6 +12,7 @@
 #include "common/wire.h"
 #include "grid_orchestrator/assemble/grid_figure.h"
 #include "grid_orchestrator/execute/retry_policy.h"
+#include "grid_orchestrator/execute/stall_watchdog.h"
 #include "grid_orchestrator/metrics/orchestrator_metrics.h"
 
 namespace dgrid {
@@ -71,6 +70,7 @@ class GridExecutor::GridRun {
         cancel_(cancel),
         sampler_key_(PrefixCache::SamplerKey(plan)),
         tenant_(absl::Uniform<uint64_t>(absl::BitGen())),
+        watchdog_(executor->options_.stall_timeout),
         cells_(plan.rows.size(), std::vector<CellResult>(plan.branches)),
         row_started_(plan.rows.size(), false) {}
 
@@ -94,12 +94,6 @@ class GridExecutor::GridRun {
     bool bad_output = false;  // the replica sent something unusable
     int64_t progress_evals = 0;
     int64_t final_evals = 0;
-  };
-  // One call in flight, as the stall watchdog sees it.
-  struct WatchedCall {
-    grpc::ClientContext* context;
-    absl::Time last_progress;
-    bool stalled = false;
   };
   using EventHandler = std::function<absl::Status(const v1::BranchEvent&, const std::string&)>;
   // The request for what a job still has to do, and its size; nullopt when
@@ -129,12 +123,6 @@ class GridExecutor::GridRun {
   void Backoff(int number) const;
   absl::Status CheckLatent(const v1::Tensor& latent, const std::string& what) const;
 
-  // Stall watchdog over the calls in flight.
-  std::list<WatchedCall>::iterator Watch(grpc::ClientContext* context);
-  void Unwatch(std::list<WatchedCall>::iterator call, bool* stalled);
-  void Touch(std::list<WatchedCall>::iterator call);
-  void WatchdogLoop();
-
   void Emit(const v1::GridEvent& event);
   // The trajectory strip's images and the grid PNG (see GridImages).
   bool wants_figure() const { return plan_.images == GridImages::kFigure; }
@@ -150,6 +138,8 @@ class GridExecutor::GridRun {
   // The grid's tenant at the pool and its fairness key at the replicas.
   const uint64_t tenant_;
   const absl::Time started_ = absl::Now();
+  // Cancels the grid's calls that stop making progress.
+  StallWatchdog watchdog_;
 
   // std primitives throughout: TSan sees them (Debian's abseil is not
   // instrumented).
@@ -164,11 +154,6 @@ class GridExecutor::GridRun {
   std::vector<std::thread> threads_;            // guarded by mu_
 
   std::mutex sink_mu_;
-
-  std::mutex watch_mu_;
-  std::condition_variable watch_cv_;
-  std::list<WatchedCall> calls_;  // guarded by watch_mu_
-  bool watch_stop_ = false;       // guarded by watch_mu_
 };
 
 v1::BranchRequest GridExecutor::GridRun::BaseRequest(int start_step) const {
@@ -214,40 +199,6 @@ void GridExecutor::GridRun::Fail(const absl::Status& status) {
 void GridExecutor::GridRun::Spawn(std::function<void()> job) {
   std::lock_guard<std::mutex> lock(mu_);
   threads_.emplace_back(std::move(job));
-}
-
-// ---- Stall watchdog ----
-
-std::list<GridExecutor::GridRun::WatchedCall>::iterator GridExecutor::GridRun::Watch(
-    grpc::ClientContext* context) {
-  std::lock_guard<std::mutex> lock(watch_mu_);
-  return calls_.insert(calls_.end(), WatchedCall{context, absl::Now()});
-}
-
-void GridExecutor::GridRun::Touch(std::list<WatchedCall>::iterator call) {
-  std::lock_guard<std::mutex> lock(watch_mu_);
-  call->last_progress = absl::Now();
-}
-
-void GridExecutor::GridRun::Unwatch(std::list<WatchedCall>::iterator call, bool* stalled) {
-  std::lock_guard<std::mutex> lock(watch_mu_);
-  *stalled = call->stalled;
-  calls_.erase(call);
-}
-
-void GridExecutor::GridRun::WatchdogLoop() {
-  const absl::Duration tick =
-      std::min(absl::Milliseconds(100), ex_.options_.stall_timeout / 4);
-  std::unique_lock<std::mutex> lock(watch_mu_);
-  while (!watch_cv_.wait_for(lock, absl::ToChronoNanoseconds(tick), [this] { return watch_stop_; })) {
-    const absl::Time now = absl::Now();
-    for (WatchedCall& call : calls_) {
-      if (!call.stalled && now - call.last_progress > ex_.options_.stall_timeout) {
-        call.stalled = true;
-        call.context->TryCancel();
-      }
-    }
-  }
 }
 
 // ---- One job ----
@@ -296,7 +247,8 @@ GridExecutor::GridRun::Attempt GridExecutor::GridRun::Call(const v1::BranchReque
     a.status = absl::CancelledError("grid cancelled");
     return a;
   }
-  auto watched = Watch(&context);
+  const StallWatchdog::CallId watched =
+      watchdog_.Watch([&context] { context.TryCancel(); });
   auto reader = lease->stub()->Branch(&context, request);
   v1::BranchEvent event;
   absl::Status bad;
@@ -307,13 +259,13 @@ GridExecutor::GridRun::Attempt GridExecutor::GridRun::Call(const v1::BranchReque
       // thread did (the call is queued behind other work, not stuck).
       const v1::Progress& p = event.progress();
       if (p.model_evals() > a.progress_evals || p.replica_forwards() > replica_forwards) {
-        Touch(watched);
+        watchdog_.Touch(watched);
       }
       a.progress_evals = std::max(a.progress_evals, p.model_evals());
       replica_forwards = std::max(replica_forwards, p.replica_forwards());
       continue;
     }
-    Touch(watched);
+    watchdog_.Touch(watched);
     if (event.has_final()) a.final_evals += event.final().model_evals();
     bad = on_event(event, a.replica);
     if (!bad.ok()) {
@@ -324,7 +276,7 @@ GridExecutor::GridRun::Attempt GridExecutor::GridRun::Call(const v1::BranchReque
     }
   }
   const grpc::Status status = reader->Finish();
-  Unwatch(watched, &a.stalled);
+  a.stalled = watchdog_.Unwatch(watched);
   cancel_->Unregister(&context);
   if (!bad.ok()) {
     a.bad_output = true;
@@ -644,7 +596,7 @@ void GridExecutor::GridRun::JoinJobs() {
 }
 
 absl::StatusOr<v1::Grid> GridExecutor::GridRun::Execute() {
-  std::thread watchdog([this] { WatchdogLoop(); });
+  watchdog_.Start();
   EmitPlan();
   const int trunk_start = LoadCached();
   StartReadyRows();
@@ -657,12 +609,7 @@ absl::StatusOr<v1::Grid> GridExecutor::GridRun::Execute() {
     Spawn([this, trunk_start, latent] { RunTrunk(trunk_start, latent); });
   }
   JoinJobs();
-  {
-    std::lock_guard<std::mutex> lock(watch_mu_);
-    watch_stop_ = true;
-  }
-  watch_cv_.notify_all();
-  watchdog.join();
+  watchdog_.Stop();
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (!status_.ok()) return status_;
