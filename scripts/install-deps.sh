@@ -21,8 +21,8 @@ packages=(
   python3-torch python3-grpcio python3-grpc-tools python3-numpy
   # the Python client installs with pip into a virtual environment (a test)
   python3-venv python3-pip python3-setuptools
-  # the emoji evaluation reads grid PNGs
-  python3-pil
+  # the evaluation reads grid PNGs; offline plots (evaluation, benchmarks)
+  python3-pil python3-matplotlib
   # tests/fixtures/clip/reference_tokenizer.py (\p{L} in Python)
   python3-regex
   # training data
