@@ -14,7 +14,6 @@ namespace dgrid {
 int RunDenoiserBench();
 int RunLoadBench();
 int RunGridBench();
-int RunChart(const std::vector<char*>& args);
 }
 
 int main(int argc, char** argv) {
@@ -22,15 +21,13 @@ int main(int argc, char** argv) {
       "dgrid-bench COMMAND [flags]\n"
       "  denoiser   raw engine forward throughput vs the gRPC service on loopback\n"
       "  grid       one grid through every variant: limit, in-process, the pair, baselines\n"
-      "  chart      IN.jsonl OUT.png: bar chart of a grid run\n"
       "  load       N concurrent StreamGrid clients for T seconds against a fresh stack\n");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
-  if (args.size() >= 2 && std::string(args[1]) == "chart") return dgrid::RunChart(args);
   const std::map<std::string, int (*)()> commands = {{"denoiser", dgrid::RunDenoiserBench},
                                                      {"load", dgrid::RunLoadBench},
                                                      {"grid", dgrid::RunGridBench}};
   if (args.size() < 2 || !commands.count(args[1])) {
-    std::cerr << "dgrid-bench: expected a command: denoiser, grid, load or chart (see --help)\n";
+    std::cerr << "dgrid-bench: expected a command: denoiser, grid or load (see --help)\n";
     return 2;
   }
   return commands.at(args[1])();
