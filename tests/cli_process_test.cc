@@ -150,6 +150,31 @@ TEST_F(CliTest, GridTakesASwitchPromptAndBranchNoise) {
   EXPECT_NE(bad.output.find("--branch_noise"), std::string::npos) << bad.output;
 }
 
+// Issue 27: --sampler (and its short spelling euler_a) reaches the request
+// and the plan the sidecar records and the summary, and promote re-sends it.
+TEST_F(CliTest, GridTakesASamplerAndPromoteKeepsIt) {
+  const std::string dir = stack_->dir();
+  const Ran grid = RunCli({"grid", Target(), "--seed=7", "--sampler=euler_a", "--steps=10",
+                           "--branch_steps=0,5", "--branches=2", "-o", dir + "/euler.png"},
+                          dir);
+  ASSERT_EQ(grid.code, 0) << grid.output;
+  v1::GridRecord record;
+  ASSERT_TRUE(
+      google::protobuf::util::JsonStringToMessage(ReadFile(dir + "/euler.json"), &record).ok());
+  EXPECT_EQ(record.request().sampler(), v1::SAMPLER_EULER_ANCESTRAL);
+  EXPECT_EQ(record.grid().plan().sampler().sampler(), v1::SAMPLER_EULER_ANCESTRAL);
+  EXPECT_NE(grid.output.find("(Euler ancestral, 10 steps)"), std::string::npos) << grid.output;
+  const Ran promoted =
+      RunCli({"promote", dir + "/euler.json", "--row=2", "--col=1", Target()}, dir);
+  ASSERT_EQ(promoted.code, 0) << promoted.output;
+  v1::GridRecord next;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(ReadFile(dir + "/euler-r2c1.json"),
+                                                          &next)
+                  .ok());
+  EXPECT_EQ(next.request().sampler(), v1::SAMPLER_EULER_ANCESTRAL);
+  EXPECT_EQ(next.grid().plan().sampler().sampler(), v1::SAMPLER_EULER_ANCESTRAL);
+}
+
 TEST_F(CliTest, ModelsAndHealth) {
   const Ran models = RunCli({"models", Target()}, stack_->dir());
   EXPECT_EQ(models.code, 0) << models.output;
@@ -171,6 +196,10 @@ TEST_F(CliTest, ErrorsAreOneReadableLine) {
       {{"grid", "--prompt=zebra"}, "prompt: unknown prompt"},
       {{"grid", "--branch_steps=9,3"}, "branch_steps[1]"},
       {{"grid", "--steps=-1"}, "steps"},
+      {{"grid", "--sampler=heun"}, "--sampler: ddim or euler_ancestral"},
+      // Read before connecting: no server is needed to hear of the flag.
+      {{"branch", "--target=127.0.0.1:1", "--sampler=Euler"},
+       "--sampler: ddim or euler_ancestral"},
       {{"promote", "/nonexistent.json", "--row=1", "--col=1"}, "cannot read"},
       {{"frobnicate"}, "expected a command"},
   };

@@ -2,6 +2,7 @@
 // one readable line on stderr and a non-zero exit code.
 //
 //   dgrid grid --target=127.0.0.1:50050 --prompt=sneaker --seed=7 -o grid.png
+//   dgrid grid --prompt=sneaker --seed=7 --sampler=euler_ancestral -o euler.png
 //   dgrid promote grid.json --row 2 --col 3
 //   dgrid branch --target=127.0.0.1:50051 --prompt=sneaker --seed=7 -o sneaker.png
 //   dgrid step --target=127.0.0.1:50051 --step=0 --seed=7
@@ -63,15 +64,20 @@ ABSL_FLAG(uint64_t, seed, 0, "Initial-latent seed (path.init_seed).");
 ABSL_FLAG(uint64_t, noise_seed, 1, "Noise seed of the first segment.");
 ABSL_FLAG(std::string, segments, "",
           "Extra path segments as from_step:noise_seed,... (a branch), e.g. 10:555.");
-ABSL_FLAG(int, steps, 0, "DDIM steps; 0 = the model's default.");
-ABSL_FLAG(double, eta, -1, "DDIM eta in [0, 1]; negative = the model's default.");
+ABSL_FLAG(std::string, sampler, "",
+          "ddim or euler_ancestral (euler_a); empty = the preset's (grid, curve) or the "
+          "model's (branch, step).");
+ABSL_FLAG(int, steps, 0, "Sampler steps; 0 = the model's default.");
+ABSL_FLAG(double, eta, -1,
+          "Eta in [0, 1] (DDIM: its noise; Euler ancestral: the share of fresh noise); "
+          "negative = the model's default.");
 ABSL_FLAG(double, guidance, -1, "Guidance scale; negative = the model's default.");
 ABSL_FLAG(int, step, 0, "dgrid step: which step to run (from x_T when 0).");
 ABSL_FLAG(int, scale, 8, "Nearest-neighbour upscaling of written PNGs.");
 ABSL_FLAG(std::string, o, "", "Output PNG path.");
 ABSL_FLAG(std::string, service, "", "dgrid health: service name (a model); empty = server.");
 ABSL_FLAG(int, timeout_s, 300, "Deadline for each call, in seconds.");
-ABSL_FLAG(std::string, preset, "", "dgrid grid: default or classic.");
+ABSL_FLAG(std::string, preset, "", "dgrid grid: default, classic or euler_a.");
 ABSL_FLAG(int, branches, 0, "dgrid grid: branches per row; 0 = the preset's.");
 ABSL_FLAG(std::vector<std::string>, branch_steps, {},
           "dgrid grid: rows, as the steps after which branches leave the trunk, e.g. 0,5,10.");
@@ -135,10 +141,26 @@ v1::ModelInfo FetchModel(v1::Denoiser::Stub& stub) {
   return response.models(0);
 }
 
+// --sampler, read before anything connects so that a bad value is the error
+// the user sees. Empty: unspecified (the preset's or the model's).
+v1::Sampler SamplerFromFlag() {
+  const std::string name = absl::GetFlag(FLAGS_sampler);
+  if (name.empty()) return v1::SAMPLER_UNSPECIFIED;
+  if (name == "ddim") return v1::SAMPLER_DDIM;
+  if (name == "euler_ancestral" || name == "euler_a") return v1::SAMPLER_EULER_ANCESTRAL;
+  Fail(absl::StrCat("--sampler: ddim or euler_ancestral (euler_a), got ", ShortQuote(name)));
+}
+
+// How a grid or a run names its sampler (unspecified on the wire is DDIM).
+std::string SamplerName(v1::Sampler sampler) {
+  return sampler == v1::SAMPLER_EULER_ANCESTRAL ? "Euler ancestral" : "DDIM";
+}
+
 // Sampler settings: flags override the model's defaults.
-void FillRequest(const v1::ModelInfo& model, v1::SamplerConfig* sampler,
+void FillRequest(const v1::ModelInfo& model, v1::Sampler sampler_flag, v1::SamplerConfig* sampler,
                  v1::Conditioning* conditioning, v1::Path* path) {
   *sampler = model.defaults();
+  if (sampler_flag != v1::SAMPLER_UNSPECIFIED) sampler->set_sampler(sampler_flag);
   if (absl::GetFlag(FLAGS_steps) != 0) sampler->set_steps(absl::GetFlag(FLAGS_steps));
   if (absl::GetFlag(FLAGS_eta) >= 0) sampler->set_eta(absl::GetFlag(FLAGS_eta));
   if (absl::GetFlag(FLAGS_guidance) >= 0) sampler->set_guidance(absl::GetFlag(FLAGS_guidance));
@@ -229,8 +251,10 @@ int StreamAndSave(const v1::GridRequest& request, const std::string& out) {
       steps = event.plan().sampler().steps();
       WarnDroppedTokens(event.plan());
       if (!tty) {
-        std::fprintf(stderr, "plan: %d cells, %lld model evaluations (from scratch: %lld)\n",
-                     total, static_cast<long long>(event.plan().model_evals()),
+        std::fprintf(stderr,
+                     "plan: %d cells, %s, %d steps, %lld model evaluations (from scratch: %lld)\n",
+                     total, SamplerName(event.plan().sampler().sampler()).c_str(), steps,
+                     static_cast<long long>(event.plan().model_evals()),
                      static_cast<long long>(event.plan().from_scratch_evals()));
       }
     } else if (event.has_trunk()) {
@@ -275,7 +299,9 @@ int StreamAndSave(const v1::GridRequest& request, const std::string& out) {
   WriteFile(SidecarPath(out), json);
 
   std::cout << "wrote " << out << " and " << SidecarPath(out) << ": " << grid.rows_size()
-            << " rows x " << grid.plan().branches() << " branches, " << grid.model_evals()
+            << " rows x " << grid.plan().branches() << " branches ("
+            << SamplerName(grid.plan().sampler().sampler()) << ", " << grid.plan().sampler().steps()
+            << " steps), " << grid.model_evals()
             << " model evaluations (plan " << grid.plan().model_evals() << ", from scratch "
             << grid.plan().from_scratch_evals() << "), " << grid.cache_hits()
             << " cache hits, " << absl::StrFormat("%.2f", grid.seconds()) << " s\n  divergence by row:";
@@ -314,6 +340,7 @@ v1::GridRequest GridRequestFromFlags() {
     Fail(absl::StrCat("--branch_noise: new or trunk, got ", ShortQuote(noise)));
   }
   request.set_branch_noise(noise == "trunk" ? v1::BRANCH_NOISE_TRUNK : v1::BRANCH_NOISE_NEW);
+  request.set_sampler(SamplerFromFlag());
   return request;
 }
 
@@ -340,8 +367,10 @@ int Curve() {
     if (event.has_plan()) {
       WarnDroppedTokens(event.plan());
       if (!tty) {
-        std::fprintf(stderr, "plan: %d trunks of %d rows x %d branches, %lld model evaluations each\n",
+        std::fprintf(stderr,
+                     "plan: %d trunks of %d rows x %d branches, %s, %lld model evaluations each\n",
                      request.trunks(), event.plan().branch_steps_size(), event.plan().branches(),
+                     SamplerName(event.plan().sampler().sampler()).c_str(),
                      static_cast<long long>(event.plan().model_evals()));
       }
     } else if (event.has_progress()) {
@@ -531,11 +560,12 @@ int Health() {
 }
 
 int Branch() {
+  const v1::Sampler sampler = SamplerFromFlag();
   auto stub = v1::Denoiser::NewStub(Connect());
   const v1::ModelInfo model = FetchModel(*stub);
   v1::BranchRequest request;
   request.set_model(model.name());
-  FillRequest(model, request.mutable_sampler(), request.mutable_conditioning(),
+  FillRequest(model, sampler, request.mutable_sampler(), request.mutable_conditioning(),
               request.add_trajectories()->mutable_path());
   const int steps = request.sampler().steps();
   for (int s = 1; s < steps; ++s) request.add_capture_steps(s);
@@ -562,16 +592,18 @@ int Branch() {
             << absl::GetFlag(FLAGS_prompt) << "\""
             << (negative.empty() ? "" : absl::StrCat(", negative \"", negative, "\""))
             << ", seed " << absl::GetFlag(FLAGS_seed) << ", "
+            << SamplerName(request.sampler().sampler()) << ", " << steps << " steps, "
             << final.model_evals() << " model evaluations)\n";
   return 0;
 }
 
 int Step() {
+  const v1::Sampler sampler = SamplerFromFlag();
   auto stub = v1::Denoiser::NewStub(Connect());
   const v1::ModelInfo model = FetchModel(*stub);
   v1::StepRequest request;
   request.set_model(model.name());
-  FillRequest(model, request.mutable_sampler(), request.mutable_conditioning(),
+  FillRequest(model, sampler, request.mutable_sampler(), request.mutable_conditioning(),
               request.add_trajectories()->mutable_path());
   if (absl::GetFlag(FLAGS_step) != 0) {
     Fail("--step > 0 needs a start latent; use dgrid branch to run a prefix");
@@ -592,7 +624,8 @@ int Step() {
     const double mean = sum / n;
     return absl::StrCat("mean ", mean, " std ", std::sqrt(std::max(0.0, sq / n - mean * mean)));
   };
-  std::cout << "step 0 ran timestep " << response.timestep() << "\n  x_next: "
+  std::cout << "step 0 (" << SamplerName(request.sampler().sampler()) << ") ran timestep "
+            << response.timestep() << "\n  x_next: "
             << stats(response.latents(0)) << "\n  x0_pred: " << stats(response.x0_previews(0))
             << "\n";
   return 0;
