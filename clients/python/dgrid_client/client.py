@@ -4,6 +4,7 @@
 
     with Client("127.0.0.1:50050") as client:
         grid = client.create_grid(prompt="sneaker", seed=7)
+        grid = client.create_grid(prompt="sneaker", seed=7, sampler="euler_ancestral")
         # A text model: free text, and optionally a negative prompt.
         grid = client.create_grid(prompt="a photo of a cat", negative_prompt="blurry", seed=7)
         grid.save_png("grid.png")
@@ -37,6 +38,8 @@ from .types import (
     TrunkProgress,
     branch_noise_name,
     branch_noise_value,
+    sampler_name,
+    sampler_value,
     spacing_value,
 )
 
@@ -138,13 +141,16 @@ class Client:
         switch_prompt: str = "",
         switch_negative_prompt: str = "",
         branch_noise: str = "new",
+        sampler: Optional[str] = None,
     ) -> Any:
         """A dgrid.v1.GridRequest. None leaves a field to the preset / model.
 
         ``prompt`` is a class name for a class model and free text for a text
         model (Model.conditioning); ``negative_prompt`` is for text models only.
         ``switch_prompt``: each row's branches switch to it at the row's branch
-        step; ``branch_noise`` "trunk" keeps the trunk's noise (one column)."""
+        step; ``branch_noise`` "trunk" keeps the trunk's noise (one column).
+        ``sampler``: "ddim" or "euler_ancestral" ("euler_a"); None or "" the
+        preset's. A bad name raises ValueError before anything is sent."""
         r = orchestrator_pb2.GridRequest(model=model, prompt=prompt, seed=seed, preset=preset,
                                          negative_prompt=negative_prompt,
                                          switch_prompt=switch_prompt,
@@ -162,6 +168,8 @@ class Client:
             r.branch_steps.extend(branch_steps)
         if spacing is not None:
             r.spacing = spacing_value(spacing)
+        if sampler is not None:
+            r.sampler = sampler_value(sampler)
         if trunk is not None:
             r.trunk.CopyFrom(trunk.to_proto())
         return r
@@ -186,12 +194,14 @@ class Client:
         switch_prompt: str = "",
         switch_negative_prompt: str = "",
         branch_noise: str = "new",
+        sampler: Optional[str] = None,
         timeout: Optional[float] = None,
     ) -> Grid:
         """Runs a whole grid and returns it (one unary call)."""
         request = self.build_request(
             prompt, seed, preset, steps, eta, guidance, branches, branch_steps, model,
-            spacing, trunk, negative_prompt, switch_prompt, switch_negative_prompt, branch_noise)
+            spacing, trunk, negative_prompt, switch_prompt, switch_negative_prompt, branch_noise,
+            sampler)
         return self.create_grid_from_request(request, timeout=timeout)
 
     def create_grid_from_request(self, request: Any, *, timeout: Optional[float] = None) -> Grid:
@@ -220,6 +230,7 @@ class Client:
         switch_prompt: str = "",
         switch_negative_prompt: str = "",
         branch_noise: str = "new",
+        sampler: Optional[str] = None,
         timeout: Optional[float] = None,
     ) -> Iterator[GridEvent]:
         """Streams a grid: a Plan, then TrunkProgress and Cell events as they
@@ -227,7 +238,8 @@ class Client:
         cancels the call."""
         request = self.build_request(
             prompt, seed, preset, steps, eta, guidance, branches, branch_steps, model,
-            spacing, trunk, negative_prompt, switch_prompt, switch_negative_prompt, branch_noise)
+            spacing, trunk, negative_prompt, switch_prompt, switch_negative_prompt, branch_noise,
+            sampler)
         return self.stream_grid_from_request(request, timeout=timeout)
 
     def stream_grid_from_request(
@@ -372,6 +384,7 @@ def _request_fields(r: Any) -> dict:
         "switch_prompt": r.switch_prompt,
         "switch_negative_prompt": r.switch_negative_prompt,
         "branch_noise": branch_noise_name(r.branch_noise),
+        "sampler": None if r.sampler == 0 else sampler_name(r.sampler),
     }
 
 
@@ -416,4 +429,4 @@ def _request_from_plan(plan: Plan) -> Any:
         branches=plan.branches, branch_steps=list(plan.branch_steps), model=plan.model,
         spacing=plan.spacing or None, trunk=plan.trunk, negative_prompt=plan.negative_prompt,
         switch_prompt=plan.switch_prompt, switch_negative_prompt=plan.switch_negative_prompt,
-        branch_noise=plan.branch_noise)
+        branch_noise=plan.branch_noise, sampler=plan.sampler)

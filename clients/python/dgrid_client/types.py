@@ -31,6 +31,34 @@ def spacing_value(name: Optional[str]) -> int:
     raise ValueError(f"spacing must be '', 'leading' or 'trailing', got {name!r}")
 
 
+# Unspecified on the wire is DDIM; "euler_a" is the short spelling the CLI
+# and the preset name use.
+_SAMPLER_VALUES = {
+    "": denoiser_pb2.SAMPLER_UNSPECIFIED,
+    "ddim": denoiser_pb2.SAMPLER_DDIM,
+    "euler_ancestral": denoiser_pb2.SAMPLER_EULER_ANCESTRAL,
+    "euler_a": denoiser_pb2.SAMPLER_EULER_ANCESTRAL,
+}
+
+
+def sampler_name(value: int) -> str:
+    """"ddim" or "euler_ancestral" (what ran: unspecified is DDIM)."""
+    if value == denoiser_pb2.SAMPLER_EULER_ANCESTRAL:
+        return "euler_ancestral"
+    if value in (denoiser_pb2.SAMPLER_UNSPECIFIED, denoiser_pb2.SAMPLER_DDIM):
+        return "ddim"
+    return str(value)  # a sampler newer than this client
+
+
+def sampler_value(name: Optional[str]) -> int:
+    """The Sampler enum value for "" (the preset's), "ddim" or "euler_ancestral" ("euler_a")."""
+    key = (name or "").lower()
+    if key not in _SAMPLER_VALUES:
+        raise ValueError(
+            f"sampler must be '', 'ddim' or 'euler_ancestral' ('euler_a'), got {name!r}")
+    return _SAMPLER_VALUES[key]
+
+
 def branch_noise_name(value: int) -> str:
     """"new" or "trunk"."""
     return "trunk" if value == orchestrator_pb2.BRANCH_NOISE_TRUNK else "new"
@@ -185,6 +213,8 @@ class Plan:
     switch_prompt: str = ""
     switch_negative_prompt: str = ""
     branch_noise: str = "new"
+    # How a step moves the latent: "ddim" or "euler_ancestral".
+    sampler: str = "ddim"
 
     @property
     def tokens_dropped(self) -> bool:
@@ -217,6 +247,7 @@ class Plan:
             switch_prompt=p.switch_prompt,
             switch_negative_prompt=p.switch_negative_prompt,
             branch_noise=branch_noise_name(p.branch_noise),
+            sampler=sampler_name(p.sampler.sampler),
         )
 
 
@@ -330,6 +361,7 @@ class SamplerDefaults:
     eta: float
     guidance: float
     spacing: str
+    sampler: str = "ddim"
 
 
 @dataclass(frozen=True)
@@ -369,7 +401,8 @@ class Model:
             prompts=tuple(m.prompts),
             latent_shape=tuple(m.latent_shape),
             image_shape=tuple(m.image_shape),
-            defaults=SamplerDefaults(d.steps, d.eta, d.guidance, spacing_name(d.spacing)),
+            defaults=SamplerDefaults(d.steps, d.eta, d.guidance, spacing_name(d.spacing),
+                                     sampler_name(d.sampler)),
             train_timesteps=m.train_timesteps,
             prediction_type=m.prediction_type,
             license=m.license,

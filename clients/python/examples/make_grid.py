@@ -23,7 +23,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--negative", default="", help="text models: the negative prompt")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="grid.png")
-    parser.add_argument("--preset", default="", help="'' / 'default' or 'classic'")
+    parser.add_argument("--preset", default="", help="'' / 'default', 'classic' or 'euler_a'")
+    parser.add_argument("--sampler", choices=["ddim", "euler_ancestral", "euler_a"],
+                        help="unset = the preset's")
     parser.add_argument("--model", default="")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--eta", type=float)
@@ -43,12 +45,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                     prompt=args.prompt, seed=args.seed, preset=args.preset, steps=args.steps,
                     eta=args.eta, guidance=args.guidance, branches=args.branches,
                     branch_steps=args.branch_steps, model=args.model,
-                    negative_prompt=args.negative, timeout=args.timeout):
+                    negative_prompt=args.negative, sampler=args.sampler,
+                    timeout=args.timeout):
                 if isinstance(event, Plan):
                     total = event.cells
-                    print(f"plan: {event.model} '{event.prompt}', {event.steps} steps, "
-                          f"rows after steps {list(event.branch_steps)}, {event.branches} "
-                          f"branches, {event.model_evals} model evaluations", file=sys.stderr)
+                    print(f"plan: {event.model} '{event.prompt}', {event.steps} steps of "
+                          f"{event.sampler}, rows after steps {list(event.branch_steps)}, "
+                          f"{event.branches} branches, {event.model_evals} model evaluations",
+                          file=sys.stderr)
                     if event.tokens_dropped:
                         print(f"warning: the model dropped {event.prompt_tokens_dropped} tokens "
                               f"of the prompt and {event.negative_prompt_tokens_dropped} of the "

@@ -246,6 +246,15 @@ class ClientTest(unittest.TestCase):
         with self.assertRaises(IndexError):
             client.promote(grid, row, BRANCHES)
 
+    def test_sampler_reaches_the_plan_and_promote_keeps_it(self) -> None:
+        grid = client.create_grid(**small(61, sampler="euler_a"))
+        self.assertEqual(grid.request.sampler, denoiser_pb2.SAMPLER_EULER_ANCESTRAL)
+        self.assertEqual(grid.plan.sampler, "euler_ancestral")
+        self.assertEqual(client.create_grid(**small(61)).plan.sampler, "ddim")
+        promoted = client.promote(grid, 1, 0)
+        self.assertEqual(promoted.plan.sampler, "euler_ancestral")
+        self.assertEqual(promoted.trunk.png, grid.cell(1, 0).png)
+
     def test_bearer_token(self) -> None:
         token_file = os.path.join(workdir, "token")
         with open(token_file, "w") as f:
@@ -333,6 +342,12 @@ class ClientTest(unittest.TestCase):
                           (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED))
 
 
+def grid_plan(sampler: int) -> orchestrator_pb2.GridPlan:
+    plan = orchestrator_pb2.GridPlan()
+    plan.sampler.sampler = sampler
+    return plan
+
+
 class RequestTest(unittest.TestCase):
     """The client's own conversions; no server."""
 
@@ -351,6 +366,42 @@ class RequestTest(unittest.TestCase):
         self.assertEqual(Client.promote_request(record, 0, 0, steps=20).negative_prompt, "blurry")
         # Without the request, the plan's text is the request's.
         self.assertEqual(Client.promote_request(grid, 0, 0).negative_prompt, "blurry")
+
+    def test_sampler_is_sent_by_name_and_promote_keeps_it(self) -> None:
+        self.assertEqual(Client.build_request().sampler, denoiser_pb2.SAMPLER_UNSPECIFIED)
+        self.assertEqual(Client.build_request(sampler="ddim").sampler, denoiser_pb2.SAMPLER_DDIM)
+        for name in ("euler_ancestral", "euler_a", "Euler_Ancestral"):
+            self.assertEqual(Client.build_request(sampler=name).sampler,
+                             denoiser_pb2.SAMPLER_EULER_ANCESTRAL, name)
+        with self.assertRaisesRegex(ValueError, "sampler must be"):
+            Client.build_request(sampler="heun")
+        r = Client.build_request(seed=3, steps=10, sampler="euler_ancestral")
+        grid = orchestrator_pb2.Grid()
+        grid.plan.sampler.sampler = denoiser_pb2.SAMPLER_EULER_ANCESTRAL
+        row = grid.rows.add(branch_step=5)
+        row.cells.add(row=0, column=0, path=denoiser_pb2.Path(init_seed=3))
+        record = orchestrator_pb2.GridRecord(request=r, grid=grid)
+        self.assertEqual(Client.promote_request(record, 0, 0).sampler,
+                         denoiser_pb2.SAMPLER_EULER_ANCESTRAL)
+        self.assertEqual(Client.promote_request(record, 0, 0, steps=20).sampler,
+                         denoiser_pb2.SAMPLER_EULER_ANCESTRAL)
+        # Without the request, the plan's sampler is the request's.
+        self.assertEqual(Client.promote_request(grid, 0, 0).sampler,
+                         denoiser_pb2.SAMPLER_EULER_ANCESTRAL)
+        # A request that left it to the preset still does after promotion.
+        record.request.sampler = denoiser_pb2.SAMPLER_UNSPECIFIED
+        self.assertEqual(Client.promote_request(record, 0, 0, steps=20).sampler,
+                         denoiser_pb2.SAMPLER_UNSPECIFIED)
+
+    def test_plan_and_model_name_the_sampler(self) -> None:
+        self.assertEqual(Plan.from_proto(grid_plan(denoiser_pb2.SAMPLER_EULER_ANCESTRAL)).sampler,
+                         "euler_ancestral")
+        self.assertEqual(Plan.from_proto(grid_plan(denoiser_pb2.SAMPLER_DDIM)).sampler, "ddim")
+        # Unspecified is DDIM (and what a server from before samplers sends).
+        self.assertEqual(Plan.from_proto(orchestrator_pb2.GridPlan()).sampler, "ddim")
+        info = denoiser_pb2.ModelInfo(name="m")
+        info.defaults.sampler = denoiser_pb2.SAMPLER_EULER_ANCESTRAL
+        self.assertEqual(Model.from_proto(info).defaults.sampler, "euler_ancestral")
 
     def test_plan_and_model_carry_the_text_fields(self) -> None:
         plan = Plan.from_proto(orchestrator_pb2.GridPlan(
