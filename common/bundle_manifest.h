@@ -14,6 +14,13 @@ namespace dgrid {
 
 enum class PredictionType { kEpsilon, kSample, kVPrediction };
 enum class Spacing { kLeading, kTrailing };
+// How a step moves the latent: DDIM with eta, or Euler ancestral
+// (denoiser_service/engine/euler_ancestral.h).
+enum class Sampler { kDdim, kEulerAncestral };
+// "ddim" or "euler_ancestral", as labels and cache keys name them.
+inline const char* SamplerName(Sampler sampler) {
+  return sampler == Sampler::kDdim ? "ddim" : "euler_ancestral";
+}
 
 struct NoiseScheduleSpec {
   std::string beta_schedule = "linear";

@@ -60,6 +60,23 @@ absl::StatusOr<Spacing> SpacingFromProto(v1::Spacing spacing, Spacing unspecifie
   }
 }
 
+v1::Sampler SamplerToProto(Sampler sampler) {
+  return sampler == Sampler::kDdim ? v1::SAMPLER_DDIM : v1::SAMPLER_EULER_ANCESTRAL;
+}
+
+absl::StatusOr<Sampler> SamplerFromProto(v1::Sampler sampler, const std::string& field) {
+  switch (sampler) {
+    case v1::SAMPLER_UNSPECIFIED:
+    case v1::SAMPLER_DDIM:
+      return Sampler::kDdim;
+    case v1::SAMPLER_EULER_ANCESTRAL:
+      return Sampler::kEulerAncestral;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ": unknown value ", static_cast<int>(sampler), "; known: DDIM, EULER_ANCESTRAL"));
+  }
+}
+
 v1::ModelInfo ModelInfoFromManifest(const BundleManifest& m) {
   v1::ModelInfo info;
   info.set_name(m.name);

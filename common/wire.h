@@ -23,6 +23,10 @@ namespace dgrid {
 void PathToProto(const Path& path, v1::Path* out);
 Path PathFromProto(const v1::Path& path);
 
+v1::Sampler SamplerToProto(Sampler sampler);
+// UNSPECIFIED is DDIM; an unknown value is INVALID_ARGUMENT naming `field`.
+absl::StatusOr<Sampler> SamplerFromProto(v1::Sampler sampler, const std::string& field);
+
 v1::Spacing SpacingToProto(Spacing spacing);
 // SPACING_UNSPECIFIED gives `unspecified`; an unknown enum value is an
 // INVALID_ARGUMENT naming `field`.

@@ -504,8 +504,9 @@ void SetCaption(const FigureCaption& c, GridFigure* figure) {
   if (!c.negative_prompt.empty()) {
     absl::StrAppend(&figure->title, " \xC2\xB7 negative: ", FigureText(c.negative_prompt));
   }
-  figure->subtitle = absl::StrCat("seed ", c.seed, " \xC2\xB7 eta ", c.eta, " \xC2\xB7 ",
-                                  c.steps, " steps \xC2\xB7 guidance ", c.guidance);
+  figure->subtitle = absl::StrCat(
+      "seed ", c.seed, c.sampler == Sampler::kEulerAncestral ? " \xC2\xB7 Euler ancestral" : "",
+      " \xC2\xB7 eta ", c.eta, " \xC2\xB7 ", c.steps, " steps \xC2\xB7 guidance ", c.guidance);
   figure->switch_to = c.switch_prompt;
   if (!c.switch_prompt.empty()) {
     absl::StrAppend(&figure->subtitle, " \xC2\xB7 branches switch to: ",

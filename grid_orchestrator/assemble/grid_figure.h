@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/bundle_manifest.h"
 #include "grid_orchestrator/assemble/divergence.h"
 #include "grid_orchestrator/assemble/picture.h"
 
@@ -59,12 +60,14 @@ struct FigureCaption {
   float guidance = 0;
   std::string switch_prompt;  // "" : no prompt switch
   bool trunk_noise = false;
+  Sampler sampler = Sampler::kDdim;  // named when not DDIM
 };
 
 // Sets figure->title, subtitle and switch_to from `caption`, prompts cut to
 // 60 bytes (on a character boundary) with "...":
 //   "emoji · prompt: grinning face, noto · negative: blurry"
 //   "seed 7 · eta 1 · 50 steps · guidance 4 · branches switch to: red apple (trunk noise)"
+//   "seed 7 · Euler ancestral · eta 1 · 50 steps · guidance 4"
 void SetCaption(const FigureCaption& caption, GridFigure* figure);
 
 // Renders the whole grid to PNG bytes (RGB, white background).

@@ -117,6 +117,12 @@ TEST(GridFigureTest, TheCaptionSaysTheRequestWithPromptsCut) {
   EXPECT_NE(figure.subtitle.find("branches switch to: red apple, noto (trunk noise)"),
             std::string::npos);
   EXPECT_EQ(figure.switch_to, "red apple, noto");
+
+  // DDIM goes unnamed (the shipped grids read as before); Euler ancestral
+  // is named.
+  SetCaption({"emoji", "", "", 7, 1.0f, 30, 4.0f, "", false, Sampler::kEulerAncestral}, &figure);
+  EXPECT_EQ(figure.subtitle,
+            "seed 7 \xC2\xB7 Euler ancestral \xC2\xB7 eta 1 \xC2\xB7 30 steps \xC2\xB7 guidance 4");
 }
 
 TEST(DivergenceTest, IdenticalPicturesAreZeroApart) {

@@ -164,6 +164,7 @@ v1::BranchRequest GridExecutor::GridRun::BaseRequest(int start_step) const {
   s->set_eta(plan_.eta);
   s->set_guidance(plan_.guidance);
   s->set_spacing(SpacingToProto(plan_.spacing));
+  s->set_sampler(SamplerToProto(plan_.sampler));
   if (plan_.text) {
     r.mutable_conditioning()->set_prompt(plan_.prompt);
     r.mutable_conditioning()->set_negative_prompt(plan_.negative_prompt);
@@ -626,7 +627,7 @@ absl::StatusOr<v1::Grid> GridExecutor::GridRun::Assemble() {
 
   GridFigure figure;
   SetCaption({plan_.model, plan_.prompt, plan_.negative_prompt, plan_.trunk.init_seed, plan_.eta,
-              plan_.steps, plan_.guidance, plan_.switch_prompt, plan_.trunk_noise},
+              plan_.steps, plan_.guidance, plan_.switch_prompt, plan_.trunk_noise, plan_.sampler},
              &figure);
   absl::StatusOr<Picture> trunk_picture = PictureFromPng(trunk_.png);
   if (!trunk_picture.ok()) return trunk_picture.status();

@@ -94,6 +94,7 @@ std::string PrefixCache::SamplerKey(const GridPlanSpec& plan) {
   AppendField(&key, "steps", absl::StrCat(plan.steps));
   AppendField(&key, "eta", FloatBits(plan.eta));
   AppendField(&key, "spacing", absl::StrCat(static_cast<int>(plan.spacing)));
+  AppendField(&key, "sampler", SamplerName(plan.sampler));
   AppendField(&key, "g", FloatBits(plan.guidance));
   AppendField(&key, "class", absl::StrCat(plan.class_index));
   AppendField(&key, "prompt", plan.prompt);

@@ -63,6 +63,13 @@ GridPlanSpec Plan() {
   return plan;
 }
 
+TEST(PrefixCacheTest, SamplerKeyCarriesTheSampler) {
+  GridPlanSpec euler = Plan();
+  euler.sampler = Sampler::kEulerAncestral;
+  // The same path under another sampler is another trajectory.
+  EXPECT_NE(PrefixCache::SamplerKey(Plan()), PrefixCache::SamplerKey(euler));
+}
+
 TEST(PrefixCacheTest, SamplerKeyCarriesTheModelVersion) {
   GridPlanSpec rolled = Plan();
   rolled.model_version = "2";

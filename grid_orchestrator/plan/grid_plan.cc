@@ -30,6 +30,7 @@ struct Preset {
   int branches = 4;
   std::vector<int> branch_steps;       // used when set
   std::vector<int> branch_timesteps;   // else rows where the trunk has run these
+  Sampler sampler = Sampler::kDdim;
 };
 
 absl::StatusOr<Preset> FindPreset(const std::string& name) {
@@ -42,8 +43,16 @@ absl::StatusOr<Preset> FindPreset(const std::string& name) {
     // 821, 701 with 4 branches each.
     return Preset{50, 1.0f, 4, {}, {921, 821, 701}};
   }
-  return Invalid(
-      absl::StrCat("preset: unknown preset ", ShortQuote(name), "; known: default, classic"));
+  if (name == "euler_a") {
+    // The default grid with the sampler most people pick.
+    return Preset{50, 1.0f, 4, {0, 5, 10, 20, 30, 40}, {}, Sampler::kEulerAncestral};
+  }
+  if (name == "turbo") {
+    // Distilled (Turbo) models sample in 1 to 4 steps: a row at every step.
+    return Preset{4, 1.0f, 4, {0, 1, 2, 3}, {}, Sampler::kEulerAncestral};
+  }
+  return Invalid(absl::StrCat("preset: unknown preset ", ShortQuote(name),
+                              "; known: default, classic, euler_a, turbo"));
 }
 
 }  // namespace
@@ -165,10 +174,15 @@ absl::Status PlanConditioning(const v1::GridRequest& request, const v1::ModelInf
   return absl::OkStatus();
 }
 
-// Steps, eta, guidance and spacing: the request's, else the preset's or the
-// model's; and the timesteps they give.
+// Sampler, steps, eta, guidance and spacing: the request's, else the
+// preset's or the model's; and the timesteps they give.
 absl::Status PlanSampler(const v1::GridRequest& request, const v1::ModelInfo& model,
                          const Preset& preset, const PlanLimits& limits, GridPlanSpec* plan) {
+  if (request.sampler() == v1::SAMPLER_UNSPECIFIED) {
+    plan->sampler = preset.sampler;
+  } else {
+    ASSIGN_OR_RETURN(plan->sampler, SamplerFromProto(request.sampler(), "sampler"));
+  }
   plan->steps = request.has_steps() ? request.steps().value() : preset.steps;
   const int max_steps = std::min(limits.max_steps, model.train_timesteps());
   if (plan->steps < 1 || plan->steps > max_steps) {
@@ -382,6 +396,7 @@ void PlanToProto(const GridPlanSpec& plan, v1::GridPlan* out) {
   s->set_eta(plan.eta);
   s->set_guidance(plan.guidance);
   s->set_spacing(SpacingToProto(plan.spacing));
+  s->set_sampler(SamplerToProto(plan.sampler));
   PathToProto(plan.trunk, out->mutable_trunk());
   for (const PlannedRow& row : plan.rows) {
     out->add_branch_steps(row.branch_step);

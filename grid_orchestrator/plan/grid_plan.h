@@ -75,6 +75,7 @@ struct GridPlanSpec {
   float eta = 1.0f;
   float guidance = 1.0f;
   Spacing spacing = Spacing::kLeading;
+  Sampler sampler = Sampler::kDdim;
   Path trunk;
   int branches = 4;
   std::vector<PlannedRow> rows;

@@ -3,6 +3,7 @@
 #include <functional>
 #include <set>
 
+#include "absl/strings/match.h"
 #include "common/wire.h"
 #include "gtest/gtest.h"
 
@@ -53,6 +54,43 @@ TEST(GridPlanTest, DefaultPresetSpansTheTrajectory) {
   EXPECT_FLOAT_EQ(plan->guidance, 2.0f);  // the model's default
   // The trunk streams every branch step (0: x_T) plus checkpoints.
   EXPECT_EQ(plan->trunk_captures, (std::vector<int>{0, 5, 10, 20, 30, 40}));
+}
+
+TEST(GridPlanTest, TheSamplerIsTheRequestsElseThePresets) {
+  auto ddim = PlanGrid(v1::GridRequest(), Model(), {});
+  ASSERT_TRUE(ddim.ok());
+  EXPECT_EQ(ddim->sampler, Sampler::kDdim);
+  v1::GridPlan wire;
+  PlanToProto(*ddim, &wire);
+  EXPECT_EQ(wire.sampler().sampler(), v1::SAMPLER_DDIM);
+
+  v1::GridRequest r;
+  r.set_preset("euler_a");
+  auto euler = PlanGrid(r, Model(), {});
+  ASSERT_TRUE(euler.ok()) << euler.status();
+  EXPECT_EQ(euler->sampler, Sampler::kEulerAncestral);
+  EXPECT_EQ(euler->rows.size(), ddim->rows.size());
+  PlanToProto(*euler, &wire);
+  EXPECT_EQ(wire.sampler().sampler(), v1::SAMPLER_EULER_ANCESTRAL);
+  r.set_sampler(v1::SAMPLER_DDIM);
+  EXPECT_EQ(PlanGrid(r, Model(), {})->sampler, Sampler::kDdim);
+
+  // Turbo: 4 steps, a row at every step.
+  v1::GridRequest turbo;
+  turbo.set_preset("turbo");
+  auto t = PlanGrid(turbo, Model(), {});
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->steps, 4);
+  EXPECT_EQ(t->rows.size(), 4u);
+  EXPECT_EQ(t->sampler, Sampler::kEulerAncestral);
+
+  v1::GridRequest bad;
+  bad.set_sampler(static_cast<v1::Sampler>(9));
+  auto refused = PlanGrid(bad, Model(), {});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StartsWith(refused.status().message(), "sampler: unknown value 9"))
+      << refused.status();
 }
 
 TEST(GridPlanTest, CellsBranchFromTheTrunkAtTheirRow) {
