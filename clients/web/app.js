@@ -117,6 +117,12 @@ function formatNumber(value, digits = 2) {
   return Number(value ?? 0).toFixed(digits).replace(/\.?0+$/, '');
 }
 
+// A plan's sampler (SamplerConfig.sampler, by its JSON name) as text shows
+// it. Unspecified, left out of the JSON, is DDIM.
+function samplerName(sampler) {
+  return sampler === 'SAMPLER_EULER_ANCESTRAL' ? 'Euler ancestral' : 'DDIM';
+}
+
 // ---------- errors ----------
 
 // source 'models': the list of models could not be loaded (a token is
@@ -724,7 +730,8 @@ function renderExports(grid) {
   const switched = plan.switch_prompt ?
       ` Branches switch to ${promptName(plan.switch_prompt, modelOf(plan))} at their row’s step${keep}.` : '';
   summary.textContent = `${plan.branch_steps?.length ?? 0} rows × ${plan.branches ?? 0} branches, ` +
-      `${sampler.steps ?? 0} steps, eta ${formatNumber(sampler.eta)}, guidance ${formatNumber(sampler.guidance)}, ` +
+      `${samplerName(sampler.sampler)}, ${sampler.steps ?? 0} steps, eta ${formatNumber(sampler.eta)}, ` +
+      `guidance ${formatNumber(sampler.guidance)}, ` +
       `${spacing} spacing. ${grid.model_evals ?? 0} model evaluations run ` +
       `(plan ${plan.model_evals ?? 0}, every cell from scratch ${plan.from_scratch_evals ?? 0}).${negative}${switched}`;
 }
@@ -851,7 +858,8 @@ function curveCaptionText(run, curve) {
   const promoted = run.promoted ? ' The promoted trunk is not used: a curve’s trunks are seeds.' : '';
   return `${trunks} trunks${seeds} of ${plan.model}, ${promptName(plan.prompt, modelOf(plan))}${switched}: ` +
       `${plan.branch_steps?.length ?? 0} rows × ${plan.branches ?? 0} branches, ` +
-      `${plan.sampler?.steps ?? 0} steps. ${formatNumber(curve.seconds, 1)} s, ` +
+      `${plan.sampler?.steps ?? 0} ${samplerName(plan.sampler?.sampler)} steps. ` +
+      `${formatNumber(curve.seconds, 1)} s, ` +
       `${Number(curve.model_evals ?? 0)} model evaluations, ${curve.cache_hits ?? 0} cache hits. ${judged} ` +
       `Error bars: ± one standard error over trunks.${promoted}`;
 }

@@ -4,19 +4,24 @@
 //   ?prompt=high&seed=7&steps=20&rows=0,5,10&cols=3&trunk=7_0-1424..._5-7194...
 //   ?model=sd&prompt=a+photo+of+a+cat&negative=blurry&seed=7
 //   ?prompt=coat&switch=sneaker&noise=trunk&seed=7&rows=0,5,10&trunk=7_0-1424..._5-1424...%237
+//   ?prompt=bag&seed=7&sampler=euler_ancestral
 //
 // `prompt` is a class name for a class model and free text for a text model;
 // `negative` is a text model's negative prompt. `switch` (and a text model's
 // `switchNegative`) is the prompt each row's branches switch to at the row's
-// step; `noise=trunk` keeps the trunk's noise in the branches. An empty or
-// missing field means "the preset's or the model's default", as in
-// GridRequest. `trunk` is a promoted path (init_seed, then
-// from_step-noise_seed per segment, with the segment's prompt when it
-// switches); when set the server ignores `seed`.
+// step; `noise=trunk` keeps the trunk's noise in the branches. `sampler` is
+// ddim or euler_ancestral (euler_a, the CLI's short name, reads as
+// euler_ancestral). An empty or missing field means "the preset's or the
+// model's default", as in GridRequest. `trunk` is a promoted path
+// (init_seed, then from_step-noise_seed per segment, with the segment's
+// prompt when it switches); when set the server ignores `seed`.
 // The bearer token is a secret and never goes into the URL.
 
 export const FIELDS = ['model', 'prompt', 'negative', 'switch', 'switchNegative', 'noise', 'seed', 'preset',
-  'steps', 'eta', 'guidance', 'rows', 'cols', 'spacing'];
+  'steps', 'eta', 'guidance', 'rows', 'cols', 'spacing', 'sampler'];
+
+// The Sampler enum names (protobuf JSON) of the `sampler` values.
+const SAMPLERS = {ddim: 'SAMPLER_DDIM', euler_ancestral: 'SAMPLER_EULER_ANCESTRAL'};
 
 // A mistake in the form, found before anything is sent.
 export class FormError extends Error {
@@ -36,6 +41,7 @@ export function stateFromSearch(search) {
   const params = new URLSearchParams(search);
   const state = emptyState();
   for (const field of FIELDS) state[field] = (params.get(field) ?? '').trim();
+  if (state.sampler === 'euler_a') state.sampler = 'euler_ancestral';
   const trunk = params.get('trunk');
   if (trunk) state.trunk = decodePath(trunk);
   return state;
@@ -143,6 +149,12 @@ export function requestFromState(state) {
   if (state.eta !== '') request.eta = number('eta', state.eta, {integer: false});
   if (state.guidance !== '') request.guidance = number('guidance', state.guidance, {integer: false});
   if (state.spacing) request.spacing = `SPACING_${state.spacing.toUpperCase()}`;
+  if (state.sampler) {
+    if (!SAMPLERS[state.sampler]) {
+      throw new FormError(`sampler: ddim or euler_ancestral, got "${state.sampler}"`);
+    }
+    request.sampler = SAMPLERS[state.sampler];
+  }
   if (state.rows !== '') request.branch_steps = parseRows(state.rows);
   if (state.cols !== '') request.branches = number('columns', state.cols, {integer: true});
   if (state.trunk) request.trunk = state.trunk;

@@ -81,7 +81,7 @@ async function openPage(page, url) {
 }
 
 async function fillGrid(page, values) {
-  const SELECTS = ['model', 'prompt', 'switch', 'preset', 'noise'];
+  const SELECTS = ['model', 'prompt', 'switch', 'preset', 'noise', 'sampler'];
   for (const [field, value] of Object.entries(values)) {
     if (SELECTS.includes(field)) {
       await page.selectOption(testId(field), value);
@@ -304,8 +304,11 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
 
   test('5. back and forward restore the URL and the view', {timeout: 90_000}, () => withPage('05-back', async (page) => {
     await openPage(page, main.url);
-    await runGrid(page, {...GRID, seed: '23'});
+    // The sampler is part of the view: in the URL, and the plan's summary names it.
+    await runGrid(page, {...GRID, seed: '23', sampler: 'euler_ancestral'});
     const start = page.url();
+    assert.equal(new URL(start).searchParams.get('sampler'), 'euler_ancestral');
+    assert.match(await page.textContent(testId('summary')), /branches, Euler ancestral, 20 steps/);
     const trunkImage = await src(page, testId('trunk-image'));
     const trunkPath = await page.getAttribute(testId('trunk'), 'data-path');
     const target = cell(0, 1);
@@ -322,6 +325,7 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     await waitForGrid(page);
     assert.equal(await src(page, testId('trunk-image')), trunkImage);
     assert.equal(await page.inputValue(testId('seed')), '23');
+    assert.equal(await page.inputValue(testId('sampler')), 'euler_ancestral');
     assert.equal(await page.isVisible(testId('trunk-chip')), false);
     await screenshot(page, '05-back');
 
