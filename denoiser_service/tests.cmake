@@ -15,6 +15,11 @@ gtest_discover_tests(denoiser_server_test
   PROPERTIES LABELS unit FIXTURES_REQUIRED python_fixtures
              ENVIRONMENT DGRID_FIXTURES=${DGRID_FIXTURE_DIR})
 
+# The engine's field names to the wire's; no model.
+add_executable(wire_fields_test server/wire_fields_test.cc)
+target_link_libraries(wire_fields_test PRIVATE dgrid_denoiser_server GTest::gtest_main)
+gtest_discover_tests(wire_fields_test PROPERTIES LABELS unit)
+
 # The Judge RPC on the shipped bundles (models/), no fixtures.
 add_executable(judge_rpc_test server/judge_rpc_test.cc)
 target_link_libraries(judge_rpc_test PRIVATE dgrid_denoiser_server GTest::gtest_main)

@@ -44,7 +44,7 @@ absl::StatusOr<DdimSchedule> DdimSchedule::Create(const NoiseScheduleSpec& spec,
   const int train = spec.train_timesteps;
   if (steps < 1 || steps > train) {
     return absl::InvalidArgumentError(
-        absl::StrCat("sampler.steps must be in [1, ", train, "], got ", steps));
+        absl::StrCat("steps must be in [1, ", train, "], got ", steps));
   }
   DdimSchedule s;
   s.prediction_ = spec.prediction;

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/philox.h"
 #include "denoiser_service/engine/denoiser_model.h"
+#include "denoiser_service/engine/field_error.h"
 #include "denoiser_service/text/tokenizer.h"
 
 namespace dgrid {
@@ -252,54 +253,56 @@ absl::StatusOr<std::shared_ptr<const DdimSchedule>> TrajectoryBatcher::ScheduleF
   return schedule;
 }
 
+// Errors name RunRequest's fields (field_error.h); the gRPC adapter renames
+// them to the wire's.
 absl::Status TrajectoryBatcher::Validate(const RunRequest& r) const {
   const BundleManifest& m = model_->manifest();
   const int steps = r.sampler.steps;
   if (steps < 1 || steps > m.schedule.train_timesteps) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "sampler.steps must be in [1, ", m.schedule.train_timesteps, "], got ", steps));
+    return InvalidFieldError("sampler.steps", absl::StrCat(" must be in [1, ",
+                                                           m.schedule.train_timesteps, "], got ",
+                                                           steps));
   }
   if (!(r.sampler.eta >= 0.0f && r.sampler.eta <= 1.0f)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("sampler.eta must be in [0, 1], got ", r.sampler.eta));
+    return InvalidFieldError("sampler.eta",
+                             absl::StrCat(" must be in [0, 1], got ", r.sampler.eta));
   }
   if (!(r.sampler.guidance >= 0.0f && r.sampler.guidance <= 100.0f)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("sampler.guidance must be in [0, 100], got ", r.sampler.guidance));
+    return InvalidFieldError("sampler.guidance",
+                             absl::StrCat(" must be in [0, 100], got ", r.sampler.guidance));
   }
   if (m.is_text() && r.class_index != -1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "conditioning.class_index: ", m.name, " is a text model; give conditioning.prompt"));
+    return InvalidFieldError("class_index",
+                             absl::StrCat(": ", m.name, " is a text model; give a prompt"));
   }
   if (!m.is_text() && !r.negative_prompt.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "conditioning.negative_prompt: ", m.name, " is a class model; it takes none"));
+    return InvalidFieldError("negative_prompt",
+                             absl::StrCat(": ", m.name, " is a class model; it takes none"));
   }
   if (r.class_index != -1 &&
       (r.class_index < 0 || r.class_index >= static_cast<int64_t>(m.class_labels.size()))) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "conditioning.class_index must be in [0, ", m.class_labels.size(), ") for model ",
-        m.name, ", got ", r.class_index));
+    return InvalidFieldError("class_index",
+                             absl::StrCat(" must be in [0, ", m.class_labels.size(),
+                                          ") for model ", m.name, ", got ", r.class_index));
   }
   const int end = r.end_step == 0 ? steps : r.end_step;
   if (r.start_step < 0 || r.start_step >= steps) {
-    return absl::InvalidArgumentError(absl::StrCat("start_step must be in [0, ", steps,
-                                                   "), got ", r.start_step));
+    return InvalidFieldError("start_step",
+                             absl::StrCat(" must be in [0, ", steps, "), got ", r.start_step));
   }
   if (end <= r.start_step || end > steps) {
-    return absl::InvalidArgumentError(absl::StrCat("end_step must be in (start_step, ", steps,
-                                                   "], got ", r.end_step));
+    return InvalidFieldError("end_step", absl::StrCat(" must be in (start_step, ", steps,
+                                                      "], got ", r.end_step));
   }
   for (size_t i = 0; i < r.capture_steps.size(); ++i) {
     const int c = r.capture_steps[i];
     if (c < r.start_step || c >= end || (i > 0 && c <= r.capture_steps[i - 1])) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "capture_steps[", i, "] must be increasing and in [start_step, end_step), got ", c));
+      return InvalidFieldError(
+          absl::StrCat("capture_steps[", i, "]"),
+          absl::StrCat(" must be increasing and in [start_step, end_step), got ", c));
     }
   }
-  if (r.trajectories.empty()) {
-    return absl::InvalidArgumentError("trajectories must not be empty");
-  }
+  if (r.trajectories.empty()) return InvalidFieldError("trajectories", " must not be empty");
   const size_t numel = static_cast<size_t>(m.LatentNumel());
   for (size_t i = 0; i < r.trajectories.size(); ++i) {
     const TrajectoryStart& t = r.trajectories[i];
@@ -311,38 +314,40 @@ absl::Status TrajectoryBatcher::Validate(const RunRequest& r) const {
       if (!c) continue;
       const std::string at = absl::StrCat(field, ".path.segments[", j, "].conditioning");
       if (m.is_text() && c->class_index != -1) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            at, ".class_index: ", m.name, " is a text model; give a prompt"));
+        return InvalidFieldError(at + ".class_index",
+                                 absl::StrCat(": ", m.name, " is a text model; give a prompt"));
       }
       if (!m.is_text()) {
         if (!c->negative_prompt.empty()) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              at, ".negative_prompt: ", m.name, " is a class model; it takes none"));
+          return InvalidFieldError(
+              at + ".negative_prompt",
+              absl::StrCat(": ", m.name, " is a class model; it takes none"));
         }
         if (!c->prompt.empty() && m.ClassIndex(c->prompt) < 0) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              at, ".prompt: ", m.name, " is a class model and has no class of that name"));
+          return InvalidFieldError(
+              at + ".prompt",
+              absl::StrCat(": ", m.name, " is a class model and has no class of that name"));
         }
         if (c->class_index < -1 ||
             c->class_index >= static_cast<int64_t>(m.class_labels.size())) {
-          return absl::InvalidArgumentError(absl::StrCat(at, ".class_index must be in [0, ",
-                                                         m.class_labels.size(), "), got ",
-                                                         c->class_index));
+          return InvalidFieldError(at + ".class_index",
+                                   absl::StrCat(" must be in [0, ", m.class_labels.size(),
+                                                "), got ", c->class_index));
         }
       }
     }
+    const std::string latent = field + ".latent";
     if (t.latent.empty() && r.start_step != 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(field, ".start_latent is required when start_step > 0"));
+      return InvalidFieldError(latent, " is required when start_step > 0");
     }
     if (!t.latent.empty() && t.latent.size() != numel) {
-      return absl::InvalidArgumentError(absl::StrCat(field, ".start_latent must have ", numel,
-                                                     " elements, got ", t.latent.size()));
+      return InvalidFieldError(
+          latent, absl::StrCat(" must have ", numel, " elements, got ", t.latent.size()));
     }
     for (size_t j = 0; j < t.latent.size(); ++j) {
       if (!std::isfinite(t.latent[j])) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            field, ".start_latent holds a non-finite value (NaN or Inf) at element ", j));
+        return InvalidFieldError(
+            latent, absl::StrCat(" holds a non-finite value (NaN or Inf) at element ", j));
       }
     }
   }
@@ -831,10 +836,11 @@ absl::Status TrajectoryBatcher::Step(Active& a, absl::Span<float> out) {
   // misbehaved: INTERNAL.
   auto non_finite = [&](const char* what) {
     if (a.latent_given) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "trajectories[", a.index, "].start_latent: the ", what,
-          " became non-finite (NaN or Inf) at step ", a.step, "; the start latent's largest ",
-          "magnitude, ", a.latent_max_abs, ", is outside what this model can denoise"));
+      return InvalidFieldError(
+          absl::StrCat("trajectories[", a.index, "].latent"),
+          absl::StrCat(": the ", what, " became non-finite (NaN or Inf) at step ", a.step,
+                       "; the start latent's largest magnitude, ", a.latent_max_abs,
+                       ", is outside what this model can denoise"));
     }
     return absl::InternalError(absl::StrCat("model produced non-finite ", what, " at step ", a.step,
                                             " for trajectories[", a.index, "]"));

@@ -191,11 +191,11 @@ class TrajectoryBatcher {
   TrajectoryBatcher(const TrajectoryBatcher&) = delete;
   TrajectoryBatcher& operator=(const TrajectoryBatcher&) = delete;
 
-  // Validates the request against the model (errors name the request field)
-  // and queues its trajectories. A run whose model output or latent turns
-  // non-finite fails alone: INVALID_ARGUMENT naming trajectories[i].start_latent
-  // when the caller gave that latent (it would fail on any replica), else
-  // INTERNAL.
+  // Validates the request against the model (errors name the RunRequest
+  // field, as field_error.h has it) and queues its trajectories. A run whose
+  // model output or latent turns non-finite fails alone: INVALID_ARGUMENT
+  // naming trajectories[i].latent when the caller gave that latent (it would
+  // fail on any replica), else INTERNAL.
   absl::StatusOr<std::shared_ptr<Run>> Start(RunRequest request);
 
   // Latents [batch, C, H, W] to 8-bit images, on the batcher's thread between

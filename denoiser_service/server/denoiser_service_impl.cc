@@ -4,7 +4,6 @@
 
 #include <algorithm>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/bearer_token.h"
@@ -14,6 +13,7 @@
 #include "common/status_macros.h"
 #include "common/tensor_codec.h"
 #include "common/wire.h"
+#include "denoiser_service/server/wire_fields.h"
 #include "denoiser_service/text/tokenizer.h"
 
 namespace dgrid {
@@ -321,13 +321,7 @@ grpc::Status DenoiserServiceImpl::Step(grpc::ServerContext* context,
 
   auto run = (*served)->batcher->Start(std::move(*run_request));
   if (!run.ok()) {
-    // The engine names "start_step"; on this RPC the field is "step".
-    absl::Status s = run.status();
-    if (absl::StartsWith(s.message(), "start_step") || absl::StartsWith(s.message(), "end_step")) {
-      s = absl::InvalidArgumentError(absl::StrCat("step must be in [0, sampler.steps), got ",
-                                                  request->step()));
-    }
-    return Count("Step", ToGrpcStatus(s));
+    return Count("Step", ToGrpcStatus(ToWireFields(run.status(), DenoiserRpc::kStep)));
   }
   for (int i = 0; i < n; ++i) response->add_latents();
   for (int i = 0; i < n; ++i) response->add_x0_previews();
@@ -344,7 +338,7 @@ grpc::Status DenoiserServiceImpl::Step(grpc::ServerContext* context,
                       response->mutable_x0_previews(event.trajectory));
     response->set_timestep(event.timestep);
   }
-  return Count("Step", ToGrpcStatus((*run)->status()));
+  return Count("Step", ToGrpcStatus(ToWireFields((*run)->status(), DenoiserRpc::kStep)));
 }
 
 grpc::Status DenoiserServiceImpl::Branch(grpc::ServerContext* context,
@@ -377,7 +371,9 @@ grpc::Status DenoiserServiceImpl::Branch(grpc::ServerContext* context,
   }
 
   auto run = model.batcher->Start(std::move(*run_request));
-  if (!run.ok()) return Count("Branch", ToGrpcStatus(run.status()));
+  if (!run.ok()) {
+    return Count("Branch", ToGrpcStatus(ToWireFields(run.status(), DenoiserRpc::kBranch)));
+  }
 
   RunEvent event;
   v1::BranchEvent out;
@@ -401,7 +397,7 @@ grpc::Status DenoiserServiceImpl::Branch(grpc::ServerContext* context,
       (*run)->Cancel();
     }
   }
-  const absl::Status status = (*run)->status();
+  const absl::Status status = ToWireFields((*run)->status(), DenoiserRpc::kBranch);
   // A failed attempt's last count: the caller counts what it spent.
   if (!status.ok()) progress.Send(**run, writer);
   return Count("Branch", ToGrpcStatus(status));
