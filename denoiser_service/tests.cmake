@@ -2,8 +2,8 @@
 # tests/fixtures/make_fixtures.py writes with Debian's python3-torch (the
 # ctest fixture "python_fixtures", defined in tests/CMakeLists.txt).
 add_executable(engine_test
-  engine/ddim_schedule_test.cc engine/trajectory_batcher_test.cc engine/hostile_bundle_test.cc
-  engine/batch_choice_test.cc engine/context_cache_test.cc)
+  engine/ddim_schedule_test.cc engine/euler_ancestral_test.cc engine/trajectory_batcher_test.cc
+  engine/hostile_bundle_test.cc engine/batch_choice_test.cc engine/context_cache_test.cc)
 target_link_libraries(engine_test PRIVATE dgrid_engine GTest::gtest_main)
 gtest_discover_tests(engine_test
   PROPERTIES LABELS unit FIXTURES_REQUIRED engine_fixtures

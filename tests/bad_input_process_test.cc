@@ -240,7 +240,7 @@ TEST_F(BadInputTest, EveryBadRequestGetsACodeAndTheFieldAndServiceGoesOn) {
       orchestrator("negative prompt to a class model",
                    [](auto& r) { r.set_negative_prompt("blurry"); }, Code::INVALID_ARGUMENT,
                    "negative_prompt"),
-      orchestrator("unknown preset", [](auto& r) { r.set_preset("turbo"); },
+      orchestrator("unknown preset", [](auto& r) { r.set_preset("hyper"); },
                    Code::INVALID_ARGUMENT, "preset"),
       orchestrator("negative steps", [](auto& r) { r.mutable_steps()->set_value(-1); },
                    Code::INVALID_ARGUMENT, "steps"),

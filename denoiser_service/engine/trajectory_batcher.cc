@@ -237,19 +237,23 @@ void TrajectoryBatcher::CreditDecodes(absl::Duration forward, int keys) {
   decode_debt_ = std::max(absl::ZeroDuration(), decode_debt_ - forward / std::max(1, keys));
 }
 
-absl::StatusOr<std::shared_ptr<const DdimSchedule>> TrajectoryBatcher::ScheduleFor(
-    int steps, Spacing spacing) {
+absl::StatusOr<std::shared_ptr<const SamplerSchedule>> TrajectoryBatcher::ScheduleFor(
+    const SamplerChoice& choice) {
   std::lock_guard<std::mutex> lock(schedule_mu_);
   for (const auto& [key, schedule] : schedules_) {
-    if (key.first == steps && key.second == spacing) return schedule;
+    if (key.steps == choice.steps && key.spacing == choice.spacing &&
+        key.sampler == choice.sampler) {
+      return schedule;
+    }
   }
-  absl::StatusOr<DdimSchedule> created =
-      DdimSchedule::Create(model_->manifest().schedule, steps, spacing);
+  absl::StatusOr<SamplerSchedule> created =
+      SamplerSchedule::Create(model_->manifest().schedule, choice);
   if (!created.ok()) return created.status();
-  auto schedule = std::make_shared<const DdimSchedule>(std::move(*created));
-  // Few distinct (steps, spacing) pairs occur; keep the list short anyway.
+  auto schedule = std::make_shared<const SamplerSchedule>(std::move(*created));
+  // Few distinct (steps, spacing, sampler) choices occur; keep the list
+  // short anyway.
   if (schedules_.size() >= 64) schedules_.erase(schedules_.begin());
-  schedules_.push_back({{steps, spacing}, schedule});
+  schedules_.push_back({choice, schedule});
   return schedule;
 }
 
@@ -357,8 +361,8 @@ absl::Status TrajectoryBatcher::Validate(const RunRequest& r) const {
 absl::StatusOr<std::shared_ptr<Run>> TrajectoryBatcher::Start(RunRequest request) {
   absl::Status valid = Validate(request);
   if (!valid.ok()) return valid;
-  absl::StatusOr<std::shared_ptr<const DdimSchedule>> schedule =
-      ScheduleFor(request.sampler.steps, request.sampler.spacing);
+  absl::StatusOr<std::shared_ptr<const SamplerSchedule>> schedule = ScheduleFor(
+      {request.sampler.steps, request.sampler.spacing, request.sampler.sampler});
   if (!schedule.ok()) return schedule.status();
   if (request.end_step == 0) request.end_step = request.sampler.steps;
 
@@ -431,6 +435,10 @@ absl::StatusOr<std::shared_ptr<Run>> TrajectoryBatcher::Start(RunRequest request
       a.x.resize(m.LatentNumel());
       FillGaussian({request.trajectories[i].path.init_seed, NoiseStream::kInitialLatent, 0},
                    absl::MakeSpan(a.x));
+      const float scale = static_cast<float>(run->schedule_->initial_scale());
+      if (scale != 1.0f) {
+        for (float& v : a.x) v *= scale;
+      }
     }
     if (request.previews) a.x0.resize(a.x.size());
   }
@@ -847,7 +855,7 @@ absl::Status TrajectoryBatcher::Step(Active& a, absl::Span<float> out) {
   };
   if (!AllFinite({eps, numel})) return non_finite("model output");
 
-  const DdimSchedule& schedule = *run.schedule_;
+  const SamplerSchedule& schedule = *run.schedule_;
   const bool noisy = req.sampler.eta > 0.0f;
   if (noisy) {
     noise_.resize(numel);
@@ -866,7 +874,7 @@ absl::Status TrajectoryBatcher::Step(Active& a, absl::Span<float> out) {
 bool TrajectoryBatcher::Emit(Active& a) {
   Run& run = *a.run;
   const RunRequest& req = run.request_;
-  const DdimSchedule& schedule = *run.schedule_;
+  const SamplerSchedule& schedule = *run.schedule_;
   if (a.step == a.end_step) {
     RunEvent event;
     event.kind = RunEvent::Kind::kFinal;

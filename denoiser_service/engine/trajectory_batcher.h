@@ -51,7 +51,7 @@
 #include "common/run_event.h"
 #include "denoiser_service/engine/batch_choice.h"
 #include "denoiser_service/engine/context_cache.h"
-#include "denoiser_service/engine/ddim_schedule.h"
+#include "denoiser_service/engine/sampler_schedule.h"
 
 namespace dgrid {
 
@@ -63,6 +63,7 @@ struct SamplerSettings {
   Spacing spacing = Spacing::kLeading;
   // 0: unconditional pass only; 1: conditional only; else both, guided.
   float guidance = 1.0f;
+  Sampler sampler = Sampler::kDdim;
 };
 
 struct TrajectoryStart {
@@ -149,7 +150,7 @@ class Run {
   // Text models: the prompt's and the negative prompt's ids, padded.
   std::vector<int64_t> prompt_ids_;
   std::vector<int64_t> negative_ids_;
-  std::shared_ptr<const DdimSchedule> schedule_;
+  std::shared_ptr<const SamplerSchedule> schedule_;
   uint64_t rank_ = 0;  // the fairness rank it runs at
   // Text models: the ids of the prompts its segments switch to, with their
   // negative prompts (a deque: trajectories point into it).
@@ -214,7 +215,7 @@ class TrajectoryBatcher {
   struct Emitted;
 
   absl::Status Validate(const RunRequest& request) const;
-  absl::StatusOr<std::shared_ptr<const DdimSchedule>> ScheduleFor(int steps, Spacing spacing);
+  absl::StatusOr<std::shared_ptr<const SamplerSchedule>> ScheduleFor(const SamplerChoice& choice);
   void Loop();
   // Joins new trajectories: their text contexts, and the capture at their
   // start step.
@@ -272,7 +273,7 @@ class TrajectoryBatcher {
   bool stop_ = false;                                 // guarded by mu_
 
   std::mutex schedule_mu_;
-  std::vector<std::pair<std::pair<int, Spacing>, std::shared_ptr<const DdimSchedule>>>
+  std::vector<std::pair<SamplerChoice, std::shared_ptr<const SamplerSchedule>>>
       schedules_;  // guarded by schedule_mu_
 
   // Batcher thread only. Reused across iterations: no allocation on the hot

@@ -326,6 +326,63 @@ TEST_F(BatcherTest, TrunkAndBranchShareTheirPrefixExactly) {
   EXPECT_NE(resumed.finals[0], t.finals[0]);
 }
 
+// Euler ancestral keeps every rule DDIM keeps: a trajectory's noise is its
+// path's, keyed by (seed, step), so it is the same alone or in a batch, and a
+// branch resumed from the trunk's capture equals its path run from step 0.
+// With trailing spacing x_T is scaled as diffusers' init_noise_sigma.
+TEST_F(BatcherTest, EulerAncestralTrajectoriesFollowTheirPathsLikeDdim) {
+  TrajectoryBatcher batcher(model_.get(), {.max_batch = 64});
+  for (Spacing spacing : {Spacing::kLeading, Spacing::kTrailing}) {
+    SCOPED_TRACE(spacing == Spacing::kLeading ? "leading" : "trailing");
+    auto euler = [&](RunRequest r) {
+      r.sampler.sampler = Sampler::kEulerAncestral;
+      r.sampler.spacing = spacing;
+      return r;
+    };
+    const Path trunk{9, {{0, 100}}};
+    RunRequest alone = euler(Request(0, 1.0f));
+    alone.trajectories = {{trunk, {}}};
+    alone.capture_steps = {0, 20};
+    Collected reference = RunAll(batcher, alone);
+    ASSERT_TRUE(reference.status.ok()) << reference.status;
+    RunRequest batch = euler(Request(9, 1.0f, 300));
+    batch.trajectories[4] = {trunk, {}};
+    Collected batched = RunAll(batcher, batch);
+    ASSERT_TRUE(batched.status.ok());
+    EXPECT_EQ(batched.finals[4], reference.finals[0]);
+
+    // x_T: the seed's N(0, 1) draw, times initial_scale (trailing only).
+    std::vector<float> z(reference.events.front().latent.size());
+    FillGaussian({trunk.init_seed, NoiseStream::kInitialLatent, 0}, absl::MakeSpan(z));
+    const std::vector<float>& x_t = reference.events.front().latent;
+    if (spacing == Spacing::kLeading) {
+      EXPECT_EQ(x_t, z);
+    } else {
+      EXPECT_LT(x_t[0] / z[0], 1.0f);
+      EXPECT_GT(x_t[0] / z[0], 0.99f);
+    }
+
+    const std::vector<float>& at_20 = reference.events[1].latent;
+    RunRequest resumed = euler(Request(0, 1.0f));
+    resumed.start_step = 20;
+    resumed.trajectories = {{trunk.BranchAt(20, 555), at_20}};
+    RunRequest scratch = euler(Request(0, 1.0f));
+    scratch.trajectories = {{trunk.BranchAt(20, 555), {}}};
+    Collected r = RunAll(batcher, resumed), s = RunAll(batcher, scratch);
+    ASSERT_TRUE(r.status.ok() && s.status.ok());
+    EXPECT_EQ(r.finals[0], s.finals[0]);
+    EXPECT_NE(r.finals[0], reference.finals[0]);
+
+    // The same path under DDIM is another trajectory.
+    RunRequest ddim = Request(0, 1.0f);
+    ddim.sampler.spacing = spacing;
+    ddim.trajectories = {{trunk, {}}};
+    Collected d = RunAll(batcher, ddim);
+    ASSERT_TRUE(d.status.ok());
+    EXPECT_NE(d.finals[0], reference.finals[0]);
+  }
+}
+
 TEST_F(BatcherTest, GuidanceMixesConditionalAndUnconditionalPasses) {
   TrajectoryBatcher batcher(model_.get(), {});
   auto run_with = [&](float g) {

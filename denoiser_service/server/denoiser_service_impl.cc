@@ -40,6 +40,7 @@ absl::StatusOr<SamplerSettings> ParseSampler(const v1::SamplerConfig& s,
   out.guidance = s.guidance();
   ASSIGN_OR_RETURN(out.spacing,
                    SpacingFromProto(s.spacing(), m.defaults.spacing, "sampler.spacing"));
+  ASSIGN_OR_RETURN(out.sampler, SamplerFromProto(s.sampler(), "sampler.sampler"));
   return out;
 }
 

@@ -1,0 +1,79 @@
+#include "denoiser_service/engine/euler_ancestral.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "common/timesteps.h"
+#include "denoiser_service/engine/ddim_schedule.h"
+
+namespace dgrid {
+
+absl::StatusOr<EulerAncestralSchedule> EulerAncestralSchedule::Create(
+    const NoiseScheduleSpec& spec, int steps, Spacing spacing) {
+  const int train = spec.train_timesteps;
+  if (steps < 1 || steps > train) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("steps must be in [1, ", train, "], got ", steps));
+  }
+  EulerAncestralSchedule s;
+  s.prediction_ = spec.prediction;
+  // The same timesteps as DDIM's for each spacing (diffusers computes both
+  // lists with one formula).
+  s.timesteps_ = DdimTimesteps(train, steps, spacing, spec.steps_offset);
+  const std::vector<double> alphas = AlphasCumprod(spec);
+  s.sigmas_.resize(steps + 1);
+  for (int i = 0; i < steps; ++i) {
+    const double a = alphas[s.timesteps_[i]];
+    s.sigmas_[i] = std::sqrt((1 - a) / a);
+  }
+  s.sigmas_[steps] = 0.0;
+  const double first = s.sigmas_[0];
+  const double init_noise_sigma =
+      spacing == Spacing::kTrailing ? first : std::sqrt(first * first + 1);
+  s.initial_scale_ = init_noise_sigma / std::sqrt(first * first + 1);
+  return s;
+}
+
+double EulerAncestralSchedule::sigma_up(int i, float eta) const {
+  const double from = sigmas_[i], to = sigmas_[i + 1];
+  const double up = eta * std::sqrt(std::max(to * to * (from * from - to * to) / (from * from), 0.0));
+  return std::min(to, up);
+}
+
+void EulerAncestralSchedule::Apply(int i, float eta, absl::Span<const float> model_out,
+                                   absl::Span<const float> z, absl::Span<float> x,
+                                   absl::Span<float> x0_out) const {
+  const double sigma = sigmas_[i], next = sigmas_[i + 1];
+  const double up = sigma_up(i, eta);
+  const double down = std::sqrt(std::max(next * next - up * up, 0.0));
+  // Engine scale to sigma scale and back.
+  const double in_scale = std::sqrt(sigma * sigma + 1);
+  const double out_scale = 1 / std::sqrt(next * next + 1);
+  const double ratio = (down - sigma) / sigma;
+  const bool noisy = up != 0.0 && !z.empty();
+  const size_t n = x.size();
+  for (size_t j = 0; j < n; ++j) {
+    const double s = x[j] * in_scale, out = model_out[j];
+    double x0;
+    switch (prediction_) {
+      case PredictionType::kEpsilon:
+        x0 = s - sigma * out;
+        break;
+      case PredictionType::kSample:
+        x0 = out;
+        break;
+      case PredictionType::kVPrediction:
+      default:
+        // diffusers: out * (-sigma / sqrt(sigma^2 + 1)) + s / (sigma^2 + 1).
+        x0 = (x[j] - sigma * out) / in_scale;
+        break;
+    }
+    if (!x0_out.empty()) x0_out[j] = static_cast<float>(x0);
+    double s_next = s + (s - x0) * ratio;
+    if (noisy) s_next += up * z[j];
+    x[j] = static_cast<float>(s_next * out_scale);
+  }
+}
+
+}  // namespace dgrid
