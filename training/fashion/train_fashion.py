@@ -45,10 +45,11 @@ SCHEDULE = {
     "steps_offset": 1,
     "set_alpha_to_one": False,
 }
-# The settings a checkpoint was started with; resuming with others would
-# change the data order or the learning-rate schedule mid-run.
-RUN_KEYS = ("epochs", "batch", "lr", "seed", "limit_images", "max_steps", "cond_dropout",
-            "ema_decay")
+# The settings a stage's checkpoint was started with; resuming with others
+# would change the data order or the learning-rate schedule mid-run.
+DIFFUSION_KEYS = ("epochs", "batch", "lr", "seed", "limit_images", "max_steps", "cond_dropout",
+                  "ema_decay")
+CLASSIFIER_KEYS = ("classifier_epochs", "batch", "lr", "seed", "limit_images", "max_steps")
 
 
 # ------------------------------------------------------------------ helpers
@@ -93,16 +94,16 @@ def load(path):
     return torch.load(path, map_location="cpu") if os.path.exists(path) else None
 
 
-def check_same_run(path, saved, args):
-    changed = [f"--{k} {saved[k]} (now {getattr(args, k)})" for k in RUN_KEYS
+def check_same_run(path, saved, args, keys):
+    changed = [f"--{k} {saved[k]} (now {getattr(args, k)})" for k in keys
                if k in saved and saved[k] != getattr(args, k)]
     if changed:
         sys.exit(f"{path} was started with " + ", ".join(changed) +
                  f"; rerun with those flags or remove {path}")
 
 
-def run_config(args):
-    return {k: getattr(args, k) for k in RUN_KEYS}
+def run_config(args, keys):
+    return {k: getattr(args, k) for k in keys}
 
 
 # --------------------------------------------------------------- classifier
@@ -110,6 +111,8 @@ def run_config(args):
 def train_classifier(args, device):
     path = os.path.join(args.run, "classifier.ckpt")
     state = load(path)
+    if state:
+        check_same_run(path, state["config"], args, CLASSIFIER_KEYS)
     if state and state["done"]:
         print(f"classifier: done ({state['test_accuracy']:.4f} test accuracy)", flush=True)
         return
@@ -163,7 +166,8 @@ def train_classifier(args, device):
         save(path, {"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step,
                     "train_seconds": seconds + time.time() - t0, "done": step >= total,
                     "test_accuracy": accuracy, "epochs": step / per_epoch,
-                    "test_images": len(test_x), "parameters": fm.parameters(net)})
+                    "test_images": len(test_x), "parameters": fm.parameters(net),
+                    "config": run_config(args, CLASSIFIER_KEYS)})
 
 
 def test_accuracy(net, images, labels, device):
@@ -200,7 +204,7 @@ def train_diffusion(args, device):
     path = os.path.join(args.run, "diffusion.ckpt")
     state = load(path)
     if state:
-        check_same_run(path, state["config"], args)
+        check_same_run(path, state["config"], args, DIFFUSION_KEYS)
     images, labels = fm.load_split(args.data, "train", args.limit_images)
     n = len(images)
     per_epoch = n // args.batch
@@ -242,7 +246,7 @@ def train_diffusion(args, device):
         save(path, {"model": net.state_dict(), "ema": ema.state_dict(),
                     "optimizer": opt.state_dict(), "step": step,
                     "train_seconds": seconds + time.time() - t_start, "hardware": machines,
-                    "curve": curve, "config": run_config(args),
+                    "curve": curve, "config": run_config(args, DIFFUSION_KEYS),
                     "steps_per_epoch": per_epoch, "total_steps": total})
 
     gen = generator(args.seed)
