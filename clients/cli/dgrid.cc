@@ -77,7 +77,7 @@ ABSL_FLAG(int, scale, 8, "Nearest-neighbour upscaling of written PNGs.");
 ABSL_FLAG(std::string, o, "", "Output PNG path.");
 ABSL_FLAG(std::string, service, "", "dgrid health: service name (a model); empty = server.");
 ABSL_FLAG(int, timeout_s, 300, "Deadline for each call, in seconds.");
-ABSL_FLAG(std::string, preset, "", "dgrid grid: default, classic or euler_a.");
+ABSL_FLAG(std::string, preset, "", "dgrid grid: default, classic, euler_a or turbo.");
 ABSL_FLAG(int, branches, 0, "dgrid grid: branches per row; 0 = the preset's.");
 ABSL_FLAG(std::vector<std::string>, branch_steps, {},
           "dgrid grid: rows, as the steps after which branches leave the trunk, e.g. 0,5,10.");
