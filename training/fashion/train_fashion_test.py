@@ -12,6 +12,7 @@ grid from it through the orchestrator. Skips without Debian's
 dataset-fashion-mnist.
 """
 import csv
+import importlib.util
 import os
 import subprocess
 import sys
@@ -61,6 +62,9 @@ class TrainFashionTest(unittest.TestCase):
             losses = [float(row["loss"]) for row in csv.DictReader(f)]
         self.assertEqual(len(losses), 8)
         self.assertLess(losses[-1], 0.6 * losses[0], losses)
+        if importlib.util.find_spec("matplotlib"):  # without it, export skips the plot
+            with open(os.path.join(self.bundle, "loss.png"), "rb") as f:
+                self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
 
     def test_manifest_has_the_shipped_contract(self):
         m = bundle_manifest.read_manifest(os.path.join(self.bundle, "manifest.json"))
