@@ -442,8 +442,11 @@ def command(args, stage):
     parts = ["/usr/bin/python3 training/fashion/train_fashion.py", stage, "--out", args.out,
              "--epochs", str(args.epochs), "--batch", str(args.batch), "--lr", str(args.lr),
              "--seed", str(args.seed), "--guidance", str(args.guidance)]
-    if args.classifier_epochs != 10 and stage != "export":
+    if args.classifier_epochs != 10:
         parts += ["--classifier_epochs", str(args.classifier_epochs)]
+    for flag in ("limit_images", "max_steps"):
+        if getattr(args, flag):
+            parts += [f"--{flag}", str(getattr(args, flag))]
     return " ".join(parts)
 
 
