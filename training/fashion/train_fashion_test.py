@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""CI's smoke test of the Fashion-MNIST trainer (about a minute on 2 cores).
+"""CI's smoke test of the Fashion-MNIST trainer (about 20 s on 2 idle cores).
 
     /usr/bin/python3 training/fashion/train_fashion_test.py BUILD_DIR
 
