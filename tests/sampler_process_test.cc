@@ -4,24 +4,22 @@
 // DDIM's.
 #include <grpcpp/grpcpp.h>
 
-#include <cstdlib>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "tests/support/grids.h"
 #include "tests/support/stack.h"
 
 namespace dgrid {
 namespace {
 
+using testing::CellImages;
+using testing::FixtureDir;
+using testing::MustCreateGrid;
 using testing::Stack;
 using testing::StackOptions;
-
-std::string TextModelDir() {
-  const char* dir = std::getenv("DGRID_FIXTURES");
-  return absl::StrCat(dir ? dir : "build/fixtures", "/textlatent");
-}
 
 v1::GridRequest Request(v1::Sampler sampler) {
   v1::GridRequest r;
@@ -34,35 +32,18 @@ v1::GridRequest Request(v1::Sampler sampler) {
   return r;
 }
 
-v1::Grid MustCreate(const Stack& stack, const v1::GridRequest& request) {
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(120)));
-  v1::Grid grid;
-  const grpc::Status status = stack.Orchestrator()->CreateGrid(&context, request, &grid);
-  EXPECT_TRUE(status.ok()) << status.error_message();
-  return grid;
-}
-
-std::vector<std::string> Cells(const v1::Grid& grid) {
-  std::vector<std::string> cells;
-  for (const v1::GridRow& row : grid.rows()) {
-    for (const v1::GridCell& cell : row.cells()) cells.push_back(cell.png());
-  }
-  return cells;
-}
-
 TEST(SamplerProcessTest, AnEulerAncestralGridIsTheSameOnOneAndTwoReplicas) {
   std::vector<std::vector<std::string>> results;
   for (int denoisers : {1, 2}) {
     StackOptions options;
-    options.model_dir = TextModelDir();
+    options.model_dir = FixtureDir("textlatent");
     options.denoisers = denoisers;
     options.orchestrator_flags = {"--cache_mb=0"};
     auto stack = Stack::Start(options, absl::StrCat("euler-", denoisers));
     ASSERT_TRUE(stack.ok()) << stack.status();
-    const v1::Grid grid = MustCreate(**stack, Request(v1::SAMPLER_EULER_ANCESTRAL));
+    const v1::Grid grid = MustCreateGrid(**stack, Request(v1::SAMPLER_EULER_ANCESTRAL));
     EXPECT_EQ(grid.plan().sampler().sampler(), v1::SAMPLER_EULER_ANCESTRAL);
-    results.push_back(Cells(grid));
+    results.push_back(CellImages(grid));
   }
   ASSERT_EQ(results[0].size(), 6u);
   EXPECT_EQ(results[0], results[1]);
@@ -73,20 +54,20 @@ TEST(SamplerProcessTest, AnEulerAncestralGridIsTheSameOnOneAndTwoReplicas) {
 // served whole from the cache, byte for byte.
 TEST(SamplerProcessTest, TheCacheTellsTheSamplersApart) {
   StackOptions options;
-  options.model_dir = TextModelDir();
+  options.model_dir = FixtureDir("textlatent");
   options.denoisers = 1;
   auto stack = Stack::Start(options, "euler-cache");
   ASSERT_TRUE(stack.ok()) << stack.status();
-  const v1::Grid ddim = MustCreate(**stack, Request(v1::SAMPLER_DDIM));
-  const v1::Grid euler = MustCreate(**stack, Request(v1::SAMPLER_EULER_ANCESTRAL));
+  const v1::Grid ddim = MustCreateGrid(**stack, Request(v1::SAMPLER_DDIM));
+  const v1::Grid euler = MustCreateGrid(**stack, Request(v1::SAMPLER_EULER_ANCESTRAL));
   EXPECT_EQ(euler.cache_hits(), 0);
   EXPECT_GT(euler.model_evals(), 0);
-  const std::vector<std::string> a = Cells(ddim), b = Cells(euler);
+  const std::vector<std::string> a = CellImages(ddim), b = CellImages(euler);
   ASSERT_EQ(a.size(), b.size());
   for (size_t i = 0; i < a.size(); ++i) EXPECT_NE(a[i], b[i]) << "cell " << i;
-  const v1::Grid again = MustCreate(**stack, Request(v1::SAMPLER_EULER_ANCESTRAL));
+  const v1::Grid again = MustCreateGrid(**stack, Request(v1::SAMPLER_EULER_ANCESTRAL));
   EXPECT_EQ(again.model_evals(), 0);
-  EXPECT_EQ(Cells(again), b);
+  EXPECT_EQ(CellImages(again), b);
 }
 
 }  // namespace

@@ -3,23 +3,21 @@
 // byte for byte where the same trajectory must give the same image.
 #include <grpcpp/grpcpp.h>
 
-#include <cstdlib>
 #include <string>
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "tests/support/grids.h"
 #include "tests/support/stack.h"
 
 namespace dgrid {
 namespace {
 
+using testing::CellImages;
+using testing::FixtureDir;
+using testing::MustCreateGrid;
 using testing::Stack;
 using testing::StackOptions;
-
-std::string TextModelDir() {
-  const char* dir = std::getenv("DGRID_FIXTURES");
-  return absl::StrCat(dir ? dir : "build/fixtures", "/textlatent");
-}
 
 constexpr char kCat[] = "a photo of a cat";
 constexpr char kCar[] = "a red sports car on a road";
@@ -36,29 +34,11 @@ v1::GridRequest Request(const std::string& prompt, uint64_t seed = 11) {
   return r;
 }
 
-v1::Grid MustCreate(const Stack& stack, const v1::GridRequest& request) {
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(120)));
-  v1::Grid grid;
-  const grpc::Status status = stack.Orchestrator()->CreateGrid(&context, request, &grid);
-  EXPECT_TRUE(status.ok()) << status.error_message();
-  return grid;
-}
-
-// Every cell's image, row by row.
-std::vector<std::string> Cells(const v1::Grid& grid) {
-  std::vector<std::string> cells;
-  for (const v1::GridRow& row : grid.rows()) {
-    for (const v1::GridCell& cell : row.cells()) cells.push_back(cell.png());
-  }
-  return cells;
-}
-
 class SwitchGridTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     StackOptions options;
-    options.model_dir = TextModelDir();
+    options.model_dir = FixtureDir("textlatent");
     options.denoisers = 2;
     options.orchestrator_flags = {"--cache_mb=0"};
     auto stack = Stack::Start(options, "switch");
@@ -75,12 +55,12 @@ class SwitchGridTest : public ::testing::Test {
 Stack* SwitchGridTest::stack_ = nullptr;
 
 TEST_F(SwitchGridTest, ASwitchToThePromptItselfIsThePlainGridByteForByte) {
-  const v1::Grid plain = MustCreate(*stack_, Request(kCat));
+  const v1::Grid plain = MustCreateGrid(*stack_, Request(kCat));
   v1::GridRequest same = Request(kCat);
   same.set_switch_prompt(kCat);
-  const v1::Grid switched = MustCreate(*stack_, same);
-  ASSERT_EQ(Cells(plain).size(), 6u);
-  EXPECT_EQ(Cells(switched), Cells(plain));
+  const v1::Grid switched = MustCreateGrid(*stack_, same);
+  ASSERT_EQ(CellImages(plain).size(), 6u);
+  EXPECT_EQ(CellImages(switched), CellImages(plain));
   EXPECT_EQ(switched.trunk().png(), plain.trunk().png());
   for (int r = 0; r < plain.rows_size(); ++r) {
     for (int c = 0; c < plain.rows(r).cells_size(); ++c) {
@@ -95,11 +75,11 @@ TEST_F(SwitchGridTest, ASwitchAtStepZeroWithTrunkNoiseIsThePlainGridOfTheNewProm
   request.set_switch_prompt(kCar);
   request.set_branch_noise(v1::BRANCH_NOISE_TRUNK);
   request.clear_branches();
-  const v1::Grid switched = MustCreate(*stack_, request);
+  const v1::Grid switched = MustCreateGrid(*stack_, request);
   ASSERT_EQ(switched.rows(0).cells_size(), 1);
   EXPECT_EQ(switched.plan().branch_noise(), v1::BRANCH_NOISE_TRUNK);
   EXPECT_EQ(switched.plan().switch_prompt(), kCar);
-  const v1::Grid car = MustCreate(*stack_, Request(kCar));
+  const v1::Grid car = MustCreateGrid(*stack_, Request(kCar));
   // Row 0 switches before the first step: the car's own trunk, same seed.
   EXPECT_EQ(switched.rows(0).cells(0).png(), car.trunk().png());
   // Later switches give something else than either prompt alone.
@@ -110,12 +90,12 @@ TEST_F(SwitchGridTest, ASwitchAtStepZeroWithTrunkNoiseIsThePlainGridOfTheNewProm
 TEST_F(SwitchGridTest, APromotedSwitchedCellReproducesIt) {
   v1::GridRequest request = Request(kCat);
   request.set_switch_prompt(kCar);
-  const v1::Grid grid = MustCreate(*stack_, request);
+  const v1::Grid grid = MustCreateGrid(*stack_, request);
   const v1::GridCell& cell = grid.rows(1).cells(1);
   ASSERT_TRUE(cell.path().segments(1).has_conditioning());
   v1::GridRequest promote = Request(kCat);
   *promote.mutable_trunk() = cell.path();
-  const v1::Grid promoted = MustCreate(*stack_, promote);
+  const v1::Grid promoted = MustCreateGrid(*stack_, promote);
   EXPECT_EQ(promoted.trunk().png(), cell.png());
 }
 
@@ -126,12 +106,12 @@ TEST(SwitchReplicaTest, ASwitchGridGivesTheSameCellsOnOneAndTwoReplicas) {
   std::vector<std::vector<std::string>> results;
   for (int denoisers : {1, 2}) {
     StackOptions options;
-    options.model_dir = TextModelDir();
+    options.model_dir = FixtureDir("textlatent");
     options.denoisers = denoisers;
     options.orchestrator_flags = {"--cache_mb=0"};
     auto stack = Stack::Start(options, absl::StrCat("switch-", denoisers));
     ASSERT_TRUE(stack.ok()) << stack.status();
-    results.push_back(Cells(MustCreate(**stack, request)));
+    results.push_back(CellImages(MustCreateGrid(**stack, request)));
   }
   ASSERT_EQ(results[0].size(), 6u);
   EXPECT_EQ(results[0], results[1]);
@@ -141,7 +121,7 @@ TEST(SwitchReplicaTest, ASwitchGridGivesTheSameCellsOnOneAndTwoReplicas) {
 // trunk (cache hits) but never a switched cell.
 TEST(SwitchCacheTest, TheCacheTellsApartPathsThatDifferOnlyInASegmentsPrompt) {
   StackOptions options;
-  options.model_dir = TextModelDir();
+  options.model_dir = FixtureDir("textlatent");
   options.denoisers = 1;
   auto stack = Stack::Start(options, "switch-cache");
   ASSERT_TRUE(stack.ok()) << stack.status();
@@ -149,16 +129,16 @@ TEST(SwitchCacheTest, TheCacheTellsApartPathsThatDifferOnlyInASegmentsPrompt) {
   to_car.set_switch_prompt(kCar);
   v1::GridRequest to_dog = Request(kCat);
   to_dog.set_switch_prompt("a dog");
-  const v1::Grid car = MustCreate(**stack, to_car);
-  const v1::Grid dog = MustCreate(**stack, to_dog);
+  const v1::Grid car = MustCreateGrid(**stack, to_car);
+  const v1::Grid dog = MustCreateGrid(**stack, to_dog);
   EXPECT_GT(dog.cache_hits(), 0);  // the trunk, shared
   EXPECT_EQ(dog.trunk().png(), car.trunk().png());
-  const std::vector<std::string> a = Cells(car), b = Cells(dog);
+  const std::vector<std::string> a = CellImages(car), b = CellImages(dog);
   ASSERT_EQ(a.size(), b.size());
   for (size_t i = 0; i < a.size(); ++i) EXPECT_NE(a[i], b[i]) << "cell " << i;
   // The same request again: all from the cache, the same images.
-  const v1::Grid again = MustCreate(**stack, to_dog);
-  EXPECT_EQ(Cells(again), b);
+  const v1::Grid again = MustCreateGrid(**stack, to_dog);
+  EXPECT_EQ(CellImages(again), b);
 }
 
 TEST(SwitchClassTest, AClassModelSwitchesToAClassAndRefusesFreeText) {
@@ -180,10 +160,10 @@ TEST(SwitchClassTest, AClassModelSwitchesToAClassAndRefusesFreeText) {
   request.set_switch_prompt(model->prompts(1));
   request.set_branch_noise(v1::BRANCH_NOISE_TRUNK);
   request.clear_branches();
-  const v1::Grid switched = MustCreate(**stack, request);
+  const v1::Grid switched = MustCreateGrid(**stack, request);
   v1::GridRequest plain = Request(model->prompts(1));
   plain.set_model(model->name());
-  EXPECT_EQ(switched.rows(0).cells(0).png(), MustCreate(**stack, plain).trunk().png());
+  EXPECT_EQ(switched.rows(0).cells(0).png(), MustCreateGrid(**stack, plain).trunk().png());
 
   request.set_switch_prompt("a photo of a cat");
   grpc::ClientContext context;

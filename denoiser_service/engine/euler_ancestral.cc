@@ -3,28 +3,22 @@
 #include <algorithm>
 #include <cmath>
 
-#include "absl/strings/str_cat.h"
-#include "common/timesteps.h"
 #include "denoiser_service/engine/ddim_schedule.h"
 
 namespace dgrid {
 
 absl::StatusOr<EulerAncestralSchedule> EulerAncestralSchedule::Create(
     const NoiseScheduleSpec& spec, int steps, Spacing spacing) {
-  const int train = spec.train_timesteps;
-  if (steps < 1 || steps > train) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("steps must be in [1, ", train, "], got ", steps));
-  }
+  // DDIM's timesteps and alpha-bar for each spacing (diffusers computes both
+  // lists with one formula), and its check of `steps`.
+  absl::StatusOr<DdimSchedule> ddim = DdimSchedule::Create(spec, steps, spacing);
+  if (!ddim.ok()) return ddim.status();
   EulerAncestralSchedule s;
   s.prediction_ = spec.prediction;
-  // The same timesteps as DDIM's for each spacing (diffusers computes both
-  // lists with one formula).
-  s.timesteps_ = DdimTimesteps(train, steps, spacing, spec.steps_offset);
-  const std::vector<double> alphas = AlphasCumprod(spec);
+  s.timesteps_ = ddim->timesteps();
   s.sigmas_.resize(steps + 1);
   for (int i = 0; i < steps; ++i) {
-    const double a = alphas[s.timesteps_[i]];
+    const double a = ddim->alpha_bar(i);
     s.sigmas_[i] = std::sqrt((1 - a) / a);
   }
   s.sigmas_[steps] = 0.0;
@@ -37,8 +31,8 @@ absl::StatusOr<EulerAncestralSchedule> EulerAncestralSchedule::Create(
 
 double EulerAncestralSchedule::sigma_up(int i, float eta) const {
   const double from = sigmas_[i], to = sigmas_[i + 1];
-  const double up = eta * std::sqrt(std::max(to * to * (from * from - to * to) / (from * from), 0.0));
-  return std::min(to, up);
+  const double variance = to * to * (from * from - to * to) / (from * from);
+  return std::min(to, eta * std::sqrt(std::max(variance, 0.0)));
 }
 
 void EulerAncestralSchedule::Apply(int i, float eta, absl::Span<const float> model_out,

@@ -1,0 +1,55 @@
+// Grids through a Stack's orchestrator, for the process tests that compare
+// cells byte for byte. Header-only: it reports with gtest's EXPECT, which the
+// support library does not link.
+//
+//   const v1::Grid grid = MustCreateGrid(*stack, request);
+//   EXPECT_EQ(CellImages(grid), CellImages(other));
+#ifndef DGRID_TESTS_SUPPORT_GRIDS_H_
+#define DGRID_TESTS_SUPPORT_GRIDS_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "dgrid/v1/orchestrator.grpc.pb.h"
+#include "gtest/gtest.h"
+#include "tests/support/stack.h"
+
+namespace dgrid {
+namespace testing {
+
+// A fixture bundle written by tests/fixtures/make_fixtures.py (ctest sets
+// DGRID_FIXTURES), e.g. FixtureDir("textlatent").
+inline std::string FixtureDir(const std::string& name) {
+  const char* dir = std::getenv("DGRID_FIXTURES");
+  return absl::StrCat(dir ? dir : "build/fixtures", "/", name);
+}
+
+// CreateGrid within two minutes; an error fails the test (the grid is then
+// empty).
+inline v1::Grid MustCreateGrid(const Stack& stack, const v1::GridRequest& request) {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(120)));
+  v1::Grid grid;
+  const grpc::Status status = stack.Orchestrator()->CreateGrid(&context, request, &grid);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  return grid;
+}
+
+// Every cell's image, row by row.
+inline std::vector<std::string> CellImages(const v1::Grid& grid) {
+  std::vector<std::string> cells;
+  for (const v1::GridRow& row : grid.rows()) {
+    for (const v1::GridCell& cell : row.cells()) cells.push_back(cell.png());
+  }
+  return cells;
+}
+
+}  // namespace testing
+}  // namespace dgrid
+
+#endif  // DGRID_TESTS_SUPPORT_GRIDS_H_
