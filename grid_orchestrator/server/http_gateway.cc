@@ -149,10 +149,10 @@ void RefuseAndClose(httplib::Response& response, int http_status, const absl::St
 // that sends a header line every few seconds holds its connection, and the
 // thread that serves it, for ever (slowloris). So the gateway serves each
 // connection itself (ServeConnection) and calls httplib once per request.
-// A request's head must arrive whole within kHeadTimeout of the connection's
-// opening or of the previous answer, and its body within kBodyTimeout of its
-// head; the head holds at most kMaxHeadBytes.
-constexpr absl::Duration kHeadTimeout = absl::Seconds(10);
+// A request's head must arrive whole within the head timeout
+// (HttpGatewayOptions::head_timeout) of the connection's opening or of the
+// previous answer, and its body within kBodyTimeout of its head; the head
+// holds at most kMaxHeadBytes.
 constexpr absl::Duration kBodyTimeout = absl::Seconds(30);
 constexpr size_t kMaxHeadBytes = 64 << 10;
 // Past a cap, how long a connection has to show that it is a health check.
@@ -452,10 +452,11 @@ void Refuse(ClientConnection& connection, const std::string& why) {
 using RequestStep = std::function<bool(httplib::Stream&, bool last, bool& closed)>;
 
 // Serves one accepted connection in place of httplib's own loop: a cap per
-// client address, a deadline on each request's head, and up to
+// client address, a deadline (head_timeout) on each request's head, and up to
 // kRequestsPerConnection requests, each given to `step`.
 void ServeConnection(int fd, SSL_CTX* tls, const std::atomic<socket_t>& listening,
-                     ConnectionsPerClient& per_client, const RequestStep& step) {
+                     ConnectionsPerClient& per_client, absl::Duration head_timeout,
+                     const RequestStep& step) {
   const absl::Time opened = absl::Now();
   ClientConnection connection(fd, tls ? SSL_new(tls) : nullptr, tls != nullptr);
   if (!connection.usable()) return;
@@ -465,10 +466,10 @@ void ServeConnection(int fd, SSL_CTX* tls, const std::atomic<socket_t>& listenin
     return Refuse(connection, "too many open connections from this address");
   }
   absl::Cleanup release = [&] { per_client.Release(client); };
-  if (!connection.Handshake(opened + kHeadTimeout)) return;
+  if (!connection.Handshake(opened + head_timeout)) return;
   t_connection = &connection;
   absl::Cleanup forget = [] { t_connection = nullptr; };
-  absl::Time head_due = opened + kHeadTimeout;
+  absl::Time head_due = opened + head_timeout;
   for (size_t served = 0; served < kRequestsPerConnection; ++served) {
     if (!connection.WaitForRequest(std::min(head_due, absl::Now() + kIdleTimeout), listening)) {
       return;
@@ -479,7 +480,7 @@ void ServeConnection(int fd, SSL_CTX* tls, const std::atomic<socket_t>& listenin
     // A head that httplib refused, or that came late or too large, ends the
     // connection: where the next request would start is unknown.
     if (!answered || closed || connection.head_pending()) return;
-    head_due = absl::Now() + kHeadTimeout;
+    head_due = absl::Now() + head_timeout;
   }
 }
 
@@ -489,14 +490,16 @@ template <typename Base>
 class BoundedServer final : public Base {
  public:
   template <typename... Args>
-  explicit BoundedServer(size_t max_connections_per_client, Args&&... args)
-      : Base(std::forward<Args>(args)...), per_client_(max_connections_per_client) {}
+  BoundedServer(size_t max_connections_per_client, absl::Duration head_timeout, Args&&... args)
+      : Base(std::forward<Args>(args)...),
+        per_client_(max_connections_per_client),
+        head_timeout_(head_timeout) {}
 
  private:
   bool process_and_close_socket(socket_t sock) override {
     SSL_CTX* tls = nullptr;
     if constexpr (std::is_base_of_v<httplib::SSLServer, Base>) tls = this->ssl_context();
-    ServeConnection(sock, tls, this->svr_sock_, per_client_,
+    ServeConnection(sock, tls, this->svr_sock_, per_client_, head_timeout_,
                     [this](httplib::Stream& stream, bool last, bool& closed) {
                       return this->process_request(stream, last, closed, nullptr);
                     });
@@ -504,6 +507,7 @@ class BoundedServer final : public Base {
   }
 
   ConnectionsPerClient per_client_;
+  const absl::Duration head_timeout_;
 };
 
 // httplib gives each accepted connection to a TaskQueue, and the connection
@@ -1017,15 +1021,17 @@ void AddRoutes(GridService* service, CurveService* curves, size_t max_body_bytes
 }
 
 absl::StatusOr<std::unique_ptr<httplib::Server>> NewServer(const ServerTlsFiles& tls,
-                                                           size_t max_connections_per_client) {
+                                                           size_t max_connections_per_client,
+                                                           absl::Duration head_timeout) {
   if (tls.cert.empty() && tls.key.empty()) {
-    return std::make_unique<BoundedServer<httplib::Server>>(max_connections_per_client);
+    return std::make_unique<BoundedServer<httplib::Server>>(max_connections_per_client,
+                                                            head_timeout);
   }
   if (tls.cert.empty() || tls.key.empty()) {
     return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
   }
   auto server = std::make_unique<BoundedServer<httplib::SSLServer>>(
-      max_connections_per_client, tls.cert.c_str(), tls.key.c_str(),
+      max_connections_per_client, head_timeout, tls.cert.c_str(), tls.key.c_str(),
       tls.client_ca.empty() ? nullptr : tls.client_ca.c_str());
   if (!server->is_valid()) {
     return absl::InvalidArgumentError("--tls_cert/--tls_key: cannot set up HTTPS");
@@ -1057,8 +1063,11 @@ absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(const HttpGatewa
         absl::StrCat("--http_addr must be host:port, got \"", o.address, "\""));
   }
   const std::string host = colon == 0 ? "0.0.0.0" : o.address.substr(0, colon);
+  if (o.head_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--http_head_timeout_s must be positive");
+  }
   const size_t per_client = static_cast<size_t>(std::max(o.max_connections_per_client, 1));
-  ASSIGN_OR_RETURN(gateway->server_, NewServer(o.tls, per_client));
+  ASSIGN_OR_RETURN(gateway->server_, NewServer(o.tls, per_client, o.head_timeout));
   ASSIGN_OR_RETURN(CorsPolicy cors, CorsPolicy::Create(o.cors_origins));
   ASSIGN_OR_RETURN(HostPolicy hosts, HostPolicy::Create(o.allowed_hosts, host));
   const RequestPolicy policy{std::move(cors), std::move(hosts)};

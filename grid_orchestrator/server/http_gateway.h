@@ -51,6 +51,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "common/tls.h"
 #include "grid_orchestrator/server/curve_service.h"
 #include "grid_orchestrator/server/grid_service.h"
@@ -79,6 +80,9 @@ struct HttpGatewayOptions {
   // Connections open at once from one client address (IP): slow clients
   // from one address cannot take every place.
   int max_connections_per_client = 16;
+  // How long a request's head may take to arrive, from the connection's
+  // opening or the previous answer; a slower one (slowloris) is cut off.
+  absl::Duration head_timeout = absl::Seconds(10);
   // Names besides IP addresses, localhost and the listen host under which
   // the API may be reached, as "host[:port]", or "*" for any.
   std::vector<std::string> allowed_hosts;

@@ -61,6 +61,9 @@ ABSL_FLAG(int, http_max_connections, 256,
           "HTTP connections open at once (each holds a thread); past it 503.");
 ABSL_FLAG(int, http_max_connections_per_client, 16,
           "HTTP connections open at once from one client address; past it 503.");
+ABSL_FLAG(int, http_head_timeout_s, 10,
+          "Seconds a request's head may take to arrive on an HTTP connection; slower ones "
+          "are cut off (slowloris).");
 ABSL_FLAG(std::vector<std::string>, http_allowed_hosts, {},
           "Host names (host[:port],...) the HTTP API answers to besides IP addresses, "
           "localhost and the --http_addr host; * for any. Others get 421 (DNS rebinding).");
@@ -103,6 +106,7 @@ int main(int argc, char** argv) {
   o.http_cors_origins = absl::GetFlag(FLAGS_http_cors_origins);
   o.http_max_connections = absl::GetFlag(FLAGS_http_max_connections);
   o.http_max_connections_per_client = absl::GetFlag(FLAGS_http_max_connections_per_client);
+  o.http_head_timeout = absl::Seconds(absl::GetFlag(FLAGS_http_head_timeout_s));
   o.http_allowed_hosts = absl::GetFlag(FLAGS_http_allowed_hosts);
   const std::tuple<std::string, const char*, std::string*> token_files[] = {
       {absl::GetFlag(FLAGS_auth_token_file), "--auth_token_file", &o.auth_token},

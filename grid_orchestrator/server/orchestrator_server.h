@@ -65,6 +65,8 @@ struct OrchestratorServerOptions {
   // past either a connection gets 503.
   int http_max_connections = 256;
   int http_max_connections_per_client = 16;
+  // How long a request's head may take to arrive (HttpGatewayOptions).
+  absl::Duration http_head_timeout = absl::Seconds(10);
   // Host names besides IP addresses and localhost the HTTP API answers to.
   std::vector<std::string> http_allowed_hosts;
 };
