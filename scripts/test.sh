@@ -36,23 +36,29 @@ build_dir=build
 ctest --test-dir "$build_dir" --output-on-failure --timeout 600 -j "$jobs" "${ctest_args[@]}"
 
 # Fuzzing (default mode only): each libFuzzer target runs for a bounded time
-# over its committed corpus; new inputs go to a scratch folder, and a crash
-# fails the run.
+# over its committed corpus, the targets side by side; new inputs go to a
+# scratch folder, and a crash fails the run.
 if [ "$preset" = default ]; then
   fuzz_seconds=${DGRID_FUZZ_SECONDS:-12}
   cmake --preset fuzz >/dev/null
   cmake --build --preset fuzz -j "$jobs"
   scratch=$(mktemp -d)
   trap 'rm -rf "$scratch"' EXIT
-  for target in tensor_decode grid_plan manifest_parse; do
+  targets=(tensor_decode grid_plan manifest_parse)
+  for target in "${targets[@]}"; do
     mkdir -p "$scratch/$target"
-    echo "fuzz_$target: ${fuzz_seconds}s over fuzz/corpus/$target"
     build-fuzz/bin/fuzz_$target -max_total_time="$fuzz_seconds" -print_final_stats=1 \
-      -artifact_prefix="$scratch/" "$scratch/$target" "fuzz/corpus/$target" 2>&1 |
-      grep -E '^(Done|stat::number_of_executed_units)|^==[0-9]+==|SUMMARY' || true
-    if ls "$scratch"/crash-* "$scratch"/leak-* "$scratch"/timeout-* >/dev/null 2>&1; then
-      echo "fuzz_$target found a failing input:" "$scratch"/crash-* "$scratch"/leak-* "$scratch"/timeout-* >&2
-      exit 1
-    fi
+      -artifact_prefix="$scratch/$target-" "$scratch/$target" "fuzz/corpus/$target" \
+      >"$scratch/$target.log" 2>&1 &
   done
+  wait
+  for target in "${targets[@]}"; do
+    echo "fuzz_$target: ${fuzz_seconds}s over fuzz/corpus/$target"
+    grep -E '^(Done|stat::number_of_executed_units)|^==[0-9]+==|SUMMARY' "$scratch/$target.log" || true
+  done
+  if ls "$scratch"/*crash-* "$scratch"/*leak-* "$scratch"/*timeout-* >/dev/null 2>&1; then
+    echo "a fuzz target found a failing input:" "$scratch"/*crash-* "$scratch"/*leak-* \
+      "$scratch"/*timeout-* >&2
+    exit 1
+  fi
 fi
