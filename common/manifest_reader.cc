@@ -99,12 +99,8 @@ absl::StatusOr<JudgeSpec> JudgeFromProto(const v1::ModelManifest::Judge& p) {
   return judge;
 }
 
-absl::StatusOr<BundleManifest> FromProto(const v1::ModelManifest& p) {
-  BundleManifest m;
-  if (p.name().empty()) return Invalid("name", "is required");
-  m.name = p.name();
-  m.version = p.version();
-  m.description = p.description();
+// The shapes, the denoiser's file and its timestep type.
+absl::Status ReadShapesAndWeights(const v1::ModelManifest& p, BundleManifest& m) {
   if (auto s = CheckShape(p.latent_shape(), "latent_shape"); !s.ok()) return s;
   m.latent_shape.assign(p.latent_shape().begin(), p.latent_shape().end());
   if (p.image_shape_size() == 0) {
@@ -128,7 +124,11 @@ absl::StatusOr<BundleManifest> FromProto(const v1::ModelManifest& p) {
   } else {
     return Invalid("timestep_dtype", "must be \"long\" or \"float\"");
   }
+  return absl::OkStatus();
+}
 
+// schedule: the noise schedule the model was trained with.
+absl::Status ReadSchedule(const v1::ModelManifest& p, BundleManifest& m) {
   const v1::ModelManifest::NoiseSchedule& s = p.schedule();
   m.schedule.beta_schedule = s.beta_schedule().empty() ? "linear" : s.beta_schedule();
   if (m.schedule.beta_schedule != "linear" && m.schedule.beta_schedule != "scaled_linear" &&
@@ -167,7 +167,58 @@ absl::StatusOr<BundleManifest> FromProto(const v1::ModelManifest& p) {
   }
   m.schedule.steps_offset = s.steps_offset();
   m.schedule.set_alpha_to_one = s.has_set_alpha_to_one() ? s.set_alpha_to_one().value() : true;
+  return absl::OkStatus();
+}
 
+// conditioning of a text model: the encoder and the tokenizer.
+absl::Status ReadTextConditioning(const v1::ModelManifest::Conditioning& c, BundleManifest& m) {
+  if (!m.class_labels.empty()) {
+    return Invalid("conditioning.class_labels", "a text model takes no class labels");
+  }
+  TextConditioning& t = m.text;
+  t.encoder_weights = c.text_encoder().weights();
+  if (auto s = CheckBundleFile(t.encoder_weights, "conditioning.text_encoder.weights");
+      !s.ok()) {
+    return s;
+  }
+  t.context_dim = c.text_encoder().context_dim();
+  if (t.context_dim < 1 || t.context_dim > 65536) {
+    return Invalid("conditioning.text_encoder.context_dim", "must be in [1, 65536]");
+  }
+  const v1::ModelManifest::Tokenizer& k = c.tokenizer();
+  t.tokenizer.kind = k.kind();
+  if (k.kind() != "clip_bpe" && k.kind() != "words") {
+    return Invalid("conditioning.tokenizer.kind", "must be \"clip_bpe\" or \"words\"");
+  }
+  t.tokenizer.vocab = k.vocab();
+  if (auto s = CheckBundleFile(k.vocab(), "conditioning.tokenizer.vocab"); !s.ok()) return s;
+  t.tokenizer.merges = k.merges();
+  if (k.kind() == "clip_bpe") {
+    if (auto s = CheckBundleFile(k.merges(), "conditioning.tokenizer.merges"); !s.ok()) {
+      return s;
+    }
+  }
+  t.tokenizer.bos_id = k.bos_id();
+  t.tokenizer.eos_id = k.eos_id();
+  t.tokenizer.pad_id = k.pad_id();
+  t.tokenizer.unk_id = k.unk_id();
+  // -1: none (the words kind); the tokenizer checks each against its vocabulary.
+  const std::pair<const char*, int64_t> ids[] = {
+      {"conditioning.tokenizer.bos_id", k.bos_id()}, {"conditioning.tokenizer.eos_id", k.eos_id()},
+      {"conditioning.tokenizer.pad_id", k.pad_id()}, {"conditioning.tokenizer.unk_id", k.unk_id()}};
+  for (const auto& [field, id] : ids) {
+    if (id < -1 || id > kMaxId) return Invalid(field, absl::StrCat("must be in [-1, ", kMaxId, "]"));
+  }
+  t.tokenizer.max_length = k.max_length() == 0 ? 77 : k.max_length();
+  if (t.tokenizer.max_length < 2 || t.tokenizer.max_length > 4096) {
+    return Invalid("conditioning.tokenizer.max_length", "must be in [2, 4096]");
+  }
+  t.example_prompts.assign(c.example_prompts().begin(), c.example_prompts().end());
+  return absl::OkStatus();
+}
+
+// conditioning: class labels, or text (ReadTextConditioning).
+absl::Status ReadConditioning(const v1::ModelManifest& p, BundleManifest& m) {
   const v1::ModelManifest::Conditioning& c = p.conditioning();
   if (c.kind().empty() || c.kind() == "class") {
     m.conditioning = ConditioningKind::kClass;
@@ -185,51 +236,11 @@ absl::StatusOr<BundleManifest> FromProto(const v1::ModelManifest& p) {
   if (m.null_label < 0 || m.null_label > kMaxId) {
     return Invalid("conditioning.null_label", absl::StrCat("must be in [0, ", kMaxId, "]"));
   }
-  if (m.is_text()) {
-    if (!m.class_labels.empty()) {
-      return Invalid("conditioning.class_labels", "a text model takes no class labels");
-    }
-    TextConditioning& t = m.text;
-    t.encoder_weights = c.text_encoder().weights();
-    if (auto s = CheckBundleFile(t.encoder_weights, "conditioning.text_encoder.weights");
-        !s.ok()) {
-      return s;
-    }
-    t.context_dim = c.text_encoder().context_dim();
-    if (t.context_dim < 1 || t.context_dim > 65536) {
-      return Invalid("conditioning.text_encoder.context_dim", "must be in [1, 65536]");
-    }
-    const v1::ModelManifest::Tokenizer& k = c.tokenizer();
-    t.tokenizer.kind = k.kind();
-    if (k.kind() != "clip_bpe" && k.kind() != "words") {
-      return Invalid("conditioning.tokenizer.kind", "must be \"clip_bpe\" or \"words\"");
-    }
-    t.tokenizer.vocab = k.vocab();
-    if (auto s = CheckBundleFile(k.vocab(), "conditioning.tokenizer.vocab"); !s.ok()) return s;
-    t.tokenizer.merges = k.merges();
-    if (k.kind() == "clip_bpe") {
-      if (auto s = CheckBundleFile(k.merges(), "conditioning.tokenizer.merges"); !s.ok()) {
-        return s;
-      }
-    }
-    t.tokenizer.bos_id = k.bos_id();
-    t.tokenizer.eos_id = k.eos_id();
-    t.tokenizer.pad_id = k.pad_id();
-    t.tokenizer.unk_id = k.unk_id();
-    // -1: none (the words kind); the tokenizer checks each against its vocabulary.
-    const std::pair<const char*, int64_t> ids[] = {
-        {"conditioning.tokenizer.bos_id", k.bos_id()}, {"conditioning.tokenizer.eos_id", k.eos_id()},
-        {"conditioning.tokenizer.pad_id", k.pad_id()}, {"conditioning.tokenizer.unk_id", k.unk_id()}};
-    for (const auto& [field, id] : ids) {
-      if (id < -1 || id > kMaxId) return Invalid(field, absl::StrCat("must be in [-1, ", kMaxId, "]"));
-    }
-    t.tokenizer.max_length = k.max_length() == 0 ? 77 : k.max_length();
-    if (t.tokenizer.max_length < 2 || t.tokenizer.max_length > 4096) {
-      return Invalid("conditioning.tokenizer.max_length", "must be in [2, 4096]");
-    }
-    t.example_prompts.assign(c.example_prompts().begin(), c.example_prompts().end());
-  }
+  return m.is_text() ? ReadTextConditioning(c, m) : absl::OkStatus();
+}
 
+// decoder: from latents to pixels, and the pixels' value range.
+absl::Status ReadDecoder(const v1::ModelManifest& p, BundleManifest& m) {
   m.decoder_kind = p.decoder().kind().empty() ? "identity" : p.decoder().kind();
   if (m.decoder_kind != "identity" && m.decoder_kind != "torchscript") {
     return Invalid("decoder.kind", "must be identity or torchscript");
@@ -261,7 +272,11 @@ absl::StatusOr<BundleManifest> FromProto(const v1::ModelManifest& p) {
   } else if (p.decoder().value_range_size() != 0) {
     return Invalid("decoder.value_range", "needs exactly [lo, hi]");
   }
+  return absl::OkStatus();
+}
 
+// defaults: what a request that leaves a sampler setting unset gets.
+absl::Status ReadDefaults(const v1::ModelManifest& p, BundleManifest& m) {
   const v1::ModelManifest::SamplerDefaults& d = p.defaults();
   if (d.steps() != 0) m.defaults.steps = d.steps();
   if (m.defaults.steps < 1 || m.defaults.steps > m.schedule.train_timesteps) {
@@ -283,6 +298,20 @@ absl::StatusOr<BundleManifest> FromProto(const v1::ModelManifest& p) {
   } else if (!d.spacing().empty() && d.spacing() != "leading") {
     return Invalid("defaults.spacing", "must be \"leading\" or \"trailing\"");
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<BundleManifest> FromProto(const v1::ModelManifest& p) {
+  BundleManifest m;
+  if (p.name().empty()) return Invalid("name", "is required");
+  m.name = p.name();
+  m.version = p.version();
+  m.description = p.description();
+  RETURN_IF_ERROR(ReadShapesAndWeights(p, m));
+  RETURN_IF_ERROR(ReadSchedule(p, m));
+  RETURN_IF_ERROR(ReadConditioning(p, m));
+  RETURN_IF_ERROR(ReadDecoder(p, m));
+  RETURN_IF_ERROR(ReadDefaults(p, m));
   m.license = p.data().license();
   m.classifier = p.classifier();
   if (p.has_judge()) {
