@@ -180,6 +180,63 @@ absl::StatusOr<RunRequest> ParseRun(const Request& request, const BundleManifest
   return run;
 }
 
+// A Branch request as the engine takes it: ParseRun plus the step range,
+// captures, images, fairness and deadline.
+absl::StatusOr<RunRequest> ParseBranch(const v1::BranchRequest& request, const BundleManifest& m,
+                                       int max_trajectories, absl::Time deadline) {
+  if (request.progress_interval_ms() < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("progress_interval_ms must be >= 0 (0: no progress events), got ",
+                     request.progress_interval_ms()));
+  }
+  ASSIGN_OR_RETURN(RunRequest run, ParseRun(request, m, max_trajectories, request.start_step()));
+  run.start_step = request.start_step();
+  run.end_step = request.end_step();
+  run.capture_steps.assign(request.capture_steps().begin(), request.capture_steps().end());
+  run.previews = request.previews();
+  run.decode = request.decode();
+  run.decode_finals_only = request.decode_finals_only();
+  run.deadline = deadline;
+  run.fairness_key = request.fairness_key();
+  run.fairness_rank = request.fairness_rank();
+  return run;
+}
+
+// Writes a Branch run's events to its caller as they come, with Progress
+// events between them, until the run ends; cancels the run when the client
+// goes away. Returns the run's status in the wire's field names.
+absl::Status StreamBranch(const v1::BranchRequest& request, const ServedModel& model, Run& run,
+                          grpc::ServerContext& context,
+                          grpc::ServerWriter<v1::BranchEvent>& writer) {
+  const BundleManifest& m = model.model->manifest();
+  RunEvent event;
+  v1::BranchEvent out;
+  ProgressTicker progress(absl::Milliseconds(request.progress_interval_ms()), *model.batcher);
+  while (true) {
+    const Run::Wait w = run.Next(progress.poll(), &event);
+    if (w == Run::Wait::kDone) break;
+    if (w == Run::Wait::kTimeout) {
+      if (context.IsCancelled() || !progress.SendIfDue(run, &writer)) run.Cancel();
+      continue;
+    }
+    const bool images = request.decode() && (event.kind == RunEvent::Kind::kFinal ||
+                                             !request.decode_finals_only());
+    if (absl::Status decoded = RunEventToProto(event, m, request.previews(), images, &out);
+        !decoded.ok()) {
+      run.Cancel();
+      return decoded;
+    }
+    if (!writer.Write(out) || !progress.SendIfDue(run, &writer)) {
+      // The client went away: stop its trajectories on the engine.
+      run.Cancel();
+    }
+  }
+  const absl::Status status = ToWireFields(run.status(), DenoiserRpc::kBranch);
+  // A failed attempt's last count: the caller counts what it spent.
+  if (!status.ok()) progress.Send(run, &writer);
+  return status;
+}
+
 // A Judge request's image as the judge takes it: 8-bit [H, W, C] of the
 // model's image_shape, from its pixels tensor or its PNG. Errors name
 // `field` (images[i]).
@@ -351,57 +408,14 @@ grpc::Status DenoiserServiceImpl::Branch(grpc::ServerContext* context,
   auto served = FindModel(request->model());
   if (!served.ok()) return Count("Branch", ToGrpcStatus(served.status()));
   ServedModel& model = **served;
-  const BundleManifest& m = model.model->manifest();
-  auto run_request =
-      ParseRun(*request, m, max_trajectories_per_request_, request->start_step());
+  auto run_request = ParseBranch(*request, model.model->manifest(),
+                                 max_trajectories_per_request_, DeadlineOf(*context));
   if (!run_request.ok()) return Count("Branch", ToGrpcStatus(run_request.status()));
-  run_request->start_step = request->start_step();
-  run_request->end_step = request->end_step();
-  run_request->capture_steps.assign(request->capture_steps().begin(),
-                                    request->capture_steps().end());
-  run_request->previews = request->previews();
-  run_request->decode = request->decode();
-  run_request->decode_finals_only = request->decode_finals_only();
-  run_request->deadline = DeadlineOf(*context);
-  run_request->fairness_key = request->fairness_key();
-  run_request->fairness_rank = request->fairness_rank();
-  if (request->progress_interval_ms() < 0) {
-    return Count("Branch", ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
-                               "progress_interval_ms must be >= 0 (0: no progress events), got ",
-                               request->progress_interval_ms()))));
-  }
-
   auto run = model.batcher->Start(std::move(*run_request));
   if (!run.ok()) {
     return Count("Branch", ToGrpcStatus(ToWireFields(run.status(), DenoiserRpc::kBranch)));
   }
-
-  RunEvent event;
-  v1::BranchEvent out;
-  ProgressTicker progress(absl::Milliseconds(request->progress_interval_ms()), *model.batcher);
-  while (true) {
-    const Run::Wait w = (*run)->Next(progress.poll(), &event);
-    if (w == Run::Wait::kDone) break;
-    if (w == Run::Wait::kTimeout) {
-      if (context->IsCancelled() || !progress.SendIfDue(**run, writer)) (*run)->Cancel();
-      continue;
-    }
-    const bool images = request->decode() && (event.kind == RunEvent::Kind::kFinal ||
-                                              !request->decode_finals_only());
-    const absl::Status decoded = RunEventToProto(event, m, request->previews(), images, &out);
-    if (!decoded.ok()) {
-      (*run)->Cancel();
-      return Count("Branch", ToGrpcStatus(decoded));
-    }
-    if (!writer->Write(out) || !progress.SendIfDue(**run, writer)) {
-      // The client went away: stop its trajectories on the engine.
-      (*run)->Cancel();
-    }
-  }
-  const absl::Status status = ToWireFields((*run)->status(), DenoiserRpc::kBranch);
-  // A failed attempt's last count: the caller counts what it spent.
-  if (!status.ok()) progress.Send(**run, writer);
-  return Count("Branch", ToGrpcStatus(status));
+  return Count("Branch", ToGrpcStatus(StreamBranch(*request, model, **run, *context, *writer)));
 }
 
 grpc::Status DenoiserServiceImpl::Decode(grpc::ServerContext* context,
