@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/philox.h"
+#include "common/status_macros.h"
 #include "denoiser_service/engine/denoiser_model.h"
 #include "denoiser_service/engine/field_error.h"
 #include "denoiser_service/text/tokenizer.h"
@@ -367,15 +368,7 @@ absl::StatusOr<std::shared_ptr<Run>> TrajectoryBatcher::Start(RunRequest request
   if (request.end_step == 0) request.end_step = request.sampler.steps;
 
   const int n = static_cast<int>(request.trajectories.size());
-  // Admission control: reserve n slots or refuse the whole run.
-  int current = outstanding_.load();
-  do {
-    if (current + n > options_.max_queue) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "denoiser queue is full (", current, " of ", options_.max_queue,
-          " trajectories admitted); retry later or on another replica"));
-    }
-  } while (!outstanding_.compare_exchange_weak(current, current + n));
+  RETURN_IF_ERROR(ReserveSlots(n));
 
   auto run = std::make_shared<Run>();
   run->schedule_ = std::move(*schedule);
@@ -428,18 +421,7 @@ absl::StatusOr<std::shared_ptr<Run>> TrajectoryBatcher::Start(RunRequest request
             {segment.from_step, phase_of(*segment.conditioning)});
       }
     }
-    a.x = std::move(request.trajectories[i].latent);
-    a.latent_given = !a.x.empty();
-    for (float v : a.x) a.latent_max_abs = std::max(a.latent_max_abs, std::abs(v));
-    if (a.x.empty()) {
-      a.x.resize(m.LatentNumel());
-      FillGaussian({request.trajectories[i].path.init_seed, NoiseStream::kInitialLatent, 0},
-                   absl::MakeSpan(a.x));
-      const float scale = static_cast<float>(run->schedule_->initial_scale());
-      if (scale != 1.0f) {
-        for (float& v : a.x) v *= scale;
-      }
-    }
+    SetStartLatent(request.trajectories[i], *run->schedule_, a);
     if (request.previews) a.x0.resize(a.x.size());
   }
   run->request_ = std::move(request);
@@ -449,6 +431,32 @@ absl::StatusOr<std::shared_ptr<Run>> TrajectoryBatcher::Start(RunRequest request
   }
   work_.notify_one();
   return run;
+}
+
+absl::Status TrajectoryBatcher::ReserveSlots(int n) {
+  int current = outstanding_.load();
+  do {
+    if (current + n > options_.max_queue) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "denoiser queue is full (", current, " of ", options_.max_queue,
+          " trajectories admitted); retry later or on another replica"));
+    }
+  } while (!outstanding_.compare_exchange_weak(current, current + n));
+  return absl::OkStatus();
+}
+
+void TrajectoryBatcher::SetStartLatent(TrajectoryStart& start, const SamplerSchedule& schedule,
+                                       Active& a) const {
+  a.x = std::move(start.latent);
+  a.latent_given = !a.x.empty();
+  for (float v : a.x) a.latent_max_abs = std::max(a.latent_max_abs, std::abs(v));
+  if (!a.x.empty()) return;
+  a.x.resize(model_->latent_numel());
+  FillGaussian({start.path.init_seed, NoiseStream::kInitialLatent, 0}, absl::MakeSpan(a.x));
+  const float scale = static_cast<float>(schedule.initial_scale());
+  if (scale != 1.0f) {
+    for (float& v : a.x) v *= scale;
+  }
 }
 
 TrajectoryBatcher::Phase TrajectoryBatcher::PhaseFor(const SegmentConditioning& c,
@@ -573,69 +581,66 @@ void TrajectoryBatcher::Admit(std::vector<Active>& arrivals) {
 // fails, each prompt is encoded alone: a prompt the encoder fails on ends
 // the runs that use it (they leave `arrivals`), not the others admitted
 // beside them.
-void TrajectoryBatcher::ResolveContexts(std::vector<Active>& arrivals) {
-  // This admission's distinct prompts and their contexts: found in the
-  // cache, or encoded below (and kept here too, whatever the cache's size).
-  std::vector<std::pair<const std::vector<int64_t>*, ContextCache::Context>> resolved;
-  std::vector<size_t> missing;  // indices into `resolved`
-  std::vector<std::pair<const std::vector<int64_t>*, absl::Status>> failed;
-  auto resolve = [&](const std::vector<int64_t>& ids) {
-    for (const auto& [known, _] : resolved) {
+namespace {
+
+// One admission's distinct prompts, by their padded ids, and their contexts:
+// found in the cache, or encoded in one batch (and kept here too, whatever
+// the cache's size); and the prompts the encoder failed on.
+class AdmissionContexts {
+ public:
+  explicit AdmissionContexts(ContextCache& cache) : cache_(cache) {}
+
+  // Notes a prompt the admission needs. `ids` must outlive this.
+  void Want(const std::vector<int64_t>& ids) {
+    for (const auto& [known, _] : resolved_) {
       if (*known == ids) return;
     }
-    resolved.push_back({&ids, contexts_->Find(ids)});
-    if (!resolved.back().second) missing.push_back(resolved.size() - 1);
-  };
-  const Run* last = nullptr;
-  for (const Active& a : arrivals) {
-    if (a.run.get() == last) continue;  // a run's trajectories share its prompts
-    last = a.run.get();
-    resolve(a.run->prompt_ids_);
-    resolve(a.run->negative_ids_);
-    for (const auto& [prompt, negative] : a.run->switch_ids_) {
-      resolve(prompt);
-      resolve(negative);
-    }
+    resolved_.push_back({&ids, cache_.Find(ids)});
+    if (!resolved_.back().second) missing_.push_back(resolved_.size() - 1);
   }
-  const absl::Time start = absl::Now();
-  if (!missing.empty()) {
-    const int length = model_->context_length();
-    const size_t per = static_cast<size_t>(length) * model_->context_dim();
+
+  // Encodes the prompts the cache lacked in one batch; when the batch fails,
+  // each alone, so that one bad prompt fails only itself.
+  void EncodeMissing(DenoiserModel& model) {
+    if (missing_.empty()) return;
+    const int length = model.context_length();
+    const size_t per = static_cast<size_t>(length) * model.context_dim();
     std::vector<int64_t> ids;
-    ids.reserve(missing.size() * length);
-    for (size_t k : missing) ids.insert(ids.end(), resolved[k].first->begin(), resolved[k].first->end());
-    std::vector<float> out(missing.size() * per);
-    const int n = static_cast<int>(missing.size());
-    const absl::Status batched = model_->EncodeText(ids, n, absl::MakeSpan(out));
+    ids.reserve(missing_.size() * length);
+    for (size_t k : missing_) {
+      ids.insert(ids.end(), resolved_[k].first->begin(), resolved_[k].first->end());
+    }
+    std::vector<float> out(missing_.size() * per);
+    const int n = static_cast<int>(missing_.size());
+    const absl::Status batched = model.EncodeText(ids, n, absl::MakeSpan(out));
     for (int k = 0; k < n; ++k) {
-      auto& [key, context] = resolved[missing[k]];
+      auto& [key, context] = resolved_[missing_[k]];
       absl::Status alone = batched;
       if (!batched.ok() && n > 1) {
-        alone = model_->EncodeText(absl::MakeConstSpan(ids).subspan(k * length, length), 1,
-                                   absl::MakeSpan(out).subspan(k * per, per));
+        alone = model.EncodeText(absl::MakeConstSpan(ids).subspan(k * length, length), 1,
+                                 absl::MakeSpan(out).subspan(k * per, per));
       }
       if (!alone.ok()) {
-        failed.push_back({key, std::move(alone)});
+        failed_.push_back({key, std::move(alone)});
         continue;  // its context stays null
       }
       context = std::make_shared<const std::vector<float>>(out.begin() + k * per,
                                                            out.begin() + (k + 1) * per);
-      contexts_->Put(*key, context);
+      cache_.Put(*key, context);
     }
   }
-  if (observer_) {
-    observer_->OnTextContexts(static_cast<int>(resolved.size() - missing.size()),
-                              static_cast<int>(missing.size()),
-                              missing.empty() ? absl::ZeroDuration() : absl::Now() - start);
-  }
-  auto context_of = [&](const std::vector<int64_t>& ids) {
-    for (const auto& [key, context] : resolved) {
+
+  // The context of a wanted prompt; null for one the encoder failed on.
+  ContextCache::Context Of(const std::vector<int64_t>& ids) const {
+    for (const auto& [key, context] : resolved_) {
       if (*key == ids) return context;
     }
-    return ContextCache::Context();  // a prompt the encoder failed on
-  };
-  auto failure_of = [&](const std::vector<int64_t>& ids, const char* field) {
-    for (const auto& [key, status] : failed) {
+    return nullptr;
+  }
+
+  // Why the encoder failed on `ids` (OK if it did not), naming `field`.
+  absl::Status FailureOf(const std::vector<int64_t>& ids, const char* field) const {
+    for (const auto& [key, status] : failed_) {
       if (*key == ids) {
         return absl::Status(status.code(), absl::StrCat("conditioning.", field,
                                                         ": the text encoder failed on it: ",
@@ -643,23 +648,56 @@ void TrajectoryBatcher::ResolveContexts(std::vector<Active>& arrivals) {
       }
     }
     return absl::OkStatus();
+  }
+
+  int found() const { return static_cast<int>(resolved_.size() - missing_.size()); }
+  int encoded() const { return static_cast<int>(missing_.size()); }
+
+ private:
+  ContextCache& cache_;
+  std::vector<std::pair<const std::vector<int64_t>*, ContextCache::Context>> resolved_;
+  std::vector<size_t> missing_;  // indices into resolved_
+  std::vector<std::pair<const std::vector<int64_t>*, absl::Status>> failed_;
+};
+
+}  // namespace
+
+void TrajectoryBatcher::ResolveContexts(std::vector<Active>& arrivals) {
+  AdmissionContexts contexts(*contexts_);
+  const Run* last = nullptr;
+  for (const Active& a : arrivals) {
+    if (a.run.get() == last) continue;  // a run's trajectories share its prompts
+    last = a.run.get();
+    contexts.Want(a.run->prompt_ids_);
+    contexts.Want(a.run->negative_ids_);
+    for (const auto& [prompt, negative] : a.run->switch_ids_) {
+      contexts.Want(prompt);
+      contexts.Want(negative);
+    }
+  }
+  const absl::Time start = absl::Now();
+  contexts.EncodeMissing(*model_);
+  if (observer_) {
+    observer_->OnTextContexts(contexts.found(), contexts.encoded(),
+                              contexts.encoded() ? absl::Now() - start : absl::ZeroDuration());
+  }
+  // Why a phase has no context: its prompt's or its negative prompt's failure.
+  auto failure = [&](const std::vector<int64_t>& prompt, const std::vector<int64_t>& negative) {
+    absl::Status status = contexts.FailureOf(prompt, "prompt");
+    return status.ok() ? contexts.FailureOf(negative, "negative_prompt") : status;
   };
   size_t kept = 0;
   for (size_t i = 0; i < arrivals.size(); ++i) {
     Active& a = arrivals[i];
-    a.context = context_of(a.run->prompt_ids_);
-    a.uncontext = context_of(a.run->negative_ids_);
+    a.context = contexts.Of(a.run->prompt_ids_);
+    a.uncontext = contexts.Of(a.run->negative_ids_);
     absl::Status status = absl::OkStatus();
-    if (!a.context || !a.uncontext) {
-      status = failure_of(a.run->prompt_ids_, "prompt");
-      if (status.ok()) status = failure_of(a.run->negative_ids_, "negative_prompt");
-    }
+    if (!a.context || !a.uncontext) status = failure(a.run->prompt_ids_, a.run->negative_ids_);
     for (auto& [from_step, phase] : a.switches) {
-      phase.context = context_of(*phase.prompt_ids);
-      phase.uncontext = context_of(*phase.negative_ids);
+      phase.context = contexts.Of(*phase.prompt_ids);
+      phase.uncontext = contexts.Of(*phase.negative_ids);
       if (status.ok() && (!phase.context || !phase.uncontext)) {
-        status = failure_of(*phase.prompt_ids, "prompt");
-        if (status.ok()) status = failure_of(*phase.negative_ids, "negative_prompt");
+        status = failure(*phase.prompt_ids, *phase.negative_ids);
         if (status.ok()) status = absl::InternalError("a switched prompt has no context");
       }
     }
@@ -902,57 +940,66 @@ bool TrajectoryBatcher::Emit(Active& a) {
 }
 
 void TrajectoryBatcher::DecodeAndDeliver(bool drain) {
-  // Which events owe images now. The lowest-ranked runs' images go at once;
-  // other runs' take turns with the forward passes as Decode requests do
-  // (kDecodeChunk images while decode_debt_ allows), so one tenant's many
-  // finals cannot hold back another's small grid. A run's events keep their
-  // order: once one is deferred, so are its later ones. `drain` (nothing
-  // else to run) takes everything.
-  auto owes_images = [](const Emitted& e) {
-    const RunRequest& r = e.run->request_;
-    return r.decode && (e.event.kind == RunEvent::Kind::kFinal || !r.decode_finals_only);
-  };
+  int other_images = 0;
+  const std::vector<size_t> now = EventsGoingNow(drain, &other_images);
+  DecodeImages(now, other_images);
+  Deliver(now);
+}
+
+bool TrajectoryBatcher::OwesImages(const Emitted& e) {
+  const RunRequest& r = e.run->request_;
+  return r.decode && (e.event.kind == RunEvent::Kind::kFinal || !r.decode_finals_only);
+}
+
+std::vector<size_t> TrajectoryBatcher::EventsGoingNow(bool drain, int* other_images) const {
+  // The lowest-ranked runs' images go at once; other runs' take turns with
+  // the forward passes as Decode requests do (kDecodeChunk images while
+  // decode_debt_ allows), so one tenant's many finals cannot hold back
+  // another's small grid. A run's events keep their order: once one is
+  // deferred, so are its later ones. `drain` (nothing else to run) takes
+  // everything.
   uint64_t head = std::numeric_limits<uint64_t>::max();
   for (const Emitted& e : emitted_) {
-    if (owes_images(e)) head = std::min(head, e.run->rank_);
+    if (OwesImages(e)) head = std::min(head, e.run->rank_);
   }
   const bool others_may_decode = drain || decode_debt_ <= absl::ZeroDuration();
   std::vector<const Run*> deferred;
-  auto is_deferred = [&](const Run* run) {
-    return std::find(deferred.begin(), deferred.end(), run) != deferred.end();
-  };
-  std::vector<size_t> now;  // indices into emitted_, in order
-  int images = 0, other_images = 0;
+  std::vector<size_t> now;
+  int images = 0;
+  *other_images = 0;
   for (size_t e = 0; e < emitted_.size(); ++e) {
     const Emitted& em = emitted_[e];
     const Run* run = em.run.get();
-    bool defer = is_deferred(run);
-    if (!defer && owes_images(em)) {
+    bool defer = std::find(deferred.begin(), deferred.end(), run) != deferred.end();
+    if (!defer && OwesImages(em)) {
       const int owed = em.event.x0.empty() ? 1 : 2;
       const bool other = run->rank_ != head && !drain;
       // One decoder batch stays bounded (memory, and the wait of a run
       // that arrives meanwhile); the first event always goes.
       defer = (images > 0 && images + owed > kMaxDecodeBatch) ||
-              (other && (!others_may_decode || other_images + owed > kDecodeChunk));
+              (other && (!others_may_decode || *other_images + owed > kDecodeChunk));
       if (!defer) {
         images += owed;
-        if (other) other_images += owed;
+        if (other) *other_images += owed;
       }
     }
-    if (defer) {
-      if (!is_deferred(run)) deferred.push_back(run);
-      continue;
+    if (!defer) {
+      now.push_back(e);
+    } else if (std::find(deferred.begin(), deferred.end(), run) == deferred.end()) {
+      deferred.push_back(run);
     }
-    now.push_back(e);
   }
+  return now;
+}
 
+void TrajectoryBatcher::DecodeImages(const std::vector<size_t>& now, int other_images) {
   // Every image owed now goes through the decoder in one batch: a VAE is far
   // cheaper per image at batch 16 than 16 times at batch 1.
   std::vector<float> latents;
   std::vector<std::pair<size_t, bool>> slots;  // (event, is x0)
   for (size_t e : now) {
     const RunEvent& event = emitted_[e].event;
-    if (!owes_images(emitted_[e])) continue;
+    if (!OwesImages(emitted_[e])) continue;
     latents.insert(latents.end(), event.latent.begin(), event.latent.end());
     slots.push_back({e, false});
     if (!event.x0.empty()) {
@@ -960,25 +1007,27 @@ void TrajectoryBatcher::DecodeAndDeliver(bool drain) {
       slots.push_back({e, true});
     }
   }
-  if (!slots.empty()) {
-    const absl::Time start = absl::Now();
-    const int n = static_cast<int>(slots.size());
-    absl::StatusOr<std::vector<uint8_t>> pixels = model_->Decode(latents, n);
-    const absl::Duration took = absl::Now() - start;
-    if (observer_) observer_->OnDecode(n, took);
-    decode_debt_ += took * other_images / n;
-    if (!pixels.ok()) {
-      for (auto& [e, _] : slots) emitted_[e].run->Finish(pixels.status());
-    } else {
-      const size_t per = pixels->size() / n;
-      for (int k = 0; k < n; ++k) {
-        RunEvent& event = emitted_[slots[k].first].event;
-        std::vector<uint8_t>& out = slots[k].second ? event.x0_pixels : event.pixels;
-        out.assign(pixels->begin() + k * per, pixels->begin() + (k + 1) * per);
-      }
-    }
+  if (slots.empty()) return;
+  const absl::Time start = absl::Now();
+  const int n = static_cast<int>(slots.size());
+  absl::StatusOr<std::vector<uint8_t>> pixels = model_->Decode(latents, n);
+  const absl::Duration took = absl::Now() - start;
+  if (observer_) observer_->OnDecode(n, took);
+  decode_debt_ += took * other_images / n;
+  if (!pixels.ok()) {
+    for (auto& [e, _] : slots) emitted_[e].run->Finish(pixels.status());
+    return;
   }
-  if (deferred.empty()) {  // the usual case: everything goes out
+  const size_t per = pixels->size() / n;
+  for (int k = 0; k < n; ++k) {
+    RunEvent& event = emitted_[slots[k].first].event;
+    std::vector<uint8_t>& out = slots[k].second ? event.x0_pixels : event.pixels;
+    out.assign(pixels->begin() + k * per, pixels->begin() + (k + 1) * per);
+  }
+}
+
+void TrajectoryBatcher::Deliver(const std::vector<size_t>& now) {
+  if (now.size() == emitted_.size()) {  // the usual case: everything goes out
     for (Emitted& e : emitted_) e.run->Push(std::move(e.event));
     emitted_.clear();
     for (const auto& run : done_runs_) run->TrajectoryDone();
@@ -995,10 +1044,15 @@ void TrajectoryBatcher::DecodeAndDeliver(bool drain) {
     }
   }
   emitted_.swap(later);
-  // A trajectory ends after its final is delivered.
+  // A trajectory ends after its final is delivered: a run with an event
+  // still waiting is not done yet.
+  auto waiting = [this](const Run* run) {
+    return std::any_of(emitted_.begin(), emitted_.end(),
+                       [run](const Emitted& e) { return e.run.get() == run; });
+  };
   size_t kept = 0;
   for (size_t i = 0; i < done_runs_.size(); ++i) {
-    if (is_deferred(done_runs_[i].get())) {
+    if (waiting(done_runs_[i].get())) {
       done_runs_[kept++] = std::move(done_runs_[i]);
     } else {
       done_runs_[i]->TrajectoryDone();

@@ -215,6 +215,11 @@ class TrajectoryBatcher {
   struct Emitted;
 
   absl::Status Validate(const RunRequest& request) const;
+  // Admission control: reserves n of the queue's places, or refuses them all.
+  absl::Status ReserveSlots(int n);
+  // x at the start step: the caller's latent, or x_T drawn from the path's
+  // initial seed and scaled for the sampler.
+  void SetStartLatent(TrajectoryStart& start, const SamplerSchedule& schedule, Active& a) const;
   absl::StatusOr<std::shared_ptr<const SamplerSchedule>> ScheduleFor(const SamplerChoice& choice);
   void Loop();
   // Joins new trajectories: their text contexts, and the capture at their
@@ -240,6 +245,15 @@ class TrajectoryBatcher {
   // them in order and ends the runs that finished. Images of runs ranked
   // behind the lowest wait their turn (see the definition) unless `drain`.
   void DecodeAndDeliver(bool drain);
+  // DecodeAndDeliver's parts. Whether an emitted event carries images.
+  static bool OwesImages(const Emitted& e);
+  // Indices into emitted_, in order, of the events that go out now; counts
+  // the images of runs behind the lowest-ranked in `other_images`.
+  std::vector<size_t> EventsGoingNow(bool drain, int* other_images) const;
+  // Decodes the images those events owe in one decoder batch.
+  void DecodeImages(const std::vector<size_t>& now, int other_images);
+  // Pushes those events to their runs; the rest wait for the next turn.
+  void Deliver(const std::vector<size_t>& now);
   // One iteration: the steps below, in order.
   void Iterate(std::vector<Active>& active);
   void DropStopped(std::vector<Active>& active);
