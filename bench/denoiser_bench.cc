@@ -5,6 +5,7 @@
 // batching cost.
 #include <grpcpp/grpcpp.h>
 
+#include <array>
 #include <atomic>
 #include <thread>
 
@@ -38,17 +39,22 @@ double RawForward(DenoiserModel& model, int batch, double seconds) {
   const int64_t numel = model.latent_numel();
   std::vector<float> x(batch * numel, 0.1f), out(batch * numel);
   std::vector<int64_t> t(batch, 500), cond(batch, model.manifest().null_label);
-  std::vector<float> context;
+  std::vector<float> context, time_ids;
   if (const Tokenizer* tokenizer = model.tokenizer()) {
     const std::vector<int64_t> empty = tokenizer->Padded(tokenizer->Encode(""));
     std::vector<int64_t> ids;
     for (int i = 0; i < batch; ++i) ids.insert(ids.end(), empty.begin(), empty.end());
-    context.resize(static_cast<size_t>(batch) * model.context_length() * model.context_dim());
+    context.resize(batch * model.encoding_size());
     if (!model.EncodeText(ids, batch, absl::MakeSpan(context)).ok()) return 0;
+    if (model.manifest().text.size_ids) {
+      const std::array<float, 6> row = model.TimeIds({});
+      for (int i = 0; i < batch; ++i) time_ids.insert(time_ids.end(), row.begin(), row.end());
+    }
   }
   auto forward = [&] {
     return context.empty() ? model.Forward(x, t, cond, batch, absl::MakeSpan(out))
-                           : model.ForwardText(x, t, context, batch, absl::MakeSpan(out));
+                           : model.ForwardText(x, t, context, time_ids, batch,
+                                               absl::MakeSpan(out));
   };
   for (int i = 0; i < 2; ++i) (void)forward();
   int64_t images = 0;

@@ -174,12 +174,14 @@ double RawImagesPerSecond(DenoiserModel& model, absl::Duration seconds) {
   double best = 0;
   const int64_t numel = model.latent_numel();
   const bool text = model.manifest().is_text();
-  const size_t context = static_cast<size_t>(model.context_length()) * model.context_dim();
+  const size_t context = model.encoding_size();
+  const bool size_ids = text && model.manifest().text.size_ids;
   for (int batch : {1, 2, 4, 8, 16, 32, 64, 128, 256}) {
     std::vector<float> x(batch * numel, 0.1f), out(batch * numel), ctx(batch * context, 0.1f);
+    std::vector<float> time_ids(size_ids ? batch * 6 : 0, 512.0f);
     std::vector<int64_t> t(batch, 500), cond(batch, model.manifest().null_label);
     auto forward = [&] {
-      return text ? model.ForwardText(x, t, ctx, batch, absl::MakeSpan(out))
+      return text ? model.ForwardText(x, t, ctx, time_ids, batch, absl::MakeSpan(out))
                   : model.Forward(x, t, cond, batch, absl::MakeSpan(out));
     };
     (void)forward();

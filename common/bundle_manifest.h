@@ -39,6 +39,21 @@ struct SamplerDefaults {
   Spacing spacing = Spacing::kLeading;
 };
 
+// SDXL-style size and crop conditioning (the denoiser's time_ids), in
+// pixels; 0 in a size is the model's default. As proto SizeConditioning.
+struct SizeConditioning {
+  // The largest size or crop offset a manifest or a request may give.
+  static constexpr int kMaxPixels = 16384;
+  int original_height = 0, original_width = 0;
+  int crop_top = 0, crop_left = 0;
+  int target_height = 0, target_width = 0;
+  bool operator==(const SizeConditioning& o) const {
+    return original_height == o.original_height && original_width == o.original_width &&
+           crop_top == o.crop_top && crop_left == o.crop_left &&
+           target_height == o.target_height && target_width == o.target_width;
+  }
+};
+
 enum class ConditioningKind { kClass, kText };
 
 // A text model's tokenizer files (relative to the bundle folder) and ids.
@@ -60,6 +75,18 @@ struct TextConditioning {
   int context_dim = 0;
   TokenizerFiles tokenizer;
   std::vector<std::string> example_prompts;
+  // SDXL-style extras (manifest conditioning.extra). P > 0: the encoder also
+  // gives pooled [B, P], the denoiser's fourth input.
+  int pooled_dim = 0;
+  // The denoiser takes time_ids [B, 6] as its last input.
+  bool size_ids = false;
+  // >= 0: the encoder takes a second ids tensor padded with this id.
+  int64_t second_pad_id = -1;
+  // An empty negative prompt is zeros, not the encoding of "".
+  bool zeros_for_empty_negative = false;
+  // The sizes a request leaves at 0 get (image_shape's unless the manifest
+  // says otherwise).
+  int default_height = 0, default_width = 0;
 };
 
 // One head of a judge: which output of the module holds its logits, and

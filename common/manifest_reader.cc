@@ -170,6 +170,44 @@ absl::Status ReadSchedule(const v1::ModelManifest& p, BundleManifest& m) {
   return absl::OkStatus();
 }
 
+// conditioning.extra of a text model: SDXL's pooled embedding, size ids,
+// second tokenizer padding and zeroed empty negative prompt.
+absl::Status ReadExtraConditioning(const v1::ModelManifest::ExtraConditioning& e,
+                                   BundleManifest& m) {
+  TextConditioning& t = m.text;
+  if (e.pooled_dim() < 0 || e.pooled_dim() > 65536) {
+    return Invalid("conditioning.extra.pooled_dim", "must be in [0, 65536]");
+  }
+  t.pooled_dim = e.pooled_dim();
+  t.size_ids = e.size_ids();
+  if (e.has_second_pad_id()) {
+    if (e.second_pad_id().value() < 0 || e.second_pad_id().value() > kMaxId) {
+      return Invalid("conditioning.extra.second_pad_id",
+                     absl::StrCat("must be in [0, ", kMaxId, "]"));
+    }
+    t.second_pad_id = e.second_pad_id().value();
+  }
+  t.zeros_for_empty_negative = e.zeros_for_empty_negative();
+  t.default_height = static_cast<int>(m.image_shape[0]);
+  t.default_width = static_cast<int>(m.image_shape[1]);
+  if (e.default_size_size() == 2) {
+    t.default_height = e.default_size(0);
+    t.default_width = e.default_size(1);
+    constexpr int kMax = SizeConditioning::kMaxPixels;
+    if (t.default_height < 1 || t.default_height > kMax || t.default_width < 1 ||
+        t.default_width > kMax) {
+      return Invalid("conditioning.extra.default_size",
+                     absl::StrCat("sizes must be in [1, ", kMax, "]"));
+    }
+  } else if (e.default_size_size() != 0) {
+    return Invalid("conditioning.extra.default_size", "needs exactly [height, width]");
+  }
+  if (!t.size_ids && e.default_size_size() != 0) {
+    return Invalid("conditioning.extra.default_size", "is for a model with size_ids");
+  }
+  return absl::OkStatus();
+}
+
 // conditioning of a text model: the encoder and the tokenizer.
 absl::Status ReadTextConditioning(const v1::ModelManifest::Conditioning& c, BundleManifest& m) {
   if (!m.class_labels.empty()) {
@@ -207,14 +245,16 @@ absl::Status ReadTextConditioning(const v1::ModelManifest::Conditioning& c, Bund
       {"conditioning.tokenizer.bos_id", k.bos_id()}, {"conditioning.tokenizer.eos_id", k.eos_id()},
       {"conditioning.tokenizer.pad_id", k.pad_id()}, {"conditioning.tokenizer.unk_id", k.unk_id()}};
   for (const auto& [field, id] : ids) {
-    if (id < -1 || id > kMaxId) return Invalid(field, absl::StrCat("must be in [-1, ", kMaxId, "]"));
+    if (id < -1 || id > kMaxId) {
+      return Invalid(field, absl::StrCat("must be in [-1, ", kMaxId, "]"));
+    }
   }
   t.tokenizer.max_length = k.max_length() == 0 ? 77 : k.max_length();
   if (t.tokenizer.max_length < 2 || t.tokenizer.max_length > 4096) {
     return Invalid("conditioning.tokenizer.max_length", "must be in [2, 4096]");
   }
   t.example_prompts.assign(c.example_prompts().begin(), c.example_prompts().end());
-  return absl::OkStatus();
+  return ReadExtraConditioning(c.extra(), m);
 }
 
 // conditioning: class labels, or text (ReadTextConditioning).
@@ -227,9 +267,8 @@ absl::Status ReadConditioning(const v1::ModelManifest& p, BundleManifest& m) {
   } else {
     return Invalid("conditioning.kind", "must be \"class\" or \"text\"");
   }
-  if (c.has_extra()) {
-    return Invalid("conditioning.extra",
-                   "SDXL-style extra conditioning (pooled text, size ids) is not supported yet");
+  if (c.has_extra() && c.kind() != "text") {
+    return Invalid("conditioning.extra", "only a text model takes extra conditioning");
   }
   m.class_labels.assign(c.class_labels().begin(), c.class_labels().end());
   m.null_label = c.null_label();

@@ -142,6 +142,60 @@ TEST(ManifestReaderTest, ATokenizerIdBelowMinusOneIsRefusedByName) {
       << m.status();
 }
 
+// A text manifest with `extra` (SDXL-style conditioning) set to `extra`.
+std::string TextManifestWithExtra(const std::string& extra, const std::string& kind = "text") {
+  return absl::StrCat(R"({"name": "x", "latent_shape": [4,8,8], "image_shape": [32,32,3],
+    "weights": "m.pt", "decoder": {"kind": "torchscript", "weights": "d.pt"},
+    "schedule": {"beta_start": 0.0001, "beta_end": 0.02, "train_timesteps": 1000},
+    "conditioning": {"kind": ")", kind, R"(", "text_encoder": {"weights": "t.pt", "context_dim": 4},
+      "tokenizer": {"kind": "words", "vocab": "v.txt"}, "extra": )", extra, "}}");
+}
+
+TEST(ManifestReaderTest, ReadsSdxlStyleExtraConditioning) {
+  auto m = ParseManifestJson(TextManifestWithExtra(
+      R"({"pooled_dim": 16, "size_ids": true, "second_pad_id": 0,
+          "zeros_for_empty_negative": true, "default_size": [1024, 768]})"));
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->text.pooled_dim, 16);
+  EXPECT_TRUE(m->text.size_ids);
+  EXPECT_EQ(m->text.second_pad_id, 0);
+  EXPECT_TRUE(m->text.zeros_for_empty_negative);
+  EXPECT_EQ(m->text.default_height, 1024);
+  EXPECT_EQ(m->text.default_width, 768);
+  // Without default_size the sizes are the image's; without second_pad_id
+  // there is no second ids tensor.
+  auto plain = ParseManifestJson(TextManifestWithExtra(R"({"size_ids": true})"));
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ(plain->text.default_height, 32);
+  EXPECT_EQ(plain->text.second_pad_id, -1);
+  EXPECT_EQ(plain->text.pooled_dim, 0);
+}
+
+TEST(ManifestReaderTest, RefusesBadExtraConditioningByField) {
+  const struct {
+    std::string json;
+    const char* field;
+  } cases[] = {
+      {TextManifestWithExtra(R"({"pooled_dim": -1})"), "conditioning.extra.pooled_dim"},
+      {TextManifestWithExtra(R"({"second_pad_id": -3})"), "conditioning.extra.second_pad_id"},
+      {TextManifestWithExtra(R"({"size_ids": true, "default_size": [1024]})"),
+       "conditioning.extra.default_size"},
+      {TextManifestWithExtra(R"({"size_ids": true, "default_size": [0, 1024]})"),
+       "conditioning.extra.default_size"},
+      {TextManifestWithExtra(R"({"default_size": [1024, 1024]})"),
+       "conditioning.extra.default_size"},
+      {TextManifestWithExtra(R"({"pooled_dim": 4})", "class"), "conditioning.extra"},
+  };
+  for (const auto& c : cases) {
+    auto m = ParseManifestJson(c.json);
+    ASSERT_FALSE(m.ok()) << c.field;
+    EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument) << c.field;
+    EXPECT_NE(m.status().message().find(absl::StrCat("manifest ", c.field, ":")),
+              absl::string_view::npos)
+        << m.status();
+  }
+}
+
 TEST(ManifestReaderTest, ParseErrorsQuoteOnlyAShortEscapedPieceOfTheText) {
   const std::string secret = "root:x:0:0:root:/root:/bin/bash\n\x1b[2J" + std::string(500, 's');
   auto m = ParseManifestJson(secret);

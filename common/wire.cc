@@ -77,6 +77,20 @@ absl::StatusOr<Sampler> SamplerFromProto(v1::Sampler sampler, const std::string&
   }
 }
 
+void SizeToProto(const SizeConditioning& s, v1::SizeConditioning* out) {
+  out->set_original_height(s.original_height);
+  out->set_original_width(s.original_width);
+  out->set_crop_top(s.crop_top);
+  out->set_crop_left(s.crop_left);
+  out->set_target_height(s.target_height);
+  out->set_target_width(s.target_width);
+}
+
+SizeConditioning SizeFromProto(const v1::SizeConditioning& s) {
+  return {s.original_height(), s.original_width(), s.crop_top(),
+          s.crop_left(),       s.target_height(),  s.target_width()};
+}
+
 v1::ModelInfo ModelInfoFromManifest(const BundleManifest& m) {
   v1::ModelInfo info;
   info.set_name(m.name);
@@ -99,6 +113,11 @@ v1::ModelInfo ModelInfoFromManifest(const BundleManifest& m) {
   if (m.is_text()) {
     for (const std::string& p : m.text.example_prompts) info.add_example_prompts(p);
     info.set_max_prompt_tokens(m.text.tokenizer.max_length);
+    if (m.text.size_ids) {
+      SizeToProto({m.text.default_height, m.text.default_width, 0, 0, m.text.default_height,
+                   m.text.default_width},
+                  info.mutable_default_size());
+    }
   }
   for (const JudgeHead& head : m.judge.heads) {
     v1::JudgeHeadInfo* out = info.mutable_judge()->add_heads();

@@ -33,6 +33,9 @@ v1::Spacing SpacingToProto(Spacing spacing);
 absl::StatusOr<Spacing> SpacingFromProto(v1::Spacing spacing, Spacing unspecified,
                                          const std::string& field);
 
+void SizeToProto(const SizeConditioning& size, v1::SizeConditioning* out);
+SizeConditioning SizeFromProto(const v1::SizeConditioning& size);
+
 // What GetModelInfo says of a bundle.
 v1::ModelInfo ModelInfoFromManifest(const BundleManifest& manifest);
 

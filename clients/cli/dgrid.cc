@@ -67,6 +67,13 @@ ABSL_FLAG(std::string, segments, "",
 ABSL_FLAG(std::string, sampler, "",
           "ddim or euler_ancestral (euler_a); empty = the preset's (grid, curve) or the "
           "model's (branch, step).");
+ABSL_FLAG(std::string, original_size, "",
+          "SDXL-style models: the original-size conditioning as HxW (e.g. 512x512); empty = "
+          "the model's default.");
+ABSL_FLAG(std::string, crop, "",
+          "SDXL-style models: the crop conditioning as TOPxLEFT in pixels; empty = 0x0.");
+ABSL_FLAG(std::string, target_size, "",
+          "SDXL-style models: the target-size conditioning as HxW; empty = the model's default.");
 ABSL_FLAG(int, steps, 0, "Sampler steps; 0 = the model's default.");
 ABSL_FLAG(double, eta, -1,
           "Eta in [0, 1] (DDIM: its noise; Euler ancestral: the share of fresh noise); "
@@ -149,6 +156,38 @@ v1::Sampler SamplerFromFlag() {
   if (name == "ddim") return v1::SAMPLER_DDIM;
   if (name == "euler_ancestral" || name == "euler_a") return v1::SAMPLER_EULER_ANCESTRAL;
   Fail(absl::StrCat("--sampler: ddim or euler_ancestral (euler_a), got ", ShortQuote(name)));
+}
+
+// --original_size, --crop and --target_size into `size`, each "AxB" or
+// empty (0x0: the model's default); false when all three are empty.
+bool SizeFromFlags(v1::SizeConditioning* size) {
+  struct Flag {
+    const char* name;
+    std::string value;
+    void (v1::SizeConditioning::*first)(int32_t);
+    void (v1::SizeConditioning::*second)(int32_t);
+  };
+  const Flag flags[] = {
+      {"--original_size", absl::GetFlag(FLAGS_original_size),
+       &v1::SizeConditioning::set_original_height, &v1::SizeConditioning::set_original_width},
+      {"--crop", absl::GetFlag(FLAGS_crop), &v1::SizeConditioning::set_crop_top,
+       &v1::SizeConditioning::set_crop_left},
+      {"--target_size", absl::GetFlag(FLAGS_target_size),
+       &v1::SizeConditioning::set_target_height, &v1::SizeConditioning::set_target_width}};
+  bool any = false;
+  for (const Flag& f : flags) {
+    if (f.value.empty()) continue;
+    const std::vector<std::string> parts = absl::StrSplit(f.value, 'x');
+    int a = 0, b = 0;
+    if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &a) || !absl::SimpleAtoi(parts[1], &b)) {
+      Fail(absl::StrCat(f.name, ": give two numbers as AxB, e.g. 512x512, got ",
+                        ShortQuote(f.value)));
+    }
+    (size->*f.first)(a);
+    (size->*f.second)(b);
+    any = true;
+  }
+  return any;
 }
 
 // How a grid or a run names its sampler (unspecified on the wire is DDIM).
@@ -341,6 +380,8 @@ v1::GridRequest GridRequestFromFlags() {
   }
   request.set_branch_noise(noise == "trunk" ? v1::BRANCH_NOISE_TRUNK : v1::BRANCH_NOISE_NEW);
   request.set_sampler(SamplerFromFlag());
+  v1::SizeConditioning size;
+  if (SizeFromFlags(&size)) *request.mutable_size() = size;
   return request;
 }
 
@@ -561,12 +602,15 @@ int Health() {
 
 int Branch() {
   const v1::Sampler sampler = SamplerFromFlag();
+  v1::SizeConditioning size;
+  const bool sized = SizeFromFlags(&size);
   auto stub = v1::Denoiser::NewStub(Connect());
   const v1::ModelInfo model = FetchModel(*stub);
   v1::BranchRequest request;
   request.set_model(model.name());
   FillRequest(model, sampler, request.mutable_sampler(), request.mutable_conditioning(),
               request.add_trajectories()->mutable_path());
+  if (sized) *request.mutable_size() = size;
   const int steps = request.sampler().steps();
   for (int s = 1; s < steps; ++s) request.add_capture_steps(s);
   request.set_decode(true);
@@ -599,12 +643,15 @@ int Branch() {
 
 int Step() {
   const v1::Sampler sampler = SamplerFromFlag();
+  v1::SizeConditioning size;
+  const bool sized = SizeFromFlags(&size);
   auto stub = v1::Denoiser::NewStub(Connect());
   const v1::ModelInfo model = FetchModel(*stub);
   v1::StepRequest request;
   request.set_model(model.name());
   FillRequest(model, sampler, request.mutable_sampler(), request.mutable_conditioning(),
               request.add_trajectories()->mutable_path());
+  if (sized) *request.mutable_size() = size;
   if (absl::GetFlag(FLAGS_step) != 0) {
     Fail("--step > 0 needs a start latent; use dgrid branch to run a prefix");
   }

@@ -15,6 +15,7 @@
 #include "common/bundle_files.h"
 #include "common/manifest_reader.h"
 #include "common/png_image.h"
+#include "common/status_macros.h"
 #include "denoiser_service/engine/script_loading.h"
 #include "denoiser_service/text/tokenizer.h"
 
@@ -43,6 +44,30 @@ absl::Status RunDenoiser(torch::jit::script::Module& denoiser, std::vector<c10::
   }
   eps = eps.to(torch::kCPU, torch::kFloat32).contiguous();
   std::memcpy(out.data(), eps.data_ptr<float>(), sizeof(float) * eps.numel());
+  return absl::OkStatus();
+}
+
+// The text encoder's inputs for padded ids: the ids, and for a model with a
+// second tokenizer padding (SDXL) the same tokens padded with its pad id
+// after the first EOS.
+std::vector<c10::IValue> EncoderInputs(const torch::Tensor& tokens, const TextConditioning& t) {
+  if (t.second_pad_id < 0) return {tokens};
+  const torch::Tensor eos = tokens == t.tokenizer.eos_id;
+  const torch::Tensor after_eos = (eos.cumsum(1) - eos.to(torch::kLong)) > 0;
+  return {tokens, torch::where(after_eos, torch::full_like(tokens, t.second_pad_id), tokens)};
+}
+
+// The encoder's (context, pooled) from its result: a tensor, or a tuple
+// whose first element is the context and second the pooled embedding.
+absl::Status SplitEncoderResult(const c10::IValue& result, torch::Tensor* context,
+                                torch::Tensor* pooled) {
+  if (!result.isTuple()) {
+    *context = result.toTensor();
+    return absl::OkStatus();
+  }
+  const auto& elements = result.toTuple()->elements();
+  *context = elements[0].toTensor();
+  if (elements.size() > 1 && elements[1].isTensor()) *pooled = elements[1].toTensor();
   return absl::OkStatus();
 }
 
@@ -112,40 +137,7 @@ absl::Status DenoiserModel::Probe(const std::string& dir) {
   const int64_t t = m.schedule.train_timesteps / 2;
   absl::Status probe;
   if (m.is_text()) {
-    const int length = context_length();
-    std::vector<int64_t> ids = impl_->tokenizer->Padded(impl_->tokenizer->Encode(""));
-    // The encoder's own output shape, before ForwardText relies on it.
-    try {
-      c10::InferenceMode guard;
-      torch::Tensor tokens =
-          torch::from_blob(ids.data(), {1, length}, torch::kInt64).to(impl_->device);
-      torch::jit::IValue result = impl_->text_encoder->forward({tokens});
-      torch::Tensor context = result.isTuple() ? result.toTuple()->elements()[0].toTensor()
-                                               : result.toTensor();
-      if (context.dim() != 3 || context.size(0) != 1 || context.size(1) != length ||
-          context.size(2) != m.text.context_dim) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            dir, "/", m.text.encoder_weights, ": the text encoder gives context ",
-            ShapeOf(context), " for ids [1, ", length, "]; the manifest's tokenizer.max_length ",
-            "and text_encoder.context_dim say [1, ", length, ", ", m.text.context_dim, "]"));
-      }
-    } catch (const c10::Error& e) {
-      return absl::InvalidArgumentError(absl::StrCat(dir, "/", m.text.encoder_weights,
-                                                     ": probe failed: ",
-                                                     e.what_without_backtrace()));
-    } catch (const std::exception& e) {
-      return absl::InvalidArgumentError(absl::StrCat(dir, "/", m.text.encoder_weights,
-                                                     ": probe failed: ", ShortText(e.what())));
-    }
-    std::vector<float> context(static_cast<size_t>(length) * context_dim());
-    if (absl::Status s = EncodeText(ids, 1, absl::MakeSpan(context)); !s.ok()) return s;
-    probe = ForwardText(x, {&t, 1}, context, 1, absl::MakeSpan(out));
-    if (!probe.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          dir, "/", m.weights, ": probe forward with latent [1, ", m.latent_shape[0], ", ",
-          m.latent_shape[1], ", ", m.latent_shape[2], "] and context [1, ", length, ", ",
-          context_dim(), "] failed: ", probe.message()));
-    }
+    RETURN_IF_ERROR(ProbeText(dir));
   } else {
     const int64_t cond = m.null_label;
     probe = Forward(x, {&t, 1}, {&cond, 1}, 1, absl::MakeSpan(out));
@@ -166,6 +158,65 @@ absl::Status DenoiserModel::Probe(const std::string& dir) {
   return absl::OkStatus();
 }
 
+absl::Status DenoiserModel::ProbeText(const std::string& dir) {
+  const BundleManifest& m = manifest_;
+  const TextConditioning& text = m.text;
+  const int length = context_length();
+  std::vector<int64_t> ids = impl_->tokenizer->Padded(impl_->tokenizer->Encode(""));
+  const std::string encoder = absl::StrCat(dir, "/", text.encoder_weights);
+  // The encoder's own output shapes, before ForwardText relies on them.
+  try {
+    c10::InferenceMode guard;
+    torch::Tensor tokens =
+        torch::from_blob(ids.data(), {1, length}, torch::kInt64).to(impl_->device);
+    torch::Tensor context, pooled;
+    RETURN_IF_ERROR(SplitEncoderResult(
+        impl_->text_encoder->forward(EncoderInputs(tokens, text)), &context, &pooled));
+    if (context.dim() != 3 || context.size(0) != 1 || context.size(1) != length ||
+        context.size(2) != text.context_dim) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          encoder, ": the text encoder gives context ", ShapeOf(context), " for ids [1, ", length,
+          "]; the manifest's tokenizer.max_length and text_encoder.context_dim say [1, ", length,
+          ", ", text.context_dim, "]"));
+    }
+    if (text.pooled_dim > 0 &&
+        (!pooled.defined() || pooled.dim() != 2 || pooled.size(0) != 1 ||
+         pooled.size(1) != text.pooled_dim)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          encoder, ": the text encoder gives pooled ",
+          pooled.defined() ? ShapeOf(pooled) : std::string("nothing"),
+          "; the manifest's extra.pooled_dim says a tuple (context, pooled [1, ",
+          text.pooled_dim, "])"));
+    }
+  } catch (const c10::Error& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(encoder, ": probe failed: ", e.what_without_backtrace()));
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(encoder, ": probe failed: ", ShortText(e.what())));
+  }
+  std::vector<float> encoding(encoding_size());
+  RETURN_IF_ERROR(EncodeText(ids, 1, absl::MakeSpan(encoding)));
+  const int64_t numel = latent_numel();
+  std::vector<float> x(numel, 0.0f), out(numel);
+  const int64_t t = m.schedule.train_timesteps / 2;
+  const std::array<float, 6> time_ids = TimeIds({});
+  const absl::Status probe =
+      ForwardText(x, {&t, 1}, encoding, text.size_ids ? absl::MakeConstSpan(time_ids)
+                                                      : absl::Span<const float>(),
+                  1, absl::MakeSpan(out));
+  if (!probe.ok()) {
+    const std::string pooled =
+        text.pooled_dim > 0 ? absl::StrCat(", pooled [1, ", text.pooled_dim, "]") : "";
+    return absl::InvalidArgumentError(absl::StrCat(
+        dir, "/", m.weights, ": probe forward with latent [1, ", m.latent_shape[0], ", ",
+        m.latent_shape[1], ", ", m.latent_shape[2], "] and context [1, ", length, ", ",
+        context_dim(), "]", pooled, text.size_ids ? ", time_ids [1, 6]" : "", " failed: ",
+        probe.message()));
+  }
+  return absl::OkStatus();
+}
+
 // What a request can give goes through the model once, at its extremes: the
 // highest token id the tokenizer can produce, the last class index, the first
 // and last training timestep. A bundle whose vocabulary outgrows its encoder's
@@ -181,14 +232,19 @@ absl::Status DenoiserModel::ProbeRanges(const std::string& dir) {
     const int length = context_length();
     const int64_t top = impl_->tokenizer->vocab_size() - 1;
     const std::vector<int64_t> ids(2 * length, top);
-    std::vector<float> context(2 * static_cast<size_t>(length) * context_dim());
-    if (absl::Status s = EncodeText(ids, 2, absl::MakeSpan(context)); !s.ok()) {
+    std::vector<float> encodings(2 * encoding_size());
+    if (absl::Status s = EncodeText(ids, 2, absl::MakeSpan(encodings)); !s.ok()) {
       return absl::InvalidArgumentError(absl::StrCat(
           dir, "/", m.text.encoder_weights, ": the text encoder fails on token id ", top,
           ", the highest of the vocabulary ", dir, "/", m.text.tokenizer.vocab, " (",
           top + 1, " ids): ", s.message()));
     }
-    probe = ForwardText(x, t, context, 2, absl::MakeSpan(out));
+    std::vector<float> time_ids;
+    if (m.text.size_ids) {
+      const std::array<float, 6> row = TimeIds({});
+      for (int b = 0; b < 2; ++b) time_ids.insert(time_ids.end(), row.begin(), row.end());
+    }
+    probe = ForwardText(x, t, encodings, time_ids, 2, absl::MakeSpan(out));
   } else {
     const int64_t last = static_cast<int64_t>(m.class_labels.size()) - 1;
     const std::vector<int64_t> cond = {m.null_label, last >= 0 ? last : m.null_label};
@@ -213,34 +269,59 @@ int DenoiserModel::context_length() const {
   return manifest_.is_text() ? manifest_.text.tokenizer.max_length : 0;
 }
 
+size_t DenoiserModel::encoding_size() const {
+  if (!manifest_.is_text()) return 0;
+  return static_cast<size_t>(context_length()) * context_dim() + manifest_.text.pooled_dim;
+}
+
+std::array<float, 6> DenoiserModel::TimeIds(const SizeConditioning& size) const {
+  const TextConditioning& t = manifest_.text;
+  auto or_default = [](int v, int d) { return static_cast<float>(v > 0 ? v : d); };
+  return {or_default(size.original_height, t.default_height),
+          or_default(size.original_width, t.default_width),
+          static_cast<float>(size.crop_top),
+          static_cast<float>(size.crop_left),
+          or_default(size.target_height, t.default_height),
+          or_default(size.target_width, t.default_width)};
+}
+
 absl::Status DenoiserModel::EncodeText(absl::Span<const int64_t> ids, int batch,
-                                       absl::Span<float> context) {
+                                       absl::Span<float> encodings) {
   if (!impl_->text_encoder) return absl::FailedPreconditionError("not a text model");
   InitThreads();
   const int length = context_length();
   const size_t want = static_cast<size_t>(batch) * length;
-  if (ids.size() != want || context.size() != want * context_dim()) {
+  const size_t per = encoding_size();
+  if (ids.size() != want || encodings.size() != batch * per) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "EncodeText: ", ids.size(), " ids and room for ", context.size(), " floats; batch ",
-        batch, " needs ", want, " padded ids and ", want * context_dim(), " floats"));
+        "EncodeText: ", ids.size(), " ids and room for ", encodings.size(), " floats; batch ",
+        batch, " needs ", want, " padded ids and ", batch * per, " floats"));
   }
   try {
     c10::InferenceMode guard;
     torch::Tensor tokens =
         torch::from_blob(const_cast<int64_t*>(ids.data()), {batch, length}, torch::kInt64)
             .to(impl_->device);
-    torch::jit::IValue result = impl_->text_encoder->forward({tokens});
-    // A (context, pooled) tuple: the pooled part is for SDXL-style models.
-    torch::Tensor out = result.isTuple() ? result.toTuple()->elements()[0].toTensor()
-                                         : result.toTensor();
-    const int64_t expected = static_cast<int64_t>(batch) * length * context_dim();
-    if (out.numel() != expected) {
-      return absl::InternalError(absl::StrCat("text encoder returned ", ShapeOf(out),
+    torch::Tensor context, pooled;
+    RETURN_IF_ERROR(SplitEncoderResult(
+        impl_->text_encoder->forward(EncoderInputs(tokens, manifest_.text)), &context, &pooled));
+    const int64_t context_numel = static_cast<int64_t>(length) * context_dim();
+    if (context.numel() != batch * context_numel) {
+      return absl::InternalError(absl::StrCat("text encoder returned ", ShapeOf(context),
                                               ", expected [", batch, ", ", length, ", ",
                                               context_dim(), "]"));
     }
-    out = out.to(torch::kCPU, torch::kFloat32).contiguous();
-    std::memcpy(context.data(), out.data_ptr<float>(), sizeof(float) * expected);
+    const int pooled_dim = manifest_.text.pooled_dim;
+    if (pooled_dim > 0 && (!pooled.defined() || pooled.numel() != batch * pooled_dim)) {
+      return absl::InternalError(absl::StrCat(
+          "text encoder returned pooled ", pooled.defined() ? ShapeOf(pooled) : "nothing",
+          ", expected [", batch, ", ", pooled_dim, "]"));
+    }
+    // Each prompt's row: its context, then its pooled embedding.
+    torch::Tensor rows = context.reshape({batch, context_numel});
+    if (pooled_dim > 0) rows = torch::cat({rows, pooled.reshape({batch, pooled_dim})}, 1);
+    rows = rows.to(torch::kCPU, torch::kFloat32).contiguous();
+    std::memcpy(encodings.data(), rows.data_ptr<float>(), sizeof(float) * rows.numel());
     return absl::OkStatus();
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("text encoder: ", e.what_without_backtrace()));
@@ -251,20 +332,22 @@ absl::Status DenoiserModel::EncodeText(absl::Span<const int64_t> ids, int batch,
 }
 
 absl::Status DenoiserModel::ForwardText(absl::Span<const float> x, absl::Span<const int64_t> t,
-                                        absl::Span<const float> context, int batch,
+                                        absl::Span<const float> encodings,
+                                        absl::Span<const float> time_ids, int batch,
                                         absl::Span<float> out) {
-  return RunForward(x, t, {}, context, batch, out);
+  return RunForward(x, t, {}, encodings, time_ids, batch, out);
 }
 
 absl::Status DenoiserModel::Forward(absl::Span<const float> x, absl::Span<const int64_t> t,
                                     absl::Span<const int64_t> cond, int batch,
                                     absl::Span<float> out) {
-  return RunForward(x, t, cond, {}, batch, out);
+  return RunForward(x, t, cond, {}, {}, batch, out);
 }
 
 absl::Status DenoiserModel::RunForward(absl::Span<const float> x, absl::Span<const int64_t> t,
                                        absl::Span<const int64_t> cond,
-                                       absl::Span<const float> context, int batch,
+                                       absl::Span<const float> encodings,
+                                       absl::Span<const float> time_ids, int batch,
                                        absl::Span<float> out) {
   const std::vector<int64_t>& ls = manifest_.latent_shape;
   InitThreads();
@@ -274,21 +357,41 @@ absl::Status DenoiserModel::RunForward(absl::Span<const float> x, absl::Span<con
     torch::Tensor xt = torch::from_blob(const_cast<float*>(x.data()),
                                         {batch, ls[0], ls[1], ls[2]}, torch::kFloat32);
     torch::Tensor tt = torch::from_blob(const_cast<int64_t*>(t.data()), {batch}, torch::kInt64);
-    // The third input: class indices, or a text model's context.
-    torch::Tensor ct = manifest_.is_text()
-                           ? torch::from_blob(const_cast<float*>(context.data()),
-                                              {batch, context_length(), context_dim()},
-                                              torch::kFloat32)
-                           : torch::from_blob(const_cast<int64_t*>(cond.data()), {batch},
-                                              torch::kInt64);
     if (manifest_.timestep_is_float) tt = tt.to(torch::kFloat32);
-    if (!impl_->device.is_cpu()) {
-      xt = xt.to(impl_->device, /*non_blocking=*/true);
-      tt = tt.to(impl_->device, true);
-      ct = ct.to(impl_->device, true);
+    std::vector<torch::Tensor> inputs = {xt, tt};
+    if (!manifest_.is_text()) {
+      // The third input: class indices.
+      inputs.push_back(
+          torch::from_blob(const_cast<int64_t*>(cond.data()), {batch}, torch::kInt64));
+    } else {
+      // A text model's: the context, then SDXL's pooled embedding and
+      // time_ids. Views of each row's encoding: no copy.
+      const TextConditioning& text = manifest_.text;
+      const int64_t per = static_cast<int64_t>(encoding_size());
+      const int64_t context_numel = per - text.pooled_dim;
+      if (static_cast<int64_t>(encodings.size()) != batch * per ||
+          (text.size_ids && static_cast<int64_t>(time_ids.size()) != batch * 6)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "ForwardText: ", encodings.size(), " encoding and ", time_ids.size(),
+            " time_ids floats for batch ", batch));
+      }
+      torch::Tensor rows =
+          torch::from_blob(const_cast<float*>(encodings.data()), {batch, per}, torch::kFloat32);
+      inputs.push_back(
+          rows.narrow(1, 0, context_numel).view({batch, context_length(), context_dim()}));
+      if (text.pooled_dim > 0) inputs.push_back(rows.narrow(1, context_numel, text.pooled_dim));
+      if (text.size_ids) {
+        inputs.push_back(
+            torch::from_blob(const_cast<float*>(time_ids.data()), {batch, 6}, torch::kFloat32));
+      }
     }
-    return RunDenoiser(impl_->denoiser, {xt, tt, ct}, static_cast<int64_t>(batch) * latent_numel(),
-                       out);
+    std::vector<c10::IValue> values;
+    for (torch::Tensor& input : inputs) {
+      values.push_back(impl_->device.is_cpu() ? input
+                                              : input.to(impl_->device, /*non_blocking=*/true));
+    }
+    return RunDenoiser(impl_->denoiser, std::move(values),
+                       static_cast<int64_t>(batch) * latent_numel(), out);
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("model forward: ", e.what_without_backtrace()));
   }

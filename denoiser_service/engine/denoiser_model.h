@@ -9,14 +9,15 @@
 //
 //   ASSIGN_OR_RETURN(auto model, DenoiserModel::Load("models/fashion-mnist", {}));
 //   RETURN_IF_ERROR(model->Forward(x, t, cond, batch, eps));           // class model
-//   RETURN_IF_ERROR(model->EncodeText(ids, 1, context));               // text model
-//   RETURN_IF_ERROR(model->ForwardText(x, t, context, batch, eps));
+//   RETURN_IF_ERROR(model->EncodeText(ids, 1, encoding));              // text model
+//   RETURN_IF_ERROR(model->ForwardText(x, t, encodings, time_ids, batch, eps));
 //
 // Forward, ForwardText, EncodeText and Decode are not thread-safe: one
 // TrajectoryBatcher thread owns each model and runs all of them.
 #ifndef DGRID_DENOISER_ENGINE_DENOISER_MODEL_H_
 #define DGRID_DENOISER_ENGINE_DENOISER_MODEL_H_
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -50,16 +51,26 @@ class DenoiserModel {
   absl::Status Forward(absl::Span<const float> x, absl::Span<const int64_t> t,
                        absl::Span<const int64_t> cond, int batch, absl::Span<float> out);
 
-  // Text models: x, t as above; context [batch, L, D] flattened.
+  // Text models: x, t as above; `encodings` [batch, encoding_size()] as
+  // EncodeText gives them; time_ids [batch, 6] for a model with size ids
+  // (TimeIds), else empty.
   absl::Status ForwardText(absl::Span<const float> x, absl::Span<const int64_t> t,
-                           absl::Span<const float> context, int batch, absl::Span<float> out);
-  // Text models: padded token ids [batch, L] to context [batch, L, D].
-  absl::Status EncodeText(absl::Span<const int64_t> ids, int batch, absl::Span<float> context);
+                           absl::Span<const float> encodings, absl::Span<const float> time_ids,
+                           int batch, absl::Span<float> out);
+  // Text models: padded token ids [batch, L] to encodings [batch,
+  // encoding_size()]: each prompt's context [L, D], then (SDXL-style) its
+  // pooled embedding [P].
+  absl::Status EncodeText(absl::Span<const int64_t> ids, int batch, absl::Span<float> encodings);
   // The tokenizer of a text model, else null. Thread-safe (it holds no state).
   const Tokenizer* tokenizer() const;
   // L and D of a text model's context; 0 for a class model.
   int context_length() const;
   int context_dim() const { return manifest_.text.context_dim; }
+  // Floats per prompt that EncodeText gives: L * D, plus P when pooled.
+  size_t encoding_size() const;
+  // A model with size ids: the time_ids row for `size`, its zeros replaced
+  // by the manifest's defaults.
+  std::array<float, 6> TimeIds(const SizeConditioning& size) const;
 
   // Latents [batch, C, H, W] to 8-bit images [batch, H, W, C]; the latents
   // are divided by the manifest's latent_scale first.
@@ -76,8 +87,10 @@ class DenoiserModel {
   // Forward and ForwardText: `cond` for a class model, `context` for a text
   // model.
   absl::Status RunForward(absl::Span<const float> x, absl::Span<const int64_t> t,
-                          absl::Span<const int64_t> cond, absl::Span<const float> context,
-                          int batch, absl::Span<float> out);
+                          absl::Span<const int64_t> cond, absl::Span<const float> encodings,
+                          absl::Span<const float> time_ids, int batch, absl::Span<float> out);
+  // A text model's probe: its encoder's output shapes, then one forward.
+  absl::Status ProbeText(const std::string& bundle_dir);
 
   BundleManifest manifest_;
   std::unique_ptr<Impl> impl_;

@@ -145,16 +145,18 @@ bool AllFinite(absl::Span<const float> values) {
 // their own, into `out`.
 absl::Status ForwardRows(DenoiserModel& model, absl::Span<const float> x,
                          absl::Span<const int64_t> t, absl::Span<const int64_t> cond,
-                         absl::Span<const float> context, int row, int rows,
-                         absl::Span<float> out) {
+                         absl::Span<const float> encodings, absl::Span<const float> time_ids,
+                         int row, int rows, absl::Span<float> out) {
   const size_t numel = static_cast<size_t>(model.latent_numel());
   if (!model.manifest().is_text()) {
     return model.Forward(x.subspan(row * numel, rows * numel), t.subspan(row, rows),
                          cond.subspan(row, rows), rows, out);
   }
-  const size_t per_context = static_cast<size_t>(model.context_length()) * model.context_dim();
+  const size_t per = model.encoding_size();
   return model.ForwardText(x.subspan(row * numel, rows * numel), t.subspan(row, rows),
-                           context.subspan(row * per_context, rows * per_context), rows, out);
+                           encodings.subspan(row * per, rows * per),
+                           time_ids.empty() ? time_ids : time_ids.subspan(row * 6, rows * 6),
+                           rows, out);
 }
 
 }  // namespace
@@ -276,6 +278,23 @@ absl::Status TrajectoryBatcher::Validate(const RunRequest& r) const {
     return InvalidFieldError("sampler.guidance",
                              absl::StrCat(" must be in [0, 100], got ", r.sampler.guidance));
   }
+  constexpr SizeConditioning kDefaultSize;
+  if (!(r.size == kDefaultSize) && !(m.is_text() && m.text.size_ids)) {
+    return InvalidFieldError("size", absl::StrCat(": ", m.name, " takes no size conditioning"));
+  }
+  const std::pair<const char*, int> sizes[] = {
+      {"size.original_height", r.size.original_height},
+      {"size.original_width", r.size.original_width},
+      {"size.crop_top", r.size.crop_top},
+      {"size.crop_left", r.size.crop_left},
+      {"size.target_height", r.size.target_height},
+      {"size.target_width", r.size.target_width}};
+  for (const auto& [field, value] : sizes) {
+    if (value < 0 || value > SizeConditioning::kMaxPixels) {
+      return InvalidFieldError(
+          field, absl::StrCat(" must be in [0, ", SizeConditioning::kMaxPixels, "], got ", value));
+    }
+  }
   if (m.is_text() && r.class_index != -1) {
     return InvalidFieldError("class_index",
                              absl::StrCat(": ", m.name, " is a text model; give a prompt"));
@@ -381,7 +400,8 @@ absl::StatusOr<std::shared_ptr<Run>> TrajectoryBatcher::Start(RunRequest request
     // runs the model, happens on the batcher's thread at admission.
     const Tokenizer& tokenizer = *model_->tokenizer();
     run->prompt_ids_ = tokenizer.Padded(tokenizer.Encode(request.prompt));
-    run->negative_ids_ = tokenizer.Padded(tokenizer.Encode(request.negative_prompt));
+    run->negative_ids_ = NegativeIds(request.negative_prompt);
+    if (m.text.size_ids) run->time_ids_ = model_->TimeIds(request.size);
   }
   // Each distinct conditioning of the run (the request's, its paths'
   // switches) is tokenized once, however many trajectories share it.
@@ -433,6 +453,12 @@ absl::StatusOr<std::shared_ptr<Run>> TrajectoryBatcher::Start(RunRequest request
   return run;
 }
 
+std::vector<int64_t> TrajectoryBatcher::NegativeIds(const std::string& text) const {
+  if (text.empty() && model_->manifest().text.zeros_for_empty_negative) return {};
+  const Tokenizer& tokenizer = *model_->tokenizer();
+  return tokenizer.Padded(tokenizer.Encode(text));
+}
+
 absl::Status TrajectoryBatcher::ReserveSlots(int n) {
   int current = outstanding_.load();
   do {
@@ -473,7 +499,7 @@ TrajectoryBatcher::Phase TrajectoryBatcher::PhaseFor(const SegmentConditioning& 
   } else if (m.is_text()) {
     const Tokenizer& tokenizer = *model_->tokenizer();
     std::vector<int64_t> prompt = tokenizer.Padded(tokenizer.Encode(c.prompt));
-    std::vector<int64_t> negative = tokenizer.Padded(tokenizer.Encode(c.negative_prompt));
+    std::vector<int64_t> negative = NegativeIds(c.negative_prompt);
     // The run keeps each distinct pair of ids once, the request's first.
     if (prompt == run.prompt_ids_ && negative == run.negative_ids_) {
       phase.prompt_ids = &run.prompt_ids_;
@@ -588,12 +614,18 @@ namespace {
 // the cache's size); and the prompts the encoder failed on.
 class AdmissionContexts {
  public:
-  explicit AdmissionContexts(ContextCache& cache) : cache_(cache) {}
+  // `zeros`: the encoding of no prompt (empty ids).
+  AdmissionContexts(ContextCache& cache, ContextCache::Context zeros)
+      : cache_(cache), zeros_(std::move(zeros)) {}
 
   // Notes a prompt the admission needs. `ids` must outlive this.
   void Want(const std::vector<int64_t>& ids) {
     for (const auto& [known, _] : resolved_) {
       if (*known == ids) return;
+    }
+    if (ids.empty()) {
+      resolved_.push_back({&ids, zeros_});
+      return;
     }
     resolved_.push_back({&ids, cache_.Find(ids)});
     if (!resolved_.back().second) missing_.push_back(resolved_.size() - 1);
@@ -604,7 +636,7 @@ class AdmissionContexts {
   void EncodeMissing(DenoiserModel& model) {
     if (missing_.empty()) return;
     const int length = model.context_length();
-    const size_t per = static_cast<size_t>(length) * model.context_dim();
+    const size_t per = model.encoding_size();
     std::vector<int64_t> ids;
     ids.reserve(missing_.size() * length);
     for (size_t k : missing_) {
@@ -655,6 +687,7 @@ class AdmissionContexts {
 
  private:
   ContextCache& cache_;
+  const ContextCache::Context zeros_;
   std::vector<std::pair<const std::vector<int64_t>*, ContextCache::Context>> resolved_;
   std::vector<size_t> missing_;  // indices into resolved_
   std::vector<std::pair<const std::vector<int64_t>*, absl::Status>> failed_;
@@ -663,7 +696,10 @@ class AdmissionContexts {
 }  // namespace
 
 void TrajectoryBatcher::ResolveContexts(std::vector<Active>& arrivals) {
-  AdmissionContexts contexts(*contexts_);
+  if (!zero_encoding_) {
+    zero_encoding_ = std::make_shared<const std::vector<float>>(model_->encoding_size(), 0.0f);
+  }
+  AdmissionContexts contexts(*contexts_, zero_encoding_);
   const Run* last = nullptr;
   for (const Active& a : arrivals) {
     if (a.run.get() == last) continue;  // a run's trajectories share its prompts
@@ -779,9 +815,10 @@ int TrajectoryBatcher::FillBatch(const std::vector<Active>& active) {
   batch_out_.resize(rows * numel);
   batch_t_.resize(rows);
   batch_cond_.resize(rows);
-  const size_t per_context =
-      m.is_text() ? static_cast<size_t>(model_->context_length()) * model_->context_dim() : 0;
+  const size_t per_context = model_->encoding_size();
   batch_context_.resize(rows * per_context);
+  const bool size_ids = m.is_text() && m.text.size_ids;
+  batch_time_ids_.resize(size_ids ? rows * 6 : 0);
   int row = 0;
   for (size_t i : chosen_) {
     const Active& a = active[i];
@@ -794,6 +831,10 @@ int TrajectoryBatcher::FillBatch(const std::vector<Active>& active) {
         const bool unconditional = r == 1 || a.lone_row_unconditional;
         const std::vector<float>& context = unconditional ? *a.uncontext : *a.context;
         std::copy(context.begin(), context.end(), batch_context_.begin() + (row + r) * per_context);
+      }
+      if (size_ids) {
+        std::copy(a.run->time_ids_.begin(), a.run->time_ids_.end(),
+                  batch_time_ids_.begin() + (row + r) * 6);
       }
     }
     row += a.rows;
@@ -808,7 +849,7 @@ absl::Status TrajectoryBatcher::Forward(int rows, absl::Time* started) {
   *started = absl::Now();
   absl::Status forward =
       model_->manifest().is_text()
-          ? model_->ForwardText(batch_x_, batch_t_, batch_context_, rows,
+          ? model_->ForwardText(batch_x_, batch_t_, batch_context_, batch_time_ids_, rows,
                                 absl::MakeSpan(batch_out_))
           : model_->Forward(batch_x_, batch_t_, batch_cond_, rows, absl::MakeSpan(batch_out_));
   forwards_.fetch_add(1, std::memory_order_relaxed);
@@ -832,8 +873,8 @@ void TrajectoryBatcher::ApplyAndEmit(std::vector<Active>& active, const absl::St
     absl::Span<float> out(batch_out_.data() + row * numel, a.rows * numel);
     absl::Status stepped = forward;
     if (!forward.ok() && chosen_.size() > 1) {
-      stepped = ForwardRows(*model_, batch_x_, batch_t_, batch_cond_, batch_context_, row, a.rows,
-                            out);
+      stepped = ForwardRows(*model_, batch_x_, batch_t_, batch_cond_, batch_context_,
+                            batch_time_ids_, row, a.rows, out);
     }
     row += a.rows;
     if (stepped.ok()) {

@@ -32,6 +32,7 @@
 #ifndef DGRID_DENOISER_ENGINE_TRAJECTORY_BATCHER_H_
 #define DGRID_DENOISER_ENGINE_TRAJECTORY_BATCHER_H_
 
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -85,6 +86,9 @@ struct RunRequest {
   int64_t class_index = -1;
   std::string prompt;
   std::string negative_prompt;
+  // SDXL-style models: size and crop conditioning (time_ids), the same for
+  // every trajectory and segment; zeros are the model's defaults.
+  SizeConditioning size;
   int start_step = 0;
   // Exclusive: the final latent is the one at end_step; 0 means sampler.steps.
   int end_step = 0;
@@ -148,8 +152,12 @@ class Run {
   // Fixed at Start.
   RunRequest request_;
   // Text models: the prompt's and the negative prompt's ids, padded.
+  // Padded token ids. Empty negative ids: the zero encoding (an empty
+  // negative prompt of a model with zeros_for_empty_negative).
   std::vector<int64_t> prompt_ids_;
   std::vector<int64_t> negative_ids_;
+  // A model with size ids: the run's time_ids row.
+  std::array<float, 6> time_ids_{};
   std::shared_ptr<const SamplerSchedule> schedule_;
   uint64_t rank_ = 0;  // the fairness rank it runs at
   // Text models: the ids of the prompts its segments switch to, with their
@@ -215,6 +223,9 @@ class TrajectoryBatcher {
   struct Emitted;
 
   absl::Status Validate(const RunRequest& request) const;
+  // A text model's padded ids for a negative prompt: none (the zero
+  // encoding) for an empty one when the model says so.
+  std::vector<int64_t> NegativeIds(const std::string& text) const;
   // Admission control: reserves n of the queue's places, or refuses them all.
   absl::Status ReserveSlots(int n);
   // x at the start step: the caller's latent, or x_T drawn from the path's
@@ -292,7 +303,9 @@ class TrajectoryBatcher {
 
   // Batcher thread only. Reused across iterations: no allocation on the hot
   // path.
-  std::vector<float> batch_x_, batch_out_, noise_, batch_context_;
+  std::vector<float> batch_x_, batch_out_, noise_, batch_context_, batch_time_ids_;
+  // The encoding of no prompt (zeros), made at the first text admission.
+  std::shared_ptr<const std::vector<float>> zero_encoding_;
   std::vector<int64_t> batch_t_, batch_cond_;
   std::unique_ptr<ContextCache> contexts_;
   std::vector<Emitted> emitted_;

@@ -956,7 +956,7 @@ TEST(ExternalModelTest, AnErrorInsideTheScriptIsAStatusNotACrash) {
   auto model = DenoiserModel::Load(Fixtures() + "/textlatent", {"cpu"});
   ASSERT_TRUE(model.ok()) << model.status();
   const int length = (*model)->context_length();
-  std::vector<float> context(static_cast<size_t>(length) * (*model)->context_dim());
+  std::vector<float> context((*model)->encoding_size());
   std::vector<int64_t> ids(length, int64_t{1} << 40);
   absl::Status status = (*model)->EncodeText(ids, 1, absl::MakeSpan(context));
   EXPECT_EQ(status.code(), absl::StatusCode::kInternal) << status;

@@ -138,6 +138,7 @@ absl::StatusOr<RunRequest> ParseRun(const Request& request, const BundleManifest
   RunRequest run;
   ASSIGN_OR_RETURN(run.sampler, ParseSampler(request.sampler(), m));
   RETURN_IF_ERROR(ParseConditioning(request.conditioning(), m, &run));
+  run.size = SizeFromProto(request.size());
   if (request.trajectories_size() == 0) {
     return absl::InvalidArgumentError("trajectories must not be empty");
   }

@@ -165,6 +165,7 @@ v1::BranchRequest GridExecutor::GridRun::BaseRequest(int start_step) const {
   s->set_guidance(plan_.guidance);
   s->set_spacing(SpacingToProto(plan_.spacing));
   s->set_sampler(SamplerToProto(plan_.sampler));
+  if (plan_.size_ids) SizeToProto(plan_.size, r.mutable_size());
   if (plan_.text) {
     r.mutable_conditioning()->set_prompt(plan_.prompt);
     r.mutable_conditioning()->set_negative_prompt(plan_.negative_prompt);

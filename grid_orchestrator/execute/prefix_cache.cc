@@ -99,6 +99,12 @@ std::string PrefixCache::SamplerKey(const GridPlanSpec& plan) {
   AppendField(&key, "class", absl::StrCat(plan.class_index));
   AppendField(&key, "prompt", plan.prompt);
   AppendField(&key, "negative", plan.negative_prompt);
+  if (plan.size_ids) {
+    const SizeConditioning& s = plan.size;
+    AppendField(&key, "size",
+                absl::StrCat(s.original_height, ",", s.original_width, ",", s.crop_top, ",",
+                             s.crop_left, ",", s.target_height, ",", s.target_width));
+  }
   return key;
 }
 

@@ -70,6 +70,28 @@ TEST(PrefixCacheTest, SamplerKeyCarriesTheSampler) {
   EXPECT_NE(PrefixCache::SamplerKey(Plan()), PrefixCache::SamplerKey(euler));
 }
 
+TEST(PrefixCacheTest, SamplerKeyCarriesTheSizeConditioning) {
+  GridPlanSpec sized = Plan();
+  sized.size_ids = true;
+  sized.size = {32, 32, 0, 0, 32, 32};
+  // Each of the six numbers is its own trajectory (SDXL's time_ids).
+  for (int field = 0; field < 6; ++field) {
+    GridPlanSpec other = sized;
+    int* values[] = {&other.size.original_height, &other.size.original_width,
+                     &other.size.crop_top,        &other.size.crop_left,
+                     &other.size.target_height,   &other.size.target_width};
+    *values[field] += 8;
+    EXPECT_NE(PrefixCache::SamplerKey(sized), PrefixCache::SamplerKey(other)) << field;
+  }
+  // Swapping height and width is another size, not the same key.
+  GridPlanSpec swapped = sized;
+  swapped.size = {32, 16, 0, 0, 32, 32};
+  GridPlanSpec transposed = sized;
+  transposed.size = {16, 32, 0, 0, 32, 32};
+  EXPECT_NE(PrefixCache::SamplerKey(swapped), PrefixCache::SamplerKey(transposed));
+  EXPECT_NE(PrefixCache::SamplerKey(Plan()), PrefixCache::SamplerKey(sized));
+}
+
 TEST(PrefixCacheTest, SamplerKeyCarriesTheModelVersion) {
   GridPlanSpec rolled = Plan();
   rolled.model_version = "2";

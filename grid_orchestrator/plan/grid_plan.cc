@@ -352,6 +352,39 @@ void PlanRows(const std::vector<int>& branch_steps, const v1::ModelInfo& model,
       (1 + static_cast<int64_t>(plan->rows.size()) * plan->branches) * plan->steps;
 }
 
+// SDXL-style size conditioning: the request's, its zeros the model's
+// defaults, for a model that takes it (ModelInfo.default_size).
+absl::Status PlanSize(const v1::GridRequest& request, const v1::ModelInfo& model,
+                      GridPlanSpec* plan) {
+  if (!model.has_default_size()) {
+    if (request.has_size()) {
+      return Invalid(absl::StrCat("size: ", model.name(), " takes no size conditioning"));
+    }
+    return absl::OkStatus();
+  }
+  const v1::SizeConditioning& s = request.size();
+  const v1::SizeConditioning& d = model.default_size();
+  const std::pair<const char*, int> fields[] = {
+      {"original_height", s.original_height()}, {"original_width", s.original_width()},
+      {"crop_top", s.crop_top()}, {"crop_left", s.crop_left()},
+      {"target_height", s.target_height()}, {"target_width", s.target_width()}};
+  for (const auto& [name, value] : fields) {
+    if (value < 0 || value > SizeConditioning::kMaxPixels) {
+      return Invalid(absl::StrCat("size.", name, " must be in [0, ", SizeConditioning::kMaxPixels,
+                                  "], got ", value));
+    }
+  }
+  auto or_default = [](int v, int fallback) { return v > 0 ? v : fallback; };
+  plan->size_ids = true;
+  plan->size = {or_default(s.original_height(), d.original_height()),
+                or_default(s.original_width(), d.original_width()),
+                s.crop_top(),
+                s.crop_left(),
+                or_default(s.target_height(), d.target_height()),
+                or_default(s.target_width(), d.target_width())};
+  return absl::OkStatus();
+}
+
 // The trunk streams every branch step (0 gives x_T, for the trajectory
 // strip) and checkpoints.
 void PlanCaptures(const std::vector<int>& branch_steps, const PlanLimits& limits,
@@ -373,6 +406,7 @@ absl::StatusOr<GridPlanSpec> PlanGrid(const v1::GridRequest& request, const v1::
   RETURN_IF_ERROR(PlanConditioning(request, model, &plan));
   RETURN_IF_ERROR(PlanSwitch(request, model, &plan));
   RETURN_IF_ERROR(PlanSampler(request, model, preset, limits, &plan));
+  RETURN_IF_ERROR(PlanSize(request, model, &plan));
   RETURN_IF_ERROR(PlanColumns(request, preset, limits, &plan));
   ASSIGN_OR_RETURN(const std::vector<int> branch_steps,
                    ChooseBranchSteps(request, preset, plan, limits));
@@ -397,6 +431,7 @@ void PlanToProto(const GridPlanSpec& plan, v1::GridPlan* out) {
   s->set_guidance(plan.guidance);
   s->set_spacing(SpacingToProto(plan.spacing));
   s->set_sampler(SamplerToProto(plan.sampler));
+  if (plan.size_ids) SizeToProto(plan.size, out->mutable_size());
   PathToProto(plan.trunk, out->mutable_trunk());
   for (const PlannedRow& row : plan.rows) {
     out->add_branch_steps(row.branch_step);

@@ -76,6 +76,10 @@ struct GridPlanSpec {
   float guidance = 1.0f;
   Spacing spacing = Spacing::kLeading;
   Sampler sampler = Sampler::kDdim;
+  // A model with size conditioning (SDXL-style): every trajectory's, the
+  // model's defaults filled in.
+  bool size_ids = false;
+  SizeConditioning size;
   Path trunk;
   int branches = 4;
   std::vector<PlannedRow> rows;

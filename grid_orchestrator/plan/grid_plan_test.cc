@@ -56,6 +56,41 @@ TEST(GridPlanTest, DefaultPresetSpansTheTrajectory) {
   EXPECT_EQ(plan->trunk_captures, (std::vector<int>{0, 5, 10, 20, 30, 40}));
 }
 
+TEST(GridPlanTest, SizeConditioningIsTheRequestsWithTheModelsDefaults) {
+  v1::GridRequest r;
+  r.mutable_size()->set_original_height(512);
+  r.mutable_size()->set_crop_left(64);
+  // A model without size ids refuses it, naming the field.
+  auto refused = PlanGrid(r, Model(), {});
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StartsWith(refused.status().message(), "size: fashion-mnist"))
+      << refused.status();
+  EXPECT_TRUE(PlanGrid(v1::GridRequest(), Model(), {})->size_ids == false);
+
+  v1::ModelInfo xl = Model();
+  xl.mutable_default_size()->set_original_height(1024);
+  xl.mutable_default_size()->set_original_width(1024);
+  xl.mutable_default_size()->set_target_height(1024);
+  xl.mutable_default_size()->set_target_width(1024);
+  auto plan = PlanGrid(r, xl, {});
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_TRUE(plan->size_ids);
+  EXPECT_TRUE((plan->size == SizeConditioning{512, 1024, 0, 64, 1024, 1024}));
+  v1::GridPlan wire;
+  PlanToProto(*plan, &wire);
+  EXPECT_EQ(wire.size().original_width(), 1024);
+  EXPECT_EQ(wire.size().crop_left(), 64);
+  // Unset sizes are the defaults, so an explicit default is the same plan.
+  auto implicit = PlanGrid(v1::GridRequest(), xl, {});
+  ASSERT_TRUE(implicit.ok());
+  EXPECT_TRUE((implicit->size == SizeConditioning{1024, 1024, 0, 0, 1024, 1024}));
+  r.mutable_size()->set_target_width(-1);
+  auto negative = PlanGrid(r, xl, {});
+  EXPECT_EQ(negative.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StartsWith(negative.status().message(), "size.target_width"))
+      << negative.status();
+}
+
 TEST(GridPlanTest, TheSamplerIsTheRequestsElseThePresets) {
   auto ddim = PlanGrid(v1::GridRequest(), Model(), {});
   ASSERT_TRUE(ddim.ok());

@@ -142,6 +142,9 @@ class Client:
         switch_negative_prompt: str = "",
         branch_noise: str = "new",
         sampler: Optional[str] = None,
+        original_size: Optional[Tuple[int, int]] = None,
+        crop: Optional[Tuple[int, int]] = None,
+        target_size: Optional[Tuple[int, int]] = None,
     ) -> Any:
         """A dgrid.v1.GridRequest. None leaves a field to the preset / model.
 
@@ -150,7 +153,10 @@ class Client:
         ``switch_prompt``: each row's branches switch to it at the row's branch
         step; ``branch_noise`` "trunk" keeps the trunk's noise (one column).
         ``sampler``: "ddim" or "euler_ancestral" ("euler_a"); None or "" the
-        preset's. A bad name raises ValueError before anything is sent."""
+        preset's. A bad name raises ValueError before anything is sent.
+        ``original_size``, ``crop`` and ``target_size``: SDXL-style size
+        conditioning as (height, width) and (top, left) in pixels, as
+        diffusers takes them; None the model's default (Model.default_size)."""
         r = orchestrator_pb2.GridRequest(model=model, prompt=prompt, seed=seed, preset=preset,
                                          negative_prompt=negative_prompt,
                                          switch_prompt=switch_prompt,
@@ -172,6 +178,16 @@ class Client:
             r.sampler = sampler_value(sampler)
         if trunk is not None:
             r.trunk.CopyFrom(trunk.to_proto())
+        sizes = {"original": original_size, "crop": crop, "target": target_size}
+        for name, pair in sizes.items():
+            if pair is None:
+                continue
+            if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
+                raise ValueError(f"{name}: give two ints, got {pair!r}")
+            first, second = ("crop_top", "crop_left") if name == "crop" else (
+                f"{name}_height", f"{name}_width")
+            setattr(r.size, first, pair[0])
+            setattr(r.size, second, pair[1])
         return r
 
     # ---- calls ----
@@ -195,13 +211,16 @@ class Client:
         switch_negative_prompt: str = "",
         branch_noise: str = "new",
         sampler: Optional[str] = None,
+        original_size: Optional[Tuple[int, int]] = None,
+        crop: Optional[Tuple[int, int]] = None,
+        target_size: Optional[Tuple[int, int]] = None,
         timeout: Optional[float] = None,
     ) -> Grid:
         """Runs a whole grid and returns it (one unary call)."""
         request = self.build_request(
             prompt, seed, preset, steps, eta, guidance, branches, branch_steps, model,
             spacing, trunk, negative_prompt, switch_prompt, switch_negative_prompt, branch_noise,
-            sampler)
+            sampler, original_size, crop, target_size)
         return self.create_grid_from_request(request, timeout=timeout)
 
     def create_grid_from_request(self, request: Any, *, timeout: Optional[float] = None) -> Grid:
@@ -231,6 +250,9 @@ class Client:
         switch_negative_prompt: str = "",
         branch_noise: str = "new",
         sampler: Optional[str] = None,
+        original_size: Optional[Tuple[int, int]] = None,
+        crop: Optional[Tuple[int, int]] = None,
+        target_size: Optional[Tuple[int, int]] = None,
         timeout: Optional[float] = None,
     ) -> Iterator[GridEvent]:
         """Streams a grid: a Plan, then TrunkProgress and Cell events as they
@@ -239,7 +261,7 @@ class Client:
         request = self.build_request(
             prompt, seed, preset, steps, eta, guidance, branches, branch_steps, model,
             spacing, trunk, negative_prompt, switch_prompt, switch_negative_prompt, branch_noise,
-            sampler)
+            sampler, original_size, crop, target_size)
         return self.stream_grid_from_request(request, timeout=timeout)
 
     def stream_grid_from_request(
