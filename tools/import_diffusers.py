@@ -18,6 +18,20 @@ safetensors), which only `main` imports. fp16 needs --device cuda: diffusers'
 graphs cast to the dtype they were traced in, and CPU torch lacks fp16 kernels.
 A bundle traced on CUDA is served on CUDA.
 
+SDXL-class models: export_bundle(..., extra={...}) writes the manifest's
+conditioning.extra (proto/dgrid/v1/manifest.proto's ExtraConditioning, with
+its field names as keys):
+  pooled_dim P > 0      text_encoder(...) -> (context [B,L,D], pooled [B,P]),
+                        and the UNet takes pooled [B,P] after the context
+  size_ids true         the UNet takes time_ids [B,6] last: original height,
+                        width, crop top, left, target height, width
+  second_pad_id N       text_encoder(ids, ids2), ids2 being ids padded with N
+                        after the first EOS (the engine builds it)
+  zeros_for_empty_negative, default_size [H, W]
+so the UNet is called unet(x, t, context[, pooled][, time_ids]). sample()
+conditions such a bundle as the engine does. `main` exports SD 1.x/2.x
+pipelines (StableDiffusionPipeline) only, without extra.
+
 What is tested, and what is not: `export_bundle`, `load_bundle`, `sample`,
 `read_tokenizer_config` and `schedule_from_diffusers` take plain torch modules
 and dicts; tools/import_diffusers_test.py tests them, and
@@ -61,12 +75,21 @@ _DIFFUSERS_DEFAULTS = {
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 
+# conditioning.extra's fields, at the values an unset field means.
+_EXTRA_DEFAULTS = {"pooled_dim": 0, "size_ids": False, "second_pad_id": None,
+                   "zeros_for_empty_negative": False, "default_size": None}
+
+
 class BundleShapeError(ValueError):
     """The parts of a bundle disagree about a shape."""
 
 
 def _shape(t):
     return list(t.shape)
+
+
+def _as_tuple(output):
+    return tuple(output) if isinstance(output, (tuple, list)) else (output,)
 
 
 def _first(output):
@@ -83,17 +106,32 @@ class DenoiserPart(torch.nn.Module):
         self.unet = unet
         self.register_buffer("_ref", torch.zeros(()))
 
-    def forward(self, x, t, context):
-        return self.unet(x.type_as(self._ref), t, context.type_as(self._ref)).float()
+    def forward(self, x, t, context, *conditioning):
+        # conditioning: pooled [B,P] and time_ids [B,6], where extra has them.
+        ref = self._ref
+        return self.unet(x.type_as(ref), t, context.type_as(ref),
+                         *(c.type_as(ref) for c in conditioning)).float()
 
 
 class TextEncoderPart(torch.nn.Module):
-    def __init__(self, text_encoder):
+    """ids (and ids2 where extra.second_pad_id is set) -> context, or
+    (context, pooled) when `pooled`."""
+
+    def __init__(self, text_encoder, pooled=False):
         super().__init__()
         self.text_encoder = text_encoder
+        self.pooled = pooled
 
-    def forward(self, ids):
-        return _first(self.text_encoder(ids)).float()
+    def forward(self, *ids):
+        output = self.text_encoder(*ids)
+        if not self.pooled:
+            return _first(output).float()
+        if not isinstance(output, (tuple, list)) or len(output) < 2:
+            got = type(output).__name__ if not isinstance(output, torch.Tensor) else \
+                f"a tensor {_shape(output)}"
+            raise BundleShapeError(f"text encoder: gives {got}; with extra.pooled_dim it must "
+                                   "give a tuple (context [B, L, D], pooled [B, P])")
+        return output[0].float(), output[1].float()
 
 
 class DecoderPart(torch.nn.Module):
@@ -107,6 +145,69 @@ class DecoderPart(torch.nn.Module):
 
 
 # ---------------------------------------------------------------- inputs
+
+def extra_settings(extra):
+    """Every field of conditioning.extra, from `extra` (a dict keyed by the
+    proto's field names, or None), unset fields at their defaults.
+
+    Raises ValueError naming a key or value the engine would refuse.
+    """
+    extra = extra or {}
+    unknown = sorted(set(extra) - set(_EXTRA_DEFAULTS))
+    if unknown:
+        raise ValueError(f"extra: unknown keys {unknown}; it takes {sorted(_EXTRA_DEFAULTS)}")
+    s = dict(_EXTRA_DEFAULTS)
+    s.update({k: v for k, v in extra.items() if v is not None})
+    s["pooled_dim"] = int(s["pooled_dim"])
+    if s["pooled_dim"] < 0:
+        raise ValueError(f"extra: pooled_dim must be >= 0, got {s['pooled_dim']}")
+    if s["second_pad_id"] is not None:
+        s["second_pad_id"] = int(s["second_pad_id"])
+        if s["second_pad_id"] < 0:
+            raise ValueError(f"extra: second_pad_id must be >= 0, got {s['second_pad_id']}")
+    if s["default_size"] is not None:
+        size = [int(v) for v in s["default_size"]]
+        if not s["size_ids"] or len(size) != 2 or min(size) < 1:
+            raise ValueError(f"extra: default_size {list(s['default_size'])} must be [height, "
+                             "width], both >= 1, and needs size_ids")
+        s["default_size"] = size
+    return s
+
+
+def second_ids(ids, eos_id, pad_id):
+    """The second tokenizer's ids [B, L] as the engine builds them: ids with
+    every position after the first EOS set to pad_id (SDXL pads with "!", 0)."""
+    eos = (ids == eos_id).long()
+    after_eos = (eos.cumsum(1) - eos) > 0
+    return torch.where(after_eos, torch.full_like(ids, pad_id), ids)
+
+
+def encoder_inputs(ids, eos_id, extra):
+    """The text encoder's inputs for ids: (ids,), or (ids, ids2) where
+    extra (extra_settings) has a second_pad_id."""
+    if extra["second_pad_id"] is None:
+        return (ids,)
+    return (ids, second_ids(ids, eos_id, extra["second_pad_id"]))
+
+
+def time_ids(size, default_size):
+    """SDXL's add_time_ids, float [6], as the engine's TimeIds makes them.
+
+    size holds original height and width, crop top and left, target height
+    and width (None: all 0); a size of 0 is default_size's [H, W].
+    """
+    size = [0] * 6 if size is None else list(size)
+    if len(size) != 6:
+        raise ValueError(f"size: needs 6 numbers (original h, w, crop top, left, target h, w), "
+                         f"got {size}")
+    h, w = default_size
+    return torch.tensor([s or d for s, d in zip(size, (h, w, 0, 0, h, w))],
+                        dtype=torch.float32)
+
+
+def _default_size(extra, image_shape):
+    return extra["default_size"] or list(image_shape[:2])
+
 
 def read_vocab_size(tokenizer_dir):
     """1 + the largest id in tokenizer_dir/vocab.json."""
@@ -210,19 +311,33 @@ def _timesteps(batch, schedule, timestep_dtype):
     return t.float() if timestep_dtype == "float" else t
 
 
+def _time_id_rows(batch, default_size, generator):
+    """[batch, 6] random sizes and crops up to twice default_size: a traced
+    graph must not have baked in the values it was traced with."""
+    top = 2 * max(default_size) + 1
+    return torch.randint(0, top, (batch, 6), generator=generator).float()
+
+
 # ---------------------------------------------------------------- checks
 
-def check_parts(unet, decoder, text_encoder, ids, *, latent_shape, image_shape, schedule,
-                timestep_dtype="long", context_dim=None, generator=None):
+def check_parts(unet, decoder, text_encoder, text_inputs, *, latent_shape, image_shape, schedule,
+                timestep_dtype="long", context_dim=None, generator=None, extra=None):
     """Runs the eager wrappers once; raises BundleShapeError naming the shapes.
 
-    Returns the context width D.
+    text_inputs is (ids,), or (ids, ids2) (encoder_inputs); extra is
+    extra_settings' dict, None for none. Returns the context width D.
     """
+    extra = extra or extra_settings(None)
+    ids = text_inputs[0]
     batch, length = ids.shape
     try:
-        context = text_encoder(ids)
+        encoding = _as_tuple(text_encoder(*text_inputs))
+    except BundleShapeError:
+        raise
     except Exception as e:
-        raise BundleShapeError(f"text encoder: forward(ids {_shape(ids)}) failed: {e}") from e
+        named = ", ".join(f"{n} {_shape(i)}" for n, i in zip(("ids", "ids2"), text_inputs))
+        raise BundleShapeError(f"text encoder: forward({named}) failed: {e}") from e
+    context = encoding[0]
     if context.dim() != 3 or _shape(context)[:2] != [batch, length]:
         raise BundleShapeError(f"text encoder: gives context {_shape(context)} for ids "
                                f"{_shape(ids)}; it must give [B, L, D] = [{batch}, {length}, D]")
@@ -230,16 +345,32 @@ def check_parts(unet, decoder, text_encoder, ids, *, latent_shape, image_shape, 
     if context_dim is not None and width != context_dim:
         raise BundleShapeError(f"text encoder gives context {_shape(context)}, but the UNet "
                                f"takes context [{batch}, {length}, {context_dim}]")
+    # The UNet's inputs after x and t, named for the messages.
+    conditioning = [("context", context)]
+    sources = [f"context from the text encoder {_shape(context)}"]
+    pooled_dim = extra["pooled_dim"]
+    if pooled_dim:
+        pooled = encoding[1]
+        if _shape(pooled) != [batch, pooled_dim]:
+            raise BundleShapeError(f"text encoder: gives pooled {_shape(pooled)} for ids "
+                                   f"{_shape(ids)}; extra.pooled_dim {pooled_dim} needs "
+                                   f"[{batch}, {pooled_dim}]")
+        conditioning.append(("pooled", pooled))
+        sources.append(f"pooled from the text encoder, extra.pooled_dim {pooled_dim}")
+    if extra["size_ids"]:
+        size = time_ids(None, _default_size(extra, image_shape))
+        conditioning.append(("time_ids", size.repeat(batch, 1).to(context.device)))
+        sources.append(f"time_ids {size.tolist()} per row, extra.size_ids")
 
     x = torch.randn([batch] + list(latent_shape), generator=generator).to(context.device)
     t = _timesteps(batch, schedule, timestep_dtype).to(context.device)
     try:
-        out = unet(x, t, context)
+        out = unet(x, t, *(value for _, value in conditioning))
     except Exception as e:
+        named = ", ".join(f"{n} {_shape(v)}" for n, v in [("x", x), ("t", t)] + conditioning)
         raise BundleShapeError(
-            f"unet: forward(x {_shape(x)}, t {_shape(t)}, context {_shape(context)}) failed "
-            f"(latent_shape {list(latent_shape)}, context from the text encoder "
-            f"{_shape(context)}): {e}") from e
+            f"unet: forward({named}) failed (latent_shape {list(latent_shape)}, "
+            f"{', '.join(sources)}): {e}") from e
     if not isinstance(out, torch.Tensor) or _shape(out) != _shape(x):
         got = _shape(out) if isinstance(out, torch.Tensor) else type(out).__name__
         raise BundleShapeError(f"unet: gives {got} for x {_shape(x)}; the model output "
@@ -259,24 +390,32 @@ def check_parts(unet, decoder, text_encoder, ids, *, latent_shape, image_shape, 
 
 
 def _verify_traced(path, eager, inputs_by_batch, tolerance, device):
-    """The saved graph at other batch sizes must match the module it was traced from."""
+    """The saved graph at other batch sizes must match the module it was traced
+    from, in each output (a tensor, or a tuple such as (context, pooled))."""
+    def shapes(outputs):
+        listed = [_shape(o) for o in outputs]
+        return listed[0] if len(listed) == 1 else tuple(listed)
+
+    name = os.path.basename(path)
     loaded = torch.jit.load(path, map_location=device)
     for inputs in inputs_by_batch:
+        batch = inputs[0].shape[0]
         with torch.no_grad():
-            want = eager(*inputs)
+            want = _as_tuple(eager(*inputs))
             try:
-                got = loaded(*inputs)
+                got = _as_tuple(loaded(*inputs))
             except Exception as e:
-                raise BundleShapeError(f"{os.path.basename(path)}: the traced graph fails at "
-                                       f"batch {inputs[0].shape[0]}: {e}") from e
-        if _shape(got) != _shape(want):
-            raise BundleShapeError(f"{os.path.basename(path)}: gives {_shape(got)} at batch "
-                                   f"{inputs[0].shape[0]}, the module {_shape(want)}")
-        diff = (got - want).abs().max().item()
-        if not diff <= tolerance * (1.0 + want.abs().max().item()):
-            raise BundleShapeError(f"{os.path.basename(path)}: at batch {inputs[0].shape[0]} "
-                                   f"the traced graph differs from the module by {diff:.3g}; "
-                                   "tracing baked in a shape-dependent branch")
+                raise BundleShapeError(f"{name}: the traced graph fails at batch {batch}: "
+                                       f"{e}") from e
+        if shapes(got) != shapes(want):
+            raise BundleShapeError(f"{name}: gives {shapes(got)} at batch {batch}, the module "
+                                   f"{shapes(want)}")
+        for g, w in zip(got, want):
+            diff = (g - w).abs().max().item()
+            if not diff <= tolerance * (1.0 + w.abs().max().item()):
+                raise BundleShapeError(f"{name}: at batch {batch} the traced graph differs from "
+                                       f"the module by {diff:.3g}; tracing baked in a "
+                                       "shape-dependent branch")
 
 
 # ---------------------------------------------------------------- export
@@ -306,8 +445,11 @@ def trace_part(module, example_inputs, path, *, dtype="fp32", device="cpu", veri
 
 def manifest_dict(*, name, version, description, latent_shape, image_shape, schedule, spacing,
                   tokenizer, context_dim, example_prompts, latent_scale, value_range,
-                  timestep_dtype, defaults, license, source):
-    """manifest.json's content, with proto/dgrid/v1/manifest.proto's field names."""
+                  timestep_dtype, defaults, license, source, extra=None):
+    """manifest.json's content, with proto/dgrid/v1/manifest.proto's field names.
+
+    extra (export_bundle's) becomes conditioning.extra, with the keys it sets.
+    """
     d = {"steps": 50, "eta": 0.0, "guidance": 7.5}
     d.update(defaults or {})
     d["spacing"] = spacing
@@ -336,31 +478,41 @@ def manifest_dict(*, name, version, description, latent_shape, image_shape, sche
     }
     if source:
         manifest["data"]["source"] = source
+    if extra is not None:
+        settings = extra_settings(extra)
+        manifest["conditioning"]["extra"] = {k: v for k, v in settings.items()
+                                             if extra.get(k) is not None}
     return manifest
 
 
-def _trace_parts(parts, out_dir, ids, other_ids, *, latent_shape, schedule, timestep_dtype,
-                 latent_scale, dtype, device, generator):
+def _trace_parts(parts, out_dir, text_inputs, other_text_inputs, *, latent_shape, schedule,
+                 timestep_dtype, latent_scale, dtype, device, generator, extra, default_size):
     """Traces each part at batch 2 and checks the saved graph at batches 1 and 3
-    (the engine batches 1..max_batch)."""
+    (the engine batches 1..max_batch). text_inputs are the encoder's inputs
+    (encoder_inputs), other_text_inputs those at the other batch sizes."""
     def path(f):
         return os.path.join(out_dir, f)
 
     text = parts[TEXT_ENCODER_FILE]
-    trace_part(text, (ids,), path(TEXT_ENCODER_FILE), dtype=dtype, device=device,
-               verify_inputs=[(i,) for i in other_ids])
-    contexts = [text(i.to(device)).cpu() for i in [ids] + other_ids]
+    trace_part(text, text_inputs, path(TEXT_ENCODER_FILE), dtype=dtype, device=device,
+               verify_inputs=other_text_inputs)
+    # (context,) or (context, pooled) per batch size
+    encodings = [tuple(e.cpu() for e in _as_tuple(text(*(i.to(device) for i in inputs))))
+                 for inputs in [text_inputs] + other_text_inputs]
 
-    def unet_inputs(context):
-        b = context.shape[0]
-        return (torch.randn([b] + list(latent_shape), generator=generator),
-                _timesteps(b, schedule, timestep_dtype), context)
+    def unet_inputs(encoding):
+        b = encoding[0].shape[0]
+        inputs = (torch.randn([b] + list(latent_shape), generator=generator),
+                  _timesteps(b, schedule, timestep_dtype)) + encoding
+        if extra["size_ids"]:
+            inputs += (_time_id_rows(b, default_size, generator),)
+        return inputs
 
     def latents(b):
         return (torch.randn([b] + list(latent_shape), generator=generator) / latent_scale,)
 
-    trace_part(parts[UNET_FILE], unet_inputs(contexts[0]), path(UNET_FILE), dtype=dtype,
-               device=device, verify_inputs=[unet_inputs(c) for c in contexts[1:]])
+    trace_part(parts[UNET_FILE], unet_inputs(encodings[0]), path(UNET_FILE), dtype=dtype,
+               device=device, verify_inputs=[unet_inputs(e) for e in encodings[1:]])
     trace_part(parts[DECODER_FILE], latents(2), path(DECODER_FILE), dtype=dtype, device=device,
                verify_inputs=[latents(1), latents(3)])
 
@@ -369,7 +521,7 @@ def export_bundle(unet, decoder, text_encoder, tokenizer_dir, scheduler_config, 
                   name, version, latent_shape, image_shape, tokenizer=None,
                   example_prompts=(), dtype="fp32", description="", license="", source=None,
                   latent_scale=1.0, value_range=(-1.0, 1.0), defaults=None, context_dim=None,
-                  timestep_dtype="long", device="cpu", seed=0):
+                  timestep_dtype="long", device="cpu", seed=0, extra=None):
     """Writes a text bundle to out_dir and returns its manifest (a dict).
 
     unet(x [B,C,h,w], t [B], context [B,L,D]) -> model output [B,C,h,w]
@@ -377,6 +529,11 @@ def export_bundle(unet, decoder, text_encoder, tokenizer_dir, scheduler_config, 
         by latent_scale: the engine does that)
     text_encoder(ids [B,L] long) -> context [B,L,D], or a tuple whose first
         element is the context
+    extra (SDXL-style; the module doc): a dict with conditioning.extra's
+        keys, written to the manifest. With it the parts are
+        unet(x, t, context[, pooled [B,P]][, time_ids [B,6]]) and
+        text_encoder(ids[, ids2]) -> context, or (context, pooled [B,P])
+        where pooled_dim is P. None: SD 1.x/2.x, no extra.
     tokenizer_dir holds vocab.json and merges.txt; `tokenizer` is
         {"kind": "clip_bpe", "bos_id", "eos_id", "pad_id", "max_length"}, read
         from tokenizer_dir's tokenizer_config.json when None.
@@ -404,21 +561,28 @@ def export_bundle(unet, decoder, text_encoder, tokenizer_dir, scheduler_config, 
         if not os.path.exists(os.path.join(tokenizer_dir, f)):
             raise FileNotFoundError(f"tokenizer: {os.path.join(tokenizer_dir, f)} not found")
     schedule, spacing = schedule_from_diffusers(scheduler_config)
+    settings = extra_settings(extra)
 
     g = torch.Generator().manual_seed(seed)
     vocab_size = read_vocab_size(tokenizer_dir)
-    ids = _token_rows(tokenizer, vocab_size, 2, g)
+
+    def text_inputs(batch):
+        ids = _token_rows(tokenizer, vocab_size, batch, g)
+        return encoder_inputs(ids, tokenizer["eos_id"], settings)
+
+    inputs = text_inputs(2)
     parts = {UNET_FILE: DenoiserPart(unet), DECODER_FILE: DecoderPart(decoder),
-             TEXT_ENCODER_FILE: TextEncoderPart(text_encoder)}
+             TEXT_ENCODER_FILE: TextEncoderPart(text_encoder, pooled=settings["pooled_dim"] > 0)}
     # fp16 cannot run on the CPU: the shapes are checked in fp32 there.
     cuda_fp16 = dtype == "fp16" and torch.device(device).type == "cuda"
     for m in parts.values():
         m.eval().to(device=device, dtype=_DTYPES[dtype] if cuda_fp16 else torch.float32)
     with torch.no_grad():
         width = check_parts(parts[UNET_FILE], parts[DECODER_FILE], parts[TEXT_ENCODER_FILE],
-                            ids.to(device), latent_shape=latent_shape, image_shape=image_shape,
-                            schedule=schedule, timestep_dtype=timestep_dtype,
-                            context_dim=context_dim, generator=g)
+                            tuple(i.to(device) for i in inputs), latent_shape=latent_shape,
+                            image_shape=image_shape, schedule=schedule,
+                            timestep_dtype=timestep_dtype, context_dim=context_dim, generator=g,
+                            extra=settings)
 
     os.makedirs(out_dir, exist_ok=True)
     manifest_path = os.path.join(out_dir, "manifest.json")
@@ -426,25 +590,30 @@ def export_bundle(unet, decoder, text_encoder, tokenizer_dir, scheduler_config, 
         os.remove(manifest_path)
     for f in (VOCAB_FILE, MERGES_FILE):
         shutil.copyfile(os.path.join(tokenizer_dir, f), os.path.join(out_dir, f))
-    other_ids = [_token_rows(tokenizer, vocab_size, b, g) for b in (1, 3)]
+    other_inputs = [text_inputs(b) for b in (1, 3)]
     with torch.no_grad():
-        _trace_parts(parts, out_dir, ids, other_ids,
+        _trace_parts(parts, out_dir, inputs, other_inputs,
                      latent_shape=latent_shape, schedule=schedule, timestep_dtype=timestep_dtype,
-                     latent_scale=latent_scale, dtype=dtype, device=device, generator=g)
+                     latent_scale=latent_scale, dtype=dtype, device=device, generator=g,
+                     extra=settings, default_size=_default_size(settings, image_shape))
 
     manifest = manifest_dict(
         name=name, version=version, description=description, latent_shape=latent_shape,
         image_shape=image_shape, schedule=schedule, spacing=spacing, tokenizer=tokenizer,
         context_dim=width, example_prompts=example_prompts, latent_scale=latent_scale,
         value_range=value_range, timestep_dtype=timestep_dtype, defaults=defaults,
-        license=license, source=source)
+        license=license, source=source, extra=extra)
     return bundle_manifest.write_manifest(manifest_path, manifest)
 
 
 # ---------------------------------------------------------------- sampling
 
 class Bundle:
-    """A text bundle loaded back: manifest dict plus its three TorchScript parts."""
+    """A text bundle loaded back: manifest dict plus its three TorchScript parts.
+
+    extra is conditioning.extra with every field (extra_settings), and
+    default_size the [H, W] that a size of 0 stands for.
+    """
 
     def __init__(self, bundle_dir, device="cpu"):
         self.manifest = bundle_manifest.read_manifest(os.path.join(bundle_dir, "manifest.json"))
@@ -456,6 +625,24 @@ class Bundle:
         self.decoder = torch.jit.load(os.path.join(bundle_dir, m["decoder"]["weights"]),
                                       map_location=device)
         self.device = torch.device(device)
+        self.extra = extra_settings(m["conditioning"].get("extra"))
+        self.default_size = _default_size(self.extra, m["image_shape"])
+
+    def encode(self, ids):
+        """(context,) or (context, pooled) for padded ids [B, L], as the engine
+        calls the text encoder (the second ids built here)."""
+        tokenizer = self.manifest["conditioning"]["tokenizer"]
+        output = self.text_encoder(*encoder_inputs(ids.to(self.device), tokenizer["eos_id"],
+                                                   self.extra))
+        return _as_tuple(output)[:2 if self.extra["pooled_dim"] else 1]
+
+    def empty_prompt_ids(self, batch):
+        """[batch, L]: "" as the engine pads it: BOS, EOS, then padding."""
+        tokenizer = self.manifest["conditioning"]["tokenizer"]
+        ids = torch.full((batch, tokenizer["max_length"]), tokenizer["pad_id"], dtype=torch.long)
+        ids[:, 0] = tokenizer["bos_id"]
+        ids[:, 1] = tokenizer["eos_id"]
+        return ids
 
 
 def load_bundle(bundle_dir, device="cpu"):
@@ -499,13 +686,18 @@ def ddim_step(schedule, ac, t, steps, x, out, z, eta):
 
 
 def sample(bundle, cond_ids, uncond_ids, *, steps=None, guidance=None, eta=None, seed=0,
-           run_steps=None):
+           run_steps=None, size=None, x_T=None):
     """Guided DDIM in Python on a loaded bundle: (latent, image), both float32.
 
     cond_ids and uncond_ids are [B, L] token ids (the negative prompt's, or
-    the empty prompt's for plain classifier-free guidance). run_steps stops
-    after that many of the `steps` steps. The engine's noise comes from
-    Philox, so this matches it in law, not sample by sample.
+    the empty prompt's for plain classifier-free guidance). uncond_ids None
+    is the empty negative prompt as the engine takes it: zeros (context and
+    pooled) where extra.zeros_for_empty_negative, else the ids of "". size
+    (extra.size_ids only) is the 6 size ids every row gets (time_ids; 0 is
+    the default size, None all defaults). run_steps stops after that many of
+    the `steps` steps. The engine's noise comes from Philox, so this matches
+    it in law, not sample by sample; with eta 0 and the engine's x_T given
+    as `x_T` ([B, C, h, w]), step by step.
     """
     m = bundle.manifest
     d = m.get("defaults", {})
@@ -519,14 +711,28 @@ def sample(bundle, cond_ids, uncond_ids, *, steps=None, guidance=None, eta=None,
     g = torch.Generator().manual_seed(seed)
     dev = bundle.device
     batch = cond_ids.shape[0]
+    extra = bundle.extra
+    if size is not None and not extra["size_ids"]:
+        raise ValueError("size: this bundle takes no size ids (conditioning.extra.size_ids)")
     with torch.no_grad():
-        context = bundle.text_encoder(torch.cat([cond_ids, uncond_ids]).to(dev))
+        # The UNet's inputs after x and t, conditional rows then unconditional:
+        # context[, pooled][, time_ids].
+        if uncond_ids is None and extra["zeros_for_empty_negative"]:
+            conditioning = [torch.cat([e, torch.zeros_like(e)]) for e in bundle.encode(cond_ids)]
+        else:
+            if uncond_ids is None:
+                uncond_ids = bundle.empty_prompt_ids(batch)
+            conditioning = list(bundle.encode(torch.cat([cond_ids, uncond_ids])))
+        if extra["size_ids"]:
+            conditioning.append(time_ids(size, bundle.default_size).repeat(2 * batch, 1).to(dev))
         x = torch.randn([batch] + m["latent_shape"], generator=g)
+        if x_T is not None:
+            x = x_T.clone().float()
         for t in ts:
             tt = torch.full((2 * batch,), t, dtype=torch.long)
             if m.get("timestep_dtype") == "float":
                 tt = tt.float()
-            out = bundle.unet(torch.cat([x, x]).to(dev), tt.to(dev), context).cpu()
+            out = bundle.unet(torch.cat([x, x]).to(dev), tt.to(dev), *conditioning).cpu()
             cond, uncond = out[:batch], out[batch:]
             out = uncond + guidance * (cond - uncond)
             x, _ = ddim_step(schedule, ac, t, steps, x, out,
