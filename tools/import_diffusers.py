@@ -261,9 +261,14 @@ def schedule_from_diffusers(config):
     refused = []
     if config.get("trained_betas") is not None:
         refused.append("trained_betas")
-    for key in ("clip_sample", "thresholding", "rescale_betas_zero_snr"):
+    # Options that change the sampler (the Euler schedulers' sigma spacings
+    # among them: the engine's Euler ancestral spaces sigmas as DDIM does).
+    for key in ("clip_sample", "thresholding", "rescale_betas_zero_snr", "use_karras_sigmas",
+                "use_exponential_sigmas", "use_beta_sigmas"):
         if config.get(key):
             refused.append(f"{key}=true")
+    if config.get("timestep_type", "discrete") != "discrete":
+        refused.append(f"timestep_type={config['timestep_type']!r}")
     if c["beta_schedule"] not in _BETA_SCHEDULES:
         refused.append(f"beta_schedule={c['beta_schedule']!r}")
     if c["prediction_type"] not in _PREDICTION_TYPES:
@@ -742,17 +747,37 @@ def sample(bundle, cond_ids, uncond_ids, *, steps=None, guidance=None, eta=None,
     return x, image
 
 
-# ---------------------------------------------------------------- diffusers glue (untested)
+# ---------------------------------------------------------------- diffusers glue
 
-def _load_pipeline(model, torch_dtype):
+_FAMILIES = ("sd", "sdxl")
+
+
+def _load_pipeline(model, torch_dtype, *, family=None, config=None, original_config=None):
+    """A diffusers pipeline from a folder, or from one checkpoint file.
+
+    A file needs its family (sd: SD 1.x/2.x, sdxl), and offline the
+    pipeline's configs: `config`, a diffusers-format folder of the same
+    architecture (model_index.json, each component's config, the tokenizers),
+    and for diffusers versions that read one, `original_config`, the
+    checkpoint's original YAML (this needs omegaconf). With `config` nothing
+    is fetched (local_files_only) and no safety checker is loaded."""
     try:
-        from diffusers import StableDiffusionPipeline  # pylint: disable=import-outside-toplevel
+        # pylint: disable=import-outside-toplevel
+        from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
     except ImportError as e:
         sys.exit(f"import_diffusers: {e}; it needs pip install diffusers transformers safetensors")
 
-    if os.path.isfile(model):
-        return StableDiffusionPipeline.from_single_file(model, torch_dtype=torch_dtype)
-    return StableDiffusionPipeline.from_pretrained(model, torch_dtype=torch_dtype)
+    if not os.path.isfile(model):
+        return DiffusionPipeline.from_pretrained(model, torch_dtype=torch_dtype)
+    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    kwargs = {"torch_dtype": torch_dtype}
+    if config:
+        kwargs.update(config=config, local_files_only=True)
+    if original_config:
+        kwargs["original_config"] = original_config
+    if cls is StableDiffusionPipeline:
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    return cls.from_single_file(model, **kwargs)
 
 
 class _DiffusersUNet(torch.nn.Module):
@@ -762,6 +787,20 @@ class _DiffusersUNet(torch.nn.Module):
 
     def forward(self, x, t, context):
         return self.unet(x, t, encoder_hidden_states=context, return_dict=False)[0]
+
+
+class _DiffusersUNetXL(torch.nn.Module):
+    """SDXL's UNet: the pooled text embedding and the size ids go in as
+    added_cond_kwargs (text_embeds, time_ids)."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x, t, context, pooled, time_ids):
+        return self.unet(x, t, encoder_hidden_states=context,
+                         added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids},
+                         return_dict=False)[0]
 
 
 class _DiffusersDecoder(torch.nn.Module):
@@ -785,16 +824,68 @@ class _CLIPText(torch.nn.Module):
         return self.text_encoder(ids, return_dict=False)[0]  # last_hidden_state
 
 
+class _SDXLText(torch.nn.Module):
+    """SDXL's two text encoders as one module, as StableDiffusionXLPipeline's
+    encode_prompt uses them: the context is both encoders' penultimate hidden
+    states side by side (768 + 1280), the pooled embedding the second's
+    projected output (text_embeds). ids2 are the second tokenizer's ids."""
+
+    def __init__(self, text_encoder, text_encoder_2):
+        super().__init__()
+        self.text_encoder = text_encoder
+        self.text_encoder_2 = text_encoder_2
+
+    def forward(self, ids, ids2):
+        first = self.text_encoder(ids, output_hidden_states=True, return_dict=True)
+        second = self.text_encoder_2(ids2, output_hidden_states=True, return_dict=True)
+        context = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1)
+        return context, second.text_embeds
+
+
+def _is_sdxl(pipe):
+    return getattr(pipe, "text_encoder_2", None) is not None
+
+
+def _sdxl_parts(pipe, image_shape):
+    """(text encoder, UNet, extra) of an SDXL pipeline; refuses what the
+    bundle format cannot carry, by name."""
+    if pipe.text_encoder is None or pipe.unet.config.addition_embed_type != "text_time":
+        raise ValueError("SDXL: only base pipelines with both text encoders and "
+                         "addition_embed_type 'text_time' (a refiner is not supported)")
+    if getattr(pipe.config, "requires_aesthetics_score", False):
+        raise ValueError("SDXL: requires_aesthetics_score (a refiner's 5 time ids) is not supported")
+    if pipe.tokenizer.get_vocab() != pipe.tokenizer_2.get_vocab():
+        raise ValueError("SDXL: the two tokenizers' vocabularies differ; the bundle carries one")
+    extra = {
+        "pooled_dim": int(pipe.text_encoder_2.config.projection_dim),
+        "size_ids": True,
+        "second_pad_id": int(pipe.tokenizer_2.pad_token_id),
+        "zeros_for_empty_negative": bool(getattr(pipe.config, "force_zeros_for_empty_prompt",
+                                                 True)),
+        "default_size": [image_shape[0], image_shape[1]],
+    }
+    return _SDXLText(pipe.text_encoder, pipe.text_encoder_2), _DiffusersUNetXL(pipe.unet), extra
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True, help="pipeline folder or .safetensors file")
+    p.add_argument("--model", required=True, help="pipeline folder or checkpoint file")
     p.add_argument("--out_dir", required=True)
+    p.add_argument("--family", choices=_FAMILIES, default=None,
+                   help="a checkpoint file's family: sd (1.x, 2.x) or sdxl; a folder says it")
+    p.add_argument("--config", default=None,
+                   help="a checkpoint file: a diffusers-format folder with its pipeline's "
+                        "configs and tokenizers, read instead of fetching them")
+    p.add_argument("--original_config", default=None,
+                   help="a checkpoint file: its original YAML config (diffusers versions "
+                        "that read one; needs omegaconf)")
     p.add_argument("--dtype", choices=sorted(_DTYPES), default="fp32")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--name", default=None)
     p.add_argument("--version", default="1")
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--guidance", type=float, default=None,
+                   help="default 7.5 (SD), 5.0 (SDXL)")
     p.add_argument("--eta", type=float, default=0.0)
     p.add_argument("--spacing", choices=_SPACINGS, default=None,
                    help="overrides the scheduler config's timestep_spacing")
@@ -802,8 +893,11 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.dtype == "fp16" and not args.device.startswith("cuda"):
         p.error("--dtype fp16 needs --device cuda")
+    if os.path.isfile(args.model) and args.family is None:
+        p.error("--family sd or sdxl is needed for a checkpoint file")
 
-    pipe = _load_pipeline(args.model, _DTYPES[args.dtype])
+    pipe = _load_pipeline(args.model, _DTYPES[args.dtype], family=args.family,
+                          config=args.config, original_config=args.original_config)
     vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     size = pipe.unet.config.sample_size
     h, w = (size, size) if isinstance(size, int) else size
@@ -819,16 +913,22 @@ def main(argv=None):
     scheduler_config = dict(pipe.scheduler.config)
     if args.spacing:
         scheduler_config["timestep_spacing"] = args.spacing
+    if _is_sdxl(pipe):
+        text_encoder, unet, extra = _sdxl_parts(pipe, image_shape)
+        guidance = 5.0 if args.guidance is None else args.guidance
+    else:
+        text_encoder, unet, extra = _CLIPText(pipe.text_encoder), _DiffusersUNet(pipe.unet), None
+        guidance = 7.5 if args.guidance is None else args.guidance
     with tempfile.TemporaryDirectory() as tok_dir:
         pipe.tokenizer.save_pretrained(tok_dir)
         manifest = export_bundle(
-            _DiffusersUNet(pipe.unet), _DiffusersDecoder(pipe.vae), _CLIPText(pipe.text_encoder),
+            unet, _DiffusersDecoder(pipe.vae), text_encoder,
             tok_dir, scheduler_config, args.out_dir, name=name, version=args.version,
             latent_shape=latent_shape, image_shape=image_shape, example_prompts=prompts,
             dtype=args.dtype, description=f"{name}, exported by tools/import_diffusers.py",
             license=args.license, latent_scale=float(pipe.vae.config.scaling_factor),
-            defaults={"steps": args.steps, "eta": args.eta, "guidance": args.guidance},
-            context_dim=context_dim, device=args.device)
+            defaults={"steps": args.steps, "eta": args.eta, "guidance": guidance},
+            context_dim=context_dim, device=args.device, extra=extra)
     print(json.dumps(manifest["conditioning"]["tokenizer"]), manifest["schedule"])
 
     # Self-check: the saved files, one guided DDIM step on "a photo".
@@ -840,7 +940,7 @@ def main(argv=None):
         return tok([text], padding="max_length", max_length=max_length, truncation=True,
                    return_tensors="pt").input_ids
 
-    latent, image = sample(bundle, ids("a photo"), ids(""), run_steps=1)
+    latent, image = sample(bundle, ids("a photo"), None, run_steps=1)
     if not (torch.isfinite(latent).all() and torch.isfinite(image).all()):
         sys.exit("self-check: one step gave non-finite values")
     print(f"self-check: one step ok, latent {_shape(latent)}, image {_shape(image)} in "
