@@ -130,6 +130,8 @@ struct BundleManifest {
   std::string license;
   std::string classifier;
   JudgeSpec judge;
+  // The largest batch the traced parts were checked at; 0: any.
+  int max_batch = 0;
 
   bool is_text() const { return conditioning == ConditioningKind::kText; }
   int64_t LatentNumel() const;

@@ -353,6 +353,10 @@ absl::StatusOr<BundleManifest> FromProto(const v1::ModelManifest& p) {
   RETURN_IF_ERROR(ReadDefaults(p, m));
   m.license = p.data().license();
   m.classifier = p.classifier();
+  if (p.max_batch() < 0 || p.max_batch() > 65536) {
+    return Invalid("max_batch", "must be in [0, 65536] (0: any)");
+  }
+  m.max_batch = p.max_batch();
   if (p.has_judge()) {
     ASSIGN_OR_RETURN(m.judge, JudgeFromProto(p.judge()));
   }

@@ -49,6 +49,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 
 import torch
 
@@ -438,8 +439,17 @@ def trace_part(module, example_inputs, path, *, dtype="fp32", device="cpu", veri
     module = module.eval().to(device=device, dtype=torch.float32 if cast_after else _DTYPES[dtype])
     example_inputs = tuple(i.to(device) for i in example_inputs)
     verify_inputs = [tuple(i.to(device) for i in inputs) for inputs in verify_inputs]
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", torch.jit.TracerWarning)
         traced = torch.jit.trace(module, example_inputs, check_trace=False)
+    # A Python branch on a shape or a value becomes a constant of the graph:
+    # the checks at other batch sizes below are what catch a wrong one.
+    batches = ", ".join(str(inputs[0].shape[0]) for inputs in verify_inputs)
+    for w in caught:
+        if issubclass(w.category, torch.jit.TracerWarning):
+            print(f"{os.path.basename(path)}: tracer warning at {w.filename}:{w.lineno}: "
+                  f"{str(w.message).splitlines()[0]} (the graph is checked at batches "
+                  f"{batches})", file=sys.stderr)
     torch.jit.save(traced, path)
     tolerance = 1e-4 if dtype == "fp32" or cast_after else 2e-2
     _verify_traced(path, module, verify_inputs, tolerance, device)
@@ -491,10 +501,12 @@ def manifest_dict(*, name, version, description, latent_shape, image_shape, sche
 
 
 def _trace_parts(parts, out_dir, text_inputs, other_text_inputs, *, latent_shape, schedule,
-                 timestep_dtype, latent_scale, dtype, device, generator, extra, default_size):
-    """Traces each part at batch 2 and checks the saved graph at batches 1 and 3
-    (the engine batches 1..max_batch). text_inputs are the encoder's inputs
-    (encoder_inputs), other_text_inputs those at the other batch sizes."""
+                 timestep_dtype, latent_scale, dtype, device, generator, extra, default_size,
+                 decode_batches):
+    """Traces each part at batch 2 and checks the saved graph at the other
+    batch sizes: text_inputs are the encoder's inputs (encoder_inputs) at
+    batch 2, other_text_inputs those at the others (the encoder's and the
+    UNet's); decode_batches the decoder's."""
     def path(f):
         return os.path.join(out_dir, f)
 
@@ -519,14 +531,14 @@ def _trace_parts(parts, out_dir, text_inputs, other_text_inputs, *, latent_shape
     trace_part(parts[UNET_FILE], unet_inputs(encodings[0]), path(UNET_FILE), dtype=dtype,
                device=device, verify_inputs=[unet_inputs(e) for e in encodings[1:]])
     trace_part(parts[DECODER_FILE], latents(2), path(DECODER_FILE), dtype=dtype, device=device,
-               verify_inputs=[latents(1), latents(3)])
+               verify_inputs=[latents(b) for b in decode_batches])
 
 
 def export_bundle(unet, decoder, text_encoder, tokenizer_dir, scheduler_config, out_dir, *,
                   name, version, latent_shape, image_shape, tokenizer=None,
                   example_prompts=(), dtype="fp32", description="", license="", source=None,
                   latent_scale=1.0, value_range=(-1.0, 1.0), defaults=None, context_dim=None,
-                  timestep_dtype="long", device="cpu", seed=0, extra=None):
+                  timestep_dtype="long", device="cpu", seed=0, extra=None, max_batch=64):
     """Writes a text bundle to out_dir and returns its manifest (a dict).
 
     unet(x [B,C,h,w], t [B], context [B,L,D]) -> model output [B,C,h,w]
@@ -547,6 +559,13 @@ def export_bundle(unet, decoder, text_encoder, tokenizer_dir, scheduler_config, 
     context_dim, when given, is the width the UNet takes (diffusers:
         unet.config.cross_attention_dim); a text encoder giving another
         width is refused before the UNet runs.
+    max_batch is the largest batch the engine may run the parts at (its
+        --max_batch defaults to 64): the traced encoder and UNet are checked
+        at batches 1, 3 and max_batch, the decoder at 1, 3 and
+        min(max_batch, 32) (the engine decodes at most 32 at once), and the
+        manifest records it, so the engine runs no larger batch. Tracing
+        fixes branches on shapes as constants (diffusers' upsampler tests
+        batch >= 64): lower it only for a model too large to check there.
 
     The modules are moved to `device` (and, on CUDA, to `dtype`) in place, as
     nn.Module.to does. Raises BundleShapeError, naming the shapes, when the
@@ -595,12 +614,15 @@ def export_bundle(unet, decoder, text_encoder, tokenizer_dir, scheduler_config, 
         os.remove(manifest_path)
     for f in (VOCAB_FILE, MERGES_FILE):
         shutil.copyfile(os.path.join(tokenizer_dir, f), os.path.join(out_dir, f))
-    other_inputs = [text_inputs(b) for b in (1, 3)]
+    if not isinstance(max_batch, int) or max_batch < 1:
+        raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
+    other_inputs = [text_inputs(b) for b in sorted({1, 3, max_batch})]
     with torch.no_grad():
         _trace_parts(parts, out_dir, inputs, other_inputs,
                      latent_shape=latent_shape, schedule=schedule, timestep_dtype=timestep_dtype,
                      latent_scale=latent_scale, dtype=dtype, device=device, generator=g,
-                     extra=settings, default_size=_default_size(settings, image_shape))
+                     extra=settings, default_size=_default_size(settings, image_shape),
+                     decode_batches=sorted({1, 3, min(max_batch, 32)}))
 
     manifest = manifest_dict(
         name=name, version=version, description=description, latent_shape=latent_shape,
@@ -608,6 +630,7 @@ def export_bundle(unet, decoder, text_encoder, tokenizer_dir, scheduler_config, 
         context_dim=width, example_prompts=example_prompts, latent_scale=latent_scale,
         value_range=value_range, timestep_dtype=timestep_dtype, defaults=defaults,
         license=license, source=source, extra=extra)
+    manifest["max_batch"] = max_batch
     return bundle_manifest.write_manifest(manifest_path, manifest)
 
 
@@ -890,6 +913,9 @@ def main(argv=None):
     p.add_argument("--spacing", choices=_SPACINGS, default=None,
                    help="overrides the scheduler config's timestep_spacing")
     p.add_argument("--license", default="", help="the model's licence, e.g. creativeml-openrail-m")
+    p.add_argument("--max_batch", type=int, default=64,
+                   help="the largest batch the graphs are checked at and the engine runs "
+                        "(the engine's --max_batch defaults to 64)")
     args = p.parse_args(argv)
     if args.dtype == "fp16" and not args.device.startswith("cuda"):
         p.error("--dtype fp16 needs --device cuda")
@@ -928,7 +954,8 @@ def main(argv=None):
             dtype=args.dtype, description=f"{name}, exported by tools/import_diffusers.py",
             license=args.license, latent_scale=float(pipe.vae.config.scaling_factor),
             defaults={"steps": args.steps, "eta": args.eta, "guidance": guidance},
-            context_dim=context_dim, device=args.device, extra=extra)
+            context_dim=context_dim, device=args.device, extra=extra,
+            max_batch=args.max_batch)
     print(json.dumps(manifest["conditioning"]["tokenizer"]), manifest["schedule"])
 
     # Self-check: the saved files, one guided DDIM step on "a photo".

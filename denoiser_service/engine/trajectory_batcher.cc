@@ -167,6 +167,11 @@ TrajectoryBatcher::TrajectoryBatcher(DenoiserModel* model, Options options,
       options_(options),
       observer_(observer),
       contexts_(std::make_unique<ContextCache>(std::max(0, options.text_cache_entries))) {
+  // No batch larger than the bundle's graphs were checked at.
+  const int verified = model_->manifest().max_batch;
+  if (verified > 0) options_.max_batch = std::min(options_.max_batch, verified);
+  decode_chunk_ = std::min(kDecodeChunk, options_.max_batch);
+  max_decode_batch_ = std::min(kMaxDecodeBatch, options_.max_batch);
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -216,7 +221,7 @@ void TrajectoryBatcher::RunDecodeChunk() {
   std::shared_ptr<DecodeJob> job = std::move(decode_queue_.front());
   decode_queue_.pop_front();
   const size_t latent = static_cast<size_t>(model_->manifest().LatentNumel());
-  const int n = std::min(kDecodeChunk, job->batch - job->decoded);
+  const int n = std::min(decode_chunk_, job->batch - job->decoded);
   const absl::Time start = absl::Now();
   absl::StatusOr<std::vector<uint8_t>> pixels = model_->Decode(
       absl::MakeConstSpan(job->latents.data() + job->decoded * latent, n * latent), n);
@@ -631,22 +636,30 @@ class AdmissionContexts {
     if (!resolved_.back().second) missing_.push_back(resolved_.size() - 1);
   }
 
-  // Encodes the prompts the cache lacked in one batch; when the batch fails,
-  // each alone, so that one bad prompt fails only itself.
-  void EncodeMissing(DenoiserModel& model) {
-    if (missing_.empty()) return;
+  // Encodes the prompts the cache lacked in batches of at most `max_batch`;
+  // when a batch fails, each of its prompts alone, so that one bad prompt
+  // fails only itself.
+  void EncodeMissing(DenoiserModel& model, int max_batch) {
+    for (size_t first = 0; first < missing_.size(); first += max_batch) {
+      EncodeBatch(model, first, std::min(missing_.size(), first + max_batch));
+    }
+  }
+
+  // The contexts of missing_[begin, end).
+  void EncodeBatch(DenoiserModel& model, size_t begin, size_t end) {
     const int length = model.context_length();
     const size_t per = model.encoding_size();
     std::vector<int64_t> ids;
-    ids.reserve(missing_.size() * length);
-    for (size_t k : missing_) {
-      ids.insert(ids.end(), resolved_[k].first->begin(), resolved_[k].first->end());
+    ids.reserve((end - begin) * length);
+    for (size_t k = begin; k < end; ++k) {
+      ids.insert(ids.end(), resolved_[missing_[k]].first->begin(),
+                 resolved_[missing_[k]].first->end());
     }
-    std::vector<float> out(missing_.size() * per);
-    const int n = static_cast<int>(missing_.size());
+    std::vector<float> out((end - begin) * per);
+    const int n = static_cast<int>(end - begin);
     const absl::Status batched = model.EncodeText(ids, n, absl::MakeSpan(out));
     for (int k = 0; k < n; ++k) {
-      auto& [key, context] = resolved_[missing_[k]];
+      auto& [key, context] = resolved_[missing_[begin + k]];
       absl::Status alone = batched;
       if (!batched.ok() && n > 1) {
         alone = model.EncodeText(absl::MakeConstSpan(ids).subspan(k * length, length), 1,
@@ -712,7 +725,7 @@ void TrajectoryBatcher::ResolveContexts(std::vector<Active>& arrivals) {
     }
   }
   const absl::Time start = absl::Now();
-  contexts.EncodeMissing(*model_);
+  contexts.EncodeMissing(*model_, options_.max_batch);
   if (observer_) {
     observer_->OnTextContexts(contexts.found(), contexts.encoded(),
                               contexts.encoded() ? absl::Now() - start : absl::ZeroDuration());
@@ -1017,8 +1030,8 @@ std::vector<size_t> TrajectoryBatcher::EventsGoingNow(bool drain, int* other_ima
       const bool other = run->rank_ != head && !drain;
       // One decoder batch stays bounded (memory, and the wait of a run
       // that arrives meanwhile); the first event always goes.
-      defer = (images > 0 && images + owed > kMaxDecodeBatch) ||
-              (other && (!others_may_decode || *other_images + owed > kDecodeChunk));
+      defer = (images > 0 && images + owed > max_decode_batch_) ||
+              (other && (!others_may_decode || *other_images + owed > decode_chunk_));
       if (!defer) {
         images += owed;
         if (other) *other_images += owed;

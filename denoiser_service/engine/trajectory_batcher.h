@@ -252,6 +252,9 @@ class TrajectoryBatcher {
   void CreditDecodes(absl::Duration forward, int keys);
   static constexpr int kDecodeChunk = 8;
   static constexpr int kMaxDecodeBatch = 32;
+  // Those, and options_.max_batch, within the bundle's max_batch.
+  int decode_chunk_ = kDecodeChunk;
+  int max_decode_batch_ = kMaxDecodeBatch;
   // Decodes the emitted events that want images, in one pass, then delivers
   // them in order and ends the runs that finished. Images of runs ranked
   // behind the lowest wait their turn (see the definition) unless `drain`.
@@ -280,7 +283,7 @@ class TrajectoryBatcher {
   void FailAll(std::vector<Active>& active, const absl::Status& status);
 
   DenoiserModel* const model_;
-  const Options options_;
+  Options options_;  // max_batch capped by the bundle's at construction
   BatcherObserver* const observer_;
   std::atomic<int> outstanding_{0};
   std::atomic<int64_t> forwards_{0};

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -13,6 +14,7 @@
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "common/philox.h"
 #include "common/status_macros.h"
 #include "denoiser_service/engine/denoiser_model.h"
@@ -942,6 +944,54 @@ TEST(ExternalModelTest, SwitchingPromptsShareForwardPassesAndEncodeOnce) {
   auto unswitched = batcher.Start(plain);
   ASSERT_TRUE(unswitched.ok());
   EXPECT_NE(Drain(**unswitched).finals.at(0), together.finals.at(0));
+}
+
+// A bundle checked at batches up to 4 only (manifest max_batch) never gets
+// a larger forward, encode or decode, whatever the batcher's own limit.
+TEST(ExternalModelTest, TheBundlesMaxBatchBoundsEveryBatch) {
+  ASSERT_FALSE(Fixtures().empty());
+  const std::string dir = ::testing::TempDir() + "/max_batch_bundle";
+  std::filesystem::remove_all(dir);
+  std::filesystem::copy(Fixtures() + "/textlatent", dir);
+  {
+    std::ifstream in(dir + "/manifest.json");
+    std::string manifest((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const size_t brace = manifest.rfind('}');
+    ASSERT_NE(brace, std::string::npos);
+    std::ofstream(dir + "/manifest.json")
+        << manifest.substr(0, brace) << ", \"max_batch\": 4}" << manifest.substr(brace + 1);
+  }
+  auto model = DenoiserModel::Load(dir, {"cpu"});
+  ASSERT_TRUE(model.ok()) << model.status();
+  ASSERT_EQ((*model)->manifest().max_batch, 4);
+  class Largest : public BatcherObserver {
+   public:
+    void OnForward(int, int rows, absl::Duration) override { rows_ = std::max(rows_, rows); }
+    void OnDecode(int images, absl::Duration) override { images_ = std::max(images_, images); }
+    int rows_ = 0, images_ = 0;  // the batcher thread's only
+  } largest;
+  TrajectoryBatcher batcher(model->get(), {.max_batch = 64}, &largest);
+  RunRequest r;
+  // Guidance 1: one row each, so four trajectories end together and owe
+  // eight images (finals and x0 previews).
+  r.sampler = {4, 1.0f, Spacing::kLeading, 1.0f};
+  r.prompt = "a photo of a cat";
+  r.decode = true;
+  r.previews = true;
+  for (int i = 0; i < 6; ++i) {
+    // Seven prompts to encode (two batches) and six trajectories.
+    const std::string to = absl::StrCat("a painting number ", i);
+    r.trajectories.push_back(
+        {Path{1, {{0, 2}}}.BranchAt(1, 3 + i, SegmentConditioning{to, "", -1}), {}});
+  }
+  auto run = batcher.Start(r);
+  ASSERT_TRUE(run.ok()) << run.status();
+  const Collected c = Drain(**run);
+  ASSERT_TRUE(c.status.ok()) << c.status;
+  EXPECT_EQ(c.finals.size(), 6u);
+  EXPECT_EQ(largest.rows_, 4);
+  EXPECT_EQ(largest.images_, 4);
+  std::filesystem::remove_all(dir);
 }
 
 TEST(ExternalModelTest, MissingOrBrokenBundlesFailWithTheFileNamed) {
