@@ -4,12 +4,14 @@
 //   BenchLine line;
 //   line.Set("config", "engine_b32").Set("images_per_s", 1234.5);
 //   line.Print();
+//   line.Set("cpu", CpuModel());
 #ifndef DGRID_BENCH_BENCH_JSON_H_
 #define DGRID_BENCH_BENCH_JSON_H_
 
 #include <google/protobuf/struct.pb.h>
 #include <google/protobuf/util/json_util.h>
 
+#include <fstream>
 #include <iostream>
 #include <string>
 
@@ -36,6 +38,20 @@ class BenchLine {
  private:
   google::protobuf::Struct s_;
 };
+
+// /proc/cpuinfo's first "model name", for every result line.
+inline std::string CpuModel() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("model name", 0) != 0) continue;
+    const size_t colon = line.find(':');
+    if (colon == std::string::npos) break;
+    const size_t first = line.find_first_not_of(" \t", colon + 1);
+    return first == std::string::npos ? "unknown" : line.substr(first);
+  }
+  return "unknown";
+}
 
 }  // namespace dgrid
 

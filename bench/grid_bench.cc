@@ -2,6 +2,10 @@
 // this machine, one run) through every variant, one JSON line each:
 //
 //   limit              model evaluations / the engine's best raw forward rate
+//   limit_all          every forward the grid needs at each part's best raw
+//                      rate: the UNet along the wavefront (each step's rows
+//                      in one forward, the trunk's steps one after another),
+//                      the text encodings and the decodes the pair asks for
 //   inprocess          the engine runs the plan as a wavefront, no RPC
 //   pair_1, pair_2     the full pair over gRPC on loopback, 1 or 2 replicas
 //   seed_style         the original app: trunk, then each branch alone at
@@ -28,6 +32,7 @@
 #include <tuple>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -36,6 +41,7 @@
 #include "common/wire.h"
 #include "denoiser_service/engine/denoiser_model.h"
 #include "denoiser_service/engine/trajectory_batcher.h"
+#include "denoiser_service/text/tokenizer.h"
 #include "dgrid/v1/orchestrator.grpc.pb.h"
 #include "google/protobuf/util/json_util.h"
 #include "grid_orchestrator/plan/grid_plan.h"
@@ -45,7 +51,7 @@ ABSL_FLAG(int, runs, 5, "dgrid-bench grid: timed runs per variant (median report
 ABSL_FLAG(std::vector<std::string>, grids, std::vector<std::string>({"default", "classic"}),
           "dgrid-bench grid: presets to run.");
 ABSL_FLAG(std::vector<std::string>, variants,
-          std::vector<std::string>({"limit", "inprocess", "pair_1", "pair_2", "seed_style",
+          std::vector<std::string>({"limit", "limit_all", "inprocess", "pair_1", "pair_2", "seed_style",
                                     "from_scratch", "python_seed_style", "python_batched",
                                     "pair_1_1t"}),
           "dgrid-bench grid: variants to run.");
@@ -73,8 +79,11 @@ v1::GridRequest RequestFor(const std::string& preset, uint64_t seed) {
   return r;
 }
 
+// Forward rows per model evaluation: 2 under guidance (a text model's
+// prompt and negative prompt, a class model's class and null label).
 int RowsPerEval(const GridPlanSpec& plan) {
-  return plan.class_index >= 0 && plan.guidance != 0.0f && plan.guidance != 1.0f ? 2 : 1;
+  const bool conditional = plan.text ? plan.prompt != plan.negative_prompt : plan.class_index >= 0;
+  return conditional && plan.guidance != 0.0f && plan.guidance != 1.0f ? 2 : 1;
 }
 
 RunRequest EngineRequest(const GridPlanSpec& plan) {
@@ -167,11 +176,11 @@ int64_t RunFromScratch(TrajectoryBatcher& batcher, const GridPlanSpec& plan) {
   return Drain(**batcher.Start(std::move(r))).evals;
 }
 
-// The engine's best raw forward rate over batch sizes, `seconds` at each.
-// Small batches are in the sweep: here the best rate can come at a batch
-// whose activations stay in the per-core cache.
-double RawImagesPerSecond(DenoiserModel& model, absl::Duration seconds) {
-  double best = 0;
+// Seconds of one raw forward at each batch size of the sweep, `seconds` of
+// forwards at each. Small batches are in the sweep: here the best rate can
+// come at a batch whose activations stay in the per-core cache.
+std::map<int, double> ForwardSecondsByBatch(DenoiserModel& model, absl::Duration seconds) {
+  std::map<int, double> by_batch;
   const int64_t numel = model.latent_numel();
   const bool text = model.manifest().is_text();
   const size_t context = model.encoding_size();
@@ -185,15 +194,106 @@ double RawImagesPerSecond(DenoiserModel& model, absl::Duration seconds) {
                   : model.Forward(x, t, cond, batch, absl::MakeSpan(out));
     };
     (void)forward();
-    int64_t images = 0;
+    int forwards = 0;
+    const absl::Time start = absl::Now();
+    while (absl::Now() - start < seconds || forwards < 2) {
+      (void)forward();
+      ++forwards;
+    }
+    by_batch[batch] = absl::ToDoubleSeconds(absl::Now() - start) / forwards;
+  }
+  return by_batch;
+}
+
+double BestRate(const std::map<int, double>& seconds_by_batch) {
+  double best = 0;
+  for (const auto& [batch, seconds] : seconds_by_batch) best = std::max(best, batch / seconds);
+  return best;
+}
+
+// The engine's best raw forward rate over batch sizes, `seconds` at each.
+double RawImagesPerSecond(DenoiserModel& model, absl::Duration seconds) {
+  return BestRate(ForwardSecondsByBatch(model, seconds));
+}
+
+// One forward of `rows` rows, from the sweep: linear between the sizes
+// measured, and past the largest, that size's rate.
+double ForwardSeconds(const std::map<int, double>& by_batch, int rows) {
+  auto above = by_batch.lower_bound(rows);
+  if (above == by_batch.end()) {
+    const auto& [batch, seconds] = *by_batch.rbegin();
+    return seconds * rows / batch;
+  }
+  if (above->first == rows || above == by_batch.begin()) return above->second;
+  const auto below = std::prev(above);
+  const double f = double(rows - below->first) / (above->first - below->first);
+  return below->second + f * (above->second - below->second);
+}
+
+// The best rates of the decoder (images/s) and the text encoder (prompts/s,
+// 0 for a class model), `seconds` at each batch size up to the engine's.
+std::pair<double, double> DecodeAndEncodeRates(DenoiserModel& model, absl::Duration seconds) {
+  double decode = 0, encode = 0;
+  const int64_t numel = model.latent_numel();
+  for (int batch : {1, 2, 4, 8, 16, 32}) {
+    std::vector<float> z(batch * numel, 0.1f);
+    int images = 0;
     const absl::Time start = absl::Now();
     while (absl::Now() - start < seconds || images < 2 * batch) {
-      (void)forward();
+      (void)model.Decode(z, batch);
       images += batch;
     }
-    best = std::max(best, images / absl::ToDoubleSeconds(absl::Now() - start));
+    decode = std::max(decode, images / absl::ToDoubleSeconds(absl::Now() - start));
   }
-  return best;
+  if (const Tokenizer* tokenizer = model.tokenizer()) {
+    const std::vector<int64_t> one = tokenizer->Padded(tokenizer->Encode("a photo of a cat"));
+    for (int batch : {1, 2, 4, 8}) {
+      std::vector<int64_t> ids;
+      for (int i = 0; i < batch; ++i) ids.insert(ids.end(), one.begin(), one.end());
+      std::vector<float> out(batch * model.encoding_size());
+      int prompts = 0;
+      const absl::Time start = absl::Now();
+      while (absl::Now() - start < seconds || prompts < 2 * batch) {
+        (void)model.EncodeText(ids, batch, absl::MakeSpan(out));
+        prompts += batch;
+      }
+      encode = std::max(encode, prompts / absl::ToDoubleSeconds(absl::Now() - start));
+    }
+  }
+  return {decode, encode};
+}
+
+// What limit_all adds up for one grid, in seconds.
+struct LimitAll {
+  double unet = 0, encode = 0, decode = 0;
+  int images = 0, prompts = 0;
+  double total() const { return unet + encode + decode; }
+};
+
+LimitAll LimitAllOf(const GridPlanSpec& plan, int rows_per_eval,
+                    const std::map<int, double>& forward_by_batch, double decode_rate,
+                    double encode_rate) {
+  LimitAll limit;
+  // The wavefront: at step s the trunk and every branch of a row that
+  // branched at or before s share one forward.
+  for (int s = 0; s < plan.steps; ++s) {
+    int trajectories = 1;
+    for (const PlannedRow& row : plan.rows) {
+      if (row.branch_step <= s) trajectories += static_cast<int>(row.cells.size());
+    }
+    limit.unet += ForwardSeconds(forward_by_batch, trajectories * rows_per_eval);
+  }
+  // What the pair decodes for a figure: every cell's final, the trunk's
+  // final and x0 preview, each trunk capture with its x0 preview (x_T alone).
+  for (const PlannedRow& row : plan.rows) limit.images += static_cast<int>(row.cells.size());
+  limit.images += 2;
+  for (int step : plan.trunk_captures) limit.images += step == 0 ? 1 : 2;
+  limit.decode = limit.images / decode_rate;
+  if (plan.text) {
+    limit.prompts = plan.prompt == plan.negative_prompt ? 1 : 2;
+    limit.encode = encode_rate > 0 ? limit.prompts / encode_rate : 0;
+  }
+  return limit;
 }
 
 // The full pair, started once and reused by every round and grid.
@@ -380,6 +480,14 @@ int RunGridBench() {
       *evals = plan->model_evals;
       return plan->model_evals * rows_per_eval / RawImagesPerSecond(**model, limit_seconds);
     };
+    LimitAll last_limit_all;
+    run_once["limit_all"] = [&](uint64_t, int64_t* evals) -> absl::StatusOr<double> {
+      *evals = plan->model_evals;
+      const auto [decode_rate, encode_rate] = DecodeAndEncodeRates(**model, limit_seconds / 5);
+      last_limit_all = LimitAllOf(*plan, rows_per_eval, ForwardSecondsByBatch(**model, limit_seconds),
+                                  decode_rate, encode_rate);
+      return last_limit_all.total();
+    };
     run_once["inprocess"] = engine(RunInProcess);
     run_once["seed_style"] = engine(RunSeedStyle);
     run_once["from_scratch"] = engine(RunFromScratch);
@@ -442,9 +550,19 @@ int RunGridBench() {
           .Set("from_scratch_evals", static_cast<double>(plan->from_scratch_evals))
           .Set("images_per_s", evals[variant] * rows_per_eval / median)
           .Set("ratio_to_limit", walls.count("limit") ? ratio("limit", variant) : 0)
-          .Set("threads", threads);
+          .Set("ratio_to_limit_all", walls.count("limit_all") ? ratio("limit_all", variant) : 0)
+          .Set("threads", threads)
+          .Set("cpu", CpuModel());
+      if (variant == "limit_all") {
+        // The last round's split.
+        line.Set("unet_s", last_limit_all.unet)
+            .Set("encode_s", last_limit_all.encode)
+            .Set("decode_s", last_limit_all.decode)
+            .Set("images", last_limit_all.images)
+            .Set("prompts", last_limit_all.prompts);
+      }
       for (const std::string& baseline : order) {
-        if (baseline == variant || baseline == "limit") continue;
+        if (baseline == variant || absl::StartsWith(baseline, "limit")) continue;
         line.Set(absl::StrCat("speedup_vs_", baseline), ratio(baseline, variant));
       }
       line.Print();
