@@ -265,6 +265,32 @@ absl::StatusOr<std::shared_ptr<const SamplerSchedule>> TrajectoryBatcher::Schedu
   return schedule;
 }
 
+namespace {
+
+// SDXL-style size conditioning: only for a model with size ids, and each
+// size and offset within bounds (0: the model's default).
+absl::Status ValidateSize(const SizeConditioning& size, const BundleManifest& m) {
+  if (!(size == SizeConditioning()) && !(m.is_text() && m.text.size_ids)) {
+    return InvalidFieldError("size", absl::StrCat(": ", m.name, " takes no size conditioning"));
+  }
+  const std::pair<const char*, int> sizes[] = {
+      {"size.original_height", size.original_height},
+      {"size.original_width", size.original_width},
+      {"size.crop_top", size.crop_top},
+      {"size.crop_left", size.crop_left},
+      {"size.target_height", size.target_height},
+      {"size.target_width", size.target_width}};
+  for (const auto& [field, value] : sizes) {
+    if (value < 0 || value > SizeConditioning::kMaxPixels) {
+      return InvalidFieldError(
+          field, absl::StrCat(" must be in [0, ", SizeConditioning::kMaxPixels, "], got ", value));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 // Errors name RunRequest's fields (field_error.h); the gRPC adapter renames
 // them to the wire's.
 absl::Status TrajectoryBatcher::Validate(const RunRequest& r) const {
@@ -283,23 +309,7 @@ absl::Status TrajectoryBatcher::Validate(const RunRequest& r) const {
     return InvalidFieldError("sampler.guidance",
                              absl::StrCat(" must be in [0, 100], got ", r.sampler.guidance));
   }
-  constexpr SizeConditioning kDefaultSize;
-  if (!(r.size == kDefaultSize) && !(m.is_text() && m.text.size_ids)) {
-    return InvalidFieldError("size", absl::StrCat(": ", m.name, " takes no size conditioning"));
-  }
-  const std::pair<const char*, int> sizes[] = {
-      {"size.original_height", r.size.original_height},
-      {"size.original_width", r.size.original_width},
-      {"size.crop_top", r.size.crop_top},
-      {"size.crop_left", r.size.crop_left},
-      {"size.target_height", r.size.target_height},
-      {"size.target_width", r.size.target_width}};
-  for (const auto& [field, value] : sizes) {
-    if (value < 0 || value > SizeConditioning::kMaxPixels) {
-      return InvalidFieldError(
-          field, absl::StrCat(" must be in [0, ", SizeConditioning::kMaxPixels, "], got ", value));
-    }
-  }
+  RETURN_IF_ERROR(ValidateSize(r.size, m));
   if (m.is_text() && r.class_index != -1) {
     return InvalidFieldError("class_index",
                              absl::StrCat(": ", m.name, " is a text model; give a prompt"));
