@@ -33,18 +33,9 @@ v1::GridRequest Request(v1::Sampler sampler) {
 }
 
 TEST(SamplerProcessTest, AnEulerAncestralGridIsTheSameOnOneAndTwoReplicas) {
-  std::vector<std::vector<std::string>> results;
-  for (int denoisers : {1, 2}) {
-    StackOptions options;
-    options.model_dir = FixtureDir("textlatent");
-    options.denoisers = denoisers;
-    options.orchestrator_flags = {"--cache_mb=0"};
-    auto stack = Stack::Start(options, absl::StrCat("euler-", denoisers));
-    ASSERT_TRUE(stack.ok()) << stack.status();
-    const v1::Grid grid = MustCreateGrid(**stack, Request(v1::SAMPLER_EULER_ANCESTRAL));
-    EXPECT_EQ(grid.plan().sampler().sampler(), v1::SAMPLER_EULER_ANCESTRAL);
-    results.push_back(CellImages(grid));
-  }
+  const auto results = testing::CellsOnOneAndTwoReplicas(
+      FixtureDir("textlatent"), Request(v1::SAMPLER_EULER_ANCESTRAL), "euler");
+  ASSERT_EQ(results.size(), 2u);
   ASSERT_EQ(results[0].size(), 6u);
   EXPECT_EQ(results[0], results[1]);
 }

@@ -50,24 +50,16 @@ void ExpectEveryCellDiffers(const v1::Grid& a, const v1::Grid& b, const std::str
   for (size_t i = 0; i < x.size(); ++i) EXPECT_NE(x[i], y[i]) << what << ", cell " << i;
 }
 
-class SdxlGridTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
+class SdxlGridTest : public testing::SharedStackTest<SdxlGridTest> {
+ public:
+  static constexpr char kName[] = "sdxl";
+  static StackOptions Options() {
     StackOptions options;
     options.model_dir = FixtureDir("textxl");
     options.denoisers = 1;
-    auto stack = Stack::Start(options, "sdxl");
-    ASSERT_TRUE(stack.ok()) << stack.status();
-    stack_ = stack->release();
+    return options;
   }
-  static void TearDownTestSuite() {
-    delete stack_;
-    stack_ = nullptr;
-  }
-  static Stack* stack_;
 };
-
-Stack* SdxlGridTest::stack_ = nullptr;
 
 TEST_F(SdxlGridTest, DifferentSizesGiveDifferentCellsAndTheCacheKeepsThemApart) {
   const v1::Grid plain = MustCreateGrid(*stack_, Request());
@@ -105,16 +97,9 @@ TEST_F(SdxlGridTest, ASizeOutsideTheRangeIsRefusedByField) {
 }
 
 TEST(SdxlReplicaTest, AGridIsTheSameOnOneAndTwoReplicas) {
-  std::vector<std::vector<std::string>> results;
-  for (int denoisers : {1, 2}) {
-    StackOptions options;
-    options.model_dir = FixtureDir("textxl");
-    options.denoisers = denoisers;
-    options.orchestrator_flags = {"--cache_mb=0"};
-    auto stack = Stack::Start(options, absl::StrCat("sdxl-", denoisers));
-    ASSERT_TRUE(stack.ok()) << stack.status();
-    results.push_back(CellImages(MustCreateGrid(**stack, Sized(24, 20, 4, 2))));
-  }
+  const auto results =
+      testing::CellsOnOneAndTwoReplicas(FixtureDir("textxl"), Sized(24, 20, 4, 2), "sdxl");
+  ASSERT_EQ(results.size(), 2u);
   ASSERT_EQ(results[0].size(), 6u);
   EXPECT_EQ(results[0], results[1]);
 }

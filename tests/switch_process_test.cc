@@ -34,25 +34,17 @@ v1::GridRequest Request(const std::string& prompt, uint64_t seed = 11) {
   return r;
 }
 
-class SwitchGridTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
+class SwitchGridTest : public testing::SharedStackTest<SwitchGridTest> {
+ public:
+  static constexpr char kName[] = "switch";
+  static StackOptions Options() {
     StackOptions options;
     options.model_dir = FixtureDir("textlatent");
     options.denoisers = 2;
     options.orchestrator_flags = {"--cache_mb=0"};
-    auto stack = Stack::Start(options, "switch");
-    ASSERT_TRUE(stack.ok()) << stack.status();
-    stack_ = stack->release();
+    return options;
   }
-  static void TearDownTestSuite() {
-    delete stack_;
-    stack_ = nullptr;
-  }
-  static Stack* stack_;
 };
-
-Stack* SwitchGridTest::stack_ = nullptr;
 
 TEST_F(SwitchGridTest, ASwitchToThePromptItselfIsThePlainGridByteForByte) {
   const v1::Grid plain = MustCreateGrid(*stack_, Request(kCat));
@@ -103,16 +95,9 @@ TEST(SwitchReplicaTest, ASwitchGridGivesTheSameCellsOnOneAndTwoReplicas) {
   v1::GridRequest request = Request(kCat, 5);
   request.set_switch_prompt(kCar);
   request.set_switch_negative_prompt("blurry");
-  std::vector<std::vector<std::string>> results;
-  for (int denoisers : {1, 2}) {
-    StackOptions options;
-    options.model_dir = FixtureDir("textlatent");
-    options.denoisers = denoisers;
-    options.orchestrator_flags = {"--cache_mb=0"};
-    auto stack = Stack::Start(options, absl::StrCat("switch-", denoisers));
-    ASSERT_TRUE(stack.ok()) << stack.status();
-    results.push_back(CellImages(MustCreateGrid(**stack, request)));
-  }
+  const auto results =
+      testing::CellsOnOneAndTwoReplicas(FixtureDir("textlatent"), request, "switch");
+  ASSERT_EQ(results.size(), 2u);
   ASSERT_EQ(results[0].size(), 6u);
   EXPECT_EQ(results[0], results[1]);
 }

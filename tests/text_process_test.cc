@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "gtest/gtest.h"
+#include "tests/support/grids.h"
 #include "tests/support/pixel_drift.h"
 #include "tests/support/stack.h"
 
@@ -74,21 +75,11 @@ int GridDrift(const v1::Grid& a, const v1::Grid& b) {
   return worst;
 }
 
-class TextGridTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    auto stack = Stack::Start(TextStack(2), "text");
-    ASSERT_TRUE(stack.ok()) << stack.status();
-    stack_ = stack->release();
-  }
-  static void TearDownTestSuite() {
-    delete stack_;
-    stack_ = nullptr;
-  }
-  static Stack* stack_;
+class TextGridTest : public testing::SharedStackTest<TextGridTest> {
+ public:
+  static constexpr char kName[] = "text";
+  static StackOptions Options() { return TextStack(2); }
 };
-
-Stack* TextGridTest::stack_ = nullptr;
 
 TEST_F(TextGridTest, ListModelsDescribesATextModel) {
   grpc::ClientContext context;

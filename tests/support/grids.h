@@ -49,6 +49,48 @@ inline std::vector<std::string> CellImages(const v1::Grid& grid) {
   return cells;
 }
 
+// A test suite's one stack, started before its first test and stopped after
+// its last. `Suite` names it and gives its options:
+//
+//   class MyGridTest : public SharedStackTest<MyGridTest> {
+//    public:
+//     static constexpr char kName[] = "my";
+//     static StackOptions Options();
+//   };
+//   TEST_F(MyGridTest, ...) { MustCreateGrid(*stack_, request); }
+template <typename Suite>
+class SharedStackTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto stack = Stack::Start(Suite::Options(), Suite::kName);
+    ASSERT_TRUE(stack.ok()) << stack.status();
+    stack_ = stack->release();
+  }
+  static void TearDownTestSuite() {
+    delete stack_;
+    stack_ = nullptr;
+  }
+  static inline Stack* stack_ = nullptr;
+};
+
+// Every cell's image of `request` on a stack of one replica and on one of
+// two, each with the cache off: a reproducible grid gives equal lists.
+inline std::vector<std::vector<std::string>> CellsOnOneAndTwoReplicas(
+    const std::string& model_dir, const v1::GridRequest& request, const std::string& name) {
+  std::vector<std::vector<std::string>> results;
+  for (int denoisers : {1, 2}) {
+    StackOptions options;
+    options.model_dir = model_dir;
+    options.denoisers = denoisers;
+    options.orchestrator_flags = {"--cache_mb=0"};
+    auto stack = Stack::Start(options, absl::StrCat(name, "-", denoisers));
+    EXPECT_TRUE(stack.ok()) << stack.status();
+    if (!stack.ok()) return results;
+    results.push_back(CellImages(MustCreateGrid(**stack, request)));
+  }
+  return results;
+}
+
 }  // namespace testing
 }  // namespace dgrid
 
