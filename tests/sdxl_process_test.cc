@@ -86,6 +86,28 @@ TEST_F(SdxlGridTest, AnEmptyNegativePromptIsTheZeroEncodingNotTheEmptyPrompts) {
                          "negative prompt \"\" against \" \"");
 }
 
+// Per-segment conditioning (a prompt switch) carries the switched prompt's
+// pooled embedding too: switching at step 0 with the trunk's noise is the
+// plain grid of the new prompt, byte for byte.
+TEST_F(SdxlGridTest, ASwitchAtStepZeroWithTrunkNoiseIsThePlainGridOfTheNewPrompt) {
+  v1::GridRequest switched = Request();
+  switched.set_switch_prompt("a red car on a snowy road");
+  switched.set_branch_noise(v1::BRANCH_NOISE_TRUNK);
+  switched.clear_branches();
+  switched.clear_branch_steps();
+  switched.add_branch_steps(0);
+  v1::GridRequest plain = Request();
+  plain.set_prompt("a red car on a snowy road");
+  plain.clear_branch_steps();
+  plain.add_branch_steps(0);
+  const v1::Grid a = MustCreateGrid(*stack_, switched);
+  const v1::Grid b = MustCreateGrid(*stack_, plain);
+  ASSERT_EQ(a.rows_size(), 1);
+  ASSERT_EQ(a.rows(0).cells_size(), 1);
+  EXPECT_EQ(a.rows(0).cells(0).png(), b.trunk().png());
+  EXPECT_NE(a.rows(0).cells(0).png(), a.trunk().png());
+}
+
 TEST_F(SdxlGridTest, ASizeOutsideTheRangeIsRefusedByField) {
   grpc::ClientContext context;
   v1::Grid grid;
