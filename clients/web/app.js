@@ -27,6 +27,7 @@ const switchLabel = byTestId('switch-label');
 const promptExamples = byTestId('prompt-examples');
 const negativeField = byTestId('negative-field');
 const switchNegativeField = byTestId('switch-negative-field');
+const sizeField = byTestId('size-field');
 const tokensNote = byTestId('tokens-note');
 const gridBox = byTestId('grid');
 const trunkFigure = byTestId('trunk');
@@ -201,6 +202,11 @@ function fillPrompts() {
   wantedSwitch = null;
   fillPlaceholders();
   describeJudge(model);
+  // Size conditioning: only for a model that takes it, with its defaults.
+  const size = model?.default_size;
+  sizeField.hidden = !size;
+  controls.original.placeholder = size ? `${size.original_height}x${size.original_width}` : '';
+  controls.target.placeholder = size ? `${size.target_height}x${size.target_width}` : '';
 }
 
 function fillClassPrompts(model) {
@@ -302,6 +308,7 @@ function stateFromControls() {
     state.negative = '';
     state.switchNegative = '';
   }
+  if (sizeField.hidden) state.original = state.crop = state.target = '';
   state.trunk = formTrunk;
   return state;
 }
@@ -729,11 +736,14 @@ function renderExports(grid) {
   const keep = plan.branch_noise === 'BRANCH_NOISE_TRUNK' ? ', keeping the trunk’s noise' : '';
   const switched = plan.switch_prompt ?
       ` Branches switch to ${promptName(plan.switch_prompt, modelOf(plan))} at their row’s step${keep}.` : '';
+  const size = plan.size;
+  const sized = size ? ` Size ${size.original_height ?? 0}×${size.original_width ?? 0}, crop ` +
+      `${size.crop_top ?? 0}×${size.crop_left ?? 0}, target ${size.target_height ?? 0}×${size.target_width ?? 0}.` : '';
   summary.textContent = `${plan.branch_steps?.length ?? 0} rows × ${plan.branches ?? 0} branches, ` +
       `${samplerName(sampler.sampler)}, ${sampler.steps ?? 0} steps, eta ${formatNumber(sampler.eta)}, ` +
       `guidance ${formatNumber(sampler.guidance)}, ` +
       `${spacing} spacing. ${grid.model_evals ?? 0} model evaluations run ` +
-      `(plan ${plan.model_evals ?? 0}, every cell from scratch ${plan.from_scratch_evals ?? 0}).${negative}${switched}`;
+      `(plan ${plan.model_evals ?? 0}, every cell from scratch ${plan.from_scratch_evals ?? 0}).${negative}${switched}${sized}`;
 }
 
 // ---------- the decision curve ----------

@@ -5,20 +5,30 @@
 //   ?model=sd&prompt=a+photo+of+a+cat&negative=blurry&seed=7
 //   ?prompt=coat&switch=sneaker&noise=trunk&seed=7&rows=0,5,10&trunk=7_0-1424..._5-1424...%237
 //   ?prompt=bag&seed=7&sampler=euler_ancestral
+//   ?model=sdxl&prompt=a+lighthouse&seed=7&original=512x512&crop=0x64
 //
 // `prompt` is a class name for a class model and free text for a text model;
 // `negative` is a text model's negative prompt. `switch` (and a text model's
 // `switchNegative`) is the prompt each row's branches switch to at the row's
 // step; `noise=trunk` keeps the trunk's noise in the branches. `sampler` is
 // ddim or euler_ancestral (euler_a, the CLI's short name, reads as
-// euler_ancestral). An empty or missing field means "the preset's or the
+// euler_ancestral). `original`, `crop` and `target` are an SDXL-style
+// model's size conditioning, HxW and TOPxLEFT in pixels. An empty or
+// missing field means "the preset's or the
 // model's default", as in GridRequest. `trunk` is a promoted path
 // (init_seed, then from_step-noise_seed per segment, with the segment's
 // prompt when it switches); when set the server ignores `seed`.
 // The bearer token is a secret and never goes into the URL.
 
 export const FIELDS = ['model', 'prompt', 'negative', 'switch', 'switchNegative', 'noise', 'seed', 'preset',
-  'steps', 'eta', 'guidance', 'rows', 'cols', 'spacing', 'sampler'];
+  'steps', 'eta', 'guidance', 'rows', 'cols', 'spacing', 'sampler', 'original', 'crop', 'target'];
+
+// The size fields and the SizeConditioning fields each fills.
+const SIZES = {
+  original: ['original_height', 'original_width'],
+  crop: ['crop_top', 'crop_left'],
+  target: ['target_height', 'target_width'],
+};
 
 // The Sampler enum names (protobuf JSON) of the `sampler` values.
 const SAMPLERS = {ddim: 'SAMPLER_DDIM', euler_ancestral: 'SAMPLER_EULER_ANCESTRAL'};
@@ -154,6 +164,12 @@ export function requestFromState(state) {
       throw new FormError(`sampler: ddim or euler_ancestral, got "${state.sampler}"`);
     }
     request.sampler = SAMPLERS[state.sampler];
+  }
+  for (const [field, [first, second]] of Object.entries(SIZES)) {
+    if (state[field] === '') continue;
+    const match = /^(\d+)\s*[x×]\s*(\d+)$/.exec(state[field]);
+    if (!match) throw new FormError(`${field}: give two whole numbers as AxB, e.g. 512x512, got "${state[field]}"`);
+    request.size = {...request.size, [first]: Number(match[1]), [second]: Number(match[2])};
   }
   if (state.rows !== '') request.branch_steps = parseRows(state.rows);
   if (state.cols !== '') request.branches = number('columns', state.cols, {integer: true});

@@ -13,9 +13,9 @@
 // (default <repo>/build/web-screenshots).
 
 import assert from 'node:assert/strict';
-import {mkdirSync, mkdtempSync, rmSync} from 'node:fs';
+import {existsSync, mkdirSync, mkdtempSync, rmSync} from 'node:fs';
 import {tmpdir} from 'node:os';
-import {join} from 'node:path';
+import {dirname, join} from 'node:path';
 import {after, before, describe, test} from 'node:test';
 import {chromium} from 'playwright-core';
 import {LiveStack, REPO, modelDir, textModelDir} from './stack.mjs';
@@ -30,6 +30,9 @@ const GRID = {seed: '7', steps: '20', rows: '0,5,10,15', cols: '3'};
 const ROWS = 4;
 const COLS = 3;
 const TEXT_MODEL = textModelDir();
+// The SDXL-shaped fixture beside it (tests/fixtures/make_sdxl_fixture.py).
+const XL_MODEL = TEXT_MODEL && existsSync(join(dirname(TEXT_MODEL), 'textxl', 'manifest.json')) ?
+    join(dirname(TEXT_MODEL), 'textxl') : null;
 // A small decision curve: 4 trunks of a 3-row, 2-branch, 10-step grid.
 const CURVE_GRID = {seed: '7', steps: '10', rows: '0,3,6', cols: '2'};
 const CURVE_TRUNKS = 4;
@@ -689,4 +692,35 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
           await slow.metric('dgrid_orchestrator_replica_inflight', {prefix: true}) === 0,
     30_000, 'the curve\'s grids cancelled on the server');
   }));
+
+  test('12. an SDXL-style model: size and crop fields, sent as its size conditioning and kept in the URL',
+      {timeout: 150_000, skip: XL_MODEL ? false : 'no SDXL-shaped fixture'}, async () => {
+    const xl = new LiveStack({name: 'xl', denoisers: 1, models: [modelDir(), XL_MODEL]});
+    try {
+      await xl.start();
+      await withPage('12-size', async (page) => {
+        await openPage(page, xl.url);
+        assert.equal(await page.isVisible(testId('size-field')), false, 'a class model has no sizes');
+        await fillGrid(page, {model: 'textxl'});
+        await page.waitForSelector(testId('size-field'), {state: 'visible'});
+        assert.equal(await page.getAttribute(testId('original'), 'placeholder'), '32x32');
+        assert.equal(await page.getAttribute(testId('target'), 'placeholder'), '32x32');
+        await runGrid(page, {seed: '5', steps: '4', rows: '0,2', cols: '1',
+          original: '16x24', crop: '4x2'});
+        await waitForGrid(page);
+        const url = new URL(page.url());
+        assert.equal(url.searchParams.get('original'), '16x24');
+        assert.equal(url.searchParams.get('crop'), '4x2');
+        assert.match(await page.textContent(testId('summary')), /Size 16×24, crop 4×2, target 32×32\./);
+        await screenshot(page, '12-size');
+        // A malformed size is refused in the page, naming the field.
+        await fillGrid(page, {original: 'big'});
+        await page.click(testId('run'));
+        await page.waitForFunction(() => /original: give two whole numbers/.test(
+            document.querySelector('[data-testid="error-message"]').textContent));
+      });
+    } finally {
+      await xl.stop();
+    }
+  });
 });
