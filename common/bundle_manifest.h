@@ -6,8 +6,10 @@
 #ifndef DGRID_COMMON_BUNDLE_MANIFEST_H_
 #define DGRID_COMMON_BUNDLE_MANIFEST_H_
 
+#include <array>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace dgrid {
@@ -52,6 +54,25 @@ struct SizeConditioning {
            crop_top == o.crop_top && crop_left == o.crop_left &&
            target_height == o.target_height && target_width == o.target_width;
   }
+  // Each value by its proto field name, in proto order (the time_ids' order).
+  std::array<std::pair<const char*, int>, 6> Fields() const {
+    return {{{"original_height", original_height},
+             {"original_width", original_width},
+             {"crop_top", crop_top},
+             {"crop_left", crop_left},
+             {"target_height", target_height},
+             {"target_width", target_width}}};
+  }
+  // This with each size of 0 replaced by `defaults`' (the crop is kept).
+  SizeConditioning WithDefaults(const SizeConditioning& defaults) const {
+    auto pick = [](int v, int fallback) { return v > 0 ? v : fallback; };
+    return {pick(original_height, defaults.original_height),
+            pick(original_width, defaults.original_width),
+            crop_top,
+            crop_left,
+            pick(target_height, defaults.target_height),
+            pick(target_width, defaults.target_width)};
+  }
 };
 
 enum class ConditioningKind { kClass, kText };
@@ -87,6 +108,10 @@ struct TextConditioning {
   // The sizes a request leaves at 0 get (image_shape's unless the manifest
   // says otherwise).
   int default_height = 0, default_width = 0;
+  // Those as the original and target size, with no crop.
+  SizeConditioning DefaultSize() const {
+    return {default_height, default_width, 0, 0, default_height, default_width};
+  }
 };
 
 // One head of a judge: which output of the module holds its logits, and

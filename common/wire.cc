@@ -114,9 +114,7 @@ v1::ModelInfo ModelInfoFromManifest(const BundleManifest& m) {
     for (const std::string& p : m.text.example_prompts) info.add_example_prompts(p);
     info.set_max_prompt_tokens(m.text.tokenizer.max_length);
     if (m.text.size_ids) {
-      SizeToProto({m.text.default_height, m.text.default_width, 0, 0, m.text.default_height,
-                   m.text.default_width},
-                  info.mutable_default_size());
+      SizeToProto(m.text.DefaultSize(), info.mutable_default_size());
     }
   }
   for (const JudgeHead& head : m.judge.heads) {

@@ -18,8 +18,8 @@ namespace {
 using testing::CellImages;
 using testing::FixtureDir;
 using testing::MustCreateGrid;
+using testing::ServingStack;
 using testing::Stack;
-using testing::StackOptions;
 
 v1::GridRequest Request(v1::Sampler sampler) {
   v1::GridRequest r;
@@ -44,10 +44,7 @@ TEST(SamplerProcessTest, AnEulerAncestralGridIsTheSameOnOneAndTwoReplicas) {
 // request hits nothing: the sampler is part of every key. Run again, it is
 // served whole from the cache, byte for byte.
 TEST(SamplerProcessTest, TheCacheTellsTheSamplersApart) {
-  StackOptions options;
-  options.model_dir = FixtureDir("textlatent");
-  options.denoisers = 1;
-  auto stack = Stack::Start(options, "euler-cache");
+  auto stack = Stack::Start(ServingStack(FixtureDir("textlatent")), "euler-cache");
   ASSERT_TRUE(stack.ok()) << stack.status();
   const v1::Grid ddim = MustCreateGrid(**stack, Request(v1::SAMPLER_DDIM));
   const v1::Grid euler = MustCreateGrid(**stack, Request(v1::SAMPLER_EULER_ANCESTRAL));

@@ -20,6 +20,7 @@ namespace {
 using testing::CellImages;
 using testing::FixtureDir;
 using testing::MustCreateGrid;
+using testing::ServingStack;
 using testing::Stack;
 using testing::StackOptions;
 
@@ -54,10 +55,7 @@ class SdxlGridTest : public testing::SharedStackTest<SdxlGridTest> {
  public:
   static constexpr char kName[] = "sdxl";
   static StackOptions Options() {
-    StackOptions options;
-    options.model_dir = FixtureDir("textxl");
-    options.denoisers = 1;
-    return options;
+    return ServingStack(FixtureDir("textxl"));
   }
 };
 
@@ -127,10 +125,7 @@ TEST(SdxlReplicaTest, AGridIsTheSameOnOneAndTwoReplicas) {
 }
 
 TEST(SdxlClassModelTest, AModelWithoutSizeIdsRefusesASizeByName) {
-  StackOptions options;
-  options.model_dir = FixtureDir("textlatent");
-  options.denoisers = 1;
-  auto stack = Stack::Start(options, "sdxl-refuse");
+  auto stack = Stack::Start(ServingStack(FixtureDir("textlatent")), "sdxl-refuse");
   ASSERT_TRUE(stack.ok()) << stack.status();
   grpc::ClientContext context;
   v1::Grid grid;

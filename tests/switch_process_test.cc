@@ -16,6 +16,7 @@ namespace {
 using testing::CellImages;
 using testing::FixtureDir;
 using testing::MustCreateGrid;
+using testing::ServingStack;
 using testing::Stack;
 using testing::StackOptions;
 
@@ -38,11 +39,7 @@ class SwitchGridTest : public testing::SharedStackTest<SwitchGridTest> {
  public:
   static constexpr char kName[] = "switch";
   static StackOptions Options() {
-    StackOptions options;
-    options.model_dir = FixtureDir("textlatent");
-    options.denoisers = 2;
-    options.orchestrator_flags = {"--cache_mb=0"};
-    return options;
+    return ServingStack(FixtureDir("textlatent"), 2, {"--cache_mb=0"});
   }
 };
 
@@ -105,10 +102,7 @@ TEST(SwitchReplicaTest, ASwitchGridGivesTheSameCellsOnOneAndTwoReplicas) {
 // With the cache on: grids that differ only in the switch prompt share the
 // trunk (cache hits) but never a switched cell.
 TEST(SwitchCacheTest, TheCacheTellsApartPathsThatDifferOnlyInASegmentsPrompt) {
-  StackOptions options;
-  options.model_dir = FixtureDir("textlatent");
-  options.denoisers = 1;
-  auto stack = Stack::Start(options, "switch-cache");
+  auto stack = Stack::Start(ServingStack(FixtureDir("textlatent")), "switch-cache");
   ASSERT_TRUE(stack.ok()) << stack.status();
   v1::GridRequest to_car = Request(kCat);
   to_car.set_switch_prompt(kCar);
@@ -127,10 +121,7 @@ TEST(SwitchCacheTest, TheCacheTellsApartPathsThatDifferOnlyInASegmentsPrompt) {
 }
 
 TEST(SwitchClassTest, AClassModelSwitchesToAClassAndRefusesFreeText) {
-  StackOptions options;
-  options.model_dir = testing::ModelDir();
-  options.denoisers = 1;
-  auto stack = Stack::Start(options, "switch-class");
+  auto stack = Stack::Start(ServingStack(testing::ModelDir()), "switch-class");
   ASSERT_TRUE(stack.ok()) << stack.status();
   grpc::ClientContext list_context;
   v1::ListModelsResponse models;

@@ -275,14 +275,10 @@ size_t DenoiserModel::encoding_size() const {
 }
 
 std::array<float, 6> DenoiserModel::TimeIds(const SizeConditioning& size) const {
-  const TextConditioning& t = manifest_.text;
-  auto or_default = [](int v, int d) { return static_cast<float>(v > 0 ? v : d); };
-  return {or_default(size.original_height, t.default_height),
-          or_default(size.original_width, t.default_width),
-          static_cast<float>(size.crop_top),
-          static_cast<float>(size.crop_left),
-          or_default(size.target_height, t.default_height),
-          or_default(size.target_width, t.default_width)};
+  const auto fields = size.WithDefaults(manifest_.text.DefaultSize()).Fields();
+  std::array<float, 6> ids;
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<float>(fields[i].second);
+  return ids;
 }
 
 absl::Status DenoiserModel::EncodeText(absl::Span<const int64_t> ids, int batch,

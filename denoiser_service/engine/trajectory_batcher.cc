@@ -166,7 +166,8 @@ TrajectoryBatcher::TrajectoryBatcher(DenoiserModel* model, Options options,
     : model_(model),
       options_(options),
       observer_(observer),
-      contexts_(std::make_unique<ContextCache>(std::max(0, options.text_cache_entries))) {
+      contexts_(std::make_unique<ContextCache>(std::max(0, options.text_cache_entries))),
+      zero_encoding_(std::make_shared<const std::vector<float>>(model->encoding_size(), 0.0f)) {
   // No batch larger than the bundle's graphs were checked at.
   const int verified = model_->manifest().max_batch;
   if (verified > 0) options_.max_batch = std::min(options_.max_batch, verified);
@@ -273,17 +274,10 @@ absl::Status ValidateSize(const SizeConditioning& size, const BundleManifest& m)
   if (!(size == SizeConditioning()) && !(m.is_text() && m.text.size_ids)) {
     return InvalidFieldError("size", absl::StrCat(": ", m.name, " takes no size conditioning"));
   }
-  const std::pair<const char*, int> sizes[] = {
-      {"size.original_height", size.original_height},
-      {"size.original_width", size.original_width},
-      {"size.crop_top", size.crop_top},
-      {"size.crop_left", size.crop_left},
-      {"size.target_height", size.target_height},
-      {"size.target_width", size.target_width}};
-  for (const auto& [field, value] : sizes) {
+  for (const auto& [field, value] : size.Fields()) {
     if (value < 0 || value > SizeConditioning::kMaxPixels) {
-      return InvalidFieldError(
-          field, absl::StrCat(" must be in [0, ", SizeConditioning::kMaxPixels, "], got ", value));
+      return InvalidFieldError(absl::StrCat("size.", field), absl::StrCat(
+          " must be in [0, ", SizeConditioning::kMaxPixels, "], got ", value));
     }
   }
   return absl::OkStatus();
@@ -719,9 +713,6 @@ class AdmissionContexts {
 }  // namespace
 
 void TrajectoryBatcher::ResolveContexts(std::vector<Active>& arrivals) {
-  if (!zero_encoding_) {
-    zero_encoding_ = std::make_shared<const std::vector<float>>(model_->encoding_size(), 0.0f);
-  }
   AdmissionContexts contexts(*contexts_, zero_encoding_);
   const Run* last = nullptr;
   for (const Active& a : arrivals) {

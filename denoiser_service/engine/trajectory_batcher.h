@@ -307,10 +307,10 @@ class TrajectoryBatcher {
   // Batcher thread only. Reused across iterations: no allocation on the hot
   // path.
   std::vector<float> batch_x_, batch_out_, noise_, batch_context_, batch_time_ids_;
-  // The encoding of no prompt (zeros), made at the first text admission.
-  std::shared_ptr<const std::vector<float>> zero_encoding_;
   std::vector<int64_t> batch_t_, batch_cond_;
   std::unique_ptr<ContextCache> contexts_;
+  // The encoding of no prompt (zeros; empty for a class model).
+  const std::shared_ptr<const std::vector<float>> zero_encoding_;
   std::vector<Emitted> emitted_;
   std::vector<std::shared_ptr<Run>> done_runs_;
   BatchChoice batch_choice_;

@@ -7,6 +7,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 
 namespace dgrid {
 
@@ -100,10 +101,10 @@ std::string PrefixCache::SamplerKey(const GridPlanSpec& plan) {
   AppendField(&key, "prompt", plan.prompt);
   AppendField(&key, "negative", plan.negative_prompt);
   if (plan.size_ids) {
-    const SizeConditioning& s = plan.size;
     AppendField(&key, "size",
-                absl::StrCat(s.original_height, ",", s.original_width, ",", s.crop_top, ",",
-                             s.crop_left, ",", s.target_height, ",", s.target_width));
+                absl::StrJoin(plan.size.Fields(), ",", [](std::string* out, const auto& field) {
+                  absl::StrAppend(out, field.second);
+                }));
   }
   return key;
 }

@@ -362,26 +362,15 @@ absl::Status PlanSize(const v1::GridRequest& request, const v1::ModelInfo& model
     }
     return absl::OkStatus();
   }
-  const v1::SizeConditioning& s = request.size();
-  const v1::SizeConditioning& d = model.default_size();
-  const std::pair<const char*, int> fields[] = {
-      {"original_height", s.original_height()}, {"original_width", s.original_width()},
-      {"crop_top", s.crop_top()}, {"crop_left", s.crop_left()},
-      {"target_height", s.target_height()}, {"target_width", s.target_width()}};
-  for (const auto& [name, value] : fields) {
+  const SizeConditioning size = SizeFromProto(request.size());
+  for (const auto& [name, value] : size.Fields()) {
     if (value < 0 || value > SizeConditioning::kMaxPixels) {
       return Invalid(absl::StrCat("size.", name, " must be in [0, ", SizeConditioning::kMaxPixels,
                                   "], got ", value));
     }
   }
-  auto or_default = [](int v, int fallback) { return v > 0 ? v : fallback; };
   plan->size_ids = true;
-  plan->size = {or_default(s.original_height(), d.original_height()),
-                or_default(s.original_width(), d.original_width()),
-                s.crop_top(),
-                s.crop_left(),
-                or_default(s.target_height(), d.target_height()),
-                or_default(s.target_width(), d.target_width())};
+  plan->size = size.WithDefaults(SizeFromProto(model.default_size()));
   return absl::OkStatus();
 }
 

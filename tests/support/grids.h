@@ -11,6 +11,7 @@
 
 #include <cstdlib>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -27,6 +28,17 @@ namespace testing {
 inline std::string FixtureDir(const std::string& name) {
   const char* dir = std::getenv("DGRID_FIXTURES");
   return absl::StrCat(dir ? dir : "build/fixtures", "/", name);
+}
+
+// A stack serving one bundle: `denoisers` replicas of it, the orchestrator
+// with `orchestrator_flags` (e.g. {"--cache_mb=0"}).
+inline StackOptions ServingStack(const std::string& model_dir, int denoisers = 1,
+                                 std::vector<std::string> orchestrator_flags = {}) {
+  StackOptions options;
+  options.model_dir = model_dir;
+  options.denoisers = denoisers;
+  options.orchestrator_flags = std::move(orchestrator_flags);
+  return options;
 }
 
 // CreateGrid within two minutes; an error fails the test (the grid is then
@@ -79,11 +91,8 @@ inline std::vector<std::vector<std::string>> CellsOnOneAndTwoReplicas(
     const std::string& model_dir, const v1::GridRequest& request, const std::string& name) {
   std::vector<std::vector<std::string>> results;
   for (int denoisers : {1, 2}) {
-    StackOptions options;
-    options.model_dir = model_dir;
-    options.denoisers = denoisers;
-    options.orchestrator_flags = {"--cache_mb=0"};
-    auto stack = Stack::Start(options, absl::StrCat(name, "-", denoisers));
+    auto stack = Stack::Start(ServingStack(model_dir, denoisers, {"--cache_mb=0"}),
+                              absl::StrCat(name, "-", denoisers));
     EXPECT_TRUE(stack.ok()) << stack.status();
     if (!stack.ok()) return results;
     results.push_back(CellImages(MustCreateGrid(**stack, request)));
