@@ -17,7 +17,8 @@ lines = [json.loads(line) for line in out.splitlines() if line.strip()]
 variants = {(l["grid"], l["variant"]) for l in lines}
 failures = []
 for grid in ("default", "classic"):
-    for v in ("limit", "inprocess", "pair_1", "pair_2", "seed_style", "from_scratch",
+    for v in ("limit", "limit_all", "inprocess", "inprocess_whole", "pair_1", "pair_1_whole",
+              "pair_2", "seed_style", "from_scratch",
               "python_seed_style", "python_batched"):
         if (grid, v) not in variants:
             failures.append(f"missing {grid}/{v}")

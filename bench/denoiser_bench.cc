@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "bench/bench_json.h"
+#include "bench/raw_forward.h"
 #include "denoiser_service/engine/denoiser_model.h"
 #include "denoiser_service/server/denoiser_server.h"
 #include "denoiser_service/text/tokenizer.h"
@@ -32,39 +33,6 @@ int Threads() {
   return t > 0 ? t : static_cast<int>(std::thread::hardware_concurrency());
 }
 
-// Images per second of back-to-back forward passes at `batch`: the image
-// denoiser alone (a text model's context is encoded once, outside the loop,
-// as the engine caches it).
-double RawForward(DenoiserModel& model, int batch, double seconds) {
-  const int64_t numel = model.latent_numel();
-  std::vector<float> x(batch * numel, 0.1f), out(batch * numel);
-  std::vector<int64_t> t(batch, 500), cond(batch, model.manifest().null_label);
-  std::vector<float> context, time_ids;
-  if (const Tokenizer* tokenizer = model.tokenizer()) {
-    const std::vector<int64_t> empty = tokenizer->Padded(tokenizer->Encode(""));
-    std::vector<int64_t> ids;
-    for (int i = 0; i < batch; ++i) ids.insert(ids.end(), empty.begin(), empty.end());
-    context.resize(batch * model.encoding_size());
-    if (!model.EncodeText(ids, batch, absl::MakeSpan(context)).ok()) return 0;
-    if (model.manifest().text.size_ids) {
-      const std::array<float, 6> row = model.TimeIds({});
-      for (int i = 0; i < batch; ++i) time_ids.insert(time_ids.end(), row.begin(), row.end());
-    }
-  }
-  auto forward = [&] {
-    return context.empty() ? model.Forward(x, t, cond, batch, absl::MakeSpan(out))
-                           : model.ForwardText(x, t, context, time_ids, batch,
-                                               absl::MakeSpan(out));
-  };
-  for (int i = 0; i < 2; ++i) (void)forward();
-  int64_t images = 0;
-  const absl::Time start = absl::Now();
-  while (absl::Now() - start < absl::Seconds(seconds) || images < 3 * batch) {
-    if (!forward().ok()) return 0;
-    images += batch;
-  }
-  return images / absl::ToDoubleSeconds(absl::Now() - start);
-}
 
 // Images per second through the model (forward rows, read from the
 // server's own counter, so long requests that straddle the window count
@@ -134,24 +102,34 @@ int RunDenoiserBench() {
   const std::string name = (*model)->manifest().name;
   double best_raw = 0;
   int best_batch = 0;
+  // Each batch whole on the intra-op threads, and (from batch 2) as a
+  // chunk per core, as the engine runs a pass (forward_workers.h).
   for (int batch : {1, 2, 4, 8, 32, 128}) {
-    double ips = 0;
-    // On a thread of its own, as the engine runs forward passes.
-    std::thread([&] { ips = RawForward(**model, batch, seconds); }).join();
-    if (ips > best_raw) {
-      best_raw = ips;
-      best_batch = batch;
+    for (int min_chunk_rows : {0, 1}) {
+      if (min_chunk_rows > 0 && (batch < 2 || threads < 2)) continue;
+      double ips = 0;
+      // On a thread of its own, as the engine runs forward passes.
+      std::thread([&] {
+        ForwardWorkers workers({.cores = threads, .min_chunk_rows = min_chunk_rows});
+        const double each = SecondsPerForward(**model, workers, batch, absl::Seconds(seconds));
+        ips = each > 0 ? batch / each : 0;
+      }).join();
+      if (ips > best_raw) {
+        best_raw = ips;
+        best_batch = batch;
+      }
+      BenchLine()
+          .Set("bench", "denoiser")
+          .Set("config", absl::StrCat("engine_forward_", min_chunk_rows ? "chunked_" : "", "b", batch))
+          .Set("model", name)
+          .Set("device", (*model)->device())
+          .Set("threads", threads)
+          .Set("batch", batch)
+          .Set("chunks", min_chunk_rows ? std::min(batch, threads) : 1)
+          .Set("images_per_s", ips)
+          .Set("ms_per_image", 1000.0 / ips)
+          .Print();
     }
-    BenchLine()
-        .Set("bench", "denoiser")
-        .Set("config", absl::StrCat("engine_forward_b", batch))
-        .Set("model", name)
-        .Set("device", (*model)->device())
-        .Set("threads", threads)
-        .Set("batch", batch)
-        .Set("images_per_s", ips)
-        .Set("ms_per_image", 1000.0 / ips)
-        .Print();
   }
   model->reset();  // free the engine's copy before the server loads its own
 

@@ -7,7 +7,10 @@
 //                      in one forward, the trunk's steps one after another),
 //                      the text encodings and the decodes the pair asks for
 //   inprocess          the engine runs the plan as a wavefront, no RPC
+//   inprocess_whole    inprocess with every forward whole on intra-op threads
+//                      (no chunks per core: the engine before forward_workers.h)
 //   pair_1, pair_2     the full pair over gRPC on loopback, 1 or 2 replicas
+//   pair_1_whole       pair_1 likewise without chunks
 //   seed_style         the original app: trunk, then each branch alone at
 //                      batch 1, shared prefix reused
 //   from_scratch       every cell its own trajectory from step 0
@@ -40,6 +43,7 @@
 #include "bench/bench_json.h"
 #include "common/wire.h"
 #include "denoiser_service/engine/denoiser_model.h"
+#include "bench/raw_forward.h"
 #include "denoiser_service/engine/trajectory_batcher.h"
 #include "denoiser_service/text/tokenizer.h"
 #include "dgrid/v1/orchestrator.grpc.pb.h"
@@ -51,9 +55,9 @@ ABSL_FLAG(int, runs, 5, "dgrid-bench grid: timed runs per variant (median report
 ABSL_FLAG(std::vector<std::string>, grids, std::vector<std::string>({"default", "classic"}),
           "dgrid-bench grid: presets to run.");
 ABSL_FLAG(std::vector<std::string>, variants,
-          std::vector<std::string>({"limit", "limit_all", "inprocess", "pair_1", "pair_2", "seed_style",
-                                    "from_scratch", "python_seed_style", "python_batched",
-                                    "pair_1_1t"}),
+          std::vector<std::string>({"limit", "limit_all", "inprocess", "inprocess_whole", "pair_1",
+                                    "pair_1_whole", "pair_2", "seed_style", "from_scratch",
+                                    "python_seed_style", "python_batched", "pair_1_1t"}),
           "dgrid-bench grid: variants to run.");
 ABSL_FLAG(std::string, grid_prompt, "sneaker", "dgrid-bench grid: prompt ('' = unconditional).");
 ABSL_FLAG(int, grid_steps, 0, "dgrid-bench grid: override the preset's steps (0 = keep).");
@@ -177,30 +181,18 @@ int64_t RunFromScratch(TrajectoryBatcher& batcher, const GridPlanSpec& plan) {
 }
 
 // Seconds of one raw forward at each batch size of the sweep, `seconds` of
-// forwards at each. Small batches are in the sweep: here the best rate can
-// come at a batch whose activations stay in the per-core cache.
-std::map<int, double> ForwardSecondsByBatch(DenoiserModel& model, absl::Duration seconds) {
+// forwards at each, the better of the two ways the engine can run it on
+// `cores` (bench/raw_forward.h). Small batches are in the sweep: here the
+// best rate can come at a batch whose activations stay in the per-core cache.
+std::map<int, double> ForwardSecondsByBatch(DenoiserModel& model, absl::Duration seconds,
+                                            int cores) {
   std::map<int, double> by_batch;
-  const int64_t numel = model.latent_numel();
-  const bool text = model.manifest().is_text();
-  const size_t context = model.encoding_size();
-  const bool size_ids = text && model.manifest().text.size_ids;
+  ForwardWorkers whole({.cores = cores, .min_chunk_rows = 0});
+  ForwardWorkers chunked({.cores = cores, .min_chunk_rows = 1});
   for (int batch : {1, 2, 4, 8, 16, 32, 64, 128, 256}) {
-    std::vector<float> x(batch * numel, 0.1f), out(batch * numel), ctx(batch * context, 0.1f);
-    std::vector<float> time_ids(size_ids ? batch * 6 : 0, 512.0f);
-    std::vector<int64_t> t(batch, 500), cond(batch, model.manifest().null_label);
-    auto forward = [&] {
-      return text ? model.ForwardText(x, t, ctx, time_ids, batch, absl::MakeSpan(out))
-                  : model.Forward(x, t, cond, batch, absl::MakeSpan(out));
-    };
-    (void)forward();
-    int forwards = 0;
-    const absl::Time start = absl::Now();
-    while (absl::Now() - start < seconds || forwards < 2) {
-      (void)forward();
-      ++forwards;
-    }
-    by_batch[batch] = absl::ToDoubleSeconds(absl::Now() - start) / forwards;
+    double best = SecondsPerForward(model, whole, batch, seconds);
+    if (batch > 1) best = std::min(best, SecondsPerForward(model, chunked, batch, seconds));
+    by_batch[batch] = best;
   }
   return by_batch;
 }
@@ -212,8 +204,8 @@ double BestRate(const std::map<int, double>& seconds_by_batch) {
 }
 
 // The engine's best raw forward rate over batch sizes, `seconds` at each.
-double RawImagesPerSecond(DenoiserModel& model, absl::Duration seconds) {
-  return BestRate(ForwardSecondsByBatch(model, seconds));
+double RawImagesPerSecond(DenoiserModel& model, absl::Duration seconds, int cores) {
+  return BestRate(ForwardSecondsByBatch(model, seconds, cores));
 }
 
 // One forward of `rows` rows, from the sweep: linear between the sizes
@@ -230,20 +222,19 @@ double ForwardSeconds(const std::map<int, double>& by_batch, int rows) {
   return below->second + f * (above->second - below->second);
 }
 
-// The best rates of the decoder (images/s) and the text encoder (prompts/s,
-// 0 for a class model), `seconds` at each batch size up to the engine's.
-std::pair<double, double> DecodeAndEncodeRates(DenoiserModel& model, absl::Duration seconds) {
+// The best rates of the decoder (images/s; whole or a chunk per core, as
+// the engine can) and the text encoder (prompts/s, 0 for a class model),
+// `seconds` at each batch size up to the engine's.
+std::pair<double, double> DecodeAndEncodeRates(DenoiserModel& model, absl::Duration seconds,
+                                               int cores) {
   double decode = 0, encode = 0;
-  const int64_t numel = model.latent_numel();
+  ForwardWorkers whole({.cores = cores, .min_chunk_rows = 0});
+  ForwardWorkers chunked({.cores = cores, .min_chunk_rows = 1});
   for (int batch : {1, 2, 4, 8, 16, 32}) {
-    std::vector<float> z(batch * numel, 0.1f);
-    int images = 0;
-    const absl::Time start = absl::Now();
-    while (absl::Now() - start < seconds || images < 2 * batch) {
-      (void)model.Decode(z, batch);
-      images += batch;
+    for (ForwardWorkers* workers : {&whole, &chunked}) {
+      const double each = SecondsPerDecode(model, *workers, batch, seconds);
+      if (each > 0) decode = std::max(decode, batch / each);
     }
-    decode = std::max(decode, images / absl::ToDoubleSeconds(absl::Now() - start));
   }
   if (const Tokenizer* tokenizer = model.tokenizer()) {
     const std::vector<int64_t> one = tokenizer->Padded(tokenizer->Encode("a photo of a cat"));
@@ -299,11 +290,13 @@ LimitAll LimitAllOf(const GridPlanSpec& plan, int rows_per_eval,
 // The full pair, started once and reused by every round and grid.
 class PairRunner {
  public:
-  static absl::StatusOr<std::unique_ptr<PairRunner>> Start(int replicas, int threads) {
+  // `whole`: every forward whole, on intra-op threads (no chunks).
+  static absl::StatusOr<std::unique_ptr<PairRunner>> Start(int replicas, int threads, bool whole) {
     testing::StackOptions options;
     options.model_dir = GridBenchModelDir();
     options.denoisers = replicas;
     options.denoiser_threads = threads;
+    if (whole) options.denoiser_flags = {"--min_chunk_rows=0"};
     options.orchestrator_flags = {"--cache_mb=0", "--cells_per_job=2"};
     auto stack = testing::Stack::Start(options, absl::StrCat("bench-pair-", replicas, "x", threads));
     if (!stack.ok()) return stack.status();
@@ -435,10 +428,11 @@ int RunGridBench() {
   for (const auto& [name, replicas, per_replica] :
        std::vector<std::tuple<std::string, int, int>>{
            {"pair_1", 1, threads},
+           {"pair_1_whole", 1, threads},
            {"pair_2", 2, std::max(1, threads / 2)},
            {"pair_1_1t", 1, std::max(1, threads / 2)}}) {
     if (!wanted(name)) continue;
-    auto runner = PairRunner::Start(replicas, per_replica);
+    auto runner = PairRunner::Start(replicas, per_replica, absl::EndsWith(name, "_whole"));
     if (!runner.ok()) {
       std::cerr << "dgrid-bench grid: " << name << ": " << runner.status() << "\n";
       return 1;
@@ -446,7 +440,9 @@ int RunGridBench() {
     pairs[name] = std::move(*runner);
   }
 
-  TrajectoryBatcher batcher(model->get(), {.max_batch = 256});
+  TrajectoryBatcher batcher(model->get(), {.max_batch = 256, .cores = threads});
+  TrajectoryBatcher whole_batcher(model->get(),
+                                  {.max_batch = 256, .cores = threads, .min_chunk_rows = 0});
   for (const std::string& preset : absl::GetFlag(FLAGS_grids)) {
     auto plan = PlanGrid(RequestFor(preset, 1), info, {});
     if (!plan.ok()) {
@@ -466,29 +462,33 @@ int RunGridBench() {
 
     // One way to run each variant once; returns its wall time.
     std::map<std::string, std::function<absl::StatusOr<double>(uint64_t, int64_t*)>> run_once;
-    auto engine = [&](auto fn) {
-      return [&, fn](uint64_t seed, int64_t* evals) -> absl::StatusOr<double> {
+    auto engine = [&](auto fn, TrajectoryBatcher* on = nullptr) {
+      TrajectoryBatcher* b = on ? on : &batcher;
+      return [&, b, fn](uint64_t seed, int64_t* evals) -> absl::StatusOr<double> {
         auto p = PlanGrid(RequestFor(preset, seed), info, {});
         if (!p.ok()) return p.status();
         const absl::Time start = absl::Now();
-        *evals = fn(batcher, *p);
+        *evals = fn(*b, *p);
         return absl::ToDoubleSeconds(absl::Now() - start);
       };
     };
     // The limit: this grid's image-forwards at the best raw rate measured now.
     run_once["limit"] = [&](uint64_t, int64_t* evals) -> absl::StatusOr<double> {
       *evals = plan->model_evals;
-      return plan->model_evals * rows_per_eval / RawImagesPerSecond(**model, limit_seconds);
+      return plan->model_evals * rows_per_eval / RawImagesPerSecond(**model, limit_seconds, threads);
     };
     LimitAll last_limit_all;
     run_once["limit_all"] = [&](uint64_t, int64_t* evals) -> absl::StatusOr<double> {
       *evals = plan->model_evals;
-      const auto [decode_rate, encode_rate] = DecodeAndEncodeRates(**model, limit_seconds / 5);
-      last_limit_all = LimitAllOf(*plan, rows_per_eval, ForwardSecondsByBatch(**model, limit_seconds),
+      const auto [decode_rate, encode_rate] =
+          DecodeAndEncodeRates(**model, limit_seconds / 5, threads);
+      last_limit_all = LimitAllOf(*plan, rows_per_eval,
+                                  ForwardSecondsByBatch(**model, limit_seconds, threads),
                                   decode_rate, encode_rate);
       return last_limit_all.total();
     };
     run_once["inprocess"] = engine(RunInProcess);
+    run_once["inprocess_whole"] = engine(RunInProcess, &whole_batcher);
     run_once["seed_style"] = engine(RunSeedStyle);
     run_once["from_scratch"] = engine(RunFromScratch);
     for (auto& [name, runner] : pairs) {

@@ -18,7 +18,7 @@ text_model=build/fixtures/textlatent
 {
   echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores" >&2
   build/bin/dgrid-bench grid --model_dir="$text_model" --grids=default \
-    --variants=limit,limit_all,inprocess,pair_1,pair_2 --grid_prompt="a photo of a cat" --runs="${RUNS:-5}"
+    --variants=limit,limit_all,inprocess,inprocess_whole,pair_1,pair_1_whole,pair_2 --grid_prompt="a photo of a cat" --runs="${RUNS:-5}"
 } > bench/results/text.jsonl
 # The shipped emoji bundle (text to image, 4x16x16 latents, a VAE decoder):
 # its image forward by batch, then the default grid through the pair.
@@ -26,6 +26,6 @@ text_model=build/fixtures/textlatent
   echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores" >&2
   build/bin/dgrid-bench denoiser --model_dir=models/emoji --seconds=3
   build/bin/dgrid-bench grid --model_dir=models/emoji --grids=default \
-    --variants=limit,limit_all,inprocess,pair_1,pair_2 --grid_prompt="grinning face, noto" --runs="${RUNS:-5}"
+    --variants=limit,limit_all,inprocess,inprocess_whole,pair_1,pair_1_whole,pair_2 --grid_prompt="grinning face, noto" --runs="${RUNS:-5}"
 } > bench/results/emoji.jsonl
 echo "results: bench/results/latest.jsonl (text fixture: bench/results/text.jsonl, emoji bundle: bench/results/emoji.jsonl), chart: bench/results/latest.png"

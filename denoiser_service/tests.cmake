@@ -3,8 +3,9 @@
 # ctest fixture "python_fixtures", defined in tests/CMakeLists.txt).
 add_executable(engine_test
   engine/ddim_schedule_test.cc engine/euler_ancestral_test.cc engine/trajectory_batcher_test.cc
-  engine/hostile_bundle_test.cc engine/batch_choice_test.cc engine/context_cache_test.cc)
-target_link_libraries(engine_test PRIVATE dgrid_engine GTest::gtest_main)
+  engine/hostile_bundle_test.cc engine/batch_choice_test.cc engine/context_cache_test.cc
+  engine/forward_workers_test.cc)
+target_link_libraries(engine_test PRIVATE dgrid_engine OpenMP::OpenMP_CXX GTest::gtest_main)
 gtest_discover_tests(engine_test
   PROPERTIES LABELS unit FIXTURES_REQUIRED engine_fixtures
              ENVIRONMENT DGRID_FIXTURES=${DGRID_FIXTURE_DIR})

@@ -12,8 +12,10 @@
 //   RETURN_IF_ERROR(model->EncodeText(ids, 1, encoding));              // text model
 //   RETURN_IF_ERROR(model->ForwardText(x, t, encodings, time_ids, batch, eps));
 //
-// Forward, ForwardText, EncodeText and Decode are not thread-safe: one
-// TrajectoryBatcher thread owns each model and runs all of them.
+// One TrajectoryBatcher owns each model and runs all of its passes. Forward,
+// ForwardText, EncodeText and Decode keep no state between calls and may run
+// on several threads at once: the batcher runs the chunks of one pass in
+// parallel (forward_workers.h).
 #ifndef DGRID_DENOISER_ENGINE_DENOISER_MODEL_H_
 #define DGRID_DENOISER_ENGINE_DENOISER_MODEL_H_
 

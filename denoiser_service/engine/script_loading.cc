@@ -1,6 +1,9 @@
 #include "denoiser_service/engine/script_loading.h"
 
 #include <ATen/Parallel.h>
+#include <omp.h>
+
+#include <algorithm>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -47,6 +50,11 @@ std::string ShapeOf(const torch::Tensor& t) {
 void InitThreads() {
   thread_local const bool omp_threads_set = (at::init_num_threads(), true);
   (void)omp_threads_set;
+}
+
+void SetThisThreadTorchThreads(int threads) {
+  InitThreads();  // so that its first-call setting does not override this one
+  omp_set_num_threads(std::max(1, threads));
 }
 
 }  // namespace dgrid

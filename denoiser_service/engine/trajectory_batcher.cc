@@ -167,6 +167,7 @@ TrajectoryBatcher::TrajectoryBatcher(DenoiserModel* model, Options options,
       options_(options),
       observer_(observer),
       contexts_(std::make_unique<ContextCache>(std::max(0, options.text_cache_entries))),
+      workers_({.cores = options.cores, .min_chunk_rows = options.min_chunk_rows}),
       zero_encoding_(std::make_shared<const std::vector<float>>(model->encoding_size(), 0.0f)) {
   // No batch larger than the bundle's graphs were checked at.
   const int verified = model_->manifest().max_batch;
@@ -224,8 +225,8 @@ void TrajectoryBatcher::RunDecodeChunk() {
   const size_t latent = static_cast<size_t>(model_->manifest().LatentNumel());
   const int n = std::min(decode_chunk_, job->batch - job->decoded);
   const absl::Time start = absl::Now();
-  absl::StatusOr<std::vector<uint8_t>> pixels = model_->Decode(
-      absl::MakeConstSpan(job->latents.data() + job->decoded * latent, n * latent), n);
+  absl::StatusOr<std::vector<uint8_t>> pixels =
+      DecodeChunks(absl::MakeConstSpan(job->latents.data() + job->decoded * latent, n * latent), n);
   const absl::Duration took = absl::Now() - start;
   decode_debt_ += took;
   if (observer_) observer_->OnDecode(n, took);
@@ -856,16 +857,31 @@ int TrajectoryBatcher::FillBatch(const std::vector<Active>& active) {
   return rows;
 }
 
+absl::StatusOr<std::vector<uint8_t>> TrajectoryBatcher::DecodeChunks(
+    absl::Span<const float> latents, int n) {
+  const size_t latent = static_cast<size_t>(model_->latent_numel());
+  const size_t image = static_cast<size_t>(model_->manifest().ImageNumel());
+  std::vector<uint8_t> pixels(n * image);
+  absl::Status decoded = workers_.Run(n, [&](int begin, int count) -> absl::Status {
+    ASSIGN_OR_RETURN(std::vector<uint8_t> part,
+                     model_->Decode(latents.subspan(begin * latent, count * latent), count));
+    std::copy(part.begin(), part.end(), pixels.begin() + begin * image);
+    return absl::OkStatus();
+  });
+  if (!decoded.ok()) return decoded;
+  return pixels;
+}
+
 absl::Status TrajectoryBatcher::Forward(int rows, absl::Time* started) {
   if (options_.debug_step_delay > absl::ZeroDuration()) {
     absl::SleepFor(options_.debug_step_delay);
   }
   *started = absl::Now();
-  absl::Status forward =
-      model_->manifest().is_text()
-          ? model_->ForwardText(batch_x_, batch_t_, batch_context_, batch_time_ids_, rows,
-                                absl::MakeSpan(batch_out_))
-          : model_->Forward(batch_x_, batch_t_, batch_cond_, rows, absl::MakeSpan(batch_out_));
+  const size_t numel = static_cast<size_t>(model_->latent_numel());
+  absl::Status forward = workers_.Run(rows, [&](int begin, int count) {
+    return ForwardRows(*model_, batch_x_, batch_t_, batch_cond_, batch_context_, batch_time_ids_,
+                       begin, count, absl::MakeSpan(batch_out_).subspan(begin * numel, count * numel));
+  });
   forwards_.fetch_add(1, std::memory_order_relaxed);
   if (observer_) {
     observer_->OnForward(static_cast<int>(chosen_.size()), rows, absl::Now() - *started);
@@ -1065,7 +1081,7 @@ void TrajectoryBatcher::DecodeImages(const std::vector<size_t>& now, int other_i
   if (slots.empty()) return;
   const absl::Time start = absl::Now();
   const int n = static_cast<int>(slots.size());
-  absl::StatusOr<std::vector<uint8_t>> pixels = model_->Decode(latents, n);
+  absl::StatusOr<std::vector<uint8_t>> pixels = DecodeChunks(latents, n);
   const absl::Duration took = absl::Now() - start;
   if (observer_) observer_->OnDecode(n, took);
   decode_debt_ += took * other_images / n;

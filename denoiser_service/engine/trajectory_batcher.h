@@ -52,6 +52,7 @@
 #include "common/run_event.h"
 #include "denoiser_service/engine/batch_choice.h"
 #include "denoiser_service/engine/context_cache.h"
+#include "denoiser_service/engine/forward_workers.h"
 #include "denoiser_service/engine/sampler_schedule.h"
 
 namespace dgrid {
@@ -193,6 +194,11 @@ class TrajectoryBatcher {
     absl::Duration debug_step_delay = absl::ZeroDuration();
     // Text models: encoded prompts kept, least recently used out first.
     int text_cache_entries = 256;
+    // Cores for the model's passes: a pass of enough rows runs as parallel
+    // chunks, one per core (forward_workers.h), each chunk at least
+    // min_chunk_rows rows.
+    int cores = 1;
+    int min_chunk_rows = 1;
   };
 
   TrajectoryBatcher(DenoiserModel* model, Options options, BatcherObserver* observer = nullptr);
@@ -281,6 +287,8 @@ class TrajectoryBatcher {
   // Sends the capture or final due after a step; true when it was the final.
   bool Emit(Active& a);
   void FailAll(std::vector<Active>& active, const absl::Status& status);
+  // The decoder over `n` latents, in the workers' chunks.
+  absl::StatusOr<std::vector<uint8_t>> DecodeChunks(absl::Span<const float> latents, int n);
 
   DenoiserModel* const model_;
   Options options_;  // max_batch capped by the bundle's at construction
@@ -309,6 +317,7 @@ class TrajectoryBatcher {
   std::vector<float> batch_x_, batch_out_, noise_, batch_context_, batch_time_ids_;
   std::vector<int64_t> batch_t_, batch_cond_;
   std::unique_ptr<ContextCache> contexts_;
+  ForwardWorkers workers_;
   // The encoding of no prompt (zeros; empty for a class model).
   const std::shared_ptr<const std::vector<float>> zero_encoding_;
   std::vector<Emitted> emitted_;

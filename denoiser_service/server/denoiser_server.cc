@@ -55,8 +55,8 @@ absl::StatusOr<std::unique_ptr<DenoiserServer>> DenoiserServer::Start(
   if (!credentials.ok()) return credentials.status();
 
   std::unique_ptr<DenoiserServer> s(new DenoiserServer());
-  SetTorchThreads(o.threads > 0 ? o.threads
-                                : static_cast<int>(std::thread::hardware_concurrency()));
+  const int cores = SetTorchThreads(
+      o.threads > 0 ? o.threads : static_cast<int>(std::thread::hardware_concurrency()));
   s->registry_ = std::make_shared<prometheus::Registry>();
   s->denoiser_metrics_ = std::make_unique<DenoiserMetrics>(*s->registry_);
   s->models_ = std::make_unique<std::map<std::string, ServedModel>>();
@@ -81,6 +81,8 @@ absl::StatusOr<std::unique_ptr<DenoiserServer>> DenoiserServer::Start(
     batcher.max_batch = o.max_batch;
     batcher.max_queue = o.max_queue;
     batcher.debug_step_delay = o.debug_step_delay;
+    batcher.cores = cores;
+    batcher.min_chunk_rows = o.min_chunk_rows;
     served.batcher =
         std::make_unique<TrajectoryBatcher>(served.model.get(), batcher, s->denoiser_metrics_.get());
   }

@@ -52,6 +52,10 @@ struct DenoiserServerOptions {
   int max_message_bytes = 16 << 20;
   // Torch intra-op threads; 0 = one per core.
   int threads = 0;
+  // A forward or decode pass of at least twice this many rows runs as
+  // parallel chunks that share the threads out (engine/forward_workers.h);
+  // 0: every pass whole, on intra-op threads alone.
+  int min_chunk_rows = 1;
   std::string device = "auto";
   // Clients reconnect (and re-resolve DNS) after this; 0 = never.
   absl::Duration max_connection_age = absl::ZeroDuration();

@@ -33,6 +33,9 @@ ABSL_FLAG(int, max_queue, 4096,
 ABSL_FLAG(int, max_trajectories_per_request, 256, "Trajectories in one request.");
 ABSL_FLAG(int, max_message_bytes, 16 << 20, "gRPC message size limit, both directions.");
 ABSL_FLAG(int, threads, 0, "Torch intra-op threads; 0 = one per core.");
+ABSL_FLAG(int, min_chunk_rows, 1,
+          "A pass of at least twice this many rows runs as parallel chunks, the threads shared "
+          "out among them; 0 = every pass whole.");
 ABSL_FLAG(std::string, device, "auto", "auto, cpu or cuda.");
 ABSL_FLAG(int, max_connection_age_s, 0,
           "Close client connections after this many seconds so they re-resolve; 0 = never.");
@@ -87,6 +90,7 @@ int main(int argc, char** argv) {
   options.max_trajectories_per_request = absl::GetFlag(FLAGS_max_trajectories_per_request);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.threads = absl::GetFlag(FLAGS_threads);
+  options.min_chunk_rows = absl::GetFlag(FLAGS_min_chunk_rows);
   options.device = absl::GetFlag(FLAGS_device);
   options.max_connection_age = absl::Seconds(absl::GetFlag(FLAGS_max_connection_age_s));
   options.debug_step_delay = absl::Milliseconds(absl::GetFlag(FLAGS_debug_step_delay_ms));

@@ -86,13 +86,16 @@ class SharedStackTest : public ::testing::Test {
 };
 
 // Every cell's image of `request` on a stack of one replica and on one of
-// two, each with the cache off: a reproducible grid gives equal lists.
+// two, each with the cache off: a reproducible grid gives equal lists. The
+// one replica has two threads, so its passes run as parallel chunks
+// (engine/forward_workers.h); the two have one each.
 inline std::vector<std::vector<std::string>> CellsOnOneAndTwoReplicas(
     const std::string& model_dir, const v1::GridRequest& request, const std::string& name) {
   std::vector<std::vector<std::string>> results;
   for (int denoisers : {1, 2}) {
-    auto stack = Stack::Start(ServingStack(model_dir, denoisers, {"--cache_mb=0"}),
-                              absl::StrCat(name, "-", denoisers));
+    StackOptions options = ServingStack(model_dir, denoisers, {"--cache_mb=0"});
+    options.denoiser_threads = denoisers == 1 ? 2 : 1;
+    auto stack = Stack::Start(options, absl::StrCat(name, "-", denoisers));
     EXPECT_TRUE(stack.ok()) << stack.status();
     if (!stack.ok()) return results;
     results.push_back(CellImages(MustCreateGrid(**stack, request)));
