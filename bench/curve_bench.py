@@ -50,12 +50,20 @@ CURVES = {
 }
 
 
-def forward_rows(metrics_port: int) -> float:
+SPLIT = ("dgrid_denoiser_forward_rows_total", "dgrid_denoiser_forward_seconds_sum",
+         "dgrid_denoiser_decode_seconds_sum", "dgrid_denoiser_decoded_images_total")
+
+
+def counters(metrics_port: int) -> dict:
+    """The denoiser's counters that split a curve's time: forward rows and
+    seconds, decoder seconds and images."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode()
+    found = dict.fromkeys(SPLIT, 0.0)
     for line in text.splitlines():
-        if line.startswith("dgrid_denoiser_forward_rows_total"):
-            return float(line.split()[-1])
-    return 0.0
+        name = line.split(" ")[0].split("{")[0]
+        if name in found:
+            found[name] = float(line.split()[-1])
+    return found
 
 
 def best_forward(model_dir: str, threads: int) -> tuple:
@@ -99,11 +107,13 @@ def main() -> None:
             try:
                 with Client(f"127.0.0.1:{oports['grpc']}", default_timeout=7200) as client:
                     client.wait_ready()
-                    rows_before = forward_rows(dports["metrics"])
+                    before = counters(dports["metrics"])
                     started = time.time()
                     curve = client.decision_curve(args.trunks, seed=args.seed, **CURVES[name])
                     seconds = time.time() - started
-                    rows = forward_rows(dports["metrics"]) - rows_before
+                    after = counters(dports["metrics"])
+                    used = {k: after[k] - before[k] for k in SPLIT}
+                    rows = used["dgrid_denoiser_forward_rows_total"]
             finally:
                 orchestrator.terminate()
                 denoiser.terminate()
@@ -124,6 +134,10 @@ def main() -> None:
             "forward_rows_per_s": round(rows / seconds, 1),
             "best_engine_images_per_s": round(best_ips, 1), "best_engine_batch": best_batch,
             "ratio_to_best_engine": round(rows / seconds / best_ips, 3),
+            # Where the time went: the batcher's forward and decoder passes.
+            "forward_s": round(used["dgrid_denoiser_forward_seconds_sum"], 1),
+            "decode_s": round(used["dgrid_denoiser_decode_seconds_sum"], 1),
+            "decoded_images": used["dgrid_denoiser_decoded_images_total"],
             "threads": args.threads, "max_batch": args.max_batch,
             "concurrent_grids": args.concurrent_grids, "cpu": cpu_model(),
             "rows": [r.branch_step for r in curve.rows],

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/short_text.h"
+#include "grid_orchestrator/assemble/surface_png.h"
 
 namespace dgrid {
 namespace {
@@ -176,18 +177,8 @@ absl::StatusOr<std::string> DrawCurvePng(const CurveFigure& f) {
     return absl::InternalError(
         absl::StrCat("curve figure: cairo: ", cairo_status_to_string(cairo_status(cr))));
   }
-  std::string png;
-  const cairo_status_t written = cairo_surface_write_to_png_stream(
-      surface.get(),
-      [](void* closure, const unsigned char* data, unsigned int length) {
-        static_cast<std::string*>(closure)->append(reinterpret_cast<const char*>(data), length);
-        return CAIRO_STATUS_SUCCESS;
-      },
-      &png);
-  if (written != CAIRO_STATUS_SUCCESS) {
-    return absl::InternalError(
-        absl::StrCat("curve figure: PNG: ", cairo_status_to_string(written)));
-  }
+  absl::StatusOr<std::string> png = SurfacePng(surface.get());
+  if (!png.ok()) return png.status();
   return png;
 }
 

@@ -16,6 +16,7 @@
 #include "absl/strings/string_view.h"
 #include "common/short_text.h"
 #include "common/status_macros.h"
+#include "grid_orchestrator/assemble/surface_png.h"
 
 namespace dgrid {
 namespace {
@@ -358,11 +359,6 @@ void DrawDivergencePlot(Painter& p, const std::vector<const GridFigure::Row*>& r
   }
 }
 
-cairo_status_t AppendToString(void* closure, const unsigned char* data, unsigned int length) {
-  static_cast<std::string*>(closure)->append(reinterpret_cast<const char*>(data), length);
-  return CAIRO_STATUS_SUCCESS;
-}
-
 // Where everything goes, in output pixels. Computed before the surface
 // exists, because the surface's size depends on text widths.
 struct Layout {
@@ -607,11 +603,7 @@ absl::StatusOr<std::string> DrawGridPng(const GridFigure& figure) {
     return CairoError("drawing", cairo_status(cr.get()));
   }
   cairo_surface_flush(surface.get());
-  std::string png;
-  const cairo_status_t written =
-      cairo_surface_write_to_png_stream(surface.get(), AppendToString, &png);
-  if (written != CAIRO_STATUS_SUCCESS) return CairoError("writing PNG", written);
-  return png;
+  return SurfacePng(surface.get());
 }
 
 }  // namespace dgrid
