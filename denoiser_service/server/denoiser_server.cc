@@ -82,7 +82,9 @@ absl::StatusOr<std::unique_ptr<DenoiserServer>> DenoiserServer::Start(
     batcher.max_queue = o.max_queue;
     batcher.debug_step_delay = o.debug_step_delay;
     batcher.cores = cores;
-    batcher.min_chunk_rows = o.min_chunk_rows;
+    // Chunks share out CPU cores; a GPU runs a pass whole (one launch, its
+    // own parallelism).
+    batcher.min_chunk_rows = served.model->device() == "cpu" ? o.min_chunk_rows : 0;
     served.batcher =
         std::make_unique<TrajectoryBatcher>(served.model.get(), batcher, s->denoiser_metrics_.get());
   }

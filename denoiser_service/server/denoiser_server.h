@@ -54,7 +54,8 @@ struct DenoiserServerOptions {
   int threads = 0;
   // A forward or decode pass of at least twice this many rows runs as
   // parallel chunks that share the threads out (engine/forward_workers.h);
-  // 0: every pass whole, on intra-op threads alone.
+  // 0: every pass whole, on intra-op threads alone. CPU models only: a CUDA
+  // model always runs its passes whole.
   int min_chunk_rows = 1;
   std::string device = "auto";
   // Clients reconnect (and re-resolve DNS) after this; 0 = never.
