@@ -38,9 +38,9 @@ double SecondsPerForward(DenoiserModel& model, ForwardWorkers& workers, int batc
   if (const Tokenizer* tokenizer = model.tokenizer()) {
     // As the engine caches it: encoded once, outside the loop.
     const std::vector<int64_t> empty = tokenizer->Padded(tokenizer->Encode(""));
-    context.resize(per);
-    if (!model.EncodeText(empty, 1, absl::MakeSpan(context)).ok()) return 0;
-    for (int i = 1; i < batch; ++i) context.insert(context.end(), context.begin(), context.begin() + per);
+    std::vector<float> one(per);
+    if (!model.EncodeText(empty, 1, absl::MakeSpan(one)).ok()) return 0;
+    for (int i = 0; i < batch; ++i) context.insert(context.end(), one.begin(), one.end());
     if (model.manifest().text.size_ids) {
       const std::array<float, 6> row = model.TimeIds({});
       for (int i = 0; i < batch; ++i) time_ids.insert(time_ids.end(), row.begin(), row.end());

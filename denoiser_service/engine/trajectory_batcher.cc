@@ -859,6 +859,7 @@ int TrajectoryBatcher::FillBatch(const std::vector<Active>& active) {
 
 absl::StatusOr<std::vector<uint8_t>> TrajectoryBatcher::DecodeChunks(
     absl::Span<const float> latents, int n) {
+  if (workers_.Split(n).size() == 1) return model_->Decode(latents, n);
   const size_t latent = static_cast<size_t>(model_->latent_numel());
   const size_t image = static_cast<size_t>(model_->manifest().ImageNumel());
   std::vector<uint8_t> pixels(n * image);

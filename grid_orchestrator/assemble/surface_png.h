@@ -1,7 +1,7 @@
 // A cairo RGB24 image surface (the grid and curve figures) as PNG bytes,
-// through common/png_image.h's EncodePng: its filter and deflate level
-// encode a figure several times faster than cairo's own PNG writer
-// (libpng's defaults), and a grid's figure is encoded on its critical path.
+// through common/png_image.h's EncodePng and its fast filter and deflate
+// level rather than cairo's own PNG writer (libpng's defaults): a grid's
+// figure is encoded on its critical path.
 //
 //   cairo_surface_flush(surface);
 //   ASSIGN_OR_RETURN(std::string png, SurfacePng(surface));
