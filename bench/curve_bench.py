@@ -51,7 +51,8 @@ CURVES = {
 
 
 SPLIT = ("dgrid_denoiser_forward_rows_total", "dgrid_denoiser_forward_seconds_sum",
-         "dgrid_denoiser_decode_seconds_sum", "dgrid_denoiser_decoded_images_total")
+         "dgrid_denoiser_decode_seconds_sum", "dgrid_denoiser_decoded_images_total",
+         "dgrid_denoiser_batch_size_count")
 
 
 def counters(metrics_port: int) -> dict:
@@ -138,6 +139,8 @@ def main() -> None:
             "forward_s": round(used["dgrid_denoiser_forward_seconds_sum"], 1),
             "decode_s": round(used["dgrid_denoiser_decode_seconds_sum"], 1),
             "decoded_images": used["dgrid_denoiser_decoded_images_total"],
+            "forward_passes": used["dgrid_denoiser_batch_size_count"],
+            "mean_batch": round(rows / max(1.0, used["dgrid_denoiser_batch_size_count"]), 1),
             "threads": args.threads, "max_batch": args.max_batch,
             "concurrent_grids": args.concurrent_grids, "cpu": cpu_model(),
             "rows": [r.branch_step for r in curve.rows],

@@ -35,6 +35,21 @@ Run::Wait Run::Next(absl::Duration timeout, RunEvent* event) {
 
 void Run::Cancel() { cancelled_.store(true, std::memory_order_relaxed); }
 
+void Run::AttachCaller(std::function<bool()> gone) {
+  std::lock_guard<std::mutex> lock(caller_mu_);
+  caller_gone_ = std::move(gone);
+}
+
+void Run::DetachCaller() {
+  std::lock_guard<std::mutex> lock(caller_mu_);
+  caller_gone_ = nullptr;
+}
+
+bool Run::CallerGone() {
+  std::lock_guard<std::mutex> lock(caller_mu_);
+  return caller_gone_ && caller_gone_();
+}
+
 absl::Status Run::status() const {
   std::lock_guard<std::mutex> lock(mu_);
   return status_;
@@ -783,10 +798,15 @@ void TrajectoryBatcher::Iterate(std::vector<Active>& active) {
 // Drops trajectories whose run was cancelled, timed out or already failed.
 void TrajectoryBatcher::DropStopped(std::vector<Active>& active) {
   const absl::Time now = absl::Now();
+  const int64_t iteration = forwards_.load(std::memory_order_relaxed);
   size_t kept = 0;
   for (size_t i = 0; i < active.size(); ++i) {
     Active& a = active[i];
     Run& run = *a.run;
+    if (run.caller_asked_at_ != iteration) {  // once per run
+      run.caller_asked_at_ = iteration;
+      if (run.CallerGone()) run.Cancel();
+    }
     absl::Status stop;
     if (run.cancelled()) {
       stop = absl::CancelledError("run cancelled by the caller");

@@ -37,6 +37,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -122,6 +123,13 @@ class Run {
   Wait Next(absl::Duration timeout, RunEvent* event);
   // Stops the run's trajectories at the next iteration; status CANCELLED.
   void Cancel();
+  // `gone` tells whether the caller went away (a gRPC call's IsCancelled):
+  // the batcher asks it once per run at each iteration and cancels the run
+  // when it says so, so that the caller's thread need not wake up to poll.
+  // DetachCaller() must come before whatever `gone` reads ends; after it
+  // returns, `gone` is not called again.
+  void AttachCaller(std::function<bool()> gone);
+  void DetachCaller();
   absl::Status status() const;
   bool cancelled() const { return cancelled_.load(std::memory_order_relaxed); }
   // Model evaluations (trajectory-steps) run so far, by all of the run's
@@ -136,6 +144,7 @@ class Run {
   // First call wins; later calls (other trajectories of a failed run) no-op.
   void Finish(absl::Status status);
   void TrajectoryDone();
+  bool CallerGone();
 
   // std::mutex rather than absl::Mutex: Debian's abseil is not built with
   // ThreadSanitizer, which then cannot see absl::Mutex's ordering, while
@@ -149,6 +158,11 @@ class Run {
   int remaining_ = 0;            // guarded by mu_
   std::atomic<bool> cancelled_{false};
   std::atomic<int64_t> model_evals_{0};
+  // Held while `caller_gone_` runs, so that DetachCaller waits it out.
+  std::mutex caller_mu_;
+  std::function<bool()> caller_gone_;  // guarded by caller_mu_
+  // The batcher thread's: the forward count at which it last asked.
+  int64_t caller_asked_at_ = -1;
 
   // Fixed at Start.
   RunRequest request_;

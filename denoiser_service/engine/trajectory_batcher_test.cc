@@ -453,6 +453,57 @@ TEST_F(BatcherTest, DeadlinesAndCancellationStopWork) {
   EXPECT_EQ(batcher.outstanding(), 0);
 }
 
+TEST_F(BatcherTest, TheBatcherCancelsARunWhoseCallerWentAway) {
+  TrajectoryBatcher batcher(model_.get(), {.debug_step_delay = absl::Milliseconds(2)});
+  RunRequest request = Request(2, 1.0f);
+  request.sampler.steps = 1000;
+  request.capture_steps = {0, 3};
+  auto run = batcher.Start(request);
+  ASSERT_TRUE(run.ok());
+  std::atomic<bool> gone{false};
+  std::atomic<int> asked{0};
+  (*run)->AttachCaller([&] {
+    ++asked;
+    return gone.load();
+  });
+  // Nobody polls: the run's waiter sleeps until the batcher ends the run.
+  RunEvent event;
+  int captures = 0;
+  while (captures < 4) {
+    ASSERT_EQ((*run)->Next(absl::Seconds(30), &event), Run::Wait::kEvent);
+    ++captures;
+  }
+  gone = true;
+  Run::Wait w;
+  while ((w = (*run)->Next(absl::Seconds(30), &event)) == Run::Wait::kEvent) {
+  }
+  EXPECT_EQ(w, Run::Wait::kDone);
+  EXPECT_EQ((*run)->status().code(), absl::StatusCode::kCancelled);
+  EXPECT_LT((*run)->model_evals(), 2 * 1000);
+  // Once per run and iteration, not once per trajectory.
+  EXPECT_LE(asked.load(), (*run)->model_evals() / 2 + 1);
+
+  // A detached caller is never asked again; the run goes on to the end.
+  RunRequest short_run = Request(2, 1.0f);
+  short_run.sampler.steps = 20;
+  auto second = batcher.Start(short_run);
+  ASSERT_TRUE(second.ok());
+  std::atomic<int> asked_after{0};
+  std::atomic<bool> detached{false};
+  (*second)->AttachCaller([&] {
+    if (!detached) return false;
+    ++asked_after;
+    return true;  // would cancel, were it still asked
+  });
+  (*second)->DetachCaller();
+  detached = true;
+  Collected done = Drain(**second);
+  EXPECT_TRUE(done.status.ok()) << done.status;
+  EXPECT_EQ(done.finals.size(), 2u);
+  EXPECT_EQ(asked_after.load(), 0);
+  EXPECT_EQ(batcher.outstanding(), 0);
+}
+
 TEST_F(BatcherTest, InvalidRequestsNameTheField) {
   TrajectoryBatcher batcher(model_.get(), {});
   struct Case {
