@@ -107,6 +107,7 @@ TEST(ForwardWorkersTest, ReturnsTheFirstChunksErrorAndKeepsWorking) {
 TEST(ForwardWorkersTest, ConcurrentForwardsEqualTheSameChunksOneAfterAnother) {
   const char* fixtures = std::getenv("DGRID_FIXTURES");
   ASSERT_NE(fixtures, nullptr) << "set DGRID_FIXTURES";
+  SetTorchThreads(2);  // as the denoiser does at start-up
   for (const char* bundle : {"tinyconv", "textlatent"}) {
     SCOPED_TRACE(bundle);
     auto model = DenoiserModel::Load(std::string(fixtures) + "/" + bundle, {"cpu"});
@@ -142,7 +143,17 @@ TEST(ForwardWorkersTest, ConcurrentForwardsEqualTheSameChunksOneAfterAnother) {
     ForwardWorkers workers({.cores = 2, .min_chunk_rows = 1});
     std::vector<float> together(rows * numel), alone(rows * numel);
     for (int round = 0; round < 20; ++round) {
-      ASSERT_TRUE(workers.Run(rows, [&](int b, int n) { return forward(b, n, together); }).ok());
+      ASSERT_TRUE(workers
+                      .Run(rows,
+                           [&](int b, int n) {
+                             const absl::Status s = forward(b, n, together);
+                             // Torch's first parallel op on a thread sets its
+                             // OpenMP count to the global one; the chunk's
+                             // share must outlast it.
+                             EXPECT_EQ(omp_get_max_threads(), 1) << "round " << round;
+                             return s;
+                           })
+                      .ok());
       SetThisThreadTorchThreads(1);
       for (const ForwardWorkers::Chunk& c : workers.Split(rows)) {
         ASSERT_TRUE(forward(c.begin, c.count, alone).ok());

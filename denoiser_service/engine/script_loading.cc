@@ -48,12 +48,17 @@ std::string ShapeOf(const torch::Tensor& t) {
 }
 
 void InitThreads() {
-  thread_local const bool omp_threads_set = (at::init_num_threads(), true);
+  // Torch sets a thread's OpenMP count to the global one (at::set_num_threads)
+  // at the thread's first parallel op, once. at::get_num_threads runs that
+  // step now, through libtorch's own once-per-thread flag; at::init_num_threads
+  // would set the count without setting the flag, and the first parallel op
+  // would then undo any per-thread count set after it.
+  thread_local const bool omp_threads_set = (at::get_num_threads(), true);
   (void)omp_threads_set;
 }
 
 void SetThisThreadTorchThreads(int threads) {
-  InitThreads();  // so that its first-call setting does not override this one
+  InitThreads();  // so that torch's first-op setting does not override this one
   omp_set_num_threads(std::max(1, threads));
 }
 
