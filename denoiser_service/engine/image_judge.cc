@@ -61,50 +61,25 @@ absl::StatusOr<std::unique_ptr<ImageJudge>> ImageJudge::Load(const std::string& 
   std::unique_ptr<ImageJudge> judge(new ImageJudge(manifest, std::move(impl)));
   // A blank image: every head must come back as [1, len(labels)].
   std::vector<uint8_t> blank(manifest.ImageNumel(), 0);
-  std::vector<ImageVerdict> verdicts;
-  if (absl::Status probe = judge->RunChunk(blank, 1, &verdicts); !probe.ok()) {
+  if (absl::StatusOr<std::vector<ImageVerdict>> probe = judge->Judge(blank, 1); !probe.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat(path, ": probe of the judge on one image [1, ", manifest.image_shape[2],
                      ", ", manifest.image_shape[0], ", ", manifest.image_shape[1],
-                     "] failed: ", probe.message()));
+                     "] failed: ", probe.status().message()));
   }
   return judge;
 }
 
-absl::StatusOr<std::vector<ImageVerdict>> ImageJudge::Judge(
-    absl::Span<const uint8_t> pixels, int batch, absl::Time deadline,
-    const std::function<bool()>& cancelled) {
-  const size_t per_image = image_shape_[0] * image_shape_[1] * image_shape_[2];
-  if (batch < 0 || pixels.size() != per_image * batch) {
+absl::StatusOr<std::vector<ImageVerdict>> ImageJudge::Judge(absl::Span<const uint8_t> pixels,
+                                                         int batch) const {
+  const int64_t h = image_shape_[0], w = image_shape_[1], c = image_shape_[2];
+  if (batch < 1 || pixels.size() != static_cast<size_t>(batch * h * w * c)) {
     return absl::InvalidArgumentError(absl::StrCat("Judge: ", pixels.size(), " bytes for ", batch,
-                                                   " images of ", per_image, " bytes"));
+                                                   " images of ", h * w * c, " bytes"));
   }
+  InitThreads();
   std::vector<ImageVerdict> out;
   out.reserve(batch);
-  for (int first = 0; first < batch; first += kChunk) {
-    if (cancelled && cancelled()) return absl::CancelledError("the caller cancelled");
-    std::unique_lock<std::timed_mutex> lock(mu_, std::defer_lock);
-    // Each chunk waits its turn again: callers interleave chunk by chunk.
-    const bool locked = deadline == absl::InfiniteFuture()
-                            ? (lock.lock(), true)
-                            : lock.try_lock_until(absl::ToChronoTime(deadline));
-    if (!locked || absl::Now() > deadline) {
-      return absl::DeadlineExceededError(
-          absl::StrCat("the deadline passed after judging ", first, " of ", batch, " images"));
-    }
-    const int n = std::min(kChunk, batch - first);
-    if (absl::Status s = RunChunk(pixels.subspan(first * per_image, n * per_image), n, &out);
-        !s.ok()) {
-      return s;
-    }
-  }
-  return out;
-}
-
-absl::Status ImageJudge::RunChunk(absl::Span<const uint8_t> pixels, int batch,
-                                  std::vector<ImageVerdict>* out) {
-  const int64_t h = image_shape_[0], w = image_shape_[1], c = image_shape_[2];
-  InitThreads();
   try {
     c10::InferenceMode guard;
     // [B, H, W, C] bytes to [B, C, H, W] in the decoder's value range.
@@ -142,9 +117,9 @@ absl::Status ImageJudge::RunChunk(absl::Span<const uint8_t> pixels, int batch,
         const int label = static_cast<int>(row.argmax().item<int64_t>());
         verdict.push_back({label, row[label].item<float>()});
       }
-      out->push_back(std::move(verdict));
+      out.push_back(std::move(verdict));
     }
-    return absl::OkStatus();
+    return out;
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("judge: ", e.what_without_backtrace()));
   } catch (const std::exception& e) {  // the TorchScript interpreter's own errors

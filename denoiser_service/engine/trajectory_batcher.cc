@@ -132,13 +132,15 @@ struct TrajectoryBatcher::Phase {
   std::shared_ptr<const std::vector<float>> uncontext;
 };
 
-struct TrajectoryBatcher::DecodeJob {
-  std::vector<float> latents;
-  int batch = 0;
-  std::promise<absl::StatusOr<std::vector<uint8_t>>> done;
-  // Decoded so far: the first `decoded` images' pixels.
-  int decoded = 0;
-  std::vector<uint8_t> pixels;
+struct TrajectoryBatcher::BesideJob {
+  int items = 0;
+  std::function<absl::Status(int begin, int count)> work;
+  absl::Time deadline = absl::InfiniteFuture();
+  std::function<bool()> cancelled;
+  bool decode = false;  // a Decode request's: the observer counts its images
+  // Items done so far: the first `done_items`.
+  int done_items = 0;
+  std::promise<absl::Status> done;
 };
 
 // An event produced in this iteration, delivered after the batched decode.
@@ -187,7 +189,7 @@ TrajectoryBatcher::TrajectoryBatcher(DenoiserModel* model, Options options,
   // No batch larger than the bundle's graphs were checked at.
   const int verified = model_->manifest().max_batch;
   if (verified > 0) options_.max_batch = std::min(options_.max_batch, verified);
-  decode_chunk_ = std::min(kDecodeChunk, options_.max_batch);
+  decode_chunk_ = std::min(kBesideChunk, options_.max_batch);
   max_decode_batch_ = std::min(kMaxDecodeBatch, options_.max_batch);
   thread_ = std::thread([this] { Loop(); });
 }
@@ -200,61 +202,97 @@ TrajectoryBatcher::~TrajectoryBatcher() {
   work_.notify_all();
   thread_.join();
   std::vector<Active> left;
-  std::vector<std::shared_ptr<DecodeJob>> jobs;
+  std::vector<std::shared_ptr<BesideJob>> jobs;
   {
     std::lock_guard<std::mutex> lock(mu_);
     left.swap(pending_);
-    jobs.swap(decodes_);
+    jobs.swap(besides_);
   }
   FailAll(left, absl::UnavailableError("denoiser is shutting down"));
-  jobs.insert(jobs.end(), decode_queue_.begin(), decode_queue_.end());
-  decode_queue_.clear();
+  jobs.insert(jobs.end(), beside_queue_.begin(), beside_queue_.end());
+  beside_queue_.clear();
   for (auto& job : jobs) job->done.set_value(absl::UnavailableError("denoiser is shutting down"));
 }
 
 absl::StatusOr<std::vector<uint8_t>> TrajectoryBatcher::Decode(std::vector<float> latents,
                                                                int batch) {
   if (batch == 0) return std::vector<uint8_t>();
-  auto job = std::make_shared<DecodeJob>();
-  job->latents = std::move(latents);
-  job->batch = batch;
-  auto result = job->done.get_future();
+  const size_t latent = static_cast<size_t>(model_->latent_numel());
+  const size_t image = static_cast<size_t>(model_->manifest().ImageNumel());
+  std::vector<uint8_t> pixels(batch * image);
+  auto job = std::make_shared<BesideJob>();
+  job->items = batch;
+  job->decode = true;
+  job->work = [&](int begin, int count) -> absl::Status {
+    ASSIGN_OR_RETURN(std::vector<uint8_t> part,
+                     model_->Decode(absl::MakeConstSpan(latents).subspan(begin * latent,
+                                                                          count * latent),
+                                    count));
+    std::copy(part.begin(), part.end(), pixels.begin() + begin * image);
+    return absl::OkStatus();
+  };
+  RETURN_IF_ERROR(RunJob(std::move(job)));
+  return pixels;
+}
+
+absl::Status TrajectoryBatcher::RunBeside(int items,
+                                          std::function<absl::Status(int begin, int count)> work,
+                                          absl::Time deadline, std::function<bool()> cancelled) {
+  if (items == 0) return absl::OkStatus();
+  auto job = std::make_shared<BesideJob>();
+  job->items = items;
+  job->work = std::move(work);
+  job->deadline = deadline;
+  job->cancelled = std::move(cancelled);
+  return RunJob(std::move(job));
+}
+
+absl::Status TrajectoryBatcher::RunJob(std::shared_ptr<BesideJob> job) {
+  std::future<absl::Status> result = job->done.get_future();
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stop_) return absl::UnavailableError("denoiser is shutting down");
-    decodes_.push_back(job);
+    besides_.push_back(job);
   }
   work_.notify_one();
   return result.get();
 }
 
-// Decode requests are work like the trajectories' and get the share of one
-// fairness key: a chunk of at most kDecodeChunk images of the oldest job
-// runs, then waits until the forward passes beside it have had as much time
-// per key (decode_debt_). Jobs take turns chunk by chunk, so one 256-image
-// request holds back neither a small grid nor a small Decode. With no
-// trajectory active, decoding runs at full speed.
-void TrajectoryBatcher::RunDecodeChunk() {
-  std::shared_ptr<DecodeJob> job = std::move(decode_queue_.front());
-  decode_queue_.pop_front();
-  const size_t latent = static_cast<size_t>(model_->manifest().LatentNumel());
-  const int n = std::min(decode_chunk_, job->batch - job->decoded);
-  const absl::Time start = absl::Now();
-  absl::StatusOr<std::vector<uint8_t>> pixels =
-      DecodeChunks(absl::MakeConstSpan(job->latents.data() + job->decoded * latent, n * latent), n);
-  const absl::Duration took = absl::Now() - start;
-  decode_debt_ += took;
-  if (observer_) observer_->OnDecode(n, took);
-  if (!pixels.ok()) {
-    job->done.set_value(pixels.status());
+// Jobs beside the trajectories (Decode requests, judges) are work like the
+// trajectories' and get the share of one fairness key: a turn of at most
+// kBesideChunk items of the oldest job runs, then waits until the forward
+// passes beside it have had as much time per key (decode_debt_). Jobs take
+// turns, so one 256-image request holds back neither a small grid nor a
+// small Decode. With no trajectory active, jobs run at full speed.
+void TrajectoryBatcher::RunBesideTurn() {
+  std::shared_ptr<BesideJob> job = std::move(beside_queue_.front());
+  beside_queue_.pop_front();
+  if (job->cancelled && job->cancelled()) {
+    job->done.set_value(absl::CancelledError("the caller cancelled"));
     return;
   }
-  job->pixels.insert(job->pixels.end(), pixels->begin(), pixels->end());
-  job->decoded += n;
-  if (job->decoded == job->batch) {
-    job->done.set_value(std::move(job->pixels));
+  if (absl::Now() > job->deadline) {
+    job->done.set_value(absl::DeadlineExceededError(absl::StrCat(
+        "the deadline passed after ", job->done_items, " of ", job->items, " items")));
+    return;
+  }
+  const int n = std::min(decode_chunk_, job->items - job->done_items);
+  const absl::Time start = absl::Now();
+  const int first = job->done_items;
+  const absl::Status status =
+      workers_.Run(n, [&](int begin, int count) { return job->work(first + begin, count); });
+  const absl::Duration took = absl::Now() - start;
+  decode_debt_ += took;
+  if (job->decode && observer_) observer_->OnDecode(n, took);
+  if (!status.ok()) {
+    job->done.set_value(status);
+    return;
+  }
+  job->done_items += n;
+  if (job->done_items == job->items) {
+    job->done.set_value(absl::OkStatus());
   } else {
-    decode_queue_.push_back(std::move(job));  // its turn ends
+    beside_queue_.push_back(std::move(job));  // its turn ends
   }
 }
 
@@ -576,23 +614,23 @@ void TrajectoryBatcher::FailAll(std::vector<Active>& active, const absl::Status&
 
 void TrajectoryBatcher::Loop() {
   std::vector<Active> active, arrivals;
-  std::vector<std::shared_ptr<DecodeJob>> jobs;
+  std::vector<std::shared_ptr<BesideJob>> jobs;
   while (true) {
     {
       std::unique_lock<std::mutex> lock(mu_);
       work_.wait(lock, [&] {
-        return stop_ || !pending_.empty() || !decodes_.empty() || !active.empty() ||
-               !decode_queue_.empty() || !emitted_.empty();
+        return stop_ || !pending_.empty() || !besides_.empty() || !active.empty() ||
+               !beside_queue_.empty() || !emitted_.empty();
       });
       if (stop_) break;
-      // New runs and decode requests join here, between iterations.
+      // New runs and jobs beside them join here, between iterations.
       arrivals.swap(pending_);
-      jobs.swap(decodes_);
+      jobs.swap(besides_);
     }
-    for (auto& job : jobs) decode_queue_.push_back(std::move(job));
+    for (auto& job : jobs) beside_queue_.push_back(std::move(job));
     jobs.clear();
-    if (!decode_queue_.empty() && (active.empty() || decode_debt_ <= absl::ZeroDuration())) {
-      RunDecodeChunk();
+    if (!beside_queue_.empty() && (active.empty() || decode_debt_ <= absl::ZeroDuration())) {
+      RunBesideTurn();
     }
     if (!arrivals.empty()) {
       Admit(arrivals);
@@ -1045,7 +1083,7 @@ bool TrajectoryBatcher::OwesImages(const Emitted& e) {
 
 std::vector<size_t> TrajectoryBatcher::EventsGoingNow(bool drain, int* other_images) const {
   // The lowest-ranked runs' images go at once; other runs' take turns with
-  // the forward passes as Decode requests do (kDecodeChunk images while
+  // the forward passes as Decode requests do (kBesideChunk images while
   // decode_debt_ allows), so one tenant's many finals cannot hold back
   // another's small grid. A run's events keep their order: once one is
   // deferred, so are its later ones. `drain` (nothing else to run) takes

@@ -228,8 +228,20 @@ class TrajectoryBatcher {
   absl::StatusOr<std::shared_ptr<Run>> Start(RunRequest request);
 
   // Latents [batch, C, H, W] to 8-bit images, on the batcher's thread between
-  // iterations (the model is not thread-safe, and RPC threads never run it).
+  // iterations (the model is not thread-safe, and RPC threads never run it):
+  // RunBeside's work.
   absl::StatusOr<std::vector<uint8_t>> Decode(std::vector<float> latents, int batch);
+
+  // Runs `work` over `items` (a Decode request's images, a judge's) beside
+  // the trajectories: between iterations, a turn of at most kBesideChunk
+  // items at a time, each turn split over the forward workers as a pass is,
+  // so work(begin, count) runs on several threads at once, each on items of
+  // its own. Turns share the replica with the trajectories as one fairness
+  // key does (RunBesideTurn). Waits for the last turn. DEADLINE_EXCEEDED or
+  // CANCELLED when `deadline` passes or `cancelled` says so before a turn.
+  absl::Status RunBeside(int items, std::function<absl::Status(int begin, int count)> work,
+                         absl::Time deadline = absl::InfiniteFuture(),
+                         std::function<bool()> cancelled = nullptr);
 
   const DenoiserModel& model() const { return *model_; }
   int outstanding() const { return outstanding_.load(); }
@@ -239,7 +251,7 @@ class TrajectoryBatcher {
 
  private:
   struct Active;
-  struct DecodeJob;
+  struct BesideJob;
   struct Emitted;
 
   absl::Status Validate(const RunRequest& request) const;
@@ -265,15 +277,18 @@ class TrajectoryBatcher {
   Phase PhaseFor(const SegmentConditioning& c, const RunRequest& request, Run& run) const;
   // Moves a trajectory to the conditioning of the segment its step is in.
   static void ApplySwitches(Active& a);
-  // Decodes the next chunk of the decode job whose turn it is.
-  void RunDecodeChunk();
-  // A forward pass of `forward` beside `keys` fairness keys earns decoding
-  // its one key's share.
+  // Queues `job` for the batcher's thread and waits until it is done.
+  absl::Status RunJob(std::shared_ptr<BesideJob> job);
+  // Runs the next turn of the job beside the trajectories whose turn it is.
+  void RunBesideTurn();
+  // A forward pass of `forward` beside `keys` fairness keys earns the work
+  // beside them (jobs, other runs' images) its one key's share.
   void CreditDecodes(absl::Duration forward, int keys);
-  static constexpr int kDecodeChunk = 8;
+  // Items of a job's turn, and images of lower-priority runs decoded at once.
+  static constexpr int kBesideChunk = 8;
   static constexpr int kMaxDecodeBatch = 32;
   // Those, and options_.max_batch, within the bundle's max_batch.
-  int decode_chunk_ = kDecodeChunk;
+  int decode_chunk_ = kBesideChunk;
   int max_decode_batch_ = kMaxDecodeBatch;
   // Decodes the emitted events that want images, in one pass, then delivers
   // them in order and ends the runs that finished. Images of runs ranked
@@ -315,10 +330,11 @@ class TrajectoryBatcher {
   std::mutex mu_;
   std::condition_variable work_;
   std::vector<Active> pending_;                       // guarded by mu_
-  std::vector<std::shared_ptr<DecodeJob>> decodes_;  // guarded by mu_
-  // Batcher thread only: decode jobs taking turns, and the decoding time
-  // not yet matched by forward passes.
-  std::deque<std::shared_ptr<DecodeJob>> decode_queue_;
+  std::vector<std::shared_ptr<BesideJob>> besides_;  // guarded by mu_
+  // Batcher thread only: jobs beside the trajectories taking turns, and the
+  // time they (and other runs' images) took not yet matched by forward
+  // passes.
+  std::deque<std::shared_ptr<BesideJob>> beside_queue_;
   absl::Duration decode_debt_;
   bool stop_ = false;                                 // guarded by mu_
 

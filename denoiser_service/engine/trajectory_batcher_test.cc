@@ -10,6 +10,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -502,6 +503,49 @@ TEST_F(BatcherTest, TheBatcherCancelsARunWhoseCallerWentAway) {
   EXPECT_EQ(done.finals.size(), 2u);
   EXPECT_EQ(asked_after.load(), 0);
   EXPECT_EQ(batcher.outstanding(), 0);
+}
+
+TEST_F(BatcherTest, WorkBesideTheTrajectoriesRunsEachItemOnceInTurnsAcrossTheCores) {
+  TrajectoryBatcher batcher(model_.get(), {.cores = 2});
+  // Trajectories running meanwhile: the work takes turns with their passes.
+  auto run = batcher.Start(Request(4, 1.0f));
+  ASSERT_TRUE(run.ok());
+  const int items = 21;  // three turns, the last one short
+  std::vector<std::atomic<int>> seen(items);
+  std::mutex mu;
+  std::set<std::thread::id> threads;
+  ASSERT_TRUE(batcher
+                  .RunBeside(items,
+                             [&](int begin, int count) {
+                               for (int i = begin; i < begin + count; ++i) ++seen[i];
+                               std::lock_guard<std::mutex> lock(mu);
+                               threads.insert(std::this_thread::get_id());
+                               return absl::OkStatus();
+                             })
+                  .ok());
+  for (int i = 0; i < items; ++i) EXPECT_EQ(seen[i], 1) << "item " << i;
+  EXPECT_EQ(threads.size(), 2u);  // a turn is split over the forward workers
+  EXPECT_TRUE(Drain(**run).status.ok());
+
+  // The first failure ends the job; a passed deadline or a caller that went
+  // away ends it before its next turn.
+  int turns = 0;
+  EXPECT_EQ(batcher
+                .RunBeside(items,
+                           [&](int begin, int) {
+                             if (begin == 0) ++turns;
+                             return begin == 0 ? absl::DataLossError("broken")
+                                               : absl::OkStatus();
+                           })
+                .code(),
+            absl::StatusCode::kDataLoss);
+  EXPECT_EQ(turns, 1);
+  auto nothing = [](int, int) { return absl::InternalError("must not run"); };
+  EXPECT_EQ(batcher.RunBeside(items, nothing, absl::Now() - absl::Seconds(1)).code(),
+            absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(batcher.RunBeside(items, nothing, absl::InfiniteFuture(), [] { return true; }).code(),
+            absl::StatusCode::kCancelled);
+  EXPECT_TRUE(batcher.RunBeside(0, nothing).ok());
 }
 
 TEST_F(BatcherTest, InvalidRequestsNameTheField) {

@@ -535,13 +535,23 @@ grpc::Status DenoiserServiceImpl::Judge(grpc::ServerContext* context,
         ParseJudgeImage(request->images(i), m, absl::StrCat("images[", i, "]"), &pixels);
     if (!parsed.ok()) return Count("Judge", ToGrpcStatus(parsed));
   }
-  // On this thread, under the judge's own lock, in chunks: the batcher's
-  // forward passes go on beside it.
-  absl::StatusOr<std::vector<ImageVerdict>> verdicts = judge->Judge(
-      pixels, n, DeadlineOf(*context), [context] { return context->IsCancelled(); });
-  if (!verdicts.ok()) return Count("Judge", ToGrpcStatus(verdicts.status()));
+  // On the batcher's forward workers, in turns with the trajectories.
+  const size_t per_image = static_cast<size_t>(m.ImageNumel());
+  std::vector<ImageVerdict> verdicts(n);
+  const absl::Status judged = (*served)->batcher->RunBeside(
+      n,
+      [&](int begin, int count) -> absl::Status {
+        ASSIGN_OR_RETURN(std::vector<ImageVerdict> part,
+                         judge->Judge(absl::MakeConstSpan(pixels).subspan(begin * per_image,
+                                                                          count * per_image),
+                                      count));
+        std::move(part.begin(), part.end(), verdicts.begin() + begin);
+        return absl::OkStatus();
+      },
+      DeadlineOf(*context), [context] { return context->IsCancelled(); });
+  if (!judged.ok()) return Count("Judge", ToGrpcStatus(judged));
   const std::vector<JudgeHead>& heads = judge->spec().heads;
-  for (const ImageVerdict& verdict : *verdicts) {
+  for (const ImageVerdict& verdict : verdicts) {
     v1::ImageVerdict* out = response->add_images();
     for (size_t h = 0; h < heads.size(); ++h) {
       v1::HeadVerdict* head = out->add_heads();
