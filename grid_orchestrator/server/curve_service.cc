@@ -80,8 +80,10 @@ std::string Describe(const v1::GridPlan& plan, int trunks) {
 
 }  // namespace
 
-// One curve: the trunks' grids on worker threads, their progress queued for
-// the client's thread, which alone writes to the client.
+// One curve: the trunks' grids on worker threads, each grid judged on the
+// curve's judging thread once drawn (the worker goes on to its next trunk,
+// so no grid place waits for a judge), progress queued for the client's
+// thread, which alone writes to the client.
 class CurveService::CurveRun {
  public:
   CurveRun(CurveService* service, const Caller& caller, const v1::CurveRequest& request,
@@ -96,6 +98,7 @@ class CurveService::CurveRun {
     first_ = std::move(first);
     const int workers = std::min(service_->limits_.max_concurrent_grids, request_.trunks());
     workers_left_ = workers;
+    judging_ = true;
     std::vector<std::thread> threads;
     for (int w = 0; w < workers; ++w) {
       threads.emplace_back([this] {
@@ -105,6 +108,7 @@ class CurveService::CurveRun {
         changed_.notify_all();
       });
     }
+    threads.emplace_back([this] { JudgeDrawnGrids(); });
     DeliverProgress(deliver);
     for (std::thread& t : threads) t.join();
     if (!status_.ok()) return status_;
@@ -135,6 +139,7 @@ class CurveService::CurveRun {
     }
   }
 
+  // Draws trunk `trunk`'s grid and queues it for the judge.
   absl::Status RunTrunk(int trunk, std::unique_ptr<AdmittedGrid> admitted) {
     if (!admitted) {
       absl::StatusOr<std::unique_ptr<AdmittedGrid>> a = AdmitWhenFree(trunk);
@@ -147,23 +152,48 @@ class CurveService::CurveRun {
     absl::StatusOr<v1::Grid> grid = service_->grids_->Run(
         *admitted, caller_, [](const v1::GridEvent&) { return true; }, &cancel_,
         /*stream_grid=*/false);
-    absl::StatusOr<TrunkObservation> observed =
-        grid.ok() ? JudgeGrid(service_->pool_, admitted->plan(), *grid, heads_,
-                              std::min(caller_.deadline, absl::Now() + kJudgeTimeout), &cancel_)
-                  : grid.status();
+    const GridPlanSpec plan = admitted->plan();
     admitted.reset();  // its place in the grid limits is free again
     std::lock_guard<std::mutex> lock(mu_);
     --holding_;
+    ++released_;
     changed_.notify_all();
-    if (!observed.ok()) {
-      return absl::Status(observed.status().code(),
-                          absl::StrCat("trunk ", trunk, " (seed ", TrunkRequest(request_, trunk).seed(),
-                                       "): ", observed.status().message()));
+    if (!grid.ok()) return AtTrunk(trunk, grid.status());
+    drawn_.push_back({trunk, plan, std::move(*grid)});
+    return absl::OkStatus();
+  }
+
+  // The judging thread: judges drawn grids in the order they were drawn
+  // until every worker has stopped and none is left, or the curve failed.
+  void JudgeDrawnGrids() {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (true) {
+      changed_.wait(lock, [&] { return !drawn_.empty() || workers_left_ == 0 || !status_.ok(); });
+      if (!status_.ok() || drawn_.empty()) break;
+      Drawn drawn = std::move(drawn_.front());
+      drawn_.pop_front();
+      lock.unlock();
+      absl::StatusOr<TrunkObservation> observed =
+          JudgeGrid(service_->pool_, drawn.plan, drawn.grid, heads_,
+                    std::min(caller_.deadline, absl::Now() + kJudgeTimeout), &cancel_);
+      if (!observed.ok()) {
+        Fail(AtTrunk(drawn.trunk, observed.status()));
+        lock.lock();
+        break;
+      }
+      lock.lock();
+      Observed(drawn.trunk, drawn.grid, std::move(*observed));
     }
-    observations_[trunk] = std::move(*observed);
-    model_evals_ += grid->model_evals();
-    cache_hits_ += grid->cache_hits();
-    if (heads_ > 0) judged_images_ += 1 + grid->plan().branches() * grid->rows_size();
+    judging_ = false;
+    changed_.notify_all();
+  }
+
+  // Under mu_: trunk `trunk`'s grid and its judged labels are in.
+  void Observed(int trunk, const v1::Grid& grid, TrunkObservation observed) {
+    observations_[trunk] = std::move(observed);
+    model_evals_ += grid.model_evals();
+    cache_hits_ += grid.cache_hits();
+    if (heads_ > 0) judged_images_ += 1 + grid.plan().branches() * grid.rows_size();
     v1::CurveEvent event;
     v1::CurveProgress* p = event.mutable_progress();
     p->set_trunks_done(++done_);
@@ -172,12 +202,17 @@ class CurveService::CurveRun {
     p->set_model_evals(model_evals_);
     p->set_cache_hits(cache_hits_);
     progress_.push_back(std::move(event));
-    return absl::OkStatus();
+  }
+
+  absl::Status AtTrunk(int trunk, const absl::Status& status) const {
+    return absl::Status(status.code(),
+                        absl::StrCat("trunk ", trunk, " (seed ", TrunkRequest(request_, trunk).seed(),
+                                     "): ", status.message()));
   }
 
   // Trunks after the first are admitted as their turn comes. When the
   // client's grid limit is full (its other grids, or this curve's own), the
-  // trunk waits for one of this curve's grids to end rather than fail; it
+  // trunk waits for one of this curve's grids to be drawn rather than fail; it
   // fails only when the curve holds no grid and admits none that could free
   // a place. On success the caller holds the grid (counted in holding_).
   absl::StatusOr<std::unique_ptr<AdmittedGrid>> AdmitWhenFree(int trunk) {
@@ -186,7 +221,7 @@ class CurveService::CurveRun {
       {
         std::lock_guard<std::mutex> lock(mu_);
         ++admitting_;
-        before = done_;
+        before = released_;
       }
       absl::StatusOr<std::unique_ptr<AdmittedGrid>> admitted =
           service_->grids_->Admit(caller_, TrunkRequest(request_, trunk), GridImages::kCellsOnly);
@@ -199,7 +234,7 @@ class CurveService::CurveRun {
       }
       if (holding_ == 0 && admitting_ == 0) return admitted.status();
       changed_.wait(lock, [&] {
-        return done_ != before || (holding_ == 0 && admitting_ == 0) || !status_.ok();
+        return released_ != before || (holding_ == 0 && admitting_ == 0) || !status_.ok();
       });
       if (!status_.ok()) return status_;
     }
@@ -237,8 +272,15 @@ class CurveService::CurveRun {
     }
   }
 
-  // Under mu_: every worker has stopped and its progress is out.
-  bool Finished() const { return workers_left_ == 0 && progress_.empty(); }
+  // Under mu_: every worker and the judge have stopped and their progress
+  // is out.
+  bool Finished() const { return workers_left_ == 0 && !judging_ && progress_.empty(); }
+
+  struct Drawn {
+    int trunk;
+    GridPlanSpec plan;
+    v1::Grid grid;
+  };
 
   CurveService* const service_;
   const Caller& caller_;
@@ -252,10 +294,13 @@ class CurveService::CurveRun {
   std::unique_ptr<AdmittedGrid> first_;          // guarded by mu_
   int next_ = 0;                                 // guarded by mu_
   int workers_left_ = 0;                         // guarded by mu_
+  bool judging_ = false;                         // guarded by mu_
+  std::deque<Drawn> drawn_;                      // guarded by mu_, to judge
   // Grids of this curve admitted and not yet released, and admissions under
   // way: while either is above 0, a refused admission may succeed later.
   int holding_ = 0;                              // guarded by mu_
   int admitting_ = 0;                            // guarded by mu_
+  int released_ = 0;  // grids drawn (or failed) and let go; guarded by mu_
   int done_ = 0;                                 // guarded by mu_
   absl::Status status_;                          // guarded by mu_
   std::vector<TrunkObservation> observations_;   // guarded by mu_
