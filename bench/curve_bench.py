@@ -6,8 +6,11 @@ the orchestrator), measures each bundle's best-batch forward throughput with
 `dgrid-bench denoiser`, then runs each curve below with a cold cache and
 reports its time, its curves with standard errors, and the forward rows per
 second the denoiser ran while it did (from dgrid_denoiser_forward_rows_total)
-against the best-batch figure. One JSON line per curve (with the CPU model)
-goes to stdout; each curve's plot and JSON go to --out.
+against the best-batch figure (ratio_to_best_engine). ratio_to_limit
+compares the curve's time with all its work on the denoiser at the engine's
+best rates: its forward rows, decoded images and judged images (limit_s).
+One JSON line per curve (with the CPU model) goes to stdout; each curve's
+plot and JSON go to --out.
 
   fashion        fashion-mnist, unprompted: the class curve
   emoji          emoji, unprompted: subcategory and style curves
@@ -67,14 +70,22 @@ def counters(metrics_port: int) -> dict:
     return found
 
 
-def best_forward(model_dir: str, threads: int) -> tuple:
-    """The engine's best images/s over batch sizes (dgrid-bench denoiser)."""
+def engine_rates(model_dir: str, threads: int) -> dict:
+    """The engine's best images/s over batch sizes (dgrid-bench denoiser):
+    the forward pass (with its batch), the decoder, and the judge."""
     out = subprocess.run([f"{BIN}/dgrid-bench", "denoiser", f"--model_dir={model_dir}",
                           "--seconds=2", f"--threads={threads}"],
                          capture_output=True, text=True, check=True).stdout
-    best = max((json.loads(line) for line in out.splitlines() if line.startswith("{")
-                and "engine_forward" in line), key=lambda r: r["images_per_s"])
-    return best["images_per_s"], best["batch"]
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+    def best(prefix: str) -> dict:
+        found = [r for r in lines if r["config"].startswith(prefix)]
+        return max(found, key=lambda r: r["images_per_s"]) if found else {}
+
+    forward = best("engine_forward")
+    return {"forward": forward["images_per_s"], "forward_batch": forward["batch"],
+            "decode": best("engine_decode").get("images_per_s"),
+            "judge": best("engine_judge").get("images_per_s")}
 
 
 def main() -> None:
@@ -89,7 +100,7 @@ def main() -> None:
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "curves"))
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    best = {m: best_forward(f"{ROOT}/models/{m}", args.threads)
+    best = {m: engine_rates(f"{ROOT}/models/{m}", args.threads)
             for m in {CURVES[c]["model"] for c in args.curves.split(",")}}
     for name in args.curves.split(","):
         with tempfile.TemporaryDirectory() as tmp:
@@ -128,17 +139,28 @@ def main() -> None:
         with open(os.path.join(args.out, f"{name}{suffix}.json"), "w") as f:
             json.dump(record, f, indent=1)
             f.write("\n")
-        best_ips, best_batch = best[CURVES[name]["model"]]
+        rates = best[CURVES[name]["model"]]
+        best_ips, best_batch = rates["forward"], rates["forward_batch"]
+        decoded = used["dgrid_denoiser_decoded_images_total"]
+        judged = curve.proto.judged_images
+        # The curve's work on the denoiser at the engine's best rates: its
+        # forward rows, its decoded images and its judged images.
+        limit_s = (rows / best_ips + (decoded / rates["decode"] if decoded else 0)
+                   + (judged / rates["judge"] if judged else 0))
         line = {
             "bench": "curve", "curve": name, "trunks": curve.trunks, "seconds": round(seconds, 1),
             "model_evals": curve.model_evals, "forward_rows": rows,
             "forward_rows_per_s": round(rows / seconds, 1),
             "best_engine_images_per_s": round(best_ips, 1), "best_engine_batch": best_batch,
             "ratio_to_best_engine": round(rows / seconds / best_ips, 3),
+            "best_decode_images_per_s": round(rates["decode"] or 0, 1),
+            "best_judge_images_per_s": round(rates["judge"] or 0, 1),
+            "judged_images": judged, "limit_s": round(limit_s, 1),
+            "ratio_to_limit": round(limit_s / seconds, 3),
             # Where the time went: the batcher's forward and decoder passes.
             "forward_s": round(used["dgrid_denoiser_forward_seconds_sum"], 1),
             "decode_s": round(used["dgrid_denoiser_decode_seconds_sum"], 1),
-            "decoded_images": used["dgrid_denoiser_decoded_images_total"],
+            "decoded_images": decoded,
             "forward_passes": used["dgrid_denoiser_batch_size_count"],
             "mean_batch": round(rows / max(1.0, used["dgrid_denoiser_batch_size_count"]), 1),
             "threads": args.threads, "max_batch": args.max_batch,

@@ -1,5 +1,6 @@
 // dgrid-bench denoiser: the engine's raw forward throughput (images/s at
-// batch 1, 2, 4, 8, 32, 128, no sampler, no RPC) against the same model behind the
+// batch 1, 2, 4, 8, 32, 128, no sampler, no RPC; then the decoder's and the
+// judge's, the rest of a decision curve's work) against the same model behind the
 // gRPC service on loopback with 1, 4 and 16 concurrent clients. The ratio of
 // the service's best to the engine's best is what RPC, encoding, noise and
 // batching cost.
@@ -15,6 +16,7 @@
 #include "bench/bench_json.h"
 #include "bench/raw_forward.h"
 #include "denoiser_service/engine/denoiser_model.h"
+#include "denoiser_service/engine/image_judge.h"
 #include "denoiser_service/server/denoiser_server.h"
 #include "denoiser_service/text/tokenizer.h"
 #include "dgrid/v1/denoiser.grpc.pb.h"
@@ -131,6 +133,47 @@ int RunDenoiserBench() {
           .Print();
     }
   }
+  // The other passes a decision curve runs on the denoiser: the decoder
+  // and the judge, whole or a chunk per core, as RunBeside runs them.
+  std::unique_ptr<ImageJudge> judge;
+  if ((*model)->manifest().judge.present()) {
+    auto loaded = ImageJudge::Load(dir, (*model)->manifest(), (*model)->device());
+    if (!loaded.ok()) {
+      std::cerr << "dgrid-bench: " << loaded.status().message() << "\n";
+      return 1;
+    }
+    judge = std::move(*loaded);
+  }
+  for (const char* pass : {"decode", "judge"}) {
+    if (std::string(pass) == "judge" && !judge) continue;
+    for (int batch : {1, 2, 8, 32}) {
+      for (int min_chunk_rows : {0, 1}) {
+        if (min_chunk_rows > 0 && (batch < 2 || threads < 2)) continue;
+        double ips = 0;
+        std::thread([&] {
+          ForwardWorkers workers({.cores = threads, .min_chunk_rows = min_chunk_rows});
+          const double each =
+              std::string(pass) == "decode"
+                  ? SecondsPerDecode(**model, workers, batch, absl::Seconds(seconds))
+                  : SecondsPerJudge(*judge, (*model)->manifest(), workers, batch,
+                                    absl::Seconds(seconds));
+          ips = each > 0 ? batch / each : 0;
+        }).join();
+        BenchLine()
+            .Set("bench", "denoiser")
+            .Set("config", absl::StrCat("engine_", pass, "_", min_chunk_rows ? "chunked_" : "",
+                                        "b", batch))
+            .Set("model", name)
+            .Set("device", (*model)->device())
+            .Set("threads", threads)
+            .Set("batch", batch)
+            .Set("chunks", min_chunk_rows ? std::min(batch, threads) : 1)
+            .Set("images_per_s", ips)
+            .Print();
+      }
+    }
+  }
+  judge.reset();
   model->reset();  // free the engine's copy before the server loads its own
 
   DenoiserServerOptions options;

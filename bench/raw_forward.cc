@@ -71,4 +71,14 @@ double SecondsPerDecode(DenoiserModel& model, ForwardWorkers& workers, int batch
   });
 }
 
+double SecondsPerJudge(const ImageJudge& judge, const BundleManifest& manifest,
+                       ForwardWorkers& workers, int batch, absl::Duration seconds) {
+  const size_t numel = static_cast<size_t>(manifest.ImageNumel());
+  std::vector<uint8_t> pixels(batch * numel, 128);
+  return TimePasses(workers, batch, seconds, [&](int begin, int count) {
+    return judge.Judge(absl::MakeConstSpan(pixels).subspan(begin * numel, count * numel), count)
+        .status();
+  });
+}
+
 }  // namespace dgrid

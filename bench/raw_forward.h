@@ -7,6 +7,7 @@
 #include "absl/time/time.h"
 #include "denoiser_service/engine/denoiser_model.h"
 #include "denoiser_service/engine/forward_workers.h"
+#include "denoiser_service/engine/image_judge.h"
 
 namespace dgrid {
 
@@ -19,6 +20,11 @@ double SecondsPerForward(DenoiserModel& model, ForwardWorkers& workers, int batc
 // Seconds per decoder pass of `batch` latents through `workers`, likewise.
 double SecondsPerDecode(DenoiserModel& model, ForwardWorkers& workers, int batch,
                         absl::Duration seconds);
+
+// Seconds per judge pass over `batch` images through `workers`, likewise
+// (mid-grey images of the bundle's image_shape).
+double SecondsPerJudge(const ImageJudge& judge, const BundleManifest& manifest,
+                       ForwardWorkers& workers, int batch, absl::Duration seconds);
 
 }  // namespace dgrid
 
