@@ -8,7 +8,10 @@
 
 #include <array>
 #include <atomic>
+#include <functional>
+#include <initializer_list>
 #include <thread>
+#include <utility>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
@@ -86,6 +89,43 @@ double ServiceThroughput(int port, int metrics_port, const std::string& model, i
   return (after - before) / elapsed;
 }
 
+// Times a raw `pass` of `model` at each batch size, whole on the intra-op
+// threads and (from batch 2, with 2 threads or more) as a chunk per core,
+// each on a thread of its own as the engine runs passes; prints a line per
+// configuration (engine_<pass>[_chunked]_b<batch>) and returns the best
+// images/s and its batch.
+std::pair<double, int> SweepRawPasses(
+    const std::string& pass, const DenoiserModel& model, int threads,
+    std::initializer_list<int> batches,
+    const std::function<double(ForwardWorkers& workers, int batch)>& seconds_per_pass) {
+  std::pair<double, int> best = {0, 0};
+  for (int batch : batches) {
+    for (int min_chunk_rows : {0, 1}) {
+      if (min_chunk_rows > 0 && (batch < 2 || threads < 2)) continue;
+      double ips = 0;
+      std::thread([&] {
+        ForwardWorkers workers({.cores = threads, .min_chunk_rows = min_chunk_rows});
+        const double each = seconds_per_pass(workers, batch);
+        ips = each > 0 ? batch / each : 0;
+      }).join();
+      if (ips > best.first) best = {ips, batch};
+      BenchLine()
+          .Set("bench", "denoiser")
+          .Set("config", absl::StrCat("engine_", pass, "_", min_chunk_rows ? "chunked_" : "", "b",
+                                      batch))
+          .Set("model", model.manifest().name)
+          .Set("device", model.device())
+          .Set("threads", threads)
+          .Set("batch", batch)
+          .Set("chunks", min_chunk_rows ? std::min(batch, threads) : 1)
+          .Set("images_per_s", ips)
+          .Set("ms_per_image", 1000.0 / ips)
+          .Print();
+    }
+  }
+  return best;
+}
+
 }  // namespace
 
 std::string GridBenchModelDir() { return absl::GetFlag(FLAGS_model_dir); }
@@ -102,39 +142,18 @@ int RunDenoiserBench() {
     return 1;
   }
   const std::string name = (*model)->manifest().name;
-  double best_raw = 0;
-  int best_batch = 0;
   // Each batch whole on the intra-op threads, and (from batch 2) as a
   // chunk per core, as the engine runs a pass (forward_workers.h).
-  for (int batch : {1, 2, 4, 8, 32, 128}) {
-    for (int min_chunk_rows : {0, 1}) {
-      if (min_chunk_rows > 0 && (batch < 2 || threads < 2)) continue;
-      double ips = 0;
-      // On a thread of its own, as the engine runs forward passes.
-      std::thread([&] {
-        ForwardWorkers workers({.cores = threads, .min_chunk_rows = min_chunk_rows});
-        const double each = SecondsPerForward(**model, workers, batch, absl::Seconds(seconds));
-        ips = each > 0 ? batch / each : 0;
-      }).join();
-      if (ips > best_raw) {
-        best_raw = ips;
-        best_batch = batch;
-      }
-      BenchLine()
-          .Set("bench", "denoiser")
-          .Set("config", absl::StrCat("engine_forward_", min_chunk_rows ? "chunked_" : "", "b", batch))
-          .Set("model", name)
-          .Set("device", (*model)->device())
-          .Set("threads", threads)
-          .Set("batch", batch)
-          .Set("chunks", min_chunk_rows ? std::min(batch, threads) : 1)
-          .Set("images_per_s", ips)
-          .Set("ms_per_image", 1000.0 / ips)
-          .Print();
-    }
-  }
+  const auto [best_raw, best_batch] =
+      SweepRawPasses("forward", **model, threads, {1, 2, 4, 8, 32, 128},
+                     [&](ForwardWorkers& workers, int batch) {
+                       return SecondsPerForward(**model, workers, batch, absl::Seconds(seconds));
+                     });
   // The other passes a decision curve runs on the denoiser: the decoder
-  // and the judge, whole or a chunk per core, as RunBeside runs them.
+  // and the judge, as RunBeside runs them.
+  SweepRawPasses("decode", **model, threads, {1, 2, 8, 32}, [&](ForwardWorkers& workers, int batch) {
+    return SecondsPerDecode(**model, workers, batch, absl::Seconds(seconds));
+  });
   std::unique_ptr<ImageJudge> judge;
   if ((*model)->manifest().judge.present()) {
     auto loaded = ImageJudge::Load(dir, (*model)->manifest(), (*model)->device());
@@ -143,35 +162,11 @@ int RunDenoiserBench() {
       return 1;
     }
     judge = std::move(*loaded);
-  }
-  for (const char* pass : {"decode", "judge"}) {
-    if (std::string(pass) == "judge" && !judge) continue;
-    for (int batch : {1, 2, 8, 32}) {
-      for (int min_chunk_rows : {0, 1}) {
-        if (min_chunk_rows > 0 && (batch < 2 || threads < 2)) continue;
-        double ips = 0;
-        std::thread([&] {
-          ForwardWorkers workers({.cores = threads, .min_chunk_rows = min_chunk_rows});
-          const double each =
-              std::string(pass) == "decode"
-                  ? SecondsPerDecode(**model, workers, batch, absl::Seconds(seconds))
-                  : SecondsPerJudge(*judge, (*model)->manifest(), workers, batch,
-                                    absl::Seconds(seconds));
-          ips = each > 0 ? batch / each : 0;
-        }).join();
-        BenchLine()
-            .Set("bench", "denoiser")
-            .Set("config", absl::StrCat("engine_", pass, "_", min_chunk_rows ? "chunked_" : "",
-                                        "b", batch))
-            .Set("model", name)
-            .Set("device", (*model)->device())
-            .Set("threads", threads)
-            .Set("batch", batch)
-            .Set("chunks", min_chunk_rows ? std::min(batch, threads) : 1)
-            .Set("images_per_s", ips)
-            .Print();
-      }
-    }
+    SweepRawPasses("judge", **model, threads, {1, 2, 8, 32},
+                   [&](ForwardWorkers& workers, int batch) {
+                     return SecondsPerJudge(*judge, (*model)->manifest(), workers, batch,
+                                            absl::Seconds(seconds));
+                   });
   }
   judge.reset();
   model->reset();  // free the engine's copy before the server loads its own
