@@ -217,22 +217,23 @@ TrajectoryBatcher::~TrajectoryBatcher() {
 absl::StatusOr<std::vector<uint8_t>> TrajectoryBatcher::Decode(std::vector<float> latents,
                                                                int batch) {
   if (batch == 0) return std::vector<uint8_t>();
-  const size_t latent = static_cast<size_t>(model_->latent_numel());
-  const size_t image = static_cast<size_t>(model_->manifest().ImageNumel());
-  std::vector<uint8_t> pixels(batch * image);
+  std::vector<uint8_t> pixels(batch * model_->manifest().ImageNumel());
   auto job = std::make_shared<BesideJob>();
   job->items = batch;
   job->decode = true;
-  job->work = [&](int begin, int count) -> absl::Status {
-    ASSIGN_OR_RETURN(std::vector<uint8_t> part,
-                     model_->Decode(absl::MakeConstSpan(latents).subspan(begin * latent,
-                                                                          count * latent),
-                                    count));
-    std::copy(part.begin(), part.end(), pixels.begin() + begin * image);
-    return absl::OkStatus();
-  };
+  job->work = [&](int begin, int count) { return DecodeInto(latents, begin, count, pixels); };
   RETURN_IF_ERROR(RunJob(std::move(job)));
   return pixels;
+}
+
+absl::Status TrajectoryBatcher::DecodeInto(absl::Span<const float> latents, int begin, int count,
+                                           std::vector<uint8_t>& pixels) {
+  const size_t latent = static_cast<size_t>(model_->latent_numel());
+  const size_t image = static_cast<size_t>(model_->manifest().ImageNumel());
+  ASSIGN_OR_RETURN(std::vector<uint8_t> part,
+                   model_->Decode(latents.subspan(begin * latent, count * latent), count));
+  std::copy(part.begin(), part.end(), pixels.begin() + begin * image);
+  return absl::OkStatus();
 }
 
 absl::Status TrajectoryBatcher::RunBeside(int items,
@@ -918,16 +919,9 @@ int TrajectoryBatcher::FillBatch(const std::vector<Active>& active) {
 absl::StatusOr<std::vector<uint8_t>> TrajectoryBatcher::DecodeChunks(
     absl::Span<const float> latents, int n) {
   if (workers_.Split(n).size() == 1) return model_->Decode(latents, n);
-  const size_t latent = static_cast<size_t>(model_->latent_numel());
-  const size_t image = static_cast<size_t>(model_->manifest().ImageNumel());
-  std::vector<uint8_t> pixels(n * image);
-  absl::Status decoded = workers_.Run(n, [&](int begin, int count) -> absl::Status {
-    ASSIGN_OR_RETURN(std::vector<uint8_t> part,
-                     model_->Decode(latents.subspan(begin * latent, count * latent), count));
-    std::copy(part.begin(), part.end(), pixels.begin() + begin * image);
-    return absl::OkStatus();
-  });
-  if (!decoded.ok()) return decoded;
+  std::vector<uint8_t> pixels(n * model_->manifest().ImageNumel());
+  RETURN_IF_ERROR(workers_.Run(
+      n, [&](int begin, int count) { return DecodeInto(latents, begin, count, pixels); }));
   return pixels;
 }
 

@@ -318,6 +318,10 @@ class TrajectoryBatcher {
   void FailAll(std::vector<Active>& active, const absl::Status& status);
   // The decoder over `n` latents, in the workers' chunks.
   absl::StatusOr<std::vector<uint8_t>> DecodeChunks(absl::Span<const float> latents, int n);
+  // Decodes latents [begin, begin + count) into their images' place in
+  // `pixels`; chunks of one pass write apart.
+  absl::Status DecodeInto(absl::Span<const float> latents, int begin, int count,
+                          std::vector<uint8_t>& pixels);
 
   DenoiserModel* const model_;
   Options options_;  // max_batch capped by the bundle's at construction
