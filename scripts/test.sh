@@ -5,7 +5,7 @@
 #   scripts/test.sh            Release build in build/, every test
 #   scripts/test.sh --asan     ASan+UBSan build in build-asan/, unit tests
 #   scripts/test.sh --tsan     TSan build in build-tsan/: batcher, pool, executor,
-#                              CurveService,
+#                              CurveService, stall watchdog,
 #                              GridService (outbox) and prefix-cache tests
 #                              (suppressions: tests/tsan.supp, for Debian's
 #                              uninstrumented gRPC, abseil and LibTorch)
@@ -21,7 +21,7 @@ case "${1:-}" in
     preset=tsan
     # The 4,096-sample closed-form test runs 4M trajectory steps: minutes
     # under TSan, and it exercises no threading the other batcher tests miss.
-    ctest_args=(-R 'Batcher|Pool|GridExecutor|GridService|CurveService|PrefixCache' -E ClosedForm)
+    ctest_args=(-R 'Batcher|Pool|GridExecutor|GridService|CurveService|PrefixCache|StallWatchdog' -E ClosedForm)
     export TSAN_OPTIONS="suppressions=$(pwd)/tests/tsan.supp ${TSAN_OPTIONS:-}"
     ;;
   *) echo "usage: scripts/test.sh [--asan|--tsan]" >&2; exit 2 ;;

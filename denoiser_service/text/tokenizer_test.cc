@@ -294,7 +294,7 @@ TEST(CheckPromptTextTest, RefusesHugeAndPathologicalTextNamingTheField) {
   EXPECT_THAT(std::string(s.message()), HasSubstr("prompt: more than 30 combining marks"));
   EXPECT_TRUE(CheckPromptText("prompt", "e" + marks.substr(0, 30 * 2) + "e" +
                                             marks.substr(0, 30 * 2)).ok());
-  EXPECT_TRUE(CheckPromptText("prompt", "cr\xC3\xA8me br\xC3\xBBl\xC3\xA9e, a photo").ok());
+  EXPECT_TRUE(CheckPromptText("prompt", "cr\xC3\xA8me br\xC3\xBBl\xC3\xA9" "e, a photo").ok());
   EXPECT_EQ(CheckPromptText("prompt", "a \xEF\xBF\xBF").code(), absl::StatusCode::kInvalidArgument);
 }
 
