@@ -10,7 +10,8 @@ ABSL_FLAGs, the explorer (HTTP port, Service port, readiness on /healthz,
 --web_dir in the image), the HPA's target and metric, the PDB, the
 NetworkPolicies (only orchestrator pods reach the denoisers' gRPC port; the
 orchestrator's API ports stay open), an Ingress if any (backend, SSE
-settings, TLS, bearer token), ServiceMonitors, non-root pods, the denoiser
+settings, TLS, bearer token), token files in mounted Secrets and the
+denoisers' token the one the orchestrator sends, ServiceMonitors, non-root pods, the denoiser
 device, and that commands and model paths exist in the Dockerfiles.
 
 Then it checks itself: it breaks the rendered objects in one way at a time
@@ -151,6 +152,19 @@ def main_container(w):
 def flag_value(container, name):
     vals = [v for k, v in parse_args(container.get("args")) if k == name]
     return vals[-1] if vals else None
+
+
+TOKEN_FLAGS = ("auth_token_file", "denoiser_token_file")
+
+
+def secret_holding(w, path):
+    """The Secret whose volume the workload's main container mounts at the
+    folder of `path`, or None."""
+    mount = next((m for m in main_container(w).get("volumeMounts", [])
+                  if m.get("mountPath", "").rstrip("/") == os.path.dirname(path)), None)
+    volume = mount and next((v for v in w["spec"]["template"]["spec"].get("volumes", [])
+                             if v.get("name") == mount.get("name")), None)
+    return (volume.get("secret") or {}).get("secretName") if volume else None
 
 
 # ---------------------------------------------------------------- checks ---
@@ -530,6 +544,29 @@ def check(docs, device):
         if not ing["spec"].get("tls"):
             err(f"{name}: no tls (the bearer token would cross the network in clear)")
 
+    # Bearer tokens: a token file lies in a Secret its container mounts, and
+    # the token the denoisers require is the one the orchestrator sends.
+    for w in denoisers + orchestrators:
+        for flag in TOKEN_FLAGS:
+            path = flag_value(main_container(w), flag)
+            if path and secret_holding(w, path) is None:
+                err(f"Deployment/{w['metadata']['name']}: --{flag}={path} is not in a Secret "
+                    "the container mounts")
+    for o in orchestrators:
+        sent = flag_value(main_container(o), "denoiser_token_file")
+        for d in denoisers:
+            required = flag_value(main_container(d), "auth_token_file")
+            if required and not sent:
+                err(f"Deployment/{o['metadata']['name']}: the denoisers require a token "
+                    "(--auth_token_file) and it sends none (--denoiser_token_file)")
+            elif sent and not required:
+                err(f"Deployment/{o['metadata']['name']}: sends a token (--denoiser_token_file) "
+                    "that the denoisers do not require (no --auth_token_file)")
+            elif sent and secret_holding(o, sent) != secret_holding(d, required):
+                err(f"Deployment/{o['metadata']['name']}: sends the token of Secret "
+                    f"{secret_holding(o, sent)}, the denoisers require Secret "
+                    f"{secret_holding(d, required)}'s")
+
     # ServiceMonitors cover both Services' metrics ports.
     monitors = objs.of("ServiceMonitor")
     for role in BINARY_SOURCES:
@@ -732,6 +769,17 @@ INGRESS_MUTATIONS = [
         lambda d: _set_flag(d, "dgrid-orchestrator", "auth_token_file", None)),
 ]
 
+DENOISER_TOKEN_MUTATIONS = [
+    ("denoisers require a token the orchestrator does not send", 'it sends none',
+        lambda d: _set_flag(d, "dgrid-orchestrator", "denoiser_token_file", None)),
+    ("orchestrator sends a token the denoisers do not require", 'do not require',
+        lambda d: _set_flag(d, "dgrid-denoiser", "auth_token_file", None)),
+    ("orchestrator sends another Secret's token", 'sends the token of Secret dgrid-auth-token',
+        lambda d: _set_flag(d, "dgrid-orchestrator", "denoiser_token_file", "/etc/dgrid/auth/token")),
+    ("token file outside any mounted Secret", '--auth_token_file=/etc/dgrid/token is not in a Secret',
+        lambda d: _set_flag(d, "dgrid-denoiser", "auth_token_file", "/etc/dgrid/token")),
+]
+
 GPU_MUTATIONS = [
     ("GPU denoiser without nvidia.com/gpu", 'no nvidia.com/gpu limit',
         lambda d: _container(d, "dgrid-denoiser")["resources"]["limits"].pop("nvidia.com/gpu")),
@@ -753,6 +801,8 @@ def mutations_for(docs, device):
     mutations += GPU_MUTATIONS if device == "cuda" else CPU_MUTATIONS
     if Objects(docs).of("Ingress"):
         mutations += INGRESS_MUTATIONS
+    if flag_value(_container(docs, "dgrid-denoiser"), "auth_token_file"):
+        mutations += DENOISER_TOKEN_MUTATIONS
     return mutations
 
 
