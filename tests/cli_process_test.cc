@@ -9,6 +9,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/png_image.h"
@@ -118,6 +119,27 @@ TEST_F(CliTest, GridWritesPngAndSidecarAndPromoteReRuns) {
   // The promoted cell's path is the new trunk.
   EXPECT_EQ(next.grid().plan().trunk().SerializeAsString(),
             record.grid().rows(1).cells(2).path().SerializeAsString());
+}
+
+// One branch per row has no pair: the summary gives each row's distance to
+// the trunk (from the sidecar), not a pairwise 0.
+TEST_F(CliTest, OneBranchPerRowSummarizesTheDistanceToTheTrunk) {
+  const std::string dir = stack_->dir();
+  const Ran grid = RunCli({"grid", Target(), "--seed=8", "--branches=1", "--branch_steps=0,10",
+                           "--steps=20", "-o", dir + "/one.png"},
+                          dir);
+  ASSERT_EQ(grid.code, 0) << grid.output;
+  v1::GridRecord record;
+  ASSERT_TRUE(
+      google::protobuf::util::JsonStringToMessage(ReadFile(dir + "/one.json"), &record).ok());
+  ASSERT_EQ(record.grid().rows_size(), 2);
+  std::string want = "divergence to the trunk by row:";
+  for (const v1::GridRow& row : record.grid().rows()) {
+    EXPECT_GT(row.divergence_to_trunk(), 0);
+    absl::StrAppend(&want, absl::StrFormat(" step %d: %.3f", row.branch_step(),
+                                           row.divergence_to_trunk()));
+  }
+  EXPECT_NE(grid.output.find(want), std::string::npos) << grid.output;
 }
 
 // Issue 25: the switch flags, hyphens or underscores, reach the grid and its

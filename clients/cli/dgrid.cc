@@ -343,9 +343,13 @@ int StreamAndSave(const v1::GridRequest& request, const std::string& out) {
             << " steps), " << grid.model_evals()
             << " model evaluations (plan " << grid.plan().model_evals() << ", from scratch "
             << grid.plan().from_scratch_evals() << "), " << grid.cache_hits()
-            << " cache hits, " << absl::StrFormat("%.2f", grid.seconds()) << " s\n  divergence by row:";
+            << " cache hits, " << absl::StrFormat("%.2f", grid.seconds()) << " s\n";
+  // One branch per row has no pair: its distance to the trunk instead.
+  const bool pairwise = grid.plan().branches() >= 2;
+  std::cout << (pairwise ? "  divergence by row:" : "  divergence to the trunk by row:");
   for (const v1::GridRow& row : grid.rows()) {
-    std::cout << absl::StrFormat(" step %d: %.3f", row.branch_step(), row.divergence());
+    std::cout << absl::StrFormat(" step %d: %.3f", row.branch_step(),
+                                 pairwise ? row.divergence() : row.divergence_to_trunk());
   }
   std::cout << "\n";
   return 0;
@@ -445,14 +449,17 @@ int Curve() {
             << " trunks, " << curve.model_evals() << " model evaluations, "
             << curve.judged_images() << " images judged, "
             << absl::StrFormat("%.1f", curve.seconds()) << " s\n";
-  std::cout << absl::StrFormat("%6s %9s", "step", "RMS div");
+  // One branch per row has no pair: its distance to the trunk instead.
+  const bool pairwise = curve.plan().branches() >= 2;
+  std::cout << absl::StrFormat("%6s %9s", "step", pairwise ? "RMS div" : "to trunk");
   for (const v1::HeadCurve& head : curve.heads()) {
     std::cout << absl::StrFormat(" %18s", absl::StrCat("P(", head.head(), " differs)"));
   }
   std::cout << "\n";
   for (int r = 0; r < curve.rows_size(); ++r) {
-    std::cout << absl::StrFormat("%6d %9.3f", curve.rows(r).branch_step(),
-                                 curve.rows(r).divergence().mean());
+    const v1::CurveRow& row = curve.rows(r);
+    std::cout << absl::StrFormat("%6d %9.3f", row.branch_step(),
+                                 (pairwise ? row.divergence() : row.divergence_to_trunk()).mean());
     for (const v1::HeadCurve& head : curve.heads()) {
       std::cout << absl::StrFormat(" %11.3f ± %.3f", head.p_differs(r).mean(),
                                    head.p_differs(r).standard_error());

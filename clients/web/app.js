@@ -685,7 +685,8 @@ function renderDivergence(grid) {
     plotBox.replaceChildren(element('p', 'empty', 'No rows.'));
     return;
   }
-  plotBox.replaceChildren(divergencePlot(rows, grid.plan?.sampler?.steps ?? 0), plotLegend());
+  const branches = grid.plan?.branches;
+  plotBox.replaceChildren(divergencePlot(rows, grid.plan?.sampler?.steps ?? 0, branches), plotLegend(branches));
 }
 
 function resetExports() {

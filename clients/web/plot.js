@@ -4,7 +4,10 @@
 // Branches that leave the trunk early differ a lot (high divergence); once
 // the picture is settled, late branches barely differ.
 //
-//   container.replaceChildren(divergencePlot(grid.rows, grid.plan.sampler.steps));
+//   container.replaceChildren(divergencePlot(grid.rows, grid.plan.sampler.steps, grid.plan.branches));
+//
+// With one branch per row there is no pair: the plots and legends show the
+// distance to the trunk alone.
 //
 // headsPlot and curveDivergencePlot: a decision curve (CurveResult), means
 // over trunks with error bars of one standard error. Per judge head,
@@ -19,6 +22,8 @@ const SERIES = [
   {key: 'divergence', label: 'between branches', className: 'series-pairwise'},
   {key: 'divergence_to_trunk', label: 'branches to trunk', className: 'series-trunk'},
 ];
+// The divergence series a grid of `branches` per row has.
+const seriesFor = (branches) => SERIES.filter((s) => s.key !== 'divergence' || (branches ?? 2) >= 2);
 
 function el(name, attributes = {}, text = '') {
   const node = document.createElementNS(SVG, name);
@@ -76,23 +81,24 @@ function chart({rowSteps, lastStep, yMax, ticks, label, title, yTitle = ''}) {
   return {svg, x, y};
 }
 
-export function divergencePlot(rows, steps) {
+export function divergencePlot(rows, steps, branches) {
+  const series = seriesFor(branches);
   const lastStep = Math.max(steps || 0, ...rows.map((row) => row.branch_step ?? 0), 1);
-  const {max: yMax, ticks} = niceAxis(Math.max(...rows.flatMap((row) => SERIES.map((s) => row[s.key] ?? 0))));
+  const {max: yMax, ticks} = niceAxis(Math.max(...rows.flatMap((row) => series.map((s) => row[s.key] ?? 0))));
   const {svg, x, y} = chart({
     rowSteps: rows.map((row) => row.branch_step ?? 0), lastStep, yMax, ticks,
     label: 'Divergence of the branches by the step at which they leave the trunk',
     title: 'Divergence by branch step',
   });
 
-  for (const series of SERIES) {
-    const group = el('g', {class: series.className, 'data-series': series.key});
-    const points = rows.map((row) => [x(row.branch_step ?? 0), y(row[series.key] ?? 0)]);
+  for (const {key, label, className} of series) {
+    const group = el('g', {class: className, 'data-series': key});
+    const points = rows.map((row) => [x(row.branch_step ?? 0), y(row[key] ?? 0)]);
     group.append(el('polyline', {points: points.map((p) => p.join(',')).join(' '), fill: 'none'}));
     rows.forEach((row, i) => {
       const dot = el('circle', {cx: points[i][0], cy: points[i][1], r: 3.5});
       dot.append(el('title', {}, `step ${row.branch_step ?? 0} (t=${row.timestep ?? 0}): ` +
-          `${(row[series.key] ?? 0).toFixed(3)} ${series.label}`));
+          `${(row[key] ?? 0).toFixed(3)} ${label}`));
       group.append(dot);
     });
     svg.append(group);
@@ -100,10 +106,10 @@ export function divergencePlot(rows, steps) {
   return svg;
 }
 
-export function plotLegend() {
+export function plotLegend(branches) {
   const legend = document.createElement('ul');
   legend.className = 'legend';
-  for (const series of SERIES) {
+  for (const series of seriesFor(branches)) {
     const item = document.createElement('li');
     item.className = series.className;
     item.innerHTML = '<span class="swatch" aria-hidden="true"></span>';
@@ -191,19 +197,20 @@ export function headsPlot(curve) {
 export function curveDivergencePlot(curve) {
   const rows = curve.rows ?? [];
   const {rowSteps, lastStep} = curveSteps(curve);
-  const top = Math.max(...rows.flatMap((row) => SERIES.map((s) => mean(row[s.key]) + stderr(row[s.key]))));
+  const series = seriesFor(curve.plan?.branches);
+  const top = Math.max(...rows.flatMap((row) => series.map((s) => mean(row[s.key]) + stderr(row[s.key]))));
   const {max: yMax, ticks} = niceAxis(top);
   const scales = chart({
     rowSteps, lastStep, yMax, ticks,
     label: 'Mean RMS divergence of the branches over trunks, by branch step',
     title: 'Mean RMS divergence by branch step', yTitle: 'RMS divergence',
   });
-  for (const series of SERIES) {
-    const points = rows.map((row) => row[series.key]);
+  for (const {key, label, className} of series) {
+    const points = rows.map((row) => row[key]);
     scales.svg.append(estimateSeries(points, rowSteps, scales,
-        {class: series.className, 'data-series': series.key},
+        {class: className, 'data-series': key},
         (i) => `step ${rowSteps[i]} (t=${rows[i].timestep ?? 0}): ${fixed(mean(points[i]), 3)} ` +
-            `± ${fixed(stderr(points[i]), 3)} ${series.label}`));
+            `± ${fixed(stderr(points[i]), 3)} ${label}`));
   }
   return scales.svg;
 }
@@ -211,7 +218,7 @@ export function curveDivergencePlot(curve) {
 // Each head, with where it falls to half its row-0 value, then the
 // divergence series.
 export function curveLegend(curve) {
-  const legend = plotLegend();
+  const legend = plotLegend(curve.plan?.branches);
   const heads = (curve.heads ?? []).map((head, h) => {
     const name = head.head || `head ${h + 1}`;
     const item = document.createElement('li');

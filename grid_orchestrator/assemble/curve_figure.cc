@@ -60,6 +60,7 @@ struct Series {
   std::string label;
   std::vector<Estimate> points;
   const HalfStep* half = nullptr;  // marked on the x axis when found
+  size_t color = 0;                // index into kSeries
 };
 
 // A panel with the branch step on x and [0, y_max] on y, at `top`.
@@ -83,7 +84,7 @@ void DrawPanel(cairo_t* cr, int top, const std::string& y_label, double y_max,
        kInk, 0.5);
   Text(cr, x0 - 50, top + 16, y_label, 12, kInk, 0, true);
   for (size_t s = 0; s < series.size(); ++s) {
-    const Rgb color = kSeries[s % (sizeof(kSeries) / sizeof(kSeries[0]))];
+    const Rgb color = kSeries[series[s].color % (sizeof(kSeries) / sizeof(kSeries[0]))];
     const auto& pts = series[s].points;
     Color(cr, color);
     cairo_set_line_width(cr, 2);
@@ -157,21 +158,24 @@ absl::StatusOr<std::string> DrawCurvePng(const CurveFigure& f) {
   if (!s.heads.empty()) {
     std::vector<Series> heads;
     for (size_t h = 0; h < s.heads.size(); ++h) {
-      heads.push_back({f.head_names[h], s.heads[h].p_differs, &s.heads[h].half_step});
+      heads.push_back({f.head_names[h], s.heads[h].p_differs, &s.heads[h].half_step, h});
     }
     DrawPanel(cr, top, "P(branch label ≠ trunk's) ± SE", 1.0, f.branch_steps, heads);
     top += kPanelHeight;
   }
+  // One branch per row has no pair to measure: the distance to the trunk alone.
+  std::vector<Series> divergence;
+  if (f.branches >= 2) divergence.push_back({"pairwise", s.divergence, nullptr, 0});
+  divergence.push_back({"to trunk", s.divergence_to_trunk, nullptr, 1});
   double max_divergence = 0;
-  for (size_t r = 0; r < rows; ++r) {
-    for (const Estimate& e : {s.divergence[r], s.divergence_to_trunk[r]}) {
+  for (const Series& series : divergence) {
+    for (const Estimate& e : series.points) {
       if (std::isfinite(e.mean)) max_divergence = std::max(max_divergence, e.mean + e.standard_error);
     }
   }
   // A multiple of 0.04, so that the four gridlines fall on round values.
   max_divergence = max_divergence > 0 ? std::ceil(max_divergence / 0.04) * 0.04 : 1;
-  DrawPanel(cr, top, "mean RMS divergence ± SE", max_divergence, f.branch_steps,
-            {{"pairwise", s.divergence}, {"to trunk", s.divergence_to_trunk}});
+  DrawPanel(cr, top, "mean RMS divergence ± SE", max_divergence, f.branch_steps, divergence);
   cairo_surface_flush(surface.get());
   if (cairo_status(cr) != CAIRO_STATUS_SUCCESS) {
     return absl::InternalError(

@@ -26,6 +26,9 @@ struct CurveFigure {
   std::string title;
   std::string subtitle;
   std::vector<int> branch_steps;
+  // Branches per row. With one there is no pair: the divergence panel shows
+  // the distance to the trunk alone.
+  int branches = 2;
   // One per statistics.heads, in order.
   std::vector<std::string> head_names;
   CurveStatistics statistics;

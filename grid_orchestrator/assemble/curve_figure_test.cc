@@ -1,5 +1,6 @@
 #include "grid_orchestrator/assemble/curve_figure.h"
 
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 
@@ -45,6 +46,35 @@ TEST(CurveFigureTest, DrawsOnePanelPerKindOfCurve) {
   if (const char* dir = std::getenv("DGRID_TEST_OUTPUT_DIR")) {
     std::ofstream(std::string(dir) + "/curve_figure_sample.png", std::ios::binary) << *two;
   }
+}
+
+int CountNear(const DecodedPng& image, double r, double g, double b) {
+  int count = 0;
+  for (int i = 0; i < image.width * image.height; ++i) {
+    const uint8_t* px = &image.pixels[i * image.channels];
+    if (std::abs(px[0] - r * 255) <= 2 && std::abs(px[1] - g * 255) <= 2 && std::abs(px[2] - b * 255) <= 2) {
+      ++count;
+    }
+  }
+  return count;
+}
+
+// One branch per row has no pair: the divergence panel keeps the distance to
+// the trunk, in its own colour, and leaves the pairwise series out.
+TEST(CurveFigureTest, OneBranchPerRowDrawsTheDistanceToTheTrunkAlone) {
+  CurveFigure two = Figure(0), one = Figure(0);
+  one.branches = 1;
+  absl::StatusOr<std::string> two_png = DrawCurvePng(two), one_png = DrawCurvePng(one);
+  ASSERT_TRUE(two_png.ok() && one_png.ok());
+  absl::StatusOr<DecodedPng> with_pairs =
+      DecodePng({reinterpret_cast<const uint8_t*>(two_png->data()), two_png->size()});
+  absl::StatusOr<DecodedPng> alone =
+      DecodePng({reinterpret_cast<const uint8_t*>(one_png->data()), one_png->size()});
+  ASSERT_TRUE(with_pairs.ok() && alone.ok());
+  // curve_figure.cc's kSeries[0] (pairwise) and kSeries[1] (to trunk).
+  EXPECT_GT(CountNear(*with_pairs, 0.00, 0.45, 0.70), 100);
+  EXPECT_EQ(CountNear(*alone, 0.00, 0.45, 0.70), 0);
+  EXPECT_GT(CountNear(*alone, 0.84, 0.37, 0.00), 100);
 }
 
 TEST(CurveFigureTest, StatisticsThatDoNotMatchTheRowsAreRefused) {

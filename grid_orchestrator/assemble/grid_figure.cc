@@ -252,8 +252,11 @@ std::pair<double, int> NiceStep(double span, int ticks) {
 }
 
 // The "divergence by branch step" plot in the box (x, y, kPlotWidth,
-// kPlotHeight). `rows` are in increasing branch_step.
-void DrawDivergencePlot(Painter& p, const std::vector<const GridFigure::Row*>& rows, int x, int y) {
+// kPlotHeight). `rows` are in increasing branch_step. Without `pairwise`
+// (one branch per row: no pair to measure) only the distance to the trunk
+// is drawn.
+void DrawDivergencePlot(Painter& p, const std::vector<const GridFigure::Row*>& rows, int x, int y,
+                        bool pairwise) {
   cairo_t* cr = p.cr();
   p.Text(kGroupFont, x, y + 12, "divergence by branch step");
 
@@ -261,7 +264,8 @@ void DrawDivergencePlot(Painter& p, const std::vector<const GridFigure::Row*>& r
   const double dashes[] = {5, 3};
   int lx = x;
   const int ly = y + 30;
-  for (int series = 0; series < 2; ++series) {
+  const int first_series = pairwise ? 0 : 1;
+  for (int series = first_series; series < 2; ++series) {
     const Rgb color = series == 0 ? kPairwise : kToTrunk;
     if (series == 1) cairo_set_dash(cr, dashes, 2, 0);
     p.Line(lx, ly - 4, lx + 20, ly - 4, color, 2);
@@ -275,7 +279,7 @@ void DrawDivergencePlot(Painter& p, const std::vector<const GridFigure::Row*>& r
   int min_step = rows.empty() ? 0 : rows.front()->branch_step;
   int max_step = rows.empty() ? 1 : rows.back()->branch_step;
   for (const GridFigure::Row* row : rows) {
-    for (double v : {row->divergence, row->divergence_to_trunk}) {
+    for (double v : {pairwise ? row->divergence : 0.0, row->divergence_to_trunk}) {
       if (std::isfinite(v)) max_value = std::max(max_value, v);
     }
   }
@@ -327,7 +331,7 @@ void DrawDivergencePlot(Painter& p, const std::vector<const GridFigure::Row*>& r
   }
   p.Text(kCaptionFont, (ax0 + ax1) / 2.0, ay1 + 29, "branch step", Align::kCenter);
 
-  for (int series = 0; series < 2; ++series) {
+  for (int series = first_series; series < 2; ++series) {
     const Rgb color = series == 0 ? kPairwise : kToTrunk;
     auto value = [series](const GridFigure::Row* row) {
       return series == 0 ? row->divergence : row->divergence_to_trunk;
@@ -590,14 +594,18 @@ absl::StatusOr<std::string> DrawGridPng(const GridFigure& figure) {
     Font pairwise = kNumberFont, to_trunk = kNumberFont;
     pairwise.color = kPairwise;
     to_trunk.color = kToTrunk;
-    p.Text(pairwise, l.numbers_x, mid - 2, "pairwise " + FormatDistance(row.divergence));
-    p.Text(to_trunk, l.numbers_x, mid + 13, "to trunk " + FormatDistance(row.divergence_to_trunk));
+    if (l.columns >= 2) {
+      p.Text(pairwise, l.numbers_x, mid - 2, "pairwise " + FormatDistance(row.divergence));
+      p.Text(to_trunk, l.numbers_x, mid + 13, "to trunk " + FormatDistance(row.divergence_to_trunk));
+    } else {
+      p.Text(to_trunk, l.numbers_x, mid + 5, "to trunk " + FormatDistance(row.divergence_to_trunk));
+    }
   }
 
   // Trunk column: the final image once, then the plot beneath it.
   RETURN_IF_ERROR(
       DrawPictureOrPlaceholder(p, l, figure.trunk_final, l.right_x, l.rows_y, figure.scale));
-  if (!rows.empty()) DrawDivergencePlot(p, rows, l.plot_x, l.plot_y);
+  if (!rows.empty()) DrawDivergencePlot(p, rows, l.plot_x, l.plot_y, /*pairwise=*/l.columns >= 2);
 
   if (cairo_status(cr.get()) != CAIRO_STATUS_SUCCESS) {
     return CairoError("drawing", cairo_status(cr.get()));

@@ -385,6 +385,7 @@ absl::StatusOr<v1::CurveResult> CurveService::Run(AdmittedCurve& curve, const Ca
                                     request.grid().seed(),
                                     request.grid().seed() + request.trunks() - 1);
   figure.branch_steps = observations.branch_steps;
+  figure.branches = plan.branches;
   figure.head_names = *heads;
   figure.statistics = *statistics;
   absl::StatusOr<std::string> png = DrawCurvePng(figure);

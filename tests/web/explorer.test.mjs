@@ -236,6 +236,14 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     assert.equal(record.grid.rows.length, ROWS);
     assert.ok(record.grid.rows[2].cells[1].path.segments.length >= 2, 'cells carry their paths');
     assert.equal(record.grid.rows[2].cells[1].png, undefined, 'no image bytes in the JSON');
+
+    // One branch per row has no pair: only the distance to the trunk is plotted.
+    await runGrid(page, {...GRID, cols: '1'});
+    const plotted = await page.$$eval(`${testId('divergence-plot')} svg [data-series]`,
+        (groups) => groups.map((g) => g.dataset.series));
+    assert.deepEqual(plotted, ['divergence_to_trunk']);
+    assert.deepEqual(await page.$$eval(`${testId('divergence-plot')} .legend li`, (items) => items.map((i) => i.textContent)),
+        ['mean RMS distance branches to trunk']);
   }));
 
   test('3. hovering a cell shows its trajectory', {timeout: 60_000}, () => withPage('03-hover', async (page) => {
