@@ -562,10 +562,11 @@ def check(docs, device):
             elif sent and not required:
                 err(f"Deployment/{o['metadata']['name']}: sends a token (--denoiser_token_file) "
                     "that the denoisers do not require (no --auth_token_file)")
-            elif sent and secret_holding(o, sent) != secret_holding(d, required):
-                err(f"Deployment/{o['metadata']['name']}: sends the token of Secret "
-                    f"{secret_holding(o, sent)}, the denoisers require Secret "
-                    f"{secret_holding(d, required)}'s")
+            elif sent:
+                sent_secret, required_secret = secret_holding(o, sent), secret_holding(d, required)
+                if sent_secret != required_secret:
+                    err(f"Deployment/{o['metadata']['name']}: sends the token of Secret "
+                        f"{sent_secret}, the denoisers require Secret {required_secret}'s")
 
     # ServiceMonitors cover both Services' metrics ports.
     monitors = objs.of("ServiceMonitor")

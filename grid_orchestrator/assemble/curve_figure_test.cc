@@ -1,10 +1,10 @@
 #include "grid_orchestrator/assemble/curve_figure.h"
 
-#include <cmath>
 #include <cstdlib>
 #include <fstream>
 
 #include "common/png_image.h"
+#include "grid_orchestrator/assemble/figure_test_pixels.h"
 #include "gtest/gtest.h"
 
 namespace dgrid {
@@ -48,17 +48,6 @@ TEST(CurveFigureTest, DrawsOnePanelPerKindOfCurve) {
   }
 }
 
-int CountNear(const DecodedPng& image, double r, double g, double b) {
-  int count = 0;
-  for (int i = 0; i < image.width * image.height; ++i) {
-    const uint8_t* px = &image.pixels[i * image.channels];
-    if (std::abs(px[0] - r * 255) <= 2 && std::abs(px[1] - g * 255) <= 2 && std::abs(px[2] - b * 255) <= 2) {
-      ++count;
-    }
-  }
-  return count;
-}
-
 // One branch per row has no pair: the divergence panel keeps the distance to
 // the trunk, in its own colour, and leaves the pairwise series out.
 TEST(CurveFigureTest, OneBranchPerRowDrawsTheDistanceToTheTrunkAlone) {
@@ -72,9 +61,10 @@ TEST(CurveFigureTest, OneBranchPerRowDrawsTheDistanceToTheTrunkAlone) {
       DecodePng({reinterpret_cast<const uint8_t*>(one_png->data()), one_png->size()});
   ASSERT_TRUE(with_pairs.ok() && alone.ok());
   // curve_figure.cc's kSeries[0] (pairwise) and kSeries[1] (to trunk).
-  EXPECT_GT(CountNear(*with_pairs, 0.00, 0.45, 0.70), 100);
-  EXPECT_EQ(CountNear(*alone, 0.00, 0.45, 0.70), 0);
-  EXPECT_GT(CountNear(*alone, 0.84, 0.37, 0.00), 100);
+  constexpr CairoRgb kPairwise{0.00, 0.45, 0.70}, kToTrunk{0.84, 0.37, 0.00};
+  EXPECT_GT(CountNear(*with_pairs, kPairwise), 100);
+  EXPECT_EQ(CountNear(*alone, kPairwise), 0);
+  EXPECT_GT(CountNear(*alone, kToTrunk), 100);
 }
 
 TEST(CurveFigureTest, StatisticsThatDoNotMatchTheRowsAreRefused) {

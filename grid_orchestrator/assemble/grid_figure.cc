@@ -575,7 +575,8 @@ absl::StatusOr<std::string> DrawGridPng(const GridFigure& figure) {
   p.Line(l.right_rule_x + 0.5, rule_top, l.right_rule_x + 0.5,
          std::max(rows_bottom, l.height - kPad), kRule);
 
-  // Rows.
+  // Rows. One branch per row has no pair: its distance to the trunk alone.
+  const bool pairwise_rows = l.columns >= 2;
   for (size_t r = 0; r < rows.size(); ++r) {
     const GridFigure::Row& row = *rows[r];
     const int y = l.RowY(static_cast<int>(r));
@@ -594,7 +595,7 @@ absl::StatusOr<std::string> DrawGridPng(const GridFigure& figure) {
     Font pairwise = kNumberFont, to_trunk = kNumberFont;
     pairwise.color = kPairwise;
     to_trunk.color = kToTrunk;
-    if (l.columns >= 2) {
+    if (pairwise_rows) {
       p.Text(pairwise, l.numbers_x, mid - 2, "pairwise " + FormatDistance(row.divergence));
       p.Text(to_trunk, l.numbers_x, mid + 13, "to trunk " + FormatDistance(row.divergence_to_trunk));
     } else {
@@ -605,7 +606,7 @@ absl::StatusOr<std::string> DrawGridPng(const GridFigure& figure) {
   // Trunk column: the final image once, then the plot beneath it.
   RETURN_IF_ERROR(
       DrawPictureOrPlaceholder(p, l, figure.trunk_final, l.right_x, l.rows_y, figure.scale));
-  if (!rows.empty()) DrawDivergencePlot(p, rows, l.plot_x, l.plot_y, /*pairwise=*/l.columns >= 2);
+  if (!rows.empty()) DrawDivergencePlot(p, rows, l.plot_x, l.plot_y, pairwise_rows);
 
   if (cairo_status(cr.get()) != CAIRO_STATUS_SUCCESS) {
     return CairoError("drawing", cairo_status(cr.get()));

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/png_image.h"
+#include "grid_orchestrator/assemble/figure_test_pixels.h"
 #include "gtest/gtest.h"
 
 // Fontconfig, under Cairo's text, keeps process-lifetime caches that
@@ -224,30 +225,17 @@ TEST(DrawGridPngTest, ReturnsAPngThatGrowsWithRowsColumnsAndScale) {
   EXPECT_GE(larger.height, 3 * 224);
 }
 
-// Pixels within `tolerance` of an RGB colour (drawn lines are antialiased at
-// their ends, the colour itself goes through Cairo's 16-bit channels).
-int CountNear(const DecodedPng& image, double r, double g, double b, int tolerance = 2) {
-  int count = 0;
-  for (int i = 0; i < image.width * image.height; ++i) {
-    const uint8_t* px = &image.pixels[i * image.channels];
-    if (std::abs(px[0] - r * 255) <= tolerance && std::abs(px[1] - g * 255) <= tolerance &&
-        std::abs(px[2] - b * 255) <= tolerance) {
-      ++count;
-    }
-  }
-  return count;
-}
-
 // One branch per row has no pair: the figure leaves the pairwise series out
 // (its numbers, plot line and legend) and keeps the distance to the trunk.
 TEST(DrawGridPngTest, OneBranchPerRowDrawsTheDistanceToTheTrunkAlone) {
   const DecodedPng four = Render(MakeFigure(3, 4, 2));
   const DecodedPng one = Render(MakeFigure(3, 1, 2));
   // grid_figure.cc's kPairwise and kToTrunk.
-  EXPECT_GT(CountNear(four, 0.16, 0.40, 0.75), 100);
-  EXPECT_EQ(CountNear(one, 0.16, 0.40, 0.75), 0);
-  EXPECT_GT(CountNear(four, 0.87, 0.42, 0.06), 100);
-  EXPECT_GT(CountNear(one, 0.87, 0.42, 0.06), 100);
+  constexpr CairoRgb kPairwise{0.16, 0.40, 0.75}, kToTrunk{0.87, 0.42, 0.06};
+  EXPECT_GT(CountNear(four, kPairwise), 100);
+  EXPECT_EQ(CountNear(one, kPairwise), 0);
+  EXPECT_GT(CountNear(four, kToTrunk), 100);
+  EXPECT_GT(CountNear(one, kToTrunk), 100);
 }
 
 TEST(DrawGridPngTest, PicturesAreScaledWithNearestNeighbour) {
