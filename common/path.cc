@@ -60,15 +60,19 @@ bool Path::SharesPrefixWith(const Path& other, int step) const {
 }
 
 Path Path::Canonical(const SegmentConditioning& request) const {
-  Path out = *this;
+  Path out{init_seed, {}};
   const SegmentConditioning* inherited = &request;
-  for (Segment& segment : out.segments) {
-    if (!segment.conditioning) continue;
-    if (*segment.conditioning == *inherited) {
-      segment.conditioning.reset();
-    } else {
-      inherited = &*segment.conditioning;
+  for (const Segment& segment : segments) {
+    Segment kept = segment;
+    if (kept.conditioning && *kept.conditioning == *inherited) kept.conditioning.reset();
+    // Noise depends only on the seed and the step: a segment that keeps the
+    // previous one's seed and sets nothing new continues it.
+    if (!out.segments.empty() && !kept.conditioning &&
+        kept.noise_seed == out.segments.back().noise_seed) {
+      continue;
     }
+    if (kept.conditioning) inherited = &*segment.conditioning;
+    out.segments.push_back(std::move(kept));
   }
   return out;
 }

@@ -74,8 +74,9 @@ struct Path {
   // noise under the same conditioning at every step below `step`.
   bool SharesPrefixWith(const Path& other, int step) const;
   // The same trajectory with each conditioning that equals the one it would
-  // inherit (from `request`, the request's) left out: one name per
-  // trajectory, so that equal trajectories share cache entries.
+  // inherit (from `request`, the request's) left out, and each segment that
+  // then only repeats the previous one's noise seed merged into it: one name
+  // per trajectory, so that equal trajectories share cache entries.
   Path Canonical(const SegmentConditioning& request) const;
   std::string DebugString() const;
 

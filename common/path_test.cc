@@ -85,6 +85,26 @@ TEST(PathTest, CanonicalDropsConditioningThatChangesNothing) {
   EXPECT_FALSE(twice.Canonical(request).segments[2].conditioning.has_value());
 }
 
+// With the trunk's noise, a switch to the prompt already in force leaves
+// the trunk itself, which must have the trunk's name (and cache entries).
+TEST(PathTest, CanonicalMergesASegmentThatChangesNothing) {
+  const SegmentConditioning request = Prompt("grinning face");
+  const Path trunk = Path{7, {{0, 100}}};
+  EXPECT_EQ(trunk.SwitchedAt(10, request).Canonical(request), trunk);
+  const Path promoted = trunk.BranchAt(20, 555);
+  EXPECT_EQ(promoted.SwitchedAt(10, request).Canonical(request), promoted);
+  EXPECT_EQ(promoted.SwitchedAt(20, request).Canonical(request), promoted);
+  // A real switch keeps its segment, and a later one back to the request's
+  // prompt keeps its own.
+  const Path switched = trunk.SwitchedAt(10, Prompt("apple"));
+  EXPECT_EQ(switched.Canonical(request).segments.size(), 2u);
+  const Path back = switched.SwitchedAt(30, request).Canonical(request);
+  ASSERT_EQ(back.segments.size(), 3u);
+  EXPECT_EQ(back.ConditioningAt(35)->prompt, "grinning face");
+  // A new seed is a new segment even without a switch.
+  EXPECT_EQ(trunk.BranchAt(10, 101).Canonical(request).segments.size(), 2u);
+}
+
 TEST(PathTest, SwitchedAtKeepsEveryNoiseSeed) {
   const Path promoted = Path{7, {{0, 100}}}.BranchAt(30, 555);
   const Path switched = promoted.SwitchedAt(10, Prompt("apple"));

@@ -126,6 +126,9 @@ class GridExecutor::GridRun {
   void Emit(const v1::GridEvent& event);
   // The trajectory strip's images and the grid PNG (see GridImages).
   bool wants_figure() const { return plan_.images == GridImages::kFigure; }
+  // A cell whose path is the trunk's (a switch to the prompt in force, with
+  // the trunk's noise) is not run: the trunk's final is its image.
+  bool IsTrunk(size_t row, int column) const { return plan_.rows[row].cells[column] == plan_.trunk; }
   void Fail(const absl::Status& status);
   void Spawn(std::function<void()> job);
 
@@ -409,6 +412,7 @@ void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> s
       if (f.image().png().empty()) return absl::InternalError("sent a final without its image");
       ex_.cache_->Put(PrefixCache::FinalKey(sampler_key_, plan_.trunk),
                       {f.latent(), f.image().png(), ""});
+      std::vector<std::pair<int, int>> same;  // cells that are the trunk
       {
         std::lock_guard<std::mutex> lock(mu_);
         model_evals_ += f.model_evals();
@@ -416,8 +420,19 @@ void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> s
         // only for its captures).
         if (trunk_.done) return absl::OkStatus();
         trunk_ = {true, f.image().png(), replica};
+        for (size_t r = 0; r < plan_.rows.size(); ++r) {
+          for (int c = 0; c < plan_.branches; ++c) {
+            if (IsTrunk(r, c) && !cells_[r][c].done) {
+              cells_[r][c] = trunk_;
+              same.emplace_back(static_cast<int>(r), c);
+            }
+          }
+        }
       }
       Emit(CellEvent(-1, -1, plan_.trunk, f.image().png(), replica));
+      for (const auto& [r, c] : same) {
+        Emit(CellEvent(r, c, plan_.trunk, f.image().png(), replica));
+      }
     }
     return absl::OkStatus();
   };
@@ -431,7 +446,7 @@ void GridExecutor::GridRun::StartRow(size_t row) {
     if (row_started_[row]) return;
     row_started_[row] = true;
     for (int c = 0; c < plan_.branches; ++c) {
-      if (!cells_[row][c].done) todo.push_back(c);
+      if (!cells_[row][c].done && !IsTrunk(row, c)) todo.push_back(c);
     }
   }
   const int per_job = std::max(1, ex_.options_.cells_per_job);
@@ -529,6 +544,14 @@ int GridExecutor::GridRun::LoadCached() {
     std::lock_guard<std::mutex> lock(mu_);
     trunk_ = {true, trunk->png, "cache"};
     found.push_back(CellEvent(-1, -1, plan_.trunk, trunk->png, "cache"));
+    // Found above under the same key, unless it left the cache in between.
+    for (size_t r = 0; r < plan_.rows.size(); ++r) {
+      for (int c = 0; c < plan_.branches; ++c) {
+        if (!IsTrunk(r, c) || cells_[r][c].done) continue;
+        cells_[r][c] = trunk_;
+        found.push_back(CellEvent(static_cast<int>(r), c, plan_.trunk, trunk->png, "cache"));
+      }
+    }
   }
   int start = 0;
   bool missing_capture = false;

@@ -70,6 +70,41 @@ TEST_F(GridExecutorTest, RunsEveryCellOnceAndCountsThePlansEvaluations) {
   EXPECT_EQ(cells, 5);
 }
 
+// With the trunk's noise, a switch to the prompt in force leaves every cell
+// the trunk: they are not run, and each shows the trunk's final.
+TEST_F(GridExecutorTest, ACellThatIsTheTrunkIsNotRunAgain) {
+  v1::GridRequest request;
+  request.set_seed(3);
+  request.set_prompt("class2");
+  request.set_switch_prompt("class2");
+  request.set_branch_noise(v1::BRANCH_NOISE_TRUNK);
+  request.mutable_steps()->set_value(10);
+  request.add_branch_steps(0);
+  request.add_branch_steps(5);
+  absl::StatusOr<GridPlanSpec> plan = PlanGrid(request, FakeReplicas::Model("fake", "1"), {});
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  FakeReplicas replicas(1);
+  std::vector<v1::GridEvent> events;
+  absl::StatusOr<v1::Grid> grid = Run(replicas, *plan, &events);
+  ASSERT_TRUE(grid.ok()) << grid.status();
+  EXPECT_EQ(Calls(replicas, 0), 1);  // the trunk alone
+  EXPECT_EQ(grid->model_evals(), 10);
+  int cells = 0;
+  for (const auto& e : events) cells += e.has_cell();
+  EXPECT_EQ(cells, 3);
+  for (const v1::GridRow& row : grid->rows()) {
+    ASSERT_EQ(row.cells_size(), 1);
+    EXPECT_EQ(row.cells(0).png(), grid->trunk().png());
+  }
+  // A real switch runs its cells.
+  request.set_switch_prompt("class3");
+  plan = PlanGrid(request, FakeReplicas::Model("fake", "1"), {});
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  FakeReplicas switched(1);
+  ASSERT_TRUE(Run(switched, *plan).ok());
+  EXPECT_EQ(Calls(switched, 0), 3);
+}
+
 TEST_F(GridExecutorTest, ABadTrajectoryIndexFailsTheAttemptNotTheProcess) {
   // Before: columns.at() threw inside a job thread, and std::terminate
   // ended the orchestrator.

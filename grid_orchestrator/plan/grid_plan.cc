@@ -344,8 +344,10 @@ void PlanRows(const std::vector<int>& branch_steps, const v1::ModelInfo& model,
               ? plan->trunk.SwitchedAt(k, *switched)
               : plan->trunk.BranchAt(k, BranchNoiseSeed(plan->trunk, k, c), switched);
       row.cells.push_back(cell.Canonical(base));
+      // A cell that is the trunk (a promoted cell in its own row, a switch to
+      // the prompt in force) costs nothing: the executor does not run it.
+      if (row.cells.back() != plan->trunk) plan->model_evals += plan->steps - k;
     }
-    plan->model_evals += static_cast<int64_t>(plan->branches) * (plan->steps - k);
     plan->rows.push_back(std::move(row));
   }
   plan->from_scratch_evals =

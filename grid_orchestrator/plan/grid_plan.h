@@ -4,7 +4,8 @@
 //
 //   ASSIGN_OR_RETURN(GridPlanSpec plan, PlanGrid(request, model_info, limits));
 //   plan.rows[2].cells[3];   // the path of row 2, column 3
-//   plan.model_evals;        // steps + sum over rows of branches * (steps - k)
+//   plan.model_evals;        // steps + sum over rows of branches * (steps - k),
+//                            // less cells that are the trunk
 //
 // Seeds: the trunk's noise seed derives from the request seed; the seed of
 // cell (row r, column c) derives from the trunk path's prefix below the row's

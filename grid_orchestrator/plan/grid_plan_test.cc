@@ -299,6 +299,13 @@ TEST(GridPlanTest, TrunkNoiseGivesOneColumnThatDiffersOnlyByThePrompt) {
     }
     EXPECT_EQ(row.cells[0].ConditioningAt(row.branch_step)->class_index, 1);
   }
+  // A switch to the prompt itself leaves every cell the trunk, by name too,
+  // so that the cells meet the trunk's cache entries.
+  r.set_switch_prompt("sneaker");
+  auto same = PlanGrid(r, Model(), {});
+  ASSERT_TRUE(same.ok()) << same.status();
+  for (const PlannedRow& row : same->rows) EXPECT_EQ(row.cells[0], same->trunk) << row.branch_step;
+  r.set_switch_prompt("trouser");
   // Refused, naming the field.
   r.mutable_branches()->set_value(3);
   EXPECT_NE(PlanGrid(r, Model(), {}).status().message().find("branches:"), std::string::npos);
