@@ -133,6 +133,14 @@ TEST_F(TextGridTest, AnOverLongPromptIsTruncatedAndSaysSo) {
   // 77 ids: BOS, 75 words, EOS.
   EXPECT_EQ(grid.plan().prompt_tokens_dropped(), 200 - 75);
   EXPECT_EQ(grid.plan().negative_prompt_tokens_dropped(), 0);
+  // The switch prompts are cut the same way, and say so in their own fields.
+  v1::GridRequest switched = Request("a photo of a cat");
+  switched.set_switch_prompt(words);
+  switched.set_switch_negative_prompt(absl::StrCat(words, "dog dog"));
+  const v1::Grid cut = MustCreate(*stack_, switched);
+  EXPECT_EQ(cut.plan().prompt_tokens_dropped(), 0);
+  EXPECT_EQ(cut.plan().switch_prompt_tokens_dropped(), 200 - 75);
+  EXPECT_EQ(cut.plan().switch_negative_prompt_tokens_dropped(), 202 - 75);
 }
 
 TEST_F(TextGridTest, AClassIndexForATextModelIsRefused) {

@@ -257,19 +257,22 @@ void WriteFile(const std::string& path, const std::string& bytes) {
 // A text model keeps at most its context's tokens of a prompt; say so when
 // the plan dropped some, since the grid then shows a shorter prompt.
 void WarnDroppedTokens(const v1::GridPlan& plan) {
-  if (plan.prompt_tokens_dropped() > 0) {
-    std::fprintf(stderr, "warning: the prompt is too long for %s: %d tokens dropped\n",
-                 plan.model().c_str(), plan.prompt_tokens_dropped());
-  }
-  if (plan.negative_prompt_tokens_dropped() > 0) {
-    std::fprintf(stderr, "warning: the negative prompt is too long for %s: %d tokens dropped\n",
-                 plan.model().c_str(), plan.negative_prompt_tokens_dropped());
+  for (const auto& [what, dropped] :
+       {std::pair<const char*, int>{"prompt", plan.prompt_tokens_dropped()},
+        {"negative prompt", plan.negative_prompt_tokens_dropped()},
+        {"switch prompt", plan.switch_prompt_tokens_dropped()},
+        {"switch negative prompt", plan.switch_negative_prompt_tokens_dropped()}}) {
+    if (dropped > 0) {
+      std::fprintf(stderr, "warning: the %s is too long for %s: %d tokens dropped\n", what,
+                   plan.model().c_str(), dropped);
+    }
   }
 }
 
 // Streams a grid with a live progress bar (plain lines when stderr is not a
 // terminal), then writes the PNG and the JSON sidecar.
 int StreamAndSave(const v1::GridRequest& request, const std::string& out) {
+  CheckWritable(out);
   auto stub = v1::Orchestrator::NewStub(Connect());
   grpc::ClientContext context;
   SetDeadline(&context);

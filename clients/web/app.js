@@ -407,11 +407,15 @@ function onGridEvent(name, payload) {
 // prompt, since the grid then shows the shorter text.
 function showTokensNote(plan) {
   const cut = [];
-  const prompt = plan?.prompt_tokens_dropped ?? 0;
-  const negative = plan?.negative_prompt_tokens_dropped ?? 0;
   const tokens = (n) => `${n} token${n === 1 ? '' : 's'}`;
-  if (prompt > 0) cut.push(`its last ${tokens(prompt)} of the prompt`);
-  if (negative > 0) cut.push(`its last ${tokens(negative)} of the negative prompt`);
+  for (const [field, what] of [['prompt_tokens_dropped', 'the prompt'],
+                               ['negative_prompt_tokens_dropped', 'the negative prompt'],
+                               ['switch_prompt_tokens_dropped', 'the switch prompt'],
+                               ['switch_negative_prompt_tokens_dropped',
+                                'the switch negative prompt']]) {
+    const n = plan?.[field] ?? 0;
+    if (n > 0) cut.push(`its last ${tokens(n)} of ${what}`);
+  }
   tokensNote.hidden = cut.length === 0;
   if (cut.length === 0) {
     tokensNote.textContent = '';

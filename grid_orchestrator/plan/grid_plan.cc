@@ -413,6 +413,8 @@ void PlanToProto(const GridPlanSpec& plan, v1::GridPlan* out) {
   out->set_negative_prompt(plan.negative_prompt);
   out->set_prompt_tokens_dropped(plan.prompt_tokens_dropped);
   out->set_negative_prompt_tokens_dropped(plan.negative_prompt_tokens_dropped);
+  out->set_switch_prompt_tokens_dropped(plan.switch_prompt_tokens_dropped);
+  out->set_switch_negative_prompt_tokens_dropped(plan.switch_negative_prompt_tokens_dropped);
   out->set_switch_prompt(plan.switch_prompt);
   out->set_switch_negative_prompt(plan.switch_negative_prompt);
   out->set_branch_noise(plan.trunk_noise ? v1::BRANCH_NOISE_TRUNK : v1::BRANCH_NOISE_NEW);

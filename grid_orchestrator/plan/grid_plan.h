@@ -67,6 +67,8 @@ struct GridPlanSpec {
   // Text models: tokens the denoiser's tokenizer cut off to fit its context.
   int prompt_tokens_dropped = 0;
   int negative_prompt_tokens_dropped = 0;
+  int switch_prompt_tokens_dropped = 0;
+  int switch_negative_prompt_tokens_dropped = 0;
   // A prompt switch at each row's branch step (empty switch_prompt: none),
   // and whether the branches keep the trunk's noise.
   std::string switch_prompt;

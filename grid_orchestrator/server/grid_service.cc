@@ -249,6 +249,8 @@ absl::StatusOr<GridPlanSpec> GridService::Plan(const v1::GridRequest& request) {
   if (tokens.texts_size() != 4) return absl::InternalError("Tokenize answered the wrong count");
   plan->prompt_tokens_dropped = tokens.texts(0).dropped();
   plan->negative_prompt_tokens_dropped = tokens.texts(1).dropped();
+  plan->switch_prompt_tokens_dropped = tokens.texts(2).dropped();
+  plan->switch_negative_prompt_tokens_dropped = tokens.texts(3).dropped();
   return plan;
 }
 

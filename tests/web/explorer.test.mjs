@@ -505,6 +505,15 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
         await page.waitForSelector(testId('tokens-note'), {state: 'visible'});
         assert.match(await page.textContent(testId('tokens-note')), /dropped its last \d+ tokens of the prompt/);
         await screenshot(page, '08-text-dropped');
+        // So is a switch prompt's.
+        await page.fill(testId('prompt-text'), 'a photo of a cat');
+        await page.fill(testId('switch-text'), Array(100).fill('cat').join(' '));
+        await runGrid(page, {...GRID, seed: '34', rows: '0,10', cols: '2'});
+        await page.waitForSelector(testId('tokens-note'), {state: 'visible'});
+        const switchNote = await page.textContent(testId('tokens-note'));
+        assert.match(switchNote, /dropped its last 25 tokens of the switch prompt\./);
+        assert.doesNotMatch(switchNote, /of the prompt/);
+        await page.fill(testId('switch-text'), '');
 
         // Back to the class model: the list again, and no negative prompt.
         await fillGrid(page, {model: classModel.name});

@@ -208,18 +208,23 @@ class Plan:
     negative_prompt: str = ""
     prompt_tokens_dropped: int = 0
     negative_prompt_tokens_dropped: int = 0
-    # A prompt switch at each row's branch step ("" for none), and the
-    # branches' noise: "new" or "trunk".
+    # A prompt switch at each row's branch step ("" for none), the tokens cut
+    # off it, and the branches' noise: "new" or "trunk".
     switch_prompt: str = ""
     switch_negative_prompt: str = ""
+    switch_prompt_tokens_dropped: int = 0
+    switch_negative_prompt_tokens_dropped: int = 0
     branch_noise: str = "new"
     # How a step moves the latent: "ddim" or "euler_ancestral".
     sampler: str = "ddim"
 
     @property
     def tokens_dropped(self) -> bool:
-        """True when the model saw less than the whole prompt or negative prompt."""
-        return self.prompt_tokens_dropped > 0 or self.negative_prompt_tokens_dropped > 0
+        """True when the model saw less than the whole of a prompt."""
+        return any(n > 0 for n in (self.prompt_tokens_dropped,
+                                   self.negative_prompt_tokens_dropped,
+                                   self.switch_prompt_tokens_dropped,
+                                   self.switch_negative_prompt_tokens_dropped))
 
     @property
     def cells(self) -> int:
@@ -246,6 +251,8 @@ class Plan:
             negative_prompt_tokens_dropped=p.negative_prompt_tokens_dropped,
             switch_prompt=p.switch_prompt,
             switch_negative_prompt=p.switch_negative_prompt,
+            switch_prompt_tokens_dropped=p.switch_prompt_tokens_dropped,
+            switch_negative_prompt_tokens_dropped=p.switch_negative_prompt_tokens_dropped,
             branch_noise=branch_noise_name(p.branch_noise),
             sampler=sampler_name(p.sampler.sampler),
         )

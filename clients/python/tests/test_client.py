@@ -505,6 +505,12 @@ class TextModelTest(unittest.TestCase):
         self.assertGreater(plan.prompt_tokens_dropped, 0)
         self.assertEqual(plan.negative_prompt_tokens_dropped, 0)
         self.assertTrue(plan.tokens_dropped)
+        stream = self.client.stream_grid(**small(92, prompt="a cat", switch_prompt=LONG_PROMPT))
+        plan = next(stream)
+        stream.close()
+        self.assertEqual(plan.prompt_tokens_dropped, 0)
+        self.assertGreater(plan.switch_prompt_tokens_dropped, 0)
+        self.assertTrue(plan.tokens_dropped)
 
 
 def main() -> int:
