@@ -3,6 +3,8 @@
 // one readable line with a non-zero exit code. On the text fixture
 // (tests/fixtures/make_text_fixture.py): free-text and negative prompts reach
 // the sidecar, and `dgrid tokenize` prints a bundle's token ids with no server.
+#include <sys/stat.h>
+
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -123,6 +125,22 @@ TEST_F(CliTest, GridWritesPngAndSidecarAndPromoteReRuns) {
 
 // One branch per row has no pair: the summary gives each row's distance to
 // the trunk (from the sidecar), not a pairwise 0.
+// A dot in a folder's name is not the file's extension.
+TEST_F(CliTest, TheSidecarLiesBesideAnOutputWithoutExtension) {
+  const std::string dir = stack_->dir() + "/runs.v2";
+  ASSERT_EQ(::mkdir(dir.c_str(), 0755), 0);
+  const Ran grid = RunCli({"grid", Target(), "--seed=9", "--branches=1", "--branch_steps=0",
+                          "-o", dir + "/grid"},
+                         stack_->dir());
+  ASSERT_EQ(grid.code, 0) << grid.output;
+  EXPECT_NE(grid.output.find("wrote " + dir + "/grid and " + dir + "/grid.json"),
+            std::string::npos)
+      << grid.output;
+  v1::GridRecord record;
+  EXPECT_TRUE(
+      google::protobuf::util::JsonStringToMessage(ReadFile(dir + "/grid.json"), &record).ok());
+}
+
 TEST_F(CliTest, OneBranchPerRowSummarizesTheDistanceToTheTrunk) {
   const std::string dir = stack_->dir();
   const Ran grid = RunCli({"grid", Target(), "--seed=8", "--branches=1", "--branch_steps=0,10",
@@ -223,6 +241,9 @@ TEST_F(CliTest, ErrorsAreOneReadableLine) {
       {{"branch", "--target=127.0.0.1:1", "--sampler=Euler"},
        "--sampler: ddim or euler_ancestral"},
       {{"promote", "/nonexistent.json", "--row=1", "--col=1"}, "cannot read"},
+      {{"grid", "-o", "/nonexistent/g.png"}, "-o /nonexistent/g.png: no folder /nonexistent"},
+      // Checked before connecting: a curve's results are not lost at its end.
+      {{"curve", "--target=127.0.0.1:1", "-o", "/nonexistent/c.png"}, "no folder /nonexistent"},
       {{"frobnicate"}, "expected a command"},
   };
   for (const auto& c : cases) {

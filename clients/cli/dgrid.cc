@@ -10,11 +10,14 @@
 //   dgrid health --target=127.0.0.1:50051
 //   dgrid tokenize --model_dir=models/my-sd "a photo of a cat"
 #include <grpcpp/grpcpp.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <functional>
@@ -43,7 +46,8 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 
 ABSL_FLAG(std::string, target, "127.0.0.1:50050",
-          "Server host:port: the orchestrator (grid, promote, models, health) or a denoiser "
+          "Server host:port: the orchestrator (grid, curve, promote, models, health) or a "
+          "denoiser "
           "(branch, step, models, health).");
 ABSL_FLAG(std::string, model, "", "Model name; empty = the server's first model.");
 ABSL_FLAG(std::string, prompt, "",
@@ -52,12 +56,15 @@ ABSL_FLAG(std::string, prompt, "",
 ABSL_FLAG(std::string, negative, "",
           "Text models: the negative prompt, what guidance steers away from.");
 ABSL_FLAG(std::string, switch_prompt, "",
-          "dgrid grid: each row's branches switch to this prompt at the row's branch step "
+          "dgrid grid and curve: each row's branches switch to this prompt at the row's "
+          "branch step "
           "(a class model: a class name).");
 ABSL_FLAG(std::string, switch_negative, "",
-          "dgrid grid: the negative prompt the branches switch to; empty = --negative.");
+          "dgrid grid and curve: the negative prompt the branches switch to; empty = "
+          "--negative.");
 ABSL_FLAG(std::string, branch_noise, "new",
-          "dgrid grid: new (each branch its own future noise) or trunk (branches keep the "
+          "dgrid grid and curve: new (each branch its own future noise) or trunk "
+          "(branches keep the "
           "trunk's noise: one column, differing from the trunk only by the switch).");
 ABSL_FLAG(std::string, model_dir, "", "dgrid tokenize: the model bundle whose tokenizer to use.");
 ABSL_FLAG(uint64_t, seed, 0, "Initial-latent seed (path.init_seed).");
@@ -83,11 +90,14 @@ ABSL_FLAG(int, step, 0, "dgrid step: which step to run (from x_T when 0).");
 ABSL_FLAG(int, scale, 8, "Nearest-neighbour upscaling of written PNGs.");
 ABSL_FLAG(std::string, o, "", "Output PNG path.");
 ABSL_FLAG(std::string, service, "", "dgrid health: service name (a model); empty = server.");
-ABSL_FLAG(int, timeout_s, 300, "Deadline for each call, in seconds.");
-ABSL_FLAG(std::string, preset, "", "dgrid grid: default, classic, euler_a or turbo.");
-ABSL_FLAG(int, branches, 0, "dgrid grid: branches per row; 0 = the preset's.");
+ABSL_FLAG(int, timeout_s, 0,
+          "Deadline for each call, in seconds; 0 = 300, and none for dgrid curve (it shows "
+          "its progress; Ctrl-C stops it).");
+ABSL_FLAG(std::string, preset, "", "dgrid grid and curve: default, classic, euler_a or turbo.");
+ABSL_FLAG(int, branches, 0, "dgrid grid and curve: branches per row; 0 = the preset's.");
 ABSL_FLAG(std::vector<std::string>, branch_steps, {},
-          "dgrid grid: rows, as the steps after which branches leave the trunk, e.g. 0,5,10.");
+          "dgrid grid and curve: rows, as the steps after which branches leave the trunk, e.g. "
+          "0,5,10.");
 ABSL_FLAG(std::string, auth_token_file, "",
           "File with the orchestrator's bearer token (sent as authorization metadata).");
 ABSL_FLAG(std::string, tls_ca, "", "PEM CA of the server: connect with TLS.");
@@ -96,7 +106,9 @@ ABSL_FLAG(std::string, tls_key, "", "PEM client key, for mutual TLS.");
 ABSL_FLAG(std::string, tls_name, "", "Name to verify in the server's certificate.");
 ABSL_FLAG(int, row, 0, "dgrid promote: the row, counted from 1 at the top.");
 ABSL_FLAG(int, col, 0, "dgrid promote: the branch, counted from 1 at the left.");
-ABSL_FLAG(int, trunks, 20, "dgrid curve: trunks (grids), seeds --seed to --seed + N - 1.");
+ABSL_FLAG(int, trunks, 20,
+          "dgrid curve: trunks (grids), seeds --seed to --seed + N - 1; at least 2, at most the "
+          "orchestrator's --max_curve_trunks (1000 by default).");
 
 namespace dgrid {
 namespace {
@@ -114,9 +126,12 @@ void Check(const grpc::Status& status, const std::string& what) {
   }
 }
 
-void SetDeadline(grpc::ClientContext* context) {
-  context->set_deadline(std::chrono::system_clock::now() +
-                        std::chrono::seconds(absl::GetFlag(FLAGS_timeout_s)));
+// --timeout_s, else `fallback_s` seconds (0: no deadline).
+void SetDeadline(grpc::ClientContext* context, int fallback_s = 300) {
+  const int seconds = absl::GetFlag(FLAGS_timeout_s) > 0 ? absl::GetFlag(FLAGS_timeout_s) : fallback_s;
+  if (seconds > 0) {
+    context->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
+  }
   static const std::string* token = [] {
     auto read = ReadTokenFile(absl::GetFlag(FLAGS_auth_token_file), "--auth_token_file");
     if (!read.ok()) Fail(std::string(read.status().message()));
@@ -244,9 +259,32 @@ void WriteScaledPng(const v1::Tensor& pixels, const std::string& path) {
 
 // ---- grid and promote (talk to the orchestrator) ----
 
-std::string SidecarPath(const std::string& png) {
-  const size_t dot = png.rfind('.');
-  return (dot == std::string::npos ? png : png.substr(0, dot)) + ".json";
+// runs/grid.png -> runs/grid; a dot in a folder's name is no extension.
+std::string WithoutExtension(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  const size_t name = slash == std::string::npos ? 0 : slash + 1;
+  const size_t dot = path.rfind('.');
+  return dot != std::string::npos && dot > name ? path.substr(0, dot) : path;
+}
+
+std::string SidecarPath(const std::string& png) { return WithoutExtension(png) + ".json"; }
+
+// Fails before any work when `path` cannot be written, so that a long grid
+// or curve is not lost at its end for a missing folder.
+void CheckWritable(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  const std::string folder =
+      slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+  struct stat st;
+  if (::stat(folder.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+    Fail(absl::StrCat("-o ", path, ": no folder ", folder));
+  }
+  if (::access(folder.c_str(), W_OK | X_OK) != 0) {
+    Fail(absl::StrCat("-o ", path, ": cannot write in ", folder, ": ", std::strerror(errno)));
+  }
+  if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+    Fail(absl::StrCat("-o ", path, ": a folder; give a file name"));
+  }
 }
 
 void WriteFile(const std::string& path, const std::string& bytes) {
@@ -404,9 +442,10 @@ int Curve() {
   *request.mutable_grid() = GridRequestFromFlags();
   request.set_trunks(absl::GetFlag(FLAGS_trunks));
   const std::string out = absl::GetFlag(FLAGS_o).empty() ? "curve.png" : absl::GetFlag(FLAGS_o);
+  CheckWritable(out);
   auto stub = v1::Orchestrator::NewStub(Connect());
   grpc::ClientContext context;
-  SetDeadline(&context);
+  SetDeadline(&context, /*fallback_s=*/0);
   auto reader = stub->DecisionCurve(&context, request);
   const bool tty = ::isatty(2);
   v1::CurveEvent event;
@@ -503,8 +542,7 @@ int Promote(const std::vector<char*>& args) {
   *request.mutable_trunk() = grid.rows(row - 1).cells(col - 1).path();
   std::string out = absl::GetFlag(FLAGS_o);
   if (out.empty()) {
-    const std::string base = path.substr(0, path.rfind('.'));
-    out = absl::StrCat(base, "-r", row, "c", col, ".png");
+    out = absl::StrCat(WithoutExtension(path), "-r", row, "c", col, ".png");
   }
   return StreamAndSave(request, out);
 }
