@@ -663,6 +663,20 @@ TEST_F(HttpGatewayTest, AGetStartsNoGrid) {
   EXPECT_EQ(Exchange(plain_port_, Request("GET", "/api/v1/grid")).status, 405);
 }
 
+// A path the API does not have is a 404 naming the paths it has, whatever
+// the method: a POST to /api/v1/curve is not told to try GET.
+TEST_F(HttpGatewayTest, AnUnknownApiPathIsNotFound) {
+  for (const char* method : {"POST", "GET"}) {
+    for (const char* path : {"/api/v1/curve", "/api/v2/grid", "/api/v1/models/x"}) {
+      const HttpAnswer answer =
+          Exchange(plain_port_, Request(method, path, {kJson}, method[0] == 'P' ? "{}" : ""));
+      EXPECT_EQ(answer.status, 404) << method << " " << path << ": " << answer.body;
+      EXPECT_NE(answer.body.find("/api/v1/curve/stream"), std::string::npos) << answer.body;
+      EXPECT_EQ(answer.header("allow"), "") << path;
+    }
+  }
+}
+
 // DNS rebinding: a page of rebind.example whose name now points here is
 // same-origin to the browser (Host and Origin agree), so only the Host
 // header gives it away.

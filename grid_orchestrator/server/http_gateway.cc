@@ -49,6 +49,7 @@ constexpr char kApiPrefix[] = "/api/";
 constexpr char kGridPath[] = "/api/v1/grid";
 constexpr char kStreamPath[] = "/api/v1/grid/stream";
 constexpr char kCurveStreamPath[] = "/api/v1/curve/stream";
+constexpr char kModelsPath[] = "/api/v1/models";
 
 // A read from a client waits at most this long for bytes, and a connection
 // stays open at most this long with no request, so that an idle or stalled
@@ -695,6 +696,20 @@ bool RefuseFraming(const httplib::Request& request, httplib::Response& response)
   return true;
 }
 
+// An API path the gateway does not serve is a 404 whatever the method, with
+// the paths it does serve: not a 405 that suggests another method would do.
+bool RefuseUnknownApiPath(const httplib::Request& request, httplib::Response& response) {
+  if (!absl::StartsWith(request.path, kApiPrefix) || IsPostPath(request.path) ||
+      request.path == kModelsPath) {
+    return false;
+  }
+  RefuseAndClose(response, 404,
+                 absl::NotFoundError(absl::StrCat(
+                     "no API at ", ShortQuote(request.path), "; the API is GET ", kModelsPath,
+                     ", and POST ", kGridPath, ", ", kStreamPath, " and ", kCurveStreamPath)));
+  return true;
+}
+
 // Only the grid POSTs have a body, which their route reads within its limit.
 // httplib would read any other POST's body whole, chunked or not. A grid is
 // started only by a POST: with its JSON type, a page of another origin can
@@ -755,6 +770,7 @@ HandlerResponse Screen(const RequestPolicy& policy, const httplib::Request& requ
   const bool answered = RefuseControlBytes(request, response) ||
                         RefuseHost(policy.hosts, request, response) ||
                         RefuseFraming(request, response) ||
+                        RefuseUnknownApiPath(request, response) ||
                         RefuseMethodOrBody(request, response) ||
                         RefuseOrigin(policy.cors, request, response) ||
                         AnswerPreflight(request, response);
@@ -1011,7 +1027,7 @@ void AddRoutes(GridService* service, CurveService* curves, size_t max_body_bytes
   server.Get(kHealthPath, [](const httplib::Request&, httplib::Response& response) {
     response.set_content("ok\n", "text/plain");
   });
-  server.Get("/api/v1/models", [service](const httplib::Request& request,
+  server.Get(kModelsPath, [service](const httplib::Request& request,
                                          httplib::Response& response) {
     ServeModels(*service, request, response);
   });
