@@ -69,7 +69,8 @@ GridLike = Union[Grid, Any, str, "os.PathLike[str]"]
 class Client:
     """A connection to an orchestrator at ``target`` ("host:port", plaintext).
 
-    Every call takes an optional ``timeout`` in seconds (None: ``default_timeout``).
+    Every call takes an optional ``timeout`` in seconds (None: ``default_timeout``;
+    a decision curve, which reports its progress, has none unless given).
     Failed calls raise DgridError.
     """
 
@@ -313,11 +314,12 @@ class Client:
         self, trunks: int, *, timeout: Optional[float] = None, **grid: Any
     ) -> Iterator[CurveEvent]:
         """The curve as it runs: a Plan, a CurveProgress per finished trunk,
-        then CurveDone. Closing the iterator early cancels the curve."""
+        then CurveDone. Closing the iterator early cancels the curve; it has
+        no deadline unless ``timeout`` is given (a curve of many trunks runs
+        for minutes)."""
         request = orchestrator_pb2.CurveRequest(trunks=trunks)
         request.grid.CopyFrom(self.build_request(**grid))
-        call = self._stub.DecisionCurve(
-            request, timeout=self._timeout(timeout), metadata=self._metadata)
+        call = self._stub.DecisionCurve(request, timeout=timeout, metadata=self._metadata)
         try:
             for event in call:
                 kind = event.WhichOneof("event")

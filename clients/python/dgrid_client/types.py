@@ -449,13 +449,17 @@ class CurveRow:
 class HeadCurve:
     """One judge head's curve: per row, P(a branch's label differs from its
     trunk's); ``half_step`` is where it falls to half its row-0 value (None
-    when it never does), with a bootstrap standard error."""
+    when it never does). Its uncertainty comes from bootstrap resamples of
+    the trunks: ``half_found_fraction`` of them found a half step, and the
+    standard error and 68% interval are over those (so they may be set when
+    ``half_step`` is None)."""
 
     head: str
     p_differs: Tuple[Estimate, ...]
     half_step: Optional[float]
     half_step_standard_error: float
     half_step_interval: Tuple[float, float]
+    half_found_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -501,7 +505,8 @@ class Curve:
             heads=tuple(HeadCurve(h.head, tuple(Estimate.from_proto(p) for p in h.p_differs),
                                   h.half_step if h.half_found else None,
                                   h.half_step_standard_error,
-                                  (h.half_step_lo, h.half_step_hi)) for h in c.heads),
+                                  (h.half_step_lo, h.half_step_hi),
+                                  h.half_found_fraction) for h in c.heads),
             png=bytes(c.png),
             seconds=c.seconds,
             model_evals=c.model_evals,

@@ -209,6 +209,8 @@ class ClientTest(unittest.TestCase):
         for head in curve.heads:
             for p in head.p_differs:
                 self.assertTrue(0 <= p.mean <= 1 and p.standard_error >= 0)
+            found = next(h for h in curve.proto.heads if h.head == head.head).half_found_fraction
+            self.assertEqual(head.half_found_fraction, found)
         self.assertEqual(curve.judged_images,
                          (3 * (1 + len(BRANCH_STEPS) * BRANCHES)) if judge else 0)
         self.assertPng(curve.png, "curve")
