@@ -255,6 +255,14 @@ TEST_F(CliTest, ErrorsAreOneReadableLine) {
     EXPECT_EQ(lines.size(), 1u) << ran.output;
     EXPECT_NE(ran.output.find(c.says), std::string::npos) << ran.output;
   }
+  // A denoiser has no curves: the error says which server does.
+  const Ran wrong = RunCli({"curve", "--target=" + stack_->denoiser_address(0), "--trunks=2",
+                            "-o", stack_->dir() + "/wrong.png"},
+                           stack_->dir());
+  EXPECT_NE(wrong.code, 0);
+  EXPECT_NE(wrong.output.find("does not serve it (grid, curve and promote talk to an orchestrator"),
+            std::string::npos)
+      << wrong.output;
   // Nothing listens there.
   const Ran down = RunCli({"models", "--target=127.0.0.1:1"}, stack_->dir());
   EXPECT_NE(down.code, 0);

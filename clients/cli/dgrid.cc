@@ -121,9 +121,14 @@ struct CliError {
 [[noreturn]] void Fail(const std::string& message) { throw CliError{message}; }
 
 void Check(const grpc::Status& status, const std::string& what) {
-  if (!status.ok()) {
-    Fail(absl::StrCat(what, ": ", FromGrpcStatus(status).ToString()));
+  if (status.ok()) return;
+  // A server without the method says no more than UNIMPLEMENTED.
+  if (status.error_code() == grpc::StatusCode::UNIMPLEMENTED && status.error_message().empty()) {
+    Fail(absl::StrCat(what, ": UNIMPLEMENTED: the server at ", absl::GetFlag(FLAGS_target),
+                      " does not serve it (grid, curve and promote talk to an orchestrator, "
+                      "branch and step to a denoiser)"));
   }
+  Fail(absl::StrCat(what, ": ", FromGrpcStatus(status).ToString()));
 }
 
 // --timeout_s, else `fallback_s` seconds (0: no deadline).
