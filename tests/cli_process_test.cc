@@ -123,8 +123,6 @@ TEST_F(CliTest, GridWritesPngAndSidecarAndPromoteReRuns) {
             record.grid().rows(1).cells(2).path().SerializeAsString());
 }
 
-// One branch per row has no pair: the summary gives each row's distance to
-// the trunk (from the sidecar), not a pairwise 0.
 // A dot in a folder's name is not the file's extension.
 TEST_F(CliTest, TheSidecarLiesBesideAnOutputWithoutExtension) {
   const std::string dir = stack_->dir() + "/runs.v2";
@@ -141,6 +139,8 @@ TEST_F(CliTest, TheSidecarLiesBesideAnOutputWithoutExtension) {
       google::protobuf::util::JsonStringToMessage(ReadFile(dir + "/grid.json"), &record).ok());
 }
 
+// One branch per row has no pair: the summary gives each row's distance to
+// the trunk (from the sidecar), not a pairwise 0.
 TEST_F(CliTest, OneBranchPerRowSummarizesTheDistanceToTheTrunk) {
   const std::string dir = stack_->dir();
   const Ran grid = RunCli({"grid", Target(), "--seed=8", "--branches=1", "--branch_steps=0,10",
@@ -242,6 +242,7 @@ TEST_F(CliTest, ErrorsAreOneReadableLine) {
        "--sampler: ddim or euler_ancestral"},
       {{"promote", "/nonexistent.json", "--row=1", "--col=1"}, "cannot read"},
       {{"grid", "-o", "/nonexistent/g.png"}, "-o /nonexistent/g.png: no folder /nonexistent"},
+      {{"grid", "-o", "/tmp/g.json"}, "-o /tmp/g.json: the JSON sidecar's name"},
       // Checked before connecting: a curve's results are not lost at its end.
       {{"curve", "--target=127.0.0.1:1", "-o", "/nonexistent/c.png"}, "no folder /nonexistent"},
       {{"frobnicate"}, "expected a command"},

@@ -274,21 +274,30 @@ std::string WithoutExtension(const std::string& path) {
 
 std::string SidecarPath(const std::string& png) { return WithoutExtension(png) + ".json"; }
 
-// Fails before any work when `path` cannot be written, so that a long grid
-// or curve is not lost at its end for a missing folder.
-void CheckWritable(const std::string& path) {
-  const size_t slash = path.rfind('/');
-  const std::string folder =
-      slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
-  struct stat st;
-  if (::stat(folder.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
-    Fail(absl::StrCat("-o ", path, ": no folder ", folder));
+// Fails before any work when the PNG or its sidecar could not be written,
+// so that a long grid or curve is not lost at its end.
+void CheckWritable(const std::string& png) {
+  if (SidecarPath(png) == png) {
+    Fail(absl::StrCat("-o ", png, ": the JSON sidecar's name; give the PNG's (e.g. grid.png)"));
   }
-  if (::access(folder.c_str(), W_OK | X_OK) != 0) {
-    Fail(absl::StrCat("-o ", path, ": cannot write in ", folder, ": ", std::strerror(errno)));
-  }
-  if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
-    Fail(absl::StrCat("-o ", path, ": a folder; give a file name"));
+  for (const std::string& path : {png, SidecarPath(png)}) {
+    struct stat st;
+    if (::stat(path.c_str(), &st) == 0) {
+      if (S_ISDIR(st.st_mode)) Fail(absl::StrCat("-o ", png, ": ", path, " is a folder"));
+      if (::access(path.c_str(), W_OK) != 0) {
+        Fail(absl::StrCat("-o ", png, ": cannot write ", path, ": ", std::strerror(errno)));
+      }
+      continue;
+    }
+    const size_t slash = path.rfind('/');
+    const std::string folder =
+        slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+    if (::stat(folder.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+      Fail(absl::StrCat("-o ", png, ": no folder ", folder));
+    }
+    if (::access(folder.c_str(), W_OK | X_OK) != 0) {
+      Fail(absl::StrCat("-o ", png, ": cannot write in ", folder, ": ", std::strerror(errno)));
+    }
   }
 }
 

@@ -403,7 +403,7 @@ function onGridEvent(name, payload) {
   if (name !== 'grid') updateProgress();
 }
 
-// A text model reads a bounded number of tokens: say when the plan cut the
+// A text model reads a bounded number of tokens: say when the plan cut a
 // prompt, since the grid then shows the shorter text.
 function showTokensNote(plan) {
   const cut = [];
@@ -422,7 +422,7 @@ function showTokensNote(plan) {
     return;
   }
   const max = models.find((model) => model.name === plan.model)?.max_prompt_tokens;
-  tokensNote.textContent = `The prompt is too long for ${plan.model}` +
+  tokensNote.textContent = `${cut.length > 1 ? 'Prompts are' : 'A prompt is'} too long for ${plan.model}` +
       (max ? ` (it reads ${max} tokens)` : '') + `: it dropped ${cut.join(' and ')}.`;
 }
 

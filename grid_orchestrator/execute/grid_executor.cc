@@ -126,8 +126,9 @@ class GridExecutor::GridRun {
   void Emit(const v1::GridEvent& event);
   // The trajectory strip's images and the grid PNG (see GridImages).
   bool wants_figure() const { return plan_.images == GridImages::kFigure; }
-  // A cell whose path is the trunk's (a switch to the prompt in force, with
-  // the trunk's noise) is not run: the trunk's final is its image.
+  // A cell whose path is the trunk's (a promoted cell's own column, or a
+  // switch to the prompt in force with the trunk's noise) is not run: the
+  // trunk's final is its image.
   bool IsTrunk(size_t row, int column) const { return plan_.rows[row].cells[column] == plan_.trunk; }
   void Fail(const absl::Status& status);
   void Spawn(std::function<void()> job);

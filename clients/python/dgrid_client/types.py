@@ -208,15 +208,16 @@ class Plan:
     negative_prompt: str = ""
     prompt_tokens_dropped: int = 0
     negative_prompt_tokens_dropped: int = 0
-    # A prompt switch at each row's branch step ("" for none), the tokens cut
-    # off it, and the branches' noise: "new" or "trunk".
+    # A prompt switch at each row's branch step ("" for none), and the
+    # branches' noise: "new" or "trunk".
     switch_prompt: str = ""
     switch_negative_prompt: str = ""
-    switch_prompt_tokens_dropped: int = 0
-    switch_negative_prompt_tokens_dropped: int = 0
     branch_noise: str = "new"
     # How a step moves the latent: "ddim" or "euler_ancestral".
     sampler: str = "ddim"
+    # Text models: the tokens cut off the switch prompts.
+    switch_prompt_tokens_dropped: int = 0
+    switch_negative_prompt_tokens_dropped: int = 0
 
     @property
     def tokens_dropped(self) -> bool:

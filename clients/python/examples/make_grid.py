@@ -55,8 +55,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                           file=sys.stderr)
                     if event.tokens_dropped:
                         print(f"warning: the model dropped {event.prompt_tokens_dropped} tokens "
-                              f"of the prompt and {event.negative_prompt_tokens_dropped} of the "
-                              "negative prompt", file=sys.stderr)
+                              f"of the prompt, {event.negative_prompt_tokens_dropped} of the "
+                              f"negative prompt, {event.switch_prompt_tokens_dropped} of the "
+                              f"switch prompt and {event.switch_negative_prompt_tokens_dropped} "
+                              "of the switch negative prompt", file=sys.stderr)
                 elif isinstance(event, TrunkProgress):
                     print(f"trunk at step {event.step} (t={event.timestep})", file=sys.stderr)
                 elif isinstance(event, Cell):
