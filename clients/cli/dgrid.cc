@@ -10,7 +10,6 @@
 //   dgrid health --target=127.0.0.1:50051
 //   dgrid tokenize --model_dir=models/my-sd "a photo of a cat"
 #include <grpcpp/grpcpp.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -18,6 +17,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <functional>
@@ -266,10 +266,7 @@ void WriteScaledPng(const v1::Tensor& pixels, const std::string& path) {
 
 // runs/grid.png -> runs/grid; a dot in a folder's name is no extension.
 std::string WithoutExtension(const std::string& path) {
-  const size_t slash = path.rfind('/');
-  const size_t name = slash == std::string::npos ? 0 : slash + 1;
-  const size_t dot = path.rfind('.');
-  return dot != std::string::npos && dot > name ? path.substr(0, dot) : path;
+  return std::filesystem::path(path).replace_extension().string();
 }
 
 std::string SidecarPath(const std::string& png) { return WithoutExtension(png) + ".json"; }
@@ -280,23 +277,20 @@ void CheckWritable(const std::string& png) {
   if (SidecarPath(png) == png) {
     Fail(absl::StrCat("-o ", png, ": the JSON sidecar's name; give the PNG's (e.g. grid.png)"));
   }
-  for (const std::string& path : {png, SidecarPath(png)}) {
-    struct stat st;
-    if (::stat(path.c_str(), &st) == 0) {
-      if (S_ISDIR(st.st_mode)) Fail(absl::StrCat("-o ", png, ": ", path, " is a folder"));
-      if (::access(path.c_str(), W_OK) != 0) {
-        Fail(absl::StrCat("-o ", png, ": cannot write ", path, ": ", std::strerror(errno)));
-      }
-      continue;
+  namespace fs = std::filesystem;
+  for (const fs::path path : {fs::path(png), fs::path(SidecarPath(png))}) {
+    std::error_code ignored;
+    const fs::file_status file = fs::status(path, ignored);
+    if (fs::is_directory(file)) Fail(absl::StrCat("-o ", png, ": ", path.string(), " is a folder"));
+    // An existing file is overwritten; a new one is created in its folder.
+    const fs::path folder = path.has_parent_path() ? path.parent_path() : fs::path(".");
+    if (!fs::exists(file) && !fs::is_directory(folder, ignored)) {
+      Fail(absl::StrCat("-o ", png, ": no folder ", folder.string()));
     }
-    const size_t slash = path.rfind('/');
-    const std::string folder =
-        slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
-    if (::stat(folder.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
-      Fail(absl::StrCat("-o ", png, ": no folder ", folder));
-    }
-    if (::access(folder.c_str(), W_OK | X_OK) != 0) {
-      Fail(absl::StrCat("-o ", png, ": cannot write in ", folder, ": ", std::strerror(errno)));
+    const fs::path& target = fs::exists(file) ? path : folder;
+    if (::access(target.c_str(), fs::exists(file) ? W_OK : W_OK | X_OK) != 0) {
+      Fail(absl::StrCat("-o ", png, ": cannot write ", target.string(), ": ",
+                        std::strerror(errno)));
     }
   }
 }

@@ -527,11 +527,16 @@ void GridExecutor::GridRun::EmitPlan() {
 int GridExecutor::GridRun::LoadCached() {
   std::vector<v1::GridEvent> found;
   int hits = 0, lookups = 0;
+  // Cells that are the trunk take its entry: one lookup for all of them.
+  const std::optional<CacheEntry> trunk =
+      ex_.cache_->Find(PrefixCache::FinalKey(sampler_key_, plan_.trunk));
   for (size_t r = 0; r < plan_.rows.size(); ++r) {
     for (int c = 0; c < plan_.branches; ++c) {
       const Path& path = plan_.rows[r].cells[c];
       ++lookups;
-      if (auto hit = ex_.cache_->Find(PrefixCache::FinalKey(sampler_key_, path))) {
+      const std::optional<CacheEntry> hit =
+          IsTrunk(r, c) ? trunk : ex_.cache_->Find(PrefixCache::FinalKey(sampler_key_, path));
+      if (hit) {
         ++hits;
         std::lock_guard<std::mutex> lock(mu_);
         cells_[r][c] = {true, hit->png, "cache"};
@@ -540,19 +545,11 @@ int GridExecutor::GridRun::LoadCached() {
     }
   }
   ++lookups;
-  if (auto trunk = ex_.cache_->Find(PrefixCache::FinalKey(sampler_key_, plan_.trunk))) {
+  if (trunk) {
     ++hits;
     std::lock_guard<std::mutex> lock(mu_);
     trunk_ = {true, trunk->png, "cache"};
     found.push_back(CellEvent(-1, -1, plan_.trunk, trunk->png, "cache"));
-    // Found above under the same key, unless it left the cache in between.
-    for (size_t r = 0; r < plan_.rows.size(); ++r) {
-      for (int c = 0; c < plan_.branches; ++c) {
-        if (!IsTrunk(r, c) || cells_[r][c].done) continue;
-        cells_[r][c] = trunk_;
-        found.push_back(CellEvent(static_cast<int>(r), c, plan_.trunk, trunk->png, "cache"));
-      }
-    }
   }
   int start = 0;
   bool missing_capture = false;

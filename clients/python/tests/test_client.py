@@ -31,6 +31,7 @@ import grpc  # noqa: E402
 from dgrid_client import (  # noqa: E402
     Cell,
     Client,
+    Curve,
     CurveProgress,
     DgridError,
     Grid,
@@ -209,8 +210,6 @@ class ClientTest(unittest.TestCase):
         for head in curve.heads:
             for p in head.p_differs:
                 self.assertTrue(0 <= p.mean <= 1 and p.standard_error >= 0)
-            found = next(h for h in curve.proto.heads if h.head == head.head).half_found_fraction
-            self.assertEqual(head.half_found_fraction, found)
         self.assertEqual(curve.judged_images,
                          (3 * (1 + len(BRANCH_STEPS) * BRANCHES)) if judge else 0)
         self.assertPng(curve.png, "curve")
@@ -419,6 +418,15 @@ class RequestTest(unittest.TestCase):
         # A server from before text models sends no conditioning: a class model.
         self.assertEqual(Model.from_proto(denoiser_pb2.ModelInfo(name="old")).conditioning,
                          "class")
+
+    def test_a_head_that_never_halves_keeps_its_bootstrap_figures(self) -> None:
+        result = orchestrator_pb2.CurveResult(trunks=4)
+        result.heads.add(head="class", half_found=False, half_step=0.0,
+                         half_step_standard_error=1.5, half_step_lo=24.0, half_step_hi=26.0,
+                         half_found_fraction=0.25)
+        head = Curve.from_proto(result).head("class")
+        self.assertEqual((head.half_step, head.half_step_standard_error, head.half_step_interval,
+                          head.half_found_fraction), (None, 1.5, (24.0, 26.0), 0.25))
 
 
 @unittest.skipUnless(TEXT_MODEL and os.path.isfile(os.path.join(TEXT_MODEL, "manifest.json")),
