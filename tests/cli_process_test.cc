@@ -243,6 +243,8 @@ TEST_F(CliTest, ErrorsAreOneReadableLine) {
       {{"promote", "/nonexistent.json", "--row=1", "--col=1"}, "cannot read"},
       {{"grid", "-o", "/nonexistent/g.png"}, "-o /nonexistent/g.png: no folder /nonexistent"},
       {{"grid", "-o", "/tmp/g.json"}, "-o /tmp/g.json: the JSON sidecar's name"},
+      {{"grid", "-o", "/tmp/g.svg"}, "-o /tmp/g.svg: only a curve's plot can be SVG"},
+      {{"branch", "--target=127.0.0.1:1", "-o", "b.SVG"}, "-o b.SVG: only a curve's plot"},
       // Checked before connecting: a curve's results are not lost at its end.
       {{"curve", "--target=127.0.0.1:1", "-o", "/nonexistent/c.png"}, "no folder /nonexistent"},
       {{"frobnicate"}, "expected a command"},

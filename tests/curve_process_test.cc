@@ -69,16 +69,20 @@ Stack* CurveProcessTest::stack_ = nullptr;
 
 TEST_F(CurveProcessTest, DgridCurveAgreesWithAnIndependentCountOverTheSameGrids) {
   const std::string dir = stack_->dir();
-  auto cli = ChildProcess::Start(
-      {BinPath("dgrid"), "curve", "--target=" + stack_->orchestrator_address(),
-       absl::StrCat("--seed=", kSeed), absl::StrCat("--trunks=", kTrunks), "--steps=20",
-       "--branches=4", "--branch_steps=0,4,8,14", "-o", dir + "/curve.png"},
-      dir + "/curve_cli.log");
-  ASSERT_TRUE(cli.ok()) << cli.status();
-  absl::StatusOr<int> code = (*cli)->Wait(absl::Seconds(300));
-  ASSERT_TRUE(code.ok()) << code.status();
-  ASSERT_EQ(*code, 0) << (*cli)->Log();
-  EXPECT_NE((*cli)->Log().find("trunk 8/8 done"), std::string::npos) << (*cli)->Log();
+  // `dgrid curve` of the test's grids, its plot written to `out`; its log.
+  auto run_curve = [&](const std::string& out) -> std::string {
+    auto cli = ChildProcess::Start(
+        {BinPath("dgrid"), "curve", "--target=" + stack_->orchestrator_address(),
+         absl::StrCat("--seed=", kSeed), absl::StrCat("--trunks=", kTrunks), "--steps=20",
+         "--branches=4", "--branch_steps=0,4,8,14", "-o", dir + "/" + out},
+        dir + "/" + out + ".log");
+    if (!cli.ok()) return absl::StrCat("cannot start: ", cli.status().ToString());
+    absl::StatusOr<int> code = (*cli)->Wait(absl::Seconds(300));
+    EXPECT_TRUE(code.ok() && *code == 0) << (*cli)->Log();
+    return (*cli)->Log();
+  };
+  const std::string log = run_curve("curve.png");
+  EXPECT_NE(log.find("trunk 8/8 done"), std::string::npos) << log;
 
   std::ifstream json_file(dir + "/curve.json");
   std::stringstream json;
@@ -127,6 +131,22 @@ TEST_F(CurveProcessTest, DgridCurveAgreesWithAnIndependentCountOverTheSameGrids)
   }
   // Early branches change the class more often than late ones.
   EXPECT_GT(curve.heads(0).p_differs(0).mean(), curve.heads(0).p_differs(3).mean());
+
+  // The same curve (its grids from the cache) with its plot as SVG.
+  run_curve("vector.svg");
+  std::ifstream svg_file(dir + "/vector.svg", std::ios::binary);
+  std::stringstream svg;
+  svg << svg_file.rdbuf();
+  EXPECT_EQ(svg.str().rfind("<?xml", 0), 0u) << svg.str().substr(0, 80);
+  EXPECT_NE(svg.str().find("<svg"), std::string::npos);
+  std::ifstream svg_json_file(dir + "/vector.json");
+  std::stringstream svg_json;
+  svg_json << svg_json_file.rdbuf();
+  v1::CurveResult again;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(svg_json.str(), &again).ok());
+  // The sidecar holds the figures, not the plots.
+  EXPECT_TRUE(again.svg().empty() && again.png().empty());
+  EXPECT_EQ(again.heads(0).p_differs(0).mean(), curve.heads(0).p_differs(0).mean());
 }
 
 TEST_F(CurveProcessTest, BadInputIsInvalidArgumentNamingTheField) {

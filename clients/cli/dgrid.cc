@@ -28,6 +28,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -88,7 +89,8 @@ ABSL_FLAG(double, eta, -1,
 ABSL_FLAG(double, guidance, -1, "Guidance scale; negative = the model's default.");
 ABSL_FLAG(int, step, 0, "dgrid step: which step to run (from x_T when 0).");
 ABSL_FLAG(int, scale, 8, "Nearest-neighbour upscaling of written PNGs.");
-ABSL_FLAG(std::string, o, "", "Output PNG path.");
+ABSL_FLAG(std::string, o, "",
+          "Output path: a PNG; curve also writes SVG for a name ending in .svg.");
 ABSL_FLAG(std::string, service, "", "dgrid health: service name (a model); empty = server.");
 ABSL_FLAG(int, timeout_s, 0,
           "Deadline for each call, in seconds; 0 = 300, and none for dgrid curve (it shows "
@@ -271,9 +273,22 @@ std::string WithoutExtension(const std::string& path) {
 
 std::string SidecarPath(const std::string& png) { return WithoutExtension(png) + ".json"; }
 
-// Fails before any work when the PNG or its sidecar could not be written,
-// so that a long grid or curve is not lost at its end.
-void CheckWritable(const std::string& png) {
+// -o curve.svg writes a curve's plot as SVG; every other output is a PNG.
+bool IsSvg(const std::string& path) {
+  return absl::AsciiStrToLower(std::filesystem::path(path).extension().string()) == ".svg";
+}
+
+void RefuseSvg(const std::string& out) {
+  if (IsSvg(out)) {
+    Fail(absl::StrCat("-o ", out, ": only a curve's plot can be SVG; give a PNG's name"));
+  }
+}
+
+// Fails before any work when the plot or its sidecar could not be written,
+// so that a long grid or curve is not lost at its end. Only a curve may ask
+// for an SVG.
+void CheckWritable(const std::string& png, bool svg_allowed = false) {
+  if (!svg_allowed) RefuseSvg(png);
   if (SidecarPath(png) == png) {
     Fail(absl::StrCat("-o ", png, ": the JSON sidecar's name; give the PNG's (e.g. grid.png)"));
   }
@@ -450,7 +465,7 @@ int Curve() {
   *request.mutable_grid() = GridRequestFromFlags();
   request.set_trunks(absl::GetFlag(FLAGS_trunks));
   const std::string out = absl::GetFlag(FLAGS_o).empty() ? "curve.png" : absl::GetFlag(FLAGS_o);
-  CheckWritable(out);
+  CheckWritable(out, /*svg_allowed=*/true);
   auto stub = v1::Orchestrator::NewStub(Connect());
   grpc::ClientContext context;
   SetDeadline(&context, /*fallback_s=*/0);
@@ -484,9 +499,10 @@ int Curve() {
   }
   if (tty) std::fprintf(stderr, "\n");
   Check(reader->Finish(), "DecisionCurve");
-  WriteFile(out, curve.png());
+  WriteFile(out, IsSvg(out) ? curve.svg() : curve.png());
   v1::CurveResult record = curve;
   record.clear_png();
+  record.clear_svg();
   std::string json;
   google::protobuf::util::JsonPrintOptions options;
   options.add_whitespace = true;
@@ -657,6 +673,8 @@ int Health() {
 }
 
 int Branch() {
+  const std::string out = absl::GetFlag(FLAGS_o).empty() ? "branch.png" : absl::GetFlag(FLAGS_o);
+  RefuseSvg(out);
   const v1::Sampler sampler = SamplerFromFlag();
   v1::SizeConditioning size;
   const bool sized = SizeFromFlags(&size);
@@ -685,7 +703,6 @@ int Branch() {
   }
   if (tty) std::fprintf(stderr, "\n");
   Check(reader->Finish(), "Branch");
-  const std::string out = absl::GetFlag(FLAGS_o).empty() ? "branch.png" : absl::GetFlag(FLAGS_o);
   WriteScaledPng(final.image().pixels(), out);
   const std::string negative = absl::GetFlag(FLAGS_negative);
   std::cout << "wrote " << out << " (" << model.name() << ", prompt \""
@@ -756,7 +773,7 @@ int main(int argc, char** argv) {
       "dgrid COMMAND [flags]\n"
       "  grid     stream a grid from an orchestrator; write the PNG (-o) and a JSON sidecar\n"
       "  curve    a decision curve: --trunks N grids of the grid flags (seeds --seed + t),\n"
-      "           judged; write the plot (-o) and the curve as JSON\n"
+      "           judged; write the plot (-o, PNG or .svg) and the curve as JSON\n"
       "  promote  GRID.json --row R --col C: re-run with that cell as the trunk\n"
       "  branch   run one trajectory on a denoiser and write its image (-o)\n"
       "  step     run one sampler step on a denoiser and print statistics\n"

@@ -55,6 +55,7 @@ const curvePlotBox = byTestId('curve-plot');
 const curveCaption = byTestId('curve-caption');
 const curveJudge = byTestId('curve-judge');
 const curveDownloadPng = byTestId('curve-download-png');
+const curveDownloadSvg = byTestId('curve-download-svg');
 const curveDownloadJson = byTestId('curve-download-json');
 
 const TOKEN_KEY = 'dgrid-token';
@@ -777,7 +778,7 @@ function setCurveState(state, text, fraction) {
 }
 
 function resetCurveExports() {
-  for (const link of [curveDownloadPng, curveDownloadJson]) {
+  for (const link of [curveDownloadPng, curveDownloadSvg, curveDownloadJson]) {
     link.removeAttribute('href');
     link.removeAttribute('download');
     link.setAttribute('aria-disabled', 'true');
@@ -889,8 +890,13 @@ function renderCurveExports(run, curve) {
     curveDownloadPng.download = `${base}.png`;
     curveDownloadPng.removeAttribute('aria-disabled');
   }
+  if (curve.svg) {
+    curveDownloadSvg.href = `data:image/svg+xml;base64,${curve.svg}`;
+    curveDownloadSvg.download = `${base}.svg`;
+    curveDownloadSvg.removeAttribute('aria-disabled');
+  }
   if (curveJsonUrl) URL.revokeObjectURL(curveJsonUrl);
-  const record = {request: run.request, curve: {...curve, png: undefined}};
+  const record = {request: run.request, curve: {...curve, png: undefined, svg: undefined}};
   curveJsonUrl = URL.createObjectURL(new Blob([JSON.stringify(record, null, 2)], {type: 'application/json'}));
   curveDownloadJson.href = curveJsonUrl;
   curveDownloadJson.download = `${base}.json`;

@@ -1,5 +1,6 @@
 #include "grid_orchestrator/assemble/curve_figure.h"
 
+#include <cairo-svg.h>
 #include <cairo.h>
 
 #include <algorithm>
@@ -127,9 +128,8 @@ void DrawPanel(cairo_t* cr, int top, const std::string& y_label, double y_max,
   }
 }
 
-}  // namespace
-
-absl::StatusOr<std::string> DrawCurvePng(const CurveFigure& f) {
+// INVALID_ARGUMENT when the statistics do not match the rows or the heads.
+absl::Status CheckFigure(const CurveFigure& f) {
   const CurveStatistics& s = f.statistics;
   const size_t rows = f.branch_steps.size();
   if (rows == 0) return absl::InvalidArgumentError("curve figure: no rows");
@@ -144,11 +144,18 @@ absl::StatusOr<std::string> DrawCurvePng(const CurveFigure& f) {
       return absl::InvalidArgumentError("curve figure: p_differs per row");
     }
   }
-  const int panels = s.heads.empty() ? 1 : 2;
-  const int height = kHeader + panels * kPanelHeight;
-  std::unique_ptr<cairo_surface_t, CairoDeleter> surface(
-      cairo_image_surface_create(CAIRO_FORMAT_RGB24, kWidth, height));
-  std::unique_ptr<cairo_t, CairoDeleter> context(cairo_create(surface.get()));
+  return absl::OkStatus();
+}
+
+int FigureHeight(const CurveFigure& f) {
+  const int panels = f.statistics.heads.empty() ? 1 : 2;
+  return kHeader + panels * kPanelHeight;
+}
+
+// Draws a checked figure on a kWidth × FigureHeight surface, whatever its kind.
+absl::Status Draw(const CurveFigure& f, cairo_surface_t* surface) {
+  const CurveStatistics& s = f.statistics;
+  std::unique_ptr<cairo_t, CairoDeleter> context(cairo_create(surface));
   cairo_t* cr = context.get();
   cairo_set_source_rgb(cr, 1, 1, 1);
   cairo_paint(cr);
@@ -176,14 +183,45 @@ absl::StatusOr<std::string> DrawCurvePng(const CurveFigure& f) {
   // A multiple of 0.04, so that the four gridlines fall on round values.
   max_divergence = max_divergence > 0 ? std::ceil(max_divergence / 0.04) * 0.04 : 1;
   DrawPanel(cr, top, "mean RMS divergence ± SE", max_divergence, f.branch_steps, divergence);
-  cairo_surface_flush(surface.get());
   if (cairo_status(cr) != CAIRO_STATUS_SUCCESS) {
     return absl::InternalError(
         absl::StrCat("curve figure: cairo: ", cairo_status_to_string(cairo_status(cr))));
   }
-  absl::StatusOr<std::string> png = SurfacePng(surface.get());
-  if (!png.ok()) return png.status();
-  return png;
+  return absl::OkStatus();
+}
+
+// cairo's write callback for the SVG surface: appends to a std::string.
+cairo_status_t AppendTo(void* closure, const unsigned char* data, unsigned int length) {
+  static_cast<std::string*>(closure)->append(reinterpret_cast<const char*>(data), length);
+  return CAIRO_STATUS_SUCCESS;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> DrawCurvePng(const CurveFigure& f) {
+  if (absl::Status checked = CheckFigure(f); !checked.ok()) return checked;
+  std::unique_ptr<cairo_surface_t, CairoDeleter> surface(
+      cairo_image_surface_create(CAIRO_FORMAT_RGB24, kWidth, FigureHeight(f)));
+  if (absl::Status drawn = Draw(f, surface.get()); !drawn.ok()) return drawn;
+  cairo_surface_flush(surface.get());
+  return SurfacePng(surface.get());
+}
+
+absl::StatusOr<std::string> DrawCurveSvg(const CurveFigure& f) {
+  if (absl::Status checked = CheckFigure(f); !checked.ok()) return checked;
+  std::string svg;
+  std::unique_ptr<cairo_surface_t, CairoDeleter> surface(
+      cairo_svg_surface_create_for_stream(AppendTo, &svg, kWidth, FigureHeight(f)));
+  // Lengths in pixels, as the PNG's, rather than cairo's default points.
+  cairo_svg_surface_set_document_unit(surface.get(), CAIRO_SVG_UNIT_PX);
+  if (absl::Status drawn = Draw(f, surface.get()); !drawn.ok()) return drawn;
+  // Finishing writes the document; the callback has appended it all by then.
+  cairo_surface_finish(surface.get());
+  if (cairo_surface_status(surface.get()) != CAIRO_STATUS_SUCCESS) {
+    return absl::InternalError(absl::StrCat(
+        "curve figure: cairo SVG: ", cairo_status_to_string(cairo_surface_status(surface.get()))));
+  }
+  return svg;
 }
 
 }  // namespace dgrid

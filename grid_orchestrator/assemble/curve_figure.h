@@ -1,7 +1,8 @@
 // The decision-curve figure: per judge head, P(a branch's label differs from
 // its trunk's) against the branch step with ±1 standard-error bars and the
 // half step marked; below, the mean RMS divergence per row (the only panel
-// for a bundle without a judge). Drawn with Cairo into a PNG.
+// for a bundle without a judge). Drawn with Cairo into a PNG, or the same
+// figure as an SVG (vector, for papers and slides).
 //
 //   CurveFigure figure;
 //   figure.title = "fashion-mnist · unprompted · 100 trunks";
@@ -37,6 +38,10 @@ struct CurveFigure {
 // INVALID_ARGUMENT when the statistics do not match the branch steps or the
 // head names.
 absl::StatusOr<std::string> DrawCurvePng(const CurveFigure& figure);
+
+// The same figure as an SVG document of the PNG's size in pixels. The text is
+// drawn as glyph outlines, so the file needs no fonts where it is shown.
+absl::StatusOr<std::string> DrawCurveSvg(const CurveFigure& figure);
 
 }  // namespace dgrid
 

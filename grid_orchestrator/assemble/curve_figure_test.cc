@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <fstream>
 
+#include "absl/strings/str_cat.h"
 #include "common/png_image.h"
 #include "grid_orchestrator/assemble/figure_test_pixels.h"
 #include "gtest/gtest.h"
@@ -67,13 +68,47 @@ TEST(CurveFigureTest, OneBranchPerRowDrawsTheDistanceToTheTrunkAlone) {
   EXPECT_GT(CountNear(*alone, kToTrunk), 100);
 }
 
+// The size attribute of the SVG's root element, e.g. "664" for height.
+std::string SvgAttribute(const std::string& svg, const std::string& name) {
+  const size_t root = svg.find("<svg");
+  if (root == std::string::npos) return "";
+  const size_t at = svg.find(" " + name + "=\"", root);
+  if (at == std::string::npos || at > svg.find('>', root)) return "";
+  const size_t start = at + name.size() + 3;
+  return svg.substr(start, svg.find('"', start) - start);
+}
+
+TEST(CurveFigureTest, TheSvgIsTheFigureAtThePngsSize) {
+  absl::StatusOr<std::string> png = DrawCurvePng(Figure(2));
+  absl::StatusOr<std::string> svg = DrawCurveSvg(Figure(2));
+  absl::StatusOr<std::string> divergence_only = DrawCurveSvg(Figure(0));
+  ASSERT_TRUE(png.ok() && svg.ok() && divergence_only.ok());
+  absl::StatusOr<DecodedPng> decoded =
+      DecodePng({reinterpret_cast<const uint8_t*>(png->data()), png->size()});
+  ASSERT_TRUE(decoded.ok());
+  EXPECT_EQ(svg->rfind("<?xml", 0), 0u) << svg->substr(0, 80);
+  EXPECT_EQ(SvgAttribute(*svg, "width"), absl::StrCat(decoded->width, "px"));
+  EXPECT_EQ(SvgAttribute(*svg, "height"), absl::StrCat(decoded->height, "px"));
+  EXPECT_EQ(SvgAttribute(*divergence_only, "height"), absl::StrCat(decoded->height - 300, "px"));
+  // Vector, not a picture wrapped in SVG: paths for the curves, glyphs for text.
+  EXPECT_EQ(svg->find("<image"), std::string::npos);
+  EXPECT_NE(svg->find("<path"), std::string::npos);
+  EXPECT_NE(svg->find("glyph"), std::string::npos);
+  EXPECT_EQ(svg->substr(svg->find_last_not_of("\n") - 5, 6), "</svg>");
+  if (const char* dir = std::getenv("DGRID_TEST_OUTPUT_DIR")) {
+    std::ofstream(std::string(dir) + "/curve_figure_sample.svg", std::ios::binary) << *svg;
+  }
+}
+
 TEST(CurveFigureTest, StatisticsThatDoNotMatchTheRowsAreRefused) {
   CurveFigure f = Figure(1);
   f.branch_steps.pop_back();
   EXPECT_EQ(DrawCurvePng(f).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(DrawCurveSvg(f).status().code(), absl::StatusCode::kInvalidArgument);
   f = Figure(1);
   f.head_names.clear();
   EXPECT_EQ(DrawCurvePng(f).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(DrawCurveSvg(f).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -391,6 +391,9 @@ absl::StatusOr<v1::CurveResult> CurveService::Run(AdmittedCurve& curve, const Ca
   absl::StatusOr<std::string> png = DrawCurvePng(figure);
   if (!png.ok()) return png.status();
   result.set_png(std::move(*png));
+  absl::StatusOr<std::string> svg = DrawCurveSvg(figure);
+  if (!svg.ok()) return svg.status();
+  result.set_svg(std::move(*svg));
   result.set_seconds(absl::ToDoubleSeconds(absl::Now() - started));
   result.set_model_evals(run.model_evals());
   result.set_cache_hits(run.cache_hits());

@@ -665,6 +665,16 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     assert.match(caption, /\d+(\.\d)? s, \d+ model evaluations/);
     assert.match(caption, /± one standard error over trunks/);
     assert.match(await page.getAttribute(testId('curve-download-png'), 'href'), /^data:image\/png;base64,/);
+    // The same figure as SVG: a document the browser parses, at the PNG's size.
+    const svg = await page.evaluate(async () => {
+      const href = document.querySelector('[data-testid="curve-download-svg"]').href;
+      const text = await (await fetch(href)).text();
+      const root = new DOMParser().parseFromString(text, 'image/svg+xml').documentElement;
+      return {tag: root.localName, width: root.getAttribute('width'),
+              error: root.getElementsByTagName('parsererror').length};
+    });
+    assert.deepEqual(svg, {tag: 'svg', width: '820px', error: 0});
+    assert.equal(record.curve.svg, undefined, 'the JSON export leaves the plots out');
   }));
 
   test('11. a curve shows its progress and cancelling it stops it on the server; bad input is refused',

@@ -485,6 +485,9 @@ class Curve:
     model_evals: int
     judged_images: int
     proto: Any = field(default=None, repr=False, compare=False)
+    # The same plot as an SVG document (vector); last, so that positional
+    # construction keeps its old order.
+    svg: bytes = field(default=b"", repr=False)
 
     def head(self, name: str) -> HeadCurve:
         for h in self.heads:
@@ -495,6 +498,10 @@ class Curve:
     def save_png(self, path: str) -> None:
         with open(path, "wb") as f:
             f.write(self.png)
+
+    def save_svg(self, path: str) -> None:
+        with open(path, "wb") as f:
+            f.write(self.svg)
 
     @classmethod
     def from_proto(cls, c: Any) -> "Curve":
@@ -513,6 +520,7 @@ class Curve:
             model_evals=c.model_evals,
             judged_images=c.judged_images,
             proto=c,
+            svg=bytes(c.svg),
         )
 
 

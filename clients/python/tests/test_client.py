@@ -23,6 +23,7 @@ import tempfile
 import time
 import unittest
 from typing import List, Optional
+from xml.etree import ElementTree
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -213,6 +214,16 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(curve.judged_images,
                          (3 * (1 + len(BRANCH_STEPS) * BRANCHES)) if judge else 0)
         self.assertPng(curve.png, "curve")
+        # The same figure as SVG, at the PNG's size.
+        svg = ElementTree.fromstring(curve.svg)
+        self.assertEqual(svg.tag, "{http://www.w3.org/2000/svg}svg")
+        width, height, _ = png_info(curve.png)
+        self.assertEqual((svg.get("width"), svg.get("height")), (f"{width}px", f"{height}px"))
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "curve.svg")
+            curve.save_svg(path)
+            with open(path, "rb") as f:
+                self.assertEqual(f.read(), curve.svg)
         with self.assertRaises(DgridError) as bad:
             client.decision_curve(1, **args)
         self.assertEqual(bad.exception.code, grpc.StatusCode.INVALID_ARGUMENT)
