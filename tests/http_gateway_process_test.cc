@@ -309,6 +309,60 @@ TEST_F(HttpGatewayTest, ChunkedBodyPastTheLimitGets413AndIsNotBuffered) {
   EXPECT_TRUE(stack_->orchestrator().Running());
 }
 
+// httplib reads a chunk's size line whole: 32 MiB of it, with no line end,
+// were once buffered. The body's bytes on the wire are bounded now, framing
+// included.
+TEST_F(HttpGatewayTest, AChunkSizeLineWithoutEndIsCutOff) {
+  const pid_t pid = stack_->orchestrator().pid();
+  const int64_t before = PeakRssKib(pid);
+  ASSERT_GT(before, 0);
+  const int fd = Connect(port_);
+  ASSERT_GE(fd, 0);
+  const std::string head = absl::StrCat(
+      "POST /api/v1/grid HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n",
+      kAuth.name, ": ", kAuth.value, "\r\nTransfer-Encoding: chunked\r\n\r\n1;");
+  std::thread sender([fd, head] {
+    if (!SendAll(fd, head)) return;
+    const std::string extension(1 << 20, 'x');
+    for (int i = 0; i < 32; ++i) {
+      if (!SendAll(fd, extension)) return;
+    }
+  });
+  const HttpAnswer answer = ReadAnswer(fd, absl::Seconds(30), absl::Now());
+  ::shutdown(fd, SHUT_RDWR);
+  sender.join();
+  ::close(fd);
+  EXPECT_EQ(answer.status, 413) << answer.body.substr(0, 300);
+  EXPECT_LT(answer.took, absl::Seconds(20));
+  const int64_t grown_kib = PeakRssKib(pid) - before;
+  EXPECT_LT(grown_kib, 8 << 10) << "peak RSS grew by " << grown_kib << " KiB";
+  EXPECT_TRUE(stack_->orchestrator().Running());
+}
+
+// A HEAD request's body is never read by httplib: on a kept connection it
+// was served as a request of its own (request smuggling). A body is refused,
+// and the connection ends with the refusal.
+TEST_F(HttpGatewayTest, AHeadRequestsBodyIsNotServedAsARequest) {
+  const std::string inner =
+      "GET /api/v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+  const HttpAnswer answer = Exchange(
+      plain_port_,
+      absl::StrCat("HEAD / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: ", inner.size(),
+                   "\r\n\r\n", inner),
+      absl::Seconds(10));
+  EXPECT_EQ(answer.status, 400);
+  EXPECT_EQ(answer.header("connection"), "close");
+  // Nothing follows the refusal's head: the models were not served.
+  EXPECT_EQ(answer.body.find("HTTP/1.1"), std::string::npos) << answer.body.substr(0, 300);
+  EXPECT_LT(answer.took, absl::Seconds(5));
+  // Without a body, HEAD is answered and the connection serves the next request.
+  const HttpAnswer kept = Exchange(
+      plain_port_, absl::StrCat("HEAD / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", inner),
+      absl::Seconds(10));
+  EXPECT_EQ(kept.status, 200);
+  EXPECT_NE(kept.body.find("HTTP/1.1 200"), std::string::npos) << kept.body.substr(0, 300);
+}
+
 TEST_F(HttpGatewayTest, IdleAndSlowSocketsDoNotDelayHealth) {
   // From 5 addresses, so that none is past its cap of 16 connections.
   std::vector<int> sockets;

@@ -122,22 +122,18 @@ void SendError(httplib::Response& response, const absl::Status& status) {
   SendError(response, HttpStatusFor(status.code()), status);
 }
 
+void CloseAfterAnswer();
+
 // Answers, then closes the connection: for answers that may leave a request
 // body unread, whose bytes must not be read as the next request (httplib
-// would buffer a 100 MiB body as one "request line"), and for connections
-// past the cap. httplib 0.11 keeps a connection open unless a write fails,
-// so the answer goes out through a provider that writes it whole and then
-// reports failure.
+// would buffer a 100 MiB body as one "request line", and a HEAD request's
+// body would be served as a request of its own).
 void SendAndClose(httplib::Response& response, int http_status, std::string body,
                   const char* content_type) {
   response.status = http_status;
   response.set_header("Connection", "close");
-  auto shared = std::make_shared<const std::string>(std::move(body));
-  response.set_content_provider(shared->size(), content_type,
-                                [shared](size_t offset, size_t length, httplib::DataSink& sink) {
-                                  sink.write(shared->data() + offset, length);
-                                  return false;
-                                });
+  response.set_content(std::move(body), content_type);
+  CloseAfterAnswer();
 }
 
 void RefuseAndClose(httplib::Response& response, int http_status, const absl::Status& status) {
@@ -233,13 +229,26 @@ class ClientConnection final : public httplib::Stream {
     head_pending_ = true;
     head_bytes_ = 0;
   }
-  // The head is in (httplib parsed it): what follows is the body.
-  void HeadRead() {
+  // The head is in (httplib parsed it): what follows is the body, which may
+  // take at most `max_raw_bytes` off the wire, chunk framing included
+  // (httplib reads a chunk's size line whole, however long).
+  void HeadRead(size_t max_raw_bytes) {
     head_pending_ = false;
     deadline_ = absl::Now() + kBodyTimeout;
+    body_bytes_ = 0;
+    body_limit_ = max_raw_bytes;
+    body_over_limit_ = false;
   }
   // True until HeadRead: httplib refused the head, or it was late or large.
   bool head_pending() const { return head_pending_; }
+  // True once a read of the body failed at its limit.
+  bool body_over_limit() const { return body_over_limit_; }
+  // The connection ends after the answer to this request: httplib keeps it
+  // open unless a write fails or the client asked, even where the request's
+  // body is unread (a refusal; a HEAD request, whose body httplib never
+  // reads, is refused when it has one).
+  void CloseAfterAnswer() { closing_ = true; }
+  bool closing() const { return closing_; }
 
   // Whether the client has hung up. Safe from any thread: it only polls.
   bool ClientClosed() const {
@@ -274,6 +283,12 @@ class ClientConnection final : public httplib::Stream {
     if (head_pending_) {
       if (head_bytes_ >= kMaxHeadBytes) return -1;
       size = std::min(size, kMaxHeadBytes - head_bytes_);
+    } else {
+      if (body_bytes_ >= body_limit_) {
+        body_over_limit_ = true;
+        return -1;
+      }
+      size = std::min(size, body_limit_ - body_bytes_);
     }
     if (buffered() == 0) {
       const ssize_t n =
@@ -285,7 +300,7 @@ class ClientConnection final : public httplib::Stream {
     const size_t n = std::min(size, buffered());
     std::memcpy(data, buffer_ + buffer_begin_, n);
     buffer_begin_ += n;
-    if (head_pending_) head_bytes_ += n;
+    (head_pending_ ? head_bytes_ : body_bytes_) += n;
     return static_cast<ssize_t>(n);
   }
   // All of `data`, or -1; each wait for the client to take more is bounded.
@@ -397,10 +412,18 @@ class ClientConnection final : public httplib::Stream {
   absl::Time deadline_ = absl::InfiniteFuture();
   bool head_pending_ = false;
   size_t head_bytes_ = 0;
+  size_t body_bytes_ = 0;
+  size_t body_limit_ = 0;
+  bool body_over_limit_ = false;
+  bool closing_ = false;
   char buffer_[4096];
   size_t buffer_begin_ = 0;
   size_t buffer_end_ = 0;
 };
+
+void CloseAfterAnswer() {
+  if (t_connection) t_connection->CloseAfterAnswer();
+}
 
 // How many connections each client address has open, against a cap.
 class ConnectionsPerClient {
@@ -479,8 +502,9 @@ void ServeConnection(int fd, SSL_CTX* tls, const std::atomic<socket_t>& listenin
     bool closed = false;
     const bool answered = step(connection, served + 1 == kRequestsPerConnection, closed);
     // A head that httplib refused, or that came late or too large, ends the
-    // connection: where the next request would start is unknown.
-    if (!answered || closed || connection.head_pending()) return;
+    // connection: where the next request would start is unknown. So does
+    // an answer that left the body unread.
+    if (!answered || closed || connection.head_pending() || connection.closing()) return;
     head_due = absl::Now() + head_timeout;
   }
 }
@@ -847,6 +871,8 @@ bool ReadBody(const httplib::Request& request, const httplib::ContentReader& rea
     body->append(data, size);
     return true;
   });
+  // A chunk's framing past the limit fails the read itself.
+  over = over || (t_connection && t_connection->body_over_limit());
   if (over || !read) {
     RefuseAndClose(response, over ? 413 : 400,
                    over ? too_large
@@ -1089,10 +1115,12 @@ absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(const HttpGatewa
   const RequestPolicy policy{std::move(cors), std::move(hosts)};
   httplib::Server& server = *gateway->server_;
   BoundConnections(o, server);
+  // A body's bytes on the wire: its own, and chunk framing of up to as many.
+  const size_t max_raw_body = 2 * o.max_body_bytes + (64 << 10);
   server.set_pre_routing_handler(
-      [policy](const httplib::Request& request, httplib::Response& response) {
+      [policy, max_raw_body](const httplib::Request& request, httplib::Response& response) {
         // What is left of the request is its body.
-        if (t_connection) t_connection->HeadRead();
+        if (t_connection) t_connection->HeadRead(max_raw_body);
         return Screen(policy, request, response);
       });
   server.set_post_routing_handler(
