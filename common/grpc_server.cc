@@ -12,6 +12,9 @@ std::unique_ptr<grpc::ServerBuilder> NewServerBuilder(
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   auto builder = std::make_unique<grpc::ServerBuilder>();
   builder->AddListeningPort(listen, credentials, port);
+  // gRPC sets SO_REUSEPORT by default: a second server on a port in use
+  // would bind beside the first and take part of its calls, silently.
+  builder->AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder->SetMaxReceiveMessageSize(max_message_bytes);
   builder->SetMaxSendMessageSize(max_message_bytes);
   builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);

@@ -5,6 +5,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/http_listen.h"
 #include "httplib.h"
 
 namespace dgrid {
@@ -24,6 +25,7 @@ absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(
   auto endpoint = std::unique_ptr<MetricsEndpoint>(new MetricsEndpoint());
   endpoint->registry_ = std::move(registry);
   endpoint->server_ = std::make_unique<httplib::Server>();
+  ListenAlone(*endpoint->server_);
   prometheus::Registry* r = endpoint->registry_.get();
   endpoint->server_->Get("/metrics", [r](const httplib::Request&, httplib::Response& response) {
     response.set_content(prometheus::TextSerializer().Serialize(r->Collect()),
@@ -35,7 +37,8 @@ absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(
     endpoint->port_ = port;
   }
   if (endpoint->port_ <= 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen for metrics on ", address));
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen for metrics on ", address, " (in use by another process?)"));
   }
   httplib::Server* server = endpoint->server_.get();
   endpoint->thread_ = std::thread([server] { server->listen_after_bind(); });

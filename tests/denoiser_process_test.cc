@@ -81,6 +81,28 @@ TEST(DenoiserProcessTest, ServesBranchMetricsReflectionAndStopsOnSigterm) {
   EXPECT_NE(text->find("dgrid_denoiser_forward_seconds_bucket"), std::string::npos);
   EXPECT_NE(text->find("dgrid_denoiser_active_trajectories"), std::string::npos);
 
+  // A second server on a port in use fails to start, naming the address:
+  // it once bound beside this one (SO_REUSEPORT) and took part of its calls.
+  const struct {
+    std::string listen, metrics, says;
+  } taken[] = {
+      {absl::StrCat("127.0.0.1:", port), "", absl::StrCat("cannot listen on 127.0.0.1:", port)},
+      {"127.0.0.1:0", absl::StrCat("127.0.0.1:", metrics),
+       absl::StrCat("cannot listen for metrics on 127.0.0.1:", metrics)},
+  };
+  for (const auto& t : taken) {
+    auto second = ChildProcess::Start(
+        {BinPath("dgrid-denoiser"), "--model_dir=" + fixtures + "/gaussian",
+         "--listen=" + t.listen, "--metrics_addr=" + t.metrics, "--threads=1"},
+        dir + "/second.log");
+    ASSERT_TRUE(second.ok()) << second.status();
+    auto second_code = (*second)->Wait(absl::Seconds(60));
+    ASSERT_TRUE(second_code.ok()) << t.says << ": still running";
+    EXPECT_EQ(*second_code, 1) << (*second)->Log();
+    EXPECT_NE((*second)->Log().find(t.says + " (in use by another process?)"), std::string::npos)
+        << (*second)->Log();
+  }
+
   (*child)->Signal(SIGTERM);
   auto code = (*child)->Wait(absl::Seconds(20));
   ASSERT_TRUE(code.ok()) << code.status();

@@ -339,6 +339,26 @@ TEST_F(HttpGatewayTest, AChunkSizeLineWithoutEndIsCutOff) {
   EXPECT_TRUE(stack_->orchestrator().Running());
 }
 
+// A second orchestrator on the gateway's port fails to start: it once bound
+// beside the first (SO_REUSEPORT) and took part of its connections.
+TEST_F(HttpGatewayTest, ASecondGatewayOnThePortFailsToStart) {
+  const std::string dir = testing::TempDir("http-gateway-second");
+  auto second = ChildProcess::Start(
+      {testing::BinPath("dgrid-orchestrator"), "--denoisers=" + stack_->denoiser_address(0),
+       "--listen=127.0.0.1:0", "--metrics_addr=", "--web_dir=" + *web_dir_,
+       absl::StrCat("--http_addr=127.0.0.1:", port_)},
+      dir + "/orchestrator.log");
+  ASSERT_TRUE(second.ok()) << second.status();
+  absl::StatusOr<int> code = (*second)->Wait(absl::Seconds(30));
+  ASSERT_TRUE(code.ok()) << "still running: " << (*second)->Log();
+  EXPECT_NE(*code, 0);
+  EXPECT_NE((*second)->Log().find(absl::StrCat("cannot listen for HTTP on 127.0.0.1:", port_,
+                                               " (in use by another process?)")),
+            std::string::npos)
+      << (*second)->Log();
+  EXPECT_EQ(Exchange(port_, Request("GET", "/api/v1/models", {kAuth})).status, 200);
+}
+
 // A HEAD request's body is never read by httplib: on a kept connection it
 // was served as a request of its own (request smuggling). A body is refused,
 // and the connection ends with the refusal.

@@ -108,7 +108,8 @@ absl::StatusOr<std::unique_ptr<DenoiserServer>> DenoiserServer::Start(
   }
   s->server_ = builder->BuildAndStart();
   if (!s->server_ || s->port_ == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", o.listen));
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", o.listen, " (in use by another process?)"));
   }
   grpc::HealthCheckServiceInterface* health = s->server_->GetHealthCheckService();
   for (const auto& [name, _] : *s->models_) health->SetServingStatus(name, true);

@@ -31,6 +31,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/http_listen.h"
 #include "common/short_text.h"
 #include "common/status_macros.h"
 #include "grid_orchestrator/server/cors_policy.h"
@@ -1114,6 +1115,7 @@ absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(const HttpGatewa
   ASSIGN_OR_RETURN(HostPolicy hosts, HostPolicy::Create(o.allowed_hosts, host));
   const RequestPolicy policy{std::move(cors), std::move(hosts)};
   httplib::Server& server = *gateway->server_;
+  ListenAlone(server);
   BoundConnections(o, server);
   // A body's bytes on the wire: its own, and chunk framing of up to as many.
   const size_t max_raw_body = 2 * o.max_body_bytes + (64 << 10);
@@ -1135,7 +1137,8 @@ absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(const HttpGatewa
   gateway->port_ = port == 0 ? server.bind_to_any_port(host.c_str())
                              : (server.bind_to_port(host.c_str(), port) ? port : -1);
   if (gateway->port_ <= 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen for HTTP on ", o.address));
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen for HTTP on ", o.address, " (in use by another process?)"));
   }
   gateway->thread_ = std::thread([&server] { server.listen_after_bind(); });
   return gateway;

@@ -55,7 +55,8 @@ absl::StatusOr<std::unique_ptr<OrchestratorServer>> OrchestratorServer::Start(
   builder->RegisterService(s->service_.get());
   s->server_ = builder->BuildAndStart();
   if (!s->server_ || s->port_ == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", o.listen));
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", o.listen, " (in use by another process?)"));
   }
   if (!o.http_addr.empty()) {
     HttpGatewayOptions http;
