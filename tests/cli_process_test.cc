@@ -226,6 +226,14 @@ TEST_F(CliTest, ModelsAndHealth) {
                                    "--service=no-such-model"},
                                   stack_->dir());
   EXPECT_NE(model_health.code, 0);
+  // Each server answers to its gRPC service's name.
+  const Ran denoiser_health = RunCli(
+      {"health", "--target=" + stack_->denoiser_address(0), "--service=dgrid.v1.Denoiser"},
+      stack_->dir());
+  EXPECT_EQ(denoiser_health.code, 0) << denoiser_health.output;
+  const Ran orchestrator_health =
+      RunCli({"health", Target(), "--service=dgrid.v1.Orchestrator"}, stack_->dir());
+  EXPECT_EQ(orchestrator_health.code, 0) << orchestrator_health.output;
 }
 
 TEST_F(CliTest, ErrorsAreOneReadableLine) {
@@ -247,7 +255,10 @@ TEST_F(CliTest, ErrorsAreOneReadableLine) {
       {{"branch", "--target=127.0.0.1:1", "-o", "b.SVG"}, "-o b.SVG: only a curve's plot"},
       // Checked before connecting: a curve's results are not lost at its end.
       {{"curve", "--target=127.0.0.1:1", "-o", "/nonexistent/c.png"}, "no folder /nonexistent"},
-      {{"frobnicate"}, "expected a command"},
+      {{"frobnicate"}, "unknown command \"frobnicate\"; the commands are grid"},
+      // A prompt without --prompt once ran an unprompted grid.
+      {{"grid", "ghost, twemoji"}, "unexpected argument \"ghost, twemoji\""},
+      {{"promote", "/tmp/a.json", "/tmp/b.json", "--row=1", "--col=1"}, "usage: dgrid promote"},
   };
   for (const auto& c : cases) {
     std::vector<std::string> args = c.args;

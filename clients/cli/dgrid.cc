@@ -90,8 +90,12 @@ ABSL_FLAG(double, guidance, -1, "Guidance scale; negative = the model's default.
 ABSL_FLAG(int, step, 0, "dgrid step: which step to run (from x_T when 0).");
 ABSL_FLAG(int, scale, 8, "Nearest-neighbour upscaling of written PNGs.");
 ABSL_FLAG(std::string, o, "",
-          "Output path: a PNG; curve also writes SVG for a name ending in .svg.");
-ABSL_FLAG(std::string, service, "", "dgrid health: service name (a model); empty = server.");
+          "Output path: a PNG, or for curve an SVG if it ends in .svg. Default grid.png, "
+          "curve.png or branch.png here (overwritten), and GRID-rRcC.png beside a promoted "
+          "GRID.json.");
+ABSL_FLAG(std::string, service, "",
+          "dgrid health: the service: a model's name or dgrid.v1.Denoiser on a denoiser, "
+          "dgrid.v1.Orchestrator on an orchestrator; empty = the whole server.");
 ABSL_FLAG(int, timeout_s, 0,
           "Deadline for each call, in seconds; 0 = 300, and none for dgrid curve (it shows "
           "its progress; Ctrl-C stops it).");
@@ -544,7 +548,7 @@ int Curve() {
 }
 
 int Promote(const std::vector<char*>& args) {
-  if (args.size() < 3) Fail("usage: dgrid promote GRID.json --row R --col C");
+  if (args.size() != 3) Fail("usage: dgrid promote GRID.json --row R --col C");
   const std::string path = args[2];
   std::ifstream in(path);
   if (!in) Fail(absl::StrCat("cannot read ", path));
@@ -752,16 +756,23 @@ int Step() {
 }
 
 const std::map<std::string, std::function<int(const std::vector<char*>&)>>& Commands() {
-  static const auto* commands =
-      new std::map<std::string, std::function<int(const std::vector<char*>&)>>{
-          {"grid", [](const auto&) { return Grid(); }},
-          {"curve", [](const auto&) { return Curve(); }},
-          {"promote", Promote},
-          {"branch", [](const auto&) { return Branch(); }},
-          {"step", [](const auto&) { return Step(); }},
-          {"models", [](const auto&) { return Models(); }},
-          {"health", [](const auto&) { return Health(); }},
-          {"tokenize", Tokenize}};
+  using Command = std::function<int(const std::vector<char*>&)>;
+  // A command of flags alone refuses a word after it: `dgrid grid "ghost"`
+  // would otherwise run an unprompted grid.
+  auto flags_only = [](int (*run)()) -> Command {
+    return [run](const std::vector<char*>& args) {
+      if (args.size() > 2) {
+        Fail(absl::StrCat("unexpected argument ", ShortQuote(args[2]),
+                          ": this command takes flags only (a prompt is --prompt \"...\")"));
+      }
+      return run();
+    };
+  };
+  static const auto* commands = new std::map<std::string, Command>{
+      {"grid", flags_only(Grid)},   {"curve", flags_only(Curve)},
+      {"promote", Promote},         {"branch", flags_only(Branch)},
+      {"step", flags_only(Step)},   {"models", flags_only(Models)},
+      {"health", flags_only(Health)}, {"tokenize", Tokenize}};
   return *commands;
 }
 
@@ -794,8 +805,11 @@ int main(int argc, char** argv) {
   std::vector<char*> args =
       absl::ParseCommandLine(static_cast<int>(spelled_argv.size()), spelled_argv.data());
   if (args.size() < 2 || !dgrid::Commands().count(args[1])) {
-    std::cerr << "dgrid: expected a command: grid, curve, promote, branch, step, models, "
-                 "health or tokenize (see --help)\n";
+    std::cerr << "dgrid: "
+              << (args.size() < 2 ? std::string("expected a command")
+                                  : absl::StrCat("unknown command ", dgrid::ShortQuote(args[1])))
+              << "; the commands are grid, curve, promote, branch, step, models, health and "
+                 "tokenize (see --help)\n";
     return 2;
   }
   try {

@@ -114,6 +114,8 @@ absl::StatusOr<std::unique_ptr<DenoiserServer>> DenoiserServer::Start(
   grpc::HealthCheckServiceInterface* health = s->server_->GetHealthCheckService();
   for (const auto& [name, _] : *s->models_) health->SetServingStatus(name, true);
   health->SetServingStatus("", true);
+  // By the service's own name too, as the orchestrator answers to its own.
+  health->SetServingStatus("dgrid.v1.Denoiser", true);
   return s;
 }
 
