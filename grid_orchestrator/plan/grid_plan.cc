@@ -48,8 +48,10 @@ absl::StatusOr<Preset> FindPreset(const std::string& name) {
     return Preset{50, 1.0f, 4, {0, 5, 10, 20, 30, 40}, {}, Sampler::kEulerAncestral};
   }
   if (name == "turbo") {
-    // Distilled (Turbo) models sample in 1 to 4 steps: a row at every step.
-    return Preset{4, 1.0f, 4, {0, 1, 2, 3}, {}, Sampler::kEulerAncestral};
+    // Distilled (Turbo) models sample in 1 to 4 steps: a row at every step
+    // that adds noise. The last adds none (it lands on sigma 0), so branches
+    // after step 3 would all be the trunk.
+    return Preset{4, 1.0f, 4, {0, 1, 2}, {}, Sampler::kEulerAncestral};
   }
   return Invalid(absl::StrCat("preset: unknown preset ", ShortQuote(name),
                               "; known: default, classic, euler_a, turbo"));

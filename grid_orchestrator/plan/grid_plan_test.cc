@@ -110,13 +110,14 @@ TEST(GridPlanTest, TheSamplerIsTheRequestsElseThePresets) {
   r.set_sampler(v1::SAMPLER_DDIM);
   EXPECT_EQ(PlanGrid(r, Model(), {})->sampler, Sampler::kDdim);
 
-  // Turbo: 4 steps, a row at every step.
+  // Turbo: 4 steps, a row at each but the last, which adds no noise.
   v1::GridRequest turbo;
   turbo.set_preset("turbo");
   auto t = PlanGrid(turbo, Model(), {});
   ASSERT_TRUE(t.ok()) << t.status();
   EXPECT_EQ(t->steps, 4);
-  EXPECT_EQ(t->rows.size(), 4u);
+  ASSERT_EQ(t->rows.size(), 3u);
+  EXPECT_EQ(t->rows.back().branch_step, 2);
   EXPECT_EQ(t->sampler, Sampler::kEulerAncestral);
 
   v1::GridRequest bad;

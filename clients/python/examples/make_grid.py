@@ -23,7 +23,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--negative", default="", help="text models: the negative prompt")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="grid.png")
-    parser.add_argument("--preset", default="", help="'' / 'default', 'classic' or 'euler_a'")
+    parser.add_argument("--preset", default="", help="'' / 'default', 'classic', 'euler_a' or 'turbo'")
     parser.add_argument("--sampler", choices=["ddim", "euler_ancestral", "euler_a"],
                         help="unset = the preset's")
     parser.add_argument("--model", default="")
