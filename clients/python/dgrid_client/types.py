@@ -493,7 +493,8 @@ class Curve:
         for h in self.heads:
             if h.head == name:
                 return h
-        raise KeyError(name)
+        raise KeyError(f"no head {name!r}; this curve's heads: "
+                       f"{', '.join(h.head for h in self.heads) or 'none (no judge)'}")
 
     def save_png(self, path: str) -> None:
         with open(path, "wb") as f:

@@ -438,6 +438,9 @@ class RequestTest(unittest.TestCase):
         head = Curve.from_proto(result).head("class")
         self.assertEqual((head.half_step, head.half_step_standard_error, head.half_step_interval,
                           head.half_found_fraction), (None, 1.5, (24.0, 26.0), 0.25))
+        # A head the judge lacks names those it has.
+        with self.assertRaisesRegex(KeyError, "no head 'style'; this curve's heads: class"):
+            Curve.from_proto(result).head("style")
 
 
 @unittest.skipUnless(TEXT_MODEL and os.path.isfile(os.path.join(TEXT_MODEL, "manifest.json")),
