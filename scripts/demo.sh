@@ -33,6 +33,10 @@ keep=0
 monitor=0
 while [ $# -gt 0 ]; do
   case "$1" in
+    --model|--prompt|--negative|--seed|--preset)
+      [ $# -ge 2 ] || { echo "demo: $1 needs a value" >&2; exit 2; } ;;
+  esac
+  case "$1" in
     --model)
       [ "$models_set" = 1 ] || models=()
       models+=("$2"); models_set=1; shift 2 ;;
@@ -42,7 +46,7 @@ while [ $# -gt 0 ]; do
     --preset) preset=$2; shift 2 ;;
     --keep) keep=1; shift ;;
     --monitor) monitor=1; keep=1; shift ;;
-    *) echo "usage: scripts/demo.sh [--model DIR] [--prompt TEXT] [--negative TEXT] [--seed N] [--preset default|classic] [--keep] [--monitor]" >&2
+    *) echo "usage: scripts/demo.sh [--model DIR] [--prompt TEXT] [--negative TEXT] [--seed N] [--preset default|classic|euler_a|turbo] [--keep] [--monitor]" >&2
        exit 2 ;;
   esac
 done
