@@ -9,6 +9,7 @@
 
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "common/server_main.h"
 
 namespace dgrid {
 int RunDenoiserBench();
@@ -22,6 +23,7 @@ int main(int argc, char** argv) {
       "  denoiser   raw engine forward throughput vs the gRPC service on loopback\n"
       "  grid       one grid through every variant: limit, in-process, the pair, baselines\n"
       "  load       N concurrent StreamGrid clients for T seconds against a fresh stack\n");
+  dgrid::HelpListsTheProgramsFlags();
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   const std::map<std::string, int (*)()> commands = {{"denoiser", dgrid::RunDenoiserBench},
                                                      {"load", dgrid::RunLoadBench},

@@ -5,7 +5,19 @@
 #include <cstdio>
 #include <fstream>
 
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
+
 namespace dgrid {
+
+void HelpListsTheProgramsFlags() {
+  absl::FlagsUsageConfig config;
+  config.contains_help_flags = [](absl::string_view file) {
+    return !absl::StrContains(file, "absl/");
+  };
+  config.contains_helpshort_flags = config.contains_help_flags;
+  absl::SetFlagsUsageConfig(config);
+}
 
 sigset_t BlockStopSignals() {
   sigset_t signals;

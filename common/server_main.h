@@ -25,6 +25,10 @@ int WaitForStopSignal(const sigset_t& signals);
 // reader never sees half a file. No-op for an empty path.
 void WritePortFile(const std::string& path,
                    const std::vector<std::pair<std::string, int>>& ports);
+// Makes --help list every flag of the program's own code. Abseil's default
+// lists only those defined in a file named after the program, and a
+// dgrid-denoiser --help said "No flags matched". Call before parsing.
+void HelpListsTheProgramsFlags();
 
 }  // namespace dgrid
 

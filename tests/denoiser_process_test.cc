@@ -122,6 +122,25 @@ TEST(DenoiserProcessTest, BadFlagsExitWithOneReadableLine) {
       << (*child)->Log();
 }
 
+// Abseil's --help lists only the flags of a file named after the program:
+// each binary once answered "No flags matched".
+TEST(DenoiserProcessTest, HelpListsEachBinarysFlags) {
+  const std::string dir = testing::TempDir("help");
+  const struct {
+    const char* binary;
+    const char* flag;
+  } binaries[] = {{"dgrid-denoiser", "--model_dir"},
+                  {"dgrid-orchestrator", "--denoisers"},
+                  {"dgrid-bench", "--load_seconds"}};
+  for (const auto& b : binaries) {
+    auto child = ChildProcess::Start({BinPath(b.binary), "--help"}, dir + "/" + b.binary + ".log");
+    ASSERT_TRUE(child.ok());
+    ASSERT_TRUE((*child)->Wait(absl::Seconds(30)).ok()) << b.binary;
+    EXPECT_NE((*child)->Log().find(b.flag), std::string::npos) << (*child)->Log();
+    EXPECT_EQ((*child)->Log().find("No flags matched"), std::string::npos) << b.binary;
+  }
+}
+
 TEST(DenoiserProcessTest, ARepeatedModelDirServesEveryBundleInOrder) {
   // absl alone would keep only the last --model_dir.
   const std::string dir = testing::TempDir("denoiser-two-models");

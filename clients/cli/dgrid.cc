@@ -82,10 +82,13 @@ ABSL_FLAG(std::string, crop, "",
           "SDXL-style models: the crop conditioning as TOPxLEFT in pixels; empty = 0x0.");
 ABSL_FLAG(std::string, target_size, "",
           "SDXL-style models: the target-size conditioning as HxW; empty = the model's default.");
-ABSL_FLAG(int, steps, 0, "Sampler steps; 0 = the model's default.");
+ABSL_FLAG(int, steps, 0,
+          "Sampler steps; 0 = the preset's for grid and curve (50, turbo 4), the model's "
+          "default for branch and step.");
 ABSL_FLAG(double, eta, -1,
           "Eta in [0, 1] (DDIM: its noise; Euler ancestral: the share of fresh noise); "
-          "negative = the model's default.");
+          "negative = the preset's for grid and curve (1), the model's default for branch "
+          "and step.");
 ABSL_FLAG(double, guidance, -1, "Guidance scale; negative = the model's default.");
 ABSL_FLAG(int, step, 0, "dgrid step: which step to run (from x_T when 0).");
 ABSL_FLAG(int, scale, 8, "Nearest-neighbour upscaling of written PNGs.");

@@ -77,6 +77,7 @@ std::vector<std::string> AllModelDirs(int argc, char** argv) {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "dgrid-denoiser --model_dir=models/emoji --model_dir=models/fashion-mnist");
+  dgrid::HelpListsTheProgramsFlags();
   absl::ParseCommandLine(argc, argv);
   const sigset_t stop_signals = dgrid::BlockStopSignals();
 

@@ -72,6 +72,7 @@ ABSL_FLAG(std::string, auth_token_file, "",
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("dgrid-orchestrator --denoisers=host:port,...");
+  dgrid::HelpListsTheProgramsFlags();
   absl::ParseCommandLine(argc, argv);
   const sigset_t stop_signals = dgrid::BlockStopSignals();
 
