@@ -5,7 +5,12 @@
 
 #include <string>
 
+#include <cstdint>
+#include <vector>
+
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/short_text.h"
 #include "common/status_macros.h"
 
@@ -63,6 +68,49 @@ absl::Status Mismatch(const std::string& path, const char* expected, const Value
 
 absl::Status CheckObject(const Struct& object, const Descriptor& type, const std::string& path);
 
+template <typename T>
+bool IsWhole(const std::string& text) {
+  T value;
+  return absl::SimpleAtoi(text, &value);
+}
+
+// A string where the field is an enum or an integer (64-bit integers are
+// strings in JSON): protobuf's message names the type, not what it takes.
+absl::Status CheckText(const std::string& text, const FieldDescriptor& field,
+                       const std::string& path) {
+  if (field.cpp_type() == FieldDescriptor::CPPTYPE_ENUM) {
+    const google::protobuf::EnumDescriptor& type = *field.enum_type();
+    if (type.FindValueByName(text)) return absl::OkStatus();
+    std::vector<std::string> names;
+    for (int i = 0; i < type.value_count(); ++i) names.push_back(type.value(i)->name());
+    return absl::InvalidArgumentError(absl::StrCat(path, ": unknown value ", ShortQuote(text),
+                                                   "; one of ", absl::StrJoin(names, ", ")));
+  }
+  bool integer = true;
+  switch (field.cpp_type()) {
+    case FieldDescriptor::CPPTYPE_INT32:
+      integer = IsWhole<int32_t>(text);
+      break;
+    case FieldDescriptor::CPPTYPE_INT64:
+      integer = IsWhole<int64_t>(text);
+      break;
+    case FieldDescriptor::CPPTYPE_UINT32:
+      integer = IsWhole<uint32_t>(text);
+      break;
+    case FieldDescriptor::CPPTYPE_UINT64:
+      integer = IsWhole<uint64_t>(text);
+      break;
+    default:
+      break;
+  }
+  if (integer) return absl::OkStatus();
+  const bool is_unsigned = field.cpp_type() == FieldDescriptor::CPPTYPE_UINT32 ||
+                           field.cpp_type() == FieldDescriptor::CPPTYPE_UINT64;
+  return absl::InvalidArgumentError(
+      absl::StrCat(path, ": expected ", is_unsigned ? "a whole number from 0" : "a whole number",
+                   " (a number or a string of digits), got ", ShortQuote(text)));
+}
+
 // One value of `field`: a list element, or the field's value when singular.
 absl::Status CheckOne(const Value& value, const FieldDescriptor& field, const std::string& path) {
   if (field.cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) {
@@ -79,6 +127,7 @@ absl::Status CheckOne(const Value& value, const FieldDescriptor& field, const st
   if (value.kind_case() == Value::kListValue || value.kind_case() == Value::kStructValue) {
     return Mismatch(path, ExpectedKind(field), value);
   }
+  if (value.kind_case() == Value::kStringValue) return CheckText(value.string_value(), field, path);
   return absl::OkStatus();
 }
 

@@ -19,6 +19,9 @@ TEST(JsonShapeTest, AGridRequestOfEitherNamingPasses) {
                   .ok());
   EXPECT_TRUE(Check("{}").ok());
   EXPECT_TRUE(Check(R"({"steps": null})").ok());  // null is unset
+  EXPECT_TRUE(Check(R"({"seed": "18446744073709551615", "branch_noise": "BRANCH_NOISE_TRUNK",
+                        "sampler": "SAMPLER_EULER_ANCESTRAL", "steps": "20"})")
+                  .ok());
 }
 
 TEST(JsonShapeTest, WhatProtobufWouldAcceptLeniently) {
@@ -30,6 +33,13 @@ TEST(JsonShapeTest, WhatProtobufWouldAcceptLeniently) {
       {R"({"steps": {"value": 5}})", "steps: expected a number, got an object"},
       {R"({"promt": "bag"})", "unknown field \"promt\""},
       {R"([1, 2])", "GridRequest: expected an object, got a list"},
+      // protobuf named the type ("for type TYPE_UINT64"), not what it takes.
+      {R"({"branch_noise": "trunk"})",
+       "branch_noise: unknown value \"trunk\"; one of BRANCH_NOISE_NEW, BRANCH_NOISE_TRUNK"},
+      {R"({"seed": "abc"})",
+       "seed: expected a whole number from 0 (a number or a string of digits), got \"abc\""},
+      {R"({"seed": "-1"})",
+       "seed: expected a whole number from 0 (a number or a string of digits), got \"-1\""},
   };
   for (const auto& [json, expected] : cases) {
     const absl::Status s = Check(json);
