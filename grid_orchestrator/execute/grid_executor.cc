@@ -9,6 +9,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/grpc_status.h"
+#include "common/png_image.h"
+#include "common/status_macros.h"
 #include "common/wire.h"
 #include "grid_orchestrator/assemble/grid_figure.h"
 #include "grid_orchestrator/execute/retry_policy.h"
@@ -33,6 +35,17 @@ v1::GridEvent CellEvent(int row, int column, const Path& path, const std::string
   v1::GridEvent event;
   FillCell(row, column, path, png, source, event.mutable_cell());
   return event;
+}
+
+// A replica's image must decode before it is cached or drawn: else it would
+// fail every later grid on its path, as a client's fault (INVALID_ARGUMENT).
+absl::Status CheckPng(const std::string& png, const std::string& what) {
+  if (png.empty()) return absl::InternalError(absl::StrCat("sent ", what, " without its image"));
+  absl::StatusOr<DecodedPng> decoded =
+      DecodePng({reinterpret_cast<const uint8_t*>(png.data()), png.size()});
+  if (decoded.ok()) return absl::OkStatus();
+  return absl::InternalError(
+      absl::StrCat("sent ", what, " whose image is not a PNG: ", decoded.status().message()));
 }
 
 }  // namespace
@@ -323,7 +336,13 @@ void GridExecutor::GridRun::RunJob(const std::string& label, const NextRequest& 
   for (int number = 1;; ++number) {
     std::optional<std::pair<v1::BranchRequest, int64_t>> request = next();
     if (!request) return;
-    const Attempt a = Call(request->first, request->second, avoid, on_event);
+    Attempt a = Call(request->first, request->second, avoid, on_event);
+    if (a.status.ok() && next()) {
+      // The stream ended well but short of its finals: its output is bad.
+      a.bad_output = true;
+      a.status = absl::InternalError(
+          absl::StrCat("replica ", a.replica, ": the stream ended before all its finals"));
+    }
     // Every evaluation that ran counts, those of a failed attempt too (as
     // far as its last progress report tells).
     const int64_t wasted = std::max<int64_t>(0, a.progress_evals - a.final_evals);
@@ -352,7 +371,9 @@ void GridExecutor::GridRun::RunJob(const std::string& label, const NextRequest& 
 
 void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> start_latent) {
   std::set<int> wanted(plan_.trunk_captures.begin(), plan_.trunk_captures.end());
+  bool final_seen = false;
   auto next = [&]() -> std::optional<std::pair<v1::BranchRequest, int64_t>> {
+    if (final_seen) return std::nullopt;
     v1::BranchRequest request = BaseRequest(start_step);
     v1::TrajectoryInput* t = request.add_trajectories();
     PathToProto(plan_.trunk, t->mutable_path());
@@ -376,8 +397,12 @@ void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> s
                                                 c.trajectory(), ", step ", c.step(), ")"));
       }
       if (absl::Status s = CheckLatent(c.latent(), "a capture"); !s.ok()) return s;
-      if (wants_figure() && c.image().png().empty()) {
-        return absl::InternalError("sent a capture without its image");
+      if (wants_figure()) {
+        RETURN_IF_ERROR(CheckPng(c.image().png(), "a capture"));
+        // Step 0 has no prediction of x0 yet.
+        if (!c.x0_image().png().empty()) {
+          RETURN_IF_ERROR(CheckPng(c.x0_image().png(), "a capture's x0"));
+        }
       }
       CacheEntry entry{c.latent(), c.image().png(), c.x0_image().png()};
       // The cache holds only captures a figure can show.
@@ -410,7 +435,8 @@ void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> s
             absl::StrCat("sent a final for trajectory ", f.trajectory(), " of a 1-trajectory job"));
       }
       if (absl::Status s = CheckLatent(f.latent(), "the final"); !s.ok()) return s;
-      if (f.image().png().empty()) return absl::InternalError("sent a final without its image");
+      RETURN_IF_ERROR(CheckPng(f.image().png(), "the final"));
+      final_seen = true;
       ex_.cache_->Put(PrefixCache::FinalKey(sampler_key_, plan_.trunk),
                       {f.latent(), f.image().png(), ""});
       std::vector<std::pair<int, int>> same;  // cells that are the trunk
@@ -498,7 +524,7 @@ void GridExecutor::GridRun::RunCells(size_t row, std::vector<int> columns) {
       return absl::InternalError(absl::StrCat("sent trajectory ", f.trajectory(), " twice"));
     }
     if (absl::Status s = CheckLatent(f.latent(), "a final"); !s.ok()) return s;
-    if (f.image().png().empty()) return absl::InternalError("sent a final without its image");
+    RETURN_IF_ERROR(CheckPng(f.image().png(), "a final"));
     finished.insert(c);
     ex_.cache_->Put(PrefixCache::FinalKey(sampler_key_, planned.cells[c]),
                     {f.latent(), f.image().png(), ""});

@@ -128,6 +128,39 @@ TEST_F(GridExecutorTest, OnlyBadReplicasFailTheGridWithAMessage) {
       << grid.status();
 }
 
+// A stream that ended well without its finals once passed as a finished
+// job, and assembling the grid then failed as the client's fault; an image
+// that was no PNG was cached and failed every later grid on its path.
+TEST_F(GridExecutorTest, MissingOrBrokenFinalsAreBadOutputRetriedElsewhere) {
+  const struct {
+    const char* name;
+    std::function<void(testing::FakeScript&)> spoil;
+    const char* says;
+  } cases[] = {
+      {"no finals", [](testing::FakeScript& s) { s.drop_finals = true; },
+       "the stream ended before all its finals"},
+      {"not a PNG", [](testing::FakeScript& s) { s.final_png = "GIF89a"; },
+       "whose image is not a PNG"},
+  };
+  for (const auto& c : cases) {
+    FakeReplicas replicas(2);
+    c.spoil(replicas.script(0));
+    absl::StatusOr<v1::Grid> grid = Run(replicas, Plan());
+    ASSERT_TRUE(grid.ok()) << c.name << ": " << grid.status();
+    EXPECT_EQ(grid->trunk().source(), replicas.address(1)) << c.name;
+    for (const auto& row : grid->rows()) {
+      for (const auto& cell : row.cells()) EXPECT_EQ(cell.source(), replicas.address(1)) << c.name;
+    }
+    // With no good replica the grid fails as the server's fault, saying why.
+    FakeReplicas bad(1);
+    c.spoil(bad.script(0));
+    absl::StatusOr<v1::Grid> failed = Run(bad, Plan());
+    ASSERT_FALSE(failed.ok()) << c.name;
+    EXPECT_EQ(failed.status().code(), absl::StatusCode::kInternal) << c.name;
+    EXPECT_NE(failed.status().message().find(c.says), std::string::npos) << failed.status();
+  }
+}
+
 TEST_F(GridExecutorTest, APermanentErrorIsNotRetried) {
   // Before: permanent limits came back as RESOURCE_EXHAUSTED and every
   // replica was tried, and UNKNOWN was retried too.

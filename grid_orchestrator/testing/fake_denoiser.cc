@@ -143,11 +143,12 @@ class FakeReplicas::Replica::Stub : public v1::Denoiser::StubInterface {
         }
         events.push_back(capture);
       }
+      if (s.drop_finals) continue;
       v1::BranchEvent final;
       v1::Final* f = final.mutable_final();
       f->set_trajectory(i);
       *f->mutable_latent() = Latent();
-      f->mutable_image()->set_png(PathPng(path));
+      f->mutable_image()->set_png(s.final_png.empty() ? PathPng(path) : s.final_png);
       f->set_model_evals(end - request.start_step());
       events.push_back(final);
     }

@@ -37,6 +37,10 @@ struct FakeScript {
   // Every Branch call sends a final for this trajectory index (out of range
   // for the job) before anything else.
   int bad_trajectory_index = -1;
+  // Every Branch call ends well without sending its finals.
+  bool drop_finals = false;
+  // Every final's image is these bytes, not a PNG.
+  std::string final_png;
 };
 
 // Calls a fake replica received.
