@@ -251,6 +251,11 @@ class ClientConnection final : public httplib::Stream {
   void CloseAfterAnswer() { closing_ = true; }
   bool closing() const { return closing_; }
 
+  // Breaks the connection, so that a write blocked on a client that reads
+  // too slowly returns: each wait for it is bounded, but a trickle of reads
+  // starts a new one. Safe from any thread while the connection is open.
+  void Abort() const { ::shutdown(fd_, SHUT_RDWR); }
+
   // Whether the client has hung up. Safe from any thread: it only polls.
   bool ClientClosed() const {
     pollfd p{fd_, POLLRDHUP, 0};
@@ -913,8 +918,12 @@ Caller CallerOf(const httplib::Request& request) {
   caller.authorization = request.get_header_value("Authorization");
   // Polled from GridService's watch thread while a grid runs: a client that
   // hangs up stops its grid, streamed or not.
+  // A write stalled past --max_write_stall_s cancels the grid and breaks
+  // the connection, as a gRPC call's is cancelled. Both run while the
+  // request is served, so the connection outlives them.
   if (const ClientConnection* connection = t_connection) {
     caller.gone = [connection] { return connection->ClientClosed(); };
+    caller.abort = [connection] { connection->Abort(); };
   }
   return caller;
 }
