@@ -168,8 +168,8 @@ class Painter {
     return absl::OkStatus();
   }
 
-  // A cell that is not done yet: a pale box with a dashed edge.
-  void DrawPlaceholder(int x, int y, int w, int h) {
+  // A picture that is not there: a pale box with a dashed edge, saying why.
+  void DrawPlaceholder(int x, int y, int w, int h, const std::string& text) {
     SetColor(kPlaceholderFill);
     cairo_rectangle(cr_, x, y, w, h);
     cairo_fill(cr_);
@@ -180,7 +180,6 @@ class Painter {
     cairo_rectangle(cr_, x + 0.5, y + 0.5, w - 1, h - 1);
     cairo_stroke(cr_);
     cairo_set_dash(cr_, nullptr, 0, 0);
-    const std::string text = "pending";
     if (Width(kCaptionFont, text) + 8 <= w && h >= 16) {
       Text(kCaptionFont, x + w / 2.0, y + h / 2.0 + 4, text, Align::kCenter);
     }
@@ -473,10 +472,13 @@ Layout ComputeLayout(Painter& p, const GridFigure& figure,
   return l;
 }
 
+// An empty picture is still to come ("pending"), unless `missing` says why
+// there is none.
 absl::Status DrawPictureOrPlaceholder(Painter& p, const Layout& l, const Picture& picture,
-                                      int slot_x, int slot_y, int scale) {
+                                      int slot_x, int slot_y, int scale,
+                                      const std::string& missing = "pending") {
   if (picture.empty()) {
-    p.DrawPlaceholder(slot_x + (l.col_w - l.slot_w) / 2, slot_y, l.slot_w, l.slot_h);
+    p.DrawPlaceholder(slot_x + (l.col_w - l.slot_w) / 2, slot_y, l.slot_w, l.slot_h, missing);
     return absl::OkStatus();
   }
   const int x = slot_x + (l.col_w - picture.width * scale) / 2;
@@ -585,8 +587,11 @@ absl::StatusOr<std::string> DrawGridPng(const GridFigure& figure) {
     p.Text(kTimestepFont, l.label_x, mid + 14, absl::StrCat("t = ", row.timestep));
 
     RETURN_IF_ERROR(DrawPictureOrPlaceholder(p, l, row.trunk_xt, l.strip_x, y, figure.scale));
-    RETURN_IF_ERROR(
-        DrawPictureOrPlaceholder(p, l, row.trunk_x0, l.ColumnX(l.strip_x, 1), y, figure.scale));
+    // Before the first step the model has predicted no x0: a finished grid
+    // is not still waiting for it.
+    RETURN_IF_ERROR(DrawPictureOrPlaceholder(p, l, row.trunk_x0, l.ColumnX(l.strip_x, 1), y,
+                                             figure.scale,
+                                             row.branch_step == 0 ? "none yet" : "pending"));
     for (size_t c = 0; c < row.cells.size(); ++c) {
       RETURN_IF_ERROR(DrawPictureOrPlaceholder(
           p, l, row.cells[c], l.ColumnX(l.cells_x, static_cast<int>(c)), y, figure.scale));

@@ -308,6 +308,30 @@ TEST(DrawGridPngTest, EmptyCellsAreDrawnAsPlaceholders) {
   EXPECT_TRUE(DrawGridPng(GridFigure{}).ok());
 }
 
+// A finished grid has no x0 at branch step 0 (no step has run): its box
+// says so rather than "pending", which read as an unfinished grid.
+TEST(DrawGridPngTest, NoX0AtStepZeroIsNotPending) {
+  GridFigure at_zero = MakeFigure(2, 2, 4);
+  at_zero.rows[0].trunk_x0 = Picture{};
+  GridFigure later = at_zero;
+  later.rows[0].branch_step = 1;  // the same figure but for the row's step
+  const DecodedPng zero = Render(at_zero), one = Render(later);
+  ASSERT_EQ(zero.width, one.width);
+  ASSERT_EQ(zero.height, one.height);
+  // The row labels differ ("after step 0" and "after step 1") and so do the
+  // x0 boxes' words: more than the one digit's pixels.
+  int differ = 0;
+  for (size_t i = 0; i < zero.pixels.size(); ++i) differ += zero.pixels[i] != one.pixels[i];
+  GridFigure both_pending = later;
+  both_pending.rows[0].trunk_x0 = Pattern(3);
+  GridFigure zero_drawn = at_zero;
+  zero_drawn.rows[0].trunk_x0 = Pattern(3);
+  const DecodedPng a = Render(zero_drawn), b = Render(both_pending);
+  int label_only = 0;
+  for (size_t i = 0; i < a.pixels.size(); ++i) label_only += a.pixels[i] != b.pixels[i];
+  EXPECT_GT(differ, label_only + 20) << "the x0 box at step 0 says what a pending one says";
+}
+
 TEST(DrawGridPngTest, InconsistentInputsNameWhatIsAtFault) {
   GridFigure figure = MakeFigure(3, 4, 4);
   figure.rows[1].cells[2].pixels.pop_back();
