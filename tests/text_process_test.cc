@@ -133,6 +133,7 @@ TEST_F(TextGridTest, AnOverLongPromptIsTruncatedAndSaysSo) {
   // 77 ids: BOS, 75 words, EOS.
   EXPECT_EQ(grid.plan().prompt_tokens_dropped(), 200 - 75);
   EXPECT_EQ(grid.plan().negative_prompt_tokens_dropped(), 0);
+  EXPECT_EQ(grid.plan().unknown_words_size(), 0);  // byte-level BPE knows every word
   // The switch prompts are cut the same way, and say so in their own fields.
   v1::GridRequest switched = Request("a photo of a cat");
   switched.set_switch_prompt(words);
@@ -329,6 +330,48 @@ TEST(TextBundleTest, PartsThatDisagreeFailAtLoadNamingTheFileAndShapes) {
   const std::string message(stack.status().message());
   EXPECT_NE(message.find("text_encoder.pt"), std::string::npos) << message;
   EXPECT_NE(message.find("context_dim"), std::string::npos) << message;
+}
+
+// A word vocabulary reads a word it lacks as its unknown token: the plan
+// names such words and dgrid warns, where the grid once ran in silence on
+// less than the prompt said. (CLIP's byte-level BPE has no unknown words.)
+TEST(WordVocabularyTest, UnknownWordsAreNamedInThePlanAndByDgrid) {
+  StackOptions options;
+  options.model_dir = FixtureDir("poisoned");  // words: cat, dog, plain, ...
+  options.denoisers = 1;
+  options.orchestrator_flags = {"--cache_mb=0"};
+  auto stack = Stack::Start(options, "unknown-words");
+  ASSERT_TRUE(stack.ok()) << stack.status();
+  v1::GridRequest request = Request("plain cat xyzzy dog qux xyzzy");
+  request.set_negative_prompt("zzz cat");
+  const v1::Grid grid = MustCreate(**stack, request);
+  EXPECT_EQ(std::vector<std::string>(grid.plan().unknown_words().begin(),
+                                     grid.plan().unknown_words().end()),
+            (std::vector<std::string>{"xyzzy", "qux", "zzz"}));
+  EXPECT_EQ(MustCreate(**stack, Request("plain cat")).plan().unknown_words_size(), 0);
+
+  const std::string dir = (*stack)->dir();
+  auto cli = testing::ChildProcess::Start(
+      {testing::BinPath("dgrid"), "grid", "--target=" + (*stack)->orchestrator_address(),
+       "--prompt=cat xyzzy", "--steps=2", "--branches=1", "--branch_steps=0",
+       "-o", dir + "/unknown.png"},
+      dir + "/cli.log");
+  ASSERT_TRUE(cli.ok()) << cli.status();
+  absl::StatusOr<int> code = (*cli)->Wait(absl::Seconds(60));
+  ASSERT_TRUE(code.ok() && *code == 0) << (*cli)->Log();
+  EXPECT_NE((*cli)->Log().find("warning: poisoned does not know \"xyzzy\""), std::string::npos)
+      << (*cli)->Log();
+  // The same, read from the bundle with no server.
+  auto local = testing::ChildProcess::Start(
+      {testing::BinPath("dgrid"), "tokenize", "--model_dir=" + FixtureDir("poisoned"),
+       "cat xyzzy"},
+      dir + "/tokenize.log");
+  ASSERT_TRUE(local.ok());
+  code = (*local)->Wait(absl::Seconds(30));
+  ASSERT_TRUE(code.ok() && *code == 0) << (*local)->Log();
+  EXPECT_NE((*local)->Log().find("not in the vocabulary, read as unknown: \"xyzzy\""),
+            std::string::npos)
+      << (*local)->Log();
 }
 
 }  // namespace

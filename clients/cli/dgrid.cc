@@ -322,9 +322,18 @@ void WriteFile(const std::string& path, const std::string& bytes) {
   if (!out.write(bytes.data(), bytes.size())) Fail(absl::StrCat("cannot write ", path));
 }
 
-// A text model keeps at most its context's tokens of a prompt; say so when
-// the plan dropped some, since the grid then shows a shorter prompt.
-void WarnDroppedTokens(const v1::GridPlan& plan) {
+// Words as "a", "b", each quoted safely.
+template <typename Words>
+std::string QuotedList(const Words& words) {
+  std::vector<std::string> quoted;
+  for (const std::string& word : words) quoted.push_back(ShortQuote(word));
+  return absl::StrJoin(quoted, ", ");
+}
+
+// A text model keeps at most its context's tokens of a prompt, and a word
+// vocabulary reads a word it lacks as unknown; say so, since the grid then
+// shows less than the prompt says.
+void WarnAboutPrompts(const v1::GridPlan& plan) {
   for (const auto& [what, dropped] :
        {std::pair<const char*, int>{"prompt", plan.prompt_tokens_dropped()},
         {"negative prompt", plan.negative_prompt_tokens_dropped()},
@@ -334,6 +343,11 @@ void WarnDroppedTokens(const v1::GridPlan& plan) {
       std::fprintf(stderr, "warning: the %s is too long for %s: %d tokens dropped\n", what,
                    plan.model().c_str(), dropped);
     }
+  }
+  if (plan.unknown_words_size() > 0) {
+    std::fprintf(stderr, "warning: %s does not know %s: read as unknown (dgrid models lists "
+                 "its example prompts)\n",
+                 plan.model().c_str(), QuotedList(plan.unknown_words()).c_str());
   }
 }
 
@@ -359,7 +373,7 @@ int StreamAndSave(const v1::GridRequest& request, const std::string& out) {
     if (event.has_plan()) {
       total = event.plan().branch_steps_size() * event.plan().branches() + 1;
       steps = event.plan().sampler().steps();
-      WarnDroppedTokens(event.plan());
+      WarnAboutPrompts(event.plan());
       if (!tty) {
         std::fprintf(stderr,
                      "plan: %d cells, %s, %d steps, %lld model evaluations (from scratch: %lld)\n",
@@ -482,7 +496,7 @@ int Curve() {
   v1::CurveResult curve;
   while (reader->Read(&event)) {
     if (event.has_plan()) {
-      WarnDroppedTokens(event.plan());
+      WarnAboutPrompts(event.plan());
       if (!tty) {
         std::fprintf(stderr,
                      "plan: %d trunks of %d rows x %d branches, %s, %lld model evaluations each\n",
@@ -656,11 +670,16 @@ int Tokenize(const std::vector<char*>& args) {
   for (size_t i = 2; i < args.size(); ++i) {
     const Tokens tokens = tokenizer->Encode(args[i]);
     std::cout << absl::StrJoin(tokens.ids, " ") << "\n";
+    const std::string which = args.size() > 3 ? absl::StrCat("prompt ", i - 1, ": ") : "";
     if (tokens.dropped > 0) {
       std::cout.flush();
-      std::cerr << (args.size() > 3 ? absl::StrCat("prompt ", i - 1, ": ") : "")
-                << tokens.dropped << " tokens dropped (the model keeps "
+      std::cerr << which << tokens.dropped << " tokens dropped (the model keeps "
                 << tokenizer->max_length() << ")\n";
+    }
+    if (!tokens.unknown.empty()) {
+      std::cout.flush();
+      std::cerr << which << "not in the vocabulary, read as unknown: "
+                << QuotedList(tokens.unknown) << "\n";
     }
   }
   return 0;

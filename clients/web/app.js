@@ -404,8 +404,9 @@ function onGridEvent(name, payload) {
   if (name !== 'grid') updateProgress();
 }
 
-// A text model reads a bounded number of tokens: say when the plan cut a
-// prompt, since the grid then shows the shorter text.
+// A text model reads a bounded number of tokens, and a word vocabulary reads
+// a word it lacks as unknown: say so, since the grid then shows less than the
+// prompt says.
 function showTokensNote(plan) {
   const cut = [];
   const tokens = (n) => `${n} token${n === 1 ? '' : 's'}`;
@@ -417,14 +418,19 @@ function showTokensNote(plan) {
     const n = plan?.[field] ?? 0;
     if (n > 0) cut.push(`its last ${tokens(n)} of ${what}`);
   }
-  tokensNote.hidden = cut.length === 0;
-  if (cut.length === 0) {
-    tokensNote.textContent = '';
-    return;
+  const unknown = plan?.unknown_words ?? [];
+  tokensNote.hidden = cut.length === 0 && unknown.length === 0;
+  const notes = [];
+  if (cut.length > 0) {
+    const max = models.find((model) => model.name === plan.model)?.max_prompt_tokens;
+    notes.push(`${cut.length > 1 ? 'Prompts are' : 'A prompt is'} too long for ${plan.model}` +
+        (max ? ` (it reads ${max} tokens)` : '') + `: it dropped ${cut.join(' and ')}.`);
   }
-  const max = models.find((model) => model.name === plan.model)?.max_prompt_tokens;
-  tokensNote.textContent = `${cut.length > 1 ? 'Prompts are' : 'A prompt is'} too long for ${plan.model}` +
-      (max ? ` (it reads ${max} tokens)` : '') + `: it dropped ${cut.join(' and ')}.`;
+  if (unknown.length > 0) {
+    notes.push(`${plan.model} does not know ${unknown.map((word) => `“${word}”`).join(', ')}: ` +
+        'it reads them as an unknown word (its example prompts show words it knows).');
+  }
+  tokensNote.textContent = notes.join(' ');
 }
 
 function updateProgress() {

@@ -47,6 +47,9 @@ struct TokenizerSpec {
 struct Tokens {
   std::vector<int64_t> ids;
   int dropped = 0;  // content tokens cut to fit max_length
+  // Words kept in ids as unk_id because the vocabulary lacks them, each
+  // once, in order (the words kind; CLIP's byte-level BPE has none).
+  std::vector<std::string> unknown;
 };
 
 class Tokenizer {

@@ -365,6 +365,10 @@ TEST(WordTokenizerTest, LooksUpLowerCasedWords) {
   const Tokens tokens = (*tokenizer)->Encode("A  photo of a DOG!  ÉTÉ 12");
   EXPECT_THAT(tokens.ids, ElementsAre(1, 2, 3, 1, 0, 6, 7, 5));
   EXPECT_EQ(tokens.dropped, 0);
+  EXPECT_THAT(tokens.unknown, ElementsAre("dog"));
+  // Each unknown word once, in order; none past the cut.
+  EXPECT_THAT((*tokenizer)->Encode("zebra cat zebra gnu a a a a yak").unknown,
+              ElementsAre("zebra", "gnu"));
   EXPECT_EQ((*tokenizer)->Padded(tokens), tokens.ids);  // no pad id: unpadded
 
   const Tokens cut = (*tokenizer)->Encode("a a a a a a a a a cat");

@@ -2,6 +2,7 @@
 
 #include <re2/re2.h>
 
+#include <algorithm>
 #include <string>
 #include <utility>
 #include <vector>
@@ -48,14 +49,26 @@ class WordTokenizer final : public Tokenizer {
     const std::string clean = ToLowerCase(CollapseWhitespace(NormalizeNfc(text)));
     const re2::StringPiece input(clean.data(), clean.size());
     std::vector<int64_t> content;
+    std::vector<std::pair<size_t, std::string>> unknown;  // position in content, word
     re2::StringPiece word;
     for (size_t pos = 0;
          pos < input.size() && pattern_.Match(input, pos, input.size(), RE2::UNANCHORED, &word, 1);
          pos = word.end() - input.begin()) {
-      const auto it = ids_.find(absl::string_view(word.data(), word.size()));
+      const absl::string_view text(word.data(), word.size());
+      const auto it = ids_.find(text);
+      if (it == ids_.end()) unknown.emplace_back(content.size(), std::string(text));
       content.push_back(it != ids_.end() ? it->second : spec().unk_id);
     }
-    return Frame(std::move(content));
+    const size_t words = content.size();
+    Tokens tokens = Frame(std::move(content));
+    const size_t kept = words - static_cast<size_t>(tokens.dropped);
+    for (auto& [position, text] : unknown) {
+      if (position < kept && std::find(tokens.unknown.begin(), tokens.unknown.end(), text) ==
+                                 tokens.unknown.end()) {
+        tokens.unknown.push_back(std::move(text));
+      }
+    }
+    return tokens;
   }
 
  private:

@@ -417,6 +417,7 @@ void PlanToProto(const GridPlanSpec& plan, v1::GridPlan* out) {
   out->set_negative_prompt_tokens_dropped(plan.negative_prompt_tokens_dropped);
   out->set_switch_prompt_tokens_dropped(plan.switch_prompt_tokens_dropped);
   out->set_switch_negative_prompt_tokens_dropped(plan.switch_negative_prompt_tokens_dropped);
+  for (const std::string& word : plan.unknown_words) out->add_unknown_words(word);
   out->set_switch_prompt(plan.switch_prompt);
   out->set_switch_negative_prompt(plan.switch_negative_prompt);
   out->set_branch_noise(plan.trunk_noise ? v1::BRANCH_NOISE_TRUNK : v1::BRANCH_NOISE_NEW);

@@ -69,6 +69,8 @@ struct GridPlanSpec {
   int negative_prompt_tokens_dropped = 0;
   int switch_prompt_tokens_dropped = 0;
   int switch_negative_prompt_tokens_dropped = 0;
+  // Words of the prompts the model's word vocabulary lacks, each once.
+  std::vector<std::string> unknown_words;
   // A prompt switch at each row's branch step (empty switch_prompt: none),
   // and whether the branches keep the trunk's noise.
   std::string switch_prompt;

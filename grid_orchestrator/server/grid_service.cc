@@ -251,6 +251,14 @@ absl::StatusOr<GridPlanSpec> GridService::Plan(const v1::GridRequest& request) {
   plan->negative_prompt_tokens_dropped = tokens.texts(1).dropped();
   plan->switch_prompt_tokens_dropped = tokens.texts(2).dropped();
   plan->switch_negative_prompt_tokens_dropped = tokens.texts(3).dropped();
+  for (const v1::TokenizedText& text : tokens.texts()) {
+    for (const std::string& word : text.unknown_words()) {
+      if (std::find(plan->unknown_words.begin(), plan->unknown_words.end(), word) ==
+          plan->unknown_words.end()) {
+        plan->unknown_words.push_back(word);
+      }
+    }
+  }
   return plan;
 }
 

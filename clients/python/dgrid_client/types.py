@@ -218,6 +218,9 @@ class Plan:
     # Text models: the tokens cut off the switch prompts.
     switch_prompt_tokens_dropped: int = 0
     switch_negative_prompt_tokens_dropped: int = 0
+    # Models with a word vocabulary: words of the prompts it lacks and reads
+    # as its unknown token.
+    unknown_words: Tuple[str, ...] = ()
 
     @property
     def tokens_dropped(self) -> bool:
@@ -256,6 +259,7 @@ class Plan:
             switch_negative_prompt_tokens_dropped=p.switch_negative_prompt_tokens_dropped,
             branch_noise=branch_noise_name(p.branch_noise),
             sampler=sampler_name(p.sampler.sampler),
+            unknown_words=tuple(p.unknown_words),
         )
 
 

@@ -59,6 +59,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                               f"negative prompt, {event.switch_prompt_tokens_dropped} of the "
                               f"switch prompt and {event.switch_negative_prompt_tokens_dropped} "
                               "of the switch negative prompt", file=sys.stderr)
+                    if event.unknown_words:
+                        print(f"warning: {event.model} does not know "
+                              f"{', '.join(repr(w) for w in event.unknown_words)}: read as "
+                              "unknown", file=sys.stderr)
                 elif isinstance(event, TrunkProgress):
                     print(f"trunk at step {event.step} (t={event.timestep})", file=sys.stderr)
                 elif isinstance(event, Cell):

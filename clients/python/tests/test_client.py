@@ -422,6 +422,9 @@ class RequestTest(unittest.TestCase):
         self.assertEqual((plan.negative_prompt, plan.prompt_tokens_dropped,
                           plan.negative_prompt_tokens_dropped, plan.tokens_dropped),
                          ("y", 5, 0, True))
+        self.assertEqual(plan.unknown_words, ())
+        self.assertEqual(Plan.from_proto(orchestrator_pb2.GridPlan(
+            unknown_words=["xyzzy", "qux"])).unknown_words, ("xyzzy", "qux"))
         text = Model.from_proto(denoiser_pb2.ModelInfo(
             name="sd", conditioning="text", example_prompts=["a", "b"], max_prompt_tokens=77))
         self.assertEqual((text.is_text, text.example_prompts, text.max_prompt_tokens),
