@@ -896,5 +896,44 @@ TEST_F(SlowGridTest, AGridWhoseClientHangsUpStops) {
   if (auto grid = StartGrpcGrid(*stub)) Stop(std::move(grid));
 }
 
+// SIGTERM gives running grids the shutdown's grace (5 s) over HTTP as over
+// gRPC. The gateway once waited for every stream to finish, a minute here
+// and up to the grid timeout, past Kubernetes' 30 s before SIGKILL.
+TEST(HttpShutdownTest, RunningStreamsEndWithinTheGrace) {
+  testing::StackOptions options;
+  options.denoisers = 1;
+  options.denoiser_flags = {"--debug_step_delay_ms=300"};
+  options.orchestrator_flags = {"--http_addr=127.0.0.1:0", "--web_dir="};
+  auto stack = Stack::Start(options, "http-shutdown");
+  ASSERT_TRUE(stack.ok()) << stack.status();
+  auto ports = testing::WaitForPortFile((*stack)->dir() + "/orchestrator.ports", absl::Seconds(5));
+  ASSERT_TRUE(ports.ok()) << ports.status();
+  const int port = (*ports)["http"];
+  ASSERT_TRUE(WaitUntilServing(port, {}));
+  const int fd = Connect(port);
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(SendAll(fd, Request("POST", "/api/v1/grid/stream", {kJson}, kLargeGrid)));
+  // The stream has begun: its plan is out.
+  std::string seen;
+  char buffer[4096];
+  const absl::Time begun = absl::Now() + absl::Seconds(20);
+  while (seen.find("event: plan") == std::string::npos && absl::Now() < begun) {
+    timeval tv = absl::ToTimeval(absl::Seconds(1));
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    const ssize_t n = ::recv(fd, buffer, sizeof(buffer), 0);
+    if (n > 0) seen.append(buffer, n);
+  }
+  ASSERT_NE(seen.find("event: plan"), std::string::npos) << seen.substr(0, 300);
+  const absl::Time stop = absl::Now();
+  (*stack)->orchestrator().Signal(SIGTERM);
+  absl::StatusOr<int> code = (*stack)->orchestrator().Wait(absl::Seconds(30));
+  const absl::Duration took = absl::Now() - stop;
+  ASSERT_TRUE(code.ok()) << "still running after SIGTERM";
+  EXPECT_EQ(*code, 0) << (*stack)->orchestrator().Log();
+  EXPECT_LT(took, absl::Seconds(10)) << took;
+  std::cout << "orchestrator stopped " << took << " after SIGTERM with a grid streaming\n";
+  ::close(fd);
+}
+
 }  // namespace
 }  // namespace dgrid

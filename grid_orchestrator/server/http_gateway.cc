@@ -172,8 +172,10 @@ thread_local ClientConnection* t_connection = nullptr;
 // deadline, over TLS too (then `ssl` is set), so that no read outlives it.
 class ClientConnection final : public httplib::Stream {
  public:
-  // Owns `fd` and `ssl` (either may be unusable: see usable()).
-  ClientConnection(int fd, SSL* ssl, bool tls) : fd_(fd), ssl_(ssl), tls_(tls) {
+  // Owns `fd` and `ssl` (either may be unusable: see usable()). Its work is
+  // abandoned once the clock passes `streams_end_ns` (the gateway stopping).
+  ClientConnection(int fd, SSL* ssl, bool tls, const std::atomic<int64_t>& streams_end_ns)
+      : fd_(fd), ssl_(ssl), tls_(tls), streams_end_ns_(streams_end_ns) {
     ::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) | O_NONBLOCK);
     if (ssl_) SSL_set_fd(ssl_, fd_);
     Address(::getpeername, &remote_ip_, &remote_port_);
@@ -255,6 +257,12 @@ class ClientConnection final : public httplib::Stream {
   // too slowly returns: each wait for it is bounded, but a trickle of reads
   // starts a new one. Safe from any thread while the connection is open.
   void Abort() const { ::shutdown(fd_, SHUT_RDWR); }
+
+  // Whether the grid or curve this connection serves should stop: its
+  // client hung up, or the gateway is stopping and its grace has passed.
+  bool Abandoned() const {
+    return ClientClosed() || absl::GetCurrentTimeNanos() > streams_end_ns_.load();
+  }
 
   // Whether the client has hung up. Safe from any thread: it only polls.
   bool ClientClosed() const {
@@ -409,6 +417,7 @@ class ClientConnection final : public httplib::Stream {
   const int fd_;
   SSL* const ssl_;
   const bool tls_;
+  const std::atomic<int64_t>& streams_end_ns_;
   bool handshaken_ = false;
   std::string remote_ip_;
   std::string local_ip_;
@@ -486,9 +495,9 @@ using RequestStep = std::function<bool(httplib::Stream&, bool last, bool& closed
 // kRequestsPerConnection requests, each given to `step`.
 void ServeConnection(int fd, SSL_CTX* tls, const std::atomic<socket_t>& listening,
                      ConnectionsPerClient& per_client, absl::Duration head_timeout,
-                     const RequestStep& step) {
+                     const std::atomic<int64_t>& streams_end_ns, const RequestStep& step) {
   const absl::Time opened = absl::Now();
-  ClientConnection connection(fd, tls ? SSL_new(tls) : nullptr, tls != nullptr);
+  ClientConnection connection(fd, tls ? SSL_new(tls) : nullptr, tls != nullptr, streams_end_ns);
   if (!connection.usable()) return;
   if (t_over_capacity) return Refuse(connection, "too many open connections");
   const std::string client = ClientKey(connection.remote_ip());
@@ -521,16 +530,18 @@ template <typename Base>
 class BoundedServer final : public Base {
  public:
   template <typename... Args>
-  BoundedServer(size_t max_connections_per_client, absl::Duration head_timeout, Args&&... args)
+  BoundedServer(size_t max_connections_per_client, absl::Duration head_timeout,
+                const std::atomic<int64_t>& streams_end_ns, Args&&... args)
       : Base(std::forward<Args>(args)...),
         per_client_(max_connections_per_client),
-        head_timeout_(head_timeout) {}
+        head_timeout_(head_timeout),
+        streams_end_ns_(streams_end_ns) {}
 
  private:
   bool process_and_close_socket(socket_t sock) override {
     SSL_CTX* tls = nullptr;
     if constexpr (std::is_base_of_v<httplib::SSLServer, Base>) tls = this->ssl_context();
-    ServeConnection(sock, tls, this->svr_sock_, per_client_, head_timeout_,
+    ServeConnection(sock, tls, this->svr_sock_, per_client_, head_timeout_, streams_end_ns_,
                     [this](httplib::Stream& stream, bool last, bool& closed) {
                       return this->process_request(stream, last, closed, nullptr);
                     });
@@ -539,6 +550,7 @@ class BoundedServer final : public Base {
 
   ConnectionsPerClient per_client_;
   const absl::Duration head_timeout_;
+  const std::atomic<int64_t>& streams_end_ns_;
 };
 
 // httplib gives each accepted connection to a TaskQueue, and the connection
@@ -922,7 +934,7 @@ Caller CallerOf(const httplib::Request& request) {
   // the connection, as a gRPC call's is cancelled. Both run while the
   // request is served, so the connection outlives them.
   if (const ClientConnection* connection = t_connection) {
-    caller.gone = [connection] { return connection->ClientClosed(); };
+    caller.gone = [connection] { return connection->Abandoned(); };
     caller.abort = [connection] { connection->Abort(); };
   }
   return caller;
@@ -1072,18 +1084,18 @@ void AddRoutes(GridService* service, CurveService* curves, size_t max_body_bytes
   server.Post(kCurveStreamPath, CurveRoute(curves, max_body_bytes));
 }
 
-absl::StatusOr<std::unique_ptr<httplib::Server>> NewServer(const ServerTlsFiles& tls,
-                                                           size_t max_connections_per_client,
-                                                           absl::Duration head_timeout) {
+absl::StatusOr<std::unique_ptr<httplib::Server>> NewServer(
+    const ServerTlsFiles& tls, size_t max_connections_per_client, absl::Duration head_timeout,
+    const std::atomic<int64_t>& streams_end_ns) {
   if (tls.cert.empty() && tls.key.empty()) {
     return std::make_unique<BoundedServer<httplib::Server>>(max_connections_per_client,
-                                                            head_timeout);
+                                                            head_timeout, streams_end_ns);
   }
   if (tls.cert.empty() || tls.key.empty()) {
     return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
   }
   auto server = std::make_unique<BoundedServer<httplib::SSLServer>>(
-      max_connections_per_client, head_timeout, tls.cert.c_str(), tls.key.c_str(),
+      max_connections_per_client, head_timeout, streams_end_ns, tls.cert.c_str(), tls.key.c_str(),
       tls.client_ca.empty() ? nullptr : tls.client_ca.c_str());
   if (!server->is_valid()) {
     return absl::InvalidArgumentError("--tls_cert/--tls_key: cannot set up HTTPS");
@@ -1119,7 +1131,8 @@ absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(const HttpGatewa
     return absl::InvalidArgumentError("--http_head_timeout_s must be positive");
   }
   const size_t per_client = static_cast<size_t>(std::max(o.max_connections_per_client, 1));
-  ASSIGN_OR_RETURN(gateway->server_, NewServer(o.tls, per_client, o.head_timeout));
+  ASSIGN_OR_RETURN(gateway->server_,
+                   NewServer(o.tls, per_client, o.head_timeout, gateway->streams_end_ns_));
   ASSIGN_OR_RETURN(CorsPolicy cors, CorsPolicy::Create(o.cors_origins));
   ASSIGN_OR_RETURN(HostPolicy hosts, HostPolicy::Create(o.allowed_hosts, host));
   const RequestPolicy policy{std::move(cors), std::move(hosts)};
@@ -1153,9 +1166,16 @@ absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(const HttpGatewa
   return gateway;
 }
 
-HttpGateway::~HttpGateway() {
+void HttpGateway::Shutdown(absl::Duration grace) {
+  // Grids and curves still running after the grace end as if their client
+  // had gone; stop() closes the listening socket at once, and the listening
+  // thread then joins every connection's.
+  const int64_t end = absl::ToUnixNanos(absl::Now() + std::max(grace, absl::ZeroDuration()));
+  if (end < streams_end_ns_.load()) streams_end_ns_.store(end);
   if (server_) server_->stop();
   if (thread_.joinable()) thread_.join();
 }
+
+HttpGateway::~HttpGateway() { Shutdown(absl::ZeroDuration()); }
 
 }  // namespace dgrid

@@ -45,6 +45,9 @@
 #ifndef DGRID_GRID_ORCHESTRATOR_SERVER_HTTP_GATEWAY_H_
 #define DGRID_GRID_ORCHESTRATOR_SERVER_HTTP_GATEWAY_H_
 
+#include <atomic>
+#include <cstdint>
+#include <limits>
 #include <memory>
 #include <string>
 #include <thread>
@@ -93,11 +96,17 @@ class HttpGateway {
   static absl::StatusOr<std::unique_ptr<HttpGateway>> Start(const HttpGatewayOptions& options,
                                                            GridService* service,
                                                            CurveService* curves);
-  ~HttpGateway();
+  // Stops listening at once; grids and curves over HTTP may run on for
+  // `grace`, then stop as if their client had gone. Returns once every
+  // connection has closed.
+  void Shutdown(absl::Duration grace);
+  ~HttpGateway();  // Shutdown with no grace
   int port() const { return port_; }
 
  private:
   HttpGateway() = default;
+  // When running streams end: never, until Shutdown. Outlives server_.
+  std::atomic<int64_t> streams_end_ns_{std::numeric_limits<int64_t>::max()};
   std::unique_ptr<httplib::Server> server_;
   std::thread thread_;
   int port_ = 0;

@@ -3,6 +3,8 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <thread>
+
 #include "absl/strings/str_cat.h"
 #include "common/grpc_server.h"
 #include "common/metrics_exposer.h"
@@ -86,10 +88,17 @@ int OrchestratorServer::metrics_port() const {
 void OrchestratorServer::Wait() { server_->Wait(); }
 
 void OrchestratorServer::Shutdown(absl::Duration grace) {
+  // Both front ends stop taking work at once and give what runs the same
+  // grace: gRPC cancels its calls then, HTTP its grids and curves.
+  const absl::Time deadline = absl::Now() + grace;
+  std::thread grpc_stop;
+  if (server_) {
+    server_->GetHealthCheckService()->Shutdown();
+    grpc_stop = std::thread([this, deadline] { server_->Shutdown(absl::ToChronoTime(deadline)); });
+  }
+  if (http_) http_->Shutdown(deadline - absl::Now());
   http_.reset();
-  if (!server_) return;
-  server_->GetHealthCheckService()->Shutdown();
-  server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+  if (grpc_stop.joinable()) grpc_stop.join();
   server_.reset();
 }
 
