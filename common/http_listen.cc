@@ -2,6 +2,8 @@
 
 #include <sys/socket.h>
 
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "httplib.h"
 
 namespace dgrid {
@@ -11,6 +13,11 @@ void ListenAlone(httplib::Server& server) {
     const int yes = 1;
     ::setsockopt(socket, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
   });
+}
+
+void WaitUntilListening(const httplib::Server& server) {
+  const absl::Time until = absl::Now() + absl::Seconds(5);
+  while (!server.is_running() && absl::Now() < until) absl::SleepFor(absl::Milliseconds(1));
 }
 
 }  // namespace dgrid

@@ -1,13 +1,17 @@
-// The listening socket's options for this project's cpp-httplib servers (the
-// HTTP gateway, the metrics endpoints). httplib's own set SO_REUSEPORT, so a
-// second server started on a port in use binds beside the first and takes
-// part of its connections, silently. These set SO_REUSEADDR alone: a
-// restarted server binds while its old connections linger in TIME_WAIT, and
-// a second live one fails to bind.
+// Starting and stopping this project's cpp-httplib servers (the HTTP
+// gateway, the metrics endpoints).
+//
+// httplib's listening socket sets SO_REUSEPORT, so a second server started
+// on a port in use binds beside the first and takes part of its
+// connections, silently. ListenAlone sets SO_REUSEADDR alone: a restarted
+// server binds while its old connections linger in TIME_WAIT, and a second
+// live one fails to bind.
 //
 //   httplib::Server server;
 //   ListenAlone(server);
 //   if (!server.bind_to_port(host, port)) ...  // in use
+//   std::thread thread([&] { server.listen_after_bind(); });
+//   WaitUntilListening(server);
 #ifndef DGRID_COMMON_HTTP_LISTEN_H_
 #define DGRID_COMMON_HTTP_LISTEN_H_
 
@@ -18,6 +22,11 @@ class Server;
 namespace dgrid {
 
 void ListenAlone(httplib::Server& server);
+
+// Waits (at most 5 s) until the thread that runs `server.listen_after_bind()`
+// has begun: httplib's stop() does nothing before, so a shutdown right after
+// start would miss it and its join would wait for ever.
+void WaitUntilListening(const httplib::Server& server);
 
 }  // namespace dgrid
 

@@ -42,6 +42,7 @@ absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(
   }
   httplib::Server* server = endpoint->server_.get();
   endpoint->thread_ = std::thread([server] { server->listen_after_bind(); });
+  WaitUntilListening(*server);
   return endpoint;
 }
 

@@ -2,6 +2,7 @@
 
 #include <map>
 #include <optional>
+#include <system_error>
 #include <thread>
 
 #include "absl/random/random.h"
@@ -216,8 +217,19 @@ void GridExecutor::GridRun::Fail(const absl::Status& status) {
 }
 
 void GridExecutor::GridRun::Spawn(std::function<void()> job) {
-  std::lock_guard<std::mutex> lock(mu_);
-  threads_.emplace_back(std::move(job));
+  std::string why;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    try {
+      threads_.emplace_back(std::move(job));
+      return;
+    } catch (const std::system_error& e) {
+      // Out of threads (a pids limit): the grid fails; uncaught in a job's
+      // thread, it would have ended the process.
+      why = e.what();
+    }
+  }
+  Fail(absl::ResourceExhaustedError(absl::StrCat("cannot start a job's thread: ", why)));
 }
 
 // ---- One job ----

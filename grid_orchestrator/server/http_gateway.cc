@@ -1163,6 +1163,7 @@ absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(const HttpGatewa
         absl::StrCat("cannot listen for HTTP on ", o.address, " (in use by another process?)"));
   }
   gateway->thread_ = std::thread([&server] { server.listen_after_bind(); });
+  WaitUntilListening(server);
   return gateway;
 }
 
