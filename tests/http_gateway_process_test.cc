@@ -177,6 +177,25 @@ size_t LongestRun(const std::string& text, char c) {
   return best;
 }
 
+// A grid POST with the token and a chunked body: the head and `start`, then
+// what `send` writes from another thread, which stops when the server
+// closes the connection; and the answer.
+HttpAnswer PostChunked(int port, const std::string& start, const std::function<void(int)>& send) {
+  const int fd = Connect(port);
+  if (fd < 0) return {};
+  const std::string head = absl::StrCat(
+      "POST /api/v1/grid HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n",
+      kAuth.name, ": ", kAuth.value, "\r\nTransfer-Encoding: chunked\r\n\r\n", start);
+  std::thread sender([&] {
+    if (SendAll(fd, head)) send(fd);
+  });
+  const HttpAnswer answer = ReadAnswer(fd, absl::Seconds(30), absl::Now());
+  ::shutdown(fd, SHUT_RDWR);
+  sender.join();
+  ::close(fd);
+  return answer;
+}
+
 // `n` connections from `source` that send nothing: a few at a time, since
 // httplib listens with a backlog of 5 (a connection past it waits for a
 // SYN-ACK retry, about 1 s). Then, if `settle`, waits until the server has
@@ -270,15 +289,8 @@ TEST_F(HttpGatewayTest, ChunkedBodyPastTheLimitGets413AndIsNotBuffered) {
   const pid_t pid = stack_->orchestrator().pid();
   const int64_t before = PeakRssKib(pid);
   ASSERT_GT(before, 0);
-  const int fd = Connect(port_);
-  ASSERT_GE(fd, 0);
-  const std::string head = absl::StrCat(
-      "POST /api/v1/grid HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n",
-      kAuth.name, ": ", kAuth.value, "\r\nTransfer-Encoding: chunked\r\n\r\n");
-  // 32 MiB of prompt in 1 MiB chunks; the sender stops when the server
-  // closes the connection.
-  std::thread sender([fd, head] {
-    if (!SendAll(fd, head)) return;
+  // 32 MiB of prompt in 1 MiB chunks.
+  const HttpAnswer answer = PostChunked(port_, "", [](int fd) {
     const std::string chunk(1 << 20, 'p');
     const std::string framed = absl::StrCat(absl::Hex(chunk.size()), "\r\n", chunk, "\r\n");
     if (!SendAll(fd, "a\r\n{\"prompt\":\r\n1\r\n\"\r\n")) return;
@@ -287,10 +299,6 @@ TEST_F(HttpGatewayTest, ChunkedBodyPastTheLimitGets413AndIsNotBuffered) {
     }
     SendAll(fd, "2\r\n\"}\r\n0\r\n\r\n");
   });
-  const HttpAnswer answer = ReadAnswer(fd, absl::Seconds(30), absl::Now());
-  ::shutdown(fd, SHUT_RDWR);
-  sender.join();
-  ::close(fd);
   EXPECT_EQ(answer.status, 413) << answer.body.substr(0, 300);
   EXPECT_NE(answer.body.find("larger than the limit"), std::string::npos) << answer.body;
   EXPECT_LE(answer.body.size(), 300u);
@@ -316,22 +324,12 @@ TEST_F(HttpGatewayTest, AChunkSizeLineWithoutEndIsCutOff) {
   const pid_t pid = stack_->orchestrator().pid();
   const int64_t before = PeakRssKib(pid);
   ASSERT_GT(before, 0);
-  const int fd = Connect(port_);
-  ASSERT_GE(fd, 0);
-  const std::string head = absl::StrCat(
-      "POST /api/v1/grid HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n",
-      kAuth.name, ": ", kAuth.value, "\r\nTransfer-Encoding: chunked\r\n\r\n1;");
-  std::thread sender([fd, head] {
-    if (!SendAll(fd, head)) return;
+  const HttpAnswer answer = PostChunked(port_, "1;", [](int fd) {
     const std::string extension(1 << 20, 'x');
     for (int i = 0; i < 32; ++i) {
       if (!SendAll(fd, extension)) return;
     }
   });
-  const HttpAnswer answer = ReadAnswer(fd, absl::Seconds(30), absl::Now());
-  ::shutdown(fd, SHUT_RDWR);
-  sender.join();
-  ::close(fd);
   EXPECT_EQ(answer.status, 413) << answer.body.substr(0, 300);
   EXPECT_LT(answer.took, absl::Seconds(20));
   const int64_t grown_kib = PeakRssKib(pid) - before;
