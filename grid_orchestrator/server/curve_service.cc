@@ -4,6 +4,8 @@
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <optional>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -14,6 +16,7 @@
 #include "grid_orchestrator/assemble/curve_figure.h"
 #include "grid_orchestrator/assemble/decision_curve.h"
 #include "grid_orchestrator/execute/grid_judge.h"
+#include "grid_orchestrator/server/client_watch.h"
 
 namespace dgrid {
 namespace {
@@ -100,15 +103,28 @@ class CurveService::CurveRun {
     workers_left_ = workers;
     judging_ = true;
     std::vector<std::thread> threads;
-    for (int w = 0; w < workers; ++w) {
-      threads.emplace_back([this] {
-        Work();
+    int started = 0;
+    try {
+      for (; started < workers; ++started) {
+        threads.emplace_back([this] {
+          Work();
+          std::lock_guard<std::mutex> lock(mu_);
+          --workers_left_;
+          changed_.notify_all();
+        });
+      }
+      threads.emplace_back([this] { JudgeDrawnGrids(); });
+    } catch (const std::system_error& e) {
+      // Out of threads (a pids limit): the curve fails, and what did start
+      // stops; uncaught, the exception would end the process.
+      {
         std::lock_guard<std::mutex> lock(mu_);
-        --workers_left_;
-        changed_.notify_all();
-      });
+        workers_left_ -= workers - started;
+        if (threads.size() == static_cast<size_t>(started)) judging_ = false;
+      }
+      Fail(absl::ResourceExhaustedError(
+          absl::StrCat("cannot start the curve's threads: ", e.what())));
     }
-    threads.emplace_back([this] { JudgeDrawnGrids(); });
     DeliverProgress(deliver);
     for (std::thread& t : threads) t.join();
     if (!status_.ok()) return status_;
@@ -129,7 +145,12 @@ class CurveService::CurveRun {
         std::lock_guard<std::mutex> lock(mu_);
         if (next_ >= request_.trunks() || !status_.ok()) return;
         trunk = next_++;
-        if (trunk == 0) admitted = std::move(first_);
+        if (trunk == 0) {
+          // Counted as held at once: a worker refused meanwhile must see
+          // that a place will come free.
+          admitted = std::move(first_);
+          ++holding_;
+        }
       }
       absl::Status s = RunTrunk(trunk, std::move(admitted));
       if (!s.ok()) {
@@ -141,13 +162,10 @@ class CurveService::CurveRun {
 
   // Draws trunk `trunk`'s grid and queues it for the judge.
   absl::Status RunTrunk(int trunk, std::unique_ptr<AdmittedGrid> admitted) {
-    if (!admitted) {
+    if (!admitted) {  // trunk 0 comes admitted, and counted in holding_
       absl::StatusOr<std::unique_ptr<AdmittedGrid>> a = AdmitWhenFree(trunk);
       if (!a.ok()) return a.status();
       admitted = std::move(*a);
-    } else {
-      std::lock_guard<std::mutex> lock(mu_);
-      ++holding_;
     }
     absl::StatusOr<v1::Grid> grid = service_->grids_->Run(
         *admitted, caller_, [](const v1::GridEvent&) { return true; }, &cancel_,
@@ -224,7 +242,8 @@ class CurveService::CurveRun {
         before = released_;
       }
       absl::StatusOr<std::unique_ptr<AdmittedGrid>> admitted =
-          service_->grids_->Admit(caller_, TrunkRequest(request_, trunk), GridImages::kCellsOnly);
+          service_->grids_->Admit(caller_, TrunkRequest(request_, trunk), GridImages::kCellsOnly,
+                                  GridService::Refusal::kCallerWaits);
       std::unique_lock<std::mutex> lock(mu_);
       --admitting_;
       changed_.notify_all();
@@ -339,6 +358,30 @@ absl::StatusOr<v1::CurveResult> CurveService::Run(AdmittedCurve& curve, const Ca
                                                   const CurveSink& sink) {
   const absl::Time started = absl::Now();
   if (!curve.first_) return absl::FailedPreconditionError("this curve has run already");
+  // A client that stops reading: a write blocked past max_write_stall breaks
+  // the transport (gRPC: TryCancel), as for a grid, else this thread would
+  // wait for ever on the curve's last event.
+  GridCancel unused;  // the curve's grids have their own
+  std::optional<ClientWatch> watch;
+  try {
+    watch.emplace(caller, grids_->max_write_stall(), &unused);
+  } catch (const std::system_error& e) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot start the curve's threads: ", e.what()));
+  }
+  const CurveSink watched = [&](const v1::CurveEvent& event) {
+    watch->WriteStarts();
+    const bool written = sink(event);
+    watch->WriteEnds();
+    return written;
+  };
+  auto abandoned = [&] {
+    return watch->stalled()
+               ? absl::CancelledError(absl::StrCat(
+                     "curve cancelled: a write to the client blocked for more than ",
+                     absl::FormatDuration(grids_->max_write_stall())))
+               : absl::CancelledError("curve cancelled: the client went away");
+  };
   const v1::CurveRequest& request = curve.request_;
   const GridPlanSpec& plan = curve.plan_;
   const std::vector<std::string>* heads = &curve.heads_;
@@ -346,14 +389,15 @@ absl::StatusOr<v1::CurveResult> CurveService::Run(AdmittedCurve& curve, const Ca
   PlanToProto(plan, result.mutable_plan());
   v1::CurveEvent plan_event;
   *plan_event.mutable_plan() = result.plan();
-  if (!sink(plan_event)) return absl::CancelledError("curve cancelled: the client went away");
+  if (!watched(plan_event)) return abandoned();
 
   CurveRun run(this, caller, request, static_cast<int>(heads->size()));
   CurveObservations observations;
   observations.heads = static_cast<int>(heads->size());
   for (const PlannedRow& row : plan.rows) observations.branch_steps.push_back(row.branch_step);
-  absl::StatusOr<std::vector<TrunkObservation>> trunks = run.Execute(std::move(curve.first_), sink);
-  if (!trunks.ok()) return trunks.status();
+  absl::StatusOr<std::vector<TrunkObservation>> trunks =
+      run.Execute(std::move(curve.first_), watched);
+  if (!trunks.ok()) return watch->stalled() ? abandoned() : trunks.status();
   observations.trunks = std::move(*trunks);
   absl::StatusOr<CurveStatistics> statistics = ComputeDecisionCurve(observations);
   if (!statistics.ok()) return absl::InternalError(statistics.status().message());
@@ -400,7 +444,7 @@ absl::StatusOr<v1::CurveResult> CurveService::Run(AdmittedCurve& curve, const Ca
   result.set_judged_images(run.judged_images());
   v1::CurveEvent last;
   *last.mutable_curve() = result;
-  if (!sink(last)) return absl::CancelledError("curve cancelled: the client went away");
+  if (!watched(last)) return abandoned();
   return result;
 }
 

@@ -3,7 +3,11 @@
 // independently over the same grids.
 #include "grid_orchestrator/server/curve_service.h"
 
+#include <prometheus/registry.h>
+
 #include "common/png_image.h"
+#include "grid_orchestrator/metrics/orchestrator_metrics.h"
+#include "grid_orchestrator/testing/abort_latch.h"
 #include "grid_orchestrator/testing/fake_denoiser.h"
 #include "gtest/gtest.h"
 
@@ -21,7 +25,7 @@ class CurveServiceTest : public ::testing::Test {
     executor_ = std::make_unique<GridExecutor>(pool_.get(), &cache_, nullptr, ExecutorOptions{});
   }
   void Start(OrchestratorLimits limits = {}, CurveLimits curve_limits = {}) {
-    grids_ = std::make_unique<GridService>(pool_.get(), executor_.get(), nullptr, limits, "");
+    grids_ = std::make_unique<GridService>(pool_.get(), executor_.get(), &metrics_, limits, "");
     curves_ = std::make_unique<CurveService>(grids_.get(), pool_.get(), curve_limits);
   }
   static v1::CurveRequest Request(int trunks) {
@@ -38,7 +42,21 @@ class CurveServiceTest : public ::testing::Test {
     return DecodePng({reinterpret_cast<const uint8_t*>(png.data()), png.size()})->pixels[0] >= 128;
   }
 
+  // dgrid_orchestrator_grids_total{status}.
+  double Grids(const std::string& status) {
+    for (const prometheus::MetricFamily& family : metrics_.registry()->Collect()) {
+      if (family.name != "dgrid_orchestrator_grids_total") continue;
+      for (const prometheus::ClientMetric& metric : family.metric) {
+        for (const prometheus::ClientMetric::Label& label : metric.label) {
+          if (label.name == "status" && label.value == status) return metric.counter.value;
+        }
+      }
+    }
+    return 0;
+  }
+
   FakeReplicas replicas_{2};
+  OrchestratorMetrics metrics_;
   PrefixCache cache_{size_t{16} << 20};
   std::unique_ptr<ReplicaPool> pool_;
   std::unique_ptr<GridExecutor> executor_;
@@ -147,6 +165,32 @@ TEST_F(CurveServiceTest, TrunksWaitForTheClientsGridLimit) {
       curves_->RunCurve(Caller{}, Request(10), [](const v1::CurveEvent&) { return true; });
   ASSERT_TRUE(curve.ok()) << curve.status();
   EXPECT_EQ(curve->trunks(), 10);
+  // Waiting for a place is no refusal: "rejected" grids once fired the
+  // grid error-ratio alert for curves that all succeeded.
+  EXPECT_EQ(Grids("ok"), 10);
+  EXPECT_EQ(Grids("rejected"), 0);
+}
+
+// A client that stops reading: the curve's last write blocks until the
+// transport is aborted, which the write-stall watch does, as for a grid.
+// Before, nothing watched a curve's writes and its thread waited for ever.
+TEST_F(CurveServiceTest, AClientWhoseWriteBlocksIsCancelled) {
+  OrchestratorLimits limits;
+  limits.max_write_stall = absl::Milliseconds(300);
+  Start(limits);
+  testing::AbortLatch latch;
+  Caller caller;
+  caller.abort = latch.Abort();
+  const absl::Time start = absl::Now();
+  absl::Status status = curves_->RunCurve(caller, Request(3), [&](const v1::CurveEvent& e) {
+    if (!e.has_curve()) return true;
+    latch.Wait();
+    return false;
+  }).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kCancelled) << status;
+  EXPECT_NE(status.message().find("blocked for more than"), std::string::npos) << status;
+  EXPECT_TRUE(latch.aborted());
+  EXPECT_LT(absl::Now() - start, absl::Seconds(20));
 }
 
 }  // namespace

@@ -7,6 +7,8 @@
 #include <cstring>
 #include <deque>
 #include <mutex>
+#include <optional>
+#include <system_error>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -18,6 +20,7 @@
 #include "common/grpc_status.h"
 #include "common/short_text.h"
 #include "grid_orchestrator/metrics/orchestrator_metrics.h"
+#include "grid_orchestrator/server/client_watch.h"
 
 namespace dgrid {
 namespace {
@@ -90,55 +93,6 @@ class Outbox {
   size_t bytes_ = 0;                  // guarded by mu_
   bool overflowed_ = false;           // guarded by mu_
   bool closed_ = false;               // guarded by mu_
-};
-
-// Watches the client while its grid runs: cancels the grid when the client
-// goes away, or when one write to it blocks past `max_stall` (then it also
-// aborts the transport, so that the blocked write returns). Polls, because
-// neither sync gRPC handlers nor HTTP handlers get a callback for either.
-class ClientWatch {
- public:
-  ClientWatch(const Caller& caller, absl::Duration max_stall, GridCancel* cancel)
-      : thread_([this, &caller, max_stall, cancel] {
-          while (!WaitDone(absl::Milliseconds(25))) {
-            if (caller.gone()) {
-              cancel->Cancel();
-              return;
-            }
-            const int64_t since = write_started_ns_.load();
-            if (since != 0 && absl::Now() - absl::FromUnixNanos(since) > max_stall) {
-              stalled_.store(true);
-              cancel->Cancel();
-              if (caller.abort) caller.abort();
-              return;
-            }
-          }
-        }) {}
-  ~ClientWatch() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      done_ = true;
-    }
-    done_cv_.notify_all();
-    thread_.join();
-  }
-  void WriteStarts() { write_started_ns_.store(absl::ToUnixNanos(absl::Now())); }
-  void WriteEnds() { write_started_ns_.store(0); }
-  bool stalled() const { return stalled_.load(); }
-
- private:
-  bool WaitDone(absl::Duration timeout) {
-    std::unique_lock<std::mutex> lock(mu_);
-    return done_cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout), [this] { return done_; });
-  }
-
-  std::atomic<int64_t> write_started_ns_{0};
-  std::atomic<bool> stalled_{false};
-  // std primitives, not absl's: TSan sees them.
-  std::mutex mu_;
-  std::condition_variable done_cv_;
-  bool done_ = false;  // guarded by mu_
-  std::thread thread_;
 };
 
 }  // namespace
@@ -269,9 +223,11 @@ void GridService::Release(const std::string& client) {
 }
 
 absl::StatusOr<std::unique_ptr<AdmittedGrid>> GridService::Admit(
-    const Caller& caller, const v1::GridRequest& request, GridImages images) {
-  auto refuse = [this](absl::Status status) {
-    if (metrics_) metrics_->CountGrid(Outcome(status), 0);
+    const Caller& caller, const v1::GridRequest& request, GridImages images, Refusal refusal) {
+  auto refuse = [this, refusal](absl::Status status) {
+    const bool waits = refusal == Refusal::kCallerWaits &&
+                       status.code() == absl::StatusCode::kResourceExhausted;
+    if (metrics_ && !waits) metrics_->CountGrid(Outcome(status), 0);
     return status;
   };
   if (absl::Status auth = Authenticate(caller); !auth.ok()) return refuse(auth);
@@ -308,24 +264,41 @@ absl::StatusOr<v1::Grid> GridService::Run(const AdmittedGrid& admitted, const Ca
       std::min(caller.deadline, admitted.admitted_ + limits_.default_grid_timeout);
   Outbox outbox(limits_.max_outbox_bytes);
   absl::StatusOr<v1::Grid> grid;
-  std::thread worker([&] {
-    grid = executor_->Run(
-        admitted.plan(), deadline,
-        [&](const v1::GridEvent& event) {
-          if (!outbox.Push(event)) cancel->Cancel();
-        },
-        cancel);
-    outbox.Close();
-  });
+  // Out of threads (a pids limit), the grid fails; uncaught, the exception
+  // would end the process.
+  auto no_thread = [](const std::system_error& e) {
+    return absl::ResourceExhaustedError(absl::StrCat("cannot start the grid's threads: ", e.what()));
+  };
+  std::thread worker;
+  try {
+    worker = std::thread([&] {
+      grid = executor_->Run(
+          admitted.plan(), deadline,
+          [&](const v1::GridEvent& event) {
+            if (!outbox.Push(event)) cancel->Cancel();
+          },
+          cancel);
+      outbox.Close();
+    });
+  } catch (const std::system_error& e) {
+    return no_thread(e);
+  }
   bool client_ok = true;
   bool stalled = false;
   {
-    ClientWatch watch(caller, limits_.max_write_stall, cancel);
+    std::optional<ClientWatch> watch;
+    try {
+      watch.emplace(caller, limits_.max_write_stall, cancel);
+    } catch (const std::system_error& e) {
+      cancel->Cancel();
+      worker.join();  // the outbox takes what the cancelled grid still sends
+      return no_thread(e);
+    }
     auto deliver = [&](const v1::GridEvent& event) {
       if (!client_ok) return;
-      watch.WriteStarts();
+      watch->WriteStarts();
       client_ok = sink(event);
-      watch.WriteEnds();
+      watch->WriteEnds();
       if (!client_ok) cancel->Cancel();
     };
     v1::GridEvent event;
@@ -338,7 +311,7 @@ absl::StatusOr<v1::Grid> GridService::Run(const AdmittedGrid& admitted, const Ca
       *last.mutable_grid() = *grid;
       deliver(last);
     }
-    stalled = watch.stalled();
+    stalled = watch->stalled();
   }
   absl::Status abandoned;
   if (outbox.overflowed()) {

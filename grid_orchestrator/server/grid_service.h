@@ -101,11 +101,15 @@ class GridService {
   using ClientSink = std::function<bool(const v1::GridEvent&)>;
 
   absl::Status Authenticate(const Caller& caller) const;
+  // How a refusal counts in dgrid_orchestrator_grids_total: kCount, as
+  // "rejected"; kCallerWaits, none for RESOURCE_EXHAUSTED, since the caller
+  // waits for a place and asks again (a curve's trunks at the client's limit).
+  enum class Refusal { kCount, kCallerWaits };
   // Authenticates, admits and plans: UNAUTHENTICATED, RESOURCE_EXHAUSTED or
   // INVALID_ARGUMENT before any event is sent. `images`: see GridImages.
   absl::StatusOr<std::unique_ptr<AdmittedGrid>> Admit(
       const Caller& caller, const v1::GridRequest& request,
-      GridImages images = GridImages::kFigure);
+      GridImages images = GridImages::kFigure, Refusal refusal = Refusal::kCount);
   // Runs an admitted grid. `sink` gets its events on this thread, and the
   // finished grid too when `stream_grid` (so that the last write is watched
   // for stalls like the others); the grid is also returned.
@@ -115,6 +119,8 @@ class GridService {
   absl::StatusOr<v1::Grid> RunGrid(const Caller& caller, const v1::GridRequest& request,
                                    const ClientSink& sink, GridCancel* cancel, bool stream_grid);
   absl::StatusOr<v1::ListModelsResponse> ListModels(const Caller& caller);
+  // How long one write to a client may block (OrchestratorLimits).
+  absl::Duration max_write_stall() const { return limits_.max_write_stall; }
 
  private:
   friend class AdmittedGrid;

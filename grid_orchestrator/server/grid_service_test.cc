@@ -3,9 +3,7 @@
 // replicas (issue: two unread streams held every in-flight slot).
 #include "grid_orchestrator/server/grid_service.h"
 
-#include <condition_variable>
-#include <mutex>
-
+#include "grid_orchestrator/testing/abort_latch.h"
 #include "grid_orchestrator/testing/fake_denoiser.h"
 #include "gtest/gtest.h"
 
@@ -76,18 +74,11 @@ TEST_F(GridServiceTest, AClientWhoseWriteBlocksIsCancelledAndItsReplicasFreed) {
   auto service = Service(limits);
   // A client that never reads: its first write blocks until the transport
   // is aborted.
-  std::mutex mu;
-  std::condition_variable aborted_cv;
-  bool aborted = false;
+  testing::AbortLatch latch;
   Caller caller;
-  caller.abort = [&] {
-    std::lock_guard<std::mutex> lock(mu);
-    aborted = true;
-    aborted_cv.notify_all();
-  };
+  caller.abort = latch.Abort();
   auto blocked_sink = [&](const v1::GridEvent&) {
-    std::unique_lock<std::mutex> lock(mu);
-    aborted_cv.wait(lock, [&] { return aborted; });
+    latch.Wait();
     return false;
   };
   GridCancel cancel;
@@ -95,7 +86,7 @@ TEST_F(GridServiceTest, AClientWhoseWriteBlocksIsCancelledAndItsReplicasFreed) {
   absl::StatusOr<v1::Grid> grid =
       service->RunGrid(caller, Request(), blocked_sink, &cancel, /*stream_grid=*/true);
   EXPECT_EQ(grid.status().code(), absl::StatusCode::kCancelled);
-  EXPECT_TRUE(aborted);
+  EXPECT_TRUE(latch.aborted());
   EXPECT_LT(absl::Now() - start, absl::Seconds(10));
   EXPECT_EQ(Inflight(), 0);
   // The service still serves everyone else.
