@@ -71,6 +71,8 @@ let wantedSwitch = null;
 let promptKind = 'class';
 // The promoted path of the form's state (null: the seed's own trunk).
 let formTrunk = null;
+// The query string of the view on screen (see the popstate handler).
+let viewSearch = location.search;
 // A view named by the URL that waits for the models (e.g. for a token).
 let pendingView = null;
 // The grid on screen: its state, request, plan, cells and trunk previews.
@@ -259,13 +261,17 @@ function showPromptKind(kind) {
   switchLabel.htmlFor = text ? 'switch-text' : 'switch';
 }
 
+// A grid's steps, eta and rows are its preset's unless set (the model's own
+// defaults are for single trajectories: with its eta 0 every branch would be
+// the trunk); guidance is the model's.
 function fillPlaceholders() {
   const defaults = currentModel()?.defaults ?? {};
-  const classic = controls.preset.value === 'classic';
-  controls.steps.placeholder = classic ? '50' : String(defaults.steps ?? 50);
-  controls.eta.placeholder = classic ? '1' : formatNumber(defaults.eta ?? 0);
+  const preset = controls.preset.value;
+  controls.steps.placeholder = preset === 'turbo' ? '4' : '50';
+  controls.eta.placeholder = '1';
   controls.guidance.placeholder = formatNumber(defaults.guidance ?? 1);
-  controls.rows.placeholder = classic ? 'preset: t = 921, 821, 701' : 'preset: 0,5,10,20,30,40 of 50';
+  controls.rows.placeholder = preset === 'classic' ? 'preset: t = 921, 821, 701' :
+      preset === 'turbo' ? 'preset: 0,1,2 of 4' : 'preset: 0,5,10,20,30,40 of 50';
   // With the trunk's noise every branch of a row is the same: one column.
   controls.cols.placeholder = controls.noise.value === 'trunk' ? '1' : '4';
 }
@@ -349,6 +355,7 @@ async function run(state, mode) {
   const search = searchFromState(state);
   if (mode === 'push' && search !== location.search) history.pushState(null, '', search);
   else if (mode !== 'none' && search !== location.search) history.replaceState(null, '', search);
+  viewSearch = location.search;
 
   abortRun?.abort();
   const controller = new AbortController();
@@ -499,7 +506,8 @@ function buildGrid(plan) {
   gridBox.style.setProperty('--cols', String(cols));
   const nodes = [element('div', 'corner', 'after step')];
   for (let col = 0; col < cols; col++) {
-    const head = element('div', 'col-head', `branch ${col + 1}`);
+    // Many narrow columns have room for their number alone.
+    const head = element('div', 'col-head', cols > 8 ? String(col + 1) : `branch ${col + 1}`);
     head.setAttribute('aria-hidden', 'true');
     nodes.push(head);
   }
@@ -925,7 +933,14 @@ byTestId('clear-trunk').addEventListener('click', () => {
   run(stateFromControls(), 'push');
 });
 controls.seed.addEventListener('input', () => setFormTrunk(null));
-controls.model.addEventListener('change', fillPrompts);
+// A promoted trunk belongs to the model it was drawn with; the trunk's noise
+// needs a switch prompt, which a class model's list starts without.
+controls.model.addEventListener('change', () => {
+  setFormTrunk(null);
+  fillPrompts();
+  if (promptKind === 'class' && !controls.switch.value) controls.noise.value = '';
+  fillPlaceholders();
+});
 controls.preset.addEventListener('change', fillPlaceholders);
 controls.noise.addEventListener('change', fillPlaceholders);
 controls.token.addEventListener('change', async () => {
@@ -945,6 +960,7 @@ curveRun.addEventListener('click', runCurve);
 curveCancel.addEventListener('click', () => abortCurve?.abort());
 
 function showView(search) {
+  viewSearch = search;
   let state;
   try {
     state = stateFromSearch(search);
@@ -978,7 +994,12 @@ function resetView() {
   form.querySelector('[data-testid="run"]').textContent = 'Run grid';
 }
 
-window.addEventListener('popstate', () => showView(location.search));
+// Back and Forward change the view's query string. A jump to an anchor on
+// the page (the skip link's #grid) fires popstate too, and must neither
+// clear the form nor run the grid again.
+window.addEventListener('popstate', () => {
+  if (location.search !== viewSearch) showView(location.search);
+});
 
 async function start() {
   controls.token.value = sessionStorage.getItem(TOKEN_KEY) ?? '';

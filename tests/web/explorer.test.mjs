@@ -357,6 +357,19 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     } finally {
       await shared.close();
     }
+
+    // The skip link jumps to the grid: no new run, the form as it was (its
+    // popstate once reloaded the view from the URL).
+    const runs = () => page.evaluate(() => performance.getEntriesByType('resource')
+        .filter((r) => r.name.includes('/api/v1/grid')).length);
+    const before = await runs();
+    await page.fill(testId('seed'), '24');
+    await page.focus('.skip');
+    await page.keyboard.press('Enter');
+    await page.waitForTimeout(500);
+    assert.equal(await runs(), before, 'the skip link starts no grid');
+    assert.equal(await page.inputValue(testId('seed')), '24', 'the skip link keeps the form');
+    assert.equal(new URL(page.url()).search, new URL(promoted).search);
   }));
 
   test('6. errors are shown in the page', {timeout: 60_000}, () => withPage('06-error', async (page) => {
@@ -371,6 +384,14 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     await screenshot(page, '06-error-steps');
     await page.click(testId('error-dismiss'));
     await page.waitForSelector(testId('error-banner'), {state: 'hidden'});
+
+    // Text in a number's box is named, not run as the default (a number
+    // input once read "abc" as empty).
+    await fillGrid(page, {...GRID, steps: 'abc'});
+    await page.click(testId('run'));
+    await page.waitForSelector(`${testId('error-banner')}:not([hidden])`);
+    assert.equal(await page.textContent(testId('error-message')), 'steps: not a number: "abc"');
+    await page.click(testId('error-dismiss'));
 
     // A wrong bearer token.
     const denied = await newPage();
@@ -401,6 +422,13 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     assert.ok(box.width >= 40, `cells stay tappable (${box.width}px)`);
     await page.evaluate(() => document.querySelector('.trunk-panel').scrollIntoView({block: 'start'}));
     await screenshot(page, '07-phone-grid', {fullPage: false});
+
+    // A grid wider than the phone scrolls, and its row labels stay reachable
+    // (centred, they once sat left of the panel, past its scroll).
+    await runGrid(page, {...GRID, rows: '0,10', cols: '16'});
+    const label = await page.locator(testId('row-label')).first().boundingBox();
+    assert.ok(label.x >= 0, `the row labels can be seen (x = ${label.x})`);
+    assert.equal(await page.textContent('.col-head >> nth=15'), '16', 'many columns are numbered');
   }, PHONE));
 
   test('8. a text model: a text box with its examples and a negative prompt; a class model: the list',
