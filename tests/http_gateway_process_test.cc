@@ -930,7 +930,17 @@ TEST(HttpShutdownTest, RunningStreamsEndWithinTheGrace) {
   EXPECT_EQ(*code, 0) << (*stack)->orchestrator().Log();
   EXPECT_LT(took, absl::Seconds(10)) << took;
   std::cout << "orchestrator stopped " << took << " after SIGTERM with a grid streaming\n";
+  // The stream's last event says why, as a reason to run it again.
+  while (true) {
+    const ssize_t n = ::recv(fd, buffer, sizeof(buffer), 0);
+    if (n <= 0) break;
+    seen.append(buffer, n);
+  }
   ::close(fd);
+  const size_t error = seen.rfind("event: error");
+  ASSERT_NE(error, std::string::npos) << seen.substr(seen.size() - std::min<size_t>(seen.size(), 300));
+  EXPECT_NE(seen.find("\"UNAVAILABLE\"", error), std::string::npos) << seen.substr(error);
+  EXPECT_NE(seen.find("the server is shutting down", error), std::string::npos) << seen.substr(error);
 }
 
 }  // namespace

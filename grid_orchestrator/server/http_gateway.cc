@@ -260,9 +260,9 @@ class ClientConnection final : public httplib::Stream {
 
   // Whether the grid or curve this connection serves should stop: its
   // client hung up, or the gateway is stopping and its grace has passed.
-  bool Abandoned() const {
-    return ClientClosed() || absl::GetCurrentTimeNanos() > streams_end_ns_.load();
-  }
+  bool Abandoned() const { return ClientClosed() || Stopping(); }
+  // Whether the gateway is stopping and its grace has passed.
+  bool Stopping() const { return absl::GetCurrentTimeNanos() > streams_end_ns_.load(); }
 
   // Whether the client has hung up. Safe from any thread: it only polls.
   bool ClientClosed() const {
@@ -951,13 +951,22 @@ void ServeModels(GridService& service, const httplib::Request& request,
   response.set_content(ToJson(*models), "application/json");
 }
 
+// What a client is told of work that failed: the server stopping cancels it,
+// which it must not read as its own doing (CANCELLED) but as a reason to run
+// it again, on another replica.
+absl::Status Failure(const absl::Status& status) {
+  if (status.ok() || !t_connection || !t_connection->Stopping()) return status;
+  return absl::UnavailableError(
+      absl::StrCat("the server is shutting down; run it again (", status.message(), ")"));
+}
+
 void ServeGrid(GridService& service, const v1::GridRequest& grid_request,
                const httplib::Request& request, httplib::Response& response) {
   GridCancel cancel;
   absl::StatusOr<v1::Grid> grid =
       service.RunGrid(CallerOf(request), grid_request, [](const v1::GridEvent&) { return true; },
                       &cancel, /*stream_grid=*/false);
-  if (!grid.ok()) return SendError(response, grid.status());
+  if (!grid.ok()) return SendError(response, Failure(grid.status()));
   response.set_content(ToJson(*grid), "application/json");
 }
 
@@ -992,7 +1001,7 @@ void ServeStream(GridService& service, const v1::GridRequest& grid_request,
         };
         absl::StatusOr<v1::Grid> result =
             runner->Run(*grid, caller, send_event, &cancel, /*stream_grid=*/true);
-        if (!result.ok()) send("error", ErrorJson(result.status()));
+        if (!result.ok()) send("error", ErrorJson(Failure(result.status())));
         sink.done();
         return true;
       });
@@ -1025,7 +1034,7 @@ void ServeCurveStream(CurveService& curves, const v1::CurveRequest& curve_reques
           return send(name, ToJson(event));
         };
         absl::StatusOr<v1::CurveResult> result = runner->Run(*curve, caller, send_event);
-        if (!result.ok()) send("error", ErrorJson(result.status()));
+        if (!result.ok()) send("error", ErrorJson(Failure(result.status())));
         sink.done();
         return true;
       });
