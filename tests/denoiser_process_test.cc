@@ -120,6 +120,20 @@ TEST(DenoiserProcessTest, BadFlagsExitWithOneReadableLine) {
   EXPECT_EQ(*code, 1);
   EXPECT_NE((*child)->Log().find("/nonexistent/manifest.json"), std::string::npos)
       << (*child)->Log();
+  // A queue smaller than one request could never hold it.
+  const std::string fixtures = std::getenv("DGRID_FIXTURES");
+  auto small_queue = ChildProcess::Start(
+      {BinPath("dgrid-denoiser"), "--model_dir=" + fixtures + "/gaussian", "--listen=127.0.0.1:0",
+       "--metrics_addr=", "--max_queue=10", "--max_trajectories_per_request=20"},
+      dir + "/queue.log");
+  ASSERT_TRUE(small_queue.ok());
+  code = (*small_queue)->Wait(absl::Seconds(30));
+  ASSERT_TRUE(code.ok());
+  EXPECT_EQ(*code, 1);
+  EXPECT_NE((*small_queue)->Log().find(
+                "--max_queue (10) must be at least --max_trajectories_per_request (20)"),
+            std::string::npos)
+      << (*small_queue)->Log();
 }
 
 // Abseil's --help lists only the flags of a file named after the program:

@@ -51,6 +51,13 @@ absl::StatusOr<std::unique_ptr<DenoiserServer>> DenoiserServer::Start(
   if (o.model_dirs.empty()) return absl::InvalidArgumentError("--model_dir is required");
   if (o.max_batch < 1) return absl::InvalidArgumentError("--max_batch must be >= 1");
   if (o.max_queue < 1) return absl::InvalidArgumentError("--max_queue must be >= 1");
+  // A request the queue could never hold would be refused as RESOURCE_EXHAUSTED,
+  // which callers retry on every replica.
+  if (o.max_queue < o.max_trajectories_per_request) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max_queue (", o.max_queue, ") must be at least --max_trajectories_per_request (",
+        o.max_trajectories_per_request, ")"));
+  }
   auto credentials = ServerCredentialsFromFiles({o.tls_cert, o.tls_key, o.tls_client_ca});
   if (!credentials.ok()) return credentials.status();
 

@@ -141,6 +141,15 @@ TEST_F(DenoiserServerTest, StepsComposeIntoABranch) {
   }
   EXPECT_EQ(step.trajectories(0).start_latent().raw_contents(),
             whole.events.back().final().latent().raw_contents());
+
+  // The last int32 step is out of range, and its next step computed without
+  // overflow (undefined behaviour before; UBSan's run reports it).
+  step.set_step(std::numeric_limits<int32_t>::max());
+  grpc::ClientContext context;
+  v1::StepResponse response;
+  const grpc::Status refused = stub_->Step(&context, step, &response);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(refused.error_message().find("step"), std::string::npos) << refused.error_message();
 }
 
 TEST_F(DenoiserServerTest, DecodeReturnsPngs) {

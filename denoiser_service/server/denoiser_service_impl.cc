@@ -402,7 +402,9 @@ grpc::Status DenoiserServiceImpl::Step(grpc::ServerContext* context,
       ParseRun(*request, m, max_trajectories_per_request_, request->step());
   if (!run_request.ok()) return Count("Step", ToGrpcStatus(run_request.status()));
   run_request->start_step = request->step();
-  run_request->end_step = request->step() + 1;
+  // One step; at INT32_MAX (refused as out of range) without overflowing.
+  run_request->end_step =
+      static_cast<int>(std::min<int64_t>(int64_t{request->step()} + 1, INT32_MAX));
   run_request->previews = true;
   run_request->deadline = DeadlineOf(*context);
   const int n = request->trajectories_size();
