@@ -186,6 +186,15 @@ absl::StatusOr<GridPlanSpec> GridService::Plan(const v1::GridRequest& request) {
   tokenize.add_texts(plan->switch_negative_prompt);
   v1::TokenizeResponse tokens;
   const grpc::Status status = lease->stub()->Tokenize(&context, tokenize, &tokens);
+  if (!status.ok() && status.error_code() != grpc::StatusCode::INVALID_ARGUMENT) {
+    // Not the prompts' fault: the replica's (a token it refuses, a timeout,
+    // a restart). Passed on as it came, a denoiser's UNAUTHENTICATED read as
+    // the client's own token being wrong.
+    if (status.error_code() == grpc::StatusCode::UNAVAILABLE) lease->MarkUnhealthy();
+    return absl::UnavailableError(absl::StrCat(
+        "the denoiser at ", lease->address(), " could not tokenize the prompts (",
+        FromGrpcStatus(status).ToString(), "); retry"));
+  }
   if (!status.ok()) {
     // The denoiser names the texts by position; the client sent fields.
     std::string message = status.error_message();

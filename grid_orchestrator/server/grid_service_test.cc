@@ -46,6 +46,38 @@ class GridServiceTest : public ::testing::Test {
   std::unique_ptr<GridExecutor> executor_;
 };
 
+// A replica's Tokenize failing for its own reasons (a token it refuses, a
+// timeout) is the server's fault, not the client's: passed on as it came,
+// the denoiser's UNAUTHENTICATED read as the client's token being wrong.
+TEST(GridServiceTokenizeTest, AReplicasTokenizeFailureIsNotTheClients) {
+  FakeReplicas replicas(1);
+  replicas.script(0).text = true;
+  replicas.script(0).tokenize_code = grpc::StatusCode::UNAUTHENTICATED;
+  replicas.script(0).tokenize_message = "missing or invalid bearer token";
+  auto pool = ReplicaPool::Create(replicas.PoolOptions(), nullptr);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  PrefixCache cache(0);
+  GridExecutor executor(pool->get(), &cache, nullptr, ExecutorOptions{});
+  GridService service(pool->get(), &executor, nullptr, OrchestratorLimits{}, "");
+  v1::GridRequest request;
+  request.set_prompt("a cat");
+  absl::StatusOr<std::unique_ptr<AdmittedGrid>> refused = service.Admit(Caller{}, request);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable) << refused.status();
+  EXPECT_NE(refused.status().message().find("could not tokenize the prompts (UNAUTHENTICATED"),
+            std::string::npos)
+      << refused.status();
+  // The prompts' own fault stays the client's, named by its field.
+  replicas.script(0).tokenize_code = grpc::StatusCode::INVALID_ARGUMENT;
+  replicas.script(0).tokenize_message = "texts[2]: not valid UTF-8";
+  refused = service.Admit(Caller{}, request);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(refused.status().message(), "switch_prompt: not valid UTF-8");
+  // A tokenizer that answers: the grid is admitted.
+  replicas.script(0).tokenize_code = grpc::StatusCode::OK;
+  EXPECT_TRUE(service.Admit(Caller{}, request).ok());
+}
+
 TEST_F(GridServiceTest, AdmissionRefusesBeforeAnyEvent) {
   auto service = Service({});
   v1::GridRequest bad = Request();

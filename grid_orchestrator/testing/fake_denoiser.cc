@@ -71,7 +71,13 @@ class FakeReplicas::Replica::Stub : public v1::Denoiser::StubInterface {
   grpc::Status GetModelInfo(grpc::ClientContext*, const v1::GetModelInfoRequest&,
                             v1::GetModelInfoResponse* response) override {
     std::lock_guard<std::mutex> lock(r_->mu);
-    *response->add_models() = Model(r_->script.model, r_->script.version);
+    v1::ModelInfo* m = response->add_models();
+    *m = Model(r_->script.model, r_->script.version);
+    if (r_->script.text) {
+      m->clear_prompts();
+      m->set_conditioning("text");
+      m->set_max_prompt_tokens(8);
+    }
     return grpc::Status::OK;
   }
   grpc::Status Step(grpc::ClientContext*, const v1::StepRequest&, v1::StepResponse*) override {
@@ -81,9 +87,15 @@ class FakeReplicas::Replica::Stub : public v1::Denoiser::StubInterface {
                       v1::DecodeResponse*) override {
     return {grpc::StatusCode::UNIMPLEMENTED, "fake"};
   }
-  grpc::Status Tokenize(grpc::ClientContext*, const v1::TokenizeRequest&,
-                        v1::TokenizeResponse*) override {
-    return {grpc::StatusCode::UNIMPLEMENTED, "fake"};
+  grpc::Status Tokenize(grpc::ClientContext*, const v1::TokenizeRequest& request,
+                        v1::TokenizeResponse* response) override {
+    std::lock_guard<std::mutex> lock(r_->mu);
+    if (!r_->script.text) return {grpc::StatusCode::UNIMPLEMENTED, "fake: a class model"};
+    if (r_->script.tokenize_code != grpc::StatusCode::OK) {
+      return {r_->script.tokenize_code, r_->script.tokenize_message};
+    }
+    for (int i = 0; i < request.texts_size(); ++i) response->add_texts();
+    return grpc::Status::OK;
   }
   // The judge's one head, "level": "high" when the PNG's grey level is at
   // least 128.

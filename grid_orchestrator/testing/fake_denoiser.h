@@ -41,6 +41,11 @@ struct FakeScript {
   bool drop_finals = false;
   // Every final's image is these bytes, not a PNG.
   std::string final_png;
+  // A text model (free-text prompts) instead of 10 classes; its Tokenize
+  // answers `tokenize_code` with `tokenize_message` unless OK.
+  bool text = false;
+  grpc::StatusCode tokenize_code = grpc::StatusCode::OK;
+  std::string tokenize_message;
 };
 
 // Calls a fake replica received.
