@@ -41,6 +41,8 @@ struct OrchestratorLimits {
   int max_concurrent_grids = 64;
   // Grids in flight from one client address.
   int max_grids_per_client = 16;
+  // The longest a grid runs from its admission; a caller's earlier deadline
+  // wins.
   absl::Duration default_grid_timeout = absl::Seconds(300);
   // Event bytes a grid may have waiting for its client; past it the client
   // is not reading and the grid is cancelled.

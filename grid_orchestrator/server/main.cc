@@ -22,7 +22,9 @@ ABSL_FLAG(int, max_concurrent_grids, 64, "Grids in flight; past it RESOURCE_EXHA
 ABSL_FLAG(int, max_rows, 16, "Rows per grid.");
 ABSL_FLAG(int, max_branches, 16, "Branches (columns) per row.");
 ABSL_FLAG(int64_t, max_cell_steps, 40000, "rows x branches x steps per grid.");
-ABSL_FLAG(int, grid_timeout_s, 300, "Deadline of a grid whose caller set none.");
+ABSL_FLAG(int, grid_timeout_s, 300,
+          "The longest one grid may run, from its admission; a caller's earlier deadline "
+          "wins. Each of a curve's grids has its own.");
 ABSL_FLAG(int, job_stall_timeout_s, 15,
           "A denoiser call that reports no progress for this long moves elsewhere.");
 ABSL_FLAG(int, retry_backoff_ms, 50, "Wait before a job's second attempt; doubles per attempt.");
