@@ -615,12 +615,15 @@ int GridExecutor::GridRun::LoadCached() {
 }
 
 // The trunk runs when its own cell is missing, or a row with unfinished
-// cells branches at a step whose capture is missing.
+// cells branches at a step whose capture is missing, or a figure lacks a
+// row's trunk images: a promoted cell ran as a branch, which streams none,
+// so its grid from the cache once showed empty trajectory rows.
 bool GridExecutor::GridRun::TrunkNeeded() {
   std::lock_guard<std::mutex> lock(mu_);
   if (!trunk_.done) return true;
   for (size_t r = 0; r < plan_.rows.size(); ++r) {
     const int k = plan_.rows[r].branch_step;
+    if (wants_figure() && !captures_.count(k)) return true;
     if (k == 0 || captures_.count(k)) continue;
     for (const CellResult& cell : cells_[r]) {
       if (!cell.done) return true;

@@ -161,6 +161,36 @@ TEST_F(GridExecutorTest, MissingOrBrokenFinalsAreBadOutputRetriedElsewhere) {
   }
 }
 
+// A grid whose cells and trunk come from the cache but whose trunk images
+// do not (there a curve's grid, which caches none; in the explorer a
+// promoted cell, which ran as a branch) runs its trunk again for them: its
+// rows once came without their x_t and x0.
+TEST_F(GridExecutorTest, AFigureMissingTrunkImagesRunsTheTrunkForThem) {
+  FakeReplicas replicas(1);
+  auto pool = ReplicaPool::Create(replicas.PoolOptions(), nullptr);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  PrefixCache cache(size_t{16} << 20);
+  GridExecutor executor(pool->get(), &cache, nullptr, ExecutorOptions{});
+  auto run = [&](const GridPlanSpec& plan) {
+    GridCancel cancel;
+    return executor.Run(plan, absl::Now() + absl::Seconds(30), [](const v1::GridEvent&) {},
+                        &cancel);
+  };
+  GridPlanSpec cells_only = Plan();
+  cells_only.images = GridImages::kCellsOnly;
+  ASSERT_TRUE(run(cells_only).ok());
+  const int calls = Calls(replicas, 0);
+  absl::StatusOr<v1::Grid> figure = run(Plan());
+  ASSERT_TRUE(figure.ok()) << figure.status();
+  EXPECT_EQ(Calls(replicas, 0), calls + 1);  // the trunk, for its images alone
+  for (const v1::GridRow& row : figure->rows()) {
+    EXPECT_FALSE(row.trunk_xt_png().empty()) << "row after step " << row.branch_step();
+  }
+  // Now cached, they cost nothing the next time.
+  ASSERT_TRUE(run(Plan()).ok());
+  EXPECT_EQ(Calls(replicas, 0), calls + 1);
+}
+
 TEST_F(GridExecutorTest, APermanentErrorIsNotRetried) {
   // Before: permanent limits came back as RESOURCE_EXHAUSTED and every
   // replica was tried, and UNKNOWN was retried too.
