@@ -959,16 +959,27 @@ byTestId('error-dismiss').addEventListener('click', () => clearError());
 curveRun.addEventListener('click', runCurve);
 curveCancel.addEventListener('click', () => abortCurve?.abort());
 
+// The view a URL names. A trunk it cannot read is an error, and the rest of
+// the link still fills the form: a shared link with a cut path once ran the
+// empty form's grid (unconditional, seed 0) without a word.
+function readSearch(search) {
+  try {
+    return {state: stateFromSearch(search), error: null};
+  } catch (error) {
+    const params = new URLSearchParams(search);
+    params.delete('trunk');
+    return {state: stateFromSearch(`?${params}`), error};
+  }
+}
+
 function showView(search) {
   viewSearch = search;
-  let state;
-  try {
-    state = stateFromSearch(search);
-  } catch (error) {
+  const {state, error} = readSearch(search);
+  fillControls(state, {fresh: !hasView(search)});
+  if (error) {
     showError(error);
     return;
   }
-  fillControls(state, {fresh: !hasView(search)});
   if (hasView(search)) run(state, 'none');
   else resetView();
 }
@@ -1003,17 +1014,13 @@ window.addEventListener('popstate', () => {
 
 async function start() {
   controls.token.value = sessionStorage.getItem(TOKEN_KEY) ?? '';
-  let state = emptyState();
-  try {
-    state = stateFromSearch(location.search);
-  } catch (error) {
-    showError(error);
-  }
+  const {state, error} = readSearch(location.search);
+  if (error) showError(error);
   fillControls(state, {fresh: !hasView(location.search)});
   if (!controls.seed.value && !state.trunk) controls.seed.value = randomSeed();
   const ready = await loadModels();
   document.body.dataset.ready = 'true';
-  if (hasView(location.search)) {
+  if (hasView(location.search) && !error) {
     if (ready) run(state, 'none');
     else pendingView = state;
   }

@@ -393,6 +393,22 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     assert.equal(await page.textContent(testId('error-message')), 'steps: not a number: "abc"');
     await page.click(testId('error-dismiss'));
 
+    // A shared link whose trunk was cut: the error, the rest of the link in
+    // the form, and no grid (it once ran the empty form's, seed 0).
+    const cut = await newPage();
+    try {
+      await openPage(cut, `${main.url}?seed=11&steps=12&rows=0,4&cols=2&trunk=11_0-1_4-`);
+      await cut.waitForSelector(`${testId('error-banner')}:not([hidden])`);
+      assert.match(await cut.textContent(testId('error-message')), /trunk: bad segment "4-"/);
+      assert.equal(await cut.inputValue(testId('seed')), '11');
+      assert.equal(await cut.inputValue(testId('steps')), '12');
+      await cut.waitForTimeout(500);
+      assert.equal(await cut.evaluate(() => performance.getEntriesByType('resource')
+          .filter((r) => r.name.includes('/api/v1/grid')).length), 0, 'no grid runs');
+    } finally {
+      await cut.close();
+    }
+
     // A wrong bearer token.
     const denied = await newPage();
     try {
