@@ -350,6 +350,7 @@ async function run(state, mode) {
   } catch (error) {
     showError(error);
     setGridState('error');
+    setStatus('Not run: the form has a mistake (see the message above).');
     return;
   }
   const search = searchFromState(state);
@@ -921,6 +922,9 @@ function renderCurveExports(run, curve) {
 
 form.addEventListener('submit', (event) => {
   event.preventDefault();
+  // The seed a grid ran with is in its box and its URL, so that it can be
+  // reloaded and gone back to (an empty box ran seed 0 and left no view).
+  if (!controls.seed.value.trim() && !formTrunk) controls.seed.value = randomSeed();
   run(stateFromControls(), 'push');
 });
 byTestId('dice').addEventListener('click', () => {
@@ -957,6 +961,13 @@ controls.token.addEventListener('change', async () => {
 });
 byTestId('error-dismiss').addEventListener('click', () => clearError());
 curveRun.addEventListener('click', runCurve);
+curveTrunks.addEventListener('keydown', (event) => {
+  if (event.key === 'Enter') runCurve();
+});
+// Esc dismisses the error banner.
+document.addEventListener('keydown', (event) => {
+  if (event.key === 'Escape' && !banner.hidden) clearError();
+});
 curveCancel.addEventListener('click', () => abortCurve?.abort());
 
 // The view a URL names. A trunk it cannot read is an error, and the rest of

@@ -393,6 +393,13 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     assert.equal(await page.textContent(testId('error-message')), 'steps: not a number: "abc"');
     await page.click(testId('error-dismiss'));
 
+    // An empty seed box runs a seed of its own, shown in the box and the URL
+    // (it ran seed 0, and the page could not be reloaded or gone back to).
+    await runGrid(page, {...GRID, seed: ''});
+    const seed = await page.inputValue(testId('seed'));
+    assert.match(seed, /^\d+$/);
+    assert.equal(new URL(page.url()).searchParams.get('seed'), seed);
+
     // A shared link whose trunk was cut: the error, the rest of the link in
     // the form, and no grid (it once ran the empty form's, seed 0).
     const cut = await newPage();
@@ -735,11 +742,15 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     assert.equal(await waitForCurve(page), 'error');
     assert.equal(await page.textContent(testId('error-code')), 'INVALID_ARGUMENT');
     assert.match(await page.textContent(testId('error-message')), /trunks must be in \[2, \d+\]/);
+    // Enter in the Trunks box runs the curve, not the grid of the form.
     await page.fill(testId('curve-trunks'), '2.5');
-    await page.click(testId('curve-run'));
+    await page.press(testId('curve-trunks'), 'Enter');
     await page.waitForFunction(() => /trunks: not a whole number/.test(
         document.querySelector('[data-testid="error-message"]').textContent));
     assert.equal(await page.getAttribute(testId('curve'), 'data-state'), 'error');
+    // Esc dismisses the message.
+    await page.keyboard.press('Escape');
+    await page.waitForSelector(testId('error-banner'), {state: 'hidden'});
 
     // A long curve: progress as trunks finish, then cancel.
     const cancelledBefore = await slow.metric('dgrid_orchestrator_grids_total{status="cancelled"}');
