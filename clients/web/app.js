@@ -604,11 +604,27 @@ gridBox.addEventListener('focusout', () => {
   // activeElement is not yet the next element here; look after the move.
   setTimeout(() => renderTrajectory(currentFocus()), 0);
 });
+// A touch screen has no hover: a first tap on a branch shows its trajectory,
+// a second tap on it promotes it (a tap once promoted at once, so a phone
+// never showed a branch's trajectory).
+let touchPointer = false;
+let tapped = null;
+gridBox.addEventListener('pointerdown', (event) => {
+  touchPointer = event.pointerType === 'touch';
+});
 gridBox.addEventListener('click', (event) => {
   const cell = cellOf(event.target);
   if (!cell) return;
   // detail is 0 for a click made with the keyboard (Enter or Space).
-  promote(cell, event.detail === 0);
+  const byKeyboard = event.detail === 0;
+  if (touchPointer && !byKeyboard && (tapped?.row !== cell.row || tapped?.col !== cell.col)) {
+    tapped = cell;
+    hovered = cell;
+    renderTrajectory(cell);
+    return;
+  }
+  tapped = null;
+  promote(cell, byKeyboard);
 });
 gridBox.addEventListener('keydown', (event) => {
   const cell = cellOf(event.target);

@@ -181,6 +181,12 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     const seed = await page.inputValue(testId('seed'));
     assert.notEqual(seed, before);
     assert.equal(new URL(page.url()).searchParams.get('seed'), seed);
+    // On a laptop's short screen the Run button stays in view (the form is
+    // taller than 720 px).
+    await page.setViewportSize({width: 1280, height: 720});
+    await page.evaluate(() => window.scrollTo(0, 0));
+    const run = await page.locator(testId('run')).boundingBox();
+    assert.ok(run.y >= 0 && run.y + run.height <= 720, `Run grid at y = ${run.y}`);
   }));
 
   test('2. a grid streams: cells appear before it completes', {timeout: 90_000}, () => withPage('02-stream', async (page) => {
@@ -297,6 +303,25 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     await waitForGrid(page);
     assert.equal(await src(page, testId('trunk-image')), image, 'the new trunk is the promoted cell');
     assert.equal(await page.isVisible(testId('trunk-chip')), true);
+
+    // On a touch screen a first tap shows the branch's trajectory, and only
+    // a second tap promotes it.
+    const touched = cell(2, 1);
+    const touchedPath = await page.getAttribute(touched, 'data-path');
+    const tap = async () => {
+      await page.dispatchEvent(touched, 'pointerdown', {pointerType: 'touch', bubbles: true});
+      await page.dispatchEvent(touched, 'click', {detail: 1, bubbles: true});
+    };
+    const promotedUrl = page.url();
+    await tap();
+    await page.waitForSelector(`${testId('trajectory')}[data-focus="2,1"]`);
+    assert.equal(page.url(), promotedUrl, 'a first tap promotes nothing');
+    await tap();
+    await page.waitForURL((url) => url.searchParams.get('trunk') === touchedPath);
+    await page.waitForSelector(`${testId('trunk')}[data-loaded="true"][data-path="${touchedPath}"]`);
+    await waitForGrid(page);
+    await page.goBack();
+    await waitForGrid(page);
 
     // Enter on a focused cell promotes it too.
     const next = cell(3, 0);
