@@ -215,12 +215,15 @@ TrajectoryBatcher::~TrajectoryBatcher() {
 }
 
 absl::StatusOr<std::vector<uint8_t>> TrajectoryBatcher::Decode(std::vector<float> latents,
-                                                               int batch) {
+                                                               int batch, absl::Time deadline,
+                                                               std::function<bool()> cancelled) {
   if (batch == 0) return std::vector<uint8_t>();
   std::vector<uint8_t> pixels(batch * model_->manifest().ImageNumel());
   auto job = std::make_shared<BesideJob>();
   job->items = batch;
   job->decode = true;
+  job->deadline = deadline;
+  job->cancelled = std::move(cancelled);
   job->work = [&](int begin, int count) { return DecodeInto(latents, begin, count, pixels); };
   RETURN_IF_ERROR(RunJob(std::move(job)));
   return pixels;

@@ -229,8 +229,10 @@ class TrajectoryBatcher {
 
   // Latents [batch, C, H, W] to 8-bit images, on the batcher's thread between
   // iterations (the model is not thread-safe, and RPC threads never run it):
-  // RunBeside's work.
-  absl::StatusOr<std::vector<uint8_t>> Decode(std::vector<float> latents, int batch);
+  // RunBeside's work, and its deadline and cancellation.
+  absl::StatusOr<std::vector<uint8_t>> Decode(std::vector<float> latents, int batch,
+                                              absl::Time deadline = absl::InfiniteFuture(),
+                                              std::function<bool()> cancelled = nullptr);
 
   // Runs `work` over `items` (a Decode request's images, a judge's) beside
   // the trajectories: between iterations, a turn of at most kBesideChunk

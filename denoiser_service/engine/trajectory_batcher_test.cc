@@ -919,6 +919,13 @@ TEST(ExternalModelTest, ALargeDecodeRunsInChunksBesideTrajectories) {
   auto none = batcher.Decode({}, 0);
   ASSERT_TRUE(none.ok());
   EXPECT_TRUE(none->empty());
+  // A caller whose deadline passed, or who went away, gets no more turns
+  // (a Decode call once ran to its end regardless).
+  EXPECT_EQ(batcher.Decode(latents, kImages, absl::Now() - absl::Seconds(1)).status().code(),
+            absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(
+      batcher.Decode(latents, kImages, absl::InfiniteFuture(), [] { return true; }).status().code(),
+      absl::StatusCode::kCancelled);
 }
 
 // A run's images used to be decoded in one unranked batch with every other

@@ -474,8 +474,11 @@ grpc::Status DenoiserServiceImpl::Decode(grpc::ServerContext* context,
     if (!s.ok()) return Count("Decode", ToGrpcStatus(s));
     latents.insert(latents.end(), one.begin(), one.end());
   }
-  // On the engine's thread: RPC threads never run the model.
-  auto pixels = (*served)->batcher->Decode(std::move(latents), request->latents_size());
+  // On the engine's thread: RPC threads never run the model. A caller that
+  // gave up stops the turns still to come.
+  auto pixels = (*served)->batcher->Decode(std::move(latents), request->latents_size(),
+                                           DeadlineOf(*context),
+                                           [context] { return context->IsCancelled(); });
   if (!pixels.ok()) return Count("Decode", ToGrpcStatus(pixels.status()));
   const size_t per_image = static_cast<size_t>(m.ImageNumel());
   for (int i = 0; i < request->latents_size(); ++i) {
