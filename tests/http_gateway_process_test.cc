@@ -24,6 +24,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -922,6 +923,21 @@ TEST(HttpShutdownTest, RunningStreamsEndWithinTheGrace) {
     if (n > 0) seen.append(buffer, n);
   }
   ASSERT_NE(seen.find("event: plan"), std::string::npos) << seen.substr(0, 300);
+  // Another client sends its body a byte a second: the gateway waits for it
+  // no longer than the grace either (30 s, the body's own timeout, before).
+  const int slow = Connect(port);
+  ASSERT_GE(slow, 0);
+  ASSERT_TRUE(SendAll(slow, "POST /api/v1/grid HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"));
+  std::thread trickle([slow] {
+    for (int i = 0; i < 40 && SendAll(slow, " "); ++i) absl::SleepFor(absl::Seconds(1));
+  });
+  absl::Cleanup stop_trickle = [&] {
+    ::shutdown(slow, SHUT_RDWR);
+    trickle.join();
+    ::close(slow);
+  };
+  absl::SleepFor(absl::Milliseconds(200));
   const absl::Time stop = absl::Now();
   (*stack)->orchestrator().Signal(SIGTERM);
   absl::StatusOr<int> code = (*stack)->orchestrator().Wait(absl::Seconds(30));

@@ -501,6 +501,7 @@ function rowStep(plan, step) {
 }
 
 function buildGrid(plan) {
+  tapped = null;  // a first tap on the new grid shows, whatever the old one showed
   const rows = plan.branch_steps?.length ?? 0;
   const cols = plan.branches ?? 0;
   gridBox.classList.remove('stale');

@@ -251,7 +251,11 @@ class CurveService::CurveRun {
       if (admitted.ok() || admitted.status().code() != absl::StatusCode::kResourceExhausted) {
         return admitted;
       }
-      if (holding_ == 0 && admitting_ == 0) return admitted.status();
+      if (holding_ == 0 && admitting_ == 0) {
+        // No place can come free: the refusal stands, and counts as one.
+        service_->grids_->CountRefusal(admitted.status());
+        return admitted.status();
+      }
       changed_.wait(lock, [&] {
         return released_ != before || (holding_ == 0 && admitting_ == 0) || !status_.ok();
       });

@@ -225,6 +225,10 @@ absl::StatusOr<GridPlanSpec> GridService::Plan(const v1::GridRequest& request) {
   return plan;
 }
 
+void GridService::CountRefusal(const absl::Status& status) {
+  if (metrics_) metrics_->CountGrid(Outcome(status), 0);
+}
+
 void GridService::Release(const std::string& client) {
   grids_in_flight_.fetch_sub(1);
   std::lock_guard<std::mutex> lock(clients_mu_);
@@ -275,8 +279,13 @@ absl::StatusOr<v1::Grid> GridService::Run(const AdmittedGrid& admitted, const Ca
   absl::StatusOr<v1::Grid> grid;
   // Out of threads (a pids limit), the grid fails; uncaught, the exception
   // would end the process.
-  auto no_thread = [](const std::system_error& e) {
-    return absl::ResourceExhaustedError(absl::StrCat("cannot start the grid's threads: ", e.what()));
+  auto no_thread = [&](const std::system_error& e) {
+    absl::Status failed =
+        absl::ResourceExhaustedError(absl::StrCat("cannot start the grid's threads: ", e.what()));
+    if (metrics_) {
+      metrics_->CountGrid(Outcome(failed), absl::ToDoubleSeconds(absl::Now() - admitted.admitted_));
+    }
+    return failed;
   };
   std::thread worker;
   try {

@@ -121,6 +121,9 @@ class GridService {
   absl::StatusOr<v1::Grid> RunGrid(const Caller& caller, const v1::GridRequest& request,
                                    const ClientSink& sink, GridCancel* cancel, bool stream_grid);
   absl::StatusOr<v1::ListModelsResponse> ListModels(const Caller& caller);
+  // Counts a refusal that Admit did not (Refusal::kCallerWaits), once the
+  // caller stops waiting.
+  void CountRefusal(const absl::Status& status);
   // How long one write to a client may block (OrchestratorLimits).
   absl::Duration max_write_stall() const { return limits_.max_write_stall; }
 

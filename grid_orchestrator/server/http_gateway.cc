@@ -244,8 +244,9 @@ class ClientConnection final : public httplib::Stream {
   }
   // True until HeadRead: httplib refused the head, or it was late or large.
   bool head_pending() const { return head_pending_; }
-  // True once a read of the body failed at its limit.
+  // True once a read of the body failed at its limit (body_limit()).
   bool body_over_limit() const { return body_over_limit_; }
+  size_t body_limit() const { return body_limit_; }
   // The connection ends after the answer to this request: httplib keeps it
   // open unless a write fails or the client asked, even where the request's
   // body is unread (a refusal; a HEAD request, whose body httplib never
@@ -376,8 +377,11 @@ class ClientConnection final : public httplib::Stream {
     }
   }
 
-  // Waits until the socket is ready for `events` (or failed), by `deadline`.
+  // Waits until the socket is ready for `events` (or failed), by `deadline`,
+  // and not past the end of a stopping gateway's grace: a client reading or
+  // sending slowly cannot hold its thread, and the shutdown, beyond it.
   bool Await(short events, absl::Time deadline) const {
+    deadline = std::min(deadline, absl::FromUnixNanos(streams_end_ns_.load()));
     while (true) {
       const absl::Duration left = deadline - absl::Now();
       if (left <= absl::ZeroDuration()) return false;
@@ -889,12 +893,22 @@ bool ReadBody(const httplib::Request& request, const httplib::ContentReader& rea
     body->append(data, size);
     return true;
   });
-  // A chunk's framing past the limit fails the read itself.
-  over = over || (t_connection && t_connection->body_over_limit());
-  if (over || !read) {
-    RefuseAndClose(response, over ? 413 : 400,
-                   over ? too_large
-                        : absl::InvalidArgumentError("request body: cannot be read"));
+  if (over) {
+    RefuseAndClose(response, 413, too_large);
+    return false;
+  }
+  // Past its bytes on the wire, chunk framing included, the read itself
+  // fails: a body within the limit sent in tiny chunks is told so.
+  if (t_connection && t_connection->body_over_limit()) {
+    RefuseAndClose(response, 413,
+                   absl::ResourceExhaustedError(absl::StrCat(
+                       "request body: more than ", t_connection->body_limit(),
+                       " bytes on the wire, chunk framing included; send larger chunks "
+                       "or a Content-Length")));
+    return false;
+  }
+  if (!read) {
+    RefuseAndClose(response, 400, absl::InvalidArgumentError("request body: cannot be read"));
     return false;
   }
   return true;
@@ -955,9 +969,11 @@ void ServeModels(GridService& service, const httplib::Request& request,
 // which it must not read as its own doing (CANCELLED) but as a reason to run
 // it again, on another replica.
 absl::Status Failure(const absl::Status& status) {
-  if (status.ok() || !t_connection || !t_connection->Stopping()) return status;
-  return absl::UnavailableError(
-      absl::StrCat("the server is shutting down; run it again (", status.message(), ")"));
+  if (status.code() != absl::StatusCode::kCancelled || !t_connection ||
+      !t_connection->Stopping()) {
+    return status;
+  }
+  return absl::UnavailableError("the server is shutting down; run it again");
 }
 
 void ServeGrid(GridService& service, const v1::GridRequest& grid_request,

@@ -21,13 +21,19 @@
 //     lone value for a list, no nesting past 32 levels (else 400).
 //   - Framing is unambiguous (else 400): no two Content-Lengths that differ,
 //     no Content-Length beside Transfer-Encoding, no coding but chunked, at
-//     most 100 headers.
+//     most 100 headers. A body takes at most twice max_body_bytes plus
+//     64 KiB on the wire, chunk framing included (else 413). A refused
+//     request's connection closes: its unread body is never read as a
+//     request.
 //   - The Host header names this server: an IP address, localhost, the
 //     listen host or one of allowed_hosts (else 421), so that a page whose
 //     name is re-pointed here (DNS rebinding) is refused.
 //   - A grid request that fails admission (token, limits, plan) gets its 4xx
 //     before a stream starts; only errors after that are `event: error`.
-//   - A grid whose client hangs up stops, streamed or not.
+//   - A grid whose client hangs up stops, streamed or not; one whose write
+//     blocks past max_write_stall stops and its connection is shut down.
+//   - Shutdown(grace) stops listening at once; grids, curves and reads still
+//     running after the grace end (UNAVAILABLE: run it again).
 //   - Every connection up to max_connections has a thread of its own, so
 //     idle or slow ones delay no one. Past the cap, or past
 //     max_connections_per_client from one address, a connection gets 503

@@ -80,7 +80,8 @@ absl::Status CheckText(const std::string& text, const FieldDescriptor& field,
                        const std::string& path) {
   if (field.cpp_type() == FieldDescriptor::CPPTYPE_ENUM) {
     const google::protobuf::EnumDescriptor& type = *field.enum_type();
-    if (type.FindValueByName(text)) return absl::OkStatus();
+    // A name, or a number in a string, which protobuf's parser also takes.
+    if (type.FindValueByName(text) || IsWhole<int32_t>(text)) return absl::OkStatus();
     std::vector<std::string> names;
     for (int i = 0; i < type.value_count(); ++i) names.push_back(type.value(i)->name());
     return absl::InvalidArgumentError(absl::StrCat(path, ": unknown value ", ShortQuote(text),

@@ -22,6 +22,7 @@ TEST(JsonShapeTest, AGridRequestOfEitherNamingPasses) {
   EXPECT_TRUE(Check(R"({"seed": "18446744073709551615", "branch_noise": "BRANCH_NOISE_TRUNK",
                         "sampler": "SAMPLER_EULER_ANCESTRAL", "steps": "20"})")
                   .ok());
+  EXPECT_TRUE(Check(R"({"sampler": "1", "branch_noise": 1})").ok());  // numbers, as protobuf takes
 }
 
 TEST(JsonShapeTest, WhatProtobufWouldAcceptLeniently) {
