@@ -341,10 +341,18 @@ TEST(GridPlanTest, APromotedTrunksSwitchMustFitTheModel) {
   PathToProto(trunk.BranchAt(10, 9, SegmentConditioning{"", "", 7}), r.mutable_trunk());
   EXPECT_EQ(PlanGrid(r, Model(), {}).status().message().substr(0, 42),
             "trunk.segments[1].conditioning.class_index");
-  // One that fits plans, canonical: a switch to the request's own class goes.
+  // One that fits plans, canonical: a switch to the request's own class
+  // with the same noise changes nothing, so the segment goes (since
+  // Path::Canonical merges such segments; the old check read past the end).
   PathToProto(trunk.BranchAt(10, 9, SegmentConditioning{"", "", 2}), r.mutable_trunk());
   auto plan = PlanGrid(r, Model(), {});
   ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->trunk, trunk);
+  // With other noise the segment stays, its conditioning gone.
+  PathToProto(trunk.BranchAt(10, 8, SegmentConditioning{"", "", 2}), r.mutable_trunk());
+  plan = PlanGrid(r, Model(), {});
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  ASSERT_EQ(plan->trunk.segments.size(), 2u);
   EXPECT_FALSE(plan->trunk.segments[1].conditioning.has_value());
 }
 
