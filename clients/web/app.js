@@ -47,6 +47,7 @@ const downloadJson = byTestId('download-json');
 const trunkChip = byTestId('trunk-chip');
 const curvePanel = byTestId('curve');
 const curveTrunks = byTestId('curve-trunks');
+const gridStop = byTestId('grid-stop');
 const curveRun = byTestId('curve-run');
 const curveCancel = byTestId('curve-cancel');
 const curveProgress = byTestId('curve-progress');
@@ -79,6 +80,8 @@ let pendingView = null;
 let view = null;
 let runCounter = 0;
 let abortRun = null;
+// The run the Stop button stopped (its id), so that its end is told as such.
+let stoppedRun = null;
 let jsonUrl = null;
 // The decision curve running (its AbortController), and which run is the
 // latest: events of an older one are dropped.
@@ -371,6 +374,7 @@ async function run(state, mode) {
   showTokensNote(null);
   setStatus('Planning…', 0);
   form.querySelector('[data-testid="run"]').textContent = 'Running…';
+  gridStop.hidden = false;
 
   try {
     const grid = await streamGrid(request, {
@@ -383,6 +387,16 @@ async function run(state, mode) {
     if (id !== runCounter) return;
     finish(grid);
   } catch (error) {
+    if (id === runCounter && stoppedRun === id) {
+      // Stopped by the user: the server cancels the grid (its client went
+      // away); the cells that came stay on screen.
+      setGridState('cancelled');
+      gridBox.classList.remove('stale');
+      const total = (view.plan?.branch_steps?.length ?? 0) * (view.plan?.branches ?? 0) + 1;
+      const done = view.cells.size + (view.trunk ? 1 : 0);
+      setStatus(`Stopped after ${done} of ${total} images.`);
+      return;
+    }
     if (id !== runCounter || error.name === 'AbortError') return;
     showError(error);
     setGridState('error');
@@ -392,7 +406,10 @@ async function run(state, mode) {
     if (!view.plan && previous) view = previous;
     setStatus(`No grid: ${error.message}`);
   } finally {
-    if (id === runCounter) form.querySelector('[data-testid="run"]').textContent = 'Run grid';
+    if (id === runCounter) {
+      form.querySelector('[data-testid="run"]').textContent = 'Run grid';
+      gridStop.hidden = true;
+    }
   }
 }
 
@@ -978,6 +995,10 @@ controls.token.addEventListener('change', async () => {
 });
 byTestId('error-dismiss').addEventListener('click', () => clearError());
 curveRun.addEventListener('click', runCurve);
+gridStop.addEventListener('click', () => {
+  stoppedRun = runCounter;
+  abortRun?.abort();
+});
 curveTrunks.addEventListener('keydown', (event) => {
   if (event.key === 'Enter') runCurve();
 });
@@ -1016,6 +1037,7 @@ function showView(search) {
 function resetView() {
   abortRun?.abort();
   runCounter++;
+  gridStop.hidden = true;
   view = null;
   hovered = null;
   setGridState('idle');

@@ -798,6 +798,22 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
       await slow.metric('dgrid_orchestrator_grids_total{status="cancelled"}') > cancelledBefore &&
           await slow.metric('dgrid_orchestrator_replica_inflight', {prefix: true}) === 0,
     30_000, 'the curve\'s grids cancelled on the server');
+
+    // A running grid has a Stop button too (there was none): the grid stops
+    // on the server, and the cells that came stay.
+    const cancelledGrids = await slow.metric('dgrid_orchestrator_grids_total{status="cancelled"}');
+    await fillGrid(page, {seed: '61', steps: '50', rows: '0,5,10,15,20,25,30,35', cols: '8'});
+    await page.click(testId('run'));
+    await page.waitForSelector(`${testId('grid-stop')}:not([hidden])`);
+    await page.waitForSelector(`${testId('cell')}[data-loaded="true"]`, {timeout: 60_000});
+    await page.click(testId('grid-stop'));
+    await page.waitForFunction(() => document.querySelector('[data-testid="grid"]').dataset.state === 'cancelled');
+    assert.match(await page.textContent(testId('status-text')), /^Stopped after \d+ of 65 images\.$/);
+    assert.equal(await page.isVisible(testId('grid-stop')), false);
+    assert.equal(await page.isVisible(testId('error-banner')), false, 'a stop is not an error');
+    await eventually(async () =>
+      await slow.metric('dgrid_orchestrator_grids_total{status="cancelled"}') > cancelledGrids,
+    30_000, 'the stopped grid cancelled on the server');
   }));
 
   test('12. an SDXL-style model: size and crop fields, sent as its size conditioning and kept in the URL',
