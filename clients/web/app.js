@@ -264,6 +264,23 @@ function showPromptKind(kind) {
   switchLabel.htmlFor = text ? 'switch-text' : 'switch';
 }
 
+const presetSteps = (preset) => preset === 'turbo' ? 4 : 50;
+
+// The preset's rows for the typed steps, scaled as the server scales them
+// (grid_plan.cc: round(k * steps / preset steps), each once, below steps).
+function presetRows(preset) {
+  const base = presetSteps(preset);
+  const rows = preset === 'turbo' ? [0, 1, 2] : [0, 5, 10, 20, 30, 40];
+  const typed = Number(controls.steps.value.trim());
+  const steps = Number.isInteger(typed) && typed > 0 ? typed : base;
+  const scaled = [];
+  for (const k of rows) {
+    const s = Math.round(k * steps / base);
+    if (s < steps && (scaled.length === 0 || s > scaled[scaled.length - 1])) scaled.push(s);
+  }
+  return {rows: scaled, steps};
+}
+
 // A grid's steps, eta and rows are its preset's unless set (the model's own
 // defaults are for single trajectories: with its eta 0 every branch would be
 // the trunk); guidance is the model's.
@@ -274,7 +291,7 @@ function fillPlaceholders() {
   controls.eta.placeholder = '1';
   controls.guidance.placeholder = formatNumber(defaults.guidance ?? 1);
   controls.rows.placeholder = preset === 'classic' ? 'preset: t = 921, 821, 701' :
-      preset === 'turbo' ? 'preset: 0,1,2 of 4' : 'preset: 0,5,10,20,30,40 of 50';
+      (({rows, steps}) => `preset: ${rows.join(',')} of ${steps}`)(presetRows(preset));
   // With the trunk's noise every branch of a row is the same: one column.
   controls.cols.placeholder = controls.noise.value === 'trunk' ? '1' : '4';
 }
@@ -980,6 +997,7 @@ controls.model.addEventListener('change', () => {
   fillPlaceholders();
 });
 controls.preset.addEventListener('change', fillPlaceholders);
+controls.steps.addEventListener('input', fillPlaceholders);
 controls.noise.addEventListener('change', fillPlaceholders);
 controls.token.addEventListener('change', async () => {
   const token = controls.token.value.trim();

@@ -417,6 +417,9 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     await page.waitForSelector(`${testId('error-banner')}:not([hidden])`);
     assert.equal(await page.textContent(testId('error-message')), 'steps: not a number: "abc"');
     await page.click(testId('error-dismiss'));
+    // The Rows placeholder gives the rows the preset takes at the typed steps.
+    await fillGrid(page, {steps: '10', rows: ''});
+    assert.equal(await page.getAttribute(testId('rows'), 'placeholder'), 'preset: 0,1,2,4,6,8 of 10');
 
     // An empty seed box runs a seed of its own, shown in the box and the URL
     // (it ran seed 0, and the page could not be reloaded or gone back to).
