@@ -48,8 +48,7 @@
 
 ABSL_FLAG(std::string, target, "127.0.0.1:50050",
           "Server host:port: the orchestrator (grid, curve, promote, models, health) or a "
-          "denoiser "
-          "(branch, step, models, health).");
+          "denoiser (branch, step, models, health).");
 ABSL_FLAG(std::string, model, "", "Model name; empty = the server's first model.");
 ABSL_FLAG(std::string, prompt, "",
           "A class model: a class name, e.g. sneaker. A text model: free text, e.g. "
@@ -58,15 +57,14 @@ ABSL_FLAG(std::string, negative, "",
           "Text models: the negative prompt, what guidance steers away from.");
 ABSL_FLAG(std::string, switch_prompt, "",
           "dgrid grid and curve: each row's branches switch to this prompt at the row's "
-          "branch step "
-          "(a class model: a class name).");
+          "branch step (a class model: a class name).");
 ABSL_FLAG(std::string, switch_negative, "",
           "dgrid grid and curve: the negative prompt the branches switch to; empty = "
           "--negative.");
 ABSL_FLAG(std::string, branch_noise, "new",
           "dgrid grid and curve: new (each branch its own future noise) or trunk "
-          "(branches keep the "
-          "trunk's noise: one column, differing from the trunk only by the switch).");
+          "(branches keep the trunk's noise: one column, differing from the trunk only by the "
+          "switch).");
 ABSL_FLAG(std::string, model_dir, "", "dgrid tokenize: the model bundle whose tokenizer to use.");
 ABSL_FLAG(uint64_t, seed, 0, "Initial-latent seed (path.init_seed).");
 ABSL_FLAG(uint64_t, noise_seed, 1, "Noise seed of the first segment.");

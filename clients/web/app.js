@@ -287,11 +287,12 @@ function presetRows(preset) {
 function fillPlaceholders() {
   const defaults = currentModel()?.defaults ?? {};
   const preset = controls.preset.value;
-  controls.steps.placeholder = preset === 'turbo' ? '4' : '50';
+  controls.steps.placeholder = String(presetSteps(preset));
   controls.eta.placeholder = '1';
   controls.guidance.placeholder = formatNumber(defaults.guidance ?? 1);
+  const {rows, steps} = presetRows(preset);
   controls.rows.placeholder = preset === 'classic' ? 'preset: t = 921, 821, 701' :
-      (({rows, steps}) => `preset: ${rows.join(',')} of ${steps}`)(presetRows(preset));
+      `preset: ${rows.join(',')} of ${steps}`;
   // With the trunk's noise every branch of a row is the same: one column.
   controls.cols.placeholder = controls.noise.value === 'trunk' ? '1' : '4';
 }

@@ -2,7 +2,6 @@
 
 #include <map>
 #include <optional>
-#include <system_error>
 #include <thread>
 
 #include "absl/random/random.h"
@@ -11,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "common/grpc_status.h"
 #include "common/png_image.h"
+#include "common/start_thread.h"
 #include "common/status_macros.h"
 #include "common/wire.h"
 #include "grid_orchestrator/assemble/grid_figure.h"
@@ -217,19 +217,11 @@ void GridExecutor::GridRun::Fail(const absl::Status& status) {
 }
 
 void GridExecutor::GridRun::Spawn(std::function<void()> job) {
-  std::string why;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    try {
-      threads_.emplace_back(std::move(job));
-      return;
-    } catch (const std::system_error& e) {
-      // Out of threads (a pids limit): the grid fails; uncaught in a job's
-      // thread, it would have ended the process.
-      why = e.what();
-    }
-  }
-  Fail(absl::ResourceExhaustedError(absl::StrCat("cannot start a job's thread: ", why)));
+  // Out of threads (a pids limit), the grid fails.
+  absl::StatusOr<std::thread> thread = StartThread(std::move(job), "a job's thread");
+  if (!thread.ok()) return Fail(thread.status());
+  std::lock_guard<std::mutex> lock(mu_);
+  threads_.push_back(std::move(*thread));
 }
 
 // ---- One job ----

@@ -1,23 +1,36 @@
 #include "grid_orchestrator/server/client_watch.h"
 
+#include "common/start_thread.h"
+#include "common/status_macros.h"
+
 namespace dgrid {
 
-ClientWatch::ClientWatch(const Caller& caller, absl::Duration max_stall, GridCancel* cancel)
-    : thread_([this, &caller, max_stall, cancel] {
-        while (!WaitDone(absl::Milliseconds(25))) {
-          if (caller.gone()) {
-            cancel->Cancel();
-            return;
-          }
-          const int64_t since = write_started_ns_.load();
-          if (since != 0 && absl::Now() - absl::FromUnixNanos(since) > max_stall) {
-            stalled_.store(true);
-            cancel->Cancel();
-            if (caller.abort) caller.abort();
-            return;
-          }
-        }
-      }) {}
+absl::StatusOr<std::unique_ptr<ClientWatch>> ClientWatch::Start(const Caller& caller,
+                                                                absl::Duration max_stall,
+                                                                GridCancel* cancel) {
+  std::unique_ptr<ClientWatch> watch(new ClientWatch());
+  ClientWatch* w = watch.get();
+  ASSIGN_OR_RETURN(watch->thread_,
+                   StartThread([w, &caller, max_stall, cancel] { w->Watch(caller, max_stall, cancel); },
+                               "the client's watch"));
+  return watch;
+}
+
+void ClientWatch::Watch(const Caller& caller, absl::Duration max_stall, GridCancel* cancel) {
+  while (!WaitDone(absl::Milliseconds(25))) {
+    if (caller.gone()) {
+      cancel->Cancel();
+      return;
+    }
+    const int64_t since = write_started_ns_.load();
+    if (since != 0 && absl::Now() - absl::FromUnixNanos(since) > max_stall) {
+      stalled_.store(true);
+      cancel->Cancel();
+      if (caller.abort) caller.abort();
+      return;
+    }
+  }
+}
 
 ClientWatch::~ClientWatch() {
   {
@@ -25,7 +38,7 @@ ClientWatch::~ClientWatch() {
     done_ = true;
   }
   done_cv_.notify_all();
-  thread_.join();
+  if (thread_.joinable()) thread_.join();  // not when Start failed
 }
 
 bool ClientWatch::WaitDone(absl::Duration timeout) {

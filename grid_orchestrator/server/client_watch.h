@@ -4,20 +4,23 @@
 // 25 ms, because neither sync gRPC handlers nor HTTP handlers get a callback
 // for either.
 //
-//   ClientWatch watch(caller, limits.max_write_stall, &cancel);
-//   watch.WriteStarts();
+//   ASSIGN_OR_RETURN(std::unique_ptr<ClientWatch> watch,
+//                    ClientWatch::Start(caller, limits.max_write_stall, &cancel));
+//   watch->WriteStarts();
 //   const bool written = sink(event);
-//   watch.WriteEnds();
-//   if (watch.stalled()) ...  // the client stopped reading
+//   watch->WriteEnds();
+//   if (watch->stalled()) ...  // the client stopped reading
 #ifndef DGRID_GRID_ORCHESTRATOR_SERVER_CLIENT_WATCH_H_
 #define DGRID_GRID_ORCHESTRATOR_SERVER_CLIENT_WATCH_H_
 
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <thread>
 
+#include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "grid_orchestrator/execute/grid_executor.h"
 #include "grid_orchestrator/server/grid_service.h"
@@ -26,9 +29,11 @@ namespace dgrid {
 
 class ClientWatch {
  public:
-  // `caller` and `cancel` outlive the watch. Throws std::system_error when
-  // its thread cannot start.
-  ClientWatch(const Caller& caller, absl::Duration max_stall, GridCancel* cancel);
+  // `caller` and `cancel` outlive the watch. RESOURCE_EXHAUSTED when its
+  // thread cannot start (StartThread).
+  static absl::StatusOr<std::unique_ptr<ClientWatch>> Start(const Caller& caller,
+                                                            absl::Duration max_stall,
+                                                            GridCancel* cancel);
   ~ClientWatch();
   ClientWatch(const ClientWatch&) = delete;
   ClientWatch& operator=(const ClientWatch&) = delete;
@@ -39,6 +44,8 @@ class ClientWatch {
   bool stalled() const { return stalled_.load(); }
 
  private:
+  ClientWatch() = default;
+  void Watch(const Caller& caller, absl::Duration max_stall, GridCancel* cancel);
   bool WaitDone(absl::Duration timeout);
 
   std::atomic<int64_t> write_started_ns_{0};
@@ -47,7 +54,7 @@ class ClientWatch {
   std::mutex mu_;
   std::condition_variable done_cv_;
   bool done_ = false;  // guarded by mu_
-  std::thread thread_;  // last: it starts once the rest is built
+  std::thread thread_;
 };
 
 }  // namespace dgrid

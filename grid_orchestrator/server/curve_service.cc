@@ -4,14 +4,13 @@
 #include <condition_variable>
 #include <deque>
 #include <mutex>
-#include <optional>
-#include <system_error>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/start_thread.h"
 #include "common/status_macros.h"
 #include "grid_orchestrator/assemble/curve_figure.h"
 #include "grid_orchestrator/assemble/decision_curve.h"
@@ -103,27 +102,34 @@ class CurveService::CurveRun {
     workers_left_ = workers;
     judging_ = true;
     std::vector<std::thread> threads;
-    int started = 0;
-    try {
-      for (; started < workers; ++started) {
-        threads.emplace_back([this] {
-          Work();
-          std::lock_guard<std::mutex> lock(mu_);
-          --workers_left_;
-          changed_.notify_all();
-        });
+    absl::StatusOr<std::thread> judge = StartThread([this] { JudgeDrawnGrids(); }, "a curve's judge");
+    absl::Status started = judge.status();
+    if (judge.ok()) threads.push_back(std::move(*judge));
+    int running = 0;
+    while (started.ok() && running < workers) {
+      absl::StatusOr<std::thread> worker = StartThread(
+          [this] {
+            Work();
+            std::lock_guard<std::mutex> lock(mu_);
+            --workers_left_;
+            changed_.notify_all();
+          },
+          "a curve's worker");
+      started = worker.status();
+      if (worker.ok()) {
+        threads.push_back(std::move(*worker));
+        ++running;
       }
-      threads.emplace_back([this] { JudgeDrawnGrids(); });
-    } catch (const std::system_error& e) {
+    }
+    if (!started.ok()) {
       // Out of threads (a pids limit): the curve fails, and what did start
-      // stops; uncaught, the exception would end the process.
+      // stops.
       {
         std::lock_guard<std::mutex> lock(mu_);
-        workers_left_ -= workers - started;
-        if (threads.size() == static_cast<size_t>(started)) judging_ = false;
+        workers_left_ -= workers - running;
+        if (!judge.ok()) judging_ = false;
       }
-      Fail(absl::ResourceExhaustedError(
-          absl::StrCat("cannot start the curve's threads: ", e.what())));
+      Fail(started);
     }
     DeliverProgress(deliver);
     for (std::thread& t : threads) t.join();
@@ -366,13 +372,8 @@ absl::StatusOr<v1::CurveResult> CurveService::Run(AdmittedCurve& curve, const Ca
   // the transport (gRPC: TryCancel), as for a grid, else this thread would
   // wait for ever on the curve's last event.
   GridCancel unused;  // the curve's grids have their own
-  std::optional<ClientWatch> watch;
-  try {
-    watch.emplace(caller, grids_->max_write_stall(), &unused);
-  } catch (const std::system_error& e) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("cannot start the curve's threads: ", e.what()));
-  }
+  ASSIGN_OR_RETURN(std::unique_ptr<ClientWatch> watch,
+                   ClientWatch::Start(caller, grids_->max_write_stall(), &unused));
   const CurveSink watched = [&](const v1::CurveEvent& event) {
     watch->WriteStarts();
     const bool written = sink(event);

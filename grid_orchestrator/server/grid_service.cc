@@ -7,8 +7,6 @@
 #include <cstring>
 #include <deque>
 #include <mutex>
-#include <optional>
-#include <system_error>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -19,6 +17,7 @@
 #include "common/bearer_token.h"
 #include "common/grpc_status.h"
 #include "common/short_text.h"
+#include "common/start_thread.h"
 #include "grid_orchestrator/metrics/orchestrator_metrics.h"
 #include "grid_orchestrator/server/client_watch.h"
 
@@ -277,51 +276,45 @@ absl::StatusOr<v1::Grid> GridService::Run(const AdmittedGrid& admitted, const Ca
       std::min(caller.deadline, admitted.admitted_ + limits_.default_grid_timeout);
   Outbox outbox(limits_.max_outbox_bytes);
   absl::StatusOr<v1::Grid> grid;
-  // Out of threads (a pids limit), the grid fails; uncaught, the exception
-  // would end the process.
-  auto no_thread = [&](const std::system_error& e) {
-    absl::Status failed =
-        absl::ResourceExhaustedError(absl::StrCat("cannot start the grid's threads: ", e.what()));
+  // Out of threads (a pids limit), the grid fails.
+  auto failed = [&](const absl::Status& status) {
     if (metrics_) {
-      metrics_->CountGrid(Outcome(failed), absl::ToDoubleSeconds(absl::Now() - admitted.admitted_));
+      metrics_->CountGrid(Outcome(status), absl::ToDoubleSeconds(absl::Now() - admitted.admitted_));
     }
-    return failed;
+    return status;
   };
-  std::thread worker;
-  try {
-    worker = std::thread([&] {
-      grid = executor_->Run(
-          admitted.plan(), deadline,
-          [&](const v1::GridEvent& event) {
-            if (!outbox.Push(event)) cancel->Cancel();
-          },
-          cancel);
-      outbox.Close();
-    });
-  } catch (const std::system_error& e) {
-    return no_thread(e);
-  }
+  absl::StatusOr<std::thread> worker = StartThread(
+      [&] {
+        grid = executor_->Run(
+            admitted.plan(), deadline,
+            [&](const v1::GridEvent& event) {
+              if (!outbox.Push(event)) cancel->Cancel();
+            },
+            cancel);
+        outbox.Close();
+      },
+      "the grid's worker");
+  if (!worker.ok()) return failed(worker.status());
   bool client_ok = true;
   bool stalled = false;
   {
-    std::optional<ClientWatch> watch;
-    try {
-      watch.emplace(caller, limits_.max_write_stall, cancel);
-    } catch (const std::system_error& e) {
+    absl::StatusOr<std::unique_ptr<ClientWatch>> watch =
+        ClientWatch::Start(caller, limits_.max_write_stall, cancel);
+    if (!watch.ok()) {
       cancel->Cancel();
-      worker.join();  // the outbox takes what the cancelled grid still sends
-      return no_thread(e);
+      worker->join();  // the outbox takes what the cancelled grid still sends
+      return failed(watch.status());
     }
     auto deliver = [&](const v1::GridEvent& event) {
       if (!client_ok) return;
-      watch->WriteStarts();
+      (*watch)->WriteStarts();
       client_ok = sink(event);
-      watch->WriteEnds();
+      (*watch)->WriteEnds();
       if (!client_ok) cancel->Cancel();
     };
     v1::GridEvent event;
     while (outbox.Pop(&event)) deliver(event);
-    worker.join();
+    worker->join();
     // The finished grid is the one event a reading client must get, so it
     // skips the outbox's bound; its write is watched like the others.
     if (grid.ok() && stream_grid) {
@@ -329,7 +322,7 @@ absl::StatusOr<v1::Grid> GridService::Run(const AdmittedGrid& admitted, const Ca
       *last.mutable_grid() = *grid;
       deliver(last);
     }
-    stalled = watch->stalled();
+    stalled = (*watch)->stalled();
   }
   absl::Status abandoned;
   if (outbox.overflowed()) {
