@@ -436,4 +436,17 @@ absl::StatusOr<v1::GetModelInfoResponse> ReplicaPool::Models() {
   return absl::UnavailableError("no healthy denoiser replica");
 }
 
+absl::StatusOr<v1::ModelInfo> ReplicaPool::Model(const std::string& name,
+                                                 const std::string& version) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [_, r] : replicas_) {
+    if (!r->healthy || !r->models) continue;
+    for (const v1::ModelInfo& m : r->models->models()) {
+      if (m.name() == name && m.version() == version) return m;
+    }
+  }
+  return absl::UnavailableError(
+      absl::StrCat("no healthy replica serves ", name, " version ", version, " any more"));
+}
+
 }  // namespace dgrid

@@ -142,6 +142,9 @@ class ReplicaPool {
   // Models as served by a healthy replica (each replica's answer is kept
   // until it turns unhealthy: a restarted replica may serve a new version).
   absl::StatusOr<v1::GetModelInfoResponse> Models();
+  // `name` at `version`, as a healthy replica that serves it describes it;
+  // UNAVAILABLE when none does (any more).
+  absl::StatusOr<v1::ModelInfo> Model(const std::string& name, const std::string& version);
   // Runs one health round now (tests use it to skip the interval).
   void CheckHealthNow();
   // Acquire calls waiting for a slot now.

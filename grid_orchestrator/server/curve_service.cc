@@ -97,6 +97,10 @@ class CurveService::CurveRun {
   // `deliver`; the observations in trunk order.
   absl::StatusOr<std::vector<TrunkObservation>> Execute(
       std::unique_ptr<AdmittedGrid> first, const std::function<bool(const v1::CurveEvent&)>& deliver) {
+    // Every trunk runs on the first one's model version: during a rolling
+    // update the pool's first replica may serve a newer one, and a curve
+    // over two versions would be no model's curve.
+    pin_ = {first->plan().model, first->plan().model_version};
     first_ = std::move(first);
     const int workers = std::min(service_->limits_.max_concurrent_grids, request_.trunks());
     workers_left_ = workers;
@@ -249,7 +253,7 @@ class CurveService::CurveRun {
       }
       absl::StatusOr<std::unique_ptr<AdmittedGrid>> admitted =
           service_->grids_->Admit(caller_, TrunkRequest(request_, trunk), GridImages::kCellsOnly,
-                                  GridService::Refusal::kCallerWaits);
+                                  GridService::Refusal::kCallerWaits, &pin_);
       std::unique_lock<std::mutex> lock(mu_);
       --admitting_;
       changed_.notify_all();
@@ -315,6 +319,7 @@ class CurveService::CurveRun {
   const Caller& caller_;
   const v1::CurveRequest& request_;
   const int heads_;
+  GridService::ModelPin pin_;  // set before the workers start
   const absl::Time started_ = absl::Now();
   GridCancel cancel_;  // shared by the curve's grids: one failure stops them all
   // std primitives, not absl's: TSan sees them.

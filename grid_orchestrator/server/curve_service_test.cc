@@ -171,6 +171,30 @@ TEST_F(CurveServiceTest, TrunksWaitForTheClientsGridLimit) {
   EXPECT_EQ(Grids("rejected"), 0);
 }
 
+// A rolling update under a running curve: the replica the pool asks for its
+// models first now serves version 2. The trunks after the first still run on
+// version 1, on the other replica; a curve over two versions would be no
+// model's curve.
+TEST_F(CurveServiceTest, EveryTrunkRunsOnTheFirstTrunksModelVersion) {
+  Start(OrchestratorLimits{}, CurveLimits{1000, 1});
+  const int updated = replicas_.address(0) < replicas_.address(1) ? 0 : 1;
+  auto update = [&] {
+    replicas_.StopServing(updated);
+    pool_->CheckHealthNow();
+    replicas_.ServeVersion(updated, "2");
+    pool_->CheckHealthNow();
+  };
+  absl::StatusOr<v1::CurveResult> curve =
+      curves_->RunCurve(Caller{}, Request(4), [&](const v1::CurveEvent& e) {
+        if (e.has_plan()) update();  // trunk 0 is planned; no trunk has run
+        return true;
+      });
+  ASSERT_TRUE(curve.ok()) << curve.status();
+  EXPECT_TRUE(replicas_.log(updated).branches.empty())
+      << "trunks ran on version 2 of a curve started on version 1";
+  EXPECT_FALSE(replicas_.log(1 - updated).branches.empty());
+}
+
 // A client that stops reading: the curve's last write blocks until the
 // transport is aborted, which the write-stall watch does, as for a grid.
 // Before, nothing watched a curve's writes and its thread waited for ever.

@@ -146,24 +146,25 @@ absl::Status GridService::Authenticate(const Caller& caller) const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<GridPlanSpec> GridService::Plan(const v1::GridRequest& request) {
+absl::StatusOr<v1::ModelInfo> GridService::ChooseModel(const v1::GridRequest& request) {
   absl::StatusOr<v1::GetModelInfoResponse> models = pool_->Models();
   if (!models.ok()) return models.status();
   if (models->models_size() == 0) return absl::UnavailableError("the denoisers serve no model");
-  const v1::ModelInfo* model = &models->models(0);
-  if (!request.model().empty()) {
-    model = nullptr;
-    std::vector<std::string> names;
-    for (const v1::ModelInfo& m : models->models()) {
-      names.push_back(m.name());
-      if (m.name() == request.model()) model = &m;
-    }
-    if (!model) {
-      return absl::InvalidArgumentError(absl::StrCat("model: unknown model ",
-                                                     ShortQuote(request.model()),
-                                                     "; served: ", absl::StrJoin(names, ", ")));
-    }
+  if (request.model().empty()) return models->models(0);
+  std::vector<std::string> names;
+  for (const v1::ModelInfo& m : models->models()) {
+    if (m.name() == request.model()) return m;
+    names.push_back(m.name());
   }
+  return absl::InvalidArgumentError(absl::StrCat("model: unknown model ", ShortQuote(request.model()),
+                                                 "; served: ", absl::StrJoin(names, ", ")));
+}
+
+absl::StatusOr<GridPlanSpec> GridService::Plan(const v1::GridRequest& request,
+                                               const ModelPin* pin) {
+  absl::StatusOr<v1::ModelInfo> model =
+      pin ? pool_->Model(pin->model, pin->version) : ChooseModel(request);
+  if (!model.ok()) return model.status();
   absl::StatusOr<GridPlanSpec> plan = PlanGrid(request, *model, limits_.plan);
   if (!plan.ok() || !plan->text) return plan;
   // What the tokenizer keeps of the prompts: the response says how many
@@ -235,7 +236,8 @@ void GridService::Release(const std::string& client) {
 }
 
 absl::StatusOr<std::unique_ptr<AdmittedGrid>> GridService::Admit(
-    const Caller& caller, const v1::GridRequest& request, GridImages images, Refusal refusal) {
+    const Caller& caller, const v1::GridRequest& request, GridImages images, Refusal refusal,
+    const ModelPin* pin) {
   auto refuse = [this, refusal](absl::Status status) {
     const bool waits = refusal == Refusal::kCallerWaits &&
                        status.code() == absl::StatusCode::kResourceExhausted;
@@ -260,7 +262,7 @@ absl::StatusOr<std::unique_ptr<AdmittedGrid>> GridService::Admit(
     return refuse(absl::ResourceExhaustedError(absl::StrCat(
         "too many grids in flight (limit ", limits_.max_concurrent_grids, "); retry later")));
   }
-  absl::StatusOr<GridPlanSpec> plan = Plan(request);
+  absl::StatusOr<GridPlanSpec> plan = Plan(request, pin);
   if (!plan.ok()) {
     Release(caller.client);
     return refuse(plan.status());

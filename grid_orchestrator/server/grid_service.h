@@ -107,11 +107,19 @@ class GridService {
   // "rejected"; kCallerWaits, none for RESOURCE_EXHAUSTED, since the caller
   // waits for a place and asks again (a curve's trunks at the client's limit).
   enum class Refusal { kCount, kCallerWaits };
+  // A model version a grid must be planned on, whatever the pool's first
+  // replica serves now: a curve's trunks keep the version of its first.
+  struct ModelPin {
+    std::string model;
+    std::string version;
+  };
   // Authenticates, admits and plans: UNAUTHENTICATED, RESOURCE_EXHAUSTED or
-  // INVALID_ARGUMENT before any event is sent. `images`: see GridImages.
+  // INVALID_ARGUMENT before any event is sent (UNAVAILABLE when no replica
+  // serves `pin` any more). `images`: see GridImages.
   absl::StatusOr<std::unique_ptr<AdmittedGrid>> Admit(
       const Caller& caller, const v1::GridRequest& request,
-      GridImages images = GridImages::kFigure, Refusal refusal = Refusal::kCount);
+      GridImages images = GridImages::kFigure, Refusal refusal = Refusal::kCount,
+      const ModelPin* pin = nullptr);
   // Runs an admitted grid. `sink` gets its events on this thread, and the
   // finished grid too when `stream_grid` (so that the last write is watched
   // for stalls like the others); the grid is also returned.
@@ -129,7 +137,10 @@ class GridService {
 
  private:
   friend class AdmittedGrid;
-  absl::StatusOr<GridPlanSpec> Plan(const v1::GridRequest& request);
+  // The request's model (empty: the first one served), as the pool's first
+  // healthy replica describes it.
+  absl::StatusOr<v1::ModelInfo> ChooseModel(const v1::GridRequest& request);
+  absl::StatusOr<GridPlanSpec> Plan(const v1::GridRequest& request, const ModelPin* pin);
   void Release(const std::string& client);
 
   ReplicaPool* const pool_;

@@ -238,6 +238,18 @@ FakeReplicas::~FakeReplicas() {
 
 FakeScript& FakeReplicas::script(int i) { return replicas_[i]->script; }
 
+void FakeReplicas::StopServing(int i) {
+  replicas_[i]->health->GetHealthCheckService()->SetServingStatus("", false);
+}
+
+void FakeReplicas::ServeVersion(int i, const std::string& version) {
+  {
+    std::lock_guard<std::mutex> lock(replicas_[i]->mu);
+    replicas_[i]->script.version = version;
+  }
+  replicas_[i]->health->GetHealthCheckService()->SetServingStatus("", true);
+}
+
 FakeLog FakeReplicas::log(int i) {
   std::lock_guard<std::mutex> lock(replicas_[i]->mu);
   return replicas_[i]->log;

@@ -60,6 +60,12 @@ class FakeReplicas {
   ~FakeReplicas();
 
   FakeScript& script(int i);
+  // A restart onto another version of the model, while calls may run: the
+  // replica stops serving (the pool forgets its models at its next health
+  // round, `pool->CheckHealthNow()`), takes `version`, and serves again
+  // (the pool asks for its models anew at the round after).
+  void StopServing(int i);
+  void ServeVersion(int i, const std::string& version);
   FakeLog log(int i);
   const std::string& address(int i) const;
   // Pool options over the replicas, with fast health checks and the fake
