@@ -166,7 +166,8 @@ def main() -> None:
             "threads": args.threads, "max_batch": args.max_batch,
             "concurrent_grids": args.concurrent_grids, "cpu": cpu_model(),
             "rows": [r.branch_step for r in curve.rows],
-            "divergence": [[round(r.divergence.mean, 4), round(r.divergence.standard_error, 4)]
+            "divergence": [None if r.divergence is None else
+                           [round(r.divergence.mean, 4), round(r.divergence.standard_error, 4)]
                            for r in curve.rows],
             "heads": {h.head: {
                 "p_differs": [[round(e.mean, 4), round(e.standard_error, 4)]

@@ -255,7 +255,9 @@ def run_curve(client: Any, model: str, trunks: int, seed: int, **grid: Any) -> D
     curve = client.decision_curve(trunks, seed=seed, model=model, **grid)
     seconds = time.time() - started
 
-    def est(e: Any) -> Dict[str, float]:
+    def est(e: Any) -> Optional[Dict[str, float]]:
+        if e is None:  # one branch per row: no pairwise divergence
+            return None
         return {"mean": round(e.mean, 4), "standard_error": round(e.standard_error, 4)}
 
     heads = {}

@@ -552,9 +552,15 @@ int Curve() {
     std::cout << "\n";
   }
   for (const v1::HeadCurve& head : curve.heads()) {
+    const int found = static_cast<int>(std::lround(100 * head.half_found_fraction()));
     if (head.half_found()) {
-      std::cout << absl::StrFormat("%s: half of its row-0 value at step %.1f ± %.1f\n",
-                                   head.head(), head.half_step(), head.half_step_standard_error());
+      // The ± is over the bootstrap resamples that found a half step.
+      std::cout << absl::StrFormat("%s: half of its row-0 value at step %.1f ± %.1f%s\n",
+                                   head.head(), head.half_step(), head.half_step_standard_error(),
+                                   found < 100 ? absl::StrFormat(" (found in %d%% of resamples)", found)
+                                               : "");
+    } else if (head.p_differs_size() > 0 && head.p_differs(0).mean() == 0) {
+      std::cout << head.head() << ": never differs at the first row, so has no half step\n";
     } else {
       std::cout << head.head() << ": never falls to half of its row-0 value\n";
     }

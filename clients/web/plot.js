@@ -229,7 +229,8 @@ export function curveLegend(curve) {
     item.append(`P(${name} differs from the trunk\u2019s): ` + (head.half_found ?
       `half its row-0 value at step ${fixed(head.half_step, 1)} \u00b1 ${fixed(head.half_step_standard_error, 1)}` +
           (found < 100 ? ` (found in ${found}% of resamples)` : '') :
-      'never falls to half its row-0 value'));
+      (head.p_differs?.[0]?.mean ?? 0) > 0 ? 'never falls to half its row-0 value' :
+        'never differs at the first row, so has no half step'));
     return item;
   });
   legend.prepend(...heads);

@@ -119,8 +119,11 @@ void DrawPanel(cairo_t* cr, int top, const std::string& y_label, double y_max,
       cairo_set_dash(cr, nullptr, 0, 0);
       legend = absl::StrFormat("%s: half at %.1f ± %.1f", legend, half->value,
                                half->standard_error);
+      // The ± is over the resamples that found a half step.
+      const int found = static_cast<int>(std::lround(100 * half->found_fraction));
+      if (found < 100) legend += absl::StrFormat(" (in %d%% of resamples)", found);
     } else if (half) {
-      legend += ": half not reached";
+      legend += pts[0].mean > 0 ? ": half not reached" : ": 0 at the first row, no half step";
     }
     const double ly = top + kTop + 14 + 18 * s;
     Line(cr, x1 + 12, ly - 4, x1 + 30, ly - 4, color, 2);

@@ -417,7 +417,8 @@ absl::StatusOr<v1::CurveResult> CurveService::Run(AdmittedCurve& curve, const Ca
     v1::CurveRow* row = result.add_rows();
     row->set_branch_step(plan.rows[r].branch_step);
     row->set_timestep(plan.rows[r].timestep);
-    *row->mutable_divergence() = ToProto(statistics->divergence[r]);
+    // One branch per row has no pair to compare: unset, not a 0 ± 0.
+    if (plan.branches >= 2) *row->mutable_divergence() = ToProto(statistics->divergence[r]);
     *row->mutable_divergence_to_trunk() = ToProto(statistics->divergence_to_trunk[r]);
   }
   for (size_t h = 0; h < heads->size(); ++h) {

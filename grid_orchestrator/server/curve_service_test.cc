@@ -100,6 +100,9 @@ TEST_F(CurveServiceTest, TheCurveIsTheCountOverTheTrunksGrids) {
   EXPECT_EQ(curve->rows(1).branch_step(), 3);
   EXPECT_EQ(curve->judged_images(), 6 * (1 + 3 * 4));
   EXPECT_EQ(curve->png().substr(1, 3), "PNG");
+  for (const v1::CurveRow& row : curve->rows()) {
+    EXPECT_TRUE(row.has_divergence() && row.has_divergence_to_trunk());
+  }
 
   // The plan, one progress event per trunk, then the curve.
   ASSERT_EQ(events.size(), 8u);
@@ -110,6 +113,22 @@ TEST_F(CurveServiceTest, TheCurveIsTheCountOverTheTrunksGrids) {
     EXPECT_EQ(events[i].progress().trunks(), 6);
   }
   EXPECT_TRUE(events.back().has_curve());
+}
+
+// One branch per row has no pair of branches: the pairwise divergence is
+// unset, not a 0 ± 0 that reads as "the branches agree".
+TEST_F(CurveServiceTest, OneBranchPerRowHasNoPairwiseDivergence) {
+  Start();
+  v1::CurveRequest request = Request(3);
+  request.mutable_grid()->mutable_branches()->set_value(1);
+  absl::StatusOr<v1::CurveResult> curve =
+      curves_->RunCurve(Caller{}, request, [](const v1::CurveEvent&) { return true; });
+  ASSERT_TRUE(curve.ok()) << curve.status();
+  ASSERT_EQ(curve->rows_size(), 3);
+  for (const v1::CurveRow& row : curve->rows()) {
+    EXPECT_FALSE(row.has_divergence()) << "row after step " << row.branch_step();
+    EXPECT_TRUE(row.has_divergence_to_trunk());
+  }
 }
 
 TEST_F(CurveServiceTest, BadInputIsRefusedNamingTheFieldBeforeAnyEvent) {

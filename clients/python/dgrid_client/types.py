@@ -444,17 +444,22 @@ class Estimate:
 
 @dataclass(frozen=True)
 class CurveRow:
+    """One row of a curve, over trunks: the mean RMS divergence between its
+    branches (None with one branch per row: no pair to compare) and from
+    its branches to their trunk."""
+
     branch_step: int
     timestep: int
-    divergence: Estimate
+    divergence: Optional[Estimate]
     divergence_to_trunk: Estimate
 
 
 @dataclass(frozen=True)
 class HeadCurve:
     """One judge head's curve: per row, P(a branch's label differs from its
-    trunk's); ``half_step`` is where it falls to half its row-0 value (None
-    when it never does). Its uncertainty comes from bootstrap resamples of
+    trunk's) (for a switch curve, 1 minus it is P(the trunk's label
+    survives)); ``half_step`` is where it first falls to half its row-0
+    value (None when it never does, or row 0 is 0). Its uncertainty comes from bootstrap resamples of
     the trunks: ``half_found_fraction`` of them found a half step, and the
     standard error and 68% interval are over those (so they may be set when
     ``half_step`` is None)."""
@@ -513,7 +518,9 @@ class Curve:
         return cls(
             plan=Plan.from_proto(c.plan),
             trunks=c.trunks,
-            rows=tuple(CurveRow(r.branch_step, r.timestep, Estimate.from_proto(r.divergence),
+            rows=tuple(CurveRow(r.branch_step, r.timestep,
+                                Estimate.from_proto(r.divergence) if r.HasField("divergence")
+                                else None,
                                 Estimate.from_proto(r.divergence_to_trunk)) for r in c.rows),
             heads=tuple(HeadCurve(h.head, tuple(Estimate.from_proto(p) for p in h.p_differs),
                                   h.half_step if h.half_found else None,

@@ -224,6 +224,12 @@ class ClientTest(unittest.TestCase):
             curve.save_svg(path)
             with open(path, "rb") as f:
                 self.assertEqual(f.read(), curve.svg)
+        for row in curve.rows:
+            self.assertIsNotNone(row.divergence)
+        # One branch per row: no pair of branches, so no pairwise divergence.
+        single = client.decision_curve(2, **small(510, branches=1))
+        self.assertEqual([r.divergence for r in single.rows], [None] * len(BRANCH_STEPS))
+        self.assertTrue(all(r.divergence_to_trunk.mean > 0 for r in single.rows))
         with self.assertRaises(DgridError) as bad:
             client.decision_curve(1, **args)
         self.assertEqual(bad.exception.code, grpc.StatusCode.INVALID_ARGUMENT)
