@@ -62,6 +62,9 @@ struct ReplicaPool::Replica {
   bool healthy = false;
   // What it answered to GetModelInfo since it last turned healthy.
   std::optional<v1::GetModelInfoResponse> models;
+  // Times a job marked it unhealthy: a health check that began before the
+  // last mark is stale and leaves it out until the next round.
+  uint64_t marks = 0;
   bool removed = false;
   int inflight = 0;
   int64_t outstanding_work = 0;
@@ -93,6 +96,9 @@ void ReplicaPool::Lease::MarkUnhealthy() {
   if (!pool_) return;
   std::lock_guard<std::mutex> lock(pool_->mu_);
   replica_->healthy = false;
+  // It may have restarted onto another model version: ask again once back.
+  replica_->models.reset();
+  ++replica_->marks;
   replica_->last_error = "a job failed on it";
 }
 
@@ -228,6 +234,11 @@ void ReplicaPool::CheckHealthNow() {
     for (const auto& [_, r] : replicas_) replicas.push_back(r);
   }
   for (const auto& r : replicas) {
+    uint64_t marks;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      marks = r->marks;
+    }
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + options_.health_timeout));
     grpc::health::v1::HealthCheckRequest request;
@@ -238,12 +249,16 @@ void ReplicaPool::CheckHealthNow() {
     bool fetch = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
+      // A job found it failing while this check was under way: the answer
+      // may predate the failure, so the next round decides.
+      if (r->marks != marks) continue;
       // A (re)joined replica may serve other models or versions.
       if (!serving) r->models.reset();
       fetch = serving && !r->models;
     }
     if (fetch) FetchModels(*r);
     std::lock_guard<std::mutex> lock(mu_);
+    if (r->marks != marks) continue;
     if (serving != r->healthy) changed_.notify_all();
     r->healthy = serving;
     r->last_error = serving ? "" : status.ok() ? "NOT_SERVING" : status.error_message();
@@ -251,12 +266,18 @@ void ReplicaPool::CheckHealthNow() {
 }
 
 void ReplicaPool::FetchModels(Replica& replica) {
+  uint64_t marks;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    marks = replica.marks;
+  }
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + options_.health_timeout));
   v1::GetModelInfoResponse response;
   const grpc::Status status = replica.stub->GetModelInfo(&context, {}, &response);
   if (!status.ok()) return;  // asked again at the next health round
   std::lock_guard<std::mutex> lock(mu_);
+  if (replica.marks != marks) return;  // the answer may predate a restart
   replica.models = std::move(response);
   changed_.notify_all();
 }

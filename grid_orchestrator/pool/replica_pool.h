@@ -106,7 +106,8 @@ class ReplicaPool {
     v1::Denoiser::StubInterface* stub() const;
     const std::string& address() const;
     // After a transport failure: stop sending work there until a health
-    // check passes again.
+    // check that began after this passes, and ask for its models anew then
+    // (it may have restarted onto another version).
     void MarkUnhealthy();
 
    private:

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "grid_orchestrator/testing/fake_denoiser.h"
 #include "gtest/gtest.h"
 
 namespace dgrid {
@@ -165,6 +166,26 @@ TEST(ReplicaPoolTest, HealthChangesTakeReplicasOutAndBackIn) {
     held.push_back(std::move(*lease));
   }
   EXPECT_TRUE(used_a);
+}
+
+// A job fails on a replica, which restarts onto version 2 of its model
+// before the next health round: the pool must not plan on its old list.
+TEST(ReplicaPoolTest, AReplicaMarkedUnhealthyIsAskedForItsModelsAgain) {
+  testing::FakeReplicas replicas(1);
+  ReplicaPool::Options options = replicas.PoolOptions();
+  options.health_interval = absl::Hours(1);  // rounds only when the test asks
+  auto pool = ReplicaPool::Create(options, nullptr);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  ASSERT_TRUE((*pool)->Model("fake", "1").ok());
+  {
+    auto lease = (*pool)->Acquire(1, kSoon, {});
+    ASSERT_TRUE(lease.ok()) << lease.status();
+    lease->MarkUnhealthy();
+  }
+  replicas.ServeVersion(0, "2");
+  (*pool)->CheckHealthNow();
+  EXPECT_TRUE((*pool)->Model("fake", "2").ok()) << "the pool kept the list from before the failure";
+  EXPECT_EQ((*pool)->Model("fake", "1").status().code(), absl::StatusCode::kUnavailable);
 }
 
 TEST(ReplicaPoolTest, NoHealthyReplicaIsUnavailableQuicklyWithTheReason) {
