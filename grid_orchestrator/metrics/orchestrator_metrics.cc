@@ -2,6 +2,24 @@
 
 namespace dgrid {
 
+const char* Outcome(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kOk:
+      return "ok";
+    case absl::StatusCode::kCancelled:
+      return "cancelled";
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kUnauthenticated:
+    case absl::StatusCode::kPermissionDenied:
+    case absl::StatusCode::kFailedPrecondition:
+      return "invalid";
+    case absl::StatusCode::kResourceExhausted:
+      return "rejected";
+    default:
+      return "failed";
+  }
+}
+
 OrchestratorMetrics::OrchestratorMetrics()
     : registry_(std::make_shared<prometheus::Registry>()),
       grids_(prometheus::BuildCounter()
@@ -13,7 +31,18 @@ OrchestratorMetrics::OrchestratorMetrics()
                         .Help("Wall time of completed grids.")
                         .Register(*registry_)
                         .Add({}, prometheus::Histogram::BucketBoundaries{
-                                     0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120})),
+                                     0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120,
+                                     300, 600})),
+      curves_(prometheus::BuildCounter()
+                  .Name("dgrid_orchestrator_curves_total")
+                  .Help("Decision curve requests by outcome (their trunks count as grids too).")
+                  .Register(*registry_)),
+      curve_seconds_(prometheus::BuildHistogram()
+                         .Name("dgrid_orchestrator_curve_seconds")
+                         .Help("Wall time of completed decision curves.")
+                         .Register(*registry_)
+                         .Add({}, prometheus::Histogram::BucketBoundaries{
+                                      1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200})),
       jobs_(prometheus::BuildCounter()
                 .Name("dgrid_orchestrator_jobs_total")
                 .Help("Denoiser jobs (trunk or branch calls) by outcome.")
@@ -52,16 +81,22 @@ OrchestratorMetrics::OrchestratorMetrics()
                          .Register(*registry_)
                          .Add({})) {
   // Series that dashboards and alerts divide by exist from the start.
-  for (const char* s : {"ok", "cancelled", "failed", "rejected", "abandoned"}) {
+  for (const char* s : {"ok", "cancelled", "invalid", "failed", "rejected", "abandoned"}) {
     grids_.Add({{"status", s}});
+    curves_.Add({{"status", s}});
   }
   for (const char* s : {"used", "wasted"}) evals_.Add({{"use", s}});
   for (const char* s : {"ok", "retried", "failed"}) jobs_.Add({{"status", s}});
 }
 
-void OrchestratorMetrics::CountGrid(const std::string& status, double seconds) {
+void OrchestratorMetrics::CountGrid(const std::string& status, std::optional<double> seconds) {
   grids_.Add({{"status", status}}).Increment();
-  if (status == "ok") grid_seconds_.Observe(seconds);
+  if (status == "ok" && seconds) grid_seconds_.Observe(*seconds);
+}
+
+void OrchestratorMetrics::CountCurve(const std::string& status, double seconds) {
+  curves_.Add({{"status", status}}).Increment();
+  if (status == "ok") curve_seconds_.Observe(seconds);
 }
 
 void OrchestratorMetrics::CountJob(const std::string& status) {

@@ -10,9 +10,19 @@
 #include <prometheus/registry.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 
+#include "absl/status/status.h"
+
 namespace dgrid {
+
+// How a grid or curve that ended with `status` counts: ok, cancelled (by
+// its caller), invalid (the caller's request or credentials: bad input,
+// unauthenticated, a failed precondition), rejected (overloaded: a limit),
+// failed (ours or the replicas'). "abandoned" (the client stopped reading)
+// is decided by the caller, not by a status.
+const char* Outcome(const absl::Status& status);
 
 class OrchestratorMetrics {
  public:
@@ -20,9 +30,12 @@ class OrchestratorMetrics {
 
   std::shared_ptr<prometheus::Registry> registry() { return registry_; }
 
-  // status: ok, cancelled, failed, rejected, abandoned (the client stopped
-  // reading its stream).
-  void CountGrid(const std::string& status, double seconds);
+  // status: see Outcome, or abandoned. `seconds` (an ok grid's wall time)
+  // is left out for a curve's trunks, which wait for their siblings by
+  // design: the curve is timed as a whole.
+  void CountGrid(const std::string& status, std::optional<double> seconds);
+  // status: as for grids. `seconds`: an ok curve's wall time.
+  void CountCurve(const std::string& status, double seconds);
   // status: ok, retried, failed.
   void CountJob(const std::string& status);
   // Model evaluations the replicas ran for grids: those whose results were
@@ -39,6 +52,8 @@ class OrchestratorMetrics {
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Family<prometheus::Counter>& grids_;
   prometheus::Histogram& grid_seconds_;
+  prometheus::Family<prometheus::Counter>& curves_;
+  prometheus::Histogram& curve_seconds_;
   prometheus::Family<prometheus::Counter>& jobs_;
   prometheus::Counter& retries_;
   prometheus::Family<prometheus::Counter>& evals_;

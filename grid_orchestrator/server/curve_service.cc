@@ -252,8 +252,9 @@ class CurveService::CurveRun {
         before = released_;
       }
       absl::StatusOr<std::unique_ptr<AdmittedGrid>> admitted =
-          service_->grids_->Admit(caller_, TrunkRequest(request_, trunk), GridImages::kCellsOnly,
-                                  GridService::Refusal::kCallerWaits, &pin_);
+          service_->grids_->Admit(caller_, TrunkRequest(request_, trunk),
+                                  {GridImages::kCellsOnly, GridService::Refusal::kCallerWaits,
+                                   /*curve_trunk=*/true, &pin_});
       std::unique_lock<std::mutex> lock(mu_);
       --admitting_;
       changed_.notify_all();
@@ -344,17 +345,26 @@ class CurveService::CurveRun {
   int judged_images_ = 0;                        // guarded by mu_
 };
 
-CurveService::CurveService(GridService* grids, ReplicaPool* pool, CurveLimits limits)
-    : grids_(grids), pool_(pool), limits_(limits) {}
+CurveService::CurveService(GridService* grids, ReplicaPool* pool, OrchestratorMetrics* metrics,
+                           CurveLimits limits)
+    : grids_(grids), pool_(pool), metrics_(metrics), limits_(limits) {}
 
 absl::StatusOr<std::unique_ptr<AdmittedCurve>> CurveService::Admit(
+    const Caller& caller, const v1::CurveRequest& request) {
+  absl::StatusOr<std::unique_ptr<AdmittedCurve>> curve = AdmitUncounted(caller, request);
+  if (!curve.ok() && metrics_) metrics_->CountCurve(Outcome(curve.status()), 0);
+  return curve;
+}
+
+absl::StatusOr<std::unique_ptr<AdmittedCurve>> CurveService::AdmitUncounted(
     const Caller& caller, const v1::CurveRequest& request) {
   RETURN_IF_ERROR(grids_->Authenticate(caller));
   RETURN_IF_ERROR(CheckCurveRequest(request, limits_));
   auto curve = std::make_unique<AdmittedCurve>();
   curve->request_ = request;
   absl::StatusOr<std::unique_ptr<AdmittedGrid>> first =
-      grids_->Admit(caller, TrunkRequest(request, 0), GridImages::kCellsOnly);
+      grids_->Admit(caller, TrunkRequest(request, 0),
+                    {GridImages::kCellsOnly, GridService::Refusal::kCount, /*curve_trunk=*/true});
   if (!first.ok()) return UnderGrid(first.status());
   curve->first_ = std::move(*first);
   curve->plan_ = curve->first_->plan();
@@ -372,6 +382,19 @@ absl::StatusOr<v1::CurveResult> CurveService::RunCurve(const Caller& caller,
 absl::StatusOr<v1::CurveResult> CurveService::Run(AdmittedCurve& curve, const Caller& caller,
                                                   const CurveSink& sink) {
   const absl::Time started = absl::Now();
+  bool stalled = false;
+  absl::StatusOr<v1::CurveResult> result = RunUncounted(curve, caller, sink, &stalled);
+  if (metrics_) {
+    metrics_->CountCurve(stalled ? "abandoned" : Outcome(result.status()),
+                         absl::ToDoubleSeconds(absl::Now() - started));
+  }
+  return result;
+}
+
+absl::StatusOr<v1::CurveResult> CurveService::RunUncounted(AdmittedCurve& curve,
+                                                           const Caller& caller,
+                                                           const CurveSink& sink, bool* stalled) {
+  const absl::Time started = absl::Now();
   if (!curve.first_) return absl::FailedPreconditionError("this curve has run already");
   // A client that stops reading: a write blocked past max_write_stall breaks
   // the transport (gRPC: TryCancel), as for a grid, else this thread would
@@ -386,6 +409,7 @@ absl::StatusOr<v1::CurveResult> CurveService::Run(AdmittedCurve& curve, const Ca
     return written;
   };
   auto abandoned = [&] {
+    *stalled = watch->stalled();
     return watch->stalled()
                ? absl::CancelledError(absl::StrCat(
                      "curve cancelled: a write to the client blocked for more than ",

@@ -24,6 +24,7 @@
 
 #include "absl/status/statusor.h"
 #include "dgrid/v1/orchestrator.pb.h"
+#include "grid_orchestrator/metrics/orchestrator_metrics.h"
 #include "grid_orchestrator/pool/replica_pool.h"
 #include "grid_orchestrator/server/grid_service.h"
 
@@ -53,7 +54,9 @@ class AdmittedCurve {
 
 class CurveService {
  public:
-  CurveService(GridService* grids, ReplicaPool* pool, CurveLimits limits);
+  // `metrics` may be null.
+  CurveService(GridService* grids, ReplicaPool* pool, OrchestratorMetrics* metrics,
+               CurveLimits limits);
 
   // Delivers one event to the client, on the caller's thread; may block.
   // False: the client is gone.
@@ -74,8 +77,15 @@ class CurveService {
  private:
   class CurveRun;
 
+  absl::StatusOr<std::unique_ptr<AdmittedCurve>> AdmitUncounted(const Caller& caller,
+                                                                const v1::CurveRequest& request);
+  // Run, with *stalled set when the client stopped reading.
+  absl::StatusOr<v1::CurveResult> RunUncounted(AdmittedCurve& curve, const Caller& caller,
+                                               const CurveSink& sink, bool* stalled);
+
   GridService* const grids_;
   ReplicaPool* const pool_;
+  OrchestratorMetrics* const metrics_;
   const CurveLimits limits_;
 };
 

@@ -26,7 +26,7 @@ class CurveServiceTest : public ::testing::Test {
   }
   void Start(OrchestratorLimits limits = {}, CurveLimits curve_limits = {}) {
     grids_ = std::make_unique<GridService>(pool_.get(), executor_.get(), &metrics_, limits, "");
-    curves_ = std::make_unique<CurveService>(grids_.get(), pool_.get(), curve_limits);
+    curves_ = std::make_unique<CurveService>(grids_.get(), pool_.get(), &metrics_, curve_limits);
   }
   static v1::CurveRequest Request(int trunks) {
     v1::CurveRequest r;
@@ -42,15 +42,26 @@ class CurveServiceTest : public ::testing::Test {
     return DecodePng({reinterpret_cast<const uint8_t*>(png.data()), png.size()})->pixels[0] >= 128;
   }
 
-  // dgrid_orchestrator_grids_total{status}.
-  double Grids(const std::string& status) {
+  // dgrid_orchestrator_grids_total{status} and dgrid_orchestrator_curves_total{status}.
+  double Grids(const std::string& status) { return Count("dgrid_orchestrator_grids_total", status); }
+  double Curves(const std::string& status) {
+    return Count("dgrid_orchestrator_curves_total", status);
+  }
+  double Count(const std::string& name, const std::string& status) {
     for (const prometheus::MetricFamily& family : metrics_.registry()->Collect()) {
-      if (family.name != "dgrid_orchestrator_grids_total") continue;
+      if (family.name != name) continue;
       for (const prometheus::ClientMetric& metric : family.metric) {
         for (const prometheus::ClientMetric::Label& label : metric.label) {
           if (label.name == "status" && label.value == status) return metric.counter.value;
         }
       }
+    }
+    return 0;
+  }
+  // Observations in dgrid_orchestrator_grid_seconds or _curve_seconds.
+  uint64_t Timed(const std::string& name) {
+    for (const prometheus::MetricFamily& family : metrics_.registry()->Collect()) {
+      if (family.name == name) return family.metric.at(0).histogram.sample_count;
     }
     return 0;
   }
@@ -161,6 +172,12 @@ TEST_F(CurveServiceTest, BadInputIsRefusedNamingTheFieldBeforeAnyEvent) {
     EXPECT_NE(status.message().find(c.field), std::string::npos) << status;
     EXPECT_EQ(events, 0);
   }
+  // The client's mistakes, counted apart from overload ("rejected"), which
+  // the error-ratio alert counts.
+  EXPECT_EQ(Curves("invalid"), 4);
+  EXPECT_EQ(Grids("invalid"), 1);  // the one whose first trunk was planned
+  EXPECT_EQ(Curves("rejected"), 0);
+  EXPECT_EQ(Grids("rejected"), 0);
 }
 
 TEST_F(CurveServiceTest, AClientThatGoesAwayCancelsTheCurve) {
@@ -172,6 +189,8 @@ TEST_F(CurveServiceTest, AClientThatGoesAwayCancelsTheCurve) {
   }).status();
   EXPECT_EQ(status.code(), absl::StatusCode::kCancelled) << status;
   EXPECT_LT(events, 21);
+  EXPECT_EQ(Curves("cancelled"), 1);
+  EXPECT_EQ(Curves("ok"), 0);
 }
 
 // More concurrent grids than the client may have: trunks wait their turn
@@ -187,6 +206,11 @@ TEST_F(CurveServiceTest, TrunksWaitForTheClientsGridLimit) {
   // Waiting for a place is no refusal: "rejected" grids once fired the
   // grid error-ratio alert for curves that all succeeded.
   EXPECT_EQ(Grids("ok"), 10);
+  EXPECT_EQ(Curves("ok"), 1);
+  // The trunks wait for each other by design: the curve is timed, not they
+  // (the grid latency alert fired on ordinary curves).
+  EXPECT_EQ(Timed("dgrid_orchestrator_grid_seconds"), 0u);
+  EXPECT_EQ(Timed("dgrid_orchestrator_curve_seconds"), 1u);
   EXPECT_EQ(Grids("rejected"), 0);
 }
 
@@ -234,6 +258,7 @@ TEST_F(CurveServiceTest, AClientWhoseWriteBlocksIsCancelled) {
   EXPECT_NE(status.message().find("blocked for more than"), std::string::npos) << status;
   EXPECT_TRUE(latch.aborted());
   EXPECT_LT(absl::Now() - start, absl::Seconds(20));
+  EXPECT_EQ(Curves("abandoned"), 1);
 }
 
 }  // namespace

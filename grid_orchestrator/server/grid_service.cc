@@ -24,22 +24,6 @@
 namespace dgrid {
 namespace {
 
-const char* Outcome(const absl::Status& status) {
-  switch (status.code()) {
-    case absl::StatusCode::kOk:
-      return "ok";
-    case absl::StatusCode::kCancelled:
-      return "cancelled";
-    case absl::StatusCode::kInvalidArgument:
-    case absl::StatusCode::kResourceExhausted:
-    case absl::StatusCode::kUnauthenticated:
-    case absl::StatusCode::kFailedPrecondition:
-      return "rejected";
-    default:
-      return "failed";
-  }
-}
-
 // Events on their way to one client. Executor threads push and never block;
 // the client's own thread pops and writes. Bounded in bytes: a client that
 // does not read cannot make the orchestrator hold its grid's images for ever.
@@ -226,7 +210,7 @@ absl::StatusOr<GridPlanSpec> GridService::Plan(const v1::GridRequest& request,
 }
 
 void GridService::CountRefusal(const absl::Status& status) {
-  if (metrics_) metrics_->CountGrid(Outcome(status), 0);
+  if (metrics_) metrics_->CountGrid(Outcome(status), std::nullopt);
 }
 
 void GridService::Release(const std::string& client) {
@@ -235,13 +219,13 @@ void GridService::Release(const std::string& client) {
   if (--grids_per_client_[client] == 0) grids_per_client_.erase(client);
 }
 
-absl::StatusOr<std::unique_ptr<AdmittedGrid>> GridService::Admit(
-    const Caller& caller, const v1::GridRequest& request, GridImages images, Refusal refusal,
-    const ModelPin* pin) {
-  auto refuse = [this, refusal](absl::Status status) {
-    const bool waits = refusal == Refusal::kCallerWaits &&
+absl::StatusOr<std::unique_ptr<AdmittedGrid>> GridService::Admit(const Caller& caller,
+                                                                 const v1::GridRequest& request,
+                                                                 const AdmitOptions& options) {
+  auto refuse = [this, &options](absl::Status status) {
+    const bool waits = options.refusal == Refusal::kCallerWaits &&
                        status.code() == absl::StatusCode::kResourceExhausted;
-    if (metrics_ && !waits) metrics_->CountGrid(Outcome(status), 0);
+    if (metrics_ && !waits) metrics_->CountGrid(Outcome(status), std::nullopt);
     return status;
   };
   if (absl::Status auth = Authenticate(caller); !auth.ok()) return refuse(auth);
@@ -262,13 +246,14 @@ absl::StatusOr<std::unique_ptr<AdmittedGrid>> GridService::Admit(
     return refuse(absl::ResourceExhaustedError(absl::StrCat(
         "too many grids in flight (limit ", limits_.max_concurrent_grids, "); retry later")));
   }
-  absl::StatusOr<GridPlanSpec> plan = Plan(request, pin);
+  absl::StatusOr<GridPlanSpec> plan = Plan(request, options.pin);
   if (!plan.ok()) {
     Release(caller.client);
     return refuse(plan.status());
   }
-  plan->images = images;
-  return std::unique_ptr<AdmittedGrid>(new AdmittedGrid(this, caller.client, std::move(*plan)));
+  plan->images = options.images;
+  return std::unique_ptr<AdmittedGrid>(
+      new AdmittedGrid(this, caller.client, std::move(*plan), !options.curve_trunk));
 }
 
 absl::StatusOr<v1::Grid> GridService::Run(const AdmittedGrid& admitted, const Caller& caller,
@@ -279,10 +264,14 @@ absl::StatusOr<v1::Grid> GridService::Run(const AdmittedGrid& admitted, const Ca
   Outbox outbox(limits_.max_outbox_bytes);
   absl::StatusOr<v1::Grid> grid;
   // Out of threads (a pids limit), the grid fails.
+  auto count = [&](const std::string& outcome) {
+    if (!metrics_) return;
+    std::optional<double> seconds;
+    if (admitted.timed_) seconds = absl::ToDoubleSeconds(absl::Now() - admitted.admitted_);
+    metrics_->CountGrid(outcome, seconds);
+  };
   auto failed = [&](const absl::Status& status) {
-    if (metrics_) {
-      metrics_->CountGrid(Outcome(status), absl::ToDoubleSeconds(absl::Now() - admitted.admitted_));
-    }
+    count(Outcome(status));
     return status;
   };
   absl::StatusOr<std::thread> worker = StartThread(
@@ -339,15 +328,10 @@ absl::StatusOr<v1::Grid> GridService::Run(const AdmittedGrid& admitted, const Ca
     abandoned = absl::CancelledError("grid cancelled: the client went away");
   }
   if (!abandoned.ok()) {
-    if (metrics_) {
-      metrics_->CountGrid("abandoned", absl::ToDoubleSeconds(absl::Now() - admitted.admitted_));
-    }
+    count("abandoned");
     return abandoned;
   }
-  if (metrics_) {
-    metrics_->CountGrid(Outcome(grid.status()),
-                        absl::ToDoubleSeconds(absl::Now() - admitted.admitted_));
-  }
+  count(Outcome(grid.status()));
   return grid;
 }
 

@@ -47,8 +47,8 @@ absl::StatusOr<std::unique_ptr<OrchestratorServer>> OrchestratorServer::Start(
                                                 s->metrics_.get(), o.executor);
   s->grid_service_ = std::make_unique<GridService>(s->pool_.get(), s->executor_.get(),
                                                    s->metrics_.get(), o.limits, o.auth_token);
-  s->curve_service_ =
-      std::make_unique<CurveService>(s->grid_service_.get(), s->pool_.get(), o.curves);
+  s->curve_service_ = std::make_unique<CurveService>(s->grid_service_.get(), s->pool_.get(),
+                                                     s->metrics_.get(), o.curves);
   s->service_ = std::make_unique<OrchestratorServiceImpl>(s->grid_service_.get(),
                                                           s->curve_service_.get());
 
