@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <limits>
 #include <system_error>
 
 #include <grpcpp/grpcpp.h>
@@ -51,6 +52,11 @@ absl::StatusOr<std::unique_ptr<DenoiserServer>> DenoiserServer::Start(
   if (o.model_dirs.empty()) return absl::InvalidArgumentError("--model_dir is required");
   if (o.max_batch < 1) return absl::InvalidArgumentError("--max_batch must be >= 1");
   if (o.max_queue < 1) return absl::InvalidArgumentError("--max_queue must be >= 1");
+  if (o.max_connection_age < absl::ZeroDuration() ||
+      o.max_connection_age_grace < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        "--max_connection_age_s and --max_connection_age_grace_s must be >= 0");
+  }
   // A request the queue could never hold would be refused as RESOURCE_EXHAUSTED,
   // which callers retry on every replica.
   if (o.max_queue < o.max_trajectories_per_request) {
@@ -111,7 +117,10 @@ absl::StatusOr<std::unique_ptr<DenoiserServer>> DenoiserServer::Start(
     // Clients reconnect, and re-resolve a headless Service, after a scale-up.
     builder->AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS,
                                 static_cast<int>(absl::ToInt64Milliseconds(o.max_connection_age)));
-    builder->AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS, 30000);
+    builder->AddChannelArgument(
+        GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+        static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(o.max_connection_age_grace),
+                                           std::numeric_limits<int>::max())));
   }
   s->server_ = builder->BuildAndStart();
   if (!s->server_ || s->port_ == 0) {

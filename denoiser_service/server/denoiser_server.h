@@ -58,8 +58,12 @@ struct DenoiserServerOptions {
   // model always runs its passes whole.
   int min_chunk_rows = 1;
   std::string device = "auto";
-  // Clients reconnect (and re-resolve DNS) after this; 0 = never.
+  // Clients reconnect (and re-resolve DNS) after this; 0 = never. Calls
+  // under way on an old connection get max_connection_age_grace to finish,
+  // then are cut: it must outlast the longest call (a row's job can take
+  // as long as its grid, up to the orchestrator's --grid_timeout_s).
   absl::Duration max_connection_age = absl::ZeroDuration();
+  absl::Duration max_connection_age_grace = absl::Seconds(330);
   // Test-only slow replica.
   absl::Duration debug_step_delay = absl::ZeroDuration();
   // TLS: PEM file paths. With cert and key the server speaks TLS; with a CA

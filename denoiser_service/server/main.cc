@@ -39,6 +39,9 @@ ABSL_FLAG(int, min_chunk_rows, 1,
 ABSL_FLAG(std::string, device, "auto", "auto, cpu or cuda.");
 ABSL_FLAG(int, max_connection_age_s, 0,
           "Close client connections after this many seconds so they re-resolve; 0 = never.");
+ABSL_FLAG(int, max_connection_age_grace_s, 330,
+          "How long calls under way on a connection past --max_connection_age_s may still run "
+          "before they are cut; keep it above the orchestrator's --grid_timeout_s.");
 ABSL_FLAG(int, debug_step_delay_ms, 0, "Test only: sleep before every forward pass.");
 ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate (enables TLS).");
 ABSL_FLAG(std::string, tls_key, "", "PEM server private key.");
@@ -94,6 +97,8 @@ int main(int argc, char** argv) {
   options.min_chunk_rows = absl::GetFlag(FLAGS_min_chunk_rows);
   options.device = absl::GetFlag(FLAGS_device);
   options.max_connection_age = absl::Seconds(absl::GetFlag(FLAGS_max_connection_age_s));
+  options.max_connection_age_grace =
+      absl::Seconds(absl::GetFlag(FLAGS_max_connection_age_grace_s));
   options.debug_step_delay = absl::Milliseconds(absl::GetFlag(FLAGS_debug_step_delay_ms));
   options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key = absl::GetFlag(FLAGS_tls_key);
