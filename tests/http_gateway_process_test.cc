@@ -895,14 +895,16 @@ TEST_F(SlowGridTest, AGridWhoseClientHangsUpStops) {
   if (auto grid = StartGrpcGrid(*stub)) Stop(std::move(grid));
 }
 
-// SIGTERM gives running grids the shutdown's grace (5 s) over HTTP as over
-// gRPC. The gateway once waited for every stream to finish, a minute here
-// and up to the grid timeout, past Kubernetes' 30 s before SIGKILL.
+// SIGTERM gives running grids the shutdown's grace (--shutdown_grace_s, 5 s
+// by default, 2 here) over HTTP as over gRPC. The gateway once waited for
+// every stream to finish, a minute here and up to the grid timeout, past
+// Kubernetes' 30 s before SIGKILL; gRPC streams ended with a bare
+// "Cancelling all calls".
 TEST(HttpShutdownTest, RunningStreamsEndWithinTheGrace) {
   testing::StackOptions options;
   options.denoisers = 1;
   options.denoiser_flags = {"--debug_step_delay_ms=300"};
-  options.orchestrator_flags = {"--http_addr=127.0.0.1:0", "--web_dir="};
+  options.orchestrator_flags = {"--http_addr=127.0.0.1:0", "--web_dir=", "--shutdown_grace_s=2"};
   auto stack = Stack::Start(options, "http-shutdown");
   ASSERT_TRUE(stack.ok()) << stack.status();
   auto ports = testing::WaitForPortFile((*stack)->dir() + "/orchestrator.ports", absl::Seconds(5));
@@ -923,6 +925,17 @@ TEST(HttpShutdownTest, RunningStreamsEndWithinTheGrace) {
     if (n > 0) seen.append(buffer, n);
   }
   ASSERT_NE(seen.find("event: plan"), std::string::npos) << seen.substr(0, 300);
+  // And a gRPC stream.
+  auto stub = (*stack)->Orchestrator();
+  grpc::ClientContext grpc_context;
+  grpc_context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(120)));
+  v1::GridRequest grpc_request;
+  grpc_request.set_seed(8);
+  grpc_request.mutable_steps()->set_value(50);
+  grpc_request.mutable_branches()->set_value(8);
+  auto grpc_reader = stub->StreamGrid(&grpc_context, grpc_request);
+  v1::GridEvent grpc_event;
+  ASSERT_TRUE(grpc_reader->Read(&grpc_event));
   // Another client sends its body a byte a second: the gateway waits for it
   // no longer than the grace either (30 s, the body's own timeout, before).
   const int slow = Connect(port);
@@ -944,8 +957,14 @@ TEST(HttpShutdownTest, RunningStreamsEndWithinTheGrace) {
   const absl::Duration took = absl::Now() - stop;
   ASSERT_TRUE(code.ok()) << "still running after SIGTERM";
   EXPECT_EQ(*code, 0) << (*stack)->orchestrator().Log();
-  EXPECT_LT(took, absl::Seconds(10)) << took;
-  std::cout << "orchestrator stopped " << took << " after SIGTERM with a grid streaming\n";
+  EXPECT_LT(took, absl::Seconds(5)) << took;  // 2 s, the default 5 s before the flag
+  std::cout << "orchestrator stopped " << took << " after SIGTERM with two grids streaming\n";
+  while (grpc_reader->Read(&grpc_event)) {
+  }
+  const grpc::Status grpc_status = grpc_reader->Finish();
+  EXPECT_EQ(grpc_status.error_code(), grpc::StatusCode::UNAVAILABLE) << grpc_status.error_message();
+  EXPECT_NE(grpc_status.error_message().find("the server is shutting down"), std::string::npos)
+      << grpc_status.error_message();
   // The stream's last event says why, as a reason to run it again.
   while (true) {
     const ssize_t n = ::recv(fd, buffer, sizeof(buffer), 0);

@@ -22,6 +22,9 @@ ABSL_FLAG(int, max_concurrent_grids, 64, "Grids in flight; past it RESOURCE_EXHA
 ABSL_FLAG(int, max_rows, 16, "Rows per grid.");
 ABSL_FLAG(int, max_branches, 16, "Branches (columns) per row.");
 ABSL_FLAG(int64_t, max_cell_steps, 40000, "rows x branches x steps per grid.");
+ABSL_FLAG(int, shutdown_grace_s, 5,
+          "On SIGTERM or SIGINT, how long running grids and curves may go on before they end "
+          "with UNAVAILABLE; keep it below the pod's terminationGracePeriodSeconds.");
 ABSL_FLAG(int, grid_timeout_s, 300,
           "The longest one grid may run, from its admission; a caller's earlier deadline "
           "wins. Each of a curve's grids has its own.");
@@ -111,6 +114,10 @@ int main(int argc, char** argv) {
   o.http_max_connections_per_client = absl::GetFlag(FLAGS_http_max_connections_per_client);
   o.http_head_timeout = absl::Seconds(absl::GetFlag(FLAGS_http_head_timeout_s));
   o.http_allowed_hosts = absl::GetFlag(FLAGS_http_allowed_hosts);
+  if (absl::GetFlag(FLAGS_shutdown_grace_s) < 0) {
+    std::cerr << "dgrid-orchestrator: --shutdown_grace_s must be >= 0\n";
+    return 1;
+  }
   const std::tuple<std::string, const char*, std::string*> token_files[] = {
       {absl::GetFlag(FLAGS_auth_token_file), "--auth_token_file", &o.auth_token},
       {absl::GetFlag(FLAGS_denoiser_token_file), "--denoiser_token_file", &o.denoiser_token}};
@@ -139,6 +146,6 @@ int main(int argc, char** argv) {
                                                         {"http", (*server)->http_port()}});
   dgrid::WaitForStopSignal(stop_signals);
   std::cerr << "dgrid-orchestrator: shutting down" << std::endl;
-  (*server)->Shutdown(absl::Seconds(5));
+  (*server)->Shutdown(absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_s)));
   return 0;
 }

@@ -3,25 +3,6 @@
 #include "common/grpc_status.h"
 
 namespace dgrid {
-namespace {
-
-Caller CallerOf(grpc::ServerContext* context) {
-  Caller caller;
-  caller.client = ClientKey(context->peer());
-  const auto& metadata = context->client_metadata();
-  if (auto it = metadata.find("authorization"); it != metadata.end()) {
-    caller.authorization.assign(it->second.data(), it->second.size());
-  }
-  if (context->deadline() != std::chrono::system_clock::time_point::max()) {
-    caller.deadline = absl::FromChrono(context->deadline());
-  }
-  caller.gone = [context] { return context->IsCancelled(); };
-  caller.abort = [context] { context->TryCancel(); };
-  return caller;
-}
-
-}  // namespace
-
 OrchestratorServiceImpl::OrchestratorServiceImpl(GridService* service, CurveService* curves)
     : RequestParsingService(v1::Orchestrator::service_full_name()),
       service_(service),
@@ -32,6 +13,35 @@ OrchestratorServiceImpl::OrchestratorServiceImpl(GridService* service, CurveServ
   AddServerStreaming("DecisionCurve", &OrchestratorServiceImpl::DecisionCurve);
 }
 
+void OrchestratorServiceImpl::EndCallsAt(absl::Time end) {
+  const int64_t ns = absl::ToUnixNanos(end);
+  if (ns < calls_end_ns_.load()) calls_end_ns_.store(ns);
+}
+
+Caller OrchestratorServiceImpl::CallerOf(grpc::ServerContext* context) const {
+  Caller caller;
+  caller.client = ClientKey(context->peer());
+  const auto& metadata = context->client_metadata();
+  if (auto it = metadata.find("authorization"); it != metadata.end()) {
+    caller.authorization.assign(it->second.data(), it->second.size());
+  }
+  if (context->deadline() != std::chrono::system_clock::time_point::max()) {
+    caller.deadline = absl::FromChrono(context->deadline());
+  }
+  // A call still running when the server stops ends as if its client had
+  // gone (Failure says why).
+  caller.gone = [this, context] { return context->IsCancelled() || Stopping(); };
+  caller.abort = [context] { context->TryCancel(); };
+  return caller;
+}
+
+grpc::Status OrchestratorServiceImpl::Failure(const absl::Status& status) const {
+  if (status.code() == absl::StatusCode::kCancelled && Stopping()) {
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down; run it again");
+  }
+  return ToGrpcStatus(status);
+}
+
 grpc::Status OrchestratorServiceImpl::CreateGrid(grpc::ServerContext* context,
                                                  const v1::GridRequest* request,
                                                  v1::Grid* response) {
@@ -39,7 +49,7 @@ grpc::Status OrchestratorServiceImpl::CreateGrid(grpc::ServerContext* context,
   absl::StatusOr<v1::Grid> grid =
       service_->RunGrid(CallerOf(context), *request, [](const v1::GridEvent&) { return true; },
                         &cancel, /*stream_grid=*/false);
-  if (!grid.ok()) return ToGrpcStatus(grid.status());
+  if (!grid.ok()) return Failure(grid.status());
   *response = std::move(*grid);
   return grpc::Status::OK;
 }
@@ -52,7 +62,7 @@ grpc::Status OrchestratorServiceImpl::StreamGrid(grpc::ServerContext* context,
   auto sink = [writer](const v1::GridEvent& event) { return writer->Write(event); };
   absl::StatusOr<v1::Grid> grid = service_->RunGrid(CallerOf(context), *request, sink, &cancel,
                                                     /*stream_grid=*/true);
-  if (!grid.ok()) return ToGrpcStatus(grid.status());
+  if (!grid.ok()) return Failure(grid.status());
   return grpc::Status::OK;
 }
 
@@ -71,7 +81,7 @@ grpc::Status OrchestratorServiceImpl::DecisionCurve(grpc::ServerContext* context
   // A failed write means the client is gone.
   auto sink = [writer](const v1::CurveEvent& event) { return writer->Write(event); };
   absl::StatusOr<v1::CurveResult> curve = curves_->RunCurve(CallerOf(context), *request, sink);
-  if (!curve.ok()) return ToGrpcStatus(curve.status());
+  if (!curve.ok()) return Failure(curve.status());
   return grpc::Status::OK;
 }
 

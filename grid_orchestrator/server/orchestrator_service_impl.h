@@ -6,6 +6,11 @@
 #ifndef DGRID_GRID_ORCHESTRATOR_SERVER_ORCHESTRATOR_SERVICE_IMPL_H_
 #define DGRID_GRID_ORCHESTRATOR_SERVER_ORCHESTRATOR_SERVICE_IMPL_H_
 
+#include <atomic>
+#include <cstdint>
+#include <limits>
+
+#include "absl/time/time.h"
 #include "common/request_parsing.h"
 #include "dgrid/v1/orchestrator.grpc.pb.h"
 #include "grid_orchestrator/server/curve_service.h"
@@ -27,9 +32,20 @@ class OrchestratorServiceImpl final : public RequestParsingService {
   grpc::Status DecisionCurve(grpc::ServerContext* context, const v1::CurveRequest* request,
                              grpc::ServerWriter<v1::CurveEvent>* writer);
 
+  // Shutting down: grids and curves still running at `end` stop, and end
+  // with UNAVAILABLE "the server is shutting down", which reaches their
+  // clients if `end` comes before gRPC cancels the calls itself.
+  void EndCallsAt(absl::Time end);
+
  private:
+  Caller CallerOf(grpc::ServerContext* context) const;
+  bool Stopping() const { return absl::GetCurrentTimeNanos() > calls_end_ns_.load(); }
+  // A call's failure as its client should read it.
+  grpc::Status Failure(const absl::Status& status) const;
+
   GridService* const service_;
   CurveService* const curves_;
+  std::atomic<int64_t> calls_end_ns_{std::numeric_limits<int64_t>::max()};
 };
 
 }  // namespace dgrid
