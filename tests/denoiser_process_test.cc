@@ -76,6 +76,11 @@ TEST(DenoiserProcessTest, ServesBranchMetricsReflectionAndStopsOnSigterm) {
   EXPECT_EQ(testing::MetricValue(
                 *text, R"(dgrid_denoiser_requests_total{code="OK",method="Branch"})"),
             1);
+  // Before any failure, its series is there at 0 (-1: absent), so that
+  // rate() counts the first failures.
+  EXPECT_EQ(testing::MetricValue(
+                *text, R"(dgrid_denoiser_requests_total{code="UNAVAILABLE",method="Branch"})"),
+            0);
   EXPECT_GT(testing::MetricValue(*text, "dgrid_denoiser_batch_size_count"), 0);
   EXPECT_NE(text->find("dgrid_denoiser_queue_seconds_bucket"), std::string::npos);
   EXPECT_NE(text->find("dgrid_denoiser_forward_seconds_bucket"), std::string::npos);

@@ -3,8 +3,11 @@
 namespace dgrid {
 namespace {
 
+// Up to 5 minutes: under a curve a trajectory can queue for tens of seconds,
+// and a CPU pass of a Stable Diffusion batch takes as long.
 prometheus::Histogram::BucketBoundaries SecondsBuckets() {
-  return {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+  return {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+          30, 60, 120, 300};
 }
 
 }  // namespace
@@ -66,6 +69,15 @@ DenoiserMetrics::DenoiserMetrics(prometheus::Registry& registry)
                           .Register(registry)
                           .Add({})) {
   for (const char* r : {"hit", "miss"}) text_contexts_.Add({{"result", r}});
+  // Series that the error ratio divides exist from the start: rate() sees
+  // no first burst of a series that appears with it.
+  for (const char* method : {"Step", "Branch", "Decode", "Tokenize", "Judge", "GetModelInfo"}) {
+    for (const char* code : {"OK", "CANCELLED", "INVALID_ARGUMENT", "UNKNOWN", "DEADLINE_EXCEEDED",
+                             "RESOURCE_EXHAUSTED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE",
+                             "DATA_LOSS"}) {
+      requests_.Add({{"method", method}, {"code", code}});
+    }
+  }
 }
 
 void DenoiserMetrics::CountRequest(const std::string& method, const std::string& code) {
