@@ -87,6 +87,32 @@ TEST(DenoiserAuthTest, OnlyCallersWithTheTokenAreServed) {
   EXPECT_TRUE(health->Check(&health_context, {}, &health_response).ok());
 }
 
+// An orchestrator holding the wrong token (mid-rotation, say) says so: its
+// grids used to fail with "no healthy denoiser replica answered
+// GetModelInfo" alone, while health checks (no token) passed.
+TEST(DenoiserAuthTest, AWrongTokenIsNamedInTheGridsError) {
+  const std::string dir = testing::TempDir("denoiser-wrong-token");
+  std::ofstream(dir + "/token") << "replica-s3cret\n";
+  std::ofstream(dir + "/old") << "replica-0ld\n";
+  StackOptions options;
+  options.denoisers = 1;
+  options.denoiser_flags = {"--auth_token_file=" + dir + "/token"};
+  options.orchestrator_flags = {"--denoiser_token_file=" + dir + "/old"};
+  auto stack = Stack::Start(options, "denoiser-old-token");
+  ASSERT_TRUE(stack.ok()) << stack.status();
+  v1::GridRequest grid_request;
+  grid_request.set_seed(1);
+  grpc::ClientContext grid_context;
+  grid_context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+  v1::Grid grid;
+  const grpc::Status refused =
+      (*stack)->Orchestrator()->CreateGrid(&grid_context, grid_request, &grid);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE) << refused.error_message();
+  EXPECT_NE(refused.error_message().find("UNAUTHENTICATED"), std::string::npos)
+      << refused.error_message();
+  EXPECT_EQ(refused.error_message().find("0ld"), std::string::npos) << "a token was echoed";
+}
+
 // Only the orchestrator should reach a denoiser: unless told otherwise it
 // listens on loopback (it listened on every interface).
 TEST(DenoiserAuthTest, TheDenoiserListensOnLoopbackByDefault) {

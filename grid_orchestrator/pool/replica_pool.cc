@@ -11,9 +11,9 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "common/bearer_token.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/bearer_token.h"
 #include "common/grpc_status.h"
 #include "grid_orchestrator/metrics/orchestrator_metrics.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -60,8 +60,10 @@ struct ReplicaPool::Replica {
   std::unique_ptr<grpc::health::v1::Health::Stub> health;
   // Guarded by the pool's mutex.
   bool healthy = false;
-  // What it answered to GetModelInfo since it last turned healthy.
+  // What it answered to GetModelInfo since it last turned healthy, or why
+  // it did not (a wrong --denoiser_token_file says UNAUTHENTICATED only here).
   std::optional<v1::GetModelInfoResponse> models;
+  std::string models_error;
   // Times a job marked it unhealthy: a health check that began before the
   // last mark is stale and leaves it out until the next round.
   uint64_t marks = 0;
@@ -275,9 +277,13 @@ void ReplicaPool::FetchModels(Replica& replica) {
   context.set_deadline(absl::ToChronoTime(absl::Now() + options_.health_timeout));
   v1::GetModelInfoResponse response;
   const grpc::Status status = replica.stub->GetModelInfo(&context, {}, &response);
-  if (!status.ok()) return;  // asked again at the next health round
   std::lock_guard<std::mutex> lock(mu_);
+  if (!status.ok()) {  // asked again at the next health round
+    replica.models_error = FromGrpcStatus(status).ToString();
+    return;
+  }
   if (replica.marks != marks) return;  // the answer may predate a restart
+  replica.models_error.clear();
   replica.models = std::move(response);
   changed_.notify_all();
 }
@@ -443,12 +449,16 @@ absl::StatusOr<v1::GetModelInfoResponse> ReplicaPool::Models() {
     }
     if (!unknown.empty()) {
       // No healthy replica has answered yet: ask them now.
+      std::vector<std::string> errors;
       for (const auto& r : unknown) {
         FetchModels(*r);
         std::lock_guard<std::mutex> lock(mu_);
         if (r->models) return *r->models;
+        errors.push_back(absl::StrCat(r->address, ": ", r->models_error));
       }
-      return absl::UnavailableError("no healthy denoiser replica answered GetModelInfo");
+      return absl::UnavailableError(
+          absl::StrCat("no healthy denoiser replica answered GetModelInfo (",
+                       absl::StrJoin(errors, "; "), ")"));
     }
     // None healthy: wait out the grace period for one, as jobs do.
     absl::StatusOr<Lease> lease = Acquire(0, absl::Now() + options_.unavailable_grace, {});
