@@ -224,12 +224,20 @@ class CurveService::CurveRun {
     if (heads_ > 0) judged_images_ += 1 + grid.plan().branches() * grid.rows_size();
     v1::CurveEvent event;
     v1::CurveProgress* p = event.mutable_progress();
-    p->set_trunks_done(++done_);
+    ++done_;
+    progress_.push_back(Progress());
+  }
+
+  // Under mu_: the progress so far.
+  v1::CurveEvent Progress() const {
+    v1::CurveEvent event;
+    v1::CurveProgress* p = event.mutable_progress();
+    p->set_trunks_done(done_);
     p->set_trunks(request_.trunks());
     p->set_seconds(absl::ToDoubleSeconds(absl::Now() - started_));
     p->set_model_evals(model_evals_);
     p->set_cache_hits(cache_hits_);
-    progress_.push_back(std::move(event));
+    return event;
   }
 
   absl::Status AtTrunk(int trunk, const absl::Status& status) const {
@@ -287,9 +295,14 @@ class CurveService::CurveRun {
   // curve when the client goes away.
   void DeliverProgress(const std::function<bool(const v1::CurveEvent&)>& deliver) {
     std::unique_lock<std::mutex> lock(mu_);
+    absl::Time sent = absl::Now();
     while (true) {
       changed_.wait_for(lock, absl::ToChronoNanoseconds(kClientPoll),
                         [&] { return !progress_.empty() || Finished(); });
+      if (progress_.empty() && !Finished() && absl::Now() - sent >= service_->limits_.keepalive) {
+        progress_.push_back(Progress());
+      }
+      if (!progress_.empty()) sent = absl::Now();
       while (!progress_.empty()) {
         v1::CurveEvent event = std::move(progress_.front());
         progress_.pop_front();

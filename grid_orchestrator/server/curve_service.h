@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "dgrid/v1/orchestrator.pb.h"
 #include "grid_orchestrator/metrics/orchestrator_metrics.h"
 #include "grid_orchestrator/pool/replica_pool.h"
@@ -36,6 +37,10 @@ struct CurveLimits {
   // Grids of one curve in flight at once; each counts against the grid
   // limits like any other.
   int max_concurrent_grids = 8;
+  // With no trunk finished for this long, the progress so far goes out
+  // again: a proxy between client and server (an Ingress with a read
+  // timeout) must not take a slow curve's silence for a dead stream.
+  absl::Duration keepalive = absl::Seconds(15);
 };
 
 // A curve past admission: its request is valid and its first trunk's grid is

@@ -5,6 +5,8 @@
 
 #include <prometheus/registry.h>
 
+#include <algorithm>
+
 #include "common/png_image.h"
 #include "grid_orchestrator/metrics/orchestrator_metrics.h"
 #include "grid_orchestrator/testing/abort_latch.h"
@@ -236,6 +238,26 @@ TEST_F(CurveServiceTest, EveryTrunkRunsOnTheFirstTrunksModelVersion) {
   EXPECT_TRUE(replicas_.log(updated).branches.empty())
       << "trunks ran on version 2 of a curve started on version 1";
   EXPECT_FALSE(replicas_.log(1 - updated).branches.empty());
+}
+
+// While no trunk finishes, the progress so far goes out again, so that a
+// proxy's read timeout does not cut a slow curve's stream.
+TEST_F(CurveServiceTest, ASlowCurveSendsItsProgressAgain) {
+  CurveLimits limits{1000, 1};
+  limits.keepalive = absl::Milliseconds(50);
+  Start(OrchestratorLimits{}, limits);
+  for (int i : {0, 1}) replicas_.script(i).delay = absl::Milliseconds(400);
+  std::vector<int> done;
+  absl::StatusOr<v1::CurveResult> curve =
+      curves_->RunCurve(Caller{}, Request(2), [&](const v1::CurveEvent& e) {
+        if (e.has_progress()) done.push_back(e.progress().trunks_done());
+        return true;
+      });
+  ASSERT_TRUE(curve.ok()) << curve.status();
+  ASSERT_FALSE(done.empty());
+  EXPECT_EQ(done.front(), 0) << "no progress before the first trunk finished";
+  EXPECT_EQ(done.back(), 2);
+  EXPECT_TRUE(std::is_sorted(done.begin(), done.end()));
 }
 
 // A client that stops reading: the curve's last write blocks until the

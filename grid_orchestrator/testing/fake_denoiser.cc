@@ -12,9 +12,12 @@ namespace {
 
 class FakeReader : public grpc::ClientReaderInterface<v1::BranchEvent> {
  public:
-  FakeReader(std::deque<v1::BranchEvent> events, grpc::Status status)
-      : events_(std::move(events)), status_(std::move(status)) {}
+  FakeReader(std::deque<v1::BranchEvent> events, grpc::Status status,
+             absl::Duration delay = absl::ZeroDuration())
+      : events_(std::move(events)), status_(std::move(status)), delay_(delay) {}
   bool Read(v1::BranchEvent* event) override {
+    absl::SleepFor(delay_);  // the first event comes after the scripted delay
+    delay_ = absl::ZeroDuration();
     if (events_.empty()) return false;
     *event = std::move(events_.front());
     events_.pop_front();
@@ -31,6 +34,7 @@ class FakeReader : public grpc::ClientReaderInterface<v1::BranchEvent> {
  private:
   std::deque<v1::BranchEvent> events_;
   grpc::Status status_;
+  absl::Duration delay_;
 };
 
 // A 2x2 grey PNG whose level derives from the path: distinct paths give
@@ -164,7 +168,7 @@ class FakeReplicas::Replica::Stub : public v1::Denoiser::StubInterface {
       f->set_model_evals(end - request.start_step());
       events.push_back(final);
     }
-    return new FakeReader(std::move(events), grpc::Status::OK);
+    return new FakeReader(std::move(events), grpc::Status::OK, s.delay);
   }
   grpc::ClientAsyncResponseReaderInterface<v1::GetModelInfoResponse>* AsyncGetModelInfoRaw(
       grpc::ClientContext*, const v1::GetModelInfoRequest&, grpc::CompletionQueue*) override {

@@ -20,6 +20,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "dgrid/v1/denoiser.grpc.pb.h"
 #include "grid_orchestrator/pool/replica_pool.h"
 
@@ -41,6 +43,8 @@ struct FakeScript {
   bool drop_finals = false;
   // Every final's image is these bytes, not a PNG.
   std::string final_png;
+  // Every Branch call's first event comes this late.
+  absl::Duration delay = absl::ZeroDuration();
   // A text model (free-text prompts) instead of 10 classes; its Tokenize
   // answers `tokenize_code` with `tokenize_message` unless OK.
   bool text = false;

@@ -299,7 +299,8 @@ class Client:
         judges every image with the model's judge and returns the Curve: per
         row and judge head, P(a branch's label differs from its trunk's) with
         its standard error over trunks, and the step where it halves.
-        ``on_progress`` is called as trunks finish."""
+        ``on_progress`` is called as trunks finish, and with the same counts
+        after 15 s without one (the server's keepalive)."""
         curve = None
         for event in self.stream_decision_curve(trunks, timeout=timeout, **grid):
             if isinstance(event, CurveProgress) and on_progress:
