@@ -45,6 +45,7 @@ Path Path::SwitchedAt(int step, SegmentConditioning conditioning) const {
     it = out.segments.insert(it, Segment{step, NoiseSeedAt(step), std::nullopt});
   }
   it->conditioning = std::move(conditioning);
+  for (++it; it != out.segments.end(); ++it) it->conditioning.reset();
   return out;
 }
 

@@ -68,7 +68,9 @@ struct Path {
   Path BranchAt(int step, uint64_t noise_seed,
                 std::optional<SegmentConditioning> conditioning = std::nullopt) const;
   // This path with the same noise throughout, conditioned on `conditioning`
-  // from `step` on (until a later segment of its own sets another).
+  // from `step` to the end: later segments keep their noise seeds and drop
+  // their own conditioning (a switch row of a promoted switched trunk is the
+  // switch prompt's from its step on, as the row says).
   Path SwitchedAt(int step, SegmentConditioning conditioning) const;
   // True when both paths start from the same latent and inject the same
   // noise under the same conditioning at every step below `step`.

@@ -116,5 +116,22 @@ TEST(PathTest, SwitchedAtKeepsEveryNoiseSeed) {
   EXPECT_EQ(promoted.SwitchedAt(30, Prompt("pear")).segments.size(), 2u);  // set on (30, 555)
 }
 
+// A trunk that already switches later (a promoted switched cell): a switch
+// before that holds to the end. It used to last only until the trunk's own
+// switch, so a row "-> ghost after step 0" was ghost for steps 0-2 alone.
+TEST(PathTest, SwitchedAtHoldsPastTheTrunksOwnLaterSwitch) {
+  const Path trunk = Path{7, {{0, 100}}}.SwitchedAt(3, Prompt("apple"));
+  const Path switched = trunk.SwitchedAt(0, Prompt("ghost"));
+  for (int step : {0, 2, 3, 9}) {
+    ASSERT_NE(switched.ConditioningAt(step), nullptr) << step;
+    EXPECT_EQ(switched.ConditioningAt(step)->prompt, "ghost") << step;
+    EXPECT_EQ(switched.NoiseSeedAt(step), trunk.NoiseSeedAt(step)) << step;
+  }
+  // The same switch after the trunk's own keeps the trunk's up to it.
+  const Path later = trunk.SwitchedAt(6, Prompt("ghost"));
+  EXPECT_EQ(later.ConditioningAt(4)->prompt, "apple");
+  EXPECT_EQ(later.ConditioningAt(7)->prompt, "ghost");
+}
+
 }  // namespace
 }  // namespace dgrid
