@@ -398,7 +398,12 @@ absl::StatusOr<v1::CurveResult> CurveService::Run(AdmittedCurve& curve, const Ca
   bool stalled = false;
   absl::StatusOr<v1::CurveResult> result = RunUncounted(curve, caller, sink, &stalled);
   if (metrics_) {
-    metrics_->CountCurve(stalled ? "abandoned" : Outcome(result.status()),
+    // A curve has no timeout of its own: a deadline is the caller's.
+    const bool callers_deadline =
+        result.status().code() == absl::StatusCode::kDeadlineExceeded && absl::Now() >= caller.deadline;
+    metrics_->CountCurve(stalled            ? "abandoned"
+                         : callers_deadline ? "cancelled"
+                                            : Outcome(result.status()),
                          absl::ToDoubleSeconds(absl::Now() - started));
   }
   return result;

@@ -240,6 +240,22 @@ TEST_F(CurveServiceTest, EveryTrunkRunsOnTheFirstTrunksModelVersion) {
   EXPECT_FALSE(replicas_.log(1 - updated).branches.empty());
 }
 
+// A caller's own deadline is the caller's doing, counted as cancelled: as
+// "failed" it fired the grid error-ratio alert for clients with deadlines.
+TEST_F(CurveServiceTest, TheCallersDeadlineCountsAsCancelled) {
+  Start();
+  for (int i : {0, 1}) replicas_.script(i).delay = absl::Milliseconds(500);
+  Caller caller;
+  caller.deadline = absl::Now() + absl::Milliseconds(200);
+  const absl::Status status =
+      curves_->RunCurve(caller, Request(4), [](const v1::CurveEvent&) { return true; }).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kDeadlineExceeded) << status;
+  EXPECT_EQ(Curves("cancelled"), 1);
+  EXPECT_EQ(Curves("failed"), 0);
+  EXPECT_GE(Grids("cancelled"), 1);
+  EXPECT_EQ(Grids("failed"), 0);
+}
+
 // While no trunk finishes, the progress so far goes out again, so that a
 // proxy's read timeout does not cut a slow curve's stream.
 TEST_F(CurveServiceTest, ASlowCurveSendsItsProgressAgain) {

@@ -13,10 +13,20 @@ namespace {
 class FakeReader : public grpc::ClientReaderInterface<v1::BranchEvent> {
  public:
   FakeReader(std::deque<v1::BranchEvent> events, grpc::Status status,
-             absl::Duration delay = absl::ZeroDuration())
-      : events_(std::move(events)), status_(std::move(status)), delay_(delay) {}
+             absl::Duration delay = absl::ZeroDuration(),
+             absl::Time deadline = absl::InfiniteFuture())
+      : events_(std::move(events)), status_(std::move(status)), delay_(delay),
+        deadline_(deadline) {}
   bool Read(v1::BranchEvent* event) override {
-    absl::SleepFor(delay_);  // the first event comes after the scripted delay
+    // The first event comes after the scripted delay, unless the call's
+    // deadline comes first, as gRPC would end it.
+    if (delay_ > absl::ZeroDuration() && absl::Now() + delay_ > deadline_) {
+      absl::SleepFor(deadline_ - absl::Now());
+      events_.clear();
+      status_ = grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "Deadline Exceeded");
+    } else {
+      absl::SleepFor(delay_);
+    }
     delay_ = absl::ZeroDuration();
     if (events_.empty()) return false;
     *event = std::move(events_.front());
@@ -35,6 +45,7 @@ class FakeReader : public grpc::ClientReaderInterface<v1::BranchEvent> {
   std::deque<v1::BranchEvent> events_;
   grpc::Status status_;
   absl::Duration delay_;
+  const absl::Time deadline_;
 };
 
 // A 2x2 grey PNG whose level derives from the path: distinct paths give
@@ -125,7 +136,7 @@ class FakeReplicas::Replica::Stub : public v1::Denoiser::StubInterface {
 
  private:
   grpc::ClientReaderInterface<v1::BranchEvent>* BranchRaw(
-      grpc::ClientContext*, const v1::BranchRequest& request) override {
+      grpc::ClientContext* context, const v1::BranchRequest& request) override {
     std::lock_guard<std::mutex> lock(r_->mu);
     r_->log.branches.push_back(request);
     const int call = r_->calls++;
@@ -168,7 +179,10 @@ class FakeReplicas::Replica::Stub : public v1::Denoiser::StubInterface {
       f->set_model_evals(end - request.start_step());
       events.push_back(final);
     }
-    return new FakeReader(std::move(events), grpc::Status::OK, s.delay);
+    return new FakeReader(std::move(events), grpc::Status::OK, s.delay,
+                          context->deadline() == std::chrono::system_clock::time_point::max()
+                              ? absl::InfiniteFuture()
+                              : absl::FromChrono(context->deadline()));
   }
   grpc::ClientAsyncResponseReaderInterface<v1::GetModelInfoResponse>* AsyncGetModelInfoRaw(
       grpc::ClientContext*, const v1::GetModelInfoRequest&, grpc::CompletionQueue*) override {
