@@ -141,6 +141,26 @@ TEST(DenoiserProcessTest, BadFlagsExitWithOneReadableLine) {
       << (*small_queue)->Log();
 }
 
+// The orchestrator's limits out of range stop it at start, naming the
+// flag: --curve_concurrent_grids=-1 used to hang every curve, and the
+// orchestrator then on SIGTERM.
+TEST(DenoiserProcessTest, OrchestratorLimitsOutOfRangeExitNamingTheFlag) {
+  const std::string dir = testing::TempDir("orchestrator-bad");
+  for (const char* flag : {"--curve_concurrent_grids=-1", "--max_curve_trunks=1", "--cache_mb=-5",
+                           "--max_rows=0"}) {
+    auto child = ChildProcess::Start({BinPath("dgrid-orchestrator"), "--listen=127.0.0.1:0",
+                                      "--denoisers=127.0.0.1:1", "--metrics_addr=", flag},
+                                     dir + "/log");
+    ASSERT_TRUE(child.ok());
+    auto code = (*child)->Wait(absl::Seconds(30));
+    ASSERT_TRUE(code.ok()) << flag << " still running";
+    EXPECT_EQ(*code, 1) << flag;
+    const std::string name(flag, std::string(flag).find('='));
+    EXPECT_NE((*child)->Log().find(name + " must be at least"), std::string::npos)
+        << (*child)->Log();
+  }
+}
+
 // Abseil's --help lists only the flags of a file named after the program:
 // each binary once answered "No flags matched".
 TEST(DenoiserProcessTest, HelpListsEachBinarysFlags) {

@@ -114,9 +114,36 @@ int main(int argc, char** argv) {
   o.http_max_connections_per_client = absl::GetFlag(FLAGS_http_max_connections_per_client);
   o.http_head_timeout = absl::Seconds(absl::GetFlag(FLAGS_http_head_timeout_s));
   o.http_allowed_hosts = absl::GetFlag(FLAGS_http_allowed_hosts);
-  if (absl::GetFlag(FLAGS_shutdown_grace_s) < 0) {
-    std::cerr << "dgrid-orchestrator: --shutdown_grace_s must be >= 0\n";
-    return 1;
+  // Limits out of range are refused here: a curve limit of -1 used to hang
+  // every curve, and a negative size wrapped round to an unbounded one.
+  const std::tuple<const char*, int64_t, int64_t> ranges[] = {
+      {"max_concurrent_grids", absl::GetFlag(FLAGS_max_concurrent_grids), 1},
+      {"max_rows", absl::GetFlag(FLAGS_max_rows), 1},
+      {"max_branches", absl::GetFlag(FLAGS_max_branches), 1},
+      {"max_cell_steps", absl::GetFlag(FLAGS_max_cell_steps), 1},
+      {"shutdown_grace_s", absl::GetFlag(FLAGS_shutdown_grace_s), 0},
+      {"grid_timeout_s", absl::GetFlag(FLAGS_grid_timeout_s), 1},
+      {"job_stall_timeout_s", absl::GetFlag(FLAGS_job_stall_timeout_s), 1},
+      {"retry_backoff_ms", absl::GetFlag(FLAGS_retry_backoff_ms), 0},
+      {"max_attempts", absl::GetFlag(FLAGS_max_attempts), 1},
+      {"cells_per_job", absl::GetFlag(FLAGS_cells_per_job), 1},
+      {"replica_max_inflight", absl::GetFlag(FLAGS_replica_max_inflight), 1},
+      {"cache_mb", absl::GetFlag(FLAGS_cache_mb), 0},
+      {"max_message_bytes", absl::GetFlag(FLAGS_max_message_bytes), 1 << 20},
+      {"max_grids_per_client", absl::GetFlag(FLAGS_max_grids_per_client), 1},
+      {"max_curve_trunks", absl::GetFlag(FLAGS_max_curve_trunks), 2},
+      {"curve_concurrent_grids", absl::GetFlag(FLAGS_curve_concurrent_grids), 1},
+      {"max_outbox_mb", absl::GetFlag(FLAGS_max_outbox_mb), 1},
+      {"max_write_stall_s", absl::GetFlag(FLAGS_max_write_stall_s), 1},
+      {"http_max_connections", absl::GetFlag(FLAGS_http_max_connections), 1},
+      {"http_max_connections_per_client", absl::GetFlag(FLAGS_http_max_connections_per_client), 1},
+      {"http_head_timeout_s", absl::GetFlag(FLAGS_http_head_timeout_s), 1}};
+  for (const auto& [flag, value, least] : ranges) {
+    if (value < least) {
+      std::cerr << "dgrid-orchestrator: --" << flag << " must be at least " << least << ", got "
+                << value << "\n";
+      return 1;
+    }
   }
   const std::tuple<std::string, const char*, std::string*> token_files[] = {
       {absl::GetFlag(FLAGS_auth_token_file), "--auth_token_file", &o.auth_token},
