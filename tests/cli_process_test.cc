@@ -259,6 +259,12 @@ TEST_F(CliTest, ErrorsAreOneReadableLine) {
       // A prompt without --prompt once ran an unprompted grid.
       {{"grid", "ghost, twemoji"}, "unexpected argument \"ghost, twemoji\""},
       {{"promote", "/tmp/a.json", "/tmp/b.json", "--row=1", "--col=1"}, "usage: dgrid promote"},
+      // A flag the command does not read: promote re-ran the recorded grid
+      // as if the switch had been taken.
+      {{"promote", "/tmp/a.json", "--row=1", "--col=1", "--switch-prompt=ghost"},
+       "--switch_prompt has no effect on dgrid promote"},
+      {{"branch", "--target=127.0.0.1:1", "--switch_prompt=bag", "--trunks=3"},
+       "--switch_prompt, --trunks have no effect on dgrid branch"},
   };
   for (const auto& c : cases) {
     std::vector<std::string> args = c.args;

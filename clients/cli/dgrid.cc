@@ -19,16 +19,21 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <iostream>
 #include <functional>
+#include <iostream>
 #include <map>
+#include <set>
 #include <sstream>
 #include <string>
+#include <vector>
 
+#include "absl/flags/commandlineflag.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -781,8 +786,15 @@ int Step() {
   return 0;
 }
 
-const std::map<std::string, std::function<int(const std::vector<char*>&)>>& Commands() {
-  using Command = std::function<int(const std::vector<char*>&)>;
+using Command = std::function<int(const std::vector<char*>&)>;
+
+// A command and the flags it reads.
+struct CommandSpec {
+  Command run;
+  std::set<std::string> flags;
+};
+
+const std::map<std::string, CommandSpec>& Commands() {
   // A command of flags alone refuses a word after it: `dgrid grid "ghost"`
   // would otherwise run an unprompted grid.
   auto flags_only = [](int (*run)()) -> Command {
@@ -794,12 +806,50 @@ const std::map<std::string, std::function<int(const std::vector<char*>&)>>& Comm
       return run();
     };
   };
-  static const auto* commands = new std::map<std::string, Command>{
-      {"grid", flags_only(Grid)},   {"curve", flags_only(Curve)},
-      {"promote", Promote},         {"branch", flags_only(Branch)},
-      {"step", flags_only(Step)},   {"models", flags_only(Models)},
-      {"health", flags_only(Health)}, {"tokenize", Tokenize}};
+  auto with = [](std::set<std::string> flags, std::initializer_list<const char*> more) {
+    flags.insert(more.begin(), more.end());
+    return flags;
+  };
+  const std::set<std::string> connection = {"target", "timeout_s", "auth_token_file", "tls_ca",
+                                            "tls_cert", "tls_key", "tls_name"};
+  const std::set<std::string> trajectory =
+      with(connection, {"model", "prompt", "negative", "seed", "sampler", "original_size", "crop",
+                        "target_size", "steps", "eta", "guidance"});
+  const std::set<std::string> grid =
+      with(trajectory, {"switch_prompt", "switch_negative", "branch_noise", "preset", "branches",
+                        "branch_steps", "o"});
+  static const auto* commands = new std::map<std::string, CommandSpec>{
+      {"grid", {flags_only(Grid), grid}},
+      {"curve", {flags_only(Curve), with(grid, {"trunks"})}},
+      {"promote", {Promote, with(connection, {"row", "col", "o"})}},
+      {"branch", {flags_only(Branch), with(trajectory, {"noise_seed", "segments", "o", "scale"})}},
+      {"step", {flags_only(Step), with(trajectory, {"noise_seed", "segments", "step"})}},
+      {"models", {flags_only(Models), connection}},
+      {"health", {flags_only(Health), with(connection, {"service"})}},
+      {"tokenize", {Tokenize, {"model_dir"}}}};
   return *commands;
+}
+
+// A flag the command does not read is refused rather than ignored: `dgrid
+// promote GRID.json --switch-prompt ...` re-ran the recorded grid as if the
+// switch had been taken.
+void RefuseUnreadFlags(const std::string& command) {
+  const std::set<std::string>& reads = Commands().at(command).flags;
+  std::vector<std::string> unread;
+  for (const auto& [name, flag] : absl::GetAllFlags()) {
+    if (!absl::EndsWith(flag->Filename(), "dgrid.cc")) continue;  // this program's own
+    if (flag->CurrentValue() == flag->DefaultValue() || reads.count(std::string(name))) continue;
+    unread.push_back(absl::StrCat("--", name));
+  }
+  if (unread.empty()) return;
+  std::sort(unread.begin(), unread.end());
+  std::string hint;
+  if (command == "promote") {
+    hint = " (promote re-runs the grid GRID.json records, with the cell as its trunk; to change "
+           "the grid, edit the sidecar's \"request\" or use the Python client's promote)";
+  }
+  Fail(absl::StrCat(absl::StrJoin(unread, ", "), unread.size() == 1 ? " has" : " have",
+                    " no effect on dgrid ", command, hint));
 }
 
 }  // namespace
@@ -839,7 +889,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    return dgrid::Commands().at(args[1])(args);
+    dgrid::RefuseUnreadFlags(args[1]);
+    return dgrid::Commands().at(args[1]).run(args);
   } catch (const dgrid::CliError& e) {
     std::cerr << "dgrid " << args[1] << ": " << e.message << "\n";
     return 1;
