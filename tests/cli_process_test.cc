@@ -219,6 +219,8 @@ TEST_F(CliTest, ModelsAndHealth) {
   const Ran models = RunCli({"models", Target()}, stack_->dir());
   EXPECT_EQ(models.code, 0) << models.output;
   EXPECT_NE(models.output.find("prompts:"), std::string::npos);
+  // Whether a curve can give P(differs): the judge's heads, or none.
+  EXPECT_NE(models.output.find("  judge: "), std::string::npos) << models.output;
   const Ran health = RunCli({"health", Target()}, stack_->dir());
   EXPECT_EQ(health.code, 0);
   EXPECT_NE(health.output.find("SERVING"), std::string::npos);
@@ -253,6 +255,9 @@ TEST_F(CliTest, ErrorsAreOneReadableLine) {
       {{"grid", "-o", "/tmp/g.json"}, "-o /tmp/g.json: the JSON sidecar's name"},
       {{"grid", "-o", "/tmp/g.svg"}, "-o /tmp/g.svg: only a curve's plot can be SVG"},
       {{"branch", "--target=127.0.0.1:1", "-o", "b.SVG"}, "-o b.SVG: only a curve's plot"},
+      // PNG bytes under another image type's name.
+      {{"curve", "--target=127.0.0.1:1", "-o", "c.jpg"}, "-o c.jpg: dgrid writes PNG or SVG"},
+      {{"branch", "--target=127.0.0.1:1", "-o", "b.jpeg"}, "-o b.jpeg: dgrid writes PNG;"},
       // Checked before connecting: a curve's results are not lost at its end.
       {{"curve", "--target=127.0.0.1:1", "-o", "/nonexistent/c.png"}, "no folder /nonexistent"},
       {{"frobnicate"}, "unknown command \"frobnicate\"; the commands are grid"},

@@ -288,9 +288,19 @@ bool IsSvg(const std::string& path) {
   return absl::AsciiStrToLower(std::filesystem::path(path).extension().string()) == ".svg";
 }
 
-void RefuseSvg(const std::string& out) {
+// Only PNG (and a curve's SVG) is written: x.jpg would hold PNG bytes.
+void RefuseOtherImageTypes(const std::string& out, bool svg_allowed = false) {
   if (IsSvg(out)) {
-    Fail(absl::StrCat("-o ", out, ": only a curve's plot can be SVG; give a PNG's name"));
+    if (!svg_allowed) {
+      Fail(absl::StrCat("-o ", out, ": only a curve's plot can be SVG; give a PNG's name"));
+    }
+    return;
+  }
+  const std::string extension =
+      absl::AsciiStrToLower(std::filesystem::path(out).extension().string());
+  if (!extension.empty() && extension != ".png" && extension != ".json") {
+    Fail(absl::StrCat("-o ", out, ": dgrid writes PNG", svg_allowed ? " or SVG" : "",
+                      "; give a name ending in .png", svg_allowed ? " or .svg" : ""));
   }
 }
 
@@ -298,7 +308,7 @@ void RefuseSvg(const std::string& out) {
 // so that a long grid or curve is not lost at its end. Only a curve may ask
 // for an SVG.
 void CheckWritable(const std::string& png, bool svg_allowed = false) {
-  if (!svg_allowed) RefuseSvg(png);
+  RefuseOtherImageTypes(png, svg_allowed);
   if (SidecarPath(png) == png) {
     Fail(absl::StrCat("-o ", png, ": the JSON sidecar's name; give the PNG's (e.g. grid.png)"));
   }
@@ -601,8 +611,18 @@ int Promote(const std::vector<char*>& args) {
   return StreamAndSave(request, out);
 }
 
-// What a model's prompts are: class names, or free text with examples.
+// What a model's prompts are (class names, or free text with examples), and
+// what its judge tells apart: a curve of a model without one is divergence
+// alone.
 void PrintPrompts(const v1::ModelInfo& m) {
+  std::vector<std::string> heads;
+  for (const v1::JudgeHeadInfo& head : m.judge().heads()) {
+    heads.push_back(absl::StrCat(head.name(), " (", head.labels_size(), " labels)"));
+  }
+  std::cout << "  judge: "
+            << (heads.empty() ? "none (dgrid curve reports divergence alone)"
+                              : absl::StrJoin(heads, ", "))
+            << "\n";
   if (m.conditioning() != "text") {
     std::cout << "  prompts: " << absl::StrJoin(m.prompts(), ", ") << "\n";
     return;
@@ -709,7 +729,7 @@ int Health() {
 
 int Branch() {
   const std::string out = absl::GetFlag(FLAGS_o).empty() ? "branch.png" : absl::GetFlag(FLAGS_o);
-  RefuseSvg(out);
+  RefuseOtherImageTypes(out);
   const v1::Sampler sampler = SamplerFromFlag();
   v1::SizeConditioning size;
   const bool sized = SizeFromFlags(&size);

@@ -477,10 +477,12 @@ absl::StatusOr<v1::CurveResult> CurveService::RunUncounted(AdmittedCurve& curve,
   }
   CurveFigure figure;
   figure.title = Describe(result.plan(), request.trunks());
-  figure.subtitle = absl::StrFormat("%d steps · eta %g · guidance %g · %d branches per row · seeds %d…%d",
-                                    plan.steps, plan.eta, plan.guidance, plan.branches,
-                                    request.grid().seed(),
-                                    request.grid().seed() + request.trunks() - 1);
+  figure.subtitle = absl::StrFormat(
+      "%d steps · eta %g · guidance %g · %s · seeds %d…%d", plan.steps, plan.eta, plan.guidance,
+      plan.trunk_noise      ? "the trunk's noise"
+      : plan.branches == 1 ? "1 branch per row"
+                           : absl::StrCat(plan.branches, " branches per row"),
+      request.grid().seed(), request.grid().seed() + request.trunks() - 1);
   figure.branch_steps = observations.branch_steps;
   figure.branches = plan.branches;
   figure.head_names = *heads;

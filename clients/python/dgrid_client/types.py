@@ -22,9 +22,18 @@ def spacing_name(value: int) -> str:
     return _SPACING_NAMES.get(value, str(value))
 
 
+def _enum_name(name: object, what: str) -> str:
+    """An enum's name as given, lower-cased: a str (or None for the default)."""
+    if name is None:
+        return ""
+    if not isinstance(name, str):
+        raise ValueError(f"{what} must be a string, got {type(name).__name__} {name!r}")
+    return name.lower()
+
+
 def spacing_value(name: Optional[str]) -> int:
     """The Spacing enum value for "", "leading" or "trailing"."""
-    key = (name or "").lower()
+    key = _enum_name(name, "spacing")
     for value, n in _SPACING_NAMES.items():
         if n == key:
             return value
@@ -52,7 +61,7 @@ def sampler_name(value: int) -> str:
 
 def sampler_value(name: Optional[str]) -> int:
     """The Sampler enum value for "" (the preset's), "ddim" or "euler_ancestral" ("euler_a")."""
-    key = (name or "").lower()
+    key = _enum_name(name, "sampler")
     if key not in _SAMPLER_VALUES:
         raise ValueError(
             f"sampler must be '', 'ddim' or 'euler_ancestral' ('euler_a'), got {name!r}")
@@ -66,7 +75,7 @@ def branch_noise_name(value: int) -> str:
 
 def branch_noise_value(name: str) -> int:
     """The BranchNoise enum value for "new" or "trunk"."""
-    key = (name or "new").lower()
+    key = _enum_name(name, "branch_noise") or "new"
     if key not in ("new", "trunk"):
         raise ValueError(f"branch_noise must be 'new' or 'trunk', got {name!r}")
     return orchestrator_pb2.BRANCH_NOISE_TRUNK if key == "trunk" else orchestrator_pb2.BRANCH_NOISE_NEW
@@ -132,8 +141,10 @@ class Path:
         def one(s: Segment) -> str:
             if not s.switched:
                 return f"({s.from_step}, {s.noise_seed})"
-            to = s.prompt if s.class_index is None else f"class {s.class_index}"
-            return f"({s.from_step}, {s.noise_seed}, -> {to!r})"
+            to = repr(s.prompt) if s.class_index is None else f"class {s.class_index}"
+            if s.negative_prompt:
+                to += f", not {s.negative_prompt!r}"
+            return f"({s.from_step}, {s.noise_seed}, -> {to})"
         return f"({self.init_seed}, [{', '.join(one(s) for s in self.segments)}])"
 
 

@@ -38,7 +38,9 @@ from dgrid_client import (  # noqa: E402
     Grid,
     GridDone,
     Model,
+    Path,
     Plan,
+    Segment,
     TrunkProgress,
 )
 from dgrid.v1 import denoiser_pb2, orchestrator_pb2  # noqa: E402
@@ -528,6 +530,13 @@ class TextModelTest(unittest.TestCase):
         self.assertEqual(trunk_noise.plan.branch_noise, "trunk")
         with self.assertRaises(ValueError):
             self.client.build_request(branch_noise="sideways")
+        # Not a name at all: a ValueError naming the field, not AttributeError.
+        for field, value in (("branch_noise", 1), ("sampler", 2), ("spacing", 3.0)):
+            with self.assertRaisesRegex(ValueError, f"{field} must be a string"):
+                self.client.build_request(**{field: value})
+        # A switched segment's negative prompt shows in the path.
+        negative = Path(1, (Segment(0, 2), Segment(5, 2, True, prompt="car", negative_prompt="blur")))
+        self.assertIn("not 'blur'", str(negative))
 
     def test_long_prompt_reports_dropped_tokens(self) -> None:
         stream = self.client.stream_grid(**small(91, prompt=LONG_PROMPT))
