@@ -506,6 +506,9 @@ void SetCaption(const FigureCaption& c, GridFigure* figure) {
   if (!c.negative_prompt.empty()) {
     absl::StrAppend(&figure->title, " \xC2\xB7 negative: ", FigureText(c.negative_prompt));
   }
+  if (!c.trunk_switches.empty()) {
+    absl::StrAppend(&figure->title, " \xC2\xB7 trunk: ", FigureText(c.trunk_switches));
+  }
   figure->subtitle = absl::StrCat(
       "seed ", c.seed, c.sampler == Sampler::kEulerAncestral ? " \xC2\xB7 Euler ancestral" : "",
       " \xC2\xB7 eta ", c.eta, " \xC2\xB7 ", c.steps, " steps \xC2\xB7 guidance ", c.guidance);

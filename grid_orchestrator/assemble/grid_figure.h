@@ -61,11 +61,15 @@ struct FigureCaption {
   std::string switch_prompt;  // "" : no prompt switch
   bool trunk_noise = false;
   Sampler sampler = Sampler::kDdim;  // named when not DDIM
+  // A promoted switched trunk's own switches, e.g. "red apple after step 5";
+  // "" : the trunk keeps the prompt.
+  std::string trunk_switches;
 };
 
 // Sets figure->title, subtitle and switch_to from `caption`, prompts cut to
 // 60 bytes (on a character boundary) with "...":
 //   "emoji · prompt: grinning face, noto · negative: blurry"
+//   "emoji · prompt: grinning face, noto · trunk: red apple after step 5"
 //   "seed 7 · eta 1 · 50 steps · guidance 4 · branches switch to: red apple (trunk noise)"
 //   "seed 7 · Euler ancestral · eta 1 · 50 steps · guidance 4"
 void SetCaption(const FigureCaption& caption, GridFigure* figure);

@@ -124,6 +124,14 @@ TEST(GridFigureTest, TheCaptionSaysTheRequestWithPromptsCut) {
   SetCaption({"emoji", "", "", 7, 1.0f, 30, 4.0f, "", false, Sampler::kEulerAncestral}, &figure);
   EXPECT_EQ(figure.subtitle,
             "seed 7 \xC2\xB7 Euler ancestral \xC2\xB7 eta 1 \xC2\xB7 30 steps \xC2\xB7 guidance 4");
+
+  // A promoted switched trunk says where its own prompt changes: its title
+  // once gave the first prompt alone.
+  SetCaption({"emoji", "grinning face, noto", "", 7, 1.0f, 50, 4.0f, "", false, Sampler::kDdim,
+              "red apple, noto after step 5"},
+             &figure);
+  EXPECT_EQ(figure.title,
+            "emoji \xC2\xB7 prompt: grinning face, noto \xC2\xB7 trunk: red apple, noto after step 5");
 }
 
 TEST(DivergenceTest, IdenticalPicturesAreZeroApart) {

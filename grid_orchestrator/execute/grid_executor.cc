@@ -681,8 +681,19 @@ absl::StatusOr<v1::Grid> GridExecutor::GridRun::Assemble() {
   FillCell(-1, -1, plan_.trunk, trunk_.png, trunk_.source, grid.mutable_trunk());
 
   GridFigure figure;
+  std::vector<std::string> trunk_switches;
+  for (const Segment& segment : plan_.trunk.segments) {
+    if (!segment.conditioning) continue;
+    const SegmentConditioning& to = *segment.conditioning;
+    trunk_switches.push_back(absl::StrCat(
+        to.class_index >= 0 ? absl::StrCat("class ", to.class_index)
+        : to.prompt.empty() ? std::string("(unconditional)")
+                            : to.prompt,
+        " after step ", segment.from_step));
+  }
   SetCaption({plan_.model, plan_.prompt, plan_.negative_prompt, plan_.trunk.init_seed, plan_.eta,
-              plan_.steps, plan_.guidance, plan_.switch_prompt, plan_.trunk_noise, plan_.sampler},
+              plan_.steps, plan_.guidance, plan_.switch_prompt, plan_.trunk_noise, plan_.sampler,
+              absl::StrJoin(trunk_switches, ", ")},
              &figure);
   absl::StatusOr<Picture> trunk_picture = PictureFromPng(trunk_.png);
   if (!trunk_picture.ok()) return trunk_picture.status();
