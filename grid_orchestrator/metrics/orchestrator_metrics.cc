@@ -1,5 +1,7 @@
 #include "grid_orchestrator/metrics/orchestrator_metrics.h"
 
+#include <string_view>
+
 namespace dgrid {
 
 const char* Outcome(const absl::Status& status) {
@@ -18,6 +20,12 @@ const char* Outcome(const absl::Status& status) {
     default:
       return "failed";
   }
+}
+
+const char* RunOutcome(const absl::Status& status, bool deadline_passed) {
+  if (status.code() == absl::StatusCode::kDeadlineExceeded && deadline_passed) return "cancelled";
+  const char* outcome = Outcome(status);
+  return std::string_view(outcome) == "invalid" ? "failed" : outcome;
 }
 
 OrchestratorMetrics::OrchestratorMetrics()

@@ -23,6 +23,11 @@ namespace dgrid {
 // failed (ours or the replicas'). "abandoned" (the client stopped reading)
 // is decided by the caller, not by a status.
 const char* Outcome(const absl::Status& status);
+// How a grid or curve that passed admission and then ended with `status`
+// counts: what a replica refuses then is config or version skew, "failed"
+// (not the caller's "invalid"); the caller's own deadline, once passed
+// (`deadline_passed`), is "cancelled", as a cancel is.
+const char* RunOutcome(const absl::Status& status, bool deadline_passed);
 
 class OrchestratorMetrics {
  public:

@@ -469,12 +469,42 @@ absl::StatusOr<v1::GetModelInfoResponse> ReplicaPool::Models() {
 
 absl::StatusOr<v1::ModelInfo> ReplicaPool::Model(const std::string& name,
                                                  const std::string& version) {
-  std::lock_guard<std::mutex> lock(mu_);
-  for (const auto& [_, r] : replicas_) {
-    if (!r->healthy || !r->models) continue;
-    for (const v1::ModelInfo& m : r->models->models()) {
-      if (m.name() == name && m.version() == version) return m;
+  // As Models(): a healthy replica not yet asked is asked now, and with none
+  // serving the version (one marked unhealthy a moment ago, say) the grace
+  // period is waited out, as jobs do.
+  bool waited = false;
+  while (true) {
+    std::vector<std::shared_ptr<Replica>> unknown;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (const auto& [_, r] : replicas_) {
+        if (!r->healthy) continue;
+        if (!r->models) {
+          unknown.push_back(r);
+          continue;
+        }
+        for (const v1::ModelInfo& m : r->models->models()) {
+          if (m.name() == name && m.version() == version) return m;
+        }
+      }
     }
+    if (!unknown.empty()) {
+      for (const auto& r : unknown) FetchModels(*r);
+      bool answered = false;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        for (const auto& r : unknown) answered |= r->models.has_value();
+      }
+      if (answered) continue;
+    }
+    if (waited) break;
+    waited = true;
+    Want want;
+    want.model = name;
+    want.version = version;
+    want.deadline = absl::Now() + options_.unavailable_grace;
+    want.control = true;
+    if (!Acquire(want).ok()) break;
   }
   return absl::UnavailableError(
       absl::StrCat("no healthy replica serves ", name, " version ", version, " any more"));

@@ -144,7 +144,7 @@ class ReplicaPool {
   // until it turns unhealthy: a restarted replica may serve a new version).
   absl::StatusOr<v1::GetModelInfoResponse> Models();
   // `name` at `version`, as a healthy replica that serves it describes it;
-  // UNAVAILABLE when none does (any more).
+  // UNAVAILABLE when none does (any more) within the grace period.
   absl::StatusOr<v1::ModelInfo> Model(const std::string& name, const std::string& version);
   // Runs one health round now (tests use it to skip the interval).
   void CheckHealthNow();

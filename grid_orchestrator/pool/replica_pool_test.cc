@@ -188,6 +188,25 @@ TEST(ReplicaPoolTest, AReplicaMarkedUnhealthyIsAskedForItsModelsAgain) {
   EXPECT_EQ((*pool)->Model("fake", "1").status().code(), absl::StatusCode::kUnavailable);
 }
 
+// A curve's next trunk asks for its version just after a job marked the one
+// replica unhealthy: the pool waits for the next health round, as a job
+// would, instead of failing the curve at once.
+TEST(ReplicaPoolTest, AModelVersionRidesOutAReplicaMarkedAMomentAgo) {
+  testing::FakeReplicas replicas(1);
+  auto pool = ReplicaPool::Create(replicas.PoolOptions(), nullptr);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  ASSERT_TRUE((*pool)->Model("fake", "1").ok());
+  {
+    auto lease = (*pool)->Acquire(1, kSoon, {});
+    ASSERT_TRUE(lease.ok()) << lease.status();
+    lease->MarkUnhealthy();
+  }
+  absl::StatusOr<v1::ModelInfo> model = (*pool)->Model("fake", "1");
+  EXPECT_TRUE(model.ok()) << model.status();
+  // A version nobody serves still fails, after the grace.
+  EXPECT_EQ((*pool)->Model("fake", "9").status().code(), absl::StatusCode::kUnavailable);
+}
+
 TEST(ReplicaPoolTest, NoHealthyReplicaIsUnavailableQuicklyWithTheReason) {
   HealthServer a;
   auto pool = ReplicaPool::Create(Options(a.address()), nullptr);

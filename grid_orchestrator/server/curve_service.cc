@@ -222,8 +222,6 @@ class CurveService::CurveRun {
     model_evals_ += grid.model_evals();
     cache_hits_ += grid.cache_hits();
     if (heads_ > 0) judged_images_ += 1 + grid.plan().branches() * grid.rows_size();
-    v1::CurveEvent event;
-    v1::CurveProgress* p = event.mutable_progress();
     ++done_;
     progress_.push_back(Progress());
   }
@@ -398,13 +396,9 @@ absl::StatusOr<v1::CurveResult> CurveService::Run(AdmittedCurve& curve, const Ca
   bool stalled = false;
   absl::StatusOr<v1::CurveResult> result = RunUncounted(curve, caller, sink, &stalled);
   if (metrics_) {
-    // A curve has no timeout of its own: a deadline is the caller's.
-    const bool callers_deadline =
-        result.status().code() == absl::StatusCode::kDeadlineExceeded && absl::Now() >= caller.deadline;
-    metrics_->CountCurve(stalled            ? "abandoned"
-                         : callers_deadline ? "cancelled"
-                                            : Outcome(result.status()),
-                         absl::ToDoubleSeconds(absl::Now() - started));
+    metrics_->CountCurve(
+        stalled ? "abandoned" : RunOutcome(result.status(), absl::Now() >= caller.deadline),
+        absl::ToDoubleSeconds(absl::Now() - started));
   }
   return result;
 }

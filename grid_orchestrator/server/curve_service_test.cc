@@ -256,6 +256,22 @@ TEST_F(CurveServiceTest, TheCallersDeadlineCountsAsCancelled) {
   EXPECT_EQ(Grids("failed"), 0);
 }
 
+// Past admission, a replica refusing the work is config or version skew: a
+// failure the error-ratio alert must see, not the caller's "invalid".
+TEST_F(CurveServiceTest, AReplicaRefusingAnAdmittedGridIsAFailure) {
+  Start();
+  for (int i : {0, 1}) {
+    replicas_.script(i).fail_first = 1000;
+    replicas_.script(i).fail_code = grpc::StatusCode::INVALID_ARGUMENT;
+  }
+  GridCancel cancel;
+  absl::StatusOr<v1::Grid> grid = grids_->RunGrid(
+      Caller{}, Request(2).grid(), [](const v1::GridEvent&) { return true; }, &cancel, false);
+  ASSERT_FALSE(grid.ok());
+  EXPECT_EQ(Grids("failed"), 1) << grid.status();
+  EXPECT_EQ(Grids("invalid"), 0);
+}
+
 // While no trunk finishes, the progress so far goes out again, so that a
 // proxy's read timeout does not cut a slow curve's stream.
 TEST_F(CurveServiceTest, ASlowCurveSendsItsProgressAgain) {

@@ -331,12 +331,9 @@ absl::StatusOr<v1::Grid> GridService::Run(const AdmittedGrid& admitted, const Ca
     count("abandoned");
     return abandoned;
   }
-  // The caller's own deadline ending the grid is the caller's doing, as a
-  // cancel is; the server's --grid_timeout_s is a failure.
-  const bool callers_deadline =
-      grid.status().code() == absl::StatusCode::kDeadlineExceeded &&
-      caller.deadline < admitted.admitted_ + limits_.default_grid_timeout;
-  count(callers_deadline ? "cancelled" : Outcome(grid.status()));
+  // The caller's own deadline, once passed, is the caller's doing; the
+  // server's --grid_timeout_s or a stalled replica is a failure.
+  count(RunOutcome(grid.status(), absl::Now() >= caller.deadline));
   return grid;
 }
 
