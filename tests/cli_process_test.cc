@@ -270,6 +270,9 @@ TEST_F(CliTest, ErrorsAreOneReadableLine) {
        "--switch_prompt has no effect on dgrid promote"},
       {{"branch", "--target=127.0.0.1:1", "--switch_prompt=bag", "--trunks=3"},
        "--switch_prompt, --trunks have no effect on dgrid branch"},
+      // Given as its default, still not read.
+      {{"promote", "/tmp/a.json", "--row=1", "--col=1", "--branch-noise", "new"},
+       "--branch_noise has no effect on dgrid promote"},
   };
   for (const auto& c : cases) {
     std::vector<std::string> args = c.args;

@@ -507,6 +507,7 @@ int Curve() {
   const bool tty = ::isatty(2);
   v1::CurveEvent event;
   v1::CurveResult curve;
+  int logged_done = 0;
   while (reader->Read(&event)) {
     if (event.has_plan()) {
       WarnAboutPrompts(event.plan());
@@ -524,8 +525,9 @@ int Curve() {
         std::fprintf(stderr, "\r[%s%s] %d/%d trunks, %.1f s ", std::string(filled, '#').c_str(),
                      std::string(width - filled, '.').c_str(), p.trunks_done(), p.trunks(),
                      p.seconds());
-      } else {
+      } else if (p.trunks_done() != logged_done) {  // not the server's keepalives
         std::fprintf(stderr, "trunk %d/%d done, %.1f s\n", p.trunks_done(), p.trunks(), p.seconds());
+        logged_done = p.trunks_done();
       }
     } else if (event.has_curve()) {
       curve = event.curve();
@@ -853,16 +855,23 @@ const std::map<std::string, CommandSpec>& Commands() {
 // A flag the command does not read is refused rather than ignored: `dgrid
 // promote GRID.json --switch-prompt ...` re-ran the recorded grid as if the
 // switch had been taken.
-void RefuseUnreadFlags(const std::string& command) {
+// `argv` as parsed, hyphens in flag names already underscores.
+void RefuseUnreadFlags(const std::string& command, const std::vector<std::string>& argv) {
   const std::set<std::string>& reads = Commands().at(command).flags;
-  std::vector<std::string> unread;
-  for (const auto& [name, flag] : absl::GetAllFlags()) {
-    if (!absl::EndsWith(flag->Filename(), "dgrid.cc")) continue;  // this program's own
-    if (flag->CurrentValue() == flag->DefaultValue() || reads.count(std::string(name))) continue;
-    unread.push_back(absl::StrCat("--", name));
+  std::set<std::string> unread_names;
+  for (size_t i = 1; i < argv.size() && argv[i] != "--"; ++i) {
+    const std::string& arg = argv[i];
+    if (arg.size() < 2 || arg[0] != '-') continue;
+    const size_t start = arg[1] == '-' ? 2 : 1;
+    const std::string name = arg.substr(start, arg.find('=') - start);
+    const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+    // This program's own flags (a value such as "-1" names none).
+    if (!flag || !absl::EndsWith(flag->Filename(), "dgrid.cc")) continue;
+    if (!reads.count(name)) unread_names.insert(name);
   }
+  std::vector<std::string> unread;
+  for (const std::string& name : unread_names) unread.push_back(absl::StrCat("--", name));
   if (unread.empty()) return;
-  std::sort(unread.begin(), unread.end());
   std::string hint;
   if (command == "promote") {
     hint = " (promote re-runs the grid GRID.json records, with the cell as its trunk; to change "
@@ -909,7 +918,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    dgrid::RefuseUnreadFlags(args[1]);
+    dgrid::RefuseUnreadFlags(args[1], spelled);
     return dgrid::Commands().at(args[1]).run(args);
   } catch (const dgrid::CliError& e) {
     std::cerr << "dgrid " << args[1] << ": " << e.message << "\n";

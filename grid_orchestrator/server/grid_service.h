@@ -104,8 +104,9 @@ class GridService {
   using ClientSink = std::function<bool(const v1::GridEvent&)>;
 
   absl::Status Authenticate(const Caller& caller) const;
-  // How a refusal counts in dgrid_orchestrator_grids_total: kCount, as
-  // "rejected"; kCallerWaits, none for RESOURCE_EXHAUSTED, since the caller
+  // How a refusal counts in dgrid_orchestrator_grids_total: kCount, by its
+  // Outcome ("rejected" for RESOURCE_EXHAUSTED, "invalid" for the caller's
+  // mistakes); kCallerWaits, none for RESOURCE_EXHAUSTED, since the caller
   // waits for a place and asks again (a curve's trunks at the client's limit).
   enum class Refusal { kCount, kCallerWaits };
   // A model version a grid must be planned on, whatever the pool's first
@@ -125,8 +126,9 @@ class GridService {
     // it any more).
     const ModelPin* pin = nullptr;
   };
-  // Authenticates, admits and plans: UNAUTHENTICATED, RESOURCE_EXHAUSTED or
-  // INVALID_ARGUMENT before any event is sent.
+  // Authenticates, admits and plans: UNAUTHENTICATED, RESOURCE_EXHAUSTED,
+  // INVALID_ARGUMENT or UNAVAILABLE (no replica answers, or none serves the
+  // pinned version) before any event is sent.
   absl::StatusOr<std::unique_ptr<AdmittedGrid>> Admit(const Caller& caller,
                                                       const v1::GridRequest& request,
                                                       const AdmitOptions& options);

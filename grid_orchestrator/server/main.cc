@@ -24,7 +24,8 @@ ABSL_FLAG(int, max_branches, 16, "Branches (columns) per row.");
 ABSL_FLAG(int64_t, max_cell_steps, 40000, "rows x branches x steps per grid.");
 ABSL_FLAG(int, shutdown_grace_s, 5,
           "On SIGTERM or SIGINT, how long running grids and curves may go on before they end "
-          "with UNAVAILABLE; keep it below the pod's terminationGracePeriodSeconds.");
+          "with UNAVAILABLE; keep it below the pod's terminationGracePeriodSeconds minus its "
+          "preStop sleep.");
 ABSL_FLAG(int, grid_timeout_s, 300,
           "The longest one grid may run, from its admission; a caller's earlier deadline "
           "wins. Each of a curve's grids has its own.");
@@ -129,7 +130,8 @@ int main(int argc, char** argv) {
       {"cells_per_job", absl::GetFlag(FLAGS_cells_per_job), 1},
       {"replica_max_inflight", absl::GetFlag(FLAGS_replica_max_inflight), 1},
       {"cache_mb", absl::GetFlag(FLAGS_cache_mb), 0},
-      {"max_message_bytes", absl::GetFlag(FLAGS_max_message_bytes), 1 << 20},
+      // -1: gRPC's "no limit".
+      {"max_message_bytes", absl::GetFlag(FLAGS_max_message_bytes), -1},
       {"max_grids_per_client", absl::GetFlag(FLAGS_max_grids_per_client), 1},
       {"max_curve_trunks", absl::GetFlag(FLAGS_max_curve_trunks), 2},
       {"curve_concurrent_grids", absl::GetFlag(FLAGS_curve_concurrent_grids), 1},

@@ -97,7 +97,9 @@ void OrchestratorServer::Shutdown(absl::Duration grace) {
   if (service_) {
     // gRPC's own cancelling at the deadline would reach clients as a bare
     // CANCELLED: grids and curves stop a little before, saying why.
-    service_->EndCallsAt(deadline - std::min(grace / 2, absl::Milliseconds(500)));
+    // A quarter of the grace, at most 2 s: time to stop a curve's workers
+    // and judge and return before gRPC cancels the call.
+    service_->EndCallsAt(deadline - std::min(grace / 4, absl::Seconds(2)));
   }
   if (server_) {
     server_->GetHealthCheckService()->Shutdown();

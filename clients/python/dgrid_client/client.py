@@ -314,8 +314,9 @@ class Client:
     def stream_decision_curve(
         self, trunks: int, *, timeout: Optional[float] = None, **grid: Any
     ) -> Iterator[CurveEvent]:
-        """The curve as it runs: a Plan, a CurveProgress per finished trunk,
-        then CurveDone. Closing the iterator early cancels the curve; it has
+        """The curve as it runs: a Plan, a CurveProgress per finished trunk
+        (and the same counts again after 15 s without one, a keepalive), then
+        CurveDone. Closing the iterator early cancels the curve; it has
         no deadline unless ``timeout`` is given (a curve of many trunks runs
         for minutes)."""
         request = orchestrator_pb2.CurveRequest(trunks=trunks)
