@@ -393,11 +393,11 @@ absl::StatusOr<v1::CurveResult> CurveService::RunCurve(const Caller& caller,
 absl::StatusOr<v1::CurveResult> CurveService::Run(AdmittedCurve& curve, const Caller& caller,
                                                   const CurveSink& sink) {
   const absl::Time started = absl::Now();
-  bool stalled = false;
-  absl::StatusOr<v1::CurveResult> result = RunUncounted(curve, caller, sink, &stalled);
+  bool stopped_reading = false;
+  absl::StatusOr<v1::CurveResult> result = RunUncounted(curve, caller, sink, &stopped_reading);
   if (metrics_) {
     metrics_->CountCurve(
-        stalled ? "abandoned" : RunOutcome(result.status(), absl::Now() >= caller.deadline),
+        stopped_reading ? "abandoned" : RunOutcome(result.status(), absl::Now() >= caller.deadline),
         absl::ToDoubleSeconds(absl::Now() - started));
   }
   return result;
@@ -405,7 +405,8 @@ absl::StatusOr<v1::CurveResult> CurveService::Run(AdmittedCurve& curve, const Ca
 
 absl::StatusOr<v1::CurveResult> CurveService::RunUncounted(AdmittedCurve& curve,
                                                            const Caller& caller,
-                                                           const CurveSink& sink, bool* stalled) {
+                                                           const CurveSink& sink,
+                                                           bool* stopped_reading) {
   const absl::Time started = absl::Now();
   if (!curve.first_) return absl::FailedPreconditionError("this curve has run already");
   // A client that stops reading: a write blocked past max_write_stall breaks
@@ -418,10 +419,10 @@ absl::StatusOr<v1::CurveResult> CurveService::RunUncounted(AdmittedCurve& curve,
     watch->WriteStarts();
     const bool written = sink(event);
     watch->WriteEnds();
+    if (!written || watch->stalled()) *stopped_reading = true;  // as a grid's "abandoned"
     return written;
   };
   auto abandoned = [&] {
-    *stalled = watch->stalled();
     return watch->stalled()
                ? absl::CancelledError(absl::StrCat(
                      "curve cancelled: a write to the client blocked for more than ",

@@ -84,9 +84,10 @@ class CurveService {
 
   absl::StatusOr<std::unique_ptr<AdmittedCurve>> AdmitUncounted(const Caller& caller,
                                                                 const v1::CurveRequest& request);
-  // Run, with *stalled set when the client stopped reading.
+  // Run, with *stopped_reading set when a write to the client failed or
+  // stalled (counted "abandoned", as for a grid).
   absl::StatusOr<v1::CurveResult> RunUncounted(AdmittedCurve& curve, const Caller& caller,
-                                               const CurveSink& sink, bool* stalled);
+                                               const CurveSink& sink, bool* stopped_reading);
 
   GridService* const grids_;
   ReplicaPool* const pool_;

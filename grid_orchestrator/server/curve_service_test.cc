@@ -6,6 +6,7 @@
 #include <prometheus/registry.h>
 
 #include <algorithm>
+#include <atomic>
 
 #include "common/png_image.h"
 #include "grid_orchestrator/metrics/orchestrator_metrics.h"
@@ -191,8 +192,20 @@ TEST_F(CurveServiceTest, AClientThatGoesAwayCancelsTheCurve) {
   }).status();
   EXPECT_EQ(status.code(), absl::StatusCode::kCancelled) << status;
   EXPECT_LT(events, 21);
-  EXPECT_EQ(Curves("cancelled"), 1);
+  // A failed write: the client stopped reading, as a grid's "abandoned".
+  EXPECT_EQ(Curves("abandoned"), 1);
   EXPECT_EQ(Curves("ok"), 0);
+
+  // A client that cancels (gRPC's cancel, seen through Caller::gone).
+  std::atomic<bool> gone{false};
+  Caller caller;
+  caller.gone = [&] { return gone.load(); };
+  status = curves_->RunCurve(caller, Request(20), [&](const v1::CurveEvent& e) {
+    if (e.has_progress()) gone = true;
+    return true;
+  }).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kCancelled) << status;
+  EXPECT_EQ(Curves("cancelled"), 1);
 }
 
 // More concurrent grids than the client may have: trunks wait their turn
