@@ -4,14 +4,20 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/grpc_status.h"
+#include "grid_orchestrator/metrics/orchestrator_metrics.h"
 
 namespace dgrid {
 namespace {
 
 // One Judge call for `images`, tried on up to kJudgeAttempts replicas.
-absl::StatusOr<v1::JudgeResponse> CallJudge(ReplicaPool* pool, const GridPlanSpec& plan,
+absl::StatusOr<v1::JudgeResponse> CallJudge(ReplicaPool* pool, OrchestratorMetrics* metrics,
+                                            const GridPlanSpec& plan,
                                             const std::vector<const std::string*>& images,
                                             int heads, absl::Time deadline, GridCancel* cancel) {
+  // Counted as jobs are, attempt by attempt.
+  auto count = [metrics](const char* outcome) {
+    if (metrics) metrics->CountJob(outcome);
+  };
   v1::JudgeRequest request;
   request.set_model(plan.model);
   for (const std::string* png : images) request.add_images()->set_png(*png);
@@ -32,6 +38,7 @@ absl::StatusOr<v1::JudgeResponse> CallJudge(ReplicaPool* pool, const GridPlanSpe
     const grpc::Status status = lease->stub()->Judge(&context, request, &response);
     cancel->Unregister(&context);
     if (status.ok()) {
+      count("ok");
       if (response.images_size() != request.images_size()) {
         return absl::InternalError(absl::StrCat("replica ", lease->address(), " judged ",
                                                 response.images_size(), " of ",
@@ -47,7 +54,13 @@ absl::StatusOr<v1::JudgeResponse> CallJudge(ReplicaPool* pool, const GridPlanSpe
       return response;
     }
     last = FromGrpcStatus(status);
-    if (!JudgeCallRetryable(status.error_code()) || cancel->cancelled()) break;
+    if (!JudgeCallRetryable(status.error_code()) || cancel->cancelled() ||
+        attempt + 1 == kJudgeAttempts) {
+      count("failed");
+      break;
+    }
+    count("retried");
+    if (metrics) metrics->CountRetry();
     if (status.error_code() == grpc::StatusCode::UNAVAILABLE) lease->MarkUnhealthy();
     want.avoid.insert(lease->address());
   }
@@ -61,9 +74,9 @@ bool JudgeCallRetryable(grpc::StatusCode code) {
          code == grpc::StatusCode::ABORTED || code == grpc::StatusCode::INTERNAL;
 }
 
-absl::StatusOr<TrunkObservation> JudgeGrid(ReplicaPool* pool, const GridPlanSpec& plan,
-                                           const v1::Grid& grid, int heads, absl::Time deadline,
-                                           GridCancel* cancel) {
+absl::StatusOr<TrunkObservation> JudgeGrid(ReplicaPool* pool, OrchestratorMetrics* metrics,
+                                           const GridPlanSpec& plan, const v1::Grid& grid,
+                                           int heads, absl::Time deadline, GridCancel* cancel) {
   TrunkObservation observed;
   for (const v1::GridRow& row : grid.rows()) {
     observed.divergence.push_back(row.divergence());
@@ -79,8 +92,8 @@ absl::StatusOr<TrunkObservation> JudgeGrid(ReplicaPool* pool, const GridPlanSpec
   for (size_t first = 0; first < images.size(); first += kImagesPerJudgeCall) {
     const size_t end = std::min(images.size(), first + kImagesPerJudgeCall);
     absl::StatusOr<v1::JudgeResponse> judged =
-        CallJudge(pool, plan, {images.begin() + first, images.begin() + end}, heads, deadline,
-                  cancel);
+        CallJudge(pool, metrics, plan, {images.begin() + first, images.begin() + end}, heads,
+                  deadline, cancel);
     if (!judged.ok()) return judged.status();
     for (const v1::ImageVerdict& verdict : judged->images()) {
       std::vector<int>& image = labels.emplace_back();

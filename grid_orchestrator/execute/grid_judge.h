@@ -4,7 +4,7 @@
 // decision curve (assemble/decision_curve.h).
 //
 //   ASSIGN_OR_RETURN(TrunkObservation observed,
-//                    JudgeGrid(&pool, plan, grid, /*heads=*/1, deadline, &cancel));
+//                    JudgeGrid(&pool, &metrics, plan, grid, /*heads=*/1, deadline, &cancel));
 //
 // Judge calls are short and outside the grid's work, so they take any
 // healthy replica of the plan's model version (ReplicaPool::Want.control),
@@ -35,9 +35,10 @@ bool JudgeCallRetryable(grpc::StatusCode code);
 // rows' divergence. With `heads` 0 (a model without a judge) nothing is
 // judged. INTERNAL when a replica answers with the wrong count of images or
 // heads.
-absl::StatusOr<TrunkObservation> JudgeGrid(ReplicaPool* pool, const GridPlanSpec& plan,
-                                           const v1::Grid& grid, int heads, absl::Time deadline,
-                                           GridCancel* cancel);
+// Each call's attempts count in `metrics` (may be null) as jobs do.
+absl::StatusOr<TrunkObservation> JudgeGrid(ReplicaPool* pool, OrchestratorMetrics* metrics,
+                                           const GridPlanSpec& plan, const v1::Grid& grid,
+                                           int heads, absl::Time deadline, GridCancel* cancel);
 
 }  // namespace dgrid
 

@@ -53,7 +53,7 @@ OrchestratorMetrics::OrchestratorMetrics()
                                       1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200})),
       jobs_(prometheus::BuildCounter()
                 .Name("dgrid_orchestrator_jobs_total")
-                .Help("Denoiser jobs (trunk or branch calls) by outcome.")
+                .Help("Denoiser jobs (trunk, branch or judge calls) by outcome.")
                 .Register(*registry_)),
       retries_(prometheus::BuildCounter()
                    .Name("dgrid_orchestrator_retries_total")

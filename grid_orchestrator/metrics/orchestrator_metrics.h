@@ -41,7 +41,8 @@ class OrchestratorMetrics {
   void CountGrid(const std::string& status, std::optional<double> seconds);
   // status: as for grids. `seconds`: an ok curve's wall time.
   void CountCurve(const std::string& status, double seconds);
-  // status: ok, retried, failed.
+  // status: ok, retried, failed; one per attempt of a trunk, branch or judge
+  // call.
   void CountJob(const std::string& status);
   // Model evaluations the replicas ran for grids: those whose results were
   // used, and those of attempts that failed or stalled (wasted).

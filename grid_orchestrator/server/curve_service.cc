@@ -202,7 +202,7 @@ class CurveService::CurveRun {
       drawn_.pop_front();
       lock.unlock();
       absl::StatusOr<TrunkObservation> observed =
-          JudgeGrid(service_->pool_, drawn.plan, drawn.grid, heads_,
+          JudgeGrid(service_->pool_, service_->metrics_, drawn.plan, drawn.grid, heads_,
                     std::min(caller_.deadline, absl::Now() + kJudgeTimeout), &cancel_);
       if (!observed.ok()) {
         Fail(AtTrunk(drawn.trunk, observed.status()));

@@ -46,7 +46,9 @@ class CurveServiceTest : public ::testing::Test {
   }
 
   // dgrid_orchestrator_grids_total{status} and dgrid_orchestrator_curves_total{status}.
-  double Grids(const std::string& status) { return Count("dgrid_orchestrator_grids_total", status); }
+  double Grids(const std::string& status) {
+    return Count("dgrid_orchestrator_grids_total", status);
+  }
   double Curves(const std::string& status) {
     return Count("dgrid_orchestrator_curves_total", status);
   }
@@ -283,6 +285,25 @@ TEST_F(CurveServiceTest, AReplicaRefusingAnAdmittedGridIsAFailure) {
   ASSERT_FALSE(grid.ok());
   EXPECT_EQ(Grids("failed"), 1) << grid.status();
   EXPECT_EQ(Grids("invalid"), 0);
+}
+
+// A judge call that fails on one replica is tried on another, and counted
+// as jobs are (retries and failed judge calls used to reach no metric).
+TEST_F(CurveServiceTest, JudgeRetriesAreCounted) {
+  Start();
+  for (int i : {0, 1}) replicas_.script(i).judge_fail_first = 1;
+  absl::StatusOr<v1::CurveResult> curve =
+      curves_->RunCurve(Caller{}, Request(3), [](const v1::CurveEvent&) { return true; });
+  ASSERT_TRUE(curve.ok()) << curve.status();
+  // Each replica's first judge call failed once: two retries.
+  EXPECT_EQ(Count("dgrid_orchestrator_jobs_total", "retried"), 2);
+  double retries = 0;
+  for (const prometheus::MetricFamily& family : metrics_.registry()->Collect()) {
+    if (family.name == "dgrid_orchestrator_retries_total") {
+      retries = family.metric.at(0).counter.value;
+    }
+  }
+  EXPECT_EQ(retries, 2);
 }
 
 // While no trunk finishes, the progress so far goes out again, so that a

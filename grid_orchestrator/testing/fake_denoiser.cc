@@ -73,6 +73,7 @@ struct FakeReplicas::Replica {
   FakeScript script;
   FakeLog log;
   int calls = 0;
+  int judge_calls = 0;
   int port = 0;
   std::string address;
   v1::Denoiser::Service unused;  // a sync server needs one service
@@ -118,6 +119,9 @@ class FakeReplicas::Replica::Stub : public v1::Denoiser::StubInterface {
                      v1::JudgeResponse* response) override {
     {
       std::lock_guard<std::mutex> lock(r_->mu);
+      if (r_->judge_calls++ < r_->script.judge_fail_first) {
+        return {grpc::StatusCode::RESOURCE_EXHAUSTED, "scripted judge failure"};
+      }
       r_->log.judged_images += request.images_size();
     }
     for (const v1::Image& image : request.images()) {
