@@ -6,9 +6,12 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "common/short_text.h"
 #include "grid_orchestrator/assemble/surface_png.h"
 
@@ -48,6 +51,31 @@ void Text(cairo_t* cr, double x, double y, const std::string& text, double size,
   cairo_show_text(cr, drawable.c_str());
 }
 
+// `text` in lines no wider than `width` at `size`, broken at spaces (a word
+// wider than the width keeps a line of its own).
+std::vector<std::string> Wrap(cairo_t* cr, const std::string& text, double size, double width) {
+  cairo_select_font_face(cr, "DejaVu Sans", CAIRO_FONT_SLANT_NORMAL, CAIRO_FONT_WEIGHT_NORMAL);
+  cairo_set_font_size(cr, size);
+  auto fits = [&](const std::string& line) {
+    cairo_text_extents_t e;
+    cairo_text_extents(cr, DrawableText(line).c_str(), &e);
+    return e.x_advance <= width;
+  };
+  std::vector<std::string> lines;
+  std::string line;
+  for (absl::string_view word : absl::StrSplit(text, ' ', absl::SkipEmpty())) {
+    const std::string longer = line.empty() ? std::string(word) : absl::StrCat(line, " ", word);
+    if (line.empty() || fits(longer)) {
+      line = longer;
+    } else {
+      lines.push_back(line);
+      line = std::string(word);
+    }
+  }
+  if (!line.empty()) lines.push_back(line);
+  return lines;
+}
+
 void Line(cairo_t* cr, double x0, double y0, double x1, double y1, Rgb color, double width) {
   Color(cr, color);
   cairo_set_line_width(cr, width);
@@ -71,6 +99,7 @@ void DrawPanel(cairo_t* cr, int top, const std::string& y_label, double y_max,
   const double min_step = steps.front(), max_step = std::max<double>(steps.back(), min_step + 1);
   auto px = [&](double step) { return x0 + 10 + (step - min_step) / (max_step - min_step) * (x1 - x0 - 20); };
   auto py = [&](double v) { return y1 - std::clamp(v / y_max, 0.0, 1.05) * (y1 - y0); };
+  double ly = top + kTop + 14;  // the next legend entry's first baseline
   for (int i = 0; i <= 4; ++i) {
     const double v = y_max * i / 4, gy = std::round(py(v)) + 0.5;
     Line(cr, x0, gy, x1, gy, i == 0 ? kMuted : kGrid, 1);
@@ -117,17 +146,24 @@ void DrawPanel(cairo_t* cr, int top, const std::string& y_label, double y_max,
       Line(cr, hx, py(pts[0].mean / 2), hx, y1, color, 1);
       Line(cr, x0, py(pts[0].mean / 2), hx, py(pts[0].mean / 2), color, 1);
       cairo_set_dash(cr, nullptr, 0, 0);
-      legend = absl::StrFormat("%s: half at %.1f ± %.1f", legend, half->value,
-                               half->standard_error);
-      // The ± is over the resamples that found a half step.
+      // Worded as the explorer's and dgrid's; the ± is over the resamples
+      // that found a half step.
+      legend = absl::StrFormat("%s: half its row-0 value at step %.1f ± %.1f", legend,
+                               half->value, half->standard_error);
       const int found = static_cast<int>(std::lround(100 * half->found_fraction));
-      if (found < 100) legend += absl::StrFormat(" (in %d%% of resamples)", found);
+      if (found < 100) legend += absl::StrFormat(" (found in %d%% of resamples)", found);
     } else if (half) {
-      legend += pts[0].mean > 0 ? ": half not reached" : ": 0 at the first row, no half step";
+      legend += pts[0].mean > 0 ? ": never falls to half its row-0 value"
+                                : ": never differs at the first row, so has no half step";
     }
-    const double ly = top + kTop + 14 + 18 * s;
+    // Wrapped to the space right of the panel: a long entry ran off the
+    // figure's edge.
     Line(cr, x1 + 12, ly - 4, x1 + 30, ly - 4, color, 2);
-    Text(cr, x1 + 34, ly, legend, 10, kInk);
+    for (const std::string& line : Wrap(cr, legend, 10, kWidth - (x1 + 34) - 8)) {
+      Text(cr, x1 + 34, ly, line, 10, kInk);
+      ly += 13;
+    }
+    ly += 6;
   }
 }
 

@@ -49,6 +49,27 @@ TEST(CurveFigureTest, DrawsOnePanelPerKindOfCurve) {
   }
 }
 
+// A long legend entry (a found fraction below 1, a long head name) wraps
+// inside the figure: it ran off the right edge, in the PNG and the SVG.
+TEST(CurveFigureTest, TheLegendStaysInsideTheFigure) {
+  CurveFigure f = Figure(2);
+  f.head_names[0] = "subcategory-and-then-some";
+  f.statistics.heads[0].half_step.found_fraction = 0.95;
+  absl::StatusOr<std::string> png = DrawCurvePng(f);
+  ASSERT_TRUE(png.ok()) << png.status();
+  absl::StatusOr<DecodedPng> image =
+      DecodePng({reinterpret_cast<const uint8_t*>(png->data()), png->size()});
+  ASSERT_TRUE(image.ok());
+  int inked = 0;  // non-white pixels in the last 4 columns
+  for (int y = 0; y < image->height; ++y) {
+    for (int x = image->width - 4; x < image->width; ++x) {
+      const uint8_t* px = &image->pixels[(y * image->width + x) * image->channels];
+      inked += px[0] < 250 || px[1] < 250 || px[2] < 250;
+    }
+  }
+  EXPECT_EQ(inked, 0);
+}
+
 // One branch per row has no pair: the divergence panel keeps the distance to
 // the trunk, in its own colour, and leaves the pairwise series out.
 TEST(CurveFigureTest, OneBranchPerRowDrawsTheDistanceToTheTrunkAlone) {
