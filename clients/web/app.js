@@ -87,6 +87,11 @@ let jsonUrl = null;
 // latest: events of an older one are dropped.
 let abortCurve = null;
 let curveCounter = 0;
+// The last curve that finished, {run, curve}: shown dimmed after a failed or
+// cancelled one.
+let lastCurve = null;
+// Whether Cancel had the keyboard's focus when pressed.
+let focusRunAfterCancel = false;
 let curveJsonUrl = null;
 // Promotion by keyboard: the cell position that gets focus back when the
 // new grid is in (null: leave focus alone).
@@ -122,6 +127,24 @@ function element(tag, className, text) {
 
 function formatNumber(value, digits = 2) {
   return Number(value ?? 0).toFixed(digits).replace(/\.?0+$/, '');
+}
+
+// "1 branch", "4 branches".
+function plural(count, one, many) {
+  return `${count} ${Number(count) === 1 ? one : many}`;
+}
+
+// Seconds as a status reads them: "under 0.1 s" rather than "0 s".
+function formatSeconds(seconds) {
+  return Number(seconds ?? 0) < 0.05 ? 'under 0.1 s' : `${formatNumber(seconds, 1)} s`;
+}
+
+// A download's name from a plan: model, prompt, switch prompt, then `tail`.
+function downloadBase(prefix, plan, tail) {
+  // Free text can be long: the start of it names the file.
+  const prompt = (plan.prompt || 'unconditional').slice(0, 40);
+  const switched = plan.switch_prompt ? `-to-${plan.switch_prompt.slice(0, 30)}` : '';
+  return `${prefix}-${plan.model ?? 'model'}-${prompt}${switched}-${tail}`.replace(/[^\w.-]+/g, '_');
 }
 
 // A plan's sampler (SamplerConfig.sampler, by its JSON name) as text shows
@@ -787,10 +810,7 @@ function withoutImages(grid) {
 function renderExports(grid) {
   const plan = grid.plan ?? {};
   const promoted = (plan.trunk?.segments?.length ?? 0) > 1 ? '-promoted' : '';
-  // Free text can be long: the start of it names the file.
-  const prompt = (plan.prompt || 'unconditional').slice(0, 40);
-  const base = `dgrid-${plan.model ?? 'model'}-${prompt}-${plan.trunk?.init_seed ?? 0}${promoted}`
-      .replace(/[^\w.-]+/g, '_');
+  const base = downloadBase('dgrid', plan, `${plan.trunk?.init_seed ?? 0}${promoted}`);
   if (grid.png) {
     downloadPng.href = pngSrc(grid.png);
     downloadPng.download = `${base}.png`;
@@ -812,7 +832,7 @@ function renderExports(grid) {
   const size = plan.size;
   const sized = size ? ` Size ${size.original_height ?? 0}×${size.original_width ?? 0}, crop ` +
       `${size.crop_top ?? 0}×${size.crop_left ?? 0}, target ${size.target_height ?? 0}×${size.target_width ?? 0}.` : '';
-  summary.textContent = `${plan.branch_steps?.length ?? 0} rows × ${plan.branches ?? 0} branches, ` +
+  summary.textContent = `${plan.branch_steps?.length ?? 0} rows × ${plural(plan.branches ?? 0, 'branch', 'branches')}, ` +
       `${samplerName(sampler.sampler)}, ${sampler.steps ?? 0} steps, eta ${formatNumber(sampler.eta)}, ` +
       `guidance ${formatNumber(sampler.guidance)}, ` +
       `${spacing} spacing. ${grid.model_evals ?? 0} model evaluations run ` +
@@ -841,6 +861,8 @@ function setCurveState(state, text, fraction) {
   if (fraction !== undefined) curveProgress.value = fraction;
   const running = state === 'running';
   curveRun.textContent = running ? 'Running…' : 'Run curve';
+  // Cancel stops a running curve; a second Run used to drop it unasked.
+  curveRun.disabled = running;
   curveCancel.hidden = !running;
 }
 
@@ -856,6 +878,7 @@ function resetCurveExports() {
 // user sees), from its seed; a promoted trunk is not used, since a curve's
 // trunks are seeds.
 async function runCurve() {
+  if (curvePanel.dataset.state === 'running') return;
   clearError();
   const state = stateFromControls();
   let request;
@@ -886,13 +909,23 @@ async function runCurve() {
     showCurve(run, curve);
   } catch (error) {
     if (id !== curveCounter) return;
-    curvePlotBox.classList.remove('stale');
+    // The last finished curve stays, dimmed and named as the previous one,
+    // with its downloads.
+    const previous = lastCurve ? ' The curve shown is the previous one.' : '';
+    if (!lastCurve) curvePlotBox.classList.remove('stale');
+    if (lastCurve) {
+      curveCaption.textContent = `Previous curve: ${curveCaptionText(lastCurve.run, lastCurve.curve)}`;
+      renderCurveExports(lastCurve.run, lastCurve.curve);
+    }
     if (error.name === 'AbortError') {
-      setCurveState('cancelled', `Cancelled after ${run.done} of ${request.trunks} trunks.`);
+      setCurveState('cancelled', `Cancelled after ${run.done} of ${request.trunks} trunks.${previous}`);
+      // Cancel hid itself: the keyboard goes on from Run.
+      if (focusRunAfterCancel) curveRun.focus();
+      focusRunAfterCancel = false;
       return;
     }
     showError(error, 'curve');
-    setCurveState('error', `No curve: ${error.message}`);
+    setCurveState('error', `No curve: ${error.message}${previous}`);
   } finally {
     if (id === curveCounter) abortCurve = null;
   }
@@ -921,7 +954,8 @@ function showCurve(run, curve) {
   }
   curveCaption.textContent = curveCaptionText(run, curve);
   const trunks = curve.trunks ?? run.request.trunks;
-  setCurveState('done', `Done: ${trunks} trunks in ${formatNumber(curve.seconds, 1)} s`, 1);
+  setCurveState('done', `Done: ${trunks} trunks in ${formatSeconds(curve.seconds)}`, 1);
+  lastCurve = {run, curve};
   renderCurveExports(run, curve);
 }
 
@@ -940,7 +974,7 @@ function curveCaptionText(run, curve) {
       `${plan.model} has no judge: its curve is the divergence alone.`;
   const promoted = run.promoted ? ' The promoted trunk is not used: a curve’s trunks are seeds.' : '';
   return `${trunks} trunks${seeds} of ${plan.model}, ${promptName(plan.prompt, modelOf(plan))}${switched}: ` +
-      `${plan.branch_steps?.length ?? 0} rows × ${plan.branches ?? 0} branches, ` +
+      `${plan.branch_steps?.length ?? 0} rows × ${plural(plan.branches ?? 0, 'branch', 'branches')}, ` +
       `${plan.sampler?.steps ?? 0} ${samplerName(plan.sampler?.sampler)} steps. ` +
       `${formatNumber(curve.seconds, 1)} s, ` +
       `${Number(curve.model_evals ?? 0)} model evaluations, ${curve.cache_hits ?? 0} cache hits. ${judged} ` +
@@ -949,9 +983,7 @@ function curveCaptionText(run, curve) {
 
 function renderCurveExports(run, curve) {
   const plan = curve.plan ?? {};
-  const prompt = (plan.prompt || 'unconditional').slice(0, 40);
-  const base = `dgrid-curve-${plan.model ?? 'model'}-${prompt}-${run.request.grid.seed ?? 0}x${curve.trunks ?? 0}`
-      .replace(/[^\w.-]+/g, '_');
+  const base = downloadBase('dgrid-curve', plan, `${run.request.grid.seed ?? 0}x${curve.trunks ?? 0}`);
   if (curve.png) {
     curveDownloadPng.href = pngSrc(curve.png);
     curveDownloadPng.download = `${base}.png`;
@@ -1025,7 +1057,10 @@ curveTrunks.addEventListener('keydown', (event) => {
 document.addEventListener('keydown', (event) => {
   if (event.key === 'Escape' && !banner.hidden) clearError();
 });
-curveCancel.addEventListener('click', () => abortCurve?.abort());
+curveCancel.addEventListener('click', () => {
+  focusRunAfterCancel = document.activeElement === curveCancel;
+  abortCurve?.abort();
+});
 
 // The view a URL names. A trunk it cannot read is an error, and the rest of
 // the link still fills the form: a shared link with a cut path once ran the

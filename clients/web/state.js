@@ -127,7 +127,10 @@ export function decodePath(text) {
 function number(field, text, {integer}) {
   const value = Number(text);
   if (text === '' || !Number.isFinite(value)) throw new FormError(`${field}: not a number: "${text}"`);
-  if (integer && !Number.isInteger(value)) throw new FormError(`${field}: not a whole number: "${text}"`);
+  // Digits alone: Number() reads "1e3" as 1000 and "0x10" as 16.
+  if (integer && (!/^[+-]?\d+$/.test(text) || !Number.isInteger(value))) {
+    throw new FormError(`${field}: not a whole number: "${text}"`);
+  }
   return value;
 }
 

@@ -775,6 +775,11 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     await page.press(testId('curve-trunks'), 'Enter');
     await page.waitForFunction(() => /trunks: not a whole number/.test(
         document.querySelector('[data-testid="error-message"]').textContent));
+    // Digits only: "1e3" read as 1,000 trunks.
+    await page.fill(testId('curve-trunks'), '1e3');
+    await page.press(testId('curve-trunks'), 'Enter');
+    await page.waitForFunction(() => /trunks: not a whole number: "1e3"/.test(
+        document.querySelector('[data-testid="error-message"]').textContent));
     assert.equal(await page.getAttribute(testId('curve'), 'data-state'), 'error');
     // Esc dismisses the message.
     await page.keyboard.press('Escape');
@@ -791,8 +796,15 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     const fraction = await page.$eval(testId('curve-progress'), (bar) => bar.value);
     assert.ok(fraction > 0 && fraction < 1, `progress ${fraction}`);
     await screenshot(page, '11-curve-progress');
-    await page.click(testId('curve-cancel'));
+    // Run again would have dropped the running curve unasked.
+    assert.equal(await page.isDisabled(testId('curve-run')), true, 'Run is off while a curve runs');
+    // Cancel from the keyboard: the focus goes on from Run (it was lost
+    // with the Cancel button, which hides).
+    await page.focus(testId('curve-cancel'));
+    await page.keyboard.press('Enter');
     assert.equal(await waitForCurve(page), 'cancelled');
+    await page.waitForFunction(() => document.activeElement?.dataset.testid === 'curve-run');
+    assert.equal(await page.isDisabled(testId('curve-run')), false);
     assert.match(await page.textContent(testId('curve-status')), /Cancelled after \d+ of 200 trunks/);
     assert.equal(await page.isVisible(testId('error-banner')), false, 'a cancel is not an error');
     // The server stops the curve's grids: they end cancelled and no job
