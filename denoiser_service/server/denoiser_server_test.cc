@@ -246,6 +246,20 @@ TEST_F(DenoiserServerTest, BadInputGetsACodeAndNamesTheFieldAndTheServerKeepsSer
       {"segment beyond steps",
        [](auto& r) { r.mutable_trajectories(0)->mutable_path()->add_segments()->set_from_step(99); },
        Code::INVALID_ARGUMENT, "trajectories[0].path.segments[1].from_step"},
+      // Each distinct one is encoded on the batcher's thread: 64k of them
+      // held the replica for a minute.
+      {"too many segment conditionings",
+       [](auto& r) {
+         r.mutable_sampler()->set_steps(100);
+         v1::Path* p = r.mutable_trajectories(0)->mutable_path();
+         for (int k = 1; k <= 65; ++k) {
+           v1::Segment* s = p->add_segments();
+           s->set_from_step(k);
+           s->set_noise_seed(k);
+           s->mutable_conditioning()->set_class_index(k);
+         }
+       },
+       Code::INVALID_ARGUMENT, "trajectories[0].path.segments[65].conditioning: more than 64"},
       {"no segments",
        [](auto& r) { r.mutable_trajectories(0)->mutable_path()->clear_segments(); },
        Code::INVALID_ARGUMENT, "trajectories[0].path.segments"},

@@ -3,6 +3,9 @@
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
+#include <set>
+#include <string>
+#include <tuple>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
@@ -159,6 +162,9 @@ class ProgressTicker {
   absl::Time last_ = absl::Now();
 };
 
+// Distinct segment conditionings one Step or Branch request may carry.
+constexpr size_t kMaxConditioningsPerRequest = 64;
+
 // Shared by Step and Branch: everything but the step range.
 template <typename Request>
 absl::StatusOr<RunRequest> ParseRun(const Request& request, const BundleManifest& m,
@@ -178,6 +184,10 @@ absl::StatusOr<RunRequest> ParseRun(const Request& request, const BundleManifest
   }
   const std::vector<int64_t>& shape = m.latent_shape;
   run.trajectories.resize(request.trajectories_size());
+  // Each distinct conditioning is tokenized and encoded (on the batcher's
+  // thread, beside every other client's passes): a bound per request, far
+  // above what a grid sends (its request's, its switch's and its trunk's).
+  std::set<std::tuple<int, std::string, std::string>> conditionings;
   for (int i = 0; i < request.trajectories_size(); ++i) {
     const v1::TrajectoryInput& in = request.trajectories(i);
     TrajectoryStart& t = run.trajectories[i];
@@ -195,6 +205,14 @@ absl::StatusOr<RunRequest> ParseRun(const Request& request, const BundleManifest
         // Checked before the engine's tokenizer reads them.
         RETURN_IF_ERROR(CheckPromptText(field + ".prompt", c.prompt()));
         RETURN_IF_ERROR(CheckPromptText(field + ".negative_prompt", c.negative_prompt()));
+      }
+      conditionings.insert(
+          {c.label_case() == v1::Conditioning::kClassIndex ? c.class_index() : -1,
+           c.label_case() == v1::Conditioning::kPrompt ? c.prompt() : "", c.negative_prompt()});
+      if (conditionings.size() > kMaxConditioningsPerRequest) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(field, ": more than ", kMaxConditioningsPerRequest,
+                         " distinct segment conditionings in one request"));
       }
     }
     if (in.has_start_latent()) {

@@ -282,13 +282,23 @@ absl::StatusOr<std::vector<int>> ChooseBranchSteps(const v1::GridRequest& reques
   return branch_steps;
 }
 
+// Prompt switches a promoted trunk may carry: each is in every cell's path
+// (repeated in every event) and its own context on the denoisers, which take
+// at most 64 distinct ones a request.
+constexpr int kMaxTrunkSwitches = 16;
+
 // Whether a promoted trunk's segment conditioning is something the model
 // takes (a request's own conditioning is checked by PlanConditioning).
 absl::Status CheckTrunkConditioning(const Path& trunk, const v1::ModelInfo& model, bool text) {
+  int switches = 0;
   for (size_t i = 0; i < trunk.segments.size(); ++i) {
     const std::optional<SegmentConditioning>& c = trunk.segments[i].conditioning;
     if (!c) continue;
     const std::string field = absl::StrCat("trunk.segments[", i, "].conditioning");
+    if (++switches > kMaxTrunkSwitches) {
+      return Invalid(absl::StrCat(field, ": a trunk may switch its prompt at most ",
+                                  kMaxTrunkSwitches, " times"));
+    }
     if (text) {
       if (c->class_index != -1) {
         return Invalid(absl::StrCat(field, ".class_index: ", model.name(),
@@ -323,6 +333,13 @@ absl::Status PlanTrunk(const v1::GridRequest& request, const v1::ModelInfo& mode
     plan->trunk = PathFromProto(request.trunk());
     RETURN_IF_ERROR(ValidatePath(plan->trunk, plan->steps, "trunk"));
     RETURN_IF_ERROR(CheckTrunkConditioning(plan->trunk, model, plan->text));
+    // A class model's switch by name is the same trajectory as by index: one
+    // name, so that Canonical and the cache keys see them as one.
+    for (Segment& segment : plan->trunk.segments) {
+      if (plan->text || !segment.conditioning || segment.conditioning->prompt.empty()) continue;
+      segment.conditioning->class_index = ClassIndexOf(model, segment.conditioning->prompt);
+      segment.conditioning->prompt.clear();
+    }
   } else {
     plan->trunk = Path{request.seed(), {{0, TrunkNoiseSeed(request.seed())}}};
   }

@@ -354,6 +354,28 @@ TEST(GridPlanTest, APromotedTrunksSwitchMustFitTheModel) {
   ASSERT_TRUE(plan.ok()) << plan.status();
   ASSERT_EQ(plan->trunk.segments.size(), 2u);
   EXPECT_FALSE(plan->trunk.segments[1].conditioning.has_value());
+
+  // A class by name is the class by index: the same trunk, so that equal
+  // trajectories share their name and cache entries (by name it kept a
+  // no-op switch and ran its steps again).
+  PathToProto(trunk.BranchAt(10, 8, SegmentConditioning{"trouser", "", -1}), r.mutable_trunk());
+  auto by_name = PlanGrid(r, Model(), {});
+  PathToProto(trunk.BranchAt(10, 8, SegmentConditioning{"", "", 1}), r.mutable_trunk());
+  auto by_index = PlanGrid(r, Model(), {});
+  ASSERT_TRUE(by_name.ok() && by_index.ok()) << by_name.status() << by_index.status();
+  EXPECT_EQ(by_name->trunk, by_index->trunk);
+  PathToProto(trunk.SwitchedAt(10, SegmentConditioning{"sneaker", "", -1}), r.mutable_trunk());
+  EXPECT_EQ(PlanGrid(r, Model(), {})->trunk, trunk) << "a no-op switch by name stays";
+
+  // At most 16 switches in a trunk: each rides in every cell's path.
+  Path many = trunk;
+  for (int k = 1; k <= 17; ++k) {
+    many = many.SwitchedAt(k, SegmentConditioning{"", "", k % 2});
+  }
+  PathToProto(many, r.mutable_trunk());
+  const absl::Status refused = PlanGrid(r, Model(), {}).status();
+  EXPECT_NE(refused.message().find("at most 16 times"), std::string::npos) << refused;
+  EXPECT_EQ(refused.message().rfind("trunk.segments[", 0), 0u) << refused;
 }
 
 }  // namespace
