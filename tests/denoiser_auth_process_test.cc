@@ -38,15 +38,24 @@ grpc::Status Branch(v1::Denoiser::Stub& stub, const std::string& authorization) 
   return reader->Finish();
 }
 
-TEST(DenoiserAuthTest, OnlyCallersWithTheTokenAreServed) {
-  const std::string dir = testing::TempDir("denoiser-token");
-  const std::string token = "replica-s3cret";
-  std::ofstream(dir + "/token") << token << "\n";
+// One denoiser that requires `denoiser_token` and an orchestrator that
+// sends `orchestrator_token`, each from a file.
+absl::StatusOr<std::unique_ptr<Stack>> TokenStack(const std::string& name,
+                                                  const std::string& denoiser_token,
+                                                  const std::string& orchestrator_token) {
+  const std::string dir = testing::TempDir(name + "-tokens");
+  std::ofstream(dir + "/denoiser") << denoiser_token << "\n";
+  std::ofstream(dir + "/orchestrator") << orchestrator_token << "\n";
   StackOptions options;
   options.denoisers = 1;
-  options.denoiser_flags = {"--auth_token_file=" + dir + "/token"};
-  options.orchestrator_flags = {"--denoiser_token_file=" + dir + "/token"};
-  auto stack = Stack::Start(options, "denoiser-auth");
+  options.denoiser_flags = {"--auth_token_file=" + dir + "/denoiser"};
+  options.orchestrator_flags = {"--denoiser_token_file=" + dir + "/orchestrator"};
+  return Stack::Start(options, name);
+}
+
+TEST(DenoiserAuthTest, OnlyCallersWithTheTokenAreServed) {
+  const std::string token = "replica-s3cret";
+  auto stack = TokenStack("denoiser-auth", token, token);
   ASSERT_TRUE(stack.ok()) << stack.status();
 
   // The orchestrator's pool sends the token on every call: a grid works.
@@ -91,14 +100,7 @@ TEST(DenoiserAuthTest, OnlyCallersWithTheTokenAreServed) {
 // grids used to fail with "no healthy denoiser replica answered
 // GetModelInfo" alone, while health checks (no token) passed.
 TEST(DenoiserAuthTest, AWrongTokenIsNamedInTheGridsError) {
-  const std::string dir = testing::TempDir("denoiser-wrong-token");
-  std::ofstream(dir + "/token") << "replica-s3cret\n";
-  std::ofstream(dir + "/old") << "replica-0ld\n";
-  StackOptions options;
-  options.denoisers = 1;
-  options.denoiser_flags = {"--auth_token_file=" + dir + "/token"};
-  options.orchestrator_flags = {"--denoiser_token_file=" + dir + "/old"};
-  auto stack = Stack::Start(options, "denoiser-old-token");
+  auto stack = TokenStack("denoiser-old-token", "replica-s3cret", "replica-0ld");
   ASSERT_TRUE(stack.ok()) << stack.status();
   v1::GridRequest grid_request;
   grid_request.set_seed(1);
