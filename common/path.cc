@@ -33,7 +33,19 @@ Path Path::BranchAt(int step, uint64_t noise_seed,
                     std::optional<SegmentConditioning> conditioning) const {
   const absl::Span<const Segment> prefix = SegmentsBelow(step);
   Path branch{init_seed, {prefix.begin(), prefix.end()}};
+  const bool switched = conditioning.has_value();
   branch.segments.push_back({step, noise_seed, std::move(conditioning)});
+  if (switched) return branch;
+  // No switch of its own: the branch keeps this path's prompt switches from
+  // `step` on, under its own noise, and differs from it by the noise alone.
+  for (const Segment& s : segments) {
+    if (s.from_step < step || !s.conditioning) continue;
+    if (s.from_step == step) {
+      branch.segments.back().conditioning = s.conditioning;
+    } else {
+      branch.segments.push_back({s.from_step, noise_seed, s.conditioning});
+    }
+  }
   return branch;
 }
 

@@ -62,9 +62,10 @@ struct Path {
   // The conditioning set by the last segment at or below `step` that sets
   // one; nullptr: the request's.
   const SegmentConditioning* ConditioningAt(int step) const;
-  // This path up to `step`, then `noise_seed` from `step` on, conditioned on
-  // `conditioning` from there when given. Segments that start at or after
-  // `step` are dropped.
+  // This path up to `step`, then `noise_seed` from `step` on: conditioned on
+  // `conditioning` from there to the end when given, else on this path's own
+  // prompt switches (a branch of a promoted switched trunk switches as the
+  // trunk does). The noise of segments at or after `step` is dropped.
   Path BranchAt(int step, uint64_t noise_seed,
                 std::optional<SegmentConditioning> conditioning = std::nullopt) const;
   // This path with the same noise throughout, conditioned on `conditioning`

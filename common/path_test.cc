@@ -116,6 +116,30 @@ TEST(PathTest, SwitchedAtKeepsEveryNoiseSeed) {
   EXPECT_EQ(promoted.SwitchedAt(30, Prompt("pear")).segments.size(), 2u);  // set on (30, 555)
 }
 
+// A branch of a trunk that switches its prompt keeps the trunk's switches,
+// its own noise under them: it differs from the trunk by the noise alone.
+// Its switches at and after the branch step used to be dropped, so rows at
+// or before the trunk's switch drew the first prompt to the end.
+TEST(PathTest, BranchAtKeepsTheTrunksPromptSwitches) {
+  const Path trunk =
+      Path{7, {{0, 100}}}.SwitchedAt(5, Prompt("apple")).SwitchedAt(9, Prompt("pear"));
+  for (int step : {0, 5, 7}) {
+    const Path branch = trunk.BranchAt(step, 555);
+    for (int at = 0; at < 12; ++at) {
+      const SegmentConditioning* want = trunk.ConditioningAt(at);
+      const SegmentConditioning* got = branch.ConditioningAt(at);
+      ASSERT_EQ(want == nullptr, got == nullptr) << step << " " << at;
+      if (want) EXPECT_EQ(*got, *want) << step << " " << at;
+      EXPECT_EQ(branch.NoiseSeedAt(at), at < step ? trunk.NoiseSeedAt(at) : 555u)
+          << step << " " << at;
+    }
+    EXPECT_TRUE(branch.SharesPrefixWith(trunk, step));
+  }
+  // A switch of the branch's own holds to the end.
+  const Path switched = trunk.BranchAt(3, 555, Prompt("fig"));
+  EXPECT_EQ(switched.ConditioningAt(11)->prompt, "fig");
+}
+
 // A trunk that already switches later (a promoted switched cell): a switch
 // before that holds to the end. It used to last only until the trunk's own
 // switch, so a row "-> ghost after step 0" was ghost for steps 0-2 alone.

@@ -367,6 +367,22 @@ TEST(GridPlanTest, APromotedTrunksSwitchMustFitTheModel) {
   PathToProto(trunk.SwitchedAt(10, SegmentConditioning{"sneaker", "", -1}), r.mutable_trunk());
   EXPECT_EQ(PlanGrid(r, Model(), {})->trunk, trunk) << "a no-op switch by name stays";
 
+  // A promoted switched trunk's rows switch as it does, whatever their step:
+  // rows at or before its switch drew the request's class to the end.
+  PathToProto(trunk.SwitchedAt(10, SegmentConditioning{"", "", 1}), r.mutable_trunk());
+  auto switched = PlanGrid(r, Model(), {});
+  ASSERT_TRUE(switched.ok()) << switched.status();
+  for (const PlannedRow& row : switched->rows) {
+    for (const Path& cell : row.cells) {
+      for (int step : {0, 9, 10, 49}) {
+        const SegmentConditioning* want = switched->trunk.ConditioningAt(step);
+        const SegmentConditioning* got = cell.ConditioningAt(step);
+        EXPECT_EQ(want ? want->class_index : -2, got ? got->class_index : -2)
+            << "row " << row.branch_step << ", step " << step;
+      }
+    }
+  }
+
   // At most 16 switches in a trunk: each rides in every cell's path.
   Path many = trunk;
   for (int k = 1; k <= 17; ++k) {
