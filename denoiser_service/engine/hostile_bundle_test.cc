@@ -121,13 +121,17 @@ RunRequest TextRun(const std::string& prompt) {
 struct Outcome {
   absl::Status status;
   std::vector<float> final_latent;
+  std::vector<uint8_t> final_pixels;  // when the run decodes
 };
 
 Outcome Drain(Run& run) {
   Outcome outcome;
   RunEvent e;
   for (Run::Wait w; (w = run.Next(absl::Seconds(30), &e)) != Run::Wait::kDone;) {
-    if (w == Run::Wait::kEvent && e.kind == RunEvent::Kind::kFinal) outcome.final_latent = e.latent;
+    if (w == Run::Wait::kEvent && e.kind == RunEvent::Kind::kFinal) {
+      outcome.final_latent = e.latent;
+      outcome.final_pixels = e.pixels;
+    }
   }
   outcome.status = run.status();
   return outcome;
@@ -181,6 +185,51 @@ TEST(HostileBundleTest, APromptTheModelFailsOnEndsOnlyItsOwnRun) {
   const absl::Status venom = outcomes["venom"].status;
   EXPECT_FALSE(venom.ok());
   EXPECT_TRUE(Mentions(venom, "poisoned context")) << venom;
+  EXPECT_EQ(batcher.outstanding(), 0);
+}
+
+// "toxin" drives its latent far out, and the decoder raises on it: its run
+// ends, while the run decoded in the same batch gets its image, the one it
+// gets alone (before, one failed decode ended every run of the batch).
+TEST(HostileBundleTest, ALatentTheDecoderFailsOnEndsOnlyItsOwnRun) {
+  ASSERT_FALSE(Fixtures().empty()) << "DGRID_FIXTURES is not set";
+  SetTorchThreads(1);
+  auto model = DenoiserModel::Load(Fixtures() + "/poisoned", {"cpu"});
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto decoded = [](const std::string& prompt) {
+    RunRequest r = TextRun(prompt);
+    r.decode = true;
+    r.decode_finals_only = true;
+    return r;
+  };
+  Outcome alone;
+  {
+    TrajectoryBatcher batcher(model->get(), {});
+    auto run = batcher.Start(decoded("dog"));
+    ASSERT_TRUE(run.ok()) << run.status();
+    alone = Drain(**run);
+    ASSERT_TRUE(alone.status.ok()) << alone.status;
+    ASSERT_FALSE(alone.final_pixels.empty());
+  }
+  // "cat" holds the first pass; "dog" and "toxin" join at the next, step
+  // for step, so their finals go through the decoder in one batch.
+  Gate gate;
+  TrajectoryBatcher batcher(model->get(), {}, &gate);
+  auto first = batcher.Start(decoded("cat"));
+  ASSERT_TRUE(first.ok()) << first.status();
+  gate.AwaitEntered();
+  auto dog = batcher.Start(decoded("dog"));
+  auto toxin = batcher.Start(decoded("toxin"));
+  ASSERT_TRUE(dog.ok() && toxin.ok());
+  gate.Open();
+  const Outcome cat_outcome = Drain(**first);
+  const Outcome dog_outcome = Drain(**dog);
+  const Outcome toxin_outcome = Drain(**toxin);
+  EXPECT_TRUE(cat_outcome.status.ok()) << cat_outcome.status;
+  EXPECT_TRUE(dog_outcome.status.ok()) << dog_outcome.status;
+  EXPECT_EQ(dog_outcome.final_pixels, alone.final_pixels);
+  EXPECT_FALSE(toxin_outcome.status.ok());
+  EXPECT_TRUE(Mentions(toxin_outcome.status, "poisoned latent")) << toxin_outcome.status;
   EXPECT_EQ(batcher.outstanding(), 0);
 }
 

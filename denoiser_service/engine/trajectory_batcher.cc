@@ -5,6 +5,7 @@
 #include <cstring>
 #include <future>
 #include <limits>
+#include <map>
 #include <numeric>
 #include <tuple>
 #include <unordered_map>
@@ -1141,15 +1142,40 @@ void TrajectoryBatcher::DecodeImages(const std::vector<size_t>& now, int other_i
   const absl::Duration took = absl::Now() - start;
   if (observer_) observer_->OnDecode(n, took);
   decode_debt_ += took * other_images / n;
-  if (!pixels.ok()) {
-    for (auto& [e, _] : slots) emitted_[e].run->Finish(pixels.status());
+  auto place = [&](const std::vector<int>& ks, const std::vector<uint8_t>& decoded) {
+    const size_t per = decoded.size() / ks.size();
+    for (size_t j = 0; j < ks.size(); ++j) {
+      RunEvent& event = emitted_[slots[ks[j]].first].event;
+      std::vector<uint8_t>& out = slots[ks[j]].second ? event.x0_pixels : event.pixels;
+      out.assign(decoded.begin() + j * per, decoded.begin() + (j + 1) * per);
+    }
+  };
+  // The slots of each run, in order.
+  std::map<const Run*, std::vector<int>> by_run;
+  for (int k = 0; k < n; ++k) by_run[emitted_[slots[k].first].run.get()].push_back(k);
+  if (pixels.ok()) {
+    std::vector<int> all(n);
+    for (int k = 0; k < n; ++k) all[k] = k;
+    place(all, *pixels);
     return;
   }
-  const size_t per = pixels->size() / n;
-  for (int k = 0; k < n; ++k) {
-    RunEvent& event = emitted_[slots[k].first].event;
-    std::vector<uint8_t>& out = slots[k].second ? event.x0_pixels : event.pixels;
-    out.assign(pixels->begin() + k * per, pixels->begin() + (k + 1) * per);
+  // One run's latents may be what the decoder fails on: each run's images
+  // then go through alone, and only a run whose own images fail ends.
+  const size_t latent = latents.size() / n;
+  for (const auto& [run, ks] : by_run) {
+    absl::StatusOr<std::vector<uint8_t>> mine = pixels.status();
+    if (by_run.size() > 1) {
+      std::vector<float> own;
+      for (int k : ks) {
+        own.insert(own.end(), latents.begin() + k * latent, latents.begin() + (k + 1) * latent);
+      }
+      mine = DecodeChunks(own, static_cast<int>(ks.size()));
+    }
+    if (mine.ok()) {
+      place(ks, *mine);
+    } else {
+      emitted_[slots[ks.front()].first].run->Finish(mine.status());
+    }
   }
 }
 
