@@ -572,7 +572,7 @@ int Curve() {
     const int found = static_cast<int>(std::lround(100 * head.half_found_fraction()));
     if (head.half_found()) {
       // The ± is over the bootstrap resamples that found a half step.
-      std::cout << absl::StrFormat("%s: half of its row-0 value at step %.1f ± %.1f%s\n",
+      std::cout << absl::StrFormat("%s: half its row-0 value at step %.1f ± %.1f%s\n",
                                    head.head(), head.half_step(), head.half_step_standard_error(),
                                    found < 100 ? absl::StrFormat(" (found in %d%% of resamples)", found)
                                                : "");

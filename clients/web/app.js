@@ -879,6 +879,9 @@ function resetCurveExports() {
 // trunks are seeds.
 async function runCurve() {
   if (curvePanel.dataset.state === 'running') return;
+  // Run turns off while the curve runs: focus on it goes on to Cancel.
+  const focusedRun = document.activeElement === curveRun;
+  focusRunAfterCancel = false;
   clearError();
   const state = stateFromControls();
   let request;
@@ -897,6 +900,7 @@ async function runCurve() {
   curvePlotBox.classList.add('stale');
   resetCurveExports();
   setCurveState('running', 'Planning…', 0);
+  if (focusedRun) curveCancel.focus();
   try {
     const curve = await streamCurve(request, {
       token: controls.token.value.trim(),
@@ -976,7 +980,7 @@ function curveCaptionText(run, curve) {
   return `${trunks} trunks${seeds} of ${plan.model}, ${promptName(plan.prompt, modelOf(plan))}${switched}: ` +
       `${plan.branch_steps?.length ?? 0} rows × ${plural(plan.branches ?? 0, 'branch', 'branches')}, ` +
       `${plan.sampler?.steps ?? 0} ${samplerName(plan.sampler?.sampler)} steps. ` +
-      `${formatNumber(curve.seconds, 1)} s, ` +
+      `${formatSeconds(curve.seconds)}, ` +
       `${Number(curve.model_evals ?? 0)} model evaluations, ${curve.cache_hits ?? 0} cache hits. ${judged} ` +
       `Error bars: ± one standard error over trunks.${promoted}`;
 }

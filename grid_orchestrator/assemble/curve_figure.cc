@@ -51,8 +51,8 @@ void Text(cairo_t* cr, double x, double y, const std::string& text, double size,
   cairo_show_text(cr, drawable.c_str());
 }
 
-// `text` in lines no wider than `width` at `size`, broken at spaces (a word
-// wider than the width keeps a line of its own).
+// `text` in lines no wider than `width` at `size`, broken at spaces; a word
+// wider than the width alone is cut, with "…".
 std::vector<std::string> Wrap(cairo_t* cr, const std::string& text, double size, double width) {
   cairo_select_font_face(cr, "DejaVu Sans", CAIRO_FONT_SLANT_NORMAL, CAIRO_FONT_WEIGHT_NORMAL);
   cairo_set_font_size(cr, size);
@@ -73,6 +73,16 @@ std::vector<std::string> Wrap(cairo_t* cr, const std::string& text, double size,
     }
   }
   if (!line.empty()) lines.push_back(line);
+  for (std::string& l : lines) {
+    if (fits(l)) continue;
+    while (!l.empty() && !fits(l + "…")) {
+      l.pop_back();
+      while (!l.empty() && (static_cast<unsigned char>(l.back()) & 0xC0) == 0x80) l.pop_back();
+      // A lead byte left without its continuation bytes goes too.
+      if (!l.empty() && static_cast<unsigned char>(l.back()) >= 0xC0) l.pop_back();
+    }
+    l += "…";
+  }
   return lines;
 }
 
@@ -148,7 +158,8 @@ void DrawPanel(cairo_t* cr, int top, const std::string& y_label, double y_max,
       cairo_set_dash(cr, nullptr, 0, 0);
       // Worded as the explorer's and dgrid's; the ± is over the resamples
       // that found a half step.
-      legend = absl::StrFormat("%s: half its row-0 value at step %.1f ± %.1f", legend,
+      // No-break spaces keep "± SE" with its number.
+      legend = absl::StrFormat("%s: half its row-0 value at step %.1f\u00A0±\u00A0%.1f", legend,
                                half->value, half->standard_error);
       const int found = static_cast<int>(std::lround(100 * half->found_fraction));
       if (found < 100) legend += absl::StrFormat(" (found in %d%% of resamples)", found);
@@ -158,8 +169,10 @@ void DrawPanel(cairo_t* cr, int top, const std::string& y_label, double y_max,
     }
     // Wrapped to the space right of the panel: a long entry ran off the
     // figure's edge.
+    if (ly > y1) continue;  // no room left in the panel: the series stands unlabelled
     Line(cr, x1 + 12, ly - 4, x1 + 30, ly - 4, color, 2);
     for (const std::string& line : Wrap(cr, legend, 10, kWidth - (x1 + 34) - 8)) {
+      if (ly > y1) break;
       Text(cr, x1 + 34, ly, line, 10, kInk);
       ly += 13;
     }

@@ -54,6 +54,7 @@ TEST(CurveFigureTest, DrawsOnePanelPerKindOfCurve) {
 TEST(CurveFigureTest, TheLegendStaysInsideTheFigure) {
   CurveFigure f = Figure(2);
   f.head_names[0] = "subcategory-and-then-some";
+  f.head_names[1] = std::string(60, 'x');  // one word wider than the space
   f.statistics.heads[0].half_step.found_fraction = 0.95;
   absl::StatusOr<std::string> png = DrawCurvePng(f);
   ASSERT_TRUE(png.ok()) << png.status();

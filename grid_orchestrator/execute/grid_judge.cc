@@ -30,7 +30,10 @@ absl::StatusOr<v1::JudgeResponse> CallJudge(ReplicaPool* pool, OrchestratorMetri
   absl::Status last;
   for (int attempt = 0; attempt < kJudgeAttempts; ++attempt) {
     absl::StatusOr<ReplicaPool::Lease> lease = pool->Acquire(want);
-    if (!lease.ok()) return lease.status();
+    if (!lease.ok()) {
+      count("failed");
+      return lease.status();
+    }
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(deadline));
     if (!cancel->Register(&context)) return absl::CancelledError("curve cancelled");
@@ -38,22 +41,26 @@ absl::StatusOr<v1::JudgeResponse> CallJudge(ReplicaPool* pool, OrchestratorMetri
     const grpc::Status status = lease->stub()->Judge(&context, request, &response);
     cancel->Unregister(&context);
     if (status.ok()) {
-      count("ok");
+      absl::Status usable = absl::OkStatus();
       if (response.images_size() != request.images_size()) {
-        return absl::InternalError(absl::StrCat("replica ", lease->address(), " judged ",
-                                                response.images_size(), " of ",
-                                                request.images_size(), " images"));
+        usable = absl::InternalError(absl::StrCat("replica ", lease->address(), " judged ",
+                                                  response.images_size(), " of ",
+                                                  request.images_size(), " images"));
       }
       for (const v1::ImageVerdict& verdict : response.images()) {
-        if (verdict.heads_size() != heads) {
-          return absl::InternalError(absl::StrCat("replica ", lease->address(), " answered ",
-                                                  verdict.heads_size(), " judge heads, not ",
-                                                  heads));
+        if (usable.ok() && verdict.heads_size() != heads) {
+          usable = absl::InternalError(absl::StrCat("replica ", lease->address(), " answered ",
+                                                    verdict.heads_size(), " judge heads, not ",
+                                                    heads));
         }
       }
+      count(usable.ok() ? "ok" : "failed");
+      if (!usable.ok()) return usable;
       return response;
     }
     last = FromGrpcStatus(status);
+    // Whatever comes next, a replica that is going away gets no more work.
+    if (status.error_code() == grpc::StatusCode::UNAVAILABLE) lease->MarkUnhealthy();
     if (!JudgeCallRetryable(status.error_code()) || cancel->cancelled() ||
         attempt + 1 == kJudgeAttempts) {
       count("failed");
@@ -61,7 +68,6 @@ absl::StatusOr<v1::JudgeResponse> CallJudge(ReplicaPool* pool, OrchestratorMetri
     }
     count("retried");
     if (metrics) metrics->CountRetry();
-    if (status.error_code() == grpc::StatusCode::UNAVAILABLE) lease->MarkUnhealthy();
     want.avoid.insert(lease->address());
   }
   return absl::Status(last.code(), absl::StrCat("Judge: ", last.message()));

@@ -282,23 +282,20 @@ absl::StatusOr<std::vector<int>> ChooseBranchSteps(const v1::GridRequest& reques
   return branch_steps;
 }
 
-// Prompt switches a promoted trunk may carry: each is in every cell's path
-// (repeated in every event) and its own context on the denoisers, which take
+// Prompt switches a cell's path may carry (its trunk's, and the grid's own
+// switch), and the bytes of their prompts: each is in every cell's path,
+// repeated in every event, and its own context on the denoisers, which take
 // at most 64 distinct ones a request.
-constexpr int kMaxTrunkSwitches = 16;
+constexpr int kMaxCellSwitches = 16;
+constexpr size_t kMaxSwitchBytes = 16 << 10;
 
 // Whether a promoted trunk's segment conditioning is something the model
 // takes (a request's own conditioning is checked by PlanConditioning).
 absl::Status CheckTrunkConditioning(const Path& trunk, const v1::ModelInfo& model, bool text) {
-  int switches = 0;
   for (size_t i = 0; i < trunk.segments.size(); ++i) {
     const std::optional<SegmentConditioning>& c = trunk.segments[i].conditioning;
     if (!c) continue;
     const std::string field = absl::StrCat("trunk.segments[", i, "].conditioning");
-    if (++switches > kMaxTrunkSwitches) {
-      return Invalid(absl::StrCat(field, ": a trunk may switch its prompt at most ",
-                                  kMaxTrunkSwitches, " times"));
-    }
     if (text) {
       if (c->class_index != -1) {
         return Invalid(absl::StrCat(field, ".class_index: ", model.name(),
@@ -344,6 +341,24 @@ absl::Status PlanTrunk(const v1::GridRequest& request, const v1::ModelInfo& mode
     plan->trunk = Path{request.seed(), {{0, TrunkNoiseSeed(request.seed())}}};
   }
   plan->trunk = plan->trunk.Canonical(RequestConditioning(*plan));
+  // Counted as the cells will carry them: the trunk's switches that change
+  // something, and the grid's own.
+  int switches = plan->switch_prompt.empty() ? 0 : 1;
+  size_t bytes = plan->switch_prompt.size() + plan->switch_negative_prompt.size();
+  for (const Segment& segment : plan->trunk.segments) {
+    if (!segment.conditioning) continue;
+    ++switches;
+    bytes += segment.conditioning->prompt.size() + segment.conditioning->negative_prompt.size();
+  }
+  if (switches > kMaxCellSwitches) {
+    return Invalid(absl::StrCat("trunk.segments: a cell may switch its prompt at most ",
+                                kMaxCellSwitches, " times; this trunk's cells would ", switches,
+                                " times (the trunk's switches, and switch_prompt's)"));
+  }
+  if (bytes > kMaxSwitchBytes) {
+    return Invalid(absl::StrCat("trunk.segments: the prompts a cell would switch to hold ", bytes,
+                                " bytes, more than ", kMaxSwitchBytes));
+  }
   return absl::OkStatus();
 }
 

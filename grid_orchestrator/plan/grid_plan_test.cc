@@ -365,7 +365,7 @@ TEST(GridPlanTest, APromotedTrunksSwitchMustFitTheModel) {
   ASSERT_TRUE(by_name.ok() && by_index.ok()) << by_name.status() << by_index.status();
   EXPECT_EQ(by_name->trunk, by_index->trunk);
   PathToProto(trunk.SwitchedAt(10, SegmentConditioning{"sneaker", "", -1}), r.mutable_trunk());
-  EXPECT_EQ(PlanGrid(r, Model(), {})->trunk, trunk) << "a no-op switch by name stays";
+  EXPECT_EQ(PlanGrid(r, Model(), {})->trunk, trunk) << "a no-op switch by name is dropped";
 
   // A promoted switched trunk's rows switch as it does, whatever their step:
   // rows at or before its switch drew the request's class to the end.
@@ -383,15 +383,25 @@ TEST(GridPlanTest, APromotedTrunksSwitchMustFitTheModel) {
     }
   }
 
-  // At most 16 switches in a trunk: each rides in every cell's path.
+  // At most 16 switches in a cell: each rides in every cell's path. A trunk
+  // of 16 plans; with a switch prompt its cells would have 17, refused before
+  // any work (its cells could not be promoted).
   Path many = trunk;
-  for (int k = 1; k <= 17; ++k) {
+  for (int k = 1; k <= 16; ++k) {
     many = many.SwitchedAt(k, SegmentConditioning{"", "", k % 2});
   }
   PathToProto(many, r.mutable_trunk());
-  const absl::Status refused = PlanGrid(r, Model(), {}).status();
-  EXPECT_NE(refused.message().find("at most 16 times"), std::string::npos) << refused;
-  EXPECT_EQ(refused.message().rfind("trunk.segments[", 0), 0u) << refused;
+  EXPECT_TRUE(PlanGrid(r, Model(), {}).ok()) << PlanGrid(r, Model(), {}).status();
+  r.set_switch_prompt("trouser");
+  absl::Status refused = PlanGrid(r, Model(), {}).status();
+  EXPECT_NE(refused.message().find("at most 16 times; this trunk's cells would 17"),
+            std::string::npos) << refused;
+  EXPECT_EQ(refused.message().rfind("trunk.segments:", 0), 0u) << refused;
+  r.clear_switch_prompt();
+  many = many.SwitchedAt(17, SegmentConditioning{"", "", 1});
+  PathToProto(many, r.mutable_trunk());
+  refused = PlanGrid(r, Model(), {}).status();
+  EXPECT_NE(refused.message().find("would 17"), std::string::npos) << refused;
 }
 
 }  // namespace

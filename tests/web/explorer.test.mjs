@@ -788,7 +788,10 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     // A long curve: progress as trunks finish, then cancel.
     const cancelledBefore = await slow.metric('dgrid_orchestrator_grids_total{status="cancelled"}');
     await page.fill(testId('curve-trunks'), '200');
-    await page.click(testId('curve-run'));
+    // From the keyboard: Run turns off, and the focus goes on to Cancel.
+    await page.focus(testId('curve-run'));
+    await page.keyboard.press('Enter');
+    await page.waitForFunction(() => document.activeElement?.dataset.testid === 'curve-cancel');
     await page.waitForSelector(testId('error-banner'), {state: 'hidden'});
     await page.waitForFunction(() => /[1-9]\d* of 200 trunks done/.test(
         document.querySelector('[data-testid="curve-status"]').textContent), null, {timeout: 90_000});
@@ -800,7 +803,6 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     assert.equal(await page.isDisabled(testId('curve-run')), true, 'Run is off while a curve runs');
     // Cancel from the keyboard: the focus goes on from Run (it was lost
     // with the Cancel button, which hides).
-    await page.focus(testId('curve-cancel'));
     await page.keyboard.press('Enter');
     assert.equal(await waitForCurve(page), 'cancelled');
     await page.waitForFunction(() => document.activeElement?.dataset.testid === 'curve-run');
