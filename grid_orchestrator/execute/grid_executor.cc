@@ -685,10 +685,13 @@ absl::StatusOr<v1::Grid> GridExecutor::GridRun::Assemble() {
   for (const Segment& segment : plan_.trunk.segments) {
     if (!segment.conditioning) continue;
     const SegmentConditioning& to = *segment.conditioning;
+    const bool named = to.class_index >= 0 &&
+                       to.class_index < static_cast<int>(plan_.class_names.size());
     trunk_switches.push_back(absl::StrCat(
-        to.class_index >= 0 ? absl::StrCat("class ", to.class_index)
-        : to.prompt.empty() ? std::string("(unconditional)")
-                            : to.prompt,
+        named                  ? plan_.class_names[to.class_index]
+        : to.class_index >= 0  ? absl::StrCat("class ", to.class_index)
+        : to.prompt.empty()    ? std::string("(unconditional)")
+                               : to.prompt,
         " after step ", segment.from_step));
   }
   SetCaption({plan_.model, plan_.prompt, plan_.negative_prompt, plan_.trunk.init_seed, plan_.eta,

@@ -166,6 +166,7 @@ absl::Status PlanConditioning(const v1::GridRequest& request, const v1::ModelInf
   plan->negative_prompt = request.negative_prompt();
   plan->text = model.conditioning() == "text";
   if (plan->text) return absl::OkStatus();
+  plan->class_names.assign(model.prompts().begin(), model.prompts().end());
   if (!request.negative_prompt().empty()) {
     return Invalid(absl::StrCat("negative_prompt: ", model.name(),
                                 " is a class model and takes no negative prompt"));

@@ -64,6 +64,8 @@ struct GridPlanSpec {
   std::string prompt;
   std::string negative_prompt;
   int64_t class_index = -1;
+  // A class model's class names by index (captions name a switch's class).
+  std::vector<std::string> class_names;
   // Text models: tokens the denoiser's tokenizer cut off to fit its context.
   int prompt_tokens_dropped = 0;
   int negative_prompt_tokens_dropped = 0;
