@@ -194,6 +194,25 @@ absl::StatusOr<GridPlanSpec> GridService::Plan(const v1::GridRequest& request,
     return FromGrpcStatus(grpc::Status(status.error_code(), message));
   }
   if (tokens.texts_size() != 4) return absl::InternalError("Tokenize answered the wrong count");
+  // A switch that reads as the prompt (another case, other spaces) changes
+  // nothing the model sees: its cells are the plain grid's, and cost nothing
+  // beyond it. The plan keeps the switch prompt as typed.
+  auto same = [&](int a, int b) {
+    return std::equal(tokens.texts(a).ids().begin(), tokens.texts(a).ids().end(),
+                      tokens.texts(b).ids().begin(), tokens.texts(b).ids().end());
+  };
+  if (!plan->switch_prompt.empty() && same(2, 0) &&
+      (plan->switch_negative_prompt.empty() || same(3, 1))) {
+    v1::GridRequest unswitched = request;
+    unswitched.set_switch_prompt(request.prompt());
+    if (!request.switch_negative_prompt().empty()) {
+      unswitched.set_switch_negative_prompt(request.negative_prompt());
+    }
+    absl::StatusOr<GridPlanSpec> plain = PlanGrid(unswitched, *model, limits_.plan);
+    if (!plain.ok()) return plain.status();
+    plan->rows = std::move(plain->rows);
+    plan->model_evals = plain->model_evals;
+  }
   plan->prompt_tokens_dropped = tokens.texts(0).dropped();
   plan->negative_prompt_tokens_dropped = tokens.texts(1).dropped();
   plan->switch_prompt_tokens_dropped = tokens.texts(2).dropped();

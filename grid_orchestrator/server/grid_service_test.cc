@@ -78,6 +78,34 @@ TEST(GridServiceTokenizeTest, AReplicasTokenizeFailureIsNotTheClients) {
   EXPECT_TRUE(service.Admit(Caller{}, request).ok());
 }
 
+// A switch prompt that the tokenizer reads as the prompt changes nothing the
+// model sees: its cells are the trunk, at no cost (they ran every row).
+TEST(GridServiceTokenizeTest, ASwitchThatTokenizesAsThePromptIsThePlainGrid) {
+  FakeReplicas replicas(1);
+  replicas.script(0).text = true;
+  auto pool = ReplicaPool::Create(replicas.PoolOptions(), nullptr);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  PrefixCache cache(0);
+  GridExecutor executor(pool->get(), &cache, nullptr, ExecutorOptions{});
+  GridService service(pool->get(), &executor, nullptr, OrchestratorLimits{}, "");
+  v1::GridRequest request;
+  request.set_prompt("a rocket");
+  request.set_switch_prompt("A  ROCKET");
+  request.set_branch_noise(v1::BRANCH_NOISE_TRUNK);
+  request.mutable_branches()->set_value(1);
+  absl::StatusOr<std::unique_ptr<AdmittedGrid>> same = service.Admit(Caller{}, request);
+  ASSERT_TRUE(same.ok()) << same.status();
+  const GridPlanSpec& plan = (*same)->plan();
+  EXPECT_EQ(plan.switch_prompt, "A  ROCKET");  // as typed
+  EXPECT_EQ(plan.model_evals, plan.steps);
+  for (const PlannedRow& row : plan.rows) EXPECT_EQ(row.cells[0], plan.trunk) << row.branch_step;
+  // Another prompt switches.
+  request.set_switch_prompt("a cat");
+  absl::StatusOr<std::unique_ptr<AdmittedGrid>> other = service.Admit(Caller{}, request);
+  ASSERT_TRUE(other.ok()) << other.status();
+  EXPECT_GT((*other)->plan().model_evals, (*other)->plan().steps);
+}
+
 TEST_F(GridServiceTest, AdmissionRefusesBeforeAnyEvent) {
   auto service = Service({});
   v1::GridRequest bad = Request();

@@ -4,7 +4,9 @@
 
 #include <deque>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "common/png_image.h"
 
 namespace dgrid::testing {
@@ -110,7 +112,15 @@ class FakeReplicas::Replica::Stub : public v1::Denoiser::StubInterface {
     if (r_->script.tokenize_code != grpc::StatusCode::OK) {
       return {r_->script.tokenize_code, r_->script.tokenize_message};
     }
-    for (int i = 0; i < request.texts_size(); ++i) response->add_texts();
+    // BOS, an id per word as a lowercasing tokenizer reads it, EOS.
+    for (const std::string& text : request.texts()) {
+      v1::TokenizedText* out = response->add_texts();
+      out->add_ids(1);
+      for (absl::string_view word : absl::StrSplit(text, ' ', absl::SkipEmpty())) {
+        out->add_ids(10 + std::hash<std::string>()(absl::AsciiStrToLower(word)) % 1000);
+      }
+      out->add_ids(2);
+    }
     return grpc::Status::OK;
   }
   // The judge's one head, "level": "high" when the PNG's grey level is at
