@@ -46,19 +46,33 @@ class GridServiceTest : public ::testing::Test {
   std::unique_ptr<GridExecutor> executor_;
 };
 
+// GridService over one fake replica of a text model.
+class GridServiceTokenizeTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    replicas_.script(0).text = true;
+    auto pool = ReplicaPool::Create(replicas_.PoolOptions(), nullptr);
+    ASSERT_TRUE(pool.ok()) << pool.status();
+    pool_ = std::move(*pool);
+    executor_ = std::make_unique<GridExecutor>(pool_.get(), &cache_, nullptr, ExecutorOptions{});
+    service_ = std::make_unique<GridService>(pool_.get(), executor_.get(), nullptr,
+                                             OrchestratorLimits{}, "");
+  }
+  FakeReplicas replicas_{1};
+  PrefixCache cache_{0};
+  std::unique_ptr<ReplicaPool> pool_;
+  std::unique_ptr<GridExecutor> executor_;
+  std::unique_ptr<GridService> service_;
+};
+
 // A replica's Tokenize failing for its own reasons (a token it refuses, a
 // timeout) is the server's fault, not the client's: passed on as it came,
 // the denoiser's UNAUTHENTICATED read as the client's token being wrong.
-TEST(GridServiceTokenizeTest, AReplicasTokenizeFailureIsNotTheClients) {
-  FakeReplicas replicas(1);
-  replicas.script(0).text = true;
+TEST_F(GridServiceTokenizeTest, AReplicasTokenizeFailureIsNotTheClients) {
+  FakeReplicas& replicas = replicas_;
+  GridService& service = *service_;
   replicas.script(0).tokenize_code = grpc::StatusCode::UNAUTHENTICATED;
   replicas.script(0).tokenize_message = "missing or invalid bearer token";
-  auto pool = ReplicaPool::Create(replicas.PoolOptions(), nullptr);
-  ASSERT_TRUE(pool.ok()) << pool.status();
-  PrefixCache cache(0);
-  GridExecutor executor(pool->get(), &cache, nullptr, ExecutorOptions{});
-  GridService service(pool->get(), &executor, nullptr, OrchestratorLimits{}, "");
   v1::GridRequest request;
   request.set_prompt("a cat");
   absl::StatusOr<std::unique_ptr<AdmittedGrid>> refused = service.Admit(Caller{}, request);
@@ -80,14 +94,8 @@ TEST(GridServiceTokenizeTest, AReplicasTokenizeFailureIsNotTheClients) {
 
 // A switch prompt that the tokenizer reads as the prompt changes nothing the
 // model sees: its cells are the trunk, at no cost (they ran every row).
-TEST(GridServiceTokenizeTest, ASwitchThatTokenizesAsThePromptIsThePlainGrid) {
-  FakeReplicas replicas(1);
-  replicas.script(0).text = true;
-  auto pool = ReplicaPool::Create(replicas.PoolOptions(), nullptr);
-  ASSERT_TRUE(pool.ok()) << pool.status();
-  PrefixCache cache(0);
-  GridExecutor executor(pool->get(), &cache, nullptr, ExecutorOptions{});
-  GridService service(pool->get(), &executor, nullptr, OrchestratorLimits{}, "");
+TEST_F(GridServiceTokenizeTest, ASwitchThatTokenizesAsThePromptIsThePlainGrid) {
+  GridService& service = *service_;
   v1::GridRequest request;
   request.set_prompt("a rocket");
   request.set_switch_prompt("A  ROCKET");
