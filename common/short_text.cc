@@ -117,16 +117,20 @@ bool IsValidUtf8(absl::string_view value) {
   return true;
 }
 
+absl::string_view Utf8Prefix(absl::string_view value, size_t max_bytes) {
+  if (value.size() <= max_bytes) return value;
+  // Back up to the start of a character.
+  size_t cut = max_bytes;
+  while (cut > 0 && (static_cast<unsigned char>(value[cut]) & 0xC0) == 0x80) --cut;
+  return value.substr(0, cut);
+}
+
 std::string ShortQuote(absl::string_view value, size_t max_bytes) {
-  size_t cut = value.size();
-  if (cut > max_bytes) {
-    // Back up to the start of a character.
-    cut = max_bytes;
-    while (cut > 0 && (static_cast<unsigned char>(value[cut]) & 0xC0) == 0x80) --cut;
+  const absl::string_view kept = Utf8Prefix(value, max_bytes);
+  std::string quoted = absl::StrCat("\"", EscapeForQuote(kept), "\"");
+  if (kept.size() < value.size()) {
+    absl::StrAppend(&quoted, "\xE2\x80\xA6 (", value.size(), " bytes)");
   }
-  std::string quoted =
-      absl::StrCat("\"", EscapeForQuote(value.substr(0, cut)), "\"");
-  if (cut < value.size()) absl::StrAppend(&quoted, "\xE2\x80\xA6 (", value.size(), " bytes)");
   return quoted;
 }
 

@@ -45,6 +45,10 @@ std::string DrawableText(absl::string_view value);
 // True when `value` is well-formed UTF-8.
 bool IsValidUtf8(absl::string_view value);
 
+// The longest start of UTF-8 `value` of at most `max_bytes`, cut on a
+// character boundary.
+absl::string_view Utf8Prefix(absl::string_view value, size_t max_bytes);
+
 }  // namespace dgrid
 
 #endif  // DGRID_COMMON_SHORT_TEXT_H_

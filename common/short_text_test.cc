@@ -110,5 +110,14 @@ TEST(DrawableTextTest, ReplacesWhatARendererRefuses) {
   EXPECT_EQ(DrawableText("plain"), "plain");
 }
 
+TEST(Utf8PrefixTest, CutsOnACharacterBoundary) {
+  EXPECT_EQ(Utf8Prefix("plain", 10), "plain");
+  EXPECT_EQ(Utf8Prefix("plain", 3), "pla");
+  // "é" is 2 bytes: a cut inside it keeps none of it.
+  EXPECT_EQ(Utf8Prefix("a\xC3\xA9" "b", 2), "a");
+  EXPECT_EQ(Utf8Prefix("a\xC3\xA9" "b", 3), "a\xC3\xA9");
+  EXPECT_EQ(Utf8Prefix("\xE2\x86\x92", 2), "");
+}
+
 }  // namespace
 }  // namespace dgrid

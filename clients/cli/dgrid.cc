@@ -283,21 +283,22 @@ std::string WithoutExtension(const std::string& path) {
 
 std::string SidecarPath(const std::string& png) { return WithoutExtension(png) + ".json"; }
 
-// -o curve.svg writes a curve's plot as SVG; every other output is a PNG.
-bool IsSvg(const std::string& path) {
-  return absl::AsciiStrToLower(std::filesystem::path(path).extension().string()) == ".svg";
+std::string Extension(const std::string& path) {
+  return absl::AsciiStrToLower(std::filesystem::path(path).extension().string());
 }
+
+// -o curve.svg writes a curve's plot as SVG; every other output is a PNG.
+bool IsSvg(const std::string& path) { return Extension(path) == ".svg"; }
 
 // Only PNG (and a curve's SVG) is written: x.jpg would hold PNG bytes.
 void RefuseOtherImageTypes(const std::string& out, bool svg_allowed = false) {
-  if (IsSvg(out)) {
+  const std::string extension = Extension(out);
+  if (extension == ".svg") {
     if (!svg_allowed) {
       Fail(absl::StrCat("-o ", out, ": only a curve's plot can be SVG; give a PNG's name"));
     }
     return;
   }
-  const std::string extension =
-      absl::AsciiStrToLower(std::filesystem::path(out).extension().string());
   if (!extension.empty() && extension != ".png" && extension != ".json") {
     Fail(absl::StrCat("-o ", out, ": dgrid writes PNG", svg_allowed ? " or SVG" : "",
                       "; give a name ending in .png", svg_allowed ? " or .svg" : ""));

@@ -916,10 +916,11 @@ async function runCurve() {
     // The last finished curve stays, dimmed and named as the previous one,
     // with its downloads.
     const previous = lastCurve ? ' The curve shown is the previous one.' : '';
-    if (!lastCurve) curvePlotBox.classList.remove('stale');
     if (lastCurve) {
       curveCaption.textContent = `Previous curve: ${curveCaptionText(lastCurve.run, lastCurve.curve)}`;
       renderCurveExports(lastCurve.run, lastCurve.curve);
+    } else {
+      curvePlotBox.classList.remove('stale');
     }
     if (error.name === 'AbortError') {
       setCurveState('cancelled', `Cancelled after ${run.done} of ${request.trunks} trunks.${previous}`);

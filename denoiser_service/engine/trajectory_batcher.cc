@@ -1142,25 +1142,20 @@ void TrajectoryBatcher::DecodeImages(const std::vector<size_t>& now, int other_i
   const absl::Duration took = absl::Now() - start;
   if (observer_) observer_->OnDecode(n, took);
   decode_debt_ += took * other_images / n;
-  auto place = [&](const std::vector<int>& ks, const std::vector<uint8_t>& decoded) {
-    const size_t per = decoded.size() / ks.size();
-    for (size_t j = 0; j < ks.size(); ++j) {
-      RunEvent& event = emitted_[slots[ks[j]].first].event;
-      std::vector<uint8_t>& out = slots[ks[j]].second ? event.x0_pixels : event.pixels;
-      out.assign(decoded.begin() + j * per, decoded.begin() + (j + 1) * per);
-    }
+  const size_t per = static_cast<size_t>(model_->manifest().ImageNumel());
+  // Slot k's image, from `image`.
+  auto place = [&](int k, const uint8_t* image) {
+    RunEvent& event = emitted_[slots[k].first].event;
+    (slots[k].second ? event.x0_pixels : event.pixels).assign(image, image + per);
   };
-  // The slots of each run, in order.
-  std::map<const Run*, std::vector<int>> by_run;
-  for (int k = 0; k < n; ++k) by_run[emitted_[slots[k].first].run.get()].push_back(k);
   if (pixels.ok()) {
-    std::vector<int> all(n);
-    for (int k = 0; k < n; ++k) all[k] = k;
-    place(all, *pixels);
+    for (int k = 0; k < n; ++k) place(k, pixels->data() + k * per);
     return;
   }
   // One run's latents may be what the decoder fails on: each run's images
   // then go through alone, and only a run whose own images fail ends.
+  std::map<const Run*, std::vector<int>> by_run;  // its slots, in order
+  for (int k = 0; k < n; ++k) by_run[emitted_[slots[k].first].run.get()].push_back(k);
   const size_t latent = latents.size() / n;
   for (const auto& [run, ks] : by_run) {
     absl::StatusOr<std::vector<uint8_t>> mine = pixels.status();
@@ -1171,11 +1166,11 @@ void TrajectoryBatcher::DecodeImages(const std::vector<size_t>& now, int other_i
       }
       mine = DecodeChunks(own, static_cast<int>(ks.size()));
     }
-    if (mine.ok()) {
-      place(ks, *mine);
-    } else {
+    if (!mine.ok()) {
       emitted_[slots[ks.front()].first].run->Finish(mine.status());
+      continue;
     }
+    for (size_t j = 0; j < ks.size(); ++j) place(ks[j], mine->data() + j * per);
   }
 }
 

@@ -36,15 +36,6 @@ constexpr absl::Duration kIdlePoll = absl::Seconds(1);
 constexpr int kMaxUnknownWords = 16;
 constexpr size_t kMaxUnknownWordBytes = 64;
 
-// The first bytes of valid UTF-8 `text`, at most `max_bytes`, cut on a
-// character boundary.
-std::string Utf8Prefix(const std::string& text, size_t max_bytes) {
-  if (text.size() <= max_bytes) return text;
-  size_t n = max_bytes;
-  while (n > 0 && (static_cast<unsigned char>(text[n]) & 0xC0) == 0x80) --n;
-  return text.substr(0, n);
-}
-
 // Lets the batcher cancel `run` when the call behind `context` goes away,
 // until the returned guard ends (before the call does).
 auto WatchCaller(Run& run, grpc::ServerContext& context) {
@@ -542,7 +533,7 @@ grpc::Status DenoiserServiceImpl::Tokenize(grpc::ServerContext* context,
     out->set_dropped(tokens.dropped);
     for (const std::string& word : tokens.unknown) {
       if (out->unknown_words_size() == kMaxUnknownWords) break;
-      out->add_unknown_words(Utf8Prefix(word, kMaxUnknownWordBytes));
+      out->add_unknown_words(std::string(Utf8Prefix(word, kMaxUnknownWordBytes)));
     }
   }
   return Count("Tokenize", grpc::Status::OK);

@@ -75,12 +75,8 @@ std::vector<std::string> Wrap(cairo_t* cr, const std::string& text, double size,
   if (!line.empty()) lines.push_back(line);
   for (std::string& l : lines) {
     if (fits(l)) continue;
-    while (!l.empty() && !fits(l + "…")) {
-      l.pop_back();
-      while (!l.empty() && (static_cast<unsigned char>(l.back()) & 0xC0) == 0x80) l.pop_back();
-      // A lead byte left without its continuation bytes goes too.
-      if (!l.empty() && static_cast<unsigned char>(l.back()) >= 0xC0) l.pop_back();
-    }
+    // One character fewer at a time.
+    while (!l.empty() && !fits(l + "…")) l = std::string(Utf8Prefix(l, l.size() - 1));
     l += "…";
   }
   return lines;

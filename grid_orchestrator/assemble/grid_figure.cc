@@ -384,11 +384,7 @@ struct Layout {
 std::string RowLabel(const GridFigure& figure, const GridFigure::Row& row) {
   if (figure.switch_to.empty()) return absl::StrCat("after step ", row.branch_step);
   std::string to = figure.switch_to;
-  if (to.size() > 24) {
-    size_t cut = 21;
-    while (cut > 0 && (static_cast<unsigned char>(to[cut]) & 0xC0) == 0x80) --cut;
-    to = to.substr(0, cut) + "...";
-  }
+  if (to.size() > 24) to = absl::StrCat(Utf8Prefix(to, 21), "...");
   return absl::StrCat("\xE2\x86\x92 ", to, " after step ", row.branch_step);
 }
 
@@ -493,9 +489,7 @@ namespace {
 // A prompt as the figure shows it: at most 60 bytes.
 std::string FigureText(const std::string& text) {
   if (text.size() <= 60) return text;
-  size_t cut = 57;
-  while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
-  return text.substr(0, cut) + "...";
+  return absl::StrCat(Utf8Prefix(text, 57), "...");
 }
 
 }  // namespace

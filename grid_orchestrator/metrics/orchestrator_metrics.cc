@@ -1,20 +1,25 @@
 #include "grid_orchestrator/metrics/orchestrator_metrics.h"
 
-#include <string_view>
-
 namespace dgrid {
+namespace {
+
+// The caller's request or credentials.
+bool CallersMistake(absl::StatusCode code) {
+  return code == absl::StatusCode::kInvalidArgument ||
+         code == absl::StatusCode::kUnauthenticated ||
+         code == absl::StatusCode::kPermissionDenied ||
+         code == absl::StatusCode::kFailedPrecondition;
+}
+
+}  // namespace
 
 const char* Outcome(const absl::Status& status) {
+  if (CallersMistake(status.code())) return "invalid";
   switch (status.code()) {
     case absl::StatusCode::kOk:
       return "ok";
     case absl::StatusCode::kCancelled:
       return "cancelled";
-    case absl::StatusCode::kInvalidArgument:
-    case absl::StatusCode::kUnauthenticated:
-    case absl::StatusCode::kPermissionDenied:
-    case absl::StatusCode::kFailedPrecondition:
-      return "invalid";
     case absl::StatusCode::kResourceExhausted:
       return "rejected";
     default:
@@ -24,8 +29,8 @@ const char* Outcome(const absl::Status& status) {
 
 const char* RunOutcome(const absl::Status& status, bool deadline_passed) {
   if (status.code() == absl::StatusCode::kDeadlineExceeded && deadline_passed) return "cancelled";
-  const char* outcome = Outcome(status);
-  return std::string_view(outcome) == "invalid" ? "failed" : outcome;
+  if (CallersMistake(status.code())) return "failed";
+  return Outcome(status);
 }
 
 OrchestratorMetrics::OrchestratorMetrics()

@@ -436,29 +436,47 @@ std::vector<ReplicaPool::ReplicaStatus> ReplicaPool::Snapshot() {
   return out;
 }
 
-absl::StatusOr<v1::GetModelInfoResponse> ReplicaPool::Models() {
-  for (int round = 0; round < 2; ++round) {
-    std::vector<std::shared_ptr<Replica>> unknown;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      for (const auto& [_, r] : replicas_) {
-        if (!r->healthy) continue;
-        if (r->models) return *r->models;
+bool ReplicaPool::LookUpModels(const std::function<bool(const v1::GetModelInfoResponse&)>& pick,
+                               std::vector<std::string>* unanswered) {
+  std::vector<std::shared_ptr<Replica>> unknown;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [_, r] : replicas_) {
+      if (!r->healthy) continue;
+      if (!r->models) {
         unknown.push_back(r);
+      } else if (pick(*r->models)) {
+        return true;
       }
     }
-    if (!unknown.empty()) {
-      // No healthy replica has answered yet: ask them now.
-      std::vector<std::string> errors;
-      for (const auto& r : unknown) {
-        FetchModels(*r);
-        std::lock_guard<std::mutex> lock(mu_);
-        if (r->models) return *r->models;
-        errors.push_back(absl::StrCat(r->address, ": ", r->models_error));
-      }
+  }
+  // Healthy replicas that have not answered yet: ask them now.
+  for (const auto& r : unknown) {
+    FetchModels(*r);
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!r->models) {
+      unanswered->push_back(absl::StrCat(r->address, ": ", r->models_error));
+    } else if (pick(*r->models)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+absl::StatusOr<v1::GetModelInfoResponse> ReplicaPool::Models() {
+  for (int round = 0; round < 2; ++round) {
+    std::optional<v1::GetModelInfoResponse> found;
+    std::vector<std::string> unanswered;
+    if (LookUpModels([&](const v1::GetModelInfoResponse& models) {
+          found = models;
+          return true;
+        }, &unanswered)) {
+      return *found;
+    }
+    if (!unanswered.empty()) {
       return absl::UnavailableError(
           absl::StrCat("no healthy denoiser replica answered GetModelInfo (",
-                       absl::StrJoin(errors, "; "), ")"));
+                       absl::StrJoin(unanswered, "; "), ")"));
     }
     // None healthy: wait out the grace period for one, as jobs do.
     absl::StatusOr<Lease> lease = Acquire(0, absl::Now() + options_.unavailable_grace, {});
@@ -469,36 +487,20 @@ absl::StatusOr<v1::GetModelInfoResponse> ReplicaPool::Models() {
 
 absl::StatusOr<v1::ModelInfo> ReplicaPool::Model(const std::string& name,
                                                  const std::string& version) {
-  // As Models(): a healthy replica not yet asked is asked now, and with none
-  // serving the version (one marked unhealthy a moment ago, say) the grace
-  // period is waited out, as jobs do.
-  bool waited = false;
-  while (true) {
-    std::vector<std::shared_ptr<Replica>> unknown;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      for (const auto& [_, r] : replicas_) {
-        if (!r->healthy) continue;
-        if (!r->models) {
-          unknown.push_back(r);
-          continue;
-        }
-        for (const v1::ModelInfo& m : r->models->models()) {
-          if (m.name() == name && m.version() == version) return m;
-        }
-      }
+  for (int round = 0; round < 2; ++round) {
+    std::optional<v1::ModelInfo> found;
+    std::vector<std::string> unanswered;
+    if (LookUpModels([&](const v1::GetModelInfoResponse& models) {
+          for (const v1::ModelInfo& m : models.models()) {
+            if (m.name() == name && m.version() == version) found = m;
+          }
+          return found.has_value();
+        }, &unanswered)) {
+      return *found;
     }
-    if (!unknown.empty()) {
-      for (const auto& r : unknown) FetchModels(*r);
-      bool answered = false;
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        for (const auto& r : unknown) answered |= r->models.has_value();
-      }
-      if (answered) continue;
-    }
-    if (waited) break;
-    waited = true;
+    if (round == 1) break;
+    // None serves it now (one marked unhealthy a moment ago, say): wait out
+    // the grace period for one, as jobs do.
     Want want;
     want.model = name;
     want.version = version;

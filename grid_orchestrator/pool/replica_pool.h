@@ -163,6 +163,11 @@ class ReplicaPool {
   // True when a waiter ahead of `me` in fair order could take `replica`.
   bool SomeoneAhead(const Waiter& me, const Replica& replica) const;
   void FetchModels(Replica& replica);
+  // Runs `pick` over the healthy replicas' model lists, asking those not
+  // asked yet, until it returns true. False when it never does; then
+  // `unanswered` says which replicas did not answer, and why.
+  bool LookUpModels(const std::function<bool(const v1::GetModelInfoResponse&)>& pick,
+                    std::vector<std::string>* unanswered);
 
   const Options options_;
   OrchestratorMetrics* const metrics_;

@@ -392,13 +392,13 @@ absl::StatusOr<v1::CurveResult> CurveService::RunCurve(const Caller& caller,
 
 absl::StatusOr<v1::CurveResult> CurveService::Run(AdmittedCurve& curve, const Caller& caller,
                                                   const CurveSink& sink) {
-  const absl::Time started = absl::Now();
   bool stopped_reading = false;
   absl::StatusOr<v1::CurveResult> result = RunUncounted(curve, caller, sink, &stopped_reading);
   if (metrics_) {
+    // Only a finished curve is timed: its own seconds.
     metrics_->CountCurve(
         stopped_reading ? "abandoned" : RunOutcome(result.status(), absl::Now() >= caller.deadline),
-        absl::ToDoubleSeconds(absl::Now() - started));
+        result.ok() ? result->seconds() : 0);
   }
   return result;
 }
