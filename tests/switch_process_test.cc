@@ -3,7 +3,9 @@
 // byte for byte where the same trajectory must give the same image.
 #include <grpcpp/grpcpp.h>
 
+#include <chrono>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
@@ -59,12 +61,68 @@ TEST_F(SwitchGridTest, ASwitchToThePromptItselfIsThePlainGridByteForByte) {
   }
 }
 
+// The planner drops a switch that changes nothing, so the test above runs
+// the same plan twice. The denoiser itself does not: a trajectory whose path
+// switches to the request's own prompt mid-way must give the plain
+// trajectory's final, byte for byte, in one batch with one that switches for
+// real and alone.
+TEST_F(SwitchGridTest, TheDenoiserRunsASwitchToTheSamePromptAsNoSwitch) {
+  grpc::ClientContext list_context;
+  v1::ListModelsResponse models;
+  ASSERT_TRUE(stack_->Orchestrator()->ListModels(&list_context, {}, &models).ok());
+  ASSERT_GT(models.models_size(), 0);
+  auto finals = [&](const std::vector<v1::Path>& paths) {
+    v1::BranchRequest request;
+    request.set_model(models.models(0).name());
+    request.mutable_sampler()->set_steps(10);
+    request.mutable_sampler()->set_eta(1);
+    request.mutable_sampler()->set_guidance(5);
+    request.mutable_conditioning()->set_prompt(kCat);
+    request.mutable_conditioning()->set_negative_prompt("blurry");
+    for (const v1::Path& path : paths) *request.add_trajectories()->mutable_path() = path;
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    auto reader = stack_->Denoiser(0)->Branch(&context, request);
+    std::vector<std::string> out(paths.size());
+    v1::BranchEvent event;
+    while (reader->Read(&event)) {
+      if (event.has_final()) out.at(event.final().trajectory()) = event.final().latent().SerializeAsString();
+    }
+    const grpc::Status status = reader->Finish();
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return out;
+  };
+  auto path = [](const char* switch_to, const char* negative) {
+    v1::Path p;
+    p.set_init_seed(7);
+    p.add_segments()->set_noise_seed(8);
+    if (switch_to != nullptr) {
+      v1::Segment* s = p.add_segments();
+      s->set_from_step(3);
+      s->set_noise_seed(8);
+      s->mutable_conditioning()->set_prompt(switch_to);
+      s->mutable_conditioning()->set_negative_prompt(negative);
+    }
+    return p;
+  };
+  const std::vector<std::string> mixed =
+      finals({path(nullptr, ""), path(kCat, "blurry"), path(kCar, "blurry")});
+  ASSERT_EQ(mixed.size(), 3u);
+  ASSERT_FALSE(mixed[0].empty());
+  EXPECT_EQ(mixed[1], mixed[0]);
+  EXPECT_NE(mixed[2], mixed[0]);
+  EXPECT_EQ(finals({path(kCat, "blurry")})[0], mixed[0]);
+  // The negative prompt is part of the conditioning a segment switches.
+  EXPECT_NE(finals({path(kCat, "")})[0], mixed[0]);
+}
+
 TEST_F(SwitchGridTest, ASwitchAtStepZeroWithTrunkNoiseIsThePlainGridOfTheNewPrompt) {
   v1::GridRequest request = Request(kCat);
   request.set_switch_prompt(kCar);
   request.set_branch_noise(v1::BRANCH_NOISE_TRUNK);
   request.clear_branches();
   const v1::Grid switched = MustCreateGrid(*stack_, request);
+  ASSERT_EQ(switched.rows_size(), 3);
   ASSERT_EQ(switched.rows(0).cells_size(), 1);
   EXPECT_EQ(switched.plan().branch_noise(), v1::BRANCH_NOISE_TRUNK);
   EXPECT_EQ(switched.plan().switch_prompt(), kCar);
@@ -80,8 +138,13 @@ TEST_F(SwitchGridTest, APromotedSwitchedCellReproducesIt) {
   v1::GridRequest request = Request(kCat);
   request.set_switch_prompt(kCar);
   const v1::Grid grid = MustCreateGrid(*stack_, request);
+  ASSERT_EQ(grid.rows_size(), 3);
   const v1::GridCell& cell = grid.rows(1).cells(1);
   ASSERT_TRUE(cell.path().segments(1).has_conditioning());
+  // The switch made a difference, so reproducing the cell means something.
+  const v1::Grid unswitched = MustCreateGrid(*stack_, Request(kCat));
+  ASSERT_EQ(unswitched.rows_size(), 3);
+  EXPECT_NE(cell.png(), unswitched.rows(1).cells(1).png());
   v1::GridRequest promote = Request(kCat);
   *promote.mutable_trunk() = cell.path();
   const v1::Grid promoted = MustCreateGrid(*stack_, promote);
@@ -118,6 +181,9 @@ TEST(SwitchCacheTest, TheCacheTellsApartPathsThatDifferOnlyInASegmentsPrompt) {
   // The same request again: all from the cache, the same images.
   const v1::Grid again = MustCreateGrid(**stack, to_dog);
   EXPECT_EQ(CellImages(again), b);
+  for (const v1::GridRow& row : again.rows()) {
+    for (const v1::GridCell& cell : row.cells()) EXPECT_EQ(cell.source(), "cache");
+  }
 }
 
 TEST(SwitchClassTest, AClassModelSwitchesToAClassAndRefusesFreeText) {

@@ -10,11 +10,13 @@
 #include <grpcpp/grpcpp.h>
 
 #include <cstdlib>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "dgrid/v1/orchestrator.grpc.pb.h"
 #include "gtest/gtest.h"
@@ -98,7 +100,15 @@ inline std::vector<std::vector<std::string>> CellsOnOneAndTwoReplicas(
     auto stack = Stack::Start(options, absl::StrCat(name, "-", denoisers));
     EXPECT_TRUE(stack.ok()) << stack.status();
     if (!stack.ok()) return results;
-    results.push_back(CellImages(MustCreateGrid(**stack, request)));
+    const v1::Grid grid = MustCreateGrid(**stack, request);
+    // On two, both replicas ran cells: else the second list would only be
+    // the first one's again.
+    std::set<std::string> sources;
+    for (const v1::GridRow& row : grid.rows()) {
+      for (const v1::GridCell& cell : row.cells()) sources.insert(cell.source());
+    }
+    EXPECT_EQ(sources.size(), static_cast<size_t>(denoisers)) << absl::StrJoin(sources, ", ");
+    results.push_back(CellImages(grid));
   }
   return results;
 }
