@@ -50,7 +50,8 @@ struct DenoiserServerOptions {
   int max_queue = 4096;
   int max_trajectories_per_request = 256;
   int max_message_bytes = 16 << 20;
-  // Torch intra-op threads; 0 = one per core.
+  // Cores to use: torch's intra-op threads, shared among a pass's
+  // parallel chunks on a CPU (below); 0 = one per core.
   int threads = 0;
   // A forward or decode pass of at least twice this many rows runs as
   // parallel chunks that share the threads out (engine/forward_workers.h);

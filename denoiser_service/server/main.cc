@@ -32,7 +32,7 @@ ABSL_FLAG(int, max_queue, 4096,
           "Trajectories admitted at once; past it requests get RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int, max_trajectories_per_request, 256, "Trajectories in one request.");
 ABSL_FLAG(int, max_message_bytes, 16 << 20, "gRPC message size limit, both directions.");
-ABSL_FLAG(int, threads, 0, "Torch intra-op threads; 0 = one per core.");
+ABSL_FLAG(int, threads, 0, "Cores to use: torch's intra-op threads, shared among a pass's parallel chunks on a CPU; 0 = one per core.");
 ABSL_FLAG(int, min_chunk_rows, 1,
           "A pass of at least twice this many rows runs as parallel chunks, the threads shared "
           "out among them; 0 = every pass whole.");

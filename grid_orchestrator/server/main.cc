@@ -17,7 +17,7 @@ ABSL_FLAG(std::string, denoisers, "127.0.0.1:50051",
           "Denoiser replicas: host:port,... or dns:///name:port (re-resolved).");
 ABSL_FLAG(std::string, metrics_addr, "0.0.0.0:9090",
           "Prometheus metrics address; empty disables metrics.");
-ABSL_FLAG(std::string, port_file, "", "If set, write 'grpc=PORT' and 'metrics=PORT' here.");
+ABSL_FLAG(std::string, port_file, "", "If set, write 'grpc=PORT', 'metrics=PORT' and 'http=PORT' here.");
 ABSL_FLAG(int, max_concurrent_grids, 64, "Grids in flight; past it RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int, max_rows, 16, "Rows per grid.");
 ABSL_FLAG(int, max_branches, 16, "Branches (columns) per row.");

@@ -157,7 +157,8 @@ class Client:
         preset's. A bad name raises ValueError before anything is sent.
         ``original_size``, ``crop`` and ``target_size``: SDXL-style size
         conditioning as (height, width) and (top, left) in pixels, as
-        diffusers takes them; None the model's default (Model.default_size)."""
+        diffusers takes them; None (or 0) the model's default (its
+        manifest's default_size, else its image size)."""
         r = orchestrator_pb2.GridRequest(model=model, prompt=prompt, seed=seed, preset=preset,
                                          negative_prompt=negative_prompt,
                                          switch_prompt=switch_prompt,
@@ -411,6 +412,12 @@ def _request_fields(r: Any) -> dict:
         "switch_negative_prompt": r.switch_negative_prompt,
         "branch_noise": branch_noise_name(r.branch_noise),
         "sampler": None if r.sampler == 0 else sampler_name(r.sampler),
+        # SDXL-style size conditioning: 0 is the model's default already.
+        "original_size": (r.size.original_height, r.size.original_width)
+                         if r.HasField("size") else None,
+        "crop": (r.size.crop_top, r.size.crop_left) if r.HasField("size") else None,
+        "target_size": (r.size.target_height, r.size.target_width)
+                       if r.HasField("size") else None,
     }
 
 

@@ -413,6 +413,22 @@ class RequestTest(unittest.TestCase):
         self.assertEqual(Client.promote_request(record, 0, 0, steps=20).sampler,
                          denoiser_pb2.SAMPLER_UNSPECIFIED)
 
+    def test_promote_keeps_and_overrides_the_size_conditioning(self) -> None:
+        r = Client.build_request(seed=3, steps=10, original_size=(512, 512), crop=(0, 64))
+        grid = orchestrator_pb2.Grid()
+        row = grid.rows.add(branch_step=5)
+        row.cells.add(row=0, column=0, path=denoiser_pb2.Path(init_seed=3))
+        record = orchestrator_pb2.GridRecord(request=r, grid=grid)
+        for promoted in (Client.promote_request(record, 0, 0),
+                         Client.promote_request(record, 0, 0, steps=20)):
+            self.assertEqual(promoted.size, r.size)
+        overridden = Client.promote_request(record, 0, 0, crop=(32, 0))
+        self.assertEqual((overridden.size.original_height, overridden.size.crop_top,
+                          overridden.size.crop_left), (512, 32, 0))
+        # A request without size conditioning gets none from promotion.
+        record.request.ClearField("size")
+        self.assertFalse(Client.promote_request(record, 0, 0, steps=20).HasField("size"))
+
     def test_plan_and_model_name_the_sampler(self) -> None:
         self.assertEqual(Plan.from_proto(grid_plan(denoiser_pb2.SAMPLER_EULER_ANCESTRAL)).sampler,
                          "euler_ancestral")
