@@ -287,7 +287,10 @@ absl::Status ReadDecoder(const v1::ModelManifest& p, BundleManifest& m) {
   if (m.decoder_kind == "torchscript" && p.decoder().weights().empty()) {
     return Invalid("decoder.weights", "is required for a torchscript decoder");
   }
-  if (m.decoder_kind == "identity" && m.image_shape[2] != m.latent_shape[0]) {
+  // The identity decoder's image is the latent itself, [C,h,w] as [h,w,C].
+  if (m.decoder_kind == "identity" &&
+      (m.image_shape[0] != m.latent_shape[1] || m.image_shape[1] != m.latent_shape[2] ||
+       m.image_shape[2] != m.latent_shape[0])) {
     return Invalid("image_shape", "must match latent_shape for an identity decoder");
   }
   m.decoder_weights = p.decoder().weights();
@@ -353,8 +356,10 @@ absl::StatusOr<BundleManifest> FromProto(const v1::ModelManifest& p) {
   RETURN_IF_ERROR(ReadDefaults(p, m));
   m.license = p.data().license();
   m.classifier = p.classifier();
-  if (p.max_batch() < 0 || p.max_batch() > 65536) {
-    return Invalid("max_batch", "must be in [0, 65536] (0: any)");
+  // A guided trajectory runs as two rows of one pass, and its image and x0
+  // preview decode together: a bundle checked at batch 1 alone cannot serve.
+  if (p.max_batch() < 0 || p.max_batch() == 1 || p.max_batch() > 65536) {
+    return Invalid("max_batch", "must be 0 (any) or in [2, 65536]");
   }
   m.max_batch = p.max_batch();
   if (p.has_judge()) {

@@ -55,6 +55,11 @@ TEST(ManifestReaderTest, RejectsBadFieldsByName) {
        "schedule.beta_start"},
       {R"({"name": "x", "latent_shape": [1,4,4], "weights": "m.pt", "bogus": 1})", "bogus"},
       {R"({"name": )", "manifest.json"},
+      // The identity decoder's image is the latent: same height and width.
+      {R"({"name": "x", "latent_shape": [1,4,4], "image_shape": [8,8,1], "weights": "m.pt", "schedule": {"train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02}})",
+       "image_shape"},
+      {R"({"name": "x", "latent_shape": [1,4,4], "weights": "m.pt", "max_batch": 1, "schedule": {"train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02}})",
+       "max_batch"},
   };
   for (const auto& c : cases) {
     auto m = ParseManifestJson(c.json);

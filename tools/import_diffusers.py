@@ -623,8 +623,9 @@ def export_bundle(unet, decoder, text_encoder, tokenizer_dir, scheduler_config, 
         os.remove(manifest_path)
     for f in (VOCAB_FILE, MERGES_FILE):
         shutil.copyfile(os.path.join(tokenizer_dir, f), os.path.join(out_dir, f))
-    if not isinstance(max_batch, int) or max_batch < 1:
-        raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
+    if not isinstance(max_batch, int) or max_batch < 2:
+        raise ValueError(f"max_batch must be an int of at least 2 (a guided step runs two rows), "
+                         f"got {max_batch!r}")
     other_inputs = [text_inputs(b) for b in sorted({1, 3, max_batch})]
     with torch.no_grad():
         _trace_parts(parts, out_dir, inputs, other_inputs,

@@ -66,6 +66,10 @@ absl::Status SplitEncoderResult(const c10::IValue& result, torch::Tensor* contex
     return absl::OkStatus();
   }
   const auto& elements = result.toTuple()->elements();
+  if (elements.empty() || !elements[0].isTensor()) {
+    return absl::InvalidArgumentError(
+        "the text encoder returns a tuple whose first element is not a tensor (the context)");
+  }
   *context = elements[0].toTensor();
   if (elements.size() > 1 && elements[1].isTensor()) *pooled = elements[1].toTensor();
   return absl::OkStatus();
@@ -163,6 +167,13 @@ absl::Status DenoiserModel::ProbeText(const std::string& dir) {
   const TextConditioning& text = m.text;
   const int length = context_length();
   std::vector<int64_t> ids = impl_->tokenizer->Padded(impl_->tokenizer->Encode(""));
+  if (ids.size() != static_cast<size_t>(length)) {
+    // Every prompt must fill the encoder's max_length ids: no padding
+    // (pad_id -1) leaves a prompt short, and a batch of prompts misaligned.
+    return absl::InvalidArgumentError(absl::StrCat(
+        "conditioning.tokenizer.pad_id: the empty prompt pads to ", ids.size(), " ids, not ",
+        length, " (max_length); a model's tokenizer must pad"));
+  }
   const std::string encoder = absl::StrCat(dir, "/", text.encoder_weights);
   // The encoder's own output shapes, before ForwardText relies on them.
   try {
@@ -404,6 +415,9 @@ absl::StatusOr<std::vector<uint8_t>> DenoiserModel::Decode(absl::Span<const floa
   pixels.reserve(batch * image_numel);
   if (!impl_->decoder) {
     const int64_t n = latent_numel();
+    if (n != image_numel) {  // the manifest reader refuses such a bundle
+      return absl::InternalError("the identity decoder needs image_shape to match latent_shape");
+    }
     std::vector<float> scaled;
     if (manifest_.latent_scale != 1.0) {
       scaled.assign(latents.begin(), latents.end());

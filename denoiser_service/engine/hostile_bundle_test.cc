@@ -74,6 +74,17 @@ TEST(HostileBundleTest, AClassListBeyondTheEmbeddingIsRefusedAtLoad) {
   EXPECT_TRUE(Mentions(model.status(), "class indices 2 and 3")) << model.status();
 }
 
+TEST(HostileBundleTest, ATextBundleThatDoesNotPadIsRefusedAtLoad) {
+  ASSERT_FALSE(Fixtures().empty()) << "DGRID_FIXTURES is not set";
+  // A words tokenizer may leave ids unpadded (pad_id -1); the text encoder
+  // takes max_length ids, and a batch of short prompts would be misaligned.
+  const std::string dir = EditedCopy("poisoned", "manifest.json", "\"pad_id\": 0", "\"pad_id\": -1");
+  auto model = DenoiserModel::Load(dir, {"cpu"});
+  ASSERT_FALSE(model.ok()) << "unpadded prompts would be encoded";
+  EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(Mentions(model.status(), "conditioning.tokenizer.pad_id")) << model.status();
+}
+
 TEST(HostileBundleTest, TheFixtureBundlesPassTheRangeProbes) {
   ASSERT_FALSE(Fixtures().empty()) << "DGRID_FIXTURES is not set";
   for (const char* name : {"gaussian", "tinyconv", "textlatent", "poisoned"}) {

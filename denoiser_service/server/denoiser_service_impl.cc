@@ -34,6 +34,9 @@ constexpr absl::Duration kIdlePoll = absl::Seconds(1);
 // TokenizedText.unknown_words: what a client is told of a prompt's words the
 // vocabulary lacks, bounded whatever the prompt.
 constexpr int kMaxUnknownWords = 16;
+// Decoded images all Judge calls may hold at once (DenoiserServiceImpl::
+// judge_bytes_): 256 images of 1024x1024 RGB, one full call of SDXL's size.
+constexpr int64_t kMaxJudgeBytes = int64_t{768} << 20;
 constexpr size_t kMaxUnknownWordBytes = 64;
 
 // Lets the batcher cancel `run` when the call behind `context` goes away,
@@ -560,6 +563,14 @@ grpc::Status DenoiserServiceImpl::Judge(grpc::ServerContext* context,
                               "images: ", n, " in one request; give 1 to ",
                               max_trajectories_per_request_))));
   }
+  const int64_t bytes = int64_t{n} * m.ImageNumel();
+  if (judge_bytes_.fetch_add(bytes) + bytes > kMaxJudgeBytes) {
+    judge_bytes_.fetch_sub(bytes);
+    return Count("Judge", ToGrpcStatus(absl::ResourceExhaustedError(absl::StrCat(
+                              "images: other Judge calls hold ", kMaxJudgeBytes >> 20,
+                              " MiB of decoded images; try again"))));
+  }
+  const absl::Cleanup release = [this, bytes] { judge_bytes_.fetch_sub(bytes); };
   std::vector<uint8_t> pixels;
   pixels.reserve(static_cast<size_t>(n) * m.ImageNumel());
   for (int i = 0; i < n; ++i) {

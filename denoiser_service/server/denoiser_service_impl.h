@@ -6,6 +6,8 @@
 #ifndef DGRID_DENOISER_SERVER_DENOISER_SERVICE_IMPL_H_
 #define DGRID_DENOISER_SERVER_DENOISER_SERVICE_IMPL_H_
 
+#include <atomic>
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
@@ -61,6 +63,10 @@ class DenoiserServiceImpl final : public RequestParsingService {
   const int max_trajectories_per_request_;
   DenoiserMetrics* const metrics_;
   const std::string auth_token_;
+  // Decoded pixels that Judge calls hold while they wait for their turns.
+  // A small PNG can decode to a large image (a plain colour compresses
+  // 1000:1): calls past kMaxJudgeBytes in all are refused, retryably.
+  std::atomic<int64_t> judge_bytes_{0};
 };
 
 }  // namespace dgrid
