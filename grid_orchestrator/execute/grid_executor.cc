@@ -289,8 +289,9 @@ GridExecutor::GridRun::Attempt GridExecutor::GridRun::Call(const v1::BranchReque
       continue;
     }
     watchdog_.Touch(watched);
-    if (event.has_final()) a.final_evals += event.final().model_evals();
     bad = on_event(event, a.replica);
+    // A refused final's evaluations are wasted, not the grid's.
+    if (bad.ok() && event.has_final()) a.final_evals += event.final().model_evals();
     if (!bad.ok()) {
       context.TryCancel();
       while (reader->Read(&event)) {
@@ -652,7 +653,8 @@ void GridExecutor::GridRun::JoinJobs() {
 }
 
 absl::StatusOr<v1::Grid> GridExecutor::GridRun::Execute() {
-  watchdog_.Start();
+  // Out of threads (a pids limit), this grid fails; the process serves on.
+  RETURN_IF_ERROR(watchdog_.Start());
   EmitPlan();
   const int trunk_start = LoadCached();
   StartReadyRows();

@@ -35,7 +35,7 @@ absl::StatusOr<v1::JudgeResponse> CallJudge(ReplicaPool* pool, OrchestratorMetri
       return lease.status();
     }
     grpc::ClientContext context;
-    context.set_deadline(absl::ToChronoTime(deadline));
+    context.set_deadline(absl::ToChronoTime(std::min(deadline, absl::Now() + kJudgeCallTimeout)));
     if (!cancel->Register(&context)) return absl::CancelledError("curve cancelled");
     v1::JudgeResponse response;
     const grpc::Status status = lease->stub()->Judge(&context, request, &response);
@@ -70,7 +70,13 @@ absl::StatusOr<v1::JudgeResponse> CallJudge(ReplicaPool* pool, OrchestratorMetri
     if (metrics) metrics->CountRetry();
     want.avoid.insert(lease->address());
   }
-  return absl::Status(last.code(), absl::StrCat("Judge: ", last.message()));
+  // The orchestrator built the call: a replica's "invalid" is not the
+  // client's mistake (a replica run with --max_trajectories_per_request
+  // below kImagesPerJudgeCall, say).
+  const absl::StatusCode code = last.code() == absl::StatusCode::kInvalidArgument
+                                    ? absl::StatusCode::kFailedPrecondition
+                                    : last.code();
+  return absl::Status(code, absl::StrCat("Judge: ", last.message()));
 }
 
 }  // namespace

@@ -27,6 +27,9 @@ namespace dgrid {
 
 inline constexpr int kImagesPerJudgeCall = 32;
 inline constexpr int kJudgeAttempts = 3;
+// A judge call is short; this bounds one that hangs (each call, not a grid's
+// calls together).
+inline constexpr absl::Duration kJudgeCallTimeout = absl::Seconds(60);
 
 // Whether a failed Judge call may succeed on another replica.
 bool JudgeCallRetryable(grpc::StatusCode code);
@@ -34,7 +37,9 @@ bool JudgeCallRetryable(grpc::StatusCode code);
 // The grid's labels ([row][column][head], and the trunk's per head) and its
 // rows' divergence. With `heads` 0 (a model without a judge) nothing is
 // judged. INTERNAL when a replica answers with the wrong count of images or
-// heads.
+// heads; FAILED_PRECONDITION when one refuses the call as invalid (config
+// skew: the client sent none of the call's fields). `deadline` is the
+// caller's; each call also ends after kJudgeCallTimeout.
 // Each call's attempts count in `metrics` (may be null) as jobs do.
 absl::StatusOr<TrunkObservation> JudgeGrid(ReplicaPool* pool, OrchestratorMetrics* metrics,
                                            const GridPlanSpec& plan, const v1::Grid& grid,

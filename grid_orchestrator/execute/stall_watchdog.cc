@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <utility>
 
+#include "common/start_thread.h"
+
 namespace dgrid {
 
 StallWatchdog::StallWatchdog(absl::Duration stall_timeout, Clock clock)
@@ -10,11 +12,14 @@ StallWatchdog::StallWatchdog(absl::Duration stall_timeout, Clock clock)
 
 StallWatchdog::~StallWatchdog() { Stop(); }
 
-void StallWatchdog::Start() {
+absl::Status StallWatchdog::Start() {
   std::lock_guard<std::mutex> lock(mu_);
-  if (thread_.joinable()) return;
+  if (thread_.joinable()) return absl::OkStatus();
   stop_ = false;
-  thread_ = std::thread([this] { Loop(); });
+  absl::StatusOr<std::thread> thread = StartThread([this] { Loop(); }, "a grid's stall watchdog");
+  if (!thread.ok()) return thread.status();
+  thread_ = std::move(*thread);
+  return absl::OkStatus();
 }
 
 void StallWatchdog::Stop() {

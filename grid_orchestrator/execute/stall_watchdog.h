@@ -10,7 +10,7 @@
 // moves the clock instead of sleeping.
 //
 //   StallWatchdog watchdog(absl::Seconds(15));
-//   watchdog.Start();
+//   RETURN_IF_ERROR(watchdog.Start());
 //   StallWatchdog::CallId call = watchdog.Watch([&context] { context.TryCancel(); });
 //   while (reader->Read(&event)) watchdog.Touch(call);
 //   reader->Finish();
@@ -26,6 +26,7 @@
 #include <mutex>
 #include <thread>
 
+#include "absl/status/status.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 
@@ -44,8 +45,9 @@ class StallWatchdog {
   StallWatchdog& operator=(const StallWatchdog&) = delete;
 
   // Checks the calls on a thread of its own every 100 ms, or a quarter of
-  // the stall timeout if that is shorter, until Stop.
-  void Start();
+  // the stall timeout if that is shorter, until Stop. RESOURCE_EXHAUSTED
+  // when no thread can start (a pids limit).
+  absl::Status Start();
   // Ends the thread (if any) and waits for it. Calling it again is harmless.
   void Stop();
 

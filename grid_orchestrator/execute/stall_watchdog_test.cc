@@ -91,7 +91,7 @@ TEST(StallWatchdogTest, AnUnwatchedCallIsNeverCancelled) {
 TEST(StallWatchdogTest, ItsThreadCancelsAStalledCallUntilStopped) {
   FakeClock clock;
   StallWatchdog watchdog(kTimeout, clock.clock());
-  watchdog.Start();
+  ASSERT_TRUE(watchdog.Start().ok());
   std::promise<void> cancelled;
   const StallWatchdog::CallId call = watchdog.Watch([&] { cancelled.set_value(); });
   clock.Advance(kTimeout + absl::Seconds(1));

@@ -478,8 +478,12 @@ absl::StatusOr<v1::GetModelInfoResponse> ReplicaPool::Models() {
           absl::StrCat("no healthy denoiser replica answered GetModelInfo (",
                        absl::StrJoin(unanswered, "; "), ")"));
     }
-    // None healthy: wait out the grace period for one, as jobs do.
-    absl::StatusOr<Lease> lease = Acquire(0, absl::Now() + options_.unavailable_grace, {});
+    // None healthy: wait out the grace period for one, as jobs do. A
+    // control lookup: a healthy replica at its in-flight cap still answers.
+    Want want;
+    want.deadline = absl::Now() + options_.unavailable_grace;
+    want.control = true;
+    absl::StatusOr<Lease> lease = Acquire(want);
     if (!lease.ok()) return lease.status();
   }
   return absl::UnavailableError("no healthy denoiser replica");

@@ -23,8 +23,6 @@ namespace {
 // How often the client's thread looks for a client that went away while it
 // waits for trunks.
 constexpr absl::Duration kClientPoll = absl::Milliseconds(25);
-// A judge call is short; this bounds one that hangs.
-constexpr absl::Duration kJudgeTimeout = absl::Seconds(60);
 
 absl::Status CheckCurveRequest(const v1::CurveRequest& request, const CurveLimits& limits) {
   if (request.trunks() < 2 || request.trunks() > limits.max_trunks) {
@@ -52,19 +50,16 @@ absl::Status UnderGrid(const absl::Status& status) {
   return absl::InvalidArgumentError(absl::StrCat("grid.", status.message()));
 }
 
-// The judge heads of the plan's model, as the pool describes it.
+// The judge heads of the plan's model version, as a replica serving it
+// describes it (during a rolling update the pool's first replica may serve
+// another version).
 absl::StatusOr<std::vector<std::string>> JudgeHeads(ReplicaPool* pool,
                                                     const GridPlanSpec& plan) {
-  absl::StatusOr<v1::GetModelInfoResponse> models = pool->Models();
-  if (!models.ok()) return models.status();
-  for (const v1::ModelInfo& m : models->models()) {
-    if (m.name() != plan.model || m.version() != plan.model_version) continue;
-    std::vector<std::string> heads;
-    for (const v1::JudgeHeadInfo& head : m.judge().heads()) heads.push_back(head.name());
-    return heads;
-  }
-  return absl::UnavailableError(absl::StrCat("no replica serves ", plan.model, " version ",
-                                             plan.model_version, " any more"));
+  absl::StatusOr<v1::ModelInfo> model = pool->Model(plan.model, plan.model_version);
+  if (!model.ok()) return model.status();
+  std::vector<std::string> heads;
+  for (const v1::JudgeHeadInfo& head : model->judge().heads()) heads.push_back(head.name());
+  return heads;
 }
 
 v1::Estimate ToProto(const Estimate& e) {
@@ -104,6 +99,7 @@ class CurveService::CurveRun {
     first_ = std::move(first);
     const int workers = std::min(service_->limits_.max_concurrent_grids, request_.trunks());
     workers_left_ = workers;
+    max_drawn_ = 2 * workers;
     judging_ = true;
     std::vector<std::thread> threads;
     absl::StatusOr<std::thread> judge = StartThread([this] { JudgeDrawnGrids(); }, "a curve's judge");
@@ -182,12 +178,16 @@ class CurveService::CurveRun {
         /*stream_grid=*/false);
     const GridPlanSpec plan = admitted->plan();
     admitted.reset();  // its place in the grid limits is free again
-    std::lock_guard<std::mutex> lock(mu_);
+    std::unique_lock<std::mutex> lock(mu_);
     --holding_;
     ++released_;
     changed_.notify_all();
     if (!grid.ok()) return AtTrunk(trunk, grid.status());
     drawn_.push_back({trunk, plan, std::move(*grid)});
+    // Grids served from the cache come faster than the judge takes them:
+    // hold at most max_drawn_ (each with every cell's PNG) in memory. The
+    // worker waits holding no grid place.
+    changed_.wait(lock, [&] { return drawn_.size() <= max_drawn_ || !status_.ok(); });
     return absl::OkStatus();
   }
 
@@ -200,10 +200,11 @@ class CurveService::CurveRun {
       if (!status_.ok() || drawn_.empty()) break;
       Drawn drawn = std::move(drawn_.front());
       drawn_.pop_front();
+      changed_.notify_all();  // a worker may wait for room in drawn_
       lock.unlock();
       absl::StatusOr<TrunkObservation> observed =
           JudgeGrid(service_->pool_, service_->metrics_, drawn.plan, drawn.grid, heads_,
-                    std::min(caller_.deadline, absl::Now() + kJudgeTimeout), &cancel_);
+                    caller_.deadline, &cancel_);
       if (!observed.ok()) {
         Fail(AtTrunk(drawn.trunk, observed.status()));
         lock.lock();
@@ -283,10 +284,30 @@ class CurveService::CurveRun {
   void Fail(const absl::Status& status) {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (status_.ok()) status_ = status;
+      SetStatus(status);
       changed_.notify_all();
     }
     cancel_.Cancel();
+  }
+
+  // Under mu_: the curve's outcome is its first failure. A grid that fails
+  // cancels the curve's other grids and its judge at once (one GridCancel),
+  // and those may report their cancellation before the failed trunk's
+  // worker reports the cause: the cause replaces a cancellation the client
+  // did not ask for.
+  void SetStatus(const absl::Status& status) {
+    const bool cancelled_by_us =
+        status_.code() == absl::StatusCode::kCancelled && !client_gone_;
+    if (status_.ok() || (cancelled_by_us && status.code() != absl::StatusCode::kCancelled)) {
+      status_ = status;
+    }
+  }
+
+  // Under mu_: the client went away; nothing it would read matters now.
+  void ClientGone() {
+    client_gone_ = true;
+    if (status_.ok()) status_ = absl::CancelledError("curve cancelled: the client went away");
+    changed_.notify_all();
   }
 
   // The client's thread: writes progress as trunks finish, and cancels the
@@ -307,11 +328,9 @@ class CurveService::CurveRun {
         lock.unlock();
         const bool written = deliver(event);
         lock.lock();
-        if (!written && status_.ok()) status_ = absl::CancelledError("curve cancelled: the client went away");
+        if (!written) ClientGone();
       }
-      if (caller_.gone() && status_.ok()) {
-        status_ = absl::CancelledError("curve cancelled: the client went away");
-      }
+      if (caller_.gone()) ClientGone();
       if (!status_.ok()) cancel_.Cancel();
       if (Finished()) return;
     }
@@ -341,7 +360,9 @@ class CurveService::CurveRun {
   int next_ = 0;                                 // guarded by mu_
   int workers_left_ = 0;                         // guarded by mu_
   bool judging_ = false;                         // guarded by mu_
+  bool client_gone_ = false;                     // guarded by mu_
   std::deque<Drawn> drawn_;                      // guarded by mu_, to judge
+  size_t max_drawn_ = 0;                         // set before the workers start
   // Grids of this curve admitted and not yet released, and admissions under
   // way: while either is above 0, a refused admission may succeed later.
   int holding_ = 0;                              // guarded by mu_

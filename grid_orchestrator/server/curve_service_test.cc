@@ -287,6 +287,38 @@ TEST_F(CurveServiceTest, AReplicaRefusingAnAdmittedGridIsAFailure) {
   EXPECT_EQ(Grids("invalid"), 0);
 }
 
+// One trunk's failure cancels the curve's other grids at once; their
+// cancellations must not hide the cause, which the client reads as its own
+// doing (CANCELLED) and the error-ratio alert would not see.
+TEST_F(CurveServiceTest, ATrunksFailureIsTheCurvesOutcomeNotItsSiblingsCancellation) {
+  Start();
+  replicas_.script(0).fail_first = 1000;
+  replicas_.script(0).fail_code = grpc::StatusCode::FAILED_PRECONDITION;
+  replicas_.script(1).delay = absl::Milliseconds(300);  // the siblings, in flight
+  absl::StatusOr<v1::CurveResult> curve =
+      curves_->RunCurve(Caller{}, Request(8), [](const v1::CurveEvent&) { return true; });
+  ASSERT_FALSE(curve.ok());
+  EXPECT_EQ(curve.status().code(), absl::StatusCode::kFailedPrecondition) << curve.status();
+  EXPECT_EQ(Curves("failed"), 1);
+  EXPECT_EQ(Curves("cancelled"), 0);
+}
+
+// The orchestrator builds judge calls: a replica refusing one as invalid
+// (config skew) is a failure, not the client's invalid request.
+TEST_F(CurveServiceTest, AReplicaRefusingAJudgeCallIsAFailureNotTheClientsMistake) {
+  Start();
+  for (int i : {0, 1}) {
+    replicas_.script(i).judge_fail_first = 1000;
+    replicas_.script(i).judge_fail_code = grpc::StatusCode::INVALID_ARGUMENT;
+  }
+  absl::StatusOr<v1::CurveResult> curve =
+      curves_->RunCurve(Caller{}, Request(2), [](const v1::CurveEvent&) { return true; });
+  ASSERT_FALSE(curve.ok());
+  EXPECT_EQ(curve.status().code(), absl::StatusCode::kFailedPrecondition) << curve.status();
+  EXPECT_EQ(Curves("failed"), 1);
+  EXPECT_EQ(Curves("invalid"), 0);
+}
+
 // A judge call that fails on one replica is tried on another, and counted
 // as jobs are (retries and failed judge calls used to reach no metric).
 TEST_F(CurveServiceTest, JudgeRetriesAreCounted) {

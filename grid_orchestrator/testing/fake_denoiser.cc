@@ -130,7 +130,7 @@ class FakeReplicas::Replica::Stub : public v1::Denoiser::StubInterface {
     {
       std::lock_guard<std::mutex> lock(r_->mu);
       if (r_->judge_calls++ < r_->script.judge_fail_first) {
-        return {grpc::StatusCode::RESOURCE_EXHAUSTED, "scripted judge failure"};
+        return {r_->script.judge_fail_code, "scripted judge failure"};
       }
       r_->log.judged_images += request.images_size();
     }

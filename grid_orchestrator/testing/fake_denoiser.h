@@ -45,8 +45,9 @@ struct FakeScript {
   std::string final_png;
   // Every Branch call's first event comes this late.
   absl::Duration delay = absl::ZeroDuration();
-  // The first `judge_fail_first` Judge calls end RESOURCE_EXHAUSTED.
+  // The first `judge_fail_first` Judge calls end with `judge_fail_code`.
   int judge_fail_first = 0;
+  grpc::StatusCode judge_fail_code = grpc::StatusCode::RESOURCE_EXHAUSTED;
   // A text model (free-text prompts) instead of 10 classes; its Tokenize
   // answers `tokenize_code` with `tokenize_message` unless OK.
   bool text = false;
