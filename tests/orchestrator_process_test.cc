@@ -231,11 +231,18 @@ TEST(OrchestratorCancelTest, CancellingAStreamStopsTheWorkOnTheReplicas) {
     return (*stack)->Metric(0, "dgrid_denoiser_model_evals_total") +
            (*stack)->Metric(1, "dgrid_denoiser_model_evals_total");
   };
-  // Within a second the replicas have dropped the grid's trajectories...
-  absl::SleepFor(absl::Seconds(1));
+  // The replicas drop the grid's trajectories (within a second on an idle
+  // machine; polled, for a loaded one)...
+  auto active = [&] {
+    return (*stack)->Metric(0, "dgrid_denoiser_active_trajectories") +
+           (*stack)->Metric(1, "dgrid_denoiser_active_trajectories");
+  };
+  for (const absl::Time until = absl::Now() + absl::Seconds(30);
+       active() != 0 && absl::Now() < until;) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(active(), 0);
   const double settled = evals();
-  EXPECT_EQ((*stack)->Metric(0, "dgrid_denoiser_active_trajectories"), 0);
-  EXPECT_EQ((*stack)->Metric(1, "dgrid_denoiser_active_trajectories"), 0);
   // ...and do no more work for it.
   absl::SleepFor(absl::Milliseconds(500));
   EXPECT_EQ(evals(), settled);

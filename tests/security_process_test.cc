@@ -174,7 +174,14 @@ TEST(SecurityTest, PerClientGridLimit) {
   ASSERT_TRUE(stack.ok()) << stack.status();
   grpc::Status first;
   std::thread slow([&] { first = Create(*(*stack)->Orchestrator(), SmallGrid()); });
-  absl::SleepFor(absl::Milliseconds(200));
+  // The first grid runs on a replica before the second is asked for.
+  for (const absl::Time until = absl::Now() + absl::Seconds(30);
+       (*stack)->Metric(0, "dgrid_denoiser_active_trajectories") +
+               (*stack)->Metric(1, "dgrid_denoiser_active_trajectories") ==
+           0 &&
+       absl::Now() < until;) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
   const grpc::Status second = Create(*(*stack)->Orchestrator(), SmallGrid());
   slow.join();
   EXPECT_TRUE(first.ok()) << first.error_message();
