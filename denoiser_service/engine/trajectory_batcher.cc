@@ -22,6 +22,15 @@ namespace dgrid {
 
 // ---- Run ----
 
+namespace {
+
+int64_t EventBytes(const RunEvent& e) {
+  return static_cast<int64_t>((e.latent.size() + e.x0.size()) * sizeof(float) + e.pixels.size() +
+                              e.x0_pixels.size());
+}
+
+}  // namespace
+
 Run::Wait Run::Next(absl::Duration timeout, RunEvent* event) {
   std::unique_lock<std::mutex> lock(mu_);
   changed_.wait_for(lock, absl::ToChronoNanoseconds(timeout),
@@ -29,6 +38,7 @@ Run::Wait Run::Next(absl::Duration timeout, RunEvent* event) {
   if (!events_.empty()) {
     *event = std::move(events_.front());
     events_.pop_front();
+    events_bytes_ -= EventBytes(*event);
     return Wait::kEvent;
   }
   return done_ ? Wait::kDone : Wait::kTimeout;
@@ -60,6 +70,7 @@ void Run::Push(RunEvent event) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (done_) return;
+    events_bytes_ += EventBytes(event);
     events_.push_back(std::move(event));
   }
   changed_.notify_all();
@@ -72,7 +83,10 @@ void Run::Finish(absl::Status status) {
     done_ = true;
     status_ = std::move(status);
     // A failed run delivers no partial results after its error.
-    if (!status_.ok()) events_.clear();
+    if (!status_.ok()) {
+      events_.clear();
+      events_bytes_ = 0;
+    }
   }
   changed_.notify_all();
 }
@@ -857,7 +871,13 @@ void TrajectoryBatcher::DropStopped(std::vector<Active>& active) {
       stop = absl::DeadlineExceededError("deadline passed before the trajectory finished");
     } else {
       std::lock_guard<std::mutex> lock(run.mu_);
-      if (run.done_) stop = run.status_.ok() ? absl::InternalError("run ended") : run.status_;
+      if (run.done_) {
+        stop = run.status_.ok() ? absl::InternalError("run ended") : run.status_;
+      } else if (run.events_bytes_ > options_.max_undelivered_bytes) {
+        // A caller that stopped reading: its events would pile up unbounded.
+        stop = absl::ResourceExhaustedError(absl::StrCat(
+            "the caller has not read ", run.events_bytes_ >> 20, " MiB of this run's events"));
+      }
     }
     if (!stop.ok()) {
       // Release the slot before the caller can observe the end of its run.

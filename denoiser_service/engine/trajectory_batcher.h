@@ -153,6 +153,7 @@ class Run {
   mutable std::mutex mu_;
   std::condition_variable changed_;
   std::deque<RunEvent> events_;  // guarded by mu_
+  int64_t events_bytes_ = 0;     // guarded by mu_: their latents and pixels
   bool done_ = false;            // guarded by mu_
   absl::Status status_;          // guarded by mu_
   int remaining_ = 0;            // guarded by mu_
@@ -213,6 +214,9 @@ class TrajectoryBatcher {
     // min_chunk_rows rows.
     int cores = 1;
     int min_chunk_rows = 1;
+    // A run whose caller has not taken this many bytes of its events (it
+    // stopped reading) ends RESOURCE_EXHAUSTED rather than hold them all.
+    int64_t max_undelivered_bytes = int64_t{256} << 20;
   };
 
   TrajectoryBatcher(DenoiserModel* model, Options options, BatcherObserver* observer = nullptr);

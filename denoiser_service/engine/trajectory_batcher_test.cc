@@ -454,6 +454,27 @@ TEST_F(BatcherTest, DeadlinesAndCancellationStopWork) {
   EXPECT_EQ(batcher.outstanding(), 0);
 }
 
+// A caller that stops reading (a Branch client that never reads its stream)
+// does not make the replica hold its events without bound.
+TEST_F(BatcherTest, ARunWhoseCallerStopsReadingEndsAtItsUndeliveredBound) {
+  const int64_t bound = 4 * model_->latent_numel() * int64_t{sizeof(float)};
+  TrajectoryBatcher batcher(model_.get(), {.max_undelivered_bytes = bound});
+  RunRequest request = Request(2, 1.0f);
+  for (int k = 0; k < 50; ++k) request.capture_steps.push_back(k);
+  auto run = batcher.Start(request);
+  ASSERT_TRUE(run.ok());
+  // Nobody reads until the batcher is done with it.
+  for (const absl::Time until = absl::Now() + absl::Seconds(30);
+       batcher.outstanding() > 0 && absl::Now() < until;) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  const Collected stopped = Drain(**run);
+  EXPECT_EQ(stopped.status.code(), absl::StatusCode::kResourceExhausted) << stopped.status;
+  EXPECT_TRUE(stopped.events.empty());  // a failed run's events are dropped
+  // A caller that reads keeps its run, under the same bound.
+  EXPECT_TRUE(RunAll(batcher, Request(2, 1.0f)).status.ok());
+}
+
 TEST_F(BatcherTest, TheBatcherCancelsARunWhoseCallerWentAway) {
   TrajectoryBatcher batcher(model_.get(), {.debug_step_delay = absl::Milliseconds(2)});
   RunRequest request = Request(2, 1.0f);
