@@ -202,6 +202,25 @@ TEST(HostileBundleTest, APromptTheModelFailsOnEndsOnlyItsOwnRun) {
 // "toxin" drives its latent far out, and the decoder raises on it: its run
 // ends, while the run decoded in the same batch gets its image, the one it
 // gets alone (before, one failed decode ended every run of the batch).
+// A switch to a prompt the encoder fails on names the segment that
+// switches, not the request's prompt, which encodes well.
+TEST(HostileBundleTest, ASwitchedPromptTheModelFailsOnNamesItsSegment) {
+  ASSERT_FALSE(Fixtures().empty()) << "DGRID_FIXTURES is not set";
+  SetTorchThreads(1);
+  auto model = DenoiserModel::Load(Fixtures() + "/poisoned", {"cpu"});
+  ASSERT_TRUE(model.ok()) << model.status();
+  TrajectoryBatcher batcher(model->get(), {});
+  RunRequest request = TextRun("dog");
+  request.trajectories[0].path.segments.push_back({2, 8, SegmentConditioning{"poison", "", -1}});
+  auto run = batcher.Start(request);
+  ASSERT_TRUE(run.ok()) << run.status();
+  const absl::Status status = Drain(**run).status;
+  EXPECT_FALSE(status.ok());
+  EXPECT_TRUE(Mentions(status, "path: the segment from step 2: conditioning.prompt")) << status;
+  EXPECT_TRUE(Mentions(status, "poisoned token")) << status;
+  EXPECT_TRUE(Drain(**batcher.Start(TextRun("dog"))).status.ok());
+}
+
 TEST(HostileBundleTest, ALatentTheDecoderFailsOnEndsOnlyItsOwnRun) {
   ASSERT_FALSE(Fixtures().empty()) << "DGRID_FIXTURES is not set";
   SetTorchThreads(1);

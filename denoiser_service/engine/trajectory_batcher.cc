@@ -761,11 +761,10 @@ class AdmissionContexts {
   }
 
   // Why the encoder failed on `ids` (OK if it did not), naming `field`.
-  absl::Status FailureOf(const std::vector<int64_t>& ids, const char* field) const {
+  absl::Status FailureOf(const std::vector<int64_t>& ids, absl::string_view field) const {
     for (const auto& [key, status] : failed_) {
       if (*key == ids) {
-        return absl::Status(status.code(), absl::StrCat("conditioning.", field,
-                                                        ": the text encoder failed on it: ",
+        return absl::Status(status.code(), absl::StrCat(field, ": the text encoder failed on it: ",
                                                         status.message()));
       }
     }
@@ -804,10 +803,14 @@ void TrajectoryBatcher::ResolveContexts(std::vector<Active>& arrivals) {
     observer_->OnTextContexts(contexts.found(), contexts.encoded(),
                               contexts.encoded() ? absl::Now() - start : absl::ZeroDuration());
   }
-  // Why a phase has no context: its prompt's or its negative prompt's failure.
-  auto failure = [&](const std::vector<int64_t>& prompt, const std::vector<int64_t>& negative) {
-    absl::Status status = contexts.FailureOf(prompt, "prompt");
-    return status.ok() ? contexts.FailureOf(negative, "negative_prompt") : status;
+  // Why a phase has no context: its prompt's or its negative prompt's
+  // failure, under `where` (the request's conditioning, or a path segment's).
+  auto failure = [&](const std::vector<int64_t>& prompt, const std::vector<int64_t>& negative,
+                     absl::string_view where) {
+    absl::Status status = contexts.FailureOf(prompt, absl::StrCat(where, "conditioning.prompt"));
+    return status.ok()
+               ? contexts.FailureOf(negative, absl::StrCat(where, "conditioning.negative_prompt"))
+               : status;
   };
   size_t kept = 0;
   for (size_t i = 0; i < arrivals.size(); ++i) {
@@ -815,12 +818,15 @@ void TrajectoryBatcher::ResolveContexts(std::vector<Active>& arrivals) {
     a.context = contexts.Of(a.run->prompt_ids_);
     a.uncontext = contexts.Of(a.run->negative_ids_);
     absl::Status status = absl::OkStatus();
-    if (!a.context || !a.uncontext) status = failure(a.run->prompt_ids_, a.run->negative_ids_);
+    if (!a.context || !a.uncontext) {
+      status = failure(a.run->prompt_ids_, a.run->negative_ids_, "");
+    }
     for (auto& [from_step, phase] : a.switches) {
       phase.context = contexts.Of(*phase.prompt_ids);
       phase.uncontext = contexts.Of(*phase.negative_ids);
       if (status.ok() && (!phase.context || !phase.uncontext)) {
-        status = failure(*phase.prompt_ids, *phase.negative_ids);
+        status = failure(*phase.prompt_ids, *phase.negative_ids,
+                         absl::StrCat("path: the segment from step ", from_step, ": "));
         if (status.ok()) status = absl::InternalError("a switched prompt has no context");
       }
     }
