@@ -20,10 +20,12 @@ PYTHONPATH); without it, this module generates it once with grpc_tools.protoc
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,6 +47,7 @@ def manifest_pb2() -> Any:
     except ImportError:
         pass
     out = tempfile.mkdtemp(prefix="dgrid-manifest-pb2-")
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", _PROTO_DIR,
                     f"--python_out={out}",
                     os.path.join(_PROTO_DIR, "dgrid", "v1", "manifest.proto")], check=True)

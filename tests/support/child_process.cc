@@ -9,11 +9,14 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <sstream>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "gtest/gtest.h"
 #include "httplib.h"
 
 namespace dgrid::testing {
@@ -99,11 +102,33 @@ std::string ChildProcess::Log() const {
 
 std::string BinPath(const std::string& name) { return std::string(DGRID_BIN_DIR) + "/" + name; }
 
+namespace {
+
+std::mutex temp_dirs_mu;
+// Leaked: read at exit, after static destructors may have run.
+std::vector<std::string>* const temp_dirs = new std::vector<std::string>;
+
+// At exit, when every test passed: a failed run keeps its logs to read.
+void RemoveTempDirs() {
+  if (!::testing::UnitTest::GetInstance()->Passed() || std::getenv("DGRID_KEEP_TMP")) return;
+  std::lock_guard<std::mutex> lock(temp_dirs_mu);
+  for (const std::string& dir : *temp_dirs) {
+    std::error_code ignored;
+    std::filesystem::remove_all(dir, ignored);
+  }
+}
+
+}  // namespace
+
 std::string TempDir(const std::string& name) {
   const char* base = std::getenv("TEST_TMPDIR");
   std::string dir = absl::StrCat(base ? base : "/tmp", "/dgrid-", ::getpid(), "-", name);
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
+  static std::once_flag registered;
+  std::call_once(registered, [] { std::atexit(RemoveTempDirs); });
+  std::lock_guard<std::mutex> lock(temp_dirs_mu);
+  temp_dirs->push_back(dir);
   return dir;
 }
 

@@ -48,7 +48,8 @@ class ChildProcess {
 
 // The binaries' folder (build/bin).
 std::string BinPath(const std::string& name);
-// A fresh folder under the test's temp dir.
+// A fresh folder under the test's temp dir, removed at exit when every test
+// passed (kept for its logs otherwise, or with DGRID_KEEP_TMP set).
 std::string TempDir(const std::string& name);
 // Waits until `path` holds "key=value" lines (written atomically by the
 // binaries' --port_file) and returns them.
