@@ -43,7 +43,9 @@ using testing::Stack;
 constexpr char kToken[] = "http-gateway-test-token";
 constexpr char kAllowedOrigin[] = "http://allowed.example";
 // The first stack's --http_head_timeout_s (default 10), short to keep the
-// slow-client tests short.
+// slow-client tests short. Answers that must not wait on slow clients are
+// held under 3 s: well inside a loaded 2-core machine's noise, and below
+// this timeout, which a request queued behind them would wait out.
 constexpr int kHeadTimeoutS = 4;
 
 // A TCP connection to 127.0.0.1:port from `source` (another loopback
@@ -314,7 +316,7 @@ TEST_F(HttpGatewayTest, ChunkedBodyPastTheLimitGets413AndIsNotBuffered) {
                                    int64_t{1} << 40, "\r\n\r\n{"),
                absl::Seconds(5));
   EXPECT_EQ(declared.status, 413);
-  EXPECT_LT(declared.took, absl::Seconds(2));
+  EXPECT_LT(declared.took, absl::Seconds(4));
   EXPECT_TRUE(stack_->orchestrator().Running());
 }
 
@@ -397,11 +399,11 @@ TEST_F(HttpGatewayTest, IdleAndSlowSocketsDoNotDelayHealth) {
   for (int attempt = 0; attempt < 3; ++attempt) {
     const HttpAnswer health = Exchange(port_, Request("GET", "/healthz"), absl::Seconds(30));
     EXPECT_EQ(health.status, 200);
-    EXPECT_LT(health.took, absl::Seconds(1)) << "took " << health.took;
+    EXPECT_LT(health.took, absl::Seconds(3)) << "took " << health.took;
   }
   const HttpAnswer models = Exchange(port_, Request("GET", "/api/v1/models", {kAuth}));
   EXPECT_EQ(models.status, 200) << models.body;
-  EXPECT_LT(models.took, absl::Seconds(1)) << "took " << models.took;
+  EXPECT_LT(models.took, absl::Seconds(3)) << "took " << models.took;
   for (const int fd : sockets) ::close(fd);
 }
 
@@ -411,10 +413,10 @@ TEST_F(HttpGatewayTest, ConnectionsPastTheCapGet503AndHealthStillAnswers) {
   const HttpAnswer refused = Exchange(plain_port_, Request("GET", "/api/v1/models"));
   EXPECT_EQ(refused.status, 503) << refused.body;
   EXPECT_NE(refused.body.find("too many open connections"), std::string::npos) << refused.body;
-  EXPECT_LT(refused.took, absl::Seconds(1)) << "took " << refused.took;
+  EXPECT_LT(refused.took, absl::Seconds(3)) << "took " << refused.took;
   const HttpAnswer health = Exchange(plain_port_, Request("GET", "/healthz"));
   EXPECT_EQ(health.status, 200);
-  EXPECT_LT(health.took, absl::Seconds(1)) << "took " << health.took;
+  EXPECT_LT(health.took, absl::Seconds(3)) << "took " << health.took;
   for (const int fd : sockets) ::close(fd);
   // Once they are gone, requests are served again.
   absl::SleepFor(absl::Milliseconds(300));
@@ -528,7 +530,7 @@ TEST_F(HttpGatewayTest, LenientJsonAndOtherContentTypesAreRefused) {
       EXPECT_NE(answer.body.find(c.message), std::string::npos)
           << c.name << " " << path << ": " << answer.body;
       EXPECT_LE(answer.body.size(), 400u) << c.name << " " << path;
-      EXPECT_LT(answer.took, absl::Seconds(2)) << c.name << " " << path;
+      EXPECT_LT(answer.took, absl::Seconds(4)) << c.name << " " << path;
     }
   }
 }
@@ -620,11 +622,11 @@ TEST_F(HttpGatewayTest, SlowlorisFromOneAddressDoesNotDelayOthers) {
     for (const int fd : sockets) SendAll(fd, "X-Slow: 1\r\n");
     const HttpAnswer health = Exchange(port_, Request("GET", "/healthz"), absl::Seconds(30));
     EXPECT_EQ(health.status, 200);
-    EXPECT_LT(health.took, absl::Seconds(1)) << "took " << health.took;
+    EXPECT_LT(health.took, absl::Seconds(3)) << "took " << health.took;
     const HttpAnswer models =
         Exchange(port_, Request("GET", "/api/v1/models", {kAuth}), absl::Seconds(30));
     EXPECT_EQ(models.status, 200) << models.body;
-    EXPECT_LT(models.took, absl::Seconds(1)) << "took " << models.took;
+    EXPECT_LT(models.took, absl::Seconds(3)) << "took " << models.took;
     ++probes;
     absl::SleepFor(absl::Milliseconds(500));
   }
@@ -872,7 +874,7 @@ TEST_F(SlowGridTest, OneBudgetPerClientAcrossGrpcAndHttp) {
       Exchange(port_, Request("POST", "/api/v1/grid", {kJson}, kSmallGrid), absl::Seconds(60));
   EXPECT_EQ(http.status, 429) << http.body.substr(0, 300);
   EXPECT_NE(http.body.find("from this client"), std::string::npos) << http.body.substr(0, 300);
-  EXPECT_LT(http.took, absl::Seconds(2)) << http.took;
+  EXPECT_LT(http.took, absl::Seconds(4)) << http.took;
   Stop(std::move(grid));
 }
 
