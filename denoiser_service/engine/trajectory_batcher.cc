@@ -858,6 +858,16 @@ void TrajectoryBatcher::Iterate(std::vector<Active>& active) {
   if (observer_) observer_->OnActive(static_cast<int>(active.size()));
 }
 
+// How far a run's caller may fall behind: the option, but never less than
+// four of the run's steps at most (every trajectory's latent, x0 and two
+// images), so that a caller who reads is not ended by a large request.
+int64_t TrajectoryBatcher::UndeliveredBound(const Run& run) const {
+  const int64_t per_event = 2 * model_->latent_numel() * int64_t{sizeof(float)} +
+                            2 * model_->manifest().ImageNumel();
+  const auto trajectories = static_cast<int64_t>(run.request_.trajectories.size());
+  return std::max(options_.max_undelivered_bytes, 4 * trajectories * per_event);
+}
+
 // Drops trajectories whose run was cancelled, timed out or already failed.
 void TrajectoryBatcher::DropStopped(std::vector<Active>& active) {
   const absl::Time now = absl::Now();
@@ -879,7 +889,7 @@ void TrajectoryBatcher::DropStopped(std::vector<Active>& active) {
       std::lock_guard<std::mutex> lock(run.mu_);
       if (run.done_) {
         stop = run.status_.ok() ? absl::InternalError("run ended") : run.status_;
-      } else if (run.events_bytes_ > options_.max_undelivered_bytes) {
+      } else if (run.events_bytes_ > UndeliveredBound(run)) {
         // A caller that stopped reading: its events would pile up unbounded.
         stop = absl::ResourceExhaustedError(absl::StrCat(
             "the caller has not read ", run.events_bytes_ >> 20, " MiB of this run's events"));

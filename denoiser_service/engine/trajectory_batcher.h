@@ -215,7 +215,8 @@ class TrajectoryBatcher {
     int cores = 1;
     int min_chunk_rows = 1;
     // A run whose caller has not taken this many bytes of its events (it
-    // stopped reading) ends RESOURCE_EXHAUSTED rather than hold them all.
+    // stopped reading) ends RESOURCE_EXHAUSTED rather than hold them all;
+    // for a run whose four steps make more, those (UndeliveredBound).
     int64_t max_undelivered_bytes = int64_t{256} << 20;
   };
 
@@ -312,6 +313,7 @@ class TrajectoryBatcher {
   // One iteration: the steps below, in order.
   void Iterate(std::vector<Active>& active);
   void DropStopped(std::vector<Active>& active);
+  int64_t UndeliveredBound(const Run& run) const;
   void ChooseBatch(const std::vector<Active>& active);  // into chosen_
   int FillBatch(const std::vector<Active>& active);     // returns the rows
   absl::Status Forward(int rows, absl::Time* started);

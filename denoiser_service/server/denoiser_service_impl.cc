@@ -564,11 +564,19 @@ grpc::Status DenoiserServiceImpl::Judge(grpc::ServerContext* context,
                               max_trajectories_per_request_))));
   }
   const int64_t bytes = int64_t{n} * m.ImageNumel();
-  if (judge_bytes_.fetch_add(bytes) + bytes > kMaxJudgeBytes) {
-    judge_bytes_.fetch_sub(bytes);
-    return Count("Judge", ToGrpcStatus(absl::ResourceExhaustedError(absl::StrCat(
-                              "images: other Judge calls hold ", kMaxJudgeBytes >> 20,
-                              " MiB of decoded images; try again"))));
+  if (bytes > kMaxJudgeBytes) {  // never fits: not RESOURCE_EXHAUSTED
+    return Count("Judge", ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
+                              "images: ", n, " images of ", m.name, "'s size decode to ",
+                              bytes >> 20, " MiB; at most ", kMaxJudgeBytes >> 20,
+                              " MiB in one call"))));
+  }
+  for (int64_t held = judge_bytes_.load();;) {
+    if (held + bytes > kMaxJudgeBytes) {
+      return Count("Judge", ToGrpcStatus(absl::ResourceExhaustedError(absl::StrCat(
+                                "images: other Judge calls hold ", held >> 20,
+                                " MiB of decoded images; try again"))));
+    }
+    if (judge_bytes_.compare_exchange_weak(held, held + bytes)) break;
   }
   const absl::Cleanup release = [this, bytes] { judge_bytes_.fetch_sub(bytes); };
   std::vector<uint8_t> pixels;

@@ -183,11 +183,13 @@ class CurveService::CurveRun {
     ++released_;
     changed_.notify_all();
     if (!grid.ok()) return AtTrunk(trunk, grid.status());
-    drawn_.push_back({trunk, plan, std::move(*grid)});
     // Grids served from the cache come faster than the judge takes them:
-    // hold at most max_drawn_ (each with every cell's PNG) in memory. The
-    // worker waits holding no grid place.
-    changed_.wait(lock, [&] { return drawn_.size() <= max_drawn_ || !status_.ok(); });
+    // at most max_drawn_ wait for it (each with every cell's PNG), and a
+    // worker holds its grid, and no grid place, until there is room.
+    changed_.wait(lock, [&] { return drawn_.size() < max_drawn_ || !status_.ok(); });
+    if (!status_.ok()) return absl::OkStatus();  // the curve failed: nobody judges it
+    drawn_.push_back({trunk, plan, std::move(*grid)});
+    changed_.notify_all();
     return absl::OkStatus();
   }
 
@@ -297,7 +299,7 @@ class CurveService::CurveRun {
   // did not ask for.
   void SetStatus(const absl::Status& status) {
     const bool cancelled_by_us =
-        status_.code() == absl::StatusCode::kCancelled && !client_gone_;
+        status_.code() == absl::StatusCode::kCancelled && !client_gone_ && !caller_.gone();
     if (status_.ok() || (cancelled_by_us && status.code() != absl::StatusCode::kCancelled)) {
       status_ = status;
     }

@@ -101,9 +101,9 @@ inline std::vector<std::vector<std::string>> CellsOnOneAndTwoReplicas(
     EXPECT_TRUE(stack.ok()) << stack.status();
     if (!stack.ok()) return results;
     const v1::Grid grid = MustCreateGrid(**stack, request);
-    // On two, both replicas ran cells: else the second list would only be
-    // the first one's again.
-    std::set<std::string> sources;
+    // On two, both replicas ran the trunk or cells: else the second list
+    // would only be the first one's again.
+    std::set<std::string> sources = {grid.trunk().source()};
     for (const v1::GridRow& row : grid.rows()) {
       for (const v1::GridCell& cell : row.cells()) sources.insert(cell.source());
     }
