@@ -118,9 +118,17 @@ TEST_F(CliTest, GridWritesPngAndSidecarAndPromoteReRuns) {
   ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(ReadFile(dir + "/grid-r2c3.json"),
                                                           &next)
                   .ok());
-  // The promoted cell's path is the new trunk.
+  // The promoted cell's path is the new trunk, on the grid's model.
   EXPECT_EQ(next.grid().plan().trunk().SerializeAsString(),
             record.grid().rows(1).cells(2).path().SerializeAsString());
+  EXPECT_EQ(next.request().model(), record.grid().plan().model());
+  // Writing over the record being promoted would lose its other cells.
+  const std::string kept = ReadFile(dir + "/grid.json");
+  const Ran over = RunCli(
+      {"promote", dir + "/grid.json", "--row=2", "--col=3", "-o", dir + "/grid.png", Target()}, dir);
+  EXPECT_NE(over.code, 0);
+  EXPECT_NE(over.output.find("is the grid being promoted"), std::string::npos) << over.output;
+  EXPECT_EQ(ReadFile(dir + "/grid.json"), kept);
 }
 
 // A dot in a folder's name is not the file's extension.
@@ -274,7 +282,24 @@ TEST_F(CliTest, ErrorsAreOneReadableLine) {
       {{"promote", "/tmp/a.json", "--row=1", "--col=1", "--branch-noise", "new"},
        "--branch_noise has no effect on dgrid promote"},
   };
-  for (const auto& c : cases) {
+  // A hand-edited sidecar's mistake is named.
+  std::ofstream(stack_->dir() + "/edited.json") << R"({"request": {"sampler": "euler_a"}})";
+  const struct {
+    std::vector<std::string> args;
+    const char* says;
+  } more[] = {
+      {{"promote", stack_->dir() + "/edited.json", "--row=1", "--col=1"},
+       "is not a grid sidecar written by dgrid grid: "},
+      {{"models", "--target=127.0.0.1:1", "--tls_name=dgrid.example"}, "needs --tls_ca"},
+  };
+  std::vector<std::pair<std::vector<std::string>, const char*>> all;
+  for (const auto& c : cases) all.push_back({c.args, c.says});
+  for (const auto& c : more) all.push_back({c.args, c.says});
+  for (const auto& [case_args, says] : all) {
+    const struct {
+      const std::vector<std::string>& args;
+      const char* says;
+    } c{case_args, says};
     std::vector<std::string> args = c.args;
     if (args[0] == "grid") args.push_back(Target());
     const Ran ran = RunCli(args, stack_->dir());
@@ -283,6 +308,15 @@ TEST_F(CliTest, ErrorsAreOneReadableLine) {
     EXPECT_EQ(lines.size(), 1u) << ran.output;
     EXPECT_NE(ran.output.find(c.says), std::string::npos) << ran.output;
   }
+  // This client's own deadline, said to be it (after the progress lines).
+  const Ran slow = RunCli({"grid", Target(), "--steps=1000", "--timeout_s=1", "-o",
+                           stack_->dir() + "/slow.png"},
+                          stack_->dir());
+  EXPECT_NE(slow.code, 0);
+  EXPECT_NE(slow.output.find("StreamGrid: DEADLINE_EXCEEDED: not done within this client's 1 s "
+                             "(--timeout_s); give a longer one for a larger grid"),
+            std::string::npos)
+      << slow.output;
   // A denoiser has no curves: the error says which server does.
   const Ran wrong = RunCli({"curve", "--target=" + stack_->denoiser_address(0), "--trunks=2",
                             "-o", stack_->dir() + "/wrong.png"},

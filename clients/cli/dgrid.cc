@@ -132,6 +132,9 @@ struct CliError {
 
 [[noreturn]] void Fail(const std::string& message) { throw CliError{message}; }
 
+// The deadline of the calls SetDeadline set up last, in seconds (0: none).
+int deadline_s = 0;
+
 void Check(const grpc::Status& status, const std::string& what) {
   if (status.ok()) return;
   // A server without the method says no more than UNIMPLEMENTED.
@@ -140,12 +143,20 @@ void Check(const grpc::Status& status, const std::string& what) {
                       " does not serve it (grid, curve and promote talk to an orchestrator, "
                       "branch and step to a denoiser)"));
   }
+  // The client's own deadline (gRPC's plain message): say which one.
+  if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED &&
+      status.error_message() == "Deadline Exceeded" && deadline_s > 0) {
+    Fail(absl::StrCat(what, ": DEADLINE_EXCEEDED: not done within this client's ", deadline_s,
+                      " s (--timeout_s", absl::GetFlag(FLAGS_timeout_s) > 0 ? "" : ", default 300",
+                      "); give a longer one for a larger grid"));
+  }
   Fail(absl::StrCat(what, ": ", FromGrpcStatus(status).ToString()));
 }
 
 // --timeout_s, else `fallback_s` seconds (0: no deadline).
 void SetDeadline(grpc::ClientContext* context, int fallback_s = 300) {
   const int seconds = absl::GetFlag(FLAGS_timeout_s) > 0 ? absl::GetFlag(FLAGS_timeout_s) : fallback_s;
+  deadline_s = seconds;
   if (seconds > 0) {
     context->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
   }
@@ -164,6 +175,9 @@ std::shared_ptr<grpc::Channel> Connect() {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
   if (!absl::GetFlag(FLAGS_tls_name).empty()) {
+    if (absl::GetFlag(FLAGS_tls_ca).empty()) {
+      Fail("--tls_name: names the server in its certificate, so it needs --tls_ca (TLS)");
+    }
     args.SetSslTargetNameOverride(absl::GetFlag(FLAGS_tls_name));
   }
   return grpc::CreateCustomChannel(absl::GetFlag(FLAGS_target), *credentials, args);
@@ -183,7 +197,7 @@ v1::ModelInfo FetchModel(v1::Denoiser::Stub& stub) {
 // --sampler, read before anything connects so that a bad value is the error
 // the user sees. Empty: unspecified (the preset's or the model's).
 v1::Sampler SamplerFromFlag() {
-  const std::string name = absl::GetFlag(FLAGS_sampler);
+  const std::string name = absl::AsciiStrToLower(absl::GetFlag(FLAGS_sampler));
   if (name.empty()) return v1::SAMPLER_UNSPECIFIED;
   if (name == "ddim") return v1::SAMPLER_DDIM;
   if (name == "euler_ancestral" || name == "euler_a") return v1::SAMPLER_EULER_ANCESTRAL;
@@ -477,7 +491,7 @@ v1::GridRequest GridRequestFromFlags() {
   }
   request.set_switch_prompt(absl::GetFlag(FLAGS_switch_prompt));
   request.set_switch_negative_prompt(absl::GetFlag(FLAGS_switch_negative));
-  const std::string noise = absl::GetFlag(FLAGS_branch_noise);
+  const std::string noise = absl::AsciiStrToLower(absl::GetFlag(FLAGS_branch_noise));
   if (noise != "new" && noise != "trunk") {
     Fail(absl::StrCat("--branch_noise: new or trunk, got ", ShortQuote(noise)));
   }
@@ -536,7 +550,12 @@ int Curve() {
   }
   if (tty) std::fprintf(stderr, "\n");
   Check(reader->Finish(), "DecisionCurve");
-  WriteFile(out, IsSvg(out) ? curve.svg() : curve.png());
+  const std::string& figure = IsSvg(out) ? curve.svg() : curve.png();
+  if (figure.empty()) {
+    Fail(absl::StrCat("the orchestrator sent no ", IsSvg(out) ? "SVG" : "PNG",
+                      " of the curve (an older server?); nothing written"));
+  }
+  WriteFile(out, figure);
   v1::CurveResult record = curve;
   record.clear_png();
   record.clear_svg();
@@ -594,8 +613,10 @@ int Promote(const std::vector<char*>& args) {
   std::stringstream text;
   text << in.rdbuf();
   v1::GridRecord record;
-  if (!google::protobuf::util::JsonStringToMessage(text.str(), &record).ok()) {
-    Fail(absl::StrCat(path, " is not a grid sidecar written by dgrid grid"));
+  if (const auto parsed = google::protobuf::util::JsonStringToMessage(text.str(), &record);
+      !parsed.ok()) {
+    Fail(absl::StrCat(path, " is not a grid sidecar written by dgrid grid: ",
+                      Utf8Prefix(parsed.message().as_string(), 200)));
   }
   const int row = absl::GetFlag(FLAGS_row), col = absl::GetFlag(FLAGS_col);
   const v1::Grid& grid = record.grid();
@@ -607,9 +628,17 @@ int Promote(const std::vector<char*>& args) {
   }
   v1::GridRequest request = record.request();
   *request.mutable_trunk() = grid.rows(row - 1).cells(col - 1).path();
+  // The grid's model, not whichever model a pool of several serves first.
+  if (request.model().empty()) request.set_model(grid.plan().model());
   std::string out = absl::GetFlag(FLAGS_o);
   if (out.empty()) {
     out = absl::StrCat(WithoutExtension(path), "-r", row, "c", col, ".png");
+  }
+  namespace fs = std::filesystem;
+  std::error_code ignored;
+  if (fs::equivalent(fs::path(SidecarPath(out)), fs::path(path), ignored)) {
+    Fail(absl::StrCat("-o ", out, ": its sidecar ", SidecarPath(out),
+                      " is the grid being promoted; give another name"));
   }
   return StreamAndSave(request, out);
 }
@@ -697,7 +726,9 @@ int Tokenize(const std::vector<char*>& args) {
   }
   const std::unique_ptr<Tokenizer> tokenizer = LoadBundleTokenizer(dir);
   for (size_t i = 2; i < args.size(); ++i) {
-    if (!IsValidUtf8(args[i])) Fail(absl::StrCat("prompt ", i - 1, " is not valid UTF-8"));
+    // The servers' own checks (UTF-8, length, noncharacters), not fewer.
+    const absl::Status text = CheckPromptText(absl::StrCat("prompt ", i - 1), args[i]);
+    if (!text.ok()) Fail(std::string(text.message()));
   }
   for (size_t i = 2; i < args.size(); ++i) {
     const Tokens tokens = tokenizer->Encode(args[i]);
