@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import operator
 import os
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -40,6 +41,7 @@ from .types import (
     branch_noise_value,
     sampler_name,
     sampler_value,
+    spacing_name,
     spacing_value,
 )
 
@@ -60,6 +62,10 @@ class DgridError(Exception):
 def _error(method: str, e: grpc.RpcError) -> DgridError:
     code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
     details = e.details() if hasattr(e, "details") else str(e)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED and details == "Deadline Exceeded":
+        # gRPC's own words for this client's deadline: say which setting it is.
+        details = ("not done within this client's timeout (the call's timeout=, else "
+                   "Client(default_timeout=...), 600 s unless set)")
     return DgridError(method, code or grpc.StatusCode.UNKNOWN, details or "")
 
 
@@ -100,6 +106,10 @@ class Client:
         ]
         if channel is not None:
             self._channel = channel
+        elif root_certificates is None and (private_key or certificate_chain or tls_name):
+            # Dropping them would talk plaintext, token included.
+            raise ValueError("private_key, certificate_chain and tls_name need root_certificates "
+                             "(TLS)")
         elif root_certificates is not None:
             if tls_name:
                 options.append(("grpc.ssl_target_name_override", tls_name))
@@ -184,8 +194,13 @@ class Client:
         for name, pair in sizes.items():
             if pair is None:
                 continue
-            if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
-                raise ValueError(f"{name}: give two ints, got {pair!r}")
+            try:
+                pair = tuple(operator.index(v) for v in pair)  # numpy ints too
+            except TypeError:
+                pair = ()
+            if len(pair) != 2:
+                field = "crop" if name == "crop" else f"{name}_size"
+                raise ValueError(f"{field}: give two ints, got {sizes[name]!r}")
             first, second = ("crop_top", "crop_left") if name == "crop" else (
                 f"{name}_height", f"{name}_width")
             setattr(r.size, first, pair[0])
@@ -364,11 +379,19 @@ class Client:
         request, typed = _request_and_grid(grid)
         cell = typed.cell(row, col)
         request.trunk.CopyFrom(cell.path.to_proto())
+        # The grid's model, not whichever model a pool of several serves first.
+        if not request.model:
+            request.model = typed.plan.model
         if overrides:
             fields = _request_fields(request)
             unknown = set(overrides) - set(fields)
             if unknown:
                 raise TypeError(f"unknown request fields: {sorted(unknown)}")
+            # The cell's path is the trunk; a seed is not read beside it.
+            fixed = {"seed", "trunk"} & set(overrides)
+            if fixed:
+                raise TypeError(f"promote sets the trunk to the cell's path; {sorted(fixed)} "
+                                "cannot be overridden")
             fields.update(overrides)
             fields["trunk"] = cell.path
             request = Client.build_request(**fields)
@@ -404,8 +427,7 @@ def _request_fields(r: Any) -> dict:
         "branches": r.branches.value if r.HasField("branches") else None,
         "branch_steps": list(r.branch_steps) or None,
         "model": r.model,
-        "spacing": None if r.spacing == 0 else
-                   orchestrator_pb2.Spacing.Name(r.spacing).replace("SPACING_", "").lower(),
+        "spacing": None if r.spacing == 0 else spacing_name(r.spacing),
         "trunk": Path.from_proto(r.trunk) if r.HasField("trunk") else None,
         "negative_prompt": r.negative_prompt,
         "switch_prompt": r.switch_prompt,

@@ -429,6 +429,42 @@ class RequestTest(unittest.TestCase):
         record.request.ClearField("size")
         self.assertFalse(Client.promote_request(record, 0, 0, steps=20).HasField("size"))
 
+    def test_promote_keeps_spacing_and_pins_the_model_and_refuses_a_seed(self) -> None:
+        r = Client.build_request(seed=3, steps=10, spacing="trailing")
+        grid = orchestrator_pb2.Grid()
+        grid.plan.model = "fashion-mnist"
+        row = grid.rows.add(branch_step=5)
+        row.cells.add(row=0, column=0, path=denoiser_pb2.Path(init_seed=3))
+        record = orchestrator_pb2.GridRecord(request=r, grid=grid)
+        promoted = Client.promote_request(record, 0, 0, steps=20)  # raised AttributeError
+        self.assertEqual(promoted.spacing, denoiser_pb2.SPACING_TRAILING)
+        self.assertEqual(promoted.steps.value, 20)
+        # The grid's model, though the request named none.
+        self.assertEqual(promoted.model, "fashion-mnist")
+        for fixed in ({"seed": 5}, {"trunk": None}):
+            with self.assertRaisesRegex(TypeError, "cannot be overridden"):
+                Client.promote_request(record, 0, 0, **fixed)
+
+    def test_sizes_take_any_int_and_name_the_argument(self) -> None:
+        class Index:  # an int-like, as numpy's integers are
+            def __init__(self, v: int) -> None:
+                self.v = v
+
+            def __index__(self) -> int:
+                return self.v
+        r = Client.build_request(original_size=(Index(512), 512), crop=[0, Index(64)])
+        self.assertEqual((r.size.original_height, r.size.crop_left), (512, 64))
+        with self.assertRaisesRegex(ValueError, "original_size: give two ints"):
+            Client.build_request(original_size=(512,))
+        with self.assertRaisesRegex(ValueError, "target_size: give two ints"):
+            Client.build_request(target_size=(1.5, 2))
+
+    def test_tls_options_without_root_certificates_are_refused(self) -> None:
+        for kwargs in ({"tls_name": "dgrid.example"}, {"private_key": b"k"},
+                       {"certificate_chain": b"c"}):
+            with self.assertRaisesRegex(ValueError, "need root_certificates"):
+                Client("127.0.0.1:1", **kwargs)
+
     def test_plan_and_model_name_the_sampler(self) -> None:
         self.assertEqual(Plan.from_proto(grid_plan(denoiser_pb2.SAMPLER_EULER_ANCESTRAL)).sampler,
                          "euler_ancestral")
