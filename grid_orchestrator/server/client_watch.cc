@@ -1,5 +1,7 @@
 #include "grid_orchestrator/server/client_watch.h"
 
+#include <algorithm>
+
 #include "common/start_thread.h"
 #include "common/status_macros.h"
 
@@ -17,13 +19,24 @@ absl::StatusOr<std::unique_ptr<ClientWatch>> ClientWatch::Start(const Caller& ca
 }
 
 void ClientWatch::Watch(const Caller& caller, absl::Duration max_stall, GridCancel* cancel) {
+  int64_t sent = caller.sent ? caller.sent() : 0;
+  absl::Time moved = absl::InfinitePast();  // when `sent` last grew
   while (!WaitDone(absl::Milliseconds(25))) {
     if (caller.gone()) {
       cancel->Cancel();
       return;
     }
+    if (caller.sent) {
+      const int64_t now_sent = caller.sent();
+      if (now_sent != sent) {
+        sent = now_sent;
+        moved = absl::Now();
+      }
+    }
     const int64_t since = write_started_ns_.load();
-    if (since != 0 && absl::Now() - absl::FromUnixNanos(since) > max_stall) {
+    // Stalled: no byte out for max_stall since the write began.
+    if (since != 0 &&
+        absl::Now() - std::max(absl::FromUnixNanos(since), moved) > max_stall) {
       stalled_.store(true);
       cancel->Cancel();
       if (caller.abort) caller.abort();

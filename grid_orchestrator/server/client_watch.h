@@ -1,6 +1,7 @@
 // Watches a client while its grid or curve runs: cancels the work when the
-// client goes away, or when one write to it blocks past `max_stall` (then it
-// also aborts the transport, so that the blocked write returns). Polls every
+// client goes away, or when one write to it blocks past `max_stall` with no
+// byte taken meanwhile (where the transport counts them: Caller::sent), and
+// then it also aborts the transport, so that the blocked write returns. Polls every
 // 25 ms, because neither sync gRPC handlers nor HTTP handlers get a callback
 // for either.
 //

@@ -70,6 +70,10 @@ struct Caller {
   // Breaks the transport, so that a write blocked on a client that stopped
   // reading returns (gRPC: TryCancel). Empty where writes time out alone.
   std::function<void()> abort;
+  // Bytes the transport has handed to the client so far (HTTP): a write
+  // that takes long while they grow is a slow link, not a stalled client.
+  // Empty where unknown (gRPC): a write's time alone counts.
+  std::function<int64_t()> sent;
 };
 
 class GridService;

@@ -3,6 +3,8 @@
 // replicas (issue: two unread streams held every in-flight slot).
 #include "grid_orchestrator/server/grid_service.h"
 
+#include <atomic>
+
 #include "grid_orchestrator/testing/abort_latch.h"
 #include "grid_orchestrator/testing/fake_denoiser.h"
 #include "gtest/gtest.h"
@@ -163,6 +165,32 @@ TEST_F(GridServiceTest, AClientWhoseWriteBlocksIsCancelledAndItsReplicasFreed) {
                   ->RunGrid(Caller{}, Request(), [](const v1::GridEvent&) { return true; },
                             &other, true)
                   .ok());
+}
+
+// A slow link is not a stalled client: a write that takes past the stall
+// bound while the transport keeps handing bytes over goes on (a large final
+// event over HTTP), one with no byte taken is cut off.
+TEST_F(GridServiceTest, AWriteThatKeepsMovingIsNotAStall) {
+  OrchestratorLimits limits;
+  limits.max_write_stall = absl::Milliseconds(300);
+  auto service = Service(limits);
+  std::atomic<int64_t> sent{0};
+  Caller caller;
+  caller.sent = [&sent] { return sent.load(); };
+  // The first event takes 1 s to write, a few bytes every 50 ms.
+  bool first = true;
+  auto trickling_sink = [&](const v1::GridEvent&) {
+    for (int i = 0; first && i < 20; ++i) {
+      absl::SleepFor(absl::Milliseconds(50));
+      sent += 10;
+    }
+    first = false;
+    return true;
+  };
+  GridCancel cancel;
+  absl::StatusOr<v1::Grid> grid =
+      service->RunGrid(caller, Request(), trickling_sink, &cancel, /*stream_grid=*/true);
+  EXPECT_TRUE(grid.ok()) << grid.status();
 }
 
 TEST_F(GridServiceTest, JobsNeverWaitOnASlowClient) {

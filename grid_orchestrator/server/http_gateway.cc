@@ -62,6 +62,10 @@ constexpr size_t kRequestsPerConnection = 100;
 // Below GridService's default write-stall bound (20 s): a write to a stream
 // whose client stopped reading fails on its own, and the grid is cancelled.
 constexpr absl::Duration kWriteTimeout = absl::Seconds(15);
+// Past kWriteTimeout, an answer must go out at least this fast on average:
+// a client reading a few bytes at a time would else hold a thread and the
+// answer (a whole grid's JSON) for as long as it liked.
+constexpr double kMinWriteBytesPerSecond = 64 << 10;
 // Headers a request may carry, past the 4 that httplib adds itself
 // (REMOTE_ADDR...).
 constexpr size_t kMaxHeaders = 100;
@@ -318,8 +322,10 @@ class ClientConnection final : public httplib::Stream {
     (head_pending_ ? head_bytes_ : body_bytes_) += n;
     return static_cast<ssize_t>(n);
   }
-  // All of `data`, or -1; each wait for the client to take more is bounded.
+  // All of `data`, or -1; each wait for the client to take more is bounded,
+  // and so is the whole write past kWriteTimeout (kMinWriteBytesPerSecond).
   ssize_t write(const char* data, size_t size) override {
+    const absl::Time began = absl::Now();
     for (size_t sent = 0; sent < size;) {
       short wait = POLLOUT;
       if (ssl_) {
@@ -327,6 +333,7 @@ class ClientConnection final : public httplib::Stream {
         const int n = SSL_write(ssl_, data + sent, ClampToInt(size - sent));
         if (n > 0) {
           sent += static_cast<size_t>(n);
+          sent_.fetch_add(n, std::memory_order_relaxed);
           continue;
         }
         const int error = SSL_get_error(ssl_, n);
@@ -339,15 +346,23 @@ class ClientConnection final : public httplib::Stream {
         const ssize_t n = ::send(fd_, data + sent, size - sent, MSG_NOSIGNAL);
         if (n > 0) {
           sent += static_cast<size_t>(n);
+          sent_.fetch_add(n, std::memory_order_relaxed);
           continue;
         }
         if (n < 0 && errno == EINTR) continue;
         if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) return -1;
       }
+      const double elapsed = absl::ToDoubleSeconds(absl::Now() - began);
+      if (elapsed > absl::ToDoubleSeconds(kWriteTimeout) &&
+          static_cast<double>(sent) < elapsed * kMinWriteBytesPerSecond) {
+        return -1;
+      }
       if (!Await(wait, absl::Now() + kWriteTimeout)) return -1;
     }
     return static_cast<ssize_t>(size);
   }
+  // Bytes handed to the client so far. Safe from any thread.
+  int64_t Sent() const { return sent_.load(std::memory_order_relaxed); }
   void get_remote_ip_and_port(std::string& ip, int& port) const override {
     ip = remote_ip_;
     port = remote_port_;
@@ -435,6 +450,7 @@ class ClientConnection final : public httplib::Stream {
   size_t body_limit_ = 0;
   bool body_over_limit_ = false;
   bool closing_ = false;
+  std::atomic<int64_t> sent_{0};  // bytes written, read by a grid's ClientWatch
   char buffer_[4096];
   size_t buffer_begin_ = 0;
   size_t buffer_end_ = 0;
@@ -950,6 +966,7 @@ Caller CallerOf(const httplib::Request& request) {
   if (const ClientConnection* connection = t_connection) {
     caller.gone = [connection] { return connection->Abandoned(); };
     caller.abort = [connection] { connection->Abort(); };
+    caller.sent = [connection] { return connection->Sent(); };
   }
   return caller;
 }
