@@ -97,11 +97,22 @@ async function streamEvents(url, request, {token, signal, onEvent, last}) {
   });
   if (!response.ok) throw await errorOf(response);
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = '';
+  // The text not yet parsed, as chunks: a large event (a grid's last, with
+  // every image) arrives in many, and searching the growing whole for its
+  // end at each one would take time quadratic in its size.
+  let parts = [];
+  let tail = '';  // the last characters received, for an end split across chunks
   for (;;) {
     const {value, done} = await reader.read();
     if (done) break;
-    buffer += value;
+    parts.push(value);
+    const probe = tail + value;
+    if (probe.search(/\r?\n\r?\n/) < 0) {
+      tail = probe.slice(-3);
+      continue;
+    }
+    let buffer = parts.join('');
+    parts = [];
     let end;
     while ((end = buffer.search(/\r?\n\r?\n/)) >= 0) {
       const block = buffer.slice(0, end);
@@ -120,6 +131,8 @@ async function streamEvents(url, request, {token, signal, onEvent, last}) {
         return inner;
       }
     }
+    parts = [buffer];
+    tail = buffer.slice(-3);
   }
   throw new ApiError('UNAVAILABLE', `the stream ended before the ${last} was complete`);
 }

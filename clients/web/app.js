@@ -433,6 +433,12 @@ async function run(state, mode) {
       // away); the cells that came stay on screen.
       setGridState('cancelled');
       gridBox.classList.remove('stale');
+      if (!view.plan && previous) {
+        // Before its plan: the previous grid is what the screen shows.
+        keepPrevious(previous);
+        setStatus('Stopped before the new grid was planned; the previous grid is shown.');
+        return;
+      }
       const total = (view.plan?.branch_steps?.length ?? 0) * (view.plan?.branches ?? 0) + 1;
       const done = view.cells.size + (view.trunk ? 1 : 0);
       setStatus(`Stopped after ${done} of ${total} images.`);
@@ -443,8 +449,8 @@ async function run(state, mode) {
     setGridState('error');
     gridBox.classList.remove('stale');
     // Refused before its plan: the previous grid is still on screen, so it
-    // stays the one that hover and promotion act on.
-    if (!view.plan && previous) view = previous;
+    // stays the one that hover, promotion and the exports act on.
+    if (!view.plan && previous) keepPrevious(previous);
     setStatus(`No grid: ${error.message}`);
   } finally {
     if (id === runCounter) {
@@ -506,6 +512,13 @@ function updateProgress() {
   const steps = view.plan.sampler?.steps ?? 0;
   const trunkAt = view.trunk ? 'trunk done' : `trunk at step ${view.trunkStep} of ${steps}`;
   setStatus(`Streaming: ${done} of ${total} images · ${trunkAt}`, done / total);
+}
+
+// A run that ended before its plan leaves the previous grid on screen: it
+// is again the one hover, promotion and the exports act on.
+function keepPrevious(previous) {
+  view = previous;
+  if (view.grid) renderExports(view.grid);
 }
 
 function finish(grid) {
