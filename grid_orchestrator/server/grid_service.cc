@@ -98,7 +98,12 @@ std::string ClientKey(absl::string_view peer) {
   in6_addr v6;
   in_addr v4;
   if (inet_pton(AF_INET6, address.c_str(), &v6) == 1) {
-    if (!IN6_IS_ADDR_V4MAPPED(&v6)) return inet_ntop(AF_INET6, &v6, text, sizeof(text));
+    if (IN6_IS_ADDR_LOOPBACK(&v6)) return inet_ntop(AF_INET6, &v6, text, sizeof(text));
+    if (!IN6_IS_ADDR_V4MAPPED(&v6)) {
+      // A host is given a /64 and may use any address in it: one client.
+      std::memset(&v6.s6_addr[8], 0, 8);
+      return absl::StrCat(inet_ntop(AF_INET6, &v6, text, sizeof(text)), "/64");
+    }
     std::memcpy(&v4, &v6.s6_addr[12], sizeof(v4));
     return inet_ntop(AF_INET, &v4, text, sizeof(text));
   }

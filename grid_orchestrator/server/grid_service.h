@@ -55,7 +55,8 @@ struct OrchestratorLimits {
 // reports it: gRPC's "ipv4:10.0.0.1:5000" or "ipv6:[::1]:5000", or HTTP's
 // bare "10.0.0.1". Its IP without the port, in one canonical spelling (an
 // IPv4-mapped IPv6 address is its IPv4 one), so that a client has one budget
-// across gRPC and HTTP.
+// across gRPC and HTTP; an IPv6 address (but ::1) stands for its /64, which
+// one host may use whole ("2001:db8::/64").
 std::string ClientKey(absl::string_view peer);
 
 // Who is calling, whatever the transport.

@@ -242,6 +242,10 @@ TEST(ClientKeyTest, GrpcAndHttpSpellingsOfOneAddressAreOneClient) {
   EXPECT_EQ(ClientKey("ipv6:%5B::1%5D:50312"), "::1");
   EXPECT_EQ(ClientKey("0:0::1"), "::1");
   EXPECT_EQ(ClientKey("ipv6:[2001:DB8::5]:1"), ClientKey("2001:db8::5"));
+  // A host's /64 is one client: another address in it takes no new budget.
+  EXPECT_EQ(ClientKey("2001:db8::5"), "2001:db8::/64");
+  EXPECT_EQ(ClientKey("2001:db8:0:0:abcd::1"), ClientKey("2001:db8::5"));
+  EXPECT_NE(ClientKey("2001:db8:0:1::5"), ClientKey("2001:db8::5"));
   EXPECT_NE(ClientKey("ipv4:127.0.0.1:1"), ClientKey("ipv4:127.0.0.2:1"));
   EXPECT_EQ(ClientKey("unix:/tmp/socket"), "unix:/tmp/socket");
 }
