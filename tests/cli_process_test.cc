@@ -202,14 +202,17 @@ TEST_F(CliTest, GridTakesASwitchPromptAndBranchNoise) {
 // and the plan the sidecar records and the summary, and promote re-sends it.
 TEST_F(CliTest, GridTakesASamplerAndPromoteKeepsIt) {
   const std::string dir = stack_->dir();
-  const Ran grid = RunCli({"grid", Target(), "--seed=7", "--sampler=euler_a", "--steps=10",
-                           "--branch_steps=0,5", "--branches=2", "-o", dir + "/euler.png"},
+  const Ran grid = RunCli({"grid", Target(), "--seed=7", "--sampler=Euler_A", "--steps=10",
+                           "--spacing=trailing", "--branch_steps=0,5", "--branches=2", "-o",
+                           dir + "/euler.png"},
                           dir);
   ASSERT_EQ(grid.code, 0) << grid.output;
   v1::GridRecord record;
   ASSERT_TRUE(
       google::protobuf::util::JsonStringToMessage(ReadFile(dir + "/euler.json"), &record).ok());
   EXPECT_EQ(record.request().sampler(), v1::SAMPLER_EULER_ANCESTRAL);
+  EXPECT_EQ(record.request().spacing(), v1::SPACING_TRAILING);
+  EXPECT_EQ(record.grid().plan().sampler().spacing(), v1::SPACING_TRAILING);
   EXPECT_EQ(record.grid().plan().sampler().sampler(), v1::SAMPLER_EULER_ANCESTRAL);
   EXPECT_NE(grid.output.find("(Euler ancestral, 10 steps)"), std::string::npos) << grid.output;
   const Ran promoted =
@@ -255,6 +258,7 @@ TEST_F(CliTest, ErrorsAreOneReadableLine) {
       {{"grid", "--branch_steps=9,3"}, "branch_steps[1]"},
       {{"grid", "--steps=-1"}, "steps"},
       {{"grid", "--sampler=heun"}, "--sampler: ddim or euler_ancestral"},
+      {{"grid", "--spacing=linspace"}, "--spacing: leading or trailing, got \"linspace\""},
       // Read before connecting: no server is needed to hear of the flag.
       {{"branch", "--target=127.0.0.1:1", "--sampler=Euler"},
        "--sampler: ddim or euler_ancestral"},

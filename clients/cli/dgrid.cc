@@ -78,6 +78,8 @@ ABSL_FLAG(std::string, segments, "",
 ABSL_FLAG(std::string, sampler, "",
           "ddim or euler_ancestral (euler_a); empty = the preset's (grid, curve) or the "
           "model's (branch, step).");
+ABSL_FLAG(std::string, spacing, "",
+          "leading or trailing (diffusers' timestep_spacing); empty = the model's.");
 ABSL_FLAG(std::string, original_size, "",
           "SDXL-style models: the original-size conditioning as HxW (e.g. 512x512); empty = "
           "the model's default.");
@@ -204,6 +206,15 @@ v1::Sampler SamplerFromFlag() {
   Fail(absl::StrCat("--sampler: ddim or euler_ancestral (euler_a), got ", ShortQuote(name)));
 }
 
+// --spacing, read before anything connects. Empty: unspecified (the model's).
+v1::Spacing SpacingFromFlag() {
+  const std::string name = absl::AsciiStrToLower(absl::GetFlag(FLAGS_spacing));
+  if (name.empty()) return v1::SPACING_UNSPECIFIED;
+  if (name == "leading") return v1::SPACING_LEADING;
+  if (name == "trailing") return v1::SPACING_TRAILING;
+  Fail(absl::StrCat("--spacing: leading or trailing, got ", ShortQuote(name)));
+}
+
 // --original_size, --crop and --target_size into `size`, each "AxB" or
 // empty (0x0: the model's default); false when all three are empty.
 bool SizeFromFlags(v1::SizeConditioning* size) {
@@ -246,6 +257,9 @@ void FillRequest(const v1::ModelInfo& model, v1::Sampler sampler_flag, v1::Sampl
                  v1::Conditioning* conditioning, v1::Path* path) {
   *sampler = model.defaults();
   if (sampler_flag != v1::SAMPLER_UNSPECIFIED) sampler->set_sampler(sampler_flag);
+  if (const v1::Spacing spacing = SpacingFromFlag(); spacing != v1::SPACING_UNSPECIFIED) {
+    sampler->set_spacing(spacing);
+  }
   if (absl::GetFlag(FLAGS_steps) != 0) sampler->set_steps(absl::GetFlag(FLAGS_steps));
   if (absl::GetFlag(FLAGS_eta) >= 0) sampler->set_eta(absl::GetFlag(FLAGS_eta));
   if (absl::GetFlag(FLAGS_guidance) >= 0) sampler->set_guidance(absl::GetFlag(FLAGS_guidance));
@@ -497,6 +511,7 @@ v1::GridRequest GridRequestFromFlags() {
   }
   request.set_branch_noise(noise == "trunk" ? v1::BRANCH_NOISE_TRUNK : v1::BRANCH_NOISE_NEW);
   request.set_sampler(SamplerFromFlag());
+  request.set_spacing(SpacingFromFlag());
   v1::SizeConditioning size;
   if (SizeFromFlags(&size)) *request.mutable_size() = size;
   return request;
@@ -867,8 +882,8 @@ const std::map<std::string, CommandSpec>& Commands() {
   const std::set<std::string> connection = {"target", "timeout_s", "auth_token_file", "tls_ca",
                                             "tls_cert", "tls_key", "tls_name"};
   const std::set<std::string> trajectory =
-      with(connection, {"model", "prompt", "negative", "seed", "sampler", "original_size", "crop",
-                        "target_size", "steps", "eta", "guidance"});
+      with(connection, {"model", "prompt", "negative", "seed", "sampler", "spacing",
+                        "original_size", "crop", "target_size", "steps", "eta", "guidance"});
   const std::set<std::string> grid =
       with(trajectory, {"switch_prompt", "switch_negative", "branch_noise", "preset", "branches",
                         "branch_steps", "o"});
