@@ -484,4 +484,7 @@ def _request_from_plan(plan: Plan) -> Any:
         branches=plan.branches, branch_steps=list(plan.branch_steps), model=plan.model,
         spacing=plan.spacing or None, trunk=plan.trunk, negative_prompt=plan.negative_prompt,
         switch_prompt=plan.switch_prompt, switch_negative_prompt=plan.switch_negative_prompt,
-        branch_noise=plan.branch_noise, sampler=plan.sampler)
+        branch_noise=plan.branch_noise, sampler=plan.sampler,
+        original_size=plan.size[0] if plan.size else None,
+        crop=plan.size[1] if plan.size else None,
+        target_size=plan.size[2] if plan.size else None)

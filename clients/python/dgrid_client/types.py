@@ -232,6 +232,10 @@ class Plan:
     # Models with a word vocabulary: words of the prompts it lacks and reads
     # as its unknown token.
     unknown_words: Tuple[str, ...] = ()
+    # Models with size conditioning (SDXL): what the grid ran with, as
+    # ((original height, width), (crop top, left), (target height, width));
+    # None for other models.
+    size: Optional[Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]] = None
 
     @property
     def tokens_dropped(self) -> bool:
@@ -271,6 +275,9 @@ class Plan:
             branch_noise=branch_noise_name(p.branch_noise),
             sampler=sampler_name(p.sampler.sampler),
             unknown_words=tuple(p.unknown_words),
+            size=((p.size.original_height, p.size.original_width),
+                  (p.size.crop_top, p.size.crop_left),
+                  (p.size.target_height, p.size.target_width)) if p.HasField("size") else None,
         )
 
 
@@ -523,6 +530,34 @@ class Curve:
     def save_svg(self, path: str) -> None:
         with open(path, "wb") as f:
             f.write(self.svg)
+
+    def save_record(self, path: str) -> None:
+        """Writes the curve without its plots as JSON (dgrid.v1.CurveResult,
+        the file ``dgrid curve`` writes beside its plot); Curve.load reads it."""
+        from google.protobuf import json_format
+
+        record = orchestrator_pb2.CurveResult()
+        record.CopyFrom(self.proto)
+        record.ClearField("png")
+        record.ClearField("svg")
+        text = json_format.MessageToJson(record, preserving_proto_field_name=True,
+                                         including_default_value_fields=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    @classmethod
+    def load(cls, path: str) -> "Curve":
+        """A curve from a JSON record (Curve.save_record or ``dgrid curve``)."""
+        from google.protobuf import json_format
+
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        record = orchestrator_pb2.CurveResult()
+        try:
+            json_format.Parse(text, record)
+        except json_format.ParseError as e:
+            raise ValueError(f"{path} is not a curve record: {e}") from None
+        return cls.from_proto(record)
 
     @classmethod
     def from_proto(cls, c: Any) -> "Curve":

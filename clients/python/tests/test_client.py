@@ -465,6 +465,40 @@ class RequestTest(unittest.TestCase):
             with self.assertRaisesRegex(ValueError, "need root_certificates"):
                 Client("127.0.0.1:1", **kwargs)
 
+    def test_the_plan_carries_the_size_and_promote_from_a_grid_keeps_it(self) -> None:
+        grid = orchestrator_pb2.Grid()
+        grid.plan.size.original_height = 512
+        grid.plan.size.original_width = 640
+        grid.plan.size.crop_top = 32
+        row = grid.rows.add(branch_step=5)
+        row.cells.add(row=0, column=0, path=denoiser_pb2.Path(init_seed=3))
+        self.assertEqual(Plan.from_proto(grid.plan).size, ((512, 640), (32, 0), (0, 0)))
+        self.assertIsNone(Plan.from_proto(orchestrator_pb2.GridPlan()).size)
+        # Without the request, the plan's size is the request's.
+        self.assertEqual(Client.promote_request(grid, 0, 0).size, grid.plan.size)
+
+    def test_a_curve_record_round_trips(self) -> None:
+        result = orchestrator_pb2.CurveResult(trunks=4, seconds=2.5, model_evals=100,
+                                              judged_images=20, png=b"png", svg=b"svg")
+        result.plan.model = "fashion-mnist"
+        row = result.rows.add(branch_step=5, timestep=901)
+        row.divergence.mean, row.divergence.standard_error = 0.25, 0.5
+        result.heads.add(head="class", half_found=True, half_step=12.5,
+                         half_step_standard_error=1.5, half_found_fraction=1.0)
+        result.heads[0].p_differs.add(mean=0.0, standard_error=0.0)  # zeros are kept
+        curve = Curve.from_proto(result)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "curve.json")
+            curve.save_record(path)
+            loaded = Curve.load(path)
+            with open(path, "w", encoding="utf-8") as f:
+                f.write("{\"trunks\": \"four\"}")
+            with self.assertRaisesRegex(ValueError, "is not a curve record"):
+                Curve.load(path)
+        self.assertEqual((loaded.plan, loaded.trunks, loaded.rows, loaded.heads, loaded.seconds),
+                         (curve.plan, curve.trunks, curve.rows, curve.heads, curve.seconds))
+        self.assertEqual((loaded.png, loaded.svg), (b"", b""))  # the plots are files of their own
+
     def test_plan_and_model_name_the_sampler(self) -> None:
         self.assertEqual(Plan.from_proto(grid_plan(denoiser_pb2.SAMPLER_EULER_ANCESTRAL)).sampler,
                          "euler_ancestral")
