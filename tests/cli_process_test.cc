@@ -259,6 +259,7 @@ TEST_F(CliTest, ErrorsAreOneReadableLine) {
       {{"grid", "--steps=-1"}, "steps"},
       {{"grid", "--sampler=heun"}, "--sampler: ddim or euler_ancestral"},
       {{"grid", "--spacing=linspace"}, "--spacing: leading or trailing, got \"linspace\""},
+      {{"branch", "--target=127.0.0.1:1", "--spacing=linspace"}, "--spacing: leading or trailing"},
       // Read before connecting: no server is needed to hear of the flag.
       {{"branch", "--target=127.0.0.1:1", "--sampler=Euler"},
        "--sampler: ddim or euler_ancestral"},

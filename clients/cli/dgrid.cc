@@ -253,13 +253,11 @@ std::string SamplerName(v1::Sampler sampler) {
 }
 
 // Sampler settings: flags override the model's defaults.
-void FillRequest(const v1::ModelInfo& model, v1::Sampler sampler_flag, v1::SamplerConfig* sampler,
-                 v1::Conditioning* conditioning, v1::Path* path) {
+void FillRequest(const v1::ModelInfo& model, v1::Sampler sampler_flag, v1::Spacing spacing_flag,
+                 v1::SamplerConfig* sampler, v1::Conditioning* conditioning, v1::Path* path) {
   *sampler = model.defaults();
   if (sampler_flag != v1::SAMPLER_UNSPECIFIED) sampler->set_sampler(sampler_flag);
-  if (const v1::Spacing spacing = SpacingFromFlag(); spacing != v1::SPACING_UNSPECIFIED) {
-    sampler->set_spacing(spacing);
-  }
+  if (spacing_flag != v1::SPACING_UNSPECIFIED) sampler->set_spacing(spacing_flag);
   if (absl::GetFlag(FLAGS_steps) != 0) sampler->set_steps(absl::GetFlag(FLAGS_steps));
   if (absl::GetFlag(FLAGS_eta) >= 0) sampler->set_eta(absl::GetFlag(FLAGS_eta));
   if (absl::GetFlag(FLAGS_guidance) >= 0) sampler->set_guidance(absl::GetFlag(FLAGS_guidance));
@@ -780,13 +778,14 @@ int Branch() {
   const std::string out = absl::GetFlag(FLAGS_o).empty() ? "branch.png" : absl::GetFlag(FLAGS_o);
   RefuseOtherImageTypes(out);
   const v1::Sampler sampler = SamplerFromFlag();
+  const v1::Spacing spacing = SpacingFromFlag();
   v1::SizeConditioning size;
   const bool sized = SizeFromFlags(&size);
   auto stub = v1::Denoiser::NewStub(Connect());
   const v1::ModelInfo model = FetchModel(*stub);
   v1::BranchRequest request;
   request.set_model(model.name());
-  FillRequest(model, sampler, request.mutable_sampler(), request.mutable_conditioning(),
+  FillRequest(model, sampler, spacing, request.mutable_sampler(), request.mutable_conditioning(),
               request.add_trajectories()->mutable_path());
   if (sized) *request.mutable_size() = size;
   const int steps = request.sampler().steps();
@@ -820,13 +819,14 @@ int Branch() {
 
 int Step() {
   const v1::Sampler sampler = SamplerFromFlag();
+  const v1::Spacing spacing = SpacingFromFlag();
   v1::SizeConditioning size;
   const bool sized = SizeFromFlags(&size);
   auto stub = v1::Denoiser::NewStub(Connect());
   const v1::ModelInfo model = FetchModel(*stub);
   v1::StepRequest request;
   request.set_model(model.name());
-  FillRequest(model, sampler, request.mutable_sampler(), request.mutable_conditioning(),
+  FillRequest(model, sampler, spacing, request.mutable_sampler(), request.mutable_conditioning(),
               request.add_trajectories()->mutable_path());
   if (sized) *request.mutable_size() = size;
   if (absl::GetFlag(FLAGS_step) != 0) {

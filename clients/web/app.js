@@ -518,6 +518,7 @@ function updateProgress() {
 // is again the one hover, promotion and the exports act on.
 function keepPrevious(previous) {
   view = previous;
+  showTokensNote(view.plan);
   if (view.grid) renderExports(view.grid);
 }
 

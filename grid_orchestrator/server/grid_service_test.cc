@@ -191,6 +191,22 @@ TEST_F(GridServiceTest, AWriteThatKeepsMovingIsNotAStall) {
   absl::StatusOr<v1::Grid> grid =
       service->RunGrid(caller, Request(), trickling_sink, &cancel, /*stream_grid=*/true);
   EXPECT_TRUE(grid.ok()) << grid.status();
+
+  // The same transport with no byte taken: a stall, as without a count.
+  testing::AbortLatch latch;
+  Caller stuck;
+  stuck.sent = [&sent] { return sent.load(); };
+  stuck.abort = latch.Abort();
+  GridCancel stuck_cancel;
+  grid = service->RunGrid(
+      stuck, Request(),
+      [&](const v1::GridEvent&) {
+        latch.Wait();
+        return false;
+      },
+      &stuck_cancel, /*stream_grid=*/true);
+  EXPECT_EQ(grid.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_TRUE(latch.aborted());
 }
 
 TEST_F(GridServiceTest, JobsNeverWaitOnASlowClient) {
@@ -246,6 +262,13 @@ TEST(ClientKeyTest, GrpcAndHttpSpellingsOfOneAddressAreOneClient) {
   EXPECT_EQ(ClientKey("2001:db8::5"), "2001:db8::/64");
   EXPECT_EQ(ClientKey("2001:db8:0:0:abcd::1"), ClientKey("2001:db8::5"));
   EXPECT_NE(ClientKey("2001:db8:0:1::5"), ClientKey("2001:db8::5"));
+  // Link-local: one address each, and one spelling whatever the zone says.
+  EXPECT_EQ(ClientKey("fe80::1%eth0"), "fe80::1");
+  EXPECT_EQ(ClientKey("ipv6:[fe80::1%252]:443"), "fe80::1");
+  EXPECT_NE(ClientKey("fe80::1"), ClientKey("fe80::2"));
+  // NAT64: every IPv4 client under one prefix is its own IPv4 address.
+  EXPECT_EQ(ClientKey("64:ff9b::10.0.0.7"), "10.0.0.7");
+  EXPECT_NE(ClientKey("64:ff9b::10.0.0.7"), ClientKey("64:ff9b::10.0.0.8"));
   EXPECT_NE(ClientKey("ipv4:127.0.0.1:1"), ClientKey("ipv4:127.0.0.2:1"));
   EXPECT_EQ(ClientKey("unix:/tmp/socket"), "unix:/tmp/socket");
 }

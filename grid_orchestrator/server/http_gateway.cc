@@ -62,10 +62,12 @@ constexpr size_t kRequestsPerConnection = 100;
 // Below GridService's default write-stall bound (20 s): a write to a stream
 // whose client stopped reading fails on its own, and the grid is cancelled.
 constexpr absl::Duration kWriteTimeout = absl::Seconds(15);
-// Past kWriteTimeout, an answer must go out at least this fast on average:
-// a client reading a few bytes at a time would else hold a thread and the
-// answer (a whole grid's JSON) for as long as it liked.
-constexpr double kMinWriteBytesPerSecond = 64 << 10;
+// Past kSlowWriteGrace, an answer must have gone out at least this fast on
+// average: a client reading a few bytes at a time would else hold a thread
+// and the answer (a whole grid's JSON) for as long as it liked. Slow enough
+// for any usable link (128 kbit/s).
+constexpr absl::Duration kSlowWriteGrace = absl::Seconds(60);
+constexpr double kMinWriteBytesPerSecond = 16 << 10;
 // Headers a request may carry, past the 4 that httplib adds itself
 // (REMOTE_ADDR...).
 constexpr size_t kMaxHeaders = 100;
@@ -181,7 +183,13 @@ class ClientConnection final : public httplib::Stream {
   ClientConnection(int fd, SSL* ssl, bool tls, const std::atomic<int64_t>& streams_end_ns)
       : fd_(fd), ssl_(ssl), tls_(tls), streams_end_ns_(streams_end_ns) {
     ::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) | O_NONBLOCK);
-    if (ssl_) SSL_set_fd(ssl_, fd_);
+    if (ssl_) {
+      SSL_set_fd(ssl_, fd_);
+      // SSL_write reports what went out as it goes, as send does: the
+      // client's progress is seen (sent_), and a large answer is not one
+      // all-or-nothing write.
+      SSL_set_mode(ssl_, SSL_MODE_ENABLE_PARTIAL_WRITE);
+    }
     Address(::getpeername, &remote_ip_, &remote_port_);
     Address(::getsockname, &local_ip_, &local_port_);
   }
@@ -323,7 +331,7 @@ class ClientConnection final : public httplib::Stream {
     return static_cast<ssize_t>(n);
   }
   // All of `data`, or -1; each wait for the client to take more is bounded,
-  // and so is the whole write past kWriteTimeout (kMinWriteBytesPerSecond).
+  // and so is the whole write past kSlowWriteGrace (kMinWriteBytesPerSecond).
   ssize_t write(const char* data, size_t size) override {
     const absl::Time began = absl::Now();
     for (size_t sent = 0; sent < size;) {
@@ -353,7 +361,7 @@ class ClientConnection final : public httplib::Stream {
         if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) return -1;
       }
       const double elapsed = absl::ToDoubleSeconds(absl::Now() - began);
-      if (elapsed > absl::ToDoubleSeconds(kWriteTimeout) &&
+      if (elapsed > absl::ToDoubleSeconds(kSlowWriteGrace) &&
           static_cast<double>(sent) < elapsed * kMinWriteBytesPerSecond) {
         return -1;
       }

@@ -388,10 +388,11 @@ class Client:
             if unknown:
                 raise TypeError(f"unknown request fields: {sorted(unknown)}")
             # The cell's path is the trunk; a seed is not read beside it.
-            fixed = {"seed", "trunk"} & set(overrides)
+            fixed = {k for k in ("seed", "trunk") if overrides.get(k) is not None}
             if fixed:
                 raise TypeError(f"promote sets the trunk to the cell's path; {sorted(fixed)} "
                                 "cannot be overridden")
+            overrides = {k: v for k, v in overrides.items() if k not in ("seed", "trunk")}
             fields.update(overrides)
             fields["trunk"] = cell.path
             request = Client.build_request(**fields)

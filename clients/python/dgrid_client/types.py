@@ -540,8 +540,12 @@ class Curve:
         record.CopyFrom(self.proto)
         record.ClearField("png")
         record.ClearField("svg")
-        text = json_format.MessageToJson(record, preserving_proto_field_name=True,
-                                         including_default_value_fields=True)
+        try:  # zeros too, as dgrid curve writes them; the option's name changed
+            text = json_format.MessageToJson(record, preserving_proto_field_name=True,
+                                             including_default_value_fields=True)
+        except TypeError:  # protobuf 5.26 and later
+            text = json_format.MessageToJson(record, preserving_proto_field_name=True,
+                                             always_print_fields_with_no_presence=True)
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
 

@@ -441,9 +441,12 @@ class RequestTest(unittest.TestCase):
         self.assertEqual(promoted.steps.value, 20)
         # The grid's model, though the request named none.
         self.assertEqual(promoted.model, "fashion-mnist")
-        for fixed in ({"seed": 5}, {"trunk": None}):
+        for fixed in ({"seed": 5}, {"trunk": Path.from_proto(denoiser_pb2.Path(init_seed=9))}):
             with self.assertRaisesRegex(TypeError, "cannot be overridden"):
                 Client.promote_request(record, 0, 0, **fixed)
+        # None is no override.
+        self.assertEqual(Client.promote_request(record, 0, 0, seed=None, steps=20).trunk,
+                         promoted.trunk)
 
     def test_sizes_take_any_int_and_name_the_argument(self) -> None:
         class Index:  # an int-like, as numpy's integers are
