@@ -580,7 +580,7 @@ grpc::Status DenoiserServiceImpl::Judge(grpc::ServerContext* context,
   }
   const absl::Cleanup release = [this, bytes] { judge_bytes_.fetch_sub(bytes); };
   std::vector<uint8_t> pixels;
-  pixels.reserve(static_cast<size_t>(n) * m.ImageNumel());
+  pixels.reserve(static_cast<size_t>(bytes));
   for (int i = 0; i < n; ++i) {
     absl::Status parsed =
         ParseJudgeImage(request->images(i), m, absl::StrCat("images[", i, "]"), &pixels);

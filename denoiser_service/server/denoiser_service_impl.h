@@ -65,7 +65,8 @@ class DenoiserServiceImpl final : public RequestParsingService {
   const std::string auth_token_;
   // Decoded pixels that Judge calls hold while they wait for their turns.
   // A small PNG can decode to a large image (a plain colour compresses
-  // 1000:1): calls past kMaxJudgeBytes in all are refused, retryably.
+  // 1000:1): calls past kMaxJudgeBytes in all are refused, retryably (one
+  // call larger than it alone, as invalid).
   std::atomic<int64_t> judge_bytes_{0};
 };
 

@@ -41,6 +41,7 @@ from .types import (
     branch_noise_value,
     sampler_name,
     sampler_value,
+    size_pairs,
     spacing_name,
     spacing_value,
 )
@@ -418,6 +419,9 @@ class Client:
 
 def _request_fields(r: Any) -> dict:
     """The keyword arguments of build_request that reproduce request r."""
+    # SDXL-style size conditioning: 0 is the model's default already.
+    original_size, crop, target_size = (
+        size_pairs(r.size) if r.HasField("size") else (None, None, None))
     return {
         "prompt": r.prompt,
         "seed": r.seed,
@@ -435,12 +439,9 @@ def _request_fields(r: Any) -> dict:
         "switch_negative_prompt": r.switch_negative_prompt,
         "branch_noise": branch_noise_name(r.branch_noise),
         "sampler": None if r.sampler == 0 else sampler_name(r.sampler),
-        # SDXL-style size conditioning: 0 is the model's default already.
-        "original_size": (r.size.original_height, r.size.original_width)
-                         if r.HasField("size") else None,
-        "crop": (r.size.crop_top, r.size.crop_left) if r.HasField("size") else None,
-        "target_size": (r.size.target_height, r.size.target_width)
-                       if r.HasField("size") else None,
+        "original_size": original_size,
+        "crop": crop,
+        "target_size": target_size,
     }
 
 
@@ -480,12 +481,11 @@ def _request_and_grid(grid: GridLike) -> "tuple[Any, Grid]":
 
 def _request_from_plan(plan: Plan) -> Any:
     """A request that reproduces a grid from its plan (when the request is unknown)."""
+    original_size, crop, target_size = plan.size or (None, None, None)
     return Client.build_request(
         prompt=plan.prompt, steps=plan.steps, eta=plan.eta, guidance=plan.guidance,
         branches=plan.branches, branch_steps=list(plan.branch_steps), model=plan.model,
         spacing=plan.spacing or None, trunk=plan.trunk, negative_prompt=plan.negative_prompt,
         switch_prompt=plan.switch_prompt, switch_negative_prompt=plan.switch_negative_prompt,
         branch_noise=plan.branch_noise, sampler=plan.sampler,
-        original_size=plan.size[0] if plan.size else None,
-        crop=plan.size[1] if plan.size else None,
-        target_size=plan.size[2] if plan.size else None)
+        original_size=original_size, crop=crop, target_size=target_size)

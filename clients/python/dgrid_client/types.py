@@ -17,6 +17,16 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _SPACING_NAMES = {0: "", 1: "leading", 2: "trailing"}
 
 
+SizePairs = Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]
+
+
+def size_pairs(size: Any) -> SizePairs:
+    """A dgrid.v1.SizeConditioning as ((original height, width), (crop top,
+    left), (target height, width)), as create_grid takes them."""
+    return ((size.original_height, size.original_width), (size.crop_top, size.crop_left),
+            (size.target_height, size.target_width))
+
+
 def spacing_name(value: int) -> str:
     """"" (the model's default), "leading" or "trailing"."""
     return _SPACING_NAMES.get(value, str(value))
@@ -235,7 +245,7 @@ class Plan:
     # Models with size conditioning (SDXL): what the grid ran with, as
     # ((original height, width), (crop top, left), (target height, width));
     # None for other models.
-    size: Optional[Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]] = None
+    size: Optional[SizePairs] = None
 
     @property
     def tokens_dropped(self) -> bool:
@@ -275,9 +285,7 @@ class Plan:
             branch_noise=branch_noise_name(p.branch_noise),
             sampler=sampler_name(p.sampler.sampler),
             unknown_words=tuple(p.unknown_words),
-            size=((p.size.original_height, p.size.original_width),
-                  (p.size.crop_top, p.size.crop_left),
-                  (p.size.target_height, p.size.target_width)) if p.HasField("size") else None,
+            size=size_pairs(p.size) if p.HasField("size") else None,
         )
 
 
