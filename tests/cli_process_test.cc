@@ -5,7 +5,9 @@
 // the sidecar, and `dgrid tokenize` prints a bundle's token ids with no server.
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -145,6 +147,55 @@ TEST_F(CliTest, TheSidecarLiesBesideAnOutputWithoutExtension) {
   v1::GridRecord record;
   EXPECT_TRUE(
       google::protobuf::util::JsonStringToMessage(ReadFile(dir + "/grid.json"), &record).ok());
+}
+
+// A write that fails part-way (here past the file-size limit, as on a full
+// disk) is one error line and leaves the previous plot and sidecar whole,
+// with no temporary file beside them; a write that succeeds goes through a
+// symbolic link to its file, with the umask's permissions.
+TEST_F(CliTest, AFailedWriteKeepsThePreviousPlotAndSidecar) {
+  const std::string dir = stack_->dir() + "/atomic";
+  ASSERT_EQ(::mkdir(dir.c_str(), 0755), 0);
+  ASSERT_EQ(::symlink("real.png", (dir + "/grid.png").c_str()), 0);
+  const std::vector<std::string> args = {"grid",          Target(), "--seed=11", "--branches=1",
+                                         "--branch_steps=0", "-o", dir + "/grid.png"};
+  const Ran first = RunCli(args, stack_->dir());
+  ASSERT_EQ(first.code, 0) << first.output;
+  struct stat link {};
+  ASSERT_EQ(::lstat((dir + "/grid.png").c_str(), &link), 0);
+  EXPECT_TRUE(S_ISLNK(link.st_mode));
+  const mode_t mask = ::umask(0);
+  ::umask(mask);
+  for (const std::string name : {"real.png", "grid.json"}) {
+    struct stat file {};
+    ASSERT_EQ(::stat((dir + "/" + name).c_str(), &file), 0) << name;
+    EXPECT_EQ(file.st_mode & 0777, 0666 & ~mask) << name;
+  }
+  const std::string png = ReadFile(dir + "/real.png");
+  const std::string json = ReadFile(dir + "/grid.json");
+  ASSERT_GT(png.size(), 512u);
+
+  // A 512-byte file-size limit; another seed, so that the files would change.
+  std::vector<std::string> limited = {"/bin/sh", "-c", "ulimit -f 1 && exec \"$@\"", "sh",
+                                      BinPath("dgrid")};
+  limited.insert(limited.end(), args.begin(), args.end());
+  std::replace(limited.begin(), limited.end(), std::string("--seed=11"), std::string("--seed=12"));
+  auto child = ChildProcess::Start(limited, stack_->dir() + "/limited.log");
+  ASSERT_TRUE(child.ok()) << child.status();
+  auto code = (*child)->Wait(absl::Seconds(120));
+  ASSERT_TRUE(code.ok());
+  EXPECT_EQ(*code, 1) << (*child)->Log();
+  EXPECT_NE((*child)->Log().find("cannot write " + dir + "/grid.png: File too large"),
+            std::string::npos)
+      << (*child)->Log();
+  EXPECT_TRUE(ReadFile(dir + "/real.png") == png) << "the previous plot changed";
+  EXPECT_TRUE(ReadFile(dir + "/grid.json") == json) << "the previous sidecar changed";
+  std::vector<std::string> names;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    names.push_back(entry.path().filename().string());
+  }
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(absl::StrJoin(names, " "), "grid.json grid.png real.png");
 }
 
 // One branch per row has no pair: the summary gives each row's distance to

@@ -10,12 +10,15 @@
 //   dgrid health --target=127.0.0.1:50051
 //   dgrid tokenize --model_dir=models/my-sd "a photo of a cat"
 #include <grpcpp/grpcpp.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -25,6 +28,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/commandlineflag.h"
@@ -281,6 +285,58 @@ void FillRequest(const v1::ModelInfo& model, v1::Sampler sampler_flag, v1::Spaci
   }
 }
 
+// Writes each file whole or not at all: every file goes to a temporary one
+// beside it, and only when all are written are they renamed over their names,
+// so a full disk or a failed write leaves the previous plot and sidecar as
+// they were. A name that is a symbolic link is written through, as a plain
+// write would.
+void WriteFiles(const std::vector<std::pair<std::string, std::string>>& files) {
+  namespace fs = std::filesystem;
+  const mode_t mask = ::umask(0);
+  ::umask(mask);
+  std::vector<std::pair<std::string, fs::path>> written;  // temporary name, final name
+  auto fail = [&written](const std::string& name, int error) {
+    for (const auto& [temporary, final_name] : written) ::unlink(temporary.c_str());
+    Fail(absl::StrCat("cannot write ", name, ": ", std::strerror(error)));
+  };
+  for (const auto& [name, bytes] : files) {
+    std::error_code ignored;
+    fs::path path = name;
+    // Follow links, a dangling one to the file it names; give up after as many
+    // hops as the kernel would.
+    for (int hops = 0; hops < 40 && fs::is_symlink(fs::symlink_status(path, ignored)); ++hops) {
+      const fs::path target = fs::read_symlink(path, ignored);
+      if (target.empty()) break;
+      path = target.is_absolute() ? target : path.parent_path() / target;
+    }
+    const fs::path folder = path.has_parent_path() ? path.parent_path() : fs::path(".");
+    std::string temporary = (folder / ("." + path.filename().string() + ".XXXXXX")).string();
+    const int fd = ::mkstemp(temporary.data());
+    if (fd < 0) fail(name, errno);
+    written.emplace_back(temporary, path);
+    int error = 0;
+    for (size_t done = 0; done < bytes.size() && error == 0;) {
+      const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+      if (n > 0) {
+        done += static_cast<size_t>(n);
+      } else if (n == 0 || errno != EINTR) {
+        error = n == 0 ? EIO : errno;
+      }
+    }
+    // mkstemp makes the file 0600; a plain write would give 0666 less the umask.
+    if (error == 0 && ::fchmod(fd, 0666 & ~mask) != 0) error = errno;
+    if (::close(fd) != 0 && error == 0) error = errno;
+    if (error != 0) fail(name, error);
+  }
+  for (size_t i = 0; i < written.size(); ++i) {
+    if (::rename(written[i].first.c_str(), written[i].second.c_str()) != 0) {
+      const int error = errno;
+      written.erase(written.begin(), written.begin() + static_cast<std::ptrdiff_t>(i));
+      fail(files[i].first, error);
+    }
+  }
+}
+
 void WriteScaledPng(const v1::Tensor& pixels, const std::string& path) {
   if (pixels.shape_size() != 3) Fail("the server returned no image");
   const int h = pixels.shape(0), w = pixels.shape(1), c = pixels.shape(2);
@@ -296,8 +352,7 @@ void WriteScaledPng(const v1::Tensor& pixels, const std::string& path) {
   }
   auto png = EncodePng(big, w * k, h * k, c);
   if (!png.ok()) Fail(std::string(png.status().message()));
-  std::ofstream out(path, std::ios::binary);
-  if (!out.write(png->data(), png->size())) Fail(absl::StrCat("cannot write ", path));
+  WriteFiles({{path, *png}});
 }
 
 // ---- grid and promote (talk to the orchestrator) ----
@@ -357,10 +412,6 @@ void CheckWritable(const std::string& png, bool svg_allowed = false) {
   }
 }
 
-void WriteFile(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary);
-  if (!out.write(bytes.data(), bytes.size())) Fail(absl::StrCat("cannot write ", path));
-}
 
 // Words as "a", "b", each quoted safely.
 template <typename Words>
@@ -443,7 +494,6 @@ int StreamAndSave(const v1::GridRequest& request, const std::string& out) {
   }
   if (tty) std::fprintf(stderr, "\n");
   Check(reader->Finish(), "StreamGrid");
-  WriteFile(out, grid.png());
 
   v1::GridRecord record;
   *record.mutable_request() = request;
@@ -460,7 +510,7 @@ int StreamAndSave(const v1::GridRequest& request, const std::string& out) {
   options.add_whitespace = true;
   options.preserve_proto_field_names = true;
   google::protobuf::util::MessageToJsonString(record, &json, options);
-  WriteFile(SidecarPath(out), json);
+  WriteFiles({{out, grid.png()}, {SidecarPath(out), json}});
 
   std::cout << "wrote " << out << " and " << SidecarPath(out) << ": " << grid.rows_size()
             << " rows x " << grid.plan().branches() << " branches ("
@@ -568,7 +618,6 @@ int Curve() {
     Fail(absl::StrCat("the orchestrator sent no ", IsSvg(out) ? "SVG" : "PNG",
                       " of the curve (an older server?); nothing written"));
   }
-  WriteFile(out, figure);
   v1::CurveResult record = curve;
   record.clear_png();
   record.clear_svg();
@@ -578,7 +627,7 @@ int Curve() {
   options.preserve_proto_field_names = true;
   options.always_print_primitive_fields = true;
   google::protobuf::util::MessageToJsonString(record, &json, options);
-  WriteFile(SidecarPath(out), json);
+  WriteFiles({{out, figure}, {SidecarPath(out), json}});
 
   std::cout << "wrote " << out << " and " << SidecarPath(out) << ": " << curve.trunks()
             << " trunks, " << curve.model_evals() << " model evaluations, "
@@ -944,6 +993,9 @@ int main(int argc, char** argv) {
       "  health   check a server's gRPC health (--service=MODEL)\n"
       "  tokenize --model_dir DIR \"text\" ...: a text model's token ids for each prompt,\n"
       "           one line each (BOS ... EOS), read from the bundle (no server)\n");
+  // A write past the file-size limit fails with EFBIG, as a full disk does, and
+  // is reported; the signal would end the program with a half-written file.
+  std::signal(SIGXFSZ, SIG_IGN);
   // --switch-prompt and --switch_prompt alike: flag names may use hyphens.
   std::vector<std::string> spelled(argv, argv + argc);
   for (std::string& arg : spelled) {

@@ -7,10 +7,37 @@ Each type has ``from_proto`` (and, where a value goes back to the server,
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple, Union
 
 from ._stubs import denoiser_pb2, orchestrator_pb2
+
+
+def _write_whole(path: str, data: Union[bytes, str]) -> None:
+    """Writes a file whole or not at all: into a temporary file beside it,
+    renamed over the name once written, so a failed write (a full disk, data
+    of the wrong type) leaves the previous file as it was. A name that is a
+    symbolic link is written through, and the file gets the permissions a
+    plain open() would give."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"cannot write {path}: expected bytes, got {type(data).__name__}")
+    target = os.path.realpath(path)
+    fd, temporary = tempfile.mkstemp(prefix="." + os.path.basename(target) + ".",
+                                     dir=os.path.dirname(target))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            mask = os.umask(0)
+            os.umask(mask)
+            os.fchmod(f.fileno(), 0o666 & ~mask)
+        os.replace(temporary, target)
+    except BaseException:
+        os.unlink(temporary)
+        raise
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -339,8 +366,7 @@ class Grid:
         return tuple(r.divergence for r in self.rows)
 
     def save_png(self, path: str) -> None:
-        with open(path, "wb") as f:
-            f.write(self.png)
+        _write_whole(path, self.png)
 
     def record(self) -> Any:
         """A dgrid.v1.GridRecord (request + grid without image bytes), as the
@@ -365,8 +391,7 @@ class Grid:
         from google.protobuf import json_format
 
         text = json_format.MessageToJson(self.record(), preserving_proto_field_name=True)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
+        _write_whole(path, text)
 
     @classmethod
     def from_proto(cls, g: Any, request: Optional[Any] = None) -> "Grid":
@@ -532,12 +557,10 @@ class Curve:
                        f"{', '.join(h.head for h in self.heads) or 'none (no judge)'}")
 
     def save_png(self, path: str) -> None:
-        with open(path, "wb") as f:
-            f.write(self.png)
+        _write_whole(path, self.png)
 
     def save_svg(self, path: str) -> None:
-        with open(path, "wb") as f:
-            f.write(self.svg)
+        _write_whole(path, self.svg)
 
     def save_record(self, path: str) -> None:
         """Writes the curve without its plots as JSON (dgrid.v1.CurveResult,
@@ -554,8 +577,7 @@ class Curve:
         except TypeError:  # protobuf 5.26 and later
             text = json_format.MessageToJson(record, preserving_proto_field_name=True,
                                              always_print_fields_with_no_presence=True)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
+        _write_whole(path, text)
 
     @classmethod
     def load(cls, path: str) -> "Curve":

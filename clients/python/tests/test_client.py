@@ -502,6 +502,27 @@ class RequestTest(unittest.TestCase):
                          (curve.plan, curve.trunks, curve.rows, curve.heads, curve.seconds))
         self.assertEqual((loaded.png, loaded.svg), (b"", b""))  # the plots are files of their own
 
+    def test_a_failed_save_keeps_the_previous_file(self) -> None:
+        curve = Curve.from_proto(orchestrator_pb2.CurveResult(trunks=1, png=b"new png"))
+        with tempfile.TemporaryDirectory() as tmp:
+            real, link = os.path.join(tmp, "real.png"), os.path.join(tmp, "curve.png")
+            os.symlink("real.png", link)
+            curve.save_png(link)  # through the link, to the file it names
+            self.assertTrue(os.path.islink(link))
+            with open(real, "rb") as f:
+                self.assertEqual(f.read(), b"new png")
+            mask = os.umask(0)
+            os.umask(mask)
+            self.assertEqual(os.stat(real).st_mode & 0o777, 0o666 & ~mask)
+            # A plot that is not bytes fails before the old file is touched.
+            broken = Curve.from_proto(orchestrator_pb2.CurveResult(trunks=1))
+            object.__setattr__(broken, "png", None)
+            with self.assertRaisesRegex(TypeError, "cannot write .*curve.png: expected bytes"):
+                broken.save_png(link)
+            with open(real, "rb") as f:
+                self.assertEqual(f.read(), b"new png")
+            self.assertEqual(sorted(os.listdir(tmp)), ["curve.png", "real.png"])
+
     def test_plan_and_model_name_the_sampler(self) -> None:
         self.assertEqual(Plan.from_proto(grid_plan(denoiser_pb2.SAMPLER_EULER_ANCESTRAL)).sampler,
                          "euler_ancestral")
