@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -365,7 +366,7 @@ TEST_F(CliTest, ErrorsAreOneReadableLine) {
     EXPECT_NE(ran.output.find(c.says), std::string::npos) << ran.output;
   }
   // This client's own deadline, said to be it (after the progress lines).
-  const Ran slow = RunCli({"grid", Target(), "--steps=1000", "--timeout_s=1", "-o",
+  const Ran slow = RunCli({"grid", Target(), "--steps=999", "--timeout_s=1", "-o",
                            stack_->dir() + "/slow.png"},
                           stack_->dir());
   EXPECT_NE(slow.code, 0);
@@ -385,6 +386,38 @@ TEST_F(CliTest, ErrorsAreOneReadableLine) {
   const Ran down = RunCli({"models", "--target=127.0.0.1:1"}, stack_->dir());
   EXPECT_NE(down.code, 0);
   EXPECT_NE(down.output.find("UNAVAILABLE"), std::string::npos);
+}
+
+// A curve has no deadline; when the orchestrator falls silent mid-curve (here
+// stopped with SIGSTOP, its connection open), dgrid curve gives up after
+// --silence_s with one line saying so instead of waiting for ever.
+TEST_F(CliTest, ACurveGivesUpOnASilentOrchestrator) {
+  const std::string log = stack_->dir() + "/silent.log";
+  auto child = ChildProcess::Start({BinPath("dgrid"), "curve", Target(), "--trunks=200",
+                                    "--silence_s=2", "-o", stack_->dir() + "/silent.png"},
+                                   log);
+  ASSERT_TRUE(child.ok()) << child.status();
+  // Stopped once the curve runs: its plan is out.
+  const absl::Time give_up = absl::Now() + absl::Seconds(60);
+  while ((*child)->Log().find("plan: 200 trunks") == std::string::npos && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  ASSERT_NE((*child)->Log().find("plan: 200 trunks"), std::string::npos) << (*child)->Log();
+  stack_->orchestrator().Signal(SIGSTOP);
+  const absl::Time stopped = absl::Now();
+  auto code = (*child)->Wait(absl::Seconds(60));
+  const absl::Duration waited = absl::Now() - stopped;
+  stack_->orchestrator().Signal(SIGCONT);
+  ASSERT_TRUE(code.ok());
+  EXPECT_EQ(*code, 1) << (*child)->Log();
+  EXPECT_GE(waited, absl::Seconds(2));
+  EXPECT_NE((*child)->Log().find("DecisionCurve: no word from " + stack_->orchestrator_address() +
+                                 " for 2 s (--silence_s"),
+            std::string::npos)
+      << (*child)->Log();
+  // The orchestrator serves again once it runs (the cancelled curve is gone).
+  const Ran models = RunCli({"models", Target()}, stack_->dir());
+  EXPECT_EQ(models.code, 0) << models.output;
 }
 
 // ---- text models ----

@@ -19,15 +19,19 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <condition_variable>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <iostream>
 #include <map>
+#include <mutex>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -108,6 +112,9 @@ ABSL_FLAG(std::string, o, "",
 ABSL_FLAG(std::string, service, "",
           "dgrid health: the service: a model's name or dgrid.v1.Denoiser on a denoiser, "
           "dgrid.v1.Orchestrator on an orchestrator; empty = the whole server.");
+ABSL_FLAG(int, silence_s, 60,
+          "dgrid curve: give up when the orchestrator has sent nothing for this many seconds "
+          "(a running curve sends progress at least every 15 s); 0 = wait for ever.");
 ABSL_FLAG(int, timeout_s, 0,
           "Deadline for each call, in seconds; 0 = 300, and none for dgrid curve (it shows "
           "its progress; Ctrl-C stops it).");
@@ -570,12 +577,66 @@ int Grid() {
   return StreamAndSave(GridRequestFromFlags(), out);
 }
 
+// A curve has no deadline, so a connection that dies without a word (a
+// peer gone from the network, a proxy dropping the stream) would leave the
+// client waiting for ever. The orchestrator sends an event at least every
+// 15 s while a curve runs; SilenceWatch cancels the call after `limit`
+// without one.
+class SilenceWatch {
+ public:
+  SilenceWatch(grpc::ClientContext* context, absl::Duration limit)
+      : context_(context), limit_(limit), thread_([this] { Watch(); }) {}
+  ~SilenceWatch() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_ = true;
+    }
+    changed_.notify_all();
+    thread_.join();
+  }
+  void Heard() {
+    std::lock_guard<std::mutex> lock(mu_);
+    last_ = absl::Now();
+  }
+  bool fired() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return fired_;
+  }
+
+ private:
+  void Watch() {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!done_) {
+      const absl::Time due = last_ + limit_;
+      if (absl::Now() >= due) {
+        fired_ = true;
+        context_->TryCancel();
+        return;
+      }
+      changed_.wait_for(lock, absl::ToChronoNanoseconds(due - absl::Now()));
+    }
+  }
+
+  grpc::ClientContext* const context_;
+  const absl::Duration limit_;
+  mutable std::mutex mu_;
+  std::condition_variable changed_;
+  absl::Time last_ = absl::Now();
+  bool done_ = false;
+  bool fired_ = false;
+  std::thread thread_;  // last: starts once the rest is set
+};
+
 // Streams a decision curve with a progress bar (plain lines when stderr is
 // not a terminal), then writes its plot (-o) and the curve as JSON beside it.
 int Curve() {
   v1::CurveRequest request;
   *request.mutable_grid() = GridRequestFromFlags();
   request.set_trunks(absl::GetFlag(FLAGS_trunks));
+  if (absl::GetFlag(FLAGS_silence_s) < 0) {
+    Fail(absl::StrCat("--silence_s: ", absl::GetFlag(FLAGS_silence_s),
+                      " is negative; give seconds, or 0 to wait for ever"));
+  }
   const std::string out = absl::GetFlag(FLAGS_o).empty() ? "curve.png" : absl::GetFlag(FLAGS_o);
   CheckWritable(out, /*svg_allowed=*/true);
   auto stub = v1::Orchestrator::NewStub(Connect());
@@ -586,7 +647,11 @@ int Curve() {
   v1::CurveEvent event;
   v1::CurveResult curve;
   int logged_done = 0;
+  const int silence_s = absl::GetFlag(FLAGS_silence_s);
+  std::optional<SilenceWatch> watch;
+  if (silence_s > 0) watch.emplace(&context, absl::Seconds(silence_s));
   while (reader->Read(&event)) {
+    if (watch) watch->Heard();
     if (event.has_plan()) {
       WarnAboutPrompts(event.plan());
       if (!tty) {
@@ -612,7 +677,13 @@ int Curve() {
     }
   }
   if (tty) std::fprintf(stderr, "\n");
-  Check(reader->Finish(), "DecisionCurve");
+  const grpc::Status finished = reader->Finish();
+  if (watch && watch->fired()) {
+    Fail(absl::StrCat("DecisionCurve: no word from ", absl::GetFlag(FLAGS_target), " for ",
+                      silence_s, " s (--silence_s; a running curve sends one at least every 15 s): "
+                      "the connection is lost; the curve was cancelled"));
+  }
+  Check(finished, "DecisionCurve");
   const std::string& figure = IsSvg(out) ? curve.svg() : curve.png();
   if (figure.empty()) {
     Fail(absl::StrCat("the orchestrator sent no ", IsSvg(out) ? "SVG" : "PNG",
@@ -938,7 +1009,7 @@ const std::map<std::string, CommandSpec>& Commands() {
                         "branch_steps", "o"});
   static const auto* commands = new std::map<std::string, CommandSpec>{
       {"grid", {flags_only(Grid), grid}},
-      {"curve", {flags_only(Curve), with(grid, {"trunks"})}},
+      {"curve", {flags_only(Curve), with(grid, {"trunks", "silence_s"})}},
       {"promote", {Promote, with(connection, {"row", "col", "o"})}},
       {"branch", {flags_only(Branch), with(trajectory, {"noise_seed", "segments", "o", "scale"})}},
       {"step", {flags_only(Step), with(trajectory, {"noise_seed", "segments", "step"})}},

@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import operator
 import os
+import threading
+import time
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import grpc
@@ -68,6 +70,30 @@ def _error(method: str, e: grpc.RpcError) -> DgridError:
         details = ("not done within this client's timeout (the call's timeout=, else "
                    "Client(default_timeout=...), 600 s unless set)")
     return DgridError(method, code or grpc.StatusCode.UNKNOWN, details or "")
+
+
+class _SilenceWatch:
+    """Cancels a call when no event has come for ``limit`` seconds."""
+
+    def __init__(self, call: Any, limit: float) -> None:
+        self._call, self._limit = call, limit
+        self._last = time.monotonic()
+        self._done = threading.Event()
+        self.fired = False
+        threading.Thread(target=self._watch, name="dgrid-silence", daemon=True).start()
+
+    def heard(self) -> None:
+        self._last = time.monotonic()
+
+    def stop(self) -> None:
+        self._done.set()
+
+    def _watch(self) -> None:
+        while not self._done.wait(max(0.0, self._last + self._limit - time.monotonic())):
+            if time.monotonic() >= self._last + self._limit:
+                self.fired = True
+                self._call.cancel()
+                return
 
 
 GridLike = Union[Grid, Any, str, "os.PathLike[str]"]
@@ -309,6 +335,7 @@ class Client:
         *,
         on_progress: Optional[Callable[[CurveProgress], None]] = None,
         timeout: Optional[float] = None,
+        silence: Optional[float] = 60.0,
         **grid: Any,
     ) -> Curve:
         """When is what decided: runs ``trunks`` grids of one request (the
@@ -317,9 +344,11 @@ class Client:
         row and judge head, P(a branch's label differs from its trunk's) with
         its standard error over trunks, and the step where it halves.
         ``on_progress`` is called as trunks finish, and with the same counts
-        after 15 s without one (the server's keepalive)."""
+        after 15 s without one (the server's keepalive); after ``silence``
+        seconds without any (None: no limit) the connection counts as lost."""
         curve = None
-        for event in self.stream_decision_curve(trunks, timeout=timeout, **grid):
+        for event in self.stream_decision_curve(trunks, timeout=timeout, silence=silence,
+                                                **grid):
             if isinstance(event, CurveProgress) and on_progress:
                 on_progress(event)
             elif isinstance(event, CurveDone):
@@ -329,18 +358,26 @@ class Client:
         return curve
 
     def stream_decision_curve(
-        self, trunks: int, *, timeout: Optional[float] = None, **grid: Any
+        self, trunks: int, *, timeout: Optional[float] = None, silence: Optional[float] = 60.0,
+        **grid: Any
     ) -> Iterator[CurveEvent]:
         """The curve as it runs: a Plan, a CurveProgress per finished trunk
         (and the same counts again after 15 s without one, a keepalive), then
         CurveDone. Closing the iterator early cancels the curve; it has
         no deadline unless ``timeout`` is given (a curve of many trunks runs
-        for minutes)."""
+        for minutes). A connection lost without a word would leave it
+        waiting for ever: after ``silence`` seconds with no event (None: no
+        limit) the curve is cancelled and DgridError UNAVAILABLE raised."""
+        if silence is not None and not silence > 0:
+            raise ValueError(f"silence: expected seconds > 0 or None, got {silence!r}")
         request = orchestrator_pb2.CurveRequest(trunks=trunks)
         request.grid.CopyFrom(self.build_request(**grid))
         call = self._stub.DecisionCurve(request, timeout=timeout, metadata=self._metadata)
+        watch = _SilenceWatch(call, silence) if silence is not None else None
         try:
             for event in call:
+                if watch:
+                    watch.heard()
                 kind = event.WhichOneof("event")
                 if kind == "plan":
                     yield Plan.from_proto(event.plan)
@@ -351,8 +388,15 @@ class Client:
                 elif kind == "curve":
                     yield CurveDone(Curve.from_proto(event.curve))
         except grpc.RpcError as e:
+            if watch and watch.fired:
+                raise DgridError("DecisionCurve", grpc.StatusCode.UNAVAILABLE,
+                                 f"no word from {self.target} for {silence:g} s (silence=; a "
+                                 "running curve sends one at least every 15 s): the connection "
+                                 "is lost; the curve was cancelled") from None
             raise _error("DecisionCurve", e) from None
         finally:
+            if watch:
+                watch.stop()
             call.cancel()
 
     def promote(

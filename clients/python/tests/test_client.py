@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -236,6 +237,29 @@ class ClientTest(unittest.TestCase):
             client.decision_curve(1, **args)
         self.assertEqual(bad.exception.code, grpc.StatusCode.INVALID_ARGUMENT)
         self.assertIn("trunks", bad.exception.details)
+
+    def test_a_silent_orchestrator_ends_the_curve(self) -> None:
+        """Stopped mid-curve (SIGSTOP, its connection open), the orchestrator
+        sends nothing; the curve gives up after ``silence`` seconds."""
+        orchestrator = next(p for p in stack.processes if stack.names[p.pid] == "orchestrator")
+        events = client.stream_decision_curve(200, silence=2.0, **small(700))
+        self.assertIsInstance(next(events), Plan)
+        os.kill(orchestrator.pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        try:
+            with self.assertRaises(DgridError) as lost:
+                for _ in events:
+                    pass
+            waited = time.monotonic() - stopped
+        finally:
+            os.kill(orchestrator.pid, signal.SIGCONT)
+        self.assertEqual(lost.exception.code, grpc.StatusCode.UNAVAILABLE)
+        self.assertIn("for 2 s (silence=", lost.exception.details)
+        self.assertGreaterEqual(waited, 1.9)
+        self.assertLess(waited, 30)
+        with self.assertRaisesRegex(ValueError, "silence: expected seconds > 0 or None"):
+            next(client.stream_decision_curve(2, silence=0, **small(701)))
+        self.assertTrue(client.list_models(timeout=30))  # served again
 
     def test_stream_closed_early_cancels(self) -> None:
         stream = client.stream_grid(**small(31))
