@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "absl/strings/str_cat.h"
+
 namespace dgrid {
 
 std::vector<int> DdimTimesteps(int train, int steps, Spacing spacing, int steps_offset) {
@@ -12,12 +14,29 @@ std::vector<int> DdimTimesteps(int train, int steps, Spacing spacing, int steps_
     const int ratio = train / steps;
     for (int i = 0; i < steps; ++i) t[i] = (steps - 1 - i) * ratio + steps_offset;
   } else {
-    // diffusers "trailing": round(arange(train, 0, -train / steps)) - 1.
-    const double ratio = static_cast<double>(train) / steps;
-    for (int i = 0; i < steps; ++i) t[i] = static_cast<int>(std::round(train - i * ratio)) - 1;
+    // diffusers "trailing": np.round(np.arange(train, 0, -train / steps)) - 1,
+    // as numpy computes it: arange's i-th value is start + i * delta with
+    // delta = (start + step) - start, and np.round rounds halves to even
+    // (nearbyint in the default rounding mode; std::round would round them up,
+    // giving 812 where diffusers has 811 at 16 steps).
+    const double start = train;
+    const double delta = (start - start / steps) - start;
+    for (int i = 0; i < steps; ++i) {
+      t[i] = static_cast<int>(std::nearbyint(start + i * delta)) - 1;
+    }
   }
   for (int& v : t) v = std::clamp(v, 0, train - 1);
   return t;
+}
+
+std::string TimestepsProblem(int train_timesteps, int steps, Spacing spacing, int steps_offset) {
+  if (spacing != Spacing::kLeading || steps < 1) return "";
+  const int last = (steps - 1) * (train_timesteps / steps) + steps_offset;
+  if (last <= train_timesteps - 1) return "";
+  return absl::StrCat("steps: ", steps, " leading steps with steps_offset ", steps_offset,
+                      " would reach timestep ", last, " of a schedule that ends at ",
+                      train_timesteps - 1, "; give at most ", train_timesteps - steps_offset,
+                      " steps, or trailing spacing");
 }
 
 }  // namespace dgrid

@@ -8,6 +8,7 @@
 #ifndef DGRID_COMMON_TIMESTEPS_H_
 #define DGRID_COMMON_TIMESTEPS_H_
 
+#include <string>
 #include <vector>
 
 #include "common/bundle_manifest.h"
@@ -17,6 +18,12 @@ namespace dgrid {
 // Requires 1 <= steps <= train_timesteps. Values are clamped to
 // [0, train_timesteps - 1].
 std::vector<int> DdimTimesteps(int train_timesteps, int steps, Spacing spacing, int steps_offset);
+
+// Why these timesteps cannot be sampled, or "" when they can: leading spacing
+// whose steps_offset pushes the first timestep past the schedule's end (1000
+// steps with offset 1 would run timestep 999 twice; diffusers would index past
+// its table).
+std::string TimestepsProblem(int train_timesteps, int steps, Spacing spacing, int steps_offset);
 
 }  // namespace dgrid
 

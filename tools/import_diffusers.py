@@ -277,6 +277,15 @@ def schedule_from_diffusers(config):
             refused.append(f"{key}=true")
     if config.get("timestep_type", "discrete") != "discrete":
         refused.append(f"timestep_type={config['timestep_type']!r}")
+    # The Euler schedulers' sigma interpolation and last sigma.
+    if config.get("interpolation_type", "linear") != "linear":
+        refused.append(f"interpolation_type={config['interpolation_type']!r}")
+    if config.get("final_sigmas_type", "zero") != "zero":
+        refused.append(f"final_sigmas_type={config['final_sigmas_type']!r}")
+    # Without the key the Euler schedulers space timesteps "linspace", not
+    # DDIM's "leading".
+    if "Euler" in str(config.get("_class_name", "")) and config.get("timestep_spacing") is None:
+        refused.append("timestep_spacing unset (an Euler scheduler's default is 'linspace')")
     if c["beta_schedule"] not in _BETA_SCHEDULES:
         refused.append(f"beta_schedule={c['beta_schedule']!r}")
     if c["prediction_type"] not in _PREDICTION_TYPES:
@@ -697,7 +706,11 @@ def ddim_timesteps(train_timesteps, steps, spacing, offset):
         ratio = train_timesteps // steps
         ts = [i * ratio + offset for i in reversed(range(steps))]
     else:
-        ts = [round(train_timesteps - i * train_timesteps / steps) - 1 for i in range(steps)]
+        # np.round(np.arange(T, 0, -T / steps)) - 1 as numpy computes it: the
+        # i-th value is T + i * ((T - T / steps) - T), halves rounded to even.
+        start = float(train_timesteps)
+        delta = (start - start / steps) - start
+        ts = [round(start + i * delta) - 1 for i in range(steps)]
     return [min(max(t, 0), train_timesteps - 1) for t in ts]
 
 

@@ -46,6 +46,10 @@ absl::StatusOr<DdimSchedule> DdimSchedule::Create(const NoiseScheduleSpec& spec,
     return absl::InvalidArgumentError(
         absl::StrCat("steps must be in [1, ", train, "], got ", steps));
   }
+  if (const std::string problem = TimestepsProblem(train, steps, spacing, spec.steps_offset);
+      !problem.empty()) {
+    return absl::InvalidArgumentError(problem);
+  }
   DdimSchedule s;
   s.prediction_ = spec.prediction;
   s.timesteps_ = DdimTimesteps(train, steps, spacing, spec.steps_offset);
@@ -54,11 +58,16 @@ absl::StatusOr<DdimSchedule> DdimSchedule::Create(const NoiseScheduleSpec& spec,
   s.alpha_bar_.resize(steps);
   s.alpha_bar_prev_.resize(steps);
   for (int i = 0; i < steps; ++i) s.alpha_bar_[i] = alphas[s.timesteps_[i]];
-  // The previous timestep is the next one in the list. For evenly divisible
-  // step counts this is diffusers' t - train // steps exactly; for the rest it
-  // keeps the chain consistent where diffusers' formula would skip or repeat.
+  // DDIMScheduler.step's previous timestep, t - train // steps (the final
+  // alpha below 0). With leading spacing it is the next timestep in the list.
+  // With trailing spacing and a step count that does not divide train it is
+  // not always: from 966 at 30 steps diffusers steps to alpha-bar at 933 and
+  // the next step starts from 932, and at 7 steps the last step ends at
+  // alpha-bar[0], not the final alpha. The engine does the same, so that it
+  // samples what diffusers samples.
   for (int i = 0; i < steps; ++i) {
-    s.alpha_bar_prev_[i] = i + 1 < steps ? s.alpha_bar_[i + 1] : final_alpha;
+    const int prev = s.timesteps_[i] - train / steps;
+    s.alpha_bar_prev_[i] = prev >= 0 ? alphas[prev] : final_alpha;
   }
   return s;
 }

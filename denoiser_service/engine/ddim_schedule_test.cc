@@ -7,6 +7,7 @@
 #include <optional>
 #include <sstream>
 
+#include "common/timesteps.h"
 #include "gtest/gtest.h"
 
 namespace dgrid {
@@ -34,6 +35,42 @@ TEST(DdimScheduleTest, TrailingSpacingEndsAtTheLastTrainTimestep) {
   EXPECT_EQ(s->timestep(0), 999);
   EXPECT_EQ(s->timestep(49), 19);
   EXPECT_DOUBLE_EQ(s->alpha_bar_prev(49), 1.0);
+}
+
+// diffusers' DDIMScheduler.step goes from t to t - T // steps; with trailing
+// spacing at 30 steps that is not the next timestep in the list.
+TEST(DdimScheduleTest, TrailingStepsEndWhereDiffusersEndsThem) {
+  const std::vector<double> alphas = AlphasCumprod(LinearSpec(0, true));
+  auto thirty = DdimSchedule::Create(LinearSpec(0, true), 30, Spacing::kTrailing);
+  ASSERT_TRUE(thirty.ok());
+  EXPECT_EQ(thirty->timestep(1), 966);
+  EXPECT_EQ(thirty->timestep(2), 932);
+  EXPECT_DOUBLE_EQ(thirty->alpha_bar_prev(1), alphas[933]);
+  // At 7 steps the last step ends at alpha-bar[0] (t 142 - 142), not at 1.
+  auto seven = DdimSchedule::Create(LinearSpec(0, true), 7, Spacing::kTrailing);
+  ASSERT_TRUE(seven.ok());
+  EXPECT_EQ(seven->timestep(6), 142);
+  EXPECT_DOUBLE_EQ(seven->alpha_bar_prev(6), alphas[0]);
+  // np.round rounds 812.5 to 812 (even): diffusers' 16 trailing steps.
+  auto sixteen = DdimSchedule::Create(LinearSpec(0, true), 16, Spacing::kTrailing);
+  ASSERT_TRUE(sixteen.ok());
+  EXPECT_EQ(sixteen->timesteps(),
+            (std::vector<int>{999, 937, 874, 811, 749, 687, 624, 561, 499, 437, 374, 311, 249,
+                              187, 124, 61}));
+}
+
+// Leading spacing whose offset would push a timestep past the table.
+TEST(DdimScheduleTest, LeadingStepsPastTheScheduleAreRefused) {
+  auto s = DdimSchedule::Create(LinearSpec(1, false), 1000, Spacing::kLeading);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.status().message().rfind("steps: 1000 leading steps with steps_offset 1 would "
+                                       "reach timestep 1000",
+                                       0),
+            0u)
+      << s.status();
+  EXPECT_TRUE(DdimSchedule::Create(LinearSpec(1, false), 999, Spacing::kLeading).ok());
+  EXPECT_TRUE(DdimSchedule::Create(LinearSpec(1, false), 1000, Spacing::kTrailing).ok());
 }
 
 TEST(DdimScheduleTest, StepsOutOfRangeNameTheField) {
@@ -70,7 +107,7 @@ TEST(DdimScheduleTest, MatchesIndependentPythonReference) {
   ASSERT_TRUE(in) << "no ddim_reference.txt in " << dir;
   std::string text;
   std::optional<DdimSchedule> schedule;
-  int cases = 0, step = 0;
+  int cases = 0, step = 0, trailing_lists = 0;
   float eta = 0;
   std::map<std::string, std::vector<double>> v;
   double worst = 0;
@@ -93,6 +130,17 @@ TEST(DdimScheduleTest, MatchesIndependentPythonReference) {
       const std::vector<double> ts = ReadNumbers(line);
       ASSERT_EQ(ts.size(), schedule->timesteps().size());
       for (size_t i = 0; i < ts.size(); ++i) EXPECT_EQ(schedule->timestep(i), ts[i]) << i;
+    } else if (tag == "trailing") {
+      // numpy's trailing timesteps for one step count.
+      int train = 0, steps = 0;
+      line >> train >> steps;
+      const std::vector<double> ts = ReadNumbers(line);
+      const std::vector<int> ours = DdimTimesteps(train, steps, Spacing::kTrailing, 0);
+      ASSERT_EQ(ts.size(), ours.size()) << steps;
+      int differ = 0;
+      for (size_t i = 0; i < ts.size(); ++i) differ += ours[i] != ts[i];
+      EXPECT_EQ(differ, 0) << steps << " steps: " << differ << " timesteps differ from numpy";
+      ++trailing_lists;
     } else if (tag == "case") {
       line >> step >> eta;
       v.clear();
@@ -111,7 +159,8 @@ TEST(DdimScheduleTest, MatchesIndependentPythonReference) {
       ++cases;
     }
   }
-  EXPECT_EQ(cases, 144);  // 2 schedules x 2 final alphas x 3 spacings x 4 steps x 3 etas
+  EXPECT_EQ(cases, 240);  // 2 schedules x 2 final alphas x 5 step counts x 4 steps x 3 etas
+  EXPECT_GT(trailing_lists, 900);  // of 1000 step counts, less numpy's n + 1 quirks
   std::cout << "checked " << cases << " DDIM steps; worst |x_prev - reference| = " << worst
             << "\n";
 }

@@ -200,13 +200,17 @@ TEST_F(BatcherTest, ClosedFormSamplerReproducesTheDataDistribution) {
   constexpr int kSteps = 1000;
   RunRequest request = Request(kSamples, 1.0f);
   request.sampler.steps = kSteps;
+  // Trailing: every train timestep, 999 to 0 (the fixture's leading spacing
+  // with steps_offset 1 stops at 999 steps).
+  request.sampler.spacing = Spacing::kTrailing;
   Collected c = RunAll(batcher, request);
   ASSERT_TRUE(c.status.ok()) << c.status;
   ASSERT_EQ(c.finals.size(), size_t{kSamples});
 
   // Every step is linear-Gaussian: x' = A x + B + sigma z. Propagating mean
   // and variance from N(0, 1) gives the exact law of the sampler's output.
-  auto schedule = DdimSchedule::Create(model_->manifest().schedule, kSteps, Spacing::kLeading);
+  auto schedule = DdimSchedule::Create(model_->manifest().schedule, kSteps, Spacing::kTrailing);
+  ASSERT_TRUE(schedule.ok()) << schedule.status();
   const size_t numel = 16;
   for (size_t j = 0; j < numel; ++j) {
     double mean = 0, var = 1;
@@ -478,7 +482,7 @@ TEST_F(BatcherTest, ARunWhoseCallerStopsReadingEndsAtItsUndeliveredBound) {
 TEST_F(BatcherTest, TheBatcherCancelsARunWhoseCallerWentAway) {
   TrajectoryBatcher batcher(model_.get(), {.debug_step_delay = absl::Milliseconds(2)});
   RunRequest request = Request(2, 1.0f);
-  request.sampler.steps = 1000;
+  request.sampler.steps = 999;
   request.capture_steps = {0, 3};
   auto run = batcher.Start(request);
   ASSERT_TRUE(run.ok());

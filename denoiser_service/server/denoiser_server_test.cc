@@ -303,7 +303,7 @@ TEST_F(DenoiserServerTest, QueueLimitAnswersResourceExhausted) {
   std::vector<std::unique_ptr<grpc::ClientReader<v1::BranchEvent>>> running;
   for (int i = 0; i < 2; ++i) {
     v1::BranchRequest request = GaussianBranch(30);
-    request.mutable_sampler()->set_steps(1000);
+    request.mutable_sampler()->set_steps(999);
     request.clear_capture_steps();
     request.add_capture_steps(0);
     contexts.push_back(std::make_unique<grpc::ClientContext>());
@@ -312,7 +312,7 @@ TEST_F(DenoiserServerTest, QueueLimitAnswersResourceExhausted) {
     ASSERT_TRUE(running.back()->Read(&first));  // admitted
   }
   v1::BranchRequest third = GaussianBranch(30);
-  third.mutable_sampler()->set_steps(1000);
+  third.mutable_sampler()->set_steps(999);
   EXPECT_EQ(CallBranch(third).status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   for (size_t i = 0; i < running.size(); ++i) {
     contexts[i]->TryCancel();

@@ -203,6 +203,11 @@ absl::Status PlanSampler(const v1::GridRequest& request, const v1::ModelInfo& mo
   const Spacing model_default =
       model.defaults().spacing() == v1::SPACING_TRAILING ? Spacing::kTrailing : Spacing::kLeading;
   ASSIGN_OR_RETURN(plan->spacing, SpacingFromProto(request.spacing(), model_default, "spacing"));
+  if (const std::string problem = TimestepsProblem(model.train_timesteps(), plan->steps,
+                                                   plan->spacing, model.steps_offset());
+      !problem.empty()) {
+    return Invalid(problem);
+  }
   plan->timesteps =
       DdimTimesteps(model.train_timesteps(), plan->steps, plan->spacing, model.steps_offset());
   plan->train_timesteps = model.train_timesteps();

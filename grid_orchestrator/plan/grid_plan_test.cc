@@ -224,11 +224,14 @@ TEST(GridPlanTest, ValidationNamesTheField) {
        },
        "branch_steps"},
       {[](auto& r) {
-         r.mutable_steps()->set_value(1000);
+         r.mutable_steps()->set_value(999);
          r.mutable_branches()->set_value(16);
          for (int k = 0; k < 16; ++k) r.add_branch_steps(k);
        },
        "exceeds the limit"},
+      // steps_offset 1: a 1000th leading step would run timestep 1000.
+      {[](auto& r) { r.mutable_steps()->set_value(1000); },
+       "steps: 1000 leading steps with steps_offset 1"},
       {[](auto& r) { r.mutable_trunk()->set_init_seed(3); }, "trunk.segments"},
       {[](auto& r) {
          auto* t = r.mutable_trunk();
