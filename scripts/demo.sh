@@ -14,7 +14,7 @@
 # model's prompt defaults to the first of its manifest's example prompts.
 # --keep leaves the stack running (Ctrl-C stops it), to use the page or e.g.
 #   build/bin/dgrid promote grid.json --row 2 --col 3 --target=<orchestrator>
-# --monitor also starts Prometheus (Debian's package) on 127.0.0.1:9099 with
+# --monitor also starts Prometheus (Debian's package) on a free loopback port with
 # deploy/prometheus's scrape config and rules, scraping the stack; implies --keep.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,6 +50,12 @@ while [ $# -gt 0 ]; do
        exit 2 ;;
   esac
 done
+# Dependencies first (the prompt below is read with Python), then the build:
+# a no-op when up to date, so a pulled tree never runs stale binaries.
+scripts/install-deps.sh
+[ -f build/build.ninja ] || cmake --preset default
+cmake --build --preset default -j "$(nproc)"
+
 for dir in "${models[@]}"; do
   [ -f "$dir/manifest.json" ] || { echo "demo: no bundle at $dir (manifest.json missing)" >&2; exit 2; }
 done
@@ -67,12 +73,6 @@ else:
     labels = c.get("class_labels") or c.get("classLabels") or []
     print("sneaker" if "sneaker" in labels else (labels[0] if labels else ""))
 ' "$model")
-fi
-
-if [ ! -x build/bin/dgrid-orchestrator ] || [ ! -x build/bin/dgrid-denoiser ] || [ ! -x build/bin/dgrid ]; then
-  scripts/install-deps.sh
-  cmake --preset default
-  cmake --build --preset default -j "$(nproc)"
 fi
 
 run=$(mktemp -d)
@@ -122,12 +122,22 @@ if [ "$monitor" = 1 ]; then
   echo "[{\"targets\": [${d%,}]}]" > "$run/prometheus/targets/dgrid-denoiser.json"
   o=$(targets "$run/o")
   echo "[{\"targets\": [${o%,}]}]" > "$run/prometheus/targets/dgrid-orchestrator.json"
+  # A free loopback port (Debian's prometheus service may hold 9090).
+  prom_port=$(/usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   prometheus --config.file="$run/prometheus/prometheus.yml" \
-    --storage.tsdb.path="$run/prometheus/data" --web.listen-address=127.0.0.1:9099 \
+    --storage.tsdb.path="$run/prometheus/data" --web.listen-address="127.0.0.1:$prom_port" \
     2>"$run/prometheus.log" &
   pids+=($!)
-  echo "prometheus:   http://127.0.0.1:9099/ (targets: /targets, alerts: /alerts)"
-  echo "grafana:      import deploy/grafana/dgrid-dashboard.json into any Grafana, data source http://127.0.0.1:9099"
+  prom_pid=$!
+  for _ in $(seq 300); do
+    curl -fs "http://127.0.0.1:$prom_port/-/ready" >/dev/null 2>&1 && break
+    kill -0 "$prom_pid" 2>/dev/null || { echo "demo: prometheus exited:" >&2; cat "$run/prometheus.log" >&2; exit 1; }
+    sleep 0.1
+  done
+  curl -fs "http://127.0.0.1:$prom_port/-/ready" >/dev/null 2>&1 ||
+    { echo "demo: prometheus not ready after 30 s:" >&2; tail -n 20 "$run/prometheus.log" >&2; exit 1; }
+  echo "prometheus:   http://127.0.0.1:$prom_port/ (targets: /targets, alerts: /alerts)"
+  echo "grafana:      import deploy/grafana/dgrid-dashboard.json into any Grafana, data source http://127.0.0.1:$prom_port"
 fi
 
 negative_flag=()

@@ -6,6 +6,8 @@ set -euo pipefail
 packages=(
   # toolchain
   build-essential cmake ninja-build ccache pkg-config git clang libclang-rt-14-dev
+  # clang's OpenMP (the fuzz preset builds with clang; find_package(OpenMP))
+  libomp-14-dev
   # RPC and common libraries
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev grpc-proto
@@ -38,7 +40,9 @@ for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 # Node.js and npm drive the browser tests. This machine kind ships Node 20;
-# elsewhere take Debian's (playwright-core wants Node 18 or newer).
+# elsewhere take Debian's, which is 18: the browser tests need 20
+# (playwright-core 1.65, node --test --test-concurrency), so with it CMake
+# leaves them out and says so.
 command -v node >/dev/null && command -v npm >/dev/null || missing+=(nodejs npm)
 
 SUDO=""

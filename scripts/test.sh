@@ -45,20 +45,31 @@ if [ "$preset" = default ]; then
   scratch=$(mktemp -d)
   trap 'rm -rf "$scratch"' EXIT
   targets=(tensor_decode grid_plan manifest_parse)
+  pids=()
   for target in "${targets[@]}"; do
     mkdir -p "$scratch/$target"
     build-fuzz/bin/fuzz_$target -max_total_time="$fuzz_seconds" -print_final_stats=1 \
       -artifact_prefix="$scratch/$target-" "$scratch/$target" "fuzz/corpus/$target" \
       >"$scratch/$target.log" 2>&1 &
+    pids+=($!)
   done
-  wait
+  # A target that ends non-zero failed (a crash, an out-of-memory input, or
+  # one that could not start), artifact or not.
+  failed=()
+  for i in "${!targets[@]}"; do
+    wait "${pids[$i]}" || failed+=("fuzz_${targets[$i]}")
+  done
   for target in "${targets[@]}"; do
     echo "fuzz_$target: ${fuzz_seconds}s over fuzz/corpus/$target"
     grep -E '^(Done|stat::number_of_executed_units)|^==[0-9]+==|SUMMARY' "$scratch/$target.log" || true
   done
-  if ls "$scratch"/*crash-* "$scratch"/*leak-* "$scratch"/*timeout-* >/dev/null 2>&1; then
-    echo "a fuzz target found a failing input:" "$scratch"/*crash-* "$scratch"/*leak-* \
-      "$scratch"/*timeout-* >&2
+  if [ ${#failed[@]} -gt 0 ]; then
+    for target in "${failed[@]}"; do
+      echo "$target failed; the end of its log:" >&2
+      tail -n 20 "$scratch/${target#fuzz_}.log" >&2
+    done
+    ls "$scratch"/*-crash-* "$scratch"/*-leak-* "$scratch"/*-timeout-* "$scratch"/*-oom-* \
+      2>/dev/null >&2 || true
     exit 1
   fi
 fi
