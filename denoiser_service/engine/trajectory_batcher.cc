@@ -663,6 +663,7 @@ void TrajectoryBatcher::Loop() {
     }
   }
   FailAll(active, absl::UnavailableError("denoiser is shutting down"));
+  ReportActive(0);
 }
 
 void TrajectoryBatcher::Admit(std::vector<Active>& arrivals) {
@@ -843,7 +844,7 @@ void TrajectoryBatcher::ResolveContexts(std::vector<Active>& arrivals) {
 
 void TrajectoryBatcher::Iterate(std::vector<Active>& active) {
   DropStopped(active);
-  if (observer_) observer_->OnActive(static_cast<int>(active.size()));
+  ReportActive(static_cast<int>(active.size()));
   if (active.empty()) return;
   for (Active& a : active) ApplySwitches(a);
   ChooseBatch(active);
@@ -855,7 +856,12 @@ void TrajectoryBatcher::Iterate(std::vector<Active>& active) {
   DecodeAndDeliver(/*drain=*/active.empty());
   // Also after the last trajectories finish, so an idle replica reads 0
   // (the HPA scales on this gauge).
-  if (observer_) observer_->OnActive(static_cast<int>(active.size()));
+  ReportActive(static_cast<int>(active.size()));
+}
+
+void TrajectoryBatcher::ReportActive(int active) {
+  if (observer_ && active != reported_active_) observer_->OnActiveChange(active - reported_active_);
+  reported_active_ = active;
 }
 
 // How far a run's caller may fall behind: the option, but never less than

@@ -189,7 +189,10 @@ class BatcherObserver {
   virtual void OnForward(int trajectories, int rows, absl::Duration forward) {}
   // Time from Start to a trajectory's first forward pass.
   virtual void OnQueueWait(absl::Duration wait) {}
-  virtual void OnActive(int trajectories) {}
+  // The batcher's active trajectories changed by `delta` (every batcher of a
+  // process may share one observer: the sum of the deltas is the process's
+  // count, and a batcher that stops returns its share).
+  virtual void OnActiveChange(int delta) {}
   // Text models: prompts looked up in the context cache, and the encoder
   // pass that computed the misses (zero when all hit).
   virtual void OnTextContexts(int hits, int misses, absl::Duration encode) {}
@@ -324,6 +327,8 @@ class TrajectoryBatcher {
   // Sends the capture or final due after a step; true when it was the final.
   bool Emit(Active& a);
   void FailAll(std::vector<Active>& active, const absl::Status& status);
+  // Tells observer_ how the active count moved since it was last told.
+  void ReportActive(int active);
   // The decoder over `n` latents, in the workers' chunks.
   absl::StatusOr<std::vector<uint8_t>> DecodeChunks(absl::Span<const float> latents, int n);
   // Decodes latents [begin, begin + count) into their images' place in
@@ -334,6 +339,7 @@ class TrajectoryBatcher {
   DenoiserModel* const model_;
   Options options_;  // max_batch capped by the bundle's at construction
   BatcherObserver* const observer_;
+  int reported_active_ = 0;  // batcher thread: the count observer_ was last told
   std::atomic<int> outstanding_{0};
   std::atomic<int64_t> forwards_{0};
   std::atomic<uint64_t> next_arrival_{0};

@@ -479,6 +479,40 @@ TEST_F(BatcherTest, ARunWhoseCallerStopsReadingEndsAtItsUndeliveredBound) {
   EXPECT_TRUE(RunAll(batcher, Request(2, 1.0f)).status.ok());
 }
 
+// A process runs one batcher per model, all reporting to one observer (the
+// metrics): the active-trajectories gauge is their sum, not whichever batcher
+// spoke last, and reads 0 once both are idle.
+TEST_F(BatcherTest, ActiveTrajectoriesAddUpAcrossBatchers) {
+  class Sum : public BatcherObserver {
+   public:
+    void OnActiveChange(int delta) override {
+      const int now = total.fetch_add(delta) + delta;
+      int seen = largest.load();
+      while (now > seen && !largest.compare_exchange_weak(seen, now)) {
+      }
+    }
+    std::atomic<int> total{0}, largest{0};
+  } sum;
+  {
+    TrajectoryBatcher first(model_.get(), {.debug_step_delay = absl::Milliseconds(4)}, &sum);
+    TrajectoryBatcher second(model_.get(), {.debug_step_delay = absl::Milliseconds(4)}, &sum);
+    auto a = first.Start(Request(3, 1.0f));
+    auto b = second.Start(Request(2, 1.0f));
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_TRUE(Drain(**a).status.ok());
+    EXPECT_TRUE(Drain(**b).status.ok());
+    EXPECT_EQ(sum.largest.load(), 5);  // 50 steps of 4 ms each: the runs overlap
+    EXPECT_EQ(sum.total.load(), 0);
+    // A batcher that stops with work in hand takes its share back.
+    auto c = first.Start(Request(2, 1.0f));
+    ASSERT_TRUE(c.ok());
+    const absl::Time give_up = absl::Now() + absl::Seconds(10);
+    while (sum.total.load() != 2 && absl::Now() < give_up) absl::SleepFor(absl::Milliseconds(1));
+    EXPECT_EQ(sum.total.load(), 2);
+  }
+  EXPECT_EQ(sum.total.load(), 0);
+}
+
 TEST_F(BatcherTest, TheBatcherCancelsARunWhoseCallerWentAway) {
   TrajectoryBatcher batcher(model_.get(), {.debug_step_delay = absl::Milliseconds(2)});
   RunRequest request = Request(2, 1.0f);

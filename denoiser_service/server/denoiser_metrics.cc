@@ -95,7 +95,14 @@ void DenoiserMetrics::OnQueueWait(absl::Duration wait) {
   queue_seconds_.Observe(absl::ToDoubleSeconds(wait));
 }
 
-void DenoiserMetrics::OnActive(int trajectories) { active_.Set(trajectories); }
+// Each model's batcher reports its own changes: the gauge is their sum.
+void DenoiserMetrics::OnActiveChange(int delta) {
+  if (delta >= 0) {
+    active_.Increment(delta);
+  } else {
+    active_.Decrement(-delta);
+  }
+}
 
 void DenoiserMetrics::OnTextContexts(int hits, int misses, absl::Duration encode) {
   if (hits > 0) text_contexts_.Add({{"result", "hit"}}).Increment(hits);

@@ -23,7 +23,7 @@ class DenoiserMetrics final : public BatcherObserver {
 
   void OnForward(int trajectories, int rows, absl::Duration forward) override;
   void OnQueueWait(absl::Duration wait) override;
-  void OnActive(int trajectories) override;
+  void OnActiveChange(int delta) override;
   void OnTextContexts(int hits, int misses, absl::Duration encode) override;
   void OnDecode(int images, absl::Duration decode) override;
 
