@@ -1,5 +1,7 @@
 #include "grid_orchestrator/metrics/orchestrator_metrics.h"
 
+#include "absl/strings/cord.h"
+
 namespace dgrid {
 namespace {
 
@@ -11,7 +13,15 @@ bool CallersMistake(absl::StatusCode code) {
          code == absl::StatusCode::kFailedPrecondition;
 }
 
+constexpr absl::string_view kThrottled = "type.dgrid/throttled";
+
 }  // namespace
+
+absl::Status ThrottledError(absl::string_view message) {
+  absl::Status status = absl::ResourceExhaustedError(message);
+  status.SetPayload(kThrottled, absl::Cord("per-client limit"));
+  return status;
+}
 
 const char* Outcome(const absl::Status& status) {
   if (CallersMistake(status.code())) return "invalid";
@@ -21,7 +31,7 @@ const char* Outcome(const absl::Status& status) {
     case absl::StatusCode::kCancelled:
       return "cancelled";
     case absl::StatusCode::kResourceExhausted:
-      return "rejected";
+      return status.GetPayload(kThrottled).has_value() ? "throttled" : "rejected";
     default:
       return "failed";
   }
@@ -94,7 +104,8 @@ OrchestratorMetrics::OrchestratorMetrics()
                          .Register(*registry_)
                          .Add({})) {
   // Series that dashboards and alerts divide by exist from the start.
-  for (const char* s : {"ok", "cancelled", "invalid", "failed", "rejected", "abandoned"}) {
+  for (const char* s :
+       {"ok", "cancelled", "invalid", "failed", "throttled", "rejected", "abandoned"}) {
     grids_.Add({{"status", s}});
     curves_.Add({{"status", s}});
   }

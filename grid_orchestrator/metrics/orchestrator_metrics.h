@@ -14,15 +14,22 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 
 namespace dgrid {
 
 // How a grid or curve that ended with `status` counts: ok, cancelled (by
 // its caller), invalid (the caller's request or credentials: bad input,
-// unauthenticated, a failed precondition), rejected (overloaded: a limit),
-// failed (ours or the replicas'). "abandoned" (the client stopped reading)
-// is decided by the caller, not by a status.
+// unauthenticated, a failed precondition), throttled (a per-client limit:
+// that client's load, see ThrottledError), rejected (overloaded: a
+// service-wide limit), failed (ours or the replicas'). "abandoned" (the
+// client stopped reading) is decided by the caller, not by a status.
 const char* Outcome(const absl::Status& status);
+// RESOURCE_EXHAUSTED for a limit one client reached (its grids in flight):
+// counted "throttled", apart from "rejected", which says the service is
+// overloaded and counts as an error in the alerts. Behind an Ingress every
+// browser is one client, and its limit alone is no outage.
+absl::Status ThrottledError(absl::string_view message);
 // How a grid or curve that passed admission and then ended with `status`
 // counts: what a replica refuses then is config or version skew, "failed"
 // (not the caller's "invalid"); the caller's own deadline, once passed

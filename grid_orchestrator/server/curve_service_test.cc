@@ -231,6 +231,33 @@ TEST_F(CurveServiceTest, TrunksWaitForTheClientsGridLimit) {
   EXPECT_EQ(Grids("rejected"), 0);
 }
 
+// A client at its own grid limit is throttled; the service at its limit
+// rejects, which the grid error-ratio alert counts. Behind an Ingress every
+// browser is one client, and its limit alone is no outage.
+TEST_F(CurveServiceTest, AClientsLimitIsThrottledAndTheServicesRejected) {
+  OrchestratorLimits limits;
+  limits.max_grids_per_client = 1;
+  limits.max_concurrent_grids = 2;
+  Start(limits);
+  Caller a, b, c;
+  a.client = "a";
+  b.client = "b";
+  c.client = "c";
+  v1::GridRequest request = Request(1).grid();
+  auto first = grids_->Admit(a, request);
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto again = grids_->Admit(a, request);
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(Grids("throttled"), 1);
+  EXPECT_EQ(Grids("rejected"), 0);
+  auto second = grids_->Admit(b, request);
+  ASSERT_TRUE(second.ok()) << second.status();
+  auto third = grids_->Admit(c, request);
+  EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(Grids("rejected"), 1);
+  EXPECT_EQ(Grids("throttled"), 1);
+}
+
 // A rolling update under a running curve: the replica the pool asks for its
 // models first now serves version 2. The trunks after the first still run on
 // version 1, on the other replica; a curve over two versions would be no

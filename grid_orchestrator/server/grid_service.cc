@@ -271,7 +271,7 @@ absl::StatusOr<std::unique_ptr<AdmittedGrid>> GridService::Admit(const Caller& c
     int& mine = grids_per_client_[caller.client];
     if (mine >= limits_.max_grids_per_client) {
       if (mine == 0) grids_per_client_.erase(caller.client);
-      return refuse(absl::ResourceExhaustedError(
+      return refuse(ThrottledError(
           absl::StrCat("too many grids in flight from this client (limit ",
                        limits_.max_grids_per_client, "); retry later")));
     }
