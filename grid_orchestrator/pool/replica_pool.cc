@@ -97,6 +97,7 @@ const std::string& ReplicaPool::Lease::address() const { return replica_->addres
 void ReplicaPool::Lease::MarkUnhealthy() {
   if (!pool_) return;
   std::lock_guard<std::mutex> lock(pool_->mu_);
+  if (replica_->healthy) pool_->last_lost_ = absl::Now();
   replica_->healthy = false;
   // It may have restarted onto another model version: ask again once back.
   replica_->models.reset();
@@ -262,6 +263,7 @@ void ReplicaPool::CheckHealthNow() {
     std::lock_guard<std::mutex> lock(mu_);
     if (r->marks != marks) continue;
     if (serving != r->healthy) changed_.notify_all();
+    if (r->healthy && !serving) last_lost_ = absl::Now();
     r->healthy = serving;
     r->last_error = serving ? "" : status.ok() ? "NOT_SERVING" : status.error_message();
   }
@@ -353,7 +355,7 @@ absl::StatusOr<ReplicaPool::Lease> ReplicaPool::Acquire(int64_t work, absl::Time
 }
 
 absl::StatusOr<ReplicaPool::Lease> ReplicaPool::Acquire(const Want& want) {
-  const absl::Time unhealthy_until = absl::Now() + options_.unavailable_grace;
+  const absl::Time start = absl::Now();
   std::unique_lock<std::mutex> lock(mu_);
   Waiter me{&want, next_waiter_seq_++};
   waiters_.insert(&me);
@@ -369,12 +371,18 @@ absl::StatusOr<ReplicaPool::Lease> ReplicaPool::Acquire(const Want& want) {
   while (true) {
     if (want.cancelled && want.cancelled->load()) return absl::CancelledError("grid cancelled");
     std::shared_ptr<Replica> best;
-    bool any_healthy = false, any_serving = false;
+    bool any_healthy = false, any_serving = false, other_serving = false;
     for (bool allow_avoided : {false, true}) {
+      // An avoided replica (a job just failed on it) only when no other
+      // healthy one serves the model: one at its cap frees a slot soon, and
+      // taking the free slot of the replica that failed sent every retry
+      // under load back to it.
+      if (allow_avoided && other_serving) break;
       for (const auto& [address, r] : replicas_) {
         if (!r->healthy) continue;
         any_healthy = true;
         if (Serves(*r, want, true, std::numeric_limits<int>::max())) any_serving = true;
+        if (Serves(*r, want, false, std::numeric_limits<int>::max())) other_serving = true;
         const int cap =
             want.control ? std::numeric_limits<int>::max() : options_.max_inflight_per_replica;
         if (!Serves(*r, want, allow_avoided, cap)) continue;
@@ -398,6 +406,10 @@ absl::StatusOr<ReplicaPool::Lease> ReplicaPool::Acquire(const Want& want) {
       return lease;
     }
     const absl::Time now = absl::Now();
+    // The grace runs from the later of this call and the last replica lost:
+    // a job that waited long at the caps still rides out a failure that
+    // happens now.
+    const absl::Time unhealthy_until = std::max(start, last_lost_) + options_.unavailable_grace;
     if ((!any_healthy || !any_serving) && now >= unhealthy_until) {
       std::vector<std::string> states;
       for (const auto& [address, r] : replicas_) {

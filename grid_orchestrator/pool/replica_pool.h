@@ -76,7 +76,8 @@ class ReplicaPool {
     // The job's size (trajectory steps).
     int64_t work = 0;
     absl::Time deadline = absl::InfiniteFuture();
-    // Replicas (by address) skipped while others are healthy.
+    // Replicas (by address) skipped while another healthy one serves the
+    // model, even one at its in-flight cap (the job waits for its slot).
     std::set<std::string> avoid;
     const std::atomic<bool>* cancelled = nullptr;
     // When set, only replicas known to serve this model at this version.
@@ -131,9 +132,11 @@ class ReplicaPool {
   ~ReplicaPool();
 
   // `work` is the job's size (trajectory steps). Replicas in `avoid` (by
-  // address) are skipped while others are healthy. UNAVAILABLE when no
-  // replica is healthy, DEADLINE_EXCEEDED when every healthy one stays at its
-  // cap past `deadline`, CANCELLED when *cancelled becomes true.
+  // address) are skipped while another healthy one serves the model, even
+  // at its cap. UNAVAILABLE when no replica is healthy for the grace (from
+  // this call or the last replica lost, whichever is later),
+  // DEADLINE_EXCEEDED when every healthy one stays at its cap past
+  // `deadline`, CANCELLED when *cancelled becomes true.
   absl::StatusOr<Lease> Acquire(const Want& want);
   absl::StatusOr<Lease> Acquire(int64_t work, absl::Time deadline,
                                 const std::set<std::string>& avoid,
@@ -178,6 +181,9 @@ class ReplicaPool {
   // Notified when a lease ends, a replica's health changes, or on stop.
   std::condition_variable changed_;
   std::map<std::string, std::shared_ptr<Replica>> replicas_;  // guarded by mu_
+  // When a replica last went from healthy to unhealthy: a waiter's grace
+  // for a pool with none healthy runs from here, or from its own start.
+  absl::Time last_lost_ = absl::InfinitePast();  // guarded by mu_
   bool stop_ = false;                                          // guarded by mu_
   // The jobs waiting for a slot.
   std::set<Waiter*> waiters_;                 // guarded by mu_

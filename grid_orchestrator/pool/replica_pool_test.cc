@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <functional>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -142,6 +143,60 @@ TEST(ReplicaPoolTest, AvoidsAReplicaWhileAnotherIsHealthy) {
     ASSERT_TRUE(lease.ok());
     EXPECT_EQ(lease->address(), b.address());
   }
+}
+
+// Under load: the other replica is at its cap and the avoided one (a job
+// just failed there) has a free slot. The retry waits for the other's slot
+// rather than going back to the replica that failed it.
+TEST(ReplicaPoolTest, AvoidsAReplicaEvenWhenTheOtherIsAtItsCap) {
+  HealthServer a, b;
+  ReplicaPool::Options options = Options(a.address() + "," + b.address());
+  options.max_inflight_per_replica = 1;
+  auto pool = ReplicaPool::Create(options, nullptr);
+  ASSERT_TRUE(pool.ok());
+  auto first = (*pool)->Acquire(1, kSoon, {a.address()});
+  ASSERT_TRUE(first.ok());
+  ASSERT_EQ(first->address(), b.address());
+  std::optional<ReplicaPool::Lease> held(std::move(*first));
+  std::thread release([&] {
+    ASSERT_TRUE(WaitUntil([&] { return (*pool)->waiting() == 1; }));
+    absl::SleepFor(absl::Milliseconds(100));
+    held.reset();
+  });
+  auto retry = (*pool)->Acquire(1, absl::Now() + absl::Seconds(10), {a.address()});
+  release.join();
+  ASSERT_TRUE(retry.ok()) << retry.status();
+  EXPECT_EQ(retry->address(), b.address());
+  // With no other replica serving, the avoided one is still better than none.
+  b.SetServing(false);
+  (*pool)->CheckHealthNow();
+  auto alone = (*pool)->Acquire(1, absl::Now() + absl::Seconds(10), {a.address()});
+  ASSERT_TRUE(alone.ok()) << alone.status();
+  EXPECT_EQ(alone->address(), a.address());
+}
+
+// A job that has waited at the caps for longer than the grace still rides
+// out a replica lost now: the grace runs from the loss, not from the wait's
+// start (the executor does not retry the UNAVAILABLE "no replica").
+TEST(ReplicaPoolTest, TheGraceRunsFromTheLossNotFromTheWaitsStart) {
+  HealthServer a;
+  ReplicaPool::Options options = Options(a.address());
+  options.max_inflight_per_replica = 1;
+  auto pool = ReplicaPool::Create(options, nullptr);
+  ASSERT_TRUE(pool.ok());
+  auto first = (*pool)->Acquire(1, kSoon, {});
+  ASSERT_TRUE(first.ok());
+  std::optional<ReplicaPool::Lease> held(std::move(*first));
+  std::thread fail([&] {
+    ASSERT_TRUE(WaitUntil([&] { return (*pool)->waiting() == 1; }));
+    absl::SleepFor(absl::Milliseconds(300));  // past the 200 ms grace
+    held->MarkUnhealthy();
+    held.reset();
+  });
+  // The next health round (every 50 ms) finds it serving again.
+  auto waiter = (*pool)->Acquire(1, absl::Now() + absl::Seconds(10), {});
+  fail.join();
+  EXPECT_TRUE(waiter.ok()) << waiter.status();
 }
 
 TEST(ReplicaPoolTest, HealthChangesTakeReplicasOutAndBackIn) {
