@@ -161,6 +161,37 @@ TEST_F(GridExecutorTest, MissingOrBrokenFinalsAreBadOutputRetriedElsewhere) {
   }
 }
 
+// A capture whose latent has the right bytes but the wrong shape would be
+// cached and sent back as a start latent, which every denoiser refuses with
+// INVALID_ARGUMENT, blamed on the client: it is the replica's bad output.
+TEST_F(GridExecutorTest, AMisshapenCaptureLatentIsBadOutput) {
+  FakeReplicas replicas(2);
+  replicas.script(0).flat_capture_latents = true;
+  absl::StatusOr<v1::Grid> grid = Run(replicas, Plan());
+  ASSERT_TRUE(grid.ok()) << grid.status();
+  EXPECT_EQ(grid->trunk().source(), replicas.address(1));
+  FakeReplicas bad(1);
+  bad.script(0).flat_capture_latents = true;
+  absl::StatusOr<v1::Grid> failed = Run(bad, Plan());
+  ASSERT_FALSE(failed.ok());
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kInternal);
+  EXPECT_NE(failed.status().message().find("a capture's latent.shape must be [1,2,2], got [4]"),
+            std::string::npos)
+      << failed.status();
+}
+
+// Every result arrived and was checked, then the stream ended with an error
+// that is not retried (UNKNOWN): the job is done and the grid stands.
+TEST_F(GridExecutorTest, AnErrorAfterEveryResultDoesNotFailTheGrid) {
+  FakeReplicas replicas(1);
+  replicas.script(0).end_code = grpc::StatusCode::UNKNOWN;
+  absl::StatusOr<v1::Grid> grid = Run(replicas, Plan());
+  ASSERT_TRUE(grid.ok()) << grid.status();
+  EXPECT_EQ(grid->rows_size(), 2);
+  // One call per job: nothing was run again.
+  EXPECT_EQ(Calls(replicas, 0), 5);
+}
+
 // A grid whose cells and trunk come from the cache but whose trunk images
 // do not (there a curve's grid, which caches none; in the explorer a
 // promoted cell, which ran as a branch) runs its trunk again for them: its

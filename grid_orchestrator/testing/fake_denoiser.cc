@@ -178,6 +178,10 @@ class FakeReplicas::Replica::Stub : public v1::Denoiser::StubInterface {
         c->set_trajectory(i);
         c->set_step(step);
         *c->mutable_latent() = Latent();
+        if (s.flat_capture_latents) {
+          c->mutable_latent()->clear_shape();
+          c->mutable_latent()->add_shape(4);
+        }
         if (!request.decode_finals_only()) {
           c->mutable_image()->set_png(PathPng(path));
           c->mutable_x0_image()->set_png(PathPng(path));
@@ -193,7 +197,10 @@ class FakeReplicas::Replica::Stub : public v1::Denoiser::StubInterface {
       f->set_model_evals(end - request.start_step());
       events.push_back(final);
     }
-    return new FakeReader(std::move(events), grpc::Status::OK, s.delay,
+    const grpc::Status ending = s.end_code == grpc::StatusCode::OK
+                                    ? grpc::Status::OK
+                                    : grpc::Status(s.end_code, "scripted end after the results");
+    return new FakeReader(std::move(events), ending, s.delay,
                           context->deadline() == std::chrono::system_clock::time_point::max()
                               ? absl::InfiniteFuture()
                               : absl::FromChrono(context->deadline()));

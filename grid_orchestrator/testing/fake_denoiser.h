@@ -43,6 +43,12 @@ struct FakeScript {
   bool drop_finals = false;
   // Every final's image is these bytes, not a PNG.
   std::string final_png;
+  // Every capture's latent is shaped {4}, not the model's {1, 2, 2} (the
+  // same bytes).
+  bool flat_capture_latents = false;
+  // Every Branch call that is not failed ends with this code after sending
+  // all its events (OK: ends well).
+  grpc::StatusCode end_code = grpc::StatusCode::OK;
   // Every Branch call's first event comes this late.
   absl::Duration delay = absl::ZeroDuration();
   // The first `judge_fail_first` Judge calls end with `judge_fail_code`.
