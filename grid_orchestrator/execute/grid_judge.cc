@@ -40,29 +40,40 @@ absl::StatusOr<v1::JudgeResponse> CallJudge(ReplicaPool* pool, OrchestratorMetri
     v1::JudgeResponse response;
     const grpc::Status status = lease->stub()->Judge(&context, request, &response);
     cancel->Unregister(&context);
+    bool retryable = true;
     if (status.ok()) {
-      absl::Status usable = absl::OkStatus();
+      // A malformed answer is that replica's bad output: tried elsewhere,
+      // as a job's is.
       if (response.images_size() != request.images_size()) {
-        usable = absl::InternalError(absl::StrCat("replica ", lease->address(), " judged ",
-                                                  response.images_size(), " of ",
-                                                  request.images_size(), " images"));
-      }
-      for (const v1::ImageVerdict& verdict : response.images()) {
-        if (usable.ok() && verdict.heads_size() != heads) {
-          usable = absl::InternalError(absl::StrCat("replica ", lease->address(), " answered ",
+        last = absl::InternalError(absl::StrCat("replica ", lease->address(), " judged ",
+                                                response.images_size(), " of ",
+                                                request.images_size(), " images"));
+      } else {
+        last = absl::OkStatus();
+        for (const v1::ImageVerdict& verdict : response.images()) {
+          if (verdict.heads_size() != heads) {
+            last = absl::InternalError(absl::StrCat("replica ", lease->address(), " answered ",
                                                     verdict.heads_size(), " judge heads, not ",
                                                     heads));
+            break;
+          }
         }
       }
-      count(usable.ok() ? "ok" : "failed");
-      if (!usable.ok()) return usable;
-      return response;
+      if (last.ok()) {
+        count("ok");
+        return response;
+      }
+    } else {
+      last = FromGrpcStatus(status);
+      // Whatever comes next, a replica that is going away gets no more work.
+      if (status.error_code() == grpc::StatusCode::UNAVAILABLE) lease->MarkUnhealthy();
+      // The call's own timeout (kJudgeCallTimeout) on a slow replica, with
+      // the curve's deadline still ahead: another replica may be idle.
+      const bool own_timeout =
+          status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && absl::Now() < deadline;
+      retryable = JudgeCallRetryable(status.error_code()) || own_timeout;
     }
-    last = FromGrpcStatus(status);
-    // Whatever comes next, a replica that is going away gets no more work.
-    if (status.error_code() == grpc::StatusCode::UNAVAILABLE) lease->MarkUnhealthy();
-    if (!JudgeCallRetryable(status.error_code()) || cancel->cancelled() ||
-        attempt + 1 == kJudgeAttempts) {
+    if (!retryable || cancel->cancelled() || attempt + 1 == kJudgeAttempts) {
       count("failed");
       break;
     }

@@ -365,6 +365,32 @@ TEST_F(CurveServiceTest, JudgeRetriesAreCounted) {
   EXPECT_EQ(retries, 2);
 }
 
+// A replica whose judge calls time out (the call's own 60 s bound, the
+// curve's deadline far ahead) is a slow replica: the calls go to the other
+// one and the curve stands.
+TEST_F(CurveServiceTest, AJudgeCallThatTimesOutIsTriedOnAnotherReplica) {
+  Start();
+  replicas_.script(0).judge_fail_first = 1000;
+  replicas_.script(0).judge_fail_code = grpc::StatusCode::DEADLINE_EXCEEDED;
+  absl::StatusOr<v1::CurveResult> curve =
+      curves_->RunCurve(Caller{}, Request(3), [](const v1::CurveEvent&) { return true; });
+  ASSERT_TRUE(curve.ok()) << curve.status();
+  EXPECT_EQ(curve->judged_images(), 3 * 13);
+  EXPECT_EQ(replicas_.log(1).judged_images, 3 * 13);
+}
+
+// A malformed judge answer is that replica's bad output, tried elsewhere as
+// a job's is.
+TEST_F(CurveServiceTest, AMalformedJudgeAnswerIsTriedOnAnotherReplica) {
+  Start();
+  replicas_.script(0).judge_answers_nothing = true;
+  absl::StatusOr<v1::CurveResult> curve =
+      curves_->RunCurve(Caller{}, Request(3), [](const v1::CurveEvent&) { return true; });
+  ASSERT_TRUE(curve.ok()) << curve.status();
+  EXPECT_EQ(curve->judged_images(), 3 * 13);
+  EXPECT_EQ(replicas_.log(1).judged_images, 3 * 13);
+}
+
 // While no trunk finishes, the progress so far goes out again, so that a
 // proxy's read timeout does not cut a slow curve's stream.
 TEST_F(CurveServiceTest, ASlowCurveSendsItsProgressAgain) {

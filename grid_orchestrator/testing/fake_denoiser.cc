@@ -132,6 +132,7 @@ class FakeReplicas::Replica::Stub : public v1::Denoiser::StubInterface {
       if (r_->judge_calls++ < r_->script.judge_fail_first) {
         return {r_->script.judge_fail_code, "scripted judge failure"};
       }
+      if (r_->script.judge_answers_nothing) return grpc::Status::OK;
       r_->log.judged_images += request.images_size();
     }
     for (const v1::Image& image : request.images()) {

@@ -54,6 +54,8 @@ struct FakeScript {
   // The first `judge_fail_first` Judge calls end with `judge_fail_code`.
   int judge_fail_first = 0;
   grpc::StatusCode judge_fail_code = grpc::StatusCode::RESOURCE_EXHAUSTED;
+  // Every Judge call answers OK with no verdicts.
+  bool judge_answers_nothing = false;
   // A text model (free-text prompts) instead of 10 classes; its Tokenize
   // answers `tokenize_code` with `tokenize_message` unless OK.
   bool text = false;
