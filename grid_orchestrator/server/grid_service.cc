@@ -162,7 +162,7 @@ absl::StatusOr<v1::ModelInfo> GridService::ChooseModel(const v1::GridRequest& re
 }
 
 absl::StatusOr<GridPlanSpec> GridService::Plan(const v1::GridRequest& request,
-                                               const ModelPin* pin) {
+                                               const ModelPin* pin, absl::Time deadline) {
   absl::StatusOr<v1::ModelInfo> model =
       pin ? pool_->Model(pin->model, pin->version) : ChooseModel(request);
   if (!model.ok()) return model.status();
@@ -173,10 +173,22 @@ absl::StatusOr<GridPlanSpec> GridService::Plan(const v1::GridRequest& request,
   ReplicaPool::Want want;
   want.model = plan->model;
   want.version = plan->model_version;
-  want.deadline = absl::Now() + absl::Seconds(5);
+  // At most 5 s, and never past the caller's deadline: a client with 500 ms
+  // left is not kept waiting for seconds and then handed a grid already late.
+  want.deadline = std::min(absl::Now() + absl::Seconds(5), deadline);
   want.control = true;
+  const auto late = [] {
+    return absl::DeadlineExceededError(
+        "the call's deadline passed while the prompts were being tokenized");
+  };
+  if (absl::Now() >= want.deadline && want.deadline == deadline) return late();
   absl::StatusOr<ReplicaPool::Lease> lease = pool_->Acquire(want);
-  if (!lease.ok()) return lease.status();
+  if (!lease.ok()) {
+    if (lease.status().code() == absl::StatusCode::kDeadlineExceeded && want.deadline == deadline) {
+      return late();
+    }
+    return lease.status();
+  }
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(want.deadline));
   v1::TokenizeRequest tokenize;
@@ -187,6 +199,10 @@ absl::StatusOr<GridPlanSpec> GridService::Plan(const v1::GridRequest& request,
   tokenize.add_texts(plan->switch_negative_prompt);
   v1::TokenizeResponse tokens;
   const grpc::Status status = lease->stub()->Tokenize(&context, tokenize, &tokens);
+  if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && want.deadline == deadline &&
+      absl::Now() >= deadline) {
+    return late();
+  }
   if (!status.ok() && status.error_code() != grpc::StatusCode::INVALID_ARGUMENT) {
     // Not the prompts' fault: the replica's (a token it refuses, a timeout,
     // a restart). Passed on as it came, a denoiser's UNAUTHENTICATED read as
@@ -258,10 +274,13 @@ void GridService::Release(const std::string& client) {
 absl::StatusOr<std::unique_ptr<AdmittedGrid>> GridService::Admit(const Caller& caller,
                                                                  const v1::GridRequest& request,
                                                                  const AdmitOptions& options) {
-  auto refuse = [this, &options](absl::Status status) {
+  auto refuse = [this, &options, &caller](absl::Status status) {
     const bool waits = options.refusal == Refusal::kCallerWaits &&
                        status.code() == absl::StatusCode::kResourceExhausted;
-    if (metrics_ && !waits) metrics_->CountGrid(Outcome(status), std::nullopt);
+    // The caller's own deadline, passed while planning: cancelled, as later.
+    const bool late = status.code() == absl::StatusCode::kDeadlineExceeded &&
+                      absl::Now() >= caller.deadline;
+    if (metrics_ && !waits) metrics_->CountGrid(late ? "cancelled" : Outcome(status), std::nullopt);
     return status;
   };
   if (absl::Status auth = Authenticate(caller); !auth.ok()) return refuse(auth);
@@ -282,7 +301,7 @@ absl::StatusOr<std::unique_ptr<AdmittedGrid>> GridService::Admit(const Caller& c
     return refuse(absl::ResourceExhaustedError(absl::StrCat(
         "too many grids in flight (limit ", limits_.max_concurrent_grids, "); retry later")));
   }
-  absl::StatusOr<GridPlanSpec> plan = Plan(request, options.pin);
+  absl::StatusOr<GridPlanSpec> plan = Plan(request, options.pin, caller.deadline);
   if (!plan.ok()) {
     Release(caller.client);
     return refuse(plan.status());

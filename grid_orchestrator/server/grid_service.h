@@ -163,7 +163,9 @@ class GridService {
   // The request's model (empty: the first one served), as the pool's first
   // healthy replica describes it.
   absl::StatusOr<v1::ModelInfo> ChooseModel(const v1::GridRequest& request);
-  absl::StatusOr<GridPlanSpec> Plan(const v1::GridRequest& request, const ModelPin* pin);
+  // `deadline`: the caller's, which bounds the Tokenize call of a text model.
+  absl::StatusOr<GridPlanSpec> Plan(const v1::GridRequest& request, const ModelPin* pin,
+                                    absl::Time deadline);
   void Release(const std::string& client);
 
   ReplicaPool* const pool_;

@@ -94,6 +94,25 @@ TEST_F(GridServiceTokenizeTest, AReplicasTokenizeFailureIsNotTheClients) {
   EXPECT_TRUE(service.Admit(Caller{}, request).ok());
 }
 
+// Planning a text grid asks a replica to tokenize the prompts; a client
+// with a short deadline is answered by it, not after the 5 s the call may
+// otherwise take.
+TEST_F(GridServiceTokenizeTest, TokenizingStopsAtTheCallersDeadline) {
+  replicas_.script(0).tokenize_delay = absl::Seconds(3);
+  v1::GridRequest request;
+  request.set_prompt("a cat");
+  Caller caller;
+  caller.deadline = absl::Now() + absl::Milliseconds(300);
+  const absl::Time start = absl::Now();
+  absl::StatusOr<std::unique_ptr<AdmittedGrid>> late = service_->Admit(caller, request);
+  ASSERT_FALSE(late.ok());
+  EXPECT_EQ(late.status().code(), absl::StatusCode::kDeadlineExceeded) << late.status();
+  EXPECT_NE(late.status().message().find("while the prompts were being tokenized"),
+            std::string::npos)
+      << late.status();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(2));
+}
+
 // A switch prompt that the tokenizer reads as the prompt changes nothing the
 // model sees: its cells are the trunk, at no cost (they ran every row).
 TEST_F(GridServiceTokenizeTest, ASwitchThatTokenizesAsThePromptIsThePlainGrid) {

@@ -105,8 +105,22 @@ class FakeReplicas::Replica::Stub : public v1::Denoiser::StubInterface {
                       v1::DecodeResponse*) override {
     return {grpc::StatusCode::UNIMPLEMENTED, "fake"};
   }
-  grpc::Status Tokenize(grpc::ClientContext*, const v1::TokenizeRequest& request,
+  grpc::Status Tokenize(grpc::ClientContext* context, const v1::TokenizeRequest& request,
                         v1::TokenizeResponse* response) override {
+    absl::Duration delay;
+    {
+      std::lock_guard<std::mutex> lock(r_->mu);
+      delay = r_->script.tokenize_delay;
+    }
+    if (delay > absl::ZeroDuration()) {
+      const absl::Time deadline =
+          context->deadline() == std::chrono::system_clock::time_point::max()
+              ? absl::InfiniteFuture()
+              : absl::FromChrono(context->deadline());
+      const absl::Time answer = absl::Now() + delay;
+      absl::SleepFor(std::min(answer, deadline) - absl::Now());
+      if (deadline < answer) return {grpc::StatusCode::DEADLINE_EXCEEDED, "Deadline Exceeded"};
+    }
     std::lock_guard<std::mutex> lock(r_->mu);
     if (!r_->script.text) return {grpc::StatusCode::UNIMPLEMENTED, "fake: a class model"};
     if (r_->script.tokenize_code != grpc::StatusCode::OK) {

@@ -61,6 +61,8 @@ struct FakeScript {
   bool text = false;
   grpc::StatusCode tokenize_code = grpc::StatusCode::OK;
   std::string tokenize_message;
+  // Tokenize answers this late, or DEADLINE_EXCEEDED at the call's deadline.
+  absl::Duration tokenize_delay = absl::ZeroDuration();
 };
 
 // Calls a fake replica received.
