@@ -386,6 +386,12 @@ void GridExecutor::GridRun::RunJob(const std::string& label, const NextRequest& 
 
 void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> start_latent) {
   std::set<int> wanted(plan_.trunk_captures.begin(), plan_.trunk_captures.end());
+  // The captures the grid keeps: its rows' branch steps. A checkpoint only
+  // serves this trunk's resume (start_latent below) and the cache; kept for
+  // the grid's life, a 1000-step figure's 100 checkpoints with their images
+  // held ~100 MB a grid at 512 px.
+  std::set<int> row_steps;
+  for (const PlannedRow& row : plan_.rows) row_steps.insert(row.branch_step);
   bool final_seen = false;
   auto next = [&]() -> std::optional<std::pair<v1::BranchRequest, int64_t>> {
     if (final_seen) return std::nullopt;
@@ -424,7 +430,7 @@ void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> s
       if (wants_figure()) {
         ex_.cache_->Put(PrefixCache::CaptureKey(sampler_key_, plan_.trunk, c.step()), entry);
       }
-      {
+      if (row_steps.count(c.step())) {
         std::lock_guard<std::mutex> lock(mu_);
         captures_[c.step()] = entry;
       }
@@ -594,6 +600,9 @@ int GridExecutor::GridRun::LoadCached() {
   }
   int start = 0;
   bool missing_capture = false;
+  std::set<int> row_steps;
+  for (const PlannedRow& row : plan_.rows) row_steps.insert(row.branch_step);
+  std::optional<CacheEntry> resume;  // the capture the trunk resumes from
   for (int s : plan_.trunk_captures) {
     ++lookups;
     auto hit = ex_.cache_->Find(PrefixCache::CaptureKey(sampler_key_, plan_.trunk, s));
@@ -602,11 +611,19 @@ int GridExecutor::GridRun::LoadCached() {
       continue;
     }
     ++hits;
-    {
+    if (row_steps.count(s)) {
       std::lock_guard<std::mutex> lock(mu_);
       captures_[s] = *hit;
     }
-    if (!missing_capture) start = s;
+    if (!missing_capture) {
+      start = s;
+      resume = std::move(hit);
+    }
+  }
+  // Of the checkpoints, only the resume point is kept (RunTrunk's note).
+  if (resume) {
+    std::lock_guard<std::mutex> lock(mu_);
+    captures_.emplace(start, std::move(*resume));
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
