@@ -317,6 +317,7 @@ GridExecutor::GridRun::Attempt GridExecutor::GridRun::Call(const v1::BranchReque
     a.status = FromGrpcStatus(status);
   }
   if (status.error_code() == grpc::StatusCode::UNAVAILABLE) lease->MarkUnhealthy();
+  if (a.stalled && !status.ok()) lease->MarkStalled();
   return a;
 }
 

@@ -68,6 +68,8 @@ struct ReplicaPool::Replica {
   // last mark is stale and leaves it out until the next round.
   uint64_t marks = 0;
   bool removed = false;
+  // Lease::MarkStalled: no new jobs before this while others serve.
+  absl::Time stalled_until = absl::InfinitePast();
   int inflight = 0;
   int64_t outstanding_work = 0;
   std::string last_error = "not checked yet";
@@ -103,6 +105,13 @@ void ReplicaPool::Lease::MarkUnhealthy() {
   replica_->models.reset();
   ++replica_->marks;
   replica_->last_error = "a job failed on it";
+}
+
+void ReplicaPool::Lease::MarkStalled() {
+  if (!pool_) return;
+  std::lock_guard<std::mutex> lock(pool_->mu_);
+  replica_->stalled_until = absl::Now() + pool_->options_.stall_penalty;
+  replica_->last_error = "a job stalled on it";
 }
 
 void ReplicaPool::Lease::Release() {
@@ -315,9 +324,10 @@ struct ReplicaPool::Waiter {
   uint64_t seq;
 };
 
-bool ReplicaPool::Serves(const Replica& r, const Want& want, bool allow_avoided, int cap) {
+bool ReplicaPool::Serves(const Replica& r, const Want& want, bool allow_avoided, int cap,
+                         absl::Time now) {
   if (!r.healthy || r.inflight >= cap) return false;
-  if (!allow_avoided && want.avoid.count(r.address)) return false;
+  if (!allow_avoided && (want.avoid.count(r.address) || now < r.stalled_until)) return false;
   if (want.model.empty()) return true;
   if (!r.models) return false;
   for (const v1::ModelInfo& m : r.models->models()) {
@@ -336,7 +346,8 @@ bool ReplicaPool::SomeoneAhead(const Waiter& me, const Replica& replica) const {
   for (const Waiter* other : waiters_) {
     if (other == &me || other->want->tenant == me.want->tenant) continue;
     if (rank(*other) < mine &&
-        Serves(replica, *other->want, /*allow_avoided=*/true, options_.max_inflight_per_replica)) {
+        Serves(replica, *other->want, /*allow_avoided=*/true, options_.max_inflight_per_replica,
+               absl::Now())) {
       return true;
     }
   }
@@ -372,6 +383,7 @@ absl::StatusOr<ReplicaPool::Lease> ReplicaPool::Acquire(const Want& want) {
     if (want.cancelled && want.cancelled->load()) return absl::CancelledError("grid cancelled");
     std::shared_ptr<Replica> best;
     bool any_healthy = false, any_serving = false, other_serving = false;
+    const absl::Time picked_at = absl::Now();
     for (bool allow_avoided : {false, true}) {
       // An avoided replica (a job just failed on it) only when no other
       // healthy one serves the model: one at its cap frees a slot soon, and
@@ -381,11 +393,13 @@ absl::StatusOr<ReplicaPool::Lease> ReplicaPool::Acquire(const Want& want) {
       for (const auto& [address, r] : replicas_) {
         if (!r->healthy) continue;
         any_healthy = true;
-        if (Serves(*r, want, true, std::numeric_limits<int>::max())) any_serving = true;
-        if (Serves(*r, want, false, std::numeric_limits<int>::max())) other_serving = true;
+        if (Serves(*r, want, true, std::numeric_limits<int>::max(), picked_at)) any_serving = true;
+        if (Serves(*r, want, false, std::numeric_limits<int>::max(), picked_at)) {
+          other_serving = true;
+        }
         const int cap =
             want.control ? std::numeric_limits<int>::max() : options_.max_inflight_per_replica;
-        if (!Serves(*r, want, allow_avoided, cap)) continue;
+        if (!Serves(*r, want, allow_avoided, cap, picked_at)) continue;
         // Least outstanding work; ties go to fewer jobs in flight.
         if (!best || r->outstanding_work < best->outstanding_work ||
             (r->outstanding_work == best->outstanding_work && r->inflight < best->inflight)) {

@@ -56,6 +56,8 @@ class ReplicaPool {
     // How long Acquire waits for a replica to turn healthy before it answers
     // UNAVAILABLE: short, so that clients of a dead pool learn it quickly.
     absl::Duration unavailable_grace = absl::Seconds(1);
+    // How long a replica that stalled a job gets no new ones (Lease::MarkStalled).
+    absl::Duration stall_penalty = absl::Seconds(30);
     std::shared_ptr<grpc::ChannelCredentials> credentials;
     // Name to check the replicas' TLS certificates against (SNI), when their
     // addresses are IPs.
@@ -110,6 +112,12 @@ class ReplicaPool {
     // check that began after this passes, and ask for its models anew then
     // (it may have restarted onto another version).
     void MarkUnhealthy();
+    // After an attempt cancelled for making no progress (a wedged forward
+    // pass whose health check still says SERVING): no new job goes there for
+    // Options::stall_penalty while another replica serves the model. Without
+    // it, the replica with the least outstanding work, once its stalled
+    // calls were cancelled, took the next jobs of every grid.
+    void MarkStalled();
 
    private:
     friend class ReplicaPool;
@@ -162,7 +170,10 @@ class ReplicaPool {
   void PublishInflight(const Replica& replica);
   struct Waiter;
   // Whether `replica` may serve `want` (health, cap, version, avoidance).
-  static bool Serves(const Replica& replica, const Want& want, bool allow_avoided, int cap);
+  // A replica that stalled a job a moment ago counts as avoided until `now`
+  // passes its penalty.
+  static bool Serves(const Replica& replica, const Want& want, bool allow_avoided, int cap,
+                     absl::Time now);
   // True when a waiter ahead of `me` in fair order could take `replica`.
   bool SomeoneAhead(const Waiter& me, const Replica& replica) const;
   void FetchModels(Replica& replica);

@@ -175,6 +175,32 @@ TEST(ReplicaPoolTest, AvoidsAReplicaEvenWhenTheOtherIsAtItsCap) {
   EXPECT_EQ(alone->address(), a.address());
 }
 
+// A replica that stalled a job (its health check may still say SERVING)
+// gets no new jobs while another serves: with the least outstanding work
+// once its calls were cancelled, it used to take the next job of every grid.
+TEST(ReplicaPoolTest, AReplicaThatStalledAJobIsLeftAloneForAWhile) {
+  HealthServer a, b;
+  auto pool = ReplicaPool::Create(Options(a.address() + "," + b.address()), nullptr);
+  ASSERT_TRUE(pool.ok());
+  {
+    auto stalled = (*pool)->Acquire(1, kSoon, {b.address()});
+    ASSERT_TRUE(stalled.ok());
+    ASSERT_EQ(stalled->address(), a.address());
+    stalled->MarkStalled();
+  }
+  for (int i = 0; i < 3; ++i) {
+    auto lease = (*pool)->Acquire(1, kSoon, {});
+    ASSERT_TRUE(lease.ok());
+    EXPECT_EQ(lease->address(), b.address()) << i;
+  }
+  // Alone, it still serves.
+  b.SetServing(false);
+  (*pool)->CheckHealthNow();
+  auto alone = (*pool)->Acquire(1, absl::Now() + absl::Seconds(10), {});
+  ASSERT_TRUE(alone.ok()) << alone.status();
+  EXPECT_EQ(alone->address(), a.address());
+}
+
 // A job that has waited at the caps for longer than the grace still rides
 // out a replica lost now: the grace runs from the loss, not from the wait's
 // start (the executor does not retry the UNAVAILABLE "no replica").
