@@ -121,6 +121,14 @@ TEST_F(DenoiserServerTest, BranchStreamsCapturesBeforeFinalsAndDecodes) {
   EXPECT_EQ(r.events[0].capture().step(), 5);
 }
 
+// The version the caller planned with, when it is this replica's, runs.
+TEST_F(DenoiserServerTest, BranchRunsForItsOwnModelVersion) {
+  v1::BranchRequest request = GaussianBranch(1);
+  request.set_model_version("1");
+  BranchResult r = CallBranch(request);
+  EXPECT_TRUE(r.status.ok()) << r.status.error_message();
+}
+
 TEST_F(DenoiserServerTest, StepsComposeIntoABranch) {
   // Running Step 0..19 one call at a time equals one Branch call: the service
   // is stateless and the path carries the noise.
@@ -180,6 +188,9 @@ TEST_F(DenoiserServerTest, BadInputGetsACodeAndNamesTheFieldAndTheServerKeepsSer
   };
   const Case cases[] = {
       {"unknown model", [](auto& r) { r.set_model("nope"); }, Code::INVALID_ARGUMENT, "model"},
+      // Another replica may serve it: UNAVAILABLE, which a caller retries.
+      {"another model version", [](auto& r) { r.set_model_version("2"); }, Code::UNAVAILABLE,
+       "model_version: this replica serves gaussian version \"1\", not \"2\""},
       {"unknown prompt", [](auto& r) { r.mutable_conditioning()->set_prompt("zebra"); },
        Code::INVALID_ARGUMENT, "conditioning.prompt"},
       {"class out of range", [](auto& r) { r.mutable_conditioning()->set_class_index(9); },

@@ -362,6 +362,17 @@ absl::StatusOr<ServedModel*> DenoiserServiceImpl::FindModel(const std::string& n
   return &it->second;
 }
 
+absl::StatusOr<ServedModel*> DenoiserServiceImpl::FindModel(const std::string& name,
+                                                            const std::string& version) {
+  absl::StatusOr<ServedModel*> served = FindModel(name);
+  if (!served.ok() || version.empty()) return served;
+  const std::string& here = (*served)->model->manifest().version;
+  if (here == version) return served;
+  return absl::UnavailableError(absl::StrCat(
+      "model_version: this replica serves ", (*served)->model->manifest().name, " version ",
+      ShortQuote(here), ", not ", ShortQuote(version), "; ask another replica"));
+}
+
 absl::Status DenoiserServiceImpl::Authorize(const grpc::ServerContext& context) const {
   if (auth_token_.empty()) return absl::OkStatus();
   const auto& metadata = context.client_metadata();
@@ -450,7 +461,7 @@ grpc::Status DenoiserServiceImpl::Branch(grpc::ServerContext* context,
   if (absl::Status auth = Authorize(*context); !auth.ok()) {
     return Count("Branch", ToGrpcStatus(auth));
   }
-  auto served = FindModel(request->model());
+  auto served = FindModel(request->model(), request->model_version());
   if (!served.ok()) return Count("Branch", ToGrpcStatus(served.status()));
   ServedModel& model = **served;
   auto run_request = ParseBranch(*request, model.model->manifest(),
@@ -548,7 +559,7 @@ grpc::Status DenoiserServiceImpl::Judge(grpc::ServerContext* context,
   if (absl::Status auth = Authorize(*context); !auth.ok()) {
     return Count("Judge", ToGrpcStatus(auth));
   }
-  auto served = FindModel(request->model());
+  auto served = FindModel(request->model(), request->model_version());
   if (!served.ok()) return Count("Judge", ToGrpcStatus(served.status()));
   const BundleManifest& m = (*served)->model->manifest();
   ImageJudge* judge = (*served)->judge.get();

@@ -55,6 +55,9 @@ class DenoiserServiceImpl final : public RequestParsingService {
 
  private:
   absl::StatusOr<ServedModel*> FindModel(const std::string& name);
+  // FindModel, and UNAVAILABLE when `version` is set and the model here is
+  // another version (BranchRequest.model_version).
+  absl::StatusOr<ServedModel*> FindModel(const std::string& name, const std::string& version);
   grpc::Status Count(const char* method, grpc::Status status);
   // UNAUTHENTICATED unless the call carries the token (when one is set).
   absl::Status Authorize(const grpc::ServerContext& context) const;

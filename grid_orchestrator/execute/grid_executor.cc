@@ -178,6 +178,9 @@ class GridExecutor::GridRun {
 v1::BranchRequest GridExecutor::GridRun::BaseRequest(int start_step) const {
   v1::BranchRequest r;
   r.set_model(plan_.model);
+  // A replica that restarted onto another version since the pool asked
+  // answers UNAVAILABLE instead of another version's latents for this cache.
+  r.set_model_version(plan_.model_version);
   v1::SamplerConfig* s = r.mutable_sampler();
   s->set_steps(plan_.steps);
   s->set_eta(plan_.eta);

@@ -192,6 +192,35 @@ TEST_F(GridExecutorTest, AnErrorAfterEveryResultDoesNotFailTheGrid) {
   EXPECT_EQ(Calls(replicas, 0), 5);
 }
 
+// A replica that restarted onto another model version between two health
+// rounds still looks like version 1 to the pool. Calls carry the planned
+// version: it answers UNAVAILABLE and the work goes to a replica of that
+// version, instead of version 2's results being cached under version 1.
+TEST_F(GridExecutorTest, AReplicaOnAnotherVersionIsRefusedByTheVersionOnTheWire) {
+  FakeReplicas replicas(2);
+  auto pool = ReplicaPool::Create(replicas.PoolOptions(), nullptr);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  (*pool)->CheckHealthNow();  // both replicas' models known: version 1
+  ASSERT_TRUE((*pool)->Model("fake", "1").ok());
+  replicas.script(0).version = "2";  // unseen by the pool until it asks again
+  PrefixCache cache(0);
+  ExecutorOptions options;
+  options.cells_per_job = 1;
+  options.retry_backoff = absl::Milliseconds(1);
+  GridExecutor executor(pool->get(), &cache, nullptr, options);
+  GridCancel cancel;
+  absl::StatusOr<v1::Grid> grid = executor.Run(Plan(), absl::Now() + absl::Seconds(30),
+                                               [](const v1::GridEvent&) {}, &cancel);
+  ASSERT_TRUE(grid.ok()) << grid.status();
+  EXPECT_EQ(grid->trunk().source(), replicas.address(1));
+  for (const auto& row : grid->rows()) {
+    for (const auto& cell : row.cells()) EXPECT_EQ(cell.source(), replicas.address(1));
+  }
+  for (const v1::BranchRequest& call : replicas.log(1).branches) {
+    EXPECT_EQ(call.model_version(), "1");
+  }
+}
+
 // A grid whose cells and trunk come from the cache but whose trunk images
 // do not (there a curve's grid, which caches none; in the explorer a
 // promoted cell, which ran as a branch) runs its trunk again for them: its

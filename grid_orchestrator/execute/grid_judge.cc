@@ -20,6 +20,7 @@ absl::StatusOr<v1::JudgeResponse> CallJudge(ReplicaPool* pool, OrchestratorMetri
   };
   v1::JudgeRequest request;
   request.set_model(plan.model);
+  request.set_model_version(plan.model_version);
   for (const std::string* png : images) request.add_images()->set_png(*png);
   ReplicaPool::Want want;
   want.model = plan.model;

@@ -143,6 +143,9 @@ class FakeReplicas::Replica::Stub : public v1::Denoiser::StubInterface {
                      v1::JudgeResponse* response) override {
     {
       std::lock_guard<std::mutex> lock(r_->mu);
+      if (!request.model_version().empty() && request.model_version() != r_->script.version) {
+        return {grpc::StatusCode::UNAVAILABLE, "fake: another model version"};
+      }
       if (r_->judge_calls++ < r_->script.judge_fail_first) {
         return {r_->script.judge_fail_code, "scripted judge failure"};
       }
@@ -171,6 +174,10 @@ class FakeReplicas::Replica::Stub : public v1::Denoiser::StubInterface {
     const int call = r_->calls++;
     std::deque<v1::BranchEvent> events;
     const FakeScript& s = r_->script;
+    // As a denoiser does (BranchRequest.model_version).
+    if (!request.model_version().empty() && request.model_version() != s.version) {
+      return new FakeReader({}, {grpc::StatusCode::UNAVAILABLE, "fake: another model version"});
+    }
     if (call < s.fail_first) {
       v1::BranchEvent progress;
       progress.mutable_progress()->set_model_evals(s.evals_before_failing);
