@@ -32,8 +32,9 @@ _dgrid_device_setup() {
     touch "$root/.dgrid-unpacked"
   fi
 
-  # Debian's cairo.pc and cpp-httplib.pc say prefix=/usr and require a dozen
-  # further -dev packages' .pc files; these two name only the library, under /opt/deb.
+  # Debian's cairo.pc, cairo-svg.pc, cpp-httplib.pc and re2.pc say prefix=/usr
+  # and require a dozen further -dev packages' .pc files; these name only the
+  # library, under /opt/deb (the CMake files ask for all four).
   local pc=$root/dgrid-pkgconfig
   mkdir -p "$pc"
   cat > "$pc/cairo.pc" <<PC
@@ -42,6 +43,19 @@ Description: Cairo from the carried Debian packages
 Version: 1.16.0
 Libs: -L$lib -lcairo
 Cflags: -I$root/usr/include/cairo
+PC
+  cat > "$pc/cairo-svg.pc" <<PC
+Name: cairo-svg
+Description: Cairo's SVG surface (in libcairo) from the carried Debian packages
+Version: 1.16.0
+Requires: cairo
+PC
+  cat > "$pc/re2.pc" <<PC
+Name: re2
+Description: RE2 from the carried Debian packages
+Version: 9.0.0
+Libs: -L$lib -lre2
+Cflags: -I$root/usr/include
 PC
   cat > "$pc/cpp-httplib.pc" <<PC
 Name: cpp-httplib

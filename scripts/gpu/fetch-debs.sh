@@ -6,7 +6,8 @@
 # Downloads, without installing them, the Debian 12 packages that a build of
 # this project needs on a GPU machine that has CUDA, a compiler, cmake and a
 # CUDA LibTorch but none of the project's other libraries: gRPC, protobuf,
-# abseil, prometheus-cpp, GoogleTest, libpng, Cairo, cpp-httplib and pkgconf,
+# abseil, prometheus-cpp, GoogleTest, libpng, Cairo, cpp-httplib, RE2, ICU,
+# nlohmann-json and pkgconf,
 # each with the runtime libraries it loads. They land in DEST/debs; carry DEST
 # to the GPU machine with the working tree and run the build there after
 # `source scripts/gpu/device-setup.sh DEST`, which unpacks them.
@@ -31,8 +32,11 @@ packages=(
   libx11-6 libxcb1 libxcb-render0 libxcb-shm0 libxext6 libxrender1 libxau6
   libxdmcp6 libbsd0 libmd0 libexpat1 libbrotli-dev libbrotli1
   # cpp-httplib (HTTP gateway, metrics endpoint) and pkg-config, which finds
-  # Cairo and cpp-httplib
+  # Cairo, cpp-httplib and RE2
   libcpp-httplib-dev libcpp-httplib0.11 pkgconf pkgconf-bin libpkgconf3
+  # the prompt tokenizers' ICU (find_package(ICU)) and the JSON library
+  # (find_package(nlohmann_json), header-only)
+  libicu-dev libicu72 nlohmann-json3-dev
 )
 
 mkdir -p "$dest/debs"
