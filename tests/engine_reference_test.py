@@ -70,9 +70,13 @@ class EngineAgainstReference(unittest.TestCase):
         row += [tokenizer["pad_id"]] * (tokenizer["max_length"] - len(row))
         return torch.tensor([row], dtype=torch.long)
 
-    def engine(self, x_T, prompt, negative, size):
+    def engine(self, x_T, prompt, negative, size, steps=STEPS, spacing=None):
         request = denoiser_pb2.BranchRequest(
-            sampler=denoiser_pb2.SamplerConfig(steps=STEPS, eta=0.0, guidance=GUIDANCE),
+            sampler=denoiser_pb2.SamplerConfig(
+                steps=steps, eta=0.0, guidance=GUIDANCE,
+                spacing={None: denoiser_pb2.SPACING_UNSPECIFIED,
+                         "leading": denoiser_pb2.SPACING_LEADING,
+                         "trailing": denoiser_pb2.SPACING_TRAILING}[spacing]),
             conditioning=denoiser_pb2.Conditioning(prompt=prompt, negative_prompt=negative))
         if size is not None:
             request.size.CopyFrom(denoiser_pb2.SizeConditioning(
@@ -87,16 +91,17 @@ class EngineAgainstReference(unittest.TestCase):
         self.assertEqual(len(finals), 1)
         return from_tensor(finals[0].latent)
 
-    def check(self, prompt, negative="", size=None, seed=0):
+    def check(self, prompt, negative="", size=None, seed=0, steps=STEPS, spacing=None):
         g = torch.Generator().manual_seed(seed)
         x_T = torch.randn([1] + self.bundle.manifest["latent_shape"], generator=g)
         uncond = None if negative == "" else self.ids(negative)
-        want, _ = reference.sample(self.bundle, self.ids(prompt), uncond, steps=STEPS,
-                                   guidance=GUIDANCE, eta=0.0, size=size, x_T=x_T)
-        got = self.engine(x_T, prompt, negative, size)
+        want, _ = reference.sample(self.bundle, self.ids(prompt), uncond, steps=steps,
+                                   guidance=GUIDANCE, eta=0.0, size=size, x_T=x_T,
+                                   spacing=spacing)
+        got = self.engine(x_T, prompt, negative, size, steps, spacing)
         error = (got - want[0]).abs().max().item() / want.abs().max().item()
-        print(f"{self.BUNDLE}: {prompt!r} / {negative!r} / size {size}: relative error "
-              f"{error:.2e}")
+        print(f"{self.BUNDLE}: {prompt!r} / {negative!r} / size {size} / {steps} steps "
+              f"{spacing or 'default'}: relative error {error:.2e}")
         self.assertLess(error, TOLERANCE)
         return got
 
@@ -109,6 +114,12 @@ class SdShaped(EngineAgainstReference):
 
     def test_empty_negative_prompt_is_the_encoding_of_empty(self):
         self.check("a red car on a snowy road")
+
+    def test_trailing_steps_that_do_not_divide_the_schedule(self):
+        # 30 trailing steps: DDIMScheduler.step goes from 966 to 933, not to
+        # the next timestep 932; 16 rounds a half to even (811, not 812).
+        self.check("a photo of a cat", "a dog", steps=30, spacing="trailing")
+        self.check("a red car on a snowy road", steps=16, spacing="trailing")
 
 
 class SdxlShaped(EngineAgainstReference):

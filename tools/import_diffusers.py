@@ -737,7 +737,7 @@ def ddim_step(schedule, ac, t, steps, x, out, z, eta):
 
 
 def sample(bundle, cond_ids, uncond_ids, *, steps=None, guidance=None, eta=None, seed=0,
-           run_steps=None, size=None, x_T=None):
+           run_steps=None, size=None, x_T=None, spacing=None):
     """Guided DDIM in Python on a loaded bundle: (latent, image), both float32.
 
     cond_ids and uncond_ids are [B, L] token ids (the negative prompt's, or
@@ -746,7 +746,8 @@ def sample(bundle, cond_ids, uncond_ids, *, steps=None, guidance=None, eta=None,
     pooled) where extra.zeros_for_empty_negative, else the ids of "". size
     (extra.size_ids only) is the 6 size ids every row gets (time_ids; 0 is
     the default size, None all defaults). run_steps stops after that many of
-    the `steps` steps. The engine's noise comes from Philox, so this matches
+    the `steps` steps; spacing (None: the bundle's) is "leading" or
+    "trailing". The engine's noise comes from Philox, so this matches
     it in law, not sample by sample; with eta 0 and the engine's x_T given
     as `x_T` ([B, C, h, w]), step by step.
     """
@@ -757,7 +758,8 @@ def sample(bundle, cond_ids, uncond_ids, *, steps=None, guidance=None, eta=None,
     eta = d.get("eta", 0.0) if eta is None else eta
     schedule = m["schedule"]
     ac = alphas_cumprod(schedule)
-    ts = ddim_timesteps(schedule["train_timesteps"], steps, d.get("spacing", "leading"),
+    spacing = spacing or d.get("spacing", "leading")
+    ts = ddim_timesteps(schedule["train_timesteps"], steps, spacing,
                         schedule.get("steps_offset", 0))[:run_steps]
     g = torch.Generator().manual_seed(seed)
     dev = bundle.device
