@@ -9,8 +9,8 @@
 //   dgrid models --target=127.0.0.1:50051
 //   dgrid health --target=127.0.0.1:50051
 //   dgrid tokenize --model_dir=models/my-sd "a photo of a cat"
+#include <fcntl.h>
 #include <grpcpp/grpcpp.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -292,33 +292,50 @@ void FillRequest(const v1::ModelInfo& model, v1::Sampler sampler_flag, v1::Spaci
   }
 }
 
-// Writes each file whole or not at all: every file goes to a temporary one
-// beside it, and only when all are written are they renamed over their names,
-// so a full disk or a failed write leaves the previous plot and sidecar as
-// they were. A name that is a symbolic link is written through, as a plain
-// write would.
+// The file a name stands for: links followed, a dangling one to the file it
+// names (created there, as a plain write would), up to the kernel's 40 hops.
+std::filesystem::path FollowLinks(const std::string& name) {
+  namespace fs = std::filesystem;
+  std::error_code ignored;
+  fs::path path = name;
+  for (int hops = 0; hops < 40 && fs::is_symlink(fs::symlink_status(path, ignored)); ++hops) {
+    const fs::path target = fs::read_symlink(path, ignored);
+    if (target.empty()) break;
+    path = target.is_absolute() ? target : path.parent_path() / target;
+  }
+  return path;
+}
+
+std::filesystem::path FolderOf(const std::filesystem::path& path) {
+  return path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
+}
+
+// Writes each file whole or not at all: every file goes to a new temporary
+// file beside it, and only when all are written are they renamed over their
+// names, so a full disk or a failed write leaves the previous plot and
+// sidecar as they were (a failure between the renames, which only a folder
+// changing under us could cause, would leave the first new and the second
+// old). A name that is a link is written through. The file is new: it gets
+// the umask's permissions (the kernel applies it; the umask is not touched),
+// not an old file's mode, owner or other hard links.
 void WriteFiles(const std::vector<std::pair<std::string, std::string>>& files) {
   namespace fs = std::filesystem;
-  const mode_t mask = ::umask(0);
-  ::umask(mask);
   std::vector<std::pair<std::string, fs::path>> written;  // temporary name, final name
   auto fail = [&written](const std::string& name, int error) {
     for (const auto& [temporary, final_name] : written) ::unlink(temporary.c_str());
     Fail(absl::StrCat("cannot write ", name, ": ", std::strerror(error)));
   };
   for (const auto& [name, bytes] : files) {
-    std::error_code ignored;
-    fs::path path = name;
-    // Follow links, a dangling one to the file it names; give up after as many
-    // hops as the kernel would.
-    for (int hops = 0; hops < 40 && fs::is_symlink(fs::symlink_status(path, ignored)); ++hops) {
-      const fs::path target = fs::read_symlink(path, ignored);
-      if (target.empty()) break;
-      path = target.is_absolute() ? target : path.parent_path() / target;
+    const fs::path path = FollowLinks(name);
+    int fd = -1;
+    std::string temporary;
+    for (int attempt = 0; fd < 0 && attempt < 100; ++attempt) {
+      temporary = (FolderOf(path) / absl::StrCat(".", path.filename().string(), ".", ::getpid(),
+                                                 ".", attempt, ".tmp"))
+                      .string();
+      fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+      if (fd < 0 && errno != EEXIST) break;
     }
-    const fs::path folder = path.has_parent_path() ? path.parent_path() : fs::path(".");
-    std::string temporary = (folder / ("." + path.filename().string() + ".XXXXXX")).string();
-    const int fd = ::mkstemp(temporary.data());
     if (fd < 0) fail(name, errno);
     written.emplace_back(temporary, path);
     int error = 0;
@@ -330,8 +347,6 @@ void WriteFiles(const std::vector<std::pair<std::string, std::string>>& files) {
         error = n == 0 ? EIO : errno;
       }
     }
-    // mkstemp makes the file 0600; a plain write would give 0666 less the umask.
-    if (error == 0 && ::fchmod(fd, 0666 & ~mask) != 0) error = errno;
     if (::close(fd) != 0 && error == 0) error = errno;
     if (error != 0) fail(name, error);
   }
@@ -402,18 +417,21 @@ void CheckWritable(const std::string& png, bool svg_allowed = false) {
     Fail(absl::StrCat("-o ", png, ": the JSON sidecar's name; give the PNG's (e.g. grid.png)"));
   }
   namespace fs = std::filesystem;
-  for (const fs::path path : {fs::path(png), fs::path(SidecarPath(png))}) {
+  for (const std::string& name : {png, SidecarPath(png)}) {
     std::error_code ignored;
-    const fs::file_status file = fs::status(path, ignored);
-    if (fs::is_directory(file)) Fail(absl::StrCat("-o ", png, ": ", path.string(), " is a folder"));
-    // An existing file is overwritten; a new one is created in its folder.
-    const fs::path folder = path.has_parent_path() ? path.parent_path() : fs::path(".");
-    if (!fs::exists(file) && !fs::is_directory(folder, ignored)) {
+    const fs::path path = FollowLinks(name);
+    if (fs::is_directory(fs::status(path, ignored))) {
+      Fail(absl::StrCat("-o ", png, ": ", name, " is a folder"));
+    }
+    // WriteFiles creates a temporary file in the file's folder and renames
+    // it over the name: the folder must take new files, even when the file
+    // itself is writable.
+    const fs::path folder = FolderOf(path);
+    if (!fs::is_directory(folder, ignored)) {
       Fail(absl::StrCat("-o ", png, ": no folder ", folder.string()));
     }
-    const fs::path& target = fs::exists(file) ? path : folder;
-    if (::access(target.c_str(), fs::exists(file) ? W_OK : W_OK | X_OK) != 0) {
-      Fail(absl::StrCat("-o ", png, ": cannot write ", target.string(), ": ",
+    if (::access(folder.c_str(), W_OK | X_OK) != 0) {
+      Fail(absl::StrCat("-o ", png, ": cannot write in ", folder.string(), ": ",
                         std::strerror(errno)));
     }
   }
@@ -676,9 +694,12 @@ int Curve() {
       curve = event.curve();
     }
   }
+  // The stream is over: a silence from here on is not the orchestrator's.
+  const bool silent = watch && watch->fired();
+  watch.reset();
   if (tty) std::fprintf(stderr, "\n");
   const grpc::Status finished = reader->Finish();
-  if (watch && watch->fired()) {
+  if (silent && finished.error_code() == grpc::StatusCode::CANCELLED) {
     Fail(absl::StrCat("DecisionCurve: no word from ", absl::GetFlag(FLAGS_target), " for ",
                       silence_s, " s (--silence_s; a running curve sends one at least every 15 s): "
                       "the connection is lost; the curve was cancelled"));
@@ -722,13 +743,15 @@ int Curve() {
     std::cout << "\n";
   }
   for (const v1::HeadCurve& head : curve.heads()) {
-    const int found = static_cast<int>(std::lround(100 * head.half_found_fraction()));
+    // Rounded down: 99.6% is not "found in 100%", which is not printed.
+    const int found = static_cast<int>(std::floor(100 * head.half_found_fraction()));
     if (head.half_found()) {
       // The ± is over the bootstrap resamples that found a half step.
       std::cout << absl::StrFormat("%s: half its row-0 value at step %.1f ± %.1f%s\n",
                                    head.head(), head.half_step(), head.half_step_standard_error(),
-                                   found < 100 ? absl::StrFormat(" (found in %d%% of resamples)", found)
-                                               : "");
+                                   head.half_found_fraction() < 1
+                                       ? absl::StrFormat(" (found in %d%% of resamples)", found)
+                                       : "");
     } else if (head.p_differs_size() > 0 && head.p_differs(0).mean() == 0) {
       std::cout << head.head() << ": never differs at the first row, so has no half step\n";
     } else {

@@ -73,27 +73,44 @@ def _error(method: str, e: grpc.RpcError) -> DgridError:
 
 
 class _SilenceWatch:
-    """Cancels a call when no event has come for ``limit`` seconds."""
+    """Cancels a call when no event has come for ``limit`` seconds, counting
+    only the time spent waiting for the server (not while paused: the caller
+    holds an event)."""
 
     def __init__(self, call: Any, limit: float) -> None:
         self._call, self._limit = call, limit
+        self._lock = threading.Lock()
         self._last = time.monotonic()
+        self._paused = False
         self._done = threading.Event()
         self.fired = False
         threading.Thread(target=self._watch, name="dgrid-silence", daemon=True).start()
 
+    def pause(self) -> None:
+        with self._lock:
+            self._paused = True
+
     def heard(self) -> None:
-        self._last = time.monotonic()
+        with self._lock:
+            self._last = time.monotonic()
+            self._paused = False
 
     def stop(self) -> None:
         self._done.set()
 
     def _watch(self) -> None:
-        while not self._done.wait(max(0.0, self._last + self._limit - time.monotonic())):
-            if time.monotonic() >= self._last + self._limit:
-                self.fired = True
-                self._call.cancel()
+        while True:
+            with self._lock:
+                due = None if self._paused else self._last + self._limit
+            wait = self._limit if due is None else max(0.0, due - time.monotonic())
+            if self._done.wait(wait):
                 return
+            with self._lock:
+                if self._paused or time.monotonic() < self._last + self._limit:
+                    continue
+                self.fired = True
+            self._call.cancel()
+            return
 
 
 GridLike = Union[Grid, Any, str, "os.PathLike[str]"]
@@ -376,17 +393,23 @@ class Client:
         watch = _SilenceWatch(call, silence) if silence is not None else None
         try:
             for event in call:
-                if watch:
-                    watch.heard()
                 kind = event.WhichOneof("event")
                 if kind == "plan":
-                    yield Plan.from_proto(event.plan)
+                    out: Any = Plan.from_proto(event.plan)
                 elif kind == "progress":
                     p = event.progress
-                    yield CurveProgress(p.trunks_done, p.trunks, p.seconds, p.model_evals,
+                    out = CurveProgress(p.trunks_done, p.trunks, p.seconds, p.model_evals,
                                         p.cache_hits)
                 elif kind == "curve":
-                    yield CurveDone(Curve.from_proto(event.curve))
+                    out = CurveDone(Curve.from_proto(event.curve))
+                else:
+                    continue
+                # The caller's own time between events is no silence.
+                if watch:
+                    watch.pause()
+                yield out
+                if watch:
+                    watch.heard()
         except grpc.RpcError as e:
             if watch and watch.fired:
                 raise DgridError("DecisionCurve", grpc.StatusCode.UNAVAILABLE,

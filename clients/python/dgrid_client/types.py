@@ -8,7 +8,7 @@ Each type has ``from_proto`` (and, where a value goes back to the server,
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple, Union
 
@@ -16,28 +16,36 @@ from ._stubs import denoiser_pb2, orchestrator_pb2
 
 
 def _write_whole(path: str, data: Union[bytes, str]) -> None:
-    """Writes a file whole or not at all: into a temporary file beside it,
+    """Writes a file whole or not at all: into a new temporary file beside it,
     renamed over the name once written, so a failed write (a full disk, data
     of the wrong type) leaves the previous file as it was. A name that is a
-    symbolic link is written through, and the file gets the permissions a
-    plain open() would give."""
+    symbolic link is written through. The file is new: it gets the umask's
+    permissions (the kernel applies it; the process's umask is not touched,
+    which would race with other threads), not an old file's mode, owner or
+    other hard links."""
     if isinstance(data, str):
         data = data.encode("utf-8")
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"cannot write {path}: expected bytes, got {type(data).__name__}")
     target = os.path.realpath(path)
-    fd, temporary = tempfile.mkstemp(prefix="." + os.path.basename(target) + ".",
-                                     dir=os.path.dirname(target))
+    folder, name = os.path.split(target)
+    for _ in range(100):
+        temporary = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.tmp")
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"cannot write {path}: no free temporary name beside it")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            mask = os.umask(0)
-            os.umask(mask)
-            os.fchmod(f.fileno(), 0o666 & ~mask)
         os.replace(temporary, target)
     except BaseException:
         os.unlink(temporary)
         raise
+
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -261,6 +261,17 @@ class ClientTest(unittest.TestCase):
             next(client.stream_decision_curve(2, silence=0, **small(701)))
         self.assertTrue(client.list_models(timeout=30))  # served again
 
+    def test_the_callers_own_time_is_no_silence(self) -> None:
+        """Time the caller spends between events does not count as the
+        server's silence: a slow consumer's curve completes."""
+        events = client.stream_decision_curve(2, silence=1.0, **small(720))
+        kinds = []
+        for event in events:
+            kinds.append(type(event).__name__)
+            time.sleep(1.5)
+        self.assertEqual(kinds[0], "Plan")
+        self.assertEqual(kinds[-1], "CurveDone")
+
     def test_stream_closed_early_cancels(self) -> None:
         stream = client.stream_grid(**small(31))
         first = next(stream)
