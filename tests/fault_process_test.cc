@@ -188,7 +188,9 @@ TEST(FaultTest, AStalledReplicaDoesNotStallGrids) {
   // no progress within the 3 s stall timeout and moves to the healthy
   // replica, where jobs progress every forward pass.
   options.per_denoiser_flags[1] = {"--debug_step_delay_ms=5000"};
-  options.orchestrator_flags = {"--job_stall_timeout_s=3", "--cells_per_job=1", "--cache_mb=0"};
+  // A penalty that outlasts both grids on a slow machine.
+  options.orchestrator_flags = {"--job_stall_timeout_s=3", "--cells_per_job=1", "--cache_mb=0",
+                                "--replica_stall_penalty_s=600"};
   auto stack = Stack::Start(options, "stalled");
   ASSERT_TRUE(stack.ok()) << stack.status();
   v1::GridRequest request;

@@ -343,11 +343,25 @@ bool ReplicaPool::SomeoneAhead(const Waiter& me, const Replica& replica) const {
     return std::make_tuple(w.want->rank, w.want->since, w.seq);
   };
   const auto mine = rank(me);
+  const absl::Time now = absl::Now();
+  const int cap = options_.max_inflight_per_replica;
   for (const Waiter* other : waiters_) {
     if (other == &me || other->want->tenant == me.want->tenant) continue;
-    if (rank(*other) < mine &&
-        Serves(replica, *other->want, /*allow_avoided=*/true, options_.max_inflight_per_replica,
-               absl::Now())) {
+    if (rank(*other) >= mine) continue;
+    // Ahead only where the other would take this replica: Acquire's rule,
+    // an avoided or stalled replica only when no other one serves it.
+    if (Serves(replica, *other->want, /*allow_avoided=*/false, cap, now) ||
+        (Serves(replica, *other->want, /*allow_avoided=*/true, cap, now) &&
+         !AnotherServes(*other->want, now))) {
+      return true;
+    }
+  }
+  return false;
+}
+
+bool ReplicaPool::AnotherServes(const Want& want, absl::Time now) const {
+  for (const auto& [address, r] : replicas_) {
+    if (Serves(*r, want, /*allow_avoided=*/false, std::numeric_limits<int>::max(), now)) {
       return true;
     }
   }

@@ -201,6 +201,43 @@ TEST(ReplicaPoolTest, AReplicaThatStalledAJobIsLeftAloneForAWhile) {
   EXPECT_EQ(alone->address(), a.address());
 }
 
+// A waiter of a better rank that avoids replica A (its job failed there)
+// waits for B; it is not "ahead" of another waiter on A, which A's free slot
+// serves at once instead of after B frees one.
+TEST(ReplicaPoolTest, AWaiterThatAvoidsAReplicaIsNotAheadOnIt) {
+  HealthServer a, b;
+  ReplicaPool::Options options = Options(a.address() + "," + b.address());
+  options.max_inflight_per_replica = 1;
+  auto pool = ReplicaPool::Create(options, nullptr);
+  ASSERT_TRUE(pool.ok());
+  auto on_b = (*pool)->Acquire(1, kSoon, {a.address()});
+  ASSERT_TRUE(on_b.ok());
+  ASSERT_EQ(on_b->address(), b.address());
+  std::atomic<bool> stop{false};
+  std::thread first([&] {
+    ReplicaPool::Want want;
+    want.work = 1;
+    want.avoid = {a.address()};
+    want.tenant = 1;
+    want.rank = 1;
+    want.cancelled = &stop;
+    auto lease = (*pool)->Acquire(want);  // waits for B until stopped
+    EXPECT_EQ(lease.status().code(), absl::StatusCode::kCancelled);
+  });
+  ASSERT_TRUE(WaitUntil([&] { return (*pool)->waiting() == 1; }));
+  ReplicaPool::Want second;
+  second.work = 1;
+  second.avoid = {b.address()};
+  second.tenant = 2;
+  second.rank = 5;
+  second.deadline = absl::Now() + absl::Seconds(2);
+  auto lease = (*pool)->Acquire(second);
+  stop = true;
+  first.join();
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  EXPECT_EQ(lease->address(), a.address());
+}
+
 // A job that has waited at the caps for longer than the grace still rides
 // out a replica lost now: the grace runs from the loss, not from the wait's
 // start (the executor does not retry the UNAVAILABLE "no replica").
@@ -208,6 +245,8 @@ TEST(ReplicaPoolTest, TheGraceRunsFromTheLossNotFromTheWaitsStart) {
   HealthServer a;
   ReplicaPool::Options options = Options(a.address());
   options.max_inflight_per_replica = 1;
+  // Long enough for a health round on a loaded machine (TSan included).
+  options.unavailable_grace = absl::Seconds(2);
   auto pool = ReplicaPool::Create(options, nullptr);
   ASSERT_TRUE(pool.ok());
   auto first = (*pool)->Acquire(1, kSoon, {});
@@ -215,7 +254,7 @@ TEST(ReplicaPoolTest, TheGraceRunsFromTheLossNotFromTheWaitsStart) {
   std::optional<ReplicaPool::Lease> held(std::move(*first));
   std::thread fail([&] {
     ASSERT_TRUE(WaitUntil([&] { return (*pool)->waiting() == 1; }));
-    absl::SleepFor(absl::Milliseconds(300));  // past the 200 ms grace
+    absl::SleepFor(absl::Milliseconds(2200));  // past the grace
     held->MarkUnhealthy();
     held.reset();
   });

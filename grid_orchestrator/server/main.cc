@@ -31,6 +31,9 @@ ABSL_FLAG(int, grid_timeout_s, 300,
           "wins. Each of a curve's grids has its own.");
 ABSL_FLAG(int, job_stall_timeout_s, 15,
           "A denoiser call that reports no progress for this long moves elsewhere.");
+ABSL_FLAG(int, replica_stall_penalty_s, 30,
+          "A replica that stalled a job gets no new jobs for this long while another serves "
+          "the model (0: none).");
 ABSL_FLAG(int, retry_backoff_ms, 50, "Wait before a job's second attempt; doubles per attempt.");
 ABSL_FLAG(int, max_attempts, 4, "Attempts per job across replicas.");
 ABSL_FLAG(int, cells_per_job, 2, "Branch cells per denoiser call.");
@@ -96,6 +99,7 @@ int main(int argc, char** argv) {
   o.executor.max_attempts = absl::GetFlag(FLAGS_max_attempts);
   o.executor.cells_per_job = absl::GetFlag(FLAGS_cells_per_job);
   o.replica_max_inflight = absl::GetFlag(FLAGS_replica_max_inflight);
+  o.replica_stall_penalty = absl::Seconds(absl::GetFlag(FLAGS_replica_stall_penalty_s));
   o.cache_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_cache_mb)) << 20;
   o.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   o.limits.max_grids_per_client = absl::GetFlag(FLAGS_max_grids_per_client);
@@ -125,6 +129,7 @@ int main(int argc, char** argv) {
       {"shutdown_grace_s", absl::GetFlag(FLAGS_shutdown_grace_s), 0},
       {"grid_timeout_s", absl::GetFlag(FLAGS_grid_timeout_s), 1},
       {"job_stall_timeout_s", absl::GetFlag(FLAGS_job_stall_timeout_s), 1},
+      {"replica_stall_penalty_s", absl::GetFlag(FLAGS_replica_stall_penalty_s), 0},
       {"retry_backoff_ms", absl::GetFlag(FLAGS_retry_backoff_ms), 0},
       {"max_attempts", absl::GetFlag(FLAGS_max_attempts), 1},
       {"cells_per_job", absl::GetFlag(FLAGS_cells_per_job), 1},

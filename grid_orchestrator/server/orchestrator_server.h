@@ -42,6 +42,8 @@ struct OrchestratorServerOptions {
   CurveLimits curves;
   ExecutorOptions executor;
   int replica_max_inflight = 64;
+  // ReplicaPool::Options::stall_penalty.
+  absl::Duration replica_stall_penalty = absl::Seconds(30);
   size_t cache_bytes = size_t{256} << 20;
   int max_message_bytes = 64 << 20;
   // TLS for the orchestrator's own API (PEM paths; see common/tls.h).
