@@ -133,12 +133,8 @@ def main() -> None:
                 denoiser.wait()
         suffix = "" if args.concurrent_grids == 8 else f"_c{args.concurrent_grids}"
         curve.save_png(os.path.join(args.out, f"{name}{suffix}.png"))
-        from google.protobuf import json_format
-        record = json_format.MessageToDict(curve.proto, preserving_proto_field_name=True)
-        record.pop("png", None)
-        with open(os.path.join(args.out, f"{name}{suffix}.json"), "w") as f:
-            json.dump(record, f, indent=1)
-            f.write("\n")
+        # The same JSON as `dgrid curve` writes (zeros included).
+        curve.save_record(os.path.join(args.out, f"{name}{suffix}.json"))
         rates = best[CURVES[name]["model"]]
         best_ips, best_batch = rates["forward"], rates["forward_batch"]
         decoded = used["dgrid_denoiser_decoded_images_total"]

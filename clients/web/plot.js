@@ -225,10 +225,12 @@ export function curveLegend(curve) {
     item.className = `series-head ${headClass(h)}`;
     item.dataset.testid = 'curve-legend-head';
     item.innerHTML = '<span class="swatch" aria-hidden="true"></span>';
-    const found = Math.round(100 * (head.half_found_fraction ?? 0));
+    // Rounded down: 99.6% is not "found in 100%", which is not printed.
+    const fraction = head.half_found_fraction ?? 0;
+    const found = Math.floor(100 * fraction);
     item.append(`P(${name} differs from the trunk\u2019s): ` + (head.half_found ?
       `half its row-0 value at step ${fixed(head.half_step, 1)} \u00b1 ${fixed(head.half_step_standard_error, 1)}` +
-          (found < 100 ? ` (found in ${found}% of resamples)` : '') :
+          (fraction < 1 ? ` (found in ${found}% of resamples)` : '') :
       (head.p_differs?.[0]?.mean ?? 0) > 0 ? 'never falls to half its row-0 value' :
         'never differs at the first row, so has no half step'));
     return item;

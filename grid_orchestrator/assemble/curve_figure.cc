@@ -157,8 +157,11 @@ void DrawPanel(cairo_t* cr, int top, const std::string& y_label, double y_max,
       // No-break spaces keep "± SE" with its number.
       legend = absl::StrFormat("%s: half its row-0 value at step %.1f\u00A0±\u00A0%.1f", legend,
                                half->value, half->standard_error);
-      const int found = static_cast<int>(std::lround(100 * half->found_fraction));
-      if (found < 100) legend += absl::StrFormat(" (found in %d%% of resamples)", found);
+      // Rounded down: 99.6% is not "found in 100%", which is not printed.
+      const int found = static_cast<int>(std::floor(100 * half->found_fraction));
+      if (half->found_fraction < 1) {
+        legend += absl::StrFormat(" (found in %d%% of resamples)", found);
+      }
     } else if (half) {
       legend += pts[0].mean > 0 ? ": never falls to half its row-0 value"
                                 : ": never differs at the first row, so has no half step";

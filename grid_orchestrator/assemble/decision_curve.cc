@@ -92,6 +92,26 @@ double Percentile(std::vector<double> values, double q) {
   return values[below] + (at - below) * (values[above] - values[below]);
 }
 
+// An index in [0, n) from the generator, by Lemire's multiply-and-reject
+// method as libstdc++'s uniform_int_distribution draws it from a 64-bit
+// generator: the same picks there as before, and now the same under libc++
+// too (the standard fixes mt19937_64's outputs, not how a distribution maps
+// them, and libc++ maps them otherwise), so a curve's bootstrap figures do not
+// depend on the standard library the orchestrator was built with.
+size_t UniformIndex(std::mt19937_64& rng, size_t n) {
+  const uint64_t range = n;
+  unsigned __int128 product = static_cast<unsigned __int128>(rng()) * range;
+  uint64_t low = static_cast<uint64_t>(product);
+  if (low < range) {
+    const uint64_t threshold = -range % range;
+    while (low < threshold) {
+      product = static_cast<unsigned __int128>(rng()) * range;
+      low = static_cast<uint64_t>(product);
+    }
+  }
+  return static_cast<size_t>(product >> 64);
+}
+
 // The half step's spread over resamples of the trunks (with replacement).
 void BootstrapHalfStep(const std::vector<int>& branch_steps,
                        const std::vector<std::vector<double>>& fractions,
@@ -99,12 +119,11 @@ void BootstrapHalfStep(const std::vector<int>& branch_steps,
   const size_t trunks = fractions[0].size();
   const size_t rows = fractions.size();
   std::mt19937_64 rng(options.bootstrap_seed);
-  std::uniform_int_distribution<size_t> pick(0, trunks - 1);
   std::vector<double> found;
   std::vector<double> curve(rows);
   std::vector<size_t> sample(trunks);
   for (int b = 0; b < options.bootstrap_resamples; ++b) {
-    for (size_t& s : sample) s = pick(rng);
+    for (size_t& s : sample) s = UniformIndex(rng, trunks);
     for (size_t r = 0; r < rows; ++r) {
       double sum = 0;
       for (size_t s : sample) sum += fractions[r][s];
@@ -127,7 +146,9 @@ void BootstrapHalfStep(const std::vector<int>& branch_steps,
 
 HalfStep HalfStepOf(const std::vector<int>& branch_steps, const std::vector<double>& curve) {
   HalfStep h;
-  if (curve.empty() || !(curve[0] > 0)) return h;
+  // One step per row (ComputeDecisionCurve checks the shapes; a direct
+  // caller may not have).
+  if (curve.empty() || branch_steps.size() != curve.size() || !(curve[0] > 0)) return h;
   const double target = curve[0] / 2;
   for (size_t r = 1; r < curve.size(); ++r) {
     if (curve[r] > target) continue;

@@ -102,6 +102,34 @@ TEST(DecisionCurveTest, TheHalfStepsSpreadComesFromResamplingTrunks) {
   EXPECT_GT(h.hi, h.lo);
 }
 
+// The bootstrap's figures, pinned: the resamples draw trunk indices by a
+// method of the project's own (Lemire's, as libstdc++ draws them), not by
+// std::uniform_int_distribution, whose mapping differs between standard
+// libraries (libc++ gave 3.0956 and 14.2857 here).
+TEST(DecisionCurveTest, TheBootstrapIsTheSameOnEveryStandardLibrary) {
+  CurveObservations o;
+  o.branch_steps = {0, 10, 20};
+  o.heads = 1;
+  o.trunks = {Trunk(0, {{1, 1}, {1, 0}, {0, 0}}), Trunk(0, {{1, 1}, {1, 1}, {0, 0}}),
+              Trunk(0, {{1, 0}, {0, 0}, {0, 0}}), Trunk(0, {{1, 1}, {1, 1}, {1, 0}}),
+              Trunk(0, {{1, 1}, {0, 0}, {0, 0}})};
+  absl::StatusOr<CurveStatistics> s = ComputeDecisionCurve(o);
+  ASSERT_TRUE(s.ok()) << s.status();
+  const HalfStep& h = s->heads[0].half_step;
+  ASSERT_TRUE(h.found);
+  EXPECT_DOUBLE_EQ(h.value, 11.25);  // 0.9, 0.5, 0.1: half of 0.9 between steps 10 and 20
+  EXPECT_NEAR(h.standard_error, 3.0866, 1e-4);
+  EXPECT_NEAR(h.lo, 7.5, 1e-4);
+  EXPECT_NEAR(h.hi, 14.1667, 1e-4);
+  EXPECT_DOUBLE_EQ(h.found_fraction, 1.0);
+}
+
+// HalfStepOf checks that each row has its step.
+TEST(HalfStepTest, RowsAndStepsOfDifferentCountsHaveNoHalfStep) {
+  EXPECT_FALSE(HalfStepOf({0}, {0.8, 0.2}).found);
+  EXPECT_TRUE(HalfStepOf({0, 10}, {0.8, 0.2}).found);
+}
+
 TEST(DecisionCurveTest, WithoutAJudgeOnlyDivergenceIsReported) {
   CurveObservations o;
   o.branch_steps = {0, 5};
