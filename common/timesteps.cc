@@ -31,12 +31,19 @@ std::vector<int> DdimTimesteps(int train, int steps, Spacing spacing, int steps_
 
 std::string TimestepsProblem(int train_timesteps, int steps, Spacing spacing, int steps_offset) {
   if (spacing != Spacing::kLeading || steps < 1) return "";
-  const int last = (steps - 1) * (train_timesteps / steps) + steps_offset;
-  if (last <= train_timesteps - 1) return "";
+  auto last = [&](int n) { return (n - 1) * (train_timesteps / n) + steps_offset; };
+  if (last(steps) <= train_timesteps - 1) return "";
+  // The most steps below this that fit. Not every smaller count does: the
+  // first timestep does not grow with the step count (offset 2: 998 steps
+  // fit, 500 pass the end, 499 fit).
+  int fits = steps - 1;
+  while (fits > 0 && last(fits) > train_timesteps - 1) --fits;
   return absl::StrCat("steps: ", steps, " leading steps with steps_offset ", steps_offset,
-                      " would reach timestep ", last, " of a schedule that ends at ",
-                      train_timesteps - 1, "; give at most ", train_timesteps - steps_offset,
-                      " steps, or trailing spacing");
+                      " would reach timestep ", last(steps), " of a schedule that ends at ",
+                      train_timesteps - 1, "; ",
+                      fits > 0 ? absl::StrCat(fits, " steps fit (the most below ", steps, "), ")
+                               : "",
+                      "or give trailing spacing");
 }
 
 }  // namespace dgrid

@@ -50,15 +50,19 @@ while [ $# -gt 0 ]; do
        exit 2 ;;
   esac
 done
-# Dependencies first (the prompt below is read with Python), then the build:
-# a no-op when up to date, so a pulled tree never runs stale binaries.
-scripts/install-deps.sh
-[ -f build/build.ninja ] || cmake --preset default
-cmake --build --preset default -j "$(nproc)"
-
 for dir in "${models[@]}"; do
   [ -f "$dir/manifest.json" ] || { echo "demo: no bundle at $dir (manifest.json missing)" >&2; exit 2; }
 done
+# Dependencies first (the prompt below is read with Python), on a machine
+# that lacks the build or its tools; then the build, a no-op when up to date,
+# so a pulled tree never runs stale binaries. A built machine needs no
+# package registry.
+if [ ! -f build/build.ninja ] || ! command -v cmake >/dev/null || ! command -v ninja >/dev/null ||
+   [ ! -x /usr/bin/python3 ]; then
+  scripts/install-deps.sh
+fi
+[ -f build/build.ninja ] || cmake --preset default
+cmake --build --preset default -j "$(nproc)"
 model=${models[0]}
 model_name=$(/usr/bin/python3 -c 'import json, sys; print(json.load(open(sys.argv[1] + "/manifest.json"))["name"])' "$model")
 if [ "$prompt_set" = 0 ]; then

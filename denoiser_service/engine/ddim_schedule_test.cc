@@ -69,6 +69,16 @@ TEST(DdimScheduleTest, LeadingStepsPastTheScheduleAreRefused) {
                                        0),
             0u)
       << s.status();
+  EXPECT_NE(s.status().message().find("999 steps fit (the most below 1000), or give trailing"),
+            absl::string_view::npos)
+      << s.status();
+  // Offset 2: 500 steps reach 1000 (ratio 2), 499 stop at 996.
+  auto five_hundred = DdimSchedule::Create(LinearSpec(2, false), 500, Spacing::kLeading);
+  ASSERT_FALSE(five_hundred.ok());
+  EXPECT_NE(five_hundred.status().message().find("499 steps fit (the most below 500)"),
+            absl::string_view::npos)
+      << five_hundred.status();
+  EXPECT_TRUE(DdimSchedule::Create(LinearSpec(2, false), 499, Spacing::kLeading).ok());
   EXPECT_TRUE(DdimSchedule::Create(LinearSpec(1, false), 999, Spacing::kLeading).ok());
   EXPECT_TRUE(DdimSchedule::Create(LinearSpec(1, false), 1000, Spacing::kTrailing).ok());
 }
