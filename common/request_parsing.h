@@ -3,9 +3,11 @@
 // the common one from a client is invalid UTF-8 in a `string` field, which
 // proto3 refuses. A service built on RequestParsingService answers such a
 // request INVALID_ARGUMENT, e.g. "conditioning.prompt: is not valid UTF-8",
-// and parses every other request exactly as gRPC does. Reflection and
-// health see the service as they see a generated one: it registers the same
-// method paths.
+// and parses every other request exactly as gRPC does. Parsing waits for the
+// service's Admit hook (its bearer token check, say): a caller it refuses
+// gets its refusal, not field-level diagnostics of a request it may not
+// send, and the bytes are not parsed for it. Reflection and health see the
+// service as they see a generated one: it registers the same method paths.
 //
 //   class DenoiserServiceImpl final : public RequestParsingService {
 //    public:
@@ -48,12 +50,24 @@ absl::Status RequestParseError(absl::string_view wire, const google::protobuf::D
 grpc::Status RequestParseError(const grpc::ByteBuffer& wire,
                                const google::protobuf::Descriptor& type);
 
-// A request as a handler of RequestParsingService receives it. Its own type,
-// so that it gets its own grpc::SerializationTraits (below).
+// A request as RequestParsingService receives it: the bytes, parsed into a
+// Message only after the service's Admit hook. Its own type, so that it gets
+// its own grpc::SerializationTraits (below).
 template <typename Message>
 struct ParsedRequest {
-  Message message;
+  grpc::ByteBuffer wire;
 };
+
+// Parses `request` into `message`: gRPC's own parse, and when it fails the
+// reason (RequestParseError).
+template <typename Message>
+grpc::Status ParseRequest(const ParsedRequest<Message>& request, Message* message) {
+  grpc::ByteBuffer consumed(request.wire);  // gRPC's parse consumes its buffer
+  grpc::Status status =
+      grpc::SerializationTraits<Message>::Deserialize(&consumed, message);
+  if (status.ok() || !request.wire.Valid()) return status;
+  return RequestParseError(request.wire, *Message::descriptor());
+}
 
 // A grpc::Service whose handlers get requests parsed with RequestParseError
 // for the failures. Derive, and add each method of the proto service once,
@@ -64,6 +78,15 @@ class RequestParsingService : public grpc::Service {
   // its generated descriptor must be linked in.
   explicit RequestParsingService(absl::string_view service);
 
+  // Called for every call before its request is parsed; a status other
+  // than OK ends the call with it (the method's name is "Step", say).
+  virtual grpc::Status Admit(const char* method, const grpc::ServerContext& context) {
+    return grpc::Status::OK;
+  }
+  // Called when a call ends before its handler runs: refused by Admit, or
+  // its request could not be parsed (for a service's request counts).
+  virtual void Refused(const char* method, const grpc::Status& status) {}
+
   template <class Impl, class Request, class Response>
   void AddUnary(const char* method,
                 grpc::Status (Impl::*handler)(grpc::ServerContext*, const Request*, Response*)) {
@@ -71,9 +94,13 @@ class RequestParsingService : public grpc::Service {
         MethodPath(method, *Request::descriptor(), *Response::descriptor(), false),
         grpc::internal::RpcMethod::NORMAL_RPC,
         new grpc::internal::RpcMethodHandler<Impl, ParsedRequest<Request>, Response>(
-            [handler](Impl* impl, grpc::ServerContext* context,
-                      const ParsedRequest<Request>* request, Response* response) {
-              return (impl->*handler)(context, &request->message, response);
+            [handler, method](Impl* impl, grpc::ServerContext* context,
+                              const ParsedRequest<Request>* request, Response* response) {
+              Request message;
+              const grpc::Status admitted = impl->AdmitAndParse(method, *context, *request,
+                                                                &message);
+              if (!admitted.ok()) return admitted;
+              return (impl->*handler)(context, &message, response);
             },
             static_cast<Impl*>(this))));
   }
@@ -86,11 +113,27 @@ class RequestParsingService : public grpc::Service {
         MethodPath(method, *Request::descriptor(), *Response::descriptor(), true),
         grpc::internal::RpcMethod::SERVER_STREAMING,
         new grpc::internal::ServerStreamingHandler<Impl, ParsedRequest<Request>, Response>(
-            [handler](Impl* impl, grpc::ServerContext* context,
-                      const ParsedRequest<Request>* request, grpc::ServerWriter<Response>* writer) {
-              return (impl->*handler)(context, &request->message, writer);
+            [handler, method](Impl* impl, grpc::ServerContext* context,
+                              const ParsedRequest<Request>* request,
+                              grpc::ServerWriter<Response>* writer) {
+              Request message;
+              const grpc::Status admitted = impl->AdmitAndParse(method, *context, *request,
+                                                                &message);
+              if (!admitted.ok()) return admitted;
+              return (impl->*handler)(context, &message, writer);
             },
             static_cast<Impl*>(this))));
+  }
+
+ public:
+  // Admit, then parse; what the call ends with when either fails.
+  template <class Request>
+  grpc::Status AdmitAndParse(const char* method, const grpc::ServerContext& context,
+                             const ParsedRequest<Request>& request, Request* message) {
+    grpc::Status status = Admit(method, context);
+    if (status.ok()) status = ParseRequest(request, message);
+    if (!status.ok()) Refused(method, status);
+    return status;
   }
 
  private:
@@ -108,16 +151,15 @@ class RequestParsingService : public grpc::Service {
 
 namespace grpc {
 
-// gRPC's own parse; when it fails, the reason, from a second reference to
-// the same bytes (gRPC's parse consumes its buffer).
+// Keeps the bytes; the handler parses them once the service admits the
+// call (RequestParsingService::AdmitAndParse).
 template <typename Message>
 class SerializationTraits<dgrid::ParsedRequest<Message>, void> {
  public:
   static Status Deserialize(ByteBuffer* buffer, dgrid::ParsedRequest<Message>* request) {
-    const ByteBuffer wire(*buffer);
-    Status status = SerializationTraits<Message>::Deserialize(buffer, &request->message);
-    if (status.ok() || !wire.Valid()) return status;
-    return dgrid::RequestParseError(wire, *Message::descriptor());
+    request->wire.Swap(buffer);
+    buffer->Clear();
+    return Status::OK;
   }
 };
 

@@ -69,7 +69,9 @@ TEST(RequestParseErrorTest, AnythingElseIsTheRequest) {
             absl::InvalidArgumentError("request: cannot be parsed as dgrid.v1.ListModelsRequest"));
 }
 
-TEST(RequestParseErrorTest, GrpcDeserializerAnswersWithIt) {
+// gRPC's deserializer keeps the bytes; ParseRequest parses them as gRPC
+// would, and names the field when that fails.
+TEST(RequestParseErrorTest, ParseRequestAnswersWithIt) {
   using Traits = grpc::SerializationTraits<ParsedRequest<v1::GridRequest>>;
   v1::GridRequest good;
   good.set_prompt("Sneaker");
@@ -78,14 +80,18 @@ TEST(RequestParseErrorTest, GrpcDeserializerAnswersWithIt) {
   grpc::ByteBuffer buffer(&slice, 1);
   ParsedRequest<v1::GridRequest> parsed;
   ASSERT_TRUE(Traits::Deserialize(&buffer, &parsed).ok());
-  EXPECT_EQ(parsed.message.prompt(), "Sneaker");
-  EXPECT_EQ(parsed.message.seed(), 7u);
+  v1::GridRequest message;
+  ASSERT_TRUE(ParseRequest(parsed, &message).ok());
+  EXPECT_EQ(message.prompt(), "Sneaker");
+  EXPECT_EQ(message.seed(), 7u);
 
   v1::GridRequest bad;
   bad.set_model(kPlaceholder);
   grpc::Slice bad_slice(WithInvalidUtf8(bad));
   grpc::ByteBuffer bad_buffer(&bad_slice, 1);
-  const grpc::Status status = Traits::Deserialize(&bad_buffer, &parsed);
+  ParsedRequest<v1::GridRequest> kept;
+  ASSERT_TRUE(Traits::Deserialize(&bad_buffer, &kept).ok());  // not parsed yet
+  const grpc::Status status = ParseRequest(kept, &message);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(status.error_message(), "model: is not valid UTF-8");
 }

@@ -386,6 +386,16 @@ absl::Status DenoiserServiceImpl::Authorize(const grpc::ServerContext& context) 
   return absl::OkStatus();
 }
 
+// Every call, before its request is parsed: one without the token learns
+// nothing of what it sent.
+grpc::Status DenoiserServiceImpl::Admit(const char* method, const grpc::ServerContext& context) {
+  return ToGrpcStatus(Authorize(context));
+}
+
+void DenoiserServiceImpl::Refused(const char* method, const grpc::Status& status) {
+  Count(method, status);
+}
+
 grpc::Status DenoiserServiceImpl::Count(const char* method, grpc::Status status) {
   if (metrics_) metrics_->CountRequest(method, CodeName(status.error_code()));
   return status;
@@ -394,9 +404,6 @@ grpc::Status DenoiserServiceImpl::Count(const char* method, grpc::Status status)
 grpc::Status DenoiserServiceImpl::GetModelInfo(grpc::ServerContext* context,
                                                const v1::GetModelInfoRequest* request,
                                                v1::GetModelInfoResponse* response) {
-  if (absl::Status auth = Authorize(*context); !auth.ok()) {
-    return Count("GetModelInfo", ToGrpcStatus(auth));
-  }
   std::vector<const ServedModel*> in_order;
   for (const auto& [name, served] : *models_) {
     if (request->model().empty() || request->model() == name) in_order.push_back(&served);
@@ -415,9 +422,6 @@ grpc::Status DenoiserServiceImpl::GetModelInfo(grpc::ServerContext* context,
 grpc::Status DenoiserServiceImpl::Step(grpc::ServerContext* context,
                                        const v1::StepRequest* request,
                                        v1::StepResponse* response) {
-  if (absl::Status auth = Authorize(*context); !auth.ok()) {
-    return Count("Step", ToGrpcStatus(auth));
-  }
   auto served = FindModel(request->model());
   if (!served.ok()) return Count("Step", ToGrpcStatus(served.status()));
   const BundleManifest& m = (*served)->model->manifest();
@@ -458,9 +462,6 @@ grpc::Status DenoiserServiceImpl::Step(grpc::ServerContext* context,
 grpc::Status DenoiserServiceImpl::Branch(grpc::ServerContext* context,
                                          const v1::BranchRequest* request,
                                          grpc::ServerWriter<v1::BranchEvent>* writer) {
-  if (absl::Status auth = Authorize(*context); !auth.ok()) {
-    return Count("Branch", ToGrpcStatus(auth));
-  }
   auto served = FindModel(request->model(), request->model_version());
   if (!served.ok()) return Count("Branch", ToGrpcStatus(served.status()));
   ServedModel& model = **served;
@@ -477,9 +478,6 @@ grpc::Status DenoiserServiceImpl::Branch(grpc::ServerContext* context,
 grpc::Status DenoiserServiceImpl::Decode(grpc::ServerContext* context,
                                          const v1::DecodeRequest* request,
                                          v1::DecodeResponse* response) {
-  if (absl::Status auth = Authorize(*context); !auth.ok()) {
-    return Count("Decode", ToGrpcStatus(auth));
-  }
   auto served = FindModel(request->model());
   if (!served.ok()) return Count("Decode", ToGrpcStatus(served.status()));
   const BundleManifest& m = (*served)->model->manifest();
@@ -515,9 +513,6 @@ grpc::Status DenoiserServiceImpl::Decode(grpc::ServerContext* context,
 grpc::Status DenoiserServiceImpl::Tokenize(grpc::ServerContext* context,
                                            const v1::TokenizeRequest* request,
                                            v1::TokenizeResponse* response) {
-  if (absl::Status auth = Authorize(*context); !auth.ok()) {
-    return Count("Tokenize", ToGrpcStatus(auth));
-  }
   auto served = FindModel(request->model());
   if (!served.ok()) return Count("Tokenize", ToGrpcStatus(served.status()));
   const Tokenizer* tokenizer = (*served)->model->tokenizer();
@@ -556,9 +551,6 @@ grpc::Status DenoiserServiceImpl::Tokenize(grpc::ServerContext* context,
 grpc::Status DenoiserServiceImpl::Judge(grpc::ServerContext* context,
                                         const v1::JudgeRequest* request,
                                         v1::JudgeResponse* response) {
-  if (absl::Status auth = Authorize(*context); !auth.ok()) {
-    return Count("Judge", ToGrpcStatus(auth));
-  }
   auto served = FindModel(request->model(), request->model_version());
   if (!served.ok()) return Count("Judge", ToGrpcStatus(served.status()));
   const BundleManifest& m = (*served)->model->manifest();

@@ -53,6 +53,11 @@ class DenoiserServiceImpl final : public RequestParsingService {
   grpc::Status Judge(grpc::ServerContext* context, const v1::JudgeRequest* request,
                      v1::JudgeResponse* response);
 
+  // The bearer token, checked before a request is parsed; refusals and
+  // requests that do not parse are counted as the handlers count calls.
+  grpc::Status Admit(const char* method, const grpc::ServerContext& context) override;
+  void Refused(const char* method, const grpc::Status& status) override;
+
  private:
   absl::StatusOr<ServedModel*> FindModel(const std::string& name);
   // FindModel, and UNAVAILABLE when `version` is set and the model here is
