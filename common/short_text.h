@@ -23,6 +23,13 @@ inline constexpr size_t kMaxEchoBytes = 100;
 // `max_bytes` (on a character boundary) with its full size appended.
 std::string ShortQuote(absl::string_view value, size_t max_bytes = kMaxEchoBytes);
 
+// Names a server lists in an error ("its prompts are: ..."): joined with
+// ", " while they fit in `max_bytes`, then "and N more". A bundle may have
+// thousands of class labels; the whole list would pass gRPC's metadata limit
+// and the client would see that error instead of this one.
+template <typename Names>
+std::string ShortList(const Names& names, size_t max_bytes = 400);
+
 // The most bytes a prompt or negative prompt may have. A model reads at most
 // a few dozen tokens (CLIP: 77), which no prompt of this size falls short of;
 // the bound keeps normalizing and tokenizing cheap and caches small.
@@ -48,6 +55,23 @@ bool IsValidUtf8(absl::string_view value);
 // The longest start of UTF-8 `value` of at most `max_bytes`, cut on a
 // character boundary.
 absl::string_view Utf8Prefix(absl::string_view value, size_t max_bytes);
+
+template <typename Names>
+std::string ShortList(const Names& names, size_t max_bytes) {
+  std::string out;
+  size_t shown = 0, total = 0;
+  for (const auto& name : names) {
+    ++total;
+    if (shown == total - 1 && out.size() + name.size() + 2 <= max_bytes) {
+      if (!out.empty()) out += ", ";
+      out += name;
+      ++shown;
+    }
+  }
+  if (shown < total) out += (out.empty() ? "" : ", ") + std::string("and ") +
+                            std::to_string(total - shown) + " more";
+  return out;
+}
 
 }  // namespace dgrid
 

@@ -1,6 +1,7 @@
 #include "common/short_text.h"
 
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/escaping.h"
@@ -103,6 +104,20 @@ TEST(CheckClientTextTest, RefusesNoncharactersNamingTheField) {
   EXPECT_TRUE(CheckClientText("prompt", "\xEF\xBF\xBD \xEF\xB7\x8F \xEF\xB7\xB0", 100).ok());
   EXPECT_EQ(CheckClientText("model", "a\xC3", 100).message(),
             "model: is not valid UTF-8 (at byte 1)");
+}
+
+TEST(ShortListTest, ListsWhatFitsThenCountsTheRest) {
+  EXPECT_EQ(ShortList(std::vector<std::string>{"bag", "boot"}), "bag, boot");
+  EXPECT_EQ(ShortList(std::vector<std::string>{}), "");
+  std::vector<std::string> many;
+  for (int i = 0; i < 2000; ++i) many.push_back("label" + std::to_string(i));
+  const std::string listed = ShortList(many);
+  EXPECT_LE(listed.size(), 420u);
+  EXPECT_EQ(listed.rfind("label0, label1, ", 0), 0u);
+  EXPECT_NE(listed.find(", and 19"), std::string::npos) << listed;  // "and 19xx more"
+  EXPECT_EQ(listed.substr(listed.size() - 5), " more");
+  // One name longer than the room: only the count.
+  EXPECT_EQ(ShortList(std::vector<std::string>{std::string(500, 'x')}), "and 1 more");
 }
 
 TEST(DrawableTextTest, ReplacesWhatARendererRefuses) {

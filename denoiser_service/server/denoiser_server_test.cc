@@ -158,6 +158,17 @@ TEST_F(DenoiserServerTest, StepsComposeIntoABranch) {
   const grpc::Status refused = stub_->Step(&context, step, &response);
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(refused.error_message().find("step"), std::string::npos) << refused.error_message();
+  // Out of range either way, without a start latent: the step is named, not
+  // the latent that a step in range would need.
+  step.mutable_trajectories(0)->clear_start_latent();
+  for (int bad : {-1, 5000}) {
+    step.set_step(bad);
+    grpc::ClientContext bad_context;
+    const grpc::Status out = stub_->Step(&bad_context, step, &response);
+    EXPECT_EQ(out.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << bad;
+    EXPECT_EQ(out.error_message().rfind("step must be in [0, 20)", 0), 0u)
+        << bad << ": " << out.error_message();
+  }
 }
 
 TEST_F(DenoiserServerTest, DecodeReturnsPngs) {

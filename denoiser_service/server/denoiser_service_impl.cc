@@ -103,7 +103,7 @@ absl::Status ParseConditioning(const v1::Conditioning& c, const BundleManifest& 
         return absl::InvalidArgumentError(
             absl::StrCat("conditioning.prompt: unknown prompt ", ShortQuote(c.prompt()),
                          " for model ", m.name, ", a class model; its prompts are: ",
-                         absl::StrJoin(m.class_labels, ", ")));
+                         ShortList(m.class_labels)));
       }
       run->class_index = index;
       return absl::OkStatus();
@@ -213,7 +213,8 @@ absl::StatusOr<RunRequest> ParseRun(const Request& request, const BundleManifest
       RETURN_IF_ERROR(DecodeFloatTensorInto(
           in.start_latent(), shape, absl::StrCat("trajectories[", i, "].start_latent"),
           &t.latent));
-    } else if (start_step != 0) {
+    } else if (start_step > 0 && start_step < run.sampler.steps) {
+      // (A step out of range is the engine's to name: "step must be in ...".)
       return absl::InvalidArgumentError(absl::StrCat(
           "trajectories[", i, "].start_latent is required when starting at step ", start_step));
     }
@@ -532,9 +533,13 @@ grpc::Status DenoiserServiceImpl::Tokenize(grpc::ServerContext* context,
     if (!checked.ok()) return Count("Tokenize", ToGrpcStatus(checked));
   }
   for (const std::string& text : request->texts()) {
-    if (context->IsCancelled() || absl::Now() > DeadlineOf(*context)) {
-      return Count("Tokenize", grpc::Status(grpc::StatusCode::CANCELLED,
-                                            "the caller cancelled or its deadline passed"));
+    if (absl::Now() > DeadlineOf(*context)) {
+      return Count("Tokenize", grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                                            "the caller's deadline passed"));
+    }
+    if (context->IsCancelled()) {
+      return Count("Tokenize",
+                   grpc::Status(grpc::StatusCode::CANCELLED, "the caller cancelled"));
     }
     const Tokens tokens = tokenizer->Encode(text);
     v1::TokenizedText* out = response->add_texts();

@@ -95,7 +95,7 @@ absl::Status UnknownClass(absl::string_view field, const std::string& name,
                           const v1::ModelInfo& model) {
   return Invalid(absl::StrCat(field, ": unknown prompt ", ShortQuote(name), " for model ",
                               model.name(), ", a class model; its prompts are: ",
-                              absl::StrJoin(model.prompts(), ", ")));
+                              ShortList(model.prompts())));
 }
 
 // The request's prompt switch into the plan: the switch prompts (a class
