@@ -219,8 +219,9 @@ TEST_F(BadInputTest, EveryBadRequestGetsACodeAndTheFieldAndServiceGoesOn) {
                  p->add_segments()->set_from_step(4);
                },
                Code::INVALID_ARGUMENT, "trajectories[0].path.segments[2].from_step"),
+      // The step is named, not the start latent a step in range would need.
       denoiser("start beyond steps", [](auto& r) { r.set_start_step(99); },
-               Code::INVALID_ARGUMENT, "start_latent"),
+               Code::INVALID_ARGUMENT, "start_step must be in [0, 10), got 99"),
       denoiser("too many trajectories",
                [](auto& r) {
                  for (int i = 0; i < 70; ++i) *r.add_trajectories() = r.trajectories(0);
