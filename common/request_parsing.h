@@ -55,7 +55,9 @@ grpc::Status RequestParseError(const grpc::ByteBuffer& wire,
 // its own grpc::SerializationTraits (below).
 template <typename Message>
 struct ParsedRequest {
-  grpc::ByteBuffer wire;
+  // Mutable: AdmitAndParse lets the bytes go once parsed, so a call that runs
+  // for minutes does not hold its request twice.
+  mutable grpc::ByteBuffer wire;
 };
 
 // Parses `request` into `message`: gRPC's own parse, and when it fails the
@@ -132,6 +134,7 @@ class RequestParsingService : public grpc::Service {
                              const ParsedRequest<Request>& request, Request* message) {
     grpc::Status status = Admit(method, context);
     if (status.ok()) status = ParseRequest(request, message);
+    request.wire.Clear();
     if (!status.ok()) Refused(method, status);
     return status;
   }

@@ -1,5 +1,6 @@
 // TLS, mutual TLS, bearer-token auth and per-client limits, with real
 // processes and certificates generated at test time with openssl.
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <netinet/in.h>
 #include <openssl/ssl.h>
@@ -8,6 +9,7 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <future>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -151,6 +153,31 @@ TEST(SecurityTest, TlsApiWithBearerTokenAndOpenHealth) {
     v1::ListModelsResponse models;
     EXPECT_EQ(stub->ListModels(&context, {}, &models).error_code(),
               grpc::StatusCode::UNAUTHENTICATED);
+  }
+  // Without the token, a request that does not parse is refused for the
+  // token, not diagnosed (the prompt's bytes are not UTF-8); with it, the
+  // field is named.
+  std::string wire = v1::GridRequest().SerializeAsString();
+  wire += std::string("\x12\x01\xff", 3);  // field 2 (prompt): one byte, not UTF-8
+  for (const std::string& authorization : {std::string(), "Bearer " + token}) {
+    grpc::GenericStub raw(channel);
+    grpc::ClientContext raw_context;
+    raw_context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+    if (!authorization.empty()) raw_context.AddMetadata("authorization", authorization);
+    grpc::Slice slice(wire);
+    const grpc::ByteBuffer request(&slice, 1);
+    grpc::ByteBuffer response;
+    std::promise<grpc::Status> done;
+    raw.UnaryCall(&raw_context, "/dgrid.v1.Orchestrator/CreateGrid", grpc::StubOptions(),
+                  &request, &response,
+                  [&done](grpc::Status status) { done.set_value(std::move(status)); });
+    const grpc::Status status = done.get_future().get();
+    if (authorization.empty()) {
+      EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED) << status.error_message();
+    } else {
+      EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+      EXPECT_EQ(status.error_message(), "prompt: is not valid UTF-8");
+    }
   }
   // Health stays open, for probes.
   grpc::ClientContext context;

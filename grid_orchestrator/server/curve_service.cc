@@ -386,8 +386,12 @@ CurveService::CurveService(GridService* grids, ReplicaPool* pool, OrchestratorMe
 absl::StatusOr<std::unique_ptr<AdmittedCurve>> CurveService::Admit(
     const Caller& caller, const v1::CurveRequest& request) {
   absl::StatusOr<std::unique_ptr<AdmittedCurve>> curve = AdmitUncounted(caller, request);
-  if (!curve.ok() && metrics_) metrics_->CountCurve(Outcome(curve.status()), 0);
+  if (!curve.ok()) CountRefusal(curve.status());
   return curve;
+}
+
+void CurveService::CountRefusal(const absl::Status& status) {
+  if (metrics_) metrics_->CountCurve(Outcome(status), 0);
 }
 
 absl::StatusOr<std::unique_ptr<AdmittedCurve>> CurveService::AdmitUncounted(

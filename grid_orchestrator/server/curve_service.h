@@ -78,6 +78,9 @@ class CurveService {
   // Admit, then Run.
   absl::StatusOr<v1::CurveResult> RunCurve(const Caller& caller, const v1::CurveRequest& request,
                                            const CurveSink& sink);
+  // Counts a curve refused before Admit (a caller without the token, a
+  // request that does not parse) as Admit counts its refusals.
+  void CountRefusal(const absl::Status& status);
 
  private:
   class CurveRun;

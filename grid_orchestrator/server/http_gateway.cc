@@ -1081,23 +1081,32 @@ void ServeCurveStream(CurveService& curves, const v1::CurveRequest& curve_reques
       });
 }
 
-httplib::Server::HandlerWithContentReader CurveRoute(CurveService* curves,
+httplib::Server::HandlerWithContentReader CurveRoute(GridService* service, CurveService* curves,
                                                      size_t max_body_bytes) {
-  return [curves, max_body_bytes](const httplib::Request& request, httplib::Response& response,
-                                  const httplib::ContentReader& reader) {
+  return [service, curves, max_body_bytes](const httplib::Request& request,
+                                           httplib::Response& response,
+                                           const httplib::ContentReader& reader) {
     std::string body;
     if (!ReadBody(request, reader, max_body_bytes, response, &body)) return;
+    // As for grids: the token before the body is parsed.
+    if (absl::Status auth = service->Authenticate(CallerOf(request)); !auth.ok()) {
+      curves->CountRefusal(auth);
+      return SendError(response, auth);
+    }
     v1::CurveRequest curve_request;
     if (!body.empty()) {
+      absl::Status refused;
       if (absl::Status shape = CheckJsonShape(body, *v1::CurveRequest::descriptor()); !shape.ok()) {
-        return SendError(response, absl::InvalidArgumentError(
-                                       absl::StrCat("request body: ", shape.message())));
+        refused = absl::InvalidArgumentError(absl::StrCat("request body: ", shape.message()));
+      } else if (const auto parsed =
+                     google::protobuf::util::JsonStringToMessage(body, &curve_request);
+                 !parsed.ok()) {
+        refused = absl::InvalidArgumentError(absl::StrCat(
+            "request body: ", ShortQuote(FirstLine(std::string(parsed.message())))));
       }
-      if (const auto parsed = google::protobuf::util::JsonStringToMessage(body, &curve_request);
-          !parsed.ok()) {
-        return SendError(response, absl::InvalidArgumentError(absl::StrCat(
-                                       "request body: ",
-                                       ShortQuote(FirstLine(std::string(parsed.message()))))));
+      if (!refused.ok()) {
+        curves->CountRefusal(refused);
+        return SendError(response, refused);
       }
     }
     ServeCurveStream(*curves, curve_request, request, response);
@@ -1111,9 +1120,16 @@ httplib::Server::HandlerWithContentReader PostRoute(GridService* service, size_t
                                           const httplib::ContentReader& reader) {
     std::string body;
     if (!ReadBody(request, reader, max_body_bytes, response, &body)) return;
+    // The token before the body is parsed: a caller without it learns
+    // nothing of what it sent.
+    if (absl::Status auth = service->Authenticate(CallerOf(request)); !auth.ok()) {
+      service->CountRefusal(auth);
+      return SendError(response, auth);
+    }
     v1::GridRequest grid_request;
     if (absl::Status parsed = ParseGridRequest(body, "request body", &grid_request);
         !parsed.ok()) {
+      service->CountRefusal(parsed);
       return SendError(response, parsed);
     }
     route(*service, grid_request, request, response);
@@ -1131,7 +1147,7 @@ void AddRoutes(GridService* service, CurveService* curves, size_t max_body_bytes
   });
   server.Post(kGridPath, PostRoute(service, max_body_bytes, &ServeGrid));
   server.Post(kStreamPath, PostRoute(service, max_body_bytes, &ServeStream));
-  server.Post(kCurveStreamPath, CurveRoute(curves, max_body_bytes));
+  server.Post(kCurveStreamPath, CurveRoute(service, curves, max_body_bytes));
 }
 
 absl::StatusOr<std::unique_ptr<httplib::Server>> NewServer(

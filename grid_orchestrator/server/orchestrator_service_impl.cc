@@ -1,5 +1,7 @@
 #include "grid_orchestrator/server/orchestrator_service_impl.h"
 
+#include <string_view>
+
 #include "common/grpc_status.h"
 
 namespace dgrid {
@@ -11,6 +13,25 @@ OrchestratorServiceImpl::OrchestratorServiceImpl(GridService* service, CurveServ
   AddServerStreaming("StreamGrid", &OrchestratorServiceImpl::StreamGrid);
   AddUnary("ListModels", &OrchestratorServiceImpl::ListModels);
   AddServerStreaming("DecisionCurve", &OrchestratorServiceImpl::DecisionCurve);
+}
+
+grpc::Status OrchestratorServiceImpl::Admit(const char* method,
+                                            const grpc::ServerContext& context) {
+  Caller caller;
+  const auto& metadata = context.client_metadata();
+  if (auto it = metadata.find("authorization"); it != metadata.end()) {
+    caller.authorization.assign(it->second.data(), it->second.size());
+  }
+  return ToGrpcStatus(service_->Authenticate(caller));
+}
+
+void OrchestratorServiceImpl::Refused(const char* method, const grpc::Status& status) {
+  const std::string_view name = method;
+  if (name == "CreateGrid" || name == "StreamGrid") {
+    service_->CountRefusal(FromGrpcStatus(status));
+  } else if (name == "DecisionCurve" && curves_) {
+    curves_->CountRefusal(FromGrpcStatus(status));
+  }
 }
 
 void OrchestratorServiceImpl::EndCallsAt(absl::Time end) {

@@ -37,6 +37,12 @@ class OrchestratorServiceImpl final : public RequestParsingService {
   // clients if `end` comes before gRPC cancels the calls itself.
   void EndCallsAt(absl::Time end);
 
+  // The bearer token, checked before a request is parsed (a caller without
+  // it learns nothing of what it sent); refusals and requests that do not
+  // parse count as the grids' and curves' own refusals do.
+  grpc::Status Admit(const char* method, const grpc::ServerContext& context) override;
+  void Refused(const char* method, const grpc::Status& status) override;
+
  private:
   Caller CallerOf(grpc::ServerContext* context) const;
   bool Stopping() const { return absl::GetCurrentTimeNanos() > calls_end_ns_.load(); }
