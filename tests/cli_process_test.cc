@@ -397,7 +397,7 @@ TEST_F(CliTest, ErrorsAreOneReadableLine) {
 TEST_F(CliTest, ACurveGivesUpOnASilentOrchestrator) {
   const std::string log = stack_->dir() + "/silent.log";
   auto child = ChildProcess::Start({BinPath("dgrid"), "curve", Target(), "--trunks=200",
-                                    "--silence_s=2", "-o", stack_->dir() + "/silent.png"},
+                                    "--silence_s=3", "-o", stack_->dir() + "/silent.png"},
                                    log);
   ASSERT_TRUE(child.ok()) << child.status();
   // Stopped once the curve runs: its plan is out.
@@ -414,10 +414,10 @@ TEST_F(CliTest, ACurveGivesUpOnASilentOrchestrator) {
   ASSERT_TRUE(code.ok());
   EXPECT_EQ(*code, 1) << (*child)->Log();
   // Silence counts from the last event, which came before the stop (the
-  // plan's line was read a poll later).
-  EXPECT_GE(waited, absl::Milliseconds(1500));
+  // plan's line was read a poll later, on a machine that may be busy).
+  EXPECT_GE(waited, absl::Seconds(1));
   EXPECT_NE((*child)->Log().find("DecisionCurve: no word from " + stack_->orchestrator_address() +
-                                 " for 2 s (--silence_s"),
+                                 " for 3 s (--silence_s"),
             std::string::npos)
       << (*child)->Log();
   // The orchestrator serves again once it runs (the cancelled curve is gone).

@@ -744,7 +744,8 @@ int Curve() {
   }
   for (const v1::HeadCurve& head : curve.heads()) {
     // Rounded down: 99.6% is not "found in 100%", which is not printed.
-    const int found = static_cast<int>(std::floor(100 * head.half_found_fraction()));
+    // (1e-9: 100 * 0.29 is 28.999999999999996.)
+    const int found = static_cast<int>(std::floor(100 * head.half_found_fraction() + 1e-9));
     if (head.half_found()) {
       // The ± is over the bootstrap resamples that found a half step.
       std::cout << absl::StrFormat("%s: half its row-0 value at step %.1f ± %.1f%s\n",

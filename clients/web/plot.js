@@ -227,7 +227,7 @@ export function curveLegend(curve) {
     item.innerHTML = '<span class="swatch" aria-hidden="true"></span>';
     // Rounded down: 99.6% is not "found in 100%", which is not printed.
     const fraction = head.half_found_fraction ?? 0;
-    const found = Math.floor(100 * fraction);
+    const found = Math.floor(100 * fraction + 1e-9);  // 100 * 0.29 is 28.999999999999996
     item.append(`P(${name} differs from the trunk\u2019s): ` + (head.half_found ?
       `half its row-0 value at step ${fixed(head.half_step, 1)} \u00b1 ${fixed(head.half_step_standard_error, 1)}` +
           (fraction < 1 ? ` (found in ${found}% of resamples)` : '') :

@@ -169,11 +169,11 @@ class ReplicaPool {
   void HealthLoop();
   void PublishInflight(const Replica& replica);
   struct Waiter;
-  // Whether `replica` may serve `want` (health, cap, version, avoidance).
   // Whether a healthy replica the want neither avoids nor finds stalled
   // serves its model, at its cap or not.
   bool AnotherServes(const Want& want, absl::Time now) const;
-  // A replica that stalled a job a moment ago counts as avoided until `now`
+  // Whether `replica` may serve `want` (health, cap, version, avoidance). A
+  // replica that stalled a job a moment ago counts as avoided until `now`
   // passes its penalty.
   static bool Serves(const Replica& replica, const Want& want, bool allow_avoided, int cap,
                      absl::Time now);
