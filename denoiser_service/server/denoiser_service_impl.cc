@@ -1,5 +1,7 @@
 #include "denoiser_service/server/denoiser_service_impl.h"
 
+#include <utility>
+
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
@@ -34,9 +36,9 @@ constexpr absl::Duration kIdlePoll = absl::Seconds(1);
 // TokenizedText.unknown_words: what a client is told of a prompt's words the
 // vocabulary lacks, bounded whatever the prompt.
 constexpr int kMaxUnknownWords = 16;
-// Decoded images all Judge calls may hold at once (DenoiserServiceImpl::
-// judge_bytes_): 256 images of 1024x1024 RGB, one full call of SDXL's size.
-constexpr int64_t kMaxJudgeBytes = int64_t{768} << 20;
+// Images all Decode and Judge calls may hold at once (DenoiserServiceImpl::
+// image_bytes_): 256 images of 1024x1024 RGB, one full call of SDXL's size.
+constexpr int64_t kMaxImageBytes = int64_t{768} << 20;
 constexpr size_t kMaxUnknownWordBytes = 64;
 
 // Lets the batcher cancel `run` when the call behind `context` goes away,
@@ -476,6 +478,31 @@ grpc::Status DenoiserServiceImpl::Branch(grpc::ServerContext* context,
   return Count("Branch", ToGrpcStatus(StreamBranch(*request, model, **run, *context, *writer)));
 }
 
+DenoiserServiceImpl::HeldImageBytes::HeldImageBytes(HeldImageBytes&& other) noexcept
+    : pool_(std::exchange(other.pool_, nullptr)), bytes_(other.bytes_) {}
+
+DenoiserServiceImpl::HeldImageBytes::~HeldImageBytes() {
+  if (pool_) pool_->fetch_sub(bytes_);
+}
+
+absl::StatusOr<DenoiserServiceImpl::HeldImageBytes> DenoiserServiceImpl::HoldImageBytes(
+    absl::string_view field, int n, const BundleManifest& m, int64_t bytes) {
+  if (bytes > kMaxImageBytes) {  // never fits: not RESOURCE_EXHAUSTED
+    return absl::InvalidArgumentError(absl::StrCat(field, ": ", n, " images of ", m.name,
+                                                   "'s size take ", bytes >> 20,
+                                                   " MiB; at most ", kMaxImageBytes >> 20,
+                                                   " MiB in one call"));
+  }
+  for (int64_t held = image_bytes_.load();;) {
+    if (held + bytes > kMaxImageBytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          field, ": other Decode and Judge calls hold ", held >> 20, " MiB of images; try again"));
+    }
+    if (image_bytes_.compare_exchange_weak(held, held + bytes)) break;
+  }
+  return HeldImageBytes(&image_bytes_, bytes);
+}
+
 grpc::Status DenoiserServiceImpl::Decode(grpc::ServerContext* context,
                                          const v1::DecodeRequest* request,
                                          v1::DecodeResponse* response) {
@@ -488,6 +515,11 @@ grpc::Status DenoiserServiceImpl::Decode(grpc::ServerContext* context,
                                                      max_trajectories_per_request_,
                                                      " per request")));
   }
+  // The decoded pixels wait in memory for the engine's turn, as a Judge
+  // call's do: one budget for both.
+  absl::StatusOr<HeldImageBytes> held = HoldImageBytes(
+      "latents", request->latents_size(), m, int64_t{request->latents_size()} * m.ImageNumel());
+  if (!held.ok()) return Count("Decode", ToGrpcStatus(held.status()));
   std::vector<float> latents;
   std::vector<float> one;
   for (int i = 0; i < request->latents_size(); ++i) {
@@ -572,21 +604,8 @@ grpc::Status DenoiserServiceImpl::Judge(grpc::ServerContext* context,
                               max_trajectories_per_request_))));
   }
   const int64_t bytes = int64_t{n} * m.ImageNumel();
-  if (bytes > kMaxJudgeBytes) {  // never fits: not RESOURCE_EXHAUSTED
-    return Count("Judge", ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
-                              "images: ", n, " images of ", m.name, "'s size decode to ",
-                              bytes >> 20, " MiB; at most ", kMaxJudgeBytes >> 20,
-                              " MiB in one call"))));
-  }
-  for (int64_t held = judge_bytes_.load();;) {
-    if (held + bytes > kMaxJudgeBytes) {
-      return Count("Judge", ToGrpcStatus(absl::ResourceExhaustedError(absl::StrCat(
-                                "images: other Judge calls hold ", held >> 20,
-                                " MiB of decoded images; try again"))));
-    }
-    if (judge_bytes_.compare_exchange_weak(held, held + bytes)) break;
-  }
-  const absl::Cleanup release = [this, bytes] { judge_bytes_.fetch_sub(bytes); };
+  absl::StatusOr<HeldImageBytes> held = HoldImageBytes("images", n, m, bytes);
+  if (!held.ok()) return Count("Judge", ToGrpcStatus(held.status()));
   std::vector<uint8_t> pixels;
   pixels.reserve(static_cast<size_t>(bytes));
   for (int i = 0; i < n; ++i) {

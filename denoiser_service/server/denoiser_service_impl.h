@@ -71,11 +71,27 @@ class DenoiserServiceImpl final : public RequestParsingService {
   const int max_trajectories_per_request_;
   DenoiserMetrics* const metrics_;
   const std::string auth_token_;
-  // Decoded pixels that Judge calls hold while they wait for their turns.
-  // A small PNG can decode to a large image (a plain colour compresses
-  // 1000:1): calls past kMaxJudgeBytes in all are refused, retryably (one
-  // call larger than it alone, as invalid).
-  std::atomic<int64_t> judge_bytes_{0};
+  // Image bytes a Decode or Judge call holds while it waits for its turns on
+  // the engine: a Judge call's decoded PNGs (a small PNG can decode to a
+  // large image: a plain colour compresses 1000:1), a Decode call's pixels.
+  // Calls past kMaxImageBytes in all are refused, retryably (one call larger
+  // than it alone, as invalid).
+  class HeldImageBytes {
+   public:
+    HeldImageBytes(std::atomic<int64_t>* pool, int64_t bytes) : pool_(pool), bytes_(bytes) {}
+    HeldImageBytes(HeldImageBytes&& other) noexcept;
+    HeldImageBytes& operator=(HeldImageBytes&&) = delete;
+    ~HeldImageBytes();
+
+   private:
+    std::atomic<int64_t>* pool_;
+    int64_t bytes_;
+  };
+  // `bytes` for `n` images of model `m`, against image_bytes_; the error
+  // names `field`.
+  absl::StatusOr<HeldImageBytes> HoldImageBytes(absl::string_view field, int n,
+                                                const BundleManifest& m, int64_t bytes);
+  std::atomic<int64_t> image_bytes_{0};
 };
 
 }  // namespace dgrid
