@@ -4,6 +4,8 @@
 #
 #   scripts/test.sh            Release build in build/, every test
 #   scripts/test.sh --asan     ASan+UBSan build in build-asan/, unit tests
+#                              (suppressions: tests/lsan.supp, for fontconfig's
+#                              process-long caches)
 #   scripts/test.sh --tsan     TSan build in build-tsan/: batcher, pool, executor,
 #                              CurveService, stall watchdog,
 #                              GridService (outbox) and prefix-cache tests
@@ -16,7 +18,11 @@ preset=default
 ctest_args=()
 case "${1:-}" in
   "") ;;
-  --asan) preset=asan; ctest_args=(-L unit) ;;
+  --asan)
+    preset=asan
+    ctest_args=(-L unit)
+    export LSAN_OPTIONS="suppressions=$(pwd)/tests/lsan.supp ${LSAN_OPTIONS:-}"
+    ;;
   --tsan)
     preset=tsan
     # The 4,096-sample closed-form test runs 4M trajectory steps: minutes
