@@ -3,15 +3,13 @@
 // serve a normal grid.
 #include <grpcpp/grpcpp.h>
 
-#include <grpcpp/generic/generic_stub.h>
-
 #include <cmath>
 #include <functional>
-#include <future>
 #include <limits>
 
 #include "common/tensor_codec.h"
 #include "gtest/gtest.h"
+#include "tests/support/raw_call.h"
 #include "tests/support/stack.h"
 
 namespace dgrid {
@@ -100,21 +98,11 @@ class BadInputTest : public ::testing::Test {
     EXPECT_TRUE(stack_->orchestrator().Running());
   }
 
-  // A call with `wire` as the request's bytes, as any client could send
-  // them. Unary on the wire, which a server-streaming method that fails
-  // before its first message answers the same way.
+  // A call with `wire` as the request's bytes (testing::RawCall).
   static grpc::Status RawCall(const std::string& address, const std::string& method,
                               const std::string& wire) {
-    grpc::GenericStub stub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
-    grpc::ClientContext context;
-    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
-    grpc::Slice slice(wire);
-    const grpc::ByteBuffer request(&slice, 1);
-    grpc::ByteBuffer response;
-    std::promise<grpc::Status> done;
-    stub.UnaryCall(&context, method, grpc::StubOptions(), &request, &response,
-                   [&done](grpc::Status status) { done.set_value(std::move(status)); });
-    return done.get_future().get();
+    return testing::RawCall(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()),
+                            method, wire);
   }
 
   static Stack* stack_;

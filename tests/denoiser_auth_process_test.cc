@@ -2,16 +2,15 @@
 // claim, so it answers only the orchestrator. With --auth_token_file every
 // Denoiser call must carry the token (the orchestrator's
 // --denoiser_token_file); health checks stay open.
-#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
 #include <fstream>
-#include <future>
 #include <iterator>
 
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "tests/support/child_process.h"
+#include "tests/support/raw_call.h"
 #include "tests/support/stack.h"
 
 namespace dgrid {
@@ -92,18 +91,9 @@ TEST(DenoiserAuthTest, OnlyCallersWithTheTokenAreServed) {
   std::string wire = v1::StepRequest().SerializeAsString();
   wire += std::string("\x0a\x01\xff", 3);  // field 1 (model): one byte, not UTF-8
   for (const std::string& authorization : {std::string(), "Bearer " + token}) {
-    grpc::GenericStub raw(
-        grpc::CreateChannel((*stack)->denoiser_address(0), grpc::InsecureChannelCredentials()));
-    grpc::ClientContext raw_context;
-    raw_context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
-    if (!authorization.empty()) raw_context.AddMetadata("authorization", authorization);
-    grpc::Slice slice(wire);
-    const grpc::ByteBuffer request(&slice, 1);
-    grpc::ByteBuffer response;
-    std::promise<grpc::Status> done;
-    raw.UnaryCall(&raw_context, "/dgrid.v1.Denoiser/Step", grpc::StubOptions(), &request,
-                  &response, [&done](grpc::Status status) { done.set_value(std::move(status)); });
-    const grpc::Status status = done.get_future().get();
+    const grpc::Status status = testing::RawCall(
+        grpc::CreateChannel((*stack)->denoiser_address(0), grpc::InsecureChannelCredentials()),
+        "/dgrid.v1.Denoiser/Step", wire, authorization);
     if (authorization.empty()) {
       EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED) << status.error_message();
     } else {

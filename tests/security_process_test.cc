@@ -1,6 +1,5 @@
 // TLS, mutual TLS, bearer-token auth and per-client limits, with real
 // processes and certificates generated at test time with openssl.
-#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <netinet/in.h>
 #include <openssl/ssl.h>
@@ -9,13 +8,13 @@
 
 #include <cstdlib>
 #include <fstream>
-#include <future>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "common/tls.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
+#include "tests/support/raw_call.h"
 #include "tests/support/stack.h"
 
 namespace dgrid {
@@ -160,18 +159,8 @@ TEST(SecurityTest, TlsApiWithBearerTokenAndOpenHealth) {
   std::string wire = v1::GridRequest().SerializeAsString();
   wire += std::string("\x12\x01\xff", 3);  // field 2 (prompt): one byte, not UTF-8
   for (const std::string& authorization : {std::string(), "Bearer " + token}) {
-    grpc::GenericStub raw(channel);
-    grpc::ClientContext raw_context;
-    raw_context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
-    if (!authorization.empty()) raw_context.AddMetadata("authorization", authorization);
-    grpc::Slice slice(wire);
-    const grpc::ByteBuffer request(&slice, 1);
-    grpc::ByteBuffer response;
-    std::promise<grpc::Status> done;
-    raw.UnaryCall(&raw_context, "/dgrid.v1.Orchestrator/CreateGrid", grpc::StubOptions(),
-                  &request, &response,
-                  [&done](grpc::Status status) { done.set_value(std::move(status)); });
-    const grpc::Status status = done.get_future().get();
+    const grpc::Status status =
+        testing::RawCall(channel, "/dgrid.v1.Orchestrator/CreateGrid", wire, authorization);
     if (authorization.empty()) {
       EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED) << status.error_message();
     } else {

@@ -4,6 +4,7 @@
 // health servers.
 #include "grid_orchestrator/execute/grid_executor.h"
 
+#include <functional>
 #include <mutex>
 #include <set>
 
@@ -31,10 +32,13 @@ class GridExecutorTest : public ::testing::Test {
     return *plan;
   }
 
+  // `before` runs on the pool before the grid (a health round, say).
   absl::StatusOr<v1::Grid> Run(FakeReplicas& replicas, const GridPlanSpec& plan,
-                               std::vector<v1::GridEvent>* events = nullptr) {
+                               std::vector<v1::GridEvent>* events = nullptr,
+                               const std::function<void(ReplicaPool&)>& before = {}) {
     auto pool = ReplicaPool::Create(replicas.PoolOptions(), nullptr);
     if (!pool.ok()) return pool.status();
+    if (before) before(**pool);
     PrefixCache cache(0);
     ExecutorOptions options;
     options.cells_per_job = 1;
@@ -198,19 +202,11 @@ TEST_F(GridExecutorTest, AnErrorAfterEveryResultDoesNotFailTheGrid) {
 // version, instead of version 2's results being cached under version 1.
 TEST_F(GridExecutorTest, AReplicaOnAnotherVersionIsRefusedByTheVersionOnTheWire) {
   FakeReplicas replicas(2);
-  auto pool = ReplicaPool::Create(replicas.PoolOptions(), nullptr);
-  ASSERT_TRUE(pool.ok()) << pool.status();
-  (*pool)->CheckHealthNow();  // both replicas' models known: version 1
-  ASSERT_TRUE((*pool)->Model("fake", "1").ok());
-  replicas.script(0).version = "2";  // unseen by the pool until it asks again
-  PrefixCache cache(0);
-  ExecutorOptions options;
-  options.cells_per_job = 1;
-  options.retry_backoff = absl::Milliseconds(1);
-  GridExecutor executor(pool->get(), &cache, nullptr, options);
-  GridCancel cancel;
-  absl::StatusOr<v1::Grid> grid = executor.Run(Plan(), absl::Now() + absl::Seconds(30),
-                                               [](const v1::GridEvent&) {}, &cancel);
+  absl::StatusOr<v1::Grid> grid = Run(replicas, Plan(), nullptr, [&](ReplicaPool& pool) {
+    pool.CheckHealthNow();  // both replicas' models known: version 1
+    ASSERT_TRUE(pool.Model("fake", "1").ok());
+    replicas.script(0).version = "2";  // unseen by the pool until it asks again
+  });
   ASSERT_TRUE(grid.ok()) << grid.status();
   EXPECT_EQ(grid->trunk().source(), replicas.address(1));
   for (const auto& row : grid->rows()) {
