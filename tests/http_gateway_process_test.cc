@@ -122,9 +122,10 @@ HttpAnswer ReadAnswer(int fd, absl::Duration timeout, absl::Time start) {
 
 // Sends `request` as written and reads the answer.
 HttpAnswer Exchange(int port, const std::string& request,
-                    absl::Duration timeout = absl::Seconds(30)) {
+                    absl::Duration timeout = absl::Seconds(30),
+                    const char* source = "127.0.0.1") {
   const absl::Time start = absl::Now();
-  const int fd = Connect(port);
+  const int fd = Connect(port, source);
   if (fd < 0) return {};
   HttpAnswer answer;
   if (SendAll(fd, request)) answer = ReadAnswer(fd, timeout, start);
@@ -794,7 +795,7 @@ TEST_F(HttpGatewayTest, ARequestForAnotherHostNameIsRefused) {
 
 
 // A stack whose denoiser takes 300 ms a step, so that a large grid runs for
-// a minute, and whose orchestrator lets a client have one grid at a time.
+// a minute, and whose orchestrator runs one grid at a time, one per client.
 class SlowGridTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -802,7 +803,7 @@ class SlowGridTest : public ::testing::Test {
     options.denoisers = 1;
     options.denoiser_flags = {"--debug_step_delay_ms=300"};
     options.orchestrator_flags = {"--http_addr=127.0.0.1:0", "--web_dir=",
-                                  "--max_grids_per_client=1"};
+                                  "--max_grids_per_client=1", "--max_concurrent_grids=1"};
     auto stack = Stack::Start(options, "http-gateway-slow");
     ASSERT_TRUE(stack.ok()) << stack.status();
     stack_ = stack->release();
@@ -884,6 +885,15 @@ TEST_F(SlowGridTest, OneBudgetPerClientAcrossGrpcAndHttp) {
   EXPECT_EQ(http.status, 429) << http.body.substr(0, 300);
   EXPECT_NE(http.body.find("from this client"), std::string::npos) << http.body.substr(0, 300);
   EXPECT_LT(http.took, absl::Seconds(4)) << http.took;
+  // Another client finds the service full: the server is busy, not the
+  // client too demanding, so 503 (429 before), and either may come back.
+  const HttpAnswer other = Exchange(port_, Request("POST", "/api/v1/grid", {kJson}, kSmallGrid),
+                                    absl::Seconds(60), "127.0.0.2");
+  EXPECT_EQ(other.status, 503) << other.body.substr(0, 300);
+  EXPECT_NE(other.body.find("too many grids in flight (limit 1)"), std::string::npos)
+      << other.body.substr(0, 300);
+  EXPECT_EQ(other.header("retry-after"), "1");
+  EXPECT_EQ(http.header("retry-after"), "1");
   Stop(std::move(grid));
 }
 

@@ -23,6 +23,11 @@ absl::Status ThrottledError(absl::string_view message) {
   return status;
 }
 
+bool IsThrottled(const absl::Status& status) {
+  return status.code() == absl::StatusCode::kResourceExhausted &&
+         status.GetPayload(kThrottled).has_value();
+}
+
 const char* Outcome(const absl::Status& status) {
   if (CallersMistake(status.code())) return "invalid";
   switch (status.code()) {
@@ -31,7 +36,7 @@ const char* Outcome(const absl::Status& status) {
     case absl::StatusCode::kCancelled:
       return "cancelled";
     case absl::StatusCode::kResourceExhausted:
-      return status.GetPayload(kThrottled).has_value() ? "throttled" : "rejected";
+      return IsThrottled(status) ? "throttled" : "rejected";
     default:
       return "failed";
   }

@@ -30,6 +30,8 @@ const char* Outcome(const absl::Status& status);
 // overloaded and counts as an error in the alerts. Behind an Ingress every
 // browser is one client, and its limit alone is no outage.
 absl::Status ThrottledError(absl::string_view message);
+// Whether `status` came from ThrottledError.
+bool IsThrottled(const absl::Status& status);
 // How a grid or curve that passed admission and then ended with `status`
 // counts: what a replica refuses then is config or version skew, "failed"
 // (not the caller's "invalid"); the caller's own deadline, once passed

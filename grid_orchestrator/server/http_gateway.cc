@@ -34,6 +34,7 @@
 #include "common/http_listen.h"
 #include "common/short_text.h"
 #include "common/status_macros.h"
+#include "grid_orchestrator/metrics/orchestrator_metrics.h"
 #include "grid_orchestrator/server/cors_policy.h"
 #include "grid_orchestrator/server/json_shape.h"
 #include "httplib.h"
@@ -75,8 +76,11 @@ constexpr size_t kHeadersAddedByHttplib = 4;
 
 // ---- Errors ----
 
-int HttpStatusFor(absl::StatusCode code) {
-  switch (code) {
+// RESOURCE_EXHAUSTED is the client's own limit (429 Too Many Requests:
+// ThrottledError) or the service's, or its replicas' (503: the server is
+// busy, not the client too demanding).
+int HttpStatusFor(const absl::Status& status) {
+  switch (status.code()) {
     case absl::StatusCode::kOk:
       return 200;
     case absl::StatusCode::kInvalidArgument:
@@ -90,7 +94,7 @@ int HttpStatusFor(absl::StatusCode code) {
     case absl::StatusCode::kNotFound:
       return 404;
     case absl::StatusCode::kResourceExhausted:
-      return 429;
+      return IsThrottled(status) ? 429 : 503;
     case absl::StatusCode::kCancelled:
       return 499;
     case absl::StatusCode::kUnavailable:
@@ -126,7 +130,12 @@ void SendError(httplib::Response& response, int http_status, const absl::Status&
 }
 
 void SendError(httplib::Response& response, const absl::Status& status) {
-  SendError(response, HttpStatusFor(status.code()), status);
+  const int http_status = HttpStatusFor(status);
+  // A limit frees up as grids end: the client may try again shortly.
+  if (status.code() == absl::StatusCode::kResourceExhausted) {
+    response.set_header("Retry-After", "1");
+  }
+  SendError(response, http_status, status);
 }
 
 void CloseAfterAnswer();
