@@ -59,17 +59,16 @@ absl::string_view Utf8Prefix(absl::string_view value, size_t max_bytes);
 template <typename Names>
 std::string ShortList(const Names& names, size_t max_bytes) {
   std::string out;
-  size_t shown = 0, total = 0;
+  size_t left = 0;  // names that did not fit, from the first that did not on
   for (const auto& name : names) {
-    ++total;
-    if (shown == total - 1 && out.size() + name.size() + 2 <= max_bytes) {
+    if (left == 0 && out.size() + name.size() + 2 <= max_bytes) {
       if (!out.empty()) out += ", ";
       out += name;
-      ++shown;
+    } else {
+      ++left;
     }
   }
-  if (shown < total) out += (out.empty() ? "" : ", ") + std::string("and ") +
-                            std::to_string(total - shown) + " more";
+  if (left > 0) out += (out.empty() ? "and " : ", and ") + std::to_string(left) + " more";
   return out;
 }
 

@@ -16,10 +16,9 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <condition_variable>
 #include <csignal>
 #include <cstdio>
-#include <cstdlib>
-#include <condition_variable>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -436,7 +435,6 @@ void CheckWritable(const std::string& png, bool svg_allowed = false) {
     }
   }
 }
-
 
 // Words as "a", "b", each quoted safely.
 template <typename Words>

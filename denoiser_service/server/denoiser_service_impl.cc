@@ -1,13 +1,12 @@
 #include "denoiser_service/server/denoiser_service_impl.h"
 
-#include <utility>
-
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
 #include <set>
 #include <string>
 #include <tuple>
+#include <utility>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"

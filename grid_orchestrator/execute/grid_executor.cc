@@ -1,5 +1,6 @@
 #include "grid_orchestrator/execute/grid_executor.h"
 
+#include <algorithm>
 #include <map>
 #include <optional>
 #include <thread>
@@ -141,6 +142,12 @@ class GridExecutor::GridRun {
   void Emit(const v1::GridEvent& event);
   // The trajectory strip's images and the grid PNG (see GridImages).
   bool wants_figure() const { return plan_.images == GridImages::kFigure; }
+  // Whether a row branches at `step`: the captures the grid keeps for its
+  // whole life (a checkpoint only serves the trunk's resume and the cache).
+  bool IsRowStep(int step) const {
+    return std::any_of(plan_.rows.begin(), plan_.rows.end(),
+                       [step](const PlannedRow& row) { return row.branch_step == step; });
+  }
   // A cell whose path is the trunk's (a promoted cell's own column, or a
   // switch to the prompt in force with the trunk's noise) is not run: the
   // trunk's final is its image.
@@ -390,12 +397,6 @@ void GridExecutor::GridRun::RunJob(const std::string& label, const NextRequest& 
 
 void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> start_latent) {
   std::set<int> wanted(plan_.trunk_captures.begin(), plan_.trunk_captures.end());
-  // The captures the grid keeps: its rows' branch steps. A checkpoint only
-  // serves this trunk's resume (start_latent below) and the cache; kept for
-  // the grid's life, a 1000-step figure's 100 checkpoints with their images
-  // held ~100 MB a grid at 512 px.
-  std::set<int> row_steps;
-  for (const PlannedRow& row : plan_.rows) row_steps.insert(row.branch_step);
   bool final_seen = false;
   auto next = [&]() -> std::optional<std::pair<v1::BranchRequest, int64_t>> {
     if (final_seen) return std::nullopt;
@@ -434,7 +435,9 @@ void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> s
       if (wants_figure()) {
         ex_.cache_->Put(PrefixCache::CaptureKey(sampler_key_, plan_.trunk, c.step()), entry);
       }
-      if (row_steps.count(c.step())) {
+      // Kept for the grid's life only at a row's step: a 1000-step figure
+      // has 100 checkpoints, each with its x_t and x0 images.
+      if (IsRowStep(c.step())) {
         std::lock_guard<std::mutex> lock(mu_);
         captures_[c.step()] = entry;
       }
@@ -604,8 +607,6 @@ int GridExecutor::GridRun::LoadCached() {
   }
   int start = 0;
   bool missing_capture = false;
-  std::set<int> row_steps;
-  for (const PlannedRow& row : plan_.rows) row_steps.insert(row.branch_step);
   std::optional<CacheEntry> resume;  // the capture the trunk resumes from
   for (int s : plan_.trunk_captures) {
     ++lookups;
@@ -615,7 +616,7 @@ int GridExecutor::GridRun::LoadCached() {
       continue;
     }
     ++hits;
-    if (row_steps.count(s)) {
+    if (IsRowStep(s)) {
       std::lock_guard<std::mutex> lock(mu_);
       captures_[s] = *hit;
     }
@@ -624,7 +625,7 @@ int GridExecutor::GridRun::LoadCached() {
       resume = std::move(hit);
     }
   }
-  // Of the checkpoints, only the resume point is kept (RunTrunk's note).
+  // Of the checkpoints, only the resume point is kept (IsRowStep).
   if (resume) {
     std::lock_guard<std::mutex> lock(mu_);
     captures_.emplace(start, std::move(*resume));

@@ -396,8 +396,9 @@ absl::StatusOr<ReplicaPool::Lease> ReplicaPool::Acquire(const Want& want) {
   while (true) {
     if (want.cancelled && want.cancelled->load()) return absl::CancelledError("grid cancelled");
     std::shared_ptr<Replica> best;
-    bool any_healthy = false, any_serving = false, other_serving = false;
+    bool any_healthy = false, any_serving = false;
     const absl::Time picked_at = absl::Now();
+    const bool other_serving = AnotherServes(want, picked_at);
     for (bool allow_avoided : {false, true}) {
       // An avoided replica (a job just failed on it) only when no other
       // healthy one serves the model: one at its cap frees a slot soon, and
@@ -408,9 +409,6 @@ absl::StatusOr<ReplicaPool::Lease> ReplicaPool::Acquire(const Want& want) {
         if (!r->healthy) continue;
         any_healthy = true;
         if (Serves(*r, want, true, std::numeric_limits<int>::max(), picked_at)) any_serving = true;
-        if (Serves(*r, want, false, std::numeric_limits<int>::max(), picked_at)) {
-          other_serving = true;
-        }
         const int cap =
             want.control ? std::numeric_limits<int>::max() : options_.max_inflight_per_replica;
         if (!Serves(*r, want, allow_avoided, cap, picked_at)) continue;

@@ -45,6 +45,16 @@ class CurveServiceTest : public ::testing::Test {
     return DecodePng({reinterpret_cast<const uint8_t*>(png.data()), png.size()})->pixels[0] >= 128;
   }
 
+  // A 3-trunk curve stands, its 39 images (13 a trunk) all judged by
+  // replica 1, whatever replica 0's judge did.
+  void ExpectReplicaOneJudgesEveryImage() {
+    absl::StatusOr<v1::CurveResult> curve =
+        curves_->RunCurve(Caller{}, Request(3), [](const v1::CurveEvent&) { return true; });
+    ASSERT_TRUE(curve.ok()) << curve.status();
+    EXPECT_EQ(curve->judged_images(), 3 * 13);
+    EXPECT_EQ(replicas_.log(1).judged_images, 3 * 13);
+  }
+
   // dgrid_orchestrator_grids_total{status} and dgrid_orchestrator_curves_total{status}.
   double Grids(const std::string& status) {
     return Count("dgrid_orchestrator_grids_total", status);
@@ -372,11 +382,7 @@ TEST_F(CurveServiceTest, AJudgeCallThatTimesOutIsTriedOnAnotherReplica) {
   Start();
   replicas_.script(0).judge_fail_first = 1000;
   replicas_.script(0).judge_fail_code = grpc::StatusCode::DEADLINE_EXCEEDED;
-  absl::StatusOr<v1::CurveResult> curve =
-      curves_->RunCurve(Caller{}, Request(3), [](const v1::CurveEvent&) { return true; });
-  ASSERT_TRUE(curve.ok()) << curve.status();
-  EXPECT_EQ(curve->judged_images(), 3 * 13);
-  EXPECT_EQ(replicas_.log(1).judged_images, 3 * 13);
+  ExpectReplicaOneJudgesEveryImage();
 }
 
 // A malformed judge answer is that replica's bad output, tried elsewhere as
@@ -384,11 +390,7 @@ TEST_F(CurveServiceTest, AJudgeCallThatTimesOutIsTriedOnAnotherReplica) {
 TEST_F(CurveServiceTest, AMalformedJudgeAnswerIsTriedOnAnotherReplica) {
   Start();
   replicas_.script(0).judge_answers_nothing = true;
-  absl::StatusOr<v1::CurveResult> curve =
-      curves_->RunCurve(Caller{}, Request(3), [](const v1::CurveEvent&) { return true; });
-  ASSERT_TRUE(curve.ok()) << curve.status();
-  EXPECT_EQ(curve->judged_images(), 3 * 13);
-  EXPECT_EQ(replicas_.log(1).judged_images, 3 * 13);
+  ExpectReplicaOneJudgesEveryImage();
 }
 
 // While no trunk finishes, the progress so far goes out again, so that a

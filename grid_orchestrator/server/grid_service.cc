@@ -177,17 +177,19 @@ absl::StatusOr<GridPlanSpec> GridService::Plan(const v1::GridRequest& request,
   // left is not kept waiting for seconds and then handed a grid already late.
   want.deadline = std::min(absl::Now() + absl::Seconds(5), deadline);
   want.control = true;
+  // Past the caller's own deadline (the bound here), the call is late, not
+  // the replicas' fault.
+  const bool callers_bound = want.deadline == deadline;
   const auto late = [] {
     return absl::DeadlineExceededError(
         "the call's deadline passed while the prompts were being tokenized");
   };
-  if (absl::Now() >= want.deadline && want.deadline == deadline) return late();
+  if (callers_bound && absl::Now() >= deadline) return late();
   absl::StatusOr<ReplicaPool::Lease> lease = pool_->Acquire(want);
   if (!lease.ok()) {
-    if (lease.status().code() == absl::StatusCode::kDeadlineExceeded && want.deadline == deadline) {
-      return late();
-    }
-    return lease.status();
+    return callers_bound && lease.status().code() == absl::StatusCode::kDeadlineExceeded
+               ? late()
+               : lease.status();
   }
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(want.deadline));
@@ -199,7 +201,7 @@ absl::StatusOr<GridPlanSpec> GridService::Plan(const v1::GridRequest& request,
   tokenize.add_texts(plan->switch_negative_prompt);
   v1::TokenizeResponse tokens;
   const grpc::Status status = lease->stub()->Tokenize(&context, tokenize, &tokens);
-  if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && want.deadline == deadline &&
+  if (callers_bound && status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED &&
       absl::Now() >= deadline) {
     return late();
   }

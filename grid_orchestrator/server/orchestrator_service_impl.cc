@@ -1,5 +1,6 @@
 #include "grid_orchestrator/server/orchestrator_service_impl.h"
 
+#include <string>
 #include <string_view>
 
 #include "common/grpc_status.h"
@@ -15,13 +16,21 @@ OrchestratorServiceImpl::OrchestratorServiceImpl(GridService* service, CurveServ
   AddServerStreaming("DecisionCurve", &OrchestratorServiceImpl::DecisionCurve);
 }
 
+namespace {
+
+// The call's "authorization" header, or "".
+std::string AuthorizationOf(const grpc::ServerContext& context) {
+  const auto& metadata = context.client_metadata();
+  const auto it = metadata.find("authorization");
+  return it == metadata.end() ? std::string() : std::string(it->second.data(), it->second.size());
+}
+
+}  // namespace
+
 grpc::Status OrchestratorServiceImpl::Admit(const char* method,
                                             const grpc::ServerContext& context) {
   Caller caller;
-  const auto& metadata = context.client_metadata();
-  if (auto it = metadata.find("authorization"); it != metadata.end()) {
-    caller.authorization.assign(it->second.data(), it->second.size());
-  }
+  caller.authorization = AuthorizationOf(context);
   return ToGrpcStatus(service_->Authenticate(caller));
 }
 
@@ -42,10 +51,7 @@ void OrchestratorServiceImpl::EndCallsAt(absl::Time end) {
 Caller OrchestratorServiceImpl::CallerOf(grpc::ServerContext* context) const {
   Caller caller;
   caller.client = ClientKey(context->peer());
-  const auto& metadata = context->client_metadata();
-  if (auto it = metadata.find("authorization"); it != metadata.end()) {
-    caller.authorization.assign(it->second.data(), it->second.size());
-  }
+  caller.authorization = AuthorizationOf(*context);
   if (context->deadline() != std::chrono::system_clock::time_point::max()) {
     caller.deadline = absl::FromChrono(context->deadline());
   }
