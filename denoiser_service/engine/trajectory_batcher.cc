@@ -286,15 +286,6 @@ absl::Status TrajectoryBatcher::RunJob(std::shared_ptr<BesideJob> job) {
 void TrajectoryBatcher::RunBesideTurn() {
   std::shared_ptr<BesideJob> job = std::move(beside_queue_.front());
   beside_queue_.pop_front();
-  if (job->cancelled && job->cancelled()) {
-    job->done.set_value(absl::CancelledError("the caller cancelled"));
-    return;
-  }
-  if (absl::Now() > job->deadline) {
-    job->done.set_value(absl::DeadlineExceededError(absl::StrCat(
-        "the deadline passed after ", job->done_items, " of ", job->items, " items")));
-    return;
-  }
   const int n = std::min(decode_chunk_, job->items - job->done_items);
   const absl::Time start = absl::Now();
   const int first = job->done_items;
@@ -313,6 +304,27 @@ void TrajectoryBatcher::RunBesideTurn() {
   } else {
     beside_queue_.push_back(std::move(job));  // its turn ends
   }
+}
+
+// Ends every queued job whose caller went away or whose deadline passed,
+// wherever it stands in the queue: its RPC thread and the images it holds
+// are let go now, not when its turn would have come.
+void TrajectoryBatcher::EndStoppedJobs() {
+  const absl::Time now = absl::Now();
+  auto stopped = [&](const std::shared_ptr<BesideJob>& job) {
+    if (job->cancelled && job->cancelled()) {
+      job->done.set_value(absl::CancelledError("the caller cancelled"));
+      return true;
+    }
+    if (now > job->deadline) {
+      job->done.set_value(absl::DeadlineExceededError(absl::StrCat(
+          "the deadline passed after ", job->done_items, " of ", job->items, " items")));
+      return true;
+    }
+    return false;
+  };
+  beside_queue_.erase(std::remove_if(beside_queue_.begin(), beside_queue_.end(), stopped),
+                      beside_queue_.end());
 }
 
 void TrajectoryBatcher::CreditDecodes(absl::Duration forward, int keys) {
@@ -648,6 +660,7 @@ void TrajectoryBatcher::Loop() {
     }
     for (auto& job : jobs) beside_queue_.push_back(std::move(job));
     jobs.clear();
+    EndStoppedJobs();
     if (!beside_queue_.empty() && (active.empty() || decode_debt_ <= absl::ZeroDuration())) {
       RunBesideTurn();
     }

@@ -248,7 +248,8 @@ class TrajectoryBatcher {
   // so work(begin, count) runs on several threads at once, each on items of
   // its own. Turns share the replica with the trajectories as one fairness
   // key does (RunBesideTurn). Waits for the last turn. DEADLINE_EXCEEDED or
-  // CANCELLED when `deadline` passes or `cancelled` says so before a turn.
+  // CANCELLED when `deadline` passes or `cancelled` says so while it waits:
+  // between two iterations, however many jobs are ahead of it.
   absl::Status RunBeside(int items, std::function<absl::Status(int begin, int count)> work,
                          absl::Time deadline = absl::InfiniteFuture(),
                          std::function<bool()> cancelled = nullptr);
@@ -291,6 +292,8 @@ class TrajectoryBatcher {
   absl::Status RunJob(std::shared_ptr<BesideJob> job);
   // Runs the next turn of the job beside the trajectories whose turn it is.
   void RunBesideTurn();
+  // Ends the queued jobs whose caller left or whose deadline passed.
+  void EndStoppedJobs();
   // A forward pass of `forward` beside `keys` fairness keys earns the work
   // beside them (jobs, other runs' images) its one key's share.
   void CreditDecodes(absl::Duration forward, int keys);

@@ -2,12 +2,14 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <condition_variable>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <future>
 #include <map>
 #include <mutex>
 #include <set>
@@ -611,6 +613,53 @@ TEST_F(BatcherTest, WorkBesideTheTrajectoriesRunsEachItemOnceInTurnsAcrossTheCor
   EXPECT_EQ(batcher.RunBeside(items, nothing, absl::InfiniteFuture(), [] { return true; }).code(),
             absl::StatusCode::kCancelled);
   EXPECT_TRUE(batcher.RunBeside(0, nothing).ok());
+}
+
+TEST_F(BatcherTest, AJobWhoseCallerLeftEndsWithoutWaitingForTheJobsAheadOfIt) {
+  TrajectoryBatcher batcher(model_.get(), {.cores = 1});
+  // Two jobs ahead hold the batcher's thread, each until it is let go.
+  std::promise<void> first_started, release_first, release_second;
+  std::shared_future<void> first_go = release_first.get_future().share();
+  std::shared_future<void> second_go = release_second.get_future().share();
+  auto first = std::async(std::launch::async, [&] {
+    return batcher.RunBeside(1, [&](int, int) {
+      first_started.set_value();
+      first_go.wait();
+      return absl::OkStatus();
+    });
+  });
+  first_started.get_future().wait();
+  auto second = std::async(std::launch::async, [&] {
+    return batcher.RunBeside(1, [&](int, int) {
+      second_go.wait();
+      return absl::OkStatus();
+    });
+  });
+  absl::SleepFor(absl::Milliseconds(200));  // queued behind the first
+  std::atomic<bool> gone{false};
+  auto left = std::async(std::launch::async, [&] {
+    return batcher.RunBeside(1, [](int, int) { return absl::InternalError("must not run"); },
+                             absl::InfiniteFuture(), [&] { return gone.load(); });
+  });
+  auto expired = std::async(std::launch::async, [&] {
+    return batcher.RunBeside(1, [](int, int) { return absl::InternalError("must not run"); },
+                             absl::Now() + absl::Milliseconds(300));
+  });
+  absl::SleepFor(absl::Milliseconds(400));  // both queued behind the second
+  gone = true;
+  release_first.set_value();
+  // Both end while the second job still holds the batcher.
+  const bool left_ended = left.wait_for(std::chrono::seconds(20)) == std::future_status::ready;
+  const bool expired_ended =
+      expired.wait_for(std::chrono::seconds(20)) == std::future_status::ready;
+  const bool second_running = second.wait_for(std::chrono::seconds(0)) != std::future_status::ready;
+  release_second.set_value();
+  EXPECT_TRUE(first.get().ok());
+  EXPECT_TRUE(second.get().ok());
+  ASSERT_TRUE(left_ended && expired_ended);
+  EXPECT_TRUE(second_running);
+  EXPECT_EQ(left.get().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(expired.get().code(), absl::StatusCode::kDeadlineExceeded);
 }
 
 TEST_F(BatcherTest, InvalidRequestsNameTheField) {
