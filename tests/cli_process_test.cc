@@ -200,6 +200,15 @@ TEST_F(CliTest, AFailedWriteKeepsThePreviousPlotAndSidecar) {
   }
   std::sort(names.begin(), names.end());
   EXPECT_EQ(absl::StrJoin(names, " "), "grid.json grid.png real.png");
+
+  // A plot whose sidecar's name is 254 bytes, one short of the usual limit.
+  const std::string longest = dir + "/" + std::string(249, 'g') + ".png";
+  const Ran written = RunCli({"grid", Target(), "--seed=11", "--branches=1", "--branch_steps=0",
+                              "-o", longest},
+                             stack_->dir());
+  ASSERT_EQ(written.code, 0) << written.output;
+  EXPECT_TRUE(ReadFile(longest) == png);
+  EXPECT_FALSE(ReadFile(dir + "/" + std::string(249, 'g') + ".json").empty());
 }
 
 // One branch per row has no pair: the summary gives each row's distance to

@@ -329,9 +329,10 @@ void WriteFiles(const std::vector<std::pair<std::string, std::string>>& files) {
     int fd = -1;
     std::string temporary;
     for (int attempt = 0; fd < 0 && attempt < 100; ++attempt) {
-      temporary = (FolderOf(path) / absl::StrCat(".", path.filename().string(), ".", ::getpid(),
-                                                 ".", attempt, ".tmp"))
-                      .string();
+      // Its own short name, not the file's with a suffix: a file name near
+      // the folder's length limit (255 bytes) still gets a temporary one.
+      temporary =
+          (FolderOf(path) / absl::StrCat(".dgrid.", ::getpid(), ".", attempt, ".tmp")).string();
       fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
       if (fd < 0 && errno != EEXIST) break;
     }

@@ -28,9 +28,11 @@ def _write_whole(path: str, data: Union[bytes, str]) -> None:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"cannot write {path}: expected bytes, got {type(data).__name__}")
     target = os.path.realpath(path)
-    folder, name = os.path.split(target)
+    folder = os.path.dirname(target)
     for _ in range(100):
-        temporary = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.tmp")
+        # Its own short name, not the file's with a suffix: a name near the
+        # folder's length limit (255 bytes) still gets a temporary one.
+        temporary = os.path.join(folder, f".dgrid.{secrets.token_hex(6)}.tmp")
         try:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
             break

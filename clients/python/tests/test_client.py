@@ -557,6 +557,11 @@ class RequestTest(unittest.TestCase):
             with open(real, "rb") as f:
                 self.assertEqual(f.read(), b"new png")
             self.assertEqual(sorted(os.listdir(tmp)), ["curve.png", "real.png"])
+            # A name of 254 bytes, one short of the usual limit, is written.
+            longest = os.path.join(tmp, "c" * 250 + ".png")
+            curve.save_png(longest)
+            with open(longest, "rb") as f:
+                self.assertEqual(f.read(), b"new png")
 
     def test_plan_and_model_name_the_sampler(self) -> None:
         self.assertEqual(Plan.from_proto(grid_plan(denoiser_pb2.SAMPLER_EULER_ANCESTRAL)).sampler,
