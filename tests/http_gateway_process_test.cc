@@ -762,6 +762,28 @@ TEST_F(HttpGatewayTest, AnUnknownApiPathIsNotFound) {
   }
 }
 
+// The refusals httplib makes itself (a request line it cannot parse, one
+// past its 8 KiB, a file the web folder lacks) carry a JSON error too; they
+// had empty bodies.
+TEST_F(HttpGatewayTest, HttplibsOwnRefusalsCarryAJsonError) {
+  struct Case {
+    std::string request;
+    int status;
+    const char* message;
+  };
+  const std::vector<Case> cases = {
+      {"NOT-A-REQUEST\r\n\r\n", 400, "request line or a header is malformed"},
+      {Request("GET", "/" + std::string(9000, 'a')), 414, "request line is too long"},
+      {Request("GET", "/no-such-page.html"), 404, "nothing is served here"},
+  };
+  for (const Case& c : cases) {
+    const HttpAnswer answer = Exchange(port_, c.request);
+    EXPECT_EQ(answer.status, c.status) << c.request.substr(0, 40) << ": " << answer.body;
+    EXPECT_EQ(answer.header("content-type"), "application/json") << c.status;
+    EXPECT_NE(answer.body.find(c.message), std::string::npos) << c.status << ": " << answer.body;
+  }
+}
+
 // DNS rebinding: a page of rebind.example whose name now points here is
 // same-origin to the browser (Host and Origin agree), so only the Host
 // header gives it away.

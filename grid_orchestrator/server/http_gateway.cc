@@ -156,6 +156,34 @@ void RefuseAndClose(httplib::Response& response, int http_status, const absl::St
   SendAndClose(response, http_status, ErrorJson(status), "application/json");
 }
 
+// httplib's own refusals come with an empty body: a request line or header
+// it cannot parse (400), a URI past its 8 KiB (414), a file the web folder
+// lacks (404). They get the JSON error every other refusal has.
+HandlerResponse FillEmptyError(const httplib::Request&, httplib::Response& response) {
+  if (!response.body.empty() || response.content_length_ != 0) {
+    return HandlerResponse::Unhandled;
+  }
+  absl::Status status;
+  switch (response.status) {
+    case 400:
+      status = absl::InvalidArgumentError("request: its request line or a header is malformed");
+      break;
+    case 404:
+      status = absl::NotFoundError("path: nothing is served here");
+      break;
+    case 413:
+      status = absl::InvalidArgumentError("request body: too large");
+      break;
+    case 414:
+      status = absl::InvalidArgumentError("path: the request line is too long");
+      break;
+    default:
+      status = absl::UnknownError(absl::StrCat("HTTP status ", response.status));
+  }
+  response.set_content(ErrorJson(status), "application/json");
+  return HandlerResponse::Handled;
+}
+
 // ---- Connections ----
 
 // httplib 0.11 bounds each read from a client but not a request: a client
@@ -1222,6 +1250,7 @@ absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(const HttpGatewa
         if (t_connection) t_connection->HeadRead(max_raw_body);
         return Screen(policy, request, response);
       });
+  server.set_error_handler(httplib::Server::HandlerWithResponse(FillEmptyError));
   server.set_post_routing_handler(
       [policy](const httplib::Request& request, httplib::Response& response) {
         Decorate(policy.cors, request, response);
