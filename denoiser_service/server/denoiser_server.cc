@@ -102,7 +102,8 @@ absl::StatusOr<std::unique_ptr<DenoiserServer>> DenoiserServer::Start(
         std::make_unique<TrajectoryBatcher>(served.model.get(), batcher, s->denoiser_metrics_.get());
   }
   s->service_ = std::make_unique<DenoiserServiceImpl>(
-      s->models_.get(), o.max_trajectories_per_request, s->denoiser_metrics_.get(), o.auth_token);
+      s->models_.get(), o.max_trajectories_per_request, o.max_message_bytes,
+      s->denoiser_metrics_.get(), o.auth_token);
 
   if (!o.metrics_addr.empty()) {
     auto endpoint = MetricsEndpoint::Start(o.metrics_addr, s->registry_);

@@ -434,6 +434,67 @@ TEST_F(DenoiserServerTest, AHugeStartLatentIsRejectedAndItsEvaluationsReported) 
   EXPECT_EQ(r.events[0].progress().model_evals(), 1);
 }
 
+// An answer past --max_message_bytes is refused naming the field and how
+// many fit, before the work where its size is known (Step), after it where
+// it is not (Decode's PNGs); gRPC alone answered "larger than max" after
+// the work, and the call counted as OK. The server keeps serving.
+TEST(AnswerSizeTest, AnAnswerPastTheMessageLimitIsRefusedNamingTheField) {
+  DenoiserServerOptions o;
+  o.model_dirs = {std::string(std::getenv("DGRID_FIXTURES")) + "/tinyconv"};
+  o.listen = "127.0.0.1:0";
+  o.threads = 2;
+  o.max_message_bytes = 4096;
+  auto server = DenoiserServer::Start(o);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = v1::Denoiser::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", (*server)->port()), grpc::InsecureChannelCredentials()));
+
+  // tinyconv's latent is 1x8x8 floats: a Step answers 538 bytes of latent
+  // and x0 per trajectory, so 7 fit and 8 do not.
+  auto step = [&](int n) {
+    v1::StepRequest request;
+    request.set_model("tinyconv");
+    request.mutable_sampler()->set_steps(10);
+    for (int i = 0; i < n; ++i) {
+      v1::Path* path = request.add_trajectories()->mutable_path();
+      path->set_init_seed(i);
+      path->add_segments()->set_noise_seed(i);
+    }
+    grpc::ClientContext context;
+    v1::StepResponse response;
+    return stub->Step(&context, request, &response);
+  };
+  const grpc::Status too_many = step(8);
+  EXPECT_EQ(too_many.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(too_many.error_message(),
+            "trajectories: 8 latents and x0 previews make an answer of 4 KiB, past this "
+            "replica's message limit of 4 KiB (--max_message_bytes); at most 7 fit in one call");
+  const grpc::Status one = step(7);
+  EXPECT_TRUE(one.ok()) << one.error_message();
+
+  // A 16x16 image is 256 bytes of pixels and its PNG (of noise here, which
+  // compresses badly), about 500 bytes in all: 9 images pass 4 KiB.
+  auto decode = [&](int n) {
+    v1::DecodeRequest request;
+    request.set_model("tinyconv");
+    for (int i = 0; i < n; ++i) {
+      std::vector<float> latent(64);
+      for (int j = 0; j < 64; ++j) latent[j] = std::sin(12.9898f * (j + 64 * i));
+      EncodeFloatTensor(latent, std::vector<int64_t>{1, 8, 8}, request.add_latents());
+    }
+    grpc::ClientContext context;
+    v1::DecodeResponse response;
+    return stub->Decode(&context, request, &response);
+  };
+  const grpc::Status big = decode(9);
+  EXPECT_EQ(big.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << big.error_message();
+  EXPECT_EQ(big.error_message().rfind("latents: 9 images make an answer of 4 KiB", 0), 0u)
+      << big.error_message();
+  EXPECT_NE(big.error_message().find("(--max_message_bytes); at most "), std::string::npos)
+      << big.error_message();
+  EXPECT_TRUE(decode(1).ok());
+}
+
 TEST(ModelDirsTest, AFolderOfBundlesExpandsByNameAndFlagOrderIsKept) {
   const std::string fixtures = std::filesystem::absolute(std::getenv("DGRID_FIXTURES")).string();
   const std::filesystem::path folder =

@@ -10,6 +10,7 @@
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/bearer_token.h"
 #include "common/grpc_status.h"
@@ -38,6 +39,11 @@ constexpr int kMaxUnknownWords = 16;
 // Images all Decode and Judge calls may hold at once (DenoiserServiceImpl::
 // image_bytes_): 256 images of 1024x1024 RGB, one full call of SDXL's size.
 constexpr int64_t kMaxImageBytes = int64_t{768} << 20;
+
+// An answer's bytes per item, rounded up, for CheckAnswerSize.
+int64_t CeilPerItem(size_t bytes, int n) {
+  return n > 0 ? (static_cast<int64_t>(bytes) + n - 1) / n : 0;
+}
 constexpr size_t kMaxUnknownWordBytes = 64;
 
 // Lets the batcher cancel `run` when the call behind `context` goes away,
@@ -330,10 +336,12 @@ absl::Status ParseJudgeImage(const v1::Image& image, const BundleManifest& m,
 
 DenoiserServiceImpl::DenoiserServiceImpl(std::map<std::string, ServedModel>* models,
                                          int max_trajectories_per_request,
-                                         DenoiserMetrics* metrics, std::string auth_token)
+                                         int max_message_bytes, DenoiserMetrics* metrics,
+                                         std::string auth_token)
     : RequestParsingService(v1::Denoiser::service_full_name()),
       models_(models),
       max_trajectories_per_request_(max_trajectories_per_request),
+      max_message_bytes_(max_message_bytes),
       metrics_(metrics),
       auth_token_(std::move(auth_token)) {
   AddUnary("GetModelInfo", &DenoiserServiceImpl::GetModelInfo);
@@ -437,6 +445,15 @@ grpc::Status DenoiserServiceImpl::Step(grpc::ServerContext* context,
   run_request->previews = true;
   run_request->deadline = DeadlineOf(*context);
   const int n = request->trajectories_size();
+  // A trajectory's part of the answer has a fixed size: one latent and one
+  // x0 of the model's shape.
+  v1::StepResponse one;
+  const std::vector<float> zeros(static_cast<size_t>(m.LatentNumel()));
+  EncodeFloatTensor(zeros, m.latent_shape, one.add_latents());
+  EncodeFloatTensor(zeros, m.latent_shape, one.add_x0_previews());
+  const absl::Status fits = CheckAnswerSize("trajectories", n, one.ByteSizeLong(),
+                                            "latents and x0 previews");
+  if (!fits.ok()) return Count("Step", ToGrpcStatus(fits));
 
   auto run = (*served)->batcher->Start(std::move(*run_request));
   if (!run.ok()) {
@@ -458,7 +475,12 @@ grpc::Status DenoiserServiceImpl::Step(grpc::ServerContext* context,
                       response->mutable_x0_previews(event.trajectory));
     response->set_timestep(event.timestep);
   }
-  return Count("Step", ToGrpcStatus(ToWireFields((*run)->status(), DenoiserRpc::kStep)));
+  absl::Status status = ToWireFields((*run)->status(), DenoiserRpc::kStep);
+  if (status.ok()) {
+    status = CheckAnswerSize("trajectories", n, CeilPerItem(response->ByteSizeLong(), n),
+                             "latents and x0 previews");
+  }
+  return Count("Step", ToGrpcStatus(status));
 }
 
 grpc::Status DenoiserServiceImpl::Branch(grpc::ServerContext* context,
@@ -475,6 +497,22 @@ grpc::Status DenoiserServiceImpl::Branch(grpc::ServerContext* context,
     return Count("Branch", ToGrpcStatus(ToWireFields(run.status(), DenoiserRpc::kBranch)));
   }
   return Count("Branch", ToGrpcStatus(StreamBranch(*request, model, **run, *context, *writer)));
+}
+
+absl::Status DenoiserServiceImpl::CheckAnswerSize(absl::string_view field, int n,
+                                                  int64_t item_bytes,
+                                                  absl::string_view items) const {
+  const int64_t bytes = n * item_bytes;
+  if (bytes <= max_message_bytes_) return absl::OkStatus();
+  auto size = [](int64_t b) {
+    return b < (int64_t{1} << 20) ? absl::StrCat(b >> 10, " KiB")
+                                  : absl::StrFormat("%.1f MiB", b / 1048576.0);
+  };
+  return absl::InvalidArgumentError(absl::StrCat(
+      field, ": ", n, " ", items, " make an answer of ", size(bytes),
+      ", past this replica's message limit of ", size(max_message_bytes_),
+      " (--max_message_bytes); at most ", max_message_bytes_ / std::max<int64_t>(item_bytes, 1),
+      " fit in one call"));
 }
 
 DenoiserServiceImpl::HeldImageBytes::HeldImageBytes(HeldImageBytes&& other) noexcept
@@ -514,6 +552,13 @@ grpc::Status DenoiserServiceImpl::Decode(grpc::ServerContext* context,
                                                      max_trajectories_per_request_,
                                                      " per request")));
   }
+  const int n = request->latents_size();
+  // At least each image's pixels (its PNG comes on top, its size unknown).
+  v1::DecodeResponse least;
+  EncodeUint8Tensor(std::vector<uint8_t>(static_cast<size_t>(m.ImageNumel())), m.image_shape,
+                    least.add_images()->mutable_pixels());
+  const absl::Status fits = CheckAnswerSize("latents", n, least.ByteSizeLong(), "images");
+  if (!fits.ok()) return Count("Decode", ToGrpcStatus(fits));
   // The decoded pixels wait in memory for the engine's turn, as a Judge
   // call's do: one budget for both.
   absl::StatusOr<HeldImageBytes> held = HoldImageBytes(
@@ -539,7 +584,9 @@ grpc::Status DenoiserServiceImpl::Decode(grpc::ServerContext* context,
         absl::MakeConstSpan(pixels->data() + i * per_image, per_image), m, response->add_images());
     if (!filled.ok()) return Count("Decode", ToGrpcStatus(filled));
   }
-  return Count("Decode", grpc::Status::OK);
+  // The pixels and their PNGs, which only now have a size.
+  return Count("Decode", ToGrpcStatus(CheckAnswerSize(
+                             "latents", n, CeilPerItem(response->ByteSizeLong(), n), "images")));
 }
 
 grpc::Status DenoiserServiceImpl::Tokenize(grpc::ServerContext* context,

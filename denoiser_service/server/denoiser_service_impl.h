@@ -37,8 +37,8 @@ class DenoiserServiceImpl final : public RequestParsingService {
   // `models` is keyed by model name. `metrics` may be null. A non-empty
   // `auth_token` must come with every call as "Bearer <token>".
   DenoiserServiceImpl(std::map<std::string, ServedModel>* models,
-                      int max_trajectories_per_request, DenoiserMetrics* metrics,
-                      std::string auth_token = "");
+                      int max_trajectories_per_request, int max_message_bytes,
+                      DenoiserMetrics* metrics, std::string auth_token = "");
 
   grpc::Status GetModelInfo(grpc::ServerContext* context, const v1::GetModelInfoRequest* request,
                             v1::GetModelInfoResponse* response);
@@ -66,9 +66,15 @@ class DenoiserServiceImpl final : public RequestParsingService {
   grpc::Status Count(const char* method, grpc::Status status);
   // UNAUTHENTICATED unless the call carries the token (when one is set).
   absl::Status Authorize(const grpc::ServerContext& context) const;
+  // INVALID_ARGUMENT naming `field` when `n` items of `item_bytes` each (or
+  // more) pass the message limit, which gRPC would find only after the
+  // work, answering a bare "larger than max".
+  absl::Status CheckAnswerSize(absl::string_view field, int n, int64_t item_bytes,
+                               absl::string_view items) const;
 
   std::map<std::string, ServedModel>* const models_;
   const int max_trajectories_per_request_;
+  const int64_t max_message_bytes_;
   DenoiserMetrics* const metrics_;
   const std::string auth_token_;
   // Image bytes a Decode or Judge call holds while it waits for its turns on
