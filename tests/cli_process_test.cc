@@ -337,6 +337,10 @@ TEST_F(CliTest, ErrorsAreOneReadableLine) {
       {{"branch", "--target=127.0.0.1:1", "-o", "b.jpeg"}, "-o b.jpeg: dgrid writes PNG;"},
       // Checked before connecting: a curve's results are not lost at its end.
       {{"curve", "--target=127.0.0.1:1", "-o", "/nonexistent/c.png"}, "no folder /nonexistent"},
+      // A branch too: a long trajectory is not lost at its end.
+      {{"branch", "--target=127.0.0.1:1", "-o", "/nonexistent/b.png"}, "no folder /nonexistent"},
+      {{"branch", "--target=127.0.0.1:1", "-o", "b.json"}, "-o b.json: dgrid writes a PNG here"},
+      {{"grid", "--timeout_s=-5"}, "--timeout_s: -5 is negative"},
       {{"frobnicate"}, "unknown command \"frobnicate\"; the commands are grid"},
       // A prompt without --prompt once ran an unprompted grid.
       {{"grid", "ghost, twemoji"}, "unexpected argument \"ghost, twemoji\""},
@@ -360,6 +364,11 @@ TEST_F(CliTest, ErrorsAreOneReadableLine) {
       {{"promote", stack_->dir() + "/edited.json", "--row=1", "--col=1"},
        "is not a grid sidecar written by dgrid grid: "},
       {{"models", "--target=127.0.0.1:1", "--tls_name=dgrid.example"}, "needs --tls_ca"},
+      // Before the run: the allocation threw std::bad_alloc after it.
+      {{"branch", "--target=" + stack_->denoiser_address(0), "--scale=100000"},
+       "--scale: 100000 is out of range; "},
+      {{"branch", "--target=" + stack_->denoiser_address(0), "--scale=0"},
+       "--scale: 0 is out of range; "},
   };
   std::vector<std::pair<std::vector<std::string>, const char*>> all;
   for (const auto& c : cases) all.push_back({c.args, c.says});

@@ -362,7 +362,7 @@ void WriteFiles(const std::vector<std::pair<std::string, std::string>>& files) {
 void WriteScaledPng(const v1::Tensor& pixels, const std::string& path) {
   if (pixels.shape_size() != 3) Fail("the server returned no image");
   const int h = pixels.shape(0), w = pixels.shape(1), c = pixels.shape(2);
-  const int k = std::max(1, absl::GetFlag(FLAGS_scale));
+  const int k = absl::GetFlag(FLAGS_scale);  // CheckScale's range
   const std::string& src = pixels.raw_contents();
   std::vector<uint8_t> big(static_cast<size_t>(h) * k * w * k * c);
   for (int y = 0; y < h * k; ++y) {
@@ -411,13 +411,19 @@ void RefuseOtherImageTypes(const std::string& out, bool svg_allowed = false) {
 // Fails before any work when the plot or its sidecar could not be written,
 // so that a long grid or curve is not lost at its end. Only a curve may ask
 // for an SVG.
-void CheckWritable(const std::string& png, bool svg_allowed = false) {
+// `sidecar`: the command writes a JSON sidecar beside the plot (branch
+// does not).
+void CheckWritable(const std::string& png, bool svg_allowed = false, bool sidecar = true) {
   RefuseOtherImageTypes(png, svg_allowed);
   if (SidecarPath(png) == png) {
-    Fail(absl::StrCat("-o ", png, ": the JSON sidecar's name; give the PNG's (e.g. grid.png)"));
+    Fail(sidecar
+             ? absl::StrCat("-o ", png, ": the JSON sidecar's name; give the PNG's (e.g. grid.png)")
+             : absl::StrCat("-o ", png, ": dgrid writes a PNG here; give a name ending in .png"));
   }
   namespace fs = std::filesystem;
-  for (const std::string& name : {png, SidecarPath(png)}) {
+  std::vector<std::string> names = {png};
+  if (sidecar) names.push_back(SidecarPath(png));
+  for (const std::string& name : names) {
     std::error_code ignored;
     const fs::path path = FollowLinks(name);
     if (fs::is_directory(fs::status(path, ignored))) {
@@ -917,15 +923,31 @@ int Health() {
   return serving ? 0 : 2;
 }
 
+// Before the run: the scaled image must be one a viewer opens.
+void CheckScale(const v1::ModelInfo& model) {
+  constexpr int64_t kMaxSide = 16384;
+  const int scale = absl::GetFlag(FLAGS_scale);
+  int64_t side = 1;
+  for (int i = 0; i < std::min(2, model.image_shape_size()); ++i) {
+    side = std::max(side, model.image_shape(i));
+  }
+  if (scale < 1 || side * scale > kMaxSide) {
+    Fail(absl::StrCat("--scale: ", scale, " is out of range; ", model.name(), "'s ", side,
+                      "-pixel images take 1 to ", std::max<int64_t>(1, kMaxSide / side),
+                      " (at most ", kMaxSide, " pixels a side)"));
+  }
+}
+
 int Branch() {
   const std::string out = absl::GetFlag(FLAGS_o).empty() ? "branch.png" : absl::GetFlag(FLAGS_o);
-  RefuseOtherImageTypes(out);
+  CheckWritable(out, /*svg_allowed=*/false, /*sidecar=*/false);
   const v1::Sampler sampler = SamplerFromFlag();
   const v1::Spacing spacing = SpacingFromFlag();
   v1::SizeConditioning size;
   const bool sized = SizeFromFlags(&size);
   auto stub = v1::Denoiser::NewStub(Connect());
   const v1::ModelInfo model = FetchModel(*stub);
+  CheckScale(model);
   v1::BranchRequest request;
   request.set_model(model.name());
   FillRequest(model, sampler, spacing, request.mutable_sampler(), request.mutable_conditioning(),
@@ -1112,6 +1134,10 @@ int main(int argc, char** argv) {
   }
   try {
     dgrid::RefuseUnreadFlags(args[1], spelled);
+    if (absl::GetFlag(FLAGS_timeout_s) < 0) {
+      dgrid::Fail(absl::StrCat("--timeout_s: ", absl::GetFlag(FLAGS_timeout_s),
+                               " is negative; give seconds, or 0 for the default"));
+    }
     return dgrid::Commands().at(args[1]).run(args);
   } catch (const dgrid::CliError& e) {
     std::cerr << "dgrid " << args[1] << ": " << e.message << "\n";

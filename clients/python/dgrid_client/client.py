@@ -62,14 +62,26 @@ class DgridError(Exception):
         super().__init__(f"{method} failed: {code.name}: {details}")
 
 
-def _error(method: str, e: grpc.RpcError) -> DgridError:
+def _error(method: str, e: grpc.RpcError, target: str) -> DgridError:
     code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
     details = e.details() if hasattr(e, "details") else str(e)
+    if code == grpc.StatusCode.UNIMPLEMENTED and not details:
+        # A server without the method says no more: a denoiser, most likely.
+        details = (f"the server at {target} does not serve it (this client talks to an "
+                   "orchestrator, not to a denoiser)")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED and details == "Deadline Exceeded":
         # gRPC's own words for this client's deadline: say which setting it is.
         details = ("not done within this client's timeout (the call's timeout=, else "
                    "Client(default_timeout=...), 600 s unless set)")
     return DgridError(method, code or grpc.StatusCode.UNKNOWN, details or "")
+
+
+def _seconds(name: str, value: Optional[float]) -> Optional[float]:
+    """A timeout: None (no deadline) or seconds > 0. gRPC would take 0 or
+    less as a deadline already past, and fail every call."""
+    if value is not None and not value > 0:
+        raise ValueError(f"{name}: expected seconds > 0 or None, got {value!r}")
+    return value
 
 
 class _SilenceWatch:
@@ -141,7 +153,12 @@ class Client:
         turns TLS on; add ``private_key`` and ``certificate_chain`` for mutual
         TLS, ``tls_name`` to verify another name than the target's host."""
         self.target = target
-        self.default_timeout = default_timeout
+        self.default_timeout = _seconds("default_timeout", default_timeout)
+        if token is not None:
+            # As read from the orchestrator's token file: its newline goes.
+            token = token.strip()
+            if any(ord(c) < 0x21 or ord(c) == 0x7F for c in token):
+                raise ValueError("token: holds a space or control character")  # not echoed
         self._metadata: Tuple[Tuple[str, str], ...] = (
             (("authorization", f"Bearer {token}"),) if token else ())
         options: List[Tuple[str, Any]] = [
@@ -175,7 +192,7 @@ class Client:
         self.close()
 
     def _timeout(self, timeout: Optional[float]) -> Optional[float]:
-        return self.default_timeout if timeout is None else timeout
+        return self.default_timeout if timeout is None else _seconds("timeout", timeout)
 
     # ---- requests ----
 
@@ -289,7 +306,7 @@ class Client:
             grid = self._stub.CreateGrid(
                 request, timeout=self._timeout(timeout), metadata=self._metadata)
         except grpc.RpcError as e:
-            raise _error("CreateGrid", e) from None
+            raise _error("CreateGrid", e, self.target) from None
         return Grid.from_proto(grid, request)
 
     def stream_grid(
@@ -342,7 +359,7 @@ class Client:
                 elif kind == "grid":
                     yield GridDone(Grid.from_proto(event.grid, request))
         except grpc.RpcError as e:
-            raise _error("StreamGrid", e) from None
+            raise _error("StreamGrid", e, self.target) from None
         finally:
             call.cancel()  # no-op when the stream already ended
 
@@ -389,7 +406,8 @@ class Client:
             raise ValueError(f"silence: expected seconds > 0 or None, got {silence!r}")
         request = orchestrator_pb2.CurveRequest(trunks=trunks)
         request.grid.CopyFrom(self.build_request(**grid))
-        call = self._stub.DecisionCurve(request, timeout=timeout, metadata=self._metadata)
+        call = self._stub.DecisionCurve(request, timeout=_seconds("timeout", timeout),
+                                        metadata=self._metadata)
         watch = _SilenceWatch(call, silence) if silence is not None else None
         try:
             for event in call:
@@ -416,7 +434,7 @@ class Client:
                                  f"no word from {self.target} for {silence:g} s (silence=; a "
                                  "running curve sends one at least every 15 s): the connection "
                                  "is lost; the curve was cancelled") from None
-            raise _error("DecisionCurve", e) from None
+            raise _error("DecisionCurve", e, self.target) from None
         finally:
             if watch:
                 watch.stop()
@@ -472,7 +490,7 @@ class Client:
                 orchestrator_pb2.ListModelsRequest(), timeout=self._timeout(timeout),
                 metadata=self._metadata)
         except grpc.RpcError as e:
-            raise _error("ListModels", e) from None
+            raise _error("ListModels", e, self.target) from None
         return [Model.from_proto(m) for m in response.models]
 
     def wait_ready(self, timeout: float = 30.0) -> None:

@@ -318,6 +318,12 @@ class ClientTest(unittest.TestCase):
         with Client(target, token="s3cret-token") as authed:
             authed.wait_ready(30)
             self.assertGridShape(authed.create_grid(**small(51)))
+        # As read from the file, newline and all.
+        with open(token_file) as f, Client(target, token=f.read()) as from_file:
+            self.assertTrue(from_file.list_models(timeout=30))
+        with self.assertRaises(ValueError) as refused:
+            Client(target, token="s3cret token")
+        self.assertEqual(str(refused.exception), "token: holds a space or control character")
         with Client(target) as anonymous:
             with self.assertRaises(DgridError) as caught:
                 anonymous.list_models(timeout=30)
@@ -395,6 +401,14 @@ class ClientTest(unittest.TestCase):
                 dead.list_models(timeout=5)
             self.assertIn(caught.exception.code,
                           (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED))
+
+        # A denoiser's address by mistake: its UNIMPLEMENTED says why.
+        with Client(stack.denoisers[0]) as denoiser:
+            with self.assertRaises(DgridError) as caught:
+                denoiser.list_models(timeout=30)
+            self.assertEqual(caught.exception.code, grpc.StatusCode.UNIMPLEMENTED)
+            self.assertIn(f"the server at {stack.denoisers[0]} does not serve it",
+                          caught.exception.details)
 
 
 def grid_plan(sampler: int) -> orchestrator_pb2.GridPlan:
@@ -496,6 +510,17 @@ class RequestTest(unittest.TestCase):
             Client.build_request(original_size=(512,))
         with self.assertRaisesRegex(ValueError, "target_size: give two ints"):
             Client.build_request(target_size=(1.5, 2))
+
+    def test_a_timeout_of_zero_or_less_is_refused_naming_it(self) -> None:
+        # gRPC would take it as a deadline already past.
+        with self.assertRaisesRegex(ValueError, r"^default_timeout: expected seconds > 0"):
+            Client("127.0.0.1:1", default_timeout=0)
+        with Client("127.0.0.1:1", default_timeout=None) as c:
+            for bad in (0, -5.0):
+                with self.assertRaisesRegex(ValueError, r"^timeout: expected seconds > 0"):
+                    c.list_models(timeout=bad)
+                with self.assertRaisesRegex(ValueError, r"^timeout: expected seconds > 0"):
+                    next(c.stream_decision_curve(2, timeout=bad, seed=1))
 
     def test_tls_options_without_root_certificates_are_refused(self) -> None:
         for kwargs in ({"tls_name": "dgrid.example"}, {"private_key": b"k"},
