@@ -60,9 +60,6 @@ constexpr char kModelsPath[] = "/api/v1/models";
 constexpr absl::Duration kReadTimeout = absl::Seconds(5);
 constexpr absl::Duration kIdleTimeout = absl::Seconds(5);
 constexpr size_t kRequestsPerConnection = 100;
-// Below GridService's default write-stall bound (20 s): a write to a stream
-// whose client stopped reading fails on its own, and the grid is cancelled.
-constexpr absl::Duration kWriteTimeout = absl::Seconds(15);
 // Past kSlowWriteGrace, an answer must have gone out at least this fast on
 // average: a client reading a few bytes at a time would else hold a thread
 // and the answer (a whole grid's JSON) for as long as it liked. Slow enough
@@ -217,8 +214,10 @@ class ClientConnection final : public httplib::Stream {
  public:
   // Owns `fd` and `ssl` (either may be unusable: see usable()). Its work is
   // abandoned once the clock passes `streams_end_ns` (the gateway stopping).
-  ClientConnection(int fd, SSL* ssl, bool tls, const std::atomic<int64_t>& streams_end_ns)
-      : fd_(fd), ssl_(ssl), tls_(tls), streams_end_ns_(streams_end_ns) {
+  ClientConnection(int fd, SSL* ssl, bool tls, absl::Duration write_timeout,
+                   const std::atomic<int64_t>& streams_end_ns)
+      : fd_(fd), ssl_(ssl), tls_(tls), write_timeout_(write_timeout),
+        streams_end_ns_(streams_end_ns) {
     ::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) | O_NONBLOCK);
     if (ssl_) {
       SSL_set_fd(ssl_, fd_);
@@ -341,7 +340,7 @@ class ClientConnection final : public httplib::Stream {
            Await(POLLIN, std::min(deadline_, absl::Now() + kReadTimeout));
   }
   bool is_writable() const override {
-    return Await(POLLOUT, absl::Now() + kWriteTimeout) && !ClientClosed();
+    return Await(POLLOUT, absl::Now() + write_timeout_) && !ClientClosed();
   }
   ssize_t read(char* data, size_t size) override {
     if (head_pending_) {
@@ -402,7 +401,7 @@ class ClientConnection final : public httplib::Stream {
           static_cast<double>(sent) < elapsed * kMinWriteBytesPerSecond) {
         return -1;
       }
-      if (!Await(wait, absl::Now() + kWriteTimeout)) return -1;
+      if (!Await(wait, absl::Now() + write_timeout_)) return -1;
     }
     return static_cast<ssize_t>(size);
   }
@@ -481,6 +480,8 @@ class ClientConnection final : public httplib::Stream {
   const int fd_;
   SSL* const ssl_;
   const bool tls_;
+  // How long one wait for the client to take more of an answer may last.
+  const absl::Duration write_timeout_;
   const std::atomic<int64_t>& streams_end_ns_;
   bool handshaken_ = false;
   std::string remote_ip_;
@@ -555,14 +556,22 @@ void Refuse(ClientConnection& connection, const std::string& why) {
 // httplib's step for one request: Server::process_request.
 using RequestStep = std::function<bool(httplib::Stream&, bool last, bool& closed)>;
 
+// A connection's bounds in time (HttpGatewayOptions).
+struct ConnectionTimes {
+  absl::Duration head;
+  absl::Duration write;
+};
+
 // Serves one accepted connection in place of httplib's own loop: a cap per
-// client address, a deadline (head_timeout) on each request's head, and up to
+// client address, a deadline (times.head) on each request's head, and up to
 // kRequestsPerConnection requests, each given to `step`.
 void ServeConnection(int fd, SSL_CTX* tls, const std::atomic<socket_t>& listening,
-                     ConnectionsPerClient& per_client, absl::Duration head_timeout,
+                     ConnectionsPerClient& per_client, ConnectionTimes times,
                      const std::atomic<int64_t>& streams_end_ns, const RequestStep& step) {
+  const absl::Duration head_timeout = times.head;
   const absl::Time opened = absl::Now();
-  ClientConnection connection(fd, tls ? SSL_new(tls) : nullptr, tls != nullptr, streams_end_ns);
+  ClientConnection connection(fd, tls ? SSL_new(tls) : nullptr, tls != nullptr, times.write,
+                              streams_end_ns);
   if (!connection.usable()) return;
   if (t_over_capacity) return Refuse(connection, "too many open connections");
   const std::string client = ClientKey(connection.remote_ip());
@@ -595,18 +604,18 @@ template <typename Base>
 class BoundedServer final : public Base {
  public:
   template <typename... Args>
-  BoundedServer(size_t max_connections_per_client, absl::Duration head_timeout,
+  BoundedServer(size_t max_connections_per_client, ConnectionTimes times,
                 const std::atomic<int64_t>& streams_end_ns, Args&&... args)
       : Base(std::forward<Args>(args)...),
         per_client_(max_connections_per_client),
-        head_timeout_(head_timeout),
+        times_(times),
         streams_end_ns_(streams_end_ns) {}
 
  private:
   bool process_and_close_socket(socket_t sock) override {
     SSL_CTX* tls = nullptr;
     if constexpr (std::is_base_of_v<httplib::SSLServer, Base>) tls = this->ssl_context();
-    ServeConnection(sock, tls, this->svr_sock_, per_client_, head_timeout_, streams_end_ns_,
+    ServeConnection(sock, tls, this->svr_sock_, per_client_, times_, streams_end_ns_,
                     [this](httplib::Stream& stream, bool last, bool& closed) {
                       return this->process_request(stream, last, closed, nullptr);
                     });
@@ -614,7 +623,7 @@ class BoundedServer final : public Base {
   }
 
   ConnectionsPerClient per_client_;
-  const absl::Duration head_timeout_;
+  const ConnectionTimes times_;
   const std::atomic<int64_t>& streams_end_ns_;
 };
 
@@ -1188,17 +1197,17 @@ void AddRoutes(GridService* service, CurveService* curves, size_t max_body_bytes
 }
 
 absl::StatusOr<std::unique_ptr<httplib::Server>> NewServer(
-    const ServerTlsFiles& tls, size_t max_connections_per_client, absl::Duration head_timeout,
+    const ServerTlsFiles& tls, size_t max_connections_per_client, ConnectionTimes times,
     const std::atomic<int64_t>& streams_end_ns) {
   if (tls.cert.empty() && tls.key.empty()) {
-    return std::make_unique<BoundedServer<httplib::Server>>(max_connections_per_client,
-                                                            head_timeout, streams_end_ns);
+    return std::make_unique<BoundedServer<httplib::Server>>(max_connections_per_client, times,
+                                                            streams_end_ns);
   }
   if (tls.cert.empty() || tls.key.empty()) {
     return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
   }
   auto server = std::make_unique<BoundedServer<httplib::SSLServer>>(
-      max_connections_per_client, head_timeout, streams_end_ns, tls.cert.c_str(), tls.key.c_str(),
+      max_connections_per_client, times, streams_end_ns, tls.cert.c_str(), tls.key.c_str(),
       tls.client_ca.empty() ? nullptr : tls.client_ca.c_str());
   if (!server->is_valid()) {
     return absl::InvalidArgumentError("--tls_cert/--tls_key: cannot set up HTTPS");
@@ -1233,9 +1242,13 @@ absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(const HttpGatewa
   if (o.head_timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("--http_head_timeout_s must be positive");
   }
+  if (o.write_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("the HTTP write timeout must be positive");
+  }
   const size_t per_client = static_cast<size_t>(std::max(o.max_connections_per_client, 1));
   ASSIGN_OR_RETURN(gateway->server_,
-                   NewServer(o.tls, per_client, o.head_timeout, gateway->streams_end_ns_));
+                   NewServer(o.tls, per_client, {o.head_timeout, o.write_timeout},
+                             gateway->streams_end_ns_));
   ASSIGN_OR_RETURN(CorsPolicy cors, CorsPolicy::Create(o.cors_origins));
   ASSIGN_OR_RETURN(HostPolicy hosts, HostPolicy::Create(o.allowed_hosts, host));
   const RequestPolicy policy{std::move(cors), std::move(hosts)};

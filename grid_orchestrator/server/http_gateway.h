@@ -92,6 +92,10 @@ struct HttpGatewayOptions {
   // How long a request's head may take to arrive, from the connection's
   // opening or the previous answer; a slower one (slowloris) is cut off.
   absl::Duration head_timeout = absl::Seconds(10);
+  // How long one write may wait for the client to take a byte before the
+  // connection breaks. The orchestrator sets it past --max_write_stall_s,
+  // whose watch (which knows the grid) decides a stream's stall first.
+  absl::Duration write_timeout = absl::Seconds(25);
   // Names besides IP addresses, localhost and the listen host under which
   // the API may be reached, as "host[:port]", or "*" for any.
   std::vector<std::string> allowed_hosts;

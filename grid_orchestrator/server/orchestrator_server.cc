@@ -71,6 +71,7 @@ absl::StatusOr<std::unique_ptr<OrchestratorServer>> OrchestratorServer::Start(
     http.max_connections = o.http_max_connections;
     http.max_connections_per_client = o.http_max_connections_per_client;
     http.head_timeout = o.http_head_timeout;
+    http.write_timeout = o.limits.max_write_stall + absl::Seconds(5);
     http.allowed_hosts = o.http_allowed_hosts;
     auto gateway = HttpGateway::Start(http, s->grid_service_.get(), s->curve_service_.get());
     if (!gateway.ok()) return gateway.status();
