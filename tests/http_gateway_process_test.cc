@@ -439,11 +439,13 @@ TEST_F(HttpGatewayTest, StreamRefusalsGetTheirStatusBeforeTheStream) {
       Exchange(port_, Request("POST", "/api/v1/grid/stream", {kJson}, kSmallGrid));
   EXPECT_EQ(no_token.status, 401) << no_token.body;
   EXPECT_NE(no_token.body.find("UNAUTHENTICATED"), std::string::npos) << no_token.body;
+  EXPECT_EQ(no_token.header("www-authenticate"), "Bearer");  // RFC 9110 asks for it
   // Without the token, a body that does not parse is refused for the token:
   // the caller learns nothing of what it sent (every route).
   for (const char* path : {"/api/v1/grid", "/api/v1/grid/stream", "/api/v1/curve/stream"}) {
     const HttpAnswer unparsed = Exchange(port_, Request("POST", path, {kJson}, R"({"steps":)"));
     EXPECT_EQ(unparsed.status, 401) << path << ": " << unparsed.body;
+    EXPECT_EQ(unparsed.header("www-authenticate"), "Bearer") << path;
     const HttpAnswer with_token =
         Exchange(port_, Request("POST", path, {kAuth, kJson}, R"({"steps":)"));
     EXPECT_EQ(with_token.status, 400) << path << ": " << with_token.body;

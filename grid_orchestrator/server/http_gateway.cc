@@ -128,10 +128,14 @@ void SendError(httplib::Response& response, int http_status, const absl::Status&
 
 void SendError(httplib::Response& response, const absl::Status& status) {
   const int http_status = HttpStatusFor(status);
-  // A limit frees up as grids end: the client may try again shortly.
-  if (status.code() == absl::StatusCode::kResourceExhausted) {
+  // A limit frees up as grids end, and a busy or restarting replica comes
+  // back: the client may try again shortly.
+  if (status.code() == absl::StatusCode::kResourceExhausted ||
+      status.code() == absl::StatusCode::kUnavailable) {
     response.set_header("Retry-After", "1");
   }
+  // The scheme the API takes (RFC 9110, 11.6.1).
+  if (http_status == 401) response.set_header("WWW-Authenticate", "Bearer");
   SendError(response, http_status, status);
 }
 
