@@ -83,12 +83,32 @@ export function streamGrid(request, {token, signal, onEvent}) {
 // onEvent(name, payload) gets the plan, a progress per finished trunk
 // (CurveProgress) and finally the curve (CurveResult), which is also the
 // resolved value.
+// A running curve sends an event at least every 15 s; past CURVE_SILENCE_MS
+// with none, the connection counts as lost (a network gone without a word,
+// a laptop asleep) and the curve ends with UNAVAILABLE, as `dgrid curve
+// --silence_s` and the Python client's `silence=` have it.
+export const CURVE_SILENCE_MS = 60_000;
+
 export function streamCurve(request, {token, signal, onEvent}) {
-  return streamEvents('api/v1/curve/stream', request, {token, signal, onEvent, last: 'curve'});
+  return streamEvents('api/v1/curve/stream', request,
+      {token, signal, onEvent, last: 'curve', silenceMs: CURVE_SILENCE_MS});
+}
+
+// The reader's next chunk, or ApiError UNAVAILABLE after `silenceMs` (0:
+// none) without one.
+function readWithin(reader, silenceMs) {
+  if (!silenceMs) return reader.read();
+  let timer;
+  const silent = new Promise((_, fail) => {
+    timer = setTimeout(() => fail(new ApiError('UNAVAILABLE',
+        `no word from the orchestrator for ${silenceMs / 1000} s: the connection is taken as lost`)),
+    silenceMs);
+  });
+  return Promise.race([reader.read(), silent]).finally(() => clearTimeout(timer));
 }
 
 // POSTs `request` and reads its SSE answer up to the event named `last`.
-async function streamEvents(url, request, {token, signal, onEvent, last}) {
+async function streamEvents(url, request, {token, signal, onEvent, last, silenceMs = 0}) {
   const response = await send(url, {
     method: 'POST',
     headers: headers(token, true),
@@ -103,7 +123,14 @@ async function streamEvents(url, request, {token, signal, onEvent, last}) {
   let parts = [];
   let tail = '';  // the last characters received, for an end split across chunks
   for (;;) {
-    const {value, done} = await reader.read();
+    let chunk;
+    try {
+      chunk = await readWithin(reader, silenceMs);
+    } catch (error) {
+      reader.cancel().catch(() => {});  // the server sees the client gone
+      throw error;
+    }
+    const {value, done} = chunk;
     if (done) break;
     parts.push(value);
     const probe = tail + value;

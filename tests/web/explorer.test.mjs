@@ -863,4 +863,38 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
       await xl.stop();
     }
   });
+
+  test('13. a curve whose orchestrator falls silent ends with UNAVAILABLE and is cancelled on the server',
+      {timeout: 150_000}, () => withPage('13-curve-silence', async (page) => {
+    // The page's clock, so that its 60 s of silence pass at once.
+    await page.clock.install();
+    await openPage(page, slow.url);
+    await page.fill(testId('token'), TOKEN);
+    await page.press(testId('token'), 'Tab');
+    await page.waitForFunction(() => document.querySelectorAll('[data-testid="prompt"] option').length > 1);
+    await fillGrid(page, {...CURVE_GRID, seed: '71'});
+    await page.fill(testId('curve-trunks'), '200');
+    await page.click(testId('curve-run'));
+    await page.waitForFunction(() => /[1-9]\d* of 200 trunks done/.test(
+        document.querySelector('[data-testid="curve-status"]').textContent), null, {timeout: 90_000});
+    const cancelledBefore = await slow.metric('dgrid_orchestrator_grids_total{status="cancelled"}');
+    const orchestrator = slow.children.find((child) => child.logName === 'orchestrator');
+    orchestrator.kill('SIGSTOP');
+    try {
+      await page.clock.fastForward(59_000);
+      assert.equal(await page.getAttribute(testId('curve'), 'data-state'), 'running');
+      await page.clock.fastForward(2_000);
+      assert.equal(await waitForCurve(page, 10_000), 'error');
+      assert.equal(await page.textContent(testId('error-code')), 'UNAVAILABLE');
+      assert.match(await page.textContent(testId('error-message')),
+          /no word from the orchestrator for 60 s/);
+    } finally {
+      orchestrator.kill('SIGCONT');
+    }
+    // The page let the connection go: the curve's grids end on the server.
+    await eventually(async () =>
+      await slow.metric('dgrid_orchestrator_grids_total{status="cancelled"}') > cancelledBefore &&
+          await slow.metric('dgrid_orchestrator_replica_inflight', {prefix: true}) === 0,
+    30_000, 'the silent curve\'s grids cancelled on the server');
+  }));
 });
