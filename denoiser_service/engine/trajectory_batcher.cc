@@ -661,6 +661,9 @@ void TrajectoryBatcher::Loop() {
     for (auto& job : jobs) beside_queue_.push_back(std::move(job));
     jobs.clear();
     EndStoppedJobs();
+    // Work beside no trajectory took no one's turn: it leaves no debt for
+    // the next runs to wait out.
+    if (active.empty()) decode_debt_ = absl::ZeroDuration();
     if (!beside_queue_.empty() && (active.empty() || decode_debt_ <= absl::ZeroDuration())) {
       RunBesideTurn();
     }
@@ -799,6 +802,9 @@ class AdmissionContexts {
 }  // namespace
 
 void TrajectoryBatcher::ResolveContexts(std::vector<Active>& arrivals) {
+  // `contexts` points into the arrivals' runs' ids: a run that fails here
+  // stays alive until it is done with them, whatever its caller does.
+  std::vector<std::shared_ptr<Run>> failed;
   AdmissionContexts contexts(*contexts_, zero_encoding_);
   const Run* last = nullptr;
   for (const Active& a : arrivals) {
@@ -846,6 +852,7 @@ void TrajectoryBatcher::ResolveContexts(std::vector<Active>& arrivals) {
     }
     if (!status.ok()) {
       --outstanding_;
+      failed.push_back(a.run);
       a.run->Finish(status);
       continue;
     }

@@ -615,6 +615,33 @@ TEST_F(BatcherTest, WorkBesideTheTrajectoriesRunsEachItemOnceInTurnsAcrossTheCor
   EXPECT_TRUE(batcher.RunBeside(0, nothing).ok());
 }
 
+// Work beside no trajectory (a Decode or a curve's judging on an idle
+// replica) took no one's turn: the runs that come next do not wait it out
+// (it used to hold every later job, and other runs' images, until the
+// forward passes had paid it back).
+TEST_F(BatcherTest, WorkOnAnIdleReplicaLeavesNoDebtForTheNextRuns) {
+  TrajectoryBatcher batcher(model_.get(), {.debug_step_delay = absl::Milliseconds(20), .cores = 1});
+  ASSERT_TRUE(batcher
+                  .RunBeside(1, [](int, int) {
+                    absl::SleepFor(absl::Milliseconds(300));
+                    return absl::OkStatus();
+                  })
+                  .ok());
+  const int64_t before = batcher.forwards();
+  auto run = batcher.Start(Request(1, 1.0f));  // 50 steps of 20 ms and more
+  ASSERT_TRUE(run.ok());
+  while (batcher.forwards() < before + 2) absl::SleepFor(absl::Milliseconds(1));  // running
+  int64_t ran_at = -1;
+  ASSERT_TRUE(batcher
+                  .RunBeside(1, [&](int, int) {
+                    ran_at = batcher.forwards();
+                    return absl::OkStatus();
+                  })
+                  .ok());
+  EXPECT_TRUE(Drain(**run).status.ok());
+  EXPECT_LT(ran_at - before, 25) << "the job waited for the run";
+}
+
 TEST_F(BatcherTest, AJobWhoseCallerLeftEndsWithoutWaitingForTheJobsAheadOfIt) {
   TrajectoryBatcher batcher(model_.get(), {.cores = 1});
   // Two jobs ahead hold the batcher's thread, each until it is let go.
