@@ -440,11 +440,14 @@ absl::StatusOr<std::vector<uint8_t>> DenoiserModel::Decode(absl::Span<const floa
                           .to(impl_->device);
     if (manifest_.latent_scale != 1.0) x = x / manifest_.latent_scale;
     torch::Tensor img = impl_->decoder->forward({x}).toTensor().to(torch::kCPU, torch::kFloat32);
-    if (img.numel() != batch * image_numel) {
+    // [B, C, H, W] exactly: the same count of values in another layout (H
+    // and W swapped, channels last) would scramble every image.
+    const std::vector<int64_t>& is = manifest_.image_shape;  // H, W, C
+    if (img.sizes() != c10::IntArrayRef({batch, is[2], is[0], is[1]})) {
       return absl::InternalError(absl::StrCat(
           "decoder gives ", ShapeOf(img), " but the manifest's image_shape [",
-          absl::StrJoin(manifest_.image_shape, ", "), "] needs ", batch * image_numel,
-          " elements"));
+          absl::StrJoin(is, ", "), "] needs [", batch, ", ", is[2], ", ", is[0], ", ", is[1],
+          "] (batch, channels, height, width)"));
     }
     img = img.contiguous();
     const int64_t n = image_numel;

@@ -85,6 +85,19 @@ TEST(HostileBundleTest, ATextBundleThatDoesNotPadIsRefusedAtLoad) {
   EXPECT_TRUE(Mentions(model.status(), "conditioning.tokenizer.pad_id")) << model.status();
 }
 
+TEST(HostileBundleTest, ADecoderOfAnotherImageLayoutIsRefusedAtLoad) {
+  ASSERT_FALSE(Fixtures().empty()) << "DGRID_FIXTURES is not set";
+  // The decoder gives [1, 3, 32, 32]; 16 by 64 has as many values, and
+  // every image would come out scrambled.
+  const std::string dir = EditedCopy("textlatent", "manifest.json",
+                                     "\"image_shape\": [\n    32,\n    32,",
+                                     "\"image_shape\": [\n    16,\n    64,");
+  auto model = DenoiserModel::Load(dir, {"cpu"});
+  ASSERT_FALSE(model.ok()) << "a decoder of another layout loaded";
+  EXPECT_TRUE(Mentions(model.status(), "image_shape [16, 64, 3] needs [1, 3, 16, 64]"))
+      << model.status();
+}
+
 TEST(HostileBundleTest, TheFixtureBundlesPassTheRangeProbes) {
   ASSERT_FALSE(Fixtures().empty()) << "DGRID_FIXTURES is not set";
   for (const char* name : {"gaussian", "tinyconv", "textlatent", "poisoned"}) {
