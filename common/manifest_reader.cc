@@ -8,7 +8,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/bundle_files.h"
+#include "common/short_text.h"
 #include "common/status_macros.h"
+#include "common/timesteps.h"
 #include "dgrid/v1/manifest.pb.h"
 #include "google/protobuf/util/json_util.h"
 
@@ -29,6 +31,9 @@ constexpr double kMinLatentScale = 1e-4, kMaxLatentScale = 1e4;
 constexpr double kMaxValueMagnitude = 1e6, kMinValueSpan = 1e-6;
 // Smaller betas make 1 - alpha_bar round to 0, which the sampler divides by.
 constexpr double kMinBeta = 1e-8, kMaxBeta = 0.999;
+// Below it, x0 = x / sqrt(alpha-bar) overflows a float (the cosine schedule
+// reaches about 2e-13 at 100000 timesteps).
+constexpr double kMinAlphaBar = 1e-20;
 // A judge's heads and labels travel in every ModelInfo: keep them small.
 constexpr int kMaxJudgeHeads = 16, kMaxJudgeLabels = 4096;
 constexpr size_t kMaxJudgeText = 128;
@@ -108,9 +113,13 @@ absl::Status ReadShapesAndWeights(const v1::ModelManifest& p, BundleManifest& m)
   } else {
     if (auto s = CheckShape(p.image_shape(), "image_shape"); !s.ok()) return s;
     m.image_shape.assign(p.image_shape().begin(), p.image_shape().end());
-    if (m.image_shape[2] != 1 && m.image_shape[2] != 3) {
-      return Invalid("image_shape", "channels must be 1 or 3");
-    }
+  }
+  // Given, or the latent's own shape: an image is grey or RGB.
+  if (m.image_shape[2] != 1 && m.image_shape[2] != 3) {
+    return Invalid("image_shape", absl::StrCat("channels must be 1 or 3, got ", m.image_shape[2],
+                                               p.image_shape_size() == 0
+                                                   ? " (from latent_shape: give image_shape)"
+                                                   : ""));
   }
   if (p.weights().empty()) return Invalid("weights", "is required");
   if (p.weights().find("..") != std::string::npos || p.weights().front() == '/') {
@@ -167,6 +176,15 @@ absl::Status ReadSchedule(const v1::ModelManifest& p, BundleManifest& m) {
   }
   m.schedule.steps_offset = s.steps_offset();
   m.schedule.set_alpha_to_one = s.has_set_alpha_to_one() ? s.set_alpha_to_one().value() : true;
+  // x0 = (x - sqrt(1 - a) eps) / sqrt(a): an alpha-bar that underflows
+  // makes every sample overflow to Inf, then NaN.
+  const double last = AlphasCumprod(m.schedule).back();
+  if (!(last >= kMinAlphaBar)) {
+    return Invalid("schedule.beta_end",
+                   absl::StrCat("alpha-bar at the last training timestep is ", last, ", below ",
+                                kMinAlphaBar, ": samples would overflow; lower beta_end or "
+                                "train_timesteps"));
+  }
   return absl::OkStatus();
 }
 
@@ -275,6 +293,14 @@ absl::Status ReadConditioning(const v1::ModelManifest& p, BundleManifest& m) {
   if (m.null_label < 0 || m.null_label > kMaxId) {
     return Invalid("conditioning.null_label", absl::StrCat("must be in [0, ", kMaxId, "]"));
   }
+  // The unconditional row is no class: one that is (0 when left out) would
+  // make guidance for it the identity and push every other away from it.
+  if (!m.is_text() && m.null_label < static_cast<int64_t>(m.class_labels.size())) {
+    return Invalid("conditioning.null_label",
+                   absl::StrCat(m.null_label, " is class ", ShortQuote(m.class_labels[m.null_label]),
+                                "; give an index past the ", m.class_labels.size(),
+                                " classes (usually ", m.class_labels.size(), ")"));
+  }
   return m.is_text() ? ReadTextConditioning(c, m) : absl::OkStatus();
 }
 
@@ -339,6 +365,12 @@ absl::Status ReadDefaults(const v1::ModelManifest& p, BundleManifest& m) {
     m.defaults.spacing = Spacing::kTrailing;
   } else if (!d.spacing().empty() && d.spacing() != "leading") {
     return Invalid("defaults.spacing", "must be \"leading\" or \"trailing\"");
+  }
+  if (const std::string problem =
+          TimestepsProblem(m.schedule.train_timesteps, m.defaults.steps, m.defaults.spacing,
+                           m.schedule.steps_offset);
+      !problem.empty()) {
+    return Invalid("defaults.steps", problem);
   }
   return absl::OkStatus();
 }

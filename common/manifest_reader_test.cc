@@ -79,10 +79,12 @@ TEST(ManifestReaderTest, MissingFolderIsNotFound) {
 // -5 or NaN loaded and failed every such request, and latent_scale 1e-300
 // gave black images.
 TEST(ManifestReaderTest, RefusesNumbersOutsideSensibleRangesByName) {
-  const std::string base = R"("name": "x", "latent_shape": [1,4,4], "weights": "m.pt")";
-  // `fields` with a good schedule unless they bring their own.
+  // `fields` with a good schedule and latent shape unless they bring their own.
   auto manifest = [&](const std::string& fields) {
     const bool scheduled = fields.find("schedule") != std::string::npos;
+    const std::string base =
+        std::string(R"("name": "x", "weights": "m.pt")") +
+        (fields.find("latent_shape") != std::string::npos ? "" : R"(, "latent_shape": [1,4,4])");
     return "{" + base + ", " + fields +
            (scheduled ? "" : R"(, "schedule": {"beta_start": 0.0001, "beta_end": 0.02,
                                                  "train_timesteps": 1000})") +
@@ -117,6 +119,20 @@ TEST(ManifestReaderTest, RefusesNumbersOutsideSensibleRangesByName) {
        "schedule.beta_"},
       {R"("conditioning": {"null_label": -1})", "conditioning.null_label"},
       {R"("conditioning": {"null_label": 4294967296})", "conditioning.null_label"},
+      // A class as the unconditional row (0 when left out).
+      {R"("conditioning": {"class_labels": ["a", "b"]})",
+       "conditioning.null_label: 0 is class \"a\"; give an index past the 2 classes"},
+      {R"("conditioning": {"class_labels": ["a", "b"], "null_label": 1})",
+       "conditioning.null_label: 1 is class \"b\""},
+      // alpha-bar about 1e-133 at the last timestep: every sample overflows.
+      {R"("schedule": {"beta_start": 0.0001, "beta_end": 0.5, "train_timesteps": 1000})",
+       "schedule.beta_end: alpha-bar at the last training timestep is "},
+      // Leading steps past the table's end: every default request refused.
+      {R"("schedule": {"beta_start": 0.0001, "beta_end": 0.02, "train_timesteps": 1000,
+                       "steps_offset": 1}, "defaults": {"steps": 1000})",
+       "defaults.steps"},
+      // Two channels, from the latent's shape: no image format has them.
+      {R"("latent_shape": [2,4,4])", "image_shape: channels must be 1 or 3, got 2 (from latent_shape"},
   };
   for (const auto& c : cases) {
     const std::string json = manifest(c.json);
@@ -128,6 +144,12 @@ TEST(ManifestReaderTest, RefusesNumbersOutsideSensibleRangesByName) {
   }
   // The edges of the ranges load, and so do the shipped bundles' values.
   for (const char* good : {R"("defaults": {"guidance": 100, "eta": 0})",
+                           R"("conditioning": {"class_labels": ["a", "b"], "null_label": 2})",
+                           R"("schedule": {"beta_schedule": "squaredcos_cap_v2",
+                                           "train_timesteps": 100000})",
+                           R"("schedule": {"beta_start": 0.0001, "beta_end": 0.02,
+                                           "train_timesteps": 1000, "steps_offset": 1},
+                              "defaults": {"steps": 999})",
                            R"("decoder": {"latent_scale": 0.18215, "value_range": [0, 1]})",
                            R"("schedule": {"beta_schedule": "squaredcos_cap_v2",
                                            "train_timesteps": 1000})"}) {

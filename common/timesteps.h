@@ -25,6 +25,9 @@ std::vector<int> DdimTimesteps(int train_timesteps, int steps, Spacing spacing, 
 // its table).
 std::string TimestepsProblem(int train_timesteps, int steps, Spacing spacing, int steps_offset);
 
+// alphas_cumprod over the training timesteps, as diffusers computes them.
+std::vector<double> AlphasCumprod(const NoiseScheduleSpec& spec);
+
 }  // namespace dgrid
 
 #endif  // DGRID_COMMON_TIMESTEPS_H_

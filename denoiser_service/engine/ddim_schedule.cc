@@ -7,38 +7,6 @@
 
 namespace dgrid {
 
-std::vector<double> AlphasCumprod(const NoiseScheduleSpec& spec) {
-  const int n = spec.train_timesteps;
-  std::vector<double> betas(n);
-  if (spec.beta_schedule == "squaredcos_cap_v2") {
-    // Nichol & Dhariwal's cosine schedule, with beta capped at 0.999.
-    auto alpha_bar = [](double t) {
-      const double c = std::cos((t + 0.008) / 1.008 * M_PI / 2);
-      return c * c;
-    };
-    for (int i = 0; i < n; ++i) {
-      betas[i] = std::min(1.0 - alpha_bar((i + 1.0) / n) / alpha_bar(double(i) / n), 0.999);
-    }
-  } else if (spec.beta_schedule == "scaled_linear") {
-    const double a = std::sqrt(spec.beta_start), b = std::sqrt(spec.beta_end);
-    for (int i = 0; i < n; ++i) {
-      const double r = a + (b - a) * i / (n - 1);
-      betas[i] = r * r;
-    }
-  } else {
-    for (int i = 0; i < n; ++i) {
-      betas[i] = spec.beta_start + (spec.beta_end - spec.beta_start) * i / (n - 1);
-    }
-  }
-  std::vector<double> out(n);
-  double prod = 1.0;
-  for (int i = 0; i < n; ++i) {
-    prod *= 1.0 - betas[i];
-    out[i] = prod;
-  }
-  return out;
-}
-
 absl::StatusOr<DdimSchedule> DdimSchedule::Create(const NoiseScheduleSpec& spec, int steps,
                                                   Spacing spacing) {
   const int train = spec.train_timesteps;

@@ -20,11 +20,9 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "common/bundle_manifest.h"
+#include "common/timesteps.h"  // AlphasCumprod
 
 namespace dgrid {
-
-// alphas_cumprod over the training timesteps, as diffusers computes them.
-std::vector<double> AlphasCumprod(const NoiseScheduleSpec& spec);
 
 class DdimSchedule {
  public:

@@ -147,7 +147,8 @@ absl::Status DenoiserModel::Probe(const std::string& dir) {
     probe = Forward(x, {&t, 1}, {&cond, 1}, 1, absl::MakeSpan(out));
     if (!probe.ok()) {
       return absl::InvalidArgumentError(
-          absl::StrCat(dir, ": probe forward failed: ", probe.message()));
+          absl::StrCat(dir, "/", m.weights, ": probe forward with null_label ", cond, " (",
+                       m.class_labels.size(), " class_labels) failed: ", probe.message()));
     }
   }
   if (impl_->decoder) {
@@ -173,6 +174,13 @@ absl::Status DenoiserModel::ProbeText(const std::string& dir) {
     return absl::InvalidArgumentError(absl::StrCat(
         "conditioning.tokenizer.pad_id: the empty prompt pads to ", ids.size(), " ids, not ",
         length, " (max_length); a model's tokenizer must pad"));
+  }
+  // The second encoder embeds it as a token (SDXL's padding).
+  if (text.second_pad_id >= impl_->tokenizer->vocab_size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        dir, "/manifest.json: conditioning.extra.second_pad_id ", text.second_pad_id,
+        " is outside the ", impl_->tokenizer->vocab_size(), " ids of ", dir, "/",
+        text.tokenizer.vocab));
   }
   const std::string encoder = absl::StrCat(dir, "/", text.encoder_weights);
   // The encoder's own output shapes, before ForwardText relies on them.

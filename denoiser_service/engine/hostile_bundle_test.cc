@@ -66,12 +66,14 @@ TEST(HostileBundleTest, AVocabularyBeyondTheTextEncoderIsRefusedAtLoad) {
 TEST(HostileBundleTest, AClassListBeyondTheEmbeddingIsRefusedAtLoad) {
   ASSERT_FALSE(Fixtures().empty()) << "DGRID_FIXTURES is not set";
   // tinyconv embeds 3 rows: classes a, b and the null label 2.
-  const std::string dir =
-      EditedCopy("tinyconv", "manifest.json", "\"b\"", "\"b\", \"c\", \"d\"");
+  const std::string dir = EditedCopy("tinyconv", "manifest.json",
+                                     "\"b\"\n    ],\n    \"null_label\": 2",
+                                     "\"b\", \"c\", \"d\"\n    ],\n    \"null_label\": 4");
   auto model = DenoiserModel::Load(dir, {"cpu"});
   ASSERT_FALSE(model.ok()) << "class index 3 would fail at request time";
   EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_TRUE(Mentions(model.status(), "class indices 2 and 3")) << model.status();
+  EXPECT_TRUE(Mentions(model.status(), "probe forward with null_label 4 (4 class_labels) failed"))
+      << model.status();
 }
 
 TEST(HostileBundleTest, ATextBundleThatDoesNotPadIsRefusedAtLoad) {
@@ -95,6 +97,21 @@ TEST(HostileBundleTest, ADecoderOfAnotherImageLayoutIsRefusedAtLoad) {
   auto model = DenoiserModel::Load(dir, {"cpu"});
   ASSERT_FALSE(model.ok()) << "a decoder of another layout loaded";
   EXPECT_TRUE(Mentions(model.status(), "image_shape [16, 64, 3] needs [1, 3, 16, 64]"))
+      << model.status();
+}
+
+TEST(HostileBundleTest, ASecondPadIdBeyondTheVocabularyIsRefusedAtLoad) {
+  ASSERT_FALSE(Fixtures().empty()) << "DGRID_FIXTURES is not set";
+  const std::string text = ReadText(fs::path(Fixtures()) / "textxl" / "manifest.json");
+  const size_t at = text.find("\"second_pad_id\": ");
+  ASSERT_NE(at, std::string::npos);
+  const size_t end = text.find_first_of(",\n}", at + 17);
+  const std::string dir = EditedCopy("textxl", "manifest.json", text.substr(at, end - at),
+                                     "\"second_pad_id\": 60000");
+  auto model = DenoiserModel::Load(dir, {"cpu"});
+  ASSERT_FALSE(model.ok()) << "the second encoder would embed id 60000";
+  EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(Mentions(model.status(), "conditioning.extra.second_pad_id 60000 is outside the"))
       << model.status();
 }
 
