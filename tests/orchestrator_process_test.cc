@@ -6,6 +6,8 @@
 #include <thread>
 
 #include "common/png_image.h"
+#include "grid_orchestrator/assemble/divergence.h"
+#include "grid_orchestrator/assemble/picture.h"
 #include "gtest/gtest.h"
 #include "tests/support/pixel_drift.h"
 #include "tests/support/stack.h"
@@ -170,6 +172,20 @@ TEST_F(OrchestratorProcessTest, PromotedCellBecomesTheTrunkAndReusesTheCache) {
   }
   EXPECT_GT(next.cache_hits(), 12);
   EXPECT_LT(next.model_evals(), next.plan().model_evals());
+  // Row 2 holds the trunk itself (column 1): its distance to the trunk is
+  // the other branches' alone, not lowered by a 0.
+  const v1::GridRow& same = next.rows(2);
+  ASSERT_EQ(same.cells(1).path().SerializeAsString(), next.plan().trunk().SerializeAsString());
+  absl::StatusOr<Picture> trunk = PictureFromPng(next.trunk().png());
+  ASSERT_TRUE(trunk.ok()) << trunk.status();
+  double sum = 0;
+  for (int c = 0; c < same.cells_size(); ++c) {
+    if (c == 1) continue;
+    absl::StatusOr<Picture> other = PictureFromPng(same.cells(c).png());
+    ASSERT_TRUE(other.ok()) << other.status();
+    sum += PictureDistance(*trunk, *other);
+  }
+  EXPECT_NEAR(same.divergence_to_trunk(), sum / (same.cells_size() - 1), 1e-12);
 }
 
 TEST(OrchestratorNoCacheTest, PromotedCellRerunAsTrunkReproducesTheCell) {

@@ -39,11 +39,13 @@ double MeanPairwiseDistance(const std::vector<Picture>& pictures) {
   return pairs == 0 ? 0 : sum / pairs;
 }
 
-double MeanDistanceTo(const Picture& reference, const std::vector<Picture>& pictures) {
+double MeanDistanceTo(const Picture& reference, const std::vector<Picture>& pictures,
+                      const std::vector<bool>& leave_out) {
   double sum = 0;
   int count = 0;
-  for (const Picture& p : pictures) {
-    if (p.empty()) continue;
+  for (size_t i = 0; i < pictures.size(); ++i) {
+    const Picture& p = pictures[i];
+    if (p.empty() || (i < leave_out.size() && leave_out[i])) continue;
     sum += PictureDistance(reference, p);
     ++count;
   }

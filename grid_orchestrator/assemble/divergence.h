@@ -27,8 +27,11 @@ double PictureDistance(const Picture& a, const Picture& b);
 double MeanPairwiseDistance(const std::vector<Picture>& pictures);
 
 // Mean of PictureDistance(reference, p) over the pictures (0 if none).
-// Empty pictures are left out; NaN if the reference is empty and any is not.
-double MeanDistanceTo(const Picture& reference, const std::vector<Picture>& pictures);
+// Empty pictures are left out, and those whose `leave_out` entry is set (a
+// promoted grid's cell that is its trunk); NaN if the reference is empty and
+// any is not.
+double MeanDistanceTo(const Picture& reference, const std::vector<Picture>& pictures,
+                      const std::vector<bool>& leave_out = {});
 
 }  // namespace dgrid
 

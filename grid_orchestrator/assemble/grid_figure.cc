@@ -72,6 +72,22 @@ struct ContextDeleter {
 };
 using ContextPtr = std::unique_ptr<cairo_t, ContextDeleter>;
 
+// How much `picture` is enlarged in `figure`: its scale, or the largest
+// whole factor that keeps it within max_picture_side, or the fraction that
+// shrinks it to that side.
+double DrawnFactor(const GridFigure& figure, const Picture& picture) {
+  const int side = std::max(1, std::max(picture.width, picture.height));
+  const int bound = figure.max_picture_side;
+  if (bound <= 0 || side * figure.scale <= bound) return figure.scale;
+  if (side <= bound) return bound / side;
+  return static_cast<double>(bound) / side;
+}
+
+// A length of the picture, `factor` times, in whole output pixels.
+int DrawnLength(int length, double factor) {
+  return std::max(1, static_cast<int>(std::lround(length * factor)));
+}
+
 absl::Status CairoError(absl::string_view what, cairo_status_t status) {
   return absl::InternalError(
       absl::StrCat("grid figure: cairo ", what, ": ", cairo_status_to_string(status)));
@@ -127,9 +143,9 @@ class Painter {
   }
 
   // Draws `picture` with its top-left corner at (x, y), each pixel an exact
-  // scale x scale block, with a hairline frame so light pictures keep an edge
-  // on the white page.
-  absl::Status DrawPicture(const Picture& picture, int x, int y, int scale) {
+  // factor x factor block (a whole factor), or shrunk smoothly (below 1),
+  // with a hairline frame so light pictures keep an edge on the white page.
+  absl::Status DrawPicture(const Picture& picture, int x, int y, double factor) {
     SurfacePtr image(cairo_image_surface_create(CAIRO_FORMAT_RGB24, picture.width, picture.height));
     if (cairo_surface_status(image.get()) != CAIRO_STATUS_SUCCESS) {
       return CairoError("picture surface", cairo_surface_status(image.get()));
@@ -150,13 +166,14 @@ class Painter {
     }
     cairo_surface_mark_dirty(image.get());
 
-    const int w = picture.width * scale;
-    const int h = picture.height * scale;
+    const int w = DrawnLength(picture.width, factor);
+    const int h = DrawnLength(picture.height, factor);
     cairo_save(cr_);
     cairo_translate(cr_, x, y);
-    cairo_scale(cr_, scale, scale);
+    cairo_scale(cr_, factor, factor);
     cairo_set_source_surface(cr_, image.get(), 0, 0);
-    cairo_pattern_set_filter(cairo_get_source(cr_), CAIRO_FILTER_NEAREST);
+    cairo_pattern_set_filter(cairo_get_source(cr_),
+                             factor >= 1 ? CAIRO_FILTER_NEAREST : CAIRO_FILTER_GOOD);
     cairo_rectangle(cr_, 0, 0, picture.width, picture.height);
     cairo_fill(cr_);
     cairo_restore(cr_);
@@ -213,6 +230,11 @@ absl::Status CheckFigure(const GridFigure& figure) {
   if (figure.scale < 1 || figure.scale > kMaxScale) {
     return absl::InvalidArgumentError(
         absl::StrCat("grid figure: scale ", figure.scale, " is out of range 1..", kMaxScale));
+  }
+  if (figure.max_picture_side < 0 || figure.max_picture_side > kMaxSurfaceSide) {
+    return absl::InvalidArgumentError(absl::StrCat("grid figure: max_picture_side ",
+                                                   figure.max_picture_side,
+                                                   " is out of range 0..", kMaxSurfaceSide));
   }
   RETURN_IF_ERROR(CheckPicture(figure.trunk_final, "trunk_final"));
   for (size_t r = 0; r < figure.rows.size(); ++r) {
@@ -394,8 +416,9 @@ Layout ComputeLayout(Painter& p, const GridFigure& figure,
   int max_w = 0, max_h = 0;
   auto consider = [&](const Picture& picture) {
     if (picture.empty()) return;
-    max_w = std::max(max_w, picture.width);
-    max_h = std::max(max_h, picture.height);
+    const double factor = DrawnFactor(figure, picture);
+    max_w = std::max(max_w, DrawnLength(picture.width, factor));
+    max_h = std::max(max_h, DrawnLength(picture.height, factor));
   };
   consider(figure.trunk_final);
   for (const GridFigure::Row* row : rows) {
@@ -404,9 +427,12 @@ Layout ComputeLayout(Painter& p, const GridFigure& figure,
     for (const Picture& cell : row->cells) consider(cell);
     l.columns = std::max(l.columns, static_cast<int>(row->cells.size()));
   }
-  if (max_w == 0) max_w = max_h = kDefaultSide;
-  l.slot_w = max_w * figure.scale;
-  l.slot_h = max_h * figure.scale;
+  if (max_w == 0) {
+    const Picture none{kDefaultSide, kDefaultSide, 1, {}};
+    max_w = max_h = DrawnLength(kDefaultSide, DrawnFactor(figure, none));
+  }
+  l.slot_w = max_w;
+  l.slot_h = max_h;
 
   l.col_w = l.slot_w;
   for (const char* caption : {"x_t", "x0", "final"}) {
@@ -470,16 +496,17 @@ Layout ComputeLayout(Painter& p, const GridFigure& figure,
 
 // An empty picture is still to come ("pending"), unless `missing` says why
 // there is none.
-absl::Status DrawPictureOrPlaceholder(Painter& p, const Layout& l, const Picture& picture,
-                                      int slot_x, int slot_y, int scale,
+absl::Status DrawPictureOrPlaceholder(Painter& p, const Layout& l, const GridFigure& figure,
+                                      const Picture& picture, int slot_x, int slot_y,
                                       const std::string& missing = "pending") {
   if (picture.empty()) {
     p.DrawPlaceholder(slot_x + (l.col_w - l.slot_w) / 2, slot_y, l.slot_w, l.slot_h, missing);
     return absl::OkStatus();
   }
-  const int x = slot_x + (l.col_w - picture.width * scale) / 2;
-  const int y = slot_y + (l.slot_h - picture.height * scale) / 2;
-  return p.DrawPicture(picture, x, y, scale);
+  const double factor = DrawnFactor(figure, picture);
+  const int x = slot_x + (l.col_w - DrawnLength(picture.width, factor)) / 2;
+  const int y = slot_y + (l.slot_h - DrawnLength(picture.height, factor)) / 2;
+  return p.DrawPicture(picture, x, y, factor);
 }
 
 }  // namespace
@@ -583,15 +610,14 @@ absl::StatusOr<std::string> DrawGridPng(const GridFigure& figure) {
     p.Text(kRowLabelFont, l.label_x, mid - 2, RowLabel(figure, row));
     p.Text(kTimestepFont, l.label_x, mid + 14, absl::StrCat("t = ", row.timestep));
 
-    RETURN_IF_ERROR(DrawPictureOrPlaceholder(p, l, row.trunk_xt, l.strip_x, y, figure.scale));
+    RETURN_IF_ERROR(DrawPictureOrPlaceholder(p, l, figure, row.trunk_xt, l.strip_x, y));
     // Before the first step the model has predicted no x0: a finished grid
     // is not still waiting for it.
-    RETURN_IF_ERROR(DrawPictureOrPlaceholder(p, l, row.trunk_x0, l.ColumnX(l.strip_x, 1), y,
-                                             figure.scale,
-                                             row.branch_step == 0 ? "none yet" : "pending"));
+    RETURN_IF_ERROR(DrawPictureOrPlaceholder(p, l, figure, row.trunk_x0, l.ColumnX(l.strip_x, 1),
+                                             y, row.branch_step == 0 ? "none yet" : "pending"));
     for (size_t c = 0; c < row.cells.size(); ++c) {
-      RETURN_IF_ERROR(DrawPictureOrPlaceholder(
-          p, l, row.cells[c], l.ColumnX(l.cells_x, static_cast<int>(c)), y, figure.scale));
+      RETURN_IF_ERROR(DrawPictureOrPlaceholder(p, l, figure, row.cells[c],
+                                               l.ColumnX(l.cells_x, static_cast<int>(c)), y));
     }
 
     Font pairwise = kNumberFont, to_trunk = kNumberFont;
@@ -607,7 +633,7 @@ absl::StatusOr<std::string> DrawGridPng(const GridFigure& figure) {
 
   // Trunk column: the final image once, then the plot beneath it.
   RETURN_IF_ERROR(
-      DrawPictureOrPlaceholder(p, l, figure.trunk_final, l.right_x, l.rows_y, figure.scale));
+      DrawPictureOrPlaceholder(p, l, figure, figure.trunk_final, l.right_x, l.rows_y));
   if (!rows.empty()) DrawDivergencePlot(p, rows, l.plot_x, l.plot_y, pairwise_rows);
 
   if (cairo_status(cr.get()) != CAIRO_STATUS_SUCCESS) {

@@ -44,6 +44,10 @@ struct GridFigure {
   };
   std::vector<Row> rows;
   int scale = 4;  // nearest-neighbour upscale factor of every picture, 1..32
+  // A picture that `scale` would make larger than this a side is drawn
+  // smaller: at the largest whole factor that fits, or shrunk to it
+  // (smoothly) when even its own size is larger. 0: no bound.
+  int max_picture_side = 0;
   // A prompt switch at each row's branch step: rows are labelled
   // "→ <switch_to> after step k" (the text is cut to 24 characters).
   std::string switch_to;

@@ -281,6 +281,36 @@ TEST(DrawGridPngTest, PicturesAreScaledWithNearestNeighbour) {
   }
 }
 
+// Pictures that the scale would make larger than max_picture_side are drawn
+// at a smaller whole factor, or shrunk: a 16 x 16 grid of 512-px images at
+// 4x was 37,000 px a side, refused after all the work.
+TEST(DrawGridPngTest, LargePicturesAreDrawnWithinTheirBound) {
+  const uint8_t kOdd[3] = {13, 200, 77};
+  for (const auto& [side, drawn] : {std::pair{28, 112}, {64, 256}, {96, 192}, {512, 256}}) {
+    SCOPED_TRACE(absl::StrCat(side, " px"));
+    GridFigure figure = MakeFigure(1, 1, 4);
+    figure.max_picture_side = 256;
+    figure.trunk_final = Grey(side, side, 90);
+    figure.rows[0].trunk_xt = figure.rows[0].trunk_x0 = Grey(side, side, 90);
+    figure.rows[0].cells[0] = Rgb(side, side, kOdd[0], kOdd[1], kOdd[2]);
+    const DecodedPng image = Render(figure);
+    const Found cell = FindColour(image, kOdd[0], kOdd[1], kOdd[2]);
+    EXPECT_EQ(cell.x1 - cell.x0 + 1, drawn);
+    EXPECT_EQ(cell.y1 - cell.y0 + 1, drawn);
+  }
+  // 16 x 16 of 512 px: within Cairo's bound.
+  GridFigure big = MakeFigure(16, 16, 4);
+  big.max_picture_side = 256;
+  big.trunk_final = Grey(512, 512, 90);
+  for (GridFigure::Row& row : big.rows) {
+    row.trunk_xt = row.trunk_x0 = Grey(512, 512, 90);
+    for (Picture& cell : row.cells) cell = Grey(512, 512, 40);
+  }
+  const DecodedPng image = Render(big);
+  EXPECT_LT(image.width, 6000);
+  EXPECT_LT(image.height, 6000);
+}
+
 TEST(DrawGridPngTest, RowsRunTopToBottomInIncreasingBranchStep) {
   GridFigure figure = MakeFigure(2, 2, 2);
   figure.rows[0].branch_step = 30;

@@ -715,6 +715,11 @@ absl::StatusOr<v1::Grid> GridExecutor::GridRun::Assemble() {
   FillCell(-1, -1, plan_.trunk, trunk_.png, trunk_.source, grid.mutable_trunk());
 
   GridFigure figure;
+  // 4x for the small models' pictures (28 and 64 px); an SD or SDXL image is
+  // drawn at 256 px, so that a 16 x 16 grid of them stays a picture of some
+  // megabytes (full size, they made surfaces of gigabytes, or past Cairo's
+  // 32767 px a side after all the work). Every cell's own image is whole.
+  figure.max_picture_side = 256;
   std::vector<std::string> trunk_switches;
   for (const Segment& segment : plan_.trunk.segments) {
     if (!segment.conditioning) continue;
@@ -751,6 +756,8 @@ absl::StatusOr<v1::Grid> GridExecutor::GridRun::Assemble() {
       if (auto p = PictureFromPng(capture->second.png); p.ok()) figure_row.trunk_xt = *p;
       if (auto p = PictureFromPng(capture->second.x0_png); p.ok()) figure_row.trunk_x0 = *p;
     }
+    // A promoted grid's cell that is its trunk is no distance from it.
+    std::vector<bool> trunk_cells(plan_.branches);
     for (int c = 0; c < plan_.branches; ++c) {
       const CellResult& result = cells_[r][c];
       FillCell(static_cast<int>(r), c, planned.cells[c], result.png, result.source,
@@ -758,9 +765,11 @@ absl::StatusOr<v1::Grid> GridExecutor::GridRun::Assemble() {
       absl::StatusOr<Picture> picture = PictureFromPng(result.png);
       if (!picture.ok()) return picture.status();
       figure_row.cells.push_back(std::move(*picture));
+      trunk_cells[c] = IsTrunk(r, c);
     }
     figure_row.divergence = MeanPairwiseDistance(figure_row.cells);
-    figure_row.divergence_to_trunk = MeanDistanceTo(figure.trunk_final, figure_row.cells);
+    figure_row.divergence_to_trunk =
+        MeanDistanceTo(figure.trunk_final, figure_row.cells, trunk_cells);
     row->set_divergence(figure_row.divergence);
     row->set_divergence_to_trunk(figure_row.divergence_to_trunk);
     figure.rows.push_back(std::move(figure_row));
