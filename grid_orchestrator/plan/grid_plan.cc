@@ -427,6 +427,31 @@ void PlanCaptures(const std::vector<int>& branch_steps, const PlanLimits& limits
   }
 }
 
+// A branch differs from its trunk by the noise added after its branch step,
+// or by a prompt: with neither, every cell would be its trunk, run and paid
+// for again.
+absl::Status CheckBranchesCanDiffer(const GridPlanSpec& plan, const std::vector<int>& branch_steps) {
+  if (!plan.switch_prompt.empty()) return absl::OkStatus();
+  for (const Segment& segment : plan.trunk.segments) {
+    if (segment.conditioning) return absl::OkStatus();  // a branch may keep an earlier prompt
+  }
+  if (plan.eta == 0.0f) {
+    return Invalid(
+        "eta: 0 adds no noise at any step, so every branch would be its trunk; give eta above 0 "
+        "(1 is usual), or a switch_prompt");
+  }
+  if (plan.sampler == Sampler::kEulerAncestral) {
+    for (size_t i = 0; i < branch_steps.size(); ++i) {
+      if (branch_steps[i] == plan.steps - 1) {
+        return Invalid(absl::StrCat(
+            "branch_steps[", i, "]: Euler ancestral adds no noise at its last step (",
+            plan.steps - 1, "), so branches from there would be the trunk; branch earlier"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<GridPlanSpec> PlanGrid(const v1::GridRequest& request, const v1::ModelInfo& model,
@@ -442,6 +467,7 @@ absl::StatusOr<GridPlanSpec> PlanGrid(const v1::GridRequest& request, const v1::
   ASSIGN_OR_RETURN(const std::vector<int> branch_steps,
                    ChooseBranchSteps(request, preset, plan, limits));
   RETURN_IF_ERROR(PlanTrunk(request, model, &plan));
+  RETURN_IF_ERROR(CheckBranchesCanDiffer(plan, branch_steps));
   PlanRows(branch_steps, model, &plan);
   PlanCaptures(branch_steps, limits, &plan);
   return plan;

@@ -201,6 +201,18 @@ TEST(GridPlanTest, CostArithmeticForCustomRows) {
   EXPECT_EQ(ks, (std::vector<int>{0, 1, 2, 4, 6, 8}));
 }
 
+TEST(GridPlanTest, NoNoiseIsAllowedWhereAPromptMakesTheBranchesDiffer) {
+  v1::GridRequest r;
+  r.mutable_eta()->set_value(0);
+  r.set_prompt("t-shirt");
+  r.set_switch_prompt("sneaker");
+  EXPECT_TRUE(PlanGrid(r, Model(), {}).ok()) << PlanGrid(r, Model(), {}).status();
+  r.clear_eta();
+  r.set_sampler(v1::SAMPLER_EULER_ANCESTRAL);
+  r.add_branch_steps(49);
+  EXPECT_TRUE(PlanGrid(r, Model(), {}).ok()) << PlanGrid(r, Model(), {}).status();
+}
+
 TEST(GridPlanTest, ValidationNamesTheField) {
   const struct {
     std::function<void(v1::GridRequest&)> mutate;
@@ -233,6 +245,14 @@ TEST(GridPlanTest, ValidationNamesTheField) {
       {[](auto& r) { r.mutable_steps()->set_value(1000); },
        "steps: 1000 leading steps with steps_offset 1"},
       {[](auto& r) { r.mutable_trunk()->set_init_seed(3); }, "trunk.segments"},
+      // No step adds noise: every branch would be its trunk.
+      {[](auto& r) { r.mutable_eta()->set_value(0); }, "eta: 0 adds no noise at any step"},
+      {[](auto& r) {
+         r.set_sampler(v1::SAMPLER_EULER_ANCESTRAL);
+         r.add_branch_steps(10);
+         r.add_branch_steps(49);
+       },
+       "branch_steps[1]: Euler ancestral adds no noise at its last step (49)"},
       {[](auto& r) {
          auto* t = r.mutable_trunk();
          t->add_segments()->set_from_step(0);
