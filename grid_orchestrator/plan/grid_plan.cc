@@ -350,7 +350,13 @@ absl::Status PlanTrunk(const v1::GridRequest& request, const v1::ModelInfo& mode
   // Counted as the cells will carry them: the trunk's switches that change
   // something, and the grid's own.
   int switches = plan->switch_prompt.empty() ? 0 : 1;
-  size_t bytes = plan->switch_prompt.size() + plan->switch_negative_prompt.size();
+  size_t bytes = 0;
+  if (plan->text && !plan->switch_prompt.empty()) {
+    // With the negative prompt it carries: its own, else the grid's.
+    bytes = plan->switch_prompt.size() + (plan->switch_negative_prompt.empty()
+                                              ? plan->negative_prompt.size()
+                                              : plan->switch_negative_prompt.size());
+  }
   for (const Segment& segment : plan->trunk.segments) {
     if (!segment.conditioning) continue;
     ++switches;

@@ -353,6 +353,27 @@ TEST(GridPlanTest, BadSwitchesAreRefusedNamingTheField) {
   EXPECT_EQ(PlanGrid(r, Model(), {}).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// A switch without its own negative prompt carries the grid's: its bytes
+// count (they were left out, so cells carried 4 KiB more than the bound).
+TEST(GridPlanTest, TheSwitchPromptsCellsCarryAreBoundedWithTheirNegativePrompt) {
+  v1::ModelInfo text = Model();
+  text.set_conditioning("text");
+  v1::GridRequest r;
+  r.set_prompt("a");
+  r.set_negative_prompt(std::string(4000, 'n'));
+  r.set_switch_prompt(std::string(4000, 's'));
+  Path trunk{3, {{0, 9}}};
+  trunk = trunk.BranchAt(5, 8, SegmentConditioning{std::string(4000, 'x'), std::string(4000, 'y'), -1});
+  trunk = trunk.BranchAt(10, 7, SegmentConditioning{std::string(1000, 'z'), "", -1});
+  PathToProto(trunk, r.mutable_trunk());
+  auto plan = PlanGrid(r, text, {});
+  ASSERT_FALSE(plan.ok());
+  EXPECT_EQ(plan.status().message(),
+            "trunk.segments: the prompts a cell would switch to hold 17000 bytes, more than 16384");
+  r.set_negative_prompt(std::string(600, 'n'));  // 13600 bytes
+  EXPECT_TRUE(PlanGrid(r, text, {}).ok()) << PlanGrid(r, text, {}).status();
+}
+
 TEST(GridPlanTest, APromotedTrunksSwitchMustFitTheModel) {
   v1::GridRequest r;
   r.set_prompt("sneaker");
