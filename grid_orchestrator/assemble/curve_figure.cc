@@ -51,16 +51,40 @@ void Text(cairo_t* cr, double x, double y, const std::string& text, double size,
   cairo_show_text(cr, drawable.c_str());
 }
 
+// Whether `text` is no wider than `width` in the context's font.
+bool Fits(cairo_t* cr, const std::string& text, double width) {
+  cairo_text_extents_t e;
+  cairo_text_extents(cr, DrawableText(text).c_str(), &e);
+  return e.x_advance <= width;
+}
+
+// `text`, or its longest start that fits `width` with "…" after it, in the
+// context's font.
+std::string CutToWidth(cairo_t* cr, const std::string& text, double width) {
+  if (Fits(cr, text, width)) return text;
+  size_t fits = 0, too_long = text.size();
+  while (too_long - fits > 1) {
+    const size_t mid = (fits + too_long) / 2;
+    (Fits(cr, absl::StrCat(Utf8Prefix(text, mid), "…"), width) ? fits : too_long) = mid;
+  }
+  return absl::StrCat(Utf8Prefix(text, fits), "…");
+}
+
+// `text` in one line no wider than `width` at `size`, cut with "…".
+std::string FitLine(cairo_t* cr, const std::string& text, double size, double width,
+                    bool bold = false) {
+  cairo_select_font_face(cr, "DejaVu Sans", CAIRO_FONT_SLANT_NORMAL,
+                         bold ? CAIRO_FONT_WEIGHT_BOLD : CAIRO_FONT_WEIGHT_NORMAL);
+  cairo_set_font_size(cr, size);
+  return CutToWidth(cr, text, width);
+}
+
 // `text` in lines no wider than `width` at `size`, broken at spaces; a word
 // wider than the width alone is cut, with "…".
 std::vector<std::string> Wrap(cairo_t* cr, const std::string& text, double size, double width) {
   cairo_select_font_face(cr, "DejaVu Sans", CAIRO_FONT_SLANT_NORMAL, CAIRO_FONT_WEIGHT_NORMAL);
   cairo_set_font_size(cr, size);
-  auto fits = [&](const std::string& line) {
-    cairo_text_extents_t e;
-    cairo_text_extents(cr, DrawableText(line).c_str(), &e);
-    return e.x_advance <= width;
-  };
+  auto fits = [&](const std::string& line) { return Fits(cr, line, width); };
   std::vector<std::string> lines;
   std::string line;
   for (absl::string_view word : absl::StrSplit(text, ' ', absl::SkipEmpty())) {
@@ -73,12 +97,7 @@ std::vector<std::string> Wrap(cairo_t* cr, const std::string& text, double size,
     }
   }
   if (!line.empty()) lines.push_back(line);
-  for (std::string& l : lines) {
-    if (fits(l)) continue;
-    // One character fewer at a time.
-    while (!l.empty() && !fits(l + "…")) l = std::string(Utf8Prefix(l, l.size() - 1));
-    l += "…";
-  }
+  for (std::string& l : lines) l = CutToWidth(cr, l, width);
   return lines;
 }
 
@@ -211,8 +230,9 @@ absl::Status Draw(const CurveFigure& f, cairo_surface_t* surface) {
   cairo_t* cr = context.get();
   cairo_set_source_rgb(cr, 1, 1, 1);
   cairo_paint(cr);
-  Text(cr, 16, 26, f.title, 16, kInk, 0, true);
-  Text(cr, 16, 48, f.subtitle, 11, kMuted);
+  // A long prompt (or two, with a switch) is cut to the figure's width.
+  Text(cr, 16, 26, FitLine(cr, f.title, 16, kWidth - 32, /*bold=*/true), 16, kInk, 0, true);
+  Text(cr, 16, 48, FitLine(cr, f.subtitle, 11, kWidth - 32), 11, kMuted);
   int top = kHeader;
   if (!s.heads.empty()) {
     std::vector<Series> heads;

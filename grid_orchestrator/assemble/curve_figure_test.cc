@@ -51,10 +51,15 @@ TEST(CurveFigureTest, DrawsOnePanelPerKindOfCurve) {
 
 // A long legend entry (a found fraction below 1, a long head name) wraps
 // inside the figure: it ran off the right edge, in the PNG and the SVG.
-TEST(CurveFigureTest, TheLegendStaysInsideTheFigure) {
+TEST(CurveFigureTest, TheLegendAndTheTitleStayInsideTheFigure) {
   CurveFigure f = Figure(2);
   f.head_names[0] = "subcategory-and-then-some";
   f.head_names[1] = std::string(60, 'x');  // one word wider than the space
+  // Two long prompts, as a switch curve's title has them (it ran off the
+  // right edge).
+  f.title = absl::StrCat("emoji · \"", std::string(150, 'p'), "\" → \"", std::string(150, 's'),
+                         "\" · 100 trunks");
+  f.subtitle = std::string(300, 'w');
   f.statistics.heads[0].half_step.found_fraction = 0.95;
   absl::StatusOr<std::string> png = DrawCurvePng(f);
   ASSERT_TRUE(png.ok()) << png.status();
