@@ -49,7 +49,8 @@ struct GridFigure {
   // (smoothly) when even its own size is larger. 0: no bound.
   int max_picture_side = 0;
   // A prompt switch at each row's branch step: rows are labelled
-  // "→ <switch_to> after step k" (the text is cut to 24 characters).
+  // "→ <switch_to> after step k" (the text is cut to 24 bytes, on a
+  // character boundary).
   std::string switch_to;
 };
 

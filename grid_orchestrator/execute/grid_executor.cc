@@ -608,6 +608,9 @@ int GridExecutor::GridRun::LoadCached() {
   int start = 0;
   bool missing_capture = false;
   std::optional<CacheEntry> resume;  // the capture the trunk resumes from
+  // The trunk's progress up to where it resumes, as a live trunk streams it:
+  // a grid from the cache shows its trajectory at once, not at its end.
+  std::vector<v1::GridEvent> progress;
   for (int s : plan_.trunk_captures) {
     ++lookups;
     auto hit = ex_.cache_->Find(PrefixCache::CaptureKey(sampler_key_, plan_.trunk, s));
@@ -616,6 +619,14 @@ int GridExecutor::GridRun::LoadCached() {
       continue;
     }
     ++hits;
+    if (!missing_capture && wants_figure()) {
+      v1::TrunkProgress* p = progress.emplace_back().mutable_trunk();
+      p->set_step(s);
+      p->set_timestep(TimestepAfter(plan_, s));
+      p->set_xt_png(hit->png);
+      p->set_x0_png(hit->x0_png);
+      p->set_source("cache");
+    }
     if (IsRowStep(s)) {
       std::lock_guard<std::mutex> lock(mu_);
       captures_[s] = *hit;
@@ -635,6 +646,9 @@ int GridExecutor::GridRun::LoadCached() {
     cache_hits_ = hits;
   }
   if (ex_.metrics_) ex_.metrics_->CountCache(lookups, hits);
+  // A trunk that starts over at step 0 streams its step-0 capture again.
+  if (start == 0) progress.clear();
+  for (const v1::GridEvent& e : progress) Emit(e);
   for (const v1::GridEvent& e : found) Emit(e);
   return start;
 }

@@ -247,6 +247,43 @@ TEST_F(GridExecutorTest, AFigureMissingTrunkImagesRunsTheTrunkForThem) {
   EXPECT_EQ(Calls(replicas, 0), calls + 1);
 }
 
+// A grid from the cache streams its trunk's progress as a live one does, up
+// front: the explorer showed its trajectory strip only with the last event.
+TEST_F(GridExecutorTest, AGridFromTheCacheStreamsItsTrunksProgress) {
+  FakeReplicas replicas(1);
+  auto pool = ReplicaPool::Create(replicas.PoolOptions(), nullptr);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  PrefixCache cache(size_t{16} << 20);
+  GridExecutor executor(pool->get(), &cache, nullptr, ExecutorOptions{});
+  auto run = [&](std::vector<v1::GridEvent>* events) {
+    GridCancel cancel;
+    return executor.Run(
+        Plan(), absl::Now() + absl::Seconds(30),
+        [events](const v1::GridEvent& e) { events->push_back(e); }, &cancel);
+  };
+  std::vector<v1::GridEvent> live, cached;
+  ASSERT_TRUE(run(&live).ok());
+  const int calls = Calls(replicas, 0);
+  ASSERT_TRUE(run(&cached).ok());
+  EXPECT_EQ(Calls(replicas, 0), calls);  // all of it from the cache
+  auto steps = [](const std::vector<v1::GridEvent>& events) {
+    std::vector<int> out;
+    for (const v1::GridEvent& e : events) {
+      if (e.has_trunk()) out.push_back(e.trunk().step());
+    }
+    return out;
+  };
+  ASSERT_FALSE(steps(live).empty());
+  EXPECT_EQ(steps(cached), steps(live));
+  auto first = std::find_if(cached.begin(), cached.end(), [](const v1::GridEvent& e) {
+    return e.has_trunk() || e.has_cell();
+  });
+  ASSERT_NE(first, cached.end());
+  ASSERT_TRUE(first->has_trunk()) << "before the cells";
+  EXPECT_EQ(first->trunk().source(), "cache");
+  EXPECT_FALSE(first->trunk().xt_png().empty());
+}
+
 TEST_F(GridExecutorTest, APermanentErrorIsNotRetried) {
   // Before: permanent limits came back as RESOURCE_EXHAUSTED and every
   // replica was tried, and UNKNOWN was retried too.
