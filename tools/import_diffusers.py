@@ -275,6 +275,11 @@ def schedule_from_diffusers(config):
                 "use_exponential_sigmas", "use_beta_sigmas"):
         if config.get(key):
             refused.append(f"{key}=true")
+    # Schedulers of no beta schedule (EDM's sigmas, flow matching): their
+    # configs lack the beta keys, and the defaults below would stand in.
+    class_name = str(config.get("_class_name", ""))
+    if "EDM" in class_name or "FlowMatch" in class_name or "sigma_data" in config:
+        refused.append(f"a scheduler without betas ({class_name or 'sigma_data set'})")
     if config.get("timestep_type", "discrete") != "discrete":
         refused.append(f"timestep_type={config['timestep_type']!r}")
     # The Euler schedulers' sigma interpolation and last sigma.
@@ -890,6 +895,21 @@ class _SDXLText(torch.nn.Module):
         return context, second.text_embeds
 
 
+def check_vae(config, dtype, sdxl):
+    """Refuses, by name, a VAE the bundle would decode wrongly: one that
+    un-normalizes latents with a mean and std (the bundle carries a scaling
+    factor alone), or an SDXL one that diffusers' SDXL pipeline upcasts
+    because it overflows in fp16 (the SD pipeline decodes in the model's
+    dtype whatever the flag says)."""
+    for key in ("latents_mean", "latents_std"):
+        if getattr(config, key, None) is not None:
+            raise ValueError(f"the VAE config's {key} is set: it normalizes latents per channel "
+                             "(an EDM-style pipeline); the bundle format has scaling_factor only")
+    if sdxl and dtype == "fp16" and getattr(config, "force_upcast", False):
+        raise ValueError("--dtype fp16: the VAE config's force_upcast is set (it overflows in "
+                         "fp16, and diffusers decodes it in fp32); export with --dtype fp32")
+
+
 def _is_sdxl(pipe):
     return getattr(pipe, "text_encoder_2", None) is not None
 
@@ -949,6 +969,7 @@ def main(argv=None):
 
     pipe = _load_pipeline(args.model, _DTYPES[args.dtype], family=args.family,
                           config=args.config, original_config=args.original_config)
+    check_vae(pipe.vae.config, args.dtype, _is_sdxl(pipe))
     vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     size = pipe.unet.config.sample_size
     h, w = (size, size) if isinstance(size, int) else size
@@ -957,7 +978,11 @@ def main(argv=None):
     # A per-block list of widths is left to the UNet's own check.
     cross = pipe.unet.config.cross_attention_dim
     context_dim = cross if isinstance(cross, int) else None
-    name = args.name or os.path.basename(os.path.normpath(args.model)).split(".")[0]
+    # A checkpoint file's name without its extension; a folder's whole
+    # ("RealVisXL_V4.0").
+    base = os.path.basename(os.path.normpath(args.model))
+    name = args.name or (os.path.splitext(base)[0] if os.path.isfile(args.model) or
+                         base.endswith((".safetensors", ".ckpt")) else base)
     prompts = ["a photo of an astronaut riding a horse on mars",
                "a watercolor painting of a lighthouse at dusk",
                "a bowl of fruit on a wooden table, studio lighting"]
