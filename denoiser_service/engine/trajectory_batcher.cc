@@ -935,11 +935,23 @@ void TrajectoryBatcher::DropStopped(std::vector<Active>& active) {
 
 // The fairness policy is BatchChoice (batch_choice.h); this only lists the
 // candidates for it.
+// A key keeps the arrival of its first run for as long as it has
+// trajectories here, so that equal grids finish in the order they came: a
+// grid's rows, which arrive once its trunk has run, would otherwise queue
+// behind the trunk of a grid that came later.
 void TrajectoryBatcher::ChooseBatch(const std::vector<Active>& active) {
+  const int64_t iteration = forwards_.load(std::memory_order_relaxed);
   candidates_.resize(active.size());
   for (size_t i = 0; i < active.size(); ++i) {
     const Active& a = active[i];
-    candidates_[i] = {a.fairness_key, a.fairness_rank, a.arrival, a.rows};
+    KeySeen& seen = key_arrival_.try_emplace(a.fairness_key, KeySeen{a.arrival, iteration})
+                        .first->second;
+    seen.arrival = std::min(seen.arrival, a.arrival);
+    seen.iteration = iteration;
+    candidates_[i] = {a.fairness_key, a.fairness_rank, seen.arrival, a.rows};
+  }
+  for (auto it = key_arrival_.begin(); it != key_arrival_.end();) {
+    it = it->second.iteration == iteration ? std::next(it) : key_arrival_.erase(it);
   }
   chosen_ = batch_choice_.Choose(candidates_, options_.max_batch);
 }

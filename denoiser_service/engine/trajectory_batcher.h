@@ -375,6 +375,13 @@ class TrajectoryBatcher {
   std::vector<std::shared_ptr<Run>> done_runs_;
   BatchChoice batch_choice_;
   std::vector<BatchCandidate> candidates_;
+  // Each fairness key with trajectories here: the arrival of its first run,
+  // and the last iteration that saw it (ChooseBatch).
+  struct KeySeen {
+    uint64_t arrival;
+    int64_t iteration;
+  };
+  std::unordered_map<uint64_t, KeySeen> key_arrival_;
   std::vector<size_t> chosen_;  // indices into the active list
   std::vector<bool> finished_;
 

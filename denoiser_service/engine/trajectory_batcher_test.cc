@@ -642,6 +642,40 @@ TEST_F(BatcherTest, WorkOnAnIdleReplicaLeavesNoDebtForTheNextRuns) {
   EXPECT_LT(ran_at - before, 25) << "the job waited for the run";
 }
 
+// Equal grids finish in the order they came: a grid keeps its place while
+// it has trajectories here, though its later runs (a grid's rows) arrive
+// after another grid's first. They used to queue behind that grid.
+TEST_F(BatcherTest, AKeyKeepsItsFirstArrivalWhileItRuns) {
+  // Slow passes: the first run is still going when the others arrive.
+  TrajectoryBatcher batcher(model_.get(),
+                            {.max_batch = 1, .debug_step_delay = absl::Milliseconds(10)});
+  auto request = [&](uint64_t key, uint64_t seed) {
+    RunRequest r = Request(1, 1.0f, seed);
+    r.sampler.steps = 20;
+    r.fairness_key = key;
+    return r;
+  };
+  auto first = batcher.Start(request(1, 1));
+  ASSERT_TRUE(first.ok());
+  while (batcher.forwards() < 2) absl::SleepFor(absl::Milliseconds(1));
+  auto other = batcher.Start(request(2, 2));  // another grid, equal in size
+  auto later = batcher.Start(request(1, 3));  // the first grid's next run
+  ASSERT_TRUE(other.ok() && later.ok());
+  std::mutex mu;
+  std::vector<int> finished;
+  auto drain = [&](dgrid::Run& run, int id) {
+    const bool ok = Drain(run).status.ok();
+    std::lock_guard<std::mutex> lock(mu);
+    finished.push_back(ok ? id : -id);
+  };
+  std::thread a(drain, std::ref(**first), 1), b(drain, std::ref(**other), 2),
+      c(drain, std::ref(**later), 3);
+  a.join();
+  b.join();
+  c.join();
+  EXPECT_EQ(finished, (std::vector<int>{1, 3, 2}));
+}
+
 TEST_F(BatcherTest, AJobWhoseCallerLeftEndsWithoutWaitingForTheJobsAheadOfIt) {
   TrajectoryBatcher batcher(model_.get(), {.cores = 1});
   // Two jobs ahead hold the batcher's thread, each until it is let go.
