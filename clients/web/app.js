@@ -38,6 +38,7 @@ const trajectorySteps = byTestId('trajectory-steps');
 const trajectoryFinal = byTestId('trajectory-final');
 const trajectoryCaption = byTestId('trajectory-caption');
 const statusText = byTestId('status-text');
+const statusBox = byTestId('status');
 const progress = byTestId('progress');
 const banner = byTestId('error-banner');
 const plotBox = byTestId('divergence-plot');
@@ -48,6 +49,7 @@ const trunkChip = byTestId('trunk-chip');
 const curvePanel = byTestId('curve');
 const curveTrunks = byTestId('curve-trunks');
 const gridStop = byTestId('grid-stop');
+const runButton = byTestId('run');
 const curveRun = byTestId('curve-run');
 const curveCancel = byTestId('curve-cancel');
 const curveProgress = byTestId('curve-progress');
@@ -64,6 +66,7 @@ const DEFAULT_TRAJECTORY_CAPTION = trajectoryCaption.innerHTML;
 
 let models = [];
 let modelsLoaded = false;
+let modelsLoading = null;  // the fetch of the models under way, or the last
 // The URL's model, prompt and switch prompt, applied once the models are known.
 let wantedModel = null;
 let wantedPrompt = null;
@@ -157,10 +160,27 @@ function samplerName(sampler) {
 
 // source 'models': the list of models could not be loaded (a token is
 // missing, say); loading them later clears only that error.
+// Hides `node`; the keyboard focus inside it goes on to `next`, not to the
+// page's body.
+function hideKeepingFocus(node, next) {
+  const focused = node.contains(document.activeElement);
+  node.hidden = true;
+  if (focused) next.focus();
+}
+
+// The server names a request's fields; the page's boxes have labels of
+// their own.
+function inPageTerms(message) {
+  return message
+      .replace(/^(grid\.)?branch_steps\[(\d+)\]/, (_, grid, i) => `Rows (entry ${Number(i) + 1})`)
+      .replace(/^(grid\.)?branch_steps\b/, 'Rows')
+      .replace(/^(grid\.)?branches\b/, 'Columns');
+}
+
 function showError(error, source = 'grid') {
   banner.dataset.source = source;
   const code = error.code || (error instanceof ApiError ? 'ERROR' : 'PAGE ERROR');
-  let message = error.message || String(error);
+  let message = inPageTerms(error.message || String(error));
   if (code === 'UNAUTHENTICATED') message += ' (this orchestrator wants a token: see the Token field)';
   byTestId('error-code').textContent = code;
   byTestId('error-message').textContent = message;
@@ -168,7 +188,7 @@ function showError(error, source = 'grid') {
 }
 
 function clearError(source) {
-  if (!source || banner.dataset.source === source) banner.hidden = true;
+  if (!source || banner.dataset.source === source) hideKeepingFocus(banner, runButton);
 }
 
 // ---------- models and controls ----------
@@ -320,17 +340,30 @@ function fillPlaceholders() {
   controls.cols.placeholder = controls.noise.value === 'trunk' ? '1' : '4';
 }
 
-async function loadModels() {
-  try {
-    models = await fetchModels({token: controls.token.value.trim()});
-    modelsLoaded = true;
-    fillModels();
-    clearError('models');
-    return true;
-  } catch (error) {
-    showError(error, 'models');
-    return false;
-  }
+// Fetches the models (again: a new token may see them); whether they came.
+function loadModels() {
+  modelsLoading = (async () => {
+    try {
+      models = await fetchModels({token: controls.token.value.trim()});
+      modelsLoaded = true;
+      fillModels();
+      clearError('models');
+      return true;
+    } catch (error) {
+      showError(error, 'models');
+      return false;
+    }
+  })();
+  return modelsLoading;
+}
+
+// Whether the models are here, waiting for a fetch under way (or making
+// one): a form read before they come has no model or prompt, and a shared
+// link's grid would run, and be written to the URL, without them.
+async function modelsReady() {
+  if (modelsLoaded) return true;
+  if (modelsLoading && (await modelsLoading)) return true;
+  return loadModels();  // none under way, or the last failed: once more
 }
 
 // fresh: a page with no view in its URL, where model and prompt keep their
@@ -366,7 +399,8 @@ function stateFromControls() {
 
 function setFormTrunk(path) {
   formTrunk = path ?? null;
-  trunkChip.hidden = !formTrunk;
+  if (formTrunk) trunkChip.hidden = false;
+  else hideKeepingFocus(trunkChip, controls.seed);
   byTestId('trunk-chip-path').textContent = formTrunk ? encodePath(formTrunk) : '';
 }
 
@@ -377,7 +411,10 @@ function setGridState(state) {
   document.body.dataset.gridState = state;
 }
 
-function setStatus(text, fraction) {
+// While a grid streams its status is busy: a screen reader announces where
+// it ended (done, stopped, an error), not every image on the way.
+function setStatus(text, fraction, {streaming = false} = {}) {
+  statusBox.setAttribute('aria-busy', String(streaming));
   statusText.textContent = text;
   progress.hidden = fraction === undefined;
   if (fraction !== undefined) progress.value = fraction;
@@ -386,17 +423,22 @@ function setStatus(text, fraction) {
 // Runs the grid of `state`. mode: 'push' adds a history entry (a new view),
 // 'replace' rewrites the current one, 'none' leaves the URL (it already
 // names this view: start-up and Back/Forward).
-async function run(state, mode) {
+// refocus: the cell of a keyboard promotion, focused again once it is done.
+async function run(state, mode, {refocus = null} = {}) {
   clearError();
   let request;
   try {
     request = requestFromState(state);
   } catch (error) {
     showError(error);
-    setGridState('error');
-    setStatus('Not run: the form has a mistake (see the message above).');
+    // A grid still streaming goes on, and keeps its state and status.
+    if (gridBox.dataset.state !== 'streaming') {
+      setGridState('error');
+      setStatus('Not run: the form has a mistake (see the message above).');
+    }
     return;
   }
+  refocusCell = refocus;
   const search = searchFromState(state);
   if (mode === 'push' && search !== location.search) history.pushState(null, '', search);
   else if (mode !== 'none' && search !== location.search) history.replaceState(null, '', search);
@@ -413,8 +455,8 @@ async function run(state, mode) {
   gridBox.classList.add('stale');
   resetExports();
   showTokensNote(null);
-  setStatus('Planning…', 0);
-  form.querySelector('[data-testid="run"]').textContent = 'Running…';
+  setStatus('Planning…', 0, {streaming: true});
+  runButton.textContent = 'Running…';
   gridStop.hidden = false;
 
   try {
@@ -428,6 +470,7 @@ async function run(state, mode) {
     if (id !== runCounter) return;
     finish(grid);
   } catch (error) {
+    if (id === runCounter) refocusCell = null;
     if (id === runCounter && stoppedRun === id) {
       // Stopped by the user: the server cancels the grid (its client went
       // away); the cells that came stay on screen.
@@ -437,6 +480,10 @@ async function run(state, mode) {
         // Before its plan: the previous grid is what the screen shows.
         keepPrevious(previous);
         setStatus('Stopped before the new grid was planned; the previous grid is shown.');
+        return;
+      }
+      if (!view.plan) {
+        setStatus('Stopped before the grid was planned.');
         return;
       }
       const total = (view.plan?.branch_steps?.length ?? 0) * (view.plan?.branches ?? 0) + 1;
@@ -454,8 +501,8 @@ async function run(state, mode) {
     setStatus(`No grid: ${error.message}`);
   } finally {
     if (id === runCounter) {
-      form.querySelector('[data-testid="run"]').textContent = 'Run grid';
-      gridStop.hidden = true;
+      runButton.textContent = 'Run grid';
+      hideKeepingFocus(gridStop, runButton);
     }
   }
 }
@@ -511,7 +558,7 @@ function updateProgress() {
   const done = view.cells.size + (view.trunk ? 1 : 0);
   const steps = view.plan.sampler?.steps ?? 0;
   const trunkAt = view.trunk ? 'trunk done' : `trunk at step ${view.trunkStep} of ${steps}`;
-  setStatus(`Streaming: ${done} of ${total} images · ${trunkAt}`, done / total);
+  setStatus(`Streaming: ${done} of ${total} images · ${trunkAt}`, done / total, {streaming: true});
 }
 
 // A run that ended before its plan leaves the previous grid on screen: it
@@ -607,7 +654,9 @@ function buildGrid(plan) {
       nodes.push(button);
     }
   }
+  const focused = gridBox.contains(document.activeElement);
   gridBox.replaceChildren(...nodes);
+  if (focused) gridBox.focus();  // the old cells are gone
   trunkFrame.replaceChildren(placeholder('trunk'));
   trunkFigure.dataset.path = encodePath(plan.trunk ?? {});
   delete trunkFigure.dataset.loaded;
@@ -718,8 +767,7 @@ function promote({row, col}, byKeyboard) {
   const state = {...view.state, trunk: cell.path};
   fillControls(state);
   hovered = null;
-  refocusCell = byKeyboard ? {row, col} : null;
-  run(state, 'push');
+  run(state, 'push', {refocus: byKeyboard ? {row, col} : null});
 }
 
 // ---------- the trajectory panel ----------
@@ -877,7 +925,8 @@ function setCurveState(state, text, fraction) {
   curveRun.textContent = running ? 'Running…' : 'Run curve';
   // Cancel stops a running curve; a second Run used to drop it unasked.
   curveRun.disabled = running;
-  curveCancel.hidden = !running;
+  if (running) curveCancel.hidden = false;
+  else hideKeepingFocus(curveCancel, curveRun);
 }
 
 function resetCurveExports() {
@@ -893,6 +942,7 @@ function resetCurveExports() {
 // trunks are seeds.
 async function runCurve() {
   if (curvePanel.dataset.state === 'running') return;
+  if (!(await modelsReady())) return;
   // Run turns off while the curve runs: focus on it goes on to Cancel.
   const focusedRun = document.activeElement === curveRun;
   focusRunAfterCancel = false;
@@ -1023,8 +1073,21 @@ function renderCurveExports(run, curve) {
 
 // ---------- wiring ----------
 
-form.addEventListener('submit', (event) => {
+form.addEventListener('submit', async (event) => {
   event.preventDefault();
+  if (!modelsLoaded) {
+    // Enter in the token box: the link's own grid runs once the models come
+    // (the token's handler runs it), not a form read before them.
+    const linked = pendingView;
+    if (!(await modelsReady())) return;
+    if (linked) {
+      if (pendingView === linked) {
+        pendingView = null;
+        run(linked, 'none');
+      }
+      return;
+    }
+  }
   // The seed a grid ran with is in its box and its URL, so that it can be
   // reloaded and gone back to (an empty box ran seed 0 and left no view).
   if (!controls.seed.value.trim() && !formTrunk) controls.seed.value = randomSeed();
@@ -1125,7 +1188,7 @@ function resetView() {
   resetExports();
   showTokensNote(null);
   setStatus('Pick a prompt and a seed, then run a grid.');
-  form.querySelector('[data-testid="run"]').textContent = 'Run grid';
+  runButton.textContent = 'Run grid';
 }
 
 // Back and Forward change the view's query string. A jump to an anchor on

@@ -226,6 +226,9 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     await screenshot(page, '02-stream-midway');
 
     await waitForGrid(page);
+    // The status is busy while the grid streams: a screen reader announces
+    // where it ended, not each of its images.
+    assert.equal(await page.getAttribute(testId('status'), 'aria-busy'), 'false');
     assert.equal(await page.locator(`${testId('cell')}[data-loaded="true"]`).count(), ROWS * COLS);
     assert.ok(await src(page, testId('trunk-image')), 'the trunk image is shown');
     const labels = await page.$$eval(testId('row-label'), (nodes) => nodes.map((n) => n.textContent));
@@ -768,6 +771,9 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     await page.fill(testId('curve-trunks'), '1');
     await page.click(testId('curve-run'));
     assert.equal(await waitForCurve(page), 'error');
+    // Cancel, which had the focus while the curve ran, hides: the focus goes
+    // back to Run, not to the page's body.
+    await page.waitForFunction(() => document.activeElement?.dataset.testid === 'curve-run');
     assert.equal(await page.textContent(testId('error-code')), 'INVALID_ARGUMENT');
     assert.match(await page.textContent(testId('error-message')), /trunks must be in \[2, \d+\]/);
     // Enter in the Trunks box runs the curve, not the grid of the form.
@@ -881,9 +887,11 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     const orchestrator = slow.children.find((child) => child.logName === 'orchestrator');
     orchestrator.kill('SIGSTOP');
     try {
-      await page.clock.fastForward(59_000);
+      // The page's clock runs on with the real one: a margin for a busy
+      // machine between the last event and now.
+      await page.clock.fastForward(30_000);
       assert.equal(await page.getAttribute(testId('curve'), 'data-state'), 'running');
-      await page.clock.fastForward(2_000);
+      await page.clock.fastForward(31_000);
       assert.equal(await waitForCurve(page, 10_000), 'error');
       assert.equal(await page.textContent(testId('error-code')), 'UNAVAILABLE');
       assert.match(await page.textContent(testId('error-message')),
@@ -896,5 +904,22 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
       await slow.metric('dgrid_orchestrator_grids_total{status="cancelled"}') > cancelledBefore &&
           await slow.metric('dgrid_orchestrator_replica_inflight', {prefix: true}) === 0,
     30_000, 'the silent curve\'s grids cancelled on the server');
+  }));
+
+  test('14. a shared link run with Enter in the token box keeps its grid', {timeout: 90_000},
+      () => withPage('14-link-token', async (page) => {
+    // No token yet (a new tab): the models cannot load, and the link waits.
+    await openPage(page, `${slow.url}?prompt=coat&seed=7&steps=10&rows=0,5&cols=2`);
+    await page.waitForSelector(`${testId('error-banner')}:not([hidden])`);
+    await page.fill(testId('token'), TOKEN);
+    // Enter: the token's change, then the form's submit, before the models
+    // come. The submit used to read the empty form and write its URL.
+    await page.press(testId('token'), 'Enter');
+    await waitForGrid(page);
+    const url = new URL(page.url());
+    assert.equal(url.searchParams.get('prompt'), 'coat');
+    assert.equal(url.searchParams.get('seed'), '7');
+    assert.equal(await page.inputValue(testId('prompt')), 'coat');
+    assert.match(await page.textContent(testId('status-text')), /^Done: 5 images/);
   }));
 });
