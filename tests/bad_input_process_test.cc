@@ -301,12 +301,8 @@ TEST_F(BadInputTest, EveryBadRequestGetsACodeAndTheFieldAndServiceGoesOn) {
     EXPECT_NE(status.error_message().find(c.field), std::string::npos)
         << c.name << ": " << status.error_message();
   }
-  // Deadlines that already passed, on both.
-  EXPECT_EQ(Branch(GoodBranch(), absl::Milliseconds(-1)).error_code(), Code::DEADLINE_EXCEEDED);
-  EXPECT_EQ(Grid(SmallGrid(), absl::Milliseconds(-1)).error_code(), Code::DEADLINE_EXCEEDED);
-
   ExpectBothStillServe();
-  std::cout << cases.size() + 2 << " malformed or hostile requests answered\n";
+  std::cout << cases.size() << " malformed or hostile requests answered\n";
 }
 
 // Bytes that are not UTF-8 in a string field, on every RPC of both

@@ -660,7 +660,7 @@ TEST_F(HttpGatewayTest, SlowlorisFromOneAddressDoesNotDelayOthers) {
 }
 
 // A head paced to stay under each read's timeout (a line a second) is cut
-// off at the head's deadline of 10 s.
+// off at the head's deadline (kHeadTimeoutS on this stack).
 TEST_F(HttpGatewayTest, AHeadSentSlowlyIsCutOff) {
   const int fd = Connect(port_, "127.0.0.8");
   ASSERT_GE(fd, 0);

@@ -48,6 +48,7 @@ TEST(SamplerProcessTest, TheCacheTellsTheSamplersApart) {
   ASSERT_TRUE(stack.ok()) << stack.status();
   const v1::Grid ddim = MustCreateGrid(**stack, Request(v1::SAMPLER_DDIM));
   const v1::Grid euler = MustCreateGrid(**stack, Request(v1::SAMPLER_EULER_ANCESTRAL));
+  EXPECT_EQ(euler.plan().sampler().sampler(), v1::SAMPLER_EULER_ANCESTRAL);
   EXPECT_EQ(euler.cache_hits(), 0);
   EXPECT_GT(euler.model_evals(), 0);
   const std::vector<std::string> a = CellImages(ddim), b = CellImages(euler);

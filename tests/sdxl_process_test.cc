@@ -76,7 +76,10 @@ TEST_F(SdxlGridTest, DifferentSizesGiveDifferentCellsAndTheCacheKeepsThemApart) 
   EXPECT_EQ(CellImages(explicit_default), CellImages(plain));
 }
 
-TEST_F(SdxlGridTest, AnEmptyNegativePromptIsTheZeroEncodingNotTheEmptyPrompts) {
+// Through the pair, the empty negative prompt and one that tokenizes as it
+// does give other cells (that the first is the zero encoding is not checked
+// here).
+TEST_F(SdxlGridTest, AnEmptyNegativePromptIsNotTheEmptyPromptsEncoding) {
   // " " tokenizes as "" does, but is not empty: it gets the encoding of "".
   v1::GridRequest spaced = Request();
   spaced.set_negative_prompt(" ");

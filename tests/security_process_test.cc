@@ -184,7 +184,9 @@ TEST(SecurityTest, TlsApiWithBearerTokenAndOpenHealth) {
 
 TEST(SecurityTest, PerClientGridLimit) {
   StackOptions options;
-  options.denoiser_flags = {"--debug_step_delay_ms=30"};
+  // Slow enough (about 6 s a grid) that the first still runs when the
+  // second, on a fresh channel, is asked for on a busy machine.
+  options.denoiser_flags = {"--debug_step_delay_ms=300"};
   options.orchestrator_flags = {"--max_grids_per_client=1"};
   auto stack = Stack::Start(options, "per-client");
   ASSERT_TRUE(stack.ok()) << stack.status();
