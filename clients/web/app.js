@@ -93,8 +93,6 @@ let curveCounter = 0;
 // The last curve that finished, {run, curve}: shown dimmed after a failed or
 // cancelled one.
 let lastCurve = null;
-// Whether Cancel had the keyboard's focus when pressed.
-let focusRunAfterCancel = false;
 let curveJsonUrl = null;
 // Promotion by keyboard: the cell position that gets focus back when the
 // new grid is in (null: leave focus alone).
@@ -158,8 +156,6 @@ function samplerName(sampler) {
 
 // ---------- errors ----------
 
-// source 'models': the list of models could not be loaded (a token is
-// missing, say); loading them later clears only that error.
 // Hides `node`; the keyboard focus inside it goes on to `next`, not to the
 // page's body.
 function hideKeepingFocus(node, next) {
@@ -177,6 +173,8 @@ function inPageTerms(message) {
       .replace(/^(grid\.)?branches\b/, 'Columns');
 }
 
+// source 'models': the list of models could not be loaded (a token is
+// missing, say); loading them later clears only that error.
 function showError(error, source = 'grid') {
   banner.dataset.source = source;
   const code = error.code || (error instanceof ApiError ? 'ERROR' : 'PAGE ERROR');
@@ -316,10 +314,16 @@ function presetRows(preset) {
   const rows = preset === 'turbo' ? [0, 1, 2] : [0, 5, 10, 20, 30, 40];
   const typed = Number(controls.steps.value.trim());
   const steps = Number.isInteger(typed) && typed > 0 ? typed : base;
+  // As the server makes them: short of Euler ancestral's last step, which
+  // adds no noise, unless a switch prompt makes the branches differ.
+  const sampler = controls.sampler.value ||
+      (preset === 'euler_a' || preset === 'turbo' ? 'euler_ancestral' : 'ddim');
+  const switched = promptKind === 'text' ? controls.switchText.value.trim() : controls.switch.value;
+  const end = sampler === 'euler_ancestral' && !switched ? steps - 1 : steps;
   const scaled = [];
   for (const k of rows) {
     const s = Math.round(k * steps / base);
-    if (s < steps && (scaled.length === 0 || s > scaled[scaled.length - 1])) scaled.push(s);
+    if (s < end && (scaled.length === 0 || s > scaled[scaled.length - 1])) scaled.push(s);
   }
   return {rows: scaled, steps};
 }
@@ -945,7 +949,6 @@ async function runCurve() {
   if (!(await modelsReady())) return;
   // Run turns off while the curve runs: focus on it goes on to Cancel.
   const focusedRun = document.activeElement === curveRun;
-  focusRunAfterCancel = false;
   clearError();
   const state = stateFromControls();
   let request;
@@ -987,10 +990,8 @@ async function runCurve() {
       curvePlotBox.classList.remove('stale');
     }
     if (error.name === 'AbortError') {
+      // Cancel hides itself, passing the focus on to Run (setCurveState).
       setCurveState('cancelled', `Cancelled after ${run.done} of ${request.trunks} trunks.${previous}`);
-      // Cancel hid itself: the keyboard goes on from Run.
-      if (focusRunAfterCancel) curveRun.focus();
-      focusRunAfterCancel = false;
       return;
     }
     showError(error, 'curve');
@@ -1114,6 +1115,9 @@ controls.model.addEventListener('change', () => {
 controls.preset.addEventListener('change', fillPlaceholders);
 controls.steps.addEventListener('input', fillPlaceholders);
 controls.noise.addEventListener('change', fillPlaceholders);
+controls.sampler.addEventListener('change', fillPlaceholders);
+controls.switch.addEventListener('change', fillPlaceholders);
+controls.switchText.addEventListener('input', fillPlaceholders);
 controls.token.addEventListener('change', async () => {
   const token = controls.token.value.trim();
   if (token) sessionStorage.setItem(TOKEN_KEY, token);
@@ -1139,10 +1143,7 @@ curveTrunks.addEventListener('keydown', (event) => {
 document.addEventListener('keydown', (event) => {
   if (event.key === 'Escape' && !banner.hidden) clearError();
 });
-curveCancel.addEventListener('click', () => {
-  focusRunAfterCancel = document.activeElement === curveCancel;
-  abortCurve?.abort();
-});
+curveCancel.addEventListener('click', () => abortCurve?.abort());
 
 // The view a URL names. A trunk it cannot read is an error, and the rest of
 // the link still fills the form: a shared link with a cut path once ran the

@@ -27,7 +27,7 @@ namespace dgrid {
 struct BatchCandidate {
   uint64_t key = 0;      // its tenant (a grid)
   uint64_t rank = 0;     // the tenant's rank: lower goes first
-  uint64_t arrival = 0;  // when its run was admitted
+  uint64_t arrival = 0;  // when its key's first run still here was admitted
   int rows = 1;          // forward rows: 2 when guided
 };
 

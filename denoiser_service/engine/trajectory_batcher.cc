@@ -662,11 +662,12 @@ void TrajectoryBatcher::Loop() {
     jobs.clear();
     EndStoppedJobs();
     // Work beside no trajectory took no one's turn: it leaves no debt for
-    // the next runs to wait out.
-    if (active.empty()) decode_debt_ = absl::ZeroDuration();
-    if (!beside_queue_.empty() && (active.empty() || decode_debt_ <= absl::ZeroDuration())) {
+    // the next runs (those arriving now included) to wait out.
+    const bool idle = active.empty();
+    if (!beside_queue_.empty() && (idle || decode_debt_ <= absl::ZeroDuration())) {
       RunBesideTurn();
     }
+    if (idle) decode_debt_ = absl::ZeroDuration();
     if (!arrivals.empty()) {
       Admit(arrivals);
       for (Active& a : arrivals) active.push_back(std::move(a));

@@ -52,6 +52,11 @@ absl::StatusOr<std::unique_ptr<DenoiserServer>> DenoiserServer::Start(
   if (o.model_dirs.empty()) return absl::InvalidArgumentError("--model_dir is required");
   if (o.max_batch < 1) return absl::InvalidArgumentError("--max_batch must be >= 1");
   if (o.max_queue < 1) return absl::InvalidArgumentError("--max_queue must be >= 1");
+  // Step and Decode refuse an answer past it before the work; 0 or less
+  // (no limit to gRPC) would refuse them all.
+  if (o.max_message_bytes < 1) {
+    return absl::InvalidArgumentError("--max_message_bytes must be >= 1");
+  }
   if (o.max_connection_age < absl::ZeroDuration() ||
       o.max_connection_age_grace < absl::ZeroDuration()) {
     return absl::InvalidArgumentError(

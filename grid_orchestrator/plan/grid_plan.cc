@@ -254,24 +254,36 @@ absl::StatusOr<std::vector<int>> ChooseBranchSteps(const v1::GridRequest& reques
                                     k, " after ", branch_steps[i - 1]));
       }
     }
-  } else if (!preset.branch_steps.empty()) {
-    // A preset's rows are fractions of its own step count.
-    for (int k : preset.branch_steps) {
-      const int scaled = static_cast<int>(std::lround(double(k) * plan.steps / preset.steps));
-      if (scaled < plan.steps && (branch_steps.empty() || scaled > branch_steps.back())) {
-        branch_steps.push_back(scaled);
-      }
-    }
   } else {
-    // Rows where the trunk has just run timestep t (or the first below it).
-    for (int t : preset.branch_timesteps) {
-      for (int i = 0; i < plan.steps; ++i) {
-        if (plan.timesteps[i] <= t) {
-          const int k = std::min(i + 1, plan.steps - 1);
-          if (branch_steps.empty() || k > branch_steps.back()) branch_steps.push_back(k);
-          break;
+    // Rows the preset makes stop before a step that adds no noise: Euler
+    // ancestral's last (its branches would be the trunk), unless a switch
+    // prompt makes them differ.
+    const int end = plan.sampler == Sampler::kEulerAncestral && plan.switch_prompt.empty()
+                        ? plan.steps - 1
+                        : plan.steps;
+    if (!preset.branch_steps.empty()) {
+      // A preset's rows are fractions of its own step count.
+      for (int k : preset.branch_steps) {
+        const int scaled = static_cast<int>(std::lround(double(k) * plan.steps / preset.steps));
+        if (scaled < end && (branch_steps.empty() || scaled > branch_steps.back())) {
+          branch_steps.push_back(scaled);
         }
       }
+    } else {
+      // Rows where the trunk has just run timestep t (or the first below it).
+      for (int t : preset.branch_timesteps) {
+        for (int i = 0; i < plan.steps && end > 0; ++i) {
+          if (plan.timesteps[i] <= t) {
+            const int k = std::min(i + 1, end - 1);
+            if (branch_steps.empty() || k > branch_steps.back()) branch_steps.push_back(k);
+            break;
+          }
+        }
+      }
+    }
+    if (branch_steps.empty() && end < plan.steps) {
+      return Invalid(absl::StrCat("steps: Euler ancestral adds no noise at its last step, so ",
+                                  plan.steps, " step(s) leave no row to branch at; give more"));
     }
   }
   if (branch_steps.empty()) return Invalid("branch_steps: a grid needs at least one row");
@@ -435,7 +447,9 @@ void PlanCaptures(const std::vector<int>& branch_steps, const PlanLimits& limits
 
 // A branch differs from its trunk by the noise added after its branch step,
 // or by a prompt: with neither, every cell would be its trunk, run and paid
-// for again.
+// for again. (Rows a preset makes never sit at Euler ancestral's last step.
+// DDIM with set_alpha_to_one adds none at its last step either; the plan
+// does not know the model's setting.)
 absl::Status CheckBranchesCanDiffer(const GridPlanSpec& plan, const std::vector<int>& branch_steps) {
   if (!plan.switch_prompt.empty()) return absl::OkStatus();
   for (const Segment& segment : plan.trunk.segments) {

@@ -201,6 +201,34 @@ TEST(GridPlanTest, CostArithmeticForCustomRows) {
   EXPECT_EQ(ks, (std::vector<int>{0, 1, 2, 4, 6, 8}));
 }
 
+// A preset's rows stop before Euler ancestral's last step, where branches
+// would be the trunk: a short Turbo grid runs (it was refused for a row the
+// user never gave).
+TEST(GridPlanTest, PresetRowsStopBeforeEulerAncestralsLastStep) {
+  auto rows = [](const char* preset, int steps, v1::Sampler sampler = v1::SAMPLER_UNSPECIFIED) {
+    v1::GridRequest r;
+    r.set_preset(preset);
+    r.mutable_steps()->set_value(steps);
+    r.set_sampler(sampler);
+    auto plan = PlanGrid(r, Model(), {});
+    std::vector<int> out;
+    if (!plan.ok()) return std::vector<int>{-1};
+    for (const PlannedRow& row : plan->rows) out.push_back(row.branch_step);
+    return out;
+  };
+  EXPECT_EQ(rows("turbo", 4), (std::vector<int>{0, 1, 2}));
+  EXPECT_EQ(rows("turbo", 3), (std::vector<int>{0, 1}));
+  EXPECT_EQ(rows("turbo", 2), (std::vector<int>{0}));
+  EXPECT_EQ(rows("default", 5, v1::SAMPLER_EULER_ANCESTRAL), (std::vector<int>{0, 1, 2, 3}));
+  EXPECT_EQ(rows("default", 5), (std::vector<int>{0, 1, 2, 3, 4}));  // DDIM adds noise there
+  EXPECT_EQ(rows("classic", 3, v1::SAMPLER_EULER_ANCESTRAL).back(), 1);
+  v1::GridRequest one;
+  one.set_preset("turbo");
+  one.mutable_steps()->set_value(1);
+  EXPECT_EQ(PlanGrid(one, Model(), {}).status().message().substr(0, 47),
+            "steps: Euler ancestral adds no noise at its las");
+}
+
 TEST(GridPlanTest, NoNoiseIsAllowedWhereAPromptMakesTheBranchesDiffer) {
   v1::GridRequest r;
   r.mutable_eta()->set_value(0);

@@ -214,15 +214,17 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
         const loaded = grid.querySelectorAll('[data-testid="cell"][data-loaded="true"]').length;
         const all = grid.querySelectorAll('[data-testid="cell"]').length;
         if (grid.dataset.state === 'streaming' && loaded > 0 && loaded < all) {
-          window.partialGrid = {loaded, all};
+          const busy = document.querySelector('[data-testid="status"]').getAttribute('aria-busy');
+          window.partialGrid = {loaded, all, busy};
         }
       }).observe(document.body, {subtree: true, childList: true, attributes: true});
     });
     await page.click(testId('run'));
     const seen = await page.waitForFunction(() => window.partialGrid, null, {timeout: 30_000});
-    const {loaded, all} = await seen.jsonValue();
+    const {loaded, all, busy} = await seen.jsonValue();
     assert.equal(all, ROWS * COLS);
     assert.ok(loaded < all, `${loaded} of ${all} cells before completion`);
+    assert.equal(busy, 'true', 'the status is busy while the grid streams');
     await screenshot(page, '02-stream-midway');
 
     await waitForGrid(page);

@@ -157,8 +157,9 @@ class Client:
         if token is not None:
             # As read from the orchestrator's token file: its newline goes.
             token = token.strip()
-            if any(ord(c) < 0x21 or ord(c) == 0x7F for c in token):
-                raise ValueError("token: holds a space or control character")  # not echoed
+            if not token.isascii() or any(ord(c) < 0x21 or ord(c) == 0x7F for c in token):
+                # Not echoed: gRPC's own refusal would print it.
+                raise ValueError("token: holds a space, a control character or non-ASCII")
         self._metadata: Tuple[Tuple[str, str], ...] = (
             (("authorization", f"Bearer {token}"),) if token else ())
         options: List[Tuple[str, Any]] = [
@@ -402,8 +403,7 @@ class Client:
         for minutes). A connection lost without a word would leave it
         waiting for ever: after ``silence`` seconds with no event (None: no
         limit) the curve is cancelled and DgridError UNAVAILABLE raised."""
-        if silence is not None and not silence > 0:
-            raise ValueError(f"silence: expected seconds > 0 or None, got {silence!r}")
+        _seconds("silence", silence)
         request = orchestrator_pb2.CurveRequest(trunks=trunks)
         request.grid.CopyFrom(self.build_request(**grid))
         call = self._stub.DecisionCurve(request, timeout=_seconds("timeout", timeout),

@@ -323,7 +323,10 @@ class ClientTest(unittest.TestCase):
             self.assertTrue(from_file.list_models(timeout=30))
         with self.assertRaises(ValueError) as refused:
             Client(target, token="s3cret token")
-        self.assertEqual(str(refused.exception), "token: holds a space or control character")
+        self.assertEqual(str(refused.exception),
+                         "token: holds a space, a control character or non-ASCII")
+        with self.assertRaises(ValueError):
+            Client(target, token="\ufeffs3cret-token")  # a BOM from an editor
         with Client(target) as anonymous:
             with self.assertRaises(DgridError) as caught:
                 anonymous.list_models(timeout=30)
