@@ -55,6 +55,34 @@ class GridExecutorTest : public ::testing::Test {
         &cancel);
   }
 
+  // Grids on one fake replica through one executor, sharing a 16 MiB cache.
+  class CachedGrids {
+   public:
+    CachedGrids() {
+      auto pool = ReplicaPool::Create(replicas_.PoolOptions(), nullptr);
+      EXPECT_TRUE(pool.ok()) << pool.status();
+      if (pool.ok()) pool_ = std::move(*pool);
+    }
+    absl::StatusOr<v1::Grid> Run(const GridPlanSpec& plan,
+                                 std::vector<v1::GridEvent>* events = nullptr) {
+      if (!pool_) return absl::InternalError("no pool");
+      GridExecutor executor(pool_.get(), &cache_, nullptr, ExecutorOptions{});
+      GridCancel cancel;
+      return executor.Run(
+          plan, absl::Now() + absl::Seconds(30),
+          [events](const v1::GridEvent& e) {
+            if (events) events->push_back(e);
+          },
+          &cancel);
+    }
+    FakeReplicas& replicas() { return replicas_; }
+
+   private:
+    FakeReplicas replicas_{1};
+    std::unique_ptr<ReplicaPool> pool_;
+    PrefixCache cache_{size_t{16} << 20};
+  };
+
   static int Calls(FakeReplicas& replicas, int i) {
     return static_cast<int>(replicas.log(i).branches.size());
   }
@@ -222,50 +250,31 @@ TEST_F(GridExecutorTest, AReplicaOnAnotherVersionIsRefusedByTheVersionOnTheWire)
 // promoted cell, which ran as a branch) runs its trunk again for them: its
 // rows once came without their x_t and x0.
 TEST_F(GridExecutorTest, AFigureMissingTrunkImagesRunsTheTrunkForThem) {
-  FakeReplicas replicas(1);
-  auto pool = ReplicaPool::Create(replicas.PoolOptions(), nullptr);
-  ASSERT_TRUE(pool.ok()) << pool.status();
-  PrefixCache cache(size_t{16} << 20);
-  GridExecutor executor(pool->get(), &cache, nullptr, ExecutorOptions{});
-  auto run = [&](const GridPlanSpec& plan) {
-    GridCancel cancel;
-    return executor.Run(plan, absl::Now() + absl::Seconds(30), [](const v1::GridEvent&) {},
-                        &cancel);
-  };
+  CachedGrids grids;
   GridPlanSpec cells_only = Plan();
   cells_only.images = GridImages::kCellsOnly;
-  ASSERT_TRUE(run(cells_only).ok());
-  const int calls = Calls(replicas, 0);
-  absl::StatusOr<v1::Grid> figure = run(Plan());
+  ASSERT_TRUE(grids.Run(cells_only).ok());
+  const int calls = Calls(grids.replicas(), 0);
+  absl::StatusOr<v1::Grid> figure = grids.Run(Plan());
   ASSERT_TRUE(figure.ok()) << figure.status();
-  EXPECT_EQ(Calls(replicas, 0), calls + 1);  // the trunk, for its images alone
+  EXPECT_EQ(Calls(grids.replicas(), 0), calls + 1);  // the trunk, for its images alone
   for (const v1::GridRow& row : figure->rows()) {
     EXPECT_FALSE(row.trunk_xt_png().empty()) << "row after step " << row.branch_step();
   }
   // Now cached, they cost nothing the next time.
-  ASSERT_TRUE(run(Plan()).ok());
-  EXPECT_EQ(Calls(replicas, 0), calls + 1);
+  ASSERT_TRUE(grids.Run(Plan()).ok());
+  EXPECT_EQ(Calls(grids.replicas(), 0), calls + 1);
 }
 
 // A grid from the cache streams its trunk's progress as a live one does, up
 // front: the explorer showed its trajectory strip only with the last event.
 TEST_F(GridExecutorTest, AGridFromTheCacheStreamsItsTrunksProgress) {
-  FakeReplicas replicas(1);
-  auto pool = ReplicaPool::Create(replicas.PoolOptions(), nullptr);
-  ASSERT_TRUE(pool.ok()) << pool.status();
-  PrefixCache cache(size_t{16} << 20);
-  GridExecutor executor(pool->get(), &cache, nullptr, ExecutorOptions{});
-  auto run = [&](std::vector<v1::GridEvent>* events) {
-    GridCancel cancel;
-    return executor.Run(
-        Plan(), absl::Now() + absl::Seconds(30),
-        [events](const v1::GridEvent& e) { events->push_back(e); }, &cancel);
-  };
+  CachedGrids grids;
   std::vector<v1::GridEvent> live, cached;
-  ASSERT_TRUE(run(&live).ok());
-  const int calls = Calls(replicas, 0);
-  ASSERT_TRUE(run(&cached).ok());
-  EXPECT_EQ(Calls(replicas, 0), calls);  // all of it from the cache
+  ASSERT_TRUE(grids.Run(Plan(), &live).ok());
+  const int calls = Calls(grids.replicas(), 0);
+  ASSERT_TRUE(grids.Run(Plan(), &cached).ok());
+  EXPECT_EQ(Calls(grids.replicas(), 0), calls);  // all of it from the cache
   auto steps = [](const std::vector<v1::GridEvent>& events) {
     std::vector<int> out;
     for (const v1::GridEvent& e : events) {
