@@ -100,6 +100,7 @@ v1::ModelInfo ModelInfoFromManifest(const BundleManifest& m) {
   for (const std::string& label : m.class_labels) info.add_prompts(label);
   info.set_train_timesteps(m.schedule.train_timesteps);
   info.set_steps_offset(m.schedule.steps_offset);
+  info.set_set_alpha_to_one(m.schedule.set_alpha_to_one);
   static const char* const kPrediction[] = {"epsilon", "sample", "v_prediction"};
   info.set_prediction_type(kPrediction[static_cast<int>(m.schedule.prediction)]);
   v1::SamplerConfig* d = info.mutable_defaults();

@@ -314,12 +314,14 @@ function presetRows(preset) {
   const rows = preset === 'turbo' ? [0, 1, 2] : [0, 5, 10, 20, 30, 40];
   const typed = Number(controls.steps.value.trim());
   const steps = Number.isInteger(typed) && typed > 0 ? typed : base;
-  // As the server makes them: short of Euler ancestral's last step, which
-  // adds no noise, unless a switch prompt makes the branches differ.
+  // As the server makes them: short of a last step that adds no noise
+  // (Euler ancestral's; DDIM's on a set_alpha_to_one schedule), unless a
+  // switch prompt makes the branches differ.
   const sampler = controls.sampler.value ||
       (preset === 'euler_a' || preset === 'turbo' ? 'euler_ancestral' : 'ddim');
+  const noiseless = sampler === 'euler_ancestral' || Boolean(currentModel()?.set_alpha_to_one);
   const switched = promptKind === 'text' ? controls.switchText.value.trim() : controls.switch.value;
-  const end = sampler === 'euler_ancestral' && !switched ? steps - 1 : steps;
+  const end = noiseless && !switched ? steps - 1 : steps;
   const scaled = [];
   for (const k of rows) {
     const s = Math.round(k * steps / base);

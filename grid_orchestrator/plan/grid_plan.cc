@@ -186,6 +186,7 @@ absl::Status PlanSampler(const v1::GridRequest& request, const v1::ModelInfo& mo
   } else {
     ASSIGN_OR_RETURN(plan->sampler, SamplerFromProto(request.sampler(), "sampler"));
   }
+  plan->last_step_adds_noise = plan->sampler == Sampler::kDdim && !model.set_alpha_to_one();
   plan->steps = request.has_steps() ? request.steps().value() : preset.steps;
   const int max_steps = std::min(limits.max_steps, model.train_timesteps());
   if (plan->steps < 1 || plan->steps > max_steps) {
@@ -233,6 +234,13 @@ absl::Status PlanColumns(const v1::GridRequest& request, const Preset& preset,
   return absl::OkStatus();
 }
 
+// The sampler, as a refusal of a last step without noise names it.
+std::string SamplerName(const GridPlanSpec& plan) {
+  return plan.sampler == Sampler::kEulerAncestral
+             ? "Euler ancestral"
+             : "DDIM on this model's schedule (set_alpha_to_one)";
+}
+
 // Rows: the request's branch steps, else the preset's (scaled to the step
 // count, or where the trunk has run the preset's timesteps); within limits.
 absl::StatusOr<std::vector<int>> ChooseBranchSteps(const v1::GridRequest& request,
@@ -255,12 +263,10 @@ absl::StatusOr<std::vector<int>> ChooseBranchSteps(const v1::GridRequest& reques
       }
     }
   } else {
-    // Rows the preset makes stop before a step that adds no noise: Euler
-    // ancestral's last (its branches would be the trunk), unless a switch
-    // prompt makes them differ.
-    const int end = plan.sampler == Sampler::kEulerAncestral && plan.switch_prompt.empty()
-                        ? plan.steps - 1
-                        : plan.steps;
+    // Rows the preset makes stop before a last step that adds no noise (its
+    // branches would be the trunk), unless a switch prompt makes them differ.
+    const int end =
+        !plan.last_step_adds_noise && plan.switch_prompt.empty() ? plan.steps - 1 : plan.steps;
     if (!preset.branch_steps.empty()) {
       // A preset's rows are fractions of its own step count.
       for (int k : preset.branch_steps) {
@@ -282,8 +288,9 @@ absl::StatusOr<std::vector<int>> ChooseBranchSteps(const v1::GridRequest& reques
       }
     }
     if (branch_steps.empty() && end < plan.steps) {
-      return Invalid(absl::StrCat("steps: Euler ancestral adds no noise at its last step, so ",
-                                  plan.steps, " step(s) leave no row to branch at; give more"));
+      return Invalid(absl::StrCat("steps: ", SamplerName(plan),
+                                  " adds no noise at its last step, so ", plan.steps,
+                                  " step(s) leave no row to branch at; give more"));
     }
   }
   if (branch_steps.empty()) return Invalid("branch_steps: a grid needs at least one row");
@@ -447,9 +454,7 @@ void PlanCaptures(const std::vector<int>& branch_steps, const PlanLimits& limits
 
 // A branch differs from its trunk by the noise added after its branch step,
 // or by a prompt: with neither, every cell would be its trunk, run and paid
-// for again. (Rows a preset makes never sit at Euler ancestral's last step.
-// DDIM with set_alpha_to_one adds none at its last step either; the plan
-// does not know the model's setting.)
+// for again. (Rows a preset makes never sit at a last step without noise.)
 absl::Status CheckBranchesCanDiffer(const GridPlanSpec& plan, const std::vector<int>& branch_steps) {
   if (!plan.switch_prompt.empty()) return absl::OkStatus();
   for (const Segment& segment : plan.trunk.segments) {
@@ -460,12 +465,13 @@ absl::Status CheckBranchesCanDiffer(const GridPlanSpec& plan, const std::vector<
         "eta: 0 adds no noise at any step, so every branch would be its trunk; give eta above 0 "
         "(1 is usual), or a switch_prompt");
   }
-  if (plan.sampler == Sampler::kEulerAncestral) {
+  if (!plan.last_step_adds_noise) {
     for (size_t i = 0; i < branch_steps.size(); ++i) {
       if (branch_steps[i] == plan.steps - 1) {
-        return Invalid(absl::StrCat(
-            "branch_steps[", i, "]: Euler ancestral adds no noise at its last step (",
-            plan.steps - 1, "), so branches from there would be the trunk; branch earlier"));
+        return Invalid(absl::StrCat("branch_steps[", i, "]: ", SamplerName(plan),
+                                    " adds no noise at its last step (", plan.steps - 1,
+                                    "), so branches from there would be the trunk; branch "
+                                    "earlier"));
       }
     }
   }

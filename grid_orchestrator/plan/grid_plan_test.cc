@@ -222,6 +222,18 @@ TEST(GridPlanTest, PresetRowsStopBeforeEulerAncestralsLastStep) {
   EXPECT_EQ(rows("default", 5, v1::SAMPLER_EULER_ANCESTRAL), (std::vector<int>{0, 1, 2, 3}));
   EXPECT_EQ(rows("default", 5), (std::vector<int>{0, 1, 2, 3, 4}));  // DDIM adds noise there
   EXPECT_EQ(rows("classic", 3, v1::SAMPLER_EULER_ANCESTRAL).back(), 1);
+  // DDIM whose last step lands on alpha-bar 1 adds no noise there either.
+  v1::ModelInfo to_one = Model();
+  to_one.set_set_alpha_to_one(true);
+  v1::GridRequest ddim;
+  ddim.mutable_steps()->set_value(5);
+  auto plan = PlanGrid(ddim, to_one, {});
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->rows.back().branch_step, 3);
+  ddim.add_branch_steps(4);
+  EXPECT_EQ(PlanGrid(ddim, to_one, {}).status().message(),
+            "branch_steps[0]: DDIM on this model's schedule (set_alpha_to_one) adds no noise at "
+            "its last step (4), so branches from there would be the trunk; branch earlier");
   v1::GridRequest one;
   one.set_preset("turbo");
   one.mutable_steps()->set_value(1);
