@@ -1,9 +1,33 @@
 #include "common/bearer_token.h"
 
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "common/tls.h"
 #include "gtest/gtest.h"
 
 namespace dgrid {
 namespace {
+
+// A token file's newline goes; a file of a newline alone is refused: an
+// empty token turned authentication off.
+TEST(TokenFileTest, ANewlineIsNoToken) {
+  const std::string path = (std::filesystem::temp_directory_path() /
+                            ("dgrid-token-" + std::to_string(::getpid()))).string();
+  std::ofstream(path) << "s3cret\r\n";
+  absl::StatusOr<std::string> token = ReadTokenFile(path, "--auth_token_file");
+  ASSERT_TRUE(token.ok()) << token.status();
+  EXPECT_EQ(*token, "s3cret");
+  std::ofstream(path, std::ios::trunc) << "\n";
+  token = ReadTokenFile(path, "--auth_token_file");
+  std::remove(path.c_str());
+  ASSERT_FALSE(token.ok());
+  EXPECT_NE(token.status().message().find("--auth_token_file: "), absl::string_view::npos);
+  EXPECT_NE(token.status().message().find("holds no token"), absl::string_view::npos);
+}
 
 TEST(BearerTokenTest, TheSchemeIsCaseInsensitiveAndTheTokenExact) {
   EXPECT_TRUE(BearerTokenMatches("Bearer s3cret", "s3cret"));

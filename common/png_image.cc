@@ -11,6 +11,9 @@
 namespace dgrid {
 namespace {
 
+// 8192 x 8192: past any model's image, far below what a header may claim.
+constexpr uint64_t kMaxPngPixels = uint64_t{1} << 26;
+
 png_uint_32 FormatFor(int channels) {
   switch (channels) {
     case 1:
@@ -110,9 +113,18 @@ absl::StatusOr<DecodedPng> DecodePngChecked(absl::Span<const uint8_t> png, int w
                                                    image.height, ", expected ", width, "x",
                                                    height));
   }
+  // A header can claim a huge image in a few bytes: the buffer is made
+  // before the data is read.
+  if (static_cast<uint64_t>(image.width) * image.height > kMaxPngPixels) {
+    png_image_free(&image);
+    return absl::InvalidArgumentError(absl::StrCat("png: ", image.width, "x", image.height,
+                                                   " pixels is more than ", kMaxPngPixels));
+  }
   DecodedPng out;
-  out.channels = PNG_IMAGE_SAMPLE_CHANNELS(image.format) >= 3 ? 3 : 1;
-  if (image.format & PNG_FORMAT_FLAG_ALPHA) out.channels = out.channels == 3 ? 4 : 3;
+  // Grey stays grey, with its alpha (if any) dropped as RGB's is kept.
+  const bool colour = (image.format & PNG_FORMAT_FLAG_COLOR) != 0;
+  const bool alpha = (image.format & PNG_FORMAT_FLAG_ALPHA) != 0;
+  out.channels = colour ? (alpha ? 4 : 3) : 1;
   image.format = FormatFor(out.channels);
   out.width = image.width;
   out.height = image.height;

@@ -1,5 +1,10 @@
 #include "common/png_image.h"
 
+#include <png.h>
+#include <zlib.h>
+
+#include <cstring>
+
 #include "gtest/gtest.h"
 
 namespace dgrid {
@@ -34,6 +39,55 @@ TEST(PngImageTest, EncodeDecodeRoundTrip) {
 
 namespace dgrid {
 namespace {
+
+// A PNG that claims width x height RGBA in its header, with two bytes of
+// image data.
+std::string HeaderOnlyPng(uint32_t width, uint32_t height) {
+  auto be32 = [](uint32_t v) {
+    return std::string{static_cast<char>(v >> 24), static_cast<char>(v >> 16),
+                       static_cast<char>(v >> 8), static_cast<char>(v)};
+  };
+  auto chunk = [&](const std::string& type_and_data) {
+    const uLong crc =
+        crc32(0, reinterpret_cast<const Bytef*>(type_and_data.data()), type_and_data.size());
+    return be32(static_cast<uint32_t>(type_and_data.size() - 4)) + type_and_data +
+           be32(static_cast<uint32_t>(crc));
+  };
+  return std::string("\x89PNG\r\n\x1a\n", 8) +
+         chunk("IHDR" + be32(width) + be32(height) + std::string("\x08\x06\0\0\0", 5)) +
+         chunk("IDAT\x78\x9c");
+}
+
+// The buffer is made before the data is read: a header's claim alone once
+// made it allocate gigabytes.
+TEST(PngImageTest, AHugeImageIsRefusedFromItsHeader) {
+  const std::string png = HeaderOnlyPng(100000, 100000);
+  const absl::Status status =
+      DecodePng({reinterpret_cast<const uint8_t*>(png.data()), png.size()}).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("100000x100000 pixels is more than"), absl::string_view::npos)
+      << status;
+}
+
+// Grey with alpha stays grey (it came back as RGB, which a grey model's
+// judge refused).
+TEST(PngImageTest, GreyWithAlphaDecodesAsGrey) {
+  png_image image;
+  std::memset(&image, 0, sizeof(image));
+  image.version = PNG_IMAGE_VERSION;
+  image.width = 2;
+  image.height = 1;
+  image.format = PNG_FORMAT_GA;
+  const uint8_t ga[] = {200, 255, 40, 255};
+  png_alloc_size_t size = 0;
+  ASSERT_TRUE(png_image_write_get_memory_size(image, size, 0, ga, 0, nullptr));
+  std::vector<uint8_t> png(size);
+  ASSERT_TRUE(png_image_write_to_memory(&image, png.data(), &size, 0, ga, 0, nullptr));
+  absl::StatusOr<DecodedPng> back = DecodePng({png.data(), size});
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->channels, 1);
+  EXPECT_EQ(back->pixels, (std::vector<uint8_t>{200, 40}));
+}
 
 TEST(PngImageTest, DecodePngOfSizeRefusesAnotherSizeFromTheHeader) {
   absl::StatusOr<std::string> png = EncodePng(std::vector<uint8_t>(6 * 4, 7), 6, 4, 1);

@@ -1,12 +1,14 @@
 #include "common/server_main.h"
 
 #include <pthread.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <fstream>
 
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 
 namespace dgrid {
 
@@ -34,14 +36,25 @@ int WaitForStopSignal(const sigset_t& signals) {
   return signal;
 }
 
-void WritePortFile(const std::string& path,
-                   const std::vector<std::pair<std::string, int>>& ports) {
-  if (path.empty()) return;
+absl::Status WritePortFile(const std::string& path,
+                           const std::vector<std::pair<std::string, int>>& ports) {
+  if (path.empty()) return absl::OkStatus();
+  const std::string temporary = absl::StrCat(path, ".", ::getpid(), ".tmp");
   {
-    std::ofstream out(path + ".tmp");
+    std::ofstream out(temporary);
     for (const auto& [name, port] : ports) out << name << "=" << port << "\n";
+    out.close();
+    // A reader waits for the whole file: a half-written one never appears.
+    if (!out) {
+      std::remove(temporary.c_str());
+      return absl::UnavailableError(absl::StrCat("--port_file: cannot write ", temporary));
+    }
   }
-  std::rename((path + ".tmp").c_str(), path.c_str());
+  if (std::rename(temporary.c_str(), path.c_str()) != 0) {
+    std::remove(temporary.c_str());
+    return absl::UnavailableError(absl::StrCat("--port_file: cannot write ", path));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace dgrid

@@ -16,15 +16,19 @@
 #include <utility>
 #include <vector>
 
+#include "absl/status/status.h"
+
 namespace dgrid {
 
 sigset_t BlockStopSignals();
 // Returns the signal received.
 int WaitForStopSignal(const sigset_t& signals);
 // "name=port" lines, written to a temporary file and renamed into place so a
-// reader never sees half a file. No-op for an empty path.
-void WritePortFile(const std::string& path,
-                   const std::vector<std::pair<std::string, int>>& ports);
+// reader never sees half a file; an error when it cannot be written (the
+// server should not serve while its scripts wait for the file). No-op for
+// an empty path.
+absl::Status WritePortFile(const std::string& path,
+                           const std::vector<std::pair<std::string, int>>& ports);
 // Makes --help list every flag of the program's own code. Abseil's default
 // lists only those defined in a file named after the program, and a
 // dgrid-denoiser --help said "No flags matched". Call before parsing.

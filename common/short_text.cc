@@ -43,8 +43,9 @@ size_t Utf8SequenceLength(absl::string_view s, size_t i, uint32_t* out = nullptr
   return n;
 }
 
-// C escapes for ASCII controls, quotes and backslashes, and \xNN for each
-// byte of an ill-formed sequence; well-formed non-ASCII characters stay.
+// C escapes for ASCII controls, quotes and backslashes, \xNN for each byte
+// of an ill-formed sequence, and \u{XXXX} for C1 controls and bidirectional
+// controls; other well-formed non-ASCII characters stay.
 std::string EscapeForQuote(absl::string_view s) {
   std::string out;
   for (size_t i = 0; i < s.size();) {
@@ -56,7 +57,15 @@ std::string EscapeForQuote(absl::string_view s) {
       absl::StrAppend(&out, absl::CEscape(s.substr(i, 1)));
       ++i;
     } else {
-      out.append(s.data() + i, n);
+      uint32_t c = 0;
+      Utf8SequenceLength(s, i, &c);
+      // C1 controls (U+009B starts a terminal command, as ESC [ does) and the
+      // bidirectional overrides and isolates, which reorder what follows.
+      if (c <= 0x9F || (c >= 0x202A && c <= 0x202E) || (c >= 0x2066 && c <= 0x2069)) {
+        absl::StrAppend(&out, absl::StrFormat("\\u{%04X}", c));
+      } else {
+        out.append(s.data() + i, n);
+      }
       i += n;
     }
   }

@@ -42,6 +42,11 @@ TEST(ShortQuoteTest, EscapesControlBytes) {
   const std::string quoted = ShortQuote("a\nb\"c");
   EXPECT_EQ(quoted.find('\n'), std::string::npos) << quoted;
   EXPECT_EQ(quoted, "\"a\\nb\\\"c\"");
+  // A C1 control (U+009B starts a terminal command, as ESC [ does) and a
+  // right-to-left override, which would reorder what a terminal shows.
+  EXPECT_EQ(ShortQuote("\xC2\x9B" "2J"), "\"\\u{009B}2J\"");
+  EXPECT_EQ(ShortQuote("ab\xE2\x80\xAE" "cd"), "\"ab\\u{202E}cd\"");
+  EXPECT_EQ(ShortQuote("caf\xC3\xA9"), "\"caf\xC3\xA9\"");  // other letters stay
 }
 
 TEST(ShortQuoteTest, EscapesInvalidUtf8) {

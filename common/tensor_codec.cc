@@ -11,6 +11,10 @@
 namespace dgrid {
 namespace {
 
+// Past any latent (a bundle's are at most 2^22), and small enough that the
+// byte count cannot overflow.
+constexpr uint64_t kMaxTensorElements = uint64_t{1} << 30;
+
 #if defined(ABSL_IS_BIG_ENDIAN)
 #error "tensor bytes are little-endian on the wire; add a byte swap for big-endian hosts"
 #endif
@@ -41,8 +45,17 @@ absl::Status DecodeFloatTensorInto(const v1::Tensor& tensor,
                                                    ShapeString(expected_shape), ", got ",
                                                    EchoedShapeString(shape)));
   }
+  // The expected shape is a model's (a replica's ModelInfo, to the
+  // orchestrator): no dimension below 1, and no count past what memory
+  // could hold, whatever it says.
   size_t numel = 1;
-  for (int64_t d : expected_shape) numel *= static_cast<size_t>(d);
+  for (int64_t d : expected_shape) {
+    if (d < 1 || static_cast<uint64_t>(d) > kMaxTensorElements / numel) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ": the expected shape ", ShapeString(expected_shape), " is not a usable one"));
+    }
+    numel *= static_cast<size_t>(d);
+  }
   const std::string& bytes = tensor.raw_contents();
   if (bytes.size() != numel * sizeof(float)) {
     return absl::InvalidArgumentError(absl::StrCat(field, ".raw_contents must hold ",

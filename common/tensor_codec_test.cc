@@ -18,6 +18,25 @@ TEST(TensorCodecTest, RoundTripsExactly) {
   EXPECT_EQ(*back, x);
 }
 
+// The expected shape comes from a replica's ModelInfo to the orchestrator:
+// a count that wraps, or a dimension below 1, is refused (2^62 + 1 floats'
+// byte count wrapped to 4, and the resize then threw).
+TEST(TensorCodecTest, RefusesAnExpectedShapeNoTensorCouldHave) {
+  v1::Tensor four_bytes;
+  EncodeFloatTensor(std::vector<float>(1, 1.0f), {1}, &four_bytes);
+  for (const std::vector<int64_t>& shape :
+       {std::vector<int64_t>{(int64_t{1} << 62) + 1}, std::vector<int64_t>{-1, -1},
+        std::vector<int64_t>{0}}) {
+    v1::Tensor t = four_bytes;
+    t.clear_shape();
+    for (int64_t d : shape) t.add_shape(d);
+    const absl::Status status = DecodeFloatTensor(t, shape, "latent").status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+    EXPECT_NE(status.message().find("latent: the expected shape"), absl::string_view::npos)
+        << status;
+  }
+}
+
 TEST(TensorCodecTest, RejectsWhatClientsGetWrong) {
   const std::vector<int64_t> shape = {1, 2, 2};
   v1::Tensor good;

@@ -21,6 +21,11 @@ absl::StatusOr<std::string> ReadTokenFile(const std::string& path, const std::st
   absl::StatusOr<std::string> token = ReadSecretFile(path, flag);
   if (!token.ok()) return token.status();
   while (!token->empty() && (token->back() == '\n' || token->back() == '\r')) token->pop_back();
+  // An empty token means no authentication: a file of a newline alone must
+  // not turn it off.
+  if (token->empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(flag, ": ", path, " holds no token"));
+  }
   return token;
 }
 

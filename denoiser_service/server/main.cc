@@ -123,8 +123,14 @@ int main(int argc, char** argv) {
   std::cerr << " on port " << (*server)->port();
   if ((*server)->metrics_port()) std::cerr << ", metrics on port " << (*server)->metrics_port();
   std::cerr << std::endl;
-  dgrid::WritePortFile(absl::GetFlag(FLAGS_port_file),
-                       {{"grpc", (*server)->port()}, {"metrics", (*server)->metrics_port()}});
+  if (absl::Status written = dgrid::WritePortFile(
+          absl::GetFlag(FLAGS_port_file),
+          {{"grpc", (*server)->port()}, {"metrics", (*server)->metrics_port()}});
+      !written.ok()) {
+    std::cerr << "dgrid-denoiser: " << written.message() << "\n";
+    (*server)->Shutdown(absl::ZeroDuration());
+    return 1;
+  }
   dgrid::WaitForStopSignal(stop_signals);
   std::cerr << "dgrid-denoiser: shutting down" << std::endl;
   (*server)->Shutdown(absl::Seconds(5));

@@ -175,9 +175,15 @@ int main(int argc, char** argv) {
   if ((*server)->metrics_port()) std::cerr << ", metrics on port " << (*server)->metrics_port();
   if ((*server)->http_port()) std::cerr << ", HTTP on port " << (*server)->http_port();
   std::cerr << std::endl;
-  dgrid::WritePortFile(absl::GetFlag(FLAGS_port_file), {{"grpc", (*server)->port()},
-                                                        {"metrics", (*server)->metrics_port()},
-                                                        {"http", (*server)->http_port()}});
+  if (absl::Status written = dgrid::WritePortFile(
+          absl::GetFlag(FLAGS_port_file), {{"grpc", (*server)->port()},
+                                           {"metrics", (*server)->metrics_port()},
+                                           {"http", (*server)->http_port()}});
+      !written.ok()) {
+    std::cerr << "dgrid-orchestrator: " << written.message() << "\n";
+    (*server)->Shutdown(absl::ZeroDuration());
+    return 1;
+  }
   dgrid::WaitForStopSignal(stop_signals);
   std::cerr << "dgrid-orchestrator: shutting down" << std::endl;
   (*server)->Shutdown(absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_s)));
