@@ -1,5 +1,7 @@
 #include "common/short_text.h"
 
+#include <cmath>
+
 #include "absl/status/status.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
@@ -98,6 +100,13 @@ absl::Status CheckClientText(absl::string_view field, absl::string_view value, s
     i += n;
   }
   return absl::OkStatus();
+}
+
+std::string FoundInResamples(double found_fraction) {
+  if (found_fraction >= 1) return "";
+  // 1e-9: 100 * 0.29 is 28.999999999999996.
+  const int found = static_cast<int>(std::floor(100 * found_fraction + 1e-9));
+  return absl::StrFormat(" (found in %d%% of resamples)", found);
 }
 
 std::string DrawableText(absl::string_view value) {

@@ -49,6 +49,11 @@ absl::Status CheckClientText(absl::string_view field, absl::string_view value, s
 // text that a renderer (Cairo) accepts.
 std::string DrawableText(absl::string_view value);
 
+// " (found in N% of resamples)" for a half step that not every bootstrap
+// resample found, "" when all did: the figure's and dgrid's words. Rounded
+// down, so 99.6% is not "found in 100%".
+std::string FoundInResamples(double found_fraction);
+
 // True when `value` is well-formed UTF-8.
 bool IsValidUtf8(absl::string_view value);
 

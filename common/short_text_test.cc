@@ -141,3 +141,16 @@ TEST(Utf8PrefixTest, CutsOnACharacterBoundary) {
 
 }  // namespace
 }  // namespace dgrid
+
+namespace dgrid {
+namespace {
+
+TEST(FoundInResamplesTest, RoundsDownAndSaysNothingForAll) {
+  EXPECT_EQ(FoundInResamples(1), "");
+  EXPECT_EQ(FoundInResamples(0.996), " (found in 99% of resamples)");
+  EXPECT_EQ(FoundInResamples(0.29), " (found in 29% of resamples)");  // 28.999... in double
+  EXPECT_EQ(FoundInResamples(0), " (found in 0% of resamples)");
+}
+
+}  // namespace
+}  // namespace dgrid

@@ -748,16 +748,11 @@ int Curve() {
     std::cout << "\n";
   }
   for (const v1::HeadCurve& head : curve.heads()) {
-    // Rounded down: 99.6% is not "found in 100%", which is not printed.
-    // (1e-9: 100 * 0.29 is 28.999999999999996.)
-    const int found = static_cast<int>(std::floor(100 * head.half_found_fraction() + 1e-9));
     if (head.half_found()) {
       // The ± is over the bootstrap resamples that found a half step.
       std::cout << absl::StrFormat("%s: half its row-0 value at step %.1f ± %.1f%s\n",
                                    head.head(), head.half_step(), head.half_step_standard_error(),
-                                   head.half_found_fraction() < 1
-                                       ? absl::StrFormat(" (found in %d%% of resamples)", found)
-                                       : "");
+                                   FoundInResamples(head.half_found_fraction()));
     } else if (head.p_differs_size() > 0 && head.p_differs(0).mean() == 0) {
       std::cout << head.head() << ": never differs at the first row, so has no half step\n";
     } else {

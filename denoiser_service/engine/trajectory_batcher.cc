@@ -310,6 +310,7 @@ void TrajectoryBatcher::RunBesideTurn() {
 // wherever it stands in the queue: its RPC thread and the images it holds
 // are let go now, not when its turn would have come.
 void TrajectoryBatcher::EndStoppedJobs() {
+  if (beside_queue_.empty()) return;
   const absl::Time now = absl::Now();
   auto stopped = [&](const std::shared_ptr<BesideJob>& job) {
     if (job->cancelled && job->cancelled()) {
@@ -670,6 +671,7 @@ void TrajectoryBatcher::Loop() {
     if (idle) decode_debt_ = absl::ZeroDuration();
     if (!arrivals.empty()) {
       Admit(arrivals);
+      InheritArrivals(active, arrivals);
       for (Active& a : arrivals) active.push_back(std::move(a));
       arrivals.clear();
     }
@@ -936,25 +938,29 @@ void TrajectoryBatcher::DropStopped(std::vector<Active>& active) {
 
 // The fairness policy is BatchChoice (batch_choice.h); this only lists the
 // candidates for it.
-// A key keeps the arrival of its first run for as long as it has
-// trajectories here, so that equal grids finish in the order they came: a
-// grid's rows, which arrive once its trunk has run, would otherwise queue
-// behind the trunk of a grid that came later.
 void TrajectoryBatcher::ChooseBatch(const std::vector<Active>& active) {
-  const int64_t iteration = forwards_.load(std::memory_order_relaxed);
   candidates_.resize(active.size());
   for (size_t i = 0; i < active.size(); ++i) {
     const Active& a = active[i];
-    KeySeen& seen = key_arrival_.try_emplace(a.fairness_key, KeySeen{a.arrival, iteration})
-                        .first->second;
-    seen.arrival = std::min(seen.arrival, a.arrival);
-    seen.iteration = iteration;
-    candidates_[i] = {a.fairness_key, a.fairness_rank, seen.arrival, a.rows};
-  }
-  for (auto it = key_arrival_.begin(); it != key_arrival_.end();) {
-    it = it->second.iteration == iteration ? std::next(it) : key_arrival_.erase(it);
+    candidates_[i] = {a.fairness_key, a.fairness_rank, a.arrival, a.rows};
   }
   chosen_ = batch_choice_.Choose(candidates_, options_.max_batch);
+}
+
+// A run takes the arrival of its key's oldest trajectory still here, so that
+// a key keeps its first arrival while it has trajectories: equal grids then
+// finish in the order they came, where a grid's rows, which arrive once its
+// trunk has run, would queue behind the trunk of a grid that came later.
+void TrajectoryBatcher::InheritArrivals(const std::vector<Active>& active,
+                                        std::vector<Active>& arrivals) {
+  for (Active& a : arrivals) {
+    for (const Active& here : active) {  // oldest first
+      if (here.fairness_key == a.fairness_key) {
+        a.arrival = std::min(a.arrival, here.arrival);
+        break;
+      }
+    }
+  }
 }
 
 // Lays out the chosen trajectories' rows; a guided one's conditional row

@@ -321,6 +321,7 @@ class TrajectoryBatcher {
   void DropStopped(std::vector<Active>& active);
   int64_t UndeliveredBound(const Run& run) const;
   void ChooseBatch(const std::vector<Active>& active);  // into chosen_
+  static void InheritArrivals(const std::vector<Active>& active, std::vector<Active>& arrivals);
   int FillBatch(const std::vector<Active>& active);     // returns the rows
   absl::Status Forward(int rows, absl::Time* started);
   void ApplyAndEmit(std::vector<Active>& active, const absl::Status& forward,
@@ -375,13 +376,6 @@ class TrajectoryBatcher {
   std::vector<std::shared_ptr<Run>> done_runs_;
   BatchChoice batch_choice_;
   std::vector<BatchCandidate> candidates_;
-  // Each fairness key with trajectories here: the arrival of its first run,
-  // and the last iteration that saw it (ChooseBatch).
-  struct KeySeen {
-    uint64_t arrival;
-    int64_t iteration;
-  };
-  std::unordered_map<uint64_t, KeySeen> key_arrival_;
   std::vector<size_t> chosen_;  // indices into the active list
   std::vector<bool> finished_;
 

@@ -90,6 +90,7 @@ absl::StatusOr<std::unique_ptr<DenoiserServer>> DenoiserServer::Start(
     ServedModel& served = (*s->models_)[name];
     served.order = static_cast<int>(s->models_->size()) - 1;
     served.model = std::move(*model);
+    served.answer = AnswerSizesOf(served.model->manifest());
     if (served.model->manifest().judge.present()) {
       auto judge = ImageJudge::Load(dir, served.model->manifest(), served.model->device());
       if (!judge.ok()) return judge.status();

@@ -40,10 +40,6 @@ constexpr int kMaxUnknownWords = 16;
 // image_bytes_): 256 images of 1024x1024 RGB, one full call of SDXL's size.
 constexpr int64_t kMaxImageBytes = int64_t{768} << 20;
 
-// An answer's bytes per item, rounded up, for CheckAnswerSize.
-int64_t CeilPerItem(size_t bytes, int n) {
-  return n > 0 ? (static_cast<int64_t>(bytes) + n - 1) / n : 0;
-}
 constexpr size_t kMaxUnknownWordBytes = 64;
 
 // Lets the batcher cancel `run` when the call behind `context` goes away,
@@ -445,14 +441,8 @@ grpc::Status DenoiserServiceImpl::Step(grpc::ServerContext* context,
   run_request->previews = true;
   run_request->deadline = DeadlineOf(*context);
   const int n = request->trajectories_size();
-  // A trajectory's part of the answer has a fixed size: one latent and one
-  // x0 of the model's shape.
-  v1::StepResponse one;
-  const std::vector<float> zeros(static_cast<size_t>(m.LatentNumel()));
-  EncodeFloatTensor(zeros, m.latent_shape, one.add_latents());
-  EncodeFloatTensor(zeros, m.latent_shape, one.add_x0_previews());
-  const absl::Status fits = CheckAnswerSize("trajectories", n, one.ByteSizeLong(),
-                                            "latents and x0 previews");
+  const absl::Status fits = CheckAnswerSize(
+      "trajectories", n, n * (*served)->answer.step_item, "latents and x0 previews");
   if (!fits.ok()) return Count("Step", ToGrpcStatus(fits));
 
   auto run = (*served)->batcher->Start(std::move(*run_request));
@@ -477,7 +467,7 @@ grpc::Status DenoiserServiceImpl::Step(grpc::ServerContext* context,
   }
   absl::Status status = ToWireFields((*run)->status(), DenoiserRpc::kStep);
   if (status.ok()) {
-    status = CheckAnswerSize("trajectories", n, CeilPerItem(response->ByteSizeLong(), n),
+    status = CheckAnswerSize("trajectories", n, static_cast<int64_t>(response->ByteSizeLong()),
                              "latents and x0 previews");
   }
   return Count("Step", ToGrpcStatus(status));
@@ -499,11 +489,24 @@ grpc::Status DenoiserServiceImpl::Branch(grpc::ServerContext* context,
   return Count("Branch", ToGrpcStatus(StreamBranch(*request, model, **run, *context, *writer)));
 }
 
-absl::Status DenoiserServiceImpl::CheckAnswerSize(absl::string_view field, int n,
-                                                  int64_t item_bytes,
+AnswerSizes AnswerSizesOf(const BundleManifest& m) {
+  AnswerSizes sizes;
+  v1::StepResponse step;
+  const std::vector<float> zeros(static_cast<size_t>(m.LatentNumel()));
+  EncodeFloatTensor(zeros, m.latent_shape, step.add_latents());
+  EncodeFloatTensor(zeros, m.latent_shape, step.add_x0_previews());
+  sizes.step_item = static_cast<int64_t>(step.ByteSizeLong());
+  v1::DecodeResponse decode;
+  EncodeUint8Tensor(std::vector<uint8_t>(static_cast<size_t>(m.ImageNumel())), m.image_shape,
+                    decode.add_images()->mutable_pixels());
+  sizes.decode_item = static_cast<int64_t>(decode.ByteSizeLong());
+  return sizes;
+}
+
+absl::Status DenoiserServiceImpl::CheckAnswerSize(absl::string_view field, int n, int64_t bytes,
                                                   absl::string_view items) const {
-  const int64_t bytes = n * item_bytes;
   if (bytes <= max_message_bytes_) return absl::OkStatus();
+  const int64_t item_bytes = n > 0 ? (bytes + n - 1) / n : bytes;
   auto size = [](int64_t b) {
     return b < (int64_t{1} << 20) ? absl::StrCat(b >> 10, " KiB")
                                   : absl::StrFormat("%.1f MiB", b / 1048576.0);
@@ -523,7 +526,8 @@ DenoiserServiceImpl::HeldImageBytes::~HeldImageBytes() {
 }
 
 absl::StatusOr<DenoiserServiceImpl::HeldImageBytes> DenoiserServiceImpl::HoldImageBytes(
-    absl::string_view field, int n, const BundleManifest& m, int64_t bytes) {
+    absl::string_view field, int n, const BundleManifest& m) {
+  const int64_t bytes = int64_t{n} * m.ImageNumel();
   if (bytes > kMaxImageBytes) {  // never fits: not RESOURCE_EXHAUSTED
     return absl::InvalidArgumentError(absl::StrCat(field, ": ", n, " images of ", m.name,
                                                    "'s size take ", bytes >> 20,
@@ -554,15 +558,12 @@ grpc::Status DenoiserServiceImpl::Decode(grpc::ServerContext* context,
   }
   const int n = request->latents_size();
   // At least each image's pixels (its PNG comes on top, its size unknown).
-  v1::DecodeResponse least;
-  EncodeUint8Tensor(std::vector<uint8_t>(static_cast<size_t>(m.ImageNumel())), m.image_shape,
-                    least.add_images()->mutable_pixels());
-  const absl::Status fits = CheckAnswerSize("latents", n, least.ByteSizeLong(), "images");
+  const absl::Status fits =
+      CheckAnswerSize("latents", n, n * (*served)->answer.decode_item, "images");
   if (!fits.ok()) return Count("Decode", ToGrpcStatus(fits));
   // The decoded pixels wait in memory for the engine's turn, as a Judge
   // call's do: one budget for both.
-  absl::StatusOr<HeldImageBytes> held = HoldImageBytes(
-      "latents", request->latents_size(), m, int64_t{request->latents_size()} * m.ImageNumel());
+  absl::StatusOr<HeldImageBytes> held = HoldImageBytes("latents", n, m);
   if (!held.ok()) return Count("Decode", ToGrpcStatus(held.status()));
   std::vector<float> latents;
   std::vector<float> one;
@@ -586,7 +587,8 @@ grpc::Status DenoiserServiceImpl::Decode(grpc::ServerContext* context,
   }
   // The pixels and their PNGs, which only now have a size.
   return Count("Decode", ToGrpcStatus(CheckAnswerSize(
-                             "latents", n, CeilPerItem(response->ByteSizeLong(), n), "images")));
+                             "latents", n, static_cast<int64_t>(response->ByteSizeLong()),
+                             "images")));
 }
 
 grpc::Status DenoiserServiceImpl::Tokenize(grpc::ServerContext* context,
@@ -649,11 +651,10 @@ grpc::Status DenoiserServiceImpl::Judge(grpc::ServerContext* context,
                               "images: ", n, " in one request; give 1 to ",
                               max_trajectories_per_request_))));
   }
-  const int64_t bytes = int64_t{n} * m.ImageNumel();
-  absl::StatusOr<HeldImageBytes> held = HoldImageBytes("images", n, m, bytes);
+  absl::StatusOr<HeldImageBytes> held = HoldImageBytes("images", n, m);
   if (!held.ok()) return Count("Judge", ToGrpcStatus(held.status()));
   std::vector<uint8_t> pixels;
-  pixels.reserve(static_cast<size_t>(bytes));
+  pixels.reserve(static_cast<size_t>(n) * m.ImageNumel());
   for (int i = 0; i < n; ++i) {
     absl::Status parsed =
         ParseJudgeImage(request->images(i), m, absl::StrCat("images[", i, "]"), &pixels);

@@ -21,8 +21,18 @@
 
 namespace dgrid {
 
+// The bytes one item adds to a Step answer (a latent and its x0) and, at
+// the least, to a Decode answer (an image's pixels; its PNG comes on top):
+// fixed by the model, for the checks against the message limit.
+struct AnswerSizes {
+  int64_t step_item = 0;
+  int64_t decode_item = 0;
+};
+AnswerSizes AnswerSizesOf(const BundleManifest& m);
+
 struct ServedModel {
   std::unique_ptr<DenoiserModel> model;
+  AnswerSizes answer;  // AnswerSizesOf its manifest
   std::unique_ptr<TrajectoryBatcher> batcher;
   // The bundle's judge, when its manifest names one; else null.
   std::unique_ptr<ImageJudge> judge;
@@ -66,10 +76,10 @@ class DenoiserServiceImpl final : public RequestParsingService {
   grpc::Status Count(const char* method, grpc::Status status);
   // UNAUTHENTICATED unless the call carries the token (when one is set).
   absl::Status Authorize(const grpc::ServerContext& context) const;
-  // INVALID_ARGUMENT naming `field` when `n` items of `item_bytes` each (or
-  // more) pass the message limit, which gRPC would find only after the
-  // work, answering a bare "larger than max".
-  absl::Status CheckAnswerSize(absl::string_view field, int n, int64_t item_bytes,
+  // INVALID_ARGUMENT naming `field` when an answer of `n` items and
+  // `bytes` (or more) passes the message limit, which gRPC would find only
+  // after the work, answering a bare "larger than max".
+  absl::Status CheckAnswerSize(absl::string_view field, int n, int64_t bytes,
                                absl::string_view items) const;
 
   std::map<std::string, ServedModel>* const models_;
@@ -93,10 +103,10 @@ class DenoiserServiceImpl final : public RequestParsingService {
     std::atomic<int64_t>* pool_;
     int64_t bytes_;
   };
-  // `bytes` for `n` images of model `m`, against image_bytes_; the error
+  // The pixels of `n` images of model `m`, against image_bytes_; the error
   // names `field`.
   absl::StatusOr<HeldImageBytes> HoldImageBytes(absl::string_view field, int n,
-                                                const BundleManifest& m, int64_t bytes);
+                                                const BundleManifest& m);
   std::atomic<int64_t> image_bytes_{0};
 };
 

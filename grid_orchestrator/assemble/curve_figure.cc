@@ -174,14 +174,9 @@ void DrawPanel(cairo_t* cr, int top, const std::string& y_label, double y_max,
       // Worded as the explorer's and dgrid's; the ± is over the resamples
       // that found a half step.
       // No-break spaces keep "± SE" with its number.
-      legend = absl::StrFormat("%s: half its row-0 value at step %.1f\u00A0±\u00A0%.1f", legend,
-                               half->value, half->standard_error);
-      // Rounded down: 99.6% is not "found in 100%", which is not printed.
-      // (1e-9: 100 * 0.29 is 28.999999999999996.)
-      const int found = static_cast<int>(std::floor(100 * half->found_fraction + 1e-9));
-      if (half->found_fraction < 1) {
-        legend += absl::StrFormat(" (found in %d%% of resamples)", found);
-      }
+      legend = absl::StrFormat("%s: half its row-0 value at step %.1f\u00A0±\u00A0%.1f%s",
+                               legend, half->value, half->standard_error,
+                               FoundInResamples(half->found_fraction));
     } else if (half) {
       legend += pts[0].mean > 0 ? ": never falls to half its row-0 value"
                                 : ": never differs at the first row, so has no half step";

@@ -140,6 +140,18 @@ class GridExecutor::GridRun {
   absl::Status CheckLatent(const v1::Tensor& latent, const std::string& what) const;
 
   void Emit(const v1::GridEvent& event);
+  // The trunk's progress at `step`: a capture's images, from `source` (a
+  // replica, or the cache).
+  v1::GridEvent TrunkEvent(int step, const CacheEntry& capture, const std::string& source) const {
+    v1::GridEvent event;
+    v1::TrunkProgress* p = event.mutable_trunk();
+    p->set_step(step);
+    p->set_timestep(TimestepAfter(plan_, step));
+    p->set_xt_png(capture.png);
+    p->set_x0_png(capture.x0_png);
+    p->set_source(source);
+    return event;
+  }
   // The trajectory strip's images and the grid PNG (see GridImages).
   bool wants_figure() const { return plan_.images == GridImages::kFigure; }
   // Whether a row branches at `step`: the captures the grid keeps for its
@@ -444,14 +456,7 @@ void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> s
       // A resumed trunk starts from its newest capture.
       start_step = c.step();
       start_latent = c.latent();
-      v1::GridEvent progress;
-      v1::TrunkProgress* p = progress.mutable_trunk();
-      p->set_step(c.step());
-      p->set_timestep(TimestepAfter(plan_, c.step()));
-      p->set_xt_png(c.image().png());
-      p->set_x0_png(c.x0_image().png());
-      p->set_source(replica);
-      Emit(progress);
+      Emit(TrunkEvent(c.step(), entry, replica));
       // Wavefront: the rows branching here leave now.
       for (size_t r = 0; r < plan_.rows.size(); ++r) {
         if (plan_.rows[r].branch_step == c.step()) StartRow(r);
@@ -619,14 +624,7 @@ int GridExecutor::GridRun::LoadCached() {
       continue;
     }
     ++hits;
-    if (!missing_capture && wants_figure()) {
-      v1::TrunkProgress* p = progress.emplace_back().mutable_trunk();
-      p->set_step(s);
-      p->set_timestep(TimestepAfter(plan_, s));
-      p->set_xt_png(hit->png);
-      p->set_x0_png(hit->x0_png);
-      p->set_source("cache");
-    }
+    if (!missing_capture && wants_figure()) progress.push_back(TrunkEvent(s, *hit, "cache"));
     if (IsRowStep(s)) {
       std::lock_guard<std::mutex> lock(mu_);
       captures_[s] = *hit;

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <functional>
 #include <optional>
+#include <set>
 #include <thread>
 #include <vector>
 
@@ -63,6 +64,19 @@ bool WaitUntil(const std::function<bool()>& ready, absl::Duration limit = absl::
     absl::SleepFor(absl::Milliseconds(1));
   }
   return true;
+}
+
+// Once `gone` stops serving, a job (avoiding `avoid`) goes to `left`, the
+// only replica that serves: a replica a job avoids or penalises is still
+// better than none.
+void ExpectTheLastServingReplicaServes(ReplicaPool& pool, HealthServer& gone,
+                                       const HealthServer& left,
+                                       const std::set<std::string>& avoid) {
+  gone.SetServing(false);
+  pool.CheckHealthNow();
+  auto alone = pool.Acquire(1, absl::Now() + absl::Seconds(10), avoid);
+  ASSERT_TRUE(alone.ok()) << alone.status();
+  EXPECT_EQ(alone->address(), left.address());
 }
 
 TEST(ReplicaPoolTest, PicksTheReplicaWithTheLeastOutstandingWork) {
@@ -167,12 +181,7 @@ TEST(ReplicaPoolTest, AvoidsAReplicaEvenWhenTheOtherIsAtItsCap) {
   release.join();
   ASSERT_TRUE(retry.ok()) << retry.status();
   EXPECT_EQ(retry->address(), b.address());
-  // With no other replica serving, the avoided one is still better than none.
-  b.SetServing(false);
-  (*pool)->CheckHealthNow();
-  auto alone = (*pool)->Acquire(1, absl::Now() + absl::Seconds(10), {a.address()});
-  ASSERT_TRUE(alone.ok()) << alone.status();
-  EXPECT_EQ(alone->address(), a.address());
+  ExpectTheLastServingReplicaServes(**pool, b, a, {a.address()});
 }
 
 // A replica that stalled a job (its health check may still say SERVING)
@@ -193,12 +202,7 @@ TEST(ReplicaPoolTest, AReplicaThatStalledAJobIsLeftAloneForAWhile) {
     ASSERT_TRUE(lease.ok());
     EXPECT_EQ(lease->address(), b.address()) << i;
   }
-  // Alone, it still serves.
-  b.SetServing(false);
-  (*pool)->CheckHealthNow();
-  auto alone = (*pool)->Acquire(1, absl::Now() + absl::Seconds(10), {});
-  ASSERT_TRUE(alone.ok()) << alone.status();
-  EXPECT_EQ(alone->address(), a.address());
+  ExpectTheLastServingReplicaServes(**pool, b, a, {});
 }
 
 // A waiter of a better rank that avoids replica A (its job failed there)
