@@ -50,6 +50,15 @@ def binary_flags(binary):
         return set(re.findall(r"ABSL_FLAG\(\s*[\w:<>, ]+?,\s*(\w+)\s*,", f.read()))
 
 
+def flag_default(binary, name):
+    """The default of an int flag, as main.cc's ABSL_FLAG gives it."""
+    with open(os.path.join(ROOT, BINARY_SOURCES[binary])) as f:
+        m = re.search(r"ABSL_FLAG\(\s*int\s*,\s*" + name + r"\s*,\s*(\d+)\s*,", f.read())
+    if not m:
+        raise ValueError(f"{binary}: no int flag --{name}")
+    return int(m.group(1))
+
+
 def adapter_metrics():
     """Custom metric names that the prometheus-adapter rules serve."""
     with open(os.path.join(ROOT, "deploy/k8s/prometheus-adapter/values.yaml")) as f:
@@ -440,6 +449,21 @@ def check(docs, device):
                 if mname not in served_metrics:
                     err(f"{name}: metric {mname} is served by no prometheus-adapter rule "
                         f"(serves {sorted(served_metrics)})")
+                target_value = m["pods"].get("target", {}).get("averageValue")
+                if mname == "dgrid_denoiser_active_trajectories" and target_value and orchestrators:
+                    # A replica holds at most the orchestrator's jobs in
+                    # flight on it, each of at most cells_per_job
+                    # trajectories; the HPA adds pods only past its target
+                    # plus a 10 % tolerance.
+                    oc = main_container(orchestrators[0])
+                    inflight, cells = (
+                        int(flag_value(oc, f) or flag_default("dgrid-orchestrator", f))
+                        for f in ("replica_max_inflight", "cells_per_job"))
+                    if quantity(target_value) * 1.1 >= inflight * cells:
+                        err(f"{name}: a target of {target_value} active trajectories a pod is "
+                            f"never passed: the orchestrator gives a replica at most "
+                            f"{inflight * cells} (--replica_max_inflight={inflight} x "
+                            f"--cells_per_job={cells})")
 
     # PDB.
     pdbs = objs.of("PodDisruptionBudget")
@@ -661,6 +685,8 @@ MUTATIONS = [
     ("HPA metric no adapter rule serves", 'served by no prometheus-adapter rule',
         lambda d: _find(d, "HorizontalPodAutoscaler")["spec"]["metrics"][0]["pods"]["metric"].update(
             {"name": "dgrid_denoiser_active"})),
+    ("HPA target past what the orchestrator sends a replica", 'is never passed',
+        lambda d: _set_flag(d, "dgrid-orchestrator", "replica_max_inflight", "8")),
     ("Deployment replicas under an HPA", 'fights the HPA',
         lambda d: _find(d, "Deployment", role="dgrid-denoiser")["spec"].update({"replicas": 3})),
     ("PDB selects nothing", 'no PodDisruptionBudget selects',
