@@ -413,6 +413,8 @@ TEST(LoadTokenizerTest, ErrorsNameTheFileAndLine) {
               HasSubstr("negative.json:1: token \"b\": expected a non-negative integer id"));
   spec.vocab_path = WriteFile("list.json", "[1, 2]");
   EXPECT_THAT(LoadError(spec).message(), HasSubstr("list.json:1: expected '{'"));
+  spec.vocab_path = WriteFile("number.json", "7\n");
+  EXPECT_THAT(LoadError(spec).message(), HasSubstr("number.json:1: expected '{'"));
   spec.vocab_path = WriteFile("twice.json", "{\"a\": 0,\n\"b\": 1,\n\"a\": 2}");
   EXPECT_THAT(LoadError(spec).message(), HasSubstr("twice.json:3: token \"a\" appears twice"));
 

@@ -81,6 +81,7 @@ class VocabJsonReader final : public nlohmann::json_sax<nlohmann::json> {
     return true;
   }
   bool number_unsigned(number_unsigned_t id) override {
+    if (depth_ == 0) return Outer();  // a file that is one number
     if (id > static_cast<number_unsigned_t>(std::numeric_limits<int32_t>::max())) {
       return Fail(absl::StrCat("token ", Quote(key_), ": id too large"));
     }
