@@ -16,7 +16,6 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
-#include <condition_variable>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
@@ -25,12 +24,10 @@
 #include <functional>
 #include <iostream>
 #include <map>
-#include <mutex>
 #include <optional>
 #include <set>
 #include <sstream>
 #include <string>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -50,6 +47,7 @@
 #include "common/manifest_reader.h"
 #include "common/png_image.h"
 #include "common/short_text.h"
+#include "common/stall_watchdog.h"
 #include "common/tensor_codec.h"
 #include "common/tls.h"
 #include "denoiser_service/text/tokenizer.h"
@@ -600,56 +598,6 @@ int Grid() {
   return StreamAndSave(GridRequestFromFlags(), out);
 }
 
-// A curve has no deadline, so a connection that dies without a word (a
-// peer gone from the network, a proxy dropping the stream) would leave the
-// client waiting for ever. The orchestrator sends an event at least every
-// 15 s while a curve runs; SilenceWatch cancels the call after `limit`
-// without one.
-class SilenceWatch {
- public:
-  SilenceWatch(grpc::ClientContext* context, absl::Duration limit)
-      : context_(context), limit_(limit), thread_([this] { Watch(); }) {}
-  ~SilenceWatch() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      done_ = true;
-    }
-    changed_.notify_all();
-    thread_.join();
-  }
-  void Heard() {
-    std::lock_guard<std::mutex> lock(mu_);
-    last_ = absl::Now();
-  }
-  bool fired() const {
-    std::lock_guard<std::mutex> lock(mu_);
-    return fired_;
-  }
-
- private:
-  void Watch() {
-    std::unique_lock<std::mutex> lock(mu_);
-    while (!done_) {
-      const absl::Time due = last_ + limit_;
-      if (absl::Now() >= due) {
-        fired_ = true;
-        context_->TryCancel();
-        return;
-      }
-      changed_.wait_for(lock, absl::ToChronoNanoseconds(due - absl::Now()));
-    }
-  }
-
-  grpc::ClientContext* const context_;
-  const absl::Duration limit_;
-  mutable std::mutex mu_;
-  std::condition_variable changed_;
-  absl::Time last_ = absl::Now();
-  bool done_ = false;
-  bool fired_ = false;
-  std::thread thread_;  // last: starts once the rest is set
-};
-
 // Streams a decision curve with a progress bar (plain lines when stderr is
 // not a terminal), then writes its plot (-o) and the curve as JSON beside it.
 int Curve() {
@@ -671,10 +619,20 @@ int Curve() {
   v1::CurveResult curve;
   int logged_done = 0;
   const int silence_s = absl::GetFlag(FLAGS_silence_s);
-  std::optional<SilenceWatch> watch;
-  if (silence_s > 0) watch.emplace(&context, absl::Seconds(silence_s));
+  // A curve has no deadline, so a connection that dies without a word (a
+  // peer gone from the network, a proxy dropping the stream) would leave
+  // the client waiting for ever. The orchestrator sends an event at least
+  // every 15 s while a curve runs; the watchdog cancels the call after
+  // --silence_s without one.
+  std::optional<StallWatchdog> watch;
+  StallWatchdog::CallId call = 0;
+  if (silence_s > 0) {
+    watch.emplace(absl::Seconds(silence_s));
+    if (absl::Status started = watch->Start(); !started.ok()) Fail(started.ToString());
+    call = watch->Watch([&context] { context.TryCancel(); });
+  }
   while (reader->Read(&event)) {
-    if (watch) watch->Heard();
+    if (watch) watch->Touch(call);
     if (event.has_plan()) {
       WarnAboutPrompts(event.plan());
       if (!tty) {
@@ -700,7 +658,7 @@ int Curve() {
     }
   }
   // The stream is over: a silence from here on is not the orchestrator's.
-  const bool silent = watch && watch->fired();
+  const bool silent = watch && watch->Unwatch(call);
   watch.reset();
   if (tty) std::fprintf(stderr, "\n");
   const grpc::Status finished = reader->Finish();

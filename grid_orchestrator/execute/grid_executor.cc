@@ -17,7 +17,7 @@
 #include "common/wire.h"
 #include "grid_orchestrator/assemble/grid_figure.h"
 #include "grid_orchestrator/execute/retry_policy.h"
-#include "grid_orchestrator/execute/stall_watchdog.h"
+#include "common/stall_watchdog.h"
 #include "grid_orchestrator/metrics/orchestrator_metrics.h"
 
 namespace dgrid {

@@ -1,6 +1,6 @@
 // The stall watchdog on a clock the test moves: no sleeps, and each test
 // says exactly how long a call went without progress.
-#include "grid_orchestrator/execute/stall_watchdog.h"
+#include "common/stall_watchdog.h"
 
 #include <future>
 #include <mutex>

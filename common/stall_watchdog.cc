@@ -1,4 +1,4 @@
-#include "grid_orchestrator/execute/stall_watchdog.h"
+#include "common/stall_watchdog.h"
 
 #include <algorithm>
 #include <utility>
@@ -16,7 +16,7 @@ absl::Status StallWatchdog::Start() {
   std::lock_guard<std::mutex> lock(mu_);
   if (thread_.joinable()) return absl::OkStatus();
   stop_ = false;
-  absl::StatusOr<std::thread> thread = StartThread([this] { Loop(); }, "a grid's stall watchdog");
+  absl::StatusOr<std::thread> thread = StartThread([this] { Loop(); }, "a stall watchdog");
   if (!thread.ok()) return thread.status();
   thread_ = std::move(*thread);
   return absl::OkStatus();

@@ -1,9 +1,10 @@
-// Cancels denoiser calls that stop making progress. A call is watched from
+// Cancels streaming calls that stop making progress. A call is watched from
 // its start; each sign of progress (Touch) restarts its clock, and a call
-// whose clock passes `stall_timeout` is cancelled, once, and marked stalled,
-// so that the executor moves its work to another replica
-// (docs/ARCHITECTURE.md, "Timeouts by progress"). A slow call that keeps
-// reporting is never cancelled: calls have no wall-clock limit of their own.
+// whose clock passes `stall_timeout` is cancelled, once, and marked stalled.
+// The orchestrator's executor then moves the call's work to another replica
+// (docs/ARCHITECTURE.md, "Timeouts by progress"); `dgrid curve` gives up on
+// an orchestrator that has gone silent. A slow call that keeps reporting is
+// never cancelled: calls have no wall-clock limit of their own.
 //
 // Time comes from an injected clock, and the checks run either on the
 // watchdog's own thread (Start) or when called (CancelStalled), so a test
@@ -16,8 +17,8 @@
 //   reader->Finish();
 //   const bool stalled = watchdog.Unwatch(call);
 //   watchdog.Stop();
-#ifndef DGRID_GRID_ORCHESTRATOR_EXECUTE_STALL_WATCHDOG_H_
-#define DGRID_GRID_ORCHESTRATOR_EXECUTE_STALL_WATCHDOG_H_
+#ifndef DGRID_COMMON_STALL_WATCHDOG_H_
+#define DGRID_COMMON_STALL_WATCHDOG_H_
 
 #include <condition_variable>
 #include <cstdint>
@@ -88,4 +89,4 @@ class StallWatchdog {
 
 }  // namespace dgrid
 
-#endif  // DGRID_GRID_ORCHESTRATOR_EXECUTE_STALL_WATCHDOG_H_
+#endif  // DGRID_COMMON_STALL_WATCHDOG_H_
