@@ -940,6 +940,36 @@ TEST_F(SlowGridTest, AGridWhoseClientHangsUpStops) {
   if (auto grid = StartGrpcGrid(*stub)) Stop(std::move(grid));
 }
 
+// With every replica gone the gateway answers 503 with Retry-After, as for a
+// full service: a replica comes back, or another is scheduled.
+TEST(HttpNoReplicaTest, NoHealthyReplicaIs503WithRetryAfter) {
+  testing::StackOptions options;
+  options.denoisers = 1;
+  options.orchestrator_flags = {"--http_addr=127.0.0.1:0", "--web_dir="};
+  auto stack = Stack::Start(options, "http-no-replica");
+  ASSERT_TRUE(stack.ok()) << stack.status();
+  auto ports = testing::WaitForPortFile((*stack)->dir() + "/orchestrator.ports", absl::Seconds(5));
+  ASSERT_TRUE(ports.ok()) << ports.status();
+  const int port = (*ports)["http"];
+  ASSERT_TRUE(WaitUntilServing(port, {}));
+  const HttpAnswer warm =
+      Exchange(port, Request("POST", "/api/v1/grid", {kJson}, kSmallGrid), absl::Seconds(60));
+  ASSERT_EQ(warm.status, 200) << warm.body.substr(0, 300);
+  EXPECT_EQ(warm.header("retry-after"), "");
+  (*stack)->KillDenoiser(0);
+  // Another seed: the first grid's cells are cached.
+  const HttpAnswer down = Exchange(
+      port,
+      Request("POST", "/api/v1/grid", {kJson},
+              R"({"seed":"2","steps":10,"branches":2,"branch_steps":[0,5]})"),
+      absl::Seconds(60));
+  EXPECT_EQ(down.status, 503) << down.body.substr(0, 300);
+  EXPECT_NE(down.body.find("\"UNAVAILABLE\""), std::string::npos) << down.body.substr(0, 300);
+  EXPECT_NE(down.body.find("no healthy denoiser replica"), std::string::npos)
+      << down.body.substr(0, 300);
+  EXPECT_EQ(down.header("retry-after"), "1");
+}
+
 // SIGTERM gives running grids the shutdown's grace (--shutdown_grace_s, 5 s
 // by default, 3 here) over HTTP as over gRPC. The gateway once waited for
 // every stream to finish, a minute here and up to the grid timeout, past
