@@ -3,11 +3,15 @@
 // byte for byte where the same trajectory must give the same image.
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/tensor_codec.h"
 #include "gtest/gtest.h"
 #include "tests/support/grids.h"
 #include "tests/support/stack.h"
@@ -61,11 +65,21 @@ TEST_F(SwitchGridTest, ASwitchToThePromptItselfIsThePlainGridByteForByte) {
   }
 }
 
+// The largest difference between two latents.
+float MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {
+  if (a.size() != b.size()) return std::numeric_limits<float>::infinity();
+  float most = 0.0f;
+  for (size_t i = 0; i < a.size(); ++i) most = std::max(most, std::abs(a[i] - b[i]));
+  return most;
+}
+
 // The planner drops a switch that changes nothing, so the test above runs
 // the same plan twice. The denoiser itself does not: a trajectory whose path
 // switches to the request's own prompt mid-way must give the plain
-// trajectory's final, byte for byte, in one batch with one that switches for
-// real and alone.
+// trajectory's final, byte for byte in one batch with one that switches for
+// real. Alone, in a batch of another size, it may drift as any path may: the
+// fixture's matrix products round differently by batch size on some CPUs
+// (AVX2 OpenBLAS; docs/ARCHITECTURE.md, "Counter-based noise").
 TEST_F(SwitchGridTest, TheDenoiserRunsASwitchToTheSamePromptAsNoSwitch) {
   grpc::ClientContext list_context;
   v1::ListModelsResponse models;
@@ -83,10 +97,15 @@ TEST_F(SwitchGridTest, TheDenoiserRunsASwitchToTheSamePromptAsNoSwitch) {
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
     auto reader = stack_->Denoiser(0)->Branch(&context, request);
-    std::vector<std::string> out(paths.size());
+    std::vector<std::vector<float>> out(paths.size());
     v1::BranchEvent event;
     while (reader->Read(&event)) {
-      if (event.has_final()) out.at(event.final().trajectory()) = event.final().latent().SerializeAsString();
+      if (!event.has_final()) continue;
+      const v1::Tensor& latent = event.final().latent();
+      absl::StatusOr<std::vector<float>> values = DecodeFloatTensor(
+          latent, std::vector<int64_t>(latent.shape().begin(), latent.shape().end()), "final");
+      EXPECT_TRUE(values.ok()) << values.status();
+      if (values.ok()) out.at(event.final().trajectory()) = std::move(*values);
     }
     const grpc::Status status = reader->Finish();
     EXPECT_TRUE(status.ok()) << status.error_message();
@@ -105,15 +124,16 @@ TEST_F(SwitchGridTest, TheDenoiserRunsASwitchToTheSamePromptAsNoSwitch) {
     }
     return p;
   };
-  const std::vector<std::string> mixed =
+  constexpr float kBatchDrift = 1e-4f;  // 10 steps drift by about 1e-6
+  const std::vector<std::vector<float>> mixed =
       finals({path(nullptr, ""), path(kCat, "blurry"), path(kCar, "blurry")});
   ASSERT_EQ(mixed.size(), 3u);
   ASSERT_FALSE(mixed[0].empty());
   EXPECT_EQ(mixed[1], mixed[0]);
-  EXPECT_NE(mixed[2], mixed[0]);
-  EXPECT_EQ(finals({path(kCat, "blurry")})[0], mixed[0]);
+  EXPECT_GT(MaxAbsDiff(mixed[2], mixed[0]), 100 * kBatchDrift);
+  EXPECT_LE(MaxAbsDiff(finals({path(kCat, "blurry")})[0], mixed[0]), kBatchDrift);
   // The negative prompt is part of the conditioning a segment switches.
-  EXPECT_NE(finals({path(kCat, "")})[0], mixed[0]);
+  EXPECT_GT(MaxAbsDiff(finals({path(kCat, "")})[0], mixed[0]), 100 * kBatchDrift);
 }
 
 TEST_F(SwitchGridTest, ASwitchAtStepZeroWithTrunkNoiseIsThePlainGridOfTheNewPrompt) {

@@ -9,6 +9,8 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iostream>
+#include <limits>
 #include <future>
 #include <map>
 #include <mutex>
@@ -30,6 +32,20 @@ std::string Fixtures() {
   const char* dir = std::getenv("DGRID_FIXTURES");
   return dir ? dir : "";
 }
+
+// The largest difference between two latents. One path run in batches of
+// different sizes may drift: a learned model's matrix products pick their
+// kernels by size, and on some CPUs (AVX2 OpenBLAS here, not AVX-512) the
+// sums round differently (docs/ARCHITECTURE.md, "Counter-based noise").
+// 8 steps of the text fixture drift by about 1e-6; different paths differ
+// by far more than kBatchDrift.
+float MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {
+  if (a.size() != b.size()) return std::numeric_limits<float>::infinity();
+  float most = 0.0f;
+  for (size_t i = 0; i < a.size(); ++i) most = std::max(most, std::abs(a[i] - b[i]));
+  return most;
+}
+constexpr float kBatchDrift = 1e-4f;
 
 // The Gaussian fixture (tests/fixtures/make_fixtures.py): data N(mu_c, var_c)
 // per element for class c, row 2 = unconditional; its model is the exact
@@ -1214,13 +1230,15 @@ TEST(ExternalModelTest, SwitchingPromptsShareForwardPassesAndEncodeOnce) {
     ASSERT_TRUE(one.ok());
     const Collected c = Drain(**one);
     ASSERT_TRUE(c.status.ok()) << c.status;
-    EXPECT_EQ(c.finals.at(0), together.finals.at(i)) << i;
+    EXPECT_LE(MaxAbsDiff(c.finals.at(0), together.finals.at(i)), kBatchDrift) << i;
   }
   RunRequest plain = r;
   plain.trajectories = {{Path{1, {{0, 2}}}.BranchAt(1, 3), {}}};
   auto unswitched = batcher.Start(plain);
   ASSERT_TRUE(unswitched.ok());
-  EXPECT_NE(Drain(**unswitched).finals.at(0), together.finals.at(0));
+  const float apart = MaxAbsDiff(Drain(**unswitched).finals.at(0), together.finals.at(0));
+  std::cout << "switched and unswitched finals differ by up to " << apart << "\n";
+  EXPECT_GT(apart, 100 * kBatchDrift);
 }
 
 // A bundle checked at batches up to 4 only (manifest max_batch) never gets
