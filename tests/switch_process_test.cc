@@ -1,6 +1,7 @@
 // Prompt-switch grids through the real pair (issue 25, part 1): the fixture's
 // tiny CLIP-tokenized text model, and the shipped class model. Cells compare
-// byte for byte where the same trajectory must give the same image.
+// byte for byte where the same trajectory must give the same image in the
+// same batch, and within the pixel drift allowed across batch compositions.
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
@@ -175,11 +176,9 @@ TEST(SwitchReplicaTest, ASwitchGridGivesTheSameCellsOnOneAndTwoReplicas) {
   v1::GridRequest request = Request(kCat, 5);
   request.set_switch_prompt(kCar);
   request.set_switch_negative_prompt("blurry");
-  const auto results =
-      testing::CellsOnOneAndTwoReplicas(FixtureDir("textlatent"), request, "switch");
-  ASSERT_EQ(results.size(), 2u);
-  ASSERT_EQ(results[0].size(), 6u);
-  EXPECT_EQ(results[0], results[1]);
+  EXPECT_EQ(
+      testing::ExpectSameCellsOnOneAndTwoReplicas(FixtureDir("textlatent"), request, "switch"),
+      6u);
 }
 
 // With the cache on: grids that differ only in the switch prompt share the
