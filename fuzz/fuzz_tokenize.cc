@@ -1,7 +1,9 @@
 // Fuzzes the tokenizers on client prompts: any valid UTF-8 a client sends
 // as a prompt must encode to ids inside the vocabulary, BOS and EOS framed
 // and within max_length, never crash or read out of bounds. Invalid UTF-8
-// never reaches them (the servers refuse it first, as here).
+// never reaches them (the servers refuse it first, as here); the servers
+// also refuse prompts past their size limit, noncharacters and text that is
+// not stream-safe, which this target lets through: it fuzzes a wider set.
 //
 // The words tokenizer reads the emoji bundle's vocab.txt; the CLIP
 // tokenizer reads vocab.json and merges.txt from $DGRID_CLIP_DIR (ctest's
