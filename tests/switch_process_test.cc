@@ -4,10 +4,7 @@
 // same batch, and within the pixel drift allowed across batch compositions.
 #include <grpcpp/grpcpp.h>
 
-#include <algorithm>
 #include <chrono>
-#include <cmath>
-#include <limits>
 #include <string>
 #include <vector>
 
@@ -15,6 +12,7 @@
 #include "common/tensor_codec.h"
 #include "gtest/gtest.h"
 #include "tests/support/grids.h"
+#include "tests/support/latents.h"
 #include "tests/support/stack.h"
 
 namespace dgrid {
@@ -22,6 +20,8 @@ namespace {
 
 using testing::CellImages;
 using testing::FixtureDir;
+using testing::kBatchDrift;
+using testing::MaxAbsDiff;
 using testing::MustCreateGrid;
 using testing::ServingStack;
 using testing::Stack;
@@ -64,17 +64,6 @@ TEST_F(SwitchGridTest, ASwitchToThePromptItselfIsThePlainGridByteForByte) {
                 plain.rows(r).cells(c).path().SerializeAsString());
     }
   }
-}
-
-// The largest difference between two latents.
-float MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {
-  if (a.empty() || a.size() != b.size()) {
-    ADD_FAILURE() << "latents of " << a.size() << " and " << b.size() << " values";
-    return std::numeric_limits<float>::quiet_NaN();  // fails every comparison
-  }
-  float most = 0.0f;
-  for (size_t i = 0; i < a.size(); ++i) most = std::max(most, std::abs(a[i] - b[i]));
-  return most;
 }
 
 // The planner drops a switch that changes nothing, so the test above runs
@@ -128,7 +117,6 @@ TEST_F(SwitchGridTest, TheDenoiserRunsASwitchToTheSamePromptAsNoSwitch) {
     }
     return p;
   };
-  constexpr float kBatchDrift = 1e-4f;  // 10 steps drift by about 1e-6
   const std::vector<std::vector<float>> mixed =
       finals({path(nullptr, ""), path(kCat, "blurry"), path(kCar, "blurry")});
   ASSERT_EQ(mixed.size(), 3u);

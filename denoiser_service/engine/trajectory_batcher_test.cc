@@ -10,7 +10,6 @@
 #include <fstream>
 #include <functional>
 #include <iostream>
-#include <limits>
 #include <future>
 #include <map>
 #include <mutex>
@@ -24,6 +23,7 @@
 #include "common/status_macros.h"
 #include "denoiser_service/engine/denoiser_model.h"
 #include "gtest/gtest.h"
+#include "tests/support/latents.h"
 
 namespace dgrid {
 namespace {
@@ -33,22 +33,8 @@ std::string Fixtures() {
   return dir ? dir : "";
 }
 
-// The largest difference between two latents. One path run in batches of
-// different sizes may drift: a learned model's matrix products pick their
-// kernels by size, and on some CPUs (AVX2 OpenBLAS here, not AVX-512) the
-// sums round differently (docs/ARCHITECTURE.md, "Counter-based noise").
-// 8 steps of the text fixture drift by about 1e-6; different paths differ
-// by far more than kBatchDrift.
-float MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {
-  if (a.empty() || a.size() != b.size()) {
-    ADD_FAILURE() << "latents of " << a.size() << " and " << b.size() << " values";
-    return std::numeric_limits<float>::quiet_NaN();  // fails every comparison
-  }
-  float most = 0.0f;
-  for (size_t i = 0; i < a.size(); ++i) most = std::max(most, std::abs(a[i] - b[i]));
-  return most;
-}
-constexpr float kBatchDrift = 1e-4f;
+using testing::kBatchDrift;
+using testing::MaxAbsDiff;
 
 // The Gaussian fixture (tests/fixtures/make_fixtures.py): data N(mu_c, var_c)
 // per element for class c, row 2 = unconditional; its model is the exact
