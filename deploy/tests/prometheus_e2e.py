@@ -15,12 +15,15 @@
 4. Every PromQL expression in the Grafana dashboard, the recording and alert
    rules and the prometheus-adapter rules evaluates without error, the rule
    groups report no evaluation errors, and the main panels have data.
+5. Every label matcher on a dgrid metric in those expressions names a label
+   the scraped series have: a misspelt label matches nothing, silently.
 
 Exit codes: 0 pass, 1 fail, 77 skipped (no prometheus binary).
 """
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -190,6 +193,39 @@ def expressions():
     return out
 
 
+SELECTOR = re.compile(r"\b(dgrid_[A-Za-z0-9_:]*)\s*\{([^}]*)\}")
+MATCHER = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)")
+STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def label_matchers(expr):
+    """(metric, label) for every label matcher on a dgrid metric in `expr`."""
+    for metric, matchers in SELECTOR.findall(STRING.sub('""', expr)):
+        for label in MATCHER.findall(matchers):
+            yield metric, label
+
+
+def check_labels(prom, exprs, now):
+    """Fails on a matcher whose label no scraped series of its metric has.
+    Returns how many matchers were checked and the metrics with no series
+    (nothing to check them against: a text model's metrics, here)."""
+    keys = {}
+    checked, unseen = 0, set()
+    for where, expr, _ in exprs:
+        for metric, label in label_matchers(expr):
+            if metric not in keys:
+                r = prom.get("/api/v1/series", **{"match[]": metric, "start": now - 600, "end": now})
+                keys[metric] = {k for series in r.get("data", []) for k in series}
+            if not keys[metric]:
+                unseen.add(metric)
+                continue
+            if label not in keys[metric]:
+                raise Failure(f"{where}: {metric} has no label {label!r} "
+                              f"(its series have {sorted(keys[metric])})")
+            checked += 1
+    return checked, unseen
+
+
 def run(args, workdir):
     stack = Stack(workdir)
     try:
@@ -304,6 +340,9 @@ def run(args, workdir):
             raise Failure(f"dashboard panels without data after a grid: {missing}")
         print(f"evaluated {len(exprs)} expressions (dashboard, rules, adapter): no errors; "
               f"panels with data: {', '.join(PANELS_WITH_DATA)}")
+        checked, unseen = check_labels(prom, exprs, now)
+        print(f"label matchers: {checked} name labels the scraped series have; "
+              f"metrics with no series to check against: {', '.join(sorted(unseen)) or 'none'}")
         evals = prom.query("instance:dgrid_denoiser_model_evals:rate1m")
         if not evals:
             raise Failure("recording rule instance:dgrid_denoiser_model_evals:rate1m has no data")
