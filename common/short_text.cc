@@ -51,7 +51,8 @@ size_t Utf8SequenceLength(absl::string_view s, size_t i, uint32_t* out = nullptr
 std::string EscapeForQuote(absl::string_view s) {
   std::string out;
   for (size_t i = 0; i < s.size();) {
-    const size_t n = Utf8SequenceLength(s, i);
+    uint32_t c = 0;
+    const size_t n = Utf8SequenceLength(s, i, &c);
     if (n == 0) {
       absl::StrAppend(&out, "\\x", absl::Hex(static_cast<unsigned char>(s[i]), absl::kZeroPad2));
       ++i;
@@ -59,8 +60,6 @@ std::string EscapeForQuote(absl::string_view s) {
       absl::StrAppend(&out, absl::CEscape(s.substr(i, 1)));
       ++i;
     } else {
-      uint32_t c = 0;
-      Utf8SequenceLength(s, i, &c);
       // C1 controls (U+009B starts a terminal command, as ESC [ does) and the
       // bidirectional overrides and isolates, which reorder what follows.
       if (c <= 0x9F || (c >= 0x202A && c <= 0x202E) || (c >= 0x2066 && c <= 0x2069)) {

@@ -1,12 +1,11 @@
 // Fuzzes the HTTP API's request bodies: any bytes a client POSTs as a grid
-// or curve request must pass the shape check and protobuf's JSON parser, or
-// fail with a status, never crash, hang or read out of bounds. The gateway
-// runs exactly these two steps before planning (http_gateway.cc).
+// or curve request must parse, or fail with a status naming the body, never
+// crash, hang or read out of bounds. ParseJsonRequest is what the gateway
+// calls (http_gateway.cc): the shape check, protobuf's JSON parser, and the
+// quoting of its errors.
 #include <cstddef>
 #include <cstdint>
 #include <string>
-
-#include <google/protobuf/util/json_util.h>
 
 #include "dgrid/v1/orchestrator.pb.h"
 #include "grid_orchestrator/server/json_shape.h"
@@ -15,9 +14,8 @@ namespace {
 
 template <typename Message>
 void Parse(const std::string& body) {
-  if (!dgrid::CheckJsonShape(body, *Message::descriptor()).ok()) return;
   Message message;
-  (void)google::protobuf::util::JsonStringToMessage(body, &message);
+  (void)dgrid::ParseJsonRequest(body, "request body", &message);
 }
 
 }  // namespace

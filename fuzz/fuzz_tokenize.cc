@@ -5,7 +5,7 @@
 // also refuse prompts past their size limit, noncharacters and text that is
 // not stream-safe, which this target lets through: it fuzzes a wider set.
 //
-// The words tokenizer reads the emoji bundle's vocab.txt; the CLIP
+// The words tokenizer is the emoji bundle's, as its manifest gives it; the CLIP
 // tokenizer reads vocab.json and merges.txt from $DGRID_CLIP_DIR (ctest's
 // derive_clip_vocab writes them to build/fixtures/clip), when it is set.
 #include <cstddef>
@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "absl/strings/string_view.h"
+#include "common/manifest_reader.h"
 #include "common/short_text.h"
 #include "denoiser_service/text/tokenizer.h"
 
@@ -37,16 +38,13 @@ void Load(const dgrid::TokenizerSpec& spec) {
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
   tokenizers = new std::vector<std::unique_ptr<dgrid::Tokenizer>>();
-  dgrid::TokenizerSpec words;
-  words.kind = "words";
-  words.vocab_path = std::string(DGRID_SOURCE_DIR) + "/models/emoji/vocab.txt";
-  // The emoji bundle's ids (models/emoji/manifest.json).
-  words.bos_id = 1;
-  words.eos_id = 2;
-  words.pad_id = 0;
-  words.unk_id = 3;
-  words.max_length = 20;
-  Load(words);
+  const std::string emoji = std::string(DGRID_SOURCE_DIR) + "/models/emoji";
+  auto manifest = dgrid::ReadManifest(emoji);
+  if (!manifest.ok()) {
+    std::fprintf(stderr, "fuzz_tokenize: %s\n", manifest.status().ToString().c_str());
+    std::abort();
+  }
+  Load(dgrid::SpecForBundle(manifest->text.tokenizer, emoji));
   if (const char* clip_dir = std::getenv("DGRID_CLIP_DIR"); clip_dir != nullptr) {
     dgrid::TokenizerSpec clip;
     clip.kind = "clip_bpe";

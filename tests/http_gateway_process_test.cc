@@ -251,9 +251,7 @@ class HttpGatewayTest : public ::testing::Test {
     auto stack = Stack::Start(options, "http-gateway");
     ASSERT_TRUE(stack.ok()) << stack.status();
     stack_ = stack->release();
-    auto ports = testing::WaitForPortFile(stack_->dir() + "/orchestrator.ports", absl::Seconds(5));
-    ASSERT_TRUE(ports.ok()) << ports.status();
-    port_ = (*ports)["http"];
+    port_ = stack_->orchestrator_http_port();
     ASSERT_GT(port_, 0);
     ASSERT_TRUE(WaitUntilServing(port_, {kAuth}));
 
@@ -831,9 +829,7 @@ class SlowGridTest : public ::testing::Test {
     auto stack = Stack::Start(options, "http-gateway-slow");
     ASSERT_TRUE(stack.ok()) << stack.status();
     stack_ = stack->release();
-    auto ports = testing::WaitForPortFile(stack_->dir() + "/orchestrator.ports", absl::Seconds(5));
-    ASSERT_TRUE(ports.ok()) << ports.status();
-    port_ = (*ports)["http"];
+    port_ = stack_->orchestrator_http_port();
     ASSERT_TRUE(WaitUntilServing(port_, {}));
   }
   static void TearDownTestSuite() { delete stack_; }
@@ -948,9 +944,7 @@ TEST(HttpNoReplicaTest, NoHealthyReplicaIs503WithRetryAfter) {
   options.orchestrator_flags = {"--http_addr=127.0.0.1:0", "--web_dir="};
   auto stack = Stack::Start(options, "http-no-replica");
   ASSERT_TRUE(stack.ok()) << stack.status();
-  auto ports = testing::WaitForPortFile((*stack)->dir() + "/orchestrator.ports", absl::Seconds(5));
-  ASSERT_TRUE(ports.ok()) << ports.status();
-  const int port = (*ports)["http"];
+  const int port = (*stack)->orchestrator_http_port();
   ASSERT_TRUE(WaitUntilServing(port, {}));
   const HttpAnswer warm =
       Exchange(port, Request("POST", "/api/v1/grid", {kJson}, kSmallGrid), absl::Seconds(60));
@@ -982,9 +976,7 @@ TEST(HttpShutdownTest, RunningStreamsEndWithinTheGrace) {
   options.orchestrator_flags = {"--http_addr=127.0.0.1:0", "--web_dir=", "--shutdown_grace_s=3"};
   auto stack = Stack::Start(options, "http-shutdown");
   ASSERT_TRUE(stack.ok()) << stack.status();
-  auto ports = testing::WaitForPortFile((*stack)->dir() + "/orchestrator.ports", absl::Seconds(5));
-  ASSERT_TRUE(ports.ok()) << ports.status();
-  const int port = (*ports)["http"];
+  const int port = (*stack)->orchestrator_http_port();
   ASSERT_TRUE(WaitUntilServing(port, {}));
   const int fd = Connect(port);
   ASSERT_GE(fd, 0);

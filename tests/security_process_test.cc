@@ -255,9 +255,8 @@ TEST(SecurityTest, HttpGatewaySpeaksTlsWithTheApiCertificate) {
                                 "--web_dir="};
   auto stack = Stack::Start(options, "https");
   ASSERT_TRUE(stack.ok()) << stack.status();
-  auto ports = testing::WaitForPortFile((*stack)->dir() + "/orchestrator.ports", absl::Seconds(5));
-  ASSERT_TRUE(ports.ok()) << ports.status();
-  const int port = (*ports)["http"];
+  const int port = (*stack)->orchestrator_http_port();
+  ASSERT_GT(port, 0);
   // Two requests on one connection, the second with a lowercase scheme.
   const std::string answer = HttpsExchange(
       port, c.path("ca.pem"),

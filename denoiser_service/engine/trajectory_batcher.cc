@@ -107,7 +107,8 @@ struct TrajectoryBatcher::Active {
   std::shared_ptr<Run> run;
   uint64_t fairness_key = 0;
   uint64_t fairness_rank = 0;
-  // When its run was admitted: orders keys of equal rank.
+  // When its key's oldest run still here was admitted (InheritArrivals):
+  // orders keys of equal rank.
   uint64_t arrival = 0;
   int index = 0;
   int step = 0;

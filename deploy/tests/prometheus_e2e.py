@@ -149,6 +149,12 @@ class Prom:
             raise Failure(f"query {expr!r}: {r.get('errorType')}: {r.get('error')}")
         return r["data"]["result"]
 
+    def series(self, match, start, end):
+        r = self.get("/api/v1/series", **{"match[]": match, "start": start, "end": end})
+        if r.get("status") != "success":
+            raise Failure(f"series {match!r}: {r.get('errorType')}: {r.get('error')}")
+        return r["data"]
+
     def scalar(self, expr):
         result = self.query(expr)
         return float(result[0]["value"][1]) if result else None
@@ -214,8 +220,8 @@ def check_labels(prom, exprs, now):
     for where, expr, _ in exprs:
         for metric, label in label_matchers(expr):
             if metric not in keys:
-                r = prom.get("/api/v1/series", **{"match[]": metric, "start": now - 600, "end": now})
-                keys[metric] = {k for series in r.get("data", []) for k in series}
+                found = prom.series(metric, now - 600, now)
+                keys[metric] = {k for series in found for k in series}
             if not keys[metric]:
                 unseen.add(metric)
                 continue

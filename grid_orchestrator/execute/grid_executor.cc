@@ -624,12 +624,12 @@ int GridExecutor::GridRun::LoadCached() {
       continue;
     }
     ++hits;
-    if (!missing_capture && wants_figure()) progress.push_back(TrunkEvent(s, *hit, "cache"));
     if (IsRowStep(s)) {
       std::lock_guard<std::mutex> lock(mu_);
       captures_[s] = *hit;
     }
     if (!missing_capture) {
+      if (wants_figure()) progress.push_back(TrunkEvent(s, *hit, "cache"));
       start = s;
       resume = std::move(hit);
     }

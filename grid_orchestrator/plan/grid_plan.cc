@@ -235,7 +235,7 @@ absl::Status PlanColumns(const v1::GridRequest& request, const Preset& preset,
 }
 
 // The sampler, as a refusal of a last step without noise names it.
-std::string SamplerName(const GridPlanSpec& plan) {
+std::string NoiselessLastStepSampler(const GridPlanSpec& plan) {
   return plan.sampler == Sampler::kEulerAncestral
              ? "Euler ancestral"
              : "DDIM on this model's schedule (set_alpha_to_one)";
@@ -265,6 +265,8 @@ absl::StatusOr<std::vector<int>> ChooseBranchSteps(const v1::GridRequest& reques
   } else {
     // Rows the preset makes stop before a last step that adds no noise (its
     // branches would be the trunk), unless a switch prompt makes them differ.
+    // The explorer's placeholder rows follow this rule too (presetRows in
+    // clients/web/app.js): change both together.
     const int end =
         !plan.last_step_adds_noise && plan.switch_prompt.empty() ? plan.steps - 1 : plan.steps;
     if (!preset.branch_steps.empty()) {
@@ -275,10 +277,10 @@ absl::StatusOr<std::vector<int>> ChooseBranchSteps(const v1::GridRequest& reques
           branch_steps.push_back(scaled);
         }
       }
-    } else {
+    } else if (end > 0) {
       // Rows where the trunk has just run timestep t (or the first below it).
       for (int t : preset.branch_timesteps) {
-        for (int i = 0; i < plan.steps && end > 0; ++i) {
+        for (int i = 0; i < plan.steps; ++i) {
           if (plan.timesteps[i] <= t) {
             const int k = std::min(i + 1, end - 1);
             if (branch_steps.empty() || k > branch_steps.back()) branch_steps.push_back(k);
@@ -288,7 +290,7 @@ absl::StatusOr<std::vector<int>> ChooseBranchSteps(const v1::GridRequest& reques
       }
     }
     if (branch_steps.empty() && end < plan.steps) {
-      return Invalid(absl::StrCat("steps: ", SamplerName(plan),
+      return Invalid(absl::StrCat("steps: ", NoiselessLastStepSampler(plan),
                                   " adds no noise at its last step, so ", plan.steps,
                                   " step(s) leave no row to branch at; give more"));
     }
@@ -465,15 +467,12 @@ absl::Status CheckBranchesCanDiffer(const GridPlanSpec& plan, const std::vector<
         "eta: 0 adds no noise at any step, so every branch would be its trunk; give eta above 0 "
         "(1 is usual), or a switch_prompt");
   }
-  if (!plan.last_step_adds_noise) {
-    for (size_t i = 0; i < branch_steps.size(); ++i) {
-      if (branch_steps[i] == plan.steps - 1) {
-        return Invalid(absl::StrCat("branch_steps[", i, "]: ", SamplerName(plan),
-                                    " adds no noise at its last step (", plan.steps - 1,
-                                    "), so branches from there would be the trunk; branch "
-                                    "earlier"));
-      }
-    }
+  // Branch steps are sorted and distinct: only the last can be the last step.
+  if (!plan.last_step_adds_noise && branch_steps.back() == plan.steps - 1) {
+    return Invalid(absl::StrCat("branch_steps[", branch_steps.size() - 1,
+                                "]: ", NoiselessLastStepSampler(plan),
+                                " adds no noise at its last step (", plan.steps - 1,
+                                "), so branches from there would be the trunk; branch earlier"));
   }
   return absl::OkStatus();
 }

@@ -988,27 +988,6 @@ bool ReadBody(const httplib::Request& request, const httplib::ContentReader& rea
   return true;
 }
 
-// ---- GridRequest from JSON ----
-//
-// Held to the message's shape first (json_shape.h), then parsed.
-
-std::string FirstLine(const std::string& text) { return text.substr(0, text.find('\n')); }
-
-// `source` names the text in errors: "request body", or the query parameter.
-absl::Status ParseGridRequest(const std::string& json, absl::string_view source,
-                              v1::GridRequest* request) {
-  if (json.empty()) return absl::OkStatus();  // all defaults
-  if (absl::Status shape = CheckJsonShape(json, *v1::GridRequest::descriptor()); !shape.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(source, ": ", shape.message()));
-  }
-  if (const auto parsed = google::protobuf::util::JsonStringToMessage(json, request);
-      !parsed.ok()) {
-    // protobuf's messages quote values whole.
-    return absl::InvalidArgumentError(
-        absl::StrCat(source, ": ", ShortQuote(FirstLine(std::string(parsed.message())))));
-  }
-  return absl::OkStatus();
-}
 
 // ---- Routes ----
 
@@ -1144,20 +1123,10 @@ httplib::Server::HandlerWithContentReader CurveRoute(GridService* service, Curve
       return SendError(response, auth);
     }
     v1::CurveRequest curve_request;
-    if (!body.empty()) {
-      absl::Status refused;
-      if (absl::Status shape = CheckJsonShape(body, *v1::CurveRequest::descriptor()); !shape.ok()) {
-        refused = absl::InvalidArgumentError(absl::StrCat("request body: ", shape.message()));
-      } else if (const auto parsed =
-                     google::protobuf::util::JsonStringToMessage(body, &curve_request);
-                 !parsed.ok()) {
-        refused = absl::InvalidArgumentError(absl::StrCat(
-            "request body: ", ShortQuote(FirstLine(std::string(parsed.message())))));
-      }
-      if (!refused.ok()) {
-        curves->CountRefusal(refused);
-        return SendError(response, refused);
-      }
+    if (absl::Status refused = ParseJsonRequest(body, "request body", &curve_request);
+        !refused.ok()) {
+      curves->CountRefusal(refused);
+      return SendError(response, refused);
     }
     ServeCurveStream(*curves, curve_request, request, response);
   };
@@ -1177,7 +1146,7 @@ httplib::Server::HandlerWithContentReader PostRoute(GridService* service, size_t
       return SendError(response, auth);
     }
     v1::GridRequest grid_request;
-    if (absl::Status parsed = ParseGridRequest(body, "request body", &grid_request);
+    if (absl::Status parsed = ParseJsonRequest(body, "request body", &grid_request);
         !parsed.ok()) {
       service->CountRefusal(parsed);
       return SendError(response, parsed);

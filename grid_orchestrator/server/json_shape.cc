@@ -207,4 +207,19 @@ absl::Status CheckJsonShape(absl::string_view json, const Descriptor& type) {
   return CheckObject(value.struct_value(), type, "");
 }
 
+absl::Status ParseJsonRequest(const std::string& json, absl::string_view source,
+                              google::protobuf::Message* message) {
+  if (json.empty()) return absl::OkStatus();  // all defaults
+  if (absl::Status shape = CheckJsonShape(json, *message->GetDescriptor()); !shape.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": ", shape.message()));
+  }
+  if (const auto parsed = google::protobuf::util::JsonStringToMessage(json, message);
+      !parsed.ok()) {
+    // protobuf's messages quote values whole.
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": ", ShortQuote(FirstLine(std::string(parsed.message())))));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace dgrid

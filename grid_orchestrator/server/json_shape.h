@@ -15,6 +15,9 @@
 #define DGRID_GRID_ORCHESTRATOR_SERVER_JSON_SHAPE_H_
 
 #include <google/protobuf/descriptor.h>
+#include <google/protobuf/message.h>
+
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
@@ -30,6 +33,12 @@ inline constexpr int kMaxJsonDepth = 32;
 // INVALID_ARGUMENT naming the first place where `json` does not have the
 // shape of `type`.
 absl::Status CheckJsonShape(absl::string_view json, const google::protobuf::Descriptor& type);
+
+// A request as the HTTP API takes it: `json` held to the message's shape,
+// then parsed into `message`; empty text leaves every field its default.
+// INVALID_ARGUMENT names `source` ("request body", a query parameter).
+absl::Status ParseJsonRequest(const std::string& json, absl::string_view source,
+                              google::protobuf::Message* message);
 
 }  // namespace dgrid
 

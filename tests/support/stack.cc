@@ -78,6 +78,7 @@ absl::Status Stack::StartOrchestrator(int port, int metrics) {
   orchestrator_ = std::move(*process);
   orchestrator_port_ = (*bound)["grpc"];
   orchestrator_metrics_ = (*bound)["metrics"];
+  orchestrator_http_ = bound->count("http") ? (*bound)["http"] : 0;
   return absl::OkStatus();
 }
 

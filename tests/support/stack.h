@@ -46,6 +46,8 @@ class Stack {
 
   std::string orchestrator_address() const;
   int orchestrator_metrics_port() const { return orchestrator_metrics_; }
+  // The HTTP gateway's port, from the same port file; 0 without --http_addr.
+  int orchestrator_http_port() const { return orchestrator_http_; }
   std::string denoiser_address(int i) const;
   int denoiser_metrics_port(int i) const { return denoisers_[i].metrics; }
   ChildProcess& orchestrator() { return *orchestrator_; }
@@ -79,6 +81,7 @@ class Stack {
   std::unique_ptr<ChildProcess> orchestrator_;
   int orchestrator_port_ = 0;
   int orchestrator_metrics_ = 0;
+  int orchestrator_http_ = 0;
 };
 
 }  // namespace dgrid::testing
