@@ -23,6 +23,9 @@ namespace {
 // How often the client's thread looks for a client that went away while it
 // waits for trunks.
 constexpr absl::Duration kClientPoll = absl::Milliseconds(25);
+// How often a trunk asks again for a grid place that other clients' grids
+// hold (nothing tells the curve when one of theirs ends).
+constexpr absl::Duration kPlaceRetry = absl::Milliseconds(20);
 
 absl::Status CheckCurveRequest(const v1::CurveRequest& request, const CurveLimits& limits) {
   if (request.trunks() < 2 || request.trunks() > limits.max_trunks) {
@@ -247,11 +250,16 @@ class CurveService::CurveRun {
                                      "): ", status.message()));
   }
 
-  // Trunks after the first are admitted as their turn comes. When the
-  // client's grid limit is full (its other grids, or this curve's own), the
-  // trunk waits for one of this curve's grids to be drawn rather than fail; it
-  // fails only when the curve holds no grid and admits none that could free
-  // a place. On success the caller holds the grid (counted in holding_).
+  // Trunks after the first are admitted as their turn comes. When a grid
+  // limit is full (the client's or the service's, with other grids or this
+  // curve's own), the trunk waits for a place rather than fail: for one of
+  // this curve's grids to be drawn, or, when the curve holds none, for other
+  // grids to end (each is bounded by the grid timeout), asking again every
+  // kPlaceRetry. Refused at the start, a curve fails at once (Admit); once
+  // it runs, the load of other clients slows it but does not throw its
+  // trunks away. It stops waiting when the curve fails or is cancelled, or
+  // at the caller's deadline, with the refusal. On success the caller holds
+  // the grid (counted in holding_).
   absl::StatusOr<std::unique_ptr<AdmittedGrid>> AdmitWhenFree(int trunk) {
     while (true) {
       int before;
@@ -271,14 +279,20 @@ class CurveService::CurveRun {
       if (admitted.ok() || admitted.status().code() != absl::StatusCode::kResourceExhausted) {
         return admitted;
       }
-      if (holding_ == 0 && admitting_ == 0) {
-        // No place can come free: the refusal stands, and counts as one.
+      if (absl::Now() >= caller_.deadline) {
+        // The refusal stands, and counts as one.
         service_->grids_->CountRefusal(admitted.status());
         return admitted.status();
       }
-      changed_.wait(lock, [&] {
-        return released_ != before || (holding_ == 0 && admitting_ == 0) || !status_.ok();
-      });
+      if (holding_ == 0 && admitting_ == 0) {
+        // None of this curve's grids will free a place: others' will.
+        changed_.wait_for(lock, absl::ToChronoNanoseconds(kPlaceRetry),
+                          [&] { return !status_.ok(); });
+      } else {
+        changed_.wait(lock, [&] {
+          return released_ != before || (holding_ == 0 && admitting_ == 0) || !status_.ok();
+        });
+      }
       if (!status_.ok()) return status_;
     }
   }

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <thread>
 
 #include "common/png_image.h"
 #include "grid_orchestrator/metrics/orchestrator_metrics.h"
@@ -239,6 +240,48 @@ TEST_F(CurveServiceTest, TrunksWaitForTheClientsGridLimit) {
   EXPECT_EQ(Timed("dgrid_orchestrator_grid_seconds"), 0u);
   EXPECT_EQ(Timed("dgrid_orchestrator_curve_seconds"), 1u);
   EXPECT_EQ(Grids("rejected"), 0);
+}
+
+// Another client's grids take the service's only place when this curve lets
+// it go: the curve waits for it instead of failing with its finished trunks
+// thrown away.
+TEST_F(CurveServiceTest, ARunningCurveWaitsForPlacesOtherClientsHold) {
+  OrchestratorLimits limits;
+  limits.max_concurrent_grids = 1;
+  Start(limits, CurveLimits{1000, 1});
+  // A slow judge: the curve's worker, its trunks drawn, waits for the judge
+  // to take them while holding no place, and the other client takes it.
+  for (int i = 0; i < 2; ++i) replicas_.script(i).judge_delay = absl::Milliseconds(100);
+  Caller mine, other;
+  mine.client = "curve";
+  other.client = "other";
+  std::atomic<bool> stop{false};
+  std::atomic<int> taken{0};
+  std::thread competitor;
+  absl::StatusOr<v1::CurveResult> curve =
+      curves_->RunCurve(mine, Request(6), [&](const v1::CurveEvent& e) {
+        if (e.has_plan()) {  // trunk 0 holds the place now
+          competitor = std::thread([&] {
+            while (!stop) {
+              if (auto held = grids_->Admit(other, Request(1).grid()); held.ok()) {
+                ++taken;
+                absl::SleepFor(absl::Milliseconds(150));  // held, then let go
+              } else {
+                std::this_thread::yield();
+                continue;
+              }
+              absl::SleepFor(absl::Milliseconds(60));  // the curve's turn
+            }
+          });
+        }
+        return true;
+      });
+  stop = true;
+  competitor.join();
+  ASSERT_TRUE(curve.ok()) << curve.status();
+  EXPECT_EQ(curve->trunks(), 6);
+  EXPECT_GE(taken.load(), 1) << "the other client never took the place; nothing was tested";
+  EXPECT_EQ(Curves("ok"), 1);
 }
 
 // A client at its own grid limit is throttled; the service at its limit

@@ -141,6 +141,7 @@ class FakeReplicas::Replica::Stub : public v1::Denoiser::StubInterface {
   // least 128.
   grpc::Status Judge(grpc::ClientContext*, const v1::JudgeRequest& request,
                      v1::JudgeResponse* response) override {
+    absl::Duration judge_delay;
     {
       std::lock_guard<std::mutex> lock(r_->mu);
       if (!request.model_version().empty() && request.model_version() != r_->script.version) {
@@ -151,7 +152,9 @@ class FakeReplicas::Replica::Stub : public v1::Denoiser::StubInterface {
       }
       if (r_->script.judge_answers_nothing) return grpc::Status::OK;
       r_->log.judged_images += request.images_size();
+      judge_delay = r_->script.judge_delay;
     }
+    absl::SleepFor(judge_delay);
     for (const v1::Image& image : request.images()) {
       absl::StatusOr<DecodedPng> png = DecodePng(
           {reinterpret_cast<const uint8_t*>(image.png().data()), image.png().size()});

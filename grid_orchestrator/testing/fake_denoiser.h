@@ -56,6 +56,8 @@ struct FakeScript {
   grpc::StatusCode judge_fail_code = grpc::StatusCode::RESOURCE_EXHAUSTED;
   // Every Judge call answers OK with no verdicts.
   bool judge_answers_nothing = false;
+  // Every Judge call that answers, answers this late.
+  absl::Duration judge_delay = absl::ZeroDuration();
   // A text model (free-text prompts) instead of 10 classes; its Tokenize
   // answers `tokenize_code` with `tokenize_message` unless OK.
   bool text = false;
