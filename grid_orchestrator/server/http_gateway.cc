@@ -140,6 +140,10 @@ void SendError(httplib::Response& response, const absl::Status& status) {
 }
 
 void CloseAfterAnswer();
+// Whether the request being answered never had its head read whole (httplib
+// refused it); then whether the head ran past kMaxHeadBytes.
+bool HeadUnread();
+bool HeadPastLimit();
 
 // Answers, then closes the connection: for answers that may leave a request
 // body unread, whose bytes must not be read as the next request (httplib
@@ -157,17 +161,27 @@ void RefuseAndClose(httplib::Response& response, int http_status, const absl::St
   SendAndClose(response, http_status, ErrorJson(status), "application/json");
 }
 
+// The most a request's head (its request line and headers) may hold.
+constexpr size_t kMaxHeadBytes = 64 << 10;
+
 // httplib's own refusals come with an empty body: a request line or header
-// it cannot parse (400), a URI past its 8 KiB (414), a file the web folder
-// lacks (404). They get the JSON error every other refusal has.
+// it cannot parse (400), a head past kMaxHeadBytes (400 from httplib, 431
+// here), a URI past its 8 KiB (414), a file the web folder lacks (404). They
+// get the JSON error every other refusal has.
 HandlerResponse FillEmptyError(const httplib::Request&, httplib::Response& response) {
   if (!response.body.empty() || response.content_length_ != 0) {
     return HandlerResponse::Unhandled;
   }
   absl::Status status;
+  if (response.status == 400 && HeadPastLimit()) response.status = 431;
   switch (response.status) {
     case 400:
-      status = absl::InvalidArgumentError("request: its request line or a header is malformed");
+      status = absl::InvalidArgumentError(
+          "request: its request line or a header is malformed (or a header line is past 8 KiB)");
+      break;
+    case 431:
+      status = absl::InvalidArgumentError(absl::StrCat(
+          "request head: more than ", kMaxHeadBytes >> 10, " KiB of request line and headers"));
       break;
     case 404:
       status = absl::NotFoundError("path: nothing is served here");
@@ -181,6 +195,9 @@ HandlerResponse FillEmptyError(const httplib::Request&, httplib::Response& respo
     default:
       status = absl::UnknownError(absl::StrCat("HTTP status ", response.status));
   }
+  // Where the next request would start is unknown: the connection ends
+  // (ServeConnection), and the client is told so.
+  if (HeadUnread()) response.set_header("Connection", "close");
   response.set_content(ErrorJson(status), "application/json");
   return HandlerResponse::Handled;
 }
@@ -196,7 +213,6 @@ HandlerResponse FillEmptyError(const httplib::Request&, httplib::Response& respo
 // previous answer, and its body within kBodyTimeout of its head; the head
 // holds at most kMaxHeadBytes.
 constexpr absl::Duration kBodyTimeout = absl::Seconds(30);
-constexpr size_t kMaxHeadBytes = 64 << 10;
 // Past a cap, how long a connection has to show that it is a health check.
 // A probe sends its request at once.
 constexpr absl::Duration kRefusalWait = absl::Milliseconds(250);
@@ -296,6 +312,8 @@ class ClientConnection final : public httplib::Stream {
   }
   // True until HeadRead: httplib refused the head, or it was late or large.
   bool head_pending() const { return head_pending_; }
+  // The head ran into kMaxHeadBytes before it ended.
+  bool head_past_limit() const { return head_pending_ && head_bytes_ >= kMaxHeadBytes; }
   // True once a read of the body failed at its limit (body_limit()).
   bool body_over_limit() const { return body_over_limit_; }
   size_t body_limit() const { return body_limit_; }
@@ -509,6 +527,9 @@ class ClientConnection final : public httplib::Stream {
 void CloseAfterAnswer() {
   if (t_connection) t_connection->CloseAfterAnswer();
 }
+
+bool HeadUnread() { return t_connection && t_connection->head_pending(); }
+bool HeadPastLimit() { return t_connection && t_connection->head_past_limit(); }
 
 // How many connections each client address has open, against a cap.
 class ConnectionsPerClient {
