@@ -219,6 +219,9 @@ constexpr absl::Duration kRefusalWait = absl::Milliseconds(250);
 
 // Set on the threads that take connections past max_connections.
 thread_local bool t_over_capacity = false;
+// How long this thread's refusal waits for the request (ConnectionPool
+// shortens it to nothing while other refusals queue behind it).
+thread_local absl::Duration t_refusal_wait = kRefusalWait;
 
 class ClientConnection;
 // The connection whose requests this thread serves: httplib runs a
@@ -562,10 +565,10 @@ std::string RawAnswer(int status, const char* reason, const char* content_type,
 }
 
 // A connection past a cap is answered without reading its request: it has
-// kRefusalWait to show that it is a health check (which answers even at the
-// cap, for the readiness probe); all else gets 503.
+// kRefusalWait (t_refusal_wait) to show that it is a health check (which
+// answers even at the cap, for the readiness probe); all else gets 503.
 void Refuse(ClientConnection& connection, const std::string& why) {
-  const absl::Time deadline = absl::Now() + kRefusalWait;
+  const absl::Time deadline = absl::Now() + t_refusal_wait;
   if (!connection.Handshake(deadline)) return;
   const std::string start = connection.ReadStart(sizeof("HEAD /healthz ") - 1, deadline);
   const bool health = absl::StartsWith(start, "GET /healthz ") ||
@@ -675,10 +678,17 @@ class ConnectionPool : public httplib::TaskQueue {
       });
       return;
     }
-    refusing_.enqueue([connection = std::move(connection)] {
+    // A flood of connections past the cap (idle ones, each waited for)
+    // would queue for ever longer, a health probe behind them: a refusal
+    // with others queued behind it answers from what already came, at once.
+    queued_refusals_.fetch_add(1);
+    refusing_.enqueue([this, connection = std::move(connection)] {
+      const bool others_wait = queued_refusals_.fetch_sub(1) > 1;
       t_over_capacity = true;
+      t_refusal_wait = others_wait ? absl::ZeroDuration() : kRefusalWait;
       connection();
       t_over_capacity = false;
+      t_refusal_wait = kRefusalWait;
     });
   }
 
@@ -691,6 +701,7 @@ class ConnectionPool : public httplib::TaskQueue {
   static constexpr size_t kRefusingThreads = 8;
   const size_t max_connections_;
   std::atomic<size_t> open_{0};
+  std::atomic<size_t> queued_refusals_{0};  // enqueued, not yet started
   httplib::ThreadPool serving_;
   httplib::ThreadPool refusing_;
 };
