@@ -68,8 +68,20 @@ class CurveProcessTest : public ::testing::Test {
 
 Stack* CurveProcessTest::stack_ = nullptr;
 
+// Trajectories the denoisers have queued, of `work` ("interactive" or
+// "batch"), over both replicas.
+double Queued(const Stack& stack, const std::string& work) {
+  double sum = 0;
+  for (int i = 0; i < 2; ++i) {
+    sum += stack.Metric(i, absl::StrCat("dgrid_denoiser_queue_seconds_count{work=\"", work, "\"}"));
+  }
+  return sum;
+}
+
 TEST_F(CurveProcessTest, DgridCurveAgreesWithAnIndependentCountOverTheSameGrids) {
   const std::string dir = stack_->dir();
+  const double interactive_before = Queued(*stack_, "interactive");
+  const double batch_before = Queued(*stack_, "batch");
   // `dgrid curve` of the test's grids, its plot written to `out`; its log.
   auto run_curve = [&](const std::string& out) -> std::string {
     auto cli = ChildProcess::Start(
@@ -84,6 +96,10 @@ TEST_F(CurveProcessTest, DgridCurveAgreesWithAnIndependentCountOverTheSameGrids)
   };
   const std::string log = run_curve("curve.png");
   EXPECT_NE(log.find("trunk 8/8 done"), std::string::npos) << log;
+  // The curve's trajectories (a trunk and 16 branches a grid) queued as
+  // batch work, which the queue-time alert leaves out; none as interactive.
+  EXPECT_GE(Queued(*stack_, "batch") - batch_before, kTrunks * (1 + 4 * 4));
+  EXPECT_EQ(Queued(*stack_, "interactive"), interactive_before);
 
   std::ifstream json_file(dir + "/curve.json");
   std::stringstream json;

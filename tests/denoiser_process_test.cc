@@ -83,6 +83,11 @@ TEST(DenoiserProcessTest, ServesBranchMetricsReflectionAndStopsOnSigterm) {
             0);
   EXPECT_GT(testing::MetricValue(*text, "dgrid_denoiser_batch_size_count"), 0);
   EXPECT_NE(text->find("dgrid_denoiser_queue_seconds_bucket"), std::string::npos);
+  // A Branch call without batch_work is interactive; the batch series is
+  // there at 0.
+  EXPECT_GT(testing::MetricValue(*text, R"(dgrid_denoiser_queue_seconds_count{work="interactive"})"),
+            0);
+  EXPECT_EQ(testing::MetricValue(*text, R"(dgrid_denoiser_queue_seconds_count{work="batch"})"), 0);
   EXPECT_NE(text->find("dgrid_denoiser_forward_seconds_bucket"), std::string::npos);
   EXPECT_NE(text->find("dgrid_denoiser_active_trajectories"), std::string::npos);
 

@@ -1047,7 +1047,9 @@ void TrajectoryBatcher::ApplyAndEmit(std::vector<Active>& active, const absl::St
     }
     row += a.rows;
     if (stepped.ok()) {
-      if (a.evals == 0 && observer_) observer_->OnQueueWait(forward_start - a.run->enqueued_);
+      if (a.evals == 0 && observer_) {
+        observer_->OnQueueWait(forward_start - a.run->enqueued_, a.run->request_.batch_work);
+      }
       stepped = Step(a, out);
     }
     if (!stepped.ok()) {

@@ -112,6 +112,9 @@ struct RunRequest {
   // keys arrived (see BatchChoice). A run ranks no lower than its own work
   // (trajectories x steps), whatever it claims.
   uint64_t fairness_rank = 0;
+  // Batch work (a decision curve's), which queues by design: its queue
+  // wait is observed apart (BatcherObserver::OnQueueWait).
+  bool batch_work = false;
 };
 
 // A handle on one submitted RunRequest. Thread-safe.
@@ -187,8 +190,9 @@ class BatcherObserver {
  public:
   virtual ~BatcherObserver() = default;
   virtual void OnForward(int trajectories, int rows, absl::Duration forward) {}
-  // Time from Start to a trajectory's first forward pass.
-  virtual void OnQueueWait(absl::Duration wait) {}
+  // Time from Start to a trajectory's first forward pass; `batch_work`:
+  // its run's RunRequest::batch_work.
+  virtual void OnQueueWait(absl::Duration wait, bool batch_work) {}
   // The batcher's active trajectories changed by `delta` (every batcher of a
   // process may share one observer: the sum of the deltas is the process's
   // count, and a batcher that stops returns its share).

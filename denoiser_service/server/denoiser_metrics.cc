@@ -25,9 +25,12 @@ DenoiserMetrics::DenoiserMetrics(prometheus::Registry& registry)
                                                                        128, 256})),
       queue_seconds_(prometheus::BuildHistogram()
                          .Name("dgrid_denoiser_queue_seconds")
-                         .Help("Time from admission to a trajectory's first forward pass.")
-                         .Register(registry)
-                         .Add({}, SecondsBuckets())),
+                         .Help("Time from admission to a trajectory's first forward pass, by "
+                               "work: interactive (grids), batch (decision curves' trunks, "
+                               "which queue by design).")
+                         .Register(registry)),
+      queue_interactive_(queue_seconds_.Add({{"work", "interactive"}}, SecondsBuckets())),
+      queue_batch_(queue_seconds_.Add({{"work", "batch"}}, SecondsBuckets())),
       forward_seconds_(prometheus::BuildHistogram()
                            .Name("dgrid_denoiser_forward_seconds")
                            .Help("Duration of one batched forward pass.")
@@ -91,8 +94,8 @@ void DenoiserMetrics::OnForward(int trajectories, int rows, absl::Duration forwa
   forward_rows_.Increment(rows);
 }
 
-void DenoiserMetrics::OnQueueWait(absl::Duration wait) {
-  queue_seconds_.Observe(absl::ToDoubleSeconds(wait));
+void DenoiserMetrics::OnQueueWait(absl::Duration wait, bool batch_work) {
+  (batch_work ? queue_batch_ : queue_interactive_).Observe(absl::ToDoubleSeconds(wait));
 }
 
 // Each model's batcher reports its own changes: the gauge is their sum.

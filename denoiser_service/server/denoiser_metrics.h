@@ -22,7 +22,7 @@ class DenoiserMetrics final : public BatcherObserver {
   void CountRequest(const std::string& method, const std::string& code);
 
   void OnForward(int trajectories, int rows, absl::Duration forward) override;
-  void OnQueueWait(absl::Duration wait) override;
+  void OnQueueWait(absl::Duration wait, bool batch_work) override;
   void OnActiveChange(int delta) override;
   void OnTextContexts(int hits, int misses, absl::Duration encode) override;
   void OnDecode(int images, absl::Duration decode) override;
@@ -30,7 +30,9 @@ class DenoiserMetrics final : public BatcherObserver {
  private:
   prometheus::Family<prometheus::Counter>& requests_;
   prometheus::Histogram& batch_size_;
-  prometheus::Histogram& queue_seconds_;
+  prometheus::Family<prometheus::Histogram>& queue_seconds_;
+  prometheus::Histogram& queue_interactive_;  // queue_seconds_{work="interactive"}
+  prometheus::Histogram& queue_batch_;        // queue_seconds_{work="batch"}
   prometheus::Histogram& forward_seconds_;
   prometheus::Gauge& active_;
   prometheus::Counter& model_evals_;

@@ -244,6 +244,7 @@ absl::StatusOr<RunRequest> ParseBranch(const v1::BranchRequest& request, const B
   run.deadline = deadline;
   run.fairness_key = request.fairness_key();
   run.fairness_rank = request.fairness_rank();
+  run.batch_work = request.batch_work();
   return run;
 }
 

@@ -219,6 +219,7 @@ v1::BranchRequest GridExecutor::GridRun::BaseRequest(int start_step) const {
   // Shortest job first across grids: a small grid is not starved by large
   // ones, and equal grids finish in arrival order.
   r.set_fairness_rank(static_cast<uint64_t>(std::max<int64_t>(0, plan_.model_evals)));
+  r.set_batch_work(plan_.batch_work);
   r.set_progress_interval_ms(
       static_cast<int32_t>(absl::ToInt64Milliseconds(ex_.options_.progress_interval)));
   return r;

@@ -102,6 +102,9 @@ struct GridPlanSpec {
   int64_t model_evals = 0;
   int64_t from_scratch_evals = 0;
   GridImages images = GridImages::kFigure;
+  // A decision curve's trunk: batch work, which queues by design
+  // (BranchRequest.batch_work).
+  bool batch_work = false;
 };
 
 absl::StatusOr<GridPlanSpec> PlanGrid(const v1::GridRequest& request, const v1::ModelInfo& model,

@@ -309,6 +309,7 @@ absl::StatusOr<std::unique_ptr<AdmittedGrid>> GridService::Admit(const Caller& c
     return refuse(plan.status());
   }
   plan->images = options.images;
+  plan->batch_work = options.curve_trunk;
   return std::unique_ptr<AdmittedGrid>(
       new AdmittedGrid(this, caller.client, std::move(*plan), !options.curve_trunk));
 }
