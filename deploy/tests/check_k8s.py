@@ -456,9 +456,14 @@ def check(docs, device):
                     # trajectories; the HPA adds pods only past its target
                     # plus a 10 % tolerance.
                     oc = main_container(orchestrators[0])
-                    inflight, cells = (
-                        int(flag_value(oc, f) or flag_default("dgrid-orchestrator", f))
-                        for f in ("replica_max_inflight", "cells_per_job"))
+                    try:
+                        inflight, cells = (
+                            int(flag_value(oc, f) or flag_default("dgrid-orchestrator", f))
+                            for f in ("replica_max_inflight", "cells_per_job"))
+                    except ValueError as e:  # a flag that is no int literal
+                        err(f"{name}: cannot check its target against the orchestrator's "
+                            f"flags: {e}")
+                        continue
                     if quantity(target_value) * 1.1 >= inflight * cells:
                         err(f"{name}: a target of {target_value} active trajectories a pod is "
                             f"never passed: the orchestrator gives a replica at most "
@@ -687,6 +692,8 @@ MUTATIONS = [
             {"name": "dgrid_denoiser_active"})),
     ("HPA target past what the orchestrator sends a replica", 'is never passed',
         lambda d: _set_flag(d, "dgrid-orchestrator", "replica_max_inflight", "8")),
+    ("orchestrator flag the HPA check cannot read", 'cannot check its target',
+        lambda d: _set_flag(d, "dgrid-orchestrator", "replica_max_inflight", "lots")),
     ("Deployment replicas under an HPA", 'fights the HPA',
         lambda d: _find(d, "Deployment", role="dgrid-denoiser")["spec"].update({"replicas": 3})),
     ("PDB selects nothing", 'no PodDisruptionBudget selects',
