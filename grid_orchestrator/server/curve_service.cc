@@ -257,10 +257,13 @@ class CurveService::CurveRun {
   // grids to end (each is bounded by the grid timeout), asking again every
   // kPlaceRetry. Refused at the start, a curve fails at once (Admit); once
   // it runs, the load of other clients slows it but does not throw its
-  // trunks away. It stops waiting when the curve fails or is cancelled, or
-  // at the caller's deadline, with the refusal. On success the caller holds
-  // the grid (counted in holding_).
+  // trunks away. It stops waiting when the curve fails or is cancelled, at
+  // the caller's deadline (DEADLINE_EXCEEDED, counted as cancelled), or
+  // after CurveLimits::max_place_wait without a place (the refusal: the
+  // service is overloaded). On success the caller holds the grid (counted
+  // in holding_).
   absl::StatusOr<std::unique_ptr<AdmittedGrid>> AdmitWhenFree(int trunk) {
+    absl::Time give_up = absl::InfiniteFuture();  // set once others hold every place
     while (true) {
       int before;
       {
@@ -279,14 +282,32 @@ class CurveService::CurveRun {
       if (admitted.ok() || admitted.status().code() != absl::StatusCode::kResourceExhausted) {
         return admitted;
       }
-      if (absl::Now() >= caller_.deadline) {
-        // The refusal stands, and counts as one.
-        service_->grids_->CountRefusal(admitted.status());
-        return admitted.status();
+      const absl::Time now = absl::Now();
+      if (now >= caller_.deadline) {
+        // The caller's own deadline: its grid counts as cancelled.
+        service_->grids_->CountRefusal(absl::CancelledError());
+        return absl::DeadlineExceededError(absl::StrCat(
+            "no grid place came free before the caller's deadline (",
+            admitted.status().message(), ")"));
       }
       if (holding_ == 0 && admitting_ == 0) {
         // None of this curve's grids will free a place: others' will.
-        changed_.wait_for(lock, absl::ToChronoNanoseconds(kPlaceRetry),
+        if (give_up == absl::InfiniteFuture()) give_up = now + service_->limits_.max_place_wait;
+        if (now >= give_up) {
+          // The refusal stands, and counts as one.
+          service_->grids_->CountRefusal(admitted.status());
+          absl::Status refusal(admitted.status().code(),
+                               absl::StrCat(admitted.status().message(), " (waited ",
+                                            absl::FormatDuration(service_->limits_.max_place_wait),
+                                            " for a place)"));
+          admitted.status().ForEachPayload(  // a throttled client's mark
+              [&](absl::string_view url, const absl::Cord& payload) {
+                refusal.SetPayload(url, payload);
+              });
+          return refusal;
+        }
+        changed_.wait_for(lock,
+                          absl::ToChronoNanoseconds(std::min(kPlaceRetry, caller_.deadline - now)),
                           [&] { return !status_.ok(); });
       } else {
         changed_.wait(lock, [&] {

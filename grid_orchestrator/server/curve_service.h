@@ -41,6 +41,11 @@ struct CurveLimits {
   // again: a proxy between client and server (an Ingress with a read
   // timeout) must not take a slow curve's silence for a dead stream.
   absl::Duration keepalive = absl::Seconds(15);
+  // A running curve that holds no grid waits this long at most for another
+  // client's grid to free a place (each grid ends within the grid timeout,
+  // 300 s by default); then, or at the caller's deadline, the trunk's
+  // refusal stands.
+  absl::Duration max_place_wait = absl::Minutes(5);
 };
 
 // A curve past admission: its request is valid and its first trunk's grid is

@@ -98,6 +98,30 @@ TEST_F(CurveServiceTest, TheCurveIsTheCountOverTheTrunksGrids) {
   absl::StatusOr<v1::CurveResult> curve = curves_->RunCurve(
       Caller{}, request, [&](const v1::CurveEvent& e) { events.push_back(e); return true; });
   ASSERT_TRUE(curve.ok()) << curve.status();
+  // Its jobs went out as batch work, whose queueing the replicas report
+  // apart; a plain grid's (seed 99, not cached) as interactive.
+  size_t curve_calls[2] = {replicas_.log(0).branches.size(), replicas_.log(1).branches.size()};
+  EXPECT_GT(curve_calls[0] + curve_calls[1], 0u);
+  for (int i = 0; i < 2; ++i) {
+    for (const v1::BranchRequest& b : replicas_.log(i).branches) {
+      EXPECT_TRUE(b.batch_work()) << "replica " << i;
+    }
+  }
+  {
+    v1::GridRequest plain = request.grid();
+    plain.set_seed(99);
+    GridCancel cancel;
+    ASSERT_TRUE(grids_->RunGrid(Caller{}, plain, [](const v1::GridEvent&) { return true; },
+                                &cancel, false).ok());
+    size_t plain_calls = 0;
+    for (int i = 0; i < 2; ++i) {
+      const std::vector<v1::BranchRequest> branches = replicas_.log(i).branches;
+      for (size_t c = curve_calls[i]; c < branches.size(); ++c, ++plain_calls) {
+        EXPECT_FALSE(branches[c].batch_work()) << "replica " << i;
+      }
+    }
+    EXPECT_GT(plain_calls, 0u);
+  }
 
   // Independently: each trunk's grid (seed 40 + t), labelled cell by cell.
   std::vector<std::vector<double>> fractions(3);  // [row][trunk]
@@ -257,7 +281,7 @@ TEST_F(CurveServiceTest, ARunningCurveWaitsForPlacesOtherClientsHold) {
   other.client = "other";
   std::atomic<bool> stop{false};
   std::atomic<int> taken{0};
-  std::thread competitor;
+  std::thread competitor;  // started at the plan event, if the curve gets that far
   absl::StatusOr<v1::CurveResult> curve =
       curves_->RunCurve(mine, Request(6), [&](const v1::CurveEvent& e) {
         if (e.has_plan()) {  // trunk 0 holds the place now
@@ -267,7 +291,7 @@ TEST_F(CurveServiceTest, ARunningCurveWaitsForPlacesOtherClientsHold) {
                 ++taken;
                 absl::SleepFor(absl::Milliseconds(150));  // held, then let go
               } else {
-                std::this_thread::yield();
+                absl::SleepFor(absl::Milliseconds(1));
                 continue;
               }
               absl::SleepFor(absl::Milliseconds(60));  // the curve's turn
@@ -277,11 +301,67 @@ TEST_F(CurveServiceTest, ARunningCurveWaitsForPlacesOtherClientsHold) {
         return true;
       });
   stop = true;
-  competitor.join();
+  if (competitor.joinable()) competitor.join();
   ASSERT_TRUE(curve.ok()) << curve.status();
   EXPECT_EQ(curve->trunks(), 6);
   EXPECT_GE(taken.load(), 1) << "the other client never took the place; nothing was tested";
   EXPECT_EQ(Curves("ok"), 1);
+}
+
+// Another client holds the service's only place for good: a running curve
+// waits CurveLimits::max_place_wait for it, then fails with the refusal
+// (overload); with the caller's deadline sooner, at the deadline, counted as
+// cancelled.
+TEST_F(CurveServiceTest, ACurveWaitsForAPlaceOnlySoLong) {
+  OrchestratorLimits limits;
+  limits.max_concurrent_grids = 1;
+  CurveLimits curve_limits{1000, 1};
+  curve_limits.max_place_wait = absl::Milliseconds(300);
+  Start(limits, curve_limits);
+  for (int i = 0; i < 2; ++i) replicas_.script(i).judge_delay = absl::Milliseconds(100);
+  Caller other;
+  other.client = "other";
+  // Takes the place as soon as trunk 0 lets it go, and keeps it.
+  auto run = [&](Caller mine) {
+    std::atomic<bool> stop{false};
+    std::thread holder;
+    absl::StatusOr<v1::CurveResult> curve =
+        curves_->RunCurve(mine, Request(6), [&](const v1::CurveEvent& e) {
+          if (e.has_plan()) {
+            holder = std::thread([&] {
+              while (!stop) {
+                auto held = grids_->Admit(other, Request(1).grid());
+                if (!held.ok()) {
+                  absl::SleepFor(absl::Milliseconds(1));
+                  continue;
+                }
+                while (!stop) absl::SleepFor(absl::Milliseconds(5));
+              }
+            });
+          }
+          return true;
+        });
+    stop = true;
+    if (holder.joinable()) holder.join();
+    return curve.status();
+  };
+  Caller mine;
+  mine.client = "curve";
+  const absl::Time started = absl::Now();
+  absl::Status status = run(mine);
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted) << status;
+  EXPECT_NE(status.message().find("waited 300ms for a place"), std::string::npos) << status;
+  EXPECT_GE(absl::Now() - started, absl::Milliseconds(300));
+  EXPECT_EQ(Curves("rejected"), 1);
+
+  curve_limits.max_place_wait = absl::Minutes(5);
+  Start(limits, curve_limits);
+  mine.deadline = absl::Now() + absl::Seconds(1);
+  status = run(mine);
+  EXPECT_EQ(status.code(), absl::StatusCode::kDeadlineExceeded) << status;
+  EXPECT_NE(status.message().find("before the caller's deadline"), std::string::npos) << status;
+  EXPECT_LT(absl::Now() - mine.deadline, absl::Seconds(2));
+  EXPECT_EQ(Curves("cancelled"), 1);
 }
 
 // A client at its own grid limit is throttled; the service at its limit

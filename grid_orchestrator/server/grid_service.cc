@@ -269,6 +269,10 @@ void GridService::CountRefusal(const absl::Status& status) {
 
 void GridService::Release(const std::string& client) {
   grids_in_flight_.fetch_sub(1);
+  ReleaseClient(client);
+}
+
+void GridService::ReleaseClient(const std::string& client) {
   std::lock_guard<std::mutex> lock(clients_mu_);
   if (--grids_per_client_[client] == 0) grids_per_client_.erase(client);
 }
@@ -298,11 +302,17 @@ absl::StatusOr<std::unique_ptr<AdmittedGrid>> GridService::Admit(const Caller& c
     }
     ++mine;
   }
-  if (grids_in_flight_.fetch_add(1) >= limits_.max_concurrent_grids) {
-    Release(caller.client);
-    return refuse(absl::ResourceExhaustedError(absl::StrCat(
-        "too many grids in flight (limit ", limits_.max_concurrent_grids, "); retry later")));
-  }
+  // Taken only below the limit: a count pushed past it for a moment, then
+  // back, would refuse another grid as a place came free (curves ask again
+  // and again while they wait for one).
+  int in_flight = grids_in_flight_.load();
+  do {
+    if (in_flight >= limits_.max_concurrent_grids) {
+      ReleaseClient(caller.client);
+      return refuse(absl::ResourceExhaustedError(absl::StrCat(
+          "too many grids in flight (limit ", limits_.max_concurrent_grids, "); retry later")));
+    }
+  } while (!grids_in_flight_.compare_exchange_weak(in_flight, in_flight + 1));
   absl::StatusOr<GridPlanSpec> plan = Plan(request, options.pin, caller.deadline);
   if (!plan.ok()) {
     Release(caller.client);

@@ -166,7 +166,10 @@ class GridService {
   // `deadline`: the caller's, which bounds the Tokenize call of a text model.
   absl::StatusOr<GridPlanSpec> Plan(const v1::GridRequest& request, const ModelPin* pin,
                                     absl::Time deadline);
+  // A grid's places: in the service-wide count and the client's.
   void Release(const std::string& client);
+  // The client's place alone.
+  void ReleaseClient(const std::string& client);
 
   ReplicaPool* const pool_;
   GridExecutor* const executor_;
