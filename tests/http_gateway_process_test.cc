@@ -791,8 +791,8 @@ TEST_F(HttpGatewayTest, AnUnknownApiPathIsNotFound) {
 }
 
 // The refusals httplib makes itself (a request line it cannot parse, one
-// past its 8 KiB, a file the web folder lacks) carry a JSON error too; they
-// had empty bodies.
+// past its 8 KiB or past the head's 64 KiB, a file the web folder lacks)
+// carry a JSON error too; they had empty bodies, or none.
 TEST_F(HttpGatewayTest, HttplibsOwnRefusalsCarryAJsonError) {
   struct Case {
     std::string request;
@@ -802,6 +802,8 @@ TEST_F(HttpGatewayTest, HttplibsOwnRefusalsCarryAJsonError) {
   const std::vector<Case> cases = {
       {"NOT-A-REQUEST\r\n\r\n", 400, "request line or a header is malformed"},
       {Request("GET", "/" + std::string(9000, 'a')), 414, "request line is too long"},
+      // Past the head's 64 KiB: httplib gave no answer at all.
+      {Request("GET", "/" + std::string(70000, 'a')), 414, "request line is longer than 64 KiB"},
       {Request("GET", "/no-such-page.html"), 404, "nothing is served here"},
   };
   for (const Case& c : cases) {

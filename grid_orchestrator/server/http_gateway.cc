@@ -216,11 +216,15 @@ constexpr absl::Duration kBodyTimeout = absl::Seconds(30);
 // Past a cap, how long a connection has to show that it is a health check.
 // A probe sends its request at once.
 constexpr absl::Duration kRefusalWait = absl::Milliseconds(250);
+// The same with other refusals queued behind (a flood): they have waited
+// in the queue already. Too short for a TLS handshake, so such a TLS
+// connection closes unanswered.
+constexpr absl::Duration kHurriedRefusalWait = absl::Milliseconds(10);
 
 // Set on the threads that take connections past max_connections.
 thread_local bool t_over_capacity = false;
 // How long this thread's refusal waits for the request (ConnectionPool
-// shortens it to nothing while other refusals queue behind it).
+// shortens it to kHurriedRefusalWait while other refusals queue behind it).
 thread_local absl::Duration t_refusal_wait = kRefusalWait;
 
 class ClientConnection;
@@ -617,7 +621,18 @@ void ServeConnection(int fd, SSL_CTX* tls, const std::atomic<socket_t>& listenin
     }
     connection.ExpectHead(head_due);
     bool closed = false;
+    const int64_t sent_before = connection.Sent();
     const bool answered = step(connection, served + 1 == kRequestsPerConnection, closed);
+    if (connection.head_past_limit() && connection.Sent() == sent_before) {
+      // A request line that did not end within kMaxHeadBytes: httplib
+      // gives up on it without a word.
+      connection.WriteAll(RawAnswer(
+          414, "URI Too Long", "application/json",
+          ErrorJson(absl::InvalidArgumentError(absl::StrCat(
+              "path: the request line is longer than ", kMaxHeadBytes >> 10, " KiB"))),
+          ""));
+      return;
+    }
     // A head that httplib refused, or that came late or too large, ends the
     // connection: where the next request would start is unknown. So does
     // an answer that left the body unread.
@@ -680,12 +695,13 @@ class ConnectionPool : public httplib::TaskQueue {
     }
     // A flood of connections past the cap (idle ones, each waited for)
     // would queue for ever longer, a health probe behind them: a refusal
-    // with others queued behind it answers from what already came, at once.
+    // with others queued behind it answers from what came within
+    // kHurriedRefusalWait (200 idle ones take 0.25 s on 8 threads).
     queued_refusals_.fetch_add(1);
     refusing_.enqueue([this, connection = std::move(connection)] {
       const bool others_wait = queued_refusals_.fetch_sub(1) > 1;
       t_over_capacity = true;
-      t_refusal_wait = others_wait ? absl::ZeroDuration() : kRefusalWait;
+      t_refusal_wait = others_wait ? kHurriedRefusalWait : kRefusalWait;
       connection();
       t_over_capacity = false;
       t_refusal_wait = kRefusalWait;

@@ -22,7 +22,8 @@
 //   - Framing is unambiguous (else 400): no two Content-Lengths that differ,
 //     no Content-Length beside Transfer-Encoding, no coding but chunked, at
 //     most 100 headers. A head (request line and headers) holds at most
-//     64 KiB (else 431), a header line 8 KiB (else 400). A body takes at most twice max_body_bytes plus
+//     64 KiB (else 431), its request line 8 KiB (else 414), a header line
+//     8 KiB (else 400). A body takes at most twice max_body_bytes plus
 //     64 KiB on the wire, chunk framing included (else 413). A refused
 //     request's connection closes: its unread body is never read as a
 //     request.
