@@ -59,6 +59,18 @@ def flag_default(binary, name):
     return int(m.group(1))
 
 
+def int_flag(container, binary, name):
+    """An int flag as `container` sets it, else its default in main.cc;
+    ValueError naming the flag when it is neither."""
+    raw = flag_value(container, name)
+    if not raw:
+        return flag_default(binary, name)
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"--{name}={raw!r} is not an integer") from None
+
+
 def adapter_metrics():
     """Custom metric names that the prometheus-adapter rules serve."""
     with open(os.path.join(ROOT, "deploy/k8s/prometheus-adapter/values.yaml")) as f:
@@ -457,10 +469,9 @@ def check(docs, device):
                     # plus a 10 % tolerance.
                     oc = main_container(orchestrators[0])
                     try:
-                        inflight, cells = (
-                            int(flag_value(oc, f) or flag_default("dgrid-orchestrator", f))
-                            for f in ("replica_max_inflight", "cells_per_job"))
-                    except ValueError as e:  # a flag that is no int literal
+                        inflight, cells = (int_flag(oc, "dgrid-orchestrator", f)
+                                           for f in ("replica_max_inflight", "cells_per_job"))
+                    except ValueError as e:
                         err(f"{name}: cannot check its target against the orchestrator's "
                             f"flags: {e}")
                         continue
@@ -563,7 +574,11 @@ def check(docs, device):
         if ann.get("nginx.ingress.kubernetes.io/proxy-buffering") != "off":
             err(f"{name}: proxy-buffering is not \"off\" (SSE events would wait in the proxy)")
         for w in orchestrators:
-            grid_timeout = int(flag_value(main_container(w), "grid_timeout_s") or 300)
+            try:
+                grid_timeout = int_flag(main_container(w), "dgrid-orchestrator", "grid_timeout_s")
+            except ValueError as e:
+                err(f"{name}: cannot check the proxy timeouts: {e}")
+                continue
             for key in ("proxy-read-timeout", "proxy-send-timeout"):
                 value = ann.get(f"nginx.ingress.kubernetes.io/{key}", "60")
                 if not str(value).isdigit() or int(value) <= grid_timeout:
