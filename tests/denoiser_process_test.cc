@@ -1,9 +1,14 @@
 // Starts the real dgrid-denoiser binary on a free loopback port and talks to
 // it as a client would: gRPC, reflection, health, Prometheus metrics, and a
 // clean shutdown on SIGTERM.
+#include <arpa/inet.h>
 #include <grpcpp/grpcpp.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include "absl/strings/str_cat.h"
 #include "dgrid/v1/denoiser.grpc.pb.h"
 #include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "gtest/gtest.h"
@@ -117,6 +122,55 @@ TEST(DenoiserProcessTest, ServesBranchMetricsReflectionAndStopsOnSigterm) {
   auto code = (*child)->Wait(absl::Seconds(20));
   ASSERT_TRUE(code.ok()) << code.status();
   EXPECT_EQ(*code, 0) << (*child)->Log();
+}
+
+// A loopback port free a moment ago (the kernel's pick), or 0.
+int FreeLoopbackPort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return 0;
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t size = sizeof(address);
+  int port = 0;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &size) == 0) {
+    port = ntohs(address.sin_port);
+  }
+  ::close(fd);
+  return port;
+}
+
+// A large model loads for minutes on a GPU: a replica whose metrics port
+// opened only after its bundles had loaded read as down (up == 0) all that
+// time. Its metrics answer at once now, saying it is not ready.
+TEST(DenoiserProcessTest, MetricsAnswerWhileTheBundlesLoad) {
+  const std::string dir = testing::TempDir("denoiser-loading");
+  const int metrics = FreeLoopbackPort();
+  ASSERT_GT(metrics, 0);
+  const std::string models = std::string(DGRID_SOURCE_DIR) + "/models";
+  auto child = ChildProcess::Start(
+      {BinPath("dgrid-denoiser"), "--model_dir=" + models + "/emoji," + models + "/fashion-mnist",
+       "--listen=127.0.0.1:0", absl::StrCat("--metrics_addr=127.0.0.1:", metrics), "--threads=1",
+       "--port_file=" + dir + "/ports"},
+      dir + "/denoiser.log");
+  ASSERT_TRUE(child.ok()) << child.status();
+  // The first scrape that answers, while the two shipped bundles load
+  // (0.7 s here).
+  absl::StatusOr<std::string> first = absl::UnavailableError("not yet");
+  const absl::Time give_up = absl::Now() + absl::Seconds(60);
+  while (!first.ok() && absl::Now() < give_up) {
+    first = testing::HttpGet(metrics, "/metrics");
+    if (!first.ok()) absl::SleepFor(absl::Milliseconds(2));
+  }
+  ASSERT_TRUE(first.ok()) << first.status() << (*child)->Log();
+  EXPECT_EQ(testing::MetricValue(*first, "dgrid_denoiser_ready"), 0) << (*child)->Log();
+  auto ports = (*child)->WaitForPorts(dir + "/ports", absl::Seconds(60));
+  ASSERT_TRUE(ports.ok()) << ports.status() << (*child)->Log();
+  EXPECT_EQ((*ports)["metrics"], metrics);
+  auto serving = testing::HttpGet(metrics, "/metrics");
+  ASSERT_TRUE(serving.ok()) << serving.status();
+  EXPECT_EQ(testing::MetricValue(*serving, "dgrid_denoiser_ready"), 1);
 }
 
 TEST(DenoiserProcessTest, BadFlagsExitWithOneReadableLine) {

@@ -41,6 +41,12 @@ DenoiserMetrics::DenoiserMetrics(prometheus::Registry& registry)
                   .Help("Trajectories in the engine's active set.")
                   .Register(registry)
                   .Add({})),
+      ready_(prometheus::BuildGauge()
+                 .Name("dgrid_denoiser_ready")
+                 .Help("1 while the replica serves; 0 while its bundles load (its metrics "
+                       "are up first: a large model loads for minutes) or once it shuts down.")
+                 .Register(registry)
+                 .Add({})),
       model_evals_(prometheus::BuildCounter()
                        .Name("dgrid_denoiser_model_evals_total")
                        .Help("Trajectory steps evaluated (one per trajectory per iteration).")
@@ -86,6 +92,8 @@ DenoiserMetrics::DenoiserMetrics(prometheus::Registry& registry)
 void DenoiserMetrics::CountRequest(const std::string& method, const std::string& code) {
   requests_.Add({{"method", method}, {"code", code}}).Increment();
 }
+
+void DenoiserMetrics::SetReady(bool ready) { ready_.Set(ready ? 1 : 0); }
 
 void DenoiserMetrics::OnForward(int trajectories, int rows, absl::Duration forward) {
   batch_size_.Observe(rows);

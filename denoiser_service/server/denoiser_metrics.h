@@ -20,6 +20,9 @@ class DenoiserMetrics final : public BatcherObserver {
   explicit DenoiserMetrics(prometheus::Registry& registry);
 
   void CountRequest(const std::string& method, const std::string& code);
+  // dgrid_denoiser_ready: 1 while the server serves, 0 while its bundles
+  // load (and once it shuts down).
+  void SetReady(bool ready);
 
   void OnForward(int trajectories, int rows, absl::Duration forward) override;
   void OnQueueWait(absl::Duration wait, bool batch_work) override;
@@ -35,6 +38,7 @@ class DenoiserMetrics final : public BatcherObserver {
   prometheus::Histogram& queue_batch_;        // queue_seconds_{work="batch"}
   prometheus::Histogram& forward_seconds_;
   prometheus::Gauge& active_;
+  prometheus::Gauge& ready_;
   prometheus::Counter& model_evals_;
   prometheus::Counter& forward_rows_;
   prometheus::Family<prometheus::Counter>& text_contexts_;

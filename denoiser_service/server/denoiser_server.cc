@@ -77,6 +77,14 @@ absl::StatusOr<std::unique_ptr<DenoiserServer>> DenoiserServer::Start(
       o.threads > 0 ? o.threads : static_cast<int>(std::thread::hardware_concurrency()));
   s->registry_ = std::make_shared<prometheus::Registry>();
   s->denoiser_metrics_ = std::make_unique<DenoiserMetrics>(*s->registry_);
+  // Metrics before the bundles: loading a large model takes minutes on a
+  // GPU, and a replica that Prometheus cannot scrape meanwhile reads as
+  // down (dgrid_denoiser_ready says it is loading).
+  if (!o.metrics_addr.empty()) {
+    auto endpoint = MetricsEndpoint::Start(o.metrics_addr, s->registry_);
+    if (!endpoint.ok()) return endpoint.status();
+    s->metrics_ = std::move(*endpoint);
+  }
   s->models_ = std::make_unique<std::map<std::string, ServedModel>>();
   absl::StatusOr<std::vector<std::string>> dirs = ExpandModelDirs(o.model_dirs);
   if (!dirs.ok()) return dirs.status();
@@ -111,12 +119,6 @@ absl::StatusOr<std::unique_ptr<DenoiserServer>> DenoiserServer::Start(
       s->models_.get(), o.max_trajectories_per_request, o.max_message_bytes,
       s->denoiser_metrics_.get(), o.auth_token);
 
-  if (!o.metrics_addr.empty()) {
-    auto endpoint = MetricsEndpoint::Start(o.metrics_addr, s->registry_);
-    if (!endpoint.ok()) return endpoint.status();
-    s->metrics_ = std::move(*endpoint);
-  }
-
   std::unique_ptr<grpc::ServerBuilder> builder = NewServerBuilder(
       o.listen, *credentials, &s->port_, o.max_message_bytes, "dgrid-denoiser");
   builder->RegisterService(s->service_.get());
@@ -139,6 +141,7 @@ absl::StatusOr<std::unique_ptr<DenoiserServer>> DenoiserServer::Start(
   health->SetServingStatus("", true);
   // By the service's own name too, as the orchestrator answers to its own.
   health->SetServingStatus("dgrid.v1.Denoiser", true);
+  s->denoiser_metrics_->SetReady(true);
   return s;
 }
 
@@ -154,6 +157,7 @@ void DenoiserServer::Wait() { server_->Wait(); }
 
 void DenoiserServer::Shutdown(absl::Duration grace) {
   if (!server_) return;
+  denoiser_metrics_->SetReady(false);
   server_->GetHealthCheckService()->Shutdown();
   server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
   server_.reset();

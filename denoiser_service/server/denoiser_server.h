@@ -95,10 +95,11 @@ class DenoiserServer {
  private:
   DenoiserServer();
 
-  std::unique_ptr<std::map<std::string, ServedModel>> models_;
+  // Declared first, destroyed last: the batchers report to it.
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<DenoiserMetrics> denoiser_metrics_;
   std::unique_ptr<MetricsEndpoint> metrics_;
+  std::unique_ptr<std::map<std::string, ServedModel>> models_;
   std::unique_ptr<DenoiserServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
