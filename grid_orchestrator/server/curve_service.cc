@@ -263,7 +263,9 @@ class CurveService::CurveRun {
   // service is overloaded). On success the caller holds the grid (counted
   // in holding_).
   absl::StatusOr<std::unique_ptr<AdmittedGrid>> AdmitWhenFree(int trunk) {
-    absl::Time give_up = absl::InfiniteFuture();  // set once others hold every place
+    // Set when others hold every place and the curve none; cleared while
+    // the curve holds a grid.
+    absl::Time give_up = absl::InfiniteFuture();
     while (true) {
       int before;
       {
@@ -310,6 +312,7 @@ class CurveService::CurveRun {
                           absl::ToChronoNanoseconds(std::min(kPlaceRetry, caller_.deadline - now)),
                           [&] { return !status_.ok(); });
       } else {
+        give_up = absl::InfiniteFuture();  // the curve moves: the bound starts anew
         changed_.wait(lock, [&] {
           return released_ != before || (holding_ == 0 && admitting_ == 0) || !status_.ok();
         });
