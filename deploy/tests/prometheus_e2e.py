@@ -61,6 +61,7 @@ MOVING = [
 # Series that must exist (gauges and labelled counters).
 PRESENT = [
     "dgrid_denoiser_active_trajectories",
+    "dgrid_denoiser_ready",
     "dgrid_orchestrator_replica_inflight",
     "dgrid_orchestrator_retries_total",
     "dgrid_orchestrator_cache_hits_total",
@@ -69,7 +70,7 @@ PRESENT = [
 # Dashboard panels that must show data right after a grid.
 PANELS_WITH_DATA = ["Grids/s by status", "Grid latency p50 / p99",
                     "Model evaluations/s per replica", "Batch size (rows per forward pass)",
-                    "Queue seconds", "Targets up"]
+                    "Queue seconds", "Targets up, denoisers ready"]
 
 
 class Failure(Exception):
