@@ -312,7 +312,9 @@ class CurveService::CurveRun {
                           absl::ToChronoNanoseconds(std::min(kPlaceRetry, caller_.deadline - now)),
                           [&] { return !status_.ok(); });
       } else {
-        give_up = absl::InfiniteFuture();  // the curve moves: the bound starts anew
+        // While the curve holds a grid it moves: the bound starts anew. (Not
+        // while a sibling is only admitting: it may be refused too.)
+        if (holding_ > 0) give_up = absl::InfiniteFuture();
         changed_.wait(lock, [&] {
           return released_ != before || (holding_ == 0 && admitting_ == 0) || !status_.ok();
         });

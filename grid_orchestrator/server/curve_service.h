@@ -42,9 +42,10 @@ struct CurveLimits {
   // timeout) must not take a slow curve's silence for a dead stream.
   absl::Duration keepalive = absl::Seconds(15);
   // A running curve that holds no grid waits this long at most for another
-  // client's grid to free a place (each grid ends within the grid timeout,
-  // 300 s by default); then, or at the caller's deadline, the trunk's
-  // refusal stands.
+  // client's grid to free a place, then the trunk's refusal stands (the
+  // caller's deadline ends the wait sooner, as DEADLINE_EXCEEDED). Each grid
+  // ends within the grid timeout: main sets this to that timeout when it is
+  // longer.
   absl::Duration max_place_wait = absl::Minutes(5);
 };
 

@@ -311,30 +311,34 @@ TEST_F(CurveServiceTest, ARunningCurveWaitsForPlacesOtherClientsHold) {
 // Another client holds the service's only place for good: a running curve
 // waits CurveLimits::max_place_wait for it, then fails with the refusal
 // (overload); with the caller's deadline sooner, at the deadline, counted as
-// cancelled.
+// cancelled. Two workers, whose refused admissions overlap: one once took
+// the other's for progress and waited on.
 TEST_F(CurveServiceTest, ACurveWaitsForAPlaceOnlySoLong) {
   OrchestratorLimits limits;
   limits.max_concurrent_grids = 1;
-  CurveLimits curve_limits{1000, 1};
+  CurveLimits curve_limits{1000, 2};
   curve_limits.max_place_wait = absl::Milliseconds(300);
   Start(limits, curve_limits);
   for (int i = 0; i < 2; ++i) replicas_.script(i).judge_delay = absl::Milliseconds(100);
   Caller other;
   other.client = "other";
   // Takes the place as soon as trunk 0 lets it go, and keeps it.
+  std::atomic<bool> held{false};
   auto run = [&](Caller mine) {
     std::atomic<bool> stop{false};
+    held = false;
     std::thread holder;
     absl::StatusOr<v1::CurveResult> curve =
-        curves_->RunCurve(mine, Request(6), [&](const v1::CurveEvent& e) {
+        curves_->RunCurve(mine, Request(12), [&](const v1::CurveEvent& e) {
           if (e.has_plan()) {
             holder = std::thread([&] {
               while (!stop) {
-                auto held = grids_->Admit(other, Request(1).grid());
-                if (!held.ok()) {
+                auto place = grids_->Admit(other, Request(1).grid());
+                if (!place.ok()) {
                   absl::SleepFor(absl::Milliseconds(1));
                   continue;
                 }
+                held = true;
                 while (!stop) absl::SleepFor(absl::Milliseconds(5));
               }
             });
@@ -349,6 +353,7 @@ TEST_F(CurveServiceTest, ACurveWaitsForAPlaceOnlySoLong) {
   mine.client = "curve";
   const absl::Time started = absl::Now();
   absl::Status status = run(mine);
+  EXPECT_TRUE(held) << "the other client never took the place; nothing was tested";
   EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted) << status;
   EXPECT_NE(status.message().find("waited 300ms for a place"), std::string::npos) << status;
   EXPECT_GE(absl::Now() - started, absl::Milliseconds(300));
@@ -356,8 +361,9 @@ TEST_F(CurveServiceTest, ACurveWaitsForAPlaceOnlySoLong) {
 
   curve_limits.max_place_wait = absl::Minutes(5);
   Start(limits, curve_limits);
-  mine.deadline = absl::Now() + absl::Seconds(1);
+  mine.deadline = absl::Now() + absl::Seconds(3);
   status = run(mine);
+  EXPECT_TRUE(held) << "the other client never took the place; nothing was tested";
   EXPECT_EQ(status.code(), absl::StatusCode::kDeadlineExceeded) << status;
   EXPECT_NE(status.message().find("before the caller's deadline"), std::string::npos) << status;
   EXPECT_LT(absl::Now() - mine.deadline, absl::Seconds(2));
