@@ -82,6 +82,8 @@ TEST_F(CurveProcessTest, DgridCurveAgreesWithAnIndependentCountOverTheSameGrids)
   const std::string dir = stack_->dir();
   const double interactive_before = Queued(*stack_, "interactive");
   const double batch_before = Queued(*stack_, "batch");
+  ASSERT_GE(interactive_before, 0);  // -1 a replica: the series is absent
+  ASSERT_GE(batch_before, 0);
   // `dgrid curve` of the test's grids, its plot written to `out`; its log.
   auto run_curve = [&](const std::string& out) -> std::string {
     auto cli = ChildProcess::Start(

@@ -345,6 +345,11 @@ def run(args, workdir):
         missing = [p for p in PANELS_WITH_DATA if p not in panels_with]
         if missing:
             raise Failure(f"dashboard panels without data after a grid: {missing}")
+        # The ready line ends in "or vector(0)": it has data whatever it
+        # counts. Both denoisers serve.
+        ready = next(e for w, e, _ in exprs if w == "dashboard 'Targets up, denoisers ready' B")
+        if prom.scalar(ready) != 2:
+            raise Failure(f"dashboard's ready denoisers: {prom.scalar(ready)}, not 2: {ready}")
         print(f"evaluated {len(exprs)} expressions (dashboard, rules, adapter): no errors; "
               f"panels with data: {', '.join(PANELS_WITH_DATA)}")
         checked, unseen = check_labels(prom, exprs, now)

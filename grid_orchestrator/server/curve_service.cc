@@ -266,6 +266,7 @@ class CurveService::CurveRun {
     // Set when others hold every place and the curve none; cleared while
     // the curve holds a grid.
     absl::Time give_up = absl::InfiniteFuture();
+    const v1::GridRequest request = TrunkRequest(request_, trunk);
     while (true) {
       int before;
       {
@@ -274,7 +275,7 @@ class CurveService::CurveRun {
         before = released_;
       }
       absl::StatusOr<std::unique_ptr<AdmittedGrid>> admitted =
-          service_->grids_->Admit(caller_, TrunkRequest(request_, trunk),
+          service_->grids_->Admit(caller_, request,
                                   {GridImages::kCellsOnly, GridService::Refusal::kCallerWaits,
                                    /*curve_trunk=*/true, &pin_});
       std::unique_lock<std::mutex> lock(mu_);
@@ -298,15 +299,11 @@ class CurveService::CurveRun {
         if (now >= give_up) {
           // The refusal stands, and counts as one.
           service_->grids_->CountRefusal(admitted.status());
-          absl::Status refusal(admitted.status().code(),
-                               absl::StrCat(admitted.status().message(), " (waited ",
-                                            absl::FormatDuration(service_->limits_.max_place_wait),
-                                            " for a place)"));
-          admitted.status().ForEachPayload(  // a throttled client's mark
-              [&](absl::string_view url, const absl::Cord& payload) {
-                refusal.SetPayload(url, payload);
-              });
-          return refusal;
+          const std::string why =
+              absl::StrCat(admitted.status().message(), " (waited ",
+                           absl::FormatDuration(service_->limits_.max_place_wait), " for a place)");
+          return IsThrottled(admitted.status()) ? ThrottledError(why)
+                                                : absl::ResourceExhaustedError(why);
         }
         changed_.wait_for(lock,
                           absl::ToChronoNanoseconds(std::min(kPlaceRetry, caller_.deadline - now)),

@@ -44,8 +44,8 @@ struct CurveLimits {
   // A running curve that holds no grid waits this long at most for another
   // client's grid to free a place, then the trunk's refusal stands (the
   // caller's deadline ends the wait sooner, as DEADLINE_EXCEEDED). Each grid
-  // ends within the grid timeout: main sets this to that timeout when it is
-  // longer.
+  // ends within the grid timeout: OrchestratorServer raises this to that
+  // timeout when it is longer.
   absl::Duration max_place_wait = absl::Minutes(5);
 };
 

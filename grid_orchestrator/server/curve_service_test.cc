@@ -311,8 +311,8 @@ TEST_F(CurveServiceTest, ARunningCurveWaitsForPlacesOtherClientsHold) {
 // Another client holds the service's only place for good: a running curve
 // waits CurveLimits::max_place_wait for it, then fails with the refusal
 // (overload); with the caller's deadline sooner, at the deadline, counted as
-// cancelled. Two workers, whose refused admissions overlap: one once took
-// the other's for progress and waited on.
+// cancelled. With two workers, so that one waits on the other's grids
+// before both wait on the other client's.
 TEST_F(CurveServiceTest, ACurveWaitsForAPlaceOnlySoLong) {
   OrchestratorLimits limits;
   limits.max_concurrent_grids = 1;

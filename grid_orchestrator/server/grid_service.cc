@@ -268,12 +268,8 @@ void GridService::CountRefusal(const absl::Status& status) {
 }
 
 void GridService::Release(const std::string& client) {
-  grids_in_flight_.fetch_sub(1);
-  ReleaseClient(client);
-}
-
-void GridService::ReleaseClient(const std::string& client) {
   std::lock_guard<std::mutex> lock(clients_mu_);
+  --grids_in_flight_;
   if (--grids_per_client_[client] == 0) grids_per_client_.erase(client);
 }
 
@@ -290,7 +286,9 @@ absl::StatusOr<std::unique_ptr<AdmittedGrid>> GridService::Admit(const Caller& c
     return status;
   };
   if (absl::Status auth = Authenticate(caller); !auth.ok()) return refuse(auth);
-  // Admission: past the bounds, refuse rather than queue without limit.
+  // Admission: past the bounds, refuse rather than queue without limit. Both
+  // counts move together under one lock, so neither passes its limit even
+  // for a moment (curves ask again and again while they wait for a place).
   {
     std::lock_guard<std::mutex> lock(clients_mu_);
     int& mine = grids_per_client_[caller.client];
@@ -300,19 +298,14 @@ absl::StatusOr<std::unique_ptr<AdmittedGrid>> GridService::Admit(const Caller& c
           absl::StrCat("too many grids in flight from this client (limit ",
                        limits_.max_grids_per_client, "); retry later")));
     }
-    ++mine;
-  }
-  // Taken only below the limit: a count pushed past it for a moment, then
-  // back, would refuse another grid as a place came free (curves ask again
-  // and again while they wait for one).
-  int in_flight = grids_in_flight_.load();
-  do {
-    if (in_flight >= limits_.max_concurrent_grids) {
-      ReleaseClient(caller.client);
+    if (grids_in_flight_ >= limits_.max_concurrent_grids) {
+      if (mine == 0) grids_per_client_.erase(caller.client);
       return refuse(absl::ResourceExhaustedError(absl::StrCat(
           "too many grids in flight (limit ", limits_.max_concurrent_grids, "); retry later")));
     }
-  } while (!grids_in_flight_.compare_exchange_weak(in_flight, in_flight + 1));
+    ++mine;
+    ++grids_in_flight_;
+  }
   absl::StatusOr<GridPlanSpec> plan = Plan(request, options.pin, caller.deadline);
   if (!plan.ok()) {
     Release(caller.client);
@@ -320,8 +313,7 @@ absl::StatusOr<std::unique_ptr<AdmittedGrid>> GridService::Admit(const Caller& c
   }
   plan->images = options.images;
   plan->batch_work = options.curve_trunk;
-  return std::unique_ptr<AdmittedGrid>(
-      new AdmittedGrid(this, caller.client, std::move(*plan), !options.curve_trunk));
+  return std::unique_ptr<AdmittedGrid>(new AdmittedGrid(this, caller.client, std::move(*plan)));
 }
 
 absl::StatusOr<v1::Grid> GridService::Run(const AdmittedGrid& admitted, const Caller& caller,
@@ -335,7 +327,10 @@ absl::StatusOr<v1::Grid> GridService::Run(const AdmittedGrid& admitted, const Ca
   auto count = [&](const std::string& outcome) {
     if (!metrics_) return;
     std::optional<double> seconds;
-    if (admitted.timed_) seconds = absl::ToDoubleSeconds(absl::Now() - admitted.admitted_);
+    // A curve's trunks wait for their siblings by design: not timed.
+    if (!admitted.plan_.batch_work) {
+      seconds = absl::ToDoubleSeconds(absl::Now() - admitted.admitted_);
+    }
     metrics_->CountGrid(outcome, seconds);
   };
   auto failed = [&](const absl::Status& status) {

@@ -19,7 +19,6 @@
 #ifndef DGRID_GRID_ORCHESTRATOR_SERVER_GRID_SERVICE_H_
 #define DGRID_GRID_ORCHESTRATOR_SERVER_GRID_SERVICE_H_
 
-#include <atomic>
 #include <functional>
 #include <map>
 #include <memory>
@@ -90,12 +89,11 @@ class AdmittedGrid {
 
  private:
   friend class GridService;
-  AdmittedGrid(GridService* service, std::string client, GridPlanSpec plan, bool timed)
-      : service_(service), client_(std::move(client)), plan_(std::move(plan)), timed_(timed) {}
+  AdmittedGrid(GridService* service, std::string client, GridPlanSpec plan)
+      : service_(service), client_(std::move(client)), plan_(std::move(plan)) {}
   GridService* const service_;
   const std::string client_;
-  const GridPlanSpec plan_;
-  const bool timed_;  // observed in dgrid_orchestrator_grid_seconds
+  const GridPlanSpec plan_;  // batch_work: a curve's trunk, not timed
   const absl::Time admitted_ = absl::Now();
 };
 
@@ -168,16 +166,14 @@ class GridService {
                                     absl::Time deadline);
   // A grid's places: in the service-wide count and the client's.
   void Release(const std::string& client);
-  // The client's place alone.
-  void ReleaseClient(const std::string& client);
 
   ReplicaPool* const pool_;
   GridExecutor* const executor_;
   OrchestratorMetrics* const metrics_;
   const OrchestratorLimits limits_;
   const std::string auth_token_;
-  std::atomic<int> grids_in_flight_{0};
   std::mutex clients_mu_;  // std, not absl: TSan sees it
+  int grids_in_flight_ = 0;                      // guarded by clients_mu_
   std::map<std::string, int> grids_per_client_;  // guarded by clients_mu_
 };
 

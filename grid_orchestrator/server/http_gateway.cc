@@ -2,7 +2,6 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
-#include <google/protobuf/descriptor.h>
 #include <google/protobuf/struct.pb.h>
 #include <google/protobuf/util/json_util.h>
 #include <netdb.h>
@@ -19,6 +18,7 @@
 #include <functional>
 #include <limits>
 #include <map>
+#include <optional>
 #include <mutex>
 #include <set>
 #include <type_traits>
@@ -42,7 +42,6 @@
 namespace dgrid {
 namespace {
 
-using google::protobuf::Descriptor;
 using google::protobuf::Struct;
 using HandlerResponse = httplib::Server::HandlerResponse;
 
@@ -195,10 +194,12 @@ HandlerResponse FillEmptyError(const httplib::Request&, httplib::Response& respo
     default:
       status = absl::UnknownError(absl::StrCat("HTTP status ", response.status));
   }
-  // Where the next request would start is unknown: the connection ends
-  // (ServeConnection), and the client is told so.
-  if (HeadUnread()) response.set_header("Connection", "close");
-  response.set_content(ErrorJson(status), "application/json");
+  if (HeadUnread()) {
+    // Where the next request would start is unknown: the connection ends.
+    SendAndClose(response, response.status, ErrorJson(status), "application/json");
+  } else {
+    response.set_content(ErrorJson(status), "application/json");
+  }
   return HandlerResponse::Handled;
 }
 
@@ -221,11 +222,10 @@ constexpr absl::Duration kRefusalWait = absl::Milliseconds(250);
 // connection closes unanswered.
 constexpr absl::Duration kHurriedRefusalWait = absl::Milliseconds(10);
 
-// Set on the threads that take connections past max_connections.
-thread_local bool t_over_capacity = false;
-// How long this thread's refusal waits for the request (ConnectionPool
-// shortens it to kHurriedRefusalWait while other refusals queue behind it).
-thread_local absl::Duration t_refusal_wait = kRefusalWait;
+// Set on the threads that take connections past max_connections, to how
+// long their refusal waits for the request: kRefusalWait, or
+// kHurriedRefusalWait while other refusals queue behind it.
+thread_local std::optional<absl::Duration> t_over_capacity;
 
 class ClientConnection;
 // The connection whose requests this thread serves: httplib runs a
@@ -569,10 +569,11 @@ std::string RawAnswer(int status, const char* reason, const char* content_type,
 }
 
 // A connection past a cap is answered without reading its request: it has
-// kRefusalWait (t_refusal_wait) to show that it is a health check (which
-// answers even at the cap, for the readiness probe); all else gets 503.
-void Refuse(ClientConnection& connection, const std::string& why) {
-  const absl::Time deadline = absl::Now() + t_refusal_wait;
+// `wait` (kRefusalWait, or kHurriedRefusalWait) to show that it is a health
+// check (which answers even at the cap, for the readiness probe); all else
+// gets 503.
+void Refuse(ClientConnection& connection, const std::string& why, absl::Duration wait) {
+  const absl::Time deadline = absl::Now() + wait;
   if (!connection.Handshake(deadline)) return;
   const std::string start = connection.ReadStart(sizeof("HEAD /healthz ") - 1, deadline);
   const bool health = absl::StartsWith(start, "GET /healthz ") ||
@@ -605,10 +606,10 @@ void ServeConnection(int fd, SSL_CTX* tls, const std::atomic<socket_t>& listenin
   ClientConnection connection(fd, tls ? SSL_new(tls) : nullptr, tls != nullptr, times.write,
                               streams_end_ns);
   if (!connection.usable()) return;
-  if (t_over_capacity) return Refuse(connection, "too many open connections");
+  if (t_over_capacity) return Refuse(connection, "too many open connections", *t_over_capacity);
   const std::string client = ClientKey(connection.remote_ip());
   if (!per_client.Take(client)) {
-    return Refuse(connection, "too many open connections from this address");
+    return Refuse(connection, "too many open connections from this address", kRefusalWait);
   }
   absl::Cleanup release = [&] { per_client.Release(client); };
   if (!connection.Handshake(opened + head_timeout)) return;
@@ -700,11 +701,9 @@ class ConnectionPool : public httplib::TaskQueue {
     queued_refusals_.fetch_add(1);
     refusing_.enqueue([this, connection = std::move(connection)] {
       const bool others_wait = queued_refusals_.fetch_sub(1) > 1;
-      t_over_capacity = true;
-      t_refusal_wait = others_wait ? kHurriedRefusalWait : kRefusalWait;
+      t_over_capacity = others_wait ? kHurriedRefusalWait : kRefusalWait;
       connection();
-      t_over_capacity = false;
-      t_refusal_wait = kRefusalWait;
+      t_over_capacity.reset();
     });
   }
 

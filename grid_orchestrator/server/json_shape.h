@@ -36,7 +36,7 @@ absl::Status CheckJsonShape(absl::string_view json, const google::protobuf::Desc
 
 // A request as the HTTP API takes it: `json` held to the message's shape,
 // then parsed into `message`; empty text leaves every field its default.
-// INVALID_ARGUMENT names `source` ("request body", a query parameter).
+// INVALID_ARGUMENT names `source` (the routes and the fuzzer say "request body").
 absl::Status ParseJsonRequest(const std::string& json, absl::string_view source,
                               google::protobuf::Message* message);
 

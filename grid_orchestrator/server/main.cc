@@ -1,6 +1,5 @@
 // dgrid-orchestrator: plans grids and runs them on a pool of dgrid-denoiser
 // replicas. Parses flags, starts the server, waits for SIGINT/SIGTERM.
-#include <algorithm>
 #include <iostream>
 #include <string>
 #include <tuple>
@@ -106,7 +105,6 @@ int main(int argc, char** argv) {
   o.limits.max_grids_per_client = absl::GetFlag(FLAGS_max_grids_per_client);
   o.curves.max_trunks = absl::GetFlag(FLAGS_max_curve_trunks);
   o.curves.max_concurrent_grids = absl::GetFlag(FLAGS_curve_concurrent_grids);
-  o.curves.max_place_wait = std::max(o.curves.max_place_wait, o.limits.default_grid_timeout);
   o.limits.max_outbox_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_outbox_mb)) << 20;
   o.limits.max_write_stall = absl::Seconds(absl::GetFlag(FLAGS_max_write_stall_s));
   o.tls = {absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),

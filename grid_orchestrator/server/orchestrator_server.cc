@@ -49,8 +49,12 @@ absl::StatusOr<std::unique_ptr<OrchestratorServer>> OrchestratorServer::Start(
                                                 s->metrics_.get(), o.executor);
   s->grid_service_ = std::make_unique<GridService>(s->pool_.get(), s->executor_.get(),
                                                    s->metrics_.get(), o.limits, o.auth_token);
+  // Each grid ends within the grid timeout: a curve waiting for a place
+  // others hold waits at least that long.
+  CurveLimits curves = o.curves;
+  curves.max_place_wait = std::max(curves.max_place_wait, o.limits.default_grid_timeout);
   s->curve_service_ = std::make_unique<CurveService>(s->grid_service_.get(), s->pool_.get(),
-                                                     s->metrics_.get(), o.curves);
+                                                     s->metrics_.get(), curves);
   s->service_ = std::make_unique<OrchestratorServiceImpl>(s->grid_service_.get(),
                                                           s->curve_service_.get());
 
