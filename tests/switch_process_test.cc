@@ -50,20 +50,50 @@ class SwitchGridTest : public testing::SharedStackTest<SwitchGridTest> {
   }
 };
 
-TEST_F(SwitchGridTest, ASwitchToThePromptItselfIsThePlainGridByteForByte) {
-  const v1::Grid plain = MustCreateGrid(*stack_, Request(kCat));
-  v1::GridRequest same = Request(kCat);
-  same.set_switch_prompt(kCat);
-  const v1::Grid switched = MustCreateGrid(*stack_, same);
+// `switched` is `plain`: the same images and the same cell paths, by name.
+void ExpectThePlainGrid(const v1::Grid& switched, const v1::Grid& plain) {
   ASSERT_EQ(CellImages(plain).size(), 6u);
   EXPECT_EQ(CellImages(switched), CellImages(plain));
   EXPECT_EQ(switched.trunk().png(), plain.trunk().png());
+  EXPECT_EQ(switched.plan().model_evals(), plain.plan().model_evals());
   for (int r = 0; r < plain.rows_size(); ++r) {
     for (int c = 0; c < plain.rows(r).cells_size(); ++c) {
       EXPECT_EQ(switched.rows(r).cells(c).path().SerializeAsString(),
                 plain.rows(r).cells(c).path().SerializeAsString());
     }
   }
+}
+
+TEST_F(SwitchGridTest, ASwitchToThePromptItselfIsThePlainGridByteForByte) {
+  const v1::Grid plain = MustCreateGrid(*stack_, Request(kCat));
+  v1::GridRequest same = Request(kCat);
+  same.set_switch_prompt(kCat);
+  ExpectThePlainGrid(MustCreateGrid(*stack_, same), plain);
+}
+
+// Guidance 1 runs the prompt's row alone and 0 the negative prompt's: a
+// switch of what that row does not read is no switch, and runs as none (it
+// ran as a second set of trajectories). The prompt's other case and spaces
+// read as the prompt, which only the tokens tell.
+TEST_F(SwitchGridTest, ASwitchOfWhatTheGuidanceDoesNotReadIsThePlainGrid) {
+  auto at = [](float guidance) {
+    v1::GridRequest r = Request(kCat);
+    r.set_negative_prompt("blurry");
+    r.mutable_guidance()->set_value(guidance);
+    return r;
+  };
+  v1::GridRequest negative_only = at(1);
+  negative_only.set_switch_prompt("A Photo of a  Cat");
+  negative_only.set_switch_negative_prompt("sharp and bright");
+  ExpectThePlainGrid(MustCreateGrid(*stack_, negative_only), MustCreateGrid(*stack_, at(1)));
+  v1::GridRequest prompt_only = at(0);
+  prompt_only.set_switch_prompt(kCar);
+  ExpectThePlainGrid(MustCreateGrid(*stack_, prompt_only), MustCreateGrid(*stack_, at(0)));
+  // Where the row reads it, the same switch runs.
+  v1::GridRequest seen = at(4);
+  seen.set_switch_prompt(kCat);
+  seen.set_switch_negative_prompt("sharp and bright");
+  EXPECT_NE(CellImages(MustCreateGrid(*stack_, seen)), CellImages(MustCreateGrid(*stack_, at(4))));
 }
 
 // The planner drops a switch that changes nothing, so the test above runs

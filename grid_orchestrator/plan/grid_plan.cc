@@ -81,6 +81,9 @@ SegmentConditioning RequestConditioning(const GridPlanSpec& plan) {
   return {"", "", static_cast<int>(plan.class_index)};
 }
 
+bool GuidanceReadsPrompt(float guidance) { return guidance != 0.0f; }
+bool GuidanceReadsNegativePrompt(float guidance) { return guidance != 1.0f; }
+
 namespace {
 
 // The index of class `name` of a class model, or -1.
@@ -395,11 +398,23 @@ absl::Status PlanTrunk(const v1::GridRequest& request, const v1::ModelInfo& mode
   return absl::OkStatus();
 }
 
+// Whether the forward pass reads `a` and `b` alike at the plan's guidance.
+bool ReadAlike(const SegmentConditioning& a, const SegmentConditioning& b,
+               const GridPlanSpec& plan) {
+  const bool prompt = plan.text ? a.prompt == b.prompt : a.class_index == b.class_index;
+  const bool negative = !plan.text || a.negative_prompt == b.negative_prompt;
+  return (prompt || !GuidanceReadsPrompt(plan.guidance)) &&
+         (negative || !GuidanceReadsNegativePrompt(plan.guidance));
+}
+
 // Each row's cells and what the grid costs.
 void PlanRows(const std::vector<int>& branch_steps, const v1::ModelInfo& model,
               GridPlanSpec* plan) {
   const SegmentConditioning base = RequestConditioning(*plan);
-  const std::optional<SegmentConditioning> switched = SwitchConditioning(*plan, model);
+  std::optional<SegmentConditioning> switched = SwitchConditioning(*plan, model);
+  // A switch the forward pass cannot see is none: its cells are the plain
+  // grid's (the trunk itself, with trunk noise) and cost nothing beyond it.
+  if (switched && ReadAlike(*switched, base, *plan)) switched = base;
   plan->model_evals = plan->steps;
   for (int k : branch_steps) {
     PlannedRow row;

@@ -123,6 +123,14 @@ uint64_t BranchNoiseSeed(const Path& trunk, int branch_step, int column);
 // class model's by index): the base against which paths are canonical.
 SegmentConditioning RequestConditioning(const GridPlanSpec& plan);
 
+// Whether the forward pass reads a conditioning's prompt (a class model's
+// class), and its negative prompt, at this guidance: guidance 1 runs the
+// prompt's row alone and 0 the negative prompt's (the unconditional) row
+// alone, as the denoiser does. A switch of only what is not read changes no
+// value, so the planner plans it as no switch.
+bool GuidanceReadsPrompt(float guidance);
+bool GuidanceReadsNegativePrompt(float guidance);
+
 // The plan as it goes on the wire (paths: common/wire.h).
 void PlanToProto(const GridPlanSpec& plan, v1::GridPlan* out);
 

@@ -347,6 +347,47 @@ TEST(GridPlanTest, ASwitchToTheSamePromptIsThePlainPlan) {
   }
 }
 
+// Guidance 1 runs the prompt's row alone, and 0 the negative prompt's row
+// alone (the denoiser's PhaseFor): a switch of what that row does not read
+// changes no value, and is planned as none, at no cost.
+TEST(GridPlanTest, ASwitchOfWhatTheGuidanceDoesNotReadIsThePlainPlan) {
+  v1::ModelInfo text = Model();
+  text.set_conditioning("text");
+  auto plan = [&](float guidance, const char* switch_prompt, const char* switch_negative,
+                  const v1::ModelInfo& model) {
+    v1::GridRequest r;
+    r.set_seed(7);
+    r.set_prompt(model.conditioning() == "text" ? "a cat" : "sneaker");
+    if (model.conditioning() == "text") r.set_negative_prompt("blurry");
+    r.mutable_guidance()->set_value(guidance);
+    r.set_switch_prompt(switch_prompt);
+    r.set_switch_negative_prompt(switch_negative);
+    absl::StatusOr<GridPlanSpec> p = PlanGrid(r, model, {});
+    EXPECT_TRUE(p.ok()) << p.status();
+    return p.ok() ? *p : GridPlanSpec();
+  };
+  auto is_plain = [&](const GridPlanSpec& p, float guidance, const v1::ModelInfo& model) {
+    const GridPlanSpec plain = plan(guidance, "", "", model);
+    bool same = p.model_evals == plain.model_evals && p.rows.size() == plain.rows.size();
+    for (size_t i = 0; same && i < p.rows.size(); ++i) same = p.rows[i].cells == plain.rows[i].cells;
+    return same;
+  };
+  // Only the negative prompt switches: unseen at guidance 1, seen elsewhere.
+  EXPECT_TRUE(is_plain(plan(1, "a cat", "sharp", text), 1, text));
+  EXPECT_FALSE(is_plain(plan(4, "a cat", "sharp", text), 4, text));
+  EXPECT_FALSE(is_plain(plan(0, "a cat", "sharp", text), 0, text));
+  // Only the prompt switches: unseen at guidance 0, seen elsewhere.
+  EXPECT_TRUE(is_plain(plan(0, "a dog", "", text), 0, text));
+  EXPECT_TRUE(is_plain(plan(0, "a dog", "blurry", text), 0, text));
+  EXPECT_FALSE(is_plain(plan(1, "a dog", "", text), 1, text));
+  EXPECT_FALSE(is_plain(plan(4, "a dog", "", text), 4, text));
+  // A class model at guidance 0 reads no class at all.
+  EXPECT_TRUE(is_plain(plan(0, "trouser", "", Model()), 0, Model()));
+  EXPECT_FALSE(is_plain(plan(1, "trouser", "", Model()), 1, Model()));
+  // The plan keeps the switch as asked, for the grid's record.
+  EXPECT_EQ(plan(1, "a cat", "sharp", text).switch_negative_prompt, "sharp");
+}
+
 TEST(GridPlanTest, TrunkNoiseGivesOneColumnThatDiffersOnlyByThePrompt) {
   v1::GridRequest r;
   r.set_seed(7);

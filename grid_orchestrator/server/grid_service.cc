@@ -229,15 +229,18 @@ absl::StatusOr<GridPlanSpec> GridService::Plan(const v1::GridRequest& request,
     return FromGrpcStatus(grpc::Status(status.error_code(), message));
   }
   if (tokens.texts_size() != 4) return absl::InternalError("Tokenize answered the wrong count");
-  // A switch that reads as the prompt (another case, other spaces) changes
-  // nothing the model sees: its cells are the plain grid's, and cost nothing
-  // beyond it. The plan keeps the switch prompt as typed.
+  // A switch that reads as the prompt (another case, other spaces), or that
+  // changes only what this guidance does not read, changes nothing the model
+  // sees: its cells are the plain grid's, and cost nothing beyond it. The
+  // plan keeps the switch prompt as typed.
   auto same = [&](int a, int b) {
     return std::equal(tokens.texts(a).ids().begin(), tokens.texts(a).ids().end(),
                       tokens.texts(b).ids().begin(), tokens.texts(b).ids().end());
   };
-  if (!plan->switch_prompt.empty() && same(2, 0) &&
-      (plan->switch_negative_prompt.empty() || same(3, 1))) {
+  const bool prompt_unseen = same(2, 0) || !GuidanceReadsPrompt(plan->guidance);
+  const bool negative_unseen = plan->switch_negative_prompt.empty() || same(3, 1) ||
+                               !GuidanceReadsNegativePrompt(plan->guidance);
+  if (!plan->switch_prompt.empty() && prompt_unseen && negative_unseen) {
     v1::GridRequest unswitched = request;
     unswitched.set_switch_prompt(request.prompt());
     if (!request.switch_negative_prompt().empty()) {
