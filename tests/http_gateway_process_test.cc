@@ -530,6 +530,13 @@ TEST_F(HttpGatewayTest, LenientJsonAndOtherContentTypesAreRefused) {
       {"deep nesting", deep, {kAuth, kJson}, 400, "nested deeper than 32 levels"},
       {"long unknown field", absl::StrCat("{\"", std::string(5000, 'u'), "\":1}"),
        {kAuth, kJson}, 400, "unknown field"},
+      // protobuf's parser names neither ("Encountered non UTF-8 code points.").
+      {"bytes that are not UTF-8", "{\"prompt\":\"ab\xff\xfe\"}", {kAuth, kJson}, 400,
+       "prompt: is not valid UTF-8"},
+      {"a number past a double", R"({"guidance":1e400})", {kAuth, kJson}, 400,
+       "guidance: the number"},
+      {"a field under both names", R"({"switch_prompt":"a","switchPrompt":"b"})",
+       {kAuth, kJson}, 400, "switch_prompt: given twice"},
       {"no Content-Type", kSmallGrid, {kAuth}, 415, "must be application/json"},
       {"text/plain", kSmallGrid, {kAuth, {"Content-Type", "text/plain"}}, 415,
        "must be application/json"},

@@ -3,9 +3,13 @@
 #include <google/protobuf/struct.pb.h>
 #include <google/protobuf/util/json_util.h>
 
-#include <string>
-
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -150,15 +154,28 @@ absl::Status CheckField(const Value& value, const FieldDescriptor& field,
   return absl::OkStatus();
 }
 
+// JSON may name a field as in the .proto or in lowerCamelCase.
+const FieldDescriptor* FindJsonField(const Descriptor& type, const std::string& key) {
+  const FieldDescriptor* field = type.FindFieldByName(key);
+  return field ? field : type.FindFieldByCamelcaseName(key);
+}
+
 absl::Status CheckObject(const Struct& object, const Descriptor& type, const std::string& path) {
+  std::vector<const FieldDescriptor*> seen;
   for (const auto& [key, value] : object.fields()) {
-    // JSON may name a field as in the .proto or in lowerCamelCase.
-    const FieldDescriptor* field = type.FindFieldByName(key);
-    if (!field) field = type.FindFieldByCamelcaseName(key);
+    const FieldDescriptor* field = FindJsonField(type, key);
     if (!field) {
       return absl::InvalidArgumentError(
           absl::StrCat("unknown field ", ShortQuote(JoinPath(path, key))));
     }
+    // The same field under both its names: protobuf's parser would keep one
+    // and drop the other without a word.
+    if (std::find(seen.begin(), seen.end(), field) != seen.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          JoinPath(path, field->name()), ": given twice (as ", ShortQuote(field->name()), " and ",
+          ShortQuote(field->camelcase_name()), ")"));
+    }
+    seen.push_back(field);
     RETURN_IF_ERROR(CheckField(value, *field, JoinPath(path, field->name())));
   }
   return absl::OkStatus();
@@ -190,6 +207,183 @@ absl::Status CheckDepth(absl::string_view json) {
   return absl::OkStatus();
 }
 
+// Reads JSON text that protobuf's parser refused, for the value at fault
+// that it does not name: a string that is not UTF-8 (raw bytes or an unpaired
+// surrogate escape) or a number past a double's range. Knows the path of
+// each value as CheckObject names it. OK when it finds neither, or when the
+// text stops being JSON first: the parser's own message then stands.
+class JsonValueLocator {
+ public:
+  JsonValueLocator(absl::string_view json, const Descriptor& type) : json_(json), type_(type) {}
+
+  absl::Status Locate() {
+    while (true) {
+      SkipSpace();
+      if (at_ >= json_.size()) return absl::OkStatus();
+      const char c = json_[at_];
+      if (c == '{' || c == '[') {
+        Open(c == '{');
+      } else if (c == '}' || c == ']') {
+        if (stack_.empty()) return absl::OkStatus();
+        stack_.pop_back();
+        ++at_;
+      } else if (c == ',') {
+        if (stack_.empty()) return absl::OkStatus();
+        Container& top = stack_.back();
+        if (top.object) {
+          top.want_key = true;
+        } else {
+          ++top.index;
+        }
+        ++at_;
+      } else if (c == ':') {
+        if (stack_.empty() || !stack_.back().object) return absl::OkStatus();
+        stack_.back().want_key = false;
+        ++at_;
+      } else if (c == '"') {
+        std::optional<absl::Status> found = String();
+        if (!found) return absl::OkStatus();
+        RETURN_IF_ERROR(*found);
+      } else if (c == '-' || (c >= '0' && c <= '9')) {
+        RETURN_IF_ERROR(Number());
+      } else if (c >= 'a' && c <= 'z') {  // true, false, null
+        while (at_ < json_.size() && json_[at_] >= 'a' && json_[at_] <= 'z') ++at_;
+      } else {
+        return absl::OkStatus();
+      }
+    }
+  }
+
+ private:
+  // An object (with the name of its next value) or a list (with the index
+  // of its next element) being read.
+  struct Container {
+    bool object = false;
+    std::string path;
+    const Descriptor* type = nullptr;          // an object's message, if known
+    const FieldDescriptor* field = nullptr;    // a list's field, if known
+    std::string key;
+    int index = 0;
+    bool want_key = false;
+  };
+
+  std::string ValuePath() const {
+    if (stack_.empty()) return type_.name();
+    const Container& c = stack_.back();
+    return c.object ? JoinPath(c.path, c.key) : absl::StrCat(c.path, "[", c.index, "]");
+  }
+
+  // The field the next value is (one element of, for a list), if known.
+  const FieldDescriptor* ValueField() const {
+    if (stack_.empty()) return nullptr;
+    const Container& c = stack_.back();
+    if (!c.object) return c.field;
+    return c.type ? FindJsonField(*c.type, c.key) : nullptr;
+  }
+
+  void Open(bool object) {
+    Container next;
+    next.object = object;
+    next.path = stack_.empty() ? "" : ValuePath();
+    next.want_key = object;
+    const FieldDescriptor* field = ValueField();
+    if (stack_.empty()) {
+      next.type = &type_;
+    } else if (field && !object && field->is_repeated()) {
+      next.field = field;
+    } else if (field && object && field->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) {
+      next.type = field->message_type();
+    }
+    stack_.push_back(std::move(next));
+    ++at_;
+  }
+
+  // A string literal from its opening quote: a key or a value. nullopt when
+  // it does not end.
+  std::optional<absl::Status> String() {
+    const size_t start = ++at_;
+    bool unpaired = false;
+    while (at_ < json_.size() && json_[at_] != '"') {
+      if (json_[at_] != '\\') {
+        ++at_;
+        continue;
+      }
+      if (at_ + 1 < json_.size() && json_[at_ + 1] == 'u') {
+        const int unit = HexUnit(at_ + 2);
+        if (unit >= 0xD800 && unit <= 0xDBFF) {
+          const int low = at_ + 8 < json_.size() && json_[at_ + 6] == '\\' && json_[at_ + 7] == 'u'
+                              ? HexUnit(at_ + 8)
+                              : -1;
+          if (low < 0xDC00 || low > 0xDFFF) unpaired = true;
+          if (!unpaired) at_ += 6;
+        } else if (unit >= 0xDC00 && unit <= 0xDFFF) {
+          unpaired = true;
+        }
+      }
+      at_ += 2;
+    }
+    if (at_ >= json_.size()) return std::nullopt;
+    const absl::string_view text = json_.substr(start, at_ - start);
+    ++at_;
+    const bool bad = unpaired || !IsValidUtf8(text);
+    if (!stack_.empty() && stack_.back().object && stack_.back().want_key) {
+      Container& c = stack_.back();
+      if (bad) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(c.path.empty() ? type_.name() : c.path, ": a key is not valid UTF-8"));
+      }
+      const FieldDescriptor* field = c.type ? FindJsonField(*c.type, std::string(text)) : nullptr;
+      c.key = field ? field->name() : std::string(text);
+      return absl::OkStatus();
+    }
+    if (!bad) return absl::OkStatus();
+    return absl::InvalidArgumentError(
+        absl::StrCat(ValuePath(), ": is not valid UTF-8",
+                     unpaired ? " (an unpaired surrogate escape)" : ""));
+  }
+
+  // The four hex digits at `at` as a number, or -1.
+  int HexUnit(size_t at) const {
+    if (at + 4 > json_.size()) return -1;
+    int unit = 0;
+    for (size_t i = at; i < at + 4; ++i) {
+      const char h = json_[i];
+      const int digit = h >= '0' && h <= '9'   ? h - '0'
+                        : h >= 'a' && h <= 'f' ? h - 'a' + 10
+                        : h >= 'A' && h <= 'F' ? h - 'A' + 10
+                                               : -1;
+      if (digit < 0) return -1;
+      unit = unit * 16 + digit;
+    }
+    return unit;
+  }
+
+  absl::Status Number() {
+    const size_t start = at_;
+    while (at_ < json_.size() && std::strchr("+-.0123456789eE", json_[at_]) != nullptr) ++at_;
+    const std::string text(json_.substr(start, at_ - start));
+    char* end = nullptr;
+    const double value = std::strtod(text.c_str(), &end);
+    if (end == text.c_str() + text.size() && std::isinf(value)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(ValuePath(), ": the number ", ShortQuote(text, 40), " is out of range"));
+    }
+    return absl::OkStatus();
+  }
+
+  void SkipSpace() {
+    while (at_ < json_.size() && std::strchr(" \t\r\n", json_[at_]) != nullptr &&
+           json_[at_] != '\0') {
+      ++at_;
+    }
+  }
+
+  absl::string_view json_;
+  const Descriptor& type_;
+  size_t at_ = 0;
+  std::vector<Container> stack_;
+};
+
 }  // namespace
 
 absl::Status CheckJsonShape(absl::string_view json, const Descriptor& type) {
@@ -198,6 +392,7 @@ absl::Status CheckJsonShape(absl::string_view json, const Descriptor& type) {
   if (const auto parsed = google::protobuf::util::JsonStringToMessage(
           google::protobuf::StringPiece(json.data(), json.size()), &value);
       !parsed.ok()) {
+    RETURN_IF_ERROR(JsonValueLocator(json, type).Locate());
     return absl::InvalidArgumentError(
         absl::StrCat("not valid JSON: ", ShortQuote(FirstLine(std::string(parsed.message())))));
   }

@@ -4,10 +4,12 @@
 // drops null in a list. So the text is parsed as a google.protobuf.Value
 // first and held to the message's descriptor: every key a field (by its
 // .proto or lowerCamelCase name), every value the field's kind, lists only
-// for repeated fields, no null in a list, and no nesting past kMaxJsonDepth.
-// Errors name the field by its path, e.g. "trunk.segments[0]: expected an
-// object, got a number". Only then is it parsed as the message, which checks
-// each value.
+// for repeated fields, no null in a list, no field under both its names,
+// and no nesting past kMaxJsonDepth. Errors name the field by its path, e.g.
+// "trunk.segments[0]: expected an object, got a number", also where
+// protobuf's parser names none: a string that is not UTF-8, a number past a
+// double's range. Only then is it parsed as the message, which checks each
+// value.
 //
 //   RETURN_IF_ERROR(CheckJsonShape(body, *v1::GridRequest::descriptor()));
 //   google::protobuf::util::JsonStringToMessage(body, &request);

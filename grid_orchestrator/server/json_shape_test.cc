@@ -49,6 +49,47 @@ TEST(JsonShapeTest, WhatProtobufWouldAcceptLeniently) {
   }
 }
 
+// protobuf's parser refuses these without naming the value: "Encountered
+// non UTF-8 code points.", "Missing low surrogate.", "Number exceeds the
+// range of double."
+TEST(JsonShapeTest, TextTheParserRefusesIsNamedByItsPath) {
+  const std::pair<std::string, const char*> cases[] = {
+      {"{\"switch_prompt\": \"ab\xff\xfe cd\"}", "switch_prompt: is not valid UTF-8"},
+      {"{\"prompt\": \"ok\", \"switchPrompt\": \"ab\xc3\"}",
+       "switch_prompt: is not valid UTF-8"},
+      {R"({"switch_prompt": "ab\ud800cd"})",
+       "switch_prompt: is not valid UTF-8 (an unpaired surrogate escape)"},
+      {R"({"prompt": "\udc00"})", "prompt: is not valid UTF-8 (an unpaired surrogate escape)"},
+      {R"({"prompt": "a\ud800\u0041"})",
+       "prompt: is not valid UTF-8 (an unpaired surrogate escape)"},
+      {"{\"trunk\": {\"segments\": [{\"fromStep\": 0}, {\"conditioning\": "
+       "{\"prompt\": \"\xe2\x82\"}}]}}",
+       "trunk.segments[1].conditioning.prompt: is not valid UTF-8"},
+      {"{\"pro\xffmpt\": \"a\"}", "GridRequest: a key is not valid UTF-8"},
+      {R"({"guidance": 1e400})", "guidance: the number \"1e400\" is out of range"},
+      {R"({"branch_steps": [0, 5, -2E999]})",
+       "branch_steps[2]: the number \"-2E999\" is out of range"},
+  };
+  for (const auto& [json, expected] : cases) {
+    const absl::Status s = Check(json);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << json;
+    EXPECT_EQ(s.message(), expected) << json;
+  }
+  // What the parser takes passes: a surrogate pair, escapes, small numbers.
+  EXPECT_TRUE(Check(R"({"prompt": "a \ud83d\ude00 \" \\ \u00e9", "guidance": 1e-400})").ok());
+  EXPECT_TRUE(Check("{\"prompt\": \"caf\xc3\xa9\"}").ok());
+  // Broken JSON keeps the parser's own message.
+  EXPECT_EQ(Check("{\"prompt\": \"\xff").message().substr(0, 15), "not valid JSON:");
+}
+
+TEST(JsonShapeTest, AFieldUnderBothItsNamesIsRefused) {
+  EXPECT_EQ(Check(R"({"switch_prompt": "sneaker", "switchPrompt": "coat"})").message(),
+            "switch_prompt: given twice (as \"switch_prompt\" and \"switchPrompt\")");
+  EXPECT_EQ(Check(R"({"trunk": {"init_seed": 1, "initSeed": 2}})").message(),
+            "trunk.init_seed: given twice (as \"init_seed\" and \"initSeed\")");
+  EXPECT_TRUE(Check(R"({"prompt": "a", "switchPrompt": "b"})").ok());
+}
+
 TEST(JsonShapeTest, NestingPastTheLimitIsRefusedBeforeParsing) {
   std::string deep = "{\"branch_steps\": ";
   for (int i = 0; i < kMaxJsonDepth; ++i) deep += "[";
