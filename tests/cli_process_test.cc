@@ -341,6 +341,10 @@ TEST_F(CliTest, ErrorsAreOneReadableLine) {
       {{"branch", "--target=127.0.0.1:1", "-o", "/nonexistent/b.png"}, "no folder /nonexistent"},
       {{"branch", "--target=127.0.0.1:1", "-o", "b.json"}, "-o b.json: dgrid writes a PNG here"},
       {{"grid", "--timeout_s=-5"}, "--timeout_s: -5 is negative"},
+      // NaN compares as neither negative nor not: it ran the default.
+      {{"grid", "--guidance=nan"}, "--guidance: not a number"},
+      {{"curve", "--target=127.0.0.1:1", "--eta=-nan"}, "--eta: not a number"},
+      {{"branch", "--target=127.0.0.1:1", "--guidance=nan"}, "--guidance: not a number"},
       {{"frobnicate"}, "unknown command \"frobnicate\"; the commands are grid"},
       // A prompt without --prompt once ran an unprompted grid.
       {{"grid", "ghost, twemoji"}, "unexpected argument \"ghost, twemoji\""},

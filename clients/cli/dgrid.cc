@@ -260,6 +260,22 @@ std::string SamplerName(v1::Sampler sampler) {
   return sampler == v1::SAMPLER_EULER_ANCESTRAL ? "Euler ancestral" : "DDIM";
 }
 
+// --eta or --guidance when given: a negative value leaves the default. NaN
+// is refused here, naming the flag: it compares as neither, so it silently
+// ran the default.
+std::optional<double> SamplerFlag(const absl::Flag<double>& flag, const char* name) {
+  const double value = absl::GetFlag(flag);
+  if (std::isnan(value)) Fail(absl::StrCat("--", name, ": not a number"));
+  if (value < 0) return std::nullopt;
+  return value;
+}
+
+// Read before connecting, as --sampler is: a mistake needs no server.
+void CheckSamplerFlags() {
+  SamplerFlag(FLAGS_eta, "eta");
+  SamplerFlag(FLAGS_guidance, "guidance");
+}
+
 // Sampler settings: flags override the model's defaults.
 void FillRequest(const v1::ModelInfo& model, v1::Sampler sampler_flag, v1::Spacing spacing_flag,
                  v1::SamplerConfig* sampler, v1::Conditioning* conditioning, v1::Path* path) {
@@ -267,8 +283,10 @@ void FillRequest(const v1::ModelInfo& model, v1::Sampler sampler_flag, v1::Spaci
   if (sampler_flag != v1::SAMPLER_UNSPECIFIED) sampler->set_sampler(sampler_flag);
   if (spacing_flag != v1::SPACING_UNSPECIFIED) sampler->set_spacing(spacing_flag);
   if (absl::GetFlag(FLAGS_steps) != 0) sampler->set_steps(absl::GetFlag(FLAGS_steps));
-  if (absl::GetFlag(FLAGS_eta) >= 0) sampler->set_eta(absl::GetFlag(FLAGS_eta));
-  if (absl::GetFlag(FLAGS_guidance) >= 0) sampler->set_guidance(absl::GetFlag(FLAGS_guidance));
+  if (const auto eta = SamplerFlag(FLAGS_eta, "eta")) sampler->set_eta(*eta);
+  if (const auto guidance = SamplerFlag(FLAGS_guidance, "guidance")) {
+    sampler->set_guidance(*guidance);
+  }
   if (!absl::GetFlag(FLAGS_prompt).empty()) conditioning->set_prompt(absl::GetFlag(FLAGS_prompt));
   conditioning->set_negative_prompt(absl::GetFlag(FLAGS_negative));
   path->set_init_seed(absl::GetFlag(FLAGS_seed));
@@ -567,9 +585,9 @@ v1::GridRequest GridRequestFromFlags() {
   request.set_seed(absl::GetFlag(FLAGS_seed));
   request.set_preset(absl::GetFlag(FLAGS_preset));
   if (absl::GetFlag(FLAGS_steps) != 0) request.mutable_steps()->set_value(absl::GetFlag(FLAGS_steps));
-  if (absl::GetFlag(FLAGS_eta) >= 0) request.mutable_eta()->set_value(absl::GetFlag(FLAGS_eta));
-  if (absl::GetFlag(FLAGS_guidance) >= 0) {
-    request.mutable_guidance()->set_value(absl::GetFlag(FLAGS_guidance));
+  if (const auto eta = SamplerFlag(FLAGS_eta, "eta")) request.mutable_eta()->set_value(*eta);
+  if (const auto guidance = SamplerFlag(FLAGS_guidance, "guidance")) {
+    request.mutable_guidance()->set_value(*guidance);
   }
   if (absl::GetFlag(FLAGS_branches) != 0) {
     request.mutable_branches()->set_value(absl::GetFlag(FLAGS_branches));
@@ -896,6 +914,7 @@ int Branch() {
   CheckWritable(out, /*svg_allowed=*/false, /*sidecar=*/false);
   const v1::Sampler sampler = SamplerFromFlag();
   const v1::Spacing spacing = SpacingFromFlag();
+  CheckSamplerFlags();
   v1::SizeConditioning size;
   const bool sized = SizeFromFlags(&size);
   auto stub = v1::Denoiser::NewStub(Connect());
@@ -938,6 +957,7 @@ int Branch() {
 int Step() {
   const v1::Sampler sampler = SamplerFromFlag();
   const v1::Spacing spacing = SpacingFromFlag();
+  CheckSamplerFlags();
   v1::SizeConditioning size;
   const bool sized = SizeFromFlags(&size);
   auto stub = v1::Denoiser::NewStub(Connect());
