@@ -1,12 +1,15 @@
 #include "common/request_parsing.h"
 
+#include <google/protobuf/stubs/logging.h>
 #include <google/protobuf/unknown_field_set.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
 #include <map>
+#include <mutex>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/grpc_status.h"
 #include "common/short_text.h"
@@ -22,6 +25,18 @@ using google::protobuf::UnknownFieldSet;
 
 // Protobuf's own default nesting limit.
 constexpr int kMaxDepth = 100;
+
+// protobuf logs an ERROR line for each string field it refuses as invalid
+// UTF-8: a line per request, which any client could send in a flood. The
+// client hears of it by name (RequestParseError), so the line goes; every
+// other line goes on to the handler it replaced.
+google::protobuf::LogHandler* g_next_log_handler = nullptr;
+
+void DropInvalidUtf8Lines(google::protobuf::LogLevel level, const char* filename, int line,
+                          const std::string& message) {
+  if (absl::StrContains(message, "contains invalid UTF-8 data when parsing")) return;
+  if (g_next_log_handler != nullptr) g_next_log_handler(level, filename, line, message);
+}
 
 absl::Status CannotParse(absl::string_view field, const Descriptor& type) {
   return absl::InvalidArgumentError(
@@ -90,6 +105,11 @@ RequestParsingService::RequestParsingService(absl::string_view service)
                  std::string(service).c_str());
     std::abort();
   }
+  // Once, before any request: SetLogHandler is not thread-safe.
+  static std::once_flag quiet;
+  std::call_once(quiet, [] {
+    g_next_log_handler = google::protobuf::SetLogHandler(DropInvalidUtf8Lines);
+  });
 }
 
 const char* RequestParsingService::MethodPath(const char* method, const Descriptor& request,

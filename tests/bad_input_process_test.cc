@@ -4,8 +4,11 @@
 #include <grpcpp/grpcpp.h>
 
 #include <cmath>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <limits>
+#include <string>
 
 #include "common/tensor_codec.h"
 #include "gtest/gtest.h"
@@ -359,6 +362,14 @@ TEST_F(BadInputTest, InvalidUtf8IsInvalidArgumentNamingTheField) {
     EXPECT_EQ(status.error_message(), c.message) << c.method;
   }
   ExpectBothStillServe();
+  // The client heard of it; the servers' logs did not, a line a request
+  // (protobuf's "String field ... contains invalid UTF-8 data").
+  for (const char* log : {"/orchestrator.log", "/denoiser0.log"}) {
+    std::ifstream in(stack_->dir() + log);
+    ASSERT_TRUE(in) << log;
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    EXPECT_EQ(text.find("UTF-8"), std::string::npos) << log << ":\n" << text.substr(0, 2000);
+  }
 }
 
 // An echoed value is cut to ~100 characters. Before, a prompt or model of
