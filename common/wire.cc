@@ -72,8 +72,10 @@ absl::StatusOr<Sampler> SamplerFromProto(v1::Sampler sampler, const std::string&
     case v1::SAMPLER_EULER_ANCESTRAL:
       return Sampler::kEulerAncestral;
     default:
-      return absl::InvalidArgumentError(absl::StrCat(
-          field, ": unknown value ", static_cast<int>(sampler), "; known: DDIM, EULER_ANCESTRAL"));
+      // The names the wire takes (JSON's too): SAMPLER_DDIM, not DDIM.
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": unknown value ", static_cast<int>(sampler),
+                       "; known: SAMPLER_DDIM, SAMPLER_EULER_ANCESTRAL"));
   }
 }
 

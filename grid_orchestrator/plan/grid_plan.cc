@@ -108,7 +108,7 @@ absl::Status PlanSwitch(const v1::GridRequest& request, const v1::ModelInfo& mod
   if (request.branch_noise() != v1::BRANCH_NOISE_NEW &&
       request.branch_noise() != v1::BRANCH_NOISE_TRUNK) {
     return Invalid(absl::StrCat("branch_noise: unknown value ", request.branch_noise(),
-                                "; known: NEW, TRUNK"));
+                                "; known: BRANCH_NOISE_NEW, BRANCH_NOISE_TRUNK"));
   }
   plan->trunk_noise = request.branch_noise() == v1::BRANCH_NOISE_TRUNK;
   plan->switch_prompt = request.switch_prompt();
