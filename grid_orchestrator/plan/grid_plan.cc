@@ -357,6 +357,17 @@ absl::Status CheckTrunkConditioning(const Path& trunk, const v1::ModelInfo& mode
 absl::Status PlanTrunk(const v1::GridRequest& request, const v1::ModelInfo& model,
                        GridPlanSpec* plan) {
   if (request.has_trunk()) {
+    // A class_index given as -1 would read as no class in a Path, and run
+    // unconditional: refused here, as the denoiser refuses it.
+    for (int i = 0; i < request.trunk().segments_size(); ++i) {
+      const v1::Conditioning& c = request.trunk().segments(i).conditioning();
+      if (c.label_case() != v1::Conditioning::kClassIndex || c.class_index() >= 0) continue;
+      const std::string field = absl::StrCat("trunk.segments[", i, "].conditioning.class_index");
+      return Invalid(plan->text ? absl::StrCat(field, ": ", model.name(),
+                                               " is a text model; give a prompt")
+                                : absl::StrCat(field, " must be in [0, ", model.prompts_size(),
+                                               "), got ", c.class_index()));
+    }
     plan->trunk = PathFromProto(request.trunk());
     RETURN_IF_ERROR(ValidatePath(plan->trunk, plan->steps, "trunk"));
     RETURN_IF_ERROR(CheckTrunkConditioning(plan->trunk, model, plan->text));

@@ -468,6 +468,15 @@ TEST(GridPlanTest, APromotedTrunksSwitchMustFitTheModel) {
   PathToProto(trunk.BranchAt(10, 9, SegmentConditioning{"", "", 7}), r.mutable_trunk());
   EXPECT_EQ(PlanGrid(r, Model(), {}).status().message().substr(0, 42),
             "trunk.segments[1].conditioning.class_index");
+  // -1 given on the wire is no class either; it ran unconditional.
+  r.mutable_trunk()->mutable_segments(1)->mutable_conditioning()->set_class_index(-1);
+  EXPECT_EQ(PlanGrid(r, Model(), {}).status().message(),
+            "trunk.segments[1].conditioning.class_index must be in [0, 3), got -1");
+  v1::ModelInfo text = Model();
+  text.set_conditioning("text");
+  EXPECT_EQ(PlanGrid(r, text, {}).status().message(),
+            "trunk.segments[1].conditioning.class_index: fashion-mnist is a text model; give a "
+            "prompt");
   // One that fits plans, canonical: a switch to the request's own class
   // with the same noise changes nothing, so the segment goes (since
   // Path::Canonical merges such segments; the old check read past the end).
