@@ -133,6 +133,16 @@ class RequestParsingService : public grpc::Service {
   grpc::Status AdmitAndParse(const char* method, const grpc::ServerContext& context,
                              const ParsedRequest<Request>& request, Request* message) {
     grpc::Status status = Admit(method, context);
+    if (status.ok() && !request.wire.Valid()) {
+      // No request message: the client ended the call before sending it (a
+      // gRPC client sends exactly one; the handler runs once it or the end of
+      // the stream arrives). gRPC's parse of the missing bytes says INTERNAL
+      // ("Couldn't initialize byte buffer reader"), which the services'
+      // counts would take for their own failure; the cancellation itself may
+      // not have reached the server yet (IsCancelled is often false here).
+      status = grpc::Status(grpc::StatusCode::CANCELLED,
+                            "the call ended before its request arrived");
+    }
     if (status.ok()) status = ParseRequest(request, message);
     request.wire.Clear();
     if (!status.ok()) Refused(method, status);
