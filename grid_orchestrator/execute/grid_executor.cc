@@ -389,13 +389,16 @@ void GridExecutor::GridRun::RunJob(const std::string& label, const NextRequest& 
       std::lock_guard<std::mutex> lock(mu_);
       model_evals_ += wasted;
     }
-    if (ex_.metrics_) ex_.metrics_->CountEvals(a.final_evals, wasted);
+    // An attempt its grid's end cut short (the client left, a sibling job
+    // failed the grid) is not this job's failure, nor its evaluations waste.
+    const bool cancelled = !a.status.ok() && cancel_->cancelled();
+    if (ex_.metrics_) ex_.metrics_->CountEvals(a.final_evals, wasted, cancelled);
     if (a.status.ok()) {
       if (ex_.metrics_) ex_.metrics_->CountJob("ok");
       return;
     }
     if (!ShouldRetry(a, number)) {
-      if (ex_.metrics_) ex_.metrics_->CountJob("failed");
+      if (ex_.metrics_) ex_.metrics_->CountJob(cancelled ? "cancelled" : "failed");
       Fail(absl::Status(a.status.code(), absl::StrCat(label, ": ", a.status.message())));
       return;
     }

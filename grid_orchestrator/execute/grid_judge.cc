@@ -75,7 +75,7 @@ absl::StatusOr<v1::JudgeResponse> CallJudge(ReplicaPool* pool, OrchestratorMetri
       retryable = JudgeCallRetryable(status.error_code()) || own_timeout;
     }
     if (!retryable || cancel->cancelled() || attempt + 1 == kJudgeAttempts) {
-      count("failed");
+      count(cancel->cancelled() ? "cancelled" : "failed");
       break;
     }
     count("retried");

@@ -114,8 +114,8 @@ OrchestratorMetrics::OrchestratorMetrics()
     grids_.Add({{"status", s}});
     curves_.Add({{"status", s}});
   }
-  for (const char* s : {"used", "wasted"}) evals_.Add({{"use", s}});
-  for (const char* s : {"ok", "retried", "failed"}) jobs_.Add({{"status", s}});
+  for (const char* s : {"used", "wasted", "cancelled"}) evals_.Add({{"use", s}});
+  for (const char* s : {"ok", "retried", "failed", "cancelled"}) jobs_.Add({{"status", s}});
 }
 
 void OrchestratorMetrics::CountGrid(const std::string& status, std::optional<double> seconds) {
@@ -134,9 +134,12 @@ void OrchestratorMetrics::CountJob(const std::string& status) {
 
 void OrchestratorMetrics::CountRetry() { retries_.Increment(); }
 
-void OrchestratorMetrics::CountEvals(int64_t used, int64_t wasted) {
+void OrchestratorMetrics::CountEvals(int64_t used, int64_t wasted, bool cancelled) {
   if (used > 0) evals_.Add({{"use", "used"}}).Increment(static_cast<double>(used));
-  if (wasted > 0) evals_.Add({{"use", "wasted"}}).Increment(static_cast<double>(wasted));
+  if (wasted > 0) {
+    const char* use = cancelled ? "cancelled" : "wasted";
+    evals_.Add({{"use", use}}).Increment(static_cast<double>(wasted));
+  }
 }
 
 void OrchestratorMetrics::CountCache(int lookups, int hits) {

@@ -50,12 +50,14 @@ class OrchestratorMetrics {
   void CountGrid(const std::string& status, std::optional<double> seconds);
   // status: as for grids. `seconds`: an ok curve's wall time.
   void CountCurve(const std::string& status, double seconds);
-  // status: ok, retried, failed; one per attempt of a trunk, branch or judge
-  // call.
+  // status: ok, retried, failed, cancelled (its grid ended first: the
+  // client left, a sibling job failed it); one per attempt of a trunk,
+  // branch or judge call.
   void CountJob(const std::string& status);
   // Model evaluations the replicas ran for grids: those whose results were
-  // used, and those of attempts that failed or stalled (wasted).
-  void CountEvals(int64_t used, int64_t wasted);
+  // used, and those of attempts that failed or stalled (wasted), or that
+  // their grid's end cut short (`cancelled`: not a failure's waste).
+  void CountEvals(int64_t used, int64_t wasted, bool cancelled = false);
   void CountRetry();
   // Per grid: lookups made in the prefix cache and how many hit.
   void CountCache(int lookups, int hits);

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <iostream>
 #include <thread>
 
 #include "common/png_image.h"
@@ -26,7 +27,7 @@ class CurveServiceTest : public ::testing::Test {
     auto pool = ReplicaPool::Create(replicas_.PoolOptions(), nullptr);
     ASSERT_TRUE(pool.ok()) << pool.status();
     pool_ = std::move(*pool);
-    executor_ = std::make_unique<GridExecutor>(pool_.get(), &cache_, nullptr, ExecutorOptions{});
+    executor_ = std::make_unique<GridExecutor>(pool_.get(), &cache_, &metrics_, ExecutorOptions{});
   }
   void Start(OrchestratorLimits limits = {}, CurveLimits curve_limits = {}) {
     grids_ = std::make_unique<GridService>(pool_.get(), executor_.get(), &metrics_, limits, "");
@@ -63,12 +64,13 @@ class CurveServiceTest : public ::testing::Test {
   double Curves(const std::string& status) {
     return Count("dgrid_orchestrator_curves_total", status);
   }
-  double Count(const std::string& name, const std::string& status) {
+  double Count(const std::string& name, const std::string& value,
+               const std::string& label_name = "status") {
     for (const prometheus::MetricFamily& family : metrics_.registry()->Collect()) {
       if (family.name != name) continue;
       for (const prometheus::ClientMetric& metric : family.metric) {
         for (const prometheus::ClientMetric::Label& label : metric.label) {
-          if (label.name == "status" && label.value == status) return metric.counter.value;
+          if (label.name == label_name && label.value == value) return metric.counter.value;
         }
       }
     }
@@ -221,6 +223,8 @@ TEST_F(CurveServiceTest, BadInputIsRefusedNamingTheFieldBeforeAnyEvent) {
 }
 
 TEST_F(CurveServiceTest, AClientThatGoesAwayCancelsTheCurve) {
+  // Slow replicas: the client leaves with the other trunks' jobs in flight.
+  for (int i : {0, 1}) replicas_.script(i).delay = absl::Milliseconds(50);
   Start();
   int events = 0;
   absl::Status status = curves_->RunCurve(Caller{}, Request(20), [&](const v1::CurveEvent& e) {
@@ -243,6 +247,14 @@ TEST_F(CurveServiceTest, AClientThatGoesAwayCancelsTheCurve) {
   }).status();
   EXPECT_EQ(status.code(), absl::StatusCode::kCancelled) << status;
   EXPECT_EQ(Curves("cancelled"), 1);
+  // The jobs the client's leaving stopped are cancelled, not failed, and
+  // their evaluations are not failures' waste (the dashboard's "jobs
+  // failed" and "wasted share" showed every curve a client left as trouble).
+  EXPECT_EQ(Count("dgrid_orchestrator_jobs_total", "failed"), 0);
+  EXPECT_EQ(Count("dgrid_orchestrator_model_evals_total", "wasted", "use"), 0);
+  std::cout << "jobs cancelled: " << Count("dgrid_orchestrator_jobs_total", "cancelled")
+            << ", their evaluations: "
+            << Count("dgrid_orchestrator_model_evals_total", "cancelled", "use") << "\n";
 }
 
 // More concurrent grids than the client may have: trunks wait their turn
