@@ -125,7 +125,7 @@ std::string ClientKey(absl::string_view peer) {
   return address;
 }
 
-AdmittedGrid::~AdmittedGrid() { service_->Release(client_); }
+AdmittedGrid::~AdmittedGrid() { service_->Release(client_, plan_.batch_work); }
 
 GridService::GridService(ReplicaPool* pool, GridExecutor* executor, OrchestratorMetrics* metrics,
                          OrchestratorLimits limits, std::string auth_token)
@@ -270,9 +270,10 @@ void GridService::CountRefusal(const absl::Status& status) {
   if (metrics_) metrics_->CountGrid(Outcome(status), std::nullopt);
 }
 
-void GridService::Release(const std::string& client) {
+void GridService::Release(const std::string& client, bool curve_trunk) {
   std::lock_guard<std::mutex> lock(clients_mu_);
   --grids_in_flight_;
+  if (curve_trunk) --curve_grids_in_flight_;
   if (--grids_per_client_[client] == 0) grids_per_client_.erase(client);
 }
 
@@ -306,12 +307,19 @@ absl::StatusOr<std::unique_ptr<AdmittedGrid>> GridService::Admit(const Caller& c
       return refuse(absl::ResourceExhaustedError(absl::StrCat(
           "too many grids in flight (limit ", limits_.max_concurrent_grids, "); retry later")));
     }
+    if (options.curve_trunk && curve_grids_in_flight_ >= limits_.CurvePlaces()) {
+      if (mine == 0) grids_per_client_.erase(caller.client);
+      return refuse(absl::ResourceExhaustedError(absl::StrCat(
+          "decision curves hold all the grid places they may (", limits_.CurvePlaces(), " of ",
+          limits_.max_concurrent_grids, ", the rest kept for grids); retry later")));
+    }
     ++mine;
     ++grids_in_flight_;
+    if (options.curve_trunk) ++curve_grids_in_flight_;
   }
   absl::StatusOr<GridPlanSpec> plan = Plan(request, options.pin, caller.deadline);
   if (!plan.ok()) {
-    Release(caller.client);
+    Release(caller.client, options.curve_trunk);
     return refuse(plan.status());
   }
   plan->images = options.images;

@@ -19,6 +19,7 @@
 #ifndef DGRID_GRID_ORCHESTRATOR_SERVER_GRID_SERVICE_H_
 #define DGRID_GRID_ORCHESTRATOR_SERVER_GRID_SERVICE_H_
 
+#include <algorithm>
 #include <functional>
 #include <map>
 #include <memory>
@@ -38,6 +39,15 @@ class OrchestratorMetrics;
 struct OrchestratorLimits {
   PlanLimits plan;
   int max_concurrent_grids = 64;
+  // Of those places, what decision curves' trunks may hold together: all
+  // but a quarter (CurvePlaces). A waiting curve asks again every 20 ms and
+  // takes a place back as soon as one comes free, so a few clients' curves
+  // could otherwise hold every place for as long as they run, and refuse
+  // every other client's grid.
+  int CurvePlaces() const {
+    const int kept = max_concurrent_grids >= 2 ? std::max(1, max_concurrent_grids / 4) : 0;
+    return max_concurrent_grids - kept;
+  }
   // Grids in flight from one client address.
   int max_grids_per_client = 16;
   // The longest a grid runs from its admission; a caller's earlier deadline
@@ -164,8 +174,9 @@ class GridService {
   // `deadline`: the caller's, which bounds the Tokenize call of a text model.
   absl::StatusOr<GridPlanSpec> Plan(const v1::GridRequest& request, const ModelPin* pin,
                                     absl::Time deadline);
-  // A grid's places: in the service-wide count and the client's.
-  void Release(const std::string& client);
+  // A grid's places: in the service-wide count, the client's, and for a
+  // curve's trunk the curves' count.
+  void Release(const std::string& client, bool curve_trunk);
 
   ReplicaPool* const pool_;
   GridExecutor* const executor_;
@@ -174,6 +185,7 @@ class GridService {
   const std::string auth_token_;
   std::mutex clients_mu_;  // std, not absl: TSan sees it
   int grids_in_flight_ = 0;                      // guarded by clients_mu_
+  int curve_grids_in_flight_ = 0;                // guarded by clients_mu_
   std::map<std::string, int> grids_per_client_;  // guarded by clients_mu_
 };
 

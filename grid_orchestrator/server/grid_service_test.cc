@@ -4,7 +4,10 @@
 #include "grid_orchestrator/server/grid_service.h"
 
 #include <atomic>
+#include <memory>
+#include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "grid_orchestrator/testing/abort_latch.h"
 #include "grid_orchestrator/testing/fake_denoiser.h"
 #include "gtest/gtest.h"
@@ -155,6 +158,53 @@ TEST_F(GridServiceTest, AdmittedGridsHoldTheirPlaceUntilReleased) {
   EXPECT_EQ(second.status().code(), absl::StatusCode::kResourceExhausted);
   first->reset();
   EXPECT_TRUE(service->Admit(Caller{}, Request()).ok());
+}
+
+// Decision curves may hold all but a quarter of the service's places: their
+// waiting trunks take each place back as it comes free, and four clients'
+// curves held all 64 and refused every other client's grid.
+TEST_F(GridServiceTest, CurvesLeaveAQuarterOfThePlacesToGrids) {
+  OrchestratorLimits limits;
+  limits.max_concurrent_grids = 8;
+  EXPECT_EQ(limits.CurvePlaces(), 6);
+  auto service = Service(limits);
+  GridService::AdmitOptions trunk;
+  trunk.curve_trunk = true;
+  auto caller = [](int i) {
+    Caller c;
+    c.client = absl::StrCat("10.0.0.", i);
+    return c;
+  };
+  std::vector<std::unique_ptr<AdmittedGrid>> held;
+  for (int i = 0; i < 6; ++i) {
+    auto admitted = service->Admit(caller(i % 3), Request(), trunk);
+    ASSERT_TRUE(admitted.ok()) << i << ": " << admitted.status();
+    held.push_back(std::move(*admitted));
+  }
+  auto seventh = service->Admit(caller(4), Request(), trunk);
+  EXPECT_EQ(seventh.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(seventh.status().message().find("decision curves hold"), std::string::npos)
+      << seventh.status();
+  // Grids still get the two places kept for them, and then the service is full.
+  auto grid = service->Admit(caller(5), Request());
+  ASSERT_TRUE(grid.ok()) << grid.status();
+  auto other = service->Admit(caller(6), Request());
+  ASSERT_TRUE(other.ok()) << other.status();
+  EXPECT_EQ(service->Admit(caller(7), Request()).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  // A trunk's place, released, goes to the next trunk; a grid's does not
+  // count against the curves.
+  held.pop_back();
+  auto next = service->Admit(caller(4), Request(), trunk);
+  ASSERT_TRUE(next.ok()) << next.status();
+  grid->reset();
+  EXPECT_EQ(service->Admit(caller(4), Request(), trunk).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(service->Admit(caller(5), Request()).ok());
+  // One place in all: curves may take it.
+  OrchestratorLimits one;
+  one.max_concurrent_grids = 1;
+  EXPECT_EQ(one.CurvePlaces(), 1);
 }
 
 TEST_F(GridServiceTest, AClientWhoseWriteBlocksIsCancelledAndItsReplicasFreed) {
