@@ -244,6 +244,8 @@ class JsonValueLocator {
         std::optional<absl::Status> found = String();
         if (!found) return absl::OkStatus();
         RETURN_IF_ERROR(*found);
+      } else if (WantsKey()) {
+        return absl::OkStatus();  // a value where a key belongs: not JSON
       } else if (c == '-' || (c >= '0' && c <= '9')) {
         RETURN_IF_ERROR(Number());
       } else if (c >= 'a' && c <= 'z') {  // true, false, null
@@ -257,34 +259,46 @@ class JsonValueLocator {
  private:
   // An object (with the name of its next value) or a list (with the index
   // of its next element) being read.
+  // Its path is its ancestors' keys and indices, joined only for an error:
+  // a container does not copy its parent's path (a long key over many
+  // containers would cost its length each time).
   struct Container {
     bool object = false;
-    std::string path;
     const Descriptor* type = nullptr;          // an object's message, if known
     const FieldDescriptor* field = nullptr;    // a list's field, if known
+    // The next value's name: the field's, or a short quote of a key the
+    // message does not have (echoed at most kMaxKeyEcho bytes).
     std::string key;
+    const FieldDescriptor* key_field = nullptr;
     int index = 0;
     bool want_key = false;
   };
+  static constexpr size_t kMaxKeyEcho = 40;
 
-  std::string ValuePath() const {
-    if (stack_.empty()) return type_.name();
-    const Container& c = stack_.back();
-    return c.object ? JoinPath(c.path, c.key) : absl::StrCat(c.path, "[", c.index, "]");
+  // The path of the first `depth` containers' next values joined.
+  std::string PathTo(size_t depth) const {
+    std::string path;
+    for (size_t i = 0; i < depth; ++i) {
+      const Container& c = stack_[i];
+      path = c.object ? JoinPath(path, c.key) : absl::StrCat(path, "[", c.index, "]");
+    }
+    return path;
   }
+
+  std::string ValuePath() const { return stack_.empty() ? type_.name() : PathTo(stack_.size()); }
+
+  bool WantsKey() const { return !stack_.empty() && stack_.back().object && stack_.back().want_key; }
 
   // The field the next value is (one element of, for a list), if known.
   const FieldDescriptor* ValueField() const {
     if (stack_.empty()) return nullptr;
     const Container& c = stack_.back();
-    if (!c.object) return c.field;
-    return c.type ? FindJsonField(*c.type, c.key) : nullptr;
+    return c.object ? c.key_field : c.field;
   }
 
   void Open(bool object) {
     Container next;
     next.object = object;
-    next.path = stack_.empty() ? "" : ValuePath();
     next.want_key = object;
     const FieldDescriptor* field = ValueField();
     if (stack_.empty()) {
@@ -326,14 +340,15 @@ class JsonValueLocator {
     const absl::string_view text = json_.substr(start, at_ - start);
     ++at_;
     const bool bad = unpaired || !IsValidUtf8(text);
-    if (!stack_.empty() && stack_.back().object && stack_.back().want_key) {
-      Container& c = stack_.back();
+    if (WantsKey()) {
       if (bad) {
+        const std::string path = PathTo(stack_.size() - 1);
         return absl::InvalidArgumentError(
-            absl::StrCat(c.path.empty() ? type_.name() : c.path, ": a key is not valid UTF-8"));
+            absl::StrCat(path.empty() ? type_.name() : path, ": a key is not valid UTF-8"));
       }
-      const FieldDescriptor* field = c.type ? FindJsonField(*c.type, std::string(text)) : nullptr;
-      c.key = field ? field->name() : std::string(text);
+      Container& c = stack_.back();
+      c.key_field = c.type ? FindJsonField(*c.type, std::string(text)) : nullptr;
+      c.key = c.key_field ? c.key_field->name() : ShortQuote(text, kMaxKeyEcho);
       return absl::OkStatus();
     }
     if (!bad) return absl::OkStatus();
@@ -360,7 +375,10 @@ class JsonValueLocator {
 
   absl::Status Number() {
     const size_t start = at_;
-    while (at_ < json_.size() && std::strchr("+-.0123456789eE", json_[at_]) != nullptr) ++at_;
+    while (at_ < json_.size() && json_[at_] != '\0' &&
+           std::strchr("+-.0123456789eE", json_[at_]) != nullptr) {
+      ++at_;
+    }
     const std::string text(json_.substr(start, at_ - start));
     char* end = nullptr;
     const double value = std::strtod(text.c_str(), &end);

@@ -2,6 +2,8 @@
 
 #include <string>
 
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "dgrid/v1/orchestrator.pb.h"
 #include "gtest/gtest.h"
 
@@ -80,6 +82,24 @@ TEST(JsonShapeTest, TextTheParserRefusesIsNamedByItsPath) {
   EXPECT_TRUE(Check("{\"prompt\": \"caf\xc3\xa9\"}").ok());
   // Broken JSON keeps the parser's own message.
   EXPECT_EQ(Check("{\"prompt\": \"\xff").message().substr(0, 15), "not valid JSON:");
+  EXPECT_EQ(Check("{1e400: 1}").message().substr(0, 15), "not valid JSON:");
+}
+
+// The locator reads refused text of any size once over: a long key over
+// many containers is not copied into each container's path (a 1 MiB body
+// cost about 90 GB of copying), and a key echoes short.
+TEST(JsonShapeTest, TheLocatorReadsALongKeyOnce) {
+  std::string json = "{\"" + std::string(512 << 10, 'k') + "\": [";
+  for (int i = 0; i < 60000; ++i) json += "{},";
+  json += "{\"p\": \"\xff\"}]}";
+  const absl::Time start = absl::Now();
+  const absl::Status s = Check(json);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_LT(s.message().size(), 120u) << s.message().substr(0, 300);
+  // An unknown key is quoted short, as "unknown field" quotes it.
+  EXPECT_NE(s.message().find(R"([60000]."p": is not valid UTF-8)"), std::string::npos)
+      << s.message();
 }
 
 TEST(JsonShapeTest, AFieldUnderBothItsNamesIsRefused) {
