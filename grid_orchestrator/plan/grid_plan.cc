@@ -419,13 +419,14 @@ bool ReadAlike(const SegmentConditioning& a, const SegmentConditioning& b,
 }
 
 // Each row's cells and what the grid costs.
+// `unseen`: the switch is one the forward pass cannot see, whatever its text.
 void PlanRows(const std::vector<int>& branch_steps, const v1::ModelInfo& model,
-              GridPlanSpec* plan) {
+              GridPlanSpec* plan, bool unseen = false) {
   const SegmentConditioning base = RequestConditioning(*plan);
   std::optional<SegmentConditioning> switched = SwitchConditioning(*plan, model);
   // A switch the forward pass cannot see is none: its cells are the plain
   // grid's (the trunk itself, with trunk noise) and cost nothing beyond it.
-  if (switched && ReadAlike(*switched, base, *plan)) switched = base;
+  if (switched && (unseen || ReadAlike(*switched, base, *plan))) switched = base;
   plan->model_evals = plan->steps;
   for (int k : branch_steps) {
     PlannedRow row;
@@ -522,6 +523,13 @@ absl::StatusOr<GridPlanSpec> PlanGrid(const v1::GridRequest& request, const v1::
   PlanRows(branch_steps, model, &plan);
   PlanCaptures(branch_steps, limits, &plan);
   return plan;
+}
+
+void PlanWithoutSwitch(const v1::ModelInfo& model, GridPlanSpec* plan) {
+  std::vector<int> branch_steps;
+  for (const PlannedRow& row : plan->rows) branch_steps.push_back(row.branch_step);
+  plan->rows.clear();
+  PlanRows(branch_steps, model, plan, /*unseen=*/true);
 }
 
 void PlanToProto(const GridPlanSpec& plan, v1::GridPlan* out) {

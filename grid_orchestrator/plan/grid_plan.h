@@ -131,6 +131,11 @@ SegmentConditioning RequestConditioning(const GridPlanSpec& plan);
 bool GuidanceReadsPrompt(float guidance);
 bool GuidanceReadsNegativePrompt(float guidance);
 
+// `plan`'s cells again as if it had no switch, the switch kept on record:
+// for a switch that GridService finds the model cannot see (its tokens are
+// the prompt's, or it changes only what the guidance does not read).
+void PlanWithoutSwitch(const v1::ModelInfo& model, GridPlanSpec* plan);
+
 // The plan as it goes on the wire (paths: common/wire.h).
 void PlanToProto(const GridPlanSpec& plan, v1::GridPlan* out);
 

@@ -241,15 +241,7 @@ absl::StatusOr<GridPlanSpec> GridService::Plan(const v1::GridRequest& request,
   const bool negative_unseen = plan->switch_negative_prompt.empty() || same(3, 1) ||
                                !GuidanceReadsNegativePrompt(plan->guidance);
   if (!plan->switch_prompt.empty() && prompt_unseen && negative_unseen) {
-    v1::GridRequest unswitched = request;
-    unswitched.set_switch_prompt(request.prompt());
-    if (!request.switch_negative_prompt().empty()) {
-      unswitched.set_switch_negative_prompt(request.negative_prompt());
-    }
-    absl::StatusOr<GridPlanSpec> plain = PlanGrid(unswitched, *model, limits_.plan);
-    if (!plain.ok()) return plain.status();
-    plan->rows = std::move(plain->rows);
-    plan->model_evals = plain->model_evals;
+    PlanWithoutSwitch(*model, &*plan);
   }
   plan->prompt_tokens_dropped = tokens.texts(0).dropped();
   plan->negative_prompt_tokens_dropped = tokens.texts(1).dropped();

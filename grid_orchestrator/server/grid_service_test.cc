@@ -138,6 +138,24 @@ TEST_F(GridServiceTokenizeTest, ASwitchThatTokenizesAsThePromptIsThePlainGrid) {
   EXPECT_GT((*other)->plan().model_evals, (*other)->plan().steps);
 }
 
+// At guidance 0 only the negative prompt is read: a prompt switch is no
+// switch, also from the empty prompt. (The plain grid was planned from the
+// request with the switch rewritten to the empty prompt, which is no switch
+// at all, and so refused: "branch_noise: TRUNK keeps the trunk's noise".)
+TEST_F(GridServiceTokenizeTest, APromptSwitchAtGuidanceZeroIsThePlainGridFromAnyPrompt) {
+  v1::GridRequest request;
+  request.set_switch_prompt("a cat");
+  request.set_branch_noise(v1::BRANCH_NOISE_TRUNK);
+  request.mutable_branches()->set_value(1);
+  request.mutable_guidance()->set_value(0);
+  absl::StatusOr<std::unique_ptr<AdmittedGrid>> unseen = service_->Admit(Caller{}, request);
+  ASSERT_TRUE(unseen.ok()) << unseen.status();
+  const GridPlanSpec& plan = (*unseen)->plan();
+  EXPECT_EQ(plan.switch_prompt, "a cat");
+  EXPECT_EQ(plan.model_evals, plan.steps);
+  for (const PlannedRow& row : plan.rows) EXPECT_EQ(row.cells[0], plan.trunk) << row.branch_step;
+}
+
 TEST_F(GridServiceTest, AdmissionRefusesBeforeAnyEvent) {
   auto service = Service({});
   v1::GridRequest bad = Request();
