@@ -238,8 +238,12 @@ absl::StatusOr<GridPlanSpec> GridService::Plan(const v1::GridRequest& request,
                       tokens.texts(b).ids().begin(), tokens.texts(b).ids().end());
   };
   const bool prompt_unseen = same(2, 0) || !GuidanceReadsPrompt(plan->guidance);
-  const bool negative_unseen = plan->switch_negative_prompt.empty() || same(3, 1) ||
-                               !GuidanceReadsNegativePrompt(plan->guidance);
+  // An empty negative prompt may be zeros, not its tokens (an SDXL bundle's
+  // zeros_for_empty_negative, which ModelInfo does not carry): only another
+  // non-empty one with the same tokens reads alike for every model.
+  const bool negative_unseen =
+      plan->switch_negative_prompt.empty() || (same(3, 1) && !plan->negative_prompt.empty()) ||
+      !GuidanceReadsNegativePrompt(plan->guidance);
   if (!plan->switch_prompt.empty() && prompt_unseen && negative_unseen) {
     PlanWithoutSwitch(*model, &*plan);
   }

@@ -138,6 +138,27 @@ TEST_F(GridServiceTokenizeTest, ASwitchThatTokenizesAsThePromptIsThePlainGrid) {
   EXPECT_GT((*other)->plan().model_evals, (*other)->plan().steps);
 }
 
+// A switch to a negative prompt that tokenizes as the empty one is a switch:
+// an SDXL-style bundle gives an empty negative prompt zeros, not its tokens.
+TEST_F(GridServiceTokenizeTest, ASwitchFromTheEmptyNegativePromptIsASwitch) {
+  v1::GridRequest request;
+  request.set_prompt("a rocket");
+  request.set_switch_prompt("a rocket");
+  request.set_switch_negative_prompt("   ");
+  request.set_branch_noise(v1::BRANCH_NOISE_TRUNK);
+  request.mutable_branches()->set_value(1);
+  request.mutable_guidance()->set_value(4);  // reads the negative prompt
+  absl::StatusOr<std::unique_ptr<AdmittedGrid>> seen = service_->Admit(Caller{}, request);
+  ASSERT_TRUE(seen.ok()) << seen.status();
+  EXPECT_GT((*seen)->plan().model_evals, (*seen)->plan().steps);
+  // From a non-empty one, the same tokens read alike.
+  request.set_negative_prompt("blurry");
+  request.set_switch_negative_prompt("BLURRY ");
+  absl::StatusOr<std::unique_ptr<AdmittedGrid>> same = service_->Admit(Caller{}, request);
+  ASSERT_TRUE(same.ok()) << same.status();
+  EXPECT_EQ((*same)->plan().model_evals, (*same)->plan().steps);
+}
+
 // At guidance 0 only the negative prompt is read: a prompt switch is no
 // switch, also from the empty prompt. (The plain grid was planned from the
 // request with the switch rewritten to the empty prompt, which is no switch
