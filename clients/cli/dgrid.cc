@@ -270,23 +270,24 @@ std::optional<double> SamplerFlag(const absl::Flag<double>& flag, const char* na
   return value;
 }
 
-// Read before connecting, as --sampler is: a mistake needs no server.
-void CheckSamplerFlags() {
-  SamplerFlag(FLAGS_eta, "eta");
-  SamplerFlag(FLAGS_guidance, "guidance");
-}
+// The sampler flags of dgrid branch and step, read (and checked) before
+// connecting: a mistake needs no server.
+struct SamplerFlags {
+  v1::Sampler sampler = SamplerFromFlag();
+  v1::Spacing spacing = SpacingFromFlag();
+  std::optional<double> eta = SamplerFlag(FLAGS_eta, "eta");
+  std::optional<double> guidance = SamplerFlag(FLAGS_guidance, "guidance");
+};
 
 // Sampler settings: flags override the model's defaults.
-void FillRequest(const v1::ModelInfo& model, v1::Sampler sampler_flag, v1::Spacing spacing_flag,
+void FillRequest(const v1::ModelInfo& model, const SamplerFlags& flags,
                  v1::SamplerConfig* sampler, v1::Conditioning* conditioning, v1::Path* path) {
   *sampler = model.defaults();
-  if (sampler_flag != v1::SAMPLER_UNSPECIFIED) sampler->set_sampler(sampler_flag);
-  if (spacing_flag != v1::SPACING_UNSPECIFIED) sampler->set_spacing(spacing_flag);
+  if (flags.sampler != v1::SAMPLER_UNSPECIFIED) sampler->set_sampler(flags.sampler);
+  if (flags.spacing != v1::SPACING_UNSPECIFIED) sampler->set_spacing(flags.spacing);
   if (absl::GetFlag(FLAGS_steps) != 0) sampler->set_steps(absl::GetFlag(FLAGS_steps));
-  if (const auto eta = SamplerFlag(FLAGS_eta, "eta")) sampler->set_eta(*eta);
-  if (const auto guidance = SamplerFlag(FLAGS_guidance, "guidance")) {
-    sampler->set_guidance(*guidance);
-  }
+  if (flags.eta) sampler->set_eta(*flags.eta);
+  if (flags.guidance) sampler->set_guidance(*flags.guidance);
   if (!absl::GetFlag(FLAGS_prompt).empty()) conditioning->set_prompt(absl::GetFlag(FLAGS_prompt));
   conditioning->set_negative_prompt(absl::GetFlag(FLAGS_negative));
   path->set_init_seed(absl::GetFlag(FLAGS_seed));
@@ -912,9 +913,7 @@ void CheckScale(const v1::ModelInfo& model) {
 int Branch() {
   const std::string out = absl::GetFlag(FLAGS_o).empty() ? "branch.png" : absl::GetFlag(FLAGS_o);
   CheckWritable(out, /*svg_allowed=*/false, /*sidecar=*/false);
-  const v1::Sampler sampler = SamplerFromFlag();
-  const v1::Spacing spacing = SpacingFromFlag();
-  CheckSamplerFlags();
+  const SamplerFlags flags;
   v1::SizeConditioning size;
   const bool sized = SizeFromFlags(&size);
   auto stub = v1::Denoiser::NewStub(Connect());
@@ -922,7 +921,7 @@ int Branch() {
   CheckScale(model);
   v1::BranchRequest request;
   request.set_model(model.name());
-  FillRequest(model, sampler, spacing, request.mutable_sampler(), request.mutable_conditioning(),
+  FillRequest(model, flags, request.mutable_sampler(), request.mutable_conditioning(),
               request.add_trajectories()->mutable_path());
   if (sized) *request.mutable_size() = size;
   const int steps = request.sampler().steps();
@@ -955,16 +954,14 @@ int Branch() {
 }
 
 int Step() {
-  const v1::Sampler sampler = SamplerFromFlag();
-  const v1::Spacing spacing = SpacingFromFlag();
-  CheckSamplerFlags();
+  const SamplerFlags flags;
   v1::SizeConditioning size;
   const bool sized = SizeFromFlags(&size);
   auto stub = v1::Denoiser::NewStub(Connect());
   const v1::ModelInfo model = FetchModel(*stub);
   v1::StepRequest request;
   request.set_model(model.name());
-  FillRequest(model, sampler, spacing, request.mutable_sampler(), request.mutable_conditioning(),
+  FillRequest(model, flags, request.mutable_sampler(), request.mutable_conditioning(),
               request.add_trajectories()->mutable_path());
   if (sized) *request.mutable_size() = size;
   if (absl::GetFlag(FLAGS_step) != 0) {

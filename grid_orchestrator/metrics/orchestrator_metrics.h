@@ -57,7 +57,7 @@ class OrchestratorMetrics {
   // Model evaluations the replicas ran for grids: those whose results were
   // used, and those of attempts that failed or stalled (wasted), or that
   // their grid's end cut short (`cancelled`: not a failure's waste).
-  void CountEvals(int64_t used, int64_t wasted, bool cancelled = false);
+  void CountEvals(int64_t used, int64_t wasted, bool cancelled);
   void CountRetry();
   // Per grid: lookups made in the prefix cache and how many hit.
   void CountCache(int lookups, int hits);

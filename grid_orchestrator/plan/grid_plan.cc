@@ -319,6 +319,17 @@ absl::StatusOr<std::vector<int>> ChooseBranchSteps(const v1::GridRequest& reques
 constexpr int kMaxCellSwitches = 16;
 constexpr size_t kMaxSwitchBytes = 16 << 10;
 
+// A promoted trunk segment's class_index (`field`) that the model does not
+// take.
+absl::Status BadClassIndex(const std::string& field, const v1::ModelInfo& model, bool text,
+                           int64_t index) {
+  if (text) {
+    return Invalid(absl::StrCat(field, ": ", model.name(), " is a text model; give a prompt"));
+  }
+  return Invalid(
+      absl::StrCat(field, " must be in [0, ", model.prompts_size(), "), got ", index));
+}
+
 // Whether a promoted trunk's segment conditioning is something the model
 // takes (a request's own conditioning is checked by PlanConditioning).
 absl::Status CheckTrunkConditioning(const Path& trunk, const v1::ModelInfo& model, bool text) {
@@ -328,8 +339,7 @@ absl::Status CheckTrunkConditioning(const Path& trunk, const v1::ModelInfo& mode
     const std::string field = absl::StrCat("trunk.segments[", i, "].conditioning");
     if (text) {
       if (c->class_index != -1) {
-        return Invalid(absl::StrCat(field, ".class_index: ", model.name(),
-                                    " is a text model; give a prompt"));
+        return BadClassIndex(field + ".class_index", model, text, c->class_index);
       }
       RETURN_IF_ERROR(CheckClientText(field + ".prompt", c->prompt, kMaxPromptBytes));
       RETURN_IF_ERROR(
@@ -344,8 +354,7 @@ absl::Status CheckTrunkConditioning(const Path& trunk, const v1::ModelInfo& mode
       return UnknownClass(field + ".prompt", c->prompt, model);
     }
     if (c->class_index < -1 || c->class_index >= model.prompts_size()) {
-      return Invalid(absl::StrCat(field, ".class_index must be in [0, ", model.prompts_size(),
-                                  "), got ", c->class_index));
+      return BadClassIndex(field + ".class_index", model, text, c->class_index);
     }
   }
   return absl::OkStatus();
@@ -362,11 +371,8 @@ absl::Status PlanTrunk(const v1::GridRequest& request, const v1::ModelInfo& mode
     for (int i = 0; i < request.trunk().segments_size(); ++i) {
       const v1::Conditioning& c = request.trunk().segments(i).conditioning();
       if (c.label_case() != v1::Conditioning::kClassIndex || c.class_index() >= 0) continue;
-      const std::string field = absl::StrCat("trunk.segments[", i, "].conditioning.class_index");
-      return Invalid(plan->text ? absl::StrCat(field, ": ", model.name(),
-                                               " is a text model; give a prompt")
-                                : absl::StrCat(field, " must be in [0, ", model.prompts_size(),
-                                               "), got ", c.class_index()));
+      return BadClassIndex(absl::StrCat("trunk.segments[", i, "].conditioning.class_index"),
+                           model, plan->text, c.class_index());
     }
     plan->trunk = PathFromProto(request.trunk());
     RETURN_IF_ERROR(ValidatePath(plan->trunk, plan->steps, "trunk"));

@@ -291,25 +291,22 @@ absl::StatusOr<std::unique_ptr<AdmittedGrid>> GridService::Admit(const Caller& c
   // for a moment (curves ask again and again while they wait for a place).
   {
     std::lock_guard<std::mutex> lock(clients_mu_);
-    int& mine = grids_per_client_[caller.client];
+    const auto held = grids_per_client_.find(caller.client);
+    const int mine = held == grids_per_client_.end() ? 0 : held->second;
+    absl::Status full;
     if (mine >= limits_.max_grids_per_client) {
-      if (mine == 0) grids_per_client_.erase(caller.client);
-      return refuse(ThrottledError(
-          absl::StrCat("too many grids in flight from this client (limit ",
-                       limits_.max_grids_per_client, "); retry later")));
-    }
-    if (grids_in_flight_ >= limits_.max_concurrent_grids) {
-      if (mine == 0) grids_per_client_.erase(caller.client);
-      return refuse(absl::ResourceExhaustedError(absl::StrCat(
-          "too many grids in flight (limit ", limits_.max_concurrent_grids, "); retry later")));
-    }
-    if (options.curve_trunk && curve_grids_in_flight_ >= limits_.CurvePlaces()) {
-      if (mine == 0) grids_per_client_.erase(caller.client);
-      return refuse(absl::ResourceExhaustedError(absl::StrCat(
+      full = ThrottledError(absl::StrCat("too many grids in flight from this client (limit ",
+                                         limits_.max_grids_per_client, "); retry later"));
+    } else if (grids_in_flight_ >= limits_.max_concurrent_grids) {
+      full = absl::ResourceExhaustedError(absl::StrCat(
+          "too many grids in flight (limit ", limits_.max_concurrent_grids, "); retry later"));
+    } else if (options.curve_trunk && curve_grids_in_flight_ >= limits_.CurvePlaces()) {
+      full = absl::ResourceExhaustedError(absl::StrCat(
           "decision curves hold all the grid places they may (", limits_.CurvePlaces(), " of ",
-          limits_.max_concurrent_grids, ", the rest kept for grids); retry later")));
+          limits_.max_concurrent_grids, ", the rest kept for grids); retry later"));
     }
-    ++mine;
+    if (!full.ok()) return refuse(full);
+    ++grids_per_client_[caller.client];
     ++grids_in_flight_;
     if (options.curve_trunk) ++curve_grids_in_flight_;
   }

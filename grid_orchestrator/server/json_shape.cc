@@ -7,7 +7,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
-#include <cstring>
 #include <optional>
 #include <string>
 #include <vector>
@@ -375,8 +374,8 @@ class JsonValueLocator {
 
   absl::Status Number() {
     const size_t start = at_;
-    while (at_ < json_.size() && json_[at_] != '\0' &&
-           std::strchr("+-.0123456789eE", json_[at_]) != nullptr) {
+    while (at_ < json_.size() &&
+           absl::string_view("+-.0123456789eE").find(json_[at_]) != absl::string_view::npos) {
       ++at_;
     }
     const std::string text(json_.substr(start, at_ - start));
@@ -390,8 +389,8 @@ class JsonValueLocator {
   }
 
   void SkipSpace() {
-    while (at_ < json_.size() && std::strchr(" \t\r\n", json_[at_]) != nullptr &&
-           json_[at_] != '\0') {
+    while (at_ < json_.size() &&
+           absl::string_view(" \t\r\n").find(json_[at_]) != absl::string_view::npos) {
       ++at_;
     }
   }
