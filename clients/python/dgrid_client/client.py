@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import numbers
 import operator
 import os
 import threading
@@ -62,7 +63,9 @@ class DgridError(Exception):
         super().__init__(f"{method} failed: {code.name}: {details}")
 
 
-def _error(method: str, e: grpc.RpcError, target: str) -> DgridError:
+def _error(method: str, e: grpc.RpcError, target: str,
+           timeout_setting: str = ("the call's timeout=, else Client(default_timeout=...), "
+                                   "600 s unless set")) -> DgridError:
     code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
     details = e.details() if hasattr(e, "details") else str(e)
     if code == grpc.StatusCode.UNIMPLEMENTED and not details:
@@ -71,16 +74,65 @@ def _error(method: str, e: grpc.RpcError, target: str) -> DgridError:
                    "orchestrator, not to a denoiser)")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED and details == "Deadline Exceeded":
         # gRPC's own words for this client's deadline: say which setting it is.
-        details = ("not done within this client's timeout (the call's timeout=, else "
-                   "Client(default_timeout=...), 600 s unless set)")
+        details = f"not done within this client's timeout ({timeout_setting})"
     return DgridError(method, code or grpc.StatusCode.UNKNOWN, details or "")
 
 
 def _seconds(name: str, value: Optional[float]) -> Optional[float]:
     """A timeout: None (no deadline) or seconds > 0. gRPC would take 0 or
     less as a deadline already past, and fail every call."""
-    if value is not None and not value > 0:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected seconds > 0 or None, got {type(value).__name__} "
+                        f"{_short(value)}")
+    if not value > 0:
         raise ValueError(f"{name}: expected seconds > 0 or None, got {value!r}")
+    return value
+
+
+def _short(value: Any) -> str:
+    """A value as an error message echoes it: its repr, cut to 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# The ranges of the request's integer fields (proto int32 and uint64).
+_INT32 = (-(1 << 31), (1 << 31) - 1)
+_UINT64 = (0, (1 << 64) - 1)
+
+
+def _whole(name: str, value: Any, bounds: Tuple[int, int]) -> int:
+    """An argument bound for an integer field: an int (or int-like, as numpy's
+    integers are) within the field's range. Protobuf's own refusal would not
+    say which argument it was."""
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__} "
+                        f"{_short(value)}") from None
+    if not bounds[0] <= number <= bounds[1]:
+        raise ValueError(f"{name}: {_short(number)} is outside [{bounds[0]}, {bounds[1]}]")
+    return number
+
+
+def _real(name: str, value: Any) -> float:
+    """An argument bound for a double field: any real number (NaN is left to
+    the server, which names it)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__} "
+                        f"{_short(value)}")
+    return float(value)
+
+
+def _text(name: str, value: Any) -> str:
+    """An argument bound for a string field: a str that UTF-8 can carry."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name}: expected a str, got {type(value).__name__} {_short(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{name}: not valid text: {e.reason} at character {e.start}") from None
     return value
 
 
@@ -231,21 +283,27 @@ class Client:
         conditioning as (height, width) and (top, left) in pixels, as
         diffusers takes them; None (or 0) the model's default (its
         manifest's default_size, else its image size)."""
-        r = orchestrator_pb2.GridRequest(model=model, prompt=prompt, seed=seed, preset=preset,
-                                         negative_prompt=negative_prompt,
-                                         switch_prompt=switch_prompt,
-                                         switch_negative_prompt=switch_negative_prompt,
-                                         branch_noise=branch_noise_value(branch_noise))
+        r = orchestrator_pb2.GridRequest(
+            model=_text("model", model), prompt=_text("prompt", prompt),
+            seed=_whole("seed", seed, _UINT64), preset=_text("preset", preset),
+            negative_prompt=_text("negative_prompt", negative_prompt),
+            switch_prompt=_text("switch_prompt", switch_prompt),
+            switch_negative_prompt=_text("switch_negative_prompt", switch_negative_prompt),
+            branch_noise=branch_noise_value(branch_noise))
         if steps is not None:
-            r.steps.value = steps
+            r.steps.value = _whole("steps", steps, _INT32)
         if eta is not None:
-            r.eta.value = eta
+            r.eta.value = _real("eta", eta)
         if guidance is not None:
-            r.guidance.value = guidance
+            r.guidance.value = _real("guidance", guidance)
         if branches is not None:
-            r.branches.value = branches
+            r.branches.value = _whole("branches", branches, _INT32)
         if branch_steps is not None:
-            r.branch_steps.extend(branch_steps)
+            if isinstance(branch_steps, (str, bytes)) or not hasattr(branch_steps, "__iter__"):
+                raise TypeError(f"branch_steps: expected a sequence of ints, got "
+                                f"{type(branch_steps).__name__} {_short(branch_steps)}")
+            r.branch_steps.extend(_whole(f"branch_steps[{i}]", step, _INT32)
+                                  for i, step in enumerate(branch_steps))
         if spacing is not None:
             r.spacing = spacing_value(spacing)
         if sampler is not None:
@@ -256,17 +314,17 @@ class Client:
         for name, pair in sizes.items():
             if pair is None:
                 continue
+            field = "crop" if name == "crop" else f"{name}_size"
             try:
                 pair = tuple(operator.index(v) for v in pair)  # numpy ints too
             except TypeError:
                 pair = ()
             if len(pair) != 2:
-                field = "crop" if name == "crop" else f"{name}_size"
-                raise ValueError(f"{field}: give two ints, got {sizes[name]!r}")
+                raise ValueError(f"{field}: give two ints, got {_short(sizes[name])}")
             first, second = ("crop_top", "crop_left") if name == "crop" else (
                 f"{name}_height", f"{name}_width")
-            setattr(r.size, first, pair[0])
-            setattr(r.size, second, pair[1])
+            setattr(r.size, first, _whole(field, pair[0], _INT32))
+            setattr(r.size, second, _whole(field, pair[1], _INT32))
         return r
 
     # ---- calls ----
@@ -404,7 +462,7 @@ class Client:
         waiting for ever: after ``silence`` seconds with no event (None: no
         limit) the curve is cancelled and DgridError UNAVAILABLE raised."""
         _seconds("silence", silence)
-        request = orchestrator_pb2.CurveRequest(trunks=trunks)
+        request = orchestrator_pb2.CurveRequest(trunks=_whole("trunks", trunks, _INT32))
         request.grid.CopyFrom(self.build_request(**grid))
         call = self._stub.DecisionCurve(request, timeout=_seconds("timeout", timeout),
                                         metadata=self._metadata)
@@ -434,7 +492,8 @@ class Client:
                                  f"no word from {self.target} for {silence:g} s (silence=; a "
                                  "running curve sends one at least every 15 s): the connection "
                                  "is lost; the curve was cancelled") from None
-            raise _error("DecisionCurve", e, self.target) from None
+            # Curves take no default_timeout.
+            raise _error("DecisionCurve", e, self.target, "the call's timeout=") from None
         finally:
             if watch:
                 watch.stop()

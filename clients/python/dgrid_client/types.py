@@ -29,24 +29,32 @@ def _write_whole(path: str, data: Union[bytes, str]) -> None:
         raise TypeError(f"cannot write {path}: expected bytes, got {type(data).__name__}")
     target = os.path.realpath(path)
     folder = os.path.dirname(target)
-    for _ in range(100):
-        # Its own short name, not the file's with a suffix: a name near the
-        # folder's length limit (255 bytes) still gets a temporary one.
-        temporary = os.path.join(folder, f".dgrid.{secrets.token_hex(6)}.tmp")
-        try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-            break
-        except FileExistsError:
-            continue
-    else:
-        raise FileExistsError(f"cannot write {path}: no free temporary name beside it")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(temporary, target)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+        for _ in range(100):
+            # Its own short name, not the file's with a suffix: a name near
+            # the folder's length limit (255 bytes) still gets a temporary one.
+            temporary = os.path.join(folder, f".dgrid.{secrets.token_hex(6)}.tmp")
+            try:
+                fd = os.open(temporary,
+                             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise FileExistsError(f"cannot write {path}: no free temporary name beside it")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(temporary, target)
+        except BaseException:
+            os.unlink(temporary)
+            raise
+    except OSError as e:
+        if e.errno is None:
+            raise
+        # The caller's name, not the temporary one's: OSError(errno, ...) is
+        # the errno's own subclass (FileNotFoundError, IsADirectoryError, ...).
+        raise OSError(e.errno, e.strerror, os.fspath(path)) from None
 
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -222,7 +230,8 @@ class Row:
     branch_step: int
     timestep: int
     cells: Tuple[Cell, ...]
-    # Mean pairwise RMS pixel distance among the branches (pixels in [0, 1]).
+    # Mean pairwise RMS pixel distance among the branches (pixels in [0, 1]);
+    # 0 with one branch, which has no pair (a CurveRow's is None then).
     divergence: float
     # Mean distance of the branches to the trunk's image.
     divergence_to_trunk: float
@@ -567,10 +576,18 @@ class Curve:
                        f"{', '.join(h.head for h in self.heads) or 'none (no judge)'}")
 
     def save_png(self, path: str) -> None:
-        _write_whole(path, self.png)
+        _write_whole(path, self._plot(self.png, "PNG", path))
 
     def save_svg(self, path: str) -> None:
-        _write_whole(path, self.svg)
+        _write_whole(path, self._plot(self.svg, "SVG", path))
+
+    @staticmethod
+    def _plot(data: bytes, kind: str, path: str) -> bytes:
+        if isinstance(data, (bytes, bytearray)) and not data:
+            # An empty file would look written.
+            raise ValueError(f"cannot write {path}: this curve has no {kind} plot (a curve read "
+                             "from a record keeps only its numbers)")
+        return data
 
     def save_record(self, path: str) -> None:
         """Writes the curve without its plots as JSON (dgrid.v1.CurveResult,
@@ -591,16 +608,24 @@ class Curve:
 
     @classmethod
     def load(cls, path: str) -> "Curve":
-        """A curve from a JSON record (Curve.save_record or ``dgrid curve``)."""
+        """A curve from a JSON record: Curve.save_record's or ``dgrid curve``'s,
+        or the explorer's "Curve JSON" (the request beside the curve)."""
+        import json
+
         from google.protobuf import json_format
 
         with open(path, encoding="utf-8") as f:
             text = f.read()
         record = orchestrator_pb2.CurveResult()
         try:
-            json_format.Parse(text, record)
-        except json_format.ParseError as e:
+            value = json.loads(text)
+            if isinstance(value, dict) and "curve" in value and set(value) <= {"request", "curve"}:
+                value = value["curve"]  # the explorer's
+            json_format.ParseDict(value, record)
+        except (json_format.ParseError, json.JSONDecodeError) as e:
             raise ValueError(f"{path} is not a curve record: {e}") from None
+        if record.trunks <= 0:
+            raise ValueError(f"{path} is not a curve record: it has no trunks")
         return cls.from_proto(record)
 
     @classmethod

@@ -71,15 +71,19 @@ def main(argv: Optional[List[str]] = None) -> int:
                     print(f"cell {cells}/{total}: {where} from {event.source}", file=sys.stderr)
                 elif isinstance(event, GridDone):
                     grid = event.grid
-    except DgridError as e:
+    except (DgridError, ValueError, TypeError) as e:  # the server's refusal, or the client's
         print(f"make_grid: {e}", file=sys.stderr)
         return 1
     if grid is None:
         print("make_grid: the stream ended without a grid", file=sys.stderr)
         return 1
-    grid.save_png(args.out)
-    if args.record:
-        grid.save_record(args.record)
+    try:
+        grid.save_png(args.out)
+        if args.record:
+            grid.save_record(args.record)
+    except OSError as e:
+        print(f"make_grid: {e}", file=sys.stderr)
+        return 1
     divergence = ", ".join(f"{r.branch_step}: {r.divergence:.3f}" for r in grid.rows)
     print(f"wrote {args.out}: {len(grid.rows)} rows x {grid.plan.branches} branches, "
           f"{grid.model_evals} model evaluations, {grid.seconds:.2f} s; "

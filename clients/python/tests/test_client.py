@@ -14,6 +14,7 @@ without it they are skipped.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -29,6 +30,7 @@ from xml.etree import ElementTree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import grpc  # noqa: E402
+from google.protobuf import json_format  # noqa: E402
 
 from dgrid_client import (  # noqa: E402
     Cell,
@@ -237,6 +239,12 @@ class ClientTest(unittest.TestCase):
             client.decision_curve(1, **args)
         self.assertEqual(bad.exception.code, grpc.StatusCode.INVALID_ARGUMENT)
         self.assertIn("trunks", bad.exception.details)
+        # A curve past its timeout names the one setting a curve reads.
+        with self.assertRaises(DgridError) as late:
+            client.decision_curve(20, timeout=0.05, **small(520))
+        self.assertEqual((late.exception.code, late.exception.details),
+                         (grpc.StatusCode.DEADLINE_EXCEEDED,
+                          "not done within this client's timeout (the call's timeout=)"))
 
     def test_a_silent_orchestrator_ends_the_curve(self) -> None:
         """Stopped mid-curve (SIGSTOP, its connection open), the orchestrator
@@ -364,7 +372,6 @@ class ClientTest(unittest.TestCase):
             capture_output=True, text=True, timeout=CALL_TIMEOUT + 30)
         self.assertEqual(run.returncode, 0, run.stderr)
         with open(os.path.join(workdir, "py-promoted.json"), encoding="utf-8") as f:
-            from google.protobuf import json_format
             from dgrid.v1 import orchestrator_pb2
             back = json_format.Parse(f.read(), orchestrator_pb2.GridRecord())
         self.assertEqual(back.grid.trunk.path, grid.cell(1, 0).path.to_proto())
@@ -511,6 +518,44 @@ class RequestTest(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "target_size: give two ints"):
             Client.build_request(target_size=(1.5, 2))
 
+    def test_arguments_are_checked_naming_them(self) -> None:
+        # Protobuf's own refusals ("Value out of range: -1") say no field.
+        cases = [
+            ({"steps": 2**40}, ValueError, r"^steps: 1099511627776 is outside \[-2147483648, "),
+            ({"seed": -1}, ValueError, r"^seed: -1 is outside \[0, 18446744073709551615\]"),
+            ({"seed": 2**64}, ValueError, r"^seed: "),
+            ({"steps": 5.5}, TypeError, r"^steps: expected an int, got float 5.5"),
+            ({"branches": "2"}, TypeError, r"^branches: expected an int, got str '2'"),
+            ({"branch_steps": [0, "x"]}, TypeError, r"^branch_steps\[1\]: expected an int"),
+            ({"branch_steps": 5}, TypeError, r"^branch_steps: expected a sequence of ints"),
+            ({"eta": "0.5"}, TypeError, r"^eta: expected a number, got str"),
+            ({"guidance": None, "eta": True}, TypeError, r"^eta: expected a number"),
+            ({"prompt": "\ud800 cat"}, ValueError, r"^prompt: not valid text: surrogates"),
+            ({"switch_prompt": 7}, TypeError, r"^switch_prompt: expected a str, got int 7"),
+            ({"crop": (0, 2**40)}, ValueError, r"^crop: 1099511627776 is outside"),
+            ({"prompt": "x" * 1000 + "\ud800"}, ValueError, r"^prompt: not valid text"),
+            ({"model": b"y" * 1000}, TypeError, r"^model: expected a str, got bytes b'y{35}\.\.\.$"),
+        ]
+        for kwargs, error, pattern in cases:
+            with self.subTest(kwargs=str(kwargs)[:60]):
+                with self.assertRaisesRegex(error, pattern):
+                    Client.build_request(**kwargs)
+        # The edges of the ranges, and int-likes, are taken.
+        r = Client.build_request(seed=2**64 - 1, steps=2**31 - 1, eta=1, guidance=7.5,
+                                 branch_steps=(0, 5))
+        self.assertEqual((r.seed, r.steps.value, r.eta.value), (2**64 - 1, 2**31 - 1, 1.0))
+        with Client("127.0.0.1:1", default_timeout=None) as c:
+            with self.assertRaisesRegex(ValueError, r"^trunks: 8589934592 is outside"):
+                next(c.stream_decision_curve(2**33, seed=1))
+            with self.assertRaisesRegex(TypeError, r"^timeout: expected seconds > 0 or None, "
+                                                   r"got str '5'"):
+                c.list_models(timeout="5")
+        # The example says so without a traceback.
+        run = subprocess.run([PYTHON, EXAMPLE, "--target", "127.0.0.1:1", "--timeout", "0"],
+                             capture_output=True, text=True, timeout=60, env=dict(os.environ))
+        self.assertEqual((run.returncode, run.stderr.strip()),
+                         (1, "make_grid: timeout: expected seconds > 0 or None, got 0.0"))
+
     def test_a_timeout_of_zero_or_less_is_refused_naming_it(self) -> None:
         # gRPC would take it as a deadline already past.
         with self.assertRaisesRegex(ValueError, r"^default_timeout: expected seconds > 0"):
@@ -558,8 +603,26 @@ class RequestTest(unittest.TestCase):
                 f.write("{\"trunks\": \"four\"}")
             with self.assertRaisesRegex(ValueError, "is not a curve record"):
                 Curve.load(path)
+            for empty in ("{}", "{\"curve\": {}}"):
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write(empty)
+                with self.assertRaisesRegex(ValueError, "is not a curve record: it has no trunks"):
+                    Curve.load(path)
+            # The explorer's "Curve JSON": the request beside the curve.
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump({"request": {"trunks": 4, "grid": {"model": "fashion-mnist"}},
+                           "curve": json.loads(json_format.MessageToJson(result))}, f)
+            from_page = Curve.load(path)
+            # A curve read from a record has no plots: writing one is refused,
+            # not an empty file.
+            for save in (loaded.save_png, loaded.save_svg):
+                with self.assertRaisesRegex(ValueError, "this curve has no (PNG|SVG) plot"):
+                    save(os.path.join(tmp, "plot"))
+            self.assertFalse(os.path.exists(os.path.join(tmp, "plot")))
         self.assertEqual((loaded.plan, loaded.trunks, loaded.rows, loaded.heads, loaded.seconds),
                          (curve.plan, curve.trunks, curve.rows, curve.heads, curve.seconds))
+        self.assertEqual((from_page.plan, from_page.trunks, from_page.rows, from_page.heads),
+                         (curve.plan, curve.trunks, curve.rows, curve.heads))
         self.assertEqual((loaded.png, loaded.svg), (b"", b""))  # the plots are files of their own
 
     def test_a_failed_save_keeps_the_previous_file(self) -> None:
@@ -582,6 +645,19 @@ class RequestTest(unittest.TestCase):
             with open(real, "rb") as f:
                 self.assertEqual(f.read(), b"new png")
             self.assertEqual(sorted(os.listdir(tmp)), ["curve.png", "real.png"])
+            # A failed write names the caller's path, not the temporary file's.
+            missing = os.path.join(tmp, "no-such-folder", "curve.png")
+            with self.assertRaises(FileNotFoundError) as failed:
+                curve.save_png(missing)
+            self.assertEqual(failed.exception.filename, missing)
+            folder = os.path.join(tmp, "folder")
+            os.mkdir(folder)
+            with self.assertRaises(IsADirectoryError) as failed:
+                curve.save_png(folder)
+            self.assertEqual((failed.exception.filename, failed.exception.filename2),
+                             (folder, None))
+            self.assertEqual(sorted(os.listdir(tmp)), ["curve.png", "folder", "real.png"])
+            os.rmdir(folder)
             # A name of 254 bytes, one short of the usual limit, is written.
             longest = os.path.join(tmp, "c" * 250 + ".png")
             curve.save_png(longest)
