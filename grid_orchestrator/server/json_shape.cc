@@ -13,6 +13,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/short_text.h"
 #include "common/status_macros.h"
@@ -115,6 +116,43 @@ absl::Status CheckText(const std::string& text, const FieldDescriptor& field,
                    " (a number or a string of digits), got ", ShortQuote(text)));
 }
 
+// A number where the field is an integer: protobuf's message names the field
+// in its own notation ("(steps.value)") and the type as TYPE_INT32.
+absl::Status CheckNumber(double number, const FieldDescriptor& field, const std::string& path) {
+  // The type's range; compared as doubles, so at the 64-bit edges the parser
+  // has the last word.
+  std::string range;
+  double lo = 0, hi = 0;
+  switch (field.cpp_type()) {
+    case FieldDescriptor::CPPTYPE_INT32:
+      range = absl::StrCat("[", INT32_MIN, ", ", INT32_MAX, "]");
+      lo = INT32_MIN, hi = INT32_MAX;
+      break;
+    case FieldDescriptor::CPPTYPE_UINT32:
+      range = absl::StrCat("[0, ", UINT32_MAX, "]");
+      hi = UINT32_MAX;
+      break;
+    case FieldDescriptor::CPPTYPE_INT64:
+      range = absl::StrCat("[", INT64_MIN, ", ", INT64_MAX, "]");
+      lo = -0x1p63, hi = 0x1p63;
+      break;
+    case FieldDescriptor::CPPTYPE_UINT64:
+      range = absl::StrCat("[0, ", UINT64_MAX, "]");
+      hi = 0x1p64;
+      break;
+    default:
+      return absl::OkStatus();
+  }
+  const std::string echo = absl::StrFormat("%.15g", number);
+  if (std::floor(number) != number) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": expected a whole number, got ", echo));
+  }
+  if (number < lo || number > hi) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", echo, " is out of range ", range));
+  }
+  return absl::OkStatus();
+}
+
 // One value of `field`: a list element, or the field's value when singular.
 absl::Status CheckOne(const Value& value, const FieldDescriptor& field, const std::string& path) {
   if (field.cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) {
@@ -132,6 +170,9 @@ absl::Status CheckOne(const Value& value, const FieldDescriptor& field, const st
     return Mismatch(path, ExpectedKind(field), value);
   }
   if (value.kind_case() == Value::kStringValue) return CheckText(value.string_value(), field, path);
+  if (value.kind_case() == Value::kNumberValue) {
+    return CheckNumber(value.number_value(), field, path);
+  }
   return absl::OkStatus();
 }
 

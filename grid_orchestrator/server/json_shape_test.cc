@@ -51,6 +51,31 @@ TEST(JsonShapeTest, WhatProtobufWouldAcceptLeniently) {
   }
 }
 
+// protobuf refused these in its own words: "(steps.value): invalid value
+// 1e+30 for type TYPE_INT32".
+TEST(JsonShapeTest, ANumberForAnIntegerFieldIsWholeAndInItsRange) {
+  const std::pair<const char*, const char*> cases[] = {
+      {R"({"steps": 1e30})", "steps: 1e+30 is out of range [-2147483648, 2147483647]"},
+      {R"({"steps": 2147483648})", "steps: 2147483648 is out of range [-2147483648, 2147483647]"},
+      {R"({"steps": 5.5})", "steps: expected a whole number, got 5.5"},
+      {R"({"seed": -1})", "seed: -1 is out of range [0, 18446744073709551615]"},
+      {R"({"seed": 1e20})", "seed: 1e+20 is out of range [0, 18446744073709551615]"},
+      {R"({"branch_steps": [0, 0.5]})", "branch_steps[1]: expected a whole number, got 0.5"},
+      {R"({"trunk": {"segments": [{"fromStep": -3000000000}]}})",
+       "trunk.segments[0].from_step: -3000000000 is out of range [-2147483648, 2147483647]"},
+  };
+  for (const auto& [json, expected] : cases) {
+    const absl::Status s = Check(json);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << json;
+    EXPECT_EQ(s.message(), expected) << json;
+  }
+  // The ranges' ends, whole numbers written as decimals, and doubles pass.
+  EXPECT_TRUE(Check(R"({"steps": 2147483647, "branches": -2147483648, "seed": 0,
+                        "branch_steps": [0, 5.0, 1e1], "guidance": 7.5, "eta": 1e300})")
+                  .ok());
+  EXPECT_TRUE(Check(R"({"seed": 18446744073709551615})").ok());
+}
+
 // protobuf's parser refuses these without naming the value: "Encountered
 // non UTF-8 code points.", "Missing low surrogate.", "Number exceeds the
 // range of double."
