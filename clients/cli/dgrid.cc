@@ -101,7 +101,9 @@ ABSL_FLAG(double, eta, -1,
           "and step.");
 ABSL_FLAG(double, guidance, -1, "Guidance scale; negative = the model's default.");
 ABSL_FLAG(int, step, 0, "dgrid step: which step to run (from x_T when 0).");
-ABSL_FLAG(int, scale, 8, "Nearest-neighbour upscaling of written PNGs.");
+ABSL_FLAG(int, scale, 8,
+          "dgrid branch: nearest-neighbour upscaling of the PNG it writes (grids and curves "
+          "are drawn by the server).");
 ABSL_FLAG(std::string, o, "",
           "Output path: a PNG, or for curve an SVG if it ends in .svg. Default grid.png, "
           "curve.png or branch.png here (overwritten), and GRID-rRcC.png beside a promoted "
