@@ -32,7 +32,8 @@ absl::StatusOr<v1::JudgeResponse> CallJudge(ReplicaPool* pool, OrchestratorMetri
   for (int attempt = 0; attempt < kJudgeAttempts; ++attempt) {
     absl::StatusOr<ReplicaPool::Lease> lease = pool->Acquire(want);
     if (!lease.ok()) {
-      count("failed");
+      // The pool refuses a cancelled curve's call: its end, not a failure.
+      count(cancel->cancelled() ? "cancelled" : "failed");
       return lease.status();
     }
     grpc::ClientContext context;

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "common/png_image.h"
+#include "grid_orchestrator/execute/grid_judge.h"
 #include "grid_orchestrator/metrics/orchestrator_metrics.h"
 #include "grid_orchestrator/testing/abort_latch.h"
 #include "grid_orchestrator/testing/fake_denoiser.h"
@@ -222,8 +223,18 @@ TEST_F(CurveServiceTest, BadInputIsRefusedNamingTheFieldBeforeAnyEvent) {
 }
 
 TEST_F(CurveServiceTest, AClientThatGoesAwayCancelsTheCurve) {
-  // Slow replicas: the client leaves with the other trunks' jobs in flight.
+  // Slow replicas that take one call at a time: the client leaves with the
+  // other trunks' jobs in flight and waiting for a replica. (A fake call
+  // does not see its cancel and ends well; a job waiting for a replica is
+  // refused as cancelled.)
   for (int i : {0, 1}) replicas_.script(i).delay = absl::Milliseconds(50);
+  ReplicaPool::Options one_call = replicas_.PoolOptions();
+  one_call.max_inflight_per_replica = 1;
+  executor_.reset();
+  auto pool = ReplicaPool::Create(one_call, nullptr);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  pool_ = std::move(*pool);
+  executor_ = std::make_unique<GridExecutor>(pool_.get(), &cache_, &metrics_, ExecutorOptions{});
   Start();
   int events = 0;
   absl::Status status = curves_->RunCurve(Caller{}, Request(20), [&](const v1::CurveEvent& e) {
@@ -254,6 +265,23 @@ TEST_F(CurveServiceTest, AClientThatGoesAwayCancelsTheCurve) {
   // Else nothing was in flight when the client left, and the two above
   // held vacuously.
   EXPECT_GT(Count("dgrid_orchestrator_jobs_total", "cancelled"), 0);
+}
+
+// A judge call the pool refuses because its curve was cancelled is the
+// curve's end, counted as a cancelled job: it was counted failed, and the
+// client-leaves test above saw it one run in thirty.
+TEST_F(CurveServiceTest, AJudgeCallOfACancelledCurveCountsCancelled) {
+  GridCancel cancel;
+  cancel.Cancel();
+  GridPlanSpec plan;
+  plan.model = "fake";
+  v1::Grid grid;
+  grid.mutable_trunk()->set_png("not judged");
+  absl::StatusOr<TrunkObservation> judged =
+      JudgeGrid(pool_.get(), &metrics_, plan, grid, 2, absl::Now() + absl::Seconds(30), &cancel);
+  EXPECT_EQ(judged.status().code(), absl::StatusCode::kCancelled) << judged.status();
+  EXPECT_EQ(Count("dgrid_orchestrator_jobs_total", "cancelled"), 1);
+  EXPECT_EQ(Count("dgrid_orchestrator_jobs_total", "failed"), 0);
 }
 
 // More concurrent grids than the client may have: trunks wait their turn
