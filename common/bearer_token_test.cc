@@ -29,6 +29,31 @@ TEST(TokenFileTest, ANewlineIsNoToken) {
   EXPECT_NE(token.status().message().find("holds no token"), absl::string_view::npos);
 }
 
+// The token is the file's text less surrounding whitespace, as the Python
+// client reads it: a trailing space kept here made `dgrid` and Python differ.
+TEST(TokenFileTest, SurroundingWhitespaceGoesAndATokenCannotHoldAny) {
+  const std::string path = (std::filesystem::temp_directory_path() /
+                            ("dgrid-token-space-" + std::to_string(::getpid()))).string();
+  std::ofstream(path) << "  s3cret \t\n";
+  absl::StatusOr<std::string> token = ReadTokenFile(path, "--auth_token_file");
+  ASSERT_TRUE(token.ok()) << token.status();
+  EXPECT_EQ(*token, "s3cret");
+  for (const char* bad : {"s3 cret\n", "s3\x01cret", "s3cr\xc3\xa9t"}) {
+    std::ofstream(path, std::ios::trunc) << bad;
+    token = ReadTokenFile(path, "--auth_token_file");
+    ASSERT_FALSE(token.ok()) << bad;
+    EXPECT_NE(token.status().message().find("holds a space, a control character or non-ASCII"),
+              absl::string_view::npos);
+    EXPECT_EQ(token.status().message().find("s3"), absl::string_view::npos);  // not echoed
+  }
+  std::remove(path.c_str());
+  // A folder is not a file (it read as empty).
+  token = ReadTokenFile(std::filesystem::temp_directory_path().string(), "--auth_token_file");
+  ASSERT_FALSE(token.ok());
+  EXPECT_NE(token.status().message().find("is a folder, not a file"), absl::string_view::npos)
+      << token.status();
+}
+
 TEST(BearerTokenTest, TheSchemeIsCaseInsensitiveAndTheTokenExact) {
   EXPECT_TRUE(BearerTokenMatches("Bearer s3cret", "s3cret"));
   EXPECT_TRUE(BearerTokenMatches("bearer s3cret", "s3cret"));

@@ -1,13 +1,21 @@
 #include "common/tls.h"
 
+#include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 namespace dgrid {
 
 absl::StatusOr<std::string> ReadSecretFile(const std::string& path, const std::string& flag) {
+  std::error_code error;
+  if (std::filesystem::is_directory(path, error)) {
+    return absl::InvalidArgumentError(absl::StrCat(flag, ": ", path, " is a folder, not a file"));
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::InvalidArgumentError(absl::StrCat(flag, ": cannot read ", path));
   std::stringstream s;
@@ -20,14 +28,40 @@ absl::StatusOr<std::string> ReadTokenFile(const std::string& path, const std::st
   if (path.empty()) return std::string();
   absl::StatusOr<std::string> token = ReadSecretFile(path, flag);
   if (!token.ok()) return token.status();
-  while (!token->empty() && (token->back() == '\n' || token->back() == '\r')) token->pop_back();
+  // Surrounding whitespace goes (the newline of `echo token > file`), as the
+  // Python client drops it from the text it is given: a trailing space kept
+  // here made the same file's token differ between clients.
+  const std::string stripped(absl::StripAsciiWhitespace(*token));
   // An empty token means no authentication: a file of a newline alone must
   // not turn it off.
-  if (token->empty()) {
+  if (stripped.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(flag, ": ", path, " holds no token"));
   }
-  return token;
+  // A header value cannot carry it (not echoed: it is a secret).
+  if (!std::all_of(stripped.begin(), stripped.end(),
+                   [](char c) { return c > 0x20 && c < 0x7f; })) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        flag, ": the token in ", path, " holds a space, a control character or non-ASCII"));
+  }
+  return stripped;
 }
+
+namespace {
+
+// INVALID_ARGUMENT unless `text` holds a PEM block whose label ends in
+// `label` ("-----BEGIN RSA PRIVATE KEY-----" is a private key too).
+absl::Status LooksLikePem(const std::string& text, absl::string_view label, absl::string_view flag,
+                          const std::string& path) {
+  const size_t begin = text.find("-----BEGIN ");
+  const size_t end = begin == std::string::npos ? begin : text.find("-----", begin + 11);
+  if (end != std::string::npos && absl::EndsWith(text.substr(begin, end - begin), label)) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat(flag, ": ", path, " holds no PEM ", absl::AsciiStrToLower(label)));
+}
+
+}  // namespace
 
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentialsFromFiles(
     const ServerTlsFiles& f) {
@@ -44,6 +78,13 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentialsFromFi
   if (!cert.ok()) return cert.status();
   absl::StatusOr<std::string> key = ReadSecretFile(f.key, "--tls_key");
   if (!key.ok()) return key.status();
+  // gRPC's own refusal comes only at the listen, as "cannot listen".
+  if (absl::Status pem = LooksLikePem(*cert, "CERTIFICATE", "--tls_cert", f.cert); !pem.ok()) {
+    return pem;
+  }
+  if (absl::Status pem = LooksLikePem(*key, "PRIVATE KEY", "--tls_key", f.key); !pem.ok()) {
+    return pem;
+  }
   grpc::SslServerCredentialsOptions ssl;
   ssl.pem_key_cert_pairs.push_back({*key, *cert});
   if (!f.client_ca.empty()) {

@@ -40,8 +40,9 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentialsFrom
 // The whole file, or INVALID_ARGUMENT naming `flag`.
 absl::StatusOr<std::string> ReadSecretFile(const std::string& path, const std::string& flag);
 
-// A bearer token from a file: "" for no path, else the file less the
-// trailing newline of `echo token > file`.
+// A bearer token from a file: "" for no path, else the file less its
+// surrounding whitespace (the newline of `echo token > file`); a token with
+// a space, a control character or non-ASCII inside is refused.
 absl::StatusOr<std::string> ReadTokenFile(const std::string& path, const std::string& flag);
 
 }  // namespace dgrid
