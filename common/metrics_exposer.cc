@@ -3,8 +3,8 @@
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/host_port.h"
 #include "common/http_listen.h"
 #include "httplib.h"
 
@@ -12,15 +12,10 @@ namespace dgrid {
 
 absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(
     const std::string& address, std::shared_ptr<prometheus::Registry> registry) {
-  const size_t colon = address.rfind(':');
-  int port = -1;
-  if (colon == std::string::npos || !absl::SimpleAtoi(address.substr(colon + 1), &port) ||
-      port < 0 || port > 65535) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("metrics address must be host:port, got \"", address, "\""));
-  }
-  std::string host = address.substr(0, colon);
-  if (host.empty()) host = "0.0.0.0";
+  absl::StatusOr<HostPort> at = ParseHostPort("--metrics_addr", address);
+  if (!at.ok()) return at.status();
+  const std::string host = at->host.empty() ? "0.0.0.0" : at->host;
+  const int port = at->port;
 
   auto endpoint = std::unique_ptr<MetricsEndpoint>(new MetricsEndpoint());
   endpoint->registry_ = std::move(registry);

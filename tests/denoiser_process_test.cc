@@ -8,11 +8,15 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <fstream>
+#include <set>
+#include <string>
+#include <vector>
+
 #include "absl/strings/str_cat.h"
 #include "dgrid/v1/denoiser.grpc.pb.h"
 #include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "gtest/gtest.h"
-#include <set>
 
 #include "tests/support/child_process.h"
 
@@ -206,7 +210,7 @@ TEST(DenoiserProcessTest, BadFlagsExitWithOneReadableLine) {
 TEST(DenoiserProcessTest, OrchestratorLimitsOutOfRangeExitNamingTheFlag) {
   const std::string dir = testing::TempDir("orchestrator-bad");
   for (const char* flag : {"--curve_concurrent_grids=-1", "--max_curve_trunks=1", "--cache_mb=-5",
-                           "--max_rows=0"}) {
+                           "--max_rows=0", "--max_message_bytes=0"}) {
     auto child = ChildProcess::Start({BinPath("dgrid-orchestrator"), "--listen=127.0.0.1:0",
                                       "--denoisers=127.0.0.1:1", "--metrics_addr=", flag},
                                      dir + "/log");
@@ -217,6 +221,62 @@ TEST(DenoiserProcessTest, OrchestratorLimitsOutOfRangeExitNamingTheFlag) {
     const std::string name(flag, std::string(flag).find('='));
     EXPECT_NE((*child)->Log().find(name + " must be at least"), std::string::npos)
         << (*child)->Log();
+  }
+}
+
+// Settings that could never serve stop either server at start, naming the
+// flag. Each of these started: a port past 65535 wrapped round (99999 bound
+// 34463, and a replica's reached another process), a cache of 2^44 MiB
+// overflowed to none, and a request limit of 0 refused every grid as the
+// client's fault.
+TEST(DenoiserProcessTest, SettingsThatCannotServeExitNamingTheFlag) {
+  const std::string dir = testing::TempDir("settings-bad");
+  const std::string model = "--model_dir=" + std::string(std::getenv("DGRID_FIXTURES")) +
+                            "/gaussian";
+  const std::string cert = dir + "/not-a-cert.pem";
+  std::ofstream(cert) << "not a certificate\n";
+  const struct {
+    std::vector<std::string> args;
+    std::string expected;
+  } cases[] = {
+      {{"dgrid-orchestrator", "--denoisers=127.0.0.1:1", "--listen=127.0.0.1:0",
+        "--metrics_addr=", "--http_addr=127.0.0.1:99999"},
+       "--http_addr: expected host:port with a port in [0, 65535], got \"127.0.0.1:99999\""},
+      {{"dgrid-orchestrator", "--denoisers=127.0.0.1:1", "--listen=127.0.0.1:65536",
+        "--metrics_addr="},
+       "--listen: expected host:port"},
+      {{"dgrid-orchestrator", "--denoisers=127.0.0.1:1,127.0.0.1:100673",
+        "--listen=127.0.0.1:0", "--metrics_addr="},
+       "--denoisers: expected host:port with a port in [1, 65535], got \"127.0.0.1:100673\""},
+      {{"dgrid-orchestrator", "--denoisers=127.0.0.1", "--listen=127.0.0.1:0", "--metrics_addr="},
+       "--denoisers: expected host:port"},
+      {{"dgrid-orchestrator", "--denoisers=127.0.0.1:1", "--listen=127.0.0.1:0",
+        "--metrics_addr=127.0.0.1:70000"},
+       "--metrics_addr: expected host:port"},
+      {{"dgrid-orchestrator", "--denoisers=127.0.0.1:1", "--listen=127.0.0.1:0", "--metrics_addr=",
+        "--cache_mb=17592186044416"},
+       "--cache_mb must be at most 1048576"},
+      {{"dgrid-denoiser", model, "--listen=127.0.0.1:99999", "--metrics_addr="},
+       "--listen: expected host:port"},
+      {{"dgrid-denoiser", model, "--listen=127.0.0.1:0", "--metrics_addr=",
+        "--max_trajectories_per_request=0"},
+       "--max_trajectories_per_request must be >= 1"},
+      {{"dgrid-denoiser", model, "--listen=127.0.0.1:0", "--metrics_addr=", "--threads=-3"},
+       "--threads must be >= 0"},
+      {{"dgrid-denoiser", model, "--listen=127.0.0.1:0", "--metrics_addr=", "--tls_cert=" + cert,
+        "--tls_key=" + cert},
+       "--tls_cert: " + cert + " holds no PEM certificate"},
+  };
+  int i = 0;
+  for (const auto& c : cases) {
+    std::vector<std::string> args = c.args;
+    args[0] = BinPath(args[0]);
+    auto child = ChildProcess::Start(args, absl::StrCat(dir, "/", i++, ".log"));
+    ASSERT_TRUE(child.ok());
+    auto code = (*child)->Wait(absl::Seconds(30));
+    ASSERT_TRUE(code.ok()) << c.expected << ": still running";
+    EXPECT_EQ(*code, 1) << c.expected;
+    EXPECT_NE((*child)->Log().find(c.expected), std::string::npos) << (*child)->Log();
   }
 }
 

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/grpc_server.h"
+#include "common/host_port.h"
 #include "common/metrics_exposer.h"
 #include "common/tls.h"
 #include "denoiser_service/server/denoiser_metrics.h"
@@ -50,12 +51,25 @@ DenoiserServer::~DenoiserServer() { Shutdown(absl::ZeroDuration()); }
 absl::StatusOr<std::unique_ptr<DenoiserServer>> DenoiserServer::Start(
     const DenoiserServerOptions& o) {
   if (o.model_dirs.empty()) return absl::InvalidArgumentError("--model_dir is required");
+  if (absl::Status listen = CheckGrpcAddress("--listen", o.listen); !listen.ok()) return listen;
   if (o.max_batch < 1) return absl::InvalidArgumentError("--max_batch must be >= 1");
   if (o.max_queue < 1) return absl::InvalidArgumentError("--max_queue must be >= 1");
   // Step and Decode refuse an answer past it before the work; 0 or less
   // (no limit to gRPC) would refuse them all.
   if (o.max_message_bytes < 1) {
     return absl::InvalidArgumentError("--max_message_bytes must be >= 1");
+  }
+  // 0 or less would refuse every request as too many trajectories, a fault
+  // of this server's that clients would be told is theirs.
+  if (o.max_trajectories_per_request < 1) {
+    return absl::InvalidArgumentError("--max_trajectories_per_request must be >= 1");
+  }
+  if (o.threads < 0) return absl::InvalidArgumentError("--threads must be >= 0 (0: one per core)");
+  if (o.min_chunk_rows < 0) {
+    return absl::InvalidArgumentError("--min_chunk_rows must be >= 0 (0: whole passes)");
+  }
+  if (o.debug_step_delay < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--debug_step_delay_ms must be >= 0");
   }
   if (o.max_connection_age < absl::ZeroDuration() ||
       o.max_connection_age_grace < absl::ZeroDuration()) {
@@ -123,13 +137,16 @@ absl::StatusOr<std::unique_ptr<DenoiserServer>> DenoiserServer::Start(
       o.listen, *credentials, &s->port_, o.max_message_bytes, "dgrid-denoiser");
   builder->RegisterService(s->service_.get());
   if (o.max_connection_age > absl::ZeroDuration()) {
+    // gRPC takes int milliseconds: a longer age (24.8 days) is held there,
+    // not wrapped round to a short one.
+    const auto millis = [](absl::Duration d) {
+      return static_cast<int>(
+          std::min<int64_t>(absl::ToInt64Milliseconds(d), std::numeric_limits<int>::max()));
+    };
     // Clients reconnect, and re-resolve a headless Service, after a scale-up.
-    builder->AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS,
-                                static_cast<int>(absl::ToInt64Milliseconds(o.max_connection_age)));
-    builder->AddChannelArgument(
-        GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
-        static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(o.max_connection_age_grace),
-                                           std::numeric_limits<int>::max())));
+    builder->AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS, millis(o.max_connection_age));
+    builder->AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+                                millis(o.max_connection_age_grace));
   }
   s->server_ = builder->BuildAndStart();
   if (!s->server_ || s->port_ == 0) {

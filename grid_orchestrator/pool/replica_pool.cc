@@ -15,6 +15,7 @@
 #include "absl/strings/str_split.h"
 #include "common/bearer_token.h"
 #include "common/grpc_status.h"
+#include "common/host_port.h"
 #include "grid_orchestrator/metrics/orchestrator_metrics.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
@@ -136,6 +137,20 @@ absl::StatusOr<std::unique_ptr<ReplicaPool>> ReplicaPool::Create(Options options
                                                                  OrchestratorMetrics* metrics) {
   if (options.targets.empty()) {
     return absl::InvalidArgumentError("--denoisers: give host:port,... or dns:///name:port");
+  }
+  // A port past 65535 would be wrapped round by gRPC (another process's, or
+  // nobody's) and a missing one read as gRPC's default, 443.
+  if (absl::StartsWith(options.targets, "dns:///")) {
+    if (absl::StatusOr<HostPort> at = ParseHostPort("--denoisers", options.targets.substr(7), 1);
+        !at.ok()) {
+      return at.status();
+    }
+  } else {
+    for (absl::string_view target : absl::StrSplit(options.targets, ',', absl::SkipWhitespace())) {
+      if (absl::Status checked = CheckGrpcAddress("--denoisers", target, 1); !checked.ok()) {
+        return checked;
+      }
+    }
   }
   if (options.max_inflight_per_replica < 1) {
     return absl::InvalidArgumentError("--replica_max_inflight must be >= 1");

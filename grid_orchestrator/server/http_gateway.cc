@@ -31,6 +31,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/host_port.h"
 #include "common/http_listen.h"
 #include "common/short_text.h"
 #include "common/status_macros.h"
@@ -1252,13 +1253,9 @@ absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(const HttpGatewa
                                                                  GridService* service,
                                                                  CurveService* curves) {
   auto gateway = std::unique_ptr<HttpGateway>(new HttpGateway());
-  const size_t colon = o.address.rfind(':');
-  int port = -1;
-  if (colon == std::string::npos || !absl::SimpleAtoi(o.address.substr(colon + 1), &port)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--http_addr must be host:port, got \"", o.address, "\""));
-  }
-  const std::string host = colon == 0 ? "0.0.0.0" : o.address.substr(0, colon);
+  ASSIGN_OR_RETURN(const HostPort at, ParseHostPort("--http_addr", o.address));
+  const std::string host = at.host.empty() ? "0.0.0.0" : at.host;
+  const int port = at.port;
   if (o.head_timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("--http_head_timeout_s must be positive");
   }

@@ -1,6 +1,8 @@
 // dgrid-orchestrator: plans grids and runs them on a pool of dgrid-denoiser
 // replicas. Parses flags, starts the server, waits for SIGINT/SIGTERM.
+#include <cstdint>
 #include <iostream>
+#include <limits>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -120,8 +122,15 @@ int main(int argc, char** argv) {
   o.http_head_timeout = absl::Seconds(absl::GetFlag(FLAGS_http_head_timeout_s));
   o.http_allowed_hosts = absl::GetFlag(FLAGS_http_allowed_hosts);
   // Limits out of range are refused here: a curve limit of -1 used to hang
-  // every curve, and a negative size wrapped round to an unbounded one.
-  const std::tuple<const char*, int64_t, int64_t> ranges[] = {
+  // every curve, a negative size wrapped round to an unbounded one, and a
+  // cache of 2^44 MiB to none (its bytes overflow).
+  struct Range {
+    const char* flag;
+    int64_t value;
+    int64_t least;
+    int64_t most = std::numeric_limits<int64_t>::max();
+  };
+  const Range ranges[] = {
       {"max_concurrent_grids", absl::GetFlag(FLAGS_max_concurrent_grids), 1},
       {"max_rows", absl::GetFlag(FLAGS_max_rows), 1},
       {"max_branches", absl::GetFlag(FLAGS_max_branches), 1},
@@ -134,9 +143,9 @@ int main(int argc, char** argv) {
       {"max_attempts", absl::GetFlag(FLAGS_max_attempts), 1},
       {"cells_per_job", absl::GetFlag(FLAGS_cells_per_job), 1},
       {"replica_max_inflight", absl::GetFlag(FLAGS_replica_max_inflight), 1},
-      {"cache_mb", absl::GetFlag(FLAGS_cache_mb), 0},
-      // -1: gRPC's "no limit".
-      {"max_message_bytes", absl::GetFlag(FLAGS_max_message_bytes), -1},
+      {"cache_mb", absl::GetFlag(FLAGS_cache_mb), 0, int64_t{1} << 20},  // 1 TiB
+      // 0 would refuse every message, the replicas' answers too.
+      {"max_message_bytes", absl::GetFlag(FLAGS_max_message_bytes), 1},
       {"max_grids_per_client", absl::GetFlag(FLAGS_max_grids_per_client), 1},
       {"max_curve_trunks", absl::GetFlag(FLAGS_max_curve_trunks), 2},
       {"curve_concurrent_grids", absl::GetFlag(FLAGS_curve_concurrent_grids), 1},
@@ -145,10 +154,15 @@ int main(int argc, char** argv) {
       {"http_max_connections", absl::GetFlag(FLAGS_http_max_connections), 1},
       {"http_max_connections_per_client", absl::GetFlag(FLAGS_http_max_connections_per_client), 1},
       {"http_head_timeout_s", absl::GetFlag(FLAGS_http_head_timeout_s), 1}};
-  for (const auto& [flag, value, least] : ranges) {
-    if (value < least) {
-      std::cerr << "dgrid-orchestrator: --" << flag << " must be at least " << least << ", got "
-                << value << "\n";
+  for (const Range& r : ranges) {
+    if (r.value < r.least) {
+      std::cerr << "dgrid-orchestrator: --" << r.flag << " must be at least " << r.least
+                << ", got " << r.value << "\n";
+      return 1;
+    }
+    if (r.value > r.most) {
+      std::cerr << "dgrid-orchestrator: --" << r.flag << " must be at most " << r.most
+                << ", got " << r.value << "\n";
       return 1;
     }
   }

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/grpc_server.h"
+#include "common/host_port.h"
 #include "common/metrics_exposer.h"
 #include "grid_orchestrator/execute/prefix_cache.h"
 #include "grid_orchestrator/metrics/orchestrator_metrics.h"
@@ -22,6 +23,7 @@ OrchestratorServer::~OrchestratorServer() { Shutdown(absl::ZeroDuration()); }
 
 absl::StatusOr<std::unique_ptr<OrchestratorServer>> OrchestratorServer::Start(
     const OrchestratorServerOptions& o) {
+  if (absl::Status listen = CheckGrpcAddress("--listen", o.listen); !listen.ok()) return listen;
   std::unique_ptr<OrchestratorServer> s(new OrchestratorServer());
   s->metrics_ = std::make_unique<OrchestratorMetrics>();
   if (!o.metrics_addr.empty()) {
