@@ -368,6 +368,10 @@ TEST_F(CliTest, ErrorsAreOneReadableLine) {
       {{"promote", stack_->dir() + "/edited.json", "--row=1", "--col=1"},
        "is not a grid sidecar written by dgrid grid: "},
       {{"models", "--target=127.0.0.1:1", "--tls_name=dgrid.example"}, "needs --tls_ca"},
+      // gRPC wrapped the port round: 115586 reached 50050.
+      {{"models", "--target=127.0.0.1:115586"},
+       "--target: expected host:port with a port in [1, 65535], got \"127.0.0.1:115586\""},
+      {{"health", "--target=localhost"}, "--target: expected host:port"},
       // Before the run: the allocation threw std::bad_alloc after it.
       {{"branch", "--target=" + stack_->denoiser_address(0), "--scale=100000"},
        "--scale: 100000 is out of range; "},

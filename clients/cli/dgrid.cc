@@ -44,6 +44,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/grpc_status.h"
+#include "common/host_port.h"
 #include "common/manifest_reader.h"
 #include "common/png_image.h"
 #include "common/short_text.h"
@@ -181,6 +182,15 @@ void SetDeadline(grpc::ClientContext* context, int fallback_s = 300) {
 }
 
 std::shared_ptr<grpc::Channel> Connect() {
+  // host:port as the servers' flags take it (a port past 65535 would be
+  // wrapped round to another); a gRPC target with a scheme passes as it is.
+  const std::string& target = absl::GetFlag(FLAGS_target);
+  if (target.find("://") == std::string::npos && !absl::StartsWith(target, "dns:") &&
+      !absl::StartsWith(target, "ipv4:") && !absl::StartsWith(target, "ipv6:")) {
+    if (absl::Status checked = CheckGrpcAddress("--target", target, 1); !checked.ok()) {
+      Fail(std::string(checked.message()));
+    }
+  }
   auto credentials = ChannelCredentialsFromFiles(
       {absl::GetFlag(FLAGS_tls_ca), absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key)});
   if (!credentials.ok()) Fail(std::string(credentials.status().message()));
@@ -192,7 +202,7 @@ std::shared_ptr<grpc::Channel> Connect() {
     }
     args.SetSslTargetNameOverride(absl::GetFlag(FLAGS_tls_name));
   }
-  return grpc::CreateCustomChannel(absl::GetFlag(FLAGS_target), *credentials, args);
+  return grpc::CreateCustomChannel(target, *credentials, args);
 }
 
 v1::ModelInfo FetchModel(v1::Denoiser::Stub& stub) {
