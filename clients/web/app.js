@@ -377,7 +377,15 @@ async function modelsReady() {
 function fillControls(state, {fresh = false} = {}) {
   for (const field of FIELDS) {
     if (field === 'prompt' || field === 'model' || field === 'switch') continue;
-    controls[field].value = state[field];
+    const control = controls[field];
+    // A link's value a list does not offer (?preset=bogus): shown as it is,
+    // so that the form is the request the server refused; the list alone
+    // showed its first entry, and Run grid ran that instead.
+    if (control.tagName === 'SELECT' && state[field] &&
+        ![...control.options].some((option) => option.value === state[field])) {
+      control.append(new Option(`${state[field]} (unknown)`, state[field]));
+    }
+    control.value = state[field];
   }
   wantedModel = fresh ? null : state.model;
   wantedPrompt = fresh ? null : state.prompt;

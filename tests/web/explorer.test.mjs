@@ -453,6 +453,22 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
       await cut.close();
     }
 
+    // A link's preset the list does not offer stays in the form, refused
+    // by name; the list showed "default", and Run grid ran that.
+    const unknown = await newPage();
+    try {
+      await openPage(unknown, `${main.url}?seed=11&steps=12&rows=0,4&cols=2&preset=bogus`);
+      await unknown.waitForSelector(`${testId('error-banner')}:not([hidden])`);
+      assert.match(await unknown.textContent(testId('error-message')), /preset/);
+      assert.equal(await unknown.inputValue(testId('preset')), 'bogus');
+      await unknown.click(testId('error-dismiss'));
+      await unknown.click(testId('run'));
+      await unknown.waitForSelector(`${testId('error-banner')}:not([hidden])`);
+      assert.match(await unknown.textContent(testId('error-message')), /preset/);
+    } finally {
+      await unknown.close();
+    }
+
     // A wrong bearer token.
     const denied = await newPage();
     try {
