@@ -5,6 +5,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "common/tls.h"
 #include "gtest/gtest.h"
@@ -52,6 +55,44 @@ TEST(TokenFileTest, SurroundingWhitespaceGoesAndATokenCannotHoldAny) {
   ASSERT_FALSE(token.ok());
   EXPECT_NE(token.status().message().find("is a folder, not a file"), absl::string_view::npos)
       << token.status();
+}
+
+// A key or certificate file is held to holding one PEM block of its kind,
+// among any others gRPC skips; without one, gRPC's refusal came only at the
+// listen, as "cannot listen (in use by another process?)".
+TEST(TlsFilesTest, AKeyAndACertificateAreFoundAmongOtherBlocks) {
+  const std::string dir = (std::filesystem::temp_directory_path() /
+                           ("dgrid-pem-" + std::to_string(::getpid()))).string();
+  std::filesystem::create_directories(dir);
+  const auto block = [](const std::string& label) {
+    return "-----BEGIN " + label + "-----\nAAAA\n-----END " + label + "-----\n";
+  };
+  const auto file = [&](const std::string& name, const std::string& text) {
+    std::ofstream(dir + "/" + name) << text;
+    return dir + "/" + name;
+  };
+  const std::string cert = file("cert.pem", block("CERTIFICATE"));
+  const std::string chain = file("chain.pem", block("CERTIFICATE") + block("CERTIFICATE"));
+  const std::string both_key_first =
+      file("both1.pem", block("PRIVATE KEY") + block("CERTIFICATE"));
+  const std::string both_cert_first =
+      file("both2.pem", block("CERTIFICATE") + block("RSA PRIVATE KEY"));
+  // openssl ecparam -genkey writes the curve's parameters first.
+  const std::string ec_key = file("ec.key", block("EC PARAMETERS") + block("EC PRIVATE KEY"));
+  const std::string not_pem = file("not.pem", "not a certificate\n");
+  const std::string cut = file("cut.pem", "-----BEGIN CERTIFICATE");
+  for (const auto& [c, k] : std::vector<std::pair<std::string, std::string>>{
+           {cert, ec_key}, {chain, both_key_first}, {both_key_first, both_cert_first},
+           {both_cert_first, both_key_first}}) {
+    EXPECT_TRUE(ServerCredentialsFromFiles({c, k, ""}).ok()) << c << " " << k;
+  }
+  EXPECT_EQ(ServerCredentialsFromFiles({not_pem, ec_key, ""}).status().message(),
+            "--tls_cert: " + not_pem + " holds no PEM certificate");
+  EXPECT_EQ(ServerCredentialsFromFiles({cut, ec_key, ""}).status().message(),
+            "--tls_cert: " + cut + " holds no PEM certificate");
+  EXPECT_EQ(ServerCredentialsFromFiles({cert, chain, ""}).status().message(),
+            "--tls_key: " + chain + " holds no PEM private key");
+  std::filesystem::remove_all(dir);
 }
 
 TEST(BearerTokenTest, TheSchemeIsCaseInsensitiveAndTheTokenExact) {

@@ -32,15 +32,18 @@ absl::StatusOr<HostPort> ParseHostPort(absl::string_view flag, absl::string_view
       !absl::SimpleAtoi(digits, &port) || port < least_port || port > 65535) {
     return refuse();
   }
-  return HostPort{std::string(host), port};
+  const bool bracketed = absl::StartsWith(host, "[") && absl::EndsWith(host, "]");
+  return HostPort{std::string(bracketed ? host.substr(1, host.size() - 2) : host), port};
 }
 
-absl::Status CheckGrpcAddress(absl::string_view flag, absl::string_view address,
-                              int least_port) {
-  if (absl::StartsWith(address, "unix:") || absl::StartsWith(address, "unix-abstract:")) {
-    return absl::OkStatus();
+absl::Status CheckGrpcTarget(absl::string_view flag, absl::string_view target,
+                             int least_port) {
+  for (absl::string_view scheme :
+       {"unix:", "unix-abstract:", "dns:", "ipv4:", "ipv6:", "vsock:"}) {
+    if (absl::StartsWith(target, scheme)) return absl::OkStatus();
   }
-  return ParseHostPort(flag, address, least_port).status();
+  if (target.find("://") != absl::string_view::npos) return absl::OkStatus();
+  return ParseHostPort(flag, target, least_port).status();
 }
 
 }  // namespace dgrid

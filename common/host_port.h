@@ -6,6 +6,7 @@
 //
 //   ASSIGN_OR_RETURN(HostPort at, ParseHostPort("--http_addr", address));
 //   server.bind_to_port(at.host.empty() ? "0.0.0.0" : at.host, at.port);
+//   RETURN_IF_ERROR(CheckGrpcTarget("--target", target, 1));
 #ifndef DGRID_COMMON_HOST_PORT_H_
 #define DGRID_COMMON_HOST_PORT_H_
 
@@ -17,8 +18,10 @@
 namespace dgrid {
 
 struct HostPort {
-  std::string host;  // as written: empty, a name, an IPv4 or a bracketed IPv6 address
-  int port = 0;      // 0: any free port (where `least_port` allows it)
+  // Empty (every address), a name or an IP address; an IPv6 address is
+  // written in brackets ("[::1]:50051") and kept here without them.
+  std::string host;
+  int port = 0;  // 0: any free port (where `least_port` allows it)
 };
 
 // INVALID_ARGUMENT naming `flag` unless `address` is host:port with a port
@@ -26,10 +29,11 @@ struct HostPort {
 absl::StatusOr<HostPort> ParseHostPort(absl::string_view flag, absl::string_view address,
                                        int least_port = 0);
 
-// A gRPC address flag: gRPC's unix: and unix-abstract: addresses pass as
-// they are; any other must be host:port as above.
-absl::Status CheckGrpcAddress(absl::string_view flag, absl::string_view address,
-                              int least_port = 0);
+// A gRPC address or target: one with a scheme gRPC reads (unix:, dns:,
+// ipv4:, ... or a URI) passes as it is, for gRPC to judge; any other must be
+// host:port as above.
+absl::Status CheckGrpcTarget(absl::string_view flag, absl::string_view target,
+                             int least_port = 0);
 
 }  // namespace dgrid
 

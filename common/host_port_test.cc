@@ -12,7 +12,7 @@ TEST(HostPortTest, APortIsDigitsInRange) {
   }
   absl::StatusOr<HostPort> at = ParseHostPort("--listen", "[::1]:50051");
   ASSERT_TRUE(at.ok());
-  EXPECT_EQ(at->host, "[::1]");
+  EXPECT_EQ(at->host, "::1");  // as a socket takes it
   EXPECT_EQ(at->port, 50051);
   EXPECT_EQ(ParseHostPort("--listen", ":8080")->host, "");
   // Past 65535 gRPC and httplib wrapped round (99999 bound 34463); the rest
@@ -28,15 +28,20 @@ TEST(HostPortTest, APortIsDigitsInRange) {
   }
 }
 
-TEST(HostPortTest, AReplicaNeedsAPortAndGrpcsUnixAddressesPass) {
+TEST(HostPortTest, AReplicaNeedsAPortAndTargetsWithASchemePass) {
   EXPECT_EQ(ParseHostPort("--denoisers", "127.0.0.1:0", 1).status().message(),
             "--denoisers: expected host:port with a port in [1, 65535], got \"127.0.0.1:0\"");
-  EXPECT_TRUE(CheckGrpcAddress("--listen", "unix:/tmp/dgrid.sock").ok());
-  EXPECT_TRUE(CheckGrpcAddress("--listen", "unix-abstract:dgrid").ok());
-  EXPECT_TRUE(CheckGrpcAddress("--denoisers", "127.0.0.1:50051", 1).ok());
-  EXPECT_FALSE(CheckGrpcAddress("--denoisers", "127.0.0.1:100673", 1).ok());
+  // A target with a scheme is gRPC's to judge.
+  for (const char* target : {"unix:/tmp/dgrid.sock", "unix-abstract:dgrid",
+                             "dns:///dgrid-denoiser:50051", "dns:name:50051",
+                             "dns://8.8.8.8/name:50051", "ipv4:10.0.0.1:50051,10.0.0.2:50051",
+                             "ipv6:[::1]:50051"}) {
+    EXPECT_TRUE(CheckGrpcTarget("--denoisers", target, 1).ok()) << target;
+  }
+  EXPECT_TRUE(CheckGrpcTarget("--denoisers", "127.0.0.1:50051", 1).ok());
+  EXPECT_FALSE(CheckGrpcTarget("--denoisers", "127.0.0.1:100673", 1).ok());
   // A long address is echoed short.
-  EXPECT_LT(CheckGrpcAddress("--listen", std::string(10000, 'h')).message().size(), 200u);
+  EXPECT_LT(CheckGrpcTarget("--listen", std::string(10000, 'h')).message().size(), 200u);
 }
 
 }  // namespace

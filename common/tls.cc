@@ -49,13 +49,20 @@ absl::StatusOr<std::string> ReadTokenFile(const std::string& path, const std::st
 namespace {
 
 // INVALID_ARGUMENT unless `text` holds a PEM block whose label ends in
-// `label` ("-----BEGIN RSA PRIVATE KEY-----" is a private key too).
+// `label` ("-----BEGIN EC PRIVATE KEY-----" is a private key too), among
+// any others: gRPC skips the rest (an EC key's parameters, a key and its
+// certificate in one file).
 absl::Status LooksLikePem(const std::string& text, absl::string_view label, absl::string_view flag,
                           const std::string& path) {
-  const size_t begin = text.find("-----BEGIN ");
-  const size_t end = begin == std::string::npos ? begin : text.find("-----", begin + 11);
-  if (end != std::string::npos && absl::EndsWith(text.substr(begin, end - begin), label)) {
-    return absl::OkStatus();
+  constexpr char kBegin[] = "-----BEGIN ";
+  constexpr size_t kBeginSize = sizeof(kBegin) - 1;
+  for (size_t begin = text.find(kBegin); begin != std::string::npos;
+       begin = text.find(kBegin, begin + kBeginSize)) {
+    const size_t end = text.find("-----", begin + kBeginSize);
+    if (end == std::string::npos) break;
+    if (absl::EndsWith(absl::string_view(text).substr(begin, end - begin), label)) {
+      return absl::OkStatus();
+    }
   }
   return absl::InvalidArgumentError(
       absl::StrCat(flag, ": ", path, " holds no PEM ", absl::AsciiStrToLower(label)));

@@ -210,7 +210,8 @@ TEST(DenoiserProcessTest, BadFlagsExitWithOneReadableLine) {
 TEST(DenoiserProcessTest, OrchestratorLimitsOutOfRangeExitNamingTheFlag) {
   const std::string dir = testing::TempDir("orchestrator-bad");
   for (const char* flag : {"--curve_concurrent_grids=-1", "--max_curve_trunks=1", "--cache_mb=-5",
-                           "--max_rows=0", "--max_message_bytes=0"}) {
+                           "--max_rows=0", "--max_message_bytes=0",
+                           "--max_message_bytes=-2"}) {
     auto child = ChildProcess::Start({BinPath("dgrid-orchestrator"), "--listen=127.0.0.1:0",
                                       "--denoisers=127.0.0.1:1", "--metrics_addr=", flag},
                                      dir + "/log");
@@ -262,7 +263,12 @@ TEST(DenoiserProcessTest, SettingsThatCannotServeExitNamingTheFlag) {
         "--max_trajectories_per_request=0"},
        "--max_trajectories_per_request must be >= 1"},
       {{"dgrid-denoiser", model, "--listen=127.0.0.1:0", "--metrics_addr=", "--threads=-3"},
-       "--threads must be >= 0"},
+       "--threads must be >= 0 (0: one per core), got -3"},
+      {{"dgrid-denoiser", model, "--listen=127.0.0.1:0", "--metrics_addr=", "--min_chunk_rows=-4"},
+       "--min_chunk_rows must be >= 0 (0: whole passes), got -4"},
+      {{"dgrid-denoiser", model, "--listen=127.0.0.1:0", "--metrics_addr=",
+        "--debug_step_delay_ms=-100"},
+       "--debug_step_delay_ms must be >= 0, got -100"},
       {{"dgrid-denoiser", model, "--listen=127.0.0.1:0", "--metrics_addr=", "--tls_cert=" + cert,
         "--tls_key=" + cert},
        "--tls_cert: " + cert + " holds no PEM certificate"},
@@ -278,6 +284,14 @@ TEST(DenoiserProcessTest, SettingsThatCannotServeExitNamingTheFlag) {
     EXPECT_EQ(*code, 1) << c.expected;
     EXPECT_NE((*child)->Log().find(c.expected), std::string::npos) << (*child)->Log();
   }
+  // -1 is gRPC's "no limit", and serves.
+  auto unlimited = ChildProcess::Start(
+      {BinPath("dgrid-orchestrator"), "--denoisers=127.0.0.1:1", "--listen=127.0.0.1:0",
+       "--metrics_addr=", "--max_message_bytes=-1", "--port_file=" + dir + "/unlimited.ports"},
+      dir + "/unlimited.log");
+  ASSERT_TRUE(unlimited.ok());
+  EXPECT_TRUE((*unlimited)->WaitForPorts(dir + "/unlimited.ports", absl::Seconds(30)).ok())
+      << (*unlimited)->Log();
 }
 
 // Abseil's --help lists only the flags of a file named after the program:

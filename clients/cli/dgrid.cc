@@ -185,11 +185,8 @@ std::shared_ptr<grpc::Channel> Connect() {
   // host:port as the servers' flags take it (a port past 65535 would be
   // wrapped round to another); a gRPC target with a scheme passes as it is.
   const std::string& target = absl::GetFlag(FLAGS_target);
-  if (target.find("://") == std::string::npos && !absl::StartsWith(target, "dns:") &&
-      !absl::StartsWith(target, "ipv4:") && !absl::StartsWith(target, "ipv6:")) {
-    if (absl::Status checked = CheckGrpcAddress("--target", target, 1); !checked.ok()) {
-      Fail(std::string(checked.message()));
-    }
+  if (absl::Status checked = CheckGrpcTarget("--target", target, 1); !checked.ok()) {
+    Fail(std::string(checked.message()));
   }
   auto credentials = ChannelCredentialsFromFiles(
       {absl::GetFlag(FLAGS_tls_ca), absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key)});

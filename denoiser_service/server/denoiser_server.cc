@@ -51,7 +51,7 @@ DenoiserServer::~DenoiserServer() { Shutdown(absl::ZeroDuration()); }
 absl::StatusOr<std::unique_ptr<DenoiserServer>> DenoiserServer::Start(
     const DenoiserServerOptions& o) {
   if (o.model_dirs.empty()) return absl::InvalidArgumentError("--model_dir is required");
-  if (absl::Status listen = CheckGrpcAddress("--listen", o.listen); !listen.ok()) return listen;
+  if (absl::Status listen = CheckGrpcTarget("--listen", o.listen); !listen.ok()) return listen;
   if (o.max_batch < 1) return absl::InvalidArgumentError("--max_batch must be >= 1");
   if (o.max_queue < 1) return absl::InvalidArgumentError("--max_queue must be >= 1");
   // Step and Decode refuse an answer past it before the work; 0 or less
@@ -62,14 +62,21 @@ absl::StatusOr<std::unique_ptr<DenoiserServer>> DenoiserServer::Start(
   // 0 or less would refuse every request as too many trajectories, a fault
   // of this server's that clients would be told is theirs.
   if (o.max_trajectories_per_request < 1) {
-    return absl::InvalidArgumentError("--max_trajectories_per_request must be >= 1");
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max_trajectories_per_request must be >= 1, got ", o.max_trajectories_per_request));
   }
-  if (o.threads < 0) return absl::InvalidArgumentError("--threads must be >= 0 (0: one per core)");
+  if (o.threads < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--threads must be >= 0 (0: one per core), got ", o.threads));
+  }
   if (o.min_chunk_rows < 0) {
-    return absl::InvalidArgumentError("--min_chunk_rows must be >= 0 (0: whole passes)");
+    return absl::InvalidArgumentError(
+        absl::StrCat("--min_chunk_rows must be >= 0 (0: whole passes), got ", o.min_chunk_rows));
   }
   if (o.debug_step_delay < absl::ZeroDuration()) {
-    return absl::InvalidArgumentError("--debug_step_delay_ms must be >= 0");
+    return absl::InvalidArgumentError(
+        absl::StrCat("--debug_step_delay_ms must be >= 0, got ",
+                     absl::ToInt64Milliseconds(o.debug_step_delay)));
   }
   if (o.max_connection_age < absl::ZeroDuration() ||
       o.max_connection_age_grace < absl::ZeroDuration()) {

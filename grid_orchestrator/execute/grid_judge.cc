@@ -38,7 +38,10 @@ absl::StatusOr<v1::JudgeResponse> CallJudge(ReplicaPool* pool, OrchestratorMetri
     }
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(std::min(deadline, absl::Now() + kJudgeCallTimeout)));
-    if (!cancel->Register(&context)) return absl::CancelledError("curve cancelled");
+    if (!cancel->Register(&context)) {
+      count("cancelled");
+      return absl::CancelledError("curve cancelled");
+    }
     v1::JudgeResponse response;
     const grpc::Status status = lease->stub()->Judge(&context, request, &response);
     cancel->Unregister(&context);

@@ -147,7 +147,7 @@ absl::StatusOr<std::unique_ptr<ReplicaPool>> ReplicaPool::Create(Options options
     }
   } else {
     for (absl::string_view target : absl::StrSplit(options.targets, ',', absl::SkipWhitespace())) {
-      if (absl::Status checked = CheckGrpcAddress("--denoisers", target, 1); !checked.ok()) {
+      if (absl::Status checked = CheckGrpcTarget("--denoisers", target, 1); !checked.ok()) {
         return checked;
       }
     }

@@ -41,7 +41,7 @@ ABSL_FLAG(int, max_attempts, 4, "Attempts per job across replicas.");
 ABSL_FLAG(int, cells_per_job, 2, "Branch cells per denoiser call.");
 ABSL_FLAG(int, replica_max_inflight, 64, "Jobs in flight per replica.");
 ABSL_FLAG(int64_t, cache_mb, 256, "Prefix cache size in MiB.");
-ABSL_FLAG(int, max_message_bytes, 64 << 20, "gRPC message size limit.");
+ABSL_FLAG(int, max_message_bytes, 64 << 20, "gRPC message size limit; -1 = none.");
 ABSL_FLAG(int, max_grids_per_client, 16, "Grids in flight from one client address.");
 ABSL_FLAG(int, max_curve_trunks, 1000, "Trunks (grids) one decision curve may ask for.");
 ABSL_FLAG(int, curve_concurrent_grids, 8,
@@ -144,8 +144,10 @@ int main(int argc, char** argv) {
       {"cells_per_job", absl::GetFlag(FLAGS_cells_per_job), 1},
       {"replica_max_inflight", absl::GetFlag(FLAGS_replica_max_inflight), 1},
       {"cache_mb", absl::GetFlag(FLAGS_cache_mb), 0, int64_t{1} << 20},  // 1 TiB
-      // 0 would refuse every message, the replicas' answers too.
-      {"max_message_bytes", absl::GetFlag(FLAGS_max_message_bytes), 1},
+      // -1: gRPC's "no limit"; 0 (or below -1) would refuse every message,
+      // the replicas' answers too.
+      {"max_message_bytes", absl::GetFlag(FLAGS_max_message_bytes),
+       absl::GetFlag(FLAGS_max_message_bytes) == -1 ? -1 : 1},
       {"max_grids_per_client", absl::GetFlag(FLAGS_max_grids_per_client), 1},
       {"max_curve_trunks", absl::GetFlag(FLAGS_max_curve_trunks), 2},
       {"curve_concurrent_grids", absl::GetFlag(FLAGS_curve_concurrent_grids), 1},

@@ -23,7 +23,7 @@ OrchestratorServer::~OrchestratorServer() { Shutdown(absl::ZeroDuration()); }
 
 absl::StatusOr<std::unique_ptr<OrchestratorServer>> OrchestratorServer::Start(
     const OrchestratorServerOptions& o) {
-  if (absl::Status listen = CheckGrpcAddress("--listen", o.listen); !listen.ok()) return listen;
+  if (absl::Status listen = CheckGrpcTarget("--listen", o.listen); !listen.ok()) return listen;
   std::unique_ptr<OrchestratorServer> s(new OrchestratorServer());
   s->metrics_ = std::make_unique<OrchestratorMetrics>();
   if (!o.metrics_addr.empty()) {
