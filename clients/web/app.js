@@ -380,10 +380,17 @@ function fillControls(state, {fresh = false} = {}) {
     const control = controls[field];
     // A link's value a list does not offer (?preset=bogus): shown as it is,
     // so that the form is the request the server refused; the list alone
-    // showed its first entry, and Run grid ran that instead.
-    if (control.tagName === 'SELECT' && state[field] &&
-        ![...control.options].some((option) => option.value === state[field])) {
-      control.append(new Option(`${state[field]} (unknown)`, state[field]));
+    // showed its first entry, and Run grid ran that instead. Such an entry
+    // lasts until the next view is shown.
+    if (control.tagName === 'SELECT') {
+      for (const option of [...control.options]) {
+        if (option.dataset.unknown) option.remove();
+      }
+      if (state[field] && ![...control.options].some((option) => option.value === state[field])) {
+        const option = new Option(`${state[field]} (unknown)`, state[field]);
+        option.dataset.unknown = '1';
+        control.append(option);
+      }
     }
     control.value = state[field];
   }

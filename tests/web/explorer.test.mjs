@@ -465,6 +465,17 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
       await unknown.click(testId('run'));
       await unknown.waitForSelector(`${testId('error-banner')}:not([hidden])`);
       assert.match(await unknown.textContent(testId('error-message')), /preset/);
+      // A preset the list offers runs; back shows the unknown one again, and
+      // forward leaves it behind.
+      await unknown.click(testId('error-dismiss'));
+      await runGrid(unknown, {preset: 'classic'});
+      await unknown.goBack();
+      await unknown.waitForFunction(
+          () => document.querySelector('[data-testid="preset"]').value === 'bogus');
+      await unknown.goForward();
+      await unknown.waitForFunction(
+          () => document.querySelector('[data-testid="preset"]').value === 'classic');
+      assert.equal(await unknown.locator(`${testId('preset')} option[value="bogus"]`).count(), 0);
     } finally {
       await unknown.close();
     }

@@ -104,15 +104,19 @@ _UINT64 = (0, (1 << 64) - 1)
 
 def _whole(name: str, value: Any, bounds: Tuple[int, int]) -> int:
     """An argument bound for an integer field: an int (or int-like, as numpy's
-    integers are) within the field's range. Protobuf's own refusal would not
-    say which argument it was."""
+    integers are, but not a bool) within the field's range; None is 0, the
+    field unset. Protobuf's own refusal would not say which argument it was."""
+    if value is None:
+        return 0
     try:
+        if isinstance(value, bool):
+            raise TypeError
         number = operator.index(value)
     except TypeError:
         raise TypeError(f"{name}: expected an int, got {type(value).__name__} "
                         f"{_short(value)}") from None
     if not bounds[0] <= number <= bounds[1]:
-        raise ValueError(f"{name}: {_short(number)} is outside [{bounds[0]}, {bounds[1]}]")
+        raise ValueError(f"{name}: {_short(number)} is out of range [{bounds[0]}, {bounds[1]}]")
     return number
 
 
@@ -122,11 +126,17 @@ def _real(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a number, got {type(value).__name__} "
                         f"{_short(value)}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int past a double's range
+        raise ValueError(f"{name}: {_short(value)} is out of range for a double") from None
 
 
 def _text(name: str, value: Any) -> str:
-    """An argument bound for a string field: a str that UTF-8 can carry."""
+    """An argument bound for a string field: a str that UTF-8 can carry; None
+    is "", the field unset."""
+    if value is None:
+        return ""
     if not isinstance(value, str):
         raise TypeError(f"{name}: expected a str, got {type(value).__name__} {_short(value)}")
     try:

@@ -57,6 +57,17 @@ def _write_whole(path: str, data: Union[bytes, str]) -> None:
         raise OSError(e.errno, e.strerror, os.fspath(path)) from None
 
 
+def _unique_keys(pairs: "list[tuple[str, Any]]") -> dict:
+    """A JSON object's keys, each once: protobuf's parser refused a key given
+    twice, which json.loads would keep the last of."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key[:40]!r}")
+        out[key] = value
+    return out
+
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 _SPACING_NAMES = {0: "", 1: "leading", 2: "trailing"}
@@ -618,11 +629,11 @@ class Curve:
             text = f.read()
         record = orchestrator_pb2.CurveResult()
         try:
-            value = json.loads(text)
+            value = json.loads(text, object_pairs_hook=_unique_keys)
             if isinstance(value, dict) and "curve" in value and set(value) <= {"request", "curve"}:
                 value = value["curve"]  # the explorer's
             json_format.ParseDict(value, record)
-        except (json_format.ParseError, json.JSONDecodeError) as e:
+        except (json_format.ParseError, ValueError) as e:  # JSONDecodeError is one
             raise ValueError(f"{path} is not a curve record: {e}") from None
         if record.trunks <= 0:
             raise ValueError(f"{path} is not a curve record: it has no trunks")

@@ -521,8 +521,8 @@ class RequestTest(unittest.TestCase):
     def test_arguments_are_checked_naming_them(self) -> None:
         # Protobuf's own refusals ("Value out of range: -1") say no field.
         cases = [
-            ({"steps": 2**40}, ValueError, r"^steps: 1099511627776 is outside \[-2147483648, "),
-            ({"seed": -1}, ValueError, r"^seed: -1 is outside \[0, 18446744073709551615\]"),
+            ({"steps": 2**40}, ValueError, r"^steps: 1099511627776 is out of range \[-2147483648, "),
+            ({"seed": -1}, ValueError, r"^seed: -1 is out of range \[0, 18446744073709551615\]"),
             ({"seed": 2**64}, ValueError, r"^seed: "),
             ({"steps": 5.5}, TypeError, r"^steps: expected an int, got float 5.5"),
             ({"branches": "2"}, TypeError, r"^branches: expected an int, got str '2'"),
@@ -532,7 +532,9 @@ class RequestTest(unittest.TestCase):
             ({"guidance": None, "eta": True}, TypeError, r"^eta: expected a number"),
             ({"prompt": "\ud800 cat"}, ValueError, r"^prompt: not valid text: surrogates"),
             ({"switch_prompt": 7}, TypeError, r"^switch_prompt: expected a str, got int 7"),
-            ({"crop": (0, 2**40)}, ValueError, r"^crop: 1099511627776 is outside"),
+            ({"crop": (0, 2**40)}, ValueError, r"^crop: 1099511627776 is out of range"),
+            ({"steps": True}, TypeError, r"^steps: expected an int, got bool True"),
+            ({"guidance": 10**400}, ValueError, r"^guidance: 1000.* is out of range for a double"),
             ({"prompt": "x" * 1000 + "\ud800"}, ValueError, r"^prompt: not valid text"),
             ({"model": b"y" * 1000}, TypeError, r"^model: expected a str, got bytes b'y{35}\.\.\.$"),
         ]
@@ -540,12 +542,15 @@ class RequestTest(unittest.TestCase):
             with self.subTest(kwargs=str(kwargs)[:60]):
                 with self.assertRaisesRegex(error, pattern):
                     Client.build_request(**kwargs)
+        # None leaves a field unset, as protobuf took it.
+        self.assertEqual(Client.build_request(prompt=None, seed=None, model=None, preset=None),
+                         Client.build_request())
         # The edges of the ranges, and int-likes, are taken.
         r = Client.build_request(seed=2**64 - 1, steps=2**31 - 1, eta=1, guidance=7.5,
                                  branch_steps=(0, 5))
         self.assertEqual((r.seed, r.steps.value, r.eta.value), (2**64 - 1, 2**31 - 1, 1.0))
         with Client("127.0.0.1:1", default_timeout=None) as c:
-            with self.assertRaisesRegex(ValueError, r"^trunks: 8589934592 is outside"):
+            with self.assertRaisesRegex(ValueError, r"^trunks: 8589934592 is out of range"):
                 next(c.stream_decision_curve(2**33, seed=1))
             with self.assertRaisesRegex(TypeError, r"^timeout: expected seconds > 0 or None, "
                                                    r"got str '5'"):
@@ -602,6 +607,10 @@ class RequestTest(unittest.TestCase):
             with open(path, "w", encoding="utf-8") as f:
                 f.write("{\"trunks\": \"four\"}")
             with self.assertRaisesRegex(ValueError, "is not a curve record"):
+                Curve.load(path)
+            with open(path, "w", encoding="utf-8") as f:
+                f.write("{\"trunks\": 4, \"trunks\": 5}")
+            with self.assertRaisesRegex(ValueError, "is not a curve record: duplicate key 'trunks'"):
                 Curve.load(path)
             for empty in ("{}", "{\"curve\": {}}"):
                 with open(path, "w", encoding="utf-8") as f:
