@@ -1,5 +1,6 @@
 #include "common/short_text.h"
 
+#include <charconv>
 #include <cmath>
 
 #include "absl/status/status.h"
@@ -100,6 +101,20 @@ absl::Status CheckClientText(absl::string_view field, absl::string_view value, s
   }
   return absl::OkStatus();
 }
+
+namespace {
+
+template <typename Number>
+std::string ShortestText(Number value) {
+  char text[64];
+  const std::to_chars_result written = std::to_chars(text, text + sizeof(text), value);
+  return std::string(text, written.ptr);
+}
+
+}  // namespace
+
+std::string ExactNumber(double value) { return ShortestText(value); }
+std::string ExactNumber(float value) { return ShortestText(value); }
 
 std::string FoundInResamples(double found_fraction) {
   if (found_fraction >= 1) return "";

@@ -54,6 +54,12 @@ std::string DrawableText(absl::string_view value);
 // down, so 99.6% is not "found in 100%".
 std::string FoundInResamples(double found_fraction);
 
+// A number as an error message echoes it: the shortest text that reads back
+// as the same value ("1.0000001", "1e+300", "inf"). StrCat's six digits
+// made "eta must be in [0, 1], got 1" of 1.0000001.
+std::string ExactNumber(double value);
+std::string ExactNumber(float value);
+
 // True when `value` is well-formed UTF-8.
 bool IsValidUtf8(absl::string_view value);
 

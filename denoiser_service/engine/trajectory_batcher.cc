@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/philox.h"
+#include "common/short_text.h"
 #include "common/status_macros.h"
 #include "denoiser_service/engine/denoiser_model.h"
 #include "denoiser_service/engine/field_error.h"
@@ -384,11 +385,12 @@ absl::Status TrajectoryBatcher::Validate(const RunRequest& r) const {
   }
   if (!(r.sampler.eta >= 0.0f && r.sampler.eta <= 1.0f)) {
     return InvalidFieldError("sampler.eta",
-                             absl::StrCat(" must be in [0, 1], got ", r.sampler.eta));
+                             absl::StrCat(" must be in [0, 1], got ", ExactNumber(r.sampler.eta)));
   }
   if (!(r.sampler.guidance >= 0.0f && r.sampler.guidance <= 100.0f)) {
     return InvalidFieldError("sampler.guidance",
-                             absl::StrCat(" must be in [0, 100], got ", r.sampler.guidance));
+                             absl::StrCat(" must be in [0, 100], got ",
+                                          ExactNumber(r.sampler.guidance)));
   }
   RETURN_IF_ERROR(ValidateSize(r.size, m));
   if (m.is_text() && r.class_index != -1) {

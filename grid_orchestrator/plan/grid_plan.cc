@@ -195,14 +195,16 @@ absl::Status PlanSampler(const v1::GridRequest& request, const v1::ModelInfo& mo
   if (plan->steps < 1 || plan->steps > max_steps) {
     return Invalid(absl::StrCat("steps must be in [1, ", max_steps, "], got ", plan->steps));
   }
-  plan->eta = request.has_eta() ? request.eta().value() : preset.eta;
+  // + 0.0f: -0 is 0, one setting (and one cache key), not two.
+  plan->eta = (request.has_eta() ? request.eta().value() : preset.eta) + 0.0f;
   if (!(plan->eta >= 0.0f && plan->eta <= 1.0f)) {
-    return Invalid(absl::StrCat("eta must be in [0, 1], got ", plan->eta));
+    return Invalid(absl::StrCat("eta must be in [0, 1], got ", ExactNumber(plan->eta)));
   }
   plan->guidance =
-      request.has_guidance() ? request.guidance().value() : model.defaults().guidance();
+      (request.has_guidance() ? request.guidance().value() : model.defaults().guidance()) + 0.0f;
   if (!(plan->guidance >= 0.0f && plan->guidance <= 100.0f)) {
-    return Invalid(absl::StrCat("guidance must be in [0, 100], got ", plan->guidance));
+    return Invalid(
+        absl::StrCat("guidance must be in [0, 100], got ", ExactNumber(plan->guidance)));
   }
   const Spacing model_default =
       model.defaults().spacing() == v1::SPACING_TRAILING ? Spacing::kTrailing : Spacing::kLeading;

@@ -1,5 +1,6 @@
 #include "grid_orchestrator/plan/grid_plan.h"
 
+#include <cmath>
 #include <functional>
 #include <set>
 
@@ -309,6 +310,34 @@ TEST(GridPlanTest, ValidationNamesTheField) {
     EXPECT_NE(plan.status().message().find(c.field), absl::string_view::npos)
         << plan.status().message();
   }
+}
+
+// The value is echoed as the client sent it: 1.0000001 read "got 1", a
+// value that looks in range.
+TEST(GridPlanTest, EtaAndGuidanceAreEchoedAsSent) {
+  const struct {
+    const char* field;
+    float value;
+    const char* message;
+  } cases[] = {
+      {"eta", 1.0000001f, "eta must be in [0, 1], got 1.0000001"},
+      {"guidance", 100.00001f, "guidance must be in [0, 100], got 100.00001"},
+      {"guidance", -1e-7f, "guidance must be in [0, 100], got -1e-07"},
+      {"guidance", INFINITY, "guidance must be in [0, 100], got inf"},
+  };
+  for (const auto& c : cases) {
+    v1::GridRequest r;
+    (std::string(c.field) == "eta" ? r.mutable_eta() : r.mutable_guidance())->set_value(c.value);
+    auto plan = PlanGrid(r, Model(), {});
+    ASSERT_FALSE(plan.ok()) << c.message;
+    EXPECT_EQ(std::string(plan.status().message()), c.message);
+  }
+  // -0 is 0: one setting, and one cache key.
+  v1::GridRequest r;
+  r.mutable_guidance()->set_value(-0.0);
+  auto plan = PlanGrid(r, Model(), {});
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_FALSE(std::signbit(plan->guidance));
 }
 
 // Issue 25: prompt-switch grids.
