@@ -36,8 +36,9 @@ std::string ToLowerCase(absl::string_view text);
 inline constexpr int kMaxNonStarters = 30;
 
 // INVALID_ARGUMENT naming `field` when `text` (UTF-8) has a run of more than
-// kMaxNonStarters non-starters (combining class not 0), which no language
-// writes: refused before NormalizeNfc sees it.
+// kMaxNonStarters non-starters (combining class not 0) in its characters'
+// full decompositions, which no language writes: refused before
+// NormalizeNfc sees it.
 absl::Status CheckStreamSafe(absl::string_view field, absl::string_view text);
 
 // Appends code point `c` (at most U+10FFFF) to `out` as UTF-8.

@@ -295,6 +295,17 @@ TEST(CheckPromptTextTest, RefusesHugeAndPathologicalTextNamingTheField) {
   EXPECT_TRUE(CheckPromptText("prompt", "e" + marks.substr(0, 30 * 2) + "e" +
                                             marks.substr(0, 30 * 2)).ok());
   EXPECT_TRUE(CheckPromptText("prompt", "cr\xC3\xA8me br\xC3\xBBl\xC3\xA9" "e, a photo").ok());
+  // Marks are counted once decomposed: U+0F73 is a starter, but two marks
+  // (U+0F71 U+0F72) to NFC, which sorted 2,730 of them in one run.
+  std::string tibetan = "a";
+  for (int i = 0; i < 16; ++i) tibetan += "\xE0\xBD\xB3";  // U+0F73
+  s = CheckPromptText("prompt", tibetan);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("prompt: more than 30 combining marks"));
+  EXPECT_TRUE(CheckPromptText("prompt", tibetan.substr(0, 1 + 15 * 3)).ok());
+  // A Hangul syllable decomposes into starters alone.
+  std::string hangul;
+  for (int i = 0; i < 100; ++i) hangul += "\xED\x95\x9C";  // U+D55C
+  EXPECT_TRUE(CheckPromptText("prompt", hangul).ok());
   EXPECT_EQ(CheckPromptText("prompt", "a \xEF\xBF\xBF").code(), absl::StatusCode::kInvalidArgument);
 }
 
