@@ -20,11 +20,9 @@ absl::StatusOr<HostPort> ParseHostPort(absl::string_view flag, absl::string_view
   const size_t colon = address.rfind(':');
   if (colon == absl::string_view::npos) return refuse();
   const absl::string_view host = address.substr(0, colon), digits = address.substr(colon + 1);
+  const bool bracketed = absl::StartsWith(host, "[") && absl::EndsWith(host, "]");
   // An IPv6 address without brackets ("::1") would end in its own last group.
-  if (host.find(':') != absl::string_view::npos &&
-      !(absl::StartsWith(host, "[") && absl::EndsWith(host, "]"))) {
-    return refuse();
-  }
+  if (host.find(':') != absl::string_view::npos && !bracketed) return refuse();
   int port = -1;
   // SimpleAtoi takes a sign and spaces; a port is digits alone.
   if (digits.empty() || digits.size() > 5 ||
@@ -32,7 +30,6 @@ absl::StatusOr<HostPort> ParseHostPort(absl::string_view flag, absl::string_view
       !absl::SimpleAtoi(digits, &port) || port < least_port || port > 65535) {
     return refuse();
   }
-  const bool bracketed = absl::StartsWith(host, "[") && absl::EndsWith(host, "]");
   return HostPort{std::string(bracketed ? host.substr(1, host.size() - 2) : host), port};
 }
 
