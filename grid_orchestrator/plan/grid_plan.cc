@@ -408,7 +408,8 @@ absl::Status PlanTrunk(const v1::GridRequest& request, const v1::ModelInfo& mode
   if (switches > kMaxCellSwitches) {
     return Invalid(absl::StrCat("trunk.segments: a cell may switch its prompt at most ",
                                 kMaxCellSwitches, " times; this trunk's cells would ", switches,
-                                " times (the trunk's switches, and switch_prompt's)"));
+                                " times (the trunk's switches",
+                                plan->switch_prompt.empty() ? ")" : ", and switch_prompt's)"));
   }
   if (bytes > kMaxSwitchBytes) {
     return Invalid(absl::StrCat("trunk.segments: the prompts a cell would switch to hold ", bytes,

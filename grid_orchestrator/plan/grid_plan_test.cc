@@ -340,6 +340,29 @@ TEST(GridPlanTest, EtaAndGuidanceAreEchoedAsSent) {
   EXPECT_FALSE(std::signbit(plan->guidance));
 }
 
+// The count names switch_prompt only where there is one.
+TEST(GridPlanTest, TooManySwitchesSayWhereTheyCameFrom) {
+  v1::GridRequest r;
+  v1::Path* trunk = r.mutable_trunk();
+  trunk->set_init_seed(3);
+  for (int k = 0; k < 18; ++k) {
+    v1::Segment* s = trunk->add_segments();
+    s->set_from_step(k);
+    if (k > 0) s->mutable_conditioning()->set_class_index(k % 2);  // each one a switch
+  }
+  auto plan = PlanGrid(r, Model(), {});
+  ASSERT_FALSE(plan.ok());
+  EXPECT_TRUE(absl::EndsWith(plan.status().message(),
+                             "this trunk's cells would 17 times (the trunk's switches)"))
+      << plan.status();
+  r.set_switch_prompt("sneaker");
+  plan = PlanGrid(r, Model(), {});
+  ASSERT_FALSE(plan.ok());
+  EXPECT_TRUE(absl::EndsWith(plan.status().message(),
+                             "would 18 times (the trunk's switches, and switch_prompt's)"))
+      << plan.status();
+}
+
 // Issue 25: prompt-switch grids.
 TEST(GridPlanTest, ASwitchPromptConditionsEachRowsBranchesFromItsStep) {
   v1::GridRequest r;
