@@ -210,6 +210,37 @@ TEST_F(TextGridTest, HugeAndPathologicalPromptsAreRefusedNamingTheField) {
         << status.error_message();
     EXPECT_LT(status.error_message().size(), 300u);
   }
+  // A promoted trunk's segment prompt is held to the same, and refused before
+  // the grid runs: the denoiser refused it only at the trunk's job, named
+  // "trunk: trajectories[0].path.segments[1]...", counted a failed grid.
+  {
+    v1::GridRequest r = Request("cat");
+    v1::Path* trunk = r.mutable_trunk();
+    trunk->set_init_seed(11);
+    trunk->add_segments()->set_from_step(0);
+    v1::Segment* s = trunk->add_segments();
+    s->set_from_step(2);
+    s->mutable_conditioning()->set_prompt("e" + CombiningMarks(200));
+    auto before = testing::HttpGet(stack_->orchestrator_metrics_port(), "/metrics");
+    ASSERT_TRUE(before.ok()) << before.status();
+    v1::Grid grid;
+    const grpc::Status status = Create(*stack_, r, &grid);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_EQ(status.error_message().rfind(
+                  "trunk.segments[1].conditioning.prompt: more than 30 combining marks", 0),
+              0u)
+        << status.error_message();
+    auto after = testing::HttpGet(stack_->orchestrator_metrics_port(), "/metrics");
+    ASSERT_TRUE(after.ok()) << after.status();
+    for (const char* series : {"dgrid_orchestrator_grids_total{status=\"failed\"}",
+                               "dgrid_orchestrator_jobs_total{status=\"failed\"}"}) {
+      EXPECT_EQ(testing::MetricValue(*after, series), testing::MetricValue(*before, series))
+          << series;
+    }
+    EXPECT_EQ(testing::MetricValue(*after, "dgrid_orchestrator_grids_total{status=\"invalid\"}"),
+              testing::MetricValue(*before, "dgrid_orchestrator_grids_total{status=\"invalid\"}") +
+                  1);
+  }
   // The denoiser refuses the same, by position.
   v1::TokenizeResponse tokens;
   grpc::Status status = Tokenize(*stack_, "textlatent", {"cat", CombiningMarks(1 << 20)}, &tokens);

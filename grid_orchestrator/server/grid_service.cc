@@ -7,6 +7,8 @@
 #include <cstring>
 #include <deque>
 #include <mutex>
+#include <optional>
+#include <string>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -195,10 +197,24 @@ absl::StatusOr<GridPlanSpec> GridService::Plan(const v1::GridRequest& request,
   context.set_deadline(absl::ToChronoTime(want.deadline));
   v1::TokenizeRequest tokenize;
   tokenize.set_model(plan->model);
-  tokenize.add_texts(plan->prompt);
-  tokenize.add_texts(plan->negative_prompt);
-  tokenize.add_texts(plan->switch_prompt);
-  tokenize.add_texts(plan->switch_negative_prompt);
+  // The request's prompts, then a promoted trunk's segment prompts: text the
+  // denoiser would otherwise refuse only once the grid ran, as the trunk
+  // job's failure (counted a failed grid, the service's fault).
+  std::vector<std::string> fields = {"prompt", "negative_prompt", "switch_prompt",
+                                     "switch_negative_prompt"};
+  for (const std::string* text : {&plan->prompt, &plan->negative_prompt, &plan->switch_prompt,
+                                  &plan->switch_negative_prompt}) {
+    tokenize.add_texts(*text);
+  }
+  for (size_t i = 0; i < plan->trunk.segments.size(); ++i) {
+    const std::optional<SegmentConditioning>& c = plan->trunk.segments[i].conditioning;
+    if (!c) continue;
+    const std::string field = absl::StrCat("trunk.segments[", i, "].conditioning.");
+    tokenize.add_texts(c->prompt);
+    fields.push_back(field + "prompt");
+    tokenize.add_texts(c->negative_prompt);
+    fields.push_back(field + "negative_prompt");
+  }
   v1::TokenizeResponse tokens;
   const grpc::Status status = lease->stub()->Tokenize(&context, tokenize, &tokens);
   if (callers_bound && status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED &&
@@ -217,18 +233,18 @@ absl::StatusOr<GridPlanSpec> GridService::Plan(const v1::GridRequest& request,
   if (!status.ok()) {
     // The denoiser names the texts by position; the client sent fields.
     std::string message = status.error_message();
-    for (const auto& [position, field] :
-         {std::pair<absl::string_view, absl::string_view>{"texts[0]", "prompt"},
-          {"texts[1]", "negative_prompt"},
-          {"texts[2]", "switch_prompt"},
-          {"texts[3]", "switch_negative_prompt"}}) {
+    for (size_t i = 0; i < fields.size(); ++i) {
+      const std::string position = absl::StrCat("texts[", i, "]:");
       if (absl::StartsWith(message, position)) {
-        message.replace(0, position.size(), std::string(field));
+        message.replace(0, position.size() - 1, fields[i]);
+        break;
       }
     }
     return FromGrpcStatus(grpc::Status(status.error_code(), message));
   }
-  if (tokens.texts_size() != 4) return absl::InternalError("Tokenize answered the wrong count");
+  if (tokens.texts_size() != tokenize.texts_size()) {
+    return absl::InternalError("Tokenize answered the wrong count");
+  }
   // A switch that reads as the prompt (another case, other spaces), or that
   // changes only what this guidance does not read, changes nothing the model
   // sees: its cells are the plain grid's, and cost nothing beyond it. The
