@@ -126,7 +126,7 @@ absl::Status ValidatePath(const Path& path, int steps, const std::string& field_
     }
     if (from >= steps) {
       return absl::InvalidArgumentError(
-          absl::StrCat(field, " must be below sampler.steps (", steps, "), got ", from));
+          absl::StrCat(field, " must be below the steps (", steps, "), got ", from));
     }
   }
   return absl::OkStatus();

@@ -40,6 +40,10 @@ TEST(PathTest, ValidationNamesTheField) {
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << c.path.DebugString();
     EXPECT_NE(s.message().find(c.field), absl::string_view::npos) << s.message();
   }
+  // The steps by no field's name: the orchestrator's is "steps", the
+  // denoiser's "sampler.steps".
+  EXPECT_EQ(ValidatePath({1, {{0, 1}, {50, 2}}}, 50, "trunk").message(),
+            "trunk.segments[1].from_step must be below the steps (50), got 50");
 }
 
 SegmentConditioning Prompt(const std::string& prompt) { return {prompt, "", -1}; }
