@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -91,6 +92,16 @@ absl::Status CheckText(const std::string& text, const FieldDescriptor& field,
     return absl::InvalidArgumentError(absl::StrCat(path, ": unknown value ", ShortQuote(text),
                                                    "; one of ", absl::StrJoin(names, ", ")));
   }
+  if (field.cpp_type() == FieldDescriptor::CPPTYPE_DOUBLE ||
+      field.cpp_type() == FieldDescriptor::CPPTYPE_FLOAT) {
+    double number = 0;
+    if (text == "NaN" || text == "Infinity" || text == "-Infinity" ||
+        absl::SimpleAtod(text, &number)) {
+      return absl::OkStatus();
+    }
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": expected a number, got ", ShortQuote(text)));
+  }
   bool integer = true;
   switch (field.cpp_type()) {
     case FieldDescriptor::CPPTYPE_INT32:
@@ -166,7 +177,15 @@ absl::Status CheckOne(const Value& value, const FieldDescriptor& field, const st
     if (value.kind_case() != Value::kStructValue) return Mismatch(path, "an object", value);
     return CheckObject(value.struct_value(), type, path);
   }
-  if (value.kind_case() == Value::kListValue || value.kind_case() == Value::kStructValue) {
+  // protobuf's parser takes a string of digits for a number, and "true" for
+  // a bool, but not true for a number nor a number for a string; its message
+  // names the field in its own notation ("(steps.value)").
+  const FieldDescriptor::CppType type = field.cpp_type();
+  const Value::KindCase kind = value.kind_case();
+  if (kind == Value::kListValue || kind == Value::kStructValue ||
+      (kind == Value::kBoolValue && type != FieldDescriptor::CPPTYPE_BOOL) ||
+      (kind != Value::kStringValue && type == FieldDescriptor::CPPTYPE_STRING) ||
+      (kind == Value::kNumberValue && type == FieldDescriptor::CPPTYPE_BOOL)) {
     return Mismatch(path, ExpectedKind(field), value);
   }
   if (value.kind_case() == Value::kStringValue) return CheckText(value.string_value(), field, path);
@@ -312,6 +331,7 @@ class JsonValueLocator {
     const FieldDescriptor* key_field = nullptr;
     int index = 0;
     bool want_key = false;
+    std::set<std::string> keys;  // an object's keys so far, as written
   };
   static constexpr size_t kMaxKeyEcho = 40;
 
@@ -389,6 +409,11 @@ class JsonValueLocator {
       Container& c = stack_.back();
       c.key_field = c.type ? FindJsonField(*c.type, std::string(text)) : nullptr;
       c.key = c.key_field ? c.key_field->name() : ShortQuote(text, kMaxKeyEcho);
+      // protobuf's parser says "Repeated map key", naming the place in its
+      // own notation, cut short in a nested object.
+      if (!c.keys.insert(std::string(text)).second) {
+        return absl::InvalidArgumentError(absl::StrCat(PathTo(stack_.size()), ": given twice"));
+      }
       return absl::OkStatus();
     }
     if (!bad) return absl::OkStatus();

@@ -135,6 +135,31 @@ TEST(JsonShapeTest, AFieldUnderBothItsNamesIsRefused) {
   EXPECT_TRUE(Check(R"({"prompt": "a", "switchPrompt": "b"})").ok());
 }
 
+// protobuf named these in its own notation: "(struct_value.fields[4]) model:
+// Repeated map key", "(steps.value): invalid value true for type TYPE_INT32".
+TEST(JsonShapeTest, AKeyTwiceAndAValueOfTheWrongKindAreNamedByTheirPath) {
+  const std::pair<const char*, const char*> cases[] = {
+      {R"({"model": "a", "prompt": "b", "model": "c"})", "model: given twice"},
+      {R"({"trunk": {"segments": [{"noise_seed": 1}, {"noise_seed": 1, "noise_seed": 2}]}})",
+       "trunk.segments[1].noise_seed: given twice"},
+      {R"({"steps": true})", "steps: expected a number, got true or false"},
+      {R"({"trunk": {"init_seed": false}})", "trunk.init_seed: expected a number, got true or false"},
+      {R"({"branch_steps": [0, true]})", "branch_steps[1]: expected a number, got true or false"},
+      {R"({"branch_noise": true})", "branch_noise: expected an enum name, got true or false"},
+      {R"({"prompt": 5})", "prompt: expected a string, got a number"},
+      {R"({"guidance": "abc"})", "guidance: expected a number, got \"abc\""},
+  };
+  for (const auto& [json, expected] : cases) {
+    const absl::Status s = Check(json);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << json;
+    EXPECT_EQ(s.message(), expected) << json;
+  }
+  // What protobuf takes for a number or a float still passes.
+  EXPECT_TRUE(Check(R"({"guidance": "7.5", "eta": "NaN", "steps": "20"})").ok());
+  // The same key in two objects is no repeat.
+  EXPECT_TRUE(Check(R"({"trunk": {"segments": [{"noise_seed": 1}, {"noise_seed": 2}]}})").ok());
+}
+
 TEST(JsonShapeTest, NestingPastTheLimitIsRefusedBeforeParsing) {
   std::string deep = "{\"branch_steps\": ";
   for (int i = 0; i < kMaxJsonDepth; ++i) deep += "[";
