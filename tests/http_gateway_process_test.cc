@@ -26,6 +26,7 @@
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
@@ -843,6 +844,89 @@ TEST_F(HttpGatewayTest, ARequestForAnotherHostNameIsRefused) {
   EXPECT_EQ(named.status, 200) << named.body;
 }
 
+// A Host twice was judged by the first alone, "[::1]x.example" by what came
+// before its "x", and an HTTP/1.1 request without one was served.
+TEST_F(HttpGatewayTest, AHostTwiceMalformedOrMissingIsRefused) {
+  const std::string models = Request("GET", "/api/v1/models");
+  const std::pair<std::string, const char*> cases[] = {
+      {absl::StrReplaceAll(models, {{"Host: 127.0.0.1\r\n",
+                                     "Host: 127.0.0.1\r\nHost: rebind.example\r\n"}}),
+       "Host: given 2 times"},
+      {absl::StrReplaceAll(models, {{"Host: 127.0.0.1", "Host: [::1]x.rebind.example"}}),
+       "Host: not host[:port]"},
+      {absl::StrReplaceAll(models, {{"Host: 127.0.0.1", "Host: 127.0.0.1:80x"}}),
+       "Host: not host[:port]"},
+      {absl::StrReplaceAll(models, {{"Host: 127.0.0.1\r\n", ""}}),
+       "Host: an HTTP/1.1 request carries one"},
+  };
+  for (const auto& [request, message] : cases) {
+    const HttpAnswer answer = Exchange(plain_port_, request);
+    EXPECT_EQ(answer.status, 400) << request << answer.body;
+    EXPECT_NE(answer.body.find(message), std::string::npos) << answer.body;
+  }
+  // HTTP/1.0 needs none.
+  EXPECT_EQ(Exchange(plain_port_, "GET /api/v1/models HTTP/1.0\r\n\r\n").status, 200);
+}
+
+// httplib answered each range of `Range: bytes=0-,0-,...` with the whole
+// answer, built in memory: a 6 KB header made 100 MB. Ranges are ignored.
+TEST_F(HttpGatewayTest, RangesAreIgnored) {
+  std::string ranges = "bytes=0-";
+  for (int i = 0; i < 500; ++i) ranges += ",0-";
+  for (const std::string& path : {"/index.html", "/api/v1/models"}) {
+    const HttpAnswer plain = Exchange(plain_port_, Request("GET", path));
+    const HttpAnswer ranged = Exchange(plain_port_, Request("GET", path, {{"Range", ranges}}));
+    EXPECT_EQ(plain.status, 200) << path;
+    EXPECT_EQ(ranged.status, 200) << path << ": " << ranged.body.substr(0, 200);
+    EXPECT_EQ(ranged.body, plain.body) << path;
+    const HttpAnswer past = Exchange(plain_port_, Request("GET", path, {{"Range", "bytes=99999-"}}));
+    EXPECT_EQ(past.status, 200) << path;
+    EXPECT_EQ(past.body, plain.body) << path;
+  }
+  const HttpAnswer stream = Exchange(
+      plain_port_, Request("POST", "/api/v1/grid/stream", {kJson, {"Range", "bytes=0-10"}},
+                           kSmallGrid));
+  EXPECT_EQ(stream.status, 200) << stream.body.substr(0, 200);
+  EXPECT_NE(stream.body.find("event: grid"), std::string::npos);
+}
+
+// httplib decodes a path before routing: "/api/v1/grid%2fstream" was the
+// stream, past a proxy that filters paths as written.
+TEST_F(HttpGatewayTest, AnEncodedSlashInAPathIsRefused) {
+  for (const char* path : {"/api/v1/grid%2fstream", "/api/v1%2Fmodels", "/api/v1/models%5c"}) {
+    const HttpAnswer answer = Exchange(plain_port_, Request("POST", path, {kJson}, kSmallGrid));
+    EXPECT_EQ(answer.status, 400) << path << ": " << answer.body.substr(0, 200);
+    EXPECT_NE(answer.body.find("encoded slash"), std::string::npos) << answer.body;
+  }
+  // Other escapes still decode, and a query may hold one.
+  EXPECT_EQ(Exchange(plain_port_, Request("GET", "/api/v1/%6dodels")).status, 200);
+  EXPECT_EQ(Exchange(plain_port_, Request("GET", "/api/v1/models?x=%2f")).status, 200);
+}
+
+// An HTTP/1.0 client reads no chunked coding: its stream comes unframed and
+// ends when the connection does.
+TEST_F(HttpGatewayTest, AnHttp10StreamIsNotChunked) {
+  std::string request = Request("POST", "/api/v1/grid/stream", {kJson}, kSmallGrid);
+  request = absl::StrReplaceAll(request, {{" HTTP/1.1\r\n", " HTTP/1.0\r\n"}});
+  const HttpAnswer answer = Exchange(plain_port_, request);
+  EXPECT_EQ(answer.status, 200) << answer.body.substr(0, 200);
+  EXPECT_EQ(answer.header("transfer-encoding"), "");
+  EXPECT_TRUE(absl::StartsWith(answer.body, "event: plan\ndata: {")) << answer.body.substr(0, 80);
+  EXPECT_TRUE(absl::EndsWith(answer.body, "}\n\n")) << answer.body.substr(answer.body.size() - 80);
+  EXPECT_NE(answer.body.find("event: grid"), std::string::npos);
+}
+
+// A coding httplib cannot read was "request body: cannot be read" (400).
+// Errors keep their keys in one order.
+TEST_F(HttpGatewayTest, AnUnreadableContentEncodingIs415) {
+  const HttpAnswer answer = Exchange(
+      plain_port_,
+      Request("POST", "/api/v1/grid", {kJson, {"Content-Encoding", "br"}}, kSmallGrid));
+  EXPECT_EQ(answer.status, 415) << answer.body;
+  EXPECT_EQ(answer.body,
+            R"({"code":"INVALID_ARGUMENT","message":"Content-Encoding must be gzip, deflate or )"
+            R"(none, got \"br\""})");
+}
 
 // A stack whose denoiser takes 300 ms a step, so that a large grid runs for
 // a minute, and whose orchestrator runs one grid at a time, one per client.

@@ -43,7 +43,6 @@
 namespace dgrid {
 namespace {
 
-using google::protobuf::Struct;
 using HandlerResponse = httplib::Server::HandlerResponse;
 
 constexpr char kHealthPath[] = "/healthz";
@@ -111,14 +110,20 @@ std::string ToJson(const google::protobuf::Message& message) {
   return json;
 }
 
-// {"code": "INVALID_ARGUMENT", "message": "..."}, built through the JSON
-// mapping of google.protobuf.Struct rather than by hand.
+// `text` as a JSON string, escaped by protobuf's JSON mapping rather than by
+// hand.
+std::string JsonString(std::string text) {
+  google::protobuf::Value value;
+  value.set_string_value(std::move(text));
+  return ToJson(value);
+}
+
+// {"code":"INVALID_ARGUMENT","message":"..."}: always in this order (a
+// google.protobuf.Struct prints its keys in its map's order, which varied
+// from one answer to the next).
 std::string ErrorJson(const absl::Status& status) {
-  google::protobuf::Struct error;
-  (*error.mutable_fields())["code"].set_string_value(
-      std::string(absl::StatusCodeToString(status.code())));
-  (*error.mutable_fields())["message"].set_string_value(std::string(status.message()));
-  return ToJson(error);
+  return absl::StrCat("{\"code\":", JsonString(std::string(absl::StatusCodeToString(status.code()))),
+                      ",\"message\":", JsonString(std::string(status.message())), "}");
 }
 
 void SendError(httplib::Response& response, int http_status, const absl::Status& status) {
@@ -191,6 +196,9 @@ HandlerResponse FillEmptyError(const httplib::Request&, httplib::Response& respo
       break;
     case 414:
       status = absl::InvalidArgumentError("path: the request line is too long");
+      break;
+    case 416:  // a Range header httplib cannot parse (any other is ignored)
+      status = absl::InvalidArgumentError("Range: not a byte range; ask without it");
       break;
     default:
       status = absl::UnknownError(absl::StrCat("HTTP status ", response.status));
@@ -820,10 +828,69 @@ bool RefuseControlBytes(const httplib::Request& request, httplib::Response& resp
   return false;
 }
 
+// host[:port], or [IPv6][:port]: what a Host header holds (RFC 9110, 7.2).
+bool WellFormedHost(absl::string_view value) {
+  absl::string_view host = value;
+  absl::string_view port;
+  if (absl::StartsWith(value, "[")) {
+    const size_t close = value.find(']');
+    if (close == absl::string_view::npos) return false;
+    host = value.substr(1, close - 1);
+    const absl::string_view rest = value.substr(close + 1);
+    if (!rest.empty() && rest[0] != ':') return false;  // "[::1]x.example"
+    port = rest.empty() ? rest : rest.substr(1);
+    if (host.find_first_not_of("0123456789abcdefABCDEF:.") != absl::string_view::npos) {
+      return false;
+    }
+  } else {
+    const size_t colon = value.find(':');
+    if (colon != absl::string_view::npos) {
+      host = value.substr(0, colon);
+      port = value.substr(colon + 1);
+    }
+    if (host.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                               "0123456789.-_") != absl::string_view::npos) {
+      return false;
+    }
+  }
+  return !host.empty() && port.find_first_not_of("0123456789") == absl::string_view::npos;
+}
+
+// httplib decodes the path before routing, so "/api/v1/grid%2fstream" was
+// the stream and "/api/v1/%6dodels" the models: a proxy in front that allows
+// or refuses paths as written would be sidestepped by an encoded slash. A
+// path is taken only with its slashes as they are.
+bool RefuseEncodedSlash(const httplib::Request& request, httplib::Response& response) {
+  const std::string target =
+      absl::AsciiStrToLower(request.target.substr(0, request.target.find('?')));
+  if (!absl::StrContains(target, "%2f") && !absl::StrContains(target, "%5c")) return false;
+  RefuseAndClose(response, 400,
+                 absl::InvalidArgumentError(absl::StrCat(
+                     "path: an encoded slash (%2F or %5C) is not allowed, got ",
+                     ShortQuote(request.target))));
+  return true;
+}
+
 // Health answers whatever the name, for probes that dial the pod's address.
+// A Host twice, an HTTP/1.1 request without one, or one that is no host
+// (RFC 9112, 3.2) is a 400 on any path: two could be read differently by a
+// proxy in front, and the name check read only the first.
 bool RefuseHost(const HostPolicy& hosts, const httplib::Request& request,
                 httplib::Response& response) {
   const std::string host = request.get_header_value("Host");
+  const size_t count = request.get_header_value_count("Host");
+  std::string problem;
+  if (count > 1) {
+    problem = absl::StrCat("Host: given ", count, " times");
+  } else if (count == 0 && request.version == "HTTP/1.1") {
+    problem = "Host: an HTTP/1.1 request carries one";
+  } else if (count == 1 && !WellFormedHost(host)) {
+    problem = absl::StrCat("Host: not host[:port], got ", ShortQuote(host));
+  }
+  if (!problem.empty()) {
+    RefuseAndClose(response, 400, absl::InvalidArgumentError(problem));
+    return true;
+  }
   if (request.path == kHealthPath || hosts.Allows(host)) return false;
   RefuseAndClose(response, 421,
                  absl::PermissionDeniedError(absl::StrCat(
@@ -936,6 +1003,7 @@ bool AnswerPreflight(const httplib::Request& request, httplib::Response& respons
 HandlerResponse Screen(const RequestPolicy& policy, const httplib::Request& request,
                        httplib::Response& response) {
   const bool answered = RefuseControlBytes(request, response) ||
+                        RefuseEncodedSlash(request, response) ||
                         RefuseHost(policy.hosts, request, response) ||
                         RefuseFraming(request, response) ||
                         RefuseUnknownApiPath(request, response) ||
@@ -985,6 +1053,18 @@ bool ReadBody(const httplib::Request& request, const httplib::ContentReader& rea
     RefuseAndClose(response, 415,
                    absl::InvalidArgumentError(absl::StrCat(
                        "Content-Type must be application/json, got ", ShortQuote(content_type))));
+    return false;
+  }
+  // httplib inflates gzip and deflate; any other coding it could not read,
+  // which is the client's choice of type (415), not a broken body.
+  const std::string coding = request.get_header_value("Content-Encoding");
+  if (request.get_header_value_count("Content-Encoding") > 1 ||
+      (!coding.empty() && !absl::EqualsIgnoreCase(coding, "gzip") &&
+       !absl::EqualsIgnoreCase(coding, "deflate") && !absl::EqualsIgnoreCase(coding, "identity"))) {
+    RefuseAndClose(response, 415,
+                   absl::InvalidArgumentError(absl::StrCat(
+                       "Content-Encoding must be gzip, deflate or none, got ",
+                       ShortQuote(coding))));
     return false;
   }
   const absl::Status too_large = absl::ResourceExhaustedError(
@@ -1060,6 +1140,20 @@ std::string SseEvent(const std::string& name, const std::string& data) {
   return absl::StrCat("event: ", name, "\ndata: ", data, "\n\n");
 }
 
+// An event stream's answer. An HTTP/1.0 client reads no chunked coding (RFC
+// 9112, 6.1): its stream goes unframed and ends with the connection.
+void SetEventStream(const httplib::Request& request, httplib::Response& response,
+                    httplib::ContentProviderWithoutLength provider) {
+  response.set_header("Cache-Control", "no-cache");
+  if (request.version == "HTTP/1.0") {
+    response.set_header("Connection", "close");
+    CloseAfterAnswer();
+    response.set_content_provider("text/event-stream", std::move(provider));
+  } else {
+    response.set_chunked_content_provider("text/event-stream", std::move(provider));
+  }
+}
+
 void ServeModels(GridService& service, const httplib::Request& request,
                  httplib::Response& response) {
   absl::StatusOr<v1::ListModelsResponse> models = service.ListModels(CallerOf(request));
@@ -1099,9 +1193,8 @@ void ServeStream(GridService& service, const v1::GridRequest& grid_request,
   // until the answer is done with.
   std::shared_ptr<const AdmittedGrid> grid = std::move(*admitted);
   GridService* const runner = &service;
-  response.set_header("Cache-Control", "no-cache");
-  response.set_chunked_content_provider(
-      "text/event-stream", [runner, caller, grid](size_t, httplib::DataSink& sink) {
+  SetEventStream(
+      request, response, [runner, caller, grid](size_t, httplib::DataSink& sink) {
         // A client that went away is noticed by caller.gone, or when a
         // write to it fails. (The sink's is_writable() may not be called
         // from GridService's watch thread: it blocks for the write timeout.)
@@ -1138,9 +1231,8 @@ void ServeCurveStream(CurveService& curves, const v1::CurveRequest& curve_reques
   if (!admitted.ok()) return SendError(response, admitted.status());
   std::shared_ptr<AdmittedCurve> curve = std::move(*admitted);
   CurveService* const runner = &curves;
-  response.set_header("Cache-Control", "no-cache");
-  response.set_chunked_content_provider(
-      "text/event-stream", [runner, caller, curve](size_t, httplib::DataSink& sink) {
+  SetEventStream(
+      request, response, [runner, caller, curve](size_t, httplib::DataSink& sink) {
         auto send = [&](const std::string& name, const std::string& data) {
           const std::string event = SseEvent(name, data);
           return sink.write(event.data(), event.size());
@@ -1278,6 +1370,13 @@ absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(const HttpGatewa
       [policy, max_raw_body](const httplib::Request& request, httplib::Response& response) {
         // What is left of the request is its body.
         if (t_connection) t_connection->HeadRead(max_raw_body);
+        // Ranges are not served (RFC 9110, 14.2, lets a server ignore
+        // them): httplib answered `Range: bytes=0-,0-,...` with the whole
+        // answer once per range, built in memory (a 6 KB header made 100 MB
+        // of a 6 KB file, and a grid's JSON grew as much), on a POST too.
+        // httplib hands this handler its own request, as const; the ranges
+        // are read only when the answer is written.
+        const_cast<httplib::Request&>(request).ranges.clear();
         return Screen(policy, request, response);
       });
   server.set_error_handler(httplib::Server::HandlerWithResponse(FillEmptyError));
@@ -1285,6 +1384,10 @@ absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(const HttpGatewa
       [policy](const httplib::Request& request, httplib::Response& response) {
         Decorate(policy.cors, request, response);
       });
+  // httplib answers a file with 206 when the request had a Range header,
+  // though the ranges were dropped above and the file goes whole.
+  server.set_file_request_handler(
+      [](const httplib::Request&, httplib::Response& response) { response.status = 200; });
   if (!o.web_dir.empty() && !server.set_mount_point("/", o.web_dir)) {
     return absl::InvalidArgumentError(absl::StrCat("--web_dir: no folder at ", o.web_dir));
   }
