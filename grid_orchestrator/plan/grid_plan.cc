@@ -220,13 +220,13 @@ absl::Status PlanSampler(const v1::GridRequest& request, const v1::ModelInfo& mo
   return absl::OkStatus();
 }
 
-// Columns: the request's, else the preset's; with the trunk's noise every
-// branch of a row is one trajectory, so one.
+// Columns: the request's, else the preset's; with the trunk's noise, or
+// none (eta 0), every branch of a row is one trajectory, so one.
 absl::Status PlanColumns(const v1::GridRequest& request, const Preset& preset,
                          const PlanLimits& limits, GridPlanSpec* plan) {
-  plan->branches = request.has_branches() ? request.branches().value()
-                   : plan->trunk_noise    ? 1
-                                          : preset.branches;
+  plan->branches = request.has_branches()                   ? request.branches().value()
+                   : plan->trunk_noise || plan->eta == 0.0f ? 1
+                                                            : preset.branches;
   if (plan->branches < 1 || plan->branches > limits.max_branches) {
     return Invalid(absl::StrCat("branches must be in [1, ", limits.max_branches, "], got ",
                                 plan->branches));
@@ -494,15 +494,23 @@ void PlanCaptures(const std::vector<int>& branch_steps, const PlanLimits& limits
 // or by a prompt: with neither, every cell would be its trunk, run and paid
 // for again. (Rows a preset makes never sit at a last step without noise.)
 absl::Status CheckBranchesCanDiffer(const GridPlanSpec& plan, const std::vector<int>& branch_steps) {
-  if (!plan.switch_prompt.empty()) return absl::OkStatus();
+  bool prompt_changes = !plan.switch_prompt.empty();
   for (const Segment& segment : plan.trunk.segments) {
-    if (segment.conditioning) return absl::OkStatus();  // a branch may keep an earlier prompt
+    if (segment.conditioning) prompt_changes = true;  // a branch may keep an earlier prompt
   }
-  if (plan.eta == 0.0f) {
+  if (plan.eta == 0.0f && !prompt_changes) {
     return Invalid(
         "eta: 0 adds no noise at any step, so every branch would be its trunk; give eta above 0 "
         "(1 is usual), or a switch_prompt");
   }
+  // A prompt makes a row differ from the trunk, but not its branches from
+  // each other: without noise they are one trajectory, run and paid for again.
+  if (plan.eta == 0.0f && plan.branches != 1) {
+    return Invalid(absl::StrCat("branches: eta 0 adds no noise, so every branch of a row is the "
+                                "same trajectory; ask for 1, got ",
+                                plan.branches));
+  }
+  if (prompt_changes) return absl::OkStatus();
   // Branch steps are sorted and distinct: only the last can be the last step.
   if (!plan.last_step_adds_noise && branch_steps.back() == plan.steps - 1) {
     return Invalid(absl::StrCat("branch_steps[", branch_steps.size() - 1,

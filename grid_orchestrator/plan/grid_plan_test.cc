@@ -248,6 +248,14 @@ TEST(GridPlanTest, NoNoiseIsAllowedWhereAPromptMakesTheBranchesDiffer) {
   r.set_prompt("t-shirt");
   r.set_switch_prompt("sneaker");
   EXPECT_TRUE(PlanGrid(r, Model(), {}).ok()) << PlanGrid(r, Model(), {}).status();
+  EXPECT_EQ(PlanGrid(r, Model(), {})->branches, 1);  // the one trajectory a row has
+  // Its branches are one trajectory: more than one is refused, as with the
+  // trunk's noise (they ran, paid for, with every row's divergence 0).
+  r.mutable_branches()->set_value(2);
+  EXPECT_EQ(PlanGrid(r, Model(), {}).status().message(),
+            "branches: eta 0 adds no noise, so every branch of a row is the same trajectory; "
+            "ask for 1, got 2");
+  r.clear_branches();
   r.clear_eta();
   r.set_sampler(v1::SAMPLER_EULER_ANCESTRAL);
   r.add_branch_steps(49);
