@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <condition_variable>
 #include <deque>
+#include <limits>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -32,6 +33,14 @@ absl::Status CheckCurveRequest(const v1::CurveRequest& request, const CurveLimit
     return absl::InvalidArgumentError(absl::StrCat(
         "trunks must be in [2, ", limits.max_trunks, "] (a standard error needs 2), got ",
         request.trunks()));
+  }
+  // Trunk t has seed + t: past the last seed they would wrap round to 0.
+  if (request.grid().seed() > std::numeric_limits<uint64_t>::max() -
+                                  static_cast<uint64_t>(request.trunks() - 1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "grid.seed: trunk t has seed + t, so with ", request.trunks(), " trunks it must be at most ",
+        std::numeric_limits<uint64_t>::max() - static_cast<uint64_t>(request.trunks() - 1),
+        ", got ", request.grid().seed()));
   }
   if (request.grid().has_trunk()) {
     return absl::InvalidArgumentError(

@@ -204,6 +204,12 @@ TEST_F(CurveServiceTest, BadInputIsRefusedNamingTheFieldBeforeAnyEvent) {
          return r;
        }(),
        "grid.trunk"},
+      {[] {
+         v1::CurveRequest r = Request(4);
+         r.mutable_grid()->set_seed(UINT64_MAX - 2);  // trunk 3 would be seed 0
+         return r;
+       }(),
+       "grid.seed"},
   };
   for (const auto& c : cases) {
     int events = 0;
@@ -216,7 +222,7 @@ TEST_F(CurveServiceTest, BadInputIsRefusedNamingTheFieldBeforeAnyEvent) {
   }
   // The client's mistakes, counted apart from overload ("rejected"), which
   // the error-ratio alert counts.
-  EXPECT_EQ(Curves("invalid"), 4);
+  EXPECT_EQ(Curves("invalid"), 5);
   EXPECT_EQ(Grids("invalid"), 1);  // the one whose first trunk was planned
   EXPECT_EQ(Curves("rejected"), 0);
   EXPECT_EQ(Grids("rejected"), 0);
