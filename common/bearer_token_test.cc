@@ -86,6 +86,15 @@ TEST(TlsFilesTest, AKeyAndACertificateAreFoundAmongOtherBlocks) {
             "--tls_cert: " + cut + " holds no PEM certificate");
   EXPECT_EQ(ServerCredentialsFromFiles({cert, chain, ""}).status().message(),
             "--tls_key: " + chain + " holds no PEM private key");
+  // A client's CA, certificate and key: gRPC refused a CA that is not PEM
+  // only at the first call, with "UNAVAILABLE: empty address list".
+  EXPECT_TRUE(ChannelCredentialsFromFiles({chain, cert, ec_key}).ok());
+  EXPECT_EQ(ChannelCredentialsFromFiles({not_pem, "", ""}).status().message(),
+            "CA: " + not_pem + " holds no PEM certificate");
+  EXPECT_EQ(ChannelCredentialsFromFiles({cert, not_pem, ec_key}).status().message(),
+            "client certificate: " + not_pem + " holds no PEM certificate");
+  EXPECT_EQ(ChannelCredentialsFromFiles({cert, cert, cert}).status().message(),
+            "client key: " + cert + " holds no PEM private key");
   std::filesystem::remove_all(dir);
 }
 

@@ -8,6 +8,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 
 namespace dgrid {
 
@@ -114,6 +115,9 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentialsFrom
   grpc::SslCredentialsOptions ssl;
   absl::StatusOr<std::string> ca = ReadSecretFile(f.ca, "CA");
   if (!ca.ok()) return ca.status();
+  // gRPC's own refusal comes only at the first call, as log lines and
+  // "UNAVAILABLE: empty address list".
+  RETURN_IF_ERROR(LooksLikePem(*ca, "CERTIFICATE", "CA", f.ca));
   ssl.pem_root_certs = *ca;
   if (!f.cert.empty() || !f.key.empty()) {
     if (f.cert.empty() || f.key.empty()) {
@@ -123,6 +127,8 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentialsFrom
     if (!cert.ok()) return cert.status();
     absl::StatusOr<std::string> key = ReadSecretFile(f.key, "client key");
     if (!key.ok()) return key.status();
+    RETURN_IF_ERROR(LooksLikePem(*cert, "CERTIFICATE", "client certificate", f.cert));
+    RETURN_IF_ERROR(LooksLikePem(*key, "PRIVATE KEY", "client key", f.key));
     ssl.pem_cert_chain = *cert;
     ssl.pem_private_key = *key;
   }
