@@ -3,7 +3,11 @@
 // one readable line with a non-zero exit code. On the text fixture
 // (tests/fixtures/make_text_fixture.py): free-text and negative prompts reach
 // the sidecar, and `dgrid tokenize` prints a bundle's token ids with no server.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <csignal>
@@ -316,7 +320,7 @@ TEST_F(CliTest, ModelsAndHealth) {
 TEST_F(CliTest, ErrorsAreOneReadableLine) {
   const struct {
     std::vector<std::string> args;
-    const char* says;
+    std::string says;
   } cases[] = {
       {{"grid", "--prompt=zebra"}, "prompt: unknown prompt"},
       {{"grid", "--branch_steps=9,3"}, "branch_steps[1]"},
@@ -358,16 +362,35 @@ TEST_F(CliTest, ErrorsAreOneReadableLine) {
       // Given as its default, still not read.
       {{"promote", "/tmp/a.json", "--row=1", "--col=1", "--branch-noise", "new"},
        "--branch_noise has no effect on dgrid promote"},
+      // protobuf logged an error line of its own before the server's refusal.
+      {{"grid", "--prompt=bad\xff"}, "--prompt: not valid UTF-8"},
+      {{"curve", "--target=127.0.0.1:1", "--negative=\xc3("}, "--negative: not valid UTF-8"},
+      // A folder no one may write: access() says yes to root, so it was
+      // found only when the results were written.
+      {{"curve", "--target=127.0.0.1:1", "-o", "/sys/c.png"}, "-o /sys/c.png: cannot write in /sys"},
+      {{"curve", "--target=127.0.0.1:1", "-o", "c.json"}, "give the plot's (e.g. curve.png)"},
   };
   // A hand-edited sidecar's mistake is named.
   std::ofstream(stack_->dir() + "/edited.json") << R"({"request": {"sampler": "euler_a"}})";
+  // A PNG's bytes were echoed into the error, over several lines.
+  std::ofstream(stack_->dir() + "/grid-as.png") << "\x89PNG\r\n\x1a\n";
+  std::ofstream(stack_->dir() + "/empty.json") << "{}";
   const struct {
     std::vector<std::string> args;
-    const char* says;
+    std::string says;
   } more[] = {
       {{"promote", stack_->dir() + "/edited.json", "--row=1", "--col=1"},
        "is not a grid sidecar written by dgrid grid: "},
       {{"models", "--target=127.0.0.1:1", "--tls_name=dgrid.example"}, "needs --tls_ca"},
+      {{"promote", stack_->dir() + "/grid-as.png", "--row=1", "--col=1"},
+       "grid-as.png is not a grid sidecar written by dgrid grid: \""},
+      // It said "--row must be in [1, 0], got 1".
+      {{"promote", stack_->dir() + "/empty.json", "--row=1", "--col=1"}, "it has no grid rows"},
+      // gRPC logged four lines, then "UNAVAILABLE: empty address list".
+      {{"models", "--target=127.0.0.1:1", "--tls_ca=" + stack_->dir() + "/empty.json"},
+       "CA: " + stack_->dir() + "/empty.json holds no PEM certificate"},
+      {{"step", "--target=" + stack_->denoiser_address(0), "--step=-1"},
+       "--step must be in [0, "},
       // gRPC wrapped the port round: 115586 reached 50050.
       {{"models", "--target=127.0.0.1:115586"},
        "--target: expected host:port with a port in [1, 65535], got \"127.0.0.1:115586\""},
@@ -378,13 +401,13 @@ TEST_F(CliTest, ErrorsAreOneReadableLine) {
       {{"branch", "--target=" + stack_->denoiser_address(0), "--scale=0"},
        "--scale: 0 is out of range; "},
   };
-  std::vector<std::pair<std::vector<std::string>, const char*>> all;
+  std::vector<std::pair<std::vector<std::string>, std::string>> all;
   for (const auto& c : cases) all.push_back({c.args, c.says});
   for (const auto& c : more) all.push_back({c.args, c.says});
   for (const auto& [case_args, says] : all) {
     const struct {
       const std::vector<std::string>& args;
-      const char* says;
+      const std::string& says;
     } c{case_args, says};
     std::vector<std::string> args = c.args;
     if (args[0] == "grid") args.push_back(Target());
@@ -400,7 +423,7 @@ TEST_F(CliTest, ErrorsAreOneReadableLine) {
                           stack_->dir());
   EXPECT_NE(slow.code, 0);
   EXPECT_NE(slow.output.find("StreamGrid: DEADLINE_EXCEEDED: not done within this client's 1 s "
-                             "(--timeout_s); give a longer one for a larger grid"),
+                             "(--timeout_s); give a longer one"),
             std::string::npos)
       << slow.output;
   // A denoiser has no curves: the error says which server does.
@@ -415,6 +438,82 @@ TEST_F(CliTest, ErrorsAreOneReadableLine) {
   const Ran down = RunCli({"models", "--target=127.0.0.1:1"}, stack_->dir());
   EXPECT_NE(down.code, 0);
   EXPECT_NE(down.output.find("UNAVAILABLE"), std::string::npos);
+}
+
+// --step past 0 said "needs a start latent", though the help offered it:
+// the denoiser now runs the steps before it first.
+TEST_F(CliTest, StepRunsAnyStepOfTheTrajectory) {
+  const std::string denoiser = "--target=" + stack_->denoiser_address(0);
+  const Ran first = RunCli({"step", denoiser, "--seed=7", "--steps=20"}, stack_->dir());
+  EXPECT_EQ(first.code, 0) << first.output;
+  EXPECT_NE(first.output.find("step 0 (DDIM) ran timestep"), std::string::npos) << first.output;
+  const Ran later = RunCli({"step", denoiser, "--seed=7", "--steps=20", "--step=10"}, stack_->dir());
+  EXPECT_EQ(later.code, 0) << later.output;
+  EXPECT_NE(later.output.find("step 10 (DDIM) ran timestep"), std::string::npos) << later.output;
+  const Ran past = RunCli({"step", denoiser, "--steps=20", "--step=20"}, stack_->dir());
+  EXPECT_EQ(past.code, 1);
+  EXPECT_NE(past.output.find("--step must be in [0, 19] (20 steps), got 20"), std::string::npos)
+      << past.output;
+}
+
+// absl's --help listed every flag of every command, with this file's path,
+// and exited 1; -h was an unknown flag.
+TEST_F(CliTest, HelpListsACommandsFlagsAndExitsZero) {
+  const Ran all = RunCli({"--help"}, stack_->dir());
+  EXPECT_EQ(all.code, 0);
+  EXPECT_NE(all.output.find("usage: dgrid COMMAND"), std::string::npos) << all.output;
+  const Ran curve = RunCli({"curve", "-h"}, stack_->dir());
+  EXPECT_EQ(curve.code, 0);
+  EXPECT_NE(curve.output.find("--trunks  dgrid curve: trunks"), std::string::npos) << curve.output;
+  EXPECT_NE(curve.output.find("(default: 20)"), std::string::npos) << curve.output;
+  EXPECT_EQ(curve.output.find("--row"), std::string::npos) << curve.output;  // promote's
+  EXPECT_EQ(curve.output.find("dgrid.cc"), std::string::npos) << curve.output;
+  // A connection flag on promote is not told to edit the sidecar.
+  const Ran promote =
+      RunCli({"promote", "/tmp/a.json", "--row=1", "--col=1", "--silence_s=3"}, stack_->dir());
+  EXPECT_EQ(promote.code, 1);
+  EXPECT_NE(promote.output.find("--silence_s has no effect on dgrid promote\n"), std::string::npos)
+      << promote.output;
+}
+
+// Token ids lost to a full disk exited 0.
+TEST_F(CliTest, AFailedWriteToStandardOutputIsAnError) {
+  const std::string dir = stack_->dir();
+  auto child = ChildProcess::Start(
+      {"/bin/sh", "-c", "exec \"$@\" >/dev/full", "sh", BinPath("dgrid"), "models", Target()},
+      dir + "/full.log");
+  ASSERT_TRUE(child.ok()) << child.status();
+  auto code = (*child)->Wait(absl::Seconds(60));
+  ASSERT_TRUE(code.ok());
+  EXPECT_EQ(*code, 1);
+  EXPECT_NE((*child)->Log().find("dgrid models: cannot write to standard output"),
+            std::string::npos)
+      << (*child)->Log();
+}
+
+// --silence_s counted only once the call had started, which waits for the
+// connection: a listener that never speaks gRPC held dgrid curve 20 s.
+TEST_F(CliTest, ACurveGivesUpOnAListenerThatNeverSpeaks) {
+  const int listener = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(listener, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t size = sizeof(address);
+  ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+  ASSERT_EQ(::listen(listener, 8), 0);  // the kernel completes connections; no one answers
+  ASSERT_EQ(::getsockname(listener, reinterpret_cast<sockaddr*>(&address), &size), 0);
+  const std::string target = absl::StrCat("127.0.0.1:", ntohs(address.sin_port));
+  const absl::Time start = absl::Now();
+  const Ran ran = RunCli({"curve", "--target=" + target, "--trunks=2", "--silence_s=2", "-o",
+                          stack_->dir() + "/never.png"},
+                         stack_->dir());
+  const absl::Duration took = absl::Now() - start;
+  ::close(listener);
+  EXPECT_EQ(ran.code, 1) << ran.output;
+  EXPECT_LT(took, absl::Seconds(15)) << ran.output;
+  EXPECT_NE(ran.output.find("no word from " + target + " for 2 s"), std::string::npos)
+      << ran.output;
 }
 
 // A curve has no deadline; when the orchestrator falls silent mid-curve (here

@@ -101,7 +101,9 @@ ABSL_FLAG(double, eta, -1,
           "negative = the preset's for grid and curve (1), the model's default for branch "
           "and step.");
 ABSL_FLAG(double, guidance, -1, "Guidance scale; negative = the model's default.");
-ABSL_FLAG(int, step, 0, "dgrid step: which step to run (from x_T when 0).");
+ABSL_FLAG(int, step, 0,
+          "dgrid step: which step to run, from 0 (from x_T); past 0 the denoiser first runs "
+          "the trajectory's steps before it.");
 ABSL_FLAG(int, scale, 8,
           "dgrid branch: nearest-neighbour upscaling of the PNG it writes (grids and curves "
           "are drawn by the server).");
@@ -161,7 +163,7 @@ void Check(const grpc::Status& status, const std::string& what) {
       status.error_message() == "Deadline Exceeded" && deadline_s > 0) {
     Fail(absl::StrCat(what, ": DEADLINE_EXCEEDED: not done within this client's ", deadline_s,
                       " s (--timeout_s", absl::GetFlag(FLAGS_timeout_s) > 0 ? "" : ", default 300",
-                      "); give a longer one for a larger grid"));
+                      "); give a longer one"));
   }
   Fail(absl::StrCat(what, ": ", FromGrpcStatus(status).ToString()));
 }
@@ -277,6 +279,18 @@ std::optional<double> SamplerFlag(const absl::Flag<double>& flag, const char* na
   if (std::isnan(value)) Fail(absl::StrCat("--", name, ": not a number"));
   if (value < 0) return std::nullopt;
   return value;
+}
+
+// Text flags must be UTF-8, as protobuf's strings are: it would log an error
+// of its own before the server's refusal.
+void CheckTextFlags() {
+  for (const auto& [name, flag] :
+       {std::pair<const char*, const absl::Flag<std::string>*>{"--prompt", &FLAGS_prompt},
+        {"--negative", &FLAGS_negative},
+        {"--switch_prompt", &FLAGS_switch_prompt},
+        {"--switch_negative", &FLAGS_switch_negative}}) {
+    if (!IsValidUtf8(absl::GetFlag(*flag))) Fail(absl::StrCat(name, ": not valid UTF-8"));
+  }
 }
 
 // The sampler flags of dgrid branch and step, read (and checked) before
@@ -443,7 +457,8 @@ void CheckWritable(const std::string& png, bool svg_allowed = false, bool sideca
   RefuseOtherImageTypes(png, svg_allowed);
   if (SidecarPath(png) == png) {
     Fail(sidecar
-             ? absl::StrCat("-o ", png, ": the JSON sidecar's name; give the PNG's (e.g. grid.png)")
+             ? absl::StrCat("-o ", png, ": the JSON sidecar's name; give the ",
+                            svg_allowed ? "plot's (e.g. curve.png)" : "PNG's (e.g. grid.png)")
              : absl::StrCat("-o ", png, ": dgrid writes a PNG here; give a name ending in .png"));
   }
   namespace fs = std::filesystem;
@@ -462,10 +477,18 @@ void CheckWritable(const std::string& png, bool svg_allowed = false, bool sideca
     if (!fs::is_directory(folder, ignored)) {
       Fail(absl::StrCat("-o ", png, ": no folder ", folder.string()));
     }
-    if (::access(folder.c_str(), W_OK | X_OK) != 0) {
+    // As WriteFiles will: a file of its own, made and removed. access()
+    // says yes to root in a folder no one may write (/sys), and to a
+    // read-only mount of a remote file system.
+    const std::string probe =
+        (folder / absl::StrCat(".dgrid.", ::getpid(), ".check.tmp")).string();
+    const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) {
       Fail(absl::StrCat("-o ", png, ": cannot write in ", folder.string(), ": ",
                         std::strerror(errno)));
     }
+    ::close(fd);
+    ::unlink(probe.c_str());
   }
 }
 
@@ -588,6 +611,7 @@ int StreamAndSave(const v1::GridRequest& request, const std::string& out) {
 
 // The grid the flags describe (dgrid grid, and each trunk of dgrid curve).
 v1::GridRequest GridRequestFromFlags() {
+  CheckTextFlags();
   v1::GridRequest request;
   request.set_model(absl::GetFlag(FLAGS_model));
   request.set_prompt(absl::GetFlag(FLAGS_prompt));
@@ -641,7 +665,6 @@ int Curve() {
   auto stub = v1::Orchestrator::NewStub(Connect());
   grpc::ClientContext context;
   SetDeadline(&context, /*fallback_s=*/0);
-  auto reader = stub->DecisionCurve(&context, request);
   const bool tty = ::isatty(2);
   v1::CurveEvent event;
   v1::CurveResult curve;
@@ -651,7 +674,9 @@ int Curve() {
   // peer gone from the network, a proxy dropping the stream) would leave
   // the client waiting for ever. The orchestrator sends an event at least
   // every 15 s while a curve runs; the watchdog cancels the call after
-  // --silence_s without one.
+  // --silence_s without one. It watches from before the call starts, which
+  // waits for the connection (a listener that never speaks gRPC held it
+  // 20 s).
   std::optional<StallWatchdog> watch;
   StallWatchdog::CallId call = 0;
   if (silence_s > 0) {
@@ -659,10 +684,17 @@ int Curve() {
     if (absl::Status started = watch->Start(); !started.ok()) Fail(started.ToString());
     call = watch->Watch([&context] { context.TryCancel(); });
   }
+  auto reader = stub->DecisionCurve(&context, request);
+  auto draw = [](int done, int trunks, double seconds) {
+    const int width = 30, filled = trunks ? width * done / trunks : 0;
+    std::fprintf(stderr, "\r[%s%s] %d/%d trunks, %.1f s ", std::string(filled, '#').c_str(),
+                 std::string(width - filled, '.').c_str(), done, trunks, seconds);
+  };
   while (reader->Read(&event)) {
     if (watch) watch->Touch(call);
     if (event.has_plan()) {
       WarnAboutPrompts(event.plan());
+      if (tty) draw(0, request.trunks(), 0);  // the first trunk may take a while
       if (!tty) {
         std::fprintf(stderr,
                      "plan: %d trunks of %d rows x %d branches, %s, %lld model evaluations each\n",
@@ -673,10 +705,7 @@ int Curve() {
     } else if (event.has_progress()) {
       const v1::CurveProgress& p = event.progress();
       if (tty) {
-        const int width = 30, filled = p.trunks() ? width * p.trunks_done() / p.trunks() : 0;
-        std::fprintf(stderr, "\r[%s%s] %d/%d trunks, %.1f s ", std::string(filled, '#').c_str(),
-                     std::string(width - filled, '.').c_str(), p.trunks_done(), p.trunks(),
-                     p.seconds());
+        draw(p.trunks_done(), p.trunks(), p.seconds());
       } else if (p.trunks_done() != logged_done) {  // not the server's keepalives
         std::fprintf(stderr, "trunk %d/%d done, %.1f s\n", p.trunks_done(), p.trunks(), p.seconds());
         logged_done = p.trunks_done();
@@ -693,7 +722,7 @@ int Curve() {
   if (silent && finished.error_code() == grpc::StatusCode::CANCELLED) {
     Fail(absl::StrCat("DecisionCurve: no word from ", absl::GetFlag(FLAGS_target), " for ",
                       silence_s, " s (--silence_s; a running curve sends one at least every 15 s): "
-                      "the connection is lost; the curve was cancelled"));
+                      "the connection is lost or the server stalled; the curve was cancelled"));
   }
   Check(finished, "DecisionCurve");
   const std::string& figure = IsSvg(out) ? curve.svg() : curve.png();
@@ -758,11 +787,17 @@ int Promote(const std::vector<char*>& args) {
   v1::GridRecord record;
   if (const auto parsed = google::protobuf::util::JsonStringToMessage(text.str(), &record);
       !parsed.ok()) {
+    // protobuf's message goes on to quote the text, a PNG's bytes as well:
+    // its first line, printable, is enough.
+    const std::string message = parsed.message().as_string();
     Fail(absl::StrCat(path, " is not a grid sidecar written by dgrid grid: ",
-                      Utf8Prefix(parsed.message().as_string(), 200)));
+                      ShortQuote(message.substr(0, message.find('\n')))));
   }
   const int row = absl::GetFlag(FLAGS_row), col = absl::GetFlag(FLAGS_col);
   const v1::Grid& grid = record.grid();
+  if (grid.rows_size() == 0) {
+    Fail(absl::StrCat(path, " is not a grid sidecar written by dgrid grid: it has no grid rows"));
+  }
   if (row < 1 || row > grid.rows_size()) {
     Fail(absl::StrCat("--row must be in [1, ", grid.rows_size(), "], got ", row));
   }
@@ -922,6 +957,7 @@ void CheckScale(const v1::ModelInfo& model) {
 int Branch() {
   const std::string out = absl::GetFlag(FLAGS_o).empty() ? "branch.png" : absl::GetFlag(FLAGS_o);
   CheckWritable(out, /*svg_allowed=*/false, /*sidecar=*/false);
+  CheckTextFlags();
   const SamplerFlags flags;
   v1::SizeConditioning size;
   const bool sized = SizeFromFlags(&size);
@@ -963,6 +999,7 @@ int Branch() {
 }
 
 int Step() {
+  CheckTextFlags();
   const SamplerFlags flags;
   v1::SizeConditioning size;
   const bool sized = SizeFromFlags(&size);
@@ -973,10 +1010,33 @@ int Step() {
   FillRequest(model, flags, request.mutable_sampler(), request.mutable_conditioning(),
               request.add_trajectories()->mutable_path());
   if (sized) *request.mutable_size() = size;
-  if (absl::GetFlag(FLAGS_step) != 0) {
-    Fail("--step > 0 needs a start latent; use dgrid branch to run a prefix");
+  const int step = absl::GetFlag(FLAGS_step);
+  const int steps = request.sampler().steps();
+  if (step < 0 || step >= steps) {
+    Fail(absl::StrCat("--step must be in [0, ", steps - 1, "] (", steps, " steps), got ", step));
   }
-  request.set_step(0);
+  if (step > 0) {
+    // The latent at --step: the trajectory's prefix, run by the denoiser.
+    v1::BranchRequest prefix;
+    prefix.set_model(model.name());
+    *prefix.mutable_sampler() = request.sampler();
+    *prefix.mutable_conditioning() = request.conditioning();
+    if (sized) *prefix.mutable_size() = size;
+    prefix.set_end_step(step);
+    *prefix.add_trajectories()->mutable_path() = request.trajectories(0).path();
+    grpc::ClientContext context;
+    SetDeadline(&context);
+    auto reader = stub->Branch(&context, prefix);
+    v1::BranchEvent event;
+    std::optional<v1::Tensor> latent;
+    while (reader->Read(&event)) {
+      if (event.has_final()) latent = event.final().latent();
+    }
+    Check(reader->Finish(), "Branch (the steps before --step)");
+    if (!latent) Fail("the denoiser sent no latent for the steps before --step");
+    *request.mutable_trajectories(0)->mutable_start_latent() = *latent;
+  }
+  request.set_step(step);
   grpc::ClientContext context;
   SetDeadline(&context);
   v1::StepResponse response;
@@ -992,7 +1052,7 @@ int Step() {
     const double mean = sum / n;
     return absl::StrCat("mean ", mean, " std ", std::sqrt(std::max(0.0, sq / n - mean * mean)));
   };
-  std::cout << "step 0 (" << SamplerName(request.sampler().sampler()) << ") ran timestep "
+  std::cout << "step " << step << " (" << SamplerName(request.sampler().sampler()) << ") ran timestep "
             << response.timestep() << "\n  x_next: "
             << stats(response.latents(0)) << "\n  x0_pred: " << stats(response.x0_previews(0))
             << "\n";
@@ -1064,7 +1124,11 @@ void RefuseUnreadFlags(const std::string& command, const std::vector<std::string
   for (const std::string& name : unread_names) unread.push_back(absl::StrCat("--", name));
   if (unread.empty()) return;
   std::string hint;
-  if (command == "promote") {
+  const std::set<std::string>& grid_flags = Commands().at("grid").flags;
+  const bool changes_the_grid =
+      std::any_of(unread_names.begin(), unread_names.end(),
+                  [&grid_flags](const std::string& name) { return grid_flags.count(name) > 0; });
+  if (command == "promote" && changes_the_grid) {
     hint = " (promote re-runs the grid GRID.json records, with the cell as its trunk; to change "
            "the grid, edit the sidecar's \"request\" or use the Python client's promote)";
   }
@@ -1072,22 +1136,64 @@ void RefuseUnreadFlags(const std::string& command, const std::vector<std::string
                     " no effect on dgrid ", command, hint));
 }
 
+constexpr char kUsage[] =
+    "usage: dgrid COMMAND [flags]\n"
+    "  grid     stream a grid from an orchestrator; write the PNG (-o) and a JSON sidecar\n"
+    "  curve    a decision curve: --trunks N grids of the grid flags (seeds --seed + t),\n"
+    "           judged; write the plot (-o, PNG or .svg) and the curve as JSON\n"
+    "  promote  GRID.json --row R --col C: re-run with that cell as the trunk\n"
+    "  branch   run one trajectory on a denoiser and write its image (-o)\n"
+    "  step     run one sampler step on a denoiser and print statistics\n"
+    "  models   list a server's models and prompts\n"
+    "  health   check a server's gRPC health (--service=MODEL)\n"
+    "  tokenize --model_dir DIR \"text\" ...: a text model's token ids for each prompt,\n"
+    "           one line each (BOS ... EOS), read from the bundle (no server)\n"
+    "dgrid COMMAND --help lists the flags a command reads.\n";
+
+// dgrid --help, or COMMAND --help: the commands, or the flags the command
+// reads with their defaults, on stdout. (absl's own --help prints every
+// flag of every command, with this file's path, and exits 1.)
+void PrintHelp(const std::string& command) {
+  if (!Commands().count(command)) {
+    std::cout << kUsage;
+    return;
+  }
+  for (absl::string_view line : absl::StrSplit(kUsage, '\n')) {
+    if (absl::StartsWith(line, absl::StrCat("  ", command, " "))) std::cout << line << "\n";
+  }
+  std::cout << "flags:\n";
+  for (const std::string& name : Commands().at(command).flags) {
+    const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+    if (!flag) continue;
+    const std::string by_default = flag->DefaultValue();
+    std::cout << (name.size() == 1 ? "  -" : "  --") << name << "  " << flag->Help()
+              << (by_default.empty() ? "" : absl::StrCat(" (default: ", by_default, ")")) << "\n";
+  }
+}
+
 }  // namespace
 }  // namespace dgrid
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
-      "dgrid COMMAND [flags]\n"
-      "  grid     stream a grid from an orchestrator; write the PNG (-o) and a JSON sidecar\n"
-      "  curve    a decision curve: --trunks N grids of the grid flags (seeds --seed + t),\n"
-      "           judged; write the plot (-o, PNG or .svg) and the curve as JSON\n"
-      "  promote  GRID.json --row R --col C: re-run with that cell as the trunk\n"
-      "  branch   run one trajectory on a denoiser and write its image (-o)\n"
-      "  step     run one sampler step on a denoiser and print statistics\n"
-      "  models   list a server's models and prompts\n"
-      "  health   check a server's gRPC health (--service=MODEL)\n"
-      "  tokenize --model_dir DIR \"text\" ...: a text model's token ids for each prompt,\n"
-      "           one line each (BOS ... EOS), read from the bundle (no server)\n");
+  absl::SetProgramUsageMessage(dgrid::kUsage);
+  // Help and version before absl's parse: absl's --help exits 1, and its
+  // --version says "Debug build" of a release build.
+  {
+    std::string command;
+    for (int i = 1; i < argc; ++i) {
+      const std::string arg = argv[i];
+      if (arg == "--") break;
+      if (command.empty() && !arg.empty() && arg[0] != '-') command = arg;
+      if (arg == "--help" || arg == "-help" || arg == "-h" || arg == "--helpfull") {
+        dgrid::PrintHelp(command);
+        return 0;
+      }
+      if (arg == "--version" || arg == "-version") {
+        std::cout << "dgrid: Diffusion Grid's command-line client, API dgrid.v1\n";
+        return 0;
+      }
+    }
+  }
   // A write past the file-size limit fails with EFBIG, as a full disk does, and
   // is reported; the signal would end the program with a half-written file.
   std::signal(SIGXFSZ, SIG_IGN);
@@ -1117,7 +1223,14 @@ int main(int argc, char** argv) {
       dgrid::Fail(absl::StrCat("--timeout_s: ", absl::GetFlag(FLAGS_timeout_s),
                                " is negative; give seconds, or 0 for the default"));
     }
-    return dgrid::Commands().at(args[1]).run(args);
+    const int code = dgrid::Commands().at(args[1]).run(args);
+    // What the command printed must have gone out: token ids or a model
+    // list lost to a full disk would otherwise exit 0.
+    std::cout.flush();
+    if (!std::cout || std::fflush(stdout) != 0 || std::ferror(stdout)) {
+      dgrid::Fail(absl::StrCat("cannot write to standard output: ", std::strerror(errno)));
+    }
+    return code;
   } catch (const dgrid::CliError& e) {
     std::cerr << "dgrid " << args[1] << ": " << e.message << "\n";
     return 1;
