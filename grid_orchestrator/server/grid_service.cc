@@ -310,12 +310,17 @@ absl::StatusOr<std::unique_ptr<AdmittedGrid>> GridService::Admit(const Caller& c
     const auto held = grids_per_client_.find(caller.client);
     const int mine = held == grids_per_client_.end() ? 0 : held->second;
     absl::Status full;
-    if (mine >= limits_.max_grids_per_client) {
-      full = ThrottledError(absl::StrCat("too many grids in flight from this client (limit ",
-                                         limits_.max_grids_per_client, "); retry later"));
-    } else if (grids_in_flight_ >= limits_.max_concurrent_grids) {
+    // A full service first, though the client is at its own limit too: the
+    // error-ratio alerts count "rejected" and leave "throttled" to the
+    // client. Behind an Ingress every browser is one address, whose limit
+    // is the service's (components/ingress), and an overload was all
+    // "throttled", unseen by them.
+    if (grids_in_flight_ >= limits_.max_concurrent_grids) {
       full = absl::ResourceExhaustedError(absl::StrCat(
           "too many grids in flight (limit ", limits_.max_concurrent_grids, "); retry later"));
+    } else if (mine >= limits_.max_grids_per_client) {
+      full = ThrottledError(absl::StrCat("too many grids in flight from this client (limit ",
+                                         limits_.max_grids_per_client, "); retry later"));
     } else if (options.curve_trunk && curve_grids_in_flight_ >= limits_.CurvePlaces()) {
       full = absl::ResourceExhaustedError(absl::StrCat(
           "decision curves hold all the grid places they may (", limits_.CurvePlaces(), " of ",

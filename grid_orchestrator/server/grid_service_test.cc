@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "grid_orchestrator/metrics/orchestrator_metrics.h"
 #include "grid_orchestrator/testing/abort_latch.h"
 #include "grid_orchestrator/testing/fake_denoiser.h"
 #include "gtest/gtest.h"
@@ -195,8 +196,27 @@ TEST_F(GridServiceTest, AdmittedGridsHoldTheirPlaceUntilReleased) {
   ASSERT_TRUE(first.ok());
   auto second = service->Admit(Caller{}, Request());
   EXPECT_EQ(second.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(IsThrottled(second.status())) << second.status();  // the client's own limit
   first->reset();
   EXPECT_TRUE(service->Admit(Caller{}, Request()).ok());
+}
+
+// A client at its own limit while the service is full is the service's
+// overload ("rejected", which the error-ratio alerts count): behind an
+// Ingress every browser is one client, whose limit is the service's, and
+// an overload was all "throttled".
+TEST_F(GridServiceTest, AFullServiceIsRejectedThoughTheClientIsAtItsLimitToo) {
+  OrchestratorLimits limits;
+  limits.max_grids_per_client = 2;
+  limits.max_concurrent_grids = 2;
+  auto service = Service(limits);
+  auto first = service->Admit(Caller{}, Request());
+  auto second = service->Admit(Caller{}, Request());
+  ASSERT_TRUE(first.ok() && second.ok());
+  auto third = service->Admit(Caller{}, Request());
+  EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_FALSE(IsThrottled(third.status())) << third.status();
+  EXPECT_EQ(third.status().message(), "too many grids in flight (limit 2); retry later");
 }
 
 // Decision curves may hold all but a quarter of the service's places: their
