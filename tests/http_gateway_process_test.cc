@@ -1067,6 +1067,36 @@ TEST_F(SlowGridTest, AGridWhoseClientHangsUpStops) {
   if (auto grid = StartGrpcGrid(*stub)) Stop(std::move(grid));
 }
 
+// A grid cut short by its client's own deadline counts as cancelled, and so
+// do its jobs: the first job to meet the deadline counted as failed, on the
+// dashboard's failed-jobs line (the grid and its other jobs as cancelled).
+TEST_F(SlowGridTest, JobsCutShortByTheClientsDeadlineAreCancelled) {
+  auto jobs = [](const char* status) {
+    return std::max(
+        0.0, stack_->Metric(-1, absl::StrCat("dgrid_orchestrator_jobs_total{status=\"", status,
+                                             "\"}")));
+  };
+  // The client's place may take a moment to come free from the last test's grid.
+  ASSERT_TRUE(WaitFor([] { return Jobs() == 0; }, absl::Seconds(15)));
+  const double failed = jobs("failed"), cancelled = jobs("cancelled");
+  auto stub = stack_->Orchestrator();
+  v1::GridRequest request;
+  request.set_seed(11);
+  request.mutable_steps()->set_value(50);
+  request.mutable_branches()->set_value(2);
+  request.add_branch_steps(0);
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+  auto reader = stub->StreamGrid(&context, request);
+  v1::GridEvent event;
+  while (reader->Read(&event)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  ASSERT_TRUE(WaitFor([&] { return Jobs() == 0 && jobs("cancelled") > cancelled; },
+                      absl::Seconds(15)));
+  EXPECT_EQ(jobs("failed"), failed);
+}
+
 // With every replica gone the gateway answers 503 with Retry-After, as for a
 // full service: a replica comes back, or another is scheduled.
 TEST(HttpNoReplicaTest, NoHealthyReplicaIs503WithRetryAfter) {

@@ -78,10 +78,11 @@ void GridCancel::Unregister(grpc::ClientContext* context) {
 class GridExecutor::GridRun {
  public:
   GridRun(GridExecutor* executor, const GridPlanSpec& plan, absl::Time deadline,
-          const EventSink& sink, GridCancel* cancel)
+          absl::Time callers_deadline, const EventSink& sink, GridCancel* cancel)
       : ex_(*executor),
         plan_(plan),
         deadline_(deadline),
+        callers_deadline_(callers_deadline),
         sink_(sink),
         cancel_(cancel),
         sampler_key_(PrefixCache::SamplerKey(plan)),
@@ -170,6 +171,7 @@ class GridExecutor::GridRun {
   const GridExecutor& ex_;
   const GridPlanSpec& plan_;
   const absl::Time deadline_;
+  const absl::Time callers_deadline_;
   const EventSink& sink_;
   GridCancel* const cancel_;
   const std::string sampler_key_;
@@ -389,9 +391,11 @@ void GridExecutor::GridRun::RunJob(const std::string& label, const NextRequest& 
       std::lock_guard<std::mutex> lock(mu_);
       model_evals_ += wasted;
     }
-    // An attempt its grid's end cut short (the client left, a sibling job
-    // failed the grid) is not this job's failure, nor its evaluations waste.
-    const bool cancelled = !a.status.ok() && cancel_->cancelled();
+    // An attempt its grid's end cut short (the client left or its deadline
+    // passed, a sibling job failed the grid) is not this job's failure, nor
+    // its evaluations waste.
+    const bool cancelled =
+        !a.status.ok() && (cancel_->cancelled() || absl::Now() >= callers_deadline_);
     if (ex_.metrics_) ex_.metrics_->CountEvals(a.final_evals, wasted, cancelled);
     if (a.status.ok()) {
       if (ex_.metrics_) ex_.metrics_->CountJob("ok");
@@ -808,8 +812,9 @@ GridExecutor::GridExecutor(ReplicaPool* pool, PrefixCache* cache, OrchestratorMe
     : pool_(pool), cache_(cache), metrics_(metrics), options_(options) {}
 
 absl::StatusOr<v1::Grid> GridExecutor::Run(const GridPlanSpec& plan, absl::Time deadline,
-                                           const EventSink& sink, GridCancel* cancel) {
-  GridRun run(this, plan, deadline, sink, cancel);
+                                           const EventSink& sink, GridCancel* cancel,
+                                           absl::Time callers_deadline) {
+  GridRun run(this, plan, deadline, callers_deadline, sink, cancel);
   absl::StatusOr<v1::Grid> grid = run.Execute();
   if (metrics_) metrics_->SetCache(cache_->bytes(), cache_->entries());
   return grid;

@@ -78,9 +78,12 @@ class GridExecutor {
 
   // Emits the plan, trunk progress and cells through `sink` (never two calls
   // at once; it must not block), and returns the assembled grid. The caller
-  // sends the grid.
+  // sends the grid. `callers_deadline`, at or after `deadline`: the caller's
+  // own; a job it cuts short counts as cancelled, as its grid does, where
+  // one cut short by the orchestrator's own bound fails.
   absl::StatusOr<v1::Grid> Run(const GridPlanSpec& plan, absl::Time deadline,
-                               const EventSink& sink, GridCancel* cancel);
+                               const EventSink& sink, GridCancel* cancel,
+                               absl::Time callers_deadline = absl::InfiniteFuture());
 
  private:
   class GridRun;

@@ -369,7 +369,7 @@ absl::StatusOr<v1::Grid> GridService::Run(const AdmittedGrid& admitted, const Ca
             [&](const v1::GridEvent& event) {
               if (!outbox.Push(event)) cancel->Cancel();
             },
-            cancel);
+            cancel, caller.deadline);
         outbox.Close();
       },
       "the grid's worker");
