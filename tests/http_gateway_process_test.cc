@@ -858,6 +858,8 @@ TEST_F(HttpGatewayTest, AHostTwiceMalformedOrMissingIsRefused) {
        "Host: not host[:port]"},
       {absl::StrReplaceAll(models, {{"Host: 127.0.0.1\r\n", ""}}),
        "Host: an HTTP/1.1 request carries one"},
+      {absl::StrReplaceAll(models, {{"Host: 127.0.0.1", "Host: grid/../x"}}),
+       "Host: not host[:port]"},
   };
   for (const auto& [request, message] : cases) {
     const HttpAnswer answer = Exchange(plain_port_, request);
@@ -866,6 +868,12 @@ TEST_F(HttpGatewayTest, AHostTwiceMalformedOrMissingIsRefused) {
   }
   // HTTP/1.0 needs none.
   EXPECT_EQ(Exchange(plain_port_, "GET /api/v1/models HTTP/1.0\r\n\r\n").status, 200);
+  // An IPv6 address with its zone (RFC 6874), and a name RFC 3986 allows.
+  for (const char* host : {"[fe80::1%25eth0]:8080", "[::1]", "grid.example.", "a~b.example"}) {
+    const HttpAnswer answer = Exchange(
+        plain_port_, absl::StrReplaceAll(Request("GET", "/healthz"), {{"127.0.0.1", host}}));
+    EXPECT_EQ(answer.status, 200) << host << ": " << answer.body;
+  }
 }
 
 // httplib answered each range of `Range: bytes=0-,0-,...` with the whole
@@ -888,6 +896,20 @@ TEST_F(HttpGatewayTest, RangesAreIgnored) {
                            kSmallGrid));
   EXPECT_EQ(stream.status, 200) << stream.body.substr(0, 200);
   EXPECT_NE(stream.body.find("event: grid"), std::string::npos);
+  // HEAD, and a file's advertised ranges.
+  const HttpAnswer head =
+      Exchange(plain_port_, Request("HEAD", "/index.html", {{"Range", "bytes=0-5"}}));
+  EXPECT_EQ(head.status, 200);
+  EXPECT_EQ(head.header("accept-ranges"), "none");
+  // A list httplib cannot parse whole is 416 before any route, and the
+  // ranges it had read were applied to the error's body (a 7.8 KB header
+  // made 504 KB): the error goes whole.
+  const HttpAnswer bad = Exchange(
+      plain_port_, Request("GET", "/index.html", {{"Range", ranges + ",9-1"}}));
+  EXPECT_EQ(bad.status, 416);
+  EXPECT_LT(bad.body.size(), 300u);
+  EXPECT_TRUE(absl::StartsWith(bad.body, R"({"code":"INVALID_ARGUMENT","message":"Range: )"))
+      << bad.body.substr(0, 300);
 }
 
 // httplib decodes a path before routing: "/api/v1/grid%2fstream" was the
@@ -916,16 +938,26 @@ TEST_F(HttpGatewayTest, AnHttp10StreamIsNotChunked) {
   EXPECT_NE(answer.body.find("event: grid"), std::string::npos);
 }
 
-// A coding httplib cannot read was "request body: cannot be read" (400).
-// Errors keep their keys in one order.
+// A coding httplib cannot read was "request body: cannot be read" (400),
+// and "GZIP", which it passes on undecoded, "not valid JSON". Errors keep
+// their keys in one order.
 TEST_F(HttpGatewayTest, AnUnreadableContentEncodingIs415) {
   const HttpAnswer answer = Exchange(
       plain_port_,
-      Request("POST", "/api/v1/grid", {kJson, {"Content-Encoding", "br"}}, kSmallGrid));
+      Request("POST", "/api/v1/grid", {kJson, {"Content-Encoding", "compress"}}, kSmallGrid));
   EXPECT_EQ(answer.status, 415) << answer.body;
   EXPECT_EQ(answer.body,
-            R"({"code":"INVALID_ARGUMENT","message":"Content-Encoding must be gzip, deflate or )"
-            R"(none, got \"br\""})");
+            R"({"code":"INVALID_ARGUMENT","message":"Content-Encoding must be one of gzip, )"
+            R"(deflate, br or identity, in lower case, got \"compress\""})");
+  const HttpAnswer upper = Exchange(
+      plain_port_,
+      Request("POST", "/api/v1/grid", {kJson, {"Content-Encoding", "GZIP"}}, kSmallGrid));
+  EXPECT_EQ(upper.status, 415) << upper.body;
+  // None, said so.
+  const HttpAnswer identity = Exchange(
+      plain_port_,
+      Request("POST", "/api/v1/grid", {kJson, {"Content-Encoding", "identity"}}, kSmallGrid));
+  EXPECT_EQ(identity.status, 200) << identity.body.substr(0, 300);
 }
 
 // A stack whose denoiser takes 300 ms a step, so that a large grid runs for

@@ -28,6 +28,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -169,11 +170,24 @@ void RefuseAndClose(httplib::Response& response, int http_status, const absl::St
 // The most a request's head (its request line and headers) may hold.
 constexpr size_t kMaxHeadBytes = 64 << 10;
 
+// Ranges are not served (RFC 9110, 14.2, lets a server ignore them):
+// httplib answered `Range: bytes=0-,0-,...` with the whole answer once per
+// range, built in memory (a 6 KB header made 100 MB of a 6 KB file, and a
+// grid's JSON grew as much), on a POST too. httplib hands its handlers its
+// own request, as const; the ranges are read only when the answer is
+// written. Dropped before routing, and again in the error handler: a header
+// httplib cannot parse whole (`0-,0-,...,9-1`) is answered 416 without
+// routing, with the ranges it had parsed applied to the error's body.
+void DropRanges(const httplib::Request& request) {
+  const_cast<httplib::Request&>(request).ranges.clear();
+}
+
 // httplib's own refusals come with an empty body: a request line or header
 // it cannot parse (400), a head past kMaxHeadBytes (400 from httplib, 431
 // here), a URI past its 8 KiB (414), a file the web folder lacks (404). They
 // get the JSON error every other refusal has.
-HandlerResponse FillEmptyError(const httplib::Request&, httplib::Response& response) {
+HandlerResponse FillEmptyError(const httplib::Request& request, httplib::Response& response) {
+  DropRanges(request);
   if (!response.body.empty() || response.content_length_ != 0) {
     return HandlerResponse::Unhandled;
   }
@@ -198,7 +212,9 @@ HandlerResponse FillEmptyError(const httplib::Request&, httplib::Response& respo
       status = absl::InvalidArgumentError("path: the request line is too long");
       break;
     case 416:  // a Range header httplib cannot parse (any other is ignored)
-      status = absl::InvalidArgumentError("Range: not a byte range; ask without it");
+      status = absl::InvalidArgumentError(
+          "Range: not a list of byte ranges this server can read; ranges are not served, so "
+          "ask without it");
       break;
     default:
       status = absl::UnknownError(absl::StrCat("HTTP status ", response.status));
@@ -828,6 +844,9 @@ bool RefuseControlBytes(const httplib::Request& request, httplib::Response& resp
   return false;
 }
 
+constexpr char kUnreserved[] =
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~";
+
 // host[:port], or [IPv6][:port]: what a Host header holds (RFC 9110, 7.2).
 bool WellFormedHost(absl::string_view value) {
   absl::string_view host = value;
@@ -839,7 +858,13 @@ bool WellFormedHost(absl::string_view value) {
     const absl::string_view rest = value.substr(close + 1);
     if (!rest.empty() && rest[0] != ':') return false;  // "[::1]x.example"
     port = rest.empty() ? rest : rest.substr(1);
-    if (host.find_first_not_of("0123456789abcdefABCDEF:.") != absl::string_view::npos) {
+    // An address, then perhaps a zone ("fe80::1%eth0": httplib decodes
+    // the %25 of RFC 6874).
+    const size_t zone = host.find('%');
+    if (host.substr(0, zone).find_first_not_of("0123456789abcdefABCDEF:.") !=
+            absl::string_view::npos ||
+        (zone != absl::string_view::npos &&
+         host.substr(zone + 1).find_first_not_of(kUnreserved) != absl::string_view::npos)) {
       return false;
     }
   } else {
@@ -848,8 +873,9 @@ bool WellFormedHost(absl::string_view value) {
       host = value.substr(0, colon);
       port = value.substr(colon + 1);
     }
-    if (host.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                               "0123456789.-_") != absl::string_view::npos) {
+    // RFC 3986's reg-name: unreserved characters, escapes and sub-delims.
+    if (host.find_first_not_of(absl::StrCat(kUnreserved, "%!$&'()*+,;=")) !=
+        absl::string_view::npos) {
       return false;
     }
   }
@@ -1013,9 +1039,14 @@ HandlerResponse Screen(const RequestPolicy& policy, const httplib::Request& requ
   return answered ? HandlerResponse::Handled : HandlerResponse::Unhandled;
 }
 
-// Headers of every answer.
+// Headers of every answer. httplib answers a file with 206 when the request
+// had a Range header, though its ranges were dropped and the file goes
+// whole, and says it takes byte ranges.
 void Decorate(const CorsPolicy& cors, const httplib::Request& request,
               httplib::Response& response) {
+  if (response.status == 206) response.status = 200;
+  response.headers.erase("Accept-Ranges");
+  response.set_header("Accept-Ranges", "none");
   response.set_header("X-Content-Type-Options", "nosniff");
   const std::string origin = request.get_header_value("Origin");
   if (CorsPolicy::CrossOrigin(origin, request.get_header_value("Host")) && cors.Allows(origin)) {
@@ -1055,16 +1086,22 @@ bool ReadBody(const httplib::Request& request, const httplib::ContentReader& rea
                        "Content-Type must be application/json, got ", ShortQuote(content_type))));
     return false;
   }
-  // httplib inflates gzip and deflate; any other coding it could not read,
-  // which is the client's choice of type (415), not a broken body.
-  const std::string coding = request.get_header_value("Content-Encoding");
-  if (request.get_header_value_count("Content-Encoding") > 1 ||
-      (!coding.empty() && !absl::EqualsIgnoreCase(coding, "gzip") &&
-       !absl::EqualsIgnoreCase(coding, "deflate") && !absl::EqualsIgnoreCase(coding, "identity"))) {
+  // httplib inflates a body coded exactly "gzip", "deflate" or "br" (as
+  // written: "GZIP" it passed on as it came, which read as broken JSON) and
+  // takes "identity" as none. Any other coding it could not read, which is
+  // the client's choice (415), not a broken body.
+  std::vector<std::string> codings;
+  for (size_t i = 0; i < request.get_header_value_count("Content-Encoding"); ++i) {
+    codings.push_back(request.get_header_value("Content-Encoding", i));
+  }
+  if (codings.size() > 1 ||
+      (codings.size() == 1 && codings[0] != "gzip" && codings[0] != "deflate" &&
+       codings[0] != "br" && codings[0] != "identity")) {
     RefuseAndClose(response, 415,
                    absl::InvalidArgumentError(absl::StrCat(
-                       "Content-Encoding must be gzip, deflate or none, got ",
-                       ShortQuote(coding))));
+                       "Content-Encoding must be one of gzip, deflate, br or identity, "
+                       "in lower case, got ",
+                       ShortQuote(absl::StrJoin(codings, ", ")))));
     return false;
   }
   const absl::Status too_large = absl::ResourceExhaustedError(
@@ -1370,13 +1407,7 @@ absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(const HttpGatewa
       [policy, max_raw_body](const httplib::Request& request, httplib::Response& response) {
         // What is left of the request is its body.
         if (t_connection) t_connection->HeadRead(max_raw_body);
-        // Ranges are not served (RFC 9110, 14.2, lets a server ignore
-        // them): httplib answered `Range: bytes=0-,0-,...` with the whole
-        // answer once per range, built in memory (a 6 KB header made 100 MB
-        // of a 6 KB file, and a grid's JSON grew as much), on a POST too.
-        // httplib hands this handler its own request, as const; the ranges
-        // are read only when the answer is written.
-        const_cast<httplib::Request&>(request).ranges.clear();
+        DropRanges(request);
         return Screen(policy, request, response);
       });
   server.set_error_handler(httplib::Server::HandlerWithResponse(FillEmptyError));
@@ -1384,10 +1415,6 @@ absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(const HttpGatewa
       [policy](const httplib::Request& request, httplib::Response& response) {
         Decorate(policy.cors, request, response);
       });
-  // httplib answers a file with 206 when the request had a Range header,
-  // though the ranges were dropped above and the file goes whole.
-  server.set_file_request_handler(
-      [](const httplib::Request&, httplib::Response& response) { response.status = 200; });
   if (!o.web_dir.empty() && !server.set_mount_point("/", o.web_dir)) {
     return absl::InvalidArgumentError(absl::StrCat("--web_dir: no folder at ", o.web_dir));
   }
