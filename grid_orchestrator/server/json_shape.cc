@@ -7,11 +7,13 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <limits>
 #include <optional>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -79,6 +81,8 @@ bool IsWhole(const std::string& text) {
   return absl::SimpleAtoi(text, &value);
 }
 
+absl::Status CheckNumber(double number, const FieldDescriptor& field, const std::string& path);
+
 // A string where the field is an enum or an integer (64-bit integers are
 // strings in JSON): protobuf's message names the type, not what it takes.
 absl::Status CheckText(const std::string& text, const FieldDescriptor& field,
@@ -94,13 +98,17 @@ absl::Status CheckText(const std::string& text, const FieldDescriptor& field,
   }
   if (field.cpp_type() == FieldDescriptor::CPPTYPE_DOUBLE ||
       field.cpp_type() == FieldDescriptor::CPPTYPE_FLOAT) {
+    // As protobuf reads one: JSON's three words, or a finite number with no
+    // space around it (SimpleAtod would also take " 5", "inf" and "nan").
+    if (text == "NaN" || text == "Infinity" || text == "-Infinity") return absl::OkStatus();
     double number = 0;
-    if (text == "NaN" || text == "Infinity" || text == "-Infinity" ||
-        absl::SimpleAtod(text, &number)) {
-      return absl::OkStatus();
+    if (text.empty() || absl::ascii_isspace(static_cast<unsigned char>(text.front())) ||
+        absl::ascii_isspace(static_cast<unsigned char>(text.back())) ||
+        !absl::SimpleAtod(text, &number) || !std::isfinite(number)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": expected a number, got ", ShortQuote(text)));
     }
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": expected a number, got ", ShortQuote(text)));
+    return CheckNumber(number, field, path);
   }
   bool integer = true;
   switch (field.cpp_type()) {
@@ -151,6 +159,13 @@ absl::Status CheckNumber(double number, const FieldDescriptor& field, const std:
       range = absl::StrCat("[0, ", UINT64_MAX, "]");
       hi = 0x1p64;
       break;
+    case FieldDescriptor::CPPTYPE_FLOAT:
+      if (std::abs(number) > std::numeric_limits<float>::max()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            path, ": ", absl::StrFormat("%.15g", number), " is out of range for a float (",
+            absl::StrFormat("%g", std::numeric_limits<float>::max()), " at most)"));
+      }
+      return absl::OkStatus();
     default:
       return absl::OkStatus();
   }

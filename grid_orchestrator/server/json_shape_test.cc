@@ -69,9 +69,9 @@ TEST(JsonShapeTest, ANumberForAnIntegerFieldIsWholeAndInItsRange) {
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << json;
     EXPECT_EQ(s.message(), expected) << json;
   }
-  // The ranges' ends, whole numbers written as decimals, and doubles pass.
+  // The ranges' ends, whole numbers written as decimals, and floats pass.
   EXPECT_TRUE(Check(R"({"steps": 2147483647, "branches": -2147483648, "seed": 0,
-                        "branch_steps": [0, 5.0, 1e1], "guidance": 7.5, "eta": 1e300})")
+                        "branch_steps": [0, 5.0, 1e1], "guidance": 7.5, "eta": 1e-30})")
                   .ok());
   EXPECT_TRUE(Check(R"({"seed": 18446744073709551615})").ok());
 }
@@ -154,8 +154,21 @@ TEST(JsonShapeTest, AKeyTwiceAndAValueOfTheWrongKindAreNamedByTheirPath) {
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << json;
     EXPECT_EQ(s.message(), expected) << json;
   }
+  // A float's text as protobuf reads it, or its range: protobuf said
+  // '(guidance.value): invalid value " 5" for type TYPE_FLOAT'.
+  for (const char* json : {R"({"guidance": " 5"})", R"({"guidance": "5 "})",
+                           R"({"guidance": "inf"})", R"({"guidance": "nan"})",
+                           R"({"guidance": "1e999"})"}) {
+    EXPECT_EQ(Check(json).message().substr(0, 30), "guidance: expected a number, g") << json;
+  }
+  EXPECT_EQ(Check(R"({"guidance": 1e39})").message(),
+            "guidance: 1e+39 is out of range for a float (3.40282e+38 at most)");
+  EXPECT_EQ(Check(R"({"eta": "-1e39"})").message(),
+            "eta: -1e+39 is out of range for a float (3.40282e+38 at most)");
   // What protobuf takes for a number or a float still passes.
   EXPECT_TRUE(Check(R"({"guidance": "7.5", "eta": "NaN", "steps": "20"})").ok());
+  EXPECT_TRUE(Check(R"({"guidance": "1e3", "eta": "Infinity"})").ok());
+  EXPECT_TRUE(Check(R"({"guidance": 3e38})").ok());
   // The same key in two objects is no repeat.
   EXPECT_TRUE(Check(R"({"trunk": {"segments": [{"noise_seed": 1}, {"noise_seed": 2}]}})").ok());
 }
