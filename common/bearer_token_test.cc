@@ -90,11 +90,14 @@ TEST(TlsFilesTest, AKeyAndACertificateAreFoundAmongOtherBlocks) {
   // only at the first call, with "UNAVAILABLE: empty address list".
   EXPECT_TRUE(ChannelCredentialsFromFiles({chain, cert, ec_key}).ok());
   EXPECT_EQ(ChannelCredentialsFromFiles({not_pem, "", ""}).status().message(),
-            "CA: " + not_pem + " holds no PEM certificate");
+            "--tls_ca: " + not_pem + " holds no PEM certificate");
   EXPECT_EQ(ChannelCredentialsFromFiles({cert, not_pem, ec_key}).status().message(),
-            "client certificate: " + not_pem + " holds no PEM certificate");
-  EXPECT_EQ(ChannelCredentialsFromFiles({cert, cert, cert}).status().message(),
-            "client key: " + cert + " holds no PEM private key");
+            "--tls_cert: " + not_pem + " holds no PEM certificate");
+  EXPECT_EQ(ChannelCredentialsFromFiles({cert, cert, cert, "--denoiser_"}).status().message(),
+            "--denoiser_key: " + cert + " holds no PEM private key");
+  // And a server's client CA.
+  EXPECT_EQ(ServerCredentialsFromFiles({cert, ec_key, not_pem}).status().message(),
+            "--tls_client_ca: " + not_pem + " holds no PEM certificate");
   std::filesystem::remove_all(dir);
 }
 

@@ -98,6 +98,7 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentialsFromFi
   if (!f.client_ca.empty()) {
     absl::StatusOr<std::string> ca = ReadSecretFile(f.client_ca, "--tls_client_ca");
     if (!ca.ok()) return ca.status();
+    RETURN_IF_ERROR(LooksLikePem(*ca, "CERTIFICATE", "--tls_client_ca", f.client_ca));
     ssl.pem_root_certs = *ca;
     ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
   }
@@ -106,29 +107,33 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentialsFromFi
 
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentialsFromFiles(
     const ChannelTlsFiles& f) {
+  const std::string ca_flag = f.flags + "ca", cert_flag = f.flags + "cert",
+                    key_flag = f.flags + "key";
   if (f.ca.empty()) {
     if (!f.cert.empty() || !f.key.empty()) {
-      return absl::InvalidArgumentError("a client certificate needs the server CA as well");
+      return absl::InvalidArgumentError(absl::StrCat(
+          "a client certificate (", cert_flag, ", ", key_flag, ") needs the server's CA (",
+          ca_flag, ") as well"));
     }
     return grpc::InsecureChannelCredentials();
   }
   grpc::SslCredentialsOptions ssl;
-  absl::StatusOr<std::string> ca = ReadSecretFile(f.ca, "CA");
+  absl::StatusOr<std::string> ca = ReadSecretFile(f.ca, ca_flag);
   if (!ca.ok()) return ca.status();
   // gRPC's own refusal comes only at the first call, as log lines and
   // "UNAVAILABLE: empty address list".
-  RETURN_IF_ERROR(LooksLikePem(*ca, "CERTIFICATE", "CA", f.ca));
+  RETURN_IF_ERROR(LooksLikePem(*ca, "CERTIFICATE", ca_flag, f.ca));
   ssl.pem_root_certs = *ca;
   if (!f.cert.empty() || !f.key.empty()) {
     if (f.cert.empty() || f.key.empty()) {
-      return absl::InvalidArgumentError("client certificate and key go together");
+      return absl::InvalidArgumentError(absl::StrCat(cert_flag, " and ", key_flag, " go together"));
     }
-    absl::StatusOr<std::string> cert = ReadSecretFile(f.cert, "client certificate");
+    absl::StatusOr<std::string> cert = ReadSecretFile(f.cert, cert_flag);
     if (!cert.ok()) return cert.status();
-    absl::StatusOr<std::string> key = ReadSecretFile(f.key, "client key");
+    absl::StatusOr<std::string> key = ReadSecretFile(f.key, key_flag);
     if (!key.ok()) return key.status();
-    RETURN_IF_ERROR(LooksLikePem(*cert, "CERTIFICATE", "client certificate", f.cert));
-    RETURN_IF_ERROR(LooksLikePem(*key, "PRIVATE KEY", "client key", f.key));
+    RETURN_IF_ERROR(LooksLikePem(*cert, "CERTIFICATE", cert_flag, f.cert));
+    RETURN_IF_ERROR(LooksLikePem(*key, "PRIVATE KEY", key_flag, f.key));
     ssl.pem_cert_chain = *cert;
     ssl.pem_private_key = *key;
   }

@@ -32,6 +32,9 @@ struct ChannelTlsFiles {
   std::string ca;    // trust only servers signed by this CA; enables TLS
   std::string cert;  // client certificate for mutual TLS
   std::string key;
+  // Errors name the flags as this prefix and ca, cert or key: dgrid's
+  // --tls_ca, the orchestrator's --denoiser_ca.
+  std::string flags = "--tls_";
 };
 
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentialsFromFiles(

@@ -388,7 +388,7 @@ TEST_F(CliTest, ErrorsAreOneReadableLine) {
       {{"promote", stack_->dir() + "/empty.json", "--row=1", "--col=1"}, "it has no grid rows"},
       // gRPC logged four lines, then "UNAVAILABLE: empty address list".
       {{"models", "--target=127.0.0.1:1", "--tls_ca=" + stack_->dir() + "/empty.json"},
-       "CA: " + stack_->dir() + "/empty.json holds no PEM certificate"},
+       "--tls_ca: " + stack_->dir() + "/empty.json holds no PEM certificate"},
       {{"step", "--target=" + stack_->denoiser_address(0), "--step=-1"},
        "--step must be in [0, "},
       // gRPC wrapped the port round: 115586 reached 50050.

@@ -112,7 +112,7 @@ int main(int argc, char** argv) {
   o.tls = {absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),
            absl::GetFlag(FLAGS_tls_client_ca)};
   o.denoiser_tls = {absl::GetFlag(FLAGS_denoiser_ca), absl::GetFlag(FLAGS_denoiser_cert),
-                    absl::GetFlag(FLAGS_denoiser_key)};
+                    absl::GetFlag(FLAGS_denoiser_key), "--denoiser_"};
   o.denoiser_tls_name = absl::GetFlag(FLAGS_denoiser_tls_name);
   o.http_addr = absl::GetFlag(FLAGS_http_addr);
   o.web_dir = absl::GetFlag(FLAGS_web_dir);
