@@ -10,11 +10,15 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <csignal>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -450,6 +454,53 @@ TEST_F(CliTest, StepRunsAnyStepOfTheTrajectory) {
   const Ran later = RunCli({"step", denoiser, "--seed=7", "--steps=20", "--step=10"}, stack_->dir());
   EXPECT_EQ(later.code, 0) << later.output;
   EXPECT_NE(later.output.find("step 10 (DDIM) ran timestep"), std::string::npos) << later.output;
+  // Its x_next is the trajectory's latent after step 10, as a Branch to
+  // step 11 gives it (the same seeds: the model's defaults, noise seed 1).
+  auto stub = stack_->Denoiser(0);
+  v1::GetModelInfoResponse info;
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(stub->GetModelInfo(&context, {}, &info).ok());
+  }
+  v1::BranchRequest branch;
+  branch.set_model(info.models(0).name());
+  *branch.mutable_sampler() = info.models(0).defaults();
+  branch.mutable_sampler()->set_steps(20);
+  branch.mutable_conditioning()->set_negative_prompt("");
+  branch.set_end_step(11);
+  v1::Path* path = branch.add_trajectories()->mutable_path();
+  path->set_init_seed(7);
+  path->add_segments()->set_noise_seed(1);
+  grpc::ClientContext context;
+  auto reader = stub->Branch(&context, branch);
+  v1::BranchEvent event;
+  std::string latent;
+  while (reader->Read(&event)) {
+    if (event.has_final()) latent = event.final().latent().raw_contents();
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  ASSERT_FALSE(latent.empty());
+  std::vector<float> values(latent.size() / sizeof(float));
+  std::memcpy(values.data(), latent.data(), latent.size());
+  double sum = 0, squares = 0;
+  for (const float v : values) {
+    sum += v;
+    squares += double(v) * v;
+  }
+  const double mean = sum / values.size();
+  const double deviation = std::sqrt(squares / values.size() - mean * mean);
+  double printed_mean = 0, printed_deviation = 0;
+  const size_t at = later.output.find("x_next: mean ");
+  ASSERT_NE(at, std::string::npos);
+  ASSERT_EQ(std::sscanf(later.output.c_str() + at, "x_next: mean %lf std %lf", &printed_mean,
+                        &printed_deviation),
+            2)
+      << later.output;
+  EXPECT_NEAR(printed_mean, mean, 1e-4);
+  EXPECT_NEAR(printed_deviation, deviation, 1e-4);
+  // Not step 0's.
+  EXPECT_NE(first.output.substr(first.output.find("x_next")),
+            later.output.substr(later.output.find("x_next")));
   const Ran past = RunCli({"step", denoiser, "--steps=20", "--step=20"}, stack_->dir());
   EXPECT_EQ(past.code, 1);
   EXPECT_NE(past.output.find("--step must be in [0, 19] (20 steps), got 20"), std::string::npos)

@@ -1083,6 +1083,9 @@ TEST_F(SlowGridTest, OneBudgetPerClientAcrossGrpcAndHttp) {
 // A non-streaming grid used to run to its end after its client had gone
 // (9,243 model evaluations for a maximum grid).
 TEST_F(SlowGridTest, AGridWhoseClientHangsUpStops) {
+  // The last test's grids, cancelled as it ended, are gone first: their
+  // jobs and count would pass for this grid's.
+  ASSERT_TRUE(WaitFor([] { return Jobs() == 0; }, absl::Seconds(15)));
   const double cancelled_before = std::max(Cancelled(), 0.0);
   const int fd = Connect(port_);
   ASSERT_GE(fd, 0);

@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
@@ -281,14 +282,17 @@ std::optional<double> SamplerFlag(const absl::Flag<double>& flag, const char* na
   return value;
 }
 
-// Text flags must be UTF-8, as protobuf's strings are: it would log an error
-// of its own before the server's refusal.
+// Text flags sent as they are must be UTF-8, as protobuf's strings are: it
+// would log an error of its own before the server's refusal.
 void CheckTextFlags() {
   for (const auto& [name, flag] :
        {std::pair<const char*, const absl::Flag<std::string>*>{"--prompt", &FLAGS_prompt},
         {"--negative", &FLAGS_negative},
         {"--switch_prompt", &FLAGS_switch_prompt},
-        {"--switch_negative", &FLAGS_switch_negative}}) {
+        {"--switch_negative", &FLAGS_switch_negative},
+        {"--model", &FLAGS_model},
+        {"--preset", &FLAGS_preset},
+        {"--service", &FLAGS_service}}) {
     if (!IsValidUtf8(absl::GetFlag(*flag))) Fail(absl::StrCat(name, ": not valid UTF-8"));
   }
 }
@@ -1012,6 +1016,7 @@ int Step() {
   if (sized) *request.mutable_size() = size;
   const int step = absl::GetFlag(FLAGS_step);
   const int steps = request.sampler().steps();
+  std::optional<std::chrono::system_clock::time_point> deadline;
   if (step < 0 || step >= steps) {
     Fail(absl::StrCat("--step must be in [0, ", steps - 1, "] (", steps, " steps), got ", step));
   }
@@ -1026,6 +1031,7 @@ int Step() {
     *prefix.add_trajectories()->mutable_path() = request.trajectories(0).path();
     grpc::ClientContext context;
     SetDeadline(&context);
+    deadline = context.deadline();  // one --timeout_s for both calls
     auto reader = stub->Branch(&context, prefix);
     v1::BranchEvent event;
     std::optional<v1::Tensor> latent;
@@ -1039,6 +1045,7 @@ int Step() {
   request.set_step(step);
   grpc::ClientContext context;
   SetDeadline(&context);
+  if (deadline) context.set_deadline(*deadline);
   v1::StepResponse response;
   Check(stub->Step(&context, request, &response), "Step");
   auto stats = [](const v1::Tensor& t) {
@@ -1183,7 +1190,17 @@ int main(int argc, char** argv) {
     for (int i = 1; i < argc; ++i) {
       const std::string arg = argv[i];
       if (arg == "--") break;
-      if (command.empty() && !arg.empty() && arg[0] != '-') command = arg;
+      if (command.empty() && dgrid::Commands().count(arg)) command = arg;
+      // A flag's value given apart ("--prompt -h") is no help.
+      if (arg.size() > 1 && arg[0] == '-' && arg.find('=') == std::string::npos) {
+        std::string name = arg.substr(arg[1] == '-' ? 2 : 1);
+        std::replace(name.begin(), name.end(), '-', '_');
+        const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+        if (flag && !flag->IsOfType<bool>()) {
+          ++i;
+          continue;
+        }
+      }
       if (arg == "--help" || arg == "-help" || arg == "-h" || arg == "--helpfull") {
         dgrid::PrintHelp(command);
         return 0;
