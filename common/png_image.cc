@@ -97,6 +97,20 @@ absl::StatusOr<std::string> EncodePng(absl::Span<const uint8_t> pixels, int widt
 
 namespace {
 
+// The bytes of the PNG's IDAT chunks together, read from its chunk list
+// (each: 4 bytes of length, big-endian, 4 of type, the data, 4 of CRC).
+uint64_t CompressedDataBytes(absl::Span<const uint8_t> png) {
+  uint64_t total = 0;
+  for (size_t at = 8; at + 8 <= png.size();) {
+    const uint64_t length = (uint64_t{png[at]} << 24) | (uint64_t{png[at + 1]} << 16) |
+                            (uint64_t{png[at + 2]} << 8) | png[at + 3];
+    if (std::memcmp(png.data() + at + 4, "IDAT", 4) == 0) total += length;
+    if (length > png.size()) break;  // libpng refuses it
+    at += 12 + static_cast<size_t>(length);
+  }
+  return total;
+}
+
 // width and height 0: any size.
 absl::StatusOr<DecodedPng> DecodePngChecked(absl::Span<const uint8_t> png, int width,
                                             int height) {
@@ -119,6 +133,20 @@ absl::StatusOr<DecodedPng> DecodePngChecked(absl::Span<const uint8_t> png, int w
     png_image_free(&image);
     return absl::InvalidArgumentError(absl::StrCat("png: ", image.width, "x", image.height,
                                                    " pixels is more than ", kMaxPngPixels));
+  }
+  // Deflate makes its input at most a little larger (stored blocks), but a
+  // megabyte of it can inflate to a gigabyte, all of which libpng inflates
+  // after the rows it needs: a 28x28 image with 1 GB of zeros behind its
+  // pixels took 2.6 s to judge. The most an image of this size needs, at 8
+  // bytes a pixel, a filter byte a row and pass (Adam7), and framing.
+  const uint64_t rows = uint64_t{image.height} * 8;
+  const uint64_t needs = uint64_t{image.height} * (1 + uint64_t{image.width} * 8) + rows;
+  const uint64_t most = needs + needs / 100 + 1024;
+  if (const uint64_t compressed = CompressedDataBytes(png); compressed > most) {
+    png_image_free(&image);
+    return absl::InvalidArgumentError(absl::StrCat(
+        "png: ", compressed, " bytes of image data is more than a ", image.width, "x",
+        image.height, " image can need (", most, ")"));
   }
   DecodedPng out;
   // Grey stays grey, with its alpha (if any) dropped as RGB's is kept.

@@ -42,7 +42,9 @@ namespace {
 
 // A PNG that claims width x height RGBA in its header, with two bytes of
 // image data.
-std::string HeaderOnlyPng(uint32_t width, uint32_t height) {
+// A PNG of 8-bit samples of `colour_type` (0 grey, 6 RGBA) whose one IDAT
+// chunk holds `data`, with valid CRCs.
+std::string PngOf(uint32_t width, uint32_t height, char colour_type, const std::string& data) {
   auto be32 = [](uint32_t v) {
     return std::string{static_cast<char>(v >> 24), static_cast<char>(v >> 16),
                        static_cast<char>(v >> 8), static_cast<char>(v)};
@@ -54,8 +56,13 @@ std::string HeaderOnlyPng(uint32_t width, uint32_t height) {
            be32(static_cast<uint32_t>(crc));
   };
   return std::string("\x89PNG\r\n\x1a\n", 8) +
-         chunk("IHDR" + be32(width) + be32(height) + std::string("\x08\x06\0\0\0", 5)) +
-         chunk("IDAT\x78\x9c");
+         chunk("IHDR" + be32(width) + be32(height) + std::string(1, '\x08') +
+               std::string(1, colour_type) + std::string("\0\0\0", 3)) +
+         chunk("IDAT" + data) + chunk("IEND");
+}
+
+std::string HeaderOnlyPng(uint32_t width, uint32_t height) {
+  return PngOf(width, height, '\x06', "\x78\x9c");
 }
 
 // The buffer is made before the data is read: a header's claim alone once
@@ -67,6 +74,39 @@ TEST(PngImageTest, AHugeImageIsRefusedFromItsHeader) {
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(status.message().find("100000x100000 pixels is more than"), absl::string_view::npos)
       << status;
+}
+
+// libpng inflates every byte of the image data, past the rows it needs: a
+// 28x28 image with 1 GB of zeros deflated behind its pixels (1 MB) took
+// 2.6 s to judge. More data than the size could need is refused unread.
+TEST(PngImageTest, ImageDataPastWhatTheSizeNeedsIsRefused) {
+  std::string zeros(16 << 20, '\0');  // 16 MiB: rows of filter 0, all black
+  uLongf size = compressBound(zeros.size());
+  std::string deflated(size, '\0');
+  ASSERT_EQ(compress2(reinterpret_cast<Bytef*>(deflated.data()), &size,
+                      reinterpret_cast<const Bytef*>(zeros.data()), zeros.size(), 9),
+            Z_OK);
+  deflated.resize(size);
+  const std::string bomb = PngOf(28, 28, '\0', deflated);
+  const absl::Status status =
+      DecodePng({reinterpret_cast<const uint8_t*>(bomb.data()), bomb.size()}).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("bytes of image data is more than a 28x28 image can need"),
+            absl::string_view::npos)
+      << status;
+  // The same pixels, deflated as they are, decode.
+  std::string rows(28 * 29, '\0');
+  size = compressBound(rows.size());
+  std::string small(size, '\0');
+  ASSERT_EQ(compress2(reinterpret_cast<Bytef*>(small.data()), &size,
+                      reinterpret_cast<const Bytef*>(rows.data()), rows.size(), 0),
+            Z_OK);  // stored: larger than the rows
+  small.resize(size);
+  const std::string plain = PngOf(28, 28, '\0', small);
+  absl::StatusOr<DecodedPng> decoded =
+      DecodePng({reinterpret_cast<const uint8_t*>(plain.data()), plain.size()});
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(decoded->pixels, std::vector<uint8_t>(28 * 28, 0));
 }
 
 // Grey with alpha stays grey (it came back as RGB, which a grey model's
