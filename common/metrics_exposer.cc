@@ -1,14 +1,152 @@
 #include "common/metrics_exposer.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <utility>
+
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "common/host_port.h"
 #include "common/http_listen.h"
 #include "httplib.h"
 
 namespace dgrid {
+namespace {
+
+// httplib 0.11 bounds each read from a client but not a request: a client
+// that sent a byte every few seconds held a thread for ever, and eight of
+// them (httplib's pool) took /metrics down, which the replica-down alert
+// and the autoscaler read. So the endpoint reads each request itself, whole
+// within kHeadTimeout, answers within kWriteTimeout and closes; and one
+// address holds at most kConnectionsPerAddress at a time, so that it cannot
+// keep every thread busy by reconnecting.
+constexpr absl::Duration kHeadTimeout = absl::Seconds(3);
+constexpr absl::Duration kWriteTimeout = absl::Seconds(10);
+constexpr size_t kMaxHeadBytes = 8 << 10;
+constexpr int kConnectionsPerAddress = 4;
+
+// Waits for `events` on `fd` until `deadline`; false past it or on error.
+bool WaitFor(int fd, short events, absl::Time deadline) {
+  while (true) {
+    const int64_t ms = absl::ToInt64Milliseconds(deadline - absl::Now());
+    if (ms <= 0) return false;
+    pollfd p{fd, events, 0};
+    const int ready = ::poll(&p, 1, static_cast<int>(ms));
+    if (ready > 0) return true;
+    if (ready < 0 && errno != EINTR) return false;
+  }
+}
+
+// The request's head (up to its blank line), or empty when it does not come
+// whole in time.
+std::string ReadHead(int fd, absl::Time deadline) {
+  std::string head;
+  char buffer[1024];
+  while (head.find("\r\n\r\n") == std::string::npos && head.size() < kMaxHeadBytes) {
+    if (!WaitFor(fd, POLLIN, deadline)) return "";
+    const ssize_t n = ::recv(fd, buffer, sizeof(buffer), MSG_DONTWAIT);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) return "";
+    if (n > 0) head.append(buffer, static_cast<size_t>(n));
+  }
+  return head.find("\r\n\r\n") == std::string::npos ? "" : head;
+}
+
+void WriteAll(int fd, const std::string& bytes, absl::Time deadline) {
+  for (size_t sent = 0; sent < bytes.size();) {
+    if (!WaitFor(fd, POLLOUT, deadline)) return;
+    const ssize_t n =
+        ::send(fd, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0 && errno != EAGAIN && errno != EINTR) return;
+    if (n > 0) sent += static_cast<size_t>(n);
+  }
+}
+
+std::string Answer(int status, const char* reason, const char* content_type,
+                   const std::string& body, bool head_only) {
+  return absl::StrCat("HTTP/1.1 ", status, " ", reason, "\r\nContent-Type: ", content_type,
+                      "\r\nContent-Length: ", body.size(), "\r\nConnection: close\r\n\r\n",
+                      head_only ? "" : body);
+}
+
+std::string PeerAddress(int fd) {
+  sockaddr_storage address{};
+  socklen_t size = sizeof(address);
+  if (::getpeername(fd, reinterpret_cast<sockaddr*>(&address), &size) != 0) return "";
+  char text[INET6_ADDRSTRLEN] = {};
+  const void* ip = address.ss_family == AF_INET6
+                       ? static_cast<const void*>(&reinterpret_cast<sockaddr_in6*>(&address)->sin6_addr)
+                       : static_cast<const void*>(&reinterpret_cast<sockaddr_in*>(&address)->sin_addr);
+  return ::inet_ntop(address.ss_family, ip, text, sizeof(text)) ? text : "";
+}
+
+// httplib's listening and accepting, with each connection served here: one
+// request, GET or HEAD /metrics, then close.
+class MetricsServer final : public httplib::Server {
+ public:
+  explicit MetricsServer(std::function<std::string()> serialize)
+      : serialize_(std::move(serialize)) {}
+
+ private:
+  bool process_and_close_socket(socket_t fd) override {
+    const std::string peer = PeerAddress(fd);
+    if (Take(peer)) {
+      Serve(fd);
+      Release(peer);
+    }
+    ::shutdown(fd, SHUT_RDWR);
+    ::close(fd);
+    return true;
+  }
+
+  void Serve(int fd) {
+    const std::string head = ReadHead(fd, absl::Now() + kHeadTimeout);
+    if (head.empty()) return;
+    const absl::string_view line = absl::string_view(head).substr(0, head.find("\r\n"));
+    const bool get = absl::StartsWith(line, "GET "), head_only = absl::StartsWith(line, "HEAD ");
+    const absl::string_view target = line.substr(line.find(' ') + 1);
+    const absl::string_view path = target.substr(0, target.find_first_of("? "));
+    std::string answer;
+    if (path != "/metrics") {
+      answer = Answer(404, "Not Found", "text/plain", "metrics are at /metrics\n", head_only);
+    } else if (!get && !head_only) {
+      answer = Answer(405, "Method Not Allowed", "text/plain", "GET /metrics\n", false);
+    } else {
+      answer = Answer(200, "OK", "text/plain; version=0.0.4; charset=utf-8", serialize_(),
+                      head_only);
+    }
+    WriteAll(fd, answer, absl::Now() + kWriteTimeout);
+  }
+
+  bool Take(const std::string& peer) {
+    std::lock_guard<std::mutex> lock(mu_);
+    int& open = open_[peer];
+    if (open >= kConnectionsPerAddress) return false;
+    ++open;
+    return true;
+  }
+  void Release(const std::string& peer) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (--open_[peer] == 0) open_.erase(peer);
+  }
+
+  const std::function<std::string()> serialize_;
+  std::mutex mu_;  // std, not absl: TSan sees it
+  std::map<std::string, int> open_;  // guarded by mu_
+};
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(
     const std::string& address, std::shared_ptr<prometheus::Registry> registry) {
@@ -19,13 +157,10 @@ absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(
 
   auto endpoint = std::unique_ptr<MetricsEndpoint>(new MetricsEndpoint());
   endpoint->registry_ = std::move(registry);
-  endpoint->server_ = std::make_unique<httplib::Server>();
-  ListenAlone(*endpoint->server_);
   prometheus::Registry* r = endpoint->registry_.get();
-  endpoint->server_->Get("/metrics", [r](const httplib::Request&, httplib::Response& response) {
-    response.set_content(prometheus::TextSerializer().Serialize(r->Collect()),
-                         "text/plain; version=0.0.4; charset=utf-8");
-  });
+  endpoint->server_ = std::make_unique<MetricsServer>(
+      [r] { return prometheus::TextSerializer().Serialize(r->Collect()); });
+  ListenAlone(*endpoint->server_);
   if (port == 0) {
     endpoint->port_ = endpoint->server_->bind_to_any_port(host.c_str());
   } else if (endpoint->server_->bind_to_port(host.c_str(), port)) {
