@@ -14,6 +14,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "dgrid/v1/denoiser.grpc.pb.h"
 #include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "gtest/gtest.h"
@@ -148,6 +150,53 @@ int FreeLoopbackPort() {
 // A large model loads for minutes on a GPU: a replica whose metrics port
 // opened only after its bundles had loaded read as down (up == 0) all that
 // time. Its metrics answer at once now, saying it is not ready.
+// A call past its deadline counted as CANCELLED (gRPC marks it cancelled
+// then, and the batcher asked that first): overload read as callers
+// leaving, which the error-ratio alert leaves out.
+TEST(DenoiserProcessTest, ACallPastItsDeadlineCountsAsDeadlineExceeded) {
+  const std::string dir = testing::TempDir("denoiser-deadline");
+  const std::string fixtures = std::getenv("DGRID_FIXTURES");
+  auto child = ChildProcess::Start(
+      {BinPath("dgrid-denoiser"), "--model_dir=" + fixtures + "/gaussian",
+       "--listen=127.0.0.1:0", "--metrics_addr=127.0.0.1:0", "--threads=1",
+       "--debug_step_delay_ms=200", "--port_file=" + dir + "/ports"},
+      dir + "/denoiser.log");
+  ASSERT_TRUE(child.ok()) << child.status();
+  auto ports = (*child)->WaitForPorts(dir + "/ports", absl::Seconds(60));
+  ASSERT_TRUE(ports.ok()) << ports.status();
+  auto stub = v1::Denoiser::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", (*ports)["grpc"]), grpc::InsecureChannelCredentials()));
+  v1::BranchRequest request;
+  request.set_model("gaussian");
+  request.mutable_sampler()->set_steps(25);
+  request.mutable_sampler()->set_eta(1.0f);
+  request.mutable_sampler()->set_guidance(1.0f);
+  request.add_trajectories()->mutable_path()->add_segments()->set_noise_seed(1);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  auto reader = stub->Branch(&context, request);
+  v1::BranchEvent event;
+  while (reader->Read(&event)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  // The server ends the call a moment after the client gives up on it.
+  const std::string exceeded =
+      R"(dgrid_denoiser_requests_total{code="DEADLINE_EXCEEDED",method="Branch"})";
+  double counted = 0;
+  std::string text;
+  for (const absl::Time give_up = absl::Now() + absl::Seconds(10);
+       counted < 1 && absl::Now() < give_up; absl::SleepFor(absl::Milliseconds(100))) {
+    auto scraped = testing::HttpGet((*ports)["metrics"], "/metrics");
+    ASSERT_TRUE(scraped.ok()) << scraped.status();
+    text = *scraped;
+    counted = testing::MetricValue(text, exceeded);
+  }
+  EXPECT_EQ(counted, 1) << text;
+  EXPECT_LE(testing::MetricValue(
+                text, R"(dgrid_denoiser_requests_total{code="CANCELLED",method="Branch"})"),
+            0);
+}
+
 TEST(DenoiserProcessTest, MetricsAnswerWhileTheBundlesLoad) {
   const std::string dir = testing::TempDir("denoiser-loading");
   const int metrics = FreeLoopbackPort();

@@ -314,14 +314,17 @@ void TrajectoryBatcher::RunBesideTurn() {
 void TrajectoryBatcher::EndStoppedJobs() {
   if (beside_queue_.empty()) return;
   const absl::Time now = absl::Now();
+  // The deadline first: gRPC marks a call cancelled once its deadline has
+  // passed, and the metrics count a timeout (overload) apart from a caller
+  // that left.
   auto stopped = [&](const std::shared_ptr<BesideJob>& job) {
-    if (job->cancelled && job->cancelled()) {
-      job->done.set_value(absl::CancelledError("the caller cancelled"));
-      return true;
-    }
     if (now > job->deadline) {
       job->done.set_value(absl::DeadlineExceededError(absl::StrCat(
           "the deadline passed after ", job->done_items, " of ", job->items, " items")));
+      return true;
+    }
+    if (job->cancelled && job->cancelled()) {
+      job->done.set_value(absl::CancelledError("the caller cancelled"));
       return true;
     }
     return false;
@@ -913,10 +916,12 @@ void TrajectoryBatcher::DropStopped(std::vector<Active>& active) {
       if (run.CallerGone()) run.Cancel();
     }
     absl::Status stop;
-    if (run.cancelled()) {
-      stop = absl::CancelledError("run cancelled by the caller");
-    } else if (now > run.request_.deadline) {
+    // The deadline first, as in EndStoppedJobs: past it the caller's
+    // context reads as cancelled too.
+    if (now > run.request_.deadline) {
       stop = absl::DeadlineExceededError("deadline passed before the trajectory finished");
+    } else if (run.cancelled()) {
+      stop = absl::CancelledError("run cancelled by the caller");
     } else {
       std::lock_guard<std::mutex> lock(run.mu_);
       if (run.done_) {
