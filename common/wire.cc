@@ -141,36 +141,37 @@ absl::Status ImageToProto(absl::Span<const uint8_t> pixels, const BundleManifest
 absl::Status RunEventToProto(const RunEvent& event, const BundleManifest& manifest,
                              bool previews, bool decode, v1::BranchEvent* out) {
   out->Clear();
-  v1::Tensor* latent;
-  v1::Tensor* x0;
-  v1::Image* image;
-  v1::Image* x0_image;
+  // Fields are set only when they hold something: a start step's capture has
+  // no x0 preview, and with decode_finals_only a capture has no image, so
+  // neither is sent as an empty message (a tensor of shape [] and no bytes).
+  v1::Capture* capture = nullptr;
+  v1::Final* final = nullptr;
   if (event.kind == RunEvent::Kind::kCapture) {
-    v1::Capture* c = out->mutable_capture();
-    c->set_trajectory(event.trajectory);
-    c->set_step(event.step);
-    c->set_timestep(event.timestep);
-    latent = c->mutable_latent();
-    x0 = c->mutable_x0_preview();
-    image = c->mutable_image();
-    x0_image = c->mutable_x0_image();
+    capture = out->mutable_capture();
+    capture->set_trajectory(event.trajectory);
+    capture->set_step(event.step);
+    capture->set_timestep(event.timestep);
   } else {
-    v1::Final* f = out->mutable_final();
-    f->set_trajectory(event.trajectory);
-    f->set_model_evals(event.model_evals);
-    latent = f->mutable_latent();
-    x0 = f->mutable_x0_preview();
-    image = f->mutable_image();
-    x0_image = f->mutable_x0_image();
+    final = out->mutable_final();
+    final->set_trajectory(event.trajectory);
+    final->set_model_evals(event.model_evals);
   }
-  EncodeFloatTensor(event.latent, manifest.latent_shape, latent);
+  EncodeFloatTensor(event.latent, manifest.latent_shape,
+                    capture ? capture->mutable_latent() : final->mutable_latent());
   const bool preview = previews && !event.x0.empty();
-  if (preview) EncodeFloatTensor(event.x0, manifest.latent_shape, x0);
+  if (preview) {
+    EncodeFloatTensor(event.x0, manifest.latent_shape,
+                      capture ? capture->mutable_x0_preview() : final->mutable_x0_preview());
+  }
   if (!decode) return absl::OkStatus();
   // The engine decoded the images on its own thread, batched; only the PNG
   // encoding happens here.
-  absl::Status decoded = ImageToProto(event.pixels, manifest, image);
-  if (decoded.ok() && preview) decoded = ImageToProto(event.x0_pixels, manifest, x0_image);
+  absl::Status decoded = ImageToProto(event.pixels, manifest,
+                                      capture ? capture->mutable_image() : final->mutable_image());
+  if (decoded.ok() && preview) {
+    decoded = ImageToProto(event.x0_pixels, manifest,
+                           capture ? capture->mutable_x0_image() : final->mutable_x0_image());
+  }
   return decoded;
 }
 

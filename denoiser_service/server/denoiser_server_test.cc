@@ -121,6 +121,36 @@ TEST_F(DenoiserServerTest, BranchStreamsCapturesBeforeFinalsAndDecodes) {
   EXPECT_EQ(r.events[0].capture().step(), 5);
 }
 
+// A field is sent only when it holds something: the start step's capture
+// had an x0 preview (and x0 image) of shape [] and no bytes, and with
+// decode_finals_only every capture an empty image, which a client checking
+// for the field would try to read.
+TEST_F(DenoiserServerTest, ACaptureCarriesNoEmptyPreviewOrImage) {
+  v1::BranchRequest request = GaussianBranch(1);
+  request.add_capture_steps(0);
+  request.add_capture_steps(5);
+  request.set_previews(true);
+  request.set_decode(true);
+  BranchResult r = CallBranch(request);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  ASSERT_EQ(r.events.size(), 3u);
+  const v1::Capture& start = r.events[0].capture();
+  ASSERT_EQ(start.step(), 0);
+  EXPECT_FALSE(start.has_x0_preview());
+  EXPECT_FALSE(start.has_x0_image());
+  EXPECT_TRUE(start.has_image());
+  EXPECT_TRUE(r.events[1].capture().has_x0_preview());
+  EXPECT_TRUE(r.events[1].capture().has_x0_image());
+  request.set_decode_finals_only(true);
+  r = CallBranch(request);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_FALSE(r.events[i].capture().has_image()) << i;
+    EXPECT_FALSE(r.events[i].capture().has_x0_image()) << i;
+  }
+  EXPECT_TRUE(r.events[2].final().has_image());
+}
+
 // The version the caller planned with, when it is this replica's, runs.
 TEST_F(DenoiserServerTest, BranchRunsForItsOwnModelVersion) {
   v1::BranchRequest request = GaussianBranch(1);
