@@ -1,5 +1,6 @@
 #include "common/manifest_reader.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <utility>
@@ -40,6 +41,25 @@ constexpr size_t kMaxJudgeText = 128;
 
 absl::Status Invalid(absl::string_view field, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat("manifest ", field, ": ", what));
+}
+
+// A name, version or class label: shown in logs, `dgrid models` and every
+// ModelInfo, so short, UTF-8 and without control characters (a newline split
+// the server's log line, an escape coloured the terminal).
+absl::Status CheckLabel(const std::string& text, absl::string_view field, bool may_be_empty) {
+  if (text.empty()) {
+    return may_be_empty ? absl::OkStatus() : Invalid(field, "is required");
+  }
+  if (text.size() > kMaxJudgeText) {
+    return Invalid(field, absl::StrCat("is ", text.size(), " bytes, more than ", kMaxJudgeText));
+  }
+  if (!IsValidUtf8(text)) return Invalid(field, "is not valid UTF-8");
+  for (const char c : text) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+      return Invalid(field, absl::StrCat("holds a control character: ", ShortQuote(text)));
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status CheckShape(const google::protobuf::RepeatedField<int64_t>& shape,
@@ -289,6 +309,16 @@ absl::Status ReadConditioning(const v1::ModelManifest& p, BundleManifest& m) {
     return Invalid("conditioning.extra", "only a text model takes extra conditioning");
   }
   m.class_labels.assign(c.class_labels().begin(), c.class_labels().end());
+  // A label names its class in requests: two alike would leave the second
+  // out of reach.
+  for (size_t i = 0; i < m.class_labels.size(); ++i) {
+    const std::string field = absl::StrCat("conditioning.class_labels[", i, "]");
+    RETURN_IF_ERROR(CheckLabel(m.class_labels[i], field, /*may_be_empty=*/false));
+    if (std::find(m.class_labels.begin(), m.class_labels.begin() + i, m.class_labels[i]) !=
+        m.class_labels.begin() + i) {
+      return Invalid(field, absl::StrCat(ShortQuote(m.class_labels[i]), " repeats an earlier label"));
+    }
+  }
   m.null_label = c.null_label();
   if (m.null_label < 0 || m.null_label > kMaxId) {
     return Invalid("conditioning.null_label", absl::StrCat("must be in [0, ", kMaxId, "]"));
@@ -377,7 +407,8 @@ absl::Status ReadDefaults(const v1::ModelManifest& p, BundleManifest& m) {
 
 absl::StatusOr<BundleManifest> FromProto(const v1::ModelManifest& p) {
   BundleManifest m;
-  if (p.name().empty()) return Invalid("name", "is required");
+  RETURN_IF_ERROR(CheckLabel(p.name(), "name", /*may_be_empty=*/false));
+  RETURN_IF_ERROR(CheckLabel(p.version(), "version", /*may_be_empty=*/true));
   m.name = p.name();
   m.version = p.version();
   m.description = p.description();
@@ -388,6 +419,7 @@ absl::StatusOr<BundleManifest> FromProto(const v1::ModelManifest& p) {
   RETURN_IF_ERROR(ReadDefaults(p, m));
   m.license = p.data().license();
   m.classifier = p.classifier();
+  if (!m.classifier.empty()) RETURN_IF_ERROR(CheckBundleFile(m.classifier, "classifier"));
   // A guided trajectory runs as two rows of one pass, and its image and x0
   // preview decode together: a bundle checked at batch 1 alone cannot serve.
   if (p.max_batch() < 0 || p.max_batch() == 1 || p.max_batch() > 65536) {
@@ -406,6 +438,7 @@ absl::Status CheckParts(const BundleManifest& m, const std::string& bundle_dir) 
   std::vector<std::pair<const char*, std::string>> parts = {{"weights", m.weights}};
   if (m.decoder_kind == "torchscript") parts.push_back({"decoder.weights", m.decoder_weights});
   if (m.judge.present()) parts.push_back({"judge.weights", m.judge.weights});
+  if (!m.classifier.empty()) parts.push_back({"classifier", m.classifier});
   if (m.is_text()) {
     parts.push_back({"conditioning.text_encoder.weights", m.text.encoder_weights});
     parts.push_back({"conditioning.tokenizer.vocab", m.text.tokenizer.vocab});

@@ -389,6 +389,53 @@ TEST(ManifestReaderTest, RefusesABadJudgeByField) {
   }
 }
 
+// Names, versions and class labels were taken as they came: a newline or an
+// escape in a name went raw into the log and `dgrid models`, and a class
+// label given twice left its second class out of reach.
+TEST(ManifestReaderTest, NamesVersionsAndClassLabelsAreShortPlainAndDistinct) {
+  const std::pair<std::pair<std::string, std::string>, const char*> cases[] = {
+      {{R"("name": "toy")", R"("name": "a\nb")"}, "manifest name: holds a control character"},
+      {{R"("name": "toy")", R"("name": "\u001b[31mred")"}, "manifest name: holds a control"},
+      {{R"("name": "toy")", absl::StrCat(R"("name": ")", std::string(200, 'n'), "\"")},
+       "manifest name: is 200 bytes, more than 128"},
+      {{R"("version": "1")", R"("version": "\u0007")"}, "manifest version: holds a control"},
+      {{R"(["a", "b"])", R"(["a", "a"])"},
+       "manifest conditioning.class_labels[1]: \"a\" repeats an earlier label"},
+      {{R"(["a", "b"])", R"(["", "b"])"}, "manifest conditioning.class_labels[0]: is required"},
+  };
+  for (const auto& [edit, says] : cases) {
+    std::string json = kGood;
+    json.replace(json.find(edit.first), edit.first.size(), edit.second);
+    auto m = ParseManifestJson(json);
+    ASSERT_FALSE(m.ok()) << json;
+    EXPECT_NE(m.status().message().find(says), absl::string_view::npos) << m.status().message();
+  }
+  std::string unversioned = kGood;
+  unversioned.replace(unversioned.find(R"("version": "1")"), 14, R"("version": "")");
+  EXPECT_TRUE(ParseManifestJson(unversioned).ok());
+}
+
+// The evaluation classifier's file was not checked at all: "/etc/passwd"
+// and "../x" served.
+TEST(ManifestReaderTest, TheClassifierMustBeAFileInsideTheBundle) {
+  for (const char* name : {"/etc/passwd", "../../etc/passwd"}) {
+    std::string json = kGood;
+    json.insert(json.rfind('}'), absl::StrCat(R"(, "classifier": ")", name, "\""));
+    auto m = ParseManifestJson(json);
+    ASSERT_FALSE(m.ok()) << name;
+    EXPECT_NE(m.status().message().find("manifest classifier: must be a file inside"),
+              absl::string_view::npos)
+        << m.status();
+  }
+  const std::string dir = TextBundle("classifier");
+  std::string json = kTextManifest;
+  json.insert(json.rfind('}'), R"(, "classifier": "missing.pt")");
+  std::ofstream(dir + "/manifest.json", std::ios::trunc) << json;
+  absl::Status missing = ReadManifest(dir).status();
+  EXPECT_EQ(missing.code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(missing.message().find("classifier"), absl::string_view::npos) << missing;
+}
+
 TEST(ManifestReaderTest, AJudgeOutsideTheFolderOrMissingIsRefusedByField) {
   const std::string dir = TextBundle("judge");
   std::string json = kTextManifest;

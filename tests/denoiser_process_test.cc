@@ -383,6 +383,22 @@ TEST(DenoiserProcessTest, ARepeatedModelDirServesEveryBundleInOrder) {
   ASSERT_EQ(info.models_size(), 2) << info.DebugString();
   EXPECT_EQ(info.models(0).name(), "tinyconv");
   EXPECT_EQ(info.models(1).name(), "gaussian");
+  // One folder twice is two bundles of one name: the refusal says which
+  // folders (it said only "two bundles are named gaussian").
+  auto twice = ChildProcess::Start(
+      {BinPath("dgrid-denoiser"), "--model_dir=" + fixtures + "/gaussian",
+       "--model_dir=" + fixtures + "/gaussian", "--listen=127.0.0.1:0", "--metrics_addr=",
+       "--threads=1"},
+      dir + "/twice.log");
+  ASSERT_TRUE(twice.ok()) << twice.status();
+  auto code = (*twice)->Wait(absl::Seconds(60));
+  ASSERT_TRUE(code.ok());
+  EXPECT_EQ(*code, 1);
+  EXPECT_NE((*twice)->Log().find(absl::StrCat("two bundles are named \"gaussian\": ", fixtures,
+                                              "/gaussian and ", fixtures,
+                                              "/gaussian (the same folder given twice)")),
+            std::string::npos)
+      << (*twice)->Log();
 }
 
 }  // namespace

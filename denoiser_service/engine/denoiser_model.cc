@@ -10,6 +10,7 @@
 
 #include <optional>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/bundle_files.h"
@@ -122,6 +123,12 @@ absl::StatusOr<std::unique_ptr<DenoiserModel>> DenoiserModel::Load(
     impl->text_encoder = std::move(*encoder);
     absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer =
         LoadTokenizer(SpecForBundle(text.tokenizer, bundle_dir));
+    // Its file errors name the file; a setting's (max_length) names the
+    // manifest, so that one bundle among several is known.
+    if (!tokenizer.ok() && !absl::StartsWith(tokenizer.status().message(), bundle_dir)) {
+      return absl::Status(tokenizer.status().code(),
+                          absl::StrCat(bundle_dir, "/manifest.json: ", tokenizer.status().message()));
+    }
     if (!tokenizer.ok()) return tokenizer.status();
     impl->tokenizer = std::move(*tokenizer);
   }
@@ -172,8 +179,8 @@ absl::Status DenoiserModel::ProbeText(const std::string& dir) {
     // Every prompt must fill the encoder's max_length ids: no padding
     // (pad_id -1) leaves a prompt short, and a batch of prompts misaligned.
     return absl::InvalidArgumentError(absl::StrCat(
-        "conditioning.tokenizer.pad_id: the empty prompt pads to ", ids.size(), " ids, not ",
-        length, " (max_length); a model's tokenizer must pad"));
+        dir, "/manifest.json: conditioning.tokenizer.pad_id: the empty prompt pads to ",
+        ids.size(), " ids, not ", length, " (max_length); a model's tokenizer must pad"));
   }
   // The second encoder embeds it as a token (SDXL's padding).
   if (text.second_pad_id >= impl_->tokenizer->vocab_size()) {

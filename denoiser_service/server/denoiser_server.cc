@@ -13,6 +13,7 @@
 #include "common/grpc_server.h"
 #include "common/host_port.h"
 #include "common/metrics_exposer.h"
+#include "common/short_text.h"
 #include "common/tls.h"
 #include "denoiser_service/server/denoiser_metrics.h"
 #include "denoiser_service/server/denoiser_service_impl.h"
@@ -109,13 +110,17 @@ absl::StatusOr<std::unique_ptr<DenoiserServer>> DenoiserServer::Start(
   s->models_ = std::make_unique<std::map<std::string, ServedModel>>();
   absl::StatusOr<std::vector<std::string>> dirs = ExpandModelDirs(o.model_dirs);
   if (!dirs.ok()) return dirs.status();
+  std::map<std::string, std::string> dir_of;  // a name's bundle folder
   for (const std::string& dir : *dirs) {
     auto model = DenoiserModel::Load(dir, {o.device});
     if (!model.ok()) return model.status();
     const std::string name = (*model)->manifest().name;
     if (s->models_->count(name)) {
-      return absl::InvalidArgumentError(absl::StrCat("two bundles are named ", name));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "two bundles are named ", ShortQuote(name), ": ", dir_of[name], " and ", dir,
+          dir_of[name] == dir ? " (the same folder given twice)" : ""));
     }
+    dir_of[name] = dir;
     ServedModel& served = (*s->models_)[name];
     served.order = static_cast<int>(s->models_->size()) - 1;
     served.model = std::move(*model);
