@@ -158,11 +158,14 @@ absl::Status DenoiserModel::Probe(const std::string& dir) {
                        m.class_labels.size(), " class_labels) failed: ", probe.message()));
     }
   }
+  // Two latents, as the engine decodes them batched: a decoder that works
+  // for one alone (a reshape to [1, ...]) failed only on requests.
   if (impl_->decoder) {
-    absl::StatusOr<std::vector<uint8_t>> image = Decode(x, 1);
+    std::vector<float> two(2 * numel, 0.0f);
+    absl::StatusOr<std::vector<uint8_t>> image = Decode(two, 2);
     if (!image.ok()) {
       return absl::InvalidArgumentError(
-          absl::StrCat(dir, "/", m.decoder_weights, ": probe decode of latent [1, ",
+          absl::StrCat(dir, "/", m.decoder_weights, ": probe decode of latents [2, ",
                        m.latent_shape[0], ", ", m.latent_shape[1], ", ", m.latent_shape[2],
                        "] failed: ", image.status().message()));
     }

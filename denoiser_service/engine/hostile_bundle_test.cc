@@ -10,7 +10,9 @@
 #include <mutex>
 #include <sstream>
 
+#include "common/manifest_reader.h"
 #include "denoiser_service/engine/denoiser_model.h"
+#include "denoiser_service/engine/image_judge.h"
 #include "denoiser_service/engine/trajectory_batcher.h"
 #include "gtest/gtest.h"
 
@@ -89,15 +91,39 @@ TEST(HostileBundleTest, ATextBundleThatDoesNotPadIsRefusedAtLoad) {
 
 TEST(HostileBundleTest, ADecoderOfAnotherImageLayoutIsRefusedAtLoad) {
   ASSERT_FALSE(Fixtures().empty()) << "DGRID_FIXTURES is not set";
-  // The decoder gives [1, 3, 32, 32]; 16 by 64 has as many values, and
+  // The decoder gives [2, 3, 32, 32]; 16 by 64 has as many values, and
   // every image would come out scrambled.
   const std::string dir = EditedCopy("textlatent", "manifest.json",
                                      "\"image_shape\": [\n    32,\n    32,",
                                      "\"image_shape\": [\n    16,\n    64,");
   auto model = DenoiserModel::Load(dir, {"cpu"});
   ASSERT_FALSE(model.ok()) << "a decoder of another layout loaded";
-  EXPECT_TRUE(Mentions(model.status(), "image_shape [16, 64, 3] needs [1, 3, 16, 64]"))
+  EXPECT_TRUE(Mentions(model.status(), "image_shape [16, 64, 3] needs [2, 3, 16, 64]"))
       << model.status();
+}
+
+// A decoder or judge that answers one image whatever the batch (a reshape
+// to [1, ...]) loaded, probed at batch 1, and failed every request of two
+// trajectories or two images, as INTERNAL.
+TEST(HostileBundleTest, ADecoderOrJudgeForOneImageAloneIsRefusedAtLoad) {
+  ASSERT_FALSE(Fixtures().empty()) << "DGRID_FIXTURES is not set";
+  const fs::path one = fs::path(Fixtures()) / "batch_one";
+  std::string dir = EditedCopy("textlatent", "manifest.json", "}", "}");
+  fs::copy_file(one / "decoder.pt", fs::path(dir) / "vae_decoder.pt",
+                fs::copy_options::overwrite_existing);
+  auto model = DenoiserModel::Load(dir, {"cpu"});
+  ASSERT_FALSE(model.ok()) << "a decoder of one image loaded";
+  EXPECT_TRUE(Mentions(model.status(), "vae_decoder.pt: probe decode of latents [2, 4, 8, 8]"))
+      << model.status();
+  dir = EditedCopy("textlatent", "manifest.json", "}",
+                   R"(, "judge": {"weights": "judge.pt", "heads": [{"name": "h", "labels": ["a", "b"]}]}})");
+  fs::copy_file(one / "judge.pt", fs::path(dir) / "judge.pt");
+  auto manifest = ReadManifest(dir);
+  ASSERT_TRUE(manifest.ok()) << manifest.status();
+  auto judge = ImageJudge::Load(dir, *manifest, "cpu");
+  ASSERT_FALSE(judge.ok()) << "a judge of one image loaded";
+  EXPECT_TRUE(Mentions(judge.status(), "judge.pt: probe of the judge on two images"))
+      << judge.status();
 }
 
 TEST(HostileBundleTest, ASecondPadIdBeyondTheVocabularyIsRefusedAtLoad) {

@@ -59,11 +59,13 @@ absl::StatusOr<std::unique_ptr<ImageJudge>> ImageJudge::Load(const std::string& 
   if (!module.ok()) return module.status();
   impl->module = std::move(*module);
   std::unique_ptr<ImageJudge> judge(new ImageJudge(manifest, std::move(impl)));
-  // A blank image: every head must come back as [1, len(labels)].
-  std::vector<uint8_t> blank(manifest.ImageNumel(), 0);
-  if (absl::StatusOr<std::vector<ImageVerdict>> probe = judge->Judge(blank, 1); !probe.ok()) {
+  // Two blank images, as Judge calls batch them: every head must come back
+  // as [2, len(labels)] (a judge that always answered [1, K] failed only on
+  // requests).
+  std::vector<uint8_t> blank(2 * manifest.ImageNumel(), 0);
+  if (absl::StatusOr<std::vector<ImageVerdict>> probe = judge->Judge(blank, 2); !probe.ok()) {
     return absl::InvalidArgumentError(
-        absl::StrCat(path, ": probe of the judge on one image [1, ", manifest.image_shape[2],
+        absl::StrCat(path, ": probe of the judge on two images [2, ", manifest.image_shape[2],
                      ", ", manifest.image_shape[0], ", ", manifest.image_shape[1],
                      "] failed: ", probe.status().message()));
   }

@@ -202,7 +202,7 @@ TEST(JudgeLoadTest, AHeadOfTheWrongShapeFailsAtStartUpNamingIt) {
   absl::Status status = DenoiserServer::Start(o).status();
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
   EXPECT_NE(status.message().find("judge.heads[0] (class)"), absl::string_view::npos) << status;
-  EXPECT_NE(status.message().find("[1, 128]"), absl::string_view::npos) << status;
+  EXPECT_NE(status.message().find("[2, 128]"), absl::string_view::npos) << status;
 }
 
 }  // namespace
