@@ -184,8 +184,13 @@ class Stack:
                  "--listen=127.0.0.1:0", "--metrics_addr=", "--grid_timeout_s=3600"],
                 f"{tmp}/orchestrator.ports", f"{tmp}/orchestrator.log")
             self._procs.append(proc)
-        except BaseException:
+        except BaseException as e:
+            # The logs go with the folder: a server that would not start
+            # (a bad bundle) says why in their last lines, kept here.
+            tail = _log_tails([f"{tmp}/denoiser.log", f"{tmp}/orchestrator.log"])
             self.close()
+            if isinstance(e, RuntimeError) and tail:
+                raise RuntimeError(f"{e} (the folder is removed; the log ends:)\n{tail}") from None
             raise
         self.denoiser = f"127.0.0.1:{dports['grpc']}"
         self.orchestrator = f"127.0.0.1:{oports['grpc']}"
@@ -205,6 +210,20 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _log_tails(paths: Sequence[str], lines: int = 10) -> str:
+    """The last lines of each log that exists and holds something."""
+    tails = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text:
+            tails.append(f"{os.path.basename(path)}:\n" + "\n".join(text.splitlines()[-lines:]))
+    return "\n".join(tails)
 
 
 class Judge:
@@ -486,6 +505,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="denoiser torch threads (0: cores)")
     p.add_argument("--out", default="", help="folder for eval.json and eval.png")
     args = p.parse_args(argv)
+    # Inputs before the evaluation's minutes, each error one line: they
+    # were tracebacks, and an --out that cannot be made lost the report.
+    if not os.path.isfile(os.path.join(args.bundle, "manifest.json")):
+        p.error(f"--bundle: no bundle at {args.bundle} (no manifest.json)")
+    try:
+        curve_branch_steps = ([int(s) for s in args.curve_branch_steps.split(",")]
+                              if args.curve_branch_steps else None)
+    except ValueError:
+        p.error(f"--curve_branch_steps: whole numbers such as 0,5,10, got "
+                f"{args.curve_branch_steps!r}")
+    out = args.out or os.path.join(args.bundle, "eval")
+    try:
+        os.makedirs(out, exist_ok=True)
+        if not os.access(out, os.W_OK):
+            raise PermissionError(f"cannot write in {out}")
+    except OSError as e:
+        p.error(f"--out: {e}")
 
     prompts = None
     if args.prompts:
@@ -502,13 +538,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.bundle, build=args.build, trunks=args.trunks, seed=args.seed, prompts=prompts,
         grids_per_class=args.grids_per_class, branches=args.branches, reference=reference,
         orchestrator=args.orchestrator, denoiser=args.denoiser, threads=args.threads,
-        steps=args.steps, guidance=args.guidance,
-        curve_branch_steps=[int(s) for s in args.curve_branch_steps.split(",")]
-        if args.curve_branch_steps else None)
+        steps=args.steps, guidance=args.guidance, curve_branch_steps=curve_branch_steps)
     if "frechet" in report:
         report["frechet"]["reference"] = os.path.abspath(args.reference)
-    out = args.out or os.path.join(args.bundle, "eval")
-    os.makedirs(out, exist_ok=True)
     if "decision_curve" in report:
         plot(report, os.path.join(out, "eval.png"))
     with open(os.path.join(out, "eval.json"), "w") as f:
@@ -519,4 +551,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (OSError, ValueError, RuntimeError) as e:
+        # A file that cannot be read, a bundle the servers refuse: one line
+        # (or the server's log lines), not a traceback.
+        sys.exit(f"evaluate_bundle: {e}")

@@ -966,6 +966,20 @@ def main(argv=None):
         p.error("--dtype fp16 needs --device cuda")
     if os.path.isfile(args.model) and args.family is None:
         p.error("--family sd or sdxl is needed for a checkpoint file")
+    # The manifest reader's ranges (docs/bundle-format.md), before minutes of
+    # export: a bundle past them was written, self-checked "ok", and then
+    # refused by the denoiser.
+    if args.steps < 1:
+        p.error(f"--steps must be at least 1, got {args.steps}")
+    if not 0 <= args.eta <= 1:
+        p.error(f"--eta must be in [0, 1], got {args.eta}")
+    if args.guidance is not None and not 0 <= args.guidance <= 100:
+        p.error(f"--guidance must be in [0, 100], got {args.guidance}")
+    if args.max_batch != 0 and not 2 <= args.max_batch <= 65536:
+        p.error(f"--max_batch must be 0 (any) or in [2, 65536], got {args.max_batch}")
+    if os.path.isdir(args.out_dir) and os.listdir(args.out_dir):
+        p.error(f"--out_dir {args.out_dir} is not empty: give a new folder (a bundle's old "
+                "files would stay beside the new ones)")
 
     pipe = _load_pipeline(args.model, _DTYPES[args.dtype], family=args.family,
                           config=args.config, original_config=args.original_config)
@@ -983,6 +997,14 @@ def main(argv=None):
     base = os.path.basename(os.path.normpath(args.model))
     name = args.name or (os.path.splitext(base)[0] if os.path.isfile(args.model) or
                          base.endswith((".safetensors", ".ckpt")) else base)
+    if (not name or name in (".", "..") or len(name.encode()) > 128 or
+            any(ord(c) < 0x20 or c == "\x7f" for c in name)):
+        p.error(f"the model's name {name!r} (from --name or --model) must be 1 to 128 bytes "
+                "without control characters; give --name")
+    trained = int(pipe.scheduler.config.get("num_train_timesteps", 1000))
+    if args.steps > trained:
+        p.error(f"--steps must be at most the scheduler's {trained} training timesteps, "
+                f"got {args.steps}")
     prompts = ["a photo of an astronaut riding a horse on mars",
                "a watercolor painting of a lighthouse at dusk",
                "a bowl of fruit on a wooden table, studio lighting"]
