@@ -30,6 +30,13 @@ std::string EchoedShapeString(absl::Span<const int64_t> shape) {
   return s.size() <= kMaxEchoBytes ? s : ShortQuote(s);
 }
 
+// A dtype's name, or its number when it has none (a newer client's, or a
+// bad one): the name alone was empty for those.
+std::string DataTypeText(int dtype) {
+  const std::string& name = v1::DataType_Name(static_cast<v1::DataType>(dtype));
+  return name.empty() ? absl::StrCat("dtype ", dtype) : name;
+}
+
 }  // namespace
 
 absl::Status DecodeFloatTensorInto(const v1::Tensor& tensor,
@@ -37,7 +44,7 @@ absl::Status DecodeFloatTensorInto(const v1::Tensor& tensor,
                                    absl::string_view field, std::vector<float>* out) {
   if (tensor.dtype() != v1::DATA_TYPE_FP32) {
     return absl::InvalidArgumentError(absl::StrCat(
-        field, ".dtype must be DATA_TYPE_FP32, got ", v1::DataType_Name(tensor.dtype())));
+        field, ".dtype must be DATA_TYPE_FP32, got ", DataTypeText(tensor.dtype())));
   }
   const absl::Span<const int64_t> shape(tensor.shape().data(), tensor.shape().size());
   if (shape != expected_shape) {

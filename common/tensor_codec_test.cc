@@ -44,6 +44,8 @@ TEST(TensorCodecTest, RejectsWhatClientsGetWrong) {
 
   v1::Tensor wrong_dtype = good;
   wrong_dtype.set_dtype(v1::DATA_TYPE_INT64);
+  v1::Tensor unknown_dtype = good;  // a number no name has ("got " and nothing)
+  unknown_dtype.set_dtype(static_cast<v1::DataType>(99));
   v1::Tensor wrong_shape = good;
   wrong_shape.set_shape(2, 3);
   v1::Tensor short_bytes = good;
@@ -58,7 +60,8 @@ TEST(TensorCodecTest, RejectsWhatClientsGetWrong) {
   const struct {
     const v1::Tensor* tensor;
     const char* needle;
-  } cases[] = {{&wrong_dtype, "x.dtype"},
+  } cases[] = {{&wrong_dtype, "x.dtype must be DATA_TYPE_FP32, got DATA_TYPE_INT64"},
+               {&unknown_dtype, "x.dtype must be DATA_TYPE_FP32, got dtype 99"},
                {&wrong_shape, "x.shape"},
                {&short_bytes, "x.raw_contents must hold 16 bytes"},
                {&nan, "non-finite value (NaN or Inf) at element 1"},
