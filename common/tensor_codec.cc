@@ -30,14 +30,12 @@ std::string EchoedShapeString(absl::Span<const int64_t> shape) {
   return s.size() <= kMaxEchoBytes ? s : ShortQuote(s);
 }
 
-// A dtype's name, or its number when it has none (a newer client's, or a
-// bad one): the name alone was empty for those.
+}  // namespace
+
 std::string DataTypeText(int dtype) {
   const std::string& name = v1::DataType_Name(static_cast<v1::DataType>(dtype));
   return name.empty() ? absl::StrCat("dtype ", dtype) : name;
 }
-
-}  // namespace
 
 absl::Status DecodeFloatTensorInto(const v1::Tensor& tensor,
                                    absl::Span<const int64_t> expected_shape,

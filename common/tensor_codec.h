@@ -25,6 +25,10 @@ absl::StatusOr<std::vector<float>> DecodeFloatTensor(const v1::Tensor& tensor,
                                                      absl::Span<const int64_t> expected_shape,
                                                      absl::string_view field);
 
+// A dtype's name, or its number when it has none (a newer client's, or a
+// bad one), for errors: the name alone was empty for those.
+std::string DataTypeText(int dtype);
+
 // Decodes into `out` (resized), same checks: avoids an allocation per call.
 absl::Status DecodeFloatTensorInto(const v1::Tensor& tensor,
                                    absl::Span<const int64_t> expected_shape,

@@ -295,9 +295,7 @@ absl::Status ParseJudgeImage(const v1::Image& image, const BundleManifest& m,
     const v1::Tensor& t = image.pixels();
     if (t.dtype() != v1::DATA_TYPE_UINT8) {
       return absl::InvalidArgumentError(absl::StrCat(
-          field, ".pixels.dtype must be DATA_TYPE_UINT8, got ",
-          v1::DataType_Name(t.dtype()).empty() ? absl::StrCat("dtype ", t.dtype())
-                                               : v1::DataType_Name(t.dtype())));
+          field, ".pixels.dtype must be DATA_TYPE_UINT8, got ", DataTypeText(t.dtype())));
     }
     if (!std::equal(t.shape().begin(), t.shape().end(), is.begin(), is.end())) {
       return absl::InvalidArgumentError(absl::StrCat(field, ".pixels.shape must be [",
