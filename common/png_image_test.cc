@@ -44,7 +44,8 @@ namespace {
 // image data.
 // A PNG of 8-bit samples of `colour_type` (0 grey, 6 RGBA) whose one IDAT
 // chunk holds `data`, with valid CRCs.
-std::string PngOf(uint32_t width, uint32_t height, char colour_type, const std::string& data) {
+std::string PngOf(uint32_t width, uint32_t height, char colour_type, const std::string& data,
+                  char bit_depth = 8, char interlace = 0) {
   auto be32 = [](uint32_t v) {
     return std::string{static_cast<char>(v >> 24), static_cast<char>(v >> 16),
                        static_cast<char>(v >> 8), static_cast<char>(v)};
@@ -56,8 +57,9 @@ std::string PngOf(uint32_t width, uint32_t height, char colour_type, const std::
            be32(static_cast<uint32_t>(crc));
   };
   return std::string("\x89PNG\r\n\x1a\n", 8) +
-         chunk("IHDR" + be32(width) + be32(height) + std::string(1, '\x08') +
-               std::string(1, colour_type) + std::string("\0\0\0", 3)) +
+         chunk("IHDR" + be32(width) + be32(height) + std::string(1, bit_depth) +
+               std::string(1, colour_type) + std::string("\0\0", 2) +
+               std::string(1, interlace)) +
          chunk("IDAT" + data) + chunk("IEND");
 }
 
@@ -91,9 +93,21 @@ TEST(PngImageTest, ImageDataPastWhatTheSizeNeedsIsRefused) {
   const absl::Status status =
       DecodePng({reinterpret_cast<const uint8_t*>(bomb.data()), bomb.size()}).status();
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(status.message().find("bytes of image data is more than a 28x28 image can need"),
+  EXPECT_NE(status.message().find("its image data inflates past the 812 bytes a 28x28 image"),
             absl::string_view::npos)
       << status;
+  // So does a smaller bomb, within what a bound on the compressed bytes
+  // would pass (deflate expands up to about 1000 times).
+  zeros.resize(28 * 29 * 8);
+  size = compressBound(zeros.size());
+  deflated.assign(size, '\0');
+  ASSERT_EQ(compress2(reinterpret_cast<Bytef*>(deflated.data()), &size,
+                      reinterpret_cast<const Bytef*>(zeros.data()), zeros.size(), 9),
+            Z_OK);
+  deflated.resize(size);
+  const std::string small_bomb = PngOf(28, 28, '\0', deflated);
+  EXPECT_FALSE(
+      DecodePng({reinterpret_cast<const uint8_t*>(small_bomb.data()), small_bomb.size()}).ok());
   // The same pixels, deflated as they are, decode.
   std::string rows(28 * 29, '\0');
   size = compressBound(rows.size());
@@ -107,6 +121,47 @@ TEST(PngImageTest, ImageDataPastWhatTheSizeNeedsIsRefused) {
       DecodePng({reinterpret_cast<const uint8_t*>(plain.data()), plain.size()});
   ASSERT_TRUE(decoded.ok()) << decoded.status();
   EXPECT_EQ(decoded->pixels, std::vector<uint8_t>(28 * 28, 0));
+}
+
+// The bound is what each format holds, row filters and Adam7 passes
+// included: such images, with exactly their data, decode.
+TEST(PngImageTest, InterlacedAndSixteenBitImagesWithExactlyTheirDataDecode) {
+  const struct {
+    uint32_t width, height;
+    char colour, depth, interlace;
+    size_t raw;
+  } cases[] = {
+      {5, 3, '\x06', 16, 1, 127},    // RGBA, 16 bits, Adam7: 9+9+0+9+25+34+41
+      {5, 3, '\x06', 16, 0, 3 * 41},  // the same plain
+      {28, 28, '\0', 1, 0, 28 * 5},    // grey, 1 bit: 4 bytes a row
+      // RGB, Adam7: passes of 2x2, 1x2, 3x1, 2x3, 5x2, 4x5 and 9x4 pixels.
+      {9, 9, '\x02', 8, 1, 2 * 7 + 2 * 4 + 1 * 10 + 3 * 7 + 2 * 16 + 5 * 13 + 4 * 28},
+  };
+  for (const auto& c : cases) {
+    const size_t raw = c.raw;
+    const std::string rows(raw, '\0');
+    uLongf size = compressBound(rows.size());
+    std::string deflated(size, '\0');
+    ASSERT_EQ(compress2(reinterpret_cast<Bytef*>(deflated.data()), &size,
+                        reinterpret_cast<const Bytef*>(rows.data()), rows.size(), 9),
+              Z_OK);
+    deflated.resize(size);
+    const std::string png = PngOf(c.width, c.height, c.colour, deflated, c.depth, c.interlace);
+    absl::StatusOr<DecodedPng> decoded =
+        DecodePng({reinterpret_cast<const uint8_t*>(png.data()), png.size()});
+    EXPECT_TRUE(decoded.ok()) << c.width << "x" << c.height << ": " << decoded.status();
+    // One byte more is past what the image holds.
+    const std::string more(raw + 1, '\0');
+    size = compressBound(more.size());
+    deflated.assign(size, '\0');
+    ASSERT_EQ(compress2(reinterpret_cast<Bytef*>(deflated.data()), &size,
+                        reinterpret_cast<const Bytef*>(more.data()), more.size(), 9),
+              Z_OK);
+    deflated.resize(size);
+    const std::string over = PngOf(c.width, c.height, c.colour, deflated, c.depth, c.interlace);
+    EXPECT_FALSE(DecodePng({reinterpret_cast<const uint8_t*>(over.data()), over.size()}).ok())
+        << c.width << "x" << c.height;
+  }
 }
 
 // Grey with alpha stays grey (it came back as RGB, which a grey model's
