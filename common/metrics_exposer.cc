@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -29,13 +30,17 @@ namespace {
 // that sent a byte every few seconds held a thread for ever, and eight of
 // them (httplib's pool) took /metrics down, which the replica-down alert
 // and the autoscaler read. So the endpoint reads each request itself, whole
-// within kHeadTimeout, answers within kWriteTimeout and closes; and one
-// address holds at most kConnectionsPerAddress at a time, so that it cannot
-// keep every thread busy by reconnecting.
-constexpr absl::Duration kHeadTimeout = absl::Seconds(3);
+// within kHeadTimeout (a scraper sends its request at once), answers within
+// kWriteTimeout and closes; one address (an IPv6 /64) holds at most
+// kConnectionsPerAddress at a time, so that it cannot keep threads busy by
+// reconnecting; and kThreads serve, so that it takes kThreads /
+// kConnectionsPerAddress addresses trickling at once to make a scrape wait
+// (up to kHeadTimeout a turn).
+constexpr absl::Duration kHeadTimeout = absl::Seconds(1);
 constexpr absl::Duration kWriteTimeout = absl::Seconds(10);
 constexpr size_t kMaxHeadBytes = 8 << 10;
-constexpr int kConnectionsPerAddress = 4;
+constexpr int kConnectionsPerAddress = 2;
+constexpr size_t kThreads = 32;
 
 // Waits for `events` on `fd` until `deadline`; false past it or on error.
 bool WaitFor(int fd, short events, absl::Time deadline) {
@@ -80,15 +85,20 @@ std::string Answer(int status, const char* reason, const char* content_type,
                       head_only ? "" : body);
 }
 
+// The peer's address, an IPv6 one's /64 (a host picks any address in its
+// prefix, so a cap per address would not hold it).
 std::string PeerAddress(int fd) {
   sockaddr_storage address{};
   socklen_t size = sizeof(address);
   if (::getpeername(fd, reinterpret_cast<sockaddr*>(&address), &size) != 0) return "";
   char text[INET6_ADDRSTRLEN] = {};
-  const void* ip = address.ss_family == AF_INET6
-                       ? static_cast<const void*>(&reinterpret_cast<sockaddr_in6*>(&address)->sin6_addr)
-                       : static_cast<const void*>(&reinterpret_cast<sockaddr_in*>(&address)->sin_addr);
-  return ::inet_ntop(address.ss_family, ip, text, sizeof(text)) ? text : "";
+  if (address.ss_family == AF_INET6) {
+    in6_addr ip = reinterpret_cast<sockaddr_in6*>(&address)->sin6_addr;
+    if (!IN6_IS_ADDR_V4MAPPED(&ip)) std::memset(ip.s6_addr + 8, 0, 8);
+    return ::inet_ntop(AF_INET6, &ip, text, sizeof(text)) ? text : "";
+  }
+  const in_addr ip = reinterpret_cast<sockaddr_in*>(&address)->sin_addr;
+  return ::inet_ntop(AF_INET, &ip, text, sizeof(text)) ? text : "";
 }
 
 // httplib's listening and accepting, with each connection served here: one
@@ -96,12 +106,15 @@ std::string PeerAddress(int fd) {
 class MetricsServer final : public httplib::Server {
  public:
   explicit MetricsServer(std::function<std::string()> serialize)
-      : serialize_(std::move(serialize)) {}
+      : serialize_(std::move(serialize)) {
+    new_task_queue = [] { return new httplib::ThreadPool(kThreads); };
+  }
 
  private:
   bool process_and_close_socket(socket_t fd) override {
     const std::string peer = PeerAddress(fd);
-    if (Take(peer)) {
+    // A stopping server's queue is closed at once, not served a turn each.
+    if (is_running() && Take(peer)) {
       Serve(fd);
       Release(peer);
     }

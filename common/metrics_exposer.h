@@ -1,8 +1,9 @@
-// Serves a prometheus-cpp registry as GET /metrics (text format 0.0.4) with
-// cpp-httplib, on its own thread. prometheus-cpp's own civetweb Exposer
-// fails to start on this project's machines ("null context when
-// constructing CivetServer", both here and on the GPU hosts), so the project
-// serialises with prometheus-cpp and serves with cpp-httplib instead.
+// Serves a prometheus-cpp registry as GET /metrics (text format 0.0.4) on
+// its own threads: cpp-httplib listens and accepts, and each connection's
+// one request is read and answered here, within bounds httplib lacks (see
+// metrics_exposer.cc). prometheus-cpp's own civetweb Exposer fails to start
+// on this project's machines ("null context when constructing
+// CivetServer", both here and on the GPU hosts).
 // Port 0 picks a free port.
 //
 //   ASSIGN_OR_RETURN(auto endpoint, MetricsEndpoint::Start("127.0.0.1:0", registry));
