@@ -100,9 +100,7 @@ absl::StatusOr<JudgeSpec> JudgeFromProto(const v1::ModelManifest::Judge& p) {
   for (int i = 0; i < p.heads_size(); ++i) {
     const v1::ModelManifest::JudgeHead& h = p.heads(i);
     const std::string field = absl::StrCat("judge.heads[", i, "]");
-    if (h.name().empty() || h.name().size() > kMaxJudgeText) {
-      return Invalid(field + ".name", absl::StrCat("must have 1 to ", kMaxJudgeText, " bytes"));
-    }
+    RETURN_IF_ERROR(CheckLabel(h.name(), field + ".name", /*may_be_empty=*/false));
     for (const JudgeHead& before : judge.heads) {
       if (before.name == h.name()) return Invalid(field + ".name", "repeats an earlier head's");
     }
@@ -113,11 +111,9 @@ absl::StatusOr<JudgeSpec> JudgeFromProto(const v1::ModelManifest::Judge& p) {
       return Invalid(field + ".labels", absl::StrCat("needs 2 to ", kMaxJudgeLabels,
                                                      " labels, got ", h.labels_size()));
     }
-    for (const std::string& label : h.labels()) {
-      if (label.empty() || label.size() > kMaxJudgeText) {
-        return Invalid(field + ".labels",
-                       absl::StrCat("each needs 1 to ", kMaxJudgeText, " bytes"));
-      }
+    for (int j = 0; j < h.labels_size(); ++j) {
+      RETURN_IF_ERROR(
+          CheckLabel(h.labels(j), absl::StrCat(field, ".labels[", j, "]"), /*may_be_empty=*/false));
     }
     judge.heads.push_back({h.name(), h.output(), {h.labels().begin(), h.labels().end()}});
   }

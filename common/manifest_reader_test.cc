@@ -378,7 +378,12 @@ TEST(ManifestReaderTest, RefusesABadJudgeByField) {
       {R"({"weights": "j.pt", "heads": [{"name": "a", "labels": ["x"]}]})",
        "judge.heads[0].labels"},
       {R"({"weights": "j.pt", "heads": [{"name": "a", "labels": ["x", ""]}]})",
-       "judge.heads[0].labels"},
+       "judge.heads[0].labels[1]: is required"},
+      // Shown in ModelInfo and logs as class labels are.
+      {R"({"weights": "j.pt", "heads": [{"name": "a\nb", "labels": ["x", "y"]}]})",
+       "judge.heads[0].name: holds a control character"},
+      {R"({"weights": "j.pt", "heads": [{"name": "a", "labels": ["x", "\u001b[0m"]}]})",
+       "judge.heads[0].labels[1]: holds a control character"},
   };
   for (const auto& c : cases) {
     auto m = ParseManifestJson(WithJudge(c.judge));

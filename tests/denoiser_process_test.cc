@@ -147,9 +147,6 @@ int FreeLoopbackPort() {
   return port;
 }
 
-// A large model loads for minutes on a GPU: a replica whose metrics port
-// opened only after its bundles had loaded read as down (up == 0) all that
-// time. Its metrics answer at once now, saying it is not ready.
 // A call past its deadline counted as CANCELLED (gRPC marks it cancelled
 // then, and the batcher asked that first): overload read as callers
 // leaving, which the error-ratio alert leaves out.
@@ -197,6 +194,9 @@ TEST(DenoiserProcessTest, ACallPastItsDeadlineCountsAsDeadlineExceeded) {
             0);
 }
 
+// A large model loads for minutes on a GPU: a replica whose metrics port
+// opened only after its bundles had loaded read as down (up == 0) all that
+// time. Its metrics answer at once now, saying it is not ready.
 TEST(DenoiserProcessTest, MetricsAnswerWhileTheBundlesLoad) {
   const std::string dir = testing::TempDir("denoiser-loading");
   const int metrics = FreeLoopbackPort();
