@@ -11,14 +11,13 @@
 #include <cerrno>
 #include <cstring>
 #include <functional>
-#include <map>
-#include <mutex>
 #include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/connections_per_client.h"
 #include "common/host_port.h"
 #include "common/http_listen.h"
 #include "httplib.h"
@@ -39,7 +38,7 @@ namespace {
 constexpr absl::Duration kHeadTimeout = absl::Seconds(1);
 constexpr absl::Duration kWriteTimeout = absl::Seconds(10);
 constexpr size_t kMaxHeadBytes = 8 << 10;
-constexpr int kConnectionsPerAddress = 2;
+constexpr size_t kConnectionsPerAddress = 2;
 constexpr size_t kThreads = 32;
 
 // Waits for `events` on `fd` until `deadline`; false past it or on error.
@@ -114,9 +113,9 @@ class MetricsServer final : public httplib::Server {
   bool process_and_close_socket(socket_t fd) override {
     const std::string peer = PeerAddress(fd);
     // A stopping server's queue is closed at once, not served a turn each.
-    if (is_running() && Take(peer)) {
+    if (is_running() && open_.Take(peer)) {
       Serve(fd);
-      Release(peer);
+      open_.Release(peer);
     }
     ::shutdown(fd, SHUT_RDWR);
     ::close(fd);
@@ -142,21 +141,8 @@ class MetricsServer final : public httplib::Server {
     WriteAll(fd, answer, absl::Now() + kWriteTimeout);
   }
 
-  bool Take(const std::string& peer) {
-    std::lock_guard<std::mutex> lock(mu_);
-    int& open = open_[peer];
-    if (open >= kConnectionsPerAddress) return false;
-    ++open;
-    return true;
-  }
-  void Release(const std::string& peer) {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (--open_[peer] == 0) open_.erase(peer);
-  }
-
   const std::function<std::string()> serialize_;
-  std::mutex mu_;  // std, not absl: TSan sees it
-  std::map<std::string, int> open_;  // guarded by mu_
+  ConnectionsPerClient open_{kConnectionsPerAddress};
 };
 
 }  // namespace

@@ -63,6 +63,17 @@ std::string PngOf(uint32_t width, uint32_t height, char colour_type, const std::
          chunk("IDAT" + data) + chunk("IEND");
 }
 
+// `data` as a zlib stream at `level` (0: stored).
+std::string Deflated(const std::string& data, int level) {
+  uLongf size = compressBound(data.size());
+  std::string out(size, '\0');
+  EXPECT_EQ(compress2(reinterpret_cast<Bytef*>(out.data()), &size,
+                      reinterpret_cast<const Bytef*>(data.data()), data.size(), level),
+            Z_OK);
+  out.resize(size);
+  return out;
+}
+
 std::string HeaderOnlyPng(uint32_t width, uint32_t height) {
   return PngOf(width, height, '\x06', "\x78\x9c");
 }
@@ -83,13 +94,7 @@ TEST(PngImageTest, AHugeImageIsRefusedFromItsHeader) {
 // 2.6 s to judge. More data than the size could need is refused unread.
 TEST(PngImageTest, ImageDataPastWhatTheSizeNeedsIsRefused) {
   std::string zeros(16 << 20, '\0');  // 16 MiB: rows of filter 0, all black
-  uLongf size = compressBound(zeros.size());
-  std::string deflated(size, '\0');
-  ASSERT_EQ(compress2(reinterpret_cast<Bytef*>(deflated.data()), &size,
-                      reinterpret_cast<const Bytef*>(zeros.data()), zeros.size(), 9),
-            Z_OK);
-  deflated.resize(size);
-  const std::string bomb = PngOf(28, 28, '\0', deflated);
+  const std::string bomb = PngOf(28, 28, '\0', Deflated(zeros, 9));
   const absl::Status status =
       DecodePng({reinterpret_cast<const uint8_t*>(bomb.data()), bomb.size()}).status();
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
@@ -99,24 +104,12 @@ TEST(PngImageTest, ImageDataPastWhatTheSizeNeedsIsRefused) {
   // So does a smaller bomb, within what a bound on the compressed bytes
   // would pass (deflate expands up to about 1000 times).
   zeros.resize(28 * 29 * 8);
-  size = compressBound(zeros.size());
-  deflated.assign(size, '\0');
-  ASSERT_EQ(compress2(reinterpret_cast<Bytef*>(deflated.data()), &size,
-                      reinterpret_cast<const Bytef*>(zeros.data()), zeros.size(), 9),
-            Z_OK);
-  deflated.resize(size);
-  const std::string small_bomb = PngOf(28, 28, '\0', deflated);
+  const std::string small_bomb = PngOf(28, 28, '\0', Deflated(zeros, 9));
   EXPECT_FALSE(
       DecodePng({reinterpret_cast<const uint8_t*>(small_bomb.data()), small_bomb.size()}).ok());
   // The same pixels, deflated as they are, decode.
-  std::string rows(28 * 29, '\0');
-  size = compressBound(rows.size());
-  std::string small(size, '\0');
-  ASSERT_EQ(compress2(reinterpret_cast<Bytef*>(small.data()), &size,
-                      reinterpret_cast<const Bytef*>(rows.data()), rows.size(), 0),
-            Z_OK);  // stored: larger than the rows
-  small.resize(size);
-  const std::string plain = PngOf(28, 28, '\0', small);
+  // Stored (level 0): larger than the rows.
+  const std::string plain = PngOf(28, 28, '\0', Deflated(std::string(28 * 29, '\0'), 0));
   absl::StatusOr<DecodedPng> decoded =
       DecodePng({reinterpret_cast<const uint8_t*>(plain.data()), plain.size()});
   ASSERT_TRUE(decoded.ok()) << decoded.status();
@@ -139,26 +132,16 @@ TEST(PngImageTest, InterlacedAndSixteenBitImagesWithExactlyTheirDataDecode) {
   };
   for (const auto& c : cases) {
     const size_t raw = c.raw;
-    const std::string rows(raw, '\0');
-    uLongf size = compressBound(rows.size());
-    std::string deflated(size, '\0');
-    ASSERT_EQ(compress2(reinterpret_cast<Bytef*>(deflated.data()), &size,
-                        reinterpret_cast<const Bytef*>(rows.data()), rows.size(), 9),
-              Z_OK);
-    deflated.resize(size);
-    const std::string png = PngOf(c.width, c.height, c.colour, deflated, c.depth, c.interlace);
+    const std::string png =
+        PngOf(c.width, c.height, c.colour, Deflated(std::string(raw, '\0'), 9), c.depth,
+              c.interlace);
     absl::StatusOr<DecodedPng> decoded =
         DecodePng({reinterpret_cast<const uint8_t*>(png.data()), png.size()});
     EXPECT_TRUE(decoded.ok()) << c.width << "x" << c.height << ": " << decoded.status();
     // One byte more is past what the image holds.
-    const std::string more(raw + 1, '\0');
-    size = compressBound(more.size());
-    deflated.assign(size, '\0');
-    ASSERT_EQ(compress2(reinterpret_cast<Bytef*>(deflated.data()), &size,
-                        reinterpret_cast<const Bytef*>(more.data()), more.size(), 9),
-              Z_OK);
-    deflated.resize(size);
-    const std::string over = PngOf(c.width, c.height, c.colour, deflated, c.depth, c.interlace);
+    const std::string over =
+        PngOf(c.width, c.height, c.colour, Deflated(std::string(raw + 1, '\0'), 9), c.depth,
+              c.interlace);
     EXPECT_FALSE(DecodePng({reinterpret_cast<const uint8_t*>(over.data()), over.size()}).ok())
         << c.width << "x" << c.height;
   }

@@ -17,9 +17,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
-#include <map>
 #include <optional>
-#include <mutex>
 #include <set>
 #include <type_traits>
 
@@ -32,6 +30,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/connections_per_client.h"
 #include "common/host_port.h"
 #include "common/http_listen.h"
 #include "common/short_text.h"
@@ -562,29 +561,6 @@ void CloseAfterAnswer() {
 
 bool HeadUnread() { return t_connection && t_connection->head_pending(); }
 bool HeadPastLimit() { return t_connection && t_connection->head_past_limit(); }
-
-// How many connections each client address has open, against a cap.
-class ConnectionsPerClient {
- public:
-  explicit ConnectionsPerClient(size_t max) : max_(max) {}
-  // False when `client` is at the cap; else it holds one more until Release.
-  bool Take(const std::string& client) {
-    std::lock_guard<std::mutex> lock(mu_);
-    size_t& open = open_[client];
-    if (open >= max_) return false;
-    ++open;
-    return true;
-  }
-  void Release(const std::string& client) {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (--open_[client] == 0) open_.erase(client);
-  }
-
- private:
-  const size_t max_;
-  std::mutex mu_;  // std, not absl: TSan sees it
-  std::map<std::string, size_t> open_;  // guarded by mu_
-};
 
 std::string RawAnswer(int status, const char* reason, const char* content_type,
                       const std::string& body, const char* extra_headers) {
