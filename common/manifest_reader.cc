@@ -312,7 +312,8 @@ absl::Status ReadConditioning(const v1::ModelManifest& p, BundleManifest& m) {
     RETURN_IF_ERROR(CheckLabel(m.class_labels[i], field, /*may_be_empty=*/false));
     if (std::find(m.class_labels.begin(), m.class_labels.begin() + i, m.class_labels[i]) !=
         m.class_labels.begin() + i) {
-      return Invalid(field, absl::StrCat(ShortQuote(m.class_labels[i]), " repeats an earlier label"));
+      return Invalid(field,
+                     absl::StrCat(ShortQuote(m.class_labels[i]), " repeats an earlier label"));
     }
   }
   m.null_label = c.null_label();

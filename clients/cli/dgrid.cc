@@ -1059,7 +1059,8 @@ int Step() {
     const double mean = sum / n;
     return absl::StrCat("mean ", mean, " std ", std::sqrt(std::max(0.0, sq / n - mean * mean)));
   };
-  std::cout << "step " << step << " (" << SamplerName(request.sampler().sampler()) << ") ran timestep "
+  std::cout << "step " << step << " (" << SamplerName(request.sampler().sampler())
+            << ") ran timestep "
             << response.timestep() << "\n  x_next: "
             << stats(response.latents(0)) << "\n  x0_pred: " << stats(response.x0_previews(0))
             << "\n";

@@ -126,8 +126,9 @@ absl::StatusOr<std::unique_ptr<DenoiserModel>> DenoiserModel::Load(
     // Its file errors name the file; a setting's (max_length) names the
     // manifest, so that one bundle among several is known.
     if (!tokenizer.ok() && !absl::StartsWith(tokenizer.status().message(), bundle_dir)) {
-      return absl::Status(tokenizer.status().code(),
-                          absl::StrCat(bundle_dir, "/manifest.json: ", tokenizer.status().message()));
+      return absl::Status(
+          tokenizer.status().code(),
+          absl::StrCat(bundle_dir, "/manifest.json: ", tokenizer.status().message()));
     }
     if (!tokenizer.ok()) return tokenizer.status();
     impl->tokenizer = std::move(*tokenizer);

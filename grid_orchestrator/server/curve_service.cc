@@ -38,7 +38,8 @@ absl::Status CheckCurveRequest(const v1::CurveRequest& request, const CurveLimit
   if (request.grid().seed() > std::numeric_limits<uint64_t>::max() -
                                   static_cast<uint64_t>(request.trunks() - 1)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "grid.seed: trunk t has seed + t, so with ", request.trunks(), " trunks it must be at most ",
+        "grid.seed: trunk t has seed + t, so with ", request.trunks(),
+        " trunks it must be at most ",
         std::numeric_limits<uint64_t>::max() - static_cast<uint64_t>(request.trunks() - 1),
         ", got ", request.grid().seed()));
   }

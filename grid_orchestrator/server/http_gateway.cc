@@ -122,8 +122,9 @@ std::string JsonString(std::string text) {
 // google.protobuf.Struct prints its keys in its map's order, which varied
 // from one answer to the next).
 std::string ErrorJson(const absl::Status& status) {
-  return absl::StrCat("{\"code\":", JsonString(std::string(absl::StatusCodeToString(status.code()))),
-                      ",\"message\":", JsonString(std::string(status.message())), "}");
+  return absl::StrCat(
+      "{\"code\":", JsonString(std::string(absl::StatusCodeToString(status.code()))),
+      ",\"message\":", JsonString(std::string(status.message())), "}");
 }
 
 void SendError(httplib::Response& response, int http_status, const absl::Status& status) {
