@@ -29,7 +29,8 @@ ABSL_FLAG(std::string, port_file, "",
           "If set, write 'grpc=PORT' and 'metrics=PORT' lines here once serving.");
 ABSL_FLAG(int, max_batch, 64, "Forward rows per engine iteration.");
 ABSL_FLAG(int, max_queue, 4096,
-          "Trajectories admitted at once; past it requests get RESOURCE_EXHAUSTED.");
+          "Trajectories admitted at once, for each model a replica serves; past it requests "
+          "get RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int, max_trajectories_per_request, 256, "Trajectories in one request.");
 ABSL_FLAG(int, max_message_bytes, 16 << 20, "gRPC message size limit, both directions.");
 ABSL_FLAG(int, threads, 0, "Cores to use: torch's intra-op threads, shared among a pass's parallel chunks on a CPU; 0 = one per core.");
