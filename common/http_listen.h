@@ -15,6 +15,8 @@
 #ifndef DGRID_COMMON_HTTP_LISTEN_H_
 #define DGRID_COMMON_HTTP_LISTEN_H_
 
+#include <string>
+
 namespace httplib {
 class Server;
 }
@@ -27,6 +29,13 @@ void ListenAlone(httplib::Server& server);
 // has begun: httplib's stop() does nothing before, so a shutdown right after
 // start would miss it and its join would wait for ever.
 void WaitUntilListening(const httplib::Server& server);
+
+// A whole HTTP/1.1 answer that closes the connection, for a server that
+// writes to its socket itself: `extra_headers` are "Name: value\r\n" lines.
+// Without `with_body` (a HEAD), the body's length alone.
+std::string RawAnswer(int status, const char* reason, const char* content_type,
+                      const std::string& body, const char* extra_headers,
+                      bool with_body = true);
 
 }  // namespace dgrid
 

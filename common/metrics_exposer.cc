@@ -77,13 +77,6 @@ void WriteAll(int fd, const std::string& bytes, absl::Time deadline) {
   }
 }
 
-std::string Answer(int status, const char* reason, const char* content_type,
-                   const std::string& body, bool head_only) {
-  return absl::StrCat("HTTP/1.1 ", status, " ", reason, "\r\nContent-Type: ", content_type,
-                      "\r\nContent-Length: ", body.size(), "\r\nConnection: close\r\n\r\n",
-                      head_only ? "" : body);
-}
-
 // The peer's address, an IPv6 one's /64 (a host picks any address in its
 // prefix, so a cap per address would not hold it).
 std::string PeerAddress(int fd) {
@@ -131,12 +124,14 @@ class MetricsServer final : public httplib::Server {
     const absl::string_view path = target.substr(0, target.find_first_of("? "));
     std::string answer;
     if (path != "/metrics") {
-      answer = Answer(404, "Not Found", "text/plain", "metrics are at /metrics\n", head_only);
+      answer = RawAnswer(404, "Not Found", "text/plain", "metrics are at /metrics\n", "",
+                         !head_only);
     } else if (!get && !head_only) {
-      answer = Answer(405, "Method Not Allowed", "text/plain", "GET /metrics\n", false);
+      answer = RawAnswer(405, "Method Not Allowed", "text/plain", "GET /metrics\n",
+                         "Allow: GET, HEAD\r\n");
     } else {
-      answer = Answer(200, "OK", "text/plain; version=0.0.4; charset=utf-8", serialize_(),
-                      head_only);
+      answer = RawAnswer(200, "OK", "text/plain; version=0.0.4; charset=utf-8", serialize_(), "",
+                         !head_only);
     }
     WriteAll(fd, answer, absl::Now() + kWriteTimeout);
   }

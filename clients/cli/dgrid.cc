@@ -361,6 +361,20 @@ std::filesystem::path FolderOf(const std::filesystem::path& path) {
 // old). A name that is a link is written through. The file is new: it gets
 // the umask's permissions (the kernel applies it; the umask is not touched),
 // not an old file's mode, owner or other hard links.
+// A new file of this process in `folder`, open for writing, and its name in
+// `name`; -1 (errno set) when the folder takes none. Its own short name, not
+// a file's with a suffix: a file name near the folder's length limit (255
+// bytes) still gets a temporary one.
+int NewFileIn(const std::filesystem::path& folder, std::string* name) {
+  int fd = -1;
+  for (int attempt = 0; fd < 0 && attempt < 100; ++attempt) {
+    *name = (folder / absl::StrCat(".dgrid.", ::getpid(), ".", attempt, ".tmp")).string();
+    fd = ::open(name->c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd < 0 && errno != EEXIST) break;
+  }
+  return fd;
+}
+
 void WriteFiles(const std::vector<std::pair<std::string, std::string>>& files) {
   namespace fs = std::filesystem;
   std::vector<std::pair<std::string, fs::path>> written;  // temporary name, final name
@@ -370,16 +384,8 @@ void WriteFiles(const std::vector<std::pair<std::string, std::string>>& files) {
   };
   for (const auto& [name, bytes] : files) {
     const fs::path path = FollowLinks(name);
-    int fd = -1;
     std::string temporary;
-    for (int attempt = 0; fd < 0 && attempt < 100; ++attempt) {
-      // Its own short name, not the file's with a suffix: a file name near
-      // the folder's length limit (255 bytes) still gets a temporary one.
-      temporary =
-          (FolderOf(path) / absl::StrCat(".dgrid.", ::getpid(), ".", attempt, ".tmp")).string();
-      fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-      if (fd < 0 && errno != EEXIST) break;
-    }
+    const int fd = NewFileIn(FolderOf(path), &temporary);
     if (fd < 0) fail(name, errno);
     written.emplace_back(temporary, path);
     int error = 0;
@@ -484,9 +490,8 @@ void CheckWritable(const std::string& png, bool svg_allowed = false, bool sideca
     // As WriteFiles will: a file of its own, made and removed. access()
     // says yes to root in a folder no one may write (/sys), and to a
     // read-only mount of a remote file system.
-    const std::string probe =
-        (folder / absl::StrCat(".dgrid.", ::getpid(), ".check.tmp")).string();
-    const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    std::string probe;
+    const int fd = NewFileIn(folder, &probe);
     if (fd < 0) {
       Fail(absl::StrCat("-o ", png, ": cannot write in ", folder.string(), ": ",
                         std::strerror(errno)));
@@ -895,7 +900,8 @@ std::unique_ptr<Tokenizer> LoadBundleTokenizer(const std::string& dir) {
   }
   const TokenizerFiles& files = manifest->text.tokenizer;
   absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadTokenizer(SpecForBundle(files, dir));
-  if (!tokenizer.ok()) Fail(absl::StrCat(dir, ": ", tokenizer.status().message()));
+  // Its errors name the file at fault, the manifest for a setting.
+  if (!tokenizer.ok()) Fail(std::string(tokenizer.status().message()));
   return std::move(*tokenizer);
 }
 
@@ -1184,19 +1190,26 @@ void PrintHelp(const std::string& command) {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(dgrid::kUsage);
+  // --switch-prompt and --switch_prompt alike: flag names may use hyphens.
+  std::vector<std::string> spelled(argv, argv + argc);
+  for (std::string& arg : spelled) {
+    if (arg == "--") break;
+    if (arg.size() < 3 || arg.compare(0, 2, "--") != 0) continue;
+    const size_t end = std::min(arg.find('='), arg.size());
+    std::replace(arg.begin() + 2, arg.begin() + end, '-', '_');
+  }
   // Help and version before absl's parse: absl's --help exits 1, and its
   // --version says "Debug build" of a release build.
   {
     std::string command;
-    for (int i = 1; i < argc; ++i) {
-      const std::string arg = argv[i];
+    for (size_t i = 1; i < spelled.size(); ++i) {
+      const std::string& arg = spelled[i];
       if (arg == "--") break;
       if (command.empty() && dgrid::Commands().count(arg)) command = arg;
       // A flag's value given apart ("--prompt -h") is no help.
       if (arg.size() > 1 && arg[0] == '-' && arg.find('=') == std::string::npos) {
-        std::string name = arg.substr(arg[1] == '-' ? 2 : 1);
-        std::replace(name.begin(), name.end(), '-', '_');
-        const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+        const absl::CommandLineFlag* flag =
+            absl::FindCommandLineFlag(arg.substr(arg[1] == '-' ? 2 : 1));
         if (flag && !flag->IsOfType<bool>()) {
           ++i;
           continue;
@@ -1215,14 +1228,6 @@ int main(int argc, char** argv) {
   // A write past the file-size limit fails with EFBIG, as a full disk does, and
   // is reported; the signal would end the program with a half-written file.
   std::signal(SIGXFSZ, SIG_IGN);
-  // --switch-prompt and --switch_prompt alike: flag names may use hyphens.
-  std::vector<std::string> spelled(argv, argv + argc);
-  for (std::string& arg : spelled) {
-    if (arg == "--") break;
-    if (arg.size() < 3 || arg.compare(0, 2, "--") != 0) continue;
-    const size_t end = std::min(arg.find('='), arg.size());
-    std::replace(arg.begin() + 2, arg.begin() + end, '-', '_');
-  }
   std::vector<char*> spelled_argv;
   for (std::string& arg : spelled) spelled_argv.push_back(arg.data());
   std::vector<char*> args =

@@ -10,7 +10,6 @@
 
 #include <optional>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/bundle_files.h"
@@ -123,13 +122,6 @@ absl::StatusOr<std::unique_ptr<DenoiserModel>> DenoiserModel::Load(
     impl->text_encoder = std::move(*encoder);
     absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer =
         LoadTokenizer(SpecForBundle(text.tokenizer, bundle_dir));
-    // Its file errors name the file; a setting's (max_length) names the
-    // manifest, so that one bundle among several is known.
-    if (!tokenizer.ok() && !absl::StartsWith(tokenizer.status().message(), bundle_dir)) {
-      return absl::Status(
-          tokenizer.status().code(),
-          absl::StrCat(bundle_dir, "/manifest.json: ", tokenizer.status().message()));
-    }
     if (!tokenizer.ok()) return tokenizer.status();
     impl->tokenizer = std::move(*tokenizer);
   }

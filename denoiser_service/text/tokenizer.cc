@@ -71,17 +71,23 @@ absl::Status CheckPromptText(absl::string_view field, absl::string_view text) {
 }
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const TokenizerSpec& spec) {
-  RETURN_IF_ERROR(CheckLength(spec));
+  // A setting's error, named where the settings came from (a bundle among
+  // several is then known).
+  auto setting = [&spec](absl::Status status) {
+    if (status.ok() || spec.settings_from.empty()) return status;
+    return absl::Status(status.code(), absl::StrCat(spec.settings_from, ": ", status.message()));
+  };
+  RETURN_IF_ERROR(setting(CheckLength(spec)));
   std::unique_ptr<Tokenizer> tokenizer;
   if (spec.kind == "clip_bpe") {
     ASSIGN_OR_RETURN(tokenizer, LoadClipBpeTokenizer(spec));
   } else if (spec.kind == "words") {
     ASSIGN_OR_RETURN(tokenizer, LoadWordTokenizer(spec));
   } else {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "tokenizer kind: \"", absl::CHexEscape(spec.kind), "\" is neither clip_bpe nor words"));
+    return setting(absl::InvalidArgumentError(absl::StrCat(
+        "tokenizer kind: \"", absl::CHexEscape(spec.kind), "\" is neither clip_bpe nor words")));
   }
-  RETURN_IF_ERROR(CheckSpecialIds(spec, tokenizer->vocab_size()));
+  RETURN_IF_ERROR(setting(CheckSpecialIds(spec, tokenizer->vocab_size())));
   return tokenizer;
 }
 
@@ -95,6 +101,7 @@ TokenizerSpec SpecForBundle(const TokenizerFiles& files, const std::string& bund
   spec.pad_id = files.pad_id;
   spec.unk_id = files.unk_id;
   spec.max_length = files.max_length;
+  spec.settings_from = bundle_dir + "/manifest.json";
   return spec;
 }
 

@@ -41,6 +41,9 @@ struct TokenizerSpec {
   // Special ids; for words, bos_id, eos_id and pad_id may be -1 (none).
   int64_t bos_id = 49406, eos_id = 49407, pad_id = 49407, unk_id = 0;
   int max_length = 77;  // ids per prompt, BOS and EOS included
+  // Where these settings were read ("DIR/manifest.json"): their errors name
+  // it, as the files' errors name the files. Empty: not said.
+  std::string settings_from;
 };
 
 // One prompt's ids: BOS, content, EOS, no padding.

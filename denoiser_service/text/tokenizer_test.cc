@@ -446,6 +446,11 @@ TEST(LoadTokenizerTest, ErrorsNameTheFileAndLine) {
   spec = ClipSpec();
   spec.max_length = 2;
   EXPECT_THAT(LoadError(spec).message(), HasSubstr("max_length: 2"));
+  // A setting's error names where the settings came from, so that one
+  // bundle among several is known.
+  spec.settings_from = "bundles/x/manifest.json";
+  EXPECT_EQ(LoadError(spec).message(),
+            "bundles/x/manifest.json: tokenizer max_length: 2 leaves no room for a token");
 
   TokenizerSpec words;
   words.kind = "words";

@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -200,20 +201,21 @@ absl::StatusOr<GridPlanSpec> GridService::Plan(const v1::GridRequest& request,
   // The request's prompts, then a promoted trunk's segment prompts: text the
   // denoiser would otherwise refuse only once the grid ran, as the trunk
   // job's failure (counted a failed grid, the service's fault).
-  std::vector<std::string> fields = {"prompt", "negative_prompt", "switch_prompt",
-                                     "switch_negative_prompt"};
-  for (const std::string* text : {&plan->prompt, &plan->negative_prompt, &plan->switch_prompt,
-                                  &plan->switch_negative_prompt}) {
-    tokenize.add_texts(*text);
-  }
+  std::vector<std::string> fields;  // texts[i]'s field
+  auto add = [&](std::string field, const std::string& text) {
+    fields.push_back(std::move(field));
+    tokenize.add_texts(text);
+  };
+  add("prompt", plan->prompt);
+  add("negative_prompt", plan->negative_prompt);
+  add("switch_prompt", plan->switch_prompt);
+  add("switch_negative_prompt", plan->switch_negative_prompt);
   for (size_t i = 0; i < plan->trunk.segments.size(); ++i) {
     const std::optional<SegmentConditioning>& c = plan->trunk.segments[i].conditioning;
     if (!c) continue;
     const std::string field = absl::StrCat("trunk.segments[", i, "].conditioning.");
-    tokenize.add_texts(c->prompt);
-    fields.push_back(field + "prompt");
-    tokenize.add_texts(c->negative_prompt);
-    fields.push_back(field + "negative_prompt");
+    add(field + "prompt", c->prompt);
+    add(field + "negative_prompt", c->negative_prompt);
   }
   v1::TokenizeResponse tokens;
   const grpc::Status status = lease->stub()->Tokenize(&context, tokenize, &tokens);

@@ -563,13 +563,6 @@ void CloseAfterAnswer() {
 bool HeadUnread() { return t_connection && t_connection->head_pending(); }
 bool HeadPastLimit() { return t_connection && t_connection->head_past_limit(); }
 
-std::string RawAnswer(int status, const char* reason, const char* content_type,
-                      const std::string& body, const char* extra_headers) {
-  return absl::StrCat("HTTP/1.1 ", status, " ", reason, "\r\nContent-Type: ", content_type,
-                      "\r\nContent-Length: ", body.size(), "\r\n", extra_headers,
-                      "X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n", body);
-}
-
 // A connection past a cap is answered without reading its request: it has
 // `wait` (kRefusalWait, or kHurriedRefusalWait) to show that it is a health
 // check (which answers even at the cap, for the readiness probe); all else
