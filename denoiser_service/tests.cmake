@@ -6,20 +6,20 @@ add_executable(engine_test
   engine/hostile_bundle_test.cc engine/batch_choice_test.cc engine/context_cache_test.cc
   engine/forward_workers_test.cc)
 target_link_libraries(engine_test PRIVATE dgrid_engine OpenMP::OpenMP_CXX GTest::gtest_main)
-gtest_discover_tests(engine_test
+gtest_discover_tests(engine_test DISCOVERY_TIMEOUT 30
   PROPERTIES LABELS unit FIXTURES_REQUIRED engine_fixtures
              ENVIRONMENT DGRID_FIXTURES=${DGRID_FIXTURE_DIR})
 
 add_executable(denoiser_server_test server/denoiser_server_test.cc)
 target_link_libraries(denoiser_server_test PRIVATE dgrid_denoiser_server grpc_std_proto GTest::gtest_main)
-gtest_discover_tests(denoiser_server_test
+gtest_discover_tests(denoiser_server_test DISCOVERY_TIMEOUT 30
   PROPERTIES LABELS unit FIXTURES_REQUIRED python_fixtures
              ENVIRONMENT DGRID_FIXTURES=${DGRID_FIXTURE_DIR})
 
 # The engine's field names to the wire's; no model.
 add_executable(wire_fields_test server/wire_fields_test.cc)
 target_link_libraries(wire_fields_test PRIVATE dgrid_denoiser_server GTest::gtest_main)
-gtest_discover_tests(wire_fields_test PROPERTIES LABELS unit)
+gtest_discover_tests(wire_fields_test DISCOVERY_TIMEOUT 30 PROPERTIES LABELS unit)
 
 # The Judge RPC on the shipped bundles (models/), no fixtures.
 add_executable(judge_rpc_test server/judge_rpc_test.cc)

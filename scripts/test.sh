@@ -7,7 +7,7 @@
 #                              (suppressions: tests/lsan.supp, for fontconfig's
 #                              process-long caches)
 #   scripts/test.sh --tsan     TSan build in build-tsan/: batcher, pool, executor,
-#                              CurveService, stall watchdog,
+#                              CurveService, stall watchdog, metrics endpoint,
 #                              GridService (outbox) and prefix-cache tests
 #                              (suppressions: tests/tsan.supp, for Debian's
 #                              uninstrumented gRPC, abseil and LibTorch)
@@ -27,7 +27,7 @@ case "${1:-}" in
     preset=tsan
     # The 4,096-sample closed-form test runs 4M trajectory steps: minutes
     # under TSan, and it exercises no threading the other batcher tests miss.
-    ctest_args=(-R 'Batcher|Pool|GridExecutor|GridService|CurveService|PrefixCache|StallWatchdog' -E ClosedForm)
+    ctest_args=(-R 'Batcher|Pool|GridExecutor|GridService|CurveService|PrefixCache|StallWatchdog|MetricsEndpoint' -E ClosedForm)
     export TSAN_OPTIONS="suppressions=$(pwd)/tests/tsan.supp ${TSAN_OPTIONS:-}"
     ;;
   *) echo "usage: scripts/test.sh [--asan|--tsan]" >&2; exit 2 ;;

@@ -170,7 +170,8 @@ TEST(HostileBundleTest, TheDenoiserRefusesHostileBundlesAtStartUp) {
     const std::string log = dir.parent_path().string() + "/denoiser.log";
     auto denoiser = testing::ChildProcess::Start(
         {testing::BinPath("dgrid-denoiser"), "--model_dir=" + dir.string(),
-         "--listen=127.0.0.1:0", "--port_file=" + dir.parent_path().string() + "/ports"},
+         "--listen=127.0.0.1:0", "--metrics_addr=",
+         "--port_file=" + dir.parent_path().string() + "/ports"},
         log);
     ASSERT_TRUE(denoiser.ok()) << denoiser.status();
     // Generous: a refusal takes milliseconds, a hang or a served bundle never ends.

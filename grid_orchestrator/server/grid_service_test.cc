@@ -268,7 +268,8 @@ TEST_F(GridServiceTest, CurvesLeaveAQuarterOfThePlacesToGrids) {
 
 TEST_F(GridServiceTest, AClientWhoseWriteBlocksIsCancelledAndItsReplicasFreed) {
   OrchestratorLimits limits;
-  limits.max_write_stall = absl::Milliseconds(300);
+  // A bound well past a scheduling pause of a loaded 2-core machine.
+  limits.max_write_stall = absl::Seconds(1);
   auto service = Service(limits);
   // A client that never reads: its first write blocks until the transport
   // is aborted.
@@ -300,15 +301,16 @@ TEST_F(GridServiceTest, AClientWhoseWriteBlocksIsCancelledAndItsReplicasFreed) {
 // event over HTTP), one with no byte taken is cut off.
 TEST_F(GridServiceTest, AWriteThatKeepsMovingIsNotAStall) {
   OrchestratorLimits limits;
-  limits.max_write_stall = absl::Milliseconds(300);
+  // A bound well past a scheduling pause of a loaded 2-core machine.
+  limits.max_write_stall = absl::Seconds(1);
   auto service = Service(limits);
   std::atomic<int64_t> sent{0};
   Caller caller;
   caller.sent = [&sent] { return sent.load(); };
-  // The first event takes 1 s to write, a few bytes every 50 ms.
+  // The first event takes 3 s to write, a few bytes every 50 ms.
   bool first = true;
   auto trickling_sink = [&](const v1::GridEvent&) {
-    for (int i = 0; first && i < 20; ++i) {
+    for (int i = 0; first && i < 60; ++i) {
       absl::SleepFor(absl::Milliseconds(50));
       sent += 10;
     }
