@@ -493,7 +493,9 @@ absl::StatusOr<v1::CurveResult> CurveService::RunUncounted(AdmittedCurve& curve,
     watch->WriteStarts();
     const bool written = sink(event);
     watch->WriteEnds();
-    if (!written || watch->stalled()) *stopped_reading = true;  // as a grid's "abandoned"
+    // A blocked write is a client that stopped reading, as a grid's
+    // "abandoned"; a failed one a client that cancelled or hung up.
+    if (watch->stalled()) *stopped_reading = true;
     return written;
   };
   auto abandoned = [&] {

@@ -93,8 +93,9 @@ class CurveService {
 
   absl::StatusOr<std::unique_ptr<AdmittedCurve>> AdmitUncounted(const Caller& caller,
                                                                 const v1::CurveRequest& request);
-  // Run, with *stopped_reading set when a write to the client failed or
-  // stalled (counted "abandoned", as for a grid).
+  // Run, with *stopped_reading set when a write to the client stalled
+  // (counted "abandoned", as for a grid; a failed write is the client
+  // cancelling or hanging up, "cancelled").
   absl::StatusOr<v1::CurveResult> RunUncounted(AdmittedCurve& curve, const Caller& caller,
                                                const CurveSink& sink, bool* stopped_reading);
 

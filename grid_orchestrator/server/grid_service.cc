@@ -414,12 +414,16 @@ absl::StatusOr<v1::Grid> GridService::Run(const AdmittedGrid& admitted, const Ca
     abandoned = absl::CancelledError(absl::StrCat(
         "grid cancelled: a write to the client blocked for more than ",
         absl::FormatDuration(limits_.max_write_stall)));
-  } else if (!client_ok) {
-    abandoned = absl::CancelledError("grid cancelled: the client went away");
   }
   if (!abandoned.ok()) {
     count("abandoned");
     return abandoned;
+  }
+  if (!client_ok) {
+    // A write failed without a stall: the client cancelled or hung up, its
+    // own doing, counted as when its cancel is seen before a write fails.
+    count("cancelled");
+    return absl::CancelledError("grid cancelled: the client went away");
   }
   // The caller's own deadline, once passed, is the caller's doing; the
   // server's --grid_timeout_s or a stalled replica is a failure.

@@ -4,7 +4,9 @@
 #include "grid_orchestrator/server/grid_service.h"
 
 #include <atomic>
+#include <map>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -268,8 +270,7 @@ TEST_F(GridServiceTest, CurvesLeaveAQuarterOfThePlacesToGrids) {
 
 TEST_F(GridServiceTest, AClientWhoseWriteBlocksIsCancelledAndItsReplicasFreed) {
   OrchestratorLimits limits;
-  // A bound well past a scheduling pause of a loaded 2-core machine.
-  limits.max_write_stall = absl::Seconds(1);
+  limits.max_write_stall = absl::Milliseconds(300);
   auto service = Service(limits);
   // A client that never reads: its first write blocks until the transport
   // is aborted.
@@ -294,6 +295,33 @@ TEST_F(GridServiceTest, AClientWhoseWriteBlocksIsCancelledAndItsReplicasFreed) {
                   ->RunGrid(Caller{}, Request(), [](const v1::GridEvent&) { return true; },
                             &other, true)
                   .ok());
+}
+
+// A client that cancels or hangs up mid-stream is "cancelled" whether its
+// cancel or a failed write is seen first; "abandoned" is for a client that
+// stopped reading (before: a failed write counted abandoned, so one action
+// took either label by a race).
+TEST_F(GridServiceTest, AClientThatHangsUpIsCountedCancelledNotAbandoned) {
+  OrchestratorMetrics metrics;
+  GridService service(pool_.get(), executor_.get(), &metrics, OrchestratorLimits{}, "");
+  for (const int last : {1, 3, 6}) {
+    int events = 0;
+    GridCancel cancel;
+    absl::StatusOr<v1::Grid> grid = service.RunGrid(
+        Caller{}, Request(), [&](const v1::GridEvent&) { return ++events < last; }, &cancel,
+        /*stream_grid=*/true);
+    EXPECT_EQ(grid.status().code(), absl::StatusCode::kCancelled) << last;
+  }
+  std::map<std::string, double> counted;
+  for (const prometheus::MetricFamily& family : metrics.registry()->Collect()) {
+    if (family.name != "dgrid_orchestrator_grids_total") continue;
+    for (const prometheus::ClientMetric& metric : family.metric) {
+      counted[metric.label.at(0).value] = metric.counter.value;
+    }
+  }
+  EXPECT_EQ(counted["cancelled"], 3);
+  EXPECT_EQ(counted["abandoned"], 0);
+  EXPECT_EQ(Inflight(), 0);
 }
 
 // A slow link is not a stalled client: a write that takes past the stall
