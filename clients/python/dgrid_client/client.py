@@ -19,6 +19,7 @@ import json
 import numbers
 import operator
 import os
+import re
 import threading
 import time
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -146,6 +147,35 @@ def _text(name: str, value: Any) -> str:
     return value
 
 
+def _pem(name: str, data: Optional[bytes], label: bytes) -> Optional[bytes]:
+    """PEM bytes holding a block whose label ends in ``label`` (an EC key's
+    "EC PRIVATE KEY" is a private key), as gRPC reads them; None passes.
+    gRPC's own refusal is "empty address list" at the first call, after a
+    screen of its log."""
+    if data is None:
+        return None
+    if not isinstance(data, (bytes, bytearray)):
+        raise TypeError(f"{name}: expected PEM bytes, got {type(data).__name__} {_short(data)}")
+    labels = re.findall(rb"-----BEGIN ([^\r\n-]*)-----", data)
+    if not any(found.endswith(label) for found in labels):
+        raise ValueError(f"{name}: holds no PEM {label.decode().lower()}")
+    return bytes(data)
+
+
+# host:port, [v6]:port, or dns:[//authority/]host:port: a port gRPC would
+# take modulo 2^16 (":99999" dialled 34463).
+_HOST_PORT = re.compile(r"(?:dns:(?://[^/]*/)?)?(?:\[[^\]]*\]|[^:/\[\]]*):(\d+)")
+
+
+def _target(target: Any) -> str:
+    if not isinstance(target, str) or not target:
+        raise ValueError(f"target: expected host:port, got {_short(target)}")
+    port = _HOST_PORT.fullmatch(target)
+    if port and not 1 <= int(port.group(1)) <= 65535:
+        raise ValueError(f"target: port {_short(int(port.group(1)))} is out of range [1, 65535]")
+    return target
+
+
 class _SilenceWatch:
     """Cancels a call when no event has come for ``limit`` seconds, counting
     only the time spent waiting for the server (not while paused: the caller
@@ -214,7 +244,7 @@ class Client:
         sent as "authorization: Bearer <token>". ``root_certificates`` (PEM)
         turns TLS on; add ``private_key`` and ``certificate_chain`` for mutual
         TLS, ``tls_name`` to verify another name than the target's host."""
-        self.target = target
+        self.target = _target(target)
         self.default_timeout = _seconds("default_timeout", default_timeout)
         if token is not None:
             # As read from the orchestrator's token file: its newline goes.
@@ -238,8 +268,9 @@ class Client:
             if tls_name:
                 options.append(("grpc.ssl_target_name_override", tls_name))
             credentials = grpc.ssl_channel_credentials(
-                root_certificates=root_certificates, private_key=private_key,
-                certificate_chain=certificate_chain)
+                root_certificates=_pem("root_certificates", root_certificates, b"CERTIFICATE"),
+                private_key=_pem("private_key", private_key, b"PRIVATE KEY"),
+                certificate_chain=_pem("certificate_chain", certificate_chain, b"CERTIFICATE"))
             self._channel = grpc.secure_channel(target, credentials, options=options)
         else:
             self._channel = grpc.insecure_channel(target, options=options)

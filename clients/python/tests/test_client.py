@@ -578,6 +578,30 @@ class RequestTest(unittest.TestCase):
             with self.assertRaisesRegex(ValueError, "need root_certificates"):
                 Client("127.0.0.1:1", **kwargs)
 
+    def test_tls_files_that_are_not_pem_are_refused_naming_them(self) -> None:
+        cert = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+        key = b"-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n"
+        for kwargs, message in (
+                ({"root_certificates": b"garbage"}, "^root_certificates: holds no PEM certificate"),
+                ({"root_certificates": cert, "private_key": cert, "certificate_chain": cert},
+                 "^private_key: holds no PEM private key"),
+                ({"root_certificates": cert, "private_key": key, "certificate_chain": key},
+                 "^certificate_chain: holds no PEM certificate")):
+            with self.assertRaisesRegex(ValueError, message):
+                Client("127.0.0.1:1", **kwargs)
+        with self.assertRaisesRegex(TypeError, "^root_certificates: expected PEM bytes"):
+            Client("127.0.0.1:1", root_certificates="/etc/ssl/ca.pem")
+        Client("127.0.0.1:1", root_certificates=cert, private_key=key,
+               certificate_chain=cert).close()
+
+    def test_a_port_gRPC_would_wrap_is_refused(self) -> None:
+        for target in ("127.0.0.1:99999", "[::1]:0", "dns:///localhost:65536", "h:70000"):
+            with self.assertRaisesRegex(ValueError, "^target: port .* is out of range"):
+                Client(target)
+        for target in ("127.0.0.1:65535", "[::1]:1", "dns:///localhost:50050",
+                       "unix:/tmp/socket", "localhost"):
+            Client(target).close()
+
     def test_the_plan_carries_the_size_and_promote_from_a_grid_keeps_it(self) -> None:
         grid = orchestrator_pb2.Grid()
         grid.plan.size.original_height = 512
