@@ -458,11 +458,13 @@ void PlanRows(const std::vector<int>& branch_steps, const v1::ModelInfo& model,
 }
 
 // SDXL-style size conditioning: the request's, its zeros the model's
-// defaults, for a model that takes it (ModelInfo.default_size).
+// defaults, for a model that takes it (ModelInfo.default_size). A size of
+// zeros asks for the defaults only, so any model takes it, as the denoiser
+// does.
 absl::Status PlanSize(const v1::GridRequest& request, const v1::ModelInfo& model,
                       GridPlanSpec* plan) {
   if (!model.has_default_size()) {
-    if (request.has_size()) {
+    if (!(SizeFromProto(request.size()) == SizeConditioning())) {
       return Invalid(absl::StrCat("size: ", model.name(), " takes no size conditioning"));
     }
     return absl::OkStatus();

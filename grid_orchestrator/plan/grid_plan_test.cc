@@ -67,6 +67,13 @@ TEST(GridPlanTest, SizeConditioningIsTheRequestsWithTheModelsDefaults) {
   EXPECT_TRUE(absl::StartsWith(refused.status().message(), "size: fashion-mnist"))
       << refused.status();
   EXPECT_TRUE(PlanGrid(v1::GridRequest(), Model(), {})->size_ids == false);
+  // A size of zeros is the defaults: any model takes it, as the denoiser
+  // does (the Python client's crop=(0, 0) was refused).
+  v1::GridRequest zeros;
+  zeros.mutable_size();
+  auto defaults = PlanGrid(zeros, Model(), {});
+  ASSERT_TRUE(defaults.ok()) << defaults.status();
+  EXPECT_FALSE(defaults->size_ids);
 
   v1::ModelInfo xl = Model();
   xl.mutable_default_size()->set_original_height(1024);
