@@ -182,6 +182,45 @@ TEST_F(CurveProcessTest, DgridCurveAgreesWithAnIndependentCountOverTheSameGrids)
   EXPECT_EQ(again.heads(0).p_differs(0).mean(), curve.heads(0).p_differs(0).mean());
 }
 
+// A curve that adds a row to one already run: each trunk's final is cached,
+// so its trunk runs only through the new row's step, for latents alone (a
+// curve keeps no captures in the cache, and needs no images of them).
+TEST_F(CurveProcessTest, ARowAddedToACachedCurveRunsEachTrunkOnlyToIt) {
+  auto run = [](const v1::CurveRequest& request) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+    auto reader = stack_->Orchestrator()->DecisionCurve(&context, request);
+    v1::CurveEvent event;
+    v1::CurveResult result;
+    while (reader->Read(&event)) {
+      if (event.has_curve()) result = event.curve();
+    }
+    const grpc::Status status = reader->Finish();
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return result;
+  };
+  v1::CurveRequest request;
+  request.set_trunks(2);
+  v1::GridRequest* grid = request.mutable_grid();
+  grid->set_seed(900);
+  grid->mutable_steps()->set_value(20);
+  grid->mutable_branches()->set_value(4);
+  grid->add_branch_steps(0);
+  grid->add_branch_steps(4);
+  const v1::CurveResult first = run(request);
+  grid->add_branch_steps(8);
+  const v1::CurveResult second = run(request);
+  // Per trunk: row 8's four cells (12 steps each) and the trunk through
+  // step 8 (9 steps, from x_T); before, the trunk ran all 20 again.
+  EXPECT_EQ(second.model_evals(), 2 * (4 * 12 + 9));
+  ASSERT_EQ(second.rows_size(), 3);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(second.rows(r).divergence().mean(), first.rows(r).divergence().mean()) << r;
+    EXPECT_EQ(second.heads(0).p_differs(r).mean(), first.heads(0).p_differs(r).mean()) << r;
+  }
+  EXPECT_GT(second.rows(2).divergence().mean(), 0);
+}
+
 TEST_F(CurveProcessTest, BadInputIsInvalidArgumentNamingTheField) {
   auto stub = stack_->Orchestrator();
   auto refused = [&](const v1::CurveRequest& request, const std::string& field) {

@@ -188,6 +188,33 @@ TEST_F(OrchestratorProcessTest, PromotedCellBecomesTheTrunkAndReusesTheCache) {
   EXPECT_NEAR(same.divergence_to_trunk(), sum / (same.cells_size() - 1), 1e-12);
 }
 
+// A row added to a cached grid runs its own cells and the trunk only from
+// its checkpoint before the row through the row's step: the trunk's final is
+// cached (before, the trunk ran on to its last step again).
+TEST_F(OrchestratorProcessTest, ARowAddedToACachedGridRunsTheTrunkOnlyToIt) {
+  v1::GridRequest request;
+  request.set_seed(41);
+  request.mutable_steps()->set_value(30);
+  request.mutable_branches()->set_value(2);
+  request.add_branch_steps(0);
+  const v1::Grid first = CreateGrid(*stack_->Orchestrator(), request);
+  request.add_branch_steps(15);
+  const v1::Grid second = CreateGrid(*stack_->Orchestrator(), request);
+  // Row 15's two cells, and the trunk from its checkpoint at 10 through 15.
+  EXPECT_EQ(second.model_evals(), 2 * 15 + 6);
+  EXPECT_EQ(second.trunk().png(), first.trunk().png());
+  EXPECT_EQ(second.trunk().source(), "cache");
+  ASSERT_EQ(second.rows_size(), 2);
+  EXPECT_FALSE(second.rows(1).trunk_xt_png().empty());
+  EXPECT_FALSE(second.rows(1).trunk_x0_png().empty());
+  // The new row's cells are their paths run alone.
+  auto direct = stack_->Denoiser(0);
+  for (const v1::GridCell& cell : second.rows(1).cells()) {
+    EXPECT_LE(MaxPixelDrift(cell.png(), RunDirect(*direct, second.plan(), cell.path(), -1)),
+              kDriftTolerance);
+  }
+}
+
 TEST(OrchestratorNoCacheTest, PromotedCellRerunAsTrunkReproducesTheCell) {
   // No cache: the promoted trunk is recomputed from step 0 on the replicas.
   StackOptions options;

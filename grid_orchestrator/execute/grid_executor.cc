@@ -120,14 +120,16 @@ class GridExecutor::GridRun {
   // Execute's steps.
   void EmitPlan();
   int LoadCached();
-  bool TrunkNeeded();
+  int TrunkEnd();
   void StartReadyRows();
   void JoinJobs();
   absl::StatusOr<v1::Grid> Assemble();
 
   // Jobs.
   v1::BranchRequest BaseRequest(int start_step) const;
-  void RunTrunk(int start_step, std::optional<v1::Tensor> start_latent);
+  // Runs the trunk from start_step to end_step (exclusive; sampler.steps:
+  // to its final, which it then delivers).
+  void RunTrunk(int start_step, std::optional<v1::Tensor> start_latent, int end_step);
   void StartRow(size_t row);
   void RunCells(size_t row, std::vector<int> columns);
   // Retries a job on other replicas until it is done or fails for good.
@@ -415,25 +417,33 @@ void GridExecutor::GridRun::RunJob(const std::string& label, const NextRequest& 
   }
 }
 
-void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> start_latent) {
-  std::set<int> wanted(plan_.trunk_captures.begin(), plan_.trunk_captures.end());
+void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> start_latent,
+                                     int end_step) {
+  std::set<int> wanted;
+  for (int s : plan_.trunk_captures) {
+    if (s < end_step) wanted.insert(s);
+  }
+  const bool to_final = end_step == plan_.steps;
   bool final_seen = false;
   auto next = [&]() -> std::optional<std::pair<v1::BranchRequest, int64_t>> {
     if (final_seen) return std::nullopt;
     v1::BranchRequest request = BaseRequest(start_step);
+    if (!to_final) request.set_end_step(end_step);
     v1::TrajectoryInput* t = request.add_trajectories();
     PathToProto(plan_.trunk, t->mutable_path());
     if (start_latent) *t->mutable_start_latent() = *start_latent;
-    for (int s : plan_.trunk_captures) {
+    for (int s : wanted) {
       // A resumed trunk already has its capture at start_step.
       if (s > start_step || (s == 0 && start_step == 0)) request.add_capture_steps(s);
     }
     if (wants_figure()) {
       request.set_previews(true);
-    } else {
+    } else if (to_final) {
       request.set_decode_finals_only(true);
+    } else {
+      request.set_decode(false);  // latents alone, to branch from
     }
-    return std::make_pair(std::move(request), int64_t{plan_.steps - start_step});
+    return std::make_pair(std::move(request), int64_t{end_step - start_step});
   };
   auto on_event = [&](const v1::BranchEvent& event, const std::string& replica) -> absl::Status {
     if (event.has_capture()) {
@@ -476,6 +486,13 @@ void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> s
             absl::StrCat("sent a final for trajectory ", f.trajectory(), " of a 1-trajectory job"));
       }
       if (absl::Status s = CheckLatent(f.latent(), "the final"); !s.ok()) return s;
+      if (!to_final) {
+        // The latent at end_step, past the captures it ran for: not a cell.
+        final_seen = true;
+        std::lock_guard<std::mutex> lock(mu_);
+        model_evals_ += f.model_evals();
+        return absl::OkStatus();
+      }
       RETURN_IF_ERROR(CheckPng(f.image().png(), "the final"));
       final_seen = true;
       ex_.cache_->Put(PrefixCache::FinalKey(sampler_key_, plan_.trunk),
@@ -659,22 +676,25 @@ int GridExecutor::GridRun::LoadCached() {
   return start;
 }
 
-// The trunk runs when its own cell is missing, or a row with unfinished
-// cells branches at a step whose capture is missing, or a figure lacks a
-// row's trunk images: a promoted cell ran as a branch, which streams none,
-// so its grid from the cache once showed empty trajectory rows.
-bool GridExecutor::GridRun::TrunkNeeded() {
+// The step the trunk must run to (exclusive), 0 if none. To its end when
+// its own cell is missing; else one step past the deepest row whose capture
+// is missing while the row has unfinished cells, or a figure lacks the
+// row's trunk images (a promoted cell ran as a branch, which streams none,
+// so its grid from the cache once showed empty trajectory rows). Before,
+// a trunk whose final was cached still ran to the last step.
+int GridExecutor::GridRun::TrunkEnd() {
   std::lock_guard<std::mutex> lock(mu_);
-  if (!trunk_.done) return true;
+  if (!trunk_.done) return plan_.steps;
+  int end = 0;
   for (size_t r = 0; r < plan_.rows.size(); ++r) {
     const int k = plan_.rows[r].branch_step;
-    if (wants_figure() && !captures_.count(k)) return true;
-    if (k == 0 || captures_.count(k)) continue;
-    for (const CellResult& cell : cells_[r]) {
-      if (!cell.done) return true;
-    }
+    if (captures_.count(k)) continue;
+    bool needed = wants_figure();
+    for (const CellResult& cell : cells_[r]) needed |= k > 0 && !cell.done;
+    // A capture at k comes with step k's forward pass (its x0 preview).
+    if (needed) end = std::max(end, k + 1);
   }
-  return false;
+  return end;
 }
 
 // Rows whose start is known leave now; the rest when the trunk gets there.
@@ -710,13 +730,13 @@ absl::StatusOr<v1::Grid> GridExecutor::GridRun::Execute() {
   EmitPlan();
   const int trunk_start = LoadCached();
   StartReadyRows();
-  if (TrunkNeeded()) {
+  if (const int trunk_end = TrunkEnd(); trunk_end > 0) {
     std::optional<v1::Tensor> latent;
     if (trunk_start > 0) {
       std::lock_guard<std::mutex> lock(mu_);
       latent = captures_[trunk_start].latent;
     }
-    Spawn([this, trunk_start, latent] { RunTrunk(trunk_start, latent); });
+    Spawn([this, trunk_start, latent, trunk_end] { RunTrunk(trunk_start, latent, trunk_end); });
   }
   JoinJobs();
   watchdog_.Stop();

@@ -266,6 +266,53 @@ TEST_F(GridExecutorTest, AFigureMissingTrunkImagesRunsTheTrunkForThem) {
   EXPECT_EQ(Calls(grids.replicas(), 0), calls + 1);
 }
 
+// A trunk whose final is cached runs only as far as the rows it still
+// starts: a row added to a cached grid (or a promoted cell's grid) ran the
+// trunk to its last step again.
+TEST_F(GridExecutorTest, ATrunkWhoseFinalIsCachedRunsOnlyToTheRowsItStarts) {
+  auto plan = [](std::vector<int> rows, GridImages images) {
+    v1::GridRequest request;
+    request.set_seed(3);
+    request.mutable_steps()->set_value(50);
+    request.mutable_branches()->set_value(1);
+    for (int k : rows) request.add_branch_steps(k);
+    PlanLimits limits;
+    limits.checkpoint_every = 10;
+    absl::StatusOr<GridPlanSpec> spec = PlanGrid(request, FakeReplicas::Model("fake", "1"), limits);
+    EXPECT_TRUE(spec.ok()) << spec.status();
+    spec->images = images;
+    return *spec;
+  };
+  for (const GridImages images : {GridImages::kFigure, GridImages::kCellsOnly}) {
+    CachedGrids grids;
+    ASSERT_TRUE(grids.Run(plan({0}, images)).ok());
+    const size_t calls = grids.replicas().log(0).branches.size();
+    absl::StatusOr<v1::Grid> grid = grids.Run(plan({0, 35}, images));
+    ASSERT_TRUE(grid.ok()) << grid.status();
+    // The new row's 15 steps, and the trunk through step 35 (whose x0
+    // preview a capture there carries): from its checkpoint at 30 where
+    // the cache keeps captures, for a figure; else from the start.
+    const int resume = images == GridImages::kFigure ? 30 : 0;
+    EXPECT_EQ(grid->model_evals(), 15 + 36 - resume);
+    const auto& log = grids.replicas().log(0).branches;
+    ASSERT_EQ(log.size(), calls + 2);
+    const v1::BranchRequest* trunk = nullptr;
+    for (size_t i = calls; i < log.size(); ++i) {
+      if (log[i].trajectories(0).path().segments_size() == 1) trunk = &log[i];
+    }
+    ASSERT_NE(trunk, nullptr);
+    EXPECT_EQ(trunk->start_step(), resume);
+    EXPECT_EQ(trunk->end_step(), 36);
+    ASSERT_GT(trunk->capture_steps_size(), 0);
+    EXPECT_EQ(*trunk->capture_steps().rbegin(), 35);  // none past end_step
+    // Curves branch from latents alone: no decoder pass for this trunk.
+    EXPECT_EQ(trunk->decode(), images == GridImages::kFigure);
+    ASSERT_EQ(grid->rows_size(), 2);
+    EXPECT_FALSE(grid->rows(1).cells(0).png().empty());
+    EXPECT_FALSE(grid->trunk().png().empty());
+  }
+}
+
 // A grid from the cache streams its trunk's progress as a live one does, up
 // front: the explorer showed its trajectory strip only with the last event.
 TEST_F(GridExecutorTest, AGridFromTheCacheStreamsItsTrunksProgress) {
