@@ -419,14 +419,16 @@ void GridExecutor::GridRun::RunJob(const std::string& label, const NextRequest& 
 
 void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> start_latent,
                                      int end_step) {
+  // Short of the last step, the run's Final at end_step is the capture
+  // there: the same latent, x0 and images.
+  const bool to_final = end_step == plan_.steps;
   std::set<int> wanted;
   for (int s : plan_.trunk_captures) {
-    if (s < end_step) wanted.insert(s);
+    if (s < end_step || (s == end_step && !to_final)) wanted.insert(s);
   }
-  const bool to_final = end_step == plan_.steps;
-  bool final_seen = false;
+  bool done = false;
   auto next = [&]() -> std::optional<std::pair<v1::BranchRequest, int64_t>> {
-    if (final_seen) return std::nullopt;
+    if (done) return std::nullopt;
     v1::BranchRequest request = BaseRequest(start_step);
     if (!to_final) request.set_end_step(end_step);
     v1::TrajectoryInput* t = request.add_trajectories();
@@ -434,6 +436,7 @@ void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> s
     if (start_latent) *t->mutable_start_latent() = *start_latent;
     for (int s : wanted) {
       // A resumed trunk already has its capture at start_step.
+      if (s >= end_step) break;
       if (s > start_step || (s == 0 && start_step == 0)) request.add_capture_steps(s);
     }
     if (wants_figure()) {
@@ -445,79 +448,87 @@ void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> s
     }
     return std::make_pair(std::move(request), int64_t{end_step - start_step});
   };
+  auto take_capture = [&](int step, const v1::Tensor& latent, const v1::Image& image,
+                          const v1::Image& x0_image, const std::string& replica) -> absl::Status {
+    if (absl::Status s = CheckLatent(latent, "a capture"); !s.ok()) return s;
+    if (wants_figure()) {
+      RETURN_IF_ERROR(CheckPng(image.png(), "a capture"));
+      // Step 0 has no prediction of x0 yet.
+      if (!x0_image.png().empty()) RETURN_IF_ERROR(CheckPng(x0_image.png(), "a capture's x0"));
+    }
+    CacheEntry entry{latent, image.png(), x0_image.png()};
+    // The cache holds only captures a figure can show.
+    if (wants_figure()) {
+      ex_.cache_->Put(PrefixCache::CaptureKey(sampler_key_, plan_.trunk, step), entry);
+    }
+    // Kept for the grid's life only at a row's step: a 1000-step figure
+    // has 100 checkpoints, each with its x_t and x0 images.
+    if (IsRowStep(step)) {
+      std::lock_guard<std::mutex> lock(mu_);
+      captures_[step] = entry;
+    }
+    // A resumed trunk starts from its newest capture.
+    start_step = step;
+    start_latent = latent;
+    Emit(TrunkEvent(step, entry, replica));
+    // Wavefront: the rows branching here leave now.
+    for (size_t r = 0; r < plan_.rows.size(); ++r) {
+      if (plan_.rows[r].branch_step == step) StartRow(r);
+    }
+    return absl::OkStatus();
+  };
   auto on_event = [&](const v1::BranchEvent& event, const std::string& replica) -> absl::Status {
     if (event.has_capture()) {
       const v1::Capture& c = event.capture();
-      if (c.trajectory() != 0 || !wanted.count(c.step()) || c.step() < start_step) {
+      if (c.trajectory() != 0 || !wanted.count(c.step()) || c.step() < start_step ||
+          c.step() >= end_step) {
         return absl::InternalError(absl::StrCat("sent a capture the trunk did not ask for (trajectory ",
                                                 c.trajectory(), ", step ", c.step(), ")"));
       }
-      if (absl::Status s = CheckLatent(c.latent(), "a capture"); !s.ok()) return s;
-      if (wants_figure()) {
-        RETURN_IF_ERROR(CheckPng(c.image().png(), "a capture"));
-        // Step 0 has no prediction of x0 yet.
-        if (!c.x0_image().png().empty()) {
-          RETURN_IF_ERROR(CheckPng(c.x0_image().png(), "a capture's x0"));
-        }
+      return take_capture(c.step(), c.latent(), c.image(), c.x0_image(), replica);
+    }
+    if (!event.has_final()) return absl::OkStatus();
+    const v1::Final& f = event.final();
+    if (f.trajectory() != 0) {
+      return absl::InternalError(
+          absl::StrCat("sent a final for trajectory ", f.trajectory(), " of a 1-trajectory job"));
+    }
+    if (!to_final) {
+      if (wanted.count(end_step)) {
+        RETURN_IF_ERROR(take_capture(end_step, f.latent(), f.image(), f.x0_image(), replica));
+      } else if (absl::Status s = CheckLatent(f.latent(), "the final"); !s.ok()) {
+        return s;
       }
-      CacheEntry entry{c.latent(), c.image().png(), c.x0_image().png()};
-      // The cache holds only captures a figure can show.
-      if (wants_figure()) {
-        ex_.cache_->Put(PrefixCache::CaptureKey(sampler_key_, plan_.trunk, c.step()), entry);
-      }
-      // Kept for the grid's life only at a row's step: a 1000-step figure
-      // has 100 checkpoints, each with its x_t and x0 images.
-      if (IsRowStep(c.step())) {
-        std::lock_guard<std::mutex> lock(mu_);
-        captures_[c.step()] = entry;
-      }
-      // A resumed trunk starts from its newest capture.
-      start_step = c.step();
-      start_latent = c.latent();
-      Emit(TrunkEvent(c.step(), entry, replica));
-      // Wavefront: the rows branching here leave now.
+      done = true;
+      std::lock_guard<std::mutex> lock(mu_);
+      model_evals_ += f.model_evals();
+      return absl::OkStatus();
+    }
+    if (absl::Status s = CheckLatent(f.latent(), "the final"); !s.ok()) return s;
+    RETURN_IF_ERROR(CheckPng(f.image().png(), "the final"));
+    done = true;
+    ex_.cache_->Put(PrefixCache::FinalKey(sampler_key_, plan_.trunk),
+                    {f.latent(), f.image().png(), ""});
+    std::vector<std::pair<int, int>> same;  // cells that are the trunk
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      model_evals_ += f.model_evals();
+      // Already sent from the cache (a promoted cell's trunk runs again
+      // only for its captures).
+      if (trunk_.done) return absl::OkStatus();
+      trunk_ = {true, f.image().png(), replica};
       for (size_t r = 0; r < plan_.rows.size(); ++r) {
-        if (plan_.rows[r].branch_step == c.step()) StartRow(r);
-      }
-    } else if (event.has_final()) {
-      const v1::Final& f = event.final();
-      if (f.trajectory() != 0) {
-        return absl::InternalError(
-            absl::StrCat("sent a final for trajectory ", f.trajectory(), " of a 1-trajectory job"));
-      }
-      if (absl::Status s = CheckLatent(f.latent(), "the final"); !s.ok()) return s;
-      if (!to_final) {
-        // The latent at end_step, past the captures it ran for: not a cell.
-        final_seen = true;
-        std::lock_guard<std::mutex> lock(mu_);
-        model_evals_ += f.model_evals();
-        return absl::OkStatus();
-      }
-      RETURN_IF_ERROR(CheckPng(f.image().png(), "the final"));
-      final_seen = true;
-      ex_.cache_->Put(PrefixCache::FinalKey(sampler_key_, plan_.trunk),
-                      {f.latent(), f.image().png(), ""});
-      std::vector<std::pair<int, int>> same;  // cells that are the trunk
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        model_evals_ += f.model_evals();
-        // Already sent from the cache (a promoted cell's trunk runs again
-        // only for its captures).
-        if (trunk_.done) return absl::OkStatus();
-        trunk_ = {true, f.image().png(), replica};
-        for (size_t r = 0; r < plan_.rows.size(); ++r) {
-          for (int c = 0; c < plan_.branches; ++c) {
-            if (IsTrunk(r, c) && !cells_[r][c].done) {
-              cells_[r][c] = trunk_;
-              same.emplace_back(static_cast<int>(r), c);
-            }
+        for (int c = 0; c < plan_.branches; ++c) {
+          if (IsTrunk(r, c) && !cells_[r][c].done) {
+            cells_[r][c] = trunk_;
+            same.emplace_back(static_cast<int>(r), c);
           }
         }
       }
-      Emit(CellEvent(-1, -1, plan_.trunk, f.image().png(), replica));
-      for (const auto& [r, c] : same) {
-        Emit(CellEvent(r, c, plan_.trunk, f.image().png(), replica));
-      }
+    }
+    Emit(CellEvent(-1, -1, plan_.trunk, f.image().png(), replica));
+    for (const auto& [r, c] : same) {
+      Emit(CellEvent(r, c, plan_.trunk, f.image().png(), replica));
     }
     return absl::OkStatus();
   };
@@ -676,12 +687,11 @@ int GridExecutor::GridRun::LoadCached() {
   return start;
 }
 
-// The step the trunk must run to (exclusive), 0 if none. To its end when
-// its own cell is missing; else one step past the deepest row whose capture
-// is missing while the row has unfinished cells, or a figure lacks the
-// row's trunk images (a promoted cell ran as a branch, which streams none,
-// so its grid from the cache once showed empty trajectory rows). Before,
-// a trunk whose final was cached still ran to the last step.
+// The step the trunk must run to (its end_step), 0 if none. To its end
+// when its own cell is missing; else to the deepest row whose capture is
+// missing while the row has unfinished cells, or a figure lacks the row's
+// trunk images (a promoted cell ran as a branch, which streams none, so its
+// grid from the cache once showed empty trajectory rows).
 int GridExecutor::GridRun::TrunkEnd() {
   std::lock_guard<std::mutex> lock(mu_);
   if (!trunk_.done) return plan_.steps;
@@ -691,8 +701,9 @@ int GridExecutor::GridRun::TrunkEnd() {
     if (captures_.count(k)) continue;
     bool needed = wants_figure();
     for (const CellResult& cell : cells_[r]) needed |= k > 0 && !cell.done;
-    // A capture at k comes with step k's forward pass (its x0 preview).
-    if (needed) end = std::max(end, k + 1);
+    // The run's Final at k is its capture there; end_step 0 would mean the
+    // last step, so x_T's capture alone runs one step.
+    if (needed) end = std::max({end, k, 1});
   }
   return end;
 }
