@@ -493,16 +493,22 @@ absl::StatusOr<v1::CurveResult> CurveService::RunUncounted(AdmittedCurve& curve,
     watch->WriteStarts();
     const bool written = sink(event);
     watch->WriteEnds();
-    // A blocked write is a client that stopped reading, as a grid's
-    // "abandoned"; a failed one a client that cancelled or hung up.
-    if (watch->stalled()) *stopped_reading = true;
+    // A blocked write, or one the transport gave up on, is a client that
+    // stopped reading, as a grid's "abandoned"; another failed write a
+    // client that cancelled or hung up.
+    if (watch->stalled() || (!written && caller.cut_off && caller.cut_off())) {
+      *stopped_reading = true;
+    }
     return written;
   };
   auto abandoned = [&] {
-    return watch->stalled()
-               ? absl::CancelledError(absl::StrCat(
-                     "curve cancelled: a write to the client blocked for more than ",
-                     absl::FormatDuration(grids_->max_write_stall())))
+    if (watch->stalled()) {
+      return absl::CancelledError(
+          absl::StrCat("curve cancelled: a write to the client blocked for more than ",
+                       absl::FormatDuration(grids_->max_write_stall())));
+    }
+    return *stopped_reading
+               ? absl::CancelledError("curve cancelled: the client read its stream too slowly")
                : absl::CancelledError("curve cancelled: the client went away");
   };
   const v1::CurveRequest& request = curve.request_;
@@ -520,7 +526,7 @@ absl::StatusOr<v1::CurveResult> CurveService::RunUncounted(AdmittedCurve& curve,
   for (const PlannedRow& row : plan.rows) observations.branch_steps.push_back(row.branch_step);
   absl::StatusOr<std::vector<TrunkObservation>> trunks =
       run.Execute(std::move(curve.first_), watched);
-  if (!trunks.ok()) return watch->stalled() ? abandoned() : trunks.status();
+  if (!trunks.ok()) return watch->stalled() || *stopped_reading ? abandoned() : trunks.status();
   observations.trunks = std::move(*trunks);
   absl::StatusOr<CurveStatistics> statistics = ComputeDecisionCurve(observations);
   if (!statistics.ok()) return absl::InternalError(statistics.status().message());

@@ -86,6 +86,10 @@ struct Caller {
   // that takes long while they grow is a slow link, not a stalled client.
   // Empty where unknown (gRPC): a write's time alone counts.
   std::function<int64_t()> sent;
+  // True once the transport gave up on a client reading too slowly (HTTP's
+  // write floor and timeout): a client that stopped reading, as a stall.
+  // Empty where the watch's stall is the only such cut (gRPC).
+  std::function<bool()> cut_off;
 };
 
 class GridService;

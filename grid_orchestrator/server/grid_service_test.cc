@@ -4,7 +4,6 @@
 #include "grid_orchestrator/server/grid_service.h"
 
 #include <atomic>
-#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -297,11 +296,21 @@ TEST_F(GridServiceTest, AClientWhoseWriteBlocksIsCancelledAndItsReplicasFreed) {
                   .ok());
 }
 
+// dgrid_orchestrator_grids_total{status}.
+double Grids(OrchestratorMetrics& metrics, const std::string& status) {
+  for (const prometheus::MetricFamily& family : metrics.registry()->Collect()) {
+    if (family.name != "dgrid_orchestrator_grids_total") continue;
+    for (const prometheus::ClientMetric& metric : family.metric) {
+      if (metric.label.at(0).value == status) return metric.counter.value;
+    }
+  }
+  return 0;
+}
+
 // A client that cancels or hangs up mid-stream is "cancelled" whether its
 // cancel or a failed write is seen first; "abandoned" is for a client that
-// stopped reading (before: a failed write counted abandoned, so one action
-// took either label by a race).
-TEST_F(GridServiceTest, AClientThatHangsUpIsCountedCancelledNotAbandoned) {
+// stopped reading.
+TEST_F(GridServiceTest, AClientThatHangsUpIsCancelledAndOneCutOffForSlownessAbandoned) {
   OrchestratorMetrics metrics;
   GridService service(pool_.get(), executor_.get(), &metrics, OrchestratorLimits{}, "");
   for (const int last : {1, 3, 6}) {
@@ -312,16 +321,20 @@ TEST_F(GridServiceTest, AClientThatHangsUpIsCountedCancelledNotAbandoned) {
         /*stream_grid=*/true);
     EXPECT_EQ(grid.status().code(), absl::StatusCode::kCancelled) << last;
   }
-  std::map<std::string, double> counted;
-  for (const prometheus::MetricFamily& family : metrics.registry()->Collect()) {
-    if (family.name != "dgrid_orchestrator_grids_total") continue;
-    for (const prometheus::ClientMetric& metric : family.metric) {
-      counted[metric.label.at(0).value] = metric.counter.value;
-    }
-  }
-  EXPECT_EQ(counted["cancelled"], 3);
-  EXPECT_EQ(counted["abandoned"], 0);
+  EXPECT_EQ(Grids(metrics, "cancelled"), 3);
+  EXPECT_EQ(Grids(metrics, "abandoned"), 0);
   EXPECT_EQ(Inflight(), 0);
+  // A write the transport gave up on (HTTP's floor for a client reading a
+  // trickle) is a client that stopped reading.
+  Caller slow;
+  slow.cut_off = [] { return true; };
+  GridCancel cancel;
+  absl::StatusOr<v1::Grid> grid = service.RunGrid(
+      slow, Request(), [](const v1::GridEvent& e) { return e.has_plan(); }, &cancel,
+      /*stream_grid=*/true);
+  EXPECT_EQ(grid.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_NE(grid.status().message().find("too slowly"), std::string::npos) << grid.status();
+  EXPECT_EQ(Grids(metrics, "abandoned"), 1);
 }
 
 // A slow link is not a stalled client: a write that takes past the stall

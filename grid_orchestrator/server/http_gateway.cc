@@ -453,14 +453,22 @@ class ClientConnection final : public httplib::Stream {
       const double elapsed = absl::ToDoubleSeconds(absl::Now() - began);
       if (elapsed > absl::ToDoubleSeconds(kSlowWriteGrace) &&
           static_cast<double>(sent) < elapsed * kMinWriteBytesPerSecond) {
+        cut_off_ = true;
         return -1;
       }
-      if (!Await(wait, absl::Now() + write_timeout_)) return -1;
+      if (!Await(wait, absl::Now() + write_timeout_)) {
+        if (!Stopping()) cut_off_ = true;
+        return -1;
+      }
     }
     return static_cast<ssize_t>(size);
   }
   // Bytes handed to the client so far. Safe from any thread.
   int64_t Sent() const { return sent_.load(std::memory_order_relaxed); }
+  // Whether a write gave up on a client reading too slowly (under the
+  // floor, or nothing taken for the write timeout), not on one that hung
+  // up. Safe from any thread.
+  bool CutOff() const { return cut_off_.load(); }
   void get_remote_ip_and_port(std::string& ip, int& port) const override {
     ip = remote_ip_;
     port = remote_port_;
@@ -551,6 +559,7 @@ class ClientConnection final : public httplib::Stream {
   bool body_over_limit_ = false;
   bool closing_ = false;
   std::atomic<int64_t> sent_{0};  // bytes written, read by a grid's ClientWatch
+  std::atomic<bool> cut_off_{false};
   char buffer_[4096];
   size_t buffer_begin_ = 0;
   size_t buffer_end_ = 0;
@@ -1139,6 +1148,7 @@ Caller CallerOf(const httplib::Request& request) {
     caller.gone = [connection] { return connection->Abandoned(); };
     caller.abort = [connection] { connection->Abort(); };
     caller.sent = [connection] { return connection->Sent(); };
+    caller.cut_off = [connection] { return connection->CutOff(); };
   }
   return caller;
 }
