@@ -10,6 +10,8 @@
 #include <mutex>
 #include <sstream>
 
+#include <unistd.h>
+
 #include "common/manifest_reader.h"
 #include "denoiser_service/engine/denoiser_model.h"
 #include "denoiser_service/engine/image_judge.h"
@@ -34,14 +36,16 @@ std::string ReadText(const fs::path& path) {
 }
 
 // A copy of the fixture bundle `name` whose file `part` has `from` replaced
-// by `to` (once). The copy's folder is named for the running test too:
-// ctest runs each test in its own process, two at a time, and two tests
-// editing one folder read each other's half-made copies.
+// by `to` (once). The copy's folder is named for the running test and
+// process: ctest runs each test in its own process, two at a time, and two
+// tests (or two build trees' runs) editing one folder read each other's
+// half-made copies.
 std::string EditedCopy(const std::string& name, const std::string& part, const std::string& from,
                        const std::string& to) {
   const ::testing::TestInfo* test = ::testing::UnitTest::GetInstance()->current_test_info();
   const fs::path dir = fs::path(::testing::TempDir()) /
-                       ("hostile_bundle_test_" + std::string(test->name()) + "_" + name);
+                       ("hostile_bundle_test_" + std::to_string(::getpid()) + "_" +
+                        std::string(test->name()) + "_" + name);
   fs::remove_all(dir);
   fs::copy(Fixtures() + "/" + name, dir, fs::copy_options::recursive);
   std::string text = ReadText(dir / part);

@@ -163,8 +163,10 @@ def _pem(name: str, data: Optional[bytes], label: bytes) -> Optional[bytes]:
 
 
 # host:port, [v6]:port, or dns:[//authority/]host:port: a port gRPC would
-# take modulo 2^16 (":99999" dialled 34463).
-_HOST_PORT = re.compile(r"(?:dns:(?://[^/]*/)?)?(?:\[[^\]]*\]|[^:/\[\]]*):(\d+)")
+# take modulo 2^16 (":99999" dialled 34463). Other schemes' names (unix:0,
+# a socket path) are not ports.
+_HOST_PORT = re.compile(r"(?!(?:unix|unix-abstract|vsock|ipv4|ipv6):)"
+                        r"(?:dns:(?://[^/]*/)?)?(?:\[[^\]]*\]|[^:/\[\]]*):(\d+)")
 
 
 def _target(target: Any) -> str:
@@ -244,7 +246,8 @@ class Client:
         sent as "authorization: Bearer <token>". ``root_certificates`` (PEM)
         turns TLS on; add ``private_key`` and ``certificate_chain`` for mutual
         TLS, ``tls_name`` to verify another name than the target's host."""
-        self.target = _target(target)
+        # With a channel of the caller's, the target is only its name.
+        self.target = target if channel is not None else _target(target)
         self.default_timeout = _seconds("default_timeout", default_timeout)
         if token is not None:
             # As read from the orchestrator's token file: its newline goes.

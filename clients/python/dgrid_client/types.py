@@ -348,8 +348,9 @@ class Plan:
 
 @dataclass(frozen=True)
 class TrunkProgress:
-    """The trunk reached ``step``, a capture step (each branch step, and a
-    checkpoint every 10 steps): its x_t and x0 prediction there."""
+    """The trunk reached ``step``, a capture step (a branch step, or a
+    checkpoint every 10 steps; only those it runs to, or the cache holds):
+    its x_t and x0 prediction there."""
 
     step: int
     timestep: int

@@ -599,7 +599,7 @@ class RequestTest(unittest.TestCase):
             with self.assertRaisesRegex(ValueError, "^target: port .* is out of range"):
                 Client(target)
         for target in ("127.0.0.1:65535", "[::1]:1", "dns:///localhost:50050",
-                       "unix:/tmp/socket", "localhost"):
+                       "unix:/tmp/socket", "unix:0", "unix-abstract:99999", "localhost"):
             Client(target).close()
 
     def test_the_plan_carries_the_size_and_promote_from_a_grid_keeps_it(self) -> None:
