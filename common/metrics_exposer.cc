@@ -9,7 +9,6 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstring>
 #include <functional>
 #include <utility>
 
@@ -17,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/client_key.h"
 #include "common/connections_per_client.h"
 #include "common/host_port.h"
 #include "common/http_listen.h"
@@ -77,20 +77,17 @@ void WriteAll(int fd, const std::string& bytes, absl::Time deadline) {
   }
 }
 
-// The peer's address, an IPv6 one's /64 (a host picks any address in its
-// prefix, so a cap per address would not hold it).
-std::string PeerAddress(int fd) {
+// The client the peer is (ClientKey: an IPv6 address's /64, since a host
+// picks any address in its prefix and a cap per address would not hold it).
+std::string PeerClient(int fd) {
   sockaddr_storage address{};
   socklen_t size = sizeof(address);
   if (::getpeername(fd, reinterpret_cast<sockaddr*>(&address), &size) != 0) return "";
   char text[INET6_ADDRSTRLEN] = {};
-  if (address.ss_family == AF_INET6) {
-    in6_addr ip = reinterpret_cast<sockaddr_in6*>(&address)->sin6_addr;
-    if (!IN6_IS_ADDR_V4MAPPED(&ip)) std::memset(ip.s6_addr + 8, 0, 8);
-    return ::inet_ntop(AF_INET6, &ip, text, sizeof(text)) ? text : "";
-  }
-  const in_addr ip = reinterpret_cast<sockaddr_in*>(&address)->sin_addr;
-  return ::inet_ntop(AF_INET, &ip, text, sizeof(text)) ? text : "";
+  const bool v6 = address.ss_family == AF_INET6;
+  const void* ip = v6 ? static_cast<const void*>(&reinterpret_cast<sockaddr_in6*>(&address)->sin6_addr)
+                      : static_cast<const void*>(&reinterpret_cast<sockaddr_in*>(&address)->sin_addr);
+  return ::inet_ntop(v6 ? AF_INET6 : AF_INET, ip, text, sizeof(text)) ? ClientKey(text) : "";
 }
 
 // httplib's listening and accepting, with each connection served here: one
@@ -104,7 +101,7 @@ class MetricsServer final : public httplib::Server {
 
  private:
   bool process_and_close_socket(socket_t fd) override {
-    const std::string peer = PeerAddress(fd);
+    const std::string peer = PeerClient(fd);
     // A stopping server's queue is closed at once, not served a turn each.
     if (is_running() && open_.Take(peer)) {
       Serve(fd);

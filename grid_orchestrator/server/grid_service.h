@@ -60,15 +60,6 @@ struct OrchestratorLimits {
   absl::Duration max_write_stall = absl::Seconds(20);
 };
 
-// The unit of the per-client limit for a peer address, whichever transport
-// reports it: gRPC's "ipv4:10.0.0.1:5000" or "ipv6:[::1]:5000", or HTTP's
-// bare "10.0.0.1". Its IP without the port, in one canonical spelling (an
-// IPv4-mapped IPv6 address is its IPv4 one), so that a client has one budget
-// across gRPC and HTTP; a global IPv6 address stands for its /64, which one
-// host may use whole ("2001:db8::/64"), as a network behind one IPv4 address
-// is one client. Zones are dropped; NAT64 and IPv4-compatible addresses are
-// their IPv4 one.
-std::string ClientKey(absl::string_view peer);
 
 // Who is calling, whatever the transport.
 struct Caller {

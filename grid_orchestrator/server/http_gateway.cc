@@ -30,6 +30,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/client_key.h"
 #include "common/connections_per_client.h"
 #include "common/host_port.h"
 #include "common/http_listen.h"

@@ -3,6 +3,7 @@
 #include <string>
 #include <string_view>
 
+#include "common/client_key.h"
 #include "common/grpc_status.h"
 
 namespace dgrid {
