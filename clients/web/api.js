@@ -107,6 +107,20 @@ function readWithin(reader, silenceMs) {
   return Promise.race([reader.read(), silent]).finally(() => clearTimeout(timer));
 }
 
+// The server ends a stream right after its last event: read to that end in
+// the background, so that the request completes (cancelled at once, every
+// grid showed in the browser's tools as a failed request), and cancel it
+// if the end does not come soon.
+function readToTheEnd(reader) {
+  const timer = setTimeout(() => reader.cancel().catch(() => {}), 5000);
+  (async () => {
+    try {
+      while (!(await reader.read()).done) { /* nothing more is expected */ }
+    } catch { /* cancelled, or the connection closed: the answer is in */ }
+    clearTimeout(timer);
+  })();
+}
+
 // POSTs `request` and reads its SSE answer up to the event named `last`.
 async function streamEvents(url, request, {token, signal, onEvent, last, silenceMs = 0}) {
   const response = await send(url, {
@@ -154,7 +168,7 @@ async function streamEvents(url, request, {token, signal, onEvent, last, silence
       if (inner === undefined) continue;  // an event this page does not know
       onEvent(message.event, inner);
       if (message.event === last) {
-        reader.cancel().catch(() => {});
+        readToTheEnd(reader);
         return inner;
       }
     }

@@ -372,8 +372,8 @@ async function modelsReady() {
   return loadModels();  // none under way, or the last failed: once more
 }
 
-// fresh: a page with no view in its URL, where model and prompt keep their
-// defaults (the first model, its first class).
+// fresh: a page with no view in its URL, where a model and prompt it does
+// not name keep their defaults (the first model, its first class).
 function fillControls(state, {fresh = false} = {}) {
   for (const field of FIELDS) {
     if (field === 'prompt' || field === 'model' || field === 'switch') continue;
@@ -394,9 +394,11 @@ function fillControls(state, {fresh = false} = {}) {
     }
     control.value = state[field];
   }
-  wantedModel = fresh ? null : state.model;
-  wantedPrompt = fresh ? null : state.prompt;
-  wantedSwitch = fresh ? null : state.switch;
+  // A link without a view (no seed) still names its model and prompts, as
+  // it names its other fields; left out, they keep their defaults.
+  wantedModel = fresh ? state.model || null : state.model;
+  wantedPrompt = fresh ? state.prompt || null : state.prompt;
+  wantedSwitch = fresh ? state.switch || null : state.switch;
   if (modelsLoaded) fillModels();
   fillPlaceholders();
   setFormTrunk(state.trunk);
@@ -430,6 +432,21 @@ function setFormTrunk(path) {
 function setGridState(state) {
   gridBox.dataset.state = state;
   document.body.dataset.gridState = state;
+}
+
+// Whether the grid on screen gets no more images: done, stopped or failed
+// (what has not come shows as missing, not as on its way).
+function settled() {
+  return Boolean(view?.grid) || ['cancelled', 'error'].includes(gridBox.dataset.state);
+}
+
+// A stopped or failed grid's cells that never came say so.
+function markMissing(why) {
+  for (const button of gridBox.querySelectorAll('[data-testid="cell"][disabled]')) {
+    const label = button.getAttribute('aria-label') ?? '';
+    button.setAttribute('aria-label', label.replace(/: waiting$/, `: not drawn (${why})`));
+  }
+  renderTrajectory(currentFocus());
 }
 
 // While a grid streams its status is busy: a screen reader announces where
@@ -507,6 +524,7 @@ async function run(state, mode, {refocus = null} = {}) {
         setStatus('Stopped before the grid was planned.');
         return;
       }
+      markMissing('stopped');
       const total = (view.plan?.branch_steps?.length ?? 0) * (view.plan?.branches ?? 0) + 1;
       const done = view.cells.size + (view.trunk ? 1 : 0);
       setStatus(`Stopped after ${done} of ${total} images.`);
@@ -516,6 +534,7 @@ async function run(state, mode, {refocus = null} = {}) {
     showError(error);
     setGridState('error');
     gridBox.classList.remove('stale');
+    if (view.plan) markMissing('the grid failed');
     // Refused before its plan: the previous grid is still on screen, so it
     // stays the one that hover, promotion and the exports act on.
     if (!view.plan && previous) keepPrevious(previous);
@@ -707,6 +726,9 @@ function addCell(cell) {
   const {step, timestep} = rowLabel(view.plan, row);
   button.replaceChildren(image(cell.png, '', 'cell-image'));
   button.disabled = false;
+  // One Tab stop for the whole grid (the arrow keys move within it): a
+  // 16 × 9 grid took 145 presses of Tab to pass.
+  button.tabIndex = gridBox.querySelector('[data-testid="cell"][tabindex="0"]') ? -1 : 0;
   button.dataset.loaded = 'true';
   button.dataset.path = encodePath(cell.path ?? {});
   const changes = promptChanges(cell.path, view.plan);
@@ -741,7 +763,13 @@ gridBox.addEventListener('pointerleave', () => {
 });
 gridBox.addEventListener('focusin', (event) => {
   const cell = cellOf(event.target);
-  if (cell && !hovered) renderTrajectory(cell);
+  if (!cell) return;
+  // The grid's Tab stop follows the focus, so Tab comes back to it.
+  for (const other of gridBox.querySelectorAll('[data-testid="cell"][tabindex="0"]')) {
+    other.tabIndex = -1;
+  }
+  event.target.closest('[data-testid="cell"]').tabIndex = 0;
+  if (!hovered) renderTrajectory(cell);
 });
 gridBox.addEventListener('focusout', () => {
   // activeElement is not yet the next element here; look after the move.
@@ -819,7 +847,7 @@ function renderTrajectory(focus) {
     if (!applies) item.setAttribute('aria-hidden', 'true');
     const label = element('div', 'traj-label');
     label.append(element('span', 'row-step', `step ${step}`), element('span', 'row-t', `t = ${timestep}`));
-    const pending = view.grid ? '–' : '…';
+    const pending = settled() ? '–' : '…';
     const xt = frame(preview?.xt, `x_t at step ${step}`, step === 0 && !preview ? 'noise' : pending);
     const x0 = frame(preview?.x0, `predicted x0 at step ${step}`, step === 0 && !preview ? '–' : pending);
     xt.dataset.kind = 'xt';
@@ -834,7 +862,8 @@ function renderTrajectory(focus) {
 
   const cell = focus ? view.cells.get(cellKey(focus.row, focus.col)) : view.trunk;
   const final = element('figure', 'final');
-  final.append(frame(cell?.png, focus ? 'the branch’s final image' : 'the trunk’s final image', '…'));
+  final.append(frame(cell?.png, focus ? 'the branch’s final image' : 'the trunk’s final image',
+      settled() ? '–' : '…'));
   const caption = element('figcaption');
   if (focus) {
     const {step, timestep} = rowLabel(plan, focus.row);
@@ -1121,12 +1150,22 @@ byTestId('clear-trunk').addEventListener('click', () => {
   run(stateFromControls(), 'push');
 });
 controls.seed.addEventListener('input', () => setFormTrunk(null));
+// A link's grid waiting for the models (a denoiser down, a token to give) is
+// dropped once the form is edited: Run grid then runs the form, not the link
+// under edits the screen shows (the token box's own edits keep it).
+form.addEventListener('input', (event) => {
+  if (event.target !== controls.token) pendingView = null;
+});
+form.addEventListener('change', (event) => {
+  if (event.target !== controls.token) pendingView = null;
+});
 // A promoted trunk belongs to the model it was drawn with; the trunk's noise
-// needs a switch prompt, which a class model's list starts without.
+// needs a switch prompt, which the new model's controls may not have.
 controls.model.addEventListener('change', () => {
   setFormTrunk(null);
   fillPrompts();
-  if (promptKind === 'class' && !controls.switch.value) controls.noise.value = '';
+  const switchTo = promptKind === 'class' ? controls.switch.value : controls.switchText.value.trim();
+  if (!switchTo) controls.noise.value = '';
   fillPlaceholders();
 });
 controls.preset.addEventListener('change', fillPlaceholders);

@@ -190,6 +190,10 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
   }));
 
   test('2. a grid streams: cells appear before it completes', {timeout: 90_000}, () => withPage('02-stream', async (page) => {
+    // A finished grid's stream is read to its end, not cut (the browser's
+    // tools showed every grid as a failed request).
+    const failed = [];
+    page.on('requestfailed', (request) => failed.push(request.url()));
     await openPage(page, slow.url);
     // This orchestrator wants a token: the page says so until it has one.
     await page.waitForSelector(`${testId('error-banner')}:not([hidden])`);
@@ -232,6 +236,10 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     // where it ended, not each of its images.
     assert.equal(await page.getAttribute(testId('status'), 'aria-busy'), 'false');
     assert.equal(await page.locator(`${testId('cell')}[data-loaded="true"]`).count(), ROWS * COLS);
+    // The grid is one Tab stop; the arrow keys move within it.
+    assert.equal(await page.locator(`${testId('cell')}:not([tabindex="-1"])`).count(), 1);
+    await page.waitForTimeout(500);  // the stream's end, read in the background
+    assert.deepEqual(failed.filter((url) => url.includes('grid/stream')), []);
     assert.ok(await src(page, testId('trunk-image')), 'the trunk image is shown');
     const labels = await page.$$eval(testId('row-label'), (nodes) => nodes.map((n) => n.textContent));
     assert.equal(labels.length, ROWS);
@@ -534,7 +542,13 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
 
       await withPage('08-text', async (page) => {
         await openPage(page, text.url);
+        // The trunk's noise needs a switch prompt: the class model's goes
+        // with the model, and so does the noise (it stayed, and Run grid
+        // was refused).
+        await fillGrid(page, {model: classModel.name});
+        await fillGrid(page, {switch: classModel.prompts[1], noise: 'trunk'});
         await fillGrid(page, {model: textModel.name});
+        assert.equal(await page.inputValue(testId('noise')), '');
         await page.waitForSelector(testId('prompt-text'), {state: 'visible'});
         assert.equal(await page.isVisible(testId('prompt')), false, 'no class list for a text model');
         assert.equal(await page.isVisible(testId('negative-prompt')), true);
@@ -867,6 +881,10 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     assert.match(await page.textContent(testId('status-text')), /^Stopped after \d+ of 65 images\.$/);
     assert.equal(await page.isVisible(testId('grid-stop')), false);
     assert.equal(await page.isVisible(testId('error-banner')), false, 'a stop is not an error');
+    // The cells that never came say so, and no longer look on their way.
+    const missing = page.locator(`${testId('cell')}[disabled]`).first();
+    assert.match(await missing.getAttribute('aria-label'), /: not drawn \(stopped\)$/);
+    assert.equal(await missing.evaluate((node) => getComputedStyle(node).animationName), 'none');
     await eventually(async () =>
       await slow.metric('dgrid_orchestrator_grids_total{status="cancelled"}') > cancelledGrids,
     30_000, 'the stopped grid cancelled on the server');
@@ -954,5 +972,31 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     assert.equal(url.searchParams.get('seed'), '7');
     assert.equal(await page.inputValue(testId('prompt')), 'coat');
     assert.match(await page.textContent(testId('status-text')), /^Done: 5 images/);
+  }));
+
+  test('15. a link waiting for the models runs the form once it is edited', {timeout: 90_000},
+      () => withPage('15-link-edited', async (page) => {
+    await openPage(page, `${slow.url}?prompt=coat&seed=7&steps=10&rows=0,5&cols=2`);
+    await page.waitForSelector(`${testId('error-banner')}:not([hidden])`);
+    // Edits while the link waits: Run grid ran the link's grid, the screen
+    // showing the edits.
+    await page.fill(testId('seed'), '8');
+    await page.fill(testId('cols'), '1');
+    await page.fill(testId('token'), TOKEN);
+    await page.click(testId('run'));
+    await waitForGrid(page);
+    const url = new URL(page.url());
+    assert.equal(url.searchParams.get('seed'), '8');
+    assert.equal(url.searchParams.get('cols'), '1');
+    assert.equal(url.searchParams.get('prompt'), 'coat');
+    assert.match(await page.textContent(testId('status-text')), /^Done: 3 images/);
+
+    // A link without a seed names no grid to run, but still its prompt (it
+    // opened on the first class, keeping the link's other fields).
+    await openPage(page, `${slow.url}?prompt=bag&steps=12`);
+    await page.waitForFunction(() => document.body.dataset.ready === 'true');
+    assert.equal(await page.inputValue(testId('prompt')), 'bag');
+    assert.equal(await page.inputValue(testId('steps')), '12');
+    assert.equal(await page.locator(`${testId('cell')}`).count(), 0, 'no grid runs');
   }));
 });
