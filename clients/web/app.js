@@ -340,7 +340,9 @@ function fillPlaceholders() {
   controls.eta.placeholder = '1';
   controls.guidance.placeholder = formatNumber(defaults.guidance ?? 1);
   const {rows, steps} = presetRows(preset);
-  controls.rows.placeholder = preset === 'classic' ? 'preset: t = 921, 821, 701' :
+  // classic's rows are where the trunk has run the first timestep at or
+  // below each (20 steps run 901, 801, 701).
+  controls.rows.placeholder = preset === 'classic' ? 'preset: first t ≤ 921, 821, 701' :
       `preset: ${rows.join(',')} of ${steps}`;
   // With the trunk's noise every branch of a row is the same: one column.
   controls.cols.placeholder = controls.noise.value === 'trunk' ? '1' : '4';
