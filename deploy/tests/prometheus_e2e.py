@@ -63,6 +63,7 @@ PRESENT = [
     "dgrid_denoiser_active_trajectories",
     "dgrid_denoiser_ready",
     "dgrid_orchestrator_replica_inflight",
+    'dgrid_orchestrator_grids_in_flight{kind="curve"}',
     "dgrid_orchestrator_retries_total",
     "dgrid_orchestrator_cache_hits_total",
     'dgrid_orchestrator_grids_total{status="failed"}',

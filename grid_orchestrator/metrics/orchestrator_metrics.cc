@@ -98,6 +98,11 @@ OrchestratorMetrics::OrchestratorMetrics()
                     .Name("dgrid_orchestrator_replica_inflight")
                     .Help("Jobs in flight per denoiser replica.")
                     .Register(*registry_)),
+      grids_in_flight_(prometheus::BuildGauge()
+                           .Name("dgrid_orchestrator_grids_in_flight")
+                           .Help("Grids admitted and not yet done, of --max_concurrent_grids: "
+                                 "kind grid, or curve (a decision curve's trunks).")
+                           .Register(*registry_)),
       cache_bytes_(prometheus::BuildGauge()
                        .Name("dgrid_orchestrator_cache_bytes")
                        .Help("Bytes held by the prefix cache (bounded by --cache_mb).")
@@ -116,6 +121,12 @@ OrchestratorMetrics::OrchestratorMetrics()
   }
   for (const char* s : {"used", "wasted", "cancelled"}) evals_.Add({{"use", s}});
   for (const char* s : {"ok", "retried", "failed", "cancelled"}) jobs_.Add({{"status", s}});
+  SetGridsInFlight(0, 0);
+}
+
+void OrchestratorMetrics::SetGridsInFlight(int grids, int curve_trunks) {
+  grids_in_flight_.Add({{"kind", "grid"}}).Set(grids - curve_trunks);
+  grids_in_flight_.Add({{"kind", "curve"}}).Set(curve_trunks);
 }
 
 void OrchestratorMetrics::CountGrid(const std::string& status, std::optional<double> seconds) {

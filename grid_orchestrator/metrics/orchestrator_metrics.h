@@ -62,6 +62,9 @@ class OrchestratorMetrics {
   // Per grid: lookups made in the prefix cache and how many hit.
   void CountCache(int lookups, int hits);
   void SetReplicaInflight(const std::string& replica, int inflight);
+  // Grids admitted and not yet done: `grids` in all, of them `curve_trunks`
+  // a decision curve's.
+  void SetGridsInFlight(int grids, int curve_trunks);
   void SetCache(size_t bytes, size_t entries);
   void RemoveReplica(const std::string& replica);
 
@@ -77,6 +80,7 @@ class OrchestratorMetrics {
   prometheus::Counter& cache_hits_;
   prometheus::Counter& cache_lookups_;
   prometheus::Family<prometheus::Gauge>& inflight_;
+  prometheus::Family<prometheus::Gauge>& grids_in_flight_;
   prometheus::Gauge& cache_bytes_;
   prometheus::Gauge& cache_entries_;
 };

@@ -239,6 +239,7 @@ void GridService::Release(const std::string& client, bool curve_trunk) {
   --grids_in_flight_;
   if (curve_trunk) --curve_grids_in_flight_;
   if (--grids_per_client_[client] == 0) grids_per_client_.erase(client);
+  if (metrics_) metrics_->SetGridsInFlight(grids_in_flight_, curve_grids_in_flight_);
 }
 
 absl::StatusOr<std::unique_ptr<AdmittedGrid>> GridService::Admit(const Caller& caller,
@@ -282,6 +283,7 @@ absl::StatusOr<std::unique_ptr<AdmittedGrid>> GridService::Admit(const Caller& c
     ++grids_per_client_[caller.client];
     ++grids_in_flight_;
     if (options.curve_trunk) ++curve_grids_in_flight_;
+    if (metrics_) metrics_->SetGridsInFlight(grids_in_flight_, curve_grids_in_flight_);
   }
   absl::StatusOr<GridPlanSpec> plan = Plan(request, options.pin, caller.deadline);
   if (!plan.ok()) {

@@ -202,6 +202,31 @@ TEST_F(GridServiceTest, AdmittedGridsHoldTheirPlaceUntilReleased) {
   EXPECT_TRUE(service->Admit(Caller{}, Request()).ok());
 }
 
+// The grids admitted and not yet done, as a gauge: the counters told an
+// operator how grids ended, not how many were running.
+TEST_F(GridServiceTest, GridsInFlightAreAGauge) {
+  OrchestratorMetrics metrics;
+  GridService service(pool_.get(), executor_.get(), &metrics, OrchestratorLimits{}, "");
+  auto in_flight = [&metrics] {
+    for (const prometheus::MetricFamily& family : metrics.registry()->Collect()) {
+      if (family.name != "dgrid_orchestrator_grids_in_flight") continue;
+      for (const prometheus::ClientMetric& metric : family.metric) {
+        if (metric.label.at(0).value == "grid") return metric.gauge.value;
+      }
+    }
+    return -1.0;
+  };
+  EXPECT_EQ(in_flight(), 0);
+  auto first = service.Admit(Caller{}, Request());
+  auto second = service.Admit(Caller{}, Request());
+  ASSERT_TRUE(first.ok() && second.ok());
+  EXPECT_EQ(in_flight(), 2);
+  first->reset();
+  EXPECT_EQ(in_flight(), 1);
+  second->reset();
+  EXPECT_EQ(in_flight(), 0);
+}
+
 // A client at its own limit while the service is full is the service's
 // overload ("rejected", which the error-ratio alerts count): behind an
 // Ingress every browser is one client, whose limit is the service's, and
