@@ -85,8 +85,9 @@ std::string PeerClient(int fd) {
   if (::getpeername(fd, reinterpret_cast<sockaddr*>(&address), &size) != 0) return "";
   char text[INET6_ADDRSTRLEN] = {};
   const bool v6 = address.ss_family == AF_INET6;
-  const void* ip = v6 ? static_cast<const void*>(&reinterpret_cast<sockaddr_in6*>(&address)->sin6_addr)
-                      : static_cast<const void*>(&reinterpret_cast<sockaddr_in*>(&address)->sin_addr);
+  const void* ip =
+      v6 ? static_cast<const void*>(&reinterpret_cast<sockaddr_in6*>(&address)->sin6_addr)
+         : static_cast<const void*>(&reinterpret_cast<sockaddr_in*>(&address)->sin_addr);
   return ::inet_ntop(v6 ? AF_INET6 : AF_INET, ip, text, sizeof(text)) ? ClientKey(text) : "";
 }
 

@@ -375,7 +375,8 @@ async function modelsReady() {
 }
 
 // fresh: a page with no view in its URL, where a model and prompt it does
-// not name keep their defaults (the first model, its first class).
+// not name stay as the form has them (the first model and its first class
+// on a new page).
 function fillControls(state, {fresh = false} = {}) {
   for (const field of FIELDS) {
     if (field === 'prompt' || field === 'model' || field === 'switch') continue;
@@ -465,6 +466,9 @@ function setStatus(text, fraction, {streaming = false} = {}) {
 // names this view: start-up and Back/Forward).
 // refocus: the cell of a keyboard promotion, focused again once it is done.
 async function run(state, mode, {refocus = null} = {}) {
+  // Whatever runs now is the view: a link still waiting for the models
+  // (Dice, Back, or the trunk cleared meanwhile) must not run after it.
+  pendingView = null;
   clearError();
   let request;
   try {
@@ -518,7 +522,7 @@ async function run(state, mode, {refocus = null} = {}) {
       gridBox.classList.remove('stale');
       if (!view.plan && previous) {
         // Before its plan: the previous grid is what the screen shows.
-        keepPrevious(previous);
+        keepPrevious(previous, 'stopped');
         setStatus('Stopped before the new grid was planned; the previous grid is shown.');
         return;
       }
@@ -539,7 +543,7 @@ async function run(state, mode, {refocus = null} = {}) {
     if (view.plan) markMissing('the grid failed');
     // Refused before its plan: the previous grid is still on screen, so it
     // stays the one that hover, promotion and the exports act on.
-    if (!view.plan && previous) keepPrevious(previous);
+    if (!view.plan && previous) keepPrevious(previous, 'stopped');
     setStatus(`No grid: ${error.message}`);
   } finally {
     if (id === runCounter) {
@@ -605,10 +609,12 @@ function updateProgress() {
 
 // A run that ended before its plan leaves the previous grid on screen: it
 // is again the one hover, promotion and the exports act on.
-function keepPrevious(previous) {
+function keepPrevious(previous, why) {
   view = previous;
   showTokensNote(view.plan);
   if (view.grid) renderExports(view.grid);
+  // A grid stopped by the new one, partly drawn: its missing cells say so.
+  else if (view.plan) markMissing(why);
 }
 
 function finish(grid) {
@@ -1230,6 +1236,7 @@ function showView(search) {
 
 // Back to the page as it opens: no grid.
 function resetView() {
+  pendingView = null;
   abortRun?.abort();
   runCounter++;
   gridStop.hidden = true;

@@ -60,7 +60,6 @@ struct OrchestratorLimits {
   absl::Duration max_write_stall = absl::Seconds(20);
 };
 
-
 // Who is calling, whatever the transport.
 struct Caller {
   // ClientKey of the client's address: the unit of the per-client limit.

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <iostream>
 #include <limits>
 #include <string>
@@ -88,9 +89,14 @@ int main(int argc, char** argv) {
   // glibc gives a thread that finds the arenas busy one of its own, up to 8
   // a core, and keeps what is freed in each. With a thread per call, a mixed
   // load left 15 arenas holding 550 MB the process never gave back (the
-  // cache held 19 MB). Two, as the Kubernetes manifests set, unless
-  // MALLOC_ARENA_MAX says otherwise (glibc reads it itself).
-  if (std::getenv("MALLOC_ARENA_MAX") == nullptr) mallopt(M_ARENA_MAX, 2);
+  // cache held 19 MB). Two, as the Kubernetes manifests set, unless the
+  // environment says otherwise (glibc reads MALLOC_ARENA_MAX and
+  // GLIBC_TUNABLES itself).
+  const char* tunables = std::getenv("GLIBC_TUNABLES");
+  if (std::getenv("MALLOC_ARENA_MAX") == nullptr &&
+      (tunables == nullptr || std::strstr(tunables, "malloc.arena_max") == nullptr)) {
+    mallopt(M_ARENA_MAX, 2);
+  }
   absl::SetProgramUsageMessage("dgrid-orchestrator --denoisers=host:port,...");
   dgrid::HelpListsTheProgramsFlags();
   absl::ParseCommandLine(argc, argv);

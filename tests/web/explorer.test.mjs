@@ -193,7 +193,9 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     // A finished grid's stream is read to its end, not cut (the browser's
     // tools showed every grid as a failed request).
     const failed = [];
+    const finished = [];
     page.on('requestfailed', (request) => failed.push(request.url()));
+    page.on('requestfinished', (request) => finished.push(request.url()));
     await openPage(page, slow.url);
     // This orchestrator wants a token: the page says so until it has one.
     await page.waitForSelector(`${testId('error-banner')}:not([hidden])`);
@@ -238,7 +240,9 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     assert.equal(await page.locator(`${testId('cell')}[data-loaded="true"]`).count(), ROWS * COLS);
     // The grid is one Tab stop; the arrow keys move within it.
     assert.equal(await page.locator(`${testId('cell')}:not([tabindex="-1"])`).count(), 1);
-    await page.waitForTimeout(500);  // the stream's end, read in the background
+    // The grid's stream, read to its end in the background.
+    await eventually(async () => finished.some((url) => url.includes('grid/stream')), 10_000,
+        "the grid's stream finished");
     assert.deepEqual(failed.filter((url) => url.includes('grid/stream')), []);
     assert.ok(await src(page, testId('trunk-image')), 'the trunk image is shown');
     const labels = await page.$$eval(testId('row-label'), (nodes) => nodes.map((n) => n.textContent));
