@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/png_image.h"
+#include "common/status_macros.h"
 #include "common/tensor_codec.h"
 
 namespace dgrid {
@@ -144,35 +145,28 @@ absl::Status RunEventToProto(const RunEvent& event, const BundleManifest& manife
   // Fields are set only when they hold something: a start step's capture has
   // no x0 preview, and with decode_finals_only a capture has no image, so
   // neither is sent as an empty message (a tensor of shape [] and no bytes).
-  v1::Capture* capture = nullptr;
-  v1::Final* final = nullptr;
+  // Capture and Final name these fields alike.
+  const bool preview = previews && !event.x0.empty();
+  auto fill = [&](auto* message) -> absl::Status {
+    message->set_trajectory(event.trajectory);
+    EncodeFloatTensor(event.latent, manifest.latent_shape, message->mutable_latent());
+    if (preview) EncodeFloatTensor(event.x0, manifest.latent_shape, message->mutable_x0_preview());
+    if (!decode) return absl::OkStatus();
+    // The engine decoded the images on its own thread, batched; only the
+    // PNG encoding happens here.
+    RETURN_IF_ERROR(ImageToProto(event.pixels, manifest, message->mutable_image()));
+    if (!preview) return absl::OkStatus();
+    return ImageToProto(event.x0_pixels, manifest, message->mutable_x0_image());
+  };
   if (event.kind == RunEvent::Kind::kCapture) {
-    capture = out->mutable_capture();
-    capture->set_trajectory(event.trajectory);
+    v1::Capture* capture = out->mutable_capture();
     capture->set_step(event.step);
     capture->set_timestep(event.timestep);
-  } else {
-    final = out->mutable_final();
-    final->set_trajectory(event.trajectory);
-    final->set_model_evals(event.model_evals);
+    return fill(capture);
   }
-  EncodeFloatTensor(event.latent, manifest.latent_shape,
-                    capture ? capture->mutable_latent() : final->mutable_latent());
-  const bool preview = previews && !event.x0.empty();
-  if (preview) {
-    EncodeFloatTensor(event.x0, manifest.latent_shape,
-                      capture ? capture->mutable_x0_preview() : final->mutable_x0_preview());
-  }
-  if (!decode) return absl::OkStatus();
-  // The engine decoded the images on its own thread, batched; only the PNG
-  // encoding happens here.
-  absl::Status decoded = ImageToProto(event.pixels, manifest,
-                                      capture ? capture->mutable_image() : final->mutable_image());
-  if (decoded.ok() && preview) {
-    decoded = ImageToProto(event.x0_pixels, manifest,
-                           capture ? capture->mutable_x0_image() : final->mutable_x0_image());
-  }
-  return decoded;
+  v1::Final* final = out->mutable_final();
+  final->set_model_evals(event.model_evals);
+  return fill(final);
 }
 
 }  // namespace dgrid

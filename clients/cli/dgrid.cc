@@ -353,14 +353,6 @@ std::filesystem::path FolderOf(const std::filesystem::path& path) {
   return path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
 }
 
-// Writes each file whole or not at all: every file goes to a new temporary
-// file beside it, and only when all are written are they renamed over their
-// names, so a full disk or a failed write leaves the previous plot and
-// sidecar as they were (a failure between the renames, which only a folder
-// changing under us could cause, would leave the first new and the second
-// old). A name that is a link is written through. The file is new: it gets
-// the umask's permissions (the kernel applies it; the umask is not touched),
-// not an old file's mode, owner or other hard links.
 // A new file of this process in `folder`, open for writing, and its name in
 // `name`; -1 (errno set) when the folder takes none. Its own short name, not
 // a file's with a suffix: a file name near the folder's length limit (255
@@ -375,6 +367,14 @@ int NewFileIn(const std::filesystem::path& folder, std::string* name) {
   return fd;
 }
 
+// Writes each file whole or not at all: every file goes to a new temporary
+// file beside it, and only when all are written are they renamed over their
+// names, so a full disk or a failed write leaves the previous plot and
+// sidecar as they were (a failure between the renames, which only a folder
+// changing under us could cause, would leave the first new and the second
+// old). A name that is a link is written through. The file is new: it gets
+// the umask's permissions (the kernel applies it; the umask is not touched),
+// not an old file's mode, owner or other hard links.
 void WriteFiles(const std::vector<std::pair<std::string, std::string>>& files) {
   namespace fs = std::filesystem;
   std::vector<std::pair<std::string, fs::path>> written;  // temporary name, final name

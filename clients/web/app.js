@@ -320,7 +320,7 @@ function presetRows(preset) {
   const sampler = controls.sampler.value ||
       (preset === 'euler_a' || preset === 'turbo' ? 'euler_ancestral' : 'ddim');
   const noiseless = sampler === 'euler_ancestral' || Boolean(currentModel()?.set_alpha_to_one);
-  const switched = promptKind === 'text' ? controls.switchText.value.trim() : controls.switch.value;
+  const switched = switchPrompt();
   const end = noiseless && !switched ? steps - 1 : steps;
   const scaled = [];
   for (const k of rows) {
@@ -405,6 +405,12 @@ function fillControls(state, {fresh = false} = {}) {
   if (modelsLoaded) fillModels();
   fillPlaceholders();
   setFormTrunk(state.trunk);
+}
+
+// The switch prompt the form shows: the list's for a class model, the box's
+// for a text model.
+function switchPrompt() {
+  return promptKind === 'text' ? controls.switchText.value.trim() : controls.switch.value;
 }
 
 function stateFromControls() {
@@ -1161,19 +1167,17 @@ controls.seed.addEventListener('input', () => setFormTrunk(null));
 // A link's grid waiting for the models (a denoiser down, a token to give) is
 // dropped once the form is edited: Run grid then runs the form, not the link
 // under edits the screen shows (the token box's own edits keep it).
-form.addEventListener('input', (event) => {
-  if (event.target !== controls.token) pendingView = null;
-});
-form.addEventListener('change', (event) => {
-  if (event.target !== controls.token) pendingView = null;
-});
+for (const type of ['input', 'change']) {
+  form.addEventListener(type, (event) => {
+    if (event.target !== controls.token) pendingView = null;
+  });
+}
 // A promoted trunk belongs to the model it was drawn with; the trunk's noise
 // needs a switch prompt, which the new model's controls may not have.
 controls.model.addEventListener('change', () => {
   setFormTrunk(null);
   fillPrompts();
-  const switchTo = promptKind === 'class' ? controls.switch.value : controls.switchText.value.trim();
-  if (!switchTo) controls.noise.value = '';
+  if (!switchPrompt()) controls.noise.value = '';
   fillPlaceholders();
 });
 controls.preset.addEventListener('change', fillPlaceholders);

@@ -422,9 +422,11 @@ void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> s
   // Short of the last step, the run's Final at end_step is the capture
   // there: the same latent, x0 and images.
   const bool to_final = end_step == plan_.steps;
-  std::set<int> wanted;
+  std::set<int> wanted;  // the captures asked for
+  bool final_is_capture = false;
   for (int s : plan_.trunk_captures) {
-    if (s < end_step || (s == end_step && !to_final)) wanted.insert(s);
+    if (s < end_step) wanted.insert(s);
+    if (s == end_step && !to_final) final_is_capture = true;
   }
   bool done = false;
   auto next = [&]() -> std::optional<std::pair<v1::BranchRequest, int64_t>> {
@@ -436,7 +438,6 @@ void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> s
     if (start_latent) *t->mutable_start_latent() = *start_latent;
     for (int s : wanted) {
       // A resumed trunk already has its capture at start_step.
-      if (s >= end_step) break;
       if (s > start_step || (s == 0 && start_step == 0)) request.add_capture_steps(s);
     }
     if (wants_figure()) {
@@ -480,8 +481,7 @@ void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> s
   auto on_event = [&](const v1::BranchEvent& event, const std::string& replica) -> absl::Status {
     if (event.has_capture()) {
       const v1::Capture& c = event.capture();
-      if (c.trajectory() != 0 || !wanted.count(c.step()) || c.step() < start_step ||
-          c.step() >= end_step) {
+      if (c.trajectory() != 0 || !wanted.count(c.step()) || c.step() < start_step) {
         return absl::InternalError(absl::StrCat("sent a capture the trunk did not ask for (trajectory ",
                                                 c.trajectory(), ", step ", c.step(), ")"));
       }
@@ -494,7 +494,7 @@ void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> s
           absl::StrCat("sent a final for trajectory ", f.trajectory(), " of a 1-trajectory job"));
     }
     if (!to_final) {
-      if (wanted.count(end_step)) {
+      if (final_is_capture) {
         RETURN_IF_ERROR(take_capture(end_step, f.latent(), f.image(), f.x0_image(), replica));
       } else if (absl::Status s = CheckLatent(f.latent(), "the final"); !s.ok()) {
         return s;

@@ -496,7 +496,7 @@ absl::StatusOr<v1::CurveResult> CurveService::RunUncounted(AdmittedCurve& curve,
     // A blocked write, or one the transport gave up on, is a client that
     // stopped reading, as a grid's "abandoned"; another failed write a
     // client that cancelled or hung up.
-    if (watch->stalled() || (!written && caller.cut_off && caller.cut_off())) {
+    if (watch->stalled() || (!written && caller.cut_off())) {
       *stopped_reading = true;
     }
     return written;

@@ -366,7 +366,7 @@ absl::StatusOr<v1::Grid> GridService::Run(const AdmittedGrid& admitted, const Ca
     abandoned = absl::CancelledError(absl::StrCat(
         "grid cancelled: a write to the client blocked for more than ",
         absl::FormatDuration(limits_.max_write_stall)));
-  } else if (!client_ok && caller.cut_off && caller.cut_off()) {
+  } else if (!client_ok && caller.cut_off()) {
     abandoned = absl::CancelledError("grid cancelled: the client read its stream too slowly");
   }
   if (!abandoned.ok()) {

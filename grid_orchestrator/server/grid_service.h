@@ -78,8 +78,8 @@ struct Caller {
   std::function<int64_t()> sent;
   // True once the transport gave up on a client reading too slowly (HTTP's
   // write floor and timeout): a client that stopped reading, as a stall.
-  // Empty where the watch's stall is the only such cut (gRPC).
-  std::function<bool()> cut_off;
+  // Never where the watch's stall is the only such cut (gRPC).
+  std::function<bool()> cut_off = [] { return false; };
 };
 
 class GridService;
