@@ -123,6 +123,23 @@ std::string FoundInResamples(double found_fraction) {
   return absl::StrFormat(" (found in %d%% of resamples)", found);
 }
 
+std::string DescribeHalfStep(const HalfStepWords& h) {
+  if (!h.differs_at_first_row) return "never differs at the first row, so has no half step";
+  const std::string found = FoundInResamples(h.found_fraction);
+  if (!h.found) {
+    return absl::StrFormat("not half its row-0 value by the last row, step %d%s", h.last_step,
+                           found);
+  }
+  // Resamples still above half at the last row leave the interval open: a
+  // ± over the others alone would close it.
+  if (h.hi_after_last_row) {
+    return absl::StrFormat("half its row-0 value at step %.1f, 68%% from %.1f to past step %d%s",
+                           h.step, h.lo, h.last_step, found);
+  }
+  return absl::StrFormat("half its row-0 value at step %.1f ± %.1f%s", h.step, h.standard_error,
+                         found);
+}
+
 std::string DrawableText(absl::string_view value) {
   std::string out;
   out.reserve(value.size());

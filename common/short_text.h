@@ -54,6 +54,26 @@ std::string DrawableText(absl::string_view value);
 // down, so 99.6% is not "found in 100%".
 std::string FoundInResamples(double found_fraction);
 
+// A decision curve head's half step, as dgrid and the curve figure word it
+// (the explorer's plot.js words it the same way):
+//   "half its row-0 value at step 32.0 ± 1.5"
+//   "half its row-0 value at step 11.2, 68% from 9.4 to past step 16 (found
+//    in 79% of resamples)"
+//   "not half its row-0 value by the last row, step 12 (found in 34% of
+//    resamples)"
+//   "never differs at the first row, so has no half step"
+struct HalfStepWords {
+  bool differs_at_first_row = false;
+  bool found = false;
+  double step = 0;
+  double standard_error = 0;
+  double lo = 0;
+  bool hi_after_last_row = false;
+  double found_fraction = 0;
+  int last_step = 0;  // the last row's branch step
+};
+std::string DescribeHalfStep(const HalfStepWords& half);
+
 // A number as an error message echoes it: the shortest text that reads back
 // as the same value ("1.0000001", "1e+300", "inf"). StrCat's six digits
 // made "eta must be in [0, 1], got 1" of 1.0000001.

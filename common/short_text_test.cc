@@ -152,5 +152,26 @@ TEST(FoundInResamplesTest, RoundsDownAndSaysNothingForAll) {
   EXPECT_EQ(FoundInResamples(0), " (found in 0% of resamples)");
 }
 
+TEST(DescribeHalfStepTest, SaysWhenTheIntervalRunsPastTheLastRow) {
+  HalfStepWords h;
+  EXPECT_EQ(DescribeHalfStep(h), "never differs at the first row, so has no half step");
+  h.differs_at_first_row = true;
+  h.last_step = 12;
+  h.found_fraction = 0.343;
+  EXPECT_EQ(DescribeHalfStep(h),
+            "not half its row-0 value by the last row, step 12 (found in 34% of resamples)");
+  h.found = true;
+  h.step = 11.25;
+  h.standard_error = 1.8;
+  h.lo = 9.45;
+  h.found_fraction = 1;
+  EXPECT_EQ(DescribeHalfStep(h), "half its row-0 value at step 11.2 ± 1.8");
+  h.hi_after_last_row = true;
+  h.found_fraction = 0.79;
+  EXPECT_EQ(DescribeHalfStep(h),
+            "half its row-0 value at step 11.2, 68% from 9.4 to past step 12 (found in 79% of "
+            "resamples)");
+}
+
 }  // namespace
 }  // namespace dgrid

@@ -123,6 +123,11 @@ TEST_F(CurveProcessTest, DgridCurveAgreesWithAnIndependentCountOverTheSameGrids)
   // on its own, the differing labels counted here.
   std::vector<std::vector<double>> fractions(4);  // [row][trunk]
   std::vector<double> divergence(4, 0.0);
+  // The curve's own record of each trunk's labels, against those counted
+  // here (a label on a knife edge between batch sizes may differ: one).
+  ASSERT_EQ(curve.trunk_labels_size(), kTrunks);
+  EXPECT_EQ(curve.heads(0).labels_size(), 10);  // fashion-mnist's classes
+  int labels_differing = 0;
   for (int t = 0; t < kTrunks; ++t) {
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
@@ -133,16 +138,26 @@ TEST_F(CurveProcessTest, DgridCurveAgreesWithAnIndependentCountOverTheSameGrids)
     ASSERT_EQ(grid.rows_size(), 4);
     EXPECT_EQ(grid.trunk().source(), "cache") << "trunk " << t;
     const int trunk = Label(grid.trunk().png());
+    const v1::CurveTrunk& recorded = curve.trunk_labels(t);
+    EXPECT_EQ(recorded.seed(), kSeed + t);
+    ASSERT_EQ(recorded.heads_size(), 1);
+    ASSERT_EQ(recorded.heads(0).rows_size(), 4);
+    labels_differing += recorded.heads(0).trunk() != trunk;
     for (int r = 0; r < 4; ++r) {
       int differ = 0;
-      for (const v1::GridCell& cell : grid.rows(r).cells()) {
+      ASSERT_EQ(recorded.heads(0).rows(r).branches_size(), grid.rows(r).cells_size());
+      for (int c = 0; c < grid.rows(r).cells_size(); ++c) {
+        const v1::GridCell& cell = grid.rows(r).cells(c);
         EXPECT_EQ(cell.source(), "cache") << "trunk " << t << " row " << r;
-        differ += Label(cell.png()) != trunk;
+        const int label = Label(cell.png());
+        differ += label != trunk;
+        labels_differing += recorded.heads(0).rows(r).branches(c) != label;
       }
       fractions[r].push_back(differ / 4.0);
       divergence[r] += grid.rows(r).divergence() / kTrunks;
     }
   }
+  EXPECT_LE(labels_differing, 1);
   for (int r = 0; r < 4; ++r) {
     double mean = 0;
     for (double f : fractions[r]) mean += f / kTrunks;
@@ -161,6 +176,12 @@ TEST_F(CurveProcessTest, DgridCurveAgreesWithAnIndependentCountOverTheSameGrids)
         << "row " << r << ": curve " << p.mean() << " ± " << p.standard_error()
         << ", counted " << mean << " ± " << standard_error;
     EXPECT_NEAR(curve.rows(r).divergence().mean(), divergence[r], 1e-9) << "row " << r;
+    // The 95% interval holds the mean, and is wider than ± one error.
+    ASSERT_EQ(curve.heads(0).p_differs_95_size(), 4);
+    const v1::Interval& wide = curve.heads(0).p_differs_95(r);
+    EXPECT_LE(wide.lo(), p.mean()) << "row " << r;
+    EXPECT_GE(wide.hi(), p.mean()) << "row " << r;
+    EXPECT_LT(wide.lo(), wide.hi()) << "row " << r;
   }
   // Early branches change the class more often than late ones.
   EXPECT_GT(curve.heads(0).p_differs(0).mean(), curve.heads(0).p_differs(3).mean());

@@ -765,23 +765,28 @@ int Curve() {
     const v1::CurveRow& row = curve.rows(r);
     std::cout << absl::StrFormat("%6d %9.3f", row.branch_step(),
                                  (pairwise ? row.divergence() : row.divergence_to_trunk()).mean());
+    std::string bounds;  // where every trunk agrees, the ± (0) says nothing
     for (const v1::HeadCurve& head : curve.heads()) {
-      std::cout << absl::StrFormat(" %11.3f ± %.3f", head.p_differs(r).mean(),
-                                   head.p_differs(r).standard_error());
+      const v1::Estimate& p = head.p_differs(r);
+      std::cout << absl::StrFormat(" %11.3f ± %.3f", p.mean(), p.standard_error());
+      if (p.standard_error() == 0 && r < head.p_differs_95_size()) {
+        absl::StrAppendFormat(&bounds, "  %s 95%%: %.3f to %.3f", head.head(),
+                              head.p_differs_95(r).lo(), head.p_differs_95(r).hi());
+      }
     }
-    std::cout << "\n";
+    std::cout << bounds << "\n";
   }
   for (const v1::HeadCurve& head : curve.heads()) {
-    if (head.half_found()) {
-      // The ± is over the bootstrap resamples that found a half step.
-      std::cout << absl::StrFormat("%s: half its row-0 value at step %.1f ± %.1f%s\n",
-                                   head.head(), head.half_step(), head.half_step_standard_error(),
-                                   FoundInResamples(head.half_found_fraction()));
-    } else if (head.p_differs_size() > 0 && head.p_differs(0).mean() == 0) {
-      std::cout << head.head() << ": never differs at the first row, so has no half step\n";
-    } else {
-      std::cout << head.head() << ": never falls to half of its row-0 value\n";
-    }
+    HalfStepWords words;
+    words.differs_at_first_row = head.p_differs_size() > 0 && head.p_differs(0).mean() > 0;
+    words.found = head.half_found();
+    words.step = head.half_step();
+    words.standard_error = head.half_step_standard_error();
+    words.lo = head.half_step_lo();
+    words.hi_after_last_row = head.half_step_hi_after_last_row();
+    words.found_fraction = head.half_found_fraction();
+    words.last_step = curve.rows_size() > 0 ? curve.rows(curve.rows_size() - 1).branch_step() : 0;
+    std::cout << head.head() << ": " << DescribeHalfStep(words) << "\n";
   }
   return 0;
 }

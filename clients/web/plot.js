@@ -154,22 +154,41 @@ function estimateSeries(points, rowSteps, {x, y}, attributes, describe) {
   return group;
 }
 
+// A head's half step in words, as dgrid and the server's figure word it
+// (common/short_text's DescribeHalfStep).
+function describeHalfStep(head, lastRowStep) {
+  if (!((head.p_differs?.[0]?.mean ?? 0) > 0)) return 'never differs at the first row, so has no half step';
+  // Rounded down: 99.6% is not "found in 100%", which is not printed.
+  const fraction = head.half_found_fraction ?? 0;
+  const found = fraction < 1 ? ` (found in ${Math.floor(100 * fraction + 1e-9)}% of resamples)` : '';  // 100 * 0.29 is 28.999999999999996
+  if (!head.half_found) return `not half its row-0 value by the last row, step ${lastRowStep}${found}`;
+  // Resamples still above half at the last row leave the interval open.
+  if (head.half_step_hi_after_last_row) {
+    return `half its row-0 value at step ${fixed(head.half_step, 1)}, 68% from ` +
+        `${fixed(head.half_step_lo ?? 0, 1)} to past step ${lastRowStep}${found}`;
+  }
+  return `half its row-0 value at step ${fixed(head.half_step, 1)} \u00b1 ` +
+      `${fixed(head.half_step_standard_error, 1)}${found}`;
+}
+
 // Where a head's curve falls to half its row-0 value: a dashed line across
 // at that half and down to the step, and the step's 68% interval over
-// bootstrap resamples of the trunks as a band on the x axis.
-function halfStepMarker(head, name, {x, y}) {
+// bootstrap resamples of the trunks as a band on the x axis (to the axis's
+// end when it runs past the last row).
+function halfStepMarker(head, name, {x, y}, rowSteps, lastStep) {
   const step = head.half_step ?? 0;
   const level = y(mean(head.p_differs?.[0]) / 2);
   const bottom = TOP + PLOT_H;
   const lo = head.half_step_lo ?? 0;
-  const hi = head.half_step_hi ?? 0;
+  const hi = head.half_step_hi_after_last_row ? lastStep : (head.half_step_hi ?? 0);
   const group = el('g', {class: 'half-step', 'data-testid': 'half-step', 'data-head': name, 'data-step': fixed(step, 2)});
   group.append(
       el('rect', {class: 'half-band', x: x(lo), y: bottom - 8, width: Math.max(1, x(hi) - x(lo)), height: 8}),
       el('path', {class: 'half-line', fill: 'none', d: `M${LEFT},${level}H${x(step)}V${bottom}`}),
       el('path', {class: 'half-mark', d: `M${x(step)},${level - 5}l5,5l-5,5l-5,-5z`}));
-  group.append(el('title', {}, `${name}: half of its row-0 value at step ${fixed(step, 1)} ` +
-      `± ${fixed(head.half_step_standard_error, 1)} (68% interval ${fixed(lo, 1)} to ${fixed(hi, 1)})`));
+  const interval = head.half_step_hi_after_last_row ? '' :
+    ` (68% interval ${fixed(lo, 1)} to ${fixed(hi, 1)})`;
+  group.append(el('title', {}, `${name}: ${describeHalfStep(head, rowSteps.at(-1) ?? 0)}${interval}`));
   return group;
 }
 
@@ -188,7 +207,7 @@ export function headsPlot(curve) {
         {class: `series-head ${headClass(h)}`, 'data-series': 'head', 'data-head': name},
         (i) => `step ${rowSteps[i]} (t=${rows[i]?.timestep ?? 0}): P(${name} differs) ` +
             `${fixed(mean(points[i]), 3)} ± ${fixed(stderr(points[i]), 3)}`);
-    if (head.half_found) group.append(halfStepMarker(head, name, scales));
+    if (head.half_found) group.append(halfStepMarker(head, name, scales, rowSteps, lastStep));
     scales.svg.append(group);
   });
   return scales.svg;
@@ -225,14 +244,8 @@ export function curveLegend(curve) {
     item.className = `series-head ${headClass(h)}`;
     item.dataset.testid = 'curve-legend-head';
     item.innerHTML = '<span class="swatch" aria-hidden="true"></span>';
-    // Rounded down: 99.6% is not "found in 100%", which is not printed.
-    const fraction = head.half_found_fraction ?? 0;
-    const found = Math.floor(100 * fraction + 1e-9);  // 100 * 0.29 is 28.999999999999996
-    item.append(`P(${name} differs from the trunk\u2019s): ` + (head.half_found ?
-      `half its row-0 value at step ${fixed(head.half_step, 1)} \u00b1 ${fixed(head.half_step_standard_error, 1)}` +
-          (fraction < 1 ? ` (found in ${found}% of resamples)` : '') :
-      (head.p_differs?.[0]?.mean ?? 0) > 0 ? 'never falls to half its row-0 value' :
-        'never differs at the first row, so has no half step'));
+    const {rowSteps} = curveSteps(curve);
+    item.append(`P(${name} differs from the trunk\u2019s): ${describeHalfStep(head, rowSteps.at(-1) ?? 0)}`);
     return item;
   });
   legend.prepend(...heads);

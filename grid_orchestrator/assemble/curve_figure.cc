@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "common/short_text.h"
 #include "grid_orchestrator/assemble/surface_png.h"
@@ -161,25 +162,32 @@ void DrawPanel(cairo_t* cr, int top, const std::string& y_label, double y_max,
     std::string legend = series[s].label;
     const HalfStep* half = series[s].half;
     if (half && half->found) {
-      // The half step: a dashed drop line at its value, its 68% interval as a band.
+      // The half step: a dashed drop line at its value, its 68% interval as
+      // a band (to the panel's edge when it runs past the last row).
       const double hx = px(half->value);
+      const double band_end = half->hi_after_last_row ? x1 : px(half->hi);
       cairo_set_source_rgba(cr, color.r, color.g, color.b, 0.15);
-      cairo_rectangle(cr, px(half->lo), y1 - 8, std::max(1.0, px(half->hi) - px(half->lo)), 8);
+      cairo_rectangle(cr, px(half->lo), y1 - 8, std::max(1.0, band_end - px(half->lo)), 8);
       cairo_fill(cr);
       const double dashes[] = {4, 3};
       cairo_set_dash(cr, dashes, 2, 0);
       Line(cr, hx, py(pts[0].mean / 2), hx, y1, color, 1);
       Line(cr, x0, py(pts[0].mean / 2), hx, py(pts[0].mean / 2), color, 1);
       cairo_set_dash(cr, nullptr, 0, 0);
-      // Worded as the explorer's and dgrid's; the ± is over the resamples
-      // that found a half step.
+    }
+    if (half) {
+      HalfStepWords words;
+      words.differs_at_first_row = pts[0].mean > 0;
+      words.found = half->found;
+      words.step = half->value;
+      words.standard_error = half->standard_error;
+      words.lo = half->lo;
+      words.hi_after_last_row = half->hi_after_last_row;
+      words.found_fraction = half->found_fraction;
+      words.last_step = steps.back();
       // No-break spaces keep "± SE" with its number.
-      legend = absl::StrFormat("%s: half its row-0 value at step %.1f\u00A0±\u00A0%.1f%s",
-                               legend, half->value, half->standard_error,
-                               FoundInResamples(half->found_fraction));
-    } else if (half) {
-      legend += pts[0].mean > 0 ? ": never falls to half its row-0 value"
-                                : ": never differs at the first row, so has no half step";
+      legend = absl::StrCat(legend, ": ",
+                            absl::StrReplaceAll(DescribeHalfStep(words), {{" ± ", "\u00A0±\u00A0"}}));
     }
     // Wrapped to the space right of the panel: a long entry ran off the
     // figure's edge.

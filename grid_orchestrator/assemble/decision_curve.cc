@@ -83,15 +83,6 @@ std::vector<std::vector<std::vector<double>>> DifferingFractions(const CurveObse
   return f;
 }
 
-double Percentile(std::vector<double> values, double q) {
-  if (values.empty()) return 0;
-  std::sort(values.begin(), values.end());
-  const double at = q * (values.size() - 1);
-  const size_t below = static_cast<size_t>(std::floor(at));
-  const size_t above = std::min(below + 1, values.size() - 1);
-  return values[below] + (at - below) * (values[above] - values[below]);
-}
-
 // An index in [0, n) from the generator, by Lemire's multiply-and-reject
 // method as libstdc++'s uniform_int_distribution draws it from a 64-bit
 // generator: the same picks there as before, and now the same under libc++
@@ -120,6 +111,7 @@ void BootstrapHalfStep(const std::vector<int>& branch_steps,
   const size_t rows = fractions.size();
   std::mt19937_64 rng(options.bootstrap_seed);
   std::vector<double> found;
+  size_t late = 0;  // resamples still above half at the last row
   std::vector<double> curve(rows);
   std::vector<size_t> sample(trunks);
   for (int b = 0; b < options.bootstrap_resamples; ++b) {
@@ -130,19 +122,48 @@ void BootstrapHalfStep(const std::vector<int>& branch_steps,
       curve[r] = sum / trunks;
     }
     const HalfStep h = HalfStepOf(branch_steps, curve);
-    if (h.found) found.push_back(h.value);
+    if (h.found) {
+      found.push_back(h.value);
+    } else if (curve[0] > 0) {
+      ++late;
+    }
   }
   if (options.bootstrap_resamples > 0) {
     half->found_fraction = static_cast<double>(found.size()) / options.bootstrap_resamples;
   }
-  if (found.empty()) return;
+  const size_t counted = found.size() + late;
+  if (counted == 0) return;
+  // Percentiles over the found values with the late resamples above them
+  // all: a percentile that reaches into the late ones lies past the last row.
+  std::sort(found.begin(), found.end());
+  const double last_step = branch_steps.back();
+  auto percentile = [&](double q, bool* past) {
+    const double at = q * (counted - 1);
+    const size_t below = static_cast<size_t>(std::floor(at));
+    const double along = at - below;
+    // Interpolating toward a late resample lands past the last row too.
+    *past = below >= found.size() || (along > 0 && below + 1 >= found.size());
+    if (*past) return last_step;
+    return along > 0 ? found[below] + along * (found[below + 1] - found[below]) : found[below];
+  };
+  bool lo_past = false;  // then hi is past as well
+  half->lo = percentile(0.16, &lo_past);
+  half->hi = percentile(0.84, &half->hi_after_last_row);
+  if (half->hi_after_last_row) return;
   Estimate spread = MeanAndStandardError(found);
   half->standard_error = spread.standard_error * std::sqrt(static_cast<double>(found.size()));
-  half->lo = Percentile(found, 0.16);
-  half->hi = Percentile(found, 0.84);
 }
 
 }  // namespace
+
+Interval WilsonInterval(double p, int n) {
+  if (n <= 0) return {0, 1};
+  constexpr double z = 1.959963984540054;  // the normal's 97.5th percentile
+  const double z2n = z * z / n;
+  const double centre = (p + z2n / 2) / (1 + z2n);
+  const double half = z / (1 + z2n) * std::sqrt(p * (1 - p) / n + z2n / (4 * n));
+  return {std::max(0.0, centre - half), std::min(1.0, centre + half)};
+}
 
 HalfStep HalfStepOf(const std::vector<int>& branch_steps, const std::vector<double>& curve) {
   HalfStep h;
@@ -183,6 +204,7 @@ absl::StatusOr<CurveStatistics> ComputeDecisionCurve(const CurveObservations& o,
     for (size_t r = 0; r < rows; ++r) {
       head.p_differs.push_back(MeanAndStandardError(fractions[h][r]));
       means.push_back(head.p_differs.back().mean);
+      head.p_differs_95.push_back(WilsonInterval(means.back(), out.trunks));
     }
     head.half_step = HalfStepOf(o.branch_steps, means);
     BootstrapHalfStep(o.branch_steps, fractions[h], options, &head.half_step);

@@ -68,18 +68,38 @@ struct HalfStep {
   // Linear interpolation between the branch steps of the two rows around the
   // crossing.
   double value = 0;
-  // Over bootstrap resamples of the trunks: the standard deviation of the
-  // value where found, its 16th and 84th percentiles (a 68% interval), and
-  // the fraction of resamples in which it was found.
+  // Over bootstrap resamples of the trunks. `lo` and `hi` are the 16th and
+  // 84th percentiles (a 68% interval) of the resamples' half steps, where a
+  // resample whose curve stays above half through the last row counts as
+  // halving after it (right-censored: later, not missing) and one whose row
+  // 0 is 0 counts in neither. When the 84th percentile is such a late
+  // resample, `hi_after_last_row` is set and `hi` is the last row's step:
+  // the interval runs on past it (and `lo` is the last row's step too when
+  // the 16th percentile is late). `standard_error` is the values' standard
+  // deviation over the resamples that found one, and 0 when the interval runs
+  // past the last row, where it would leave the late ones out.
+  // `found_fraction`: the share of resamples that found one.
   double standard_error = 0;
   double lo = 0;
   double hi = 0;
   double found_fraction = 0;
+  bool hi_after_last_row = false;
+};
+
+// A 95% interval for a probability.
+struct Interval {
+  double lo = 0;
+  double hi = 0;
 };
 
 struct HeadCurveStatistics {
   // Per row: P(a branch's label differs from its trunk's).
   std::vector<Estimate> p_differs;
+  // Per row: a 95% interval for it that holds at 0 and 1 too, where the
+  // standard error is 0 (all trunks agree): Wilson's score interval with the
+  // trunks as the sample. A trunk's fraction lies in [0, 1], so its variance
+  // is at most p(1 - p), and the interval is conservative.
+  std::vector<Interval> p_differs_95;
   HalfStep half_step;
 };
 
@@ -101,6 +121,9 @@ struct CurveOptions {
 // branch steps not ascending), naming the trunk and row.
 absl::StatusOr<CurveStatistics> ComputeDecisionCurve(const CurveObservations& observations,
                                                      const CurveOptions& options = {});
+
+// Wilson's 95% score interval for a proportion `p` observed over `n` units.
+Interval WilsonInterval(double p, int n);
 
 // The step where `curve` (one value per row at `branch_steps`) first falls to
 // half of curve[0], linearly interpolated; nullopt-like found=false when it

@@ -124,6 +124,88 @@ TEST(DecisionCurveTest, TheBootstrapIsTheSameOnEveryStandardLibrary) {
   EXPECT_DOUBLE_EQ(h.found_fraction, 1.0);
 }
 
+// A resample whose curve stays above half through the last row halves after
+// it: it counts in the interval as later than every found value, not as
+// missing (which drew the interval early). Half the trunks halve by step 10,
+// half never do; the whole curve just reaches half at the last row.
+TEST(DecisionCurveTest, ResamplesThatNeverHalveCountAsLaterThanTheLastRow) {
+  CurveObservations o;
+  o.branch_steps = {0, 10};
+  o.heads = 1;
+  for (int t = 0; t < 10; ++t) {
+    o.trunks.push_back(t % 2 ? Trunk(0, {{1, 1}, {0, 0}}) : Trunk(0, {{1, 1}, {1, 1}}));
+  }
+  absl::StatusOr<CurveStatistics> s = ComputeDecisionCurve(o);
+  ASSERT_TRUE(s.ok()) << s.status();
+  const HalfStep& h = s->heads[0].half_step;
+  ASSERT_TRUE(h.found);  // 1.0 to 0.5: half exactly at step 10
+  EXPECT_DOUBLE_EQ(h.value, 10.0);
+  // Only resamples with at most half late trunks find it (about 62%).
+  EXPECT_GT(h.found_fraction, 0.5);
+  EXPECT_LT(h.found_fraction, 0.75);
+  EXPECT_TRUE(h.hi_after_last_row);
+  EXPECT_DOUBLE_EQ(h.hi, 10.0);
+  EXPECT_DOUBLE_EQ(h.standard_error, 0.0);  // an SD over the found ones alone would mislead
+  EXPECT_LE(h.lo, 10.0);
+
+  // Where nearly all resamples find it, the interval closes again.
+  o.trunks.clear();
+  for (int t = 0; t < 10; ++t) {
+    o.trunks.push_back(t < 8 ? Trunk(0, {{1, 1}, {0, 0}}) : Trunk(0, {{1, 1}, {1, 1}}));
+  }
+  s = ComputeDecisionCurve(o);
+  ASSERT_TRUE(s.ok());
+  EXPECT_FALSE(s->heads[0].half_step.hi_after_last_row);
+  EXPECT_GT(s->heads[0].half_step.found_fraction, 0.9);
+}
+
+TEST(DecisionCurveTest, ACurveThatNeverHalvesHasAnIntervalPastTheLastRow) {
+  CurveObservations o;
+  o.branch_steps = {0, 10, 20};
+  o.heads = 1;
+  for (int t = 0; t < 6; ++t) {
+    o.trunks.push_back(Trunk(0, {{1, 1, 1, 1}, {1, 1, 1, 1}, {1, 1, 1, 0}}));  // 1, 1, 0.75
+  }
+  absl::StatusOr<CurveStatistics> s = ComputeDecisionCurve(o);
+  ASSERT_TRUE(s.ok());
+  const HalfStep& h = s->heads[0].half_step;
+  EXPECT_FALSE(h.found);
+  EXPECT_DOUBLE_EQ(h.found_fraction, 0.0);
+  EXPECT_TRUE(h.hi_after_last_row);
+  EXPECT_DOUBLE_EQ(h.lo, 20.0);
+  EXPECT_DOUBLE_EQ(h.hi, 20.0);
+  EXPECT_DOUBLE_EQ(h.standard_error, 0.0);
+}
+
+// Where every trunk agrees the standard error is 0, which says nothing of
+// how sure 0 or 1 is; the 95% interval does.
+TEST(DecisionCurveTest, EachRowHasAnIntervalThatHoldsAtZeroAndOne) {
+  CurveObservations o;
+  o.branch_steps = {0, 10};
+  o.heads = 1;
+  for (int t = 0; t < 8; ++t) o.trunks.push_back(Trunk(0, {{1, 1}, {0, 0}}));
+  absl::StatusOr<CurveStatistics> s = ComputeDecisionCurve(o);
+  ASSERT_TRUE(s.ok());
+  const auto& p = s->heads[0].p_differs;
+  const auto& i = s->heads[0].p_differs_95;
+  ASSERT_EQ(i.size(), 2u);
+  EXPECT_DOUBLE_EQ(p[0].mean, 1.0);
+  EXPECT_DOUBLE_EQ(p[0].standard_error, 0.0);
+  EXPECT_NEAR(i[0].lo, 0.6756, 1e-4);  // Wilson, 8 of 8
+  EXPECT_DOUBLE_EQ(i[0].hi, 1.0);
+  EXPECT_DOUBLE_EQ(i[1].lo, 0.0);
+  EXPECT_NEAR(i[1].hi, 0.3244, 1e-4);
+}
+
+TEST(WilsonIntervalTest, MatchesTheScoreInterval) {
+  const Interval half = WilsonInterval(0.5, 100);
+  EXPECT_NEAR(half.lo, 0.4038, 1e-4);
+  EXPECT_NEAR(half.hi, 0.5962, 1e-4);
+  EXPECT_NEAR(WilsonInterval(0, 100).hi, 0.0370, 1e-4);
+  EXPECT_NEAR(WilsonInterval(0.1, 20).lo, 0.0279, 1e-4);
+  EXPECT_NEAR(WilsonInterval(0.1, 20).hi, 0.3010, 1e-4);
+}
+
 // HalfStepOf checks that each row has its step.
 TEST(HalfStepTest, RowsAndStepsOfDifferentCountsHaveNoHalfStep) {
   EXPECT_FALSE(HalfStepOf({0}, {0.8, 0.2}).found);

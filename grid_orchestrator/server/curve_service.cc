@@ -66,19 +66,32 @@ absl::Status UnderGrid(const absl::Status& status) {
 // The judge heads of the plan's model version, as a replica serving it
 // describes it (during a rolling update the pool's first replica may serve
 // another version).
-absl::StatusOr<std::vector<std::string>> JudgeHeads(ReplicaPool* pool,
-                                                    const GridPlanSpec& plan) {
+absl::StatusOr<std::vector<v1::JudgeHeadInfo>> JudgeHeads(ReplicaPool* pool,
+                                                           const GridPlanSpec& plan) {
   absl::StatusOr<v1::ModelInfo> model = pool->Model(plan.model, plan.model_version);
   if (!model.ok()) return model.status();
-  std::vector<std::string> heads;
-  for (const v1::JudgeHeadInfo& head : model->judge().heads()) heads.push_back(head.name());
-  return heads;
+  return std::vector<v1::JudgeHeadInfo>(model->judge().heads().begin(),
+                                        model->judge().heads().end());
 }
 
 v1::Estimate ToProto(const Estimate& e) {
   v1::Estimate out;
   out.set_mean(e.mean);
   out.set_standard_error(e.standard_error);
+  return out;
+}
+
+v1::CurveTrunk TrunkLabels(const TrunkObservation& observed, uint64_t seed) {
+  v1::CurveTrunk out;
+  out.set_seed(seed);
+  for (size_t h = 0; h < observed.trunk_labels.size(); ++h) {
+    v1::CurveTrunkLabels* head = out.add_heads();
+    head->set_trunk(observed.trunk_labels[h]);
+    for (const auto& row : observed.branch_labels) {
+      v1::CurveRowLabels* labels = head->add_rows();
+      for (const std::vector<int>& cell : row) labels->add_branches(cell[h]);
+    }
+  }
   return out;
 }
 
@@ -513,7 +526,7 @@ absl::StatusOr<v1::CurveResult> CurveService::RunUncounted(AdmittedCurve& curve,
   };
   const v1::CurveRequest& request = curve.request_;
   const GridPlanSpec& plan = curve.plan_;
-  const std::vector<std::string>* heads = &curve.heads_;
+  const std::vector<v1::JudgeHeadInfo>* heads = &curve.heads_;
   v1::CurveResult result;
   PlanToProto(plan, result.mutable_plan());
   v1::CurveEvent plan_event;
@@ -543,14 +556,26 @@ absl::StatusOr<v1::CurveResult> CurveService::RunUncounted(AdmittedCurve& curve,
   for (size_t h = 0; h < heads->size(); ++h) {
     const HeadCurveStatistics& s = statistics->heads[h];
     v1::HeadCurve* head = result.add_heads();
-    head->set_head((*heads)[h]);
+    head->set_head((*heads)[h].name());
+    *head->mutable_labels() = (*heads)[h].labels();
     for (const Estimate& e : s.p_differs) *head->add_p_differs() = ToProto(e);
+    for (const Interval& i : s.p_differs_95) {
+      v1::Interval* out = head->add_p_differs_95();
+      out->set_lo(i.lo);
+      out->set_hi(i.hi);
+    }
     head->set_half_found(s.half_step.found);
     head->set_half_step(s.half_step.value);
     head->set_half_step_standard_error(s.half_step.standard_error);
     head->set_half_step_lo(s.half_step.lo);
     head->set_half_step_hi(s.half_step.hi);
+    head->set_half_step_hi_after_last_row(s.half_step.hi_after_last_row);
     head->set_half_found_fraction(s.half_step.found_fraction);
+  }
+  if (!heads->empty()) {
+    for (size_t t = 0; t < observations.trunks.size(); ++t) {
+      *result.add_trunk_labels() = TrunkLabels(observations.trunks[t], request.grid().seed() + t);
+    }
   }
   CurveFigure figure;
   figure.title = Describe(result.plan(), request.trunks());
@@ -562,7 +587,7 @@ absl::StatusOr<v1::CurveResult> CurveService::RunUncounted(AdmittedCurve& curve,
       request.grid().seed(), request.grid().seed() + request.trunks() - 1);
   figure.branch_steps = observations.branch_steps;
   figure.branches = plan.branches;
-  figure.head_names = *heads;
+  for (const v1::JudgeHeadInfo& head : *heads) figure.head_names.push_back(head.name());
   figure.statistics = *statistics;
   absl::StatusOr<std::string> png = DrawCurvePng(figure);
   if (!png.ok()) return png.status();

@@ -60,7 +60,7 @@ class AdmittedCurve {
   v1::CurveRequest request_;
   std::unique_ptr<AdmittedGrid> first_;
   GridPlanSpec plan_;
-  std::vector<std::string> heads_;  // the model's judge heads
+  std::vector<v1::JudgeHeadInfo> heads_;  // the model's judge heads
 };
 
 class CurveService {

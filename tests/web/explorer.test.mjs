@@ -785,8 +785,10 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     const legend = await page.$$eval(`${plot} [data-testid="curve-legend-head"]`, (items) => items.map((i) => i.textContent));
     assert.equal(legend.length, heads.length);
     for (const [h, text] of legend.entries()) {
-      assert.match(text, curve.heads[h].half_found ? /half its row-0 value at step [\d.]+ ± [\d.]+/ :
-          /never falls to half its row-0 value/);
+      const head = curve.heads[h];
+      assert.match(text, !head.half_found ? /not half its row-0 value by the last row, step \d+/ :
+          head.half_step_hi_after_last_row ? /half its row-0 value at step [\d.]+, 68% from [\d.]+ to past step \d+/ :
+          /half its row-0 value at step [\d.]+ ± [\d.]+/);
     }
     // The mean RMS divergence per row, both series, with error bars.
     for (const key of ['divergence', 'divergence_to_trunk']) {

@@ -542,10 +542,17 @@ class HeadCurve:
     """One judge head's curve: per row, P(a branch's label differs from its
     trunk's) (for a switch curve, 1 minus it is P(the trunk's label
     survives)); ``half_step`` is where it first falls to half its row-0
-    value (None when it never does, or row 0 is 0). Its uncertainty comes from bootstrap resamples of
-    the trunks: ``half_found_fraction`` of them found a half step, and the
-    standard error and 68% interval are over those (so they may be set when
-    ``half_step`` is None)."""
+    value (None when it never does, or row 0 is 0). Its uncertainty comes
+    from bootstrap resamples of the trunks: ``half_found_fraction`` of them
+    found a half step; ``half_step_interval`` is a 68% interval over them
+    all, a resample that stays above half through the last row counting as
+    later than it (set when ``half_step`` is None too). When the interval
+    runs past the last row, ``half_step_hi_after_last_row`` is True, its
+    upper end is the last row's step, and ``half_step_standard_error`` (over
+    the resamples that found one) is 0. ``p_differs_95``: per row, a 95%
+    interval that holds at 0 and 1 too (Wilson's, over trunks).
+    ``labels``: what each label index means; each trunk's labels are in
+    ``Curve.proto.trunk_labels``."""
 
     head: str
     p_differs: Tuple[Estimate, ...]
@@ -553,6 +560,9 @@ class HeadCurve:
     half_step_standard_error: float
     half_step_interval: Tuple[float, float]
     half_found_fraction: float = 0.0
+    half_step_hi_after_last_row: bool = False
+    p_differs_95: Tuple[Tuple[float, float], ...] = ()
+    labels: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -654,7 +664,9 @@ class Curve:
                                   h.half_step if h.half_found else None,
                                   h.half_step_standard_error,
                                   (h.half_step_lo, h.half_step_hi),
-                                  h.half_found_fraction) for h in c.heads),
+                                  h.half_found_fraction, h.half_step_hi_after_last_row,
+                                  tuple((i.lo, i.hi) for i in h.p_differs_95),
+                                  tuple(h.labels)) for h in c.heads),
             png=bytes(c.png),
             seconds=c.seconds,
             model_evals=c.model_evals,

@@ -727,12 +727,16 @@ class RequestTest(unittest.TestCase):
 
     def test_a_head_that_never_halves_keeps_its_bootstrap_figures(self) -> None:
         result = orchestrator_pb2.CurveResult(trunks=4)
-        result.heads.add(head="class", half_found=False, half_step=0.0,
-                         half_step_standard_error=1.5, half_step_lo=24.0, half_step_hi=26.0,
-                         half_found_fraction=0.25)
+        added = result.heads.add(head="class", half_found=False, half_step=0.0,
+                                 half_step_standard_error=1.5, half_step_lo=24.0, half_step_hi=26.0,
+                                 half_found_fraction=0.25, half_step_hi_after_last_row=True,
+                                 labels=["shirt", "bag"])
+        added.p_differs_95.add(lo=0.68, hi=1.0)
         head = Curve.from_proto(result).head("class")
         self.assertEqual((head.half_step, head.half_step_standard_error, head.half_step_interval,
                           head.half_found_fraction), (None, 1.5, (24.0, 26.0), 0.25))
+        self.assertEqual((head.half_step_hi_after_last_row, head.p_differs_95, head.labels),
+                         (True, ((0.68, 1.0),), ("shirt", "bag")))
         # A head the judge lacks names those it has.
         with self.assertRaisesRegex(KeyError, "no head 'style'; this curve's heads: class"):
             Curve.from_proto(result).head("style")
