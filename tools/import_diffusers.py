@@ -74,11 +74,12 @@ MERGES_FILE = "merges.txt"
 _BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 _PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 _SPACINGS = ("leading", "trailing")
-# diffusers' DDIMScheduler defaults, for keys a config leaves out.
+# diffusers' DDIMScheduler defaults, for keys a config leaves out: the
+# engine's DDIM is DDIMScheduler.from_config(pipe.scheduler.config).
 _DIFFUSERS_DEFAULTS = {
     "num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02,
     "beta_schedule": "linear", "prediction_type": "epsilon", "steps_offset": 0,
-    "set_alpha_to_one": True, "timestep_spacing": "leading",
+    "set_alpha_to_one": True, "timestep_spacing": "leading", "clip_sample": True,
 }
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
@@ -264,11 +265,22 @@ def read_tokenizer_config(tokenizer_dir):
 
 def schedule_from_diffusers(config):
     """(manifest schedule, spacing) from a scheduler config in diffusers' key names."""
+    # A loaded scheduler's config holds every argument of its class: those its
+    # JSON left out at that class's defaults, listed in `_use_default_values`.
+    # from_config drops them when it builds another scheduler (the DDIM or
+    # Euler ancestral a user compares with), so they are unset here too:
+    # PNDM's default spacing or set_alpha_to_one is not DDIM's.
+    defaulted = set(config.get("_use_default_values") or ())
+    config = {k: v for k, v in config.items() if k not in defaulted}
     c = dict(_DIFFUSERS_DEFAULTS)
     c.update({k: v for k, v in config.items() if v is not None})
     refused = []
     if config.get("trained_betas") is not None:
         refused.append("trained_betas")
+    # DDIM clips x0 to [-1, 1] unless told not to, which no latent model wants.
+    if config.get("clip_sample") is None:
+        refused.append("clip_sample unset (DDIMScheduler's default is true; "
+                       "set it to false if the model does not clip)")
     # Options that change the sampler (the Euler schedulers' sigma spacings
     # among them: the engine's Euler ancestral spaces sigmas as DDIM does).
     for key in ("clip_sample", "thresholding", "rescale_betas_zero_snr", "use_karras_sigmas",
@@ -280,6 +292,9 @@ def schedule_from_diffusers(config):
     class_name = str(config.get("_class_name", ""))
     if "EDM" in class_name or "FlowMatch" in class_name or "sigma_data" in config:
         refused.append(f"a scheduler without betas ({class_name or 'sigma_data set'})")
+    # Consistency-distilled models (LCM, TCD) sample by their own rule.
+    if class_name.startswith(("LCM", "TCD")):
+        refused.append(f"{class_name} (a consistency model's sampler)")
     if config.get("timestep_type", "discrete") != "discrete":
         refused.append(f"timestep_type={config['timestep_type']!r}")
     # The Euler schedulers' sigma interpolation and last sigma.
@@ -297,6 +312,12 @@ def schedule_from_diffusers(config):
         refused.append(f"prediction_type={c['prediction_type']!r}")
     if c["timestep_spacing"] not in _SPACINGS:
         refused.append(f"timestep_spacing={c['timestep_spacing']!r}")
+    if config.get("timestep_spacing") is None and not refused:
+        warnings.warn("scheduler config: timestep_spacing is unset; DDIM uses 'leading' as "
+                      "diffusers' DDIMScheduler does, and so does the engine's Euler ancestral, "
+                      "where diffusers' EulerAncestralDiscreteScheduler.from_config would use "
+                      "'linspace' (which the engine lacks): compare with "
+                      "timestep_spacing='leading', or set it in the config")
     if refused:
         raise ValueError("scheduler config: the engine's DDIM does not support " +
                          ", ".join(refused) + f" (it supports beta_schedule {_BETA_SCHEDULES}, "
@@ -953,7 +974,8 @@ def main(argv=None):
     p.add_argument("--version", default="1")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=None,
-                   help="default 7.5 (SD), 5.0 (SDXL)")
+                   help="diffusers' guidance_scale: default 7.5 (SD), 5.0 (SDXL); at most 1 "
+                        "is the prompt alone (a Turbo model's 0.0), written as 1")
     p.add_argument("--eta", type=float, default=0.0)
     p.add_argument("--spacing", choices=_SPACINGS, default=None,
                    help="overrides the scheduler config's timestep_spacing")
@@ -1011,12 +1033,20 @@ def main(argv=None):
     scheduler_config = dict(pipe.scheduler.config)
     if args.spacing:
         scheduler_config["timestep_spacing"] = args.spacing
+    # An LCM-distilled UNet reads a guidance embedding (timestep_cond) that
+    # diffusers passes and the traced graph would silently go without.
+    if getattr(pipe.unet.config, "time_cond_proj_dim", None) is not None:
+        p.error("the UNet takes a guidance embedding (time_cond_proj_dim is set: an "
+                "LCM-distilled model), which the engine does not pass; not exported")
     if _is_sdxl(pipe):
         text_encoder, unet, extra = _sdxl_parts(pipe, image_shape)
         guidance = 5.0 if args.guidance is None else args.guidance
     else:
         text_encoder, unet, extra = _CLIPText(pipe.text_encoder), _DiffusersUNet(pipe.unet), None
         guidance = 7.5 if args.guidance is None else args.guidance
+    # diffusers guides only above 1 and runs the prompt alone at or below it;
+    # the engine blends at every value but 1 (0 is the unconditional pass).
+    guidance = max(guidance, 1.0)
     with tempfile.TemporaryDirectory() as tok_dir:
         pipe.tokenizer.save_pretrained(tok_dir)
         manifest = export_bundle(
