@@ -429,6 +429,9 @@ void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> s
     if (s == end_step && !to_final) final_is_capture = true;
   }
   bool done = false;
+  // Captures arrive in step order, each once; a trunk resumed at a step
+  // has that step's capture already.
+  int last_taken = start_step == 0 ? -1 : start_step;
   auto next = [&]() -> std::optional<std::pair<v1::BranchRequest, int64_t>> {
     if (done) return std::nullopt;
     v1::BranchRequest request = BaseRequest(start_step);
@@ -437,8 +440,8 @@ void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> s
     PathToProto(plan_.trunk, t->mutable_path());
     if (start_latent) *t->mutable_start_latent() = *start_latent;
     for (int s : wanted) {
-      // A resumed trunk already has its capture at start_step.
-      if (s > start_step || (s == 0 && start_step == 0)) request.add_capture_steps(s);
+      // A resumed trunk already has the captures it took.
+      if (s > last_taken) request.add_capture_steps(s);
     }
     if (wants_figure()) {
       request.set_previews(true);
@@ -470,6 +473,7 @@ void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> s
     }
     // A resumed trunk starts from its newest capture.
     start_step = step;
+    last_taken = step;
     start_latent = latent;
     Emit(TrunkEvent(step, entry, replica));
     // Wavefront: the rows branching here leave now.
@@ -481,7 +485,9 @@ void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> s
   auto on_event = [&](const v1::BranchEvent& event, const std::string& replica) -> absl::Status {
     if (event.has_capture()) {
       const v1::Capture& c = event.capture();
-      if (c.trajectory() != 0 || !wanted.count(c.step()) || c.step() < start_step) {
+      // Each step's capture once: a second (another latent, perhaps) would
+      // be cached and shown over the first, which rows may have started from.
+      if (c.trajectory() != 0 || !wanted.count(c.step()) || c.step() <= last_taken) {
         return absl::InternalError(absl::StrCat("sent a capture the trunk did not ask for (trajectory ",
                                                 c.trajectory(), ", step ", c.step(), ")"));
       }

@@ -212,6 +212,24 @@ TEST_F(GridExecutorTest, AMisshapenCaptureLatentIsBadOutput) {
       << failed.status();
 }
 
+// A capture sent twice (perhaps with another latent) is bad output, not
+// taken: the grid's rows may have started from the first. Each retry resumes
+// after the captures taken, so even a replica that repeats every capture
+// gets the grid done, each capture taken and shown once.
+TEST_F(GridExecutorTest, ARepeatedCaptureIsBadOutputAndTakenOnce) {
+  FakeReplicas bad(1);
+  bad.script(0).repeat_captures = true;
+  std::vector<v1::GridEvent> events;
+  absl::StatusOr<v1::Grid> grid = Run(bad, Plan(), &events);
+  ASSERT_TRUE(grid.ok()) << grid.status();
+  std::vector<int> shown;
+  for (const v1::GridEvent& e : events) {
+    if (e.has_trunk()) shown.push_back(e.trunk().step());
+  }
+  EXPECT_EQ(shown, (std::vector<int>{0, 5}));
+  EXPECT_GE(Calls(bad, 0), 3);  // the trunk: two repeats, two retries
+}
+
 // Every result arrived and was checked, then the stream ended with an error
 // that is not retried (UNKNOWN): the job is done and the grid stands.
 TEST_F(GridExecutorTest, AnErrorAfterEveryResultDoesNotFailTheGrid) {

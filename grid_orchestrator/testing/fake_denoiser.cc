@@ -212,6 +212,7 @@ class FakeReplicas::Replica::Stub : public v1::Denoiser::StubInterface {
           c->mutable_x0_image()->set_png(PathPng(path));
         }
         events.push_back(capture);
+        if (s.repeat_captures) events.push_back(capture);
       }
       if (s.drop_finals) continue;
       v1::BranchEvent final;

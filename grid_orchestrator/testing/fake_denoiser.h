@@ -46,6 +46,8 @@ struct FakeScript {
   // Every capture's latent is shaped {4}, not the model's {1, 2, 2} (the
   // same bytes).
   bool flat_capture_latents = false;
+  // Every capture is sent twice.
+  bool repeat_captures = false;
   // Every Branch call that is not failed ends with this code after sending
   // all its events (OK: ends well).
   grpc::StatusCode end_code = grpc::StatusCode::OK;
