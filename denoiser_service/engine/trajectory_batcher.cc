@@ -915,18 +915,10 @@ void TrajectoryBatcher::DropStopped(std::vector<Active>& active) {
       run.caller_asked_at_ = iteration;
       if (run.CallerGone()) run.Cancel();
     }
-    absl::Status stop;
-    // The deadline first, as in EndStoppedJobs: past it the caller's
-    // context reads as cancelled too.
-    if (now > run.request_.deadline) {
-      stop = absl::DeadlineExceededError("deadline passed before the trajectory finished");
-    } else if (run.cancelled()) {
-      stop = absl::CancelledError("run cancelled by the caller");
-    } else {
+    absl::Status stop = StopReason(run, now);
+    if (stop.ok()) {
       std::lock_guard<std::mutex> lock(run.mu_);
-      if (run.done_) {
-        stop = run.status_.ok() ? absl::InternalError("run ended") : run.status_;
-      } else if (run.events_bytes_ > UndeliveredBound(run)) {
+      if (run.events_bytes_ > UndeliveredBound(run)) {
         // A caller that stopped reading: its events would pile up unbounded.
         stop = absl::ResourceExhaustedError(absl::StrCat(
             "the caller has not read ", run.events_bytes_ >> 20, " MiB of this run's events"));
@@ -942,6 +934,18 @@ void TrajectoryBatcher::DropStopped(std::vector<Active>& active) {
     ++kept;
   }
   active.resize(kept);
+}
+
+absl::Status TrajectoryBatcher::StopReason(Run& run, absl::Time now) {
+  // The deadline first, as in EndStoppedJobs: past it the caller's context
+  // reads as cancelled too.
+  if (now > run.request_.deadline) {
+    return absl::DeadlineExceededError("deadline passed before the trajectory finished");
+  }
+  if (run.cancelled()) return absl::CancelledError("run cancelled by the caller");
+  std::lock_guard<std::mutex> lock(run.mu_);
+  if (!run.done_) return absl::OkStatus();
+  return run.status_.ok() ? absl::InternalError("run ended") : run.status_;
 }
 
 // The fairness policy is BatchChoice (batch_choice.h); this only lists the
@@ -1158,7 +1162,46 @@ bool TrajectoryBatcher::Emit(Active& a) {
   return false;
 }
 
+void TrajectoryBatcher::DropStoppedEvents() {
+  const absl::Time now = absl::Now();
+  const int64_t iteration = forwards_.load(std::memory_order_relaxed);
+  std::vector<const Run*> stopped;
+  const Run* asked = nullptr;  // events of one run sit together mostly
+  for (const Emitted& e : emitted_) {
+    Run& run = *e.run;
+    if (&run == asked) continue;
+    asked = &run;
+    if (std::find(stopped.begin(), stopped.end(), &run) != stopped.end()) continue;
+    // A run whose trajectories all ended is no longer in DropStopped's list.
+    if (run.caller_asked_at_ != iteration) {  // once per run
+      run.caller_asked_at_ = iteration;
+      if (run.CallerGone()) run.Cancel();
+    }
+    absl::Status stop = StopReason(run, now);
+    if (stop.ok()) continue;
+    stopped.push_back(&run);
+    // With trajectories still running, DropStopped ends it next iteration,
+    // once it has released their slots.
+    const auto waiting = std::count_if(done_runs_.begin(), done_runs_.end(),
+                                       [&](const auto& done) { return done.get() == &run; });
+    bool ended = false;
+    {
+      std::lock_guard<std::mutex> lock(run.mu_);
+      ended = run.remaining_ == waiting;
+    }
+    if (ended) run.Finish(std::move(stop));
+  }
+  if (stopped.empty()) return;
+  emitted_.erase(std::remove_if(emitted_.begin(), emitted_.end(),
+                                [&](const Emitted& e) {
+                                  return std::find(stopped.begin(), stopped.end(),
+                                                   e.run.get()) != stopped.end();
+                                }),
+                 emitted_.end());
+}
+
 void TrajectoryBatcher::DecodeAndDeliver(bool drain) {
+  DropStoppedEvents();
   int other_images = 0;
   const std::vector<size_t> now = EventsGoingNow(drain, &other_images);
   DecodeImages(now, other_images);

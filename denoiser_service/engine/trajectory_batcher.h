@@ -311,7 +311,12 @@ class TrajectoryBatcher {
   // them in order and ends the runs that finished. Images of runs ranked
   // behind the lowest wait their turn (see the definition) unless `drain`.
   void DecodeAndDeliver(bool drain);
-  // DecodeAndDeliver's parts. Whether an emitted event carries images.
+  // DecodeAndDeliver's parts. Drops the events of runs that were cancelled,
+  // passed their deadline or failed while the events waited for their turn
+  // (their images are not decoded), and ends those runs whose trajectories
+  // have all ended.
+  void DropStoppedEvents();
+  // Whether an emitted event carries images.
   static bool OwesImages(const Emitted& e);
   // Indices into emitted_, in order, of the events that go out now; counts
   // the images of runs behind the lowest-ranked in `other_images`.
@@ -323,6 +328,9 @@ class TrajectoryBatcher {
   // One iteration: the steps below, in order.
   void Iterate(std::vector<Active>& active);
   void DropStopped(std::vector<Active>& active);
+  // Why `run` stops now: past its deadline, cancelled, or already ended; OK
+  // while it goes on.
+  static absl::Status StopReason(Run& run, absl::Time now);
   int64_t UndeliveredBound(const Run& run) const;
   void ChooseBatch(const std::vector<Active>& active);  // into chosen_
   static void InheritArrivals(const std::vector<Active>& active, std::vector<Active>& arrivals);

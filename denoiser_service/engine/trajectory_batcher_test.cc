@@ -1144,6 +1144,52 @@ TEST(ExternalModelTest, ImagesOfTwoRanksComeInBoundedBatches) {
   EXPECT_EQ(small_result.events[0].pixels.size(), 16u * 16u);
 }
 
+// A run whose finals wait their decoder turn behind another's work is still
+// stopped by its cancel: it ends CANCELLED, and its images are not decoded.
+TEST(ExternalModelTest, ARunCancelledWhileItsImagesWaitEndsWithoutThem) {
+  ASSERT_FALSE(Fixtures().empty());
+  auto model = DenoiserModel::Load(Fixtures() + "/tinyconv", {"cpu"});
+  ASSERT_TRUE(model.ok()) << model.status();
+  DecoderBatches batches;
+  TrajectoryBatcher batcher(model->get(),
+                            {.max_batch = 256, .debug_step_delay = absl::Milliseconds(20)},
+                            &batches);
+  auto request = [](int n, int steps, uint64_t key, uint64_t rank) {
+    RunRequest r;
+    r.sampler = {steps, 1.0f, Spacing::kTrailing, 2.0f};
+    r.class_index = 1;
+    r.decode = true;
+    r.fairness_key = key;
+    r.fairness_rank = rank;
+    for (int i = 0; i < n; ++i) r.trajectories.push_back({Path{10u + i, {{0, 20u + i}}}, {}});
+    return r;
+  };
+  // The head run keeps the batcher iterating (20 ms each) and owes images
+  // at every step, so the big run's finals (2 images each) take 8-image
+  // turns beside it: 4 an iteration, long after its 2 steps are done.
+  RunRequest first = request(1, 300, 2, 3);
+  for (int step = 0; step < 300; ++step) first.capture_steps.push_back(step);
+  auto head = batcher.Start(first);
+  auto big = batcher.Start(request(400, 2, 1, 100000));
+  ASSERT_TRUE(head.ok() && big.ok());
+  RunEvent event;
+  int received = 0;
+  while (received < 60) {  // 15 turns: its trajectories have all ended
+    const Run::Wait w = (*big)->Next(absl::Seconds(30), &event);
+    ASSERT_NE(w, Run::Wait::kDone) << (*big)->status();
+    received += w == Run::Wait::kEvent;
+  }
+  (*big)->Cancel();
+  Collected rest = Drain(**big);
+  EXPECT_EQ(rest.status.code(), absl::StatusCode::kCancelled) << rest.status;
+  EXPECT_LT(received + static_cast<int>(rest.events.size()), 400);
+  const int decoded = batches.images.load();
+  (*head)->Cancel();
+  Drain(**head);
+  EXPECT_LT(decoded, 2 * 400);
+  EXPECT_EQ(batcher.outstanding(), 0);
+}
+
 // A caller that branches from captures but shows only finals (decision
 // curves) asks for decode_finals_only: its captures come undecoded, its
 // finals decoded, and the decoder runs for the finals alone.
