@@ -23,6 +23,11 @@ absl::Status InvalidFieldError(absl::string_view field, absl::string_view proble
   return WithField(absl::StatusCode::kInvalidArgument, field, problem);
 }
 
+absl::Status FieldError(absl::StatusCode code, absl::string_view field,
+                        absl::string_view problem) {
+  return WithField(code, field, problem);
+}
+
 std::optional<std::string> ErrorField(const absl::Status& status) {
   const absl::optional<absl::Cord> field = status.GetPayload(kFieldPayload);
   if (!field) return std::nullopt;

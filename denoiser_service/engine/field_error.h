@@ -26,6 +26,11 @@ namespace dgrid {
 // starts with its own separator: " must be ...", ": ...").
 absl::Status InvalidFieldError(absl::string_view field, absl::string_view problem);
 
+// The same naming `field` under another code (the text encoder failing on a
+// prompt: its own error's code).
+absl::Status FieldError(absl::StatusCode code, absl::string_view field,
+                        absl::string_view problem);
+
 // The field that an InvalidFieldError names; nullopt for any other status.
 std::optional<std::string> ErrorField(const absl::Status& status);
 

@@ -14,6 +14,7 @@
 
 #include "common/manifest_reader.h"
 #include "denoiser_service/engine/denoiser_model.h"
+#include "denoiser_service/engine/field_error.h"
 #include "denoiser_service/engine/image_judge.h"
 #include "denoiser_service/engine/trajectory_batcher.h"
 #include "gtest/gtest.h"
@@ -255,7 +256,7 @@ TEST(HostileBundleTest, APromptTheModelFailsOnEndsOnlyItsOwnRun) {
   EXPECT_EQ(outcomes["dog"].final_latent, alone);
   const absl::Status poison = outcomes["poison"].status;
   EXPECT_FALSE(poison.ok());
-  EXPECT_TRUE(Mentions(poison, "conditioning.prompt")) << poison;
+  EXPECT_EQ(ErrorField(poison), "prompt") << poison;  // the wire's conditioning.prompt
   EXPECT_TRUE(Mentions(poison, "poisoned token")) << poison;
   const absl::Status venom = outcomes["venom"].status;
   EXPECT_FALSE(venom.ok());
@@ -263,9 +264,6 @@ TEST(HostileBundleTest, APromptTheModelFailsOnEndsOnlyItsOwnRun) {
   EXPECT_EQ(batcher.outstanding(), 0);
 }
 
-// "toxin" drives its latent far out, and the decoder raises on it: its run
-// ends, while the run decoded in the same batch gets its image, the one it
-// gets alone (before, one failed decode ended every run of the batch).
 // A switch to a prompt the encoder fails on names the segment that
 // switches, not the request's prompt, which encodes well.
 TEST(HostileBundleTest, ASwitchedPromptTheModelFailsOnNamesItsSegment) {
@@ -280,11 +278,14 @@ TEST(HostileBundleTest, ASwitchedPromptTheModelFailsOnNamesItsSegment) {
   ASSERT_TRUE(run.ok()) << run.status();
   const absl::Status status = Drain(**run).status;
   EXPECT_FALSE(status.ok());
-  EXPECT_TRUE(Mentions(status, "path: the segment from step 2: conditioning.prompt")) << status;
+  EXPECT_EQ(ErrorField(status), "trajectories[0].path.segments[1].conditioning.prompt") << status;
   EXPECT_TRUE(Mentions(status, "poisoned token")) << status;
   EXPECT_TRUE(Drain(**batcher.Start(TextRun("dog"))).status.ok());
 }
 
+// "toxin" drives its latent far out, and the decoder raises on it: its run
+// ends, while the run decoded in the same batch gets its image, the one it
+// gets alone (before, one failed decode ended every run of the batch).
 TEST(HostileBundleTest, ALatentTheDecoderFailsOnEndsOnlyItsOwnRun) {
   ASSERT_FALSE(Fixtures().empty()) << "DGRID_FIXTURES is not set";
   SetTorchThreads(1);

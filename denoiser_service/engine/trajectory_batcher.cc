@@ -790,8 +790,8 @@ class AdmissionContexts {
   absl::Status FailureOf(const std::vector<int64_t>& ids, absl::string_view field) const {
     for (const auto& [key, status] : failed_) {
       if (*key == ids) {
-        return absl::Status(status.code(), absl::StrCat(field, ": the text encoder failed on it: ",
-                                                        status.message()));
+        return FieldError(status.code(), field,
+                          absl::StrCat(": the text encoder failed on it: ", status.message()));
       }
     }
     return absl::OkStatus();
@@ -833,13 +833,22 @@ void TrajectoryBatcher::ResolveContexts(std::vector<Active>& arrivals) {
                               contexts.encoded() ? absl::Now() - start : absl::ZeroDuration());
   }
   // Why a phase has no context: its prompt's or its negative prompt's
-  // failure, under `where` (the request's conditioning, or a path segment's).
+  // failure, under `where` (the request's, or a path segment's conditioning).
   auto failure = [&](const std::vector<int64_t>& prompt, const std::vector<int64_t>& negative,
                      absl::string_view where) {
-    absl::Status status = contexts.FailureOf(prompt, absl::StrCat(where, "conditioning.prompt"));
-    return status.ok()
-               ? contexts.FailureOf(negative, absl::StrCat(where, "conditioning.negative_prompt"))
-               : status;
+    absl::Status status = contexts.FailureOf(prompt, absl::StrCat(where, "prompt"));
+    return status.ok() ? contexts.FailureOf(negative, absl::StrCat(where, "negative_prompt"))
+                       : status;
+  };
+  // The field of the segment of trajectory `index` that switches at `from_step`.
+  auto segment_field = [](const Run& run, int index, int from_step) {
+    const std::vector<Segment>& segments = run.request_.trajectories[index].path.segments;
+    for (size_t j = 0; j < segments.size(); ++j) {
+      if (segments[j].from_step == from_step && segments[j].conditioning) {
+        return absl::StrCat("trajectories[", index, "].path.segments[", j, "].conditioning.");
+      }
+    }
+    return absl::StrCat("trajectories[", index, "].path: the segment from step ", from_step, ": ");
   };
   size_t kept = 0;
   for (size_t i = 0; i < arrivals.size(); ++i) {
@@ -855,7 +864,7 @@ void TrajectoryBatcher::ResolveContexts(std::vector<Active>& arrivals) {
       phase.uncontext = contexts.Of(*phase.negative_ids);
       if (status.ok() && (!phase.context || !phase.uncontext)) {
         status = failure(*phase.prompt_ids, *phase.negative_ids,
-                         absl::StrCat("path: the segment from step ", from_step, ": "));
+                         segment_field(*a.run, a.index, from_step));
         if (status.ok()) status = absl::InternalError("a switched prompt has no context");
       }
     }
@@ -1099,12 +1108,16 @@ absl::Status TrajectoryBatcher::Step(Active& a, absl::Span<float> out) {
     for (size_t j = 0; j < numel; ++j) eps[j] = uncond[j] + g * (eps[j] - uncond[j]);
   }
   // A finite input can still overflow the model (|x| near FLT_MAX): a NaN
-  // sample must fail, not come back OK as a black image. The same input
-  // fails on every replica, so when the caller gave it, the error blames it
-  // and is not one a retry could fix. From a seed's x_T the model itself
-  // misbehaved: INTERNAL.
+  // sample must fail, not come back OK as a black image. Such an input fails
+  // on every replica, so when the caller gave one, the error blames it and
+  // is not one a retry could fix. A latent of a sampler's scale (unit-
+  // variance noise and the data: tens at most) cannot be to blame: the
+  // orchestrator sends its captures as start latents, and a replica that
+  // turns one into NaN misbehaved, as it would from a seed's x_T: INTERNAL,
+  // retried elsewhere.
+  constexpr float kLatentBeyondAnySampler = 1e4f;
   auto non_finite = [&](const char* what) {
-    if (a.latent_given) {
+    if (a.latent_given && a.latent_max_abs > kLatentBeyondAnySampler) {
       return InvalidFieldError(
           absl::StrCat("trajectories[", a.index, "].latent"),
           absl::StrCat(": the ", what, " became non-finite (NaN or Inf) at step ", a.step,

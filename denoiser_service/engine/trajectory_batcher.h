@@ -26,9 +26,9 @@
 //     return run->status();
 //   }
 //
-// (trajectory_batcher_test.cc runs this example.) Forward passes run only on
-// the batcher's own thread, never on the caller's (an RPC thread). Torch- and
-// protobuf-free header.
+// (trajectory_batcher_test.cc runs this example.) Forward passes run on the
+// batcher's own thread and its ForwardWorkers (a batch split across cores),
+// never on the caller's (an RPC thread). Torch- and protobuf-free header.
 #ifndef DGRID_DENOISER_ENGINE_TRAJECTORY_BATCHER_H_
 #define DGRID_DENOISER_ENGINE_TRAJECTORY_BATCHER_H_
 
@@ -170,9 +170,9 @@ class Run {
 
   // Fixed at Start.
   RunRequest request_;
-  // Text models: the prompt's and the negative prompt's ids, padded.
-  // Padded token ids. Empty negative ids: the zero encoding (an empty
-  // negative prompt of a model with zeros_for_empty_negative).
+  // Text models: the prompt's and the negative prompt's ids, padded. Empty
+  // negative ids: the zero encoding (an empty negative prompt of a model
+  // with zeros_for_empty_negative).
   std::vector<int64_t> prompt_ids_;
   std::vector<int64_t> negative_ids_;
   // A model with size ids: the run's time_ids row.

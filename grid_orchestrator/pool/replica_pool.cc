@@ -435,7 +435,9 @@ absl::StatusOr<ReplicaPool::Lease> ReplicaPool::Acquire(const Want& want) {
       }
       if (best) break;
     }
-    // A free slot goes to the waiter whose grid holds the fewest leases.
+    // A free slot goes to the waiter ahead in SomeoneAhead's order (shortest
+    // job first) among those it serves; a control call (Tokenize while
+    // planning) never queues.
     if (best && (want.control || !SomeoneAhead(me, *best))) {
       ++best->inflight;
       best->outstanding_work += want.work;
