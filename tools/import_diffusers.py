@@ -1032,7 +1032,10 @@ def main(argv=None):
                "a bowl of fruit on a wooden table, studio lighting"]
     scheduler_config = dict(pipe.scheduler.config)
     if args.spacing:
+        # Given, so no longer one the config took from its class's defaults.
         scheduler_config["timestep_spacing"] = args.spacing
+        scheduler_config["_use_default_values"] = [
+            k for k in scheduler_config.get("_use_default_values") or () if k != "timestep_spacing"]
     # An LCM-distilled UNet reads a guidance embedding (timestep_cond) that
     # diffusers passes and the traced graph would silently go without.
     if getattr(pipe.unet.config, "time_cond_proj_dim", None) is not None:

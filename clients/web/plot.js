@@ -128,7 +128,20 @@ const headClass = (index) => HEAD_CLASSES[index % HEAD_CLASSES.length];
 // An Estimate's fields (protobuf's JSON leaves zeros out).
 const mean = (estimate) => estimate?.mean ?? 0;
 const stderr = (estimate) => estimate?.standard_error ?? 0;
-const fixed = (value, digits) => Number(value ?? 0).toFixed(digits);
+// Rounded as C's printf rounds (dgrid and the server's figure print the same
+// figures): a value exactly halfway goes to the even digit, where toFixed
+// rounds it away from zero (11.25 is 11.2 there, 11.3 from toFixed). The
+// value's own decimal digits tell a tie, not its product with 10^digits
+// (2.675 * 100 is 267.5, but 2.675 is 2.67499999...).
+const fixed = (value, digits) => {
+  const x = Number(value ?? 0);
+  const exact = x.toFixed(digits + 30);
+  const kept = exact.slice(0, exact.length - 30);  // truncated to `digits`
+  if (exact.endsWith('5'.padEnd(30, '0')) && Number(kept.replace('.', '').slice(-1)) % 2 === 0) {
+    return kept.endsWith('.') ? kept.slice(0, -1) : kept;
+  }
+  return x.toFixed(digits);
+};
 
 function curveSteps(curve) {
   const rowSteps = (curve.rows ?? []).map((row) => row.branch_step ?? 0);

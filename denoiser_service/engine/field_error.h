@@ -31,7 +31,8 @@ absl::Status InvalidFieldError(absl::string_view field, absl::string_view proble
 absl::Status FieldError(absl::StatusCode code, absl::string_view field,
                         absl::string_view problem);
 
-// The field that an InvalidFieldError names; nullopt for any other status.
+// The field that an InvalidFieldError or a FieldError names; nullopt for any
+// other status.
 std::optional<std::string> ErrorField(const absl::Status& status);
 
 // `status` naming `name` where it named its field (ErrorField), in its

@@ -235,8 +235,9 @@ class TrajectoryBatcher {
   // Validates the request against the model (errors name the RunRequest
   // field, as field_error.h has it) and queues its trajectories. A run whose
   // model output or latent turns non-finite fails alone: INVALID_ARGUMENT
-  // naming trajectories[i].latent when the caller gave that latent (it would
-  // fail on any replica), else INTERNAL.
+  // naming trajectories[i].latent when the caller gave that latent and it is
+  // far past any sampler's scale (it would fail on any replica), else
+  // INTERNAL (a replica misbehaving; retried elsewhere).
   absl::StatusOr<std::shared_ptr<Run>> Start(RunRequest request);
 
   // Latents [batch, C, H, W] to 8-bit images, on the batcher's thread between

@@ -1183,10 +1183,8 @@ TEST(ExternalModelTest, ARunCancelledWhileItsImagesWaitEndsWithoutThem) {
   Collected rest = Drain(**big);
   EXPECT_EQ(rest.status.code(), absl::StatusCode::kCancelled) << rest.status;
   EXPECT_LT(received + static_cast<int>(rest.events.size()), 400);
-  const int decoded = batches.images.load();
   (*head)->Cancel();
   Drain(**head);
-  EXPECT_LT(decoded, 2 * 400);
   EXPECT_EQ(batcher.outstanding(), 0);
 }
 

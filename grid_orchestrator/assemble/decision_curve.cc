@@ -162,7 +162,9 @@ Interval WilsonInterval(double p, int n) {
   const double z2n = z * z / n;
   const double centre = (p + z2n / 2) / (1 + z2n);
   const double half = z / (1 + z2n) * std::sqrt(p * (1 - p) / n + z2n / (4 * n));
-  return {std::max(0.0, centre - half), std::min(1.0, centre + half)};
+  // The ends in [0, 1] and around p itself: rounding put p = 1's upper end
+  // at 0.9999999999999999 for some n.
+  return {std::clamp(centre - half, 0.0, p), std::clamp(centre + half, p, 1.0)};
 }
 
 HalfStep HalfStepOf(const std::vector<int>& branch_steps, const std::vector<double>& curve) {

@@ -204,6 +204,12 @@ TEST(WilsonIntervalTest, MatchesTheScoreInterval) {
   EXPECT_NEAR(WilsonInterval(0, 100).hi, 0.0370, 1e-4);
   EXPECT_NEAR(WilsonInterval(0.1, 20).lo, 0.0279, 1e-4);
   EXPECT_NEAR(WilsonInterval(0.1, 20).hi, 0.3010, 1e-4);
+  // At 0 and 1 the interval holds p exactly for every N (rounding left
+  // 1 - 1e-16 above N = 10 and 3e-17 below N = 7).
+  for (int n = 2; n <= 1000; ++n) {
+    EXPECT_EQ(WilsonInterval(1, n).hi, 1.0) << n;
+    EXPECT_EQ(WilsonInterval(0, n).lo, 0.0) << n;
+  }
 }
 
 // HalfStepOf checks that each row has its step.
