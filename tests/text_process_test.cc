@@ -241,6 +241,30 @@ TEST_F(TextGridTest, HugeAndPathologicalPromptsAreRefusedNamingTheField) {
               testing::MetricValue(*before, "dgrid_orchestrator_grids_total{status=\"invalid\"}") +
                   1);
   }
+  // After a segment that changes nothing (the plan drops it), the field is
+  // still the request's: segments[2], not the plan's segments[1].
+  {
+    v1::GridRequest r = Request("cat");
+    v1::Path* trunk = r.mutable_trunk();
+    trunk->set_init_seed(11);
+    v1::Segment* first = trunk->add_segments();
+    first->set_from_step(0);
+    first->set_noise_seed(7);
+    v1::Segment* same = trunk->add_segments();
+    same->set_from_step(1);
+    same->set_noise_seed(7);
+    v1::Segment* s = trunk->add_segments();
+    s->set_from_step(2);
+    s->set_noise_seed(7);
+    s->mutable_conditioning()->set_prompt("e" + CombiningMarks(200));
+    v1::Grid grid;
+    const grpc::Status status = Create(*stack_, r, &grid);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_EQ(status.error_message().rfind(
+                  "trunk.segments[2].conditioning.prompt: more than 30 combining marks", 0),
+              0u)
+        << status.error_message();
+  }
   // The denoiser refuses the same, by position.
   v1::TokenizeResponse tokens;
   grpc::Status status = Tokenize(*stack_, "textlatent", {"cat", CombiningMarks(1 << 20)}, &tokens);

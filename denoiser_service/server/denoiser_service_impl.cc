@@ -266,6 +266,9 @@ absl::Status StreamBranch(const v1::BranchRequest& request, const ServedModel& m
       if (context.IsCancelled() || !progress.SendIfDue(run, &writer)) run.Cancel();
       continue;
     }
+    // Cancelled (its client gone): the events still queued would be encoded
+    // as PNGs for writes that fail at once.
+    if (run.cancelled()) continue;
     const bool images = request.decode() && (event.kind == RunEvent::Kind::kFinal ||
                                              !request.decode_finals_only());
     if (absl::Status decoded = RunEventToProto(event, m, request.previews(), images, &out);

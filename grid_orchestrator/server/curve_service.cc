@@ -339,7 +339,12 @@ class CurveService::CurveRun {
           return released_ != before || (holding_ == 0 && admitting_ == 0) || !status_.ok();
         });
       }
-      if (!status_.ok()) return status_;
+      if (!status_.ok()) {
+        // The curve failed while this grid waited: it stopped waiting, and
+        // its last refusal (a kCallerWaits one, not counted yet) counts now.
+        service_->grids_->CountRefusal(absl::CancelledError());
+        return status_;
+      }
     }
   }
 
@@ -446,7 +451,17 @@ CurveService::CurveService(GridService* grids, ReplicaPool* pool, OrchestratorMe
 absl::StatusOr<std::unique_ptr<AdmittedCurve>> CurveService::Admit(
     const Caller& caller, const v1::CurveRequest& request) {
   absl::StatusOr<std::unique_ptr<AdmittedCurve>> curve = AdmitUncounted(caller, request);
-  if (!curve.ok()) CountRefusal(curve.status());
+  if (!curve.ok()) {
+    // The caller's own deadline, passed while planning: cancelled, as its
+    // first grid was counted (GridService::Admit).
+    const bool late = curve.status().code() == absl::StatusCode::kDeadlineExceeded &&
+                      absl::Now() >= caller.deadline;
+    if (late && metrics_) {
+      metrics_->CountCurve("cancelled", 0);
+    } else {
+      CountRefusal(curve.status());
+    }
+  }
   return curve;
 }
 

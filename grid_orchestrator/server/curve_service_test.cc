@@ -485,6 +485,30 @@ TEST_F(CurveServiceTest, TheCallersDeadlineCountsAsCancelled) {
   EXPECT_EQ(Grids("failed"), 0);
 }
 
+// The same deadline passed while a text model's prompts were tokenized, in
+// planning: the first grid counts cancelled, and so does the curve (it was
+// "failed").
+TEST_F(CurveServiceTest, ADeadlinePassedWhilePlanningCountsAsCancelled) {
+  FakeReplicas text(1);
+  text.script(0).text = true;
+  text.script(0).tokenize_delay = absl::Seconds(3);
+  auto pool = ReplicaPool::Create(text.PoolOptions(), nullptr);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  GridExecutor executor(pool->get(), &cache_, &metrics_, ExecutorOptions{});
+  GridService grids(pool->get(), &executor, &metrics_, OrchestratorLimits{}, "");
+  CurveService curves(&grids, pool->get(), &metrics_, CurveLimits{});
+  v1::CurveRequest request = Request(4);
+  request.mutable_grid()->set_prompt("a cat");
+  Caller caller;
+  caller.deadline = absl::Now() + absl::Milliseconds(300);
+  const absl::Status status =
+      curves.RunCurve(caller, request, [](const v1::CurveEvent&) { return true; }).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kDeadlineExceeded) << status;
+  EXPECT_EQ(Curves("cancelled"), 1);
+  EXPECT_EQ(Curves("failed"), 0);
+  EXPECT_EQ(Grids("cancelled"), 1);
+}
+
 // Past admission, a replica refusing the work is config or version skew: a
 // failure the error-ratio alert must see, not the caller's "invalid".
 TEST_F(CurveServiceTest, AReplicaRefusingAnAdmittedGridIsAFailure) {

@@ -160,10 +160,20 @@ absl::StatusOr<GridPlanSpec> GridService::Plan(const v1::GridRequest& request,
   add("negative_prompt", plan->negative_prompt);
   add("switch_prompt", plan->switch_prompt);
   add("switch_negative_prompt", plan->switch_negative_prompt);
+  // The plan's trunk is canonical (a segment that changes nothing dropped):
+  // a field is named by the request's segment of the same step.
+  auto request_segment = [&request](int from_step) {
+    for (int j = 0; j < request.trunk().segments_size(); ++j) {
+      if (request.trunk().segments(j).from_step() == from_step) return j;
+    }
+    return -1;
+  };
   for (size_t i = 0; i < plan->trunk.segments.size(); ++i) {
     const std::optional<SegmentConditioning>& c = plan->trunk.segments[i].conditioning;
     if (!c) continue;
-    const std::string field = absl::StrCat("trunk.segments[", i, "].conditioning.");
+    const int j = request_segment(plan->trunk.segments[i].from_step);
+    const std::string field =
+        absl::StrCat("trunk.segments[", j >= 0 ? j : static_cast<int>(i), "].conditioning.");
     add(field + "prompt", c->prompt);
     add(field + "negative_prompt", c->negative_prompt);
   }
