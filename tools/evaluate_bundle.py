@@ -286,6 +286,8 @@ def run_curve(client: Any, model: str, trunks: int, seed: int, **grid: Any) -> D
             "half_step": None if h.half_step is None else round(h.half_step, 2),
             "half_step_standard_error": round(h.half_step_standard_error, 2),
             "half_step_interval_68": [round(v, 2) for v in h.half_step_interval],
+            # The interval's upper end is the last row's step, and it runs on.
+            "half_step_hi_after_last_row": h.half_step_hi_after_last_row,
         }
     return {
         "trunks": curve.trunks, "seed": seed, "prompt": curve.plan.prompt,
@@ -449,8 +451,13 @@ def plot(report: Dict[str, Any], path: str) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     for head, h in curve["heads"].items():
         half = h["half_step"]
-        label = head if half is None else f"{head} (half at {half:.1f} ± " \
-                                          f"{h['half_step_standard_error']:.1f})"
+        if half is None:
+            label = head
+        elif h.get("half_step_hi_after_last_row"):
+            label = f"{head} (half at {half:.1f}; 68% from {h['half_step_interval_68'][0]:.1f} " \
+                    f"to past the last row)"
+        else:
+            label = f"{head} (half at {half:.1f} ± {h['half_step_standard_error']:.1f})"
         left.errorbar(steps, [p["mean"] for p in h["p_differs"]],
                       yerr=[p["standard_error"] for p in h["p_differs"]],
                       marker="o", capsize=3, label=label)

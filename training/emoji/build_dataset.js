@@ -78,6 +78,12 @@ function main() {
                  baseByHex.get(e.non_qualified || '') || {};
     const tags = base.tags || [];
     const h = hash32(hex);
+    // The shipped split, as it is: `>>` reads h as signed, so where h's top
+    // bit is set (h % 8 is 0 for an eighth of the emoji) the remainder is -0
+    // (noto) or -1 (no style held out). About one emoji in eleven gives up a
+    // style, noto twice as often as twemoji: 187 images. `>>>` would hold
+    // out one of every eighth evenly, and change the split the bundle was
+    // trained and measured on.
     const heldOutStyle = h % 8 === 0 ? (h >> 8) % kStyles.length : -1;
     kStyles.forEach((style, s) => {
       const file = path.join(moduleDir(style.pkg), 'img', style.dir, '64', e.image);

@@ -235,7 +235,8 @@ def main():
     # The plot goes beside the report: <bundle>/eval/ by default.
     plot_dir = os.path.join(os.path.dirname(os.path.abspath(out)), "eval")
     os.makedirs(plot_dir, exist_ok=True)
-    evaluate_bundle.plot(report, os.path.join(plot_dir, "eval.png"))
+    if "decision_curve" in report:  # --trunks 0 runs none
+        evaluate_bundle.plot(report, os.path.join(plot_dir, "eval.png"))
     with open(out, "w") as f:
         json.dump(report, f, indent=1)
         f.write("\n")

@@ -4,6 +4,7 @@ Called by train_emoji.py's `export` stage. The denoiser, text encoder and
 decoder are traced and checked at other batch sizes by
 tools/import_diffusers.py's trace_part, the same check every text bundle gets.
 """
+import hashlib
 import json
 import os
 import platform
@@ -38,6 +39,12 @@ def cpu_model():
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def weights_version(path):
+    """The first 12 hex digits of the weights' SHA-256."""
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:12]
 
 
 def forward_ms_per_image(unet, context_dim, max_length, batch=32, repeats=20):
@@ -119,10 +126,13 @@ def write_bundle(args, data, ae, latents, vocab, text, unet, classifier, cstate)
     styles = data.meta["styles"]
     licence = " AND ".join(f"{s['license']} ({s['art']} art)" for s in styles)
     params = sum(em.parameters(m) for m in (text, unet, ae.decoder))
-    hardware = (torch.cuda.get_device_name(0) if torch.cuda.is_available() else cpu_model())
+    # The trainer runs on the CPU wherever it runs (a visible GPU is not the
+    # hardware that trained it).
+    hardware = cpu_model()
     manifest = {
         "name": "emoji",
-        "version": "1",
+        # New weights, a new version: the orchestrator's cache keys on it.
+        "version": args.version or weights_version(os.path.join(out, "unet.pt")),
         "description": ("Text-to-image latent diffusion on 64x64 emoji (Noto and Twemoji art), "
                         "trained by training/emoji/train_emoji.py: KL autoencoder f=4 "
                         "(4x16x16 latents), a 2-layer text transformer over the caption "

@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""Trains the emoji bundle (models/emoji) on CPU or CUDA, resumably.
+"""Trains the emoji bundle (models/emoji) on the CPU, resumably (it places
+nothing on a GPU).
 
     training/emoji/fetch.sh                      # the data, once
     /usr/bin/python3 training/emoji/train_emoji.py all --run training/runs/emoji
@@ -421,6 +422,9 @@ def main():
     p.add_argument("--unet_widths", type=int, nargs=2, default=[32, 64])
     p.add_argument("--classifier_steps", type=int, default=1500)
     p.add_argument("--guidance", type=float, default=4.0, help="the bundle's default guidance")
+    p.add_argument("--version", default="",
+                   help="the bundle's version (default: the UNet weights' SHA-256, 12 hex "
+                        "digits; the orchestrator's cache keys on it)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     os.makedirs(args.run, exist_ok=True)

@@ -19,6 +19,7 @@ by).
 import argparse
 import copy
 import csv
+import hashlib
 import json
 import math
 import os
@@ -109,13 +110,14 @@ def run_config(args, keys):
 # --------------------------------------------------------------- classifier
 
 def train_classifier(args, device):
+    """Trains the judge; False when --stop_after stopped it first."""
     path = os.path.join(args.run, "classifier.ckpt")
     state = load(path)
     if state:
         check_same_run(path, state["config"], args, CLASSIFIER_KEYS)
     if state and state["done"]:
         print(f"classifier: done ({state['test_accuracy']:.4f} test accuracy)", flush=True)
-        return
+        return True
     train_x, train_y = fm.load_split(args.data, "train", args.limit_images)
     test_x, test_y = fm.load_split(args.data, "t10k", args.limit_images)
     torch.manual_seed(args.seed)
@@ -131,12 +133,22 @@ def train_classifier(args, device):
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, seconds = state["step"], state["train_seconds"]
+        # Dropout draws from torch's global generator: it goes on from where
+        # the stopped run left it, not from just after the initialisation.
+        if "rng" in state:
+            torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         print(f"classifier: resumed at step {step}", flush=True)
     print(f"classifier: {n} images, {total} steps, {fm.parameters(net)} parameters", flush=True)
     gen = generator(args.seed)
     accuracy = 0.0
     t0 = time.time()
+    stop_at = step + args.stop_after if args.stop_after else total
     while step < total:
+        if step >= stop_at:  # checkpoints come at epochs' ends: --stop_after rounds up to one
+            print(f"classifier: stopped at step {step} (--stop_after); rerun to resume", flush=True)
+            return False
         epoch = step // per_epoch
         perm = torch.randperm(n, generator=generator(mix_seed(args.seed, 2000000 + epoch)))
         for i in range(step % per_epoch, per_epoch):
@@ -164,10 +176,13 @@ def train_classifier(args, device):
         print(f"classifier epoch {step / per_epoch:.2f}: test accuracy {accuracy:.4f}",
               flush=True)
         save(path, {"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                    "rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                     "train_seconds": seconds + time.time() - t0, "done": step >= total,
                     "test_accuracy": accuracy, "epochs": step / per_epoch,
                     "test_images": len(test_x), "parameters": fm.parameters(net),
                     "config": run_config(args, CLASSIFIER_KEYS)})
+    return True
 
 
 def test_accuracy(net, images, labels, device):
@@ -372,7 +387,17 @@ def export(args):
     dstate = load(os.path.join(args.run, "diffusion.ckpt"))
     if dstate is None:
         sys.exit(f"export: no diffusion checkpoint in {args.run}; run the diffusion stage")
+    total = dstate["total_steps"]
+    loss = final_loss(dstate["curve"], dstate["step"], total)
+    if not math.isfinite(loss):
+        sys.exit(f"export: no loss was logged in {args.run} (--log_every {args.log_every} is "
+                 f"more than the {dstate['step']} steps run); nothing written")
     os.makedirs(args.out, exist_ok=True)
+    # A bundle is whole or has no manifest: an export that fails part way
+    # leaves no new weights beside the old manifest.
+    manifest_path = os.path.join(args.out, "manifest.json")
+    if os.path.exists(manifest_path):
+        os.remove(manifest_path)
     ema = fm.UNet()
     ema.load_state_dict(dstate["ema"])
     model_path = os.path.join(args.out, "model.pt")
@@ -399,10 +424,10 @@ def export(args):
               flush=True)
     write_loss(dstate["curve"], args.out)
 
-    total = dstate["total_steps"]
     manifest = {
         "name": "fashion-mnist",
-        "version": "1",
+        # New weights, a new version: the orchestrator's cache keys on it.
+        "version": args.version or weights_version(model_path),
         "description": "Class-conditional DDPM UNet (epsilon prediction) on 28x28 Fashion-MNIST, "
                        "trained by training/fashion/train_fashion.py; cond = class index, or "
                        "null_label for unconditional / classifier-free guidance.",
@@ -420,7 +445,7 @@ def export(args):
             "command": command(args, "all"),
             "epochs": math.ceil(dstate["step"] / dstate["steps_per_epoch"]),
             "seed": args.seed,
-            "final_loss": round(final_loss(dstate["curve"], dstate["step"], total), 5),
+            "final_loss": round(loss, 5),
             "hardware": dstate["hardware"],
             "train_seconds": round(dstate["train_seconds"]),
             "parameters": fm.parameters(ema),
@@ -432,9 +457,15 @@ def export(args):
         manifest["judge"] = {"weights": "classifier.pt",
                              "heads": [{"name": "class", "output": 0,
                                         "labels": fm.CLASS_LABELS}]}
-    bundle_manifest.write_manifest(os.path.join(args.out, "manifest.json"), manifest)
+    bundle_manifest.write_manifest(manifest_path, manifest)
     print(f"export: {args.out} (final loss {manifest['training']['final_loss']}, "
           f"{ms:.3f} ms/image at batch 32)", flush=True)
+
+
+def weights_version(path):
+    """The first 12 hex digits of the weights' SHA-256."""
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:12]
 
 
 def command(args, stage):
@@ -478,14 +509,17 @@ def main():
     p.add_argument("--stop_after", type=int, default=0,
                    help="stop this invocation after N steps, checkpointed (tests of resuming)")
     p.add_argument("--log_every", type=int, default=20, help="steps per loss-curve point")
+    p.add_argument("--version", default="",
+                   help="the bundle's version (default: the weights' SHA-256, 12 hex digits; "
+                        "the orchestrator's cache keys on it)")
     p.add_argument("--checkpoint_every", type=int, default=250,
                    help="steps between checkpoints (and at every epoch's end)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     os.makedirs(args.run, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if args.stage in ("classifier", "all"):
-        train_classifier(args, device)
+    if args.stage in ("classifier", "all") and not train_classifier(args, device):
+        return
     if args.stage in ("diffusion", "all"):
         train_diffusion(args, device)
     if args.stage in ("export", "all"):
