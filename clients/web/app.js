@@ -1100,7 +1100,8 @@ function curveCaptionText(run, curve) {
       (plan.branch_noise === 'BRANCH_NOISE_TRUNK' ? ' with the trunk’s noise' : '') : '';
   const judged = (curve.heads ?? []).length ?
       `${curve.judged_images ?? 0} images judged. Half steps: where a head’s curve falls to half its ` +
-          'row-0 value, with its 68% interval over resamples of the trunks (the band on the axis).' :
+          'row-0 value, with its 68% interval over resamples of the trunks (the band on the axis). ' +
+          'Where every trunk agrees (± 0), a dashed bar is the row’s 95% interval.' :
       `${plan.model} has no judge: its curve is the divergence alone.`;
   const promoted = run.promoted ? ' The promoted trunk is not used: a curve’s trunks are seeds.' : '';
   return `${trunks} trunks${seeds} of ${plan.model}, ${promptName(plan.prompt, modelOf(plan))}${switched}: ` +

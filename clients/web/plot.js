@@ -149,8 +149,10 @@ function curveSteps(curve) {
 }
 
 // One series of estimates: its line, and per row an error bar (± one
-// standard error) and a dot whose title is describe(row).
-function estimateSeries(points, rowSteps, {x, y}, attributes, describe) {
+// standard error) and a dot whose title is describe(row). Where the error is
+// 0 (every trunk agrees) and `wide` has the row's 95% interval, that is drawn
+// too, dashed.
+function estimateSeries(points, rowSteps, {x, y}, attributes, describe, wide = []) {
   const group = el('g', attributes);
   const at = (i) => [x(rowSteps[i]), y(mean(points[i]))];
   group.append(el('polyline', {points: points.map((_, i) => at(i).join(',')).join(' '), fill: 'none'}));
@@ -160,6 +162,11 @@ function estimateSeries(points, rowSteps, {x, y}, attributes, describe) {
     const hi = y(mean(point) + stderr(point));
     group.append(el('path', {class: 'error-bar', 'data-testid': 'error-bar', fill: 'none',
       d: `M${cx},${lo}V${hi}M${cx - 4},${lo}h8M${cx - 4},${hi}h8`}));
+    if (stderr(point) === 0 && wide[i]) {
+      const [top, bottom] = [y(wide[i].hi ?? 0), y(wide[i].lo ?? 0)];
+      group.append(el('path', {class: 'error-bar wide', 'data-testid': 'interval-95', fill: 'none',
+        d: `M${cx},${bottom}V${top}M${cx - 3},${bottom}h6M${cx - 3},${top}h6`}));
+    }
     const dot = el('circle', {cx, cy, r: 3.5});
     dot.append(el('title', {}, describe(i)));
     group.append(dot);
@@ -219,7 +226,10 @@ export function headsPlot(curve) {
     const group = estimateSeries(points, rowSteps, scales,
         {class: `series-head ${headClass(h)}`, 'data-series': 'head', 'data-head': name},
         (i) => `step ${rowSteps[i]} (t=${rows[i]?.timestep ?? 0}): P(${name} differs) ` +
-            `${fixed(mean(points[i]), 3)} ± ${fixed(stderr(points[i]), 3)}`);
+            `${fixed(mean(points[i]), 3)} ± ${fixed(stderr(points[i]), 3)}` +
+            (head.p_differs_95?.[i] ? ` (95%: ${fixed(head.p_differs_95[i].lo, 3)} to ` +
+                `${fixed(head.p_differs_95[i].hi, 3)})` : ''),
+        head.p_differs_95 ?? []);
     if (head.half_found) group.append(halfStepMarker(head, name, scales, rowSteps, lastStep));
     scales.svg.append(group);
   });

@@ -116,6 +116,9 @@ struct Series {
   std::vector<Estimate> points;
   const HalfStep* half = nullptr;  // marked on the x axis when found
   size_t color = 0;                // index into kSeries
+  // Per point, a 95% interval drawn dashed where the standard error is 0
+  // (every trunk agrees, and ± 0 would say nothing); null for none.
+  const std::vector<Interval>* wide = nullptr;
 };
 
 // A panel with the branch step on x and [0, y_max] on y, at `top`.
@@ -156,6 +159,16 @@ void DrawPanel(cairo_t* cr, int top, const std::string& y_label, double y_max,
       Line(cr, x, lo, x, hi, color, 1.5);
       Line(cr, x - 4, lo, x + 4, lo, color, 1.5);
       Line(cr, x - 4, hi, x + 4, hi, color, 1.5);
+      const std::vector<Interval>* wide = series[s].wide;
+      if (wide && i < wide->size() && pts[i].standard_error == 0) {
+        const double dashes[] = {3, 2};
+        cairo_set_dash(cr, dashes, 2, 0);
+        Line(cr, x, py((*wide)[i].lo), x, py((*wide)[i].hi), color, 1.5);
+        cairo_set_dash(cr, nullptr, 0, 0);
+        Line(cr, x - 3, py((*wide)[i].lo), x + 3, py((*wide)[i].lo), color, 1.5);
+        Line(cr, x - 3, py((*wide)[i].hi), x + 3, py((*wide)[i].hi), color, 1.5);
+      }
+      Color(cr, color);
       cairo_arc(cr, x, py(pts[i].mean), 3.5, 0, 2 * M_PI);
       cairo_fill(cr);
     }
@@ -239,10 +252,19 @@ absl::Status Draw(const CurveFigure& f, cairo_surface_t* surface) {
   int top = kHeader;
   if (!s.heads.empty()) {
     std::vector<Series> heads;
+    bool agreed = false;  // a row where every trunk agrees: its 95% interval, dashed
     for (size_t h = 0; h < s.heads.size(); ++h) {
-      heads.push_back({f.head_names[h], s.heads[h].p_differs, &s.heads[h].half_step, h});
+      heads.push_back({f.head_names[h], s.heads[h].p_differs, &s.heads[h].half_step, h,
+                       &s.heads[h].p_differs_95});
+      for (size_t r = 0; r < s.heads[h].p_differs.size() && r < s.heads[h].p_differs_95.size();
+           ++r) {
+        agreed = agreed || s.heads[h].p_differs[r].standard_error == 0;
+      }
     }
-    DrawPanel(cr, top, "P(branch label ≠ trunk's) ± SE", 1.0, f.branch_steps, heads);
+    DrawPanel(cr, top,
+              agreed ? "P(branch label ≠ trunk's) ± SE; dashed: 95% where all trunks agree"
+                     : "P(branch label ≠ trunk's) ± SE",
+              1.0, f.branch_steps, heads);
     top += kPanelHeight;
   }
   // One branch per row has no pair to measure: the distance to the trunk alone.
@@ -257,7 +279,8 @@ absl::Status Draw(const CurveFigure& f, cairo_surface_t* surface) {
   }
   // A multiple of 0.04, so that the four gridlines fall on round values.
   max_divergence = max_divergence > 0 ? std::ceil(max_divergence / 0.04) * 0.04 : 1;
-  DrawPanel(cr, top, "mean RMS divergence ± SE", max_divergence, f.branch_steps, divergence);
+  DrawPanel(cr, top, "mean RMS divergence ± SE (pixel values in [0, 1])", max_divergence,
+            f.branch_steps, divergence);
   if (cairo_status(cr) != CAIRO_STATUS_SUCCESS) {
     return absl::InternalError(
         absl::StrCat("curve figure: cairo: ", cairo_status_to_string(cairo_status(cr))));

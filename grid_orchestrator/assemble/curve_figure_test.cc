@@ -95,6 +95,29 @@ TEST(CurveFigureTest, OneBranchPerRowDrawsTheDistanceToTheTrunkAlone) {
   EXPECT_GT(CountNear(*alone, kToTrunk), 100);
 }
 
+// Where every trunk agrees the ± is 0: the row's 95% interval is drawn
+// (dashed) instead of nothing.
+TEST(CurveFigureTest, ARowWhereEveryTrunkAgreesDrawsIts95PercentInterval) {
+  CurveFigure plain = Figure(1), wide = Figure(1);
+  for (CurveFigure* f : {&plain, &wide}) {
+    f->statistics.heads[0].p_differs[0] = {1.0, 0.0};
+    f->statistics.heads[0].half_step = {};
+  }
+  wide.statistics.heads[0].p_differs_95.assign(6, Interval{0.0, 1.0});
+  wide.statistics.heads[0].p_differs_95[0] = {0.6, 1.0};
+  absl::StatusOr<std::string> plain_png = DrawCurvePng(plain), wide_png = DrawCurvePng(wide);
+  ASSERT_TRUE(plain_png.ok() && wide_png.ok());
+  absl::StatusOr<DecodedPng> a =
+      DecodePng({reinterpret_cast<const uint8_t*>(plain_png->data()), plain_png->size()});
+  absl::StatusOr<DecodedPng> b =
+      DecodePng({reinterpret_cast<const uint8_t*>(wide_png->data()), wide_png->size()});
+  ASSERT_TRUE(a.ok() && b.ok());
+  constexpr CairoRgb kFirstHead{0.00, 0.45, 0.70};  // kSeries[0]
+  // A dashed line 0.4 of the panel tall (about 90 px, over half of it ink),
+  // its 1.5 px width blended with the white around it: counted loosely.
+  EXPECT_GT(CountNear(*b, kFirstHead, 80) - CountNear(*a, kFirstHead, 80), 40);
+}
+
 // The size attribute of the SVG's root element, e.g. "664" for height.
 std::string SvgAttribute(const std::string& svg, const std::string& name) {
   const size_t root = svg.find("<svg");
