@@ -111,6 +111,9 @@ class GridExecutor::GridRun {
     bool bad_output = false;  // the replica sent something unusable
     int64_t progress_evals = 0;
     int64_t final_evals = 0;
+    // Evaluations up to the captures taken from trajectories that sent no
+    // final: a retry resumes from them, so they were used, not wasted.
+    int64_t kept_evals = 0;
   };
   using EventHandler = std::function<absl::Status(const v1::BranchEvent&, const std::string&)>;
   // The request for what a job still has to do, and its size; nullopt when
@@ -307,6 +310,7 @@ GridExecutor::GridRun::Attempt GridExecutor::GridRun::Call(const v1::BranchReque
   v1::BranchEvent event;
   absl::Status bad;
   int64_t replica_forwards = 0;
+  std::map<int, int64_t> kept;  // by trajectory: steps up to its last capture taken
   while (reader->Read(&event)) {
     if (event.has_progress()) {
       // Progress: this call's trajectories moved, or the replica's model
@@ -322,7 +326,13 @@ GridExecutor::GridRun::Attempt GridExecutor::GridRun::Call(const v1::BranchReque
     watchdog_.Touch(watched);
     bad = on_event(event, a.replica);
     // A refused final's evaluations are wasted, not the grid's.
-    if (bad.ok() && event.has_final()) a.final_evals += event.final().model_evals();
+    if (bad.ok() && event.has_final()) {
+      a.final_evals += event.final().model_evals();
+      kept.erase(event.final().trajectory());  // counted in its final
+    }
+    if (bad.ok() && event.has_capture()) {
+      kept[event.capture().trajectory()] = event.capture().step() - request.start_step();
+    }
     if (!bad.ok()) {
       context.TryCancel();
       while (reader->Read(&event)) {
@@ -330,6 +340,7 @@ GridExecutor::GridRun::Attempt GridExecutor::GridRun::Call(const v1::BranchReque
       break;
     }
   }
+  for (const auto& [trajectory, evals] : kept) a.kept_evals += evals;
   const grpc::Status status = reader->Finish();
   a.stalled = watchdog_.Unwatch(watched);
   cancel_->Unregister(&context);
@@ -387,18 +398,21 @@ void GridExecutor::GridRun::RunJob(const std::string& label, const NextRequest& 
       a.status = absl::OkStatus();
     }
     // Every evaluation that ran counts, those of a failed attempt too (as
-    // far as its last progress report tells).
-    const int64_t wasted = std::max<int64_t>(0, a.progress_evals - a.final_evals);
+    // far as its last progress report tells): up to its last capture taken
+    // as used (the retry resumes there), past it as wasted.
+    // (A progress report may lag the captures and finals that came after it.)
+    const int64_t ran = std::max(a.progress_evals, a.final_evals + a.kept_evals);
+    const int64_t wasted = ran - a.final_evals - a.kept_evals;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      model_evals_ += wasted;
+      model_evals_ += wasted + a.kept_evals;
     }
     // An attempt its grid's end cut short (the client left or its deadline
     // passed, a sibling job failed the grid) is not this job's failure, nor
     // its evaluations waste.
     const bool cancelled =
         !a.status.ok() && (cancel_->cancelled() || absl::Now() >= callers_deadline_);
-    if (ex_.metrics_) ex_.metrics_->CountEvals(a.final_evals, wasted, cancelled);
+    if (ex_.metrics_) ex_.metrics_->CountEvals(a.final_evals + a.kept_evals, wasted, cancelled);
     if (a.status.ok()) {
       if (ex_.metrics_) ex_.metrics_->CountJob("ok");
       return;

@@ -8,6 +8,7 @@
 #include <mutex>
 #include <set>
 
+#include "grid_orchestrator/metrics/orchestrator_metrics.h"
 #include "grid_orchestrator/testing/fake_denoiser.h"
 #include "gtest/gtest.h"
 
@@ -394,12 +395,56 @@ TEST_F(GridExecutorTest, ATransientErrorMovesToAnotherReplica) {
 TEST_F(GridExecutorTest, EvaluationsOfFailedAttemptsCount) {
   // Before: Grid.model_evals counted finals only, so retried work vanished.
   FakeReplicas replicas(1);
-  replicas.script(0).fail_first = 1;  // the first call (the trunk) fails
+  replicas.script(0).fail_first = 1;  // the first call (a cell of row 0, which needs no capture) fails
   replicas.script(0).evals_before_failing = 7;
   const GridPlanSpec plan = Plan();
   absl::StatusOr<v1::Grid> grid = Run(replicas, plan);
   ASSERT_TRUE(grid.ok()) << grid.status();
   EXPECT_EQ(grid->model_evals(), plan.model_evals + 7);
+}
+
+// A trunk attempt that fails after its captures: the steps up to the last
+// capture were used (the retry resumes there), only those past it wasted.
+TEST_F(GridExecutorTest, StepsUpToAFailedTrunksLastCaptureAreUsedNotWasted) {
+  FakeReplicas replicas(1);
+  replicas.script(0).fail_first = 1;  // the first call: the trunk's, no row leaves at step 0
+  replicas.script(0).captures_before_failing = true;  // steps 3 and 6
+  replicas.script(0).evals_before_failing = 8;
+  auto pool = ReplicaPool::Create(replicas.PoolOptions(), nullptr);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  PrefixCache cache(0);
+  OrchestratorMetrics metrics;
+  ExecutorOptions options;
+  options.cells_per_job = 1;
+  options.retry_backoff = absl::Milliseconds(1);
+  GridExecutor executor(pool->get(), &cache, &metrics, options);
+  GridCancel cancel;
+  v1::GridRequest request;
+  request.set_seed(3);
+  request.mutable_steps()->set_value(10);
+  request.mutable_branches()->set_value(2);
+  request.add_branch_steps(3);
+  request.add_branch_steps(6);
+  absl::StatusOr<GridPlanSpec> plan =
+      PlanGrid(request, FakeReplicas::Model("fake", "1"), PlanLimits{});
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  absl::StatusOr<v1::Grid> grid =
+      executor.Run(*plan, absl::Now() + absl::Seconds(30), [](const v1::GridEvent&) {}, &cancel);
+  ASSERT_TRUE(grid.ok()) << grid.status();
+  // 8 steps ran in the failed call; the retry resumed at step 6, so 6 of
+  // them were the plan's.
+  EXPECT_EQ(grid->model_evals(), plan->model_evals + 2);
+  auto evals = [&](const std::string& use) {
+    for (const prometheus::MetricFamily& family : metrics.registry()->Collect()) {
+      if (family.name != "dgrid_orchestrator_model_evals_total") continue;
+      for (const prometheus::ClientMetric& m : family.metric) {
+        if (m.label.at(0).value == use) return m.counter.value;
+      }
+    }
+    return -1.0;
+  };
+  EXPECT_EQ(evals("wasted"), 2);
+  EXPECT_EQ(evals("used"), plan->model_evals);
 }
 
 TEST_F(GridExecutorTest, AGridIsPinnedToItsModelVersion) {

@@ -182,6 +182,19 @@ class FakeReplicas::Replica::Stub : public v1::Denoiser::StubInterface {
       return new FakeReader({}, {grpc::StatusCode::UNAVAILABLE, "fake: another model version"});
     }
     if (call < s.fail_first) {
+      for (int i = 0; s.captures_before_failing && i < request.trajectories_size(); ++i) {
+        for (int step : request.capture_steps()) {
+          v1::BranchEvent capture;
+          capture.mutable_capture()->set_trajectory(i);
+          capture.mutable_capture()->set_step(step);
+          *capture.mutable_capture()->mutable_latent() = Latent();
+          capture.mutable_capture()->mutable_image()->set_png(
+              PathPng(request.trajectories(i).path()));
+          capture.mutable_capture()->mutable_x0_image()->set_png(
+              PathPng(request.trajectories(i).path()));
+          events.push_back(capture);
+        }
+      }
       v1::BranchEvent progress;
       progress.mutable_progress()->set_model_evals(s.evals_before_failing);
       events.push_back(progress);

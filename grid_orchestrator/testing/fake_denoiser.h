@@ -36,6 +36,9 @@ struct FakeScript {
   int fail_first = 0;
   grpc::StatusCode fail_code = grpc::StatusCode::UNAVAILABLE;
   int64_t evals_before_failing = 0;
+  // Those failing calls send their captures first (the trunk's progress
+  // before a replica dies).
+  bool captures_before_failing = false;
   // Every Branch call sends a final for this trajectory index (out of range
   // for the job) before anything else.
   int bad_trajectory_index = -1;
