@@ -117,7 +117,8 @@ ABSL_FLAG(std::string, service, "",
           "dgrid.v1.Orchestrator on an orchestrator; empty = the whole server.");
 ABSL_FLAG(int, silence_s, 60,
           "dgrid curve: give up when the orchestrator has sent nothing for this many seconds "
-          "(a running curve sends progress at least every 15 s); 0 = wait for ever.");
+          "(a running curve sends progress at least every 15 s: under 20 may give up on a "
+          "healthy curve); 0 = wait for ever.");
 ABSL_FLAG(int, timeout_s, 0,
           "Deadline for each call, in seconds; 0 = 300, and none for dgrid curve (it shows "
           "its progress; Ctrl-C stops it).");
@@ -601,7 +602,8 @@ int StreamAndSave(const v1::GridRequest& request, const std::string& out) {
   WriteFiles({{out, grid.png()}, {SidecarPath(out), json}});
 
   std::cout << "wrote " << out << " and " << SidecarPath(out) << ": " << grid.rows_size()
-            << " rows x " << grid.plan().branches() << " branches ("
+            << " rows x " << grid.plan().branches()
+            << (grid.plan().branches() == 1 ? " branch (" : " branches (")
             << SamplerName(grid.plan().sampler().sampler()) << ", " << grid.plan().sampler().steps()
             << " steps), " << grid.model_evals()
             << " model evaluations (plan " << grid.plan().model_evals() << ", from scratch "
@@ -665,9 +667,16 @@ int Curve() {
   v1::CurveRequest request;
   *request.mutable_grid() = GridRequestFromFlags();
   request.set_trunks(absl::GetFlag(FLAGS_trunks));
-  if (absl::GetFlag(FLAGS_silence_s) < 0) {
-    Fail(absl::StrCat("--silence_s: ", absl::GetFlag(FLAGS_silence_s),
-                      " is negative; give seconds, or 0 to wait for ever"));
+  const int silence = absl::GetFlag(FLAGS_silence_s);
+  if (silence < 0) {
+    Fail(absl::StrCat("--silence_s: ", silence, " is negative; give seconds, or 0 to wait for ever"));
+  }
+  // The orchestrator sends a word at least every 15 s: a shorter wait gives
+  // up on healthy curves whose first trunks take longer.
+  if (silence > 0 && silence < 20) {
+    std::cerr << "warning: --silence_s " << silence
+              << " is under 20: the orchestrator sends a word only every 15 s, so a healthy "
+                 "curve may be given up\n";
   }
   const std::string out = absl::GetFlag(FLAGS_o).empty() ? "curve.png" : absl::GetFlag(FLAGS_o);
   CheckWritable(out, /*svg_allowed=*/true);
@@ -706,8 +715,9 @@ int Curve() {
       if (tty) draw(0, request.trunks(), 0);  // the first trunk may take a while
       if (!tty) {
         std::fprintf(stderr,
-                     "plan: %d trunks of %d rows x %d branches, %s, %lld model evaluations each\n",
+                     "plan: %d trunks of %d rows x %d %s, %s, %lld model evaluations each\n",
                      request.trunks(), event.plan().branch_steps_size(), event.plan().branches(),
+                     event.plan().branches() == 1 ? "branch" : "branches",
                      SamplerName(event.plan().sampler().sampler()).c_str(),
                      static_cast<long long>(event.plan().model_evals()));
       }
@@ -754,9 +764,24 @@ int Curve() {
             << " trunks, " << curve.model_evals() << " model evaluations, "
             << curve.judged_images() << " images judged, "
             << absl::StrFormat("%.1f", curve.seconds()) << " s\n";
+  // What was measured, as the figure's subtitle says it.
+  std::cout << curve.plan().model() << ", "
+            << (curve.plan().prompt().empty() ? "unprompted"
+                                              : absl::StrCat("\"", curve.plan().prompt(), "\""))
+            << (curve.plan().switch_prompt().empty()
+                    ? ""
+                    : absl::StrCat(" -> \"", curve.plan().switch_prompt(), "\""))
+            << ", seeds " << request.grid().seed() << " to "
+            << request.grid().seed() + static_cast<uint64_t>(curve.trunks()) - 1
+            << "; ± is a standard error over trunks (the half step's: a bootstrap standard "
+               "deviation)\n";
+  if (!curve.plan().switch_prompt().empty()) {
+    std::cout << "a switch curve: 1 - P(differs) is P(the trunk's label survives a switch "
+                 "after the row's step)\n";
+  }
   // One branch per row has no pair: its distance to the trunk instead.
   const bool pairwise = curve.plan().branches() >= 2;
-  std::cout << absl::StrFormat("%6s %9s", "step", pairwise ? "RMS div" : "to trunk");
+  std::cout << absl::StrFormat("%6s %9s", "step", pairwise ? "pairwise" : "to trunk");
   for (const v1::HeadCurve& head : curve.heads()) {
     std::cout << absl::StrFormat(" %18s", absl::StrCat("P(", head.head(), " differs)"));
   }
@@ -1177,8 +1202,15 @@ void PrintHelp(const std::string& command) {
     std::cout << kUsage;
     return;
   }
+  // The command's line and its continuation lines (indented further).
+  bool in_command = false;
   for (absl::string_view line : absl::StrSplit(kUsage, '\n')) {
-    if (absl::StartsWith(line, absl::StrCat("  ", command, " "))) std::cout << line << "\n";
+    if (absl::StartsWith(line, "  ") && !absl::StartsWith(line, "   ")) {
+      in_command = absl::StartsWith(line, absl::StrCat("  ", command, " "));
+    } else if (!absl::StartsWith(line, "   ")) {
+      in_command = false;
+    }
+    if (in_command) std::cout << line << "\n";
   }
   std::cout << "flags:\n";
   for (const std::string& name : Commands().at(command).flags) {

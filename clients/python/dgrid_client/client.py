@@ -504,7 +504,9 @@ class Client:
         no deadline unless ``timeout`` is given (a curve of many trunks runs
         for minutes). A connection lost without a word would leave it
         waiting for ever: after ``silence`` seconds with no event (None: no
-        limit) the curve is cancelled and DgridError UNAVAILABLE raised."""
+        limit) the curve is cancelled and DgridError UNAVAILABLE raised. Under
+        the 15 s keepalive it cancels healthy curves whose first trunks take
+        longer (dgrid curve warns of a --silence_s under 20)."""
         _seconds("silence", silence)
         request = orchestrator_pb2.CurveRequest(trunks=_whole("trunks", trunks, _INT32))
         request.grid.CopyFrom(self.build_request(**grid))
