@@ -70,6 +70,25 @@ def check_manifest(manifest: Dict[str, Any]) -> Any:
     return message
 
 
+def weights_version(modules: Any, extra: bytes = b"") -> str:
+    """A bundle version named by what the served networks compute: the first
+    12 hex digits of a SHA-256 over each module's state (tensor names,
+    dtypes, shapes and bytes, in order) and `extra` (a vocabulary, a latent
+    scale). The orchestrator's cache keys on the version, so retrained
+    weights get their own; the same weights get the same one wherever they
+    are exported (a TorchScript file also holds its source's path)."""
+    import hashlib
+    import torch
+    digest = hashlib.sha256()
+    for module in modules:
+        for name, tensor in module.state_dict().items():
+            t = tensor.detach().cpu().contiguous()
+            digest.update(f"{name}:{t.dtype}:{list(t.shape)};".encode())
+            digest.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    digest.update(extra)
+    return digest.hexdigest()[:12]
+
+
 def write_manifest(path: str, manifest: Dict[str, Any]) -> Dict[str, Any]:
     """Checks `manifest` against the contract and writes it as JSON (keys in
     the given order, proto field names). Returns it."""

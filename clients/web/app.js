@@ -1098,10 +1098,13 @@ function curveCaptionText(run, curve) {
   const seeds = seed !== undefined ? ` (seeds ${seed} to ${BigInt(seed) + BigInt(trunks - 1)})` : '';
   const switched = plan.switch_prompt ? `, switching to ${promptName(plan.switch_prompt, modelOf(plan))}` +
       (plan.branch_noise === 'BRANCH_NOISE_TRUNK' ? ' with the trunk’s noise' : '') : '';
+  // A row where every trunk agrees (± 0) has its 95% interval drawn dashed.
+  const agreed = (curve.heads ?? []).some((head) =>
+    (head.p_differs ?? []).some((p) => (p.standard_error ?? 0) === 0));
   const judged = (curve.heads ?? []).length ?
       `${curve.judged_images ?? 0} images judged. Half steps: where a head’s curve falls to half its ` +
-          'row-0 value, with its 68% interval over resamples of the trunks (the band on the axis). ' +
-          'Where every trunk agrees (± 0), a dashed bar is the row’s 95% interval.' :
+          'row-0 value, with its 68% interval over resamples of the trunks (the band on the axis).' +
+          (agreed ? ' Where every trunk agrees (± 0), a dashed bar is the row’s 95% interval.' : '') :
       `${plan.model} has no judge: its curve is the divergence alone.`;
   const promoted = run.promoted ? ' The promoted trunk is not used: a curve’s trunks are seeds.' : '';
   return `${trunks} trunks${seeds} of ${plan.model}, ${promptName(plan.prompt, modelOf(plan))}${switched}: ` +

@@ -397,27 +397,29 @@ void GridExecutor::GridRun::RunJob(const std::string& label, const NextRequest& 
       // is done, and how its stream ended no longer matters.
       a.status = absl::OkStatus();
     }
-    // Every evaluation that ran counts, those of a failed attempt too (as
-    // far as its last progress report tells): up to its last capture taken
-    // as used (the retry resumes there), past it as wasted.
-    // (A progress report may lag the captures and finals that came after it.)
-    const int64_t ran = std::max(a.progress_evals, a.final_evals + a.kept_evals);
-    const int64_t wasted = ran - a.final_evals - a.kept_evals;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      model_evals_ += wasted + a.kept_evals;
-    }
     // An attempt its grid's end cut short (the client left or its deadline
     // passed, a sibling job failed the grid) is not this job's failure, nor
     // its evaluations waste.
     const bool cancelled =
         !a.status.ok() && (cancel_->cancelled() || absl::Now() >= callers_deadline_);
-    if (ex_.metrics_) ex_.metrics_->CountEvals(a.final_evals + a.kept_evals, wasted, cancelled);
+    const bool retried = !a.status.ok() && ShouldRetry(a, number);
+    // Every evaluation that ran counts, those of a failed attempt too (as
+    // far as its last progress report tells; it may lag the captures and
+    // finals after it): up to its last capture taken as used when the job
+    // is retried (the retry resumes there), the rest as wasted.
+    const int64_t ran = std::max(a.progress_evals, a.final_evals + a.kept_evals);
+    const int64_t kept = retried ? a.kept_evals : 0;
+    const int64_t wasted = ran - a.final_evals - kept;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      model_evals_ += wasted + kept;
+    }
+    if (ex_.metrics_) ex_.metrics_->CountEvals(a.final_evals + kept, wasted, cancelled);
     if (a.status.ok()) {
       if (ex_.metrics_) ex_.metrics_->CountJob("ok");
       return;
     }
-    if (!ShouldRetry(a, number)) {
+    if (!retried) {
       if (ex_.metrics_) ex_.metrics_->CountJob(cancelled ? "cancelled" : "failed");
       Fail(absl::Status(a.status.code(), absl::StrCat(label, ": ", a.status.message())));
       return;

@@ -4,7 +4,6 @@ Called by train_emoji.py's `export` stage. The denoiser, text encoder and
 decoder are traced and checked at other batch sizes by
 tools/import_diffusers.py's trace_part, the same check every text bundle gets.
 """
-import hashlib
 import json
 import os
 import platform
@@ -39,12 +38,6 @@ def cpu_model():
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
-
-
-def weights_version(path):
-    """The first 12 hex digits of the weights' SHA-256."""
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()[:12]
 
 
 def forward_ms_per_image(unet, context_dim, max_length, batch=32, repeats=20):
@@ -132,7 +125,11 @@ def write_bundle(args, data, ae, latents, vocab, text, unet, classifier, cstate)
     manifest = {
         "name": "emoji",
         # New weights, a new version: the orchestrator's cache keys on it.
-        "version": args.version or weights_version(os.path.join(out, "unet.pt")),
+        # The served parts and what else shapes a cached cell: the words and
+        # the latent scale.
+        "version": args.version or bundles.bundle_manifest.weights_version(
+            [text, unet, ae.decoder],
+            ("\n".join(vocab.words) + f"\n{latents['latent_scale']:.6f}").encode()),
         "description": ("Text-to-image latent diffusion on 64x64 emoji (Noto and Twemoji art), "
                         "trained by training/emoji/train_emoji.py: KL autoencoder f=4 "
                         "(4x16x16 latents), a 2-layer text transformer over the caption "

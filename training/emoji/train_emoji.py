@@ -5,7 +5,8 @@ nothing on a GPU).
     training/emoji/fetch.sh                      # the data, once
     /usr/bin/python3 training/emoji/train_emoji.py all --run training/runs/emoji
 
-Stages, each checkpointed in --run so a stopped run resumes where it was:
+Stages, each saved in --run (the autoencoder and the diffusion stage every
+few hundred steps, the others when done) so a stopped run resumes:
   ae          the KL autoencoder (f = 4) on random 32x32 crops
   latents     encodes the training images once; fixes latent_scale
   diffusion   the text encoder and the UNet together, with EMA

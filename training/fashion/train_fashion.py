@@ -19,7 +19,6 @@ by).
 import argparse
 import copy
 import csv
-import hashlib
 import json
 import math
 import os
@@ -216,6 +215,7 @@ def final_loss(curve, step, total):
 
 
 def train_diffusion(args, device):
+    """Trains the denoiser; False when --stop_after stopped it first."""
     path = os.path.join(args.run, "diffusion.ckpt")
     state = load(path)
     if state:
@@ -230,7 +230,7 @@ def train_diffusion(args, device):
         total = min(total, args.max_steps)
     if state and state["step"] >= total:
         print(f"diffusion: done ({state['step']} steps)", flush=True)
-        return
+        return True
     here = hardware(device, args.threads)
 
     torch.manual_seed(args.seed)
@@ -327,8 +327,9 @@ def train_diffusion(args, device):
             t_interval += time.time() - t_save  # not training time for images/s
         if step == stop_at and step < total:
             print(f"diffusion: stopped at step {step} (--stop_after); rerun to resume", flush=True)
-            return
+            return False
     print(f"diffusion: done, final loss {final_loss(curve, step, total):.4f}", flush=True)
+    return True
 
 
 # ------------------------------------------------------------------- export
@@ -390,8 +391,9 @@ def export(args):
     total = dstate["total_steps"]
     loss = final_loss(dstate["curve"], dstate["step"], total)
     if not math.isfinite(loss):
-        sys.exit(f"export: no loss was logged in {args.run} (--log_every {args.log_every} is "
-                 f"more than the {dstate['step']} steps run); nothing written")
+        sys.exit(f"export: the run in {args.run} logged no loss in its last steps, which the "
+                 "manifest's final loss averages (a --log_every larger than the steps run?); "
+                 "nothing written")
     os.makedirs(args.out, exist_ok=True)
     # A bundle is whole or has no manifest: an export that fails part way
     # leaves no new weights beside the old manifest.
@@ -427,7 +429,7 @@ def export(args):
     manifest = {
         "name": "fashion-mnist",
         # New weights, a new version: the orchestrator's cache keys on it.
-        "version": args.version or weights_version(model_path),
+        "version": args.version or bundle_manifest.weights_version([ema]),
         "description": "Class-conditional DDPM UNet (epsilon prediction) on 28x28 Fashion-MNIST, "
                        "trained by training/fashion/train_fashion.py; cond = class index, or "
                        "null_label for unconditional / classifier-free guidance.",
@@ -460,12 +462,6 @@ def export(args):
     bundle_manifest.write_manifest(manifest_path, manifest)
     print(f"export: {args.out} (final loss {manifest['training']['final_loss']}, "
           f"{ms:.3f} ms/image at batch 32)", flush=True)
-
-
-def weights_version(path):
-    """The first 12 hex digits of the weights' SHA-256."""
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()[:12]
 
 
 def command(args, stage):
@@ -520,8 +516,10 @@ def main():
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.stage in ("classifier", "all") and not train_classifier(args, device):
         return
-    if args.stage in ("diffusion", "all"):
-        train_diffusion(args, device)
+    # A stopped stage exports nothing: a half-trained denoiser would replace
+    # the bundle in --out.
+    if args.stage in ("diffusion", "all") and not train_diffusion(args, device):
+        return
     if args.stage in ("export", "all"):
         export(args)
 
