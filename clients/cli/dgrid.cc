@@ -437,6 +437,45 @@ std::string WithoutExtension(const std::string& path) {
 
 std::string SidecarPath(const std::string& png) { return WithoutExtension(png) + ".json"; }
 
+// JSON as protobuf indents it, but each list of whole numbers on one line,
+// as the Python client writes it: a curve's labels took a line each.
+std::string InlineNumberLists(const std::string& json) {
+  std::string out;
+  out.reserve(json.size());
+  for (size_t i = 0; i < json.size(); ++i) {
+    if (json[i] == '"') {  // a string, copied as it is (a prompt may hold "[1,2]")
+      const size_t start = i;
+      for (++i; i < json.size() && json[i] != '"'; ++i) {
+        if (json[i] == '\\') ++i;
+      }
+      out.append(json, start, i - start + 1);
+      continue;
+    }
+    if (json[i] == '[') {
+      const size_t end = json.find(']', i);
+      const absl::string_view inside =
+          end == std::string::npos ? absl::string_view() : absl::string_view(json).substr(i + 1, end - i - 1);
+      std::vector<absl::string_view> items = absl::StrSplit(inside, ',');
+      bool numbers = !absl::StripAsciiWhitespace(inside).empty();
+      for (absl::string_view& item : items) {
+        item = absl::StripAsciiWhitespace(item);
+        if (absl::StartsWith(item, "-")) item.remove_prefix(1);
+        numbers = numbers && !item.empty() &&
+                  std::all_of(item.begin(), item.end(), [](char c) { return absl::ascii_isdigit(c); });
+      }
+      if (numbers) {
+        std::vector<absl::string_view> kept = absl::StrSplit(inside, ',');
+        for (absl::string_view& item : kept) item = absl::StripAsciiWhitespace(item);
+        absl::StrAppend(&out, "[", absl::StrJoin(kept, ", "), "]");
+        i = end;
+        continue;
+      }
+    }
+    out.push_back(json[i]);
+  }
+  return out;
+}
+
 std::string Extension(const std::string& path) {
   return absl::AsciiStrToLower(std::filesystem::path(path).extension().string());
 }
@@ -758,7 +797,7 @@ int Curve() {
   options.preserve_proto_field_names = true;
   options.always_print_primitive_fields = true;
   google::protobuf::util::MessageToJsonString(record, &json, options);
-  WriteFiles({{out, figure}, {SidecarPath(out), json}});
+  WriteFiles({{out, figure}, {SidecarPath(out), InlineNumberLists(json)}});
 
   std::cout << "wrote " << out << " and " << SidecarPath(out) << ": " << curve.trunks()
             << " trunks, " << curve.model_evals() << " model evaluations, "

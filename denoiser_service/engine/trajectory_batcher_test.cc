@@ -1113,24 +1113,27 @@ TEST(ExternalModelTest, ALargeDecodeRunsInChunksBesideTrajectories) {
 // Now no decoder batch exceeds 32 images, and every run of two ranks still
 // gets each image. (That the lowest rank's go first depends on which
 // iteration each run ends in; bench/abuse_bench.py measures its effect.)
+// n decoded trajectories of class 1 over `steps`, with guidance 2, under a
+// fairness key and rank.
+RunRequest RankedRun(int n, int steps, uint64_t key, uint64_t rank) {
+  RunRequest r;
+  r.sampler = {steps, 1.0f, Spacing::kTrailing, 2.0f};
+  r.class_index = 1;
+  r.decode = true;
+  r.fairness_key = key;
+  r.fairness_rank = rank;
+  for (int i = 0; i < n; ++i) r.trajectories.push_back({Path{10u + i, {{0, 20u + i}}}, {}});
+  return r;
+}
+
 TEST(ExternalModelTest, ImagesOfTwoRanksComeInBoundedBatches) {
   ASSERT_FALSE(Fixtures().empty());
   auto model = DenoiserModel::Load(Fixtures() + "/tinyconv", {"cpu"});
   ASSERT_TRUE(model.ok()) << model.status();
   DecoderBatches batches;
   TrajectoryBatcher batcher(model->get(), {.max_batch = 256}, &batches);
-  auto request = [](int n, uint64_t key, uint64_t rank) {
-    RunRequest r;
-    r.sampler = {3, 1.0f, Spacing::kTrailing, 2.0f};
-    r.class_index = 1;
-    r.decode = true;
-    r.fairness_key = key;
-    r.fairness_rank = rank;
-    for (int i = 0; i < n; ++i) r.trajectories.push_back({Path{10u + i, {{0, 20u + i}}}, {}});
-    return r;
-  };
-  auto big = batcher.Start(request(100, 1, 100000));
-  auto small = batcher.Start(request(1, 2, 3));
+  auto big = batcher.Start(RankedRun(100, 3, 1, 100000));
+  auto small = batcher.Start(RankedRun(1, 3, 2, 3));
   ASSERT_TRUE(big.ok() && small.ok());
   Collected small_result = Drain(**small);
   Collected big_result = Drain(**big);
@@ -1154,23 +1157,13 @@ TEST(ExternalModelTest, ARunCancelledWhileItsImagesWaitEndsWithoutThem) {
   TrajectoryBatcher batcher(model->get(),
                             {.max_batch = 256, .debug_step_delay = absl::Milliseconds(20)},
                             &batches);
-  auto request = [](int n, int steps, uint64_t key, uint64_t rank) {
-    RunRequest r;
-    r.sampler = {steps, 1.0f, Spacing::kTrailing, 2.0f};
-    r.class_index = 1;
-    r.decode = true;
-    r.fairness_key = key;
-    r.fairness_rank = rank;
-    for (int i = 0; i < n; ++i) r.trajectories.push_back({Path{10u + i, {{0, 20u + i}}}, {}});
-    return r;
-  };
   // The head run keeps the batcher iterating (20 ms each) and owes images
   // at every step, so the big run's finals (2 images each) take 8-image
   // turns beside it: 4 an iteration, long after its 2 steps are done.
-  RunRequest first = request(1, 300, 2, 3);
+  RunRequest first = RankedRun(1, 300, 2, 3);
   for (int step = 0; step < 300; ++step) first.capture_steps.push_back(step);
   auto head = batcher.Start(first);
-  auto big = batcher.Start(request(400, 2, 1, 100000));
+  auto big = batcher.Start(RankedRun(400, 2, 1, 100000));
   ASSERT_TRUE(head.ok() && big.ok());
   RunEvent event;
   int received = 0;

@@ -565,6 +565,27 @@ class HeadCurve:
     labels: Tuple[str, ...] = ()
 
 
+def _inline_number_lists(text: str) -> str:
+    """JSON as protobuf indents it, but each list of plain numbers on one
+    line: a curve's labels (100 trunks x 6 rows x 4 branches x 2 heads) took
+    a line each."""
+    import json
+
+    def dump(value: Any, depth: int) -> str:
+        pad, inner = "  " * depth, "  " * (depth + 1)
+        if isinstance(value, dict) and value:
+            items = [f"{inner}{json.dumps(k, ensure_ascii=False)}: {dump(v, depth + 1)}"
+                     for k, v in value.items()]
+            return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+        if isinstance(value, list) and value:
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                return "[" + ", ".join(json.dumps(v) for v in value) + "]"
+            return "[\n" + ",\n".join(inner + dump(v, depth + 1) for v in value) + f"\n{pad}]"
+        return json.dumps(value, ensure_ascii=False)
+
+    return dump(json.loads(text), 0) + "\n"
+
+
 @dataclass(frozen=True)
 class CurveProgress:
     trunks_done: int
@@ -627,7 +648,7 @@ class Curve:
         except TypeError:  # protobuf 5.26 and later
             text = json_format.MessageToJson(record, preserving_proto_field_name=True,
                                              always_print_fields_with_no_presence=True)
-        _write_whole(path, text)
+        _write_whole(path, _inline_number_lists(text))
 
     @classmethod
     def load(cls, path: str) -> "Curve":

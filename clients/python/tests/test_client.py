@@ -623,11 +623,20 @@ class RequestTest(unittest.TestCase):
         result.heads.add(head="class", half_found=True, half_step=12.5,
                          half_step_standard_error=1.5, half_found_fraction=1.0)
         result.heads[0].p_differs.add(mean=0.0, standard_error=0.0)  # zeros are kept
+        result.plan.prompt = "[1,2] → x"  # a string that looks like a list stays as it is
+        labels = result.trunk_labels.add(seed=7).heads.add(trunk=3)
+        labels.rows.add(branches=[1, 2, 3, 4])
         curve = Curve.from_proto(result)
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "curve.json")
             curve.save_record(path)
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+            self.assertIn('"branches": [1, 2, 3, 4]', text)  # a list of numbers on one line
+            self.assertIn('"prompt": "[1,2] → x"', text)
             loaded = Curve.load(path)
+            self.assertEqual(loaded.proto.trunk_labels[0].heads[0].rows[0].branches, [1, 2, 3, 4])
+            self.assertEqual(loaded.plan.prompt, "[1,2] → x")
             with open(path, "w", encoding="utf-8") as f:
                 f.write("{\"trunks\": \"four\"}")
             with self.assertRaisesRegex(ValueError, "is not a curve record"):
