@@ -586,6 +586,29 @@ def _inline_number_lists(text: str) -> str:
     return dump(json.loads(text), 0) + "\n"
 
 
+def _labels_disagree(record: Any) -> str:
+    """Why a curve record's per-trunk labels do not give its P(differs) rows
+    ("" when they do, or when it has none): a record edited or pieced
+    together by hand."""
+    if not record.trunk_labels:
+        return ""
+    if len(record.trunk_labels) != record.trunks:
+        return f"{len(record.trunk_labels)} trunks' labels for {record.trunks} trunks"
+    for h, head in enumerate(record.heads):
+        for r, p in enumerate(head.p_differs):
+            fractions = []
+            for t in record.trunk_labels:
+                if h >= len(t.heads) or r >= len(t.heads[h].rows) or not t.heads[h].rows[r].branches:
+                    return f"trunk seed {t.seed} has no labels for head {head.head!r} row {r}"
+                labels = t.heads[h]
+                branches = labels.rows[r].branches
+                fractions.append(sum(b != labels.trunk for b in branches) / len(branches))
+            if abs(sum(fractions) / len(fractions) - p.mean) > 1e-9:
+                return (f"head {head.head!r} row {r}: P(differs) {p.mean:.4f} is not the "
+                        f"labels' {sum(fractions) / len(fractions):.4f}")
+    return ""
+
+
 @dataclass(frozen=True)
 class CurveProgress:
     trunks_done: int
@@ -670,6 +693,8 @@ class Curve:
             raise ValueError(f"{path} is not a curve record: {e}") from None
         if record.trunks <= 0:
             raise ValueError(f"{path} is not a curve record: it has no trunks")
+        if problem := _labels_disagree(record):
+            raise ValueError(f"{path} is not a curve record: {problem}")
         return cls.from_proto(record)
 
     @classmethod

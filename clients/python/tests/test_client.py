@@ -623,20 +623,36 @@ class RequestTest(unittest.TestCase):
         result.heads.add(head="class", half_found=True, half_step=12.5,
                          half_step_standard_error=1.5, half_found_fraction=1.0)
         result.heads[0].p_differs.add(mean=0.0, standard_error=0.0)  # zeros are kept
-        result.plan.prompt = "[1,2] → x"  # a string that looks like a list stays as it is
-        labels = result.trunk_labels.add(seed=7).heads.add(trunk=3)
-        labels.rows.add(branches=[1, 2, 3, 4])
         curve = Curve.from_proto(result)
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "curve.json")
             curve.save_record(path)
+            loaded = Curve.load(path)
+            # With each trunk's labels: lists of numbers on one line, strings
+            # as they are, and the labels must give the figures.
+            labelled = orchestrator_pb2.CurveResult()
+            labelled.CopyFrom(result)
+            labelled.plan.prompt = "[1,2] → x"
+            labels = labelled.trunk_labels.add(seed=7).heads.add(trunk=3)
+            labels.rows.add(branches=[1, 2, 3, 4])
+            Curve.from_proto(labelled).save_record(path)
+            with self.assertRaisesRegex(ValueError, "1 trunks' labels for 4 trunks"):
+                Curve.load(path)
+            labelled.trunks = 1
+            labelled.heads[0].p_differs[0].mean = 0.75  # 3 of the 4 branches differ
+            Curve.from_proto(labelled).save_record(path)
             with open(path, encoding="utf-8") as f:
                 text = f.read()
-            self.assertIn('"branches": [1, 2, 3, 4]', text)  # a list of numbers on one line
+            self.assertIn('"branches": [1, 2, 3, 4]', text)
             self.assertIn('"prompt": "[1,2] → x"', text)
-            loaded = Curve.load(path)
-            self.assertEqual(loaded.proto.trunk_labels[0].heads[0].rows[0].branches, [1, 2, 3, 4])
-            self.assertEqual(loaded.plan.prompt, "[1,2] → x")
+            again = Curve.load(path)
+            self.assertEqual(again.proto.trunk_labels[0].heads[0].rows[0].branches, [1, 2, 3, 4])
+            self.assertEqual(again.plan.prompt, "[1,2] → x")
+            labelled.heads[0].p_differs[0].mean = 0.5  # pieced together by hand
+            Curve.from_proto(labelled).save_record(path)
+            with self.assertRaisesRegex(ValueError, "row 0: P\\(differs\\) 0.5000 is not the "
+                                                    "labels' 0.7500"):
+                Curve.load(path)
             with open(path, "w", encoding="utf-8") as f:
                 f.write("{\"trunks\": \"four\"}")
             with self.assertRaisesRegex(ValueError, "is not a curve record"):
