@@ -43,6 +43,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "absl/strings/str_split.h"
 #include "common/grpc_status.h"
 #include "common/host_port.h"
@@ -453,22 +454,22 @@ std::string InlineNumberLists(const std::string& json) {
     }
     if (json[i] == '[') {
       const size_t end = json.find(']', i);
-      const absl::string_view inside =
-          end == std::string::npos ? absl::string_view() : absl::string_view(json).substr(i + 1, end - i - 1);
-      std::vector<absl::string_view> items = absl::StrSplit(inside, ',');
-      bool numbers = !absl::StripAsciiWhitespace(inside).empty();
-      for (absl::string_view& item : items) {
-        item = absl::StripAsciiWhitespace(item);
-        if (absl::StartsWith(item, "-")) item.remove_prefix(1);
-        numbers = numbers && !item.empty() &&
-                  std::all_of(item.begin(), item.end(), [](char c) { return absl::ascii_isdigit(c); });
-      }
-      if (numbers) {
-        std::vector<absl::string_view> kept = absl::StrSplit(inside, ',');
-        for (absl::string_view& item : kept) item = absl::StripAsciiWhitespace(item);
-        absl::StrAppend(&out, "[", absl::StrJoin(kept, ", "), "]");
-        i = end;
-        continue;
+      if (end != std::string::npos) {
+        std::vector<absl::string_view> items =
+            absl::StrSplit(absl::string_view(json).substr(i + 1, end - i - 1), ',');
+        bool numbers = true;
+        for (absl::string_view& item : items) {
+          item = absl::StripAsciiWhitespace(item);
+          const absl::string_view digits = absl::StripPrefix(item, "-");
+          numbers = numbers && !digits.empty() &&
+                    std::all_of(digits.begin(), digits.end(),
+                                [](char c) { return absl::ascii_isdigit(c); });
+        }
+        if (numbers) {
+          absl::StrAppend(&out, "[", absl::StrJoin(items, ", "), "]");
+          i = end;
+          continue;
+        }
       }
     }
     out.push_back(json[i]);

@@ -920,10 +920,7 @@ void TrajectoryBatcher::DropStopped(std::vector<Active>& active) {
   for (size_t i = 0; i < active.size(); ++i) {
     Active& a = active[i];
     Run& run = *a.run;
-    if (run.caller_asked_at_ != iteration) {  // once per run
-      run.caller_asked_at_ = iteration;
-      if (run.CallerGone()) run.Cancel();
-    }
+    AskCaller(run, iteration);
     absl::Status stop = StopReason(run, now);
     if (stop.ok()) {
       std::lock_guard<std::mutex> lock(run.mu_);
@@ -943,6 +940,12 @@ void TrajectoryBatcher::DropStopped(std::vector<Active>& active) {
     ++kept;
   }
   active.resize(kept);
+}
+
+void TrajectoryBatcher::AskCaller(Run& run, int64_t iteration) {
+  if (run.caller_asked_at_ == iteration) return;  // once per run and iteration
+  run.caller_asked_at_ = iteration;
+  if (run.CallerGone()) run.Cancel();
 }
 
 absl::Status TrajectoryBatcher::StopReason(Run& run, absl::Time now) {
@@ -1186,10 +1189,7 @@ void TrajectoryBatcher::DropStoppedEvents() {
     asked = &run;
     if (std::find(stopped.begin(), stopped.end(), &run) != stopped.end()) continue;
     // A run whose trajectories all ended is no longer in DropStopped's list.
-    if (run.caller_asked_at_ != iteration) {  // once per run
-      run.caller_asked_at_ = iteration;
-      if (run.CallerGone()) run.Cancel();
-    }
+    AskCaller(run, iteration);
     absl::Status stop = StopReason(run, now);
     if (stop.ok()) continue;
     stopped.push_back(&run);

@@ -329,6 +329,8 @@ class TrajectoryBatcher {
   // One iteration: the steps below, in order.
   void Iterate(std::vector<Active>& active);
   void DropStopped(std::vector<Active>& active);
+  // Cancels `run` if its caller went away, asking once per iteration.
+  static void AskCaller(Run& run, int64_t iteration);
   // Why `run` stops now: past its deadline, cancelled, or already ended; OK
   // while it goes on.
   static absl::Status StopReason(Run& run, absl::Time now);

@@ -28,7 +28,8 @@ bool IsThrottled(const absl::Status& status) {
          status.GetPayload(kThrottled).has_value();
 }
 
-const char* Outcome(const absl::Status& status) {
+const char* Outcome(const absl::Status& status, bool deadline_passed) {
+  if (status.code() == absl::StatusCode::kDeadlineExceeded && deadline_passed) return "cancelled";
   if (CallersMistake(status.code())) return "invalid";
   switch (status.code()) {
     case absl::StatusCode::kOk:
@@ -43,9 +44,8 @@ const char* Outcome(const absl::Status& status) {
 }
 
 const char* RunOutcome(const absl::Status& status, bool deadline_passed) {
-  if (status.code() == absl::StatusCode::kDeadlineExceeded && deadline_passed) return "cancelled";
   if (CallersMistake(status.code())) return "failed";
-  return Outcome(status);
+  return Outcome(status, deadline_passed);
 }
 
 OrchestratorMetrics::OrchestratorMetrics()

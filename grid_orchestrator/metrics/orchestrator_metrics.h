@@ -23,8 +23,10 @@ namespace dgrid {
 // unauthenticated, a failed precondition), throttled (a per-client limit:
 // that client's load, see ThrottledError), rejected (overloaded: a
 // service-wide limit), failed (ours or the replicas'). "abandoned" (the
-// client stopped reading) is decided by the caller, not by a status.
-const char* Outcome(const absl::Status& status);
+// client stopped reading) is decided by the caller, not by a status. The
+// caller's own deadline, once passed (`deadline_passed`), is "cancelled", as
+// a cancel is.
+const char* Outcome(const absl::Status& status, bool deadline_passed = false);
 // RESOURCE_EXHAUSTED for a limit one client reached (its grids in flight):
 // counted "throttled", apart from "rejected", which says the service is
 // overloaded and counts as an error in the alerts. Behind an Ingress every
@@ -34,8 +36,7 @@ absl::Status ThrottledError(absl::string_view message);
 bool IsThrottled(const absl::Status& status);
 // How a grid or curve that passed admission and then ended with `status`
 // counts: what a replica refuses then is config or version skew, "failed"
-// (not the caller's "invalid"); the caller's own deadline, once passed
-// (`deadline_passed`), is "cancelled", as a cancel is.
+// (not the caller's "invalid"); the caller's own deadline as in Outcome.
 const char* RunOutcome(const absl::Status& status, bool deadline_passed);
 
 class OrchestratorMetrics {

@@ -451,16 +451,10 @@ CurveService::CurveService(GridService* grids, ReplicaPool* pool, OrchestratorMe
 absl::StatusOr<std::unique_ptr<AdmittedCurve>> CurveService::Admit(
     const Caller& caller, const v1::CurveRequest& request) {
   absl::StatusOr<std::unique_ptr<AdmittedCurve>> curve = AdmitUncounted(caller, request);
-  if (!curve.ok()) {
-    // The caller's own deadline, passed while planning: cancelled, as its
-    // first grid was counted (GridService::Admit).
-    const bool late = curve.status().code() == absl::StatusCode::kDeadlineExceeded &&
-                      absl::Now() >= caller.deadline;
-    if (late && metrics_) {
-      metrics_->CountCurve("cancelled", 0);
-    } else {
-      CountRefusal(curve.status());
-    }
+  // The caller's own deadline, passed while planning, counts cancelled, as
+  // its first grid did (GridService::Admit).
+  if (!curve.ok() && metrics_) {
+    metrics_->CountCurve(Outcome(curve.status(), absl::Now() >= caller.deadline), 0);
   }
   return curve;
 }

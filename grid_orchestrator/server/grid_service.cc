@@ -259,9 +259,9 @@ absl::StatusOr<std::unique_ptr<AdmittedGrid>> GridService::Admit(const Caller& c
     const bool waits = options.refusal == Refusal::kCallerWaits &&
                        status.code() == absl::StatusCode::kResourceExhausted;
     // The caller's own deadline, passed while planning: cancelled, as later.
-    const bool late = status.code() == absl::StatusCode::kDeadlineExceeded &&
-                      absl::Now() >= caller.deadline;
-    if (metrics_ && !waits) metrics_->CountGrid(late ? "cancelled" : Outcome(status), std::nullopt);
+    if (metrics_ && !waits) {
+      metrics_->CountGrid(Outcome(status, absl::Now() >= caller.deadline), std::nullopt);
+    }
     return status;
   };
   if (absl::Status auth = Authenticate(caller); !auth.ok()) return refuse(auth);

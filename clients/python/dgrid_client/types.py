@@ -600,12 +600,12 @@ def _labels_disagree(record: Any) -> str:
             for t in record.trunk_labels:
                 if h >= len(t.heads) or r >= len(t.heads[h].rows) or not t.heads[h].rows[r].branches:
                     return f"trunk seed {t.seed} has no labels for head {head.head!r} row {r}"
-                labels = t.heads[h]
-                branches = labels.rows[r].branches
-                fractions.append(sum(b != labels.trunk for b in branches) / len(branches))
-            if abs(sum(fractions) / len(fractions) - p.mean) > 1e-9:
+                branches = t.heads[h].rows[r].branches
+                fractions.append(sum(b != t.heads[h].trunk for b in branches) / len(branches))
+            mean = sum(fractions) / len(fractions)
+            if abs(mean - p.mean) > 1e-9:
                 return (f"head {head.head!r} row {r}: P(differs) {p.mean:.4f} is not the "
-                        f"labels' {sum(fractions) / len(fractions):.4f}")
+                        f"labels' {mean:.4f}")
     return ""
 
 
