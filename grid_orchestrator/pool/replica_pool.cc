@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <limits>
 #include <tuple>
 
@@ -255,41 +256,67 @@ void ReplicaPool::PublishInflight(const Replica& replica) {
 }
 
 void ReplicaPool::CheckHealthNow() {
-  std::vector<std::shared_ptr<Replica>> replicas;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (const auto& [_, r] : replicas_) replicas.push_back(r);
-  }
-  for (const auto& r : replicas) {
-    uint64_t marks;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      marks = r->marks;
-    }
+  struct Check {
+    std::shared_ptr<Replica> replica;
+    uint64_t marks = 0;
     grpc::ClientContext context;
-    context.set_deadline(absl::ToChronoTime(absl::Now() + options_.health_timeout));
     grpc::health::v1::HealthCheckRequest request;
     grpc::health::v1::HealthCheckResponse response;
-    const grpc::Status status = r->health->Check(&context, request, &response);
-    const bool serving =
-        status.ok() && response.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+    grpc::Status status;
+  };
+  std::vector<std::unique_ptr<Check>> checks;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [_, r] : replicas_) {
+      checks.push_back(std::make_unique<Check>());
+      checks.back()->replica = r;
+      checks.back()->marks = r->marks;
+    }
+  }
+  // All at once: an address that never answers (a lost node's pod) costs
+  // the round one timeout, not one per such replica.
+  std::mutex done_mu;
+  std::condition_variable done;
+  size_t pending = checks.size();
+  for (const auto& check : checks) {
+    check->context.set_deadline(absl::ToChronoTime(absl::Now() + options_.health_timeout));
+    check->replica->health->async()->Check(
+        &check->context, &check->request, &check->response,
+        [&, c = check.get()](grpc::Status status) {
+          c->status = std::move(status);
+          // Notified under the lock, so the round cannot return (and take
+          // these locals with it) before this callback is done with them.
+          std::lock_guard<std::mutex> lock(done_mu);
+          if (--pending == 0) done.notify_all();
+        });
+  }
+  {
+    std::unique_lock<std::mutex> lock(done_mu);
+    done.wait(lock, [&] { return pending == 0; });
+  }
+  for (const auto& check : checks) {
+    Replica& r = *check->replica;
+    const bool serving = check->status.ok() && check->response.status() ==
+                                                   grpc::health::v1::HealthCheckResponse::SERVING;
     bool fetch = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
       // A job found it failing while this check was under way: the answer
       // may predate the failure, so the next round decides.
-      if (r->marks != marks) continue;
+      if (r.marks != check->marks) continue;
       // A (re)joined replica may serve other models or versions.
-      if (!serving) r->models.reset();
-      fetch = serving && !r->models;
+      if (!serving) r.models.reset();
+      fetch = serving && !r.models;
     }
-    if (fetch) FetchModels(*r);
+    if (fetch) FetchModels(r);
     std::lock_guard<std::mutex> lock(mu_);
-    if (r->marks != marks) continue;
-    if (serving != r->healthy) changed_.notify_all();
-    if (r->healthy && !serving) last_lost_ = absl::Now();
-    r->healthy = serving;
-    r->last_error = serving ? "" : status.ok() ? "NOT_SERVING" : status.error_message();
+    if (r.marks != check->marks) continue;
+    if (serving != r.healthy) changed_.notify_all();
+    if (r.healthy && !serving) last_lost_ = absl::Now();
+    r.healthy = serving;
+    r.last_error = serving                ? ""
+                   : check->status.ok() ? "NOT_SERVING"
+                                        : check->status.error_message();
   }
 }
 

@@ -1,8 +1,8 @@
 // The denoiser replicas the orchestrator fans work out to. Replicas come from
 // a static list ("host:port,host:port") or from "dns:///name:port", resolved
 // again every resolve_interval (a Kubernetes headless Service: one address
-// per pod). A background thread health-checks each replica with
-// grpc.health.v1, and asks each replica that turns healthy which models (and
+// per pod). A background thread health-checks every replica at once with
+// grpc.health.v1 (a hung one holds a round up by one timeout), and asks each replica that turns healthy which models (and
 // versions) it serves. Acquire() picks the healthy replica with the least
 // outstanding work that is below its in-flight cap (and serves the wanted
 // model version), and returns a Lease that gives the work back when it ends.

@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "grid_orchestrator/testing/fake_denoiser.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
 
 namespace dgrid {
@@ -329,6 +330,64 @@ TEST(ReplicaPoolTest, AModelVersionRidesOutAReplicaMarkedAMomentAgo) {
   EXPECT_TRUE(model.ok()) << model.status();
   // A version nobody serves still fails, after the grace.
   EXPECT_EQ((*pool)->Model("fake", "9").status().code(), absl::StatusCode::kUnavailable);
+}
+
+// A replica whose process hangs (stopped, or swapping): connections stand,
+// and a health check runs to its deadline.
+class HungServer {
+ public:
+  HungServer() {
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
+    builder.RegisterService(&health_);
+    server_ = builder.BuildAndStart();
+  }
+  ~HungServer() { server_->Shutdown(std::chrono::system_clock::now()); }
+  std::string address() const { return absl::StrCat("127.0.0.1:", port_); }
+
+ private:
+  class Health final : public grpc::health::v1::Health::Service {
+    grpc::Status Check(grpc::ServerContext* context, const grpc::health::v1::HealthCheckRequest*,
+                       grpc::health::v1::HealthCheckResponse*) override {
+      const absl::Time end = absl::Now() + absl::Seconds(10);
+      while (!context->IsCancelled() && absl::Now() < end) absl::SleepFor(absl::Milliseconds(5));
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "hung");
+    }
+  };
+  int port_ = 0;
+  Health health_;
+  std::unique_ptr<grpc::Server> server_;
+};
+
+TEST(ReplicaPoolTest, HungReplicasCostARoundOneTimeoutNotOneEach) {
+  HealthServer a;
+  std::vector<std::unique_ptr<HungServer>> hung;
+  std::string targets = a.address();
+  for (int i = 0; i < 4; ++i) {
+    hung.push_back(std::make_unique<HungServer>());
+    targets += "," + hung.back()->address();
+  }
+  ReplicaPool::Options options = Options(targets);
+  options.health_interval = absl::Hours(1);  // rounds only when the test asks
+  options.health_timeout = absl::Seconds(1);
+  const absl::Time t0 = absl::Now();
+  auto pool = ReplicaPool::Create(options, nullptr);
+  fprintf(stderr, "create %s\n", absl::FormatDuration(absl::Now() - t0).c_str());
+  for (auto& r : (*pool)->Snapshot()) fprintf(stderr, "%s %d %s\n", r.address.c_str(), r.healthy, r.last_error.c_str());
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  const absl::Time start = absl::Now();
+  (*pool)->CheckHealthNow();
+  // One round after another would take at least 4 s.
+  EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+  int healthy = 0;
+  for (const ReplicaPool::ReplicaStatus& r : (*pool)->Snapshot()) {
+    healthy += r.healthy;
+    if (r.address != a.address()) EXPECT_FALSE(r.last_error.empty()) << r.address;
+  }
+  EXPECT_EQ(healthy, 1);
+  auto lease = (*pool)->Acquire(1, absl::Now() + absl::Seconds(5), {});
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  EXPECT_EQ(lease->address(), a.address());
 }
 
 TEST(ReplicaPoolTest, NoHealthyReplicaIsUnavailableQuicklyWithTheReason) {
