@@ -131,20 +131,26 @@ async function streamEvents(url, request, {token, signal, onEvent, last, silence
   });
   if (!response.ok) throw await errorOf(response);
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  try {
+    return await readEvents(reader, {onEvent, last, silenceMs});
+  } catch (error) {
+    // Silence, an error event, or an event this page failed on (a parse, a
+    // drawing): the server sees the client gone and stops the work.
+    reader.cancel().catch(() => {});
+    throw error;
+  }
+}
+
+// Reads SSE events from `reader`, handing each to onEvent, up to the one
+// named `last`, whose payload it returns.
+async function readEvents(reader, {onEvent, last, silenceMs}) {
   // The text not yet parsed, as chunks: a large event (a grid's last, with
   // every image) arrives in many, and searching the growing whole for its
   // end at each one would take time quadratic in its size.
   let parts = [];
   let tail = '';  // the last characters received, for an end split across chunks
   for (;;) {
-    let chunk;
-    try {
-      chunk = await readWithin(reader, silenceMs);
-    } catch (error) {
-      reader.cancel().catch(() => {});  // the server sees the client gone
-      throw error;
-    }
-    const {value, done} = chunk;
+    const {value, done} = await readWithin(reader, silenceMs);
     if (done) break;
     parts.push(value);
     const probe = tail + value;

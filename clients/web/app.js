@@ -54,9 +54,11 @@ const curveRun = byTestId('curve-run');
 const curveCancel = byTestId('curve-cancel');
 const curveProgress = byTestId('curve-progress');
 const curveStatus = byTestId('curve-status');
+const curveStatusBox = byTestId('curve-status-box');
 const curvePlotBox = byTestId('curve-plot');
 const curveCaption = byTestId('curve-caption');
 const curveJudge = byTestId('curve-judge');
+const curveTokensNote = byTestId('curve-tokens-note');
 const curveDownloadPng = byTestId('curve-download-png');
 const curveDownloadSvg = byTestId('curve-download-svg');
 const curveDownloadJson = byTestId('curve-download-json');
@@ -166,11 +168,18 @@ function hideKeepingFocus(node, next) {
 
 // The server names a request's fields; the page's boxes have labels of
 // their own.
+const BOX_OF_FIELD = {
+  model: 'Model', prompt: 'Prompt', negative_prompt: 'Negative prompt', switch_prompt: 'Switch to',
+  switch_negative_prompt: 'Switch negative prompt', seed: 'Seed', preset: 'Preset', steps: 'Steps',
+  eta: 'Eta', guidance: 'Guidance', spacing: 'Spacing', sampler: 'Sampler',
+  size: 'Original size, crop, target size', branch_noise: 'Branch noise', branch_steps: 'Rows',
+  branches: 'Columns', trunks: 'Trunks',
+};
+
 function inPageTerms(message) {
   return message
       .replace(/^(grid\.)?branch_steps\[(\d+)\]/, (_, grid, i) => `Rows (entry ${Number(i) + 1})`)
-      .replace(/^(grid\.)?branch_steps\b/, 'Rows')
-      .replace(/^(grid\.)?branches\b/, 'Columns');
+      .replace(/^(grid\.)?([a-z_]+)\b(?![.[])/, (whole, grid, field) => BOX_OF_FIELD[field] ?? whole);
 }
 
 // source 'models': the list of models could not be loaded (a token is
@@ -425,6 +434,11 @@ function stateFromControls() {
     state.switchNegative = '';
   }
   if (sizeField.hidden) state.original = state.crop = state.target = '';
+  // One spelling per seed ("007" ran, and was linked and named, as 007).
+  if (/^\d+$/.test(state.seed)) {
+    state.seed = BigInt(state.seed).toString();
+    controls.seed.value = state.seed;
+  }
   state.trunk = formTrunk;
   return state;
 }
@@ -550,7 +564,7 @@ async function run(state, mode, {refocus = null} = {}) {
     // Refused before its plan: the previous grid is still on screen, so it
     // stays the one that hover, promotion and the exports act on.
     if (!view.plan && previous) keepPrevious(previous, 'stopped');
-    setStatus(`No grid: ${error.message}`);
+    setStatus(`No grid: ${inPageTerms(error.message)}`);
   } finally {
     if (id === runCounter) {
       runButton.textContent = 'Run grid';
@@ -576,9 +590,9 @@ function onGridEvent(name, payload) {
 }
 
 // A text model reads a bounded number of tokens, and a word vocabulary reads
-// a word it lacks as unknown: say so, since the grid then shows less than the
-// prompt says.
-function showTokensNote(plan) {
+// a word it lacks as unknown: say so, since the grid (or curve) then shows
+// less than the prompt says.
+function showTokensNote(plan, note = tokensNote) {
   const cut = [];
   const tokens = (n) => `${n} token${n === 1 ? '' : 's'}`;
   for (const [field, what] of [['prompt_tokens_dropped', 'the prompt'],
@@ -590,7 +604,7 @@ function showTokensNote(plan) {
     if (n > 0) cut.push(`its last ${tokens(n)} of ${what}`);
   }
   const unknown = plan?.unknown_words ?? [];
-  tokensNote.hidden = cut.length === 0 && unknown.length === 0;
+  note.hidden = cut.length === 0 && unknown.length === 0;
   const notes = [];
   if (cut.length > 0) {
     const max = models.find((model) => model.name === plan.model)?.max_prompt_tokens;
@@ -598,10 +612,13 @@ function showTokensNote(plan) {
         (max ? ` (it reads ${max} tokens)` : '') + `: it dropped ${cut.join(' and ')}.`);
   }
   if (unknown.length > 0) {
-    notes.push(`${plan.model} does not know ${unknown.map((word) => `“${word}”`).join(', ')}: ` +
-        'it reads them as an unknown word (its example prompts show words it knows).');
+    // The words of every prompt, the negative ones included.
+    const one = unknown.length === 1;
+    notes.push(`${plan.model} does not know ${unknown.map((word) => `“${word}”`).join(', ')} ` +
+        `(in the prompts): it reads ${one ? 'it' : 'each'} as an unknown word ` +
+        '(its example prompts show words it knows).');
   }
-  tokensNote.textContent = notes.join(' ');
+  note.textContent = notes.join(' ');
 }
 
 function updateProgress() {
@@ -968,20 +985,27 @@ function renderExports(grid) {
 // ---------- the decision curve ----------
 
 // What the chosen model's judge reads, so that the panel says which curves
-// to expect before one runs.
+// the next run gives (a curve on screen names its own model).
 function describeJudge(model) {
   const heads = model?.judge?.heads ?? [];
-  if (!model) curveJudge.textContent = '';
-  else if (heads.length === 0) {
-    curveJudge.textContent = `${model.name} has no judge: its curve is the mean RMS divergence alone.`;
+  const chosen = controls.model.value;
+  if (!model) {
+    curveJudge.textContent = '';
+  } else if (chosen && chosen !== model.name) {
+    curveJudge.textContent = `${chosen} is not served here: a curve of it would be refused.`;
+  } else if (heads.length === 0) {
+    curveJudge.textContent = `A curve of ${model.name} is its mean RMS divergence alone: it has no judge.`;
   } else {
     const names = heads.map((head) => `${head.name} (${head.labels?.length ?? 0} labels)`);
-    curveJudge.textContent = `${model.name}’s judge reads ${names.join(', ')}.`;
+    curveJudge.textContent = `A curve of ${model.name} judges each image’s ${names.join(' and ')}.`;
   }
 }
 
+// While a curve runs its status is busy, as a grid's is: a screen reader
+// announces how it ended, not every trunk.
 function setCurveState(state, text, fraction) {
   curvePanel.dataset.state = state;
+  curveStatusBox.setAttribute('aria-busy', String(state === 'running'));
   curveStatus.textContent = text;
   curveProgress.hidden = fraction === undefined;
   if (fraction !== undefined) curveProgress.value = fraction;
@@ -1010,13 +1034,16 @@ async function runCurve() {
   // Run turns off while the curve runs: focus on it goes on to Cancel.
   const focusedRun = document.activeElement === curveRun;
   clearError();
+  // As for a grid: the seeds a curve ran from are in the form and its caption
+  // (an empty box ran seeds from 0 and said none).
+  if (!controls.seed.value.trim() && !formTrunk) controls.seed.value = randomSeed();
   const state = stateFromControls();
   let request;
   try {
     request = curveRequestFromState(state, curveTrunks.value);
   } catch (error) {
     showError(error, 'curve');
-    setCurveState('error', `No curve: ${error.message}`);
+    setCurveState('error', `No curve: ${withFullStop(inPageTerms(error.message))}${keepPreviousCurve()}`);
     return;
   }
   abortCurve?.abort();
@@ -1026,6 +1053,7 @@ async function runCurve() {
   const run = {request, promoted: Boolean(state.trunk), done: 0, plan: null};
   curvePlotBox.classList.add('stale');
   resetCurveExports();
+  showTokensNote(null, curveTokensNote);
   setCurveState('running', 'Planning…', 0);
   if (focusedRun) curveCancel.focus();
   try {
@@ -1040,30 +1068,43 @@ async function runCurve() {
     showCurve(run, curve);
   } catch (error) {
     if (id !== curveCounter) return;
-    // The last finished curve stays, dimmed and named as the previous one,
-    // with its downloads.
-    const previous = lastCurve ? ' The curve shown is the previous one.' : '';
-    if (lastCurve) {
-      curveCaption.textContent = `Previous curve: ${curveCaptionText(lastCurve.run, lastCurve.curve)}`;
-      renderCurveExports(lastCurve.run, lastCurve.curve);
-    } else {
-      curvePlotBox.classList.remove('stale');
-    }
+    const previous = keepPreviousCurve();
     if (error.name === 'AbortError') {
       // Cancel hides itself, passing the focus on to Run (setCurveState).
       setCurveState('cancelled', `Cancelled after ${run.done} of ${request.trunks} trunks.${previous}`);
       return;
     }
     showError(error, 'curve');
-    setCurveState('error', `No curve: ${error.message}${previous}`);
+    setCurveState('error', `No curve: ${withFullStop(inPageTerms(error.message))}${previous}`);
   } finally {
     if (id === curveCounter) abortCurve = null;
   }
 }
 
+// The last finished curve stays, dimmed and named as the previous one, with
+// its downloads; returns the sentence that says so (empty without one).
+function keepPreviousCurve() {
+  if (!lastCurve) {
+    curvePlotBox.classList.remove('stale');
+    showTokensNote(null, curveTokensNote);
+    return '';
+  }
+  curvePlotBox.classList.add('stale');
+  curveCaption.textContent = `Previous curve: ${curveCaptionText(lastCurve.run, lastCurve.curve)}`;
+  showTokensNote(lastCurve.curve.plan, curveTokensNote);
+  renderCurveExports(lastCurve.run, lastCurve.curve);
+  return ' The curve shown is the previous one.';
+}
+
+// A server's message may end without a full stop; a sentence follows it.
+function withFullStop(text) {
+  return /[.!?]$/.test(text) ? text : `${text}.`;
+}
+
 function onCurveEvent(run, name, payload) {
   if (name === 'plan') {
     run.plan = payload;
+    showTokensNote(payload, curveTokensNote);
     setCurveState('running', `Running ${run.request.trunks} trunks of ${payload.model}…`, 0);
   } else if (name === 'progress') {
     const trunks = payload.trunks ?? run.request.trunks;
@@ -1083,6 +1124,7 @@ function showCurve(run, curve) {
     curvePlotBox.replaceChildren(...heads, curveDivergencePlot(curve), curveLegend(curve));
   }
   curveCaption.textContent = curveCaptionText(run, curve);
+  showTokensNote(curve.plan ?? run.plan, curveTokensNote);
   const trunks = curve.trunks ?? run.request.trunks;
   setCurveState('done', `Done: ${trunks} trunks in ${formatSeconds(curve.seconds)}`, 1);
   lastCurve = {run, curve};

@@ -105,11 +105,11 @@ function encodeConditioning(conditioning) {
 
 export function decodePath(text) {
   const parts = String(text).split('_');
-  if (!/^\d+$/.test(parts[0])) throw new FormError(`trunk: bad path "${text}"`);
+  if (!/^\d+$/.test(parts[0])) throw new FormError(`trunk: bad path ${shown(text)}`);
   const path = {init_seed: parts[0], segments: []};
   for (const part of parts.slice(1)) {
     const match = /^(\d+)-(\d+)(?:#(\d+)|~([^~]*)(?:~([^~]*))?)?$/.exec(part);
-    if (!match) throw new FormError(`trunk: bad segment "${part}" in "${text}"`);
+    if (!match) throw new FormError(`trunk: bad segment ${shown(part)} in ${shown(text)}`);
     const [, fromStep, noiseSeed, classIndex, prompt, negative] = match;
     const segment = {from_step: Number(fromStep), noise_seed: noiseSeed};
     if (classIndex !== undefined) {
@@ -124,12 +124,17 @@ export function decodePath(text) {
   return path;
 }
 
+// A value echoed in a message: at most 40 characters of it.
+function shown(text) {
+  return text.length > 40 ? `"${text.slice(0, 40)}…" (${text.length} characters)` : `"${text}"`;
+}
+
 function number(field, text, {integer}) {
   const value = Number(text);
-  if (text === '' || !Number.isFinite(value)) throw new FormError(`${field}: not a number: "${text}"`);
+  if (text === '' || !Number.isFinite(value)) throw new FormError(`${field}: not a number: ${shown(text)}`);
   // Digits alone: Number() reads "1e3" as 1000 and "0x10" as 16.
   if (integer && (!/^[+-]?\d+$/.test(text) || !Number.isInteger(value))) {
-    throw new FormError(`${field}: not a whole number: "${text}"`);
+    throw new FormError(`${field}: not a whole number: ${shown(text)}`);
   }
   return value;
 }
@@ -154,8 +159,9 @@ export function requestFromState(state) {
   if (state.switchNegative) request.switch_negative_prompt = state.switchNegative;
   if (state.noise) request.branch_noise = `BRANCH_NOISE_${state.noise.toUpperCase()}`;
   if (state.seed !== '') {
-    if (!/^\d+$/.test(state.seed)) throw new FormError(`seed: not a whole number: "${state.seed}"`);
-    request.seed = state.seed;
+    if (!/^\d+$/.test(state.seed)) throw new FormError(`seed: not a whole number: ${shown(state.seed)}`);
+    if (BigInt(state.seed) >= 2n ** 64n) throw new FormError(`seed: at most 2^64 - 1, got ${shown(state.seed)}`);
+    request.seed = BigInt(state.seed).toString();
   }
   if (state.preset) request.preset = state.preset;
   if (state.steps !== '') request.steps = number('steps', state.steps, {integer: true});
@@ -164,14 +170,14 @@ export function requestFromState(state) {
   if (state.spacing) request.spacing = `SPACING_${state.spacing.toUpperCase()}`;
   if (state.sampler) {
     if (!SAMPLERS[state.sampler]) {
-      throw new FormError(`sampler: ddim or euler_ancestral, got "${state.sampler}"`);
+      throw new FormError(`sampler: ddim or euler_ancestral, got ${shown(state.sampler)}`);
     }
     request.sampler = SAMPLERS[state.sampler];
   }
   for (const [field, [first, second]] of Object.entries(SIZES)) {
     if (state[field] === '') continue;
     const match = /^(\d+)\s*[x×]\s*(\d+)$/.exec(state[field]);
-    if (!match) throw new FormError(`${field}: give two whole numbers as AxB, e.g. 512x512, got "${state[field]}"`);
+    if (!match) throw new FormError(`${field}: give two whole numbers as AxB, e.g. 512x512, got ${shown(state[field])}`);
     request.size = {...request.size, [first]: Number(match[1]), [second]: Number(match[2])};
   }
   if (state.rows !== '') request.branch_steps = parseRows(state.rows);

@@ -422,7 +422,7 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     await page.click(testId('run'));
     await page.waitForSelector(`${testId('error-banner')}:not([hidden])`);
     assert.equal(await page.textContent(testId('error-code')), 'INVALID_ARGUMENT');
-    assert.match(await page.textContent(testId('error-message')), /steps must be in \[1, \d+\], got 0/);
+    assert.match(await page.textContent(testId('error-message')), /^Steps must be in \[1, \d+\], got 0/);
     assert.equal(await page.getAttribute(testId('grid'), 'data-state'), 'error');
     await screenshot(page, '06-error-steps');
     await page.click(testId('error-dismiss'));
@@ -433,7 +433,7 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     await fillGrid(page, {...GRID, steps: 'abc'});
     await page.click(testId('run'));
     await page.waitForSelector(`${testId('error-banner')}:not([hidden])`);
-    assert.equal(await page.textContent(testId('error-message')), 'steps: not a number: "abc"');
+    assert.equal(await page.textContent(testId('error-message')), 'Steps: not a number: "abc"');
     await page.click(testId('error-dismiss'));
     // The Rows placeholder gives the rows the preset takes at the typed steps.
     await fillGrid(page, {steps: '10', rows: ''});
@@ -638,6 +638,17 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
         await page.waitForSelector(testId('tokens-note'), {state: 'visible'});
         assert.match(await page.textContent(testId('tokens-note')), /dropped its last \d+ tokens of the prompt/);
         await screenshot(page, '08-text-dropped');
+        // A curve of it says so too. Its seed box left empty, it runs from a
+        // seed it fills in, as a grid does, and its caption names them.
+        await page.fill(testId('seed'), '');
+        await page.fill(testId('curve-trunks'), '2');
+        await page.click(testId('curve-run'));
+        assert.equal(await waitForCurve(page), 'done', await page.textContent(testId('error-message')));
+        assert.match(await page.textContent(testId('curve-tokens-note')), /dropped its last \d+ tokens of the prompt/);
+        const curveSeed = await page.inputValue(testId('seed'));
+        assert.match(curveSeed, /^\d+$/);
+        assert.match(await page.textContent(testId('curve-caption')),
+            new RegExp(`^2 trunks \\(seeds ${curveSeed} to ${BigInt(curveSeed) + 1n}\\)`));
         // So is a switch prompt's.
         await page.fill(testId('prompt-text'), 'a photo of a cat');
         await page.fill(testId('switch-text'), Array(100).fill('cat').join(' '));
@@ -655,6 +666,9 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
         assert.equal(await page.isVisible(testId('negative-prompt')), false);
         assert.equal(await page.isVisible(testId('switch-negative')), false);
         assert.equal(await page.isVisible(testId('switch')), true, 'the switch lists the classes');
+        // The judge line speaks of the next curve, the form's model, and
+        // says so beside the text model's curve still on screen.
+        assert.match(await page.textContent(testId('curve-judge')), new RegExp(`^A curve of ${classModel.name} `));
         const options = await page.$$eval(`${testId('prompt')} option`, (nodes) => nodes.map((n) => n.value));
         assert.deepEqual(options, ['', ...(classModel.prompts ?? [])]);
         await runGrid(page, {...GRID, seed: '33'});
@@ -742,7 +756,7 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     await openPage(page, main.url);
     assert.equal(await page.inputValue(testId('curve-trunks')), '20', 'twenty trunks to start with');
     assert.match(await page.textContent(testId('curve-judge')),
-        heads.length ? new RegExp(`judge reads ${heads[0]} \\(\\d+ labels\\)`) : /has no judge/);
+        heads.length ? new RegExp(`judges each image’s ${heads[0]} \\(\\d+ labels\\)`) : /has no judge/);
     await fillGrid(page, {...CURVE_GRID, prompt: ''});
     await page.fill(testId('curve-trunks'), String(CURVE_TRUNKS));
     await page.click(testId('curve-run'));
@@ -812,6 +826,17 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     });
     assert.deepEqual(svg, {tag: 'svg', width: '820px', error: 0});
     assert.equal(record.curve.svg, undefined, 'the JSON export leaves the plots out');
+
+    // A mistake in the form: the curve on screen is named, and dimmed, as
+    // the previous one, as after a refusal by the server.
+    await page.fill(testId('curve-trunks'), 'abc');
+    await page.click(testId('curve-run'));
+    await page.waitForSelector(`${testId('curve')}[data-state="error"]`);
+    assert.equal(await page.textContent(testId('curve-status')),
+        'No curve: Trunks: not a number: "abc". The curve shown is the previous one.');
+    assert.match(await page.textContent(testId('curve-caption')), /^Previous curve: /);
+    assert.equal(await page.$eval(plot, (box) => box.classList.contains('stale')), true);
+    assert.match(await page.getAttribute(testId('curve-download-json'), 'href'), /^blob:/, 'its downloads stay');
   }));
 
   test('11. a curve shows its progress and cancelling it stops it on the server; bad input is refused',
@@ -830,16 +855,18 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     // back to Run, not to the page's body.
     await page.waitForFunction(() => document.activeElement?.dataset.testid === 'curve-run');
     assert.equal(await page.textContent(testId('error-code')), 'INVALID_ARGUMENT');
-    assert.match(await page.textContent(testId('error-message')), /trunks must be in \[2, \d+\]/);
+    // In the page's terms: the box is Trunks.
+    assert.match(await page.textContent(testId('error-message')), /^Trunks must be in \[2, \d+\]/);
+    assert.match(await page.textContent(testId('curve-status')), /^No curve: Trunks must be in \[2, \d+\]/);
     // Enter in the Trunks box runs the curve, not the grid of the form.
     await page.fill(testId('curve-trunks'), '2.5');
     await page.press(testId('curve-trunks'), 'Enter');
-    await page.waitForFunction(() => /trunks: not a whole number/.test(
+    await page.waitForFunction(() => /Trunks: not a whole number/.test(
         document.querySelector('[data-testid="error-message"]').textContent));
     // Digits only: "1e3" read as 1,000 trunks.
     await page.fill(testId('curve-trunks'), '1e3');
     await page.press(testId('curve-trunks'), 'Enter');
-    await page.waitForFunction(() => /trunks: not a whole number: "1e3"/.test(
+    await page.waitForFunction(() => /Trunks: not a whole number: "1e3"/.test(
         document.querySelector('[data-testid="error-message"]').textContent));
     assert.equal(await page.getAttribute(testId('curve'), 'data-state'), 'error');
     // Esc dismisses the message.
@@ -854,6 +881,8 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     await page.keyboard.press('Enter');
     await page.waitForFunction(() => document.activeElement?.dataset.testid === 'curve-cancel');
     await page.waitForSelector(testId('error-banner'), {state: 'hidden'});
+    // Busy while it runs: a screen reader hears how it ends, not each trunk.
+    assert.equal(await page.getAttribute(testId('curve-status-box'), 'aria-busy'), 'true');
     await page.waitForFunction(() => /[1-9]\d* of 200 trunks done/.test(
         document.querySelector('[data-testid="curve-status"]').textContent), null, {timeout: 90_000});
     assert.equal(await page.isVisible(testId('curve-progress')), true);
@@ -869,6 +898,7 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     await page.waitForFunction(() => document.activeElement?.dataset.testid === 'curve-run');
     assert.equal(await page.isDisabled(testId('curve-run')), false);
     assert.match(await page.textContent(testId('curve-status')), /Cancelled after \d+ of 200 trunks/);
+    assert.equal(await page.getAttribute(testId('curve-status-box'), 'aria-busy'), 'false');
     assert.equal(await page.isVisible(testId('error-banner')), false, 'a cancel is not an error');
     // The server stops the curve's grids: they end cancelled and no job
     // stays in flight (200 trunks would keep the replica busy for minutes).
