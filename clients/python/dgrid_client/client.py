@@ -15,11 +15,13 @@
 
 from __future__ import annotations
 
-import json
+import inspect
+import math
 import numbers
 import operator
 import os
 import re
+import struct
 import threading
 import time
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -122,15 +124,22 @@ def _whole(name: str, value: Any, bounds: Tuple[int, int]) -> int:
 
 
 def _real(name: str, value: Any) -> float:
-    """An argument bound for a double field: any real number (NaN is left to
-    the server, which names it)."""
+    """An argument bound for a float field (eta and guidance are float32 on
+    the wire): a real number a float32 holds. NaN and infinities are left to
+    the server, which names them; a finite value past float32's range would
+    go as infinity, a value the caller never gave."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a number, got {type(value).__name__} "
                         f"{_short(value)}")
     try:
-        return float(value)
-    except OverflowError:  # an int past a double's range
-        raise ValueError(f"{name}: {_short(value)} is out of range for a double") from None
+        number = float(value)
+        # Python 3.11's struct packs such a value as infinity; an
+        # OverflowError (another version's answer) is taken alike.
+        if math.isfinite(number) and math.isinf(struct.unpack("f", struct.pack("f", number))[0]):
+            raise OverflowError
+    except OverflowError:
+        raise ValueError(f"{name}: {_short(value)} is out of range for a float") from None
+    return number
 
 
 def _text(name: str, value: Any) -> str:
@@ -172,6 +181,10 @@ _HOST_PORT = re.compile(r"(?!(?:unix|unix-abstract|vsock|ipv4|ipv6):)"
 def _target(target: Any) -> str:
     if not isinstance(target, str) or not target:
         raise ValueError(f"target: expected host:port, got {_short(target)}")
+    if re.match(r"(?i)https?://", target):
+        # gRPC would take it as a DNS name, and fail only at the first call.
+        raise ValueError(f"target: expected host:port (a gRPC address, not a URL), got "
+                         f"{_short(target)}")
     port = _HOST_PORT.fullmatch(target)
     if port and not 1 <= int(port.group(1)) <= 65535:
         raise ValueError(f"target: port {_short(int(port.group(1)))} is out of range [1, 65535]")
@@ -223,7 +236,8 @@ GridLike = Union[Grid, Any, str, "os.PathLike[str]"]
 
 
 class Client:
-    """A connection to an orchestrator at ``target`` ("host:port", plaintext).
+    """A connection to an orchestrator at ``target`` ("host:port"; plaintext
+    unless given ``root_certificates``).
 
     Every call takes an optional ``timeout`` in seconds (None: ``default_timeout``;
     a decision curve, which reports its progress, has none unless given).
@@ -278,9 +292,18 @@ class Client:
         else:
             self._channel = grpc.insecure_channel(target, options=options)
         self._stub = orchestrator_pb2_grpc.OrchestratorStub(self._channel)
+        self._closed = False
 
     def close(self) -> None:
+        self._closed = True
         self._channel.close()
+
+    def _open(self, method: str) -> None:
+        # gRPC's own refusal is a ValueError ("Cannot invoke RPC on closed
+        # channel!"), not the DgridError every failed call raises.
+        if self._closed:
+            raise DgridError(method, grpc.StatusCode.FAILED_PRECONDITION,
+                             f"this Client of {self.target} is closed")
 
     def __enter__(self) -> "Client":
         return self
@@ -353,7 +376,13 @@ class Client:
         if sampler is not None:
             r.sampler = sampler_value(sampler)
         if trunk is not None:
-            r.trunk.CopyFrom(trunk.to_proto())
+            if isinstance(trunk, Path):
+                r.trunk.CopyFrom(trunk.to_proto())
+            elif getattr(getattr(trunk, "DESCRIPTOR", None), "full_name", "") == "dgrid.v1.Path":
+                r.trunk.CopyFrom(trunk)
+            else:
+                raise TypeError(f"trunk: expected a dgrid_client.Path (a cell's .path), got "
+                                f"{type(trunk).__name__} {_short(trunk)}")
         sizes = {"original": original_size, "crop": crop, "target": target_size}
         for name, pair in sizes.items():
             if pair is None:
@@ -405,9 +434,10 @@ class Client:
         return self.create_grid_from_request(request, timeout=timeout)
 
     def create_grid_from_request(self, request: Any, *, timeout: Optional[float] = None) -> Grid:
+        timeout = self._timeout(timeout)
+        self._open("CreateGrid")
         try:
-            grid = self._stub.CreateGrid(
-                request, timeout=self._timeout(timeout), metadata=self._metadata)
+            grid = self._stub.CreateGrid(request, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as e:
             raise _error("CreateGrid", e, self.target) from None
         return Grid.from_proto(grid, request)
@@ -448,8 +478,12 @@ class Client:
     def stream_grid_from_request(
         self, request: Any, *, timeout: Optional[float] = None
     ) -> Iterator[GridEvent]:
-        call = self._stub.StreamGrid(
-            request, timeout=self._timeout(timeout), metadata=self._metadata)
+        # Checked here, not at the first next().
+        return self._stream_grid(request, self._timeout(timeout))
+
+    def _stream_grid(self, request: Any, timeout: Optional[float]) -> Iterator[GridEvent]:
+        self._open("StreamGrid")
+        call = self._stub.StreamGrid(request, timeout=timeout, metadata=self._metadata)
         try:
             for event in call:
                 kind = event.WhichOneof("event")
@@ -483,6 +517,9 @@ class Client:
         ``on_progress`` is called as trunks finish, and with the same counts
         after 15 s without one (the server's keepalive); after ``silence``
         seconds without any (None: no limit) the connection counts as lost."""
+        if on_progress is not None and not callable(on_progress):
+            raise TypeError(f"on_progress: expected a callable, got {type(on_progress).__name__} "
+                            f"{_short(on_progress)}")
         curve = None
         for event in self.stream_decision_curve(trunks, timeout=timeout, silence=silence,
                                                 **grid):
@@ -507,11 +544,21 @@ class Client:
         limit) the curve is cancelled and DgridError UNAVAILABLE raised. Under
         the 15 s keepalive it cancels healthy curves whose first trunks take
         longer (dgrid curve warns of a --silence_s under 20)."""
+        # Checked here, not at the first next().
         _seconds("silence", silence)
+        timeout = _seconds("timeout", timeout)
+        unknown = sorted(set(grid) - set(_BUILD_REQUEST_FIELDS))
+        if unknown:
+            raise TypeError(f"unknown request fields: {unknown} (the keyword arguments of "
+                            "build_request)")
         request = orchestrator_pb2.CurveRequest(trunks=_whole("trunks", trunks, _INT32))
         request.grid.CopyFrom(self.build_request(**grid))
-        call = self._stub.DecisionCurve(request, timeout=_seconds("timeout", timeout),
-                                        metadata=self._metadata)
+        return self._stream_decision_curve(request, timeout, silence)
+
+    def _stream_decision_curve(self, request: Any, timeout: Optional[float],
+                               silence: Optional[float]) -> Iterator[CurveEvent]:
+        self._open("DecisionCurve")
+        call = self._stub.DecisionCurve(request, timeout=timeout, metadata=self._metadata)
         watch = _SilenceWatch(call, silence) if silence is not None else None
         try:
             for event in call:
@@ -590,21 +637,29 @@ class Client:
         return request
 
     def list_models(self, *, timeout: Optional[float] = None) -> List[Model]:
+        timeout = self._timeout(timeout)
+        self._open("ListModels")
         try:
             response = self._stub.ListModels(
-                orchestrator_pb2.ListModelsRequest(), timeout=self._timeout(timeout),
-                metadata=self._metadata)
+                orchestrator_pb2.ListModelsRequest(), timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as e:
             raise _error("ListModels", e, self.target) from None
         return [Model.from_proto(m) for m in response.models]
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        """Waits until the channel connects (raises DgridError on timeout)."""
+    def wait_ready(self, timeout: Optional[float] = 30.0) -> None:
+        """Waits until the channel connects (raises DgridError on timeout;
+        None waits for ever)."""
+        timeout = _seconds("timeout", timeout)
+        self._open("connect")
         try:
             grpc.channel_ready_future(self._channel).result(timeout=timeout)
         except grpc.FutureTimeoutError:
             raise DgridError("connect", grpc.StatusCode.UNAVAILABLE,
-                             f"no server at {self.target} after {timeout} s") from None
+                             f"no server at {self.target} after {timeout:g} s") from None
+
+
+# The keyword arguments of build_request, which a curve's **grid passes on.
+_BUILD_REQUEST_FIELDS = tuple(p for p in inspect.signature(Client.build_request).parameters)
 
 
 def _request_fields(r: Any) -> dict:
@@ -638,12 +693,15 @@ def _request_fields(r: Any) -> dict:
 def _request_and_grid(grid: GridLike) -> "tuple[Any, Grid]":
     """(a copy of the original GridRequest, a typed Grid) from what promote accepts."""
     if isinstance(grid, (str, os.PathLike)):
-        with open(grid, encoding="utf-8") as f:
-            text = f.read()
         record = orchestrator_pb2.GridRecord()
         try:
+            # A grid's PNG beside its record, say, is no UTF-8.
+            with open(grid, encoding="utf-8") as f:
+                text = f.read()
+            if not text.lstrip().startswith("{"):
+                raise ValueError("a JSON object was expected")
             json_format.Parse(text, record)
-        except (json_format.ParseError, json.JSONDecodeError) as e:
+        except (json_format.ParseError, ValueError) as e:  # UnicodeDecodeError, JSONDecodeError
             raise ValueError(f"{os.fspath(grid)} is not a grid record: {e}") from None
         grid = record
     if isinstance(grid, Grid):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import struct
 from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple, Union
 
@@ -74,6 +75,20 @@ _SPACING_NAMES = {0: "", 1: "leading", 2: "trailing"}
 
 
 SizePairs = Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]
+
+
+def float32_value(value: float) -> float:
+    """A proto float field's value as the shortest decimal that is the same
+    float32, as the server and dgrid print it: an eta of 0.3 comes back as
+    0.30000001192092896 otherwise."""
+    for digits in range(1, 10):
+        shorter = float(f"{value:.{digits}g}")
+        try:
+            if struct.unpack("f", struct.pack("f", shorter))[0] == value:
+                return shorter
+        except OverflowError:
+            break
+    return value
 
 
 def size_pairs(size: Any) -> SizePairs:
@@ -323,8 +338,8 @@ class Plan:
             model=p.model,
             prompt=p.prompt,
             steps=p.sampler.steps,
-            eta=p.sampler.eta,
-            guidance=p.sampler.guidance,
+            eta=float32_value(p.sampler.eta),
+            guidance=float32_value(p.sampler.guidance),
             spacing=spacing_name(p.sampler.spacing),
             trunk=Path.from_proto(p.trunk),
             branch_steps=tuple(p.branch_steps),
@@ -496,7 +511,8 @@ class Model:
             prompts=tuple(m.prompts),
             latent_shape=tuple(m.latent_shape),
             image_shape=tuple(m.image_shape),
-            defaults=SamplerDefaults(d.steps, d.eta, d.guidance, spacing_name(d.spacing),
+            defaults=SamplerDefaults(d.steps, float32_value(d.eta), float32_value(d.guidance),
+                                     spacing_name(d.spacing),
                                      sampler_name(d.sampler)),
             train_timesteps=m.train_timesteps,
             prediction_type=m.prediction_type,
@@ -634,6 +650,8 @@ class Curve:
     # The same plot as an SVG document (vector); last, so that positional
     # construction keeps its old order.
     svg: bytes = field(default=b"", repr=False)
+    # Grids' work found in the orchestrator's cache instead of run.
+    cache_hits: int = 0
 
     def head(self, name: str) -> HeadCurve:
         for h in self.heads:
@@ -681,13 +699,17 @@ class Curve:
 
         from google.protobuf import json_format
 
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
         record = orchestrator_pb2.CurveResult()
         try:
+            # A PNG beside the record, say, is no UTF-8 (UnicodeDecodeError is
+            # a ValueError).
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
             value = json.loads(text, object_pairs_hook=_unique_keys)
             if isinstance(value, dict) and "curve" in value and set(value) <= {"request", "curve"}:
                 value = value["curve"]  # the explorer's
+            if not isinstance(value, dict):
+                raise ValueError(f"a JSON object was expected, not {type(value).__name__}")
             json_format.ParseDict(value, record)
         except (json_format.ParseError, ValueError) as e:  # JSONDecodeError is one
             raise ValueError(f"{path} is not a curve record: {e}") from None
@@ -719,6 +741,7 @@ class Curve:
             judged_images=c.judged_images,
             proto=c,
             svg=bytes(c.svg),
+            cache_hits=c.cache_hits,
         )
 
 

@@ -534,7 +534,10 @@ class RequestTest(unittest.TestCase):
             ({"switch_prompt": 7}, TypeError, r"^switch_prompt: expected a str, got int 7"),
             ({"crop": (0, 2**40)}, ValueError, r"^crop: 1099511627776 is out of range"),
             ({"steps": True}, TypeError, r"^steps: expected an int, got bool True"),
-            ({"guidance": 10**400}, ValueError, r"^guidance: 1000.* is out of range for a double"),
+            ({"guidance": 10**400}, ValueError, r"^guidance: 1000.* is out of range for a float"),
+            # A float32 on the wire: protobuf would send infinity.
+            ({"guidance": 1e39}, ValueError, r"^guidance: 1e\+39 is out of range for a float"),
+            ({"trunk": "7_0-1"}, TypeError, r"^trunk: expected a dgrid_client\.Path .*got str '7_0-1'"),
             ({"prompt": "x" * 1000 + "\ud800"}, ValueError, r"^prompt: not valid text"),
             ({"model": b"y" * 1000}, TypeError, r"^model: expected a str, got bytes b'y{35}\.\.\.$"),
         ]
@@ -560,6 +563,55 @@ class RequestTest(unittest.TestCase):
                              capture_output=True, text=True, timeout=60, env=dict(os.environ))
         self.assertEqual((run.returncode, run.stderr.strip()),
                          (1, "make_grid: timeout: expected seconds > 0 or None, got 0.0"))
+
+    def test_streams_check_their_arguments_when_called(self) -> None:
+        # Not at the first next(), which a caller may reach far from the call.
+        with Client("127.0.0.1:1", default_timeout=None) as c:
+            with self.assertRaisesRegex(ValueError, r"^timeout: expected seconds > 0"):
+                c.stream_decision_curve(2, timeout=0, seed=1)
+            with self.assertRaisesRegex(ValueError, r"^silence: expected seconds > 0"):
+                c.stream_decision_curve(2, silence=0, seed=1)
+            with self.assertRaisesRegex(ValueError, r"^timeout: expected seconds > 0"):
+                c.stream_grid(prompt="x", timeout=-1)
+            # Named as the caller gave them, not as build_request's.
+            with self.assertRaisesRegex(TypeError, r"^unknown request fields: \['bogus'\]"):
+                c.decision_curve(2, bogus=1)
+            with self.assertRaisesRegex(TypeError, r"^on_progress: expected a callable, got int 5"):
+                c.decision_curve(2, on_progress=5)
+            with self.assertRaisesRegex(ValueError, r"^timeout: expected seconds > 0"):
+                c.wait_ready(0)
+            with self.assertRaisesRegex(TypeError, r"^timeout: expected seconds > 0 or None"):
+                c.wait_ready("5")
+
+    def test_a_closed_client_raises_dgrid_error(self) -> None:
+        c = Client("127.0.0.1:1")
+        stream = c.stream_grid(prompt="x")
+        c.close()
+        for call in (c.list_models, lambda: c.create_grid(prompt="x"), lambda: next(stream),
+                     lambda: next(c.stream_decision_curve(2, seed=1)), c.wait_ready):
+            with self.assertRaises(DgridError) as closed:
+                call()
+            self.assertEqual(closed.exception.code, grpc.StatusCode.FAILED_PRECONDITION)
+            self.assertIn("is closed", closed.exception.details)
+
+    def test_a_url_is_not_a_target(self) -> None:
+        for target in ("http://127.0.0.1:5000", "HTTPS://dgrid.example:443"):
+            with self.assertRaisesRegex(ValueError, r"^target: expected host:port \(a gRPC address"):
+                Client(target)
+
+    def test_a_file_that_is_no_record_is_a_value_error(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            png = os.path.join(tmp, "grid.png")
+            with open(png, "wb") as f:
+                f.write(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+            listed = os.path.join(tmp, "list.json")
+            with open(listed, "w") as f:
+                f.write("[1, 2]")
+            for path in (png, listed):
+                with self.assertRaisesRegex(ValueError, "is not a curve record"):
+                    Curve.load(path)
+                with self.assertRaisesRegex(ValueError, "is not a grid record"):
+                    Client.promote_request(path, 0, 0)
 
     def test_a_timeout_of_zero_or_less_is_refused_naming_it(self) -> None:
         # gRPC would take it as a deadline already past.
@@ -623,11 +675,14 @@ class RequestTest(unittest.TestCase):
         result.heads.add(head="class", half_found=True, half_step=12.5,
                          half_step_standard_error=1.5, half_found_fraction=1.0)
         result.heads[0].p_differs.add(mean=0.0, standard_error=0.0)  # zeros are kept
+        result.cache_hits = 6
         curve = Curve.from_proto(result)
+        self.assertEqual(curve.cache_hits, 6)
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "curve.json")
             curve.save_record(path)
             loaded = Curve.load(path)
+            self.assertEqual(loaded.cache_hits, 6)
             # With each trunk's labels: lists of numbers on one line, strings
             # as they are, and the labels must give the figures.
             labelled = orchestrator_pb2.CurveResult()
@@ -731,6 +786,13 @@ class RequestTest(unittest.TestCase):
         info = denoiser_pb2.ModelInfo(name="m")
         info.defaults.sampler = denoiser_pb2.SAMPLER_EULER_ANCESTRAL
         self.assertEqual(Model.from_proto(info).defaults.sampler, "euler_ancestral")
+        # Floats on the wire read back as the decimals sent (and as dgrid
+        # prints them), not as 0.30000001192092896.
+        plan = orchestrator_pb2.GridPlan()
+        plan.sampler.eta, plan.sampler.guidance = 0.3, 7.5
+        self.assertEqual((Plan.from_proto(plan).eta, Plan.from_proto(plan).guidance), (0.3, 7.5))
+        info.defaults.eta = 0.1
+        self.assertEqual(Model.from_proto(info).defaults.eta, 0.1)
 
     def test_plan_and_model_carry_the_text_fields(self) -> None:
         plan = Plan.from_proto(orchestrator_pb2.GridPlan(
