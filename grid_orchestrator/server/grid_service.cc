@@ -308,8 +308,8 @@ absl::StatusOr<std::unique_ptr<AdmittedGrid>> GridService::Admit(const Caller& c
 absl::StatusOr<v1::Grid> GridService::Run(const AdmittedGrid& admitted, const Caller& caller,
                                           const ClientSink& sink, GridCancel* cancel,
                                           bool stream_grid) {
-  const absl::Time deadline =
-      std::min(caller.deadline, admitted.admitted_ + limits_.default_grid_timeout);
+  const absl::Time limit = admitted.admitted_ + limits_.default_grid_timeout;
+  const absl::Time deadline = std::min(caller.deadline, limit);
   Outbox outbox(limits_.max_outbox_bytes);
   absl::StatusOr<v1::Grid> grid;
   // Out of threads (a pids limit), the grid fails.
@@ -391,7 +391,17 @@ absl::StatusOr<v1::Grid> GridService::Run(const AdmittedGrid& admitted, const Ca
   }
   // The caller's own deadline, once passed, is the caller's doing; the
   // server's --grid_timeout_s or a stalled replica is a failure.
-  count(RunOutcome(grid.status(), absl::Now() >= caller.deadline));
+  const bool callers_deadline = absl::Now() >= caller.deadline;
+  count(RunOutcome(grid.status(), callers_deadline));
+  if (grid.status().code() == absl::StatusCode::kDeadlineExceeded && !callers_deadline &&
+      limit < caller.deadline) {
+    // Not the caller's deadline, which a client names as its own setting:
+    // say which one it was.
+    return absl::DeadlineExceededError(
+        absl::StrCat("the grid ran past this orchestrator's time limit (--grid_timeout_s, ",
+                     absl::FormatDuration(limits_.default_grid_timeout),
+                     "): ", grid.status().message()));
+  }
   return grid;
 }
 

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "grid_orchestrator/metrics/orchestrator_metrics.h"
 #include "grid_orchestrator/testing/abort_latch.h"
@@ -319,6 +320,33 @@ TEST_F(GridServiceTest, AClientWhoseWriteBlocksIsCancelledAndItsReplicasFreed) {
                   ->RunGrid(Caller{}, Request(), [](const v1::GridEvent&) { return true; },
                             &other, true)
                   .ok());
+}
+
+// The orchestrator's own time limit, not the caller's deadline: the
+// message names it, since a client would otherwise blame its own timeout.
+TEST_F(GridServiceTest, AGridPastTheServersLimitSaysSo) {
+  replicas_.script(0).delay = absl::Seconds(2);
+  OrchestratorLimits limits;
+  limits.default_grid_timeout = absl::Milliseconds(300);
+  auto service = Service(limits);
+  GridCancel cancel;
+  absl::StatusOr<v1::Grid> grid =
+      service->RunGrid(Caller{}, Request(), [](const v1::GridEvent&) { return true; }, &cancel,
+                       /*stream_grid=*/false);
+  EXPECT_EQ(grid.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_TRUE(absl::StartsWith(grid.status().message(),
+                               "the grid ran past this orchestrator's time limit "
+                               "(--grid_timeout_s, 300ms): "))
+      << grid.status();
+  // The caller's own, earlier deadline is left as it was.
+  Caller hurried;
+  hurried.deadline = absl::Now() + absl::Milliseconds(100);
+  limits.default_grid_timeout = absl::Seconds(30);
+  GridCancel other;
+  grid = Service(limits)->RunGrid(hurried, Request(), [](const v1::GridEvent&) { return true; },
+                                  &other, false);
+  EXPECT_EQ(grid.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_FALSE(absl::StrContains(grid.status().message(), "grid_timeout_s")) << grid.status();
 }
 
 // dgrid_orchestrator_grids_total{status}.
