@@ -56,7 +56,7 @@ OrchestratorMetrics::OrchestratorMetrics()
                  .Register(*registry_)),
       grid_seconds_(prometheus::BuildHistogram()
                         .Name("dgrid_orchestrator_grid_seconds")
-                        .Help("Wall time of completed grids.")
+                        .Help("Wall time of grids that ended OK (not a curve's trunks).")
                         .Register(*registry_)
                         .Add({}, prometheus::Histogram::BucketBoundaries{
                                      0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120,
@@ -67,7 +67,7 @@ OrchestratorMetrics::OrchestratorMetrics()
                   .Register(*registry_)),
       curve_seconds_(prometheus::BuildHistogram()
                          .Name("dgrid_orchestrator_curve_seconds")
-                         .Help("Wall time of completed decision curves.")
+                         .Help("Wall time of decision curves that ended OK.")
                          .Register(*registry_)
                          .Add({}, prometheus::Histogram::BucketBoundaries{
                                       1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200})),
@@ -82,7 +82,7 @@ OrchestratorMetrics::OrchestratorMetrics()
                    .Add({})),
       evals_(prometheus::BuildCounter()
                  .Name("dgrid_orchestrator_model_evals_total")
-                 .Help("Model evaluations run for grids, by use (used, wasted).")
+                 .Help("Model evaluations run for grids, by use (used, wasted, cancelled).")
                  .Register(*registry_)),
       cache_hits_(prometheus::BuildCounter()
                       .Name("dgrid_orchestrator_cache_hits_total")

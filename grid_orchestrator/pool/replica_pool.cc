@@ -66,6 +66,8 @@ struct ReplicaPool::Replica {
   // it did not (a wrong --denoiser_token_file says UNAUTHENTICATED only here).
   std::optional<v1::GetModelInfoResponse> models;
   std::string models_error;
+  // What the log last said of it: nothing yet, serving, or not.
+  enum class Told { kNothing, kServing, kNotServing } told = Told::kNothing;
   // Times a job marked it unhealthy: a health check that began before the
   // last mark is stale and leaves it out until the next round.
   uint64_t marks = 0;
@@ -298,6 +300,9 @@ void ReplicaPool::CheckHealthNow() {
     Replica& r = *check->replica;
     const bool serving = check->status.ok() && check->response.status() ==
                                                    grpc::health::v1::HealthCheckResponse::SERVING;
+    const std::string error = serving              ? ""
+                              : check->status.ok() ? "NOT_SERVING"
+                                                   : check->status.error_message();
     bool fetch = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -307,6 +312,12 @@ void ReplicaPool::CheckHealthNow() {
       // A (re)joined replica may serve other models or versions.
       if (!serving) r.models.reset();
       fetch = serving && !r.models;
+      const Replica::Told now = serving ? Replica::Told::kServing : Replica::Told::kNotServing;
+      if (r.told != now) {
+        r.told = now;
+        log_lines_.push_back(absl::StrCat("denoiser ", r.address, ": ",
+                                          serving ? "serving" : "not serving: ", error));
+      }
     }
     if (fetch) FetchModels(r);
     std::lock_guard<std::mutex> lock(mu_);
@@ -314,10 +325,19 @@ void ReplicaPool::CheckHealthNow() {
     if (serving != r.healthy) changed_.notify_all();
     if (r.healthy && !serving) last_lost_ = absl::Now();
     r.healthy = serving;
-    r.last_error = serving                ? ""
-                   : check->status.ok() ? "NOT_SERVING"
-                                        : check->status.error_message();
+    r.last_error = error;
   }
+  FlushLog();
+}
+
+void ReplicaPool::FlushLog() {
+  std::vector<std::string> lines;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    lines.swap(log_lines_);
+  }
+  if (!options_.log) return;
+  for (const std::string& line : lines) options_.log(line);
 }
 
 void ReplicaPool::FetchModels(Replica& replica) {
@@ -332,7 +352,12 @@ void ReplicaPool::FetchModels(Replica& replica) {
   const grpc::Status status = replica.stub->GetModelInfo(&context, {}, &response);
   std::lock_guard<std::mutex> lock(mu_);
   if (!status.ok()) {  // asked again at the next health round
-    replica.models_error = FromGrpcStatus(status).ToString();
+    const std::string error = FromGrpcStatus(status).ToString();
+    if (replica.models_error.empty()) {
+      log_lines_.push_back(
+          absl::StrCat("denoiser ", replica.address, ": no model list: ", error));
+    }
+    replica.models_error = error;
     return;
   }
   if (replica.marks != marks) return;  // the answer may predate a restart
@@ -535,6 +560,7 @@ bool ReplicaPool::LookUpModels(const std::function<bool(const v1::GetModelInfoRe
   // Healthy replicas that have not answered yet: ask them now.
   for (const auto& r : unknown) {
     FetchModels(*r);
+    FlushLog();
     std::lock_guard<std::mutex> lock(mu_);
     if (!r->models) {
       unanswered->push_back(absl::StrCat(r->address, ": ", r->models_error));

@@ -71,6 +71,10 @@ class ReplicaPool {
     std::function<std::unique_ptr<v1::Denoiser::StubInterface>(
         const std::string& address, std::shared_ptr<grpc::Channel> channel)>
         stub_factory;
+    // Told, once each, when a replica starts or stops serving (and why) and
+    // when it will not give its model list (a wrong token says so only
+    // there); called outside the pool's lock. Empty: not told.
+    std::function<void(const std::string& line)> log;
   };
 
   // What a job asks of the pool.
@@ -180,6 +184,8 @@ class ReplicaPool {
   // True when a waiter ahead of `me` in fair order could take `replica`.
   bool SomeoneAhead(const Waiter& me, const Replica& replica) const;
   void FetchModels(Replica& replica);
+  // Hands the lines queued for Options::log to it, outside the lock.
+  void FlushLog();
   // Runs `pick` over the healthy replicas' model lists, asking those not
   // asked yet, until it returns true. False when it never does; then
   // `unanswered` says which replicas did not answer, and why.
@@ -201,6 +207,7 @@ class ReplicaPool {
   bool stop_ = false;                                          // guarded by mu_
   // The jobs waiting for a slot.
   std::set<Waiter*> waiters_;                 // guarded by mu_
+  std::vector<std::string> log_lines_;        // guarded by mu_
   uint64_t next_waiter_seq_ = 0;              // guarded by mu_
 
   std::thread health_thread_;

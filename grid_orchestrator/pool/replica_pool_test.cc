@@ -7,12 +7,15 @@
 
 #include <atomic>
 #include <functional>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "grid_orchestrator/testing/fake_denoiser.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
@@ -388,6 +391,37 @@ TEST(ReplicaPoolTest, HungReplicasCostARoundOneTimeoutNotOneEach) {
   auto lease = (*pool)->Acquire(1, absl::Now() + absl::Seconds(5), {});
   ASSERT_TRUE(lease.ok()) << lease.status();
   EXPECT_EQ(lease->address(), a.address());
+}
+
+// An operator sees each change once: a replica serving, not serving and
+// why, and one that will not give its model list (as with a wrong token;
+// this server's Denoiser answers UNIMPLEMENTED).
+TEST(ReplicaPoolTest, TellsTheLogEachChangeOnce) {
+  HealthServer a;
+  std::mutex mu;
+  std::vector<std::string> lines;
+  ReplicaPool::Options options = Options(a.address());
+  options.health_interval = absl::Hours(1);  // rounds only when the test asks
+  options.log = [&](const std::string& line) {
+    std::lock_guard<std::mutex> lock(mu);
+    lines.push_back(line);
+  };
+  auto pool = ReplicaPool::Create(options, nullptr);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  (*pool)->CheckHealthNow();
+  EXPECT_FALSE((*pool)->Models().ok());
+  a.SetServing(false);
+  (*pool)->CheckHealthNow();
+  (*pool)->CheckHealthNow();
+  a.SetServing(true);
+  (*pool)->CheckHealthNow();
+  std::lock_guard<std::mutex> lock(mu);
+  ASSERT_EQ(lines.size(), 4u) << absl::StrJoin(lines, "\n");
+  const std::string name = "denoiser " + a.address() + ": ";
+  EXPECT_EQ(lines[0], name + "serving");
+  EXPECT_TRUE(absl::StartsWith(lines[1], name + "no model list: UNIMPLEMENTED")) << lines[1];
+  EXPECT_EQ(lines[2], name + "not serving: NOT_SERVING");
+  EXPECT_EQ(lines[3], name + "serving");
 }
 
 TEST(ReplicaPoolTest, NoHealthyReplicaIsUnavailableQuicklyWithTheReason) {

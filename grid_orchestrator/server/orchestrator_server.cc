@@ -40,6 +40,7 @@ absl::StatusOr<std::unique_ptr<OrchestratorServer>> OrchestratorServer::Start(
   pool.credentials = *denoiser_credentials;
   pool.tls_server_name = o.denoiser_tls_name;
   pool.call_token = o.denoiser_token;
+  pool.log = o.log;
   pool.max_inflight_per_replica = o.replica_max_inflight;
   pool.stall_penalty = o.replica_stall_penalty;
   pool.max_message_bytes = o.max_message_bytes;

@@ -10,6 +10,7 @@
 #define DGRID_GRID_ORCHESTRATOR_SERVER_ORCHESTRATOR_SERVER_H_
 
 #include <memory>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -54,6 +55,8 @@ struct OrchestratorServerOptions {
   std::string denoiser_tls_name;
   // The bearer token the denoisers require (their --auth_token_file).
   std::string denoiser_token;
+  // Told the denoisers' changes of state (ReplicaPool::Options::log).
+  std::function<void(const std::string& line)> log;
   // Bearer token the API requires (health stays open); empty = no auth.
   std::string auth_token;
   // HTTP gateway (page, JSON API, SSE); empty address = off. It reuses the
