@@ -66,8 +66,10 @@ struct ReplicaPool::Replica {
   // it did not (a wrong --denoiser_token_file says UNAUTHENTICATED only here).
   std::optional<v1::GetModelInfoResponse> models;
   std::string models_error;
-  // What the log last said of it: nothing yet, serving, or not.
+  // What the log last said of it: nothing yet, serving, or not; and the
+  // code of the model-list failure it last told (OK: none since serving).
   enum class Told { kNothing, kServing, kNotServing } told = Told::kNothing;
+  grpc::StatusCode told_models_code = grpc::StatusCode::OK;
   // Times a job marked it unhealthy: a health check that began before the
   // last mark is stale and leaves it out until the next round.
   uint64_t marks = 0;
@@ -310,7 +312,10 @@ void ReplicaPool::CheckHealthNow() {
       // may predate the failure, so the next round decides.
       if (r.marks != check->marks) continue;
       // A (re)joined replica may serve other models or versions.
-      if (!serving) r.models.reset();
+      if (!serving) {
+        r.models.reset();
+        r.told_models_code = grpc::StatusCode::OK;
+      }
       fetch = serving && !r.models;
       const Replica::Told now = serving ? Replica::Told::kServing : Replica::Told::kNotServing;
       if (r.told != now) {
@@ -331,6 +336,8 @@ void ReplicaPool::CheckHealthNow() {
 }
 
 void ReplicaPool::FlushLog() {
+  // Two flushes (the health thread's, a request's) keep the lines' order.
+  std::lock_guard<std::mutex> in_order(log_mu_);
   std::vector<std::string> lines;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -353,7 +360,9 @@ void ReplicaPool::FetchModels(Replica& replica) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!status.ok()) {  // asked again at the next health round
     const std::string error = FromGrpcStatus(status).ToString();
-    if (replica.models_error.empty()) {
+    // Once a failure, and again when another one follows it.
+    if (replica.told_models_code != status.error_code()) {
+      replica.told_models_code = status.error_code();
       log_lines_.push_back(
           absl::StrCat("denoiser ", replica.address, ": no model list: ", error));
     }
@@ -362,6 +371,7 @@ void ReplicaPool::FetchModels(Replica& replica) {
   }
   if (replica.marks != marks) return;  // the answer may predate a restart
   replica.models_error.clear();
+  replica.told_models_code = grpc::StatusCode::OK;
   replica.models = std::move(response);
   changed_.notify_all();
 }

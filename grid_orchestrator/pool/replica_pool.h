@@ -2,8 +2,9 @@
 // a static list ("host:port,host:port") or from "dns:///name:port", resolved
 // again every resolve_interval (a Kubernetes headless Service: one address
 // per pod). A background thread health-checks every replica at once with
-// grpc.health.v1 (a hung one holds a round up by one timeout), and asks each replica that turns healthy which models (and
-// versions) it serves. Acquire() picks the healthy replica with the least
+// grpc.health.v1 (hung ones hold a round up by one timeout in all), and
+// asks each replica that turns healthy which models (and versions) it
+// serves, one replica after another. Acquire() picks the healthy replica with the least
 // outstanding work that is below its in-flight cap (and serves the wanted
 // model version), and returns a Lease that gives the work back when it ends.
 // When replicas are full, freed slots go to the waiting job of the tenant (a
@@ -208,6 +209,8 @@ class ReplicaPool {
   // The jobs waiting for a slot.
   std::set<Waiter*> waiters_;                 // guarded by mu_
   std::vector<std::string> log_lines_;        // guarded by mu_
+  // Held while lines go to Options::log, before mu_ (never after).
+  std::mutex log_mu_;
   uint64_t next_waiter_seq_ = 0;              // guarded by mu_
 
   std::thread health_thread_;

@@ -105,7 +105,8 @@ int main(int argc, char** argv) {
   dgrid::OrchestratorServerOptions o;
   o.listen = absl::GetFlag(FLAGS_listen);
   o.denoisers = absl::GetFlag(FLAGS_denoisers);
-  o.log = [](const std::string& line) { std::cerr << "dgrid-orchestrator: " << line << std::endl; };
+  // One write a line, so that lines from two threads do not mix.
+  o.log = [](const std::string& line) { std::cerr << "dgrid-orchestrator: " + line + "\n"; };
   o.metrics_addr = absl::GetFlag(FLAGS_metrics_addr);
   o.limits.max_concurrent_grids = absl::GetFlag(FLAGS_max_concurrent_grids);
   o.limits.plan.max_rows = absl::GetFlag(FLAGS_max_rows);

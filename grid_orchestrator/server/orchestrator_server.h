@@ -9,8 +9,8 @@
 #ifndef DGRID_GRID_ORCHESTRATOR_SERVER_ORCHESTRATOR_SERVER_H_
 #define DGRID_GRID_ORCHESTRATOR_SERVER_ORCHESTRATOR_SERVER_H_
 
-#include <memory>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
