@@ -391,18 +391,22 @@ absl::StatusOr<v1::Grid> GridService::Run(const AdmittedGrid& admitted, const Ca
   }
   // The caller's own deadline, once passed, is the caller's doing; the
   // server's --grid_timeout_s or a stalled replica is a failure.
-  const bool callers_deadline = absl::Now() >= caller.deadline;
-  count(RunOutcome(grid.status(), callers_deadline));
-  if (grid.status().code() == absl::StatusCode::kDeadlineExceeded && !callers_deadline &&
-      limit < caller.deadline) {
-    // Not the caller's deadline, which a client names as its own setting:
-    // say which one it was.
-    return absl::DeadlineExceededError(
-        absl::StrCat("the grid ran past this orchestrator's time limit (--grid_timeout_s, ",
-                     absl::FormatDuration(limits_.default_grid_timeout),
-                     "): ", grid.status().message()));
+  const absl::Time now = absl::Now();
+  count(RunOutcome(grid.status(), now >= caller.deadline));
+  if (grid.ok()) return grid;
+  return NameTheServersLimit(grid.status(), now, limit, caller.deadline,
+                             limits_.default_grid_timeout);
+}
+
+absl::Status NameTheServersLimit(const absl::Status& status, absl::Time now, absl::Time limit,
+                                 absl::Time caller_deadline, absl::Duration grid_timeout) {
+  if (status.code() != absl::StatusCode::kDeadlineExceeded || now < limit ||
+      limit >= caller_deadline) {
+    return status;
   }
-  return grid;
+  return absl::DeadlineExceededError(absl::StrCat(
+      "the grid ran past this orchestrator's time limit (--grid_timeout_s, ",
+      absl::ToDoubleSeconds(grid_timeout), " s): ", status.message()));
 }
 
 absl::StatusOr<v1::Grid> GridService::RunGrid(const Caller& caller,

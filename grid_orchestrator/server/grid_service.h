@@ -26,7 +26,9 @@
 #include <mutex>
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "dgrid/v1/orchestrator.pb.h"
 #include "grid_orchestrator/execute/grid_executor.h"
 #include "grid_orchestrator/plan/grid_plan.h"
@@ -35,6 +37,13 @@
 namespace dgrid {
 
 class OrchestratorMetrics;
+
+// A grid's failure as its caller should read it: DEADLINE_EXCEEDED from the
+// server's own --grid_timeout_s (`limit`, earlier than the caller's deadline
+// and passed at `now`) says so, since a client names a deadline as its own
+// setting. Any other status (a stalled replica's says so itself) is as it is.
+absl::Status NameTheServersLimit(const absl::Status& status, absl::Time now, absl::Time limit,
+                                 absl::Time caller_deadline, absl::Duration grid_timeout);
 
 struct OrchestratorLimits {
   PlanLimits plan;

@@ -336,7 +336,7 @@ TEST_F(GridServiceTest, AGridPastTheServersLimitSaysSo) {
   EXPECT_EQ(grid.status().code(), absl::StatusCode::kDeadlineExceeded);
   EXPECT_TRUE(absl::StartsWith(grid.status().message(),
                                "the grid ran past this orchestrator's time limit "
-                               "(--grid_timeout_s, 300ms): "))
+                               "(--grid_timeout_s, 0.3 s): "))
       << grid.status();
   // The caller's own, earlier deadline is left as it was.
   Caller hurried;
@@ -347,6 +347,19 @@ TEST_F(GridServiceTest, AGridPastTheServersLimitSaysSo) {
                                   &other, false);
   EXPECT_EQ(grid.status().code(), absl::StatusCode::kDeadlineExceeded);
   EXPECT_FALSE(absl::StrContains(grid.status().message(), "grid_timeout_s")) << grid.status();
+  // Nor a replica that stalled well inside the limit (the fake replica
+  // cannot stall: its Read ignores a cancel, so the rule is asked directly).
+  const absl::Time start = absl::Now();
+  const absl::Status stalled =
+      absl::DeadlineExceededError("row 0 (branch step 0): replica r made no progress for 15s");
+  EXPECT_EQ(NameTheServersLimit(stalled, start + absl::Seconds(60), start + absl::Seconds(300),
+                                absl::InfiniteFuture(), absl::Seconds(300)),
+            stalled);
+  EXPECT_EQ(NameTheServersLimit(stalled, start + absl::Seconds(300), start + absl::Seconds(300),
+                                absl::InfiniteFuture(), absl::Seconds(300))
+                .message(),
+            "the grid ran past this orchestrator's time limit (--grid_timeout_s, 300 s): row 0 "
+            "(branch step 0): replica r made no progress for 15s");
 }
 
 // dgrid_orchestrator_grids_total{status}.
