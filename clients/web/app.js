@@ -168,18 +168,24 @@ function hideKeepingFocus(node, next) {
 
 // The server names a request's fields; the page's boxes have labels of
 // their own.
-const BOX_OF_FIELD = {
+// The request's fields (the server's names) and the form's own ones (its
+// checks' names), by the box each is.
+const BOX_OF_FIELD = new Map(Object.entries({
   model: 'Model', prompt: 'Prompt', negative_prompt: 'Negative prompt', switch_prompt: 'Switch to',
   switch_negative_prompt: 'Switch negative prompt', seed: 'Seed', preset: 'Preset', steps: 'Steps',
   eta: 'Eta', guidance: 'Guidance', spacing: 'Spacing', sampler: 'Sampler',
-  size: 'Original size, crop, target size', branch_noise: 'Branch noise', branch_steps: 'Rows',
-  branches: 'Columns', trunks: 'Trunks',
-};
+  size: 'Original size, crop, target size', original: 'Original size', crop: 'Crop',
+  target: 'Target size', branch_noise: 'Branch noise', branch_steps: 'Rows', rows: 'Rows',
+  branches: 'Columns', columns: 'Columns', trunks: 'Trunks',
+}));
 
+// Only a message that begins with a field's name and says what is wrong
+// with it ("steps must be ...", "columns: not a number").
 function inPageTerms(message) {
   return message
       .replace(/^(grid\.)?branch_steps\[(\d+)\]/, (_, grid, i) => `Rows (entry ${Number(i) + 1})`)
-      .replace(/^(grid\.)?([a-z_]+)\b(?![.[])/, (whole, grid, field) => BOX_OF_FIELD[field] ?? whole);
+      .replace(/^(grid\.)?([a-z_]+)(?=:| must\b| is\b)/,
+          (whole, grid, field) => BOX_OF_FIELD.get(field) ?? whole);
 }
 
 // source 'models': the list of models could not be loaded (a token is
@@ -1035,8 +1041,11 @@ async function runCurve() {
   const focusedRun = document.activeElement === curveRun;
   clearError();
   // As for a grid: the seeds a curve ran from are in the form and its caption
-  // (an empty box ran seeds from 0 and said none).
-  if (!controls.seed.value.trim() && !formTrunk) controls.seed.value = randomSeed();
+  // (an empty box ran seeds from 0 and said none). A curve's trunks are
+  // seeds, so a promoted trunk's seed is the first.
+  if (!controls.seed.value.trim()) {
+    controls.seed.value = formTrunk ? String(formTrunk.init_seed ?? '0') : randomSeed();
+  }
   const state = stateFromControls();
   let request;
   try {

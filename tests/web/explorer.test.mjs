@@ -951,7 +951,7 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
         // A malformed size is refused in the page, naming the field.
         await fillGrid(page, {original: 'big'});
         await page.click(testId('run'));
-        await page.waitForFunction(() => /original: give two whole numbers/.test(
+        await page.waitForFunction(() => /^Original size: give two whole numbers/.test(
             document.querySelector('[data-testid="error-message"]').textContent));
       });
     } finally {

@@ -478,8 +478,10 @@ class Client:
     def stream_grid_from_request(
         self, request: Any, *, timeout: Optional[float] = None
     ) -> Iterator[GridEvent]:
-        # Checked here, not at the first next().
-        return self._stream_grid(request, self._timeout(timeout))
+        # Checked here, not at the first next() (and again there).
+        timeout = self._timeout(timeout)
+        self._open("StreamGrid")
+        return self._stream_grid(request, timeout)
 
     def _stream_grid(self, request: Any, timeout: Optional[float]) -> Iterator[GridEvent]:
         self._open("StreamGrid")
@@ -553,6 +555,7 @@ class Client:
                             "build_request)")
         request = orchestrator_pb2.CurveRequest(trunks=_whole("trunks", trunks, _INT32))
         request.grid.CopyFrom(self.build_request(**grid))
+        self._open("DecisionCurve")
         return self._stream_decision_curve(request, timeout, silence)
 
     def _stream_decision_curve(self, request: Any, timeout: Optional[float],

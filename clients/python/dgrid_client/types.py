@@ -647,10 +647,10 @@ class Curve:
     model_evals: int
     judged_images: int
     proto: Any = field(default=None, repr=False, compare=False)
-    # The same plot as an SVG document (vector); last, so that positional
-    # construction keeps its old order.
+    # Fields added later come last, so that positional construction keeps
+    # its old order: the same plot as an SVG document (vector), and the
+    # grids' work found in the orchestrator's cache instead of run.
     svg: bytes = field(default=b"", repr=False)
-    # Grids' work found in the orchestrator's cache instead of run.
     cache_hits: int = 0
 
     def head(self, name: str) -> HeadCurve:
