@@ -129,7 +129,8 @@ ABSL_FLAG(std::vector<std::string>, branch_steps, {},
           "dgrid grid and curve: rows, as the steps after which branches leave the trunk, e.g. "
           "0,5,10.");
 ABSL_FLAG(std::string, auth_token_file, "",
-          "File with the orchestrator's bearer token (sent as authorization metadata).");
+          "File with the bearer token of the server dialled (sent as authorization metadata): "
+          "the orchestrator's, or for step and branch the denoiser's.");
 ABSL_FLAG(std::string, tls_ca, "", "PEM CA of the server: connect with TLS.");
 ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate, for mutual TLS.");
 ABSL_FLAG(std::string, tls_key, "", "PEM client key, for mutual TLS.");
