@@ -8,6 +8,8 @@
 #include <dlfcn.h>
 #include <malloc.h>
 
+#include <algorithm>
+#include <cmath>
 #include <optional>
 
 #include "absl/strings/str_cat.h"
@@ -462,6 +464,22 @@ absl::StatusOr<std::vector<uint8_t>> DenoiserModel::Decode(absl::Span<const floa
     }
     img = img.contiguous();
     const int64_t n = image_numel;
+    // Pixels from NaN would come back as black, OK: fail instead, naming the
+    // caller's latent when it is past any sampler's scale (an input that
+    // fails on every replica), else as this replica's fault.
+    for (int b = 0; b < batch; ++b) {
+      const float* values = img.data_ptr<float>() + b * n;
+      if (std::all_of(values, values + n, [](float v) { return std::isfinite(v); })) continue;
+      const int64_t ln = latent_numel();
+      float largest = 0;
+      for (int64_t j = 0; j < ln; ++j) largest = std::max(largest, std::abs(latents[b * ln + j]));
+      if (largest > kLatentBeyondAnySampler) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "a latent whose largest magnitude is ", largest,
+            " decodes to non-finite pixels (NaN or Inf): outside what this model's decoder takes"));
+      }
+      return absl::InternalError("the decoder produced non-finite pixels (NaN or Inf)");
+    }
     for (int b = 0; b < batch; ++b) {
       std::vector<uint8_t> px =
           ToPixels({img.data_ptr<float>() + b * n, static_cast<size_t>(n)}, channels,

@@ -31,6 +31,11 @@
 
 namespace dgrid {
 
+// A latent magnitude no sampler reaches (unit-variance noise and the data:
+// tens at most). A latent past it that turns non-finite in the model or the
+// decoder is the caller's input's doing; one within it, the replica's.
+inline constexpr float kLatentBeyondAnySampler = 1e4f;
+
 struct ModelLoadOptions {
   // "auto" (CUDA when the LibTorch build and a GPU have it), "cpu" or "cuda".
   std::string device = "auto";

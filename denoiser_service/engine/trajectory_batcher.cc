@@ -1117,8 +1117,7 @@ absl::Status TrajectoryBatcher::Step(Active& a, absl::Span<float> out) {
   // variance noise and the data: tens at most) cannot be to blame: the
   // orchestrator sends its captures as start latents, and a replica that
   // turns one into NaN misbehaved, as it would from a seed's x_T: INTERNAL,
-  // retried elsewhere.
-  constexpr float kLatentBeyondAnySampler = 1e4f;
+  // retried elsewhere (kLatentBeyondAnySampler).
   auto non_finite = [&](const char* what) {
     if (a.latent_given && a.latent_max_abs > kLatentBeyondAnySampler) {
       return InvalidFieldError(

@@ -175,14 +175,18 @@ absl::StatusOr<std::unique_ptr<DenoiserServer>> DenoiserServer::Start(
 }
 
 std::vector<std::string> DenoiserServer::model_names() const {
+  // In --model_dir order, as GetModelInfo lists them: the first is the
+  // default model.
+  std::vector<std::pair<int, std::string>> ordered;
+  for (const auto& [name, served] : *models_) ordered.emplace_back(served.order, name);
+  std::sort(ordered.begin(), ordered.end());
   std::vector<std::string> names;
-  for (const auto& [name, _] : *models_) names.push_back(name);
+  for (auto& [_, name] : ordered) names.push_back(std::move(name));
   return names;
 }
 
 int DenoiserServer::metrics_port() const { return metrics_ ? metrics_->port() : 0; }
 
-void DenoiserServer::Wait() { server_->Wait(); }
 
 void DenoiserServer::Shutdown(absl::Duration grace) {
   if (!server_) return;

@@ -7,7 +7,8 @@
 //   options.listen = "127.0.0.1:0";
 //   ASSIGN_OR_RETURN(auto server, DenoiserServer::Start(options));
 //   server->port();   // the bound port
-//   server->Wait();
+//   ...               // until a stop signal
+//   server->Shutdown();
 #ifndef DGRID_DENOISER_SERVER_DENOISER_SERVER_H_
 #define DGRID_DENOISER_SERVER_DENOISER_SERVER_H_
 
@@ -88,7 +89,6 @@ class DenoiserServer {
   // 0 when metrics are off.
   int metrics_port() const;
   std::vector<std::string> model_names() const;
-  void Wait();
   // Marks every model NOT_SERVING, then stops accepting and drains.
   void Shutdown(absl::Duration grace = absl::Seconds(5));
 

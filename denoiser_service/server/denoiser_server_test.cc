@@ -303,15 +303,35 @@ TEST_F(DenoiserServerTest, BadInputGetsACodeAndNamesTheFieldAndTheServerKeepsSer
       {"too many segment conditionings",
        [](auto& r) {
          r.mutable_sampler()->set_steps(100);
+         // 40 each in two paths, all distinct.
+         *r.add_trajectories() = r.trajectories(0);
+         for (int t = 0; t < 2; ++t) {
+           v1::Path* p = r.mutable_trajectories(t)->mutable_path();
+           for (int k = 1; k <= 40; ++k) {
+             v1::Segment* s = p->add_segments();
+             s->set_from_step(k);
+             s->set_noise_seed(k);
+             s->mutable_conditioning()->set_class_index(40 * t + k);
+           }
+         }
+       },
+       Code::INVALID_ARGUMENT,
+       "trajectories[1].path.segments[25].conditioning: more than 64 distinct"},
+      // Few distinct ones, but each a switch the engine holds: 256
+      // trajectories of 999 took 75 MB for 3 MB sent.
+      {"too many switches in one path",
+       [](auto& r) {
+         r.mutable_sampler()->set_steps(100);
          v1::Path* p = r.mutable_trajectories(0)->mutable_path();
          for (int k = 1; k <= 65; ++k) {
            v1::Segment* s = p->add_segments();
            s->set_from_step(k);
            s->set_noise_seed(k);
-           s->mutable_conditioning()->set_class_index(k);
+           s->mutable_conditioning()->set_class_index(k % 2);
          }
        },
-       Code::INVALID_ARGUMENT, "trajectories[0].path.segments[65].conditioning: more than 64"},
+       Code::INVALID_ARGUMENT,
+       "trajectories[0].path.segments[65].conditioning: more than 64 segments of one path"},
       {"no segments",
        [](auto& r) { r.mutable_trajectories(0)->mutable_path()->clear_segments(); },
        Code::INVALID_ARGUMENT, "trajectories[0].path.segments"},
@@ -523,6 +543,100 @@ TEST(AnswerSizeTest, AnAnswerPastTheMessageLimitIsRefusedNamingTheField) {
   EXPECT_NE(big.error_message().find("(--max_message_bytes); at most "), std::string::npos)
       << big.error_message();
   EXPECT_TRUE(decode(1).ok());
+}
+
+// A Branch event, and the small answers, are held to the message limit
+// too: gRPC would refuse them after the work, as a bare "larger than max"
+// that the handler took for a client gone.
+TEST(AnswerSizeTest, BranchEventsAndSmallAnswersPastTheLimitAreRefusedNamingWhy) {
+  auto start = [](int limit) {
+    DenoiserServerOptions o;
+    o.model_dirs = {std::string(std::getenv("DGRID_FIXTURES")) + "/tinyconv"};
+    o.listen = "127.0.0.1:0";
+    o.threads = 2;
+    o.max_message_bytes = limit;
+    return DenoiserServer::Start(o);
+  };
+  // tinyconv: a latent of 269 bytes, a 16x16 image of 256 pixels and a PNG
+  // of noise about as large.
+  auto server = start(640);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = v1::Denoiser::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", (*server)->port()), grpc::InsecureChannelCredentials()));
+  auto branch = [&](bool decode, bool previews) {
+    v1::BranchRequest request;
+    request.set_model("tinyconv");
+    request.mutable_sampler()->set_steps(4);
+    request.set_decode(decode);
+    request.set_previews(previews);
+    v1::Path* path = request.add_trajectories()->mutable_path();
+    path->set_init_seed(3);
+    path->add_segments()->set_noise_seed(3);
+    grpc::ClientContext context;
+    auto reader = stub->Branch(&context, request);
+    v1::BranchEvent event;
+    while (reader->Read(&event)) {
+    }
+    return reader->Finish();
+  };
+  // Known before the work: two latents and two images pass 640 bytes.
+  const grpc::Status previews = branch(true, true);
+  EXPECT_EQ(previews.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(previews.error_message().rfind("previews: one event of this model is ", 0), 0u)
+      << previews.error_message();
+  // Known only once the PNG is made: a latent and an image fit, with the
+  // PNG they do not.
+  const grpc::Status decoded = branch(true, false);
+  EXPECT_EQ(decoded.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(decoded.error_message().rfind("decode: an event of ", 0), 0u)
+      << decoded.error_message();
+  EXPECT_NE(decoded.error_message().find("(--max_message_bytes)"), std::string::npos);
+  const grpc::Status latents = branch(false, false);
+  EXPECT_TRUE(latents.ok()) << latents.error_message();
+
+  // A limit below even the model list: the server's own setting, not the
+  // caller's doing.
+  auto tiny = start(20);
+  ASSERT_TRUE(tiny.ok()) << tiny.status();
+  auto tiny_stub = v1::Denoiser::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", (*tiny)->port()), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  v1::GetModelInfoResponse info;
+  const grpc::Status listed = tiny_stub->GetModelInfo(&context, {}, &info);
+  EXPECT_EQ(listed.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(listed.error_message().find("past this replica's message limit of 20 bytes"),
+            std::string::npos)
+      << listed.error_message();
+}
+
+// A latent the decoder turns into NaN came back OK as a black image; it is
+// the caller's when past any sampler's scale.
+TEST(DecodeTest, ALatentThatDecodesToNonFinitePixelsIsRefusedNotBlack) {
+  DenoiserServerOptions o;
+  o.model_dirs = {std::string(std::getenv("DGRID_FIXTURES")) + "/textlatent"};
+  o.listen = "127.0.0.1:0";
+  o.threads = 2;
+  auto server = DenoiserServer::Start(o);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = v1::Denoiser::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", (*server)->port()), grpc::InsecureChannelCredentials()));
+  auto decode = [&](float value) {
+    v1::DecodeRequest request;
+    request.set_model("textlatent");
+    EncodeFloatTensor(std::vector<float>(4 * 8 * 8, value), std::vector<int64_t>{4, 8, 8},
+                      request.add_latents());
+    grpc::ClientContext context;
+    v1::DecodeResponse response;
+    return stub->Decode(&context, request, &response);
+  };
+  const grpc::Status huge = decode(3e38f);
+  EXPECT_EQ(huge.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(huge.error_message().rfind(
+                "latents: a latent whose largest magnitude is 3e+38 decodes to non-finite pixels",
+                0),
+            0u)
+      << huge.error_message();
+  EXPECT_TRUE(decode(1.0f).ok());
 }
 
 TEST(ModelDirsTest, AFolderOfBundlesExpandsByNameAndFlagOrderIsKept) {

@@ -19,6 +19,7 @@
 #include "common/status_macros.h"
 #include "common/tensor_codec.h"
 #include "common/wire.h"
+#include "denoiser_service/engine/field_error.h"
 #include "denoiser_service/server/wire_fields.h"
 #include "denoiser_service/text/tokenizer.h"
 
@@ -159,8 +160,11 @@ class ProgressTicker {
   absl::Time last_ = absl::Now();
 };
 
-// Distinct segment conditionings one Step or Branch request may carry.
+// Distinct segment conditionings one Step or Branch request may carry, and
+// segments of one path that carry one (each a switch the engine holds for
+// the trajectory's life; a grid's cell switches at most 16 times).
 constexpr size_t kMaxConditioningsPerRequest = 64;
+constexpr int kMaxSwitchesPerPath = 64;
 
 // Shared by Step and Branch: everything but the step range.
 template <typename Request>
@@ -189,11 +193,17 @@ absl::StatusOr<RunRequest> ParseRun(const Request& request, const BundleManifest
     const v1::TrajectoryInput& in = request.trajectories(i);
     TrajectoryStart& t = run.trajectories[i];
     t.path = PathFromProto(in.path());
+    int switches = 0;
     for (int j = 0; j < in.path().segments_size(); ++j) {
       if (!in.path().segments(j).has_conditioning()) continue;
       const v1::Conditioning& c = in.path().segments(j).conditioning();
       const std::string field =
           absl::StrCat("trajectories[", i, "].path.segments[", j, "].conditioning");
+      if (++switches > kMaxSwitchesPerPath) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            field, ": more than ", kMaxSwitchesPerPath, " segments of one path carry a "
+            "conditioning"));
+      }
       if (c.label_case() == v1::Conditioning::kClassIndex && c.class_index() < 0) {
         return absl::InvalidArgumentError(
             absl::StrCat(field, ".class_index must be >= 0, got ", c.class_index()));
@@ -252,13 +262,14 @@ absl::StatusOr<RunRequest> ParseBranch(const v1::BranchRequest& request, const B
 // events between them, until the run ends; cancels the run when the client
 // goes away. Returns the run's status in the wire's field names.
 absl::Status StreamBranch(const v1::BranchRequest& request, const ServedModel& model, Run& run,
-                          grpc::ServerContext& context,
+                          int64_t max_message_bytes, grpc::ServerContext& context,
                           grpc::ServerWriter<v1::BranchEvent>& writer) {
   const BundleManifest& m = model.model->manifest();
   RunEvent event;
   v1::BranchEvent out;
   ProgressTicker progress(absl::Milliseconds(request.progress_interval_ms()), *model.batcher);
   const auto watch = WatchCaller(run, context);
+  bool client_gone = false;
   while (true) {
     const Run::Wait w = run.Next(progress.poll(), &event);
     if (w == Run::Wait::kDone) break;
@@ -276,11 +287,23 @@ absl::Status StreamBranch(const v1::BranchRequest& request, const ServedModel& m
       run.Cancel();
       return decoded;
     }
+    // Its PNGs can take an event past the limit the request's check allowed
+    // (BranchEventFits): gRPC would refuse the write as a client gone.
+    if (const int64_t bytes = static_cast<int64_t>(out.ByteSizeLong()); bytes > max_message_bytes) {
+      run.Cancel();
+      return absl::InvalidArgumentError(absl::StrCat(
+          request.previews() ? "previews" : "decode", ": an event of ", bytes >> 10,
+          " KiB (latent and images) is past this replica's message limit of ",
+          max_message_bytes >> 10, " KiB (--max_message_bytes)"));
+    }
     if (!writer.Write(out) || !progress.SendIfDue(run, &writer)) {
       // The client went away: stop its trajectories on the engine.
+      client_gone = true;
       run.Cancel();
     }
   }
+  // A run that ended before its events were all written is no OK call.
+  if (client_gone && run.status().ok()) return absl::CancelledError("the client went away");
   const absl::Status status = ToWireFields(run.status(), DenoiserRpc::kBranch);
   // A failed attempt's last count: the caller counts what it spent.
   if (!status.ok()) progress.Send(run, &writer);
@@ -426,7 +449,7 @@ grpc::Status DenoiserServiceImpl::GetModelInfo(grpc::ServerContext* context,
   if (response->models_size() == 0) {
     return Count("GetModelInfo", ToGrpcStatus(FindModel(request->model()).status()));
   }
-  return Count("GetModelInfo", grpc::Status::OK);
+  return Count("GetModelInfo", ToGrpcStatus(AnswerFits(*response)));
 }
 
 grpc::Status DenoiserServiceImpl::Step(grpc::ServerContext* context,
@@ -486,11 +509,24 @@ grpc::Status DenoiserServiceImpl::Branch(grpc::ServerContext* context,
   auto run_request = ParseBranch(*request, model.model->manifest(),
                                  max_trajectories_per_request_, DeadlineOf(*context));
   if (!run_request.ok()) return Count("Branch", ToGrpcStatus(run_request.status()));
+  // One event, at the least its latent and (asked for) its x0 and images;
+  // their PNGs come on top, checked as each is written.
+  const bool previews = request->previews();
+  const int64_t latents = previews ? model.answer.step_item : model.answer.step_item / 2;
+  const int64_t images = request->decode() ? (previews ? 2 : 1) * model.answer.decode_item : 0;
+  if (latents + images > max_message_bytes_) {
+    return Count("Branch", ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
+                               previews ? "previews" : "decode", ": one event of this model is ",
+                               (latents + images) >> 10, " KiB at the least, past this replica's "
+                               "message limit of ", max_message_bytes_ >> 10,
+                               " KiB (--max_message_bytes)"))));
+  }
   auto run = model.batcher->Start(std::move(*run_request));
   if (!run.ok()) {
     return Count("Branch", ToGrpcStatus(ToWireFields(run.status(), DenoiserRpc::kBranch)));
   }
-  return Count("Branch", ToGrpcStatus(StreamBranch(*request, model, **run, *context, *writer)));
+  return Count("Branch", ToGrpcStatus(StreamBranch(*request, model, **run, max_message_bytes_,
+                                                   *context, *writer)));
 }
 
 AnswerSizes AnswerSizesOf(const BundleManifest& m) {
@@ -582,7 +618,14 @@ grpc::Status DenoiserServiceImpl::Decode(grpc::ServerContext* context,
   auto pixels = (*served)->batcher->Decode(std::move(latents), request->latents_size(),
                                            DeadlineOf(*context),
                                            [context] { return context->IsCancelled(); });
-  if (!pixels.ok()) return Count("Decode", ToGrpcStatus(pixels.status()));
+  if (!pixels.ok()) {
+    absl::Status status = pixels.status();
+    // The decoder's refusal of a caller's latent names no field of its own.
+    if (status.code() == absl::StatusCode::kInvalidArgument && !ErrorField(status)) {
+      status = absl::InvalidArgumentError(absl::StrCat("latents: ", status.message()));
+    }
+    return Count("Decode", ToGrpcStatus(status));
+  }
   const size_t per_image = static_cast<size_t>(m.ImageNumel());
   for (int i = 0; i < request->latents_size(); ++i) {
     absl::Status filled = ImageToProto(
@@ -634,7 +677,7 @@ grpc::Status DenoiserServiceImpl::Tokenize(grpc::ServerContext* context,
       out->add_unknown_words(std::string(Utf8Prefix(word, kMaxUnknownWordBytes)));
     }
   }
-  return Count("Tokenize", grpc::Status::OK);
+  return Count("Tokenize", ToGrpcStatus(AnswerFits(*response)));
 }
 
 grpc::Status DenoiserServiceImpl::Judge(grpc::ServerContext* context,
@@ -690,7 +733,16 @@ grpc::Status DenoiserServiceImpl::Judge(grpc::ServerContext* context,
       head->set_probability(verdict[h].probability);
     }
   }
-  return Count("Judge", grpc::Status::OK);
+  return Count("Judge", ToGrpcStatus(AnswerFits(*response)));
+}
+
+absl::Status DenoiserServiceImpl::AnswerFits(const google::protobuf::Message& answer) const {
+  const int64_t bytes = static_cast<int64_t>(answer.ByteSizeLong());
+  if (bytes <= max_message_bytes_) return absl::OkStatus();
+  // Too small a limit for this server's own answer: no client can fix it.
+  return absl::FailedPreconditionError(absl::StrCat(
+      "the answer of ", bytes, " bytes is past this replica's message limit of ",
+      max_message_bytes_, " bytes (--max_message_bytes)"));
 }
 
 }  // namespace dgrid
