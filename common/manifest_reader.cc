@@ -38,6 +38,11 @@ constexpr double kMinAlphaBar = 1e-20;
 // A judge's heads and labels travel in every ModelInfo: keep them small.
 constexpr int kMaxJudgeHeads = 16, kMaxJudgeLabels = 4096;
 constexpr size_t kMaxJudgeText = 128;
+// A description of several sentences; example prompts as long as a prompt
+// may be (the denoiser's limit), a list a page can show.
+constexpr size_t kMaxDescriptionBytes = 4096;
+constexpr size_t kMaxExamplePromptBytes = 4096;
+constexpr int kMaxExamplePrompts = 64;
 
 absl::Status Invalid(absl::string_view field, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat("manifest ", field, ": ", what));
@@ -56,6 +61,23 @@ absl::Status CheckLabel(const std::string& text, absl::string_view field, bool m
   if (!IsValidUtf8(text)) return Invalid(field, "is not valid UTF-8");
   for (const char c : text) {
     if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+      return Invalid(field, absl::StrCat("holds a control character: ", ShortQuote(text)));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// A description, a licence or an example prompt: longer text, shown as it is
+// (`dgrid models`, the explorer), so UTF-8 without control characters but
+// a description's line breaks.
+absl::Status CheckText(const std::string& text, absl::string_view field, size_t max_bytes,
+                       bool lines) {
+  if (text.size() > max_bytes) {
+    return Invalid(field, absl::StrCat("is ", text.size(), " bytes, more than ", max_bytes));
+  }
+  if (!IsValidUtf8(text)) return Invalid(field, "is not valid UTF-8");
+  for (const char c : text) {
+    if ((static_cast<unsigned char>(c) < 0x20 && !(lines && c == '\n')) || c == 0x7f) {
       return Invalid(field, absl::StrCat("holds a control character: ", ShortQuote(text)));
     }
   }
@@ -112,8 +134,14 @@ absl::StatusOr<JudgeSpec> JudgeFromProto(const v1::ModelManifest::Judge& p) {
                                                      " labels, got ", h.labels_size()));
     }
     for (int j = 0; j < h.labels_size(); ++j) {
-      RETURN_IF_ERROR(
-          CheckLabel(h.labels(j), absl::StrCat(field, ".labels[", j, "]"), /*may_be_empty=*/false));
+      const std::string label_field = absl::StrCat(field, ".labels[", j, "]");
+      RETURN_IF_ERROR(CheckLabel(h.labels(j), label_field, /*may_be_empty=*/false));
+      // Verdicts are compared by index but reported by name.
+      if (std::find(h.labels().begin(), h.labels().begin() + j, h.labels(j)) !=
+          h.labels().begin() + j) {
+        return Invalid(label_field,
+                       absl::StrCat(ShortQuote(h.labels(j)), " repeats an earlier label"));
+      }
     }
     judge.heads.push_back({h.name(), h.output(), {h.labels().begin(), h.labels().end()}});
   }
@@ -137,10 +165,7 @@ absl::Status ReadShapesAndWeights(const v1::ModelManifest& p, BundleManifest& m)
                                                    ? " (from latent_shape: give image_shape)"
                                                    : ""));
   }
-  if (p.weights().empty()) return Invalid("weights", "is required");
-  if (p.weights().find("..") != std::string::npos || p.weights().front() == '/') {
-    return Invalid("weights", "must be a file inside the bundle folder");
-  }
+  RETURN_IF_ERROR(CheckBundleFile(p.weights(), "weights"));
   m.weights = p.weights();
   if (p.timestep_dtype().empty() || p.timestep_dtype() == "long") {
     m.timestep_is_float = false;
@@ -287,6 +312,16 @@ absl::Status ReadTextConditioning(const v1::ModelManifest::Conditioning& c, Bund
   if (t.tokenizer.max_length < 2 || t.tokenizer.max_length > 4096) {
     return Invalid("conditioning.tokenizer.max_length", "must be in [2, 4096]");
   }
+  if (c.example_prompts_size() > kMaxExamplePrompts) {
+    return Invalid("conditioning.example_prompts",
+                   absl::StrCat("more than ", kMaxExamplePrompts, " prompts"));
+  }
+  for (int i = 0; i < c.example_prompts_size(); ++i) {
+    // A client sends one as a prompt, held to a prompt's byte limit.
+    RETURN_IF_ERROR(CheckText(c.example_prompts(i),
+                              absl::StrCat("conditioning.example_prompts[", i, "]"),
+                              kMaxExamplePromptBytes, /*lines=*/false));
+  }
   t.example_prompts.assign(c.example_prompts().begin(), c.example_prompts().end());
   return ReadExtraConditioning(c.extra(), m);
 }
@@ -337,8 +372,8 @@ absl::Status ReadDecoder(const v1::ModelManifest& p, BundleManifest& m) {
   if (m.decoder_kind != "identity" && m.decoder_kind != "torchscript") {
     return Invalid("decoder.kind", "must be identity or torchscript");
   }
-  if (m.decoder_kind == "torchscript" && p.decoder().weights().empty()) {
-    return Invalid("decoder.weights", "is required for a torchscript decoder");
+  if (m.decoder_kind == "torchscript") {
+    RETURN_IF_ERROR(CheckBundleFile(p.decoder().weights(), "decoder.weights"));
   }
   // The identity decoder's image is the latent itself, [C,h,w] as [h,w,C].
   if (m.decoder_kind == "identity" &&
@@ -408,6 +443,9 @@ absl::StatusOr<BundleManifest> FromProto(const v1::ModelManifest& p) {
   RETURN_IF_ERROR(CheckLabel(p.version(), "version", /*may_be_empty=*/true));
   m.name = p.name();
   m.version = p.version();
+  RETURN_IF_ERROR(CheckText(p.description(), "description", kMaxDescriptionBytes,
+                            /*lines=*/true));
+  RETURN_IF_ERROR(CheckText(p.data().license(), "data.license", kMaxJudgeText, /*lines=*/false));
   m.description = p.description();
   RETURN_IF_ERROR(ReadShapesAndWeights(p, m));
   RETURN_IF_ERROR(ReadSchedule(p, m));

@@ -169,6 +169,28 @@ TEST(ManifestReaderTest, ATokenizerIdBelowMinusOneIsRefusedByName) {
       << m.status();
 }
 
+// Example prompts go to clients as they are, and come back as prompts.
+TEST(ManifestReaderTest, ExamplePromptsArePlainTextAPromptLong) {
+  auto with_examples = [](const std::string& examples) {
+    return absl::StrCat(R"({"name": "x", "latent_shape": [1,4,4], "weights": "m.pt",
+      "schedule": {"beta_start": 0.0001, "beta_end": 0.02, "train_timesteps": 1000},
+      "conditioning": {"kind": "text", "text_encoder": {"weights": "t.pt", "context_dim": 4},
+        "tokenizer": {"kind": "words", "vocab": "v.txt"}, "example_prompts": )",
+                        examples, "}}");
+  };
+  EXPECT_TRUE(ParseManifestJson(with_examples(R"(["a cat", "a dog"])")).ok());
+  const std::pair<std::string, const char*> cases[] = {
+      {R"(["a cat", "a [2Jdog"])", "conditioning.example_prompts[1]: holds a control"},
+      {absl::StrCat(R"([")", std::string(5000, 'p'), R"("])"),
+       "conditioning.example_prompts[0]: is 5000 bytes, more than 4096"},
+  };
+  for (const auto& [examples, says] : cases) {
+    auto m = ParseManifestJson(with_examples(examples));
+    ASSERT_FALSE(m.ok()) << examples.substr(0, 40);
+    EXPECT_NE(m.status().message().find(says), absl::string_view::npos) << m.status().message();
+  }
+}
+
 // A text manifest with `extra` (SDXL-style conditioning) set to `extra`.
 std::string TextManifestWithExtra(const std::string& extra, const std::string& kind = "text") {
   return absl::StrCat(R"({"name": "x", "latent_shape": [4,8,8], "image_shape": [32,32,3],
@@ -384,6 +406,9 @@ TEST(ManifestReaderTest, RefusesABadJudgeByField) {
        "judge.heads[0].name: holds a control character"},
       {R"({"weights": "j.pt", "heads": [{"name": "a", "labels": ["x", "\u001b[0m"]}]})",
        "judge.heads[0].labels[1]: holds a control character"},
+      // Verdicts are reported by name: two alike would read as one.
+      {R"({"weights": "j.pt", "heads": [{"name": "a", "labels": ["x", "y", "x"]}]})",
+       "judge.heads[0].labels[2]: \"x\" repeats an earlier label"},
   };
   for (const auto& c : cases) {
     auto m = ParseManifestJson(WithJudge(c.judge));
@@ -407,6 +432,18 @@ TEST(ManifestReaderTest, NamesVersionsAndClassLabelsAreShortPlainAndDistinct) {
       {{R"(["a", "b"])", R"(["a", "a"])"},
        "manifest conditioning.class_labels[1]: \"a\" repeats an earlier label"},
       {{R"(["a", "b"])", R"(["", "b"])"}, "manifest conditioning.class_labels[0]: is required"},
+      // The longer text is shown as it is too: `dgrid models`, the explorer.
+      {{R"("name": "toy")", R"("name": "toy", "description": "one\ntwo \u001b[2J")"},
+       "manifest description: holds a control character"},
+      {{R"("name": "toy")", absl::StrCat(R"("name": "toy", "description": ")",
+                                         std::string(5000, 'd'), "\"")},
+       "manifest description: is 5000 bytes, more than 4096"},
+      {{R"("name": "toy")", R"("name": "toy", "data": {"license": "MIT\r"})"},
+       "manifest data.license: holds a control character"},
+      // Every file the manifest names lies inside the bundle, the decoder's too.
+      {{R"("name": "toy")",
+        R"("name": "toy", "decoder": {"kind": "torchscript", "weights": "sub/../d.pt"})"},
+       "manifest decoder.weights: must be a file inside the bundle folder"},
   };
   for (const auto& [edit, says] : cases) {
     std::string json = kGood;
