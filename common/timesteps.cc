@@ -38,7 +38,7 @@ std::string TimestepsProblem(int train_timesteps, int steps, Spacing spacing, in
   // fit, 500 pass the end, 499 fit).
   int fits = steps - 1;
   while (fits > 0 && last(fits) > train_timesteps - 1) --fits;
-  return absl::StrCat("steps: ", steps, " leading steps with steps_offset ", steps_offset,
+  return absl::StrCat(steps, " leading steps with steps_offset ", steps_offset,
                       " would reach timestep ", last(steps), " of a schedule that ends at ",
                       train_timesteps - 1, "; ",
                       fits > 0 ? absl::StrCat(fits, " steps fit (the most below ", steps, "), ")

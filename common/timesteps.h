@@ -19,7 +19,8 @@ namespace dgrid {
 // [0, train_timesteps - 1].
 std::vector<int> DdimTimesteps(int train_timesteps, int steps, Spacing spacing, int steps_offset);
 
-// Why these timesteps cannot be sampled, or "" when they can: leading spacing
+// Why these timesteps cannot be sampled, or "" when they can (a sentence for
+// the caller to put after its field's name): leading spacing
 // whose steps_offset pushes the first timestep past the schedule's end (1000
 // steps with offset 1 would run timestep 999 twice; diffusers would index past
 // its table).

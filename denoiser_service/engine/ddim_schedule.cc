@@ -16,7 +16,7 @@ absl::StatusOr<DdimSchedule> DdimSchedule::Create(const NoiseScheduleSpec& spec,
   }
   if (const std::string problem = TimestepsProblem(train, steps, spacing, spec.steps_offset);
       !problem.empty()) {
-    return absl::InvalidArgumentError(problem);
+    return absl::InvalidArgumentError(absl::StrCat("steps: ", problem));
   }
   DdimSchedule s;
   s.prediction_ = spec.prediction;

@@ -346,8 +346,14 @@ absl::StatusOr<std::shared_ptr<const SamplerSchedule>> TrajectoryBatcher::Schedu
       return schedule;
     }
   }
-  absl::StatusOr<SamplerSchedule> created =
-      SamplerSchedule::Create(model_->manifest().schedule, choice);
+  // Named as the request's field: the schedule's own error says "steps".
+  const NoiseScheduleSpec& spec = model_->manifest().schedule;
+  if (const std::string problem =
+          TimestepsProblem(spec.train_timesteps, choice.steps, choice.spacing, spec.steps_offset);
+      !problem.empty()) {
+    return InvalidFieldError("sampler.steps", absl::StrCat(": ", problem));
+  }
+  absl::StatusOr<SamplerSchedule> created = SamplerSchedule::Create(spec, choice);
   if (!created.ok()) return created.status();
   auto schedule = std::make_shared<const SamplerSchedule>(std::move(*created));
   // Few distinct (steps, spacing, sampler) choices occur; keep the list

@@ -295,6 +295,11 @@ TEST_F(DenoiserServerTest, BadInputGetsACodeAndNamesTheFieldAndTheServerKeepsSer
          p->add_segments()->set_from_step(0);
        },
        Code::INVALID_ARGUMENT, "trajectories[0].path.segments[1].from_step"},
+      // The request's field, as the range check names it ("steps" is the
+      // schedule's own word).
+      {"leading steps past the schedule",
+       [](auto& r) { r.mutable_sampler()->set_steps(1000); },
+       Code::INVALID_ARGUMENT, "sampler.steps: 1000 leading steps with steps_offset 1"},
       {"segment beyond steps",
        [](auto& r) { r.mutable_trajectories(0)->mutable_path()->add_segments()->set_from_step(99); },
        Code::INVALID_ARGUMENT, "trajectories[0].path.segments[1].from_step"},

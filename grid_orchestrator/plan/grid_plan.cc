@@ -212,7 +212,7 @@ absl::Status PlanSampler(const v1::GridRequest& request, const v1::ModelInfo& mo
   if (const std::string problem = TimestepsProblem(model.train_timesteps(), plan->steps,
                                                    plan->spacing, model.steps_offset());
       !problem.empty()) {
-    return Invalid(problem);
+    return Invalid(absl::StrCat("steps: ", problem));
   }
   plan->timesteps =
       DdimTimesteps(model.train_timesteps(), plan->steps, plan->spacing, model.steps_offset());
