@@ -69,7 +69,7 @@ absl::Status CheckLabel(const std::string& text, absl::string_view field, bool m
 
 // A description, a licence or an example prompt: longer text, shown as it is
 // (`dgrid models`, the explorer), so UTF-8 without control characters but
-// a description's line breaks.
+// a description's line breaks and tabs.
 absl::Status CheckText(const std::string& text, absl::string_view field, size_t max_bytes,
                        bool lines) {
   if (text.size() > max_bytes) {
@@ -77,7 +77,8 @@ absl::Status CheckText(const std::string& text, absl::string_view field, size_t 
   }
   if (!IsValidUtf8(text)) return Invalid(field, "is not valid UTF-8");
   for (const char c : text) {
-    if ((static_cast<unsigned char>(c) < 0x20 && !(lines && c == '\n')) || c == 0x7f) {
+    const bool layout = c == '\n' || c == '\r' || c == '\t';
+    if ((static_cast<unsigned char>(c) < 0x20 && !(lines && layout)) || c == 0x7f) {
       return Invalid(field, absl::StrCat("holds a control character: ", ShortQuote(text)));
     }
   }

@@ -180,7 +180,7 @@ TEST(ManifestReaderTest, ExamplePromptsArePlainTextAPromptLong) {
   };
   EXPECT_TRUE(ParseManifestJson(with_examples(R"(["a cat", "a dog"])")).ok());
   const std::pair<std::string, const char*> cases[] = {
-      {R"(["a cat", "a [2Jdog"])", "conditioning.example_prompts[1]: holds a control"},
+      {R"(["a cat", "a \u001b[2Jdog"])", "conditioning.example_prompts[1]: holds a control"},
       {absl::StrCat(R"([")", std::string(5000, 'p'), R"("])"),
        "conditioning.example_prompts[0]: is 5000 bytes, more than 4096"},
   };
@@ -452,6 +452,11 @@ TEST(ManifestReaderTest, NamesVersionsAndClassLabelsAreShortPlainAndDistinct) {
     ASSERT_FALSE(m.ok()) << json;
     EXPECT_NE(m.status().message().find(says), absl::string_view::npos) << m.status().message();
   }
+  // Line breaks and tabs are a description's own.
+  std::string described = kGood;
+  described.replace(described.find(R"("name": "toy")"), 13,
+                    R"("name": "toy", "description": "one\r\ntwo\tthree")");
+  EXPECT_TRUE(ParseManifestJson(described).ok()) << ParseManifestJson(described).status();
   std::string unversioned = kGood;
   unversioned.replace(unversioned.find(R"("version": "1")"), 14, R"("version": "")");
   EXPECT_TRUE(ParseManifestJson(unversioned).ok());

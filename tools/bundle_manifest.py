@@ -67,7 +67,28 @@ def check_manifest(manifest: Dict[str, Any]) -> Any:
         json_format.ParseDict(manifest, message)
     except json_format.ParseError as e:
         raise ValueError(f"manifest: {e}") from None
+    # The text a denoiser shows as it is, held to its reader's rules
+    # (common/manifest_reader.cc), so that an export it would refuse fails here.
+    _check_text("description", message.description, 4096, layout=True)
+    _check_text("data.license", message.data.license, 128)
+    prompts = message.conditioning.example_prompts
+    if len(prompts) > 64:
+        raise ValueError(f"manifest conditioning.example_prompts: more than 64 prompts")
+    for i, prompt in enumerate(prompts):
+        _check_text(f"conditioning.example_prompts[{i}]", prompt, 4096)
     return message
+
+
+def _check_text(field: str, text: str, max_bytes: int, layout: bool = False) -> None:
+    """UTF-8 of at most `max_bytes`, without control characters (but line
+    breaks and tabs where `layout`)."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise ValueError(f"manifest {field}: is {size} bytes, more than {max_bytes}")
+    allowed = "\n\r\t" if layout else ""
+    for c in text:
+        if (ord(c) < 0x20 and c not in allowed) or ord(c) == 0x7F:
+            raise ValueError(f"manifest {field}: holds a control character: {text[:40]!r}")
 
 
 def weights_version(modules: Any, extra: bytes = b"") -> str:

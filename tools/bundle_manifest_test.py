@@ -48,6 +48,18 @@ class ManifestTest(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "manifest"):
             bm.check_manifest(dict(MANIFEST, latent_shape="wide"))
 
+    def test_text_the_denoiser_would_refuse_is_refused_here(self):
+        # A licence given on the importer's command line went out unchecked,
+        # and the denoiser then refused the bundle at startup.
+        for bad, says in (
+                (dict(MANIFEST, data={"license": "x" * 200}),
+                 "data.license: is 200 bytes, more than 128"),
+                (dict(MANIFEST, data={"license": "MIT\x1b[2J"}), "data.license: holds a control"),
+                (dict(MANIFEST, description="a\x07b"), "description: holds a control")):
+            with self.assertRaisesRegex(ValueError, says):
+                bm.check_manifest(bad)
+        bm.check_manifest(dict(MANIFEST, description="one\r\ntwo\tthree"))
+
     def test_schedules_are_diffusers(self):
         linear = bm.alphas_cumprod({"beta_schedule": "linear", "beta_start": 1e-4,
                                     "beta_end": 0.02, "train_timesteps": 1000})

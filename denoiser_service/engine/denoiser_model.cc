@@ -421,7 +421,9 @@ absl::Status DenoiserModel::RunForward(absl::Span<const float> x, absl::Span<con
 }
 
 absl::StatusOr<std::vector<uint8_t>> DenoiserModel::Decode(absl::Span<const float> latents,
-                                                           int batch) {
+                                                           int batch,
+                                                           std::vector<char>* non_finite) {
+  if (non_finite) non_finite->assign(batch, 0);
   const int channels = static_cast<int>(manifest_.image_shape[2]);
   const int64_t image_numel = manifest_.ImageNumel();
   std::vector<uint8_t> pixels;
@@ -470,6 +472,10 @@ absl::StatusOr<std::vector<uint8_t>> DenoiserModel::Decode(absl::Span<const floa
     for (int b = 0; b < batch; ++b) {
       const float* values = img.data_ptr<float>() + b * n;
       if (std::all_of(values, values + n, [](float v) { return std::isfinite(v); })) continue;
+      if (non_finite) {
+        (*non_finite)[b] = 1;
+        continue;
+      }
       const int64_t ln = latent_numel();
       float largest = 0;
       for (int64_t j = 0; j < ln; ++j) largest = std::max(largest, std::abs(latents[b * ln + j]));

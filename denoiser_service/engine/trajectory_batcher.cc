@@ -247,12 +247,16 @@ absl::StatusOr<std::vector<uint8_t>> TrajectoryBatcher::Decode(std::vector<float
 }
 
 absl::Status TrajectoryBatcher::DecodeInto(absl::Span<const float> latents, int begin, int count,
-                                           std::vector<uint8_t>& pixels) {
+                                           std::vector<uint8_t>& pixels,
+                                           std::vector<char>* non_finite) {
   const size_t latent = static_cast<size_t>(model_->latent_numel());
   const size_t image = static_cast<size_t>(model_->manifest().ImageNumel());
+  std::vector<char> flags;
   ASSIGN_OR_RETURN(std::vector<uint8_t> part,
-                   model_->Decode(latents.subspan(begin * latent, count * latent), count));
+                   model_->Decode(latents.subspan(begin * latent, count * latent), count,
+                                  non_finite ? &flags : nullptr));
   std::copy(part.begin(), part.end(), pixels.begin() + begin * image);
+  if (non_finite) std::copy(flags.begin(), flags.end(), non_finite->begin() + begin);
   return absl::OkStatus();
 }
 
@@ -1032,11 +1036,13 @@ int TrajectoryBatcher::FillBatch(const std::vector<Active>& active) {
 }
 
 absl::StatusOr<std::vector<uint8_t>> TrajectoryBatcher::DecodeChunks(
-    absl::Span<const float> latents, int n) {
-  if (workers_.Split(n).size() == 1) return model_->Decode(latents, n);
+    absl::Span<const float> latents, int n, std::vector<char>& non_finite) {
+  if (workers_.Split(n).size() == 1) return model_->Decode(latents, n, &non_finite);
   std::vector<uint8_t> pixels(n * model_->manifest().ImageNumel());
-  RETURN_IF_ERROR(workers_.Run(
-      n, [&](int begin, int count) { return DecodeInto(latents, begin, count, pixels); }));
+  non_finite.assign(n, 0);
+  RETURN_IF_ERROR(workers_.Run(n, [&](int begin, int count) {
+    return DecodeInto(latents, begin, count, pixels, &non_finite);
+  }));
   return pixels;
 }
 
@@ -1290,18 +1296,28 @@ void TrajectoryBatcher::DecodeImages(const std::vector<size_t>& now, int other_i
   if (slots.empty()) return;
   const absl::Time start = absl::Now();
   const int n = static_cast<int>(slots.size());
-  absl::StatusOr<std::vector<uint8_t>> pixels = DecodeChunks(latents, n);
+  std::vector<char> non_finite;
+  absl::StatusOr<std::vector<uint8_t>> pixels = DecodeChunks(latents, n, non_finite);
   const absl::Duration took = absl::Now() - start;
   if (observer_) observer_->OnDecode(n, took);
   decode_debt_ += took * other_images / n;
   const size_t per = static_cast<size_t>(model_->manifest().ImageNumel());
-  // Slot k's image, from `image`.
-  auto place = [&](int k, const uint8_t* image) {
+  // Slot k's image, from `image`. A latent's image the decoder gave NaN for
+  // (it would be black) ends its run; an x0 preview's stays, black: x0 at a
+  // schedule's first steps can pass what a decoder takes (an fp16 VAE's
+  // range), and a thumbnail is no reason to fail a grid.
+  auto place = [&](int k, const uint8_t* image, bool flagged) {
+    const Emitted& emitted = emitted_[slots[k].first];
     RunEvent& event = emitted_[slots[k].first].event;
+    if (flagged && !slots[k].second) {
+      emitted.run->Finish(absl::InternalError(absl::StrCat(
+          "the decoder produced non-finite pixels (NaN or Inf) from trajectories[",
+          event.trajectory, "]'s latent at step ", event.step)));
+    }
     (slots[k].second ? event.x0_pixels : event.pixels).assign(image, image + per);
   };
   if (pixels.ok()) {
-    for (int k = 0; k < n; ++k) place(k, pixels->data() + k * per);
+    for (int k = 0; k < n; ++k) place(k, pixels->data() + k * per, non_finite[k]);
     return;
   }
   // One run's latents may be what the decoder fails on: each run's images
@@ -1316,13 +1332,13 @@ void TrajectoryBatcher::DecodeImages(const std::vector<size_t>& now, int other_i
       for (int k : ks) {
         own.insert(own.end(), latents.begin() + k * latent, latents.begin() + (k + 1) * latent);
       }
-      mine = DecodeChunks(own, static_cast<int>(ks.size()));
+      mine = DecodeChunks(own, static_cast<int>(ks.size()), non_finite);
     }
     if (!mine.ok()) {
       emitted_[slots[ks.front()].first].run->Finish(mine.status());
       continue;
     }
-    for (size_t j = 0; j < ks.size(); ++j) place(ks[j], mine->data() + j * per);
+    for (size_t j = 0; j < ks.size(); ++j) place(ks[j], mine->data() + j * per, non_finite[j]);
   }
 }
 

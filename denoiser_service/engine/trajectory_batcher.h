@@ -348,12 +348,15 @@ class TrajectoryBatcher {
   void FailAll(std::vector<Active>& active, const absl::Status& status);
   // Tells observer_ how the active count moved since it was last told.
   void ReportActive(int active);
-  // The decoder over `n` latents, in the workers' chunks.
-  absl::StatusOr<std::vector<uint8_t>> DecodeChunks(absl::Span<const float> latents, int n);
+  // The decoder over `n` latents, in the workers' chunks; the images it
+  // gives non-finite values for flagged in `non_finite` (DenoiserModel::Decode).
+  absl::StatusOr<std::vector<uint8_t>> DecodeChunks(absl::Span<const float> latents, int n,
+                                                    std::vector<char>& non_finite);
   // Decodes latents [begin, begin + count) into their images' place in
-  // `pixels`; chunks of one pass write apart.
+  // `pixels` (and flags, when given, in `non_finite`); chunks of one pass
+  // write apart.
   absl::Status DecodeInto(absl::Span<const float> latents, int begin, int count,
-                          std::vector<uint8_t>& pixels);
+                          std::vector<uint8_t>& pixels, std::vector<char>* non_finite = nullptr);
 
   DenoiserModel* const model_;
   Options options_;  // max_batch capped by the bundle's at construction

@@ -187,7 +187,6 @@ std::vector<std::string> DenoiserServer::model_names() const {
 
 int DenoiserServer::metrics_port() const { return metrics_ ? metrics_->port() : 0; }
 
-
 void DenoiserServer::Shutdown(absl::Duration grace) {
   if (!server_) return;
   denoiser_metrics_->SetReady(false);

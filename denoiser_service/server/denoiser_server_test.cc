@@ -586,13 +586,13 @@ TEST(AnswerSizeTest, BranchEventsAndSmallAnswersPastTheLimitAreRefusedNamingWhy)
   };
   // Known before the work: two latents and two images pass 640 bytes.
   const grpc::Status previews = branch(true, true);
-  EXPECT_EQ(previews.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(previews.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_EQ(previews.error_message().rfind("previews: one event of this model is ", 0), 0u)
       << previews.error_message();
   // Known only once the PNG is made: a latent and an image fit, with the
   // PNG they do not.
   const grpc::Status decoded = branch(true, false);
-  EXPECT_EQ(decoded.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(decoded.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_EQ(decoded.error_message().rfind("decode: an event of ", 0), 0u)
       << decoded.error_message();
   EXPECT_NE(decoded.error_message().find("(--max_message_bytes)"), std::string::npos);
@@ -686,6 +686,8 @@ TEST(ModelDirsTest, AFolderOfBundlesExpandsByNameAndFlagOrderIsKept) {
   ASSERT_EQ(info.models_size(), 2);
   EXPECT_EQ(info.models(0).name(), "tinyconv");
   EXPECT_EQ(info.models(1).name(), "gaussian");
+  // The startup line's order too (it was by name).
+  EXPECT_EQ((*server)->model_names(), (std::vector<std::string>{"tinyconv", "gaussian"}));
 }
 
 }  // namespace

@@ -160,6 +160,13 @@ class ProgressTicker {
   absl::Time last_ = absl::Now();
 };
 
+// A size in a message: bytes, KiB or MiB, whichever reads best.
+std::string ByteCount(int64_t bytes) {
+  if (bytes < 4096) return absl::StrCat(bytes, " bytes");
+  if (bytes < (int64_t{1} << 20)) return absl::StrCat(bytes >> 10, " KiB");
+  return absl::StrFormat("%.1f MiB", bytes / 1048576.0);
+}
+
 // Distinct segment conditionings one Step or Branch request may carry, and
 // segments of one path that carry one (each a switch the engine holds for
 // the trajectory's life; a grid's cell switches at most 16 times).
@@ -274,7 +281,10 @@ absl::Status StreamBranch(const v1::BranchRequest& request, const ServedModel& m
     const Run::Wait w = run.Next(progress.poll(), &event);
     if (w == Run::Wait::kDone) break;
     if (w == Run::Wait::kTimeout) {
-      if (context.IsCancelled() || !progress.SendIfDue(run, &writer)) run.Cancel();
+      if (context.IsCancelled() || !progress.SendIfDue(run, &writer)) {
+        client_gone = true;
+        run.Cancel();
+      }
       continue;
     }
     // Cancelled (its client gone): the events still queued would be encoded
@@ -287,14 +297,14 @@ absl::Status StreamBranch(const v1::BranchRequest& request, const ServedModel& m
       run.Cancel();
       return decoded;
     }
-    // Its PNGs can take an event past the limit the request's check allowed
-    // (BranchEventFits): gRPC would refuse the write as a client gone.
+    // Its PNGs can take an event past the limit that Branch's check before
+    // the work allowed: gRPC would refuse the write as a client gone.
     if (const int64_t bytes = static_cast<int64_t>(out.ByteSizeLong()); bytes > max_message_bytes) {
       run.Cancel();
-      return absl::InvalidArgumentError(absl::StrCat(
-          request.previews() ? "previews" : "decode", ": an event of ", bytes >> 10,
-          " KiB (latent and images) is past this replica's message limit of ",
-          max_message_bytes >> 10, " KiB (--max_message_bytes)"));
+      return absl::FailedPreconditionError(absl::StrCat(
+          request.previews() ? "previews" : "decode", ": an event of ", ByteCount(bytes),
+          " (latent and images) is past this replica's message limit of ",
+          ByteCount(max_message_bytes), " (--max_message_bytes)"));
     }
     if (!writer.Write(out) || !progress.SendIfDue(run, &writer)) {
       // The client went away: stop its trajectories on the engine.
@@ -515,11 +525,13 @@ grpc::Status DenoiserServiceImpl::Branch(grpc::ServerContext* context,
   const int64_t latents = previews ? model.answer.step_item : model.answer.step_item / 2;
   const int64_t images = request->decode() ? (previews ? 2 : 1) * model.answer.decode_item : 0;
   if (latents + images > max_message_bytes_) {
-    return Count("Branch", ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
-                               previews ? "previews" : "decode", ": one event of this model is ",
-                               (latents + images) >> 10, " KiB at the least, past this replica's "
-                               "message limit of ", max_message_bytes_ >> 10,
-                               " KiB (--max_message_bytes)"))));
+    // The replica's setting, not the request alone: an orchestrator passes
+    // it on as such, not as its client's mistake.
+    const char* field = previews ? "previews" : request->decode() ? "decode" : "trajectories";
+    return Count("Branch", ToGrpcStatus(absl::FailedPreconditionError(absl::StrCat(
+                               field, ": one event of this model is ", ByteCount(latents + images),
+                               " at the least, past this replica's message limit of ",
+                               ByteCount(max_message_bytes_), " (--max_message_bytes)"))));
   }
   auto run = model.batcher->Start(std::move(*run_request));
   if (!run.ok()) {
@@ -547,13 +559,9 @@ absl::Status DenoiserServiceImpl::CheckAnswerSize(absl::string_view field, int n
                                                   absl::string_view items) const {
   if (bytes <= max_message_bytes_) return absl::OkStatus();
   const int64_t item_bytes = n > 0 ? (bytes + n - 1) / n : bytes;
-  auto size = [](int64_t b) {
-    return b < (int64_t{1} << 20) ? absl::StrCat(b >> 10, " KiB")
-                                  : absl::StrFormat("%.1f MiB", b / 1048576.0);
-  };
   return absl::InvalidArgumentError(absl::StrCat(
-      field, ": ", n, " ", items, " make an answer of ", size(bytes),
-      ", past this replica's message limit of ", size(max_message_bytes_),
+      field, ": ", n, " ", items, " make an answer of ", ByteCount(bytes),
+      ", past this replica's message limit of ", ByteCount(max_message_bytes_),
       " (--max_message_bytes); at most ", max_message_bytes_ / std::max<int64_t>(item_bytes, 1),
       " fit in one call"));
 }
@@ -677,7 +685,9 @@ grpc::Status DenoiserServiceImpl::Tokenize(grpc::ServerContext* context,
       out->add_unknown_words(std::string(Utf8Prefix(word, kMaxUnknownWordBytes)));
     }
   }
-  return Count("Tokenize", ToGrpcStatus(AnswerFits(*response)));
+  return Count("Tokenize", ToGrpcStatus(CheckAnswerSize(
+                               "texts", response->texts_size(),
+                               static_cast<int64_t>(response->ByteSizeLong()), "token lists")));
 }
 
 grpc::Status DenoiserServiceImpl::Judge(grpc::ServerContext* context,
@@ -733,7 +743,9 @@ grpc::Status DenoiserServiceImpl::Judge(grpc::ServerContext* context,
       head->set_probability(verdict[h].probability);
     }
   }
-  return Count("Judge", ToGrpcStatus(AnswerFits(*response)));
+  return Count("Judge", ToGrpcStatus(CheckAnswerSize(
+                            "images", n, static_cast<int64_t>(response->ByteSizeLong()),
+                            "verdicts")));
 }
 
 absl::Status DenoiserServiceImpl::AnswerFits(const google::protobuf::Message& answer) const {
@@ -741,8 +753,8 @@ absl::Status DenoiserServiceImpl::AnswerFits(const google::protobuf::Message& an
   if (bytes <= max_message_bytes_) return absl::OkStatus();
   // Too small a limit for this server's own answer: no client can fix it.
   return absl::FailedPreconditionError(absl::StrCat(
-      "the answer of ", bytes, " bytes is past this replica's message limit of ",
-      max_message_bytes_, " bytes (--max_message_bytes)"));
+      "the answer of ", ByteCount(bytes), " is past this replica's message limit of ",
+      ByteCount(max_message_bytes_), " (--max_message_bytes)"));
 }
 
 }  // namespace dgrid
