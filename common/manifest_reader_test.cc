@@ -179,7 +179,11 @@ TEST(ManifestReaderTest, ExamplePromptsArePlainTextAPromptLong) {
                         examples, "}}");
   };
   EXPECT_TRUE(ParseManifestJson(with_examples(R"(["a cat", "a dog"])")).ok());
+  std::string many = "[";
+  for (int i = 0; i < 65; ++i) absl::StrAppend(&many, i ? "," : "", "\"p", i, "\"");
+  many += "]";
   const std::pair<std::string, const char*> cases[] = {
+      {many, "conditioning.example_prompts: more than 64 prompts"},
       {R"(["a cat", "a \u001b[2Jdog"])", "conditioning.example_prompts[1]: holds a control"},
       {absl::StrCat(R"([")", std::string(5000, 'p'), R"("])"),
        "conditioning.example_prompts[0]: is 5000 bytes, more than 4096"},
