@@ -73,7 +73,7 @@ def check_manifest(manifest: Dict[str, Any]) -> Any:
     _check_text("data.license", message.data.license, 128)
     prompts = message.conditioning.example_prompts
     if len(prompts) > 64:
-        raise ValueError(f"manifest conditioning.example_prompts: more than 64 prompts")
+        raise ValueError("manifest conditioning.example_prompts: more than 64 prompts")
     for i, prompt in enumerate(prompts):
         _check_text(f"conditioning.example_prompts[{i}]", prompt, 4096)
     return message

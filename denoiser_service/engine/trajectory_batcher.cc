@@ -1310,9 +1310,19 @@ void TrajectoryBatcher::DecodeImages(const std::vector<size_t>& now, int other_i
     const Emitted& emitted = emitted_[slots[k].first];
     RunEvent& event = emitted_[slots[k].first].event;
     if (flagged && !slots[k].second) {
-      emitted.run->Finish(absl::InternalError(absl::StrCat(
-          "the decoder produced non-finite pixels (NaN or Inf) from trajectories[",
-          event.trajectory, "]'s latent at step ", event.step)));
+      // A capture at the start step is the caller's start latent, as it came.
+      float largest = 0;
+      for (float v : event.latent) largest = std::max(largest, std::abs(v));
+      emitted.run->Finish(
+          largest > kLatentBeyondAnySampler
+              ? InvalidFieldError(
+                    absl::StrCat("trajectories[", event.trajectory, "].latent"),
+                    absl::StrCat(": decodes to non-finite pixels (NaN or Inf) at step ",
+                                 event.step, "; its largest magnitude, ", largest,
+                                 ", is outside what this model's decoder takes"))
+              : absl::InternalError(absl::StrCat(
+                    "the decoder produced non-finite pixels (NaN or Inf) from trajectories[",
+                    event.trajectory, "]'s latent at step ", event.step)));
     }
     (slots[k].second ? event.x0_pixels : event.pixels).assign(image, image + per);
   };

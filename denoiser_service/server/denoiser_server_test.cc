@@ -634,6 +634,30 @@ TEST(DecodeTest, ALatentThatDecodesToNonFinitePixelsIsRefusedNotBlack) {
     v1::DecodeResponse response;
     return stub->Decode(&context, request, &response);
   };
+  // In a Branch, a capture at the start step is the caller's latent as it
+  // came: decoded to NaN, the caller's again, named as its field.
+  {
+    v1::BranchRequest request;
+    request.set_model("textlatent");
+    request.mutable_sampler()->set_steps(4);
+    request.set_decode(true);
+    request.add_capture_steps(0);
+    v1::TrajectoryInput* t = request.add_trajectories();
+    t->mutable_path()->add_segments()->set_noise_seed(1);
+    EncodeFloatTensor(std::vector<float>(4 * 8 * 8, 3e38f), std::vector<int64_t>{4, 8, 8},
+                      t->mutable_start_latent());
+    grpc::ClientContext context;
+    auto reader = stub->Branch(&context, request);
+    v1::BranchEvent event;
+    while (reader->Read(&event)) {
+    }
+    const grpc::Status branched = reader->Finish();
+    EXPECT_EQ(branched.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_EQ(branched.error_message().rfind(
+                  "trajectories[0].start_latent: decodes to non-finite pixels", 0),
+              0u)
+        << branched.error_message();
+  }
   const grpc::Status huge = decode(3e38f);
   EXPECT_EQ(huge.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(huge.error_message().rfind(

@@ -167,6 +167,14 @@ std::string ByteCount(int64_t bytes) {
   return absl::StrFormat("%.1f MiB", bytes / 1048576.0);
 }
 
+// A refusal for this replica's message limit, as FAILED_PRECONDITION: an
+// orchestrator sends Tokenize and Judge calls of its own making, and passes
+// a replica's INVALID_ARGUMENT on to its client as the client's mistake.
+absl::Status AsReplicasLimit(const absl::Status& status) {
+  if (status.code() != absl::StatusCode::kInvalidArgument) return status;
+  return absl::FailedPreconditionError(status.message());
+}
+
 // Distinct segment conditionings one Step or Branch request may carry, and
 // segments of one path that carry one (each a switch the engine holds for
 // the trajectory's life; a grid's cell switches at most 16 times).
@@ -685,9 +693,9 @@ grpc::Status DenoiserServiceImpl::Tokenize(grpc::ServerContext* context,
       out->add_unknown_words(std::string(Utf8Prefix(word, kMaxUnknownWordBytes)));
     }
   }
-  return Count("Tokenize", ToGrpcStatus(CheckAnswerSize(
+  return Count("Tokenize", ToGrpcStatus(AsReplicasLimit(CheckAnswerSize(
                                "texts", response->texts_size(),
-                               static_cast<int64_t>(response->ByteSizeLong()), "token lists")));
+                               static_cast<int64_t>(response->ByteSizeLong()), "token lists"))));
 }
 
 grpc::Status DenoiserServiceImpl::Judge(grpc::ServerContext* context,
@@ -743,9 +751,9 @@ grpc::Status DenoiserServiceImpl::Judge(grpc::ServerContext* context,
       head->set_probability(verdict[h].probability);
     }
   }
-  return Count("Judge", ToGrpcStatus(CheckAnswerSize(
+  return Count("Judge", ToGrpcStatus(AsReplicasLimit(CheckAnswerSize(
                             "images", n, static_cast<int64_t>(response->ByteSizeLong()),
-                            "verdicts")));
+                            "verdicts"))));
 }
 
 absl::Status DenoiserServiceImpl::AnswerFits(const google::protobuf::Message& answer) const {
