@@ -477,8 +477,7 @@ absl::StatusOr<std::vector<uint8_t>> DenoiserModel::Decode(absl::Span<const floa
         continue;
       }
       const int64_t ln = latent_numel();
-      float largest = 0;
-      for (int64_t j = 0; j < ln; ++j) largest = std::max(largest, std::abs(latents[b * ln + j]));
+      const float largest = LargestMagnitude(latents.subspan(b * ln, ln));
       if (largest > kLatentBeyondAnySampler) {
         return absl::InvalidArgumentError(absl::StrCat(
             "a latent whose largest magnitude is ", largest,

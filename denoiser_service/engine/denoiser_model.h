@@ -19,7 +19,9 @@
 #ifndef DGRID_DENOISER_ENGINE_DENOISER_MODEL_H_
 #define DGRID_DENOISER_ENGINE_DENOISER_MODEL_H_
 
+#include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -35,6 +37,13 @@ namespace dgrid {
 // tens at most). A latent past it that turns non-finite in the model or the
 // decoder is the caller's input's doing; one within it, the replica's.
 inline constexpr float kLatentBeyondAnySampler = 1e4f;
+
+// The largest magnitude in `values` (0 for none), to compare with it.
+inline float LargestMagnitude(absl::Span<const float> values) {
+  float largest = 0;
+  for (float v : values) largest = std::max(largest, std::abs(v));
+  return largest;
+}
 
 struct ModelLoadOptions {
   // "auto" (CUDA when the LibTorch build and a GPU have it), "cpu" or "cuda".

@@ -586,7 +586,7 @@ void TrajectoryBatcher::SetStartLatent(TrajectoryStart& start, const SamplerSche
                                        Active& a) const {
   a.x = std::move(start.latent);
   a.latent_given = !a.x.empty();
-  for (float v : a.x) a.latent_max_abs = std::max(a.latent_max_abs, std::abs(v));
+  a.latent_max_abs = LargestMagnitude(a.x);
   if (!a.x.empty()) return;
   a.x.resize(model_->latent_numel());
   FillGaussian({start.path.init_seed, NoiseStream::kInitialLatent, 0}, absl::MakeSpan(a.x));
@@ -1311,8 +1311,7 @@ void TrajectoryBatcher::DecodeImages(const std::vector<size_t>& now, int other_i
     RunEvent& event = emitted_[slots[k].first].event;
     if (flagged && !slots[k].second) {
       // A capture at the start step is the caller's start latent, as it came.
-      float largest = 0;
-      for (float v : event.latent) largest = std::max(largest, std::abs(v));
+      const float largest = LargestMagnitude(event.latent);
       emitted.run->Finish(
           largest > kLatentBeyondAnySampler
               ? InvalidFieldError(

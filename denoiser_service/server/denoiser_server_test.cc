@@ -489,20 +489,43 @@ TEST_F(DenoiserServerTest, AHugeStartLatentIsRejectedAndItsEvaluationsReported) 
   EXPECT_EQ(r.events[0].progress().model_evals(), 1);
 }
 
+// A server of one fixture bundle on loopback, and a stub to it.
+struct FixtureServer {
+  std::unique_ptr<DenoiserServer> server;
+  std::unique_ptr<v1::Denoiser::Stub> stub;
+};
+absl::StatusOr<FixtureServer> StartFixture(const std::string& bundle,
+                                           int max_message_bytes = 16 << 20) {
+  DenoiserServerOptions o;
+  o.model_dirs = {std::string(std::getenv("DGRID_FIXTURES")) + "/" + bundle};
+  o.listen = "127.0.0.1:0";
+  o.threads = 2;
+  o.max_message_bytes = max_message_bytes;
+  absl::StatusOr<std::unique_ptr<DenoiserServer>> server = DenoiserServer::Start(o);
+  if (!server.ok()) return server.status();
+  auto stub = v1::Denoiser::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", (*server)->port()), grpc::InsecureChannelCredentials()));
+  return FixtureServer{std::move(*server), std::move(stub)};
+}
+
+// A Branch call's status, its events read and dropped.
+grpc::Status BranchStatus(v1::Denoiser::Stub& stub, const v1::BranchRequest& request) {
+  grpc::ClientContext context;
+  auto reader = stub.Branch(&context, request);
+  v1::BranchEvent event;
+  while (reader->Read(&event)) {
+  }
+  return reader->Finish();
+}
+
 // An answer past --max_message_bytes is refused naming the field and how
 // many fit, before the work where its size is known (Step), after it where
 // it is not (Decode's PNGs); gRPC alone answered "larger than max" after
 // the work, and the call counted as OK. The server keeps serving.
 TEST(AnswerSizeTest, AnAnswerPastTheMessageLimitIsRefusedNamingTheField) {
-  DenoiserServerOptions o;
-  o.model_dirs = {std::string(std::getenv("DGRID_FIXTURES")) + "/tinyconv"};
-  o.listen = "127.0.0.1:0";
-  o.threads = 2;
-  o.max_message_bytes = 4096;
-  auto server = DenoiserServer::Start(o);
-  ASSERT_TRUE(server.ok()) << server.status();
-  auto stub = v1::Denoiser::NewStub(grpc::CreateChannel(
-      absl::StrCat("127.0.0.1:", (*server)->port()), grpc::InsecureChannelCredentials()));
+  absl::StatusOr<FixtureServer> fixture = StartFixture("tinyconv", 4096);
+  ASSERT_TRUE(fixture.ok()) << fixture.status();
+  v1::Denoiser::Stub* stub = fixture->stub.get();
 
   // tinyconv's latent is 1x8x8 floats: a Step answers 538 bytes of latent
   // and x0 per trajectory, so 7 fit and 8 do not.
@@ -554,20 +577,10 @@ TEST(AnswerSizeTest, AnAnswerPastTheMessageLimitIsRefusedNamingTheField) {
 // too: gRPC would refuse them after the work, as a bare "larger than max"
 // that the handler took for a client gone.
 TEST(AnswerSizeTest, BranchEventsAndSmallAnswersPastTheLimitAreRefusedNamingWhy) {
-  auto start = [](int limit) {
-    DenoiserServerOptions o;
-    o.model_dirs = {std::string(std::getenv("DGRID_FIXTURES")) + "/tinyconv"};
-    o.listen = "127.0.0.1:0";
-    o.threads = 2;
-    o.max_message_bytes = limit;
-    return DenoiserServer::Start(o);
-  };
   // tinyconv: a latent of 269 bytes, a 16x16 image of 256 pixels and a PNG
   // of noise about as large.
-  auto server = start(640);
-  ASSERT_TRUE(server.ok()) << server.status();
-  auto stub = v1::Denoiser::NewStub(grpc::CreateChannel(
-      absl::StrCat("127.0.0.1:", (*server)->port()), grpc::InsecureChannelCredentials()));
+  absl::StatusOr<FixtureServer> fixture = StartFixture("tinyconv", 640);
+  ASSERT_TRUE(fixture.ok()) << fixture.status();
   auto branch = [&](bool decode, bool previews) {
     v1::BranchRequest request;
     request.set_model("tinyconv");
@@ -577,12 +590,7 @@ TEST(AnswerSizeTest, BranchEventsAndSmallAnswersPastTheLimitAreRefusedNamingWhy)
     v1::Path* path = request.add_trajectories()->mutable_path();
     path->set_init_seed(3);
     path->add_segments()->set_noise_seed(3);
-    grpc::ClientContext context;
-    auto reader = stub->Branch(&context, request);
-    v1::BranchEvent event;
-    while (reader->Read(&event)) {
-    }
-    return reader->Finish();
+    return BranchStatus(*fixture->stub, request);
   };
   // Known before the work: two latents and two images pass 640 bytes.
   const grpc::Status previews = branch(true, true);
@@ -601,13 +609,11 @@ TEST(AnswerSizeTest, BranchEventsAndSmallAnswersPastTheLimitAreRefusedNamingWhy)
 
   // A limit below even the model list: the server's own setting, not the
   // caller's doing.
-  auto tiny = start(20);
+  absl::StatusOr<FixtureServer> tiny = StartFixture("tinyconv", 20);
   ASSERT_TRUE(tiny.ok()) << tiny.status();
-  auto tiny_stub = v1::Denoiser::NewStub(grpc::CreateChannel(
-      absl::StrCat("127.0.0.1:", (*tiny)->port()), grpc::InsecureChannelCredentials()));
   grpc::ClientContext context;
   v1::GetModelInfoResponse info;
-  const grpc::Status listed = tiny_stub->GetModelInfo(&context, {}, &info);
+  const grpc::Status listed = tiny->stub->GetModelInfo(&context, {}, &info);
   EXPECT_EQ(listed.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_NE(listed.error_message().find("past this replica's message limit of 20 bytes"),
             std::string::npos)
@@ -617,14 +623,9 @@ TEST(AnswerSizeTest, BranchEventsAndSmallAnswersPastTheLimitAreRefusedNamingWhy)
 // A latent the decoder turns into NaN came back OK as a black image; it is
 // the caller's when past any sampler's scale.
 TEST(DecodeTest, ALatentThatDecodesToNonFinitePixelsIsRefusedNotBlack) {
-  DenoiserServerOptions o;
-  o.model_dirs = {std::string(std::getenv("DGRID_FIXTURES")) + "/textlatent"};
-  o.listen = "127.0.0.1:0";
-  o.threads = 2;
-  auto server = DenoiserServer::Start(o);
-  ASSERT_TRUE(server.ok()) << server.status();
-  auto stub = v1::Denoiser::NewStub(grpc::CreateChannel(
-      absl::StrCat("127.0.0.1:", (*server)->port()), grpc::InsecureChannelCredentials()));
+  absl::StatusOr<FixtureServer> fixture = StartFixture("textlatent");
+  ASSERT_TRUE(fixture.ok()) << fixture.status();
+  v1::Denoiser::Stub* stub = fixture->stub.get();
   auto decode = [&](float value) {
     v1::DecodeRequest request;
     request.set_model("textlatent");
@@ -646,12 +647,7 @@ TEST(DecodeTest, ALatentThatDecodesToNonFinitePixelsIsRefusedNotBlack) {
     t->mutable_path()->add_segments()->set_noise_seed(1);
     EncodeFloatTensor(std::vector<float>(4 * 8 * 8, 3e38f), std::vector<int64_t>{4, 8, 8},
                       t->mutable_start_latent());
-    grpc::ClientContext context;
-    auto reader = stub->Branch(&context, request);
-    v1::BranchEvent event;
-    while (reader->Read(&event)) {
-    }
-    const grpc::Status branched = reader->Finish();
+    const grpc::Status branched = BranchStatus(*stub, request);
     EXPECT_EQ(branched.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
     EXPECT_EQ(branched.error_message().rfind(
                   "trajectories[0].start_latent: decodes to non-finite pixels", 0),

@@ -168,8 +168,9 @@ std::string ByteCount(int64_t bytes) {
 }
 
 // A refusal for this replica's message limit, as FAILED_PRECONDITION: an
-// orchestrator sends Tokenize and Judge calls of its own making, and passes
-// a replica's INVALID_ARGUMENT on to its client as the client's mistake.
+// orchestrator sends GetModelInfo, Tokenize and Judge calls of its own
+// making, and passes a replica's INVALID_ARGUMENT on to its client as the
+// client's mistake.
 absl::Status AsReplicasLimit(const absl::Status& status) {
   if (status.code() != absl::StatusCode::kInvalidArgument) return status;
   return absl::FailedPreconditionError(status.message());
@@ -467,7 +468,10 @@ grpc::Status DenoiserServiceImpl::GetModelInfo(grpc::ServerContext* context,
   if (response->models_size() == 0) {
     return Count("GetModelInfo", ToGrpcStatus(FindModel(request->model()).status()));
   }
-  return Count("GetModelInfo", ToGrpcStatus(AnswerFits(*response)));
+  return Count("GetModelInfo", ToGrpcStatus(AsReplicasLimit(CheckAnswerSize(
+                                   "model", response->models_size(),
+                                   static_cast<int64_t>(response->ByteSizeLong()),
+                                   "model descriptions"))));
 }
 
 grpc::Status DenoiserServiceImpl::Step(grpc::ServerContext* context,
@@ -756,13 +760,5 @@ grpc::Status DenoiserServiceImpl::Judge(grpc::ServerContext* context,
                             "verdicts"))));
 }
 
-absl::Status DenoiserServiceImpl::AnswerFits(const google::protobuf::Message& answer) const {
-  const int64_t bytes = static_cast<int64_t>(answer.ByteSizeLong());
-  if (bytes <= max_message_bytes_) return absl::OkStatus();
-  // Too small a limit for this server's own answer: no client can fix it.
-  return absl::FailedPreconditionError(absl::StrCat(
-      "the answer of ", ByteCount(bytes), " is past this replica's message limit of ",
-      ByteCount(max_message_bytes_), " (--max_message_bytes)"));
-}
 
 }  // namespace dgrid

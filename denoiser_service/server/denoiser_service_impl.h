@@ -81,9 +81,6 @@ class DenoiserServiceImpl final : public RequestParsingService {
   // after the work, answering a bare "larger than max".
   absl::Status CheckAnswerSize(absl::string_view field, int n, int64_t bytes,
                                absl::string_view items) const;
-  // FAILED_PRECONDITION when a finished answer that no request can make
-  // smaller passes the message limit (GetModelInfo's).
-  absl::Status AnswerFits(const google::protobuf::Message& answer) const;
 
   std::map<std::string, ServedModel>* const models_;
   const int max_trajectories_per_request_;
