@@ -41,7 +41,6 @@ constexpr size_t kMaxJudgeText = 128;
 // A description of several sentences; example prompts as long as a prompt
 // may be (the denoiser's limit), a list a page can show.
 constexpr size_t kMaxDescriptionBytes = 4096;
-constexpr size_t kMaxExamplePromptBytes = 4096;
 constexpr int kMaxExamplePrompts = 64;
 
 absl::Status Invalid(absl::string_view field, absl::string_view what) {
@@ -318,10 +317,12 @@ absl::Status ReadTextConditioning(const v1::ModelManifest::Conditioning& c, Bund
                    absl::StrCat("more than ", kMaxExamplePrompts, " prompts"));
   }
   for (int i = 0; i < c.example_prompts_size(); ++i) {
-    // A client sends one as a prompt, held to a prompt's byte limit.
-    RETURN_IF_ERROR(CheckText(c.example_prompts(i),
-                              absl::StrCat("conditioning.example_prompts[", i, "]"),
-                              kMaxExamplePromptBytes, /*lines=*/false));
+    // A client sends one as a prompt: held to a client's prompt rules
+    // (noncharacters, the byte limit), and shown as it is.
+    const std::string field = absl::StrCat("conditioning.example_prompts[", i, "]");
+    RETURN_IF_ERROR(CheckText(c.example_prompts(i), field, kMaxPromptBytes, /*lines=*/false));
+    RETURN_IF_ERROR(
+        CheckClientText(absl::StrCat("manifest ", field), c.example_prompts(i), kMaxPromptBytes));
   }
   t.example_prompts.assign(c.example_prompts().begin(), c.example_prompts().end());
   return ReadExtraConditioning(c.extra(), m);

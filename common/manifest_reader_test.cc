@@ -185,6 +185,9 @@ TEST(ManifestReaderTest, ExamplePromptsArePlainTextAPromptLong) {
   const std::pair<std::string, const char*> cases[] = {
       {many, "conditioning.example_prompts: more than 64 prompts"},
       {R"(["a cat", "a \u001b[2Jdog"])", "conditioning.example_prompts[1]: holds a control"},
+      // A client's prompt may not hold one, so a prompt offered to it may not.
+      {R"(["a \ufdd0 cat"])",
+       "manifest conditioning.example_prompts[0]: holds the noncharacter U+FDD0"},
       {absl::StrCat(R"([")", std::string(5000, 'p'), R"("])"),
        "conditioning.example_prompts[0]: is 5000 bytes, more than 4096"},
   };

@@ -75,13 +75,16 @@ def check_manifest(manifest: Dict[str, Any]) -> Any:
     if len(prompts) > 64:
         raise ValueError("manifest conditioning.example_prompts: more than 64 prompts")
     for i, prompt in enumerate(prompts):
-        _check_text(f"conditioning.example_prompts[{i}]", prompt, 4096)
+        _check_text(f"conditioning.example_prompts[{i}]", prompt, 4096, prompt=True)
     return message
 
 
-def _check_text(field: str, text: str, max_bytes: int, layout: bool = False) -> None:
+def _check_text(field: str, text: str, max_bytes: int, layout: bool = False,
+                prompt: bool = False) -> None:
     """UTF-8 of at most `max_bytes`, without control characters (but line
-    breaks and tabs where `layout`)."""
+    breaks and tabs where `layout`), and where a `prompt`, without the
+    noncharacters a client's prompt may not hold (U+FDD0..U+FDEF, U+xFFFE,
+    U+xFFFF)."""
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > max_bytes:
         raise ValueError(f"manifest {field}: is {size} bytes, more than {max_bytes}")
@@ -89,6 +92,8 @@ def _check_text(field: str, text: str, max_bytes: int, layout: bool = False) -> 
     for c in text:
         if (ord(c) < 0x20 and c not in allowed) or ord(c) == 0x7F:
             raise ValueError(f"manifest {field}: holds a control character: {text[:40]!r}")
+        if prompt and (0xFDD0 <= ord(c) <= 0xFDEF or ord(c) & 0xFFFE == 0xFFFE):
+            raise ValueError(f"manifest {field}: holds the noncharacter U+{ord(c):04X}")
 
 
 def weights_version(modules: Any, extra: bytes = b"") -> str:

@@ -55,7 +55,9 @@ class ManifestTest(unittest.TestCase):
                 (dict(MANIFEST, data={"license": "x" * 200}),
                  "data.license: is 200 bytes, more than 128"),
                 (dict(MANIFEST, data={"license": "MIT\x1b[2J"}), "data.license: holds a control"),
-                (dict(MANIFEST, description="a\x07b"), "description: holds a control")):
+                (dict(MANIFEST, description="a\x07b"), "description: holds a control"),
+                (dict(MANIFEST, conditioning={"example_prompts": ["a cat", "a \ufdd0 cat"]}),
+                 "example_prompts\\[1\\]: holds the noncharacter U\\+FDD0")):
             with self.assertRaisesRegex(ValueError, says):
                 bm.check_manifest(bad)
         bm.check_manifest(dict(MANIFEST, description="one\r\ntwo\tthree"))
