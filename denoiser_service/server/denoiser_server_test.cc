@@ -620,6 +620,31 @@ TEST(AnswerSizeTest, BranchEventsAndSmallAnswersPastTheLimitAreRefusedNamingWhy)
       << listed.error_message();
 }
 
+// Token lists past the limit are the replica's limit, not the caller's
+// mistake: an orchestrator tokenizes prompts of its own accord, and would
+// pass an INVALID_ARGUMENT on to its client as the client's.
+TEST(AnswerSizeTest, TokenListsPastTheLimitAreTheReplicasLimit) {
+  absl::StatusOr<FixtureServer> fixture = StartFixture("textlatent", 640);
+  ASSERT_TRUE(fixture.ok()) << fixture.status();
+  // An empty text is 2 bytes asked and BOS, EOS (about 10 bytes) answered.
+  auto tokenize = [&](int n) {
+    v1::TokenizeRequest request;
+    request.set_model("textlatent");
+    for (int i = 0; i < n; ++i) request.add_texts("");
+    grpc::ClientContext context;
+    v1::TokenizeResponse response;
+    return fixture->stub->Tokenize(&context, request, &response);
+  };
+  const grpc::Status many = tokenize(100);
+  EXPECT_EQ(many.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << many.error_message();
+  EXPECT_EQ(many.error_message().rfind("texts: 100 token lists make an answer of ", 0), 0u)
+      << many.error_message();
+  EXPECT_NE(many.error_message().find("(--max_message_bytes); at most "), std::string::npos)
+      << many.error_message();
+  const grpc::Status few = tokenize(4);
+  EXPECT_TRUE(few.ok()) << few.error_message();
+}
+
 // A latent the decoder turns into NaN came back OK as a black image; it is
 // the caller's when past any sampler's scale.
 TEST(DecodeTest, ALatentThatDecodesToNonFinitePixelsIsRefusedNotBlack) {
