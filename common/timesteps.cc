@@ -46,6 +46,12 @@ std::string TimestepsProblem(int train_timesteps, int steps, Spacing spacing, in
                       "or give trailing spacing");
 }
 
+bool DdimLastStepAddsNoise(int last_timestep, int train_timesteps, int steps,
+                           bool set_alpha_to_one) {
+  if (DdimPreviousTimestep(last_timestep, train_timesteps, steps) >= 0) return true;
+  return !set_alpha_to_one && last_timestep != 0;
+}
+
 std::vector<double> AlphasCumprod(const NoiseScheduleSpec& spec) {
   const int n = spec.train_timesteps;
   std::vector<double> betas(n);

@@ -26,6 +26,21 @@ std::vector<int> DdimTimesteps(int train_timesteps, int steps, Spacing spacing, 
 // its table).
 std::string TimestepsProblem(int train_timesteps, int steps, Spacing spacing, int steps_offset);
 
+// The timestep DDIM steps to from `t`: DDIMScheduler.step's t - train //
+// steps, below 0 meaning the schedule's final alpha.
+inline int DdimPreviousTimestep(int t, int train_timesteps, int steps) {
+  return t - train_timesteps / steps;
+}
+
+// Whether DDIM's last step, from `last_timestep`, adds noise at eta > 0. It
+// steps to alpha-bar at DdimPreviousTimestep, which adds noise; or, below
+// 0, to the final alpha: 1 with set_alpha_to_one, which adds none, else
+// alpha-bar[0], which adds none from timestep 0 itself (leading spacing with
+// steps_offset 0). Trailing spacing at 7 of 1000 steps ends at 142, whose
+// previous timestep is 0: noise even with set_alpha_to_one.
+bool DdimLastStepAddsNoise(int last_timestep, int train_timesteps, int steps,
+                           bool set_alpha_to_one);
+
 // alphas_cumprod over the training timesteps, as diffusers computes them.
 std::vector<double> AlphasCumprod(const NoiseScheduleSpec& spec);
 

@@ -322,6 +322,28 @@ function showPromptKind(kind) {
 
 const presetSteps = (preset) => preset === 'turbo' ? 4 : 50;
 
+// Whether DDIM's last step adds noise, as the server decides it
+// (DdimLastStepAddsNoise in common/timesteps.cc: change both together). The
+// step goes train // steps below its timestep; below 0, to alpha-bar 1
+// (set_alpha_to_one), which adds none, else to alpha-bar[0], which adds none
+// from timestep 0 itself.
+function ddimLastStepAddsNoise(steps) {
+  const model = currentModel();
+  const train = model?.train_timesteps || 1000;
+  const spacing = controls.spacing.value ||
+      (model?.defaults?.spacing === 'SPACING_TRAILING' ? 'trailing' : 'leading');
+  let last = model?.steps_offset ?? 0;  // leading spacing's last timestep
+  if (spacing === 'trailing') {
+    // np.round(np.arange(train, 0, -train / steps)) - 1, as common/timesteps.cc
+    // computes it: its last value, rounded half to even.
+    const value = train + (steps - 1) * ((train - train / steps) - train);
+    let rounded = Math.round(value);
+    if (value - Math.floor(value) === 0.5 && rounded % 2 !== 0) rounded -= 1;
+    last = Math.min(Math.max(rounded - 1, 0), train - 1);
+  }
+  return last - Math.floor(train / steps) >= 0 || (!model?.set_alpha_to_one && last !== 0);
+}
+
 // The preset's rows for the typed steps, scaled as the server scales them
 // (grid_plan.cc: round(k * steps / preset steps), each once, below steps).
 function presetRows(preset) {
@@ -330,11 +352,11 @@ function presetRows(preset) {
   const typed = Number(controls.steps.value.trim());
   const steps = Number.isInteger(typed) && typed > 0 ? typed : base;
   // As the server makes them: short of a last step that adds no noise
-  // (Euler ancestral's; DDIM's on a set_alpha_to_one schedule), unless a
+  // (Euler ancestral's; DDIM's as ddimLastStepAddsNoise says), unless a
   // switch prompt makes the branches differ.
   const sampler = controls.sampler.value ||
       (preset === 'euler_a' || preset === 'turbo' ? 'euler_ancestral' : 'ddim');
-  const noiseless = sampler === 'euler_ancestral' || Boolean(currentModel()?.set_alpha_to_one);
+  const noiseless = sampler === 'euler_ancestral' || !ddimLastStepAddsNoise(steps);
   const switched = switchPrompt();
   const end = noiseless && !switched ? steps - 1 : steps;
   const scaled = [];
@@ -1239,6 +1261,7 @@ controls.preset.addEventListener('change', fillPlaceholders);
 controls.steps.addEventListener('input', fillPlaceholders);
 controls.noise.addEventListener('change', fillPlaceholders);
 controls.sampler.addEventListener('change', fillPlaceholders);
+controls.spacing.addEventListener('change', fillPlaceholders);
 controls.switch.addEventListener('change', fillPlaceholders);
 controls.switchText.addEventListener('input', fillPlaceholders);
 controls.token.addEventListener('change', async () => {

@@ -34,7 +34,7 @@ absl::StatusOr<DdimSchedule> DdimSchedule::Create(const NoiseScheduleSpec& spec,
   // alpha-bar[0], not the final alpha. The engine does the same, so that it
   // samples what diffusers samples.
   for (int i = 0; i < steps; ++i) {
-    const int prev = s.timesteps_[i] - train / steps;
+    const int prev = DdimPreviousTimestep(s.timesteps_[i], train, steps);
     s.alpha_bar_prev_[i] = prev >= 0 ? alphas[prev] : final_alpha;
   }
   return s;

@@ -100,6 +100,32 @@ TEST(DdimScheduleTest, EtaZeroHasNoNoiseAndEtaOneIsAncestral) {
   EXPECT_NEAR(s->sigma(10, 1.0f), std::sqrt((1 - ap) / (1 - a) * (1 - a / ap)), 1e-12);
 }
 
+// The orchestrator plans rows by DdimLastStepAddsNoise, without the
+// schedule's alphas: it must say what the schedule's last sigma says.
+TEST(DdimScheduleTest, LastStepAddsNoiseWhereItsSigmaIsNotZero) {
+  int noiseless = 0, noisy = 0;
+  for (const Spacing spacing : {Spacing::kLeading, Spacing::kTrailing}) {
+    for (const int offset : {0, 1}) {
+      for (const bool to_one : {false, true}) {
+        for (int steps = 1; steps <= 1000; steps += steps < 40 ? 1 : 37) {
+          auto s = DdimSchedule::Create(LinearSpec(offset, to_one), steps, spacing);
+          if (!s.ok()) continue;  // leading steps past the table's end
+          const bool adds = s->sigma(steps - 1, 1.0f) > 0;
+          (adds ? noisy : noiseless) += 1;
+          EXPECT_EQ(DdimLastStepAddsNoise(s->timestep(steps - 1), 1000, steps, to_one), adds)
+              << (spacing == Spacing::kLeading ? "leading" : "trailing") << " offset " << offset
+              << " set_alpha_to_one " << to_one << " steps " << steps;
+        }
+      }
+    }
+  }
+  // Both answers occur, in each way the docs name.
+  EXPECT_GT(noiseless, 0);
+  EXPECT_GT(noisy, 0);
+  EXPECT_TRUE(DdimLastStepAddsNoise(142, 1000, 7, /*set_alpha_to_one=*/true));
+  EXPECT_FALSE(DdimLastStepAddsNoise(0, 1000, 50, /*set_alpha_to_one=*/false));
+}
+
 std::vector<double> ReadNumbers(std::istringstream& line) {
   std::vector<double> v;
   double d;

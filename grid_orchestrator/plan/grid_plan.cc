@@ -189,7 +189,6 @@ absl::Status PlanSampler(const v1::GridRequest& request, const v1::ModelInfo& mo
   } else {
     ASSIGN_OR_RETURN(plan->sampler, SamplerFromProto(request.sampler(), "sampler"));
   }
-  plan->last_step_adds_noise = plan->sampler == Sampler::kDdim && !model.set_alpha_to_one();
   plan->steps = request.has_steps() ? request.steps().value() : preset.steps;
   const int max_steps = std::min(limits.max_steps, model.train_timesteps());
   if (plan->steps < 1 || plan->steps > max_steps) {
@@ -217,6 +216,10 @@ absl::Status PlanSampler(const v1::GridRequest& request, const v1::ModelInfo& mo
   plan->timesteps =
       DdimTimesteps(model.train_timesteps(), plan->steps, plan->spacing, model.steps_offset());
   plan->train_timesteps = model.train_timesteps();
+  plan->last_step_adds_noise =
+      plan->sampler == Sampler::kDdim &&
+      DdimLastStepAddsNoise(plan->timesteps.back(), plan->train_timesteps, plan->steps,
+                            model.set_alpha_to_one());
   return absl::OkStatus();
 }
 
@@ -241,9 +244,9 @@ absl::Status PlanColumns(const v1::GridRequest& request, const Preset& preset,
 
 // The sampler, as a refusal of a last step without noise names it.
 std::string NoiselessLastStepSampler(const GridPlanSpec& plan) {
-  return plan.sampler == Sampler::kEulerAncestral
-             ? "Euler ancestral"
-             : "DDIM on this model's schedule (set_alpha_to_one)";
+  if (plan.sampler == Sampler::kEulerAncestral) return "Euler ancestral";
+  return plan.timesteps.back() == 0 ? "DDIM from timestep 0"
+                                    : "DDIM on this model's schedule (set_alpha_to_one)";
 }
 
 // Rows: the request's branch steps, else the preset's (scaled to the step

@@ -84,8 +84,8 @@ struct GridPlanSpec {
   Spacing spacing = Spacing::kLeading;
   Sampler sampler = Sampler::kDdim;
   // Whether the sampler adds noise at its last step: not Euler ancestral's,
-  // nor DDIM's on a schedule with set_alpha_to_one. A row there without a
-  // switch prompt would be its trunk.
+  // and DDIM's as DdimLastStepAddsNoise says (not to alpha-bar 1, nor from
+  // timestep 0). A row there without a switch prompt would be its trunk.
   bool last_step_adds_noise = true;
   // A model with size conditioning (SDXL-style): every trajectory's, the
   // model's defaults filled in.

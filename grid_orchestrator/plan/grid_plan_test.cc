@@ -242,6 +242,24 @@ TEST(GridPlanTest, PresetRowsStopBeforeEulerAncestralsLastStep) {
   EXPECT_EQ(PlanGrid(ddim, to_one, {}).status().message(),
             "branch_steps[0]: DDIM on this model's schedule (set_alpha_to_one) adds no noise at "
             "its last step (4), so branches from there would be the trunk; branch earlier");
+  // Trailing spacing at 7 steps ends at 142, whose step goes to alpha-bar[0],
+  // not to 1: it adds noise, and its row runs (it was refused).
+  v1::ModelInfo trailing = to_one;
+  trailing.mutable_defaults()->set_spacing(v1::SPACING_TRAILING);
+  v1::GridRequest seven;
+  seven.mutable_steps()->set_value(7);
+  EXPECT_EQ(PlanGrid(seven, trailing, {})->rows.back().branch_step, 6);
+  seven.add_branch_steps(6);
+  EXPECT_TRUE(PlanGrid(seven, trailing, {}).ok()) << PlanGrid(seven, trailing, {}).status();
+  // Leading spacing without steps_offset ends at timestep 0, whose step to
+  // alpha-bar[0] adds none: no row there (its branches were the trunk's).
+  v1::ModelInfo from_zero = Model();
+  from_zero.set_steps_offset(0);
+  EXPECT_EQ(PlanGrid(ddim, from_zero, {}).status().message(),
+            "branch_steps[0]: DDIM from timestep 0 adds no noise at its last step (4), so "
+            "branches from there would be the trunk; branch earlier");
+  ddim.clear_branch_steps();
+  EXPECT_EQ(PlanGrid(ddim, from_zero, {})->rows.back().branch_step, 3);
   v1::GridRequest one;
   one.set_preset("turbo");
   one.mutable_steps()->set_value(1);
