@@ -18,7 +18,9 @@ std::vector<int> DdimTimesteps(int train, int steps, Spacing spacing, int steps_
     // as numpy computes it: arange's i-th value is start + i * delta with
     // delta = (start + step) - start, and np.round rounds halves to even
     // (nearbyint in the default rounding mode; std::round would round them up,
-    // giving 812 where diffusers has 811 at 16 steps).
+    // giving 812 where diffusers has 811 at 16 steps). The first `steps` of
+    // them: at 62 counts in [1, 1000] (61, 103, ...) arange's length rounds
+    // up to one more value, -1, which diffusers runs as an extra last step.
     const double start = train;
     const double delta = (start - start / steps) - start;
     for (int i = 0; i < steps; ++i) {
