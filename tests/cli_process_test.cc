@@ -507,6 +507,43 @@ TEST_F(CliTest, StepRunsAnyStepOfTheTrajectory) {
       << past.output;
 }
 
+// An imported bundle's default eta is DDIM's 0: `--sampler euler_ancestral`
+// took it and ran plain Euler. It takes Euler ancestral's 1 unless --eta
+// says otherwise.
+TEST(CliSamplerTest, EulerAncestralAskedOfADdimModelAddsItsNoise) {
+  const std::string bundle = testing::TempDir("cli-eta-bundle") + "/tinyconv";
+  std::filesystem::create_directories(bundle);
+  std::filesystem::copy(FixtureDir("tinyconv"), bundle,
+                        std::filesystem::copy_options::recursive |
+                            std::filesystem::copy_options::overwrite_existing);
+  std::string manifest;
+  {
+    std::ifstream in(bundle + "/manifest.json");
+    manifest.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  const std::string one = "\"eta\": 1.0";
+  const size_t at = manifest.find(one);
+  ASSERT_NE(at, std::string::npos) << manifest;
+  manifest.replace(at, one.size(), "\"eta\": 0.0");
+  std::ofstream(bundle + "/manifest.json", std::ios::trunc) << manifest;
+  StackOptions options;
+  options.model_dir = bundle;
+  options.denoisers = 1;
+  auto stack = Stack::Start(options, "cli-eta-zero");
+  ASSERT_TRUE(stack.ok()) << stack.status();
+  auto x_next = [&](std::vector<std::string> flags) {
+    flags.insert(flags.begin(), {"step", "--target=" + (*stack)->denoiser_address(0), "--seed=7",
+                                 "--step=4", "--sampler=euler_ancestral"});
+    const Ran ran = RunCli(flags, (*stack)->dir());
+    EXPECT_EQ(ran.code, 0) << ran.output;
+    const size_t line = ran.output.find("x_next: ");
+    return line == std::string::npos ? ran.output : ran.output.substr(line);
+  };
+  const std::string asked = x_next({});
+  EXPECT_EQ(asked, x_next({"--eta=1"}));
+  EXPECT_NE(asked, x_next({"--eta=0"}));
+}
+
 // absl's --help listed every flag of every command, with this file's path,
 // and exited 1; -h was an unknown flag.
 TEST_F(CliTest, HelpListsACommandsFlagsAndExitsZero) {

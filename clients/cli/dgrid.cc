@@ -101,7 +101,8 @@ ABSL_FLAG(int, steps, 0,
 ABSL_FLAG(double, eta, -1,
           "Eta in [0, 1] (DDIM: its noise; Euler ancestral: the share of fresh noise); "
           "negative = the preset's for grid and curve (1), the model's default for branch "
-          "and step.");
+          "and step (1 where --sampler asks Euler ancestral of a model that defaults to "
+          "DDIM).");
 ABSL_FLAG(double, guidance, -1, "Guidance scale; negative = the model's default.");
 ABSL_FLAG(int, step, 0,
           "dgrid step: which step to run, from 0 (from x_T); past 0 the denoiser first runs "
@@ -314,6 +315,13 @@ void FillRequest(const v1::ModelInfo& model, const SamplerFlags& flags,
                  v1::SamplerConfig* sampler, v1::Conditioning* conditioning, v1::Path* path) {
   *sampler = model.defaults();
   if (flags.sampler != v1::SAMPLER_UNSPECIFIED) sampler->set_sampler(flags.sampler);
+  // The model's eta is its own sampler's: an imported bundle's is DDIM's 0,
+  // which would make Euler ancestral plain Euler. Asked for on a model that
+  // defaults to DDIM, it takes all its fresh noise, as the euler_a preset does.
+  if (flags.sampler == v1::SAMPLER_EULER_ANCESTRAL &&
+      model.defaults().sampler() != v1::SAMPLER_EULER_ANCESTRAL) {
+    sampler->set_eta(1);
+  }
   if (flags.spacing != v1::SPACING_UNSPECIFIED) sampler->set_spacing(flags.spacing);
   if (absl::GetFlag(FLAGS_steps) != 0) sampler->set_steps(absl::GetFlag(FLAGS_steps));
   if (flags.eta) sampler->set_eta(*flags.eta);
