@@ -1,6 +1,7 @@
 #include "grid_orchestrator/server/grid_service.h"
 
 #include <algorithm>
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -22,18 +23,37 @@
 namespace dgrid {
 namespace {
 
-// Events on their way to one client. Executor threads push and never block;
-// the client's own thread pops and writes. Bounded in bytes: a client that
-// does not read cannot make the orchestrator hold its grid's images for ever.
+// Events on their way to one client. The client's own thread pops and
+// writes. Bounded in bytes: a client that does not read cannot make the
+// orchestrator hold its grid's images for ever. Job threads, which hold
+// replica slots, push and never block. The grid's worker thread holds none,
+// so its pushes (a grid from the cache emits every cell at once) wait for
+// room while the client reads: an SD grid's cached cells pass 16 MiB, and
+// were taken for a client that stopped reading.
 class Outbox {
  public:
-  explicit Outbox(size_t max_bytes) : max_bytes_(max_bytes) {}
+  Outbox(size_t max_bytes, const GridCancel* cancel, absl::Time deadline)
+      : max_bytes_(max_bytes), cancel_(cancel), deadline_(deadline) {}
 
+  // The calling thread's pushes wait for room (it must hold no replica slot).
+  void PaceThisThread() {
+    std::lock_guard<std::mutex> lock(mu_);
+    paced_ = std::this_thread::get_id();
+  }
   // False once the bound is passed; the event is dropped then.
   bool Push(const v1::GridEvent& event) {
     const size_t size = event.ByteSizeLong();
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      std::unique_lock<std::mutex> lock(mu_);
+      if (std::this_thread::get_id() == paced_) {
+        // Until the client's thread takes enough, or the grid ends: a write
+        // blocked past max_write_stall cancels it.
+        while (!overflowed_ && bytes_ > 0 && bytes_ + size > max_bytes_ &&
+               !cancel_->cancelled() && absl::Now() < deadline_) {
+          room_.wait_for(lock, std::chrono::milliseconds(50));
+        }
+        if (cancel_->cancelled()) return true;  // dropped: the grid is over
+      }
       if (overflowed_ || bytes_ + size > max_bytes_) {
         overflowed_ = true;
         return false;
@@ -53,12 +73,15 @@ class Outbox {
   }
   // Waits for the next event; false once closed and empty.
   bool Pop(v1::GridEvent* event) {
-    std::unique_lock<std::mutex> lock(mu_);
-    changed_.wait(lock, [this] { return closed_ || !events_.empty(); });
-    if (events_.empty()) return false;
-    *event = std::move(events_.front());
-    events_.pop_front();
-    bytes_ -= event->ByteSizeLong();
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      changed_.wait(lock, [this] { return closed_ || !events_.empty(); });
+      if (events_.empty()) return false;
+      *event = std::move(events_.front());
+      events_.pop_front();
+      bytes_ -= event->ByteSizeLong();
+    }
+    room_.notify_one();
     return true;
   }
   bool overflowed() {
@@ -68,12 +91,16 @@ class Outbox {
 
  private:
   const size_t max_bytes_;
+  const GridCancel* const cancel_;
+  const absl::Time deadline_;
   std::mutex mu_;
-  std::condition_variable changed_;
+  std::condition_variable changed_;   // an event or the close
+  std::condition_variable room_;      // bytes taken
   std::deque<v1::GridEvent> events_;  // guarded by mu_
   size_t bytes_ = 0;                  // guarded by mu_
   bool overflowed_ = false;           // guarded by mu_
   bool closed_ = false;               // guarded by mu_
+  std::thread::id paced_;             // guarded by mu_
 };
 
 }  // namespace
@@ -310,7 +337,7 @@ absl::StatusOr<v1::Grid> GridService::Run(const AdmittedGrid& admitted, const Ca
                                           bool stream_grid) {
   const absl::Time limit = admitted.admitted_ + limits_.default_grid_timeout;
   const absl::Time deadline = std::min(caller.deadline, limit);
-  Outbox outbox(limits_.max_outbox_bytes);
+  Outbox outbox(limits_.max_outbox_bytes, cancel, deadline);
   absl::StatusOr<v1::Grid> grid;
   // Out of threads (a pids limit), the grid fails.
   auto count = [&](const std::string& outcome) {
@@ -328,6 +355,7 @@ absl::StatusOr<v1::Grid> GridService::Run(const AdmittedGrid& admitted, const Ca
   };
   absl::StatusOr<std::thread> worker = StartThread(
       [&] {
+        outbox.PaceThisThread();
         grid = executor_->Run(
             admitted.plan(), deadline,
             [&](const v1::GridEvent& event) {

@@ -485,6 +485,39 @@ TEST_F(GridServiceTest, AnOutboxPastItsBoundCancelsTheGrid) {
   EXPECT_EQ(Inflight(), 0);
 }
 
+// A grid from the cache emits all its cells at once, from the grid's worker
+// thread, which holds no replica slot: they wait for a client that reads,
+// however slowly. They overflowed the outbox (an SD grid's cells pass
+// 16 MiB), and the grid was taken for abandoned.
+TEST_F(GridServiceTest, AGridFromTheCacheWaitsForItsClientToRead) {
+  PrefixCache cache(64 << 20);
+  ExecutorOptions options;
+  options.cells_per_job = 1;
+  GridExecutor executor(pool_.get(), &cache, nullptr, options);
+  GridService filler(pool_.get(), &executor, nullptr, OrchestratorLimits{}, "");
+  GridCancel first;
+  absl::StatusOr<v1::Grid> live = filler.RunGrid(
+      Caller{}, Request(), [](const v1::GridEvent&) { return true; }, &first, true);
+  ASSERT_TRUE(live.ok()) << live.status();
+
+  OrchestratorLimits limits;
+  limits.max_outbox_bytes = 1024;  // a few of its events
+  GridService service(pool_.get(), &executor, nullptr, limits, "");
+  int cells = 0;
+  auto slow_sink = [&](const v1::GridEvent& event) {
+    absl::SleepFor(absl::Milliseconds(20));
+    if (event.has_cell()) ++cells;
+    return true;
+  };
+  GridCancel second;
+  absl::StatusOr<v1::Grid> cached =
+      service.RunGrid(Caller{}, Request(), slow_sink, &second, /*stream_grid=*/true);
+  ASSERT_TRUE(cached.ok()) << cached.status();
+  EXPECT_EQ(cached->model_evals(), 0) << "not a grid from the cache";
+  // 2 rows of 4 cells and the trunk.
+  EXPECT_EQ(cells, 9);
+}
+
 TEST_F(GridServiceTest, TheBearerSchemeIsCaseInsensitive) {
   GridService service(pool_.get(), executor_.get(), nullptr, {}, "s3cret");
   auto with = [](std::string authorization) {
