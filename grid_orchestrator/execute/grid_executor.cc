@@ -40,17 +40,6 @@ v1::GridEvent CellEvent(int row, int column, const Path& path, const std::string
   return event;
 }
 
-// A replica's image must decode before it is cached or drawn: else it would
-// fail every later grid on its path, as a client's fault (INVALID_ARGUMENT).
-absl::Status CheckPng(const std::string& png, const std::string& what) {
-  if (png.empty()) return absl::InternalError(absl::StrCat("sent ", what, " without its image"));
-  absl::StatusOr<DecodedPng> decoded =
-      DecodePng({reinterpret_cast<const uint8_t*>(png.data()), png.size()});
-  if (decoded.ok()) return absl::OkStatus();
-  return absl::InternalError(
-      absl::StrCat("sent ", what, " whose image is not a PNG: ", decoded.status().message()));
-}
-
 }  // namespace
 
 // ---- GridCancel ----
@@ -144,6 +133,7 @@ class GridExecutor::GridRun {
   RetryLimits retry_limits() const;
   void Backoff(int number) const;
   absl::Status CheckLatent(const v1::Tensor& latent, const std::string& what) const;
+  absl::Status CheckImage(const std::string& png, const std::string& what) const;
 
   void Emit(const v1::GridEvent& event);
   // The trunk's progress at `step`: a capture's images, from `source` (a
@@ -270,6 +260,28 @@ absl::Status GridExecutor::GridRun::CheckLatent(const v1::Tensor& latent,
       DecodeFloatTensorInto(latent, plan_.latent_shape, what + "'s latent", &values);
   if (decoded.ok()) return decoded;
   return absl::InternalError(decoded.message());
+}
+
+// A replica's image must decode to the model's size before it is cached or
+// drawn: else it would fail every later grid on its path, as a client's
+// fault (INVALID_ARGUMENT), or give a curve's divergence NaN.
+absl::Status GridExecutor::GridRun::CheckImage(const std::string& png,
+                                               const std::string& what) const {
+  if (png.empty()) return absl::InternalError(absl::StrCat("sent ", what, " without its image"));
+  absl::StatusOr<DecodedPng> decoded =
+      DecodePng({reinterpret_cast<const uint8_t*>(png.data()), png.size()});
+  if (!decoded.ok()) {
+    return absl::InternalError(
+        absl::StrCat("sent ", what, " whose image is not a PNG: ", decoded.status().message()));
+  }
+  const std::vector<int64_t>& shape = plan_.image_shape;  // height, width, channels
+  if (shape.size() == 3 && (decoded->height != shape[0] || decoded->width != shape[1] ||
+                            decoded->channels != shape[2])) {
+    return absl::InternalError(absl::StrCat(
+        "sent ", what, " whose image is ", decoded->height, "x", decoded->width, "x",
+        decoded->channels, ", not the model's ", shape[0], "x", shape[1], "x", shape[2]));
+  }
+  return absl::OkStatus();
 }
 
 GridExecutor::GridRun::Attempt GridExecutor::GridRun::Call(const v1::BranchRequest& request,
@@ -472,9 +484,9 @@ void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> s
                           const v1::Image& x0_image, const std::string& replica) -> absl::Status {
     if (absl::Status s = CheckLatent(latent, "a capture"); !s.ok()) return s;
     if (wants_figure()) {
-      RETURN_IF_ERROR(CheckPng(image.png(), "a capture"));
+      RETURN_IF_ERROR(CheckImage(image.png(), "a capture"));
       // Step 0 has no prediction of x0 yet.
-      if (!x0_image.png().empty()) RETURN_IF_ERROR(CheckPng(x0_image.png(), "a capture's x0"));
+      if (!x0_image.png().empty()) RETURN_IF_ERROR(CheckImage(x0_image.png(), "a capture's x0"));
     }
     CacheEntry entry{latent, image.png(), x0_image.png()};
     // The cache holds only captures a figure can show.
@@ -498,6 +510,13 @@ void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> s
     }
     return absl::OkStatus();
   };
+  // The capture the trunk takes next, if any is left: each row starts from
+  // its step's, so none may be skipped.
+  auto next_wanted = [&]() -> std::optional<int> {
+    const auto it = wanted.upper_bound(last_taken);
+    if (it == wanted.end()) return std::nullopt;
+    return *it;
+  };
   auto on_event = [&](const v1::BranchEvent& event, const std::string& replica) -> absl::Status {
     if (event.has_capture()) {
       const v1::Capture& c = event.capture();
@@ -507,6 +526,10 @@ void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> s
         return absl::InternalError(absl::StrCat("sent a capture the trunk did not ask for (trajectory ",
                                                 c.trajectory(), ", step ", c.step(), ")"));
       }
+      if (const int expected = *next_wanted(); c.step() != expected) {
+        return absl::InternalError(absl::StrCat("sent the capture at step ", c.step(),
+                                                " before the one at step ", expected));
+      }
       return take_capture(c.step(), c.latent(), c.image(), c.x0_image(), replica);
     }
     if (!event.has_final()) return absl::OkStatus();
@@ -514,6 +537,11 @@ void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> s
     if (f.trajectory() != 0) {
       return absl::InternalError(
           absl::StrCat("sent a final for trajectory ", f.trajectory(), " of a 1-trajectory job"));
+    }
+    // Its rows would never start, and the grid fail at its end.
+    if (const std::optional<int> missing = next_wanted()) {
+      return absl::InternalError(
+          absl::StrCat("sent the final without the capture at step ", *missing));
     }
     if (!to_final) {
       if (final_is_capture) {
@@ -527,7 +555,7 @@ void GridExecutor::GridRun::RunTrunk(int start_step, std::optional<v1::Tensor> s
       return absl::OkStatus();
     }
     if (absl::Status s = CheckLatent(f.latent(), "the final"); !s.ok()) return s;
-    RETURN_IF_ERROR(CheckPng(f.image().png(), "the final"));
+    RETURN_IF_ERROR(CheckImage(f.image().png(), "the final"));
     done = true;
     ex_.cache_->Put(PrefixCache::FinalKey(sampler_key_, plan_.trunk),
                     {f.latent(), f.image().png(), ""});
@@ -615,7 +643,7 @@ void GridExecutor::GridRun::RunCells(size_t row, std::vector<int> columns) {
       return absl::InternalError(absl::StrCat("sent trajectory ", f.trajectory(), " twice"));
     }
     if (absl::Status s = CheckLatent(f.latent(), "a final"); !s.ok()) return s;
-    RETURN_IF_ERROR(CheckPng(f.image().png(), "a final"));
+    RETURN_IF_ERROR(CheckImage(f.image().png(), "a final"));
     finished.insert(c);
     ex_.cache_->Put(PrefixCache::FinalKey(sampler_key_, planned.cells[c]),
                     {f.latent(), f.image().png(), ""});

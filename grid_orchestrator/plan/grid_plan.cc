@@ -165,6 +165,7 @@ absl::Status PlanConditioning(const v1::GridRequest& request, const v1::ModelInf
   plan->model = model.name();
   plan->model_version = model.version();
   plan->latent_shape.assign(model.latent_shape().begin(), model.latent_shape().end());
+  plan->image_shape.assign(model.image_shape().begin(), model.image_shape().end());
   plan->prompt = request.prompt();
   plan->negative_prompt = request.negative_prompt();
   plan->text = model.conditioning() == "text";

@@ -58,6 +58,9 @@ struct GridPlanSpec {
   std::string model_version;
   // The model's latent shape (replica output is checked against it).
   std::vector<int64_t> latent_shape;
+  // The model's image shape, [height, width, channels] (replica images are
+  // checked against it).
+  std::vector<int64_t> image_shape;
   // A class model: prompt is a class name and class_index its index. A text
   // model (text): prompt and negative_prompt are free text.
   bool text = false;

@@ -211,6 +211,8 @@ class FakeReplicas::Replica::Stub : public v1::Denoiser::StubInterface {
     for (int i = 0; i < request.trajectories_size(); ++i) {
       const v1::Path& path = request.trajectories(i).path();
       for (int step : request.capture_steps()) {
+        if (s.drop_captures) break;
+        if (step == s.skip_capture_step) continue;
         v1::BranchEvent capture;
         v1::Capture* c = capture.mutable_capture();
         c->set_trajectory(i);

@@ -51,6 +51,10 @@ struct FakeScript {
   bool flat_capture_latents = false;
   // Every capture is sent twice.
   bool repeat_captures = false;
+  // Every Branch call sends no captures (its finals still come).
+  bool drop_captures = false;
+  // Every Branch call skips its capture at this step (-1: none).
+  int skip_capture_step = -1;
   // Every Branch call that is not failed ends with this code after sending
   // all its events (OK: ends well).
   grpc::StatusCode end_code = grpc::StatusCode::OK;
