@@ -255,9 +255,12 @@ absl::Status CheckObject(const Struct& object, const Descriptor& type, const std
   return absl::OkStatus();
 }
 
-// Counts nesting outside strings, so that deep text never reaches protobuf.
-absl::Status CheckDepth(absl::string_view json) {
+// Counts nesting and values outside strings, so that deep or wide text never
+// reaches protobuf: every list item and object member after a container's
+// first is one comma, and every container one bracket.
+absl::Status CheckNesting(absl::string_view json) {
   int depth = 0;
+  int values = 1;
   bool in_string = false;
   for (size_t i = 0; i < json.size(); ++i) {
     const char c = json[i];
@@ -269,8 +272,12 @@ absl::Status CheckDepth(absl::string_view json) {
       }
     } else if (c == '"') {
       in_string = true;
-    } else if (c == '[' || c == '{') {
-      if (++depth > kMaxJsonDepth) {
+    } else if (c == ',' || c == '[' || c == '{') {
+      if (++values > kMaxJsonValues) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("JSON of more than ", kMaxJsonValues, " values"));
+      }
+      if (c != ',' && ++depth > kMaxJsonDepth) {
         return absl::InvalidArgumentError(
             absl::StrCat("JSON nested deeper than ", kMaxJsonDepth, " levels"));
       }
@@ -485,7 +492,7 @@ class JsonValueLocator {
 }  // namespace
 
 absl::Status CheckJsonShape(absl::string_view json, const Descriptor& type) {
-  RETURN_IF_ERROR(CheckDepth(json));
+  RETURN_IF_ERROR(CheckNesting(json));
   Value value;
   if (const auto parsed = google::protobuf::util::JsonStringToMessage(
           google::protobuf::StringPiece(json.data(), json.size()), &value);

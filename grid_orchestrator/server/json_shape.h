@@ -5,7 +5,7 @@
 // first and held to the message's descriptor: every key a field (by its
 // .proto or lowerCamelCase name), every value the field's kind, lists only
 // for repeated fields, no null in a list, no field under both its names,
-// and no nesting past kMaxJsonDepth. Errors name the field by its path, e.g.
+// and no nesting past kMaxJsonDepth nor values past kMaxJsonValues. Errors name the field by its path, e.g.
 // "trunk.segments[0]: expected an object, got a number", also where
 // protobuf's parser names none: a string that is not UTF-8, a number past a
 // double's range. Only then is it parsed as the message, which checks each
@@ -31,6 +31,12 @@ namespace dgrid {
 // google.protobuf.Value slows with the square of the depth and fails past
 // about 33 levels. A GridRequest is 4 deep.
 inline constexpr int kMaxJsonDepth = 32;
+// Wider JSON too: protobuf's google.protobuf.Value tree takes 100 to 300
+// bytes a value, so a 1 MiB body of empty objects held 70 to 100 MB, and
+// sixteen such bodies at once passed an orchestrator pod's memory limit. A
+// GridRequest whose promoted trunk switches at each of 1,000 steps has about
+// 5,000 values (list items, members and containers, as counted here).
+inline constexpr int kMaxJsonValues = 16384;
 
 // INVALID_ARGUMENT naming the first place where `json` does not have the
 // shape of `type`.
