@@ -845,7 +845,8 @@ TEST_F(HttpGatewayTest, ARequestForAnotherHostNameIsRefused) {
 }
 
 // A Host twice was judged by the first alone, "[::1]x.example" by what came
-// before its "x", and an HTTP/1.1 request without one was served.
+// before its "x", and an HTTP/1.1 request without one was served; an
+// Authorization twice, by the first alone.
 TEST_F(HttpGatewayTest, AHostTwiceMalformedOrMissingIsRefused) {
   const std::string models = Request("GET", "/api/v1/models");
   const std::pair<std::string, const char*> cases[] = {
@@ -860,6 +861,11 @@ TEST_F(HttpGatewayTest, AHostTwiceMalformedOrMissingIsRefused) {
        "Host: an HTTP/1.1 request carries one"},
       {absl::StrReplaceAll(models, {{"Host: 127.0.0.1", "Host: grid/../x"}}),
        "Host: not host[:port]"},
+      // The token check read the first alone; a proxy may read the last.
+      {absl::StrReplaceAll(models, {{"Host: 127.0.0.1\r\n",
+                                     "Host: 127.0.0.1\r\nAuthorization: Bearer a\r\n"
+                                     "Authorization: Bearer b\r\n"}}),
+       "Authorization: given 2 times"},
   };
   for (const auto& [request, message] : cases) {
     const HttpAnswer answer = Exchange(plain_port_, request);

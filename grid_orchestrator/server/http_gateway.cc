@@ -880,14 +880,18 @@ bool RefuseEncodedSlash(const httplib::Request& request, httplib::Response& resp
 // Health answers whatever the name, for probes that dial the pod's address.
 // A Host twice, an HTTP/1.1 request without one, or one that is no host
 // (RFC 9112, 3.2) is a 400 on any path: two could be read differently by a
-// proxy in front, and the name check read only the first.
+// proxy in front, and the name check read only the first. So is an
+// Authorization twice, of which the token check read only the first.
 bool RefuseHost(const HostPolicy& hosts, const httplib::Request& request,
                 httplib::Response& response) {
   const std::string host = request.get_header_value("Host");
   const size_t count = request.get_header_value_count("Host");
+  const size_t credentials = request.get_header_value_count("Authorization");
   std::string problem;
   if (count > 1) {
     problem = absl::StrCat("Host: given ", count, " times");
+  } else if (credentials > 1) {
+    problem = absl::StrCat("Authorization: given ", credentials, " times");
   } else if (count == 0 && request.version == "HTTP/1.1") {
     problem = "Host: an HTTP/1.1 request carries one";
   } else if (count == 1 && !WellFormedHost(host)) {
