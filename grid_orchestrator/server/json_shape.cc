@@ -75,10 +75,20 @@ absl::Status Mismatch(const std::string& path, const char* expected, const Value
 
 absl::Status CheckObject(const Struct& object, const Descriptor& type, const std::string& path);
 
+// Digits as protobuf's parser takes them: SimpleAtoi would also take " 5"
+// and "5\n", which protobuf then refused in its own words.
+template <typename T>
+bool IsWhole(const std::string& text, T* value) {
+  if (text.empty() || absl::ascii_isspace(static_cast<unsigned char>(text.front())) ||
+      absl::ascii_isspace(static_cast<unsigned char>(text.back()))) {
+    return false;
+  }
+  return absl::SimpleAtoi(text, value);
+}
 template <typename T>
 bool IsWhole(const std::string& text) {
   T value;
-  return absl::SimpleAtoi(text, &value);
+  return IsWhole(text, &value);
 }
 
 absl::Status CheckNumber(double number, const FieldDescriptor& field, const std::string& path);
@@ -89,8 +99,12 @@ absl::Status CheckText(const std::string& text, const FieldDescriptor& field,
                        const std::string& path) {
   if (field.cpp_type() == FieldDescriptor::CPPTYPE_ENUM) {
     const google::protobuf::EnumDescriptor& type = *field.enum_type();
-    // A name, or a number in a string, which protobuf's parser also takes.
-    if (type.FindValueByName(text) || IsWhole<int32_t>(text)) return absl::OkStatus();
+    // A name, or a value's number in a string, which protobuf's parser also
+    // takes (not a number the enum lacks, as it takes a JSON number).
+    int32_t number = 0;
+    if (type.FindValueByName(text) || (IsWhole(text, &number) && type.FindValueByNumber(number))) {
+      return absl::OkStatus();
+    }
     std::vector<std::string> names;
     for (int i = 0; i < type.value_count(); ++i) names.push_back(type.value(i)->name());
     return absl::InvalidArgumentError(absl::StrCat(path, ": unknown value ", ShortQuote(text),
@@ -144,6 +158,7 @@ absl::Status CheckNumber(double number, const FieldDescriptor& field, const std:
   double lo = 0, hi = 0;
   switch (field.cpp_type()) {
     case FieldDescriptor::CPPTYPE_INT32:
+    case FieldDescriptor::CPPTYPE_ENUM:  // an open enum takes any int32
       range = absl::StrCat("[", INT32_MIN, ", ", INT32_MAX, "]");
       lo = INT32_MIN, hi = INT32_MAX;
       break;

@@ -43,11 +43,33 @@ TEST(JsonShapeTest, WhatProtobufWouldAcceptLeniently) {
        "seed: expected a whole number from 0 (a number or a string of digits), got \"abc\""},
       {R"({"seed": "-1"})",
        "seed: expected a whole number from 0 (a number or a string of digits), got \"-1\""},
+      // Digits with space around them, or an enum number it lacks in a
+      // string: protobuf's parser refused them in its own words.
+      {R"({"steps": " 4"})",
+       "steps: expected a whole number (a number or a string of digits), got \" 4\""},
+      {R"({"seed": "5\n"})",
+       "seed: expected a whole number from 0 (a number or a string of digits), got \"5\\n\""},
+      {R"({"spacing": "99"})",
+       "spacing: unknown value \"99\"; one of SPACING_UNSPECIFIED, SPACING_LEADING, "
+       "SPACING_TRAILING"},
+      {R"({"spacing": " 1"})",
+       "spacing: unknown value \" 1\"; one of SPACING_UNSPECIFIED, SPACING_LEADING, "
+       "SPACING_TRAILING"},
+      {R"({"spacing": 1.5})", "spacing: expected a whole number, got 1.5"},
+      {R"({"spacing": 2147483648})",
+       "spacing: 2147483648 is out of range [-2147483648, 2147483647]"},
   };
   for (const auto& [json, expected] : cases) {
     const absl::Status s = Check(json);
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << json;
     EXPECT_EQ(s.message(), expected) << json;
+  }
+  // What passes the shape, protobuf's parser takes.
+  for (const char* json : {R"({"spacing": "1"})", R"({"spacing": 99})", R"({"steps": "4"})",
+                           R"({"seed": "18446744073709551615"})"}) {
+    v1::GridRequest request;
+    const absl::Status parsed = ParseJsonRequest(json, "request body", &request);
+    EXPECT_TRUE(parsed.ok()) << json << ": " << parsed;
   }
 }
 
