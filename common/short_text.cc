@@ -80,6 +80,12 @@ bool IsNoncharacter(uint32_t c) { return (c >= 0xFDD0 && c <= 0xFDEF) || (c & 0x
 
 }  // namespace
 
+std::string ByteCount(int64_t bytes) {
+  if (bytes < 4096) return absl::StrCat(bytes, " bytes");
+  if (bytes < (int64_t{1} << 20)) return absl::StrCat(bytes >> 10, " KiB");
+  return absl::StrFormat("%.1f MiB", bytes / 1048576.0);
+}
+
 absl::Status CheckClientText(absl::string_view field, absl::string_view value, size_t max_bytes) {
   // The size first: nothing below reads more than max_bytes of a long value.
   if (value.size() > max_bytes) {

@@ -30,6 +30,10 @@ std::string ShortQuote(absl::string_view value, size_t max_bytes = kMaxEchoBytes
 template <typename Names>
 std::string ShortList(const Names& names, size_t max_bytes = 400);
 
+// A size in a message: bytes, KiB or MiB, whichever reads best ("640
+// bytes", "39 KiB", "130.2 MiB").
+std::string ByteCount(int64_t bytes);
+
 // The most bytes a prompt or negative prompt may have. A model reads at most
 // a few dozen tokens (CLIP: 77), which no prompt of this size falls short of;
 // the bound keeps normalizing and tokenizing cheap and caches small.

@@ -235,6 +235,40 @@ TEST(OrchestratorNoCacheTest, PromotedCellRerunAsTrunkReproducesTheCell) {
   EXPECT_LE(drift, kDriftTolerance);
 }
 
+// A finished grid past --max_message_bytes (a large model's, every cell and
+// the figure) failed to send after all the work, and the call ended as if
+// its client had gone; it is refused, naming the limit. Its events before
+// it are each within the limit.
+TEST(OrchestratorLimitTest, AGridPastTheMessageLimitIsRefusedNamingIt) {
+  StackOptions options;
+  options.denoisers = 1;
+  options.orchestrator_flags = {"--max_message_bytes=40000"};
+  auto stack = Stack::Start(options, "message-limit");
+  ASSERT_TRUE(stack.ok()) << stack.status();
+  v1::GridRequest request;
+  request.set_seed(5);
+  auto stub = (*stack)->Orchestrator();
+  {
+    grpc::ClientContext context;
+    v1::Grid grid;
+    const grpc::Status status = stub->CreateGrid(&context, request, &grid);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << status.error_message();
+    EXPECT_EQ(status.error_message().rfind("the grid's answer is ", 0), 0u) << status.error_message();
+    EXPECT_NE(status.error_message().find("message limit of 39 KiB (--max_message_bytes)"),
+              std::string::npos)
+        << status.error_message();
+  }
+  grpc::ClientContext context;
+  auto reader = stub->StreamGrid(&context, request);
+  v1::GridEvent event;
+  int cells = 0;
+  while (reader->Read(&event)) cells += event.has_cell();
+  const grpc::Status status = reader->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << status.error_message();
+  EXPECT_EQ(status.error_message().rfind("the grid's answer is ", 0), 0u) << status.error_message();
+  EXPECT_EQ(cells, 6 * 4 + 1);  // every cell came before it
+}
+
 TEST(OrchestratorFaultTest, OneDenoiserStoppedBeforeTheGridStillGivesACompleteGrid) {
   auto stack = Stack::Start({}, "one-down");
   ASSERT_TRUE(stack.ok()) << stack.status();

@@ -160,13 +160,6 @@ class ProgressTicker {
   absl::Time last_ = absl::Now();
 };
 
-// A size in a message: bytes, KiB or MiB, whichever reads best.
-std::string ByteCount(int64_t bytes) {
-  if (bytes < 4096) return absl::StrCat(bytes, " bytes");
-  if (bytes < (int64_t{1} << 20)) return absl::StrCat(bytes >> 10, " KiB");
-  return absl::StrFormat("%.1f MiB", bytes / 1048576.0);
-}
-
 // A refusal for this replica's message limit, as FAILED_PRECONDITION: an
 // orchestrator sends GetModelInfo, Tokenize and Judge calls of its own
 // making, and passes a replica's INVALID_ARGUMENT on to its client as the

@@ -58,8 +58,8 @@ absl::StatusOr<std::unique_ptr<OrchestratorServer>> OrchestratorServer::Start(
   curves.max_place_wait = std::max(curves.max_place_wait, o.limits.default_grid_timeout);
   s->curve_service_ = std::make_unique<CurveService>(s->grid_service_.get(), s->pool_.get(),
                                                      s->metrics_.get(), curves);
-  s->service_ = std::make_unique<OrchestratorServiceImpl>(s->grid_service_.get(),
-                                                          s->curve_service_.get());
+  s->service_ = std::make_unique<OrchestratorServiceImpl>(
+      s->grid_service_.get(), s->curve_service_.get(), o.max_message_bytes);
 
   std::unique_ptr<grpc::ServerBuilder> builder = NewServerBuilder(
       o.listen, *server_credentials, &s->port_, o.max_message_bytes, "dgrid-orchestrator");

@@ -3,14 +3,18 @@
 #include <string>
 #include <string_view>
 
+#include "absl/strings/str_cat.h"
 #include "common/client_key.h"
 #include "common/grpc_status.h"
+#include "common/short_text.h"
 
 namespace dgrid {
-OrchestratorServiceImpl::OrchestratorServiceImpl(GridService* service, CurveService* curves)
+OrchestratorServiceImpl::OrchestratorServiceImpl(GridService* service, CurveService* curves,
+                                                 int64_t max_message_bytes)
     : RequestParsingService(v1::Orchestrator::service_full_name()),
       service_(service),
-      curves_(curves) {
+      curves_(curves),
+      max_message_bytes_(max_message_bytes) {
   AddUnary("CreateGrid", &OrchestratorServiceImpl::CreateGrid);
   AddServerStreaming("StreamGrid", &OrchestratorServiceImpl::StreamGrid);
   AddUnary("ListModels", &OrchestratorServiceImpl::ListModels);
@@ -70,6 +74,15 @@ grpc::Status OrchestratorServiceImpl::Failure(const absl::Status& status) const 
   return ToGrpcStatus(status);
 }
 
+std::string OrchestratorServiceImpl::TooLarge(size_t bytes) const {
+  if (max_message_bytes_ < 0 || bytes <= static_cast<size_t>(max_message_bytes_)) return "";
+  return absl::StrCat("the grid's answer is ", ByteCount(static_cast<int64_t>(bytes)),
+                      ", past this orchestrator's message limit of ",
+                      ByteCount(max_message_bytes_),
+                      " (--max_message_bytes): ask for fewer rows or branches, or use the HTTP "
+                      "API, which has no such limit");
+}
+
 grpc::Status OrchestratorServiceImpl::CreateGrid(grpc::ServerContext* context,
                                                  const v1::GridRequest* request,
                                                  v1::Grid* response) {
@@ -78,6 +91,9 @@ grpc::Status OrchestratorServiceImpl::CreateGrid(grpc::ServerContext* context,
       service_->RunGrid(CallerOf(context), *request, [](const v1::GridEvent&) { return true; },
                         &cancel, /*stream_grid=*/false);
   if (!grid.ok()) return Failure(grid.status());
+  if (const std::string too_large = TooLarge(grid->ByteSizeLong()); !too_large.empty()) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, too_large);
+  }
   *response = std::move(*grid);
   return grpc::Status::OK;
 }
@@ -86,10 +102,16 @@ grpc::Status OrchestratorServiceImpl::StreamGrid(grpc::ServerContext* context,
                                                  const v1::GridRequest* request,
                                                  grpc::ServerWriter<v1::GridEvent>* writer) {
   GridCancel cancel;
-  // A failed write means the client is gone.
-  auto sink = [writer](const v1::GridEvent& event) { return writer->Write(event); };
+  // A failed write means the client is gone; an event past the limit (the
+  // finished grid, every cell again) is refused before it is tried.
+  std::string too_large;
+  auto sink = [this, writer, &too_large](const v1::GridEvent& event) {
+    too_large = TooLarge(event.ByteSizeLong());
+    return too_large.empty() && writer->Write(event);
+  };
   absl::StatusOr<v1::Grid> grid = service_->RunGrid(CallerOf(context), *request, sink, &cancel,
                                                     /*stream_grid=*/true);
+  if (!too_large.empty()) return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, too_large);
   if (!grid.ok()) return Failure(grid.status());
   return grpc::Status::OK;
 }

@@ -21,7 +21,10 @@ namespace dgrid {
 // Serves dgrid.v1.Orchestrator: the constructor adds each method.
 class OrchestratorServiceImpl final : public RequestParsingService {
  public:
-  OrchestratorServiceImpl(GridService* service, CurveService* curves);
+  // max_message_bytes: the server's gRPC message limit (-1: none), which a
+  // finished grid is held to before it is sent.
+  OrchestratorServiceImpl(GridService* service, CurveService* curves,
+                          int64_t max_message_bytes = -1);
 
   grpc::Status CreateGrid(grpc::ServerContext* context, const v1::GridRequest* request,
                           v1::Grid* response);
@@ -48,9 +51,13 @@ class OrchestratorServiceImpl final : public RequestParsingService {
   bool Stopping() const { return absl::GetCurrentTimeNanos() > calls_end_ns_.load(); }
   // A call's failure as its client should read it.
   grpc::Status Failure(const absl::Status& status) const;
+  // A grid answer past max_message_bytes_, or "" (gRPC would refuse to send
+  // it after all the work, and the call end as if its client had gone).
+  std::string TooLarge(size_t bytes) const;
 
   GridService* const service_;
   CurveService* const curves_;
+  const int64_t max_message_bytes_;
   std::atomic<int64_t> calls_end_ns_{std::numeric_limits<int64_t>::max()};
 };
 
