@@ -8,6 +8,7 @@
 #include <mutex>
 #include <set>
 
+#include "absl/strings/str_cat.h"
 #include "common/png_image.h"
 #include "grid_orchestrator/metrics/orchestrator_metrics.h"
 #include "grid_orchestrator/testing/fake_denoiser.h"
@@ -377,8 +378,7 @@ TEST_F(GridExecutorTest, AGridFromTheCacheStreamsItsTrunksProgress) {
 TEST_F(GridExecutorTest, APermanentErrorIsNotRetried) {
   // Before: permanent limits came back as RESOURCE_EXHAUSTED and every
   // replica was tried, and UNKNOWN was retried too.
-  for (grpc::StatusCode code : {grpc::StatusCode::INVALID_ARGUMENT,
-                                grpc::StatusCode::FAILED_PRECONDITION,
+  for (grpc::StatusCode code : {grpc::StatusCode::FAILED_PRECONDITION,
                                 grpc::StatusCode::UNKNOWN}) {
     FakeReplicas replicas(2);
     for (int i = 0; i < 2; ++i) {
@@ -392,6 +392,30 @@ TEST_F(GridExecutorTest, APermanentErrorIsNotRetried) {
     // none retried.
     EXPECT_LE(Calls(replicas, 0) + Calls(replicas, 1), 3) << code;
   }
+}
+
+// The orchestrator makes every request a replica gets: a replica that calls
+// one INVALID_ARGUMENT disagrees with it (another version, a lower request
+// limit). That reached the client as its own mistake (HTTP 400); it is the
+// server's, and another replica may take the request.
+TEST_F(GridExecutorTest, AReplicaRefusingTheOrchestratorsRequestIsNotTheClientsMistake) {
+  FakeReplicas replicas(2);
+  replicas.script(0).fail_first = 100;
+  replicas.script(0).fail_code = grpc::StatusCode::INVALID_ARGUMENT;
+  absl::StatusOr<v1::Grid> grid = Run(replicas, Plan());
+  ASSERT_TRUE(grid.ok()) << grid.status();
+  EXPECT_EQ(grid->trunk().source(), replicas.address(1));
+  FakeReplicas refusing(1);
+  refusing.script(0).fail_first = 100;
+  refusing.script(0).fail_code = grpc::StatusCode::INVALID_ARGUMENT;
+  absl::StatusOr<v1::Grid> failed = Run(refusing, Plan());
+  ASSERT_FALSE(failed.ok());
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kInternal) << failed.status();
+  EXPECT_NE(failed.status().message().find(absl::StrCat(
+                "replica ", refusing.address(0),
+                " refused a request this orchestrator made (INVALID_ARGUMENT): ")),
+            std::string::npos)
+      << failed.status();
 }
 
 TEST_F(GridExecutorTest, ATransientErrorMovesToAnotherReplica) {
