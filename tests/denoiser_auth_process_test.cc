@@ -85,6 +85,12 @@ TEST(DenoiserAuthTest, OnlyCallersWithTheTokenAreServed) {
   grpc::ClientContext info_context;
   EXPECT_EQ(denoiser->GetModelInfo(&info_context, {}, &info).error_code(),
             grpc::StatusCode::UNAUTHENTICATED);
+  // The token given twice: a proxy in front may read the other one.
+  grpc::ClientContext twice_context;
+  twice_context.AddMetadata("authorization", "Bearer " + token);
+  twice_context.AddMetadata("authorization", "Bearer nope");
+  EXPECT_EQ(denoiser->GetModelInfo(&twice_context, {}, &info).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
   // Without the token, a request that does not parse is refused for the
   // token, not diagnosed field by field (the denoiser parses nothing for it);
   // with the token the same bytes get the field's name.

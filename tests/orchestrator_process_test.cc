@@ -267,6 +267,10 @@ TEST(OrchestratorLimitTest, AGridPastTheMessageLimitIsRefusedNamingIt) {
   EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << status.error_message();
   EXPECT_EQ(status.error_message().rfind("the grid's answer is ", 0), 0u) << status.error_message();
   EXPECT_EQ(cells, 6 * 4 + 1);  // every cell came before it
+  // The server's limit: failed, for the error-ratio alert (CreateGrid's
+  // counted ok, StreamGrid's cancelled).
+  EXPECT_EQ((*stack)->Metric(-1, "dgrid_orchestrator_grids_total{status=\"failed\"}"), 2);
+  EXPECT_LE((*stack)->Metric(-1, "dgrid_orchestrator_grids_total{status=\"ok\"}"), 0);
 }
 
 TEST(OrchestratorFaultTest, OneDenoiserStoppedBeforeTheGridStillGivesACompleteGrid) {

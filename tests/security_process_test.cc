@@ -148,6 +148,17 @@ TEST(SecurityTest, TlsApiWithBearerTokenAndOpenHealth) {
   const grpc::Status right = Create(*stub, SmallGrid(), token);
   EXPECT_TRUE(right.ok()) << right.error_message();
   {
+    // The token twice, one wrong: the check read the first alone, and a
+    // proxy in front may read the other.
+    grpc::ClientContext context;
+    context.AddMetadata("authorization", "Bearer " + token);
+    context.AddMetadata("authorization", "Bearer guess");
+    v1::ListModelsResponse models;
+    const grpc::Status twice = stub->ListModels(&context, {}, &models);
+    EXPECT_EQ(twice.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+    EXPECT_EQ(twice.error_message(), "authorization: given 2 times");
+  }
+  {
     grpc::ClientContext context;
     v1::ListModelsResponse models;
     EXPECT_EQ(stub->ListModels(&context, {}, &models).error_code(),

@@ -422,8 +422,9 @@ absl::Status DenoiserServiceImpl::Authorize(const grpc::ServerContext& context) 
   if (auth_token_.empty()) return absl::OkStatus();
   const auto& metadata = context.client_metadata();
   const auto it = metadata.find("authorization");
-  // The token itself is never logged or echoed.
-  if (it == metadata.end() ||
+  // The token itself is never logged or echoed. Given twice, it is refused:
+  // a proxy in front may read the other.
+  if (it == metadata.end() || metadata.count("authorization") > 1 ||
       !BearerTokenMatches(absl::string_view(it->second.data(), it->second.size()), auth_token_)) {
     return absl::UnauthenticatedError(
         "this denoiser answers only its orchestrator: missing or invalid bearer token");

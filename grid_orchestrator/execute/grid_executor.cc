@@ -798,6 +798,9 @@ void GridExecutor::GridRun::JoinJobs() {
 absl::StatusOr<v1::Grid> GridExecutor::GridRun::Execute() {
   // Out of threads (a pids limit), this grid fails; the process serves on.
   RETURN_IF_ERROR(watchdog_.Start());
+  // Emitted on this thread before any job starts, so that a sink blocking
+  // here (GridService's outbox, for a client reading the cached cells)
+  // holds no replica slot: a job's Emit would wait on sink_mu_.
   EmitPlan();
   const int trunk_start = LoadCached();
   StartReadyRows();

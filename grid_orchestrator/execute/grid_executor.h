@@ -77,7 +77,10 @@ class GridExecutor {
                ExecutorOptions options);
 
   // Emits the plan, trunk progress and cells through `sink` (never two calls
-  // at once; it must not block), and returns the assembled grid. The caller
+  // at once), and returns the assembled grid. Calls on the thread that
+  // called Run come first, before any job starts (the plan, then what the
+  // cache holds), and may block; the rest come from job threads, which hold
+  // replica slots, and must not. The caller
   // sends the grid. `callers_deadline`, at or after `deadline`: the caller's
   // own; a job it cuts short counts as cancelled, as its grid does, where
   // one cut short by the orchestrator's own bound fails.

@@ -53,6 +53,10 @@ class Outbox {
           room_.wait_for(lock, std::chrono::milliseconds(50));
         }
         if (cancel_->cancelled()) return true;  // dropped: the grid is over
+        if (!overflowed_ && bytes_ > 0 && bytes_ + size > max_bytes_) {
+          late_ = true;  // the grid's time ran out while its client read
+          return false;
+        }
       }
       if (overflowed_ || bytes_ + size > max_bytes_) {
         overflowed_ = true;
@@ -88,6 +92,10 @@ class Outbox {
     std::lock_guard<std::mutex> lock(mu_);
     return overflowed_;
   }
+  bool late() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return late_;
+  }
 
  private:
   const size_t max_bytes_;
@@ -99,6 +107,7 @@ class Outbox {
   std::deque<v1::GridEvent> events_;  // guarded by mu_
   size_t bytes_ = 0;                  // guarded by mu_
   bool overflowed_ = false;           // guarded by mu_
+  bool late_ = false;                 // guarded by mu_
   bool closed_ = false;               // guarded by mu_
   std::thread::id paced_;             // guarded by mu_
 };
@@ -386,6 +395,16 @@ absl::StatusOr<v1::Grid> GridService::Run(const AdmittedGrid& admitted, const Ca
     v1::GridEvent event;
     while (outbox.Pop(&event)) deliver(event);
     worker->join();
+    // A transport's message limit (gRPC's) would refuse the finished grid
+    // after all the work, as if its client had gone.
+    if (const int64_t bytes = grid.ok() ? static_cast<int64_t>(grid->ByteSizeLong()) : 0;
+        caller.max_answer_bytes >= 0 && bytes > caller.max_answer_bytes) {
+      grid = absl::FailedPreconditionError(
+          absl::StrCat("the grid's answer is ", ByteCount(bytes), ", past this orchestrator's "
+                       "message limit of ", ByteCount(caller.max_answer_bytes),
+                       " (--max_message_bytes): ask for fewer rows or branches, or use the "
+                       "HTTP API, which has no such limit"));
+    }
     // The finished grid is the one event a reading client must get, so it
     // skips the outbox's bound; its write is watched like the others.
     if (grid.ok() && stream_grid) {
@@ -394,6 +413,13 @@ absl::StatusOr<v1::Grid> GridService::Run(const AdmittedGrid& admitted, const Ca
       deliver(last);
     }
     stalled = (*watch)->stalled();
+  }
+  const absl::Time now = absl::Now();
+  if (outbox.late()) {
+    const absl::Status late =
+        absl::DeadlineExceededError("the grid's time ran out while its client read its cells");
+    count(RunOutcome(late, now >= caller.deadline));
+    return NameTheServersLimit(late, now, limit, caller.deadline, limits_.default_grid_timeout);
   }
   absl::Status abandoned;
   if (outbox.overflowed()) {
@@ -419,7 +445,6 @@ absl::StatusOr<v1::Grid> GridService::Run(const AdmittedGrid& admitted, const Ca
   }
   // The caller's own deadline, once passed, is the caller's doing; the
   // server's --grid_timeout_s or a stalled replica is a failure.
-  const absl::Time now = absl::Now();
   count(RunOutcome(grid.status(), now >= caller.deadline));
   if (grid.ok()) return grid;
   return NameTheServersLimit(grid.status(), now, limit, caller.deadline,

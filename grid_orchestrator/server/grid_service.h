@@ -89,6 +89,10 @@ struct Caller {
   // write floor and timeout): a client that stopped reading, as a stall.
   // Never where the watch's stall is the only such cut (gRPC).
   std::function<bool()> cut_off = [] { return false; };
+  // The most bytes the transport sends in one message (gRPC's
+  // --max_message_bytes): a finished grid past it is FAILED_PRECONDITION,
+  // counted failed. -1: none (HTTP).
+  int64_t max_answer_bytes = -1;
 };
 
 class GridService;

@@ -516,6 +516,23 @@ TEST_F(GridServiceTest, AGridFromTheCacheWaitsForItsClientToRead) {
   EXPECT_EQ(cached->model_evals(), 0) << "not a grid from the cache";
   // 2 rows of 4 cells and the trunk.
   EXPECT_EQ(cells, 9);
+
+  // Its time running out while the client reads is the deadline's doing,
+  // not a client that stopped reading. (Its events after the plan are about
+  // 1,200 bytes: the worker waits for most of them to be read.)
+  limits.max_outbox_bytes = 400;
+  GridService tight(pool_.get(), &executor, nullptr, limits, "");
+  Caller hurried;
+  hurried.deadline = absl::Now() + absl::Milliseconds(150);
+  auto slower_sink = [&](const v1::GridEvent&) {
+    absl::SleepFor(absl::Milliseconds(60));
+    return true;
+  };
+  GridCancel third;
+  absl::StatusOr<v1::Grid> late =
+      tight.RunGrid(hurried, Request(), slower_sink, &third, /*stream_grid=*/true);
+  EXPECT_EQ(late.status().code(), absl::StatusCode::kDeadlineExceeded) << late.status();
+  EXPECT_EQ(late.status().message().find("stopped reading"), std::string::npos) << late.status();
 }
 
 TEST_F(GridServiceTest, TheBearerSchemeIsCaseInsensitive) {

@@ -6,7 +6,6 @@
 #include "absl/strings/str_cat.h"
 #include "common/client_key.h"
 #include "common/grpc_status.h"
-#include "common/short_text.h"
 
 namespace dgrid {
 OrchestratorServiceImpl::OrchestratorServiceImpl(GridService* service, CurveService* curves,
@@ -34,6 +33,11 @@ std::string AuthorizationOf(const grpc::ServerContext& context) {
 
 grpc::Status OrchestratorServiceImpl::Admit(const char* method,
                                             const grpc::ServerContext& context) {
+  // The token check reads one; a proxy in front may read another.
+  if (const size_t n = context.client_metadata().count("authorization"); n > 1) {
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                        absl::StrCat("authorization: given ", n, " times"));
+  }
   Caller caller;
   caller.authorization = AuthorizationOf(context);
   return ToGrpcStatus(service_->Authenticate(caller));
@@ -64,6 +68,7 @@ Caller OrchestratorServiceImpl::CallerOf(grpc::ServerContext* context) const {
   // gone (Failure says why).
   caller.gone = [this, context] { return context->IsCancelled() || Stopping(); };
   caller.abort = [context] { context->TryCancel(); };
+  caller.max_answer_bytes = max_message_bytes_;
   return caller;
 }
 
@@ -74,15 +79,6 @@ grpc::Status OrchestratorServiceImpl::Failure(const absl::Status& status) const 
   return ToGrpcStatus(status);
 }
 
-std::string OrchestratorServiceImpl::TooLarge(size_t bytes) const {
-  if (max_message_bytes_ < 0 || bytes <= static_cast<size_t>(max_message_bytes_)) return "";
-  return absl::StrCat("the grid's answer is ", ByteCount(static_cast<int64_t>(bytes)),
-                      ", past this orchestrator's message limit of ",
-                      ByteCount(max_message_bytes_),
-                      " (--max_message_bytes): ask for fewer rows or branches, or use the HTTP "
-                      "API, which has no such limit");
-}
-
 grpc::Status OrchestratorServiceImpl::CreateGrid(grpc::ServerContext* context,
                                                  const v1::GridRequest* request,
                                                  v1::Grid* response) {
@@ -91,9 +87,6 @@ grpc::Status OrchestratorServiceImpl::CreateGrid(grpc::ServerContext* context,
       service_->RunGrid(CallerOf(context), *request, [](const v1::GridEvent&) { return true; },
                         &cancel, /*stream_grid=*/false);
   if (!grid.ok()) return Failure(grid.status());
-  if (const std::string too_large = TooLarge(grid->ByteSizeLong()); !too_large.empty()) {
-    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, too_large);
-  }
   *response = std::move(*grid);
   return grpc::Status::OK;
 }
@@ -102,16 +95,10 @@ grpc::Status OrchestratorServiceImpl::StreamGrid(grpc::ServerContext* context,
                                                  const v1::GridRequest* request,
                                                  grpc::ServerWriter<v1::GridEvent>* writer) {
   GridCancel cancel;
-  // A failed write means the client is gone; an event past the limit (the
-  // finished grid, every cell again) is refused before it is tried.
-  std::string too_large;
-  auto sink = [this, writer, &too_large](const v1::GridEvent& event) {
-    too_large = TooLarge(event.ByteSizeLong());
-    return too_large.empty() && writer->Write(event);
-  };
+  // A failed write means the client is gone.
+  auto sink = [writer](const v1::GridEvent& event) { return writer->Write(event); };
   absl::StatusOr<v1::Grid> grid = service_->RunGrid(CallerOf(context), *request, sink, &cancel,
                                                     /*stream_grid=*/true);
-  if (!too_large.empty()) return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, too_large);
   if (!grid.ok()) return Failure(grid.status());
   return grpc::Status::OK;
 }

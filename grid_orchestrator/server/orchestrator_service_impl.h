@@ -22,7 +22,7 @@ namespace dgrid {
 class OrchestratorServiceImpl final : public RequestParsingService {
  public:
   // max_message_bytes: the server's gRPC message limit (-1: none), which a
-  // finished grid is held to before it is sent.
+  // finished grid is held to before it is sent (Caller::max_answer_bytes).
   OrchestratorServiceImpl(GridService* service, CurveService* curves,
                           int64_t max_message_bytes = -1);
 
@@ -51,9 +51,6 @@ class OrchestratorServiceImpl final : public RequestParsingService {
   bool Stopping() const { return absl::GetCurrentTimeNanos() > calls_end_ns_.load(); }
   // A call's failure as its client should read it.
   grpc::Status Failure(const absl::Status& status) const;
-  // A grid answer past max_message_bytes_, or "" (gRPC would refuse to send
-  // it after all the work, and the call end as if its client had gone).
-  std::string TooLarge(size_t bytes) const;
 
   GridService* const service_;
   CurveService* const curves_;
