@@ -13,7 +13,9 @@ namespace {
 absl::StatusOr<v1::JudgeResponse> CallJudge(ReplicaPool* pool, OrchestratorMetrics* metrics,
                                             const GridPlanSpec& plan,
                                             const std::vector<const std::string*>& images,
-                                            int heads, absl::Time deadline, GridCancel* cancel) {
+                                            const std::vector<int>& labels_per_head,
+                                            absl::Time deadline, GridCancel* cancel) {
+  const int heads = static_cast<int>(labels_per_head.size());
   // Counted as jobs are, attempt by attempt.
   auto count = [metrics](const char* outcome) {
     if (metrics) metrics->CountJob(outcome);
@@ -62,12 +64,32 @@ absl::StatusOr<v1::JudgeResponse> CallJudge(ReplicaPool* pool, OrchestratorMetri
                                                     heads));
             break;
           }
+          // A label the head lacks would count as a change of label, and
+          // reach the client's trunk labels, where a label name is looked up.
+          for (int h = 0; h < heads && last.ok(); ++h) {
+            const int label = verdict.heads(h).label_index();
+            if (label < 0 || label >= labels_per_head[h]) {
+              last = absl::InternalError(absl::StrCat(
+                  "replica ", lease->address(), " answered label ", label, " of judge head ", h,
+                  ", which has ", labels_per_head[h], " labels"));
+            }
+          }
+          if (!last.ok()) break;
         }
       }
       if (last.ok()) {
         count("ok");
         return response;
       }
+    } else if (status.error_code() == grpc::StatusCode::INVALID_ARGUMENT ||
+               status.error_code() == grpc::StatusCode::OUT_OF_RANGE) {
+      // The orchestrator built the call from a replica's images: a replica's
+      // "invalid" is no mistake of the client's (a replica run with
+      // --max_trajectories_per_request below kImagesPerJudgeCall, say), as
+      // for a grid's jobs; another replica may take it.
+      last = absl::InternalError(absl::StrCat(
+          "replica ", lease->address(), " refused a request this orchestrator made (",
+          absl::StatusCodeToString(FromGrpcStatus(status).code()), "): ", status.error_message()));
     } else {
       last = FromGrpcStatus(status);
       // Whatever comes next, a replica that is going away gets no more work.
@@ -86,13 +108,7 @@ absl::StatusOr<v1::JudgeResponse> CallJudge(ReplicaPool* pool, OrchestratorMetri
     if (metrics) metrics->CountRetry();
     want.avoid.insert(lease->address());
   }
-  // The orchestrator built the call: a replica's "invalid" is not the
-  // client's mistake (a replica run with --max_trajectories_per_request
-  // below kImagesPerJudgeCall, say).
-  const absl::StatusCode code = last.code() == absl::StatusCode::kInvalidArgument
-                                    ? absl::StatusCode::kFailedPrecondition
-                                    : last.code();
-  return absl::Status(code, absl::StrCat("Judge: ", last.message()));
+  return absl::Status(last.code(), absl::StrCat("Judge: ", last.message()));
 }
 
 }  // namespace
@@ -104,7 +120,9 @@ bool JudgeCallRetryable(grpc::StatusCode code) {
 
 absl::StatusOr<TrunkObservation> JudgeGrid(ReplicaPool* pool, OrchestratorMetrics* metrics,
                                            const GridPlanSpec& plan, const v1::Grid& grid,
-                                           int heads, absl::Time deadline, GridCancel* cancel) {
+                                           const std::vector<int>& labels_per_head,
+                                           absl::Time deadline, GridCancel* cancel) {
+  const size_t heads = labels_per_head.size();
   TrunkObservation observed;
   for (const v1::GridRow& row : grid.rows()) {
     observed.divergence.push_back(row.divergence());
@@ -120,8 +138,8 @@ absl::StatusOr<TrunkObservation> JudgeGrid(ReplicaPool* pool, OrchestratorMetric
   for (size_t first = 0; first < images.size(); first += kImagesPerJudgeCall) {
     const size_t end = std::min(images.size(), first + kImagesPerJudgeCall);
     absl::StatusOr<v1::JudgeResponse> judged =
-        CallJudge(pool, metrics, plan, {images.begin() + first, images.begin() + end}, heads,
-                  deadline, cancel);
+        CallJudge(pool, metrics, plan, {images.begin() + first, images.begin() + end},
+                  labels_per_head, deadline, cancel);
     if (!judged.ok()) return judged.status();
     for (const v1::ImageVerdict& verdict : judged->images()) {
       std::vector<int>& image = labels.emplace_back();

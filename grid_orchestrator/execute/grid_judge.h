@@ -4,7 +4,8 @@
 // decision curve (assemble/decision_curve.h).
 //
 //   ASSIGN_OR_RETURN(TrunkObservation observed,
-//                    JudgeGrid(&pool, &metrics, plan, grid, /*heads=*/1, deadline, &cancel));
+//                    JudgeGrid(&pool, &metrics, plan, grid, /*labels_per_head=*/{10},
+//                              deadline, &cancel));
 //
 // Judge calls are short and outside the grid's work, so they take any
 // healthy replica of the plan's model version (ReplicaPool::Want.control),
@@ -35,15 +36,17 @@ inline constexpr absl::Duration kJudgeCallTimeout = absl::Seconds(60);
 bool JudgeCallRetryable(grpc::StatusCode code);
 
 // The grid's labels ([row][column][head], and the trunk's per head) and its
-// rows' divergence. With `heads` 0 (a model without a judge) nothing is
-// judged. INTERNAL when a replica answers with the wrong count of images or
-// heads; FAILED_PRECONDITION when one refuses the call as invalid (config
-// skew: the client sent none of the call's fields). `deadline` is the
+// rows' divergence. `labels_per_head`: how many labels each judge head has;
+// with none (a model without a judge) nothing is judged. INTERNAL when a
+// replica answers with the wrong count of images or heads, or a label a head
+// lacks, or refuses the call as invalid (config skew: the client sent none
+// of the call's fields), each tried on another replica first. `deadline` is the
 // caller's; each call also ends after kJudgeCallTimeout.
 // Each call's attempts count in `metrics` (may be null) as jobs do.
 absl::StatusOr<TrunkObservation> JudgeGrid(ReplicaPool* pool, OrchestratorMetrics* metrics,
                                            const GridPlanSpec& plan, const v1::Grid& grid,
-                                           int heads, absl::Time deadline, GridCancel* cancel);
+                                           const std::vector<int>& labels_per_head,
+                                           absl::Time deadline, GridCancel* cancel);
 
 }  // namespace dgrid
 

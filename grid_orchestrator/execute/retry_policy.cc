@@ -20,8 +20,9 @@ bool ShouldRetry(const CallOutcome& outcome, int attempt, const RetryLimits& lim
     case absl::StatusCode::kAborted:
     case absl::StatusCode::kCancelled:  // by the replica, not by this grid
     // A fault of that replica (its model failed, or produced NaN from a
-    // seed): another replica may be sound. NaN from a caller's start latent
-    // is INVALID_ARGUMENT instead, the same everywhere.
+    // seed), or its refusal of a request this orchestrator made (its
+    // INVALID_ARGUMENT, which the executor makes INTERNAL): another replica
+    // may be sound.
     case absl::StatusCode::kInternal:
       return true;
     default:

@@ -110,8 +110,11 @@ std::string Describe(const v1::GridPlan& plan, int trunks) {
 class CurveService::CurveRun {
  public:
   CurveRun(CurveService* service, const Caller& caller, const v1::CurveRequest& request,
-           int heads)
-      : service_(service), caller_(caller), request_(request), heads_(heads),
+           std::vector<int> labels_per_head)
+      : service_(service),
+        caller_(caller),
+        request_(request),
+        labels_per_head_(std::move(labels_per_head)),
         observations_(request.trunks()) {}
 
   // Runs every trunk (trunk 0 already admitted), delivering progress through
@@ -231,7 +234,7 @@ class CurveService::CurveRun {
       changed_.notify_all();  // a worker may wait for room in drawn_
       lock.unlock();
       absl::StatusOr<TrunkObservation> observed =
-          JudgeGrid(service_->pool_, service_->metrics_, drawn.plan, drawn.grid, heads_,
+          JudgeGrid(service_->pool_, service_->metrics_, drawn.plan, drawn.grid, labels_per_head_,
                     caller_.deadline, &cancel_);
       if (!observed.ok()) {
         Fail(AtTrunk(drawn.trunk, observed.status()));
@@ -250,7 +253,7 @@ class CurveService::CurveRun {
     observations_[trunk] = std::move(observed);
     model_evals_ += grid.model_evals();
     cache_hits_ += grid.cache_hits();
-    if (heads_ > 0) judged_images_ += 1 + grid.plan().branches() * grid.rows_size();
+    if (!labels_per_head_.empty()) judged_images_ += 1 + grid.plan().branches() * grid.rows_size();
     ++done_;
     progress_.push_back(Progress());
   }
@@ -305,7 +308,12 @@ class CurveService::CurveRun {
       --admitting_;
       changed_.notify_all();
       if (admitted.ok()) ++holding_;
-      if (admitted.ok() || admitted.status().code() != absl::StatusCode::kResourceExhausted) {
+      // A full service waits for a place; replicas that cannot plan the
+      // trunk (a restart, a Tokenize that failed) may come back. Either way
+      // the trunks done are kept, where one UNAVAILABLE threw them away.
+      const absl::StatusCode code = admitted.status().code();
+      if (admitted.ok() ||
+          (code != absl::StatusCode::kResourceExhausted && code != absl::StatusCode::kUnavailable)) {
         return admitted;
       }
       const absl::Time now = absl::Now();
@@ -325,6 +333,7 @@ class CurveService::CurveRun {
           const std::string why =
               absl::StrCat(admitted.status().message(), " (waited ",
                            absl::FormatDuration(service_->limits_.max_place_wait), " for a place)");
+          if (code == absl::StatusCode::kUnavailable) return absl::UnavailableError(why);
           return IsThrottled(admitted.status()) ? ThrottledError(why)
                                                 : absl::ResourceExhaustedError(why);
         }
@@ -416,7 +425,7 @@ class CurveService::CurveRun {
   CurveService* const service_;
   const Caller& caller_;
   const v1::CurveRequest& request_;
-  const int heads_;
+  const std::vector<int> labels_per_head_;  // the judge's heads; none: no judge
   GridService::ModelPin pin_;  // set before the workers start
   const absl::Time started_ = absl::Now();
   GridCancel cancel_;  // shared by the curve's grids: one failure stops them all
@@ -542,7 +551,9 @@ absl::StatusOr<v1::CurveResult> CurveService::RunUncounted(AdmittedCurve& curve,
   *plan_event.mutable_plan() = result.plan();
   if (!watched(plan_event)) return abandoned();
 
-  CurveRun run(this, caller, request, static_cast<int>(heads->size()));
+  std::vector<int> labels_per_head;
+  for (const v1::JudgeHeadInfo& head : *heads) labels_per_head.push_back(head.labels_size());
+  CurveRun run(this, caller, request, std::move(labels_per_head));
   CurveObservations observations;
   observations.heads = static_cast<int>(heads->size());
   for (const PlannedRow& row : plan.rows) observations.branch_steps.push_back(row.branch_step);

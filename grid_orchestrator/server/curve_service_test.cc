@@ -287,7 +287,7 @@ TEST_F(CurveServiceTest, AJudgeCallOfACancelledCurveCountsCancelled) {
   v1::Grid grid;
   grid.mutable_trunk()->set_png("not judged");
   absl::StatusOr<TrunkObservation> judged =
-      JudgeGrid(pool_.get(), &metrics_, plan, grid, 2, absl::Now() + absl::Seconds(30), &cancel);
+      JudgeGrid(pool_.get(), &metrics_, plan, grid, {2}, absl::Now() + absl::Seconds(30), &cancel);
   EXPECT_EQ(judged.status().code(), absl::StatusCode::kCancelled) << judged.status();
   EXPECT_EQ(Count("dgrid_orchestrator_jobs_total", "cancelled"), 1);
   EXPECT_EQ(Count("dgrid_orchestrator_jobs_total", "failed"), 0);
@@ -509,6 +509,30 @@ TEST_F(CurveServiceTest, ADeadlinePassedWhilePlanningCountsAsCancelled) {
   EXPECT_EQ(Grids("cancelled"), 1);
 }
 
+// A later trunk's planning failing for a moment (a replica's Tokenize
+// answering UNAVAILABLE as it restarts) waits and tries again, as a full
+// service does: the curve failed, throwing its finished trunks away.
+TEST_F(CurveServiceTest, ALaterTrunkThatCannotBePlannedForAMomentWaits) {
+  FakeReplicas text(1);
+  text.script(0).text = true;
+  text.script(0).tokenize_code = grpc::StatusCode::UNAVAILABLE;
+  text.script(0).tokenize_message = "restarting";
+  text.script(0).tokenize_fail_from = 1;  // the curve's own admission plans trunk 0
+  text.script(0).tokenize_fail_calls = 2;
+  auto pool = ReplicaPool::Create(text.PoolOptions(), nullptr);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  GridExecutor executor(pool->get(), &cache_, &metrics_, ExecutorOptions{});
+  GridService grids(pool->get(), &executor, &metrics_, OrchestratorLimits{}, "");
+  CurveService curves(&grids, pool->get(), &metrics_, CurveLimits{1000, 1});
+  v1::CurveRequest request = Request(3);
+  request.mutable_grid()->set_prompt("a cat");
+  absl::StatusOr<v1::CurveResult> curve =
+      curves.RunCurve(Caller{}, request, [](const v1::CurveEvent&) { return true; });
+  ASSERT_TRUE(curve.ok()) << curve.status();
+  EXPECT_EQ(curve->trunks(), 3);
+  EXPECT_EQ(Curves("ok"), 1);
+}
+
 // Past admission, a replica refusing the work is config or version skew: a
 // failure the error-ratio alert must see, not the caller's "invalid".
 TEST_F(CurveServiceTest, AReplicaRefusingAnAdmittedGridIsAFailure) {
@@ -552,7 +576,11 @@ TEST_F(CurveServiceTest, AReplicaRefusingAJudgeCallIsAFailureNotTheClientsMistak
   absl::StatusOr<v1::CurveResult> curve =
       curves_->RunCurve(Caller{}, Request(2), [](const v1::CurveEvent&) { return true; });
   ASSERT_FALSE(curve.ok());
-  EXPECT_EQ(curve.status().code(), absl::StatusCode::kFailedPrecondition) << curve.status();
+  EXPECT_EQ(curve.status().code(), absl::StatusCode::kInternal) << curve.status();
+  EXPECT_NE(curve.status().message().find("refused a request this orchestrator made "
+                                          "(INVALID_ARGUMENT)"),
+            std::string::npos)
+      << curve.status();
   EXPECT_EQ(Curves("failed"), 1);
   EXPECT_EQ(Curves("invalid"), 0);
 }
@@ -591,6 +619,14 @@ TEST_F(CurveServiceTest, AJudgeCallThatTimesOutIsTriedOnAnotherReplica) {
 TEST_F(CurveServiceTest, AMalformedJudgeAnswerIsTriedOnAnotherReplica) {
   Start();
   replicas_.script(0).judge_answers_nothing = true;
+  ExpectReplicaOneJudgesEveryImage();
+}
+
+// A label the judge head lacks is that replica's bad output too: it would
+// count as a change of label, and reach the client's trunk labels.
+TEST_F(CurveServiceTest, AJudgeLabelTheHeadLacksIsTriedOnAnotherReplica) {
+  Start();
+  replicas_.script(0).judge_label = 7;  // "level" has 2
   ExpectReplicaOneJudgesEveryImage();
 }
 

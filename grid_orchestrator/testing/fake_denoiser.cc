@@ -76,6 +76,7 @@ struct FakeReplicas::Replica {
   FakeLog log;
   int calls = 0;
   int judge_calls = 0;
+  int tokenize_calls = 0;
   int port = 0;
   std::string address;
   v1::Denoiser::Service unused;  // a sync server needs one service
@@ -123,8 +124,12 @@ class FakeReplicas::Replica::Stub : public v1::Denoiser::StubInterface {
     }
     std::lock_guard<std::mutex> lock(r_->mu);
     if (!r_->script.text) return {grpc::StatusCode::UNIMPLEMENTED, "fake: a class model"};
-    if (r_->script.tokenize_code != grpc::StatusCode::OK) {
-      return {r_->script.tokenize_code, r_->script.tokenize_message};
+    const int call = r_->tokenize_calls++;
+    const FakeScript& s = r_->script;
+    if (s.tokenize_code != grpc::StatusCode::OK &&
+        (s.tokenize_fail_from < 0 ||
+         (call >= s.tokenize_fail_from && call < s.tokenize_fail_from + s.tokenize_fail_calls))) {
+      return {s.tokenize_code, s.tokenize_message};
     }
     // BOS, an id per word as a lowercasing tokenizer reads it, EOS.
     for (const std::string& text : request.texts()) {
@@ -142,6 +147,7 @@ class FakeReplicas::Replica::Stub : public v1::Denoiser::StubInterface {
   grpc::Status Judge(grpc::ClientContext*, const v1::JudgeRequest& request,
                      v1::JudgeResponse* response) override {
     absl::Duration judge_delay;
+    int judge_label = -1;
     {
       std::lock_guard<std::mutex> lock(r_->mu);
       if (!request.model_version().empty() && request.model_version() != r_->script.version) {
@@ -153,6 +159,7 @@ class FakeReplicas::Replica::Stub : public v1::Denoiser::StubInterface {
       if (r_->script.judge_answers_nothing) return grpc::Status::OK;
       r_->log.judged_images += request.images_size();
       judge_delay = r_->script.judge_delay;
+      judge_label = r_->script.judge_label;
     }
     absl::SleepFor(judge_delay);
     for (const v1::Image& image : request.images()) {
@@ -162,7 +169,7 @@ class FakeReplicas::Replica::Stub : public v1::Denoiser::StubInterface {
       const bool high = png->pixels[0] >= 128;
       v1::HeadVerdict* head = response->add_images()->add_heads();
       head->set_head("level");
-      head->set_label_index(high ? 1 : 0);
+      head->set_label_index(judge_label >= 0 ? judge_label : high ? 1 : 0);
       head->set_label(high ? "high" : "low");
       head->set_probability(1);
     }

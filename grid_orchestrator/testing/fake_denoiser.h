@@ -65,6 +65,8 @@ struct FakeScript {
   grpc::StatusCode judge_fail_code = grpc::StatusCode::RESOURCE_EXHAUSTED;
   // Every Judge call answers OK with no verdicts.
   bool judge_answers_nothing = false;
+  // Every verdict is this label index (-1: the image's own, 0 or 1).
+  int judge_label = -1;
   // Every Judge call that answers, answers this late.
   absl::Duration judge_delay = absl::ZeroDuration();
   // A text model (free-text prompts) instead of 10 classes; its Tokenize
@@ -72,6 +74,10 @@ struct FakeScript {
   bool text = false;
   grpc::StatusCode tokenize_code = grpc::StatusCode::OK;
   std::string tokenize_message;
+  // The Tokenize calls from this one on (counting from 0) answer
+  // tokenize_code, until `tokenize_fail_calls` have; -1: every call does.
+  int tokenize_fail_from = -1;
+  int tokenize_fail_calls = 0;
   // Tokenize answers this late, or DEADLINE_EXCEEDED at the call's deadline.
   absl::Duration tokenize_delay = absl::ZeroDuration();
 };
