@@ -5,10 +5,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
@@ -294,6 +296,36 @@ cairo_status_t AppendTo(void* closure, const unsigned char* data, unsigned int l
   return CAIRO_STATUS_SUCCESS;
 }
 
+// Cairo names each SVG surface by a process-wide counter (id="surface2007",
+// referred to as "#surface2007"), so one curve's SVG differed from run to
+// run: the names are numbered here by first use, from 1.
+std::string NumberSurfacesByUse(const std::string& svg) {
+  const std::string kName = "surface";
+  std::map<std::string, std::string> renamed;
+  std::string out;
+  out.reserve(svg.size());
+  size_t from = 0;
+  while (true) {
+    const size_t at = svg.find(kName, from);
+    if (at == std::string::npos) break;
+    size_t end = at + kName.size();
+    while (end < svg.size() && absl::ascii_isdigit(static_cast<unsigned char>(svg[end]))) ++end;
+    out.append(svg, from, at - from);
+    // Only an attribute's value: id="surfaceN" or href="#surfaceN".
+    const bool named = end > at + kName.size() && at > 0 && (svg[at - 1] == '"' || svg[at - 1] == '#');
+    if (named) {
+      auto [it, added] = renamed.emplace(svg.substr(at, end - at), "");
+      if (added) it->second = absl::StrCat(kName, renamed.size());
+      out += it->second;
+    } else {
+      out.append(svg, at, end - at);
+    }
+    from = end;
+  }
+  out.append(svg, from, std::string::npos);
+  return out;
+}
+
 }  // namespace
 
 absl::StatusOr<std::string> DrawCurvePng(const CurveFigure& f) {
@@ -319,7 +351,7 @@ absl::StatusOr<std::string> DrawCurveSvg(const CurveFigure& f) {
     return absl::InternalError(absl::StrCat(
         "curve figure: cairo SVG: ", cairo_status_to_string(cairo_surface_status(surface.get()))));
   }
-  return svg;
+  return NumberSurfacesByUse(svg);
 }
 
 }  // namespace dgrid

@@ -145,6 +145,10 @@ TEST(CurveFigureTest, TheSvgIsTheFigureAtThePngsSize) {
   EXPECT_NE(svg->find("<path"), std::string::npos);
   EXPECT_NE(svg->find("glyph"), std::string::npos);
   EXPECT_EQ(svg->substr(svg->find_last_not_of("\n") - 5, 6), "</svg>");
+  // The same figure, the same bytes: cairo numbers its surfaces across the
+  // process, and a second drawing's differed.
+  EXPECT_EQ(DrawCurveSvg(Figure(2)).value_or(""), *svg);
+  EXPECT_NE(svg->find("id=\"surface1\""), std::string::npos);
   if (const char* dir = std::getenv("DGRID_TEST_OUTPUT_DIR")) {
     std::ofstream(std::string(dir) + "/curve_figure_sample.svg", std::ios::binary) << *svg;
   }
