@@ -126,6 +126,12 @@ absl::StatusOr<std::unique_ptr<DenoiserModel>> DenoiserModel::Load(
         LoadTokenizer(SpecForBundle(text.tokenizer, bundle_dir));
     if (!tokenizer.ok()) return tokenizer.status();
     impl->tokenizer = std::move(*tokenizer);
+    // Offered to clients as prompts: held to every rule a prompt is (the
+    // manifest reader, without ICU, checks all but the combining marks).
+    for (size_t i = 0; i < text.example_prompts.size(); ++i) {
+      RETURN_IF_ERROR(CheckPromptText(
+          absl::StrCat("manifest conditioning.example_prompts[", i, "]"), text.example_prompts[i]));
+    }
   }
   auto model = std::unique_ptr<DenoiserModel>(
       new DenoiserModel(std::move(*manifest), std::move(impl), use_cuda ? "cuda" : "cpu"));

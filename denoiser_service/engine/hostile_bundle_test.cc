@@ -98,6 +98,23 @@ TEST(HostileBundleTest, ATextBundleThatDoesNotPadIsRefusedAtLoad) {
   EXPECT_TRUE(Mentions(model.status(), "conditioning.tokenizer.pad_id")) << model.status();
 }
 
+// Example prompts go to clients, which send them back as prompts: one the
+// tokenizer would refuse (31 combining marks in a row, past what Unicode's
+// stream-safe form allows) is refused at load, as the manifest reader,
+// without ICU, cannot.
+TEST(HostileBundleTest, AnExamplePromptNoClientCouldSendIsRefusedAtLoad) {
+  ASSERT_FALSE(Fixtures().empty()) << "DGRID_FIXTURES is not set";
+  std::string marks;
+  for (int i = 0; i < 31; ++i) marks += "\u0301";
+  const std::string dir = EditedCopy("textlatent", "manifest.json", "\"example_prompts\": [",
+                                     "\"example_prompts\": [\"a" + marks + "\", ");
+  auto model = DenoiserModel::Load(dir, {"cpu"});
+  ASSERT_FALSE(model.ok()) << "an example prompt no client could send loaded";
+  EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(Mentions(model.status(), "manifest conditioning.example_prompts[0]: "))
+      << model.status();
+}
+
 TEST(HostileBundleTest, ADecoderOfAnotherImageLayoutIsRefusedAtLoad) {
   ASSERT_FALSE(Fixtures().empty()) << "DGRID_FIXTURES is not set";
   // The decoder gives [2, 3, 32, 32]; 16 by 64 has as many values, and

@@ -35,7 +35,7 @@ inline constexpr int kMaxJsonDepth = 32;
 // bytes a value, so a 1 MiB body of empty objects held 70 to 100 MB, and
 // sixteen such bodies at once passed an orchestrator pod's memory limit. A
 // GridRequest whose promoted trunk switches at each of 1,000 steps has about
-// 5,000 values (list items, members and containers, as counted here).
+// 6,000 values (list items, members and containers, as counted here).
 inline constexpr int kMaxJsonValues = 16384;
 
 // INVALID_ARGUMENT naming the first place where `json` does not have the
