@@ -578,6 +578,8 @@ TEST_F(HttpGatewayTest, CrossOriginCallsFollowThePolicy) {
   const HttpAnswer models = Exchange(port_, Request("GET", "/api/v1/models", {kAuth, allowed}));
   EXPECT_EQ(models.status, 200) << models.body;
   EXPECT_EQ(models.header("access-control-allow-origin"), kAllowedOrigin);
+  // The README promises 429 and 503 a Retry-After; a page elsewhere reads it.
+  EXPECT_EQ(models.header("access-control-expose-headers"), "Retry-After");
   const HttpAnswer allowed_preflight =
       Exchange(port_, Request("OPTIONS", "/api/v1/grid/stream", with(preflight, allowed)));
   EXPECT_EQ(allowed_preflight.status, 204);

@@ -90,7 +90,7 @@ struct HttpGatewayOptions {
   int max_connections = 256;
   // Connections open at once from one client address (IP): slow clients
   // from one address cannot take every place.
-  int max_connections_per_client = 16;
+  int max_connections_per_client = 24;
   // How long a request's head may take to arrive, from the connection's
   // opening or the previous answer; a slower one (slowloris) is cut off.
   absl::Duration head_timeout = absl::Seconds(10);

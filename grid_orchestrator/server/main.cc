@@ -74,8 +74,9 @@ ABSL_FLAG(std::vector<std::string>, http_cors_origins, {},
           "empty = same-origin only.");
 ABSL_FLAG(int, http_max_connections, 256,
           "HTTP connections open at once (each holds a thread); past it 503.");
-ABSL_FLAG(int, http_max_connections_per_client, 16,
-          "HTTP connections open at once from one client address; past it 503.");
+ABSL_FLAG(int, http_max_connections_per_client, 24,
+          "HTTP connections open at once from one client address; past it 503. More than "
+          "--max_grids_per_client, so that a grid past that limit gets its 429.");
 ABSL_FLAG(int, http_head_timeout_s, 10,
           "Seconds a request's head may take to arrive on an HTTP connection; slower ones "
           "are cut off (slowloris).");

@@ -69,7 +69,7 @@ struct OrchestratorServerOptions {
   // HTTP connections open at once, in all and from one client address;
   // past either a connection gets 503.
   int http_max_connections = 256;
-  int http_max_connections_per_client = 16;
+  int http_max_connections_per_client = 24;
   // How long a request's head may take to arrive (HttpGatewayOptions).
   absl::Duration http_head_timeout = absl::Seconds(10);
   // Host names besides IP addresses and localhost the HTTP API answers to.
