@@ -265,7 +265,8 @@ TEST(OrchestratorLimitTest, AGridPastTheMessageLimitIsRefusedNamingIt) {
   while (reader->Read(&event)) cells += event.has_cell();
   const grpc::Status status = reader->Finish();
   EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << status.error_message();
-  EXPECT_EQ(status.error_message().rfind("the grid's answer is ", 0), 0u) << status.error_message();
+  EXPECT_EQ(status.error_message().rfind("the grid's last event is ", 0), 0u)
+      << status.error_message();
   EXPECT_EQ(cells, 6 * 4 + 1);  // every cell came before it
   // The server's limit: failed, for the error-ratio alert (CreateGrid's
   // counted ok, StreamGrid's cancelled).

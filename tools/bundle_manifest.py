@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import unicodedata
 from typing import Any, Dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,9 +83,9 @@ def check_manifest(manifest: Dict[str, Any]) -> Any:
 def _check_text(field: str, text: str, max_bytes: int, layout: bool = False,
                 prompt: bool = False) -> None:
     """UTF-8 of at most `max_bytes`, without control characters (but line
-    breaks and tabs where `layout`), and where a `prompt`, without the
-    noncharacters a client's prompt may not hold (U+FDD0..U+FDEF, U+xFFFE,
-    U+xFFFF)."""
+    breaks and tabs where `layout`), and where a `prompt`, held to a client
+    prompt's rules: no noncharacter (U+FDD0..U+FDEF, U+xFFFE, U+xFFFF), at
+    most 30 combining marks in a row."""
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > max_bytes:
         raise ValueError(f"manifest {field}: is {size} bytes, more than {max_bytes}")
@@ -94,6 +95,15 @@ def _check_text(field: str, text: str, max_bytes: int, layout: bool = False,
             raise ValueError(f"manifest {field}: holds a control character: {text[:40]!r}")
         if prompt and (0xFDD0 <= ord(c) <= 0xFDEF or ord(c) & 0xFFFE == 0xFFFE):
             raise ValueError(f"manifest {field}: holds the noncharacter U+{ord(c):04X}")
+    if prompt:
+        # The denoiser's tokenizer takes at most 30 combining marks in a row,
+        # counted in each character's full (NFKD) decomposition.
+        run = 0
+        for c in text:
+            for d in unicodedata.normalize("NFKD", c):
+                run = run + 1 if unicodedata.combining(d) else 0
+                if run > 30:
+                    raise ValueError(f"manifest {field}: more than 30 combining marks in a row")
 
 
 def weights_version(modules: Any, extra: bytes = b"") -> str:

@@ -57,7 +57,9 @@ class ManifestTest(unittest.TestCase):
                 (dict(MANIFEST, data={"license": "MIT\x1b[2J"}), "data.license: holds a control"),
                 (dict(MANIFEST, description="a\x07b"), "description: holds a control"),
                 (dict(MANIFEST, conditioning={"example_prompts": ["a cat", "a \ufdd0 cat"]}),
-                 "example_prompts\\[1\\]: holds the noncharacter U\\+FDD0")):
+                 "example_prompts\\[1\\]: holds the noncharacter U\\+FDD0"),
+                (dict(MANIFEST, conditioning={"example_prompts": ["a" + "\u0301" * 31]}),
+                 "example_prompts\\[0\\]: more than 30 combining marks in a row")):
             with self.assertRaisesRegex(ValueError, says):
                 bm.check_manifest(bad)
         bm.check_manifest(dict(MANIFEST, description="one\r\ntwo\tthree"))

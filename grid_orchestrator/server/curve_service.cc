@@ -27,6 +27,10 @@ constexpr absl::Duration kClientPoll = absl::Milliseconds(25);
 // How often a trunk asks again for a grid place that other clients' grids
 // hold (nothing tells the curve when one of theirs ends).
 constexpr absl::Duration kPlaceRetry = absl::Milliseconds(20);
+// A later trunk whose planning fails as UNAVAILABLE is planned again every
+// kReplanRetry, for kReplanWait at most.
+constexpr absl::Duration kReplanRetry = absl::Milliseconds(250);
+constexpr absl::Duration kReplanWait = absl::Seconds(10);
 
 absl::Status CheckCurveRequest(const v1::CurveRequest& request, const CurveLimits& limits) {
   if (request.trunks() < 2 || request.trunks() > limits.max_trunks) {
@@ -292,6 +296,8 @@ class CurveService::CurveRun {
     // Set when others hold every place and the curve none; cleared while
     // the curve holds a grid.
     absl::Time give_up = absl::InfiniteFuture();
+    // Since when planning has failed as UNAVAILABLE, one refusal after another.
+    absl::Time unavailable_since = absl::InfiniteFuture();
     const v1::GridRequest request = TrunkRequest(request_, trunk);
     while (true) {
       int before;
@@ -308,14 +314,32 @@ class CurveService::CurveRun {
       --admitting_;
       changed_.notify_all();
       if (admitted.ok()) ++holding_;
-      // A full service waits for a place; replicas that cannot plan the
-      // trunk (a restart, a Tokenize that failed) may come back. Either way
-      // the trunks done are kept, where one UNAVAILABLE threw them away.
       const absl::StatusCode code = admitted.status().code();
-      if (admitted.ok() ||
-          (code != absl::StatusCode::kResourceExhausted && code != absl::StatusCode::kUnavailable)) {
-        return admitted;
+      if (code == absl::StatusCode::kUnavailable) {
+        // Replicas that cannot plan the trunk for a moment (a restart, a
+        // Tokenize that failed) are asked again for kReplanWait, the trunks
+        // done kept: one UNAVAILABLE threw them away. Not for longer: a
+        // version no longer served does not come back.
+        const absl::Time now = absl::Now();
+        if (unavailable_since == absl::InfiniteFuture()) unavailable_since = now;
+        if (!status_.ok()) {
+          service_->grids_->CountRefusal(absl::CancelledError());
+          return status_;
+        }
+        if (now - unavailable_since >= kReplanWait || now >= caller_.deadline) {
+          service_->grids_->CountRefusal(admitted.status());
+          return absl::UnavailableError(
+              absl::StrCat(admitted.status().message(), " (asked again for ",
+                           absl::FormatDuration(now - unavailable_since), ")"));
+        }
+        changed_.wait_for(lock,
+                          absl::ToChronoNanoseconds(std::min(kReplanRetry, caller_.deadline - now)),
+                          [&] { return !status_.ok(); });
+        continue;
       }
+      unavailable_since = absl::InfiniteFuture();
+      // A full service: the trunk waits for a place.
+      if (admitted.ok() || code != absl::StatusCode::kResourceExhausted) return admitted;
       const absl::Time now = absl::Now();
       if (now >= caller_.deadline) {
         // The caller's own deadline: its grid counts as cancelled.
@@ -333,7 +357,6 @@ class CurveService::CurveRun {
           const std::string why =
               absl::StrCat(admitted.status().message(), " (waited ",
                            absl::FormatDuration(service_->limits_.max_place_wait), " for a place)");
-          if (code == absl::StatusCode::kUnavailable) return absl::UnavailableError(why);
           return IsThrottled(admitted.status()) ? ThrottledError(why)
                                                 : absl::ResourceExhaustedError(why);
         }

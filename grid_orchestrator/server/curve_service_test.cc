@@ -531,6 +531,7 @@ TEST_F(CurveServiceTest, ALaterTrunkThatCannotBePlannedForAMomentWaits) {
   ASSERT_TRUE(curve.ok()) << curve.status();
   EXPECT_EQ(curve->trunks(), 3);
   EXPECT_EQ(Curves("ok"), 1);
+  EXPECT_EQ(Grids("failed"), 0);  // the refusals it waited out count nowhere
 }
 
 // Past admission, a replica refusing the work is config or version skew: a

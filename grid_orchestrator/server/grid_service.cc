@@ -112,6 +112,19 @@ class Outbox {
   std::thread::id paced_;             // guarded by mu_
 };
 
+// A message past the transport's limit (gRPC's --max_message_bytes) would be
+// refused after all the work, as if its client had gone.
+absl::Status FitsTheAnswer(const Caller& caller, const google::protobuf::Message& message,
+                           absl::string_view what) {
+  const int64_t bytes = static_cast<int64_t>(message.ByteSizeLong());
+  if (caller.max_answer_bytes < 0 || bytes <= caller.max_answer_bytes) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      absl::StrCat(what, " is ", ByteCount(bytes), ", past this orchestrator's message limit of ",
+                   ByteCount(caller.max_answer_bytes),
+                   " (--max_message_bytes): ask for fewer rows or branches, or use the HTTP "
+                   "API, which has no such limit"));
+}
+
 }  // namespace
 
 AdmittedGrid::~AdmittedGrid() { service_->Release(client_, plan_.batch_work); }
@@ -293,7 +306,8 @@ absl::StatusOr<std::unique_ptr<AdmittedGrid>> GridService::Admit(const Caller& c
                                                                  const AdmitOptions& options) {
   auto refuse = [this, &options, &caller](absl::Status status) {
     const bool waits = options.refusal == Refusal::kCallerWaits &&
-                       status.code() == absl::StatusCode::kResourceExhausted;
+                       (status.code() == absl::StatusCode::kResourceExhausted ||
+                        status.code() == absl::StatusCode::kUnavailable);
     // The caller's own deadline, passed while planning: cancelled, as later.
     if (metrics_ && !waits) {
       metrics_->CountGrid(Outcome(status, absl::Now() >= caller.deadline), std::nullopt);
@@ -377,6 +391,7 @@ absl::StatusOr<v1::Grid> GridService::Run(const AdmittedGrid& admitted, const Ca
   if (!worker.ok()) return failed(worker.status());
   bool client_ok = true;
   bool stalled = false;
+  absl::Status oversized;  // an event past the transport's message limit
   {
     absl::StatusOr<std::unique_ptr<ClientWatch>> watch =
         ClientWatch::Start(caller, limits_.max_write_stall, cancel);
@@ -386,7 +401,13 @@ absl::StatusOr<v1::Grid> GridService::Run(const AdmittedGrid& admitted, const Ca
       return failed(watch.status());
     }
     auto deliver = [&](const v1::GridEvent& event) {
-      if (!client_ok) return;
+      if (!client_ok || !oversized.ok()) return;
+      oversized = FitsTheAnswer(caller, event,
+                                event.has_grid() ? "the grid's last event" : "one of its events");
+      if (!oversized.ok()) {
+        cancel->Cancel();
+        return;
+      }
       (*watch)->WriteStarts();
       client_ok = sink(event);
       (*watch)->WriteEnds();
@@ -395,15 +416,11 @@ absl::StatusOr<v1::Grid> GridService::Run(const AdmittedGrid& admitted, const Ca
     v1::GridEvent event;
     while (outbox.Pop(&event)) deliver(event);
     worker->join();
-    // A transport's message limit (gRPC's) would refuse the finished grid
-    // after all the work, as if its client had gone.
-    if (const int64_t bytes = grid.ok() ? static_cast<int64_t>(grid->ByteSizeLong()) : 0;
-        caller.max_answer_bytes >= 0 && bytes > caller.max_answer_bytes) {
-      grid = absl::FailedPreconditionError(
-          absl::StrCat("the grid's answer is ", ByteCount(bytes), ", past this orchestrator's "
-                       "message limit of ", ByteCount(caller.max_answer_bytes),
-                       " (--max_message_bytes): ask for fewer rows or branches, or use the "
-                       "HTTP API, which has no such limit"));
+    // The unary answer: the grid itself.
+    if (grid.ok() && !stream_grid) {
+      if (absl::Status fits = FitsTheAnswer(caller, *grid, "the grid's answer"); !fits.ok()) {
+        grid = fits;
+      }
     }
     // The finished grid is the one event a reading client must get, so it
     // skips the outbox's bound; its write is watched like the others.
@@ -415,10 +432,16 @@ absl::StatusOr<v1::Grid> GridService::Run(const AdmittedGrid& admitted, const Ca
     stalled = (*watch)->stalled();
   }
   const absl::Time now = absl::Now();
+  if (!oversized.ok()) {
+    count("failed");  // the server's limit, not the client's doing
+    return oversized;
+  }
   if (outbox.late()) {
+    // A client reading too slowly for the grid's time: its doing (as a
+    // stall), or its own deadline's.
     const absl::Status late =
         absl::DeadlineExceededError("the grid's time ran out while its client read its cells");
-    count(RunOutcome(late, now >= caller.deadline));
+    count(now >= caller.deadline ? "cancelled" : "abandoned");
     return NameTheServersLimit(late, now, limit, caller.deadline, limits_.default_grid_timeout);
   }
   absl::Status abandoned;

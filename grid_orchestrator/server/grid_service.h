@@ -90,8 +90,9 @@ struct Caller {
   // Never where the watch's stall is the only such cut (gRPC).
   std::function<bool()> cut_off = [] { return false; };
   // The most bytes the transport sends in one message (gRPC's
-  // --max_message_bytes): a finished grid past it is FAILED_PRECONDITION,
-  // counted failed. -1: none (HTTP).
+  // --max_message_bytes, for CreateGrid and StreamGrid): a grid whose answer
+  // or event would pass it is FAILED_PRECONDITION, counted failed. -1: none
+  // (HTTP, and a curve's trunks, which are never sent).
   int64_t max_answer_bytes = -1;
 };
 
@@ -128,8 +129,10 @@ class GridService {
   absl::Status Authenticate(const Caller& caller) const;
   // How a refusal counts in dgrid_orchestrator_grids_total: kCount, by its
   // Outcome ("rejected" for RESOURCE_EXHAUSTED, "invalid" for the caller's
-  // mistakes); kCallerWaits, none for RESOURCE_EXHAUSTED, since the caller
-  // waits for a place and asks again (a curve's trunks at the client's limit).
+  // mistakes); kCallerWaits, none for RESOURCE_EXHAUSTED or UNAVAILABLE,
+  // since the caller waits and asks again (a curve's later trunks, at the
+  // client's limit or while a replica restarts), and counts the refusal it
+  // gives up on (CountRefusal).
   enum class Refusal { kCount, kCallerWaits };
   // A model version a grid must be planned on, whatever the pool's first
   // replica serves now: a curve's trunks keep the version of its first.

@@ -1035,7 +1035,8 @@ void Decorate(const CorsPolicy& cors, const httplib::Request& request,
   const std::string origin = request.get_header_value("Origin");
   if (CorsPolicy::CrossOrigin(origin, request.get_header_value("Host")) && cors.Allows(origin)) {
     response.set_header("Access-Control-Allow-Origin", cors.AllowOriginHeader(origin));
-    // Else a page of that origin cannot read the wait a 429 or 503 asks for.
+    // Else a page of that origin cannot read the wait the API's 429 or 503
+    // asks for (the connection cap's 503 goes before this, unheaded).
     response.set_header("Access-Control-Expose-Headers", "Retry-After");
     response.set_header("Vary", "Origin");
   }

@@ -68,7 +68,6 @@ Caller OrchestratorServiceImpl::CallerOf(grpc::ServerContext* context) const {
   // gone (Failure says why).
   caller.gone = [this, context] { return context->IsCancelled() || Stopping(); };
   caller.abort = [context] { context->TryCancel(); };
-  caller.max_answer_bytes = max_message_bytes_;
   return caller;
 }
 
@@ -83,9 +82,11 @@ grpc::Status OrchestratorServiceImpl::CreateGrid(grpc::ServerContext* context,
                                                  const v1::GridRequest* request,
                                                  v1::Grid* response) {
   GridCancel cancel;
+  Caller caller = CallerOf(context);
+  caller.max_answer_bytes = max_message_bytes_;  // the grid is the answer
   absl::StatusOr<v1::Grid> grid =
-      service_->RunGrid(CallerOf(context), *request, [](const v1::GridEvent&) { return true; },
-                        &cancel, /*stream_grid=*/false);
+      service_->RunGrid(caller, *request, [](const v1::GridEvent&) { return true; }, &cancel,
+                        /*stream_grid=*/false);
   if (!grid.ok()) return Failure(grid.status());
   *response = std::move(*grid);
   return grpc::Status::OK;
@@ -97,8 +98,10 @@ grpc::Status OrchestratorServiceImpl::StreamGrid(grpc::ServerContext* context,
   GridCancel cancel;
   // A failed write means the client is gone.
   auto sink = [writer](const v1::GridEvent& event) { return writer->Write(event); };
-  absl::StatusOr<v1::Grid> grid = service_->RunGrid(CallerOf(context), *request, sink, &cancel,
-                                                    /*stream_grid=*/true);
+  Caller caller = CallerOf(context);
+  caller.max_answer_bytes = max_message_bytes_;  // each event, the grid last
+  absl::StatusOr<v1::Grid> grid =
+      service_->RunGrid(caller, *request, sink, &cancel, /*stream_grid=*/true);
   if (!grid.ok()) return Failure(grid.status());
   return grpc::Status::OK;
 }
