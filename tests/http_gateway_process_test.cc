@@ -48,6 +48,8 @@ constexpr char kAllowedOrigin[] = "http://allowed.example";
 // held under 3 s: well inside a loaded 2-core machine's noise, and below
 // this timeout, which a request queued behind them would wait out.
 constexpr int kHeadTimeoutS = 4;
+// --http_max_connections_per_client's default, which this stack keeps.
+constexpr int kConnectionsPerAddress = 24;
 
 // A TCP connection to 127.0.0.1:port from `source` (another loopback
 // address: another client); -1 when it cannot connect.
@@ -385,7 +387,7 @@ TEST_F(HttpGatewayTest, AHeadRequestsBodyIsNotServedAsARequest) {
 }
 
 TEST_F(HttpGatewayTest, IdleAndSlowSocketsDoNotDelayHealth) {
-  // From 5 addresses, so that none is past its cap of 16 connections.
+  // From 5 addresses, so that none is past its cap of connections.
   std::vector<int> sockets;
   for (const char* source : {"127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"}) {
     for (const int fd : OpenIdle(port_, 16, source, /*settle=*/false)) sockets.push_back(fd);
@@ -633,7 +635,7 @@ TEST_F(HttpGatewayTest, ControlBytesInPathsAreRefused) {
 
 // Slowloris: 300 sockets from one address, each sending a header line every
 // second, once held every thread and left /healthz (the readiness probe) and
-// the API unanswered for 30 s. Now that address gets 16 places; the rest are
+// the API unanswered for 30 s. Now that address gets 24 places; the rest are
 // refused at once, without their requests being read.
 TEST_F(HttpGatewayTest, SlowlorisFromOneAddressDoesNotDelayOthers) {
   std::vector<int> sockets;
@@ -661,7 +663,7 @@ TEST_F(HttpGatewayTest, SlowlorisFromOneAddressDoesNotDelayOthers) {
     absl::SleepFor(absl::Milliseconds(500));
   }
   EXPECT_GE(probes, 3);
-  // All but the address's 16 places got their 503 and were closed.
+  // All but the address's places got their 503 and were closed.
   int refused = 0;
   for (const int fd : sockets) {
     pollfd p{fd, POLLIN, 0};
@@ -674,7 +676,7 @@ TEST_F(HttpGatewayTest, SlowlorisFromOneAddressDoesNotDelayOthers) {
     }
     ::close(fd);
   }
-  EXPECT_EQ(refused, 300 - 16);
+  EXPECT_EQ(refused, 300 - kConnectionsPerAddress);
 }
 
 // A head paced to stay under each read's timeout (a line a second) is cut

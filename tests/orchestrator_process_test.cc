@@ -253,7 +253,8 @@ TEST(OrchestratorLimitTest, AGridPastTheMessageLimitIsRefusedNamingIt) {
     v1::Grid grid;
     const grpc::Status status = stub->CreateGrid(&context, request, &grid);
     EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << status.error_message();
-    EXPECT_EQ(status.error_message().rfind("the grid's answer is ", 0), 0u) << status.error_message();
+    EXPECT_EQ(status.error_message().rfind("the grid's answer is ", 0), 0u)
+        << status.error_message();
     EXPECT_NE(status.error_message().find("message limit of 39 KiB (--max_message_bytes)"),
               std::string::npos)
         << status.error_message();

@@ -312,7 +312,8 @@ std::string NumberSurfacesByUse(const std::string& svg) {
     while (end < svg.size() && absl::ascii_isdigit(static_cast<unsigned char>(svg[end]))) ++end;
     out.append(svg, from, at - from);
     // Only an attribute's value: id="surfaceN" or href="#surfaceN".
-    const bool named = end > at + kName.size() && at > 0 && (svg[at - 1] == '"' || svg[at - 1] == '#');
+    const bool named =
+        end > at + kName.size() && at > 0 && (svg[at - 1] == '"' || svg[at - 1] == '#');
     if (named) {
       auto [it, added] = renamed.emplace(svg.substr(at, end - at), "");
       if (added) it->second = absl::StrCat(kName, renamed.size());

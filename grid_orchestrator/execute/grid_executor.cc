@@ -369,10 +369,9 @@ GridExecutor::GridRun::Attempt GridExecutor::GridRun::Call(const v1::BranchReque
     // request it planned and checked: a replica that refuses one disagrees
     // with it (another version, a lower --max_trajectories_per_request),
     // which is no mistake of its client's. Another replica may take it.
-    a.status = absl::InternalError(absl::StrCat("replica ", a.replica,
-                                                " refused a request this orchestrator made (",
-                                                absl::StatusCodeToString(FromGrpcStatus(status).code()),
-                                                "): ", status.error_message()));
+    a.status = absl::InternalError(absl::StrCat(
+        "replica ", a.replica, " refused a request this orchestrator made (",
+        absl::StatusCodeToString(FromGrpcStatus(status).code()), "): ", status.error_message()));
   } else {
     a.status = FromGrpcStatus(status);
   }

@@ -114,15 +114,17 @@ class Outbox {
 
 // A message past the transport's limit (gRPC's --max_message_bytes) would be
 // refused after all the work, as if its client had gone.
+// `whole`: the message holds every cell, which fewer rows or branches make
+// smaller; else it is one event, of one image.
 absl::Status FitsTheAnswer(const Caller& caller, const google::protobuf::Message& message,
-                           absl::string_view what) {
+                           absl::string_view what, bool whole) {
   const int64_t bytes = static_cast<int64_t>(message.ByteSizeLong());
   if (caller.max_answer_bytes < 0 || bytes <= caller.max_answer_bytes) return absl::OkStatus();
-  return absl::FailedPreconditionError(
-      absl::StrCat(what, " is ", ByteCount(bytes), ", past this orchestrator's message limit of ",
-                   ByteCount(caller.max_answer_bytes),
-                   " (--max_message_bytes): ask for fewer rows or branches, or use the HTTP "
-                   "API, which has no such limit"));
+  return absl::FailedPreconditionError(absl::StrCat(
+      what, " is ", ByteCount(bytes), ", past this orchestrator's message limit of ",
+      ByteCount(caller.max_answer_bytes), " (--max_message_bytes): ",
+      whole ? "ask for fewer rows or branches, or use the HTTP API" : "use the HTTP API",
+      ", which has no such limit"));
 }
 
 }  // namespace
@@ -403,7 +405,8 @@ absl::StatusOr<v1::Grid> GridService::Run(const AdmittedGrid& admitted, const Ca
     auto deliver = [&](const v1::GridEvent& event) {
       if (!client_ok || !oversized.ok()) return;
       oversized = FitsTheAnswer(caller, event,
-                                event.has_grid() ? "the grid's last event" : "one of its events");
+                                event.has_grid() ? "the grid's last event" : "one of its events",
+                                /*whole=*/event.has_grid());
       if (!oversized.ok()) {
         cancel->Cancel();
         return;
@@ -418,7 +421,8 @@ absl::StatusOr<v1::Grid> GridService::Run(const AdmittedGrid& admitted, const Ca
     worker->join();
     // The unary answer: the grid itself.
     if (grid.ok() && !stream_grid) {
-      if (absl::Status fits = FitsTheAnswer(caller, *grid, "the grid's answer"); !fits.ok()) {
+      if (absl::Status fits = FitsTheAnswer(caller, *grid, "the grid's answer", /*whole=*/true);
+          !fits.ok()) {
         grid = fits;
       }
     }

@@ -5,7 +5,8 @@
 // first and held to the message's descriptor: every key a field (by its
 // .proto or lowerCamelCase name), every value the field's kind, lists only
 // for repeated fields, no null in a list, no field under both its names,
-// and no nesting past kMaxJsonDepth nor values past kMaxJsonValues. Errors name the field by its path, e.g.
+// and no nesting past kMaxJsonDepth nor values past kMaxJsonValues. Errors
+// name the field by its path, e.g.
 // "trunk.segments[0]: expected an object, got a number", also where
 // protobuf's parser names none: a string that is not UTF-8, a number past a
 // double's range. Only then is it parsed as the message, which checks each

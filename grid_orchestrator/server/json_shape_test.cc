@@ -214,12 +214,12 @@ TEST(JsonShapeTest, WideJsonIsRefusedBeforeParsing) {
   };
   EXPECT_EQ(Check(segments(20000, "{}")).message(), "JSON of more than 16384 values");
   // One long number is one value (refused for its range, not its width).
-  EXPECT_EQ(Check(R"({"branch_steps": [)" + std::string(20000, '1') + "]}").message().find("JSON of"),
-            std::string::npos);
+  const std::string long_number = R"({"branch_steps": [)" + std::string(20000, '1') + "]}";
+  EXPECT_EQ(Check(long_number).message().find("JSON of"), std::string::npos);
   // A trunk that switches at each of 1,000 steps, its widest real use.
-  EXPECT_TRUE(Check(segments(1000, R"({"from_step": 7, "noise_seed": "12345678901234567",
-                                       "conditioning": {"prompt": "a, b", "negative_prompt": "c"}})"))
-                  .ok());
+  const std::string segment = R"({"from_step": 7, "noise_seed": "12345678901234567",
+      "conditioning": {"prompt": "a, b", "negative_prompt": "c"}})";
+  EXPECT_TRUE(Check(segments(1000, segment)).ok());
 }
 
 }  // namespace
