@@ -1307,8 +1307,8 @@ void TrajectoryBatcher::DecodeImages(const std::vector<size_t>& now, int other_i
   // schedule's first steps can pass what a decoder takes (an fp16 VAE's
   // range), and a thumbnail is no reason to fail a grid.
   auto place = [&](int k, const uint8_t* image, bool flagged) {
-    const Emitted& emitted = emitted_[slots[k].first];
-    RunEvent& event = emitted_[slots[k].first].event;
+    Emitted& emitted = emitted_[slots[k].first];
+    RunEvent& event = emitted.event;
     if (flagged && !slots[k].second) {
       // A capture at the start step is the caller's start latent, as it came.
       const float largest = LargestMagnitude(event.latent);

@@ -518,6 +518,16 @@ grpc::Status BranchStatus(v1::Denoiser::Stub& stub, const v1::BranchRequest& req
   return reader->Finish();
 }
 
+// A refusal of an answer past --max_message_bytes: `code`, its message
+// starting with `starts` (the field, the count) and saying how many fit.
+void ExpectPastTheLimit(const grpc::Status& status, grpc::StatusCode code,
+                        const std::string& starts) {
+  EXPECT_EQ(status.error_code(), code) << status.error_message();
+  EXPECT_EQ(status.error_message().rfind(starts, 0), 0u) << status.error_message();
+  EXPECT_NE(status.error_message().find("(--max_message_bytes); at most "), std::string::npos)
+      << status.error_message();
+}
+
 // An answer past --max_message_bytes is refused naming the field and how
 // many fit, before the work where its size is known (Step), after it where
 // it is not (Decode's PNGs); gRPC alone answered "larger than max" after
@@ -564,12 +574,8 @@ TEST(AnswerSizeTest, AnAnswerPastTheMessageLimitIsRefusedNamingTheField) {
     v1::DecodeResponse response;
     return stub->Decode(&context, request, &response);
   };
-  const grpc::Status big = decode(9);
-  EXPECT_EQ(big.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << big.error_message();
-  EXPECT_EQ(big.error_message().rfind("latents: 9 images make an answer of 4 KiB", 0), 0u)
-      << big.error_message();
-  EXPECT_NE(big.error_message().find("(--max_message_bytes); at most "), std::string::npos)
-      << big.error_message();
+  ExpectPastTheLimit(decode(9), grpc::StatusCode::INVALID_ARGUMENT,
+                     "latents: 9 images make an answer of 4 KiB");
   EXPECT_TRUE(decode(1).ok());
 }
 
@@ -635,12 +641,8 @@ TEST(AnswerSizeTest, TokenListsPastTheLimitAreTheReplicasLimit) {
     v1::TokenizeResponse response;
     return fixture->stub->Tokenize(&context, request, &response);
   };
-  const grpc::Status many = tokenize(100);
-  EXPECT_EQ(many.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << many.error_message();
-  EXPECT_EQ(many.error_message().rfind("texts: 100 token lists make an answer of ", 0), 0u)
-      << many.error_message();
-  EXPECT_NE(many.error_message().find("(--max_message_bytes); at most "), std::string::npos)
-      << many.error_message();
+  ExpectPastTheLimit(tokenize(100), grpc::StatusCode::FAILED_PRECONDITION,
+                     "texts: 100 token lists make an answer of ");
   const grpc::Status few = tokenize(4);
   EXPECT_TRUE(few.ok()) << few.error_message();
 }

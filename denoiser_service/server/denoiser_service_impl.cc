@@ -754,5 +754,4 @@ grpc::Status DenoiserServiceImpl::Judge(grpc::ServerContext* context,
                             "verdicts"))));
 }
 
-
 }  // namespace dgrid

@@ -363,17 +363,10 @@ GridExecutor::GridRun::Attempt GridExecutor::GridRun::Call(const v1::BranchReque
     a.status = absl::DeadlineExceededError(
         absl::StrCat("replica ", a.replica, " made no progress for ",
                      absl::FormatDuration(ex_.options_.stall_timeout)));
-  } else if (status.error_code() == grpc::StatusCode::INVALID_ARGUMENT ||
-             status.error_code() == grpc::StatusCode::OUT_OF_RANGE) {
-    // Every field of the request is this orchestrator's making, from a
-    // request it planned and checked: a replica that refuses one disagrees
-    // with it (another version, a lower --max_trajectories_per_request),
-    // which is no mistake of its client's. Another replica may take it.
-    a.status = absl::InternalError(absl::StrCat(
-        "replica ", a.replica, " refused a request this orchestrator made (",
-        absl::StatusCodeToString(FromGrpcStatus(status).code()), "): ", status.error_message()));
   } else {
-    a.status = FromGrpcStatus(status);
+    // Every field of the request is this orchestrator's making, from a
+    // request it planned and checked.
+    a.status = ReplicaStatus(a.replica, FromGrpcStatus(status));
   }
   if (status.error_code() == grpc::StatusCode::UNAVAILABLE) lease->MarkUnhealthy();
   if (a.stalled && !status.ok()) lease->MarkStalled();

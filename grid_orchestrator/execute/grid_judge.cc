@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/grpc_status.h"
+#include "grid_orchestrator/execute/retry_policy.h"
 #include "grid_orchestrator/metrics/orchestrator_metrics.h"
 
 namespace dgrid {
@@ -81,24 +82,18 @@ absl::StatusOr<v1::JudgeResponse> CallJudge(ReplicaPool* pool, OrchestratorMetri
         count("ok");
         return response;
       }
-    } else if (status.error_code() == grpc::StatusCode::INVALID_ARGUMENT ||
-               status.error_code() == grpc::StatusCode::OUT_OF_RANGE) {
-      // The orchestrator built the call from a replica's images: a replica's
-      // "invalid" is no mistake of the client's (a replica run with
-      // --max_trajectories_per_request below kImagesPerJudgeCall, say), as
-      // for a grid's jobs; another replica may take it.
-      last = absl::InternalError(absl::StrCat(
-          "replica ", lease->address(), " refused a request this orchestrator made (",
-          absl::StatusCodeToString(FromGrpcStatus(status).code()), "): ", status.error_message()));
     } else {
-      last = FromGrpcStatus(status);
+      // The orchestrator built the call from a replica's images: a replica's
+      // "invalid" (--max_trajectories_per_request below kImagesPerJudgeCall,
+      // say) is INTERNAL, tried elsewhere as for a grid's jobs.
+      last = ReplicaStatus(lease->address(), FromGrpcStatus(status));
       // Whatever comes next, a replica that is going away gets no more work.
       if (status.error_code() == grpc::StatusCode::UNAVAILABLE) lease->MarkUnhealthy();
       // The call's own timeout (kJudgeCallTimeout) on a slow replica, with
       // the curve's deadline still ahead: another replica may be idle.
       const bool own_timeout =
           status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && absl::Now() < deadline;
-      retryable = JudgeCallRetryable(status.error_code()) || own_timeout;
+      retryable = JudgeCallRetryable(ToGrpcStatus(last).error_code()) || own_timeout;
     }
     if (!retryable || cancel->cancelled() || attempt + 1 == kJudgeAttempts) {
       count(cancel->cancelled() ? "cancelled" : "failed");

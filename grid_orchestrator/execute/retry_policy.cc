@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 
 namespace dgrid {
 
@@ -28,6 +29,17 @@ bool ShouldRetry(const CallOutcome& outcome, int attempt, const RetryLimits& lim
     default:
       return false;
   }
+}
+
+absl::Status ReplicaStatus(absl::string_view replica, const absl::Status& status) {
+  if (status.code() != absl::StatusCode::kInvalidArgument &&
+      status.code() != absl::StatusCode::kOutOfRange) {
+    return status;
+  }
+  return absl::InternalError(absl::StrCat("replica ", replica,
+                                          " refused a request this orchestrator made (",
+                                          absl::StatusCodeToString(status.code()),
+                                          "): ", status.message()));
 }
 
 absl::Duration RetryBackoff(int attempt, const RetryLimits& limits) {

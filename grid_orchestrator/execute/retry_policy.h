@@ -12,6 +12,7 @@
 #define DGRID_GRID_ORCHESTRATOR_EXECUTE_RETRY_POLICY_H_
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
 namespace dgrid {
@@ -37,6 +38,14 @@ bool ShouldRetry(const CallOutcome& outcome, int attempt, const RetryLimits& lim
 // The wait before the attempt after `attempt`: backoff, doubling per
 // attempt, at most 1 s.
 absl::Duration RetryBackoff(int attempt, const RetryLimits& limits);
+
+// A replica's answer to a call the orchestrator built (a grid's job, a
+// curve's Judge call). Its INVALID_ARGUMENT or OUT_OF_RANGE means the replica
+// disagrees with the orchestrator (another version, a lower
+// --max_trajectories_per_request), no mistake of the client's: INTERNAL,
+// naming the replica and its code, which ShouldRetry tries elsewhere. Any
+// other status as it came.
+absl::Status ReplicaStatus(absl::string_view replica, const absl::Status& status);
 
 }  // namespace dgrid
 

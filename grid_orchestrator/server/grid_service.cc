@@ -46,14 +46,16 @@ class Outbox {
     {
       std::unique_lock<std::mutex> lock(mu_);
       if (std::this_thread::get_id() == paced_) {
+        // Events queued that this one must wait behind (one alone past the
+        // bound overflows it, as below).
+        auto waits = [&] { return !overflowed_ && bytes_ > 0 && bytes_ + size > max_bytes_; };
         // Until the client's thread takes enough, or the grid ends: a write
         // blocked past max_write_stall cancels it.
-        while (!overflowed_ && bytes_ > 0 && bytes_ + size > max_bytes_ &&
-               !cancel_->cancelled() && absl::Now() < deadline_) {
+        while (waits() && !cancel_->cancelled() && absl::Now() < deadline_) {
           room_.wait_for(lock, std::chrono::milliseconds(50));
         }
         if (cancel_->cancelled()) return true;  // dropped: the grid is over
-        if (!overflowed_ && bytes_ > 0 && bytes_ + size > max_bytes_) {
+        if (waits()) {
           late_ = true;  // the grid's time ran out while its client read
           return false;
         }
@@ -118,8 +120,9 @@ class Outbox {
 // smaller; else it is one event, of one image.
 absl::Status FitsTheAnswer(const Caller& caller, const google::protobuf::Message& message,
                            absl::string_view what, bool whole) {
+  if (caller.max_answer_bytes < 0) return absl::OkStatus();
   const int64_t bytes = static_cast<int64_t>(message.ByteSizeLong());
-  if (caller.max_answer_bytes < 0 || bytes <= caller.max_answer_bytes) return absl::OkStatus();
+  if (bytes <= caller.max_answer_bytes) return absl::OkStatus();
   return absl::FailedPreconditionError(absl::StrCat(
       what, " is ", ByteCount(bytes), ", past this orchestrator's message limit of ",
       ByteCount(caller.max_answer_bytes), " (--max_message_bytes): ",
