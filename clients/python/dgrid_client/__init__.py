@@ -4,7 +4,7 @@ See clients/python/README.md. The generated stubs (dgrid.v1.*_pb2) come from
 the build: put ``<build>/python`` and ``clients/python`` on PYTHONPATH.
 """
 
-from .client import MAX_MESSAGE_BYTES, Client, DgridError
+from .client import MAX_MESSAGE_BYTES, Client, DgridError, EventStream
 from .types import (
     PNG_MAGIC,
     Cell,
@@ -38,6 +38,7 @@ __all__ = [
     "CurveProgress",
     "CurveRow",
     "Estimate",
+    "EventStream",
     "DgridError",
     "Grid",
     "GridDone",

@@ -24,7 +24,7 @@ import re
 import struct
 import threading
 import time
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import grpc
 from google.protobuf import json_format
@@ -65,6 +65,11 @@ class DgridError(Exception):
         self.details = details
         super().__init__(f"{method} failed: {code.name}: {details}")
 
+    def __reduce__(self) -> Any:
+        # Pickled as its three arguments: a process pool's worker raises it
+        # whole in its parent (the default would call __init__ with one).
+        return (DgridError, (self.method, self.code, self.details))
+
 
 def _error(method: str, e: grpc.RpcError, target: str,
            timeout_setting: str = ("the call's timeout=, else Client(default_timeout=...), "
@@ -78,20 +83,33 @@ def _error(method: str, e: grpc.RpcError, target: str,
     if code == grpc.StatusCode.DEADLINE_EXCEEDED and details == "Deadline Exceeded":
         # gRPC's own words for this client's deadline: say which setting it is.
         details = f"not done within this client's timeout ({timeout_setting})"
+    if code == grpc.StatusCode.CANCELLED and details == "Locally cancelled by application!":
+        details = "cancelled by this client (the stream's cancel())"
     return DgridError(method, code or grpc.StatusCode.UNKNOWN, details or "")
 
 
+# The longest finite timeout taken: about 31 years. gRPC turns a deadline
+# that overflows its clock (from about 1e10 s) into one already past, and
+# threading's waits refuse more than about 9.2e9 s.
+_MAX_SECONDS = 1e9
+
+
 def _seconds(name: str, value: Optional[float]) -> Optional[float]:
-    """A timeout: None (no deadline) or seconds > 0. gRPC would take 0 or
-    less as a deadline already past, and fail every call."""
+    """A timeout: None or infinity (no deadline), or seconds in (0, 1e9]. gRPC
+    would take 0 or less as a deadline already past, and fail every call."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected seconds > 0 or None, got {type(value).__name__} "
                         f"{_short(value)}")
+    if value == math.inf:
+        return None
     if not value > 0:
         raise ValueError(f"{name}: expected seconds > 0 or None, got {value!r}")
-    return value
+    if value > _MAX_SECONDS:
+        raise ValueError(f"{name}: expected at most {_MAX_SECONDS:.0e} seconds (None or "
+                         f"math.inf: no limit), got {value!r}")
+    return float(value)
 
 
 def _short(value: Any) -> str:
@@ -232,6 +250,51 @@ class _SilenceWatch:
             return
 
 
+E = TypeVar("E")
+
+
+class EventStream(Iterator[E]):
+    """A streaming call's events, as an iterator to read in one thread.
+
+    ``cancel()`` ends the call from any thread: a GUI's Cancel button, or a
+    worker told to stop, while the reading thread waits for the next event;
+    that thread's next() then raises DgridError CANCELLED. ``close()`` (or
+    leaving a for loop early) ends it from the reading thread, as a
+    generator's does. The call starts at the first next()."""
+
+    def __init__(self, start: Callable[[], Any], read: Callable[[Any], Iterator[E]]) -> None:
+        self._lock = threading.Lock()
+        self._call: Any = None
+        self._cancelled = False
+        self._events = self._run(start, read)
+
+    def _run(self, start: Callable[[], Any], read: Callable[[Any], Iterator[E]]) -> Iterator[E]:
+        call = start()
+        with self._lock:
+            self._call = call
+            cancelled = self._cancelled
+        if cancelled:
+            call.cancel()
+        yield from read(call)
+
+    def __iter__(self) -> "EventStream[E]":
+        return self
+
+    def __next__(self) -> E:
+        return next(self._events)
+
+    def close(self) -> None:
+        self._events.close()
+
+    def cancel(self) -> None:
+        """Ends the call; safe from any thread, and a no-op once it has ended."""
+        with self._lock:
+            self._cancelled = True
+            call = self._call
+        if call is not None:
+            call.cancel()
+
+
 GridLike = Union[Grid, Any, str, "os.PathLike[str]"]
 
 
@@ -259,13 +322,26 @@ class Client:
         """``token``: the orchestrator's bearer token (its --auth_token_file),
         sent as "authorization: Bearer <token>". ``root_certificates`` (PEM)
         turns TLS on; add ``private_key`` and ``certificate_chain`` for mutual
-        TLS, ``tls_name`` to verify another name than the target's host."""
+        TLS, ``tls_name`` to verify another name than the target's host.
+
+        ``channel``: a grpc.Channel of the caller's, used as it is, in place
+        of one made from the arguments above (which it therefore refuses);
+        the caller closes it, not close(). It must not carry call credentials
+        of its own when ``token`` is given: the orchestrator refuses an
+        authorization sent twice."""
         # With a channel of the caller's, the target is only its name.
         self.target = target if channel is not None else _target(target)
         self.default_timeout = _seconds("default_timeout", default_timeout)
         if token is not None:
-            # As read from the orchestrator's token file: its newline goes.
-            token = token.strip()
+            if not isinstance(token, str):
+                raise TypeError(f"token: expected a str, got {type(token).__name__}")
+            # As read from the orchestrator's token file: its newline goes
+            # (ASCII whitespace, as every client strips it; not str.strip's
+            # Unicode spaces).
+            token = token.strip(" \t\n\r\f\v")
+            if not token:
+                # A token file of a newline alone must not turn authentication off.
+                raise ValueError("token: empty (give None for no authentication)")
             if not token.isascii() or any(ord(c) < 0x21 or ord(c) == 0x7F for c in token):
                 # Not echoed: gRPC's own refusal would print it.
                 raise ValueError("token: holds a space, a control character or non-ASCII")
@@ -275,12 +351,20 @@ class Client:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ]
+        tls = (root_certificates, private_key, certificate_chain, tls_name)
         if channel is not None:
+            if any(argument is not None for argument in tls):
+                # Dropping them would talk as the channel does, perhaps plaintext.
+                raise ValueError("root_certificates, private_key, certificate_chain and tls_name "
+                                 "make the client's own channel; a channel given is used as it is")
             self._channel = channel
         elif root_certificates is None and (private_key or certificate_chain or tls_name):
             # Dropping them would talk plaintext, token included.
             raise ValueError("private_key, certificate_chain and tls_name need root_certificates "
                              "(TLS)")
+        elif (private_key is None) != (certificate_chain is None):
+            # gRPC's C core would abort the process on one without the other.
+            raise ValueError("private_key and certificate_chain go together (mutual TLS)")
         elif root_certificates is not None:
             if tls_name:
                 options.append(("grpc.ssl_target_name_override", tls_name))
@@ -291,12 +375,15 @@ class Client:
             self._channel = grpc.secure_channel(target, credentials, options=options)
         else:
             self._channel = grpc.insecure_channel(target, options=options)
+        self._owns_channel = channel is None
         self._stub = orchestrator_pb2_grpc.OrchestratorStub(self._channel)
         self._closed = False
 
     def close(self) -> None:
+        """Ends this client's calls; closes its channel, unless it was given one."""
         self._closed = True
-        self._channel.close()
+        if self._owns_channel:
+            self._channel.close()
 
     def _open(self, method: str) -> None:
         # gRPC's own refusal is a ValueError ("Cannot invoke RPC on closed
@@ -465,10 +552,10 @@ class Client:
         crop: Optional[Tuple[int, int]] = None,
         target_size: Optional[Tuple[int, int]] = None,
         timeout: Optional[float] = None,
-    ) -> Iterator[GridEvent]:
+    ) -> EventStream[GridEvent]:
         """Streams a grid: a Plan, then TrunkProgress and Cell events as they
         happen, then GridDone with the finished Grid. Closing the iterator early
-        cancels the call."""
+        cancels the call, as does its cancel() from any thread."""
         request = self.build_request(
             prompt, seed, preset, steps, eta, guidance, branches, branch_steps, model,
             spacing, trunk, negative_prompt, switch_prompt, switch_negative_prompt, branch_noise,
@@ -477,15 +564,18 @@ class Client:
 
     def stream_grid_from_request(
         self, request: Any, *, timeout: Optional[float] = None
-    ) -> Iterator[GridEvent]:
+    ) -> EventStream[GridEvent]:
         # Checked here, not at the first next() (and again there).
         timeout = self._timeout(timeout)
         self._open("StreamGrid")
-        return self._stream_grid(request, timeout)
 
-    def _stream_grid(self, request: Any, timeout: Optional[float]) -> Iterator[GridEvent]:
-        self._open("StreamGrid")
-        call = self._stub.StreamGrid(request, timeout=timeout, metadata=self._metadata)
+        def start() -> Any:
+            self._open("StreamGrid")
+            return self._stub.StreamGrid(request, timeout=timeout, metadata=self._metadata)
+
+        return EventStream(start, lambda call: self._grid_events(request, call))
+
+    def _grid_events(self, request: Any, call: Any) -> Iterator[GridEvent]:
         try:
             for event in call:
                 kind = event.WhichOneof("event")
@@ -536,10 +626,11 @@ class Client:
     def stream_decision_curve(
         self, trunks: int, *, timeout: Optional[float] = None, silence: Optional[float] = 60.0,
         **grid: Any
-    ) -> Iterator[CurveEvent]:
+    ) -> EventStream[CurveEvent]:
         """The curve as it runs: a Plan, a CurveProgress per finished trunk
         (and the same counts again after 15 s without one, a keepalive), then
-        CurveDone. Closing the iterator early cancels the curve; it has
+        CurveDone. Closing the iterator early cancels the curve, as does its
+        cancel() from any thread; it has
         no deadline unless ``timeout`` is given (a curve of many trunks runs
         for minutes). A connection lost without a word would leave it
         waiting for ever: after ``silence`` seconds with no event (None: no
@@ -547,7 +638,7 @@ class Client:
         the 15 s keepalive it cancels healthy curves whose first trunks take
         longer (dgrid curve warns of a --silence_s under 20)."""
         # Checked here, not at the first next().
-        _seconds("silence", silence)
+        silence = _seconds("silence", silence)
         timeout = _seconds("timeout", timeout)
         unknown = sorted(set(grid) - set(_BUILD_REQUEST_FIELDS))
         if unknown:
@@ -556,12 +647,14 @@ class Client:
         request = orchestrator_pb2.CurveRequest(trunks=_whole("trunks", trunks, _INT32))
         request.grid.CopyFrom(self.build_request(**grid))
         self._open("DecisionCurve")
-        return self._stream_decision_curve(request, timeout, silence)
 
-    def _stream_decision_curve(self, request: Any, timeout: Optional[float],
-                               silence: Optional[float]) -> Iterator[CurveEvent]:
-        self._open("DecisionCurve")
-        call = self._stub.DecisionCurve(request, timeout=timeout, metadata=self._metadata)
+        def start() -> Any:
+            self._open("DecisionCurve")
+            return self._stub.DecisionCurve(request, timeout=timeout, metadata=self._metadata)
+
+        return EventStream(start, lambda call: self._curve_events(call, silence))
+
+    def _curve_events(self, call: Any, silence: Optional[float]) -> Iterator[CurveEvent]:
         watch = _SilenceWatch(call, silence) if silence is not None else None
         try:
             for event in call:
@@ -634,9 +727,16 @@ class Client:
                 raise TypeError(f"promote sets the trunk to the cell's path; {sorted(fixed)} "
                                 "cannot be overridden")
             overrides = {k: v for k, v in overrides.items() if k not in ("seed", "trunk")}
+            # The request's enums go across as their numbers, not by name: one
+            # newer than this client has none here (it read as the default).
+            kept_enums = [k for k in _ENUM_FIELDS if k not in overrides]
+            fields.update({k: None for k in kept_enums})
             fields.update(overrides)
             fields["trunk"] = cell.path
+            original = request
             request = Client.build_request(**fields)
+            for name in kept_enums:
+                setattr(request, name, getattr(original, name))
         return request
 
     def list_models(self, *, timeout: Optional[float] = None) -> List[Model]:
@@ -654,15 +754,21 @@ class Client:
         None waits for ever)."""
         timeout = _seconds("timeout", timeout)
         self._open("connect")
+        ready = grpc.channel_ready_future(self._channel)
         try:
-            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+            ready.result(timeout=timeout)
         except grpc.FutureTimeoutError:
+            # Else it would keep watching, and the channel connecting, until
+            # the client is closed: a retry loop piled them up.
+            ready.cancel()
             raise DgridError("connect", grpc.StatusCode.UNAVAILABLE,
                              f"no server at {self.target} after {timeout:g} s") from None
 
 
 # The keyword arguments of build_request, which a curve's **grid passes on.
 _BUILD_REQUEST_FIELDS = tuple(p for p in inspect.signature(Client.build_request).parameters)
+# Its enum arguments (None is each one's default).
+_ENUM_FIELDS = ("spacing", "sampler", "branch_noise")
 
 
 def _request_fields(r: Any) -> dict:

@@ -16,6 +16,13 @@ from typing import Any, Optional, Tuple, Union
 from ._stubs import denoiser_pb2, orchestrator_pb2
 
 
+def _nonempty(data: bytes, path: str, why: str) -> bytes:
+    """``data``, which must not be empty: an empty file would look written."""
+    if isinstance(data, (bytes, bytearray)) and not data:
+        raise ValueError(f"cannot write {path}: {why}")
+    return data
+
+
 def _write_whole(path: str, data: Union[bytes, str]) -> None:
     """Writes a file whole or not at all: into a new temporary file beside it,
     renamed over the name once written, so a failed write (a full disk, data
@@ -150,8 +157,12 @@ def sampler_value(name: Optional[str]) -> int:
 
 
 def branch_noise_name(value: int) -> str:
-    """"new" or "trunk"."""
-    return "trunk" if value == orchestrator_pb2.BRANCH_NOISE_TRUNK else "new"
+    """"new" or "trunk" (unspecified is new)."""
+    if value == orchestrator_pb2.BRANCH_NOISE_TRUNK:
+        return "trunk"
+    if value == orchestrator_pb2.BRANCH_NOISE_NEW:
+        return "new"
+    return str(value)  # a kind newer than this client
 
 
 def branch_noise_value(name: str) -> int:
@@ -371,10 +382,12 @@ class TrunkProgress:
     timestep: int
     xt_png: bytes = field(repr=False, default=b"")
     x0_png: bytes = field(repr=False, default=b"")
+    # The replica running the trunk.
+    source: str = ""
 
     @classmethod
     def from_proto(cls, t: Any) -> "TrunkProgress":
-        return cls(t.step, t.timestep, bytes(t.xt_png), bytes(t.x0_png))
+        return cls(t.step, t.timestep, bytes(t.xt_png), bytes(t.x0_png), t.source)
 
 
 @dataclass(frozen=True)
@@ -413,7 +426,8 @@ class Grid:
         return tuple(r.divergence for r in self.rows)
 
     def save_png(self, path: str) -> None:
-        _write_whole(path, self.png)
+        _write_whole(path, _nonempty(self.png, path, "this grid has no PNG (a grid read from a "
+                                     "record keeps none of its images)"))
 
     def record(self) -> Any:
         """A dgrid.v1.GridRecord (request + grid without image bytes), as the
@@ -497,6 +511,15 @@ class Model:
     max_prompt_tokens: int = 0
     # The heads of the model's judge (decision curves); empty without one.
     judge_heads: Tuple[str, ...] = ()
+    # Per head, what each of its label indices means.
+    judge_labels: Tuple[Tuple[str, ...], ...] = ()
+    # With train_timesteps and the spacing, fixes each step's timestep.
+    steps_offset: int = 0
+    # A DDIM step below timestep 0 lands on alpha-bar 1 (adds no noise).
+    set_alpha_to_one: bool = False
+    # Size-conditioned (SDXL-style) models: what a size left at 0 gets, as
+    # (original_size, crop, target_size); None for other models.
+    default_size: Optional[SizePairs] = None
 
     @property
     def is_text(self) -> bool:
@@ -523,6 +546,10 @@ class Model:
             example_prompts=tuple(m.example_prompts),
             max_prompt_tokens=m.max_prompt_tokens,
             judge_heads=tuple(h.name for h in m.judge.heads),
+            judge_labels=tuple(tuple(h.labels) for h in m.judge.heads),
+            steps_offset=m.steps_offset,
+            set_alpha_to_one=m.set_alpha_to_one,
+            default_size=size_pairs(m.default_size) if m.HasField("default_size") else None,
         )
 
 
@@ -668,11 +695,8 @@ class Curve:
 
     @staticmethod
     def _plot(data: bytes, kind: str, path: str) -> bytes:
-        if isinstance(data, (bytes, bytearray)) and not data:
-            # An empty file would look written.
-            raise ValueError(f"cannot write {path}: this curve has no {kind} plot (a curve read "
-                             "from a record keeps only its numbers)")
-        return data
+        return _nonempty(data, path, f"this curve has no {kind} plot (a curve read from a record "
+                         "keeps only its numbers)")
 
     def save_record(self, path: str) -> None:
         """Writes the curve without its plots as JSON (dgrid.v1.CurveResult,

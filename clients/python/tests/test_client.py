@@ -17,11 +17,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 from typing import List, Optional
@@ -209,7 +211,10 @@ class ClientTest(unittest.TestCase):
         args = small(500)
         curve = client.decision_curve(3, on_progress=progress.append, **args)
         self.assertEqual(curve.trunks, 3)
-        self.assertEqual([p.trunks_done for p in progress], [1, 2, 3])
+        # A trunk slower than the server's 15 s keepalive repeats a count.
+        done = [p.trunks_done for p in progress]
+        self.assertEqual(done, sorted(done))
+        self.assertEqual(sorted(set(done) - {0}), [1, 2, 3])
         self.assertEqual([r.branch_step for r in curve.rows], BRANCH_STEPS)
         judge = client.list_models()[0].judge_heads
         self.assertEqual(tuple(h.head for h in curve.heads), judge)
@@ -286,6 +291,71 @@ class ClientTest(unittest.TestCase):
         self.assertIsInstance(first, Plan)
         stream.close()  # cancels the call; the server must stay usable
         self.assertGridShape(client.create_grid(**small(32)))
+
+    def test_a_stream_is_cancelled_from_another_thread(self) -> None:
+        """cancel() ends a stream whose reader waits for its next event (a
+        generator's close() refused, from another thread, while it ran)."""
+        long_grid = small(740, steps=999, branch_steps=[0, 500], branches=8)
+        for name, make in (("grid", lambda: client.stream_grid(**long_grid)),
+                           ("curve", lambda: client.stream_decision_curve(200, **small(741)))):
+            events = make()
+            self.assertIsInstance(next(events), Plan, name)
+            threading.Timer(0.3, events.cancel).start()
+            started = time.monotonic()
+            with self.assertRaises(DgridError, msg=name) as cancelled:
+                for _ in events:
+                    pass
+            self.assertLess(time.monotonic() - started, 20, name)
+            self.assertEqual(cancelled.exception.code, grpc.StatusCode.CANCELLED, name)
+            self.assertIn("cancel()", cancelled.exception.details, name)
+            events.cancel()  # once ended, a no-op
+        # Before the first next(): the call is cancelled as it starts.
+        events = client.stream_grid(**small(742))
+        events.cancel()
+        with self.assertRaises(DgridError) as cancelled:
+            next(events)
+        self.assertEqual(cancelled.exception.code, grpc.StatusCode.CANCELLED)
+        self.assertGridShape(client.create_grid(**small(743)))
+
+    def test_errors_survive_pickling(self) -> None:
+        # A process pool's worker sends its exception to the parent pickled.
+        error = DgridError("CreateGrid", grpc.StatusCode.INVALID_ARGUMENT, "steps: too many")
+        again = pickle.loads(pickle.dumps(error))
+        self.assertEqual((again.method, again.code, again.details, str(again)),
+                         (error.method, error.code, error.details, str(error)))
+
+    def test_model_and_trunk_progress_carry_every_field(self) -> None:
+        raw = client._stub.ListModels(orchestrator_pb2.ListModelsRequest(), timeout=30).models[0]
+        model = next(m for m in client.list_models() if m.name == raw.name)
+        self.assertEqual(model.judge_labels, tuple(tuple(h.labels) for h in raw.judge.heads))
+        self.assertEqual(len(model.judge_labels), len(model.judge_heads))
+        self.assertEqual(model.steps_offset, raw.steps_offset)
+        self.assertEqual(model.set_alpha_to_one, raw.set_alpha_to_one)
+        self.assertEqual(model.default_size is None, not raw.HasField("default_size"))
+        trunk = [e for e in client.stream_grid(**small(760)) if isinstance(e, TrunkProgress)]
+        self.assertTrue(trunk)
+        for t in trunk:
+            self.assertRegex(t.source, r"^(127\.0\.0\.1:\d+|cache)$")
+
+    def test_promote_passes_on_an_enum_value_it_cannot_name(self) -> None:
+        # A record from a newer server: its kinds go across as numbers.
+        record = client.create_grid(**small(750)).record()
+        record.request.branch_noise = 7
+        record.request.spacing = 9
+        request = Client.promote_request(record, 1, 0, branches=1)
+        self.assertEqual((request.branch_noise, request.spacing), (7, 9))
+        self.assertEqual(request.branches.value, 1)
+        # An override still sets it by name.
+        request = Client.promote_request(record, 1, 0, branch_noise="trunk", spacing="leading")
+        self.assertEqual(request.branch_noise, orchestrator_pb2.BRANCH_NOISE_TRUNK)
+        self.assertEqual(request.spacing, denoiser_pb2.SPACING_LEADING)
+
+    def test_a_grid_without_its_png_is_not_saved(self) -> None:
+        record = client.create_grid(**small(755)).record()
+        path = os.path.join(workdir, "no-png.png")
+        with self.assertRaisesRegex(ValueError, "this grid has no PNG"):
+            Grid.from_proto(record.grid, record.request).save_png(path)
+        self.assertFalse(os.path.exists(path))
 
     def test_promote(self) -> None:
         grid = client.create_grid(**small(41))
@@ -623,6 +693,54 @@ class RequestTest(unittest.TestCase):
                     c.list_models(timeout=bad)
                 with self.assertRaisesRegex(ValueError, r"^timeout: expected seconds > 0"):
                     next(c.stream_decision_curve(2, timeout=bad, seed=1))
+
+    def test_a_key_without_its_chain_is_refused(self) -> None:
+        # gRPC's C core aborted the whole process on one without the other.
+        cert = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+        key = b"-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n"
+        for kwargs in ({"private_key": key}, {"certificate_chain": cert}):
+            with self.assertRaisesRegex(ValueError, "^private_key and certificate_chain go together"):
+                Client("127.0.0.1:1", root_certificates=cert, **kwargs)
+
+    def test_a_channel_of_the_callers_is_used_as_it_is(self) -> None:
+        channel = grpc.insecure_channel(stack.orchestrator)
+        try:
+            for kwargs in ({"root_certificates": b"x"}, {"tls_name": "dgrid.example"},
+                           {"private_key": b"k", "certificate_chain": b"c"}):
+                with self.assertRaisesRegex(ValueError, "a channel given is used as it is"):
+                    Client(stack.orchestrator, channel=channel, **kwargs)
+            with Client(stack.orchestrator, channel=channel) as borrowed:
+                self.assertTrue(borrowed.list_models(timeout=30))
+            # Closing the client left the caller's channel open.
+            with Client(stack.orchestrator, channel=channel) as again:
+                self.assertTrue(again.list_models(timeout=30))
+        finally:
+            channel.close()
+
+    def test_an_empty_or_odd_token_is_refused(self) -> None:
+        # A token file of a newline alone would turn authentication off.
+        for token in ("", "\n", " \t\r\n"):
+            with self.assertRaisesRegex(ValueError, "^token: empty"):
+                Client("127.0.0.1:1", token=token)
+        # str.strip() took a no-break space as whitespace; the CLI does not.
+        with self.assertRaisesRegex(ValueError, "non-ASCII"):
+            Client("127.0.0.1:1", token="s3cret\xa0")
+        with self.assertRaisesRegex(TypeError, "^token: expected a str, got bytes"):
+            Client("127.0.0.1:1", token=b"s3cret")
+
+    def test_an_infinite_timeout_is_none_and_a_huge_one_is_refused(self) -> None:
+        # gRPC took both as a deadline already past (and threading refused
+        # a silence past 9.2e9 s).
+        with Client(stack.orchestrator, default_timeout=math.inf) as unbounded:
+            self.assertTrue(unbounded.list_models())
+        self.assertTrue(client.list_models(timeout=math.inf))
+        events = list(client.stream_decision_curve(2, silence=math.inf, timeout=math.inf,
+                                                   **small(730)))
+        self.assertEqual(type(events[-1]).__name__, "CurveDone")
+        for bad in (1e10, 1e300):
+            with self.assertRaisesRegex(ValueError, r"^timeout: expected at most 1e\+09 seconds "
+                                        r"\(None or math.inf: no limit\), got"):
+                client.list_models(timeout=bad)
 
     def test_tls_options_without_root_certificates_are_refused(self) -> None:
         for kwargs in ({"tls_name": "dgrid.example"}, {"private_key": b"k"},
