@@ -680,26 +680,66 @@ TEST_F(HttpGatewayTest, SlowlorisFromOneAddressDoesNotDelayOthers) {
 }
 
 // A head paced to stay under each read's timeout (a line a second) is cut
-// off at the head's deadline (kHeadTimeoutS on this stack).
+// off at the head's deadline (kHeadTimeoutS on this stack), with a 408 that
+// says so.
 TEST_F(HttpGatewayTest, AHeadSentSlowlyIsCutOff) {
   const int fd = Connect(port_, "127.0.0.8");
   ASSERT_GE(fd, 0);
   const absl::Time start = absl::Now();
   ASSERT_TRUE(SendAll(fd, "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"));
-  bool closed = false;
-  while (!closed && absl::Now() - start < absl::Seconds(20)) {
+  HttpAnswer answer;
+  bool answered = false;
+  while (!answered && absl::Now() - start < absl::Seconds(20)) {
     if (!SendAll(fd, "X-Slow: 1\r\n")) break;
     pollfd p{fd, POLLIN, 0};
     if (::poll(&p, 1, 1000) == 1) {
-      char buffer[4096];
-      closed = ::recv(fd, buffer, sizeof(buffer), 0) <= 0 ||
-               ReadAnswer(fd, absl::Seconds(2), absl::Now()).status == 0;
+      answer = ReadAnswer(fd, absl::Seconds(2), absl::Now());
+      answered = true;
     }
   }
   const absl::Duration held = absl::Now() - start;
   ::close(fd);
   EXPECT_LT(held, absl::Seconds(kHeadTimeoutS + 3)) << "the server held the connection " << held;
   EXPECT_GT(held, absl::Seconds(kHeadTimeoutS - 2)) << held;
+  EXPECT_EQ(answer.status, 408) << answer.body;
+  EXPECT_NE(answer.body.find("request head: not received whole in time"), std::string::npos)
+      << answer.body;
+}
+
+// A request line or a body that stops coming is answered 408, naming the
+// part that was late (they used to read as malformed: a 400, or nothing),
+// and the connection closes.
+TEST_F(HttpGatewayTest, ARequestThatStopsComingIsAnswered408) {
+  struct Case {
+    const char* name;
+    std::string sent;
+    const char* message;
+  };
+  const std::vector<Case> cases = {
+      {"request line", "GET /api/v1/mod", "request head: not received whole in time"},
+      {"body",
+       absl::StrCat("POST /api/v1/grid HTTP/1.1\r\nHost: 127.0.0.1\r\n", kAuth.name, ": ",
+                    kAuth.value,
+                    "\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                    "{\"seed\":"),
+       "request body: not received whole within 30 s"},
+  };
+  std::vector<int> sockets;
+  for (const Case& c : cases) {
+    const int fd = Connect(port_, "127.0.0.9");
+    ASSERT_GE(fd, 0);
+    ASSERT_TRUE(SendAll(fd, c.sent));
+    sockets.push_back(fd);
+  }
+  const absl::Time start = absl::Now();
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const HttpAnswer answer = ReadAnswer(sockets[i], absl::Seconds(20), start);
+    ::close(sockets[i]);
+    EXPECT_EQ(answer.status, 408) << cases[i].name << ": " << answer.body;
+    EXPECT_NE(answer.body.find(cases[i].message), std::string::npos)
+        << cases[i].name << ": " << answer.body;
+    EXPECT_LT(answer.took, absl::Seconds(15)) << cases[i].name << ": the connection stayed open";
+  }
 }
 
 // Framing that a proxy in front might read otherwise (request smuggling).

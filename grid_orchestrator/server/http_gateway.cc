@@ -148,9 +148,20 @@ void SendError(httplib::Response& response, const absl::Status& status) {
 
 void CloseAfterAnswer();
 // Whether the request being answered never had its head read whole (httplib
-// refused it); then whether the head ran past kMaxHeadBytes.
+// refused it); then whether the head ran past kMaxHeadBytes; whether a read
+// of it gave up waiting for the client.
 bool HeadUnread();
 bool HeadPastLimit();
+bool RequestLate();
+
+// A request whose head or body did not arrive in time (408).
+absl::Status LateRequest(bool head) {
+  return absl::DeadlineExceededError(
+      head ? "request head: not received whole in time (the orchestrator's "
+             "--http_head_timeout_s, at most 5 s between bytes); send each request whole"
+           : "request body: not received whole within 30 s of its head (at most 5 s between "
+             "bytes); send each request whole");
+}
 
 // Answers, then closes the connection: for answers that may leave a request
 // body unread, whose bytes must not be read as the next request (httplib
@@ -194,6 +205,9 @@ HandlerResponse FillEmptyError(const httplib::Request& request, httplib::Respons
   }
   absl::Status status;
   if (response.status == 400 && HeadPastLimit()) response.status = 431;
+  // httplib reads a late head or body as a malformed one.
+  const bool late = response.status == 400 && RequestLate();
+  if (late) response.status = 408;
   switch (response.status) {
     case 400:
       status = absl::InvalidArgumentError(
@@ -205,6 +219,9 @@ HandlerResponse FillEmptyError(const httplib::Request& request, httplib::Respons
       break;
     case 404:
       status = absl::NotFoundError("path: nothing is served here");
+      break;
+    case 408:
+      status = LateRequest(HeadUnread());
       break;
     case 413:
       status = absl::InvalidArgumentError("request body: too large");
@@ -220,7 +237,7 @@ HandlerResponse FillEmptyError(const httplib::Request& request, httplib::Respons
     default:
       status = absl::UnknownError(absl::StrCat("HTTP status ", response.status));
   }
-  if (HeadUnread()) {
+  if (HeadUnread() || late) {
     // Where the next request would start is unknown: the connection ends.
     SendAndClose(response, response.status, ErrorJson(status), "application/json");
   } else {
@@ -332,6 +349,7 @@ class ClientConnection final : public httplib::Stream {
     deadline_ = deadline;
     head_pending_ = true;
     head_bytes_ = 0;
+    late_ = false;
   }
   // The head is in (httplib parsed it): what follows is the body, which may
   // take at most `max_raw_bytes` off the wire, chunk framing included
@@ -345,6 +363,9 @@ class ClientConnection final : public httplib::Stream {
   }
   // True until HeadRead: httplib refused the head, or it was late or large.
   bool head_pending() const { return head_pending_; }
+  // A read of this request gave up waiting: past its head's or body's
+  // deadline, or kReadTimeout without a byte.
+  bool late() const { return late_; }
   // The head ran into kMaxHeadBytes before it ended.
   bool head_past_limit() const { return head_pending_ && head_bytes_ >= kMaxHeadBytes; }
   // True once a read of the body failed at its limit (body_limit()).
@@ -409,8 +430,9 @@ class ClientConnection final : public httplib::Stream {
       size = std::min(size, body_limit_ - body_bytes_);
     }
     if (buffered() == 0) {
-      const ssize_t n =
-          Receive(buffer_, sizeof(buffer_), std::min(deadline_, absl::Now() + kReadTimeout));
+      const absl::Time due = std::min(deadline_, absl::Now() + kReadTimeout);
+      const ssize_t n = Receive(buffer_, sizeof(buffer_), due);
+      if (n < 0 && absl::Now() >= due) late_ = true;
       if (n <= 0) return n;
       buffer_begin_ = 0;
       buffer_end_ = static_cast<size_t>(n);
@@ -554,6 +576,7 @@ class ClientConnection final : public httplib::Stream {
   // Of the request being read: its head's, then its body's.
   absl::Time deadline_ = absl::InfiniteFuture();
   bool head_pending_ = false;
+  bool late_ = false;
   size_t head_bytes_ = 0;
   size_t body_bytes_ = 0;
   size_t body_limit_ = 0;
@@ -572,6 +595,7 @@ void CloseAfterAnswer() {
 
 bool HeadUnread() { return t_connection && t_connection->head_pending(); }
 bool HeadPastLimit() { return t_connection && t_connection->head_past_limit(); }
+bool RequestLate() { return t_connection && t_connection->late(); }
 
 // A connection past a cap is answered without reading its request: it has
 // `wait` (kRefusalWait, or kHurriedRefusalWait) to show that it is a health
@@ -637,6 +661,13 @@ void ServeConnection(int fd, SSL_CTX* tls, const std::atomic<socket_t>& listenin
           ErrorJson(absl::InvalidArgumentError(absl::StrCat(
               "path: the request line is longer than ", kMaxHeadBytes >> 10, " KiB"))),
           ""));
+      return;
+    }
+    if (connection.head_pending() && connection.late() && connection.Sent() == sent_before) {
+      // A request line that did not end in time: httplib gives up on it
+      // without a word too.
+      connection.WriteAll(RawAnswer(408, "Request Timeout", "application/json",
+                                    ErrorJson(LateRequest(/*head=*/true)), ""));
       return;
     }
     // A head that httplib refused, or that came late or too large, ends the
@@ -1131,6 +1162,10 @@ bool ReadBody(const httplib::Request& request, const httplib::ContentReader& rea
                        "request body: more than ", t_connection->body_limit(),
                        " bytes on the wire, chunk framing included; send larger chunks "
                        "or a Content-Length")));
+    return false;
+  }
+  if (!read && RequestLate()) {
+    RefuseAndClose(response, 408, LateRequest(/*head=*/false));
     return false;
   }
   if (!read) {
