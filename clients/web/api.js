@@ -18,9 +18,10 @@ export class ApiError extends Error {
   }
 }
 
-function headers(token, json) {
-  const result = {Accept: json ? 'application/json' : 'text/event-stream'};
-  if (json) result['Content-Type'] = 'application/json';
+// stream: the answer is an event stream (else JSON), to a JSON request body.
+function headers(token, {stream = false} = {}) {
+  const result = {Accept: stream ? 'text/event-stream' : 'application/json'};
+  if (stream) result['Content-Type'] = 'application/json';
   if (token) result.Authorization = `Bearer ${token}`;
   return result;
 }
@@ -35,7 +36,12 @@ async function errorOf(response) {
   } catch {
     // Not JSON: fall through to the status line.
   }
-  return new ApiError(`HTTP ${response.status}`, body.trim() || response.statusText, response.status);
+  // A proxy's own page (an ingress's HTML 502) says no more than its status
+  // line; other text is cut to what a banner can show.
+  const html = (response.headers.get('Content-Type') ?? '').toLowerCase().startsWith('text/html');
+  let text = html ? '' : body.trim();
+  if (text.length > 300) text = `${text.slice(0, 300)}…`;
+  return new ApiError(`HTTP ${response.status}`, text || response.statusText, response.status);
 }
 
 async function send(url, init) {
@@ -48,7 +54,7 @@ async function send(url, init) {
 }
 
 export async function fetchModels({token, signal} = {}) {
-  const response = await send('api/v1/models', {headers: headers(token, false), signal});
+  const response = await send('api/v1/models', {headers: headers(token), signal});
   if (!response.ok) throw await errorOf(response);
   const body = await response.json();
   return body.models ?? [];
@@ -125,7 +131,7 @@ function readToTheEnd(reader) {
 async function streamEvents(url, request, {token, signal, onEvent, last, silenceMs = 0}) {
   const response = await send(url, {
     method: 'POST',
-    headers: headers(token, true),
+    headers: headers(token, {stream: true}),
     body: JSON.stringify(request),
     signal,
   });

@@ -273,6 +273,9 @@ function fillPrompts() {
 
 function fillClassPrompts(model) {
   const wanted = wantedPrompt ?? controls.prompt.value;
+  // "unconditional" chosen before stays chosen (a fresh list starts on the
+  // first class).
+  const keepUnconditional = wanted === '' && controls.prompt.options.length > 0;
   const prompts = model?.prompts ?? [];
   const options = [new Option('unconditional', ''), ...prompts.map((p) => new Option(p, p))];
   controls.prompt.replaceChildren(...options);
@@ -280,7 +283,8 @@ function fillClassPrompts(model) {
     controls.prompt.append(new Option(`${wanted} (unknown)`, wanted));
   }
   // A fresh page starts on the first class; the URL's choice wins.
-  controls.prompt.value = wantedPrompt !== null || prompts.includes(wanted) ? wanted : (prompts[0] ?? '');
+  controls.prompt.value = wantedPrompt !== null || keepUnconditional || prompts.includes(wanted) ?
+      wanted : (prompts[0] ?? '');
   // The switch starts off. The URL's choice wins, even a class the model
   // lacks (the server's message names it).
   const switchTo = wantedSwitch ?? controls.switch.value;
@@ -719,7 +723,10 @@ function rowStep(plan, step) {
 }
 
 function buildGrid(plan) {
-  tapped = null;  // a first tap on the new grid shows, whatever the old one showed
+  // A first tap on the new grid shows, whatever the old one showed; and a
+  // tap's cell (a finger never leaves the grid) is not the new one's focus.
+  tapped = null;
+  hovered = null;
   const rows = plan.branch_steps?.length ?? 0;
   const cols = plan.branches ?? 0;
   gridBox.classList.remove('stale');
@@ -760,7 +767,9 @@ function buildGrid(plan) {
   trunkFigure.dataset.path = encodePath(plan.trunk ?? {});
   delete trunkFigure.dataset.loaded;
   const changes = promptChanges(plan.trunk, plan);
-  const promoted = (plan.trunk?.segments?.length ?? 0) > 1 || changes.length > 0;
+  // The request named a trunk: a row-0 branch's path has one segment, as
+  // the seed's own trunk has.
+  const promoted = Boolean(view?.request?.trunk) || changes.length > 0;
   trunkCaption.textContent = promoted ? ['a promoted branch', ...changes].join(' · ') :
       `seed ${plan.trunk?.init_seed ?? 0}`;
   renderTrajectory(null);
@@ -861,8 +870,13 @@ gridBox.addEventListener('keydown', (event) => {
   const moves = {ArrowLeft: [0, -1], ArrowRight: [0, 1], ArrowUp: [-1, 0], ArrowDown: [1, 0]};
   if (!cell || !moves[event.key]) return;
   const [dr, dc] = moves[event.key];
-  const next = gridBox.querySelector(
-      `[data-testid="cell"][data-row="${cell.row + dr}"][data-col="${cell.col + dc}"]:not([disabled])`);
+  // Past cells that never came (a stopped or failed grid), to the next one
+  // that did, as far as the grid goes.
+  const at = (r, c) => gridBox.querySelector(`[data-testid="cell"][data-row="${r}"][data-col="${c}"]`);
+  let next = null;
+  for (let r = cell.row + dr, c = cell.col + dc; !next && at(r, c); r += dr, c += dc) {
+    if (!at(r, c).disabled) next = at(r, c);
+  }
   if (next) {
     event.preventDefault();
     next.focus();
@@ -980,7 +994,7 @@ function withoutImages(grid) {
 
 function renderExports(grid) {
   const plan = grid.plan ?? {};
-  const promoted = (plan.trunk?.segments?.length ?? 0) > 1 ? '-promoted' : '';
+  const promoted = view?.request?.trunk ? '-promoted' : '';
   const base = downloadBase('dgrid', plan, `${plan.trunk?.init_seed ?? 0}${promoted}`);
   if (grid.png) {
     downloadPng.href = pngSrc(grid.png);
@@ -1231,13 +1245,19 @@ form.addEventListener('submit', async (event) => {
   if (!controls.seed.value.trim() && !formTrunk) controls.seed.value = randomSeed();
   run(stateFromControls(), 'push');
 });
-byTestId('dice').addEventListener('click', () => {
+// Both read the form, which has no model or prompt before the models come.
+byTestId('dice').addEventListener('click', async () => {
   controls.seed.value = randomSeed();
   setFormTrunk(null);
+  if (!(await modelsReady())) return;
   run(stateFromControls(), 'push');
 });
-byTestId('clear-trunk').addEventListener('click', () => {
+byTestId('clear-trunk').addEventListener('click', async () => {
+  // The seed's own trunk: a link with a trunk but no seed ran seed 0 and
+  // left a URL with neither.
+  if (!controls.seed.value.trim() && formTrunk) controls.seed.value = String(formTrunk.init_seed ?? '0');
   setFormTrunk(null);
+  if (!(await modelsReady())) return;
   run(stateFromControls(), 'push');
 });
 controls.seed.addEventListener('input', () => setFormTrunk(null));
@@ -1351,7 +1371,11 @@ async function start() {
   const {state, error} = readSearch(location.search);
   if (error) showError(error);
   fillControls(state, {fresh: !hasView(location.search)});
-  if (!controls.seed.value && !state.trunk) controls.seed.value = randomSeed();
+  // A view without a seed runs seed 0 (the server's default), which the
+  // form then shows; a fresh page gets a random one.
+  if (!controls.seed.value && !state.trunk) {
+    controls.seed.value = hasView(location.search) ? '0' : randomSeed();
+  }
   const ready = await loadModels();
   document.body.dataset.ready = 'true';
   if (hasView(location.search) && !error) {

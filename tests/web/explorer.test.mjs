@@ -1037,4 +1037,80 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     assert.equal(await page.inputValue(testId('steps')), '12');
     assert.equal(await page.locator(`${testId('cell')}`).count(), 0, 'no grid runs');
   }));
+  test('16. a promoted row-0 branch is named promoted, a tap is not the next grid\'s focus, arrows pass ' +
+      'cells that never came, "unconditional" survives a refill, a seedless link clears to its seed',
+  {timeout: 150_000}, () => withPage('16-edges', async (page) => {
+    const accepts = new Map();
+    page.on('request', (request) => {
+      const {pathname} = new URL(request.url());
+      if (pathname.startsWith('/api/v1/')) accepts.set(pathname.slice('/api/v1/'.length), request.headers().accept);
+    });
+    await openPage(page, main.url);
+    // The token box's change loads the models again and refills the form.
+    await page.selectOption(testId('prompt'), '');
+    const reloaded = page.waitForResponse((response) => response.url().endsWith('/api/v1/models'));
+    await page.fill(testId('token'), 'unused');
+    await page.dispatchEvent(testId('token'), 'change');
+    await reloaded;
+    assert.equal(await page.inputValue(testId('prompt')), '', '"unconditional" stays chosen');
+    await page.fill(testId('token'), '');
+    await page.dispatchEvent(testId('token'), 'change');
+    await runGrid(page);
+    assert.equal(accepts.get('models'), 'application/json');
+    assert.equal(accepts.get('grid/stream'), 'text/event-stream');
+
+    // Arrow keys pass a cell that never came (a stopped grid's) to the next.
+    await page.evaluate(() => {
+      document.querySelector('[data-testid="cell"][data-row="1"][data-col="0"]').disabled = true;
+    });
+    await page.focus(cell(0, 0));
+    await page.keyboard.press('ArrowDown');
+    assert.equal(await page.evaluate(() => document.activeElement?.dataset.row), '2', 'ArrowDown reached row 2');
+
+    // A tap shows a cell's trajectory; the next grid's panel shows its trunk.
+    await page.dispatchEvent(cell(2, 1), 'pointerdown', {pointerType: 'touch', bubbles: true});
+    await page.dispatchEvent(cell(2, 1), 'click', {detail: 1, bubbles: true});
+    await page.waitForSelector(`${testId('trajectory')}[data-focus="2,1"]`);
+    await page.click(testId('dice'));
+    await waitForGrid(page);
+    assert.equal(await page.getAttribute(testId('trajectory'), 'data-focus'), 'trunk');
+
+    // A row-0 branch's path has one segment, as a seed's trunk has.
+    const row0 = await page.getAttribute(cell(0, 1), 'data-path');
+    await page.click(cell(0, 1));
+    await page.waitForURL((url) => url.searchParams.get('trunk') === row0);
+    await waitForGrid(page);
+    assert.match(await page.textContent(testId('trunk-caption')), /^a promoted branch/);
+    assert.match(await page.getAttribute(testId('download-png'), 'download'), /-promoted\.png$/);
+
+    // A link with a trunk and no seed: clearing the trunk runs the trunk's
+    // seed, and its URL names it.
+    const seed = row0.split('_')[0];
+    await openPage(page, `${main.url}?steps=20&rows=0,5&cols=2&trunk=${row0}`);
+    await waitForGrid(page);
+    await page.click(testId('clear-trunk'));
+    await page.waitForURL((url) => !url.searchParams.has('trunk'));
+    await waitForGrid(page);
+    assert.equal(new URL(page.url()).searchParams.get('seed'), seed);
+    assert.equal(await page.inputValue(testId('seed')), seed);
+  }));
+
+  test('17. the dice waits for the models: without them it runs nothing', {timeout: 90_000},
+      () => withPage('17-dice-early', async (page) => {
+    await openPage(page, `${slow.url}?prompt=coat&steps=10&rows=0,5&cols=2`);
+    await page.waitForSelector(`${testId('error-banner')}:not([hidden])`);
+    const before = page.url();
+    const tried = page.waitForResponse((response) => response.url().endsWith('/api/v1/models'));
+    await page.click(testId('dice'));
+    await tried;  // the models asked for again, refused again (no token)
+    await new Promise((done) => setTimeout(done, 500));
+    assert.equal(page.url(), before, 'no grid ran, and no view was pushed');
+    assert.equal(await page.locator(testId('cell')).count(), 0);
+    await page.fill(testId('token'), TOKEN);
+    await page.dispatchEvent(testId('token'), 'change');
+    await page.waitForFunction(() => document.querySelector('[data-testid="prompt"]').value === 'coat');
+    await page.click(testId('dice'));
+    await waitForGrid(page);
+    assert.equal(new URL(page.url()).searchParams.get('prompt'), 'coat');
+  }));
 });
