@@ -339,8 +339,9 @@ def check(docs, device):
                         err(f"{cname}: --model_dir {d} appears in no deploy/docker/Dockerfile*")
                 svc = (c.get("readinessProbe") or {}).get("grpc", {}).get("service")
                 names = [model_name(d) for d in model_dir.split(",")]
-                if svc not in (None, "") and svc not in names:
-                    err(f"{cname}: readiness probe service {svc!r} is not a served model {names}")
+                if svc not in (None, "", "dgrid.v1.Denoiser") and svc not in names:
+                    err(f"{cname}: readiness probe service {svc!r} is neither dgrid.v1.Denoiser "
+                        f"nor a served model {names}")
             dev = flag_value(c, "device")
             if dev != device:
                 err(f"{cname}: --device={dev}, want {device}")
@@ -682,7 +683,7 @@ MUTATIONS = [
         lambda d: _set_flag(d, "dgrid-orchestrator", "metrics_addr", "0.0.0.0:9999")),
     ("readiness probe on the metrics port", 'readinessProbe probes port 9091',
         lambda d: _container(d, "dgrid-denoiser")["readinessProbe"]["grpc"].update({"port": 9091})),
-    ("readiness probe for a model not served", 'not a served model',
+    ("readiness probe for a model not served", 'nor a served model',
         lambda d: _container(d, "dgrid-denoiser")["readinessProbe"]["grpc"].update(
             {"service": "no-such-model"})),
     ("flag the binary does not have", 'has no flag --max_conection_age_s',
