@@ -265,9 +265,22 @@ TEST_F(CliTest, GridTakesASwitchPromptAndBranchNoise) {
                                                           &next)
                   .ok());
   EXPECT_EQ(next.grid().plan().trunk().SerializeAsString(), cell.path().SerializeAsString());
+  EXPECT_EQ(grid.output.find("reads the switch prompt as the prompt"), std::string::npos)
+      << grid.output;
   const Ran bad = RunCli({"grid", Target(), "--branch_noise=sideways"}, dir);
   EXPECT_NE(bad.code, 0);
   EXPECT_NE(bad.output.find("--branch_noise"), std::string::npos) << bad.output;
+  // A switch the model reads as the prompt (the same class) switches
+  // nothing: the plan says so, and so does dgrid.
+  const Ran same = RunCli({"grid", Target(), "--seed=7", "--prompt=sneaker", "--switch-prompt",
+                           "sneaker", "--steps=10", "-o", dir + "/same.png"},
+                          dir);
+  ASSERT_EQ(same.code, 0) << same.output;
+  EXPECT_NE(same.output.find("reads the switch prompt as the prompt in force"), std::string::npos)
+      << same.output;
+  ASSERT_TRUE(
+      google::protobuf::util::JsonStringToMessage(ReadFile(dir + "/same.json"), &record).ok());
+  EXPECT_TRUE(record.grid().plan().switch_unseen());
 }
 
 // Issue 27: --sampler (and its short spelling euler_a) reaches the request

@@ -573,6 +573,12 @@ void WarnAboutPrompts(const v1::GridPlan& plan) {
                    plan.model().c_str(), dropped);
     }
   }
+  if (plan.switch_unseen()) {
+    std::fprintf(stderr,
+                 "warning: %s reads the switch prompt as the prompt in force (the same class or "
+                 "tokens, or a prompt guidance %g does not read): the rows do not switch\n",
+                 plan.model().c_str(), plan.sampler().guidance());
+  }
   if (plan.unknown_words_size() > 0) {
     std::fprintf(stderr, "warning: %s does not know %s: read as unknown (dgrid models lists "
                  "its example prompts)\n",

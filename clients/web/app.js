@@ -710,10 +710,11 @@ function rowLabel(plan, row) {
 
 // A row's step as its label says it: "step 5", or in a grid that switches
 // prompts "→ sneaker after step 5", the prompt on a line of its own that a
-// long text may cut (the label's title has all of it).
+// long text may cut (the label's title has all of it). A switch the model
+// reads as the prompt (switch_unseen) switches nothing.
 function rowStep(plan, step) {
   const node = element('span', 'row-step');
-  if (!plan.switch_prompt) {
+  if (!plan.switch_prompt || plan.switch_unseen) {
     node.textContent = `step ${step}`;
     return node;
   }
@@ -1012,8 +1013,11 @@ function renderExports(grid) {
   const spacing = (sampler.spacing ?? 'SPACING_LEADING').replace('SPACING_', '').toLowerCase();
   const negative = plan.negative_prompt ? ` Negative prompt: “${plan.negative_prompt}”.` : '';
   const keep = plan.branch_noise === 'BRANCH_NOISE_TRUNK' ? ', keeping the trunk’s noise' : '';
-  const switched = plan.switch_prompt ?
-      ` Branches switch to ${promptName(plan.switch_prompt, modelOf(plan))} at their row’s step${keep}.` : '';
+  const switchTo = plan.switch_prompt ? promptName(plan.switch_prompt, modelOf(plan)) : '';
+  const switched = !switchTo ? '' : plan.switch_unseen ?
+      ` The model reads the switch to ${switchTo} as the prompt (the same class or tokens, or ` +
+      'one this guidance does not read): the branches do not switch.' :
+      ` Branches switch to ${switchTo} at their row’s step${keep}.`;
   const size = plan.size;
   const sized = size ? ` Size ${size.original_height ?? 0}×${size.original_width ?? 0}, crop ` +
       `${size.crop_top ?? 0}×${size.crop_left ?? 0}, target ${size.target_height ?? 0}×${size.target_width ?? 0}.` : '';
@@ -1183,8 +1187,10 @@ function curveCaptionText(run, curve) {
   const trunks = curve.trunks ?? run.request.trunks;
   const seed = run.request.grid.seed;
   const seeds = seed !== undefined ? ` (seeds ${seed} to ${BigInt(seed) + BigInt(trunks - 1)})` : '';
-  const switched = plan.switch_prompt ? `, switching to ${promptName(plan.switch_prompt, modelOf(plan))}` +
-      (plan.branch_noise === 'BRANCH_NOISE_TRUNK' ? ' with the trunk’s noise' : '') : '';
+  const switched = !plan.switch_prompt ? '' :
+      `, switching to ${promptName(plan.switch_prompt, modelOf(plan))}` + (plan.switch_unseen ?
+        ' (which the model reads as the prompt)' :
+        plan.branch_noise === 'BRANCH_NOISE_TRUNK' ? ' with the trunk’s noise' : '');
   // A row where every trunk agrees (± 0) has its 95% interval drawn dashed.
   const agreed = (curve.heads ?? []).some((head) =>
     (head.p_differs ?? []).some((p) => (p.standard_error ?? 0) === 0));

@@ -533,8 +533,12 @@ void SetCaption(const FigureCaption& c, GridFigure* figure) {
   figure->subtitle = absl::StrCat(
       "seed ", c.seed, c.sampler == Sampler::kEulerAncestral ? " \xC2\xB7 Euler ancestral" : "",
       " \xC2\xB7 eta ", c.eta, " \xC2\xB7 ", c.steps, " steps \xC2\xB7 guidance ", c.guidance);
-  figure->switch_to = c.switch_prompt;
-  if (!c.switch_prompt.empty()) {
+  // Rows say "→ B" only where the branches do switch.
+  figure->switch_to = c.switch_unseen ? "" : c.switch_prompt;
+  if (c.switch_unseen && !c.switch_prompt.empty()) {
+    absl::StrAppend(&figure->subtitle, " \xC2\xB7 switch to: ", FigureText(c.switch_prompt),
+                    " reads as the prompt");
+  } else if (!c.switch_prompt.empty()) {
     absl::StrAppend(&figure->subtitle, " \xC2\xB7 branches switch to: ",
                     FigureText(c.switch_prompt),
                     c.trunk_noise ? " (trunk noise)" : " (new noise)");

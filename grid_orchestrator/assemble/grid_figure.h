@@ -69,6 +69,9 @@ struct FigureCaption {
   // A promoted switched trunk's own switches, e.g. "red apple after step 5";
   // "" : the trunk keeps the prompt.
   std::string trunk_switches;
+  // The model reads switch_prompt as the prompt (GridPlan.switch_unseen):
+  // the rows do not switch.
+  bool switch_unseen = false;
 };
 
 // Sets figure->title, subtitle and switch_to from `caption`, prompts cut to
@@ -76,6 +79,7 @@ struct FigureCaption {
 //   "emoji · prompt: grinning face, noto · negative: blurry"
 //   "emoji · prompt: grinning face, noto · trunk: red apple after step 5"
 //   "seed 7 · eta 1 · 50 steps · guidance 4 · branches switch to: red apple (trunk noise)"
+//   "seed 7 · eta 1 · 50 steps · guidance 0 · switch to: trouser reads as the prompt"
 //   "seed 7 · Euler ancestral · eta 1 · 50 steps · guidance 4"
 void SetCaption(const FigureCaption& caption, GridFigure* figure);
 

@@ -132,6 +132,16 @@ TEST(GridFigureTest, TheCaptionSaysTheRequestWithPromptsCut) {
              &figure);
   EXPECT_EQ(figure.title,
             "emoji \xC2\xB7 prompt: grinning face, noto \xC2\xB7 trunk: red apple, noto after step 5");
+
+  // A switch the model reads as the prompt: the rows say no switch, the
+  // subtitle says why.
+  SetCaption({"fashion-mnist", "sneaker", "", 7, 1.0f, 50, 0.0f, "trouser", false, Sampler::kDdim,
+              "", /*switch_unseen=*/true},
+             &figure);
+  EXPECT_TRUE(figure.switch_to.empty());
+  EXPECT_EQ(figure.subtitle,
+            "seed 7 \xC2\xB7 eta 1 \xC2\xB7 50 steps \xC2\xB7 guidance 0 \xC2\xB7 switch to: trouser "
+            "reads as the prompt");
 }
 
 TEST(DivergenceTest, IdenticalPicturesAreZeroApart) {

@@ -841,7 +841,7 @@ absl::StatusOr<v1::Grid> GridExecutor::GridRun::Assemble() {
   }
   SetCaption({plan_.model, plan_.prompt, plan_.negative_prompt, plan_.trunk.init_seed, plan_.eta,
               plan_.steps, plan_.guidance, plan_.switch_prompt, plan_.trunk_noise, plan_.sampler,
-              absl::StrJoin(trunk_switches, ", ")},
+              absl::StrJoin(trunk_switches, ", "), plan_.switch_unseen},
              &figure);
   absl::StatusOr<Picture> trunk_picture = PictureFromPng(trunk_.png);
   if (!trunk_picture.ok()) return trunk_picture.status();

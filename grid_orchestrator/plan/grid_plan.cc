@@ -439,7 +439,8 @@ void PlanRows(const std::vector<int>& branch_steps, const v1::ModelInfo& model,
   std::optional<SegmentConditioning> switched = SwitchConditioning(*plan, model);
   // A switch the forward pass cannot see is none: its cells are the plain
   // grid's (the trunk itself, with trunk noise) and cost nothing beyond it.
-  if (switched && (unseen || ReadAlike(*switched, base, *plan))) switched = base;
+  plan->switch_unseen = switched && (unseen || ReadAlike(*switched, base, *plan));
+  if (plan->switch_unseen) switched = base;
   plan->model_evals = plan->steps;
   for (int k : branch_steps) {
     PlannedRow row;
@@ -566,6 +567,7 @@ void PlanToProto(const GridPlanSpec& plan, v1::GridPlan* out) {
   for (const std::string& word : plan.unknown_words) out->add_unknown_words(word);
   out->set_switch_prompt(plan.switch_prompt);
   out->set_switch_negative_prompt(plan.switch_negative_prompt);
+  out->set_switch_unseen(plan.switch_unseen);
   out->set_branch_noise(plan.trunk_noise ? v1::BRANCH_NOISE_TRUNK : v1::BRANCH_NOISE_NEW);
   v1::SamplerConfig* s = out->mutable_sampler();
   s->set_steps(plan.steps);

@@ -80,6 +80,10 @@ struct GridPlanSpec {
   // and whether the branches keep the trunk's noise.
   std::string switch_prompt;
   std::string switch_negative_prompt;
+  // The forward pass reads the switch as the prompt in force (the same class
+  // or tokens, or what this guidance does not read): its rows are the plain
+  // grid's. The switch prompts stay as asked, for the record.
+  bool switch_unseen = false;
   bool trunk_noise = false;
   int steps = 50;
   float eta = 1.0f;

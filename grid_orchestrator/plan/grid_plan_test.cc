@@ -416,6 +416,7 @@ TEST(GridPlanTest, ASwitchPromptConditionsEachRowsBranchesFromItsStep) {
   v1::GridPlan wire;
   PlanToProto(*plan, &wire);
   EXPECT_EQ(wire.switch_prompt(), "trouser");
+  EXPECT_FALSE(wire.switch_unseen());
   EXPECT_EQ(wire.branch_noise(), v1::BRANCH_NOISE_NEW);
 }
 
@@ -429,6 +430,22 @@ TEST(GridPlanTest, ASwitchToTheSamePromptIsThePlainPlan) {
   ASSERT_TRUE(plain.ok() && same.ok());
   for (size_t i = 0; i < plain->rows.size(); ++i) {
     EXPECT_EQ(plain->rows[i].cells, same->rows[i].cells) << "row " << i;
+  }
+  // The plan says so, for the clients' row labels; the plain plan has none.
+  EXPECT_TRUE(same->switch_unseen);
+  EXPECT_FALSE(plain->switch_unseen);
+  v1::GridPlan wire;
+  PlanToProto(*same, &wire);
+  EXPECT_TRUE(wire.switch_unseen());
+  // And a switch the tokens read alike (another case) is planned as none.
+  r.set_switch_prompt("trouser");
+  auto tokens_alike = PlanGrid(r, Model(), {});
+  ASSERT_TRUE(tokens_alike.ok());
+  EXPECT_FALSE(tokens_alike->switch_unseen);
+  PlanWithoutSwitch(Model(), &*tokens_alike);
+  EXPECT_TRUE(tokens_alike->switch_unseen);
+  for (size_t i = 0; i < plain->rows.size(); ++i) {
+    EXPECT_EQ(plain->rows[i].cells, tokens_alike->rows[i].cells) << "row " << i;
   }
 }
 
@@ -455,6 +472,8 @@ TEST(GridPlanTest, ASwitchOfWhatTheGuidanceDoesNotReadIsThePlainPlan) {
     const GridPlanSpec plain = plan(guidance, "", "", model);
     bool same = p.model_evals == plain.model_evals && p.rows.size() == plain.rows.size();
     for (size_t i = 0; same && i < p.rows.size(); ++i) same = p.rows[i].cells == plain.rows[i].cells;
+    // The plan says so exactly when it is the plain plan.
+    EXPECT_EQ(p.switch_unseen, same) << "guidance " << guidance;
     return same;
   };
   // Only the negative prompt switches: unseen at guidance 1, seen elsewhere.

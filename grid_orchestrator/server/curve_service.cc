@@ -101,7 +101,10 @@ v1::CurveTrunk TrunkLabels(const TrunkObservation& observed, uint64_t seed) {
 
 std::string Describe(const v1::GridPlan& plan, int trunks) {
   std::string prompt = plan.prompt().empty() ? "unprompted" : absl::StrCat("\"", plan.prompt(), "\"");
-  if (!plan.switch_prompt().empty()) absl::StrAppend(&prompt, " → \"", plan.switch_prompt(), "\"");
+  if (!plan.switch_prompt().empty()) {
+    absl::StrAppend(&prompt, " → \"", plan.switch_prompt(), "\"",
+                    plan.switch_unseen() ? " (reads as the prompt)" : "");
+  }
   return absl::StrCat(plan.model(), " · ", prompt, " · ", trunks, " trunks");
 }
 

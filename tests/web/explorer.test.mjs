@@ -747,6 +747,14 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     } finally {
       await shared.close();
     }
+
+    // A switch to the prompt itself switches nothing: the rows say no
+    // switch, and the summary says why.
+    await openPage(page, main.url);
+    await runGrid(page, {...GRID, seed: '42', prompt: from, switch: from, noise: 'new'});
+    const unseen = await page.$$eval(`${testId('row-label')} .row-step`, (nodes) => nodes.map((n) => n.textContent));
+    assert.deepEqual(unseen, GRID.rows.split(',').map((step) => `step ${step}`));
+    assert.match(await page.textContent(testId('summary')), /reads the switch to .* as the prompt/);
   }));
 
   test('10. a decision curve: one series per judge head with error bars, its half step, the divergence',

@@ -329,6 +329,9 @@ class Plan:
     # ((original height, width), (crop top, left), (target height, width));
     # None for other models.
     size: Optional[SizePairs] = None
+    # The model reads the switch as the prompt in force (the same class or
+    # tokens, or one this guidance does not read): the rows do not switch.
+    switch_unseen: bool = False
 
     @property
     def tokens_dropped(self) -> bool:
@@ -369,6 +372,7 @@ class Plan:
             sampler=sampler_name(p.sampler.sampler),
             unknown_words=tuple(p.unknown_words),
             size=size_pairs(p.size) if p.HasField("size") else None,
+            switch_unseen=p.switch_unseen,
         )
 
 

@@ -357,6 +357,15 @@ class ClientTest(unittest.TestCase):
             Grid.from_proto(record.grid, record.request).save_png(path)
         self.assertFalse(os.path.exists(path))
 
+    def test_a_switch_the_model_reads_as_the_prompt_says_so(self) -> None:
+        if not prompt:
+            self.skipTest("the model has no classes to switch to")
+        switched = client.create_grid(**small(770, switch_prompt=prompt))
+        plain = client.create_grid(**small(770))
+        self.assertTrue(switched.plan.switch_unseen)
+        self.assertFalse(plain.plan.switch_unseen)
+        self.assertEqual([c.png for c in switched.cells], [c.png for c in plain.cells])
+
     def test_promote(self) -> None:
         grid = client.create_grid(**small(41))
         row, col = len(BRANCH_STEPS) - 1, BRANCHES - 1
