@@ -41,7 +41,9 @@ async function errorOf(response) {
   const html = (response.headers.get('Content-Type') ?? '').toLowerCase().startsWith('text/html');
   let text = html ? '' : body.trim();
   if (text.length > 300) text = `${text.slice(0, 300)}…`;
-  return new ApiError(`HTTP ${response.status}`, text || response.statusText, response.status);
+  // Over HTTP/2 a browser has no status text: say where the page came from.
+  return new ApiError(`HTTP ${response.status}`,
+      text || response.statusText || (html ? 'an error page from a server in front' : ''), response.status);
 }
 
 async function send(url, init) {

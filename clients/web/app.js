@@ -1252,7 +1252,10 @@ form.addEventListener('submit', async (event) => {
   run(stateFromControls(), 'push');
 });
 // Both read the form, which has no model or prompt before the models come.
+// The form they change is what runs, not a link's view waiting for the
+// models (their changes fire no input event).
 byTestId('dice').addEventListener('click', async () => {
+  pendingView = null;
   controls.seed.value = randomSeed();
   setFormTrunk(null);
   if (!(await modelsReady())) return;
@@ -1261,6 +1264,7 @@ byTestId('dice').addEventListener('click', async () => {
 byTestId('clear-trunk').addEventListener('click', async () => {
   // The seed's own trunk: a link with a trunk but no seed ran seed 0 and
   // left a URL with neither.
+  pendingView = null;
   if (!controls.seed.value.trim() && formTrunk) controls.seed.value = String(formTrunk.init_seed ?? '0');
   setFormTrunk(null);
   if (!(await modelsReady())) return;
@@ -1334,12 +1338,19 @@ function showView(search) {
   viewSearch = search;
   const {state, error} = readSearch(search);
   fillControls(state, {fresh: !hasView(search)});
+  showSeedOfView(state, search);
   if (error) {
     showError(error);
     return;
   }
   if (hasView(search)) run(state, 'none');
   else resetView();
+}
+
+// A view without a seed runs seed 0 (the server's default), which the form
+// then shows: Run grid would otherwise pick a random one.
+function showSeedOfView(state, search) {
+  if (hasView(search) && !controls.seed.value && !state.trunk) controls.seed.value = '0';
 }
 
 // Back to the page as it opens: no grid.
@@ -1377,11 +1388,8 @@ async function start() {
   const {state, error} = readSearch(location.search);
   if (error) showError(error);
   fillControls(state, {fresh: !hasView(location.search)});
-  // A view without a seed runs seed 0 (the server's default), which the
-  // form then shows; a fresh page gets a random one.
-  if (!controls.seed.value && !state.trunk) {
-    controls.seed.value = hasView(location.search) ? '0' : randomSeed();
-  }
+  showSeedOfView(state, location.search);
+  if (!controls.seed.value && !state.trunk) controls.seed.value = randomSeed();
   const ready = await loadModels();
   document.body.dataset.ready = 'true';
   if (hasView(location.search) && !error) {

@@ -59,6 +59,8 @@ constexpr char kModelsPath[] = "/api/v1/models";
 // ServeConnection.)
 constexpr absl::Duration kReadTimeout = absl::Seconds(5);
 constexpr absl::Duration kIdleTimeout = absl::Seconds(5);
+// A request's body must arrive within this of its head (ServeConnection).
+constexpr absl::Duration kBodyTimeout = absl::Seconds(30);
 constexpr size_t kRequestsPerConnection = 100;
 // Past kSlowWriteGrace, an answer must have gone out at least this fast on
 // average: a client reading a few bytes at a time would else hold a thread
@@ -156,11 +158,14 @@ bool RequestLate();
 
 // A request whose head or body did not arrive in time (408).
 absl::Status LateRequest(bool head) {
+  const int64_t between = absl::ToInt64Seconds(kReadTimeout);
   return absl::DeadlineExceededError(
-      head ? "request head: not received whole in time (the orchestrator's "
-             "--http_head_timeout_s, at most 5 s between bytes); send each request whole"
-           : "request body: not received whole within 30 s of its head (at most 5 s between "
-             "bytes); send each request whole");
+      head ? absl::StrCat("request head: not received whole in time (the orchestrator's "
+                          "--http_head_timeout_s, at most ",
+                          between, " s between bytes); send each request whole")
+           : absl::StrCat("request body: not received whole within ",
+                          absl::ToInt64Seconds(kBodyTimeout), " s of its head (at most ", between,
+                          " s between bytes); send each request whole"));
 }
 
 // Answers, then closes the connection: for answers that may leave a request
@@ -256,7 +261,6 @@ HandlerResponse FillEmptyError(const httplib::Request& request, httplib::Respons
 // (HttpGatewayOptions::head_timeout) of the connection's opening or of the
 // previous answer, and its body within kBodyTimeout of its head; the head
 // holds at most kMaxHeadBytes.
-constexpr absl::Duration kBodyTimeout = absl::Seconds(30);
 // Past a cap, how long a connection has to show that it is a health check.
 // A probe sends its request at once.
 constexpr absl::Duration kRefusalWait = absl::Milliseconds(250);

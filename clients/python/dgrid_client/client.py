@@ -68,7 +68,7 @@ class DgridError(Exception):
     def __reduce__(self) -> Any:
         # Pickled as its three arguments: a process pool's worker raises it
         # whole in its parent (the default would call __init__ with one).
-        return (DgridError, (self.method, self.code, self.details))
+        return (type(self), (self.method, self.code, self.details))
 
 
 def _error(method: str, e: grpc.RpcError, target: str,
@@ -263,19 +263,12 @@ class EventStream(Iterator[E]):
     generator's does. The call starts at the first next()."""
 
     def __init__(self, start: Callable[[], Any], read: Callable[[Any], Iterator[E]]) -> None:
-        self._lock = threading.Lock()
-        self._call: Any = None
-        self._cancelled = False
-        self._events = self._run(start, read)
-
-    def _run(self, start: Callable[[], Any], read: Callable[[Any], Iterator[E]]) -> Iterator[E]:
-        call = start()
-        with self._lock:
-            self._call = call
-            cancelled = self._cancelled
-        if cancelled:
-            call.cancel()
-        yield from read(call)
+        self._slot = _CallSlot()
+        # The generator holds the slot, not this stream: a stream dropped
+        # (a for loop left early) is freed at once, and its generator's
+        # finally cancels the call, as a plain generator's did; a cycle
+        # through it would wait for the garbage collector.
+        self._events = _events_of(self._slot, start, read)
 
     def __iter__(self) -> "EventStream[E]":
         return self
@@ -288,11 +281,37 @@ class EventStream(Iterator[E]):
 
     def cancel(self) -> None:
         """Ends the call; safe from any thread, and a no-op once it has ended."""
+        self._slot.cancel()
+
+
+class _CallSlot:
+    """A stream's call once started, and whether it was cancelled."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._call: Any = None
+        self._cancelled = False
+
+    def started(self, call: Any) -> None:
+        with self._lock:
+            self._call = call
+            cancelled = self._cancelled
+        if cancelled:
+            call.cancel()
+
+    def cancel(self) -> None:
         with self._lock:
             self._cancelled = True
             call = self._call
         if call is not None:
             call.cancel()
+
+
+def _events_of(slot: _CallSlot, start: Callable[[], Any],
+               read: Callable[[Any], Iterator[E]]) -> Iterator[E]:
+    call = start()
+    slot.started(call)
+    yield from read(call)
 
 
 GridLike = Union[Grid, Any, str, "os.PathLike[str]"]
@@ -380,7 +399,8 @@ class Client:
         self._closed = False
 
     def close(self) -> None:
-        """Ends this client's calls; closes its channel, unless it was given one."""
+        """Refuses new calls, and closes the client's channel, which ends the
+        calls on it; a channel given to the client stays open, with its calls."""
         self._closed = True
         if self._owns_channel:
             self._channel.close()

@@ -14,6 +14,7 @@ without it they are skipped.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -40,6 +41,7 @@ from dgrid_client import (  # noqa: E402
     Curve,
     CurveProgress,
     DgridError,
+    EventStream,
     Grid,
     GridDone,
     Model,
@@ -702,6 +704,34 @@ class RequestTest(unittest.TestCase):
                     c.list_models(timeout=bad)
                 with self.assertRaisesRegex(ValueError, r"^timeout: expected seconds > 0"):
                     next(c.stream_decision_curve(2, timeout=bad, seed=1))
+
+    def test_a_stream_left_early_cancels_its_call_at_once(self) -> None:
+        """A for loop left early (break, an exception) drops the stream: its
+        call is cancelled then, not when the garbage collector finds it (a
+        cycle through the stream held it, and a grid ran on)."""
+        cancelled: List[int] = []
+
+        class Call:
+            def cancel(self) -> None:
+                cancelled.append(1)
+
+        def read(call: Call):
+            try:
+                yield from range(10)
+            finally:
+                call.cancel()
+
+        gc.disable()
+        try:
+            for _ in EventStream(Call, read):
+                break
+            self.assertEqual(cancelled, [1], "break")
+            with self.assertRaises(KeyError):
+                for _ in EventStream(Call, read):
+                    raise KeyError("in the loop's body")
+            self.assertEqual(cancelled, [1, 1], "an exception")
+        finally:
+            gc.enable()
 
     def test_a_key_without_its_chain_is_refused(self) -> None:
         # gRPC's C core aborted the whole process on one without the other.
