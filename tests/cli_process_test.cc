@@ -240,6 +240,27 @@ TEST_F(CliTest, OneBranchPerRowSummarizesTheDistanceToTheTrunk) {
   EXPECT_NE(grid.output.find(want), std::string::npos) << grid.output;
 }
 
+// A reader of the progress (stderr) that goes away does not end the grid:
+// SIGPIPE killed dgrid at its first progress line, the grid cancelled and
+// nothing written. The reader here is gone before dgrid starts.
+TEST_F(CliTest, AProgressReaderGoneLosesNothing) {
+  const std::string dir = stack_->dir();
+  auto run = ChildProcess::Start(
+      {"/bin/sh", "-c",
+       "{ sleep 1; \"$@\" 2>&1 >/dev/null; echo $? > \"$0/piped.rc\"; } | true", dir,
+       BinPath("dgrid"), "grid", Target(), "--seed=7", "--steps=10", "-o", dir + "/piped.png"},
+      dir + "/piped.log");
+  ASSERT_TRUE(run.ok());
+  ASSERT_TRUE((*run)->Wait(absl::Seconds(120)).ok());
+  // A shell may return before the group ends (it waits for `true`).
+  for (int i = 0; i < 600 && ReadFile(dir + "/piped.rc").empty(); ++i) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(ReadFile(dir + "/piped.rc"), "0\n");
+  EXPECT_TRUE(std::filesystem::exists(dir + "/piped.png"));
+  EXPECT_TRUE(std::filesystem::exists(dir + "/piped.json"));
+}
+
 // Issue 25: the switch flags, hyphens or underscores, reach the grid and its
 // sidecar, and promoting a switched cell keeps its segment's prompt.
 TEST_F(CliTest, GridTakesASwitchPromptAndBranchNoise) {
@@ -392,6 +413,14 @@ TEST_F(CliTest, ErrorsAreOneReadableLine) {
   // A PNG's bytes were echoed into the error, over several lines.
   std::ofstream(stack_->dir() + "/grid-as.png") << "\x89PNG\r\n\x1a\n";
   std::ofstream(stack_->dir() + "/empty.json") << "{}";
+  // Flags from a file are flags too: promote ran the recorded grid and
+  // ignored them.
+  std::ofstream(stack_->dir() + "/flags") << "--steps=5\n";
+  // A pipe given as the output was replaced by a plain file (and /dev/null
+  // would have been, run as root).
+  const std::string fifo = stack_->dir() + "/pipe.png";
+  ::unlink(fifo.c_str());
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0) << std::strerror(errno);
   const struct {
     std::vector<std::string> args;
     std::string says;
@@ -417,6 +446,19 @@ TEST_F(CliTest, ErrorsAreOneReadableLine) {
        "--scale: 100000 is out of range; "},
       {{"branch", "--target=" + stack_->denoiser_address(0), "--scale=0"},
        "--scale: 0 is out of range; "},
+      {{"promote", "/tmp/a.json", "--row=1", "--col=1", "--flagfile=" + stack_->dir() + "/flags"},
+       "--steps has no effect on dgrid promote"},
+      {{"grid", "-o", fifo}, "pipe.png is not a regular file (a device or a pipe)"},
+      // protobuf logged an error line of its own before the server's refusal.
+      {{"health", "--target=127.0.0.1:1", "--service=bad\xff"}, "--service: not valid UTF-8"},
+      // A flag's name with one dash and hyphens, as with two.
+      {{"promote", "/tmp/a.json", "--row=1", "--col=1", "-branch-noise", "new"},
+       "--branch_noise has no effect on dgrid promote"},
+      // A value given apart keeps its hyphens: the prompt reached the server
+      // as "--sne_aker".
+      {{"grid", "--prompt", "--sne-aker"}, "unknown prompt \"--sne-aker\""},
+      {{"grid", "--branch_steps=0,,5"}, "--branch_steps: an empty item"},
+      {{"grid", "--branch_steps=99999999999"}, "--branch_steps: \"99999999999\" is out of range"},
   };
   std::vector<std::pair<std::vector<std::string>, std::string>> all;
   for (const auto& c : cases) all.push_back({c.args, c.says});
@@ -434,6 +476,21 @@ TEST_F(CliTest, ErrorsAreOneReadableLine) {
     EXPECT_EQ(lines.size(), 1u) << ran.output;
     EXPECT_NE(ran.output.find(c.says), std::string::npos) << ran.output;
   }
+  struct stat fifo_stat{};
+  EXPECT_TRUE(::stat(fifo.c_str(), &fifo_stat) == 0 && S_ISFIFO(fifo_stat.st_mode))
+      << "the pipe was replaced";
+  // The default output's name, not an -o the user never gave.
+  std::filesystem::create_directories(stack_->dir() + "/cwd/grid.png");
+  auto in_cwd = ChildProcess::Start({"/bin/sh", "-c", "cd \"$0\" && exec \"$@\"",
+                                     stack_->dir() + "/cwd", BinPath("dgrid"), "grid", Target()},
+                                    stack_->dir() + "/cwd.log");
+  ASSERT_TRUE(in_cwd.ok());
+  const absl::StatusOr<int> default_code = (*in_cwd)->Wait(absl::Seconds(60));
+  EXPECT_TRUE(default_code.ok() && *default_code != 0);
+  EXPECT_NE((*in_cwd)->Log().find("the output grid.png (the default; -o names another): "
+                                  "grid.png is a folder"),
+            std::string::npos)
+      << (*in_cwd)->Log();
   // This client's own deadline, said to be it (after the progress lines).
   const Ran slow = RunCli({"grid", Target(), "--steps=999", "--timeout_s=1", "-o",
                            stack_->dir() + "/slow.png"},

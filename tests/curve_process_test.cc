@@ -9,7 +9,9 @@
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "common/png_image.h"
 #include "dgrid/v1/orchestrator.pb.h"
 #include "google/protobuf/util/json_util.h"
@@ -98,6 +100,21 @@ TEST_F(CurveProcessTest, DgridCurveAgreesWithAnIndependentCountOverTheSameGrids)
   };
   const std::string log = run_curve("curve.png");
   EXPECT_NE(log.find("trunk 8/8 done"), std::string::npos) << log;
+  // The table gives each estimate with its standard error, the divergence
+  // too (the only curve of a model without a judge), in aligned columns.
+  const std::vector<std::string> lines = absl::StrSplit(log, '\n');
+  const auto header = std::find_if(lines.begin(), lines.end(), [](const std::string& line) {
+    return absl::StartsWith(line, "  step ");
+  });
+  ASSERT_NE(header, lines.end()) << log;
+  auto columns = [](const std::string& line) {  // characters, not bytes
+    return std::count_if(line.begin(), line.end(),
+                         [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; });
+  };
+  for (auto row = header + 1; row != header + 5 && row != lines.end(); ++row) {
+    EXPECT_EQ(std::count(row->begin(), row->end(), '\xB1'), 2) << *row;  // ±: divergence, class
+    EXPECT_EQ(columns(row->substr(0, row->find("  class 95%"))), columns(*header)) << *row;
+  }
   // The curve's trajectories (a trunk and 16 branches a grid) queued as
   // batch work, which the queue-time alert leaves out; none as interactive.
   EXPECT_GE(Queued(*stack_, "batch") - batch_before, kTrunks * (1 + 4 * 4));

@@ -34,6 +34,7 @@
 
 #include "absl/flags/commandlineflag.h"
 #include "absl/flags/flag.h"
+#include "absl/flags/internal/parse.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
@@ -493,17 +494,32 @@ std::string Extension(const std::string& path) {
 // -o curve.svg writes a curve's plot as SVG; every other output is a PNG.
 bool IsSvg(const std::string& path) { return Extension(path) == ".svg"; }
 
+// Whether the flag was given, in the arguments or a --flagfile, even as its
+// default value. Abseil's public
+// CommandLineFlag keeps this private in this version.
+bool GivenByUser(absl::string_view name) {
+  return absl::flags_internal::WasPresentOnCommandLine(name);
+}
+
+// The output as the user named it: "-o NAME", or a default name they did
+// not give.
+std::string OutputFlag(const std::string& name) {
+  return GivenByUser("o")
+             ? absl::StrCat("-o ", name)
+             : absl::StrCat("the output ", name, " (the default; -o names another)");
+}
+
 // Only PNG (and a curve's SVG) is written: x.jpg would hold PNG bytes.
 void RefuseOtherImageTypes(const std::string& out, bool svg_allowed = false) {
   const std::string extension = Extension(out);
   if (extension == ".svg") {
     if (!svg_allowed) {
-      Fail(absl::StrCat("-o ", out, ": only a curve's plot can be SVG; give a PNG's name"));
+      Fail(absl::StrCat(OutputFlag(out), ": only a curve's plot can be SVG; give a PNG's name"));
     }
     return;
   }
   if (!extension.empty() && extension != ".png" && extension != ".json") {
-    Fail(absl::StrCat("-o ", out, ": dgrid writes PNG", svg_allowed ? " or SVG" : "",
+    Fail(absl::StrCat(OutputFlag(out), ": dgrid writes PNG", svg_allowed ? " or SVG" : "",
                       "; give a name ending in .png", svg_allowed ? " or .svg" : ""));
   }
 }
@@ -517,9 +533,9 @@ void CheckWritable(const std::string& png, bool svg_allowed = false, bool sideca
   RefuseOtherImageTypes(png, svg_allowed);
   if (SidecarPath(png) == png) {
     Fail(sidecar
-             ? absl::StrCat("-o ", png, ": the JSON sidecar's name; give the ",
+             ? absl::StrCat(OutputFlag(png), ": the JSON sidecar's name; give the ",
                             svg_allowed ? "plot's (e.g. curve.png)" : "PNG's (e.g. grid.png)")
-             : absl::StrCat("-o ", png, ": dgrid writes a PNG here; give a name ending in .png"));
+             : absl::StrCat(OutputFlag(png), ": dgrid writes a PNG here; give a name ending in .png"));
   }
   namespace fs = std::filesystem;
   std::vector<std::string> names = {png};
@@ -528,14 +544,22 @@ void CheckWritable(const std::string& png, bool svg_allowed = false, bool sideca
     std::error_code ignored;
     const fs::path path = FollowLinks(name);
     if (fs::is_directory(fs::status(path, ignored))) {
-      Fail(absl::StrCat("-o ", png, ": ", name, " is a folder"));
+      Fail(absl::StrCat(OutputFlag(png), ": ", name, " is a folder"));
+    }
+    // The kernel's view (/dev/stdout's link is no path): a device or a pipe
+    // would be replaced by a plain file, /dev/null included.
+    const fs::file_status kind = fs::status(name, ignored);
+    if (fs::exists(kind) && !fs::is_regular_file(kind) && !fs::is_directory(kind)) {
+      Fail(absl::StrCat(OutputFlag(png), ": ", name,
+                        " is not a regular file (a device or a pipe); dgrid writes its outputs "
+                        "as files of their own: give a file's name"));
     }
     // WriteFiles creates a temporary file in the file's folder and renames
     // it over the name: the folder must take new files, even when the file
     // itself is writable.
     const fs::path folder = FolderOf(path);
     if (!fs::is_directory(folder, ignored)) {
-      Fail(absl::StrCat("-o ", png, ": no folder ", folder.string()));
+      Fail(absl::StrCat(OutputFlag(png), ": no folder ", folder.string()));
     }
     // As WriteFiles will: a file of its own, made and removed. access()
     // says yes to root in a folder no one may write (/sys), and to a
@@ -543,12 +567,19 @@ void CheckWritable(const std::string& png, bool svg_allowed = false, bool sideca
     std::string probe;
     const int fd = NewFileIn(folder, &probe);
     if (fd < 0) {
-      Fail(absl::StrCat("-o ", png, ": cannot write in ", folder.string(), ": ",
+      Fail(absl::StrCat(OutputFlag(png), ": cannot write in ", folder.string(), ": ",
                         std::strerror(errno)));
     }
     ::close(fd);
     ::unlink(probe.c_str());
   }
+}
+
+// `text` right-aligned in `width` columns: characters, not bytes ("±" is two).
+std::string RightAligned(const std::string& text, size_t width) {
+  const size_t shown = static_cast<size_t>(std::count_if(
+      text.begin(), text.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; }));
+  return std::string(width > shown ? width - shown : 0, ' ') + text;
 }
 
 // Words as "a", "b", each quoted safely.
@@ -588,11 +619,27 @@ void WarnAboutPrompts(const v1::GridPlan& plan) {
 
 // Streams a grid with a live progress bar (plain lines when stderr is not a
 // terminal), then writes the PNG and the JSON sidecar.
+// While a stream runs, a reader of its progress (stderr) that goes away must
+// not end the program: the grid or curve would be lost, and cancelled. Writes
+// to it then fail quietly; SIGPIPE is as before once the stream is over, so
+// that `dgrid curve | head -1` ends quietly at its summary.
+class ProgressMayFail {
+ public:
+  ProgressMayFail() : previous_(std::signal(SIGPIPE, SIG_IGN)) {}
+  ~ProgressMayFail() { std::signal(SIGPIPE, previous_); }
+  ProgressMayFail(const ProgressMayFail&) = delete;
+  ProgressMayFail& operator=(const ProgressMayFail&) = delete;
+
+ private:
+  void (*previous_)(int);
+};
+
 int StreamAndSave(const v1::GridRequest& request, const std::string& out) {
   CheckWritable(out);
   auto stub = v1::Orchestrator::NewStub(Connect());
   grpc::ClientContext context;
   SetDeadline(&context);
+  std::optional<ProgressMayFail> quiet(std::in_place);
   auto reader = stub->StreamGrid(&context, request);
   v1::GridEvent event;
   v1::Grid grid;
@@ -637,6 +684,7 @@ int StreamAndSave(const v1::GridRequest& request, const std::string& out) {
     if (tty) draw();
   }
   if (tty) std::fprintf(stderr, "\n");
+  quiet.reset();
   Check(reader->Finish(), "StreamGrid");
 
   v1::GridRecord record;
@@ -694,7 +742,14 @@ v1::GridRequest GridRequestFromFlags() {
   }
   for (const std::string& k : absl::GetFlag(FLAGS_branch_steps)) {
     int step = 0;
-    if (!absl::SimpleAtoi(k, &step)) Fail(absl::StrCat("--branch_steps: not a number: ", k));
+    int64_t wide = 0;
+    if (k.empty()) Fail("--branch_steps: an empty item (two commas, or one at an end)");
+    if (absl::SimpleAtoi(k, &wide) && !absl::SimpleAtoi(k, &step)) {
+      Fail(absl::StrCat("--branch_steps: ", ShortQuote(k), " is out of range"));
+    }
+    if (!absl::SimpleAtoi(k, &step)) {
+      Fail(absl::StrCat("--branch_steps: not a number: ", ShortQuote(k)));
+    }
     request.add_branch_steps(step);
   }
   request.set_switch_prompt(absl::GetFlag(FLAGS_switch_prompt));
@@ -757,6 +812,7 @@ int Curve() {
     if (absl::Status started = watch->Start(); !started.ok()) Fail(started.ToString());
     call = watch->Watch([&context] { context.TryCancel(); });
   }
+  std::optional<ProgressMayFail> quiet(std::in_place);
   auto reader = stub->DecisionCurve(&context, request);
   auto draw = [](int done, int trunks, double seconds) {
     const int width = 30, filled = trunks ? width * done / trunks : 0;
@@ -790,6 +846,7 @@ int Curve() {
   }
   // The stream is over: a silence from here on is not the orchestrator's.
   const bool silent = watch && watch->Unwatch(call);
+  quiet.reset();
   watch.reset();
   if (tty) std::fprintf(stderr, "\n");
   const grpc::Status finished = reader->Finish();
@@ -834,21 +891,34 @@ int Curve() {
     std::cout << "a switch curve: 1 - P(differs) is P(the trunk's label survives a switch "
                  "after the row's step)\n";
   }
-  // One branch per row has no pair: its distance to the trunk instead.
+  // One branch per row has no pair: its distance to the trunk instead. Each
+  // column as wide as its name or its "0.000 ± 0.000", whichever is wider.
   const bool pairwise = curve.plan().branches() >= 2;
-  std::cout << absl::StrFormat("%6s %9s", "step", pairwise ? "pairwise" : "to trunk");
+  constexpr size_t kEstimateWidth = 13;
+  auto estimate = [](const v1::Estimate& e) {
+    return absl::StrFormat("%.3f ± %.3f", e.mean(), e.standard_error());
+  };
+  std::vector<std::string> names = {pairwise ? "pairwise" : "to trunk"};
   for (const v1::HeadCurve& head : curve.heads()) {
-    std::cout << absl::StrFormat(" %18s", absl::StrCat("P(", head.head(), " differs)"));
+    names.push_back(absl::StrCat("P(", head.head(), " differs)"));
+  }
+  std::vector<size_t> widths;
+  std::cout << absl::StrFormat("%6s", "step");
+  for (const std::string& name : names) {
+    widths.push_back(std::max(kEstimateWidth, name.size()));
+    std::cout << " " << RightAligned(name, widths.back());
   }
   std::cout << "\n";
   for (int r = 0; r < curve.rows_size(); ++r) {
     const v1::CurveRow& row = curve.rows(r);
-    std::cout << absl::StrFormat("%6d %9.3f", row.branch_step(),
-                                 (pairwise ? row.divergence() : row.divergence_to_trunk()).mean());
+    std::cout << absl::StrFormat("%6d", row.branch_step()) << " "
+              << RightAligned(estimate(pairwise ? row.divergence() : row.divergence_to_trunk()),
+                              widths[0]);
     std::string bounds;  // where every trunk agrees, the ± (0) says nothing
-    for (const v1::HeadCurve& head : curve.heads()) {
+    for (int h = 0; h < curve.heads_size(); ++h) {
+      const v1::HeadCurve& head = curve.heads(h);
       const v1::Estimate& p = head.p_differs(r);
-      std::cout << absl::StrFormat(" %11.3f ± %.3f", p.mean(), p.standard_error());
+      std::cout << " " << RightAligned(estimate(p), widths[h + 1]);
       if (p.standard_error() == 0 && r < head.p_differs_95_size()) {
         absl::StrAppendFormat(&bounds, "  %s 95%%: %.3f to %.3f", head.head(),
                               head.p_differs_95(r).lo(), head.p_differs_95(r).hi());
@@ -909,7 +979,7 @@ int Promote(const std::vector<char*>& args) {
   namespace fs = std::filesystem;
   std::error_code ignored;
   if (fs::equivalent(fs::path(SidecarPath(out)), fs::path(path), ignored)) {
-    Fail(absl::StrCat("-o ", out, ": its sidecar ", SidecarPath(out),
+    Fail(absl::StrCat(OutputFlag(out), ": its sidecar ", SidecarPath(out),
                       " is the grid being promoted; give another name"));
   }
   return StreamAndSave(request, out);
@@ -1022,6 +1092,7 @@ int Tokenize(const std::vector<char*>& args) {
 }
 
 int Health() {
+  CheckTextFlags();
   auto stub = grpc::health::v1::Health::NewStub(Connect());
   grpc::ClientContext context;
   SetDeadline(&context);
@@ -1069,6 +1140,7 @@ int Branch() {
   request.set_decode(true);
   grpc::ClientContext context;
   SetDeadline(&context);
+  std::optional<ProgressMayFail> quiet(std::in_place);
   auto reader = stub->Branch(&context, request);
   v1::BranchEvent event;
   const bool tty = ::isatty(2);
@@ -1081,6 +1153,7 @@ int Branch() {
     if (event.has_final()) final = event.final();
   }
   if (tty) std::fprintf(stderr, "\n");
+  quiet.reset();
   Check(reader->Finish(), "Branch");
   WriteScaledPng(final.image().pixels(), out);
   const std::string negative = absl::GetFlag(FLAGS_negative);
@@ -1207,18 +1280,15 @@ const std::map<std::string, CommandSpec>& Commands() {
 // promote GRID.json --switch-prompt ...` re-ran the recorded grid as if the
 // switch had been taken.
 // `argv` as parsed, hyphens in flag names already underscores.
-void RefuseUnreadFlags(const std::string& command, const std::vector<std::string>& argv) {
+void RefuseUnreadFlags(const std::string& command) {
   const std::set<std::string>& reads = Commands().at(command).flags;
   std::set<std::string> unread_names;
-  for (size_t i = 1; i < argv.size() && argv[i] != "--"; ++i) {
-    const std::string& arg = argv[i];
-    if (arg.size() < 2 || arg[0] != '-') continue;
-    const size_t start = arg[1] == '-' ? 2 : 1;
-    const std::string name = arg.substr(start, arg.find('=') - start);
-    const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
-    // This program's own flags (a value such as "-1" names none).
-    if (!flag || !absl::EndsWith(flag->Filename(), "dgrid.cc")) continue;
-    if (!reads.count(name)) unread_names.insert(name);
+  // This program's own flags, given in the arguments or a --flagfile alike.
+  for (const auto& [name, flag] : absl::GetAllFlags()) {
+    if (!absl::EndsWith(flag->Filename(), "dgrid.cc") || !GivenByUser(name)) {
+      continue;
+    }
+    if (!reads.count(std::string(name))) unread_names.insert(std::string(name));
   }
   std::vector<std::string> unread;
   for (const std::string& name : unread_names) unread.push_back(absl::StrCat("--", name));
@@ -1283,13 +1353,20 @@ void PrintHelp(const std::string& command) {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(dgrid::kUsage);
-  // --switch-prompt and --switch_prompt alike: flag names may use hyphens.
+  // --switch-prompt and --switch_prompt alike (and with one dash): flag
+  // names may use hyphens. Not a value given apart: "--prompt --a-b" keeps
+  // its prompt.
   std::vector<std::string> spelled(argv, argv + argc);
-  for (std::string& arg : spelled) {
+  for (size_t i = 1; i < spelled.size(); ++i) {
+    std::string& arg = spelled[i];
     if (arg == "--") break;
-    if (arg.size() < 3 || arg.compare(0, 2, "--") != 0) continue;
+    if (arg.size() < 2 || arg[0] != '-') continue;
+    const size_t start = arg[1] == '-' ? 2 : 1;
     const size_t end = std::min(arg.find('='), arg.size());
-    std::replace(arg.begin() + 2, arg.begin() + end, '-', '_');
+    if (end <= start) continue;
+    std::replace(arg.begin() + start, arg.begin() + end, '-', '_');
+    const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(arg.substr(start, end - start));
+    if (flag && !flag->IsOfType<bool>() && end == arg.size()) ++i;
   }
   // Help and version before absl's parse: absl's --help exits 1, and its
   // --version says "Debug build" of a release build.
@@ -1334,7 +1411,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    dgrid::RefuseUnreadFlags(args[1], spelled);
+    dgrid::RefuseUnreadFlags(args[1]);
     if (absl::GetFlag(FLAGS_timeout_s) < 0) {
       dgrid::Fail(absl::StrCat("--timeout_s: ", absl::GetFlag(FLAGS_timeout_s),
                                " is negative; give seconds, or 0 for the default"));
