@@ -229,7 +229,7 @@ HandlerResponse FillEmptyError(const httplib::Request& request, httplib::Respons
       status = LateRequest(HeadUnread());
       break;
     case 413:
-      status = absl::InvalidArgumentError("request body: too large");
+      status = absl::ResourceExhaustedError("request body: too large");
       break;
     case 414:
       status = absl::InvalidArgumentError("path: the request line is too long");
