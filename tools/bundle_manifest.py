@@ -70,17 +70,17 @@ def check_manifest(manifest: Dict[str, Any]) -> Any:
         raise ValueError(f"manifest: {e}") from None
     # The text a denoiser shows as it is, held to its reader's rules
     # (common/manifest_reader.cc), so that an export it would refuse fails here.
-    _check_text("description", message.description, 4096, layout=True)
-    _check_text("data.license", message.data.license, 128)
+    check_text("description", message.description, 4096, layout=True)
+    check_text("data.license", message.data.license, 128)
     prompts = message.conditioning.example_prompts
     if len(prompts) > 64:
         raise ValueError("manifest conditioning.example_prompts: more than 64 prompts")
     for i, prompt in enumerate(prompts):
-        _check_text(f"conditioning.example_prompts[{i}]", prompt, 4096, prompt=True)
+        check_text(f"conditioning.example_prompts[{i}]", prompt, 4096, prompt=True)
     return message
 
 
-def _check_text(field: str, text: str, max_bytes: int, layout: bool = False,
+def check_text(field: str, text: str, max_bytes: int, layout: bool = False,
                 prompt: bool = False) -> None:
     """UTF-8 of at most `max_bytes`, without control characters (but line
     breaks and tabs where `layout`), and where a `prompt`, held to a client

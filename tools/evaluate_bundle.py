@@ -79,8 +79,9 @@ def grouped_accuracy(hits: np.ndarray, groups: np.ndarray) -> Dict[str, float]:
     group (one grid, one prompt) succeed or fail together."""
     ids = np.unique(groups)
     per = np.array([hits[groups == g].mean() for g in ids])
-    se = float(per.std(ddof=1) / math.sqrt(len(per))) if len(per) > 1 else float("nan")
-    return {"accuracy": round(float(hits.mean()), 4), "standard_error": round(se, 4),
+    # None with one group: JSON has no NaN.
+    se = round(float(per.std(ddof=1) / math.sqrt(len(per))), 4) if len(per) > 1 else None
+    return {"accuracy": round(float(hits.mean()), 4), "standard_error": se,
             "samples": int(len(hits)), "groups": int(len(ids))}
 
 
@@ -254,6 +255,23 @@ class Judge:
 
 # ---------------------------------------------------------------- measurements
 
+def read_manifest(bundle: str) -> Dict[str, Any]:
+    """The bundle's manifest.json as the denoiser reads it: its lowerCamelCase
+    keys too, checked against the contract (ValueError), with proto field
+    names and image_shape's default ([h, w, C] of latent_shape)."""
+    from google.protobuf import json_format
+
+    import bundle_manifest
+    with open(os.path.join(bundle, "manifest.json"), encoding="utf-8") as f:
+        raw = json.load(f)
+    message = bundle_manifest.check_manifest(raw)
+    manifest = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    if not manifest.get("image_shape"):
+        c, h, w = manifest["latent_shape"]
+        manifest["image_shape"] = [h, w, c]
+    return manifest
+
+
 def expected_labels(prompt: str, heads: Sequence[Dict[str, Any]],
                     expect: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     """Per head, the label the prompt names: the whole prompt or one of its
@@ -264,6 +282,15 @@ def expected_labels(prompt: str, heads: Sequence[Dict[str, Any]],
         named = [label for label in h["labels"] if label.lower() in parts]
         if len(named) == 1:
             out[h["name"]] = named[0]
+    # A head or label the judge lacks scored every sample a miss, or nothing.
+    labels = {h["name"]: h["labels"] for h in heads}
+    for head, label in (expect or {}).items():
+        if head not in labels:
+            raise ValueError(f"expect: the judge has no head {head!r} (its heads: "
+                             f"{', '.join(labels)})")
+        if label not in labels[head]:
+            raise ValueError(f"expect: {head} has no label {label!r} (its labels: "
+                             f"{', '.join(labels[head][:20])})")
     out.update(expect or {})
     return out
 
@@ -379,8 +406,7 @@ def evaluate(bundle: str, *, build: str = DEFAULT_BUILD, trunks: int = 20, seed:
     _import_paths(build)
     from dgrid_client import Client
 
-    with open(os.path.join(bundle, "manifest.json")) as f:
-        manifest = json.load(f)
+    manifest = read_manifest(bundle)
     if "judge" not in manifest:
         raise ValueError(f"{bundle}: the bundle has no judge (manifest.json's judge)")
     heads = manifest["judge"]["heads"]
@@ -478,7 +504,9 @@ def plot(report: Dict[str, Any], path: str) -> None:
     acc = report.get("accuracy", {}).get("heads", {})
     if acc:
         title += "; accuracy " + ", ".join(
-            f"{k} {v['accuracy']:.2f} ± {v['standard_error']:.2f}" for k, v in acc.items())
+            f"{k} {v['accuracy']:.2f}" + (f" ± {v['standard_error']:.2f}"
+                                          if v["standard_error"] is not None else "")
+            for k, v in acc.items())
     fig.suptitle(title)
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -536,6 +564,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             prompts = json.load(f)
     if args.no_accuracy:
         prompts = []
+        if args.reference:
+            # The Frechet distance compares the accuracy run's samples.
+            p.error("--reference needs the accuracy run's samples; drop --no_accuracy")
     reference = None
     if args.reference:
         reference = read_images(args.reference)

@@ -52,6 +52,36 @@ class Statistics(unittest.TestCase):
         self.assertEqual(eb.expected_labels("Flag", heads), {"subcategory": "flag"})
         self.assertEqual(eb.expected_labels("a cat", heads, {"subcategory": "flag"}),
                          {"subcategory": "flag"})
+        # A head or label the judge lacks scored every sample a miss (or
+        # nothing): named instead.
+        with self.assertRaisesRegex(ValueError, "expect: style has no label 'Noto'"):
+            eb.expected_labels("a cat", heads, {"style": "Noto"})
+        with self.assertRaisesRegex(ValueError, "expect: the judge has no head 'Style'"):
+            eb.expected_labels("a cat", heads, {"Style": "noto"})
+
+    def test_one_group_has_no_standard_error_and_the_report_stays_json(self):
+        figures = eb.grouped_accuracy(np.array([1, 0, 1], bool), np.array([0, 0, 0]))
+        self.assertIsNone(figures["standard_error"])
+        json.loads(json.dumps(figures, allow_nan=False))
+
+    def test_a_manifest_is_read_as_the_denoiser_reads_it(self):
+        # lowerCamelCase keys and no image_shape: a KeyError before, and
+        # valueRange silently read as [-1, 1].
+        with open(os.path.join(BUNDLE, "manifest.json"), encoding="utf-8") as f:
+            shipped = json.load(f)
+        camel = {("latentShape" if k == "latent_shape" else k): v for k, v in shipped.items()
+                 if k != "image_shape"}
+        camel["decoder"] = dict(shipped["decoder"], valueRange=[0, 1])
+        camel["decoder"].pop("value_range", None)
+        with tempfile.TemporaryDirectory() as bundle:
+            with open(os.path.join(bundle, "manifest.json"), "w", encoding="utf-8") as f:
+                json.dump(camel, f)
+            manifest = eb.read_manifest(bundle)
+        c, h, w = shipped["latent_shape"]
+        self.assertEqual([int(n) for n in manifest["image_shape"]], [int(h), int(w), int(c)])
+        self.assertEqual(manifest["decoder"]["value_range"], [0, 1])
+        self.assertEqual([(h["name"], h["labels"]) for h in manifest["judge"]["heads"]],
+                         [(h["name"], h["labels"]) for h in shipped["judge"]["heads"]])
 
 
 class ShippedBundle(unittest.TestCase):

@@ -322,7 +322,8 @@ def schedule_from_diffusers(config):
         raise ValueError("scheduler config: the engine's DDIM does not support " +
                          ", ".join(refused) + f" (it supports beta_schedule {_BETA_SCHEDULES}, "
                          f"prediction_type {_PREDICTION_TYPES}, timestep_spacing {_SPACINGS}); "
-                         "edit the config if the model allows it")
+                         "a spacing is set with --spacing; for the rest, edit the config if the "
+                         "model allows it")
     schedule = {
         "beta_schedule": c["beta_schedule"],
         "beta_start": float(c["beta_start"]),
@@ -459,6 +460,12 @@ def _verify_traced(path, eager, inputs_by_batch, tolerance, device):
             raise BundleShapeError(f"{name}: gives {shapes(got)} at batch {batch}, the module "
                                    f"{shapes(want)}")
         for g, w in zip(got, want):
+            if not (torch.isfinite(g).all() and torch.isfinite(w).all()):
+                raise BundleShapeError(f"{name}: gives non-finite values at batch {batch} (the "
+                                       "module too: an fp16 overflow, say), not a tracing problem"
+                                       if not torch.isfinite(w).all() else
+                                       f"{name}: the traced graph gives non-finite values at "
+                                       f"batch {batch}, the module does not")
             diff = (g - w).abs().max().item()
             if not diff <= tolerance * (1.0 + w.abs().max().item()):
                 raise BundleShapeError(f"{name}: at batch {batch} the traced graph differs from "
@@ -618,6 +625,10 @@ def export_bundle(unet, decoder, text_encoder, tokenizer_dir, scheduler_config, 
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    if not isinstance(max_batch, int) or max_batch < 2:
+        raise ValueError(f"max_batch must be an int of at least 2 (a guided step runs two rows), "
+                         f"got {max_batch!r}")
+    check_label("version", version)
     if len(latent_shape) != 3 or len(image_shape) != 3 or image_shape[2] not in (1, 3):
         raise ValueError(f"latent_shape {list(latent_shape)} must be [C, h, w] and image_shape "
                          f"{list(image_shape)} [H, W, C] with C 1 or 3")
@@ -629,6 +640,9 @@ def export_bundle(unet, decoder, text_encoder, tokenizer_dir, scheduler_config, 
         if not os.path.exists(os.path.join(tokenizer_dir, f)):
             raise FileNotFoundError(f"tokenizer: {os.path.join(tokenizer_dir, f)} not found")
     schedule, spacing = schedule_from_diffusers(scheduler_config)
+    steps = (defaults or {}).get("steps")
+    if steps is not None:
+        check_steps(schedule["train_timesteps"], steps, spacing, schedule["steps_offset"])
     settings = extra_settings(extra)
 
     g = torch.Generator().manual_seed(seed)
@@ -658,9 +672,6 @@ def export_bundle(unet, decoder, text_encoder, tokenizer_dir, scheduler_config, 
         os.remove(manifest_path)
     for f in (VOCAB_FILE, MERGES_FILE):
         shutil.copyfile(os.path.join(tokenizer_dir, f), os.path.join(out_dir, f))
-    if not isinstance(max_batch, int) or max_batch < 2:
-        raise ValueError(f"max_batch must be an int of at least 2 (a guided step runs two rows), "
-                         f"got {max_batch!r}")
     other_inputs = [text_inputs(b) for b in sorted({1, 3, max_batch})]
     with torch.no_grad():
         _trace_parts(parts, out_dir, inputs, other_inputs,
@@ -724,6 +735,33 @@ def load_bundle(bundle_dir, device="cpu"):
 
 # The schedule's one formula in Python (tools/bundle_manifest.py).
 alphas_cumprod = bundle_manifest.alphas_cumprod
+
+
+def check_label(field, text):
+    """A name or version as the manifest reader takes it (CheckLabel in
+    common/manifest_reader.cc): 1 to 128 bytes of UTF-8 without control
+    characters. ValueError naming the field."""
+    size = len(str(text).encode("utf-8", "surrogatepass"))
+    if not 1 <= size <= 128 or any(ord(c) < 0x20 or ord(c) == 0x7F for c in str(text)):
+        raise ValueError(f"{field} must be 1 to 128 bytes without control characters, got "
+                         f"{str(text)[:40]!r}{'...' if size > 40 else ''} ({size} bytes)")
+
+
+def check_steps(train_timesteps, steps, spacing, offset):
+    """The step count the manifest reader takes for this schedule
+    (TimestepsProblem in common/timesteps.cc): leading spacing's first
+    timestep, (steps - 1) * (T // steps) + offset, must be below T.
+    ValueError naming --steps."""
+    if not 1 <= steps <= train_timesteps:
+        raise ValueError(f"--steps must be in [1, {train_timesteps}], got {steps}")
+    if spacing == "leading":
+        first = (steps - 1) * (train_timesteps // steps) + offset
+        if first > train_timesteps - 1:
+            fit = max(n for n in range(1, train_timesteps + 1)
+                      if (n - 1) * (train_timesteps // n) + offset <= train_timesteps - 1)
+            raise ValueError(f"--steps: {steps} leading steps with steps_offset {offset} would "
+                             f"reach timestep {first} of a schedule that ends at "
+                             f"{train_timesteps - 1}; {fit} steps fit, or give --spacing trailing")
 
 
 def ddim_timesteps(train_timesteps, steps, spacing, offset):
@@ -981,8 +1019,8 @@ def main(argv=None):
                    help="overrides the scheduler config's timestep_spacing")
     p.add_argument("--license", default="", help="the model's licence, e.g. creativeml-openrail-m")
     p.add_argument("--max_batch", type=int, default=64,
-                   help="the largest batch the graphs are checked at and the engine runs "
-                        "(the engine's --max_batch defaults to 64)")
+                   help="the largest batch the graphs are checked at and the engine runs, "
+                        "2 to 65536 (the engine's --max_batch defaults to 64)")
     args = p.parse_args(argv)
     if args.dtype == "fp16" and not args.device.startswith("cuda"):
         p.error("--dtype fp16 needs --device cuda")
@@ -997,8 +1035,14 @@ def main(argv=None):
         p.error(f"--eta must be in [0, 1], got {args.eta}")
     if args.guidance is not None and not 0 <= args.guidance <= 100:
         p.error(f"--guidance must be in [0, 100], got {args.guidance}")
-    if args.max_batch != 0 and not 2 <= args.max_batch <= 65536:
-        p.error(f"--max_batch must be 0 (any) or in [2, 65536], got {args.max_batch}")
+    if not 2 <= args.max_batch <= 65536:
+        p.error(f"--max_batch must be in [2, 65536] (a guided step runs two rows), got "
+                f"{args.max_batch}")
+    try:
+        check_label("--version", args.version)
+        bundle_manifest.check_text("--license", args.license, 128)
+    except ValueError as e:
+        p.error(str(e))
     if os.path.isdir(args.out_dir) and os.listdir(args.out_dir):
         p.error(f"--out_dir {args.out_dir} is not empty: give a new folder (a bundle's old "
                 "files would stay beside the new ones)")
@@ -1036,6 +1080,15 @@ def main(argv=None):
         scheduler_config["timestep_spacing"] = args.spacing
         scheduler_config["_use_default_values"] = [
             k for k in scheduler_config.get("_use_default_values") or () if k != "timestep_spacing"]
+    # The schedule and the step count as the denoiser will read them, before
+    # minutes of export (its warnings come again from export_bundle).
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            schedule, spacing = schedule_from_diffusers(scheduler_config)
+        check_steps(schedule["train_timesteps"], args.steps, spacing, schedule["steps_offset"])
+    except ValueError as e:
+        p.error(str(e))
     # An LCM-distilled UNet reads a guidance embedding (timestep_cond) that
     # diffusers passes and the traced graph would silently go without.
     if getattr(pipe.unet.config, "time_cond_proj_dim", None) is not None:
@@ -1074,7 +1127,10 @@ def main(argv=None):
 
     latent, image = sample(bundle, ids("a photo"), None, run_steps=1)
     if not (torch.isfinite(latent).all() and torch.isfinite(image).all()):
-        sys.exit("self-check: one step gave non-finite values")
+        # A denoiser would serve the bundle as it is: its manifest goes.
+        os.remove(os.path.join(args.out_dir, "manifest.json"))
+        sys.exit("self-check: one step gave non-finite values; manifest.json removed, so no "
+                 "denoiser serves the bundle")
     print(f"self-check: one step ok, latent {_shape(latent)}, image {_shape(image)} in "
           f"[{image.min().item():.3f}, {image.max().item():.3f}]; bundle in {args.out_dir}")
 

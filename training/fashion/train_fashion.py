@@ -409,7 +409,12 @@ def export(args):
 
     cstate = load(os.path.join(args.run, "classifier.ckpt"))
     classifier_path = os.path.join(args.out, "classifier.pt")
-    if cstate:
+    if cstate and not cstate["done"]:
+        # A stopped classifier (--stop_after) is no judge to compare by.
+        print(f"export: the classifier in {args.run} is unfinished; "
+              + (f"keeping {classifier_path}" if os.path.exists(classifier_path)
+                 else "the bundle gets no judge"), flush=True)
+    elif cstate:
         net = fm.Classifier()
         net.load_state_dict(cstate["model"])
         torch.jit.save(torch.jit.script(net.eval()), classifier_path + ".tmp")
