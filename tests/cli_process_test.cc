@@ -459,6 +459,7 @@ TEST_F(CliTest, ErrorsAreOneReadableLine) {
       {{"grid", "--prompt", "--sne-aker"}, "unknown prompt \"--sne-aker\""},
       {{"grid", "--branch_steps=0,,5"}, "--branch_steps: an empty item"},
       {{"grid", "--branch_steps=99999999999"}, "--branch_steps: \"99999999999\" is out of range"},
+      {{"promote", stack_->dir(), "--row=1", "--col=1"}, "is a folder; give the grid's sidecar"},
   };
   std::vector<std::pair<std::vector<std::string>, std::string>> all;
   for (const auto& c : cases) all.push_back({c.args, c.says});

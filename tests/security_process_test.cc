@@ -184,9 +184,17 @@ TEST(SecurityTest, TlsApiWithBearerTokenAndOpenHealth) {
   grpc::health::v1::HealthCheckResponse health;
   ASSERT_TRUE(grpc::health::v1::Health::NewStub(channel)->Check(&context, {}, &health).ok());
   EXPECT_EQ(health.status(), grpc::health::v1::HealthCheckResponse::SERVING);
-  // A plaintext client gets nowhere.
+  // A plaintext client gets nowhere; dgrid says what may be missing.
   auto plain = (*stack)->Orchestrator();
   EXPECT_EQ(Create(*plain, SmallGrid(), token).error_code(), grpc::StatusCode::UNAVAILABLE);
+  auto cli = testing::ChildProcess::Start({testing::BinPath("dgrid"), "models",
+                                  "--target=" + (*stack)->orchestrator_address(), "--timeout_s=10"},
+                                 (*stack)->dir() + "/plain-dgrid.log");
+  ASSERT_TRUE(cli.ok());
+  const absl::StatusOr<int> cli_code = (*cli)->Wait(absl::Seconds(30));
+  EXPECT_TRUE(cli_code.ok() && *cli_code != 0);
+  EXPECT_NE((*cli)->Log().find("(a TLS server? give --tls_ca)"), std::string::npos)
+      << (*cli)->Log();
   // Logs never hold the token or key material.
   const std::string log = (*stack)->orchestrator().Log();
   EXPECT_EQ(log.find(token), std::string::npos);

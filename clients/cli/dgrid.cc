@@ -171,7 +171,12 @@ void Check(const grpc::Status& status, const std::string& what) {
                       " s (--timeout_s", absl::GetFlag(FLAGS_timeout_s) > 0 ? "" : ", default 300",
                       "); give a longer one"));
   }
-  Fail(absl::StrCat(what, ": ", FromGrpcStatus(status).ToString()));
+  // A plaintext client of a TLS server hears only that the socket closed.
+  const bool tls_hint = status.error_code() == grpc::StatusCode::UNAVAILABLE &&
+                        absl::GetFlag(FLAGS_tls_ca).empty() &&
+                        absl::StrContains(status.error_message(), "Socket closed");
+  Fail(absl::StrCat(what, ": ", FromGrpcStatus(status).ToString(),
+                    tls_hint ? " (a TLS server? give --tls_ca)" : ""));
 }
 
 // --timeout_s, else `fallback_s` seconds (0: no deadline).
@@ -944,6 +949,10 @@ int Curve() {
 int Promote(const std::vector<char*>& args) {
   if (args.size() != 3) Fail("usage: dgrid promote GRID.json --row R --col C");
   const std::string path = args[2];
+  // A folder opens as a stream that reads nothing: it read as bad JSON.
+  if (std::error_code unknown; std::filesystem::is_directory(path, unknown)) {
+    Fail(absl::StrCat(path, " is a folder; give the grid's sidecar, GRID.json"));
+  }
   std::ifstream in(path);
   if (!in) Fail(absl::StrCat("cannot read ", path));
   std::stringstream text;
