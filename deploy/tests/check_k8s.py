@@ -310,12 +310,20 @@ def check(docs, device):
                 err(f"{cname}: {probe} is neither a gRPC nor an HTTP probe")
         if not grpc_probes:
             err(f"{cname}: no probe checks gRPC on the --listen port")
-        # Scrape annotations.
-        ann = w["spec"]["template"]["metadata"].get("annotations", {})
-        if ann.get("prometheus.io/scrape") != "true":
-            err(f"{name}: pod annotation prometheus.io/scrape is not \"true\"")
-        if str(ann.get("prometheus.io/port")) != str(metrics):
-            err(f"{name}: prometheus.io/port={ann.get('prometheus.io/port')} but metrics port is {metrics}")
+        # Scraped one way: by the pods' annotations, or by ServiceMonitors
+        # (checked below), not both (every series twice).
+        ann = w["spec"]["template"]["metadata"].get("annotations", {}) or {}
+        if objs.of("ServiceMonitor"):
+            scraping = sorted(k for k in ann if k.startswith("prometheus.io/"))
+            if scraping:
+                err(f"{name}: pod annotations {', '.join(scraping)} beside ServiceMonitors: "
+                    "every series would be scraped twice")
+        else:
+            if ann.get("prometheus.io/scrape") != "true":
+                err(f"{name}: pod annotation prometheus.io/scrape is not \"true\"")
+            if str(ann.get("prometheus.io/port")) != str(metrics):
+                err(f"{name}: prometheus.io/port={ann.get('prometheus.io/port')} but metrics "
+                    f"port is {metrics}")
         # The image has what the manifest runs.
         cmd = c.get("command") or []
         if cmd and cmd[0] not in dockerfiles:
@@ -737,9 +745,9 @@ MUTATIONS = [
     ("privilege escalation allowed", 'allowPrivilegeEscalation is not false',
         lambda d: _container(d, "dgrid-orchestrator")["securityContext"].pop(
             "allowPrivilegeEscalation")),
-    ("scrape annotation on the wrong port", 'prometheus.io/port=50051',
-        lambda d: _find(d, "Deployment", role="dgrid-denoiser")["spec"]["template"]["metadata"][
-            "annotations"].update({"prometheus.io/port": "50051"})),
+    ("scrape annotations beside ServiceMonitors", 'beside ServiceMonitors',
+        lambda d: _find(d, "Deployment", role="dgrid-denoiser")["spec"]["template"][
+            "metadata"].setdefault("annotations", {}).update({"prometheus.io/scrape": "true"})),
     ("ServiceMonitor on a port name that does not exist", 'no ServiceMonitor scrapes',
         lambda d: _find(d, "ServiceMonitor", name="dgrid-orchestrator")["spec"]["endpoints"][0].update(
             {"port": "http-metrics"})),
