@@ -182,7 +182,9 @@ const BOX_OF_FIELD = new Map(Object.entries({
 // Only a message that begins with a field's name and says what is wrong
 // with it ("steps must be ...", "columns: not a number").
 function inPageTerms(message) {
+  // The gateway's own refusals of the JSON begin "request body: ".
   return message
+      .replace(/^request body: (?=(grid\.)?[a-z_]+(\[\d+\])?(:| must\b| is\b))/, '')
       .replace(/^(grid\.)?branch_steps\[(\d+)\]/, (_, grid, i) => `Rows (entry ${Number(i) + 1})`)
       .replace(/^(grid\.)?([a-z_]+)(?=:| must\b| is\b)/,
           (whole, grid, field) => BOX_OF_FIELD.get(field) ?? whole);
@@ -535,10 +537,18 @@ async function run(state, mode, {refocus = null} = {}) {
     return;
   }
   refocusCell = refocus;
+  // The URL names the view once the server took its request (its plan): a
+  // request it refuses leaves the URL, and the history, to the grid still
+  // on screen.
   const search = searchFromState(state);
-  if (mode === 'push' && search !== location.search) history.pushState(null, '', search);
-  else if (mode !== 'none' && search !== location.search) history.replaceState(null, '', search);
-  viewSearch = location.search;
+  let named = mode === 'none';
+  const nameView = () => {
+    if (named) return;
+    named = true;
+    if (mode === 'push' && search !== location.search) history.pushState(null, '', search);
+    else if (search !== location.search) history.replaceState(null, '', search);
+    viewSearch = location.search;
+  };
 
   abortRun?.abort();
   const controller = new AbortController();
@@ -554,16 +564,24 @@ async function run(state, mode, {refocus = null} = {}) {
   setStatus('Planning…', 0, {streaming: true});
   runButton.textContent = 'Running…';
   gridStop.hidden = false;
+  // On a narrow screen the form comes first and the grid below it, out of
+  // sight: the status, which reports the grid as it streams, comes into view.
+  if (mode !== 'none' && statusBox.getBoundingClientRect().top > window.innerHeight) {
+    statusBox.scrollIntoView({block: 'start', behavior: 'smooth'});
+  }
 
   try {
     const grid = await streamGrid(request, {
       token: controls.token.value.trim(),
       signal: controller.signal,
       onEvent: (name, payload) => {
-        if (id === runCounter) onGridEvent(name, payload);
+        if (id !== runCounter) return;
+        if (name === 'plan') nameView();
+        onGridEvent(name, payload);
       },
     });
     if (id !== runCounter) return;
+    nameView();
     finish(grid);
   } catch (error) {
     if (id === runCounter) refocusCell = null;
@@ -732,10 +750,13 @@ function buildGrid(plan) {
   const cols = plan.branches ?? 0;
   gridBox.classList.remove('stale');
   gridBox.style.setProperty('--cols', String(cols));
+  // "branch 3" needs about 64 px; narrower columns (many, or a phone) are
+  // numbered alone.
+  const numbersOnly = cols > 8 || gridBox.clientWidth / Math.max(cols + 1, 1) < 64;
   const nodes = [element('div', 'corner', 'after step')];
   for (let col = 0; col < cols; col++) {
     // Many narrow columns have room for their number alone.
-    const head = element('div', 'col-head', cols > 8 ? String(col + 1) : `branch ${col + 1}`);
+    const head = element('div', 'col-head', numbersOnly ? String(col + 1) : `branch ${col + 1}`);
     head.setAttribute('aria-hidden', 'true');
     nodes.push(head);
   }
@@ -1292,8 +1313,14 @@ controls.steps.addEventListener('input', fillPlaceholders);
 controls.noise.addEventListener('change', fillPlaceholders);
 controls.sampler.addEventListener('change', fillPlaceholders);
 controls.spacing.addEventListener('change', fillPlaceholders);
-controls.switch.addEventListener('change', fillPlaceholders);
-controls.switchText.addEventListener('input', fillPlaceholders);
+// The trunk's noise needs a switch prompt: without one every branch would be
+// the trunk (the server refuses it).
+for (const [control, type] of [[controls.switch, 'change'], [controls.switchText, 'input']]) {
+  control.addEventListener(type, () => {
+    if (!switchPrompt()) controls.noise.value = '';
+    fillPlaceholders();
+  });
+}
 controls.token.addEventListener('change', async () => {
   const token = controls.token.value.trim();
   if (token) sessionStorage.setItem(TOKEN_KEY, token);

@@ -136,6 +136,11 @@ function number(field, text, {integer}) {
   if (integer && (!/^[+-]?\d+$/.test(text) || !Number.isInteger(value))) {
     throw new FormError(`${field}: not a whole number: ${shown(text)}`);
   }
+  // Past the request's number types (int32, float) the message named those
+  // types, not the field's own range.
+  if (integer ? Math.abs(value) > 2147483647 : Math.abs(value) > 3.4e38) {
+    throw new FormError(`${field}: ${shown(text)} is far too large`);
+  }
   return value;
 }
 

@@ -1121,4 +1121,46 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     await waitForGrid(page);
     assert.equal(new URL(page.url()).searchParams.get('prompt'), 'coat');
   }));
+  test('18. a refused request leaves the URL; a number past its type names the field; a cleared switch ' +
+      'drops the trunk\'s noise; on a phone, Run brings the status into view and narrow columns are numbered',
+  {timeout: 150_000}, () => withPage('18-phone-and-refusals', async (page) => {
+    await openPage(page, main.url);
+    await runGrid(page);
+    // A request the server refuses before its plan: the grid on screen and
+    // its URL stay, and no history entry is added.
+    const before = page.url();
+    const entries = await page.evaluate(() => history.length);
+    await fillGrid(page, {steps: '-5'});
+    await page.click(testId('run'));
+    await page.waitForSelector(`${testId('error-banner')}:not([hidden])`);
+    assert.match(await page.textContent(testId('error-message')), /^Steps must be in \[1, /);
+    assert.equal(page.url(), before, 'the refused request is not in the URL');
+    assert.equal(await page.evaluate(() => history.length), entries);
+    // Past int32 the message named the request's number type.
+    await fillGrid(page, {steps: '99999999999'});
+    await page.click(testId('run'));
+    await page.waitForSelector(`${testId('error-banner')}:not([hidden])`);
+    assert.equal(await page.textContent(testId('error-message')),
+        'Steps: "99999999999" is far too large');
+    await page.click(testId('error-dismiss'));
+    // The trunk's noise goes with the switch it needs.
+    const classes = await page.$$eval(`${testId('prompt')} option`, (nodes) => nodes.map((n) => n.value));
+    await fillGrid(page, {steps: GRID.steps, switch: classes[2], noise: 'trunk'});
+    await page.selectOption(testId('switch'), '');
+    assert.equal(await page.inputValue(testId('noise')), '');
+
+    // On a phone the form comes first: Run brings the status into view,
+    // and six columns are numbered (their "branch N" heads ran together).
+    await page.setViewportSize(PHONE);
+    await page.evaluate(() => window.scrollTo(0, 0));
+    await fillGrid(page, {...GRID, cols: '6'});
+    await page.click(testId('run'));
+    await page.waitForFunction(() => {
+      const top = document.querySelector('[data-testid="status"]').getBoundingClientRect().top;
+      return top >= 0 && top < window.innerHeight;
+    }, null, {timeout: 10_000});
+    await waitForGrid(page);
+    assert.deepEqual(await page.$$eval('.col-head', (nodes) => nodes.map((n) => n.textContent)),
+        ['1', '2', '3', '4', '5', '6']);
+  }));
 });
