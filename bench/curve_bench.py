@@ -9,6 +9,10 @@ second the denoiser ran while it did (from dgrid_denoiser_forward_rows_total)
 against the best-batch figure (ratio_to_best_engine). ratio_to_limit
 compares the curve's time with all its work on the denoiser at the engine's
 best rates: its forward rows, decoded images and judged images (limit_s).
+The best forward rate is measured again after the curve
+(ratio_to_best_engine_after): on a shared machine the two bracket the
+machine's speed, and pass_efficiency (the passes' own rate over the better
+of the two) near or above 1 says the first was measured on a slower one.
 One JSON line per curve (with the CPU model) goes to stdout; each curve's
 plot and JSON go to --out.
 
@@ -131,6 +135,10 @@ def main() -> None:
                 denoiser.terminate()
                 orchestrator.wait()
                 denoiser.wait()
+        # The best rates again, once the curve's processes are gone: the
+        # machine is shared, and one measurement minutes before a curve
+        # may be taken while it ran faster or slower than the curve did.
+        after_rates = engine_rates(f"{ROOT}/models/{CURVES[name]['model']}", args.threads)
         suffix = "" if args.concurrent_grids == 8 else f"_c{args.concurrent_grids}"
         curve.save_png(os.path.join(args.out, f"{name}{suffix}.png"))
         # The same JSON as `dgrid curve` writes (zeros included).
@@ -149,12 +157,20 @@ def main() -> None:
             "forward_rows_per_s": round(rows / seconds, 1),
             "best_engine_images_per_s": round(best_ips, 1), "best_engine_batch": best_batch,
             "ratio_to_best_engine": round(rows / seconds / best_ips, 3),
+            # Measured after the curve; the two bracket the machine's speed.
+            "best_engine_after_images_per_s": round(after_rates["forward"], 1),
+            "best_engine_after_batch": after_rates["forward_batch"],
+            "ratio_to_best_engine_after": round(rows / seconds / after_rates["forward"], 3),
             "best_decode_images_per_s": round(rates["decode"] or 0, 1),
             "best_judge_images_per_s": round(rates["judge"] or 0, 1),
             "judged_images": judged, "limit_s": round(limit_s, 1),
             "ratio_to_limit": round(limit_s / seconds, 3),
             # Where the time went: the batcher's forward and decoder passes.
             "forward_s": round(used["dgrid_denoiser_forward_seconds_sum"], 1),
+            # The passes' own rate over the better of the two best rates: near
+            # or above 1, the best rates were measured on a slower machine.
+            "pass_efficiency": round(rows / max(1e-9, used["dgrid_denoiser_forward_seconds_sum"])
+                                     / max(best_ips, after_rates["forward"]), 3),
             "decode_s": round(used["dgrid_denoiser_decode_seconds_sum"], 1),
             "decoded_images": decoded,
             "forward_passes": used["dgrid_denoiser_batch_size_count"],

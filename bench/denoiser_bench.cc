@@ -145,7 +145,7 @@ int RunDenoiserBench() {
   // Each batch whole on the intra-op threads, and (from batch 2) as a
   // chunk per core, as the engine runs a pass (forward_workers.h).
   const auto [best_raw, best_batch] =
-      SweepRawPasses("forward", **model, threads, {1, 2, 4, 8, 32, 128},
+      SweepRawPasses("forward", **model, threads, {1, 2, 4, 8, 16, 32, 64, 128},
                      [&](ForwardWorkers& workers, int batch) {
                        return SecondsPerForward(**model, workers, batch, absl::Seconds(seconds));
                      });
