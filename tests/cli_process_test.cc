@@ -522,6 +522,15 @@ TEST_F(CliTest, StepRunsAnyStepOfTheTrajectory) {
   const Ran first = RunCli({"step", denoiser, "--seed=7", "--steps=20"}, stack_->dir());
   EXPECT_EQ(first.code, 0) << first.output;
   EXPECT_NE(first.output.find("step 0 (DDIM) ran timestep"), std::string::npos) << first.output;
+  // Which model ran: the denoiser's first, as none was named.
+  v1::GetModelInfoResponse served;
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(stack_->Denoiser(0)->GetModelInfo(&context, {}, &served).ok());
+  }
+  ASSERT_GT(served.models_size(), 0);
+  EXPECT_NE(first.output.find(" of " + served.models(0).name() + "\n"), std::string::npos)
+      << first.output;
   const Ran later = RunCli({"step", denoiser, "--seed=7", "--steps=20", "--step=10"}, stack_->dir());
   EXPECT_EQ(later.code, 0) << later.output;
   EXPECT_NE(later.output.find("step 10 (DDIM) ran timestep"), std::string::npos) << later.output;

@@ -1233,9 +1233,10 @@ int Step() {
     const double mean = sum / n;
     return absl::StrCat("mean ", mean, " std ", std::sqrt(std::max(0.0, sq / n - mean * mean)));
   };
+  // The model too: a denoiser's first model ran when --model named none.
   std::cout << "step " << step << " (" << SamplerName(request.sampler().sampler())
-            << ") ran timestep "
-            << response.timestep() << "\n  x_next: "
+            << ") ran timestep " << response.timestep() << " of " << model.name()
+            << "\n  x_next: "
             << stats(response.latents(0)) << "\n  x0_pred: " << stats(response.x0_previews(0))
             << "\n";
   return 0;

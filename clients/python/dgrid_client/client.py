@@ -262,13 +262,14 @@ class EventStream(Iterator[E]):
     leaving a for loop early) ends it from the reading thread, as a
     generator's does. The call starts at the first next()."""
 
-    def __init__(self, start: Callable[[], Any], read: Callable[[Any], Iterator[E]]) -> None:
+    def __init__(self, start: Callable[[], Any], read: Callable[[Any], Iterator[E]],
+                 method: str = "") -> None:
         self._slot = _CallSlot()
         # The generator holds the slot, not this stream: a stream dropped
         # (a for loop left early) is freed at once, and its generator's
         # finally cancels the call, as a plain generator's did; a cycle
         # through it would wait for the garbage collector.
-        self._events = _events_of(self._slot, start, read)
+        self._events = _events_of(self._slot, start, read, method)
 
     def __iter__(self) -> "EventStream[E]":
         return self
@@ -292,6 +293,11 @@ class _CallSlot:
         self._call: Any = None
         self._cancelled = False
 
+    @property
+    def cancelled(self) -> bool:
+        with self._lock:
+            return self._cancelled
+
     def started(self, call: Any) -> None:
         with self._lock:
             self._call = call
@@ -308,7 +314,11 @@ class _CallSlot:
 
 
 def _events_of(slot: _CallSlot, start: Callable[[], Any],
-               read: Callable[[Any], Iterator[E]]) -> Iterator[E]:
+               read: Callable[[Any], Iterator[E]], method: str) -> Iterator[E]:
+    # Cancelled before its first next(): no call is made at all.
+    if slot.cancelled:
+        raise DgridError(method, grpc.StatusCode.CANCELLED,
+                         "cancelled by this client (the stream's cancel()) before it started")
     call = start()
     slot.started(call)
     yield from read(call)
@@ -593,7 +603,7 @@ class Client:
             self._open("StreamGrid")
             return self._stub.StreamGrid(request, timeout=timeout, metadata=self._metadata)
 
-        return EventStream(start, lambda call: self._grid_events(request, call))
+        return EventStream(start, lambda call: self._grid_events(request, call), "StreamGrid")
 
     def _grid_events(self, request: Any, call: Any) -> Iterator[GridEvent]:
         try:
@@ -672,7 +682,7 @@ class Client:
             self._open("DecisionCurve")
             return self._stub.DecisionCurve(request, timeout=timeout, metadata=self._metadata)
 
-        return EventStream(start, lambda call: self._curve_events(call, silence))
+        return EventStream(start, lambda call: self._curve_events(call, silence), "DecisionCurve")
 
     def _curve_events(self, call: Any, silence: Optional[float]) -> Iterator[CurveEvent]:
         watch = _SilenceWatch(call, silence) if silence is not None else None

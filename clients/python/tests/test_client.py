@@ -311,12 +311,14 @@ class ClientTest(unittest.TestCase):
             self.assertEqual(cancelled.exception.code, grpc.StatusCode.CANCELLED, name)
             self.assertIn("cancel()", cancelled.exception.details, name)
             events.cancel()  # once ended, a no-op
-        # Before the first next(): the call is cancelled as it starts.
-        events = client.stream_grid(**small(742))
+        # Before the first next(): no call is made.
+        started: List[int] = []
+        events = EventStream(lambda: started.append(1), lambda call: iter(()), "StreamGrid")
         events.cancel()
         with self.assertRaises(DgridError) as cancelled:
             next(events)
         self.assertEqual(cancelled.exception.code, grpc.StatusCode.CANCELLED)
+        self.assertEqual(started, [])
         self.assertGridShape(client.create_grid(**small(743)))
 
     def test_errors_survive_pickling(self) -> None:
