@@ -266,7 +266,11 @@ def read_manifest(bundle: str) -> Dict[str, Any]:
         raw = json.load(f)
     message = bundle_manifest.check_manifest(raw)
     manifest = json_format.MessageToDict(message, preserving_proto_field_name=True)
-    if not manifest.get("image_shape"):
+    # protobuf's JSON writes int64 as strings.
+    manifest["latent_shape"] = [int(n) for n in manifest["latent_shape"]]
+    if manifest.get("image_shape"):
+        manifest["image_shape"] = [int(n) for n in manifest["image_shape"]]
+    else:
         c, h, w = manifest["latent_shape"]
         manifest["image_shape"] = [h, w, c]
     return manifest

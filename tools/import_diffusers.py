@@ -628,7 +628,7 @@ def export_bundle(unet, decoder, text_encoder, tokenizer_dir, scheduler_config, 
     if not isinstance(max_batch, int) or max_batch < 2:
         raise ValueError(f"max_batch must be an int of at least 2 (a guided step runs two rows), "
                          f"got {max_batch!r}")
-    check_label("version", version)
+    check_label("version", version, may_be_empty=True)
     if len(latent_shape) != 3 or len(image_shape) != 3 or image_shape[2] not in (1, 3):
         raise ValueError(f"latent_shape {list(latent_shape)} must be [C, h, w] and image_shape "
                          f"{list(image_shape)} [H, W, C] with C 1 or 3")
@@ -640,9 +640,9 @@ def export_bundle(unet, decoder, text_encoder, tokenizer_dir, scheduler_config, 
         if not os.path.exists(os.path.join(tokenizer_dir, f)):
             raise FileNotFoundError(f"tokenizer: {os.path.join(tokenizer_dir, f)} not found")
     schedule, spacing = schedule_from_diffusers(scheduler_config)
-    steps = (defaults or {}).get("steps")
-    if steps is not None:
-        check_steps(schedule["train_timesteps"], steps, spacing, schedule["steps_offset"])
+    # The manifest's default steps, 50 unless given (manifest_dict).
+    check_steps(schedule["train_timesteps"], (defaults or {}).get("steps", 50), spacing,
+                schedule["steps_offset"])
     settings = extra_settings(extra)
 
     g = torch.Generator().manual_seed(seed)
@@ -737,14 +737,18 @@ def load_bundle(bundle_dir, device="cpu"):
 alphas_cumprod = bundle_manifest.alphas_cumprod
 
 
-def check_label(field, text):
+def check_label(field, text, may_be_empty=False):
     """A name or version as the manifest reader takes it (CheckLabel in
-    common/manifest_reader.cc): 1 to 128 bytes of UTF-8 without control
-    characters. ValueError naming the field."""
-    size = len(str(text).encode("utf-8", "surrogatepass"))
-    if not 1 <= size <= 128 or any(ord(c) < 0x20 or ord(c) == 0x7F for c in str(text)):
-        raise ValueError(f"{field} must be 1 to 128 bytes without control characters, got "
-                         f"{str(text)[:40]!r}{'...' if size > 40 else ''} ({size} bytes)")
+    common/manifest_reader.cc): at most 128 bytes of UTF-8 (empty only where
+    `may_be_empty`: a version) without control characters. ValueError naming
+    the field."""
+    text = str(text)
+    size = len(text.encode("utf-8", "surrogatepass"))
+    least = 0 if may_be_empty else 1
+    if (not least <= size <= 128 or any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
+            or any(0xD800 <= ord(c) <= 0xDFFF for c in text)):  # bytes that were no UTF-8
+        raise ValueError(f"{field} must be {least} to 128 bytes of UTF-8 without control "
+                         f"characters, got {text[:40]!r}{'...' if size > 40 else ''} ({size} bytes)")
 
 
 def check_steps(train_timesteps, steps, spacing, offset):
@@ -757,11 +761,14 @@ def check_steps(train_timesteps, steps, spacing, offset):
     if spacing == "leading":
         first = (steps - 1) * (train_timesteps // steps) + offset
         if first > train_timesteps - 1:
-            fit = max(n for n in range(1, train_timesteps + 1)
-                      if (n - 1) * (train_timesteps // n) + offset <= train_timesteps - 1)
+            # The most below `steps` that fit, as the reader names them.
+            fit = next((n for n in range(steps - 1, 0, -1)
+                        if (n - 1) * (train_timesteps // n) + offset <= train_timesteps - 1), 0)
             raise ValueError(f"--steps: {steps} leading steps with steps_offset {offset} would "
                              f"reach timestep {first} of a schedule that ends at "
-                             f"{train_timesteps - 1}; {fit} steps fit, or give --spacing trailing")
+                             f"{train_timesteps - 1}; "
+                             + (f"{fit} steps fit (the most below {steps})" if fit else
+                                "no step count fits") + ", or give --spacing trailing")
 
 
 def ddim_timesteps(train_timesteps, steps, spacing, offset):
@@ -1039,7 +1046,7 @@ def main(argv=None):
         p.error(f"--max_batch must be in [2, 65536] (a guided step runs two rows), got "
                 f"{args.max_batch}")
     try:
-        check_label("--version", args.version)
+        check_label("--version", args.version, may_be_empty=True)
         bundle_manifest.check_text("--license", args.license, 128)
     except ValueError as e:
         p.error(str(e))

@@ -174,7 +174,8 @@ void Check(const grpc::Status& status, const std::string& what) {
   // A plaintext client of a TLS server hears only that the socket closed.
   const bool tls_hint = status.error_code() == grpc::StatusCode::UNAVAILABLE &&
                         absl::GetFlag(FLAGS_tls_ca).empty() &&
-                        absl::StrContains(status.error_message(), "Socket closed");
+                        (absl::StrContains(status.error_message(), "Socket closed") ||
+                         absl::StrContains(status.error_message(), "Connection reset"));
   Fail(absl::StrCat(what, ": ", FromGrpcStatus(status).ToString(),
                     tls_hint ? " (a TLS server? give --tls_ca)" : ""));
 }
@@ -499,8 +500,8 @@ std::string Extension(const std::string& path) {
 // -o curve.svg writes a curve's plot as SVG; every other output is a PNG.
 bool IsSvg(const std::string& path) { return Extension(path) == ".svg"; }
 
-// Whether the flag was given, in the arguments or a --flagfile, even as its
-// default value. Abseil's public
+// Whether the flag was given, in the arguments, a --flagfile or the
+// environment (--fromenv), even as its default value. Abseil's public
 // CommandLineFlag keeps this private in this version.
 bool GivenByUser(absl::string_view name) {
   return absl::flags_internal::WasPresentOnCommandLine(name);
@@ -622,8 +623,6 @@ void WarnAboutPrompts(const v1::GridPlan& plan) {
   }
 }
 
-// Streams a grid with a live progress bar (plain lines when stderr is not a
-// terminal), then writes the PNG and the JSON sidecar.
 // While a stream runs, a reader of its progress (stderr) that goes away must
 // not end the program: the grid or curve would be lost, and cancelled. Writes
 // to it then fail quietly; SIGPIPE is as before once the stream is over, so
@@ -639,6 +638,8 @@ class ProgressMayFail {
   void (*previous_)(int);
 };
 
+// Streams a grid with a live progress bar (plain lines when stderr is not a
+// terminal), then writes the PNG and the JSON sidecar.
 int StreamAndSave(const v1::GridRequest& request, const std::string& out) {
   CheckWritable(out);
   auto stub = v1::Orchestrator::NewStub(Connect());
@@ -887,12 +888,13 @@ int Curve() {
                                               : absl::StrCat("\"", curve.plan().prompt(), "\""))
             << (curve.plan().switch_prompt().empty()
                     ? ""
-                    : absl::StrCat(" -> \"", curve.plan().switch_prompt(), "\""))
+                    : absl::StrCat(" -> \"", curve.plan().switch_prompt(), "\"",
+                                   curve.plan().switch_unseen() ? " (read as the prompt)" : ""))
             << ", seeds " << request.grid().seed() << " to "
             << request.grid().seed() + static_cast<uint64_t>(curve.trunks()) - 1
             << "; ± is a standard error over trunks (the half step's: a bootstrap standard "
                "deviation)\n";
-  if (!curve.plan().switch_prompt().empty()) {
+  if (!curve.plan().switch_prompt().empty() && !curve.plan().switch_unseen()) {
     std::cout << "a switch curve: 1 - P(differs) is P(the trunk's label survives a switch "
                  "after the row's step)\n";
   }
@@ -1289,11 +1291,12 @@ const std::map<std::string, CommandSpec>& Commands() {
 // A flag the command does not read is refused rather than ignored: `dgrid
 // promote GRID.json --switch-prompt ...` re-ran the recorded grid as if the
 // switch had been taken.
-// `argv` as parsed, hyphens in flag names already underscores.
 void RefuseUnreadFlags(const std::string& command) {
   const std::set<std::string>& reads = Commands().at(command).flags;
   std::set<std::string> unread_names;
-  // This program's own flags, given in the arguments or a --flagfile alike.
+  // This program's own flags, given in the arguments, a --flagfile or the
+  // environment alike: a flagfile shared by commands holds only flags all
+  // of them read.
   for (const auto& [name, flag] : absl::GetAllFlags()) {
     if (!absl::EndsWith(flag->Filename(), "dgrid.cc") || !GivenByUser(name)) {
       continue;

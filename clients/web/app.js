@@ -540,10 +540,13 @@ async function run(state, mode, {refocus = null} = {}) {
   // The URL names the view once the server took its request (its plan): a
   // request it refuses leaves the URL, and the history, to the grid still
   // on screen.
+  // Not once the user has gone elsewhere meanwhile (Back to a link that
+  // fails to read, which runs nothing): the URL is theirs.
   const search = searchFromState(state);
+  const from = location.search;
   let named = mode === 'none';
   const nameView = () => {
-    if (named) return;
+    if (named || location.search !== from) return;
     named = true;
     if (mode === 'push' && search !== location.search) history.pushState(null, '', search);
     else if (search !== location.search) history.replaceState(null, '', search);

@@ -138,7 +138,7 @@ function number(field, text, {integer}) {
   }
   // Past the request's number types (int32, float) the message named those
   // types, not the field's own range.
-  if (integer ? Math.abs(value) > 2147483647 : Math.abs(value) > 3.4e38) {
+  if (integer ? value > 2147483647 || value < -2147483648 : Math.abs(value) > 3.4e38) {
     throw new FormError(`${field}: ${shown(text)} is far too large`);
   }
   return value;

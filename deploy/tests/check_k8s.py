@@ -621,9 +621,10 @@ def check(docs, device):
                     err(f"Deployment/{o['metadata']['name']}: sends the token of Secret "
                         f"{sent_secret}, the denoisers require Secret {required_secret}'s")
 
-    # ServiceMonitors cover both Services' metrics ports.
+    # ServiceMonitors, where the overlay has them (else the pods' annotations,
+    # checked above), cover both Services' metrics ports.
     monitors = objs.of("ServiceMonitor")
-    for role in BINARY_SOURCES:
+    for role in BINARY_SOURCES if monitors else ():
         ok = False
         for s in services_of(role):
             port_names = {p.get("name") for p in s["spec"].get("ports", [])}
@@ -638,6 +639,17 @@ def check(docs, device):
 
 
 # ------------------------------------------------------------- self-test ---
+
+def _scrape_by_annotations(docs, port):
+    """A render without Prometheus Operator: no ServiceMonitors, the pods
+    annotated, the denoiser's annotation on `port`."""
+    docs[:] = [d for d in docs if d.get("kind") != "ServiceMonitor"]
+    for d in docs:
+        if d.get("kind") == "Deployment":
+            d["spec"]["template"]["metadata"]["annotations"] = {
+                "prometheus.io/scrape": "true", "prometheus.io/path": "/metrics",
+                "prometheus.io/port": port if "denoiser" in d["metadata"]["name"] else "9090"}
+
 
 def _find(docs, kind, role=None, name=None):
     objs = Objects(docs)
@@ -745,6 +757,8 @@ MUTATIONS = [
     ("privilege escalation allowed", 'allowPrivilegeEscalation is not false',
         lambda d: _container(d, "dgrid-orchestrator")["securityContext"].pop(
             "allowPrivilegeEscalation")),
+    ("no ServiceMonitors, and an annotation on the wrong port", 'prometheus.io/port=50051',
+        lambda d: _scrape_by_annotations(d, port="50051")),
     ("scrape annotations beside ServiceMonitors", 'beside ServiceMonitors',
         lambda d: _find(d, "Deployment", role="dgrid-denoiser")["spec"]["template"][
             "metadata"].setdefault("annotations", {}).update({"prometheus.io/scrape": "true"})),
