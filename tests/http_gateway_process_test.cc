@@ -679,6 +679,39 @@ TEST_F(HttpGatewayTest, SlowlorisFromOneAddressDoesNotDelayOthers) {
   EXPECT_EQ(refused, 300 - kConnectionsPerAddress);
 }
 
+// Every answer counts in dgrid_orchestrator_http_requests_total, by route
+// and HTTP status: the gateway's own refusals too, which counted nowhere
+// (a grid refused as bad JSON never reached grids_total).
+TEST_F(HttpGatewayTest, AnswersAreCountedByRouteAndStatus) {
+  auto count = [](const char* route, int code) {
+    return std::max(0.0, stack_->Metric(-1, absl::StrCat("dgrid_orchestrator_http_requests_total{"
+                                                         "code=\"", code, "\",route=\"", route,
+                                                         "\"}")));
+  };
+  const double models = count("models", 200), health = count("health", 200),
+               bad_json = count("grid", 400), unauthorized = count("models", 401),
+               missing = count("api_other", 404), page = count("page", 200),
+               late = count("connection", 408);
+  EXPECT_EQ(Exchange(port_, Request("GET", "/api/v1/models", {kAuth})).status, 200);
+  EXPECT_EQ(Exchange(port_, Request("GET", "/healthz")).status, 200);
+  EXPECT_EQ(Exchange(port_, Request("POST", "/api/v1/grid",
+                                    {kAuth, {"Content-Type", "application/json"}}, "{\"steps\":"))
+                .status,
+            400);
+  EXPECT_EQ(Exchange(port_, Request("GET", "/api/v1/models")).status, 401);
+  EXPECT_EQ(Exchange(port_, Request("GET", "/api/v1/nothing", {kAuth})).status, 404);
+  EXPECT_EQ(Exchange(port_, Request("GET", "/")).status, 200);
+  // A request line that never ends: answered before httplib read it.
+  EXPECT_EQ(Exchange(port_, "GET /api/v1/mod", absl::Seconds(20)).status, 408);
+  EXPECT_EQ(count("models", 200), models + 1);
+  EXPECT_EQ(count("health", 200), health + 1);
+  EXPECT_EQ(count("grid", 400), bad_json + 1);
+  EXPECT_EQ(count("models", 401), unauthorized + 1);
+  EXPECT_EQ(count("api_other", 404), missing + 1);
+  EXPECT_EQ(count("page", 200), page + 1);
+  EXPECT_EQ(count("connection", 408), late + 1);
+}
+
 // A head paced to stay under each read's timeout (a line a second) is cut
 // off at the head's deadline (kHeadTimeoutS on this stack), with a 408 that
 // says so.

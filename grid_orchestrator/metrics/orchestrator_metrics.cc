@@ -112,7 +112,12 @@ OrchestratorMetrics::OrchestratorMetrics()
                          .Name("dgrid_orchestrator_cache_entries")
                          .Help("Latents and cells held by the prefix cache.")
                          .Register(*registry_)
-                         .Add({})) {
+                         .Add({})),
+      http_answers_(prometheus::BuildCounter()
+                        .Name("dgrid_orchestrator_http_requests_total")
+                        .Help("Answers of the HTTP gateway by route and HTTP status (its own "
+                              "refusals too: bad JSON, bodies, timeouts, connection caps).")
+                        .Register(*registry_)) {
   // Series that dashboards and alerts divide by exist from the start.
   for (const char* s :
        {"ok", "cancelled", "invalid", "failed", "throttled", "rejected", "abandoned"}) {
@@ -160,6 +165,10 @@ void OrchestratorMetrics::CountCache(int lookups, int hits) {
 
 void OrchestratorMetrics::SetReplicaInflight(const std::string& replica, int inflight) {
   inflight_.Add({{"replica", replica}}).Set(inflight);
+}
+
+void OrchestratorMetrics::CountHttpAnswer(const char* route, int status) {
+  http_answers_.Add({{"route", route}, {"code", std::to_string(status)}}).Increment();
 }
 
 void OrchestratorMetrics::SetCache(size_t bytes, size_t entries) {

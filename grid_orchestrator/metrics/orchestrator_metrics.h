@@ -68,6 +68,11 @@ class OrchestratorMetrics {
   void SetGridsInFlight(int grids, int curve_trunks);
   void SetCache(size_t bytes, size_t entries);
   void RemoveReplica(const std::string& replica);
+  // One answer of the HTTP gateway: its route (models, grid, grid_stream,
+  // curve_stream, health, api_other, page, or connection for a connection
+  // answered before its request was read) and HTTP status. The grids and
+  // curves it starts count in grids_total and curves_total as well.
+  void CountHttpAnswer(const char* route, int status);
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
@@ -84,6 +89,7 @@ class OrchestratorMetrics {
   prometheus::Family<prometheus::Gauge>& grids_in_flight_;
   prometheus::Gauge& cache_bytes_;
   prometheus::Gauge& cache_entries_;
+  prometheus::Family<prometheus::Counter>& http_answers_;
 };
 
 }  // namespace dgrid

@@ -604,10 +604,10 @@ bool RequestLate() { return t_connection && t_connection->late(); }
 // A connection past a cap is answered without reading its request: it has
 // `wait` (kRefusalWait, or kHurriedRefusalWait) to show that it is a health
 // check (which answers even at the cap, for the readiness probe); all else
-// gets 503.
-void Refuse(ClientConnection& connection, const std::string& why, absl::Duration wait) {
+// gets 503. The status written, 0 if none.
+int Refuse(ClientConnection& connection, const std::string& why, absl::Duration wait) {
   const absl::Time deadline = absl::Now() + wait;
-  if (!connection.Handshake(deadline)) return;
+  if (!connection.Handshake(deadline)) return 0;
   const std::string start = connection.ReadStart(sizeof("HEAD /healthz ") - 1, deadline);
   const bool health = absl::StartsWith(start, "GET /healthz ") ||
                       absl::StartsWith(start, "GET /healthz?") ||
@@ -617,16 +617,25 @@ void Refuse(ClientConnection& connection, const std::string& why, absl::Duration
              : RawAnswer(503, "Service Unavailable", "application/json",
                          ErrorJson(absl::UnavailableError(absl::StrCat(why, "; retry later"))),
                          "Retry-After: 1\r\n"));
+  return health ? 200 : 503;
 }
 
 // httplib's step for one request: Server::process_request.
 using RequestStep = std::function<bool(httplib::Stream&, bool last, bool& closed)>;
 
-// A connection's bounds in time (HttpGatewayOptions).
+// A connection's bounds in time (HttpGatewayOptions), and where its
+// answers written past httplib are counted.
 struct ConnectionTimes {
   absl::Duration head;
   absl::Duration write;
+  OrchestratorMetrics* metrics = nullptr;
 };
+
+// An answer written before httplib read the request (a cap's refusal, a
+// request line too long or too late): route "connection".
+void CountConnectionAnswer(OrchestratorMetrics* metrics, int status) {
+  if (metrics && status != 0) metrics->CountHttpAnswer("connection", status);
+}
 
 // Serves one accepted connection in place of httplib's own loop: a cap per
 // client address, a deadline (times.head) on each request's head, and up to
@@ -639,10 +648,15 @@ void ServeConnection(int fd, SSL_CTX* tls, const std::atomic<socket_t>& listenin
   ClientConnection connection(fd, tls ? SSL_new(tls) : nullptr, tls != nullptr, times.write,
                               streams_end_ns);
   if (!connection.usable()) return;
-  if (t_over_capacity) return Refuse(connection, "too many open connections", *t_over_capacity);
+  if (t_over_capacity) {
+    return CountConnectionAnswer(
+        times.metrics, Refuse(connection, "too many open connections", *t_over_capacity));
+  }
   const std::string client = ClientKey(connection.remote_ip());
   if (!per_client.Take(client)) {
-    return Refuse(connection, "too many open connections from this address", kRefusalWait);
+    return CountConnectionAnswer(
+        times.metrics,
+        Refuse(connection, "too many open connections from this address", kRefusalWait));
   }
   absl::Cleanup release = [&] { per_client.Release(client); };
   if (!connection.Handshake(opened + head_timeout)) return;
@@ -665,6 +679,7 @@ void ServeConnection(int fd, SSL_CTX* tls, const std::atomic<socket_t>& listenin
           ErrorJson(absl::InvalidArgumentError(absl::StrCat(
               "path: the request line is longer than ", kMaxHeadBytes >> 10, " KiB"))),
           ""));
+      CountConnectionAnswer(times.metrics, 414);
       return;
     }
     if (connection.head_pending() && connection.late() && connection.Sent() == sent_before) {
@@ -672,6 +687,7 @@ void ServeConnection(int fd, SSL_CTX* tls, const std::atomic<socket_t>& listenin
       // without a word too.
       connection.WriteAll(RawAnswer(408, "Request Timeout", "application/json",
                                     ErrorJson(LateRequest(/*head=*/true)), ""));
+      CountConnectionAnswer(times.metrics, 408);
       return;
     }
     // A head that httplib refused, or that came late or too large, ends the
@@ -834,6 +850,18 @@ struct RequestPolicy {
 // The paths that start work: a grid, its stream, a curve's stream.
 bool IsPostPath(const std::string& path) {
   return path == kGridPath || path == kStreamPath || path == kCurveStreamPath;
+}
+
+// A request's route as the metrics name it: a few fixed values, whatever
+// the path (a label per path would grow without bound).
+const char* RouteOf(const std::string& path) {
+  if (path == kModelsPath) return "models";
+  if (path == kGridPath) return "grid";
+  if (path == kStreamPath) return "grid_stream";
+  if (path == kCurveStreamPath) return "curve_stream";
+  if (path == kHealthPath) return "health";
+  if (absl::StartsWith(path, kApiPrefix)) return "api_other";
+  return "page";
 }
 
 // The methods a path takes, for 405's Allow header.
@@ -1420,7 +1448,7 @@ absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(const HttpGatewa
   }
   const size_t per_client = static_cast<size_t>(std::max(o.max_connections_per_client, 1));
   ASSIGN_OR_RETURN(gateway->server_,
-                   NewServer(o.tls, per_client, {o.head_timeout, o.write_timeout},
+                   NewServer(o.tls, per_client, {o.head_timeout, o.write_timeout, o.metrics},
                              gateway->streams_end_ns_));
   ASSIGN_OR_RETURN(CorsPolicy cors, CorsPolicy::Create(o.cors_origins));
   ASSIGN_OR_RETURN(HostPolicy hosts, HostPolicy::Create(o.allowed_hosts, host));
@@ -1442,6 +1470,13 @@ absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(const HttpGatewa
       [policy](const httplib::Request& request, httplib::Response& response) {
         Decorate(policy.cors, request, response);
       });
+  // Every answer httplib writes, refusals and errors included.
+  if (o.metrics) {
+    server.set_logger([metrics = o.metrics](const httplib::Request& request,
+                                            const httplib::Response& response) {
+      metrics->CountHttpAnswer(RouteOf(request.path), response.status);
+    });
+  }
   if (!o.web_dir.empty() && !server.set_mount_point("/", o.web_dir)) {
     return absl::InvalidArgumentError(absl::StrCat("--web_dir: no folder at ", o.web_dir));
   }

@@ -73,6 +73,8 @@ class Server;
 
 namespace dgrid {
 
+class OrchestratorMetrics;
+
 struct HttpGatewayOptions {
   // host:port; port 0 picks a free one.
   std::string address;
@@ -101,6 +103,8 @@ struct HttpGatewayOptions {
   // Names besides IP addresses, localhost and the listen host under which
   // the API may be reached, as "host[:port]", or "*" for any.
   std::vector<std::string> allowed_hosts;
+  // Counts every answer (OrchestratorMetrics::CountHttpAnswer); none if null.
+  OrchestratorMetrics* metrics = nullptr;
 };
 
 class HttpGateway {

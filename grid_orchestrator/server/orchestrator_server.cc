@@ -80,6 +80,7 @@ absl::StatusOr<std::unique_ptr<OrchestratorServer>> OrchestratorServer::Start(
     http.head_timeout = o.http_head_timeout;
     http.write_timeout = o.limits.max_write_stall + absl::Seconds(5);
     http.allowed_hosts = o.http_allowed_hosts;
+    http.metrics = s->metrics_.get();
     auto gateway = HttpGateway::Start(http, s->grid_service_.get(), s->curve_service_.get());
     if (!gateway.ok()) return gateway.status();
     s->http_ = std::move(*gateway);
