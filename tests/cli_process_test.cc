@@ -117,6 +117,8 @@ TEST_F(CliTest, GridWritesPngAndSidecarAndPromoteReRuns) {
       google::protobuf::util::JsonStringToMessage(ReadFile(dir + "/grid.json"), &record).ok());
   ASSERT_EQ(record.grid().rows_size(), 6);
   EXPECT_EQ(record.request().seed(), 7u);
+  // Zeros are written, as the curve's sidecar writes them.
+  EXPECT_NE(ReadFile(dir + "/grid.json").find("\"branch_step\": 0"), std::string::npos);
   for (const auto& row : record.grid().rows()) {
     EXPECT_GT(row.divergence(), 0);
     for (const auto& cell : row.cells()) EXPECT_GE(cell.path().segments_size(), 1);

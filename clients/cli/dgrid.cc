@@ -707,6 +707,9 @@ int StreamAndSave(const v1::GridRequest& request, const std::string& out) {
   google::protobuf::util::JsonPrintOptions options;
   options.add_whitespace = true;
   options.preserve_proto_field_names = true;
+  // Zeros too (row 0's branch_step, cache_hits 0), as the curve's sidecar
+  // has them: `jq .grid.rows[0].branch_step` read null.
+  options.always_print_primitive_fields = true;
   google::protobuf::util::MessageToJsonString(record, &json, options);
   WriteFiles({{out, grid.png()}, {SidecarPath(out), json}});
 

@@ -16,6 +16,18 @@ from typing import Any, Optional, Tuple, Union
 from ._stubs import denoiser_pb2, orchestrator_pb2
 
 
+def _record_json(record: Any) -> str:
+    """A record as JSON with proto field names and its zeros too, as the
+    dgrid CLI writes its sidecars."""
+    from google.protobuf import json_format
+    try:  # the option's name changed
+        return json_format.MessageToJson(record, preserving_proto_field_name=True,
+                                         including_default_value_fields=True)
+    except TypeError:  # protobuf 5.26 and later
+        return json_format.MessageToJson(record, preserving_proto_field_name=True,
+                                         always_print_fields_with_no_presence=True)
+
+
 def _nonempty(data: bytes, path: str, why: str) -> bytes:
     """``data``, which must not be empty: an empty file would look written."""
     if isinstance(data, (bytes, bytearray)) and not data:
@@ -452,11 +464,9 @@ class Grid:
         return record
 
     def save_record(self, path: str) -> None:
-        """Writes the GridRecord as JSON (``dgrid promote`` reads it too)."""
-        from google.protobuf import json_format
-
-        text = json_format.MessageToJson(self.record(), preserving_proto_field_name=True)
-        _write_whole(path, text)
+        """Writes the GridRecord as JSON, zeros included, as ``dgrid grid``
+        writes its sidecar (``dgrid promote`` reads it too)."""
+        _write_whole(path, _record_json(self.record()))
 
     @classmethod
     def from_proto(cls, g: Any, request: Optional[Any] = None) -> "Grid":
@@ -705,18 +715,11 @@ class Curve:
     def save_record(self, path: str) -> None:
         """Writes the curve without its plots as JSON (dgrid.v1.CurveResult,
         the file ``dgrid curve`` writes beside its plot); Curve.load reads it."""
-        from google.protobuf import json_format
-
         record = orchestrator_pb2.CurveResult()
         record.CopyFrom(self.proto)
         record.ClearField("png")
         record.ClearField("svg")
-        try:  # zeros too, as dgrid curve writes them; the option's name changed
-            text = json_format.MessageToJson(record, preserving_proto_field_name=True,
-                                             including_default_value_fields=True)
-        except TypeError:  # protobuf 5.26 and later
-            text = json_format.MessageToJson(record, preserving_proto_field_name=True,
-                                             always_print_fields_with_no_presence=True)
+        text = _record_json(record)
         _write_whole(path, _inline_number_lists(text))
 
     @classmethod

@@ -449,6 +449,9 @@ class ClientTest(unittest.TestCase):
         grid = client.create_grid(**small(62))
         py_record = os.path.join(workdir, "py.json")
         grid.save_record(py_record)
+        # Zeros too, as dgrid's sidecar has them (row 0's branch step).
+        with open(py_record, encoding="utf-8") as f:
+            self.assertIn('"branch_step": 0', f.read())
         run = subprocess.run(
             [dgrid, "promote", py_record, "--row=2", "--col=1", f"--target={stack.orchestrator}",
              f"-o={os.path.join(workdir, 'py-promoted.png')}"],
