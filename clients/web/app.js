@@ -29,6 +29,7 @@ const negativeField = byTestId('negative-field');
 const switchNegativeField = byTestId('switch-negative-field');
 const sizeField = byTestId('size-field');
 const tokensNote = byTestId('tokens-note');
+const linkNote = byTestId('link-note');
 const gridBox = byTestId('grid');
 const trunkFigure = byTestId('trunk');
 const trunkFrame = byTestId('trunk-frame');
@@ -551,7 +552,9 @@ async function run(state, mode, {refocus = null} = {}) {
     if (mode === 'push' && search !== location.search) history.pushState(null, '', search);
     else if (search !== location.search) history.replaceState(null, '', search);
     viewSearch = location.search;
+    showLinkNote();
   };
+  if (mode === 'none') showLinkNote();
 
   abortRun?.abort();
   const controller = new AbortController();
@@ -685,6 +688,20 @@ function updateProgress() {
 
 // A run that ended before its plan leaves the previous grid on screen: it
 // is again the one hover, promotion and the exports act on.
+// The gateway reads a request line of at most 8 KiB (414 past it): a view
+// whose link is longer (a promoted text path's prompts, repeated per switch)
+// cannot be reloaded or shared. Its Grid JSON keeps the request.
+const MAX_LINK_BYTES = 8 << 10;
+function showLinkNote() {
+  // The query string is percent-encoded: a character is a byte.
+  const bytes = `GET ${location.pathname}${location.search} HTTP/1.1`.length;
+  linkNote.hidden = bytes <= MAX_LINK_BYTES;
+  linkNote.textContent = linkNote.hidden ? '' :
+    `This view's link is ${(bytes / 1024).toFixed(1)} KiB, past the 8 KiB a server reads in a ` +
+    'request line: reloading or sharing it will fail. Its Grid JSON keeps the request (dgrid ' +
+    'promote and the Python client read it).';
+}
+
 function keepPrevious(previous, why) {
   view = previous;
   showTokensNote(view.plan);
@@ -1391,6 +1408,7 @@ function resetView() {
   gridStop.hidden = true;
   view = null;
   hovered = null;
+  linkNote.hidden = true;
   setGridState('idle');
   gridBox.classList.remove('stale');
   gridBox.replaceChildren(element('p', 'empty', 'Press Run grid to grow one.'));

@@ -638,6 +638,14 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
         await page.waitForSelector(testId('tokens-note'), {state: 'visible'});
         assert.match(await page.textContent(testId('tokens-note')), /dropped its last \d+ tokens of the prompt/);
         await screenshot(page, '08-text-dropped');
+        assert.equal(await page.isVisible(testId('link-note')), false);
+        // A link past the 8 KiB of a request line says so: it could not be
+        // reloaded (414).
+        await page.fill(testId('prompt-text'), 'é'.repeat(1400));
+        await runGrid(page, {...GRID, seed: '33', rows: '0,10', cols: '2'});
+        await page.waitForSelector(testId('link-note'), {state: 'visible'});
+        assert.match(await page.textContent(testId('link-note')), /link is 8\.\d KiB, past the 8 KiB/);
+        await page.fill(testId('prompt-text'), Array(200).fill('cat').join(' '));
         // A curve of it says so too. Its seed box left empty, it runs from a
         // seed it fills in, as a grid does, and its caption names them.
         await page.fill(testId('seed'), '');
@@ -655,6 +663,7 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
         await runGrid(page, {...GRID, seed: '34', rows: '0,10', cols: '2'});
         await page.waitForSelector(testId('tokens-note'), {state: 'visible'});
         const switchNote = await page.textContent(testId('tokens-note'));
+        assert.equal(await page.isVisible(testId('link-note')), false, 'a short link again');
         assert.match(switchNote, /dropped its last 25 tokens of the switch prompt\./);
         assert.doesNotMatch(switchNote, /of the prompt/);
         await page.fill(testId('switch-text'), '');
