@@ -255,10 +255,11 @@ class Judge:
 
 # ---------------------------------------------------------------- measurements
 
-def read_manifest(bundle: str) -> Dict[str, Any]:
+def served_manifest(bundle: str) -> Dict[str, Any]:
     """The bundle's manifest.json as the denoiser reads it: its lowerCamelCase
     keys too, checked against the contract (ValueError), with proto field
-    names and image_shape's default ([h, w, C] of latent_shape)."""
+    names and image_shape's default ([h, w, C] of latent_shape). Where
+    bundle_manifest.read_manifest gives the file's own keys."""
     from google.protobuf import json_format
 
     import bundle_manifest
@@ -410,7 +411,7 @@ def evaluate(bundle: str, *, build: str = DEFAULT_BUILD, trunks: int = 20, seed:
     _import_paths(build)
     from dgrid_client import Client
 
-    manifest = read_manifest(bundle)
+    manifest = served_manifest(bundle)
     if "judge" not in manifest:
         raise ValueError(f"{bundle}: the bundle has no judge (manifest.json's judge)")
     heads = manifest["judge"]["heads"]

@@ -76,7 +76,7 @@ class Statistics(unittest.TestCase):
         with tempfile.TemporaryDirectory() as bundle:
             with open(os.path.join(bundle, "manifest.json"), "w", encoding="utf-8") as f:
                 json.dump(camel, f)
-            manifest = eb.read_manifest(bundle)
+            manifest = eb.served_manifest(bundle)
         c, h, w = shipped["latent_shape"]
         self.assertEqual([int(n) for n in manifest["image_shape"]], [int(h), int(w), int(c)])
         self.assertEqual(manifest["decoder"]["value_range"], [0, 1])

@@ -460,12 +460,12 @@ def _verify_traced(path, eager, inputs_by_batch, tolerance, device):
             raise BundleShapeError(f"{name}: gives {shapes(got)} at batch {batch}, the module "
                                    f"{shapes(want)}")
         for g, w in zip(got, want):
-            if not (torch.isfinite(g).all() and torch.isfinite(w).all()):
-                raise BundleShapeError(f"{name}: gives non-finite values at batch {batch} (the "
-                                       "module too: an fp16 overflow, say), not a tracing problem"
-                                       if not torch.isfinite(w).all() else
-                                       f"{name}: the traced graph gives non-finite values at "
-                                       f"batch {batch}, the module does not")
+            module_finite = bool(torch.isfinite(w).all())
+            if not (module_finite and torch.isfinite(g).all()):
+                raise BundleShapeError(f"{name}: the traced graph gives non-finite values at "
+                                       f"batch {batch}, the module does not" if module_finite else
+                                       f"{name}: gives non-finite values at batch {batch} (the "
+                                       "module too: an fp16 overflow, say), not a tracing problem")
             diff = (g - w).abs().max().item()
             if not diff <= tolerance * (1.0 + w.abs().max().item()):
                 raise BundleShapeError(f"{name}: at batch {batch} the traced graph differs from "

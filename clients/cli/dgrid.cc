@@ -24,6 +24,7 @@
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <limits>
 #include <map>
 #include <optional>
 #include <set>
@@ -750,16 +751,15 @@ v1::GridRequest GridRequestFromFlags() {
     request.mutable_branches()->set_value(absl::GetFlag(FLAGS_branches));
   }
   for (const std::string& k : absl::GetFlag(FLAGS_branch_steps)) {
-    int step = 0;
-    int64_t wide = 0;
+    int64_t step = 0;
     if (k.empty()) Fail("--branch_steps: an empty item (two commas, or one at an end)");
-    if (absl::SimpleAtoi(k, &wide) && !absl::SimpleAtoi(k, &step)) {
-      Fail(absl::StrCat("--branch_steps: ", ShortQuote(k), " is out of range"));
-    }
     if (!absl::SimpleAtoi(k, &step)) {
       Fail(absl::StrCat("--branch_steps: not a number: ", ShortQuote(k)));
     }
-    request.add_branch_steps(step);
+    if (step < std::numeric_limits<int32_t>::min() || step > std::numeric_limits<int32_t>::max()) {
+      Fail(absl::StrCat("--branch_steps: ", ShortQuote(k), " is out of range"));
+    }
+    request.add_branch_steps(static_cast<int32_t>(step));
   }
   request.set_switch_prompt(absl::GetFlag(FLAGS_switch_prompt));
   request.set_switch_negative_prompt(absl::GetFlag(FLAGS_switch_negative));
@@ -1154,7 +1154,6 @@ int Branch() {
   request.set_decode(true);
   grpc::ClientContext context;
   SetDeadline(&context);
-  std::optional<ProgressMayFail> quiet(std::in_place);
   auto reader = stub->Branch(&context, request);
   v1::BranchEvent event;
   const bool tty = ::isatty(2);
@@ -1167,7 +1166,6 @@ int Branch() {
     if (event.has_final()) final = event.final();
   }
   if (tty) std::fprintf(stderr, "\n");
-  quiet.reset();
   Check(reader->Finish(), "Branch");
   WriteScaledPng(final.image().pixels(), out);
   const std::string negative = absl::GetFlag(FLAGS_negative);
@@ -1364,6 +1362,15 @@ void PrintHelp(const std::string& command) {
   }
 }
 
+// Whether the argument after `arg` is its value: `arg` names one of the
+// flags (with - or --, hyphens already underscores) that takes a value, and
+// gives none with "=".
+bool ValueFollows(const std::string& arg) {
+  if (arg.size() < 2 || arg[0] != '-' || arg.find('=') != std::string::npos) return false;
+  const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(arg.substr(arg[1] == '-' ? 2 : 1));
+  return flag && !flag->IsOfType<bool>();
+}
+
 }  // namespace
 }  // namespace dgrid
 
@@ -1381,8 +1388,7 @@ int main(int argc, char** argv) {
     const size_t end = std::min(arg.find('='), arg.size());
     if (end <= start) continue;
     std::replace(arg.begin() + start, arg.begin() + end, '-', '_');
-    const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(arg.substr(start, end - start));
-    if (flag && !flag->IsOfType<bool>() && end == arg.size()) ++i;
+    if (dgrid::ValueFollows(arg)) ++i;
   }
   // Help and version before absl's parse: absl's --help exits 1, and its
   // --version says "Debug build" of a release build.
@@ -1393,13 +1399,9 @@ int main(int argc, char** argv) {
       if (arg == "--") break;
       if (command.empty() && dgrid::Commands().count(arg)) command = arg;
       // A flag's value given apart ("--prompt -h") is no help.
-      if (arg.size() > 1 && arg[0] == '-' && arg.find('=') == std::string::npos) {
-        const absl::CommandLineFlag* flag =
-            absl::FindCommandLineFlag(arg.substr(arg[1] == '-' ? 2 : 1));
-        if (flag && !flag->IsOfType<bool>()) {
-          ++i;
-          continue;
-        }
+      if (dgrid::ValueFollows(arg)) {
+        ++i;
+        continue;
       }
       if (arg == "--help" || arg == "-help" || arg == "-h" || arg == "--helpfull") {
         dgrid::PrintHelp(command);

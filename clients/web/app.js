@@ -915,9 +915,9 @@ gridBox.addEventListener('keydown', (event) => {
   // Past cells that never came (a stopped or failed grid), to the next one
   // that did, as far as the grid goes.
   const at = (r, c) => gridBox.querySelector(`[data-testid="cell"][data-row="${r}"][data-col="${c}"]`);
-  let next = null;
-  for (let r = cell.row + dr, c = cell.col + dc; !next && at(r, c); r += dr, c += dc) {
-    if (!at(r, c).disabled) next = at(r, c);
+  let next = at(cell.row + dr, cell.col + dc);
+  for (let r = cell.row + dr, c = cell.col + dc; next?.disabled; r += dr, c += dc) {
+    next = at(r + dr, c + dc);
   }
   if (next) {
     event.preventDefault();

@@ -263,7 +263,7 @@ class EventStream(Iterator[E]):
     generator's does. The call starts at the first next()."""
 
     def __init__(self, start: Callable[[], Any], read: Callable[[Any], Iterator[E]],
-                 method: str = "") -> None:
+                 method: str) -> None:
         self._slot = _CallSlot()
         # The generator holds the slot, not this stream: a stream dropped
         # (a for loop left early) is freed at once, and its generator's

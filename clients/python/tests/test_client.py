@@ -728,11 +728,11 @@ class RequestTest(unittest.TestCase):
 
         gc.disable()
         try:
-            for _ in EventStream(Call, read):
+            for _ in EventStream(Call, read, "StreamGrid"):
                 break
             self.assertEqual(cancelled, [1], "break")
             with self.assertRaises(KeyError):
-                for _ in EventStream(Call, read):
+                for _ in EventStream(Call, read, "StreamGrid"):
                     raise KeyError("in the loop's body")
             self.assertEqual(cancelled, [1, 1], "an exception")
         finally:
