@@ -345,5 +345,40 @@ TEST(HostileBundleTest, ALatentTheDecoderFailsOnEndsOnlyItsOwnRun) {
   EXPECT_EQ(batcher.outstanding(), 0);
 }
 
+// A latent whose image the decoder turns to NaN (vae_decoder_nan.pt, not
+// raising) is blamed as a step's failure is: on the caller only for a start
+// latent past any sampler's scale. "toxin" grows its own latent from the
+// seed's x_T: the replica misbehaved (INTERNAL, which the orchestrator
+// retries elsewhere), whatever that latent's size (before: INVALID_ARGUMENT
+// naming a latent the caller never sent).
+TEST(HostileBundleTest, ALatentDecodedToNanIsBlamedOnTheCallerOnlyForItsOwn) {
+  ASSERT_FALSE(Fixtures().empty()) << "DGRID_FIXTURES is not set";
+  SetTorchThreads(1);
+  auto model = DenoiserModel::Load(
+      EditedCopy("poisoned", "manifest.json", "vae_decoder.pt", "vae_decoder_nan.pt"), {"cpu"});
+  ASSERT_TRUE(model.ok()) << model.status();
+  TrajectoryBatcher batcher(model->get(), {});
+
+  RunRequest grown = TextRun("toxin");
+  grown.decode = true;
+  grown.decode_finals_only = true;
+  const absl::Status engine = Drain(**batcher.Start(grown)).status;
+  EXPECT_EQ(engine.code(), absl::StatusCode::kInternal) << engine;
+  EXPECT_FALSE(ErrorField(engine).has_value()) << engine;
+  EXPECT_TRUE(Mentions(engine, "non-finite pixels")) << engine;
+
+  // The caller's own far-out latent, sent back as the capture at step 0.
+  RunRequest given = TextRun("dog");
+  given.decode = true;
+  given.capture_steps = {0};
+  given.trajectories[0].latent.assign(model->get()->latent_numel(), 2.0e4f);
+  const absl::Status caller = Drain(**batcher.Start(given)).status;
+  EXPECT_EQ(caller.code(), absl::StatusCode::kInvalidArgument) << caller;
+  EXPECT_EQ(ErrorField(caller), "trajectories[0].latent") << caller;
+
+  EXPECT_TRUE(Drain(**batcher.Start(TextRun("dog"))).status.ok());
+  EXPECT_EQ(batcher.outstanding(), 0);
+}
+
 }  // namespace
 }  // namespace dgrid

@@ -120,7 +120,8 @@ struct TrajectoryBatcher::Active {
   size_t next_capture = 0;
   int evals = 0;
   // Whether the caller gave the start latent (else x_T came from the seed),
-  // and its largest magnitude: to blame the input when the output overflows.
+  // and its largest magnitude (0 if not): to blame the input when the
+  // output overflows.
   bool latent_given = false;
   float latent_max_abs = 0.0f;
   std::vector<float> x;
@@ -164,6 +165,10 @@ struct TrajectoryBatcher::BesideJob {
 struct TrajectoryBatcher::Emitted {
   std::shared_ptr<Run> run;
   RunEvent event;
+  // The largest magnitude of the start latent the caller gave its
+  // trajectory; 0 when x_T came from the seed. A latent whose image turns
+  // non-finite is blamed on the caller by it, as a step's failure is.
+  float given_latent_max_abs = 0.0f;
 };
 
 namespace {
@@ -685,6 +690,9 @@ void TrajectoryBatcher::Loop() {
       RunBesideTurn();
     }
     if (idle) decode_debt_ = absl::ZeroDuration();
+    // A call that went away while it waited is neither encoded for nor
+    // admitted.
+    DropStopped(arrivals);
     if (!arrivals.empty()) {
       Admit(arrivals);
       InheritArrivals(active, arrivals);
@@ -715,7 +723,7 @@ void TrajectoryBatcher::Admit(std::vector<Active>& arrivals) {
     event.step = req.start_step;
     event.timestep = a.run->schedule_->timestep(req.start_step);
     event.latent = a.x;
-    emitted_.push_back({a.run, std::move(event)});
+    emitted_.push_back({a.run, std::move(event), a.latent_max_abs});
   }
   DecodeAndDeliver(/*drain=*/false);
 }
@@ -1172,7 +1180,7 @@ bool TrajectoryBatcher::Emit(Active& a) {
     event.latent = std::move(a.x);
     event.x0 = std::move(a.x0);
     event.model_evals = a.evals;
-    emitted_.push_back({a.run, std::move(event)});
+    emitted_.push_back({a.run, std::move(event), a.latent_max_abs});
     return true;
   }
   if (a.next_capture < req.capture_steps.size() && req.capture_steps[a.next_capture] == a.step) {
@@ -1184,7 +1192,7 @@ bool TrajectoryBatcher::Emit(Active& a) {
     event.timestep = schedule.timestep(a.step);
     event.latent = a.x;
     event.x0 = a.x0;
-    emitted_.push_back({a.run, std::move(event)});
+    emitted_.push_back({a.run, std::move(event), a.latent_max_abs});
   }
   return false;
 }
@@ -1310,15 +1318,18 @@ void TrajectoryBatcher::DecodeImages(const std::vector<size_t>& now, int other_i
     Emitted& emitted = emitted_[slots[k].first];
     RunEvent& event = emitted.event;
     if (flagged && !slots[k].second) {
-      // A capture at the start step is the caller's start latent, as it came.
-      const float largest = LargestMagnitude(event.latent);
+      // The rule of a step's failure (Step): the caller is to blame only for
+      // a start latent past any sampler's scale, whether the latent decoded
+      // is that one (a capture at the start step) or one the engine made
+      // from it. A latent the engine grew from a seed's x_T is the replica's.
+      const float given = emitted.given_latent_max_abs;
       emitted.run->Finish(
-          largest > kLatentBeyondAnySampler
+          given > kLatentBeyondAnySampler
               ? InvalidFieldError(
                     absl::StrCat("trajectories[", event.trajectory, "].latent"),
                     absl::StrCat(": decodes to non-finite pixels (NaN or Inf) at step ",
-                                 event.step, "; its largest magnitude, ", largest,
-                                 ", is outside what this model's decoder takes"))
+                                 event.step, "; the start latent's largest magnitude, ", given,
+                                 ", is outside what this model can take"))
               : absl::InternalError(absl::StrCat(
                     "the decoder produced non-finite pixels (NaN or Inf) from trajectories[",
                     event.trajectory, "]'s latent at step ", event.step)));

@@ -1267,6 +1267,39 @@ TEST(ExternalModelTest, SwitchingPromptsShareForwardPassesAndEncodeOnce) {
   EXPECT_GT(apart, 100 * kBatchDrift);
 }
 
+// A call that leaves while it waits for the pass in progress is dropped
+// before its admission: its prompt is not encoded for no one (before, a
+// text-encoder pass on the batcher's thread, and a cache miss counted).
+TEST(ExternalModelTest, ACallThatLeftWhileQueuedIsNotEncodedFor) {
+  ASSERT_FALSE(Fixtures().empty());
+  auto model = DenoiserModel::Load(Fixtures() + "/textlatent", {"cpu"});
+  ASSERT_TRUE(model.ok()) << model.status();
+  class Counts : public Gate {
+   public:
+    void OnTextContexts(int, int misses, absl::Duration) override { encoded += misses; }
+    std::atomic<int> encoded{0};
+  } counts;
+  TrajectoryBatcher batcher(model->get(), {}, &counts);
+  RunRequest r;
+  r.sampler = {4, 0.0f, Spacing::kLeading, 1.0f};
+  r.prompt = "a photo of a cat";
+  r.trajectories = {{Path{1, {{0, 2}}}, {}}};
+  auto held = batcher.Start(r);
+  ASSERT_TRUE(held.ok()) << held.status();
+  counts.AwaitEntered();  // the cat's first pass, its prompt encoded
+  const int before = counts.encoded;
+  EXPECT_GT(before, 0);
+  r.prompt = "a red car";
+  auto gone = batcher.Start(r);
+  ASSERT_TRUE(gone.ok()) << gone.status();
+  (*gone)->Cancel();
+  counts.Open();
+  EXPECT_EQ(Drain(**gone).status.code(), absl::StatusCode::kCancelled);
+  EXPECT_TRUE(Drain(**held).status.ok());
+  EXPECT_EQ(counts.encoded, before);
+  EXPECT_EQ(batcher.outstanding(), 0);
+}
+
 // A bundle checked at batches up to 4 only (manifest max_batch) never gets
 // a larger forward, encode or decode, whatever the batcher's own limit.
 TEST(ExternalModelTest, TheBundlesMaxBatchBoundsEveryBatch) {
