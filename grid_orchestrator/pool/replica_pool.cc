@@ -583,14 +583,22 @@ bool ReplicaPool::LookUpModels(const std::function<bool(const v1::GetModelInfoRe
 
 absl::StatusOr<v1::GetModelInfoResponse> ReplicaPool::Models() {
   for (int round = 0; round < 2; ++round) {
-    std::optional<v1::GetModelInfoResponse> found;
+    // Every healthy replica's list, not the first one's: replicas may serve
+    // different models (a pool split by model, or one replica restarted
+    // onto a bundle more during a rolling update).
+    v1::GetModelInfoResponse all;
+    bool answered = false;
     std::vector<std::string> unanswered;
-    if (LookUpModels([&](const v1::GetModelInfoResponse& models) {
-          found = models;
-          return true;
-        }, &unanswered)) {
-      return *found;
-    }
+    LookUpModels([&](const v1::GetModelInfoResponse& models) {
+      answered = true;
+      for (const v1::ModelInfo& m : models.models()) {
+        const bool listed = std::any_of(all.models().begin(), all.models().end(),
+                                        [&](const v1::ModelInfo& l) { return l.name() == m.name(); });
+        if (!listed) *all.add_models() = m;
+      }
+      return false;
+    }, &unanswered);
+    if (answered) return all;
     if (!unanswered.empty()) {
       return absl::UnavailableError(
           absl::StrCat("no healthy denoiser replica answered GetModelInfo (",

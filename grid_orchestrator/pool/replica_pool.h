@@ -156,8 +156,10 @@ class ReplicaPool {
                                 const std::atomic<bool>* cancelled = nullptr);
 
   std::vector<ReplicaStatus> Snapshot();
-  // Models as served by a healthy replica (each replica's answer is kept
-  // until it turns unhealthy: a restarted replica may serve a new version).
+  // Every model a healthy replica serves, each name once (as the first
+  // replica by address that had answered describes it). Each replica's
+  // answer is kept until it turns unhealthy (a restarted replica may serve
+  // a new version).
   absl::StatusOr<v1::GetModelInfoResponse> Models();
   // `name` at `version`, as a healthy replica that serves it describes it;
   // UNAVAILABLE when none does (any more) within the grace period.

@@ -178,8 +178,8 @@ class GridService {
 
  private:
   friend class AdmittedGrid;
-  // The request's model (empty: the first one served), as the pool's first
-  // healthy replica describes it.
+  // The request's model (empty: the first one served), from any healthy
+  // replica that serves it (ReplicaPool::Models).
   absl::StatusOr<v1::ModelInfo> ChooseModel(const v1::GridRequest& request);
   // `deadline`: the caller's, which bounds the Tokenize call of a text model.
   absl::StatusOr<GridPlanSpec> Plan(const v1::GridRequest& request, const ModelPin* pin,

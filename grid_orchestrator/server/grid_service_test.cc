@@ -3,6 +3,7 @@
 // replicas (issue: two unread streams held every in-flight slot).
 #include "grid_orchestrator/server/grid_service.h"
 
+#include <algorithm>
 #include <atomic>
 #include <memory>
 #include <string>
@@ -178,6 +179,52 @@ TEST_F(GridServiceTokenizeTest, APromptSwitchAtGuidanceZeroIsThePlainGridFromAny
   EXPECT_EQ(plan.switch_prompt, "a cat");
   EXPECT_EQ(plan.model_evals, plan.steps);
   for (const PlannedRow& row : plan.rows) EXPECT_EQ(row.cells[0], plan.trunk) << row.branch_step;
+}
+
+// Replicas that serve different models (a pool split by model, or a
+// rolling update that adds a bundle): a model only the second serves is
+// listed and runs there. Before, only the first replica's list counted, and
+// the request was refused as naming an unknown model.
+TEST(GridServiceModelsTest, AModelAnyHealthyReplicaServesIsListedAndRuns) {
+  FakeReplicas replicas(2);
+  replicas.script(1).model = "other";
+  auto pool = ReplicaPool::Create(replicas.PoolOptions(), nullptr);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  PrefixCache cache(0);
+  GridExecutor executor(pool->get(), &cache, nullptr, ExecutorOptions{});
+  GridService service(pool->get(), &executor, nullptr, OrchestratorLimits{}, "");
+
+  absl::StatusOr<v1::ListModelsResponse> listed = service.ListModels(Caller{});
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  std::vector<std::string> names;
+  for (const v1::ModelInfo& m : listed->models()) names.push_back(m.name());
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"fake", "other"}));
+
+  v1::GridRequest request;
+  request.set_model("other");
+  request.set_seed(5);
+  request.mutable_steps()->set_value(10);
+  request.mutable_branches()->set_value(2);
+  request.add_branch_steps(5);
+  {
+    auto admitted = service.Admit(Caller{}, request);
+    ASSERT_TRUE(admitted.ok()) << admitted.status();
+    EXPECT_EQ((*admitted)->plan().model, "other");
+  }
+  GridCancel cancel;
+  absl::StatusOr<v1::Grid> grid =
+      service.RunGrid(Caller{}, request, [](const v1::GridEvent&) { return true; }, &cancel,
+                      /*stream_grid=*/false);
+  EXPECT_TRUE(grid.ok()) << grid.status();
+  EXPECT_TRUE(replicas.log(0).branches.empty());
+  EXPECT_FALSE(replicas.log(1).branches.empty());
+
+  request.set_model("nope");
+  const absl::Status unknown = service.Admit(Caller{}, request).status();
+  EXPECT_EQ(unknown.code(), absl::StatusCode::kInvalidArgument) << unknown;
+  EXPECT_TRUE(absl::StrContains(unknown.message(), "fake")) << unknown;
+  EXPECT_TRUE(absl::StrContains(unknown.message(), "other")) << unknown;
 }
 
 TEST_F(GridServiceTest, AdmissionRefusesBeforeAnyEvent) {
