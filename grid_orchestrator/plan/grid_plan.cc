@@ -250,6 +250,12 @@ std::string NoiselessLastStepSampler(const GridPlanSpec& plan) {
                                     : "DDIM on this model's schedule (set_alpha_to_one)";
 }
 
+// Whether the grid switches to a prompt the forward pass reads otherwise:
+// an unseen switch plans as none.
+bool SwitchSeen(const GridPlanSpec& plan) {
+  return !plan.switch_prompt.empty() && !plan.switch_unseen;
+}
+
 // Rows: the request's branch steps, else the preset's (scaled to the step
 // count, or where the trunk has run the preset's timesteps); within limits.
 absl::StatusOr<std::vector<int>> ChooseBranchSteps(const v1::GridRequest& request,
@@ -276,8 +282,7 @@ absl::StatusOr<std::vector<int>> ChooseBranchSteps(const v1::GridRequest& reques
     // branches would be the trunk), unless a switch prompt makes them differ.
     // The explorer's placeholder rows follow this rule too (presetRows in
     // clients/web/app.js): change both together.
-    const int end =
-        !plan.last_step_adds_noise && plan.switch_prompt.empty() ? plan.steps - 1 : plan.steps;
+    const int end = !plan.last_step_adds_noise && !SwitchSeen(plan) ? plan.steps - 1 : plan.steps;
     if (!preset.branch_steps.empty()) {
       // A preset's rows are fractions of its own step count.
       for (int k : preset.branch_steps) {
@@ -432,14 +437,12 @@ bool ReadAlike(const SegmentConditioning& a, const SegmentConditioning& b,
 }
 
 // Each row's cells and what the grid costs.
-// `unseen`: the switch is one the forward pass cannot see, whatever its text.
 void PlanRows(const std::vector<int>& branch_steps, const v1::ModelInfo& model,
-              GridPlanSpec* plan, bool unseen = false) {
+              GridPlanSpec* plan) {
   const SegmentConditioning base = RequestConditioning(*plan);
   std::optional<SegmentConditioning> switched = SwitchConditioning(*plan, model);
   // A switch the forward pass cannot see is none: its cells are the plain
   // grid's (the trunk itself, with trunk noise) and cost nothing beyond it.
-  plan->switch_unseen = switched && (unseen || ReadAlike(*switched, base, *plan));
   if (plan->switch_unseen) switched = base;
   plan->model_evals = plan->steps;
   for (int k : branch_steps) {
@@ -498,17 +501,20 @@ void PlanCaptures(const std::vector<int>& branch_steps, const PlanLimits& limits
 }
 
 // A branch differs from its trunk by the noise added after its branch step,
-// or by a prompt: with neither, every cell would be its trunk, run and paid
-// for again. (Rows a preset makes never sit at a last step without noise.)
+// or by a switch the model reads: with neither, every cell would be its
+// trunk, run and paid for again. A promoted trunk's own switches change
+// nothing here (a branch keeps them, Path::BranchAt). With the trunk's noise
+// an unseen switch's cells are the trunk, and cost nothing. (Rows a preset
+// makes never sit at a last step without noise.)
 absl::Status CheckBranchesCanDiffer(const GridPlanSpec& plan, const std::vector<int>& branch_steps) {
-  bool prompt_changes = !plan.switch_prompt.empty();
-  for (const Segment& segment : plan.trunk.segments) {
-    if (segment.conditioning) prompt_changes = true;  // a branch may keep an earlier prompt
-  }
+  if (plan.trunk_noise) return absl::OkStatus();
+  const bool prompt_changes = SwitchSeen(plan);
+  const std::string unseen =
+      plan.switch_unseen ? " (the switch_prompt reads as the prompt to this model)" : "";
   if (plan.eta == 0.0f && !prompt_changes) {
-    return Invalid(
-        "eta: 0 adds no noise at any step, so every branch would be its trunk; give eta above 0 "
-        "(1 is usual), or a switch_prompt");
+    return Invalid(absl::StrCat("eta: 0 adds no noise at any step, so every branch would be its "
+                                "trunk",
+                                unseen, "; give eta above 0 (1 is usual), or a switch_prompt"));
   }
   // A prompt makes a row differ from the trunk, but not its branches from
   // each other: without noise they are one trajectory, run and paid for again.
@@ -523,7 +529,8 @@ absl::Status CheckBranchesCanDiffer(const GridPlanSpec& plan, const std::vector<
     return Invalid(absl::StrCat("branch_steps[", branch_steps.size() - 1,
                                 "]: ", NoiselessLastStepSampler(plan),
                                 " adds no noise at its last step (", plan.steps - 1,
-                                "), so branches from there would be the trunk; branch earlier"));
+                                "), so branches from there would be the trunk", unseen,
+                                "; branch earlier"));
   }
   return absl::OkStatus();
 }
@@ -531,13 +538,17 @@ absl::Status CheckBranchesCanDiffer(const GridPlanSpec& plan, const std::vector<
 }  // namespace
 
 absl::StatusOr<GridPlanSpec> PlanGrid(const v1::GridRequest& request, const v1::ModelInfo& model,
-                                      const PlanLimits& limits) {
+                                      const PlanLimits& limits, bool switch_unseen) {
   RETURN_IF_ERROR(CheckFreeText(request));
   ASSIGN_OR_RETURN(const Preset preset, FindPreset(request.preset()));
   GridPlanSpec plan;
   RETURN_IF_ERROR(PlanConditioning(request, model, &plan));
   RETURN_IF_ERROR(PlanSwitch(request, model, &plan));
   RETURN_IF_ERROR(PlanSampler(request, model, preset, limits, &plan));
+  // Before the rows: an unseen switch plans as none, its rows included.
+  if (const std::optional<SegmentConditioning> switched = SwitchConditioning(plan, model)) {
+    plan.switch_unseen = switch_unseen || ReadAlike(*switched, RequestConditioning(plan), plan);
+  }
   RETURN_IF_ERROR(PlanSize(request, model, &plan));
   RETURN_IF_ERROR(PlanColumns(request, preset, limits, &plan));
   ASSIGN_OR_RETURN(const std::vector<int> branch_steps,
@@ -547,13 +558,6 @@ absl::StatusOr<GridPlanSpec> PlanGrid(const v1::GridRequest& request, const v1::
   PlanRows(branch_steps, model, &plan);
   PlanCaptures(branch_steps, limits, &plan);
   return plan;
-}
-
-void PlanWithoutSwitch(const v1::ModelInfo& model, GridPlanSpec* plan) {
-  std::vector<int> branch_steps;
-  for (const PlannedRow& row : plan->rows) branch_steps.push_back(row.branch_step);
-  plan->rows.clear();
-  PlanRows(branch_steps, model, plan, /*unseen=*/true);
 }
 
 void PlanToProto(const GridPlanSpec& plan, v1::GridPlan* out) {

@@ -114,8 +114,12 @@ struct GridPlanSpec {
   bool batch_work = false;
 };
 
+// `switch_unseen`: the caller found the switch to be one the model cannot
+// see (GridService: its tokens are the prompt's, or it changes only what the
+// guidance does not read); the plan is the plain grid's, the switch kept on
+// record. A class model's is found here.
 absl::StatusOr<GridPlanSpec> PlanGrid(const v1::GridRequest& request, const v1::ModelInfo& model,
-                                      const PlanLimits& limits);
+                                      const PlanLimits& limits, bool switch_unseen = false);
 
 // The timestep label of "after step k": the last timestep the trunk ran, or
 // train_timesteps (pure noise) for k = 0.
@@ -137,11 +141,6 @@ SegmentConditioning RequestConditioning(const GridPlanSpec& plan);
 // value, so the planner plans it as no switch.
 bool GuidanceReadsPrompt(float guidance);
 bool GuidanceReadsNegativePrompt(float guidance);
-
-// `plan`'s cells again as if it had no switch, the switch kept on record:
-// for a switch that GridService finds the model cannot see (its tokens are
-// the prompt's, or it changes only what the guidance does not read).
-void PlanWithoutSwitch(const v1::ModelInfo& model, GridPlanSpec* plan);
 
 // The plan as it goes on the wire (paths: common/wire.h).
 void PlanToProto(const GridPlanSpec& plan, v1::GridPlan* out);

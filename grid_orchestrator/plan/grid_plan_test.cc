@@ -420,6 +420,62 @@ TEST(GridPlanTest, ASwitchPromptConditionsEachRowsBranchesFromItsStep) {
   EXPECT_EQ(wire.branch_noise(), v1::BRANCH_NOISE_NEW);
 }
 
+// A grid whose every cell would be its trunk is refused, run and paid for
+// by no one, whatever switch it carries that makes no branch differ: an
+// unseen switch prompt, or a promoted trunk's own switch (a branch keeps
+// it). Before, both ran: every cell the trunk, every row's divergence 0.
+TEST(GridPlanTest, ASwitchThatChangesNoBranchIsPlannedAsNone) {
+  v1::GridRequest plain;
+  plain.set_seed(7);
+  plain.set_prompt("t-shirt");
+  plain.mutable_eta()->set_value(0);
+  const absl::Status refused = PlanGrid(plain, Model(), {}).status();
+  ASSERT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
+
+  v1::GridRequest noisy = plain;
+  noisy.clear_eta();
+  auto grid = PlanGrid(noisy, Model(), {});
+  ASSERT_TRUE(grid.ok()) << grid.status();
+  v1::GridRequest promoted = plain;  // a cell switched to "sneaker" after step 10
+  PathToProto(grid->trunk.SwitchedAt(10, SegmentConditioning{"", "", 2}), promoted.mutable_trunk());
+  EXPECT_EQ(PlanGrid(promoted, Model(), {}).status(), refused);
+  promoted.clear_eta();
+  EXPECT_TRUE(PlanGrid(promoted, Model(), {}).ok());
+
+  v1::GridRequest unseen = plain;
+  unseen.set_switch_prompt("t-shirt");
+  const absl::Status same = PlanGrid(unseen, Model(), {}).status();
+  EXPECT_EQ(same.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StartsWith(same.message(), "eta: 0 adds no noise")) << same;
+  EXPECT_TRUE(absl::StrContains(same.message(), "reads as the prompt")) << same;
+  // Found by the caller (GridService, from the tokens): the same.
+  unseen.set_switch_prompt("sneaker");
+  EXPECT_TRUE(PlanGrid(unseen, Model(), {}).ok());
+  EXPECT_EQ(PlanGrid(unseen, Model(), {}, /*switch_unseen=*/true).status(), same);
+
+  // A last step without noise: refused as the plain request is.
+  v1::GridRequest last;
+  last.set_prompt("t-shirt");
+  last.set_sampler(v1::SAMPLER_EULER_ANCESTRAL);
+  last.add_branch_steps(49);
+  ASSERT_FALSE(PlanGrid(last, Model(), {}).ok());
+  last.set_switch_prompt("t-shirt");
+  EXPECT_FALSE(PlanGrid(last, Model(), {}).ok());
+  // A preset's rows stop before it, as the plain plan's do.
+  v1::GridRequest turbo;
+  turbo.set_prompt("t-shirt");
+  turbo.set_preset("turbo");
+  turbo.mutable_steps()->set_value(3);
+  auto turbo_plain = PlanGrid(turbo, Model(), {});
+  turbo.set_switch_prompt("t-shirt");
+  auto turbo_unseen = PlanGrid(turbo, Model(), {});
+  ASSERT_TRUE(turbo_plain.ok() && turbo_unseen.ok());
+  ASSERT_EQ(turbo_plain->rows.size(), turbo_unseen->rows.size());
+  for (size_t i = 0; i < turbo_plain->rows.size(); ++i) {
+    EXPECT_EQ(turbo_plain->rows[i].cells, turbo_unseen->rows[i].cells) << i;
+  }
+}
+
 TEST(GridPlanTest, ASwitchToTheSamePromptIsThePlainPlan) {
   v1::GridRequest r;
   r.set_seed(7);
@@ -442,8 +498,10 @@ TEST(GridPlanTest, ASwitchToTheSamePromptIsThePlainPlan) {
   auto tokens_alike = PlanGrid(r, Model(), {});
   ASSERT_TRUE(tokens_alike.ok());
   EXPECT_FALSE(tokens_alike->switch_unseen);
-  PlanWithoutSwitch(Model(), &*tokens_alike);
+  tokens_alike = PlanGrid(r, Model(), {}, /*switch_unseen=*/true);  // as GridService finds
+  ASSERT_TRUE(tokens_alike.ok()) << tokens_alike.status();
   EXPECT_TRUE(tokens_alike->switch_unseen);
+  EXPECT_EQ(tokens_alike->switch_prompt, "trouser");  // on record
   for (size_t i = 0; i < plain->rows.size(); ++i) {
     EXPECT_EQ(plain->rows[i].cells, tokens_alike->rows[i].cells) << "row " << i;
   }

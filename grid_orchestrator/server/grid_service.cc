@@ -276,8 +276,9 @@ absl::StatusOr<GridPlanSpec> GridService::Plan(const v1::GridRequest& request,
   const bool negative_unseen =
       plan->switch_negative_prompt.empty() || (same(3, 1) && !plan->negative_prompt.empty()) ||
       !GuidanceReadsNegativePrompt(plan->guidance);
-  if (!plan->switch_prompt.empty() && prompt_unseen && negative_unseen) {
-    PlanWithoutSwitch(*model, &*plan);
+  if (!plan->switch_prompt.empty() && !plan->switch_unseen && prompt_unseen && negative_unseen) {
+    plan = PlanGrid(request, *model, limits_.plan, /*switch_unseen=*/true);
+    if (!plan.ok()) return plan;
   }
   plan->prompt_tokens_dropped = tokens.texts(0).dropped();
   plan->negative_prompt_tokens_dropped = tokens.texts(1).dropped();

@@ -142,6 +142,21 @@ TEST_F(GridServiceTokenizeTest, ASwitchThatTokenizesAsThePromptIsThePlainGrid) {
   EXPECT_GT((*other)->plan().model_evals, (*other)->plan().steps);
 }
 
+// Planned as the plain grid, an unseen switch is refused as the plain grid
+// is: at eta 0 every branch would be its trunk (before, they ran and were
+// paid for).
+TEST_F(GridServiceTokenizeTest, ASwitchThatTokenizesAsThePromptMakesNoBranchDiffer) {
+  v1::GridRequest request;
+  request.set_prompt("a rocket");
+  request.set_switch_prompt("A  ROCKET");
+  request.mutable_eta()->set_value(0);
+  const absl::Status refused = service_->Admit(Caller{}, request).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
+  EXPECT_TRUE(absl::StrContains(refused.message(), "reads as the prompt")) << refused;
+  request.set_switch_prompt("a cat");
+  EXPECT_TRUE(service_->Admit(Caller{}, request).ok());
+}
+
 // A switch to a negative prompt that tokenizes as the empty one is a switch:
 // an SDXL-style bundle gives an empty negative prompt zeros, not its tokens.
 TEST_F(GridServiceTokenizeTest, ASwitchFromTheEmptyNegativePromptIsASwitch) {
