@@ -194,6 +194,68 @@ TEST(DenoiserProcessTest, ACallPastItsDeadlineCountsAsDeadlineExceeded) {
             0);
 }
 
+// A Branch stream its client never reads is ended once a write has waited
+// past --max_write_stall_s: before, its handler blocked in Write for as long
+// as the client kept the connection, holding a server thread (1,000 such
+// streams refused every other call) and its events.
+TEST(DenoiserProcessTest, AStreamNobodyReadsEndsAfterTheWriteStallBound) {
+  const std::string dir = testing::TempDir("denoiser-unread");
+  const std::string fixtures = std::getenv("DGRID_FIXTURES");
+  auto child = ChildProcess::Start(
+      {BinPath("dgrid-denoiser"), "--model_dir=" + fixtures + "/textlatent",
+       "--listen=127.0.0.1:0", "--metrics_addr=127.0.0.1:0", "--threads=1",
+       "--max_write_stall_s=1", "--port_file=" + dir + "/ports"},
+      dir + "/denoiser.log");
+  ASSERT_TRUE(child.ok()) << child.status();
+  auto ports = (*child)->WaitForPorts(dir + "/ports", absl::Seconds(60));
+  ASSERT_TRUE(ports.ok()) << ports.status();
+  // BDP probing off: the unread stream's flow-control window stays small.
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  auto stub = v1::Denoiser::NewStub(grpc::CreateCustomChannel(
+      absl::StrCat("127.0.0.1:", (*ports)["grpc"]), grpc::InsecureChannelCredentials(), args));
+  // 640 events of a few KiB each (latent, x0 and two PNGs): megabytes.
+  v1::BranchRequest request;
+  request.set_model("textlatent");
+  request.mutable_sampler()->set_steps(10);
+  request.mutable_sampler()->set_eta(1.0f);
+  request.set_decode(true);
+  request.set_previews(true);
+  for (int k = 0; k < 10; ++k) request.add_capture_steps(k);
+  for (int i = 0; i < 64; ++i) {
+    v1::Path* p = request.add_trajectories()->mutable_path();
+    p->set_init_seed(i);
+    p->add_segments()->set_noise_seed(i + 100);
+  }
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(90));
+  auto reader = stub->Branch(&context, request);
+
+  const std::string cancelled =
+      R"(dgrid_denoiser_requests_total{code="CANCELLED",method="Branch"})";
+  double counted = 0;
+  std::string text;
+  for (const absl::Time give_up = absl::Now() + absl::Seconds(40);
+       counted < 1 && absl::Now() < give_up; absl::SleepFor(absl::Milliseconds(200))) {
+    auto scraped = testing::HttpGet((*ports)["metrics"], "/metrics");
+    ASSERT_TRUE(scraped.ok()) << scraped.status();
+    text = *scraped;
+    counted = testing::MetricValue(text, cancelled);
+  }
+  EXPECT_EQ(counted, 1) << text;
+  // The client, reading at last, gets what was sent and then the end.
+  v1::BranchEvent event;
+  int events = 0;
+  while (reader->Read(&event)) ++events;
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_LT(events, 640);
+  // Every other client is served.
+  grpc::ClientContext info_context;
+  info_context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  v1::GetModelInfoResponse info;
+  EXPECT_TRUE(stub->GetModelInfo(&info_context, v1::GetModelInfoRequest(), &info).ok());
+}
+
 // A large model loads for minutes on a GPU: a replica whose metrics port
 // opened only after its bundles had loaded read as down (up == 0) all that
 // time. Its metrics answer at once now, saying it is not ready.
@@ -313,6 +375,9 @@ TEST(DenoiserProcessTest, SettingsThatCannotServeExitNamingTheFlag) {
        "--max_trajectories_per_request must be >= 1"},
       {{"dgrid-denoiser", model, "--listen=127.0.0.1:0", "--metrics_addr=", "--threads=-3"},
        "--threads must be >= 0 (0: one per core), got -3"},
+      {{"dgrid-denoiser", model, "--listen=127.0.0.1:0", "--metrics_addr=",
+        "--max_write_stall_s=0"},
+       "--max_write_stall_s must be >= 1"},
       {{"dgrid-denoiser", model, "--listen=127.0.0.1:0", "--metrics_addr=", "--min_chunk_rows=-4"},
        "--min_chunk_rows must be >= 0 (0: whole passes), got -4"},
       {{"dgrid-denoiser", model, "--listen=127.0.0.1:0", "--metrics_addr=",

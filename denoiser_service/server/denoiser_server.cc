@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/grpc_server.h"
+#include "common/status_macros.h"
 #include "common/host_port.h"
 #include "common/metrics_exposer.h"
 #include "common/short_text.h"
@@ -54,6 +55,9 @@ absl::StatusOr<std::unique_ptr<DenoiserServer>> DenoiserServer::Start(
   if (o.model_dirs.empty()) return absl::InvalidArgumentError("--model_dir is required");
   if (absl::Status listen = CheckGrpcTarget("--listen", o.listen); !listen.ok()) return listen;
   if (o.max_batch < 1) return absl::InvalidArgumentError("--max_batch must be >= 1");
+  if (o.max_write_stall < absl::Seconds(1)) {
+    return absl::InvalidArgumentError("--max_write_stall_s must be >= 1");
+  }
   if (o.max_queue < 1) return absl::InvalidArgumentError("--max_queue must be >= 1");
   // Step and Decode refuse an answer past it before the work; 0 or less
   // (no limit to gRPC) would refuse them all.
@@ -144,6 +148,9 @@ absl::StatusOr<std::unique_ptr<DenoiserServer>> DenoiserServer::Start(
   s->service_ = std::make_unique<DenoiserServiceImpl>(
       s->models_.get(), o.max_trajectories_per_request, o.max_message_bytes,
       s->denoiser_metrics_.get(), o.auth_token);
+  s->write_watch_ = std::make_unique<StallWatchdog>(o.max_write_stall);
+  RETURN_IF_ERROR(s->write_watch_->Start());
+  s->service_->WatchWrites(s->write_watch_.get());
 
   std::unique_ptr<grpc::ServerBuilder> builder = NewServerBuilder(
       o.listen, *credentials, &s->port_, o.max_message_bytes, "dgrid-denoiser");

@@ -30,6 +30,7 @@ class Registry;
 namespace dgrid {
 
 class DenoiserServiceImpl;
+class StallWatchdog;
 class DenoiserMetrics;
 class MetricsEndpoint;
 struct ServedModel;
@@ -77,6 +78,9 @@ struct DenoiserServerOptions {
   // <token>": the replica then answers only the orchestrator, whose
   // fairness ranks it trusts (health checks stay open).
   std::string auth_token;
+  // A Branch write its client takes nothing of for this long ends the call
+  // (a stream nobody reads would hold a server thread and its events).
+  absl::Duration max_write_stall = absl::Seconds(20);
 };
 
 class DenoiserServer {
@@ -100,6 +104,8 @@ class DenoiserServer {
   std::unique_ptr<DenoiserMetrics> denoiser_metrics_;
   std::unique_ptr<MetricsEndpoint> metrics_;
   std::unique_ptr<std::map<std::string, ServedModel>> models_;
+  // Outlives the service's calls (destroyed after server_ and service_).
+  std::unique_ptr<StallWatchdog> write_watch_;
   std::unique_ptr<DenoiserServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;

@@ -16,6 +16,7 @@
 #include "common/grpc_status.h"
 #include "common/png_image.h"
 #include "common/short_text.h"
+#include "common/stall_watchdog.h"
 #include "common/status_macros.h"
 #include "common/tensor_codec.h"
 #include "common/wire.h"
@@ -124,6 +125,33 @@ absl::Time DeadlineOf(const grpc::ServerContext& context) {
   return absl::FromChrono(deadline);
 }
 
+// A Branch call's writes, each ended (the call cancelled) when its client
+// takes nothing for the stall bound: else a stream nobody reads holds a
+// server thread, of the 1024 every client shares, and its events, for as
+// long as its client keeps the connection (1,000 such streams refused every
+// other call, while health said SERVING).
+class StalledWrites {
+ public:
+  StalledWrites(grpc::ServerContext& context, grpc::ServerWriter<v1::BranchEvent>& writer,
+                StallWatchdog* watchdog)
+      : context_(context), writer_(writer), watchdog_(watchdog) {}
+  // False when the write failed: the client went away, or took nothing.
+  bool Write(const v1::BranchEvent& event) {
+    if (!watchdog_) return writer_.Write(event);
+    const StallWatchdog::CallId id = watchdog_->Watch([this] { context_.TryCancel(); });
+    const bool written = writer_.Write(event);
+    if (watchdog_->Unwatch(id)) stalled_ = true;
+    return written && !stalled_;
+  }
+  bool stalled() const { return stalled_; }
+
+ private:
+  grpc::ServerContext& context_;
+  grpc::ServerWriter<v1::BranchEvent>& writer_;
+  StallWatchdog* const watchdog_;
+  bool stalled_ = false;
+};
+
 // Sends a Branch caller a Progress event at least every `interval` (never
 // when zero), so that it can time out a stuck replica by progress rather
 // than by wall time, and count what a failed attempt spent.
@@ -141,11 +169,11 @@ class ProgressTicker {
     return std::clamp(last_ + interval_ - absl::Now(), absl::Milliseconds(1), interval_);
   }
   // False when the write failed: the client went away.
-  bool SendIfDue(const Run& run, grpc::ServerWriter<v1::BranchEvent>* writer) {
+  bool SendIfDue(const Run& run, StalledWrites* writer) {
     if (interval_ <= absl::ZeroDuration() || absl::Now() - last_ < interval_) return true;
     return Send(run, writer);
   }
-  bool Send(const Run& run, grpc::ServerWriter<v1::BranchEvent>* writer) {
+  bool Send(const Run& run, StalledWrites* writer) {
     if (interval_ <= absl::ZeroDuration()) return true;
     last_ = absl::Now();
     v1::BranchEvent event;
@@ -272,7 +300,7 @@ absl::StatusOr<RunRequest> ParseBranch(const v1::BranchRequest& request, const B
 // goes away. Returns the run's status in the wire's field names.
 absl::Status StreamBranch(const v1::BranchRequest& request, const ServedModel& model, Run& run,
                           int64_t max_message_bytes, grpc::ServerContext& context,
-                          grpc::ServerWriter<v1::BranchEvent>& writer) {
+                          StalledWrites& writer) {
   const BundleManifest& m = model.model->manifest();
   RunEvent event;
   v1::BranchEvent out;
@@ -315,6 +343,10 @@ absl::Status StreamBranch(const v1::BranchRequest& request, const ServedModel& m
     }
   }
   // A run that ended before its events were all written is no OK call.
+  if (writer.stalled()) {
+    return absl::CancelledError(
+        "the client took no event for the write stall bound (--max_write_stall_s)");
+  }
   if (client_gone && run.status().ok()) return absl::CancelledError("the client went away");
   const absl::Status status = ToWireFields(run.status(), DenoiserRpc::kBranch);
   // A failed attempt's last count: the caller counts what it spent.
@@ -543,8 +575,9 @@ grpc::Status DenoiserServiceImpl::Branch(grpc::ServerContext* context,
   if (!run.ok()) {
     return Count("Branch", ToGrpcStatus(ToWireFields(run.status(), DenoiserRpc::kBranch)));
   }
+  StalledWrites writes(*context, *writer, write_watch_);
   return Count("Branch", ToGrpcStatus(StreamBranch(*request, model, **run, max_message_bytes_,
-                                                   *context, *writer)));
+                                                   *context, writes)));
 }
 
 AnswerSizes AnswerSizesOf(const BundleManifest& m) {

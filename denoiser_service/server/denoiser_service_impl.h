@@ -13,6 +13,7 @@
 #include <string>
 
 #include "common/request_parsing.h"
+#include "common/stall_watchdog.h"
 #include "denoiser_service/engine/denoiser_model.h"
 #include "denoiser_service/engine/image_judge.h"
 #include "denoiser_service/engine/trajectory_batcher.h"
@@ -68,6 +69,11 @@ class DenoiserServiceImpl final : public RequestParsingService {
   grpc::Status Admit(const char* method, const grpc::ServerContext& context) override;
   void Refused(const char* method, const grpc::Status& status) override;
 
+  // Ends a Branch call whose write the client leaves untaken past the
+  // watchdog's stall bound (none: a write may wait for ever). The watchdog
+  // must outlive the calls.
+  void WatchWrites(StallWatchdog* watchdog) { write_watch_ = watchdog; }
+
  private:
   absl::StatusOr<ServedModel*> FindModel(const std::string& name);
   // FindModel, and UNAVAILABLE when `version` is set and the model here is
@@ -87,6 +93,7 @@ class DenoiserServiceImpl final : public RequestParsingService {
   const int64_t max_message_bytes_;
   DenoiserMetrics* const metrics_;
   const std::string auth_token_;
+  StallWatchdog* write_watch_ = nullptr;
   // Image bytes a Decode or Judge call holds while it waits for its turns on
   // the engine: a Judge call's decoded PNGs (a small PNG can decode to a
   // large image: a plain colour compresses 1000:1), a Decode call's pixels.

@@ -43,6 +43,9 @@ ABSL_FLAG(int, max_connection_age_s, 0,
 ABSL_FLAG(int, max_connection_age_grace_s, 330,
           "How long calls under way on a connection past --max_connection_age_s may still run "
           "before they are cut; keep it above the orchestrator's --grid_timeout_s.");
+ABSL_FLAG(int, max_write_stall_s, 20,
+          "A Branch stream whose client takes no event for this long is ended (an unread "
+          "stream would hold a server thread and its events).");
 ABSL_FLAG(int, debug_step_delay_ms, 0, "Test only: sleep before every forward pass.");
 ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate (enables TLS).");
 ABSL_FLAG(std::string, tls_key, "", "PEM server private key.");
@@ -100,6 +103,7 @@ int main(int argc, char** argv) {
   options.max_connection_age = absl::Seconds(absl::GetFlag(FLAGS_max_connection_age_s));
   options.max_connection_age_grace =
       absl::Seconds(absl::GetFlag(FLAGS_max_connection_age_grace_s));
+  options.max_write_stall = absl::Seconds(absl::GetFlag(FLAGS_max_write_stall_s));
   options.debug_step_delay = absl::Milliseconds(absl::GetFlag(FLAGS_debug_step_delay_ms));
   options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key = absl::GetFlag(FLAGS_tls_key);
