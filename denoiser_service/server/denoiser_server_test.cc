@@ -645,6 +645,17 @@ TEST(AnswerSizeTest, TokenListsPastTheLimitAreTheReplicasLimit) {
                      "texts: 100 token lists make an answer of ");
   const grpc::Status few = tokenize(4);
   EXPECT_TRUE(few.ok()) << few.error_message();
+  // So are more texts than --max_trajectories_per_request.
+  absl::StatusOr<FixtureServer> counted = StartFixture("textlatent");
+  ASSERT_TRUE(counted.ok()) << counted.status();
+  v1::TokenizeRequest request;
+  request.set_model("textlatent");
+  for (int i = 0; i < 257; ++i) request.add_texts("");
+  grpc::ClientContext context;
+  v1::TokenizeResponse response;
+  const grpc::Status many = counted->stub->Tokenize(&context, request, &response);
+  EXPECT_EQ(many.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << many.error_message();
+  EXPECT_EQ(many.error_message(), "texts: at most 256 per request (--max_trajectories_per_request)");
 }
 
 // A latent the decoder turns into NaN came back OK as a black image; it is

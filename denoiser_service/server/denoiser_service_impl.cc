@@ -697,8 +697,11 @@ grpc::Status DenoiserServiceImpl::Tokenize(grpc::ServerContext* context,
                                  " is a class model; it has no tokenizer"))));
   }
   if (request->texts_size() > max_trajectories_per_request_) {
-    return Count("Tokenize", ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
-                                 "texts: at most ", max_trajectories_per_request_, " per request"))));
+    // This replica's setting: an orchestrator tokenizes a grid's prompts of
+    // its own accord (4 texts, and 2 a trunk switch).
+    return Count("Tokenize", ToGrpcStatus(AsReplicasLimit(absl::InvalidArgumentError(absl::StrCat(
+                                 "texts: at most ", max_trajectories_per_request_,
+                                 " per request (--max_trajectories_per_request)")))));
   }
   // Every text is checked before any is tokenized: each then costs at most
   // about a millisecond, and a caller that gave up stops the rest.
@@ -742,10 +745,13 @@ grpc::Status DenoiserServiceImpl::Judge(grpc::ServerContext* context,
   }
   const int n = request->images_size();
   if (n == 0 || n > max_trajectories_per_request_) {
-    // A fixed limit: no retry can succeed, so not RESOURCE_EXHAUSTED.
-    return Count("Judge", ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
-                              "images: ", n, " in one request; give 1 to ",
-                              max_trajectories_per_request_))));
+    // A fixed limit: no retry can succeed, so not RESOURCE_EXHAUSTED. Past
+    // it, this replica's setting: an orchestrator judges a curve's images
+    // 32 a call of its own accord.
+    const absl::Status refused = absl::InvalidArgumentError(
+        absl::StrCat("images: ", n, " in one request; give 1 to ", max_trajectories_per_request_,
+                     n == 0 ? "" : " (--max_trajectories_per_request)"));
+    return Count("Judge", ToGrpcStatus(n == 0 ? refused : AsReplicasLimit(refused)));
   }
   absl::StatusOr<HeldImageBytes> held = HoldImageBytes("images", n, m);
   if (!held.ok()) return Count("Judge", ToGrpcStatus(held.status()));
