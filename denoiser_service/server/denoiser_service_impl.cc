@@ -745,13 +745,12 @@ grpc::Status DenoiserServiceImpl::Judge(grpc::ServerContext* context,
   }
   const int n = request->images_size();
   if (n == 0 || n > max_trajectories_per_request_) {
-    // A fixed limit: no retry can succeed, so not RESOURCE_EXHAUSTED. Past
-    // it, this replica's setting: an orchestrator judges a curve's images
-    // 32 a call of its own accord.
-    const absl::Status refused = absl::InvalidArgumentError(
-        absl::StrCat("images: ", n, " in one request; give 1 to ", max_trajectories_per_request_,
-                     n == 0 ? "" : " (--max_trajectories_per_request)"));
-    return Count("Judge", ToGrpcStatus(n == 0 ? refused : AsReplicasLimit(refused)));
+    // A fixed limit: no retry can succeed, so not RESOURCE_EXHAUSTED. (An
+    // orchestrator's judge reads a replica's INVALID_ARGUMENT as the
+    // replica's, and tries another: CallJudge.)
+    return Count("Judge", ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
+                              "images: ", n, " in one request; give 1 to ",
+                              max_trajectories_per_request_))));
   }
   absl::StatusOr<HeldImageBytes> held = HoldImageBytes("images", n, m);
   if (!held.ok()) return Count("Judge", ToGrpcStatus(held.status()));

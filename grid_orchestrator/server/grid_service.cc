@@ -237,6 +237,12 @@ absl::StatusOr<GridPlanSpec> GridService::Plan(const v1::GridRequest& request,
       absl::Now() >= deadline) {
     return late();
   }
+  if (status.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
+    // The replica's settings (its request or message limit): no retry helps.
+    return absl::FailedPreconditionError(
+        absl::StrCat("the denoiser at ", lease->address(), " cannot tokenize this grid's prompts (",
+                     status.error_message(), ")"));
+  }
   if (!status.ok() && status.error_code() != grpc::StatusCode::INVALID_ARGUMENT) {
     // Not the prompts' fault: the replica's (a token it refuses, a timeout,
     // a restart). Passed on as it came, a denoiser's UNAUTHENTICATED read as
