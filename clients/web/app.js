@@ -360,12 +360,11 @@ function presetRows(preset) {
   const steps = Number.isInteger(typed) && typed > 0 ? typed : base;
   // As the server makes them: short of a last step that adds no noise
   // (Euler ancestral's; DDIM's as ddimLastStepAddsNoise says), unless a
-  // switch prompt makes the branches differ.
+  // switch the model reads makes the branches differ.
   const sampler = controls.sampler.value ||
       (preset === 'euler_a' || preset === 'turbo' ? 'euler_ancestral' : 'ddim');
   const noiseless = sampler === 'euler_ancestral' || !ddimLastStepAddsNoise(steps);
-  const switched = switchPrompt();
-  const end = noiseless && !switched ? steps - 1 : steps;
+  const end = noiseless && !switchSeen() ? steps - 1 : steps;
   const scaled = [];
   for (const k of rows) {
     const s = Math.round(k * steps / base);
@@ -455,6 +454,26 @@ function fillControls(state, {fresh = false} = {}) {
 // for a text model.
 function switchPrompt() {
   return promptKind === 'text' ? controls.switchText.value.trim() : controls.switch.value;
+}
+
+// Whether the form's switch changes what the model reads, as the planner
+// decides (ReadAlike, grid_plan.cc): another prompt (class) or negative
+// prompt, where the guidance reads it (0 reads only the negative prompt, 1
+// only the prompt). The server also plans a switch whose tokens read alike
+// (another case, other spaces) as none, which the page cannot tell.
+function switchSeen() {
+  const to = switchPrompt();
+  if (!to) return false;
+  const text = promptKind === 'text';
+  const prompt = text ? controls.promptText.value.trim() : controls.prompt.value;
+  const negative = text ? controls.negative.value.trim() : '';
+  const toNegative = text ? controls.switchNegative.value.trim() || negative : '';
+  const typed = controls.guidance.value.trim();
+  const guidance = typed !== '' && Number.isFinite(Number(typed)) ? Number(typed) :
+      currentModel()?.defaults?.guidance ?? 1;
+  const promptAlike = to === prompt || guidance === 0;
+  const negativeAlike = toNegative === negative || guidance === 1;
+  return !(promptAlike && negativeAlike);
 }
 
 function stateFromControls() {
@@ -1333,6 +1352,11 @@ controls.steps.addEventListener('input', fillPlaceholders);
 controls.noise.addEventListener('change', fillPlaceholders);
 controls.sampler.addEventListener('change', fillPlaceholders);
 controls.spacing.addEventListener('change', fillPlaceholders);
+// Whether a switch is one the model reads (switchSeen) moves the rows too.
+for (const [control, type] of [[controls.prompt, 'change'], [controls.promptText, 'input'],
+  [controls.negative, 'input'], [controls.switchNegative, 'input'], [controls.guidance, 'input']]) {
+  control.addEventListener(type, fillPlaceholders);
+}
 // The trunk's noise needs a switch prompt: without one every branch would be
 // the trunk (the server refuses it).
 for (const [control, type] of [[controls.switch, 'change'], [controls.switchText, 'input']]) {

@@ -510,7 +510,7 @@ absl::Status CheckBranchesCanDiffer(const GridPlanSpec& plan, const std::vector<
   if (plan.trunk_noise) return absl::OkStatus();
   const bool prompt_changes = SwitchSeen(plan);
   const std::string unseen =
-      plan.switch_unseen ? " (the switch_prompt reads as the prompt to this model)" : "";
+      plan.switch_unseen ? " (the switch changes nothing this model reads at this guidance)" : "";
   if (plan.eta == 0.0f && !prompt_changes) {
     return Invalid(absl::StrCat("eta: 0 adds no noise at any step, so every branch would be its "
                                 "trunk",

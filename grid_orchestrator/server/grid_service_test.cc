@@ -160,7 +160,7 @@ TEST_F(GridServiceTokenizeTest, ASwitchThatTokenizesAsThePromptMakesNoBranchDiff
   request.mutable_eta()->set_value(0);
   const absl::Status refused = service_->Admit(Caller{}, request).status();
   EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
-  EXPECT_TRUE(absl::StrContains(refused.message(), "reads as the prompt")) << refused;
+  EXPECT_TRUE(absl::StrContains(refused.message(), "changes nothing this model reads")) << refused;
   request.set_switch_prompt("a cat");
   EXPECT_TRUE(service_->Admit(Caller{}, request).ok());
 }

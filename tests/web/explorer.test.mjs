@@ -438,6 +438,20 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     // The Rows placeholder gives the rows the preset takes at the typed steps.
     await fillGrid(page, {steps: '10', rows: ''});
     assert.equal(await page.getAttribute(testId('rows'), 'placeholder'), 'preset: 0,1,2,4,6,8 of 10');
+    // turbo at 3 steps: its rows stop short of the last, where Euler
+    // ancestral adds no noise, unless a switch the model reads makes the
+    // branches differ. A switch to the prompt itself is none, as the server
+    // plans it (the placeholder said 0,1,2 and the grid came with 0,1).
+    const rowsPlaceholder = () => page.getAttribute(testId('rows'), 'placeholder');
+    const classes = await page.$$eval(`${testId('prompt')} option`,
+        (options) => options.map((o) => o.value).filter(Boolean));
+    await fillGrid(page, {prompt: classes[0], preset: 'turbo', steps: '3'});
+    assert.equal(await rowsPlaceholder(), 'preset: 0,1 of 3');
+    await fillGrid(page, {switch: classes[0]});
+    assert.equal(await rowsPlaceholder(), 'preset: 0,1 of 3');
+    await fillGrid(page, {switch: classes[1]});
+    assert.equal(await rowsPlaceholder(), 'preset: 0,1,2 of 3');
+    await fillGrid(page, {switch: '', preset: 'default', steps: ''});
 
     // An empty seed box runs a seed of its own, shown in the box and the URL
     // (it ran seed 0, and the page could not be reloaded or gone back to).
