@@ -187,6 +187,7 @@ std::vector<std::string> ReplicaPool::Resolve() {
   if (!absl::StartsWith(targets, "dns:///")) {
     return absl::StrSplit(targets, ',', absl::SkipWhitespace());
   }
+  if (options_.resolve_dns) return options_.resolve_dns();
   // A headless Service resolves to one address per ready pod.
   const std::string name_port = targets.substr(7);
   const size_t colon = name_port.rfind(':');
@@ -217,6 +218,7 @@ void ReplicaPool::UpdateReplicas(const std::vector<std::string>& addresses) {
     if (!wanted.count(it->first)) {
       // Leases may still hold it; it just takes no new work.
       it->second->removed = true;
+      departed_[it->first] = it->second;
       if (metrics_) metrics_->RemoveReplica(it->first);
       it = replicas_.erase(it);
       changed = true;
@@ -224,8 +226,26 @@ void ReplicaPool::UpdateReplicas(const std::vector<std::string>& addresses) {
       ++it;
     }
   }
+  for (auto it = departed_.begin(); it != departed_.end();) {
+    it = it->second.expired() ? departed_.erase(it) : std::next(it);
+  }
   for (const std::string& address : wanted) {
     if (replicas_.count(address)) continue;
+    if (auto d = departed_.find(address); d != departed_.end()) {
+      if (std::shared_ptr<Replica> back = d->second.lock()) {
+        // Back with the leases it had: serving again once a health check
+        // says so, its models asked for anew (it may have restarted).
+        departed_.erase(d);
+        back->removed = false;
+        back->healthy = false;
+        back->models.reset();
+        replicas_[address] = back;
+        PublishInflight(*back);
+        changed = true;
+        continue;
+      }
+      departed_.erase(d);
+    }
     grpc::ChannelArguments args;
     // A restarted replica rejoins within about a second.
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
@@ -581,23 +601,36 @@ bool ReplicaPool::LookUpModels(const std::function<bool(const v1::GetModelInfoRe
   return false;
 }
 
-absl::StatusOr<v1::GetModelInfoResponse> ReplicaPool::Models() {
+absl::StatusOr<v1::GetModelInfoResponse> ReplicaPool::Models(const std::string& name) {
   for (int round = 0; round < 2; ++round) {
     // Every healthy replica's list, not the first one's: replicas may serve
     // different models (a pool split by model, or one replica restarted
     // onto a bundle more during a rolling update).
     v1::GetModelInfoResponse all;
     bool answered = false;
-    std::vector<std::string> unanswered;
-    LookUpModels([&](const v1::GetModelInfoResponse& models) {
+    auto lists = [&all](const std::string& wanted) {
+      return std::any_of(all.models().begin(), all.models().end(),
+                         [&](const v1::ModelInfo& m) { return m.name() == wanted; });
+    };
+    auto merge = [&](const v1::GetModelInfoResponse& models) {
       answered = true;
       for (const v1::ModelInfo& m : models.models()) {
-        const bool listed = std::any_of(all.models().begin(), all.models().end(),
-                                        [&](const v1::ModelInfo& l) { return l.name() == m.name(); });
-        if (!listed) *all.add_models() = m;
+        if (!lists(m.name())) *all.add_models() = m;
       }
       return false;
-    }, &unanswered);
+    };
+    // The lists known: the health rounds ask a healthy replica that has not
+    // answered yet, so a call waits on none of them unless it must.
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (const auto& [_, r] : replicas_) {
+        if (r->healthy && r->models) merge(*r->models);
+      }
+    }
+    if (answered && (name.empty() || lists(name))) return all;
+    // None known, or not the model asked for: ask those now.
+    std::vector<std::string> unanswered;
+    LookUpModels(merge, &unanswered);
     if (answered) return all;
     if (!unanswered.empty()) {
       return absl::UnavailableError(

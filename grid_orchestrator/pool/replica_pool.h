@@ -72,6 +72,9 @@ class ReplicaPool {
     std::function<std::unique_ptr<v1::Denoiser::StubInterface>(
         const std::string& address, std::shared_ptr<grpc::Channel> channel)>
         stub_factory;
+    // The addresses a "dns:///" target names now; tests give their own.
+    // Default: a DNS lookup.
+    std::function<std::vector<std::string>()> resolve_dns;
     // Told, once each, when a replica starts or stops serving (and why) and
     // when it will not give its model list (a wrong token says so only
     // there); called outside the pool's lock. Empty: not told.
@@ -157,10 +160,11 @@ class ReplicaPool {
 
   std::vector<ReplicaStatus> Snapshot();
   // Every model a healthy replica serves, each name once (as the first
-  // replica by address that had answered describes it). Each replica's
-  // answer is kept until it turns unhealthy (a restarted replica may serve
-  // a new version).
-  absl::StatusOr<v1::GetModelInfoResponse> Models();
+  // replica by address describes it, of those that had answered). Each
+  // replica's answer is kept until it turns unhealthy (a restarted replica
+  // may serve a new version). Healthy replicas that have not answered yet
+  // are asked now only when no list is known, or none lists `name`.
+  absl::StatusOr<v1::GetModelInfoResponse> Models(const std::string& name = "");
   // `name` at `version`, as a healthy replica that serves it describes it;
   // UNAVAILABLE when none does (any more) within the grace period.
   absl::StatusOr<v1::ModelInfo> Model(const std::string& name, const std::string& version);
@@ -204,6 +208,10 @@ class ReplicaPool {
   // Notified when a lease ends, a replica's health changes, or on stop.
   std::condition_variable changed_;
   std::map<std::string, std::shared_ptr<Replica>> replicas_;  // guarded by mu_
+  // Replicas that left the target list while leases still held them: one
+  // whose address comes back is the same, its leases counted against its
+  // cap (a pod out of a headless Service's endpoints for a while).
+  std::map<std::string, std::weak_ptr<Replica>> departed_;  // guarded by mu_
   // When a replica last went from healthy to unhealthy: a waiter's grace
   // for a pool with none healthy runs from here, or from its own start.
   absl::Time last_lost_ = absl::InfinitePast();  // guarded by mu_

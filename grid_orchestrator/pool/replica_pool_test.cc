@@ -530,6 +530,49 @@ TEST(ReplicaPoolTest, ResolvesDnsTargets) {
   EXPECT_EQ(lease->address(), a.address());
 }
 
+// A pod out of a headless Service's endpoints for a while (a failed
+// readiness probe) comes back as the same replica: the jobs it still runs
+// count against its cap. Before, it came back as a new one with none in
+// flight, and took a cap's worth more.
+TEST(ReplicaPoolTest, AnAddressThatLeavesTheTargetsAndComesBackKeepsItsLeases) {
+  testing::FakeReplicas replicas(2);
+  std::mutex mu;
+  std::vector<std::string> listed = {replicas.address(0)};
+  ReplicaPool::Options options = replicas.PoolOptions();
+  options.targets = "dns:///denoisers:50051";
+  options.resolve_interval = absl::ZeroDuration();  // at every health round
+  options.max_inflight_per_replica = 1;
+  options.resolve_dns = [&] {
+    std::lock_guard<std::mutex> lock(mu);
+    return listed;
+  };
+  auto pool = ReplicaPool::Create(options, nullptr);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  auto held = (*pool)->Acquire(1, kSoon, {});
+  ASSERT_TRUE(held.ok()) << held.status();
+  auto serving = [&](const std::string& address) {
+    for (const auto& r : (*pool)->Snapshot()) {
+      if (r.address == address) return r.healthy;
+    }
+    return false;
+  };
+  auto list = [&](std::vector<std::string> addresses) {
+    std::lock_guard<std::mutex> lock(mu);
+    listed = std::move(addresses);
+  };
+  list({replicas.address(1)});
+  ASSERT_TRUE(WaitUntil([&] { return serving(replicas.address(1)); }));
+  list({replicas.address(0)});
+  ASSERT_TRUE(WaitUntil([&] {
+    return serving(replicas.address(0)) && (*pool)->Snapshot().size() == 1;
+  }));
+  EXPECT_EQ((*pool)->Snapshot()[0].inflight, 1);
+  const auto over = (*pool)->Acquire(1, absl::Now() + absl::Milliseconds(300), {});
+  EXPECT_EQ(over.status().code(), absl::StatusCode::kDeadlineExceeded) << over.status();
+  *held = ReplicaPool::Lease();
+  EXPECT_TRUE((*pool)->Acquire(1, kSoon, {}).ok());
+}
+
 TEST(ReplicaPoolTest, RejectsEmptyTargets) {
   EXPECT_EQ(ReplicaPool::Create(Options(""), nullptr).status().code(),
             absl::StatusCode::kInvalidArgument);

@@ -155,7 +155,7 @@ absl::Status GridService::Authenticate(const Caller& caller) const {
 }
 
 absl::StatusOr<v1::ModelInfo> GridService::ChooseModel(const v1::GridRequest& request) {
-  absl::StatusOr<v1::GetModelInfoResponse> models = pool_->Models();
+  absl::StatusOr<v1::GetModelInfoResponse> models = pool_->Models(request.model());
   if (!models.ok()) return models.status();
   if (models->models_size() == 0) return absl::UnavailableError("the denoisers serve no model");
   if (request.model().empty()) return models->models(0);
