@@ -201,6 +201,20 @@ TEST_F(DenoiserServerTest, StepsComposeIntoABranch) {
   }
 }
 
+// A class model's empty prompt is unconditional, as in a path segment and
+// a grid's request; it was refused here alone, as an unknown class.
+TEST_F(DenoiserServerTest, AClassModelsEmptyPromptIsUnconditional) {
+  v1::BranchRequest plain = GaussianBranch(1);
+  plain.clear_conditioning();
+  v1::BranchRequest empty = plain;
+  empty.mutable_conditioning()->set_prompt("");
+  const BranchResult a = CallBranch(plain), b = CallBranch(empty);
+  ASSERT_TRUE(a.status.ok()) << a.status.error_message();
+  ASSERT_TRUE(b.status.ok()) << b.status.error_message();
+  EXPECT_EQ(a.events.back().final().latent().raw_contents(),
+            b.events.back().final().latent().raw_contents());
+}
+
 TEST_F(DenoiserServerTest, DecodeReturnsPngs) {
   v1::DecodeRequest request;
   request.set_model("tinyconv");

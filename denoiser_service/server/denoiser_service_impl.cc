@@ -103,6 +103,11 @@ absl::Status ParseConditioning(const v1::Conditioning& c, const BundleManifest& 
       run->class_index = c.class_index();
       return absl::OkStatus();
     case v1::Conditioning::kPrompt: {
+      // The empty prompt is no class, as in a path segment and a grid.
+      if (c.prompt().empty()) {
+        run->class_index = -1;
+        return absl::OkStatus();
+      }
       const int index = m.ClassIndex(c.prompt());
       if (index < 0) {
         return absl::InvalidArgumentError(
