@@ -235,6 +235,33 @@ function conditioningName(conditioning, plan) {
   return negative ? `${name}, negative “${negative}”` : `${name}, no negative prompt`;
 }
 
+// What a grid's rows switch to: the switch prompt (a class), with its
+// negative prompt where that differs from the grid's (a switch of the
+// negative prompt alone read as one to the same prompt).
+function switchName(plan) {
+  return conditioningName({prompt: plan.switch_prompt,
+    negative_prompt: plan.switch_negative_prompt || plan.negative_prompt || ''}, plan);
+}
+
+// Whether a row at `step` switches: not where the trunk (a promoted one)
+// has switched to the same prompt already, as the server plans it.
+function rowSwitches(plan, step) {
+  if (!plan.switch_prompt || plan.switch_unseen) return false;
+  let inForce = null;
+  for (const segment of plan.trunk?.segments ?? []) {
+    if ((segment.from_step ?? 0) > step) break;
+    if (segment.conditioning) inForce = segment.conditioning;
+  }
+  if (!inForce) return true;
+  const text = isText(modelOf(plan));
+  if (!text) {
+    const index = modelOf(plan)?.prompts?.indexOf(plan.switch_prompt) ?? -1;
+    return inForce.class_index === undefined || inForce.class_index !== index;
+  }
+  return inForce.class_index !== undefined || (inForce.prompt ?? '') !== plan.switch_prompt ||
+      (inForce.negative_prompt ?? '') !== (plan.switch_negative_prompt || plan.negative_prompt || '');
+}
+
 // Where a path's prompt changes, from its segments' conditioning:
 // e.g. ["prompt → sneaker from step 5"].
 function promptChanges(path, plan) {
@@ -769,16 +796,33 @@ function rowLabel(plan, row) {
 // prompts "→ sneaker after step 5", the prompt on a line of its own that a
 // long text may cut (the label's title has all of it). A switch the model
 // reads as the prompt (switch_unseen) switches nothing.
+// The rows that do not switch, the trunk having switched already.
+function alreadyNote(plan) {
+  const already = (plan.branch_steps ?? []).filter((step) => !rowSwitches(plan, step));
+  return already.length === 0 ? '' :
+    `, but not after step ${already.join(', ')}: the trunk has switched already`;
+}
+
 function rowStep(plan, step) {
   const node = element('span', 'row-step');
-  if (!plan.switch_prompt || plan.switch_unseen) {
+  if (!rowSwitches(plan, step)) {
     node.textContent = `step ${step}`;
     return node;
   }
-  node.append(element('span', 'row-switch', `→ ${promptName(plan.switch_prompt, modelOf(plan))}`),
-      ` after step ${step}`);
+  node.append(element('span', 'row-switch', `→ ${switchName(plan)}`), ` after step ${step}`);
   return node;
 }
+
+// "branch 3" needs about 64 px; narrower columns (many, or a phone) are
+// numbered alone. Again as the window's width changes.
+function labelColumns() {
+  const heads = gridBox.querySelectorAll('.col-head');
+  const numbersOnly = heads.length > 8 || gridBox.clientWidth / (heads.length + 1) < 64;
+  heads.forEach((head, col) => {
+    head.textContent = numbersOnly ? String(col + 1) : `branch ${col + 1}`;
+  });
+}
+window.addEventListener('resize', labelColumns);
 
 function buildGrid(plan) {
   // A first tap on the new grid shows, whatever the old one showed; and a
@@ -789,13 +833,9 @@ function buildGrid(plan) {
   const cols = plan.branches ?? 0;
   gridBox.classList.remove('stale');
   gridBox.style.setProperty('--cols', String(cols));
-  // "branch 3" needs about 64 px; narrower columns (many, or a phone) are
-  // numbered alone.
-  const numbersOnly = cols > 8 || gridBox.clientWidth / Math.max(cols + 1, 1) < 64;
   const nodes = [element('div', 'corner', 'after step')];
   for (let col = 0; col < cols; col++) {
-    // Many narrow columns have room for their number alone.
-    const head = element('div', 'col-head', numbersOnly ? String(col + 1) : `branch ${col + 1}`);
+    const head = element('div', 'col-head');
     head.setAttribute('aria-hidden', 'true');
     nodes.push(head);
   }
@@ -823,6 +863,7 @@ function buildGrid(plan) {
   }
   const focused = gridBox.contains(document.activeElement);
   gridBox.replaceChildren(...nodes);
+  labelColumns();
   if (focused) gridBox.focus();  // the old cells are gone
   trunkFrame.replaceChildren(placeholder('trunk'));
   trunkFigure.dataset.path = encodePath(plan.trunk ?? {});
@@ -1073,11 +1114,11 @@ function renderExports(grid) {
   const spacing = (sampler.spacing ?? 'SPACING_LEADING').replace('SPACING_', '').toLowerCase();
   const negative = plan.negative_prompt ? ` Negative prompt: “${plan.negative_prompt}”.` : '';
   const keep = plan.branch_noise === 'BRANCH_NOISE_TRUNK' ? ', keeping the trunk’s noise' : '';
-  const switchTo = plan.switch_prompt ? promptName(plan.switch_prompt, modelOf(plan)) : '';
+  const switchTo = plan.switch_prompt ? switchName(plan) : '';
   const switched = !switchTo ? '' : plan.switch_unseen ?
       ` The model reads the switch to ${switchTo} as the prompt (the same class or tokens, or ` +
       'one this guidance does not read): the branches do not switch.' :
-      ` Branches switch to ${switchTo} at their row’s step${keep}.`;
+      ` Branches switch to ${switchTo} at their row’s step${keep}` + alreadyNote(plan) + '.';
   const size = plan.size;
   const sized = size ? ` Size ${size.original_height ?? 0}×${size.original_width ?? 0}, crop ` +
       `${size.crop_top ?? 0}×${size.crop_left ?? 0}, target ${size.target_height ?? 0}×${size.target_width ?? 0}.` : '';
@@ -1248,7 +1289,7 @@ function curveCaptionText(run, curve) {
   const seed = run.request.grid.seed;
   const seeds = seed !== undefined ? ` (seeds ${seed} to ${BigInt(seed) + BigInt(trunks - 1)})` : '';
   const switched = !plan.switch_prompt ? '' :
-      `, switching to ${promptName(plan.switch_prompt, modelOf(plan))}` + (plan.switch_unseen ?
+      `, switching to ${switchName(plan)}` + (plan.switch_unseen ?
         ' (which the model reads as the prompt)' :
         plan.branch_noise === 'BRANCH_NOISE_TRUNK' ? ' with the trunk’s noise' : '');
   // A row where every trunk agrees (± 0) has its 95% interval drawn dashed.

@@ -64,7 +64,10 @@ function chart({rowSteps, lastStep, yMax, ticks, label, title, yTitle = ''}) {
     axes.append(el('text', {x: LEFT - 6, y: y(value) + 3.5, 'text-anchor': 'end'}, String(Number(value.toFixed(4)))));
   }
   let lastLabelX = -Infinity;
-  for (const step of rowSteps) {
+  // The rows' steps, and the axis's end (the trajectory's last step), which
+  // a band running past the last row reaches.
+  const steps = rowSteps.includes(lastStep) ? rowSteps : [...rowSteps, lastStep];
+  for (const step of steps) {
     axes.append(el('line', {x1: x(step), x2: x(step), y1: TOP + PLOT_H, y2: TOP + PLOT_H + 4, class: 'axis'}));
     if (x(step) - lastLabelX >= 16) {
       axes.append(el('text', {x: x(step), y: TOP + PLOT_H + 15, 'text-anchor': 'middle'}, String(step)));

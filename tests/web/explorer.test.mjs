@@ -542,6 +542,15 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     const label = await page.locator(testId('row-label')).first().boundingBox();
     assert.ok(label.x >= 0, `the row labels can be seen (x = ${label.x})`);
     assert.equal(await page.textContent('.col-head >> nth=15'), '16', 'many columns are numbered');
+
+    // The headings follow the window: numbered on the phone, named once it
+    // widens (they were fixed when the grid was built, and ran together
+    // when a desktop window narrowed).
+    await runGrid(page, {...GRID, rows: '0,10', cols: '6'});
+    assert.equal(await page.textContent('.col-head >> nth=0'), '1');
+    await page.setViewportSize({width: 1400, height: 900});
+    await page.waitForFunction(() => document.querySelector('.col-head').textContent === 'branch 1',
+        null, {timeout: 5_000});
   }, PHONE));
 
   test('8. a text model: a text box with its examples and a negative prompt; a class model: the list',
@@ -622,7 +631,9 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
         }
 
         // A switch to free text with its own negative prompt: in the URL,
-        // the row labels and a cell's hover text.
+        // the row labels and a cell's hover text (the labels named the
+        // prompt alone, so a switch of the negative prompt alone read as a
+        // switch to the same prompt).
         await page.fill(testId('switch-text'), 'a photo of a dog');
         await page.fill(testId('switch-negative'), 'grainy');
         await runGrid(page, {...GRID, seed: '34', rows: '0,10', cols: '2'});
@@ -630,7 +641,8 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
         assert.equal(switchUrl.searchParams.get('switch'), 'a photo of a dog');
         assert.equal(switchUrl.searchParams.get('switchNegative'), 'grainy');
         assert.deepEqual(await page.$$eval(`${testId('row-label')} .row-step`, (nodes) => nodes.map((n) => n.textContent)),
-            ['→ “a photo of a dog” after step 0', '→ “a photo of a dog” after step 10']);
+            ['→ “a photo of a dog”, negative “grainy” after step 0',
+              '→ “a photo of a dog”, negative “grainy” after step 10']);
         const switchTitle = await page.getAttribute(cell(1, 1), 'title');
         assert.ok(switchTitle.includes('prompt → “a photo of a dog”, negative “grainy” from step 10'), switchTitle);
         await screenshot(page, '08-text-switch');
@@ -643,6 +655,9 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
         await page.waitForSelector(`${testId('trunk')}[data-loaded="true"][data-path="${switchedPath}"]`);
         await waitForGrid(page);
         assert.equal(await src(page, testId('trunk-image')), switchedImage);
+        // The trunk has switched at step 10: that row does not again.
+        assert.deepEqual(await page.$$eval(`${testId('row-label')} .row-step`, (nodes) => nodes.map((n) => n.textContent)),
+            ['→ “a photo of a dog”, negative “grainy” after step 0', 'step 10']);
         await page.fill(testId('switch-text'), '');
         await page.fill(testId('switch-negative'), '');
 
@@ -748,6 +763,11 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     await waitForGrid(page);
     assert.equal(await src(page, testId('trunk-image')), image, 'the promoted switched cell reproduces');
     assert.ok((await page.textContent(testId('trunk-caption'))).includes(changed));
+    // Rows at or after the trunk's own switch do not switch again (they
+    // were labelled as switching, and the summary said every row did).
+    assert.deepEqual(await page.$$eval(`${testId('row-label')} .row-step`, (nodes) => nodes.map((n) => n.textContent)),
+        [`→ ${to} after step 0`, `→ ${to} after step 5`, 'step 10', 'step 15']);
+    assert.match(await page.textContent(testId('summary')), /but not after step 10, 15: the trunk has switched already/);
     assert.equal(await page.inputValue(testId('switch')), to);
     assert.equal(await page.inputValue(testId('noise')), 'trunk');
     assert.equal(new URL(page.url()).searchParams.get('switch'), to);
@@ -817,6 +837,12 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
       half: group.querySelector('[data-testid="half-step"]')?.dataset.step ?? null,
     })));
     assert.deepEqual(series.map((s) => s.head), heads, 'one series per head');
+    // The x axis is labelled at each row's step and at its end, the last
+    // step (its last quarter was blank, unlabelled, past row 6).
+    const xLabels = await page.$eval(`${plot} .axes`, (axes) => [...axes.querySelectorAll('text')]
+        .filter((t) => t.getAttribute('text-anchor') === 'middle' && !t.classList.contains('axis-title'))
+        .map((t) => t.textContent));
+    assert.deepEqual(xLabels, ['0', '3', '6', CURVE_GRID.steps]);
     for (const [h, drawn] of series.entries()) {
       assert.equal(drawn.dots, rows, `${drawn.head}: a point per row`);
       assert.equal(drawn.bars, rows, `${drawn.head}: an error bar per row`);
