@@ -1304,7 +1304,7 @@ function curveCaptionText(run, curve) {
   return `${trunks} trunks${seeds} of ${plan.model}, ${promptName(plan.prompt, modelOf(plan))}${switched}: ` +
       `${plan.branch_steps?.length ?? 0} rows × ${plural(plan.branches ?? 0, 'branch', 'branches')}, ` +
       `${plan.sampler?.steps ?? 0} ${samplerName(plan.sampler?.sampler)} steps. ` +
-      `${formatSeconds(curve.seconds)}, ` +
+      `Ran ${formatSeconds(curve.seconds)}, ` +
       `${Number(curve.model_evals ?? 0)} model evaluations, ${curve.cache_hits ?? 0} cache hits. ${judged} ` +
       `Error bars: ± one standard error over trunks.${promoted}`;
 }

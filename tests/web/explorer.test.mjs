@@ -870,7 +870,7 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     }
     const caption = await page.textContent(testId('curve-caption'));
     assert.match(caption, new RegExp(`^${CURVE_TRUNKS} trunks \\(seeds 7 to ${7 + CURVE_TRUNKS - 1}\\)`));
-    assert.match(caption, /\d+(\.\d)? s, \d+ model evaluations/);
+    assert.match(caption, / steps\. Ran (under 0\.1|\d+(\.\d)?) s, \d+ model evaluations/);
     assert.match(caption, /± one standard error over trunks/);
     assert.match(await page.getAttribute(testId('curve-download-png'), 'href'), /^data:image\/png;base64,/);
     // The same figure as SVG: a document the browser parses, at the PNG's size.
