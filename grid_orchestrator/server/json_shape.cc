@@ -251,6 +251,7 @@ const FieldDescriptor* FindJsonField(const Descriptor& type, const std::string& 
 
 absl::Status CheckObject(const Struct& object, const Descriptor& type, const std::string& path) {
   std::vector<const FieldDescriptor*> seen;
+  std::vector<const google::protobuf::OneofDescriptor*> set_oneofs;
   for (const auto& [key, value] : object.fields()) {
     const FieldDescriptor* field = FindJsonField(type, key);
     if (!field) {
@@ -263,6 +264,19 @@ absl::Status CheckObject(const Struct& object, const Descriptor& type, const std
       return absl::InvalidArgumentError(absl::StrCat(
           JoinPath(path, field->name()), ": given twice (as ", ShortQuote(field->name()), " and ",
           ShortQuote(field->camelcase_name()), ")"));
+    }
+    // Two members of one oneof: protobuf's parser refuses the second in
+    // words of its own, cut short. (null leaves a field unset.)
+    const google::protobuf::OneofDescriptor* oneof = field->real_containing_oneof();
+    if (oneof && value.kind_case() != Value::kNullValue) {
+      if (std::find(set_oneofs.begin(), set_oneofs.end(), oneof) != set_oneofs.end()) {
+        std::vector<std::string> members;
+        for (int i = 0; i < oneof->field_count(); ++i) members.push_back(oneof->field(i)->name());
+        return absl::InvalidArgumentError(absl::StrCat(
+            path.empty() ? oneof->name() : path, ": give one of ", absl::StrJoin(members, ", "),
+            ", not more"));
+      }
+      set_oneofs.push_back(oneof);
     }
     seen.push_back(field);
     RETURN_IF_ERROR(CheckField(value, *field, JoinPath(path, field->name())));
@@ -287,6 +301,12 @@ absl::Status CheckNesting(absl::string_view json) {
       }
     } else if (c == '"') {
       in_string = true;
+    } else if (c == '\'') {
+      // protobuf's parser takes single-quoted strings too; a '"' in one
+      // would end this count's string early, or begin one it never ends,
+      // and deep or wide JSON after it reached the parser (minutes of CPU).
+      return absl::InvalidArgumentError(
+          "not valid JSON: a string in single quotes (JSON quotes strings with \")");
     } else if (c == ',' || c == '[' || c == '{') {
       if (++values > kMaxJsonValues) {
         return absl::InvalidArgumentError(
