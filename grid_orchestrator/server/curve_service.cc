@@ -510,7 +510,13 @@ absl::StatusOr<std::unique_ptr<AdmittedCurve>> CurveService::AdmitUncounted(
   if (!first.ok()) return UnderGrid(first.status());
   curve->first_ = std::move(*first);
   curve->plan_ = curve->first_->plan();
-  ASSIGN_OR_RETURN(curve->heads_, JudgeHeads(pool_, curve->plan_));
+  absl::StatusOr<std::vector<v1::JudgeHeadInfo>> heads = JudgeHeads(pool_, curve->plan_);
+  if (!heads.ok()) {
+    // Trunk 0's grid was admitted: it ends counted, as every grid does.
+    grids_->CountRefusal(heads.status());
+    return heads.status();
+  }
+  curve->heads_ = std::move(*heads);
   return curve;
 }
 
@@ -525,6 +531,13 @@ absl::StatusOr<v1::CurveResult> CurveService::Run(AdmittedCurve& curve, const Ca
                                                   const CurveSink& sink) {
   bool stopped_reading = false;
   absl::StatusOr<v1::CurveResult> result = RunUncounted(curve, caller, sink, &stopped_reading);
+  if (curve.first_) {
+    // Trunk 0's grid, admitted and never run (the client gone before the
+    // plan went out): counted as a grid stream's would be.
+    grids_->CountRefusal(result.ok() ? absl::InternalError("curve ended before trunk 0 ran")
+                                     : result.status());
+    curve.first_.reset();
+  }
   if (metrics_) {
     // Only a finished curve is timed: its own seconds.
     metrics_->CountCurve(

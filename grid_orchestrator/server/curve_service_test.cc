@@ -276,6 +276,18 @@ TEST_F(CurveServiceTest, AClientThatGoesAwayCancelsTheCurve) {
   EXPECT_GT(Count("dgrid_orchestrator_jobs_total", "cancelled"), 0);
 }
 
+// A client gone before the curve's plan went out: trunk 0's grid, admitted,
+// is counted cancelled, as a grid stream's is (it was counted nowhere).
+TEST_F(CurveServiceTest, AFirstGridNeverRunIsCountedCancelled) {
+  Start();
+  const absl::Status status =
+      curves_->RunCurve(Caller{}, Request(3), [](const v1::CurveEvent&) { return false; }).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kCancelled) << status;
+  EXPECT_EQ(Curves("cancelled"), 1);
+  EXPECT_EQ(Grids("cancelled"), 1);
+  EXPECT_EQ(replicas_.log(0).branches.size() + replicas_.log(1).branches.size(), 0u);
+}
+
 // A judge call the pool refuses because its curve was cancelled is the
 // curve's end, counted as a cancelled job: it was counted failed, and the
 // client-leaves test above saw it one run in thirty.
