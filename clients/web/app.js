@@ -244,12 +244,17 @@ function switchName(plan) {
 }
 
 // Whether a row at `step` switches: not where the trunk (a promoted one)
-// has switched to the same prompt already, as the server plans it.
+// has switched to the same prompt already and switches no more, as the
+// server plans it (a row's switch holds to the end, Path::SwitchedAt: a
+// later switch of the trunk's makes the row differ).
 function rowSwitches(plan, step) {
   if (!plan.switch_prompt || plan.switch_unseen) return false;
   let inForce = null;
   for (const segment of plan.trunk?.segments ?? []) {
-    if ((segment.from_step ?? 0) > step) break;
+    if ((segment.from_step ?? 0) > step) {
+      if (segment.conditioning) return true;
+      continue;
+    }
     if (segment.conditioning) inForce = segment.conditioning;
   }
   if (!inForce) return true;

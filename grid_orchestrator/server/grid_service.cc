@@ -238,8 +238,10 @@ absl::StatusOr<GridPlanSpec> GridService::Plan(const v1::GridRequest& request,
     return late();
   }
   if (status.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
-    // The replica's settings (its request or message limit): no retry helps.
-    return absl::FailedPreconditionError(
+    // The replica's settings (its request or message limit) refuse what
+    // this orchestrator sends: no retry helps, and it is no client's mistake
+    // (counted failed, HTTP 500), as a replica's refusal of a grid's job.
+    return absl::InternalError(
         absl::StrCat("the denoiser at ", lease->address(), " cannot tokenize this grid's prompts (",
                      status.error_message(), ")"));
   }

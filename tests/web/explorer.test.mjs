@@ -768,6 +768,19 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     assert.deepEqual(await page.$$eval(`${testId('row-label')} .row-step`, (nodes) => nodes.map((n) => n.textContent)),
         [`→ ${to} after step 0`, `→ ${to} after step 5`, 'step 10', 'step 15']);
     assert.match(await page.textContent(testId('summary')), /but not after step 10, 15: the trunk has switched already/);
+    // A trunk that switches to `to` and later back: rows between the two
+    // switch (a row's switch holds to the end), and say so.
+    const twice = `41_0-1_5-2#${prompts.indexOf(to)}_12-3#${prompts.indexOf(from)}`;
+    const back = await newPage();
+    try {
+      await openPage(back, `${main.url}?seed=41&steps=20&rows=0,5,10,15&prompt=${encodeURIComponent(from)}` +
+          `&switch=${encodeURIComponent(to)}&noise=trunk&trunk=${encodeURIComponent(twice)}`);
+      await waitForGrid(back);
+      assert.deepEqual(await back.$$eval(`${testId('row-label')} .row-step`, (nodes) => nodes.map((n) => n.textContent)),
+          GRID.rows.split(',').map((step) => `→ ${to} after step ${step}`));
+    } finally {
+      await back.close();
+    }
     assert.equal(await page.inputValue(testId('switch')), to);
     assert.equal(await page.inputValue(testId('noise')), 'trunk');
     assert.equal(new URL(page.url()).searchParams.get('switch'), to);
