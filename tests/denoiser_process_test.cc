@@ -28,6 +28,23 @@ namespace {
 using testing::BinPath;
 using testing::ChildProcess;
 
+// Scrapes the metrics at `port` until `series` counts one, or `limit`
+// passes; the last page scraped.
+std::string ScrapeUntilCounted(int port, const std::string& series, absl::Duration limit) {
+  std::string text;
+  for (const absl::Time give_up = absl::Now() + limit; absl::Now() < give_up;
+       absl::SleepFor(absl::Milliseconds(100))) {
+    absl::StatusOr<std::string> scraped = testing::HttpGet(port, "/metrics");
+    if (!scraped.ok()) {
+      ADD_FAILURE() << scraped.status();
+      break;
+    }
+    text = *scraped;
+    if (testing::MetricValue(text, series) >= 1) break;
+  }
+  return text;
+}
+
 TEST(DenoiserProcessTest, ServesBranchMetricsReflectionAndStopsOnSigterm) {
   const std::string dir = testing::TempDir("denoiser-process");
   const std::string fixtures = std::getenv("DGRID_FIXTURES");
@@ -179,16 +196,8 @@ TEST(DenoiserProcessTest, ACallPastItsDeadlineCountsAsDeadlineExceeded) {
   // The server ends the call a moment after the client gives up on it.
   const std::string exceeded =
       R"(dgrid_denoiser_requests_total{code="DEADLINE_EXCEEDED",method="Branch"})";
-  double counted = 0;
-  std::string text;
-  for (const absl::Time give_up = absl::Now() + absl::Seconds(10);
-       counted < 1 && absl::Now() < give_up; absl::SleepFor(absl::Milliseconds(100))) {
-    auto scraped = testing::HttpGet((*ports)["metrics"], "/metrics");
-    ASSERT_TRUE(scraped.ok()) << scraped.status();
-    text = *scraped;
-    counted = testing::MetricValue(text, exceeded);
-  }
-  EXPECT_EQ(counted, 1) << text;
+  const std::string text = ScrapeUntilCounted((*ports)["metrics"], exceeded, absl::Seconds(10));
+  EXPECT_EQ(testing::MetricValue(text, exceeded), 1) << text;
   EXPECT_LE(testing::MetricValue(
                 text, R"(dgrid_denoiser_requests_total{code="CANCELLED",method="Branch"})"),
             0);
@@ -233,16 +242,8 @@ TEST(DenoiserProcessTest, AStreamNobodyReadsEndsAfterTheWriteStallBound) {
 
   const std::string cancelled =
       R"(dgrid_denoiser_requests_total{code="CANCELLED",method="Branch"})";
-  double counted = 0;
-  std::string text;
-  for (const absl::Time give_up = absl::Now() + absl::Seconds(40);
-       counted < 1 && absl::Now() < give_up; absl::SleepFor(absl::Milliseconds(200))) {
-    auto scraped = testing::HttpGet((*ports)["metrics"], "/metrics");
-    ASSERT_TRUE(scraped.ok()) << scraped.status();
-    text = *scraped;
-    counted = testing::MetricValue(text, cancelled);
-  }
-  EXPECT_EQ(counted, 1) << text;
+  const std::string text = ScrapeUntilCounted((*ports)["metrics"], cancelled, absl::Seconds(40));
+  EXPECT_EQ(testing::MetricValue(text, cancelled), 1) << text;
   // The client, reading at last, gets what was sent and then the end.
   v1::BranchEvent event;
   int events = 0;

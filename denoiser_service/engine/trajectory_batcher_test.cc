@@ -1268,7 +1268,7 @@ TEST(ExternalModelTest, SwitchingPromptsShareForwardPassesAndEncodeOnce) {
 }
 
 // A call that leaves while it waits for the pass in progress is dropped
-// before its admission: its prompt is not encoded for no one (before, a
+// before its admission: its prompt is encoded for no one (before, a
 // text-encoder pass on the batcher's thread, and a cache miss counted).
 TEST(ExternalModelTest, ACallThatLeftWhileQueuedIsNotEncodedFor) {
   ASSERT_FALSE(Fixtures().empty());
