@@ -235,12 +235,19 @@ function conditioningName(conditioning, plan) {
   return negative ? `${name}, negative “${negative}”` : `${name}, no negative prompt`;
 }
 
-// What a grid's rows switch to: the switch prompt (a class), with its
-// negative prompt where that differs from the grid's (a switch of the
-// negative prompt alone read as one to the same prompt).
+// What a grid's rows switch to, as a segment's conditioning: a switch
+// without a negative prompt of its own keeps the grid's (SwitchConditioning,
+// grid_plan.cc).
+function switchConditioning(plan) {
+  return {prompt: plan.switch_prompt,
+    negative_prompt: plan.switch_negative_prompt || plan.negative_prompt || ''};
+}
+
+// Its name: the switch prompt (a class), with its negative prompt where
+// that differs from the grid's (a switch of the negative prompt alone read
+// as one to the same prompt).
 function switchName(plan) {
-  return conditioningName({prompt: plan.switch_prompt,
-    negative_prompt: plan.switch_negative_prompt || plan.negative_prompt || ''}, plan);
+  return conditioningName(switchConditioning(plan), plan);
 }
 
 // Whether a row at `step` switches: not where the trunk (a promoted one)
@@ -263,8 +270,9 @@ function rowSwitches(plan, step) {
     const index = modelOf(plan)?.prompts?.indexOf(plan.switch_prompt) ?? -1;
     return inForce.class_index === undefined || inForce.class_index !== index;
   }
-  return inForce.class_index !== undefined || (inForce.prompt ?? '') !== plan.switch_prompt ||
-      (inForce.negative_prompt ?? '') !== (plan.switch_negative_prompt || plan.negative_prompt || '');
+  const to = switchConditioning(plan);
+  return inForce.class_index !== undefined || (inForce.prompt ?? '') !== to.prompt ||
+      (inForce.negative_prompt ?? '') !== to.negative_prompt;
 }
 
 // Where a path's prompt changes, from its segments' conditioning:
@@ -801,13 +809,6 @@ function rowLabel(plan, row) {
 // prompts "→ sneaker after step 5", the prompt on a line of its own that a
 // long text may cut (the label's title has all of it). A switch the model
 // reads as the prompt (switch_unseen) switches nothing.
-// The rows that do not switch, the trunk having switched already.
-function alreadyNote(plan) {
-  const already = (plan.branch_steps ?? []).filter((step) => !rowSwitches(plan, step));
-  return already.length === 0 ? '' :
-    `, but not after step ${already.join(', ')}: the trunk has switched already`;
-}
-
 function rowStep(plan, step) {
   const node = element('span', 'row-step');
   if (!rowSwitches(plan, step)) {
@@ -816,6 +817,13 @@ function rowStep(plan, step) {
   }
   node.append(element('span', 'row-switch', `→ ${switchName(plan)}`), ` after step ${step}`);
   return node;
+}
+
+// The rows that do not switch, the trunk having switched already.
+function alreadyNote(plan) {
+  const already = (plan.branch_steps ?? []).filter((step) => !rowSwitches(plan, step));
+  return already.length === 0 ? '' :
+    `, but not after step ${already.join(', ')}: the trunk has switched already`;
 }
 
 // "branch 3" needs about 64 px; narrower columns (many, or a phone) are

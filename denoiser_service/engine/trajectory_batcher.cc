@@ -119,10 +119,8 @@ struct TrajectoryBatcher::Active {
   int64_t cond = 0;
   size_t next_capture = 0;
   int evals = 0;
-  // Whether the caller gave the start latent (else x_T came from the seed),
-  // and its largest magnitude (0 if not): to blame the input when the
-  // output overflows.
-  bool latent_given = false;
+  // The largest magnitude of the start latent the caller gave (0 when x_T
+  // came from the seed): to blame the input when the output overflows.
   float latent_max_abs = 0.0f;
   std::vector<float> x;
   std::vector<float> x0;
@@ -590,7 +588,6 @@ absl::Status TrajectoryBatcher::ReserveSlots(int n) {
 void TrajectoryBatcher::SetStartLatent(TrajectoryStart& start, const SamplerSchedule& schedule,
                                        Active& a) const {
   a.x = std::move(start.latent);
-  a.latent_given = !a.x.empty();
   a.latent_max_abs = LargestMagnitude(a.x);
   if (!a.x.empty()) return;
   a.x.resize(model_->latent_numel());
@@ -1139,7 +1136,7 @@ absl::Status TrajectoryBatcher::Step(Active& a, absl::Span<float> out) {
   // turns one into NaN misbehaved, as it would from a seed's x_T: INTERNAL,
   // retried elsewhere (kLatentBeyondAnySampler).
   auto non_finite = [&](const char* what) {
-    if (a.latent_given && a.latent_max_abs > kLatentBeyondAnySampler) {
+    if (a.latent_max_abs > kLatentBeyondAnySampler) {
       return InvalidFieldError(
           absl::StrCat("trajectories[", a.index, "].latent"),
           absl::StrCat(": the ", what, " became non-finite (NaN or Inf) at step ", a.step,
