@@ -244,9 +244,26 @@ absl::StatusOr<std::vector<uint8_t>> TrajectoryBatcher::Decode(std::vector<float
   job->decode = true;
   job->deadline = deadline;
   job->cancelled = std::move(cancelled);
-  job->work = [&](int begin, int count) { return DecodeInto(latents, begin, count, pixels); };
+  std::vector<char> non_finite(batch, 0);
+  job->work = [&](int begin, int count) {
+    return DecodeInto(latents, begin, count, pixels, &non_finite);
+  };
   RETURN_IF_ERROR(RunJob(std::move(job)));
-  return pixels;
+  // An image the decoder gave NaN for fails the call, naming its latent:
+  // the caller's fault only past any sampler's scale (a step's rule).
+  const auto bad = std::find(non_finite.begin(), non_finite.end(), 1);
+  if (bad == non_finite.end()) return pixels;
+  const int i = static_cast<int>(bad - non_finite.begin());
+  const size_t latent = static_cast<size_t>(model_->latent_numel());
+  const float largest = LargestMagnitude(absl::MakeConstSpan(latents).subspan(i * latent, latent));
+  const std::string field = absl::StrCat("latents[", i, "]");
+  if (largest > kLatentBeyondAnySampler) {
+    return InvalidFieldError(
+        field, absl::StrCat(": decodes to non-finite pixels (NaN or Inf); its largest magnitude, ",
+                            largest, ", is outside what this model's decoder takes"));
+  }
+  return absl::InternalError(
+      absl::StrCat("the decoder produced non-finite pixels (NaN or Inf) from ", field));
 }
 
 absl::Status TrajectoryBatcher::DecodeInto(absl::Span<const float> latents, int begin, int count,

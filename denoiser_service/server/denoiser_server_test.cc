@@ -678,11 +678,14 @@ TEST(DecodeTest, ALatentThatDecodesToNonFinitePixelsIsRefusedNotBlack) {
   absl::StatusOr<FixtureServer> fixture = StartFixture("textlatent");
   ASSERT_TRUE(fixture.ok()) << fixture.status();
   v1::Denoiser::Stub* stub = fixture->stub.get();
-  auto decode = [&](float value) {
+  // One latent a value: the error names the one that fails.
+  auto decode = [&](std::vector<float> values) {
     v1::DecodeRequest request;
     request.set_model("textlatent");
-    EncodeFloatTensor(std::vector<float>(4 * 8 * 8, value), std::vector<int64_t>{4, 8, 8},
-                      request.add_latents());
+    for (float value : values) {
+      EncodeFloatTensor(std::vector<float>(4 * 8 * 8, value), std::vector<int64_t>{4, 8, 8},
+                        request.add_latents());
+    }
     grpc::ClientContext context;
     v1::DecodeResponse response;
     return stub->Decode(&context, request, &response);
@@ -706,14 +709,15 @@ TEST(DecodeTest, ALatentThatDecodesToNonFinitePixelsIsRefusedNotBlack) {
               0u)
         << branched.error_message();
   }
-  const grpc::Status huge = decode(3e38f);
+  const grpc::Status huge = decode({1.0f, 3e38f});
   EXPECT_EQ(huge.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(huge.error_message().rfind(
-                "latents: a latent whose largest magnitude is 3e+38 decodes to non-finite pixels",
+                "latents[1]: decodes to non-finite pixels (NaN or Inf); its largest magnitude, "
+                "3e+38, is outside",
                 0),
             0u)
       << huge.error_message();
-  EXPECT_TRUE(decode(1.0f).ok());
+  EXPECT_TRUE(decode({1.0f}).ok());
 }
 
 TEST(ModelDirsTest, AFolderOfBundlesExpandsByNameAndFlagOrderIsKept) {
