@@ -494,6 +494,10 @@ absl::StatusOr<std::unique_ptr<AdmittedCurve>> CurveService::Admit(
   return curve;
 }
 
+AdmittedCurve::~AdmittedCurve() {
+  if (service_) service_->CountRefusal(absl::CancelledError("the curve never ran"));
+}
+
 void CurveService::CountRefusal(const absl::Status& status) {
   if (metrics_) metrics_->CountCurve(Outcome(status), 0);
 }
@@ -512,11 +516,11 @@ absl::StatusOr<std::unique_ptr<AdmittedCurve>> CurveService::AdmitUncounted(
   curve->plan_ = curve->first_->plan();
   absl::StatusOr<std::vector<v1::JudgeHeadInfo>> heads = JudgeHeads(pool_, curve->plan_);
   if (!heads.ok()) {
-    // Trunk 0's grid was admitted: it ends counted, as every grid does.
-    grids_->CountRefusal(heads.status());
+    grids_->Drop(std::move(curve->first_), heads.status());
     return heads.status();
   }
   curve->heads_ = std::move(*heads);
+  curve->service_ = this;
   return curve;
 }
 
@@ -529,14 +533,15 @@ absl::StatusOr<v1::CurveResult> CurveService::RunCurve(const Caller& caller,
 
 absl::StatusOr<v1::CurveResult> CurveService::Run(AdmittedCurve& curve, const Caller& caller,
                                                   const CurveSink& sink) {
+  curve.service_ = nullptr;  // counted below
   bool stopped_reading = false;
   absl::StatusOr<v1::CurveResult> result = RunUncounted(curve, caller, sink, &stopped_reading);
   if (curve.first_) {
     // Trunk 0's grid, admitted and never run (the client gone before the
     // plan went out): counted as a grid stream's would be.
-    grids_->CountRefusal(result.ok() ? absl::InternalError("curve ended before trunk 0 ran")
-                                     : result.status());
-    curve.first_.reset();
+    const absl::Status why =
+        result.ok() ? absl::InternalError("curve ended before trunk 0 ran") : result.status();
+    grids_->Drop(std::move(curve.first_), why);
   }
   if (metrics_) {
     // Only a finished curve is timed: its own seconds.

@@ -49,14 +49,20 @@ struct CurveLimits {
   absl::Duration max_place_wait = absl::Minutes(5);
 };
 
+class CurveService;
+
 // A curve past admission: its request is valid and its first trunk's grid is
-// admitted (planned, and holding its place in the grid limits).
+// admitted (planned, and holding its place in the grid limits). One
+// destroyed without running (an HTTP client gone before its answer
+// started) is counted cancelled, its first grid too.
 class AdmittedCurve {
  public:
+  ~AdmittedCurve();
   const GridPlanSpec& plan() const { return plan_; }
 
  private:
   friend class CurveService;
+  CurveService* service_ = nullptr;  // set once admitted; null once counted
   v1::CurveRequest request_;
   std::unique_ptr<AdmittedGrid> first_;
   GridPlanSpec plan_;

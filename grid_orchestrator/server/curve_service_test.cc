@@ -288,6 +288,19 @@ TEST_F(CurveServiceTest, AFirstGridNeverRunIsCountedCancelled) {
   EXPECT_EQ(replicas_.log(0).branches.size() + replicas_.log(1).branches.size(), 0u);
 }
 
+// A curve admitted and never run (an HTTP client gone before its answer's
+// first byte): the curve and trunk 0's grid are counted cancelled, once
+// each; neither was counted.
+TEST_F(CurveServiceTest, ACurveAdmittedAndNeverRunIsCountedCancelled) {
+  Start();
+  absl::StatusOr<std::unique_ptr<AdmittedCurve>> admitted = curves_->Admit(Caller{}, Request(3));
+  ASSERT_TRUE(admitted.ok()) << admitted.status();
+  admitted->reset();
+  EXPECT_EQ(Curves("cancelled"), 1);
+  EXPECT_EQ(Grids("cancelled"), 1);
+  EXPECT_EQ(replicas_.log(0).branches.size() + replicas_.log(1).branches.size(), 0u);
+}
+
 // A judge call the pool refuses because its curve was cancelled is the
 // curve's end, counted as a cancelled job: it was counted failed, and the
 // client-leaves test above saw it one run in thirty.

@@ -132,7 +132,10 @@ absl::Status FitsTheAnswer(const Caller& caller, const google::protobuf::Message
 
 }  // namespace
 
-AdmittedGrid::~AdmittedGrid() { service_->Release(client_, plan_.batch_work); }
+AdmittedGrid::~AdmittedGrid() {
+  if (!counted_) service_->CountRefusal(absl::CancelledError("the grid never ran"));
+  service_->Release(client_, plan_.batch_work);
+}
 
 GridService::GridService(ReplicaPool* pool, GridExecutor* executor, OrchestratorMetrics* metrics,
                          OrchestratorLimits limits, std::string auth_token)
@@ -307,6 +310,11 @@ void GridService::CountRefusal(const absl::Status& status) {
   if (metrics_) metrics_->CountGrid(Outcome(status), std::nullopt);
 }
 
+void GridService::Drop(std::unique_ptr<AdmittedGrid> grid, const absl::Status& why) {
+  grid->counted_ = true;
+  CountRefusal(why);
+}
+
 void GridService::Release(const std::string& client, bool curve_trunk) {
   std::lock_guard<std::mutex> lock(clients_mu_);
   --grids_in_flight_;
@@ -372,6 +380,7 @@ absl::StatusOr<std::unique_ptr<AdmittedGrid>> GridService::Admit(const Caller& c
 absl::StatusOr<v1::Grid> GridService::Run(const AdmittedGrid& admitted, const Caller& caller,
                                           const ClientSink& sink, GridCancel* cancel,
                                           bool stream_grid) {
+  admitted.counted_ = true;  // on every path below
   const absl::Time limit = admitted.admitted_ + limits_.default_grid_timeout;
   const absl::Time deadline = std::min(caller.deadline, limit);
   Outbox outbox(limits_.max_outbox_bytes, cancel, deadline);

@@ -99,7 +99,9 @@ struct Caller {
 class GridService;
 
 // A grid past admission: it holds its place in the global and per-client
-// limits until destroyed.
+// limits until destroyed. One destroyed without running (an HTTP client
+// gone before its answer started) is counted cancelled, as every admitted
+// grid ends counted.
 class AdmittedGrid {
  public:
   ~AdmittedGrid();
@@ -113,6 +115,7 @@ class AdmittedGrid {
   const std::string client_;
   const GridPlanSpec plan_;  // batch_work: a curve's trunk, not timed
   const absl::Time admitted_ = absl::Now();
+  mutable bool counted_ = false;  // by Run, or by GridService::Drop
 };
 
 class GridService {
@@ -173,6 +176,8 @@ class GridService {
   // Counts a refusal that Admit did not (Refusal::kCallerWaits), once the
   // caller stops waiting.
   void CountRefusal(const absl::Status& status);
+  // Ends an admitted grid that will not run, counted as `why`.
+  void Drop(std::unique_ptr<AdmittedGrid> grid, const absl::Status& why);
   // How long one write to a client may block (OrchestratorLimits).
   absl::Duration max_write_stall() const { return limits_.max_write_stall; }
 

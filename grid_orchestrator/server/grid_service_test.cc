@@ -474,6 +474,29 @@ TEST_F(GridServiceTest, AClientThatHangsUpIsCancelledAndOneCutOffForSlownessAban
   EXPECT_EQ(Grids(metrics, "abandoned"), 1);
 }
 
+// A grid admitted and never run (an HTTP client gone before its answer's
+// first byte, so the stream never started) ends counted cancelled, as
+// every admitted grid ends counted: it was counted nowhere.
+TEST_F(GridServiceTest, AGridAdmittedAndNeverRunIsCountedCancelled) {
+  OrchestratorMetrics metrics;
+  GridService service(pool_.get(), executor_.get(), &metrics, OrchestratorLimits{}, "");
+  absl::StatusOr<std::unique_ptr<AdmittedGrid>> admitted = service.Admit(Caller{}, Request());
+  ASSERT_TRUE(admitted.ok()) << admitted.status();
+  admitted->reset();
+  EXPECT_EQ(Grids(metrics, "cancelled"), 1);
+  // One that ran is counted once, by its run.
+  admitted = service.Admit(Caller{}, Request());
+  ASSERT_TRUE(admitted.ok()) << admitted.status();
+  GridCancel cancel;
+  ASSERT_TRUE(service.Run(**admitted, Caller{}, [](const v1::GridEvent&) { return true; },
+                          &cancel, /*stream_grid=*/true)
+                  .ok());
+  admitted->reset();
+  EXPECT_EQ(Grids(metrics, "cancelled"), 1);
+  EXPECT_EQ(Grids(metrics, "ok"), 1);
+  EXPECT_EQ(Inflight(), 0);
+}
+
 // A slow link is not a stalled client: a write that takes past the stall
 // bound while the transport keeps handing bytes over goes on (a large final
 // event over HTTP), one with no byte taken is cut off.
