@@ -511,9 +511,14 @@ function switchSeen() {
   const typed = controls.guidance.value.trim();
   const guidance = typed !== '' && Number.isFinite(Number(typed)) ? Number(typed) :
       currentModel()?.defaults?.guidance ?? 1;
-  const promptAlike = to === prompt || guidance === 0;
-  const negativeAlike = toNegative === negative || guidance === 1;
-  return !(promptAlike && negativeAlike);
+  const readsAlike = (toPrompt, toNeg) =>
+    (to === toPrompt || guidance === 0) && (toNegative === toNeg || guidance === 1);
+  if (!readsAlike(prompt, negative)) return true;
+  // Seen too where it reads otherwise than one of a promoted trunk's own
+  // switches (grid_plan.cc, ReadsAlikeTheTrunksSwitches).
+  const index = currentModel()?.prompts?.indexOf(to) ?? -1;
+  return (formTrunk?.segments ?? []).some(({conditioning: c}) => c && (text ?
+    !readsAlike(c.prompt ?? '', c.negative_prompt ?? '') : c.class_index !== index));
 }
 
 function stateFromControls() {

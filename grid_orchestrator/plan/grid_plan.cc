@@ -436,6 +436,18 @@ bool ReadAlike(const SegmentConditioning& a, const SegmentConditioning& b,
          (negative || !GuidanceReadsNegativePrompt(plan.guidance));
 }
 
+// Whether `switched` reads alike every prompt a promoted trunk switches to:
+// a switch back to the request's prompt, after the trunk's own switch to
+// another, makes the rows past that one differ (a row's switch holds to the
+// end), so it is seen though it reads as the request's prompt.
+bool ReadsAlikeTheTrunksSwitches(const SegmentConditioning& switched, const GridPlanSpec& plan) {
+  return std::all_of(plan.trunk.segments.begin(), plan.trunk.segments.end(),
+                     [&](const Segment& segment) {
+                       return !segment.conditioning ||
+                              ReadAlike(switched, *segment.conditioning, plan);
+                     });
+}
+
 // Each row's cells and what the grid costs.
 void PlanRows(const std::vector<int>& branch_steps, const v1::ModelInfo& model,
               GridPlanSpec* plan) {
@@ -545,15 +557,16 @@ absl::StatusOr<GridPlanSpec> PlanGrid(const v1::GridRequest& request, const v1::
   RETURN_IF_ERROR(PlanConditioning(request, model, &plan));
   RETURN_IF_ERROR(PlanSwitch(request, model, &plan));
   RETURN_IF_ERROR(PlanSampler(request, model, preset, limits, &plan));
+  RETURN_IF_ERROR(PlanTrunk(request, model, &plan));
   // Before the rows: an unseen switch plans as none, its rows included.
   if (const std::optional<SegmentConditioning> switched = SwitchConditioning(plan, model)) {
-    plan.switch_unseen = switch_unseen || ReadAlike(*switched, RequestConditioning(plan), plan);
+    plan.switch_unseen = (switch_unseen || ReadAlike(*switched, RequestConditioning(plan), plan)) &&
+                         ReadsAlikeTheTrunksSwitches(*switched, plan);
   }
   RETURN_IF_ERROR(PlanSize(request, model, &plan));
   RETURN_IF_ERROR(PlanColumns(request, preset, limits, &plan));
   ASSIGN_OR_RETURN(const std::vector<int> branch_steps,
                    ChooseBranchSteps(request, preset, plan, limits));
-  RETURN_IF_ERROR(PlanTrunk(request, model, &plan));
   RETURN_IF_ERROR(CheckBranchesCanDiffer(plan, branch_steps));
   PlanRows(branch_steps, model, &plan);
   PlanCaptures(branch_steps, limits, &plan);

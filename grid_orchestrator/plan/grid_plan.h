@@ -117,7 +117,8 @@ struct GridPlanSpec {
 // `switch_unseen`: the caller found the switch to be one the model cannot
 // see (GridService: its tokens are the prompt's, or it changes only what the
 // guidance does not read); the plan is the plain grid's, the switch kept on
-// record. A class model's is found here.
+// record. A class model's is found here. A switch that reads otherwise than
+// one of a promoted trunk's own switches is seen, whatever the caller found.
 absl::StatusOr<GridPlanSpec> PlanGrid(const v1::GridRequest& request, const v1::ModelInfo& model,
                                       const PlanLimits& limits, bool switch_unseen = false);
 

@@ -476,6 +476,38 @@ TEST(GridPlanTest, ASwitchThatChangesNoBranchIsPlannedAsNone) {
   }
 }
 
+// A switch back to the request's prompt on a promoted trunk that switched
+// to another is seen: the rows past the trunk's switch switch back. It was
+// planned as none (read against the request's prompt alone), and an eta-0
+// grid refused as one whose branches would all be the trunk.
+TEST(GridPlanTest, ASwitchBackFromAPromotedTrunksOwnSwitchIsSeen) {
+  v1::GridRequest noisy;
+  noisy.set_seed(7);
+  noisy.set_prompt("t-shirt");
+  auto grid = PlanGrid(noisy, Model(), {});
+  ASSERT_TRUE(grid.ok()) << grid.status();
+  v1::GridRequest back = noisy;  // a cell switched to "sneaker" after step 10
+  PathToProto(grid->trunk.SwitchedAt(10, SegmentConditioning{"", "", 2}), back.mutable_trunk());
+  back.mutable_eta()->set_value(0);
+  back.set_switch_prompt("t-shirt");
+  back.mutable_branches()->set_value(1);
+  for (int k : {5, 20, 30}) back.add_branch_steps(k);
+  for (const bool caller_found_unseen : {false, true}) {
+    auto planned = PlanGrid(back, Model(), {}, caller_found_unseen);
+    ASSERT_TRUE(planned.ok()) << planned.status();
+    EXPECT_FALSE(planned->switch_unseen);
+    ASSERT_EQ(planned->rows.size(), 3u);
+    for (const PlannedRow& row : planned->rows) {
+      ASSERT_EQ(row.cells.size(), 1u);
+      EXPECT_NE(row.cells[0], planned->trunk) << row.branch_step;
+    }
+  }
+  // Without the trunk's own switch it is none, and refused at eta 0.
+  back.clear_trunk();
+  const absl::Status refused = PlanGrid(back, Model(), {}).status();
+  EXPECT_TRUE(absl::StrContains(refused.message(), "changes nothing this model reads")) << refused;
+}
+
 TEST(GridPlanTest, ASwitchToTheSamePromptIsThePlainPlan) {
   v1::GridRequest r;
   r.set_seed(7);

@@ -778,6 +778,15 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
       await waitForGrid(back);
       assert.deepEqual(await back.$$eval(`${testId('row-label')} .row-step`, (nodes) => nodes.map((n) => n.textContent)),
           GRID.rows.split(',').map((step) => `→ ${to} after step ${step}`));
+      // A switch back to the grid's prompt, on a trunk that switched away
+      // from it, switches every row (the server planned it as no switch
+      // when it read as the grid's prompt: every row said "step k").
+      const away = `41_0-1_5-2#${prompts.indexOf(to)}`;
+      await openPage(back, `${main.url}?seed=41&steps=20&rows=0,5,10,15&prompt=${encodeURIComponent(from)}` +
+          `&switch=${encodeURIComponent(from)}&noise=trunk&trunk=${encodeURIComponent(away)}`);
+      await waitForGrid(back);
+      assert.deepEqual(await back.$$eval(`${testId('row-label')} .row-step`, (nodes) => nodes.map((n) => n.textContent)),
+          GRID.rows.split(',').map((step) => `→ ${from} after step ${step}`));
     } finally {
       await back.close();
     }
