@@ -86,6 +86,16 @@ std::string ByteCount(int64_t bytes) {
   return absl::StrFormat("%.1f MiB", bytes / 1048576.0);
 }
 
+std::string SwitchedNegativeNote(absl::string_view negative, absl::string_view grid_negative,
+                                 size_t max_bytes) {
+  if (negative == grid_negative) return "";
+  if (negative.empty()) return ", no negative prompt";
+  const std::string shown = negative.size() <= max_bytes
+                                ? std::string(negative)
+                                : absl::StrCat(Utf8Prefix(negative, max_bytes - 3), "...");
+  return absl::StrCat(", negative \xE2\x80\x9C", shown, "\xE2\x80\x9D");
+}
+
 absl::Status CheckClientText(absl::string_view field, absl::string_view value, size_t max_bytes) {
   // The size first: nothing below reads more than max_bytes of a long value.
   if (value.size() > max_bytes) {

@@ -53,6 +53,15 @@ absl::Status CheckClientText(absl::string_view field, absl::string_view value, s
 // text that a renderer (Cairo) accepts.
 std::string DrawableText(absl::string_view value);
 
+// What a prompt switch does to the negative prompt, as dgrid, the figures
+// and the explorer (conditioningName) say it after the switch's prompt: ""
+// where `negative` (the one in force after the switch) is the grid's, else
+// ", negative “red apple”" or ", no negative prompt". The negative shown is
+// cut to `max_bytes` (on a character boundary) with "...". A switch of the
+// negative prompt alone once read as a switch to the same prompt.
+std::string SwitchedNegativeNote(absl::string_view negative, absl::string_view grid_negative,
+                                 size_t max_bytes = kMaxPromptBytes);
+
 // " (found in N% of resamples)" for a half step that not every bootstrap
 // resample found, "" when all did: the figure's and dgrid's words. Rounded
 // down, so 99.6% is not "found in 100%".

@@ -173,5 +173,16 @@ TEST(DescribeHalfStepTest, SaysWhenTheIntervalRunsPastTheLastRow) {
             "resamples)");
 }
 
+// A prompt switch of the negative prompt alone once read as a switch to the
+// same prompt.
+TEST(SwitchedNegativeNoteTest, SaysTheNegativePromptOnlyWhereItChanges) {
+  EXPECT_EQ(SwitchedNegativeNote("ghost", "ghost"), "");
+  EXPECT_EQ(SwitchedNegativeNote("", ""), "");
+  EXPECT_EQ(SwitchedNegativeNote("", "ghost"), ", no negative prompt");
+  EXPECT_EQ(SwitchedNegativeNote("red apple", ""), ", negative \xE2\x80\x9Cred apple\xE2\x80\x9D");
+  EXPECT_EQ(SwitchedNegativeNote(std::string(80, 'a'), "", 10),
+            ", negative \xE2\x80\x9C" "aaaaaaa...\xE2\x80\x9D");
+}
+
 }  // namespace
 }  // namespace dgrid

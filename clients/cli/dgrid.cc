@@ -889,10 +889,20 @@ int Curve() {
   std::cout << curve.plan().model() << ", "
             << (curve.plan().prompt().empty() ? "unprompted"
                                               : absl::StrCat("\"", curve.plan().prompt(), "\""))
+            << (curve.plan().negative_prompt().empty()
+                    ? ""
+                    : absl::StrCat(" (negative \xE2\x80\x9C", curve.plan().negative_prompt(),
+                                   "\xE2\x80\x9D)"))
             << (curve.plan().switch_prompt().empty()
                     ? ""
-                    : absl::StrCat(" -> \"", curve.plan().switch_prompt(), "\"",
-                                   curve.plan().switch_unseen() ? " (read as the prompt)" : ""))
+                    : absl::StrCat(
+                          " -> \"", curve.plan().switch_prompt(), "\"",
+                          SwitchedNegativeNote(curve.plan().switch_negative_prompt().empty()
+                                                   ? curve.plan().negative_prompt()
+                                                   : curve.plan().switch_negative_prompt(),
+                                               curve.plan().negative_prompt()),
+                          curve.plan().switch_unseen() ? " (changes nothing the model reads)"
+                                                       : ""))
             << ", seeds " << request.grid().seed() << " to "
             << request.grid().seed() + static_cast<uint64_t>(curve.trunks()) - 1
             << "; ± is a standard error over trunks (the half step's: a bootstrap standard "

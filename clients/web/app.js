@@ -1308,7 +1308,7 @@ function curveCaptionText(run, curve) {
   const seeds = seed !== undefined ? ` (seeds ${seed} to ${BigInt(seed) + BigInt(trunks - 1)})` : '';
   const switched = !plan.switch_prompt ? '' :
       `, switching to ${switchName(plan)}` + (plan.switch_unseen ?
-        ' (which the model reads as the prompt)' :
+        ' (which changes nothing the model reads)' :
         plan.branch_noise === 'BRANCH_NOISE_TRUNK' ? ' with the trunk’s noise' : '');
   // A row where every trunk agrees (± 0) has its 95% interval drawn dashed.
   const agreed = (curve.heads ?? []).some((head) =>

@@ -404,7 +404,9 @@ struct Layout {
 
 // "after step k", or "→ B after step k" when the branches switch prompt.
 std::string RowLabel(const GridFigure& figure, const GridFigure::Row& row) {
-  if (figure.switch_to.empty()) return absl::StrCat("after step ", row.branch_step);
+  if (figure.switch_to.empty() || !row.switches) {
+    return absl::StrCat("after step ", row.branch_step);
+  }
   std::string to = figure.switch_to;
   if (to.size() > 24) to = absl::StrCat(Utf8Prefix(to, 21), "...");
   return absl::StrCat("\xE2\x86\x92 ", to, " after step ", row.branch_step);
@@ -533,14 +535,23 @@ void SetCaption(const FigureCaption& c, GridFigure* figure) {
   figure->subtitle = absl::StrCat(
       "seed ", c.seed, c.sampler == Sampler::kEulerAncestral ? " \xC2\xB7 Euler ancestral" : "",
       " \xC2\xB7 eta ", c.eta, " \xC2\xB7 ", c.steps, " steps \xC2\xB7 guidance ", c.guidance);
+  if (c.switch_prompt.empty()) {
+    figure->switch_to.clear();
+    return;
+  }
+  // The switch's negative prompt is named where it differs from the grid's.
+  const std::string to = absl::StrCat(
+      FigureText(c.switch_prompt),
+      SwitchedNegativeNote(
+          c.switch_negative_prompt.empty() ? c.negative_prompt : c.switch_negative_prompt,
+          c.negative_prompt, 60));
   // Rows say "→ B" only where the branches do switch.
-  figure->switch_to = c.switch_unseen ? "" : c.switch_prompt;
-  if (c.switch_unseen && !c.switch_prompt.empty()) {
-    absl::StrAppend(&figure->subtitle, " \xC2\xB7 switch to: ", FigureText(c.switch_prompt),
-                    " reads as the prompt");
-  } else if (!c.switch_prompt.empty()) {
-    absl::StrAppend(&figure->subtitle, " \xC2\xB7 branches switch to: ",
-                    FigureText(c.switch_prompt),
+  figure->switch_to = c.switch_unseen ? "" : to;
+  if (c.switch_unseen) {
+    absl::StrAppend(&figure->subtitle, " \xC2\xB7 switch to: ", to,
+                    " changes nothing the model reads");
+  } else {
+    absl::StrAppend(&figure->subtitle, " \xC2\xB7 branches switch to: ", to,
                     c.trunk_noise ? " (trunk noise)" : " (new noise)");
   }
 }

@@ -41,6 +41,9 @@ struct GridFigure {
     std::vector<Picture> cells;  // branch finals; empty Pictures are drawn as placeholders
     double divergence = 0;       // mean pairwise distance among the row's branches
     double divergence_to_trunk = 0;  // mean distance of the branches to the trunk final
+    // Whether the row's branches switch to `switch_to` (not where a promoted
+    // trunk has switched to it already and switches no more).
+    bool switches = true;
   };
   std::vector<Row> rows;
   int scale = 4;  // nearest-neighbour upscale factor of every picture, 1..32
@@ -48,9 +51,9 @@ struct GridFigure {
   // smaller: at the largest whole factor that fits, or shrunk to it
   // (smoothly) when even its own size is larger. 0: no bound.
   int max_picture_side = 0;
-  // A prompt switch at each row's branch step: rows are labelled
-  // "→ <switch_to> after step k" (the text is cut to 24 bytes, on a
-  // character boundary).
+  // A prompt switch at each row's branch step: rows that switch are
+  // labelled "→ <switch_to> after step k" (the text is cut to 24 bytes, on
+  // a character boundary).
   std::string switch_to;
 };
 
@@ -72,6 +75,7 @@ struct FigureCaption {
   // The model reads switch_prompt as the prompt (GridPlan.switch_unseen):
   // the rows do not switch.
   bool switch_unseen = false;
+  std::string switch_negative_prompt;  // "" : the grid's
 };
 
 // Sets figure->title, subtitle and switch_to from `caption`, prompts cut to
@@ -79,7 +83,10 @@ struct FigureCaption {
 //   "emoji · prompt: grinning face, noto · negative: blurry"
 //   "emoji · prompt: grinning face, noto · trunk: red apple after step 5"
 //   "seed 7 · eta 1 · 50 steps · guidance 4 · branches switch to: red apple (trunk noise)"
-//   "seed 7 · eta 1 · 50 steps · guidance 0 · switch to: trouser reads as the prompt"
+//   "seed 7 · eta 1 · 50 steps · guidance 4 · branches switch to: rocket, negative “red apple”
+//    (trunk noise)"
+//   "seed 7 · eta 1 · 50 steps · guidance 0 · switch to: trouser changes nothing the model
+//    reads"
 //   "seed 7 · Euler ancestral · eta 1 · 50 steps · guidance 4"
 void SetCaption(const FigureCaption& caption, GridFigure* figure);
 

@@ -141,7 +141,22 @@ TEST(GridFigureTest, TheCaptionSaysTheRequestWithPromptsCut) {
   EXPECT_TRUE(figure.switch_to.empty());
   EXPECT_EQ(figure.subtitle,
             "seed 7 \xC2\xB7 eta 1 \xC2\xB7 50 steps \xC2\xB7 guidance 0 \xC2\xB7 switch to: trouser "
-            "reads as the prompt");
+            "changes nothing the model reads");
+
+  // A switch of the negative prompt alone is named as one: it read as a
+  // switch to the same prompt ("→ rocket"), the negative nowhere.
+  FigureCaption negative{"emoji", "rocket", "ghost", 2, 1.0f, 10, 4.0f, "rocket", true};
+  negative.switch_negative_prompt = "red apple";
+  SetCaption(negative, &figure);
+  EXPECT_EQ(figure.switch_to, "rocket, negative \xE2\x80\x9Cred apple\xE2\x80\x9D");
+  EXPECT_NE(figure.subtitle.find("branches switch to: rocket, negative \xE2\x80\x9Cred "
+                                 "apple\xE2\x80\x9D (trunk noise)"),
+            std::string::npos)
+      << figure.subtitle;
+  // One that keeps the grid's negative prompt says none.
+  negative.switch_negative_prompt = "";
+  SetCaption(negative, &figure);
+  EXPECT_EQ(figure.switch_to, "rocket");
 }
 
 TEST(DivergenceTest, IdenticalPicturesAreZeroApart) {

@@ -11,6 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "common/grpc_status.h"
 #include "common/png_image.h"
+#include "common/short_text.h"
 #include "common/start_thread.h"
 #include "common/status_macros.h"
 #include "common/tensor_codec.h"
@@ -837,11 +838,13 @@ absl::StatusOr<v1::Grid> GridExecutor::GridRun::Assemble() {
         : to.class_index >= 0  ? absl::StrCat("class ", to.class_index)
         : to.prompt.empty()    ? std::string("(unconditional)")
                                : to.prompt,
+        plan_.text ? SwitchedNegativeNote(to.negative_prompt, plan_.negative_prompt, 60) : "",
         " after step ", segment.from_step));
   }
   SetCaption({plan_.model, plan_.prompt, plan_.negative_prompt, plan_.trunk.init_seed, plan_.eta,
               plan_.steps, plan_.guidance, plan_.switch_prompt, plan_.trunk_noise, plan_.sampler,
-              absl::StrJoin(trunk_switches, ", "), plan_.switch_unseen},
+              absl::StrJoin(trunk_switches, ", "), plan_.switch_unseen,
+              plan_.switch_negative_prompt},
              &figure);
   absl::StatusOr<Picture> trunk_picture = PictureFromPng(trunk_.png);
   if (!trunk_picture.ok()) return trunk_picture.status();
@@ -855,6 +858,7 @@ absl::StatusOr<v1::Grid> GridExecutor::GridRun::Assemble() {
     GridFigure::Row figure_row;
     figure_row.branch_step = planned.branch_step;
     figure_row.timestep = planned.timestep;
+    figure_row.switches = planned.switches;
     auto capture = captures_.find(planned.branch_step);
     if (wants_figure() && capture != captures_.end()) {
       row->set_trunk_xt_png(capture->second.png);

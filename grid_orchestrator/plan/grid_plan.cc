@@ -448,6 +448,17 @@ bool ReadsAlikeTheTrunksSwitches(const SegmentConditioning& switched, const Grid
                      });
 }
 
+// Whether `cell` is conditioned otherwise than `trunk` at a step in
+// [from, steps).
+bool ConditionedOtherwise(const Path& cell, const Path& trunk, int from, int steps) {
+  for (int i = from; i < steps; ++i) {
+    const SegmentConditioning* mine = cell.ConditioningAt(i);
+    const SegmentConditioning* theirs = trunk.ConditioningAt(i);
+    if ((mine == nullptr) != (theirs == nullptr) || (mine && *mine != *theirs)) return true;
+  }
+  return false;
+}
+
 // Each row's cells and what the grid costs.
 void PlanRows(const std::vector<int>& branch_steps, const v1::ModelInfo& model,
               GridPlanSpec* plan) {
@@ -471,6 +482,9 @@ void PlanRows(const std::vector<int>& branch_steps, const v1::ModelInfo& model,
       // the prompt in force) costs nothing: the executor does not run it.
       if (row.cells.back() != plan->trunk) plan->model_evals += plan->steps - k;
     }
+    row.switches = SwitchSeen(*plan) && ConditionedOtherwise(row.cells[0], plan->trunk, k,
+                                                             plan->steps);
+
     plan->rows.push_back(std::move(row));
   }
   plan->from_scratch_evals =

@@ -42,6 +42,10 @@ struct PlannedRow {
   // The last timestep the trunk ran before the branches leave it.
   int timestep = 0;
   std::vector<Path> cells;
+  // Whether the cells are conditioned otherwise than the trunk from the
+  // branch step on: a seen switch, unless a promoted trunk has switched to
+  // the same prompt already and switches no more.
+  bool switches = false;
 };
 
 // What a grid's images are for. kFigure: everything the grid figure shows

@@ -500,8 +500,19 @@ TEST(GridPlanTest, ASwitchBackFromAPromotedTrunksOwnSwitchIsSeen) {
     for (const PlannedRow& row : planned->rows) {
       ASSERT_EQ(row.cells.size(), 1u);
       EXPECT_NE(row.cells[0], planned->trunk) << row.branch_step;
+      EXPECT_TRUE(row.switches) << row.branch_step;
     }
   }
+  // A switch to the trunk's own prompt: rows past its switch do not switch
+  // (the grid figure labelled them "→ sneaker after step k").
+  back.set_switch_prompt("sneaker");
+  auto same = PlanGrid(back, Model(), {});
+  ASSERT_TRUE(same.ok()) << same.status();
+  ASSERT_EQ(same->rows.size(), 3u);
+  EXPECT_TRUE(same->rows[0].switches);
+  EXPECT_FALSE(same->rows[1].switches);
+  EXPECT_FALSE(same->rows[2].switches);
+  back.set_switch_prompt("t-shirt");
   // Without the trunk's own switch it is none, and refused at eta 0.
   back.clear_trunk();
   const absl::Status refused = PlanGrid(back, Model(), {}).status();

@@ -11,6 +11,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/short_text.h"
 #include "common/start_thread.h"
 #include "common/status_macros.h"
 #include "grid_orchestrator/assemble/curve_figure.h"
@@ -99,16 +100,40 @@ v1::CurveTrunk TrunkLabels(const TrunkObservation& observed, uint64_t seed) {
   return out;
 }
 
-std::string Describe(const v1::GridPlan& plan, int trunks) {
-  std::string prompt = plan.prompt().empty() ? "unprompted" : absl::StrCat("\"", plan.prompt(), "\"");
-  if (!plan.switch_prompt().empty()) {
-    absl::StrAppend(&prompt, " → \"", plan.switch_prompt(), "\"",
-                    plan.switch_unseen() ? " (reads as the prompt)" : "");
-  }
-  return absl::StrCat(plan.model(), " · ", prompt, " · ", trunks, " trunks");
-}
 
 }  // namespace
+
+std::string CurveTitle(const GridPlanSpec& plan, int trunks) {
+  std::string prompt = plan.prompt.empty() ? "unprompted" : absl::StrCat("\"", plan.prompt, "\"");
+  if (!plan.switch_prompt.empty()) {
+    absl::StrAppend(
+        &prompt, " → \"", plan.switch_prompt, "\"",
+        SwitchedNegativeNote(plan.switch_negative_prompt.empty() ? plan.negative_prompt
+                                                                 : plan.switch_negative_prompt,
+                             plan.negative_prompt, 60),
+        plan.switch_unseen ? " (changes nothing the model reads)" : "");
+  }
+  return absl::StrCat(plan.model, " · ", prompt, " · ", trunks, " trunks");
+}
+
+std::string CurveSubtitle(const GridPlanSpec& plan, uint64_t first_seed, int trunks) {
+  std::string subtitle = absl::StrCat(plan.steps, " steps");
+  if (plan.sampler == Sampler::kEulerAncestral) absl::StrAppend(&subtitle, " · Euler ancestral");
+  absl::StrAppend(&subtitle, absl::StrFormat(" · eta %g · guidance %g", plan.eta, plan.guidance));
+  if (!plan.negative_prompt.empty()) {
+    const std::string negative =
+        plan.negative_prompt.size() <= 60
+            ? plan.negative_prompt
+            : absl::StrCat(Utf8Prefix(plan.negative_prompt, 57), "...");
+    absl::StrAppend(&subtitle, " · negative \xE2\x80\x9C", negative, "\xE2\x80\x9D");
+  }
+  absl::StrAppend(&subtitle, " · ",
+                  plan.trunk_noise      ? "the trunk's noise"
+                  : plan.branches == 1 ? "1 branch per row"
+                                       : absl::StrCat(plan.branches, " branches per row"));
+  return absl::StrCat(subtitle, " · seeds ", first_seed, "…",
+                      first_seed + static_cast<uint64_t>(trunks) - 1);
+}
 
 // One curve: the trunks' grids on worker threads, each grid judged on the
 // curve's judging thread once drawn (the worker goes on to its next trunk,
@@ -642,13 +667,8 @@ absl::StatusOr<v1::CurveResult> CurveService::RunUncounted(AdmittedCurve& curve,
     }
   }
   CurveFigure figure;
-  figure.title = Describe(result.plan(), request.trunks());
-  figure.subtitle = absl::StrFormat(
-      "%d steps · eta %g · guidance %g · %s · seeds %d…%d", plan.steps, plan.eta, plan.guidance,
-      plan.trunk_noise      ? "the trunk's noise"
-      : plan.branches == 1 ? "1 branch per row"
-                           : absl::StrCat(plan.branches, " branches per row"),
-      request.grid().seed(), request.grid().seed() + request.trunks() - 1);
+  figure.title = CurveTitle(plan, request.trunks());
+  figure.subtitle = CurveSubtitle(plan, request.grid().seed(), request.trunks());
   figure.branch_steps = observations.branch_steps;
   figure.branches = plan.branches;
   for (const v1::JudgeHeadInfo& head : *heads) figure.head_names.push_back(head.name());

@@ -111,6 +111,16 @@ class CurveService {
   const CurveLimits limits_;
 };
 
+// The curve plot's title: the model, the prompt and its switch (with the
+// switch's negative prompt where it differs from the grid's), the trunks:
+//   emoji · "rocket" → "rocket", negative “red apple” · 100 trunks
+std::string CurveTitle(const GridPlanSpec& plan, int trunks);
+// Its subtitle: how the trunks were drawn (the sampler where not DDIM, the
+// grid's negative prompt) and which seeds:
+//   50 steps · Euler ancestral · eta 1 · guidance 4 · negative “blurry” ·
+//   6 branches per row · seeds 1000…1099
+std::string CurveSubtitle(const GridPlanSpec& plan, uint64_t first_seed, int trunks);
+
 }  // namespace dgrid
 
 #endif  // DGRID_GRID_ORCHESTRATOR_SERVER_CURVE_SERVICE_H_

@@ -288,6 +288,38 @@ TEST_F(CurveServiceTest, AFirstGridNeverRunIsCountedCancelled) {
   EXPECT_EQ(replicas_.log(0).branches.size() + replicas_.log(1).branches.size(), 0u);
 }
 
+// The plot's words say what was run: the sampler where not DDIM (an Euler
+// ancestral curve and a DDIM one carried the same words), the negative
+// prompt, and a switch of the negative prompt alone (it read as a switch to
+// the same prompt).
+TEST(CurveWordsTest, TheTitleAndSubtitleSayWhatRan) {
+  GridPlanSpec plan;
+  plan.model = "emoji";
+  plan.prompt = "rocket";
+  plan.negative_prompt = "ghost";
+  plan.switch_prompt = "rocket";
+  plan.switch_negative_prompt = "red apple";
+  plan.trunk_noise = true;
+  plan.steps = 10;
+  plan.eta = 1;
+  plan.guidance = 4;
+  plan.sampler = Sampler::kEulerAncestral;
+  EXPECT_EQ(CurveTitle(plan, 2),
+            "emoji · \"rocket\" → \"rocket\", negative \xE2\x80\x9C" "red apple\xE2\x80\x9D · 2 trunks");
+  EXPECT_EQ(CurveSubtitle(plan, 5, 2),
+            "10 steps · Euler ancestral · eta 1 · guidance 4 · negative \xE2\x80\x9C" "ghost\xE2\x80\x9D · "
+            "the trunk's noise · seeds 5…6");
+  plan.sampler = Sampler::kDdim;
+  plan.negative_prompt.clear();
+  plan.switch_prompt.clear();
+  plan.switch_negative_prompt.clear();
+  plan.trunk_noise = false;
+  plan.branches = 4;
+  EXPECT_EQ(CurveTitle(plan, 100), "emoji · \"rocket\" · 100 trunks");
+  EXPECT_EQ(CurveSubtitle(plan, 1000, 100),
+            "10 steps · eta 1 · guidance 4 · 4 branches per row · seeds 1000…1099");
+}
+
 // A curve admitted and never run (an HTTP client gone before its answer's
 // first byte): the curve and trunk 0's grid are counted cancelled, once
 // each; neither was counted.
