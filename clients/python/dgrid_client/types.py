@@ -7,6 +7,7 @@ Each type has ``from_proto`` (and, where a value goes back to the server,
 
 from __future__ import annotations
 
+import operator
 import os
 import secrets
 import struct
@@ -127,7 +128,7 @@ def _enum_name(name: object, what: str) -> str:
     if name is None:
         return ""
     if not isinstance(name, str):
-        raise ValueError(f"{what} must be a string, got {type(name).__name__} {name!r}")
+        raise TypeError(f"{what} must be a string, got {type(name).__name__} {name!r}")
     return name.lower()
 
 
@@ -185,6 +186,17 @@ def branch_noise_value(name: str) -> int:
     return orchestrator_pb2.BRANCH_NOISE_TRUNK if key == "trunk" else orchestrator_pb2.BRANCH_NOISE_NEW
 
 
+def _check_int(name: str, value: Any) -> None:
+    """An int, or int-like as numpy's integers are (not a bool), named when
+    not: protobuf's refusal would not say which argument it was."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}") from None
+
+
 @dataclass(frozen=True)
 class Segment:
     """Noise at steps >= from_step (up to the next segment) comes from noise_seed.
@@ -200,6 +212,30 @@ class Segment:
     prompt: str = ""
     negative_prompt: str = ""
     class_index: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        # What fill_proto would otherwise drop, or protobuf refuse without
+        # the field's name.
+        for name in ("from_step", "noise_seed"):
+            _check_int(f"Segment.{name}", getattr(self, name))
+        if self.class_index is not None:
+            _check_int("Segment.class_index", self.class_index)
+        for name in ("prompt", "negative_prompt"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"Segment.{name}: expected a str, got "
+                                f"{type(getattr(self, name)).__name__}")
+        if not isinstance(self.switched, bool):
+            raise TypeError(f"Segment.switched: expected a bool, got {type(self.switched).__name__}")
+        given = [n for n in ("prompt", "negative_prompt") if getattr(self, n)]
+        if self.class_index is not None:
+            given.append("class_index")
+        if given and not self.switched:
+            raise ValueError(f"Segment.{given[0]}: a segment's conditioning is read only with "
+                             "switched=True (without it the segment keeps the conditioning "
+                             "before it)")
+        if self.class_index is not None and self.prompt:
+            raise ValueError("Segment.prompt: give a class model's class by prompt (its name) "
+                             "or by class_index, not both")
 
     @classmethod
     def from_proto(cls, s: Any) -> "Segment":
@@ -230,6 +266,13 @@ class Path:
 
     init_seed: int
     segments: Tuple[Segment, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_int("Path.init_seed", self.init_seed)
+        for i, segment in enumerate(self.segments):
+            if not isinstance(segment, Segment):
+                raise TypeError(f"Path.segments[{i}]: expected a Segment, got "
+                                f"{type(segment).__name__}")
 
     @classmethod
     def from_proto(cls, p: Any) -> "Path":
@@ -424,6 +467,10 @@ class Grid:
 
     def cell(self, row: int, col: int) -> Cell:
         """The cell at (row, col), both counted from 0."""
+        _check_int("row", row)
+        _check_int("col", col)
+        if not self.rows:
+            raise IndexError("this grid has no rows (a record of a grid that never ran?)")
         if not 0 <= row < len(self.rows):
             raise IndexError(f"row must be in [0, {len(self.rows)}), got {row}")
         cells = self.rows[row].cells

@@ -590,6 +590,36 @@ class RequestTest(unittest.TestCase):
         self.assertEqual(Client.promote_request(record, 0, 0, seed=None, steps=20).trunk,
                          promoted.trunk)
 
+    def test_paths_and_promote_check_their_arguments_naming_them(self) -> None:
+        # A segment's prompt without switched=True was dropped: the path ran
+        # unswitched. A prompt beside a class_index lost the prompt.
+        with self.assertRaisesRegex(ValueError, r"^Segment.prompt: .*switched=True"):
+            Segment(5, 2, prompt="bag")
+        with self.assertRaisesRegex(ValueError, r"^Segment.class_index: .*switched=True"):
+            Segment(5, 2, class_index=3)
+        with self.assertRaisesRegex(ValueError, r"^Segment.prompt: .*not both"):
+            Segment(5, 2, True, prompt="coat", class_index=8)
+        # Protobuf's own refusals said no argument (or raised AttributeError).
+        with self.assertRaisesRegex(TypeError, r"^Path.init_seed: expected an int, got str"):
+            Path("1")
+        with self.assertRaisesRegex(TypeError, r"^Path.segments\[0\]: expected a Segment"):
+            Path(1, ((0, 1),))
+        with self.assertRaisesRegex(TypeError, r"^Segment.from_step: expected an int, got bool"):
+            Segment(True, 1)
+        self.assertEqual(Path(1, (Segment(0, 2), Segment(5, 3, True, prompt="bag"))).to_proto()
+                         .segments[1].conditioning.prompt, "bag")
+        # A row of True was row 1; 0.5 a TypeError about tuple indices.
+        grid = orchestrator_pb2.Grid()
+        row = grid.rows.add(branch_step=5)
+        row.cells.add(row=0, column=0, path=denoiser_pb2.Path(init_seed=3))
+        record = orchestrator_pb2.GridRecord(request=Client.build_request(seed=3), grid=grid)
+        for bad in (True, 0.5):
+            with self.assertRaisesRegex(TypeError, r"^row: expected an int"):
+                Client.promote_request(record, bad, 0)
+        # A record without rows says so (it said the row must be in [0, 0)).
+        with self.assertRaisesRegex(IndexError, "this grid has no rows"):
+            Client.promote_request(orchestrator_pb2.GridRecord(), 0, 0)
+
     def test_sizes_take_any_int_and_name_the_argument(self) -> None:
         class Index:  # an int-like, as numpy's integers are
             def __init__(self, v: int) -> None:
@@ -1067,9 +1097,10 @@ class TextModelTest(unittest.TestCase):
         self.assertEqual(trunk_noise.plan.branch_noise, "trunk")
         with self.assertRaises(ValueError):
             self.client.build_request(branch_noise="sideways")
-        # Not a name at all: a ValueError naming the field, not AttributeError.
+        # Not a name at all: a TypeError naming the field (as for every other
+        # argument of the wrong type), not AttributeError.
         for field, value in (("branch_noise", 1), ("sampler", 2), ("spacing", 3.0)):
-            with self.assertRaisesRegex(ValueError, f"{field} must be a string"):
+            with self.assertRaisesRegex(TypeError, f"{field} must be a string"):
                 self.client.build_request(**{field: value})
         # A switched segment's negative prompt shows in the path.
         negative = Path(1, (Segment(0, 2), Segment(5, 2, True, prompt="car", negative_prompt="blur")))
