@@ -44,9 +44,12 @@ std::string ClientKey(absl::string_view peer) {
     }
     // A host is given a /64 and may use any address in it: one client, as
     // a network behind one IPv4 address is. Not where the /64 is shared by
-    // design: loopback, unspecified, link-local.
+    // design: loopback, unspecified, link-local, and unique local addresses
+    // (fc00::/7, private as 10/8 is: an IPv6 cluster gives its pods
+    // addresses of one /64, and every pod was one client).
+    const bool unique_local = (v6.s6_addr[0] & 0xfe) == 0xfc;
     if (!IN6_IS_ADDR_LOOPBACK(&v6) && !IN6_IS_ADDR_UNSPECIFIED(&v6) &&
-        !IN6_IS_ADDR_LINKLOCAL(&v6)) {
+        !IN6_IS_ADDR_LINKLOCAL(&v6) && !unique_local) {
       std::memset(&v6.s6_addr[8], 0, 8);
       return absl::StrCat(inet_ntop(AF_INET6, &v6, text, sizeof(text)), "/64");
     }

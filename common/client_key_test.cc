@@ -18,6 +18,11 @@ TEST(ClientKeyTest, GrpcAndHttpSpellingsOfOneAddressAreOneClient) {
   EXPECT_EQ(ClientKey("2001:db8::5"), "2001:db8::/64");
   EXPECT_EQ(ClientKey("2001:db8:0:0:abcd::1"), ClientKey("2001:db8::5"));
   EXPECT_NE(ClientKey("2001:db8:0:1::5"), ClientKey("2001:db8::5"));
+  // Unique local (a cluster's pods, of one /64): one address each, as a
+  // private IPv4 address is; every pod was one client.
+  EXPECT_EQ(ClientKey("fd00:10:244::5"), "fd00:10:244::5");
+  EXPECT_NE(ClientKey("fd00:10:244::5"), ClientKey("fd00:10:244::6"));
+  EXPECT_NE(ClientKey("fc00::5"), ClientKey("fc00::6"));
   // Link-local: one address each, and one spelling whatever the zone says.
   EXPECT_EQ(ClientKey("fe80::1%eth0"), "fe80::1");
   EXPECT_EQ(ClientKey("ipv6:[fe80::1%252]:443"), "fe80::1");

@@ -1,5 +1,6 @@
 #include "common/http_listen.h"
 
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include "absl/strings/str_cat.h"
@@ -13,7 +14,25 @@ void ListenAlone(httplib::Server& server) {
   server.set_socket_options([](socket_t socket) {
     const int yes = 1;
     ::setsockopt(socket, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    // An IPv6 socket takes IPv4 too, whatever net.ipv6.bindv6only says (an
+    // IPv4 socket refuses the option, harmlessly).
+    const int no = 0;
+    ::setsockopt(socket, IPPROTO_IPV6, IPV6_V6ONLY, &no, sizeof(no));
   });
+}
+
+int BindHttp(httplib::Server& server, const std::string& host, int port) {
+  auto bind = [&](const std::string& at) {
+    if (port == 0) return server.bind_to_any_port(at.c_str());
+    return server.bind_to_port(at.c_str(), port) ? port : -1;
+  };
+  if (host == "0.0.0.0" || host == "::") {
+    // Without IPv6 (a kernel or pod that has it off) the "::" socket
+    // cannot be made: IPv4 alone.
+    const int both = bind("::");
+    return both > 0 ? both : bind("0.0.0.0");
+  }
+  return bind(host);
 }
 
 std::string RawAnswer(int status, const char* reason, const char* content_type,

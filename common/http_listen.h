@@ -9,7 +9,8 @@
 //
 //   httplib::Server server;
 //   ListenAlone(server);
-//   if (!server.bind_to_port(host, port)) ...  // in use
+//   const int bound = BindHttp(server, host, port);
+//   if (bound <= 0) ...  // in use
 //   std::thread thread([&] { server.listen_after_bind(); });
 //   WaitUntilListening(server);
 #ifndef DGRID_COMMON_HTTP_LISTEN_H_
@@ -24,6 +25,13 @@ class Server;
 namespace dgrid {
 
 void ListenAlone(httplib::Server& server);
+
+// Binds `server` to host:port (port 0: a free port) and returns the port,
+// or -1. A wildcard host, "0.0.0.0" or "::", listens on IPv6 and IPv4 both
+// where the host has IPv6 (one dual-stack socket), else on IPv4: as gRPC's
+// listeners take either wildcard. An IPv6-only cluster's probes and scrapes
+// reach a pod by its IPv6 address, which 0.0.0.0 alone refused.
+int BindHttp(httplib::Server& server, const std::string& host, int port);
 
 // Waits (at most 5 s) until the thread that runs `server.listen_after_bind()`
 // has begun: httplib's stop() does nothing before, so a shutdown right after

@@ -95,8 +95,8 @@ std::string PeerClient(int fd) {
 // request, GET or HEAD /metrics, then close.
 class MetricsServer final : public httplib::Server {
  public:
-  explicit MetricsServer(std::function<std::string()> serialize)
-      : serialize_(std::move(serialize)) {
+  MetricsServer(std::function<std::string()> serialize, std::function<bool()> ready)
+      : serialize_(std::move(serialize)), ready_(std::move(ready)) {
     new_task_queue = [] { return new httplib::ThreadPool(kThreads); };
   }
 
@@ -121,12 +121,21 @@ class MetricsServer final : public httplib::Server {
     const absl::string_view target = line.substr(line.find(' ') + 1);
     const absl::string_view path = target.substr(0, target.find_first_of("? "));
     std::string answer;
-    if (path != "/metrics") {
-      answer = RawAnswer(404, "Not Found", "text/plain", "metrics are at /metrics\n", "",
-                         !head_only);
+    const bool health = ready_ && path == "/healthz";
+    if (path != "/metrics" && !health) {
+      answer = RawAnswer(404, "Not Found", "text/plain",
+                         ready_ ? "metrics are at /metrics, health at /healthz\n"
+                                : "metrics are at /metrics\n",
+                         "", !head_only);
     } else if (!get && !head_only) {
-      answer = RawAnswer(405, "Method Not Allowed", "text/plain", "GET /metrics\n",
-                         "Allow: GET, HEAD\r\n");
+      answer = RawAnswer(405, "Method Not Allowed", "text/plain",
+                         absl::StrCat("GET ", path, "\n"), "Allow: GET, HEAD\r\n");
+    } else if (health) {
+      // Plain HTTP for a server whose gRPC port speaks TLS, which kubelet's
+      // gRPC probes cannot.
+      answer = ready_() ? RawAnswer(200, "OK", "text/plain", "ok\n", "", !head_only)
+                        : RawAnswer(503, "Service Unavailable", "text/plain", "not serving\n",
+                                    "", !head_only);
     } else {
       answer = RawAnswer(200, "OK", "text/plain; version=0.0.4; charset=utf-8", serialize_(), "",
                          !head_only);
@@ -135,13 +144,15 @@ class MetricsServer final : public httplib::Server {
   }
 
   const std::function<std::string()> serialize_;
+  const std::function<bool()> ready_;  // null: no /healthz
   ConnectionsPerClient open_{kConnectionsPerAddress};
 };
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(
-    const std::string& address, std::shared_ptr<prometheus::Registry> registry) {
+    const std::string& address, std::shared_ptr<prometheus::Registry> registry,
+    std::function<bool()> ready) {
   absl::StatusOr<HostPort> at = ParseHostPort("--metrics_addr", address);
   if (!at.ok()) return at.status();
   const std::string host = at->host.empty() ? "0.0.0.0" : at->host;
@@ -151,13 +162,9 @@ absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(
   endpoint->registry_ = std::move(registry);
   prometheus::Registry* r = endpoint->registry_.get();
   endpoint->server_ = std::make_unique<MetricsServer>(
-      [r] { return prometheus::TextSerializer().Serialize(r->Collect()); });
+      [r] { return prometheus::TextSerializer().Serialize(r->Collect()); }, std::move(ready));
   ListenAlone(*endpoint->server_);
-  if (port == 0) {
-    endpoint->port_ = endpoint->server_->bind_to_any_port(host.c_str());
-  } else if (endpoint->server_->bind_to_port(host.c_str(), port)) {
-    endpoint->port_ = port;
-  }
+  endpoint->port_ = BindHttp(*endpoint->server_, host, port);
   if (endpoint->port_ <= 0) {
     return absl::UnavailableError(
         absl::StrCat("cannot listen for metrics on ", address, " (in use by another process?)"));

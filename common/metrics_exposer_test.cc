@@ -95,5 +95,28 @@ TEST(MetricsEndpointTest, SlowClientsDoNotHoldTheScrape) {
             "HTTP/1.1 405");
 }
 
+// With a readiness function, GET /healthz says it (plain HTTP, for probes
+// of a server whose own port speaks TLS); without one there is none.
+TEST(MetricsEndpointTest, HealthSaysWhetherTheServerServes) {
+  auto registry = std::make_shared<prometheus::Registry>();
+  bool ready = false;
+  auto endpoint = MetricsEndpoint::Start("127.0.0.1:0", registry, [&ready] { return ready; });
+  ASSERT_TRUE(endpoint.ok()) << endpoint.status();
+  const int port = (*endpoint)->port();
+  const std::string get = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+  const std::string loading = Get(port, "127.0.0.2", get);
+  EXPECT_EQ(loading.rfind("HTTP/1.1 503 Service Unavailable\r\n", 0), 0u) << loading;
+  ready = true;
+  const std::string serving = Get(port, "127.0.0.2", get);
+  EXPECT_EQ(serving.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << serving;
+  EXPECT_EQ(serving.substr(serving.size() - 3), "ok\n") << serving;
+  EXPECT_EQ(Get(port, "127.0.0.2", "POST /healthz HTTP/1.1\r\n\r\n").substr(0, 12),
+            "HTTP/1.1 405");
+
+  auto plain = MetricsEndpoint::Start("127.0.0.1:0", registry);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ(Get((*plain)->port(), "127.0.0.2", get).substr(0, 12), "HTTP/1.1 404");
+}
+
 }  // namespace
 }  // namespace dgrid

@@ -287,6 +287,52 @@ TEST(DenoiserProcessTest, MetricsAnswerWhileTheBundlesLoad) {
   auto serving = testing::HttpGet(metrics, "/metrics");
   ASSERT_TRUE(serving.ok()) << serving.status();
   EXPECT_EQ(testing::MetricValue(*serving, "dgrid_denoiser_ready"), 1);
+  // Health over plain HTTP beside the metrics, for probes of a denoiser
+  // whose gRPC port speaks TLS (kubelet's gRPC probes cannot): it had none.
+  auto health = testing::HttpGet(metrics, "/healthz");
+  ASSERT_TRUE(health.ok()) << health.status();
+  EXPECT_EQ(*health, "ok\n");
+}
+
+// A call under way on SIGTERM may finish within --shutdown_grace_s: the
+// denoiser cancelled every call after a fixed 5 s, whatever the pod's
+// termination grace left.
+TEST(DenoiserProcessTest, ACallUnderWayFinishesWithinTheShutdownGrace) {
+  const std::string dir = testing::TempDir("denoiser-grace");
+  const std::string fixtures = std::getenv("DGRID_FIXTURES");
+  auto child = ChildProcess::Start(
+      {BinPath("dgrid-denoiser"), "--model_dir=" + fixtures + "/gaussian",
+       "--listen=127.0.0.1:0", "--metrics_addr=", "--threads=1", "--debug_step_delay_ms=200",
+       "--shutdown_grace_s=30", "--port_file=" + dir + "/ports"},
+      dir + "/denoiser.log");
+  ASSERT_TRUE(child.ok()) << child.status();
+  auto ports = (*child)->WaitForPorts(dir + "/ports", absl::Seconds(60));
+  ASSERT_TRUE(ports.ok()) << ports.status();
+  auto stub = v1::Denoiser::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", (*ports)["grpc"]), grpc::InsecureChannelCredentials()));
+  // 35 steps at 200 ms each: 7 s, past the old fixed 5 s.
+  v1::BranchRequest request;
+  request.mutable_sampler()->set_steps(35);
+  request.mutable_sampler()->set_eta(1.0f);
+  request.add_capture_steps(1);  // an event once under way
+  v1::Path* path = request.add_trajectories()->mutable_path();
+  path->set_init_seed(1);
+  path->add_segments()->set_noise_seed(2);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  auto reader = stub->Branch(&context, request);
+  v1::BranchEvent event;
+  ASSERT_TRUE(reader->Read(&event)) << (*child)->Log();  // under way
+  const absl::Time signalled = absl::Now();
+  (*child)->Signal(SIGTERM);
+  while (reader->Read(&event)) {
+  }
+  const grpc::Status status = reader->Finish();
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  EXPECT_GT(absl::Now() - signalled, absl::Seconds(5));
+  auto code = (*child)->Wait(absl::Seconds(40));
+  ASSERT_TRUE(code.ok()) << code.status();
+  EXPECT_EQ(*code, 0) << (*child)->Log();
 }
 
 TEST(DenoiserProcessTest, BadFlagsExitWithOneReadableLine) {
@@ -379,6 +425,9 @@ TEST(DenoiserProcessTest, SettingsThatCannotServeExitNamingTheFlag) {
       {{"dgrid-denoiser", model, "--listen=127.0.0.1:0", "--metrics_addr=",
         "--max_write_stall_s=0"},
        "--max_write_stall_s must be >= 1"},
+      {{"dgrid-denoiser", model, "--listen=127.0.0.1:0", "--metrics_addr=",
+        "--shutdown_grace_s=-1"},
+       "--shutdown_grace_s must be >= 0"},
       {{"dgrid-denoiser", model, "--listen=127.0.0.1:0", "--metrics_addr=", "--min_chunk_rows=-4"},
        "--min_chunk_rows must be >= 0 (0: whole passes), got -4"},
       {{"dgrid-denoiser", model, "--listen=127.0.0.1:0", "--metrics_addr=",

@@ -107,7 +107,8 @@ absl::StatusOr<std::unique_ptr<DenoiserServer>> DenoiserServer::Start(
   // GPU, and a replica that Prometheus cannot scrape meanwhile reads as
   // down (dgrid_denoiser_ready says it is loading).
   if (!o.metrics_addr.empty()) {
-    auto endpoint = MetricsEndpoint::Start(o.metrics_addr, s->registry_);
+    auto endpoint = MetricsEndpoint::Start(o.metrics_addr, s->registry_,
+                                           [serving = s->serving_] { return serving->load(); });
     if (!endpoint.ok()) return endpoint.status();
     s->metrics_ = std::move(*endpoint);
   }
@@ -178,6 +179,7 @@ absl::StatusOr<std::unique_ptr<DenoiserServer>> DenoiserServer::Start(
   // By the service's own name too, as the orchestrator answers to its own.
   health->SetServingStatus("dgrid.v1.Denoiser", true);
   s->denoiser_metrics_->SetReady(true);
+  s->serving_->store(true);
   return s;
 }
 
@@ -196,6 +198,7 @@ int DenoiserServer::metrics_port() const { return metrics_ ? metrics_->port() : 
 
 void DenoiserServer::Shutdown(absl::Duration grace) {
   if (!server_) return;
+  serving_->store(false);
   denoiser_metrics_->SetReady(false);
   server_->GetHealthCheckService()->Shutdown();
   server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));

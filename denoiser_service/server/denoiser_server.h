@@ -12,6 +12,7 @@
 #ifndef DGRID_DENOISER_SERVER_DENOISER_SERVER_H_
 #define DGRID_DENOISER_SERVER_DENOISER_SERVER_H_
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <string>
@@ -102,6 +103,9 @@ class DenoiserServer {
   // Declared first, destroyed last: the batchers report to it.
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<DenoiserMetrics> denoiser_metrics_;
+  // Serving (models loaded, not shutting down): GET /healthz on the metrics
+  // port, for probes where the gRPC port speaks TLS.
+  std::shared_ptr<std::atomic<bool>> serving_ = std::make_shared<std::atomic<bool>>(false);
   std::unique_ptr<MetricsEndpoint> metrics_;
   std::unique_ptr<std::map<std::string, ServedModel>> models_;
   // Outlives the service's calls (destroyed after server_ and service_).

@@ -46,6 +46,10 @@ ABSL_FLAG(int, max_connection_age_grace_s, 330,
 ABSL_FLAG(int, max_write_stall_s, 20,
           "A Branch stream whose client takes no event for this long is ended (an unread "
           "stream would hold a server thread and its events).");
+ABSL_FLAG(int, shutdown_grace_s, 5,
+          "On SIGTERM or SIGINT, how long calls under way may go on before they are cancelled "
+          "(the orchestrator runs their work again elsewhere); keep it below the pod's "
+          "terminationGracePeriodSeconds minus its preStop sleep.");
 ABSL_FLAG(int, debug_step_delay_ms, 0, "Test only: sleep before every forward pass.");
 ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate (enables TLS).");
 ABSL_FLAG(std::string, tls_key, "", "PEM server private key.");
@@ -118,6 +122,10 @@ int main(int argc, char** argv) {
   }
 
 
+  if (absl::GetFlag(FLAGS_shutdown_grace_s) < 0) {
+    std::cerr << "dgrid-denoiser: --shutdown_grace_s must be >= 0\n";
+    return 1;
+  }
   auto server = dgrid::DenoiserServer::Start(options);
   if (!server.ok()) {
     std::cerr << "dgrid-denoiser: " << server.status().message() << "\n";
@@ -138,6 +146,6 @@ int main(int argc, char** argv) {
   }
   dgrid::WaitForStopSignal(stop_signals);
   std::cerr << "dgrid-denoiser: shutting down" << std::endl;
-  (*server)->Shutdown(absl::Seconds(5));
+  (*server)->Shutdown(absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_s)));
   return 0;
 }

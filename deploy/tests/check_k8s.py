@@ -213,6 +213,23 @@ def check(docs, device):
     if len(orchestrators) != 1:
         err(f"want 1 orchestrator workload, found {len(orchestrators)}")
 
+    # Stopping: the preStop sleep and the binary's --shutdown_grace_s (5 s
+    # by default) end before kubelet's SIGKILL, or calls under way are cut
+    # off unfinished.
+    for w in objs.workloads():
+        if objs.role(w) is None:
+            continue
+        name = f"{w['kind']}/{w['metadata']['name']}"
+        c = main_container(w)
+        period = w["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
+        command = (((c.get("lifecycle") or {}).get("preStop") or {}).get("exec") or {}).get(
+            "command") or []
+        sleep = int(command[1]) if len(command) == 2 and command[0] == "sleep" else 0
+        grace = int(flag_value(c, "shutdown_grace_s") or 5)
+        if sleep + grace >= period:
+            err(f"{name}: preStop sleep {sleep} s + --shutdown_grace_s {grace} s is not under "
+                f"terminationGracePeriodSeconds {period}")
+
     # Workloads and their containers.
     for w in objs.workloads():
         name = f"{w['kind']}/{w['metadata']['name']}"
@@ -701,6 +718,11 @@ MUTATIONS = [
         lambda d: _container(d, "dgrid-denoiser")["ports"][0].update({"containerPort": 50052})),
     ("orchestrator --metrics_addr differs from its port", '--metrics_addr port is 9999',
         lambda d: _set_flag(d, "dgrid-orchestrator", "metrics_addr", "0.0.0.0:9999")),
+    ("denoiser shutdown grace past its pod's", 'is not under terminationGracePeriodSeconds',
+        lambda d: _set_flag(d, "dgrid-denoiser", "shutdown_grace_s", "25")),
+    ("orchestrator pod grace shortened", 'is not under terminationGracePeriodSeconds',
+        lambda d: _find(d, "Deployment", name="dgrid-orchestrator")["spec"]["template"]["spec"]
+        .update({"terminationGracePeriodSeconds": 20})),
     ("readiness probe on the metrics port", 'readinessProbe probes port 9091',
         lambda d: _container(d, "dgrid-denoiser")["readinessProbe"]["grpc"].update({"port": 9091})),
     ("readiness probe for a model not served", 'nor a served model',

@@ -1482,8 +1482,7 @@ absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(const HttpGatewa
   }
   AddRoutes(service, curves, o.max_body_bytes, server);
 
-  gateway->port_ = port == 0 ? server.bind_to_any_port(host.c_str())
-                             : (server.bind_to_port(host.c_str(), port) ? port : -1);
+  gateway->port_ = BindHttp(server, host, port);
   if (gateway->port_ <= 0) {
     return absl::UnavailableError(
         absl::StrCat("cannot listen for HTTP on ", o.address, " (in use by another process?)"));
