@@ -340,6 +340,12 @@ TEST_F(CliTest, ModelsAndHealth) {
   EXPECT_NE(models.output.find("prompts:"), std::string::npos);
   // Whether a curve can give P(differs): the judge's heads, or none.
   EXPECT_NE(models.output.find("  judge: "), std::string::npos) << models.output;
+  // The orchestrator's list says what a denoiser's does: the latent shape
+  // and the sampler defaults were left out.
+  const Ran direct = RunCli({"models", "--target=" + stack_->denoiser_address(0)}, stack_->dir());
+  EXPECT_EQ(direct.code, 0) << direct.output;
+  EXPECT_EQ(models.output, direct.output);
+  EXPECT_NE(models.output.find(", latent "), std::string::npos) << models.output;
   const Ran health = RunCli({"health", Target()}, stack_->dir());
   EXPECT_EQ(health.code, 0);
   EXPECT_NE(health.output.find("SERVING"), std::string::npos);

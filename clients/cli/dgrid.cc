@@ -84,7 +84,9 @@ ABSL_FLAG(std::string, model_dir, "", "dgrid tokenize: the model bundle whose to
 ABSL_FLAG(uint64_t, seed, 0, "Initial-latent seed (path.init_seed).");
 ABSL_FLAG(uint64_t, noise_seed, 1, "Noise seed of the first segment.");
 ABSL_FLAG(std::string, segments, "",
-          "Extra path segments as from_step:noise_seed,... (a branch), e.g. 10:555.");
+          "Extra path segments as from_step:noise_seed,... (a branch), e.g. 10:555. Noise "
+          "only: a path whose prompt switches (a switched cell of a grid) runs through the "
+          "orchestrator, with dgrid promote.");
 ABSL_FLAG(std::string, sampler, "",
           "ddim or euler_ancestral (euler_a); empty = the preset's (grid, curve) or the "
           "model's (branch, step).");
@@ -835,8 +837,10 @@ int Curve() {
       if (tty) draw(0, request.trunks(), 0);  // the first trunk may take a while
       if (!tty) {
         std::fprintf(stderr,
-                     "plan: %d trunks of %d rows x %d %s, %s, %lld model evaluations each\n",
-                     request.trunks(), event.plan().branch_steps_size(), event.plan().branches(),
+                     "plan: %d trunks of %d %s x %d %s, %s, %lld model evaluations each\n",
+                     request.trunks(), event.plan().branch_steps_size(),
+                     event.plan().branch_steps_size() == 1 ? "row" : "rows",
+                     event.plan().branches(),
                      event.plan().branches() == 1 ? "branch" : "branches",
                      SamplerName(event.plan().sampler().sampler()).c_str(),
                      static_cast<long long>(event.plan().model_evals()));
@@ -1022,7 +1026,8 @@ void PrintPrompts(const v1::ModelInfo& m) {
                               : absl::StrJoin(heads, ", "))
             << "\n";
   if (m.conditioning() != "text") {
-    std::cout << "  prompts: " << absl::StrJoin(m.prompts(), ", ") << "\n";
+    std::cout << "  prompts: " << absl::StrJoin(m.prompts(), ", ")
+              << " (an empty prompt: unconditional)\n";
     return;
   }
   std::cout << "  conditioning: text\n  max prompt tokens: " << m.max_prompt_tokens() << "\n";
@@ -1031,6 +1036,15 @@ void PrintPrompts(const v1::ModelInfo& m) {
     std::cout << "  example prompts:\n";
     for (const std::string& p : m.example_prompts()) std::cout << "    " << p << "\n";
   }
+}
+
+// One model, as an orchestrator or a denoiser lists it (the same fields).
+void PrintModel(const v1::ModelInfo& m) {
+  std::cout << m.name() << " (version " << m.version() << ", latent "
+            << absl::StrJoin(m.latent_shape(), "x") << ", default " << m.defaults().steps()
+            << " steps, eta " << m.defaults().eta() << ", guidance " << m.defaults().guidance()
+            << ")\n";
+  PrintPrompts(m);
 }
 
 int Models() {
@@ -1042,10 +1056,7 @@ int Models() {
     v1::ListModelsResponse listed;
     const grpc::Status status = orchestrator->ListModels(&context, {}, &listed);
     if (status.ok()) {
-      for (const v1::ModelInfo& m : listed.models()) {
-        std::cout << m.name() << " (version " << m.version() << ")\n";
-        PrintPrompts(m);
-      }
+      for (const v1::ModelInfo& m : listed.models()) PrintModel(m);
       return 0;
     }
     if (status.error_code() != grpc::StatusCode::UNIMPLEMENTED) Check(status, "ListModels");
@@ -1055,13 +1066,7 @@ int Models() {
   SetDeadline(&context);
   v1::GetModelInfoResponse response;
   Check(stub->GetModelInfo(&context, {}, &response), "GetModelInfo");
-  for (const v1::ModelInfo& m : response.models()) {
-    std::cout << m.name() << " (version " << m.version() << ", latent "
-              << absl::StrJoin(m.latent_shape(), "x") << ", default " << m.defaults().steps()
-              << " steps, eta " << m.defaults().eta() << ", guidance " << m.defaults().guidance()
-              << ")\n";
-    PrintPrompts(m);
-  }
+  for (const v1::ModelInfo& m : response.models()) PrintModel(m);
   return 0;
 }
 
@@ -1339,7 +1344,7 @@ constexpr char kUsage[] =
     "  branch   run one trajectory on a denoiser and write its image (-o)\n"
     "  step     run one sampler step on a denoiser and print statistics\n"
     "  models   list a server's models and prompts\n"
-    "  health   check a server's gRPC health (--service=MODEL)\n"
+    "  health   check a server's gRPC health (--service=MODEL on a denoiser)\n"
     "  tokenize --model_dir DIR \"text\" ...: a text model's token ids for each prompt,\n"
     "           one line each (BOS ... EOS), read from the bundle (no server)\n"
     "dgrid COMMAND --help lists the flags a command reads.\n";
