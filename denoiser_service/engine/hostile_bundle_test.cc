@@ -152,6 +152,29 @@ TEST(HostileBundleTest, ADecoderOrJudgeForOneImageAloneIsRefusedAtLoad) {
       << judge.status();
 }
 
+// A judge whose logits are NaN for an image answered OK with a
+// probability of NaN; it fails, as the replica's fault.
+TEST(HostileBundleTest, AJudgesNonFiniteLogitsFailTheCall) {
+  ASSERT_FALSE(Fixtures().empty()) << "DGRID_FIXTURES is not set";
+  const std::string dir = EditedCopy(
+      "textlatent", "manifest.json", "}",
+      R"(, "judge": {"weights": "judge.pt", "heads": [{"name": "h", "labels": ["a", "b"]}]}})");
+  fs::copy_file(fs::path(Fixtures()) / "batch_one" / "judge_nan.pt", fs::path(dir) / "judge.pt");
+  auto manifest = ReadManifest(dir);
+  ASSERT_TRUE(manifest.ok()) << manifest.status();
+  auto judge = ImageJudge::Load(dir, *manifest, "cpu");
+  ASSERT_TRUE(judge.ok()) << judge.status();
+  const size_t image = 32 * 32 * 3;
+  std::vector<uint8_t> pixels(2 * image, 0);
+  EXPECT_TRUE((*judge)->Judge(pixels, 2).ok());
+  std::fill(pixels.begin() + image, pixels.end(), 255);  // the second white
+  const auto verdicts = (*judge)->Judge(pixels, 2);
+  EXPECT_EQ(verdicts.status().code(), absl::StatusCode::kInternal) << verdicts.status();
+  EXPECT_TRUE(Mentions(verdicts.status(), "judge.heads[0] (h): non-finite logits (NaN or Inf) "
+                                          "for image 1 of 2"))
+      << verdicts.status();
+}
+
 TEST(HostileBundleTest, ASecondPadIdBeyondTheVocabularyIsRefusedAtLoad) {
   ASSERT_FALSE(Fixtures().empty()) << "DGRID_FIXTURES is not set";
   const std::string text = ReadText(fs::path(Fixtures()) / "textxl" / "manifest.json");

@@ -109,8 +109,17 @@ absl::StatusOr<std::vector<ImageVerdict>> ImageJudge::Judge(absl::Span<const uin
                                                 ShapeOf(*logits), ", its ", k, " labels need [",
                                                 batch, ", ", k, "]"));
       }
-      probabilities.push_back(
-          torch::softmax(logits->to(torch::kCPU, torch::kFloat32), 1).contiguous());
+      torch::Tensor p = torch::softmax(logits->to(torch::kCPU, torch::kFloat32), 1).contiguous();
+      // A NaN logit gave a probability of NaN, answered OK: the judge's
+      // fault (an image's bytes are always valid), as INTERNAL.
+      const torch::Tensor finite = torch::isfinite(p).all(1);
+      if (!finite.all().item<bool>()) {
+        const int64_t b = (~finite).nonzero()[0][0].item<int64_t>();
+        return absl::InternalError(absl::StrCat("judge.heads[", i, "] (", head.name,
+                                                "): non-finite logits (NaN or Inf) for image ",
+                                                b, " of ", batch));
+      }
+      probabilities.push_back(std::move(p));
     }
     for (int b = 0; b < batch; ++b) {
       ImageVerdict verdict;
