@@ -436,7 +436,13 @@ void GridExecutor::GridRun::RunJob(const std::string& label, const NextRequest& 
     }
     if (!retried) {
       if (ex_.metrics_) ex_.metrics_->CountJob(cancelled ? "cancelled" : "failed");
-      Fail(absl::Status(a.status.code(), absl::StrCat(label, ": ", a.status.message())));
+      // A replica's CANCELLED (its own, or its transport's) is not the
+      // client's doing, which CANCELLED would tell the client and the
+      // metrics: the replicas were unavailable.
+      const absl::StatusCode code = a.status.code() == absl::StatusCode::kCancelled && !cancelled
+                                        ? absl::StatusCode::kUnavailable
+                                        : a.status.code();
+      Fail(absl::Status(code, absl::StrCat(label, ": ", a.status.message())));
       return;
     }
     if (ex_.metrics_) {

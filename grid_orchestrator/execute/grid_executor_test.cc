@@ -418,6 +418,20 @@ TEST_F(GridExecutorTest, AReplicaRefusingTheOrchestratorsRequestIsNotTheClientsM
       << failed.status();
 }
 
+// Replicas that cancel every call (a transport cut, a replica's own
+// cancel) fail the grid as UNAVAILABLE: it failed CANCELLED, which the
+// client and the metrics read as the client's own cancel.
+TEST_F(GridExecutorTest, ReplicasThatCancelEveryCallAreUnavailableNotTheClientsCancel) {
+  FakeReplicas replicas(2);
+  for (int i = 0; i < 2; ++i) {
+    replicas.script(i).fail_first = 100;
+    replicas.script(i).fail_code = grpc::StatusCode::CANCELLED;
+  }
+  absl::StatusOr<v1::Grid> grid = Run(replicas, Plan());
+  ASSERT_FALSE(grid.ok());
+  EXPECT_EQ(grid.status().code(), absl::StatusCode::kUnavailable) << grid.status();
+}
+
 TEST_F(GridExecutorTest, ATransientErrorMovesToAnotherReplica) {
   for (grpc::StatusCode code : {grpc::StatusCode::UNAVAILABLE,
                                 grpc::StatusCode::RESOURCE_EXHAUSTED,
