@@ -2,6 +2,7 @@
 
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -27,10 +28,13 @@ int BindHttp(httplib::Server& server, const std::string& host, int port) {
     return server.bind_to_port(at.c_str(), port) ? port : -1;
   };
   if (host == "0.0.0.0" || host == "::") {
-    // Without IPv6 (a kernel or pod that has it off) the "::" socket
-    // cannot be made: IPv4 alone.
-    const int both = bind("::");
-    return both > 0 ? both : bind("0.0.0.0");
+    // IPv4 alone only where no IPv6 socket can be made (a kernel without
+    // IPv6): a "::" that fails for another reason (the port in use) fails,
+    // rather than listen on IPv4 alone unseen.
+    const int probe = ::socket(AF_INET6, SOCK_STREAM, 0);
+    if (probe < 0) return bind("0.0.0.0");
+    ::close(probe);
+    return bind("::");
   }
   return bind(host);
 }

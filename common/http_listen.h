@@ -28,8 +28,8 @@ void ListenAlone(httplib::Server& server);
 
 // Binds `server` to host:port (port 0: a free port) and returns the port,
 // or -1. A wildcard host, "0.0.0.0" or "::", listens on IPv6 and IPv4 both
-// where the host has IPv6 (one dual-stack socket), else on IPv4: as gRPC's
-// listeners take either wildcard. An IPv6-only cluster's probes and scrapes
+// (one dual-stack socket), or on IPv4 where the kernel has no IPv6: as
+// gRPC's listeners take either wildcard. An IPv6-only cluster's probes and scrapes
 // reach a pod by its IPv6 address, which 0.0.0.0 alone refused.
 int BindHttp(httplib::Server& server, const std::string& host, int port);
 

@@ -310,9 +310,10 @@ TEST(DenoiserProcessTest, ACallUnderWayFinishesWithinTheShutdownGrace) {
   ASSERT_TRUE(ports.ok()) << ports.status();
   auto stub = v1::Denoiser::NewStub(grpc::CreateChannel(
       absl::StrCat("127.0.0.1:", (*ports)["grpc"]), grpc::InsecureChannelCredentials()));
-  // 35 steps at 200 ms each: 7 s, past the old fixed 5 s.
+  // 60 steps at 200 ms each: 12 s, well past the old fixed 5 s, well
+  // within the 30 s grace.
   v1::BranchRequest request;
-  request.mutable_sampler()->set_steps(35);
+  request.mutable_sampler()->set_steps(60);
   request.mutable_sampler()->set_eta(1.0f);
   request.add_capture_steps(1);  // an event once under way
   v1::Path* path = request.add_trajectories()->mutable_path();

@@ -250,29 +250,12 @@ function switchName(plan) {
   return conditioningName(switchConditioning(plan), plan);
 }
 
-// Whether a row at `step` switches: not where the trunk (a promoted one)
-// has switched to the same prompt already and switches no more, as the
-// server plans it (a row's switch holds to the end, Path::SwitchedAt: a
-// later switch of the trunk's makes the row differ).
+// Whether the row at `step` switches, as the server planned it
+// (GridPlan.switching_rows): not where the switch is unseen, nor where a
+// promoted trunk has switched to the same prompt already.
 function rowSwitches(plan, step) {
-  if (!plan.switch_prompt || plan.switch_unseen) return false;
-  let inForce = null;
-  for (const segment of plan.trunk?.segments ?? []) {
-    if ((segment.from_step ?? 0) > step) {
-      if (segment.conditioning) return true;
-      continue;
-    }
-    if (segment.conditioning) inForce = segment.conditioning;
-  }
-  if (!inForce) return true;
-  const text = isText(modelOf(plan));
-  if (!text) {
-    const index = modelOf(plan)?.prompts?.indexOf(plan.switch_prompt) ?? -1;
-    return inForce.class_index === undefined || inForce.class_index !== index;
-  }
-  const to = switchConditioning(plan);
-  return inForce.class_index !== undefined || (inForce.prompt ?? '') !== to.prompt ||
-      (inForce.negative_prompt ?? '') !== to.negative_prompt;
+  const row = (plan.branch_steps ?? []).indexOf(step);
+  return Boolean(plan.switching_rows?.[row]);
 }
 
 // Where a path's prompt changes, from its segments' conditioning:
@@ -518,7 +501,8 @@ function switchSeen() {
   // switches (grid_plan.cc, ReadsAlikeTheTrunksSwitches).
   const index = currentModel()?.prompts?.indexOf(to) ?? -1;
   return (formTrunk?.segments ?? []).some(({conditioning: c}) => c && (text ?
-    !readsAlike(c.prompt ?? '', c.negative_prompt ?? '') : c.class_index !== index));
+    !readsAlike(c.prompt ?? '', c.negative_prompt ?? '') :
+    !(guidance === 0 || c.class_index === index || c.prompt === to)));
 }
 
 function stateFromControls() {

@@ -175,6 +175,24 @@ def flag_value(container, name):
     return vals[-1] if vals else None
 
 
+def prestop_sleep(container):
+    """Seconds the container's preStop sleeps: 0 without one, None when it
+    cannot be told (an httpGet, a script)."""
+    pre = (container.get("lifecycle") or {}).get("preStop")
+    if not pre:
+        return 0
+    command = (pre.get("exec") or {}).get("command") or []
+    if len(command) == 2 and os.path.basename(command[0]) == "sleep":
+        text = command[1]
+    elif len(command) == 3 and command[1] == "-c" and os.path.basename(command[0]) in ("sh", "bash"):
+        match = re.fullmatch(r"\s*(?:exec\s+)?sleep\s+(\S+)\s*", command[2])
+        text = match.group(1) if match else ""
+    else:
+        return None
+    match = re.fullmatch(r"(\d+)s?", text)
+    return int(match.group(1)) if match else None
+
+
 TOKEN_FLAGS = ("auth_token_file", "denoiser_token_file")
 
 
@@ -222,9 +240,11 @@ def check(docs, device):
         name = f"{w['kind']}/{w['metadata']['name']}"
         c = main_container(w)
         period = w["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
-        command = (((c.get("lifecycle") or {}).get("preStop") or {}).get("exec") or {}).get(
-            "command") or []
-        sleep = int(command[1]) if len(command) == 2 and command[0] == "sleep" else 0
+        sleep = prestop_sleep(c)
+        if sleep is None:
+            err(f"{name}: preStop {c['lifecycle']['preStop']}: cannot tell how long it sleeps "
+                "(exec sleep N, or a shell's sleep N)")
+            continue
         grace = int(flag_value(c, "shutdown_grace_s") or 5)
         if sleep + grace >= period:
             err(f"{name}: preStop sleep {sleep} s + --shutdown_grace_s {grace} s is not under "
@@ -720,6 +740,12 @@ MUTATIONS = [
         lambda d: _set_flag(d, "dgrid-orchestrator", "metrics_addr", "0.0.0.0:9999")),
     ("denoiser shutdown grace past its pod's", 'is not under terminationGracePeriodSeconds',
         lambda d: _set_flag(d, "dgrid-denoiser", "shutdown_grace_s", "25")),
+    ("denoiser preStop through a shell, longer", 'is not under terminationGracePeriodSeconds',
+        lambda d: _container(d, "dgrid-denoiser")["lifecycle"]["preStop"]["exec"].update(
+            {"command": ["/bin/sh", "-c", "sleep 15s"]})),
+    ("orchestrator preStop of unknown length", 'cannot tell how long it sleeps',
+        lambda d: _container(d, "dgrid-orchestrator")["lifecycle"]["preStop"]["exec"].update(
+            {"command": ["/usr/local/bin/drain.sh"]})),
     ("orchestrator pod grace shortened", 'is not under terminationGracePeriodSeconds',
         lambda d: _find(d, "Deployment", name="dgrid-orchestrator")["spec"]["template"]["spec"]
         .update({"terminationGracePeriodSeconds": 20})),

@@ -561,6 +561,26 @@ absl::Status CheckBranchesCanDiffer(const GridPlanSpec& plan, const std::vector<
   return absl::OkStatus();
 }
 
+// A row asked for whose branches would be its trunk though the grid's do
+// differ: one past a promoted trunk's own switch to the switch prompt, where
+// no noise is added after the branch step (eta 0, a noiseless last step).
+// With the trunk's noise such a cell is the trunk, and costs nothing.
+absl::Status CheckEachRowCanDiffer(const GridPlanSpec& plan) {
+  if (plan.trunk_noise) return absl::OkStatus();
+  for (size_t i = 0; i < plan.rows.size(); ++i) {
+    const PlannedRow& row = plan.rows[i];
+    const bool noiseless =
+        plan.eta == 0.0f || (!plan.last_step_adds_noise && row.branch_step == plan.steps - 1);
+    if (row.switches || !noiseless) continue;
+    return Invalid(absl::StrCat(
+        "branch_steps[", i, "]: the promoted trunk is conditioned on the switch prompt from step ",
+        row.branch_step, " on already, and no noise is added after it (",
+        plan.eta == 0.0f ? "eta 0" : NoiselessLastStepSampler(plan),
+        "), so its branches would be the trunk; branch before the trunk's switch"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<GridPlanSpec> PlanGrid(const v1::GridRequest& request, const v1::ModelInfo& model,
@@ -583,6 +603,7 @@ absl::StatusOr<GridPlanSpec> PlanGrid(const v1::GridRequest& request, const v1::
                    ChooseBranchSteps(request, preset, plan, limits));
   RETURN_IF_ERROR(CheckBranchesCanDiffer(plan, branch_steps));
   PlanRows(branch_steps, model, &plan);
+  if (request.branch_steps_size() > 0) RETURN_IF_ERROR(CheckEachRowCanDiffer(plan));
   PlanCaptures(branch_steps, limits, &plan);
   return plan;
 }
@@ -599,6 +620,7 @@ void PlanToProto(const GridPlanSpec& plan, v1::GridPlan* out) {
   out->set_switch_prompt(plan.switch_prompt);
   out->set_switch_negative_prompt(plan.switch_negative_prompt);
   out->set_switch_unseen(plan.switch_unseen);
+  for (const PlannedRow& row : plan.rows) out->add_switching_rows(row.switches);
   out->set_branch_noise(plan.trunk_noise ? v1::BRANCH_NOISE_TRUNK : v1::BRANCH_NOISE_NEW);
   v1::SamplerConfig* s = out->mutable_sampler();
   s->set_steps(plan.steps);

@@ -506,12 +506,31 @@ TEST(GridPlanTest, ASwitchBackFromAPromotedTrunksOwnSwitchIsSeen) {
   // A switch to the trunk's own prompt: rows past its switch do not switch
   // (the grid figure labelled them "→ sneaker after step k").
   back.set_switch_prompt("sneaker");
+  back.clear_eta();
   auto same = PlanGrid(back, Model(), {});
   ASSERT_TRUE(same.ok()) << same.status();
   ASSERT_EQ(same->rows.size(), 3u);
   EXPECT_TRUE(same->rows[0].switches);
   EXPECT_FALSE(same->rows[1].switches);
   EXPECT_FALSE(same->rows[2].switches);
+  // On the wire, for the clients that label rows (the explorer's rule was
+  // its own).
+  v1::GridPlan wire;
+  PlanToProto(*same, &wire);
+  EXPECT_EQ(std::vector<bool>(wire.switching_rows().begin(), wire.switching_rows().end()),
+            (std::vector<bool>{true, false, false}));
+  // At eta 0 such a row's branches would be the trunk, run again: refused,
+  // naming the row (they were run, their images the trunk's).
+  back.mutable_eta()->set_value(0);
+  const absl::Status trunk_rows = PlanGrid(back, Model(), {}).status();
+  EXPECT_TRUE(absl::StartsWith(trunk_rows.message(), "branch_steps[1]: the promoted trunk is "
+                                                     "conditioned on the switch prompt from step "
+                                                     "20 on already"))
+      << trunk_rows;
+  back.clear_branch_steps();
+  back.add_branch_steps(5);
+  EXPECT_TRUE(PlanGrid(back, Model(), {}).ok());
+  for (int k : {20, 30}) back.add_branch_steps(k);
   back.set_switch_prompt("t-shirt");
   // Without the trunk's own switch it is none, and refused at eta 0.
   back.clear_trunk();

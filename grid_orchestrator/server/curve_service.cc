@@ -194,6 +194,12 @@ class CurveService::CurveRun {
     }
     DeliverProgress(deliver);
     for (std::thread& t : threads) t.join();
+    if (first_) {
+      // Trunk 0's grid that no worker took (none started): counted as the
+      // curve's failure, not as a client gone.
+      const absl::Status why = status_.ok() ? absl::InternalError("trunk 0 never ran") : status_;
+      service_->grids_->Drop(std::move(first_), why);
+    }
     if (!status_.ok()) return status_;
     return std::move(observations_);
   }

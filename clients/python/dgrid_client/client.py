@@ -45,8 +45,10 @@ from .types import (
     TrunkProgress,
     branch_noise_name,
     branch_noise_value,
+    int_argument,
     sampler_name,
     sampler_value,
+    short_repr,
     size_pairs,
     spacing_name,
     spacing_value,
@@ -112,10 +114,7 @@ def _seconds(name: str, value: Optional[float]) -> Optional[float]:
     return float(value)
 
 
-def _short(value: Any) -> str:
-    """A value as an error message echoes it: its repr, cut to 40 characters."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+_short = short_repr
 
 
 # The ranges of the request's integer fields (proto int32 and uint64).
@@ -129,13 +128,7 @@ def _whole(name: str, value: Any, bounds: Tuple[int, int]) -> int:
     field unset. Protobuf's own refusal would not say which argument it was."""
     if value is None:
         return 0
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        number = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__} "
-                        f"{_short(value)}") from None
+    number = int_argument(name, value)
     if not bounds[0] <= number <= bounds[1]:
         raise ValueError(f"{name}: {_short(number)} is out of range [{bounds[0]}, {bounds[1]}]")
     return number

@@ -186,15 +186,23 @@ def branch_noise_value(name: str) -> int:
     return orchestrator_pb2.BRANCH_NOISE_TRUNK if key == "trunk" else orchestrator_pb2.BRANCH_NOISE_NEW
 
 
-def _check_int(name: str, value: Any) -> None:
+def short_repr(value: Any) -> str:
+    """A value as an error message echoes it: its repr, cut to 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def int_argument(name: str, value: Any) -> int:
     """An int, or int-like as numpy's integers are (not a bool), named when
     not: protobuf's refusal would not say which argument it was."""
     try:
         if isinstance(value, bool):
             raise TypeError
-        operator.index(value)
+        return operator.index(value)
     except TypeError:
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}") from None
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__} "
+                        f"{short_repr(value)}") from None
+
 
 
 @dataclass(frozen=True)
@@ -217,9 +225,9 @@ class Segment:
         # What fill_proto would otherwise drop, or protobuf refuse without
         # the field's name.
         for name in ("from_step", "noise_seed"):
-            _check_int(f"Segment.{name}", getattr(self, name))
+            int_argument(f"Segment.{name}", getattr(self, name))
         if self.class_index is not None:
-            _check_int("Segment.class_index", self.class_index)
+            int_argument("Segment.class_index", self.class_index)
         for name in ("prompt", "negative_prompt"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"Segment.{name}: expected a str, got "
@@ -268,7 +276,7 @@ class Path:
     segments: Tuple[Segment, ...] = ()
 
     def __post_init__(self) -> None:
-        _check_int("Path.init_seed", self.init_seed)
+        int_argument("Path.init_seed", self.init_seed)
         for i, segment in enumerate(self.segments):
             if not isinstance(segment, Segment):
                 raise TypeError(f"Path.segments[{i}]: expected a Segment, got "
@@ -387,6 +395,9 @@ class Plan:
     # The model reads the switch as the prompt in force (the same class or
     # tokens, or one this guidance does not read): the rows do not switch.
     switch_unseen: bool = False
+    # Per row (as branch_steps): whether its branches switch to the switch
+    # prompt at its step (not where a promoted trunk has switched already).
+    switching_rows: Tuple[bool, ...] = ()
 
     @property
     def tokens_dropped(self) -> bool:
@@ -428,6 +439,7 @@ class Plan:
             unknown_words=tuple(p.unknown_words),
             size=size_pairs(p.size) if p.HasField("size") else None,
             switch_unseen=p.switch_unseen,
+            switching_rows=tuple(p.switching_rows),
         )
 
 
@@ -467,8 +479,8 @@ class Grid:
 
     def cell(self, row: int, col: int) -> Cell:
         """The cell at (row, col), both counted from 0."""
-        _check_int("row", row)
-        _check_int("col", col)
+        int_argument("row", row)
+        int_argument("col", col)
         if not self.rows:
             raise IndexError("this grid has no rows (a record of a grid that never ran?)")
         if not 0 <= row < len(self.rows):
