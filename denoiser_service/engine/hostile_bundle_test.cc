@@ -304,6 +304,55 @@ TEST(HostileBundleTest, APromptTheModelFailsOnEndsOnlyItsOwnRun) {
   EXPECT_EQ(batcher.outstanding(), 0);
 }
 
+// Tells the trajectories of each forward pass, and holds the first as Gate.
+class PassLog : public Gate {
+ public:
+  void OnForward(int trajectories, int rows, absl::Duration took) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      passes_.push_back(trajectories);
+    }
+    Gate::OnForward(trajectories, rows, took);
+  }
+  std::vector<int> passes() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return passes_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<int> passes_;
+};
+
+// When a batch's pass fails, each member's pass alone is a pass the
+// metrics count (forward rows, batch size, seconds): they went uncounted.
+TEST(HostileBundleTest, ThePassesRunAloneAfterAFailedBatchAreCounted) {
+  ASSERT_FALSE(Fixtures().empty()) << "DGRID_FIXTURES is not set";
+  SetTorchThreads(1);
+  auto model = DenoiserModel::Load(Fixtures() + "/poisoned", {"cpu"});
+  ASSERT_TRUE(model.ok()) << model.status();
+  PassLog log;
+  TrajectoryBatcher batcher(model->get(), {}, &log);
+  auto cat = batcher.Start(TextRun("cat"));
+  ASSERT_TRUE(cat.ok()) << cat.status();
+  log.AwaitEntered();
+  auto dog = batcher.Start(TextRun("dog"));
+  auto venom = batcher.Start(TextRun("venom"));
+  ASSERT_TRUE(dog.ok() && venom.ok());
+  log.Open();
+  EXPECT_TRUE(Drain(**cat).status.ok());
+  EXPECT_TRUE(Drain(**dog).status.ok());
+  EXPECT_FALSE(Drain(**venom).status.ok());
+  // The failed pass of three, then one each alone.
+  const std::vector<int> passes = log.passes();
+  const auto failed = std::find(passes.begin(), passes.end(), 3);
+  ASSERT_NE(failed, passes.end()) << ::testing::PrintToString(passes);
+  ASSERT_GE(passes.end() - failed, 4) << ::testing::PrintToString(passes);
+  EXPECT_EQ(std::vector<int>(failed + 1, failed + 4), (std::vector<int>{1, 1, 1}))
+      << ::testing::PrintToString(passes);
+  EXPECT_EQ(batcher.forwards(), static_cast<int64_t>(passes.size()));
+}
+
 // A switch to a prompt the encoder fails on names the segment that
 // switches, not the request's prompt, which encodes well.
 TEST(HostileBundleTest, ASwitchedPromptTheModelFailsOnNamesItsSegment) {

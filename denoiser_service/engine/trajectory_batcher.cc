@@ -1099,8 +1099,13 @@ void TrajectoryBatcher::ApplyAndEmit(std::vector<Active>& active, const absl::St
     absl::Span<float> out(batch_out_.data() + row * numel, a.rows * numel);
     absl::Status stepped = forward;
     if (!forward.ok() && chosen_.size() > 1) {
+      // A pass of its own, told as every pass is (forward rows, batch size,
+      // seconds): the lone passes went uncounted.
+      const absl::Time alone = absl::Now();
       stepped = ForwardRows(*model_, batch_x_, batch_t_, batch_cond_, batch_context_,
                             batch_time_ids_, row, a.rows, out);
+      forwards_.fetch_add(1, std::memory_order_relaxed);
+      if (observer_) observer_->OnForward(1, a.rows, absl::Now() - alone);
     }
     row += a.rows;
     if (stepped.ok()) {
