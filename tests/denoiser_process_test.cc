@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
@@ -16,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/status_macros.h"
 #include "dgrid/v1/denoiser.grpc.pb.h"
 #include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "gtest/gtest.h"
@@ -167,19 +169,37 @@ int FreeLoopbackPort() {
 // A call past its deadline counted as CANCELLED (gRPC marks it cancelled
 // then, and the batcher asked that first): overload read as callers
 // leaving, which the error-ratio alert leaves out.
+// The gaussian fixture's denoiser, each forward pass 200 ms, with `flags`
+// beside; its ports and a stub for it.
+struct SlowDenoiser {
+  std::unique_ptr<ChildProcess> child;
+  std::map<std::string, int> ports;
+  std::unique_ptr<v1::Denoiser::Stub> stub;
+};
+
+absl::StatusOr<SlowDenoiser> StartSlowDenoiser(const std::string& name,
+                                               const std::vector<std::string>& flags) {
+  const std::string dir = testing::TempDir(name);
+  std::vector<std::string> argv = {
+      BinPath("dgrid-denoiser"), std::string("--model_dir=") + std::getenv("DGRID_FIXTURES") +
+                                     "/gaussian",
+      "--listen=127.0.0.1:0", "--threads=1", "--debug_step_delay_ms=200",
+      "--port_file=" + dir + "/ports"};
+  argv.insert(argv.end(), flags.begin(), flags.end());
+  SlowDenoiser slow;
+  ASSIGN_OR_RETURN(slow.child, ChildProcess::Start(argv, dir + "/denoiser.log"));
+  ASSIGN_OR_RETURN(slow.ports, slow.child->WaitForPorts(dir + "/ports", absl::Seconds(60)));
+  slow.stub = v1::Denoiser::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", slow.ports["grpc"]), grpc::InsecureChannelCredentials()));
+  return slow;
+}
+
 TEST(DenoiserProcessTest, ACallPastItsDeadlineCountsAsDeadlineExceeded) {
-  const std::string dir = testing::TempDir("denoiser-deadline");
-  const std::string fixtures = std::getenv("DGRID_FIXTURES");
-  auto child = ChildProcess::Start(
-      {BinPath("dgrid-denoiser"), "--model_dir=" + fixtures + "/gaussian",
-       "--listen=127.0.0.1:0", "--metrics_addr=127.0.0.1:0", "--threads=1",
-       "--debug_step_delay_ms=200", "--port_file=" + dir + "/ports"},
-      dir + "/denoiser.log");
-  ASSERT_TRUE(child.ok()) << child.status();
-  auto ports = (*child)->WaitForPorts(dir + "/ports", absl::Seconds(60));
-  ASSERT_TRUE(ports.ok()) << ports.status();
-  auto stub = v1::Denoiser::NewStub(grpc::CreateChannel(
-      absl::StrCat("127.0.0.1:", (*ports)["grpc"]), grpc::InsecureChannelCredentials()));
+  absl::StatusOr<SlowDenoiser> slow =
+      StartSlowDenoiser("denoiser-deadline", {"--metrics_addr=127.0.0.1:0"});
+  ASSERT_TRUE(slow.ok()) << slow.status();
+  v1::Denoiser::Stub* stub = slow->stub.get();
+  std::map<std::string, int>* ports = &slow->ports;
   v1::BranchRequest request;
   request.set_model("gaussian");
   request.mutable_sampler()->set_steps(25);
@@ -298,18 +318,11 @@ TEST(DenoiserProcessTest, MetricsAnswerWhileTheBundlesLoad) {
 // denoiser cancelled every call after a fixed 5 s, whatever the pod's
 // termination grace left.
 TEST(DenoiserProcessTest, ACallUnderWayFinishesWithinTheShutdownGrace) {
-  const std::string dir = testing::TempDir("denoiser-grace");
-  const std::string fixtures = std::getenv("DGRID_FIXTURES");
-  auto child = ChildProcess::Start(
-      {BinPath("dgrid-denoiser"), "--model_dir=" + fixtures + "/gaussian",
-       "--listen=127.0.0.1:0", "--metrics_addr=", "--threads=1", "--debug_step_delay_ms=200",
-       "--shutdown_grace_s=30", "--port_file=" + dir + "/ports"},
-      dir + "/denoiser.log");
-  ASSERT_TRUE(child.ok()) << child.status();
-  auto ports = (*child)->WaitForPorts(dir + "/ports", absl::Seconds(60));
-  ASSERT_TRUE(ports.ok()) << ports.status();
-  auto stub = v1::Denoiser::NewStub(grpc::CreateChannel(
-      absl::StrCat("127.0.0.1:", (*ports)["grpc"]), grpc::InsecureChannelCredentials()));
+  absl::StatusOr<SlowDenoiser> slow =
+      StartSlowDenoiser("denoiser-grace", {"--metrics_addr=", "--shutdown_grace_s=30"});
+  ASSERT_TRUE(slow.ok()) << slow.status();
+  ChildProcess* child = slow->child.get();
+  v1::Denoiser::Stub* stub = slow->stub.get();
   // 60 steps at 200 ms each: 12 s, well past the old fixed 5 s, well
   // within the 30 s grace.
   v1::BranchRequest request;
@@ -323,17 +336,17 @@ TEST(DenoiserProcessTest, ACallUnderWayFinishesWithinTheShutdownGrace) {
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
   auto reader = stub->Branch(&context, request);
   v1::BranchEvent event;
-  ASSERT_TRUE(reader->Read(&event)) << (*child)->Log();  // under way
+  ASSERT_TRUE(reader->Read(&event)) << child->Log();  // under way
   const absl::Time signalled = absl::Now();
-  (*child)->Signal(SIGTERM);
+  child->Signal(SIGTERM);
   while (reader->Read(&event)) {
   }
   const grpc::Status status = reader->Finish();
   EXPECT_TRUE(status.ok()) << status.error_message();
   EXPECT_GT(absl::Now() - signalled, absl::Seconds(5));
-  auto code = (*child)->Wait(absl::Seconds(40));
+  auto code = child->Wait(absl::Seconds(40));
   ASSERT_TRUE(code.ok()) << code.status();
-  EXPECT_EQ(*code, 0) << (*child)->Log();
+  EXPECT_EQ(*code, 0) << child->Log();
 }
 
 TEST(DenoiserProcessTest, BadFlagsExitWithOneReadableLine) {
