@@ -485,10 +485,12 @@ function switchPrompt() {
 // only the prompt). The server also plans a switch whose tokens read alike
 // (another case, other spaces) as none, which the page cannot tell.
 function switchSeen() {
-  const to = switchPrompt();
-  if (!to) return false;
   const text = promptKind === 'text';
   const prompt = text ? controls.promptText.value.trim() : controls.prompt.value;
+  // A switch negative prompt alone switches to the same prompt
+  // (requestFromState).
+  const to = switchPrompt() || (text && controls.switchNegative.value.trim() ? prompt : '');
+  if (!to) return false;
   const negative = text ? controls.negative.value.trim() : '';
   const toNegative = text ? controls.switchNegative.value.trim() || negative : '';
   const typed = controls.guidance.value.trim();
@@ -581,7 +583,8 @@ async function run(state, mode, {refocus = null} = {}) {
     // A grid still streaming goes on, and keeps its state and status.
     if (gridBox.dataset.state !== 'streaming') {
       setGridState('error');
-      setStatus('Not run: the form has a mistake (see the message above).');
+      // The message itself: on a phone the banner is out of sight.
+      setStatus(`Not run: ${inPageTerms(error.message || String(error))}`);
     }
     return;
   }
@@ -655,6 +658,8 @@ async function run(state, mode, {refocus = null} = {}) {
         return;
       }
       markMissing('stopped');
+      // Back or Forward to this entry must not run the grid again whole.
+      if (named && location.search === viewSearch) history.replaceState({stopped: true}, '');
       const total = (view.plan?.branch_steps?.length ?? 0) * (view.plan?.branches ?? 0) + 1;
       const done = view.cells.size + (view.trunk ? 1 : 0);
       setStatus(`Stopped after ${done} of ${total} images.`);
@@ -1124,9 +1129,12 @@ function renderExports(grid) {
   const size = plan.size;
   const sized = size ? ` Size ${size.original_height ?? 0}×${size.original_width ?? 0}, crop ` +
       `${size.crop_top ?? 0}×${size.crop_left ?? 0}, target ${size.target_height ?? 0}×${size.target_width ?? 0}.` : '';
-  summary.textContent = `${plan.branch_steps?.length ?? 0} rows × ${plural(plan.branches ?? 0, 'branch', 'branches')}, ` +
-      `${samplerName(sampler.sampler)}, ${sampler.steps ?? 0} steps, eta ${formatNumber(sampler.eta)}, ` +
-      `guidance ${formatNumber(sampler.guidance)}, ` +
+  // eta and guidance as the plan holds them: rounded, 0.004 read "eta 0",
+  // which the server refuses.
+  summary.textContent = `${plural(plan.branch_steps?.length ?? 0, 'row', 'rows')} × ` +
+      `${plural(plan.branches ?? 0, 'branch', 'branches')}, ` +
+      `${samplerName(sampler.sampler)}, ${plural(sampler.steps ?? 0, 'step', 'steps')}, ` +
+      `eta ${Number(sampler.eta ?? 0)}, guidance ${Number(sampler.guidance ?? 0)}, ` +
       `${spacing} spacing. ${grid.model_evals ?? 0} model evaluations run ` +
       `(plan ${plan.model_evals ?? 0}, every cell from scratch ${plan.from_scratch_evals ?? 0}).${negative}${switched}${sized}`;
 }
@@ -1262,7 +1270,7 @@ function onCurveEvent(run, name, payload) {
     const trunks = payload.trunks ?? run.request.trunks;
     run.done = payload.trunks_done ?? 0;
     setCurveState('running', `${run.done} of ${trunks} trunks done · ${formatNumber(payload.seconds, 1)} s · ` +
-        `${Number(payload.model_evals ?? 0)} model evaluations`, run.done / trunks);
+        `${Number(payload.model_evals ?? 0)} model evaluations in them`, run.done / trunks);
   }
 }
 
@@ -1304,8 +1312,10 @@ function curveCaptionText(run, curve) {
       `${plan.model} has no judge: its curve is the divergence alone.`;
   const promoted = run.promoted ? ' The promoted trunk is not used: a curve’s trunks are seeds.' : '';
   return `${trunks} trunks${seeds} of ${plan.model}, ${promptName(plan.prompt, modelOf(plan))}${switched}: ` +
-      `${plan.branch_steps?.length ?? 0} rows × ${plural(plan.branches ?? 0, 'branch', 'branches')}, ` +
-      `${plan.sampler?.steps ?? 0} ${samplerName(plan.sampler?.sampler)} steps. ` +
+      `${plural(plan.branch_steps?.length ?? 0, 'row', 'rows')} × ` +
+      `${plural(plan.branches ?? 0, 'branch', 'branches')}, ` +
+      `${plural(plan.sampler?.steps ?? 0, `${samplerName(plan.sampler?.sampler)} step`,
+          `${samplerName(plan.sampler?.sampler)} steps`)}. ` +
       `Ran ${formatSeconds(curve.seconds)}, ` +
       `${Number(curve.model_evals ?? 0)} model evaluations, ${curve.cache_hits ?? 0} cache hits. ${judged} ` +
       `Error bars: ± one standard error over trunks.${promoted}`;
@@ -1392,7 +1402,14 @@ controls.model.addEventListener('change', () => {
 });
 controls.preset.addEventListener('change', fillPlaceholders);
 controls.steps.addEventListener('input', fillPlaceholders);
-controls.noise.addEventListener('change', fillPlaceholders);
+controls.noise.addEventListener('change', () => {
+  // With the trunk's noise a row is one cell: columns typed for new noise
+  // would be refused.
+  if (controls.noise.value === 'trunk' && !['', '1'].includes(controls.cols.value.trim())) {
+    controls.cols.value = '';
+  }
+  fillPlaceholders();
+});
 controls.sampler.addEventListener('change', fillPlaceholders);
 controls.spacing.addEventListener('change', fillPlaceholders);
 // Whether a switch is one the model reads (switchSeen) moves the rows too.
@@ -1457,8 +1474,15 @@ function showView(search) {
     showError(error);
     return;
   }
-  if (hasView(search)) run(state, 'none');
-  else resetView();
+  if (hasView(search) && history.state?.stopped) {
+    // A grid its user stopped: its work would start over unasked.
+    resetView();
+    setStatus('This grid was stopped before it finished; Run grid runs it again.');
+  } else if (hasView(search)) {
+    run(state, 'none');
+  } else {
+    resetView();
+  }
 }
 
 // A view without a seed runs seed 0 (the server's default), which the form

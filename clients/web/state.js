@@ -161,7 +161,12 @@ export function requestFromState(state) {
   request.prompt = state.prompt;
   if (state.negative) request.negative_prompt = state.negative;
   if (state.switch) request.switch_prompt = state.switch;
-  if (state.switchNegative) request.switch_negative_prompt = state.switchNegative;
+  if (state.switchNegative) {
+    request.switch_negative_prompt = state.switchNegative;
+    // A switch of the negative prompt alone: to the same prompt (the form's
+    // "empty: no switch" read as a refusal, "give switch_prompt too").
+    if (!state.switch && state.prompt) request.switch_prompt = state.prompt;
+  }
   if (state.noise) request.branch_noise = `BRANCH_NOISE_${state.noise.toUpperCase()}`;
   if (state.seed !== '') {
     if (!/^\d+$/.test(state.seed)) throw new FormError(`seed: not a whole number: ${shown(state.seed)}`);

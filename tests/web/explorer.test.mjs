@@ -362,6 +362,13 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     const start = page.url();
     assert.equal(new URL(start).searchParams.get('sampler'), 'euler_ancestral');
     assert.match(await page.textContent(testId('summary')), /branches, Euler ancestral, 20 steps/);
+    // eta and guidance as the plan holds them (0.004 read "eta 0", which
+    // the server refuses).
+    await runGrid(page, {...GRID, seed: '23', sampler: 'euler_ancestral', eta: '0.996', guidance: '1.255'});
+    assert.match(await page.textContent(testId('summary')), /, eta 0\.996, guidance 1\.255, /);
+    await page.goBack();
+    await waitForGrid(page);
+    assert.equal(page.url(), start);
     const trunkImage = await src(page, testId('trunk-image'));
     const trunkPath = await page.getAttribute(testId('trunk'), 'data-path');
     const target = cell(0, 1);
@@ -434,6 +441,8 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     await page.click(testId('run'));
     await page.waitForSelector(`${testId('error-banner')}:not([hidden])`);
     assert.equal(await page.textContent(testId('error-message')), 'Steps: not a number: "abc"');
+    // The status says it too: on a phone the banner is out of sight.
+    assert.equal(await page.textContent(testId('status-text')), 'Not run: Steps: not a number: "abc"');
     await page.click(testId('error-dismiss'));
     // The Rows placeholder gives the rows the preset takes at the typed steps.
     await fillGrid(page, {steps: '10', rows: ''});
@@ -659,6 +668,13 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
         assert.deepEqual(await page.$$eval(`${testId('row-label')} .row-step`, (nodes) => nodes.map((n) => n.textContent)),
             ['→ “a photo of a dog”, negative “grainy” after step 0', 'step 10']);
         await page.fill(testId('switch-text'), '');
+        // A switch negative prompt alone switches to the same prompt (it was
+        // refused: "give switch_prompt too").
+        await page.fill(testId('switch-negative'), 'grainy');
+        await runGrid(page, {...GRID, seed: '35', rows: '0,10', cols: '2'});
+        const prompt = await page.inputValue(testId('prompt-text'));
+        assert.deepEqual(await page.$$eval(`${testId('row-label')} .row-step`, (nodes) => nodes.map((n) => n.textContent)),
+            [`→ “${prompt}”, negative “grainy” after step 0`, `→ “${prompt}”, negative “grainy” after step 10`]);
         await page.fill(testId('switch-negative'), '');
 
         // A prompt longer than the model's context: the page says what was cut.
@@ -729,6 +745,11 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     assert.ok(prompts.length >= 2, `a class model with two classes: ${prompts}`);
     const [from, to] = prompts;
     await openPage(page, main.url);
+    // Choosing the trunk's noise clears columns typed for new noise (the
+    // server refused them: "ask for 1").
+    await fillGrid(page, {cols: '4', switch: to});
+    await page.selectOption(testId('noise'), 'trunk');
+    assert.equal(await page.inputValue(testId('cols')), '');
     // With the trunk's noise a row is one column: the trunk, switched to
     // `to` after the row's step.
     await runGrid(page, {...GRID, seed: '41', cols: '', prompt: from, switch: to, noise: 'trunk'});
@@ -1005,6 +1026,15 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     await eventually(async () =>
       await slow.metric('dgrid_orchestrator_grids_total{status="cancelled"}') > cancelledGrids,
     30_000, 'the stopped grid cancelled on the server');
+    // Back, then Forward to the stopped grid: it stays stopped (it ran again
+    // whole, unasked).
+    const stoppedUrl = page.url();
+    await page.goBack();
+    await page.goForward();
+    assert.equal(page.url(), stoppedUrl);
+    await page.waitForFunction(() => /was stopped/.test(document.querySelector('[data-testid="status-text"]').textContent));
+    assert.equal(await page.getAttribute(testId('grid'), 'data-state'), 'idle');
+    assert.equal(await page.inputValue(testId('seed')), '61');
   }));
 
   test('12. an SDXL-style model: size and crop fields, sent as its size conditioning and kept in the URL',
