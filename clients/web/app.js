@@ -528,6 +528,19 @@ function stateFromControls() {
   return state;
 }
 
+// A link's state as its model's form would send it: the fields the form
+// hides for that model dropped, as stateFromControls drops them (a link with
+// a class model's negative prompt, or a size for a model without size
+// conditioning, was refused for a field the page does not show).
+function forItsModel(state) {
+  const model = models.find((m) => m.name === state.model) ?? models[0];
+  if (!model) return state;
+  const out = {...state};
+  if (!isText(model)) out.negative = out.switchNegative = '';
+  if (!model.default_size) out.original = out.crop = out.target = '';
+  return out;
+}
+
 function setFormTrunk(path) {
   formTrunk = path ?? null;
   if (formTrunk) trunkChip.hidden = false;
@@ -574,6 +587,7 @@ async function run(state, mode, {refocus = null} = {}) {
   // Whatever runs now is the view: a link still waiting for the models
   // (Dice, Back, or the trunk cleared meanwhile) must not run after it.
   pendingView = null;
+  if (mode === 'none') state = forItsModel(state);
   clearError();
   let request;
   try {

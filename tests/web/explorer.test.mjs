@@ -462,6 +462,19 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     assert.equal(await rowsPlaceholder(), 'preset: 0,1,2 of 3');
     await fillGrid(page, {switch: '', preset: 'default', steps: ''});
 
+    // A link carrying a field its model's form hides (a class model's
+    // negative prompt) runs without it, as the form would send it (it was
+    // refused, naming a field the page does not show).
+    const hidden = await newPage();
+    try {
+      await openPage(hidden, `${main.url}?seed=11&steps=6&rows=0,3&cols=2&negative=blurry`);
+      await waitForGrid(hidden);
+      assert.equal(await hidden.isVisible(testId('error-banner')), false);
+      assert.equal(await hidden.getAttribute(testId('grid'), 'data-state'), 'done');
+    } finally {
+      await hidden.close();
+    }
+
     // An empty seed box runs a seed of its own, shown in the box and the URL
     // (it ran seed 0, and the page could not be reloaded or gone back to).
     await runGrid(page, {...GRID, seed: ''});
