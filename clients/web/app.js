@@ -922,11 +922,17 @@ function addCell(cell) {
   button.tabIndex = gridBox.querySelector('[data-testid="cell"][tabindex="0"]') ? -1 : 0;
   button.dataset.loaded = 'true';
   button.dataset.path = encodePath(cell.path ?? {});
+  // A cell whose path is the trunk's (a promoted cell in its own row) is
+  // the trunk again, not a branch of it: marked, as nothing told it apart.
+  const isTrunk = Boolean(view.plan?.trunk) && button.dataset.path === encodePath(view.plan.trunk);
+  if (isTrunk) button.dataset.trunk = 'true';
   const changes = promptChanges(cell.path, view.plan);
-  button.title = [`Promote to trunk (from ${cell.source || 'unknown'})`, ...changes].join('\n');
+  button.title = [isTrunk ? 'The trunk itself (its path is the trunk’s)' :
+    `Promote to trunk (from ${cell.source || 'unknown'})`, ...changes].join('\n');
   const switched = changes.length ? ` (${changes.join(', ')})` : '';
   button.setAttribute('aria-label',
-      `Row ${row + 1}, after step ${step} (t = ${timestep}), branch ${col + 1}${switched}: promote to trunk`);
+      `Row ${row + 1}, after step ${step} (t = ${timestep}), branch ${col + 1}${switched}: ` +
+      (isTrunk ? 'the trunk itself' : 'promote to trunk'));
 }
 
 // The cell under the pointer, else the focused one, else none (the trunk).

@@ -320,6 +320,12 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     await waitForGrid(page);
     assert.equal(await src(page, testId('trunk-image')), image, 'the new trunk is the promoted cell');
     assert.equal(await page.isVisible(testId('trunk-chip')), true);
+    // Its own cell in the new grid is the trunk again, and marked so (it
+    // looked like a branch).
+    assert.equal(await page.getAttribute(target, 'data-path'), path);
+    assert.equal(await page.getAttribute(target, 'data-trunk'), 'true');
+    assert.match(await page.getAttribute(target, 'aria-label'), /: the trunk itself$/);
+    assert.equal(await page.getAttribute(cell(1, 1), 'data-trunk'), null);
 
     // On a touch screen a first tap shows the branch's trajectory, and only
     // a second tap promotes it.
