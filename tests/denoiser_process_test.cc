@@ -166,9 +166,6 @@ int FreeLoopbackPort() {
   return port;
 }
 
-// A call past its deadline counted as CANCELLED (gRPC marks it cancelled
-// then, and the batcher asked that first): overload read as callers
-// leaving, which the error-ratio alert leaves out.
 // The gaussian fixture's denoiser, each forward pass 200 ms, with `flags`
 // beside; its ports and a stub for it.
 struct SlowDenoiser {
@@ -194,6 +191,9 @@ absl::StatusOr<SlowDenoiser> StartSlowDenoiser(const std::string& name,
   return slow;
 }
 
+// A call past its deadline counted as CANCELLED (gRPC marks it cancelled
+// then, and the batcher asked that first): overload read as callers
+// leaving, which the error-ratio alert leaves out.
 TEST(DenoiserProcessTest, ACallPastItsDeadlineCountsAsDeadlineExceeded) {
   absl::StatusOr<SlowDenoiser> slow =
       StartSlowDenoiser("denoiser-deadline", {"--metrics_addr=127.0.0.1:0"});

@@ -484,6 +484,13 @@ function switchPrompt() {
 // prompt, where the guidance reads it (0 reads only the negative prompt, 1
 // only the prompt). The server also plans a switch whose tokens read alike
 // (another case, other spaces) as none, which the page cannot tell.
+// Whether the form asks for a switch: a switch prompt, or a switch negative
+// prompt alone (to the same prompt, requestFromState).
+function switches() {
+  return Boolean(switchPrompt() ||
+      (promptKind === 'text' && controls.switchNegative.value.trim()));
+}
+
 function switchSeen() {
   const text = promptKind === 'text';
   const prompt = text ? controls.promptText.value.trim() : controls.prompt.value;
@@ -611,6 +618,8 @@ async function run(state, mode, {refocus = null} = {}) {
   const search = searchFromState(state);
   const from = location.search;
   let named = mode === 'none';
+  // The query string of this run's history entry, once it has one.
+  const ownSearch = () => (mode === 'none' ? from : search);
   const nameView = () => {
     if (named || location.search !== from) return;
     named = true;
@@ -647,7 +656,12 @@ async function run(state, mode, {refocus = null} = {}) {
       signal: controller.signal,
       onEvent: (name, payload) => {
         if (id !== runCounter) return;
-        if (name === 'plan') nameView();
+        if (name === 'plan') {
+          nameView();
+          // This entry holds a grid that runs now, not one stopped (Run grid
+          // on a stopped one, a reload of it, a promotion to the same view).
+          if (history.state?.stopped && location.search === ownSearch()) history.replaceState(null, '');
+        }
         onGridEvent(name, payload);
       },
     });
@@ -673,7 +687,7 @@ async function run(state, mode, {refocus = null} = {}) {
       }
       markMissing('stopped');
       // Back or Forward to this entry must not run the grid again whole.
-      if (named && location.search === viewSearch) history.replaceState({stopped: true}, '');
+      if (named && location.search === ownSearch()) history.replaceState({stopped: true}, '');
       const total = (view.plan?.branch_steps?.length ?? 0) * (view.plan?.branches ?? 0) + 1;
       const done = view.cells.size + (view.trunk ? 1 : 0);
       setStatus(`Stopped after ${done} of ${total} images.`);
@@ -1417,7 +1431,7 @@ for (const type of ['input', 'change']) {
 controls.model.addEventListener('change', () => {
   setFormTrunk(null);
   fillPrompts();
-  if (!switchPrompt()) controls.noise.value = '';
+  if (!switches()) controls.noise.value = '';
   fillPlaceholders();
 });
 controls.preset.addEventListener('change', fillPlaceholders);
@@ -1441,7 +1455,7 @@ for (const [control, type] of [[controls.prompt, 'change'], [controls.promptText
 // the trunk (the server refuses it).
 for (const [control, type] of [[controls.switch, 'change'], [controls.switchText, 'input']]) {
   control.addEventListener(type, () => {
-    if (!switchPrompt()) controls.noise.value = '';
+    if (!switches()) controls.noise.value = '';
     fillPlaceholders();
   });
 }

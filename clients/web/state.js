@@ -165,7 +165,13 @@ export function requestFromState(state) {
     request.switch_negative_prompt = state.switchNegative;
     // A switch of the negative prompt alone: to the same prompt (the form's
     // "empty: no switch" read as a refusal, "give switch_prompt too").
-    if (!state.switch && state.prompt) request.switch_prompt = state.prompt;
+    if (!state.switch) {
+      if (!state.prompt) {
+        throw new FormError('switch_negative_prompt: a switch of the negative prompt alone keeps ' +
+            'the prompt, and there is none; give a switch prompt');
+      }
+      request.switch_prompt = state.prompt;
+    }
   }
   if (state.noise) request.branch_noise = `BRANCH_NOISE_${state.noise.toUpperCase()}`;
   if (state.seed !== '') {

@@ -304,24 +304,25 @@ TEST(HostileBundleTest, APromptTheModelFailsOnEndsOnlyItsOwnRun) {
   EXPECT_EQ(batcher.outstanding(), 0);
 }
 
-// Tells the trajectories of each forward pass, and holds the first as Gate.
+// Tells the rows and evaluations of each forward pass, and holds the first
+// as Gate.
 class PassLog : public Gate {
  public:
   void OnForward(int trajectories, int rows, absl::Duration took) override {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      passes_.push_back(trajectories);
+      passes_.push_back({rows, trajectories});
     }
     Gate::OnForward(trajectories, rows, took);
   }
-  std::vector<int> passes() {
+  std::vector<std::pair<int, int>> passes() {
     std::lock_guard<std::mutex> lock(mu_);
     return passes_;
   }
 
  private:
   std::mutex mu_;
-  std::vector<int> passes_;
+  std::vector<std::pair<int, int>> passes_;  // rows, evaluations
 };
 
 // When a batch's pass fails, each member's pass alone is a pass the
@@ -343,12 +344,16 @@ TEST(HostileBundleTest, ThePassesRunAloneAfterAFailedBatchAreCounted) {
   EXPECT_TRUE(Drain(**cat).status.ok());
   EXPECT_TRUE(Drain(**dog).status.ok());
   EXPECT_FALSE(Drain(**venom).status.ok());
-  // The failed pass of three, then one each alone.
-  const std::vector<int> passes = log.passes();
-  const auto failed = std::find(passes.begin(), passes.end(), 3);
+  // The failed pass of three rows, counting no evaluation, then each
+  // member's alone, one evaluation each (they counted nothing; then the
+  // failed pass's members were counted twice).
+  using Passes = std::vector<std::pair<int, int>>;
+  const Passes passes = log.passes();
+  const auto failed = std::find(passes.begin(), passes.end(), std::make_pair(3, 0));
   ASSERT_NE(failed, passes.end()) << ::testing::PrintToString(passes);
   ASSERT_GE(passes.end() - failed, 4) << ::testing::PrintToString(passes);
-  EXPECT_EQ(std::vector<int>(failed + 1, failed + 4), (std::vector<int>{1, 1, 1}))
+  const std::pair<int, int> alone = {1, 1};
+  EXPECT_EQ(Passes(failed + 1, failed + 4), Passes({alone, alone, alone}))
       << ::testing::PrintToString(passes);
   EXPECT_EQ(batcher.forwards(), static_cast<int64_t>(passes.size()));
 }

@@ -1080,7 +1080,11 @@ absl::Status TrajectoryBatcher::Forward(int rows, absl::Time* started) {
   });
   forwards_.fetch_add(1, std::memory_order_relaxed);
   if (observer_) {
-    observer_->OnForward(static_cast<int>(chosen_.size()), rows, absl::Now() - *started);
+    // A failed pass of several is run again member by member (ApplyAndEmit),
+    // and each member's evaluation is counted there: this pass counts its
+    // rows and time alone.
+    const int evaluated = forward.ok() || chosen_.size() == 1 ? static_cast<int>(chosen_.size()) : 0;
+    observer_->OnForward(evaluated, rows, absl::Now() - *started);
   }
   return forward;
 }

@@ -189,6 +189,9 @@ class Run {
 class BatcherObserver {
  public:
   virtual ~BatcherObserver() = default;
+  // One forward pass of `rows` rows; `trajectories` the evaluations it
+  // gave (0 for a failed pass of several, whose members run again alone,
+  // each a pass of its own).
   virtual void OnForward(int trajectories, int rows, absl::Duration forward) {}
   // Time from Start to a trajectory's first forward pass; `batch_work`:
   // its run's RunRequest::batch_work.

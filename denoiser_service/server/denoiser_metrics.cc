@@ -19,7 +19,7 @@ DenoiserMetrics::DenoiserMetrics(prometheus::Registry& registry)
                     .Register(registry)),
       batch_size_(prometheus::BuildHistogram()
                       .Name("dgrid_denoiser_batch_size")
-                      .Help("Forward rows per engine iteration (guided trajectories count 2).")
+                      .Help("Forward rows per forward pass (guided trajectories count 2).")
                       .Register(registry)
                       .Add({}, prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64,
                                                                        128, 256})),

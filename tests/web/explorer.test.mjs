@@ -1054,6 +1054,14 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     await page.waitForFunction(() => /was stopped/.test(document.querySelector('[data-testid="status-text"]').textContent));
     assert.equal(await page.getAttribute(testId('grid'), 'data-state'), 'idle');
     assert.equal(await page.inputValue(testId('seed')), '61');
+    // Run grid on it: once planned, the entry holds a running grid, not a
+    // stopped one (the flag stayed, and a later Back showed nothing).
+    await page.click(testId('run'));
+    await page.waitForSelector(`${testId('cell')}[data-loaded="true"]`, {timeout: 60_000});
+    assert.equal(await page.evaluate(() => history.state), null);
+    assert.equal(page.url(), stoppedUrl);
+    await page.click(testId('grid-stop'));
+    await page.waitForFunction(() => document.querySelector('[data-testid="grid"]').dataset.state === 'cancelled');
   }));
 
   test('12. an SDXL-style model: size and crop fields, sent as its size conditioning and kept in the URL',
