@@ -187,6 +187,9 @@ function inPageTerms(message) {
   return message
       .replace(/^request body: (?=(grid\.)?[a-z_]+(\[\d+\])?(:| must\b| is\b))/, '')
       .replace(/^(grid\.)?branch_steps\[(\d+)\]/, (_, grid, i) => `Rows (entry ${Number(i) + 1})`)
+      // A promoted trunk's path, which no box shows but the trunk chip.
+      .replace(/^(grid\.)?trunk\.segments\[(\d+)\](\.[a-z_.]+)?(?=:| must\b| is\b)/,
+          (_, grid, i) => `Promoted trunk (its segment ${Number(i) + 1})`)
       .replace(/^(grid\.)?([a-z_]+)(?=:| must\b| is\b)/,
           (whole, grid, field) => BOX_OF_FIELD.get(field) ?? whole);
 }

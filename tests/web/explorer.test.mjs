@@ -326,6 +326,15 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     assert.equal(await page.getAttribute(target, 'data-trunk'), 'true');
     assert.match(await page.getAttribute(target, 'aria-label'), /: the trunk itself$/);
     assert.equal(await page.getAttribute(cell(1, 1), 'data-trunk'), null);
+    // Fewer steps than the promoted path's segments: the message names the
+    // promoted trunk, not the wire's field (trunk.segments[1].from_step).
+    await fillGrid(page, {steps: '4'});
+    await page.click(testId('run'));
+    await page.waitForSelector(`${testId('error-banner')}:not([hidden])`);
+    assert.match(await page.textContent(testId('error-message')),
+        /^Promoted trunk \(its segment 2\) must be below the steps \(4\), got 5/);
+    await page.click(testId('error-dismiss'));
+    await fillGrid(page, {steps: ''});
 
     // On a touch screen a first tap shows the branch's trajectory, and only
     // a second tap promotes it.
