@@ -561,23 +561,43 @@ absl::Status CheckBranchesCanDiffer(const GridPlanSpec& plan, const std::vector<
   return absl::OkStatus();
 }
 
-// A row asked for whose branches would be its trunk though the grid's do
-// differ: one past a promoted trunk's own switch to the switch prompt, where
-// no noise is added after the branch step (eta 0, a noiseless last step).
-// With the trunk's noise such a cell is the trunk, and costs nothing.
-absl::Status CheckEachRowCanDiffer(const GridPlanSpec& plan) {
-  if (plan.trunk_noise) return absl::OkStatus();
-  for (size_t i = 0; i < plan.rows.size(); ++i) {
-    const PlannedRow& row = plan.rows[i];
-    const bool noiseless =
-        plan.eta == 0.0f || (!plan.last_step_adds_noise && row.branch_step == plan.steps - 1);
-    if (row.switches || !noiseless) continue;
+// Whether a row's branches can differ from its trunk though the grid's do:
+// not one past a promoted trunk's own switch to the switch prompt where no
+// noise is added after the branch step (eta 0, a noiseless last step). With
+// the trunk's noise such a cell is the trunk, and costs nothing.
+bool RowCanDiffer(const GridPlanSpec& plan, const PlannedRow& row) {
+  const bool noiseless =
+      plan.eta == 0.0f || (!plan.last_step_adds_noise && row.branch_step == plan.steps - 1);
+  return plan.trunk_noise || row.switches || !noiseless;
+}
+
+// The rows that can differ: a row asked for that cannot is refused, naming
+// it; a preset's is left out, as its rows at a last step without noise are
+// (every one left out: refused).
+absl::Status KeepRowsThatCanDiffer(const v1::GridRequest& request, const v1::ModelInfo& model,
+                                   GridPlanSpec* plan, std::vector<int>* branch_steps) {
+  std::vector<int> kept;
+  std::optional<size_t> first_not;
+  for (size_t i = 0; i < plan->rows.size(); ++i) {
+    if (RowCanDiffer(*plan, plan->rows[i])) {
+      kept.push_back(plan->rows[i].branch_step);
+    } else if (!first_not) {
+      first_not = i;
+    }
+  }
+  if (!first_not) return absl::OkStatus();
+  const bool asked = request.branch_steps_size() > 0;
+  if (asked || kept.empty()) {
     return Invalid(absl::StrCat(
-        "branch_steps[", i, "]: the promoted trunk is conditioned on the switch prompt from step ",
-        row.branch_step, " on already, and no noise is added after it (",
-        plan.eta == 0.0f ? "eta 0" : NoiselessLastStepSampler(plan),
+        asked ? absl::StrCat("branch_steps[", *first_not, "]") : "branch_steps (the preset's rows)",
+        ": the promoted trunk is conditioned on the switch prompt from step ",
+        plan->rows[*first_not].branch_step, " on already, and no noise is added after it (",
+        plan->eta == 0.0f ? "eta 0" : NoiselessLastStepSampler(*plan),
         "), so its branches would be the trunk; branch before the trunk's switch"));
   }
+  *branch_steps = std::move(kept);
+  plan->rows.clear();
+  PlanRows(*branch_steps, model, plan);
   return absl::OkStatus();
 }
 
@@ -599,11 +619,11 @@ absl::StatusOr<GridPlanSpec> PlanGrid(const v1::GridRequest& request, const v1::
   }
   RETURN_IF_ERROR(PlanSize(request, model, &plan));
   RETURN_IF_ERROR(PlanColumns(request, preset, limits, &plan));
-  ASSIGN_OR_RETURN(const std::vector<int> branch_steps,
+  ASSIGN_OR_RETURN(std::vector<int> branch_steps,
                    ChooseBranchSteps(request, preset, plan, limits));
   RETURN_IF_ERROR(CheckBranchesCanDiffer(plan, branch_steps));
   PlanRows(branch_steps, model, &plan);
-  if (request.branch_steps_size() > 0) RETURN_IF_ERROR(CheckEachRowCanDiffer(plan));
+  RETURN_IF_ERROR(KeepRowsThatCanDiffer(request, model, &plan, &branch_steps));
   PlanCaptures(branch_steps, limits, &plan);
   return plan;
 }

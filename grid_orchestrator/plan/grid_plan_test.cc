@@ -528,6 +528,14 @@ TEST(GridPlanTest, ASwitchBackFromAPromotedTrunksOwnSwitchIsSeen) {
                                                      "20 on already"))
       << trunk_rows;
   back.clear_branch_steps();
+  // A preset's such rows are left out, as its rows at a noiseless last step
+  // are (they ran, each cell the trunk).
+  auto preset = PlanGrid(back, Model(), {});
+  ASSERT_TRUE(preset.ok()) << preset.status();
+  std::vector<int> steps;
+  for (const PlannedRow& row : preset->rows) steps.push_back(row.branch_step);
+  EXPECT_EQ(steps, (std::vector<int>{0, 5}));
+  EXPECT_EQ(preset->model_evals, 50 + 50 + 45);
   back.add_branch_steps(5);
   EXPECT_TRUE(PlanGrid(back, Model(), {}).ok());
   for (int k : {20, 30}) back.add_branch_steps(k);
