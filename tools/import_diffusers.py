@@ -324,16 +324,38 @@ def schedule_from_diffusers(config):
                          f"prediction_type {_PREDICTION_TYPES}, timestep_spacing {_SPACINGS}); "
                          "a spacing is set with --spacing; for the rest, edit the config if the "
                          "model allows it")
-    schedule = {
-        "beta_schedule": c["beta_schedule"],
-        "beta_start": float(c["beta_start"]),
-        "beta_end": float(c["beta_end"]),
-        "train_timesteps": int(c["num_train_timesteps"]),
-        "prediction_type": c["prediction_type"],
-        "steps_offset": int(c["steps_offset"]),
-        "set_alpha_to_one": bool(c["set_alpha_to_one"]),
-    }
+    try:
+        schedule = {
+            "beta_schedule": c["beta_schedule"],
+            "beta_start": float(c["beta_start"]),
+            "beta_end": float(c["beta_end"]),
+            "train_timesteps": int(c["num_train_timesteps"]),
+            "prediction_type": c["prediction_type"],
+            "steps_offset": int(c["steps_offset"]),
+            "set_alpha_to_one": bool(c["set_alpha_to_one"]),
+        }
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"scheduler config: a number is not one ({e})") from None
+    check_schedule_ranges(schedule)
     return schedule, c["timestep_spacing"]
+
+
+def check_schedule_ranges(schedule):
+    """The manifest reader's ranges (common/manifest_reader.cc): a schedule
+    past them was exported, self-checked "ok", and refused by the denoiser."""
+    lo = 0.0 if schedule["beta_schedule"] == "squaredcos_cap_v2" else 1e-8
+    start, end, trained = schedule["beta_start"], schedule["beta_end"], schedule["train_timesteps"]
+    if not lo <= end <= 0.999:
+        raise ValueError(f"scheduler config: beta_end must be in [{lo:g}, 0.999], got {end}")
+    if not lo <= start <= end:
+        raise ValueError(f"scheduler config: beta_start needs {lo:g} <= beta_start <= beta_end "
+                         f"({end}), got {start}")
+    if not 2 <= trained <= 100000:
+        raise ValueError(f"scheduler config: num_train_timesteps must be in [2, 100000], got "
+                         f"{trained}")
+    if not 0 <= schedule["steps_offset"] < trained:
+        raise ValueError(f"scheduler config: steps_offset must be in [0, num_train_timesteps), "
+                         f"got {schedule['steps_offset']}")
 
 
 def _token_rows(tokenizer, vocab_size, batch, generator):
@@ -961,6 +983,26 @@ class _SDXLText(torch.nn.Module):
         return context, second.text_embeds
 
 
+def added_tokens(tokenizer_dir):
+    """Tokens a saved tokenizer adds beyond vocab.json (textual inversion),
+    which the bundle's BPE tokenizer would not know: from added_tokens.json
+    and tokenizer_config.json's added_tokens_decoder."""
+    with open(os.path.join(tokenizer_dir, VOCAB_FILE), encoding="utf-8") as f:
+        vocab = json.load(f)
+    found = {}
+    path = os.path.join(tokenizer_dir, "added_tokens.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            found.update({str(t): int(i) for t, i in json.load(f).items()})
+    path = os.path.join(tokenizer_dir, "tokenizer_config.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            decoder = json.load(f).get("added_tokens_decoder") or {}
+        found.update({str(v.get("content")): int(i) for i, v in decoder.items()
+                      if isinstance(v, dict)})
+    return sorted(t for t, i in found.items() if t not in vocab and i >= len(vocab))
+
+
 def check_vae(config, dtype, sdxl):
     """Refuses, by name, a VAE the bundle would decode wrongly: one that
     un-normalizes latents with a mean and std (the bundle carries a scaling
@@ -1053,13 +1095,56 @@ def main(argv=None):
     if os.path.isdir(args.out_dir) and os.listdir(args.out_dir):
         p.error(f"--out_dir {args.out_dir} is not empty: give a new folder (a bundle's old "
                 "files would stay beside the new ones)")
+    if os.path.lexists(args.out_dir) and not os.path.isdir(args.out_dir):
+        p.error(f"--out_dir {args.out_dir} is a file, not a folder")
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, ValueError):
+        p.error(f"--device: {args.device!r} is no torch device (cpu, cuda or cuda:N)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: this torch has no CUDA device")
+    # The bundle is written beside --out_dir and moved there whole at the
+    # end: a failed or interrupted export left a folder of some parts and no
+    # manifest, which the next run refused as not empty. Made before the
+    # minutes of loading, so an unwritable place is said at once.
+    parent = os.path.dirname(os.path.abspath(args.out_dir))
+    try:
+        staging = tempfile.mkdtemp(prefix=".import-", dir=parent)
+    except OSError as e:
+        p.error(f"--out_dir {args.out_dir}: cannot write in {parent} ({e.strerror})")
+    try:
+        _export(p, args, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
+
+def _export(p, args, staging):
+    """main's export into `staging`, moved to --out_dir once whole."""
     pipe = _load_pipeline(args.model, _DTYPES[args.dtype], family=args.family,
                           config=args.config, original_config=args.original_config)
-    check_vae(pipe.vae.config, args.dtype, _is_sdxl(pipe))
+    try:
+        check_vae(pipe.vae.config, args.dtype, _is_sdxl(pipe))
+    except ValueError as e:
+        p.error(str(e))
+    latent_scale = float(getattr(pipe.vae.config, "scaling_factor", 1.0))
+    if not 1e-4 <= latent_scale <= 1e4:  # the manifest reader's range; no NaN passes
+        p.error(f"vae/config.json: scaling_factor must be in [0.0001, 10000], got {latent_scale}")
+    for part in ("text_encoder", "text_encoder_2"):
+        encoder = getattr(pipe, part, None)
+        config = getattr(encoder, "config", None)
+        if config is not None and getattr(config, "use_attention_mask", False):
+            p.error(f"{part}/config.json: use_attention_mask is set (diffusers then passes the "
+                    "prompt's mask), which the engine does not pass; not exported")
     vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     size = pipe.unet.config.sample_size
-    h, w = (size, size) if isinstance(size, int) else size
+    if isinstance(size, int) and size > 0:
+        h, w = size, size
+    elif (isinstance(size, (list, tuple)) and len(size) == 2 and
+          all(isinstance(v, int) and v > 0 for v in size)):
+        h, w = size
+    else:
+        p.error(f"unet/config.json: sample_size must be a positive int or [height, width], "
+                f"got {size!r}")
     latent_shape = [pipe.unet.config.in_channels, h, w]
     image_shape = [h * vae_scale, w * vae_scale, 3]
     # A per-block list of widths is left to the UNet's own check.
@@ -1070,11 +1155,19 @@ def main(argv=None):
     base = os.path.basename(os.path.normpath(args.model))
     name = args.name or (os.path.splitext(base)[0] if os.path.isfile(args.model) or
                          base.endswith((".safetensors", ".ckpt")) else base)
-    if (not name or name in (".", "..") or len(name.encode()) > 128 or
+    try:
+        name_bytes = len(name.encode())
+    except UnicodeEncodeError:  # a byte of a path that is not UTF-8
+        name_bytes = 0
+    if (not name or name in (".", "..") or not 0 < name_bytes <= 128 or
             any(ord(c) < 0x20 or c == "\x7f" for c in name)):
         p.error(f"the model's name {name!r} (from --name or --model) must be 1 to 128 bytes "
                 "without control characters; give --name")
-    trained = int(pipe.scheduler.config.get("num_train_timesteps", 1000))
+    try:
+        trained = int(pipe.scheduler.config.get("num_train_timesteps", 1000))
+    except (TypeError, ValueError):
+        p.error(f"scheduler config: num_train_timesteps must be a whole number, got "
+                f"{pipe.scheduler.config.get('num_train_timesteps')!r}")
     if args.steps > trained:
         p.error(f"--steps must be at most the scheduler's {trained} training timesteps, "
                 f"got {args.steps}")
@@ -1112,15 +1205,28 @@ def main(argv=None):
     guidance = max(guidance, 1.0)
     with tempfile.TemporaryDirectory() as tok_dir:
         pipe.tokenizer.save_pretrained(tok_dir)
-        manifest = export_bundle(
-            unet, _DiffusersDecoder(pipe.vae), text_encoder,
-            tok_dir, scheduler_config, args.out_dir, name=name, version=args.version,
-            latent_shape=latent_shape, image_shape=image_shape, example_prompts=prompts,
-            dtype=args.dtype, description=f"{name}, exported by tools/import_diffusers.py",
-            license=args.license, latent_scale=float(pipe.vae.config.scaling_factor),
-            defaults={"steps": args.steps, "eta": args.eta, "guidance": guidance},
-            context_dim=context_dim, device=args.device, extra=extra,
-            max_batch=args.max_batch)
+        added = added_tokens(tok_dir)
+        if added:
+            p.error(f"tokenizer: {len(added)} added token(s) beyond vocab.json (textual "
+                    f"inversion?), e.g. {added[0]!r}, which the bundle's tokenizer would split "
+                    "into pieces; not exported")
+        try:
+            manifest = export_bundle(
+                unet, _DiffusersDecoder(pipe.vae), text_encoder,
+                tok_dir, scheduler_config, staging, name=name, version=args.version,
+                latent_shape=latent_shape, image_shape=image_shape, example_prompts=prompts,
+                dtype=args.dtype, description=f"{name}, exported by tools/import_diffusers.py",
+                license=args.license, latent_scale=latent_scale,
+                defaults={"steps": args.steps, "eta": args.eta, "guidance": guidance},
+                context_dim=context_dim, device=args.device, extra=extra,
+                max_batch=args.max_batch)
+        except (ValueError, OSError) as e:
+            # BundleShapeError is a ValueError; the tokenizer's files are
+            # the pipeline's, not this temporary copy's.
+            p.error(str(e).replace(tok_dir, "the pipeline's tokenizer"))
+    if os.path.isdir(args.out_dir):
+        os.rmdir(args.out_dir)  # empty, as checked
+    os.rename(staging, args.out_dir)
     print(json.dumps(manifest["conditioning"]["tokenizer"]), manifest["schedule"])
 
     # Self-check: the saved files, one guided DDIM step on "a photo".
