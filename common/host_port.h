@@ -5,7 +5,7 @@
 // gRPC's default, without a word.
 //
 //   ASSIGN_OR_RETURN(HostPort at, ParseHostPort("--http_addr", address));
-//   server.bind_to_port(at.host.empty() ? "0.0.0.0" : at.host, at.port);
+//   BindHttp(server, at.host.empty() ? "0.0.0.0" : at.host, at.port);
 //   RETURN_IF_ERROR(CheckGrpcTarget("--target", target, 1));
 #ifndef DGRID_COMMON_HOST_PORT_H_
 #define DGRID_COMMON_HOST_PORT_H_

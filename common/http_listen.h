@@ -3,7 +3,8 @@
 //
 // httplib's listening socket sets SO_REUSEPORT, so a second server started
 // on a port in use binds beside the first and takes part of its
-// connections, silently. ListenAlone sets SO_REUSEADDR alone: a restarted
+// connections, silently. ListenAlone sets SO_REUSEADDR alone (and turns
+// IPV6_V6ONLY off, so that an IPv6 socket takes IPv4 too): a restarted
 // server binds while its old connections linger in TIME_WAIT, and a second
 // live one fails to bind.
 //

@@ -832,8 +832,8 @@ function rowLabel(plan, row) {
 
 // A row's step as its label says it: "step 5", or in a grid that switches
 // prompts "→ sneaker after step 5", the prompt on a line of its own that a
-// long text may cut (the label's title has all of it). A switch the model
-// reads as the prompt (switch_unseen) switches nothing.
+// long text may cut (the label's title has all of it). Only rows that
+// switch say so (GridPlan.switching_rows).
 function rowStep(plan, step) {
   const node = element('span', 'row-step');
   if (!rowSwitches(plan, step)) {
@@ -1160,7 +1160,7 @@ function renderExports(grid) {
   const keep = plan.branch_noise === 'BRANCH_NOISE_TRUNK' ? ', keeping the trunk’s noise' : '';
   const switchTo = plan.switch_prompt ? switchName(plan) : '';
   const switched = !switchTo ? '' : plan.switch_unseen ?
-      ` The model reads the switch to ${switchTo} as the prompt (the same class or tokens, or ` +
+      ` The switch to ${switchTo} changes nothing the model reads (the same class or tokens, or ` +
       'one this guidance does not read): the branches do not switch.' :
       ` Branches switch to ${switchTo} at their row’s step${keep}` + alreadyNote(plan) + '.';
   const size = plan.size;

@@ -1,6 +1,7 @@
 // A running denoiser: loads the bundles, starts one TrajectoryBatcher per
 // model, and serves Denoiser, health (per-model status) and reflection over
-// gRPC, plus Prometheus metrics. main.cc and the tests both start it this way.
+// gRPC, plus Prometheus metrics and GET /healthz (200 while it serves) on
+// the metrics port. main.cc and the tests both start it this way.
 //
 //   DenoiserServerOptions options;
 //   options.model_dirs = {"models/fashion-mnist"};
@@ -94,7 +95,8 @@ class DenoiserServer {
   // 0 when metrics are off.
   int metrics_port() const;
   std::vector<std::string> model_names() const;
-  // Marks every model NOT_SERVING, then stops accepting and drains.
+  // Marks every model NOT_SERVING (and /healthz 503), then stops accepting
+  // and drains.
   void Shutdown(absl::Duration grace = absl::Seconds(5));
 
  private:

@@ -24,7 +24,8 @@ ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
           "trusts the fairness ranks its callers claim, so only the orchestrator should reach "
           "it (see --auth_token_file).");
 ABSL_FLAG(std::string, metrics_addr, "0.0.0.0:9091",
-          "Prometheus metrics address; empty disables metrics.");
+          "Prometheus metrics address, which also answers GET /healthz (200 serving, 503 "
+          "loading or stopping); empty disables both.");
 ABSL_FLAG(std::string, port_file, "",
           "If set, write 'grpc=PORT' and 'metrics=PORT' lines here once serving.");
 ABSL_FLAG(int, max_batch, 64, "Forward rows per engine iteration.");

@@ -72,7 +72,7 @@ struct FigureCaption {
   // A promoted switched trunk's own switches, e.g. "red apple after step 5";
   // "" : the trunk keeps the prompt.
   std::string trunk_switches;
-  // The model reads switch_prompt as the prompt (GridPlan.switch_unseen):
+  // The switch changes nothing the model reads (GridPlan.switch_unseen):
   // the rows do not switch.
   bool switch_unseen = false;
   std::string switch_negative_prompt;  // "" : the grid's

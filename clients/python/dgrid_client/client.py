@@ -455,7 +455,8 @@ class Client:
         ``switch_prompt``: each row's branches switch to it at the row's branch
         step; ``branch_noise`` "trunk" keeps the trunk's noise (one column).
         ``sampler``: "ddim" or "euler_ancestral" ("euler_a"); None or "" the
-        preset's. A bad name raises ValueError before anything is sent.
+        preset's. A bad name raises ValueError before anything is sent, a
+        value that is not a string TypeError.
         ``original_size``, ``crop`` and ``target_size``: SDXL-style size
         conditioning as (height, width) and (top, left) in pixels, as
         diffusers takes them; None (or 0) the model's default (its

@@ -211,8 +211,9 @@ class Segment:
 
     A prompt switch also sets what the trajectory is conditioned on from
     from_step: ``prompt`` and ``negative_prompt`` (a class model: ``prompt``
-    names the class, or ``class_index`` gives it); ``switched`` is False when
-    the segment keeps the conditioning before it."""
+    names the class, or ``class_index`` gives it, not both); ``switched`` is
+    False when the segment keeps the conditioning before it, and then none
+    of the three may be given (a ValueError naming it)."""
 
     from_step: int
     noise_seed: int
