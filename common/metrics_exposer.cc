@@ -129,7 +129,7 @@ class MetricsServer final : public httplib::Server {
                          "", !head_only);
     } else if (!get && !head_only) {
       answer = RawAnswer(405, "Method Not Allowed", "text/plain",
-                         absl::StrCat("GET ", path, "\n"), "Allow: GET, HEAD\r\n");
+                         health ? "GET /healthz\n" : "GET /metrics\n", "Allow: GET, HEAD\r\n");
     } else if (health) {
       // Plain HTTP for a server whose gRPC port speaks TLS, which kubelet's
       // gRPC probes cannot.

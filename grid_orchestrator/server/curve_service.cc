@@ -100,7 +100,6 @@ v1::CurveTrunk TrunkLabels(const TrunkObservation& observed, uint64_t seed) {
   return out;
 }
 
-
 }  // namespace
 
 std::string CurveTitle(const GridPlanSpec& plan, int trunks) {
