@@ -20,8 +20,8 @@ namespace dgrid {
 // across gRPC and HTTP; a global IPv6 address stands for its /64, which one
 // host may use whole ("2001:db8::/64"), as a network behind one IPv4 address
 // is one client (a unique local one, fc00::/7, stands for itself, as a
-// private IPv4 address does: pods of one cluster). Zones are dropped; NAT64 and IPv4-compatible addresses are
-// their IPv4 one.
+// private IPv4 address does: pods of one cluster). Zones are dropped;
+// NAT64 and IPv4-compatible addresses are their IPv4 one.
 std::string ClientKey(absl::string_view peer);
 
 }  // namespace dgrid

@@ -1083,7 +1083,8 @@ absl::Status TrajectoryBatcher::Forward(int rows, absl::Time* started) {
     // A failed pass of several is run again member by member (ApplyAndEmit),
     // and each member's evaluation is counted there: this pass counts its
     // rows and time alone.
-    const int evaluated = forward.ok() || chosen_.size() == 1 ? static_cast<int>(chosen_.size()) : 0;
+    const int evaluated =
+        forward.ok() || chosen_.size() == 1 ? static_cast<int>(chosen_.size()) : 0;
     observer_->OnForward(evaluated, rows, absl::Now() - *started);
   }
   return forward;

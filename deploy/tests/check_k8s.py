@@ -184,7 +184,8 @@ def prestop_sleep(container):
     command = (pre.get("exec") or {}).get("command") or []
     if len(command) == 2 and os.path.basename(command[0]) == "sleep":
         text = command[1]
-    elif len(command) == 3 and command[1] == "-c" and os.path.basename(command[0]) in ("sh", "bash"):
+    elif (len(command) == 3 and command[1] == "-c" and
+          os.path.basename(command[0]) in ("sh", "bash")):
         match = re.fullmatch(r"\s*(?:exec\s+)?sleep\s+(\S+)\s*", command[2])
         text = match.group(1) if match else ""
     else:

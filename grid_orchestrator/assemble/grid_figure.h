@@ -83,8 +83,8 @@ struct FigureCaption {
 //   "emoji · prompt: grinning face, noto · negative: blurry"
 //   "emoji · prompt: grinning face, noto · trunk: red apple after step 5"
 //   "seed 7 · eta 1 · 50 steps · guidance 4 · branches switch to: red apple (trunk noise)"
-//   "seed 7 · eta 1 · 50 steps · guidance 4 · branches switch to: rocket, negative “red apple”
-//    (trunk noise)"
+//   "seed 7 · eta 1 · 50 steps · guidance 4 · branches switch to: rocket,
+//    negative “red apple” (trunk noise)"
 //   "seed 7 · eta 1 · 50 steps · guidance 0 · switch to: trouser changes nothing the model
 //    reads"
 //   "seed 7 · Euler ancestral · eta 1 · 50 steps · guidance 4"

@@ -305,9 +305,11 @@ TEST(CurveWordsTest, TheTitleAndSubtitleSayWhatRan) {
   plan.guidance = 4;
   plan.sampler = Sampler::kEulerAncestral;
   EXPECT_EQ(CurveTitle(plan, 2),
-            "emoji · \"rocket\" → \"rocket\", negative \xE2\x80\x9C" "red apple\xE2\x80\x9D · 2 trunks");
+            "emoji · \"rocket\" → \"rocket\", negative \xE2\x80\x9C"
+            "red apple\xE2\x80\x9D · 2 trunks");
   EXPECT_EQ(CurveSubtitle(plan, 5, 2),
-            "10 steps · Euler ancestral · eta 1 · guidance 4 · negative \xE2\x80\x9C" "ghost\xE2\x80\x9D · "
+            "10 steps · Euler ancestral · eta 1 · guidance 4 · negative \xE2\x80\x9C"
+            "ghost\xE2\x80\x9D · "
             "the trunk's noise · seeds 5…6");
   plan.sampler = Sampler::kDdim;
   plan.negative_prompt.clear();

@@ -234,7 +234,8 @@ class Segment:
                 raise TypeError(f"Segment.{name}: expected a str, got "
                                 f"{type(getattr(self, name)).__name__}")
         if not isinstance(self.switched, bool):
-            raise TypeError(f"Segment.switched: expected a bool, got {type(self.switched).__name__}")
+            raise TypeError(f"Segment.switched: expected a bool, got "
+                            f"{type(self.switched).__name__}")
         given = [n for n in ("prompt", "negative_prompt") if getattr(self, n)]
         if self.class_index is not None:
             given.append("class_index")
