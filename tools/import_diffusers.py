@@ -356,6 +356,11 @@ def check_schedule_ranges(schedule):
     if not 0 <= schedule["steps_offset"] < trained:
         raise ValueError(f"scheduler config: steps_offset must be in [0, num_train_timesteps), "
                          f"got {schedule['steps_offset']}")
+    last = float(bundle_manifest.alphas_cumprod(schedule)[-1])
+    if not last >= 1e-20:
+        raise ValueError(f"scheduler config: alpha-bar at the last training timestep is {last:g}, "
+                         "below 1e-20: samples would overflow; lower beta_end or "
+                         "num_train_timesteps")
 
 
 def _token_rows(tokenizer, vocab_size, batch, generator):
@@ -1103,23 +1108,41 @@ def main(argv=None):
         p.error(f"--device: {args.device!r} is no torch device (cpu, cuda or cuda:N)")
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error(f"--device {args.device}: this torch has no CUDA device")
-    # The bundle is written beside --out_dir and moved there whole at the
-    # end: a failed or interrupted export left a folder of some parts and no
-    # manifest, which the next run refused as not empty. Made before the
-    # minutes of loading, so an unwritable place is said at once.
-    parent = os.path.dirname(os.path.abspath(args.out_dir))
+    # Made (or found empty) before the minutes of loading, so an unwritable
+    # place is said at once; a failed or interrupted export empties it again
+    # (it left some parts and no manifest, which the next run refused as
+    # not empty). The manifest is written last, so no denoiser serves a part.
+    existed = os.path.isdir(args.out_dir)
     try:
-        staging = tempfile.mkdtemp(prefix=".import-", dir=parent)
+        os.makedirs(args.out_dir, exist_ok=True)
+        if not os.access(args.out_dir, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
     except OSError as e:
-        p.error(f"--out_dir {args.out_dir}: cannot write in {parent} ({e.strerror})")
+        p.error(f"--out_dir {args.out_dir}: cannot write there ({e.strerror})")
+    done = False
     try:
-        _export(p, args, staging)
+        _export(p, args)
+        done = True
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if not done:
+            _clear(args.out_dir, keep_folder=existed)
 
 
-def _export(p, args, staging):
-    """main's export into `staging`, moved to --out_dir once whole."""
+def _clear(out_dir, keep_folder):
+    """Removes what a failed export wrote in `out_dir` (empty before it)."""
+    if not keep_folder:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return
+    for entry in os.listdir(out_dir):
+        path = os.path.join(out_dir, entry)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.remove(path)
+
+
+def _export(p, args):
+    """main's export into --out_dir."""
     pipe = _load_pipeline(args.model, _DTYPES[args.dtype], family=args.family,
                           config=args.config, original_config=args.original_config)
     try:
@@ -1129,12 +1152,13 @@ def _export(p, args, staging):
     latent_scale = float(getattr(pipe.vae.config, "scaling_factor", 1.0))
     if not 1e-4 <= latent_scale <= 1e4:  # the manifest reader's range; no NaN passes
         p.error(f"vae/config.json: scaling_factor must be in [0.0001, 10000], got {latent_scale}")
-    for part in ("text_encoder", "text_encoder_2"):
-        encoder = getattr(pipe, part, None)
-        config = getattr(encoder, "config", None)
-        if config is not None and getattr(config, "use_attention_mask", False):
-            p.error(f"{part}/config.json: use_attention_mask is set (diffusers then passes the "
-                    "prompt's mask), which the engine does not pass; not exported")
+    # diffusers' SD pipelines pass a mask where the config asks (SDXL's never
+    # do).
+    config = getattr(pipe.text_encoder, "config", None)
+    if (not _is_sdxl(pipe) and config is not None and
+            getattr(config, "use_attention_mask", False)):
+        p.error("text_encoder/config.json: use_attention_mask is set (diffusers then passes "
+                "the prompt's mask), which the engine does not pass; not exported")
     vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     size = pipe.unet.config.sample_size
     if isinstance(size, int) and size > 0:
@@ -1195,7 +1219,10 @@ def _export(p, args, staging):
         p.error("the UNet takes a guidance embedding (time_cond_proj_dim is set: an "
                 "LCM-distilled model), which the engine does not pass; not exported")
     if _is_sdxl(pipe):
-        text_encoder, unet, extra = _sdxl_parts(pipe, image_shape)
+        try:
+            text_encoder, unet, extra = _sdxl_parts(pipe, image_shape)
+        except ValueError as e:
+            p.error(str(e))
         guidance = 5.0 if args.guidance is None else args.guidance
     else:
         text_encoder, unet, extra = _CLIPText(pipe.text_encoder), _DiffusersUNet(pipe.unet), None
@@ -1205,7 +1232,10 @@ def _export(p, args, staging):
     guidance = max(guidance, 1.0)
     with tempfile.TemporaryDirectory() as tok_dir:
         pipe.tokenizer.save_pretrained(tok_dir)
-        added = added_tokens(tok_dir)
+        try:
+            added = added_tokens(tok_dir)
+        except (OSError, ValueError) as e:
+            p.error(f"tokenizer: cannot read its saved vocabulary ({e})")
         if added:
             p.error(f"tokenizer: {len(added)} added token(s) beyond vocab.json (textual "
                     f"inversion?), e.g. {added[0]!r}, which the bundle's tokenizer would split "
@@ -1213,20 +1243,18 @@ def _export(p, args, staging):
         try:
             manifest = export_bundle(
                 unet, _DiffusersDecoder(pipe.vae), text_encoder,
-                tok_dir, scheduler_config, staging, name=name, version=args.version,
+                tok_dir, scheduler_config, args.out_dir, name=name, version=args.version,
                 latent_shape=latent_shape, image_shape=image_shape, example_prompts=prompts,
                 dtype=args.dtype, description=f"{name}, exported by tools/import_diffusers.py",
                 license=args.license, latent_scale=latent_scale,
                 defaults={"steps": args.steps, "eta": args.eta, "guidance": guidance},
                 context_dim=context_dim, device=args.device, extra=extra,
                 max_batch=args.max_batch)
-        except (ValueError, OSError) as e:
-            # BundleShapeError is a ValueError; the tokenizer's files are
-            # the pipeline's, not this temporary copy's.
+        except (ValueError, OSError, RuntimeError) as e:
+            # BundleShapeError is a ValueError; torch's own failures (a
+            # trace, memory, a full disk on save) are RuntimeErrors. The
+            # tokenizer's files are the pipeline's, not this temporary copy's.
             p.error(str(e).replace(tok_dir, "the pipeline's tokenizer"))
-    if os.path.isdir(args.out_dir):
-        os.rmdir(args.out_dir)  # empty, as checked
-    os.rename(staging, args.out_dir)
     print(json.dumps(manifest["conditioning"]["tokenizer"]), manifest["schedule"])
 
     # Self-check: the saved files, one guided DDIM step on "a photo".
@@ -1240,10 +1268,9 @@ def _export(p, args, staging):
 
     latent, image = sample(bundle, ids("a photo"), None, run_steps=1)
     if not (torch.isfinite(latent).all() and torch.isfinite(image).all()):
-        # A denoiser would serve the bundle as it is: its manifest goes.
-        os.remove(os.path.join(args.out_dir, "manifest.json"))
-        sys.exit("self-check: one step gave non-finite values; manifest.json removed, so no "
-                 "denoiser serves the bundle")
+        # A denoiser would serve the bundle as it is: main removes it.
+        sys.exit("self-check: one step gave non-finite values; the bundle is removed, so no "
+                 "denoiser serves it")
     print(f"self-check: one step ok, latent {_shape(latent)}, image {_shape(image)} in "
           f"[{image.min().item():.3f}, {image.max().item():.3f}]; bundle in {args.out_dir}")
 
