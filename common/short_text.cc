@@ -90,10 +90,7 @@ std::string SwitchedNegativeNote(absl::string_view negative, absl::string_view g
                                  size_t max_bytes) {
   if (negative == grid_negative) return "";
   if (negative.empty()) return ", no negative prompt";
-  const std::string shown = negative.size() <= max_bytes
-                                ? std::string(negative)
-                                : absl::StrCat(Utf8Prefix(negative, max_bytes - 3), "...");
-  return absl::StrCat(", negative \xE2\x80\x9C", shown, "\xE2\x80\x9D");
+  return absl::StrCat(", negative \xE2\x80\x9C", CutText(negative, max_bytes), "\xE2\x80\x9D");
 }
 
 absl::Status CheckClientText(absl::string_view field, absl::string_view value, size_t max_bytes) {
@@ -180,6 +177,11 @@ bool IsValidUtf8(absl::string_view value) {
     i += n;
   }
   return true;
+}
+
+std::string CutText(absl::string_view value, size_t max_bytes) {
+  if (value.size() <= max_bytes) return std::string(value);
+  return absl::StrCat(Utf8Prefix(value, max_bytes - 3), "...");
 }
 
 absl::string_view Utf8Prefix(absl::string_view value, size_t max_bytes) {

@@ -100,6 +100,11 @@ bool IsValidUtf8(absl::string_view value);
 // character boundary.
 absl::string_view Utf8Prefix(absl::string_view value, size_t max_bytes);
 
+// `value` as a figure or label shows it: whole within `max_bytes` (at least
+// 4), else its start cut on a character boundary and "...", `max_bytes` in
+// all.
+std::string CutText(absl::string_view value, size_t max_bytes);
+
 template <typename Names>
 std::string ShortList(const Names& names, size_t max_bytes) {
   std::string out;

@@ -1119,13 +1119,11 @@ def main(argv=None):
             raise PermissionError(13, "Permission denied")
     except OSError as e:
         p.error(f"--out_dir {args.out_dir}: cannot write there ({e.strerror})")
-    done = False
     try:
         _export(p, args)
-        done = True
-    finally:
-        if not done:
-            _clear(args.out_dir, keep_folder=existed)
+    except BaseException:  # a refusal (SystemExit) and Ctrl-C included
+        _clear(args.out_dir, keep_folder=existed)
+        raise
 
 
 def _clear(out_dir, keep_folder):

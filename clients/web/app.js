@@ -482,11 +482,6 @@ function switchPrompt() {
   return promptKind === 'text' ? controls.switchText.value.trim() : controls.switch.value;
 }
 
-// Whether the form's switch changes what the model reads, as the planner
-// decides (ReadAlike, grid_plan.cc): another prompt (class) or negative
-// prompt, where the guidance reads it (0 reads only the negative prompt, 1
-// only the prompt). The server also plans a switch whose tokens read alike
-// (another case, other spaces) as none, which the page cannot tell.
 // Whether the form asks for a switch: a switch prompt, or a switch negative
 // prompt alone (to the same prompt, requestFromState).
 function switches() {
@@ -494,12 +489,16 @@ function switches() {
       (promptKind === 'text' && controls.switchNegative.value.trim()));
 }
 
+// Whether the form's switch changes what the model reads, as the planner
+// decides (ReadAlike, grid_plan.cc): another prompt (class) or negative
+// prompt, where the guidance reads it (0 reads only the negative prompt, 1
+// only the prompt). The server also plans a switch whose tokens read alike
+// (another case, other spaces) as none, which the page cannot tell.
 function switchSeen() {
+  if (!switches()) return false;
   const text = promptKind === 'text';
   const prompt = text ? controls.promptText.value.trim() : controls.prompt.value;
-  // A switch negative prompt alone switches to the same prompt
-  // (requestFromState).
-  const to = switchPrompt() || (text && controls.switchNegative.value.trim() ? prompt : '');
+  const to = switchPrompt() || prompt;
   if (!to) return false;
   const negative = text ? controls.negative.value.trim() : '';
   const toNegative = text ? controls.switchNegative.value.trim() || negative : '';
@@ -520,28 +519,24 @@ function switchSeen() {
 function stateFromControls() {
   const state = emptyState();
   for (const field of FIELDS) state[field] = controls[field].value.trim();
-  // Only a text model takes free text and negative prompts.
+  // A text model's prompts are free text; fields the model's form hides go.
   if (promptKind === 'text') {
     state.prompt = controls.promptText.value.trim();
     state.switch = controls.switchText.value.trim();
-  } else {
-    state.negative = '';
-    state.switchNegative = '';
   }
-  if (sizeField.hidden) state.original = state.crop = state.target = '';
   // One spelling per seed ("007" ran, and was linked and named, as 007).
   if (/^\d+$/.test(state.seed)) {
     state.seed = BigInt(state.seed).toString();
     controls.seed.value = state.seed;
   }
   state.trunk = formTrunk;
-  return state;
+  return forItsModel(state);
 }
 
-// A link's state as its model's form would send it: the fields the form
-// hides for that model dropped, as stateFromControls drops them (a link with
-// a class model's negative prompt, or a size for a model without size
-// conditioning, was refused for a field the page does not show).
+// A state as its model's form sends it: the fields the form hides for that
+// model dropped (a link with a class model's negative prompt, or a size for
+// a model without size conditioning, was refused for a field the page does
+// not show).
 function forItsModel(state) {
   const model = models.find((m) => m.name === state.model) ?? models[0];
   if (!model) return state;

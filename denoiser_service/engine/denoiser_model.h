@@ -90,11 +90,10 @@ class DenoiserModel {
 
   // Latents [batch, C, H, W] to 8-bit images [batch, H, W, C]; the latents
   // are divided by the manifest's latent_scale first. An image the decoder
-  // gives non-finite values for (NaN would come out black) fails the call:
-  // INVALID_ARGUMENT when its latent is past kLatentBeyondAnySampler (the
-  // caller's, as Decode's latents are), else INTERNAL. With `non_finite`,
-  // such images are flagged there instead (the latents are the engine's own,
-  // and the caller decides) and the call goes on.
+  // gives non-finite values for (NaN would come out black) fails the call
+  // as INTERNAL; with `non_finite`, such images are flagged there instead
+  // and the call goes on, so that the caller blames the input or the
+  // replica by what it knows of the latents (TrajectoryBatcher).
   absl::StatusOr<std::vector<uint8_t>> Decode(absl::Span<const float> latents, int batch,
                                               std::vector<char>* non_finite = nullptr);
 

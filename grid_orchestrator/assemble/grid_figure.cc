@@ -407,9 +407,8 @@ std::string RowLabel(const GridFigure& figure, const GridFigure::Row& row) {
   if (figure.switch_to.empty() || !row.switches) {
     return absl::StrCat("after step ", row.branch_step);
   }
-  std::string to = figure.switch_to;
-  if (to.size() > 24) to = absl::StrCat(Utf8Prefix(to, 21), "...");
-  return absl::StrCat("\xE2\x86\x92 ", to, " after step ", row.branch_step);
+  return absl::StrCat("\xE2\x86\x92 ", CutText(figure.switch_to, 24), " after step ",
+                      row.branch_step);
 }
 
 Layout ComputeLayout(Painter& p, const GridFigure& figure,
@@ -516,10 +515,7 @@ absl::Status DrawPictureOrPlaceholder(Painter& p, const Layout& l, const GridFig
 namespace {
 
 // A prompt as the figure shows it: at most 60 bytes.
-std::string FigureText(const std::string& text) {
-  if (text.size() <= 60) return text;
-  return absl::StrCat(Utf8Prefix(text, 57), "...");
-}
+std::string FigureText(const std::string& text) { return CutText(text, 60); }
 
 }  // namespace
 

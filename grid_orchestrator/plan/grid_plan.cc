@@ -484,7 +484,6 @@ void PlanRows(const std::vector<int>& branch_steps, const v1::ModelInfo& model,
     }
     row.switches = SwitchSeen(*plan) && ConditionedOtherwise(row.cells[0], plan->trunk, k,
                                                              plan->steps);
-
     plan->rows.push_back(std::move(row));
   }
   plan->from_scratch_evals =

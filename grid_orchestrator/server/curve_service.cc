@@ -120,11 +120,8 @@ std::string CurveSubtitle(const GridPlanSpec& plan, uint64_t first_seed, int tru
   if (plan.sampler == Sampler::kEulerAncestral) absl::StrAppend(&subtitle, " · Euler ancestral");
   absl::StrAppend(&subtitle, absl::StrFormat(" · eta %g · guidance %g", plan.eta, plan.guidance));
   if (!plan.negative_prompt.empty()) {
-    const std::string negative =
-        plan.negative_prompt.size() <= 60
-            ? plan.negative_prompt
-            : absl::StrCat(Utf8Prefix(plan.negative_prompt, 57), "...");
-    absl::StrAppend(&subtitle, " · negative \xE2\x80\x9C", negative, "\xE2\x80\x9D");
+    absl::StrAppend(&subtitle, " · negative \xE2\x80\x9C", CutText(plan.negative_prompt, 60),
+                    "\xE2\x80\x9D");
   }
   absl::StrAppend(&subtitle, " · ",
                   plan.trunk_noise      ? "the trunk's noise"
