@@ -32,7 +32,8 @@ double SecondsPerForward(DenoiserModel& model, ForwardWorkers& workers, int batc
                          absl::Duration seconds) {
   const size_t numel = static_cast<size_t>(model.latent_numel());
   std::vector<float> x(batch * numel, 0.1f), out(batch * numel);
-  std::vector<int64_t> t(batch, 500), cond(batch, model.manifest().null_label);
+  std::vector<float> t(batch, 500);
+  std::vector<int64_t> cond(batch, model.manifest().null_label);
   std::vector<float> context, time_ids;
   const size_t per = model.encoding_size();
   if (const Tokenizer* tokenizer = model.tokenizer()) {

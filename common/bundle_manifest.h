@@ -15,7 +15,8 @@
 namespace dgrid {
 
 enum class PredictionType { kEpsilon, kSample, kVPrediction };
-enum class Spacing { kLeading, kTrailing };
+// diffusers' timestep_spacing (common/timesteps.h).
+enum class Spacing { kLeading, kTrailing, kLinspace };
 // How a step moves the latent: DDIM with eta, or Euler ancestral
 // (denoiser_service/engine/euler_ancestral.h).
 enum class Sampler { kDdim, kEulerAncestral };

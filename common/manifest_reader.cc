@@ -427,8 +427,10 @@ absl::Status ReadDefaults(const v1::ModelManifest& p, BundleManifest& m) {
   m.defaults.guidance = d.guidance() != 0 ? static_cast<float>(d.guidance()) : 1.0f;
   if (d.spacing() == "trailing") {
     m.defaults.spacing = Spacing::kTrailing;
+  } else if (d.spacing() == "linspace") {
+    m.defaults.spacing = Spacing::kLinspace;
   } else if (!d.spacing().empty() && d.spacing() != "leading") {
-    return Invalid("defaults.spacing", "must be \"leading\" or \"trailing\"");
+    return Invalid("defaults.spacing", "must be \"leading\", \"trailing\" or \"linspace\"");
   }
   if (const std::string problem =
           TimestepsProblem(m.schedule.train_timesteps, m.defaults.steps, m.defaults.spacing,

@@ -13,6 +13,10 @@ std::vector<int> DdimTimesteps(int train, int steps, Spacing spacing, int steps_
     // diffusers "leading": multiples of train // steps, plus steps_offset.
     const int ratio = train / steps;
     for (int i = 0; i < steps; ++i) t[i] = (steps - 1 - i) * ratio + steps_offset;
+  } else if (spacing == Spacing::kLinspace) {
+    // diffusers "linspace" for DDIM: np.linspace(0, train - 1, steps).round(),
+    // reversed (halves to even, as np.round).
+    for (int i = 0; i < steps; ++i) t[i] = static_cast<int>(std::nearbyint(LinspaceTimestep(train, steps, i)));
   } else {
     // diffusers "trailing": np.round(np.arange(train, 0, -train / steps)) - 1,
     // as numpy computes it: arange's i-th value is start + i * delta with
@@ -29,6 +33,23 @@ std::vector<int> DdimTimesteps(int train, int steps, Spacing spacing, int steps_
   }
   for (int& v : t) v = std::clamp(v, 0, train - 1);
   return t;
+}
+
+double LinspaceTimestep(int train, int steps, int i) {
+  // numpy's linspace: k * ((stop - start) / (num - 1)) + start, the last value
+  // stop itself; one value is start (0).
+  if (steps == 1) return 0.0;
+  const int k = steps - 1 - i;
+  if (k == steps - 1) return train - 1;
+  return k * ((train - 1.0) / (steps - 1));
+}
+
+bool LinspaceHasFractions(int train, int steps) {
+  for (int i = 0; i < steps; ++i) {
+    const float t = static_cast<float>(LinspaceTimestep(train, steps, i));
+    if (t != std::nearbyint(t)) return true;
+  }
+  return false;
 }
 
 std::string TimestepsProblem(int train_timesteps, int steps, Spacing spacing, int steps_offset) {

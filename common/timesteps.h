@@ -1,5 +1,6 @@
-// The timestep that each DDIM step runs, for diffusers' "leading" and
-// "trailing" spacings. The engine samples with it and the orchestrator labels
+// The timestep that each DDIM step runs, for diffusers' "leading",
+// "trailing" and "linspace" spacings (Euler ancestral's, but for linspace's
+// fraction). The engine samples with it and the orchestrator labels
 // grid rows with it, so both agree by construction.
 //
 //   DdimTimesteps(1000, 50, Spacing::kLeading, 1);  // 981, 961, ..., 1
@@ -14,6 +15,15 @@
 #include "common/bundle_manifest.h"
 
 namespace dgrid {
+
+// Step i's timestep under "linspace" spacing before any rounding: numpy's
+// np.linspace(0, train - 1, steps)[::-1][i], in double. DDIM rounds it;
+// Euler ancestral runs it as float32, as diffusers' Euler schedulers do.
+double LinspaceTimestep(int train_timesteps, int steps, int i);
+// Whether some linspace timestep has a fraction as float32 (Euler ancestral
+// then needs a model that takes float timesteps): unless steps - 1 divides
+// train_timesteps - 1.
+bool LinspaceHasFractions(int train_timesteps, int steps);
 
 // Requires 1 <= steps <= train_timesteps. Values are clamped to
 // [0, train_timesteps - 1].

@@ -43,7 +43,15 @@ Path PathFromProto(const v1::Path& p) {
 }
 
 v1::Spacing SpacingToProto(Spacing spacing) {
-  return spacing == Spacing::kLeading ? v1::SPACING_LEADING : v1::SPACING_TRAILING;
+  switch (spacing) {
+    case Spacing::kTrailing:
+      return v1::SPACING_TRAILING;
+    case Spacing::kLinspace:
+      return v1::SPACING_LINSPACE;
+    case Spacing::kLeading:
+    default:
+      return v1::SPACING_LEADING;
+  }
 }
 
 absl::StatusOr<Spacing> SpacingFromProto(v1::Spacing spacing, Spacing unspecified,
@@ -55,6 +63,8 @@ absl::StatusOr<Spacing> SpacingFromProto(v1::Spacing spacing, Spacing unspecifie
       return Spacing::kLeading;
     case v1::SPACING_TRAILING:
       return Spacing::kTrailing;
+    case v1::SPACING_LINSPACE:
+      return Spacing::kLinspace;
     default:
       return absl::InvalidArgumentError(
           absl::StrCat(field, ": unknown value ", static_cast<int>(spacing)));
@@ -104,6 +114,7 @@ v1::ModelInfo ModelInfoFromManifest(const BundleManifest& m) {
   info.set_train_timesteps(m.schedule.train_timesteps);
   info.set_steps_offset(m.schedule.steps_offset);
   info.set_set_alpha_to_one(m.schedule.set_alpha_to_one);
+  info.set_float_timesteps(m.timestep_is_float);
   static const char* const kPrediction[] = {"epsilon", "sample", "v_prediction"};
   info.set_prediction_type(kPrediction[static_cast<int>(m.schedule.prediction)]);
   v1::SamplerConfig* d = info.mutable_defaults();

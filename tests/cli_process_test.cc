@@ -372,8 +372,9 @@ TEST_F(CliTest, ErrorsAreOneReadableLine) {
       {{"grid", "--branch_steps=9,3"}, "branch_steps[1]"},
       {{"grid", "--steps=-1"}, "steps"},
       {{"grid", "--sampler=heun"}, "--sampler: ddim or euler_ancestral"},
-      {{"grid", "--spacing=linspace"}, "--spacing: leading or trailing, got \"linspace\""},
-      {{"branch", "--target=127.0.0.1:1", "--spacing=linspace"}, "--spacing: leading or trailing"},
+      {{"grid", "--spacing=karras"}, "--spacing: leading, trailing or linspace, got \"karras\""},
+      {{"branch", "--target=127.0.0.1:1", "--spacing=karras"},
+       "--spacing: leading, trailing or linspace"},
       // Read before connecting: no server is needed to hear of the flag.
       {{"branch", "--target=127.0.0.1:1", "--sampler=Euler"},
        "--sampler: ddim or euler_ancestral"},

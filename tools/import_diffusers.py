@@ -4,7 +4,7 @@
   import_diffusers.py --model PATH --out_dir DIR [--family sd|sdxl] [--config DIR]
                       [--original_config YAML] [--dtype fp32|fp16] [--device cpu|cuda]
                       [--name NAME] [--version V] [--steps 50] [--guidance G] [--eta 0]
-                      [--spacing leading|trailing] [--license L] [--max_batch 64]
+                      [--spacing leading|trailing|linspace] [--license L] [--max_batch 64]
 
 PATH is a diffusers pipeline folder (DiffusionPipeline.from_pretrained: SD
 1.x, SD 2.x or SDXL) or one checkpoint file (from_single_file of the
@@ -73,7 +73,7 @@ MERGES_FILE = "merges.txt"
 # refused rather than exported into a bundle that samples differently.
 _BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 _PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
-_SPACINGS = ("leading", "trailing")
+_SPACINGS = ("leading", "trailing", "linspace")
 # diffusers' DDIMScheduler defaults, for keys a config leaves out: the
 # engine's DDIM is DDIMScheduler.from_config(pipe.scheduler.config).
 _DIFFUSERS_DEFAULTS = {
@@ -304,20 +304,20 @@ def schedule_from_diffusers(config):
         refused.append(f"final_sigmas_type={config['final_sigmas_type']!r}")
     # Without the key the Euler schedulers space timesteps "linspace", not
     # DDIM's "leading".
-    if "Euler" in str(config.get("_class_name", "")) and config.get("timestep_spacing") is None:
-        refused.append("timestep_spacing unset (an Euler scheduler's default is 'linspace')")
+    euler = "Euler" in class_name
+    if euler and config.get("timestep_spacing") is None:
+        c["timestep_spacing"] = "linspace"
     if c["beta_schedule"] not in _BETA_SCHEDULES:
         refused.append(f"beta_schedule={c['beta_schedule']!r}")
     if c["prediction_type"] not in _PREDICTION_TYPES:
         refused.append(f"prediction_type={c['prediction_type']!r}")
     if c["timestep_spacing"] not in _SPACINGS:
         refused.append(f"timestep_spacing={c['timestep_spacing']!r}")
-    if config.get("timestep_spacing") is None and not refused:
-        warnings.warn("scheduler config: timestep_spacing is unset; DDIM uses 'leading' as "
-                      "diffusers' DDIMScheduler does, and so does the engine's Euler ancestral, "
-                      "where diffusers' EulerAncestralDiscreteScheduler.from_config would use "
-                      "'linspace' (which the engine lacks): compare with "
-                      "timestep_spacing='leading', or set it in the config")
+    if config.get("timestep_spacing") is None and not euler and not refused:
+        warnings.warn("scheduler config: timestep_spacing is unset; the bundle's default is "
+                      "'leading', as diffusers' DDIMScheduler.from_config reads it, where "
+                      "EulerAncestralDiscreteScheduler.from_config would use 'linspace': ask "
+                      "for spacing linspace with the euler_ancestral sampler to match that")
     if refused:
         raise ValueError("scheduler config: the engine's DDIM does not support " +
                          ", ".join(refused) + f" (it supports beta_schedule {_BETA_SCHEDULES}, "
@@ -803,6 +803,12 @@ def ddim_timesteps(train_timesteps, steps, spacing, offset):
     if spacing == "leading":
         ratio = train_timesteps // steps
         ts = [i * ratio + offset for i in reversed(range(steps))]
+    elif spacing == "linspace":
+        # np.linspace(0, T - 1, steps).round() reversed: k * ((T - 1) / (steps
+        # - 1)), the last T - 1 itself; halves rounded to even.
+        last = steps - 1
+        ts = [0 if k == 0 else train_timesteps - 1 if k == last else
+              round(k * ((train_timesteps - 1) / last)) for k in reversed(range(steps))]
     else:
         # np.round(np.arange(T, 0, -T / steps)) - 1 as numpy computes it: the
         # i-th value is T + i * ((T - T / steps) - T), halves rounded to even.
@@ -844,8 +850,8 @@ def sample(bundle, cond_ids, uncond_ids, *, steps=None, guidance=None, eta=None,
     pooled) where extra.zeros_for_empty_negative, else the ids of "". size
     (extra.size_ids only) is the 6 size ids every row gets (time_ids; 0 is
     the default size, None all defaults). run_steps stops after that many of
-    the `steps` steps; spacing (None: the bundle's) is "leading" or
-    "trailing". The engine's noise comes from Philox, so this matches
+    the `steps` steps; spacing (None: the bundle's) is "leading",
+    "trailing" or "linspace". The engine's noise comes from Philox, so this matches
     it in law, not sample by sample; with eta 0 and the engine's x_T given
     as `x_T` ([B, C, h, w]), step by step.
     """
@@ -1247,7 +1253,7 @@ def _export(p, args):
                 license=args.license, latent_scale=latent_scale,
                 defaults={"steps": args.steps, "eta": args.eta, "guidance": guidance},
                 context_dim=context_dim, device=args.device, extra=extra,
-                max_batch=args.max_batch)
+                max_batch=args.max_batch, timestep_dtype="float")
         except (ValueError, OSError, RuntimeError) as e:
             # BundleShapeError is a ValueError; torch's own failures (a
             # trace, memory, a full disk on save) are RuntimeErrors. The

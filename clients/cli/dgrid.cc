@@ -91,7 +91,7 @@ ABSL_FLAG(std::string, sampler, "",
           "ddim or euler_ancestral (euler_a); empty = the preset's (grid, curve) or the "
           "model's (branch, step).");
 ABSL_FLAG(std::string, spacing, "",
-          "leading or trailing (diffusers' timestep_spacing); empty = the model's.");
+          "leading, trailing or linspace (diffusers' timestep_spacing); empty = the model's.");
 ABSL_FLAG(std::string, original_size, "",
           "SDXL-style models: the original-size conditioning as HxW (e.g. 512x512); empty = "
           "the model's default.");
@@ -246,7 +246,8 @@ v1::Spacing SpacingFromFlag() {
   if (name.empty()) return v1::SPACING_UNSPECIFIED;
   if (name == "leading") return v1::SPACING_LEADING;
   if (name == "trailing") return v1::SPACING_TRAILING;
-  Fail(absl::StrCat("--spacing: leading or trailing, got ", ShortQuote(name)));
+  if (name == "linspace") return v1::SPACING_LINSPACE;
+  Fail(absl::StrCat("--spacing: leading, trailing or linspace, got ", ShortQuote(name)));
 }
 
 // --original_size, --crop and --target_size into `size`, each "AxB" or

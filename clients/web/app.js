@@ -363,10 +363,12 @@ const presetSteps = (preset) => preset === 'turbo' ? 4 : 50;
 function ddimLastStepAddsNoise(steps) {
   const model = currentModel();
   const train = model?.train_timesteps || 1000;
-  const spacing = controls.spacing.value ||
-      (model?.defaults?.spacing === 'SPACING_TRAILING' ? 'trailing' : 'leading');
+  const modelSpacing = {SPACING_TRAILING: 'trailing', SPACING_LINSPACE: 'linspace'};
+  const spacing = controls.spacing.value || modelSpacing[model?.defaults?.spacing] || 'leading';
   let last = model?.steps_offset ?? 0;  // leading spacing's last timestep
-  if (spacing === 'trailing') {
+  if (spacing === 'linspace') {
+    last = 0;  // np.linspace(0, train - 1, steps) reversed ends at 0
+  } else if (spacing === 'trailing') {
     // np.round(np.arange(train, 0, -train / steps)) - 1, as common/timesteps.cc
     // computes it: its last value, rounded half to even.
     const value = train + (steps - 1) * ((train - train / steps) - train);

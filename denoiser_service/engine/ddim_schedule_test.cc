@@ -143,7 +143,7 @@ TEST(DdimScheduleTest, MatchesIndependentPythonReference) {
   ASSERT_TRUE(in) << "no ddim_reference.txt in " << dir;
   std::string text;
   std::optional<DdimSchedule> schedule;
-  int cases = 0, step = 0, trailing_lists = 0;
+  int cases = 0, step = 0, trailing_lists = 0, linspace_lists = 0;
   float eta = 0;
   std::map<std::string, std::vector<double>> v;
   double worst = 0;
@@ -158,25 +158,32 @@ TEST(DdimScheduleTest, MatchesIndependentPythonReference) {
       line >> spec.beta_schedule >> spec.beta_start >> spec.beta_end >> set_one >> steps >>
           spacing >> spec.steps_offset;
       spec.set_alpha_to_one = set_one != 0;
-      auto s = DdimSchedule::Create(
-          spec, steps, spacing == "leading" ? Spacing::kLeading : Spacing::kTrailing);
+      auto s = DdimSchedule::Create(spec, steps,
+                                    spacing == "leading"    ? Spacing::kLeading
+                                    : spacing == "linspace" ? Spacing::kLinspace
+                                                            : Spacing::kTrailing);
       ASSERT_TRUE(s.ok()) << s.status();
       schedule = std::move(*s);
     } else if (tag == "timesteps") {
       const std::vector<double> ts = ReadNumbers(line);
       ASSERT_EQ(ts.size(), schedule->timesteps().size());
       for (size_t i = 0; i < ts.size(); ++i) EXPECT_EQ(schedule->timestep(i), ts[i]) << i;
-    } else if (tag == "trailing") {
-      // numpy's trailing timesteps for one step count.
+    } else if (tag == "trailing" || tag == "linspace") {
+      // numpy's timesteps for one step count.
       int train = 0, steps = 0;
       line >> train >> steps;
       const std::vector<double> ts = ReadNumbers(line);
-      const std::vector<int> ours = DdimTimesteps(train, steps, Spacing::kTrailing, 0);
+      const std::vector<int> ours = DdimTimesteps(
+          train, steps, tag == "trailing" ? Spacing::kTrailing : Spacing::kLinspace, 0);
       ASSERT_EQ(ts.size(), ours.size()) << steps;
       int differ = 0;
       for (size_t i = 0; i < ts.size(); ++i) differ += ours[i] != ts[i];
-      EXPECT_EQ(differ, 0) << steps << " steps: " << differ << " timesteps differ from numpy";
-      ++trailing_lists;
+      EXPECT_EQ(differ, 0) << tag << " " << steps << " steps: " << differ
+                           << " timesteps differ from numpy";
+      ++(tag == "trailing" ? trailing_lists : linspace_lists);
+    } else if (tag == "euler_linspace" || tag == "model_timesteps" || tag == "sigmas" ||
+               tag == "sigmas32") {
+      continue;  // Euler ancestral's (euler_ancestral_test.cc)
     } else if (tag == "case") {
       line >> step >> eta;
       v.clear();
@@ -195,8 +202,9 @@ TEST(DdimScheduleTest, MatchesIndependentPythonReference) {
       ++cases;
     }
   }
-  EXPECT_EQ(cases, 240);  // 2 schedules x 2 final alphas x 5 step counts x 4 steps x 3 etas
+  EXPECT_EQ(cases, 336);  // 2 schedules x 2 final alphas x 7 step counts x 4 steps x 3 etas
   EXPECT_GT(trailing_lists, 900);  // of 1000 step counts, less numpy's n + 1 quirks
+  EXPECT_EQ(linspace_lists, 1000);
   std::cout << "checked " << cases << " DDIM steps; worst |x_prev - reference| = " << worst
             << "\n";
 }

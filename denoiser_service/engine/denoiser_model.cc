@@ -146,7 +146,7 @@ absl::Status DenoiserModel::Probe(const std::string& dir) {
   const BundleManifest& m = manifest_;
   const int64_t numel = latent_numel();
   std::vector<float> x(numel, 0.0f), out(numel);
-  const int64_t t = m.schedule.train_timesteps / 2;
+  const float t = m.schedule.train_timesteps / 2;
   absl::Status probe;
   if (m.is_text()) {
     RETURN_IF_ERROR(ProbeText(dir));
@@ -229,7 +229,7 @@ absl::Status DenoiserModel::ProbeText(const std::string& dir) {
   RETURN_IF_ERROR(EncodeText(ids, 1, absl::MakeSpan(encoding)));
   const int64_t numel = latent_numel();
   std::vector<float> x(numel, 0.0f), out(numel);
-  const int64_t t = m.schedule.train_timesteps / 2;
+  const float t = m.schedule.train_timesteps / 2;
   const std::array<float, 6> time_ids = TimeIds({});
   const absl::Status probe =
       ForwardText(x, {&t, 1}, encoding, text.size_ids ? absl::MakeConstSpan(time_ids)
@@ -255,7 +255,7 @@ absl::Status DenoiserModel::ProbeRanges(const std::string& dir) {
   const BundleManifest& m = manifest_;
   const int64_t numel = latent_numel();
   std::vector<float> x(2 * numel, 0.0f), out(2 * numel);
-  const std::vector<int64_t> t = {0, m.schedule.train_timesteps - 1};
+  const std::vector<float> t = {0.0f, m.schedule.train_timesteps - 1.0f};
   const std::string where = absl::StrCat("timesteps 0 and ", t[1]);
   absl::Status probe;
   if (m.is_text()) {
@@ -357,20 +357,20 @@ absl::Status DenoiserModel::EncodeText(absl::Span<const int64_t> ids, int batch,
   }
 }
 
-absl::Status DenoiserModel::ForwardText(absl::Span<const float> x, absl::Span<const int64_t> t,
+absl::Status DenoiserModel::ForwardText(absl::Span<const float> x, absl::Span<const float> t,
                                         absl::Span<const float> encodings,
                                         absl::Span<const float> time_ids, int batch,
                                         absl::Span<float> out) {
   return RunForward(x, t, {}, encodings, time_ids, batch, out);
 }
 
-absl::Status DenoiserModel::Forward(absl::Span<const float> x, absl::Span<const int64_t> t,
+absl::Status DenoiserModel::Forward(absl::Span<const float> x, absl::Span<const float> t,
                                     absl::Span<const int64_t> cond, int batch,
                                     absl::Span<float> out) {
   return RunForward(x, t, cond, {}, {}, batch, out);
 }
 
-absl::Status DenoiserModel::RunForward(absl::Span<const float> x, absl::Span<const int64_t> t,
+absl::Status DenoiserModel::RunForward(absl::Span<const float> x, absl::Span<const float> t,
                                        absl::Span<const int64_t> cond,
                                        absl::Span<const float> encodings,
                                        absl::Span<const float> time_ids, int batch,
@@ -382,8 +382,8 @@ absl::Status DenoiserModel::RunForward(absl::Span<const float> x, absl::Span<con
     // from_blob views: no copy on the CPU path.
     torch::Tensor xt = torch::from_blob(const_cast<float*>(x.data()),
                                         {batch, ls[0], ls[1], ls[2]}, torch::kFloat32);
-    torch::Tensor tt = torch::from_blob(const_cast<int64_t*>(t.data()), {batch}, torch::kInt64);
-    if (manifest_.timestep_is_float) tt = tt.to(torch::kFloat32);
+    torch::Tensor tt = torch::from_blob(const_cast<float*>(t.data()), {batch}, torch::kFloat32);
+    if (!manifest_.timestep_is_float) tt = tt.to(torch::kInt64);
     std::vector<torch::Tensor> inputs = {xt, tt};
     if (!manifest_.is_text()) {
       // The third input: class indices.

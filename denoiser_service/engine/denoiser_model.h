@@ -62,15 +62,17 @@ class DenoiserModel {
   const std::string& device() const { return device_; }
   int64_t latent_numel() const { return manifest_.LatentNumel(); }
 
-  // x: batch latents [batch, C, H, W] flattened; t, cond: batch values.
-  // Writes batch model outputs to `out`. c10::Error becomes a Status.
-  absl::Status Forward(absl::Span<const float> x, absl::Span<const int64_t> t,
+  // x: batch latents [batch, C, H, W] flattened; t, cond: batch values (t
+  // goes to the model as int64, whole, unless the manifest's timestep_dtype
+  // is "float"). Writes batch model outputs to `out`. c10::Error becomes a
+  // Status.
+  absl::Status Forward(absl::Span<const float> x, absl::Span<const float> t,
                        absl::Span<const int64_t> cond, int batch, absl::Span<float> out);
 
   // Text models: x, t as above; `encodings` [batch, encoding_size()] as
   // EncodeText gives them; time_ids [batch, 6] for a model with size ids
   // (TimeIds), else empty.
-  absl::Status ForwardText(absl::Span<const float> x, absl::Span<const int64_t> t,
+  absl::Status ForwardText(absl::Span<const float> x, absl::Span<const float> t,
                            absl::Span<const float> encodings, absl::Span<const float> time_ids,
                            int batch, absl::Span<float> out);
   // Text models: padded token ids [batch, L] to encodings [batch,
@@ -107,7 +109,7 @@ class DenoiserModel {
   absl::Status ProbeRanges(const std::string& bundle_dir);
   // Forward and ForwardText: `cond` for a class model, `context` for a text
   // model.
-  absl::Status RunForward(absl::Span<const float> x, absl::Span<const int64_t> t,
+  absl::Status RunForward(absl::Span<const float> x, absl::Span<const float> t,
                           absl::Span<const int64_t> cond, absl::Span<const float> encodings,
                           absl::Span<const float> time_ids, int batch, absl::Span<float> out);
   // A text model's probe: its encoder's output shapes, then one forward.

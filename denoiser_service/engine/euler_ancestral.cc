@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "common/timesteps.h"
 #include "denoiser_service/engine/ddim_schedule.h"
 
 namespace dgrid {
@@ -16,17 +17,44 @@ absl::StatusOr<EulerAncestralSchedule> EulerAncestralSchedule::Create(
   EulerAncestralSchedule s;
   s.prediction_ = spec.prediction;
   s.timesteps_ = ddim->timesteps();
+  s.model_timesteps_.assign(s.timesteps_.begin(), s.timesteps_.end());
   s.sigmas_.resize(steps + 1);
-  for (int i = 0; i < steps; ++i) {
-    const double a = ddim->alpha_bar(i);
-    s.sigmas_[i] = std::sqrt((1 - a) / a);
+  if (spacing == Spacing::kLinspace) {
+    // diffusers' Euler schedulers keep linspace's fractions (in float32) and
+    // interpolate sigma linearly between the training timesteps (np.interp).
+    const std::vector<double> alphas = AlphasCumprod(spec);
+    auto table = [&](int t) { return std::sqrt((1 - alphas[t]) / alphas[t]); };
+    for (int i = 0; i < steps; ++i) {
+      const float t = static_cast<float>(LinspaceTimestep(spec.train_timesteps, steps, i));
+      const int below = std::min(static_cast<int>(t), spec.train_timesteps - 1);
+      const double fraction = static_cast<double>(t) - below;
+      s.model_timesteps_[i] = t;
+      s.sigmas_[i] = fraction == 0
+                         ? table(below)
+                         : table(below) + (table(below + 1) - table(below)) * fraction;
+    }
+  } else {
+    for (int i = 0; i < steps; ++i) {
+      const double a = ddim->alpha_bar(i);
+      s.sigmas_[i] = std::sqrt((1 - a) / a);
+    }
   }
   s.sigmas_[steps] = 0.0;
+  // init_noise_sigma: the largest sigma with trailing and linspace spacing,
+  // sqrt(sigma_max^2 + 1) with leading.
   const double first = s.sigmas_[0];
   const double init_noise_sigma =
-      spacing == Spacing::kTrailing ? first : std::sqrt(first * first + 1);
+      spacing == Spacing::kLeading ? std::sqrt(first * first + 1) : first;
   s.initial_scale_ = init_noise_sigma / std::sqrt(first * first + 1);
   return s;
+}
+
+bool EulerAncestralSchedule::fractional_timesteps() const {
+  // As LinspaceHasFractions, which the orchestrator asks.
+  for (size_t i = 0; i < timesteps_.size(); ++i) {
+    if (model_timesteps_[i] != static_cast<float>(timesteps_[i])) return true;
+  }
+  return false;
 }
 
 double EulerAncestralSchedule::sigma_up(int i, float eta) const {

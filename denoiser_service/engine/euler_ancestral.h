@@ -1,8 +1,10 @@
 // Euler ancestral: Karras et al.'s Euler step with ancestral noise, as
 // k-diffusion's sample_euler_ancestral and diffusers'
 // EulerAncestralDiscreteScheduler, over the noise levels
-// sigma_i = sqrt((1 - a_t) / a_t) at the step's timestep t (a = alpha-bar),
-// and sigma = 0 after the last step:
+// sigma_i = sqrt((1 - a_t) / a_t) at the step's timestep t (a = alpha-bar;
+// with linspace spacing t is fractional and sigma interpolated linearly
+// between the training timesteps around it), and sigma = 0 after the last
+// step:
 //
 //   x0       = the model's x0 prediction at sigma_i (from eps, v or x0)
 //   sigma_up = min(sigma_next, eta sqrt(sigma_next^2 (sigma_i^2 - sigma_next^2) / sigma_i^2))
@@ -41,14 +43,19 @@ class EulerAncestralSchedule {
                                                        Spacing spacing);
 
   int steps() const { return static_cast<int>(timesteps_.size()); }
+  // Step i's timestep: as DDIM's for leading and trailing spacing; for
+  // linspace the nearest integer to the fractional one the model reads.
   int timestep(int i) const { return timesteps_[i]; }
+  // The timestep the model reads at step i (fractional with linspace).
+  float model_timestep(int i) const { return model_timesteps_[i]; }
+  bool fractional_timesteps() const;
   // The noise level at step i's input; sigma(steps()) is 0.
   double sigma(int i) const { return sigmas_[i]; }
   // The fresh noise step i adds, in the sigma scale.
   double sigma_up(int i, float eta) const;
   // x_T = initial_scale() z in the engine's scale: diffusers'
   // init_noise_sigma (sqrt(sigma_0^2 + 1) with leading spacing, sigma_0
-  // with trailing) over sqrt(sigma_0^2 + 1).
+  // with trailing and linspace) over sqrt(sigma_0^2 + 1).
   double initial_scale() const { return initial_scale_; }
 
   // Applies step i in place: `x` holds the latent at step i (engine scale)
@@ -61,6 +68,7 @@ class EulerAncestralSchedule {
  private:
   PredictionType prediction_ = PredictionType::kEpsilon;
   std::vector<int> timesteps_;
+  std::vector<float> model_timesteps_;
   std::vector<double> sigmas_;  // steps() + 1, the last 0
   double initial_scale_ = 1.0;
 };

@@ -1,6 +1,12 @@
 #include "denoiser_service/engine/euler_ancestral.h"
 
 #include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <optional>
+#include <sstream>
+#include <string>
 #include <vector>
 
 #include "common/philox.h"
@@ -24,8 +30,37 @@ NoiseScheduleSpec StableDiffusion(PredictionType prediction) {
 }
 
 // A stand-in model: any fixed function of the input and the timestep.
-float Model(float input, int t, size_t j) {
+float Model(float input, float t, size_t j) {
   return 0.7f * input + 0.05f * std::sin(0.37f * static_cast<float>(j)) + t * 1e-4f;
+}
+
+// diffusers' Euler timesteps and sigmas: whole timesteps for leading and
+// trailing; for linspace np.linspace(0, T - 1, steps, dtype=float32)
+// reversed, with sigma interpolated linearly (np.interp) in the table.
+void DiffusersSigmas(const NoiseScheduleSpec& spec, int steps, Spacing spacing,
+                     std::vector<float>* timesteps, std::vector<double>* sigmas) {
+  const std::vector<double> alphas = AlphasCumprod(spec);
+  std::vector<double> table;
+  for (double a : alphas) table.push_back(std::sqrt((1 - a) / a));
+  timesteps->clear();
+  if (spacing == Spacing::kLinspace) {
+    const int last = spec.train_timesteps - 1;
+    for (int k = steps - 1; k >= 0; --k) {
+      const double value = k == 0 ? 0.0 : k == steps - 1 ? last : k * (double(last) / (steps - 1));
+      timesteps->push_back(static_cast<float>(value));
+    }
+  } else {
+    for (int t : DdimTimesteps(spec.train_timesteps, steps, spacing, spec.steps_offset)) {
+      timesteps->push_back(static_cast<float>(t));
+    }
+  }
+  sigmas->clear();
+  for (float t : *timesteps) {
+    const int j = static_cast<int>(std::floor(t));
+    const double slope = j + 1 < static_cast<int>(table.size()) ? table[j + 1] - table[j] : 0.0;
+    sigmas->push_back(table[j] + slope * (t - j));
+  }
+  sigmas->push_back(0.0);
 }
 
 // diffusers' EulerAncestralDiscreteScheduler, transcribed as it reads
@@ -35,14 +70,12 @@ float Model(float input, int t, size_t j) {
 std::vector<std::vector<double>> Diffusers(const NoiseScheduleSpec& spec, int steps,
                                            Spacing spacing, const std::vector<float>& x_t,
                                            const std::vector<std::vector<float>>& noise) {
-  const std::vector<int> timesteps =
-      DdimTimesteps(spec.train_timesteps, steps, spacing, spec.steps_offset);
-  const std::vector<double> alphas = AlphasCumprod(spec);
+  std::vector<float> timesteps;
   std::vector<double> sigmas;
-  for (int t : timesteps) sigmas.push_back(std::sqrt((1 - alphas[t]) / alphas[t]));
-  sigmas.push_back(0.0);
+  DiffusersSigmas(spec, steps, spacing, &timesteps, &sigmas);
+  // init_noise_sigma: sigmas.max() for linspace and trailing.
   const double init_noise_sigma =
-      spacing == Spacing::kTrailing ? sigmas[0] : std::sqrt(sigmas[0] * sigmas[0] + 1);
+      spacing != Spacing::kLeading ? sigmas[0] : std::sqrt(sigmas[0] * sigmas[0] + 1);
   std::vector<double> sample(x_t.begin(), x_t.end());
   for (double& v : sample) v *= init_noise_sigma;
   std::vector<std::vector<double>> out;
@@ -89,7 +122,7 @@ std::vector<std::vector<float>> Engine(const NoiseScheduleSpec& spec, int steps,
   std::vector<std::vector<float>> out;
   std::vector<float> model_out(x.size()), x0(x.size());
   for (int i = 0; i < steps; ++i) {
-    for (size_t j = 0; j < x.size(); ++j) model_out[j] = Model(x[j], s->timestep(i), j);
+    for (size_t j = 0; j < x.size(); ++j) model_out[j] = Model(x[j], s->model_timestep(i), j);
     s->Apply(i, 1.0f, model_out, noise[i], absl::MakeSpan(x), absl::MakeSpan(x0));
     out.push_back(x);
   }
@@ -103,11 +136,12 @@ std::vector<float> Gaussian(uint64_t seed, int step, size_t n) {
 }
 
 // Given the same noise, every step equals diffusers' step (transcribed
-// above), for epsilon and v prediction, leading and trailing spacing.
+// above), for epsilon and v prediction, leading, trailing and linspace
+// spacing.
 TEST(EulerAncestralTest, EveryStepEqualsDiffusersGivenTheSameNoise) {
   constexpr size_t kNumel = 64;
   for (PredictionType prediction : {PredictionType::kEpsilon, PredictionType::kVPrediction}) {
-    for (Spacing spacing : {Spacing::kLeading, Spacing::kTrailing}) {
+    for (Spacing spacing : {Spacing::kLeading, Spacing::kTrailing, Spacing::kLinspace}) {
       for (int steps : {1, 4, 20, 30}) {
         SCOPED_TRACE(::testing::Message()
                      << "prediction " << static_cast<int>(prediction) << ", spacing "
@@ -153,6 +187,86 @@ TEST(EulerAncestralTest, SigmasComeFromTheScheduleAndEndAtZero) {
   EXPECT_NEAR(trailing->initial_scale(), sigma0 / std::sqrt(sigma0 * sigma0 + 1), 1e-12);
   EXPECT_FALSE(EulerAncestralSchedule::Create(spec, 0, Spacing::kLeading).ok());
   EXPECT_FALSE(EulerAncestralSchedule::Create(spec, 1001, Spacing::kLeading).ok());
+}
+
+// Linspace: the model reads fractional timesteps, labelled by the nearest
+// whole one, and x_T is drawn at sigma_0 itself, as with trailing.
+TEST(EulerAncestralTest, LinspaceRunsFractionalTimesteps) {
+  const NoiseScheduleSpec spec = StableDiffusion(PredictionType::kEpsilon);
+  auto s = EulerAncestralSchedule::Create(spec, 50, Spacing::kLinspace);
+  ASSERT_TRUE(s.ok());
+  EXPECT_TRUE(s->fractional_timesteps());
+  EXPECT_EQ(s->model_timestep(0), 999.0f);
+  EXPECT_FLOAT_EQ(s->model_timestep(1), 999.0f * 48 / 49);  // 978.61...
+  EXPECT_EQ(s->timestep(1), 979);
+  EXPECT_EQ(s->model_timestep(49), 0.0f);
+  const std::vector<double> alphas = AlphasCumprod(spec);
+  const double between = std::sqrt((1 - alphas[978]) / alphas[978]),
+               above = std::sqrt((1 - alphas[979]) / alphas[979]);
+  EXPECT_GT(s->sigma(1), between);
+  EXPECT_LT(s->sigma(1), above);
+  const double sigma0 = s->sigma(0);
+  EXPECT_NEAR(s->initial_scale(), sigma0 / std::sqrt(sigma0 * sigma0 + 1), 1e-12);
+  // Whole timesteps at leading and trailing spacing, and at one step.
+  for (Spacing spacing : {Spacing::kLeading, Spacing::kTrailing}) {
+    EXPECT_FALSE(EulerAncestralSchedule::Create(spec, 50, spacing)->fractional_timesteps());
+  }
+  EXPECT_FALSE(EulerAncestralSchedule::Create(spec, 1, Spacing::kLinspace)->fractional_timesteps());
+}
+
+std::vector<double> ReadNumbers(std::istringstream& line) {
+  std::vector<double> v;
+  double d;
+  while (line >> d) v.push_back(d);
+  return v;
+}
+
+// Against numpy, written by tests/fixtures/make_fixtures.py as diffusers'
+// EulerAncestralDiscreteScheduler.set_timesteps computes them (np.linspace
+// in float32, np.interp): from float64 alpha-bars as the engine's, and from
+// diffusers' float32 ones, whose 1 - alpha-bar near timestep 0 keeps few
+// digits (1e-4 relative in the smallest sigma).
+TEST(EulerAncestralTest, LinspaceMatchesNumpysTimestepsAndSigmas) {
+  const char* dir = std::getenv("DGRID_FIXTURES");
+  ASSERT_NE(dir, nullptr) << "DGRID_FIXTURES is not set";
+  std::ifstream in(std::string(dir) + "/ddim_reference.txt");
+  ASSERT_TRUE(in) << "no ddim_reference.txt in " << dir;
+  std::string text;
+  std::optional<EulerAncestralSchedule> schedule;
+  int checked = 0;
+  double worst = 0, worst32 = 0;
+  while (std::getline(in, text)) {
+    std::istringstream line(text);
+    std::string tag;
+    line >> tag;
+    if (tag == "euler_linspace") {
+      NoiseScheduleSpec spec;
+      int steps = 0;
+      line >> spec.beta_schedule >> spec.beta_start >> spec.beta_end >> steps;
+      auto s = EulerAncestralSchedule::Create(spec, steps, Spacing::kLinspace);
+      ASSERT_TRUE(s.ok()) << s.status();
+      schedule = std::move(*s);
+    } else if (tag == "model_timesteps") {
+      const std::vector<double> ts = ReadNumbers(line);
+      ASSERT_EQ(static_cast<int>(ts.size()), schedule->steps());
+      for (size_t i = 0; i < ts.size(); ++i) EXPECT_EQ(schedule->model_timestep(i), ts[i]) << i;
+    } else if (tag == "sigmas" || tag == "sigmas32") {
+      const std::vector<double> sigmas = ReadNumbers(line);
+      ASSERT_EQ(static_cast<int>(sigmas.size()), schedule->steps());
+      const bool float32 = tag == "sigmas32";
+      for (size_t i = 0; i < sigmas.size(); ++i) {
+        const double relative = std::abs(schedule->sigma(i) - sigmas[i]) / sigmas[i];
+        EXPECT_LT(relative, float32 ? 2e-4 : 1e-10)
+            << tag << " " << i << ": " << schedule->sigma(i) << " vs " << sigmas[i];
+        double& w = float32 ? worst32 : worst;
+        w = std::max(w, relative);
+      }
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, 20);  // 2 beta schedules x 5 step counts, 2 alpha-bar precisions
+  std::cout << "linspace sigmas: worst relative difference " << worst << " (float64 alpha-bars), "
+            << worst32 << " (diffusers' float32)\n";
 }
 
 // What a step adds for its noise is sigma_up z (in the sigma scale): over

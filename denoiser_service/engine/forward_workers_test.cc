@@ -117,7 +117,7 @@ TEST(ForwardWorkersTest, ConcurrentForwardsEqualTheSameChunksOneAfterAnother) {
     const size_t numel = static_cast<size_t>(m.latent_numel());
     std::vector<float> x(rows * numel);
     for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>((i * 7919) % 211) / 100.0f - 1;
-    std::vector<int64_t> t = {999, 800, 500, 250, 20, 1};
+    std::vector<float> t = {999, 800, 500, 250, 20, 1};
     std::vector<int64_t> cond(rows, m.manifest().null_label);
     std::vector<float> encodings;
     if (m.tokenizer()) {

@@ -25,6 +25,18 @@ int SamplerSchedule::timestep(int i) const {
   return std::visit([i](const auto& s) { return s.timestep(i); }, schedule_);
 }
 
+float SamplerSchedule::model_timestep(int i) const {
+  if (const auto* euler = std::get_if<EulerAncestralSchedule>(&schedule_)) {
+    return euler->model_timestep(i);
+  }
+  return static_cast<float>(timestep(i));
+}
+
+bool SamplerSchedule::fractional_timesteps() const {
+  const auto* euler = std::get_if<EulerAncestralSchedule>(&schedule_);
+  return euler != nullptr && euler->fractional_timesteps();
+}
+
 double SamplerSchedule::initial_scale() const {
   if (const auto* euler = std::get_if<EulerAncestralSchedule>(&schedule_)) {
     return euler->initial_scale();

@@ -34,7 +34,13 @@ class SamplerSchedule {
                                                 const SamplerChoice& choice);
 
   int steps() const;
+  // Step i's timestep, to label it with (rounded where the model reads a
+  // fraction), and the one the model reads.
   int timestep(int i) const;
+  float model_timestep(int i) const;
+  // Whether the model reads a fractional timestep at some step (Euler
+  // ancestral with linspace spacing): the bundle's model must take floats.
+  bool fractional_timesteps() const;
   // x_T = initial_scale() z (1 but for Euler ancestral with trailing spacing).
   double initial_scale() const;
   // Step i in place; see DdimSchedule::Apply and EulerAncestralSchedule::Apply.

@@ -181,7 +181,7 @@ bool AllFinite(absl::Span<const float> values) {
 // Rows [row, row + rows) of a laid-out forward batch through the model on
 // their own, into `out`.
 absl::Status ForwardRows(DenoiserModel& model, absl::Span<const float> x,
-                         absl::Span<const int64_t> t, absl::Span<const int64_t> cond,
+                         absl::Span<const float> t, absl::Span<const int64_t> cond,
                          absl::Span<const float> encodings, absl::Span<const float> time_ids,
                          int row, int rows, absl::Span<float> out) {
   const size_t numel = static_cast<size_t>(model.latent_numel());
@@ -379,6 +379,14 @@ absl::StatusOr<std::shared_ptr<const SamplerSchedule>> TrajectoryBatcher::Schedu
   }
   absl::StatusOr<SamplerSchedule> created = SamplerSchedule::Create(spec, choice);
   if (!created.ok()) return created.status();
+  if (created->fractional_timesteps() && !model_->manifest().timestep_is_float) {
+    return InvalidFieldError(
+        "sampler.spacing",
+        absl::StrCat(": Euler ancestral with linspace spacing runs fractional timesteps, and ",
+                     model_->manifest().name,
+                     "'s model takes integer ones (its manifest's timestep_dtype is \"long\"); "
+                     "give leading or trailing spacing, or DDIM"));
+  }
   auto schedule = std::make_shared<const SamplerSchedule>(std::move(*created));
   // Few distinct (steps, spacing, sampler) choices occur; keep the list
   // short anyway.
@@ -1037,7 +1045,7 @@ int TrajectoryBatcher::FillBatch(const std::vector<Active>& active) {
   int row = 0;
   for (size_t i : chosen_) {
     const Active& a = active[i];
-    const int t = a.run->schedule_->timestep(a.step);
+    const float t = a.run->schedule_->model_timestep(a.step);
     for (int r = 0; r < a.rows; ++r) {
       std::copy(a.x.begin(), a.x.end(), batch_x_.begin() + (row + r) * numel);
       batch_t_[row + r] = t;

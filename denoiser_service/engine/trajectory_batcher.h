@@ -388,7 +388,8 @@ class TrajectoryBatcher {
   // Batcher thread only. Reused across iterations: no allocation on the hot
   // path.
   std::vector<float> batch_x_, batch_out_, noise_, batch_context_, batch_time_ids_;
-  std::vector<int64_t> batch_t_, batch_cond_;
+  std::vector<float> batch_t_;
+  std::vector<int64_t> batch_cond_;
   std::unique_ptr<ContextCache> contexts_;
   ForwardWorkers workers_;
   // The encoding of no prompt (zeros; empty for a class model).

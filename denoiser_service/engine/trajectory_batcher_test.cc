@@ -741,6 +741,12 @@ TEST_F(BatcherTest, InvalidRequestsNameTheField) {
       {[](RunRequest& r) { r.sampler.eta = -0.1f; }, "sampler.eta"},
       {[](RunRequest& r) { r.sampler.eta = NAN; }, "sampler.eta"},
       {[](RunRequest& r) { r.sampler.guidance = -1; }, "sampler.guidance"},
+      // Fractional timesteps, and the fixture's model takes whole ones.
+      {[](RunRequest& r) {
+         r.sampler.sampler = Sampler::kEulerAncestral;
+         r.sampler.spacing = Spacing::kLinspace;
+       },
+       "sampler.spacing"},
       {[](RunRequest& r) { r.class_index = 7; }, "class_index"},
       {[](RunRequest& r) { r.start_step = 50; }, "start_step"},
       {[](RunRequest& r) { r.end_step = 51; }, "end_step"},

@@ -206,13 +206,21 @@ absl::Status PlanSampler(const v1::GridRequest& request, const v1::ModelInfo& mo
     return Invalid(
         absl::StrCat("guidance must be in [0, 100], got ", ExactNumber(plan->guidance)));
   }
-  const Spacing model_default =
-      model.defaults().spacing() == v1::SPACING_TRAILING ? Spacing::kTrailing : Spacing::kLeading;
+  ASSIGN_OR_RETURN(const Spacing model_default,
+                   SpacingFromProto(model.defaults().spacing(), Spacing::kLeading,
+                                    "the model's default spacing"));
   ASSIGN_OR_RETURN(plan->spacing, SpacingFromProto(request.spacing(), model_default, "spacing"));
   if (const std::string problem = TimestepsProblem(model.train_timesteps(), plan->steps,
                                                    plan->spacing, model.steps_offset());
       !problem.empty()) {
     return Invalid(absl::StrCat("steps: ", problem));
+  }
+  if (plan->sampler == Sampler::kEulerAncestral && plan->spacing == Spacing::kLinspace &&
+      !model.float_timesteps() && LinspaceHasFractions(model.train_timesteps(), plan->steps)) {
+    return Invalid(absl::StrCat(
+        "spacing: Euler ancestral with linspace spacing runs fractional timesteps, and ",
+        model.name(), " takes whole ones (its bundle's timestep_dtype is \"long\"); give "
+        "leading or trailing spacing, or DDIM"));
   }
   plan->timesteps =
       DdimTimesteps(model.train_timesteps(), plan->steps, plan->spacing, model.steps_offset());

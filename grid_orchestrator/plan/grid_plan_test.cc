@@ -267,6 +267,27 @@ TEST(GridPlanTest, PresetRowsStopBeforeEulerAncestralsLastStep) {
             "steps: Euler ancestral adds no noise at its las");
 }
 
+// Linspace: rows labelled with numpy's rounded timesteps; Euler ancestral
+// runs their fractions, which a model taking whole timesteps cannot read.
+TEST(GridPlanTest, LinspaceEulerAncestralNeedsAModelThatTakesFloatTimesteps) {
+  v1::GridRequest r;
+  r.set_spacing(v1::SPACING_LINSPACE);
+  auto ddim = PlanGrid(r, Model(), {});
+  ASSERT_TRUE(ddim.ok()) << ddim.status();
+  EXPECT_EQ(ddim->rows[1].timestep, 917);  // after step 4: 45 * 999 / 49 = 917.4
+  EXPECT_EQ(ddim->timesteps.back(), 0);
+  r.set_preset("euler_a");
+  EXPECT_EQ(PlanGrid(r, Model(), {}).status().message(),
+            "spacing: Euler ancestral with linspace spacing runs fractional timesteps, and "
+            "fashion-mnist takes whole ones (its bundle's timestep_dtype is \"long\"); give "
+            "leading or trailing spacing, or DDIM");
+  v1::ModelInfo floats = Model();
+  floats.set_float_timesteps(true);
+  EXPECT_TRUE(PlanGrid(r, floats, {}).ok()) << PlanGrid(r, floats, {}).status();
+  r.mutable_steps()->set_value(10);  // 999 / 9 = 111: every timestep whole
+  EXPECT_TRUE(PlanGrid(r, Model(), {}).ok()) << PlanGrid(r, Model(), {}).status();
+}
+
 TEST(GridPlanTest, NoNoiseIsAllowedWhereAPromptMakesTheBranchesDiffer) {
   v1::GridRequest r;
   r.mutable_eta()->set_value(0);

@@ -137,7 +137,7 @@ def write_bundle(args, data, ae, latents, vocab, text, unet, classifier, cstate)
         "latent_shape": [em.LATENT_CHANNELS, em.LATENT, em.LATENT],
         "image_shape": [em.IMAGE, em.IMAGE, 3],
         "weights": "unet.pt",
-        "timestep_dtype": "long",
+        "timestep_dtype": "float",
         "schedule": {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
                      "train_timesteps": 1000, "prediction_type": "epsilon", "steps_offset": 1,
                      "set_alpha_to_one": False},

@@ -441,7 +441,7 @@ def export(args):
         "latent_shape": [1, 28, 28],
         "image_shape": [28, 28, 1],
         "weights": "model.pt",
-        "timestep_dtype": "long",
+        "timestep_dtype": "float",
         "schedule": SCHEDULE,
         "conditioning": {"class_labels": fm.CLASS_LABELS, "null_label": fm.NUM_CLASSES},
         "decoder": {"kind": "identity", "value_range": [-1, 1]},

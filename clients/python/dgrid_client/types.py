@@ -91,7 +91,7 @@ def _unique_keys(pairs: "list[tuple[str, Any]]") -> dict:
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-_SPACING_NAMES = {0: "", 1: "leading", 2: "trailing"}
+_SPACING_NAMES = {0: "", 1: "leading", 2: "trailing", 3: "linspace"}
 
 
 SizePairs = Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]
@@ -119,7 +119,7 @@ def size_pairs(size: Any) -> SizePairs:
 
 
 def spacing_name(value: int) -> str:
-    """"" (the model's default), "leading" or "trailing"."""
+    """"" (the model's default), "leading", "trailing" or "linspace"."""
     return _SPACING_NAMES.get(value, str(value))
 
 
@@ -133,12 +133,12 @@ def _enum_name(name: object, what: str) -> str:
 
 
 def spacing_value(name: Optional[str]) -> int:
-    """The Spacing enum value for "", "leading" or "trailing"."""
+    """The Spacing enum value for "", "leading", "trailing" or "linspace"."""
     key = _enum_name(name, "spacing")
     for value, n in _SPACING_NAMES.items():
         if n == key:
             return value
-    raise ValueError(f"spacing must be '', 'leading' or 'trailing', got {name!r}")
+    raise ValueError(f"spacing must be '', 'leading', 'trailing' or 'linspace', got {name!r}")
 
 
 # Unspecified on the wire is DDIM; "euler_a" is the short spelling the CLI

@@ -581,6 +581,8 @@ class RequestTest(unittest.TestCase):
         promoted = Client.promote_request(record, 0, 0, steps=20)  # raised AttributeError
         self.assertEqual(promoted.spacing, denoiser_pb2.SPACING_TRAILING)
         self.assertEqual(promoted.steps.value, 20)
+        self.assertEqual(Client.promote_request(record, 0, 0, spacing="linspace").spacing,
+                         denoiser_pb2.SPACING_LINSPACE)
         # The grid's model, though the request named none.
         self.assertEqual(promoted.model, "fashion-mnist")
         for fixed in ({"seed": 5}, {"trunk": Path.from_proto(denoiser_pb2.Path(init_seed=9))}):
