@@ -17,6 +17,12 @@ namespace dgrid {
 enum class PredictionType { kEpsilon, kSample, kVPrediction };
 // diffusers' timestep_spacing (common/timesteps.h).
 enum class Spacing { kLeading, kTrailing, kLinspace };
+// "leading", "trailing" or "linspace", as figures and flags name them.
+inline const char* SpacingName(Spacing spacing) {
+  return spacing == Spacing::kLeading    ? "leading"
+         : spacing == Spacing::kTrailing ? "trailing"
+                                         : "linspace";
+}
 // How a step moves the latent: DDIM with eta, or Euler ancestral
 // (denoiser_service/engine/euler_ancestral.h).
 enum class Sampler { kDdim, kEulerAncestral };

@@ -530,7 +530,9 @@ void SetCaption(const FigureCaption& c, GridFigure* figure) {
   }
   figure->subtitle = absl::StrCat(
       "seed ", c.seed, c.sampler == Sampler::kEulerAncestral ? " \xC2\xB7 Euler ancestral" : "",
-      " \xC2\xB7 eta ", c.eta, " \xC2\xB7 ", c.steps, " steps \xC2\xB7 guidance ", c.guidance);
+      " \xC2\xB7 eta ", c.eta, " \xC2\xB7 ", c.steps, " steps",
+      c.spacing == Spacing::kLeading ? "" : absl::StrCat(" (", SpacingName(c.spacing), ")"),
+      " \xC2\xB7 guidance ", c.guidance);
   if (c.switch_prompt.empty()) {
     figure->switch_to.clear();
     return;

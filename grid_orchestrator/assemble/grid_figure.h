@@ -76,6 +76,7 @@ struct FigureCaption {
   // the rows do not switch.
   bool switch_unseen = false;
   std::string switch_negative_prompt;  // "" : the grid's
+  Spacing spacing = Spacing::kLeading;  // named when not leading
 };
 
 // Sets figure->title, subtitle and switch_to from `caption`, prompts cut to
@@ -88,6 +89,7 @@ struct FigureCaption {
 //   "seed 7 · eta 1 · 50 steps · guidance 0 · switch to: trouser changes nothing the model
 //    reads"
 //   "seed 7 · Euler ancestral · eta 1 · 50 steps · guidance 4"
+//   "seed 7 · Euler ancestral · eta 1 · 50 steps (linspace) · guidance 4"
 void SetCaption(const FigureCaption& caption, GridFigure* figure);
 
 // Renders the whole grid to PNG bytes (RGB, white background).

@@ -124,6 +124,12 @@ TEST(GridFigureTest, TheCaptionSaysTheRequestWithPromptsCut) {
   SetCaption({"emoji", "", "", 7, 1.0f, 30, 4.0f, "", false, Sampler::kEulerAncestral}, &figure);
   EXPECT_EQ(figure.subtitle,
             "seed 7 \xC2\xB7 Euler ancestral \xC2\xB7 eta 1 \xC2\xB7 30 steps \xC2\xB7 guidance 4");
+  // Leading spacing goes unnamed; the others are named with the steps.
+  FigureCaption linspace{"emoji", "", "", 7, 1.0f, 30, 4.0f, "", false, Sampler::kEulerAncestral};
+  linspace.spacing = Spacing::kLinspace;
+  SetCaption(linspace, &figure);
+  EXPECT_EQ(figure.subtitle, "seed 7 \xC2\xB7 Euler ancestral \xC2\xB7 eta 1 \xC2\xB7 30 steps "
+                             "(linspace) \xC2\xB7 guidance 4");
 
   // A promoted switched trunk says where its own prompt changes: its title
   // once gave the first prompt alone.

@@ -850,7 +850,7 @@ absl::StatusOr<v1::Grid> GridExecutor::GridRun::Assemble() {
   SetCaption({plan_.model, plan_.prompt, plan_.negative_prompt, plan_.trunk.init_seed, plan_.eta,
               plan_.steps, plan_.guidance, plan_.switch_prompt, plan_.trunk_noise, plan_.sampler,
               absl::StrJoin(trunk_switches, ", "), plan_.switch_unseen,
-              plan_.switch_negative_prompt},
+              plan_.switch_negative_prompt, plan_.spacing},
              &figure);
   absl::StatusOr<Picture> trunk_picture = PictureFromPng(trunk_.png);
   if (!trunk_picture.ok()) return trunk_picture.status();

@@ -117,6 +117,9 @@ std::string CurveTitle(const GridPlanSpec& plan, int trunks) {
 
 std::string CurveSubtitle(const GridPlanSpec& plan, uint64_t first_seed, int trunks) {
   std::string subtitle = absl::StrCat(plan.steps, " steps");
+  if (plan.spacing != Spacing::kLeading) {
+    absl::StrAppend(&subtitle, " (", SpacingName(plan.spacing), ")");
+  }
   if (plan.sampler == Sampler::kEulerAncestral) absl::StrAppend(&subtitle, " · Euler ancestral");
   absl::StrAppend(&subtitle, absl::StrFormat(" · eta %g · guidance %g", plan.eta, plan.guidance));
   if (!plan.negative_prompt.empty()) {

@@ -311,6 +311,10 @@ TEST(CurveWordsTest, TheTitleAndSubtitleSayWhatRan) {
             "10 steps · Euler ancestral · eta 1 · guidance 4 · negative \xE2\x80\x9C"
             "ghost\xE2\x80\x9D · "
             "the trunk's noise · seeds 5…6");
+  plan.spacing = Spacing::kTrailing;
+  EXPECT_EQ(CurveSubtitle(plan, 5, 2).rfind("10 steps (trailing) · Euler ancestral · ", 0), 0u)
+      << CurveSubtitle(plan, 5, 2);
+  plan.spacing = Spacing::kLeading;
   plan.sampler = Sampler::kDdim;
   plan.negative_prompt.clear();
   plan.switch_prompt.clear();
