@@ -24,6 +24,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   model.set_steps_offset(1);
   for (const char* p : {"t-shirt", "sneaker", "bag"}) model.add_prompts(p);
   model.mutable_defaults()->set_guidance(2);
+  // Float timesteps or not (Euler ancestral at linspace spacing needs them),
+  // from the request's own bytes.
+  model.set_float_timesteps(request.seed() % 2 == 1);
   const dgrid::PlanLimits limits;
   auto plan = dgrid::PlanGrid(request, model, limits);
   if (!plan.ok()) {

@@ -322,7 +322,7 @@ TEST_F(CliTest, GridTakesASamplerAndPromoteKeepsIt) {
   EXPECT_EQ(record.request().spacing(), v1::SPACING_TRAILING);
   EXPECT_EQ(record.grid().plan().sampler().spacing(), v1::SPACING_TRAILING);
   EXPECT_EQ(record.grid().plan().sampler().sampler(), v1::SAMPLER_EULER_ANCESTRAL);
-  EXPECT_NE(grid.output.find("(Euler ancestral, 10 steps)"), std::string::npos) << grid.output;
+  EXPECT_NE(grid.output.find("(Euler ancestral, trailing spacing, 10 steps)"), std::string::npos) << grid.output;
   const Ran promoted =
       RunCli({"promote", dir + "/euler.json", "--row=2", "--col=1", Target()}, dir);
   ASSERT_EQ(promoted.code, 0) << promoted.output;

@@ -76,7 +76,8 @@ class EngineAgainstReference(unittest.TestCase):
                 steps=steps, eta=0.0, guidance=GUIDANCE,
                 spacing={None: denoiser_pb2.SPACING_UNSPECIFIED,
                          "leading": denoiser_pb2.SPACING_LEADING,
-                         "trailing": denoiser_pb2.SPACING_TRAILING}[spacing]),
+                         "trailing": denoiser_pb2.SPACING_TRAILING,
+                         "linspace": denoiser_pb2.SPACING_LINSPACE}[spacing]),
             conditioning=denoiser_pb2.Conditioning(prompt=prompt, negative_prompt=negative))
         if size is not None:
             request.size.CopyFrom(denoiser_pb2.SizeConditioning(
@@ -120,6 +121,12 @@ class SdShaped(EngineAgainstReference):
         # the next timestep 932; 16 rounds a half to even (811, not 812).
         self.check("a photo of a cat", "a dog", steps=30, spacing="trailing")
         self.check("a red car on a snowy road", steps=16, spacing="trailing")
+
+    def test_linspace_steps(self):
+        # DDIM rounds linspace's timesteps (979, 958, ... at 50 steps) and
+        # steps t - T // n below each (979 to 959), as DDIMScheduler does.
+        self.check("a photo of a cat", "a dog", steps=50, spacing="linspace")
+        self.check("a red car on a snowy road", steps=7, spacing="linspace")
 
 
 class SdxlShaped(EngineAgainstReference):

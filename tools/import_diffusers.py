@@ -282,7 +282,8 @@ def schedule_from_diffusers(config):
         refused.append("clip_sample unset (DDIMScheduler's default is true; "
                        "set it to false if the model does not clip)")
     # Options that change the sampler (the Euler schedulers' sigma spacings
-    # among them: the engine's Euler ancestral spaces sigmas as DDIM does).
+    # among them: the engine's Euler ancestral takes sigma from the training
+    # table at its timesteps, interpolated at linspace's fractions).
     for key in ("clip_sample", "thresholding", "rescale_betas_zero_snr", "use_karras_sigmas",
                 "use_exponential_sigmas", "use_beta_sigmas"):
         if config.get(key):
@@ -302,18 +303,15 @@ def schedule_from_diffusers(config):
         refused.append(f"interpolation_type={config['interpolation_type']!r}")
     if config.get("final_sigmas_type", "zero") != "zero":
         refused.append(f"final_sigmas_type={config['final_sigmas_type']!r}")
-    # Without the key the Euler schedulers space timesteps "linspace", not
-    # DDIM's "leading".
-    euler = "Euler" in class_name
-    if euler and config.get("timestep_spacing") is None:
-        c["timestep_spacing"] = "linspace"
     if c["beta_schedule"] not in _BETA_SCHEDULES:
         refused.append(f"beta_schedule={c['beta_schedule']!r}")
     if c["prediction_type"] not in _PREDICTION_TYPES:
         refused.append(f"prediction_type={c['prediction_type']!r}")
     if c["timestep_spacing"] not in _SPACINGS:
         refused.append(f"timestep_spacing={c['timestep_spacing']!r}")
-    if config.get("timestep_spacing") is None and not euler and not refused:
+    # Without the key DDIMScheduler.from_config spaces timesteps "leading",
+    # diffusers' Euler schedulers "linspace".
+    if config.get("timestep_spacing") is None and not refused:
         warnings.warn("scheduler config: timestep_spacing is unset; the bundle's default is "
                       "'leading', as diffusers' DDIMScheduler.from_config reads it, where "
                       "EulerAncestralDiscreteScheduler.from_config would use 'linspace': ask "

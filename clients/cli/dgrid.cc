@@ -282,9 +282,20 @@ bool SizeFromFlags(v1::SizeConditioning* size) {
   return any;
 }
 
-// How a grid or a run names its sampler (unspecified on the wire is DDIM).
-std::string SamplerName(v1::Sampler sampler) {
-  return sampler == v1::SAMPLER_EULER_ANCESTRAL ? "Euler ancestral" : "DDIM";
+// How a grid or a run names its sampler (unspecified on the wire is DDIM),
+// with its spacing where that is not leading: "Euler ancestral, linspace
+// spacing".
+std::string SamplerName(const v1::SamplerConfig& config) {
+  const std::string name =
+      config.sampler() == v1::SAMPLER_EULER_ANCESTRAL ? "Euler ancestral" : "DDIM";
+  switch (config.spacing()) {
+    case v1::SPACING_TRAILING:
+      return name + ", trailing spacing";
+    case v1::SPACING_LINSPACE:
+      return name + ", linspace spacing";
+    default:
+      return name;
+  }
 }
 
 // --eta or --guidance when given: a negative value leaves the default. NaN
@@ -669,7 +680,7 @@ int StreamAndSave(const v1::GridRequest& request, const std::string& out) {
       if (!tty) {
         std::fprintf(stderr,
                      "plan: %d cells, %s, %d steps, %lld model evaluations (from scratch: %lld)\n",
-                     total, SamplerName(event.plan().sampler().sampler()).c_str(), steps,
+                     total, SamplerName(event.plan().sampler()).c_str(), steps,
                      static_cast<long long>(event.plan().model_evals()),
                      static_cast<long long>(event.plan().from_scratch_evals()));
       }
@@ -720,7 +731,7 @@ int StreamAndSave(const v1::GridRequest& request, const std::string& out) {
   std::cout << "wrote " << out << " and " << SidecarPath(out) << ": " << grid.rows_size()
             << " rows x " << grid.plan().branches()
             << (grid.plan().branches() == 1 ? " branch (" : " branches (")
-            << SamplerName(grid.plan().sampler().sampler()) << ", " << grid.plan().sampler().steps()
+            << SamplerName(grid.plan().sampler()) << ", " << grid.plan().sampler().steps()
             << " steps), " << grid.model_evals()
             << " model evaluations (plan " << grid.plan().model_evals() << ", from scratch "
             << grid.plan().from_scratch_evals() << "), " << grid.cache_hits()
@@ -843,7 +854,7 @@ int Curve() {
                      event.plan().branch_steps_size() == 1 ? "row" : "rows",
                      event.plan().branches(),
                      event.plan().branches() == 1 ? "branch" : "branches",
-                     SamplerName(event.plan().sampler().sampler()).c_str(),
+                     SamplerName(event.plan().sampler()).c_str(),
                      static_cast<long long>(event.plan().model_evals()));
       }
     } else if (event.has_progress()) {
@@ -1189,7 +1200,7 @@ int Branch() {
             << absl::GetFlag(FLAGS_prompt) << "\""
             << (negative.empty() ? "" : absl::StrCat(", negative \"", negative, "\""))
             << ", seed " << absl::GetFlag(FLAGS_seed) << ", "
-            << SamplerName(request.sampler().sampler()) << ", " << steps << " steps, "
+            << SamplerName(request.sampler()) << ", " << steps << " steps, "
             << final.model_evals() << " model evaluations)\n";
   return 0;
 }
@@ -1253,7 +1264,7 @@ int Step() {
     return absl::StrCat("mean ", mean, " std ", std::sqrt(std::max(0.0, sq / n - mean * mean)));
   };
   // The model too: a denoiser's first model ran when --model named none.
-  std::cout << "step " << step << " (" << SamplerName(request.sampler().sampler())
+  std::cout << "step " << step << " (" << SamplerName(request.sampler())
             << ") ran timestep " << response.timestep() << " of " << model.name()
             << "\n  x_next: "
             << stats(response.latents(0)) << "\n  x0_pred: " << stats(response.x0_previews(0))

@@ -41,7 +41,8 @@ class SamplerSchedule {
   // Whether the model reads a fractional timestep at some step (Euler
   // ancestral with linspace spacing): the bundle's model must take floats.
   bool fractional_timesteps() const;
-  // x_T = initial_scale() z (1 but for Euler ancestral with trailing spacing).
+  // x_T = initial_scale() z (1 but for Euler ancestral with trailing or
+  // linspace spacing).
   double initial_scale() const;
   // Step i in place; see DdimSchedule::Apply and EulerAncestralSchedule::Apply.
   void Apply(int i, float eta, absl::Span<const float> model_out, absl::Span<const float> z,

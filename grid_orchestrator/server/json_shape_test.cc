@@ -51,10 +51,10 @@ TEST(JsonShapeTest, WhatProtobufWouldAcceptLeniently) {
        "seed: expected a whole number from 0 (a number or a string of digits), got \"5\\n\""},
       {R"({"spacing": "99"})",
        "spacing: unknown value \"99\"; one of SPACING_UNSPECIFIED, SPACING_LEADING, "
-       "SPACING_TRAILING"},
+       "SPACING_TRAILING, SPACING_LINSPACE"},
       {R"({"spacing": " 1"})",
        "spacing: unknown value \" 1\"; one of SPACING_UNSPECIFIED, SPACING_LEADING, "
-       "SPACING_TRAILING"},
+       "SPACING_TRAILING, SPACING_LINSPACE"},
       {R"({"spacing": 1.5})", "spacing: expected a whole number, got 1.5"},
       {R"({"spacing": 2147483648})",
        "spacing: 2147483648 is out of range [-2147483648, 2147483647]"},

@@ -592,6 +592,9 @@ class Model:
     steps_offset: int = 0
     # A DDIM step below timestep 0 lands on alpha-bar 1 (adds no noise).
     set_alpha_to_one: bool = False
+    # The model reads float timesteps: only then does Euler ancestral run at
+    # linspace spacing (whose timesteps have fractions).
+    float_timesteps: bool = False
     # Size-conditioned (SDXL-style) models: what a size left at 0 gets, as
     # (original_size, crop, target_size); None for other models.
     default_size: Optional[SizePairs] = None
@@ -624,6 +627,7 @@ class Model:
             judge_labels=tuple(tuple(h.labels) for h in m.judge.heads),
             steps_offset=m.steps_offset,
             set_alpha_to_one=m.set_alpha_to_one,
+            float_timesteps=m.float_timesteps,
             default_size=size_pairs(m.default_size) if m.HasField("default_size") else None,
         )
 

@@ -335,6 +335,8 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(len(model.judge_labels), len(model.judge_heads))
         self.assertEqual(model.steps_offset, raw.steps_offset)
         self.assertEqual(model.set_alpha_to_one, raw.set_alpha_to_one)
+        self.assertEqual(model.float_timesteps, raw.float_timesteps)
+        self.assertTrue(model.float_timesteps)  # the shipped fashion-mnist's
         self.assertEqual(model.default_size is None, not raw.HasField("default_size"))
         trunk = [e for e in client.stream_grid(**small(760)) if isinstance(e, TrunkProgress)]
         self.assertTrue(trunk)
