@@ -1084,6 +1084,12 @@ def main(argv=None):
         p.error("--dtype fp16 needs --device cuda")
     if os.path.isfile(args.model) and args.family is None:
         p.error("--family sd or sdxl is needed for a checkpoint file")
+    # A pipeline folder carries its own configs and class: these went unread.
+    if os.path.isdir(args.model):
+        given = [f"--{k}" for k in ("family", "config", "original_config") if getattr(args, k)]
+        if given:
+            p.error(f"{', '.join(given)}: for a checkpoint file; {args.model} is a pipeline "
+                    "folder, which names its own pipeline class and configs")
     # The manifest reader's ranges (docs/bundle-format.md), before minutes of
     # export: a bundle past them was written, self-checked "ok", and then
     # refused by the denoiser.
