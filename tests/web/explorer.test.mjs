@@ -84,7 +84,7 @@ async function openPage(page, url) {
 }
 
 async function fillGrid(page, values) {
-  const SELECTS = ['model', 'prompt', 'switch', 'preset', 'noise', 'sampler'];
+  const SELECTS = ['model', 'prompt', 'switch', 'preset', 'noise', 'sampler', 'spacing'];
   for (const [field, value] of Object.entries(values)) {
     if (SELECTS.includes(field)) {
       await page.selectOption(testId(field), value);
@@ -1299,5 +1299,24 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     await waitForGrid(page);
     assert.deepEqual(await page.$$eval('.col-head', (nodes) => nodes.map((n) => n.textContent)),
         ['1', '2', '3', '4', '5', '6']);
+  }));
+  test('19. linspace spacing: the preset stops before its noiseless last DDIM step; the grid, its ' +
+      'summary and its link keep the spacing', {timeout: 90_000}, () => withPage('19-linspace', async (page) => {
+    await openPage(page, main.url);
+    const rowsPlaceholder = () => page.getAttribute(testId('rows'), 'placeholder');
+    // fashion-mnist, steps_offset 1: leading's last step runs timestep 1 and
+    // adds noise; linspace's runs timestep 0, which adds none.
+    await fillGrid(page, {steps: '5', rows: '', spacing: 'leading'});
+    assert.equal(await rowsPlaceholder(), 'preset: 0,1,2,3,4 of 5');
+    await fillGrid(page, {spacing: 'linspace'});
+    assert.equal(await rowsPlaceholder(), 'preset: 0,1,2,3 of 5');
+    // Euler ancestral runs linspace's fractions: this model takes them.
+    await runGrid(page, {seed: '7', steps: '12', rows: '0,4,8', cols: '2', spacing: 'linspace',
+      sampler: 'euler_ancestral'});
+    assert.equal(new URL(page.url()).searchParams.get('spacing'), 'linspace');
+    assert.match(await page.textContent(testId('summary')), /linspace spacing/);
+    // Rows are labelled with the rounded timesteps: after step 4 of 12,
+    // 8 * 999 / 11 = 726.5.
+    assert.match(await page.textContent('.row-label >> nth=1'), /t = 727/);
   }));
 });
