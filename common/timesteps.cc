@@ -16,7 +16,9 @@ std::vector<int> DdimTimesteps(int train, int steps, Spacing spacing, int steps_
   } else if (spacing == Spacing::kLinspace) {
     // diffusers "linspace" for DDIM: np.linspace(0, train - 1, steps).round(),
     // reversed (halves to even, as np.round).
-    for (int i = 0; i < steps; ++i) t[i] = static_cast<int>(std::nearbyint(LinspaceTimestep(train, steps, i)));
+    for (int i = 0; i < steps; ++i) {
+      t[i] = static_cast<int>(std::nearbyint(LinspaceTimestep(train, steps, i)));
+    }
   } else {
     // diffusers "trailing": np.round(np.arange(train, 0, -train / steps)) - 1,
     // as numpy computes it: arange's i-th value is start + i * delta with
@@ -66,7 +68,7 @@ std::string TimestepsProblem(int train_timesteps, int steps, Spacing spacing, in
                       train_timesteps - 1, "; ",
                       fits > 0 ? absl::StrCat(fits, " steps fit (the most below ", steps, "), ")
                                : "",
-                      "or give trailing spacing");
+                      "or give trailing or linspace spacing");
 }
 
 bool DdimLastStepAddsNoise(int last_timestep, int train_timesteps, int steps,

@@ -322,7 +322,8 @@ TEST_F(CliTest, GridTakesASamplerAndPromoteKeepsIt) {
   EXPECT_EQ(record.request().spacing(), v1::SPACING_TRAILING);
   EXPECT_EQ(record.grid().plan().sampler().spacing(), v1::SPACING_TRAILING);
   EXPECT_EQ(record.grid().plan().sampler().sampler(), v1::SAMPLER_EULER_ANCESTRAL);
-  EXPECT_NE(grid.output.find("(Euler ancestral, trailing spacing, 10 steps)"), std::string::npos) << grid.output;
+  EXPECT_NE(grid.output.find("(Euler ancestral, trailing spacing, 10 steps)"), std::string::npos)
+      << grid.output;
   const Ran promoted =
       RunCli({"promote", dir + "/euler.json", "--row=2", "--col=1", Target()}, dir);
   ASSERT_EQ(promoted.code, 0) << promoted.output;
@@ -346,6 +347,23 @@ TEST_F(CliTest, ModelsAndHealth) {
   EXPECT_EQ(direct.code, 0) << direct.output;
   EXPECT_EQ(models.output, direct.output);
   EXPECT_NE(models.output.find(", latent "), std::string::npos) << models.output;
+  // fashion-mnist reads float timesteps at leading spacing: neither is said.
+  EXPECT_EQ(models.output.find("whole timesteps"), std::string::npos) << models.output;
+  EXPECT_EQ(models.output.find(" spacing"), std::string::npos) << models.output;
+  {
+    // tinyconv's model takes whole timesteps (Euler ancestral at linspace is
+    // refused for it), and its default spacing is trailing.
+    StackOptions options;
+    options.model_dir = FixtureDir("tinyconv");
+    options.denoisers = 1;
+    auto fixture = Stack::Start(options, "cli-models");
+    ASSERT_TRUE(fixture.ok()) << fixture.status();
+    const Ran listed =
+        RunCli({"models", "--target=" + (*fixture)->orchestrator_address()}, stack_->dir());
+    EXPECT_NE(listed.output.find(", guidance 2, trailing spacing, whole timesteps)"),
+              std::string::npos)
+        << listed.output;
+  }
   const Ran health = RunCli({"health", Target()}, stack_->dir());
   EXPECT_EQ(health.code, 0);
   EXPECT_NE(health.output.find("SERVING"), std::string::npos);

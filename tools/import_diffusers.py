@@ -793,7 +793,7 @@ def check_steps(train_timesteps, steps, spacing, offset):
                              f"reach timestep {first} of a schedule that ends at "
                              f"{train_timesteps - 1}; "
                              + (f"{fit} steps fit (the most below {steps})" if fit else
-                                "no step count fits") + ", or give --spacing trailing")
+                                "no step count fits") + ", or give --spacing trailing or linspace")
 
 
 def ddim_timesteps(train_timesteps, steps, spacing, offset):
@@ -1084,12 +1084,13 @@ def main(argv=None):
         p.error("--dtype fp16 needs --device cuda")
     if os.path.isfile(args.model) and args.family is None:
         p.error("--family sd or sdxl is needed for a checkpoint file")
-    # A pipeline folder carries its own configs and class: these went unread.
-    if os.path.isdir(args.model):
+    # A pipeline folder (or hub id) carries its own configs and class: these
+    # went unread.
+    if not os.path.isfile(args.model):
         given = [f"--{k}" for k in ("family", "config", "original_config") if getattr(args, k)]
         if given:
-            p.error(f"{', '.join(given)}: for a checkpoint file; {args.model} is a pipeline "
-                    "folder, which names its own pipeline class and configs")
+            p.error(f"{', '.join(given)}: for a checkpoint file; {args.model} is not one but a "
+                    "pipeline (a folder or hub id), which names its own class and configs")
     # The manifest reader's ranges (docs/bundle-format.md), before minutes of
     # export: a bundle past them was written, self-checked "ok", and then
     # refused by the denoiser.

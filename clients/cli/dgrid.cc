@@ -1055,7 +1055,10 @@ void PrintModel(const v1::ModelInfo& m) {
   std::cout << m.name() << " (version " << m.version() << ", latent "
             << absl::StrJoin(m.latent_shape(), "x") << ", default " << m.defaults().steps()
             << " steps, eta " << m.defaults().eta() << ", guidance " << m.defaults().guidance()
-            << ")\n";
+            << (m.defaults().spacing() == v1::SPACING_TRAILING   ? ", trailing spacing"
+                : m.defaults().spacing() == v1::SPACING_LINSPACE ? ", linspace spacing"
+                                                                 : "")
+            << (m.float_timesteps() ? "" : ", whole timesteps") << ")\n";
   PrintPrompts(m);
 }
 

@@ -384,8 +384,8 @@ absl::StatusOr<std::shared_ptr<const SamplerSchedule>> TrajectoryBatcher::Schedu
         "sampler.spacing",
         absl::StrCat(": Euler ancestral with linspace spacing runs fractional timesteps, and ",
                      model_->manifest().name,
-                     "'s model takes integer ones (its manifest's timestep_dtype is \"long\"); "
-                     "give leading or trailing spacing, or DDIM"));
+                     " takes whole ones (its bundle's timestep_dtype is \"long\"); give leading "
+                     "or trailing spacing, or DDIM"));
   }
   auto schedule = std::make_shared<const SamplerSchedule>(std::move(*created));
   // Few distinct (steps, spacing, sampler) choices occur; keep the list
