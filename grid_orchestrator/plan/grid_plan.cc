@@ -206,10 +206,21 @@ absl::Status PlanSampler(const v1::GridRequest& request, const v1::ModelInfo& mo
     return Invalid(
         absl::StrCat("guidance must be in [0, 100], got ", ExactNumber(plan->guidance)));
   }
-  ASSIGN_OR_RETURN(const Spacing model_default,
-                   SpacingFromProto(model.defaults().spacing(), Spacing::kLeading,
-                                    "the model's default spacing"));
-  ASSIGN_OR_RETURN(plan->spacing, SpacingFromProto(request.spacing(), model_default, "spacing"));
+  if (request.spacing() != v1::SPACING_UNSPECIFIED) {
+    ASSIGN_OR_RETURN(plan->spacing, SpacingFromProto(request.spacing(), {}, "spacing"));
+  } else {
+    // A default this orchestrator does not know (a newer denoiser's) is the
+    // model's, not the client's: FAILED_PRECONDITION, and a request that
+    // names its spacing still runs.
+    absl::StatusOr<Spacing> model_default =
+        SpacingFromProto(model.defaults().spacing(), Spacing::kLeading, "spacing");
+    if (!model_default.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          model.name(), "'s default spacing (", static_cast<int>(model.defaults().spacing()),
+          ") is unknown to this orchestrator; give spacing"));
+    }
+    plan->spacing = *model_default;
+  }
   if (const std::string problem = TimestepsProblem(model.train_timesteps(), plan->steps,
                                                    plan->spacing, model.steps_offset());
       !problem.empty()) {
