@@ -61,14 +61,11 @@ TEST(SamplerProcessTest, TheCacheTellsTheSamplersApart) {
 // shipped class model, whose model takes float timesteps: at 12 steps every
 // timestep but the ends has a fraction (999 / 11).
 v1::GridRequest Linspace(v1::Sampler sampler) {
-  v1::GridRequest r;
+  v1::GridRequest r = Request(sampler);
   r.set_prompt("sneaker");
   r.set_seed(8);
-  r.set_sampler(sampler);
   r.set_spacing(v1::SPACING_LINSPACE);
   r.mutable_steps()->set_value(12);
-  r.mutable_branches()->set_value(2);
-  for (int k : {0, 4, 8}) r.add_branch_steps(k);
   return r;
 }
 
