@@ -1054,10 +1054,10 @@ def _sdxl_parts(pipe, image_shape):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True, help="pipeline folder or checkpoint file")
+    p.add_argument("--model", required=True, help="pipeline folder, hub id or checkpoint file")
     p.add_argument("--out_dir", required=True)
     p.add_argument("--family", choices=_FAMILIES, default=None,
-                   help="a checkpoint file's family: sd (1.x, 2.x) or sdxl; a folder says it")
+                   help="a checkpoint file's family: sd (1.x, 2.x) or sdxl; a pipeline says it")
     p.add_argument("--config", default=None,
                    help="a checkpoint file: a diffusers-format folder with its pipeline's "
                         "configs and tokenizers, read instead of fetching them")
@@ -1085,9 +1085,14 @@ def main(argv=None):
     if os.path.isfile(args.model) and args.family is None:
         p.error("--family sd or sdxl is needed for a checkpoint file")
     # A pipeline folder (or hub id) carries its own configs and class: these
-    # went unread.
+    # went unread. A path that names nothing (a mistyped checkpoint) is said
+    # as such, not taken for a hub id.
     if not os.path.isfile(args.model):
         given = [f"--{k}" for k in ("family", "config", "original_config") if getattr(args, k)]
+        if given and not os.path.exists(args.model) and (
+                args.model.startswith(("/", ".", "~")) or args.model.count("/") > 1 or
+                args.model.endswith((".safetensors", ".ckpt", ".bin", ".pt"))):
+            p.error(f"--model {args.model}: no such file or folder")
         if given:
             p.error(f"{', '.join(given)}: for a checkpoint file; {args.model} is not one but a "
                     "pipeline (a folder or hub id), which names its own class and configs")

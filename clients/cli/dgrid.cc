@@ -1057,7 +1057,11 @@ void PrintModel(const v1::ModelInfo& m) {
             << " steps, eta " << m.defaults().eta() << ", guidance " << m.defaults().guidance()
             << (m.defaults().spacing() == v1::SPACING_TRAILING   ? ", trailing spacing"
                 : m.defaults().spacing() == v1::SPACING_LINSPACE ? ", linspace spacing"
-                                                                 : "")
+                : m.defaults().spacing() == v1::SPACING_LEADING ||
+                        m.defaults().spacing() == v1::SPACING_UNSPECIFIED
+                    ? ""
+                    : absl::StrCat(", spacing ", static_cast<int>(m.defaults().spacing()),
+                                   " (unknown)"))
             << (m.float_timesteps() ? "" : ", whole timesteps") << ")\n";
   PrintPrompts(m);
 }

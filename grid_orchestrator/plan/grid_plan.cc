@@ -209,15 +209,15 @@ absl::Status PlanSampler(const v1::GridRequest& request, const v1::ModelInfo& mo
   if (request.spacing() != v1::SPACING_UNSPECIFIED) {
     ASSIGN_OR_RETURN(plan->spacing, SpacingFromProto(request.spacing(), {}, "spacing"));
   } else {
-    // A default this orchestrator does not know (a newer denoiser's) is the
-    // model's, not the client's: FAILED_PRECONDITION, and a request that
-    // names its spacing still runs.
+    // A default this orchestrator does not know (a newer denoiser's) is not
+    // the client's mistake: UNIMPLEMENTED (counted failed, HTTP 500), and a
+    // request that names its spacing still runs.
     absl::StatusOr<Spacing> model_default =
         SpacingFromProto(model.defaults().spacing(), Spacing::kLeading, "spacing");
     if (!model_default.ok()) {
-      return absl::FailedPreconditionError(absl::StrCat(
+      return absl::UnimplementedError(absl::StrCat(
           model.name(), "'s default spacing (", static_cast<int>(model.defaults().spacing()),
-          ") is unknown to this orchestrator; give spacing"));
+          ") is unknown to this orchestrator; a request that names its spacing runs"));
     }
     plan->spacing = *model_default;
   }

@@ -289,15 +289,17 @@ TEST(GridPlanTest, LinspaceEulerAncestralNeedsAModelThatTakesFloatTimesteps) {
 }
 
 // A default spacing this orchestrator does not know (a newer denoiser's) is
-// not the client's fault, and a request that names its spacing runs.
+// not the client's fault (UNIMPLEMENTED, counted failed), and a request that
+// names its spacing runs.
 TEST(GridPlanTest, AnUnknownDefaultSpacingIsTheModelsAndARequestsSpacingRuns) {
   v1::ModelInfo newer = Model();
   newer.mutable_defaults()->set_spacing(static_cast<v1::Spacing>(9));
   v1::GridRequest r;
   const absl::Status refused = PlanGrid(r, newer, {}).status();
-  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kUnimplemented);
   EXPECT_EQ(refused.message(),
-            "fashion-mnist's default spacing (9) is unknown to this orchestrator; give spacing");
+            "fashion-mnist's default spacing (9) is unknown to this orchestrator; a request that "
+            "names its spacing runs");
   r.set_spacing(v1::SPACING_TRAILING);
   EXPECT_TRUE(PlanGrid(r, newer, {}).ok()) << PlanGrid(r, newer, {}).status();
   r.set_spacing(static_cast<v1::Spacing>(9));
