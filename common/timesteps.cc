@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 
 namespace dgrid {
 
@@ -52,6 +53,20 @@ bool LinspaceHasFractions(int train, int steps) {
     if (t != std::nearbyint(t)) return true;
   }
   return false;
+}
+
+std::string LinspaceFractionsProblem(const std::string& model, int train, int steps) {
+  std::vector<int> whole = {1};
+  for (int n = 2; n <= train && whole.size() <= 12; ++n) {
+    if ((train - 1) % (n - 1) == 0) whole.push_back(n);
+  }
+  const bool more = whole.size() > 12;
+  if (more) whole.resize(12);
+  return absl::StrCat("Euler ancestral with linspace spacing runs fractional timesteps at ", steps,
+                      " steps, and ", model,
+                      " takes whole ones (its bundle's timestep_dtype is \"long\"); give leading "
+                      "or trailing spacing, DDIM, or a step count whose linspace timesteps are "
+                      "whole (", absl::StrJoin(whole, ", "), more ? ", ..." : "", ")");
 }
 
 std::string TimestepsProblem(int train_timesteps, int steps, Spacing spacing, int steps_offset) {

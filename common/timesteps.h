@@ -24,6 +24,11 @@ double LinspaceTimestep(int train_timesteps, int steps, int i);
 // then needs a model that takes float timesteps): unless steps - 1 divides
 // train_timesteps - 1.
 bool LinspaceHasFractions(int train_timesteps, int steps);
+// Why `model`, whose timesteps are whole (timestep_dtype "long"), cannot run
+// Euler ancestral at linspace spacing with `steps` steps, for the caller to
+// put after its field's name; it names the step counts that can (1 and those
+// where steps - 1 divides train_timesteps - 1, the first 12).
+std::string LinspaceFractionsProblem(const std::string& model, int train_timesteps, int steps);
 
 // Requires 1 <= steps <= train_timesteps. Values are clamped to
 // [0, train_timesteps - 1].

@@ -381,11 +381,9 @@ absl::StatusOr<std::shared_ptr<const SamplerSchedule>> TrajectoryBatcher::Schedu
   if (!created.ok()) return created.status();
   if (created->fractional_timesteps() && !model_->manifest().timestep_is_float) {
     return InvalidFieldError(
-        "sampler.spacing",
-        absl::StrCat(": Euler ancestral with linspace spacing runs fractional timesteps, and ",
-                     model_->manifest().name,
-                     " takes whole ones (its bundle's timestep_dtype is \"long\"); give leading "
-                     "or trailing spacing, or DDIM"));
+        "sampler.spacing", absl::StrCat(": ", LinspaceFractionsProblem(model_->manifest().name,
+                                                                        spec.train_timesteps,
+                                                                        choice.steps)));
   }
   auto schedule = std::make_shared<const SamplerSchedule>(std::move(*created));
   // Few distinct (steps, spacing, sampler) choices occur; keep the list

@@ -229,9 +229,8 @@ absl::Status PlanSampler(const v1::GridRequest& request, const v1::ModelInfo& mo
   if (plan->sampler == Sampler::kEulerAncestral && plan->spacing == Spacing::kLinspace &&
       !model.float_timesteps() && LinspaceHasFractions(model.train_timesteps(), plan->steps)) {
     return Invalid(absl::StrCat(
-        "spacing: Euler ancestral with linspace spacing runs fractional timesteps, and ",
-        model.name(), " takes whole ones (its bundle's timestep_dtype is \"long\"); give "
-        "leading or trailing spacing, or DDIM"));
+        "spacing: ",
+        LinspaceFractionsProblem(model.name(), model.train_timesteps(), plan->steps)));
   }
   plan->timesteps =
       DdimTimesteps(model.train_timesteps(), plan->steps, plan->spacing, model.steps_offset());

@@ -278,9 +278,10 @@ TEST(GridPlanTest, LinspaceEulerAncestralNeedsAModelThatTakesFloatTimesteps) {
   EXPECT_EQ(ddim->timesteps.back(), 0);
   r.set_preset("euler_a");
   EXPECT_EQ(PlanGrid(r, Model(), {}).status().message(),
-            "spacing: Euler ancestral with linspace spacing runs fractional timesteps, and "
-            "fashion-mnist takes whole ones (its bundle's timestep_dtype is \"long\"); give "
-            "leading or trailing spacing, or DDIM");
+            "spacing: Euler ancestral with linspace spacing runs fractional timesteps at 50 "
+            "steps, and fashion-mnist takes whole ones (its bundle's timestep_dtype is "
+            "\"long\"); give leading or trailing spacing, DDIM, or a step count whose linspace "
+            "timesteps are whole (1, 2, 4, 10, 28, 38, 112, 334, 1000)");
   v1::ModelInfo floats = Model();
   floats.set_float_timesteps(true);
   EXPECT_TRUE(PlanGrid(r, floats, {}).ok()) << PlanGrid(r, floats, {}).status();
