@@ -282,20 +282,27 @@ bool SizeFromFlags(v1::SizeConditioning* size) {
   return any;
 }
 
-// How a grid or a run names its sampler (unspecified on the wire is DDIM),
-// with its spacing where that is not leading: "Euler ancestral, linspace
-// spacing".
-std::string SamplerName(const v1::SamplerConfig& config) {
-  const std::string name =
-      config.sampler() == v1::SAMPLER_EULER_ANCESTRAL ? "Euler ancestral" : "DDIM";
-  switch (config.spacing()) {
+// A spacing that is not leading (or unspecified), as a summary names it:
+// ", linspace spacing".
+std::string SpacingNote(v1::Spacing spacing) {
+  switch (spacing) {
+    case v1::SPACING_UNSPECIFIED:
+    case v1::SPACING_LEADING:
+      return "";
     case v1::SPACING_TRAILING:
-      return name + ", trailing spacing";
+      return ", trailing spacing";
     case v1::SPACING_LINSPACE:
-      return name + ", linspace spacing";
+      return ", linspace spacing";
     default:
-      return name;
+      return absl::StrCat(", spacing ", static_cast<int>(spacing), " (unknown)");
   }
+}
+
+// How a grid or a run names its sampler (unspecified on the wire is DDIM),
+// with its spacing: "Euler ancestral, linspace spacing".
+std::string SamplerName(const v1::SamplerConfig& config) {
+  return (config.sampler() == v1::SAMPLER_EULER_ANCESTRAL ? "Euler ancestral" : "DDIM") +
+         SpacingNote(config.spacing());
 }
 
 // --eta or --guidance when given: a negative value leaves the default. NaN
@@ -1055,14 +1062,7 @@ void PrintModel(const v1::ModelInfo& m) {
   std::cout << m.name() << " (version " << m.version() << ", latent "
             << absl::StrJoin(m.latent_shape(), "x") << ", default " << m.defaults().steps()
             << " steps, eta " << m.defaults().eta() << ", guidance " << m.defaults().guidance()
-            << (m.defaults().spacing() == v1::SPACING_TRAILING   ? ", trailing spacing"
-                : m.defaults().spacing() == v1::SPACING_LINSPACE ? ", linspace spacing"
-                : m.defaults().spacing() == v1::SPACING_LEADING ||
-                        m.defaults().spacing() == v1::SPACING_UNSPECIFIED
-                    ? ""
-                    : absl::StrCat(", spacing ", static_cast<int>(m.defaults().spacing()),
-                                   " (unknown)"))
-            << (m.float_timesteps() ? "" : ", whole timesteps") << ")\n";
+            << SpacingNote(m.defaults().spacing()) << (m.float_timesteps() ? "" : ", whole timesteps") << ")\n";
   PrintPrompts(m);
 }
 
