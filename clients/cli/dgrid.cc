@@ -1062,7 +1062,8 @@ void PrintModel(const v1::ModelInfo& m) {
   std::cout << m.name() << " (version " << m.version() << ", latent "
             << absl::StrJoin(m.latent_shape(), "x") << ", default " << m.defaults().steps()
             << " steps, eta " << m.defaults().eta() << ", guidance " << m.defaults().guidance()
-            << SpacingNote(m.defaults().spacing()) << (m.float_timesteps() ? "" : ", whole timesteps") << ")\n";
+            << SpacingNote(m.defaults().spacing())
+            << (m.float_timesteps() ? "" : ", whole timesteps") << ")\n";
   PrintPrompts(m);
 }
 
