@@ -49,14 +49,6 @@ absl::StatusOr<EulerAncestralSchedule> EulerAncestralSchedule::Create(
   return s;
 }
 
-bool EulerAncestralSchedule::fractional_timesteps() const {
-  // As LinspaceHasFractions, which the orchestrator asks.
-  for (size_t i = 0; i < timesteps_.size(); ++i) {
-    if (model_timesteps_[i] != static_cast<float>(timesteps_[i])) return true;
-  }
-  return false;
-}
-
 double EulerAncestralSchedule::sigma_up(int i, float eta) const {
   const double from = sigmas_[i], to = sigmas_[i + 1];
   const double variance = to * to * (from * from - to * to) / (from * from);

@@ -48,7 +48,6 @@ class EulerAncestralSchedule {
   int timestep(int i) const { return timesteps_[i]; }
   // The timestep the model reads at step i (fractional with linspace).
   float model_timestep(int i) const { return model_timesteps_[i]; }
-  bool fractional_timesteps() const;
   // The noise level at step i's input; sigma(steps()) is 0.
   double sigma(int i) const { return sigmas_[i]; }
   // The fresh noise step i adds, in the sigma scale.

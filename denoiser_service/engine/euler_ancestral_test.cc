@@ -195,7 +195,7 @@ TEST(EulerAncestralTest, LinspaceRunsFractionalTimesteps) {
   const NoiseScheduleSpec spec = StableDiffusion(PredictionType::kEpsilon);
   auto s = EulerAncestralSchedule::Create(spec, 50, Spacing::kLinspace);
   ASSERT_TRUE(s.ok());
-  EXPECT_TRUE(s->fractional_timesteps());
+  EXPECT_TRUE(LinspaceHasFractions(1000, 50));
   EXPECT_EQ(s->model_timestep(0), 999.0f);
   EXPECT_FLOAT_EQ(s->model_timestep(1), 999.0f * 48 / 49);  // 978.61...
   EXPECT_EQ(s->timestep(1), 979);
@@ -209,9 +209,11 @@ TEST(EulerAncestralTest, LinspaceRunsFractionalTimesteps) {
   EXPECT_NEAR(s->initial_scale(), sigma0 / std::sqrt(sigma0 * sigma0 + 1), 1e-12);
   // Whole timesteps at leading and trailing spacing, and at one step.
   for (Spacing spacing : {Spacing::kLeading, Spacing::kTrailing}) {
-    EXPECT_FALSE(EulerAncestralSchedule::Create(spec, 50, spacing)->fractional_timesteps());
+    auto whole = EulerAncestralSchedule::Create(spec, 50, spacing);
+    for (int i = 0; i < 50; ++i) EXPECT_EQ(whole->model_timestep(i), whole->timestep(i));
   }
-  EXPECT_FALSE(EulerAncestralSchedule::Create(spec, 1, Spacing::kLinspace)->fractional_timesteps());
+  EXPECT_FALSE(LinspaceHasFractions(1000, 1));
+  EXPECT_EQ(EulerAncestralSchedule::Create(spec, 1, Spacing::kLinspace)->model_timestep(0), 0.0f);
 }
 
 std::vector<double> ReadNumbers(std::istringstream& line) {

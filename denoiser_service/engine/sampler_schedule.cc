@@ -32,11 +32,6 @@ float SamplerSchedule::model_timestep(int i) const {
   return static_cast<float>(timestep(i));
 }
 
-bool SamplerSchedule::fractional_timesteps() const {
-  const auto* euler = std::get_if<EulerAncestralSchedule>(&schedule_);
-  return euler != nullptr && euler->fractional_timesteps();
-}
-
 double SamplerSchedule::initial_scale() const {
   if (const auto* euler = std::get_if<EulerAncestralSchedule>(&schedule_)) {
     return euler->initial_scale();

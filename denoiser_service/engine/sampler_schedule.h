@@ -38,9 +38,6 @@ class SamplerSchedule {
   // fraction), and the one the model reads.
   int timestep(int i) const;
   float model_timestep(int i) const;
-  // Whether the model reads a fractional timestep at some step (Euler
-  // ancestral with linspace spacing): the bundle's model must take floats.
-  bool fractional_timesteps() const;
   // x_T = initial_scale() z (1 but for Euler ancestral with trailing or
   // linspace spacing).
   double initial_scale() const;

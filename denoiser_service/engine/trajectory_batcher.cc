@@ -15,6 +15,7 @@
 #include "common/philox.h"
 #include "common/short_text.h"
 #include "common/status_macros.h"
+#include "common/timesteps.h"
 #include "denoiser_service/engine/denoiser_model.h"
 #include "denoiser_service/engine/field_error.h"
 #include "denoiser_service/text/tokenizer.h"
@@ -377,14 +378,17 @@ absl::StatusOr<std::shared_ptr<const SamplerSchedule>> TrajectoryBatcher::Schedu
       !problem.empty()) {
     return InvalidFieldError("sampler.steps", absl::StrCat(": ", problem));
   }
-  absl::StatusOr<SamplerSchedule> created = SamplerSchedule::Create(spec, choice);
-  if (!created.ok()) return created.status();
-  if (created->fractional_timesteps() && !model_->manifest().timestep_is_float) {
+  // The planner's rule, before any work.
+  if (choice.sampler == Sampler::kEulerAncestral && choice.spacing == Spacing::kLinspace &&
+      !model_->manifest().timestep_is_float &&
+      LinspaceHasFractions(spec.train_timesteps, choice.steps)) {
     return InvalidFieldError(
         "sampler.spacing", absl::StrCat(": ", LinspaceFractionsProblem(model_->manifest().name,
                                                                         spec.train_timesteps,
                                                                         choice.steps)));
   }
+  absl::StatusOr<SamplerSchedule> created = SamplerSchedule::Create(spec, choice);
+  if (!created.ok()) return created.status();
   auto schedule = std::make_shared<const SamplerSchedule>(std::move(*created));
   // Few distinct (steps, spacing, sampler) choices occur; keep the list
   // short anyway.
