@@ -1010,15 +1010,24 @@ gridBox.addEventListener('click', (event) => {
 });
 gridBox.addEventListener('keydown', (event) => {
   const cell = cellOf(event.target);
+  if (!cell) return;
   const moves = {ArrowLeft: [0, -1], ArrowRight: [0, 1], ArrowUp: [-1, 0], ArrowDown: [1, 0]};
-  if (!cell || !moves[event.key]) return;
-  const [dr, dc] = moves[event.key];
-  // Past cells that never came (a stopped or failed grid), to the next one
-  // that did, as far as the grid goes.
-  const at = (r, c) => gridBox.querySelector(`[data-testid="cell"][data-row="${r}"][data-col="${c}"]`);
-  let next = at(cell.row + dr, cell.col + dc);
-  for (let r = cell.row + dr, c = cell.col + dc; next?.disabled; r += dr, c += dc) {
-    next = at(r + dr, c + dc);
+  let next = null;
+  if (moves[event.key]) {
+    const [dr, dc] = moves[event.key];
+    // Past cells that never came (a stopped or failed grid), to the next one
+    // that did, as far as the grid goes.
+    const at = (r, c) => gridBox.querySelector(`[data-testid="cell"][data-row="${r}"][data-col="${c}"]`);
+    next = at(cell.row + dr, cell.col + dc);
+    for (let r = cell.row + dr, c = cell.col + dc; next?.disabled; r += dr, c += dc) {
+      next = at(r + dr, c + dc);
+    }
+  } else if (event.key === 'Home' || event.key === 'End') {
+    // As a data grid's keys go: the row's first or last cell that came,
+    // with Ctrl the whole grid's.
+    const row = event.ctrlKey ? '' : `[data-row="${cell.row}"]`;
+    const came = gridBox.querySelectorAll(`[data-testid="cell"]${row}:not([disabled])`);
+    next = came[event.key === 'Home' ? 0 : came.length - 1] ?? null;
   }
   if (next) {
     event.preventDefault();
@@ -1029,6 +1038,9 @@ gridBox.addEventListener('keydown', (event) => {
 function promote({row, col}, byKeyboard) {
   const cell = view?.cells.get(cellKey(row, col));
   if (!cell?.path) return;
+  // The trunk itself (a promoted cell in its own row): promoting it would
+  // run the grid on screen again.
+  if (view.plan?.trunk && encodePath(cell.path) === encodePath(view.plan.trunk)) return;
   const state = {...view.state, trunk: cell.path};
   fillControls(state);
   hovered = null;

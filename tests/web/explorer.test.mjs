@@ -303,6 +303,17 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     await page.keyboard.press('ArrowDown');
     await page.waitForSelector(`${testId('trajectory')}[data-focus="2,0"]`);
     assert.equal(await page.evaluate(() => document.activeElement.dataset.row), '2');
+    // Home and End go to the row's ends, with Ctrl to the grid's (they did
+    // nothing).
+    const focused = () => page.evaluate(() => `${document.activeElement.dataset.row},${document.activeElement.dataset.col}`);
+    await page.keyboard.press('End');
+    assert.equal(await focused(), `2,${COLS - 1}`);
+    await page.keyboard.press('Home');
+    assert.equal(await focused(), '2,0');
+    await page.keyboard.press('Control+End');
+    assert.equal(await focused(), `${ROWS - 1},${COLS - 1}`);
+    await page.keyboard.press('Control+Home');
+    assert.equal(await focused(), '0,0');
   }));
 
   test('4. promoting a cell makes it the trunk and changes the URL', {timeout: 90_000}, () => withPage('04-promote', async (page) => {
@@ -326,6 +337,17 @@ describe('diffusion grid explorer', {concurrency: false}, () => {
     assert.equal(await page.getAttribute(target, 'data-trunk'), 'true');
     assert.match(await page.getAttribute(target, 'aria-label'), /: the trunk itself$/);
     assert.equal(await page.getAttribute(cell(1, 1), 'data-trunk'), null);
+    // Clicking it runs nothing (it ran the same grid again).
+    let streams = 0;
+    const countStreams = (request) => { if (request.url().endsWith('/api/v1/grid/stream')) streams++; };
+    page.on('request', countStreams);
+    const promotedHistory = await page.evaluate(() => history.length);
+    await page.click(target);
+    await page.waitForTimeout(500);
+    page.off('request', countStreams);
+    assert.equal(streams, 0, 'no grid ran');
+    assert.equal(await page.getAttribute(testId('grid'), 'data-state'), 'done');
+    assert.equal(await page.evaluate(() => history.length), promotedHistory);
     // Fewer steps than the promoted path's segments: the message names the
     // promoted trunk, not the wire's field (trunk.segments[1].from_step).
     await fillGrid(page, {steps: '4'});
