@@ -691,7 +691,8 @@ TEST_F(HttpGatewayTest, AnswersAreCountedByRouteAndStatus) {
   const double models = count("models", 200), health = count("health", 200),
                bad_json = count("grid", 400), unauthorized = count("models", 401),
                missing = count("api_other", 404), page = count("page", 200),
-               late = count("connection", 408);
+               late = count("connection", 408), overlong = count("connection", 414),
+               malformed = count("connection", 400);
   EXPECT_EQ(Exchange(port_, Request("GET", "/api/v1/models", {kAuth})).status, 200);
   EXPECT_EQ(Exchange(port_, Request("GET", "/healthz")).status, 200);
   EXPECT_EQ(Exchange(port_, Request("POST", "/api/v1/grid",
@@ -703,6 +704,11 @@ TEST_F(HttpGatewayTest, AnswersAreCountedByRouteAndStatus) {
   EXPECT_EQ(Exchange(port_, Request("GET", "/")).status, 200);
   // A request line that never ends: answered before httplib read it.
   EXPECT_EQ(Exchange(port_, "GET /api/v1/mod", absl::Seconds(20)).status, 408);
+  // A request line past httplib's 8 KiB, and one it cannot parse: not read
+  // as a request either (they counted as route "page", an API path too).
+  EXPECT_EQ(Exchange(port_, Request("GET", "/api/v1/models?x=" + std::string(9000, 'a'))).status,
+            414);
+  EXPECT_EQ(Exchange(port_, "NOT-A-REQUEST\r\n\r\n").status, 400);
   EXPECT_EQ(count("models", 200), models + 1);
   EXPECT_EQ(count("health", 200), health + 1);
   EXPECT_EQ(count("grid", 400), bad_json + 1);
@@ -710,6 +716,8 @@ TEST_F(HttpGatewayTest, AnswersAreCountedByRouteAndStatus) {
   EXPECT_EQ(count("api_other", 404), missing + 1);
   EXPECT_EQ(count("page", 200), page + 1);
   EXPECT_EQ(count("connection", 408), late + 1);
+  EXPECT_EQ(count("connection", 414), overlong + 1);
+  EXPECT_EQ(count("connection", 400), malformed + 1);
 }
 
 // A head paced to stay under each read's timeout (a line a second) is cut

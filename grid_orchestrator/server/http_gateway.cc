@@ -1474,7 +1474,10 @@ absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(const HttpGatewa
   if (o.metrics) {
     server.set_logger([metrics = o.metrics](const httplib::Request& request,
                                             const httplib::Response& response) {
-      metrics->CountHttpAnswer(RouteOf(request.path), response.status);
+      // No path: httplib answered before it read a request line (one past
+      // its 8 KiB, or malformed), as the gateway's own "connection" answers.
+      metrics->CountHttpAnswer(request.path.empty() ? "connection" : RouteOf(request.path),
+                               response.status);
     });
   }
   if (!o.web_dir.empty() && !server.set_mount_point("/", o.web_dir)) {
