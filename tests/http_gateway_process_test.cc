@@ -41,7 +41,9 @@ namespace {
 using testing::ChildProcess;
 using testing::Stack;
 
-constexpr char kToken[] = "http-gateway-test-token";
+// With a "%41" in it: httplib percent-decoded header values, and this token
+// never matched.
+constexpr char kToken[] = "http-gateway-test-%41-token";
 constexpr char kAllowedOrigin[] = "http://allowed.example";
 // The first stack's --http_head_timeout_s (default 10), short to keep the
 // slow-client tests short. Answers that must not wait on slow clients are
@@ -783,6 +785,16 @@ TEST_F(HttpGatewayTest, ARequestThatStopsComingIsAnswered408) {
   }
 }
 
+// A token is compared as sent: with the "%41" of kToken decoded it is
+// another token.
+TEST_F(HttpGatewayTest, ATokenIsReadAsSent) {
+  EXPECT_EQ(Exchange(port_, Request("GET", "/api/v1/models", {kAuth})).status, 200);
+  const std::string decoded = absl::StrReplaceAll(kAuth.value, {{"%41", "A"}});
+  ASSERT_NE(decoded, kAuth.value);
+  EXPECT_EQ(Exchange(port_, Request("GET", "/api/v1/models", {{"Authorization", decoded}})).status,
+            401);
+}
+
 // Framing that a proxy in front might read otherwise (request smuggling).
 TEST_F(HttpGatewayTest, AmbiguousFramingIsRefused) {
   const std::string head = "POST /api/v1/grid HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -808,6 +820,28 @@ TEST_F(HttpGatewayTest, AmbiguousFramingIsRefused) {
       {"signed length",
        absl::StrCat(head, "Content-Length: +", sizeof(kSmallGrid) - 1, "\r\n\r\n", kSmallGrid),
        "not a number"},
+      // Header lines httplib read otherwise than the grammar says: a name
+      // with space before its colon was another name, a line ending in a
+      // bare LF or folded was dropped, a value was percent-decoded, and an
+      // empty one dropped. Each framed the body its own way.
+      {"space before the colon",
+       absl::StrCat(head, "Content-Length : 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+                    chunked_grid),
+       "header line 4 (\\\"Content-Length \\\") has space before its colon"},
+      {"a bare LF",
+       absl::StrCat(head, "Transfer-Encoding: chunked\nContent-Length: ", sizeof(kSmallGrid) - 1,
+                    "\r\n\r\n", kSmallGrid),
+       "has a bare CR or LF"},
+      {"a folded line",
+       absl::StrCat(head, "Content-Length: ", sizeof(kSmallGrid) - 1, "\r\n 5\r\n\r\n",
+                    kSmallGrid),
+       "is folded onto the line before"},
+      {"an encoded coding",
+       absl::StrCat(head, "Transfer-Encoding: %63hunked\r\n\r\n", chunked_grid),
+       "only chunked is supported, got \\\"%63hunked\\\""},
+      {"an empty length",
+       absl::StrCat(head, "Content-Length:\r\nTransfer-Encoding: chunked\r\n\r\n", chunked_grid),
+       "Content-Length and Transfer-Encoding together"},
   };
   for (const Case& c : cases) {
     const HttpAnswer answer = Exchange(plain_port_, c.request, absl::Seconds(20));
@@ -842,6 +876,14 @@ TEST_F(HttpGatewayTest, AmbiguousFramingIsRefused) {
     EXPECT_NE(answer.body.find(c.message), std::string::npos) << answer.body.substr(0, 300);
     EXPECT_EQ(answer.header("connection"), "close") << c.headers << " headers";
   }
+  // A body read as a second request: one answer, the refusal.
+  const HttpAnswer smuggled = Exchange(
+      plain_port_,
+      "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length : 45\r\n\r\n"
+      "GET /api/v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+      absl::Seconds(20));
+  EXPECT_EQ(smuggled.status, 400) << smuggled.body.substr(0, 300);
+  EXPECT_EQ(smuggled.body.find("HTTP/1.1"), std::string::npos) << smuggled.body.substr(0, 600);
   // The same grid, framed once, runs.
   const HttpAnswer framed = Exchange(
       plain_port_, absl::StrCat(head, "Transfer-Encoding: chunked\r\n\r\n", chunked_grid),

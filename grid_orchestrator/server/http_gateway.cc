@@ -39,6 +39,7 @@
 #include "grid_orchestrator/metrics/orchestrator_metrics.h"
 #include "grid_orchestrator/server/cors_policy.h"
 #include "grid_orchestrator/server/json_shape.h"
+#include "grid_orchestrator/server/request_head.h"
 #include "httplib.h"
 
 namespace dgrid {
@@ -353,6 +354,7 @@ class ClientConnection final : public httplib::Stream {
     deadline_ = deadline;
     head_pending_ = true;
     head_bytes_ = 0;
+    head_.clear();
     late_ = false;
   }
   // The head is in (httplib parsed it): what follows is the body, which may
@@ -367,6 +369,9 @@ class ClientConnection final : public httplib::Stream {
   }
   // True until HeadRead: httplib refused the head, or it was late or large.
   bool head_pending() const { return head_pending_; }
+  // The request's head as it came, request line to empty line: httplib reads
+  // it a byte at a time, so no byte of the body is in it.
+  const std::string& head() const { return head_; }
   // A read of this request gave up waiting: past its head's or body's
   // deadline, or kReadTimeout without a byte.
   bool late() const { return late_; }
@@ -443,6 +448,7 @@ class ClientConnection final : public httplib::Stream {
     }
     const size_t n = std::min(size, buffered());
     std::memcpy(data, buffer_ + buffer_begin_, n);
+    if (head_pending_) head_.append(buffer_ + buffer_begin_, n);
     buffer_begin_ += n;
     (head_pending_ ? head_bytes_ : body_bytes_) += n;
     return static_cast<ssize_t>(n);
@@ -582,6 +588,7 @@ class ClientConnection final : public httplib::Stream {
   bool head_pending_ = false;
   bool late_ = false;
   size_t head_bytes_ = 0;
+  std::string head_;  // at most kMaxHeadBytes
   size_t body_bytes_ = 0;
   size_t body_limit_ = 0;
   bool body_over_limit_ = false;
@@ -872,6 +879,23 @@ const char* AllowedMethods(const std::string& path) {
 
 // The steps of Screen. Each answers (true) or lets the request go on. Their
 // refusals close the connection: the request's body, if any, is unread.
+
+// Before them, httplib's header fields give way to the head as the client
+// sent it (request_head.h), for the checks here, the handlers and httplib's
+// own reading of the body; a head outside RFC 9112's field-line grammar is
+// a 400.
+bool RefuseOrRestoreHead(absl::string_view head, const httplib::Request& request,
+                         httplib::Response& response) {
+  absl::StatusOr<std::vector<HeadField>> fields = ParseHeadFields(head);
+  if (!fields.ok()) {
+    RefuseAndClose(response, 400, fields.status());
+    return true;
+  }
+  auto& headers = const_cast<httplib::Headers&>(request.headers);
+  for (const HeadField& field : *fields) headers.erase(field.name);
+  for (HeadField& field : *fields) headers.emplace(std::move(field.name), std::move(field.value));
+  return false;
+}
 
 // The static file handler stats the path as a C string: "/index.html\0.png"
 // would serve index.html, typed by the ".png" it never opened.
@@ -1463,6 +1487,9 @@ absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(const HttpGatewa
         // What is left of the request is its body.
         if (t_connection) t_connection->HeadRead(max_raw_body);
         DropRanges(request);
+        if (t_connection && RefuseOrRestoreHead(t_connection->head(), request, response)) {
+          return HandlerResponse::Handled;
+        }
         return Screen(policy, request, response);
       });
   server.set_error_handler(httplib::Server::HandlerWithResponse(FillEmptyError));

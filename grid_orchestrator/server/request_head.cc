@@ -1,0 +1,79 @@
+#include "grid_orchestrator/server/request_head.h"
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "common/short_text.h"
+
+namespace dgrid {
+namespace {
+
+// RFC 9110's tchar: what a field name is made of.
+bool IsTokenChar(char c) {
+  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return true;
+  return absl::string_view("!#$%&'*+-.^_`|~").find(c) != absl::string_view::npos;
+}
+
+bool IsSpaceOrTab(char c) { return c == ' ' || c == '\t'; }
+
+// Field values are visible bytes, spaces and tabs (obs-text, bytes past
+// 0x7f, included); no other control byte.
+bool IsValueByte(char c) {
+  const auto byte = static_cast<unsigned char>(c);
+  return byte == '\t' || (byte >= 0x20 && byte != 0x7f);
+}
+
+absl::Status BadLine(int number, absl::string_view line, absl::string_view why) {
+  // The name, not the value: it may be a credential.
+  const absl::string_view shown = line.substr(0, line.find(':'));
+  return absl::InvalidArgumentError(absl::StrCat("request head: header line ", number, " (",
+                                                 ShortQuote(shown, 40), ") ", why));
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<HeadField>> ParseHeadFields(absl::string_view head) {
+  std::vector<HeadField> fields;
+  size_t at = head.find("\r\n");
+  if (at == absl::string_view::npos) {
+    return absl::InvalidArgumentError("request head: the request line does not end in CRLF");
+  }
+  at += 2;
+  for (int number = 1;; ++number) {
+    const size_t end = head.find("\r\n", at);
+    if (end == absl::string_view::npos) {
+      return absl::InvalidArgumentError("request head: it does not end with an empty line");
+    }
+    const absl::string_view line = head.substr(at, end - at);
+    at = end + 2;
+    if (line.empty()) break;
+    if (IsSpaceOrTab(line[0])) {
+      return BadLine(number, line, "is folded onto the line before (obsolete line folding)");
+    }
+    if (line.find_first_of("\r\n") != absl::string_view::npos) {
+      return BadLine(number, line, "has a bare CR or LF; lines end in CRLF");
+    }
+    const size_t colon = line.find(':');
+    if (colon == absl::string_view::npos) return BadLine(number, line, "has no colon");
+    const absl::string_view name = line.substr(0, colon);
+    if (name.empty()) return BadLine(number, line, "has no field name");
+    for (const char c : name) {
+      if (IsTokenChar(c)) continue;
+      return BadLine(number, line,
+                     IsSpaceOrTab(c) ? "has space before its colon"
+                                     : "has a field name that is not a token");
+    }
+    absl::string_view value = line.substr(colon + 1);
+    while (!value.empty() && IsSpaceOrTab(value.front())) value.remove_prefix(1);
+    while (!value.empty() && IsSpaceOrTab(value.back())) value.remove_suffix(1);
+    for (const char c : value) {
+      if (!IsValueByte(c)) return BadLine(number, line, "has a control byte in its value");
+    }
+    fields.push_back({std::string(name), std::string(value)});
+  }
+  if (at != head.size()) {
+    return absl::InvalidArgumentError("request head: bytes after its empty line");
+  }
+  return fields;
+}
+
+}  // namespace dgrid

@@ -1,0 +1,38 @@
+// A request head's header fields as the client sent them. httplib 0.11
+// percent-decodes every field value (a token "a%41b" reached the token check
+// as "aAb"), drops a line without a colon, a line that does not end in CRLF
+// and a field with an empty value, and keeps "Host :" as a name of its own,
+// which the Host and framing checks never saw. A proxy in front may read
+// any of these otherwise; the gateway reads the head as sent, and refuses
+// one that breaks RFC 9112's field-line grammar.
+//
+//   absl::StatusOr<std::vector<HeadField>> fields = ParseHeadFields(raw_head);
+//   if (!fields.ok()) {
+//     // 400, with fields.status().message()
+//   }
+#ifndef DGRID_GRID_ORCHESTRATOR_SERVER_REQUEST_HEAD_H_
+#define DGRID_GRID_ORCHESTRATOR_SERVER_REQUEST_HEAD_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace dgrid {
+
+struct HeadField {
+  std::string name;   // as sent
+  std::string value;  // without the whitespace around it (RFC 9110, 5.5)
+};
+
+// The fields of `head`: a request line, field lines each ending in CRLF,
+// and the empty line. INVALID_ARGUMENT names the first line that is not a
+// field line (no colon, a name that is not a token, "Host :" with space
+// before the colon, a folded line, a bare CR or LF, a control byte in a
+// value), quoting a short piece of it.
+absl::StatusOr<std::vector<HeadField>> ParseHeadFields(absl::string_view head);
+
+}  // namespace dgrid
+
+#endif  // DGRID_GRID_ORCHESTRATOR_SERVER_REQUEST_HEAD_H_
