@@ -795,6 +795,22 @@ TEST_F(HttpGatewayTest, ATokenIsReadAsSent) {
             401);
 }
 
+// An answer is compressed only in a coding the client accepts (httplib read
+// "gzip;q=0" and "nobrotli" as accepting), and says it varies by that.
+TEST_F(HttpGatewayTest, AnswersAreCompressedOnlyAsAccepted) {
+  const std::pair<const char*, const char*> cases[] = {
+      {"br;q=0, gzip", "gzip"}, {"gzip;q=0", ""}, {"nobrotli, x-gzip-not", ""},
+      {"br", "br"},             {"identity", ""},
+  };
+  for (const auto& [accept, coding] : cases) {
+    const HttpAnswer answer = Exchange(
+        plain_port_, Request("GET", "/api/v1/models", {{"Accept-Encoding", accept}}));
+    EXPECT_EQ(answer.status, 200) << accept;
+    EXPECT_EQ(answer.header("content-encoding"), coding) << accept;
+    EXPECT_EQ(answer.header("vary"), "Accept-Encoding") << accept;
+  }
+}
+
 // Framing that a proxy in front might read otherwise (request smuggling).
 TEST_F(HttpGatewayTest, AmbiguousFramingIsRefused) {
   const std::string head = "POST /api/v1/grid HTTP/1.1\r\nHost: 127.0.0.1\r\n"

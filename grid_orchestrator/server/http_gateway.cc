@@ -897,6 +897,20 @@ bool RefuseOrRestoreHead(absl::string_view head, const httplib::Request& request
   return false;
 }
 
+// httplib compresses an answer for a client whose Accept-Encoding holds
+// "br" or "gzip" anywhere, "gzip;q=0" too: it reads the codings accepted.
+void ReadAcceptEncoding(const httplib::Request& request) {
+  if (!request.has_header("Accept-Encoding")) return;
+  std::vector<std::string> values;
+  for (size_t i = 0; i < request.get_header_value_count("Accept-Encoding"); ++i) {
+    values.push_back(request.get_header_value("Accept-Encoding", i));
+  }
+  const std::string accepted = AcceptedCodings(absl::StrJoin(values, ","));
+  auto& headers = const_cast<httplib::Headers&>(request.headers);
+  headers.erase("Accept-Encoding");
+  if (!accepted.empty()) headers.emplace("Accept-Encoding", accepted);
+}
+
 // The static file handler stats the path as a C string: "/index.html\0.png"
 // would serve index.html, typed by the ".png" it never opened.
 bool RefuseControlBytes(const httplib::Request& request, httplib::Response& response) {
@@ -1119,14 +1133,18 @@ void Decorate(const CorsPolicy& cors, const httplib::Request& request,
   response.headers.erase("Accept-Ranges");
   response.set_header("Accept-Ranges", "none");
   response.set_header("X-Content-Type-Options", "nosniff");
+  // httplib may compress the answer, by the request's Accept-Encoding: a
+  // cache must not give it to a client that did not ask.
+  std::string vary = "Accept-Encoding";
   const std::string origin = request.get_header_value("Origin");
   if (CorsPolicy::CrossOrigin(origin, request.get_header_value("Host")) && cors.Allows(origin)) {
     response.set_header("Access-Control-Allow-Origin", cors.AllowOriginHeader(origin));
     // Else a page of that origin cannot read the wait the API's 429 or 503
     // asks for (the connection cap's 503 goes before this, unheaded).
     response.set_header("Access-Control-Expose-Headers", "Retry-After");
-    response.set_header("Vary", "Origin");
+    vary = "Origin, Accept-Encoding";
   }
+  response.set_header("Vary", vary);
 }
 
 // ---- Request bodies ----
@@ -1490,6 +1508,7 @@ absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(const HttpGatewa
         if (t_connection && RefuseOrRestoreHead(t_connection->head(), request, response)) {
           return HandlerResponse::Handled;
         }
+        ReadAcceptEncoding(request);
         return Screen(policy, request, response);
       });
   server.set_error_handler(httplib::Server::HandlerWithResponse(FillEmptyError));

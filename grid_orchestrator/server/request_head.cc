@@ -1,7 +1,14 @@
 #include "grid_orchestrator/server/request_head.h"
 
+#include <optional>
+
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "common/short_text.h"
 
 namespace dgrid {
@@ -74,6 +81,32 @@ absl::StatusOr<std::vector<HeadField>> ParseHeadFields(absl::string_view head) {
     return absl::InvalidArgumentError("request head: bytes after its empty line");
   }
   return fields;
+}
+
+std::string AcceptedCodings(absl::string_view accept_encoding) {
+  // Each coding's q, if listed; "*" stands for the ones not listed.
+  std::optional<double> br, gzip, any;
+  for (absl::string_view item : absl::StrSplit(accept_encoding, ',')) {
+    std::vector<absl::string_view> parts = absl::StrSplit(item, ';');
+    const absl::string_view coding = absl::StripAsciiWhitespace(parts[0]);
+    double q = 1.0;
+    for (size_t i = 1; i < parts.size(); ++i) {
+      const absl::string_view parameter = absl::StripAsciiWhitespace(parts[i]);
+      if (!absl::StartsWithIgnoreCase(parameter, "q=")) continue;
+      // A weight that is no number accepts nothing.
+      if (!absl::SimpleAtod(parameter.substr(2), &q) || !(q >= 0.0 && q <= 1.0)) q = 0.0;
+    }
+    if (absl::EqualsIgnoreCase(coding, "br")) br = q;
+    if (absl::EqualsIgnoreCase(coding, "gzip") || absl::EqualsIgnoreCase(coding, "x-gzip")) {
+      gzip = q;
+    }
+    if (coding == "*") any = q;
+  }
+  auto accepts = [&](const std::optional<double>& q) { return q ? *q > 0 : any && *any > 0; };
+  std::vector<absl::string_view> codings;
+  if (accepts(br)) codings.push_back("br");
+  if (accepts(gzip)) codings.push_back("gzip");
+  return absl::StrJoin(codings, ", ");
 }
 
 }  // namespace dgrid

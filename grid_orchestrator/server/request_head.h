@@ -33,6 +33,13 @@ struct HeadField {
 // value), quoting a short piece of it.
 absl::StatusOr<std::vector<HeadField>> ParseHeadFields(absl::string_view head);
 
+// The response codings an Accept-Encoding value accepts, of those the
+// gateway sends ("br", "gzip"), as a value httplib 0.11 reads right: it
+// looks for "br" and "gzip" anywhere in the value, so "gzip;q=0" (not
+// gzip) and "nobrotli" read as accepting them. q=0 refuses a coding, "*"
+// accepts the others; empty when it accepts neither.
+std::string AcceptedCodings(absl::string_view accept_encoding);
+
 }  // namespace dgrid
 
 #endif  // DGRID_GRID_ORCHESTRATOR_SERVER_REQUEST_HEAD_H_

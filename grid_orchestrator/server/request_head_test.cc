@@ -66,5 +66,20 @@ TEST(RequestHeadTest, AHeadThatDoesNotEndWellIsRefused) {
   EXPECT_FALSE(ParseHeadFields(absl::StrCat(kLine, "Host: a\r\n\r\nmore")).ok());
 }
 
+TEST(RequestHeadTest, AcceptedCodingsReadWeightsAndNames) {
+  EXPECT_EQ(AcceptedCodings("gzip, deflate, br"), "br, gzip");
+  EXPECT_EQ(AcceptedCodings("br;q=0, gzip"), "gzip");
+  EXPECT_EQ(AcceptedCodings("gzip;q=0"), "");
+  EXPECT_EQ(AcceptedCodings("GZIP ; Q=0.5"), "gzip");
+  EXPECT_EQ(AcceptedCodings("nobrotli, x-gzip-not"), "");  // read as br and gzip
+  EXPECT_EQ(AcceptedCodings("x-gzip"), "gzip");
+  EXPECT_EQ(AcceptedCodings("*"), "br, gzip");
+  EXPECT_EQ(AcceptedCodings("*;q=0, gzip"), "gzip");
+  EXPECT_EQ(AcceptedCodings("br;q=0, *"), "gzip");
+  EXPECT_EQ(AcceptedCodings("identity"), "");
+  EXPECT_EQ(AcceptedCodings("gzip;q=abc, br;q=2"), "");  // weights that are no weight
+  EXPECT_EQ(AcceptedCodings(""), "");
+}
+
 }  // namespace
 }  // namespace dgrid
