@@ -795,6 +795,55 @@ TEST_F(HttpGatewayTest, ATokenIsReadAsSent) {
             401);
 }
 
+// A chunked body is read by RFC 9112's grammar: httplib took " 5d" and
+// "0x5d" for sizes and any two bytes for the CRLF after a chunk's data, and
+// refused a trailer section as a body it "cannot read". A length past any
+// number is too large, not "not a number"; chunked is no HTTP/1.0 framing.
+TEST_F(HttpGatewayTest, ChunkFramingOutsideTheGrammarIsRefused) {
+  const std::string head = "POST /api/v1/grid HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                           "Content-Type: application/json\r\nConnection: close\r\n";
+  const std::string chunked = absl::StrCat(head, "Transfer-Encoding: chunked\r\n\r\n");
+  const std::string size = absl::StrCat(absl::Hex(sizeof(kSmallGrid) - 1));
+  struct Case {
+    const char* name;
+    std::string request;
+    int status;
+    const char* message;
+  };
+  const std::vector<Case> cases = {
+      {"a space before the size",
+       absl::StrCat(chunked, " ", size, "\r\n", kSmallGrid, "\r\n0\r\n\r\n"), 400,
+       "request body: a chunk size starts with"},
+      {"0x before the size",
+       absl::StrCat(chunked, "0x", size, "\r\n", kSmallGrid, "\r\n0\r\n\r\n"), 400,
+       "after its hex digits"},
+      {"no CRLF after the data",
+       absl::StrCat(chunked, size, "\r\n", kSmallGrid, "XY0\r\n\r\n"), 400,
+       "a chunk's data runs past its size"},
+      {"a trailer",
+       absl::StrCat(chunked, size, "\r\n", kSmallGrid, "\r\n0\r\nX-Trailer: 1\r\n\r\n"), 400,
+       "a trailer section after the last chunk, which this server does not read"},
+      {"chunked in HTTP/1.0",
+       absl::StrCat(absl::StrReplaceAll(chunked, {{"HTTP/1.1", "HTTP/1.0"}}), size, "\r\n",
+                    kSmallGrid, "\r\n0\r\n\r\n"),
+       400, "Transfer-Encoding in an HTTP/1.0 request"},
+      {"a length past any number",
+       absl::StrCat(head, "Content-Length: 99999999999999999999999\r\n\r\n", kSmallGrid), 413,
+       "request body: larger than the limit"},
+  };
+  for (const Case& c : cases) {
+    const HttpAnswer answer = Exchange(plain_port_, c.request, absl::Seconds(20));
+    EXPECT_EQ(answer.status, c.status) << c.name << ": " << answer.body.substr(0, 300);
+    EXPECT_NE(answer.body.find(c.message), std::string::npos)
+        << c.name << ": " << answer.body.substr(0, 300);
+  }
+  // Framed by the grammar, with an extension, it runs.
+  const HttpAnswer framed = Exchange(
+      plain_port_, absl::StrCat(chunked, size, ";x=1\r\n", kSmallGrid, "\r\n0\r\n\r\n"),
+      absl::Seconds(60));
+  EXPECT_EQ(framed.status, 200) << framed.body.substr(0, 300);
+}
+
 // An answer is compressed only in a coding the client accepts (httplib read
 // "gzip;q=0" and "nobrotli" as accepting), and says it varies by that.
 TEST_F(HttpGatewayTest, AnswersAreCompressedOnlyAsAccepted) {

@@ -362,11 +362,17 @@ class ClientConnection final : public httplib::Stream {
   // (httplib reads a chunk's size line whole, however long).
   void HeadRead(size_t max_raw_bytes) {
     head_pending_ = false;
+    chunks_.reset();
     deadline_ = absl::Now() + kBodyTimeout;
     body_bytes_ = 0;
     body_limit_ = max_raw_bytes;
     body_over_limit_ = false;
   }
+  // The body is chunked: its framing is checked as httplib reads it, and a
+  // read fails at the first byte outside the grammar (chunk_problem()).
+  void ExpectChunked() { chunks_.emplace(); }
+  // Why the chunked body's framing was refused; empty if it was not.
+  std::string chunk_problem() const { return chunks_ ? chunks_->problem() : ""; }
   // True until HeadRead: httplib refused the head, or it was late or large.
   bool head_pending() const { return head_pending_; }
   // The request's head as it came, request line to empty line: httplib reads
@@ -450,6 +456,7 @@ class ClientConnection final : public httplib::Stream {
     std::memcpy(data, buffer_ + buffer_begin_, n);
     if (head_pending_) head_.append(buffer_ + buffer_begin_, n);
     buffer_begin_ += n;
+    if (!head_pending_ && chunks_ && !chunks_->Take(absl::string_view(data, n))) return -1;
     (head_pending_ ? head_bytes_ : body_bytes_) += n;
     return static_cast<ssize_t>(n);
   }
@@ -589,6 +596,7 @@ class ClientConnection final : public httplib::Stream {
   bool late_ = false;
   size_t head_bytes_ = 0;
   std::string head_;  // at most kMaxHeadBytes
+  std::optional<ChunkedFraming> chunks_;  // of a chunked body
   size_t body_bytes_ = 0;
   size_t body_limit_ = 0;
   bool body_over_limit_ = false;
@@ -1022,6 +1030,9 @@ bool RefuseFraming(const httplib::Request& request, httplib::Response& response)
     problem = absl::StrCat("more than ", kMaxHeaders, " headers");
   } else if (lengths > 0 && codings > 0) {
     problem = "Content-Length and Transfer-Encoding together";
+  } else if (codings > 0 && request.version == "HTTP/1.0") {
+    // RFC 9112, 6.1: faulty framing, as an HTTP/1.0 proxy would not chunk.
+    problem = "Transfer-Encoding in an HTTP/1.0 request";
   } else if (codings > 1 ||
              (codings == 1 &&
               !absl::EqualsIgnoreCase(request.get_header_value("Transfer-Encoding"), "chunked"))) {
@@ -1204,13 +1215,15 @@ bool ReadBody(const httplib::Request& request, const httplib::ContentReader& rea
     const std::string length = request.get_header_value("Content-Length");
     if (length.empty()) return true;  // no body: all defaults
     uint64_t declared = 0;
-    if (!absl::SimpleAtoi(length, &declared)) {
+    // Screen let through only digits: a length that overflows is too large.
+    const bool number = absl::SimpleAtoi(length, &declared);
+    if (!number && length.find_first_not_of("0123456789") != std::string::npos) {
       RefuseAndClose(response, 400,
                      absl::InvalidArgumentError(
                          absl::StrCat("Content-Length: not a number: ", ShortQuote(length))));
       return false;
     }
-    if (declared > max_bytes) {
+    if (!number || declared > max_bytes) {
       RefuseAndClose(response, 413, too_large);
       return false;
     }
@@ -1236,6 +1249,12 @@ bool ReadBody(const httplib::Request& request, const httplib::ContentReader& rea
                        "request body: more than ", t_connection->body_limit(),
                        " bytes on the wire, chunk framing included; send larger chunks "
                        "or a Content-Length")));
+    return false;
+  }
+  if (!read && t_connection && !t_connection->chunk_problem().empty()) {
+    RefuseAndClose(response, 400,
+                   absl::InvalidArgumentError(
+                       absl::StrCat("request body: ", t_connection->chunk_problem())));
     return false;
   }
   if (!read && RequestLate()) {
@@ -1509,7 +1528,13 @@ absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(const HttpGatewa
           return HandlerResponse::Handled;
         }
         ReadAcceptEncoding(request);
-        return Screen(policy, request, response);
+        const HandlerResponse screened = Screen(policy, request, response);
+        // Screen let through only "chunked" as a coding.
+        if (screened == HandlerResponse::Unhandled && t_connection &&
+            request.has_header("Transfer-Encoding")) {
+          t_connection->ExpectChunked();
+        }
+        return screened;
       });
   server.set_error_handler(httplib::Server::HandlerWithResponse(FillEmptyError));
   server.set_post_routing_handler(

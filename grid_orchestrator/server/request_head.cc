@@ -1,6 +1,8 @@
 #include "grid_orchestrator/server/request_head.h"
 
+#include <algorithm>
 #include <optional>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
@@ -107,6 +109,84 @@ std::string AcceptedCodings(absl::string_view accept_encoding) {
   if (accepts(br)) codings.push_back("br");
   if (accepts(gzip)) codings.push_back("gzip");
   return absl::StrJoin(codings, ", ");
+}
+
+bool ChunkedFraming::Fail(std::string problem) {
+  state_ = State::kBad;
+  problem_ = std::move(problem);
+  return false;
+}
+
+bool ChunkedFraming::Take(absl::string_view bytes) {
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    const char c = bytes[i];
+    switch (state_) {
+      case State::kSizeStart:
+      case State::kSize: {
+        const bool hex = absl::ascii_isxdigit(static_cast<unsigned char>(c));
+        if (hex) {
+          // 15 digits: past a petabyte, and no overflow.
+          if (++digits_ > 15) return Fail("a chunk size of more than 15 hex digits");
+          size_ = size_ * 16 + (c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
+          state_ = State::kSize;
+        } else if (state_ == State::kSizeStart) {
+          return Fail(absl::StrCat("a chunk size starts with ", ShortQuote(bytes.substr(i, 1)),
+                                   ", not a hex digit"));
+        } else if (c == ';' || c == ' ' || c == '\t') {
+          state_ = State::kExtension;
+        } else if (c == '\r') {
+          state_ = State::kSizeLf;
+        } else {
+          return Fail(absl::StrCat("a chunk size has ", ShortQuote(bytes.substr(i, 1)),
+                                   " after its hex digits"));
+        }
+        break;
+      }
+      case State::kExtension:  // ignored, as the grammar lets a recipient
+        if (c == '\r') {
+          state_ = State::kSizeLf;
+        } else if (c != '\t' && (static_cast<unsigned char>(c) < 0x20 || c == 0x7f)) {
+          return Fail("a control byte in a chunk extension");
+        }
+        break;
+      case State::kSizeLf:
+        if (c != '\n') return Fail("a chunk size line ends in a CR without LF");
+        digits_ = 0;
+        state_ = size_ == 0 ? State::kTrailer : State::kData;
+        break;
+      case State::kData: {
+        const uint64_t take = std::min<uint64_t>(size_, bytes.size() - i);
+        size_ -= take;
+        i += take - 1;
+        if (size_ == 0) state_ = State::kDataCr;
+        break;
+      }
+      case State::kDataCr:
+        if (c != '\r') return Fail("a chunk's data runs past its size (no CRLF after it)");
+        state_ = State::kDataLf;
+        break;
+      case State::kDataLf:
+        if (c != '\n') return Fail("a chunk's data runs past its size (no CRLF after it)");
+        state_ = State::kSizeStart;
+        break;
+      case State::kTrailer:
+        if (c != '\r') {
+          return Fail("a trailer section after the last chunk, which this server does not read; "
+                      "send the body without one");
+        }
+        state_ = State::kTrailerLf;
+        break;
+      case State::kTrailerLf:
+        if (c != '\n') return Fail("the last chunk's empty line ends in a CR without LF");
+        state_ = State::kDone;
+        break;
+      case State::kDone:
+        return Fail("bytes after the last chunk");
+      case State::kBad:
+        return false;
+    }
+  }
+  return true;
 }
 
 }  // namespace dgrid

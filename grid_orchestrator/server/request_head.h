@@ -13,6 +13,7 @@
 #ifndef DGRID_GRID_ORCHESTRATOR_SERVER_REQUEST_HEAD_H_
 #define DGRID_GRID_ORCHESTRATOR_SERVER_REQUEST_HEAD_H_
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -39,6 +40,36 @@ absl::StatusOr<std::vector<HeadField>> ParseHeadFields(absl::string_view head);
 // gzip) and "nobrotli" read as accepting them. q=0 refuses a coding, "*"
 // accepts the others; empty when it accepts neither.
 std::string AcceptedCodings(absl::string_view accept_encoding);
+
+// Checks a chunked body (RFC 9112, 7.1) as its bytes arrive. httplib 0.11
+// reads a chunk size with strtoul (" 5d" and "0x5d" pass) and takes any two
+// bytes after a chunk's data for its CRLF: a proxy in front could frame the
+// same bytes otherwise. A trailer section is refused: httplib cannot read
+// one.
+//
+//   ChunkedFraming framing;
+//   if (!framing.Take(bytes)) return Refuse(framing.problem());
+class ChunkedFraming {
+ public:
+  // The body's next bytes; false from the first byte outside the grammar
+  // on, with problem() saying what it was.
+  bool Take(absl::string_view bytes);
+  // The last chunk and the empty line after it have come.
+  bool done() const { return state_ == State::kDone; }
+  const std::string& problem() const { return problem_; }
+
+ private:
+  enum class State {
+    kSizeStart, kSize, kExtension, kSizeLf, kData, kDataCr, kDataLf, kTrailer, kTrailerLf,
+    kDone, kBad,
+  };
+  bool Fail(std::string problem);
+
+  State state_ = State::kSizeStart;
+  uint64_t size_ = 0;  // of the chunk being read; what is left of its data
+  int digits_ = 0;
+  std::string problem_;
+};
 
 }  // namespace dgrid
 

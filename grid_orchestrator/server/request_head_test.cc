@@ -81,5 +81,46 @@ TEST(RequestHeadTest, AcceptedCodingsReadWeightsAndNames) {
   EXPECT_EQ(AcceptedCodings(""), "");
 }
 
+// The whole body at once, and a byte at a time, as httplib reads a size line.
+std::string FramingProblem(absl::string_view body) {
+  ChunkedFraming whole;
+  const bool took = whole.Take(body);
+  ChunkedFraming bytes;
+  bool each = true;
+  for (const char c : body) each = each && bytes.Take(absl::string_view(&c, 1));
+  EXPECT_EQ(took, each) << body;
+  EXPECT_EQ(whole.problem(), bytes.problem()) << body;
+  EXPECT_EQ(whole.done(), bytes.done()) << body;
+  if (took && !whole.done()) return "unfinished";
+  return whole.problem();
+}
+
+TEST(RequestHeadTest, ChunkedFramingTakesTheGrammar) {
+  EXPECT_EQ(FramingProblem("5\r\nhello\r\n0\r\n\r\n"), "");
+  EXPECT_EQ(FramingProblem("5;name=value\r\nhello\r\nA\r\n0123456789\r\n0\r\n\r\n"), "");
+  EXPECT_EQ(FramingProblem("1a \t;x\r\n" + std::string(26, 'z') + "\r\n0\r\n\r\n"), "");
+  EXPECT_EQ(FramingProblem("5\r\nhel"), "unfinished");
+  EXPECT_EQ(FramingProblem("0\r\n"), "unfinished");
+}
+
+TEST(RequestHeadTest, ChunkedFramingRefusesWhatHttplibReadAnyway) {
+  const std::pair<std::string, const char*> cases[] = {
+      {" 5\r\nhello\r\n0\r\n\r\n", "a chunk size starts with \" \", not a hex digit"},
+      {"0x5\r\nhello\r\n0\r\n\r\n", "a chunk size has \"x\" after its hex digits"},
+      {"+5\r\nhello\r\n0\r\n\r\n", "not a hex digit"},
+      {"5\r\nhelloXY0\r\n\r\n", "a chunk's data runs past its size"},
+      {"5\r\nhello\rX0\r\n\r\n", "a chunk's data runs past its size"},
+      {"5\rhello", "a chunk size line ends in a CR without LF"},
+      {"5;a\x01\r\nhello", "a control byte in a chunk extension"},
+      {"0\r\nX-Trailer: 1\r\n\r\n", "a trailer section after the last chunk"},
+      {"0\r\n\rX", "the last chunk's empty line ends in a CR without LF"},
+      {"0\r\n\r\nGET", "bytes after the last chunk"},
+      {"1000000000000000\r\n", "more than 15 hex digits"},
+  };
+  for (const auto& [body, problem] : cases) {
+    EXPECT_THAT(FramingProblem(body), HasSubstr(problem)) << body;
+  }
+}
+
 }  // namespace
 }  // namespace dgrid
