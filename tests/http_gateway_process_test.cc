@@ -542,6 +542,11 @@ TEST_F(HttpGatewayTest, LenientJsonAndOtherContentTypesAreRefused) {
        "guidance: the number"},
       {"a field under both names", R"({"switch_prompt":"a","switchPrompt":"b"})",
        {kAuth, kJson}, 400, "switch_prompt: given twice"},
+      // protobuf's parser took these, and ran the grid.
+      {"a comma before a bracket", R"({"steps":10,"branch_steps":[0,5,],"branches":2})",
+       {kAuth, kJson}, 400, "not valid JSON at byte"},
+      {"a key without quotes", R"({steps:10,"branch_steps":[0,5],"branches":2})",
+       {kAuth, kJson}, 400, "not valid JSON at byte"},
       {"no Content-Type", kSmallGrid, {kAuth}, 415, "must be application/json"},
       {"text/plain", kSmallGrid, {kAuth, {"Content-Type", "text/plain"}}, 415,
        "must be application/json"},

@@ -2,6 +2,7 @@
 
 #include <google/protobuf/struct.pb.h>
 #include <google/protobuf/util/json_util.h>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -323,6 +324,45 @@ absl::Status CheckNesting(absl::string_view json) {
   return absl::OkStatus();
 }
 
+// protobuf's parser also takes a comma before a closing bracket and keys
+// without quotes ({steps:10,}), which are not JSON: the text is held to
+// RFC 8259 by nlohmann's parser, which builds nothing while it checks.
+class SyntaxError : public nlohmann::json_sax<nlohmann::json> {
+ public:
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(number_integer_t) override { return true; }
+  bool number_unsigned(number_unsigned_t) override { return true; }
+  bool number_float(number_float_t, const string_t&) override { return true; }
+  bool string(string_t&) override { return true; }
+  bool binary(binary_t&) override { return true; }
+  bool start_object(std::size_t) override { return true; }
+  bool key(string_t&) override { return true; }
+  bool end_object() override { return true; }
+  bool start_array(std::size_t) override { return true; }
+  bool end_array() override { return true; }
+  bool parse_error(std::size_t position, const std::string& last_token,
+                   const nlohmann::detail::exception&) override {
+    // Its message's words are the parser's internals; where and what is
+    // enough.
+    problem_ = absl::StrCat("not valid JSON at byte ", position, ", after ",
+                            ShortQuote(last_token, 40),
+                            " (a comma before a closing bracket, or a key without quotes?)");
+    return false;
+  }
+  const std::string& problem() const { return problem_; }
+
+ private:
+  std::string problem_;
+};
+
+absl::Status CheckSyntax(absl::string_view json) {
+  SyntaxError handler;
+  if (nlohmann::json::sax_parse(json.begin(), json.end(), &handler)) return absl::OkStatus();
+  return absl::InvalidArgumentError(handler.problem().empty() ? "not valid JSON"
+                                                              : handler.problem());
+}
+
 // Reads JSON text that protobuf's parser refused, for the value at fault
 // that it does not name: a string that is not UTF-8 (raw bytes or an unpaired
 // surrogate escape) or a number past a double's range. Knows the path of
@@ -536,6 +576,7 @@ absl::Status CheckJsonShape(absl::string_view json, const Descriptor& type) {
     return absl::InvalidArgumentError(
         absl::StrCat("not valid JSON: ", ShortQuote(FirstLine(std::string(parsed.message())))));
   }
+  RETURN_IF_ERROR(CheckSyntax(json));
   if (value.kind_case() != Value::kStructValue) {
     return Mismatch(type.name(), "an object", value);
   }

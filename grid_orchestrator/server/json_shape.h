@@ -1,7 +1,8 @@
 // JSON held to a message's shape before protobuf parses it. protobuf 3.21's
 // JSON parser is lenient where a client's mistake should be an error: it
-// flattens [[5]] into a repeated field, takes a lone value for a list and
-// drops null in a list. So the text is parsed as a google.protobuf.Value
+// flattens [[5]] into a repeated field, takes a lone value for a list,
+// drops null in a list, and takes a comma before a closing bracket and keys
+// without quotes (the text is held to RFC 8259 by nlohmann's parser). So the text is parsed as a google.protobuf.Value
 // first and held to the message's descriptor: every key a field (by its
 // .proto or lowerCamelCase name), every value the field's kind, lists only
 // for repeated fields, no null in a list, no field under both its names,

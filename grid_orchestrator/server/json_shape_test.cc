@@ -35,6 +35,16 @@ TEST(JsonShapeTest, WhatProtobufWouldAcceptLeniently) {
       {R"({"trunk": {"segments": [3]}})", "trunk.segments[0]: expected an object, got a number"},
       {R"({"steps": {"value": 5}})", "steps: expected a number, got an object"},
       {R"({"promt": "bag"})", "unknown field \"promt\""},
+      // protobuf's parser takes these, which are not JSON.
+      {R"({"prompt": "bag",})",
+       "not valid JSON at byte 18, after \"\\\"bag\\\",}\" (a comma before a closing bracket, "
+       "or a key without quotes?)"},
+      {R"({prompt: "bag"})",
+       "not valid JSON at byte 2, after \"{p\" (a comma before a closing bracket, or a key "
+       "without quotes?)"},
+      {R"({"branch_steps": [0, 5,]})",
+       "not valid JSON at byte 24, after \"5,]\" (a comma before a closing bracket, or a key "
+       "without quotes?)"},
       {R"([1, 2])", "GridRequest: expected an object, got a list"},
       // protobuf named the type ("for type TYPE_UINT64"), not what it takes.
       {R"({"branch_noise": "trunk"})",
@@ -62,7 +72,7 @@ TEST(JsonShapeTest, WhatProtobufWouldAcceptLeniently) {
   for (const auto& [json, expected] : cases) {
     const absl::Status s = Check(json);
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << json;
-    EXPECT_EQ(s.message(), expected) << json;
+    EXPECT_EQ(std::string(s.message()), expected) << json;
   }
   // What passes the shape, protobuf's parser takes.
   for (const char* json : {R"({"spacing": "1"})", R"({"spacing": 99})", R"({"steps": "4"})",
