@@ -61,7 +61,7 @@ if [ "$preset" = default ]; then
   cmake --build --preset fuzz -j "$jobs"
   scratch=$(mktemp -d)
   trap 'rm -rf "$scratch"' EXIT
-  targets=(tensor_decode grid_plan manifest_parse json_request tokenize)
+  targets=(tensor_decode grid_plan manifest_parse json_request tokenize request_head)
   # fuzz_tokenize's CLIP vocabulary: ctest's derive_clip_vocab wrote it.
   export DGRID_CLIP_DIR="$PWD/$build_dir/fixtures/clip"
   pids=()
