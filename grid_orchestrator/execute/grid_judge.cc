@@ -15,7 +15,8 @@ absl::StatusOr<v1::JudgeResponse> CallJudge(ReplicaPool* pool, OrchestratorMetri
                                             const GridPlanSpec& plan,
                                             const std::vector<const std::string*>& images,
                                             const std::vector<int>& labels_per_head,
-                                            absl::Time deadline, GridCancel* cancel) {
+                                            absl::Time deadline, absl::Duration call_timeout,
+                                            GridCancel* cancel) {
   const int heads = static_cast<int>(labels_per_head.size());
   // Counted as jobs are, attempt by attempt.
   auto count = [metrics](const char* outcome) {
@@ -40,7 +41,8 @@ absl::StatusOr<v1::JudgeResponse> CallJudge(ReplicaPool* pool, OrchestratorMetri
       return lease.status();
     }
     grpc::ClientContext context;
-    context.set_deadline(absl::ToChronoTime(std::min(deadline, absl::Now() + kJudgeCallTimeout)));
+    const absl::Time call_deadline = std::min(deadline, absl::Now() + call_timeout);
+    context.set_deadline(absl::ToChronoTime(call_deadline));
     if (!cancel->Register(&context)) {
       count("cancelled");
       return absl::CancelledError("curve cancelled");
@@ -89,10 +91,12 @@ absl::StatusOr<v1::JudgeResponse> CallJudge(ReplicaPool* pool, OrchestratorMetri
       last = ReplicaStatus(lease->address(), FromGrpcStatus(status));
       // Whatever comes next, a replica that is going away gets no more work.
       if (status.error_code() == grpc::StatusCode::UNAVAILABLE) lease->MarkUnhealthy();
-      // The call's own timeout (kJudgeCallTimeout) on a slow replica, with
-      // the curve's deadline still ahead: another replica may be idle.
-      const bool own_timeout =
-          status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && absl::Now() < deadline;
+      // The call's own timeout on a stalled replica (stopped, or wedged),
+      // with the curve's deadline still ahead: another replica may serve,
+      // and this one gets no new job for a while, as after a job's stall.
+      const bool own_timeout = status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED &&
+                               call_deadline < deadline;
+      if (own_timeout) lease->MarkStalled();
       retryable = JudgeCallRetryable(ToGrpcStatus(last).error_code()) || own_timeout;
     }
     if (!retryable || cancel->cancelled() || attempt + 1 == kJudgeAttempts) {
@@ -116,7 +120,8 @@ bool JudgeCallRetryable(grpc::StatusCode code) {
 absl::StatusOr<TrunkObservation> JudgeGrid(ReplicaPool* pool, OrchestratorMetrics* metrics,
                                            const GridPlanSpec& plan, const v1::Grid& grid,
                                            const std::vector<int>& labels_per_head,
-                                           absl::Time deadline, GridCancel* cancel) {
+                                           absl::Time deadline, absl::Duration call_timeout,
+                                           GridCancel* cancel) {
   const size_t heads = labels_per_head.size();
   TrunkObservation observed;
   for (const v1::GridRow& row : grid.rows()) {
@@ -134,7 +139,7 @@ absl::StatusOr<TrunkObservation> JudgeGrid(ReplicaPool* pool, OrchestratorMetric
     const size_t end = std::min(images.size(), first + kImagesPerJudgeCall);
     absl::StatusOr<v1::JudgeResponse> judged =
         CallJudge(pool, metrics, plan, {images.begin() + first, images.begin() + end},
-                  labels_per_head, deadline, cancel);
+                  labels_per_head, deadline, call_timeout, cancel);
     if (!judged.ok()) return judged.status();
     for (const v1::ImageVerdict& verdict : judged->images()) {
       std::vector<int>& image = labels.emplace_back();

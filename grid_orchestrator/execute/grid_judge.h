@@ -28,9 +28,6 @@ namespace dgrid {
 
 inline constexpr int kImagesPerJudgeCall = 32;
 inline constexpr int kJudgeAttempts = 3;
-// A judge call is short; this bounds one that hangs (each call, not a grid's
-// calls together).
-inline constexpr absl::Duration kJudgeCallTimeout = absl::Seconds(60);
 
 // Whether a failed Judge call may succeed on another replica.
 bool JudgeCallRetryable(grpc::StatusCode code);
@@ -41,12 +38,15 @@ bool JudgeCallRetryable(grpc::StatusCode code);
 // replica answers with the wrong count of images or heads, or a label a head
 // lacks, or refuses the call as invalid (config skew: the client sent none
 // of the call's fields), each tried on another replica first. `deadline` is the
-// caller's; each call also ends after kJudgeCallTimeout.
+// caller's; each call also ends after `call_timeout` (a call reports no
+// progress: this is its stall timeout), and is tried on another replica,
+// which is marked stalled as a job's is.
 // Each call's attempts count in `metrics` (may be null) as jobs do.
 absl::StatusOr<TrunkObservation> JudgeGrid(ReplicaPool* pool, OrchestratorMetrics* metrics,
                                            const GridPlanSpec& plan, const v1::Grid& grid,
                                            const std::vector<int>& labels_per_head,
-                                           absl::Time deadline, GridCancel* cancel);
+                                           absl::Time deadline, absl::Duration call_timeout,
+                                           GridCancel* cancel);
 
 }  // namespace dgrid
 

@@ -47,6 +47,10 @@ struct CurveLimits {
   // ends within the grid timeout: OrchestratorServer raises this to that
   // timeout when it is longer.
   absl::Duration max_place_wait = absl::Minutes(5);
+  // How long one Judge call may take. A call reports no progress, so this
+  // is its stall timeout: OrchestratorServer sets it to the jobs'
+  // (--job_stall_timeout_s), and a call past it goes to another replica.
+  absl::Duration judge_call_timeout = absl::Seconds(15);
 };
 
 class CurveService;

@@ -350,10 +350,41 @@ TEST_F(CurveServiceTest, AJudgeCallOfACancelledCurveCountsCancelled) {
   v1::Grid grid;
   grid.mutable_trunk()->set_png("not judged");
   absl::StatusOr<TrunkObservation> judged =
-      JudgeGrid(pool_.get(), &metrics_, plan, grid, {2}, absl::Now() + absl::Seconds(30), &cancel);
+      JudgeGrid(pool_.get(), &metrics_, plan, grid, {2}, absl::Now() + absl::Seconds(30),
+                absl::Seconds(15), &cancel);
   EXPECT_EQ(judged.status().code(), absl::StatusCode::kCancelled) << judged.status();
   EXPECT_EQ(Count("dgrid_orchestrator_jobs_total", "cancelled"), 1);
   EXPECT_EQ(Count("dgrid_orchestrator_jobs_total", "failed"), 0);
+}
+
+// A Judge call reports no progress: on a stalled replica (stopped, wedged)
+// it ends at its call timeout, the jobs' stall timeout, and goes to another
+// replica. It waited out 60 s, and its whole curve with it.
+TEST_F(CurveServiceTest, AJudgeCallOnAStalledReplicaMovesOnAtItsTimeout) {
+  // Both idle, the pool takes the first by address.
+  const int slow = replicas_.address(0) < replicas_.address(1) ? 0 : 1;
+  replicas_.script(slow).judge_delay = absl::Seconds(30);
+  pool_->CheckHealthNow();  // both replicas' models known
+  GridPlanSpec plan;
+  plan.model = "fake";
+  plan.model_version = "1";
+  v1::Grid grid;
+  const std::vector<uint8_t> pixels(4, 200);
+  absl::StatusOr<std::string> png = EncodePng(pixels, 2, 2, 1);
+  ASSERT_TRUE(png.ok()) << png.status();
+  grid.mutable_trunk()->set_png(*png);
+  grid.add_rows()->add_cells()->set_png(*png);
+  GridCancel cancel;
+  const absl::Time start = absl::Now();
+  absl::StatusOr<TrunkObservation> judged =
+      JudgeGrid(pool_.get(), &metrics_, plan, grid, {2}, absl::Now() + absl::Seconds(60),
+                absl::Milliseconds(300), &cancel);
+  ASSERT_TRUE(judged.ok()) << judged.status();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+  EXPECT_EQ(replicas_.log(slow).judged_images, 2);  // asked first
+  EXPECT_EQ(replicas_.log(1 - slow).judged_images, 2);
+  EXPECT_EQ(Count("dgrid_orchestrator_jobs_total", "retried"), 1);
+  EXPECT_EQ(Count("dgrid_orchestrator_jobs_total", "ok"), 1);
 }
 
 // More concurrent grids than the client may have: trunks wait their turn

@@ -144,7 +144,7 @@ class FakeReplicas::Replica::Stub : public v1::Denoiser::StubInterface {
   }
   // The judge's one head, "level": "high" when the PNG's grey level is at
   // least 128.
-  grpc::Status Judge(grpc::ClientContext*, const v1::JudgeRequest& request,
+  grpc::Status Judge(grpc::ClientContext* context, const v1::JudgeRequest& request,
                      v1::JudgeResponse* response) override {
     absl::Duration judge_delay;
     int judge_label = -1;
@@ -161,7 +161,13 @@ class FakeReplicas::Replica::Stub : public v1::Denoiser::StubInterface {
       judge_delay = r_->script.judge_delay;
       judge_label = r_->script.judge_label;
     }
-    absl::SleepFor(judge_delay);
+    // As gRPC would: DEADLINE_EXCEEDED at the call's deadline.
+    const absl::Time deadline = context->deadline() == std::chrono::system_clock::time_point::max()
+                                    ? absl::InfiniteFuture()
+                                    : absl::FromChrono(context->deadline());
+    const absl::Time answer = absl::Now() + judge_delay;
+    absl::SleepFor(std::min(answer, deadline) - absl::Now());
+    if (deadline < answer) return {grpc::StatusCode::DEADLINE_EXCEEDED, "Deadline Exceeded"};
     for (const v1::Image& image : request.images()) {
       absl::StatusOr<DecodedPng> png = DecodePng(
           {reinterpret_cast<const uint8_t*>(image.png().data()), image.png().size()});

@@ -67,7 +67,8 @@ struct FakeScript {
   bool judge_answers_nothing = false;
   // Every verdict is this label index (-1: the image's own, 0 or 1).
   int judge_label = -1;
-  // Every Judge call that answers, answers this late.
+  // Every Judge call that answers, answers this late, or DEADLINE_EXCEEDED
+  // at the call's deadline.
   absl::Duration judge_delay = absl::ZeroDuration();
   // A text model (free-text prompts) instead of 10 classes; its Tokenize
   // answers `tokenize_code` with `tokenize_message` unless OK.
