@@ -4,6 +4,8 @@
 // here, independently, over the same grids' images judged one by one.
 #include <grpcpp/grpcpp.h>
 
+#include <signal.h>
+
 #include <algorithm>
 #include <cmath>
 #include <fstream>
@@ -257,6 +259,55 @@ TEST_F(CurveProcessTest, ARowAddedToACachedCurveRunsEachTrunkOnlyToIt) {
     EXPECT_EQ(second.heads(0).p_differs(r).mean(), first.heads(0).p_differs(r).mean()) << r;
   }
   EXPECT_GT(second.rows(2).divergence().mean(), 0);
+}
+
+// A replica stopped (SIGSTOP) under a curve whose grids are cached: its
+// Judge call is given up once health checks have found it down for
+// kJudgeUnhealthyGrace (2 s) and judged by the other replica. The call
+// waited out its 60 s, and the curve with it.
+TEST_F(CurveProcessTest, AJudgeCallOnAStoppedReplicaMovesOn) {
+  auto run = [](const v1::CurveRequest& request) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+    auto reader = stack_->Orchestrator()->DecisionCurve(&context, request);
+    v1::CurveEvent event;
+    v1::CurveResult result;
+    while (reader->Read(&event)) {
+      if (event.has_curve()) result = event.curve();
+    }
+    const grpc::Status status = reader->Finish();
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return result;
+  };
+  v1::CurveRequest request;
+  request.set_trunks(3);
+  *request.mutable_grid() = Grid(1700);
+  const v1::CurveResult first = run(request);
+  // Both idle, the pool takes the replica first by address.
+  const int stopped = stack_->denoiser_address(0) < stack_->denoiser_address(1) ? 0 : 1;
+  // Judge calls the replica answered, OK or cancelled.
+  auto judge_calls = [stopped] {
+    double sum = 0;
+    for (const char* code : {"OK", "CANCELLED"}) {
+      sum += std::max(0.0, stack_->Metric(stopped, absl::StrCat("dgrid_denoiser_requests_total{code=\"",
+                                                                code, "\",method=\"Judge\"}")));
+    }
+    return sum;
+  };
+  const double judge_calls_before = judge_calls();
+  stack_->denoiser(stopped).Signal(SIGSTOP);
+  const absl::Time start = absl::Now();
+  const v1::CurveResult again = run(request);
+  const absl::Duration took = absl::Now() - start;
+  stack_->denoiser(stopped).Signal(SIGCONT);
+  EXPECT_LT(took, absl::Seconds(30));
+  ASSERT_EQ(again.heads_size(), first.heads_size());
+  for (int r = 0; r < first.rows_size(); ++r) {
+    EXPECT_EQ(again.heads(0).p_differs(r).mean(), first.heads(0).p_differs(r).mean()) << r;
+  }
+  // The stopped replica had the call: it answers it once running again.
+  absl::SleepFor(absl::Seconds(1));
+  EXPECT_GT(judge_calls(), judge_calls_before);
 }
 
 TEST_F(CurveProcessTest, BadInputIsInvalidArgumentNamingTheField) {

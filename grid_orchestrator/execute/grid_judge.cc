@@ -1,8 +1,12 @@
 #include "grid_orchestrator/execute/grid_judge.h"
 
 #include <algorithm>
+#include <atomic>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "common/start_thread.h"
 #include "common/grpc_status.h"
 #include "grid_orchestrator/execute/retry_policy.h"
 #include "grid_orchestrator/metrics/orchestrator_metrics.h"
@@ -48,10 +52,38 @@ absl::StatusOr<v1::JudgeResponse> CallJudge(ReplicaPool* pool, OrchestratorMetri
       return absl::CancelledError("curve cancelled");
     }
     v1::JudgeResponse response;
+    // A Judge call reports no progress: its replica's health checks tell a
+    // stopped replica from a busy one. Without the watch (no thread to be
+    // had) the call's own limit still holds.
+    absl::Notification done;
+    std::atomic<bool> gave_up{false};
+    absl::StatusOr<std::thread> watch = StartThread(
+        [&] {
+          absl::Time down_since = absl::InfiniteFuture();
+          while (!done.WaitForNotificationWithTimeout(absl::Milliseconds(50))) {
+            if (lease->Healthy()) {
+              down_since = absl::InfiniteFuture();
+              continue;
+            }
+            down_since = std::min(down_since, absl::Now());
+            if (absl::Now() - down_since >= kJudgeUnhealthyGrace) {
+              gave_up = true;
+              context.TryCancel();
+              return;
+            }
+          }
+        },
+        "a Judge call's health watch");
     const grpc::Status status = lease->stub()->Judge(&context, request, &response);
+    done.Notify();
+    if (watch.ok()) watch->join();
     cancel->Unregister(&context);
     bool retryable = true;
-    if (status.ok()) {
+    if (!status.ok() && gave_up) {
+      last = absl::UnavailableError(
+          absl::StrCat("replica ", lease->address(), ": health checks found it down for ",
+                       absl::FormatDuration(kJudgeUnhealthyGrace), " during a Judge call"));
+    } else if (status.ok()) {
       // A malformed answer is that replica's bad output: tried elsewhere,
       // as a job's is.
       if (response.images_size() != request.images_size()) {
@@ -91,9 +123,10 @@ absl::StatusOr<v1::JudgeResponse> CallJudge(ReplicaPool* pool, OrchestratorMetri
       last = ReplicaStatus(lease->address(), FromGrpcStatus(status));
       // Whatever comes next, a replica that is going away gets no more work.
       if (status.error_code() == grpc::StatusCode::UNAVAILABLE) lease->MarkUnhealthy();
-      // The call's own timeout on a stalled replica (stopped, or wedged),
-      // with the curve's deadline still ahead: another replica may serve,
-      // and this one gets no new job for a while, as after a job's stall.
+      // The call's own timeout on a replica that health checks still find
+      // serving (wedged), with the curve's deadline still ahead: another
+      // replica may serve, and this one gets no new job for a while, as
+      // after a job's stall.
       const bool own_timeout = status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED &&
                                call_deadline < deadline;
       if (own_timeout) lease->MarkStalled();

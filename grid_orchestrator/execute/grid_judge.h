@@ -28,6 +28,10 @@ namespace dgrid {
 
 inline constexpr int kImagesPerJudgeCall = 32;
 inline constexpr int kJudgeAttempts = 3;
+// How long health checks must find a Judge call's replica down (stopped, or
+// gone from the network) before the call is given up and tried on another:
+// past a busy replica's one missed check, far below a call's own limit.
+inline constexpr absl::Duration kJudgeUnhealthyGrace = absl::Seconds(2);
 
 // Whether a failed Judge call may succeed on another replica.
 bool JudgeCallRetryable(grpc::StatusCode code);
@@ -38,9 +42,9 @@ bool JudgeCallRetryable(grpc::StatusCode code);
 // replica answers with the wrong count of images or heads, or a label a head
 // lacks, or refuses the call as invalid (config skew: the client sent none
 // of the call's fields), each tried on another replica first. `deadline` is the
-// caller's; each call also ends after `call_timeout` (a call reports no
-// progress: this is its stall timeout), and is tried on another replica,
-// which is marked stalled as a job's is.
+// caller's; each call also ends after `call_timeout`, or once its replica
+// has been down for kJudgeUnhealthyGrace, and is tried on another replica
+// (one past `call_timeout` is marked stalled, as after a job's stall).
 // Each call's attempts count in `metrics` (may be null) as jobs do.
 absl::StatusOr<TrunkObservation> JudgeGrid(ReplicaPool* pool, OrchestratorMetrics* metrics,
                                            const GridPlanSpec& plan, const v1::Grid& grid,

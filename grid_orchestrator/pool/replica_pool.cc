@@ -102,6 +102,12 @@ v1::Denoiser::StubInterface* ReplicaPool::Lease::stub() const { return replica_-
 
 const std::string& ReplicaPool::Lease::address() const { return replica_->address; }
 
+bool ReplicaPool::Lease::Healthy() const {
+  if (!pool_) return false;
+  std::lock_guard<std::mutex> lock(pool_->mu_);
+  return replica_->healthy;
+}
+
 void ReplicaPool::Lease::MarkUnhealthy() {
   if (!pool_) return;
   std::lock_guard<std::mutex> lock(pool_->mu_);

@@ -126,6 +126,8 @@ class ReplicaPool {
     // it, the replica with the least outstanding work, once its stalled
     // calls were cancelled, took the next jobs of every grid.
     void MarkStalled();
+    // Whether health checks still find the replica serving.
+    bool Healthy() const;
 
    private:
     friend class ReplicaPool;

@@ -56,9 +56,6 @@ absl::StatusOr<std::unique_ptr<OrchestratorServer>> OrchestratorServer::Start(
   // others hold waits at least that long.
   CurveLimits curves = o.curves;
   curves.max_place_wait = std::max(curves.max_place_wait, o.limits.default_grid_timeout);
-  // A Judge call reports no progress: past a job's stall timeout it is one
-  // (it waited 60 s on a stopped replica, and the whole curve with it).
-  curves.judge_call_timeout = o.executor.stall_timeout;
   s->curve_service_ = std::make_unique<CurveService>(s->grid_service_.get(), s->pool_.get(),
                                                      s->metrics_.get(), curves);
   s->service_ = std::make_unique<OrchestratorServiceImpl>(
