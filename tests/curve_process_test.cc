@@ -289,8 +289,9 @@ TEST_F(CurveProcessTest, AJudgeCallOnAStoppedReplicaMovesOn) {
   auto judge_calls = [stopped] {
     double sum = 0;
     for (const char* code : {"OK", "CANCELLED"}) {
-      sum += std::max(0.0, stack_->Metric(stopped, absl::StrCat("dgrid_denoiser_requests_total{code=\"",
-                                                                code, "\",method=\"Judge\"}")));
+      const std::string series =
+          absl::StrCat("dgrid_denoiser_requests_total{code=\"", code, "\",method=\"Judge\"}");
+      sum += std::max(0.0, stack_->Metric(stopped, series));
     }
     return sum;
   };

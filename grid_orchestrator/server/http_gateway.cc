@@ -947,8 +947,8 @@ bool WellFormedHost(absl::string_view value) {
     const absl::string_view rest = value.substr(close + 1);
     if (!rest.empty() && rest[0] != ':') return false;  // "[::1]x.example"
     port = rest.empty() ? rest : rest.substr(1);
-    // An address, then perhaps a zone ("fe80::1%eth0": httplib decodes
-    // the %25 of RFC 6874).
+    // An address, then perhaps a zone ("fe80::1%25eth0", RFC 6874; the
+    // header is read as sent, not percent-decoded).
     const size_t zone = host.find('%');
     if (host.substr(0, zone).find_first_not_of("0123456789abcdefABCDEF:.") !=
             absl::string_view::npos ||

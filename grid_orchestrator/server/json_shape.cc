@@ -341,13 +341,26 @@ class SyntaxError : public nlohmann::json_sax<nlohmann::json> {
   bool end_object() override { return true; }
   bool start_array(std::size_t) override { return true; }
   bool end_array() override { return true; }
-  bool parse_error(std::size_t position, const std::string& last_token,
-                   const nlohmann::detail::exception&) override {
-    // Its message's words are the parser's internals; where and what is
-    // enough.
-    problem_ = absl::StrCat("not valid JSON at byte ", position, ", after ",
-                            ShortQuote(last_token, 40),
-                            " (a comma before a closing bracket, or a key without quotes?)");
+  bool parse_error(std::size_t position, const std::string&,
+                   const nlohmann::detail::exception& error) override {
+    // Its message after "[json.exception.parse_error.101] parse error at
+    // line 1, column 18: ". It may end with the text last read: bytes past
+    // printable ASCII escaped, cut short.
+    const std::string what = error.what();
+    const size_t column = what.find(", column ");
+    const size_t detail = column == std::string::npos ? column : what.find(": ", column);
+    std::string said;
+    for (size_t i = detail == std::string::npos ? 0 : detail + 2;
+         i < what.size() && said.size() < 160; ++i) {
+      const auto byte = static_cast<unsigned char>(what[i]);
+      if (byte >= 0x20 && byte < 0x7f) {
+        said += what[i];
+      } else {
+        absl::StrAppend(&said, absl::StrFormat("\\x%02x", byte));
+      }
+    }
+    problem_ = absl::StrCat("not valid JSON at byte ", position, ": ", said,
+                            said.size() >= 160 ? "..." : "");
     return false;
   }
   const std::string& problem() const { return problem_; }

@@ -1,13 +1,14 @@
 // JSON held to a message's shape before protobuf parses it. protobuf 3.21's
 // JSON parser is lenient where a client's mistake should be an error: it
 // flattens [[5]] into a repeated field, takes a lone value for a list,
-// drops null in a list, and takes a comma before a closing bracket and keys
-// without quotes (the text is held to RFC 8259 by nlohmann's parser). So the text is parsed as a google.protobuf.Value
-// first and held to the message's descriptor: every key a field (by its
-// .proto or lowerCamelCase name), every value the field's kind, lists only
-// for repeated fields, no null in a list, no field under both its names,
-// and no nesting past kMaxJsonDepth nor values past kMaxJsonValues. Errors
-// name the field by its path, e.g.
+// drops null in a list, and takes a comma before a closing bracket, keys
+// without quotes and raw control bytes in strings (the text is held to RFC
+// 8259 by nlohmann's parser). So the text is parsed as a
+// google.protobuf.Value first and held to the message's descriptor: every
+// key a field (by its .proto or lowerCamelCase name), every value the
+// field's kind, lists only for repeated fields, no null in a list, no field
+// under both its names, and no nesting past kMaxJsonDepth nor values past
+// kMaxJsonValues. Errors name the field by its path, e.g.
 // "trunk.segments[0]: expected an object, got a number", also where
 // protobuf's parser names none: a string that is not UTF-8, a number past a
 // double's range. Only then is it parsed as the message, which checks each

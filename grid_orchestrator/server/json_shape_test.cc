@@ -37,14 +37,18 @@ TEST(JsonShapeTest, WhatProtobufWouldAcceptLeniently) {
       {R"({"promt": "bag"})", "unknown field \"promt\""},
       // protobuf's parser takes these, which are not JSON.
       {R"({"prompt": "bag",})",
-       "not valid JSON at byte 18, after \"\\\"bag\\\",}\" (a comma before a closing bracket, "
-       "or a key without quotes?)"},
+       "not valid JSON at byte 18: syntax error while parsing object key - unexpected '}'; "
+       "expected string literal"},
       {R"({prompt: "bag"})",
-       "not valid JSON at byte 2, after \"{p\" (a comma before a closing bracket, or a key "
-       "without quotes?)"},
+       "not valid JSON at byte 2: syntax error while parsing object key - invalid literal; last "
+       "read: '{p'; expected string literal"},
       {R"({"branch_steps": [0, 5,]})",
-       "not valid JSON at byte 24, after \"5,]\" (a comma before a closing bracket, or a key "
-       "without quotes?)"},
+       "not valid JSON at byte 24: syntax error while parsing value - unexpected ']'; expected "
+       "'[', '{', or a literal"},
+      // A raw line feed in a string: JSON escapes it.
+      {"{\"prompt\": \"a\nb\"}",
+       "not valid JSON at byte 14: syntax error while parsing value - invalid string: control "
+       "character U+000A (LF) must be escaped to \\u000A or \\n; last read: '\"a<U+000A>'"},
       {R"([1, 2])", "GridRequest: expected an object, got a list"},
       // protobuf named the type ("for type TYPE_UINT64"), not what it takes.
       {R"({"branch_noise": "trunk"})",

@@ -125,15 +125,18 @@ bool ChunkedFraming::Take(absl::string_view bytes) {
       case State::kSize: {
         const bool hex = absl::ascii_isxdigit(static_cast<unsigned char>(c));
         if (hex) {
-          // 15 digits: past a petabyte, and no overflow.
-          if (++digits_ > 15) return Fail("a chunk size of more than 15 hex digits");
+          // 15 digits past leading zeros: past a petabyte, and no overflow.
+          if (size_ > 0 || c != '0') ++digits_;
+          if (digits_ > 15) return Fail("a chunk size of more than 15 hex digits");
           size_ = size_ * 16 + (c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
           state_ = State::kSize;
         } else if (state_ == State::kSizeStart) {
           return Fail(absl::StrCat("a chunk size starts with ", ShortQuote(bytes.substr(i, 1)),
                                    ", not a hex digit"));
-        } else if (c == ';' || c == ' ' || c == '\t') {
+        } else if (c == ';') {
           state_ = State::kExtension;
+        } else if (c == ' ' || c == '\t') {
+          state_ = State::kSizeSpace;  // BWS, then ";" or the line's end
         } else if (c == '\r') {
           state_ = State::kSizeLf;
         } else {
@@ -142,6 +145,16 @@ bool ChunkedFraming::Take(absl::string_view bytes) {
         }
         break;
       }
+      case State::kSizeSpace:
+        if (c == ';') {
+          state_ = State::kExtension;
+        } else if (c == '\r') {
+          state_ = State::kSizeLf;
+        } else if (c != ' ' && c != '\t') {
+          return Fail(absl::StrCat("a chunk size has ", ShortQuote(bytes.substr(i, 1)),
+                                   " after its hex digits"));
+        }
+        break;
       case State::kExtension:  // ignored, as the grammar lets a recipient
         if (c == '\r') {
           state_ = State::kSizeLf;

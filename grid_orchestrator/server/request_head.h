@@ -60,8 +60,8 @@ class ChunkedFraming {
 
  private:
   enum class State {
-    kSizeStart, kSize, kExtension, kSizeLf, kData, kDataCr, kDataLf, kTrailer, kTrailerLf,
-    kDone, kBad,
+    kSizeStart, kSize, kSizeSpace, kExtension, kSizeLf, kData, kDataCr, kDataLf,
+    kTrailer, kTrailerLf, kDone, kBad,
   };
   bool Fail(std::string problem);
 

@@ -99,6 +99,7 @@ TEST(RequestHeadTest, ChunkedFramingTakesTheGrammar) {
   EXPECT_EQ(FramingProblem("5\r\nhello\r\n0\r\n\r\n"), "");
   EXPECT_EQ(FramingProblem("5;name=value\r\nhello\r\nA\r\n0123456789\r\n0\r\n\r\n"), "");
   EXPECT_EQ(FramingProblem("1a \t;x\r\n" + std::string(26, 'z') + "\r\n0\r\n\r\n"), "");
+  EXPECT_EQ(FramingProblem("00000000000000005 \t\r\nhello\r\n0\r\n\r\n"), "");
   EXPECT_EQ(FramingProblem("5\r\nhel"), "unfinished");
   EXPECT_EQ(FramingProblem("0\r\n"), "unfinished");
 }
@@ -116,6 +117,7 @@ TEST(RequestHeadTest, ChunkedFramingRefusesWhatHttplibReadAnyway) {
       {"0\r\n\rX", "the last chunk's empty line ends in a CR without LF"},
       {"0\r\n\r\nGET", "bytes after the last chunk"},
       {"1000000000000000\r\n", "more than 15 hex digits"},
+      {"5 6\r\nhello", "a chunk size has \"6\" after its hex digits"},
   };
   for (const auto& [body, problem] : cases) {
     EXPECT_THAT(FramingProblem(body), HasSubstr(problem)) << body;
