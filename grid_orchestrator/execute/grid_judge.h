@@ -30,8 +30,10 @@ inline constexpr int kImagesPerJudgeCall = 32;
 inline constexpr int kJudgeAttempts = 3;
 // How long health checks must find a Judge call's replica down (stopped, or
 // gone from the network) before the call is given up and tried on another:
-// past a busy replica's one missed check, far below a call's own limit.
-inline constexpr absl::Duration kJudgeUnhealthyGrace = absl::Seconds(2);
+// past a busy replica's missed check and the round that marks it up again
+// (a check of up to 1 s, then its models asked anew), far below a call's own
+// limit.
+inline constexpr absl::Duration kJudgeUnhealthyGrace = absl::Seconds(5);
 
 // Whether a failed Judge call may succeed on another replica.
 bool JudgeCallRetryable(grpc::StatusCode code);

@@ -350,8 +350,8 @@ class SyntaxError : public nlohmann::json_sax<nlohmann::json> {
     const size_t column = what.find(", column ");
     const size_t detail = column == std::string::npos ? column : what.find(": ", column);
     std::string said;
-    for (size_t i = detail == std::string::npos ? 0 : detail + 2;
-         i < what.size() && said.size() < 160; ++i) {
+    size_t i = detail == std::string::npos ? 0 : detail + 2;
+    for (; i < what.size() && said.size() < 160; ++i) {
       const auto byte = static_cast<unsigned char>(what[i]);
       if (byte >= 0x20 && byte < 0x7f) {
         said += what[i];
@@ -360,7 +360,7 @@ class SyntaxError : public nlohmann::json_sax<nlohmann::json> {
       }
     }
     problem_ = absl::StrCat("not valid JSON at byte ", position, ": ", said,
-                            said.size() >= 160 ? "..." : "");
+                            i < what.size() ? "..." : "");
     return false;
   }
   const std::string& problem() const { return problem_; }
