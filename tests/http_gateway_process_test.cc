@@ -595,6 +595,14 @@ TEST_F(HttpGatewayTest, CrossOriginCallsFollowThePolicy) {
   EXPECT_EQ(allowed_preflight.header("access-control-allow-origin"), kAllowedOrigin);
   EXPECT_NE(allowed_preflight.header("access-control-allow-headers").find("Authorization"),
             std::string::npos);
+  // Without an Origin, OPTIONS says which methods the path takes.
+  for (const auto& [path, allow] :
+       {std::pair<const char*, const char*>{"/api/v1/grid/stream", "POST, OPTIONS"},
+        {"/api/v1/models", "GET, HEAD, OPTIONS"}}) {
+    const HttpAnswer options = Exchange(port_, Request("OPTIONS", path, {kAuth}));
+    EXPECT_EQ(options.status, 204) << path;
+    EXPECT_EQ(options.header("allow"), allow) << path;
+  }
   // Another origin gets neither the header nor an answer.
   const HttpAnswer foreign = Exchange(port_, Request("GET", "/api/v1/models", {kAuth, other}));
   EXPECT_EQ(foreign.status, 403) << foreign.body;

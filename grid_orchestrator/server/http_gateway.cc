@@ -1115,6 +1115,9 @@ bool RefuseOrigin(const CorsPolicy& cors, const httplib::Request& request,
 bool AnswerPreflight(const httplib::Request& request, httplib::Response& response) {
   if (request.method != "OPTIONS") return false;
   response.status = 204;
+  // The path's methods, for a client that asks without being a browser's
+  // preflight (no Origin); there was none.
+  response.set_header("Allow", AllowedMethods(request.path));
   response.set_header("Access-Control-Allow-Methods", "GET, POST");
   response.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type");
   response.set_header("Access-Control-Max-Age", "600");
