@@ -67,6 +67,21 @@ class CurveProcessTest : public ::testing::Test {
     return status.ok() ? response.images(0).heads(0).label_index() : -1;
   }
 
+  // The curve's result, the call expected to end OK.
+  static v1::CurveResult RunCurve(const v1::CurveRequest& request) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+    auto reader = stack_->Orchestrator()->DecisionCurve(&context, request);
+    v1::CurveEvent event;
+    v1::CurveResult result;
+    while (reader->Read(&event)) {
+      if (event.has_curve()) result = event.curve();
+    }
+    const grpc::Status status = reader->Finish();
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return result;
+  }
+
   static Stack* stack_;
 };
 
@@ -226,19 +241,6 @@ TEST_F(CurveProcessTest, DgridCurveAgreesWithAnIndependentCountOverTheSameGrids)
 // so its trunk runs only through the new row's step, for latents alone (a
 // curve keeps no captures in the cache, and needs no images of them).
 TEST_F(CurveProcessTest, ARowAddedToACachedCurveRunsEachTrunkOnlyToIt) {
-  auto run = [](const v1::CurveRequest& request) {
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
-    auto reader = stack_->Orchestrator()->DecisionCurve(&context, request);
-    v1::CurveEvent event;
-    v1::CurveResult result;
-    while (reader->Read(&event)) {
-      if (event.has_curve()) result = event.curve();
-    }
-    const grpc::Status status = reader->Finish();
-    EXPECT_TRUE(status.ok()) << status.error_message();
-    return result;
-  };
   v1::CurveRequest request;
   request.set_trunks(2);
   v1::GridRequest* grid = request.mutable_grid();
@@ -247,9 +249,9 @@ TEST_F(CurveProcessTest, ARowAddedToACachedCurveRunsEachTrunkOnlyToIt) {
   grid->mutable_branches()->set_value(4);
   grid->add_branch_steps(0);
   grid->add_branch_steps(4);
-  const v1::CurveResult first = run(request);
+  const v1::CurveResult first = RunCurve(request);
   grid->add_branch_steps(8);
-  const v1::CurveResult second = run(request);
+  const v1::CurveResult second = RunCurve(request);
   // Per trunk: row 8's four cells (12 steps each) and the trunk to step 8
   // (from x_T).
   EXPECT_EQ(second.model_evals(), 2 * (4 * 12 + 8));
@@ -266,30 +268,17 @@ TEST_F(CurveProcessTest, ARowAddedToACachedCurveRunsEachTrunkOnlyToIt) {
 // kJudgeUnhealthyGrace (5 s) and judged by the other replica. The call
 // waited out its 60 s, and the curve with it.
 TEST_F(CurveProcessTest, AJudgeCallOnAStoppedReplicaMovesOn) {
-  auto run = [](const v1::CurveRequest& request) {
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
-    auto reader = stack_->Orchestrator()->DecisionCurve(&context, request);
-    v1::CurveEvent event;
-    v1::CurveResult result;
-    while (reader->Read(&event)) {
-      if (event.has_curve()) result = event.curve();
-    }
-    const grpc::Status status = reader->Finish();
-    EXPECT_TRUE(status.ok()) << status.error_message();
-    return result;
-  };
   v1::CurveRequest request;
   request.set_trunks(3);
   *request.mutable_grid() = Grid(1700);
-  const v1::CurveResult first = run(request);
+  const v1::CurveResult first = RunCurve(request);
   // Both idle, the pool takes the replica first by address.
   const int stopped = stack_->denoiser_address(0) < stack_->denoiser_address(1) ? 0 : 1;
   const char* retried = "dgrid_orchestrator_jobs_total{status=\"retried\"}";
   const double retried_before = std::max(0.0, stack_->Metric(-1, retried));
   stack_->denoiser(stopped).Signal(SIGSTOP);
   const absl::Time start = absl::Now();
-  const v1::CurveResult again = run(request);
+  const v1::CurveResult again = RunCurve(request);
   const absl::Duration took = absl::Now() - start;
   stack_->denoiser(stopped).Signal(SIGCONT);
   EXPECT_LT(took, absl::Seconds(30));
