@@ -377,6 +377,7 @@ TEST_F(HttpGatewayTest, AHeadRequestsBodyIsNotServedAsARequest) {
       absl::Seconds(10));
   EXPECT_EQ(answer.status, 400);
   EXPECT_EQ(answer.header("connection"), "close");
+  EXPECT_EQ(answer.header("keep-alive"), "");  // it said both
   // Nothing follows the refusal's head: the models were not served.
   EXPECT_EQ(answer.body.find("HTTP/1.1"), std::string::npos) << answer.body.substr(0, 300);
   EXPECT_LT(answer.took, absl::Seconds(5));

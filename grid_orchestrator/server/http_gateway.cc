@@ -1147,6 +1147,9 @@ void Decorate(const CorsPolicy& cors, const httplib::Request& request,
   response.headers.erase("Accept-Ranges");
   response.set_header("Accept-Ranges", "none");
   response.set_header("X-Content-Type-Options", "nosniff");
+  // A refusal that ends the connection: httplib, which did not end it
+  // itself, had also offered to keep it alive.
+  if (response.get_header_value("Connection") == "close") response.headers.erase("Keep-Alive");
   // httplib may compress the answer, by the request's Accept-Encoding: a
   // cache must not give it to a client that did not ask.
   std::string vary = "Accept-Encoding";
