@@ -858,6 +858,57 @@ TEST_F(HttpGatewayTest, ChunkFramingOutsideTheGrammarIsRefused) {
   EXPECT_EQ(framed.status, 200) << framed.body.substr(0, 300);
 }
 
+// "Expect: 100-continue": a request refused on its head alone is refused
+// before its client sends the body (httplib said 100 Continue first, and
+// the body came for nothing); one that passes is told to go on, and runs.
+TEST_F(HttpGatewayTest, AnExpectedBodyIsRefusedBeforeItIsSent) {
+  const std::string grid_head = absl::StrCat(
+      "POST /api/v1/grid HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\n"
+      "Content-Length: ", sizeof(kSmallGrid) - 1, "\r\n");
+  struct Case {
+    const char* name;
+    std::string head;
+    int status;
+    const char* message;
+  };
+  const std::vector<Case> cases = {
+      {"no token", absl::StrCat(grid_head, "Content-Type: application/json\r\n\r\n"), 401,
+       "token"},
+      {"another type",
+       absl::StrCat(grid_head, kAuth.name, ": ", kAuth.value, "\r\nContent-Type: text/plain\r\n\r\n"),
+       415, "must be application/json"},
+      {"a body past the limit",
+       absl::StrCat("POST /api/v1/grid HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\n",
+                    kAuth.name, ": ", kAuth.value,
+                    "\r\nContent-Type: application/json\r\nContent-Length: 900000000\r\n\r\n"),
+       413, "larger than the limit"},
+  };
+  for (const Case& c : cases) {
+    // The head alone: the answer must come without the body.
+    const HttpAnswer answer = Exchange(port_, c.head, absl::Seconds(10));
+    EXPECT_EQ(answer.status, c.status) << c.name << ": " << answer.body.substr(0, 300);
+    EXPECT_NE(answer.body.find(c.message), std::string::npos) << c.name << ": " << answer.body;
+    EXPECT_EQ(answer.header("connection"), "close") << c.name;
+  }
+  // A request that passes: 100 Continue, then the grid once the body comes.
+  const int fd = Connect(port_);
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(SendAll(fd, absl::StrCat(grid_head, kAuth.name, ": ", kAuth.value,
+                                       "\r\nContent-Type: application/json\r\n"
+                                       "Connection: close\r\n\r\n")));
+  std::string interim;
+  char byte;
+  while (!absl::EndsWith(interim, "\r\n\r\n") && interim.size() < 200 &&
+         ::recv(fd, &byte, 1, 0) == 1) {
+    interim += byte;
+  }
+  EXPECT_TRUE(absl::StartsWith(interim, "HTTP/1.1 100 Continue\r\n")) << interim;
+  ASSERT_TRUE(SendAll(fd, kSmallGrid));
+  const HttpAnswer grid = ReadAnswer(fd, absl::Seconds(60), absl::Now());
+  ::close(fd);
+  EXPECT_EQ(grid.status, 200) << grid.body.substr(0, 300);
+}
+
 // An answer is compressed only in a coding the client accepts (httplib read
 // "gzip;q=0" and "nobrotli" as accepting), and says it varies by that.
 TEST_F(HttpGatewayTest, AnswersAreCompressedOnlyAsAccepted) {

@@ -1182,18 +1182,21 @@ bool IsJsonContentType(absl::string_view content_type) {
   return true;
 }
 
-// Reads a POST body into `body`, or answers the error and returns false.
-// httplib 0.11 holds only a Content-Length to its payload limit and reads a
-// chunked body (or one without a length) whole, so here the body is counted
-// as it arrives, whatever its framing.
-bool ReadBody(const httplib::Request& request, const httplib::ContentReader& reader,
-              size_t max_bytes, httplib::Response& response, std::string* body) {
+absl::Status TooLarge(size_t max_bytes) {
+  return absl::ResourceExhaustedError(
+      absl::StrCat("request body: larger than the limit of ", max_bytes, " bytes"));
+}
+
+// The checks of a POST's head that its body cannot change: its type, its
+// coding, a declared length. True when it answered.
+bool RefuseBodyHead(const httplib::Request& request, size_t max_bytes,
+                    httplib::Response& response) {
   const std::string content_type = request.get_header_value("Content-Type");
   if (!IsJsonContentType(content_type)) {
     RefuseAndClose(response, 415,
                    absl::InvalidArgumentError(absl::StrCat(
                        "Content-Type must be application/json, got ", ShortQuote(content_type))));
-    return false;
+    return true;
   }
   // httplib inflates a body coded exactly "gzip", "deflate" or "br" (as
   // written: "GZIP" it passed on as it came, which read as broken JSON) and
@@ -1211,29 +1214,38 @@ bool ReadBody(const httplib::Request& request, const httplib::ContentReader& rea
                        "Content-Encoding must be one of gzip, deflate, br or identity, "
                        "in lower case, got ",
                        ShortQuote(absl::StrJoin(codings, ", ")))));
-    return false;
+    return true;
   }
-  const absl::Status too_large = absl::ResourceExhaustedError(
-      absl::StrCat("request body: larger than the limit of ", max_bytes, " bytes"));
   // Screen let through only "chunked" as a coding, and no length beside it.
-  const bool chunked = request.has_header("Transfer-Encoding");
-  if (!chunked) {
-    const std::string length = request.get_header_value("Content-Length");
-    if (length.empty()) return true;  // no body: all defaults
-    uint64_t declared = 0;
-    // Screen let through only digits: a length that overflows is too large.
-    const bool number = absl::SimpleAtoi(length, &declared);
-    if (!number && length.find_first_not_of("0123456789") != std::string::npos) {
-      RefuseAndClose(response, 400,
-                     absl::InvalidArgumentError(
-                         absl::StrCat("Content-Length: not a number: ", ShortQuote(length))));
-      return false;
-    }
-    if (!number || declared > max_bytes) {
-      RefuseAndClose(response, 413, too_large);
-      return false;
-    }
+  const std::string length = request.get_header_value("Content-Length");
+  if (request.has_header("Transfer-Encoding") || length.empty()) return false;
+  uint64_t declared = 0;
+  // Screen let through only digits: a length that overflows is too large.
+  const bool number = absl::SimpleAtoi(length, &declared);
+  if (!number && length.find_first_not_of("0123456789") != std::string::npos) {
+    RefuseAndClose(response, 400,
+                   absl::InvalidArgumentError(
+                       absl::StrCat("Content-Length: not a number: ", ShortQuote(length))));
+    return true;
   }
+  if (!number || declared > max_bytes) {
+    RefuseAndClose(response, 413, TooLarge(max_bytes));
+    return true;
+  }
+  return false;
+}
+
+// Reads a POST body into `body`, or answers the error and returns false.
+// httplib 0.11 holds only a Content-Length to its payload limit and reads a
+// chunked body (or one without a length) whole, so here the body is counted
+// as it arrives, whatever its framing.
+bool ReadBody(const httplib::Request& request, const httplib::ContentReader& reader,
+              size_t max_bytes, httplib::Response& response, std::string* body) {
+  if (RefuseBodyHead(request, max_bytes, response)) return false;
+  if (!request.has_header("Transfer-Encoding") && !request.has_header("Content-Length")) {
+    return true;  // no body: all defaults
+  }
+  const absl::Status too_large = TooLarge(max_bytes);
   bool over = false;
   const bool read = reader([&](const char* data, size_t size) {
     if (body->size() + size > max_bytes) {
@@ -1541,6 +1553,35 @@ absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(const HttpGatewa
           t_connection->ExpectChunked();
         }
         return screened;
+      });
+  // httplib answers "Expect: 100-continue" before routing: a request the
+  // gateway refuses on its head alone was told to go on, and its client sent
+  // the body, up to the limit, for nothing. It is refused here; the route
+  // checks all again, with the body.
+  server.set_expect_100_continue_handler(
+      [policy, service, curves, max_body = o.max_body_bytes](const httplib::Request& request,
+                                                             httplib::Response& response) {
+        DropRanges(request);
+        if (t_connection && RefuseOrRestoreHead(t_connection->head(), request, response)) {
+          return response.status;
+        }
+        ReadAcceptEncoding(request);
+        if (Screen(policy, request, response) == HandlerResponse::Handled) return response.status;
+        if (!IsPostPath(request.path)) return 100;
+        if (RefuseBodyHead(request, max_body, response)) return response.status;
+        if (absl::Status auth = service->Authenticate(CallerOf(request)); !auth.ok()) {
+          if (request.path == kCurveStreamPath) {
+            curves->CountRefusal(auth);
+          } else {
+            service->CountRefusal(auth);
+          }
+          SendError(response, auth);
+          // The body that follows is unread.
+          response.set_header("Connection", "close");
+          CloseAfterAnswer();
+          return response.status;
+        }
+        return 100;
       });
   server.set_error_handler(httplib::Server::HandlerWithResponse(FillEmptyError));
   server.set_post_routing_handler(
