@@ -907,6 +907,14 @@ TEST_F(HttpGatewayTest, AnExpectedBodyIsRefusedBeforeItIsSent) {
   const HttpAnswer grid = ReadAnswer(fd, absl::Seconds(60), absl::Now());
   ::close(fd);
   EXPECT_EQ(grid.status, 200) << grid.body.substr(0, 300);
+  // An OPTIONS, answered without ending the connection: in routing, once
+  // (its headers were not doubled).
+  const HttpAnswer options = Exchange(
+      port_, "OPTIONS /api/v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\n"
+             "Connection: close\r\n\r\n");
+  EXPECT_EQ(options.status, 100);  // the interim answer first, then the 204
+  EXPECT_NE(options.body.find("HTTP/1.1 204"), std::string::npos) << options.body;
+  EXPECT_EQ(options.body.find("Allow: GET, HEAD, OPTIONS\r\nAllow:"), std::string::npos);
 }
 
 // An answer is compressed only in a coding the client accepts (httplib read

@@ -1566,7 +1566,13 @@ absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(const HttpGatewa
           return response.status;
         }
         ReadAcceptEncoding(request);
-        if (Screen(policy, request, response) == HandlerResponse::Handled) return response.status;
+        if (Screen(policy, request, response) == HandlerResponse::Handled) {
+          if (response.get_header_value("Connection") == "close") return response.status;
+          // An answer that keeps the connection (an OPTIONS): given in
+          // routing, where the head is marked read.
+          response = httplib::Response();
+          return 100;
+        }
         if (!IsPostPath(request.path)) return 100;
         if (RefuseBodyHead(request, max_body, response)) return response.status;
         if (absl::Status auth = service->Authenticate(CallerOf(request)); !auth.ok()) {
