@@ -10,6 +10,7 @@ from __future__ import annotations
 import operator
 import os
 import secrets
+import stat
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple, Union
@@ -50,6 +51,15 @@ def _write_whole(path: str, data: Union[bytes, str]) -> None:
         raise TypeError(f"cannot write {path}: expected bytes, got {type(data).__name__}")
     target = os.path.realpath(path)
     folder = os.path.dirname(target)
+    # A device or a pipe would be replaced by a regular file (as root, the
+    # system's /dev/null itself); dgrid refuses them too. A folder fails in
+    # the rename below, as IsADirectoryError.
+    try:
+        mode = os.stat(target).st_mode
+    except OSError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise ValueError(f"cannot write {path}: it is not a regular file (a device or a pipe)")
     try:
         for _ in range(100):
             # Its own short name, not the file's with a suffix: a name near

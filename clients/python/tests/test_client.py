@@ -21,6 +21,7 @@ import os
 import pickle
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -719,6 +720,7 @@ class RequestTest(unittest.TestCase):
             with self.assertRaisesRegex(ValueError, r"^target: expected host:port \(a gRPC address"):
                 Client(target)
 
+
     def test_a_file_that_is_no_record_is_a_value_error(self) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             png = os.path.join(tmp, "grid.png")
@@ -967,6 +969,17 @@ class RequestTest(unittest.TestCase):
                              (folder, None))
             self.assertEqual(sorted(os.listdir(tmp)), ["curve.png", "folder", "real.png"])
             os.rmdir(folder)
+            # A pipe (or a device) is refused, and stays what it was: it was
+            # replaced by a regular file (as root, /dev/null itself).
+            pipe = os.path.join(tmp, "pipe")
+            os.mkfifo(pipe)
+            os.symlink("pipe", os.path.join(tmp, "to-pipe"))
+            for name in (pipe, os.path.join(tmp, "to-pipe")):
+                with self.assertRaisesRegex(ValueError, "is not a regular file"):
+                    curve.save_png(name)
+            self.assertTrue(stat.S_ISFIFO(os.stat(pipe).st_mode))
+            os.unlink(pipe)
+            os.unlink(os.path.join(tmp, "to-pipe"))
             # A name of 254 bytes, one short of the usual limit, is written.
             longest = os.path.join(tmp, "c" * 250 + ".png")
             curve.save_png(longest)
