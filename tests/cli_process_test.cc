@@ -440,6 +440,9 @@ TEST_F(CliTest, ErrorsAreOneReadableLine) {
   // A PNG's bytes were echoed into the error, over several lines.
   std::ofstream(stack_->dir() + "/grid-as.png") << "\x89PNG\r\n\x1a\n";
   std::ofstream(stack_->dir() + "/empty.json") << "{}";
+  std::ofstream(stack_->dir() + "/no-rows.json") << R"({"request": {}})";
+  std::ofstream(stack_->dir() + "/no-request.json")
+      << R"({"grid": {"rows": [{"cells": [{"path": {"init_seed": "7"}}]}]}})";
   // Flags from a file are flags too: promote ran the recorded grid and
   // ignored them.
   std::ofstream(stack_->dir() + "/flags") << "--steps=5\n";
@@ -458,7 +461,11 @@ TEST_F(CliTest, ErrorsAreOneReadableLine) {
       {{"promote", stack_->dir() + "/grid-as.png", "--row=1", "--col=1"},
        "grid-as.png is not a grid sidecar written by dgrid grid: \""},
       // It said "--row must be in [1, 0], got 1".
-      {{"promote", stack_->dir() + "/empty.json", "--row=1", "--col=1"}, "it has no grid rows"},
+      {{"promote", stack_->dir() + "/no-rows.json", "--row=1", "--col=1"}, "it has no grid rows"},
+      // It ran a default grid, not the recorded one.
+      {{"promote", stack_->dir() + "/empty.json", "--row=1", "--col=1"}, "has no \"request\""},
+      {{"promote", stack_->dir() + "/no-request.json", "--row=1", "--col=1"},
+       "no-request.json has no \"request\": promote re-runs the request"},
       // gRPC logged four lines, then "UNAVAILABLE: empty address list".
       {{"models", "--target=127.0.0.1:1", "--tls_ca=" + stack_->dir() + "/empty.json"},
        "--tls_ca: " + stack_->dir() + "/empty.json holds no PEM certificate"},

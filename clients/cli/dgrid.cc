@@ -1006,6 +1006,12 @@ int Promote(const std::vector<char*>& args) {
   }
   const int row = absl::GetFlag(FLAGS_row), col = absl::GetFlag(FLAGS_col);
   const v1::Grid& grid = record.grid();
+  // Without it, promote ran a default grid (every field but the model),
+  // whose trunk was not the cell's.
+  if (!record.has_request()) {
+    Fail(absl::StrCat(path, " has no \"request\": promote re-runs the request a grid sidecar "
+                      "records (dgrid grid and the explorer's Grid JSON hold one)"));
+  }
   if (grid.rows_size() == 0) {
     Fail(absl::StrCat(path, " is not a grid sidecar written by dgrid grid: it has no grid rows"));
   }
