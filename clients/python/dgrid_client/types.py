@@ -52,10 +52,11 @@ def _write_whole(path: str, data: Union[bytes, str]) -> None:
     target = os.path.realpath(path)
     folder = os.path.dirname(target)
     # A device or a pipe would be replaced by a regular file (as root, the
-    # system's /dev/null itself); dgrid refuses them too. A folder fails in
+    # system's /dev/null itself); dgrid refuses them too. The name as given,
+    # links followed: /dev/stdout's link names no path. A folder fails in
     # the rename below, as IsADirectoryError.
     try:
-        mode = os.stat(target).st_mode
+        mode = os.stat(path).st_mode
     except OSError:
         mode = None
     if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):

@@ -720,7 +720,6 @@ class RequestTest(unittest.TestCase):
             with self.assertRaisesRegex(ValueError, r"^target: expected host:port \(a gRPC address"):
                 Client(target)
 
-
     def test_a_file_that_is_no_record_is_a_value_error(self) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             png = os.path.join(tmp, "grid.png")
