@@ -557,7 +557,9 @@ absl::Status CheckBranchesCanDiffer(const GridPlanSpec& plan, const std::vector<
   if (plan.eta == 0.0f && !prompt_changes) {
     return Invalid(absl::StrCat("eta: 0 adds no noise at any step, so every branch would be its "
                                 "trunk",
-                                unseen, "; give eta above 0 (1 is usual), or a switch_prompt"));
+                                unseen, "; give eta above 0 (1 is usual), or a switch_prompt",
+                                // It said "or a switch_prompt" to a request that gave one.
+                                plan.switch_unseen ? " the model reads" : ""));
   }
   // A prompt makes a row differ from the trunk, but not its branches from
   // each other: without noise they are one trajectory, run and paid for again.

@@ -488,6 +488,7 @@ TEST(GridPlanTest, ASwitchThatChangesNoBranchIsPlannedAsNone) {
   EXPECT_EQ(same.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(absl::StartsWith(same.message(), "eta: 0 adds no noise")) << same;
   EXPECT_TRUE(absl::StrContains(same.message(), "changes nothing this model reads")) << same;
+  EXPECT_TRUE(absl::EndsWith(same.message(), "or a switch_prompt the model reads")) << same;
   // Found by the caller (GridService, from the tokens): the same.
   unseen.set_switch_prompt("sneaker");
   EXPECT_TRUE(PlanGrid(unseen, Model(), {}).ok());
