@@ -28,6 +28,10 @@ namespace dgrid {
 
 inline constexpr int kImagesPerJudgeCall = 32;
 inline constexpr int kJudgeAttempts = 3;
+// How long one Judge call may take. A call reports no progress and may wait
+// behind its replica's forward passes and decoding, so the limit is long; a
+// replica that health checks find down is given up sooner.
+inline constexpr absl::Duration kJudgeCallTimeout = absl::Seconds(60);
 // How long health checks must find a Judge call's replica down (stopped, or
 // gone from the network) before the call is given up and tried on another:
 // past a busy replica's missed check and the round that marks it up again

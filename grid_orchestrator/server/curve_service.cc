@@ -272,7 +272,7 @@ class CurveService::CurveRun {
       lock.unlock();
       absl::StatusOr<TrunkObservation> observed =
           JudgeGrid(service_->pool_, service_->metrics_, drawn.plan, drawn.grid, labels_per_head_,
-                    caller_.deadline, service_->limits_.judge_call_timeout, &cancel_);
+                    caller_.deadline, kJudgeCallTimeout, &cancel_);
       if (!observed.ok()) {
         Fail(AtTrunk(drawn.trunk, observed.status()));
         lock.lock();

@@ -47,11 +47,6 @@ struct CurveLimits {
   // ends within the grid timeout: OrchestratorServer raises this to that
   // timeout when it is longer.
   absl::Duration max_place_wait = absl::Minutes(5);
-  // How long one Judge call may take. A call reports no progress and may
-  // wait behind its replica's forward passes and decoding, so the limit is
-  // long; a replica that health checks find down is given up sooner
-  // (kJudgeUnhealthyGrace).
-  absl::Duration judge_call_timeout = absl::Seconds(60);
 };
 
 class CurveService;

@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <functional>
 #include <thread>
 
 #include "common/png_image.h"
@@ -352,7 +351,7 @@ TEST_F(CurveServiceTest, AJudgeCallOfACancelledCurveCountsCancelled) {
   grid.mutable_trunk()->set_png("not judged");
   absl::StatusOr<TrunkObservation> judged =
       JudgeGrid(pool_.get(), &metrics_, plan, grid, {2}, absl::Now() + absl::Seconds(30),
-                absl::Seconds(15), &cancel);
+                kJudgeCallTimeout, &cancel);
   EXPECT_EQ(judged.status().code(), absl::StatusCode::kCancelled) << judged.status();
   EXPECT_EQ(Count("dgrid_orchestrator_jobs_total", "cancelled"), 1);
   EXPECT_EQ(Count("dgrid_orchestrator_jobs_total", "failed"), 0);
@@ -361,45 +360,30 @@ TEST_F(CurveServiceTest, AJudgeCallOfACancelledCurveCountsCancelled) {
 // A Judge call on a wedged replica that still answers health checks goes to
 // another at its own limit. (One whose replica stops answering them:
 // curve_process_test, as a fake call cannot be cancelled.)
-class JudgeOnASlowReplicaTest : public CurveServiceTest {
- protected:
-  // The trunk and one cell judged with `call_timeout`, the first call on a
-  // replica that answers in 30 s.
-  void Judge(absl::Duration call_timeout) {
-    pool_->CheckHealthNow();  // both replicas' models known
-    GridPlanSpec plan;
-    plan.model = "fake";
-    plan.model_version = "1";
-    v1::Grid grid;
-    const std::vector<uint8_t> pixels(4, 200);
-    absl::StatusOr<std::string> png = EncodePng(pixels, 2, 2, 1);
-    ASSERT_TRUE(png.ok()) << png.status();
-    grid.mutable_trunk()->set_png(*png);
-    grid.add_rows()->add_cells()->set_png(*png);
-    GridCancel cancel;
-    const absl::Time start = absl::Now();
-    absl::StatusOr<TrunkObservation> judged =
-        JudgeGrid(pool_.get(), &metrics_, plan, grid, {2}, absl::Now() + absl::Seconds(60),
-                  call_timeout, &cancel);
-    took_ = absl::Now() - start;
-    ASSERT_TRUE(judged.ok()) << judged.status();
-    EXPECT_EQ(replicas_.log(slow_).judged_images, 2);  // asked first
-    EXPECT_EQ(replicas_.log(1 - slow_).judged_images, 2);
-    EXPECT_EQ(Count("dgrid_orchestrator_jobs_total", "retried"), 1);
-    EXPECT_EQ(Count("dgrid_orchestrator_jobs_total", "ok"), 1);
-  }
-  void SetUp() override {
-    CurveServiceTest::SetUp();
-    replicas_.script(slow_).judge_delay = absl::Seconds(30);
-  }
-  // Both idle, the pool takes the first by address.
-  const int slow_ = replicas_.address(0) < replicas_.address(1) ? 0 : 1;
-  absl::Duration took_;
-};
-
-TEST_F(JudgeOnASlowReplicaTest, OneThatStillAnswersHealthChecksMovesOnAtItsLimit) {
-  Judge(absl::Milliseconds(300));
-  EXPECT_LT(took_, absl::Seconds(10));
+TEST_F(CurveServiceTest, AJudgeCallOnAWedgedReplicaMovesOnAtItsLimit) {
+  // Both idle, the pool takes the first by address: it answers in 30 s.
+  const int slow = replicas_.address(0) < replicas_.address(1) ? 0 : 1;
+  replicas_.script(slow).judge_delay = absl::Seconds(30);
+  pool_->CheckHealthNow();  // both replicas' models known
+  GridPlanSpec plan;
+  plan.model = "fake";
+  plan.model_version = "1";
+  v1::Grid grid;
+  absl::StatusOr<std::string> png = EncodePng(std::vector<uint8_t>(4, 200), 2, 2, 1);
+  ASSERT_TRUE(png.ok()) << png.status();
+  grid.mutable_trunk()->set_png(*png);
+  grid.add_rows()->add_cells()->set_png(*png);
+  GridCancel cancel;
+  const absl::Time start = absl::Now();
+  absl::StatusOr<TrunkObservation> judged =
+      JudgeGrid(pool_.get(), &metrics_, plan, grid, {2}, absl::Now() + absl::Seconds(60),
+                absl::Milliseconds(300), &cancel);
+  ASSERT_TRUE(judged.ok()) << judged.status();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+  EXPECT_EQ(replicas_.log(slow).judged_images, 2);  // asked first
+  EXPECT_EQ(replicas_.log(1 - slow).judged_images, 2);
+  EXPECT_EQ(Count("dgrid_orchestrator_jobs_total", "retried"), 1);
+  EXPECT_EQ(Count("dgrid_orchestrator_jobs_total", "ok"), 1);
 }
 
 // More concurrent grids than the client may have: trunks wait their turn

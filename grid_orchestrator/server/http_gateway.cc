@@ -1124,9 +1124,16 @@ bool AnswerPreflight(const httplib::Request& request, httplib::Response& respons
   return true;
 }
 
-// What every request goes through before its route. Handled: answered here.
+// What every request goes through before its route, or before httplib
+// tells it to send its body (Expect: 100-continue), each step as often as it
+// runs: its head as sent, then the refusals. Handled: answered here.
 HandlerResponse Screen(const RequestPolicy& policy, const httplib::Request& request,
                        httplib::Response& response) {
+  DropRanges(request);
+  if (t_connection && RefuseOrRestoreHead(t_connection->head(), request, response)) {
+    return HandlerResponse::Handled;
+  }
+  ReadAcceptEncoding(request);
   const bool answered = RefuseControlBytes(request, response) ||
                         RefuseEncodedSlash(request, response) ||
                         RefuseHost(policy.hosts, request, response) ||
@@ -1541,11 +1548,6 @@ absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(const HttpGatewa
       [policy, max_raw_body](const httplib::Request& request, httplib::Response& response) {
         // What is left of the request is its body.
         if (t_connection) t_connection->HeadRead(max_raw_body);
-        DropRanges(request);
-        if (t_connection && RefuseOrRestoreHead(t_connection->head(), request, response)) {
-          return HandlerResponse::Handled;
-        }
-        ReadAcceptEncoding(request);
         const HandlerResponse screened = Screen(policy, request, response);
         // Screen let through only "chunked" as a coding.
         if (screened == HandlerResponse::Unhandled && t_connection &&
@@ -1561,11 +1563,6 @@ absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(const HttpGatewa
   server.set_expect_100_continue_handler(
       [policy, service, curves, max_body = o.max_body_bytes](const httplib::Request& request,
                                                              httplib::Response& response) {
-        DropRanges(request);
-        if (t_connection && RefuseOrRestoreHead(t_connection->head(), request, response)) {
-          return response.status;
-        }
-        ReadAcceptEncoding(request);
         if (Screen(policy, request, response) == HandlerResponse::Handled) {
           if (response.get_header_value("Connection") == "close") return response.status;
           // An answer that keeps the connection (an OPTIONS): given in

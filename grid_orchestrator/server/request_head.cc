@@ -122,29 +122,22 @@ bool ChunkedFraming::Take(absl::string_view bytes) {
     const char c = bytes[i];
     switch (state_) {
       case State::kSizeStart:
-      case State::kSize: {
-        const bool hex = absl::ascii_isxdigit(static_cast<unsigned char>(c));
-        if (hex) {
+      case State::kSize:
+        if (absl::ascii_isxdigit(static_cast<unsigned char>(c))) {
           // 15 digits past leading zeros: past a petabyte, and no overflow.
           if (size_ > 0 || c != '0') ++digits_;
           if (digits_ > 15) return Fail("a chunk size of more than 15 hex digits");
           size_ = size_ * 16 + (c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
           state_ = State::kSize;
-        } else if (state_ == State::kSizeStart) {
+          break;
+        }
+        if (state_ == State::kSizeStart) {
           return Fail(absl::StrCat("a chunk size starts with ", ShortQuote(bytes.substr(i, 1)),
                                    ", not a hex digit"));
-        } else if (c == ';') {
-          state_ = State::kExtension;
-        } else if (c == ' ' || c == '\t') {
-          state_ = State::kSizeSpace;  // BWS, then ";" or the line's end
-        } else if (c == '\r') {
-          state_ = State::kSizeLf;
-        } else {
-          return Fail(absl::StrCat("a chunk size has ", ShortQuote(bytes.substr(i, 1)),
-                                   " after its hex digits"));
         }
-        break;
-      }
+        // Past the digits: BWS, then ";" or the line's end.
+        state_ = State::kSizeSpace;
+        [[fallthrough]];
       case State::kSizeSpace:
         if (c == ';') {
           state_ = State::kExtension;

@@ -50,6 +50,22 @@ class FakeReader : public grpc::ClientReaderInterface<v1::BranchEvent> {
   const absl::Time deadline_;
 };
 
+// A call's deadline, as gRPC holds it.
+absl::Time DeadlineOf(const grpc::ClientContext& context) {
+  return context.deadline() == std::chrono::system_clock::time_point::max()
+             ? absl::InfiniteFuture()
+             : absl::FromChrono(context.deadline());
+}
+
+// Waits `delay`, or until the call's deadline comes first: then false, where
+// gRPC would end the call DEADLINE_EXCEEDED.
+bool AnswerAfter(const grpc::ClientContext& context, absl::Duration delay) {
+  const absl::Time deadline = DeadlineOf(context);
+  const absl::Time answer = absl::Now() + delay;
+  absl::SleepFor(std::min(answer, deadline) - absl::Now());
+  return answer <= deadline;
+}
+
 // A 2x2 grey PNG whose level derives from the path: distinct paths give
 // (mostly) distinct cells, like a real model.
 std::string PathPng(const v1::Path& path) {
@@ -113,14 +129,8 @@ class FakeReplicas::Replica::Stub : public v1::Denoiser::StubInterface {
       std::lock_guard<std::mutex> lock(r_->mu);
       delay = r_->script.tokenize_delay;
     }
-    if (delay > absl::ZeroDuration()) {
-      const absl::Time deadline =
-          context->deadline() == std::chrono::system_clock::time_point::max()
-              ? absl::InfiniteFuture()
-              : absl::FromChrono(context->deadline());
-      const absl::Time answer = absl::Now() + delay;
-      absl::SleepFor(std::min(answer, deadline) - absl::Now());
-      if (deadline < answer) return {grpc::StatusCode::DEADLINE_EXCEEDED, "Deadline Exceeded"};
+    if (delay > absl::ZeroDuration() && !AnswerAfter(*context, delay)) {
+      return {grpc::StatusCode::DEADLINE_EXCEEDED, "Deadline Exceeded"};
     }
     std::lock_guard<std::mutex> lock(r_->mu);
     if (!r_->script.text) return {grpc::StatusCode::UNIMPLEMENTED, "fake: a class model"};
@@ -161,13 +171,9 @@ class FakeReplicas::Replica::Stub : public v1::Denoiser::StubInterface {
       judge_delay = r_->script.judge_delay;
       judge_label = r_->script.judge_label;
     }
-    // As gRPC would: DEADLINE_EXCEEDED at the call's deadline.
-    const absl::Time deadline = context->deadline() == std::chrono::system_clock::time_point::max()
-                                    ? absl::InfiniteFuture()
-                                    : absl::FromChrono(context->deadline());
-    const absl::Time answer = absl::Now() + judge_delay;
-    absl::SleepFor(std::min(answer, deadline) - absl::Now());
-    if (deadline < answer) return {grpc::StatusCode::DEADLINE_EXCEEDED, "Deadline Exceeded"};
+    if (!AnswerAfter(*context, judge_delay)) {
+      return {grpc::StatusCode::DEADLINE_EXCEEDED, "Deadline Exceeded"};
+    }
     for (const v1::Image& image : request.images()) {
       absl::StatusOr<DecodedPng> png = DecodePng(
           {reinterpret_cast<const uint8_t*>(image.png().data()), image.png().size()});
@@ -254,10 +260,7 @@ class FakeReplicas::Replica::Stub : public v1::Denoiser::StubInterface {
     const grpc::Status ending = s.end_code == grpc::StatusCode::OK
                                     ? grpc::Status::OK
                                     : grpc::Status(s.end_code, "scripted end after the results");
-    return new FakeReader(std::move(events), ending, s.delay,
-                          context->deadline() == std::chrono::system_clock::time_point::max()
-                              ? absl::InfiniteFuture()
-                              : absl::FromChrono(context->deadline()));
+    return new FakeReader(std::move(events), ending, s.delay, DeadlineOf(*context));
   }
   grpc::ClientAsyncResponseReaderInterface<v1::GetModelInfoResponse>* AsyncGetModelInfoRaw(
       grpc::ClientContext*, const v1::GetModelInfoRequest&, grpc::CompletionQueue*) override {
